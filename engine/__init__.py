@@ -1,0 +1,24 @@
+"""Meridian: a globally distributed transactional key-value database.
+
+This package holds everything that decides about data (ARCH §1). The storage core so far:
+
+- :class:`LogStore` — the segmented, checksummed append-only log (ARCH §2.1).
+"""
+
+from .errors import (
+    CorruptionError as CorruptionError,
+    CorruptLogError as CorruptLogError,
+    CorruptStateError as CorruptStateError,
+    DiskFullError as DiskFullError,
+    InvalidArgumentError as InvalidArgumentError,
+    MeridianError as MeridianError,
+    PositionError as PositionError,
+    RecordTooLargeError as RecordTooLargeError,
+    StorageError as StorageError,
+    StoreClosedError as StoreClosedError,
+    StoreFailedError as StoreFailedError,
+    StoreLockedError as StoreLockedError,
+)
+from .logstore import LogStats as LogStats, LogStore as LogStore
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""The one thin layer over the C extension (STYLE §4).
+
+It mirrors the C functions one to one: validate, call, turn a return code into a library
+exception with :func:`check`, copy out. Nothing else in Meridian touches ``ffi`` or ``lib``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+from . import errors
+
+try:
+    from _meridian_native import ffi, lib
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "Meridian's C extension (_meridian_native) is not built: install the package with "
+        "`pip install .` (it needs a C compiler and the Python headers)"
+    ) from exc
+
+__all__ = ["ffi", "lib", "new_error", "check", "crc32c", "crc32c_masked", "MAX_RECORD_SIZE"]
+
+MAX_RECORD_SIZE: int = lib.LS_MAX_RECORD_SIZE
+MAX_BATCH_SIZE: int = lib.LS_MAX_BATCH_SIZE
+MIN_SEGMENT_SIZE: int = lib.LS_MIN_SEGMENT_SIZE
+MAX_SEGMENT_SIZE: int = lib.LS_MAX_SEGMENT_SIZE
+RECORD_HEADER_SIZE: int = lib.LS_RECORD_HEADER_SIZE
+SEGMENT_HEADER_SIZE: int = lib.LS_SEGMENT_HEADER_SIZE
+
+
+def new_error():
+    """A fresh ``struct ls_error`` for one call."""
+    return ffi.new("struct ls_error *")
+
+
+def check(rc: int, err) -> None:
+    """Raises the library exception matching a C return code (``LS_OK`` returns)."""
+    if rc == lib.LS_OK:
+        return
+    message = ffi.string(err.message).decode("utf-8", "replace")
+    path = ffi.string(err.path).decode("utf-8", "surrogateescape")
+    if rc == lib.LS_ERR_IO:
+        if err.sys_errno == _errno.ENOSPC:
+            raise errors.DiskFullError(message)
+        exc = errors.StorageError(err.sys_errno, message)
+        exc.filename = path or None
+        raise exc
+    if rc == lib.LS_ERR_CORRUPT:
+        raise errors.CorruptLogError(message, path, int(err.offset))
+    if rc == lib.LS_ERR_LOCKED:
+        raise errors.StoreLockedError(message)
+    if rc == lib.LS_ERR_RANGE:
+        raise errors.PositionError(message)
+    if rc == lib.LS_ERR_TOO_LARGE:
+        raise errors.RecordTooLargeError(message)
+    if rc == lib.LS_ERR_NOMEM:
+        raise MemoryError(message)
+    if rc == lib.LS_ERR_FAILED:
+        raise errors.StoreFailedError(message)
+    if rc == lib.LS_ERR_INVAL:
+        raise errors.InvalidArgumentError(message)
+    raise errors.MeridianError(f"unexpected return code {rc}: {message}")  # pragma: no cover
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC-32C of ``data``, extending ``crc`` (the CRC of what came before)."""
+    return lib.meridian_crc32c_extend(crc, ffi.from_buffer("uint8_t[]", data), len(data))
+
+
+def crc32c_masked(data: bytes) -> int:
+    """The masked CRC-32C of ``data``, as stored on disk (LevelDB's mask)."""
+    return lib.meridian_crc32c_mask(crc32c(data))

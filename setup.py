@@ -1,0 +1,38 @@
+"""Build script for Meridian.
+
+The C sources in native/ are compiled by cffi at install time into the top-level extension module
+``_meridian_native`` (top level so that the same source tree works whether the package was
+installed normally or in editable mode). Python code reaches it only through ``engine._native``.
+"""
+
+from setuptools import setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="meridian-db",
+    version=VERSION,
+    description="A globally distributed transactional key-value database (Raft + OCC + MVCC on LMDB)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["engine", "raft", "bench"],
+    package_data={"engine": ["py.typed"]},
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["native/build.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.15",
+        "lmdb>=1.4",
+        "msgpack>=1.0",
+        "trio>=0.22",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-trio>=0.8",
+            "hypothesis>=6.80",
+        ],
+    },
+    entry_points={"console_scripts": ["meridian = engine.cli:main"]},
+    zip_safe=False,
+)
