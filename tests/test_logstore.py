@@ -1,0 +1,473 @@
+"""LogStore: API, errors, and one named test per recovery case (ARCH §2.1)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine import (
+    CorruptLogError,
+    DiskFullError,
+    InvalidArgumentError,
+    LogStore,
+    MeridianError,
+    PositionError,
+    RecordTooLargeError,
+    StoreClosedError,
+    StoreLockedError,
+)
+from engine import _logformat as ref
+from engine.logstore import MAX_RECORD_SIZE
+from logtools import (
+    HEADER,
+    REC,
+    flip_byte,
+    read_dir,
+    record_offsets,
+    segments,
+    truncate,
+    write_at,
+    zero_range,
+)
+
+SEG = 4096
+
+
+def payload(pos: int, size: int = 20) -> bytes:
+    return (f"{pos:08d}|".encode() * (size // 9 + 1))[:size]
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    return tmp_path / "log"
+
+
+def fill(logdir, sizes, segment_size=SEG, sync=True):
+    with LogStore(logdir, segment_size=segment_size) as log:
+        for i, n in enumerate(sizes):
+            log.append([payload(i + 1, n)])
+        if sync:
+            log.sync()
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_append_returns_dense_positions_and_read_returns_records(logdir):
+    with LogStore(logdir) as log:
+        assert log.first_position == 1 and log.next_position == 1 and log.last_position == 0
+        assert log.append([b"a", b"", b"ccc"]) == range(1, 4)
+        assert log.append([b"d"]) == range(4, 5)
+        assert [log.read(p) for p in range(1, 5)] == [b"a", b"", b"ccc", b"d"]
+        assert list(log.scan()) == [(1, b"a"), (2, b""), (3, b"ccc"), (4, b"d")]
+        assert list(log.scan(2, 4)) == [(2, b""), (3, b"ccc")]
+        assert log.append([]) == range(5, 5)
+
+
+def test_initial_position_numbers_a_new_log(logdir):
+    with LogStore(logdir, initial_position=1000) as log:
+        assert log.append([b"x"]) == range(1000, 1001)
+    with LogStore(logdir, initial_position=7) as log:  # ignored for an existing log
+        assert log.first_position == 1000 and log.read(1000) == b"x"
+
+
+def test_accepts_bytearray_and_memoryview(logdir):
+    with LogStore(logdir) as log:
+        log.append([bytearray(b"ab"), memoryview(b"cd"), memoryview(bytes(range(8))).cast("Q")])
+        assert log.read(1) == b"ab" and log.read(2) == b"cd" and log.read(3) == bytes(range(8))
+
+
+def test_sync_moves_synced_position(logdir):
+    with LogStore(logdir) as log:
+        log.append([b"a", b"b"])
+        assert log.synced_position == 0
+        log.sync()
+        assert log.synced_position == 2
+        log.append([b"c"])
+        assert log.stats().synced_position == 2
+
+
+def test_records_survive_reopen_and_segments_roll(logdir):
+    sizes = [100 + (i * 37) % 900 for i in range(60)]
+    fill(logdir, sizes)
+    assert len(segments(logdir)) > 5
+    with LogStore(logdir, segment_size=SEG) as log:
+        assert [r for _, r in log.scan()] == [payload(i + 1, n) for i, n in enumerate(sizes)]
+        assert log.synced_position == 60
+
+
+def test_a_batch_larger_than_a_segment_gets_a_segment_of_its_own(logdir):
+    with LogStore(logdir, segment_size=SEG) as log:
+        log.append([b"small"])
+        big = [payload(i, 1000) for i in range(2, 12)]  # ~10 KB > 4 KiB segment
+        log.append(big)
+        log.append([b"after"])
+        log.sync()
+    with LogStore(logdir, segment_size=SEG) as log:
+        assert [r for _, r in log.scan()] == [b"small", *big, b"after"]
+    names = segments(logdir)
+    assert len(names) == 2 and os.path.getsize(logdir / names[1]) > SEG
+
+
+def test_scan_reads_across_segments_and_records_larger_than_a_chunk(logdir):
+    big = b"B" * (3 << 20)
+    with LogStore(logdir, segment_size=1 << 20) as log:
+        log.append([b"a"])
+        log.append([big])
+        log.append([b"c"] * 5)
+        assert [len(r) for _, r in log.scan()] == [1, len(big), 1, 1, 1, 1, 1]
+        assert log.read(2) == big
+
+
+def test_truncate_after_removes_records_durably(logdir):
+    with LogStore(logdir, segment_size=SEG) as log:
+        for i in range(1, 101):
+            log.append([payload(i, 90)])
+        log.sync()
+        log.truncate_after(40)
+        assert log.next_position == 41 and log.synced_position == 40
+        with pytest.raises(PositionError):
+            log.read(41)
+        # Same-length records at the same positions: the old ones must never come back.
+        log.append([payload(1000 + i, 90) for i in range(41, 61)])
+    with LogStore(logdir, segment_size=SEG) as log:
+        got = [r for _, r in log.scan()]
+    assert got == [payload(i, 90) for i in range(1, 41)] + [
+        payload(1000 + i, 90) for i in range(41, 61)
+    ]
+
+
+def test_truncate_everything_and_the_noop_edge(logdir):
+    with LogStore(logdir, segment_size=SEG) as log:
+        log.append([payload(i, 500) for i in range(1, 30)])
+        log.truncate_after(29)  # nothing after the last: no-op
+        assert log.next_position == 30
+        log.truncate_after(0)
+        assert log.next_position == 1 and list(log.scan()) == []
+        assert len(segments(logdir)) == 1
+        log.append([b"again"])
+    with LogStore(logdir) as log:
+        assert list(log.scan()) == [(1, b"again")]
+
+
+def test_drop_before_removes_whole_segments_only(logdir):
+    with LogStore(logdir, segment_size=SEG) as log:
+        for i in range(1, 101):
+            log.append([payload(i, 200)])
+        n_before = len(segments(logdir))
+        log.drop_before(50)
+        first = log.first_position
+        assert 1 < first <= 50
+        assert len(segments(logdir)) < n_before
+        assert log.read(50) == payload(50, 200)
+        with pytest.raises(PositionError):
+            log.read(first - 1)
+        log.drop_before(log.next_position)  # keeps the last segment
+        assert len(segments(logdir)) == 1
+        assert log.last_position == 100
+    with LogStore(logdir, segment_size=SEG) as log:
+        assert log.last_position == 100 and log.read(100) == payload(100, 200)
+
+
+# ---------------------------------------------------------------- errors, not crashes
+
+
+def test_closed_store_raises(logdir):
+    log = LogStore(logdir)
+    log.close()
+    log.close()  # idempotent
+    for call in (
+        lambda: log.append([b"x"]),
+        log.sync,
+        lambda: log.read(1),
+        lambda: list(log.scan()),
+        lambda: log.truncate_after(0),
+        lambda: log.drop_before(1),
+        log.stats,
+    ):
+        with pytest.raises(StoreClosedError, match="closed"):
+            call()
+    assert "closed" in repr(log)
+
+
+def test_oversized_record_is_refused_and_nothing_is_appended(logdir):
+    with LogStore(logdir) as log:
+        log.append([b"ok"])
+        with pytest.raises(RecordTooLargeError, match="limit"):
+            log.append([b"a", bytes(MAX_RECORD_SIZE + 1)])
+        assert log.next_position == 2
+        log.append([b"next"])
+        assert log.read(2) == b"next"
+
+
+def test_bad_positions(logdir):
+    with LogStore(logdir) as log:
+        with pytest.raises(PositionError, match="empty"):
+            log.read(1)
+        log.append([b"a", b"b"])
+        for bad in (0, 3, 2**64 - 1):
+            with pytest.raises(PositionError):
+                log.read(bad)
+        with pytest.raises(PositionError):
+            log.read(-1)
+        with pytest.raises(TypeError):
+            log.read("1")
+        with pytest.raises(PositionError):
+            log.truncate_after(5)
+        with pytest.raises(PositionError):
+            log.drop_before(4)
+        with pytest.raises(PositionError):
+            list(log.scan(5))
+        with pytest.raises(PositionError):
+            list(log.scan(1, 9))
+        assert isinstance(PositionError("x"), IndexError)
+
+
+def test_bad_arguments(logdir):
+    with pytest.raises(InvalidArgumentError, match="segment_size"):
+        LogStore(logdir, segment_size=100)
+    with pytest.raises(InvalidArgumentError):
+        LogStore(logdir, initial_position=0)
+    with LogStore(logdir) as log:
+        with pytest.raises(TypeError):
+            log.append(["not bytes"])
+        with pytest.raises(TypeError):
+            log.append([1])
+        assert log.next_position == 1
+
+
+def test_missing_directory_without_create(tmp_path):
+    with pytest.raises(OSError) as info:
+        LogStore(tmp_path / "nope", create=False)
+    assert isinstance(info.value, MeridianError) and info.value.errno == errno.ENOENT
+
+
+# ---------------------------------------------------------------- recovery, one test per case
+
+
+def test_empty_directory_opens_as_an_empty_log(logdir):
+    logdir.mkdir()
+    with LogStore(logdir) as log:
+        assert log.next_position == 1 and list(log.scan()) == []
+    assert segments(logdir) == [ref.segment_name(1)]
+
+
+def test_directory_locked(logdir):
+    with LogStore(logdir):
+        with pytest.raises(StoreLockedError, match="locked"):
+            LogStore(logdir)
+        code = textwrap.dedent(
+            f"""
+            from engine import LogStore, StoreLockedError
+            try:
+                LogStore({str(logdir)!r})
+            except StoreLockedError as e:
+                print("locked:", e)
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.startswith("locked:"), out.stderr
+    with LogStore(logdir):  # released on close
+        pass
+
+
+def _last_segment(logdir):
+    return logdir / segments(logdir)[-1]
+
+
+def test_torn_header_at_the_tail_is_end_of_log(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    seg = _last_segment(logdir)
+    # A sixth record whose header only half reached the disk.
+    write_at(seg, offs[-1] + REC + 30, ref.frame(6, b"sixth")[:4])
+    with LogStore(logdir) as log:
+        assert log.next_position == 6
+        assert log.append([b"new sixth"]) == range(6, 7)
+    with LogStore(logdir) as log:
+        assert log.read(6) == b"new sixth"
+
+
+def test_torn_payload_at_the_tail_is_end_of_log(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    seg = _last_segment(logdir)
+    zero_range(seg, offs[4] + REC + 10, offs[4] + REC + 30)  # last record's payload half lost
+    with LogStore(logdir) as log:
+        assert log.last_position == 4
+    assert read_dir(logdir)[seg.name][offs[4] : offs[4] + REC + 30] == bytes(REC + 30)
+
+
+def test_short_file_tail_is_end_of_log(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    truncate(_last_segment(logdir), offs[4] + 5)  # the file ends inside the last header
+    with LogStore(logdir) as log:
+        assert log.last_position == 4
+
+
+def test_zero_filled_tail_is_end_of_log(logdir):
+    fill(logdir, [30] * 5)
+    seg = _last_segment(logdir)
+    assert os.path.getsize(seg) == SEG  # preallocated: the tail is zero fill
+    with LogStore(logdir) as log:
+        assert log.last_position == 5
+
+
+def test_checksum_mismatch_before_the_tail_names_file_and_offset(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    seg = _last_segment(logdir)
+    flip_byte(seg, offs[2] + REC + 3)  # a payload byte of record 3
+    with pytest.raises(CorruptLogError) as info:
+        LogStore(logdir)
+    assert info.value.path == str(seg) and info.value.offset == offs[2]
+    assert str(seg) in str(info.value) and str(offs[2]) in str(info.value)
+    assert isinstance(info.value, OSError)
+
+
+def test_corrupted_length_field_before_the_tail_is_corruption(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    seg = _last_segment(logdir)
+    write_at(seg, offs[1] + 4, (31).to_bytes(4, "little"))
+    with pytest.raises(CorruptLogError) as info:
+        LogStore(logdir)
+    assert info.value.offset == offs[1]
+
+
+def test_corrupted_length_field_of_the_last_record_is_a_torn_tail(logdir):
+    sizes = [30] * 5
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    write_at(_last_segment(logdir), offs[4] + 4, (2**31).to_bytes(4, "little"))
+    with LogStore(logdir) as log:
+        assert log.last_position == 4
+
+
+def test_corruption_in_an_earlier_segment_is_reported(logdir):
+    fill(logdir, [500] * 40)
+    first = logdir / segments(logdir)[0]
+    flip_byte(first, HEADER + REC + 7)
+    with pytest.raises(CorruptLogError) as info:
+        LogStore(logdir)
+    assert info.value.path == str(first) and info.value.offset == HEADER
+
+
+def test_garbage_after_the_records_of_an_earlier_segment_is_corruption(logdir):
+    fill(logdir, [500] * 40)
+    first = logdir / segments(logdir)[0]
+    write_at(first, SEG - 3, b"\x07")
+    with pytest.raises(CorruptLogError) as info:
+        LogStore(logdir)
+    assert info.value.path == str(first)
+
+
+def test_segment_missing_in_the_middle(logdir):
+    fill(logdir, [500] * 40)
+    names = segments(logdir)
+    assert len(names) >= 3
+    os.unlink(logdir / names[1])
+    with pytest.raises(CorruptLogError, match="missing") as info:
+        LogStore(logdir)
+    assert info.value.path == str(logdir / names[2])
+
+
+def test_bad_segment_header(logdir):
+    fill(logdir, [30] * 3)
+    flip_byte(logdir / segments(logdir)[0], 9)
+    with pytest.raises(CorruptLogError, match="header") as info:
+        LogStore(logdir)
+    assert info.value.offset == 0
+
+
+def test_pages_of_an_unsynced_write_out_of_order_are_a_torn_tail(logdir):
+    """The last batch's middle sector never reached the disk but a later one did: the write
+    was never synced, so the log ends before it (etcd's torn-entry rule, FORMAT.md)."""
+    with LogStore(logdir, segment_size=1 << 16) as log:
+        log.append([payload(1, 100)])
+        log.sync()
+        log.append([payload(p, 100) for p in range(2, 40)])  # ~4 KiB, unsynced
+        log.close(sync=True)
+    offs = record_offsets([100] * 39)
+    seg = _last_segment(logdir)
+    zero_range(seg, 1024, 1536)  # one whole sector inside the second batch
+    with LogStore(logdir, segment_size=1 << 16) as log:
+        last = log.last_position
+        assert last < 39
+        assert [r for _, r in log.scan()] == [payload(p, 100) for p in range(1, last + 1)]
+        assert offs[last] <= 1024  # the log ends at the first damaged record
+    after = read_dir(logdir)[seg.name]
+    assert after[offs[last] :].strip(b"\0") == b""  # the tail was erased
+
+
+def test_leftover_temporary_segment_is_removed(logdir):
+    fill(logdir, [30] * 3)
+    (logdir / (ref.segment_name(4) + ".tmp")).write_bytes(b"half-made")
+    with LogStore(logdir) as log:
+        assert log.last_position == 3
+    assert not any(n.endswith(".tmp") for n in os.listdir(logdir))
+
+
+def test_a_record_damaged_after_open_is_reported_on_read(logdir):
+    with LogStore(logdir) as log:
+        log.append([b"hello world"])
+        log.sync()
+        flip_byte(_last_segment(logdir), HEADER + REC + 2)
+        with pytest.raises(CorruptLogError, match="checksum"):
+            log.read(1)
+        with pytest.raises(CorruptLogError):
+            list(log.scan())
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 2 MiB tmpfs (root only): a real ENOSPC."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_raises_and_loses_nothing_synced(tiny_fs):
+    d = tiny_fs / "log"
+    log = LogStore(d, segment_size=256 << 10)
+    written = 0
+    with pytest.raises(DiskFullError) as info:
+        for i in range(1, 100):
+            log.append([payload(i, 50_000)])
+            log.sync()
+            written = i
+    assert info.value.errno == errno.ENOSPC
+    assert written > 0
+    # Still usable: reads work, a small append into the free space of the segment works after
+    # space is freed.
+    assert log.read(written) == payload(written, 50_000)
+    (tiny_fs / "filler").write_bytes(b"")  # nothing to free but nothing breaks either
+    log.drop_before(log.next_position)  # frees the older segments
+    log.append([b"after"])
+    log.sync()
+    log.close()
+    with LogStore(d, segment_size=256 << 10) as log:
+        assert log.read(log.last_position) == b"after"
+        assert log.read(written) == payload(written, 50_000)
