@@ -18,7 +18,6 @@ setup(
     python_requires=">=3.11",
     packages=["engine", "raft", "bench"],
     package_data={"engine": ["py.typed"]},
-    setup_requires=["cffi>=1.15"],
     cffi_modules=["native/build.py:ffibuilder"],
     install_requires=[
         "cffi>=1.15",

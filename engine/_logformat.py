@@ -249,6 +249,9 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
     if not names:
         return Recovered(1, 1, (), {})
     first = int(names[0][:20])
+    if first == 0:
+        path = f"{dirname}/{names[0]}"
+        raise CorruptLogError(f"segment {path} names position 0", path, 0)
     pos = first
     for i, name in enumerate(names):
         path = f"{dirname}/{name}"

@@ -447,6 +447,13 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
         st->synced_pos = initial_pos - 1;
         return create_segment(st, initial_pos, 0, err);
     }
+    if (names[0] == 0) {
+        char path[4096 + NAME_LEN + 2];
+        seg_path(st, 0, path, sizeof path);
+        rc = set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                     "segment %s names position 0; positions start at 1", path);
+        goto out;
+    }
     st->first_pos = names[0];
     st->next_pos = names[0];
     for (size_t i = 0; i < n; i++) {

@@ -471,3 +471,65 @@ def test_disk_full_raises_and_loses_nothing_synced(tiny_fs):
     with LogStore(d, segment_size=256 << 10) as log:
         assert log.read(log.last_position) == b"after"
         assert log.read(written) == payload(written, 50_000)
+
+
+def test_a_segment_named_position_zero_is_corruption(logdir):
+    logdir.mkdir()
+    (logdir / ref.segment_name(0)).write_bytes(ref.segment_header(0) + bytes(100))
+    with pytest.raises(CorruptLogError, match="position 0"):
+        LogStore(logdir)
+
+
+# ---------------------------------------------------------------- misuse never crashes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+import hypothesis.strategies as st  # noqa: E402
+
+weird = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.none(),
+    st.text(max_size=3),
+    st.binary(max_size=10),
+    st.floats(allow_nan=True),
+    st.lists(st.binary(max_size=5), max_size=3),
+    st.lists(st.one_of(st.integers(), st.text(max_size=2)), max_size=3),
+)
+calls = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["append", "read", "scan", "truncate_after", "drop_before", "sync", "close", "stats"]
+        ),
+        weird,
+        weird,
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=calls)
+def test_misuse_raises_library_errors_never_crashes(tmp_path_factory, calls):
+    d = tmp_path_factory.mktemp("misuse")
+    log = LogStore(d, segment_size=4096)
+    log.append([b"seed", b"data"])
+    try:
+        for name, a, b in calls:
+            try:
+                if name == "append":
+                    log.append(a if isinstance(a, list) else [a])
+                elif name == "read":
+                    log.read(a)
+                elif name == "scan":
+                    list(log.scan(a, b))
+                elif name in ("truncate_after", "drop_before"):
+                    getattr(log, name)(a)
+                elif name == "sync":
+                    log.sync()
+                elif name == "close":
+                    log.close()
+                else:
+                    log.stats()
+            except (MeridianError, TypeError):
+                pass
+    finally:
+        log.close()
