@@ -30,6 +30,8 @@ setup(
             "pytest>=7.4",
             "pytest-trio>=0.8",
             "hypothesis>=6.80",
+            # The power-loss tests' FUSE layer (bench/lossyfs.py), over Debian's libfuse3.
+            "mfusepy>=3.0",
         ],
     },
     entry_points={"console_scripts": ["meridian = engine.cli:main"]},

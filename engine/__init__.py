@@ -3,6 +3,7 @@
 This package holds everything that decides about data (ARCH §1). The storage core so far:
 
 - :class:`LogStore` — the segmented, checksummed append-only log (ARCH §2.1).
+- :class:`DurableState` — small state in a double-buffered, checksummed file (ARCH §2.2).
 """
 
 from .errors import (
@@ -19,6 +20,7 @@ from .errors import (
     StoreFailedError as StoreFailedError,
     StoreLockedError as StoreLockedError,
 )
+from .durable import DurableState as DurableState
 from .logstore import LogStats as LogStats, LogStore as LogStore
 
 __version__ = "0.1.0"

@@ -222,10 +222,14 @@ class _Exhausted(Exception):
     pass
 
 
-def _has_zero_sector(buf: bytes, start: int, stop: int) -> bool:
-    s = -(-start // SECTOR_SIZE) * SECTOR_SIZE
+def _looks_torn(buf: bytes, o: int, w: int) -> bool:
+    """The rest of o's sector is zero, or a sector wholly inside [o, w) is zero."""
+    b = (o // SECTOR_SIZE + 1) * SECTOR_SIZE
+    if b <= w and not any(buf[o:b]):
+        return True
     zero = bytes(SECTOR_SIZE)
-    while s + SECTOR_SIZE <= stop:
+    s = b
+    while s + SECTOR_SIZE <= w:
         if buf[s : s + SECTOR_SIZE] == zero:
             return True
         s += SECTOR_SIZE
@@ -282,7 +286,7 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
             w = _find_witness(buf, o, pos + 1)
         except _Exhausted:
             raise CorruptLogError(f"bad record at offset {o} of {path}", path, o) from None
-        if w is None or _has_zero_sector(buf, o, w):
+        if w is None or _looks_torn(buf, o, w):
             out_files[name] = bytes(buf[:o]) + bytes(g - o) + bytes(buf[g:])
             continue
         raise CorruptLogError(f"checksum mismatch at offset {o} of {path}", path, o)

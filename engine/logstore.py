@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from . import errors
+from ._fs import makedirs_durable
 from ._native import check, ffi, lib, new_error
 
 __all__ = ["LogStore", "LogStats", "DEFAULT_SEGMENT_SIZE", "MAX_RECORD_SIZE", "MAX_BATCH_SIZE"]
@@ -92,7 +93,7 @@ class LogStore:
         if not (1 <= initial_position < 2**63):
             raise errors.InvalidArgumentError(f"initial_position {initial_position} is not >= 1")
         if create:
-            os.makedirs(self._path, exist_ok=True)
+            makedirs_durable(self._path)
         self._lock = threading.Lock()
         self._rbuf = ffi.new("uint8_t[]", 1 << 16)
         self._st = None

@@ -307,12 +307,20 @@ static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint
     return size;
 }
 
-/* 1 when some LS_SECTOR_SIZE-aligned sector lying wholly inside [from, to) is all zero. */
-static int has_zero_sector(const uint8_t *buf, uint64_t from, uint64_t to) {
-    uint64_t s = (from + LS_SECTOR_SIZE - 1) / LS_SECTOR_SIZE * LS_SECTOR_SIZE;
-    for (; s + LS_SECTOR_SIZE <= to; s += LS_SECTOR_SIZE) {
-        if (buf[s] == 0 && memcmp(buf + s, buf + s + 1, LS_SECTOR_SIZE - 1) == 0) return 1;
-    }
+static int all_zero(const uint8_t *p, uint64_t n) {
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, (size_t)n - 1) == 0);
+}
+
+/* 1 when the bytes [o, w) between a bad record at o and its witness at w show a write that never
+ * fully reached the disk: the rest of o's sector is all zero (that sector is an older version,
+ * whose content ended before o), or a sector lying wholly inside [o, w) is all zero (a sector of
+ * the record that was never written). Appends only ever fill zeros beyond the tail, so an older
+ * version of a sector is its newer content with a zero suffix. See FORMAT.md. */
+static int looks_torn(const uint8_t *buf, uint64_t o, uint64_t w) {
+    uint64_t b = (o / LS_SECTOR_SIZE + 1) * LS_SECTOR_SIZE; /* first boundary after o */
+    if (b <= w && all_zero(buf + o, b - o)) return 1;
+    for (uint64_t s = b; s + LS_SECTOR_SIZE <= w; s += LS_SECTOR_SIZE)
+        if (all_zero(buf + s, LS_SECTOR_SIZE)) return 1;
     return 0;
 }
 
@@ -361,9 +369,9 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
                        "bad record at offset %llu of %s, and the data after it is too large to "
                        "tell a torn write from corruption",
                        (unsigned long long)o, path);
-    if (w == size || has_zero_sector(buf, o, w)) {
-        /* Torn: nothing valid follows, or a sector between is unwritten (pages of one unsynced
-         * write reached the disk out of order). Everything from o on was never synced. */
+    if (w == size || looks_torn(buf, o, w)) {
+        /* Torn: nothing valid follows, or sectors of unsynced writes reached the disk out of
+         * order, leaving never-written bytes before later ones. Nothing from o on was synced. */
         *garbage_end = g;
         return LS_OK;
     }

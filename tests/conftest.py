@@ -1,4 +1,12 @@
+import os
+
 import pytest
+
+# Child processes the tests start import the same working tree as the tests themselves.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p
+)
 
 
 def pytest_addoption(parser):
