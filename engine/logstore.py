@@ -95,6 +95,11 @@ class LogStore:
         if create:
             makedirs_durable(self._path)
         self._lock = threading.Lock()
+        # Scratch for calls made under the lock: allocating them per call costs more than the
+        # append of a small batch.
+        self._err = new_error()
+        self._u64 = ffi.new("uint64_t *")
+        self._u32 = ffi.new("uint32_t *")
         self._rbuf = ffi.new("uint8_t[]", 1 << 16)
         self._st = None
         out = ffi.new("struct ls_store **")
@@ -187,15 +192,20 @@ class LogStore:
             ) from None
         if sum(lens) != len(data):  # memoryviews whose items are not bytes
             lens = array("I", (memoryview(r).nbytes for r in records))
-        first = ffi.new("uint64_t *")
-        err = new_error()
         with self._lock:
             st = self._handle()
             rc = lib.ls_append(
-                st, ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("uint32_t[]", lens), len(lens), first, err
+                st,
+                ffi.from_buffer("uint8_t[]", data),
+                ffi.from_buffer("uint32_t[]", lens),
+                len(lens),
+                self._u64,
+                self._err,
             )
-        check(rc, err)
-        return range(first[0], first[0] + len(lens))
+            if rc:
+                check(rc, self._err)
+            first = self._u64[0]
+        return range(first, first + len(lens))
 
     def sync(self) -> None:
         """Makes every appended record durable (fdatasync).
@@ -204,10 +214,10 @@ class LogStore:
             StorageError: the sync failed; the store is then failed (see StoreFailedError).
             StoreFailedError, StoreClosedError.
         """
-        err = new_error()
         with self._lock:
-            rc = lib.ls_sync(self._handle(), err)
-        check(rc, err)
+            rc = lib.ls_sync(self._handle(), self._err)
+            if rc:
+                check(rc, self._err)
 
     def truncate_after(self, position: int) -> None:
         """Durably removes every record after ``position``.
@@ -241,16 +251,14 @@ class LogStore:
             CorruptLogError: the record's bytes changed on disk since they were written.
         """
         position = _position(position)
-        err = new_error()
-        n = ffi.new("uint32_t *")
+        err = self._err
         with self._lock:
             st = self._handle()
-            check(lib.ls_record_len(st, position, n, err), err)
-            size = n[0]
+            check(lib.ls_record_len(st, position, self._u32, err), err)
+            size = self._u32[0]
             if len(self._rbuf) < size:
                 self._rbuf = ffi.new("uint8_t[]", size)
-            rc = lib.ls_read(st, position, self._rbuf, len(self._rbuf), err)
-            check(rc, err)
+            check(lib.ls_read(st, position, self._rbuf, len(self._rbuf), err), err)
             return ffi.buffer(self._rbuf, size)[:]
 
     def scan(self, start: int | None = None, end: int | None = None) -> Iterator[tuple[int, bytes]]:

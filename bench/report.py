@@ -1,0 +1,234 @@
+"""``python -m bench report`` (or ``python bench/report.py``): regenerates the tables of BENCHMARKS.md from bench/results/*.json.
+
+Only the part between the two ``GENERATED`` markers is rewritten; text outside them (analysis,
+profiles) is kept. A missing BENCHMARKS.md is created with the markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script: python bench/report.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __import__("bench")
+    __package__ = "bench"
+
+from . import _common
+
+__all__ = ["add_parser", "main", "render_markdown", "render_storage", "update_file"]
+
+BEGIN = "<!-- BEGIN GENERATED: python -m bench report (do not edit by hand) -->"
+END = "<!-- END GENERATED -->"
+
+SKELETON = f"""# Benchmarks
+
+Figures measured with `python -m bench`. Each benchmark runs the compared systems side by side
+in one run, interleaved, and reports medians over repetitions and ratios between them; figures
+from different runs or machines are not comparable (MEASURED.md). Regenerate the tables below
+with `python -m bench report` after running a benchmark with `--json bench/results/NAME.json`.
+
+{BEGIN}
+{END}
+"""
+
+STORAGE_METHOD = """\
+Workload: 100-byte records; 16-byte keys for the key-value stores. Per batch size
+(1, 16, 256) each system makes one batch durable at a time, and the timer covers write + sync:
+
+- **meridian**: `LogStore.append(batch)` then `LogStore.sync()` (64 MiB segments, zero-filled
+  when created, so appends overwrite written blocks and a sync needs no metadata).
+- **lmdb**: `sync=True`, one write transaction per batch, `Cursor.putmulti` of random 16-byte
+  keys (as a key-value store's keys usually are, and as in MEASURED.md). The targets use this row.
+- **lmdb-seq**: the same with increasing keys (`key:%012d`), LMDB's best case: its B-tree only
+  appends. Shown so that the ratio against LMDB is not read as more than it is.
+- **sqlite**: WAL, `synchronous=FULL`, one transaction per batch,
+  `executemany("INSERT INTO t(v) VALUES (?)")` into an `INTEGER PRIMARY KEY` table (rowid order).
+- **raw-fdatasync**: the batch's records framed with a 9-byte header like the log store's
+  (n × 109 bytes) in one `os.write` to a plain `O_APPEND` file, then one `os.fdatasync`. That file
+  grows with each write; the log store overwrites preallocated space, which syncs faster, so
+  meridian can beat this "limit".
+
+Also: LogStore appends without sync, 1000 prebuilt records per call; `MVCCStore.apply` of 1000
+versions per call (random keys of a preloaded key space, 100,000 keys by default; `sync=False`,
+as designed); `MVCCStore.get` of random existing keys at the newest timestamp, one call at a
+time.
+
+Method: every repetition runs every measurement once (systems round-robin within a batch size,
+the first system rotating between repetitions); each measurement is bounded in time and count.
+Throughputs are medians over repetitions; p50/p99 pool all batches of all repetitions; ratios
+divide medians of the same run. syncs/s = batches/s (one sync per batch)."""
+
+
+def _rate(v: float | None) -> str:
+    return _common.format_rate(v)
+
+
+def _us(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def _md_table(headers: list[str], rows: list[list[str]], align: str) -> str:
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _machine_line(m: dict) -> str:
+    fs = m.get("filesystem", {})
+    parts = [
+        f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB",
+        f"Linux {m.get('kernel', '?')}",
+        m.get("python", "?"),
+        f"{fs.get('type', '?')} on {fs.get('device', '?')}",
+        f"measured {m.get('date', '?')}",
+    ]
+    if m.get("git_commit"):
+        parts.append(f"commit `{m['git_commit']}`")
+    load = [m.get("load_average_start"), m.get("load_average_end")]
+    if all(load):
+        parts.append(f"1-minute load average {load[0][0]} at start, {load[1][0]} at end")
+    return "; ".join(parts) + "."
+
+
+def render_storage(doc: dict, source: str) -> str:
+    """One storage result document as Markdown."""
+    cfg = doc["config"]
+    mode = "quick run" if cfg.get("quick") else "full run"
+    out = [
+        f"### Storage, {mode} (`{source}`)",
+        "",
+        f"Reproduce: `{doc['command']}`  ",
+        (f"{cfg['repetitions']} repetitions × {cfg['duration_s']:g} s per measurement, "
+         f"{doc.get('elapsed_s', '?')} s in all.  "),
+        f"Machine: {_machine_line(doc['machine'])}",
+        "",
+    ]
+    rows = [
+        [r["system"], str(r["batch"]), _rate(r["records_per_s"]), _rate(r["syncs_per_s"]),
+         _us(r["p50_us"]), _us(r["p99_us"])]
+        for r in doc["results"]
+    ]
+    out.append(_md_table(["system", "batch", "records/s", "syncs/s", "p50 µs", "p99 µs"],
+                         rows, "lrrrrr"))
+    out.append("")
+    mv = doc["mvcc"]
+    nos = doc.get("append_nosync", {})
+    out.append(_md_table(["measurement", "median", "p50 µs / call", "p99 µs / call"], [
+        ["LogStore.append without sync, 1000 records per call (records/s)",
+         _rate(doc["append_nosync_records_per_s"]), _us(nos.get("p50_us")),
+         _us(nos.get("p99_us"))],
+        ["MVCCStore.apply, 1000 versions per call (versions/s)",
+         _rate(mv["apply_versions_per_s"]), _us(mv.get("apply_p50_us")),
+         _us(mv.get("apply_p99_us"))],
+        ["MVCCStore.get, one call at a time (gets/s)", _rate(mv["get_per_s"]), "", ""],
+    ], "lrrr"))
+    out.append("")
+    trows = []
+    for name, t in doc["targets"].items():
+        v = t["value"]
+        is_ratio = name.startswith("batch")
+        shown = "n/a" if v is None else (f"{v:.2f}×" if is_ratio else _rate(v))
+        need = f"≥ {t['threshold']:g}×" if is_ratio else f"≥ {_rate(t['threshold'])}"
+        trows.append([t["description"], shown, need, "met" if t["met"] else "**missed**"])
+    out.append(_md_table(["target", "value", "threshold", "result"], trows, "lrrl"))
+    met = sum(bool(t["met"]) for t in doc["targets"].values())
+    out.append("")
+    out.append(f"{met} of {len(doc['targets'])} targets met.")
+    return "\n".join(out)
+
+
+RENDERERS = {"storage": render_storage}
+METHODS = {"storage": STORAGE_METHOD}
+TITLES = {"storage": "Storage: `python -m bench storage`"}
+
+
+def _sort_key(item: tuple[str, dict]) -> tuple[str, int, str]:
+    name, doc = item
+    return (doc.get("benchmark", ""), 1 if doc.get("config", {}).get("quick") else 0, name)
+
+
+def render_markdown(docs: dict[str, dict]) -> str:
+    """The generated block for result documents keyed by their path (as shown)."""
+    by_bench: dict[str, list[tuple[str, dict]]] = {}
+    for item in sorted(docs.items(), key=_sort_key):
+        by_bench.setdefault(item[1].get("benchmark", "?"), []).append(item)
+    out = []
+    for bench, items in by_bench.items():
+        render = RENDERERS.get(bench)
+        if render is None:
+            continue
+        out.append(f"## {TITLES.get(bench, bench)}")
+        out.append("")
+        if bench in METHODS:
+            out.append(METHODS[bench])
+            out.append("")
+        for source, doc in items:
+            out.append(render(doc, source))
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def load_results(results_dir: Path) -> dict[str, dict]:
+    docs = {}
+    for path in sorted(results_dir.glob("*.json")):
+        doc = _common.read_json(path)
+        if doc.get("schema") != _common.SCHEMA or "benchmark" not in doc:
+            continue
+        try:
+            shown = path.resolve().relative_to(_common.REPO_ROOT).as_posix()
+        except ValueError:
+            shown = str(path)
+        docs[shown] = doc
+    return docs
+
+
+def update_file(output: Path, generated: str) -> None:
+    """Replaces the generated block of ``output`` (creating the file if needed)."""
+    text = output.read_text(encoding="utf-8") if output.exists() else SKELETON
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + "\n\n" + BEGIN + "\n" + END + "\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    new = head + BEGIN + "\n\n" + generated + "\n" + END + tail
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, output)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report",
+        help="regenerate the tables in BENCHMARKS.md from bench/results/*.json",
+        description="Regenerates the generated part of BENCHMARKS.md from the result documents "
+                    "in bench/results/ (text outside the GENERATED markers is kept).",
+    )
+    p.add_argument("--results", default=str(_common.RESULTS_DIR), metavar="DIR",
+                   help="directory of result JSON files (default: bench/results)")
+    p.add_argument("--output", default=str(_common.REPO_ROOT / "BENCHMARKS.md"), metavar="FILE",
+                   help="the Markdown file to update (default: BENCHMARKS.md); '-' prints it")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    docs = load_results(Path(args.results))
+    if not docs:
+        print(f"no result documents in {args.results}", file=sys.stderr)
+        return 1
+    generated = render_markdown(docs)
+    if args.output == "-":
+        sys.stdout.write(generated)
+    else:
+        update_file(Path(args.output), generated)
+        print(f"updated {args.output} from {len(docs)} result file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main as _bench_main
+
+    sys.exit(_bench_main(["report", *sys.argv[1:]]))
