@@ -1,4 +1,5 @@
-"""``python -m bench report`` (or ``python bench/report.py``): regenerates the tables of BENCHMARKS.md from bench/results/*.json.
+"""``python -m bench report`` (or ``python bench/report.py``): regenerates the tables of
+BENCHMARKS.md from bench/results/*.json.
 
 Only the part between the two ``GENERATED`` markers is rewritten; text outside them (analysis,
 profiles) is kept. A missing BENCHMARKS.md is created with the markers.

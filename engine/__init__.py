@@ -4,6 +4,7 @@ This package holds everything that decides about data (ARCH §1). The storage co
 
 - :class:`LogStore` — the segmented, checksummed append-only log (ARCH §2.1).
 - :class:`DurableState` — small state in a double-buffered, checksummed file (ARCH §2.2).
+- :class:`MVCCStore` — versioned keys on LMDB, the Raft groups' state machine (ARCH §2.3).
 """
 
 from .errors import (
@@ -22,5 +23,6 @@ from .errors import (
 )
 from .durable import DurableState as DurableState
 from .logstore import LogStats as LogStats, LogStore as LogStore
+from .mvcc import GCResult as GCResult, MVCCStats as MVCCStats, MVCCStore as MVCCStore
 
 __version__ = "0.1.0"

@@ -506,7 +506,9 @@ calls = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(calls=calls)
 def test_misuse_raises_library_errors_never_crashes(tmp_path_factory, calls):
     d = tmp_path_factory.mktemp("misuse")

@@ -3,7 +3,6 @@ format (identical bytes on disk, identical recovery from any damage)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -145,7 +144,9 @@ def run_both(ops_list, directory):
     return model
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops_list=ops)
 def test_c_store_writes_exactly_the_reference_bytes(tmp_path_factory, ops_list):
     d = tmp_path_factory.mktemp("ref")
@@ -194,7 +195,9 @@ def apply_damage(files: dict[str, bytes], damages) -> dict[str, bytes]:
     return files
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops_list=ops, damages=damage)
 def test_c_recovery_matches_the_reference_after_any_damage(tmp_path_factory, ops_list, damages):
     d = tmp_path_factory.mktemp("dmg")

@@ -1,0 +1,1426 @@
+"""The MVCC store: versioned keys on LMDB, applied by a Raft group's state machine (ARCH §2.3).
+
+A key has versions, one per commit timestamp; a read at ``ts`` sees, for each key, the newest
+version with ``commit_ts <= ts``. A delete writes a *tombstone* version, so that reads at
+earlier timestamps still see the old value. Raft applies each committed entry with
+:meth:`MVCCStore.apply`, which writes the entry's versions and the entry's index (the *applied
+index*) in one LMDB transaction: after a crash the store holds exactly the entries up to its
+applied index, and re-applying the entries after it is idempotent.
+
+Example::
+
+    with MVCCStore("/var/lib/meridian/group-7/state") as store:
+        store.apply([(b"k", b"v1")], commit_ts=10, applied_index=1)
+        store.apply([(b"k", None)], commit_ts=20, applied_index=2)   # delete
+        assert store.get(b"k", 15) == b"v1"
+        assert store.get(b"k", 25) is None
+
+Layout
+------
+One LMDB environment per store directory, with named sub-databases:
+
+``versions``
+    key ``enc(user_key) + be64(2**64 - 1 - commit_ts)``, value ``tag + payload``, where
+    ``enc(k) = k.replace(b"\\x00", b"\\x00\\xff") + b"\\x00\\x01"``. The encoding preserves the
+    order of user keys and no encoded key is a prefix of another, so the versions of one key are
+    contiguous and sorted newest first, and "newest version <= ts" is a single
+    ``set_range(enc(k) + be64(2**64 - 1 - ts))``. The tag byte is ``0x01`` for a value (the
+    payload follows) and ``0x00`` for a tombstone (nothing follows); other tags are reserved so
+    that the format can grow (an origin region, for instance).
+``meta``
+    ``b"format"`` (be64, :data:`FORMAT_VERSION`), ``b"applied_index"`` (be64) and
+    ``b"gc_watermark"`` (be64, the highest watermark :meth:`MVCCStore.gc` has been given).
+
+``intents`` and ``txns`` are reserved for prepared intents and transaction records (ARCH §5).
+A ``LOCK`` file, held with ``flock``, keeps the directory to one open store at a time.
+
+Durability
+----------
+With ``sync=False`` (the default) a commit reaches the operating system's page cache when
+:meth:`MVCCStore.apply` returns: it survives the death of the process (SIGKILL included), not a
+crash of the machine. Durability against power loss comes from the Raft log, which is synced
+before entries are applied; :meth:`MVCCStore.checkpoint` flushes the store to disk and must
+return before the log is compacted past the applied index. Caveat: LMDB without sync gives no
+write ordering, so after a machine crash (a process crash is harmless) the environment itself
+may be damaged, not just stale: such a node should rebuild from a Raft snapshot rather than trust
+a store written with ``sync=False`` after its last checkpoint. With ``sync=True`` every commit is
+durable (and the file consistent) when it returns, at the cost of an fsync per commit.
+
+Memory map
+----------
+LMDB needs a map at least as large as the file. The store starts at ``map_size`` and, when a
+write transaction runs out of room, aborts it, grows the map (doubling, by at most
+:data:`MAX_GROWTH_STEP`) and runs it again; ``lmdb.MapFullError`` never escapes. Growing
+remaps the file, which is only allowed while no transaction is open in the process: reads
+register in a gate that a resize closes for the moment it needs (see the class docstring). The
+map is also grown early, after a commit that leaves less than half a growth step free, if no
+read is in flight then; so a write rarely has to wait for a resize.
+
+The store opens LMDB with ``writemap=True`` by default: commits then write pages in place in the
+shared map instead of copying each dirty page with ``pwrite``, which doubles the apply rate for
+scattered keys. The cost of a writable map is that running out of disk space while a page is
+written would kill the process with SIGBUS; to turn that into :class:`DiskFullError`, the file
+is preallocated (``posix_fallocate``) up to the map size before the map is grown. Disk usage is
+therefore the map size: about twice the data while it is small, the data plus one
+:data:`MAX_GROWTH_STEP` or less once it is large, and never below ``map_size``. Pass
+``writemap=False`` for stores much larger than RAM (a writable map reads a page before
+overwriting it) or on file systems without ``fallocate``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import mmap
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, TypeVar
+
+import lmdb
+import msgpack
+
+from . import errors
+from ._fs import makedirs_durable
+from ._native import crc32c
+
+__all__ = [
+    "MVCCStore",
+    "MVCCStats",
+    "GCResult",
+    "SnapshotStream",
+    "MAX_KEY_SIZE",
+    "MAX_VALUE_SIZE",
+    "MIN_TS",
+    "MAX_TS",
+    "DEFAULT_MAP_SIZE",
+    "MIN_MAP_SIZE",
+    "MAX_GROWTH_STEP",
+    "FORMAT_VERSION",
+    "SNAPSHOT_FORMAT_VERSION",
+]
+
+MAX_KEY_SIZE = 250
+"""Longest user key, in bytes. Encoded (every zero byte doubled, plus 2 + 8 bytes) it stays
+within LMDB's 511-byte key limit."""
+MAX_VALUE_SIZE = 4 << 20
+MIN_TS = 1
+"""Smallest commit or read timestamp. 0 is never a version's timestamp: ``be64(2**64 - 1 - 0)``
+is the 'past every version of this key' seek target used by scans."""
+MAX_TS = 2**64 - 2
+"""Largest commit or read timestamp; ``get(key, MAX_TS)`` reads the newest version."""
+DEFAULT_MAP_SIZE = 64 << 20
+MIN_MAP_SIZE = 256 << 10
+MAX_GROWTH_STEP = 1 << 30
+FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_MAGIC = "meridian-mvcc-snapshot"
+DEFAULT_SNAPSHOT_CHUNK_BYTES = 1 << 20
+MAX_SNAPSHOT_CHUNK_BYTES = 64 << 20
+
+_DB_VERSIONS = b"versions"
+_DB_META = b"meta"
+# Reserved for ARCH §5 (prepared intents, transaction records); not created yet.
+_DB_INTENTS = b"intents"
+_DB_TXNS = b"txns"
+
+_META_FORMAT = b"format"
+_META_APPLIED = b"applied_index"
+_META_GC_WATERMARK = b"gc_watermark"
+
+_INV = 2**64 - 1
+_TAG_TOMBSTONE = 0
+_TAG_VALUE = 1
+_TOMBSTONE = b"\x00"
+_VALUE_TAG = b"\x01"
+_KEY_END = b"\x00\x01"
+# Seek target just past the last version of a key: no version has commit_ts 0.
+_PAST_VERSIONS = b"\xff" * 8
+_MIN_VERSION_KEY_SIZE = 1 + len(_KEY_END) + 8
+_MAX_VERSION_KEY_SIZE = 2 * MAX_KEY_SIZE + len(_KEY_END) + 8
+_MAX_INDEX = 2**64 - 1
+
+_be64 = struct.Struct(">Q")
+_pack64 = _be64.pack
+_unpack64 = _be64.unpack
+_PAGE_SIZE = mmap.PAGESIZE
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class GCResult:
+    """What one :meth:`MVCCStore.gc` call did.
+
+    Attributes:
+        removed: versions deleted by this call.
+        resume: the key to pass as ``start`` to continue, or None when the pass reached the end.
+    """
+
+    removed: int
+    resume: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class MVCCStats:
+    """A snapshot of a store's counters.
+
+    Invariant: ``used_bytes <= map_size``.
+    """
+
+    entries: int
+    """Versions stored, tombstones included."""
+    applied_index: int
+    gc_watermark: int
+    """The highest watermark given to :meth:`MVCCStore.gc` (0 if never): reads below it may
+    miss versions."""
+    map_size: int
+    used_bytes: int
+    """Bytes of the file LMDB has used so far (its high-water mark, free pages included)."""
+    map_resizes: int
+    """Times this handle grew the map."""
+    writemap: bool
+    sync: bool
+
+
+class MVCCStore:
+    """A multi-version key-value store on LMDB, one per directory (ARCH §2.3).
+
+    Keys are ``bytes`` of 1..:data:`MAX_KEY_SIZE` bytes; values are ``bytes`` of up to
+    :data:`MAX_VALUE_SIZE`; timestamps are ints in :data:`MIN_TS`..:data:`MAX_TS`.
+
+    Thread-safety: every method may be called from any thread, concurrently. Each read (``get``,
+    ``get_version``, ``scan``, one chunk of a snapshot) runs in its own LMDB read transaction
+    and does not wait for a write in progress (only, briefly, for a map resize or for the abort
+    of a failed write transaction, both of which need a moment without reads). Writes
+    (``apply``, ``gc``, ``restore``) are serialized by a lock, and each LMDB write transaction
+    begins and ends inside the one call, so they can be run with ``trio.to_thread.run_sync``.
+    Growing the map needs an instant with no LMDB transaction open in the process: the grower
+    first waits for open :class:`SnapshotStream` objects to be closed (new snapshots wait
+    meanwhile), then holds new reads back while in-flight ones finish (microseconds). So a write that must grow the map waits for open snapshots; a thread must
+    not write while it holds an unfinished snapshot stream that nobody else will finish.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = False,
+        writemap: bool = True,
+        create: bool = True,
+    ) -> None:
+        """Opens the store in ``path``, or creates it.
+
+        Args:
+            path: the store's directory; created (with parents) when ``create`` is true.
+            map_size: initial size of the memory map in bytes (at least :data:`MIN_MAP_SIZE`,
+                rounded up to a page). An existing store keeps its larger map.
+            sync: whether every commit is durable when it returns (see the module docstring).
+            writemap: whether LMDB writes pages in place in a writable map (see the module
+                docstring).
+            create: whether a missing directory may be created.
+
+        Raises:
+            StoreLockedError: another handle, in this process or another, has the store open.
+            CorruptStateError: the directory holds a store of an unknown format.
+            DiskFullError: no space to reserve the map (``writemap=True``).
+            StorageError: the file system or LMDB refused (``errno`` says why).
+            InvalidArgumentError: ``map_size`` out of range.
+        """
+        self._path = os.fspath(path)
+        if isinstance(map_size, bool) or not isinstance(map_size, int):
+            raise errors.InvalidArgumentError(
+                f"map_size must be an int, not {type(map_size).__name__}"
+            )
+        if not MIN_MAP_SIZE <= map_size <= 2**48:
+            raise errors.InvalidArgumentError(
+                f"map_size {map_size} is outside {MIN_MAP_SIZE}..{2**48} bytes"
+            )
+        self._sync = bool(sync)
+        self._writemap = bool(writemap)
+        self._env: lmdb.Environment | None = None
+        self._lock_fd = -1
+        self._data_fd = -1
+        self._write_lock = threading.Lock()
+        # The resize gate. `_active_readers` holds one entry per thread inside an LMDB read
+        # transaction; list.append/pop are atomic under the GIL, which keeps the read path
+        # to a few hundred nanoseconds (a Condition round trip would cost more than the read).
+        # A grower or closer sets `_hold` *before* checking that the list is empty, and a
+        # reader appends *before* checking `_hold`, so one of the two always sees the other.
+        # Reentrant: a SnapshotStream collected by the garbage collector releases itself
+        # through the gate, possibly in a thread that is inside the gate already.
+        self._gate = threading.Condition(threading.RLock())
+        self._active_readers: list[None] = []
+        self._hold = False
+        self._resize_wanted = False
+        self._open_snapshots = 0
+        self._map_size = 0
+        self._map_resizes = 0
+        self._applied_index = 0
+        self._gc_watermark = 0
+
+        if create:
+            try:
+                makedirs_durable(self._path)
+            except OSError as exc:
+                raise _os_error(exc, f"cannot create store directory {self._path}") from None
+        try:
+            self._lock_fd = os.open(
+                os.path.join(self._path, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise _os_error(exc, f"cannot open store directory {self._path}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise errors.StoreLockedError(
+                f"MVCC store {self._path} is already open (in this process or another)"
+            ) from None
+        try:
+            self._open_env(_round_to_page(map_size))
+        except BaseException:
+            self._release_files()
+            raise
+
+    def _open_env(self, map_size: int) -> None:
+        data_path = os.path.join(self._path, "data.mdb")
+        try:
+            # LMDB shrinks the map (and, with a writable map, the file) to the size asked for;
+            # keep the size an earlier handle grew to, so that reopening does not undo growth.
+            map_size = max(map_size, _round_to_page(os.stat(data_path).st_size))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, f"cannot stat {data_path}") from None
+        try:
+            env = lmdb.open(
+                self._path,
+                subdir=True,
+                map_size=map_size,
+                max_dbs=8,
+                sync=self._sync,
+                metasync=self._sync,
+                readahead=False,
+                writemap=self._writemap,
+                lock=True,
+                # The C binding then keeps one finished read transaction for reuse, which
+                # saves an allocation and a reader-table scan on every get.
+                max_spare_txns=1,
+            )
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
+        try:
+            # We hold LOCK, so any reader slot in lock.mdb belongs to a dead process.
+            env.reader_check()
+            self._versions = env.open_db(_DB_VERSIONS)
+            self._meta = env.open_db(_DB_META)
+            with env.begin(db=self._meta, write=True) as txn:
+                fmt = txn.get(_META_FORMAT)
+                if fmt is None:
+                    if txn.stat(self._versions)["entries"]:
+                        raise errors.CorruptStateError(
+                            f"MVCC store {self._path} has versions but no format record",
+                            data_path,
+                        )
+                    txn.put(_META_FORMAT, _pack64(FORMAT_VERSION))
+                elif len(fmt) != 8 or _unpack64(fmt)[0] != FORMAT_VERSION:
+                    raise errors.CorruptStateError(
+                        f"MVCC store {self._path} has format {fmt.hex()}, "
+                        f"this code reads format {FORMAT_VERSION}",
+                        data_path,
+                    )
+                self._applied_index = _get_u64(txn, _META_APPLIED, data_path)
+                self._gc_watermark = _get_u64(txn, _META_GC_WATERMARK, data_path)
+            self._map_size = env.info()["map_size"]
+            self._psize = env.stat()["psize"]
+            if self._writemap:
+                self._data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+                self._reserve(self._map_size)
+        except BaseException as exc:
+            env.close()
+            if isinstance(exc, lmdb.Error):
+                raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
+            raise
+        self._env = env
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **kwargs: Any) -> MVCCStore:
+        """``MVCCStore(path, **kwargs)``: reads well as ``with MVCCStore.open(p) as store:``."""
+        return cls(path, **kwargs)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._env is None
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last Raft entry applied (0 for a new store)."""
+        self._live_env()
+        return self._applied_index
+
+    @property
+    def gc_watermark(self) -> int:
+        """The highest watermark given to :meth:`gc` (0 if never)."""
+        self._live_env()
+        return self._gc_watermark
+
+    def stats(self) -> MVCCStats:
+        """Counters of the store.
+
+        Raises:
+            StoreClosedError.
+        """
+        env = self._enter_read()
+        try:
+            with env.begin() as txn:
+                entries = txn.stat(self._versions)["entries"]
+            info = env.info()
+            return MVCCStats(
+                entries=entries,
+                applied_index=self._applied_index,
+                gc_watermark=self._gc_watermark,
+                map_size=info["map_size"],
+                used_bytes=(info["last_pgno"] + 1) * self._psize,
+                map_resizes=self._map_resizes,
+                writemap=self._writemap,
+                sync=self._sync,
+            )
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "stats failed") from None
+        finally:
+            self._exit_read()
+
+    # ------------------------------------------------------------------ writing
+
+    def apply(
+        self, writes: Iterable[tuple[bytes, bytes | None]], commit_ts: int, applied_index: int
+    ) -> bool:
+        """Writes a batch of versions at ``commit_ts`` and records ``applied_index``, atomically.
+
+        Versions and applied index go into one LMDB transaction, so after a crash either both
+        are there or neither. A ``(key, commit_ts)`` pair names one version: writing it again
+        replaces it, and if a key appears twice in ``writes`` the last one wins.
+
+        Args:
+            writes: ``(key, value)`` pairs; a value of None deletes the key (a tombstone).
+            commit_ts: the versions' timestamp (``MIN_TS..MAX_TS``). Reads at timestamps at or
+                above a watermark already given to :meth:`gc` are only exact if later writes
+                are above it.
+            applied_index: the Raft index of the entry (>= 1).
+
+        Returns:
+            True if applied; False if ``applied_index`` is not above :attr:`applied_index` (the
+            entry was applied before a crash, so nothing is done and ``writes`` is not read).
+
+        Raises:
+            InvalidArgumentError: a bad key, timestamp or index (the message names it); nothing
+                is written.
+            RecordTooLargeError: a key or value over its limit; nothing is written.
+            DiskFullError: no space to grow the map; nothing is written.
+            StorageError, StoreClosedError.
+
+        Durability: see the module docstring (``sync``).
+        """
+        if type(commit_ts) is not int or not 0 < commit_ts <= MAX_TS:
+            _check_ts(commit_ts, "commit_ts")
+        if type(applied_index) is not int or not 0 < applied_index <= _MAX_INDEX:
+            _check_index(applied_index)
+        if applied_index <= self._applied_index:
+            self._live_env()
+            return False
+        # Everything is validated and encoded before the transaction begins, so a bad write
+        # costs no LMDB work and the transaction stays short.
+        end = _KEY_END + _pack64(_INV - commit_ts)
+        items: list[tuple[bytes, bytes]] = []
+        append = items.append
+        for write in writes:
+            try:
+                key, value = write
+            except (TypeError, ValueError):
+                raise errors.InvalidArgumentError(
+                    f"each write must be a (key, value) pair, not {_describe(write)}"
+                ) from None
+            if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+                key = _check_key(key, "key")
+            if value is None:
+                append((key.replace(b"\x00", b"\x00\xff") + end, _TOMBSTONE))
+            elif type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
+                append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + value))
+            else:
+                append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + _check_value(value)))
+        # LMDB inserts sorted keys with far fewer page touches (the cursor stays on its leaf);
+        # the sort is stable, so for a repeated key the last write is still put last and wins.
+        items.sort(key=itemgetter(0))
+        applied_record = _pack64(applied_index)
+
+        def write_batch(txn: lmdb.Transaction) -> None:
+            txn.cursor(self._versions).putmulti(items)
+            txn.put(_META_APPLIED, applied_record, db=self._meta)
+
+        with self._write_lock:
+            if applied_index <= self._applied_index:
+                self._live_env()
+                return False
+            self._run_write(write_batch)
+            self._applied_index = applied_index
+        return True
+
+    def gc(self, watermark: int, *, start: bytes = b"", max_versions: int = 10_000) -> GCResult:
+        """Removes versions that no read at ``ts >= watermark`` can see.
+
+        For each key from ``start`` on, every version above ``watermark`` and the newest one at
+        or below it are kept, and older ones are removed; if that newest one is a tombstone with
+        nothing newer, it goes too (the key then reads as missing, as it did). Reads at
+        ``ts >= watermark`` return the same values afterwards; ``get_version`` may report such a
+        key as missing instead of ``(ts, None)``. Reads below the watermark may miss versions.
+
+        The work per call is bounded: the call stops at the first key boundary after examining
+        ``max_versions`` versions (it always finishes at least one key) and commits one LMDB
+        write transaction. Call again with ``start=result.resume`` until it is None.
+
+        Args:
+            watermark: a timestamp (``MIN_TS..MAX_TS``), typically now minus the maximum
+                transaction lifetime (ARCH §2.3).
+            start: the first key to collect (``b""`` for the beginning).
+            max_versions: the budget of versions examined (>= 1).
+
+        Returns:
+            A :class:`GCResult`.
+
+        Raises:
+            InvalidArgumentError, DiskFullError, StorageError, StoreClosedError.
+        """
+        if type(watermark) is not int or not 0 < watermark <= MAX_TS:
+            _check_ts(watermark, "watermark")
+        start = _check_bound(start, "start")
+        if isinstance(max_versions, bool) or not isinstance(max_versions, int) or max_versions < 1:
+            raise errors.InvalidArgumentError(
+                f"max_versions must be an int >= 1, not {max_versions!r}"
+            )
+        inv_watermark = _pack64(_INV - watermark)
+
+        def collect(txn: lmdb.Transaction) -> GCResult:
+            cur = txn.cursor(self._versions)
+            removed = examined = 0
+            ok = cur.set_range(_encode(start)) if start else cur.first()
+            while ok:
+                vkey = cur.key()
+                ekey = vkey[:-8]
+                if examined >= max_versions:
+                    return GCResult(removed, _decode(ekey))
+                examined += 1
+                newest = True
+                if _INV - _unpack64(vkey[-8:])[0] > watermark:
+                    # Versions above the watermark are kept: skip them in one seek.
+                    newest = False
+                    if not cur.set_range(ekey + inv_watermark):
+                        break
+                    if not cur.key().startswith(ekey):
+                        ok = True
+                        continue
+                    examined += 1
+                # The cursor is on the newest version <= watermark: kept, unless it is a
+                # tombstone with nothing newer (the key reads as missing either way).
+                if newest and cur.value() == _TOMBSTONE:
+                    cur.delete()  # moves to the next entry
+                    removed += 1
+                else:
+                    cur.next()
+                # Every older version of the key is invisible at ts >= watermark.
+                while cur.key().startswith(ekey):
+                    cur.delete()
+                    removed += 1
+                    examined += 1
+                ok = bool(cur.key())  # an unpositioned cursor has an empty key
+            return GCResult(removed, None)
+
+        def write_gc(txn: lmdb.Transaction) -> GCResult:
+            result = collect(txn)
+            if watermark > self._gc_watermark:
+                txn.put(_META_GC_WATERMARK, _pack64(watermark), db=self._meta)
+            return result
+
+        with self._write_lock:
+            result = self._run_write(write_gc)
+            self._gc_watermark = max(self._gc_watermark, watermark)
+        return result
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, key: bytes, ts: int) -> bytes | None:
+        """The value of ``key`` as of ``ts``: its newest version with ``commit_ts <= ts``.
+
+        Returns:
+            The value, or None if the key has no version at or before ``ts`` or that version is
+            a tombstone.
+
+        Raises:
+            InvalidArgumentError, RecordTooLargeError (key over the limit), StoreClosedError,
+            StorageError.
+        """
+        # This is the hottest path of the store: the gate is inlined (see __init__) and
+        # validation takes the slow path only for bad arguments.
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key, "key")
+        if type(ts) is not int or not 0 < ts <= MAX_TS:
+            _check_ts(ts, "ts")
+        ekey = key.replace(b"\x00", b"\x00\xff") + _KEY_END
+        readers = self._active_readers
+        readers.append(None)
+        try:
+            if self._hold:
+                self._wait_gate()
+            env = self._env
+            if env is None:
+                raise errors.StoreClosedError(f"MVCC store {self._path} is closed")
+            txn = env.begin(self._versions)
+            try:
+                cur = txn.cursor()
+                if not cur.set_range(ekey + _pack64(_INV - ts)):
+                    return None
+                # key() and value() are cheaper than item() in py-lmdb.
+                vkey = cur.key()
+                value = cur.value()
+            finally:
+                txn.abort()
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "get failed") from None
+        finally:
+            readers.pop()
+            if self._hold:
+                self._notify_gate()
+        # No encoded key is a prefix of another, so a version key that starts with enc(key)
+        # is a version of this key.
+        if value[0] == 1 and vkey.startswith(ekey):  # 1: _TAG_VALUE
+            return value[1:]
+        return None
+
+    def get_version(self, key: bytes, ts: int) -> tuple[int, bytes | None] | None:
+        """The newest version of ``key`` with ``commit_ts <= ts``.
+
+        Returns:
+            ``(commit_ts, value)`` with value None for a tombstone, or None if there is no such
+            version. After ``gc(watermark)``, a tombstone at or below the watermark with nothing
+            newer may have been removed: the key then reads as None here.
+
+        Raises:
+            InvalidArgumentError, RecordTooLargeError, StoreClosedError, StorageError.
+        """
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key, "key")
+        if type(ts) is not int or not 0 < ts <= MAX_TS:
+            _check_ts(ts, "ts")
+        ekey = key.replace(b"\x00", b"\x00\xff") + _KEY_END
+        env = self._enter_read()
+        try:
+            txn = env.begin(self._versions)
+            try:
+                cur = txn.cursor()
+                if not cur.set_range(ekey + _pack64(_INV - ts)):
+                    return None
+                vkey = cur.key()
+                value = cur.value()
+            finally:
+                txn.abort()
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "get_version failed") from None
+        finally:
+            self._exit_read()
+        if not vkey.startswith(ekey):
+            return None
+        commit_ts = _INV - _unpack64(vkey[-8:])[0]
+        return (commit_ts, value[1:] if value[0] == _TAG_VALUE else None)
+
+    def scan(
+        self,
+        start: bytes,
+        end: bytes | None,
+        ts: int,
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """The live keys in ``[start, end)`` as of ``ts``, in key order.
+
+        For each key, the newest version with ``commit_ts <= ts`` is taken; keys whose version
+        is a tombstone (or that have none) are skipped. The cost is a few cursor seeks per key
+        in the range, whatever the number of versions of each.
+
+        Args:
+            start: the smallest key (``b""`` for the beginning).
+            end: one past the largest key, or None for no upper bound.
+            ts: the read timestamp.
+            limit: at most this many pairs (None for no limit).
+            reverse: descending key order (the first pairs are those just below ``end``).
+
+        Returns:
+            ``[(key, value), ...]``.
+
+        Raises:
+            InvalidArgumentError, StoreClosedError, StorageError.
+        """
+        start = _check_bound(start, "start")
+        if end is not None:
+            end = _check_bound(end, "end")
+        if type(ts) is not int or not 0 < ts <= MAX_TS:
+            _check_ts(ts, "ts")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise errors.InvalidArgumentError(f"limit must be None or an int >= 0, not {limit!r}")
+        if limit == 0 or (end is not None and end <= start):
+            self._live_env()
+            return []
+        inv_ts = _pack64(_INV - ts)
+        # Version keys compare with encoded bounds directly: a version of a key k >= end has
+        # vkey >= enc(end), a version of k < start has vkey < enc(start) (prefix-freeness).
+        start_enc = _encode(start) if start else b""
+        end_enc = _encode(end) if end is not None else None
+        out: list[tuple[bytes, bytes]] = []
+        env = self._enter_read()
+        try:
+            with env.begin(self._versions) as txn:
+                cur = txn.cursor()
+                if reverse:
+                    self._scan_reverse(cur, start_enc, end_enc, inv_ts, limit, out)
+                else:
+                    self._scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, out)
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "scan failed") from None
+        finally:
+            self._exit_read()
+        return out
+
+    @staticmethod
+    def _scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, out) -> None:
+        ok = cur.set_range(start_enc + inv_ts) if start_enc else cur.first()
+        while ok:
+            vkey = cur.key()
+            if end_enc is not None and vkey >= end_enc:
+                return
+            ekey = vkey[:-8]
+            if _INV - _unpack64(vkey[-8:])[0] > ts:
+                # Landed on a key's newest versions, above ts: seek to its newest <= ts (or,
+                # if it has none, to the next key).
+                ok = cur.set_range(ekey + inv_ts)
+                continue
+            value = cur.value()
+            if value[0] == _TAG_VALUE:
+                out.append((_decode(ekey), value[1:]))
+                if limit is not None and len(out) >= limit:
+                    return
+            ok = cur.set_range(ekey + _PAST_VERSIONS)
+
+    @staticmethod
+    def _scan_reverse(cur, start_enc, end_enc, inv_ts, limit, out) -> None:
+        if end_enc is None:
+            ok = cur.last()
+        else:
+            ok = cur.prev() if cur.set_range(end_enc) else cur.last()
+        while ok:
+            vkey = cur.key()
+            if vkey < start_enc:
+                return
+            # The cursor is on some version (usually the oldest) of the key ekey.
+            ekey = vkey[:-8]
+            if cur.set_range(ekey + inv_ts) and cur.key().startswith(ekey):
+                value = cur.value()
+                if value[0] == _TAG_VALUE:
+                    out.append((_decode(ekey), value[1:]))
+                    if limit is not None and len(out) >= limit:
+                        return
+            # Step to the previous key: onto this key's newest version, then one back.
+            cur.set_range(ekey)
+            ok = cur.prev()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_chunks(self, chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES) -> SnapshotStream:
+        """A consistent snapshot of the whole store as a stream of chunks (for Raft).
+
+        The snapshot is taken now, in one LMDB read transaction that stays open until the
+        stream is exhausted or closed: close it (or use it as a context manager) if you stop
+        early. While it is open, LMDB cannot reuse pages freed after it began, and a write that
+        must grow the map waits for it. The chunks are self-describing msgpack maps — a header
+        (format version, applied index, GC watermark, number of versions), data chunks of raw
+        ``versions`` entries, and a trailer with the chunk and entry counts and the CRC-32C of
+        every preceding chunk — and :meth:`restore` verifies all of it.
+
+        Args:
+            chunk_bytes: the approximate size of a data chunk (4 KiB..64 MiB); a chunk holds
+                at least one entry, so a large value makes a larger chunk.
+
+        Returns:
+            A :class:`SnapshotStream` (an iterator of ``bytes``); its ``applied_index`` says
+            which Raft index the snapshot covers.
+
+        Raises:
+            InvalidArgumentError, StoreClosedError, StorageError.
+        """
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int):
+            raise errors.InvalidArgumentError(
+                f"chunk_bytes must be an int, not {type(chunk_bytes).__name__}"
+            )
+        if not 4096 <= chunk_bytes <= MAX_SNAPSHOT_CHUNK_BYTES:
+            raise errors.InvalidArgumentError(
+                f"chunk_bytes {chunk_bytes} is outside 4096..{MAX_SNAPSHOT_CHUNK_BYTES}"
+            )
+        return SnapshotStream(self, chunk_bytes)
+
+    def restore(self, chunks: Iterable[bytes]) -> int:
+        """Replaces the whole content of the store with a snapshot from :meth:`snapshot_chunks`.
+
+        The chunks are first read to the end and verified (into a temporary file in the store's
+        directory, so memory stays bounded and no write transaction is held while the caller
+        produces chunks); then the old content is replaced in one LMDB write transaction. The
+        applied index and GC watermark become the snapshot's.
+
+        Args:
+            chunks: the snapshot's chunks, in order.
+
+        Returns:
+            The snapshot's applied index.
+
+        Raises:
+            CorruptStateError: the stream is truncated, reordered, altered or of an unknown
+                format; the store is unchanged.
+            DiskFullError, StorageError, StoreClosedError.
+        """
+        self._live_env()
+        try:
+            spool = tempfile.TemporaryFile(dir=self._path, prefix="restore-")
+        except OSError as exc:
+            raise _os_error(exc, f"cannot create a temporary file in {self._path}") from None
+        with spool:
+            header = _spool_snapshot(chunks, spool)
+            applied_index = header["applied_index"]
+            watermark = header["gc_watermark"]
+
+            def replace(txn: lmdb.Transaction) -> None:
+                txn.drop(self._versions, delete=False)
+                cur = txn.cursor(self._versions)
+                for pairs in _read_spool(spool):
+                    it = iter(pairs)
+                    consumed, added = cur.putmulti(zip(it, it), append=True)
+                    if added != consumed:
+                        # append=True refuses a key not above the last one: the verified stream
+                        # was not in key order, so it was not written by snapshot_chunks.
+                        raise errors.CorruptStateError("snapshot entries are not in key order")
+                txn.put(_META_APPLIED, _pack64(applied_index), db=self._meta)
+                txn.put(_META_GC_WATERMARK, _pack64(watermark), db=self._meta)
+
+            with self._write_lock:
+                self._run_write(replace)
+                self._applied_index = applied_index
+                self._gc_watermark = watermark
+        return applied_index
+
+    # ------------------------------------------------------------------ durability, lifetime
+
+    def checkpoint(self) -> None:
+        """Makes every applied entry durable (an fsync of the map), whatever ``sync`` is.
+
+        Call it, and let it return, before compacting the Raft log past :attr:`applied_index`.
+
+        Raises:
+            StorageError, StoreClosedError.
+        """
+        env = self._enter_read()
+        try:
+            env.sync(True)
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "checkpoint failed") from None
+        finally:
+            self._exit_read()
+
+    def close(self) -> None:
+        """Closes the store; idempotent. Open snapshot streams fail on their next chunk.
+
+        Waits for a write in progress and for reads in flight.
+        """
+        with self._write_lock:
+            env = self._env
+            if env is None:
+                return
+            with self._gate:
+                self._hold = True
+                while self._active_readers:
+                    self._gate.wait()
+                try:
+                    self._env = None
+                    env.close()
+                finally:
+                    self._hold = False
+                    self._gate.notify_all()
+                    self._release_files()
+
+    def _release_files(self) -> None:
+        if self._data_fd >= 0:
+            os.close(self._data_fd)
+            self._data_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> MVCCStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # No other thread can be using an unreferenced store, so no gate is needed.
+        env = getattr(self, "_env", None)
+        if env is not None:
+            self._env = None
+            env.close()
+        if getattr(self, "_lock_fd", -1) >= 0 or getattr(self, "_data_fd", -1) >= 0:
+            self._release_files()
+
+    def __repr__(self) -> str:
+        if self._env is None:
+            return f"<MVCCStore {self._path!r} closed>"
+        return f"<MVCCStore {self._path!r} applied {self._applied_index}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _live_env(self) -> lmdb.Environment:
+        env = self._env
+        if env is None:
+            raise errors.StoreClosedError(f"MVCC store {self._path} is closed")
+        return env
+
+    def _enter_read(self) -> lmdb.Environment:
+        """Registers a read in the gate and returns the open environment.
+
+        Every successful call must be paired with :meth:`_exit_read` (also when this raises
+        StoreClosedError, the registration is already undone).
+        """
+        self._active_readers.append(None)
+        if self._hold:
+            self._wait_gate()
+        env = self._env
+        if env is None:
+            self._exit_read()
+            raise errors.StoreClosedError(f"MVCC store {self._path} is closed")
+        return env
+
+    def _exit_read(self) -> None:
+        self._active_readers.pop()
+        if self._hold:
+            self._notify_gate()
+
+    def _wait_gate(self) -> None:
+        """Slow path of a read that found the gate held: step out, wait, step back in."""
+        with self._gate:
+            self._active_readers.pop()
+            self._gate.notify_all()
+            while self._hold:
+                self._gate.wait()
+            self._active_readers.append(None)
+
+    def _notify_gate(self) -> None:
+        with self._gate:
+            self._gate.notify_all()
+
+    def _run_write(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Runs ``body`` in a write transaction and commits, growing the map as needed.
+
+        The caller holds ``_write_lock``. On MapFullError the transaction is aborted, the map
+        grown and ``body`` run again from the start, so ``body`` must not have other effects.
+        """
+        env = self._live_env()
+        while True:
+            try:
+                txn = env.begin(write=True)
+            except lmdb.Error as exc:
+                raise _lmdb_error(exc, "cannot begin a write transaction") from None
+            try:
+                result = body(txn)
+                txn.commit()
+            except lmdb.MapFullError:
+                self._abort_write(txn)
+                self._grow(wait=True)
+                continue
+            except lmdb.Error as exc:
+                self._abort_write(txn)
+                raise _lmdb_error(exc, "write failed") from None
+            except BaseException:
+                self._abort_write(txn)
+                raise
+            break
+        self._maybe_grow_early(env)
+        return result
+
+    def _abort_write(self, txn: lmdb.Transaction) -> None:
+        """Aborts a write transaction once no read is in flight.
+
+        py-lmdb's C binding aborts a write transaction under an environment-wide lock that
+        every cursor operation also takes, shared: with a few threads reading without pause,
+        the abort can wait forever. Holding new reads back for the moment avoids that.
+        """
+        with self._gate:
+            self._hold = True
+            try:
+                while self._active_readers:
+                    self._gate.wait()
+                _abort_quietly(txn)
+            finally:
+                self._hold = False
+                self._gate.notify_all()
+
+    def _maybe_grow_early(self, env: lmdb.Environment) -> None:
+        """Grows the map when less than half a growth step is left, if that needs no waiting.
+
+        Never raises: it runs after a commit, which must not be reported as failed. A failure
+        here (no disk space, say) shows again, and is reported, by the write that needs room.
+        """
+        try:
+            used = (env.info()["last_pgno"] + 1) * self._psize
+            # The threshold follows the step (not the map size) so that a large map keeps about
+            # one step of headroom rather than doubling the disk it reserves.
+            if self._map_size - used < min(self._map_size, MAX_GROWTH_STEP) // 2:
+                self._grow(wait=False)
+        except (errors.StorageError, lmdb.Error):
+            pass
+
+    def _grow(self, *, wait: bool) -> None:
+        """Doubles the map (by at most MAX_GROWTH_STEP). The caller holds ``_write_lock``
+        and has no transaction open.
+
+        With ``wait`` false it gives up at once if a snapshot is open or a read in flight.
+        """
+        new_size = _round_to_page(self._map_size + min(self._map_size, MAX_GROWTH_STEP))
+        env = self._live_env()
+        with self._gate:
+            if wait:
+                # A snapshot's transaction would be invalidated by the remap: let open ones
+                # finish, and keep new ones from starting so that they cannot starve us.
+                self._resize_wanted = True
+                try:
+                    while self._open_snapshots:
+                        self._gate.wait()
+                finally:
+                    self._resize_wanted = False
+            elif self._open_snapshots:
+                return
+            self._hold = True
+            try:
+                if self._active_readers:
+                    if not wait:
+                        return
+                    while self._active_readers:
+                        self._gate.wait()
+                # Reserve the disk space first: with a writable map, a page written into an
+                # unreserved hole on a full disk would raise SIGBUS instead of an error.
+                self._reserve(new_size)
+                try:
+                    env.set_mapsize(new_size)
+                except lmdb.Error as exc:
+                    raise _lmdb_error(exc, f"cannot grow the map to {new_size} bytes") from None
+                self._map_size = env.info()["map_size"]
+                self._map_resizes += 1
+            finally:
+                self._hold = False
+                self._gate.notify_all()
+
+    def _reserve(self, size: int) -> None:
+        if self._data_fd < 0:
+            return
+        try:
+            os.posix_fallocate(self._data_fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (_errno.EOPNOTSUPP, _errno.EINVAL, _errno.ENOSYS):
+                return  # the file system cannot reserve; nothing better to do than go on
+            raise _os_error(
+                exc, f"cannot reserve {size} bytes for the map of {self._path}"
+            ) from None
+
+
+class SnapshotStream:
+    """An iterator over the chunks of one consistent snapshot (see
+    :meth:`MVCCStore.snapshot_chunks`).
+
+    It owns an LMDB read transaction from its creation until it is exhausted, closed or
+    garbage collected. Chunks may be taken from different threads, one at a time.
+
+    Attributes:
+        applied_index: the Raft index the snapshot covers.
+        gc_watermark: the store's GC watermark when the snapshot was taken.
+        entries: the number of versions in the snapshot.
+    """
+
+    def __init__(self, store: MVCCStore, chunk_bytes: int) -> None:
+        self._store: MVCCStore | None = None
+        self._txn: lmdb.Transaction | None = None
+        self._chunk_bytes = chunk_bytes
+        self._state = "header"
+        self._crc = 0
+        self._chunks = 0
+        self._pairs = 0
+        self._iter: Iterator[tuple[bytes, bytes]] | None = None
+        self.applied_index = 0
+        self.gc_watermark = 0
+        self.entries = 0
+        gate = store._gate
+        with gate:
+            while store._resize_wanted:
+                gate.wait()
+            store._open_snapshots += 1
+        self._store = store
+        try:
+            env = store._enter_read()
+            try:
+                self._txn = env.begin(store._versions)
+                self.entries = self._txn.stat(store._versions)["entries"]
+                # The applied index is read from the same transaction as the data, not from
+                # the store's cache, so that the two agree.
+                self.applied_index = _get_u64(self._txn, _META_APPLIED, store._path, store._meta)
+                self.gc_watermark = _get_u64(
+                    self._txn, _META_GC_WATERMARK, store._path, store._meta
+                )
+                self._iter = self._txn.cursor().iternext()
+            finally:
+                store._exit_read()
+        except lmdb.Error as exc:
+            self.close()
+            raise _lmdb_error(exc, "cannot begin a snapshot") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> SnapshotStream:
+        return self
+
+    def __next__(self) -> bytes:
+        store = self._store
+        if store is None or self._state == "done":
+            raise StopIteration
+        try:
+            store._enter_read()
+        except BaseException:
+            self._finish()
+            raise
+        try:
+            if self._state == "header":
+                chunk = _pack_chunk(
+                    {
+                        "kind": "header",
+                        "magic": SNAPSHOT_MAGIC,
+                        "format": SNAPSHOT_FORMAT_VERSION,
+                        "applied_index": self.applied_index,
+                        "gc_watermark": self.gc_watermark,
+                        "entries": self.entries,
+                    }
+                )
+                self._state = "data"
+            elif self._state == "data":
+                chunk = self._data_chunk()
+            else:
+                chunk = self._trailer()
+        except lmdb.Error as exc:
+            self._state = "done"
+            store._exit_read()
+            self._finish()
+            raise _lmdb_error(exc, "snapshot read failed") from None
+        except BaseException:
+            self._state = "done"
+            store._exit_read()
+            self._finish()
+            raise
+        store._exit_read()
+        if self._state == "done":
+            self._finish()
+        else:
+            self._crc = crc32c(chunk, self._crc)
+            self._chunks += 1
+        return chunk
+
+    def _data_chunk(self) -> bytes:
+        flat: list[bytes] = []
+        size = 0
+        limit = self._chunk_bytes
+        for key, value in self._iter:
+            flat.append(key)
+            flat.append(value)
+            size += len(key) + len(value) + 10  # about msgpack's per-item overhead
+            if size >= limit:
+                break
+        else:
+            self._state = "trailer"
+            if not flat:
+                return self._trailer()
+        self._pairs += len(flat) // 2
+        return _pack_chunk({"kind": "data", "db": "versions", "pairs": flat})
+
+    def _trailer(self) -> bytes:
+        """The last chunk: counts and the CRC-32C of every chunk before it."""
+        self._state = "done"
+        return _pack_chunk(
+            {"kind": "trailer", "chunks": self._chunks, "entries": self._pairs, "crc32c": self._crc}
+        )
+
+    def close(self) -> None:
+        """Ends the snapshot's read transaction; idempotent."""
+        self._state = "done"
+        self._finish()
+
+    def _finish(self) -> None:
+        store = self._store
+        if store is None:
+            return
+        self._store = None
+        txn, self._txn = self._txn, None
+        self._iter = None
+        if txn is not None:
+            _abort_quietly(txn)
+        with store._gate:
+            store._open_snapshots -= 1
+            store._gate.notify_all()
+
+    def __enter__(self) -> SnapshotStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._finish()
+
+
+# ---------------------------------------------------------------------- snapshot verification
+
+
+def _pack_chunk(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
+    """Verifies a snapshot stream while copying its entries to ``spool``; returns the header.
+
+    Each data chunk's entry list is written to the spool as one msgpack array.
+    """
+
+    def corrupt(why: str) -> errors.CorruptStateError:
+        return errors.CorruptStateError(f"snapshot rejected: {why}")
+
+    header: dict[str, Any] | None = None
+    trailer: dict[str, Any] | None = None
+    crc = 0
+    count = 0
+    entries = 0
+    packer = msgpack.Packer(use_bin_type=True)
+    for raw in chunks:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise corrupt(f"chunk {count} is {type(raw).__name__}, not bytes")
+        if trailer is not None:
+            raise corrupt("chunks follow the trailer")
+        try:
+            chunk = msgpack.unpackb(raw, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            # msgpack reports bad input with several types (FormatError, ExtraData, ...).
+            raise corrupt(f"chunk {count} is not msgpack ({exc})") from None
+        if not isinstance(chunk, dict):
+            raise corrupt(f"chunk {count} is not a map")
+        kind = chunk.get("kind")
+        if header is None:
+            if kind != "header" or chunk.get("magic") != SNAPSHOT_MAGIC:
+                raise corrupt("the first chunk is not a snapshot header")
+            if chunk.get("format") != SNAPSHOT_FORMAT_VERSION:
+                raise corrupt(f"format {chunk.get('format')!r} is not {SNAPSHOT_FORMAT_VERSION}")
+            for field in ("applied_index", "gc_watermark", "entries"):
+                value = chunk.get(field)
+                if type(value) is not int or not 0 <= value <= _MAX_INDEX:
+                    raise corrupt(f"header field {field} is {value!r}")
+            header = chunk
+        elif kind == "data":
+            pairs = chunk.get("pairs")
+            if chunk.get("db") != "versions" or not isinstance(pairs, list) or len(pairs) % 2:
+                raise corrupt(f"data chunk {count} is malformed")
+            for i in range(0, len(pairs), 2):
+                _check_snapshot_entry(pairs[i], pairs[i + 1], count, corrupt)
+            entries += len(pairs) // 2
+            _spool_write(spool, packer.pack(pairs))
+        elif kind == "trailer":
+            if chunk.get("crc32c") != crc:
+                raise corrupt("checksum mismatch")
+            if chunk.get("chunks") != count or chunk.get("entries") != entries:
+                raise corrupt(
+                    f"the trailer counts {chunk.get('chunks')!r} chunks and "
+                    f"{chunk.get('entries')!r} entries, the stream had {count} and {entries}"
+                )
+            trailer = chunk
+        else:
+            raise corrupt(f"chunk {count} has unexpected kind {kind!r}")
+        crc = crc32c(raw, crc)
+        count += 1
+    if header is None:
+        raise corrupt("the stream is empty")
+    if trailer is None:
+        raise corrupt("the stream is truncated (no trailer)")
+    if entries != header["entries"]:
+        raise corrupt(f"the header announces {header['entries']} entries, the stream had {entries}")
+    _spool_write(spool, None)
+    return header
+
+
+def _spool_write(spool, data: bytes | None) -> None:
+    """Writes ``data`` to the spool, or flushes it (None).
+
+    Only the spool's own I/O errors become StorageError: an OSError raised by the caller's
+    chunk source (a dropped connection, say) passes through unchanged.
+    """
+    try:
+        if data is None:
+            spool.flush()
+        else:
+            spool.write(data)
+    except OSError as exc:
+        raise _os_error(exc, "cannot spool the snapshot") from None
+
+
+def _check_snapshot_entry(key: Any, value: Any, chunk: int, corrupt) -> None:
+    if (
+        type(key) is not bytes
+        or type(value) is not bytes
+        or not _MIN_VERSION_KEY_SIZE <= len(key) <= _MAX_VERSION_KEY_SIZE
+        or key[-10:-8] != _KEY_END
+        # In an encoded key body every zero byte is followed by 0xff.
+        or b"\x00" in key[:-10].replace(b"\x00\xff", b"")
+        or not value
+        or not (value == _TOMBSTONE or value[0] == _TAG_VALUE)
+        or key[-8:] == _PAST_VERSIONS
+        or key[-8:] == b"\x00" * 8
+    ):
+        raise corrupt(f"data chunk {chunk} holds a malformed entry")
+
+
+def _read_spool(spool) -> Iterator[list[bytes]]:
+    spool.seek(0)
+    unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=0)
+    yield from unpacker
+
+
+# ---------------------------------------------------------------------- encoding, validation
+
+
+def _encode(key: bytes) -> bytes:
+    return key.replace(b"\x00", b"\x00\xff") + _KEY_END
+
+
+def _decode(ekey: bytes) -> bytes:
+    # In the encoded body every zero byte is followed by 0xff, so replacing left to right
+    # is unambiguous.
+    return ekey[:-2].replace(b"\x00\xff", b"\x00")
+
+
+def _round_to_page(size: int) -> int:
+    return -(-size // _PAGE_SIZE) * _PAGE_SIZE
+
+
+def _get_u64(txn: lmdb.Transaction, name: bytes, path: str, db=None) -> int:
+    raw = txn.get(name, db=db) if db is not None else txn.get(name)
+    if raw is None:
+        return 0
+    if len(raw) != 8:
+        raise errors.CorruptStateError(
+            f"meta record {name.decode()} of {path} is {raw.hex()}", path
+        )
+    return _unpack64(raw)[0]
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _check_key(key: object, name: str) -> bytes:
+    """Slow path of key validation: returns the key as bytes or raises."""
+    if not isinstance(key, bytes):
+        raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(key)}")
+    if not key:
+        raise errors.InvalidArgumentError(f"{name} must not be empty")
+    if len(key) > MAX_KEY_SIZE:
+        raise errors.RecordTooLargeError(
+            f"{name} is {len(key)} bytes, over the {MAX_KEY_SIZE}-byte limit"
+        )
+    return bytes(key)
+
+
+def _check_bound(bound: object, name: str) -> bytes:
+    if not isinstance(bound, bytes):
+        raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(bound)}")
+    if len(bound) > MAX_KEY_SIZE:
+        raise errors.InvalidArgumentError(
+            f"{name} is {len(bound)} bytes, longer than any key ({MAX_KEY_SIZE})"
+        )
+    return bytes(bound)
+
+
+def _check_value(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise errors.InvalidArgumentError(
+            f"a value must be bytes or None (delete), not {_describe(value)}"
+        )
+    if len(value) > MAX_VALUE_SIZE:
+        raise errors.RecordTooLargeError(
+            f"a value is {len(value)} bytes, over the {MAX_VALUE_SIZE}-byte limit"
+        )
+    return bytes(value)
+
+
+def _check_ts(ts: object, name: str) -> None:
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise errors.InvalidArgumentError(f"{name} must be an int, not {_describe(ts)}")
+    raise errors.InvalidArgumentError(f"{name} {ts} is outside {MIN_TS}..{MAX_TS}")
+
+
+def _check_index(index: object) -> None:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise errors.InvalidArgumentError(f"applied_index must be an int, not {_describe(index)}")
+    raise errors.InvalidArgumentError(f"applied_index {index} is outside 1..{_MAX_INDEX}")
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def _abort_quietly(txn: lmdb.Transaction) -> None:
+    try:
+        txn.abort()
+    except lmdb.Error:
+        pass  # already invalidated (a failed commit, or the environment was closed)
+
+
+def _lmdb_error(exc: lmdb.Error, what: str) -> errors.MeridianError:
+    code = getattr(exc, "code", 0) or 0
+    if code == _errno.ENOSPC:
+        return errors.DiskFullError(f"{what}: {exc}")
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.PanicError):
+        return errors.CorruptStateError(f"{what}: {exc}")
+    if "closed/deleted/dropped" in str(exc):
+        return errors.StoreClosedError(f"{what}: the store is closed")
+    return errors.StorageError(code if code > 0 else _errno.EIO, f"{what}: {exc}")
+
+
+def _os_error(exc: OSError, what: str) -> errors.StorageError:
+    if exc.errno == _errno.ENOSPC:
+        return errors.DiskFullError(f"{what}: {exc.strerror}")
+    err = errors.StorageError(exc.errno or _errno.EIO, f"{what}: {exc.strerror or exc}")
+    err.filename = exc.filename
+    return err
