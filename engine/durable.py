@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from . import errors
 from ._fs import fsync_directory
 from ._native import crc32c_masked
+from ._resource import Resource
 
 __all__ = [
     "DurableState",
@@ -155,7 +156,7 @@ def _parse_slot(data: bytes, index: int, slot_size: int | None) -> _Slot:
     return _Slot("bad", why="no valid slot header")
 
 
-class DurableState:
+class DurableState(Resource):
     """A small byte string that survives crashes: the last value :meth:`store` returned for.
 
     Example::
@@ -208,16 +209,9 @@ class DurableState:
             raise
         self._fd = fd
 
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], **kwargs) -> DurableState:
-        """``DurableState(path, **kwargs)``: reads well as ``with DurableState.open(p) as s:``."""
-        return cls(path, **kwargs)
 
     # ------------------------------------------------------------------ state
 
-    @property
-    def path(self) -> str:
-        return self._path
 
     @property
     def closed(self) -> bool:
@@ -304,11 +298,6 @@ class DurableState:
         if fd is not None:
             os.close(fd)
 
-    def __enter__(self) -> DurableState:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from . import errors
 from ._fs import makedirs_durable
 from ._native import check, ffi, lib, new_error
+from ._resource import Resource
 
 __all__ = ["LogStore", "LogStats", "DEFAULT_SEGMENT_SIZE", "MAX_RECORD_SIZE", "MAX_BATCH_SIZE"]
 
@@ -49,7 +50,7 @@ class LogStats:
     failed: bool
 
 
-class LogStore:
+class LogStore(Resource):
     """A directory of log segments, opened exclusively.
 
     Thread-safety: every method may be called from any thread; calls are serialized by a lock
@@ -107,16 +108,9 @@ class LogStore:
         check(lib.ls_open(os.fsencode(self._path), segment_size, initial_position, out, err), err)
         self._st = out[0]
 
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], **kwargs) -> LogStore:
-        """``LogStore(path, **kwargs)``: reads well as ``with LogStore.open(path) as log:``."""
-        return cls(path, **kwargs)
 
     # ------------------------------------------------------------------ state
 
-    @property
-    def path(self) -> str:
-        return self._path
 
     @property
     def closed(self) -> bool:
@@ -327,11 +321,6 @@ class LogStore:
                 self._st = None
                 lib.ls_close(st)
 
-    def __enter__(self) -> LogStore:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __del__(self) -> None:
         st = getattr(self, "_st", None)

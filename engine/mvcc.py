@@ -87,6 +87,7 @@ import msgpack
 from . import errors
 from ._fs import makedirs_durable
 from ._native import crc32c
+from ._resource import Resource
 
 __all__ = [
     "MVCCStore",
@@ -187,7 +188,7 @@ class MVCCStats:
     sync: bool
 
 
-class MVCCStore:
+class MVCCStore(Resource):
     """A multi-version key-value store on LMDB, one per directory (ARCH §2.3).
 
     Keys are ``bytes`` of 1..:data:`MAX_KEY_SIZE` bytes; values are ``bytes`` of up to
@@ -201,8 +202,9 @@ class MVCCStore:
     begins and ends inside the one call, so they can be run with ``trio.to_thread.run_sync``.
     Growing the map needs an instant with no LMDB transaction open in the process: the grower
     first waits for open :class:`SnapshotStream` objects to be closed (new snapshots wait
-    meanwhile), then holds new reads back while in-flight ones finish (microseconds). So a write that must grow the map waits for open snapshots; a thread must
-    not write while it holds an unfinished snapshot stream that nobody else will finish.
+    meanwhile), then holds new reads back while in-flight ones finish (microseconds). So a write
+    that must grow the map waits for open snapshots; a thread must not write while it holds an
+    unfinished snapshot stream that nobody else will finish.
     """
 
     def __init__(
@@ -350,16 +352,9 @@ class MVCCStore:
             raise
         self._env = env
 
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], **kwargs: Any) -> MVCCStore:
-        """``MVCCStore(path, **kwargs)``: reads well as ``with MVCCStore.open(p) as store:``."""
-        return cls(path, **kwargs)
 
     # ------------------------------------------------------------------ state
 
-    @property
-    def path(self) -> str:
-        return self._path
 
     @property
     def closed(self) -> bool:
@@ -875,11 +870,6 @@ class MVCCStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
-    def __enter__(self) -> MVCCStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         # No other thread can be using an unreferenced store, so no gate is needed.
