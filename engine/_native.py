@@ -18,14 +18,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "`pip install .` (it needs a C compiler and the Python headers)"
     ) from exc
 
-__all__ = ["ffi", "lib", "new_error", "check", "crc32c", "crc32c_masked", "MAX_RECORD_SIZE"]
-
-MAX_RECORD_SIZE: int = lib.LS_MAX_RECORD_SIZE
-MAX_BATCH_SIZE: int = lib.LS_MAX_BATCH_SIZE
-MIN_SEGMENT_SIZE: int = lib.LS_MIN_SEGMENT_SIZE
-MAX_SEGMENT_SIZE: int = lib.LS_MAX_SEGMENT_SIZE
-RECORD_HEADER_SIZE: int = lib.LS_RECORD_HEADER_SIZE
-SEGMENT_HEADER_SIZE: int = lib.LS_SEGMENT_HEADER_SIZE
+__all__ = ["ffi", "lib", "new_error", "check", "crc32c", "crc32c_masked"]
 
 
 def new_error():

@@ -47,7 +47,8 @@ def quick_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, P
         "--dir", str(work), "--repetitions", "2", "--duration-s", "0.05",
         "--records", "600", "--mvcc-keys", "1500",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pythonpath = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONPATH=pythonpath)
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -9,15 +9,12 @@ every one of them."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
+from crashtools import KilledChild
 from engine import LogStore
 
 SEGMENT_SIZE = 64 << 10
@@ -61,29 +58,13 @@ def check_log(path, reported: int) -> int:
 def run_campaign(tmp_path, seed: int, kills: int, deadline_s: float) -> None:
     rng = random.Random(seed)
     path = tmp_path / "log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     end = time.monotonic() + deadline_s
     reported = 0
     for k in range(kills):
         assert time.monotonic() < end, f"seed {seed}: out of time after {k} kills"
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), str(SEGMENT_SIZE)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        try:
+        with KilledChild(CHILD, str(path), str(SEGMENT_SIZE), deadline=end) as child:
             for _ in range(rng.randint(1, 60)):
-                line = child.stdout.readline()
-                if not line:
-                    raise AssertionError(f"child exited early: {child.stderr.read().decode()}")
-                reported = int(line)
-        finally:
-            child.send_signal(signal.SIGKILL)  # our own child, by its PID
-            child.wait()
-            child.stdout.close()
-            child.stderr.close()
-        assert child.returncode == -signal.SIGKILL
+                reported = int(child.line())
         check_log(path, reported)
 
 

@@ -14,20 +14,15 @@ The kill moments vary from run to run with scheduling; the invariant must hold f
 
 from __future__ import annotations
 
-import os
 import random
-import select
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from crashtools import KilledChild
 from engine.mvcc import MAX_TS, MIN_MAP_SIZE, MVCCStore
 
-REPO = Path(__file__).resolve().parent.parent
 KEYS = [b"key-%02d" % j for j in range(50)]
 
 CHILD = r"""
@@ -52,28 +47,6 @@ while True:
 """
 
 
-class LineReader:
-    """Reads lines from a pipe with a deadline, so that a hung child fails the test."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = b""
-
-    def readline(self, deadline: float) -> bytes:
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("the child reported nothing before the deadline")
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                data = os.read(self.fd, 4096)
-                if not data:
-                    return b""  # the child exited
-                self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-
 def check_store(path: Path, reported: int) -> int:
     """Reopens the store after a kill and checks the invariant; returns the applied index."""
     with MVCCStore(path, map_size=MIN_MAP_SIZE) as store:
@@ -93,40 +66,20 @@ def check_store(path: Path, reported: int) -> int:
 def run_campaign(tmp_path: Path, seed: int, kills: int, deadline_s: float) -> None:
     rng = random.Random(seed)
     path = tmp_path / "mvcc"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     end = time.monotonic() + deadline_s
     applied = 0
     for k in range(kills):
         assert time.monotonic() < end, f"seed {seed}: out of time after {k} kills"
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), str(MIN_MAP_SIZE)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-        )
         reported = applied
-        try:
-            lines = LineReader(child.stdout.fileno())
-            first = lines.readline(end)
-            if not first:
-                raise AssertionError(f"child exited early: {child.stderr.read().decode()}")
+        with KilledChild(CHILD, str(path), str(MIN_MAP_SIZE), deadline=end) as child:
+            first = child.line()
             assert first == b"start %d" % (applied + 1), (
                 f"seed {seed}: the child starts at {first!r}, not at {applied + 1}"
             )
             for _ in range(rng.randint(1, 150)):
-                line = lines.readline(end)
-                if not line:
-                    raise AssertionError(f"child exited early: {child.stderr.read().decode()}")
-                reported = int(line)
+                reported = int(child.line())
             # Let it run a little further, so that the kill lands anywhere in a batch.
             time.sleep(rng.random() * 0.005)
-        finally:
-            child.send_signal(signal.SIGKILL)  # our own child, by its PID
-            child.wait()
-            child.stdout.close()
-            child.stderr.close()
-        assert child.returncode == -signal.SIGKILL
         applied = check_store(path, reported)
 
 
