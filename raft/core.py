@@ -1,0 +1,927 @@
+"""The pure Raft core: a deterministic state machine over messages, ticks and proposals.
+
+Shaped after etcd-io/raft's ``raft.go`` (STYLE §1): all protocol state lives in one object whose
+per-role behaviour is a step function swapped on role change; the core never sends, never
+touches a disk and never reads a clock. Inputs are :meth:`RaftCore.step`, :meth:`RaftCore.tick`
+and the client calls (:meth:`propose`, :meth:`read_index`, ...); output is a :class:`Ready`
+batch that the driver persists, sends and applies, then hands back with :meth:`advance`.
+
+Choices made here (the Raft thesis, Ongaro 2014, offers several):
+
+- **Durability before acknowledgement** (§3.8): votes and append acknowledgements go in
+  ``Ready.persisted_messages`` and leave only after the batch is fsynced. A candidate counts its
+  own vote, and a leader its own log, only in :meth:`advance` — after they are durable.
+- **Membership changes are one server at a time** (§4.1), effective when the change entry is
+  *applied* (as etcd does), with at most one change pending, and refused until the leader has
+  committed an entry of its own term — the "no-op in the new term" rule that fixes the bug in
+  the original single-server algorithm (Ongaro, raft-dev, 2015). A new leader appends an empty
+  no-op entry at once. Joint consensus is not used (``raft.quorum`` has its arithmetic).
+- **PreVote** (§9.6) and **CheckQuorum** (§6.2): a node only starts a real election after a
+  majority said it could win, and nodes that heard from a leader within the election timeout
+  ignore vote requests (a leader lease), unless the candidate was told to campaign by the
+  leader itself (leader transfer, §3.10).
+- **Replication** is pipelined: per follower, PROBE / REPLICATE / SNAPSHOT states with a
+  bounded window of in-flight appends (:mod:`raft.progress`), and fast backtracking with the
+  follower's (index, term) hint.
+- **Commitment** (§5.4.2): an index is committed by counting only if its entry is of the
+  leader's current term.
+- **Reads** (§6.4): ReadIndex — the leader records its commit index, confirms it is still
+  leader with a heartbeat round, and hands out the index once a quorum answered.
+- **Snapshots** (§5): the application snapshots at its applied index (:meth:`compact`); a
+  follower that is behind the compaction point receives the snapshot in chunks, one chunk in
+  flight, resumable from the offset the follower acknowledges.
+- **Learners** receive the log but never vote nor count towards a quorum.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import quorum
+from .log import RaftLog
+from .progress import Progress, ProgressState
+from .types import (
+    NONE,
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ProposalDroppedError,
+    RaftError,
+    RaftInvariantError,
+    ReadState,
+    Ready,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+    StateRole,
+)
+
+if TYPE_CHECKING:  # the core is given a Random; it never imports the module's global one
+    import random
+
+__all__ = ["Config", "RestoredState", "RaftCore"]
+
+MT = MessageType
+
+# Context of a vote request sent because the leader asked us to take over (TimeoutNow): such a
+# request must be granted even by nodes that still hear from the (old) leader.
+CAMPAIGN_TRANSFER = b"transfer"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    id: int
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    pre_vote: bool = True
+    check_quorum: bool = True
+    snapshot_chunk_size: int = 1 << 20
+    max_committed_size_per_ready: int = 16 << 20
+
+    def __post_init__(self):
+        if self.id <= 0:
+            raise ValueError(f"node id must be positive, not {self.id}")
+        if self.heartbeat_tick <= 0:
+            raise ValueError("heartbeat_tick must be positive")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ValueError("election_tick must be greater than heartbeat_tick")
+        if self.max_inflight_msgs <= 0 or self.max_size_per_msg <= 0:
+            raise ValueError("max_inflight_msgs and max_size_per_msg must be positive")
+        if self.snapshot_chunk_size <= 0:
+            raise ValueError("snapshot_chunk_size must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """What a node finds in its storage at start: the input to :class:`RaftCore`."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: tuple[Entry, ...] = ()
+    conf: ConfState = field(default_factory=ConfState)  # used when there is no snapshot
+
+
+class _ReadRequest:
+    __slots__ = ("index", "context", "frm", "acks")
+
+    def __init__(self, index: int, context: bytes, frm: int):
+        self.index = index
+        self.context = context
+        self.frm = frm
+        self.acks: dict[int, bool] = {}
+
+
+class RaftCore:
+    """One replica of one Raft group. Not thread-safe; deterministic given its inputs."""
+
+    def __init__(self, config: Config, rng: random.Random, state: RestoredState):
+        self.config = config
+        self.id = config.id
+        self._rng = rng
+        hs = state.hard_state
+        snap = state.snapshot
+        if snap is not None:
+            self.log = RaftLog(snap.meta.index, snap.meta.term, state.entries, hs.commit)
+            self.conf = snap.meta.conf
+            self.snapshot: Snapshot | None = snap
+        else:
+            self.log = RaftLog(0, 0, state.entries, hs.commit)
+            self.conf = state.conf
+            self.snapshot = None
+        self.term = hs.term
+        self.vote = hs.vote
+        self.leader = NONE
+        self.role = StateRole.FOLLOWER
+        self._prev_hard_state = hs
+        self._prev_soft_state = SoftState(NONE, StateRole.FOLLOWER)
+        self._msgs: list[Message] = []
+        self._msgs_after_persist: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._pending_snapshot: Snapshot | None = None  # received, to be persisted
+        self._ready_number = 0
+        self._outstanding: Ready | None = None
+        self._bcast_pending = False  # the leader owes every follower an append
+        # Per-role state.
+        self._prs: dict[int, Progress] = {}
+        self._votes: dict[int, bool] = {}
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_election_timeout = config.election_tick
+        self._lead_transferee = NONE
+        self._pending_conf_index = 0
+        self._read_queue: deque[_ReadRequest] = deque()
+        self._reads_waiting_for_commit: list[tuple[bytes, int]] = []
+        # A snapshot being received: (meta, size, chunks so far, bytes so far).
+        self._incoming: tuple[SnapshotMeta, int, list[bytes], int] | None = None
+        self._step = self._step_follower
+        self._become_follower(self.term, NONE)
+
+    # ================================================================ read-only state
+
+    @property
+    def commit(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied(self) -> int:
+        return self.log.applied
+
+    @property
+    def first_index(self) -> int:
+        return self.log.first_index
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    @property
+    def persisted_index(self) -> int:
+        return self.log.persisted
+
+    def term_at(self, index: int) -> int | None:
+        return self.log.term_at(index)
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        return self.log.entries(max(lo, self.log.first_index), hi)
+
+    def is_voter(self) -> bool:
+        return self.id in self.conf.voters
+
+    def status(self) -> dict:
+        return {
+            "id": self.id,
+            "term": self.term,
+            "vote": self.vote,
+            "role": self.role.value,
+            "leader": self.leader,
+            "commit": self.log.committed,
+            "applied": self.log.applied,
+            "first_index": self.log.first_index,
+            "last_index": self.log.last_index,
+            "persisted": self.log.persisted,
+            "voters": list(self.conf.voters),
+            "learners": list(self.conf.learners),
+            "lead_transferee": self._lead_transferee,
+            "progress": {
+                pid: {"match": p.match, "next": p.next, "state": p.state.value,
+                      "inflight": len(p.inflights), "active": p.recent_active}
+                for pid, p in sorted(self._prs.items())
+            },
+        }
+
+    def __repr__(self) -> str:
+        return (f"RaftCore(id={self.id}, term={self.term}, {self.role.value}, "
+                f"leader={self.leader}, last={self.log.last_index}, commit={self.log.committed})")
+
+    # ================================================================ role changes
+
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NONE
+        self.leader = NONE
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_election_timeout = self._rng.randrange(
+            self.config.election_tick, 2 * self.config.election_tick
+        )
+        self._lead_transferee = NONE
+        self._votes = {}
+        self._read_queue.clear()
+        self._reads_waiting_for_commit.clear()
+        self._reset_progress()
+
+    def _reset_progress(self) -> None:
+        self._prs = {}
+        for pid in self.conf.voters:
+            self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs)
+        for pid in self.conf.learners:
+            self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs,
+                                      is_learner=True)
+        me = self._prs.get(self.id)
+        if me is not None:
+            me.match = self.log.persisted
+            me.next = self.log.last_index + 1
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        self._step = self._step_follower
+        self._reset(term)
+        self.leader = leader
+        self.role = StateRole.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        if self.role is StateRole.LEADER:
+            raise RaftInvariantError("leader cannot become pre-candidate")
+        # Neither term nor vote changes: a pre-election disturbs nobody (§9.6).
+        self._step = self._step_candidate
+        self._votes = {}
+        self.leader = NONE
+        self.role = StateRole.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        if self.role is StateRole.LEADER:
+            raise RaftInvariantError("leader cannot become candidate")
+        self._step = self._step_candidate
+        self._reset(self.term + 1)
+        self.vote = self.id  # counted in advance(), once durable
+        self.role = StateRole.CANDIDATE
+
+    def _become_leader(self) -> None:
+        if self.role is StateRole.FOLLOWER:
+            raise RaftInvariantError("follower cannot become leader without an election")
+        self._step = self._step_leader
+        self._reset(self.term)
+        self.leader = self.id
+        self.role = StateRole.LEADER
+        for pr in self._prs.values():
+            pr.recent_active = True
+        # No membership change until the no-op below (or anything of this term) is committed.
+        self._pending_conf_index = self.log.last_index
+        self._append([Entry(self.term, self.log.last_index + 1)])
+
+    # ================================================================ inputs
+
+    def tick(self) -> None:
+        """One unit of logical time."""
+        if self.role is StateRole.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._promotable() and self._election_elapsed >= self._randomized_election_timeout:
+            self._election_elapsed = 0
+            self._hup(transfer=False)
+
+    def _tick_heartbeat(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self.config.election_tick:
+            self._election_elapsed = 0
+            if self.config.check_quorum:
+                if not self._quorum_active():
+                    self._become_follower(self.term, NONE)
+                    return
+            if self._lead_transferee != NONE:
+                self._lead_transferee = NONE  # the transfer timed out
+        if self._heartbeat_elapsed >= self.config.heartbeat_tick:
+            self._heartbeat_elapsed = 0
+            ctx = self._read_queue[-1].context if self._read_queue else b""
+            self._bcast_heartbeat(ctx)
+
+    def campaign(self) -> None:
+        """Starts an election now (as an expired election timeout would)."""
+        self._hup(transfer=False)
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Appends ``data`` as a new entry on the leader; returns its (term, index).
+
+        The entry is committed only if the log entry at that index still has that term when it
+        is applied. Raises :class:`ProposalDroppedError` on a non-leader or during a transfer.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"proposal data must be bytes, not {type(data).__name__}")
+        self._check_can_propose()
+        index = self.log.last_index + 1
+        self._append([Entry(self.term, index, bytes(data))])
+        # Appends go out with the next Ready: proposals made in one loop turn share a message.
+        self._bcast_pending = True
+        return self.term, index
+
+    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
+        """Proposes one membership change; see the module docstring for the rules."""
+        self._check_can_propose()
+        if self._pending_conf_index > self.log.applied:
+            raise ConfChangeError(
+                f"a membership change is still pending (index {self._pending_conf_index}, "
+                f"applied {self.log.applied})"
+            )
+        if self.log.term_at(self.log.committed) != self.term:
+            raise ConfChangeError("the leader has not yet committed an entry of its term")
+        self._validate_conf_change(cc)
+        index = self.log.last_index + 1
+        self._append([Entry(self.term, index, cc.encode(), EntryType.CONF_CHANGE)])
+        self._pending_conf_index = index
+        self._bcast_append()
+        return self.term, index
+
+    def _validate_conf_change(self, cc: ConfChange) -> None:
+        if cc.node <= 0:
+            raise ConfChangeError(f"bad node id {cc.node}")
+        voters, learners = set(self.conf.voters), set(self.conf.learners)
+        if cc.type is ConfChangeType.ADD_VOTER and cc.node in voters:
+            raise ConfChangeError(f"node {cc.node} is already a voter")
+        if cc.type is ConfChangeType.ADD_LEARNER and cc.node in learners:
+            raise ConfChangeError(f"node {cc.node} is already a learner")
+        if cc.type is ConfChangeType.REMOVE and cc.node not in voters | learners:
+            raise ConfChangeError(f"node {cc.node} is not a member")
+        if cc.node in voters and cc.type is not ConfChangeType.ADD_VOTER and len(voters) == 1:
+            raise ConfChangeError("cannot remove or demote the last voter")
+
+    def _check_can_propose(self) -> None:
+        if self.role is not StateRole.LEADER:
+            raise ProposalDroppedError(f"node {self.id} is not the leader", self.leader)
+        if self._lead_transferee != NONE:
+            raise ProposalDroppedError(
+                f"leadership is being transferred to {self._lead_transferee}", self.leader
+            )
+
+    def read_index(self, context: bytes) -> None:
+        """Requests a linearizable read point; it arrives as a :class:`ReadState` with the same
+        ``context`` in a later Ready (or never, if leadership is lost: retry on timeout)."""
+        if self.role is StateRole.LEADER:
+            self._leader_read_index(bytes(context), self.id)
+        elif self.leader != NONE:
+            self._send(Message(MT.READ_INDEX, self.leader, self.id, self.term,
+                               context=bytes(context)))
+        else:
+            raise ProposalDroppedError("no leader known for a read index", NONE)
+
+    def transfer_leader(self, to: int) -> None:
+        """Hands leadership to ``to`` (thesis §3.10): stop taking proposals, bring ``to`` up to
+        date, then tell it to campaign at once. Aborted after an election timeout."""
+        if self.role is not StateRole.LEADER:
+            raise ProposalDroppedError(f"node {self.id} is not the leader", self.leader)
+        if to not in self.conf.voters:
+            raise ConfChangeError(f"node {to} is not a voter")
+        if to == self.id or to == self._lead_transferee:
+            return
+        self._lead_transferee = to
+        self._election_elapsed = 0
+        pr = self._prs[to]
+        if pr.match == self.log.last_index:
+            self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
+        else:
+            self._send_append(to)
+
+    def compact(self, data: bytes, keep: int = 0) -> SnapshotMeta:
+        """Records the application's snapshot taken at the applied index and drops log entries
+        before ``applied - keep`` from memory. The caller persists the snapshot."""
+        index = self.log.applied
+        if index == 0:
+            raise RaftError("nothing applied yet: no snapshot to take")
+        meta = SnapshotMeta(index, self.log.term_at(index), self.conf)
+        if self.snapshot is not None and self.snapshot.meta.index >= index:
+            return self.snapshot.meta
+        self.snapshot = Snapshot(meta, bytes(data))
+        self.log.compact(max(index - max(keep, 0), 0))
+        return meta
+
+    # ================================================================ step
+
+    def step(self, m: Message) -> None:
+        """Feeds one message received from the network."""
+        if m.to != self.id:
+            return
+        if m.term > self.term:
+            if m.type in (MT.VOTE, MT.PRE_VOTE):
+                force = m.context == CAMPAIGN_TRANSFER
+                in_lease = (self.config.check_quorum and self.leader != NONE
+                            and self._election_elapsed < self.config.election_tick)
+                if in_lease and not force:
+                    return  # we still hear from a leader: don't let a rogue node depose it
+            if m.type is MT.PRE_VOTE:
+                pass  # a pre-vote never changes our term
+            elif m.type is MT.PRE_VOTE_RESP and not m.reject:
+                pass  # granted for a term we have not entered yet
+            elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+                self._become_follower(m.term, m.frm)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if m.type in (MT.APPEND, MT.HEARTBEAT):
+                # A stale leader: tell it our term so that it steps down (etcd does this when
+                # pre-vote or check-quorum would otherwise keep the cluster from converging).
+                self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term))
+            elif m.type is MT.PRE_VOTE:
+                self._send(Message(MT.PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True))
+            return
+
+        if m.type in (MT.VOTE, MT.PRE_VOTE):
+            self._handle_vote_request(m)
+            return
+        self._step(m)
+
+    def _handle_vote_request(self, m: Message) -> None:
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == NONE and self.leader == NONE)
+            or (m.type is MT.PRE_VOTE and m.term > self.term)
+        )
+        resp = MT.VOTE_RESP if m.type is MT.VOTE else MT.PRE_VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # Granted pre-votes carry the term asked for, so the pre-candidate can count them.
+            self._send(Message(resp, m.frm, self.id, m.term))
+            if m.type is MT.VOTE:
+                self._election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(Message(resp, m.frm, self.id, self.term, reject=True))
+
+    # ---------------------------------------------------------------- follower
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t is MT.APPEND:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self._handle_append(m)
+        elif t is MT.HEARTBEAT:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self.log.commit_to(min(m.commit, self.log.last_index))
+            self._send(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
+        elif t is MT.SNAPSHOT:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self._handle_snapshot_chunk(m)
+        elif t is MT.TIMEOUT_NOW:
+            if self._promotable():
+                self._hup(transfer=True)
+        elif t is MT.READ_INDEX_RESP:
+            self._read_states.append(ReadState(m.index, m.context))
+        elif t is MT.READ_INDEX:
+            if self.leader != NONE:  # forward to the leader we know
+                self._send(Message(MT.READ_INDEX, self.leader, m.frm, self.term,
+                                   context=m.context))
+        # Stale responses (votes, appends) addressed to an earlier role are dropped.
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term,
+                               index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term, index=last_new))
+            return
+        # Reject with a hint (etcd): the largest index <= m.index whose term is <= m.log_term.
+        hint = self.log.find_conflict_by_term(min(m.index, self.log.last_index), m.log_term)
+        self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term, index=m.index,
+                           reject=True, reject_hint=hint,
+                           log_term=self.log.term_at(hint) or 0))
+
+    def _handle_snapshot_chunk(self, m: Message) -> None:
+        meta = m.snapshot
+        if meta is None:
+            return
+        if meta.index <= self.log.committed or self.log.match_term(meta.index, meta.term):
+            # We already have everything it holds: fast-forward the commit index instead.
+            if self.log.match_term(meta.index, meta.term):
+                self.log.commit_to(meta.index)
+            self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term,
+                               index=self.log.committed))
+            return
+        inc = self._incoming
+        if inc is None or inc[0] != meta or inc[1] != m.snapshot_size:
+            if m.chunk_offset != 0:
+                self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term,
+                                   index=meta.index, chunk_offset=0, reject=True))
+                return
+            inc = (meta, m.snapshot_size, [], 0)
+        _, size, chunks, received = inc
+        if m.chunk_offset != received:
+            # A duplicate or a gap: tell the leader where we are.
+            self._incoming = inc
+            self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
+                               chunk_offset=received))
+            return
+        chunks.append(m.chunk)
+        received += len(m.chunk)
+        if received > size:
+            self._incoming = None
+            self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
+                               chunk_offset=0, reject=True))
+            return
+        if received < size:
+            self._incoming = (meta, size, chunks, received)
+            self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
+                               chunk_offset=received))
+            return
+        self._incoming = None
+        self._restore(Snapshot(meta, b"".join(chunks)))
+        # Acknowledge as an append up to the snapshot, after the snapshot is durable.
+        self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term, index=meta.index))
+
+    def _restore(self, snap: Snapshot) -> None:
+        self.log.restore(snap.meta.index, snap.meta.term)
+        self.log.applying = max(self.log.applying, snap.meta.index)
+        self.conf = snap.meta.conf
+        self.snapshot = snap
+        self._pending_snapshot = snap
+        self._pending_conf_index = 0
+
+    # ---------------------------------------------------------------- candidate
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        want = MT.PRE_VOTE_RESP if self.role is StateRole.PRE_CANDIDATE else MT.VOTE_RESP
+        if t is want:
+            self._votes[m.frm] = not m.reject
+            result = quorum.vote_result(self.conf.voters, self._votes)
+            if result is quorum.VoteResult.WON:
+                if self.role is StateRole.PRE_CANDIDATE:
+                    self._campaign(pre=False, transfer=False)
+                else:
+                    self._become_leader()
+                    self._bcast_append()
+            elif result is quorum.VoteResult.LOST:
+                self._become_follower(self.term, NONE)
+        elif t in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+            # A leader exists in our term (§5.2): accept it.
+            self._become_follower(m.term, m.frm)
+            self._step_follower(m)
+        elif t is MT.TIMEOUT_NOW:
+            pass  # already campaigning
+
+    def _promotable(self) -> bool:
+        return self.id in self.conf.voters and self._pending_snapshot is None
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role is StateRole.LEADER or not self._promotable():
+            return
+        # Do not campaign with committed membership changes not yet applied: we might count
+        # votes under a configuration that is already obsolete.
+        for e in self.log.entries(self.log.applied + 1, self.log.committed + 1):
+            if e.type is EntryType.CONF_CHANGE:
+                return
+        self._campaign(pre=self.config.pre_vote and not transfer, transfer=transfer)
+
+    def _campaign(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            self._become_pre_candidate()
+            kind, term = MT.PRE_VOTE, self.term + 1
+            self._votes[self.id] = True  # a pre-vote changes no durable state
+        else:
+            self._become_candidate()
+            kind, term = MT.VOTE, self.term
+        if pre and quorum.vote_result(self.conf.voters, self._votes) is quorum.VoteResult.WON:
+            self._campaign(pre=False, transfer=transfer)
+            return
+        ctx = CAMPAIGN_TRANSFER if transfer else b""
+        for pid in self.conf.voters:
+            if pid != self.id:
+                self._send(Message(kind, pid, self.id, term, index=self.log.last_index,
+                                   log_term=self.log.last_term, context=ctx))
+
+    # ---------------------------------------------------------------- leader
+
+    def _step_leader(self, m: Message) -> None:
+        t = m.type
+        if t is MT.READ_INDEX:
+            self._leader_read_index(m.context, m.frm)
+            return
+        pr = self._prs.get(m.frm)
+        if pr is None:
+            return  # not (or no longer) a member
+        if t is MT.APPEND_RESP:
+            pr.recent_active = True
+            self._handle_append_resp(m, pr)
+        elif t is MT.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.is_paused():
+                # A full window whose appends were all lost would never drain: free one slot
+                # so that the next append goes out (its rejection then resets us to probing).
+                # etcd does the same (FreeFirstOne).
+                pr.inflights.popleft()
+            if pr.state is ProgressState.SNAPSHOT:
+                self._send_snapshot_chunk(m.frm, pr)  # resend, in case a chunk was lost
+            elif pr.match < self.log.last_index:
+                self._send_append(m.frm)
+            if m.context:
+                self._ack_read(m.frm, m.context)
+        elif t is MT.SNAPSHOT_RESP:
+            pr.recent_active = True
+            if pr.state is not ProgressState.SNAPSHOT or m.index != pr.pending_snapshot:
+                return
+            pr.snapshot_offset = 0 if m.reject else m.chunk_offset
+            self._send_snapshot_chunk(m.frm, pr)
+
+    def _handle_append_resp(self, m: Message, pr: Progress) -> None:
+        if m.reject:
+            hint = m.reject_hint
+            if m.log_term > 0:
+                hint = self.log.find_conflict_by_term(hint, m.log_term)
+            if pr.maybe_decr_to(m.index, hint):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            if was_paused and not pr.is_paused():
+                self._send_append(m.frm)
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()
+            pr.become_replicate()
+        if self._maybe_commit():
+            self._bcast_pending = True  # tell everyone the new commit index, once per Ready
+        else:
+            self._send_append(m.frm, send_if_empty=False)
+        if m.frm == self._lead_transferee and pr.match == self.log.last_index:
+            self._send(Message(MT.TIMEOUT_NOW, m.frm, self.id, self.term))
+
+    def _maybe_commit(self) -> bool:
+        acked = {pid: pr.match for pid, pr in self._prs.items() if not pr.is_learner}
+        index = quorum.committed_index(self.conf.voters, acked)
+        if index == quorum.UNBOUNDED or index <= self.log.committed:
+            return False
+        # §5.4.2: never commit an entry of an earlier term by counting replicas.
+        if self.log.term_at(index) != self.term:
+            return False
+        self.log.commit_to(index)
+        if self._reads_waiting_for_commit:
+            waiting, self._reads_waiting_for_commit = self._reads_waiting_for_commit, []
+            for ctx, frm in waiting:
+                self._leader_read_index(ctx, frm)
+        return True
+
+    def _append(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        # The leader's own copy counts once it is durable: see advance().
+
+    def _bcast_append(self) -> None:
+        for pid in self._prs:
+            if pid != self.id:
+                self._send_append(pid)
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> None:
+        pr = self._prs[to]
+        while not pr.is_paused():
+            prev_index = pr.next - 1
+            prev_term = self.log.term_at(prev_index)
+            if prev_term is None:
+                self._start_snapshot(to, pr)
+                return
+            ents = self.log.entries(pr.next, self.log.last_index + 1,
+                                    self.config.max_size_per_msg)
+            if not ents and not send_if_empty:
+                return
+            self._send(Message(MT.APPEND, to, self.id, self.term, log_term=prev_term,
+                               index=prev_index, entries=tuple(ents),
+                               commit=self.log.committed))
+            if not ents:
+                if pr.state is ProgressState.PROBE:
+                    pr.probe_sent = True
+                return
+            pr.sent_entries(ents[-1].index)
+            send_if_empty = False
+
+    def _start_snapshot(self, to: int, pr: Progress) -> None:
+        if self.snapshot is None:
+            raise RaftInvariantError(
+                f"log compacted to {self.log.offset} but no snapshot is held"
+            )
+        pr.become_snapshot(self.snapshot.meta.index)
+        self._send_snapshot_chunk(to, pr)
+
+    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
+        snap = self.snapshot
+        if snap is None or snap.meta.index != pr.pending_snapshot:
+            pr.become_probe()  # our snapshot moved on: start over from a probe
+            return
+        off = pr.snapshot_offset
+        chunk = snap.data[off : off + self.config.snapshot_chunk_size]
+        self._send(Message(MT.SNAPSHOT, to, self.id, self.term, snapshot=snap.meta,
+                           chunk_offset=off, chunk=chunk, snapshot_size=len(snap.data)))
+
+    def _bcast_heartbeat(self, ctx: bytes) -> None:
+        for pid, pr in self._prs.items():
+            if pid != self.id:
+                self._send(Message(MT.HEARTBEAT, pid, self.id, self.term,
+                                   commit=min(pr.match, self.log.committed), context=ctx))
+
+    def _quorum_active(self) -> bool:
+        active = {pid: True for pid, pr in self._prs.items()
+                  if pr.recent_active or pid == self.id}
+        for pid, pr in self._prs.items():
+            if pid != self.id:
+                pr.recent_active = False
+        return quorum.vote_result(self.conf.voters, active) is quorum.VoteResult.WON
+
+    # ---------------------------------------------------------------- reads
+
+    def _leader_read_index(self, ctx: bytes, frm: int) -> None:
+        if self.log.term_at(self.log.committed) != self.term:
+            # Our commit index may be behind the true one until an entry of our term commits.
+            self._reads_waiting_for_commit.append((ctx, frm))
+            return
+        req = _ReadRequest(self.log.committed, ctx, frm)
+        req.acks[self.id] = True
+        if quorum.vote_result(self.conf.voters, req.acks) is quorum.VoteResult.WON:
+            self._release_read(req)
+            return
+        self._read_queue.append(req)
+        self._bcast_heartbeat(ctx)
+
+    def _ack_read(self, frm: int, ctx: bytes) -> None:
+        for n, req in enumerate(self._read_queue):
+            if req.context == ctx:
+                if frm in self.conf.voters:
+                    req.acks[frm] = True
+                if quorum.vote_result(self.conf.voters, req.acks) is quorum.VoteResult.WON:
+                    # This round confirmed leadership for every earlier request too.
+                    for _ in range(n + 1):
+                        self._release_read(self._read_queue.popleft())
+                return
+
+    def _release_read(self, req: _ReadRequest) -> None:
+        if req.frm == self.id:
+            self._read_states.append(ReadState(req.index, req.context))
+        else:
+            self._send(Message(MT.READ_INDEX_RESP, req.frm, self.id, self.term,
+                               index=req.index, context=req.context))
+
+    # ================================================================ output
+
+    def _send(self, m: Message) -> None:
+        if m.type in (MT.VOTE_RESP, MT.PRE_VOTE_RESP, MT.APPEND_RESP):
+            # §3.8: an acknowledgement or a vote may leave only once what it vouches for is
+            # durable. (Rejections need not wait, but keeping one rule is simpler to check.)
+            self._msgs_after_persist.append(m)
+        else:
+            self._msgs.append(m)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def has_ready(self) -> bool:
+        if self._outstanding is not None:
+            return False
+        return bool(
+            self._msgs
+            or self._bcast_pending
+            or self._msgs_after_persist
+            or self._read_states
+            or self._pending_snapshot is not None
+            or self.log.unstable <= self.log.last_index
+            or self._hard_state() != self._prev_hard_state
+            or SoftState(self.leader, self.role) != self._prev_soft_state
+            or min(self.log.committed, self.log.persisted) > self.log.applying
+        )
+
+    def ready(self) -> Ready:
+        """The next batch of work. Only one Ready may be outstanding: call :meth:`advance`
+        before asking for another."""
+        if self._outstanding is not None:
+            raise RaftError("ready() called again before advance()")
+        if self._bcast_pending:
+            self._bcast_pending = False
+            if self.role is StateRole.LEADER:
+                self._bcast_append()
+        self._ready_number += 1
+        hs = self._hard_state()
+        ss = SoftState(self.leader, self.role)
+        entries = tuple(self.log.unstable_entries())
+        committed = tuple(self.log.next_committed(self.config.max_committed_size_per_ready))
+        hard_state = hs if hs != self._prev_hard_state else None
+        must_sync = bool(entries) or self._pending_snapshot is not None or (
+            hard_state is not None
+            and (hs.term != self._prev_hard_state.term or hs.vote != self._prev_hard_state.vote)
+        )
+        rd = Ready(
+            number=self._ready_number,
+            soft_state=ss if ss != self._prev_soft_state else None,
+            hard_state=hard_state,
+            entries=entries,
+            snapshot=self._pending_snapshot,
+            committed_entries=committed,
+            messages=tuple(self._msgs),
+            persisted_messages=tuple(self._msgs_after_persist),
+            read_states=tuple(self._read_states),
+            must_sync=must_sync,
+        )
+        self._msgs = []
+        self._msgs_after_persist = []
+        self._read_states = []
+        self._pending_snapshot = None
+        self._prev_hard_state = hs
+        self._prev_soft_state = ss
+        if entries:
+            self.log.unstable = entries[-1].index + 1
+        if committed:
+            self.log.applying = committed[-1].index
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver has persisted, sent and applied ``rd``."""
+        if rd is not self._outstanding:
+            raise RaftError(f"advance() with Ready {rd.number}, which is not the outstanding one")
+        self._outstanding = None
+        log = self.log
+        if rd.snapshot is not None:
+            idx = rd.snapshot.meta.index
+            if log.offset == idx:
+                log.persisted = max(log.persisted, idx)
+            log.applied = max(log.applied, idx)
+        if rd.entries:
+            last = rd.entries[-1]
+            # Still in our log? A conflict may have replaced it while it was being written. If
+            # the term at its index is unchanged, so is everything before it (log matching).
+            if log.term_at(last.index) == last.term:
+                log.persisted = max(log.persisted, last.index)
+        for e in rd.committed_entries:
+            if e.type is EntryType.CONF_CHANGE:
+                self._apply_conf_change(ConfChange.decode(e.data))
+        if rd.committed_entries:
+            log.applied = max(log.applied, rd.committed_entries[-1].index)
+        # Our own vote and our own log count only now that they are durable.
+        if rd.hard_state is not None and self.role is StateRole.CANDIDATE:
+            if rd.hard_state.term == self.term and rd.hard_state.vote == self.id:
+                self._step_candidate(Message(MT.VOTE_RESP, self.id, self.id, self.term))
+        if self.role is StateRole.LEADER:
+            me = self._prs.get(self.id)
+            if me is not None and me.maybe_update(log.persisted):
+                if self._maybe_commit():
+                    self._bcast_pending = True
+
+    def _apply_conf_change(self, cc: ConfChange) -> None:
+        voters, learners = set(self.conf.voters), set(self.conf.learners)
+        if cc.type is ConfChangeType.ADD_VOTER:
+            learners.discard(cc.node)
+            voters.add(cc.node)
+        elif cc.type is ConfChangeType.ADD_LEARNER:
+            voters.discard(cc.node)
+            learners.add(cc.node)
+        else:
+            voters.discard(cc.node)
+            learners.discard(cc.node)
+        if not voters:
+            raise RaftInvariantError(f"membership change {cc} leaves no voters")
+        self.conf = ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+        if self.role is not StateRole.LEADER:
+            return
+        if self.id not in voters:
+            self._become_follower(self.term, NONE)  # removed: let the others elect
+            return
+        for pid in list(self._prs):
+            if pid not in voters and pid not in learners:
+                del self._prs[pid]
+        for pid in sorted(voters | learners):
+            pr = self._prs.get(pid)
+            if pr is None:
+                self._prs[pid] = Progress(self.log.last_index + 1,
+                                          self.config.max_inflight_msgs,
+                                          is_learner=pid in learners)
+            else:
+                pr.is_learner = pid in learners
+        if self._lead_transferee not in voters:
+            self._lead_transferee = NONE
+        self._maybe_commit()
+        self._bcast_append()
