@@ -1,0 +1,404 @@
+"""A replicated key-value store on one Raft group: the fixture of the Raft tests and benchmark.
+
+Each node is one process (``python -m bench.raftkv serve ...``) with a data directory, a Raft
+port (the TCP transport) and a client port. Clients speak length-prefixed msgpack over TCP, many
+requests in flight per connection:
+
+    request   u32 length, msgpack [1, request id, op, key, value]
+              op: "put" (value: bytes), "get" (value: nil; a linearizable read through
+              ReadIndex), "cas" (value: [expected or nil, new]), "status" (key, value: nil)
+    response  u32 length, msgpack [request id, status, result, leader hint]
+              status: "ok"; "not-leader" (nothing was done: retry at the node the hint
+              names, 0 = unknown); "unknown" (it may or may not have been applied);
+              "error" (result: a message). A put returns nil; a get the value or nil; a cas
+              true or false; status a dict.
+
+Every put and cas is one Raft entry, msgpack ``[op, key, value]``; it is acknowledged only once
+applied on the leader, hence fsynced on a majority. :class:`KVClient` finds the leader, follows
+redirections and retries on lost connections, bounded by the caller's cancel scope.
+
+A serving node prints one line ``READY <raft port> <client port>`` on stdout once it is
+listening and has recovered, and exits cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+
+import msgpack
+import trio
+
+from raft.core import Config
+from raft.driver import OutcomeUnknownError, open_raft_node
+from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
+
+__all__ = ["KVStateMachine", "KVClient", "OutcomeUnknown", "serve", "main"]
+
+CLIENT_VERSION = 1
+_LEN = struct.Struct("<I")
+MAX_FRAME = 16 << 20
+
+
+class OutcomeUnknown(Exception):
+    """A request was sent but its answer never came (connection lost, timeout) or the node
+    could not tell: it may or may not have taken effect."""
+
+
+class KVStateMachine:
+    """A dict from bytes to bytes. Results: put → None, cas → whether it swapped."""
+
+    def __init__(self):
+        self.data: dict[bytes, bytes] = {}
+
+    def apply(self, entries: Sequence[Entry]) -> list[object]:
+        out: list[object] = []
+        data = self.data
+        for e in entries:
+            op, key, value = msgpack.unpackb(e.data)
+            if op == "put":
+                data[key] = value
+                out.append(None)
+            elif op == "cas":
+                expected, new = value
+                if data.get(key) == expected:
+                    data[key] = new
+                    out.append(True)
+                else:
+                    out.append(False)
+            else:
+                out.append(None)  # unknown ops are no-ops, identically on every replica
+        return out
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb(sorted(self.data.items()))
+
+    def restore(self, data: bytes) -> None:
+        self.data = {k: v for k, v in msgpack.unpackb(data)}
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def _frame(obj) -> bytes:
+    body = msgpack.packb(obj)
+    return _LEN.pack(len(body)) + body
+
+
+async def _read_frames(stream):
+    buf = bytearray()
+    while True:
+        while len(buf) >= 4:
+            (n,) = _LEN.unpack_from(buf)
+            if n > MAX_FRAME:
+                raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            if len(buf) < 4 + n:
+                break
+            yield msgpack.unpackb(bytes(buf[4 : 4 + n]), strict_map_key=False)
+            del buf[: 4 + n]
+        data = await stream.receive_some(1 << 16)
+        if not data:
+            return
+        buf += data
+
+
+class _Connection:
+    """Serves one client connection: requests run concurrently; responses are coalesced."""
+
+    def __init__(self, stream, node, sm: KVStateMachine):
+        self.stream = stream
+        self.node = node
+        self.sm = sm
+        self.send_out, self.recv_out = trio.open_memory_channel(4096)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            try:
+                async for req in _read_frames(self.stream):
+                    nursery.start_soon(self._handle, req)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _writer(self) -> None:
+        while True:
+            first = await self.recv_out.receive()
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self.recv_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.stream.send_all(b"".join(batch))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _handle(self, req) -> None:
+        try:
+            version, rid, op, key, value = req
+        except (TypeError, ValueError):
+            return
+        if version != CLIENT_VERSION:
+            resp = [rid, "error", f"client protocol version {version} is not supported", 0]
+        else:
+            resp = await self._execute(rid, op, key, value)
+        await self.send_out.send(_frame(resp))
+
+    async def _execute(self, rid, op, key, value):
+        node = self.node
+        try:
+            if op == "put" or op == "cas":
+                result = await node.propose(msgpack.packb([op, key, value]))
+                return [rid, "ok", result, node.leader]
+            if op == "get":
+                await node.linearizable_read()
+                return [rid, "ok", self.sm.data.get(key), node.leader]
+            if op == "status":
+                return [rid, "ok", node.core.status(), node.leader]
+            return [rid, "error", f"unknown op {op!r}", node.leader]
+        except ProposalDroppedError as exc:
+            return [rid, "not-leader", str(exc), exc.leader]
+        except OutcomeUnknownError as exc:
+            return [rid, "unknown", str(exc), node.leader]
+        except RaftError as exc:
+            return [rid, "error", str(exc), node.leader]
+
+
+async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
+                peers: dict[int, tuple[str, int]], *, tick_interval: float = 0.05,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Runs one node until cancelled."""
+    from raft.storage import RaftStorage
+    from raft.tcp import open_tcp_transport
+
+    sm = KVStateMachine()
+    config = Config(node_id, election_tick=10, heartbeat_tick=1)
+    bootstrap = ConfState(tuple(sorted(peers)))
+    storage = RaftStorage.open(os.path.join(data_dir, "group-1"))
+    try:
+        async with open_tcp_transport(node_id, listen=("127.0.0.1", raft_port),
+                                      peers={i: a for i, a in peers.items() if i != node_id}
+                                      ) as transport:
+            async with open_raft_node(1, config, storage, transport, sm, bootstrap=bootstrap,
+                                      tick_interval=tick_interval,
+                                      seed=random.SystemRandom().getrandbits(32)) as node:
+                listeners = await trio.open_tcp_listeners(client_port, host="127.0.0.1")
+                port = listeners[0].socket.getsockname()[1]
+
+                async def handler(stream):
+                    await _Connection(stream, node, sm).run()
+
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(trio.serve_listeners, handler, listeners)
+                    task_status.started((transport.address[1], port))
+                    await trio.sleep_forever()
+    finally:
+        storage.close()
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class KVClient:
+    """A client of one raftkv cluster: finds the leader, follows redirections, retries.
+
+    Use as ``async with KVClient({1: ("127.0.0.1", port), ...}) as c: await c.put(k, v)``.
+    Many calls may run concurrently; they share one connection per node.
+    """
+
+    def __init__(self, nodes: dict[int, tuple[str, int]], *, attempt_timeout: float = 2.0):
+        if not nodes:
+            raise ValueError("KVClient needs at least one node address")
+        self._nodes = dict(nodes)
+        self._attempt_timeout = attempt_timeout
+        self._leader = min(nodes)
+        self._conns: dict[int, _ClientConn] = {}
+        self._nursery = None
+        self._rid = 0
+
+    async def __aenter__(self):
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        with trio.CancelScope(shield=True):
+            for c in self._conns.values():
+                await c.close()
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_cm.__aexit__(*exc)
+
+    async def _conn(self, node: int) -> _ClientConn:
+        c = self._conns.get(node)
+        if c is None or c.broken:
+            c = _ClientConn(*self._nodes[node])
+            await c.connect(self._nursery)
+            self._conns[node] = c
+        return c
+
+    async def call(self, op: str, key: bytes, value=None, *, retry_unknown: bool = True):
+        """Runs one request at the leader, retrying where that is safe, until it succeeds
+        (bounded by the caller's cancel scope).
+
+        A request refused by a non-leader, or one that could not be sent, is retried at once.
+        One that was sent but whose outcome is unknown (connection lost, attempt timed out) is
+        retried only if ``retry_unknown`` (at-least-once: right for puts of a value, wrong for
+        a history checker); otherwise :class:`OutcomeUnknown` is raised.
+        """
+        backoff = 0.005
+        while True:
+            node = self._leader
+            sent = False
+            try:
+                with trio.fail_after(self._attempt_timeout):
+                    conn = await self._conn(node)
+                    self._rid += 1
+                    sent = True
+                    status, result, hint = await conn.request(self._rid, op, key, value)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.TooSlowError, EOFError) as exc:
+                self._conns.pop(node, None)
+                self._leader = self._next_node(node)
+                if sent and not retry_unknown and op != "get":
+                    raise OutcomeUnknown(f"node {node}: {exc!r}") from None
+                await trio.sleep(backoff * random.random())
+                backoff = min(backoff * 2, 0.2)
+                continue
+            if status == "ok":
+                if hint:
+                    self._leader = hint
+                return result
+            if status == "not-leader":
+                self._leader = hint if hint in self._nodes else self._next_node(node)
+                await trio.sleep(backoff * random.random())
+                backoff = min(backoff * 2, 0.2)
+                continue
+            if status == "unknown":
+                if not retry_unknown:
+                    raise OutcomeUnknown(f"node {node}: {result}")
+                continue
+            raise RaftError(f"node {node}: {result}")
+
+    def _next_node(self, node: int) -> int:
+        ids = sorted(self._nodes)
+        return ids[(ids.index(node) + 1) % len(ids)]
+
+    async def put(self, key: bytes, value: bytes, *, retry_unknown: bool = True) -> None:
+        await self.call("put", key, value, retry_unknown=retry_unknown)
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await self.call("get", key)
+
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
+                  retry_unknown: bool = True) -> bool:
+        return await self.call("cas", key, [expected, new], retry_unknown=retry_unknown)
+
+    async def status(self, node: int) -> dict:
+        conn = await self._conn(node)
+        self._rid += 1
+        with trio.fail_after(self._attempt_timeout):
+            status, result, _ = await conn.request(self._rid, "status", b"", None)
+        return result
+
+
+class _ClientConn:
+    def __init__(self, host: str, port: int):
+        self.addr = (host, port)
+        self.stream = None
+        self.pending: dict[int, list] = {}
+        self.broken = False
+        self._send_lock = trio.Lock()
+
+    async def connect(self, nursery) -> None:
+        self.stream = await trio.open_tcp_stream(*self.addr)
+        self.stream.socket.setsockopt(6, 1, 1)  # TCP_NODELAY
+        nursery.start_soon(self._reader)
+
+    async def _reader(self) -> None:
+        try:
+            async for rid, status, result, hint in _read_frames(self.stream):
+                slot = self.pending.pop(rid, None)
+                if slot is not None:
+                    slot[1] = (status, result, hint)
+                    slot[0].set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
+            pass
+        self.broken = True
+        for slot in self.pending.values():
+            slot[0].set()
+        self.pending.clear()
+
+    async def request(self, rid: int, op: str, key: bytes, value):
+        if self.broken:
+            raise EOFError("connection closed")
+        slot = [trio.Event(), None]
+        self.pending[rid] = slot
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(_frame([CLIENT_VERSION, rid, op, key, value]))
+            await slot[0].wait()
+        finally:
+            self.pending.pop(rid, None)
+        if slot[1] is None:
+            raise EOFError("connection closed before the response")
+        return slot[1]
+
+    async def close(self) -> None:
+        self.broken = True
+        if self.stream is not None:
+            await self.stream.aclose()
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _parse_peers(text: str) -> dict[int, tuple[str, int]]:
+    peers = {}
+    for part in text.split(","):
+        ident, _, addr = part.partition("=")
+        host, _, port = addr.rpartition(":")
+        if not ident or not host or not port:
+            raise argparse.ArgumentTypeError(f"bad peer {part!r}: expected ID=HOST:PORT")
+        peers[int(ident)] = (host, int(port))
+    return peers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.raftkv")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run one node")
+    s.add_argument("--id", type=int, required=True)
+    s.add_argument("--data", required=True, help="data directory")
+    s.add_argument("--peers", type=_parse_peers, required=True,
+                   help="ID=HOST:PORT of every member's Raft port, this node included")
+    s.add_argument("--client-port", type=int, default=0)
+    s.add_argument("--tick", type=float, default=0.05, help="seconds per Raft tick")
+    args = ap.parse_args(argv)
+    if args.id not in args.peers:
+        ap.error(f"--peers must include this node's id {args.id}")
+
+    async def run():
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                ports = await nursery.start(
+                    lambda task_status: serve(args.id, args.data, args.peers[args.id][1],
+                                              args.client_port, args.peers,
+                                              tick_interval=args.tick, task_status=task_status))
+                print(f"READY {ports[0]} {ports[1]}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""The trio driver: runs one :class:`~raft.core.RaftCore` against real time, disk and network.
+
+The driver is the only loop (STYLE §1) and it is short. Three tasks share one core:
+
+- *receive*: every message for this group from the transport is stepped into the core;
+- *tick*: every ``tick_interval`` seconds, one ``core.tick()``;
+- *ready*: while the core has work, take a :class:`~raft.types.Ready` and handle it in the
+  order the Ready documents — send ``messages``, persist (one fsync, in a worker thread so the
+  event loop keeps receiving), send ``persisted_messages``, apply ``committed_entries``, then
+  ``advance``.
+
+**Group commit.** While one Ready is being fsynced, proposals and messages keep arriving and are
+stepped into the core; the next Ready carries all of them, so every entry that became ready
+during one fsync shares the next one. Under load, the fsync rate stays near the disk's and the
+entries per fsync grow with the offered load.
+
+Clients call :meth:`RaftNode.propose` (resolves with the state machine's result for that entry
+once it is applied), :meth:`RaftNode.linearizable_read` (ReadIndex, §6.4: resolves once the
+state machine has applied everything committed before the read began) and
+:meth:`RaftNode.wait_applied`. Timeouts are the caller's cancel scopes.
+
+The hard state is written to storage when its term or vote changes (before any vote or
+acknowledgement leaves, as the core requires); a change of commit index alone is not worth a
+second fsync per batch and is written with the next term/vote change or snapshot — after a
+restart the commit index is simply learnt again from the leader.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from .core import Config, RaftCore
+from .types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    ProposalDroppedError,
+    RaftError,
+    Ready,
+    Snapshot,
+    StateRole,
+)
+
+__all__ = [
+    "StateMachine",
+    "RaftNode",
+    "RaftNodeStats",
+    "open_raft_node",
+    "EntryLostError",
+    "OutcomeUnknownError",
+]
+
+
+class EntryLostError(ProposalDroppedError):
+    """The proposal's entry was overwritten by another leader's entry: it was not applied."""
+
+
+class OutcomeUnknownError(RaftError):
+    """This node cannot tell whether the proposal's entry was applied (it installed a snapshot
+    that covers the entry's index). Read the state to find out; do not blindly retry."""
+
+
+class StateMachine(Protocol):
+    """What a Raft group replicates. ``apply`` is called with committed entries in log order,
+    exactly once per entry between a ``restore`` and the next (restart replays from the last
+    snapshot). Entries with empty data are leader no-ops and are not passed in."""
+
+    def apply(self, entries: Sequence[Entry]) -> list[object]: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RaftNodeStats:
+    group: int
+    id: int
+    role: str
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    snapshot_index: int
+    readies: int
+    fsyncs: int
+    entries_persisted: int
+    entries_applied: int
+    proposals: int
+    proposals_pending: int
+    reads: int
+    snapshots_taken: int
+    snapshots_installed: int
+    messages_sent: int
+    messages_received: int
+
+
+class _Waiter:
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self):
+        self.event = trio.Event()
+        self.value = None
+        self.error: BaseException | None = None
+
+    def set(self, value=None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+        self.event.set()
+
+    async def wait(self):
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class RaftNode:
+    """One replica of one group, driven by trio. Create it with :func:`open_raft_node`."""
+
+    def __init__(self, group: int, config: Config, storage, transport,
+                 state_machine: StateMachine, *, bootstrap: ConfState, seed: int | None,
+                 tick_interval: float, snapshot_every: int, snapshot_keep: int,
+                 apply_in_thread: bool):
+        if tick_interval <= 0 or not math.isfinite(tick_interval):
+            raise ValueError(f"tick_interval must be a positive number, not {tick_interval!r}")
+        if snapshot_every < 0 or snapshot_keep < 0:
+            raise ValueError("snapshot_every and snapshot_keep must be >= 0")
+        self.group = group
+        self.id = config.id
+        self._storage = storage
+        self._transport = transport
+        self._sm = state_machine
+        self._tick_interval = tick_interval
+        self._snapshot_every = snapshot_every
+        self._snapshot_keep = snapshot_keep
+        self._apply_in_thread = apply_in_thread
+        state = storage.initial_state(bootstrap)
+        rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
+        self._core = RaftCore(config, rng, state)
+        self._stored_hs: HardState = state.hard_state
+        self._snapshot_index = state.snapshot.meta.index if state.snapshot else 0
+        if state.snapshot is not None:
+            state_machine.restore(state.snapshot.data)
+        self._wakeup = trio.Event()
+        self._proposals: dict[int, tuple[int, _Waiter]] = {}
+        self._reads: dict[bytes, _Waiter] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_waiters: list[tuple[int, int, _Waiter]] = []
+        self._waiter_ids = itertools.count()
+        self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._counts = dict.fromkeys(
+            ("readies", "fsyncs", "entries_persisted", "entries_applied", "proposals", "reads",
+             "snapshots_taken", "snapshots_installed", "messages_sent", "messages_received"), 0)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def core(self) -> RaftCore:
+        """The core, for inspection (tests, status). Do not call its methods directly."""
+        return self._core
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core.role is StateRole.LEADER
+
+    @property
+    def leader(self) -> int:
+        return self._core.leader
+
+    async def propose(self, data: bytes) -> object:
+        """Replicates ``data`` and returns the state machine's result for it.
+
+        Raises:
+            ProposalDroppedError: this node is not the leader (``.leader`` hints who is), or a
+                transfer is under way; nothing was written.
+            EntryLostError: the entry was appended but overwritten by a new leader: not
+                applied.
+        If the caller is cancelled while waiting, the outcome is unknown: the entry may still
+        be applied.
+        """
+        self._check_open()
+        term, index = self._core.propose(data)
+        return await self._wait_entry(term, index)
+
+    async def propose_conf_change(self, cc: ConfChange) -> None:
+        """One membership change (see :mod:`raft.core`); returns once it is applied here."""
+        self._check_open()
+        term, index = self._core.propose_conf_change(cc)
+        await self._wait_entry(term, index)
+
+    async def _wait_entry(self, term: int, index: int):
+        waiter = _Waiter()
+        self._proposals[index] = (term, waiter)
+        self._counts["proposals"] += 1
+        self._kick()
+        try:
+            return await waiter.wait()
+        finally:
+            if self._proposals.get(index, (None, None))[1] is waiter:
+                del self._proposals[index]
+
+    def transfer_leader(self, to: int) -> None:
+        self._check_open()
+        self._core.transfer_leader(to)
+        self._kick()
+
+    async def read_index(self) -> int:
+        """A linearizable read point (§6.4): an index such that every write acknowledged
+        before this call is at or below it. Raises ProposalDroppedError with no leader."""
+        self._check_open()
+        ctx = next(self._read_ids).to_bytes(8, "big")
+        waiter = _Waiter()
+        self._reads[ctx] = waiter
+        self._counts["reads"] += 1
+        try:
+            self._core.read_index(ctx)
+            self._kick()
+            return await waiter.wait()
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def linearizable_read(self) -> int:
+        """Waits until the state machine reflects every write acknowledged before the call;
+        returns the read index. Read the state machine right after it returns."""
+        index = await self.read_index()
+        await self.wait_applied(index)
+        return index
+
+    async def wait_applied(self, index: int) -> None:
+        """Returns once entries up to ``index`` are applied to the state machine here."""
+        self._check_open()
+        if self._core.applied >= index:
+            return
+        waiter = _Waiter()
+        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), waiter))
+        await waiter.wait()
+
+    def statistics(self) -> RaftNodeStats:
+        c = self._core
+        return RaftNodeStats(
+            group=self.group, id=self.id, role=c.role.value, term=c.term, leader=c.leader,
+            commit=c.commit, applied=c.applied, last_index=c.last_index,
+            snapshot_index=self._snapshot_index, proposals_pending=len(self._proposals),
+            **self._counts,
+        )
+
+    def _check_open(self) -> None:
+        if self._failed is not None:
+            raise RaftError(f"raft node {self.id} stopped: {self._failed!r}") from self._failed
+        if self._closed:
+            raise RaftError(f"raft node {self.id} is closed")
+
+    def _kick(self) -> None:
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _receive(self, recv) -> None:
+        core = self._core
+        async for m in recv:
+            self._counts["messages_received"] += 1
+            core.step(m)
+            # Drain whatever else is queued before waking the ready loop: one Ready for many.
+            while True:
+                try:
+                    m = recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._counts["messages_received"] += 1
+                core.step(m)
+            self._kick()
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(self._tick_interval)
+            self._core.tick()
+            self._kick()
+
+    async def _ready_loop(self) -> None:
+        core = self._core
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while core.has_ready():
+                await self._handle_ready(core.ready())
+                await trio.lowlevel.checkpoint()
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        core = self._core
+        self._counts["readies"] += 1
+        if rd.messages:
+            self._send(rd.messages)
+        hs = None
+        if rd.hard_state is not None and (
+            rd.hard_state.term != self._stored_hs.term or rd.hard_state.vote != self._stored_hs.vote
+        ):
+            hs = rd.hard_state
+        if rd.snapshot is not None or rd.entries or hs is not None:
+            await trio.to_thread.run_sync(self._persist, rd, hs, limiter=self._limiter)
+        if rd.persisted_messages:
+            self._send(rd.persisted_messages)
+        if rd.snapshot is not None:
+            self._sm.restore(rd.snapshot.data)
+            self._snapshot_index = rd.snapshot.meta.index
+            self._counts["snapshots_installed"] += 1
+        for rs in rd.read_states:
+            waiter = self._reads.get(rs.context)
+            if waiter is not None:
+                waiter.set(rs.index)
+        if rd.committed_entries:
+            await self._apply(rd.committed_entries)
+        core.advance(rd)
+        self._wake_applied()
+        if (self._snapshot_every and
+                core.applied - self._snapshot_index >= self._snapshot_every):
+            await self._take_snapshot()
+
+    def _persist(self, rd: Ready, hs: HardState | None) -> None:
+        self._storage.save(snapshot=rd.snapshot, entries=rd.entries, hard_state=hs,
+                           sync=rd.must_sync)
+        if hs is not None:
+            self._stored_hs = hs
+        if rd.must_sync:
+            self._counts["fsyncs"] += 1
+        self._counts["entries_persisted"] += len(rd.entries)
+
+    async def _apply(self, entries: Sequence[Entry]) -> None:
+        normal = [e for e in entries if e.type is EntryType.NORMAL and e.data]
+        results: list[object] = []
+        if normal:
+            if self._apply_in_thread:
+                results = await trio.to_thread.run_sync(self._sm.apply, normal,
+                                                        limiter=self._limiter)
+            else:
+                results = self._sm.apply(normal)
+            if len(results) != len(normal):
+                raise RaftError(f"state machine returned {len(results)} results for "
+                                f"{len(normal)} entries")
+        self._counts["entries_applied"] += len(normal)
+        by_index = {e.index: r for e, r in zip(normal, results)}
+        if not self._proposals:
+            return
+        for e in entries:
+            pending = self._proposals.pop(e.index, None)
+            if pending is None:
+                continue
+            term, waiter = pending
+            if term == e.term:
+                waiter.set(by_index.get(e.index))
+            else:
+                waiter.set(error=EntryLostError(
+                    f"entry {e.index} of term {term} was replaced by one of term {e.term}",
+                    self._core.leader))
+
+    def _wake_applied(self) -> None:
+        applied = self._core.applied
+        while self._applied_waiters and self._applied_waiters[0][0] <= applied:
+            heapq.heappop(self._applied_waiters)[2].set()
+        # Proposals below the applied index that were never applied here (their entry was
+        # replaced while this node was installing a snapshot) can no longer resolve.
+        if self._proposals and min(self._proposals) <= applied:
+            for index in [i for i in self._proposals if i <= applied]:
+                _, waiter = self._proposals.pop(index)
+                waiter.set(error=OutcomeUnknownError(
+                    f"entry {index} is covered by an installed snapshot: whether it was "
+                    f"applied is unknown to this node"))
+
+    async def _take_snapshot(self) -> None:
+        data = self._sm.snapshot()
+        meta = self._core.compact(data, keep=self._snapshot_keep)
+        snap = Snapshot(meta, data)
+        await trio.to_thread.run_sync(self._storage.save_snapshot, snap, self._snapshot_keep,
+                                      limiter=self._limiter)
+        self._snapshot_index = meta.index
+        self._counts["snapshots_taken"] += 1
+
+    def _send(self, msgs) -> None:
+        self._counts["messages_sent"] += len(msgs)
+        self._transport.send(self.group, msgs)
+
+    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        recv = self._transport.subscribe(self.group)
+        try:
+            async with recv, trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, recv)
+                nursery.start_soon(self._tick)
+                nursery.start_soon(self._ready_loop)
+                task_status.started()
+        except BaseException as exc:
+            self._failed = exc
+            self._fail_waiters(exc)
+            raise
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        err = RaftError(f"raft node {self.id} stopped")
+        err.__cause__ = exc
+        for _, waiter in self._proposals.values():
+            waiter.set(error=err)
+        for waiter in self._reads.values():
+            waiter.set(error=err)
+        for _, _, waiter in self._applied_waiters:
+            waiter.set(error=err)
+        self._proposals.clear()
+        self._reads.clear()
+        self._applied_waiters.clear()
+
+
+@asynccontextmanager
+async def open_raft_node(
+    group: int,
+    config: Config,
+    storage,
+    transport,
+    state_machine: StateMachine,
+    *,
+    bootstrap: ConfState = ConfState(),
+    seed: int | None = None,
+    tick_interval: float = 0.05,
+    snapshot_every: int = 10_000,
+    snapshot_keep: int = 1_000,
+    apply_in_thread: bool = False,
+) -> AsyncIterator[RaftNode]:
+    """Runs a replica until the block exits.
+
+    Args:
+        group: the group id its messages carry on the transport.
+        config: the core's settings (``config.id`` is this node).
+        storage: a :class:`raft.storage.RaftStorage` (or any object with its methods), already
+            open; the caller closes it.
+        transport: a :class:`raft.transport.Transport` shared by every group of this node.
+        state_machine: what the log is applied to.
+        bootstrap: the membership of a brand-new group (ignored once storage has a snapshot).
+        seed: seeds election-timeout jitter (None: from the OS).
+        tick_interval: seconds per core tick (election after 10–20 ticks by default).
+        snapshot_every: take a snapshot and compact after this many applied entries (0: never).
+        snapshot_keep: log entries kept behind a snapshot, for followers slightly behind.
+        apply_in_thread: run ``state_machine.apply`` in a worker thread (for blocking ones).
+    """
+    node = RaftNode(group, config, storage, transport, state_machine, bootstrap=bootstrap,
+                    seed=seed, tick_interval=tick_interval, snapshot_every=snapshot_every,
+                    snapshot_keep=snapshot_keep, apply_in_thread=apply_in_thread)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node._run)
+        try:
+            yield node
+        finally:
+            node._closed = True
+            node._fail_waiters(RaftError("node closed"))
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,998 @@
+"""Durable storage for one Raft group: the log, the hard state and the latest snapshot
+(ARCH §2.1, §2.2, §3).
+
+A :class:`RaftStorage` is a directory holding three things, each in the store made for it::
+
+    PATH/
+      hardstate       engine.DurableState: term, vote, commit (format below)
+      log/            engine.LogStore: the record at position i is the entry at Raft index i
+      snapshot        the latest snapshot, replaced whole by rename (format below)
+      snapshot.tmp    a snapshot being written; removed on open
+      log.old/        a log being discarded by a snapshot install; removed on open
+
+The driver persists each ``Ready`` with one :meth:`RaftStorage.save` (the order is fixed there)
+and each local compaction with :meth:`RaftStorage.save_snapshot`; on start it rebuilds the core
+from :meth:`RaftStorage.initial_state`.
+
+Formats (all integers little-endian)
+------------------------------------
+
+Log record (the LogStore payload of entry ``i``; the index itself is not stored — it is the
+record's position, which the LogStore's checksum covers)::
+
+    offset  size  field
+    0       1     entry type (EntryType: 0 normal, 1 conf change; others are corruption)
+    1       8     term, u64
+    9       n     data
+
+Hard state (the DurableState payload, 25 bytes)::
+
+    0       1     format version (1)
+    1       8     term, u64
+    9       8     vote, u64 (0: none)
+    17      8     commit index, u64
+
+Snapshot file (``H = 56 + 8 * (v + l)``; the file is exactly ``H + n`` bytes)::
+
+    0       8     magic b"MERIDSNP"
+    8       4     format version, u32 (1)
+    12      4     flags, u32: bit 0 = LOG_RESET (see below); other bits must be 0
+    16      8     index of the last entry the snapshot covers, u64
+    24      8     term of that entry, u64
+    32      8     data length n, u64
+    40      4     voter count v, u32
+    44      4     learner count l, u32
+    48      8v    voter ids, u64 each, then 8l bytes of learner ids
+    H-8     4     masked CRC-32C of the data
+    H-4     4     masked CRC-32C of bytes [0, H-4)
+    H       n     data (the state machine's snapshot)
+
+CRC-32C is engine's (native/FORMAT.md), masked as LevelDB does. A file that fails any check is
+:class:`engine.CorruptStateError` naming it: the snapshot replaces log entries that no longer
+exist, so falling back to anything else would lose committed state.
+
+Crash safety
+------------
+
+Invariants of the files at rest (each operation below keeps them at every instant, so a crash
+anywhere leaves a state that :meth:`RaftStorage.open` accepts or repairs):
+
+- I1: the log starts at or before the entry after the snapshot (``log.first <= S + 1``, with
+  ``S = 0`` without a snapshot) and ends at or after it (``log.last >= S``; open restarts a log
+  found to end below ``S`` at ``S + 1``). Entries at or below ``S`` may linger (compaction frees
+  whole segments) and are ignored.
+- I2: the hard state's commit index is at most ``max(log.last, S)``: the hard state is stored
+  only after the entries it covers are synced, conflict truncation never removes a committed
+  entry, and a received snapshot is never older than the commit index.
+- I3: a snapshot flagged LOG_RESET (one received from the leader, which replaces the whole log)
+  is followed by a log that starts exactly at ``S + 1``; or by the old log, which starts at or
+  below ``S`` because received snapshots are always newer than the stored one (I1).
+
+A received snapshot is installed as: write ``snapshot.tmp``, fsync, rename over ``snapshot``,
+fsync the directory — the commit point — then close the log, rename ``log`` to ``log.old``,
+fsync the directory, create a new ``log`` whose first position is ``S + 1`` (durably), and
+remove ``log.old``. A crash before the commit point leaves the old state whole (a stray
+``snapshot.tmp`` is removed on open). After it, open finds the flagged snapshot and a log that
+is either missing, new (``first == S + 1``: nothing to do), or old (``first <= S``: the reset is
+redone); a ``log.old`` is removed. So every crash recovers to the old state or to the new
+snapshot with an empty log — followed by whatever part of the same save's entries (a prefix) and
+hard state had been written, in that order, as for any save.
+
+A local compaction snapshot is written the same way without the flag (entries after it stay),
+and only then are log segments below it dropped; ``drop_before`` keeps the log contiguous.
+
+What cannot be repaired is reported: a log that starts after ``S + 1`` (entries missing), or a
+commit index beyond the durable log (acknowledged entries lost, the one loss the LogStore cannot
+see by itself — native/FORMAT.md, Recovery) raise :class:`InconsistentStateError`.
+
+Entries are durable before the hard state of the same save, so a crash between them can leave
+entries of a term newer than the stored term. That term was never voted in from here (votes are
+stored before they are sent), so :meth:`RaftStorage.initial_state` restores it with no vote.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import shutil
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from engine import errors
+from engine._fs import fsync_directory, makedirs_durable
+from engine._native import crc32c, lib
+from engine._resource import Resource
+from engine.durable import DurableState
+from engine.logstore import (
+    DEFAULT_SEGMENT_SIZE,
+    MAX_BATCH_SIZE,
+    MAX_RECORD_SIZE,
+    LogStats,
+    LogStore,
+)
+
+from .core import RestoredState
+from .types import (
+    NONE,
+    ConfChangeError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    RaftInvariantError,
+    Snapshot,
+    SnapshotMeta,
+)
+
+__all__ = [
+    "FLAG_LOG_RESET",
+    "SNAPSHOT_MAGIC",
+    "SNAPSHOT_VERSION",
+    "InconsistentStateError",
+    "RaftStorage",
+    "RaftStorageStats",
+    "decode_entry",
+    "decode_hard_state",
+    "encode_entry",
+    "encode_hard_state",
+    "encode_snapshot_header",
+]
+
+SNAPSHOT_MAGIC = b"MERIDSNP"
+SNAPSHOT_VERSION = 1
+FLAG_LOG_RESET = 1  # a received snapshot: the log after it starts at index + 1
+HARD_STATE_VERSION = 1
+MAX_MEMBERS = 1 << 16  # voters + learners in a snapshot header; more is corruption
+
+_ENTRY = struct.Struct("<BQ")  # type, term
+_HARD_STATE = struct.Struct("<BQQQ")  # version, term, vote, commit
+_SNAP_FIXED = struct.Struct("<8sIIQQQII")  # magic, version, flags, index, term, n, v, l
+_CRC = struct.Struct("<I")
+_NO_MEMBERS = ConfState()
+_U64_MAX = 2**64 - 1
+_READ_CHUNK = 1 << 20
+_MAX_ENTRY_DATA = MAX_RECORD_SIZE - _ENTRY.size
+
+_HARD_STATE_FILE = "hardstate"
+_LOG_DIR = "log"
+_OLD_LOG_DIR = "log.old"
+_SNAPSHOT_FILE = "snapshot"
+_SNAPSHOT_TMP = "snapshot.tmp"
+
+
+class InconsistentStateError(errors.CorruptionError, RaftInvariantError):
+    """The files are each intact but together break a Raft invariant: entries between the
+    snapshot and the log are missing, the commit index lies beyond the durable log (acknowledged
+    entries were lost), or the log's terms go backwards.
+
+    Both an :class:`engine.CorruptionError` (``path`` names the file or directory concerned) and
+    a :class:`RaftInvariantError`: the node must stop, never continue on such a log.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStorageStats:
+    """A snapshot of a storage's counters.
+
+    Invariant: ``snapshot_index <= first_index - 1 <= last_index`` and
+    ``hard_state.commit <= last_index``.
+    """
+
+    log: LogStats  # the raw LogStore (it may still hold entries at or below snapshot_index)
+    first_index: int  # snapshot_index + 1: the first entry the storage serves
+    last_index: int  # the last entry (snapshot_index when the log after it is empty)
+    snapshot_index: int  # 0 without a snapshot
+    snapshot_term: int
+    snapshot_bytes: int  # size of the snapshot file (0 without one)
+    hard_state: HardState  # as stored
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotInfo:
+    meta: SnapshotMeta
+    flags: int
+    header_size: int
+    data_size: int
+
+
+# ============================================================ encodings
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The log record of ``entry`` (its index is the record's position)."""
+    return _ENTRY.pack(int(entry.type), entry.term) + bytes(entry.data)
+
+
+def decode_entry(index: int, record: bytes, path: str = "") -> Entry:
+    """The entry at ``index`` from its log record.
+
+    Raises:
+        CorruptLogError: the record is too short or names an unknown entry type.
+    """
+    if len(record) < _ENTRY.size:
+        raise errors.CorruptLogError(
+            f"log {path}: the record of entry {index} is {len(record)} bytes, shorter than an "
+            f"entry header ({_ENTRY.size})",
+            path,
+        )
+    kind, term = _ENTRY.unpack_from(record)
+    try:
+        entry_type = EntryType(kind)
+    except ValueError:
+        raise errors.CorruptLogError(
+            f"log {path}: entry {index} has unknown type {kind}", path
+        ) from None
+    return Entry(term, index, record[_ENTRY.size :], entry_type)
+
+
+def encode_hard_state(hs: HardState) -> bytes:
+    return _HARD_STATE.pack(HARD_STATE_VERSION, hs.term, hs.vote, hs.commit)
+
+
+def decode_hard_state(payload: bytes | None, path: str = "") -> HardState:
+    """The hard state from a DurableState payload (``None``: nothing stored yet).
+
+    Raises:
+        CorruptStateError: a payload of the wrong size or version.
+    """
+    if payload is None:
+        return HardState()
+    if len(payload) != _HARD_STATE.size or payload[0] != HARD_STATE_VERSION:
+        raise errors.CorruptStateError(
+            f"hard state file {path}: a {len(payload)}-byte payload of version "
+            f"{payload[0] if payload else None}; this code reads {_HARD_STATE.size} bytes of "
+            f"version {HARD_STATE_VERSION}",
+            path,
+        )
+    _, term, vote, commit = _HARD_STATE.unpack(payload)
+    return HardState(term, vote, commit)
+
+
+def encode_snapshot_header(meta: SnapshotMeta, data: bytes, flags: int = 0) -> bytes:
+    """The header of a snapshot file holding ``data`` (the data follows it)."""
+    conf = meta.conf
+    body = _SNAP_FIXED.pack(
+        SNAPSHOT_MAGIC,
+        SNAPSHOT_VERSION,
+        flags,
+        meta.index,
+        meta.term,
+        len(data),
+        len(conf.voters),
+        len(conf.learners),
+    ) + struct.pack(f"<{len(conf.voters) + len(conf.learners)}Q", *conf.voters, *conf.learners)
+    body += _CRC.pack(_masked(crc32c(data)))
+    return body + _CRC.pack(_masked(crc32c(body)))
+
+
+def _masked(crc: int) -> int:
+    return lib.meridian_crc32c_mask(crc)
+
+
+# ============================================================ the storage
+
+
+class RaftStorage(Resource):
+    """Durable storage for one Raft group: log entries, hard state and the latest snapshot.
+
+    Example::
+
+        with RaftStorage.open("/var/lib/meridian/group-7") as storage:
+            core = RaftCore(config, rng, storage.initial_state(ConfState(voters=(1, 2, 3))))
+            ...
+            rd = core.ready()
+            storage.save(snapshot=rd.snapshot, entries=rd.entries,
+                         hard_state=rd.hard_state, sync=rd.must_sync)
+
+    Thread-safety: none. Calls must be serialized by the caller (the driver runs them one at a
+    time, in a worker thread through ``trio.to_thread.run_sync``); reading properties while a
+    save runs in another thread is not supported either.
+
+    Durability: every change is durable when :meth:`save` (with ``sync=True``, or with a hard
+    state) or :meth:`save_snapshot` returns. A failure while writing leaves the files in a state
+    that :meth:`open` recovers, but this handle no longer knows which: it refuses every further
+    change with :class:`engine.StoreFailedError` until it is closed and opened again.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, segment_size: int = DEFAULT_SEGMENT_SIZE
+    ) -> None:
+        """Opens the storage in ``path``, creating it (with parents) or recovering it.
+
+        Args:
+            path: the group's directory.
+            segment_size: bytes per log segment (see :class:`engine.LogStore`).
+
+        Raises:
+            StoreLockedError: another handle (in this or another process) has it open.
+            CorruptStateError: the snapshot or hard state file is corrupt (``path`` names it).
+            CorruptLogError: a log segment is corrupt.
+            InconsistentStateError: the files disagree in a way that loses entries (the
+                message says which).
+            InvalidArgumentError: a bad ``segment_size``.
+            StorageError: the file system refused.
+        """
+        self._path = os.fspath(path)
+        if (
+            isinstance(segment_size, bool)
+            or not isinstance(segment_size, int)
+            or not (lib.LS_MIN_SEGMENT_SIZE <= segment_size <= lib.LS_MAX_SEGMENT_SIZE)
+        ):
+            raise errors.InvalidArgumentError(
+                f"segment_size {segment_size!r} is outside "
+                f"{lib.LS_MIN_SEGMENT_SIZE}..{lib.LS_MAX_SEGMENT_SIZE} bytes"
+            )
+        self._segment_size = segment_size
+        self._log: LogStore | None = None
+        self._state: DurableState | None = None
+        self._failed = False
+        self._closed = False
+        self._snap: _SnapshotInfo | None = None
+        self._hard_state = HardState()
+        try:
+            makedirs_durable(self._path)
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot create {self._path}") from None
+        # The hard state's lock is the lock of the whole directory: it is taken first and held
+        # while the log is closed and recreated by a snapshot install.
+        self._state = DurableState(self._file(_HARD_STATE_FILE))
+        try:
+            self._recover()
+        except BaseException:
+            self._close_handles(sync=False)
+            raise
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def hard_state(self) -> HardState:
+        """The hard state as stored (see :meth:`initial_state` for the one to restore)."""
+        self._open_handles()
+        return self._hard_state
+
+    @property
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        """The stored snapshot's metadata, or ``None`` without a snapshot."""
+        self._open_handles()
+        return None if self._snap is None else self._snap.meta
+
+    @property
+    def first_index(self) -> int:
+        """The first entry the storage serves: the snapshot index + 1."""
+        self._open_handles()
+        return self._snapshot_index() + 1
+
+    @property
+    def last_index(self) -> int:
+        """The last entry (the snapshot index when no entry follows the snapshot)."""
+        log, _ = self._open_handles()
+        return max(log.last_position, self._snapshot_index())
+
+    def statistics(self) -> RaftStorageStats:
+        log, _ = self._open_handles()
+        snap = self._snap
+        s = log.stats()
+        return RaftStorageStats(
+            log=s,
+            first_index=self._snapshot_index() + 1,
+            last_index=max(s.next_position - 1, self._snapshot_index()),
+            snapshot_index=0 if snap is None else snap.meta.index,
+            snapshot_term=0 if snap is None else snap.meta.term,
+            snapshot_bytes=0 if snap is None else snap.header_size + snap.data_size,
+            hard_state=self._hard_state,
+            failed=self._failed or s.failed,
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    def initial_state(self, bootstrap: ConfState = _NO_MEMBERS) -> RestoredState:
+        """What the core restarts from: the hard state, the snapshot and the entries after it.
+
+        Args:
+            bootstrap: the membership to start with when there is no snapshot (returned as
+                ``conf``; with a snapshot, the core takes the snapshot's).
+
+        Returns:
+            A :class:`raft.core.RestoredState` whose entries are contiguous from the snapshot
+            index + 1 and carry their indexes. Its hard state is the stored one, except that the
+            term is raised to the last entry's (or the snapshot's) if that is newer, with no vote
+            (see the module doc), and the commit index is at least the snapshot index.
+
+        Raises:
+            CorruptStateError: the snapshot file is corrupt (``path`` names it).
+            CorruptLogError: a log record is corrupt.
+            InconsistentStateError: the log's terms go backwards, or disagree with the snapshot.
+            StoreClosedError.
+        """
+        log, _ = self._open_handles()
+        snapshot = self.read_snapshot()
+        s_index = 0 if snapshot is None else snapshot.meta.index
+        s_term = 0 if snapshot is None else snapshot.meta.term
+        entries: list[Entry] = []
+        prev_term = s_term
+        start = max(log.first_position, s_index + 1)
+        if snapshot is not None and log.first_position <= s_index <= log.last_position:
+            start = s_index  # the entry the snapshot ends with is still in the log: check it
+        for pos, record in log.scan(start):
+            entry = decode_entry(pos, record, log.path)
+            if pos == s_index:
+                if entry.term != s_term:
+                    raise InconsistentStateError(
+                        f"log {log.path}: entry {pos} has term {entry.term}, but the snapshot "
+                        f"ending there has term {s_term}",
+                        log.path,
+                    )
+                continue
+            if entry.term < prev_term:
+                raise InconsistentStateError(
+                    f"log {log.path}: entry {pos} has term {entry.term}, below the term "
+                    f"{prev_term} before it",
+                    log.path,
+                )
+            prev_term = entry.term
+            entries.append(entry)
+        hs = self._hard_state
+        if prev_term > hs.term:
+            hs = HardState(prev_term, NONE, hs.commit)
+        if hs.commit < s_index:
+            hs = HardState(hs.term, hs.vote, s_index)
+        return RestoredState(
+            hard_state=hs, snapshot=snapshot, entries=tuple(entries), conf=bootstrap
+        )
+
+    def read_snapshot(self) -> Snapshot | None:
+        """The stored snapshot (metadata and data, checksums verified), or ``None``.
+
+        Raises:
+            CorruptStateError: the file is corrupt (``path`` names it).
+            StorageError, StoreClosedError.
+        """
+        self._open_handles()
+        if self._snap is None:
+            return None
+        path = self._file(_SNAPSHOT_FILE)
+        info, data = _read_snapshot(path, with_data=True)
+        if info is None or info.meta != self._snap.meta:
+            raise errors.CorruptStateError(
+                f"snapshot file {path} changed while the storage was open", path
+            )
+        return Snapshot(info.meta, data)
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """The entries with ``lo <= index < hi``, read from the log.
+
+        Raises:
+            PositionError: the range is not within ``first_index..last_index + 1``.
+            CorruptLogError, StoreClosedError.
+        """
+        log, _ = self._open_handles()
+        first, end = self._snapshot_index() + 1, max(log.next_position, self._snapshot_index() + 1)
+        if not (isinstance(lo, int) and isinstance(hi, int) and first <= lo <= hi <= end):
+            raise errors.PositionError(
+                f"entries [{lo}, {hi}) are outside the storage's {first}..{end - 1}"
+            )
+        return [decode_entry(p, r, log.path) for p, r in log.scan(lo, hi)] if lo < hi else []
+
+    # ------------------------------------------------------------------ writing
+
+    def save(
+        self,
+        *,
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+        hard_state: HardState | None = None,
+        sync: bool = True,
+    ) -> None:
+        """Persists one ``Ready``: the snapshot, then the entries, then the hard state.
+
+        Args:
+            snapshot: a snapshot received from the leader. It replaces the whole log: after it
+                the log is empty and the next entry is ``snapshot.meta.index + 1``. It must be
+                newer than the stored snapshot and not older than the stored commit index.
+            entries: entries with contiguous indexes, the first at most one past the last
+                entry (after ``snapshot``) and after the snapshot index. Stored entries from
+                ``entries[0].index`` on are removed first (conflict truncation; durable), which
+                must not reach the commit index.
+            hard_state: stored last, after the entries are synced (so a vote or commit is never
+                durable ahead of the log it is based on); skipped when unchanged. Its commit
+                index must lie within the log after this save, and its term must not go back.
+            sync: make the entries durable before returning (one fdatasync for the whole batch).
+                Without it, appended entries are durable only after a later save that syncs or
+                stores a hard state, or :meth:`close`.
+
+        Raises:
+            InvalidArgumentError: entries that are not contiguous, leave a gap after the log, or
+                lie at or below the snapshot; a snapshot not newer than the stored one. Nothing
+                was written.
+            RaftInvariantError: a change that would lose committed entries, a commit index beyond
+                the log, or a term going back. Nothing was written.
+            RecordTooLargeError: an entry over the record limit. Nothing was written.
+            StorageError (DiskFullError for ENOSPC): a write failed; the handle is failed.
+            StoreFailedError, StoreClosedError, TypeError.
+
+        Durability: in the order given; see the module doc for what a crash in between leaves.
+        """
+        log, state = self._usable()
+        entries = _check_entries(entries)
+        s_index = self._snapshot_index()
+        last = max(log.last_position, s_index)
+        commit = self._hard_state.commit
+        if snapshot is not None:
+            _check_snapshot(snapshot)
+            new_index = snapshot.meta.index
+            if new_index <= s_index:
+                raise errors.InvalidArgumentError(
+                    f"a received snapshot at index {new_index} is not newer than the stored "
+                    f"snapshot at {s_index}"
+                )
+            if new_index < commit:
+                raise RaftInvariantError(
+                    f"installing a snapshot at index {new_index} would discard committed "
+                    f"entries up to the commit index {commit}"
+                )
+            s_index = last = new_index
+        if entries:
+            first = entries[0].index
+            if first <= s_index:
+                raise errors.InvalidArgumentError(
+                    f"entries from index {first} lie at or below the snapshot index {s_index}"
+                )
+            if first > last + 1:
+                raise errors.InvalidArgumentError(
+                    f"entries from index {first} leave a gap after the last entry {last}"
+                )
+            if first <= last and first <= commit:
+                raise RaftInvariantError(
+                    f"entries from index {first} would replace committed entries (commit index "
+                    f"{commit})"
+                )
+            last = entries[-1].index
+        if hard_state is not None:
+            _check_hard_state(hard_state)
+            if hard_state.term < self._hard_state.term:
+                raise RaftInvariantError(
+                    f"hard state term {hard_state.term} is below the stored term "
+                    f"{self._hard_state.term}"
+                )
+            if hard_state.commit > last:
+                raise RaftInvariantError(
+                    f"hard state commit index {hard_state.commit} is beyond the last entry "
+                    f"{last} the log will hold"
+                )
+        records = [encode_entry(e) for e in entries]
+        store_hard_state = hard_state is not None and hard_state != self._hard_state
+        try:
+            if snapshot is not None:
+                self._write_snapshot(snapshot, FLAG_LOG_RESET)
+                self._reset_log(snapshot.meta.index + 1)
+                log = self._log
+            if entries:
+                if entries[0].index <= log.last_position:
+                    log.truncate_after(entries[0].index - 1)
+                for batch in _batches(records):
+                    log.append(batch)
+            if sync or store_hard_state:
+                log.sync()  # a no-op when nothing is unsynced
+            if store_hard_state:
+                state.store(encode_hard_state(hard_state))
+                self._hard_state = hard_state
+        except BaseException:
+            self._failed = True
+            raise
+
+    def save_snapshot(self, snapshot: Snapshot, keep: int = 0) -> None:
+        """Stores a local compaction snapshot, then drops the log before it.
+
+        The snapshot is durable first; then whole log segments whose entries all lie at or
+        below ``snapshot.meta.index - keep`` are dropped (entries after the snapshot index are
+        never dropped). A segment at a time: some entries at or below it may stay on disk.
+
+        Args:
+            snapshot: the state machine's snapshot at an index in the log (normally the applied
+                index), not older than the stored snapshot; its term must be that entry's.
+            keep: entries at or below the snapshot index to keep (for slow followers).
+
+        Raises:
+            InvalidArgumentError: an older snapshot, one beyond the log's last entry, or a
+                negative ``keep``. Nothing was written.
+            RaftInvariantError: the snapshot's term is not the term of its entry in the log.
+            StorageError: a write failed; the handle is failed.
+            StoreFailedError, StoreClosedError, TypeError.
+        """
+        log, _ = self._usable()
+        _check_snapshot(snapshot)
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise errors.InvalidArgumentError(f"keep must be an int >= 0, not {keep!r}")
+        meta = snapshot.meta
+        s_index = self._snapshot_index()
+        last = max(log.last_position, s_index)
+        if meta.index < s_index:
+            raise errors.InvalidArgumentError(
+                f"snapshot at index {meta.index} is older than the stored one at {s_index}"
+            )
+        if meta.index > last:
+            raise errors.InvalidArgumentError(
+                f"snapshot at index {meta.index} is beyond the last entry {last}: a local "
+                "snapshot covers only entries in the log"
+            )
+        if meta.index == s_index:
+            term = self._snap.meta.term if self._snap is not None else 0
+        else:
+            term = decode_entry(meta.index, log.read(meta.index), log.path).term
+        if meta.term != term:
+            raise RaftInvariantError(
+                f"snapshot at index {meta.index} has term {meta.term}, but that entry's term is "
+                f"{term}"
+            )
+        try:
+            if log.synced_position < meta.index:
+                log.sync()  # what the snapshot covers must outlive a crash before it is durable
+            self._write_snapshot(snapshot, 0)
+            log.drop_before(max(1, meta.index + 1 - keep))
+        except BaseException:
+            self._failed = True
+            raise
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self, *, sync: bool = True) -> None:
+        """Syncs the log (unless ``sync=False`` or the handle failed) and closes everything,
+        releasing the lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_handles(sync=sync and not self._failed)
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<RaftStorage {self._path!r} closed>"
+        return (
+            f"<RaftStorage {self._path!r} snapshot {self._snapshot_index()} "
+            f"log ..{self.last_index} {self._hard_state}>"
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self._path, name)
+
+    def _snapshot_index(self) -> int:
+        return 0 if self._snap is None else self._snap.meta.index
+
+    def _open_handles(self) -> tuple[LogStore, DurableState]:
+        if self._closed or self._log is None or self._state is None:
+            if self._closed:
+                raise errors.StoreClosedError(f"raft storage {self._path} is closed")
+            raise errors.StoreFailedError(
+                f"raft storage {self._path} lost its log in a failed write; reopen it"
+            )
+        return self._log, self._state
+
+    def _usable(self) -> tuple[LogStore, DurableState]:
+        handles = self._open_handles()
+        if self._failed:
+            raise errors.StoreFailedError(
+                f"raft storage {self._path} failed an earlier write; reopen it to recover"
+            )
+        return handles
+
+    def _close_handles(self, *, sync: bool) -> None:
+        log, self._log = self._log, None
+        state, self._state = self._state, None
+        try:
+            if log is not None:
+                log.close(sync=sync)
+        finally:
+            if state is not None:
+                state.close()
+
+    def _recover(self) -> None:
+        """Reads the files and finishes whatever a crash interrupted (module doc)."""
+        self._hard_state = decode_hard_state(self._state.load(), self._file(_HARD_STATE_FILE))
+        tmp = self._file(_SNAPSHOT_TMP)
+        if os.path.lexists(tmp):
+            _unlink_durable(tmp, self._path)  # never renamed: not the snapshot
+        info, _ = _read_snapshot(self._file(_SNAPSHOT_FILE), with_data=False)
+        self._snap = info
+        s_index = self._snapshot_index()
+        old = self._file(_OLD_LOG_DIR)
+        if os.path.lexists(old):
+            _remove_tree_durable(old, self._path)
+        log_dir = self._file(_LOG_DIR)
+        # A missing or empty log directory (a fresh storage, or an install cut short before
+        # the new log had a segment) starts right after the snapshot.
+        self._log = LogStore(
+            log_dir, segment_size=self._segment_size, initial_position=s_index + 1
+        )
+        first, last = self._log.first_position, self._log.last_position
+        if info is not None and info.flags & FLAG_LOG_RESET and first <= s_index:
+            self._reset_log(s_index + 1)  # the old log of an install cut short (I3)
+        elif first > s_index + 1:
+            raise InconsistentStateError(
+                f"log {log_dir} starts at index {first}, but the snapshot ends at {s_index}: "
+                f"entries {s_index + 1}..{first - 1} are missing",
+                log_dir,
+            )
+        elif last < s_index:
+            # Every entry the log holds is covered by the snapshot and none follows it: restart
+            # the log after the snapshot so that the next append lands at the right index.
+            self._reset_log(s_index + 1)
+        last = max(self._log.last_position, s_index)
+        if self._hard_state.commit > last:
+            raise InconsistentStateError(
+                f"the hard state in {self._file(_HARD_STATE_FILE)} has commit index "
+                f"{self._hard_state.commit}, but the durable log ends at {last} (snapshot "
+                f"{s_index}): acknowledged entries were lost",
+                log_dir,
+            )
+
+    def _write_snapshot(self, snapshot: Snapshot, flags: int) -> None:
+        """Makes ``snapshot`` the stored one, durably: temporary file, fsync, rename, fsync of
+        the directory (the rename replaces the older snapshot)."""
+        data = bytes(snapshot.data) if not isinstance(snapshot.data, bytes) else snapshot.data
+        header = encode_snapshot_header(snapshot.meta, data, flags)
+        tmp, path = self._file(_SNAPSHOT_TMP), self._file(_SNAPSHOT_FILE)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, header)
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            fsync_directory(self._path)
+        except OSError as exc:
+            if isinstance(exc, errors.MeridianError):
+                raise
+            raise _storage_error(exc, f"cannot write snapshot {path}") from None
+        self._snap = _SnapshotInfo(snapshot.meta, flags, len(header), len(data))
+
+    def _reset_log(self, next_index: int) -> None:
+        """Replaces the log by an empty one whose next entry is ``next_index``, durably: the
+        old directory is renamed away before the new one is made, so a crash leaves the old
+        log whole, no log, or the new one (module doc)."""
+        log_dir, old = self._file(_LOG_DIR), self._file(_OLD_LOG_DIR)
+        log, self._log = self._log, None
+        try:
+            if log is not None:
+                log.close(sync=False)  # its entries are being discarded
+            if os.path.lexists(old):
+                _remove_tree_durable(old, self._path)
+            if os.path.lexists(log_dir):
+                os.rename(log_dir, old)
+                fsync_directory(self._path)
+        except OSError as exc:
+            if isinstance(exc, errors.MeridianError):
+                raise
+            raise _storage_error(exc, f"cannot replace log {log_dir}") from None
+        self._log = LogStore(
+            log_dir, segment_size=self._segment_size, initial_position=next_index
+        )
+        if self._log.first_position != next_index:  # pragma: no cover - a fresh directory
+            raise InconsistentStateError(
+                f"new log {log_dir} starts at {self._log.first_position}, not {next_index}",
+                log_dir,
+            )
+        _remove_tree_durable(old, self._path)
+
+
+# ============================================================ helpers
+
+
+def _check_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
+    entries = tuple(entries)
+    prev: Entry | None = None
+    for e in entries:
+        if not isinstance(e, Entry):
+            raise TypeError(f"expected an Entry, not {type(e).__name__}")
+        for name in ("term", "index"):
+            value = getattr(e, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"entry {name} must be an int, not {type(value).__name__}")
+        if not (1 <= e.index < 2**63 and 0 <= e.term <= _U64_MAX):
+            raise errors.InvalidArgumentError(f"entry index or term out of range: {e}")
+        if not isinstance(e.data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"entry data must be bytes, not {type(e.data).__name__}")
+        try:
+            EntryType(e.type)
+        except ValueError:
+            raise errors.InvalidArgumentError(
+                f"entry {e.index} has unknown type {e.type!r}"
+            ) from None
+        if memoryview(e.data).nbytes > _MAX_ENTRY_DATA:
+            raise errors.RecordTooLargeError(
+                f"entry {e.index} holds {memoryview(e.data).nbytes} bytes; the limit is "
+                f"{_MAX_ENTRY_DATA}"
+            )
+        if prev is not None:
+            if e.index != prev.index + 1:
+                raise errors.InvalidArgumentError(
+                    f"entries are not contiguous: {prev.index} is followed by {e.index}"
+                )
+            if e.term < prev.term:
+                raise errors.InvalidArgumentError(
+                    f"entry {e.index} has term {e.term}, below the term {prev.term} before it"
+                )
+        prev = e
+    return entries
+
+
+def _check_u64(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not (0 <= value <= _U64_MAX):
+        raise errors.InvalidArgumentError(f"{name} {value} is outside 0..2**64-1")
+
+
+def _check_hard_state(hs: HardState) -> None:
+    if not isinstance(hs, HardState):
+        raise TypeError(f"expected a HardState, not {type(hs).__name__}")
+    _check_u64("hard state term", hs.term)
+    _check_u64("hard state vote", hs.vote)
+    _check_u64("hard state commit", hs.commit)
+
+
+def _check_snapshot(snapshot: Snapshot) -> None:
+    if not isinstance(snapshot, Snapshot) or not isinstance(snapshot.meta, SnapshotMeta):
+        raise TypeError(f"expected a Snapshot, not {type(snapshot).__name__}")
+    meta = snapshot.meta
+    _check_u64("snapshot index", meta.index)
+    _check_u64("snapshot term", meta.term)
+    if meta.index < 1 or meta.index >= 2**63:
+        raise errors.InvalidArgumentError(f"snapshot index {meta.index} is not >= 1")
+    if not isinstance(meta.conf, ConfState):
+        raise TypeError(f"snapshot conf must be a ConfState, not {type(meta.conf).__name__}")
+    members = (*meta.conf.voters, *meta.conf.learners)
+    for node in members:
+        _check_u64("node id", node)
+    if len(members) > MAX_MEMBERS:
+        raise errors.InvalidArgumentError(f"{len(members)} members; the limit is {MAX_MEMBERS}")
+    if not isinstance(snapshot.data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"snapshot data must be bytes, not {type(snapshot.data).__name__}")
+
+
+def _batches(records: list[bytes]) -> Iterable[list[bytes]]:
+    """Splits records into LogStore batches (each at most MAX_BATCH_SIZE framed bytes)."""
+    batch: list[bytes] = []
+    size = 0
+    for r in records:
+        framed = len(r) + lib.LS_RECORD_HEADER_SIZE
+        if batch and size + framed > MAX_BATCH_SIZE:
+            yield batch
+            batch, size = [], 0
+        batch.append(r)
+        size += framed
+    if batch:
+        yield batch
+
+
+def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None, bytes]:
+    """Reads and verifies a snapshot file: its info (``None`` if there is no file) and, if
+    ``with_data``, its data. Without it the data's checksum is still verified, a chunk at a
+    time.
+
+    Raises:
+        CorruptStateError naming the file, StorageError.
+    """
+
+    def corrupt(why: str, offset: int = 0) -> errors.CorruptStateError:
+        return errors.CorruptStateError(f"snapshot file {path}: {why}", path, offset)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, b""
+    except OSError as exc:
+        raise _storage_error(exc, f"cannot open snapshot {path}") from None
+    try:
+        size = os.fstat(fd).st_size
+        fixed = _pread_all(fd, _SNAP_FIXED.size, 0)
+        if len(fixed) < _SNAP_FIXED.size:
+            raise corrupt(f"{size} bytes, shorter than a header")
+        magic, version, flags, index, term, n, nv, nl = _SNAP_FIXED.unpack(fixed)
+        if magic != SNAPSHOT_MAGIC:
+            raise corrupt("bad magic")
+        if nv + nl > MAX_MEMBERS:
+            raise corrupt(f"{nv} voters and {nl} learners: a damaged header")
+        header_size = _SNAP_FIXED.size + 8 * (nv + nl) + 2 * _CRC.size
+        header = _pread_all(fd, header_size, 0)
+        if len(header) < header_size:
+            raise corrupt(f"{size} bytes, shorter than its {header_size}-byte header")
+        (data_crc,) = _CRC.unpack_from(header, header_size - 8)
+        (header_crc,) = _CRC.unpack_from(header, header_size - 4)
+        if header_crc != _masked(crc32c(header[: header_size - 4])):
+            raise corrupt("header checksum mismatch")
+        if version != SNAPSHOT_VERSION:
+            raise corrupt(f"format version {version}; this code reads {SNAPSHOT_VERSION}", 8)
+        if flags & ~FLAG_LOG_RESET:
+            raise corrupt(f"unknown flags {flags:#x}", 12)
+        if index < 1:
+            raise corrupt("index 0", 16)
+        if size != header_size + n:
+            raise corrupt(
+                f"{size} bytes, but its header says {header_size} + {n} of data", header_size
+            )
+        ids = struct.unpack_from(f"<{nv + nl}Q", header, _SNAP_FIXED.size)
+        try:
+            conf = ConfState(tuple(ids[:nv]), tuple(ids[nv:]))
+        except ConfChangeError as exc:
+            raise corrupt(str(exc), _SNAP_FIXED.size) from None
+        crc = 0
+        chunks = []
+        offset = header_size
+        while offset < size:
+            chunk = _pread_all(fd, min(_READ_CHUNK, size - offset), offset)
+            if not chunk:
+                raise corrupt("the file shrank while being read", offset)
+            crc = crc32c(chunk, crc)
+            if with_data:
+                chunks.append(chunk)
+            offset += len(chunk)
+        if _masked(crc) != data_crc:
+            raise corrupt("data checksum mismatch", header_size)
+    except OSError as exc:
+        if isinstance(exc, errors.MeridianError):
+            raise
+        raise _storage_error(exc, f"cannot read snapshot {path}") from None
+    finally:
+        os.close(fd)
+    info = _SnapshotInfo(SnapshotMeta(index, term, conf), flags, header_size, n)
+    return info, b"".join(chunks)
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:  # pragma: no cover - a file system that makes no progress
+            raise OSError(_errno.EIO, "short write")
+        view = view[n:]
+
+
+def _unlink_durable(path: str, parent: str) -> None:
+    try:
+        os.unlink(path)
+        fsync_directory(parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _storage_error(exc, f"cannot remove {path}") from None
+
+
+def _remove_tree_durable(path: str, parent: str) -> None:
+    """Removes a discarded log directory. Its removal need not be durable to be safe (open
+    removes it again), but the directory is synced so that it does not come back."""
+    try:
+        shutil.rmtree(path)
+        fsync_directory(parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _storage_error(exc, f"cannot remove {path}") from None
+
+
+def _storage_error(exc: OSError, message: str) -> errors.StorageError:
+    if exc.errno == _errno.ENOSPC:
+        return errors.DiskFullError(f"{message}: {os.strerror(exc.errno)}")
+    err = errors.StorageError(exc.errno, f"{message}: {exc.strerror}")
+    err.filename = exc.filename
+    return err

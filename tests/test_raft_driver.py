@@ -1,0 +1,218 @@
+"""The trio driver (``raft.driver``) over real storage and the in-memory transport.
+
+Integration tests: real time (ticks of a few milliseconds), real files, every wait bounded by
+``trio.fail_after``. The protocol itself is tested without time in the core and simulator
+tests; these check the plumbing — persist before acknowledging, group commit, apply and resolve,
+reads, restart, snapshot catch-up, transfer and shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from raft.core import Config
+from raft.driver import open_raft_node
+from raft.storage import RaftStorage
+from raft.transport import MemoryNetwork
+from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
+
+TICK = 0.005
+
+
+class Counter:
+    """Appends every entry's data to a list; results are the list length after each."""
+
+    def __init__(self):
+        self.items: list[bytes] = []
+
+    def apply(self, entries: Sequence[Entry]) -> list[object]:
+        out = []
+        for e in entries:
+            self.items.append(e.data)
+            out.append(len(self.items))
+        return out
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(self.items)
+
+    def restore(self, data: bytes) -> None:
+        self.items = data.split(b"\n") if data else []
+
+
+class Cluster:
+    def __init__(self, tmp_path, nursery, n=3, **node_options):
+        self.tmp_path = tmp_path
+        self.nursery = nursery
+        self.ids = list(range(1, n + 1))
+        self.net = MemoryNetwork(seed=7)
+        self.nodes = {}
+        self.sms = {}
+        self.scopes = {}
+        self.options = node_options
+
+    async def start(self, i: int) -> None:
+        ready = trio.Event()
+        scope = trio.CancelScope()
+        self.scopes[i] = scope
+        self.nursery.start_soon(self._run, i, scope, ready)
+        await ready.wait()
+
+    async def _run(self, i, scope, ready):
+        with scope:
+            storage = RaftStorage.open(self.tmp_path / f"n{i}")
+            try:
+                sm = Counter()
+                async with self.net.endpoint(i) as t:
+                    async with open_raft_node(
+                        1, Config(i, election_tick=10), storage, t, sm,
+                        bootstrap=ConfState(tuple(self.ids)), seed=i, tick_interval=TICK,
+                        **self.options,
+                    ) as node:
+                        self.nodes[i] = node
+                        self.sms[i] = sm
+                        ready.set()
+                        await trio.sleep_forever()
+            finally:
+                self.nodes.pop(i, None)
+                storage.close()
+
+    def stop(self, i: int) -> None:
+        self.scopes[i].cancel()
+
+    async def leader(self, timeout=10.0) -> int:
+        with trio.fail_after(timeout):
+            while True:
+                leaders = [i for i, n in self.nodes.items() if n.is_leader]
+                if len(leaders) == 1:
+                    return leaders[0]
+                await trio.sleep(TICK)
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path, n=3, **options):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(tmp_path, nursery, n, **options)
+        for i in c.ids:
+            await c.start(i)
+        try:
+            yield c
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_propose_returns_the_state_machine_result_and_every_replica_applies(tmp_path):
+    async with cluster(tmp_path) as c:
+        leader = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            results = [await leader.propose(b"x%d" % k) for k in range(5)]
+        assert results == [1, 2, 3, 4, 5]
+        with trio.fail_after(10):
+            for node in c.nodes.values():
+                await node.wait_applied(leader.core.commit)
+        for sm in c.sms.values():
+            assert sm.items == [b"x0", b"x1", b"x2", b"x3", b"x4"]
+
+
+async def test_concurrent_proposals_share_fsyncs(tmp_path):
+    """Group commit: 200 concurrent proposals need far fewer than 200 fsyncs on the leader."""
+    async with cluster(tmp_path) as c:
+        leader = c.nodes[await c.leader()]
+        before = leader.statistics().fsyncs
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for k in range(200):
+                    nursery.start_soon(leader.propose, b"p%d" % k)
+        used = leader.statistics().fsyncs - before
+        assert used < 100, f"{used} fsyncs for 200 concurrent proposals"
+        assert len(c.sms[leader.id].items) == 200
+
+
+async def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
+    async with cluster(tmp_path) as c:
+        lid = await c.leader()
+        follower = next(n for i, n in c.nodes.items() if i != lid)
+        with trio.fail_after(5):
+            while follower.leader != lid:
+                await trio.sleep(TICK)
+        with pytest.raises(ProposalDroppedError) as info:
+            await follower.propose(b"nope")
+        assert info.value.leader == lid
+
+
+async def test_linearizable_read_on_a_follower_sees_acknowledged_writes(tmp_path):
+    async with cluster(tmp_path) as c:
+        lid = await c.leader()
+        leader = c.nodes[lid]
+        with trio.fail_after(10):
+            await leader.propose(b"a")
+            await leader.propose(b"b")
+            fid = next(i for i in c.nodes if i != lid)
+            while c.nodes[fid].leader != lid:
+                await trio.sleep(TICK)
+            index = await c.nodes[fid].linearizable_read()
+        assert index >= 3  # the no-op and both writes
+        assert c.sms[fid].items[-2:] == [b"a", b"b"]
+
+
+async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path):
+    async with cluster(tmp_path) as c:
+        lid = await c.leader()
+        with trio.fail_after(10):
+            for k in range(10):
+                await c.nodes[lid].propose(b"%d" % k)
+        victim = next(i for i in c.ids if i != lid)
+        c.stop(victim)
+        with trio.fail_after(10):
+            while victim in c.nodes:
+                await trio.sleep(TICK)
+            for k in range(10, 20):
+                await c.nodes[lid].propose(b"%d" % k)
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        assert c.sms[victim].items == [b"%d" % k for k in range(20)]
+
+
+async def test_follower_behind_the_snapshot_catches_up_through_it(tmp_path):
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0) as c:
+        lid = await c.leader()
+        victim = next(i for i in c.ids if i != lid)
+        c.stop(victim)
+        with trio.fail_after(20):
+            while victim in c.nodes:
+                await trio.sleep(TICK)
+            for k in range(60):
+                await c.nodes[lid].propose(b"%d" % k)
+            assert c.nodes[lid].statistics().snapshots_taken >= 1
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        assert c.nodes[victim].statistics().snapshots_installed >= 1
+        assert c.sms[victim].items == [b"%d" % k for k in range(60)]
+
+
+async def test_leader_transfer_moves_leadership(tmp_path):
+    async with cluster(tmp_path) as c:
+        lid = await c.leader()
+        target = next(i for i in c.ids if i != lid)
+        with trio.fail_after(10):
+            await c.nodes[lid].propose(b"before")
+            c.nodes[lid].transfer_leader(target)
+            while not c.nodes[target].is_leader:
+                await trio.sleep(TICK)
+            await c.nodes[target].propose(b"after")
+
+
+async def test_closed_node_fails_pending_and_new_calls(tmp_path):
+    async with cluster(tmp_path, n=1) as c:
+        node = c.nodes[await c.leader()]
+        with trio.fail_after(5):
+            await node.propose(b"ok")
+        c.stop(1)
+        with trio.fail_after(5):
+            while 1 in c.nodes:
+                await trio.sleep(TICK)
+        with pytest.raises(RaftError):
+            await node.propose(b"late")

@@ -1,0 +1,673 @@
+"""The Raft transports (raft/transport.py, raft/tcp.py).
+
+The first half is one conformance suite that every transport must pass (STYLE §3): each test
+takes the ``cluster`` fixture, parametrized over the in-memory network and real TCP on loopback.
+Each also takes ``clock``: a ``MockClock`` with autojump for the memory network (the test runs in
+virtual time and never sleeps for real) and the real clock for TCP, where the waits are short and
+every test is bounded by ``trio.fail_after``. No test asserts how fast anything is; the latency
+tests check lower bounds only, which the implementation guarantees.
+
+The second half tests what only one implementation has: partitions and seeded link models of the
+memory network; handshakes, decode errors, frame splitting, coalescing and backoff of TCP.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from raft.tcp import Backoff, TcpOptions, open_tcp_transport
+from raft.transport import LinkModel, MemoryNetwork, Transport, TransportStats
+from raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    SnapshotMeta,
+)
+from raft.wire import encode_frame, encode_handshake
+
+DEADLINE_S = 10  # virtual for the memory network; real for TCP (tests finish far sooner)
+TCP_TEST_OPTIONS = dict(backoff_initial_s=0.01, backoff_max_s=0.1, connect_timeout_s=1.0)
+
+
+def hb(frm: int, to: int, term: int, context: bytes = b"") -> Message:
+    return Message(MessageType.HEARTBEAT, to=to, frm=frm, term=term, context=context)
+
+
+def append(frm: int, to: int, index: int) -> Message:
+    return Message(
+        MessageType.APPEND, to=to, frm=frm, term=3, log_term=2, index=index, commit=index - 1,
+        entries=(
+            Entry(3, index + 1, b"payload"),
+            Entry(3, index + 2, ConfChange(ConfChangeType.ADD_LEARNER, 4).encode(),
+                  EntryType.CONF_CHANGE),
+        ),
+        snapshot=SnapshotMeta(index - 1, 2, ConfState((1, 2, 3), (4,))),
+    )
+
+
+async def receive_n(recv: trio.MemoryReceiveChannel[Message], n: int) -> list[Message]:
+    return [await recv.receive() for _ in range(n)]
+
+
+async def wait_for(predicate, interval_s: float = 0.005) -> None:
+    while not predicate():
+        await trio.sleep(interval_s)
+
+
+# --- harnesses: start, stop and restart endpoints of one implementation -----------------------
+
+
+async def _hold(cm, stopped: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Keep an endpoint open until its scope is cancelled; report it to the starter."""
+    try:
+        with trio.CancelScope() as scope:
+            async with cm as transport:
+                task_status.started((transport, scope))
+                await trio.sleep_forever()
+    finally:
+        stopped.set()
+
+
+class _Cluster:
+    """Endpoints by node id, each held open in the test's nursery."""
+
+    kind = ""
+
+    def __init__(self, nursery: trio.Nursery):
+        self._nursery = nursery
+        self.nodes: dict[int, Transport] = {}
+        self._running: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
+
+    async def _open(self, node_id: int, cm) -> Transport:
+        stopped = trio.Event()
+        transport, scope = await self._nursery.start(_hold, cm, stopped)
+        self.nodes[node_id] = transport
+        self._running[node_id] = (scope, stopped)
+        return transport
+
+    async def stop(self, node_id: int) -> None:
+        scope, stopped = self._running.pop(node_id)
+        scope.cancel()
+        await stopped.wait()
+
+    async def close(self) -> None:
+        for node_id in list(self._running):
+            await self.stop(node_id)
+
+
+class MemoryCluster(_Cluster):
+    kind = "memory"
+
+    def __init__(self, nursery):
+        super().__init__(nursery)
+        self.net = MemoryNetwork(seed=7)
+
+    async def start(self, node_id, *, max_outbox=None, max_inbox=None) -> Transport:
+        cm = self.net.endpoint(node_id, max_outbox=max_outbox, max_inbox=max_inbox)
+        return await self._open(node_id, cm)
+
+    def set_link(self, src: int, dst: int, model: LinkModel | None) -> None:
+        self.net.set_link(src, dst, model, both_ways=False)
+
+
+class TcpCluster(_Cluster):
+    """Real TCP on 127.0.0.1. Every node learns every other's address; a restarted node binds
+    its old port again (or, should that port be taken meanwhile, a new one that its peers are
+    told about)."""
+
+    kind = "tcp"
+
+    def __init__(self, nursery):
+        super().__init__(nursery)
+        self.addresses: dict[int, tuple[str, int]] = {}
+
+    async def start(self, node_id, *, max_outbox=None, max_inbox=None) -> Transport:
+        opts = dict(TCP_TEST_OPTIONS)
+        if max_outbox is not None:
+            opts["max_outbox"] = max_outbox
+        if max_inbox is not None:
+            opts["max_inbox"] = max_inbox
+        peers = {i: addr for i, addr in self.addresses.items() if i != node_id}
+        port = self.addresses.get(node_id, ("127.0.0.1", 0))[1]
+        try:
+            t = await self._open_tcp(node_id, port, peers, opts)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            t = await self._open_tcp(node_id, 0, peers, opts)
+        self.addresses[node_id] = t.address
+        for other_id, other in self.nodes.items():
+            if other_id != node_id:
+                other.set_peer(node_id, t.address)
+        return t
+
+    async def _open_tcp(self, node_id, port, peers, opts):
+        cm = open_tcp_transport(node_id, ("127.0.0.1", port), peers, seed=node_id,
+                                options=TcpOptions(**opts))
+        return await self._open(node_id, cm)
+
+    def set_link(self, src: int, dst: int, model: LinkModel | None) -> None:
+        self.nodes[src].set_link(dst, model)
+
+
+@pytest.fixture(params=["memory", "tcp"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def clock(kind):
+    return trio.testing.MockClock(autojump_threshold=0) if kind == "memory" else None
+
+
+@pytest.fixture
+async def cluster(kind, nursery):
+    c = MemoryCluster(nursery) if kind == "memory" else TcpCluster(nursery)
+    yield c
+    await c.close()
+
+
+async def start_pair(cluster, **opts) -> tuple[Transport, Transport]:
+    """Nodes 1 and 2, and a first message through so that the link is up."""
+    b = await cluster.start(2, **opts)
+    a = await cluster.start(1, **opts)
+    probe = b.subscribe(99)
+    a.send(99, [hb(1, 2, 0)])
+    with trio.fail_after(DEADLINE_S):
+        await probe.receive()
+    probe.close()
+    return a, b
+
+
+# --- the conformance suite -------------------------------------------------------------------
+
+
+async def test_both_implement_the_transport_protocol(cluster, clock):
+    a, b = await start_pair(cluster)
+    assert isinstance(a, Transport) and isinstance(b, Transport)
+    assert (a.node_id, b.node_id) == (1, 2)
+    assert isinstance(a.statistics(), TransportStats)
+
+
+async def test_messages_reach_the_subscriber_of_their_group(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox_7, inbox_8 = b.subscribe(7), b.subscribe(8)
+    sent_7 = [append(1, 2, 10), hb(1, 2, 3, b"read-ctx")]
+    sent_8 = [append(1, 2, 20)]
+    a.send(7, sent_7)
+    a.send(8, sent_8)
+    with trio.fail_after(DEADLINE_S):
+        assert await receive_n(inbox_7, 2) == sent_7
+        assert await receive_n(inbox_8, 1) == sent_8
+    a_stats, b_stats = a.statistics(), b.statistics()
+    assert a_stats.sent == 1 + 3 and b_stats.received == 1 + 3
+    assert a_stats.dropped == b_stats.dropped == 0
+    assert a_stats.bytes_sent > 0 and b_stats.bytes_received == a_stats.bytes_sent
+
+
+async def test_both_directions_work(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = a.subscribe(7)
+    b.send(7, [hb(2, 1, 4)])
+    with trio.fail_after(DEADLINE_S):
+        assert await inbox.receive() == hb(2, 1, 4)
+
+
+async def test_many_groups_share_one_link(cluster, clock):
+    a, b = await start_pair(cluster)
+    groups = range(100, 150)
+    inboxes = {g: b.subscribe(g) for g in groups}
+    for round_ in range(5):
+        for g in groups:
+            a.send(g, [hb(1, 2, term=g * 10 + round_)])
+    with trio.fail_after(DEADLINE_S):
+        for g in groups:
+            got = await receive_n(inboxes[g], 5)
+            assert [m.term for m in got] == [g * 10 + r for r in range(5)]
+    assert a.statistics().connects == 1  # one link (TCP: one connection) for all the groups
+    if cluster.kind == "tcp":
+        assert b.statistics().accepts == 1
+
+
+async def test_a_link_keeps_send_order_without_a_latency_model(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = b.subscribe(7)
+    received: list[int] = []
+
+    async def consume():
+        while len(received) < 1000:
+            received.append((await inbox.receive()).index)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        index = 0
+        for batch_size in [1, 7, 50, 2, 200, 1, 300, 39, 400]:
+            a.send(7, [Message(MessageType.APPEND, 2, 1, index=index + i)
+                       for i in range(batch_size)])
+            index += batch_size
+            await trio.sleep(0)
+        with trio.fail_after(DEADLINE_S):
+            await wait_for(lambda: len(received) == 1000)
+    assert received == list(range(1000))
+
+
+async def test_messages_to_an_unknown_peer_are_dropped_and_counted(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = b.subscribe(7)
+    a.send(7, [hb(1, 99, 1), hb(1, 2, 2), hb(1, 99, 3), hb(1, 1, 4)])  # 99: nobody; 1: itself
+    with trio.fail_after(DEADLINE_S):
+        assert (await inbox.receive()).term == 2
+    stats = a.statistics()
+    assert stats.dropped_unknown_peer == 3
+    assert stats.dropped == 3
+
+
+async def test_a_full_outbox_drops_the_overflow_and_counts_it(cluster, clock):
+    a, b = await start_pair(cluster, max_outbox=4)
+    inbox = b.subscribe(7)
+    for term in range(20):  # no checkpoint in between: the link cannot drain meanwhile
+        a.send(7, [hb(1, 2, term)])
+    assert a.statistics().queued == 4
+    assert a.statistics().dropped_outbox_full == 16
+    with trio.fail_after(DEADLINE_S):
+        assert [m.term for m in await receive_n(inbox, 4)] == [0, 1, 2, 3]
+    a.send(7, [hb(1, 2, 100)])  # the outbox drained: there is room again
+    with trio.fail_after(DEADLINE_S):
+        assert (await inbox.receive()).term == 100
+    assert a.statistics().dropped == 16 and a.statistics().queued == 0
+
+
+async def test_messages_for_a_group_nobody_subscribed_to_are_dropped_and_counted(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = b.subscribe(7)
+    a.send(8, [hb(1, 2, 1), hb(1, 2, 2)])
+    a.send(7, [hb(1, 2, 3)])  # same link, sent later: arrives later
+    with trio.fail_after(DEADLINE_S):
+        await inbox.receive()
+    assert b.statistics().dropped_unsubscribed == 2
+    assert a.statistics().dropped == 0  # a receiving-side drop
+
+
+async def test_a_full_inbox_drops_without_stalling_other_groups(cluster, clock):
+    a, b = await start_pair(cluster, max_inbox=2)
+    slow, fast = b.subscribe(7), b.subscribe(8)
+    a.send(7, [hb(1, 2, t) for t in range(5)])
+    a.send(8, [hb(1, 2, 50)])
+    with trio.fail_after(DEADLINE_S):
+        assert (await fast.receive()).term == 50
+        assert [m.term for m in await receive_n(slow, 2)] == [0, 1]
+    assert b.statistics().dropped_inbox_full == 3
+
+
+async def test_a_group_has_one_subscriber_until_it_closes_its_channel(cluster, clock):
+    a, b = await start_pair(cluster)
+    first = b.subscribe(7)
+    with pytest.raises(RuntimeError, match="already has a subscriber"):
+        b.subscribe(7)
+    first.close()
+    second = b.subscribe(7)
+    a.send(7, [hb(1, 2, 5)])
+    with trio.fail_after(DEADLINE_S):
+        assert (await second.receive()).term == 5
+
+
+async def test_close_is_clean(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = b.subscribe(7)
+    await cluster.stop(2)
+    with trio.fail_after(DEADLINE_S):
+        with pytest.raises(trio.EndOfChannel):
+            await inbox.receive()  # subscribers see the end, not a hang
+    with pytest.raises(trio.ClosedResourceError):
+        b.send(7, [hb(2, 1, 1)])
+    with pytest.raises(trio.ClosedResourceError):
+        b.subscribe(8)
+    if cluster.kind == "tcp":
+        with pytest.raises(OSError):  # the listener is closed
+            await trio.open_tcp_stream(*cluster.addresses[2])
+    a.send(7, [hb(1, 2, 2)])  # to a peer that is gone: dropped and counted, never blocks
+    with trio.fail_after(DEADLINE_S):
+        await wait_for(lambda: a.statistics().dropped_unreachable >= 1)
+    assert a.statistics().queued == 0
+
+
+@pytest.mark.parametrize("restarted", [1, 2], ids=["sender-restarts", "receiver-restarts"])
+async def test_after_a_restart_the_link_comes_back_and_delivery_resumes(cluster, clock, restarted):
+    a, b = await start_pair(cluster)
+    await cluster.stop(restarted)
+    if restarted == 2:
+        a.send(7, [hb(1, 2, 1)])  # sent while the peer is down: lost
+    await trio.sleep(0.05)
+    await cluster.start(restarted)
+    a, b = cluster.nodes[1], cluster.nodes[2]
+    inbox = b.subscribe(7)
+    with trio.fail_after(DEADLINE_S):
+        term = 100
+        while True:  # like Raft: keep sending until something gets through
+            a.send(7, [hb(1, 2, term)])
+            with trio.move_on_after(0.02):
+                first = await inbox.receive()
+                break
+            term += 1
+    assert first.term >= 100
+    a.send(7, [hb(1, 2, 1000 + i) for i in range(10)])
+    with trio.fail_after(DEADLINE_S):
+        later = [m.term for m in await receive_n(inbox, 10 + term - first.term)]
+    assert later[-10:] == [1000 + i for i in range(10)]
+    if cluster.kind == "tcp" and restarted == 2:
+        assert a.statistics().reconnects >= 1
+
+
+async def test_a_latency_model_delays_delivery_on_its_link_only(cluster, clock):
+    a, b = await start_pair(cluster)
+    cluster.set_link(1, 2, LinkModel(delay_s=0.2))
+    to_b, to_a = b.subscribe(7), a.subscribe(7)
+    start = trio.current_time()
+    a.send(7, [hb(1, 2, 1)])
+    b.send(7, [hb(2, 1, 2)])
+    with trio.fail_after(DEADLINE_S):
+        assert (await to_a.receive()).term == 2  # the other direction is not delayed
+        assert (await to_b.receive()).term == 1
+    elapsed = trio.current_time() - start
+    assert elapsed >= 0.2 - 1e-9  # (float rounding of the due time)
+    if cluster.kind == "memory":  # virtual time: exact
+        assert elapsed == pytest.approx(0.2)
+
+
+async def test_jitter_does_not_reorder_a_link(cluster, clock):
+    a, b = await start_pair(cluster)
+    cluster.set_link(1, 2, LinkModel(delay_s=0.05, jitter_s=0.05))
+    inbox = b.subscribe(7)
+    for term in range(30):
+        a.send(7, [hb(1, 2, term)])
+        await trio.sleep(0.002)
+    with trio.fail_after(DEADLINE_S):
+        assert [m.term for m in await receive_n(inbox, 30)] == list(range(30))
+
+
+async def test_a_lossy_link_drops_and_counts(cluster, clock):
+    a, b = await start_pair(cluster)
+    inbox = b.subscribe(7)
+    cluster.set_link(1, 2, LinkModel(drop_probability=1.0))
+    a.send(7, [hb(1, 2, t) for t in range(10)])
+    assert a.statistics().dropped_link == 10
+    cluster.set_link(1, 2, None)
+    a.send(7, [hb(1, 2, 10)])
+    with trio.fail_after(DEADLINE_S):
+        assert (await inbox.receive()).term == 10
+
+
+# --- the memory network ---------------------------------------------------------------------------
+
+
+async def test_memory_partition_drops_both_ways_until_healed(autojump_clock):
+    net = MemoryNetwork(seed=1)
+    async with net.endpoint(1) as a, net.endpoint(2) as b:
+        to_a, to_b = a.subscribe(7), b.subscribe(7)
+        net.partition(1, 2)
+        a.send(7, [hb(1, 2, 1)])
+        b.send(7, [hb(2, 1, 2)])
+        await trio.sleep(1)
+        assert a.statistics().dropped_link == 1 and b.statistics().dropped_link == 1
+        net.heal()
+        a.send(7, [hb(1, 2, 3)])
+        b.send(7, [hb(2, 1, 4)])
+        assert (await to_b.receive()).term == 3
+        assert (await to_a.receive()).term == 4
+
+
+async def test_memory_partition_loses_frames_in_flight(autojump_clock):
+    net = MemoryNetwork(seed=1, latency=LinkModel(delay_s=1.0))
+    async with net.endpoint(1) as a, net.endpoint(2) as b:
+        inbox = b.subscribe(7)
+        a.send(7, [hb(1, 2, 1)])
+        await trio.sleep(0.5)
+        net.partition(1, 2)
+        await trio.sleep(1)
+        net.heal(1, 2)
+        a.send(7, [hb(1, 2, 2)])
+        assert (await inbox.receive()).term == 2
+        assert a.statistics().dropped_link == 1
+
+
+async def test_memory_links_are_seeded_and_independent(autojump_clock):
+    async def run(seed: int, also_send_to_3: bool) -> list[int]:
+        net = MemoryNetwork(seed, latency=LinkModel(delay_s=0.1, drop_probability=0.5))
+        async with net.endpoint(1) as a, net.endpoint(2) as b, net.endpoint(3):
+            inbox = b.subscribe(7)
+            for term in range(200):
+                a.send(7, [hb(1, 2, term)])
+                if also_send_to_3:
+                    a.send(7, [hb(1, 3, term)])  # draws from another link's random source
+            await trio.sleep(1)
+            got = []
+            while True:
+                try:
+                    got.append(inbox.receive_nowait().term)
+                except trio.WouldBlock:
+                    return got
+
+    first = await run(5, False)
+    assert 50 < len(first) < 150 and first == sorted(first)
+    assert await run(5, False) == first
+    assert await run(5, True) == first
+    assert await run(6, False) != first
+
+
+async def test_memory_endpoint_id_is_unique_while_attached():
+    net = MemoryNetwork()
+    async with net.endpoint(1):
+        with pytest.raises(RuntimeError, match="already attached"):
+            async with net.endpoint(1):
+                pass  # pragma: no cover
+    async with net.endpoint(1):  # detached on exit: may attach again
+        pass
+
+
+async def test_memory_network_without_the_codec_passes_the_same_messages(autojump_clock):
+    net = MemoryNetwork(check_codec=False)
+    async with net.endpoint(1) as a, net.endpoint(2) as b:
+        inbox = b.subscribe(7)
+        msg = append(1, 2, 5)
+        a.send(7, [msg])
+        assert await inbox.receive() is msg
+
+
+async def test_memory_send_raises_on_an_unencodable_message(autojump_clock):
+    net = MemoryNetwork()
+    async with net.endpoint(1) as a, net.endpoint(2):
+        with pytest.raises(ValueError, match="term"):
+            a.send(7, [Message(MessageType.VOTE, 2, 1, term=-1)])
+
+
+def test_link_model_validates_its_arguments():
+    with pytest.raises(ValueError):
+        LinkModel(delay_s=-1)
+    with pytest.raises(ValueError):
+        LinkModel(jitter_s=float("nan"))
+    with pytest.raises(ValueError):
+        LinkModel(drop_probability=1.5)
+    rng = random.Random(3)
+    model = LinkModel(delay_s=0.1, jitter_s=0.05)
+    delays = [model.sample_delay_s(rng) for _ in range(1000)]
+    assert all(0.1 <= d < 0.15 for d in delays)
+
+
+# --- TCP only -------------------------------------------------------------------------------------
+
+
+async def raw_connection(address) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*address)
+
+
+async def assert_closed_by_peer(stream: trio.SocketStream) -> None:
+    with trio.fail_after(DEADLINE_S):
+        try:
+            while await stream.receive_some(1024):
+                pass
+        except trio.BrokenResourceError:
+            pass  # reset: closed as well
+
+
+@pytest.mark.parametrize(
+    "first_bytes, reason",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "exceeds the limit"),
+        (encode_handshake(5, 2) + b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", "not valid msgpack"),
+        (encode_handshake(5, 3), "the dialer wants node 3, this is node 2"),
+        (encode_frame(7, [hb(1, 2, 1)]), "is the other end a Meridian Raft peer?"),
+    ],
+    ids=["not-our-protocol", "garbage-after-handshake", "wrong-node", "no-handshake"],
+)
+async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
+    caplog.set_level(logging.WARNING, logger="raft.tcp")
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            inbox = b.subscribe(7)
+            stream = await raw_connection(b.address)
+            await stream.send_all(first_bytes)
+            await assert_closed_by_peer(stream)
+            await stream.aclose()
+            assert b.statistics().decode_errors == 1
+            assert reason in caplog.text and "closing connection from" in caplog.text
+            a.send(7, [hb(1, 2, 1)])  # the node is fine, and so are its other connections
+            with trio.fail_after(DEADLINE_S):
+                assert (await inbox.receive()).term == 1
+
+
+async def test_tcp_a_connection_without_a_handshake_times_out(caplog):
+    caplog.set_level(logging.WARNING, logger="raft.tcp")
+    opts = TcpOptions(handshake_timeout_s=0.05)
+    async with open_tcp_transport(2, options=opts) as b:
+        stream = await raw_connection(b.address)
+        await stream.send_all(encode_handshake(5, 2)[:3])
+        await assert_closed_by_peer(stream)
+        await stream.aclose()
+    assert "no handshake within 0.05 s" in caplog.text
+
+
+async def test_tcp_peers_can_be_added_moved_and_removed_later(caplog):
+    caplog.set_level(logging.WARNING, logger="raft.tcp")
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b, \
+            open_tcp_transport(3, options=opts) as c, \
+            open_tcp_transport(1, options=opts) as a:
+        to_b, to_c = b.subscribe(7), c.subscribe(7)
+        a.send(7, [hb(1, 2, 1)])
+        assert a.statistics().dropped_unknown_peer == 1
+        a.set_peer(2, b.address)
+        a.send(7, [hb(1, 2, 2)])
+        with trio.fail_after(DEADLINE_S):
+            assert (await to_b.receive()).term == 2
+        a.set_peer(2, c.address)  # "node 2" moved to where node 3 listens: c refuses it
+        a.send(7, [hb(1, 2, 3)])
+        with trio.fail_after(DEADLINE_S):
+            await wait_for(lambda: c.statistics().decode_errors == 1)
+        assert a.statistics().connects == 2
+        a.remove_peer(2)
+        a.send(7, [hb(1, 2, 5)])
+        assert a.statistics().dropped_unknown_peer == 2
+        a.set_peer(3, c.address)
+        a.send(7, [hb(1, 3, 4)])
+        with trio.fail_after(DEADLINE_S):
+            assert (await to_c.receive()).term == 4
+    assert "the dialer wants node 2, this is node 3" in caplog.text
+
+
+async def test_tcp_frames_due_together_leave_in_one_write():
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            inbox = b.subscribe(7)
+            a.send(7, [hb(1, 2, 0)])
+            with trio.fail_after(DEADLINE_S):
+                await inbox.receive()
+            writes = a.statistics().writes
+            for term in range(1, 101):  # 100 frames queued before the writer runs
+                a.send(7, [hb(1, 2, term)])
+            with trio.fail_after(DEADLINE_S):
+                assert [m.term for m in await receive_n(inbox, 100)] == list(range(1, 101))
+            assert a.statistics().writes == writes + 1
+
+
+async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(caplog):
+    opts = TcpOptions(max_frame=1000, **TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            inbox = b.subscribe(7)
+            a.send(7, [hb(1, 2, 1, b"x" * 600), hb(1, 2, 2, b"y" * 600)])  # 2 frames
+            a.send(7, [hb(1, 2, 3, b"z" * 2000)])  # cannot fit any frame
+            a.send(7, [hb(1, 2, 4)])
+            with trio.fail_after(DEADLINE_S):
+                assert [m.term for m in await receive_n(inbox, 3)] == [1, 2, 4]
+            assert a.statistics().dropped_too_large == 1
+            assert b.statistics().decode_errors == 0
+    assert "over max_frame" in caplog.text
+
+
+async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:
+        inbox = b.subscribe(7)
+        old = await raw_connection(b.address)
+        await old.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
+        with trio.fail_after(DEADLINE_S):
+            assert (await inbox.receive()).term == 1
+        new = await raw_connection(b.address)
+        await new.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 2)]))
+        with trio.fail_after(DEADLINE_S):
+            assert (await inbox.receive()).term == 2
+        await assert_closed_by_peer(old)
+        await old.aclose()
+        await new.aclose()
+        assert b.statistics().accepts == 2
+
+
+async def test_tcp_an_unreachable_peer_costs_only_a_bounded_queue():
+    opts = TcpOptions(max_outbox=8, **TCP_TEST_OPTIONS)
+    # A port that is bound but not listening: every dial is refused, and while it is held
+    # nobody else can take it.
+    with trio.socket.socket() as placeholder:
+        await placeholder.bind(("127.0.0.1", 0))
+        nowhere = placeholder.getsockname()[:2]
+        async with open_tcp_transport(1, peers={2: nowhere}, options=opts) as a:
+            with trio.fail_after(DEADLINE_S):
+                for term in range(50):
+                    a.send(7, [hb(1, 2, term)])
+                    assert a.statistics().queued <= 8
+                    await trio.sleep(0.005)
+                await wait_for(lambda: a.statistics().queued == 0)
+            stats = a.statistics()
+    assert stats.connect_failures >= 1 and stats.connects == 0
+    assert stats.dropped_unreachable + stats.dropped_outbox_full == 50
+    assert stats.sent == 0
+
+
+def test_backoff_grows_to_its_bound_with_jitter_and_resets():
+    backoff = Backoff(random.Random(1), initial_s=0.1, max_s=1.0)
+    delays = [backoff.next_delay_s() for _ in range(10)]
+    ceilings = [0.1, 0.2, 0.4, 0.8] + [1.0] * 6
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert 0.05 <= backoff.next_delay_s() <= 0.1
+    again = Backoff(random.Random(1), initial_s=0.1, max_s=1.0)
+    assert [again.next_delay_s() for _ in range(10)] == delays  # seeded: reproducible
+
+
+def test_tcp_options_are_validated():
+    with pytest.raises(ValueError):
+        TcpOptions(max_outbox=0)
+    with pytest.raises(ValueError):
+        TcpOptions(backoff_initial_s=2, backoff_max_s=1)
