@@ -16,7 +16,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["engine", "raft", "bench"],
+    packages=["engine", "raft", "bench", "bench.peers"],
     package_data={"engine": ["py.typed"]},
     cffi_modules=["native/build.py:ffibuilder"],
     install_requires=[

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS = ("storage", "report")
+COMMANDS = ("storage", "raft", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

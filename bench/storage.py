@@ -686,7 +686,8 @@ def render_text(doc: dict) -> str:
         v = t["value"]
         is_ratio = name.startswith("batch")
         shown = "n/a" if v is None else (f"{v:.2f}x" if is_ratio else _common.format_rate(v))
-        need = f">= {t['threshold']:g}x" if is_ratio else f">= {_common.format_rate(t['threshold'])}"
+        need = (f">= {t['threshold']:g}x" if is_ratio
+                else f">= {_common.format_rate(t['threshold'])}")
         trows.append([t["description"], shown, need, "met" if t["met"] else "MISSED"])
     out.append(_common.format_table(["target", "value", "threshold", ""], trows, "lrrl"))
     met = sum(t["met"] for t in doc["targets"].values())

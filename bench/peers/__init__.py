@@ -1,0 +1,1 @@
+"""Helper scripts the Raft benchmark runs as separate processes (peer members, load)."""

@@ -1,0 +1,39 @@
+"""The short variant of ``python -m bench raft`` runs and writes the documented JSON.
+
+An integration test (real processes on loopback); it checks the shape of the results, never
+their speed — speed targets live in the benchmark itself (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_raft_quick_writes_the_documented_json(tmp_path):
+    out = tmp_path / "raft.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "raft", "--quick", "--systems", "meridian",
+         "--concurrency", "1,4", "--duration", "1", "--warmup", "0.3",
+         "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "raft"
+    rows = doc["results"]
+    assert [(r["system"], r["concurrency"]) for r in rows] == [("meridian", 1), ("meridian", 4)]
+    for r in rows:
+        assert r["durable"] is True
+        assert r["ops_per_s"] > 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+    assert any(t["target"].startswith("c=1 meridian p50") for t in doc["targets"])
+
+
+def test_bench_raft_rejects_bad_arguments():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "raft", "--systems", "nosuch"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "unknown system" in proc.stderr
