@@ -76,10 +76,10 @@ class KVStateMachine:
         return out
 
     def snapshot(self) -> bytes:
-        return msgpack.packb(sorted(self.data.items()))
+        return msgpack.packb(self.data)
 
     def restore(self, data: bytes) -> None:
-        self.data = {k: v for k, v in msgpack.unpackb(data)}
+        self.data = msgpack.unpackb(data)
 
 
 # ---------------------------------------------------------------------------- server
@@ -108,67 +108,95 @@ async def _read_frames(stream):
 
 
 class _Connection:
-    """Serves one client connection: requests run concurrently; responses are coalesced."""
+    """Serves one client connection. Puts and compare-and-sets are proposed straight from the
+    reader (their answers come back through a callback); reads run as tasks. Answers are
+    queued and written by one writer, many per ``send_all``. At most ``MAX_IN_FLIGHT``
+    requests are outstanding: beyond that the reader stops reading (back-pressure)."""
+
+    MAX_IN_FLIGHT = 4096
 
     def __init__(self, stream, node, sm: KVStateMachine):
         self.stream = stream
         self.node = node
         self.sm = sm
-        self.send_out, self.recv_out = trio.open_memory_channel(4096)
+        self.out: list[bytes] = []
+        self.out_ready = trio.Event()
+        self.in_flight = 0
+        self.room = trio.Event()
+        self.closed = False
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             try:
                 async for req in _read_frames(self.stream):
-                    nursery.start_soon(self._handle, req)
+                    while self.in_flight >= self.MAX_IN_FLIGHT:
+                        self.room = trio.Event()
+                        await self.room.wait()
+                    self._dispatch(req, nursery)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
                 pass
+            self.closed = True
             nursery.cancel_scope.cancel()
+
+    def _answer(self, resp) -> None:
+        self.in_flight -= 1
+        self.room.set()
+        if self.closed:
+            return
+        self.out.append(_frame(resp))
+        self.out_ready.set()
 
     async def _writer(self) -> None:
         while True:
-            first = await self.recv_out.receive()
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self.recv_out.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            await self.out_ready.wait()
+            self.out_ready = trio.Event()
+            batch, self.out = self.out, []
             try:
                 await self.stream.send_all(b"".join(batch))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _handle(self, req) -> None:
+    def _dispatch(self, req, nursery) -> None:
         try:
             version, rid, op, key, value = req
         except (TypeError, ValueError):
-            return
-        if version != CLIENT_VERSION:
-            resp = [rid, "error", f"client protocol version {version} is not supported", 0]
-        else:
-            resp = await self._execute(rid, op, key, value)
-        await self.send_out.send(_frame(resp))
-
-    async def _execute(self, rid, op, key, value):
+            return  # not a request: nothing to answer
+        self.in_flight += 1
         node = self.node
-        try:
-            if op == "put" or op == "cas":
-                result = await node.propose(msgpack.packb([op, key, value]))
-                return [rid, "ok", result, node.leader]
-            if op == "get":
-                await node.linearizable_read()
-                return [rid, "ok", self.sm.data.get(key), node.leader]
-            if op == "status":
-                return [rid, "ok", node.core.status(), node.leader]
-            return [rid, "error", f"unknown op {op!r}", node.leader]
-        except ProposalDroppedError as exc:
+        if version != CLIENT_VERSION:
+            self._answer([rid, "error", f"client protocol version {version} is not supported", 0])
+        elif op == "put" or op == "cas":
+            def done(result, error, rid=rid):
+                if error is None:
+                    self._answer([rid, "ok", result, node.leader])
+                else:
+                    self._answer(self._error(rid, error))
+            try:
+                node.propose_nowait(msgpack.packb([op, key, value]), done)
+            except (ProposalDroppedError, RaftError) as exc:
+                self._answer(self._error(rid, exc))
+        elif op == "get":
+            nursery.start_soon(self._get, rid, key)
+        elif op == "status":
+            self._answer([rid, "ok", node.core.status(), node.leader])
+        else:
+            self._answer([rid, "error", f"unknown op {op!r}", node.leader])
+
+    def _error(self, rid, exc: BaseException):
+        if isinstance(exc, ProposalDroppedError):
             return [rid, "not-leader", str(exc), exc.leader]
-        except OutcomeUnknownError as exc:
-            return [rid, "unknown", str(exc), node.leader]
+        if isinstance(exc, OutcomeUnknownError):
+            return [rid, "unknown", str(exc), self.node.leader]
+        return [rid, "error", str(exc), self.node.leader]
+
+    async def _get(self, rid, key) -> None:
+        try:
+            await self.node.linearizable_read()
         except RaftError as exc:
-            return [rid, "error", str(exc), node.leader]
+            self._answer(self._error(rid, exc))
+            return
+        self._answer([rid, "ok", self.sm.data.get(key), self.node.leader])
 
 
 async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
@@ -187,7 +215,7 @@ async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
                                       peers={i: a for i, a in peers.items() if i != node_id}
                                       ) as transport:
             async with open_raft_node(1, config, storage, transport, sm, bootstrap=bootstrap,
-                                      tick_interval=tick_interval,
+                                      tick_interval=tick_interval, snapshot_every=100_000,
                                       seed=random.SystemRandom().getrandbits(32)) as node:
                 listeners = await trio.open_tcp_listeners(client_port, host="127.0.0.1")
                 port = listeners[0].socket.getsockname()[1]

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,6 +61,8 @@ __all__ = [
     "EntryLostError",
     "OutcomeUnknownError",
 ]
+
+log = logging.getLogger("meridian.raft")
 
 
 class EntryLostError(ProposalDroppedError):
@@ -125,6 +128,21 @@ class _Waiter:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class _Callback:
+    """A proposal's outcome delivered to a plain function instead of a waiting task."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[object, BaseException | None], None]):
+        self.fn = fn
+
+    def set(self, value=None, error: BaseException | None = None) -> None:
+        try:
+            self.fn(value, error)
+        except Exception:  # a caller's bug must not stop the replica
+            log.exception("proposal callback %r raised", self.fn)
 
 
 class RaftNode:
@@ -196,6 +214,21 @@ class RaftNode:
         self._check_open()
         term, index = self._core.propose(data)
         return await self._wait_entry(term, index)
+
+    def propose_nowait(self, data: bytes,
+                       on_done: Callable[[object, BaseException | None], None]) -> None:
+        """Like :meth:`propose`, without a waiting task: ``on_done(result, error)`` is called
+        exactly once, from the node's loop, when the outcome is known (``error`` is None on
+        success). A server answering many requests per connection uses this.
+
+        Raises ProposalDroppedError at once (and does not call ``on_done``) if this node
+        cannot take the proposal.
+        """
+        self._check_open()
+        term, index = self._core.propose(data)
+        self._proposals[index] = (term, _Callback(on_done))
+        self._counts["proposals"] += 1
+        self._kick()
 
     async def propose_conf_change(self, cc: ConfChange) -> None:
         """One membership change (see :mod:`raft.core`); returns once it is applied here."""
