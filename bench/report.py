@@ -19,7 +19,14 @@ if not __package__:  # run as a script: python bench/report.py
 
 from . import _common
 
-__all__ = ["add_parser", "main", "render_markdown", "render_storage", "update_file"]
+__all__ = [
+    "add_parser",
+    "main",
+    "render_markdown",
+    "render_raft",
+    "render_storage",
+    "update_file",
+]
 
 BEGIN = "<!-- BEGIN GENERATED: python -m bench report (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
@@ -142,9 +149,62 @@ def render_storage(doc: dict, source: str) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {"storage": render_storage}
-METHODS = {"storage": STORAGE_METHOD}
-TITLES = {"storage": "Storage: `python -m bench storage`"}
+RAFT_METHOD = """\
+Workload: three member processes on 127.0.0.1, a replicated key-value map, 16-byte keys
+(a new key per put) and 100-byte values; closed-loop clients (one put outstanding each) send to
+the leader; latency is measured by the client from send to acknowledgement. The same load
+generator (`bench/peers/loadgen.py`, one epoll loop per process, two processes from 16 clients)
+drives every system through its own protocol.
+
+- **meridian**: three `bench.raftkv` nodes; a put is acknowledged once applied on the leader,
+  that is after it is fsynced on a majority (`durable`).
+- **pysyncobj** / **pysyncobj-batch**: PySyncObj with its journal file, batching off / on. It
+  never fsyncs the journal and does not persist term or vote: not durable, an upper bound.
+- **etcd**: three members of Debian's etcd-server (3.4), v3 HTTP/JSON gateway (`durable`).
+
+Each (system, concurrency) runs `repeat` times round-robin on fresh clusters; ops/s is the
+median over repetitions, p50/p99 come from the repetition with the median ops/s."""
+
+
+def render_raft(doc: dict, source: str) -> str:
+    """One Raft result document as Markdown."""
+    cfg = doc["config"]
+    mode = "quick run" if cfg.get("quick") else "full run"
+    out = [
+        f"### Raft, {mode} (`{source}`)",
+        "",
+        f"Reproduce: `{doc['command']}`  ",
+        (f"{cfg['repeat']} repetition(s) × {cfg['duration_s']:g} s after "
+         f"{cfg['warmup_s']:g} s warm-up, {doc.get('elapsed_s', '?')} s in all. "
+         f"PySyncObj {doc.get('versions', {}).get('pysyncobj') or 'not installed'}, "
+         f"etcd {doc.get('versions', {}).get('etcd') or 'not installed'}.  "),
+        f"Machine: {_machine_line(doc['machine'])}",
+        "",
+    ]
+    rows = [
+        [r["system"], str(r["concurrency"]), _rate(r["ops_per_s"]), f"{r['p50_ms']:.2f}",
+         f"{r['p99_ms']:.2f}", "yes" if r["durable"] else "no"]
+        for r in doc["results"]
+    ]
+    out.append(_md_table(["system", "clients", "puts/s", "p50 ms", "p99 ms", "durable"],
+                         rows, "lrrrrl"))
+    if doc.get("skipped"):
+        out.append("")
+        out.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in doc["skipped"].items()))
+    out.append("")
+    trows = []
+    for t in doc.get("targets", []):
+        result = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
+        trows.append([t["target"], str(t["value"]), str(t["limit"]), result])
+    if trows:
+        out.append(_md_table(["target", "value", "limit", "result"], trows, "lrrl"))
+    return "\n".join(out)
+
+
+RENDERERS = {"storage": render_storage, "raft": render_raft}
+METHODS = {"storage": STORAGE_METHOD, "raft": RAFT_METHOD}
+TITLES = {"storage": "Storage: `python -m bench storage`",
+          "raft": "Raft: `python -m bench raft`"}
 
 
 def _sort_key(item: tuple[str, dict]) -> tuple[str, int, str]:
