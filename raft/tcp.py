@@ -2,32 +2,65 @@
 
 Connections
 -----------
-Each node dials the peers it sends to, and a connection carries frames one way only, from the
-dialer to the acceptor: a node pair therefore uses one connection per direction, and each
-connection is shared by every group the two nodes host. The acceptor never writes; the dialer
-reads only to notice promptly that the acceptor closed or reset the connection. This rule needs
-no tie-breaking between simultaneous dials, needs no address of the dialer at the acceptor, and
-keeps all reconnect state on the sending side, where the messages wait.
+A node pair shares exactly one TCP connection. It carries the frames of every group the two nodes
+host, in both directions, and the node ids decide who dials it: **the lower id dials the higher**.
+A node keeps a connection up to each configured peer with a higher id -- it dials as soon as the
+peer is configured (``peers`` of :func:`open_tcp_transport`, or :meth:`TcpTransport.set_peer`),
+whether or not it has anything to send, since the peer may have -- and never dials a peer with a
+lower id, whose connection it waits for instead. An acceptor refuses a connection from a node
+whose id is not lower than its own, so two nodes cannot end up with two connections, not even
+when both start at the same moment.
 
 On a new connection the dialer first writes a handshake frame (``[version, "meridian-raft",
 dialer_id, acceptor_id]``, see :mod:`raft.wire`), then data frames. The acceptor closes the
-connection, with a logged reason, if the handshake is missing, of another wire version, or meant
-for another node id, and closes any older connection from the same dialer when a newer one is
-accepted (the dialer restarted). Any :class:`~raft.wire.WireError` closes that one connection and
-is logged; it never reaches the caller.
+connection, with a logged reason, if the handshake is missing, of another wire version, meant
+for another node id, or from a node that may not dial it (an id not lower than its own).
+Otherwise it answers with a handshake of its own (the two ids swapped) and then uses the
+connection for its frames to that peer as well: from then on each side runs a reader and a
+writer on the same stream. The dialer checks the answer the same way, and closes the connection
+if none arrives within ``handshake_timeout_s``. A newer connection from the same dialer replaces
+the older one (the dialer restarted, or redialed before the acceptor noticed that the old
+connection was gone). Any :class:`~raft.wire.WireError` closes that one connection, is logged
+and counted (``decode_errors``, on whichever side read the bad bytes); it never reaches the
+caller. Every connection that ends is logged with the reason.
 
-A link dials when it has something to send. If the dial fails, everything queued for that peer is
-dropped (``dropped_unreachable``) -- messages are never older than one connection attempt when
-they leave -- and the link waits a backoff before the next attempt: exponential, with jitter,
+An acceptor delivers what any Meridian node with a lower id sends it, configured as a peer or
+not; it sends to a node only once that node is configured (until then its messages to it count
+as ``dropped_unknown_peer``), and then over the connection that node dialed. So:
+
+- both nodes configured: one connection, dialed by the lower id, carrying both directions;
+- only the lower id configured: the lower id dials and its messages arrive; the higher id's
+  messages to it are dropped as to an unknown peer until it is told about the lower id, and
+  from then on use the same connection (no new one is made);
+- only the higher id configured: nobody dials. The higher id's messages to the lower wait for a
+  connection and are dropped (``dropped_unreachable``, see below) until the lower id is told
+  about the higher one and dials. (A higher id never uses the address it has for a lower one.)
+
+:meth:`~TcpTransport.remove_peer` drops what is queued for the peer; a connection this node dialed
+to it closes, one the peer dialed to this node stays open for what the peer sends.
+
+Reconnecting
+------------
+The dialing side redials whenever its connection ends, after a backoff: exponential, with jitter,
 bounded by ``backoff_max_s``, drawn from the transport's seeded ``random.Random``. The backoff
-resets once a connection has stayed up for ``backoff_max_s``.
+resets once a connection has stayed up for ``backoff_max_s``. If a dial fails, everything queued
+for that peer is dropped (``dropped_unreachable``) -- messages are never older than one
+connection attempt when they leave.
+
+The accepting side cannot dial; its equivalent of a connection attempt is a wait. While it has
+messages queued for a peer and no connection from it, it waits up to ``connect_timeout_s`` (as
+long as a dial may take) for the peer to dial; if none arrives, everything queued for that peer
+is dropped (``dropped_unreachable``), and the next wait starts when there is something to send
+again. A message that leaves has thus waited at most one such wait for a connection. The outbox
+stays bounded throughout.
 
 Writing
 -------
 ``send`` encodes at once (so an unencodable message raises in the caller) and appends one frame
-per peer to that peer's bounded outbox. The link's writer drains every frame that is due into one
-buffer and writes it with one ``send_all`` (up to ``max_write_bytes``): coalescing frames is worth
-about 20x in small messages per second on loopback, against one write per frame.
+per peer to that peer's bounded outbox. The connection's writer drains every frame that is due
+into one buffer and writes it with one ``send_all`` (up to ``max_write_bytes``): coalescing
+frames is worth about 20x in small messages per second on loopback, against one write per frame.
+Both ends of a connection write this way.
 
 A :class:`~raft.transport.LinkModel` applies on the sending side: a frame is held in the outbox
 until its due time (send time + delay + jitter). Due times never decrease along a link, so jitter
@@ -60,7 +93,14 @@ from .transport import (
     _Subscriptions,
 )
 from .types import Message
-from .wire import DEFAULT_MAX_FRAME, FrameDecoder, WireError, encode_frame, encode_handshake
+from .wire import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    Handshake,
+    WireError,
+    encode_frame,
+    encode_handshake,
+)
 
 __all__ = ["TcpOptions", "TcpTransport", "Backoff", "open_tcp_transport", "serve_tcp_transport"]
 
@@ -121,17 +161,42 @@ class Backoff:
         self._next_s = self.initial_s
 
 
+class _Connection:
+    """One live connection: the cancel scope its reader and writer run in, and why it ended."""
+
+    __slots__ = ("scope", "reason", "warn")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.reason = "closed"
+        self.warn = False  # log the end as a warning (the peer misbehaved)
+
+    def close(self, reason: str, *, warn: bool = False) -> None:
+        """End the connection; the first reason given is the one reported."""
+        if not self.scope.cancel_called:
+            self.reason = reason
+            self.warn = warn
+            self.scope.cancel()
+
+
 class _TcpLink:
-    """The sending side towards one peer: its outbox and the task that dials and writes."""
+    """Everything about one peer: its outbox, its current connection, and the task that dials it
+    (a peer with a higher id) or that drops what waits too long for its connection (lower id)."""
 
-    __slots__ = ("peer", "outbox", "task_scope", "conn_scope", "was_connected")
+    __slots__ = ("peer", "dials", "outbox", "task_scope", "conn", "changed", "was_connected")
 
-    def __init__(self, peer: int, outbox: _Outbox):
+    def __init__(self, peer: int, dials: bool, outbox: _Outbox):
         self.peer = peer
+        self.dials = dials
         self.outbox = outbox
         self.task_scope = trio.CancelScope()
-        self.conn_scope: trio.CancelScope | None = None
+        self.conn: _Connection | None = None
+        self.changed = trio.lowlevel.ParkingLot()  # unparked whenever ``conn`` changes
         self.was_connected = False
+
+    def set_conn(self, conn: _Connection | None) -> None:
+        self.conn = conn
+        self.changed.unpark_all()
 
 
 class TcpTransport:
@@ -168,7 +233,6 @@ class TcpTransport:
         self._options = options
         self._counters = _Counters()
         self._subs = _Subscriptions(self._counters, options.max_inbox)
-        self._inbound: dict[int, trio.CancelScope] = {}  # dialer id -> its live connection
         self._inbound_count = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -221,25 +285,37 @@ class TcpTransport:
         return dict(self._peers)
 
     def set_peer(self, peer: int, address: Address) -> None:
-        """Add a peer, or move it to a new address (an open connection to the old one closes and
-        the link redials)."""
+        """Add a peer, or move it to a new address.
+
+        A peer with a higher id is dialed at once (moved: the connection to the old address
+        closes and the new one is dialed); a peer with a lower id is expected to dial this node,
+        and its address is only recorded.
+        """
         host, port = address
         if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"bad address for node {peer}: {address!r}")
         old = self._peers.get(peer)
         self._peers[peer] = (host, port)
-        link = self._links.get(peer)
-        if old is not None and old != (host, port) and link is not None:
-            if link.conn_scope is not None:
-                link.conn_scope.cancel()
+        if peer == self.node_id or self._nursery is None:
+            return  # the links start with the transport (_start)
+        link = self._link(peer)
+        if link.dials and old is not None and old != (host, port) and link.conn is not None:
+            link.conn.close("peer address changed")
 
     def remove_peer(self, peer: int) -> None:
-        """Forget a peer: its link stops and what was queued for it is dropped."""
+        """Forget a peer: what was queued for it is dropped and nothing more is sent to it. A
+        connection this node dialed to it closes; one it dialed stays open for what it sends."""
         self._peers.pop(peer, None)
-        link = self._links.pop(peer, None)
-        if link is not None:
+        link = self._links.get(peer)
+        if link is None:
+            return
+        self._counters.dropped_unreachable += link.outbox.clear()
+        if link.dials or link.conn is None:
+            if link.conn is not None:
+                logger.info("node %d: closing connection to node %d: peer removed",
+                            self.node_id, peer)
             link.task_scope.cancel()
-            self._counters.dropped_unreachable += link.outbox.clear()
+            del self._links[peer]
 
     def set_link(self, peer: int, model: LinkModel | None) -> None:
         """Set the link model towards ``peer`` (None: back to the default). Applies to frames
@@ -249,7 +325,40 @@ class TcpTransport:
         else:
             self._latency[peer] = model
 
-    # --- sending side -------------------------------------------------------------------------
+    # --- links --------------------------------------------------------------------------------
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        for peer in self._peers:
+            if peer != self.node_id:
+                self._link(peer)
+
+    def _link(self, peer: int) -> _TcpLink:
+        link = self._links.get(peer)
+        if link is None:
+            opts = self._options
+            dials = self.node_id < peer
+            link = _TcpLink(peer, dials, _Outbox(opts.max_outbox, opts.max_outbox_bytes))
+            self._links[peer] = link
+            if dials:
+                self._nursery.start_soon(self._run_link, link, self._dial_forever,
+                                         name=f"tcp {self.node_id}->{peer}")
+            else:
+                self._nursery.start_soon(self._run_link, link, self._expire_while_unconnected,
+                                         name=f"tcp {self.node_id}<-{peer}")
+        return link
+
+    def _forget_if_unused(self, link: _TcpLink) -> None:
+        """Drop the link of a peer that is not configured once it has no connection."""
+        peer = link.peer
+        if link.conn is None and peer not in self._peers and self._links.get(peer) is link:
+            link.task_scope.cancel()
+            del self._links[peer]
+            self._counters.dropped_unreachable += link.outbox.clear()
+
+    async def _run_link(self, link: _TcpLink, run) -> None:
+        with link.task_scope:
+            await run(link)
 
     def _frames(self, group: int, batch: list[Message]):
         """Encode ``batch`` as one frame, or one frame per message if that is over the limit."""
@@ -267,46 +376,53 @@ class TcpTransport:
             self.node_id, batch[0].type.name, len(frame), batch[0].to, self._options.max_frame,
         )
 
-    def _link(self, peer: int) -> _TcpLink:
-        link = self._links.get(peer)
-        if link is None:
-            opts = self._options
-            link = _TcpLink(peer, _Outbox(opts.max_outbox, opts.max_outbox_bytes))
-            self._links[peer] = link
-            self._nursery.start_soon(self._run_link, link, name=f"tcp {self.node_id}->{peer}")
-        return link
+    # --- the dialing side (towards a higher id) -----------------------------------------------
 
-    async def _run_link(self, link: _TcpLink) -> None:
+    async def _dial_forever(self, link: _TcpLink) -> None:
+        """Keep a connection up to ``link.peer``: dial, run the connection, back off, redial."""
         opts = self._options
         counters = self._counters
         backoff = Backoff(self._rng, opts.backoff_initial_s, opts.backoff_max_s)
         failures = 0
-        with link.task_scope:
-            while True:
-                await link.outbox.wait_nonempty()
-                address = self._peers[link.peer]
-                stream = await self._dial(address)
-                if isinstance(stream, str):
-                    counters.connect_failures += 1
-                    counters.dropped_unreachable += link.outbox.clear()
-                    failures += 1
-                    log = logger.info if failures == 1 else logger.debug
-                    log("node %d: cannot reach node %d at %s:%d (%s)",
-                        self.node_id, link.peer, *address, stream)
-                    await trio.sleep(backoff.next_delay_s())
-                    continue
-                failures = 0
-                counters.connects += 1
-                if link.was_connected:
-                    counters.reconnects += 1
-                link.was_connected = True
-                opened = trio.current_time()
-                reason = await self._run_connection(link, stream)
-                logger.info("node %d: connection to node %d at %s:%d ended: %s",
-                            self.node_id, link.peer, *address, reason)
-                if trio.current_time() - opened >= opts.backoff_max_s:
-                    backoff.reset()
+        while True:
+            address = self._peers.get(link.peer)
+            if address is None:
+                return  # removed (remove_peer cancels this task as well)
+            stream = await self._dial(address)
+            if isinstance(stream, str):
+                counters.connect_failures += 1
+                counters.dropped_unreachable += link.outbox.clear()
+                failures += 1
+                log = logger.info if failures == 1 else logger.debug
+                log("node %d: cannot reach node %d at %s:%d (%s)",
+                    self.node_id, link.peer, *address, stream)
                 await trio.sleep(backoff.next_delay_s())
+                continue
+            if self._peers.get(link.peer) != address:  # moved or removed while dialing
+                await stream.aclose()
+                continue
+            failures = 0
+            counters.connects += 1
+            if link.was_connected:
+                counters.reconnects += 1
+            link.was_connected = True
+            opened = trio.current_time()
+            who = f"node {link.peer} at {address[0]}:{address[1]}"
+            async with stream:
+                conn = await self._run_connection(
+                    link, stream, FrameDecoder(opts.max_frame),
+                    hello=encode_handshake(self.node_id, link.peer),
+                    expect=Handshake(link.peer, self.node_id),
+                )
+                if conn.warn:
+                    logger.warning("node %d: closing connection to %s: %s",
+                                   self.node_id, who, conn.reason)
+                else:
+                    logger.info("node %d: connection to %s ended: %s",
+                                self.node_id, who, conn.reason)
+            if trio.current_time() - opened >= opts.backoff_max_s:
+                backoff.reset()
+            await trio.sleep(backoff.next_delay_s())
 
     async def _dial(self, address: Address) -> trio.SocketStream | str:
         """A connected stream, or why there is none."""
@@ -317,64 +433,30 @@ class TcpTransport:
                 return str(exc) or type(exc).__name__
         return f"no answer within {self._options.connect_timeout_s} s"
 
-    async def _run_connection(self, link: _TcpLink, stream: trio.SocketStream) -> str:
-        """Write ``link``'s frames to ``stream`` until it fails; return why it ended."""
-        outcome = {"reason": "closed"}
-        async with stream:
-            with trio.CancelScope() as scope:
-                link.conn_scope = scope
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._watch_for_close, stream, nursery.cancel_scope,
-                                           outcome)
-                        outcome["reason"] = await self._write_frames(link, stream)
-                        nursery.cancel_scope.cancel()
-                finally:
-                    link.conn_scope = None
-            if scope.cancelled_caught:
-                outcome["reason"] = "peer address changed"
-        return outcome["reason"]
+    # --- the accepting side (from a lower id) -------------------------------------------------
 
-    async def _write_frames(self, link: _TcpLink, stream: trio.SocketStream) -> str:
-        counters = self._counters
-        hello = encode_handshake(self.node_id, link.peer)
-        try:
-            await stream.send_all(hello)
-        except _CONNECTION_ERRORS as exc:
-            return f"handshake failed: {exc!r}"
-        counters.bytes_sent += len(hello)
-        counters.writes += 1
+    async def _expire_while_unconnected(self, link: _TcpLink) -> None:
+        """The accepting side's equivalent of a failed dial: drop what is queued for a peer that
+        does not dial within ``connect_timeout_s``."""
+        wait_s = self._options.connect_timeout_s
+        failures = 0
         while True:
-            await link.outbox.wait_due()
-            batch = link.outbox.take_due(self._options.max_write_bytes)
-            data = b"".join([item.payload for item in batch])
-            count = sum(item.count for item in batch)
-            written = False
-            try:
-                await stream.send_all(data)
-                written = True
-            except _CONNECTION_ERRORS as exc:
-                return f"write failed: {exc!r}"
-            finally:
-                if not written:  # failed or cancelled: the batch is lost
-                    counters.dropped_unreachable += count
-            counters.sent += count
-            counters.bytes_sent += len(data)
-            counters.writes += 1
-
-    async def _watch_for_close(
-        self, stream: trio.SocketStream, cancel_scope: trio.CancelScope, outcome: dict
-    ) -> None:
-        """The acceptor never writes: any read result means the connection is over."""
-        try:
-            data = await stream.receive_some(1024)
-        except _CONNECTION_ERRORS as exc:
-            outcome["reason"] = f"read failed: {exc!r}"
-        else:
-            outcome["reason"] = "closed by the peer" if not data else "the peer wrote data"
-        cancel_scope.cancel()
-
-    # --- receiving side -----------------------------------------------------------------------
+            await link.outbox.wait_nonempty()
+            if link.conn is not None:
+                failures = 0
+                await link.changed.park()  # until this connection ends or is replaced
+                continue
+            with trio.move_on_after(wait_s):
+                while link.conn is None:
+                    await link.changed.park()
+            if link.conn is None:
+                dropped = link.outbox.clear()
+                self._counters.dropped_unreachable += dropped
+                failures += 1
+                log = logger.info if failures == 1 else logger.debug
+                log("node %d: no connection from node %d within %s s, dropped %d messages "
+                    "(node %d is down, or does not know this node's address)",
+                    self.node_id, link.peer, wait_s, dropped, link.peer)
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
@@ -390,11 +472,11 @@ class TcpTransport:
         self._inbound_count += 1
         try:
             async with stream:
-                await self._read_connection(stream, who)
+                await self._accept(stream, who)
         finally:
             self._inbound_count -= 1
 
-    async def _read_connection(self, stream: trio.SocketStream, who: str) -> None:
+    async def _accept(self, stream: trio.SocketStream, who: str) -> None:
         opts = self._options
         counters = self._counters
         decoder = FrameDecoder(opts.max_frame)
@@ -415,36 +497,140 @@ class TcpTransport:
             if hello.acceptor != self.node_id:
                 raise WireError(f"the dialer wants node {hello.acceptor}, this is node "
                                 f"{self.node_id} (stale address?)")
-            who = f"node {hello.dialer} at {who}"
-            counters.accepts += 1
-            with trio.CancelScope() as scope:
-                older = self._inbound.get(hello.dialer)
-                if older is not None:
-                    older.cancel()  # the dialer restarted or redialed: the newest wins
-                self._inbound[hello.dialer] = scope
-                try:
-                    deliver = self._subs.deliver
-                    for group, msgs in decoder.feed(b""):
-                        deliver(group, msgs)
-                    while True:
-                        data = await stream.receive_some(opts.recv_bytes)
-                        if not data:
-                            logger.info("node %d: %s closed its connection", self.node_id, who)
-                            return
-                        counters.bytes_received += len(data)
-                        for group, msgs in decoder.feed(data):
-                            deliver(group, msgs)
-                finally:
-                    if self._inbound.get(hello.dialer) is scope:
-                        del self._inbound[hello.dialer]
-            if scope.cancelled_caught:
-                logger.info("node %d: replaced the connection from %s by a newer one",
-                            self.node_id, who)
+            if hello.dialer >= self.node_id:
+                raise WireError(f"node {hello.dialer} may not dial node {self.node_id}: "
+                                "the lower node id dials the higher")
         except WireError as exc:
             counters.decode_errors += 1
             logger.warning("node %d: closing connection from %s: %s", self.node_id, who, exc)
+            return
         except _CONNECTION_ERRORS as exc:
             logger.info("node %d: connection from %s lost: %r", self.node_id, who, exc)
+            return
+        peer = hello.dialer
+        who = f"node {peer} at {who}"
+        counters.accepts += 1
+        link = self._link(peer)
+        try:
+            conn = await self._run_connection(
+                link, stream, decoder, hello=encode_handshake(self.node_id, peer), expect=None
+            )
+        finally:
+            self._forget_if_unused(link)
+        if conn.warn:
+            logger.warning("node %d: closing connection from %s: %s", self.node_id, who,
+                           conn.reason)
+        else:
+            logger.info("node %d: connection from %s ended: %s", self.node_id, who, conn.reason)
+
+    # --- one connection, either side ----------------------------------------------------------
+
+    async def _run_connection(
+        self,
+        link: _TcpLink,
+        stream: trio.SocketStream,
+        decoder: FrameDecoder,
+        *,
+        hello: bytes,
+        expect: Handshake | None,
+    ) -> _Connection:
+        """Make ``stream`` the connection of ``link`` (replacing an older one) and run its
+        reader and writer until either ends; return the ended connection, with its reason.
+
+        ``hello`` is written first; ``expect`` is the handshake to read first (None: it was
+        read already).
+        """
+        conn = _Connection()
+        older = link.conn
+        if older is not None:
+            older.close(f"replaced by a newer connection from node {link.peer}")
+        link.set_conn(conn)
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_frames, stream, decoder, expect, conn)
+                    await self._write_frames(link, stream, hello, conn)
+        finally:
+            if link.conn is conn:
+                link.set_conn(None)
+        return conn
+
+    async def _write_frames(
+        self, link: _TcpLink, stream: trio.SocketStream, hello: bytes, conn: _Connection
+    ) -> None:
+        counters = self._counters
+        try:
+            await stream.send_all(hello)
+        except _CONNECTION_ERRORS as exc:
+            conn.close(f"handshake failed: {exc!r}")
+            return
+        counters.bytes_sent += len(hello)
+        counters.writes += 1
+        outbox = link.outbox
+        max_write_bytes = self._options.max_write_bytes
+        while True:
+            await outbox.wait_due()
+            batch = outbox.take_due(max_write_bytes)
+            data = b"".join([item.payload for item in batch])
+            count = sum(item.count for item in batch)
+            written = False
+            try:
+                await stream.send_all(data)
+                written = True
+            except _CONNECTION_ERRORS as exc:
+                conn.close(f"write failed: {exc!r}")
+                return
+            finally:
+                if not written:  # failed or cancelled: the batch is lost
+                    counters.dropped_unreachable += count
+            counters.sent += count
+            counters.bytes_sent += len(data)
+            counters.writes += 1
+
+    async def _read_frames(
+        self,
+        stream: trio.SocketStream,
+        decoder: FrameDecoder,
+        expect: Handshake | None,
+        conn: _Connection,
+    ) -> None:
+        opts = self._options
+        counters = self._counters
+        deliver = self._subs.deliver
+        try:
+            if expect is not None:
+                hello = None
+                with trio.move_on_after(opts.handshake_timeout_s):
+                    while hello is None:
+                        data = await stream.receive_some(opts.recv_bytes)
+                        if not data:
+                            conn.close("closed by the peer before its handshake")
+                            return
+                        counters.bytes_received += len(data)
+                        hello = decoder.feed_handshake(data)
+                if hello is None:
+                    conn.close(f"no handshake within {opts.handshake_timeout_s} s", warn=True)
+                    return
+                if hello != expect:
+                    raise WireError(
+                        f"the answer is from node {hello.dialer} to node {hello.acceptor}, "
+                        f"expected one from node {expect.dialer} to node {expect.acceptor}"
+                    )
+            for group, msgs in decoder.feed(b""):
+                deliver(group, msgs)
+            while True:
+                data = await stream.receive_some(opts.recv_bytes)
+                if not data:
+                    conn.close("closed by the peer")
+                    return
+                counters.bytes_received += len(data)
+                for group, msgs in decoder.feed(data):
+                    deliver(group, msgs)
+        except WireError as exc:
+            counters.decode_errors += 1
+            conn.close(str(exc), warn=True)
+        except _CONNECTION_ERRORS as exc:
+            conn.close(f"read failed: {exc!r}")
 
     def _close(self) -> None:
         self._closed = True
@@ -469,9 +655,10 @@ async def serve_tcp_transport(
         node_id: this node's id (positive).
         listen: ``(host, port)`` to listen on; port 0 picks a free port (see
             :attr:`TcpTransport.address`). Loopback by default.
-        peers: ``{node_id: (host, port)}`` of the peers to send to; more can be added later
-            with :meth:`TcpTransport.set_peer`.
-        latency: a :class:`LinkModel` for every outbound link, or ``{peer: LinkModel}``, or None.
+        peers: ``{node_id: (host, port)}`` of the peers to talk to (those with a higher id are
+            dialed at once); more can be added later with :meth:`TcpTransport.set_peer`.
+        latency: a :class:`LinkModel` for what this node sends to every peer, or
+            ``{peer: LinkModel}``, or None.
         seed: seeds the ``random.Random`` behind link models and backoff jitter (None: from the
             operating system).
         options: limits and timings.
@@ -494,6 +681,7 @@ async def serve_tcp_transport(
             async with trio.open_nursery() as nursery:
                 transport._nursery = nursery
                 await nursery.start(trio.serve_listeners, transport._handle_inbound, listeners)
+                transport._start(nursery)
                 logger.debug("node %d: listening on %s:%d", node_id, *address)
                 task_status.started(transport)
                 await trio.sleep_forever()

@@ -110,11 +110,11 @@ class TransportStats:
     bytes_sent: int = 0  # frame bytes written (handshakes included)
     bytes_received: int = 0
     writes: int = 0  # socket writes (TCP): each carries every frame that was due, coalesced
-    connects: int = 0  # outbound connections (links) established
+    connects: int = 0  # connections this node dialed and completed (TCP: to higher ids)
     reconnects: int = 0  # of which to a peer that had been connected before
     connect_failures: int = 0  # dial attempts that failed
     accepts: int = 0  # inbound connections whose handshake was accepted
-    decode_errors: int = 0  # inbound connections closed because of a WireError
+    decode_errors: int = 0  # connections closed because of a WireError (either side)
 
 
 class _Counters:

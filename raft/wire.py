@@ -62,6 +62,12 @@ connection meant for another node (a stale address). A version other than :data:
 is refused with an error naming both versions; later versions keep the first two elements where
 they are, so that a mismatch is always reported as one.
 
+A connection carries frames both ways (:mod:`raft.tcp`), so the acceptor, once it has accepted
+the connection, answers with a handshake of its own before its first data frame: the same array
+with the two ids swapped, ``[version, "meridian-raft", acceptor_id, dialer_id]`` -- in either
+direction the third element names the sender and the fourth the node it means to reach. The
+dialer checks both ids, so a connection that merely echoes what it is sent is refused.
+
 Worked example
 --------------
 A HEARTBEAT for group 7 from node 1 to node 2 in term 5, commit 3, no ReadIndex context
@@ -141,7 +147,11 @@ class WireError(RaftError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The first frame on a connection: who dialed, and whom it meant to reach."""
+    """The first frame on a connection: who dialed, and whom it meant to reach.
+
+    In the acceptor's answer the ids are swapped: ``dialer`` is the sender of the answer (the
+    acceptor) and ``acceptor`` the node it answers (the dialer).
+    """
 
     dialer: int
     acceptor: int
@@ -265,7 +275,8 @@ def encode_frame(group: int, msgs: Sequence[Message]) -> bytes:
 
 
 def encode_handshake(dialer: int, acceptor: int) -> bytes:
-    """Encode the handshake frame a dialing node sends first (see the module docstring)."""
+    """Encode the handshake frame a dialing node sends first, or, with the ids swapped, the
+    acceptor's answer (see the module docstring)."""
     _check_uint(dialer, "dialer")
     _check_uint(acceptor, "acceptor")
     return _frame(msgpack.packb([WIRE_VERSION, HANDSHAKE_TAG, dialer, acceptor], use_bin_type=True))

@@ -8,7 +8,8 @@ every test is bounded by ``trio.fail_after``. No test asserts how fast anything 
 tests check lower bounds only, which the implementation guarantees.
 
 The second half tests what only one implementation has: partitions and seeded link models of the
-memory network; handshakes, decode errors, frame splitting, coalescing and backoff of TCP.
+memory network; for TCP, the one connection per node pair (dialed by the lower id, carrying both
+directions), handshakes both ways, decode errors, frame splitting, coalescing and backoff.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from raft.types import (
     MessageType,
     SnapshotMeta,
 )
-from raft.wire import encode_frame, encode_handshake
+from raft.wire import FrameDecoder, Handshake, encode_frame, encode_handshake
 
 DEADLINE_S = 10  # virtual for the memory network; real for TCP (tests finish far sooner)
 TCP_TEST_OPTIONS = dict(backoff_initial_s=0.01, backoff_max_s=0.1, connect_timeout_s=1.0)
@@ -131,8 +132,8 @@ class TcpCluster(_Cluster):
         super().__init__(nursery)
         self.addresses: dict[int, tuple[str, int]] = {}
 
-    async def start(self, node_id, *, max_outbox=None, max_inbox=None) -> Transport:
-        opts = dict(TCP_TEST_OPTIONS)
+    async def start(self, node_id, *, max_outbox=None, max_inbox=None, **options) -> Transport:
+        opts = dict(TCP_TEST_OPTIONS, **options)
         if max_outbox is not None:
             opts["max_outbox"] = max_outbox
         if max_inbox is not None:
@@ -321,24 +322,28 @@ async def test_a_group_has_one_subscriber_until_it_closes_its_channel(cluster, c
         assert (await second.receive()).term == 5
 
 
-async def test_close_is_clean(cluster, clock):
-    a, b = await start_pair(cluster)
-    inbox = b.subscribe(7)
-    await cluster.stop(2)
+@pytest.mark.parametrize("stopped", [2, 1], ids=["node-2-stops", "node-1-stops"])
+async def test_close_is_clean(cluster, clock, stopped):
+    await start_pair(cluster)
+    gone, left = cluster.nodes[stopped], cluster.nodes[3 - stopped]
+    inbox = gone.subscribe(7)
+    await cluster.stop(stopped)
     with trio.fail_after(DEADLINE_S):
         with pytest.raises(trio.EndOfChannel):
             await inbox.receive()  # subscribers see the end, not a hang
     with pytest.raises(trio.ClosedResourceError):
-        b.send(7, [hb(2, 1, 1)])
+        gone.send(7, [hb(stopped, 3 - stopped, 1)])
     with pytest.raises(trio.ClosedResourceError):
-        b.subscribe(8)
+        gone.subscribe(8)
     if cluster.kind == "tcp":
         with pytest.raises(OSError):  # the listener is closed
-            await trio.open_tcp_stream(*cluster.addresses[2])
-    a.send(7, [hb(1, 2, 2)])  # to a peer that is gone: dropped and counted, never blocks
+            await trio.open_tcp_stream(*cluster.addresses[stopped])
+    # To a peer that is gone: dropped and counted, never blocks. (TCP: node 1 dials and finds
+    # nobody; node 2 waits up to connect_timeout_s for node 1 to dial again.)
+    left.send(7, [hb(3 - stopped, stopped, 2)])
     with trio.fail_after(DEADLINE_S):
-        await wait_for(lambda: a.statistics().dropped_unreachable >= 1)
-    assert a.statistics().queued == 0
+        await wait_for(lambda: left.statistics().dropped_unreachable >= 1)
+    assert left.statistics().queued == 0
 
 
 @pytest.mark.parametrize("restarted", [1, 2], ids=["sender-restarts", "receiver-restarts"])
@@ -364,6 +369,10 @@ async def test_after_a_restart_the_link_comes_back_and_delivery_resumes(cluster,
     with trio.fail_after(DEADLINE_S):
         later = [m.term for m in await receive_n(inbox, 10 + term - first.term)]
     assert later[-10:] == [1000 + i for i in range(10)]
+    to_a = a.subscribe(7)
+    b.send(7, [hb(2, 1, 2000 + i) for i in range(10)])  # and the other way
+    with trio.fail_after(DEADLINE_S):
+        assert [m.term for m in await receive_n(to_a, 10)] == [2000 + i for i in range(10)]
     if cluster.kind == "tcp" and restarted == 2:
         assert a.statistics().reconnects >= 1
 
@@ -519,21 +528,65 @@ async def assert_closed_by_peer(stream: trio.SocketStream) -> None:
             pass  # reset: closed as well
 
 
+async def read_frames(stream: trio.SocketStream, decoder: FrameDecoder, n: int) -> list:
+    """The next ``n`` frames ``(group, messages)`` from a raw connection."""
+    frames: list = []
+    with trio.fail_after(DEADLINE_S):
+        frames.extend(decoder.feed(b""))
+        while len(frames) < n:
+            data = await stream.receive_some(1 << 16)
+            assert data, "closed early"
+            frames.extend(decoder.feed(data))
+    assert len(frames) == n
+    return frames
+
+
+async def read_answer(stream: trio.SocketStream, decoder: FrameDecoder) -> Handshake:
+    """The handshake an acceptor answers with on a raw connection."""
+    with trio.fail_after(DEADLINE_S):
+        while True:
+            data = await stream.receive_some(1 << 16)
+            assert data, "closed before its answer"
+            hello = decoder.feed_handshake(data)
+            if hello is not None:
+                return hello
+
+
+def established_to(ports) -> int | None:
+    """How many established TCP connections on this host have one of ``ports`` as their local
+    port -- the accepting ends of the connections to listeners on those ports. None without
+    /proc/net/tcp."""
+    try:
+        with open("/proc/net/tcp") as f:
+            lines = f.readlines()[1:]
+    except OSError:
+        return None
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+            count += 1
+    return count
+
+
 @pytest.mark.parametrize(
     "first_bytes, reason",
     [
         (b"GET / HTTP/1.1\r\n\r\n", "exceeds the limit"),
-        (encode_handshake(5, 2) + b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", "not valid msgpack"),
-        (encode_handshake(5, 3), "the dialer wants node 3, this is node 2"),
-        (encode_frame(7, [hb(1, 2, 1)]), "is the other end a Meridian Raft peer?"),
+        (encode_handshake(3, 5) + b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", "not valid msgpack"),
+        (encode_handshake(3, 4), "the dialer wants node 4, this is node 5"),
+        (encode_handshake(7, 5), "node 7 may not dial node 5: the lower node id dials"),
+        (encode_handshake(5, 5), "node 5 may not dial node 5"),
+        (encode_frame(7, [hb(1, 5, 1)]), "is the other end a Meridian Raft peer?"),
     ],
-    ids=["not-our-protocol", "garbage-after-handshake", "wrong-node", "no-handshake"],
+    ids=["not-our-protocol", "garbage-after-handshake", "wrong-node", "higher-id-dials",
+         "itself", "no-handshake"],
 )
 async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")
     opts = TcpOptions(**TCP_TEST_OPTIONS)
-    async with open_tcp_transport(2, options=opts) as b:
-        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+    async with open_tcp_transport(5, options=opts) as b:
+        async with open_tcp_transport(1, peers={5: b.address}, options=opts) as a:
             inbox = b.subscribe(7)
             stream = await raw_connection(b.address)
             await stream.send_all(first_bytes)
@@ -541,9 +594,45 @@ async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, 
             await stream.aclose()
             assert b.statistics().decode_errors == 1
             assert reason in caplog.text and "closing connection from" in caplog.text
-            a.send(7, [hb(1, 2, 1)])  # the node is fine, and so are its other connections
+            a.send(7, [hb(1, 5, 1)])  # the node is fine, and so are its other connections
             with trio.fail_after(DEADLINE_S):
                 assert (await inbox.receive()).term == 1
+            assert a.statistics().connects == 1  # undisturbed
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        (encode_handshake(3, 1), "the answer is from node 3 to node 1, expected one from node 2"),
+        (encode_handshake(1, 2), "the answer is from node 1 to node 2"),  # an echo
+        (encode_frame(7, [hb(2, 1, 1)]), "is the other end a Meridian Raft peer?"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "exceeds the limit"),
+        (b"", "no handshake within 0.2 s"),
+    ],
+    ids=["wrong-node", "echo", "no-handshake", "not-our-protocol", "silence"],
+)
+async def test_tcp_the_dialer_checks_the_answer_of_the_acceptor(answer, reason, caplog):
+    caplog.set_level(logging.WARNING, logger="raft.tcp")
+    opts = TcpOptions(handshake_timeout_s=0.2, **TCP_TEST_OPTIONS)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0] as listener:  # plays node 2
+        async with open_tcp_transport(1, peers={2: listener.socket.getsockname()[:2]},
+                                      options=opts) as a:
+            with trio.fail_after(DEADLINE_S):
+                stream = await listener.accept()
+            hello = encode_handshake(1, 2)
+            got = b""
+            with trio.fail_after(DEADLINE_S):
+                while len(got) < len(hello):
+                    got += await stream.receive_some(1024)
+            assert got[:len(hello)] == hello
+            if answer:
+                await stream.send_all(answer)
+            await assert_closed_by_peer(stream)
+            await stream.aclose()
+            assert a.statistics().decode_errors == (1 if answer else 0)
+            assert a.statistics().accepts == 0
+    assert reason in caplog.text and "closing connection to node 2 at" in caplog.text
 
 
 async def test_tcp_a_connection_without_a_handshake_times_out(caplog):
@@ -573,8 +662,8 @@ async def test_tcp_peers_can_be_added_moved_and_removed_later(caplog):
         a.set_peer(2, c.address)  # "node 2" moved to where node 3 listens: c refuses it
         a.send(7, [hb(1, 2, 3)])
         with trio.fail_after(DEADLINE_S):
-            await wait_for(lambda: c.statistics().decode_errors == 1)
-        assert a.statistics().connects == 2
+            await wait_for(lambda: c.statistics().decode_errors >= 1)
+        assert a.statistics().connects >= 2  # (and it keeps redialing, with backoff)
         a.remove_peer(2)
         a.send(7, [hb(1, 2, 5)])
         assert a.statistics().dropped_unknown_peer == 2
@@ -585,20 +674,21 @@ async def test_tcp_peers_can_be_added_moved_and_removed_later(caplog):
     assert "the dialer wants node 2, this is node 3" in caplog.text
 
 
-async def test_tcp_frames_due_together_leave_in_one_write():
+async def test_tcp_frames_due_together_leave_in_one_write_on_either_side():
     opts = TcpOptions(**TCP_TEST_OPTIONS)
-    async with open_tcp_transport(2, options=opts) as b:
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
         async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
-            inbox = b.subscribe(7)
-            a.send(7, [hb(1, 2, 0)])
-            with trio.fail_after(DEADLINE_S):
-                await inbox.receive()
-            writes = a.statistics().writes
-            for term in range(1, 101):  # 100 frames queued before the writer runs
-                a.send(7, [hb(1, 2, term)])
-            with trio.fail_after(DEADLINE_S):
-                assert [m.term for m in await receive_n(inbox, 100)] == list(range(1, 101))
-            assert a.statistics().writes == writes + 1
+            for src, dst in ((a, b), (b, a)):
+                inbox = dst.subscribe(7)
+                src.send(7, [hb(src.node_id, dst.node_id, 0)])
+                with trio.fail_after(DEADLINE_S):
+                    await inbox.receive()
+                writes = src.statistics().writes
+                for term in range(1, 101):  # 100 frames queued before the writer runs
+                    src.send(7, [hb(src.node_id, dst.node_id, term)])
+                with trio.fail_after(DEADLINE_S):
+                    assert [m.term for m in await receive_n(inbox, 100)] == list(range(1, 101))
+                assert src.statistics().writes == writes + 1
 
 
 async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(caplog):
@@ -618,20 +708,178 @@ async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(capl
 
 async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
     opts = TcpOptions(**TCP_TEST_OPTIONS)
-    async with open_tcp_transport(2, options=opts) as b:
+    # Node 2 knows node 1 (a lower id: the address is never dialed); raw connections play node 1.
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
         inbox = b.subscribe(7)
-        old = await raw_connection(b.address)
+        old, old_decoder = await raw_connection(b.address), FrameDecoder()
         await old.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
         with trio.fail_after(DEADLINE_S):
             assert (await inbox.receive()).term == 1
-        new = await raw_connection(b.address)
+        assert await read_answer(old, old_decoder) == Handshake(2, 1)
+        b.send(7, [hb(2, 1, 10)])  # the acceptor writes over the connection it accepted
+        assert await read_frames(old, old_decoder, 1) == [(7, [hb(2, 1, 10)])]
+        new, new_decoder = await raw_connection(b.address), FrameDecoder()
         await new.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 2)]))
         with trio.fail_after(DEADLINE_S):
             assert (await inbox.receive()).term == 2
+        assert await read_answer(new, new_decoder) == Handshake(2, 1)
+        b.send(7, [hb(2, 1, 11)])  # ... and now over the newer one
+        assert await read_frames(new, new_decoder, 1) == [(7, [hb(2, 1, 11)])]
         await assert_closed_by_peer(old)
         await old.aclose()
         await new.aclose()
         assert b.statistics().accepts == 2
+
+
+async def test_tcp_one_connection_per_node_pair_carries_both_directions(nursery):
+    cluster = TcpCluster(nursery)
+    try:
+        for node_id in (3, 1, 2):  # the order nodes start in does not matter
+            await cluster.start(node_id)
+        nodes = cluster.nodes
+        inboxes = {(n, g): nodes[n].subscribe(g) for n in nodes for g in (7, 8)}
+        for round_ in range(3):
+            for src in nodes:
+                for dst in nodes:
+                    if src != dst:
+                        for g in (7, 8):
+                            nodes[src].send(g, [hb(src, dst, 100 * src + 10 * dst + round_)])
+            await trio.sleep(0.01)
+        with trio.fail_after(DEADLINE_S):
+            for (n, g), inbox in inboxes.items():
+                got = [m.term for m in await receive_n(inbox, 2 * 3)]
+                senders = [src for src in nodes if src != n]
+                assert sorted(got) == sorted(100 * s + 10 * n + r for s in senders
+                                             for r in range(3))
+        await trio.sleep(0.3)  # several backoff periods: nobody redials
+        stats = {n: t.statistics() for n, t in nodes.items()}
+        for n, st in stats.items():
+            assert st.connects == sum(1 for other in nodes if other > n)  # dials the higher ids
+            assert st.accepts == sum(1 for other in nodes if other < n)  # accepts the lower
+            assert st.reconnects == st.decode_errors == st.dropped == 0
+        assert sum(st.connects for st in stats.values()) == 3  # one per pair
+        assert sum(st.accepts for st in stats.values()) == 3
+        ports = {addr[1] for addr in cluster.addresses.values()}
+        assert established_to(ports) in (3, None)  # and the operating system agrees
+    finally:
+        await cluster.close()
+
+
+@pytest.mark.parametrize("restarted", [1, 2], ids=["dialer-restarts", "acceptor-restarts"])
+async def test_tcp_the_connection_comes_back_after_either_side_restarts(nursery, restarted):
+    # connect_timeout_s also bounds how long node 2 holds frames for node 1 while it has no
+    # connection: long enough here for node 1 to dial on a loaded machine.
+    cluster = TcpCluster(nursery)
+    try:
+        await cluster.start(2, connect_timeout_s=5.0)
+        await cluster.start(1, connect_timeout_s=5.0)
+        a, b = cluster.nodes[1], cluster.nodes[2]
+        to_b = b.subscribe(7)
+        a.send(7, [hb(1, 2, 1)])
+        with trio.fail_after(DEADLINE_S):
+            assert (await to_b.receive()).term == 1
+        to_b.close()
+        await cluster.stop(restarted)
+        await trio.sleep(0.05)
+        await cluster.start(restarted, connect_timeout_s=5.0)
+        a, b = cluster.nodes[1], cluster.nodes[2]
+        to_a, to_b = a.subscribe(7), b.subscribe(7)
+        # No retries needed: node 1 redials at once (restarted) or after its backoff, and what
+        # was sent meanwhile waits for that connection on either side.
+        b.send(7, [hb(2, 1, 20)])
+        a.send(7, [hb(1, 2, 10)])
+        with trio.fail_after(DEADLINE_S):
+            assert (await to_a.receive()).term == 20
+            assert (await to_b.receive()).term == 10
+        a_stats, b_stats = a.statistics(), b.statistics()
+        assert b_stats.connects == 0 and a_stats.accepts == 0  # node 2 never dials
+        if restarted == 1:
+            assert a_stats.connects == 1 and b_stats.accepts == 2
+        else:
+            assert a_stats.reconnects >= 1 and b_stats.accepts == 1
+        assert a_stats.dropped == b_stats.dropped == 0
+    finally:
+        await cluster.close()
+
+
+async def test_tcp_when_only_the_higher_id_knows_the_lower_it_waits_for_a_dial(caplog):
+    caplog.set_level(logging.INFO, logger="raft.tcp")
+    opts = TcpOptions(**dict(TCP_TEST_OPTIONS, connect_timeout_s=0.1))
+    async with open_tcp_transport(1, options=opts) as a:  # does not know node 2
+        async with open_tcp_transport(2, peers={1: a.address}, options=opts) as b:
+            to_a, to_b = a.subscribe(7), b.subscribe(7)
+            b.send(7, [hb(2, 1, 1), hb(2, 1, 2)])
+            assert b.statistics().queued == 2
+            with trio.fail_after(DEADLINE_S):  # nobody dials: dropped after connect_timeout_s
+                await wait_for(lambda: b.statistics().dropped_unreachable == 2)
+            assert b.statistics().queued == 0
+            assert b.statistics().connects == b.statistics().connect_failures == 0
+            assert a.statistics().accepts == 0
+            assert "no connection from node 1 within 0.1 s" in caplog.text
+            a.set_peer(2, b.address)  # node 1 learns about node 2 and dials it
+            with trio.fail_after(DEADLINE_S):
+                await wait_for(lambda: b.statistics().accepts == 1)
+            b.send(7, [hb(2, 1, 3)])
+            a.send(7, [hb(1, 2, 4)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await to_a.receive()).term == 3
+                assert (await to_b.receive()).term == 4
+            assert a.statistics().connects == 1 and b.statistics().connects == 0
+
+
+async def test_tcp_the_accepting_side_holds_frames_until_the_peer_dials():
+    opts = TcpOptions(**dict(TCP_TEST_OPTIONS, connect_timeout_s=5.0))
+    async with open_tcp_transport(1, options=opts) as a:
+        to_a = a.subscribe(7)
+        async with open_tcp_transport(2, peers={1: a.address}, options=opts) as b:
+            b.send(7, [hb(2, 1, t) for t in range(5)])
+            await trio.sleep(0.05)
+            assert b.statistics().queued == 5
+            a.set_peer(2, b.address)
+            with trio.fail_after(DEADLINE_S):
+                assert [m.term for m in await receive_n(to_a, 5)] == list(range(5))
+            assert b.statistics().dropped == 0 and b.statistics().sent == 5
+
+
+async def test_tcp_when_only_the_lower_id_knows_the_higher_the_connection_serves_both_later():
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:  # does not know node 1
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            to_a, to_b = a.subscribe(7), b.subscribe(7)
+            a.send(7, [hb(1, 2, 1)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await to_b.receive()).term == 1  # an acceptor takes any lower id
+            b.send(7, [hb(2, 1, 2)])
+            assert b.statistics().dropped_unknown_peer == 1
+            b.set_peer(1, a.address)
+            b.send(7, [hb(2, 1, 3)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await to_a.receive()).term == 3
+            assert a.statistics().connects == 1 and b.statistics().accepts == 1
+            assert b.statistics().connects == 0
+
+
+async def test_tcp_remove_peer_closes_a_dialed_connection_and_keeps_an_accepted_one(caplog):
+    caplog.set_level(logging.INFO, logger="raft.tcp")
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            to_a, to_b = a.subscribe(7), b.subscribe(7)
+            b.send(7, [hb(2, 1, 1)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await to_a.receive()).term == 1
+            b.remove_peer(1)  # the acceptor forgets node 1: it still hears from it
+            b.send(7, [hb(2, 1, 2)])
+            assert b.statistics().dropped_unknown_peer == 1
+            a.send(7, [hb(1, 2, 3)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await to_b.receive()).term == 3
+            a.remove_peer(2)  # the dialer forgets node 2: the connection closes
+            with trio.fail_after(DEADLINE_S):
+                await wait_for(lambda: "ended: closed by the peer" in caplog.text)
+            assert "node 1: closing connection to node 2: peer removed" in caplog.text
+            await trio.sleep(0.2)  # several backoff periods: nobody redials
+            assert a.statistics().connects == 1 and b.statistics().accepts == 1
 
 
 async def test_tcp_an_unreachable_peer_costs_only_a_bounded_queue():
