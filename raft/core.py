@@ -412,11 +412,11 @@ class RaftCore:
         if index == 0:
             raise RaftError("nothing applied yet: no snapshot to take")
         meta = SnapshotMeta(index, self.log.term_at(index), self.conf)
-        if self.snapshot is not None and self.snapshot.meta.index >= index:
-            return self.snapshot.meta
-        self.snapshot = Snapshot(meta, bytes(data))
+        if self.snapshot is None or self.snapshot.meta.index < index:
+            self.snapshot = Snapshot(meta, bytes(data))
+        # Even when the snapshot held is not older, a smaller ``keep`` may free more log.
         self.log.compact(max(index - max(keep, 0), 0))
-        return meta
+        return self.snapshot.meta
 
     # ================================================================ step
 
@@ -592,8 +592,10 @@ class RaftCore:
         if self.role is StateRole.LEADER or not self._promotable():
             return
         # Do not campaign with committed membership changes not yet applied: we might count
-        # votes under a configuration that is already obsolete.
-        for e in self.log.entries(self.log.applied + 1, self.log.committed + 1):
+        # votes under a configuration that is already obsolete. A snapshot restored but not yet
+        # acknowledged (applied < offset) already set its configuration: look after it.
+        lo = max(self.log.applied, self.log.offset) + 1
+        for e in self.log.entries(lo, self.log.committed + 1):
             if e.type is EntryType.CONF_CHANGE:
                 return
         self._campaign(pre=self.config.pre_vote and not transfer, transfer=transfer)
@@ -646,6 +648,10 @@ class RaftCore:
             pr.recent_active = True
             if pr.state is not ProgressState.SNAPSHOT or m.index != pr.pending_snapshot:
                 return
+            if not m.reject and m.chunk_offset <= pr.snapshot_offset:
+                # The answer to a duplicate chunk (resent after a heartbeat): the chunk that
+                # follows is already on its way. Answering it too would fork a second stream.
+                return
             pr.snapshot_offset = 0 if m.reject else m.chunk_offset
             self._send_snapshot_chunk(m.frm, pr)
 
@@ -672,7 +678,9 @@ class RaftCore:
         if self._maybe_commit():
             self._bcast_pending = True  # tell everyone the new commit index, once per Ready
         else:
-            self._send_append(m.frm, send_if_empty=False)
+            # A follower that was paused missed any commit broadcast made meanwhile: send it
+            # the commit index even with no entries to carry (etcd does the same).
+            self._send_append(m.frm, send_if_empty=was_paused)
         if m.frm == self._lead_transferee and pr.match == self.log.last_index:
             self._send(Message(MT.TIMEOUT_NOW, m.frm, self.id, self.term))
 
@@ -790,9 +798,12 @@ class RaftCore:
     # ================================================================ output
 
     def _send(self, m: Message) -> None:
-        if m.type in (MT.VOTE_RESP, MT.PRE_VOTE_RESP, MT.APPEND_RESP):
+        if m.type in (MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE_RESP, MT.APPEND_RESP):
             # §3.8: an acknowledgement or a vote may leave only once what it vouches for is
             # durable. (Rejections need not wait, but keeping one rule is simpler to check.)
+            # So may a vote request: a candidate that won before its new term was durable
+            # could restart in the old term, win the same term again from the same voters and
+            # append different entries at indexes it had already sent as leader.
             self._msgs_after_persist.append(m)
         else:
             self._msgs.append(m)
