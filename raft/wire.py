@@ -172,27 +172,27 @@ def _check_bytes(value: object, what: str) -> None:
         raise WireError(f"{what}: expected bytes, got {type(value).__name__}")
 
 
+_UINT_FIELDS = ("to", "frm", "term", "log_term", "index", "commit", "reject_hint",
+                "chunk_offset", "snapshot_size")
+
+
 def _message_to_array(m: Message, where: str) -> list:
     if not isinstance(m, Message):
         raise WireError(f"{where}: expected a Message, got {type(m).__name__}")
     if not isinstance(m.type, int) or isinstance(m.type, bool) or m.type not in _MESSAGE_TYPES:
         raise WireError(f"{where}: type: {m.type!r} is not a MessageType")
-    for value, name in (
-        (m.to, "to"),
-        (m.frm, "frm"),
-        (m.term, "term"),
-        (m.log_term, "log_term"),
-        (m.index, "index"),
-        (m.commit, "commit"),
-        (m.reject_hint, "reject_hint"),
-        (m.chunk_offset, "chunk_offset"),
-        (m.snapshot_size, "snapshot_size"),
-    ):
-        _check_uint(value, f"{where}: {name}")
+    fields = (m.to, m.frm, m.term, m.log_term, m.index, m.commit, m.reject_hint,
+              m.chunk_offset, m.snapshot_size)
+    # The common case costs a few comparisons; error messages are built only on failure.
+    for value in fields:
+        if type(value) is not int or not 0 <= value <= MAX_UINT:
+            for value, name in zip(fields, _UINT_FIELDS):
+                _check_uint(value, f"{where}: {name}")
     if type(m.reject) is not bool:
         raise WireError(f"{where}: reject: expected a bool, got {type(m.reject).__name__}")
-    _check_bytes(m.context, f"{where}: context")
-    _check_bytes(m.chunk, f"{where}: chunk")
+    if type(m.context) is not bytes or type(m.chunk) is not bytes:
+        _check_bytes(m.context, f"{where}: context")
+        _check_bytes(m.chunk, f"{where}: chunk")
     entries = []
     for i, e in enumerate(m.entries):
         # The hot path of an APPEND: keep the common case to a few comparisons per entry.
