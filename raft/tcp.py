@@ -286,6 +286,10 @@ class TcpTransport:
                     # Fast path: an idle connection and nothing queued ahead. Writing here
                     # saves waking the writer task (one scheduler pass per frame and hop).
                     written = _write_nowait(conn.fd, frame)
+                    # Until the writer task has run, later frames queue behind this one and
+                    # leave together, coalesced: one direct write per scheduler pass.
+                    conn.fd = -1
+                    link.outbox.poke()
                     if written == len(frame):
                         counters.sent += count
                         counters.bytes_sent += written
@@ -595,10 +599,14 @@ class TcpTransport:
         max_write_bytes = self._options.max_write_bytes
         fd = stream.socket.fileno()
         while True:
-            if not conn.scope.cancel_called:
-                conn.fd = fd  # idle: send() may write directly while nothing is queued
-            await outbox.wait_due()
+            if not outbox:
+                if not conn.scope.cancel_called:
+                    conn.fd = fd  # idle: send() may write directly while nothing is queued
+                await outbox.wait_put_or_poke()
+                if not outbox:
+                    continue  # poked after a direct write: idle again
             conn.fd = -1
+            await outbox.wait_due()
             batch = outbox.take_due(max_write_bytes)
             data = b"".join([item.payload for item in batch])
             count = sum(item.count for item in batch)

@@ -276,16 +276,22 @@ async def test_messages_to_an_unknown_peer_are_dropped_and_counted(cluster, cloc
 async def test_a_full_outbox_drops_the_overflow_and_counts_it(cluster, clock):
     a, b = await start_pair(cluster, max_outbox=4)
     inbox = b.subscribe(7)
-    for term in range(20):  # no checkpoint in between: the link cannot drain meanwhile
+    sent_before = a.statistics().sent
+    for term in range(20):  # no checkpoint in between: the writer task cannot drain meanwhile
         a.send(7, [hb(1, 2, term)])
-    assert a.statistics().queued == 4
-    assert a.statistics().dropped_outbox_full == 16
+    # What left at once (TCP writes to an idle connection directly) plus what waits is all
+    # that was not dropped, and what waits is bounded by the outbox.
+    st = a.statistics()
+    assert st.queued <= 4
+    kept = st.sent - sent_before + st.queued
+    assert st.dropped_outbox_full == 20 - kept
+    assert kept >= 4  # the outbox took at least its capacity
     with trio.fail_after(DEADLINE_S):
-        assert [m.term for m in await receive_n(inbox, 4)] == [0, 1, 2, 3]
+        assert [m.term for m in await receive_n(inbox, kept)] == list(range(kept))
     a.send(7, [hb(1, 2, 100)])  # the outbox drained: there is room again
     with trio.fail_after(DEADLINE_S):
         assert (await inbox.receive()).term == 100
-    assert a.statistics().dropped == 16 and a.statistics().queued == 0
+    assert a.statistics().dropped == 20 - kept and a.statistics().queued == 0
 
 
 async def test_messages_for_a_group_nobody_subscribed_to_are_dropped_and_counted(cluster, clock):
@@ -684,11 +690,12 @@ async def test_tcp_frames_due_together_leave_in_one_write_on_either_side():
                 with trio.fail_after(DEADLINE_S):
                     await inbox.receive()
                 writes = src.statistics().writes
-                for term in range(1, 101):  # 100 frames queued before the writer runs
+                for term in range(1, 101):  # 100 frames sent before the writer runs
                     src.send(7, [hb(src.node_id, dst.node_id, term)])
                 with trio.fail_after(DEADLINE_S):
                     assert [m.term for m in await receive_n(inbox, 100)] == list(range(1, 101))
-                assert src.statistics().writes == writes + 1
+                # The first may leave at once (idle connection); the rest leave together.
+                assert src.statistics().writes <= writes + 2
 
 
 async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(caplog):
