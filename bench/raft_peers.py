@@ -78,6 +78,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _common
+from .raftcluster import free_ports
 
 __all__ = [
     "PeerError",
@@ -163,20 +164,6 @@ def etcd_version() -> str | None:
 
 
 # ---------------------------------------------------------------------------------- processes
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Procs:

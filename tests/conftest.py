@@ -25,3 +25,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def lossy(tmp_path):
+    """``lossy(unit=4096)`` mounts a fresh LossyFS, or skips the test where FUSE is missing
+    (unless MERIDIAN_REQUIRE_FUSE=1)."""
+    from bench.lossyfs import LossyFS, LossyFSUnavailable, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None and os.environ.get("MERIDIAN_REQUIRE_FUSE") != "1":
+        pytest.skip(f"LossyFS needs FUSE: {reason}")
+    mounted = []
+
+    def mount(unit: int = 4096):
+        fs = LossyFS(tmp_path / f"fs{len(mounted)}", unit=unit)
+        try:
+            fs.start()
+        except LossyFSUnavailable as exc:
+            if os.environ.get("MERIDIAN_REQUIRE_FUSE") == "1":
+                raise
+            pytest.skip(f"LossyFS cannot mount here: {exc}")
+        mounted.append(fs)
+        return fs
+
+    try:
+        yield mount
+    finally:
+        for fs in mounted:
+            fs.close()

@@ -27,7 +27,7 @@ import random
 
 import pytest
 
-from bench.lossyfs import LossyFS, LossyFSUnavailable, LossyModel, unavailable_reason
+from bench.lossyfs import LossyFS, LossyModel, unavailable_reason
 from engine import LogStore, MeridianError
 from engine import durable as durable_module
 from engine.durable import DurableState
@@ -39,29 +39,6 @@ needs_fuse = pytest.mark.skipif(
     _REASON is not None and os.environ.get("MERIDIAN_REQUIRE_FUSE") != "1",
     reason=f"LossyFS needs FUSE: {_REASON}",
 )
-
-
-@pytest.fixture
-def lossy(tmp_path):
-    """``lossy(unit=4096)`` mounts a fresh LossyFS; all are unmounted at the end."""
-    mounted: list[LossyFS] = []
-
-    def mount(unit: int = 4096) -> LossyFS:
-        fs = LossyFS(tmp_path / f"fs{len(mounted)}", unit=unit)
-        try:
-            fs.start()
-        except LossyFSUnavailable as exc:
-            if os.environ.get("MERIDIAN_REQUIRE_FUSE") == "1":
-                raise
-            pytest.skip(f"LossyFS cannot mount here: {exc}")
-        mounted.append(fs)
-        return fs
-
-    try:
-        yield mount
-    finally:
-        for fs in mounted:
-            fs.close()
 
 
 def make_durable_dir(parent: str, name: str) -> str:
