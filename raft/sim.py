@@ -1,0 +1,1409 @@
+"""Deterministic simulation of a Raft group (ARCH §3, STYLE §2), in the manner of FoundationDB.
+
+A whole cluster — pure :class:`~raft.core.RaftCore` replicas, their disks, the network between
+them, the clients and a nemesis — runs inside one process, on simulated time, from one seed::
+
+    result = run(seed)                  # SimResult: trace hash, counts, simulated duration
+    python -m raft.sim --seed 17        # replay one seed, verbosely (--trace: every event)
+    python -m raft.sim --seeds 1000     # many seeds; every failure prints its replay command
+
+Determinism. One ``random.Random(seed)`` makes every choice; each core gets its own generator
+seeded from it when it starts. Work waits in a heap ordered by (simulated ms, sequence number):
+nothing is ordered by ``id()``, by a ``set`` or by the wall clock, so a seed replays the same
+events. Every event is folded into a running sha256 (the *trace hash*); running a seed twice must
+give the same hash.
+
+Model.
+
+- *Nodes* tick every ``tick_ms`` (give or take one: clocks drift). Each handles its Ready batches
+  exactly as ``raft/types.py`` prescribes: ``messages`` leave at once; the snapshot, entries and
+  hard state go to the node's disk; after a simulated fsync latency the disk is synced,
+  ``persisted_messages`` leave, committed entries are applied, then ``advance``. While the fsync
+  is in flight the node keeps receiving messages and ticking; it asks for the next Ready only
+  after ``advance``.
+- *Disk* (:class:`SimDisk`): a synced part (hard state, snapshot, entries after it) and a pending
+  part written since the last fsync. A crash loses the pending part, or tears it: a received
+  snapshot survives or not as a whole, then a prefix of the pending entries survives, and the new
+  hard state survives (or not, as a whole) only if all of the batch's entries did — the order
+  ``raft.storage`` writes in. Conflict truncation and local compaction snapshots are durable at
+  once, as they are in ``LogStore`` and ``RaftStorage.save_snapshot``. A restarted node is a fresh
+  core built from the synced part (:class:`~raft.core.RestoredState`).
+- *State machine* (:class:`KVStateMachine`): a key-value map; entry data is
+  ``client|seq|key|value``. It also keeps a hash chain over every applied entry, so that two
+  nodes agree on their applied prefix exactly when their chains agree at its last index. Every
+  ``compact_every`` applied entries a node snapshots it and calls ``core.compact``; followers
+  behind the compaction point receive it as chunked SNAPSHOT messages (small
+  ``snapshot_chunk_size``).
+- *Clients* write through whichever node they believe leads (following ``ProposalDroppedError``
+  hints). A write is *acknowledged* when the node it was proposed to applies the entry at the
+  (term, index) that ``propose`` returned. Clients also read with ReadIndex; a read served at
+  read index *i* must reflect every write acknowledged before the read was requested.
+- *Faults* (``faults=True``). Each seed draws its own *knobs* (FoundationDB's "buggify"): rates
+  of message drop, duplication and long delays, the delay and fsync latency ranges, how often
+  the nemesis acts, how often crashes are aimed at fsync windows, whether PreVote and
+  CheckQuorum are on, how often the state machine snapshots. ``SimConfig.knobs`` pins some of
+  them (``--set knobs=pre_vote=0,drop=0.1``) without changing the others' draws. The nemesis
+  partitions the nodes into random halves, builds a bridge (two halves that only one node
+  joins), isolates a node, clogs one direction of a link, heals the network, crashes a node
+  (keeping a majority up most of the time) and restarts it later, changes membership (adds a
+  fresh learner, promotes it, demotes or removes a voter, removes a learner — always through
+  ``propose_conf_change`` on the leader, never below two voters and rarely below three) and
+  transfers leadership. Crashes are also aimed at the moments that matter: while a batch is
+  being synced, while or just after a vote for another node is synced, and late in a
+  candidate's sync of its own vote. After ``fault_ms`` every fault heals, every node restarts
+  and the clients stop starting new work.
+
+Checks, after every event (a breach raises :class:`SimulationFailure`):
+
+- election safety (§5.2): at most one leader per term; and no node leads one term in two
+  incarnations (it forgot its term, and could append different entries at indexes it already
+  sent as leader: the leader append-only property);
+- log matching (§5.3): an (index, term) pair names one entry everywhere — same data, same
+  previous term. Checked incrementally: each entry is compared with a global record when it
+  first appears in a node's log (a node's log is re-examined from the last index whose term is
+  unchanged, so an edit below it that keeps the term at that index goes unnoticed here, though
+  the state machine check below still sees it once applied);
+- leader completeness (§5.4): a new leader of term T holds every entry known committed in an
+  earlier term (applied anywhere, or covered by any node's commit index); no two nodes ever
+  commit different terms at one index;
+- state machine safety: every node applies a contiguous sequence whose hash chain matches the
+  global one at every index, a restored snapshot included; applied <= commit; a live node's
+  commit index never decreases; an acknowledged write is the entry its client proposed;
+- linearizable reads, as above;
+- durability (§3.8): a restarted node still holds the last vote it granted and the last entry
+  it acknowledged (unless a newer leader made it drop that entry);
+- no message storm: a seed that needs more than ``max_events`` events is a failure (a normal one
+  needs a few thousand);
+- liveness, after the heal: within ``liveness_ms`` a leader is elected and every member of its
+  configuration (voters and learners) has applied everything it committed, which covers every
+  acknowledged write ("no acknowledged write lost after recovery").
+
+Planted bugs (``plant=``, off by default). Each must be caught (tests/test_raft_sim.py), by the
+durability check at once and by the protocol checks alone when that check is off:
+``forget-vote`` (the disk drops the vote on restart), ``ack-before-fsync`` (persisted_messages
+leave with messages, before the data they vouch for is durable), ``lose-synced-tail`` (a
+restarted disk has lost the tail of its synced log, and the commit index with it — corruption).
+
+Limits. Messages are Python objects and never encoded (``raft.wire`` is tested on its own); the
+disk is a model of the write order ``raft.storage`` promises, not its files; one Raft group;
+no byzantine faults (corrupt messages, a disk that lies beyond the planted bugs); time is whole
+milliseconds and events at one instant run in the order they were scheduled. Each client has
+one operation in flight; an operation whose fate is unknown (timeout, crash) is simply dropped,
+so only acknowledged writes are checked. Removed nodes keep running (they must not disturb the
+cluster) and node ids are never reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import random
+import shlex
+import sys
+from collections import deque
+from dataclasses import dataclass, fields, replace
+
+from .core import Config, RaftCore, RestoredState
+from .types import (
+    NONE,
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ProposalDroppedError,
+    Ready,
+    ReadState,
+    Snapshot,
+    StateRole,
+)
+
+__all__ = [
+    "PLANTS",
+    "SimConfig",
+    "SimResult",
+    "SimulationFailure",
+    "SimDisk",
+    "KVStateMachine",
+    "Simulation",
+    "run",
+    "replay_command",
+    "parse_args",
+    "main",
+]
+
+PLANTS = ("forget-vote", "ack-before-fsync", "lose-synced-tail")
+
+MT = MessageType
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The shape of one simulated run. Zero means "let the seed choose" where noted."""
+
+    nodes: int = 0  # initial voters (0: 3 to 5)
+    fault_ms: int = 2000  # simulated ms of faults and client load before everything heals
+    liveness_ms: int = 3000  # after the heal: bound for electing a leader and catching up
+    tick_ms: int = 10
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    clients: int = 4
+    keys: int = 5
+    faults: bool = True  # network, disk and membership faults; False: a clean run
+    snapshot_chunk_size: int = 64
+    max_size_per_msg: int = 160
+    max_inflight_msgs: int = 4
+    max_nodes: int = 8  # node ids ever created, fresh learners included
+    check_durability: bool = True  # votes and acknowledgements must survive a crash
+    max_events: int = 50_000  # more is a message storm (a normal seed needs under 10,000)
+    knobs: str = ""  # pins for per-seed knobs, "name=value,..." (see _KNOBS)
+    plant: str = ""  # comma-separated names from PLANTS
+
+    def __post_init__(self):
+        for name in self.planted():
+            if name not in PLANTS:
+                raise ValueError(f"unknown planted bug {name!r}; known: {', '.join(PLANTS)}")
+        self.pinned_knobs()  # raises on a bad pin
+        if self.nodes < 0 or self.tick_ms <= 0 or self.fault_ms < 0 or self.liveness_ms <= 0:
+            raise ValueError(f"bad simulation shape: {self}")
+
+    def planted(self) -> tuple[str, ...]:
+        return tuple(p for p in self.plant.split(",") if p)
+
+    def pinned_knobs(self) -> dict[str, float]:
+        pins = {}
+        for item in self.knobs.split(","):
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            if not sep or name not in _KNOBS:
+                raise ValueError(f"bad knob pin {item!r}; knobs: {', '.join(_KNOBS)}")
+            number = float(value)
+            pins[name] = int(number) if number == int(number) and "." not in value else number
+        return pins
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What one seed did. Everything but the trace hash is for reports."""
+
+    seed: int
+    trace_hash: str
+    sim_ms: int  # simulated duration
+    events: int
+    messages: int  # sent (duplicates counted once)
+    dropped: int
+    elections: int  # terms that had a leader
+    crashes: int
+    commits: int  # highest commit index reached
+    acked_writes: int
+    reads: int  # linearizable reads checked
+    snapshots_sent: int  # SNAPSHOT chunks sent
+    snapshots_installed: int
+    conf_changes: int  # membership changes applied (each counted once)
+    members: tuple[int, ...]  # the final configuration
+
+    def summary(self) -> str:
+        return (f"seed {self.seed}: {self.sim_ms} ms simulated, {self.events} events, "
+                f"{self.messages} msgs ({self.dropped} dropped), {self.elections} elections, "
+                f"{self.crashes} crashes, commit {self.commits}, {self.acked_writes} acked "
+                f"writes, {self.reads} reads, {self.snapshots_sent} snapshot chunks sent, "
+                f"{self.snapshots_installed} installed, {self.conf_changes} conf changes, "
+                f"members {list(self.members)}, trace {self.trace_hash[:16]}")
+
+
+class SimulationFailure(AssertionError):
+    """A safety or liveness check failed. The message names the seed and the one-line command
+    that replays it (``replay``)."""
+
+    def __init__(self, seed: int, config: SimConfig, at_ms: int, message: str):
+        self.seed = seed
+        self.config = config
+        self.at_ms = at_ms
+        self.replay = replay_command(seed, config)
+        super().__init__(f"seed {seed} at {at_ms} ms: {message}\n  replay: {self.replay}")
+
+
+def replay_command(seed: int, config: SimConfig = SimConfig()) -> str:
+    """The shell command that replays ``seed`` under ``config``, verbosely."""
+    parts = ["python -m raft.sim", f"--seed {seed}"]
+    default = SimConfig()
+    for f in fields(SimConfig):
+        value = getattr(config, f.name)
+        if value != getattr(default, f.name):
+            if f.name == "plant":
+                parts.append(f"--plant {shlex.quote(value)}")
+            else:
+                value = int(value) if isinstance(value, bool) else value
+                parts.append(f"--set {shlex.quote(f'{f.name}={value}')}")
+    return " ".join(parts)
+
+
+# ==================================================================== disk
+
+
+class SimDisk:
+    """One node's storage: a synced part that survives crashes and a pending part that may not.
+
+    Invariant: ``entries`` is contiguous and follows ``snapshot`` (or index 0).
+    """
+
+    __slots__ = ("hard_state", "snapshot", "entries", "pending_snapshot", "pending_entries",
+                 "pending_hard_state", "truncated_from")
+
+    def __init__(self):
+        self.hard_state = HardState()
+        self.snapshot: Snapshot | None = None
+        self.entries: list[Entry] = []
+        self.pending_snapshot: Snapshot | None = None
+        self.pending_entries: list[Entry] = []
+        self.pending_hard_state: HardState | None = None
+        # The lowest index from which durable entries were dropped (truncated, or replaced by a
+        # received snapshot) since the owner last looked; None if none were.
+        self.truncated_from: int | None = None
+
+    @property
+    def offset(self) -> int:
+        return self.snapshot.meta.index if self.snapshot is not None else 0
+
+    def term_at(self, index: int) -> int | None:
+        """The term of the durable entry at ``index`` (None if absent or compacted)."""
+        pos = index - self.offset - 1
+        return self.entries[pos].term if 0 <= pos < len(self.entries) else None
+
+    def _dropped_from(self, index: int) -> None:
+        if self.truncated_from is None or index < self.truncated_from:
+            self.truncated_from = index
+
+    def write(self, rd: Ready) -> str | None:
+        """Step 2 of Ready handling, before the fsync. Returns a complaint about the batch (a
+        core bug) or None."""
+        if rd.snapshot is not None:
+            self.pending_snapshot = rd.snapshot  # replaces the whole log once synced
+            self.pending_entries = []
+        if rd.entries:
+            first = rd.entries[0].index
+            base = self.pending_snapshot.meta.index if self.pending_snapshot else self.offset
+            if first <= base:
+                return f"entries from {first} written at or below the snapshot at {base}"
+            # Conflict truncation is durable at once (LogStore truncates in place).
+            if self.pending_snapshot is None:
+                if first > self.offset + len(self.entries) + 1:
+                    return (f"entries from {first} written after a log ending at "
+                            f"{self.offset + len(self.entries)}: a gap")
+                if first <= self.offset + len(self.entries):
+                    self._dropped_from(first)
+                del self.entries[first - self.offset - 1 :]
+            elif first != base + 1:
+                return f"entries from {first} written after a snapshot at {base}"
+            self.pending_entries = list(rd.entries)
+        if rd.hard_state is not None:
+            self.pending_hard_state = rd.hard_state
+        return None
+
+    def sync(self) -> None:
+        if self.pending_snapshot is not None:
+            self._install(self.pending_snapshot)
+        self.entries.extend(self.pending_entries)
+        if self.pending_hard_state is not None:
+            self.hard_state = self.pending_hard_state
+        self._drop_pending()
+
+    def crash(self, rng: random.Random, tear: bool) -> str:
+        """Loses (``tear`` False) or tears the pending part; returns what survived."""
+        if not tear:
+            self._drop_pending()
+            return "pending lost"
+        complete = True
+        kept = 0
+        if self.pending_snapshot is not None:
+            if rng.random() < 0.5:
+                self._install(self.pending_snapshot)
+            else:
+                complete = False
+        if complete and self.pending_entries:
+            kept = rng.randint(0, len(self.pending_entries))
+            self.entries.extend(self.pending_entries[:kept])
+            complete = kept == len(self.pending_entries)
+        hs = False
+        if complete and self.pending_hard_state is not None and rng.random() < 0.5:
+            self.hard_state = self.pending_hard_state
+            hs = True
+        self._drop_pending()
+        return f"torn: {kept} entries kept, hard state {'new' if hs else 'old'}"
+
+    def _install(self, snap: Snapshot) -> None:
+        """A received snapshot replaces the whole log."""
+        self._dropped_from(snap.meta.index + 1)
+        self.snapshot = snap
+        self.entries = []
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """A local compaction snapshot: durable at once; the log before it is dropped."""
+        drop = snap.meta.index - self.offset
+        self.snapshot = snap
+        del self.entries[: max(drop, 0)]
+
+    def restored(self, bootstrap: ConfState) -> RestoredState:
+        return RestoredState(hard_state=self.hard_state, snapshot=self.snapshot,
+                             entries=tuple(self.entries), conf=bootstrap)
+
+    def _drop_pending(self) -> None:
+        self.pending_snapshot = None
+        self.pending_entries = []
+        self.pending_hard_state = None
+
+
+# ==================================================================== state machine
+
+
+def encode_write(client: int, seq: int, key: str, value: str) -> bytes:
+    return f"{client}|{seq}|{key}|{value}".encode()
+
+
+def decode_write(data: bytes) -> tuple[int, int, str, str]:
+    client, seq, key, value = data.decode().split("|")
+    return int(client), int(seq), key, value
+
+
+class KVStateMachine:
+    """A key-value map applying entries in order, with a hash chain over everything applied."""
+
+    __slots__ = ("index", "term", "chain", "kv")
+
+    def __init__(self):
+        self.index = 0
+        self.term = 0
+        self.chain = bytes(32)
+        self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, index of the write)
+
+    def apply(self, e: Entry) -> None:
+        self.chain = hashlib.sha256(
+            self.chain + f"{e.index}:{e.term}:{int(e.type)}:".encode() + e.data
+        ).digest()
+        self.index = e.index
+        self.term = e.term
+        if e.type is EntryType.NORMAL and e.data:
+            _, _, key, value = decode_write(e.data)
+            self.kv[key] = (value, e.index)
+
+    def snapshot(self) -> bytes:
+        return json.dumps(
+            {"index": self.index, "term": self.term, "chain": self.chain.hex(),
+             "kv": sorted([k, v, i] for k, (v, i) in self.kv.items())},
+            separators=(",", ":"),
+        ).encode()
+
+    def restore(self, data: bytes) -> None:
+        d = json.loads(data)
+        self.index = d["index"]
+        self.term = d["term"]
+        self.chain = bytes.fromhex(d["chain"])
+        self.kv = {k: (v, i) for k, v, i in d["kv"]}
+
+
+# ==================================================================== simulation
+
+# Event kinds. The heap holds (time_ms, seq, kind, a, b); seq is unique, so the payload is never
+# compared.
+_TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS = range(10)
+
+_OP_TIMEOUT_MS = 400
+
+# The per-seed knobs: name -> (choices, whether it is a fault that faults=False turns off).
+_KNOBS: dict[str, tuple[tuple, bool]] = {
+    "nodes": ((3, 3, 4, 5), False),  # initial voters, unless SimConfig.nodes says
+    "compact_every": ((6, 15, 40), False),  # applied entries between local snapshots
+    "keep": ((0, 0, 2, 5), False),  # entries kept in memory below a snapshot
+    "drop": ((0.0, 0.01, 0.05, 0.15), True),  # message loss rate
+    "dup": ((0.0, 0.02, 0.1), True),  # message duplication rate
+    "long_delay": ((0.0, 0.01, 0.05), True),  # rate of 50-400 ms delays (reordering)
+    "delay_max_ms": ((2, 5, 15, 40), False),  # network delay is 1..this
+    "fsync_max_ms": ((1, 4, 12, 40), False),  # fsync latency is 1..this
+    "nemesis_ms": ((40, 100, 250), False),  # mean time between nemesis actions, roughly
+    # Rates of crashes aimed at a batch being synced (see _maybe_aim_crash): any batch, ...
+    "fsync_crash": ((0.0, 0.002, 0.01), True),
+    "vote_crash": ((0.0, 0.1, 0.3), True),  # ... one with a vote granted to another node ...
+    "campaign_crash": ((0.0, 0.1, 0.3), True),  # ... one with a candidate's vote for itself
+    "pre_vote": ((1, 1, 1, 0), False),
+    "check_quorum": ((1, 1, 1, 0), False),
+}
+
+
+class _Node:
+    __slots__ = ("id", "alive", "incarnation", "core", "disk", "sm", "ready", "commit_floor",
+                 "lm_last", "lm_terms", "props", "reads", "read_states", "tick_ms", "applied",
+                 "snap_index", "vote_promise", "log_promise", "conf_seen")
+
+    def __init__(self, node_id: int, tick_ms: int):
+        self.id = node_id
+        self.alive = False
+        self.incarnation = 0
+        self.core: RaftCore | None = None
+        self.disk = SimDisk()
+        self.sm = KVStateMachine()
+        self.ready: Ready | None = None  # the Ready whose fsync is in flight
+        self.commit_floor = 0  # the commit index must not fall below this while alive
+        self.lm_last = 0  # log matching: entries up to here were checked ...
+        self.lm_terms: dict[int, int] = {}  # ... and had these terms
+        self.props: dict[int, list[tuple[_Op, int]]] = {}  # index -> (write, term) proposed
+        self.reads: dict[bytes, _Op] = {}  # ReadIndex context -> read requested here
+        self.read_states: list[ReadState] = []  # granted, waiting for the applied index
+        self.tick_ms = tick_ms
+        self.applied: list[tuple[int, int, bytes]] = []  # (index, term, data), this incarnation
+        self.snap_index = 0
+        # Durability (§3.8): the last vote granted, (term, candidate), and the last entry
+        # acknowledged, (index, term), still standing. Both must survive a crash.
+        self.vote_promise: tuple[int, int] | None = None
+        self.log_promise: tuple[int, int] | None = None
+        self.conf_seen = ConfState()  # the configuration at the last check
+
+
+class _Op:
+    __slots__ = ("id", "client", "kind", "key", "data", "node", "incarnation", "term", "index",
+                 "ctx", "required", "key_required", "done")
+
+    def __init__(self, op_id: int, client: int, kind: str, key: str):
+        self.id = op_id
+        self.client = client
+        self.kind = kind  # "w" or "r"
+        self.key = key
+        self.data = b""
+        self.node = NONE
+        self.incarnation = 0
+        self.term = 0
+        self.index = 0
+        self.ctx = b""
+        self.required = 0  # reads: the highest acknowledged write index when requested ...
+        self.key_required = 0  # ... and the highest acknowledged write index of this key
+        self.done = False
+
+
+class _Client:
+    __slots__ = ("id", "seq", "guess", "op", "wake")
+
+    def __init__(self, client_id: int):
+        self.id = client_id
+        self.seq = 0
+        self.guess = NONE
+        self.op: _Op | None = None
+        self.wake = 0  # only the latest scheduled wake-up counts: one thread of control
+
+
+class Simulation:
+    """One seeded run. Use :func:`run`; the object stays inspectable afterwards (tests)."""
+
+    def __init__(self, seed: int, config: SimConfig = SimConfig(), *, trace=None):
+        self.seed = seed
+        self.cfg = config
+        self.rng = random.Random(seed)
+        self.now = 0
+        self._heap: list = []
+        self._seq = 0
+        self._hash = hashlib.sha256(f"meridian-raft-sim/1 {seed}".encode())
+        self._trace = trace
+        self.recent: deque[str] = deque(maxlen=40)  # the last events, for failure reports
+        self._plants = frozenset(config.planted())
+        self.nodes: dict[int, _Node] = {}
+        self.clients: list[_Client] = []
+        self._next_op = 0
+        self._blocked: dict[tuple[int, int], bool] = {}  # directed links that lose everything
+        self._healed = False
+        self._done = False
+        # Global records for the checks.
+        self._leaders: dict[int, tuple[int, int]] = {}  # term -> (node, incarnation)
+        self._entries: dict[tuple[int, int], tuple[bytes, int, int]] = {}  # (i, t) -> data..
+        self._committed: dict[int, int] = {}  # index -> term, for every index known committed
+        self._chain: dict[int, tuple[int, bytes]] = {}  # index -> (term, chain hash)
+        self.acked: list[tuple[int, int, bytes]] = []
+        self._max_acked = 0
+        self._key_acked: dict[str, int] = {}
+        # Counters.
+        self.events = 0
+        self.messages = 0
+        self.dropped = 0
+        self.crashes = 0
+        self.reads = 0
+        self.snapshots_sent = 0
+        self.snapshots_installed = 0
+        self.conf_changes = 0  # membership changes applied (first time anywhere)
+        self._pick_knobs()
+
+    # ---------------------------------------------------------------- set-up
+
+    def _pick_knobs(self) -> None:
+        """Per-seed knobs (FoundationDB's "buggify": each seed explores one corner). Every knob
+        is drawn whatever the pins say, so pinning one leaves the others' draws unchanged."""
+        rng, cfg = self.rng, self.cfg
+        knobs = {}
+        for name, (choices, _) in _KNOBS.items():
+            knobs[name] = rng.choice(choices)
+        knobs["nodes"] = cfg.nodes or knobs["nodes"]
+        for name, value in cfg.pinned_knobs().items():
+            knobs[name] = value
+        if not cfg.faults:
+            for name, (_, fault) in _KNOBS.items():
+                if fault:
+                    knobs[name] = 0
+            knobs["delay_max_ms"] = 3
+        self.knobs = knobs
+        self.n_initial = knobs["nodes"]
+        self.compact_every = knobs["compact_every"]
+        self.keep = knobs["keep"]
+        self.drop_rate = knobs["drop"]
+        self.dup_rate = knobs["dup"]
+        self.long_delay_rate = knobs["long_delay"]
+        self.delay_max_ms = knobs["delay_max_ms"]
+        self.fsync_max_ms = knobs["fsync_max_ms"]
+        self.nemesis_ms = knobs["nemesis_ms"]
+        self.fsync_crash_rate = knobs["fsync_crash"]
+        self.vote_crash_rate = knobs["vote_crash"]
+        self.campaign_crash_rate = knobs["campaign_crash"]
+        self.pre_vote = bool(knobs["pre_vote"])
+        self.check_quorum = bool(knobs["check_quorum"])
+
+    def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, a, b))
+
+    def _event(self, desc: str) -> None:
+        line = f"{self.now:>7} {desc}"
+        self._hash.update(line.encode() + b"\n")
+        self.recent.append(line)
+        if self._trace is not None:
+            self._trace(line)
+
+    def fail(self, message: str) -> SimulationFailure:
+        return SimulationFailure(self.seed, self.cfg, self.now, message)
+
+    def _core_config(self, node_id: int) -> Config:
+        c = self.cfg
+        return Config(node_id, election_tick=c.election_tick, heartbeat_tick=c.heartbeat_tick,
+                      max_size_per_msg=c.max_size_per_msg,
+                      max_inflight_msgs=c.max_inflight_msgs, pre_vote=self.pre_vote,
+                      check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size)
+
+    def _add_node(self, node_id: int) -> _Node:
+        drift = self.rng.choice((-1, 0, 0, 1))
+        node = _Node(node_id, max(1, self.cfg.tick_ms + drift))
+        self.nodes[node_id] = node
+        self._start(node)
+        return node
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> SimResult:
+        try:
+            self._run()
+        except SimulationFailure:
+            raise
+        except Exception as e:  # a core invariant, or any crash: report it with its seed
+            raise self.fail(f"{type(e).__name__}: {e}") from e
+        return self._result()
+
+    def _run(self) -> None:
+        self.bootstrap = ConfState(tuple(range(1, self.n_initial + 1)))
+        for node_id in self.bootstrap.voters:
+            self._add_node(node_id)
+        for cid in range(1, self.cfg.clients + 1):
+            self.clients.append(_Client(cid))
+            self._wake(self.clients[-1], self.rng.randint(0, 50))
+        if self.cfg.faults:
+            self._schedule(self.nemesis_ms, _NEMESIS)
+        self._schedule(self.cfg.fault_ms, _HEAL)
+        handlers = {
+            _TICK: self._on_tick, _DELIVER: self._on_deliver, _FSYNC: self._on_fsync,
+            _CLIENT: self._on_client, _TIMEOUT: self._on_timeout, _NEMESIS: self._on_nemesis,
+            _CRASH: self._on_crash, _RESTART: self._on_restart, _HEAL: self._on_heal,
+            _LIVENESS: self._on_liveness,
+        }
+        heap = self._heap
+        limit = self.cfg.max_events
+        while heap and not self._done:
+            at, _, kind, a, b = heapq.heappop(heap)
+            self.now = at
+            self.events += 1
+            if self.events > limit:
+                raise self.fail(f"message storm: {limit} events in {self.now} ms "
+                                f"({self.messages} messages)")
+            handlers[kind](a, b)
+
+    # ---------------------------------------------------------------- node lifecycle
+
+    def _start(self, node: _Node) -> None:
+        state = node.disk.restored(self.bootstrap)
+        if self.cfg.check_durability:
+            self._check_promises(node, state)
+        node.incarnation += 1
+        node.alive = True
+        node.core = RaftCore(self._core_config(node.id), random.Random(self.rng.getrandbits(64)),
+                             state)
+        node.sm = KVStateMachine()
+        node.snap_index = 0
+        node.applied = []
+        if state.snapshot is not None:
+            self._restore_sm(node, state.snapshot)
+            node.snap_index = state.snapshot.meta.index
+        node.ready = None
+        node.commit_floor = node.core.commit
+        node.lm_last = node.core.first_index - 1  # re-check the whole restored log
+        node.lm_terms = {}
+        node.props = {}
+        node.reads = {}
+        node.read_states = []
+        self._event(f"start {node.id}#{node.incarnation} term={state.hard_state.term} "
+                    f"vote={state.hard_state.vote} commit={state.hard_state.commit} "
+                    f"snap={node.disk.offset} log={len(state.entries)}")
+        self._schedule(self.now + self.rng.randint(1, node.tick_ms), _TICK, node.id,
+                       node.incarnation)
+        self._after(node)
+
+    def _check_promises(self, node: _Node, state: RestoredState) -> None:
+        """What a node told others before it crashed must be in what it restarts from."""
+        hs = state.hard_state
+        if node.vote_promise is not None:
+            term, candidate = node.vote_promise
+            if hs.term < term or (hs.term == term and hs.vote != candidate):
+                raise self.fail(f"durability: node {node.id} granted its vote to {candidate} in "
+                                f"term {term}, but restarts with term {hs.term}, vote {hs.vote}")
+        if node.log_promise is not None:
+            index, term = node.log_promise
+            if index > node.disk.offset and node.disk.term_at(index) != term:
+                raise self.fail(f"durability: node {node.id} acknowledged entries up to "
+                                f"({index}, {term}), but restarts with a log that ends at "
+                                f"{node.disk.offset + len(node.disk.entries)} without it")
+
+    def _note_truncation(self, node: _Node) -> None:
+        """Acknowledgements of entries that a newer leader made us drop no longer stand."""
+        cut = node.disk.truncated_from
+        if cut is not None:
+            node.disk.truncated_from = None
+            if node.log_promise is not None and node.log_promise[0] >= cut:
+                node.log_promise = None
+
+    def _crash(self, node: _Node) -> None:
+        tear = self.rng.random() < 0.5
+        what = node.disk.crash(self.rng, tear)
+        self._note_truncation(node)
+        node.alive = False
+        node.core = None
+        node.ready = None
+        self.crashes += 1
+        self._event(f"crash {node.id}#{node.incarnation} ({what})")
+        for client in self.clients:
+            op = client.op
+            if op is not None and op.node == node.id and op.incarnation == node.incarnation:
+                self._finish_op(client, op, "node crashed")
+        if "lose-synced-tail" in self._plants:
+            self._corrupt_tail(node)
+
+    def _corrupt_tail(self, node: _Node) -> None:
+        """Planted bug: the synced log loses its last entries (commit clamped to match, as a
+        disk that lost both would present it)."""
+        disk = node.disk
+        if not disk.entries:
+            return
+        lost = self.rng.randint(1, len(disk.entries))
+        del disk.entries[len(disk.entries) - lost :]
+        last = disk.offset + len(disk.entries)
+        hs = disk.hard_state
+        if hs.commit > last:
+            disk.hard_state = HardState(hs.term, hs.vote, last)
+        self._event(f"corrupt {node.id}: lost {lost} synced entries")
+
+    def _restored_hard_state_hook(self, node: _Node) -> None:
+        if "forget-vote" in self._plants:
+            hs = node.disk.hard_state
+            node.disk.hard_state = HardState(hs.term, NONE, hs.commit)
+
+    # ---------------------------------------------------------------- Ready handling
+
+    def _after(self, node: _Node) -> None:
+        """Drains the node's Ready batches (as far as the disk allows), then checks."""
+        self._pump(node)
+        if node.alive:
+            self._check_node(node)
+
+    def _pump(self, node: _Node) -> None:
+        while node.alive and node.ready is None and node.core.has_ready():
+            core = node.core
+            rd = core.ready()
+            self._send(node, rd.messages)
+            complaint = node.disk.write(rd)
+            if complaint is not None:
+                raise self.fail(f"node {node.id} Ready {rd.number}: {complaint}")
+            self._note_truncation(node)
+            if "ack-before-fsync" in self._plants:
+                self._send(node, rd.persisted_messages)
+            node.read_states.extend(rd.read_states)
+            if rd.must_sync:
+                node.ready = rd
+                latency = self.rng.randint(1, self.fsync_max_ms)
+                self._schedule(self.now + latency, _FSYNC, node.id, node.incarnation)
+                self._maybe_aim_crash(node, rd.hard_state, latency)
+                return
+            self._finish_ready(node, rd)
+
+    def _maybe_aim_crash(self, node: _Node, hs: HardState | None, latency: int) -> None:
+        """Now and then crashes the node while this batch is being synced; if the batch holds
+        a vote for another node, possibly just after (when a forgotten vote would do harm)."""
+        if self._healed:
+            return
+        old = node.disk.hard_state
+        new_vote = hs is not None and hs.vote != NONE and (hs.term, hs.vote) != (old.term,
+                                                                                 old.vote)
+        if new_vote and hs.vote != node.id:
+            rate = self.vote_crash_rate
+        elif new_vote:
+            rate = self.campaign_crash_rate
+        else:
+            rate = self.fsync_crash_rate
+        if not rate or self.rng.random() >= rate:
+            return
+        if new_vote and hs.vote != node.id and self.rng.random() < 0.5:
+            delay = latency + self.rng.randint(0, 10)
+        elif new_vote:
+            # A candidate late in its fsync: it may have won on the others' votes meanwhile.
+            delay = self.rng.randint(latency // 2, latency - 1) if latency > 1 else 0
+        else:
+            delay = self.rng.randint(0, latency)
+        self._schedule(self.now + delay, _CRASH, node.id, node.incarnation)
+
+    def _on_fsync(self, node_id: int, incarnation: int) -> None:
+        node = self.nodes[node_id]
+        if not node.alive or node.incarnation != incarnation or node.ready is None:
+            return
+        rd = node.ready
+        self._event(f"fsync {node_id} ready={rd.number} entries={len(rd.entries)}")
+        node.disk.sync()
+        self._note_truncation(node)
+        self._finish_ready(node, rd)
+        self._after(node)
+
+    def _finish_ready(self, node: _Node, rd: Ready) -> None:
+        """Steps 3-5: acknowledgements leave, the state machine applies, the core advances."""
+        if "ack-before-fsync" not in self._plants:
+            self._send(node, rd.persisted_messages)
+        if rd.snapshot is not None:
+            self._restore_sm(node, rd.snapshot)
+            node.snap_index = rd.snapshot.meta.index
+            self.snapshots_installed += 1
+        for e in rd.committed_entries:
+            self._apply(node, e)
+        node.core.advance(rd)
+        node.ready = None
+        self._serve_reads(node)
+        self._maybe_compact(node)
+
+    def _restore_sm(self, node: _Node, snap: Snapshot) -> None:
+        sm = node.sm
+        sm.restore(snap.data)
+        if sm.index != snap.meta.index or sm.term != snap.meta.term:
+            raise self.fail(f"node {node.id}: snapshot meta ({snap.meta.index}, "
+                            f"{snap.meta.term}) but its data is at ({sm.index}, {sm.term})")
+        self._check_chain(node, sm.index, sm.term, sm.chain, "restored a snapshot")
+
+    def _apply(self, node: _Node, e: Entry) -> None:
+        sm = node.sm
+        if e.index != sm.index + 1:
+            raise self.fail(f"node {node.id} applies entry {e.index} after {sm.index}: "
+                            f"applied entries must be contiguous")
+        sm.apply(e)
+        node.applied.append((e.index, e.term, e.data))
+        if self._check_chain(node, e.index, e.term, sm.chain, "applied"):
+            if e.type is EntryType.CONF_CHANGE:
+                self.conf_changes += 1
+        self._mark_committed(e.index, e.term, f"node {node.id} applied it")
+        ops = node.props.pop(e.index, None)
+        if ops:
+            for op, term in ops:
+                client = self.clients[op.client - 1]
+                if op.done or client.op is not op or (op.node, op.term) != (node.id, term):
+                    continue  # finished, or proposed again elsewhere since
+                if e.term == term:
+                    if e.data != op.data:
+                        raise self.fail(f"node {node.id} applied ({e.index}, {e.term}) = "
+                                        f"{e.data!r}, but proposed {op.data!r} there")
+                    self.acked.append((e.index, e.term, e.data))
+                    self._max_acked = max(self._max_acked, e.index)
+                    self._key_acked[op.key] = max(self._key_acked.get(op.key, 0), e.index)
+                    self._finish_op(client, op, f"acked at ({e.index}, {e.term})")
+                else:
+                    self._finish_op(client, op, f"lost: ({e.index}, {e.term}) applied instead")
+
+    def _check_chain(self, node: _Node, index: int, term: int, chain: bytes, what: str) -> bool:
+        """Checks a node's applied prefix against the global one; True if ``index`` is new."""
+        rec = self._chain.get(index)
+        if rec is None:
+            self._chain[index] = (term, chain)
+            return True
+        if rec != (term, chain):
+            raise self.fail(
+                f"state machine safety: node {node.id} {what} up to ({index}, {term}), "
+                f"which differs from the sequence applied elsewhere (term {rec[0]} there, "
+                f"chain {rec[1].hex()[:12]} vs {chain.hex()[:12]})")
+        return False
+
+    def _maybe_compact(self, node: _Node) -> None:
+        sm, core = node.sm, node.core
+        if sm.index - node.snap_index < self.compact_every or core.applied != sm.index:
+            return
+        data = sm.snapshot()
+        meta = core.compact(data, keep=self.keep)
+        if meta.index != sm.index:
+            return  # the core already holds a newer snapshot (received one)
+        node.disk.save_snapshot(Snapshot(meta, data))
+        node.snap_index = meta.index
+        self._event(f"compact {node.id} at {meta.index}")
+
+    # ---------------------------------------------------------------- network
+
+    def _send(self, node: _Node, msgs) -> None:
+        rng = self.rng
+        for m in msgs:
+            self.messages += 1
+            if m.type is MT.SNAPSHOT:
+                self.snapshots_sent += 1
+            elif m.type is MT.VOTE_RESP and not m.reject:
+                node.vote_promise = (m.term, m.to)
+            elif m.type is MT.APPEND_RESP and not m.reject and m.index > node.disk.offset:
+                # The acknowledged entry as the disk holds it; if the disk does not hold it
+                # yet (acknowledged too early), as the log in memory does.
+                term = node.disk.term_at(m.index)
+                if term is None:
+                    term = node.core.term_at(m.index)
+                if term is not None:
+                    node.log_promise = (m.index, term)
+            if m.to not in self.nodes:
+                continue
+            if self.drop_rate and rng.random() < self.drop_rate:
+                self.dropped += 1
+                continue
+            copies = 2 if self.dup_rate and rng.random() < self.dup_rate else 1
+            for _ in range(copies):
+                delay = rng.randint(1, self.delay_max_ms)
+                if self.long_delay_rate and rng.random() < self.long_delay_rate:
+                    delay += rng.randint(50, 400)
+                self._schedule(self.now + delay, _DELIVER, m)
+
+    def _on_deliver(self, m: Message, _b) -> None:
+        node = self.nodes[m.to]
+        if not node.alive or (m.frm, m.to) in self._blocked:
+            self.dropped += 1
+            return
+        self._event(f"deliver {m.frm}>{m.to} {m.type.name} t={m.term} i={m.index} "
+                    f"lt={m.log_term} c={m.commit} n={len(m.entries)} r={int(m.reject)} "
+                    f"off={m.chunk_offset}")
+        node.core.step(m)
+        self._after(node)
+
+    def _on_tick(self, node_id: int, incarnation: int) -> None:
+        node = self.nodes[node_id]
+        if not node.alive or node.incarnation != incarnation:
+            return
+        node.core.tick()
+        core = node.core
+        self._event(f"tick {node_id} {core.role.value} t={core.term} c={core.commit}")
+        self._after(node)
+        self._schedule(self.now + node.tick_ms, _TICK, node_id, incarnation)
+
+    # ---------------------------------------------------------------- checks
+
+    def _check_node(self, node: _Node) -> None:
+        core = node.core
+        # Election safety (§5.2), and a leader never forgets what it appended (§5.3).
+        if core.role is StateRole.LEADER:
+            who = (node.id, node.incarnation)
+            prev = self._leaders.get(core.term)
+            if prev is None:
+                self._leaders[core.term] = who
+                self._event(f"leader {node.id} term={core.term}")
+                self._check_leader_completeness(node)
+            elif prev != who:
+                if prev[0] != node.id:
+                    raise self.fail(f"election safety: nodes {prev[0]} and {node.id} both "
+                                    f"lead term {core.term}")
+                raise self.fail(f"node {node.id} leads term {core.term} again after a restart "
+                                f"(incarnation {prev[1]} then {node.incarnation}): it "
+                                f"forgot its term, and may rewrite entries it sent as leader")
+        # Commit and apply bounds.
+        commit = core.commit
+        if commit < node.commit_floor:
+            raise self.fail(f"node {node.id}: commit index fell from {node.commit_floor} to "
+                            f"{commit} while alive")
+        if commit != node.commit_floor:
+            node.commit_floor = commit
+            self._mark_committed(commit, core.term_at(commit), f"node {node.id}'s commit index")
+            if core.role is StateRole.LEADER and self.cfg.check_durability:
+                self._check_durable_quorum(node)
+        if core.applied > commit or node.sm.index > commit:
+            raise self.fail(f"node {node.id}: applied {core.applied} (state machine "
+                            f"{node.sm.index}) beyond commit {commit}")
+        self._check_log(node)
+        node.conf_seen = core.conf
+
+    def _check_durable_quorum(self, node: _Node) -> None:
+        """What a leader commits is durable on a majority of its voters (§3.8, §5.3): of the
+        configuration before this event or after it, since applying a membership change in the
+        same event may have replaced the one the commit was counted in."""
+        core = node.core
+        index, term = core.commit, core.term_at(core.commit)
+        holders = []
+        for voter in sorted(set(core.conf.voters) | set(node.conf_seen.voters)):
+            disk = self.nodes[voter].disk
+            if disk.offset >= index or disk.term_at(index) == term:
+                holders.append(voter)
+        for conf in (node.conf_seen, core.conf):
+            if 2 * len([v for v in holders if v in conf.voters]) > len(conf.voters):
+                return
+        raise self.fail(f"durability: leader {node.id} committed ({index}, {term}), but only "
+                        f"{holders} of voters {list(core.conf.voters)} hold it durably")
+
+    def _check_log(self, node: _Node) -> None:
+        """Log matching (§5.3), incrementally: see the module docstring."""
+        core = node.core
+        first, last = core.first_index, core.last_index
+        terms = node.lm_terms
+        i = min(node.lm_last, last)
+        while i >= first and terms.get(i) != core.term_at(i):
+            i -= 1
+        i = max(i, first - 1)
+        if i < last:
+            prev = core.term_at(i)
+            for e in core.entries(i + 1, last + 1):
+                key = (e.index, e.term)
+                val = (e.data, int(e.type), prev)
+                rec = self._entries.get(key)
+                if rec is None:
+                    self._entries[key] = val
+                elif rec != val:
+                    raise self.fail(
+                        f"log matching: node {node.id} holds entry ({e.index}, {e.term}) with "
+                        f"data {e.data[:40]!r} after term {prev}, but another log has "
+                        f"{rec[0][:40]!r} after term {rec[2]}")
+                terms[e.index] = e.term
+                prev = e.term
+        node.lm_last = last
+
+    def _mark_committed(self, index: int, term: int | None, why: str) -> None:
+        if index == 0:
+            return
+        if term is None:
+            raise self.fail(f"{why}: index {index} is committed but its term is unknown")
+        prev = self._committed.get(index)
+        if prev is None:
+            self._committed[index] = term
+        elif prev != term:
+            raise self.fail(f"two entries committed at index {index}: terms {prev} and {term} "
+                            f"({why})")
+
+    def _check_leader_completeness(self, node: _Node) -> None:
+        """§5.4: the new leader of term T holds every entry committed in a term before T."""
+        core = node.core
+        best, best_term = 0, 0
+        for index, term in self._committed.items():
+            if term < core.term and index > best:
+                best, best_term = index, term
+        if best == 0 or best <= core.first_index - 1:
+            return  # nothing known, or inside the leader's own snapshot
+        have = core.term_at(best)
+        if have != best_term:
+            raise self.fail(
+                f"leader completeness: node {node.id} leads term {core.term} but its log has "
+                f"{'no entry' if have is None else f'term {have}'} at index {best}, which was "
+                f"committed in term {best_term} (its last index is {core.last_index})")
+
+    # ---------------------------------------------------------------- clients
+
+    def _wake(self, client: _Client, delay_ms: int) -> None:
+        client.wake += 1
+        self._schedule(self.now + delay_ms, _CLIENT, client.id, client.wake)
+
+    def _on_client(self, cid: int, wake: int) -> None:
+        client = self.clients[cid - 1]
+        if wake != client.wake:
+            return  # superseded
+        if client.op is None:
+            if self._healed:
+                return  # no new work after the heal: let the cluster converge
+            self._next_op += 1
+            client.seq += 1
+            key = f"k{self.rng.randrange(self.cfg.keys)}"
+            kind = "w" if self.rng.random() < 0.7 else "r"
+            op = _Op(self._next_op, cid, kind, key)
+            if kind == "w":
+                op.data = encode_write(cid, client.seq, key, f"v{cid}.{client.seq}")
+            else:
+                op.ctx = f"read {cid}.{op.id}".encode()
+                op.required = self._max_acked
+                op.key_required = self._key_acked.get(key, 0)
+            client.op = op
+            self._schedule(self.now + _OP_TIMEOUT_MS, _TIMEOUT, cid, op.id)
+        self._attempt(client, client.op)
+
+    def _attempt(self, client: _Client, op: _Op) -> None:
+        live = [n for n in sorted(self.nodes) if self.nodes[n].alive]
+        target = client.guess
+        if target not in live:
+            if not live:
+                self._wake(client, 20)
+                return
+            target = self.rng.choice(live)
+        node = self.nodes[target]
+        try:
+            if op.kind == "w":
+                op.term, op.index = node.core.propose(op.data)
+                node.props.setdefault(op.index, []).append((op, op.term))
+                what = f"propose ({op.term}, {op.index})"
+            else:
+                node.core.read_index(op.ctx)
+                node.reads[op.ctx] = op
+                what = "read index"
+        except ProposalDroppedError as e:
+            client.guess = e.leader if e.leader in self.nodes else NONE
+            self._event(f"client {client.id} op {op.id} refused by {target} "
+                        f"(leader hint {e.leader})")
+            self._wake(client, self.rng.randint(5, 30))
+            return
+        op.node, op.incarnation = target, node.incarnation
+        client.guess = target
+        self._event(f"client {client.id} op {op.id} {what} at {target}")
+        self._after(node)
+
+    def _serve_reads(self, node: _Node) -> None:
+        if not node.read_states:
+            return
+        waiting = []
+        for rs in node.read_states:
+            if rs.index > node.sm.index:
+                waiting.append(rs)
+                continue
+            op = node.reads.pop(rs.context, None)
+            if op is None or op.done:
+                continue
+            if rs.index < op.required:
+                raise self.fail(f"linearizability: read {op.ctx!r} at node {node.id} got read "
+                                f"index {rs.index}, but a write at index {op.required} was "
+                                f"acknowledged before the read was requested")
+            _, windex = node.sm.kv.get(op.key, ("", 0))
+            if windex < op.key_required:
+                raise self.fail(f"linearizability: read of {op.key} at node {node.id} sees the "
+                                f"write at index {windex}, but the write at index "
+                                f"{op.key_required} was acknowledged before the read started")
+            self.reads += 1
+            self._finish_op(self.clients[op.client - 1], op, f"read at {rs.index}")
+        node.read_states = waiting
+
+    def _on_timeout(self, cid: int, op_id: int) -> None:
+        client = self.clients[cid - 1]
+        if client.op is not None and client.op.id == op_id:
+            self._finish_op(client, client.op, "timed out")
+
+    def _finish_op(self, client: _Client, op: _Op, outcome: str) -> None:
+        op.done = True
+        client.op = None
+        self._event(f"client {client.id} op {op.id} {outcome}")
+        self._wake(client, self.rng.randint(1, 20))
+
+    # ---------------------------------------------------------------- nemesis
+
+    def _leader(self) -> _Node | None:
+        best = None
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            if node.alive and node.core.role is StateRole.LEADER:
+                if best is None or node.core.term > best.core.term:
+                    best = node
+        return best
+
+    def _on_nemesis(self, _a, _b) -> None:
+        if self._healed:
+            return
+        rng = self.rng
+        action = rng.choices(
+            ("partition", "bridge", "isolate", "clog", "heal-net", "crash", "membership",
+             "transfer"),
+            weights=(2, 1, 2, 2, 3, 3, 3, 1),
+        )[0]
+        getattr(self, "_nemesis_" + action.replace("-", "_"))()
+        self._schedule(self.now + rng.randint(1, 2 * self.nemesis_ms), _NEMESIS)
+
+    def _nemesis_partition(self) -> None:
+        ids = sorted(self.nodes)
+        self.rng.shuffle(ids)
+        self._blocked.clear()  # a new partition replaces the old one
+        half = ids[: len(ids) // 2]
+        other = ids[len(ids) // 2 :]
+        for a in half:
+            for b in other:
+                self._blocked[(a, b)] = self._blocked[(b, a)] = True
+        self._event(f"nemesis partition {sorted(half)} | {sorted(other)}")
+
+    def _nemesis_bridge(self) -> None:
+        """Two halves that cannot talk, and one node that talks to both (Jepsen's bridge)."""
+        ids = sorted(self.nodes)
+        self.rng.shuffle(ids)
+        self._blocked.clear()
+        bridge, rest = ids[0], ids[1:]
+        half, other = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+        for a in half:
+            for b in other:
+                self._blocked[(a, b)] = self._blocked[(b, a)] = True
+        self._event(f"nemesis bridge {bridge} between {sorted(half)} | {sorted(other)}")
+
+    def _nemesis_isolate(self) -> None:
+        victim = self.rng.choice(sorted(self.nodes))
+        self._blocked.clear()
+        for other in sorted(self.nodes):
+            if other != victim:
+                self._blocked[(victim, other)] = self._blocked[(other, victim)] = True
+        self._event(f"nemesis isolate {victim}")
+
+    def _nemesis_clog(self) -> None:
+        a, b = self.rng.sample(sorted(self.nodes), 2)
+        self._blocked[(a, b)] = True
+        self._event(f"nemesis clog {a}>{b}")
+
+    def _nemesis_heal_net(self) -> None:
+        self._blocked.clear()
+        self._event("nemesis heal network")
+
+    def _nemesis_crash(self) -> None:
+        live = [n for n in sorted(self.nodes) if self.nodes[n].alive]
+        down = len(self.nodes) - len(live)
+        # Mostly keep a majority of the nodes up, so that the cluster makes progress between
+        # faults; now and then take down more (a full outage must be survived too).
+        if not live or (down >= (len(self.nodes) - 1) // 2 and self.rng.random() < 0.9):
+            return
+        node = self.nodes[self.rng.choice(live)]
+        self._crash(node)
+        self._schedule(self.now + self.rng.randint(5, 200), _RESTART, node.id)
+
+    def _on_crash(self, node_id: int, incarnation: int) -> None:
+        node = self.nodes[node_id]
+        if node.alive and node.incarnation == incarnation and not self._healed:
+            self._crash(node)
+            self._schedule(self.now + self.rng.randint(1, 20), _RESTART, node.id)
+
+    def _on_restart(self, node_id: int, _b) -> None:
+        node = self.nodes[node_id]
+        if not node.alive:
+            self._restored_hard_state_hook(node)
+            self._start(node)
+
+    def _nemesis_membership(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        conf = leader.core.conf
+        options: list[tuple[ConfChangeType, int]] = []
+        if len(self.nodes) < self.cfg.max_nodes:
+            options.append((ConfChangeType.ADD_LEARNER, max(self.nodes) + 1))
+        for learner in conf.learners:
+            options.append((ConfChangeType.ADD_VOTER, learner))
+            options.append((ConfChangeType.REMOVE, learner))
+        # Keep at least three voters, but now and then go down to two.
+        if len(conf.voters) > 3 or (len(conf.voters) > 2 and self.rng.random() < 0.1):
+            for voter in conf.voters:
+                options.append((ConfChangeType.REMOVE, voter))
+                options.append((ConfChangeType.ADD_LEARNER, voter))
+        if not options:
+            return
+        kind, target = self.rng.choice(options)
+        cc = ConfChange(kind, target)
+        try:
+            term, index = leader.core.propose_conf_change(cc)
+        except (ConfChangeError, ProposalDroppedError) as e:
+            self._event(f"nemesis {kind.name} {target} refused: {e}")
+            return
+        self._event(f"nemesis {kind.name} {target} proposed at ({term}, {index})")
+        if target not in self.nodes:
+            self._add_node(target)
+        self._after(leader)
+
+    def _nemesis_transfer(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        others = [v for v in leader.core.conf.voters if v != leader.id]
+        if not others:
+            return
+        to = self.rng.choice(others)
+        try:
+            leader.core.transfer_leader(to)
+        except (ConfChangeError, ProposalDroppedError) as e:
+            self._event(f"nemesis transfer {leader.id}>{to} refused: {e}")
+            return
+        self._event(f"nemesis transfer {leader.id}>{to}")
+        self._after(leader)
+
+    # ---------------------------------------------------------------- heal and liveness
+
+    def _on_heal(self, _a, _b) -> None:
+        self._healed = True
+        self._blocked.clear()
+        self.drop_rate = self.dup_rate = self.long_delay_rate = 0.0
+        self.delay_max_ms = min(self.delay_max_ms, 5)
+        self._event("heal")
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            if not node.alive:
+                self._restored_hard_state_hook(node)
+                self._start(node)
+        self._heal_deadline = self.now + self.cfg.liveness_ms
+        self._schedule(self.now + self.cfg.tick_ms, _LIVENESS)
+
+    def _on_liveness(self, _a, _b) -> None:
+        problem = self._converged()
+        if problem is None:
+            self._event("converged")
+            self._done = True
+            return
+        if self.now >= self._heal_deadline:
+            status = "; ".join(
+                f"{n}: " + (repr(self.nodes[n].core) + f" applied={self.nodes[n].sm.index} "
+                            f"conf={self.nodes[n].core.conf}" if self.nodes[n].alive else "down")
+                for n in sorted(self.nodes))
+            raise self.fail(f"liveness: {self.cfg.liveness_ms} ms after the heal, {problem}. "
+                            f"Nodes: {status}")
+        self._schedule(self.now + self.cfg.tick_ms, _LIVENESS)
+
+    def _converged(self) -> str | None:
+        """None once a leader has committed an entry of its term and every member of its
+        configuration has applied everything it committed; else what is missing."""
+        leader = self._leader()
+        if leader is None:
+            return "no leader"
+        core = leader.core
+        if core.term_at(core.commit) != core.term:
+            return f"leader {leader.id} has not committed an entry of term {core.term}"
+        if core.applied != core.commit:
+            return f"leader {leader.id} has applied {core.applied} of {core.commit}"
+        if core.commit < self._max_acked:
+            return f"leader {leader.id} commit {core.commit} < acked write {self._max_acked}"
+        for member in core.conf.members():
+            node = self.nodes.get(member)
+            if node is None or not node.alive:
+                return f"member {member} is missing"
+            if node.sm.index < core.commit:
+                return f"member {member} has applied {node.sm.index} of {core.commit}"
+        return None
+
+    def _result(self) -> SimResult:
+        leader = self._leader()
+        members = leader.core.conf.members() if leader is not None else ()
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            if node.alive:
+                self._event(f"final {node_id} {node.core.role.value} t={node.core.term} "
+                            f"c={node.core.commit} a={node.sm.index}")
+        return SimResult(
+            seed=self.seed,
+            trace_hash=self._hash.hexdigest(),
+            sim_ms=self.now,
+            events=self.events,
+            messages=self.messages,
+            dropped=self.dropped,
+            elections=len(self._leaders),
+            crashes=self.crashes,
+            commits=max((n.core.commit for n in self.nodes.values() if n.alive), default=0),
+            acked_writes=len(self.acked),
+            reads=self.reads,
+            snapshots_sent=self.snapshots_sent,
+            snapshots_installed=self.snapshots_installed,
+            conf_changes=self.conf_changes,
+            members=members,
+        )
+
+
+def run(seed: int, config: SimConfig = SimConfig(), *, trace=None) -> SimResult:
+    """Simulates one seed; raises :class:`SimulationFailure` if a check fails.
+
+    Args:
+        seed: chooses everything.
+        config: the run's shape; planted bugs are off by default.
+        trace: if given, called with one line per event.
+
+    Returns:
+        The run's :class:`SimResult`; the same seed and config always give the same
+        ``trace_hash``.
+    """
+    return Simulation(seed, config, trace=trace).run()
+
+
+# ==================================================================== command line
+
+
+def _parse_set(config: SimConfig, assignments: list[str]) -> SimConfig:
+    kinds = {f.name: f.type for f in fields(SimConfig)}
+    changes = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or name not in kinds:
+            raise SystemExit(f"--set expects FIELD=VALUE with FIELD one of {', '.join(kinds)}")
+        kind = kinds[name]
+        if kind in (bool, "bool"):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif kind in (int, "int"):
+            changes[name] = int(value)
+        else:
+            changes[name] = value
+    return replace(config, **changes)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimConfig]:
+    """The command line (see the module docstring) as arguments and the SimConfig they mean."""
+    p = argparse.ArgumentParser(prog="python -m raft.sim",
+                                description="Deterministic simulation of a Raft group.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--seed", type=int, help="replay one seed, verbosely")
+    what.add_argument("--seeds", type=int, help="run this many seeds")
+    p.add_argument("--start", type=int, default=0, help="first seed of --seeds")
+    p.add_argument("--trace", action="store_true", help="print every event (with --seed)")
+    p.add_argument("--plant", default="", help=f"planted bugs: {', '.join(PLANTS)}")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a SimConfig field (knobs=name=value,... pins seed knobs)")
+    args = p.parse_args(argv)
+    return args, _parse_set(SimConfig(plant=args.plant), args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import time  # reports only: the simulation itself never reads a clock
+
+    args, config = parse_args(argv)
+
+    if args.seed is not None:
+        sim = Simulation(args.seed, config, trace=print if args.trace else None)
+        print(f"seed {args.seed}: knobs {sim.knobs}")
+        try:
+            result = sim.run()
+        except SimulationFailure as e:
+            if not args.trace:
+                print("last events:")
+                print("\n".join(sim.recent))
+            print(f"FAILED {e}")
+            return 1
+        print(result.summary())
+        return 0
+
+    started = time.perf_counter()
+    failures = []
+    for seed in range(args.start, args.start + args.seeds):
+        try:
+            run(seed, config)
+        except SimulationFailure as e:
+            failures.append(e)
+            print(f"FAILED {e}", flush=True)
+    elapsed = time.perf_counter() - started
+    print(f"{args.seeds} seeds from {args.start}: {len(failures)} failed, {elapsed:.1f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
