@@ -130,16 +130,40 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             try:
-                async for req in _read_frames(self.stream):
-                    while self.in_flight >= self.MAX_IN_FLIGHT:
-                        self.room = trio.Event()
-                        await self.room.wait()
-                    self._dispatch(req, nursery)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                await self._read(nursery)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
                 pass
             self.closed = True
             self.fd = -1
             nursery.cancel_scope.cancel()
+
+    async def _read(self, nursery) -> None:
+        # Requests usually come one at a time, so a speculative read before waiting would
+        # mostly fail: wait for readability first, then read what is there.
+        sock = self.stream.socket
+        fd = sock.fileno()
+        buf = bytearray()
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            buf += data
+            while len(buf) >= 4:
+                (n,) = _LEN.unpack_from(buf)
+                if n > MAX_FRAME:
+                    raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+                if len(buf) < 4 + n:
+                    break
+                req = msgpack.unpackb(bytes(buf[4 : 4 + n]), strict_map_key=False)
+                del buf[: 4 + n]
+                while self.in_flight >= self.MAX_IN_FLIGHT:
+                    self.room = trio.Event()
+                    await self.room.wait()
+                self._dispatch(req, nursery)
 
     def _answer(self, resp) -> None:
         self.in_flight -= 1
