@@ -27,6 +27,7 @@ restart the commit index is simply learnt again from the leader.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -181,6 +182,7 @@ class RaftNode:
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
         self._failed: BaseException | None = None
+        self._step_error: BaseException | None = None  # raised by the core on a message
         self._counts = dict.fromkeys(
             ("readies", "fsyncs", "entries_persisted", "entries_applied", "proposals", "reads",
              "snapshots_taken", "snapshots_installed", "messages_sent", "messages_received"), 0)
@@ -304,7 +306,12 @@ class RaftNode:
     # ------------------------------------------------------------------ tasks
 
     async def _receive(self, recv) -> None:
+        """For transports without handlers: step what arrives through the channel."""
         core = self._core
+        async with recv:
+            await self._receive_from(recv, core)
+
+    async def _receive_from(self, recv, core) -> None:
         async for m in recv:
             self._counts["messages_received"] += 1
             core.step(m)
@@ -329,6 +336,8 @@ class RaftNode:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self._step_error is not None:
+                raise self._step_error
             while core.has_ready():
                 await self._handle_ready(core.ready())
                 await trio.lowlevel.checkpoint()
@@ -426,11 +435,27 @@ class RaftNode:
         self._counts["messages_sent"] += len(msgs)
         self._transport.send(self.group, msgs)
 
-    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        recv = self._transport.subscribe(self.group)
+    def _on_messages(self, msgs) -> None:
+        """The transport's handler: step a received batch from the receiving task itself."""
+        if self._step_error is not None:
+            return
+        core = self._core
+        self._counts["messages_received"] += len(msgs)
         try:
-            async with recv, trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive, recv)
+            for m in msgs:
+                core.step(m)
+        except BaseException as exc:  # surfaces in the ready loop, which stops the node
+            self._step_error = exc
+        self._kick()
+
+    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        transport = self._transport
+        try:
+            async with trio.open_nursery() as nursery:
+                if hasattr(transport, "set_handler"):
+                    transport.set_handler(self.group, self._on_messages)
+                else:
+                    nursery.start_soon(self._receive, transport.subscribe(self.group))
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._ready_loop)
                 task_status.started()
@@ -438,6 +463,10 @@ class RaftNode:
             self._failed = exc
             self._fail_waiters(exc)
             raise
+        finally:
+            if hasattr(transport, "set_handler"):
+                with contextlib.suppress(trio.ClosedResourceError):
+                    transport.set_handler(self.group, None)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         err = RaftError(f"raft node {self.id} stopped")

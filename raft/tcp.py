@@ -303,6 +303,10 @@ class TcpTransport:
         """See :meth:`raft.transport.Transport.subscribe`."""
         return self._subs.subscribe(group)
 
+    def set_handler(self, group: int, handler) -> None:
+        """See :meth:`raft.transport.Transport.set_handler`."""
+        self._subs.set_handler(group, handler)
+
     def statistics(self) -> TransportStats:
         return self._counters.snapshot(sum(link.outbox.messages for link in self._links.values()))
 

@@ -216,3 +216,25 @@ async def test_closed_node_fails_pending_and_new_calls(tmp_path):
                 await trio.sleep(TICK)
         with pytest.raises(RaftError):
             await node.propose(b"late")
+
+
+async def test_an_invariant_broken_by_a_message_stops_the_node(tmp_path):
+    """A core that raises while stepping a received message stops its node (never
+    log-and-continue, STYLE §1); the cluster's other nodes are unaffected."""
+    from raft.types import RaftInvariantError
+
+    with pytest.raises(BaseException) as info:
+        async with cluster(tmp_path) as c:
+            lid = await c.leader()
+            victim = next(i for i in c.ids if i != lid)
+
+            def broken(m):
+                raise RaftInvariantError("planted")
+
+            c.nodes[victim].core.step = broken
+            with trio.fail_after(10):
+                await c.nodes[lid].propose(b"x")  # the victim's step raises on the append
+                while victim in c.nodes:
+                    await trio.sleep(TICK)
+    assert "planted" in repr(info.value) or any(
+        "planted" in repr(e) for e in getattr(info.value, "exceptions", ()))

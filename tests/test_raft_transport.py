@@ -273,6 +273,33 @@ async def test_messages_to_an_unknown_peer_are_dropped_and_counted(cluster, cloc
     assert stats.dropped == 3
 
 
+async def test_a_handler_receives_a_groups_batches_in_order_until_unset(cluster, clock):
+    a, b = await start_pair(cluster)
+    got: list[int] = []
+    arrived = trio.Event()
+
+    def handler(msgs):
+        got.extend(m.term for m in msgs)
+        if len(got) >= 10:
+            arrived.set()
+
+    b.set_handler(7, handler)
+    inbox_other = b.subscribe(8)
+    for term in range(10):
+        a.send(7, [hb(1, 2, term)])
+    a.send(8, [hb(1, 2, 50)])  # other groups still go through their channel
+    with trio.fail_after(DEADLINE_S):
+        await arrived.wait()
+        assert (await inbox_other.receive()).term == 50
+    assert got == list(range(10))
+    b.set_handler(7, None)  # back to the channel
+    inbox = b.subscribe(7)
+    a.send(7, [hb(1, 2, 11)])
+    with trio.fail_after(DEADLINE_S):
+        assert (await inbox.receive()).term == 11
+    assert got == list(range(10))
+
+
 async def test_a_full_outbox_drops_the_overflow_and_counts_it(cluster, clock):
     a, b = await start_pair(cluster, max_outbox=4)
     inbox = b.subscribe(7)
