@@ -88,6 +88,7 @@ from .transport import (
     LinkModel,
     TransportStats,
     _Counters,
+    apply_link_model,
     _group_by_peer,
     _Outbox,
     _Pending,
@@ -272,14 +273,9 @@ class TcpTransport:
                 continue
             link = self._link(peer)
             model = self._latency.get(peer, self._default_latency)
-            due = now
-            if model is not None:
-                kept = [m for m in batch if not model.drops(self._rng)]
-                counters.dropped_link += len(batch) - len(kept)
-                if not kept:
-                    continue
-                batch = kept
-                due += model.sample_delay_s(self._rng)
+            batch, due = apply_link_model(model, batch, self._rng, counters, now)
+            if not batch:
+                continue
             for frame, count in self._frames(group, batch):
                 conn = link.conn
                 if due <= now and conn is not None and conn.fd >= 0 and not link.outbox:

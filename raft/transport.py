@@ -175,6 +175,17 @@ class LinkModel:
         return self.drop_probability > 0 and rng.random() < self.drop_probability
 
 
+def apply_link_model(model: LinkModel | None, batch: list[Message], rng: random.Random,
+                     counters: _Counters, now: float) -> tuple[list[Message], float]:
+    """The messages of ``batch`` the link does not drop (drops counted) and when they are due
+    to leave: ``now`` plus the model's delay (just ``now`` without a model)."""
+    if model is None:
+        return batch, now
+    kept = [m for m in batch if not model.drops(rng)]
+    counters.dropped_link += len(batch) - len(kept)
+    return kept, now + (model.sample_delay_s(rng) if kept else 0.0)
+
+
 # --- pieces shared with raft.tcp ----------------------------------------------------------------
 
 
@@ -495,15 +506,10 @@ class MemoryTransport:
                 counters.dropped_unknown_peer += len(batch)
                 continue
             link = self._link(peer)
-            model = net.link_model(self.node_id, peer)
-            due = now
-            if model is not None:
-                kept = [m for m in batch if not model.drops(link.rng)]
-                counters.dropped_link += len(batch) - len(kept)
-                if not kept:
-                    continue
-                batch = kept
-                due += model.sample_delay_s(link.rng)
+            batch, due = apply_link_model(net.link_model(self.node_id, peer), batch, link.rng,
+                                          counters, now)
+            if not batch:
+                continue
             if net.check_codec:
                 frame = encode_frame(group, batch)
                 item = _Pending(due, len(batch), len(frame), frame)
