@@ -7,7 +7,10 @@ journal usually hides the difference; we do not rely on it.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
+
+from . import errors
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -37,3 +40,37 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
             if not os.path.isdir(d):
                 raise
         fsync_directory(os.path.dirname(d))
+
+
+def storage_error(exc: OSError, message: str) -> errors.StorageError:
+    """The engine's error for a failed file-system call: DiskFullError for ENOSPC, otherwise
+    StorageError with the errno and file name kept."""
+    if exc.errno == _errno.ENOSPC:
+        return errors.DiskFullError(f"{message}: {os.strerror(exc.errno)}")
+    err = errors.StorageError(exc.errno, f"{message}: {exc.strerror}")
+    err.filename = exc.filename
+    return err
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Writes all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n == 0:  # pragma: no cover - a file system that makes no progress
+            raise OSError(_errno.EIO, "short write")
+        view = view[n:]
+        offset += n
+
+
+def pread_all(fd: int, size: int, offset: int = 0) -> bytes:
+    """Up to ``size`` bytes from ``offset``: fewer only where the file ends."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break  # the file ends (or shrank under us): the caller parses what there is
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

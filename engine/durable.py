@@ -56,7 +56,6 @@ slot in pages of its own, so that writing one slot never rewrites a page of the 
 
 from __future__ import annotations
 
-import errno as _errno
 import fcntl
 import os
 import stat
@@ -65,7 +64,7 @@ import threading
 from dataclasses import dataclass
 
 from . import errors
-from ._fs import fsync_directory
+from ._fs import fsync_directory, pread_all, pwrite_all, storage_error
 from ._native import crc32c_masked
 from ._resource import Resource
 
@@ -281,10 +280,10 @@ class DurableState(Resource):
             seq = self._seq + 1
             try:
                 slot = encode_slot(seq, data, self._slot_size)
-                _pwrite_all(fd, slot, (seq % 2) * self._slot_size)
+                pwrite_all(fd, slot, (seq % 2) * self._slot_size)
                 os.fdatasync(fd)
             except OSError as exc:
-                raise _storage_error(exc, f"cannot store into {self._path}") from None
+                raise storage_error(exc, f"cannot store into {self._path}") from None
             # Only now is the new slot the current one (ARCH §2.2: fsync, then flip).
             self._seq = seq
             self._value = data
@@ -326,7 +325,7 @@ class DurableState(Resource):
                 "process) has it open"
             ) from None
         except OSError as exc:
-            raise _storage_error(exc, f"cannot lock {self._path}") from None
+            raise storage_error(exc, f"cannot lock {self._path}") from None
 
     def _open_or_create(self, slot_size: int) -> int:
         """An open, locked descriptor of the state file, which is created whole if missing."""
@@ -337,7 +336,7 @@ class DurableState(Resource):
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise _storage_error(exc, f"cannot open state file {self._path}") from None
+                raise storage_error(exc, f"cannot open state file {self._path}") from None
             else:
                 try:
                     self._locked(fd)
@@ -351,7 +350,7 @@ class DurableState(Resource):
             try:
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise _storage_error(exc, f"cannot create state file {tmp}") from None
+                raise storage_error(exc, f"cannot create state file {tmp}") from None
             try:
                 self._locked(fd)
                 if os.path.lexists(self._path):
@@ -360,7 +359,7 @@ class DurableState(Resource):
                     continue
                 image = encode_slot(0, None, slot_size) + bytes(slot_size)
                 os.ftruncate(fd, 0)
-                _pwrite_all(fd, image, 0)
+                pwrite_all(fd, image, 0)
                 os.fsync(fd)
                 os.rename(tmp, self._path)
                 fsync_directory(os.path.dirname(os.path.abspath(self._path)))
@@ -368,7 +367,7 @@ class DurableState(Resource):
                 os.close(fd)
                 if isinstance(exc, errors.MeridianError):
                     raise
-                raise _storage_error(exc, f"cannot create state file {self._path}") from None
+                raise storage_error(exc, f"cannot create state file {self._path}") from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -386,11 +385,11 @@ class DurableState(Resource):
                     self._path,
                     0,
                 )
-            data = _pread_all(fd, st.st_size)
+            data = pread_all(fd, st.st_size)
         except errors.MeridianError:
             raise
         except OSError as exc:
-            raise _storage_error(exc, f"cannot read state file {self._path}") from None
+            raise storage_error(exc, f"cannot read state file {self._path}") from None
 
         # Each valid slot records the slot size, and slot 1 starts at that offset: read it from
         # slot 0, or when slot 0 is damaged, from a valid slot 1 found where it says it starts.
@@ -445,33 +444,3 @@ def _find_slot_1(data: bytes, slot_size: int | None) -> int | None:
 
 def _describe(slot: _Slot) -> str:
     return "empty" if slot.status == "empty" else f"bad ({slot.why})"
-
-
-def _storage_error(exc: OSError, message: str) -> errors.StorageError:
-    if exc.errno == _errno.ENOSPC:
-        return errors.DiskFullError(f"{message}: {os.strerror(exc.errno)}")
-    err = errors.StorageError(exc.errno, f"{message}: {exc.strerror}")
-    err.filename = exc.filename
-    return err
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n == 0:  # pragma: no cover - a file system that makes no progress
-            raise OSError(_errno.EIO, "short write")
-        view = view[n:]
-        offset += n
-
-
-def _pread_all(fd: int, size: int) -> bytes:
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break  # the file shrank under us: parse what there is
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-

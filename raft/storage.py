@@ -92,7 +92,6 @@ stored before they are sent), so :meth:`RaftStorage.initial_state` restores it w
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 import shutil
 import struct
@@ -100,7 +99,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine import errors
-from engine._fs import fsync_directory, makedirs_durable
+from engine._fs import fsync_directory, makedirs_durable, pread_all, pwrite_all, storage_error
 from engine._native import crc32c, lib
 from engine._resource import Resource
 from engine.durable import DurableState
@@ -334,7 +333,7 @@ class RaftStorage(Resource):
         try:
             makedirs_durable(self._path)
         except OSError as exc:
-            raise _storage_error(exc, f"cannot create {self._path}") from None
+            raise storage_error(exc, f"cannot create {self._path}") from None
         # The hard state's lock is the lock of the whole directory: it is taken first and held
         # while the log is closed and recreated by a snapshot install.
         self._state = DurableState(self._file(_HARD_STATE_FILE))
@@ -741,8 +740,8 @@ class RaftStorage(Resource):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, header)
-                _write_all(fd, data)
+                pwrite_all(fd, header, 0)
+                pwrite_all(fd, data, len(header))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -751,7 +750,7 @@ class RaftStorage(Resource):
         except OSError as exc:
             if isinstance(exc, errors.MeridianError):
                 raise
-            raise _storage_error(exc, f"cannot write snapshot {path}") from None
+            raise storage_error(exc, f"cannot write snapshot {path}") from None
         self._snap = _SnapshotInfo(snapshot.meta, flags, len(header), len(data))
 
     def _reset_log(self, next_index: int) -> None:
@@ -771,7 +770,7 @@ class RaftStorage(Resource):
         except OSError as exc:
             if isinstance(exc, errors.MeridianError):
                 raise
-            raise _storage_error(exc, f"cannot replace log {log_dir}") from None
+            raise storage_error(exc, f"cannot replace log {log_dir}") from None
         self._log = LogStore(
             log_dir, segment_size=self._segment_size, initial_position=next_index
         )
@@ -890,10 +889,10 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
     except FileNotFoundError:
         return None, b""
     except OSError as exc:
-        raise _storage_error(exc, f"cannot open snapshot {path}") from None
+        raise storage_error(exc, f"cannot open snapshot {path}") from None
     try:
         size = os.fstat(fd).st_size
-        fixed = _pread_all(fd, _SNAP_FIXED.size, 0)
+        fixed = pread_all(fd, _SNAP_FIXED.size, 0)
         if len(fixed) < _SNAP_FIXED.size:
             raise corrupt(f"{size} bytes, shorter than a header")
         magic, version, flags, index, term, n, nv, nl = _SNAP_FIXED.unpack(fixed)
@@ -902,7 +901,7 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
         if nv + nl > MAX_MEMBERS:
             raise corrupt(f"{nv} voters and {nl} learners: a damaged header")
         header_size = _SNAP_FIXED.size + 8 * (nv + nl) + 2 * _CRC.size
-        header = _pread_all(fd, header_size, 0)
+        header = pread_all(fd, header_size, 0)
         if len(header) < header_size:
             raise corrupt(f"{size} bytes, shorter than its {header_size}-byte header")
         (data_crc,) = _CRC.unpack_from(header, header_size - 8)
@@ -928,7 +927,7 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
         chunks = []
         offset = header_size
         while offset < size:
-            chunk = _pread_all(fd, min(_READ_CHUNK, size - offset), offset)
+            chunk = pread_all(fd, min(_READ_CHUNK, size - offset), offset)
             if not chunk:
                 raise corrupt("the file shrank while being read", offset)
             crc = crc32c(chunk, crc)
@@ -940,32 +939,11 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
     except OSError as exc:
         if isinstance(exc, errors.MeridianError):
             raise
-        raise _storage_error(exc, f"cannot read snapshot {path}") from None
+        raise storage_error(exc, f"cannot read snapshot {path}") from None
     finally:
         os.close(fd)
     info = _SnapshotInfo(SnapshotMeta(index, term, conf), flags, header_size, n)
     return info, b"".join(chunks)
-
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n == 0:  # pragma: no cover - a file system that makes no progress
-            raise OSError(_errno.EIO, "short write")
-        view = view[n:]
 
 
 def _unlink_durable(path: str, parent: str) -> None:
@@ -975,7 +953,7 @@ def _unlink_durable(path: str, parent: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise _storage_error(exc, f"cannot remove {path}") from None
+        raise storage_error(exc, f"cannot remove {path}") from None
 
 
 def _remove_tree_durable(path: str, parent: str) -> None:
@@ -987,12 +965,4 @@ def _remove_tree_durable(path: str, parent: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise _storage_error(exc, f"cannot remove {path}") from None
-
-
-def _storage_error(exc: OSError, message: str) -> errors.StorageError:
-    if exc.errno == _errno.ENOSPC:
-        return errors.DiskFullError(f"{message}: {os.strerror(exc.errno)}")
-    err = errors.StorageError(exc.errno, f"{message}: {exc.strerror}")
-    err.filename = exc.filename
-    return err
+        raise storage_error(exc, f"cannot remove {path}") from None
