@@ -90,21 +90,29 @@ def _frame(obj) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def _take_frames(buf: bytearray) -> list:
+    """Removes the complete frames at the front of ``buf`` and returns their decoded bodies."""
+    out = []
+    while len(buf) >= 4:
+        (n,) = _LEN.unpack_from(buf)
+        if n > MAX_FRAME:
+            raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+        if len(buf) < 4 + n:
+            break
+        out.append(msgpack.unpackb(bytes(buf[4 : 4 + n]), strict_map_key=False))
+        del buf[: 4 + n]
+    return out
+
+
 async def _read_frames(stream):
     buf = bytearray()
     while True:
-        while len(buf) >= 4:
-            (n,) = _LEN.unpack_from(buf)
-            if n > MAX_FRAME:
-                raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-            if len(buf) < 4 + n:
-                break
-            yield msgpack.unpackb(bytes(buf[4 : 4 + n]), strict_map_key=False)
-            del buf[: 4 + n]
         data = await stream.receive_some(1 << 16)
         if not data:
             return
         buf += data
+        for obj in _take_frames(buf):
+            yield obj
 
 
 class _Connection:
@@ -152,14 +160,7 @@ class _Connection:
             if not data:
                 return
             buf += data
-            while len(buf) >= 4:
-                (n,) = _LEN.unpack_from(buf)
-                if n > MAX_FRAME:
-                    raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-                if len(buf) < 4 + n:
-                    break
-                req = msgpack.unpackb(bytes(buf[4 : 4 + n]), strict_map_key=False)
-                del buf[: 4 + n]
+            for req in _take_frames(buf):
                 while self.in_flight >= self.MAX_IN_FLIGHT:
                     self.room = trio.Event()
                     await self.room.wait()

@@ -242,12 +242,10 @@ class RaftCore:
         self._reset_progress()
 
     def _reset_progress(self) -> None:
-        self._prs = {}
-        for pid in self.conf.voters:
-            self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs)
-        for pid in self.conf.learners:
-            self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs,
-                                      is_learner=True)
+        self._prs = {
+            pid: Progress(self.log.last_index + 1, self.config.max_inflight_msgs)
+            for pid in self.conf.members()
+        }
         me = self._prs.get(self.id)
         if me is not None:
             me.match = self.log.persisted
@@ -685,7 +683,7 @@ class RaftCore:
             self._send(Message(MT.TIMEOUT_NOW, m.frm, self.id, self.term))
 
     def _maybe_commit(self) -> bool:
-        acked = {pid: pr.match for pid, pr in self._prs.items() if not pr.is_learner}
+        acked = {pid: pr.match for pid, pr in self._prs.items()}  # learners: not voters
         index = quorum.committed_index(self.conf.voters, acked)
         if index == quorum.UNBOUNDED or index <= self.log.committed:
             return False
@@ -925,13 +923,8 @@ class RaftCore:
             if pid not in voters and pid not in learners:
                 del self._prs[pid]
         for pid in sorted(voters | learners):
-            pr = self._prs.get(pid)
-            if pr is None:
-                self._prs[pid] = Progress(self.log.last_index + 1,
-                                          self.config.max_inflight_msgs,
-                                          is_learner=pid in learners)
-            else:
-                pr.is_learner = pid in learners
+            if pid not in self._prs:
+                self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs)
         if self._lead_transferee not in voters:
             self._lead_transferee = NONE
         self._maybe_commit()

@@ -1,8 +1,9 @@
 """The trio driver: runs one :class:`~raft.core.RaftCore` against real time, disk and network.
 
-The driver is the only loop (STYLE §1) and it is short. Three tasks share one core:
+The driver is the only loop (STYLE §1) and it is short. Two tasks and a handler share one core:
 
-- *receive*: every message for this group from the transport is stepped into the core;
+- *receive*: the transport calls the node's handler (``Transport.set_handler``) from the task
+  that read the messages, and each is stepped into the core at once;
 - *tick*: every ``tick_interval`` seconds, one ``core.tick()``;
 - *ready*: while the core has work, take a :class:`~raft.types.Ready` and handle it in the
   order the Ready documents — send ``messages``, persist (one fsync, in a worker thread so the
@@ -21,8 +22,8 @@ state machine has applied everything committed before the read began) and
 
 The hard state is written to storage when its term or vote changes (before any vote or
 acknowledgement leaves, as the core requires); a change of commit index alone is not worth a
-second fsync per batch and is written with the next term/vote change or snapshot — after a
-restart the commit index is simply learnt again from the leader.
+second fsync per batch and is written with the next term or vote change — after a restart the
+commit index is simply learnt again from the leader.
 """
 
 from __future__ import annotations
@@ -377,26 +378,6 @@ class RaftNode:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _receive(self, recv) -> None:
-        """For transports without handlers: step what arrives through the channel."""
-        core = self._core
-        async with recv:
-            await self._receive_from(recv, core)
-
-    async def _receive_from(self, recv, core) -> None:
-        async for m in recv:
-            self._counts["messages_received"] += 1
-            core.step(m)
-            # Drain whatever else is queued before waking the ready loop: one Ready for many.
-            while True:
-                try:
-                    m = recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._counts["messages_received"] += 1
-                core.step(m)
-            self._kick()
-
     async def _tick(self) -> None:
         while True:
             await trio.sleep(self._tick_interval)
@@ -522,10 +503,7 @@ class RaftNode:
         transport = self._transport
         try:
             async with trio.open_nursery() as nursery:
-                if hasattr(transport, "set_handler"):
-                    transport.set_handler(self.group, self._on_messages)
-                else:
-                    nursery.start_soon(self._receive, transport.subscribe(self.group))
+                transport.set_handler(self.group, self._on_messages)
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._ready_loop)
                 task_status.started()
@@ -534,9 +512,8 @@ class RaftNode:
             self._fail_waiters(exc)
             raise
         finally:
-            if hasattr(transport, "set_handler"):
-                with contextlib.suppress(trio.ClosedResourceError):
-                    transport.set_handler(self.group, None)
+            with contextlib.suppress(trio.ClosedResourceError):
+                transport.set_handler(self.group, None)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         err = RaftError(f"raft node {self.id} stopped")

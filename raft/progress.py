@@ -35,10 +35,9 @@ class Progress:
         "recent_active",
         "pending_snapshot",
         "snapshot_offset",
-        "is_learner",
     )
 
-    def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False):
+    def __init__(self, next_index: int, max_inflight: int):
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
@@ -48,7 +47,6 @@ class Progress:
         self.recent_active = True
         self.pending_snapshot = 0  # index of the snapshot being sent (SNAPSHOT state)
         self.snapshot_offset = 0  # bytes of it the follower has acknowledged
-        self.is_learner = is_learner
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, {self.state.value}, "

@@ -238,3 +238,27 @@ async def test_an_invariant_broken_by_a_message_stops_the_node(tmp_path):
                     await trio.sleep(TICK)
     assert "planted" in repr(info.value) or any(
         "planted" in repr(e) for e in getattr(info.value, "exceptions", ()))
+
+
+async def test_apply_in_thread_runs_the_state_machine_off_the_event_loop(tmp_path):
+    """For blocking state machines (LMDB): apply runs in the node's worker thread, and its
+    results still resolve the proposals."""
+    import threading
+
+    threads = set()
+    original = Counter.apply
+
+    def recording_apply(self, entries):
+        threads.add(threading.current_thread().name)
+        return original(self, entries)
+
+    Counter.apply = recording_apply
+    try:
+        async with cluster(tmp_path, n=1, apply_in_thread=True) as c:
+            node = c.nodes[await c.leader()]
+            with trio.fail_after(5):
+                assert await node.propose(b"a") == 1
+                assert await node.propose(b"b") == 2
+    finally:
+        Counter.apply = original
+    assert threads and threading.main_thread().name not in threads
