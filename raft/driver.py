@@ -446,9 +446,9 @@ class RaftNode:
                 raise RaftError(f"state machine returned {len(results)} results for "
                                 f"{len(normal)} entries")
         self._counts["entries_applied"] += len(normal)
-        by_index = {e.index: r for e, r in zip(normal, results)}
         if not self._proposals:
-            return
+            return  # a follower's usual case
+        by_index = {e.index: r for e, r in zip(normal, results)}
         for e in entries:
             pending = self._proposals.pop(e.index, None)
             if pending is None:
