@@ -28,8 +28,10 @@ One LMDB environment per store directory, with named sub-databases:
     payload follows) and ``0x00`` for a tombstone (nothing follows); other tags are reserved so
     that the format can grow (an origin region, for instance).
 ``meta``
-    ``b"format"`` (be64, :data:`FORMAT_VERSION`), ``b"applied_index"`` (be64) and
-    ``b"gc_watermark"`` (be64, the highest watermark :meth:`MVCCStore.gc` has been given).
+    ``b"format"`` (be64, :data:`FORMAT_VERSION`), ``b"applied_index"`` (be64),
+    ``b"gc_watermark"`` (be64, the highest watermark :meth:`MVCCStore.gc` has been given) and
+    ``b"app_state"`` (opaque bytes the state machine stores with each apply, such as its
+    closed timestamp; absent means empty).
 
 ``intents`` and ``txns`` are reserved for prepared intents and transaction records (ARCH §5).
 A ``LOCK`` file, held with ``flock``, keeps the directory to one open store at a time.
@@ -132,6 +134,7 @@ _DB_TXNS = b"txns"
 _META_FORMAT = b"format"
 _META_APPLIED = b"applied_index"
 _META_GC_WATERMARK = b"gc_watermark"
+_META_APP_STATE = b"app_state"
 
 _INV = 2**64 - 1
 _TAG_TOMBSTONE = 0
@@ -265,6 +268,7 @@ class MVCCStore(Resource):
         self._map_resizes = 0
         self._applied_index = 0
         self._gc_watermark = 0
+        self._app_state = b""
 
         if create:
             try:
@@ -340,6 +344,7 @@ class MVCCStore(Resource):
                     )
                 self._applied_index = _get_u64(txn, _META_APPLIED, data_path)
                 self._gc_watermark = _get_u64(txn, _META_GC_WATERMARK, data_path)
+                self._app_state = bytes(txn.get(_META_APP_STATE) or b"")
             self._map_size = env.info()["map_size"]
             self._psize = env.stat()["psize"]
             if self._writemap:
@@ -372,6 +377,14 @@ class MVCCStore(Resource):
         self._live_env()
         return self._gc_watermark
 
+    @property
+    def app_state(self) -> bytes:
+        """The state machine's own state as of :attr:`applied_index` (``b""`` if never set):
+        the last ``app_state`` given to :meth:`apply` or :meth:`apply_batch`, or restored
+        with a snapshot."""
+        self._live_env()
+        return self._app_state
+
     def stats(self) -> MVCCStats:
         """Counters of the store.
 
@@ -401,7 +414,12 @@ class MVCCStore(Resource):
     # ------------------------------------------------------------------ writing
 
     def apply(
-        self, writes: Iterable[tuple[bytes, bytes | None]], commit_ts: int, applied_index: int
+        self,
+        writes: Iterable[tuple[bytes, bytes | None]],
+        commit_ts: int,
+        applied_index: int,
+        *,
+        app_state: bytes | None = None,
     ) -> bool:
         """Writes a batch of versions at ``commit_ts`` and records ``applied_index``, atomically.
 
@@ -415,6 +433,9 @@ class MVCCStore(Resource):
                 above a watermark already given to :meth:`gc` are only exact if later writes
                 are above it.
             applied_index: the Raft index of the entry (>= 1).
+            app_state: if given, replaces :attr:`app_state` in the same transaction — the
+                state machine's own small state (a closed timestamp, say) that must move in
+                step with the applied index.
 
         Returns:
             True if applied; False if ``applied_index`` is not above :attr:`applied_index` (the
@@ -429,41 +450,70 @@ class MVCCStore(Resource):
 
         Durability: see the module docstring (``sync``).
         """
-        if type(commit_ts) is not int or not 0 < commit_ts <= MAX_TS:
-            _check_ts(commit_ts, "commit_ts")
+        return self.apply_batch(((writes, commit_ts),), applied_index, app_state=app_state)
+
+    def apply_batch(
+        self,
+        batches: Iterable[tuple[Iterable[tuple[bytes, bytes | None]], int]],
+        applied_index: int,
+        *,
+        app_state: bytes | None = None,
+    ) -> bool:
+        """Like :meth:`apply` for several ``(writes, commit_ts)`` groups in one transaction.
+
+        A Raft state machine applies every entry of one Ready this way: one LMDB commit instead
+        of one per entry. ``applied_index`` is the index of the last entry covered.
+        """
         if type(applied_index) is not int or not 0 < applied_index <= _MAX_INDEX:
             _check_index(applied_index)
+        if app_state is not None and type(app_state) is not bytes:
+            raise errors.InvalidArgumentError(
+                f"app_state must be bytes or None, not {_describe(app_state)}"
+            )
         if applied_index <= self._applied_index:
             self._live_env()
             return False
         # Everything is validated and encoded before the transaction begins, so a bad write
         # costs no LMDB work and the transaction stays short.
-        end = _KEY_END + _pack64(_INV - commit_ts)
         items: list[tuple[bytes, bytes]] = []
         append = items.append
-        for write in writes:
+        for group in batches:
             try:
-                key, value = write
+                writes, commit_ts = group
             except (TypeError, ValueError):
                 raise errors.InvalidArgumentError(
-                    f"each write must be a (key, value) pair, not {_describe(write)}"
+                    f"each batch must be a (writes, commit_ts) pair, not {_describe(group)}"
                 ) from None
-            if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
-                key = _check_key(key, "key")
-            if value is None:
-                append((key.replace(b"\x00", b"\x00\xff") + end, _TOMBSTONE))
-            elif type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
-                append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + value))
-            else:
-                append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + _check_value(value)))
+            if type(commit_ts) is not int or not 0 < commit_ts <= MAX_TS:
+                _check_ts(commit_ts, "commit_ts")
+            end = _KEY_END + _pack64(_INV - commit_ts)
+            for write in writes:
+                try:
+                    key, value = write
+                except (TypeError, ValueError):
+                    raise errors.InvalidArgumentError(
+                        f"each write must be a (key, value) pair, not {_describe(write)}"
+                    ) from None
+                if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+                    key = _check_key(key, "key")
+                if value is None:
+                    append((key.replace(b"\x00", b"\x00\xff") + end, _TOMBSTONE))
+                elif type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
+                    append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + value))
+                else:
+                    append((key.replace(b"\x00", b"\x00\xff") + end,
+                            _VALUE_TAG + _check_value(value)))
         # LMDB inserts sorted keys with far fewer page touches (the cursor stays on its leaf);
         # the sort is stable, so for a repeated key the last write is still put last and wins.
         items.sort(key=itemgetter(0))
         applied_record = _pack64(applied_index)
 
         def write_batch(txn: lmdb.Transaction) -> None:
-            txn.cursor(self._versions).putmulti(items)
+            if items:
+                txn.cursor(self._versions).putmulti(items)
             txn.put(_META_APPLIED, applied_record, db=self._meta)
+            if app_state is not None:
+                txn.put(_META_APP_STATE, app_state, db=self._meta)
 
         with self._write_lock:
             if applied_index <= self._applied_index:
@@ -471,6 +521,8 @@ class MVCCStore(Resource):
                 return False
             self._run_write(write_batch)
             self._applied_index = applied_index
+            if app_state is not None:
+                self._app_state = app_state
         return True
 
     def gc(self, watermark: int, *, start: bytes = b"", max_versions: int = 10_000) -> GCResult:
@@ -639,6 +691,47 @@ class MVCCStore(Resource):
         commit_ts = _INV - _unpack64(vkey[-8:])[0]
         return (commit_ts, value[1:] if value[0] == _TAG_VALUE else None)
 
+    def latest_versions(self, since_ts: int = 0) -> Iterator[tuple[bytes, int]]:
+        """``(key, commit_ts)`` of every key whose newest version is above ``since_ts``.
+
+        Tombstones count: a delete is a commit. Keys come in key order. This is how a state
+        machine rebuilds in-memory indexes of recent commits (the adjudicator's last-commit
+        table) after a restart or a snapshot install; it reads every version key once, in
+        pages of a few thousand, each page in its own read transaction, so it never holds
+        one open for long (a concurrent write may or may not be seen).
+
+        Raises:
+            InvalidArgumentError, StoreClosedError, StorageError.
+        """
+        if type(since_ts) is not int or not 0 <= since_ts <= MAX_TS:
+            raise errors.InvalidArgumentError(f"since_ts must be an int in 0..{MAX_TS}, "
+                                              f"not {_describe(since_ts)}")
+        seek = b""
+        while True:
+            page: list[tuple[bytes, int]] = []
+            env = self._enter_read()
+            try:
+                with env.begin(self._versions) as txn:
+                    cur = txn.cursor()
+                    found = cur.set_range(seek)
+                    while found and len(page) < 4096:
+                        vkey = cur.key()
+                        ekey = vkey[:-8]
+                        ts = _INV - _unpack64(vkey[-8:])[0]
+                        if ts > since_ts:
+                            page.append((_decode(ekey), ts))
+                        # The newest version comes first; skip the key's older ones.
+                        seek = ekey + _PAST_VERSIONS
+                        found = cur.set_range(seek)
+                    done = not found
+            except lmdb.Error as exc:
+                raise _lmdb_error(exc, "latest_versions failed") from None
+            finally:
+                self._exit_read()
+            yield from page
+            if done:
+                return
+
     def scan(
         self,
         start: bytes,
@@ -781,7 +874,7 @@ class MVCCStore(Resource):
         The chunks are first read to the end and verified (into a temporary file in the store's
         directory, so memory stays bounded and no write transaction is held while the caller
         produces chunks); then the old content is replaced in one LMDB write transaction. The
-        applied index and GC watermark become the snapshot's.
+        applied index, GC watermark and :attr:`app_state` become the snapshot's.
 
         Args:
             chunks: the snapshot's chunks, in order.
@@ -803,6 +896,7 @@ class MVCCStore(Resource):
             header = _spool_snapshot(chunks, spool)
             applied_index = header["applied_index"]
             watermark = header["gc_watermark"]
+            app_state = header.get("app_state", b"")
 
             def replace(txn: lmdb.Transaction) -> None:
                 txn.drop(self._versions, delete=False)
@@ -816,11 +910,13 @@ class MVCCStore(Resource):
                         raise errors.CorruptStateError("snapshot entries are not in key order")
                 txn.put(_META_APPLIED, _pack64(applied_index), db=self._meta)
                 txn.put(_META_GC_WATERMARK, _pack64(watermark), db=self._meta)
+                txn.put(_META_APP_STATE, app_state, db=self._meta)
 
             with self._write_lock:
                 self._run_write(replace)
                 self._applied_index = applied_index
                 self._gc_watermark = watermark
+                self._app_state = app_state
         return applied_index
 
     # ------------------------------------------------------------------ durability, lifetime
@@ -1064,6 +1160,7 @@ class SnapshotStream:
         self._iter: Iterator[tuple[bytes, bytes]] | None = None
         self.applied_index = 0
         self.gc_watermark = 0
+        self.app_state = b""
         self.entries = 0
         gate = store._gate
         with gate:
@@ -1082,6 +1179,7 @@ class SnapshotStream:
                 self.gc_watermark = _get_u64(
                     self._txn, _META_GC_WATERMARK, store._path, store._meta
                 )
+                self.app_state = bytes(self._txn.get(_META_APP_STATE, db=store._meta) or b"")
                 self._iter = self._txn.cursor().iternext()
             finally:
                 store._exit_read()
@@ -1113,6 +1211,7 @@ class SnapshotStream:
                         "format": SNAPSHOT_FORMAT_VERSION,
                         "applied_index": self.applied_index,
                         "gc_watermark": self.gc_watermark,
+                        "app_state": self.app_state,
                         "entries": self.entries,
                     }
                 )
@@ -1236,6 +1335,8 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
                 value = chunk.get(field)
                 if type(value) is not int or not 0 <= value <= _MAX_INDEX:
                     raise corrupt(f"header field {field} is {value!r}")
+            if type(chunk.get("app_state", b"")) is not bytes:
+                raise corrupt(f"header field app_state is {chunk.get('app_state')!r}")
             header = chunk
         elif kind == "data":
             pairs = chunk.get("pairs")

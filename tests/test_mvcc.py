@@ -897,3 +897,57 @@ def test_mvcc_model_long():
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# ---------------------------------------------------------------------- batches and app state
+
+
+def test_apply_batch_writes_every_group_at_its_timestamp_in_one_step(store):
+    assert store.apply_batch([([(b"a", b"1")], 10), ([(b"a", b"2"), (b"b", None)], 20)], 3,
+                             app_state=b"s3")
+    assert store.applied_index == 3 and store.app_state == b"s3"
+    assert store.get(b"a", 15) == b"1" and store.get(b"a", 25) == b"2"
+    assert store.get_version(b"b", 25) == (20, None)
+    # At or below the applied index nothing is written, app_state included.
+    assert not store.apply_batch([([(b"a", b"x")], 30)], 3, app_state=b"other")
+    assert store.get(b"a", 35) == b"2" and store.app_state == b"s3"
+
+
+def test_apply_batch_rejects_a_bad_group_before_writing(store):
+    with pytest.raises(errors.InvalidArgumentError, match="commit_ts"):
+        store.apply_batch([([(b"a", b"1")], 10), ([(b"b", b"2")], 0)], 1)
+    with pytest.raises(errors.InvalidArgumentError, match="pair"):
+        store.apply_batch([b"nope"], 1)
+    with pytest.raises(errors.InvalidArgumentError, match="app_state"):
+        store.apply([], 5, 1, app_state="text")
+    assert store.applied_index == 0 and store.get(b"a", 20) is None
+
+
+def test_app_state_survives_reopen_and_travels_with_snapshots(tmp_path):
+    with MVCCStore(tmp_path / "a") as a:
+        a.apply([(b"k", b"v")], 7, 1, app_state=b"closed=7")
+        a.apply([], 9, 2)  # no app_state: unchanged
+        chunks = list(a.snapshot_chunks())
+    with MVCCStore(tmp_path / "a") as a:
+        assert a.app_state == b"closed=7"
+    with MVCCStore(tmp_path / "b") as b:
+        b.apply([], 3, 1, app_state=b"old")
+        assert b.restore(chunks) == 2
+        assert b.app_state == b"closed=7" and b.get(b"k", 8) == b"v"
+
+
+def test_latest_versions_lists_each_keys_newest_commit_above_a_timestamp(store):
+    store.apply([(b"a", b"1"), (b"b\x00", b"1"), (b"c", b"1")], 10, 1)
+    store.apply([(b"a", b"2")], 30, 2)
+    store.apply([(b"c", None)], 40, 3)
+    assert list(store.latest_versions()) == [(b"a", 30), (b"b\x00", 10), (b"c", 40)]
+    assert list(store.latest_versions(20)) == [(b"a", 30), (b"c", 40)]
+    assert list(store.latest_versions(40)) == []
+    with pytest.raises(errors.InvalidArgumentError):
+        list(store.latest_versions(-1))
+
+
+def test_latest_versions_pages_through_many_keys(store):
+    keys = [b"k%05d" % i for i in range(5000)]
+    store.apply([(k, b"") for k in keys], 5, 1)
+    assert [k for k, _ in store.latest_versions()] == keys
