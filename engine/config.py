@@ -1,0 +1,1031 @@
+"""Node and cluster configuration, read from TOML and validated up front (ARCH §4, §5.8, §7).
+
+A node reads one file: who it is (``node_id``, ``data_dir``) and the whole cluster's layout —
+regions, their nodes and addresses, the simulated WAN latencies between regions, the clock and
+Raft timing, and the transaction limits. Every node of a cluster should be given the same
+``[cluster]`` table.
+
+Validation happens once, at load, and is strict: an unknown key is an error (a misspelt
+setting must never fall back silently to its default), as is a value of the wrong type or out
+of range. Each error is a :class:`ConfigError` that names the offending field by its path in
+the document, for example::
+
+    node.toml: cluster.regions.eu-west.nodes[1].peer_address: expected "host:port", got 12
+
+Array indexes in paths count from 0. The dataclasses check their own fields when constructed
+in code too, with paths relative to their own table.
+
+Example configuration::
+
+    # A node of a three-region cluster with three nodes per region.
+    node_id = 4                     # this node: one of the ids listed below
+    data_dir = "/var/lib/meridian"  # the node's data directory
+    log_level = "info"              # debug | info | warning | error | critical
+
+    [cluster]
+    name = "prod"
+    max_clock_offset_ms = 250       # beyond this skew, nodes refuse to serve (ARCH §9)
+    tick_interval_ms = 50           # length of one Raft tick
+    election_ticks = 20             # must be greater than heartbeat_ticks
+    heartbeat_ticks = 2
+    meta_regions = ["us-east", "eu-west", "ap-south"]
+
+    [cluster.limits]                # every key is optional; these are the defaults
+    max_txn_keys = 1000
+    max_txn_bytes = 4194304
+    max_key_size = 250
+    max_value_size = 1048576
+    max_txn_lifetime_s = 60.0
+
+    [cluster.wan_latency_ms]        # one-way, per unordered pair of regions
+    us-east = { eu-west = 35.0, ap-south = 70.0 }
+    eu-west = { ap-south = 110.0 }
+
+    [cluster.regions.us-east]
+    nodes = [
+        { id = 1, peer_address = "10.0.1.1:7100", client_address = "10.0.1.1:7200" },
+        { id = 2, peer_address = "10.0.1.2:7100", client_address = "10.0.1.2:7200" },
+        { id = 3, peer_address = "10.0.1.3:7100", client_address = "10.0.1.3:7200" },
+    ]
+
+    [cluster.regions.eu-west]
+    nodes = [
+        { id = 4, peer_address = "10.0.2.1:7100", client_address = "10.0.2.1:7200" },
+        { id = 5, peer_address = "10.0.2.2:7100", client_address = "10.0.2.2:7200" },
+        { id = 6, peer_address = "10.0.2.3:7100", client_address = "10.0.2.3:7200" },
+    ]
+
+    # Arrays of tables work as well as inline arrays; IPv6 hosts go in brackets.
+    [[cluster.regions.ap-south.nodes]]
+    id = 7
+    peer_address = "[fd00::3:1]:7100"
+    client_address = "[fd00::3:1]:7200"
+
+    [[cluster.regions.ap-south.nodes]]
+    id = 8
+    peer_address = "[fd00::3:2]:7100"
+    client_address = "[fd00::3:2]:7200"
+
+    [[cluster.regions.ap-south.nodes]]
+    id = 9
+    peer_address = "[fd00::3:3]:7100"
+    client_address = "[fd00::3:3]:7200"
+
+Fields
+------
+Top level: ``node_id`` (required; an id listed in the cluster), ``data_dir`` (required;
+non-empty), ``log_level`` (default ``"info"``), ``[cluster]`` (required).
+
+``[cluster]``: ``name`` (required; letters, digits, ``.``, ``_``, ``-``);
+``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (50), ``heartbeat_ticks`` (2) and
+``election_ticks`` (20, greater than ``heartbeat_ticks``), all positive integers;
+``meta_regions`` (regions hosting the cluster's metadata group — the range directory and
+keyspace catalogue of ARCH §4; default or empty: every region).
+
+``[cluster.limits]`` (ARCH §5.8): ``max_txn_keys``, ``max_txn_bytes``, ``max_key_size`` (at
+most the store's 250), ``max_value_size`` (at most the store's limit) — positive integers, with
+``max_txn_bytes >= max_key_size + max_value_size`` so that the largest single write can commit
+— and ``max_txn_lifetime_s``, a positive number of seconds.
+
+``[cluster.wan_latency_ms]``: ``a = { b = ms }`` gives the one-way latency between regions ``a``
+and ``b`` (a number >= 0), used to simulate the WAN on a local cluster. Each unordered pair is
+given at most once; pairs not given count as 0, as does a region to itself.
+
+``[cluster.regions.<name>]``: at least one region. Names are non-empty, made of ``a-z``,
+``0-9`` and ``-``. Each region has ``nodes``, at least one, each with ``id`` (a positive integer,
+unique in the cluster), ``peer_address`` and ``client_address`` (``"host:port"``, port
+1..65535; no two addresses in the cluster alike).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field as dc_field
+from typing import Any
+
+from .errors import InvalidArgumentError, MeridianError
+from .mvcc import MAX_KEY_SIZE as STORE_MAX_KEY_SIZE, MAX_VALUE_SIZE as STORE_MAX_VALUE_SIZE
+
+__all__ = [
+    "ConfigError",
+    "NodeAddress",
+    "RegionConfig",
+    "Limits",
+    "ClusterConfig",
+    "NodeConfig",
+    "load_node_config",
+    "parse_node_config",
+    "dump_node_config",
+    "default_local_cluster",
+    "DEFAULT_REGIONS",
+    "DEFAULT_WAN_LATENCY_MS",
+    "DEFAULT_BASE_PORT",
+    "LOG_LEVELS",
+]
+
+DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
+DEFAULT_WAN_LATENCY_MS = (35.0, 70.0, 110.0)
+"""One-way latencies of :func:`default_local_cluster`, for the region pairs in order (0, 1),
+(0, 2), (1, 2); pairs after the third get the last value."""
+DEFAULT_BASE_PORT = 7100
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_TOML_INT_MAX = 2**63 - 1  # TOML integers are signed 64-bit: anything larger cannot round-trip
+_REGION_RE = re.compile(r"[a-z0-9-]+")
+_CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ADDRESS_RE = re.compile(
+    r"\[(?P<v6>[^\[\]]*)\]:(?P<port6>[0-9]+)"  # [IPv6]:port
+    r"|(?P<host>[^\[\]:]*):(?P<port>[0-9]+)"  # host:port
+)
+_TOML_ERROR_RE = re.compile(r"(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)")
+
+
+class ConfigError(MeridianError, ValueError):
+    """A configuration that cannot be used: bad TOML, an unknown key, a bad value.
+
+    Attributes:
+        reason: what is wrong, without the location.
+        field: the dotted path of the offending field (``cluster.regions.eu-west.nodes[1].id``),
+            or None when the problem is not one field's (a TOML syntax error).
+        path: the file the configuration was read from, or None when it was given as text.
+        line, column: where a TOML syntax error is (1-based), or None.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        path: str | None = None,
+        source: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.field = field
+        self.path = path
+        self.source = source if source is not None else path
+        self.line = line
+        self.column = column
+        parts = []
+        if self.source is not None:
+            parts.append(self.source)
+        if line is not None:
+            parts.append(f"line {line}, column {column}")
+        if field:
+            parts.append(field)
+        parts.append(reason)
+        super().__init__(": ".join(parts))
+
+    def _under(self, prefix: str) -> ConfigError:
+        """The same error with its field placed under ``prefix``."""
+        return ConfigError(
+            self.reason, field=_join(prefix, self.field), path=self.path, source=self.source,
+            line=self.line, column=self.column,
+        )
+
+    def _located(self, source: str, path: str | None) -> ConfigError:
+        """The same error, saying which document it is about."""
+        return ConfigError(
+            self.reason, field=self.field, path=path, source=source, line=self.line,
+            column=self.column,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks shared by the dataclasses and the parser. Each takes the field's path for the
+# message and returns the value, normalized.
+
+
+def _join(prefix: str | None, field: str | None) -> str | None:
+    if not prefix:
+        return field
+    if not field:
+        return prefix
+    return prefix + field if field.startswith("[") else f"{prefix}.{field}"
+
+
+def _key(key: object) -> str:
+    """A table key as it appears in a path: bare if TOML allows, else quoted."""
+    if not isinstance(key, str):
+        return repr(key)
+    return key if _BARE_KEY_RE.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _show(value: object) -> str:
+    """A value as a message shows it, in TOML terms."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if hasattr(value, "isoformat"):
+        return f"a date/time ({value})"
+    return f"a {type(value).__name__}"
+
+
+def _fail(field: str | None, reason: str) -> ConfigError:
+    return ConfigError(reason, field=field)
+
+
+def _int(value: object, field: str, *, low: int = 1, high: int = _TOML_INT_MAX) -> int:
+    if type(value) is not int:
+        raise _fail(field, f"expected an integer, got {_show(value)}")
+    if not low <= value <= high:
+        if high == _TOML_INT_MAX:
+            raise _fail(field, f"must be at least {low}, got {value}")
+        raise _fail(field, f"must be in {low}..{high}, got {value}")
+    return value
+
+
+def _number(value: object, field: str, *, positive: bool) -> float:
+    """A finite number (TOML integer or float) as a float: > 0 if ``positive``, else >= 0."""
+    if type(value) not in (int, float):
+        raise _fail(field, f"expected a number, got {_show(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise _fail(field, f"must be a finite number, got {_show(value)}")
+    if positive and not number > 0:
+        raise _fail(field, f"must be greater than 0, got {_show(value)}")
+    if not positive and number < 0:
+        raise _fail(field, f"must be 0 or more, got {_show(value)}")
+    return number
+
+
+def _str(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(field, f"expected a string, got {_show(value)}")
+    return value
+
+
+def _region_name(value: object, field: str) -> str:
+    name = _str(value, field)
+    if not _REGION_RE.fullmatch(name):
+        raise _fail(
+            field, f"a region name is non-empty and made of a-z, 0-9 and '-', got {_show(name)}"
+        )
+    return name
+
+
+def _host(value: object, field: str) -> str:
+    host = _str(value, field)
+    if not _HOST_RE.fullmatch(host):
+        raise _fail(
+            field,
+            f"expected a host name or IP address (letters, digits, '.', '-', ':', '%'), "
+            f"got {_show(host)}",
+        )
+    return host
+
+
+def _port(value: object, field: str) -> int:
+    return _int(value, field, low=1, high=65535)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_address(value: object, field: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6 address]:port"`` as (host, port)."""
+    if not isinstance(value, str) or (m := _ADDRESS_RE.fullmatch(value)) is None:
+        hint = ""
+        if isinstance(value, str) and value.count(":") > 1 and "[" not in value:
+            hint = " (put an IPv6 address in brackets: \"[::1]:7100\")"
+        raise _fail(field, f'expected "host:port", got {_show(value)}{hint}')
+    host = m["v6"] if m["v6"] is not None else m["host"]
+    port_text = m["port6"] if m["port6"] is not None else m["port"]
+    if not host:
+        raise _fail(field, f'expected "host:port", got {_show(value)} (the host is empty)')
+    _host(host, field)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise _fail(field, f"the port must be in 1..65535, got {port}")
+    return host, port
+
+
+def _tuple(value: object, field: str) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _fail(field, f"expected an array, got {_show(value)}")
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration records.
+
+
+class _FrozenMapping(Mapping):
+    """A read-only mapping that, unlike ``MappingProxyType``, pickles and deep-copies (so a
+    config can cross a process boundary and goes through ``dataclasses.asdict``)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __reduce__(self):
+        return (type(self), (self._data,))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where one node listens.
+
+    Invariants: ``id`` is positive; ports are in 1..65535; the peer and client addresses are
+    distinct from every other address of the cluster (checked by :class:`ClusterConfig`).
+    """
+
+    id: int
+    """Unique in the cluster; also the node's Raft id (so never 0)."""
+    region: str
+    peer_host: str
+    """Where other nodes reach this one (Raft and transaction RPCs)."""
+    peer_port: int
+    client_host: str
+    """Where clients reach this one."""
+    client_port: int
+
+    def __post_init__(self) -> None:
+        _int(self.id, "id")
+        _region_name(self.region, "region")
+        _host(self.peer_host, "peer_host")
+        _port(self.peer_port, "peer_port")
+        _host(self.client_host, "client_host")
+        _port(self.client_port, "client_port")
+
+    @property
+    def peer_address(self) -> str:
+        """``"host:port"`` (IPv6 hosts in brackets), as written in the configuration."""
+        return _format_address(self.peer_host, self.peer_port)
+
+    @property
+    def client_address(self) -> str:
+        return _format_address(self.client_host, self.client_port)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionConfig:
+    """A region and its nodes, in the order listed.
+
+    Invariants: at least one node; every node's ``region`` is ``name``.
+    """
+
+    name: str
+    nodes: tuple[NodeAddress, ...]
+
+    def __post_init__(self) -> None:
+        _region_name(self.name, "name")
+        nodes = _tuple(self.nodes, "nodes")
+        if not nodes:
+            raise _fail("nodes", "a region needs at least one node")
+        for i, node in enumerate(nodes):
+            if not isinstance(node, NodeAddress):
+                raise _fail(f"nodes[{i}]", f"expected a NodeAddress, got {_show(node)}")
+            if node.region != self.name:
+                raise _fail(
+                    f"nodes[{i}].region",
+                    f"node {node.id} says region {_show(node.region)} but is listed under "
+                    f"{_show(self.name)}",
+                )
+        object.__setattr__(self, "nodes", nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-transaction limits, enforced with clear errors (ARCH §5.8).
+
+    The lifetime bounds how long MVCC garbage collection and the adjudicator must remember a
+    transaction. Invariant: ``max_key_size + max_value_size <= max_txn_bytes``, so that the
+    largest single write fits in a transaction.
+    """
+
+    max_txn_keys: int = 1000
+    """Keys written per transaction."""
+    max_txn_bytes: int = 4 << 20
+    """Bytes of keys and values written per transaction."""
+    max_key_size: int = 250
+    """At most the store's limit, :data:`engine.mvcc.MAX_KEY_SIZE`."""
+    max_value_size: int = 1 << 20
+    """At most the store's limit, :data:`engine.mvcc.MAX_VALUE_SIZE`."""
+    max_txn_lifetime_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _int(self.max_txn_keys, "max_txn_keys")
+        _int(self.max_txn_bytes, "max_txn_bytes")
+        _int(self.max_key_size, "max_key_size", high=STORE_MAX_KEY_SIZE)
+        _int(self.max_value_size, "max_value_size", high=STORE_MAX_VALUE_SIZE)
+        lifetime = _number(self.max_txn_lifetime_s, "max_txn_lifetime_s", positive=True)
+        object.__setattr__(self, "max_txn_lifetime_s", lifetime)
+        largest_write = self.max_key_size + self.max_value_size
+        if self.max_txn_bytes < largest_write:
+            raise _fail(
+                "max_txn_bytes",
+                f"must be at least max_key_size + max_value_size ({largest_write}) so that "
+                f"the largest single write fits in a transaction, got {self.max_txn_bytes}",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The layout and settings shared by every node of a cluster (ARCH §4).
+
+    Invariants: at least one region, with unique names; node ids and addresses unique across
+    the cluster; ``election_ticks > heartbeat_ticks``; latency pairs name two different known
+    regions; ``meta_regions`` is a non-empty list of known regions without repeats.
+    """
+
+    name: str
+    regions: tuple[RegionConfig, ...]
+    max_clock_offset_ms: int = 250
+    """The largest clock offset the guarantees tolerate (ARCH §5, §9)."""
+    tick_interval_ms: int = 50
+    """The length of one Raft tick; Raft counts time in ticks."""
+    election_ticks: int = 20
+    heartbeat_ticks: int = 2
+    wan_latency_ms: Mapping[frozenset[str], float] = dc_field(default_factory=dict)
+    """One-way latency per unordered pair of regions. Given in code, keys may also be
+    ``(a, b)`` tuples; they are stored as frozensets, in a read-only mapping."""
+    limits: Limits = dc_field(default_factory=Limits)
+    meta_regions: tuple[str, ...] = ()
+    """Regions hosting the metadata group (range directory, keyspace catalogue). Empty when
+    constructed means every region, and is replaced by their names."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _CLUSTER_NAME_RE.fullmatch(self.name):
+            raise _fail(
+                "name",
+                f"a cluster name is non-empty and made of letters, digits, '.', '_' and '-', "
+                f"got {_show(self.name)}",
+            )
+        regions = _tuple(self.regions, "regions")
+        if not regions:
+            raise _fail("regions", "a cluster needs at least one region")
+        names: list[str] = []
+        for i, region in enumerate(regions):
+            if not isinstance(region, RegionConfig):
+                raise _fail(f"regions[{i}]", f"expected a RegionConfig, got {_show(region)}")
+            if region.name in names:
+                raise _fail(f"regions.{region.name}", "the region is listed twice")
+            names.append(region.name)
+        object.__setattr__(self, "regions", regions)
+        self._check_nodes_unique()
+
+        _int(self.max_clock_offset_ms, "max_clock_offset_ms")
+        _int(self.tick_interval_ms, "tick_interval_ms")
+        _int(self.heartbeat_ticks, "heartbeat_ticks")
+        _int(self.election_ticks, "election_ticks")
+        if self.election_ticks <= self.heartbeat_ticks:
+            # A follower must hear several heartbeats before it may call an election.
+            raise _fail(
+                "election_ticks",
+                f"must be greater than heartbeat_ticks ({self.heartbeat_ticks}), "
+                f"got {self.election_ticks}",
+            )
+        object.__setattr__(self, "wan_latency_ms", self._checked_latencies(names))
+        if not isinstance(self.limits, Limits):
+            raise _fail("limits", f"expected a Limits, got {_show(self.limits)}")
+
+        meta = _tuple(self.meta_regions, "meta_regions") or tuple(names)
+        for i, name in enumerate(meta):
+            path = f"meta_regions[{i}]"
+            if name not in names:
+                raise _fail(path, f"unknown region {_show(name)}; regions: {', '.join(names)}")
+            if name in meta[:i]:
+                raise _fail(path, f"region {_show(name)} is listed twice")
+        object.__setattr__(self, "meta_regions", meta)
+
+    def _check_nodes_unique(self) -> None:
+        # Messages name the earlier use by region and index, not by path: the path of this
+        # table inside a larger document is not known here.
+        ids: dict[int, str] = {}
+        addresses: dict[tuple[str, int], str] = {}
+        for region in self.regions:
+            for i, node in enumerate(region.nodes):
+                path = f"regions.{region.name}.nodes[{i}]"
+                if node.id in ids:
+                    raise _fail(
+                        f"{path}.id", f"node id {node.id} is already used by {ids[node.id]}"
+                    )
+                ids[node.id] = f"nodes[{i}] of region {region.name}"
+                for kind, host, port in (
+                    ("peer_address", node.peer_host, node.peer_port),
+                    ("client_address", node.client_host, node.client_port),
+                ):
+                    key = (host.lower(), port)
+                    if key in addresses:
+                        raise _fail(
+                            f"{path}.{kind}",
+                            f"{_format_address(host, port)} is already the {addresses[key]}",
+                        )
+                    addresses[key] = f"{kind} of node {node.id} (region {region.name})"
+
+    def _checked_latencies(self, names: list[str]) -> Mapping[frozenset[str], float]:
+        if not isinstance(self.wan_latency_ms, Mapping):
+            raise _fail(
+                "wan_latency_ms",
+                f"expected a mapping of region pairs to milliseconds, "
+                f"got {_show(self.wan_latency_ms)}",
+            )
+        order = {name: i for i, name in enumerate(names)}
+        checked: dict[frozenset[str], float] = {}
+        where: dict[frozenset[str], tuple[str, str]] = {}
+        for pair, value in self.wan_latency_ms.items():
+            if isinstance(pair, frozenset):
+                # No written direction: show the pair in region order, for a stable path.
+                ends = sorted(pair, key=lambda r: (order.get(r, len(order)), str(r)))
+            elif isinstance(pair, tuple):
+                ends = list(pair)
+            else:
+                raise _fail("wan_latency_ms", f"expected region pairs as keys, got {pair!r}")
+            if len(ends) != 2 or not all(isinstance(r, str) for r in ends):
+                raise _fail(
+                    "wan_latency_ms",
+                    f"a key must be a pair of two different region names, got {pair!r}",
+                )
+            a, b = ends
+            path = f"wan_latency_ms.{_key(a)}.{_key(b)}"
+            for end, end_path in ((a, f"wan_latency_ms.{_key(a)}"), (b, path)):
+                if end not in order:
+                    raise _fail(
+                        end_path, f"unknown region {_show(end)}; regions: {', '.join(names)}"
+                    )
+            if a == b:
+                raise _fail(path, "a region's latency to itself is always 0; list only pairs")
+            key = frozenset((a, b))
+            if key in checked:
+                x, y = where[key]
+                raise _fail(
+                    path, f"the pair {a}/{b} is already given, as {x} = {{ {y} = ... }}"
+                )
+            checked[key] = _number(value, path, positive=False)
+            where[key] = (a, b)
+        return _FrozenMapping(checked)
+
+    @property
+    def max_clock_offset_ns(self) -> int:
+        """:attr:`max_clock_offset_ms` in nanoseconds, as the hybrid clock takes it."""
+        return self.max_clock_offset_ms * 1_000_000
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+    def all_nodes(self) -> tuple[NodeAddress, ...]:
+        """Every node, region by region, in the order listed."""
+        return tuple(node for region in self.regions for node in region.nodes)
+
+    def node(self, node_id: int) -> NodeAddress:
+        """The node with id ``node_id``.
+
+        Raises:
+            InvalidArgumentError: no such node.
+        """
+        for node in self.all_nodes():
+            if node.id == node_id:
+                return node
+        ids = ", ".join(str(n.id) for n in self.all_nodes())
+        raise InvalidArgumentError(
+            f"no node {node_id!r} in cluster {self.name!r}; node ids: {ids}"
+        )
+
+    def nodes_in(self, region: str) -> tuple[NodeAddress, ...]:
+        """The nodes of ``region``, in the order listed.
+
+        Raises:
+            InvalidArgumentError: no such region.
+        """
+        return self._region(region).nodes
+
+    def latency_ms(self, a: str, b: str) -> float:
+        """The one-way WAN latency between regions ``a`` and ``b``: 0 within a region and for
+        pairs the configuration does not list.
+
+        Raises:
+            InvalidArgumentError: either region is unknown.
+        """
+        self._region(a)
+        self._region(b)
+        if a == b:
+            return 0.0
+        return self.wan_latency_ms.get(frozenset((a, b)), 0.0)
+
+    def _region(self, name: str) -> RegionConfig:
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise InvalidArgumentError(
+            f"no region {name!r} in cluster {self.name!r}; regions: "
+            f"{', '.join(self.region_names)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One node's configuration: who it is, where its data lives, and the cluster.
+
+    Invariant: ``node_id`` is a node of ``cluster``.
+    """
+
+    node_id: int
+    data_dir: str
+    """Given in code, any path-like; stored as a ``str``."""
+    cluster: ClusterConfig
+    log_level: str = "info"
+    """One of :data:`LOG_LEVELS`."""
+
+    def __post_init__(self) -> None:
+        _int(self.node_id, "node_id")
+        if not isinstance(self.cluster, ClusterConfig):
+            raise _fail("cluster", f"expected a ClusterConfig, got {_show(self.cluster)}")
+        if self.node_id not in {n.id for n in self.cluster.all_nodes()}:
+            ids = ", ".join(str(n.id) for n in self.cluster.all_nodes())
+            raise _fail(
+                "node_id", f"node {self.node_id} is not in the cluster; node ids: {ids}"
+            )
+        data_dir = self.data_dir
+        if isinstance(data_dir, os.PathLike):
+            data_dir = os.fspath(data_dir)
+        data_dir = _str(data_dir, "data_dir")
+        if not data_dir:
+            raise _fail("data_dir", "must not be empty")
+        if "\x00" in data_dir:
+            raise _fail("data_dir", "must not contain a NUL character")
+        try:
+            data_dir.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(
+                "data_dir", f"must be valid Unicode (it is written back as UTF-8), got {data_dir!r}"
+            ) from None
+        object.__setattr__(self, "data_dir", data_dir)
+        if self.log_level not in LOG_LEVELS:
+            raise _fail(
+                "log_level",
+                f"expected one of {', '.join(LOG_LEVELS)}, got {_show(self.log_level)}",
+            )
+
+    @property
+    def address(self) -> NodeAddress:
+        """This node's addresses."""
+        return self.cluster.node(self.node_id)
+
+    @property
+    def region(self) -> str:
+        return self.address.region
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading TOML.
+
+_NODE_KEYS = ("node_id", "data_dir", "log_level", "cluster")
+_CLUSTER_KEYS = (
+    "name", "regions", "max_clock_offset_ms", "tick_interval_ms", "election_ticks",
+    "heartbeat_ticks", "wan_latency_ms", "limits", "meta_regions",
+)
+_LIMITS_KEYS = (
+    "max_txn_keys", "max_txn_bytes", "max_key_size", "max_value_size", "max_txn_lifetime_s",
+)
+_REGION_KEYS = ("nodes",)
+_NODE_ADDRESS_KEYS = ("id", "peer_address", "client_address")
+
+
+@contextmanager
+def _under(prefix: str) -> Iterator[None]:
+    """Places the field of any ConfigError raised inside under ``prefix``."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise exc._under(prefix) from None
+
+
+def _table(
+    raw: object, field: str | None, allowed: tuple[str, ...], required: tuple[str, ...]
+) -> Mapping[str, Any]:
+    """Checks that ``raw`` is a table with only ``allowed`` keys and all ``required`` ones."""
+    if not isinstance(raw, Mapping):
+        raise _fail(field, f"expected a table, got {_show(raw)}")
+    for key in raw:
+        if not isinstance(key, str):
+            raise _fail(field, f"keys must be strings, got {key!r}")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise _fail(
+                _join(field, _key(key)),
+                f"unknown key; {hint}allowed keys: {', '.join(allowed)}",
+            )
+    for key in required:
+        if key not in raw:
+            raise _fail(_join(field, key), "missing (this key is required)")
+    return raw
+
+
+def _region_from(name: object, raw: object, field: str) -> RegionConfig:
+    _region_name(name, field)
+    table = _table(raw, field, _REGION_KEYS, _REGION_KEYS)
+    entries = table["nodes"]
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, (list, tuple)):
+        raise _fail(f"{field}.nodes", f"expected an array of tables, got {_show(entries)}")
+    nodes = []
+    for i, entry in enumerate(entries):
+        path = f"{field}.nodes[{i}]"
+        node = _table(entry, path, _NODE_ADDRESS_KEYS, _NODE_ADDRESS_KEYS)
+        peer_host, peer_port = _parse_address(node["peer_address"], f"{path}.peer_address")
+        client_host, client_port = _parse_address(
+            node["client_address"], f"{path}.client_address"
+        )
+        with _under(path):
+            nodes.append(
+                NodeAddress(
+                    id=node["id"], region=name, peer_host=peer_host, peer_port=peer_port,
+                    client_host=client_host, client_port=client_port,
+                )
+            )
+    with _under(field):
+        return RegionConfig(name=name, nodes=tuple(nodes))
+
+
+def _latencies_from(raw: object) -> dict[tuple[str, str], object]:
+    """``{a = {b = ms}}`` as ``{(a, b): ms}``, keeping each pair in its written direction so
+    that :class:`ClusterConfig` can name it by the path it was written at."""
+    if not isinstance(raw, Mapping):
+        raise _fail("wan_latency_ms", f"expected a table, got {_show(raw)}")
+    pairs: dict[tuple[str, str], object] = {}
+    for a, inner in raw.items():
+        if not isinstance(inner, Mapping):
+            raise _fail(
+                f"wan_latency_ms.{_key(a)}",
+                f"expected a table of region = milliseconds, got {_show(inner)}",
+            )
+        for b, value in inner.items():
+            pairs[(a, b)] = value  # a pair given both ways is caught by ClusterConfig
+    return pairs
+
+
+def _cluster_from(raw: object) -> ClusterConfig:
+    """A ClusterConfig from the ``[cluster]`` table; fields are relative to it."""
+    table = _table(raw, None, _CLUSTER_KEYS, ("name", "regions"))
+    regions_raw = table["regions"]
+    if not isinstance(regions_raw, Mapping):
+        raise _fail("regions", f"expected a table of regions, got {_show(regions_raw)}")
+    regions = tuple(
+        _region_from(name, region, f"regions.{_key(name)}")
+        for name, region in regions_raw.items()
+    )
+    kwargs: dict[str, Any] = {
+        key: table[key]
+        for key in ("max_clock_offset_ms", "tick_interval_ms", "election_ticks", "heartbeat_ticks")
+        if key in table
+    }
+    if "limits" in table:
+        limits = _table(table["limits"], "limits", _LIMITS_KEYS, ())
+        with _under("limits"):
+            kwargs["limits"] = Limits(**limits)
+    if "wan_latency_ms" in table:
+        kwargs["wan_latency_ms"] = _latencies_from(table["wan_latency_ms"])
+    if "meta_regions" in table:
+        kwargs["meta_regions"] = _tuple(table["meta_regions"], "meta_regions")
+    return ClusterConfig(name=table["name"], regions=regions, **kwargs)
+
+
+def _node_from(raw: object) -> NodeConfig:
+    table = _table(raw, None, _NODE_KEYS, ("node_id", "data_dir", "cluster"))
+    with _under("cluster"):
+        cluster = _cluster_from(table["cluster"])
+    kwargs = {"log_level": table["log_level"]} if "log_level" in table else {}
+    return NodeConfig(
+        node_id=table["node_id"], data_dir=table["data_dir"], cluster=cluster, **kwargs
+    )
+
+
+def _parse(document: object, source: str, path: str | None) -> NodeConfig:
+    try:
+        if isinstance(document, str):
+            try:
+                document = tomllib.loads(document)
+            except tomllib.TOMLDecodeError as exc:
+                text = str(exc)
+                m = _TOML_ERROR_RE.fullmatch(text)
+                if m is None:
+                    raise ConfigError(f"invalid TOML: {text}") from None
+                raise ConfigError(
+                    f"invalid TOML: {m['reason']}", line=int(m["line"]),
+                    column=int(m["column"]),
+                ) from None
+        elif not isinstance(document, Mapping):
+            raise ConfigError(
+                f"expected TOML text or a mapping, got {type(document).__name__}"
+            )
+        return _node_from(document)
+    except ConfigError as exc:
+        raise exc._located(source, path) from None
+
+
+def parse_node_config(
+    text_or_dict: str | Mapping[str, Any], *, source: str = "<string>"
+) -> NodeConfig:
+    """Parses and validates a node configuration.
+
+    Args:
+        text_or_dict: TOML text, or the mapping ``tomllib`` would make of it.
+        source: what to call the document in error messages.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: bad TOML (with line and column), or a bad or unknown field (named by its
+            path).
+    """
+    return _parse(text_or_dict, source, None)
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Reads, parses and validates a node configuration file (UTF-8 TOML).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: the file is not UTF-8 or not TOML, or a field is bad; its ``path`` is set.
+        OSError: the file cannot be read.
+    """
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (bad byte at offset {exc.start})", path=name) from None
+    return _parse(text, name, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing TOML (tomllib only reads).
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _toml_str(value: str) -> str:
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_float(value: float) -> str:
+    # repr is the shortest text that reads back as the same float, and is valid TOML for every
+    # finite float ("35.0", "1e-05", "1.5e+300").
+    return repr(float(value))
+
+
+def dump_node_config(cfg: NodeConfig) -> str:
+    """Writes a configuration as TOML that :func:`parse_node_config` reads back equal.
+
+    Every setting is written, defaults included, so the file says what the node runs with.
+
+    Raises:
+        InvalidArgumentError: ``cfg`` is not a NodeConfig.
+    """
+    if not isinstance(cfg, NodeConfig):
+        raise InvalidArgumentError(f"expected a NodeConfig, got {type(cfg).__name__}")
+    c = cfg.cluster
+    lines = [
+        f"node_id = {cfg.node_id}",
+        f"data_dir = {_toml_str(cfg.data_dir)}",
+        f"log_level = {_toml_str(cfg.log_level)}",
+        "",
+        "[cluster]",
+        f"name = {_toml_str(c.name)}",
+        f"max_clock_offset_ms = {c.max_clock_offset_ms}",
+        f"tick_interval_ms = {c.tick_interval_ms}",
+        f"election_ticks = {c.election_ticks}",
+        f"heartbeat_ticks = {c.heartbeat_ticks}",
+        f"meta_regions = [{', '.join(_toml_str(r) for r in c.meta_regions)}]",
+        "",
+        "[cluster.limits]",
+        f"max_txn_keys = {c.limits.max_txn_keys}",
+        f"max_txn_bytes = {c.limits.max_txn_bytes}",
+        f"max_key_size = {c.limits.max_key_size}",
+        f"max_value_size = {c.limits.max_value_size}",
+        f"max_txn_lifetime_s = {_toml_float(c.limits.max_txn_lifetime_s)}",
+    ]
+    if c.wan_latency_ms:
+        # Each pair under whichever of its regions is listed first.
+        lines += ["", "[cluster.wan_latency_ms]"]
+        names = c.region_names
+        for i, a in enumerate(names):
+            entries = [
+                f"{b} = {_toml_float(c.wan_latency_ms[frozenset((a, b))])}"
+                for b in names[i + 1:]
+                if frozenset((a, b)) in c.wan_latency_ms
+            ]
+            if entries:
+                lines.append(f"{a} = {{ {', '.join(entries)} }}")
+    for region in c.regions:
+        lines += ["", f"[cluster.regions.{region.name}]", "nodes = ["]
+        lines += [
+            f"    {{ id = {n.id}, peer_address = {_toml_str(n.peer_address)}, "
+            f"client_address = {_toml_str(n.client_address)} }},"
+            for n in region.nodes
+        ]
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# A local cluster.
+
+
+def default_local_cluster(
+    regions: Iterable[str] = DEFAULT_REGIONS,
+    nodes_per_region: int = 3,
+    base_port: int = DEFAULT_BASE_PORT,
+    host: str = "127.0.0.1",
+    *,
+    name: str = "local",
+    wan_latency_ms: Mapping[Any, float] | None = None,
+) -> ClusterConfig:
+    """A cluster of ``nodes_per_region`` nodes in each region, all on ``host``.
+
+    Node ids count from 1, region by region. The k-th node (from 0) listens for peers on
+    ``base_port + 2k`` and for clients on ``base_port + 2k + 1``. Unless ``wan_latency_ms`` is
+    given, the region pairs (0, 1), (0, 2), (1, 2) get one-way latencies of 35, 70 and 110 ms
+    (:data:`DEFAULT_WAN_LATENCY_MS`), and any further pairs 110 ms.
+
+    Raises:
+        InvalidArgumentError: a bad argument (``regions`` a single string, a port range that
+            runs past 65535, ...).
+        ConfigError: a bad region name, host or latency, or a region listed twice.
+    """
+    if isinstance(regions, str):
+        raise InvalidArgumentError(
+            f"regions must be a sequence of region names, not the string {regions!r}"
+        )
+    names = tuple(regions)
+    if type(nodes_per_region) is not int or nodes_per_region < 1:
+        raise InvalidArgumentError(
+            f"nodes_per_region must be a positive int, got {nodes_per_region!r}"
+        )
+    last_port = (base_port + 2 * len(names) * nodes_per_region - 1
+                 if type(base_port) is int else None)
+    if last_port is None or base_port < 1 or last_port > 65535:
+        raise InvalidArgumentError(
+            f"base_port must be an int such that ports {base_port!r}.."
+            f"{last_port if last_port is not None else '?'} lie in 1..65535"
+        )
+    for i, region in enumerate(names):
+        _region_name(region, f"regions[{i}]")
+    _host(host, "host")
+    region_configs = []
+    next_id = 1
+    for region in names:
+        nodes = []
+        for _ in range(nodes_per_region):
+            port = base_port + 2 * (next_id - 1)
+            nodes.append(NodeAddress(next_id, region, host, port, host, port + 1))
+            next_id += 1
+        region_configs.append(RegionConfig(region, tuple(nodes)))
+    if wan_latency_ms is None:
+        wan_latency_ms = {}
+        k = 0
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                wan_latency_ms[(a, b)] = DEFAULT_WAN_LATENCY_MS[min(k, 2)]
+                k += 1
+    return ClusterConfig(name=name, regions=tuple(region_configs), wan_latency_ms=wan_latency_ms)

@@ -1,0 +1,433 @@
+"""Hybrid logical clock and clock-offset monitor (ARCH §5.1, §9).
+
+Timestamps
+----------
+A timestamp is a plain ``int``: nanoseconds since the Unix epoch, with the logical part of a
+hybrid logical clock folded into the low digits. A clock issues ``max(last + 1,
+physical_now_ns)``, so a timestamp stays within nanoseconds of real time while the clock is
+ahead of every message it has seen, and still orders totally when the physical clock stalls or
+goes backwards: the "logical counter" is just the surplus over physical time. Timestamps fit in
+a u64 and are used as they are for MVCC commit and read timestamps
+(:data:`engine.mvcc.MIN_TS`..:data:`engine.mvcc.MAX_TS`); comparing two of them is an ``int``
+comparison, and no pair of (wall, logical) fields ever has to be encoded.
+
+Causality: every RPC carries its sender's timestamp, and the receiver calls
+:meth:`HybridClock.update` with it before acting on the message. Every timestamp the receiver
+issues afterwards is above the sender's, so "happened before" implies "smaller timestamp".
+
+Why the offset limit matters
+----------------------------
+The transaction protocol's real-time guarantee (ARCH §5: a transaction that starts after
+another committed sees it, from any region) holds only while physical clocks differ by at most
+``max_clock_offset``. Two defences enforce the failure model (ARCH §9) instead of silently
+leaving it:
+
+- :meth:`HybridClock.update` refuses a timestamp more than ``max_offset_ns`` ahead of the local
+  physical clock. Adopting it would drag this node's clock (and every node it talks to) into
+  the future, beyond what the uncertainty interval covers; a peer that far ahead is broken.
+- :class:`ClockOffsetMonitor` estimates each peer's offset from ping round trips. If a majority
+  of recently measured peers are beyond the limit, the fault is probably this node's clock, and
+  the node must stop serving rather than break the guarantees. If only a minority is, those
+  peers are the ones at fault, and their own monitors will stop them.
+
+Example::
+
+    clock = HybridClock(max_offset_ns=250_000_000)
+    read_ts = clock.now()                  # begin a transaction
+    clock.update(message.ts)               # on every received RPC
+    assert clock.now() > message.ts
+
+Nothing here sleeps or does I/O; the monitor does not even read a clock (the caller passes the
+time in), so both are easy to drive deterministically in tests and in the simulator.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from .errors import InvalidArgumentError, MeridianError
+from .mvcc import MAX_TS
+
+__all__ = [
+    "ClockOffsetError",
+    "HybridClock",
+    "ClockOffsetMonitor",
+    "OffsetMeasurement",
+]
+
+
+class ClockOffsetError(MeridianError, RuntimeError):
+    """Clocks are further apart than the configured maximum offset (ARCH §9).
+
+    Raised when a received timestamp is too far ahead of the local physical clock, and when a
+    majority of peers disagree with this node's clock by more than the maximum offset. Either
+    way the system is outside its failure model: the node must not go on serving as if it were
+    not. It is not retryable in the sense of a transaction conflict.
+    """
+
+
+def _ms(ns: int) -> str:
+    """A nanosecond amount as milliseconds for messages: ``1_500_000`` -> ``'1.500 ms'``."""
+    return f"{ns / 1_000_000:.3f} ms"
+
+
+def _check_ns(name: str, value: object, *, positive: bool = False) -> int:
+    """Validates a nanosecond argument: an ``int`` (not a bool), >= 0 (or > 0), <= MAX_TS."""
+    if type(value) is not int:
+        raise InvalidArgumentError(
+            f"{name} must be an int of nanoseconds, got {type(value).__name__} {value!r}"
+        )
+    low = 1 if positive else 0
+    if not low <= value <= MAX_TS:
+        raise InvalidArgumentError(f"{name} must be in {low}..{MAX_TS}, got {value}")
+    return value
+
+
+class HybridClock:
+    """A hybrid logical clock whose timestamps are ints of nanoseconds (ARCH §5.1).
+
+    Invariant: every value returned by :meth:`now` or :meth:`update` is greater than every
+    value returned before it and than every remote timestamp accepted before it; :attr:`last`
+    is the largest of these.
+
+    Args:
+        physical: the physical clock, returning nanoseconds since the Unix epoch. Injected so
+            that tests and the simulator can drive it (and skew it) deterministically.
+        max_offset_ns: the largest clock offset the cluster tolerates
+            (``ClusterConfig.max_clock_offset_ns``); remote timestamps further ahead than this
+            are refused.
+
+    Raises:
+        InvalidArgumentError: ``physical`` is not callable, or ``max_offset_ns`` is not a
+            positive int.
+
+    Thread-safety: all methods may be called from any thread; a lock orders them, so
+    timestamps stay unique and increasing across threads.
+    """
+
+    __slots__ = ("_physical", "_max_offset_ns", "_last", "_lock")
+
+    def __init__(
+        self, physical: Callable[[], int] = time.time_ns, *, max_offset_ns: int
+    ) -> None:
+        if not callable(physical):
+            raise InvalidArgumentError(
+                f"physical must be a callable returning nanoseconds, "
+                f"got {type(physical).__name__}"
+            )
+        self._physical = physical
+        self._max_offset_ns = _check_ns("max_offset_ns", max_offset_ns, positive=True)
+        self._last = 0
+        self._lock = threading.Lock()
+
+    @property
+    def max_offset_ns(self) -> int:
+        """The largest tolerated clock offset, in nanoseconds."""
+        return self._max_offset_ns
+
+    @property
+    def last(self) -> int:
+        """The largest timestamp issued or accepted so far (0 before the first)."""
+        return self._last
+
+    def physical_ns(self) -> int:
+        """Reads the physical clock, checking that it returns a usable value.
+
+        Returns:
+            Nanoseconds since the Unix epoch, as the physical clock reports them (not adjusted
+            by the hybrid clock: it may be below :attr:`last`).
+
+        Raises:
+            InvalidArgumentError: the physical clock returned something other than an int in
+                ``0..MAX_TS`` (a broken injected clock, not a runtime condition).
+        """
+        value = self._physical()
+        if type(value) is not int or not 0 <= value <= MAX_TS:
+            raise InvalidArgumentError(
+                f"the physical clock must return an int of nanoseconds in 0..{MAX_TS}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def now(self) -> int:
+        """Issues a timestamp: ``max(last + 1, physical now)``.
+
+        Returns:
+            A timestamp strictly greater than every one issued or accepted before, even if the
+            physical clock went backwards.
+
+        Raises:
+            ClockOffsetError: the timestamp space is exhausted (:attr:`last` is ``MAX_TS``),
+                which only a physical clock centuries ahead can cause.
+            InvalidArgumentError: the injected physical clock returned a bad value.
+        """
+        with self._lock:
+            return self._tick(self._last, self.physical_ns())
+
+    def update(self, remote_ts: int) -> int:
+        """Takes in the timestamp carried by a received RPC, then issues a timestamp.
+
+        The clock moves up to ``remote_ts`` if it is ahead, so that everything this node does
+        after the message is ordered after the message (the HLC receive rule).
+
+        Args:
+            remote_ts: the sender's timestamp (an int in ``0..MAX_TS``).
+
+        Returns:
+            A timestamp strictly greater than ``remote_ts`` and than every timestamp issued or
+            accepted before.
+
+        Raises:
+            ClockOffsetError: ``remote_ts`` is more than :attr:`max_offset_ns` ahead of this
+                node's physical clock. The clock is left unchanged: a peer that far ahead is
+                outside the failure model (ARCH §9), and following it would push this node,
+                and every node it talks to, into the future.
+            InvalidArgumentError: ``remote_ts`` is not an int in ``0..MAX_TS``.
+        """
+        _check_ns("remote_ts", remote_ts)
+        with self._lock:
+            physical = self.physical_ns()
+            ahead = remote_ts - physical
+            if ahead > self._max_offset_ns:
+                raise ClockOffsetError(
+                    f"remote timestamp {remote_ts} is {_ms(ahead)} ahead of this node's "
+                    f"physical clock ({physical}), beyond the maximum clock offset of "
+                    f"{_ms(self._max_offset_ns)}; refusing to move the clock forward"
+                )
+            return self._tick(max(self._last, remote_ts), physical)
+
+    def _tick(self, floor: int, physical: int) -> int:
+        """Issues ``max(floor + 1, physical)``; the caller holds the lock."""
+        ts = max(floor + 1, physical)
+        if ts > MAX_TS:
+            raise ClockOffsetError(
+                f"timestamp space exhausted: the clock is at {floor}, the largest timestamp is "
+                f"{MAX_TS}"
+            )
+        self._last = ts
+        return ts
+
+    def __repr__(self) -> str:
+        return f"HybridClock(last={self._last}, max_offset_ns={self._max_offset_ns})"
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetMeasurement:
+    """One estimate of a peer's clock offset, from a ping round trip.
+
+    The peer read its clock at some moment between ``send_ns`` and ``recv_ns`` (local time),
+    so its true offset lies in ``offset_ns ± uncertainty_ns``.
+
+    Invariant: ``uncertainty_ns >= 0``.
+    """
+
+    peer: Hashable
+    offset_ns: int
+    """Peer clock minus local clock: positive when the peer is ahead."""
+    uncertainty_ns: int
+    """Half the round trip, rounded up: the true offset is within this of ``offset_ns``."""
+    measured_at_ns: int
+    """Local physical time the reply arrived; freshness is judged from it."""
+
+    @property
+    def certain_offset_ns(self) -> int:
+        """The offset this measurement proves, either way: ``|offset| - uncertainty``, or 0."""
+        return max(0, abs(self.offset_ns) - self.uncertainty_ns)
+
+
+class ClockOffsetMonitor:
+    """Decides from measured peer offsets whether this node's clock is still trustworthy.
+
+    Fed with ping round trips (:meth:`record`), it keeps the newest measurement per peer. At a
+    given time, the peers measured within ``stale_after_ns`` are *fresh*; a fresh peer is
+    *beyond the limit* when its offset, less the measurement's uncertainty, exceeds
+    ``max_offset_ns`` (so a slow round trip can only make the monitor more lenient, never
+    condemn a node for network delay). The node is unhealthy when a strict majority of fresh
+    peers are beyond the limit: then this node is the odd one out. A minority beyond the limit
+    means those peers are wrong, and it is for them to stop.
+
+    With no fresh measurement at all the monitor reports healthy: it knows of nothing wrong.
+    Whether a node that cannot reach anyone should serve is a question for liveness, not this
+    check.
+
+    Pure logic: no I/O, no clock reads, no threads of its own; time is passed in.
+
+    Args:
+        self_id: this node's id; it may appear in ``peers`` and is then left out.
+        peers: the ids of the nodes whose clocks are measured.
+        max_offset_ns: the largest tolerated offset, in nanoseconds (> 0).
+        stale_after_ns: measurements older than this are ignored (> 0).
+
+    Raises:
+        InvalidArgumentError: a bad duration, or a peer listed twice.
+
+    Thread-safety: none; call it from one thread (the node's event loop).
+    """
+
+    __slots__ = ("_self_id", "_peers", "_max_offset_ns", "_stale_after_ns", "_latest")
+
+    def __init__(
+        self,
+        self_id: Hashable,
+        peers: Iterable[Hashable],
+        max_offset_ns: int,
+        *,
+        stale_after_ns: int,
+    ) -> None:
+        self._self_id = self_id
+        self._max_offset_ns = _check_ns("max_offset_ns", max_offset_ns, positive=True)
+        self._stale_after_ns = _check_ns("stale_after_ns", stale_after_ns, positive=True)
+        listed: list[Hashable] = []
+        for peer in peers:
+            if peer in listed:
+                raise InvalidArgumentError(f"peer {peer!r} is listed twice")
+            listed.append(peer)
+        self._peers = tuple(p for p in listed if p != self_id)
+        self._latest: dict[Hashable, OffsetMeasurement] = {}
+
+    @property
+    def self_id(self) -> Hashable:
+        return self._self_id
+
+    @property
+    def peers(self) -> tuple[Hashable, ...]:
+        """The monitored peers, in the order given, without this node."""
+        return self._peers
+
+    @property
+    def max_offset_ns(self) -> int:
+        return self._max_offset_ns
+
+    @property
+    def stale_after_ns(self) -> int:
+        return self._stale_after_ns
+
+    def record(
+        self, peer: Hashable, send_ns: int, peer_physical_ns: int, recv_ns: int
+    ) -> OffsetMeasurement:
+        """Records one ping round trip to ``peer``.
+
+        Args:
+            peer: a monitored peer.
+            send_ns: local physical time the ping was sent.
+            peer_physical_ns: the peer's physical clock as carried in its reply.
+            recv_ns: local physical time the reply arrived (>= ``send_ns``).
+
+        Returns:
+            The measurement now held for ``peer``. A reply that arrives out of order (older
+            than the one held, by ``recv_ns``) does not replace it, and the held one is
+            returned.
+
+        Raises:
+            InvalidArgumentError: an unknown peer, a time that is not an int in ``0..MAX_TS``,
+                or ``recv_ns < send_ns``.
+        """
+        if peer not in self._peers:
+            raise InvalidArgumentError(
+                f"unknown peer {peer!r}: monitored peers are {list(self._peers)!r}"
+            )
+        _check_ns("send_ns", send_ns)
+        _check_ns("peer_physical_ns", peer_physical_ns)
+        _check_ns("recv_ns", recv_ns)
+        if recv_ns < send_ns:
+            raise InvalidArgumentError(
+                f"recv_ns ({recv_ns}) is before send_ns ({send_ns}): pass times from one "
+                f"local clock"
+            )
+        # The peer read its clock somewhere in [send, recv]: estimate at the midpoint. Rounding
+        # the uncertainty up keeps the true offset inside offset ± uncertainty.
+        measurement = OffsetMeasurement(
+            peer=peer,
+            offset_ns=peer_physical_ns - (send_ns + recv_ns) // 2,
+            uncertainty_ns=(recv_ns - send_ns + 1) // 2,
+            measured_at_ns=recv_ns,
+        )
+        held = self._latest.get(peer)
+        if held is not None and held.measured_at_ns > recv_ns:
+            return held
+        self._latest[peer] = measurement
+        return measurement
+
+    def offset(self, peer: Hashable) -> OffsetMeasurement | None:
+        """The newest measurement of ``peer``, however old, or None if never measured.
+
+        Raises:
+            InvalidArgumentError: ``peer`` is not monitored.
+        """
+        if peer not in self._peers:
+            raise InvalidArgumentError(
+                f"unknown peer {peer!r}: monitored peers are {list(self._peers)!r}"
+            )
+        return self._latest.get(peer)
+
+    def fresh(self, now_ns: int) -> tuple[OffsetMeasurement, ...]:
+        """The measurements taken within ``stale_after_ns`` of ``now_ns``, in peer order.
+
+        A measurement stamped after ``now_ns`` (times read on another thread) counts as fresh.
+        """
+        _check_ns("now_ns", now_ns)
+        horizon = now_ns - self._stale_after_ns
+        return tuple(
+            m
+            for p in self._peers
+            if (m := self._latest.get(p)) is not None and m.measured_at_ns >= horizon
+        )
+
+    def beyond_limit(self, now_ns: int) -> tuple[OffsetMeasurement, ...]:
+        """The fresh measurements whose offset certainly exceeds ``max_offset_ns``."""
+        return self._judge(now_ns)[1]
+
+    def healthy(self, now_ns: int) -> bool:
+        """False when a strict majority of the fresh peers are beyond the limit.
+
+        Args:
+            now_ns: the local physical time (same clock as the measurements).
+
+        Raises:
+            InvalidArgumentError: ``now_ns`` is not an int in ``0..MAX_TS``.
+        """
+        fresh, bad = self._judge(now_ns)
+        return 2 * len(bad) <= len(fresh)
+
+    def check(self, now_ns: int) -> None:
+        """Raises if this node's clock disagrees with a majority of its peers.
+
+        Args:
+            now_ns: the local physical time (same clock as the measurements).
+
+        Raises:
+            ClockOffsetError: a strict majority of the fresh peers are beyond the limit; the
+                message lists each of them with its offset and how far past the limit it is.
+            InvalidArgumentError: ``now_ns`` is not an int in ``0..MAX_TS``.
+        """
+        fresh, bad = self._judge(now_ns)
+        if 2 * len(bad) <= len(fresh):
+            return
+        limit = self._max_offset_ns
+        details = ", ".join(
+            f"{m.peer!r} at {'+' if m.offset_ns >= 0 else '-'}{_ms(abs(m.offset_ns))} "
+            f"(±{_ms(m.uncertainty_ns)}), {_ms(m.certain_offset_ns - limit)} beyond"
+            for m in bad
+        )
+        raise ClockOffsetError(
+            f"node {self._self_id!r}: clock offset beyond the maximum of {_ms(limit)} with "
+            f"{len(bad)} of {len(fresh)} peers measured in the last "
+            f"{_ms(self._stale_after_ns)}: {details}; this node's clock is the likely fault, "
+            f"so it must stop serving"
+        )
+
+    def _judge(
+        self, now_ns: int
+    ) -> tuple[tuple[OffsetMeasurement, ...], tuple[OffsetMeasurement, ...]]:
+        """(fresh measurements, those of them beyond the limit)."""
+        fresh = self.fresh(now_ns)
+        return fresh, tuple(m for m in fresh if m.certain_offset_ns > self._max_offset_ns)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClockOffsetMonitor(self_id={self._self_id!r}, peers={list(self._peers)!r}, "
+            f"max_offset_ns={self._max_offset_ns}, stale_after_ns={self._stale_after_ns})"
+        )

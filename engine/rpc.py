@@ -1,0 +1,1040 @@
+"""Msgpack RPC over TCP between clients and nodes, and between nodes (ARCH §7).
+
+A connection carries many calls at once. The client numbers its requests (*call ids*) and may
+have any number outstanding; the server runs each request in its own task and answers as soon as
+it is done, so replies can come back in any order and are matched to their calls by id.
+
+Every frame also carries a hybrid-logical-clock timestamp, ``ts``: the sender's ``clock_now()``
+when it wrote the frame. The receiver passes it to ``clock_update`` before anyone looks at the
+payload, so a handler always runs, and a caller always resumes, with a clock at or above the
+sender's (ARCH §5: causality across nodes). A ``clock_update`` that raises -- the peer's clock
+is further ahead than ``max_clock_offset`` allows -- refuses that one frame, not the connection.
+
+Nothing is ever unpickled (STYLE §7): payloads are plain msgpack values.
+
+Frame
+-----
+::
+
+    +-------------------+---------------------------------------------+
+    | length: u32, BE   | body: `length` bytes of msgpack             |
+    +-------------------+---------------------------------------------+
+
+    request   = [version, 0, call_id, method, ts, payload]      an array of 6
+    response  = [version, 1, call_id, ts, payload]              an array of 5
+    error     = [version, 2, call_id, ts, {"code": str, "message": str,
+                                            "retryable": bool, "details": map}]
+
+``version`` is :data:`RPC_VERSION` (1). ``call_id`` and ``ts`` are unsigned integers below
+``2**64``; ``method`` is a msgpack str; ``payload`` is any msgpack value. A response or an error
+repeats the call id of its request. The error map must hold the four keys with those types
+(further keys are ignored, so later versions may add some). ``length`` counts the body only, is
+at least 1 and at most the receiver's ``max_frame`` (:data:`DEFAULT_MAX_FRAME`, 16 MiB, by
+default); a larger length is refused as soon as its four bytes arrive, before any body is
+buffered.
+
+Bodies are packed with ``use_bin_type=True`` (bytes stay bytes, str stays str) and unpacked with
+``raw=False, strict_map_key=False`` (map keys may be any hashable msgpack value). A body must be
+exactly one msgpack value; ext types are refused, except the msgpack timestamp (ext -1), which
+the unpacker itself turns into a :class:`msgpack.Timestamp`.
+
+Worked example
+--------------
+``encode_request(1, "echo", 0, "hi")`` is 17 bytes::
+
+    00 00 00 0d                   length 13
+    96 01 00 01                   [1, 0 (request), 1 (call id),
+    a4 65 63 68 6f                 "echo",
+    00 a2 68 69                    0 (ts), "hi"]
+
+Errors and closing
+------------------
+A frame the receiver cannot trust -- a bad length, bytes that are not msgpack, a wrong shape or
+type, a request sent to a client or a response to a server -- ends the connection: the framing
+may be lost, so nothing after it can be read. The receiver logs the reason and closes; a server
+goes on serving its other connections. A frame of another ``version`` is answered, when its
+third element is a readable call id, with an error ``bad_version`` (naming the version this end
+speaks) before the connection closes.
+
+Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
+
+``unknown_method``      no handler has that name (the reply does not list the handlers).
+``internal``            the handler raised an exception that is not a :class:`RemoteError`, or
+                        its result could not be encoded; the message names the exception's type
+                        and text, and the server logs the traceback.
+``response_too_large``  the handler's result is over ``max_frame``.
+``clock_offset``        ``clock_update`` refused the request's ``ts``; the handler did not run.
+``bad_version``         see above.
+
+Writing
+-------
+Each connection has one writer task. A frame sent while the writer is idle and nothing is
+queued is written at once, with a plain non-blocking write, and the writer is woken; frames
+sent until it has run queue up behind that one and leave together, with one ``send_all`` of up
+to 1 MiB. So a lone call costs one write and no task switch, and a busy connection one write
+per scheduler pass rather than one per frame (the same scheme as :mod:`raft.tcp`). Senders wait
+while more than 4 MiB are queued. TCP_NODELAY is on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import trio
+
+from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
+
+__all__ = [
+    "RPC_VERSION",
+    "REQUEST",
+    "RESPONSE",
+    "ERROR",
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "UNKNOWN_METHOD",
+    "INTERNAL",
+    "RESPONSE_TOO_LARGE",
+    "CLOCK_OFFSET",
+    "BAD_VERSION",
+    "RemoteError",
+    "ConnectionLostError",
+    "NotSentError",
+    "ConnectTimeoutError",
+    "RpcWireError",
+    "RpcFrame",
+    "RpcContext",
+    "RpcStats",
+    "RpcConnection",
+    "FrameDecoder",
+    "encode_request",
+    "encode_response",
+    "encode_error",
+    "serve_rpc",
+    "connect_rpc",
+]
+
+logger = logging.getLogger(__name__)
+
+RPC_VERSION = 1
+REQUEST = 0
+RESPONSE = 1
+ERROR = 2
+DEFAULT_MAX_FRAME = 16 << 20  # bytes of body
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256  # per connection
+MAX_UINT = 2**64 - 1
+
+# Error codes the server sends on its own.
+UNKNOWN_METHOD = "unknown_method"
+INTERNAL = "internal"
+RESPONSE_TOO_LARGE = "response_too_large"
+CLOCK_OFFSET = "clock_offset"
+BAD_VERSION = "bad_version"
+
+_LENGTH = struct.Struct(">I")
+_RECV_BYTES = 64 << 10  # asked of the socket per receive
+_MAX_WRITE_BYTES = 1 << 20  # frames coalesced into one send_all (at least one)
+_MAX_QUEUED_BYTES = 4 << 20  # senders wait while this much is queued (a larger lone frame fits)
+_CLOSE_FLUSH_S = 2.0  # how long a bad_version reply may take to leave before the close
+_CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+ClockNow = Callable[[], int]
+ClockUpdate = Callable[[int], object]
+Handler = Callable[[Any, "RpcContext"], Awaitable[Any]]
+
+
+def _no_clock() -> int:
+    return 0
+
+
+def _ignore_clock(ts: int) -> None:
+    return None
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class RemoteError(MeridianError):
+    """A structured error, raised by a handler on purpose and by :meth:`RpcConnection.call`.
+
+    A handler raises it to answer with an error frame carrying exactly these fields; the caller's
+    :meth:`~RpcConnection.call` raises an equal one. Errors the server sends by itself use the
+    codes listed in the module docstring.
+
+    Attributes:
+        code: a short machine-readable name (``"not_leader"``, ``"internal"``, ...).
+        message: for people; may be empty.
+        retryable: whether the same call may succeed if tried again (elsewhere or later).
+        details: a msgpack map with whatever else the caller needs (a leader hint, ...).
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        *,
+        retryable: bool = False,
+        details: Mapping | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.details = dict(details) if details is not None else {}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+    def __repr__(self) -> str:
+        return (f"RemoteError({self.code!r}, {self.message!r}, retryable={self.retryable!r}, "
+                f"details={self.details!r})")
+
+
+class ConnectionLostError(MeridianError, ConnectionError):
+    """The connection ended (either side closed it, the network failed, or a bad frame arrived)
+    before the call's reply: the call may or may not have run on the server."""
+
+
+class NotSentError(ConnectionLostError):
+    """The connection had already ended when the call was made: the request was never sent,
+    so retrying it elsewhere is safe (unlike a plain :class:`ConnectionLostError`)."""
+
+
+class ConnectTimeoutError(MeridianError, TimeoutError):
+    """:func:`connect_rpc` could not connect within ``connect_timeout_s``."""
+
+
+class RpcWireError(MeridianError, ValueError):
+    """Bytes that are not a valid RPC frame, or a value that cannot be encoded as one.
+
+    Attributes:
+        bad_version: the frame is of another protocol version.
+        call_id: the frame's call id, when it could be read (else None).
+    """
+
+    def __init__(self, message: str, *, bad_version: bool = False, call_id: int | None = None):
+        super().__init__(message)
+        self.bad_version = bad_version
+        self.call_id = call_id
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RpcFrame:
+    """One decoded frame.
+
+    ``method`` is set for a request only. For an error frame ``payload`` is the error map, with
+    ``code`` and ``message`` str, ``retryable`` bool and ``details`` a dict (checked).
+    """
+
+    kind: int  # REQUEST, RESPONSE or ERROR
+    call_id: int
+    ts: int
+    payload: Any
+    method: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RpcContext:
+    """What a handler knows about the request besides its payload.
+
+    Attributes:
+        peer: the client's ``(host, port)``.
+        state: a dict that lives as long as the connection, shared by its requests (a session,
+            an authenticated identity, ...). Handlers of one connection run concurrently.
+        method: the method called.
+        call_id: the request's call id.
+        ts: the request's timestamp (already passed to ``clock_update``).
+    """
+
+    peer: tuple[str, int]
+    state: dict
+    method: str
+    call_id: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RpcStats:
+    """Counters of one client connection, since it opened."""
+
+    calls: int  # calls sent
+    late_replies: int  # replies to calls whose caller had given up (dropped)
+    frames_sent: int
+    frames_received: int
+    writes: int  # write system calls (direct writes and send_all batches)
+    bytes_sent: int
+    bytes_received: int
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _check_uint(value: object, what: str) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_UINT:
+        raise InvalidArgumentError(f"{what} must be an integer in [0, 2**64), got {value!r}")
+
+
+def _pack(body: list, what: str) -> bytes:
+    try:
+        data = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgumentError(f"{what} cannot be encoded as msgpack: {exc}") from None
+    if len(data) > 0xFFFFFFFF:
+        raise RecordTooLargeError(f"a frame body of {len(data)} bytes does not fit a u32 length")
+    return _LENGTH.pack(len(data)) + data
+
+
+def encode_request(call_id: int, method: str, ts: int, payload: Any) -> bytes:
+    """Encode a request frame (length prefix included).
+
+    Raises:
+        InvalidArgumentError: ``call_id`` or ``ts`` outside ``[0, 2**64)``, ``method`` not a
+            str, or a payload msgpack cannot encode.
+        RecordTooLargeError: a body over 4 GiB.
+    """
+    _check_uint(call_id, "call_id")
+    _check_uint(ts, "ts")
+    if type(method) is not str:
+        raise InvalidArgumentError(f"method must be a str, got {type(method).__name__}")
+    return _pack([RPC_VERSION, REQUEST, call_id, method, ts, payload], "the payload")
+
+
+def encode_response(call_id: int, ts: int, payload: Any) -> bytes:
+    """Encode a response frame (length prefix included). Raises as :func:`encode_request`."""
+    _check_uint(call_id, "call_id")
+    _check_uint(ts, "ts")
+    return _pack([RPC_VERSION, RESPONSE, call_id, ts, payload], "the result")
+
+
+def encode_error(
+    call_id: int,
+    ts: int,
+    code: str,
+    message: str = "",
+    *,
+    retryable: bool = False,
+    details: Mapping | None = None,
+) -> bytes:
+    """Encode an error frame (length prefix included). Raises as :func:`encode_request`."""
+    _check_uint(call_id, "call_id")
+    _check_uint(ts, "ts")
+    if type(code) is not str or type(message) is not str:
+        raise InvalidArgumentError("an error's code and message must be str")
+    error = {
+        "code": code,
+        "message": message,
+        "retryable": bool(retryable),
+        "details": dict(details) if details is not None else {},
+    }
+    return _pack([RPC_VERSION, ERROR, call_id, ts, error], "the error's details")
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise ValueError(f"ext type {code} is not accepted")
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nil"
+    names = {bool: "bool", int: "integer", bytes: "bin", str: "str", list: "array",
+             dict: "map", float: "float"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_uint(value: object) -> bool:
+    return type(value) is int and value >= 0  # msgpack cannot carry 2**64 or more
+
+
+def _decode_body(body: memoryview, where: str) -> RpcFrame:
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True,
+                              ext_hook=_refuse_ext)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise RpcWireError(f"{where}: body is not valid msgpack ({detail})") from None
+    if type(obj) is not list or not obj:
+        raise RpcWireError(f"{where}: expected an array [version, kind, call_id, ...], "
+                           f"got {_describe(obj)}")
+    version = obj[0]
+    if type(version) is not int or version != RPC_VERSION:
+        call_id = obj[2] if len(obj) >= 3 and _is_uint(obj[2]) else None
+        raise RpcWireError(
+            f"{where}: unsupported RPC version {version!r} (this end speaks {RPC_VERSION})",
+            bad_version=True, call_id=call_id,
+        )
+    if len(obj) < 3:
+        raise RpcWireError(f"{where}: expected an array of 5 or 6, got {len(obj)} elements")
+    kind, call_id = obj[1], obj[2]
+    if not _is_uint(call_id):
+        raise RpcWireError(f"{where}: call_id: expected an unsigned integer, "
+                           f"got {_describe(call_id)}")
+    if type(kind) is not int or kind not in (REQUEST, RESPONSE, ERROR):
+        raise RpcWireError(f"{where}: kind: {kind!r} is not 0 (request), 1 (response) or 2 "
+                           "(error)")
+    if kind == REQUEST:
+        if len(obj) != 6:
+            raise RpcWireError(f"{where}: a request is an array of 6, got {len(obj)} elements")
+        _, _, _, method, ts, payload = obj
+        if type(method) is not str:
+            raise RpcWireError(f"{where}: method: expected str, got {_describe(method)}")
+    else:
+        if len(obj) != 5:
+            raise RpcWireError(f"{where}: a response or error is an array of 5, got {len(obj)} "
+                               "elements")
+        _, _, _, ts, payload = obj
+        method = None
+    if not _is_uint(ts):
+        raise RpcWireError(f"{where}: ts: expected an unsigned integer, got {_describe(ts)}")
+    if kind == ERROR:
+        _check_error_map(payload, where)
+    return RpcFrame(kind, call_id, ts, payload, method)
+
+
+def _check_error_map(error: object, where: str) -> None:
+    if type(error) is not dict:
+        raise RpcWireError(f"{where}: error: expected a map, got {_describe(error)}")
+    for key, kind in (("code", str), ("message", str), ("retryable", bool), ("details", dict)):
+        value = error.get(key)
+        if type(value) is not kind:
+            raise RpcWireError(f"{where}: error.{key}: expected {_describe(kind())}, "
+                               f"got {_describe(value)}")
+
+
+class FrameDecoder:
+    """Splits a byte stream into RPC frames and decodes them (see the module docstring).
+
+    Feed it bytes as they arrive, split anywhere, and take frames one at a time with
+    :meth:`next_frame` -- so a reader can stop taking them (back-pressure) without losing any.
+    It buffers at most one incomplete frame plus the frames not yet taken.
+
+    Args:
+        max_frame: the largest body length accepted, in bytes. A length prefix above it raises
+            :class:`RpcWireError` before the body is buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        if not 1 <= max_frame <= 0xFFFFFFFF:
+            raise ValueError(f"max_frame must be in [1, 2**32), got {max_frame}")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0  # start of the first frame not yet taken
+        self._frames = 0  # frames decoded so far, for error messages
+        self._error: RpcWireError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Append the next bytes of the stream."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> RpcFrame | None:
+        """The next complete frame, or None until more bytes are fed.
+
+        Raises:
+            RpcWireError: the stream is not a valid sequence of frames. The decoder stays
+                failed: every later call raises the same error.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buf, pos)
+        where = f"frame {self._frames}"
+        try:
+            if length == 0:
+                raise RpcWireError(f"{where}: empty frame (length 0)")
+            if length > self.max_frame:
+                raise RpcWireError(
+                    f"{where}: length {length} exceeds the limit of {self.max_frame} bytes"
+                )
+            if len(buf) - pos - 4 < length:
+                return None  # incomplete: wait for more bytes
+            with memoryview(buf) as view, view[pos + 4: pos + 4 + length] as body:
+                frame = _decode_body(body, where)
+        except RpcWireError as exc:
+            # The framing is lost: nothing after this point can be trusted.
+            self._error = exc
+            buf.clear()
+            self._pos = 0
+            raise
+        self._pos = pos + 4 + length
+        self._frames += 1
+        return frame
+
+
+# --- one connection, either side --------------------------------------------------------------
+
+
+def _write_nowait(fd: int, data: bytes) -> int:
+    """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
+    then meets and reports on its own attempt."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
+def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return (host, port)
+    except (AttributeError, OSError):
+        return ("?", 0)
+
+
+class _Wire:
+    """The framing of one connection, both ways: a reader that decodes frames and a writer that
+    coalesces queued frames into one ``send_all``; plus the cancel scope both run in and the
+    reason the connection ended."""
+
+    def __init__(self, stream: trio.abc.Stream, max_frame: int):
+        self.stream = stream
+        self.max_frame = max_frame
+        self.scope = trio.CancelScope()
+        self.reason: str | None = None  # why the connection ended; None while open
+        self.warn = False  # log the end as a warning (the peer misbehaved)
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._work = trio.lowlevel.ParkingLot()  # the writer waits here for frames
+        self._space = trio.lowlevel.ParkingLot()  # senders wait here for room; flush for quiet
+        self._writing = False
+        # The socket's descriptor while the writer is idle (nothing queued, nothing being
+        # written), else -1: then a frame may be written at once, without waking the writer.
+        self._fd = -1
+        self._stream_fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.writes = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self, reason: str, *, warn: bool = False) -> None:
+        """End the connection (its reader and writer); the first reason given is the one kept."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.warn = warn
+        self._fd = -1
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.scope.cancel()
+        self._space.unpark_all()
+
+    async def send(self, frame: bytes) -> None:
+        """Queue one encoded frame, or write it at once if the writer is idle.
+
+        Waits (a checkpoint) only while too many bytes are queued: back-pressure on a peer that
+        does not read.
+
+        Raises:
+            ConnectionLostError: the connection has ended.
+        """
+        while self._queued_bytes >= _MAX_QUEUED_BYTES and self.reason is None:
+            await self._space.park()
+        if self.reason is not None:
+            raise ConnectionLostError(f"connection lost: {self.reason}")
+        self.frames_sent += 1
+        fd = self._fd
+        if fd >= 0:
+            # Fast path: the writer is idle and nothing is queued ahead. Until it has run,
+            # later frames queue behind this one and leave together, coalesced.
+            self._fd = -1
+            self._work.unpark_all()
+            written = _write_nowait(fd, frame)
+            if written:
+                self.writes += 1
+                self.bytes_sent += written
+            if written == len(frame):
+                return
+            frame = frame[written:]  # the rest goes first, through the writer
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self._work.unpark_all()
+
+    async def flush(self) -> None:
+        """Wait until everything queued has been written (or the connection ended)."""
+        while (self._queue or self._writing) and self.reason is None:
+            await self._space.park()
+
+    async def run_writer(self) -> None:
+        queue = self._queue
+        stream = self.stream
+        try:
+            while True:
+                if not queue:
+                    if self.reason is None:
+                        self._fd = self._stream_fd  # idle: send() may write directly
+                    await self._work.park()
+                    continue
+                self._fd = -1
+                batch = [queue.popleft()]
+                size = len(batch[0])
+                while queue and size + len(queue[0]) <= _MAX_WRITE_BYTES:
+                    batch.append(queue.popleft())
+                    size += len(batch[-1])
+                self._queued_bytes -= size
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                self._writing = True
+                try:
+                    await stream.send_all(data)
+                finally:
+                    self._writing = False
+                self.writes += 1
+                self.bytes_sent += size
+                self._space.unpark_all()
+        except _CONNECTION_ERRORS as exc:
+            self.close(f"write failed: {exc!r}")
+
+    async def read_frames(self, handle: Callable[[RpcFrame], Awaitable[None]]) -> None:
+        """Read and decode frames, awaiting ``handle`` for each in order, until the peer closes
+        or the connection fails (both recorded with :meth:`close`).
+
+        Raises:
+            RpcWireError: a bad frame arrived (the connection is not closed yet: the caller
+                may answer first).
+        """
+        decoder = FrameDecoder(self.max_frame)
+        stream = self.stream
+        try:
+            while True:
+                data = await stream.receive_some(_RECV_BYTES)
+                if not data:
+                    self.close("closed by the peer")
+                    return
+                self.bytes_received += len(data)
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    self.frames_received += 1
+                    await handle(frame)
+        except _CONNECTION_ERRORS as exc:
+            self.close(f"read failed: {exc!r}")
+
+
+def _set_nodelay(stream: trio.abc.Stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+class _ServerConnection:
+    """One accepted connection: reads requests, runs each in its own task (at most
+    ``max_concurrent`` at once), writes the replies as they are ready."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handlers: Mapping[str, Handler],
+        clock_now: ClockNow,
+        clock_update: ClockUpdate,
+        max_frame: int,
+        max_concurrent: int,
+    ):
+        self.wire = _Wire(stream, max_frame)
+        self.peer = _peer_of(stream)
+        self.who = f"{self.peer[0]}:{self.peer[1]}"
+        self.state: dict = {}
+        self._handlers = handlers
+        self._clock_now = clock_now
+        self._clock_update = clock_update
+        self._max_frame = max_frame
+        self._max_concurrent = max_concurrent
+        self._running = 0
+        self._slot_freed = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        wire = self.wire
+        with wire.scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(wire.run_writer)
+                try:
+                    await wire.read_frames(self._dispatch)
+                except RpcWireError as exc:
+                    await self._refuse(exc)
+                # The peer is gone or misbehaved: requests still running are cancelled, their
+                # replies could not be delivered (or trusted to be wanted).
+                wire.close("closed")
+        if wire.warn:
+            logger.warning("rpc: closing connection from %s: %s", self.who, wire.reason)
+        else:
+            logger.debug("rpc: connection from %s ended: %s", self.who, wire.reason)
+
+    async def _refuse(self, exc: RpcWireError) -> None:
+        """Answer a frame of another version when it has a call id, then end the connection."""
+        wire = self.wire
+        if exc.bad_version and exc.call_id is not None:
+            try:
+                frame = encode_error(
+                    exc.call_id, self._clock_now(), BAD_VERSION, str(exc),
+                    details={"supported": [RPC_VERSION]},
+                )
+                await wire.send(frame)
+                with trio.move_on_after(_CLOSE_FLUSH_S):
+                    await wire.flush()
+            except ConnectionLostError:
+                pass
+        wire.close(str(exc), warn=True)
+
+    async def _dispatch(self, frame: RpcFrame) -> None:
+        if frame.kind != REQUEST:
+            raise RpcWireError(f"a {'response' if frame.kind == RESPONSE else 'error'} frame "
+                               f"(call id {frame.call_id}) sent to the server")
+        # Back-pressure: while the connection is at its limit, stop reading it.
+        while self._running >= self._max_concurrent:
+            await self._slot_freed.park()
+        self._running += 1
+        self._nursery.start_soon(self._run_request, frame)
+
+    async def _run_request(self, frame: RpcFrame) -> None:
+        try:
+            reply = await self._answer(frame)
+            await self.wire.send(reply)
+        except ConnectionLostError:
+            pass  # nobody to answer
+        except Exception:
+            # A bug on this side (a clock hook that returns garbage, ...): never the server's
+            # end, only this connection's.
+            logger.exception("rpc: answering %s from %s failed", frame.method, self.who)
+            self.wire.close("internal error while answering", warn=True)
+        finally:
+            self._running -= 1
+            self._slot_freed.unpark()
+
+    def _error_frame(self, call_id: int, code: str, message: str, *, retryable: bool = False,
+                     details: Mapping | None = None) -> bytes:
+        try:
+            frame = encode_error(call_id, self._clock_now(), code, message,
+                                 retryable=retryable, details=details)
+            if len(frame) - 4 <= self._max_frame:
+                return frame
+            problem = f"is {len(frame) - 4} bytes, over max_frame ({self._max_frame})"
+        except InvalidArgumentError as exc:
+            problem = f"cannot be encoded: {exc}"
+        logger.error("rpc: the %r error for %s %s", code, self.who, problem)
+        return encode_error(call_id, self._clock_now(), INTERNAL,
+                            f"the {code!r} error reply {problem}")
+
+    async def _answer(self, frame: RpcFrame) -> bytes:
+        call_id = frame.call_id
+        try:
+            self._clock_update(frame.ts)
+        except Exception as exc:
+            return self._error_frame(call_id, CLOCK_OFFSET, str(exc) or type(exc).__name__,
+                                     details={"ts": frame.ts})
+        method = frame.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            shown = method if len(method) <= 100 else method[:100] + "..."
+            return self._error_frame(call_id, UNKNOWN_METHOD, f"unknown method {shown!r}")
+        ctx = RpcContext(self.peer, self.state, method, call_id, frame.ts)
+        try:
+            result = await handler(frame.payload, ctx)
+        except RemoteError as exc:
+            return self._error_frame(call_id, exc.code, exc.message, retryable=exc.retryable,
+                                     details=exc.details)
+        except Exception as exc:
+            logger.exception("rpc: handler %r failed for %s", method, self.who)
+            return self._error_frame(call_id, INTERNAL, f"{type(exc).__name__}: {exc}",
+                                     details={"type": type(exc).__name__})
+        try:
+            reply = encode_response(call_id, self._clock_now(), result)
+        except InvalidArgumentError as exc:
+            logger.error("rpc: the result of %r for %s: %s", method, self.who, exc)
+            return self._error_frame(call_id, INTERNAL, f"{type(exc).__name__}: {exc}",
+                                     details={"type": type(exc).__name__})
+        if len(reply) - 4 > self._max_frame:
+            return self._error_frame(
+                call_id, RESPONSE_TOO_LARGE,
+                f"the result is {len(reply) - 4} bytes, over max_frame ({self._max_frame})",
+            )
+        return reply
+
+
+async def serve_rpc(
+    handlers: Mapping[str, Handler],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    clock_now: ClockNow = _no_clock,
+    clock_update: ClockUpdate = _ignore_clock,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve RPC on ``host:port`` until cancelled; for ``nursery.start``.
+
+    Args:
+        handlers: ``{method: async handler(payload, ctx) -> result}``. Looked up per request,
+            so a mutable mapping may gain methods while serving. A handler raises
+            :class:`RemoteError` to answer with that error; any other exception is answered as
+            ``internal`` (and logged with its traceback).
+        host: one address to listen on (loopback by default). With port 0 it must resolve to
+            a single address, since each listener would get its own port.
+        port: the port; 0 picks a free one.
+        clock_now: the timestamp written on every reply.
+        clock_update: given every request's ``ts`` before its handler runs; if it raises, the
+            request is answered with ``clock_offset`` and its handler does not run.
+        max_frame: the largest frame body accepted or sent, in bytes.
+        max_concurrent_requests: requests of one connection running at once; further requests
+            wait, unread, in the socket (back-pressure on that client).
+        task_status: ``started(port)`` with the port actually bound, once listening.
+
+    Cancellation: on cancel the listener and every connection close; running handlers are
+    cancelled and clients see :class:`ConnectionLostError`. A connection also ends, cancelling
+    its running handlers, when the client closes it or sends a bad frame; the server goes on.
+    """
+    if not 1 <= max_frame <= 0xFFFFFFFF:
+        raise ValueError(f"max_frame must be in [1, 2**32), got {max_frame}")
+    if max_concurrent_requests < 1:
+        raise ValueError("max_concurrent_requests must be at least 1")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn = None
+        try:
+            _set_nodelay(stream)
+            conn = _ServerConnection(stream, handlers, clock_now, clock_update, max_frame,
+                                     max_concurrent_requests)
+            await conn.run()
+        except Exception:
+            # Whatever happens, one connection never takes the server down.
+            who = conn.who if conn is not None else "a client"
+            logger.exception("rpc: connection from %s failed", who)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            logger.debug("rpc: listening on %s:%d", host, bound)
+            task_status.started(bound)
+    finally:
+        for listener in listeners:
+            listener.socket.close()
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+class _Call:
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class RpcConnection:
+    """One client connection; made by :func:`connect_rpc`.
+
+    Any number of tasks may call at once: calls are multiplexed on the connection by call id.
+    Thread-safety: none; use from the trio run that opened it.
+
+    Attributes:
+        peer: the server's ``(host, port)``.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, clock_now: ClockNow, clock_update: ClockUpdate,
+                 max_frame: int):
+        self._wire = _Wire(stream, max_frame)
+        self._clock_now = clock_now
+        self._clock_update = clock_update
+        self._max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Call] = {}
+        self._calls = 0
+        self._late_replies = 0
+        self._finished = trio.Event()
+        self.peer = _peer_of(stream)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended (closed by either side, or failed)."""
+        return self._wire.reason is not None
+
+    async def call(self, method: str, payload: Any = None) -> Any:
+        """Call ``method`` on the server with ``payload`` and return its result.
+
+        Returns:
+            The handler's result, as decoded from msgpack.
+
+        Raises:
+            RemoteError: the server answered with an error (its code, message, retryable flag
+                and details are on the exception).
+            ConnectionLostError: the connection ended before the reply.
+            NotSentError: the connection had already ended; nothing was sent.
+            InvalidArgumentError: ``method`` is not a str or ``payload`` cannot be encoded.
+            RecordTooLargeError: the request is over ``max_frame``.
+            Exception: whatever ``clock_update`` raised for the reply's timestamp (the call
+                ran on the server, but its result is withheld); the connection stays open.
+
+        Cancellation: safe at any point. The call id is forgotten, and a reply that comes later
+        is dropped; the request may or may not have reached the server.
+        """
+        wire = self._wire
+        if wire.reason is not None:
+            raise NotSentError(f"connection lost: {wire.reason}")
+        call_id = next(self._ids)
+        frame = encode_request(call_id, method, self._clock_now(), payload)
+        if len(frame) - 4 > self._max_frame:
+            raise RecordTooLargeError(
+                f"the request is {len(frame) - 4} bytes, over max_frame ({self._max_frame})"
+            )
+        pending = _Call()
+        self._pending[call_id] = pending
+        try:
+            await wire.send(frame)
+            self._calls += 1
+            await pending.done.wait()
+        finally:
+            self._pending.pop(call_id, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def aclose(self) -> None:
+        """Close the connection; calls still waiting raise :class:`ConnectionLostError`.
+        Idempotent."""
+        self._wire.close("closed by this side")
+        await self._finished.wait()
+
+    def statistics(self) -> RpcStats:
+        wire = self._wire
+        return RpcStats(
+            calls=self._calls,
+            late_replies=self._late_replies,
+            frames_sent=wire.frames_sent,
+            frames_received=wire.frames_received,
+            writes=wire.writes,
+            bytes_sent=wire.bytes_sent,
+            bytes_received=wire.bytes_received,
+        )
+
+    async def _on_frame(self, frame: RpcFrame) -> None:
+        if frame.kind == REQUEST:
+            raise RpcWireError(f"a request frame (call id {frame.call_id}) sent to the client")
+        clock_error = None
+        try:
+            self._clock_update(frame.ts)
+        except Exception as exc:
+            clock_error = exc
+        pending = self._pending.pop(frame.call_id, None)
+        if pending is None:
+            # Its caller was cancelled (or the server answered an id never sent): drop it.
+            self._late_replies += 1
+            return
+        if clock_error is not None:
+            pending.error = clock_error
+        elif frame.kind == ERROR:
+            e = frame.payload
+            pending.error = RemoteError(e["code"], e["message"], retryable=e["retryable"],
+                                        details=e["details"])
+        else:
+            pending.result = frame.payload
+        pending.done.set()
+
+    async def _run(self) -> None:
+        wire = self._wire
+        try:
+            with wire.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wire.run_writer)
+                    try:
+                        await wire.read_frames(self._on_frame)
+                    except RpcWireError as exc:
+                        wire.close(f"bad frame from the server: {exc}", warn=True)
+                    wire.close("closed")
+        finally:
+            wire.close("closed")
+            pending, self._pending = self._pending, {}
+            for call in pending.values():
+                call.error = ConnectionLostError(f"connection lost: {wire.reason}")
+                call.done.set()
+            await trio.aclose_forcefully(wire.stream)
+            self._finished.set()
+            who = f"{self.peer[0]}:{self.peer[1]}"
+            if wire.warn:
+                logger.warning("rpc: closing connection to %s: %s", who, wire.reason)
+            else:
+                logger.debug("rpc: connection to %s ended: %s", who, wire.reason)
+
+
+@asynccontextmanager
+async def connect_rpc(
+    host: str,
+    port: int,
+    *,
+    clock_now: ClockNow = _no_clock,
+    clock_update: ClockUpdate = _ignore_clock,
+    connect_timeout_s: float = 10.0,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[RpcConnection]:
+    """A client connection to ``host:port`` for the duration of the block.
+
+    Args:
+        host, port: the server's address.
+        clock_now: the timestamp written on every request.
+        clock_update: given the timestamp of every reply before its caller resumes.
+        connect_timeout_s: how long connecting may take.
+        max_frame: the largest frame body accepted or sent, in bytes.
+
+    Raises:
+        ConnectTimeoutError: no connection within ``connect_timeout_s``.
+        OSError: the connection was refused or the host cannot be reached.
+
+    Example::
+
+        async with connect_rpc("127.0.0.1", port) as conn:
+            value = await conn.call("get", {"key": b"k"})
+
+    Cancellation: leaving the block closes the connection; calls still waiting in other tasks
+    raise :class:`ConnectionLostError`.
+    """
+    if not 1 <= max_frame <= 0xFFFFFFFF:
+        raise ValueError(f"max_frame must be in [1, 2**32), got {max_frame}")
+    stream = None
+    with trio.move_on_after(connect_timeout_s):
+        stream = await trio.open_tcp_stream(host, port)
+    if stream is None:
+        raise ConnectTimeoutError(f"no connection to {host}:{port} within {connect_timeout_s} s")
+    try:
+        _set_nodelay(stream)
+        conn = RpcConnection(stream, clock_now, clock_update, max_frame)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn._run)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()

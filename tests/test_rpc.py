@@ -1,0 +1,690 @@
+"""The RPC layer (engine/rpc.py): the frame codec, then a real server and client on loopback.
+
+The codec tests are pure (no trio, no sockets). The others run a server on 127.0.0.1, port 0,
+and order every step with events; none of them waits on the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import struct
+from functools import partial
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from engine.errors import InvalidArgumentError, MeridianError, RecordTooLargeError
+from engine.rpc import (
+    BAD_VERSION,
+    CLOCK_OFFSET,
+    DEFAULT_MAX_FRAME,
+    ERROR,
+    INTERNAL,
+    REQUEST,
+    RESPONSE,
+    RESPONSE_TOO_LARGE,
+    RPC_VERSION,
+    UNKNOWN_METHOD,
+    ConnectionLostError,
+    FrameDecoder,
+    RemoteError,
+    RpcFrame,
+    RpcWireError,
+    connect_rpc,
+    encode_error,
+    encode_request,
+    encode_response,
+    serve_rpc,
+)
+
+HOST = "127.0.0.1"
+GUARD_S = 10  # only ever reached by a bug that hangs
+
+
+def frame_of(body: object) -> bytes:
+    data = msgpack.packb(body, use_bin_type=True)
+    return struct.pack(">I", len(data)) + data
+
+
+def decode_one(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> RpcFrame:
+    decoder = FrameDecoder(max_frame)
+    decoder.feed(data)
+    frame = decoder.next_frame()
+    assert decoder.next_frame() is None
+    assert decoder.buffered == 0
+    return frame
+
+
+# --- the codec ------------------------------------------------------------------------------------
+
+
+def test_worked_example_of_the_module_docstring():
+    frame = encode_request(1, "echo", 0, "hi")
+    assert frame == bytes.fromhex("0000000d 96010001 a4 6563686f 00 a26869".replace(" ", ""))
+    assert decode_one(frame) == RpcFrame(REQUEST, 1, 0, "hi", "echo")
+
+
+@pytest.mark.parametrize("payload", [
+    None, 0, -1, 2**64 - 1, 1.5, True, "text", b"\x00bytes", [1, [2, [3]]],
+    {"a": 1, 2: b"x", None: [True]}, {b"k": {"nested": {}}},
+])
+def test_frames_round_trip(payload):
+    assert decode_one(encode_request(7, "m", 2**64 - 1, payload)) == RpcFrame(
+        REQUEST, 7, 2**64 - 1, payload, "m")
+    assert decode_one(encode_response(8, 5, payload)) == RpcFrame(RESPONSE, 8, 5, payload)
+    error = decode_one(encode_error(9, 6, "not_leader", "elsewhere", retryable=True,
+                                    details={"leader": 3, "payload": payload}))
+    assert error == RpcFrame(ERROR, 9, 6, {"code": "not_leader", "message": "elsewhere",
+                                           "retryable": True,
+                                           "details": {"leader": 3, "payload": payload}})
+
+
+def test_decoder_takes_a_stream_split_anywhere():
+    frames = [encode_request(i, "m", i, "x" * i) for i in range(1, 30)]
+    stream = b"".join(frames)
+    rng = random.Random(7)
+    decoder = FrameDecoder()
+    out = []
+    pos = 0
+    while pos < len(stream):
+        step = rng.randint(1, 9)
+        decoder.feed(stream[pos:pos + step])
+        pos += step
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    assert [f.call_id for f in out] == list(range(1, 30))
+    assert decoder.buffered == 0
+
+
+def test_an_oversized_length_is_refused_before_its_body_arrives():
+    decoder = FrameDecoder(max_frame=100)
+    decoder.feed(struct.pack(">I", 101))
+    with pytest.raises(RpcWireError, match="exceeds the limit of 100"):
+        decoder.next_frame()
+    with pytest.raises(RpcWireError):  # stays failed
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize("data, match", [
+    (struct.pack(">I", 0), "empty frame"),
+    (struct.pack(">I", 1) + b"\xc1", "not valid msgpack"),
+    (frame_of([1, 0, 1, "m", 0, None])[:-1] + b"\xc1", "not valid msgpack"),
+    (struct.pack(">I", 2) + b"\x90\x90", "not valid msgpack"),  # trailing bytes
+    (frame_of({"version": 1}), "expected an array"),
+    (frame_of([]), "expected an array"),
+    (frame_of([1, 0]), "array of 5 or 6"),
+    (frame_of([1, 0, -1, "m", 0, None]), "call_id"),
+    (frame_of([1, 0, True, "m", 0, None]), "call_id"),
+    (frame_of([1, 0, "1", "m", 0, None]), "call_id"),
+    (frame_of([1, 3, 1, 0, None]), "kind"),
+    (frame_of([1, False, 1, "m", 0, None]), "kind"),
+    (frame_of([1, 0, 1, "m", 0]), "array of 6"),
+    (frame_of([1, 0, 1, b"m", 0, None]), "method"),
+    (frame_of([1, 0, 1, "m", -5, None]), "ts"),
+    (frame_of([1, 0, 1, "m", 1.0, None]), "ts"),
+    (frame_of([1, 1, 1, 0, None, None]), "array of 5"),
+    (frame_of([1, 2, 1, 0, "boom"]), "error: expected a map"),
+    (frame_of([1, 2, 1, 0, {"code": "x", "message": "y", "retryable": 0, "details": {}}]),
+     "error.retryable"),
+    (frame_of([1, 2, 1, 0, {"code": "x", "message": "y", "retryable": False}]),
+     "error.details"),
+    (frame_of([1, 0, 1, "m", 0, msgpack.ExtType(5, b"x")]), "ext type 5"),
+    (frame_of([1, 0, 1, "m", 0, {(1, 2): 3}]), "not valid msgpack"),  # unhashable key
+])
+def test_malformed_frames_are_refused(data, match):
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    with pytest.raises(RpcWireError, match=match) as info:
+        decoder.next_frame()
+    assert not info.value.bad_version
+    assert isinstance(info.value, MeridianError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("body, call_id", [
+    ([2, 0, 7, "m", 0, None], 7),
+    (["1", 0, 7, "m", 0, None], 7),
+    ([2, 0, "seven"], None),
+    ([2], None),
+])
+def test_another_version_is_reported_with_its_call_id_when_readable(body, call_id):
+    decoder = FrameDecoder()
+    decoder.feed(frame_of(body))
+    with pytest.raises(RpcWireError, match="unsupported RPC version") as info:
+        decoder.next_frame()
+    assert info.value.bad_version
+    assert info.value.call_id == call_id
+
+
+@pytest.mark.parametrize("call", [
+    lambda: encode_request(-1, "m", 0, None),
+    lambda: encode_request(2**64, "m", 0, None),
+    lambda: encode_request(1, "m", True, None),
+    lambda: encode_request(1, b"m", 0, None),
+    lambda: encode_request(1, "m", 0, object()),
+    lambda: encode_response(1, -1, None),
+    lambda: encode_error(1, 0, "x", details={"o": object()}),
+])
+def test_encoders_refuse_what_no_decoder_would_accept(call):
+    with pytest.raises(InvalidArgumentError):
+        call()
+
+
+# --- helpers for the live tests -------------------------------------------------------------------
+
+
+async def echo(payload, ctx):
+    return payload
+
+
+async def start(nursery, handlers, **kwargs) -> int:
+    return await nursery.start(partial(serve_rpc, handlers, HOST, 0, **kwargs))
+
+
+async def read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    try:
+        while chunk := await stream.receive_some(1 << 16):
+            data += chunk
+    except trio.BrokenResourceError:
+        pass  # closed with our bytes unread: a reset
+    return data
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+async def test_echo_round_trip(nursery):
+    port = await start(nursery, {"echo": echo})
+    payload = {"key": b"\x00\xff", "n": 2**63, "list": [1, "two", None], 3: 4.5}
+    async with connect_rpc(HOST, port) as conn:
+        assert await conn.call("echo", payload) == payload
+        assert await conn.call("echo") is None
+        assert not conn.closed
+    assert conn.closed
+
+
+async def test_tcp_nodelay_is_on(nursery):
+    port = await start(nursery, {"echo": echo})
+    async with connect_rpc(HOST, port) as conn:
+        sock = conn._wire.stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def test_context_has_the_peer_and_a_per_connection_dict(nursery):
+    async def count(payload, ctx):
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+        return [ctx.peer[0], ctx.peer[1], ctx.state["n"], ctx.method, ctx.call_id]
+
+    port = await start(nursery, {"count": count})
+    async with connect_rpc(HOST, port) as conn:
+        local_port = conn._wire.stream.socket.getsockname()[1]
+        assert await conn.call("count") == [HOST, local_port, 1, "count", 1]
+        assert await conn.call("count") == [HOST, local_port, 2, "count", 2]
+    async with connect_rpc(HOST, port) as conn:
+        assert (await conn.call("count"))[2] == 1
+
+
+async def test_concurrent_calls_answered_out_of_order_reach_their_callers(nursery):
+    n = 24
+    gates = [trio.Event() for _ in range(n)]
+    entered = 0
+    all_entered = trio.Event()
+
+    async def wait(i, ctx):
+        nonlocal entered
+        entered += 1
+        if entered == n:
+            all_entered.set()
+        await gates[i].wait()
+        return {"i": i, "square": i * i}
+
+    port = await start(nursery, {"wait": wait})
+    order = list(range(n))
+    random.Random(3).shuffle(order)
+    returned = []
+    answered = [trio.Event() for _ in range(n)]
+
+    async with connect_rpc(HOST, port) as conn:
+        async def caller(i):
+            result = await conn.call("wait", i)
+            assert result == {"i": i, "square": i * i}
+            returned.append(i)
+            answered[i].set()
+
+        async with trio.open_nursery() as callers:
+            for i in range(n):
+                callers.start_soon(caller, i)
+            await all_entered.wait()  # every request is in flight at once
+            for i in order:
+                gates[i].set()
+                await answered[i].wait()
+    assert returned == order
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+async def test_a_remote_error_reaches_the_caller_with_its_fields(nursery):
+    async def refuse(payload, ctx):
+        raise RemoteError("not_leader", "try node 3", retryable=True,
+                          details={"leader": 3, "addr": [HOST, 7003]})
+
+    port = await start(nursery, {"refuse": refuse, "echo": echo})
+    async with connect_rpc(HOST, port) as conn:
+        with pytest.raises(RemoteError) as info:
+            await conn.call("refuse")
+        err = info.value
+        assert (err.code, err.message, err.retryable) == ("not_leader", "try node 3", True)
+        assert err.details == {"leader": 3, "addr": [HOST, 7003]}
+        assert isinstance(err, MeridianError)
+        assert str(err) == "not_leader: try node 3"
+        assert await conn.call("echo", 1) == 1  # the connection is still good
+
+
+async def test_any_other_exception_is_internal_and_logged(nursery, caplog):
+    async def broken(payload, ctx):
+        raise KeyError("boom")
+
+    port = await start(nursery, {"broken": broken, "echo": echo})
+    with caplog.at_level(logging.ERROR, logger="engine.rpc"):
+        async with connect_rpc(HOST, port) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("broken")
+            assert await conn.call("echo", 2) == 2
+    err = info.value
+    assert err.code == INTERNAL and not err.retryable
+    assert "KeyError" in err.message and "boom" in err.message
+    assert err.details == {"type": "KeyError"}
+    logged = [r for r in caplog.records if r.exc_info and "broken" in r.getMessage()]
+    assert logged and logged[0].exc_info[0] is KeyError
+
+
+async def test_an_unencodable_result_is_internal(nursery):
+    async def odd(payload, ctx):
+        return object()
+
+    async def odd_details(payload, ctx):
+        raise RemoteError("x", details={"o": object()})
+
+    port = await start(nursery, {"odd": odd, "odd_details": odd_details})
+    async with connect_rpc(HOST, port) as conn:
+        for method in ("odd", "odd_details"):
+            with pytest.raises(RemoteError) as info:
+                await conn.call(method)
+            assert info.value.code == INTERNAL
+
+
+async def test_unknown_method_lists_nothing(nursery):
+    port = await start(nursery, {"secret_admin_method": echo})
+    async with connect_rpc(HOST, port) as conn:
+        with pytest.raises(RemoteError) as info:
+            await conn.call("nope", 1)
+    err = info.value
+    assert err.code == UNKNOWN_METHOD and not err.retryable
+    assert "nope" in err.message
+    assert "secret" not in repr(err)
+
+
+async def test_a_result_over_max_frame_is_refused(nursery):
+    async def big(payload, ctx):
+        return b"x" * 5000
+
+    port = await start(nursery, {"big": big, "echo": echo}, max_frame=1000)
+    async with connect_rpc(HOST, port) as conn:
+        with pytest.raises(RemoteError) as info:
+            await conn.call("big")
+        assert info.value.code == RESPONSE_TOO_LARGE
+        assert await conn.call("echo", 3) == 3
+
+
+async def test_a_request_over_the_clients_max_frame_is_refused_locally(nursery):
+    port = await start(nursery, {"echo": echo})
+    async with connect_rpc(HOST, port, max_frame=100) as conn:
+        with pytest.raises(RecordTooLargeError):
+            await conn.call("echo", b"x" * 200)
+        with pytest.raises(InvalidArgumentError):
+            await conn.call("echo", object())
+        assert await conn.call("echo", 4) == 4
+        assert not conn.closed
+
+
+# --- clocks ---------------------------------------------------------------------------------------
+
+
+async def test_clock_hooks_see_the_peers_timestamp_both_ways(nursery):
+    server_seen, client_seen = [], []
+    port = await start(nursery, {"echo": echo}, clock_now=lambda: 1000,
+                       clock_update=server_seen.append)
+    async with connect_rpc(HOST, port, clock_now=lambda: 500,
+                           clock_update=client_seen.append) as conn:
+        assert await conn.call("echo", "a") == "a"
+        assert (server_seen, client_seen) == ([500], [1000])
+        with pytest.raises(RemoteError):
+            await conn.call("missing")  # error frames carry the clock too
+        assert (server_seen, client_seen) == ([500, 500], [1000, 1000])
+
+
+async def test_the_clock_is_updated_before_the_handler_runs(nursery):
+    clock = {"now": 10}
+
+    def update(ts):
+        clock["now"] = max(clock["now"], ts)
+
+    async def now(payload, ctx):
+        return [ctx.ts, clock["now"]]
+
+    port = await start(nursery, {"now": now}, clock_now=lambda: clock["now"],
+                       clock_update=update)
+    async with connect_rpc(HOST, port, clock_now=lambda: 99) as conn:
+        assert await conn.call("now") == [99, 99]
+
+
+async def test_a_refused_timestamp_is_a_clock_offset_error_and_the_connection_stays(nursery):
+    class ClockOffset(Exception):
+        pass
+
+    limit = {"ts": 100}
+    ran = []
+
+    def update(ts):
+        if ts > limit["ts"]:
+            raise ClockOffset(f"timestamp {ts} is too far ahead")
+
+    async def work(payload, ctx):
+        ran.append(payload)
+        return payload
+
+    port = await start(nursery, {"work": work}, clock_update=update)
+    now = {"ts": 500}
+    async with connect_rpc(HOST, port, clock_now=lambda: now["ts"]) as conn:
+        with pytest.raises(RemoteError) as info:
+            await conn.call("work", "first")
+        assert info.value.code == CLOCK_OFFSET
+        assert "too far ahead" in info.value.message
+        assert info.value.details == {"ts": 500}
+        assert ran == []  # the handler never ran
+        now["ts"] = 50
+        assert await conn.call("work", "second") == "second"
+        assert not conn.closed
+
+
+async def test_a_reply_timestamp_the_client_refuses_raises_in_the_caller(nursery):
+    class ClockOffset(Exception):
+        pass
+
+    refuse = {"on": True}
+
+    def update(ts):
+        if refuse["on"]:
+            raise ClockOffset("server clock too far ahead")
+
+    port = await start(nursery, {"echo": echo}, clock_now=lambda: 10**12)
+    async with connect_rpc(HOST, port, clock_update=update) as conn:
+        with pytest.raises(ClockOffset):
+            await conn.call("echo", 1)
+        refuse["on"] = False
+        assert await conn.call("echo", 2) == 2
+
+
+# --- bad input closes one connection only ---------------------------------------------------------
+
+
+async def test_an_oversized_frame_closes_that_connection_and_the_server_goes_on(nursery, caplog):
+    port = await start(nursery, {"echo": echo}, max_frame=1024)
+    async with connect_rpc(HOST, port) as bystander:
+        assert await bystander.call("echo", 0) == 0
+        with caplog.at_level(logging.WARNING, logger="engine.rpc"):
+            raw = await trio.open_tcp_stream(HOST, port)
+            async with raw:
+                await raw.send_all(struct.pack(">I", 1 << 30) + b"\x96")
+                assert await read_until_closed(raw) == b""
+        assert any("exceeds the limit of 1024" in r.getMessage() for r in caplog.records)
+        # The same through a client: the server drops the connection, the caller learns it.
+        async with connect_rpc(HOST, port) as conn:
+            with pytest.raises(ConnectionLostError):
+                await conn.call("echo", b"x" * 2000)
+            assert conn.closed
+            with pytest.raises(ConnectionLostError):
+                await conn.call("echo", 1)
+        assert await bystander.call("echo", 5) == 5
+    async with connect_rpc(HOST, port) as conn:
+        assert await conn.call("echo", 6) == 6
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xc1",  # a byte msgpack never uses
+    msgpack.packb([1, 0, 1, "echo", 0, None]) + b"\x00",  # trailing bytes
+    msgpack.packb([1, 1, 1, 0, "a response sent to the server"]),
+    msgpack.packb({"not": "an array"}),
+])
+async def test_a_malformed_frame_closes_that_connection_only(nursery, garbage, caplog):
+    port = await start(nursery, {"echo": echo})
+    async with connect_rpc(HOST, port) as bystander:
+        with caplog.at_level(logging.WARNING, logger="engine.rpc"):
+            raw = await trio.open_tcp_stream(HOST, port)
+            async with raw:
+                # A good request first: it is answered before the bad frame is read.
+                await raw.send_all(encode_request(1, "echo", 0, "ok")
+                                   + struct.pack(">I", len(garbage)) + garbage)
+                data = await read_until_closed(raw)
+        assert any("closing connection" in r.getMessage() for r in caplog.records)
+        assert await bystander.call("echo", 7) == 7
+    # The good request's answer may or may not have left before the close; nothing else did.
+    if data:
+        assert decode_one(data) == RpcFrame(RESPONSE, 1, 0, "ok")
+
+
+async def test_another_version_gets_bad_version_then_the_connection_closes(nursery):
+    port = await start(nursery, {"echo": echo}, clock_now=lambda: 42)
+    raw = await trio.open_tcp_stream(HOST, port)
+    async with raw:
+        await raw.send_all(frame_of([RPC_VERSION + 1, 0, 7, "echo", 0, None, "new field"]))
+        data = await read_until_closed(raw)
+    frame = decode_one(data)
+    assert (frame.kind, frame.call_id, frame.ts) == (ERROR, 7, 42)
+    assert frame.payload["code"] == BAD_VERSION
+    assert frame.payload["details"] == {"supported": [RPC_VERSION]}
+    # Without a readable call id there is nobody to answer: just the close.
+    raw = await trio.open_tcp_stream(HOST, port)
+    async with raw:
+        await raw.send_all(frame_of([RPC_VERSION + 1]))
+        assert await read_until_closed(raw) == b""
+
+
+async def test_a_request_sent_to_the_client_ends_its_connection(nursery):
+    """A server that talks nonsense: every pending call fails, and so does every later one."""
+    got_request = trio.Event()
+
+    async def bad_server(stream):
+        decoder = FrameDecoder()
+        while not got_request.is_set():
+            decoder.feed(await stream.receive_some())
+            if decoder.next_frame() is not None:
+                got_request.set()
+        await stream.send_all(encode_request(1, "surprise", 0, None))
+        await read_until_closed(stream)
+
+    listeners = await nursery.start(trio.serve_tcp, bad_server, 0)
+    port = listeners[0].socket.getsockname()[1]
+    async with connect_rpc(HOST, port) as conn:
+        with pytest.raises(ConnectionLostError, match="request frame"):
+            await conn.call("anything")
+        assert conn.closed
+
+
+# --- connection loss and cancellation -------------------------------------------------------------
+
+
+async def test_server_closing_fails_pending_calls_and_later_ones(nursery):
+    n = 3
+    entered = 0
+    all_entered = trio.Event()
+
+    async def hang(payload, ctx):
+        nonlocal entered
+        entered += 1
+        if entered == n:
+            all_entered.set()
+        await trio.sleep_forever()
+
+    server_scope = trio.CancelScope()
+
+    async def run_server(task_status=trio.TASK_STATUS_IGNORED):
+        with server_scope:
+            await serve_rpc({"hang": hang}, HOST, 0, task_status=task_status)
+
+    port = await nursery.start(run_server)
+    failures = []
+    async with connect_rpc(HOST, port) as conn:
+        async def caller():
+            with pytest.raises(ConnectionLostError) as info:
+                await conn.call("hang")
+            failures.append(info.value)
+
+        with trio.fail_after(GUARD_S):  # a hang is a failure, not a stuck run
+            async with trio.open_nursery() as callers:
+                for _ in range(n):
+                    callers.start_soon(caller)
+                await all_entered.wait()
+                server_scope.cancel()
+        assert len(failures) == n
+        assert all(isinstance(f, ConnectionError) and isinstance(f, MeridianError)
+                   for f in failures)
+        assert conn.closed
+        with pytest.raises(ConnectionLostError):
+            await conn.call("hang")
+    with pytest.raises(OSError):  # the listener is gone too
+        async with connect_rpc(HOST, port):
+            pass
+
+
+async def test_closing_the_client_fails_its_pending_calls(nursery):
+    entered = trio.Event()
+
+    async def hang(payload, ctx):
+        entered.set()
+        await trio.sleep_forever()
+
+    port = await start(nursery, {"hang": hang})
+    async with connect_rpc(HOST, port) as conn:
+        async def caller():
+            with pytest.raises(ConnectionLostError, match="closed by this side"):
+                await conn.call("hang")
+
+        with trio.fail_after(GUARD_S):
+            async with trio.open_nursery() as callers:
+                callers.start_soon(caller)
+                await entered.wait()
+                await conn.aclose()
+        assert conn.closed
+        await conn.aclose()  # idempotent
+
+
+async def test_a_cancelled_caller_forgets_its_call_and_the_late_reply_is_dropped(nursery):
+    entered = trio.Event()
+    gate = trio.Event()
+    returned = trio.Event()
+
+    async def slow(payload, ctx):
+        entered.set()
+        await gate.wait()
+        returned.set()
+        return "late"
+
+    port = await start(nursery, {"slow": slow, "echo": echo})
+    async with connect_rpc(HOST, port) as conn:
+        scope = trio.CancelScope()
+
+        async def caller():
+            with scope:
+                await conn.call("slow")
+            assert scope.cancelled_caught
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(caller)
+            await entered.wait()
+            scope.cancel()
+        assert conn._pending == {}
+        gate.set()
+        await returned.wait()  # the reply is queued on the server before the next request
+        assert await conn.call("echo", "next") == "next"
+        assert conn.statistics().late_replies == 1
+        assert not conn.closed
+
+
+async def test_requests_beyond_the_concurrency_limit_wait(nursery):
+    limit, n = 4, 10
+    active = peak = entered = 0
+    gate = trio.Event()
+    at_limit = trio.Event()
+
+    async def work(i, ctx):
+        nonlocal active, peak, entered
+        entered += 1
+        active += 1
+        if active == limit:
+            at_limit.set()
+        peak = max(peak, active)
+        await gate.wait()
+        active -= 1
+        return i
+
+    port = await start(nursery, {"work": work}, max_concurrent_requests=limit)
+    async with connect_rpc(HOST, port) as conn:
+        results = []
+
+        async def caller(i):
+            results.append(await conn.call("work", i))
+
+        async with trio.open_nursery() as callers:
+            for i in range(n):
+                callers.start_soon(caller, i)
+            await at_limit.wait()
+            # Every request has been sent and the server has done all it can with them: had
+            # it read the other six, they would be running now.
+            await trio.testing.wait_all_tasks_blocked()
+            assert (entered, active) == (limit, limit)
+            gate.set()
+    assert sorted(results) == list(range(n))
+    assert peak == limit
+
+
+async def test_connecting_to_a_closed_port_raises_oserror():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(OSError):
+            async with connect_rpc(HOST, port):
+                pass
+
+
+# --- throughput smoke -----------------------------------------------------------------------------
+
+
+async def test_many_calls_from_many_tasks_complete_and_writes_coalesce(nursery):
+    async def add(payload, ctx):
+        await trio.lowlevel.checkpoint()
+        return payload[0] + payload[1]
+
+    port = await start(nursery, {"add": add})
+    tasks, per_task = 32, 63  # 2,016 calls
+    done = []
+    async with connect_rpc(HOST, port) as conn:
+        async def worker(w):
+            for i in range(per_task):
+                assert await conn.call("add", [w, i]) == w + i
+            done.append(w)
+
+        async with trio.open_nursery() as workers:
+            for w in range(tasks):
+                workers.start_soon(worker, w)
+        stats = conn.statistics()
+    assert len(done) == tasks
+    assert stats.calls == stats.frames_sent == stats.frames_received == tasks * per_task
+    assert stats.late_replies == 0
+    assert stats.writes < stats.frames_sent  # frames leave in batches under load
