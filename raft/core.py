@@ -87,6 +87,12 @@ class Config:
     check_quorum: bool = True
     snapshot_chunk_size: int = 1 << 20
     max_committed_size_per_ready: int = 16 << 20
+    lazy_learners: bool = False
+    """Replicate to learners only when they answer a heartbeat, not with every proposal: a
+    learner then receives the log in batches, once per heartbeat interval, instead of one
+    append (and one fsync) per proposal. Commits never wait for learners, so this trades
+    learner lag (about a heartbeat interval) for much less work on every replica — the choice
+    for asynchronous cross-region learners."""
 
     def __post_init__(self):
         if self.id <= 0:
@@ -675,7 +681,7 @@ class RaftCore:
             pr.become_replicate()
         if self._maybe_commit():
             self._bcast_pending = True  # tell everyone the new commit index, once per Ready
-        else:
+        elif not (self.config.lazy_learners and m.frm in self.conf.learners):
             # A follower that was paused missed any commit broadcast made meanwhile: send it
             # the commit index even with no entries to carry (etcd does the same).
             self._send_append(m.frm, send_if_empty=was_paused)
@@ -702,8 +708,9 @@ class RaftCore:
         # The leader's own copy counts once it is durable: see advance().
 
     def _bcast_append(self) -> None:
+        skip = self.conf.learners if self.config.lazy_learners else ()
         for pid in self._prs:
-            if pid != self.id:
+            if pid != self.id and pid not in skip:
                 self._send_append(pid)
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> None:

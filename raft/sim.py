@@ -433,6 +433,7 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     "campaign_crash": ((0.0, 0.1, 0.3), True),  # ... one with a candidate's vote for itself
     "pre_vote": ((1, 1, 1, 0), False),
     "check_quorum": ((1, 1, 1, 0), False),
+    "lazy_learners": ((0, 1), False),
 }
 
 
@@ -567,6 +568,7 @@ class Simulation:
         self.campaign_crash_rate = knobs["campaign_crash"]
         self.pre_vote = bool(knobs["pre_vote"])
         self.check_quorum = bool(knobs["check_quorum"])
+        self.lazy_learners = bool(knobs["lazy_learners"])
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -587,7 +589,8 @@ class Simulation:
         return Config(node_id, election_tick=c.election_tick, heartbeat_tick=c.heartbeat_tick,
                       max_size_per_msg=c.max_size_per_msg,
                       max_inflight_msgs=c.max_inflight_msgs, pre_vote=self.pre_vote,
-                      check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size)
+                      check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size,
+                      lazy_learners=self.lazy_learners)
 
     def _add_node(self, node_id: int) -> _Node:
         drift = self.rng.choice((-1, 0, 0, 1))

@@ -713,3 +713,26 @@ def test_long_seeded_schedules_never_violate_safety(seed):
     run_schedule(rng.randint(3, 5), seed, random_schedule(rng, 200), rng.random() < 0.5,
                  rng.random() < 0.5)
 
+
+
+def test_lazy_learners_get_the_log_in_heartbeat_batches():
+    """With ``lazy_learners``, proposals go to voters at once and to learners only when a
+    heartbeat answer shows they are behind: several proposals reach a learner as one append."""
+    net = Network((1, 2, 3), learners=(4,), lazy_learners=True, heartbeat_tick=1,
+                  election_tick=10)
+    net.elect(1)
+    net.tick(1)  # the learner catches up with the election's no-op
+    before = len(net.delivered_of(MT.APPEND, to=4))
+    for i in range(5):
+        net.propose(1, b"p%d" % i)
+    assert net.core(2).commit == net.core(1).commit == net.core(1).last_index
+    assert len(net.delivered_of(MT.APPEND, to=4)) == before  # nothing sent to the learner
+    assert net.nodes[4].applied_data() == []
+    net.tick(1)  # heartbeat -> learner answers -> one append with all five entries
+    appends = net.delivered_of(MT.APPEND, to=4)[before:]
+    assert len([m for m in appends if m.entries]) == 1
+    assert net.nodes[4].applied_data() == [b"p%d" % i for i in range(5)]
+    # Voters still get every proposal at once.
+    net.propose(1, b"more")
+    assert net.nodes[2].applied_data()[-1] == b"more"
+    assert net.nodes[4].applied_data()[-1] == b"p4"
