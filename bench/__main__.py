@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS = ("storage", "raft", "report")
+COMMANDS = ("storage", "raft", "adjudicator", "cluster", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,28 +1,82 @@
 """Meridian: a globally distributed transactional key-value database.
 
-This package holds everything that decides about data (ARCH §1). The storage core so far:
+This package holds everything that decides about data (ARCH §1), and its public API is
+re-exported here:
 
-- :class:`LogStore` — the segmented, checksummed append-only log (ARCH §2.1).
-- :class:`DurableState` — small state in a double-buffered, checksummed file (ARCH §2.2).
-- :class:`MVCCStore` — versioned keys on LMDB, the Raft groups' state machine (ARCH §2.3).
+- the client: :func:`connect` (async), :func:`connect_blocking` (for non-async code),
+  :class:`Database`, :class:`Transaction`, :class:`Keyspace`;
+- an in-process cluster for tests: :func:`open_local_cluster`;
+- the node runtime: :class:`Node`, its configuration (:func:`load_node_config`,
+  :class:`NodeConfig`, :class:`ClusterConfig`, :class:`Limits`) and :class:`HybridClock`;
+- the storage core: :class:`LogStore` (ARCH §2.1), :class:`DurableState` (§2.2) and
+  :class:`MVCCStore` (§2.3);
+- every error class (all are :class:`MeridianError`).
 """
 
 from .errors import (
+    AmbiguousCommitError as AmbiguousCommitError,
     CorruptionError as CorruptionError,
     CorruptLogError as CorruptLogError,
     CorruptStateError as CorruptStateError,
     DiskFullError as DiskFullError,
     InvalidArgumentError as InvalidArgumentError,
+    KeyspaceExistsError as KeyspaceExistsError,
+    KeyspaceNotFoundError as KeyspaceNotFoundError,
+    LimitExceededError as LimitExceededError,
     MeridianError as MeridianError,
+    NotLeaderError as NotLeaderError,
     PositionError as PositionError,
     RecordTooLargeError as RecordTooLargeError,
     StorageError as StorageError,
     StoreClosedError as StoreClosedError,
     StoreFailedError as StoreFailedError,
     StoreLockedError as StoreLockedError,
+    TransactionClosedError as TransactionClosedError,
+    TransactionConflictError as TransactionConflictError,
+    UnavailableError as UnavailableError,
 )
 from .durable import DurableState as DurableState
 from .logstore import LogStats as LogStats, LogStore as LogStore
 from .mvcc import GCResult as GCResult, MVCCStats as MVCCStats, MVCCStore as MVCCStore
 
 __version__ = "0.1.0"
+
+# The rest of the API is imported on first use: the node runtime depends on ``raft``, whose
+# storage depends on this package's storage core, so importing it eagerly here would be a cycle
+# (and would make every ``import engine`` pay for trio and the network stack).
+_LAZY = {
+    "Keyspace": "catalog",
+    "Database": "client",
+    "Transaction": "client",
+    "connect": "client",
+    "BlockingDatabase": "blocking",
+    "BlockingTransaction": "blocking",
+    "connect_blocking": "blocking",
+    "ClusterConfig": "config",
+    "ConfigError": "config",
+    "Limits": "config",
+    "NodeConfig": "config",
+    "load_node_config": "config",
+    "ClockOffsetError": "hlc",
+    "HybridClock": "hlc",
+    "LocalCluster": "local",
+    "open_local_cluster": "local",
+    "Node": "node",
+    "ConnectionLostError": "rpc",
+    "RemoteError": "rpc",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,7 +2,11 @@
 
 Subcommands:
     meridian --version
-    meridian demo [--dir DIR] [--records N] [--kills K] [--seed S]
+    meridian demo [--seconds S] [--regions a,b,c] [--nodes-per-region N] [--no-wan] [--dir DIR]
+    meridian node --config FILE
+    meridian cluster up|down|status [--dir DIR] [--regions a,b,c] [--nodes-per-region N]
+    meridian shell --nodes HOST:PORT[,...] [--region R]
+    meridian crash-demo [--dir DIR] [--kills K] [--batches N] [--seed S]
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import sys
 
 from . import __version__
+
+DEFAULT_CLUSTER_DIR = ".meridian-cluster"
 
 
 def _positive(text: str) -> int:
@@ -23,6 +29,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 3600] seconds")
+    return value
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    names = tuple(r.strip() for r in text.split(",") if r.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one region name")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meridian",
@@ -33,24 +56,150 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run the storage demo: write, crash a writer with SIGKILL, recover, verify",
+        help="start a local three-region cluster, run a workload from every region, report, "
+             "shut down",
+        description="Starts a local multi-process cluster (three regions x three nodes, "
+                    "simulated WAN latency), runs bank transfers and stale reads from every "
+                    "region with progress on screen, prints throughput, latency percentiles "
+                    "per region, conflicts and learner lag, and stops every process it started.",
+    )
+    demo.add_argument("--seconds", type=_seconds, default=10.0, help="workload duration (10)")
+    demo.add_argument("--regions", type=_regions, default=("us-east", "eu-west", "ap-south"),
+                      help="comma-separated region names (us-east,eu-west,ap-south)")
+    demo.add_argument("--nodes-per-region", type=_positive, default=3, help="(3)")
+    demo.add_argument("--clients-per-region", type=_positive, default=4, help="(4)")
+    demo.add_argument("--accounts", type=_positive, default=50, help="accounts per bank (50)")
+    demo.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+    demo.add_argument("--dir", help="cluster directory (default: a temporary one, removed)")
+    demo.add_argument("--seed", type=int, default=1, help="workload seed (1)")
+
+    node = sub.add_parser("node", help="run one node (see engine/config.py for the file)")
+    node.add_argument("--config", required=True, help="the node's TOML configuration file")
+
+    cluster = sub.add_parser("cluster", help="a local multi-process cluster: up, down, status")
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
+                         help=f"cluster directory (default {DEFAULT_CLUSTER_DIR})")
+    cluster.add_argument("--regions", type=_regions, default=("us-east", "eu-west", "ap-south"))
+    cluster.add_argument("--nodes-per-region", type=_positive, default=3)
+    cluster.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+
+    shell = sub.add_parser("shell", help="an interactive prompt connected to a cluster")
+    shell.add_argument("--nodes", help="comma-separated client addresses host:port "
+                                       f"(default: the cluster in {DEFAULT_CLUSTER_DIR})")
+    shell.add_argument("--region", help="the client's region (default: the first node's)")
+
+    crash = sub.add_parser(
+        "crash-demo",
+        help="the storage core under SIGKILL: write, crash a writer, recover, verify",
         description=(
             "Writes records and versions through Meridian's storage core in a child process, "
             "kills it with SIGKILL at random moments, reopens the stores and checks that every "
             "acknowledged write survived byte for byte."
         ),
     )
-    demo.add_argument("--dir", help="data directory (default: a temporary one, removed after)")
-    demo.add_argument("--kills", type=_positive, default=3, help="writer crashes (default 3)")
-    demo.add_argument(
+    crash.add_argument("--dir", help="data directory (default: a temporary one, removed after)")
+    crash.add_argument("--kills", type=_positive, default=3, help="writer crashes (default 3)")
+    crash.add_argument(
         "--batches", type=_positive, default=200,
         help="synced batches the writer acknowledges before each crash at most (default 200)",
     )
-    demo.add_argument("--seed", type=int, default=1, help="seed of the crash moments")
+    crash.add_argument("--seed", type=int, default=1, help="seed of the crash moments")
 
     writer = sub.add_parser("demo-writer", help=argparse.SUPPRESS)
     writer.add_argument("dir")
     return parser
+
+
+def _run_node(path: str) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from .config import ConfigError, load_node_config
+    from .errors import MeridianError
+    from .node import run_node
+
+    try:
+        cfg = load_node_config(path)
+    except ConfigError as exc:
+        print(f"meridian node: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"meridian node: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format=f"%(asctime)s node-{cfg.node_id} %(levelname)s %(name)s: "
+                               f"%(message)s")
+    log = logging.getLogger("meridian.node")
+
+    async def main():
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_node, cfg)
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except MeridianError as exc:
+        print(f"meridian node: {exc}", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def _cluster(args) -> int:
+    from .errors import MeridianError
+    from .procs import ClusterProcesses, cluster_status, cluster_up, format_status, wait_ready
+
+    try:
+        if args.action == "up":
+            procs = cluster_up(args.dir, regions=args.regions,
+                               nodes_per_region=args.nodes_per_region,
+                               wan_latency_ms={} if args.no_wan else None)
+            cluster = procs.load_cluster()
+            import trio
+
+            trio.run(wait_ready, cluster)
+            addrs = ",".join(f"{n.client_host}:{n.client_port}" for n in cluster.all_nodes())
+            print(f"cluster up in {args.dir}: {len(cluster.all_nodes())} nodes; clients: {addrs}")
+            return 0
+        if args.action == "down":
+            stopped = ClusterProcesses(args.dir).stop()
+            print(f"stopped {len(stopped)} node processes" if stopped else "nothing running")
+            return 0
+        procs = ClusterProcesses(args.dir)
+        print(format_status(procs.load_cluster(), cluster_status(args.dir)))
+        return 0
+    except MeridianError as exc:
+        print(f"meridian cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _shell(args) -> int:
+    from .errors import MeridianError
+
+    nodes = [n for n in (args.nodes or "").split(",") if n]
+    if not nodes:
+        from .procs import ClusterProcesses
+
+        try:
+            cluster = ClusterProcesses(DEFAULT_CLUSTER_DIR).load_cluster()
+        except MeridianError as exc:
+            print(f"meridian shell: give --nodes ({exc})", file=sys.stderr)
+            return 2
+        nodes = [f"{n.client_host}:{n.client_port}" for n in cluster.all_nodes()]
+    from .shell import run_shell
+
+    try:
+        return run_shell(nodes, args.region)
+    except MeridianError as exc:
+        print(f"meridian shell: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "demo":
+        from .cluster_demo import run_demo
+
+        return run_demo(directory=args.dir, seconds=args.seconds, regions=args.regions,
+                        nodes_per_region=args.nodes_per_region,
+                        clients_per_region=args.clients_per_region, accounts=args.accounts,
+                        wan=not args.no_wan, seed=args.seed)
+    if args.command == "node":
+        return _run_node(args.config)
+    if args.command == "cluster":
+        return _cluster(args)
+    if args.command == "shell":
+        return _shell(args)
+    if args.command == "crash-demo":
         from .demo import run_demo
 
         return run_demo(directory=args.dir, kills=args.kills, batches=args.batches, seed=args.seed)

@@ -84,3 +84,73 @@ class CorruptLogError(CorruptionError):
 
 class CorruptStateError(CorruptionError):
     """A durable state file or snapshot stream is corrupt."""
+
+
+# ---------------------------------------------------------------------- transactions
+
+
+class TransactionConflictError(MeridianError):
+    """The transaction lost an optimistic-concurrency check and was not committed; run it again
+    (ARCH §5.7, the equivalent of SQLSTATE 40001). Nothing it wrote is visible anywhere.
+
+    Attributes:
+        reason: ``"write_write"`` (a key it writes was committed by another transaction after
+            its snapshot), ``"read_write"`` (serializable: a key it read was), ``"intent"``
+            (another transaction is committing the key), ``"too_old"`` (it outlived the
+            maximum transaction lifetime, or its snapshot was older than what the group still
+            remembers) or ``"leader_change"`` (its group changed leader while it ran).
+        key: the conflicting key, when there is one.
+        retryable: always True; :meth:`Database.run_transaction` retries these.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, reason: str, key: bytes | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.key = key
+
+
+class LimitExceededError(MeridianError, ValueError):
+    """A transaction went over a configured limit (keys or bytes written, lifetime). Running it
+    again unchanged fails the same way."""
+
+
+class TransactionClosedError(MeridianError, ValueError):
+    """An operation on a transaction that has already committed, rolled back or failed."""
+
+
+class NotLeaderError(MeridianError):
+    """This replica cannot serve the request because it is not its group's leader.
+
+    Attributes:
+        group: the group asked.
+        leader: the node id of the leader this replica believes in, or 0 if it knows none.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, group: int = 0, leader: int = 0) -> None:
+        super().__init__(message)
+        self.group = group
+        self.leader = leader
+
+
+class AmbiguousCommitError(MeridianError):
+    """The commit's outcome is unknown: it may or may not have committed (the node serving it
+    failed or lost track after proposing it). Read the data to find out; a blind retry may
+    apply the transaction twice."""
+
+
+class KeyspaceNotFoundError(InvalidArgumentError):
+    """No keyspace of that name exists."""
+
+
+class KeyspaceExistsError(InvalidArgumentError):
+    """A keyspace of that name exists already."""
+
+
+class UnavailableError(MeridianError, TimeoutError):
+    """No replica that could serve the request answered in time (no leader, nodes down or
+    unreachable). Nothing was committed by the request that raised it, unless it says the
+    outcome is ambiguous."""

@@ -12,8 +12,8 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADERS = ("crc32c.h", "logstore.h")
-SOURCES = ("crc32c.c", "logstore.c")
+HEADERS = ("crc32c.h", "logstore.h", "adjudicator.h")
+SOURCES = ("crc32c.c", "logstore.c", "adjudicator.c")
 
 
 def _cdef(header: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -54,16 +55,16 @@ def test_no_command_prints_help_and_fails(capsys):
 
 def test_bad_arguments_are_one_clear_line():
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--kills", "zero"],
+        [sys.executable, "-m", "engine.cli", "crash-demo", "--kills", "zero"],
         capture_output=True, text=True,
     )
     assert out.returncode == 2
     assert "'zero' is not a whole number" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_demo_crashes_the_writer_and_verifies_every_acknowledged_entry(tmp_path):
+def test_crash_demo_kills_the_writer_and_verifies_every_acknowledged_entry(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--kills", "2", "--batches", "20",
+        [sys.executable, "-m", "engine.cli", "crash-demo", "--kills", "2", "--batches", "20",
          "--dir", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=120,
     )
@@ -72,3 +73,45 @@ def test_demo_crashes_the_writer_and_verifies_every_acknowledged_entry(tmp_path)
     assert sum("SIGKILL" in line for line in lines) == 2
     assert lines[-1].startswith("OK: 2 crashes")
     assert (tmp_path / "demo" / "log").is_dir()  # --dir is kept
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_demo_runs_a_three_region_cluster_end_to_end_and_leaves_nothing_running(tmp_path):
+    directory = tmp_path / "cluster"
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "3", "--dir", str(directory)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "starting 3 regions x 3 nodes" in text
+    for region in ("us-east", "eu-west", "ap-south"):
+        assert f"bank-{region}: 50 accounts, total 50000 (ok)" in text
+        for op in ("home txn", "remote txn", "stale read"):
+            assert any(line.startswith(region) and op in line for line in text.splitlines())
+    assert "learner lag" in text
+    assert "stopped 9 node processes" in text
+    # Nothing the demo started is left: no node process of this directory, no pid files.
+    assert _processes_mentioning(str(directory)) == []
+    assert list(directory.glob("*.pid")) == []
+
+
+def test_node_with_a_bad_config_says_which_field(tmp_path):
+    bad = tmp_path / "node.toml"
+    bad.write_text('node_id = 1\ndata_dir = "d"\n[cluster]\nname = "x"\ntick_interval_ms = -5\n')
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "node", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "cluster.regions: missing" in out.stderr and "Traceback" not in out.stderr

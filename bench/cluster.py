@@ -1,0 +1,210 @@
+"""``python -m bench cluster``: transactions on a local multi-process cluster.
+
+The cluster is the one ``meridian cluster up`` starts: three regions × three node processes on
+this machine, with simulated one-way WAN latencies of 35, 70 and 110 ms between the regions.
+Each region has a keyspace homed there, preloaded with 1,000 keys of 100 bytes. Clients in every
+region run closed-loop read-modify-write transactions on their own region's keyspace (inside
+the home region: no WAN on the path), all regions at once:
+
+- ``single-key``: read one key, write it back changed, commit;
+- ``4-key``: read four distinct keys, write all four, commit.
+
+Keys are drawn uniformly, so conflicts are rare but possible; a conflict is retried by the
+client library and counted in ``abort_rate`` (aborted attempts / all attempts). Latency is per
+committed transaction, retries included. Each workload and concurrency (1 and 32 clients per
+region) runs on the same cluster for ``--duration`` seconds after ``--warmup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import trio
+
+from engine.client import connect
+from engine.errors import TransactionConflictError
+from engine.procs import ClusterProcesses, cluster_up, wait_ready
+
+from . import _common
+
+__all__ = ["add_parser", "main", "targets"]
+
+WORKLOADS = ("single-key", "4-key")
+CONCURRENCY = (1, 32)
+KEYS = 1000
+VALUE = b"v" * 100
+
+
+async def _load(cluster, addresses) -> None:
+    regions = cluster.region_names
+    async with connect(addresses[regions[0]], region=regions[0]) as db:
+        for r in regions:
+            ks = f"bench-{r}"
+            try:
+                await db.create_keyspace(ks, home_region=r)
+            except Exception as exc:  # an existing keyspace from an earlier run is fine
+                if "already exists" not in str(exc):
+                    raise
+            for lo in range(0, KEYS, 200):
+                async with db.transaction() as tx:
+                    for i in range(lo, min(KEYS, lo + 200)):
+                        await tx.put(ks, b"key-%06d" % i, VALUE)
+
+
+async def _measure(addresses, regions, workload: str, concurrency: int, duration: float,
+                   warmup: float, seed: int) -> list[dict]:
+    nkeys = 1 if workload == "single-key" else 4
+    lat: dict[str, list[float]] = {r: [] for r in regions}
+    attempts = {r: 0 for r in regions}
+    aborts = {r: 0 for r in regions}
+    start_at = trio.current_time() + 0.5
+    measure_from = start_at + warmup
+    stop_at = measure_from + duration
+
+    async def client(db, region, rng):
+        ks = f"bench-{region}"
+        await trio.sleep_until(start_at)
+        while trio.current_time() < stop_at:
+            keys = [b"key-%06d" % k for k in rng.sample(range(KEYS), nkeys)]
+            tries = 0
+
+            async def body(tx):
+                nonlocal tries
+                tries += 1
+                for k in keys:
+                    v = await tx.get(ks, k)
+                    await tx.put(ks, k, (v or b"")[:99] + b"x")
+
+            t0 = time.perf_counter()
+            now = trio.current_time()
+            try:
+                await db.run_transaction(body)
+            except TransactionConflictError:
+                pass
+            if now >= measure_from and trio.current_time() <= stop_at:
+                lat[region].append((time.perf_counter() - t0) * 1e3)
+                attempts[region] += tries
+                aborts[region] += tries - 1
+
+    async def region_clients(region, task_status=trio.TASK_STATUS_IGNORED):
+        async with connect(addresses[region], region=region) as db:
+            await db.keyspace(f"bench-{region}")
+            task_status.started()
+            async with trio.open_nursery() as n:
+                for c in range(concurrency):
+                    n.start_soon(client, db, region, random.Random(seed * 7919 + c))
+
+    async with trio.open_nursery() as nursery:
+        for r in regions:
+            await nursery.start(region_clients, r)
+    out = []
+    for r in regions:
+        v = lat[r]
+        out.append({
+            "workload": workload, "region": r, "concurrency": concurrency,
+            "txn_per_s": round(len(v) / duration, 1),
+            "p50_ms": round(_common.percentile(v, 50), 3) if v else None,
+            "p99_ms": round(_common.percentile(v, 99), 3) if v else None,
+            "abort_rate": round(aborts[r] / attempts[r], 4) if attempts[r] else 0.0,
+            "transactions": len(v),
+        })
+    return out
+
+
+def targets(results: list[dict]) -> list[dict]:
+    c1 = [r for r in results if r["workload"] == "single-key" and r["concurrency"] == 1
+          and r["p50_ms"] is not None]
+    if not c1:
+        return []
+    worst = max(r["p50_ms"] for r in c1)
+    return [{"target": "home-region single-key p50 <= 3 ms at concurrency 1 (worst region)",
+             "value": worst, "limit": 3.0, "met": worst <= 3.0}]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "cluster",
+        help="transactions on a local 3x3 multi-process cluster with simulated WAN",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    p.add_argument("--json", metavar="FILE", help="write the results document here")
+    p.add_argument("--duration", type=float, help="measured seconds per run (3 quick, 10 full)")
+    p.add_argument("--warmup", type=float, help="seconds excluded at the start (1 quick, 2 full)")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                   help="comma-separated clients per region (default 1,32)")
+    p.add_argument("--regions", default="us-east,eu-west,ap-south")
+    p.add_argument("--nodes-per-region", type=int, default=3)
+    p.add_argument("--workdir", help="where the cluster directory goes (default: beside "
+                   "bench/results, on the same file system)")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--concurrency must be comma-separated integers: {args.concurrency!r}")
+    if not levels or any(c < 1 or c > 256 for c in levels):
+        raise SystemExit("--concurrency values must be between 1 and 256")
+    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    if duration <= 0 or warmup < 0:
+        raise SystemExit("--duration must be > 0 and --warmup >= 0")
+    base = args.workdir or str(_common.RESULTS_DIR.parent)
+    os.makedirs(base, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="bench-cluster-", dir=base)
+    procs = ClusterProcesses(workdir)
+    started = time.time()
+    results: list[dict] = []
+    try:
+        procs = cluster_up(workdir, regions=regions, nodes_per_region=args.nodes_per_region)
+        cluster = procs.load_cluster()
+        addresses = {r: [f"{n.client_host}:{n.client_port}" for n in cluster.nodes_in(r)]
+                     for r in regions}
+        trio.run(wait_ready, cluster)
+        trio.run(_load, cluster, addresses)
+        for workload in WORKLOADS:
+            for c in levels:
+                print(f"{workload} c={c} ...", end=" ", flush=True, file=sys.stderr)
+                rs = trio.run(_measure, addresses, regions, workload, c, duration, warmup,
+                              len(results) + 1)
+                results.extend(rs)
+                print("  ".join(f"{r['region']} {r['txn_per_s']:.0f}/s p50 {r['p50_ms']} ms"
+                                for r in rs), file=sys.stderr)
+    finally:
+        procs.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    doc = {
+        "schema": _common.SCHEMA,
+        "benchmark": "cluster",
+        "command": "python -m bench cluster " + " ".join(getattr(args, "argv", [])[1:]),
+        "machine": _common.describe_machine(base),
+        "config": {"quick": bool(args.quick), "duration_s": duration, "warmup_s": warmup,
+                   "regions": list(regions), "nodes_per_region": args.nodes_per_region,
+                   "concurrency": levels, "keys_per_keyspace": KEYS,
+                   "value_bytes": len(VALUE), "wan_latency_ms": "35/70/110 one-way"},
+        "elapsed_s": round(time.time() - started, 1),
+        "results": results,
+        "targets": targets(results),
+    }
+    print(f"{'workload':<11} {'region':<9} {'c':>3} {'txn/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'aborts':>7}")
+    for r in results:
+        print(f"{r['workload']:<11} {r['region']:<9} {r['concurrency']:>3} "
+              f"{r['txn_per_s']:>8.1f} {r['p50_ms'] or float('nan'):>8.2f} "
+              f"{r['p99_ms'] or float('nan'):>8.2f} {r['abort_rate']:>7.2%}")
+    for t in doc["targets"]:
+        print(f"  target {t['target']}: {t['value']} ({'met' if t['met'] else 'NOT met'})")
+    if args.json:
+        _common.write_json(args.json, doc)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,542 @@
+"""A blocking client for code that is not async: scripts, shells, WSGI apps, notebooks.
+
+Example::
+
+    from engine.blocking import connect_blocking
+
+    with connect_blocking(["127.0.0.1:7101"], region="us-east") as db:
+        db.create_keyspace("accounts")
+
+        def transfer(tx):
+            a = int(tx.get("accounts", b"alice") or b"0")
+            b = int(tx.get("accounts", b"bob") or b"0")
+            tx.put("accounts", b"alice", b"%d" % (a - 10))
+            tx.put("accounts", b"bob", b"%d" % (b + 10))
+
+        db.run_transaction(transfer)
+        with db.transaction() as tx:
+            print(tx.get("accounts", b"alice"))
+
+Design
+------
+:func:`connect_blocking` starts one thread that runs ``trio.run`` and holds an
+:func:`engine.client.connect` open in it until :meth:`BlockingDatabase.close`. Every method
+call hands its coroutine to that thread with ``trio.from_thread.run`` and blocks the calling
+thread until it is done, so the semantics (routing, retries inside ``request_timeout_s``,
+isolation, errors) are exactly those of :mod:`engine.client`: an exception raised there reaches
+the caller as the same object, of the same type.
+
+The one loop that lives on the caller's side is :meth:`BlockingDatabase.run_transaction`'s
+retry loop, because its function is ordinary blocking code and must run in the caller's thread.
+
+Thread-safety: a :class:`BlockingDatabase` may be shared by any number of threads (each call
+is its own task in the connection's trio loop). A :class:`BlockingTransaction`, like
+:class:`engine.client.Transaction`, must not be used by two threads at once.
+
+Closing: :meth:`BlockingDatabase.close` cancels the calls still running (a commit cancelled so
+raises :class:`~engine.errors.AmbiguousCommitError`, the others the "closed" error), closes the
+connections and joins the thread. It is idempotent. A database never closed is closed when it
+is garbage-collected and, at the latest, when the interpreter shuts down, so a forgotten
+connection never keeps the process alive.
+
+Do not use this module from inside a trio run: it would block the event loop. Use
+:func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import trio
+
+from .catalog import Keyspace
+from .client import Database, Transaction, connect
+from .errors import (
+    AmbiguousCommitError,
+    InvalidArgumentError,
+    TransactionConflictError,
+    UnavailableError,
+)
+
+__all__ = ["connect_blocking", "BlockingDatabase", "BlockingTransaction"]
+
+_T = TypeVar("_T")
+
+# What _Portal._invoke returns instead of a result: the call was refused because the portal
+# is stopping, or it started and was cancelled by close().
+_REFUSED = object()
+_CANCELLED = object()
+
+_CLOSED_MESSAGE = "the database connection is closed"
+
+
+def _closed_error() -> InvalidArgumentError:
+    return InvalidArgumentError(_CLOSED_MESSAGE)
+
+
+def _check_not_in_trio(what: str) -> None:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{what} blocks, and this thread is running a trio event loop: use the "
+                       f"async client (engine.client.connect) here")
+
+
+class _Portal:
+    """The trio thread and the way into it.
+
+    State shared between threads is guarded by ``_lock``: ``_close_requested`` and ``_token``.
+    Everything else is written by the trio thread before ``_ready`` is set (``db``) or only
+    touched in the trio thread (``_stopping``, ``_inflight``, ``_scope``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._close_requested = False
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._stopping = False
+        self._inflight: set[trio.CancelScope] = set()
+        self.db: Database | None = None
+        # Why the trio side stopped, if it did by itself (a failed connect, a crash).
+        self.error: BaseException | None = None
+        self._failed_closing = False  # the run raised while close() ended it
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self, nodes: Sequence[str], options: dict[str, Any]) -> None:
+        """Starts the thread and waits until it is connected; raises what connecting raised.
+        """
+        self._thread = threading.Thread(target=self._thread_main, args=(nodes, options),
+                                        name="meridian-blocking-client", daemon=False)
+        _register(self)
+        try:
+            self._thread.start()
+        except BaseException:
+            _unregister(self)
+            raise
+        try:
+            self._ready.wait()
+        except BaseException:  # KeyboardInterrupt while connecting: don't leave it behind
+            self.close()
+            raise
+        if self.db is None:
+            self.close()
+            if self.error is not None:
+                raise self.error
+            raise _closed_error()
+
+    def _thread_main(self, nodes: Sequence[str], options: dict[str, Any]) -> None:
+        try:
+            trio.run(self._main, nodes, options)
+        except BaseException as exc:  # handed to the caller: start, later calls or close
+            self.error = exc
+            self._failed_closing = self.db is not None and self._close_requested
+        finally:
+            self._ready.set()
+            _unregister(self)
+
+    async def _main(self, nodes: Sequence[str], options: dict[str, Any]) -> None:
+        with trio.CancelScope() as scope:
+            # No checkpoint between setting _scope and publishing the token: a _stop queued
+            # through the token always finds the scope.
+            self._scope = scope
+            with self._lock:
+                self._token = trio.lowlevel.current_trio_token()
+                if self._close_requested:
+                    return
+            async with connect(nodes, **options) as db:
+                self.db = db
+                self._ready.set()
+                await trio.sleep_forever()
+
+    def _stop(self) -> None:
+        """In the trio thread: refuse new calls, cancel running ones, end the run."""
+        self._stopping = True
+        for scope in self._inflight:
+            scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self) -> None:
+        """Idempotent; safe from any thread, including the trio thread itself (a finalizer
+        may run there), where it cannot wait for the thread to end. Raises, once, what the
+        trio side raised while shutting down (closing connections), if anything."""
+        with self._lock:
+            self._close_requested = True
+            token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(self._stop)
+            except trio.RunFinishedError:
+                pass
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join()
+            with self._lock:
+                failed, self._failed_closing = self._failed_closing, False
+            if failed and self.error is not None:
+                raise self.error
+
+    @property
+    def closed(self) -> bool:
+        return self._close_requested
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    # ------------------------------------------------------------------ calls
+
+    async def _invoke(self, fn: Callable[..., Any], is_async: bool) -> Any:
+        if self._stopping:
+            return _REFUSED
+        with trio.CancelScope() as scope:
+            self._inflight.add(scope)
+            try:
+                return (await fn()) if is_async else fn()
+            finally:
+                self._inflight.discard(scope)
+        return _CANCELLED  # close() cancelled it
+
+    def call(self, fn: Callable[..., Any], *args: Any, is_async: bool = True,
+             on_cancel: Callable[[], BaseException] = _closed_error, **kwargs: Any) -> Any:
+        """Runs ``fn(*args, **kwargs)`` (awaited when ``is_async``) in the trio thread and
+        returns its result or raises its exception. ``on_cancel`` makes the error raised
+        when close() cancels the call after it started."""
+        _check_not_in_trio("the blocking client")
+        with self._lock:
+            closed, token = self._close_requested, self._token
+        if closed or token is None:
+            raise _closed_error()
+        bound = functools.partial(fn, *args, **kwargs)
+        try:
+            result = trio.from_thread.run(self._invoke, bound, is_async, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            # The run ended before or while the call ran: closed, or it stopped by itself.
+            raise self._gone_error() from None
+        if result is _REFUSED:
+            raise _closed_error()
+        if result is _CANCELLED:
+            raise on_cancel()
+        return result
+
+    def _gone_error(self) -> BaseException:
+        if self._close_requested or self.error is None:
+            return _closed_error()
+        error = UnavailableError(f"the database connection stopped: {self.error!r}")
+        error.__cause__ = self.error
+        return error
+
+
+# A thread that is not a daemon keeps the interpreter from exiting until it ends; the hook
+# below runs before the interpreter waits for such threads and closes every portal still open.
+_open_portals: set[_Portal] = set()
+_open_portals_lock = threading.Lock()
+_hook_registered = False
+
+
+def _close_open_portals() -> None:
+    with _open_portals_lock:
+        portals = list(_open_portals)
+    for portal in portals:
+        portal.close()
+
+
+def _register(portal: _Portal) -> None:
+    global _hook_registered
+    with _open_portals_lock:
+        _open_portals.add(portal)
+        if not _hook_registered:
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_close_open_portals)
+            _hook_registered = True
+
+
+def _unregister(portal: _Portal) -> None:
+    with _open_portals_lock:
+        _open_portals.discard(portal)
+
+
+# ---------------------------------------------------------------------- public API
+
+
+class BlockingDatabase:
+    """A blocking connection to a cluster; create it with :func:`connect_blocking`.
+
+    The methods mirror :class:`engine.client.Database`, take the same arguments and raise the
+    same exceptions. After :meth:`close` every call raises
+    :class:`~engine.errors.InvalidArgumentError` ("the database connection is closed").
+
+    Thread-safety: safe to share between threads.
+
+    Attributes:
+        region: the client's region.
+        regions: every region of the cluster.
+        cluster: the cluster's name.
+        limits: the cluster's transaction limits (a dict).
+    """
+
+    def __init__(self, portal: _Portal) -> None:
+        db = portal.db
+        assert db is not None
+        self._portal = portal
+        self.region: str = db.region
+        self.regions: tuple[str, ...] = db.regions
+        self.cluster: str = db.cluster
+        self.limits: dict = dict(db.limits)
+        self._rng = random.Random(secrets.randbits(64))
+        # Closes the connection if the last reference is dropped without close(). Transactions
+        # hold a reference to the database, so it outlives them.
+        self._finalizer = weakref.finalize(self, portal.close)
+        self._finalizer.atexit = False  # the interpreter-exit hook above does it earlier
+
+    def __enter__(self) -> BlockingDatabase:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<BlockingDatabase cluster={self.cluster!r} region={self.region!r} {state}>"
+
+    def close(self) -> None:
+        """Cancels running calls, closes the connections and waits for the client thread to
+        end. Idempotent; later calls raise the "closed" error."""
+        self._finalizer.detach()
+        self._portal.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._portal.closed
+
+    def _db(self) -> Database:
+        db = self._portal.db
+        assert db is not None
+        return db
+
+    # ------------------------------------------------------------------ catalog
+
+    def create_keyspace(self, name: str, *, mode: str = "global",
+                        home_region: str | None = None) -> Keyspace:
+        """Creates a keyspace homed in ``home_region`` (default: the client's region)."""
+        return self._portal.call(self._db().create_keyspace, name, mode=mode,
+                                 home_region=home_region)
+
+    def drop_keyspace(self, name: str) -> None:
+        self._portal.call(self._db().drop_keyspace, name)
+
+    def list_keyspaces(self) -> list[Keyspace]:
+        return self._portal.call(self._db().list_keyspaces)
+
+    def keyspace(self, name: str) -> Keyspace:
+        """The keyspace's catalog record (cached after the first lookup)."""
+        return self._portal.call(self._db().keyspace, name)
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, keyspace: str, key: bytes | str, *,
+             staleness: str | None = None) -> bytes | None:
+        """One key outside any transaction; see :meth:`engine.client.Database.read`."""
+        return self._portal.call(self._db().read, keyspace, key, staleness=staleness)
+
+    def read_version(self, keyspace: str, key: bytes | str, *,
+                     staleness: str | None = None) -> tuple[bytes | None, int]:
+        """Like :meth:`read`, and also the timestamp the value was read at."""
+        return self._portal.call(self._db().read_version, keyspace, key, staleness=staleness)
+
+    def status(self) -> dict:
+        """Every node's view of its groups; see :meth:`engine.client.Database.status`."""
+        return self._portal.call(self._db().status)
+
+    # ------------------------------------------------------------------ transactions
+
+    def transaction(self, isolation: str = "snapshot") -> BlockingTransaction:
+        """A new transaction; use it as ``with db.transaction() as tx``.
+
+        Raises:
+            InvalidArgumentError: an isolation level not in
+                :data:`engine.client.ISOLATION_LEVELS`.
+        """
+        # Transaction() reads the trio clock, so it is made in the trio thread.
+        tx = self._portal.call(self._db().transaction, isolation, is_async=False)
+        return BlockingTransaction(self, tx)
+
+    def run_transaction(self, fn: Callable[[BlockingTransaction], _T], *,
+                        isolation: str = "snapshot", max_attempts: int = 20,
+                        base_delay_s: float = 0.002, max_delay_s: float = 0.5) -> _T:
+        """Runs ``fn(tx)`` in a transaction and commits it, again on every
+        :class:`~engine.errors.TransactionConflictError`, sleeping a random time up to a
+        delay that doubles from ``base_delay_s`` to ``max_delay_s`` between attempts (the
+        defaults of :meth:`engine.client.Database.run_transaction`).
+
+        ``fn`` is an ordinary function, called in this thread; it must be safe to run several
+        times (no side effects outside ``tx``).
+
+        Returns:
+            What the successful ``fn`` returned.
+
+        Raises:
+            TransactionConflictError: still conflicting after ``max_attempts`` attempts.
+            InvalidArgumentError: ``max_attempts`` < 1, or ``fn`` is async.
+            Anything ``fn`` or the commit raise; the transaction is rolled back first.
+        """
+        if max_attempts < 1:
+            raise InvalidArgumentError("max_attempts must be >= 1")
+        if inspect.iscoroutinefunction(fn):
+            raise InvalidArgumentError("run_transaction takes a plain function; run async "
+                                       "functions with engine.client.Database.run_transaction")
+        delay = base_delay_s
+        for attempt in range(1, max_attempts + 1):
+            tx = self.transaction(isolation)
+            try:
+                result = fn(tx)
+                if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise InvalidArgumentError(
+                        "the function given to run_transaction returned an awaitable; run "
+                        "async functions with engine.client.Database.run_transaction")
+                tx.commit()
+                return result
+            except TransactionConflictError:
+                tx._discard_quietly()
+                if attempt == max_attempts:
+                    raise
+            except BaseException:
+                tx._discard_quietly()
+                raise
+            time.sleep(self._rng.uniform(0, delay))
+            delay = min(max_delay_s, delay * 2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ambiguous_on_close() -> AmbiguousCommitError:
+    return AmbiguousCommitError("the database connection was closed while the commit was in "
+                                "flight: the transaction may or may not have committed")
+
+
+class BlockingTransaction:
+    """A transaction of a :class:`BlockingDatabase`; see :class:`engine.client.Transaction`.
+
+    ``with db.transaction() as tx`` commits when the block ends without an exception and rolls
+    back otherwise.
+
+    Thread-safety: not safe to use from two threads at once.
+
+    Attributes:
+        isolation: ``"snapshot"`` or ``"serializable"``.
+        txn_id: the transaction's id.
+        read_ts: the snapshot timestamp, fixed by the first read (0 before).
+        commit_ts: the commit timestamp once committed (0 before, and for read-only ones).
+    """
+
+    def __init__(self, db: BlockingDatabase, tx: Transaction) -> None:
+        self._database = db  # keeps the connection alive while the transaction is
+        self._portal = db._portal
+        self._tx = tx
+        self.isolation: str = tx.isolation
+        self.txn_id: int = tx.txn_id
+
+    @property
+    def read_ts(self) -> int:
+        return self._tx.read_ts
+
+    @property
+    def commit_ts(self) -> int:
+        return self._tx.commit_ts
+
+    def __repr__(self) -> str:
+        return (f"<BlockingTransaction {self.txn_id:#x} {self.isolation} "
+                f"read_ts={self.read_ts} commit_ts={self.commit_ts}>")
+
+    def __enter__(self) -> BlockingTransaction:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            # Transaction.__aexit__ commits if still open (an explicit commit or rollback in
+            # the block leaves nothing to do).
+            self._portal.call(self._tx.__aexit__, None, None, None,
+                              on_cancel=_ambiguous_on_close)
+        else:
+            self._discard_quietly()
+
+    def get(self, keyspace: str, key: bytes | str) -> bytes | None:
+        """The key's value in this transaction's snapshot, or its own pending write."""
+        return self._portal.call(self._tx.get, keyspace, key)
+
+    def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
+        """Reads a key and adds it to the write set unchanged, so a concurrent writer of it
+        conflicts with this transaction (prevents write skew under snapshot isolation)."""
+        return self._portal.call(self._tx.get_for_update, keyspace, key)
+
+    def scan(self, keyspace: str, start: bytes | str = b"", end: bytes | str | None = None,
+             *, limit: int | None = None, reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Live keys in ``[start, end)``, merged with this transaction's own writes."""
+        return self._portal.call(self._tx.scan, keyspace, start, end, limit=limit,
+                                 reverse=reverse)
+
+    def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
+        self._portal.call(self._tx.put, keyspace, key, value)
+
+    def delete(self, keyspace: str, key: bytes | str) -> None:
+        self._portal.call(self._tx.delete, keyspace, key)
+
+    def commit(self) -> None:
+        """Commits, or raises :class:`~engine.errors.TransactionConflictError` (nothing was
+        written).
+
+        Raises:
+            AmbiguousCommitError: the outcome is unknown (also when the database was closed
+                while the commit was in flight).
+        """
+        self._portal.call(self._tx.commit, on_cancel=_ambiguous_on_close)
+
+    def rollback(self) -> None:
+        """Discards the transaction's writes; nothing was sent, so nothing needs undoing."""
+        self._portal.call(self._tx.rollback)
+
+    def _discard_quietly(self) -> None:
+        """Rolls back on an error path, where the connection may already be gone (a rollback
+        is local, so nothing is lost then) and the original error must not be masked."""
+        try:
+            self.rollback()
+        except (InvalidArgumentError, UnavailableError):
+            if not (self._portal.closed or self._portal.error is not None):
+                raise
+
+
+def connect_blocking(nodes: Sequence[str] | str, *, region: str | None = None,
+                     request_timeout_s: float = 10.0,
+                     simulate_wan: bool = True) -> BlockingDatabase:
+    """Connects to a cluster for blocking use; the arguments are those of
+    :func:`engine.client.connect`.
+
+    Returns:
+        A :class:`BlockingDatabase`, also a context manager that closes it.
+
+    Raises:
+        UnavailableError: no node answered.
+        InvalidArgumentError: a bad address or an unknown region.
+        RuntimeError: called from inside a trio run (use :func:`engine.client.connect`).
+        Whatever else connecting raised; the client thread has ended by then.
+    """
+    _check_not_in_trio("connect_blocking")
+    portal = _Portal()
+    portal.start(nodes, {"region": region, "request_timeout_s": request_timeout_s,
+                         "simulate_wan": simulate_wan})
+    return BlockingDatabase(portal)

@@ -1,0 +1,84 @@
+"""The catalog of keyspaces, kept in the meta group (ARCH §4).
+
+The catalog is ordinary data in the meta group's MVCC store, changed by ordinary single-group
+transactions (first committer wins, so two nodes creating the same keyspace at once cannot both
+succeed):
+
+``b"ks/" + name``
+    the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
+    "created_ts"}``.
+``b"ks-next-id"``
+    the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
+    never be read through a new keyspace of the same name.
+
+A keyspace is named by 1–64 characters from ``[a-z0-9_-]``, starting with a letter.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import asdict, dataclass
+
+import msgpack
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "Keyspace",
+    "MODES",
+    "NEXT_ID_KEY",
+    "check_keyspace_name",
+    "keyspace_key",
+    "decode_keyspace",
+    "encode_keyspace",
+    "encode_next_id",
+    "decode_next_id",
+    "FIRST_KEYSPACE_ID",
+]
+
+MODES = ("global", "regional")
+NEXT_ID_KEY = b"ks-next-id"
+FIRST_KEYSPACE_ID = 1
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_u32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """One keyspace: a named table of keys with a replication mode and a home region."""
+
+    id: int
+    name: str
+    mode: str
+    home: str
+    resolver: str = "lww"
+    created_ts: int = 0
+
+
+def check_keyspace_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            f"bad keyspace name {name!r}: 1-64 characters from a-z, 0-9, '_' and '-', "
+            f"starting with a letter")
+    return name
+
+
+def keyspace_key(name: str) -> bytes:
+    return b"ks/" + name.encode()
+
+
+def encode_keyspace(ks: Keyspace) -> bytes:
+    return msgpack.packb(asdict(ks), use_bin_type=True)
+
+
+def decode_keyspace(data: bytes) -> Keyspace:
+    return Keyspace(**msgpack.unpackb(data, raw=False))
+
+
+def encode_next_id(next_id: int) -> bytes:
+    return _u32.pack(next_id)
+
+
+def decode_next_id(data: bytes | None) -> int:
+    return FIRST_KEYSPACE_ID if data is None else _u32.unpack(data)[0]

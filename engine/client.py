@@ -1,0 +1,667 @@
+"""The client library: connect to a cluster, run transactions, read from anywhere (ARCH §7).
+
+Example::
+
+    import engine
+
+    async with engine.connect(["127.0.0.1:7101"], region="eu-west") as db:
+        await db.create_keyspace("accounts", home_region="us-east")
+
+        async def transfer(tx):
+            a = int(await tx.get("accounts", b"alice") or b"0")
+            b = int(await tx.get("accounts", b"bob") or b"0")
+            await tx.put("accounts", b"alice", b"%d" % (a - 10))
+            await tx.put("accounts", b"bob", b"%d" % (b + 10))
+
+        await db.run_transaction(transfer)
+        balance = await db.read("accounts", b"alice", staleness="bounded:5")
+
+Transactions
+------------
+``async with db.transaction() as tx`` buffers writes in the client (reads see them: read your
+writes) and commits when the block ends without an exception (rolls back otherwise). The first
+read in a group fixes the transaction's snapshot there: the group's leader answers with a
+timestamp that covers every commit acknowledged before the read, and every later read of the
+transaction is served at that timestamp. Commit is one message to the group's leader; the
+group's adjudicator accepts it only if no key it writes was committed by someone else after its
+snapshot (``isolation="serializable"``: no key it read either), so lost updates (and, when
+serializable, write skew) cannot happen. A refused commit raises
+:class:`~engine.errors.TransactionConflictError`; :meth:`Database.run_transaction` runs the
+function again with jittered exponential backoff. A read-only transaction is never sent for
+validation. For now a transaction's keys must all live in one group (keyspaces homed in the
+same region); cross-region transactions come with two-phase commit.
+
+Timeouts are cancel scopes: wrap any call in ``trio.move_on_after`` / ``fail_after``. Each call
+also gives up after ``request_timeout_s`` of retrying with :class:`~engine.errors.UnavailableError`.
+
+Routing
+-------
+The client learns the cluster's layout from the first node it reaches, keeps one connection per
+node it talks to, and sends each request to the group's leader as far as it knows, following
+``not_leader`` hints. A request that never reached a node is retried elsewhere; a commit whose
+connection failed after it was sent raises :class:`~engine.errors.AmbiguousCommitError`
+instead (it may have committed).
+
+Stale reads
+-----------
+``staleness="exact:<seconds>"`` reads at exactly that far in the past; ``"bounded:<seconds>"``
+at the newest timestamp the local replica has that is no older than that. Both are served by a
+replica in the client's own region (the region's learner of a group homed elsewhere), without
+any cross-region round trip, and never return a value newer than their timestamp nor one
+older than it promises.
+
+Simulated WAN
+-------------
+When the cluster's configuration sets WAN latencies between regions (a local test cluster), the
+client adds the one-way latency between its region and the node's to each request and to each
+reply, so that a local cluster behaves like a geo-distributed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from .catalog import Keyspace, check_keyspace_name
+from .errors import (
+    AmbiguousCommitError,
+    InvalidArgumentError,
+    KeyspaceExistsError,
+    KeyspaceNotFoundError,
+    LimitExceededError,
+    MeridianError,
+    RecordTooLargeError,
+    TransactionClosedError,
+    TransactionConflictError,
+    UnavailableError,
+)
+from .hlc import ClockOffsetError, HybridClock
+from .placement import (
+    KEY_PREFIX_SIZE,
+    MAX_USER_KEY_SIZE,
+    decode_key,
+    encode_key,
+    keyspace_bounds,
+)
+from .rpc import (
+    ConnectionLostError,
+    ConnectTimeoutError,
+    NotSentError,
+    RemoteError,
+    connect_rpc,
+)
+
+__all__ = ["connect", "Database", "Transaction", "ISOLATION_LEVELS"]
+
+ISOLATION_LEVELS = ("snapshot", "serializable")
+KEYSPACE_CACHE_S = 5.0
+"""How long a keyspace's catalog record is used before it is looked up again."""
+_T = TypeVar("_T")
+
+
+def _parse_address(text: str) -> tuple[str, int]:
+    if not isinstance(text, str) or ":" not in text:
+        raise InvalidArgumentError(f"node address {text!r} is not 'host:port'")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise InvalidArgumentError(f"node address {text!r}: bad port") from None
+    if not host or not 0 < number < 65536:
+        raise InvalidArgumentError(f"node address {text!r} is not 'host:port'")
+    return host, number
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise InvalidArgumentError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def _parse_staleness(staleness: str) -> tuple[str, int]:
+    kind, _, amount = staleness.partition(":")
+    try:
+        seconds = float(amount)
+    except ValueError:
+        seconds = -1.0
+    if kind not in ("exact", "bounded") or not (math.isfinite(seconds) and seconds >= 0):
+        raise InvalidArgumentError(
+            f"staleness {staleness!r}: expected 'exact:<seconds>' or 'bounded:<seconds>'")
+    return kind, int(seconds * 1e9)
+
+
+@dataclass(slots=True)
+class _NodeInfo:
+    id: int
+    region: str
+    host: str
+    port: int
+
+
+class Database:
+    """A connection to a cluster. Create it with :func:`connect`."""
+
+    def __init__(self, nursery: trio.Nursery, describe: dict, region: str, *,
+                 request_timeout_s: float, simulate_wan: bool) -> None:
+        self._nursery = nursery
+        self.region = region
+        self.cluster = describe["cluster"]
+        self.regions: tuple[str, ...] = tuple(describe["regions"])
+        if region not in self.regions:
+            raise InvalidArgumentError(f"unknown region {region!r} (regions: "
+                                       f"{', '.join(self.regions)})")
+        self._nodes = {int(i): _NodeInfo(int(i), r, h, p)
+                       for i, (r, h, p) in describe["nodes"].items()}
+        self._groups = {int(g): v for g, v in describe["groups"].items()}
+        self._group_of_region = {v["region"]: g for g, v in self._groups.items() if v["region"]}
+        self._meta_group = next(g for g, v in self._groups.items() if not v["region"])
+        self._leaders = {g: v["leader"] for g, v in self._groups.items() if v["leader"]}
+        self._latency = {}
+        if simulate_wan:
+            for a, b, ms in describe["wan_latency_ms"]:
+                self._latency[(a, b)] = self._latency[(b, a)] = ms / 1000.0
+        self.limits = describe["limits"]
+        self.clock = HybridClock(max_offset_ns=describe["max_clock_offset_ns"])
+        self._request_timeout_s = request_timeout_s
+        self._conns: dict[int, Any] = {}
+        self._connecting: dict[int, trio.Event] = {}
+        self._keyspaces: dict[str, Keyspace] = {}
+        self._keyspace_fetched: dict[str, float] = {}
+        self._rng = random.Random(secrets.randbits(64))
+        self._closed = False
+
+    # ------------------------------------------------------------------ catalog
+
+    async def create_keyspace(self, name: str, *, mode: str = "global",
+                              home_region: str | None = None) -> Keyspace:
+        """Creates a keyspace homed in ``home_region`` (default: the client's region)."""
+        check_keyspace_name(name)
+        rec = await self._call_group(self._meta_group, "keyspace.create",
+                                     {"name": name, "mode": mode,
+                                      "home": home_region or self.region})
+        ks = Keyspace(**rec)
+        self._keyspaces[name] = ks
+        self._keyspace_fetched[name] = trio.current_time()
+        return ks
+
+    async def drop_keyspace(self, name: str) -> None:
+        check_keyspace_name(name)
+        await self._call_group(self._meta_group, "keyspace.drop", {"name": name})
+        self._keyspaces.pop(name, None)
+
+    async def list_keyspaces(self) -> list[Keyspace]:
+        return [Keyspace(**r) for r in
+                await self._call_group(self._meta_group, "keyspace.list", {})]
+
+    async def keyspace(self, name: str) -> Keyspace:
+        """The keyspace's catalog record (cached after the first lookup)."""
+        ks = self._keyspaces.get(name)
+        if ks is None:
+            check_keyspace_name(name)
+            rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
+            ks = self._keyspaces[name] = Keyspace(**rec)
+            self._keyspace_fetched[name] = trio.current_time()
+        elif trio.current_time() - self._keyspace_fetched.get(name, 0.0) > KEYSPACE_CACHE_S:
+            # Looked up again now and then, so that a keyspace dropped (and perhaps created
+            # again) elsewhere is noticed within this delay.
+            del self._keyspaces[name]
+            return await self.keyspace(name)
+        return ks
+
+    def group_of(self, ks: Keyspace) -> int:
+        return self._group_of_region[ks.home]
+
+    # ------------------------------------------------------------------ transactions
+
+    def transaction(self, isolation: str = "snapshot") -> Transaction:
+        """A new transaction; use it as ``async with db.transaction() as tx``."""
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidArgumentError(f"isolation must be one of {ISOLATION_LEVELS}, "
+                                       f"not {isolation!r}")
+        return Transaction(self, isolation)
+
+    async def run_transaction(self, fn: Callable[[Transaction], Awaitable[_T]], *,
+                              isolation: str = "snapshot", max_attempts: int = 20,
+                              base_delay_s: float = 0.002, max_delay_s: float = 0.5) -> _T:
+        """Runs ``await fn(tx)`` in a transaction and commits it, again on every retryable
+        conflict, with jittered exponential backoff. The only retry loop of the product:
+        ``fn`` must be safe to run several times (no side effects outside ``tx``)."""
+        if max_attempts < 1:
+            raise InvalidArgumentError("max_attempts must be >= 1")
+        delay = base_delay_s
+        for attempt in range(1, max_attempts + 1):
+            tx = self.transaction(isolation)
+            try:
+                result = await fn(tx)
+                await tx.commit()
+                return result
+            except TransactionConflictError:
+                tx._discard()
+                if attempt == max_attempts:
+                    raise
+            except BaseException:
+                tx._discard()
+                raise
+            await trio.sleep(self._rng.uniform(0, delay))
+            delay = min(max_delay_s, delay * 2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def read(self, keyspace: str, key: bytes | str, *,
+                   staleness: str | None = None) -> bytes | None:
+        """One key, outside any transaction: strong by default (a fresh snapshot at the
+        leader), or from a replica in this client's region with ``staleness``."""
+        return (await self.read_version(keyspace, key, staleness=staleness))[0]
+
+    async def read_version(self, keyspace: str, key: bytes | str, *,
+                           staleness: str | None = None) -> tuple[bytes | None, int]:
+        """Like :meth:`read`, and also the timestamp the value was read at."""
+        ks = await self.keyspace(keyspace)
+        stored = encode_key(ks.id, _check_key(key))
+        group = self.group_of(ks)
+        if staleness is None:
+            reply = await self._call_group(group, "read", {"group": group, "keys": [stored]})
+        else:
+            kind, ns = _parse_staleness(staleness)
+            payload = {"group": group, "keys": [stored]}
+            if kind == "exact":
+                payload["ts"] = max(1, self.clock.now() - ns)
+            else:
+                payload["bounded_ns"] = max(1, ns)
+            reply = await self._call_local(group, "read", payload)
+        return reply["values"][0], reply["ts"]
+
+    async def status(self) -> dict:
+        """Every node's view of its groups (leaders, terms, applied and closed timestamps)."""
+        out = {}
+        for node in self._nodes.values():
+            try:
+                out[node.id] = await self._call_node(node.id, "status", {})
+            except (MeridianError, OSError) as exc:
+                out[node.id] = {"error": str(exc)}
+        return out
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _connection(self, node_id: int):
+        if self._closed:
+            raise InvalidArgumentError("the database connection is closed")
+        conn = self._conns.get(node_id)
+        if conn is not None and not conn.closed:
+            return conn
+        pending = self._connecting.get(node_id)
+        if pending is not None:
+            await pending.wait()
+            conn = self._conns.get(node_id)
+            if conn is None or conn.closed:
+                raise ConnectionLostError(f"cannot connect to node {node_id}")
+            return conn
+        done = self._connecting[node_id] = trio.Event()
+        try:
+            node = self._nodes[node_id]
+            conn = await self._nursery.start(self._hold_connection, node)
+            self._conns[node_id] = conn
+            return conn
+        finally:
+            del self._connecting[node_id]
+            done.set()
+
+    async def _hold_connection(self, node: _NodeInfo, *, task_status) -> None:
+        async with connect_rpc(node.host, node.port, clock_now=self.clock.now,
+                               clock_update=self.clock.update, connect_timeout_s=2.0) as conn:
+            task_status.started(conn)
+            with contextlib.suppress(trio.Cancelled):
+                await trio.sleep_forever()
+
+    async def _call_node(self, node_id: int, method: str, payload) -> Any:
+        return await self._call_on(await self._connection(node_id), node_id, method, payload)
+
+    async def _call_on(self, conn, node_id: int, method: str, payload) -> Any:
+        """One call on ``conn``, with the simulated WAN latency each way."""
+        delay = self._latency.get((self.region, self._nodes[node_id].region), 0.0)
+        if delay:
+            await trio.sleep(delay)
+        result = await conn.call(method, payload)
+        if delay:
+            await trio.sleep(delay)
+        return result
+
+    def _candidates(self, group: int) -> list[int]:
+        g = self._groups[group]
+        leader = self._leaders.get(group)
+        voters = list(g["voters"])
+        self._rng.shuffle(voters)
+        return ([leader] if leader else []) + [v for v in voters if v != leader]
+
+    async def _call_group(self, group: int, method: str, payload, *,
+                          commit: bool = False) -> Any:
+        """Calls the group's leader, following hints and retrying until
+        ``request_timeout_s``. ``commit``: a call that may have run is never retried."""
+        deadline = trio.current_time() + self._request_timeout_s
+        backoff = 0.005
+        last_error = "no attempt"
+        while trio.current_time() < deadline:
+            for node_id in self._candidates(group):
+                try:
+                    conn = await self._connection(node_id)
+                except (OSError, ConnectTimeoutError, ConnectionLostError) as exc:
+                    last_error = f"node {node_id}: {exc}"
+                    continue
+                try:
+                    result = await self._call_on(conn, node_id, method, payload)
+                except NotSentError as exc:
+                    self._conns.pop(node_id, None)
+                    last_error = f"node {node_id}: {exc}"
+                    continue
+                except ClockOffsetError as exc:
+                    # The node's answer carries a timestamp too far ahead of our clock: its
+                    # clock is off. Its answer is withheld; try another replica.
+                    if commit:
+                        raise AmbiguousCommitError(
+                            f"node {node_id} answered the commit with a timestamp beyond the "
+                            f"maximum clock offset: the outcome is unknown ({exc})") from exc
+                    last_error = f"node {node_id}: {exc}"
+                    continue
+                except ConnectionLostError as exc:
+                    self._conns.pop(node_id, None)
+                    if commit:
+                        raise AmbiguousCommitError(
+                            f"connection to node {node_id} lost during commit: the "
+                            f"transaction may or may not have committed") from exc
+                    last_error = f"node {node_id}: {exc}"
+                    continue
+                except RemoteError as exc:
+                    if exc.code == "not_leader":
+                        hint = exc.details.get("leader", 0)
+                        last_error = f"node {node_id}: {exc.message}"
+                        if hint and hint != node_id and hint in self._nodes:
+                            self._leaders[group] = hint
+                            break  # try the hinted leader first
+                        self._leaders.pop(group, None)
+                        continue
+                    raise _translate(exc) from None
+                self._leaders[group] = node_id
+                return result
+            await trio.sleep(backoff)
+            backoff = min(0.2, backoff * 2)
+        raise UnavailableError(f"group {group} did not answer {method!r} within "
+                               f"{self._request_timeout_s} s (last: {last_error})")
+
+    async def _call_local(self, group: int, method: str, payload) -> Any:
+        """Calls a replica of ``group`` in this client's region (stale reads)."""
+        g = self._groups[group]
+        local = [n for n in (*g["voters"], *g["learners"])
+                 if self._nodes[n].region == self.region]
+        self._rng.shuffle(local)
+        last: BaseException | None = None
+        for node_id in local:
+            try:
+                return await self._call_node(node_id, method, payload)
+            except (OSError, ConnectTimeoutError, ConnectionLostError) as exc:
+                self._conns.pop(node_id, None)
+                last = exc
+            except RemoteError as exc:
+                raise _translate(exc) from None
+        raise UnavailableError(f"no replica of group {group} in region {self.region} "
+                               f"answered ({last})")
+
+
+def _translate(exc: RemoteError) -> BaseException:
+    """A node's error code as the library's exception."""
+    if exc.code == "conflict":
+        key = exc.details.get("key")
+        if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
+            key = decode_key(key)[1]  # the caller's key, without the keyspace prefix
+        return TransactionConflictError(exc.message, exc.details.get("reason", ""), key)
+    if exc.code == "not_found":
+        return KeyspaceNotFoundError(exc.message)
+    if exc.code == "already_exists":
+        return KeyspaceExistsError(exc.message)
+    if exc.code == "unknown_group":
+        return UnavailableError(exc.message)
+    if exc.code == "ambiguous":
+        return AmbiguousCommitError(exc.message)
+    if exc.code == "invalid_argument":
+        return InvalidArgumentError(exc.message)
+    if exc.code in ("not_closed", "clock_offset"):
+        return UnavailableError(exc.message)
+    return exc
+
+
+def _check_key(key: object) -> bytes:
+    k = _as_bytes(key, "key")
+    if not k:
+        raise InvalidArgumentError("keys must not be empty")
+    if len(k) > MAX_USER_KEY_SIZE:
+        raise RecordTooLargeError(f"key of {len(k)} bytes: keys are 1..{MAX_USER_KEY_SIZE} "
+                                  f"bytes")
+    return k
+
+
+class Transaction:
+    """A transaction (see the module docstring). Not safe to share between tasks."""
+
+    def __init__(self, db: Database, isolation: str) -> None:
+        self._db = db
+        self.isolation = isolation
+        self.txn_id = secrets.randbits(63) + 1
+        self._group: int | None = None
+        self._group_region = ""
+        self.read_ts = 0
+        self._writes: dict[bytes, bytes | None] = {}
+        self._reads: set[bytes] = set()
+        self._bytes = 0
+        self._state = "open"
+        self._started = trio.current_time()
+        self.commit_ts = 0
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._state == "open":
+            await self.commit()
+        else:
+            self._discard()
+
+    # ------------------------------------------------------------------ operations
+
+    async def get(self, keyspace: str, key: bytes | str) -> bytes | None:
+        """The key's value in this transaction's snapshot, or its own pending write."""
+        stored, group = await self._locate(keyspace, key)
+        if stored in self._writes:
+            return self._writes[stored]
+        reply = await self._db._call_group(
+            group, "read", {"group": group, "keys": [stored], "ts": self.read_ts})
+        self._fix_snapshot(reply["ts"])
+        self._reads.add(stored)
+        return reply["values"][0]
+
+    async def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
+        """Reads a key and adds it to the write set unchanged, so that a concurrent writer of
+        it conflicts with this transaction (the way to prevent write skew under snapshot
+        isolation, like ``SELECT ... FOR UPDATE``)."""
+        value = await self.get(keyspace, key)
+        stored, _ = await self._locate(keyspace, key)
+        if stored not in self._writes:
+            self._buffer(stored, value)
+        return value
+
+    async def scan(self, keyspace: str, start: bytes | str = b"", end: bytes | str | None = None,
+                   *, limit: int | None = None, reverse: bool = False
+                   ) -> list[tuple[bytes, bytes]]:
+        """Live keys in ``[start, end)`` of the keyspace in this snapshot, merged with this
+        transaction's own writes; ``limit`` caps the count, ``reverse`` walks backwards.
+        Under ``serializable`` the keys returned are validated at commit (not the gaps
+        between them)."""
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidArgumentError("limit must be a non-negative int or None")
+        ks = await self._db.keyspace(keyspace)
+        lo, hi = keyspace_bounds(ks.id)
+        s = encode_key(ks.id, _as_bytes(start, "start")) if start else lo
+        e = encode_key(ks.id, _as_bytes(end, "end")) if end is not None else hi
+        group = self._bind(ks)
+        mine = {k: v for k, v in self._writes.items() if s <= k < e}
+        fetch = None if limit is None else limit + len(mine)
+        reply = await self._db._call_group(
+            group, "scan", {"group": group, "start": s, "end": e, "limit": fetch,
+                            "reverse": reverse, "ts": self.read_ts})
+        self._fix_snapshot(reply["ts"])
+        merged = {k: v for k, v in reply["items"]}
+        self._reads.update(merged)
+        merged.update(mine)
+        items = sorted(((k, v) for k, v in merged.items() if v is not None), reverse=reverse)
+        if limit is not None:
+            items = items[:limit]
+        return [(decode_key(k)[1], v) for k, v in items]
+
+    async def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
+        stored, _ = await self._locate(keyspace, key)
+        v = _as_bytes(value, "value")
+        if len(v) > self._db.limits["max_value_size"]:
+            raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
+                                      f"{self._db.limits['max_value_size']}")
+        self._buffer(stored, v)
+
+    async def delete(self, keyspace: str, key: bytes | str) -> None:
+        stored, _ = await self._locate(keyspace, key)
+        self._buffer(stored, None)
+
+    async def commit(self) -> None:
+        """Commits, or raises :class:`TransactionConflictError` (nothing was written)."""
+        self._check_open()
+        self._state = "committing"
+        try:
+            if not self._writes:
+                self._state = "committed"  # read-only: its snapshot was consistent
+                return
+            lifetime = self._db.limits["max_txn_lifetime_s"]
+            if trio.current_time() - self._started > lifetime:
+                raise TransactionConflictError(
+                    f"transaction ran longer than the maximum lifetime ({lifetime} s)",
+                    "too_old")
+            payload = {"group": self._group, "txn_id": self.txn_id, "read_ts": self.read_ts,
+                       "writes": [[k, v] for k, v in self._writes.items()],
+                       "serializable": self.isolation == "serializable"}
+            if self.isolation == "serializable":
+                payload["reads"] = sorted(self._reads)
+            reply = await self._db._call_group(self._group, "commit", payload, commit=True)
+            self.commit_ts = reply["ts"]
+            self._state = "committed"
+        except BaseException:
+            self._state = "failed"
+            raise
+
+    async def rollback(self) -> None:
+        self._discard()
+
+    # ------------------------------------------------------------------ internals
+
+    def _discard(self) -> None:
+        if self._state in ("open", "committing"):
+            self._state = "rolled back"
+        self._writes.clear()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise TransactionClosedError(f"transaction {self.txn_id:#x} is {self._state}")
+
+    def _fix_snapshot(self, ts: int) -> None:
+        if self.read_ts == 0:
+            self.read_ts = ts
+
+    def _bind(self, ks: Keyspace) -> int:
+        self._check_open()
+        group = self._db.group_of(ks)
+        if self._group is None:
+            self._group, self._group_region = group, ks.home
+        elif group != self._group:
+            raise InvalidArgumentError(
+                f"this transaction already uses keys homed in {self._group_region}; keyspace "
+                f"{ks.name!r} is homed in {ks.home}, and transactions across regions are "
+                f"not supported by this version")
+        return group
+
+    async def _locate(self, keyspace: str, key) -> tuple[bytes, int]:
+        ks = await self._db.keyspace(keyspace)
+        group = self._bind(ks)
+        k = _check_key(key)
+        limit = self._db.limits["max_key_size"]
+        if len(k) > limit:
+            raise RecordTooLargeError(f"key of {len(k)} bytes: the limit is {limit}")
+        return encode_key(ks.id, k), group
+
+    def _buffer(self, stored: bytes, value: bytes | None) -> None:
+        self._check_open()
+        limits = self._db.limits
+        if stored not in self._writes and len(self._writes) >= limits["max_txn_keys"]:
+            raise LimitExceededError(f"more than {limits['max_txn_keys']} keys written in one "
+                                     f"transaction")
+        old = self._writes.get(stored)
+        self._bytes += len(value or b"") - len(old or b"") + (
+            0 if stored in self._writes else len(stored))
+        if self._bytes > limits["max_txn_bytes"]:
+            raise LimitExceededError(f"more than {limits['max_txn_bytes']} bytes written in "
+                                     f"one transaction")
+        self._writes[stored] = value
+
+
+@asynccontextmanager
+async def connect(nodes: Sequence[str], *, region: str | None = None,
+                  request_timeout_s: float = 10.0,
+                  simulate_wan: bool = True) -> AsyncIterator[Database]:
+    """Connects to the cluster that ``nodes`` (``"host:port"`` client addresses) belong to.
+
+    Args:
+        nodes: one or more nodes to learn the cluster from; the first that answers is used.
+        region: the client's region (default: the region of the node that answered). Stale
+            reads are served there, and simulated WAN latency is counted from there.
+        request_timeout_s: how long one request keeps retrying before
+            :class:`~engine.errors.UnavailableError`.
+        simulate_wan: add the configured WAN latency to requests (see the module docstring).
+    """
+    if isinstance(nodes, str):
+        nodes = [nodes]
+    addresses = [_parse_address(n) for n in nodes]
+    if not addresses:
+        raise InvalidArgumentError("connect needs at least one node address")
+    describe = None
+    errors_seen: dict[str, str] = {}
+    deadline = trio.current_time() + request_timeout_s
+    delay = 0.05
+    # Nodes that are still starting refuse connections: keep trying until the deadline.
+    while describe is None and trio.current_time() < deadline:
+        for host, port in addresses:
+            try:
+                async with connect_rpc(host, port, connect_timeout_s=2.0) as conn:
+                    with trio.move_on_at(deadline):
+                        describe = await conn.call("describe", None)
+                    if describe is not None:
+                        break
+                    errors_seen[f"{host}:{port}"] = "no answer"
+            except (OSError, ConnectTimeoutError, ConnectionLostError, RemoteError) as exc:
+                errors_seen[f"{host}:{port}"] = str(exc)
+        if describe is None:
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            delay = min(1.0, delay * 2)
+    if describe is None:
+        raise UnavailableError(f"no node answered within {request_timeout_s} s: " + "; ".join(
+            f"{a}: {e}" for a, e in errors_seen.items()))
+    async with trio.open_nursery() as nursery:
+        db = Database(nursery, describe, region or describe["region"],
+                      request_timeout_s=request_timeout_s, simulate_wan=simulate_wan)
+        try:
+            yield db
+        finally:
+            db._closed = True
+            nursery.cancel_scope.cancel()

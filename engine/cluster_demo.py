@@ -1,0 +1,233 @@
+"""``meridian demo``: a local three-region cluster under a global workload, then shut down.
+
+The demo starts one ``meridian node`` process per node (three regions × three nodes by
+default, with simulated one-way WAN latencies of 35, 70 and 110 ms between the regions), creates
+one bank keyspace homed in each region, and runs clients in every region for a few seconds:
+
+- transfers between accounts of the client's *home-region* keyspace (a commit inside the region),
+- transfers in a *remote* keyspace (the commit crosses the WAN to that keyspace's home region),
+- *stale reads* of remote accounts from the local learner (``bounded:1`` — no WAN round trip).
+
+It shows progress every second, checks that every bank still holds exactly the money it started
+with, prints throughput, latency percentiles per region and operation, conflicts, and how far
+each region's learners lag behind their leaders, and stops every process it started — also when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import trio
+
+from .client import connect
+from .errors import MeridianError, TransactionConflictError
+from .procs import ClusterProcesses, _describe_all, cluster_up, wait_ready
+
+INITIAL_BALANCE = 1000
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.conflicts: dict[str, int] = defaultdict(int)
+        self.errors: dict[str, int] = defaultdict(int)
+        self.done = 0
+
+
+async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, seed: int,
+                  stats: _Stats, stop_at: float) -> None:
+    rng = random.Random(seed)
+
+    async def transfer(tx, ks):
+        a, b = rng.sample(range(accounts), 2)
+        ka, kb = b"acct-%04d" % a, b"acct-%04d" % b
+        va = int(await tx.get(ks, ka))
+        vb = int(await tx.get(ks, kb))
+        amount = rng.randint(1, 10)
+        await tx.put(ks, ka, b"%d" % (va - amount))
+        await tx.put(ks, kb, b"%d" % (vb + amount))
+
+    while trio.current_time() < stop_at:
+        roll = rng.random()
+        op = "home txn" if roll < 0.6 else "remote txn" if roll < 0.8 else "stale read"
+        started = time.perf_counter()
+        try:
+            if op == "stale read":
+                await db.read(remote_ks, b"acct-%04d" % rng.randrange(accounts),
+                              staleness="bounded:1")
+            else:
+                ks = home_ks if op == "home txn" else remote_ks
+                attempts = 0
+
+                async def body(tx, ks=ks):
+                    nonlocal attempts
+                    attempts += 1
+                    await transfer(tx, ks)
+
+                await db.run_transaction(body)
+                stats.conflicts[region] += attempts - 1
+        except TransactionConflictError:
+            stats.conflicts[region] += 1
+            continue
+        except MeridianError as exc:
+            stats.errors[f"{region}: {type(exc).__name__}"] += 1
+            continue
+        stats.latencies[(region, op)].append((time.perf_counter() - started) * 1e3)
+        stats.done += 1
+
+
+async def _run(procs: ClusterProcesses, seconds: float, clients_per_region: int, accounts: int,
+               seed: int, out) -> int:
+    cluster = procs.load_cluster()
+    regions = cluster.region_names
+    print(f"waiting for {len(cluster.all_nodes())} nodes to elect leaders ...", file=out)
+    await wait_ready(cluster)
+    addresses = {r: [f"{n.client_host}:{n.client_port}" for n in cluster.nodes_in(r)]
+                 for r in regions}
+    stats = _Stats()
+    async with connect(addresses[regions[0]], region=regions[0]) as admin:
+        for r in regions:
+            ks = f"bank-{r}"
+            try:
+                await admin.create_keyspace(ks, home_region=r)
+            except MeridianError as exc:
+                if "already exists" not in str(exc):
+                    raise
+            async with admin.transaction() as tx:
+                for i in range(accounts):
+                    await tx.put(ks, b"acct-%04d" % i, b"%d" % INITIAL_BALANCE)
+        print(f"created {len(regions)} keyspaces of {accounts} accounts; running "
+              f"{clients_per_region} clients per region for {seconds:g} s", file=out)
+        async with trio.open_nursery() as nursery:
+            dbs = {}
+            for r in regions:
+                dbs[r] = await nursery.start(_hold_client, addresses[r], r)
+            stop_at = trio.current_time() + seconds
+            for i, r in enumerate(regions):
+                remote = f"bank-{regions[(i + 1) % len(regions)]}"
+                for c in range(clients_per_region):
+                    nursery.start_soon(_client, dbs[r], r, f"bank-{r}", remote, accounts,
+                                       seed * 1000 + i * 100 + c, stats, stop_at)
+            nursery.start_soon(_progress, stats, stop_at, out)
+            await trio.sleep(seconds + 0.05)
+            lag = await _learner_lag(cluster)
+            nursery.cancel_scope.cancel()
+        ok = True
+        for r in regions:
+            async with admin.transaction() as tx:
+                rows = await tx.scan(f"bank-{r}")
+            total = sum(int(v) for _, v in rows)
+            want = INITIAL_BALANCE * accounts
+            ok &= total == want
+            print(f"bank-{r}: {len(rows)} accounts, total {total} "
+                  f"({'ok' if total == want else f'WRONG, expected {want}'})", file=out)
+    _report(stats, regions, seconds, lag, out)
+    return 0 if ok else 1
+
+
+async def _hold_client(addresses, region, *, task_status):
+    async with connect(addresses, region=region) as db:
+        task_status.started(db)
+        await trio.sleep_forever()
+
+
+async def _progress(stats: _Stats, stop_at: float, out) -> None:
+    last = 0
+    start = trio.current_time()
+    while trio.current_time() < stop_at:
+        await trio.sleep(1.0)
+        done = stats.done
+        conflicts = sum(stats.conflicts.values())
+        print(f"  t={trio.current_time() - start:4.1f}s  {done - last:5d} ops/s  "
+              f"{done:6d} ops  {conflicts:4d} conflicts retried", file=out, flush=True)
+        last = done
+
+
+async def _learner_lag(cluster) -> dict[tuple[int, str], float]:
+    """For each data group and each region, how far (ms) the region's replicas' closed
+    timestamp trails the leader's."""
+    status = await _describe_all(cluster)
+    leaders: dict[int, int] = {}
+    by_node: dict[tuple[int, int], int] = {}
+    for node_id, s in status.items():
+        for gid, g in s.get("groups", {}).items():
+            by_node[(int(gid), node_id)] = g["closed_ts"]
+            if g["role"] == "leader":
+                leaders[int(gid)] = node_id
+    lag: dict[tuple[int, str], float] = {}
+    for (gid, node_id), closed in by_node.items():
+        leader = leaders.get(gid)
+        if leader is None or node_id == leader:
+            continue
+        region = cluster.node(node_id).region
+        ms = max(0.0, (by_node[(gid, leader)] - closed) / 1e6)
+        lag[(gid, region)] = max(lag.get((gid, region), 0.0), ms)
+    return lag
+
+
+def _report(stats: _Stats, regions, seconds: float, lag, out) -> None:
+    total = sum(len(v) for v in stats.latencies.values())
+    print(f"\n{total} operations in {seconds:g} s: {total / seconds:.0f} ops/s", file=out)
+    print(f"{'region':<10} {'operation':<11} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8}", file=out)
+    for r in regions:
+        for op in ("home txn", "remote txn", "stale read"):
+            v = sorted(stats.latencies.get((r, op), []))
+            print(f"{r:<10} {op:<11} {len(v):>6} {_percentile(v, 0.5):>8.1f} "
+                  f"{_percentile(v, 0.99):>8.1f} {(v[-1] if v else float('nan')):>8.1f}",
+                  file=out)
+    print("conflicts retried: " + ", ".join(f"{r} {stats.conflicts.get(r, 0)}"
+                                            for r in regions), file=out)
+    if stats.errors:
+        print("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.errors.items())),
+              file=out)
+    if lag:
+        print("learner lag behind the leader (closed timestamp, ms): " + ", ".join(
+            f"group {g} in {r} {ms:.0f}" for (g, r), ms in sorted(lag.items())), file=out)
+
+
+def run_demo(*, directory: str | None = None, seconds: float = 10.0,
+             regions: tuple[str, ...] = ("us-east", "eu-west", "ap-south"),
+             nodes_per_region: int = 3, clients_per_region: int = 4, accounts: int = 50,
+             wan: bool = True, seed: int = 1, out=sys.stdout) -> int:
+    """Runs the demo; returns the process exit code. Nothing it started outlives it."""
+    tmp = None
+    if directory is None:
+        tmp = tempfile.mkdtemp(prefix="meridian-demo-")
+        directory = tmp
+    procs = ClusterProcesses(directory)
+    try:
+        print(f"starting {len(regions)} regions x {nodes_per_region} nodes in {directory}"
+              + (" with simulated WAN latency" if wan else ""), file=out)
+        procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
+                           wan_latency_ms=None if wan else {})
+        return trio.run(_run, procs, seconds, clients_per_region, accounts, seed, out)
+    except KeyboardInterrupt:
+        print("interrupted", file=out)
+        return 130
+    except MeridianError as exc:
+        print(f"demo failed: {exc}", file=out)
+        for log in sorted(Path(directory).glob("node-*.log")):
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            if tail:
+                print(f"  {log.name}: " + "\n    ".join(tail), file=out)
+        return 1
+    finally:
+        stopped = procs.stop()
+        print(f"stopped {len(stopped)} node processes", file=out)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,517 @@
+"""The node runtime: one process, one data directory, replicas of several groups (ARCH §7).
+
+A :class:`Node` hosts a replica of every group the cluster's placement gives it (see
+:mod:`engine.placement`: the meta group, its own region's data group as a voter, and the other
+regions' data groups as a learner). All its groups share one Raft transport (one TCP connection
+per node pair, :mod:`raft.tcp`) and one hybrid logical clock; clients and other nodes reach it
+through one msgpack RPC server (:mod:`engine.rpc`) whose frames all carry that clock.
+
+Data directory
+--------------
+::
+
+    DIR/LOCK                       flock: one node process per directory
+    DIR/IDENTITY                   msgpack {"cluster": name, "node": id}: a directory is never
+                                   reused by another node or cluster by mistake
+    DIR/groups/<id>/raft/          the group's Raft log, hard state and snapshot
+    DIR/groups/<id>/state/         the group's MVCC store
+
+Restarting a node on the same directory recovers every group from it.
+
+Methods served
+--------------
+``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.drop``,
+``keyspace.get``, ``keyspace.list`` (meta group leader); data: ``read``, ``scan`` and ``commit``
+on a group. Errors are :class:`~engine.rpc.RemoteError` codes: ``not_leader`` (details: group,
+leader), ``conflict`` (details: reason, key), ``ambiguous``, ``invalid_argument``,
+``not_found``, ``already_exists``, ``unknown_group``, ``not_closed`` (a stale read's timestamp
+was not reached in time), ``clock_offset`` (this node measured its clock beyond the allowed
+offset from a majority of its peers and refuses to serve until that heals).
+
+Clock offset
+------------
+Every second the node pings every other node and feeds a
+:class:`~engine.hlc.ClockOffsetMonitor`; while a majority of peers are further away than
+``max_clock_offset`` (after subtracting half the round trip), the node answers every data and
+catalog request with ``clock_offset`` and logs why — serving would break the guarantees of
+ARCH §5, which assume bounded skew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import msgpack
+import trio
+
+from raft.core import Config as RaftConfig
+from raft.driver import open_raft_node
+from raft.storage import RaftStorage
+from raft.tcp import serve_tcp_transport
+from raft.transport import LinkModel
+
+from . import catalog as cat
+from .config import NodeConfig
+from .errors import (
+    AmbiguousCommitError,
+    InvalidArgumentError,
+    LimitExceededError,
+    MeridianError,
+    NotLeaderError,
+    RecordTooLargeError,
+    StoreLockedError,
+    TransactionConflictError,
+)
+from .group import GroupStateMachine
+from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
+from .mvcc import MAX_TS, MVCCStore
+from .placement import META_GROUP, data_group, placement
+from .replica import GroupReplica
+from .rpc import RemoteError, connect_rpc, serve_rpc
+
+__all__ = ["Node", "run_node"]
+
+log = logging.getLogger("meridian.node")
+
+PING_INTERVAL_S = 1.0
+STALE_READ_WAIT_S = 5.0
+MAX_CATALOG_ATTEMPTS = 20
+
+
+class Node:
+    """One node. Run it with :meth:`run` (in a nursery: ``await nursery.start(node.run)``)."""
+
+    def __init__(self, config: NodeConfig, *, seed: int | None = None,
+                 physical_clock: Callable[[], int] | None = None) -> None:
+        """``physical_clock`` replaces the wall clock (nanoseconds), to test clock skew."""
+        self.config = config
+        self.cluster = config.cluster
+        self.id = config.node_id
+        self.region = config.region
+        self.clock = HybridClock(physical_clock or time.time_ns,
+                                 max_offset_ns=self.cluster.max_clock_offset_ns)
+        self.replicas: dict[int, GroupReplica] = {}
+        self.placement = placement(self.cluster)
+        self._seed = seed
+        peers = [n.id for n in self.cluster.all_nodes() if n.id != self.id]
+        self.monitor = ClockOffsetMonitor(
+            self.id, peers, self.cluster.max_clock_offset_ns,
+            stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
+        self._clock_problem: str | None = None
+        self.client_port = 0
+        self.peer_port = 0
+
+    # ------------------------------------------------------------------ lifetime
+
+    @property
+    def clock_problem(self) -> str | None:
+        """Why this node refuses to serve (its clock), or None while it serves."""
+        return self._clock_problem
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Opens the data directory, starts every group and serves until cancelled; on
+        cancellation everything closes in order (groups, stores, transport, files)."""
+        directory = Path(self.config.data_dir)
+        with contextlib.ExitStack() as files:
+            files.enter_context(_lock_directory(directory))
+            _check_identity(directory, self.cluster.name, self.id)
+            me = self.cluster.node(self.id)
+            async with trio.open_nursery() as nursery:
+                transport = await nursery.start(self._serve_transport, me)
+                self.peer_port = transport.address[1]
+                async with contextlib.AsyncExitStack() as groups:
+                    for gid, where in sorted(self.placement.items()):
+                        if where.hosts(self.id):
+                            await self._open_group(groups, nursery, files, directory, gid,
+                                                   where.conf, transport)
+                    self.client_port = await nursery.start(self._serve_clients, me)
+                    nursery.start_soon(self._watch_clocks)
+                    log.info("node %d (%s) serving clients on %s:%d, peers on %s:%d", self.id,
+                             self.region, me.client_host, self.client_port, me.peer_host,
+                             self.peer_port)
+                    task_status.started(self)
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+    async def _serve_transport(self, me, *, task_status) -> None:
+        latency = {}
+        for peer in self.cluster.all_nodes():
+            ms = self.cluster.latency_ms(self.region, peer.region)
+            if peer.id != self.id and ms > 0:
+                latency[peer.id] = LinkModel(delay_s=ms / 1000.0)
+        peers = {n.id: (n.peer_host, n.peer_port) for n in self.cluster.all_nodes()
+                 if n.id != self.id}
+        await serve_tcp_transport(self.id, (me.peer_host, me.peer_port), peers, latency or None,
+                                  seed=self._seed, task_status=task_status)
+
+    async def _open_group(self, groups: contextlib.AsyncExitStack, nursery, files, directory,
+                          gid: int, conf, transport) -> None:
+        base = directory / "groups" / str(gid)
+        storage = RaftStorage(base / "raft")
+        files.callback(storage.close)
+        store = MVCCStore(base / "state")
+        files.callback(store.close)
+        lifetime_ns = int(self.cluster.limits.max_txn_lifetime_s * 1e9)
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=lifetime_ns)
+        files.callback(sm.close)
+        # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
+        # commits never wait for them, and a batch costs them one fsync instead of one each.
+        raft_config = RaftConfig(id=self.id, election_tick=self.cluster.election_ticks,
+                                 heartbeat_tick=self.cluster.heartbeat_ticks,
+                                 lazy_learners=True)
+        raft_node = await groups.enter_async_context(open_raft_node(
+            gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
+            tick_interval=self.cluster.tick_interval_ms / 1000.0))
+        replica = GroupReplica(gid, raft_node, sm, self.clock)
+        self.replicas[gid] = replica
+        nursery.start_soon(replica.run_closer)
+
+    async def _serve_clients(self, me, *, task_status) -> None:
+        handlers = {
+            "ping": self._ping,
+            "describe": self._describe,
+            "status": self._status,
+            "keyspace.create": self._guarded(self._keyspace_create),
+            "keyspace.drop": self._guarded(self._keyspace_drop),
+            "keyspace.get": self._guarded(self._keyspace_get),
+            "keyspace.list": self._guarded(self._keyspace_list),
+            "read": self._guarded(self._read),
+            "scan": self._guarded(self._scan),
+            "commit": self._guarded(self._commit),
+        }
+        await serve_rpc(handlers, me.client_host, me.client_port, clock_now=self.clock.now,
+                        clock_update=self.clock.update, task_status=task_status)
+
+    # ------------------------------------------------------------------ clocks
+
+    async def _watch_clocks(self) -> None:
+        others = [n for n in self.cluster.all_nodes() if n.id != self.id]
+        if not others:
+            return
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(self._ping_peer, peer)
+            while True:
+                await trio.sleep(PING_INTERVAL_S)
+                try:
+                    self.monitor.check(self.clock.physical_ns())
+                except ClockOffsetError as exc:
+                    if self._clock_problem is None:
+                        log.error("node %d stops serving: %s", self.id, exc)
+                    self._clock_problem = str(exc)
+                else:
+                    if self._clock_problem is not None:
+                        log.warning("node %d serves again: clock offsets back within bounds",
+                                    self.id)
+                    self._clock_problem = None
+
+    async def _ping_peer(self, peer) -> None:
+        """Measures the clock offset to one peer, forever, reconnecting as needed."""
+        while True:
+            try:
+                async with connect_rpc(peer.client_host, peer.client_port,
+                                       connect_timeout_s=2.0) as conn:
+                    while True:
+                        sent = self.clock.physical_ns()
+                        with trio.move_on_after(2 * PING_INTERVAL_S):
+                            reply = await conn.call("ping", None)
+                            self.monitor.record(peer.id, sent, reply["physical_ns"],
+                                                self.clock.physical_ns())
+                        await trio.sleep(PING_INTERVAL_S)
+            except (OSError, MeridianError, KeyError, TypeError):
+                await trio.sleep(PING_INTERVAL_S)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _guarded(self, handler: Callable):
+        """Wraps a data or catalog handler: refuses while the clock is suspect, and turns the
+        library's errors into RPC error codes."""
+
+        async def guarded(payload, ctx):
+            if self._clock_problem is not None:
+                raise RemoteError("clock_offset", f"node {self.id} refuses to serve: "
+                                  f"{self._clock_problem}")
+            if not isinstance(payload, dict):
+                raise RemoteError("invalid_argument", "the payload must be a map")
+            try:
+                return await handler(payload)
+            except NotLeaderError as exc:
+                raise RemoteError("not_leader", str(exc), retryable=True,
+                                  details={"group": exc.group, "leader": exc.leader}) from None
+            except TransactionConflictError as exc:
+                raise RemoteError("conflict", str(exc), retryable=True,
+                                  details={"reason": exc.reason, "key": exc.key}) from None
+            except AmbiguousCommitError as exc:
+                raise RemoteError("ambiguous", str(exc)) from None
+            except (InvalidArgumentError, RecordTooLargeError, LimitExceededError) as exc:
+                raise RemoteError("invalid_argument", str(exc)) from None
+
+        return guarded
+
+    async def _ping(self, payload, ctx):
+        return {"node": self.id, "physical_ns": self.clock.physical_ns()}
+
+    async def _describe(self, payload, ctx):
+        c = self.cluster
+        names = c.region_names
+        return {
+            "cluster": c.name,
+            "node": self.id,
+            "region": self.region,
+            "regions": list(names),
+            "nodes": {n.id: [n.region, n.client_host, n.client_port] for n in c.all_nodes()},
+            "groups": {gid: {"region": p.region, "voters": list(p.conf.voters),
+                             "learners": list(p.conf.learners),
+                             "leader": self.replicas[gid].node.leader
+                             if gid in self.replicas else 0}
+                       for gid, p in self.placement.items()},
+            "wan_latency_ms": [[a, b, c.latency_ms(a, b)] for i, a in enumerate(names)
+                               for b in names[i + 1:]],
+            "limits": asdict(c.limits),
+            "max_clock_offset_ns": c.max_clock_offset_ns,
+        }
+
+    async def _status(self, payload, ctx):
+        out = {}
+        for gid, r in self.replicas.items():
+            s = r.node.statistics()
+            out[gid] = {**asdict(s), "closed_ts": r.closed_ts}
+        return {"node": self.id, "region": self.region, "groups": out,
+                "clock_problem": self._clock_problem}
+
+    def _replica(self, payload) -> GroupReplica:
+        gid = payload.get("group")
+        replica = self.replicas.get(gid) if type(gid) is int else None
+        if replica is None:
+            raise RemoteError("unknown_group", f"node {self.id} has no replica of group {gid!r}")
+        return replica
+
+    async def _read(self, p):
+        replica = self._replica(p)
+        keys = p.get("keys")
+        if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
+            raise InvalidArgumentError("keys must be a list of bytes")
+        ts = await self._read_ts(replica, p)
+        return {"ts": ts, "values": [replica.get(k, ts) for k in keys]}
+
+    async def _scan(self, p):
+        replica = self._replica(p)
+        start, end = p.get("start"), p.get("end")
+        limit, reverse = p.get("limit"), bool(p.get("reverse", False))
+        if type(start) is not bytes or not (end is None or type(end) is bytes):
+            raise InvalidArgumentError("start must be bytes and end bytes or nil")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidArgumentError("limit must be a non-negative int or nil")
+        ts = await self._read_ts(replica, p)
+        items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
+        return {"ts": ts, "items": [[k, v] for k, v in items]}
+
+    async def _read_ts(self, replica: GroupReplica, p) -> int:
+        """The timestamp a read is served at. ``ts`` 0: a new strong snapshot (leader);
+        ``ts`` > 0: exactly that timestamp (any replica, waiting for it to close);
+        ``bounded_ns`` > 0: this replica's closed timestamp, if it is no older than that."""
+        ts, min_ts, bounded = p.get("ts", 0), p.get("min_ts", 0), p.get("bounded_ns", 0)
+        for name, v in (("ts", ts), ("min_ts", min_ts), ("bounded_ns", bounded)):
+            if type(v) is not int or not 0 <= v <= MAX_TS:
+                raise InvalidArgumentError(f"{name} must be an int in 0..{MAX_TS}")
+        if bounded:
+            oldest = self.clock.now() - bounded
+            await self._wait_closed(replica, max(oldest, min_ts))
+            return replica.closed_ts
+        if ts == 0:
+            return await replica.snapshot_ts(min_ts)
+        await self._wait_closed(replica, ts)
+        return ts
+
+    async def _wait_closed(self, replica: GroupReplica, ts: int) -> None:
+        if replica.closed_ts >= ts:
+            return
+        with trio.move_on_after(STALE_READ_WAIT_S):
+            if replica.node.is_leader:
+                await replica.close_up_to(ts)
+            else:
+                await replica.wait_closed(ts)
+            return
+        raise RemoteError("not_closed", f"group {replica.group} on node {self.id} did not "
+                          f"close timestamp {ts} within {STALE_READ_WAIT_S} s "
+                          f"(closed: {replica.closed_ts})", retryable=True)
+
+    async def _commit(self, p):
+        replica = self._replica(p)
+        txn_id, read_ts = p.get("txn_id"), p.get("read_ts")
+        writes, reads = p.get("writes"), p.get("reads", [])
+        if type(txn_id) is not int or not 0 < txn_id < 2**64:
+            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+        if type(read_ts) is not int or not 0 <= read_ts <= MAX_TS:
+            raise InvalidArgumentError("read_ts must be an int timestamp")
+        if not isinstance(writes, list) or not isinstance(reads, list):
+            raise InvalidArgumentError("writes and reads must be lists")
+        pairs = self._check_writes(writes)
+        if not all(type(k) is bytes for k in reads):
+            raise InvalidArgumentError("read keys must be bytes")
+        limits = self.cluster.limits
+        if read_ts and read_ts < self.clock.now() - int(limits.max_txn_lifetime_s * 1e9):
+            raise TransactionConflictError(
+                f"transaction {txn_id:#x} is older than the maximum transaction lifetime "
+                f"({limits.max_txn_lifetime_s} s)", "too_old")
+        result = await replica.commit(txn_id, read_ts, pairs, reads,
+                                      serializable=bool(p.get("serializable", False)))
+        if result.committed:
+            return {"ts": result.ts}
+        if result.outcome.value == "conflict":
+            key = result.key
+            raise TransactionConflictError(
+                f"transaction {txn_id:#x} conflicts ({result.reason}"
+                + (f" on key {key!r}" if key is not None else "") + ")", result.reason, key)
+        raise InvalidArgumentError(f"commit refused: {result.reason}")
+
+    def _check_writes(self, writes: list) -> list[tuple[bytes, bytes | None]]:
+        limits = self.cluster.limits
+        if len(writes) > limits.max_txn_keys:
+            raise LimitExceededError(f"{len(writes)} keys written; the limit is "
+                                     f"{limits.max_txn_keys} per transaction")
+        total = 0
+        pairs = []
+        for w in writes:
+            if not (isinstance(w, list) and len(w) == 2 and type(w[0]) is bytes
+                    and (w[1] is None or type(w[1]) is bytes)):
+                raise InvalidArgumentError("each write must be [key: bytes, value: bytes|nil]")
+            k, v = w
+            if not 0 < len(k) <= limits.max_key_size:
+                raise RecordTooLargeError(f"key of {len(k)} bytes: keys are 1.."
+                                          f"{limits.max_key_size} bytes")
+            if v is not None and len(v) > limits.max_value_size:
+                raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
+                                          f"{limits.max_value_size}")
+            total += len(k) + (len(v) if v else 0)
+            pairs.append((k, v))
+        if total > limits.max_txn_bytes:
+            raise LimitExceededError(f"{total} bytes written; the limit is "
+                                     f"{limits.max_txn_bytes} per transaction")
+        return pairs
+
+    # ------------------------------------------------------------------ catalog
+
+    def _meta(self) -> GroupReplica:
+        replica = self.replicas[META_GROUP]
+        if not replica.node.is_leader:
+            raise NotLeaderError(f"node {self.id} does not lead the meta group", META_GROUP,
+                                 replica.node.leader)
+        return replica
+
+    async def _catalog_txn(self, body: Callable[[GroupReplica, int], tuple[object, list, list]]):
+        """Runs ``body(meta, read_ts) -> (result, writes, reads)`` as a serializable transaction
+        on the meta group, retrying on conflict; no writes means read-only."""
+        for _ in range(MAX_CATALOG_ATTEMPTS):
+            meta = self._meta()
+            ts = await meta.snapshot_ts(self.clock.now())
+            result, writes, reads = body(meta, ts)
+            if not writes:
+                return result
+            outcome = await meta.commit(secrets.randbits(63) + 1, ts, writes, reads,
+                                        serializable=True)
+            if outcome.committed:
+                return result
+        raise TransactionConflictError("the catalog changed too often; try again", "write_write")
+
+    async def _keyspace_create(self, p):
+        name = cat.check_keyspace_name(p.get("name"))
+        mode = p.get("mode", "global")
+        home = p.get("home") or self.region
+        if mode not in cat.MODES:
+            raise InvalidArgumentError(f"mode must be one of {', '.join(cat.MODES)}, "
+                                       f"not {mode!r}")
+        if mode == "regional":
+            raise InvalidArgumentError("regional (multi-active) keyspaces need cross-region "
+                                       "replication, which this version does not have yet")
+        data_group(self.cluster, home)  # validates the region name
+        key = cat.keyspace_key(name)
+
+        def body(meta, ts):
+            if meta.get(key, ts) is not None:
+                raise RemoteError("already_exists", f"keyspace {name!r} already exists")
+            next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
+            ks = cat.Keyspace(next_id, name, mode, home, created_ts=ts)
+            writes = [(key, cat.encode_keyspace(ks)),
+                      (cat.NEXT_ID_KEY, cat.encode_next_id(next_id + 1))]
+            return asdict(ks), writes, [key, cat.NEXT_ID_KEY]
+
+        return await self._catalog_txn(body)
+
+    async def _keyspace_drop(self, p):
+        name = cat.check_keyspace_name(p.get("name"))
+        key = cat.keyspace_key(name)
+
+        def body(meta, ts):
+            if meta.get(key, ts) is None:
+                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
+            return None, [(key, None)], [key]
+
+        return await self._catalog_txn(body)
+
+    async def _keyspace_get(self, p):
+        name = cat.check_keyspace_name(p.get("name"))
+
+        def body(meta, ts):
+            raw = meta.get(cat.keyspace_key(name), ts)
+            if raw is None:
+                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
+            return asdict(cat.decode_keyspace(raw)), [], []
+
+        return await self._catalog_txn(body)
+
+    async def _keyspace_list(self, p):
+        def body(meta, ts):
+            items = meta.scan(b"ks/", b"ks0", ts)
+            return [asdict(cat.decode_keyspace(v)) for _, v in items], [], []
+
+        return await self._catalog_txn(body)
+
+
+async def run_node(config: NodeConfig, *, seed: int | None = None,
+                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Runs a node until cancelled (for ``nursery.start``; ``started(node)``)."""
+    await Node(config, seed=seed).run(task_status=task_status)
+
+
+@contextlib.contextmanager
+def _lock_directory(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(f"data directory {directory} is in use by another "
+                                   f"node process") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_identity(directory: Path, cluster: str, node_id: int) -> None:
+    path = directory / "IDENTITY"
+    want = {"cluster": cluster, "node": node_id}
+    try:
+        have = msgpack.unpackb(path.read_bytes(), raw=False)
+    except FileNotFoundError:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgpack.packb(want))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    if have != want:
+        raise InvalidArgumentError(
+            f"data directory {directory} belongs to node {have.get('node')} of cluster "
+            f"{have.get('cluster')!r}, not node {node_id} of cluster {cluster!r}")

@@ -1,0 +1,181 @@
+"""One replica of a data group, as the node serves it: commits, strong reads, stale reads.
+
+:class:`GroupReplica` joins a :class:`raft.driver.RaftNode` and its
+:class:`~engine.group.GroupStateMachine` and implements the single-group transaction protocol
+(ARCH §5, steps 2–5):
+
+- **Snapshot timestamp** (:meth:`GroupReplica.snapshot_ts`): a transaction's first read in a
+  group asks the leader for a timestamp. The leader confirms it still leads and has applied
+  everything committed (ReadIndex, Raft §6.4) and answers with its closed timestamp. Every
+  commit acknowledged before the request was applied before its acknowledgement, and closed at
+  its own timestamp, so that snapshot contains it (no stale reads) and is stable. A caller that
+  has seen a later timestamp (``min_ts``, from its hybrid clock) gets the group closed up to it
+  first, with a CLOSE entry.
+- **Reads** at a timestamp at or below the replica's closed timestamp are served from MVCC on
+  any replica — the leader for strong reads, the local learner for stale ones
+  (:meth:`GroupReplica.wait_closed` waits for a learner to catch up).
+- **Commit** (:meth:`GroupReplica.commit`): one Raft proposal, validated when applied; the
+  result says committed (with the commit timestamp) or why not.
+
+While it leads, the replica also proposes a CLOSE entry every ``close_interval`` seconds in which
+nothing else was applied, so that an idle group's closed timestamp still follows real time and
+learners can serve bounded-staleness reads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+
+import trio
+
+from raft.types import ProposalDroppedError, RaftError
+
+from .errors import AmbiguousCommitError, NotLeaderError
+from .group import CommitResult, GroupStateMachine, encode_close, encode_commit
+from .mvcc import MAX_TS
+
+__all__ = ["GroupReplica"]
+
+
+class GroupReplica:
+    """Serves one group on one node. Create it after the Raft node, before serving requests.
+
+    Args:
+        group: the group id.
+        node: the running Raft replica.
+        sm: its state machine (the same object given to the Raft node).
+        clock: the node's hybrid logical clock (``now()``).
+        close_interval: seconds of quiet after which the leader closes time (0: never).
+    """
+
+    def __init__(self, group: int, node, sm: GroupStateMachine, clock, *,
+                 close_interval: float = 0.5) -> None:
+        self.group = group
+        self.node = node
+        self.sm = sm
+        self.clock = clock
+        self.close_interval = close_interval
+        self._closed_waiters: list[tuple[int, int, trio.Event]] = []
+        self._ids = itertools.count()
+        self._closing: tuple[int, trio.Event] | None = None
+        self._last_activity = trio.current_time()
+        sm.on_closed = self._on_closed
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def closed_ts(self) -> int:
+        return self.sm.closed_ts
+
+    def _require_leader(self) -> None:
+        if not self.node.is_leader:
+            raise NotLeaderError(
+                f"node {self.node.id} is not the leader of group {self.group}",
+                self.group, self.node.leader)
+
+    async def snapshot_ts(self, min_ts: int = 0) -> int:
+        """A stable snapshot timestamp that sees every commit acknowledged before this call
+        (and every commit at or below ``min_ts``). Leader only."""
+        self._require_leader()
+        try:
+            await self.node.linearizable_read()
+        except ProposalDroppedError as exc:
+            raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
+        if self.sm.closed_ts < max(min_ts, 1):
+            # A new group has closed nothing yet: there is no snapshot to read at until it has.
+            await self.close_up_to(max(min_ts, 1))
+        return self.sm.closed_ts
+
+    async def close_up_to(self, ts: int) -> None:
+        """Makes the group's closed timestamp reach ``ts`` (leader only): one CLOSE entry,
+        shared by every caller that needs no more than it closes."""
+        while self.sm.closed_ts < ts:
+            self._require_leader()
+            if self._closing is not None and self._closing[0] >= ts:
+                await self._closing[1].wait()
+                continue
+            target = max(ts, self.clock.now())
+            done = trio.Event()
+            self._closing = (target, done)
+            try:
+                await self._propose(encode_close(target))
+            finally:
+                done.set()
+                if self._closing is not None and self._closing[1] is done:
+                    self._closing = None
+
+    async def wait_closed(self, ts: int) -> None:
+        """Waits until this replica has applied the group's log up to a closed timestamp of at
+        least ``ts`` (any replica; the caller bounds the wait with a cancel scope)."""
+        if self.sm.closed_ts >= ts:
+            return
+        event = trio.Event()
+        heapq.heappush(self._closed_waiters, (ts, next(self._ids), event))
+        await event.wait()
+
+    def _on_closed(self, closed: int) -> None:
+        self._last_activity = trio.current_time()
+        waiters = self._closed_waiters
+        while waiters and waiters[0][0] <= closed:
+            heapq.heappop(waiters)[2].set()
+
+    def check_readable(self, ts: int) -> None:
+        if not 0 < ts <= self.sm.closed_ts:
+            raise ValueError(f"timestamp {ts} is not closed in group {self.group} "
+                             f"(closed: {self.sm.closed_ts})")
+
+    def get(self, key: bytes, ts: int) -> bytes | None:
+        self.check_readable(ts)
+        return self.sm.store.get(key, ts)
+
+    def scan(self, start: bytes, end: bytes | None, ts: int, *, limit: int | None = None,
+             reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        self.check_readable(ts)
+        return self.sm.store.scan(start, end, ts, limit=limit, reverse=reverse)
+
+    # ------------------------------------------------------------------ commits
+
+    async def commit(self, txn_id: int, read_ts: int,
+                     writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
+                     *, serializable: bool = False) -> CommitResult:
+        """Proposes a one-phase commit and returns what applying it decided. Leader only.
+
+        Raises:
+            NotLeaderError: this replica does not lead, or the entry was replaced by another
+                leader's: it was not applied and will never be, so a retry is safe.
+            AmbiguousCommitError: the node stopped, or can no longer tell, before the entry's
+                fate was known.
+        """
+        self._require_leader()
+        data = encode_commit(txn_id, read_ts, self.clock.now(), writes, reads,
+                             serializable=serializable)
+        return await self._propose(data)
+
+    async def _propose(self, data: bytes):
+        try:
+            return await self.node.propose(data)
+        except ProposalDroppedError as exc:  # never proposed, or replaced: not applied
+            raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
+        except RaftError as exc:
+            raise AmbiguousCommitError(
+                f"group {self.group}: the outcome of the proposal is unknown ({exc})") from None
+
+    # ------------------------------------------------------------------ background
+
+    async def run_closer(self) -> None:
+        """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""
+        if self.close_interval <= 0:
+            await trio.sleep_forever()
+        while True:
+            await trio.sleep(self.close_interval)
+            if not self.node.is_leader:
+                continue
+            if trio.current_time() - self._last_activity < self.close_interval:
+                continue
+            try:
+                with trio.move_on_after(max(1.0, 5 * self.close_interval)):
+                    await self.close_up_to(min(self.clock.now(), MAX_TS))
+            except NotLeaderError:
+                pass

@@ -1,0 +1,393 @@
+"""``meridian shell``: an interactive prompt over the blocking client.
+
+Example session::
+
+    $ meridian shell --nodes 127.0.0.1:7101
+    meridian> create-keyspace users
+    created keyspace users (home us-east)
+    meridian> put users alice "Alice Liddell"
+    ok
+    meridian> begin
+    begin (snapshot)
+    meridian> get users alice
+    Alice Liddell
+    meridian> put users bob Bob
+    ok
+    meridian> commit
+    committed at ts 1795900109100793170
+
+Lines are split like a POSIX shell (:mod:`shlex`), so quote values with spaces. Keys and values
+are typed as text and stored as UTF-8; values read back are shown as text when they are valid
+UTF-8 and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every ``get``,
+``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict); inside, they
+belong to the open transaction. An error prints one line, ``error: <message>``, and the shell
+goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from .blocking import BlockingDatabase, BlockingTransaction, connect_blocking
+from .client import ISOLATION_LEVELS
+from .errors import MeridianError, TransactionClosedError, TransactionConflictError
+from .placement import KEY_PREFIX_SIZE, decode_key
+from .rpc import RemoteError
+
+__all__ = ["run_shell", "PROMPT", "HELP", "show"]
+
+PROMPT = "meridian> "
+
+HELP = """\
+commands:
+  keyspaces                                  list the keyspaces
+  create-keyspace NAME [HOME_REGION]         create a keyspace (home: this client's region)
+  drop-keyspace NAME                         drop a keyspace
+  get KS KEY                                 read a key
+  put KS KEY VALUE                           write a key
+  delete KS KEY                              delete a key
+  scan KS [START [END]] [--limit N] [--reverse]
+                                             list keys in [START, END)
+  read KS KEY [exact:S|bounded:S]            read outside any transaction, strong or stale
+  begin [snapshot|serializable]              open a transaction
+  commit                                     commit the open transaction
+  rollback                                   discard the open transaction
+  status                                     every node's groups: role, leader, term, ...
+  help                                       this text
+  quit | exit                                leave (an open transaction is rolled back)
+Quote arguments with spaces: put users alice "Alice Liddell"."""
+
+
+class _UsageError(Exception):
+    """A command typed wrongly; its message is printed as the error line."""
+
+
+def show(data: bytes | None) -> str:
+    """How the shell prints a key or value: text when it is UTF-8, a bytes literal when not."""
+    if data is None:
+        return "(not found)"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(data)
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, RemoteError):
+        return exc.message or exc.code
+    if isinstance(exc, MeridianError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _conflict_line(exc: TransactionConflictError) -> str:
+    reason = exc.reason or "conflict"
+    key = exc.key
+    if isinstance(key, bytes):
+        # The node reports the stored key (keyspace prefix + user key): show the user's part.
+        if len(key) >= KEY_PREFIX_SIZE:
+            key = decode_key(key)[1]
+        reason += f" on {show(key)}"
+    return f"conflict ({reason}): transaction rolled back"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+class _Shell:
+    """The command interpreter: one instance per session, fed one line at a time."""
+
+    def __init__(self, db: BlockingDatabase, out: TextIO) -> None:
+        self.db = db
+        self.out = out
+        self.tx: BlockingTransaction | None = None
+        self.commands: dict[str, tuple[Callable[[list[str]], None], str]] = {
+            "help": (self.do_help, "help"),
+            "keyspaces": (self.do_keyspaces, "keyspaces"),
+            "create-keyspace": (self.do_create_keyspace, "create-keyspace NAME [HOME_REGION]"),
+            "drop-keyspace": (self.do_drop_keyspace, "drop-keyspace NAME"),
+            "get": (self.do_get, "get KS KEY"),
+            "put": (self.do_put, "put KS KEY VALUE"),
+            "delete": (self.do_delete, "delete KS KEY"),
+            "scan": (self.do_scan, "scan KS [START [END]] [--limit N] [--reverse]"),
+            "read": (self.do_read, "read KS KEY [exact:S|bounded:S]"),
+            "begin": (self.do_begin, "begin [snapshot|serializable]"),
+            "commit": (self.do_commit, "commit"),
+            "rollback": (self.do_rollback, "rollback"),
+            "status": (self.do_status, "status"),
+        }
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    # ------------------------------------------------------------------ driving
+
+    def execute(self, line: str) -> bool:
+        """Runs one line; False when the session should end."""
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return True
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:  # an unclosed quote
+            self.print(f"error: {exc}")
+            return True
+        if not words:
+            return True
+        name, args = words[0], words[1:]
+        if name in ("quit", "exit"):
+            return False
+        entry = self.commands.get(name)
+        if entry is None:
+            self.print(f"error: unknown command {name!r} (type 'help')")
+            return True
+        handler, usage = entry
+        try:
+            handler(args)
+        except _UsageError as exc:
+            self.print(f"error: {exc}" if str(exc) else f"error: usage: {usage}")
+        except TransactionConflictError as exc:
+            self.tx = None
+            self.print(_conflict_line(exc))
+        except TransactionClosedError as exc:
+            self.tx = None
+            self.print(f"error: {_error_message(exc)}")
+        except Exception as exc:  # any failure is one line; the session goes on
+            self.print(f"error: {_error_message(exc)}")
+        return True
+
+    def finish(self) -> None:
+        """At the end of the session: an open transaction is rolled back."""
+        if self.tx is not None:
+            tx, self.tx = self.tx, None
+            try:
+                tx.rollback()
+            except MeridianError:
+                pass  # only local state would have been discarded
+            self.print("open transaction rolled back")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _run(self, fn: Callable[[BlockingTransaction], object]) -> object:
+        """``fn(tx)`` in the open transaction, or in one of its own (committed, retried)."""
+        if self.tx is not None:
+            return fn(self.tx)
+        return self.db.run_transaction(fn)
+
+    @staticmethod
+    def _arity(args: list[str], low: int, high: int | None = None) -> None:
+        if not low <= len(args) <= (low if high is None else high):
+            raise _UsageError()
+
+    # ------------------------------------------------------------------ commands
+
+    def do_help(self, args: list[str]) -> None:
+        self.print(HELP)
+
+    def do_keyspaces(self, args: list[str]) -> None:
+        self._arity(args, 0)
+        spaces = sorted(self.db.list_keyspaces(), key=lambda k: k.name)
+        if not spaces:
+            self.print("(no keyspaces)")
+            return
+        for line in _table(["NAME", "HOME", "MODE", "ID"],
+                           [[k.name, k.home, k.mode, str(k.id)] for k in spaces]):
+            self.print(line)
+
+    def do_create_keyspace(self, args: list[str]) -> None:
+        self._arity(args, 1, 2)
+        ks = self.db.create_keyspace(args[0], home_region=args[1] if len(args) > 1 else None)
+        self.print(f"created keyspace {ks.name} (home {ks.home})")
+
+    def do_drop_keyspace(self, args: list[str]) -> None:
+        self._arity(args, 1)
+        self.db.drop_keyspace(args[0])
+        self.print(f"dropped keyspace {args[0]}")
+
+    def do_get(self, args: list[str]) -> None:
+        self._arity(args, 2)
+        ks, key = args
+        self.print(show(self._run(lambda tx: tx.get(ks, key))))
+
+    def do_put(self, args: list[str]) -> None:
+        self._arity(args, 3)
+        ks, key, value = args
+        self._run(lambda tx: tx.put(ks, key, value))
+        self.print("ok")
+
+    def do_delete(self, args: list[str]) -> None:
+        self._arity(args, 2)
+        ks, key = args
+        self._run(lambda tx: tx.delete(ks, key))
+        self.print("ok")
+
+    def do_scan(self, args: list[str]) -> None:
+        positional: list[str] = []
+        limit: int | None = None
+        reverse = False
+        it = iter(args)
+        for word in it:
+            if word == "--reverse":
+                reverse = True
+            elif word == "--limit":
+                text = next(it, None)
+                if text is None or not text.isdigit():
+                    raise _UsageError("--limit needs a whole number")
+                limit = int(text)
+            elif word == "--":
+                positional.extend(it)
+            elif word.startswith("--"):
+                raise _UsageError(f"unknown option {word!r} for scan")
+            else:
+                positional.append(word)
+        self._arity(positional, 1, 3)
+        ks = positional[0]
+        start = positional[1] if len(positional) > 1 else ""
+        end = positional[2] if len(positional) > 2 else None
+        rows = self._run(lambda tx: tx.scan(ks, start, end, limit=limit, reverse=reverse))
+        for key, value in rows:
+            self.print(f"{show(key)} = {show(value)}")
+        self.print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+
+    def do_read(self, args: list[str]) -> None:
+        self._arity(args, 2, 3)
+        staleness = args[2] if len(args) > 2 else None
+        value, ts = self.db.read_version(args[0], args[1], staleness=staleness)
+        self.print(show(value))
+        self.print(f"(read at ts {ts})")
+
+    def do_begin(self, args: list[str]) -> None:
+        self._arity(args, 0, 1)
+        isolation = args[0] if args else "snapshot"
+        if isolation not in ISOLATION_LEVELS:
+            raise _UsageError(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}")
+        if self.tx is not None:
+            raise _UsageError("a transaction is already open (commit or rollback first)")
+        self.tx = self.db.transaction(isolation)
+        self.print(f"begin ({isolation})")
+
+    def do_commit(self, args: list[str]) -> None:
+        self._arity(args, 0)
+        if self.tx is None:
+            raise _UsageError("no transaction is open")
+        tx, self.tx = self.tx, None  # whatever happens, this transaction is over
+        tx.commit()
+        self.print(f"committed at ts {tx.commit_ts}" if tx.commit_ts
+                   else "committed (read only: nothing to write)")
+
+    def do_rollback(self, args: list[str]) -> None:
+        self._arity(args, 0)
+        if self.tx is None:
+            raise _UsageError("no transaction is open")
+        tx, self.tx = self.tx, None
+        tx.rollback()
+        self.print("rolled back")
+
+    def do_status(self, args: list[str]) -> None:
+        self._arity(args, 0)
+        rows: list[list[str]] = []
+        notes: list[str] = []
+        for node_id, view in sorted(self.db.status().items()):
+            if "error" in view:
+                notes.append(f"node {node_id}: error: {view['error']}")
+                continue
+            if view.get("clock_problem"):
+                notes.append(f"node {node_id}: clock problem: {view['clock_problem']}")
+            for group, g in sorted(view.get("groups", {}).items()):
+                rows.append([str(node_id), str(view.get("region", "")), str(group),
+                             str(g.get("role", "")), str(g.get("leader", "")),
+                             str(g.get("term", "")), str(g.get("applied", "")),
+                             str(g.get("closed_ts", ""))])
+        if rows:
+            for line in _table(["NODE", "REGION", "GROUP", "ROLE", "LEADER", "TERM",
+                                "APPLIED", "CLOSED_TS"], rows):
+                self.print(line)
+        for note in notes:
+            self.print(note)
+
+
+def _line_reader(stdin: TextIO, stdout: TextIO, interactive: bool) -> Callable[[], str | None]:
+    """A function returning the next line, or None at the end of the input."""
+    if interactive and stdin is sys.stdin and stdout is sys.stdout:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+
+        def read_tty() -> str | None:
+            try:
+                return input(PROMPT)
+            except EOFError:
+                stdout.write("\n")
+                return None
+
+        return read_tty
+
+    def read_stream() -> str | None:
+        if interactive:
+            stdout.write(PROMPT)
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            if interactive:
+                stdout.write("\n")
+            return None
+        return line
+
+    return read_stream
+
+
+def _is_tty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin,
+              stdout: TextIO = sys.stdout, request_timeout_s: float = 10.0) -> int:
+    """Runs the shell until ``quit``, ``exit`` or the end of ``stdin``.
+
+    Args:
+        nodes: ``"host:port"`` client addresses to learn the cluster from.
+        region: the client's region (default: the region of the node that answers).
+        stdin: where commands are read, one per line.
+        stdout: where results and error lines go.
+
+    Returns:
+        0, or 1 when no connection could be made (after printing an error line).
+    """
+    interactive = _is_tty(stdin)
+    try:
+        db = connect_blocking(nodes, region=region, request_timeout_s=request_timeout_s)
+    except Exception as exc:
+        stdout.write(f"error: cannot connect: {_error_message(exc)}\n")
+        stdout.flush()
+        return 1
+    with db:
+        shell = _Shell(db, stdout)
+        if interactive:
+            shell.print(f"connected to cluster {db.cluster!r} in region {db.region} "
+                        f"(type 'help')")
+        read_line = _line_reader(stdin, stdout, interactive)
+        while True:
+            try:
+                line = read_line()
+                if line is None or not shell.execute(line):
+                    break
+            except KeyboardInterrupt:
+                # Ctrl-C drops the line being typed, or stops waiting for a command (which
+                # may still complete: a commit interrupted so has an unknown outcome).
+                shell.print("")
+                shell.print("interrupted")
+            stdout.flush()
+        shell.finish()
+        stdout.flush()
+    return 0

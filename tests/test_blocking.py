@@ -1,0 +1,375 @@
+"""The blocking client (engine.blocking) against an in-process cluster.
+
+Integration tests: one single-node cluster runs in a background thread for the whole module and
+the tests talk to it over loopback from the test thread, as a non-async application would.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import subprocess
+import sys
+import threading
+
+import pytest
+import trio
+
+from engine import errors
+from engine.blocking import (
+    BlockingDatabase,
+    BlockingTransaction,
+    _ambiguous_on_close,
+    _closed_error,
+    connect_blocking,
+)
+from engine.local import free_base_port
+
+from clusterthread import ClusterThread
+
+
+@pytest.fixture(scope="module")
+def addresses():
+    cluster = ClusterThread()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def db(addresses):
+    with connect_blocking(addresses) as database:
+        yield database
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def ks(db) -> str:
+    """A fresh keyspace for the test (the cluster is shared by the module)."""
+    name = f"b{next(_names)}"
+    db.create_keyspace(name)
+    return name
+
+
+def _non_daemon_threads() -> set[threading.Thread]:
+    # The client's thread is not a daemon; trio's idle worker threads (the cluster's) are.
+    return {t for t in threading.enumerate() if not t.daemon}
+
+
+# ---------------------------------------------------------------------- basics
+
+
+def test_create_keyspace_and_list_it(db):
+    created = db.create_keyspace("blocking-catalog")
+    assert created.name == "blocking-catalog" and created.home == "us-east"
+    assert "blocking-catalog" in [k.name for k in db.list_keyspaces()]
+    assert db.keyspace("blocking-catalog") == created
+    db.drop_keyspace("blocking-catalog")
+    assert "blocking-catalog" not in [k.name for k in db.list_keyspaces()]
+    assert isinstance(db, BlockingDatabase) and db.region == "us-east"
+
+
+def test_transaction_commits_on_clean_exit_with_read_your_writes(db, ks):
+    with db.transaction() as tx:
+        assert isinstance(tx, BlockingTransaction)
+        assert tx.get(ks, b"a") is None
+        tx.put(ks, b"a", b"1")
+        tx.put(ks, "b", "2")  # text is UTF-8
+        assert tx.get(ks, b"a") == b"1"  # its own pending write
+        assert tx.scan(ks) == [(b"a", b"1"), (b"b", b"2")]
+        tx.delete(ks, b"b")
+        assert tx.scan(ks) == [(b"a", b"1")]
+        assert tx.commit_ts == 0
+    assert tx.read_ts > 0 and tx.commit_ts > tx.read_ts and tx.txn_id > 0
+    assert db.read(ks, b"a") == b"1"
+    value, ts = db.read_version(ks, b"a")
+    assert value == b"1" and ts >= tx.commit_ts
+    assert db.read(ks, b"b") is None
+
+
+def test_transaction_rolls_back_on_exception_and_explicit_rollback(db, ks):
+    with pytest.raises(KeyError):
+        with db.transaction() as tx:
+            tx.put(ks, b"k", b"lost")
+            raise KeyError("boom")
+    assert db.read(ks, b"k") is None
+
+    tx = db.transaction()
+    tx.put(ks, b"k", b"lost too")
+    tx.rollback()
+    assert db.read(ks, b"k") is None
+    with pytest.raises(errors.TransactionClosedError):
+        tx.put(ks, b"k", b"v")
+
+    tx = db.transaction("serializable")
+    assert tx.isolation == "serializable"
+    tx.put(ks, b"k", b"kept")
+    tx.commit()
+    assert db.read(ks, b"k") == b"kept"
+    with pytest.raises(errors.TransactionClosedError):
+        tx.commit()
+
+
+def test_scan_limit_reverse_and_get_for_update(db, ks):
+    db.run_transaction(lambda tx: [tx.put(ks, b"k%d" % i, b"v%d" % i) for i in range(5)])
+    with db.transaction() as tx:
+        assert tx.scan(ks, b"k1", b"k4") == [(b"k1", b"v1"), (b"k2", b"v2"), (b"k3", b"v3")]
+        assert tx.scan(ks, limit=2, reverse=True) == [(b"k4", b"v4"), (b"k3", b"v3")]
+        assert tx.get_for_update(ks, b"k0") == b"v0"
+
+
+def test_status_reports_every_node(db):
+    status = db.status()
+    assert len(status) == 1
+    (node,) = status.values()
+    roles = {g["role"] for g in node["groups"].values()}
+    assert roles == {"leader"}
+
+
+# ---------------------------------------------------------------------- conflicts
+
+
+def test_two_transactions_writing_the_same_key_one_conflicts(db, ks):
+    db.run_transaction(lambda tx: tx.put(ks, b"x", b"0"))
+    t1, t2 = db.transaction(), db.transaction()
+    assert t1.get(ks, b"x") == b"0" and t2.get(ks, b"x") == b"0"
+    t1.put(ks, b"x", b"1")
+    t2.put(ks, b"x", b"2")
+    t1.commit()
+    with pytest.raises(errors.TransactionConflictError) as info:
+        t2.commit()
+    assert info.value.reason == "write_write"
+    assert db.read(ks, b"x") == b"1"
+
+
+def test_run_transaction_retries_a_conflict(db, ks):
+    db.run_transaction(lambda tx: tx.put(ks, b"n", b"10"))
+    attempts = []
+
+    def increment(tx):
+        attempts.append(tx.txn_id)
+        n = int(tx.get(ks, b"n"))
+        if len(attempts) == 1:
+            # Another transaction commits the key after this one's snapshot: this commit
+            # must be refused and the function run again.
+            with db.transaction() as other:
+                other.put(ks, b"n", b"100")
+        tx.put(ks, b"n", b"%d" % (n + 1))
+        return n + 1
+
+    assert db.run_transaction(increment) == 101
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
+    assert db.read(ks, b"n") == b"101"
+
+
+def test_run_transaction_gives_up_after_max_attempts(db, ks):
+    attempts = 0
+
+    def always_loses(tx):
+        nonlocal attempts
+        attempts += 1
+        tx.get(ks, b"hot")
+        db.run_transaction(lambda other: other.put(ks, b"hot", b"%d" % attempts))
+        tx.put(ks, b"hot", b"mine")
+
+    with pytest.raises(errors.TransactionConflictError):
+        db.run_transaction(always_loses, max_attempts=3, base_delay_s=0.0)
+    assert attempts == 3
+    assert db.read(ks, b"hot") == b"3"
+
+
+def test_run_transaction_rolls_back_and_reraises_other_errors(db, ks):
+    def fails(tx):
+        tx.put(ks, b"never", b"1")
+        raise ZeroDivisionError("no")
+
+    with pytest.raises(ZeroDivisionError):
+        db.run_transaction(fails)
+    assert db.read(ks, b"never") is None
+
+
+def test_run_transaction_refuses_async_functions(db, ks):
+    async def coro_fn(tx):  # pragma: no cover - never called
+        pass
+
+    with pytest.raises(errors.InvalidArgumentError, match="plain function"):
+        db.run_transaction(coro_fn)
+    with pytest.raises(errors.InvalidArgumentError, match="awaitable"):
+        db.run_transaction(lambda tx: coro_fn(tx))
+    with pytest.raises(errors.InvalidArgumentError, match="max_attempts"):
+        db.run_transaction(lambda tx: None, max_attempts=0)
+
+
+def test_threads_can_share_a_database(db, ks):
+    db.run_transaction(lambda tx: tx.put(ks, b"c", b"0"))
+
+    def increment(tx):
+        tx.put(ks, b"c", b"%d" % (int(tx.get(ks, b"c")) + 1))
+
+    failures = []
+
+    def worker():
+        try:
+            for _ in range(5):
+                db.run_transaction(increment, max_attempts=100)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert failures == []
+    assert db.read(ks, b"c") == b"20"
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_errors_reach_the_caller_with_their_type(db, ks):
+    with pytest.raises(errors.InvalidArgumentError, match="does not exist"):
+        db.read("no-such-keyspace", b"k")
+    with db.transaction() as tx:
+        with pytest.raises(errors.InvalidArgumentError, match="does not exist"):
+            tx.get("no-such-keyspace", b"k")
+        with pytest.raises(errors.InvalidArgumentError, match="empty"):
+            tx.put(ks, b"", b"v")
+        with pytest.raises(errors.RecordTooLargeError):
+            tx.put(ks, b"k", b"x" * (db.limits["max_value_size"] + 1))
+        with pytest.raises(errors.InvalidArgumentError, match="limit"):
+            tx.scan(ks, limit=-1)
+    with pytest.raises(errors.InvalidArgumentError, match="isolation"):
+        db.transaction("chaos")
+    with pytest.raises(errors.InvalidArgumentError, match="staleness"):
+        db.read(ks, b"k", staleness="fresh:1")
+    with pytest.raises(errors.InvalidArgumentError, match="keyspace name"):
+        db.create_keyspace("Bad Name")
+    # The very exception object crosses the thread boundary, not a copy or a wrapper.
+    try:
+        db.read("no-such-keyspace", b"k")
+    except errors.InvalidArgumentError as exc:
+        assert type(exc) is errors.KeyspaceNotFoundError
+
+
+def test_connect_failures_propagate_and_leave_no_thread(addresses):
+    before = _non_daemon_threads()
+    port = free_base_port(1)  # nothing listens there
+    with pytest.raises(errors.UnavailableError, match="no node answered"):
+        connect_blocking([f"127.0.0.1:{port}"], request_timeout_s=0.5)
+    with pytest.raises(errors.InvalidArgumentError, match="unknown region"):
+        connect_blocking(addresses, region="mars")
+    with pytest.raises(errors.InvalidArgumentError, match="host:port"):
+        connect_blocking(["not-an-address"])
+    assert _non_daemon_threads() == before
+
+
+def test_calls_from_inside_trio_are_refused(db, ks, addresses):
+    async def misuse():
+        with pytest.raises(RuntimeError, match="async client"):
+            db.read(ks, b"k")
+        with pytest.raises(RuntimeError, match="async client"):
+            connect_blocking(addresses)
+
+    trio.run(misuse)
+    assert db.read(ks, b"k") is None  # still usable from a plain thread
+
+
+# ---------------------------------------------------------------------- closing
+
+
+def test_use_after_close_raises_and_close_is_idempotent(addresses):
+    before = _non_daemon_threads()
+    db = connect_blocking(addresses)
+    name = f"b{next(_names)}"
+    db.create_keyspace(name)
+    tx = db.transaction()
+    tx.put(name, b"k", b"v")
+    assert db.closed is False
+    db.close()
+    db.close()
+    assert db.closed is True
+    closed = "the database connection is closed"
+    with pytest.raises(errors.InvalidArgumentError, match=closed):
+        db.read(name, b"k")
+    with pytest.raises(errors.InvalidArgumentError, match=closed):
+        db.transaction()
+    with pytest.raises(errors.InvalidArgumentError, match=closed):
+        tx.commit()
+    with pytest.raises(errors.InvalidArgumentError, match=closed):
+        db.run_transaction(lambda tx: None)
+    # A transaction block failing after the close reports its own error, not the close.
+    with pytest.raises(ZeroDivisionError):
+        with tx:
+            raise ZeroDivisionError
+    with db:  # entering a closed database is allowed; leaving it closes nothing new
+        pass
+    assert _non_daemon_threads() == before
+
+
+def test_no_thread_is_left_behind(addresses):
+    before = _non_daemon_threads()
+    for _ in range(3):
+        with connect_blocking(addresses) as db:
+            thread = db._portal.thread
+            assert thread is not None and thread.is_alive() and not thread.daemon
+            assert thread in _non_daemon_threads()
+            db.list_keyspaces()
+        assert not thread.is_alive()
+    assert _non_daemon_threads() == before
+
+
+@pytest.mark.parametrize("on_cancel, error, message", [
+    (_closed_error, errors.InvalidArgumentError, "connection is closed"),
+    (_ambiguous_on_close, errors.AmbiguousCommitError, "may or may not have committed"),
+])
+def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
+    """close() from another thread ends a call that is still running: with the "closed" error,
+    or AmbiguousCommitError for a commit (it may have been applied)."""
+    db = connect_blocking(addresses)
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    async def parked():
+        started.set()
+        await trio.sleep_forever()
+
+    def caller():
+        try:
+            db._portal.call(parked, on_cancel=on_cancel)
+        except BaseException as exc:  # checked by the test thread
+            outcome.append(exc)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    started.wait()
+    db.close()
+    t.join()
+    assert len(outcome) == 1 and type(outcome[0]) is error
+    assert message in str(outcome[0])
+
+
+def test_a_dropped_database_is_closed_by_the_garbage_collector(addresses):
+    db = connect_blocking(addresses)
+    thread = db._portal.thread
+    del db
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_the_interpreter_exits_with_a_connection_never_closed(addresses):
+    script = (
+        "import sys\n"
+        "from engine.blocking import connect_blocking\n"
+        f"db = connect_blocking({addresses!r})\n"
+        "db.list_keyspaces()\n"
+        "print('connected')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "connected"

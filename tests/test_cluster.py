@@ -1,0 +1,263 @@
+"""An in-process cluster end to end: the node runtime, placement, catalog and client together."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from engine import errors
+from engine.client import connect as engine_connect
+from engine.hlc import ClockOffsetError
+from engine.rpc import RemoteError, connect_rpc
+from engine.local import open_local_cluster
+from engine.placement import META_GROUP, data_group
+
+TWO_REGIONS = ("us-east", "eu-west")
+
+
+async def _leader_of(cluster, group: int) -> int:
+    """Waits until some node leads ``group``; returns its id."""
+    with trio.fail_after(20):
+        while True:
+            for node in cluster.nodes.values():
+                r = node.replicas.get(group)
+                if r is not None and r.node.is_leader:
+                    return node.id
+            await trio.sleep(0.02)
+
+
+async def test_clients_in_every_region_commit_and_read():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms={TWO_REGIONS: 5},
+                                  seed=1) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(30):
+                await east.create_keyspace("east-ks", home_region="us-east")
+                await west.create_keyspace("west-ks", home_region="eu-west")
+                for db in (east, west):
+                    for ks in ("east-ks", "west-ks"):
+                        async with db.transaction() as tx:
+                            await tx.put(ks, b"from-" + db.region.encode(), b"hello")
+                for db in (east, west):
+                    for ks in ("east-ks", "west-ks"):
+                        async with db.transaction() as tx:
+                            got = await tx.scan(ks)
+                        assert got == [(b"from-eu-west", b"hello"), (b"from-us-east", b"hello")]
+                names = sorted(k.name for k in await west.list_keyspaces())
+                assert names == ["east-ks", "west-ks"]
+                with pytest.raises(errors.InvalidArgumentError, match="across regions"):
+                    async with east.transaction() as tx:
+                        await tx.put("east-ks", b"a", b"1")
+                        await tx.put("west-ks", b"a", b"1")
+
+
+async def test_lost_update_is_refused_and_write_skew_needs_serializable():
+    async with open_local_cluster(("us-east",), 3, seed=2) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                async with db.transaction() as tx:
+                    await tx.put("k", b"x", b"1")
+                    await tx.put("k", b"y", b"1")
+
+                # Two read-modify-writes of x from the same snapshot: one must lose.
+                t1, t2 = db.transaction(), db.transaction()
+                assert await t1.get("k", b"x") == b"1"
+                assert await t2.get("k", b"x") == b"1"
+                await t1.put("k", b"x", b"2")
+                await t2.put("k", b"x", b"3")
+                await t1.commit()
+                with pytest.raises(errors.TransactionConflictError) as info:
+                    await t2.commit()
+                assert info.value.reason == "write_write" and info.value.retryable
+                assert await db.read("k", b"x") == b"2"
+
+                async def skew(isolation):
+                    # Each reads x and y and sets the other to 0: both commit only if the
+                    # isolation level lets a write skew through.
+                    a, b = db.transaction(isolation), db.transaction(isolation)
+                    for tx in (a, b):
+                        await tx.get("k", b"x")
+                        await tx.get("k", b"y")
+                    await a.put("k", b"x", b"0")
+                    await b.put("k", b"y", b"0")
+                    await a.commit()
+                    try:
+                        await b.commit()
+                    except errors.TransactionConflictError as exc:
+                        return exc.reason
+                    return "committed"
+
+                assert await skew("snapshot") == "committed"
+                await db.run_transaction(lambda tx: tx.put("k", b"x", b"1"))
+                await db.run_transaction(lambda tx: tx.put("k", b"y", b"1"))
+                assert await skew("serializable") == "read_write"
+
+
+async def test_bank_invariant_under_concurrent_transfers_from_two_regions():
+    accounts = [b"acct-%d" % i for i in range(6)]
+    async with open_local_cluster(TWO_REGIONS, 3, seed=3) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await east.create_keyspace("bank", home_region="us-east")
+                async with east.transaction() as tx:
+                    for a in accounts:
+                        await tx.put("bank", a, b"100")
+                totals: list[int] = []
+                committed = 0
+
+                async def transfer(tx, rng):
+                    src, dst = rng.sample(accounts, 2)
+                    s = int(await tx.get("bank", src))
+                    d = int(await tx.get("bank", dst))
+                    amount = rng.randint(1, 20)
+                    await tx.put("bank", src, b"%d" % (s - amount))
+                    await tx.put("bank", dst, b"%d" % (d + amount))
+
+                async def worker(db, seed):
+                    nonlocal committed
+                    rng = random.Random(seed)
+                    for _ in range(15):
+                        await db.run_transaction(lambda tx: transfer(tx, rng))
+                        committed += 1
+
+                async def auditor(db):
+                    for _ in range(10):
+                        async with db.transaction() as tx:
+                            rows = await tx.scan("bank")
+                        totals.append(sum(int(v) for _, v in rows))
+
+                async with trio.open_nursery() as n:
+                    for i in range(4):
+                        n.start_soon(worker, east if i % 2 else west, i)
+                    n.start_soon(auditor, west)
+                assert committed == 60
+                assert totals and all(t == 600 for t in totals)
+                async with west.transaction() as tx:
+                    rows = await tx.scan("bank")
+                assert sum(int(v) for _, v in rows) == 600
+
+
+async def test_stale_reads_stay_within_their_bounds():
+    async with open_local_cluster(TWO_REGIONS, 3, seed=4) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(30):
+                await east.create_keyspace("s", home_region="us-east")
+                history: list[tuple[int, bytes]] = []  # (commit ts, value)
+                for i in range(10):
+                    async with east.transaction() as tx:
+                        await tx.put("s", b"k", b"%d" % i)
+                    history.append((tx.commit_ts, b"%d" % i))
+                    await trio.sleep(0.01)
+
+                def value_at(ts):
+                    seen = [v for c, v in history if c <= ts]
+                    return seen[-1] if seen else None
+
+                # exact:<s> from the learner in eu-west reads exactly at now - s: the value must
+                # be the one committed last at or before that timestamp, never a newer one.
+                for staleness in ("exact:0.05", "exact:0.02", "exact:0"):
+                    value, ts = await west.read_version("s", b"k", staleness=staleness)
+                    assert value == value_at(ts)
+                # bounded:<s> reads the newest the local replica has, no older than now - s.
+                before = west.clock.now()
+                value, ts = await west.read_version("s", b"k", staleness="bounded:0.5")
+                assert ts >= before - int(0.5e9)
+                assert value == value_at(ts)
+                # Once the last commit is old enough, a bounded read must see it.
+                value, ts = await west.read_version("s", b"k", staleness="bounded:0")
+                assert value == history[-1][1]
+                with pytest.raises(errors.InvalidArgumentError, match="staleness"):
+                    await west.read("s", b"k", staleness="fresh:1")
+
+
+async def test_restarted_nodes_keep_their_data_and_a_new_leader_takes_over(tmp_path):
+    async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=5) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("r")
+                for i in range(5):
+                    await db.run_transaction(lambda tx, i=i: tx.put("r", b"k%d" % i, b"v%d" % i))
+                # Kill the data group's leader: the others elect a new one, the client follows.
+                group = data_group(cluster.config, "us-east")
+                await cluster.stop_node(await _leader_of(cluster, group))
+                # A read finds the new leader (reads are retried on a lost connection; a
+                # commit sent on a connection that then breaks would be ambiguous instead).
+                assert await db.read("r", b"k0") == b"v0"
+                await db.run_transaction(lambda tx: tx.put("r", b"k5", b"v5"))
+                # Restart everything from the data directories.
+                for node_id in list(cluster.nodes):
+                    await cluster.stop_node(node_id)
+                for node in cluster.config.all_nodes():
+                    await cluster.start_node(node.id)
+                await _leader_of(cluster, META_GROUP)
+                async with db.transaction() as tx:
+                    rows = await tx.scan("r")
+                assert rows == [(b"k%d" % i, b"v%d" % i) for i in range(6)]
+
+
+async def test_limits_and_bad_input_give_clear_errors():
+    from engine.config import Limits
+    limits = Limits(max_txn_keys=3, max_txn_bytes=4096, max_value_size=1000)
+    async with open_local_cluster(("us-east",), 1, limits=limits, seed=6) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("l")
+                tx = db.transaction()
+                for i in range(3):
+                    await tx.put("l", b"k%d" % i, b"v")
+                with pytest.raises(errors.LimitExceededError, match="3 keys"):
+                    await tx.put("l", b"k3", b"v")
+                with pytest.raises(errors.RecordTooLargeError, match="1000"):
+                    await tx.put("l", b"k0", b"x" * 1001)
+                with pytest.raises(errors.InvalidArgumentError, match="empty"):
+                    await tx.put("l", b"", b"v")
+                with pytest.raises(errors.InvalidArgumentError, match="does not exist"):
+                    await tx.get("nope", b"k")
+                with pytest.raises(errors.InvalidArgumentError, match="keyspace name"):
+                    await db.create_keyspace("Bad Name")
+                with pytest.raises(errors.InvalidArgumentError, match="isolation"):
+                    db.transaction("chaos")
+                await tx.commit()
+                with pytest.raises(errors.TransactionClosedError):
+                    await tx.put("l", b"k0", b"v")
+                assert await db.read("l", b"k2") == b"v"
+
+
+async def test_a_new_group_answers_its_first_strong_read():
+    # A group that has never closed a timestamp has no snapshot yet: the first read closes one.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("fresh")
+                assert await db.read("fresh", b"k") is None
+
+
+async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
+    # Node 3's wall clock runs 2 s ahead; the cluster allows 250 ms. Node 3 measures both its
+    # peers beyond the limit (a majority) and refuses clients; nodes 1 and 2 each see one bad
+    # peer out of two (not a majority) and keep serving, and refuse node 3's timestamps.
+    async with open_local_cluster(("us-east",), 3, seed=8,
+                                  clock_offsets_ns={3: 2_000_000_000}) as cluster:
+        skewed = cluster.nodes[3]
+        with trio.fail_after(30):
+            while skewed.clock_problem is None:
+                await trio.sleep(0.05)
+        assert "beyond" in skewed.clock_problem or "offset" in skewed.clock_problem
+        assert cluster.nodes[1].clock_problem is None
+        assert cluster.nodes[2].clock_problem is None
+        host, port = cluster.client_addresses()[2].rsplit(":", 1)
+        async with connect_rpc(host, int(port)) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("read", {"group": 100, "keys": [b"k"]})
+            assert info.value.code == "clock_offset" and "refuses to serve" in info.value.message
+        # A client refuses the skewed node's timestamps rather than jump its clock 2 s ahead.
+        async with engine_connect(cluster.client_addresses()) as db:
+            with pytest.raises(ClockOffsetError):
+                await db._call_node(3, "ping", None)
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("c")
+                await db.run_transaction(lambda tx: tx.put("c", b"k", b"v"))
+                assert await db.read("c", b"k") == b"v"

@@ -1,0 +1,301 @@
+"""``meridian shell`` (engine.shell) driven by scripts against an in-process cluster.
+
+Integration tests: one single-node cluster runs in a background thread for the whole module;
+each test feeds run_shell a script and checks what it printed.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from engine.blocking import connect_blocking
+from engine.local import free_base_port
+from engine.shell import PROMPT, run_shell, show
+
+from clusterthread import ClusterThread
+
+
+@pytest.fixture(scope="module")
+def addresses():
+    cluster = ClusterThread(seed=12)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def ks(addresses) -> str:
+    """A fresh keyspace name for the test (the cluster is shared by the module)."""
+    return f"s{next(_names)}"
+
+
+class ScriptedInput(io.StringIO):
+    """Input lines, with actions run just before a given line is read (to act between two
+    commands of the shell), and a switchable ``isatty``."""
+
+    def __init__(self, lines: list[str | Callable[[], None]], *, tty: bool = False) -> None:
+        super().__init__()
+        self._items = list(lines)
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    def readline(self, size: int = -1) -> str:
+        while self._items:
+            item = self._items.pop(0)
+            if callable(item):
+                item()
+                continue
+            return item + "\n"
+        return ""
+
+
+def shell(addresses, script: str | list, *, tty: bool = False) -> list[str]:
+    """Runs a session; returns its output lines."""
+    lines = script.splitlines() if isinstance(script, str) else script
+    out = io.StringIO()
+    assert run_shell(addresses, None, stdin=ScriptedInput(lines, tty=tty), stdout=out) == 0
+    return out.getvalue().splitlines()
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def test_create_put_get_scan_delete(addresses, ks):
+    out = shell(addresses, f"""
+create-keyspace {ks}
+keyspaces
+put {ks} alice "Alice Liddell"
+put {ks} bob 'Bob'
+put {ks} carol C
+get {ks} alice
+get {ks} nobody
+scan {ks}
+scan {ks} b
+scan {ks} alice carol
+scan {ks} --limit 2 --reverse
+delete {ks} bob
+scan {ks}
+drop-keyspace {ks}
+""")
+    assert out[0] == f"created keyspace {ks} (home us-east)"
+    assert out[1].split() == ["NAME", "HOME", "MODE", "ID"]
+    assert any(line.split()[:3] == [ks, "us-east", "global"] for line in out[2:4])
+    rest = out[out.index("ok"):]
+    assert rest == [
+        "ok", "ok", "ok",
+        "Alice Liddell",
+        "(not found)",
+        "alice = Alice Liddell", "bob = Bob", "carol = C", "(3 rows)",
+        "bob = Bob", "carol = C", "(2 rows)",
+        "alice = Alice Liddell", "bob = Bob", "(2 rows)",
+        "carol = C", "bob = Bob", "(2 rows)",
+        "ok",
+        "alice = Alice Liddell", "carol = C", "(2 rows)",
+        f"dropped keyspace {ks}",
+    ]
+
+
+def test_begin_commit_and_rollback(addresses, ks):
+    out = shell(addresses, f"""
+create-keyspace {ks}
+begin
+put {ks} a 1
+get {ks} a
+commit
+begin serializable
+put {ks} b 2
+rollback
+scan {ks}
+begin
+get {ks} a
+commit
+""")
+    assert out[1:4] == ["begin (snapshot)", "ok", "1"]
+    assert out[4].startswith("committed at ts ") and int(out[4].split()[-1]) > 0
+    assert out[5:8] == ["begin (serializable)", "ok", "rolled back"]
+    assert out[8:] == ["a = 1", "(1 row)", "begin (snapshot)", "1",
+                       "committed (read only: nothing to write)"]
+
+
+def test_writes_inside_begin_are_invisible_until_commit(addresses, ks):
+    with connect_blocking(addresses) as db:
+        seen: list[bytes | None] = []
+        out = shell(addresses, [
+            f"create-keyspace {ks}",
+            "begin",
+            f"put {ks} k pending",
+            lambda: seen.append(db.read(ks, b"k")),
+            "commit",
+            lambda: seen.append(db.read(ks, b"k")),
+        ])
+    assert seen == [None, b"pending"]
+    assert out[-1].startswith("committed at ts ")
+
+
+def test_a_conflicting_commit_is_reported_and_rolled_back(addresses, ks):
+    with connect_blocking(addresses) as db:
+        def concurrent_writer():
+            # Commits the key after the shell's transaction took its snapshot.
+            db.run_transaction(lambda tx: tx.put(ks, b"x", b"theirs"))
+
+        out = shell(addresses, [
+            f"create-keyspace {ks}",
+            f"put {ks} x 0",
+            "begin",
+            f"get {ks} x",
+            f"put {ks} x mine",
+            concurrent_writer,
+            "commit",
+            "commit",
+            f"get {ks} x",
+        ])
+    assert out[1:] == [
+        "ok",
+        "begin (snapshot)",
+        "0",
+        "ok",
+        "conflict (write_write on x): transaction rolled back",
+        "error: no transaction is open",
+        "theirs",
+    ]
+
+
+def test_stale_and_strong_reads(addresses, ks):
+    out = shell(addresses, f"""
+create-keyspace {ks}
+put {ks} k v
+read {ks} k
+read {ks} k bounded:5
+read {ks} k exact:0
+read {ks} k fresh:1
+""")
+    assert out[2] == "v" and out[3].startswith("(read at ts ")
+    assert out[4] in ("v", "(not found)") and out[5].startswith("(read at ts ")
+    assert out[6] == "v" and out[7].startswith("(read at ts ")
+    assert out[8].startswith("error: staleness 'fresh:1'")
+
+
+def test_status_table(addresses):
+    out = shell(addresses, "status")
+    assert out[0].split() == ["NODE", "REGION", "GROUP", "ROLE", "LEADER", "TERM", "APPLIED",
+                              "CLOSED_TS"]
+    rows = [line.split() for line in out[1:]]
+    assert len(rows) == 2  # one node: the meta group and the region's data group
+    for node, region, _group, role, leader, term, applied, closed_ts in rows:
+        assert (node, region, role, leader) == ("1", "us-east", "leader", "1")
+        assert int(term) >= 1 and int(applied) >= 1 and int(closed_ts) > 0
+
+
+def test_values_that_are_not_utf8_print_as_bytes(addresses, ks):
+    with connect_blocking(addresses) as db:
+        db.create_keyspace(ks)
+        db.run_transaction(lambda tx: tx.put(ks, b"bin", b"\xff\x00"))
+        db.run_transaction(lambda tx: tx.put(ks, "snow", "\u2603"))
+    out = shell(addresses, f"get {ks} bin\nget {ks} snow")
+    assert out == ["b'\\xff\\x00'", "\u2603"]
+    assert show(b"\xff") == "b'\\xff'" and show(None) == "(not found)"
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_errors_print_one_line_and_the_shell_goes_on(addresses, ks):
+    out = shell(addresses, f"""
+frobnicate
+get
+get no-such-keyspace k
+put no-such-keyspace k v
+scan no-such-keyspace
+drop-keyspace no-such-keyspace
+create-keyspace "Bad Name"
+put {ks} "unclosed
+scan {ks} --limit
+scan {ks} --sideways
+begin chaos
+commit
+rollback
+create-keyspace {ks}
+create-keyspace {ks}
+create-keyspace {ks}-x mars
+get {ks} ""
+# a comment, then a blank line
+
+get {ks} k
+""")
+    assert out == [
+        "error: unknown command 'frobnicate' (type 'help')",
+        "error: usage: get KS KEY",
+        "error: keyspace 'no-such-keyspace' does not exist",
+        "error: keyspace 'no-such-keyspace' does not exist",
+        "error: keyspace 'no-such-keyspace' does not exist",
+        "error: keyspace 'no-such-keyspace' does not exist",
+        out[6],
+        "error: No closing quotation",
+        "error: --limit needs a whole number",
+        "error: unknown option '--sideways' for scan",
+        "error: isolation must be one of snapshot, serializable",
+        "error: no transaction is open",
+        "error: no transaction is open",
+        f"created keyspace {ks} (home us-east)",
+        f"error: keyspace '{ks}' already exists",
+        out[15],
+        "error: keys must not be empty",
+        "(not found)",
+    ]
+    assert out[6].startswith("error: bad keyspace name 'Bad Name'")
+    assert out[15].startswith("error: ") and "mars" in out[15]
+    assert not any("Traceback" in line for line in out)
+
+
+def test_unknown_keyspace_inside_a_transaction_keeps_it_open(addresses, ks):
+    out = shell(addresses, f"""
+create-keyspace {ks}
+begin
+put {ks} a 1
+get nope a
+commit
+get {ks} a
+""")
+    assert out[1:] == ["begin (snapshot)", "ok", "error: keyspace 'nope' does not exist",
+                       out[4], "1"]
+    assert out[4].startswith("committed at ts ")
+
+
+# ---------------------------------------------------------------------- the session
+
+
+def test_quit_exit_and_eof_end_the_session(addresses, ks):
+    assert shell(addresses, "help\nquit\nget x y")[0] == "commands:"
+    assert shell(addresses, "exit\nfrobnicate") == []
+    assert shell(addresses, "") == []
+    # EOF with a transaction open rolls it back.
+    out = shell(addresses, f"create-keyspace {ks}\nbegin\nput {ks} k v")
+    assert out[-1] == "open transaction rolled back"
+    assert shell(addresses, f"get {ks} k") == ["(not found)"]
+
+
+def test_prompt_only_on_a_terminal(addresses):
+    assert shell(addresses, "keyspaces", tty=False)[0].split()[0] == "NAME"
+    out = "\n".join(shell(addresses, "keyspaces", tty=True))
+    assert out.startswith("connected to cluster 'local' in region us-east")
+    assert out.count(PROMPT) == 2  # before the command and before the end of input
+
+
+def test_cannot_connect_prints_an_error_and_returns_1():
+    out = io.StringIO()
+    port = free_base_port(1)  # nothing listens there
+    rc = run_shell([f"127.0.0.1:{port}"], None, stdin=io.StringIO("keyspaces\n"), stdout=out,
+                   request_timeout_s=0.5)
+    assert rc == 1
+    assert out.getvalue().startswith("error: cannot connect: no node answered")
+    assert out.getvalue().count("\n") == 1
