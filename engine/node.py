@@ -166,13 +166,17 @@ class Node:
         files.callback(sm.close)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
+        # Their heartbeats (which pace that replication) go out every fifth interval.
         raft_config = RaftConfig(id=self.id, election_tick=self.cluster.election_ticks,
                                  heartbeat_tick=self.cluster.heartbeat_ticks,
-                                 lazy_learners=True)
+                                 lazy_learners=True, learner_heartbeat_every=5)
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
             tick_interval=self.cluster.tick_interval_ms / 1000.0))
-        replica = GroupReplica(gid, raft_node, sm, self.clock)
+        # Data groups close time while idle so that learners can serve bounded-staleness
+        # reads; the meta group's catalog is only read at its leader, which closes on demand.
+        replica = GroupReplica(gid, raft_node, sm, self.clock,
+                               close_interval=0.0 if gid == META_GROUP else 1.0)
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
 

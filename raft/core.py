@@ -93,6 +93,11 @@ class Config:
     append (and one fsync) per proposal. Commits never wait for learners, so this trades
     learner lag (about a heartbeat interval) for much less work on every replica — the choice
     for asynchronous cross-region learners."""
+    learner_heartbeat_every: int = 1
+    """Heartbeat learners only every this many heartbeat intervals. Learners never vote, so
+    their heartbeats only carry the commit index and (with ``lazy_learners``) pace their
+    replication: sending them less often saves work on every replica of a group with many
+    learners, at the cost of learner lag."""
 
     def __post_init__(self):
         if self.id <= 0:
@@ -105,6 +110,8 @@ class Config:
             raise ValueError("max_inflight_msgs and max_size_per_msg must be positive")
         if self.snapshot_chunk_size <= 0:
             raise ValueError("snapshot_chunk_size must be positive")
+        if self.learner_heartbeat_every <= 0:
+            raise ValueError("learner_heartbeat_every must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +164,7 @@ class RaftCore:
         self._ready_number = 0
         self._outstanding: Ready | None = None
         self._bcast_pending = False  # the leader owes every follower an append
+        self._heartbeats = 0  # heartbeat rounds sent as leader (paces learners' heartbeats)
         # Per-role state.
         self._prs: dict[int, Progress] = {}
         self._votes: dict[int, bool] = {}
@@ -321,8 +329,10 @@ class RaftCore:
                 self._lead_transferee = NONE  # the transfer timed out
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
+            self._heartbeats += 1
             ctx = self._read_queue[-1].context if self._read_queue else b""
-            self._bcast_heartbeat(ctx)
+            self._bcast_heartbeat(
+                ctx, voters_only=self._heartbeats % self.config.learner_heartbeat_every != 0)
 
     def campaign(self) -> None:
         """Starts an election now (as an expired election timeout would)."""
@@ -753,9 +763,10 @@ class RaftCore:
         self._send(Message(MT.SNAPSHOT, to, self.id, self.term, snapshot=snap.meta,
                            chunk_offset=off, chunk=chunk, snapshot_size=len(snap.data)))
 
-    def _bcast_heartbeat(self, ctx: bytes) -> None:
+    def _bcast_heartbeat(self, ctx: bytes, voters_only: bool = False) -> None:
+        skip = self.conf.learners if voters_only else ()
         for pid, pr in self._prs.items():
-            if pid != self.id:
+            if pid != self.id and pid not in skip:
                 self._send(Message(MT.HEARTBEAT, pid, self.id, self.term,
                                    commit=min(pr.match, self.log.committed), context=ctx))
 
@@ -780,7 +791,7 @@ class RaftCore:
             self._release_read(req)
             return
         self._read_queue.append(req)
-        self._bcast_heartbeat(ctx)
+        self._bcast_heartbeat(ctx, voters_only=True)  # learners' answers would not count
 
     def _ack_read(self, frm: int, ctx: bytes) -> None:
         for n, req in enumerate(self._read_queue):

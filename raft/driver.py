@@ -4,7 +4,8 @@ The driver is the only loop (STYLE §1) and it is short. Two tasks and a handler
 
 - *receive*: the transport calls the node's handler (``Transport.set_handler``) from the task
   that read the messages, and each is stepped into the core at once;
-- *tick*: every ``tick_interval`` seconds, one ``core.tick()``;
+- *tick*: every ``tick_interval`` seconds, one ``core.tick()`` (one ticker task per process
+  ticks every node that has the same interval);
 - *ready*: while the core has work, take a :class:`~raft.types.Ready` and handle it in the
   order the Ready documents — send ``messages``, persist (one fsync, in a worker thread so the
   event loop keeps receiving), send ``persisted_messages``, apply ``committed_entries``, then
@@ -219,6 +220,59 @@ class _WorkerThread:
             os.close(self._done)
 
 
+class _Ticker:
+    """Ticks every Raft node of this trio run that has one tick interval, from one task.
+
+    A node hosting many groups would otherwise run one timer per group; here all of them tick
+    in the same loop turn from one wakeup (and their heartbeats to a peer leave together).
+    Ticks fall on a grid of the interval. The ticker is a system task of the run; it ends when
+    its last node unregisters.
+    """
+
+    _by_run: trio.lowlevel.RunVar = trio.lowlevel.RunVar("meridian_raft_tickers")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.nodes: dict[int, RaftNode] = {}  # by id(), in registration order
+
+    @classmethod
+    def _tickers(cls) -> dict[float, _Ticker]:
+        try:
+            return cls._by_run.get()
+        except LookupError:
+            tickers: dict[float, _Ticker] = {}
+            cls._by_run.set(tickers)
+            return tickers
+
+    @classmethod
+    def register(cls, node: RaftNode) -> None:
+        tickers = cls._tickers()
+        ticker = tickers.get(node._tick_interval)
+        if ticker is None:
+            ticker = tickers[node._tick_interval] = cls(node._tick_interval)
+            trio.lowlevel.spawn_system_task(ticker._run, name="raft-ticker")
+        ticker.nodes[id(node)] = node
+
+    @classmethod
+    def unregister(cls, node: RaftNode) -> None:
+        ticker = cls._tickers().get(node._tick_interval)
+        if ticker is not None:
+            ticker.nodes.pop(id(node), None)
+
+    async def _run(self) -> None:
+        interval = self.interval
+        try:
+            while self.nodes:
+                await trio.sleep_until(
+                    (math.floor(trio.current_time() / interval) + 1) * interval)
+                for node in list(self.nodes.values()):
+                    node._on_tick()
+        finally:
+            tickers = self._tickers()
+            if tickers.get(interval) is self:
+                del tickers[interval]
+
+
 class RaftNode:
     """One replica of one group, driven by trio. Create it with :func:`open_raft_node`."""
 
@@ -378,15 +432,15 @@ class RaftNode:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _tick(self) -> None:
-        # Ticks fall on a grid of the tick interval, so that every group of a process ticks in
-        # the same loop turn: one wakeup instead of one per group, and their heartbeats to a
-        # peer leave together.
-        interval = self._tick_interval
-        while True:
-            await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
+    def _on_tick(self) -> None:
+        """Called by the process's ticker (see :class:`_Ticker`) once per tick interval."""
+        if self._step_error is not None:
+            return
+        try:
             self._core.tick()
-            self._kick()
+        except BaseException as exc:  # surfaces in the ready loop, which stops the node
+            self._step_error = exc
+        self._kick()
 
     async def _ready_loop(self) -> None:
         core = self._core
@@ -508,7 +562,7 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 transport.set_handler(self.group, self._on_messages)
-                nursery.start_soon(self._tick)
+                _Ticker.register(self)
                 nursery.start_soon(self._ready_loop)
                 task_status.started()
         except BaseException as exc:
@@ -516,6 +570,7 @@ class RaftNode:
             self._fail_waiters(exc)
             raise
         finally:
+            _Ticker.unregister(self)
             with contextlib.suppress(trio.ClosedResourceError):
                 transport.set_handler(self.group, None)
 

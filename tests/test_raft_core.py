@@ -736,3 +736,16 @@ def test_lazy_learners_get_the_log_in_heartbeat_batches():
     net.propose(1, b"more")
     assert net.nodes[2].applied_data()[-1] == b"more"
     assert net.nodes[4].applied_data()[-1] == b"p4"
+
+
+def test_learners_can_be_heartbeaten_less_often_than_voters():
+    net = Network((1, 2, 3), learners=(4,), heartbeat_tick=1, election_tick=10,
+                  learner_heartbeat_every=3)
+    net.elect(1)
+    before_voter = len(net.delivered_of(MT.HEARTBEAT, to=2))
+    before_learner = len(net.delivered_of(MT.HEARTBEAT, to=4))
+    net.tick(1, times=6)
+    assert len(net.delivered_of(MT.HEARTBEAT, to=2)) - before_voter == 6
+    assert len(net.delivered_of(MT.HEARTBEAT, to=4)) - before_learner == 2
+    with pytest.raises(ValueError, match="learner_heartbeat_every"):
+        Config(id=1, learner_heartbeat_every=0)
