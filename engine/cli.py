@@ -5,6 +5,7 @@ Subcommands:
     meridian demo [--seconds S] [--regions a,b,c] [--nodes-per-region N] [--no-wan] [--dir DIR]
     meridian node --config FILE
     meridian cluster up|down|status [--dir DIR] [--regions a,b,c] [--nodes-per-region N]
+                                    [--no-wan | --wan-latency-ms A:B=MS,...]
     meridian shell --nodes HOST:PORT[,...] [--region R]
     meridian crash-demo [--dir DIR] [--kills K] [--batches N] [--seed S]
 """
@@ -39,6 +40,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _latencies(text: str) -> dict[tuple[str, str], float]:
+    """``us-east:eu-west=35,us-east:ap-south=70``: one-way latency per region pair."""
+    out: dict[tuple[str, str], float] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        pair, sep, ms = item.partition("=")
+        a, colon, b = pair.partition(":")
+        try:
+            value = float(ms)
+        except ValueError:
+            value = -1.0
+        if not sep or not colon or not a or not b or not 0 <= value <= 10_000:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected REGION:REGION=MILLISECONDS, e.g. us-east:eu-west=35")
+        out[(a.strip(), b.strip())] = value
+    return out
+
+
 def _regions(text: str) -> tuple[str, ...]:
     names = tuple(r.strip() for r in text.split(",") if r.strip())
     if not names:
@@ -70,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients-per-region", type=_positive, default=4, help="(4)")
     demo.add_argument("--accounts", type=_positive, default=50, help="accounts per bank (50)")
     demo.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+    demo.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
+                      help="one-way latency per region pair (default 35/70/110 ms)")
     demo.add_argument("--dir", help="cluster directory (default: a temporary one, removed)")
     demo.add_argument("--seed", type=int, default=1, help="workload seed (1)")
 
@@ -83,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--regions", type=_regions, default=("us-east", "eu-west", "ap-south"))
     cluster.add_argument("--nodes-per-region", type=_positive, default=3)
     cluster.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+    cluster.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
+                         help="one-way latency per region pair (default 35/70/110 ms between "
+                              "the first three regions); pairs not given have none")
 
     shell = sub.add_parser("shell", help="an interactive prompt connected to a cluster")
     shell.add_argument("--nodes", help="comma-separated client addresses host:port "
@@ -160,7 +183,7 @@ def _cluster(args) -> int:
         if args.action == "up":
             procs = cluster_up(args.dir, regions=args.regions,
                                nodes_per_region=args.nodes_per_region,
-                               wan_latency_ms={} if args.no_wan else None)
+                               wan_latency_ms={} if args.no_wan else args.wan_latency_ms)
             cluster = procs.load_cluster()
             import trio
 
@@ -214,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(directory=args.dir, seconds=args.seconds, regions=args.regions,
                         nodes_per_region=args.nodes_per_region,
                         clients_per_region=args.clients_per_region, accounts=args.accounts,
-                        wan=not args.no_wan, seed=args.seed)
+                        wan=not args.no_wan, wan_latency_ms=args.wan_latency_ms,
+                        seed=args.seed)
     if args.command == "node":
         return _run_node(args.config)
     if args.command == "cluster":

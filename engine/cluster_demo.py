@@ -203,7 +203,7 @@ def _report(stats: _Stats, regions, seconds: float, lag, out) -> None:
 def run_demo(*, directory: str | None = None, seconds: float = 10.0,
              regions: tuple[str, ...] = ("us-east", "eu-west", "ap-south"),
              nodes_per_region: int = 3, clients_per_region: int = 4, accounts: int = 50,
-             wan: bool = True, seed: int = 1, out=sys.stdout) -> int:
+             wan: bool = True, wan_latency_ms=None, seed: int = 1, out=sys.stdout) -> int:
     """Runs the demo; returns the process exit code. Nothing it started outlives it."""
     tmp = None
     if directory is None:
@@ -214,7 +214,7 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         print(f"starting {len(regions)} regions x {nodes_per_region} nodes in {directory}"
               + (" with simulated WAN latency" if wan else ""), file=out)
         procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
-                           wan_latency_ms=None if wan else {})
+                           wan_latency_ms=wan_latency_ms if wan else {})
         return trio.run(_run, procs, seconds, clients_per_region, accounts, seed, out)
     except KeyboardInterrupt:
         print("interrupted", file=out)

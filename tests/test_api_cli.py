@@ -115,3 +115,30 @@ def test_node_with_a_bad_config_says_which_field(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "cluster.regions: missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cluster_up_status_down_with_custom_latencies(tmp_path):
+    directory = tmp_path / "c"
+    up = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "cluster", "up", "--dir", str(directory),
+         "--regions", "east,west", "--nodes-per-region", "1", "--wan-latency-ms", "east:west=5"],
+        capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "cluster up" in up.stdout and "2 nodes" in up.stdout
+        assert "[cluster.wan_latency_ms]" in (directory / "node-1.toml").read_text()
+        status = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "cluster", "status", "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count("leader") >= 3  # meta group and two data groups
+    finally:
+        down = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "cluster", "down", "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and "stopped 2 node processes" in down.stdout
+    assert _processes_mentioning(str(directory)) == []
+    bad = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "cluster", "up", "--wan-latency-ms", "east=5"],
+        capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "REGION:REGION=MILLISECONDS" in bad.stderr
