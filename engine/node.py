@@ -166,10 +166,13 @@ class Node:
         files.callback(sm.close)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
-        # Their heartbeats (which pace that replication) go out every fifth interval.
+        # Their heartbeats (which pace that replication) go out every fifth interval. Reads
+        # that need the latest commit are served by the leader, so followers may learn the
+        # commit index with the next message instead of an append of its own.
         raft_config = RaftConfig(id=self.id, election_tick=self.cluster.election_ticks,
                                  heartbeat_tick=self.cluster.heartbeat_ticks,
-                                 lazy_learners=True, learner_heartbeat_every=5)
+                                 lazy_learners=True, learner_heartbeat_every=5,
+                                 broadcast_commit=False)
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
             tick_interval=self.cluster.tick_interval_ms / 1000.0))

@@ -435,6 +435,7 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     "check_quorum": ((1, 1, 1, 0), False),
     "lazy_learners": ((0, 1), False),
     "learner_heartbeat_every": ((1, 1, 3), False),
+    "broadcast_commit": ((1, 1, 0), False),
 }
 
 
@@ -571,6 +572,7 @@ class Simulation:
         self.check_quorum = bool(knobs["check_quorum"])
         self.lazy_learners = bool(knobs["lazy_learners"])
         self.learner_heartbeat_every = knobs["learner_heartbeat_every"]
+        self.broadcast_commit = bool(knobs["broadcast_commit"])
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -593,7 +595,8 @@ class Simulation:
                       max_inflight_msgs=c.max_inflight_msgs, pre_vote=self.pre_vote,
                       check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size,
                       lazy_learners=self.lazy_learners,
-                      learner_heartbeat_every=self.learner_heartbeat_every)
+                      learner_heartbeat_every=self.learner_heartbeat_every,
+                      broadcast_commit=self.broadcast_commit)
 
     def _add_node(self, node_id: int) -> _Node:
         drift = self.rng.choice((-1, 0, 0, 1))

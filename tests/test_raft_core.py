@@ -749,3 +749,17 @@ def test_learners_can_be_heartbeaten_less_often_than_voters():
     assert len(net.delivered_of(MT.HEARTBEAT, to=4)) - before_learner == 2
     with pytest.raises(ValueError, match="learner_heartbeat_every"):
         Config(id=1, learner_heartbeat_every=0)
+
+
+def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next_heartbeat():
+    net = Network((1, 2, 3), broadcast_commit=False, heartbeat_tick=1, election_tick=10)
+    net.elect(1)
+    net.tick(1)
+    sent = len(net.delivered_of(MT.APPEND, frm=1))
+    _, index = net.propose(1, b"x")
+    assert net.core(1).commit == index and net.nodes[1].applied_data() == [b"x"]
+    # One append per follower carried the entry; no second one just for the commit index.
+    assert len(net.delivered_of(MT.APPEND, frm=1)) - sent == 2
+    assert net.core(2).commit < index and net.nodes[2].applied_data() == []
+    net.tick(1)  # the heartbeat carries the commit index
+    assert net.core(2).commit == index and net.nodes[2].applied_data() == [b"x"]
