@@ -168,11 +168,12 @@ class Node:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
         # Their heartbeats (which pace that replication) go out every fifth interval. Reads
         # that need the latest commit are served by the leader, so followers may learn the
-        # commit index with the next message instead of an append of its own.
+        # commit index with the next message instead of an append of its own. A leader
+        # holding a lease (see raft.core.Config.lease_reads) answers ReadIndex at once.
         raft_config = RaftConfig(id=self.id, election_tick=self.cluster.election_ticks,
                                  heartbeat_tick=self.cluster.heartbeat_ticks,
                                  lazy_learners=True, learner_heartbeat_every=5,
-                                 broadcast_commit=False)
+                                 broadcast_commit=False, lease_reads=True)
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
             tick_interval=self.cluster.tick_interval_ms / 1000.0))

@@ -98,6 +98,16 @@ class Config:
     carry (etcd's behaviour). With False, followers learn it from the next append or heartbeat:
     a follower applies up to a heartbeat interval later, and each commit costs two messages
     and a Ready less per follower. Choose False when reads are served by the leader."""
+    lease_reads: bool = False
+    """Answer ReadIndex at once while the leader holds a lease, instead of after a heartbeat
+    round. The lease: a quorum of voters acknowledged a heartbeat the leader sent at tick
+    ``t``; each of them resets its election timer on receipt and, with CheckQuorum, refuses to
+    vote for anyone else for ``election_tick`` of its own ticks — and a node that has just
+    (re)started refuses for its first ``election_tick`` ticks too. So no other leader can exist
+    before ``t + election_tick``; the lease ends well before, at ``t + 3/4 election_tick - 1``,
+    leaving room for tick-rate drift. It is void during a leader transfer (the target may
+    campaign at once). Safe as long as ticks on different nodes advance at rates within ~25%
+    of each other; requires ``check_quorum``."""
     learner_heartbeat_every: int = 1
     """Heartbeat learners only every this many heartbeat intervals. Learners never vote, so
     their heartbeats only carry the commit index and (with ``lazy_learners``) pace their
@@ -117,6 +127,12 @@ class Config:
             raise ValueError("snapshot_chunk_size must be positive")
         if self.learner_heartbeat_every <= 0:
             raise ValueError("learner_heartbeat_every must be positive")
+        if self.lease_reads and (not self.check_quorum or self.lease_ticks() < 1):
+            raise ValueError("lease_reads needs check_quorum and election_tick >= 4")
+
+    def lease_ticks(self) -> int:
+        """How long, in the leader's ticks, a lease lasts from the heartbeat that earned it."""
+        return (3 * self.election_tick) // 4 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +186,10 @@ class RaftCore:
         self._outstanding: Ready | None = None
         self._bcast_pending = False  # the leader owes every follower an append
         self._heartbeats = 0  # heartbeat rounds sent as leader (paces learners' heartbeats)
+        self._ticks = 0  # ticks since this core was made (a restart starts again at 0)
+        self._hb_seq = 0  # the last heartbeat round numbered (lease_reads)
+        self._hb_rounds: dict[int, tuple[int, set[int]]] = {}  # round -> (sent at tick, acks)
+        self._lease_from = -1  # the tick of the latest heartbeat a quorum acknowledged
         # Per-role state.
         self._prs: dict[int, Progress] = {}
         self._votes: dict[int, bool] = {}
@@ -256,6 +276,8 @@ class RaftCore:
         )
         self._lead_transferee = NONE
         self._votes = {}
+        self._hb_rounds.clear()
+        self._lease_from = -1
         self._read_queue.clear()
         self._reads_waiting_for_commit.clear()
         self._reset_progress()
@@ -310,6 +332,7 @@ class RaftCore:
 
     def tick(self) -> None:
         """One unit of logical time."""
+        self._ticks += 1
         if self.role is StateRole.LEADER:
             self._tick_heartbeat()
         else:
@@ -446,8 +469,11 @@ class RaftCore:
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER
-                in_lease = (self.config.check_quorum and self.leader != NONE
-                            and self._election_elapsed < self.config.election_tick)
+                in_lease = self.config.check_quorum and (
+                    (self.leader != NONE and self._election_elapsed < self.config.election_tick)
+                    # A node that just (re)started may have acknowledged a leader's lease
+                    # before it stopped: honour it for one election timeout.
+                    or (self.config.lease_reads and self._ticks < self.config.election_tick))
                 if in_lease and not force:
                     return  # we still hear from a leader: don't let a rogue node depose it
             if m.type is MT.PRE_VOTE:
@@ -500,7 +526,8 @@ class RaftCore:
             self._election_elapsed = 0
             self.leader = m.frm
             self.log.commit_to(min(m.commit, self.log.last_index))
-            self._send(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
+            self._send(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context,
+                               index=m.index))
         elif t is MT.SNAPSHOT:
             self._election_elapsed = 0
             self.leader = m.frm
@@ -663,6 +690,8 @@ class RaftCore:
                 self._send_append(m.frm)
             if m.context:
                 self._ack_read(m.frm, m.context)
+            if m.index and self.config.lease_reads:
+                self._ack_lease(m.frm, m.index)
         elif t is MT.SNAPSHOT_RESP:
             pr.recent_active = True
             if pr.state is not ProgressState.SNAPSHOT or m.index != pr.pending_snapshot:
@@ -771,10 +800,33 @@ class RaftCore:
 
     def _bcast_heartbeat(self, ctx: bytes, voters_only: bool = False) -> None:
         skip = self.conf.learners if voters_only else ()
+        round_ = 0
+        if self.config.lease_reads:
+            # Rounds are numbered so that an acknowledgement says which send it answers.
+            self._hb_seq += 1
+            round_ = self._hb_seq
+            self._hb_rounds[round_] = (self._ticks, {self.id})
+            while len(self._hb_rounds) > 16:
+                del self._hb_rounds[next(iter(self._hb_rounds))]
         for pid, pr in self._prs.items():
             if pid != self.id and pid not in skip:
-                self._send(Message(MT.HEARTBEAT, pid, self.id, self.term,
+                self._send(Message(MT.HEARTBEAT, pid, self.id, self.term, index=round_,
                                    commit=min(pr.match, self.log.committed), context=ctx))
+
+    def _ack_lease(self, frm: int, round_: int) -> None:
+        entry = self._hb_rounds.get(round_)
+        if entry is None or frm not in self.conf.voters:
+            return
+        sent, acks = entry
+        acks.add(frm)
+        if sent > self._lease_from and quorum.vote_result(
+                self.conf.voters, dict.fromkeys(acks, True)) is quorum.VoteResult.WON:
+            self._lease_from = sent
+
+    def _lease_valid(self) -> bool:
+        return (self.config.lease_reads and self._lease_from >= 0
+                and self._lead_transferee == NONE
+                and self._ticks < self._lease_from + self.config.lease_ticks())
 
     def _quorum_active(self) -> bool:
         active = {pid: True for pid, pr in self._prs.items()
@@ -792,6 +844,9 @@ class RaftCore:
             self._reads_waiting_for_commit.append((ctx, frm))
             return
         req = _ReadRequest(self.log.committed, ctx, frm)
+        if self._lease_valid():
+            self._release_read(req)
+            return
         req.acks[self.id] = True
         if quorum.vote_result(self.conf.voters, req.acks) is quorum.VoteResult.WON:
             self._release_read(req)

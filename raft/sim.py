@@ -436,6 +436,7 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     "lazy_learners": ((0, 1), False),
     "learner_heartbeat_every": ((1, 1, 3), False),
     "broadcast_commit": ((1, 1, 0), False),
+    "lease_reads": ((0, 1), False),  # only where check_quorum is on
 }
 
 
@@ -573,6 +574,7 @@ class Simulation:
         self.lazy_learners = bool(knobs["lazy_learners"])
         self.learner_heartbeat_every = knobs["learner_heartbeat_every"]
         self.broadcast_commit = bool(knobs["broadcast_commit"])
+        self.lease_reads = bool(knobs["lease_reads"])
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -596,7 +598,8 @@ class Simulation:
                       check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size,
                       lazy_learners=self.lazy_learners,
                       learner_heartbeat_every=self.learner_heartbeat_every,
-                      broadcast_commit=self.broadcast_commit)
+                      broadcast_commit=self.broadcast_commit,
+                      lease_reads=self.lease_reads and self.check_quorum)
 
     def _add_node(self, node_id: int) -> _Node:
         drift = self.rng.choice((-1, 0, 0, 1))

@@ -763,3 +763,44 @@ def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next
     assert net.core(2).commit < index and net.nodes[2].applied_data() == []
     net.tick(1)  # the heartbeat carries the commit index
     assert net.core(2).commit == index and net.nodes[2].applied_data() == [b"x"]
+
+
+def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
+    net = Network((1, 2, 3), lease_reads=True, heartbeat_tick=1, election_tick=10)
+    # A node that has just started honours a lease it may have acknowledged before: it
+    # refuses to vote for one election timeout.
+    net.campaign(1)
+    assert net.core(1).role is not StateRole.LEADER
+    for nid in (2, 3):
+        net.core(nid)._ticks = 10  # as if an election timeout had passed since they started
+    net.elect(1)
+    _, index = net.propose(1, b"x")
+    net.tick(1)  # a heartbeat round, acknowledged by both followers: the lease starts
+    heartbeats = len(net.delivered_of(MT.HEARTBEAT, frm=1))
+    net.core(1).read_index(b"lease")
+    net.deliver()
+    assert [(r.index, r.context) for r in net.nodes[1].read_states] == [(index, b"lease")]
+    assert len(net.delivered_of(MT.HEARTBEAT, frm=1)) == heartbeats  # no round needed
+    # Without acknowledgements the lease runs out after 3/4 of an election timeout - 1 ticks,
+    # and reads fall back to a confirmed heartbeat round (which cannot complete here).
+    net.drop(MT.HEARTBEAT_RESP)
+    net.tick(1, times=Config(id=1, election_tick=10).lease_ticks())
+    net.core(1).read_index(b"expired")
+    net.deliver()
+    assert [r.context for r in net.nodes[1].read_states] == [b"lease"]
+    net.recover()
+    net.tick(1)
+    assert [r.context for r in net.nodes[1].read_states] == [b"lease", b"expired"]
+    # During a leader transfer the target may campaign at once: no lease.
+    net.drop(MT.APPEND_RESP, frm=2)
+    net.drop(MT.HEARTBEAT_RESP)
+    net.propose(1, b"y")
+    net.core(1).transfer_leader(2)
+    net.core(1).read_index(b"transfer")
+    net.deliver()
+    assert b"transfer" not in [r.context for r in net.nodes[1].read_states]
+
+
+def test_lease_reads_need_check_quorum():
+    with pytest.raises(ValueError, match="lease_reads"):
+        Config(id=1, lease_reads=True, check_quorum=False)
