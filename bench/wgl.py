@@ -172,42 +172,37 @@ def load_history(path: str) -> list[dict[str, Any]]:
     return events
 
 
-def operations(history: Iterable[Mapping[str, Any]]) -> list[Op]:
-    """Pairs invokes with their completions and returns the operations that may have happened.
+def pair_operations(
+    history: Iterable[Mapping[str, Any]], functions: Iterable[str], *, timed: bool = True,
+) -> list[tuple[int, Mapping[str, Any], int | None, Mapping[str, Any] | None]]:
+    """Pairs each process's invokes with their completions (FAULTS.md §4), for every checker.
 
-    ``fail`` operations and indeterminate reads are left out; the result is in invoke order.
-    Raises HistoryError on a malformed history.
+    Only events whose ``f`` is in ``functions`` take part (nemesis events and other workloads
+    are skipped). Returns ``(invoke index, invoke, completion index, completion)`` in invoke
+    order; the completion is None for an operation never completed (as good as ``info``).
+    With ``timed``, every event needs a numeric ``time_ns`` and a completion may not come before
+    its invoke.
+
+    Raises:
+        HistoryError: a process invokes while it has an open operation, a completion has no
+            open operation or completes another function, an unknown event type, or (timed)
+            a bad or backwards ``time_ns``.
     """
+    wanted = frozenset(functions)
     open_ops: dict[Any, tuple[int, Mapping[str, Any]]] = {}
-    done: list[tuple[int, Op]] = []
-
-    def make(at: int, invoke: Mapping[str, Any], completion: Mapping[str, Any] | None) -> None:
-        f = invoke["f"]
-        determinate = completion is not None and completion["type"] == "ok"
-        if f == "read":
-            if not determinate:
-                return  # an indeterminate read constrains nothing
-            value = completion.get("value")
-        else:
-            value = invoke.get("value")
-            if f == "cas" and not (isinstance(value, (list, tuple)) and len(value) == 2):
-                raise HistoryError(f"event {at}: a cas value must be [expected, new], "
-                                   f"not {value!r}")
-        return_ns = _time(completion, at) if determinate else None
-        done.append((at, Op(invoke.get("process"), f, invoke.get("key"), value,
-                            _time(invoke, at), return_ns)))
-
+    paired: list[tuple[int, Mapping[str, Any], int | None, Mapping[str, Any] | None]] = []
     for at, event in enumerate(history):
         f = event.get("f")
-        if f not in REGISTER_FUNCTIONS:
-            continue  # nemesis events, other workloads
+        if f not in wanted:
+            continue
         kind = event.get("type")
         process = event.get("process")
         if kind == "invoke":
             if process in open_ops:
                 raise HistoryError(f"event {at}: process {process!r} invokes {f} while its "
                                    f"operation invoked at event {open_ops[process][0]} is open")
-            _time(event, at)
+            if timed:
+                _time(event, at)
             open_ops[process] = (at, event)
         elif kind in ("ok", "fail", "info"):
             if process not in open_ops:
@@ -217,16 +212,42 @@ def operations(history: Iterable[Mapping[str, Any]]) -> list[Op]:
             if invoke["f"] != f:
                 raise HistoryError(f"event {at}: {kind} {f} completes the {invoke['f']} "
                                    f"invoked at event {start}")
-            if _time(event, at) < _time(invoke, start):
+            if timed and _time(event, at) < _time(invoke, start):
                 raise HistoryError(f"event {at}: completes before its invoke (event {start})")
-            if kind != "fail":
-                make(start, invoke, event)
+            paired.append((start, invoke, at, event))
         else:
             raise HistoryError(f"event {at}: unknown type {kind!r}")
-    for start, invoke in open_ops.values():
-        make(start, invoke, None)
-    done.sort(key=lambda item: item[0])
-    return [op for _, op in done]
+    paired.extend((start, invoke, None, None) for start, invoke in open_ops.values())
+    paired.sort(key=lambda item: item[0])
+    return paired
+
+
+def operations(history: Iterable[Mapping[str, Any]]) -> list[Op]:
+    """Pairs invokes with their completions and returns the operations that may have happened.
+
+    ``fail`` operations and indeterminate reads are left out; the result is in invoke order.
+    Raises HistoryError on a malformed history.
+    """
+    done: list[Op] = []
+    for at, invoke, _, completion in pair_operations(history, REGISTER_FUNCTIONS):
+        kind = "info" if completion is None else completion["type"]
+        if kind == "fail":
+            continue
+        f = invoke["f"]
+        determinate = kind == "ok"
+        if f == "read":
+            if not determinate:
+                continue  # an indeterminate read constrains nothing
+            value = completion.get("value")
+        else:
+            value = invoke.get("value")
+            if f == "cas" and not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise HistoryError(f"event {at}: a cas value must be [expected, new], "
+                                   f"not {value!r}")
+        return_ns = _time(completion, at) if determinate else None
+        done.append(Op(invoke.get("process"), f, invoke.get("key"), value,
+                       _time(invoke, at), return_ns))
+    return done
 
 
 def _time(event: Mapping[str, Any], at: int) -> int:
