@@ -106,6 +106,7 @@ class Node:
             self.id, peers, self.cluster.max_clock_offset_ns,
             stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
         self._clock_problem: str | None = None
+        self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
         self.peer_port = 0
 
@@ -217,11 +218,30 @@ class Node:
                     if self._clock_problem is None:
                         log.error("node %d stops serving: %s", self.id, exc)
                     self._clock_problem = str(exc)
+                    self._hand_over_leadership()
                 else:
                     if self._clock_problem is not None:
                         log.warning("node %d serves again: clock offsets back within bounds",
                                     self.id)
                     self._clock_problem = None
+
+    def _hand_over_leadership(self) -> None:
+        """Transfers away every group this node leads: a leader proposes timestamps from its
+        clock, and this clock is suspect. Repeated each check while the problem lasts."""
+        for gid, replica in self.replicas.items():
+            if not replica.node.is_leader:
+                continue
+            voters = [v for v in self.placement[gid].conf.voters if v != self.id]
+            if not voters:
+                continue  # a single-voter group has nobody to hand over to
+            target = voters[self.monitor_rotation % len(voters)]
+            self.monitor_rotation += 1
+            try:
+                replica.node.transfer_leader(target)
+                log.warning("node %d hands group %d over to node %d (clock offset)",
+                            self.id, gid, target)
+            except Exception as exc:  # lost leadership meanwhile, or closing: next check
+                log.info("node %d could not hand group %d over: %s", self.id, gid, exc)
 
     async def _ping_peer(self, peer) -> None:
         """Measures the clock offset to one peer, forever, reconnecting as needed."""

@@ -261,3 +261,14 @@ async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
                 await db.create_keyspace("c")
                 await db.run_transaction(lambda tx: tx.put("c", b"k", b"v"))
                 assert await db.read("c", b"k") == b"v"
+        # Node 3 does not keep leadership either (its proposals would carry its clock): hand
+        # it a group and watch it pass the group on.
+        group = data_group(cluster.config, "us-east")
+        with trio.fail_after(30):
+            while not skewed.replicas[group].node.is_leader:
+                leader = await _leader_of(cluster, group)
+                if leader != 3:
+                    cluster.nodes[leader].replicas[group].node.transfer_leader(3)
+                await trio.sleep(0.05)
+            while skewed.replicas[group].node.is_leader or await _leader_of(cluster, group) == 3:
+                await trio.sleep(0.05)
