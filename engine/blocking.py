@@ -479,6 +479,10 @@ class BlockingTransaction:
         """The key's value in this transaction's snapshot, or its own pending write."""
         return self._portal.call(self._tx.get, keyspace, key)
 
+    def get_many(self, keyspace: str, keys) -> list[bytes | None]:
+        """Several keys of one keyspace in one round trip, in the order given."""
+        return self._portal.call(self._tx.get_many, keyspace, list(keys))
+
     def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
         """Reads a key and adds it to the write set unchanged, so a concurrent writer of it
         conflicts with this transaction (prevents write skew under snapshot isolation)."""

@@ -478,14 +478,24 @@ class Transaction:
 
     async def get(self, keyspace: str, key: bytes | str) -> bytes | None:
         """The key's value in this transaction's snapshot, or its own pending write."""
-        stored, group = await self._locate(keyspace, key)
-        if stored in self._writes:
-            return self._writes[stored]
-        reply = await self._db._call_group(
-            group, "read", {"group": group, "keys": [stored], "ts": self.read_ts})
-        self._fix_snapshot(reply["ts"])
-        self._reads.add(stored)
-        return reply["values"][0]
+        return (await self.get_many(keyspace, [key]))[0]
+
+    async def get_many(self, keyspace: str, keys) -> list[bytes | None]:
+        """Several keys of one keyspace in one round trip: their values in this transaction's
+        snapshot (or its own pending writes), in the order given."""
+        located = [await self._locate(keyspace, key) for key in keys]
+        if not located:
+            return []
+        group = located[0][1]
+        wanted = [stored for stored, _ in located if stored not in self._writes]
+        found: dict[bytes, bytes | None] = {}
+        if wanted:
+            reply = await self._db._call_group(
+                group, "read", {"group": group, "keys": wanted, "ts": self.read_ts})
+            self._fix_snapshot(reply["ts"])
+            self._reads.update(wanted)
+            found = dict(zip(wanted, reply["values"]))
+        return [self._writes[s] if s in self._writes else found[s] for s, _ in located]
 
     async def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
         """Reads a key and adds it to the write set unchanged, so that a concurrent writer of

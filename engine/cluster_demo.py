@@ -55,8 +55,7 @@ async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, 
     async def transfer(tx, ks):
         a, b = rng.sample(range(accounts), 2)
         ka, kb = b"acct-%04d" % a, b"acct-%04d" % b
-        va = int(await tx.get(ks, ka))
-        vb = int(await tx.get(ks, kb))
+        va, vb = (int(v) for v in await tx.get_many(ks, [ka, kb]))
         amount = rng.randint(1, 10)
         await tx.put(ks, ka, b"%d" % (va - amount))
         await tx.put(ks, kb, b"%d" % (vb + amount))

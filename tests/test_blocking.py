@@ -80,6 +80,7 @@ def test_transaction_commits_on_clean_exit_with_read_your_writes(db, ks):
         tx.put(ks, "b", "2")  # text is UTF-8
         assert tx.get(ks, b"a") == b"1"  # its own pending write
         assert tx.scan(ks) == [(b"a", b"1"), (b"b", b"2")]
+        assert tx.get_many(ks, [b"b", b"zz", "a"]) == [b"2", None, b"1"]
         tx.delete(ks, b"b")
         assert tx.scan(ks) == [(b"a", b"1")]
         assert tx.commit_ts == 0

@@ -61,6 +61,13 @@ async def test_lost_update_is_refused_and_write_skew_needs_serializable():
                     await tx.put("k", b"x", b"1")
                     await tx.put("k", b"y", b"1")
 
+                # One round trip for several keys; pending writes are read back as written.
+                tx = db.transaction()
+                await tx.put("k", b"y", b"mine")
+                assert await tx.get_many("k", [b"x", b"nope", b"y"]) == [b"1", None, b"mine"]
+                await tx.rollback()
+                assert await db.read("k", b"y") == b"1"
+
                 # Two read-modify-writes of x from the same snapshot: one must lose.
                 t1, t2 = db.transaction(), db.transaction()
                 assert await t1.get("k", b"x") == b"1"
@@ -109,8 +116,7 @@ async def test_bank_invariant_under_concurrent_transfers_from_two_regions():
 
                 async def transfer(tx, rng):
                     src, dst = rng.sample(accounts, 2)
-                    s = int(await tx.get("bank", src))
-                    d = int(await tx.get("bank", dst))
+                    s, d = (int(v) for v in await tx.get_many("bank", [src, dst]))
                     amount = rng.randint(1, 20)
                     await tx.put("bank", src, b"%d" % (s - amount))
                     await tx.put("bank", dst, b"%d" % (d + amount))
