@@ -18,6 +18,7 @@ region) runs on the same cluster for ``--duration`` seconds after ``--warmup``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ import time
 import trio
 
 from engine.client import connect
-from engine.errors import TransactionConflictError
+from engine.errors import KeyspaceExistsError, TransactionConflictError
 from engine.procs import ClusterProcesses, cluster_up, wait_ready
 
 from . import _common
@@ -46,11 +47,8 @@ async def _load(cluster, addresses) -> None:
     async with connect(addresses[regions[0]], region=regions[0]) as db:
         for r in regions:
             ks = f"bench-{r}"
-            try:
+            with contextlib.suppress(KeyspaceExistsError):
                 await db.create_keyspace(ks, home_region=r)
-            except Exception as exc:  # an existing keyspace from an earlier run is fine
-                if "already exists" not in str(exc):
-                    raise
             for lo in range(0, KEYS, 200):
                 async with db.transaction() as tx:
                     for i in range(lo, min(KEYS, lo + 200)):

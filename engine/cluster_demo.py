@@ -16,6 +16,7 @@ interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import sys
@@ -27,8 +28,8 @@ from pathlib import Path
 import trio
 
 from .client import connect
-from .errors import MeridianError, TransactionConflictError
-from .procs import ClusterProcesses, _describe_all, cluster_up, wait_ready
+from .errors import KeyspaceExistsError, MeridianError, TransactionConflictError
+from .procs import ClusterProcesses, describe_all, cluster_up, wait_ready
 
 INITIAL_BALANCE = 1000
 
@@ -101,11 +102,8 @@ async def _run(procs: ClusterProcesses, seconds: float, clients_per_region: int,
     async with connect(addresses[regions[0]], region=regions[0]) as admin:
         for r in regions:
             ks = f"bank-{r}"
-            try:
+            with contextlib.suppress(KeyspaceExistsError):  # a --dir reused from a run before
                 await admin.create_keyspace(ks, home_region=r)
-            except MeridianError as exc:
-                if "already exists" not in str(exc):
-                    raise
             async with admin.transaction() as tx:
                 for i in range(accounts):
                     await tx.put(ks, b"acct-%04d" % i, b"%d" % INITIAL_BALANCE)
@@ -159,7 +157,7 @@ async def _progress(stats: _Stats, stop_at: float, out) -> None:
 async def _learner_lag(cluster) -> dict[tuple[int, str], float]:
     """For each data group and each region, how far (ms) the region's replicas' closed
     timestamp trails the leader's."""
-    status = await _describe_all(cluster)
+    status = await describe_all(cluster)
     leaders: dict[int, int] = {}
     by_node: dict[tuple[int, int], int] = {}
     for node_id, s in status.items():

@@ -116,9 +116,10 @@ def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                   *, serializable: bool = False) -> bytes:
     """The entry data of a one-phase commit (see the module docstring)."""
+    # msgpack writes tuples and lists alike, as arrays: the pairs go in as they are.
     return msgpack.packb(
         [CMD_COMMIT, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
-         [[k, v] for k, v in writes], list(reads)],
+         writes, reads],
         use_bin_type=True)
 
 

@@ -16,6 +16,7 @@ processes are missing. Nodes can be stopped and started again (:meth:`LocalClust
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import tempfile
@@ -148,7 +149,9 @@ async def open_local_cluster(
             election_ticks=cluster.election_ticks, heartbeat_ticks=cluster.heartbeat_ticks,
             wan_latency_ms=cluster.wan_latency_ms, limits=limits or cluster.limits,
             meta_regions=cluster.meta_regions)
-    with _directory(directory) as path:
+    with (contextlib.nullcontext(directory) if directory is not None
+          else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
+        Path(path).mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
             lc = LocalCluster(nursery, cluster, Path(path), seed)
             for node in cluster.all_nodes():
@@ -159,19 +162,3 @@ async def open_local_cluster(
             finally:
                 nursery.cancel_scope.cancel()
 
-
-class _directory:
-    def __init__(self, path: str | None) -> None:
-        self._path = path
-        self._tmp: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> str:
-        if self._path is not None:
-            Path(self._path).mkdir(parents=True, exist_ok=True)
-            return self._path
-        self._tmp = tempfile.TemporaryDirectory(prefix="meridian-local-")
-        return self._tmp.name
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()

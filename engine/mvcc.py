@@ -497,12 +497,12 @@ class MVCCStore(Resource):
                 if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
                     key = _check_key(key, "key")
                 if value is None:
-                    append((key.replace(b"\x00", b"\x00\xff") + end, _TOMBSTONE))
+                    tagged = _TOMBSTONE
                 elif type(value) is bytes and len(value) <= MAX_VALUE_SIZE:
-                    append((key.replace(b"\x00", b"\x00\xff") + end, _VALUE_TAG + value))
+                    tagged = _VALUE_TAG + value
                 else:
-                    append((key.replace(b"\x00", b"\x00\xff") + end,
-                            _VALUE_TAG + _check_value(value)))
+                    tagged = _VALUE_TAG + _check_value(value)
+                append((key.replace(b"\x00", b"\x00\xff") + end, tagged))
         # LMDB inserts sorted keys with far fewer page touches (the cursor stays on its leaf);
         # the sort is stable, so for a repeated key the last write is still put last and wins.
         items.sort(key=itemgetter(0))

@@ -10,9 +10,9 @@ Data directory
 --------------
 ::
 
-    DIR/LOCK                       flock: one node process per directory
-    DIR/IDENTITY                   msgpack {"cluster": name, "node": id}: a directory is never
-                                   reused by another node or cluster by mistake
+    DIR/IDENTITY                   a DurableState holding msgpack {"cluster": name, "node": id}:
+                                   a directory is never reused by another node or cluster by
+                                   mistake, and its flock keeps it to one node process
     DIR/groups/<id>/raft/          the group's Raft log, hard state and snapshot
     DIR/groups/<id>/state/         the group's MVCC store
 
@@ -40,9 +40,7 @@ ARCH §5, which assume bounded skew.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -59,7 +57,9 @@ from raft.tcp import serve_tcp_transport
 from raft.transport import LinkModel
 
 from . import catalog as cat
+from ._fs import makedirs_durable, storage_error
 from .config import NodeConfig
+from .durable import DurableState
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -70,7 +70,7 @@ from .errors import (
     StoreLockedError,
     TransactionConflictError,
 )
-from .group import GroupStateMachine
+from .group import GroupStateMachine, Outcome
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
 from .placement import META_GROUP, data_group, placement
@@ -122,8 +122,8 @@ class Node:
         cancellation everything closes in order (groups, stores, transport, files)."""
         directory = Path(self.config.data_dir)
         with contextlib.ExitStack() as files:
-            files.enter_context(_lock_directory(directory))
-            _check_identity(directory, self.cluster.name, self.id)
+            identity = _open_identity(directory, self.cluster.name, self.id)
+            files.callback(identity.close)
             me = self.cluster.node(self.id)
             async with trio.open_nursery() as nursery:
                 transport = await nursery.start(self._serve_transport, me)
@@ -396,7 +396,7 @@ class Node:
                                       serializable=bool(p.get("serializable", False)))
         if result.committed:
             return {"ts": result.ts}
-        if result.outcome.value == "conflict":
+        if result.outcome is Outcome.CONFLICT:
             key = result.key
             raise TransactionConflictError(
                 f"transaction {txn_id:#x} conflicts ({result.reason}"
@@ -512,34 +512,30 @@ async def run_node(config: NodeConfig, *, seed: int | None = None,
     await Node(config, seed=seed).run(task_status=task_status)
 
 
-@contextlib.contextmanager
-def _lock_directory(directory: Path):
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _open_identity(directory: Path, cluster: str, node_id: int) -> DurableState:
+    """Opens ``DIR/IDENTITY`` (a :class:`DurableState`, whose flock keeps the directory to one
+    node process) and checks, or on first use records, whose directory this is."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(f"data directory {directory} is in use by another "
-                                   f"node process") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _check_identity(directory: Path, cluster: str, node_id: int) -> None:
-    path = directory / "IDENTITY"
+        makedirs_durable(directory)
+    except OSError as exc:
+        raise storage_error(exc, f"cannot create data directory {directory}") from None
     want = {"cluster": cluster, "node": node_id}
     try:
-        have = msgpack.unpackb(path.read_bytes(), raw=False)
-    except FileNotFoundError:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgpack.packb(want))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return
-    if have != want:
-        raise InvalidArgumentError(
-            f"data directory {directory} belongs to node {have.get('node')} of cluster "
-            f"{have.get('cluster')!r}, not node {node_id} of cluster {cluster!r}")
+        identity = DurableState(directory / "IDENTITY")
+    except StoreLockedError:
+        raise StoreLockedError(f"data directory {directory} is in use by another node "
+                               f"process") from None
+    try:
+        raw = identity.load()
+        if raw is None:
+            identity.store(msgpack.packb(want))
+            return identity
+        have = msgpack.unpackb(raw, raw=False)
+        if have != want:
+            raise InvalidArgumentError(
+                f"data directory {directory} belongs to node {have.get('node')} of cluster "
+                f"{have.get('cluster')!r}, not node {node_id} of cluster {cluster!r}")
+    except BaseException:
+        identity.close()
+        raise
+    return identity

@@ -34,7 +34,8 @@ from .errors import InvalidArgumentError, UnavailableError
 from .local import free_base_port
 from .rpc import connect_rpc
 
-__all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "wait_ready"]
+__all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "describe_all",
+           "wait_ready"]
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -179,7 +180,8 @@ def cluster_up(directory: str | os.PathLike[str], *,
     return procs
 
 
-async def _describe_all(cluster: ClusterConfig) -> dict[int, Any]:
+async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:
+    """Every node's ``status`` answer, or ``{"error": ...}`` for a node that gave none."""
     out: dict[int, Any] = {}
 
     async def one(node):
@@ -201,7 +203,7 @@ async def wait_ready(cluster: ClusterConfig, timeout_s: float = READY_TIMEOUT_S)
     deadline = trio.current_time() + timeout_s
     last = "no answer yet"
     while trio.current_time() < deadline:
-        status = await _describe_all(cluster)
+        status = await describe_all(cluster)
         down = [n for n, s in status.items() if "error" in s]
         leaders: dict[int, set[int]] = {}
         for s in status.values():
@@ -223,7 +225,7 @@ def cluster_down(directory: str | os.PathLike[str]) -> list[int]:
 
 def cluster_status(directory: str | os.PathLike[str]) -> dict[int, Any]:
     cluster = ClusterProcesses(directory).load_cluster()
-    return trio.run(_describe_all, cluster)
+    return trio.run(describe_all, cluster)
 
 
 def format_status(cluster: ClusterConfig, status: Mapping[int, Any]) -> str:

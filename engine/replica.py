@@ -32,7 +32,7 @@ import trio
 
 from raft.types import ProposalDroppedError, RaftError
 
-from .errors import AmbiguousCommitError, NotLeaderError
+from .errors import AmbiguousCommitError, InvalidArgumentError, NotLeaderError
 from .group import CommitResult, GroupStateMachine, encode_close, encode_commit
 from .mvcc import MAX_TS
 
@@ -123,7 +123,7 @@ class GroupReplica:
 
     def check_readable(self, ts: int) -> None:
         if not 0 < ts <= self.sm.closed_ts:
-            raise ValueError(f"timestamp {ts} is not closed in group {self.group} "
+            raise InvalidArgumentError(f"timestamp {ts} is not closed in group {self.group} "
                              f"(closed: {self.sm.closed_ts})")
 
     def get(self, key: bytes, ts: int) -> bytes | None:
@@ -167,7 +167,7 @@ class GroupReplica:
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""
         if self.close_interval <= 0:
-            await trio.sleep_forever()
+            return
         while True:
             await trio.sleep(self.close_interval)
             if not self.node.is_leader:

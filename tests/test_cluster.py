@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -278,3 +279,20 @@ async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
                 await trio.sleep(0.05)
             while skewed.replicas[group].node.is_leader or await _leader_of(cluster, group) == 3:
                 await trio.sleep(0.05)
+
+
+async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_path):
+    from engine.config import NodeConfig
+    from engine.node import Node
+
+    async with open_local_cluster(("us-east",), 1, directory=str(tmp_path), seed=9) as cluster:
+        cfg = NodeConfig(node_id=1, data_dir=str(tmp_path / "node-1"), cluster=cluster.config)
+        with pytest.raises(errors.StoreLockedError, match="in use"):
+            async with trio.open_nursery() as n:
+                await n.start(Node(cfg).run)
+        await cluster.stop_node(1)
+    other = dataclasses.replace(cluster.config, name="another")
+    cfg = NodeConfig(node_id=1, data_dir=str(tmp_path / "node-1"), cluster=other)
+    with pytest.raises(errors.InvalidArgumentError, match="belongs to node 1 of cluster 'local'"):
+        async with trio.open_nursery() as n:
+            await n.start(Node(cfg).run)
