@@ -55,7 +55,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bench.wgl import HistoryError, load_history, pair_operations
+from bench.wgl import HistoryError, load_history, pair_operations, run_checker
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -247,28 +247,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Checks ``args.history``; returns 0 (valid), 1 (invalid) or 2 (bad input)."""
-    try:
-        result = check(load_history(args.history), accounts=args.accounts, total=args.total,
-                       allow_negative=args.allow_negative, max_reported=args.max_reported)
-    except (OSError, ValueError) as e:
-        print(f"{args.history}: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2, default=repr))
-        return 0 if result["valid"] else 1
-    s = result["stats"]
-    print(f"{args.history}: {s['reads']} reads checked ({s['reads_fail']} failed, "
-          f"{s['reads_info']} unknown); transfers: {s['transfers_ok']} ok, "
-          f"{s['transfers_fail']} failed, {s['transfers_info']} unknown")
-    print("valid" if result["valid"] else f"NOT valid: {', '.join(result['anomaly_types'])}")
-    for kind in result["anomaly_types"]:
-        count = s["anomaly_counts"][kind]
-        print(f"\n{kind}: {count} found")
-        for entry in result["anomalies"][kind][:args.show]:
-            print(f"  {entry['explanation']}")
-        if count > args.show:
-            print(f"  ... and {count - args.show} more")
-    return 0 if result["valid"] else 1
+    return run_checker(
+        args,
+        lambda history: check(history, accounts=args.accounts, total=args.total,
+                              allow_negative=args.allow_negative,
+                              max_reported=args.max_reported),
+        lambda s: (f"{s['reads']} reads checked ({s['reads_fail']} failed, {s['reads_info']} "
+                   f"unknown); transfers: {s['transfers_ok']} ok, {s['transfers_fail']} "
+                   f"failed, {s['transfers_info']} unknown"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -638,6 +638,32 @@ def check(
 
 
 # ------------------------------------------------------------------------------------ the CLI
+
+def run_checker(args: argparse.Namespace, check_history: Callable[[list], dict[str, Any]],
+                summary: Callable[[dict[str, Any]], str]) -> int:
+    """The body of a checker's command line: loads ``args.history``, checks it, prints the
+    result (``--json``, or ``summary(stats)``, the verdict and up to ``args.show`` anomalies of
+    each kind); returns 0 (valid), 1 (invalid) or 2 (unreadable history)."""
+    try:
+        result = check_history(load_history(args.history))
+    except (OSError, ValueError) as e:
+        print(f"{args.history}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=repr))
+        return 0 if result["valid"] else 1
+    s = result["stats"]
+    print(f"{args.history}: {summary(s)}")
+    print("valid" if result["valid"] else f"NOT valid: {', '.join(result['anomaly_types'])}")
+    for kind in result["anomaly_types"]:
+        count = s["anomaly_counts"][kind]
+        print(f"\n{kind}: {count} found")
+        for entry in result["anomalies"][kind][:args.show]:
+            print(f"  {entry['explanation']}")
+        if count > args.show:
+            print(f"  ... and {count - args.show} more")
+    return 0 if result["valid"] else 1
+
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

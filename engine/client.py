@@ -19,17 +19,31 @@ Example::
 Transactions
 ------------
 ``async with db.transaction() as tx`` buffers writes in the client (reads see them: read your
-writes) and commits when the block ends without an exception (rolls back otherwise). The first
-read in a group fixes the transaction's snapshot there: the group's leader answers with a
-timestamp that covers every commit acknowledged before the read, and every later read of the
-transaction is served at that timestamp. Commit is one message to the group's leader; the
-group's adjudicator accepts it only if no key it writes was committed by someone else after its
-snapshot (``isolation="serializable"``: no key it read either), so lost updates (and, when
-serializable, write skew) cannot happen. A refused commit raises
-:class:`~engine.errors.TransactionConflictError`; :meth:`Database.run_transaction` runs the
-function again with jittered exponential backoff. A read-only transaction is never sent for
-validation. For now a transaction's keys must all live in one group (keyspaces homed in the
-same region); cross-region transactions come with two-phase commit.
+writes) and commits when the block ends without an exception (rolls back otherwise). The
+first read fixes the transaction's snapshot: the group's leader answers with a timestamp that
+covers every commit acknowledged before the read (its closed timestamp after a ReadIndex), and
+every later read is served at that timestamp. A transaction may use keyspaces homed in any
+region. Its first read in another group asks that group's leader for a snapshot at or above
+the one it has; when the group's is newer (it may hold a commit acknowledged before this
+transaction began, which the snapshot must include: no stale reads), the transaction *moves*
+its snapshot up to it, after checking that nothing it has read elsewhere changed in between
+(a refresh; a key that changed is a conflict). A read that had to wait for another
+transaction's intent, which then committed above the snapshot, moves it the same way.
+
+Commit: writes in one group are one message to its leader, validated by the group's
+adjudicator (one-phase commit). Writes in several groups commit with two-phase commit, the
+client coordinating: every group prepares in parallel (validates, and installs intents); the
+commit timestamp is the largest prepare timestamp; the decision is made durable in the
+transaction record on the *primary* group (one in the client's region, when there is one)
+before ``commit`` returns; the other groups' intents are resolved in the background. If the
+client dies in between, whoever meets an intent after its deadline finishes the transaction
+from its record (aborting it there first if it was undecided). A group accepts a write only if
+no key it writes was committed by someone else after the snapshot (``isolation=
+"serializable"``: no key it read either; in a two-group transaction the read keys are locked
+from prepare to resolution), so lost updates (and, when serializable, write skew) cannot
+happen. A refused commit raises :class:`~engine.errors.TransactionConflictError`;
+:meth:`Database.run_transaction` runs the function again with jittered exponential backoff. A
+read-only transaction is never sent for validation.
 
 Timeouts are cancel scopes: wrap any call in ``trio.move_on_after`` / ``fail_after``. Each call
 also gives up after ``request_timeout_s`` of retrying with :class:`~engine.errors.UnavailableError`.
@@ -103,6 +117,10 @@ __all__ = ["connect", "Database", "Transaction", "ISOLATION_LEVELS"]
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
 KEYSPACE_CACHE_S = 5.0
+MAX_SNAPSHOT_MOVES = 8
+"""How many times one read may move a transaction's snapshot before giving up (a conflict)."""
+BACKGROUND_DRAIN_S = 2.0
+"""How long closing a connection waits for intents it is still resolving in the background."""
 """How long a keyspace's catalog record is used before it is looked up again."""
 _T = TypeVar("_T")
 
@@ -153,7 +171,8 @@ class Database:
     """A connection to a cluster. Create it with :func:`connect`."""
 
     def __init__(self, nursery: trio.Nursery, describe: dict, region: str, *,
-                 request_timeout_s: float, simulate_wan: bool) -> None:
+                 request_timeout_s: float, simulate_wan: bool,
+                 clock: HybridClock | None = None) -> None:
         self._nursery = nursery
         self.region = region
         self.cluster = describe["cluster"]
@@ -172,7 +191,7 @@ class Database:
             for a, b, ms in describe["wan_latency_ms"]:
                 self._latency[(a, b)] = self._latency[(b, a)] = ms / 1000.0
         self.limits = describe["limits"]
-        self.clock = HybridClock(max_offset_ns=describe["max_clock_offset_ns"])
+        self.clock = clock or HybridClock(max_offset_ns=describe["max_clock_offset_ns"])
         self._request_timeout_s = request_timeout_s
         self._conns: dict[int, Any] = {}
         self._connecting: dict[int, trio.Event] = {}
@@ -180,6 +199,8 @@ class Database:
         self._keyspace_fetched: dict[str, float] = {}
         self._rng = random.Random(secrets.randbits(64))
         self._closed = False
+        self._background = 0
+        self._background_done = trio.Event()
 
     # ------------------------------------------------------------------ catalog
 
@@ -270,10 +291,20 @@ class Database:
         stored = encode_key(ks.id, _check_key(key))
         group = self.group_of(ks)
         if staleness is None:
-            reply = await self._call_group(group, "read", {"group": group, "keys": [stored]})
+            payload: dict = {"group": group, "keys": [stored]}
+            for _ in range(MAX_SNAPSHOT_MOVES):
+                try:
+                    reply = await self._call_group(group, "read", payload)
+                    break
+                except _Restart as restart:
+                    # A transaction this read waited for committed above its snapshot:
+                    # read again at (or above) that commit.
+                    payload = {"group": group, "keys": [stored], "ts": 0, "min_ts": restart.ts}
+            else:
+                raise UnavailableError(f"group {group}: the read's snapshot kept moving")
         else:
             kind, ns = _parse_staleness(staleness)
-            payload = {"group": group, "keys": [stored]}
+            payload = {"group": group, "keys": [stored], "stale": True}
             if kind == "exact":
                 payload["ts"] = max(1, self.clock.now() - ns)
             else:
@@ -290,6 +321,33 @@ class Database:
             except (MeridianError, OSError) as exc:
                 out[node.id] = {"error": str(exc)}
         return out
+
+    # ------------------------------------------------------------------ background
+
+    def _resolve_later(self, group: int, txn_id: int, commit_ts: int) -> None:
+        """Resolves a transaction's intents in ``group`` after the caller has been answered
+        (the second phase of two-phase commit is asynchronous). If this fails, or the
+        connection closes first, the group's leader finishes the transaction from its record
+        after the intents' deadline."""
+        self._background += 1
+        self._nursery.start_soon(self._resolve, group, txn_id, commit_ts)
+
+    async def _resolve(self, group: int, txn_id: int, commit_ts: int) -> None:
+        try:
+            with trio.move_on_after(self._request_timeout_s):
+                await self._call_group(group, "resolve", {"group": group, "txn_id": txn_id,
+                                                          "commit_ts": commit_ts})
+        except (MeridianError, OSError):
+            pass  # recovery finishes it
+        finally:
+            self._background -= 1
+            if not self._background:
+                self._background_done.set()
+                self._background_done = trio.Event()
+
+    async def _drain(self) -> None:
+        while self._background:
+            await self._background_done.wait()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -416,8 +474,20 @@ class Database:
                                f"answered ({last})")
 
 
+class _Restart(Exception):
+    """A read must move its snapshot up to ``ts`` (never escapes the library)."""
+
+    def __init__(self, ts: int) -> None:
+        super().__init__(ts)
+        self.ts = ts
+
+
 def _translate(exc: RemoteError) -> BaseException:
     """A node's error code as the library's exception."""
+    if exc.code == "restart":
+        ts = exc.details.get("ts")
+        if type(ts) is int and ts > 0:
+            return _Restart(ts)
     if exc.code == "conflict":
         key = exc.details.get("key")
         if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
@@ -448,6 +518,15 @@ def _check_key(key: object) -> bytes:
     return k
 
 
+@dataclass
+class _GroupReads:
+    """What a transaction read in one group: refreshed when its snapshot moves, validated
+    (serializable) at commit."""
+
+    keys: set[bytes]
+    spans: list[list]
+
+
 class Transaction:
     """A transaction (see the module docstring). Not safe to share between tasks."""
 
@@ -455,11 +534,10 @@ class Transaction:
         self._db = db
         self.isolation = isolation
         self.txn_id = secrets.randbits(63) + 1
-        self._group: int | None = None
-        self._group_region = ""
         self.read_ts = 0
+        self._visited: dict[int, _GroupReads] = {}
         self._writes: dict[bytes, bytes | None] = {}
-        self._reads: set[bytes] = set()
+        self._write_group: dict[bytes, int] = {}
         self._bytes = 0
         self._state = "open"
         self._started = trio.current_time()
@@ -490,10 +568,8 @@ class Transaction:
         wanted = [stored for stored, _ in located if stored not in self._writes]
         found: dict[bytes, bytes | None] = {}
         if wanted:
-            reply = await self._db._call_group(
-                group, "read", {"group": group, "keys": wanted, "ts": self.read_ts})
-            self._fix_snapshot(reply["ts"])
-            self._reads.update(wanted)
+            reply = await self._read(group, "read", {"keys": wanted})
+            self._visited[group].keys.update(wanted)
             found = dict(zip(wanted, reply["values"]))
         return [self._writes[s] if s in self._writes else found[s] for s, _ in located]
 
@@ -502,9 +578,9 @@ class Transaction:
         it conflicts with this transaction (the way to prevent write skew under snapshot
         isolation, like ``SELECT ... FOR UPDATE``)."""
         value = await self.get(keyspace, key)
-        stored, _ = await self._locate(keyspace, key)
+        stored, group = await self._locate(keyspace, key)
         if stored not in self._writes:
-            self._buffer(stored, value)
+            self._buffer(stored, group, value)
         return value
 
     async def scan(self, keyspace: str, start: bytes | str = b"", end: bytes | str | None = None,
@@ -516,19 +592,21 @@ class Transaction:
         between them)."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or None")
+        self._check_open()
         ks = await self._db.keyspace(keyspace)
         lo, hi = keyspace_bounds(ks.id)
         s = encode_key(ks.id, _as_bytes(start, "start")) if start else lo
         e = encode_key(ks.id, _as_bytes(end, "end")) if end is not None else hi
-        group = self._bind(ks)
+        group = self._db.group_of(ks)
         mine = {k: v for k, v in self._writes.items() if s <= k < e}
         fetch = None if limit is None else limit + len(mine)
-        reply = await self._db._call_group(
-            group, "scan", {"group": group, "start": s, "end": e, "limit": fetch,
-                            "reverse": reverse, "ts": self.read_ts})
-        self._fix_snapshot(reply["ts"])
+        reply = await self._read(group, "scan", {"start": s, "end": e, "limit": fetch,
+                                                 "reverse": reverse})
+        reads = self._visited[group]
+        # A limited reverse scan saw the end of the span: refreshing it compares all of it.
+        reads.spans.append([s, e, None if reverse else fetch])
         merged = {k: v for k, v in reply["items"]}
-        self._reads.update(merged)
+        reads.keys.update(merged)
         merged.update(mine)
         items = sorted(((k, v) for k, v in merged.items() if v is not None), reverse=reverse)
         if limit is not None:
@@ -536,19 +614,23 @@ class Transaction:
         return [(decode_key(k)[1], v) for k, v in items]
 
     async def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
-        stored, _ = await self._locate(keyspace, key)
+        stored, group = await self._locate(keyspace, key)
         v = _as_bytes(value, "value")
         if len(v) > self._db.limits["max_value_size"]:
             raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
                                       f"{self._db.limits['max_value_size']}")
-        self._buffer(stored, v)
+        self._buffer(stored, group, v)
 
     async def delete(self, keyspace: str, key: bytes | str) -> None:
-        stored, _ = await self._locate(keyspace, key)
-        self._buffer(stored, None)
+        stored, group = await self._locate(keyspace, key)
+        self._buffer(stored, group, None)
 
     async def commit(self) -> None:
-        """Commits, or raises :class:`TransactionConflictError` (nothing was written)."""
+        """Commits, or raises :class:`TransactionConflictError` (nothing was written).
+
+        Writes in one group commit with one message to its leader. Writes in several groups
+        (keyspaces homed in different regions) commit with two-phase commit: see the module
+        docstring."""
         self._check_open()
         self._state = "committing"
         try:
@@ -560,13 +642,17 @@ class Transaction:
                 raise TransactionConflictError(
                     f"transaction ran longer than the maximum lifetime ({lifetime} s)",
                     "too_old")
-            payload = {"group": self._group, "txn_id": self.txn_id, "read_ts": self.read_ts,
-                       "writes": [[k, v] for k, v in self._writes.items()],
-                       "serializable": self.isolation == "serializable"}
-            if self.isolation == "serializable":
-                payload["reads"] = sorted(self._reads)
-            reply = await self._db._call_group(self._group, "commit", payload, commit=True)
-            self.commit_ts = reply["ts"]
+            writes: dict[int, list] = {}
+            for k, v in self._writes.items():
+                writes.setdefault(self._write_group[k], []).append([k, v])
+            serializable = self.isolation == "serializable"
+            participants = set(writes)
+            if serializable:
+                participants.update(g for g, r in self._visited.items() if r.keys)
+            if len(participants) == 1:
+                await self._commit_one(participants.pop(), writes, serializable)
+            else:
+                await self._commit_two_phase(sorted(participants), writes, serializable)
             self._state = "committed"
         except BaseException:
             self._state = "failed"
@@ -574,6 +660,148 @@ class Transaction:
 
     async def rollback(self) -> None:
         self._discard()
+
+    # ------------------------------------------------------------------ commit protocols
+
+    async def _commit_one(self, group: int, writes: dict[int, list], serializable: bool) -> None:
+        payload = {"group": group, "txn_id": self.txn_id, "read_ts": self.read_ts,
+                   "writes": writes.get(group, []), "serializable": serializable}
+        if serializable and group in self._visited:
+            payload["reads"] = sorted(self._visited[group].keys)
+        reply = await self._db._call_group(group, "commit", payload, commit=True)
+        self.commit_ts = reply["ts"]
+
+    async def _commit_two_phase(self, groups: list[int], writes: dict[int, list],
+                                serializable: bool) -> None:
+        """Prepare everywhere in parallel; the decision is durable on the primary group
+        before this returns; the other groups' intents are resolved in the background."""
+        db = self._db
+        here = [g for g in groups if db._groups[g]["region"] == db.region]
+        primary = here[0] if here else groups[0]
+        prepared: dict[int, int] = {}
+        failures: list[BaseException] = []
+
+        async def prepare(group: int) -> None:
+            group_writes = writes.get(group, [])
+            payload = {"group": group, "txn_id": self.txn_id, "read_ts": self.read_ts,
+                       "writes": group_writes, "primary": primary,
+                       "serializable": serializable}
+            reads = self._visited.get(group)
+            if serializable and reads is not None:
+                # Read keys are locked until the transaction finishes: validated at its
+                # snapshot now, and no other writer can commit them before its commit
+                # timestamp (which is not known yet).
+                written = {w[0] for w in group_writes}
+                payload["locks"] = sorted(k for k in reads.keys if k not in written)
+            try:
+                reply = await db._call_group(group, "prepare", payload, commit=True)
+            except (MeridianError, OSError) as exc:
+                failures.append(exc)
+            else:
+                prepared[group] = reply["ts"]
+
+        async with trio.open_nursery() as nursery:
+            for group in groups:
+                nursery.start_soon(prepare, group)
+        if failures:
+            await self._abort_prepared(primary, prepared)
+            conflict = next((f for f in failures if isinstance(f, TransactionConflictError)),
+                            None)
+            if conflict is not None:
+                raise conflict
+            raise UnavailableError(f"transaction {self.txn_id:#x} was aborted: a group could "
+                                   f"not prepare it ({failures[0]})") from failures[0]
+        commit_ts = max(prepared.values())
+        reply = await db._call_group(primary, "decide", {
+            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts}, commit=True)
+        if not reply["committed"]:
+            # Somebody found its intents past their deadline and aborted it first.
+            for group in prepared:
+                if group != primary:
+                    db._resolve_later(group, self.txn_id, 0)
+            raise TransactionConflictError(
+                f"transaction {self.txn_id:#x} was aborted: it did not commit before its "
+                f"intents' deadline", "aborted")
+        self.commit_ts = reply["ts"]
+        for group in prepared:
+            if group != primary:
+                db._resolve_later(group, self.txn_id, commit_ts)
+
+    async def _abort_prepared(self, primary: int, prepared: dict[int, int]) -> None:
+        """Records the abort on the primary (so that no recovery can commit it) and removes
+        the intents already installed; anything left over is recovered after the deadline."""
+        try:
+            await self._db._call_group(primary, "decide", {
+                "group": primary, "txn_id": self.txn_id, "commit_ts": 0}, commit=True)
+        except (MeridianError, OSError):
+            return  # undecided: the intents' recovery will abort it
+        for group in prepared:
+            if group != primary:
+                self._db._resolve_later(group, self.txn_id, 0)
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def _read(self, group: int, method: str, payload: dict) -> dict:
+        """A read in ``group`` at this transaction's snapshot.
+
+        The first read anywhere fixes the snapshot: the group's leader answers with a
+        timestamp that covers every commit acknowledged before it (see the module
+        docstring). The first read in another group asks for a snapshot at or above that
+        one; if that group's is newer — it may hold commits acknowledged before this
+        transaction began — the snapshot moves up to it, after checking that nothing this
+        transaction read elsewhere changed in between (a *refresh*); otherwise the
+        transaction could miss a commit that finished before it started."""
+        self._check_open()
+        db = self._db
+        for _ in range(MAX_SNAPSHOT_MOVES):
+            body = {**payload, "group": group}
+            if self.read_ts and group not in self._visited:
+                body["ts"], body["min_ts"] = 0, self.read_ts
+            else:
+                body["ts"] = self.read_ts
+            try:
+                reply = await db._call_group(group, method, body)
+            except _Restart as restart:
+                await self._move_snapshot(restart.ts)
+                continue
+            ts = reply["ts"]
+            if ts > self.read_ts:
+                await self._move_snapshot(ts)
+            self._visited.setdefault(group, _GroupReads(set(), []))
+            return reply
+        raise TransactionConflictError(
+            f"transaction {self.txn_id:#x}: its snapshot moved {MAX_SNAPSHOT_MOVES} times in "
+            f"one read", "refresh")
+
+    async def _move_snapshot(self, ts: int) -> None:
+        """Moves the snapshot up to ``ts`` if nothing read so far changed in between."""
+        if ts <= self.read_ts:
+            return
+        if self.read_ts == 0:
+            self.read_ts = ts
+            return
+        db = self._db
+        changed: list[tuple[int, dict]] = []
+
+        async def refresh(group: int, reads: _GroupReads) -> None:
+            reply = await db._call_group(group, "refresh", {
+                "group": group, "keys": sorted(reads.keys), "spans": reads.spans,
+                "from_ts": self.read_ts, "to_ts": ts})
+            if not reply["ok"]:
+                changed.append((group, reply))
+
+        async with trio.open_nursery() as nursery:
+            for group, reads in self._visited.items():
+                if reads.keys or reads.spans:
+                    nursery.start_soon(refresh, group, reads)
+        if changed:
+            key = changed[0][1].get("key")
+            if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
+                key = decode_key(key)[1]
+            raise TransactionConflictError(
+                f"transaction {self.txn_id:#x}: a key it read changed before it could move its "
+                f"snapshot to a newer group's ({changed[0][1].get('reason')})", "refresh", key)
+        self.read_ts = ts
 
     # ------------------------------------------------------------------ internals
 
@@ -586,32 +814,17 @@ class Transaction:
         if self._state != "open":
             raise TransactionClosedError(f"transaction {self.txn_id:#x} is {self._state}")
 
-    def _fix_snapshot(self, ts: int) -> None:
-        if self.read_ts == 0:
-            self.read_ts = ts
-
-    def _bind(self, ks: Keyspace) -> int:
-        self._check_open()
-        group = self._db.group_of(ks)
-        if self._group is None:
-            self._group, self._group_region = group, ks.home
-        elif group != self._group:
-            raise InvalidArgumentError(
-                f"this transaction already uses keys homed in {self._group_region}; keyspace "
-                f"{ks.name!r} is homed in {ks.home}, and transactions across regions are "
-                f"not supported by this version")
-        return group
-
     async def _locate(self, keyspace: str, key) -> tuple[bytes, int]:
+        self._check_open()
         ks = await self._db.keyspace(keyspace)
-        group = self._bind(ks)
+        group = self._db.group_of(ks)
         k = _check_key(key)
         limit = self._db.limits["max_key_size"]
         if len(k) > limit:
             raise RecordTooLargeError(f"key of {len(k)} bytes: the limit is {limit}")
         return encode_key(ks.id, k), group
 
-    def _buffer(self, stored: bytes, value: bytes | None) -> None:
+    def _buffer(self, stored: bytes, group: int, value: bytes | None) -> None:
         self._check_open()
         limits = self._db.limits
         if stored not in self._writes and len(self._writes) >= limits["max_txn_keys"]:
@@ -624,6 +837,7 @@ class Transaction:
             raise LimitExceededError(f"more than {limits['max_txn_bytes']} bytes written in "
                                      f"one transaction")
         self._writes[stored] = value
+        self._write_group[stored] = group
 
 
 @asynccontextmanager
@@ -672,6 +886,8 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
                       request_timeout_s=request_timeout_s, simulate_wan=simulate_wan)
         try:
             yield db
+            with trio.move_on_after(BACKGROUND_DRAIN_S):
+                await db._drain()
         finally:
             db._closed = True
             nursery.cancel_scope.cancel()

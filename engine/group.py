@@ -12,11 +12,40 @@ An entry's data is one msgpack array whose first element says what it is:
     A one-phase commit (ARCH §5.5, the single-group path). ``writes`` is a list of
     ``[key, value]`` pairs (value ``nil`` deletes), ``reads`` a list of keys (checked only when
     ``flags & SERIALIZABLE``). ``read_ts`` 0 means "no snapshot read": the transaction only
-    wrote blindly, and is validated as if its snapshot were everything applied before it.
+    wrote blindly, and is validated as if its snapshot were everything applied before it. An
+    optional eighth element, ``merges``, lists writes to regional keyspaces as ``[key,
+    resolver, value]``: each is merged into the key's cell (see :mod:`engine.merge`) with
+    this group's region as origin, and recorded in the group's *outbox* for the other regions.
 ``[CLOSE, proposed_ts]``
     Closes timestamps up to ``proposed_ts`` and writes nothing. A leader proposes one when a
     read needs a stable snapshot above the current closed timestamp, and periodically while idle
     so that learners' reads at bounded staleness stay servable.
+``[PREPARE, txn_id, read_ts, proposed_ts, flags, writes, reads, locks, primary, deadline]``
+    The first phase of a two-phase commit (ARCH §5.5, several groups). Validated like a
+    COMMIT; if accepted, each written key (and each key of ``locks``: keys the transaction
+    read and must keep unchanged until it finishes, for serializable transactions) gets an
+    *intent* of the transaction at the entry's timestamp, the *prepare timestamp*, instead of a
+    version. ``primary`` is the group that holds the transaction's record, ``deadline`` the
+    timestamp after which anyone may finish the transaction from that record. Preparing a
+    transaction that is already prepared here answers the same prepare timestamp again.
+``[DECIDE, txn_id, proposed_ts, commit_ts]``
+    On the primary group only: writes the transaction's record — committed at ``commit_ts``,
+    or aborted when ``commit_ts`` is 0 — unless a record exists already, in which case that
+    record is the answer: the first decision in the log wins, which is what lets a reader that
+    finds an abandoned intent abort it safely while its coordinator might still be trying to
+    commit. The primary's own intents are resolved in the same step.
+``[REMOTE, origin_group, proposed_ts, up_to_ts, writes]``
+    Regional keyspaces (ARCH §6): the committed writes of another region's group, as its
+    outbox holds them, up to the origin's timestamp ``up_to_ts``. Each is merged into the
+    key's cell by the keyspace's resolver (the cell is written as a version at this entry's
+    timestamp); writes at or below the origin's *watermark* here were applied before and are
+    skipped, so a batch delivered twice is applied once. The watermark becomes ``up_to_ts``.
+``[DRAIN, proposed_ts, keys]``
+    Removes conflict-log records (side-table keys starting with ``c``).
+``[RESOLVE, txn_id, proposed_ts, commit_ts]``
+    Finishes the transaction's intents in this group: each becomes a version at
+    ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
+    intents here does nothing, so the coordinator and a recovering reader may both send it.
 
 Timestamps
 ----------
@@ -41,6 +70,24 @@ snapshot install the table is rebuilt from the MVCC store (the newest version of
 above low water), which gives exactly the table the replica had at that applied index, so
 decisions stay identical on every replica.
 
+Intents and records
+-------------------
+Intents, prepared transactions and transaction records live in the MVCC store's side table,
+written in the same LMDB transaction as the versions: ``i`` + key → the intent, ``p`` +
+be64(txn id) → the transaction's prepare timestamp, keys, primary and deadline, ``t`` +
+be64(txn id) → its record. A read at a timestamp at or above an intent's prepare timestamp
+must wait for the intent to be resolved (its commit timestamp is at least the prepare
+timestamp, and may be at or below the read's). DECIDE and RESOLVE close the group up to the
+commit timestamp, so a snapshot taken after the resolution is at or above it.
+
+Regional keyspaces
+------------------
+A regional key's versions hold encoded :class:`~engine.merge.Cell` values. Side-table keys:
+``o`` + be64(ts) → the writes this group's region committed at ``ts`` (its outbox, kept for
+:data:`OUTBOX_RETENTION_NS` of closed time and trimmed by CLOSE entries); ``w`` + be32(origin
+group) → the origin's watermark; ``c`` + key + be64(ts) + origin → a conflict-log record, one
+per write that lost a concurrent conflict here.
+
 Durability
 ----------
 The versions of all commits applied in one call, the applied index and this machine's own state
@@ -51,27 +98,75 @@ crash they agree; entries at or below the store's applied index are skipped on r
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgpack
 
 from .adjudicator import Adjudicator, ConflictReason, TxnRequest
+from .errors import CorruptStateError, InvalidArgumentError
+from .merge import (
+    MERGE,
+    PUT,
+    RESOLVER_NAMES,
+    Cell,
+    RemoteWrite,
+    decode_cell,
+    encode_cell,
+    resolver_for,
+)
 from .mvcc import MAX_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
 
 __all__ = [
     "CMD_COMMIT",
     "CMD_CLOSE",
+    "CMD_PREPARE",
+    "CMD_DECIDE",
+    "CMD_RESOLVE",
+    "CMD_REMOTE",
+    "CMD_DRAIN",
+    "Intent",
+    "Outcome",
     "SERIALIZABLE",
     "CommitResult",
     "GroupStateMachine",
     "encode_commit",
     "encode_close",
+    "encode_prepare",
+    "encode_decide",
+    "encode_resolve",
+    "encode_remote",
+    "encode_drain",
 ]
 
 CMD_COMMIT = 1
 CMD_CLOSE = 2
+CMD_PREPARE = 3
+CMD_DECIDE = 4
+CMD_RESOLVE = 5
+CMD_REMOTE = 6
+CMD_DRAIN = 7
 SERIALIZABLE = 1
+OUTBOX_RETENTION_NS = 600 * 10**9
+"""How long (in closed time) a group keeps its regional writes for the other regions."""
+
+# Side-table key prefixes (see "Intents and records").
+_INTENT = b"i"
+_PREPARED = b"p"
+_RECORD = b"t"
+_OUTBOX = b"o"
+_WATERMARK = b"w"
+_CONFLICT = b"c"
+_KIND_PUT, _KIND_DELETE, _KIND_LOCK = 0, 1, 2
+_REC_COMMITTED, _REC_ABORTED = 1, 2
+_INTENT_END = b"j"
+_OUTBOX_END = b"p"
+_MAX_ORIGIN_IN_KEY = 32
+_PREPARED_END = b"q"
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_TRIM_BATCH = 1000
 
 _REASONS = {
     ConflictReason.WRITE_WRITE: "write_write",
@@ -83,8 +178,22 @@ _REASONS = {
 
 class Outcome(enum.Enum):
     COMMITTED = "committed"
+    PREPARED = "prepared"
+    ABORTED = "aborted"
+    RESOLVED = "resolved"
     CONFLICT = "conflict"
     INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A prepared transaction's intent on one key (see the module docstring)."""
+
+    key: bytes
+    txn_id: int
+    prepare_ts: int
+    primary: int
+    deadline: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +223,52 @@ class CommitResult:
 
 def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
-                  *, serializable: bool = False) -> bytes:
+                  *, serializable: bool = False,
+                  merges: Sequence[tuple[bytes, str, bytes | None]] = ()) -> bytes:
     """The entry data of a one-phase commit (see the module docstring)."""
     # msgpack writes tuples and lists alike, as arrays: the pairs go in as they are.
-    return msgpack.packb(
-        [CMD_COMMIT, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
-         writes, reads],
-        use_bin_type=True)
+    cmd = [CMD_COMMIT, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
+           writes, reads]
+    if merges:
+        cmd.append(merges)
+    return msgpack.packb(cmd, use_bin_type=True)
+
+
+def encode_remote(origin_group: int, proposed_ts: int, up_to_ts: int, writes: list) -> bytes:
+    """The entry data that applies another region's regional writes (``writes`` as its
+    outbox holds them: ``[key, resolver, value, ts, origin, prev_ts, prev_origin]``)."""
+    return msgpack.packb([CMD_REMOTE, origin_group, proposed_ts, up_to_ts, writes],
+                         use_bin_type=True)
+
+
+def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
+    """The entry data that removes conflict-log records."""
+    return msgpack.packb([CMD_DRAIN, proposed_ts, list(keys)], use_bin_type=True)
 
 
 def encode_close(proposed_ts: int) -> bytes:
     return msgpack.packb([CMD_CLOSE, proposed_ts], use_bin_type=True)
+
+
+def encode_prepare(txn_id: int, read_ts: int, proposed_ts: int,
+                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
+                   locks: Sequence[bytes] = (), *, primary: int, deadline: int,
+                   serializable: bool = False) -> bytes:
+    """The entry data of a prepare (the first phase of a two-phase commit)."""
+    return msgpack.packb(
+        [CMD_PREPARE, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
+         writes, reads, locks, primary, deadline],
+        use_bin_type=True)
+
+
+def encode_decide(txn_id: int, proposed_ts: int, commit_ts: int) -> bytes:
+    """The entry data of a decision (``commit_ts`` 0: abort) for the primary group."""
+    return msgpack.packb([CMD_DECIDE, txn_id, proposed_ts, commit_ts], use_bin_type=True)
+
+
+def encode_resolve(txn_id: int, proposed_ts: int, commit_ts: int) -> bytes:
+    """The entry data that resolves a transaction's intents (``commit_ts`` 0: abort)."""
+    return msgpack.packb([CMD_RESOLVE, txn_id, proposed_ts, commit_ts], use_bin_type=True)
 
 
 class _Malformed(Exception):
@@ -143,16 +287,20 @@ class GroupStateMachine:
             (nanoseconds). It must be the same on every replica of the group: it decides which
             transactions are too old.
         on_closed: called with the new closed timestamp after every apply that raised it.
+        origin: the region whose writes this group commits (the origin of its regional
+            writes); the same on every replica, learners in other regions included.
     """
 
     def __init__(self, store: MVCCStore, *, max_txn_lifetime_ns: int,
-                 on_closed: Callable[[int], None] | None = None) -> None:
+                 on_closed: Callable[[int], None] | None = None, origin: str = "") -> None:
         if type(max_txn_lifetime_ns) is not int or max_txn_lifetime_ns <= 0:
             raise ValueError(f"max_txn_lifetime_ns must be a positive int, "
                              f"not {max_txn_lifetime_ns!r}")
         self.store = store
+        self.origin = origin
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
+        self.on_resolved: Callable[[list[int]], None] | None = None
         self._closed = 0
         self._low_water = 0
         self._pruned_at = 0
@@ -199,6 +347,21 @@ class GroupStateMachine:
         adj = Adjudicator(low_water=low_water)
         try:
             adj.load(self.store.latest_versions(low_water))
+            # Prepared transactions keep their intents across restarts and snapshots. The
+            # keys carry no commit at or above their prepare timestamp (the intent blocked
+            # every writer), so re-preparing at a snapshot just below it is accepted.
+            redo = []
+            for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
+                prepare_ts, keys, _, _ = msgpack.unpackb(raw)
+                read_ts = max(prepare_ts - 1, low_water)
+                redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=read_ts,
+                                       commit_ts=max(prepare_ts, read_ts + 1), writes=keys,
+                                       prepare=True))
+            if redo:
+                for verdict in adj.adjudicate(redo):
+                    if not verdict.ok:  # pragma: no cover - a store broken by hand
+                        raise CorruptStateError(
+                            f"prepared transaction cannot be restored: {verdict}")
         except BaseException:
             adj.close()
             raise
@@ -211,11 +374,11 @@ class GroupStateMachine:
 
     def apply(self, entries) -> list[object]:
         """Applies committed entries; returns one result per entry (a :class:`CommitResult`
-        for a commit, the closed timestamp for a close, None for an entry skipped on replay)."""
+        for a commit, prepare, decision or resolution, the closed timestamp for a close, None
+        for an entry skipped on replay)."""
         skip_to = self.store.applied_index
         results: list[object] = [None] * len(entries)
-        requests: list[TxnRequest] = []
-        pending: list[tuple[int, int, list]] = []  # (result slot, ts, writes)
+        batch = _Batch(self)
         last_index = 0
         closed_before = self._closed
         for slot, entry in enumerate(entries):
@@ -227,47 +390,108 @@ class GroupStateMachine:
             except _Malformed as exc:
                 results[slot] = CommitResult(Outcome.INVALID, self._closed, str(exc))
                 continue
-            ts = self._close(cmd[1] if cmd[0] == CMD_CLOSE else cmd[3])
-            if cmd[0] == CMD_CLOSE:
-                results[slot] = ts
-                continue
-            _, txn_id, read_ts, _, flags, writes, reads = cmd
-            if read_ts == 0:
-                read_ts = ts - 1  # a blind write: its snapshot is everything before it
-            elif read_ts >= ts:
-                # Its snapshot was never closed here: the proposer broke the protocol.
-                results[slot] = CommitResult(
-                    Outcome.INVALID, ts, f"read_ts {read_ts} is not below the commit "
-                    f"timestamp {ts}: the snapshot was not stable in this group")
-                continue
-            elif read_ts < self._low_water:
-                results[slot] = CommitResult(Outcome.CONFLICT, ts, "too_old",
-                                             conflict_ts=self._low_water)
-                continue
-            requests.append(TxnRequest(
-                txn_id=txn_id, read_ts=read_ts, commit_ts=ts,
-                writes=[w[0] for w in writes], reads=reads,
-                serializable=bool(flags & SERIALIZABLE)))
-            pending.append((slot, ts, writes))
+            kind = cmd[0]
+            if kind == CMD_CLOSE:
+                results[slot] = self._close(cmd[1])
+                batch.trim_outbox()
+            elif kind == CMD_REMOTE:
+                batch.flush(results)
+                ts = self._close(cmd[2])
+                results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], ts)
+            elif kind == CMD_DRAIN:
+                ts = self._close(cmd[1])
+                for key in cmd[2]:
+                    if key[:1] == _CONFLICT:
+                        batch.side[key] = None
+                results[slot] = CommitResult(Outcome.RESOLVED, ts)
+            elif kind == CMD_COMMIT or kind == CMD_PREPARE:
+                ts = self._close(cmd[3])
+                results[slot] = batch.validate(slot, cmd, ts)
+            else:  # DECIDE or RESOLVE: every validation before it must be settled first
+                batch.flush(results)
+                _, txn_id, proposed_ts, commit_ts = cmd
+                ts = self._close(max(proposed_ts, commit_ts))
+                if kind == CMD_DECIDE:
+                    results[slot] = batch.decide(txn_id, commit_ts, ts)
+                else:
+                    batch.resolve(txn_id, commit_ts)
+                    results[slot] = CommitResult(Outcome.RESOLVED, ts)
         if last_index == 0:
             return results
-        batches = []
-        if requests:
-            verdicts = self.adjudicator.adjudicate(requests)
-            for (slot, ts, writes), verdict in zip(pending, verdicts):
-                if verdict.ok:
-                    batches.append((writes, ts))
-                    results[slot] = CommitResult(Outcome.COMMITTED, ts)
-                else:
-                    results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
-                                                 verdict.key, verdict.conflict_ts)
-        self.store.apply_batch(batches, last_index, app_state=self._app_state())
+        batch.flush(results)
+        self.store.apply_batch(batch.versions, last_index, app_state=self._app_state(),
+                               side=list(batch.side.items()))
         if self._low_water - self._pruned_at >= self._lifetime // 4:
             self.adjudicator.prune(self._low_water)
             self._pruned_at = self._low_water
         if self._closed > closed_before and self.on_closed is not None:
             self.on_closed(self._closed)
+        if batch.resolved and self.on_resolved is not None:
+            self.on_resolved(batch.resolved)
         return results
+
+    # ------------------------------------------------------------------ intents, for readers
+
+    def intents(self, keys: Sequence[bytes], ts: int) -> list[Intent]:
+        """The intents on ``keys`` whose prepare timestamp is at or below ``ts``: a read at
+        ``ts`` must wait for them."""
+        out = []
+        for key in keys:
+            raw = self.store.side_get(_INTENT + key)
+            if raw is not None:
+                intent = _intent(key, raw)
+                if intent.prepare_ts <= ts:
+                    out.append(intent)
+        return out
+
+    def intents_in(self, start: bytes, end: bytes | None, ts: int) -> list[Intent]:
+        """Like :meth:`intents`, for every key in ``[start, end)``."""
+        hi = _INTENT + end if end is not None else _INTENT_END
+        out = []
+        for skey, raw in self.store.side_scan(_INTENT + start, hi):
+            intent = _intent(skey[1:], raw)
+            if intent.prepare_ts <= ts:
+                out.append(intent)
+        return out
+
+    def prepared(self) -> list[Intent]:
+        """One entry per transaction prepared here and not resolved yet (``key`` is its first
+        key): what a recovery sweep looks at."""
+        out = []
+        for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
+            prepare_ts, keys, primary, deadline = msgpack.unpackb(raw)
+            out.append(Intent(keys[0] if keys else b"", _U64.unpack(skey[1:])[0], prepare_ts,
+                              primary, deadline))
+        return out
+
+    def watermark(self, origin_group: int) -> int:
+        """The origin group's timestamp up to which its regional writes are applied here."""
+        raw = self.store.side_get(_WATERMARK + _U32.pack(origin_group))
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
+    def outbox_after(self, ts: int, limit: int = 256) -> list[tuple[int, list]]:
+        """This group's own regional writes committed after ``ts``: ``(commit_ts, writes)``
+        in commit order, at most ``limit`` entries."""
+        out = []
+        for skey, raw in self.store.side_scan(_OUTBOX + _U64.pack(ts + 1), _OUTBOX_END,
+                                              limit=limit):
+            out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
+        return out
+
+    def conflicts(self, start: bytes, end: bytes, limit: int = 100) -> list[tuple[bytes, list]]:
+        """Conflict-log records of keys in ``[start, end)``: ``(record key, [winner_ts,
+        winner_origin, loser_ts, loser_origin, loser_value, resolver, logged_ts])``."""
+        return [(skey, msgpack.unpackb(raw)) for skey, raw in
+                self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit)]
+
+    def record(self, txn_id: int) -> tuple[bool, int] | None:
+        """This (primary) group's record of the transaction: (committed, commit_ts), or None
+        while undecided."""
+        raw = self.store.side_get(_RECORD + _U64.pack(txn_id))
+        if raw is None:
+            return None
+        status, commit_ts = msgpack.unpackb(raw)
+        return status == _REC_COMMITTED, commit_ts
 
     def _close(self, proposed_ts: int) -> int:
         ts = max(proposed_ts, self._closed + 1)
@@ -296,6 +520,230 @@ class GroupStateMachine:
         self._load_state()
 
 
+class _Batch:
+    """What one :meth:`GroupStateMachine.apply` call writes: versions, side-table changes
+    (which later entries of the same call read back through :meth:`get`), and the commits and
+    prepares not yet sent to the adjudicator (one C call for each run of them)."""
+
+    def __init__(self, sm: GroupStateMachine) -> None:
+        self.sm = sm
+        self.versions: list[tuple[list, int]] = []
+        self.side: dict[bytes, bytes | None] = {}
+        self.resolved: list[int] = []
+        self._requests: list[TxnRequest] = []
+        self._pending: list[tuple[int, list, int, list[bytes]]] = []
+        self._cells: dict[bytes, Cell | None] = {}
+
+    def get(self, skey: bytes) -> bytes | None:
+        if skey in self.side:
+            return self.side[skey]
+        return self.sm.store.side_get(skey)
+
+    def validate(self, slot: int, cmd: list, ts: int) -> CommitResult | None:
+        """A COMMIT or PREPARE at ``ts``: decides now what needs no adjudicator (returns the
+        result), or queues it for :meth:`flush` (returns None)."""
+        prepare = cmd[0] == CMD_PREPARE
+        txn_id, read_ts, flags, writes, reads = cmd[1], cmd[2], cmd[4], cmd[5], cmd[6]
+        if prepare:
+            existing = self.get(_PREPARED + _U64.pack(txn_id))
+            if existing is not None:
+                return CommitResult(Outcome.PREPARED, msgpack.unpackb(existing)[0])
+        if read_ts == 0:
+            read_ts = ts - 1  # a blind write: its snapshot is everything before it
+        elif read_ts >= ts:
+            # Its snapshot was never closed here: the proposer broke the protocol.
+            return CommitResult(
+                Outcome.INVALID, ts, f"read_ts {read_ts} is not below the commit "
+                f"timestamp {ts}: the snapshot was not stable in this group")
+        elif read_ts < self.sm.low_water:
+            return CommitResult(Outcome.CONFLICT, ts, "too_old", conflict_ts=self.sm.low_water)
+        keys = [w[0] for w in writes]
+        if not prepare and len(cmd) > 7:
+            problem = self._check_merges(cmd[7], ts)
+            if problem:
+                return CommitResult(Outcome.INVALID, ts, problem)
+            keys += [m[0] for m in cmd[7]]
+        if prepare and cmd[7]:
+            written = set(keys)
+            keys += [k for k in dict.fromkeys(cmd[7]) if k not in written]
+        self._requests.append(TxnRequest(
+            txn_id=txn_id, read_ts=read_ts, commit_ts=ts, writes=keys, reads=reads,
+            serializable=bool(flags & SERIALIZABLE), prepare=prepare))
+        self._pending.append((slot, cmd, ts, keys))
+        return None
+
+    def flush(self, results: list) -> None:
+        """Adjudicates the queued commits and prepares, in log order, and records what they
+        write."""
+        if not self._requests:
+            return
+        verdicts = self.sm.adjudicator.adjudicate(self._requests)
+        for (slot, cmd, ts, keys), verdict in zip(self._pending, verdicts):
+            if not verdict.ok:
+                results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
+                                             verdict.key, verdict.conflict_ts)
+            elif cmd[0] == CMD_COMMIT:
+                if cmd[5]:
+                    self.versions.append((cmd[5], ts))
+                if len(cmd) > 7:
+                    self._merge_local(cmd[7], ts)
+                results[slot] = CommitResult(Outcome.COMMITTED, ts)
+            else:
+                results[slot] = self._install(cmd, ts, keys)
+        self._requests = []
+        self._pending = []
+
+    def _install(self, cmd: list, ts: int, keys: list[bytes]) -> CommitResult:
+        txn_id, writes, primary, deadline = cmd[1], cmd[5], cmd[8], cmd[9]
+        pkey = _PREPARED + _U64.pack(txn_id)
+        earlier = self.get(pkey)
+        if earlier is not None:  # the same prepare twice in one call: the first one stands
+            return CommitResult(Outcome.PREPARED, msgpack.unpackb(earlier)[0])
+        for key, value in writes:
+            kind = _KIND_DELETE if value is None else _KIND_PUT
+            self.side[_INTENT + key] = msgpack.packb(
+                [txn_id, ts, kind, value, primary, deadline], use_bin_type=True)
+        lock = msgpack.packb([txn_id, ts, _KIND_LOCK, None, primary, deadline])
+        for key in keys[len(writes):]:
+            self.side[_INTENT + key] = lock
+        self.side[pkey] = msgpack.packb([ts, keys, primary, deadline], use_bin_type=True)
+        return CommitResult(Outcome.PREPARED, ts)
+
+    def decide(self, txn_id: int, commit_ts: int, ts: int) -> CommitResult:
+        """DECIDE: the first decision recorded for a transaction is its fate."""
+        rkey = _RECORD + _U64.pack(txn_id)
+        raw = self.get(rkey)
+        if raw is not None:
+            status, decided_ts = msgpack.unpackb(raw)
+            return CommitResult(Outcome.COMMITTED if status == _REC_COMMITTED
+                                else Outcome.ABORTED, decided_ts or ts)
+        prepared = self.get(_PREPARED + _U64.pack(txn_id))
+        if commit_ts and prepared is not None and msgpack.unpackb(prepared)[0] > commit_ts:
+            return CommitResult(Outcome.INVALID, ts, f"commit timestamp {commit_ts} is below "
+                                f"the transaction's prepare timestamp in this group")
+        self.side[rkey] = msgpack.packb(
+            [_REC_COMMITTED if commit_ts else _REC_ABORTED, commit_ts])
+        self.resolve(txn_id, commit_ts)
+        return CommitResult(Outcome.COMMITTED if commit_ts else Outcome.ABORTED,
+                            commit_ts or ts)
+
+    def resolve(self, txn_id: int, commit_ts: int) -> None:
+        """RESOLVE: the transaction's intents here become versions at ``commit_ts`` (or go)."""
+        pkey = _PREPARED + _U64.pack(txn_id)
+        raw = self.get(pkey)
+        if raw is None:
+            return  # never prepared here, or resolved already
+        _, keys, _, _ = msgpack.unpackb(raw)
+        writes: list[tuple[bytes, bytes | None]] = []
+        written: list[bytes] = []
+        for key in keys:
+            ikey = _INTENT + key
+            iraw = self.get(ikey)
+            if iraw is None:
+                continue
+            owner, _, kind, value, _, _ = msgpack.unpackb(iraw)
+            if owner != txn_id:
+                continue
+            self.side[ikey] = None
+            if kind != _KIND_LOCK:
+                written.append(key)
+                writes.append((key, value if kind == _KIND_PUT else None))
+        adj = self.sm.adjudicator
+        if commit_ts:
+            if writes:
+                self.versions.append((writes, commit_ts))
+            adj.resolve(txn_id, written, commit_ts)
+            adj.resolve(txn_id, keys, None)  # the locks: released, not written
+        else:
+            adj.resolve(txn_id, keys, None)
+        self.side[pkey] = None
+        self.resolved.append(txn_id)
+
+
+    # ------------------------------------------------------------------ regional keyspaces
+
+    def _cell(self, key: bytes) -> Cell | None:
+        if key in self._cells:
+            return self._cells[key]
+        raw = self.sm.store.get(key, MAX_TS)
+        return None if raw is None else decode_cell(raw)
+
+    def _merge(self, key: bytes, resolver_name: str, write: RemoteWrite, ts: int) -> None:
+        resolver = _resolver(resolver_name)
+        cell, conflict = resolver.merge(self._cell(key), write)
+        self._cells[key] = cell
+        self.versions.append(([(key, encode_cell(cell))], ts))
+        if conflict is not None:
+            loser_ts, loser_origin = conflict.loser
+            ckey = (_CONFLICT + key + _U64.pack(loser_ts)
+                    + loser_origin.encode()[:_MAX_ORIGIN_IN_KEY])
+            self.side[ckey] = msgpack.packb(
+                [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
+                 conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
+
+    def _check_merges(self, merges: list, ts: int) -> str:
+        """Why the regional writes cannot be merged (their payloads), or "" if they can."""
+        if not self.sm.origin:
+            return "this group has no region: it holds no regional keyspace"
+        for key, resolver_name, value in merges:
+            op = PUT if resolver_name == "lww" else MERGE
+            try:
+                _resolver(resolver_name).merge(
+                    None, RemoteWrite(key, value, ts, self.sm.origin, op))
+            except InvalidArgumentError as exc:
+                return f"bad {resolver_name} write to key {key!r}: {exc}"
+        return ""
+
+    def _merge_local(self, merges: list, ts: int) -> None:
+        """A local commit's regional writes: merged here, and put in the outbox."""
+        origin = self.sm.origin
+        shipped = []
+        for key, resolver_name, value in merges:
+            before = self._cell(key)
+            prev = before.version if before is not None else None
+            op = PUT if resolver_name == "lww" else MERGE
+            self._merge(key, resolver_name, RemoteWrite(key, value, ts, origin, op, prev), ts)
+            shipped.append([key, resolver_name, value, ts, origin,
+                            prev[0] if prev else 0, prev[1] if prev else ""])
+        self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
+
+    def remote(self, origin_group: int, up_to_ts: int, writes: list, ts: int) -> CommitResult:
+        """REMOTE: another region's writes, applied once each (see the module docstring)."""
+        wkey = _WATERMARK + _U32.pack(origin_group)
+        raw = self.get(wkey)
+        watermark = _U64.unpack(raw)[0] if raw is not None else 0
+        if up_to_ts <= watermark:
+            return CommitResult(Outcome.RESOLVED, ts, "duplicate")
+        touched = []
+        for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes:
+            if wts <= watermark:
+                continue
+            op = PUT if resolver_name == "lww" else MERGE
+            prev = (prev_ts, prev_origin) if prev_ts else None
+            self._merge(key, resolver_name, RemoteWrite(key, value, wts, origin, op, prev), ts)
+            touched.append((key, ts))
+        self.side[wkey] = _U64.pack(up_to_ts)
+        if touched:
+            # Local transactions that read these keys before now must not overwrite them
+            # blindly: to the adjudicator this is a commit like any other.
+            self.sm.adjudicator.load(touched)
+        return CommitResult(Outcome.COMMITTED, ts)
+
+    def trim_outbox(self) -> None:
+        """Drops outbox records older than the retention (at most a batch per CLOSE entry,
+        a function of the log alone)."""
+        horizon = self.sm.closed_ts - OUTBOX_RETENTION_NS
+        if horizon <= 0:
+            return
+        for skey, _ in self.sm.store.side_scan(_OUTBOX, _OUTBOX + _U64.pack(horizon),
+                                               limit=_TRIM_BATCH):
+            self.side[skey] = None
+
+def _intent(key: bytes, raw: bytes) -> Intent:
+    txn_id, prepare_ts, _, _, primary, deadline = msgpack.unpackb(raw)
+    return Intent(key, txn_id, prepare_ts, primary, deadline)
+
+
 def _decode(data: bytes) -> list:
     """Decodes and checks one command; anything malformed raises :class:`_Malformed`."""
     try:
@@ -309,9 +757,51 @@ def _decode(data: bytes) -> list:
         if len(cmd) != 2 or not _is_ts(cmd[1]):
             raise _Malformed("bad CLOSE command")
         return cmd
-    if kind != CMD_COMMIT or len(cmd) != 7:
+    if kind == CMD_DECIDE or kind == CMD_RESOLVE:
+        if not (len(cmd) == 4 and type(cmd[1]) is int and 0 < cmd[1] < 2**64
+                and _is_ts(cmd[2]) and type(cmd[3]) is int and 0 <= cmd[3] <= MAX_TS):
+            raise _Malformed("bad DECIDE or RESOLVE command")
+        return cmd
+    if kind == CMD_REMOTE:
+        if not (len(cmd) == 5 and type(cmd[1]) is int and cmd[1] > 0 and _is_ts(cmd[2])
+                and _is_ts(cmd[3]) and isinstance(cmd[4], list)):
+            raise _Malformed("bad REMOTE command")
+        for w in cmd[4]:
+            if not (isinstance(w, list) and len(w) == 7 and _is_key(w[0])
+                    and w[1] in RESOLVER_NAMES and _is_value(w[2]) and _is_ts(w[3])
+                    and type(w[4]) is str and w[4] and type(w[5]) is int
+                    and type(w[6]) is str):
+                raise _Malformed("bad write in REMOTE")
+        return cmd
+    if kind == CMD_DRAIN:
+        if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)
+                and all(type(k) is bytes for k in cmd[2])):
+            raise _Malformed("bad DRAIN command")
+        return cmd
+    if kind == CMD_PREPARE:
+        if len(cmd) != 10:
+            raise _Malformed("bad PREPARE command")
+        _check_commit_body(cmd)
+        locks, primary, deadline = cmd[7], cmd[8], cmd[9]
+        if not (isinstance(locks, list) and all(_is_key(k) for k in locks)
+                and type(primary) is int and primary > 0 and _is_ts(deadline)):
+            raise _Malformed("bad PREPARE locks, primary or deadline")
+        return cmd
+    if kind != CMD_COMMIT or len(cmd) not in (7, 8):
         raise _Malformed(f"unknown command {kind!r}")
-    _, txn_id, read_ts, proposed_ts, flags, writes, reads = cmd
+    _check_commit_body(cmd)
+    if len(cmd) == 8:
+        if not isinstance(cmd[7], list) or not cmd[7]:
+            raise _Malformed("bad merges in COMMIT")
+        for m in cmd[7]:
+            if not (isinstance(m, list) and len(m) == 3 and _is_key(m[0])
+                    and m[1] in RESOLVER_NAMES and _is_value(m[2])):
+                raise _Malformed("bad merge in COMMIT")
+    return cmd
+
+
+def _check_commit_body(cmd: list) -> None:
+    _, txn_id, read_ts, proposed_ts, flags, writes, reads = cmd[:7]
     if not (type(txn_id) is int and 0 < txn_id < 2**64 and _is_ts(proposed_ts)
             and type(read_ts) is int and 0 <= read_ts <= MAX_TS and type(flags) is int
             and isinstance(writes, list) and isinstance(reads, list)):
@@ -323,11 +813,24 @@ def _decode(data: bytes) -> list:
     for k in reads:
         if not _is_key(k):
             raise _Malformed("bad read key in COMMIT")
-    return cmd
 
 
 def _is_ts(v) -> bool:
     return type(v) is int and 0 < v <= MAX_TS
+
+
+def _is_value(v) -> bool:
+    return v is None or (type(v) is bytes and len(v) <= MAX_VALUE_SIZE)
+
+
+_RESOLVERS: dict = {}
+
+
+def _resolver(name: str):
+    resolver = _RESOLVERS.get(name)
+    if resolver is None:
+        resolver = _RESOLVERS[name] = resolver_for(name)
+    return resolver
 
 
 def _is_key(k) -> bool:

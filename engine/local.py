@@ -38,8 +38,10 @@ __all__ = ["LocalCluster", "open_local_cluster", "free_base_port"]
 def free_base_port(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
     """A port ``p`` such that ``p .. p + count - 1`` could be bound on ``host`` just now."""
     rng = random.Random()
+    # Below Linux's ephemeral range (32768..60999): a port there may be taken between this
+    # check and the bind by an outgoing connection, such as one node's to another.
     for _ in range(attempts):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(10000, 32768 - count)
         socks = []
         try:
             for port in range(base, base + count):

@@ -32,8 +32,15 @@ One LMDB environment per store directory, with named sub-databases:
     ``b"gc_watermark"`` (be64, the highest watermark :meth:`MVCCStore.gc` has been given) and
     ``b"app_state"`` (opaque bytes the state machine stores with each apply, such as its
     closed timestamp; absent means empty).
+``side``
+    key ``k`` (1..:data:`MAX_SIDE_KEY_SIZE` bytes, stored as is), value opaque bytes: the side
+    table, small unversioned records the state machine keeps beside its versions (prepared
+    intents of two-phase commits, transaction records, ARCH §5). It is written by
+    :meth:`MVCCStore.apply_batch` in the same transaction as the versions and the applied index,
+    read with :meth:`MVCCStore.side_get` and :meth:`MVCCStore.side_scan`, travels with
+    snapshots, and is left alone by :meth:`MVCCStore.gc`. A store created before the table
+    existed gets it, empty, when it is opened.
 
-``intents`` and ``txns`` are reserved for prepared intents and transaction records (ARCH §5).
 A ``LOCK`` file, held with ``flock``, keeps the directory to one open store at a time.
 
 Durability
@@ -98,6 +105,7 @@ __all__ = [
     "SnapshotStream",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
+    "MAX_SIDE_KEY_SIZE",
     "MIN_TS",
     "MAX_TS",
     "DEFAULT_MAP_SIZE",
@@ -120,16 +128,19 @@ DEFAULT_MAP_SIZE = 64 << 20
 MIN_MAP_SIZE = 256 << 10
 MAX_GROWTH_STEP = 1 << 30
 FORMAT_VERSION = 1
-SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 2
+"""Format of the chunks :meth:`MVCCStore.snapshot_chunks` writes. Version 2 added the side
+table; :meth:`MVCCStore.restore` also reads version 1 (a snapshot without side entries)."""
+_READABLE_SNAPSHOT_FORMATS = (1, 2)
+MAX_SIDE_KEY_SIZE = 500
+"""Longest side-table key, in bytes (LMDB's key limit is 511)."""
 SNAPSHOT_MAGIC = "meridian-mvcc-snapshot"
 DEFAULT_SNAPSHOT_CHUNK_BYTES = 1 << 20
 MAX_SNAPSHOT_CHUNK_BYTES = 64 << 20
 
 _DB_VERSIONS = b"versions"
 _DB_META = b"meta"
-# Reserved for ARCH §5 (prepared intents, transaction records); not created yet.
-_DB_INTENTS = b"intents"
-_DB_TXNS = b"txns"
+_DB_SIDE = b"side"
 
 _META_FORMAT = b"format"
 _META_APPLIED = b"applied_index"
@@ -178,6 +189,8 @@ class MVCCStats:
 
     entries: int
     """Versions stored, tombstones included."""
+    side_entries: int
+    """Entries in the side table."""
     applied_index: int
     gc_watermark: int
     """The highest watermark given to :meth:`MVCCStore.gc` (0 if never): reads below it may
@@ -197,12 +210,16 @@ class MVCCStore(Resource):
     Keys are ``bytes`` of 1..:data:`MAX_KEY_SIZE` bytes; values are ``bytes`` of up to
     :data:`MAX_VALUE_SIZE`; timestamps are ints in :data:`MIN_TS`..:data:`MAX_TS`.
 
+    The side table (see the module docstring) holds unversioned ``(key, value)`` records beside
+    the versions: written by :meth:`apply_batch`, read by :meth:`side_get` and :meth:`side_scan`.
+
     Thread-safety: every method may be called from any thread, concurrently. Each read (``get``,
-    ``get_version``, ``scan``, one chunk of a snapshot) runs in its own LMDB read transaction
-    and does not wait for a write in progress (only, briefly, for a map resize or for the abort
-    of a failed write transaction, both of which need a moment without reads). Writes
-    (``apply``, ``gc``, ``restore``) are serialized by a lock, and each LMDB write transaction
-    begins and ends inside the one call, so they can be run with ``trio.to_thread.run_sync``.
+    ``get_version``, ``scan``, ``side_get``, ``side_scan``, one chunk of a snapshot) runs in its
+    own LMDB read transaction and does not wait for a write in progress (only, briefly, for a
+    map resize or for the abort of a failed write transaction, both of which need a moment
+    without reads). Writes (``apply``, ``apply_batch``, ``gc``, ``restore``) are serialized by a
+    lock, and each LMDB write transaction begins and ends inside the one call, so they can be
+    run with ``trio.to_thread.run_sync``.
     Growing the map needs an instant with no LMDB transaction open in the process: the grower
     first waits for open :class:`SnapshotStream` objects to be closed (new snapshots wait
     meanwhile), then holds new reads back while in-flight ones finish (microseconds). So a write
@@ -327,6 +344,7 @@ class MVCCStore(Resource):
             env.reader_check()
             self._versions = env.open_db(_DB_VERSIONS)
             self._meta = env.open_db(_DB_META)
+            self._side = env.open_db(_DB_SIDE)
             with env.begin(db=self._meta, write=True) as txn:
                 fmt = txn.get(_META_FORMAT)
                 if fmt is None:
@@ -395,9 +413,11 @@ class MVCCStore(Resource):
         try:
             with env.begin() as txn:
                 entries = txn.stat(self._versions)["entries"]
+                side_entries = txn.stat(self._side)["entries"]
             info = env.info()
             return MVCCStats(
                 entries=entries,
+                side_entries=side_entries,
                 applied_index=self._applied_index,
                 gc_watermark=self._gc_watermark,
                 map_size=info["map_size"],
@@ -420,12 +440,13 @@ class MVCCStore(Resource):
         applied_index: int,
         *,
         app_state: bytes | None = None,
+        side: Iterable[tuple[bytes, bytes | None]] = (),
     ) -> bool:
         """Writes a batch of versions at ``commit_ts`` and records ``applied_index``, atomically.
 
-        Versions and applied index go into one LMDB transaction, so after a crash either both
-        are there or neither. A ``(key, commit_ts)`` pair names one version: writing it again
-        replaces it, and if a key appears twice in ``writes`` the last one wins.
+        Versions, side-table changes and applied index go into one LMDB transaction, so after a
+        crash either all are there or none. A ``(key, commit_ts)`` pair names one version:
+        writing it again replaces it, and if a key appears twice in ``writes`` the last one wins.
 
         Args:
             writes: ``(key, value)`` pairs; a value of None deletes the key (a tombstone).
@@ -436,21 +457,30 @@ class MVCCStore(Resource):
             app_state: if given, replaces :attr:`app_state` in the same transaction — the
                 state machine's own small state (a closed timestamp, say) that must move in
                 step with the applied index.
+            side: changes to the side table, ``(key, value)`` tuples (or two-item lists)
+                applied in order, so for a key given twice the last pair wins: a value
+                replaces the key's entry, None deletes it (deleting a missing key does
+                nothing). Keys are ``bytes`` of 1..:data:`MAX_SIDE_KEY_SIZE` bytes, values
+                ``bytes`` of up to :data:`MAX_VALUE_SIZE`.
 
         Returns:
             True if applied; False if ``applied_index`` is not above :attr:`applied_index` (the
-            entry was applied before a crash, so nothing is done and ``writes`` is not read).
+            entry was applied before a crash, so nothing is done and neither ``writes`` nor
+            ``side`` is read).
 
         Raises:
-            InvalidArgumentError: a bad key, timestamp or index (the message names it); nothing
-                is written.
-            RecordTooLargeError: a key or value over its limit; nothing is written.
+            InvalidArgumentError: a bad key, timestamp or index, or a bad side-table pair, key
+                or value, over-long ones included (the message names it, e.g. "side key 3");
+                nothing is written.
+            RecordTooLargeError: a key or value of ``writes`` over its limit; nothing is written.
             DiskFullError: no space to grow the map; nothing is written.
             StorageError, StoreClosedError.
 
         Durability: see the module docstring (``sync``).
         """
-        return self.apply_batch(((writes, commit_ts),), applied_index, app_state=app_state)
+        return self.apply_batch(
+            ((writes, commit_ts),), applied_index, app_state=app_state, side=side
+        )
 
     def apply_batch(
         self,
@@ -458,11 +488,13 @@ class MVCCStore(Resource):
         applied_index: int,
         *,
         app_state: bytes | None = None,
+        side: Iterable[tuple[bytes, bytes | None]] = (),
     ) -> bool:
         """Like :meth:`apply` for several ``(writes, commit_ts)`` groups in one transaction.
 
         A Raft state machine applies every entry of one Ready this way: one LMDB commit instead
-        of one per entry. ``applied_index`` is the index of the last entry covered.
+        of one per entry. ``applied_index`` is the index of the last entry covered, and ``side``
+        holds the side-table changes of all of them, in order (see :meth:`apply`).
         """
         if type(applied_index) is not int or not 0 < applied_index <= _MAX_INDEX:
             _check_index(applied_index)
@@ -503,6 +535,7 @@ class MVCCStore(Resource):
                 else:
                     tagged = _VALUE_TAG + _check_value(value)
                 append((key.replace(b"\x00", b"\x00\xff") + end, tagged))
+        side_items = _check_side(side)
         # LMDB inserts sorted keys with far fewer page touches (the cursor stays on its leaf);
         # the sort is stable, so for a repeated key the last write is still put last and wins.
         items.sort(key=itemgetter(0))
@@ -512,6 +545,13 @@ class MVCCStore(Resource):
             if items:
                 txn.cursor(self._versions).putmulti(items)
             txn.put(_META_APPLIED, applied_record, db=self._meta)
+            if side_items:
+                side_db = self._side
+                for key, value in side_items:
+                    if value is None:
+                        txn.delete(key, db=side_db)  # False, harmlessly, if it is missing
+                    else:
+                        txn.put(key, value, db=side_db)
             if app_state is not None:
                 txn.put(_META_APP_STATE, app_state, db=self._meta)
 
@@ -792,6 +832,76 @@ class MVCCStore(Resource):
             self._exit_read()
         return out
 
+    def side_get(self, key: bytes) -> bytes | None:
+        """The side table's entry for ``key``, or None if it has none.
+
+        Raises:
+            InvalidArgumentError: ``key`` is not bytes of 1..:data:`MAX_SIDE_KEY_SIZE` bytes.
+            StoreClosedError, StorageError.
+        """
+        key = _check_side_key(key, "side key")
+        env = self._enter_read()
+        try:
+            with env.begin(self._side) as txn:
+                value = txn.get(key)
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "side_get failed") from None
+        finally:
+            self._exit_read()
+        return value
+
+    def side_scan(
+        self, start: bytes = b"", end: bytes | None = None, *, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The side table's entries with ``start <= key < end``, in ascending key order.
+
+        The entries are read in one LMDB read transaction (a consistent view); the side table
+        is meant for small records, so ask for a ``limit`` and continue from just past the last
+        key returned (``last + b"\\x00"``) when it may be large.
+
+        Args:
+            start: the smallest key (``b""`` for the beginning).
+            end: one past the largest key, or None for no upper bound.
+            limit: at most this many pairs (None for no limit).
+
+        Returns:
+            ``[(key, value), ...]``.
+
+        Raises:
+            InvalidArgumentError: a bound that is not bytes or is longer than any side key
+                (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit``.
+            StoreClosedError, StorageError.
+        """
+        start = _check_side_key(start, "start", bound=True)
+        if end is not None:
+            end = _check_side_key(end, "end", bound=True)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise errors.InvalidArgumentError(f"limit must be None or an int >= 0, not {limit!r}")
+        if limit == 0 or (end is not None and end <= start):
+            self._live_env()
+            return []
+        out: list[tuple[bytes, bytes]] = []
+        env = self._enter_read()
+        try:
+            with env.begin(self._side) as txn:
+                cur = txn.cursor()
+                ok = cur.set_range(start) if start else cur.first()
+                while ok:
+                    key = cur.key()
+                    if end is not None and key >= end:
+                        break
+                    out.append((key, cur.value()))
+                    if limit is not None and len(out) >= limit:
+                        break
+                    ok = cur.next()
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "side_scan failed") from None
+        finally:
+            self._exit_read()
+        return out
+
     @staticmethod
     def _scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, out) -> None:
         ok = cur.set_range(start_enc + inv_ts) if start_enc else cur.first()
@@ -842,10 +952,18 @@ class MVCCStore(Resource):
         The snapshot is taken now, in one LMDB read transaction that stays open until the
         stream is exhausted or closed: close it (or use it as a context manager) if you stop
         early. While it is open, LMDB cannot reuse pages freed after it began, and a write that
-        must grow the map waits for it. The chunks are self-describing msgpack maps — a header
-        (format version, applied index, GC watermark, number of versions), data chunks of raw
-        ``versions`` entries, and a trailer with the chunk and entry counts and the CRC-32C of
-        every preceding chunk — and :meth:`restore` verifies all of it.
+        must grow the map waits for it. The chunks are self-describing msgpack maps (format
+        :data:`SNAPSHOT_FORMAT_VERSION`), and :meth:`restore` verifies all of it:
+
+        - a header: ``kind`` ``"header"``, ``magic``, ``format``, ``applied_index``,
+          ``gc_watermark``, ``app_state``, ``entries`` (versions) and ``side_entries``;
+        - data chunks ``{"kind": "data", "db": db, "pairs": [k0, v0, k1, v1, ...]}`` of raw
+          entries in key order, every ``"versions"`` chunk before every ``"side"`` chunk, each
+          with at least one entry;
+        - a trailer: ``kind`` ``"trailer"``, ``chunks`` (the number of chunks before it),
+          ``entries``, ``side_entries`` and ``crc32c``, the CRC-32C of every preceding chunk.
+
+        Format 1 had no ``side_entries`` fields and no ``"side"`` chunks.
 
         Args:
             chunk_bytes: the approximate size of a data chunk (4 KiB..64 MiB); a chunk holds
@@ -873,8 +991,11 @@ class MVCCStore(Resource):
 
         The chunks are first read to the end and verified (into a temporary file in the store's
         directory, so memory stays bounded and no write transaction is held while the caller
-        produces chunks); then the old content is replaced in one LMDB write transaction. The
-        applied index, GC watermark and :attr:`app_state` become the snapshot's.
+        produces chunks); then the old content — versions and side table alike — is replaced
+        in one LMDB write transaction: a side entry absent from the snapshot is gone afterwards.
+        The applied index, GC watermark and :attr:`app_state` become the snapshot's. Snapshots
+        of the previous format (1, written before the side table existed) are accepted and
+        leave the side table empty.
 
         Args:
             chunks: the snapshot's chunks, in order.
@@ -900,14 +1021,16 @@ class MVCCStore(Resource):
 
             def replace(txn: lmdb.Transaction) -> None:
                 txn.drop(self._versions, delete=False)
-                cur = txn.cursor(self._versions)
-                for pairs in _read_spool(spool):
+                txn.drop(self._side, delete=False)
+                cursors = {"versions": txn.cursor(self._versions), "side": txn.cursor(self._side)}
+                for db, pairs in _read_spool(spool):
                     it = iter(pairs)
-                    consumed, added = cur.putmulti(zip(it, it), append=True)
+                    consumed, added = cursors[db].putmulti(zip(it, it), append=True)
                     if added != consumed:
                         # append=True refuses a key not above the last one: the verified stream
                         # was not in key order, so it was not written by snapshot_chunks.
-                        raise errors.CorruptStateError("snapshot entries are not in key order")
+                        what = "versions" if db == "versions" else "side-table entries"
+                        raise errors.CorruptStateError(f"snapshot {what} are not in key order")
                 txn.put(_META_APPLIED, _pack64(applied_index), db=self._meta)
                 txn.put(_META_GC_WATERMARK, _pack64(watermark), db=self._meta)
                 txn.put(_META_APP_STATE, app_state, db=self._meta)
@@ -1146,7 +1269,9 @@ class SnapshotStream:
     Attributes:
         applied_index: the Raft index the snapshot covers.
         gc_watermark: the store's GC watermark when the snapshot was taken.
+        app_state: the store's :attr:`MVCCStore.app_state` when the snapshot was taken.
         entries: the number of versions in the snapshot.
+        side_entries: the number of side-table entries in the snapshot.
     """
 
     def __init__(self, store: MVCCStore, chunk_bytes: int) -> None:
@@ -1157,11 +1282,14 @@ class SnapshotStream:
         self._crc = 0
         self._chunks = 0
         self._pairs = 0
+        self._side_pairs = 0
         self._iter: Iterator[tuple[bytes, bytes]] | None = None
+        self._side_iter: Iterator[tuple[bytes, bytes]] | None = None
         self.applied_index = 0
         self.gc_watermark = 0
         self.app_state = b""
         self.entries = 0
+        self.side_entries = 0
         gate = store._gate
         with gate:
             while store._resize_wanted:
@@ -1173,6 +1301,7 @@ class SnapshotStream:
             try:
                 self._txn = env.begin(store._versions)
                 self.entries = self._txn.stat(store._versions)["entries"]
+                self.side_entries = self._txn.stat(store._side)["entries"]
                 # The applied index is read from the same transaction as the data, not from
                 # the store's cache, so that the two agree.
                 self.applied_index = _get_u64(self._txn, _META_APPLIED, store._path, store._meta)
@@ -1181,6 +1310,7 @@ class SnapshotStream:
                 )
                 self.app_state = bytes(self._txn.get(_META_APP_STATE, db=store._meta) or b"")
                 self._iter = self._txn.cursor().iternext()
+                self._side_iter = self._txn.cursor(store._side).iternext()
             finally:
                 store._exit_read()
         except lmdb.Error as exc:
@@ -1213,10 +1343,11 @@ class SnapshotStream:
                         "gc_watermark": self.gc_watermark,
                         "app_state": self.app_state,
                         "entries": self.entries,
+                        "side_entries": self.side_entries,
                     }
                 )
-                self._state = "data"
-            elif self._state == "data":
+                self._state = "versions"
+            elif self._state != "trailer":
                 chunk = self._data_chunk()
             else:
                 chunk = self._trailer()
@@ -1239,27 +1370,42 @@ class SnapshotStream:
         return chunk
 
     def _data_chunk(self) -> bytes:
-        flat: list[bytes] = []
-        size = 0
+        """The next data chunk: the versions first, then the side table; then the trailer.
+
+        A data chunk holds entries of one sub-database only, and at least one entry.
+        """
         limit = self._chunk_bytes
-        for key, value in self._iter:
-            flat.append(key)
-            flat.append(value)
-            size += len(key) + len(value) + 10  # about msgpack's per-item overhead
-            if size >= limit:
-                break
-        else:
-            self._state = "trailer"
-            if not flat:
-                return self._trailer()
-        self._pairs += len(flat) // 2
-        return _pack_chunk({"kind": "data", "db": "versions", "pairs": flat})
+        while self._state != "trailer":
+            db = self._state
+            flat: list[bytes] = []
+            size = 0
+            for key, value in self._iter if db == "versions" else self._side_iter:
+                flat.append(key)
+                flat.append(value)
+                size += len(key) + len(value) + 10  # about msgpack's per-item overhead
+                if size >= limit:
+                    break
+            else:
+                self._state = "side" if db == "versions" else "trailer"
+            if flat:
+                if db == "versions":
+                    self._pairs += len(flat) // 2
+                else:
+                    self._side_pairs += len(flat) // 2
+                return _pack_chunk({"kind": "data", "db": db, "pairs": flat})
+        return self._trailer()
 
     def _trailer(self) -> bytes:
         """The last chunk: counts and the CRC-32C of every chunk before it."""
         self._state = "done"
         return _pack_chunk(
-            {"kind": "trailer", "chunks": self._chunks, "entries": self._pairs, "crc32c": self._crc}
+            {
+                "kind": "trailer",
+                "chunks": self._chunks,
+                "entries": self._pairs,
+                "side_entries": self._side_pairs,
+                "crc32c": self._crc,
+            }
         )
 
     def close(self) -> None:
@@ -1273,7 +1419,7 @@ class SnapshotStream:
             return
         self._store = None
         txn, self._txn = self._txn, None
-        self._iter = None
+        self._iter = self._side_iter = None
         if txn is not None:
             _abort_quietly(txn)
         with store._gate:
@@ -1301,7 +1447,9 @@ def _pack_chunk(obj: dict[str, Any]) -> bytes:
 def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
     """Verifies a snapshot stream while copying its entries to ``spool``; returns the header.
 
-    Each data chunk's entry list is written to the spool as one msgpack array.
+    Each data chunk is written to the spool as one msgpack array ``[db, pairs]`` (``db`` is
+    ``"versions"`` or ``"side"``). A header of format 1 (before the side table) gets
+    ``side_entries`` 0.
     """
 
     def corrupt(why: str) -> errors.CorruptStateError:
@@ -1312,6 +1460,8 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
     crc = 0
     count = 0
     entries = 0
+    side_entries = 0
+    in_side = False  # a side chunk was seen: no versions chunk may follow
     packer = msgpack.Packer(use_bin_type=True)
     for raw in chunks:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -1329,9 +1479,17 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
         if header is None:
             if kind != "header" or chunk.get("magic") != SNAPSHOT_MAGIC:
                 raise corrupt("the first chunk is not a snapshot header")
-            if chunk.get("format") != SNAPSHOT_FORMAT_VERSION:
-                raise corrupt(f"format {chunk.get('format')!r} is not {SNAPSHOT_FORMAT_VERSION}")
-            for field in ("applied_index", "gc_watermark", "entries"):
+            fmt = chunk.get("format")
+            if type(fmt) is not int or fmt not in _READABLE_SNAPSHOT_FORMATS:
+                raise corrupt(
+                    f"format {fmt!r} is not one of {list(_READABLE_SNAPSHOT_FORMATS)}"
+                )
+            fields = ["applied_index", "gc_watermark", "entries"]
+            if fmt >= 2:
+                fields.append("side_entries")
+            else:
+                chunk["side_entries"] = 0
+            for field in fields:
                 value = chunk.get(field)
                 if type(value) is not int or not 0 <= value <= _MAX_INDEX:
                     raise corrupt(f"header field {field} is {value!r}")
@@ -1339,13 +1497,24 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
                 raise corrupt(f"header field app_state is {chunk.get('app_state')!r}")
             header = chunk
         elif kind == "data":
+            db = chunk.get("db")
             pairs = chunk.get("pairs")
-            if chunk.get("db") != "versions" or not isinstance(pairs, list) or len(pairs) % 2:
+            if not isinstance(pairs, list) or len(pairs) % 2:
                 raise corrupt(f"data chunk {count} is malformed")
-            for i in range(0, len(pairs), 2):
-                _check_snapshot_entry(pairs[i], pairs[i + 1], count, corrupt)
-            entries += len(pairs) // 2
-            _spool_write(spool, packer.pack(pairs))
+            if db == "versions":
+                if in_side:
+                    raise corrupt(f"data chunk {count} holds versions after side entries")
+                for i in range(0, len(pairs), 2):
+                    _check_snapshot_entry(pairs[i], pairs[i + 1], count, corrupt)
+                entries += len(pairs) // 2
+            elif db == "side" and header["format"] >= 2:
+                for i in range(0, len(pairs), 2):
+                    _check_snapshot_side_entry(pairs[i], pairs[i + 1], count, corrupt)
+                side_entries += len(pairs) // 2
+                in_side = True
+            else:
+                raise corrupt(f"data chunk {count} is for an unknown table {db!r}")
+            _spool_write(spool, packer.pack([db, pairs]))
         elif kind == "trailer":
             if chunk.get("crc32c") != crc:
                 raise corrupt("checksum mismatch")
@@ -1353,6 +1522,11 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
                 raise corrupt(
                     f"the trailer counts {chunk.get('chunks')!r} chunks and "
                     f"{chunk.get('entries')!r} entries, the stream had {count} and {entries}"
+                )
+            if header["format"] >= 2 and chunk.get("side_entries") != side_entries:
+                raise corrupt(
+                    f"the trailer counts {chunk.get('side_entries')!r} side entries, "
+                    f"the stream had {side_entries}"
                 )
             trailer = chunk
         else:
@@ -1365,6 +1539,11 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
         raise corrupt("the stream is truncated (no trailer)")
     if entries != header["entries"]:
         raise corrupt(f"the header announces {header['entries']} entries, the stream had {entries}")
+    if side_entries != header["side_entries"]:
+        raise corrupt(
+            f"the header announces {header['side_entries']} side entries, "
+            f"the stream had {side_entries}"
+        )
     _spool_write(spool, None)
     return header
 
@@ -1400,10 +1579,22 @@ def _check_snapshot_entry(key: Any, value: Any, chunk: int, corrupt) -> None:
         raise corrupt(f"data chunk {chunk} holds a malformed entry")
 
 
-def _read_spool(spool) -> Iterator[list[bytes]]:
+def _check_snapshot_side_entry(key: Any, value: Any, chunk: int, corrupt) -> None:
+    if (
+        type(key) is not bytes
+        or type(value) is not bytes
+        or not 0 < len(key) <= MAX_SIDE_KEY_SIZE
+        or len(value) > MAX_VALUE_SIZE
+    ):
+        raise corrupt(f"data chunk {chunk} holds a malformed side entry")
+
+
+def _read_spool(spool) -> Iterator[tuple[str, list[bytes]]]:
+    """The spooled data chunks, as ``(db, pairs)``."""
     spool.seek(0)
     unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=0)
-    yield from unpacker
+    for db, pairs in unpacker:
+        yield db, pairs
 
 
 # ---------------------------------------------------------------------- encoding, validation
@@ -1474,6 +1665,55 @@ def _check_value(value: object) -> bytes:
             f"a value is {len(value)} bytes, over the {MAX_VALUE_SIZE}-byte limit"
         )
     return bytes(value)
+
+
+def _check_side(side: object) -> list[tuple[bytes, bytes | None]]:
+    """Validates the side-table changes given to ``apply_batch``; returns them as a list."""
+    try:
+        pairs = iter(side)
+    except TypeError:
+        raise errors.InvalidArgumentError(
+            f"side must be an iterable of (key, value) pairs, not {_describe(side)}"
+        ) from None
+    out: list[tuple[bytes, bytes | None]] = []
+    for i, pair in enumerate(pairs):
+        # A tuple or list only: a two-byte bytes object would unpack into two ints.
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise errors.InvalidArgumentError(
+                f"side pair {i} must be a (key, value) tuple, not {_describe(pair)}"
+            )
+        key, value = pair
+        if not isinstance(key, bytes):
+            raise errors.InvalidArgumentError(f"side key {i} must be bytes, not {_describe(key)}")
+        if not 0 < len(key) <= MAX_SIDE_KEY_SIZE:
+            raise errors.InvalidArgumentError(
+                f"side key {i} is {len(key)} bytes, outside 1..{MAX_SIDE_KEY_SIZE}"
+            )
+        if value is not None:
+            if not isinstance(value, bytes):
+                raise errors.InvalidArgumentError(
+                    f"side value {i} must be bytes or None (delete), not {_describe(value)}"
+                )
+            if len(value) > MAX_VALUE_SIZE:
+                raise errors.InvalidArgumentError(
+                    f"side value {i} is {len(value)} bytes, over the {MAX_VALUE_SIZE}-byte limit"
+                )
+            value = bytes(value)
+        out.append((bytes(key), value))
+    return out
+
+
+def _check_side_key(key: object, name: str, *, bound: bool = False) -> bytes:
+    """Validates a side-table key (or, with ``bound``, a scan bound, which may be empty)."""
+    if not isinstance(key, bytes):
+        raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(key)}")
+    if len(key) > MAX_SIDE_KEY_SIZE:
+        raise errors.InvalidArgumentError(
+            f"{name} is {len(key)} bytes, longer than any side key ({MAX_SIDE_KEY_SIZE})"
+        )
+    if not key and not bound:
+        raise errors.InvalidArgumentError(f"{name} must not be empty")
+    return bytes(key)
 
 
 def _check_ts(ts: object, name: str) -> None:

@@ -70,7 +70,8 @@ from .errors import (
     StoreLockedError,
     TransactionConflictError,
 )
-from .group import GroupStateMachine, Outcome
+from .client import Database
+from .group import GroupStateMachine, Intent, Outcome
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
 from .placement import META_GROUP, data_group, placement
@@ -83,6 +84,13 @@ log = logging.getLogger("meridian.node")
 
 PING_INTERVAL_S = 1.0
 STALE_READ_WAIT_S = 5.0
+INTENT_TIMEOUT_S = 2.0
+"""A prepared transaction whose coordinator has not finished it this long after its prepare
+may be finished by anyone who meets one of its intents (aborted, unless decided)."""
+INTENT_WAIT_S = 10.0
+"""Longest a read waits for intents to be resolved before answering ``unavailable``."""
+SWEEP_INTERVAL_S = 1.0
+RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 
 
@@ -109,6 +117,9 @@ class Node:
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
         self.peer_port = 0
+        self._nursery: trio.Nursery | None = None
+        self._peers: Database | None = None
+        self._recovering: set[int] = set()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -126,6 +137,7 @@ class Node:
             files.callback(identity.close)
             me = self.cluster.node(self.id)
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 transport = await nursery.start(self._serve_transport, me)
                 self.peer_port = transport.address[1]
                 async with contextlib.AsyncExitStack() as groups:
@@ -135,6 +147,11 @@ class Node:
                                                    where.conf, transport)
                     self.client_port = await nursery.start(self._serve_clients, me)
                     nursery.start_soon(self._watch_clocks)
+                    # Other groups' leaders are reached like a client reaches them (the
+                    # primary group of a transaction whose intent needs recovering).
+                    self._peers = Database(nursery, await self._describe(None, None),
+                                           self.region, request_timeout_s=RECOVERY_TIMEOUT_S,
+                                           simulate_wan=True, clock=self.clock)
                     log.info("node %d (%s) serving clients on %s:%d, peers on %s:%d", self.id,
                              self.region, me.client_host, self.client_port, me.peer_host,
                              self.peer_port)
@@ -184,6 +201,8 @@ class Node:
                                close_interval=0.0 if gid == META_GROUP else 1.0)
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
+        if gid != META_GROUP:
+            nursery.start_soon(self._sweep_intents, replica)
 
     async def _serve_clients(self, me, *, task_status) -> None:
         handlers = {
@@ -197,6 +216,10 @@ class Node:
             "read": self._guarded(self._read),
             "scan": self._guarded(self._scan),
             "commit": self._guarded(self._commit),
+            "prepare": self._guarded(self._prepare),
+            "decide": self._guarded(self._decide),
+            "resolve": self._guarded(self._resolve),
+            "refresh": self._guarded(self._refresh),
         }
         await serve_rpc(handlers, me.client_host, me.client_port, clock_now=self.clock.now,
                         clock_update=self.clock.update, task_status=task_status)
@@ -330,6 +353,8 @@ class Node:
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
         ts = await self._read_ts(replica, p)
+        await self._wait_intents(replica, ts, lambda: replica.intents(keys, ts),
+                                 restart=not _is_stale(p))
         return {"ts": ts, "values": [replica.get(k, ts) for k in keys]}
 
     async def _scan(self, p):
@@ -341,6 +366,8 @@ class Node:
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or nil")
         ts = await self._read_ts(replica, p)
+        await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, ts),
+                                 restart=not _is_stale(p))
         items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
         return {"ts": ts, "items": [[k, v] for k, v in items]}
 
@@ -376,32 +403,12 @@ class Node:
 
     async def _commit(self, p):
         replica = self._replica(p)
-        txn_id, read_ts = p.get("txn_id"), p.get("read_ts")
-        writes, reads = p.get("writes"), p.get("reads", [])
-        if type(txn_id) is not int or not 0 < txn_id < 2**64:
-            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
-        if type(read_ts) is not int or not 0 <= read_ts <= MAX_TS:
-            raise InvalidArgumentError("read_ts must be an int timestamp")
-        if not isinstance(writes, list) or not isinstance(reads, list):
-            raise InvalidArgumentError("writes and reads must be lists")
-        pairs = self._check_writes(writes)
-        if not all(type(k) is bytes for k in reads):
-            raise InvalidArgumentError("read keys must be bytes")
-        limits = self.cluster.limits
-        if read_ts and read_ts < self.clock.now() - int(limits.max_txn_lifetime_s * 1e9):
-            raise TransactionConflictError(
-                f"transaction {txn_id:#x} is older than the maximum transaction lifetime "
-                f"({limits.max_txn_lifetime_s} s)", "too_old")
+        txn_id, read_ts, pairs, reads = self._check_txn(p)
         result = await replica.commit(txn_id, read_ts, pairs, reads,
                                       serializable=bool(p.get("serializable", False)))
         if result.committed:
             return {"ts": result.ts}
-        if result.outcome is Outcome.CONFLICT:
-            key = result.key
-            raise TransactionConflictError(
-                f"transaction {txn_id:#x} conflicts ({result.reason}"
-                + (f" on key {key!r}" if key is not None else "") + ")", result.reason, key)
-        raise InvalidArgumentError(f"commit refused: {result.reason}")
+        self._refuse(txn_id, result)
 
     def _check_writes(self, writes: list) -> list[tuple[bytes, bytes | None]]:
         limits = self.cluster.limits
@@ -427,6 +434,200 @@ class Node:
             raise LimitExceededError(f"{total} bytes written; the limit is "
                                      f"{limits.max_txn_bytes} per transaction")
         return pairs
+
+    # ------------------------------------------------------------------ two-phase commit
+
+    async def _prepare(self, p):
+        replica = self._replica(p)
+        txn_id, read_ts, pairs, reads = self._check_txn(p)
+        locks, primary = p.get("locks", []), p.get("primary")
+        if not isinstance(locks, list) or not all(type(k) is bytes and k for k in locks):
+            raise InvalidArgumentError("locks must be a list of keys")
+        if type(primary) is not int or primary not in self.placement or primary == META_GROUP:
+            raise InvalidArgumentError(f"primary must be a data group, not {primary!r}")
+        deadline = self.clock.now() + int(INTENT_TIMEOUT_S * 1e9)
+        result = await replica.prepare(txn_id, read_ts, pairs, reads, locks, primary=primary,
+                                       deadline=deadline,
+                                       serializable=bool(p.get("serializable", False)))
+        if result.outcome is Outcome.PREPARED:
+            return {"ts": result.ts}
+        self._refuse(txn_id, result)
+
+    async def _decide(self, p):
+        replica = self._replica(p)
+        txn_id, commit_ts = p.get("txn_id"), p.get("commit_ts")
+        if type(txn_id) is not int or not 0 < txn_id < 2**64:
+            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+        if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
+            raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
+        result = await replica.decide(txn_id, commit_ts)
+        if result.outcome is Outcome.INVALID:
+            raise InvalidArgumentError(f"decision refused: {result.reason}")
+        return {"committed": result.outcome is Outcome.COMMITTED, "ts": result.ts}
+
+    async def _resolve(self, p):
+        replica = self._replica(p)
+        txn_id, commit_ts = p.get("txn_id"), p.get("commit_ts")
+        if type(txn_id) is not int or not 0 < txn_id < 2**64:
+            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+        if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
+            raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
+        await replica.resolve(txn_id, commit_ts)
+        return {}
+
+    async def _refresh(self, p):
+        """Can a transaction's reads in this group move from snapshot ``from_ts`` to
+        ``to_ts``? Yes when none of its keys, nor any key in its scanned spans, changed in
+        between."""
+        replica = self._replica(p)
+        keys, spans = p.get("keys", []), p.get("spans", [])
+        from_ts, to_ts = p.get("from_ts"), p.get("to_ts")
+        if not (type(from_ts) is int and type(to_ts) is int and 0 < from_ts <= to_ts <= MAX_TS):
+            raise InvalidArgumentError("from_ts and to_ts must be timestamps, from_ts <= to_ts")
+        if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
+            raise InvalidArgumentError("keys must be a list of bytes")
+        if not isinstance(spans, list) or not all(
+                isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
+                and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int)
+                for sp in spans):
+            raise InvalidArgumentError("spans must be [start, end, limit] lists")
+        replica._require_leader()
+        await self._wait_closed(replica, to_ts)
+        # A pending transaction prepared at or below to_ts may commit in the window: wait
+        # for its fate (what it wrote is then a version like any other).
+        await self._wait_intents(
+            replica, to_ts,
+            lambda: replica.intents(keys, to_ts) + [
+                i for sp in spans for i in replica.intents_in(sp[0], sp[1], to_ts)],
+            restart=False)
+        store = replica.sm.store
+        for key in keys:
+            version = store.get_version(key, to_ts)
+            if version is not None and version[0] > from_ts:
+                return {"ok": False, "reason": "changed", "key": key}
+        for start, end, limit in spans:
+            if (store.scan(start, end, from_ts, limit=limit)
+                    != store.scan(start, end, to_ts, limit=limit)):
+                return {"ok": False, "reason": "changed"}
+        return {"ok": True}
+
+    def _refuse(self, txn_id: int, result) -> None:
+        if result.outcome is Outcome.CONFLICT:
+            key = result.key
+            raise TransactionConflictError(
+                f"transaction {txn_id:#x} conflicts ({result.reason}"
+                + (f" on key {key!r}" if key is not None else "") + ")", result.reason, key)
+        raise InvalidArgumentError(f"commit refused: {result.reason}")
+
+    async def _wait_intents(self, replica: GroupReplica, ts: int,
+                            find: Callable[[], list[Intent]], *, restart: bool) -> None:
+        """Waits until no intent at or below ``ts`` is pending on what a read covers.
+
+        A transaction prepared at or below ``ts`` may commit at or below it, so the read must
+        know its fate. When one of the waited-for transactions committed above ``ts``, the
+        reader is told to move its snapshot up to that commit (``restart``, details ``ts``):
+        that transaction may have been acknowledged before the reader began, and a snapshot
+        without it would be a stale read. A stale read (``restart`` False) promised nothing
+        about recent commits and is simply served at ``ts``. Intents past their deadline are
+        recovered (leader only; a learner waits for the leader's resolution to reach it)."""
+        blocking = find()
+        if not blocking:
+            return
+        waited: dict[bytes, int] = {}
+        give_up = trio.current_time() + INTENT_WAIT_S
+        while blocking:
+            for intent in blocking:
+                waited[intent.key] = intent.txn_id
+            if replica.node.is_leader:
+                now = self.clock.now()
+                for intent in blocking:
+                    if intent.deadline < now:
+                        self._start_recovery(replica, intent)
+            if trio.current_time() > give_up:
+                raise RemoteError("not_closed", f"group {replica.group}: intents of "
+                                  f"{len(blocking)} transaction(s) still pending after "
+                                  f"{INTENT_WAIT_S} s", retryable=True)
+            with trio.move_on_after(0.1):
+                await replica.wait_resolved()
+            blocking = find()
+        if not restart:
+            return
+        store = replica.sm.store
+        above = 0
+        for key in waited:
+            newest = store.get_version(key, MAX_TS)
+            if newest is not None and newest[0] > ts:
+                above = max(above, newest[0])
+        if above:
+            raise RemoteError("restart", f"group {replica.group}: a transaction this read "
+                              f"waited for committed at {above}, above the read's snapshot "
+                              f"{ts}", retryable=True, details={"ts": above})
+
+    # ------------------------------------------------------------------ recovery
+
+    def _start_recovery(self, replica: GroupReplica, intent: Intent) -> None:
+        if intent.txn_id in self._recovering or self._nursery is None:
+            return
+        self._recovering.add(intent.txn_id)
+        self._nursery.start_soon(self._recover, replica, intent)
+
+    async def _recover(self, replica: GroupReplica, intent: Intent) -> None:
+        """Finishes an abandoned transaction: its record on the primary group decides (an
+        undecided transaction is aborted there first), then its intents here are resolved."""
+        try:
+            with trio.move_on_after(RECOVERY_TIMEOUT_S):
+                primary = self.replicas.get(intent.primary)
+                if primary is not None and primary.node.is_leader:
+                    result = await primary.decide(intent.txn_id, 0)
+                    commit_ts = result.ts if result.outcome is Outcome.COMMITTED else 0
+                else:
+                    assert self._peers is not None
+                    reply = await self._peers._call_group(
+                        intent.primary, "decide",
+                        {"group": intent.primary, "txn_id": intent.txn_id, "commit_ts": 0},
+                        commit=True)
+                    commit_ts = reply["ts"] if reply["committed"] else 0
+                if replica.group != intent.primary and replica.node.is_leader:
+                    await replica.resolve(intent.txn_id, commit_ts)
+                log.info("node %d recovered transaction %#x in group %d: %s", self.id,
+                         intent.txn_id, replica.group,
+                         f"committed at {commit_ts}" if commit_ts else "aborted")
+        except (MeridianError, RemoteError, OSError) as exc:
+            log.info("node %d could not recover transaction %#x yet: %s", self.id,
+                     intent.txn_id, exc)
+        finally:
+            self._recovering.discard(intent.txn_id)
+
+    async def _sweep_intents(self, replica: GroupReplica) -> None:
+        """Runs until cancelled: while leading, recovers prepared transactions past their
+        deadline, so that intents nobody reads are cleaned up too."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL_S)
+            if not replica.node.is_leader or self._clock_problem is not None:
+                continue
+            now = self.clock.now()
+            for intent in replica.sm.prepared()[:100]:
+                if intent.deadline < now:
+                    self._start_recovery(replica, intent)
+
+    def _check_txn(self, p) -> tuple[int, int, list[tuple[bytes, bytes | None]], list[bytes]]:
+        txn_id, read_ts = p.get("txn_id"), p.get("read_ts")
+        writes, reads = p.get("writes"), p.get("reads", [])
+        if type(txn_id) is not int or not 0 < txn_id < 2**64:
+            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+        if type(read_ts) is not int or not 0 <= read_ts <= MAX_TS:
+            raise InvalidArgumentError("read_ts must be an int timestamp")
+        if not isinstance(writes, list) or not isinstance(reads, list):
+            raise InvalidArgumentError("writes and reads must be lists")
+        pairs = self._check_writes(writes)
+        if not all(type(k) is bytes for k in reads):
+            raise InvalidArgumentError("read keys must be bytes")
+        limits = self.cluster.limits
+        if read_ts and read_ts < self.clock.now() - int(limits.max_txn_lifetime_s * 1e9):
+            raise TransactionConflictError(
+                f"transaction {txn_id:#x} is older than the maximum transaction lifetime "
+                f"({limits.max_txn_lifetime_s} s)", "too_old")
+        return txn_id, read_ts, pairs, reads
 
     # ------------------------------------------------------------------ catalog
 
@@ -504,6 +705,11 @@ class Node:
             return [asdict(cat.decode_keyspace(v)) for _, v in items], [], []
 
         return await self._catalog_txn(body)
+
+
+def _is_stale(p: dict) -> bool:
+    """Whether a read asked for a stale snapshot (no promise about recent commits)."""
+    return bool(p.get("bounded_ns", 0)) or p.get("stale") is True
 
 
 async def run_node(config: NodeConfig, *, seed: int | None = None,

@@ -33,7 +33,16 @@ import trio
 from raft.types import ProposalDroppedError, RaftError
 
 from .errors import AmbiguousCommitError, InvalidArgumentError, NotLeaderError
-from .group import CommitResult, GroupStateMachine, encode_close, encode_commit
+from .group import (
+    CommitResult,
+    GroupStateMachine,
+    Intent,
+    encode_close,
+    encode_commit,
+    encode_decide,
+    encode_prepare,
+    encode_resolve,
+)
 from .mvcc import MAX_TS
 
 __all__ = ["GroupReplica"]
@@ -61,7 +70,9 @@ class GroupReplica:
         self._ids = itertools.count()
         self._closing: tuple[int, trio.Event] | None = None
         self._last_activity = trio.current_time()
+        self._resolved = trio.Event()
         sm.on_closed = self._on_closed
+        sm.on_resolved = self._on_resolved
 
     # ------------------------------------------------------------------ reads
 
@@ -121,6 +132,21 @@ class GroupReplica:
         while waiters and waiters[0][0] <= closed:
             heapq.heappop(waiters)[2].set()
 
+    def _on_resolved(self, txn_ids: list[int]) -> None:
+        self._resolved.set()
+        self._resolved = trio.Event()
+
+    async def wait_resolved(self) -> None:
+        """Waits until the next apply that resolves some transaction's intents."""
+        await self._resolved.wait()
+
+    def intents(self, keys: Sequence[bytes], ts: int) -> list[Intent]:
+        """The intents a read of ``keys`` at ``ts`` must wait for."""
+        return self.sm.intents(keys, ts)
+
+    def intents_in(self, start: bytes, end: bytes | None, ts: int) -> list[Intent]:
+        return self.sm.intents_in(start, end, ts)
+
     def check_readable(self, ts: int) -> None:
         if not 0 < ts <= self.sm.closed_ts:
             raise InvalidArgumentError(f"timestamp {ts} is not closed in group {self.group} "
@@ -152,6 +178,28 @@ class GroupReplica:
         data = encode_commit(txn_id, read_ts, self.clock.now(), writes, reads,
                              serializable=serializable)
         return await self._propose(data)
+
+    async def prepare(self, txn_id: int, read_ts: int,
+                      writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes],
+                      locks: Sequence[bytes], *, primary: int, deadline: int,
+                      serializable: bool = False) -> CommitResult:
+        """Proposes the first phase of a two-phase commit (leader only; errors as
+        :meth:`commit`)."""
+        self._require_leader()
+        data = encode_prepare(txn_id, read_ts, self.clock.now(), writes, reads, locks,
+                              primary=primary, deadline=deadline, serializable=serializable)
+        return await self._propose(data)
+
+    async def decide(self, txn_id: int, commit_ts: int) -> CommitResult:
+        """Records the transaction's fate in this, its primary group (``commit_ts`` 0:
+        abort) unless it is recorded already; returns the recorded fate."""
+        self._require_leader()
+        return await self._propose(encode_decide(txn_id, self.clock.now(), commit_ts))
+
+    async def resolve(self, txn_id: int, commit_ts: int) -> CommitResult:
+        """Resolves the transaction's intents in this group (``commit_ts`` 0: abort)."""
+        self._require_leader()
+        return await self._propose(encode_resolve(txn_id, self.clock.now(), commit_ts))
 
     async def _propose(self, data: bytes):
         try:

@@ -71,13 +71,14 @@ def reseal(chunks: list[bytes]) -> list[bytes]:
     """The stream with its trailer recomputed, as a faulty writer (not a faulty disk) would."""
     body = chunks[:-1]
     crc = 0
-    entries = 0
+    counts = {"versions": 0, "side": 0}
     for raw in body:
         crc = crc32c(raw, crc)
         chunk = msgpack.unpackb(raw, raw=False)
         if chunk["kind"] == "data":
-            entries += len(chunk["pairs"]) // 2
-    trailer = {"kind": "trailer", "chunks": len(body), "entries": entries, "crc32c": crc}
+            counts[chunk["db"]] = counts.get(chunk["db"], 0) + len(chunk["pairs"]) // 2
+    trailer = {"kind": "trailer", "chunks": len(body), "entries": counts["versions"],
+               "side_entries": counts["side"], "crc32c": crc}
     return body + [msgpack.packb(trailer, use_bin_type=True)]
 
 

@@ -1,0 +1,225 @@
+"""Transactions across groups and regions on an in-process cluster: two-phase commit,
+snapshots that span groups, recovery of abandoned transactions (ARCH §5)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+import engine.node
+from engine import errors
+from engine.local import open_local_cluster
+from engine.placement import data_group, encode_key
+
+TWO_REGIONS = ("us-east", "eu-west")
+WAN = {TWO_REGIONS: 10}
+
+
+@pytest.fixture(autouse=True)
+def short_intent_timeout(monkeypatch):
+    # Abandoned intents are recovered after this long (the product's default is longer).
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 0.5)
+
+
+async def _setup(east):
+    await east.create_keyspace("e", home_region="us-east")
+    await east.create_keyspace("w", home_region="eu-west")
+
+
+async def test_a_transaction_across_regions_commits_atomically():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=11) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await _setup(east)
+                async with east.transaction() as tx:
+                    await tx.put("e", b"k", b"1")
+                    await tx.put("w", b"k", b"1")
+                assert tx.commit_ts > 0
+                for db in (east, west):
+                    async with db.transaction() as tx:
+                        assert await tx.get("w", b"k") == b"1"
+                        assert await tx.get("e", b"k") == b"1"
+                # Both halves at one timestamp.
+                _, ts_e = await west.read_version("e", b"k")
+                _, ts_w = await east.read_version("w", b"k")
+                assert await east.read("e", b"k") == await west.read("w", b"k") == b"1"
+                assert ts_e >= tx.commit_ts and ts_w >= tx.commit_ts
+
+
+async def test_bank_invariant_with_accounts_in_two_regions():
+    accounts = [("e", b"a%d" % i) for i in range(3)] + [("w", b"b%d" % i) for i in range(3)]
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=12) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(120):
+                await _setup(east)
+                async with east.transaction() as tx:
+                    for ks, a in accounts:
+                        await tx.put(ks, a, b"100")
+                totals: list[int] = []
+                committed = 0
+
+                async def transfer(tx, rng):
+                    (ks1, a1), (ks2, a2) = rng.sample(accounts, 2)
+                    s = int(await tx.get(ks1, a1))
+                    d = int(await tx.get(ks2, a2))
+                    amount = rng.randint(1, 20)
+                    await tx.put(ks1, a1, b"%d" % (s - amount))
+                    await tx.put(ks2, a2, b"%d" % (d + amount))
+
+                async def worker(db, seed):
+                    nonlocal committed
+                    rng = random.Random(seed)
+                    for _ in range(8):
+                        await db.run_transaction(lambda tx: transfer(tx, rng))
+                        committed += 1
+
+                async def audit(tx, order):
+                    rows = []
+                    for ks in order:
+                        rows += await tx.scan(ks)
+                    return sum(int(v) for _, v in rows)
+
+                async def auditor(db, order):
+                    for _ in range(6):
+                        # Read-only, yet it may have to retry: moving its snapshot into the
+                        # second region fails if what it read in the first changed meanwhile.
+                        totals.append(await db.run_transaction(lambda tx: audit(tx, order)))
+
+                async with trio.open_nursery() as n:
+                    for i in range(4):
+                        n.start_soon(worker, east if i % 2 else west, i)
+                    n.start_soon(auditor, west, ("w", "e"))
+                    n.start_soon(auditor, east, ("e", "w"))
+                assert committed == 32
+                assert len(totals) == 12 and all(t == 600 for t in totals), totals
+
+
+async def test_no_stale_read_after_a_commit_in_another_region():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=13) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await _setup(east)
+                for i in range(12):
+                    # A one-group commit in us-east, then (after its acknowledgement) a
+                    # transaction in eu-west whose snapshot is fixed by its own region first.
+                    value = b"%d" % i
+                    if i % 2:
+                        await east.run_transaction(lambda tx: tx.put("e", b"k", value))
+                    else:
+                        async def both(tx):
+                            await tx.put("e", b"k", value)
+                            await tx.put("w", b"other", value)
+                        await east.run_transaction(both)
+                    async with west.transaction() as tx:
+                        await tx.get("w", b"unrelated")
+                        assert await tx.get("e", b"k") == value
+
+
+async def test_serializable_refuses_write_skew_across_regions():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=14) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await _setup(east)
+
+                async def skew(isolation):
+                    async with east.transaction() as tx:
+                        await tx.put("e", b"x", b"1")
+                        await tx.put("w", b"y", b"1")
+                    a, b = east.transaction(isolation), west.transaction(isolation)
+                    for tx in (a, b):
+                        await tx.get("e", b"x")
+                        await tx.get("w", b"y")
+                    await a.put("e", b"x", b"0")
+                    await b.put("w", b"y", b"0")
+                    await a.commit()
+                    try:
+                        await b.commit()
+                    except errors.TransactionConflictError as exc:
+                        return exc.reason
+                    return "committed"
+
+                assert await skew("snapshot") == "committed"
+                assert await skew("serializable") in ("intent", "write_write")
+                # The refused transaction left nothing behind: y is readable and writable.
+                assert await west.read("w", b"y") == b"1"
+                await west.run_transaction(lambda tx: tx.put("w", b"y", b"2"))
+
+
+async def test_a_refused_prepare_aborts_the_whole_transaction():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=15) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                t1 = east.transaction()
+                assert await t1.get("w", b"k") is None
+                await east.run_transaction(lambda tx: tx.put("w", b"k", b"theirs"))
+                await t1.put("e", b"k", b"mine")
+                await t1.put("w", b"k", b"mine")
+                with pytest.raises(errors.TransactionConflictError) as info:
+                    await t1.commit()
+                assert info.value.reason == "write_write" and info.value.key == b"k"
+                # The half prepared in us-east was aborted: nothing visible, nothing blocking.
+                with trio.fail_after(1):
+                    assert await east.read("e", b"k") is None
+                await east.run_transaction(lambda tx: tx.put("e", b"k", b"next"))
+
+
+async def _prepare_directly(db, cluster, txn_id, writes_by_region, primary_region):
+    """Prepares a transaction the way a coordinator would, then abandons it."""
+    read_ts = db.clock.now()
+    primary = data_group(cluster.config, primary_region)
+    stamps = []
+    for region, writes in writes_by_region.items():
+        group = data_group(cluster.config, region)
+        reply = await db._call_group(group, "prepare", {
+            "group": group, "txn_id": txn_id, "read_ts": 0, "writes": writes,
+            "primary": primary}, commit=True)
+        stamps.append(reply["ts"])
+    assert read_ts > 0
+    return primary, max(stamps)
+
+
+async def test_an_abandoned_undecided_transaction_is_aborted_by_its_readers():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=16) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                await east.run_transaction(lambda tx: tx.put("w", b"k", b"old"))
+                ids = {}
+                for ks in ("e", "w"):
+                    ids[ks] = (await east.keyspace(ks)).id
+                await _prepare_directly(east, cluster, 0x1234, {
+                    "us-east": [[encode_key(ids["e"], b"k"), b"new"]],
+                    "eu-west": [[encode_key(ids["w"], b"k"), b"new"]]}, "us-east")
+                # The coordinator is gone. A reader waits for the intent's deadline, then
+                # aborts the transaction through its record and reads the old value.
+                assert await east.read("w", b"k") == b"old"
+                assert await east.read("e", b"k") is None
+                await east.run_transaction(lambda tx: tx.put("e", b"k", b"after"))
+
+
+async def test_a_decided_transaction_is_finished_by_its_readers():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=17) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await _setup(east)
+                ids = {ks: (await east.keyspace(ks)).id for ks in ("e", "w")}
+                primary, commit_ts = await _prepare_directly(east, cluster, 0x5678, {
+                    "us-east": [[encode_key(ids["e"], b"k"), b"new"]],
+                    "eu-west": [[encode_key(ids["w"], b"k"), b"new"]]}, "us-east")
+                reply = await east._call_group(primary, "decide", {
+                    "group": primary, "txn_id": 0x5678, "commit_ts": commit_ts}, commit=True)
+                assert reply == {"committed": True, "ts": commit_ts}
+                # The coordinator died before resolving eu-west's intent: a reader there
+                # finds the record committed and finishes the transaction.
+                value, ts = await west.read_version("w", b"k")
+                assert value == b"new" and ts >= commit_ts
+                assert await east.read("e", b"k") == b"new"
+                # The sweep would have done it too; either way the intent is gone.
+                group = data_group(cluster.config, "eu-west")
+                for node in cluster.nodes.values():
+                    replica = node.replicas[group]
+                    if replica.node.is_leader:
+                        assert replica.sm.prepared() == []
