@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS = ("storage", "raft", "adjudicator", "cluster", "report", "elle", "bank")
+COMMANDS = ("storage", "raft", "adjudicator", "cluster", "txn", "report", "elle", "bank")
 
 
 def build_parser() -> argparse.ArgumentParser:

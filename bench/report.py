@@ -25,6 +25,7 @@ __all__ = [
     "render_markdown",
     "render_raft",
     "render_storage",
+    "render_txn",
     "update_file",
 ]
 
@@ -201,10 +202,74 @@ def render_raft(doc: dict, source: str) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {"storage": render_storage, "raft": render_raft}
-METHODS = {"storage": STORAGE_METHOD, "raft": RAFT_METHOD}
+TXN_METHOD = """\
+Workload: the local cluster of `bench cluster` (regions × three `meridian node` processes on
+this machine, simulated one-way WAN latency between the regions added by the client to each
+request and reply). Each region has a keyspace homed there with 1,000 keys of 100 bytes;
+closed-loop clients in every region, all regions at once, run read-modify-write transactions:
+*home* (one key of the client's region), *remote* (one key of the farthest region),
+*two-region* (one key at home, one in the farthest region: two-phase commit), *three-region*
+(one key in each region), *regional* (blind writes to a `mode="regional"` keyspace, when the
+cluster supports it) and *contention-θ* (two keys of the home keyspace drawn from a zipfian
+distribution of parameter θ over 100 keys). Latency is per committed transaction, reads and
+retries included; *commit p50* is the `commit` call alone, and *WAN RTTs* divides it by the
+round trip to the farthest region the transaction touches (0 when it stays at home);
+*aborted attempts* is the share of attempts that conflicted (retried by `run_transaction`).
+Replication lag: a key written in one region, read with `staleness="bounded:0"` in another
+until it appears, timed from the commit's return."""
+
+
+def render_txn(doc: dict, source: str) -> str:
+    """One cross-region transaction result document as Markdown."""
+    cfg = doc["config"]
+    mode = "quick run" if cfg.get("quick") else "full run"
+    wan = ", ".join(f"{k} {v:g} ms" for k, v in doc.get("wan_one_way_ms", {}).items())
+    out = [
+        f"### Transactions across regions, {mode} (`{source}`)",
+        "",
+        f"Reproduce: `{doc['command']}`  ",
+        (f"{cfg['duration_s']:g} s measured after {cfg['warmup_s']:g} s of warm-up per row, "
+         f"{doc.get('elapsed_s', '?')} s in all; {cfg.get('isolation', 'snapshot')} isolation; "
+         f"one-way WAN latency {wan}.  "),
+        f"Machine: {_machine_line(doc['machine'])}",
+        "",
+    ]
+
+    def ms(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    rows = [
+        [r["workload"], r["region"], str(r["concurrency"]), _rate(r["txn_per_s"]),
+         ms(r["p50_ms"]), ms(r["p99_ms"]), ms(r["commit_p50_ms"]),
+         "n/a" if r["wan_rtts_per_commit"] is None else f"{r['wan_rtts_per_commit']:.2f}",
+         f"{r['abort_rate']:.1%}"]
+        for r in doc["results"]
+    ]
+    out.append(_md_table(["workload", "region", "clients per region", "txn/s", "p50 ms",
+                          "p99 ms", "commit p50 ms", "WAN RTTs", "aborted attempts"],
+                         rows, "llrrrrrrr"))
+    lag = doc.get("replication_lag_ms", {})
+    out.append("")
+    out.append(f"Replication lag: p50 {ms(lag.get('p50'))} ms, p99 {ms(lag.get('p99'))} ms.")
+    if doc.get("skipped"):
+        out.append("")
+        out.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in doc["skipped"].items()))
+    out.append("")
+    trows = []
+    for t in doc.get("targets", []):
+        result = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
+        trows.append([t["target"], "n/a" if t["value"] is None else str(t["value"]),
+                      str(t["limit"]), result])
+    if trows:
+        out.append(_md_table(["target", "value", "limit", "result"], trows, "lrrl"))
+    return "\n".join(out)
+
+
+RENDERERS = {"storage": render_storage, "raft": render_raft, "txn": render_txn}
+METHODS = {"storage": STORAGE_METHOD, "raft": RAFT_METHOD, "txn": TXN_METHOD}
 TITLES = {"storage": "Storage: `python -m bench storage`",
-          "raft": "Raft: `python -m bench raft`"}
+          "raft": "Raft: `python -m bench raft`",
+          "txn": "Transactions across regions: `python -m bench txn`"}
 
 
 def _sort_key(item: tuple[str, dict]) -> tuple[str, int, str]:

@@ -23,12 +23,13 @@ writes) and commits when the block ends without an exception (rolls back otherwi
 first read fixes the transaction's snapshot: the group's leader answers with a timestamp that
 covers every commit acknowledged before the read (its closed timestamp after a ReadIndex), and
 every later read is served at that timestamp. A transaction may use keyspaces homed in any
-region. Its first read in another group asks that group's leader for a snapshot at or above
-the one it has; when the group's is newer (it may hold a commit acknowledged before this
-transaction began, which the snapshot must include: no stale reads), the transaction *moves*
-its snapshot up to it, after checking that nothing it has read elsewhere changed in between
-(a refresh; a key that changed is a conflict). A read that had to wait for another
-transaction's intent, which then committed above the snapshot, moves it the same way.
+region. Its reads in another group are served at the same snapshot, with an *uncertainty
+window* up to that group's own snapshot when the transaction first read there: a commit in
+the window may have been acknowledged before this transaction began, and must not be missed
+(no stale reads). A read that finds one on a key it reads *moves* the transaction's snapshot
+above the window, after checking that nothing it has read elsewhere changed in between (a
+refresh; a key that changed is a conflict). A read that had to wait for another transaction's
+intent, which then committed above the snapshot, moves it the same way.
 
 Commit: writes in one group are one message to its leader, validated by the group's
 adjudicator (one-phase commit). Writes in several groups commit with two-phase commit, the
@@ -98,6 +99,15 @@ from .errors import (
     UnavailableError,
 )
 from .hlc import ClockOffsetError, HybridClock
+from .merge import (
+    MERGE,
+    PUT,
+    RemoteWrite,
+    decode_cell,
+    decode_int,
+    encode_int,
+    resolver_for,
+)
 from .placement import (
     KEY_PREFIX_SIZE,
     MAX_USER_KEY_SIZE,
@@ -113,15 +123,19 @@ from .rpc import (
     connect_rpc,
 )
 
-__all__ = ["connect", "Database", "Transaction", "ISOLATION_LEVELS"]
+__all__ = ["connect", "ConflictRecord", "Database", "Transaction", "ISOLATION_LEVELS"]
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
 KEYSPACE_CACHE_S = 5.0
+"""How long a keyspace's catalog record is used before it is looked up again (in the
+background: the cached record keeps being used meanwhile)."""
 MAX_SNAPSHOT_MOVES = 8
 """How many times one read may move a transaction's snapshot before giving up (a conflict)."""
+MAX_MERGE_TS = 2**64 - 2
+"""The timestamp a transaction's own pending regional write is merged at when it reads it
+back (above every committed write: its own is the newest it can see)."""
 BACKGROUND_DRAIN_S = 2.0
 """How long closing a connection waits for intents it is still resolving in the background."""
-"""How long a keyspace's catalog record is used before it is looked up again."""
 _T = TypeVar("_T")
 
 
@@ -197,6 +211,7 @@ class Database:
         self._connecting: dict[int, trio.Event] = {}
         self._keyspaces: dict[str, Keyspace] = {}
         self._keyspace_fetched: dict[str, float] = {}
+        self._keyspace_refreshing: set[str] = set()
         self._rng = random.Random(secrets.randbits(64))
         self._closed = False
         self._background = 0
@@ -205,11 +220,15 @@ class Database:
     # ------------------------------------------------------------------ catalog
 
     async def create_keyspace(self, name: str, *, mode: str = "global",
-                              home_region: str | None = None) -> Keyspace:
-        """Creates a keyspace homed in ``home_region`` (default: the client's region)."""
+                              home_region: str | None = None,
+                              resolver: str = "lww") -> Keyspace:
+        """Creates a keyspace: ``mode="global"`` homed in ``home_region`` (default: the
+        client's region), or ``mode="regional"``, writable in every region, whose concurrent
+        writes are reconciled by ``resolver`` (``"lww"``, ``"counter"``, ``"max"`` or
+        ``"add_wins_set"``; see :mod:`engine.merge`)."""
         check_keyspace_name(name)
         rec = await self._call_group(self._meta_group, "keyspace.create",
-                                     {"name": name, "mode": mode,
+                                     {"name": name, "mode": mode, "resolver": resolver,
                                       "home": home_region or self.region})
         ks = Keyspace(**rec)
         self._keyspaces[name] = ks
@@ -233,14 +252,32 @@ class Database:
             rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
             ks = self._keyspaces[name] = Keyspace(**rec)
             self._keyspace_fetched[name] = trio.current_time()
-        elif trio.current_time() - self._keyspace_fetched.get(name, 0.0) > KEYSPACE_CACHE_S:
+        elif (trio.current_time() - self._keyspace_fetched.get(name, 0.0) > KEYSPACE_CACHE_S
+                and name not in self._keyspace_refreshing):
             # Looked up again now and then, so that a keyspace dropped (and perhaps created
-            # again) elsewhere is noticed within this delay.
-            del self._keyspaces[name]
-            return await self.keyspace(name)
+            # again) elsewhere is noticed within about this delay; the lookup crosses regions
+            # (the catalog's group spans them), so it runs beside the caller, not in its way.
+            self._keyspace_refreshing.add(name)
+            self._nursery.start_soon(self._refresh_keyspace, name)
         return ks
 
+    async def _refresh_keyspace(self, name: str) -> None:
+        try:
+            rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
+            self._keyspaces[name] = Keyspace(**rec)
+            self._keyspace_fetched[name] = trio.current_time()
+        except KeyspaceNotFoundError:
+            self._keyspaces.pop(name, None)
+        except (MeridianError, OSError):
+            pass  # tried again on the next use
+        finally:
+            self._keyspace_refreshing.discard(name)
+
     def group_of(self, ks: Keyspace) -> int:
+        """The group a keyspace's keys are read and written in, from this client: its home
+        region's, or this region's own for a regional keyspace."""
+        if ks.mode == "regional":
+            return self._group_of_region[self.region]
         return self._group_of_region[ks.home]
 
     # ------------------------------------------------------------------ transactions
@@ -310,7 +347,49 @@ class Database:
             else:
                 payload["bounded_ns"] = max(1, ns)
             reply = await self._call_local(group, "read", payload)
-        return reply["values"][0], reply["ts"]
+        value = reply["values"][0]
+        if ks.mode == "regional":
+            cell = None if value is None else decode_cell(value)
+            value = resolver_for(ks.resolver).value_of(cell)
+        return value, reply["ts"]
+
+    async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
+        """The conflict log of a regional keyspace in this client's region: one record per
+        write that lost a concurrent conflict here, oldest key first (ARCH §6)."""
+        ks = await self.keyspace(keyspace)
+        if ks.mode != "regional":
+            raise InvalidArgumentError(f"keyspace {keyspace!r} is not regional: it has no "
+                                       f"conflict log")
+        lo, hi = keyspace_bounds(ks.id)
+        group = self.group_of(ks)
+        reply = await self._call_group(group, "conflicts.list", {
+            "group": group, "start": lo, "end": hi, "limit": limit})
+        out = []
+        for record_id, key, rec in reply["records"]:
+            wts, worigin, lts, lorigin, lvalue, resolver, _ = rec
+            out.append(ConflictRecord(decode_key(key)[1], (wts, worigin), (lts, lorigin),
+                                      lvalue, resolver, record_id))
+        return out
+
+    async def drain_conflicts(self, keyspace: str, records: Sequence[ConflictRecord]) -> None:
+        """Removes records (from :meth:`conflicts`) from the conflict log."""
+        ks = await self.keyspace(keyspace)
+        group = self.group_of(ks)
+        await self._call_group(group, "conflicts.drain", {
+            "group": group, "keys": [r.record_id for r in records]}, commit=True)
+
+    async def statistics(self) -> dict:
+        """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair
+        (``"origin->destination"``: p50, p99 and sample count, from the destination's
+        leader), and every node's status."""
+        nodes = await self.status()
+        lag = {}
+        for st in nodes.values():
+            for origin, figures in (st.get("replication_lag_ms") or {}).items():
+                pair = f"{origin}->{st['region']}"
+                if figures["samples"] > lag.get(pair, {}).get("samples", 0):
+                    lag[pair] = figures
+        return {"replication_lag_ms": lag, "nodes": nodes}
 
     async def status(self) -> dict:
         """Every node's view of its groups (leaders, terms, applied and closed timestamps)."""
@@ -518,6 +597,21 @@ def _check_key(key: object) -> bytes:
     return k
 
 
+@dataclass(frozen=True)
+class ConflictRecord:
+    """A write to a regional keyspace that lost a concurrent conflict (see
+    :meth:`Database.conflicts`)."""
+
+    key: bytes
+    winner: tuple[int, str]
+    """(commit timestamp, origin region) of the version that was kept."""
+    loser: tuple[int, str]
+    """(commit timestamp, origin region) of the write that lost."""
+    loser_value: bytes | None
+    resolver: str
+    record_id: bytes
+
+
 @dataclass
 class _GroupReads:
     """What a transaction read in one group: refreshed when its snapshot moves, validated
@@ -525,6 +619,10 @@ class _GroupReads:
 
     keys: set[bytes]
     spans: list[list]
+    fresh: int
+    """The group's snapshot when the transaction first read there: a commit in the group
+    between the transaction's snapshot and this one may have been acknowledged before the
+    transaction began, so reads there look for one (and move the snapshot if they find it)."""
 
 
 class Transaction:
@@ -537,6 +635,7 @@ class Transaction:
         self.read_ts = 0
         self._visited: dict[int, _GroupReads] = {}
         self._writes: dict[bytes, bytes | None] = {}
+        self._merges: dict[bytes, tuple[str, bytes | None]] = {}  # regional: (resolver, value)
         self._write_group: dict[bytes, int] = {}
         self._bytes = 0
         self._state = "open"
@@ -571,12 +670,19 @@ class Transaction:
             reply = await self._read(group, "read", {"keys": wanted})
             self._visited[group].keys.update(wanted)
             found = dict(zip(wanted, reply["values"]))
+        ks = await self._db.keyspace(keyspace)
+        if ks.mode == "regional":
+            return [self._regional_value(ks, s, found[s]) for s, _ in located]
         return [self._writes[s] if s in self._writes else found[s] for s, _ in located]
 
     async def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
         """Reads a key and adds it to the write set unchanged, so that a concurrent writer of
         it conflicts with this transaction (the way to prevent write skew under snapshot
         isolation, like ``SELECT ... FOR UPDATE``)."""
+        if (await self._db.keyspace(keyspace)).mode == "regional":
+            raise InvalidArgumentError(
+                f"keyspace {keyspace!r} is regional: its writes commit in each region and "
+                f"are merged, so there is no lock to take")
         value = await self.get(keyspace, key)
         stored, group = await self._locate(keyspace, key)
         if stored not in self._writes:
@@ -607,6 +713,10 @@ class Transaction:
         reads.spans.append([s, e, None if reverse else fetch])
         merged = {k: v for k, v in reply["items"]}
         reads.keys.update(merged)
+        if ks.mode == "regional":
+            pending = [k for k in self._merges if s <= k < e]
+            merged = {k: self._regional_value(ks, k, merged.get(k))
+                      for k in (*merged, *pending)}
         merged.update(mine)
         items = sorted(((k, v) for k, v in merged.items() if v is not None), reverse=reverse)
         if limit is not None:
@@ -619,11 +729,66 @@ class Transaction:
         if len(v) > self._db.limits["max_value_size"]:
             raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
                                       f"{self._db.limits['max_value_size']}")
-        self._buffer(stored, group, v)
+        await self._write(keyspace, stored, group, v)
 
     async def delete(self, keyspace: str, key: bytes | str) -> None:
         stored, group = await self._locate(keyspace, key)
-        self._buffer(stored, group, None)
+        await self._write(keyspace, stored, group, None)
+
+    async def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:
+        """A write to a regional keyspace with a merge type (ARCH §6): ``payload`` in the
+        resolver's format (:mod:`engine.merge`: an increment for ``counter``, a number for
+        ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
+        except counter increments, which add up."""
+        ks = await self._db.keyspace(keyspace)
+        if ks.mode != "regional" or ks.resolver == "lww":
+            raise InvalidArgumentError(
+                f"keyspace {keyspace!r} has no merge type ({ks.mode}, {ks.resolver}): use put")
+        stored, group = await self._locate(keyspace, key)
+        v = _as_bytes(payload, "payload")
+        resolver = resolver_for(ks.resolver)
+        # Checked now, with the resolver the group will use, rather than at commit.
+        resolver.merge(None, RemoteWrite(stored, v, 1, self._db.region, MERGE))
+        pending = self._merges.get(stored)
+        if pending is not None:
+            if ks.resolver == "counter":
+                v = encode_int(decode_int(pending[1]) + decode_int(v))
+            elif ks.resolver == "max":
+                v = max(pending[1], v, key=decode_int)
+            else:
+                raise InvalidArgumentError(
+                    f"one {ks.resolver} operation per key per transaction (key {key!r})")
+        self._buffer(stored, group, v, resolver=ks.resolver)
+
+    async def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
+        """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver."""
+        if type(amount) is not int:
+            raise InvalidArgumentError(f"amount must be an int, not {type(amount).__name__}")
+        await self.merge(keyspace, key, encode_int(amount))
+
+    async def _write(self, keyspace: str, stored: bytes, group: int,
+                     value: bytes | None) -> None:
+        ks = await self._db.keyspace(keyspace)
+        if ks.mode != "regional":
+            self._buffer(stored, group, value)
+        elif ks.resolver == "lww":
+            self._buffer(stored, group, value, resolver="lww")
+        else:
+            raise InvalidArgumentError(
+                f"keyspace {keyspace!r} merges its writes with {ks.resolver!r}: write it with "
+                f"merge() (or increment() for a counter)")
+
+    def _regional_value(self, ks: Keyspace, stored: bytes, raw: bytes | None) -> bytes | None:
+        """What a read of a regional key returns: the stored cell's value, with this
+        transaction's own pending write merged in (read your writes)."""
+        resolver = resolver_for(ks.resolver)
+        cell = None if raw is None else decode_cell(raw)
+        pending = self._merges.get(stored)
+        if pending is not None:
+            op = PUT if ks.resolver == "lww" else MERGE
+            cell, _ = resolver.merge(cell, RemoteWrite(stored, pending[1], MAX_MERGE_TS,
+                                                       self._db.region, op))
+        return resolver.value_of(cell)
 
     async def commit(self) -> None:
         """Commits, or raises :class:`TransactionConflictError` (nothing was written).
@@ -634,7 +799,7 @@ class Transaction:
         self._check_open()
         self._state = "committing"
         try:
-            if not self._writes:
+            if not self._writes and not self._merges:
                 self._state = "committed"  # read-only: its snapshot was consistent
                 return
             lifetime = self._db.limits["max_txn_lifetime_s"]
@@ -645,12 +810,20 @@ class Transaction:
             writes: dict[int, list] = {}
             for k, v in self._writes.items():
                 writes.setdefault(self._write_group[k], []).append([k, v])
+            merges: dict[int, list] = {}
+            for k, (resolver, v) in self._merges.items():
+                merges.setdefault(self._write_group[k], []).append([k, resolver, v])
             serializable = self.isolation == "serializable"
-            participants = set(writes)
+            participants = set(writes) | set(merges)
             if serializable:
                 participants.update(g for g, r in self._visited.items() if r.keys)
+            if merges and len(participants) > 1:
+                raise InvalidArgumentError(
+                    "a transaction that writes a regional keyspace commits in its own region: "
+                    "it can also write global keyspaces homed there, not elsewhere")
             if len(participants) == 1:
-                await self._commit_one(participants.pop(), writes, serializable)
+                group = participants.pop()
+                await self._commit_one(group, writes, serializable, merges.get(group, []))
             else:
                 await self._commit_two_phase(sorted(participants), writes, serializable)
             self._state = "committed"
@@ -663,9 +836,12 @@ class Transaction:
 
     # ------------------------------------------------------------------ commit protocols
 
-    async def _commit_one(self, group: int, writes: dict[int, list], serializable: bool) -> None:
+    async def _commit_one(self, group: int, writes: dict[int, list], serializable: bool,
+                          merges: list) -> None:
         payload = {"group": group, "txn_id": self.txn_id, "read_ts": self.read_ts,
                    "writes": writes.get(group, []), "serializable": serializable}
+        if merges:
+            payload["merges"] = merges
         if serializable and group in self._visited:
             payload["reads"] = sorted(self._visited[group].keys)
         reply = await self._db._call_group(group, "commit", payload, commit=True)
@@ -746,28 +922,34 @@ class Transaction:
 
         The first read anywhere fixes the snapshot: the group's leader answers with a
         timestamp that covers every commit acknowledged before it (see the module
-        docstring). The first read in another group asks for a snapshot at or above that
-        one; if that group's is newer — it may hold commits acknowledged before this
-        transaction began — the snapshot moves up to it, after checking that nothing this
-        transaction read elsewhere changed in between (a *refresh*); otherwise the
-        transaction could miss a commit that finished before it started."""
+        docstring). The first read in another group is served at that snapshot too, with an
+        *uncertainty window* up to that group's own new snapshot: a commit there in the window
+        may have been acknowledged before this transaction began. If a read meets one (on the
+        keys it reads), the snapshot moves up past the window, after checking that nothing
+        this transaction read elsewhere changed in between (a *refresh*); otherwise the
+        transaction could miss a commit that finished before it started. Reads that meet no
+        such commit cost nothing more, whatever the groups' clocks."""
         self._check_open()
         db = self._db
         for _ in range(MAX_SNAPSHOT_MOVES):
             body = {**payload, "group": group}
-            if self.read_ts and group not in self._visited:
-                body["ts"], body["min_ts"] = 0, self.read_ts
+            reads = self._visited.get(group)
+            if not self.read_ts:
+                body["ts"] = 0
+            elif reads is None:
+                body["ts"], body["min_ts"], body["at_min"] = 0, self.read_ts, True
             else:
-                body["ts"] = self.read_ts
+                body["ts"], body["until"] = self.read_ts, max(reads.fresh, self.read_ts)
             try:
                 reply = await db._call_group(group, method, body)
             except _Restart as restart:
                 await self._move_snapshot(restart.ts)
                 continue
-            ts = reply["ts"]
-            if ts > self.read_ts:
-                await self._move_snapshot(ts)
-            self._visited.setdefault(group, _GroupReads(set(), []))
+            if not self.read_ts:
+                self.read_ts = reply["ts"]
+            if reads is None:
+                reads = self._visited[group] = _GroupReads(set(), [], 0)
+            reads.fresh = max(reads.fresh, reply.get("until", reply["ts"]))
             return reply
         raise TransactionConflictError(
             f"transaction {self.txn_id:#x}: its snapshot moved {MAX_SNAPSHOT_MOVES} times in "
@@ -809,6 +991,7 @@ class Transaction:
         if self._state in ("open", "committing"):
             self._state = "rolled back"
         self._writes.clear()
+        self._merges.clear()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -824,19 +1007,29 @@ class Transaction:
             raise RecordTooLargeError(f"key of {len(k)} bytes: the limit is {limit}")
         return encode_key(ks.id, k), group
 
-    def _buffer(self, stored: bytes, group: int, value: bytes | None) -> None:
+    def _buffer(self, stored: bytes, group: int, value: bytes | None, *,
+                resolver: str | None = None) -> None:
+        """Buffers a write (``resolver``: a regional keyspace's, merged at commit)."""
         self._check_open()
         limits = self._db.limits
-        if stored not in self._writes and len(self._writes) >= limits["max_txn_keys"]:
+        pending = self._writes if resolver is None else self._merges
+        new_key = stored not in self._writes and stored not in self._merges
+        if new_key and len(self._writes) + len(self._merges) >= limits["max_txn_keys"]:
             raise LimitExceededError(f"more than {limits['max_txn_keys']} keys written in one "
                                      f"transaction")
-        old = self._writes.get(stored)
-        self._bytes += len(value or b"") - len(old or b"") + (
-            0 if stored in self._writes else len(stored))
-        if self._bytes > limits["max_txn_bytes"]:
+        old = pending.get(stored)
+        if resolver is not None and old is not None:
+            old = old[1]
+        size = self._bytes + len(value or b"") - len(old or b"") + (len(stored) if new_key
+                                                                    else 0)
+        if size > limits["max_txn_bytes"]:
             raise LimitExceededError(f"more than {limits['max_txn_bytes']} bytes written in "
                                      f"one transaction")
-        self._writes[stored] = value
+        self._bytes = size
+        if resolver is None:
+            self._writes[stored] = value
+        else:
+            self._merges[stored] = (resolver, value)
         self._write_group[stored] = group
 
 

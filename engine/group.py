@@ -478,11 +478,16 @@ class GroupStateMachine:
             out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
         return out
 
-    def conflicts(self, start: bytes, end: bytes, limit: int = 100) -> list[tuple[bytes, list]]:
-        """Conflict-log records of keys in ``[start, end)``: ``(record key, [winner_ts,
+    def conflicts(self, start: bytes, end: bytes,
+                  limit: int = 100) -> list[tuple[bytes, bytes, list]]:
+        """Conflict-log records of keys in ``[start, end)``: ``(record id, key, [winner_ts,
         winner_origin, loser_ts, loser_origin, loser_value, resolver, logged_ts])``."""
-        return [(skey, msgpack.unpackb(raw)) for skey, raw in
-                self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit)]
+        out = []
+        for skey, raw in self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit):
+            rec = msgpack.unpackb(raw)
+            tail = 8 + len(rec[3].encode()[:_MAX_ORIGIN_IN_KEY])
+            out.append((skey, skey[1:len(skey) - tail], rec))
+        return out
 
     def record(self, txn_id: int) -> tuple[bool, int] | None:
         """This (primary) group's record of the transaction: (committed, commit_ts), or None

@@ -22,11 +22,21 @@ Methods served
 --------------
 ``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.drop``,
 ``keyspace.get``, ``keyspace.list`` (meta group leader); data: ``read``, ``scan`` and ``commit``
-on a group. Errors are :class:`~engine.rpc.RemoteError` codes: ``not_leader`` (details: group,
-leader), ``conflict`` (details: reason, key), ``ambiguous``, ``invalid_argument``,
+on a group; two-phase commit: ``prepare``, ``decide`` (primary group), ``resolve``, and
+``refresh`` (may a transaction's reads move to a newer snapshot?); regional keyspaces:
+``remote.apply`` and ``remote.watermark`` (between nodes: another region's writes),
+``conflicts.list`` and ``conflicts.drain``. Errors are :class:`~engine.rpc.RemoteError` codes:
+``not_leader`` (details: group, leader), ``conflict`` (details: reason, key), ``restart``
+(details: ts — the reader must move its snapshot to ts), ``ambiguous``, ``invalid_argument``,
 ``not_found``, ``already_exists``, ``unknown_group``, ``not_closed`` (a stale read's timestamp
 was not reached in time), ``clock_offset`` (this node measured its clock beyond the allowed
 offset from a majority of its peers and refuses to serve until that heals).
+
+Background work
+---------------
+Per data group, while this node leads it: the closer (idle groups close time), the intent
+sweep (prepared transactions past their deadline are finished from their record), and one
+shipper per other region that pushes the group's regional writes there (ARCH §6).
 
 Clock offset
 ------------
@@ -39,6 +49,7 @@ ARCH §5, which assume bounded skew.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import secrets
@@ -71,7 +82,8 @@ from .errors import (
     TransactionConflictError,
 )
 from .client import Database
-from .group import GroupStateMachine, Intent, Outcome
+from .group import GroupStateMachine, Intent, Outcome, encode_drain, encode_remote
+from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
 from .placement import META_GROUP, data_group, placement
@@ -90,6 +102,9 @@ may be finished by anyone who meets one of its intents (aborted, unless decided)
 INTENT_WAIT_S = 10.0
 """Longest a read waits for intents to be resolved before answering ``unavailable``."""
 SWEEP_INTERVAL_S = 1.0
+REPLICATION_BATCH = 256
+"""Most outbox records (commits) in one batch of regional writes shipped to another region."""
+LAG_SAMPLES = 1000
 RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 
@@ -120,6 +135,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._peers: Database | None = None
         self._recovering: set[int] = set()
+        # Replication lag of regional writes applied here, per origin region: recent samples.
+        self._lag_ms: dict[str, collections.deque] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -180,7 +197,8 @@ class Node:
         store = MVCCStore(base / "state")
         files.callback(store.close)
         lifetime_ns = int(self.cluster.limits.max_txn_lifetime_s * 1e9)
-        sm = GroupStateMachine(store, max_txn_lifetime_ns=lifetime_ns)
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=lifetime_ns,
+                               origin=self.placement[gid].region)
         files.callback(sm.close)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
@@ -203,6 +221,9 @@ class Node:
         nursery.start_soon(replica.run_closer)
         if gid != META_GROUP:
             nursery.start_soon(self._sweep_intents, replica)
+            for other, where in self.placement.items():
+                if other not in (gid, META_GROUP) and where.region:
+                    nursery.start_soon(self._ship_regional, replica, other)
 
     async def _serve_clients(self, me, *, task_status) -> None:
         handlers = {
@@ -220,6 +241,10 @@ class Node:
             "decide": self._guarded(self._decide),
             "resolve": self._guarded(self._resolve),
             "refresh": self._guarded(self._refresh),
+            "remote.apply": self._guarded(self._remote_apply),
+            "remote.watermark": self._guarded(self._remote_watermark),
+            "conflicts.list": self._guarded(self._conflicts_list),
+            "conflicts.drain": self._guarded(self._conflicts_drain),
         }
         await serve_rpc(handlers, me.client_host, me.client_port, clock_now=self.clock.now,
                         clock_update=self.clock.update, task_status=task_status)
@@ -337,8 +362,16 @@ class Node:
         for gid, r in self.replicas.items():
             s = r.node.statistics()
             out[gid] = {**asdict(s), "closed_ts": r.closed_ts}
+        lag = {}
+        for origin, samples in self._lag_ms.items():
+            ordered = sorted(samples)
+            if ordered:
+                lag[origin] = {"samples": len(ordered),
+                               "p50": ordered[len(ordered) // 2],
+                               "p99": ordered[min(len(ordered) - 1,
+                                                  int(len(ordered) * 0.99))]}
         return {"node": self.id, "region": self.region, "groups": out,
-                "clock_problem": self._clock_problem}
+                "clock_problem": self._clock_problem, "replication_lag_ms": lag}
 
     def _replica(self, payload) -> GroupReplica:
         gid = payload.get("group")
@@ -352,10 +385,16 @@ class Node:
         keys = p.get("keys")
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
-        ts = await self._read_ts(replica, p)
-        await self._wait_intents(replica, ts, lambda: replica.intents(keys, ts),
+        ts, until = await self._read_ts(replica, p)
+        await self._wait_intents(replica, ts, lambda: replica.intents(keys, until),
                                  restart=not _is_stale(p))
-        return {"ts": ts, "values": [replica.get(k, ts) for k in keys]}
+        if until > ts:
+            store = replica.sm.store
+            for k in keys:
+                version = store.get_version(k, until)
+                if version is not None and version[0] > ts:
+                    raise _restart(replica, ts, until)
+        return {"ts": ts, "until": until, "values": [replica.get(k, ts) for k in keys]}
 
     async def _scan(self, p):
         replica = self._replica(p)
@@ -365,28 +404,43 @@ class Node:
             raise InvalidArgumentError("start must be bytes and end bytes or nil")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or nil")
-        ts = await self._read_ts(replica, p)
-        await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, ts),
+        ts, until = await self._read_ts(replica, p)
+        await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
                                  restart=not _is_stale(p))
         items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
-        return {"ts": ts, "items": [[k, v] for k, v in items]}
+        if until > ts and items != replica.scan(start, end, until, limit=limit,
+                                                reverse=reverse):
+            raise _restart(replica, ts, until)
+        return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
 
-    async def _read_ts(self, replica: GroupReplica, p) -> int:
-        """The timestamp a read is served at. ``ts`` 0: a new strong snapshot (leader);
-        ``ts`` > 0: exactly that timestamp (any replica, waiting for it to close);
+    async def _read_ts(self, replica: GroupReplica, p) -> tuple[int, int]:
+        """The timestamp a read is served at, and the end of its *uncertainty window*.
+
+        ``ts`` 0: a new strong snapshot (leader); with ``min_ts`` and ``at_min``, the read is
+        served at exactly ``min_ts`` (a transaction's snapshot, fixed in another group) and
+        the window reaches this group's new snapshot: a commit in between may have been
+        acknowledged before the transaction began, so if the read sees one it is told to move
+        its snapshot (``restart``) instead of missing it. ``ts`` > 0: exactly that timestamp
+        (any replica, waiting for it to close), with the window up to ``until``.
         ``bounded_ns`` > 0: this replica's closed timestamp, if it is no older than that."""
         ts, min_ts, bounded = p.get("ts", 0), p.get("min_ts", 0), p.get("bounded_ns", 0)
-        for name, v in (("ts", ts), ("min_ts", min_ts), ("bounded_ns", bounded)):
+        until = p.get("until", 0)
+        for name, v in (("ts", ts), ("min_ts", min_ts), ("bounded_ns", bounded),
+                        ("until", until)):
             if type(v) is not int or not 0 <= v <= MAX_TS:
                 raise InvalidArgumentError(f"{name} must be an int in 0..{MAX_TS}")
         if bounded:
             oldest = self.clock.now() - bounded
             await self._wait_closed(replica, max(oldest, min_ts))
-            return replica.closed_ts
+            return replica.closed_ts, replica.closed_ts
         if ts == 0:
-            return await replica.snapshot_ts(min_ts)
-        await self._wait_closed(replica, ts)
-        return ts
+            snapshot = await replica.snapshot_ts(min_ts)
+            if min_ts and p.get("at_min") is True:
+                return min_ts, snapshot
+            return snapshot, snapshot
+        until = max(ts, until)
+        await self._wait_closed(replica, until)
+        return ts, until
 
     async def _wait_closed(self, replica: GroupReplica, ts: int) -> None:
         if replica.closed_ts >= ts:
@@ -404,11 +458,38 @@ class Node:
     async def _commit(self, p):
         replica = self._replica(p)
         txn_id, read_ts, pairs, reads = self._check_txn(p)
+        merges = self._check_merges(p.get("merges", []), len(pairs))
         result = await replica.commit(txn_id, read_ts, pairs, reads,
-                                      serializable=bool(p.get("serializable", False)))
+                                      serializable=bool(p.get("serializable", False)),
+                                      merges=merges)
         if result.committed:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
+
+    def _check_merges(self, merges: object, written: int) -> list[tuple[bytes, str, bytes | None]]:
+        """Writes to regional keyspaces: ``[key, resolver, value]`` lists."""
+        if not isinstance(merges, list):
+            raise InvalidArgumentError("merges must be a list")
+        limits = self.cluster.limits
+        if written + len(merges) > limits.max_txn_keys:
+            raise LimitExceededError(f"{written + len(merges)} keys written; the limit is "
+                                     f"{limits.max_txn_keys} per transaction")
+        out = []
+        for m in merges:
+            if not (isinstance(m, list) and len(m) == 3 and type(m[0]) is bytes
+                    and m[1] in RESOLVER_NAMES and (m[2] is None or type(m[2]) is bytes)):
+                raise InvalidArgumentError(
+                    f"each merge must be [key: bytes, resolver: one of {RESOLVER_NAMES}, "
+                    f"value: bytes|nil]")
+            key, resolver, value = m
+            if not 0 < len(key) <= limits.max_key_size:
+                raise RecordTooLargeError(f"key of {len(key)} bytes: keys are 1.."
+                                          f"{limits.max_key_size} bytes")
+            if value is not None and len(value) > limits.max_value_size:
+                raise RecordTooLargeError(f"value of {len(value)} bytes: the limit is "
+                                          f"{limits.max_value_size}")
+            out.append((key, resolver, value))
+        return out
 
     def _check_writes(self, writes: list) -> list[tuple[bytes, bytes | None]]:
         limits = self.cluster.limits
@@ -455,11 +536,7 @@ class Node:
 
     async def _decide(self, p):
         replica = self._replica(p)
-        txn_id, commit_ts = p.get("txn_id"), p.get("commit_ts")
-        if type(txn_id) is not int or not 0 < txn_id < 2**64:
-            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
-        if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
-            raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
+        txn_id, commit_ts = _fate(p)
         result = await replica.decide(txn_id, commit_ts)
         if result.outcome is Outcome.INVALID:
             raise InvalidArgumentError(f"decision refused: {result.reason}")
@@ -467,11 +544,7 @@ class Node:
 
     async def _resolve(self, p):
         replica = self._replica(p)
-        txn_id, commit_ts = p.get("txn_id"), p.get("commit_ts")
-        if type(txn_id) is not int or not 0 < txn_id < 2**64:
-            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
-        if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
-            raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
+        txn_id, commit_ts = _fate(p)
         await replica.resolve(txn_id, commit_ts)
         return {}
 
@@ -562,6 +635,86 @@ class Node:
             raise RemoteError("restart", f"group {replica.group}: a transaction this read "
                               f"waited for committed at {above}, above the read's snapshot "
                               f"{ts}", retryable=True, details={"ts": above})
+
+    # ------------------------------------------------------------------ regional keyspaces
+
+    async def _ship_regional(self, origin: GroupReplica, destination: int) -> None:
+        """Runs until cancelled: while this node leads ``origin``, pushes its regional writes
+        (its outbox) to the ``destination`` group, one batch in flight, resuming from the
+        destination's watermark after every change of leader (ARCH §6). The destination
+        applies each batch through its own log, once."""
+        acked: int | None = None
+        while True:
+            if not origin.node.is_leader or self._peers is None:
+                acked = None
+                await trio.sleep(0.2)
+                continue
+            try:
+                if acked is None:
+                    reply = await self._peers._call_group(destination, "remote.watermark", {
+                        "group": destination, "origin": origin.group})
+                    acked = reply["watermark"]
+                batch = origin.sm.outbox_after(acked, REPLICATION_BATCH)
+                if not batch:
+                    with trio.move_on_after(1.0):
+                        await origin.wait_closed(origin.closed_ts + 1)
+                    continue
+                writes = [w for _, ws in batch for w in ws]
+                reply = await self._peers._call_group(destination, "remote.apply", {
+                    "group": destination, "origin": origin.group, "up_to": batch[-1][0],
+                    "writes": writes})
+                acked = reply["watermark"]
+            except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
+                log.info("node %d: shipping group %d's regional writes to group %d: %s",
+                         self.id, origin.group, destination, exc)
+                acked = None
+                await trio.sleep(0.5)
+
+    async def _remote_apply(self, p):
+        replica = self._replica(p)
+        origin, up_to, writes = p.get("origin"), p.get("up_to"), p.get("writes")
+        where = self.placement.get(origin) if type(origin) is int else None
+        if where is None or not where.region or origin == replica.group:
+            raise InvalidArgumentError(f"origin must be another region's data group, "
+                                       f"not {origin!r}")
+        if type(up_to) is not int or not 0 < up_to <= MAX_TS or not isinstance(writes, list):
+            raise InvalidArgumentError("up_to must be a timestamp and writes a list")
+        replica._require_leader()
+        await replica.propose(encode_remote(origin, self.clock.now(), up_to, writes))
+        now = self.clock.physical_ns()
+        samples = self._lag_ms.setdefault(where.region, collections.deque(maxlen=LAG_SAMPLES))
+        for w in writes:
+            if isinstance(w, list) and len(w) == 7 and type(w[3]) is int:
+                samples.append(max(0.0, (now - w[3]) / 1e6))
+        return {"watermark": replica.sm.watermark(origin)}
+
+    async def _remote_watermark(self, p):
+        replica = self._replica(p)
+        origin = p.get("origin")
+        if type(origin) is not int:
+            raise InvalidArgumentError("origin must be a group id")
+        replica._require_leader()
+        return {"watermark": replica.sm.watermark(origin)}
+
+    async def _conflicts_list(self, p):
+        replica = self._replica(p)
+        start, end, limit = p.get("start"), p.get("end"), p.get("limit", 100)
+        if type(start) is not bytes or type(end) is not bytes:
+            raise InvalidArgumentError("start and end must be bytes")
+        if type(limit) is not int or not 0 < limit <= 10_000:
+            raise InvalidArgumentError("limit must be an int in 1..10000")
+        await replica.snapshot_ts()  # leader, and everything acknowledged is applied
+        return {"records": [[rid, key, rec]
+                            for rid, key, rec in replica.sm.conflicts(start, end, limit)]}
+
+    async def _conflicts_drain(self, p):
+        replica = self._replica(p)
+        keys = p.get("keys")
+        if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
+            raise InvalidArgumentError("keys must be a list of conflict record ids (bytes)")
+        replica._require_leader()
+        await replica.propose(encode_drain(self.clock.now(), keys))
+        return {}
 
     # ------------------------------------------------------------------ recovery
 
@@ -660,9 +813,13 @@ class Node:
         if mode not in cat.MODES:
             raise InvalidArgumentError(f"mode must be one of {', '.join(cat.MODES)}, "
                                        f"not {mode!r}")
-        if mode == "regional":
-            raise InvalidArgumentError("regional (multi-active) keyspaces need cross-region "
-                                       "replication, which this version does not have yet")
+        resolver = p.get("resolver", "lww")
+        if resolver not in RESOLVER_NAMES:
+            raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)}, "
+                                       f"not {resolver!r}")
+        if mode == "global" and resolver != "lww":
+            raise InvalidArgumentError("only regional keyspaces have a resolver: a global "
+                                       "keyspace has one writer region and no conflicts")
         data_group(self.cluster, home)  # validates the region name
         key = cat.keyspace_key(name)
 
@@ -670,7 +827,7 @@ class Node:
             if meta.get(key, ts) is not None:
                 raise RemoteError("already_exists", f"keyspace {name!r} already exists")
             next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
-            ks = cat.Keyspace(next_id, name, mode, home, created_ts=ts)
+            ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts)
             writes = [(key, cat.encode_keyspace(ks)),
                       (cat.NEXT_ID_KEY, cat.encode_next_id(next_id + 1))]
             return asdict(ks), writes, [key, cat.NEXT_ID_KEY]
@@ -705,6 +862,22 @@ class Node:
             return [asdict(cat.decode_keyspace(v)) for _, v in items], [], []
 
         return await self._catalog_txn(body)
+
+
+def _fate(p: dict) -> tuple[int, int]:
+    """A decide or resolve request's transaction id and commit timestamp (0: abort)."""
+    txn_id, commit_ts = p.get("txn_id"), p.get("commit_ts")
+    if type(txn_id) is not int or not 0 < txn_id < 2**64:
+        raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+    if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
+        raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
+    return txn_id, commit_ts
+
+
+def _restart(replica: GroupReplica, ts: int, until: int) -> RemoteError:
+    return RemoteError("restart", f"group {replica.group}: a commit in the read's uncertainty "
+                       f"window ({ts}, {until}] may precede the transaction", retryable=True,
+                       details={"ts": until})
 
 
 def _is_stale(p: dict) -> bool:

@@ -165,7 +165,8 @@ class GroupReplica:
 
     async def commit(self, txn_id: int, read_ts: int,
                      writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
-                     *, serializable: bool = False) -> CommitResult:
+                     *, serializable: bool = False,
+                     merges: Sequence[tuple[bytes, str, bytes | None]] = ()) -> CommitResult:
         """Proposes a one-phase commit and returns what applying it decided. Leader only.
 
         Raises:
@@ -176,7 +177,12 @@ class GroupReplica:
         """
         self._require_leader()
         data = encode_commit(txn_id, read_ts, self.clock.now(), writes, reads,
-                             serializable=serializable)
+                             serializable=serializable, merges=merges)
+        return await self._propose(data)
+
+    async def propose(self, data: bytes):
+        """Proposes an encoded command (leader only); returns what applying it decided."""
+        self._require_leader()
         return await self._propose(data)
 
     async def prepare(self, txn_id: int, read_ts: int,

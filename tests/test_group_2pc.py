@@ -245,7 +245,8 @@ def test_regional_writes_merge_locally_and_ship_once(regional):
     r = ship(east, west, lw, 101)
     assert r.committed and west.watermark(101) == 110
     assert value(west, b"k") == b"w1" and value(west, b"n", "counter") == b"5"
-    [(ckey, rec)] = west.conflicts(b"", b"\xff")
+    [(ckey, key, rec)] = west.conflicts(b"", b"\xff")
+    assert key == b"k"
     assert rec[:4] == [105, "eu-west", 100, "us-east"] and rec[4] == b"e1"
     # The same batch again changes nothing (exactly once).
     r = ship(east, west, lw, 101)
@@ -253,7 +254,7 @@ def test_regional_writes_merge_locally_and_ship_once(regional):
     # West's write reaches east: both regions agree.
     ship(west, east, le, 102)
     assert value(east, b"k") == value(west, b"k") == b"w1"
-    assert [rec[2] for _, rec in east.conflicts(b"", b"\xff")] == [100]
+    assert [rec[2] for _, _, rec in east.conflicts(b"", b"\xff")] == [100]
     # West's own writes are not in its outbox for re-shipping.
     assert [ts for ts, _ in west.outbox_after(0)] == [105]
     # Draining the conflict log.

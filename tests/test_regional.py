@@ -1,0 +1,191 @@
+"""Regional (multi-active) keyspaces on an in-process cluster: local commits, asynchronous
+replication applied once, deterministic resolution and the conflict log (ARCH §6)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from bench.convergence import check as check_convergence
+from engine import errors
+from engine.local import open_local_cluster
+from engine.merge import decode_set, encode_set_add, encode_set_remove
+from engine.placement import data_group
+from test_cluster import _leader_of
+
+REGIONS = ("us-east", "eu-west", "ap-south")
+WAN = {("us-east", "eu-west"): 10, ("us-east", "ap-south"): 20, ("eu-west", "ap-south"): 15}
+
+
+async def _converged(dbs, keyspace, keys, timeout=20):
+    """Waits until every region reads the same value of every key, twice in a row half a
+    second apart (values can agree for a moment while writes are still in flight: two regions
+    that each applied a different two of three counters' increments); returns them."""
+    before = None
+    with trio.fail_after(timeout):
+        while True:
+            views = [[await db.read(keyspace, k) for k in keys] for db in dbs]
+            if all(v == views[0] for v in views):
+                if views[0] == before:
+                    return dict(zip(keys, views[0]))
+                before = views[0]
+                await trio.sleep(0.5)
+            else:
+                before = None
+                await trio.sleep(0.05)
+
+
+async def test_last_writer_wins_converges_and_logs_every_lost_write():
+    async with open_local_cluster(REGIONS, 1, wan_latency_ms=WAN, seed=21) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b, \
+                cluster.connect("ap-south") as c:
+            dbs = (a, b, c)
+            with trio.fail_after(60):
+                await a.create_keyspace("prefs", mode="regional")
+                history = []
+                keys = [b"k%d" % i for i in range(4)]
+                rng = random.Random(21)
+
+                async def writer(db, n):
+                    for i in range(n):
+                        key = rng.choice(keys)
+                        value = b"%s-%d" % (db.region.encode(), i)
+                        history.append({"type": "invoke", "process": db.region, "f": "write",
+                                        "key": key.decode(), "value": value.decode(),
+                                        "region": db.region})
+                        async with db.transaction() as tx:
+                            await tx.put("prefs", key, value)
+                        history.append({"type": "ok", "process": db.region, "f": "write",
+                                        "key": key.decode(), "value": value.decode(),
+                                        "region": db.region, "ts": tx.commit_ts})
+
+                async with trio.open_nursery() as n:
+                    for db in dbs:
+                        n.start_soon(writer, db, 12)
+                final = await _converged(dbs, "prefs", keys)
+                # The survivor of each key is its write with the greatest (ts, origin).
+                for key in keys:
+                    writes = [h for h in history if h["type"] == "ok" and
+                              h["key"] == key.decode()]
+                    if writes:
+                        best = max(writes, key=lambda h: (h["ts"], h["region"]))
+                        assert final[key] == best["value"].encode()
+                for db in dbs:
+                    for key in keys:
+                        read = {"process": "final", "f": "final-read", "key": key.decode(),
+                                "region": db.region}
+                        history.append({**read, "type": "invoke", "value": None})
+                        history.append({**read, "type": "ok",
+                                        "value": (final[key] or b"").decode() or None})
+                result = check_convergence(history, "lww")
+                assert result["valid"], result["anomalies"]
+                # Every write that some region held and then lost to a concurrent one is in
+                # that region's conflict log: at least, every region saw the others' writes
+                # lose or win against its own, so the logs are not empty.
+                logs = {db.region: await db.conflicts("prefs") for db in dbs}
+                lost = {(r.loser, r.loser_value) for log in logs.values() for r in log}
+                assert lost
+                for log in logs.values():
+                    for r in log:
+                        assert r.winner > r.loser and r.resolver == "lww"
+                        assert r.key in keys
+                # Draining removes exactly the records given.
+                region, log = next((r, g) for r, g in logs.items() if g)
+                db = dict(zip(REGIONS, dbs))[region]
+                await db.drain_conflicts("prefs", log[:1])
+                assert await db.conflicts("prefs") == log[1:]
+                stats = await a.statistics()
+                assert set(stats["replication_lag_ms"]) >= {"eu-west->us-east",
+                                                            "us-east->eu-west"}
+
+
+async def test_counters_and_sets_merge_without_losing_an_update():
+    async with open_local_cluster(REGIONS, 1, wan_latency_ms=WAN, seed=22) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b, \
+                cluster.connect("ap-south") as c:
+            dbs = (a, b, c)
+            with trio.fail_after(60):
+                await a.create_keyspace("hits", mode="regional", resolver="counter")
+                await a.create_keyspace("tags", mode="regional", resolver="add_wins_set")
+
+                async def add(tx, i):
+                    await tx.increment("hits", b"page", i + 1)
+                    await tx.increment("hits", b"page", 1)  # adds up in one txn
+                    assert await tx.get("hits", b"page") is not None  # its own, at least
+
+                async def bump(db, n):
+                    for i in range(n):
+                        # A read makes it a read-modify-write: a remote batch applied since
+                        # its snapshot is a conflict, and the transaction runs again.
+                        await db.run_transaction(lambda tx, i=i: add(tx, i))
+
+                async with trio.open_nursery() as n:
+                    for db in dbs:
+                        n.start_soon(bump, db, 5)
+                total = 3 * sum(i + 2 for i in range(5))
+                final = await _converged(dbs, "hits", [b"page"])
+                assert final[b"page"] == b"%d" % total
+
+                # Add-wins set: a concurrent add and remove of one element keeps it.
+                async with a.transaction() as tx:
+                    await tx.merge("tags", b"t", encode_set_add(b"red"))
+                await _converged(dbs, "tags", [b"t"])
+                async with b.transaction() as tx:
+                    raw = await tx.get("tags", b"t")
+                    assert decode_set(raw) == [b"red"]
+                # b removes the add it saw while c adds red again concurrently.
+                cell_tags = await _observed(b, b"t", b"red")
+                async with trio.open_nursery() as n:
+                    n.start_soon(_merge, b, b"t", encode_set_remove(b"red", cell_tags))
+                    n.start_soon(_merge, c, b"t", encode_set_add(b"red"))
+                final = await _converged(dbs, "tags", [b"t"])
+                assert decode_set(final[b"t"]) == [b"red"]
+
+                with pytest.raises(errors.InvalidArgumentError, match="merge"):
+                    async with a.transaction() as tx:
+                        await tx.put("hits", b"page", b"0")
+                with pytest.raises(errors.InvalidArgumentError):
+                    async with a.transaction() as tx:
+                        await tx.increment("hits", b"page", 1.5)
+
+
+async def _merge(db, key, payload):
+    async with db.transaction() as tx:
+        await tx.merge("tags", key, payload)
+
+
+async def _observed(db, key, elem):
+    """The add tags of ``elem`` in ``db``'s region (what a remove must name)."""
+    from engine.merge import AddWinsSet, decode_cell
+    from engine.placement import encode_key
+
+    ks = await db.keyspace("tags")
+    group = db.group_of(ks)
+    reply = await db._call_group(group, "read", {"group": group,
+                                                 "keys": [encode_key(ks.id, key)]})
+    return AddWinsSet.observed_tags(decode_cell(reply["values"][0]), elem)
+
+
+async def test_regional_writes_stay_in_their_region_and_survive_a_leader_change():
+    async with open_local_cluster(REGIONS[:2], 3, wan_latency_ms={REGIONS[:2]: 10},
+                                  seed=23) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b:
+            with trio.fail_after(90):
+                await a.create_keyspace("hits", mode="regional", resolver="counter")
+                await a.create_keyspace("g", home_region="eu-west")
+                with pytest.raises(errors.InvalidArgumentError, match="own region"):
+                    async with a.transaction() as tx:
+                        await tx.increment("hits", b"x")
+                        await tx.put("g", b"x", b"1")
+                for _ in range(10):
+                    await a.run_transaction(lambda tx: tx.increment("hits", b"x"))
+                # Stop eu-west's leader while us-east keeps counting: its successor resumes
+                # from the watermark, and no increment is applied twice or lost.
+                group = data_group(cluster.config, "eu-west")
+                await cluster.stop_node(await _leader_of(cluster, group))
+                for _ in range(10):
+                    await a.run_transaction(lambda tx: tx.increment("hits", b"x"))
+                final = await _converged((a, b), "hits", [b"x"], timeout=60)
+                assert final[b"x"] == b"20"
