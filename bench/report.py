@@ -215,8 +215,8 @@ distribution of parameter θ over 100 keys). Latency is per committed transactio
 retries included; *commit p50* is the `commit` call alone, and *WAN RTTs* divides it by the
 round trip to the farthest region the transaction touches (0 when it stays at home);
 *aborted attempts* is the share of attempts that conflicted (retried by `run_transaction`).
-Replication lag: a key written in one region, read with `staleness="bounded:0"` in another
-until it appears, timed from the commit's return."""
+Replication lag: a key written in one region, read in another (where a regional keyspace is
+read locally) until it appears, timed from the commit's return."""
 
 
 def render_txn(doc: dict, source: str) -> str:

@@ -13,7 +13,7 @@ run closed-loop transactions:
 - ``three-region``: one key of each region's keyspace;
 - ``regional``: blind writes to a keyspace created with ``mode="regional"`` (every region
   writes locally); skipped, with the reason, when the cluster refuses to create one. With it
-  comes the replication lag: a key written in one region, polled with ``staleness="bounded:0"``
+  comes the replication lag: a key written in one region, polled with reads
   from a client in another until the value appears (the time after the commit returned);
 - ``contention-<θ>``: two distinct keys of the home keyspace drawn from a zipfian
   distribution of parameter θ over its first 100 keys, read (one round trip) and written.
@@ -329,8 +329,9 @@ async def _create_regional(addresses: dict[str, list[str]], region: str) -> str 
 
 async def _replication_lag(addresses: dict[str, list[str]], regions: tuple[str, ...],
                            samples: int) -> dict:
-    """Lag from a write's commit in one region to its visibility at bounded:0 staleness in
-    another, ``samples`` per ordered pair of regions, the pairs at once."""
+    """Lag from a write's commit in one region to its visibility in another (a strong read
+    there: a regional keyspace is read in the reader's own region), ``samples`` per ordered
+    pair of regions, the pairs at once."""
     lags: dict[str, list[float]] = {}
     timeouts = 0
 
@@ -348,7 +349,7 @@ async def _replication_lag(addresses: dict[str, list[str]], regions: tuple[str, 
             with trio.move_on_after(LAG_TIMEOUT_S):
                 for _ in range(int(LAG_TIMEOUT_S / LAG_POLL_S) + 1):
                     with contextlib.suppress(MeridianError):
-                        got = await reader.read(REGIONAL_KEYSPACE, key, staleness="bounded:0")
+                        got = await reader.read(REGIONAL_KEYSPACE, key)
                         if got == value:
                             seen = time.perf_counter()
                             break

@@ -85,6 +85,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from . import planted
 from .catalog import Keyspace, check_keyspace_name
 from .errors import (
     AmbiguousCommitError,
@@ -408,14 +409,19 @@ class Database:
         (the second phase of two-phase commit is asynchronous). If this fails, or the
         connection closes first, the group's leader finishes the transaction from its record
         after the intents' deadline."""
-        self._background += 1
-        self._nursery.start_soon(self._resolve, group, txn_id, commit_ts)
+        self._in_background(self._call_group, group, "resolve",
+                            {"group": group, "txn_id": txn_id, "commit_ts": commit_ts})
 
-    async def _resolve(self, group: int, txn_id: int, commit_ts: int) -> None:
+    def _in_background(self, fn, *args) -> None:
+        """Runs ``await fn(*args)`` after the caller has been answered; failures are left
+        to recovery. Closing the connection waits a moment for these."""
+        self._background += 1
+        self._nursery.start_soon(self._run_background, fn, args)
+
+    async def _run_background(self, fn, args) -> None:
         try:
             with trio.move_on_after(self._request_timeout_s):
-                await self._call_group(group, "resolve", {"group": group, "txn_id": txn_id,
-                                                          "commit_ts": commit_ts})
+                await fn(*args)
         except (MeridianError, OSError):
             pass  # recovery finishes it
         finally:
@@ -888,6 +894,9 @@ class Transaction:
             raise UnavailableError(f"transaction {self.txn_id:#x} was aborted: a group could "
                                    f"not prepare it ({failures[0]})") from failures[0]
         commit_ts = max(prepared.values())
+        if planted.enabled("ack_before_decision"):
+            await self._commit_before_deciding(primary, list(prepared), commit_ts)
+            return
         reply = await db._call_group(primary, "decide", {
             "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts}, commit=True)
         if not reply["committed"]:
@@ -902,6 +911,23 @@ class Transaction:
         for group in prepared:
             if group != primary:
                 db._resolve_later(group, self.txn_id, commit_ts)
+
+    async def _commit_before_deciding(self, primary: int, groups: list[int],
+                                      commit_ts: int) -> None:
+        """The planted bug ``ack_before_decision`` (engine.planted): the other participants
+        commit, the caller is answered, and only then is the decision recorded."""
+        db = self._db
+        for group in groups:
+            if group != primary:
+                await db._call_group(group, "resolve", {
+                    "group": group, "txn_id": self.txn_id, "commit_ts": commit_ts})
+        self.commit_ts = commit_ts
+        db._in_background(self._decide_later, primary, commit_ts)
+
+    async def _decide_later(self, primary: int, commit_ts: int) -> None:
+        await trio.sleep(0.05)
+        await self._db._call_group(primary, "decide", {
+            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts})
 
     async def _abort_prepared(self, primary: int, prepared: dict[int, int]) -> None:
         """Records the abort on the primary (so that no recovery can commit it) and removes

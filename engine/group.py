@@ -104,6 +104,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from . import planted
 from .adjudicator import Adjudicator, ConflictReason, TxnRequest
 from .errors import CorruptStateError, InvalidArgumentError
 from .merge import (
@@ -583,6 +584,8 @@ class _Batch:
         if not self._requests:
             return
         verdicts = self.sm.adjudicator.adjudicate(self._requests)
+        if planted.enabled("skip_adjudication"):
+            verdicts = [v if v.ok else v._replace(ok=True) for v in verdicts]
         for (slot, cmd, ts, keys), verdict in zip(self._pending, verdicts):
             if not verdict.ok:
                 results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],

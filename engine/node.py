@@ -68,6 +68,7 @@ from raft.tcp import serve_tcp_transport
 from raft.transport import LinkModel
 
 from . import catalog as cat
+from . import planted
 from ._fs import makedirs_durable, storage_error
 from .config import NodeConfig
 from .durable import DurableState
@@ -148,6 +149,7 @@ class Node:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Opens the data directory, starts every group and serves until cancelled; on
         cancellation everything closes in order (groups, stores, transport, files)."""
+        planted.check_environment()
         directory = Path(self.config.data_dir)
         with contextlib.ExitStack() as files:
             identity = _open_identity(directory, self.cluster.name, self.id)
@@ -433,6 +435,10 @@ class Node:
             oldest = self.clock.now() - bounded
             await self._wait_closed(replica, max(oldest, min_ts))
             return replica.closed_ts, replica.closed_ts
+        if ts == 0 and planted.enabled("read_above_closed"):
+            replica._require_leader()
+            snapshot = max(min_ts, self.clock.now())  # not closed: later commits may land below
+            return snapshot, snapshot
         if ts == 0:
             snapshot = await replica.snapshot_ts(min_ts)
             if min_ts and p.get("at_min") is True:
