@@ -34,7 +34,8 @@ offset from a majority of its peers and refuses to serve until that heals).
 
 Background work
 ---------------
-Per data group, while this node leads it: the closer (idle groups close time), the intent
+Per group, on every replica: MVCC garbage collection below the group's low water. Per data
+group, while this node leads it: the closer (idle groups close time), the intent
 sweep (prepared transactions past their deadline are finished from their record), and one
 shipper per other region that pushes the group's regional writes there (ARCH §6).
 
@@ -221,6 +222,7 @@ class Node:
                                close_interval=0.0 if gid == META_GROUP else 1.0)
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
+        nursery.start_soon(replica.run_gc)
         if gid != META_GROUP:
             nursery.start_soon(self._sweep_intents, replica)
             for other, where in self.placement.items():
@@ -363,7 +365,8 @@ class Node:
         out = {}
         for gid, r in self.replicas.items():
             s = r.node.statistics()
-            out[gid] = {**asdict(s), "closed_ts": r.closed_ts}
+            out[gid] = {**asdict(s), "closed_ts": r.closed_ts, "gc_removed": r.gc_removed,
+                        "gc_watermark": r.sm.store.gc_watermark}
         lag = {}
         for origin, samples in self._lag_ms.items():
             ordered = sorted(samples)

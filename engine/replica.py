@@ -17,9 +17,10 @@
 - **Commit** (:meth:`GroupReplica.commit`): one Raft proposal, validated when applied; the
   result says committed (with the commit timestamp) or why not.
 
-While it leads, the replica also proposes a CLOSE entry every ``close_interval`` seconds in which
-nothing else was applied, so that an idle group's closed timestamp still follows real time and
-learners can serve bounded-staleness reads.
+Every replica also garbage-collects its MVCC store below the group's low water
+(:meth:`GroupReplica.run_gc`), and while it leads, proposes a CLOSE entry every
+``close_interval`` seconds in which nothing else was applied, so that an idle group's closed
+timestamp still follows real time and learners can serve bounded-staleness reads.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ from .group import (
 )
 from .mvcc import MAX_TS
 
-__all__ = ["GroupReplica"]
+__all__ = ["GroupReplica", "GC_INTERVAL_S"]
+
+GC_INTERVAL_S = 10.0
+"""How often each replica garbage-collects its MVCC store."""
 
 
 class GroupReplica:
@@ -72,6 +76,7 @@ class GroupReplica:
         self._closing: tuple[int, trio.Event] | None = None
         self._last_activity = trio.current_time()
         self._resolved = trio.Event()
+        self.gc_removed = 0
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
 
@@ -149,6 +154,11 @@ class GroupReplica:
         return self.sm.intents_in(start, end, ts)
 
     def check_readable(self, ts: int) -> None:
+        if ts < self.sm.store.gc_watermark:
+            raise InvalidArgumentError(
+                f"timestamp {ts} is older than group {self.group} keeps versions for (its "
+                f"garbage-collection watermark is {self.sm.store.gc_watermark}: the maximum "
+                f"transaction lifetime before its closed timestamp)")
         if planted.enabled("read_above_closed"):
             return
         if not 0 < ts <= self.sm.closed_ts:
@@ -220,6 +230,25 @@ class GroupReplica:
                 f"group {self.group}: the outcome of the proposal is unknown ({exc})") from None
 
     # ------------------------------------------------------------------ background
+
+    async def run_gc(self, budget: int = 10_000) -> None:
+        """Runs until cancelled: every :data:`GC_INTERVAL_S` seconds, removes the versions no read can
+        need any more — those hidden by a newer version at or below the group's low water
+        (its closed timestamp minus the maximum transaction lifetime: older snapshots are
+        refused). Each call to the store examines at most ``budget`` versions, in a worker
+        thread, so applies are never held up for long."""
+        store = self.sm.store
+        while True:
+            await trio.sleep(GC_INTERVAL_S)
+            watermark = self.sm.low_water
+            if watermark <= store.gc_watermark:
+                continue
+            start: bytes | None = b""
+            while start is not None:
+                result = await trio.to_thread.run_sync(
+                    lambda s=start: store.gc(watermark, start=s, max_versions=budget))
+                self.gc_removed += result.removed
+                start = result.resume
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""

@@ -9,7 +9,9 @@ import pytest
 import trio
 
 import engine.node
+import engine.replica
 from engine import errors
+from engine.config import Limits
 from engine.local import open_local_cluster
 from engine.placement import data_group, encode_key
 
@@ -223,3 +225,27 @@ async def test_a_decided_transaction_is_finished_by_its_readers():
                     replica = node.replicas[group]
                     if replica.node.is_leader:
                         assert replica.sm.prepared() == []
+
+
+async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime(monkeypatch):
+    monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
+    limits = Limits(max_txn_lifetime_s=1.0)
+    async with open_local_cluster(("us-east",), 1, limits=limits, seed=18) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g")
+                stamps = []
+                for i in range(20):
+                    async with db.transaction() as tx:
+                        await tx.put("g", b"k", b"%d" % i)
+                    stamps.append(tx.commit_ts)
+                group = data_group(cluster.config, "us-east")
+                [node] = cluster.nodes.values()
+                replica = node.replicas[group]
+                # Time moves on (idle groups close it every second); old versions go.
+                while replica.gc_removed < 19:
+                    await trio.sleep(0.1)
+                assert replica.sm.store.gc_watermark > stamps[-1]
+                assert await db.read("g", b"k") == b"19"
+                with pytest.raises(errors.InvalidArgumentError, match="garbage-collection"):
+                    await db.read("g", b"k", staleness="exact:5")
