@@ -22,7 +22,7 @@ WAN = {TWO_REGIONS: 10}
 @pytest.fixture(autouse=True)
 def short_intent_timeout(monkeypatch):
     # Abandoned intents are recovered after this long (the product's default is longer).
-    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 1.5)
 
 
 async def _setup(east):
