@@ -6,7 +6,7 @@ succeed):
 
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
-    "created_ts"}``.
+    "created_ts", "survive"}``.
 ``b"ks-next-id"``
     the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
     never be read through a new keyspace of the same name.
@@ -27,6 +27,7 @@ from .errors import InvalidArgumentError
 __all__ = [
     "Keyspace",
     "MODES",
+    "SURVIVAL_GOALS",
     "NEXT_ID_KEY",
     "check_keyspace_name",
     "keyspace_key",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 MODES = ("global", "regional")
+SURVIVAL_GOALS = ("zone", "region")
 NEXT_ID_KEY = b"ks-next-id"
 FIRST_KEYSPACE_ID = 1
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -54,6 +56,8 @@ class Keyspace:
     home: str
     resolver: str = "lww"
     created_ts: int = 0
+    survive: str = "zone"
+    """``"zone"``: voters in the home region only; ``"region"``: voters in three regions."""
 
 
 def check_keyspace_name(name: object) -> str:

@@ -198,7 +198,10 @@ class Database:
         self._nodes = {int(i): _NodeInfo(int(i), r, h, p)
                        for i, (r, h, p) in describe["nodes"].items()}
         self._groups = {int(g): v for g, v in describe["groups"].items()}
-        self._group_of_region = {v["region"]: g for g, v in self._groups.items() if v["region"]}
+        self._group_of_region = {v["region"]: g for g, v in self._groups.items()
+                                 if v.get("kind", "data") == "data" and v["region"]}
+        self._spread_of_region = {v["region"]: g for g, v in self._groups.items()
+                                  if v.get("kind") == "spread"}
         self._meta_group = next(g for g, v in self._groups.items() if not v["region"])
         self._leaders = {g: v["leader"] for g, v in self._groups.items() if v["leader"]}
         self._latency = {}
@@ -222,14 +225,17 @@ class Database:
 
     async def create_keyspace(self, name: str, *, mode: str = "global",
                               home_region: str | None = None,
-                              resolver: str = "lww") -> Keyspace:
+                              resolver: str = "lww", survive: str = "zone") -> Keyspace:
         """Creates a keyspace: ``mode="global"`` homed in ``home_region`` (default: the
         client's region), or ``mode="regional"``, writable in every region, whose concurrent
         writes are reconciled by ``resolver`` (``"lww"``, ``"counter"``, ``"max"`` or
-        ``"add_wins_set"``; see :mod:`engine.merge`)."""
+        ``"add_wins_set"``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
+        more) puts a global keyspace's voters in three regions: commits wait for a second
+        region, and losing a whole region loses no acknowledged write."""
         check_keyspace_name(name)
         rec = await self._call_group(self._meta_group, "keyspace.create",
                                      {"name": name, "mode": mode, "resolver": resolver,
+                                      "survive": survive,
                                       "home": home_region or self.region})
         ks = Keyspace(**rec)
         self._keyspaces[name] = ks
@@ -279,6 +285,8 @@ class Database:
         region's, or this region's own for a regional keyspace."""
         if ks.mode == "regional":
             return self._group_of_region[self.region]
+        if ks.survive == "region":
+            return self._spread_of_region[ks.home]
         return self._group_of_region[ks.home]
 
     # ------------------------------------------------------------------ transactions

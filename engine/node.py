@@ -88,7 +88,7 @@ from .group import GroupStateMachine, Intent, Outcome, encode_drain, encode_remo
 from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
-from .placement import META_GROUP, data_group, placement
+from .placement import META_GROUP, data_group, placement, spread_group
 from .replica import GroupReplica
 from .rpc import RemoteError, connect_rpc, serve_rpc
 
@@ -104,6 +104,7 @@ may be finished by anyone who meets one of its intents (aborted, unless decided)
 INTENT_WAIT_S = 10.0
 """Longest a read waits for intents to be resolved before answering ``unavailable``."""
 SWEEP_INTERVAL_S = 1.0
+LEADER_HOME_CHECK_S = 2.0
 REPLICATION_BATCH = 256
 """Most outbox records (commits) in one batch of regional writes shipped to another region."""
 LAG_SAMPLES = 1000
@@ -223,11 +224,15 @@ class Node:
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
         nursery.start_soon(replica.run_gc)
-        if gid != META_GROUP:
+        kind = self.placement[gid].kind
+        if kind != "meta":
             nursery.start_soon(self._sweep_intents, replica)
+        if kind == "data":
             for other, where in self.placement.items():
-                if other not in (gid, META_GROUP) and where.region:
+                if other != gid and where.kind == "data":
                     nursery.start_soon(self._ship_regional, replica, other)
+        if kind == "spread":
+            nursery.start_soon(self._keep_leader_home, replica)
 
     async def _serve_clients(self, me, *, task_status) -> None:
         handlers = {
@@ -350,7 +355,7 @@ class Node:
             "region": self.region,
             "regions": list(names),
             "nodes": {n.id: [n.region, n.client_host, n.client_port] for n in c.all_nodes()},
-            "groups": {gid: {"region": p.region, "voters": list(p.conf.voters),
+            "groups": {gid: {"region": p.region, "kind": p.kind, "voters": list(p.conf.voters),
                              "learners": list(p.conf.learners),
                              "leader": self.replicas[gid].node.leader
                              if gid in self.replicas else 0}
@@ -679,11 +684,28 @@ class Node:
                 acked = None
                 await trio.sleep(0.5)
 
+    async def _keep_leader_home(self, replica: GroupReplica) -> None:
+        """Runs until cancelled: a spread group led from outside its home region hands its
+        leadership to the home region's voter (commits and strong reads then cost the home
+        region's clients no WAN round trip to the leader; if that voter is down, the transfer
+        fails and the next check tries again)."""
+        where = self.placement[replica.group]
+        home = [v for v in where.conf.voters if self.cluster.node(v).region == where.region]
+        while True:
+            await trio.sleep(LEADER_HOME_CHECK_S)
+            if (replica.node.is_leader and self.region != where.region and home
+                    and self._clock_problem is None):
+                try:
+                    replica.node.transfer_leader(home[0])
+                except Exception as exc:  # lost leadership meanwhile, or closing
+                    log.info("node %d: moving group %d's leadership home: %s", self.id,
+                             replica.group, exc)
+
     async def _remote_apply(self, p):
         replica = self._replica(p)
         origin, up_to, writes = p.get("origin"), p.get("up_to"), p.get("writes")
         where = self.placement.get(origin) if type(origin) is int else None
-        if where is None or not where.region or origin == replica.group:
+        if where is None or where.kind != "data" or origin == replica.group:
             raise InvalidArgumentError(f"origin must be another region's data group, "
                                        f"not {origin!r}")
         if type(up_to) is not int or not 0 < up_to <= MAX_TS or not isinstance(writes, list):
@@ -822,6 +844,16 @@ class Node:
         if mode not in cat.MODES:
             raise InvalidArgumentError(f"mode must be one of {', '.join(cat.MODES)}, "
                                        f"not {mode!r}")
+        survive = p.get("survive", "zone")
+        if survive not in cat.SURVIVAL_GOALS:
+            raise InvalidArgumentError(f"survive must be one of {', '.join(cat.SURVIVAL_GOALS)}, "
+                                       f"not {survive!r}")
+        if survive == "region":
+            if mode == "regional":
+                raise InvalidArgumentError(
+                    "survive='region' is for global keyspaces: a regional keyspace commits in "
+                    "each region and replicates asynchronously")
+            spread_group(self.cluster, home)  # needs three regions
         resolver = p.get("resolver", "lww")
         if resolver not in RESOLVER_NAMES:
             raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)}, "
@@ -836,7 +868,8 @@ class Node:
             if meta.get(key, ts) is not None:
                 raise RemoteError("already_exists", f"keyspace {name!r} already exists")
             next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
-            ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts)
+            ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts,
+                              survive=survive)
             writes = [(key, cat.encode_keyspace(ks)),
                       (cat.NEXT_ID_KEY, cat.encode_next_id(next_id + 1))]
             return asdict(ks), writes, [key, cat.NEXT_ID_KEY]

@@ -9,7 +9,14 @@ answer without talking to anyone:
   three. Every other node is a learner of it, so every node can read the catalog locally.
 - **One data group per region** (``data_group(region)``): its voters are the region's nodes, so
   commits are synchronous inside the region only, and every node of every other region is a
-  learner, which receives the log asynchronously and serves local stale reads there.
+  learner, which receives the log asynchronously and serves local stale reads there. Keyspaces
+  that ``survive="zone"`` (the default) live here.
+- **One spread group per region**, with three regions or more (``spread_group(region)``): three
+  voters, one in the home region and one in each of the next two regions (a different node of
+  each region for each home, to spread the load), everyone else a learner. Keyspaces that
+  ``survive="region"`` live here: a commit waits for a second region, so losing a whole region
+  loses no acknowledged write and leaves a majority to carry on. Its leader is kept in the home
+  region while that region's voter is up (see the node).
 
 A keyspace's keys live in its home region's data group, prefixed with the keyspace's id
 (:func:`encode_key`); the range directory (:class:`RangeDirectory`) maps a keyspace and key to
@@ -36,6 +43,7 @@ __all__ = [
     "GroupPlacement",
     "RangeDirectory",
     "data_group",
+    "spread_group",
     "placement",
     "encode_key",
     "decode_key",
@@ -44,6 +52,7 @@ __all__ = [
 
 META_GROUP = 1
 _DATA_GROUP_BASE = 100
+_SPREAD_GROUP_BASE = 200
 KEY_PREFIX_SIZE = 4
 MAX_USER_KEY_SIZE = MAX_KEY_SIZE - KEY_PREFIX_SIZE
 """The longest key a keyspace accepts: the store's limit less the keyspace prefix."""
@@ -54,8 +63,9 @@ _prefix = struct.Struct(">I")
 @dataclass(frozen=True, slots=True)
 class GroupPlacement:
     group: int
-    region: str  # the data group's region; "" for the meta group
+    region: str  # the data or spread group's (home) region; "" for the meta group
     conf: ConfState
+    kind: str = "data"  # "meta", "data" or "spread"
 
     def hosts(self, node_id: int) -> bool:
         return node_id in self.conf.voters or node_id in self.conf.learners
@@ -67,6 +77,17 @@ def data_group(cluster: ClusterConfig, region: str) -> int:
     if region not in names:
         raise InvalidArgumentError(f"unknown region {region!r} (regions: {', '.join(names)})")
     return _DATA_GROUP_BASE + names.index(region)
+
+
+def spread_group(cluster: ClusterConfig, region: str) -> int:
+    """The id of the spread group homed in ``region`` (keyspaces that survive a region's
+    loss); there are spread groups only in clusters of three regions or more."""
+    names = cluster.region_names
+    if len(names) < 3:
+        raise InvalidArgumentError(f"surviving the loss of a region needs three regions or "
+                                   f"more; this cluster has {len(names)}")
+    data_group(cluster, region)  # validates the name
+    return _SPREAD_GROUP_BASE + names.index(region)
 
 
 def placement(cluster: ClusterConfig) -> dict[int, GroupPlacement]:
@@ -84,12 +105,25 @@ def placement(cluster: ClusterConfig) -> dict[int, GroupPlacement]:
         depth += 1
     meta_voters = tuple(sorted(voters))
     groups[META_GROUP] = GroupPlacement(
-        META_GROUP, "", ConfState(meta_voters, tuple(i for i in everyone if i not in voters)))
+        META_GROUP, "", ConfState(meta_voters, tuple(i for i in everyone if i not in voters)),
+        "meta")
     for region in cluster.region_names:
         local = tuple(sorted(n.id for n in cluster.nodes_in(region)))
         gid = data_group(cluster, region)
         groups[gid] = GroupPlacement(
             gid, region, ConfState(local, tuple(i for i in everyone if i not in local)))
+    names = cluster.region_names
+    if len(names) >= 3:
+        for i, region in enumerate(names):
+            spread = []
+            for r in (names[(i + k) % len(names)] for k in range(3)):
+                pool = sorted(n.id for n in cluster.nodes_in(r))
+                spread.append(pool[i % len(pool)])
+            gid = spread_group(cluster, region)
+            groups[gid] = GroupPlacement(
+                gid, region,
+                ConfState(tuple(sorted(spread)), tuple(i for i in everyone if i not in spread)),
+                "spread")
     return groups
 
 

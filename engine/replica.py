@@ -232,8 +232,8 @@ class GroupReplica:
     # ------------------------------------------------------------------ background
 
     async def run_gc(self, budget: int = 10_000) -> None:
-        """Runs until cancelled: every :data:`GC_INTERVAL_S` seconds, removes the versions no read can
-        need any more — those hidden by a newer version at or below the group's low water
+        """Runs until cancelled: every :data:`GC_INTERVAL_S` seconds, removes the versions no
+        read can need any more — those hidden by a newer version at or below the group's low water
         (its closed timestamp minus the maximum transaction lifetime: older snapshots are
         refused). Each call to the store examines at most ``budget`` versions, in a worker
         thread, so applies are never held up for long."""

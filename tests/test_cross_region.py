@@ -249,3 +249,42 @@ async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime
                 assert await db.read("g", b"k") == b"19"
                 with pytest.raises(errors.InvalidArgumentError, match="garbage-collection"):
                     await db.read("g", b"k", staleness="exact:5")
+
+
+async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write():
+    regions = ("us-east", "eu-west", "ap-south")
+    wan = {("us-east", "eu-west"): 5, ("us-east", "ap-south"): 8, ("eu-west", "ap-south"): 6}
+    async with open_local_cluster(regions, 1, wan_latency_ms=wan, seed=19) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(90):
+                ks = await db.create_keyspace("ledger", home_region="us-east",
+                                              survive="region")
+                assert ks.survive == "region"
+                with pytest.raises(errors.InvalidArgumentError, match="global keyspaces"):
+                    await db.create_keyspace("nope", mode="regional", survive="region")
+                acked: list[int] = []
+
+                async def writer():
+                    for i in range(40):
+                        try:
+                            await db.run_transaction(
+                                lambda tx, i=i: tx.put("ledger", b"%03d" % i, b"x"))
+                        except (errors.UnavailableError, errors.AmbiguousCommitError):
+                            continue  # not acknowledged
+                        acked.append(i)
+
+                async def kill_home_region():
+                    while len(acked) < 10:
+                        await trio.sleep(0.01)
+                    for node in cluster.config.nodes_in("us-east"):
+                        await cluster.stop_node(node.id)
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(writer)
+                    n.start_soon(kill_home_region)
+                # The keyspace stayed writable without its home region...
+                assert len(acked) > 20 and max(acked) >= 30
+                # ...and every acknowledged write is there.
+                async with db.transaction() as tx:
+                    rows = await tx.scan("ledger")
+                assert {int(k) for k, _ in rows} >= set(acked)
