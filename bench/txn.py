@@ -456,7 +456,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         f"(default {CONTENTION_CONCURRENCY})")
     p.add_argument("--isolation", choices=("snapshot", "serializable"), default="snapshot")
     p.add_argument("--lag-samples", type=int,
-                   help="replication-lag samples per ordered pair of regions (5 quick, 20 full)")
+                   help="replication-lag samples per ordered pair of regions (20 quick, 50 full)")
     p.add_argument("--regions", default="us-east,eu-west,ap-south")
     p.add_argument("--nodes-per-region", type=int, default=3)
     p.add_argument("--wan-latency-ms", metavar="MS,MS,...",
@@ -519,7 +519,7 @@ def main(args: argparse.Namespace) -> int:
         wan = dict(zip(pairs, ms))
     duration = args.duration or (3.0 if quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
-    lag_samples = args.lag_samples or (5 if quick else 20)
+    lag_samples = args.lag_samples or (20 if quick else 50)
     if duration <= 0 or warmup < 0 or lag_samples < 1:
         raise SystemExit("--duration must be > 0, --warmup >= 0, --lag-samples >= 1")
     if not 2 <= args.contention_keys <= KEYS or not 1 <= args.contention_concurrency <= 256:

@@ -34,12 +34,14 @@ An entry's data is one msgpack array whose first element says what it is:
     record is the answer: the first decision in the log wins, which is what lets a reader that
     finds an abandoned intent abort it safely while its coordinator might still be trying to
     commit. The primary's own intents are resolved in the same step.
-``[REMOTE, origin_group, proposed_ts, up_to_ts, writes]``
+``[REMOTE, origin_group, proposed_ts, after_ts, up_to_ts, writes]``
     Regional keyspaces (ARCH §6): the committed writes of another region's group, as its
-    outbox holds them, up to the origin's timestamp ``up_to_ts``. Each is merged into the
-    key's cell by the keyspace's resolver (the cell is written as a version at this entry's
-    timestamp); writes at or below the origin's *watermark* here were applied before and are
-    skipped, so a batch delivered twice is applied once. The watermark becomes ``up_to_ts``.
+    outbox holds them, after the origin's timestamp ``after_ts`` and up to ``up_to_ts``. Each
+    is merged into the key's cell by the keyspace's resolver (the cell is written as a version
+    at this entry's timestamp); writes at or below the origin's *watermark* here were applied
+    before and are skipped, so a batch delivered twice is applied once. A batch that starts
+    after the watermark (``after_ts`` above it: an earlier batch is missing, overtaken in
+    flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``.
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
 ``[RESOLVE, txn_id, proposed_ts, commit_ts]``
@@ -235,10 +237,11 @@ def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
     return msgpack.packb(cmd, use_bin_type=True)
 
 
-def encode_remote(origin_group: int, proposed_ts: int, up_to_ts: int, writes: list) -> bytes:
+def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: int,
+                  writes: list) -> bytes:
     """The entry data that applies another region's regional writes (``writes`` as its
     outbox holds them: ``[key, resolver, value, ts, origin, prev_ts, prev_origin]``)."""
-    return msgpack.packb([CMD_REMOTE, origin_group, proposed_ts, up_to_ts, writes],
+    return msgpack.packb([CMD_REMOTE, origin_group, proposed_ts, after_ts, up_to_ts, writes],
                          use_bin_type=True)
 
 
@@ -398,7 +401,7 @@ class GroupStateMachine:
             elif kind == CMD_REMOTE:
                 batch.flush(results)
                 ts = self._close(cmd[2])
-                results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], ts)
+                results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], cmd[5], ts)
             elif kind == CMD_DRAIN:
                 ts = self._close(cmd[1])
                 for key in cmd[2]:
@@ -715,13 +718,16 @@ class _Batch:
                             prev[0] if prev else 0, prev[1] if prev else ""])
         self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
 
-    def remote(self, origin_group: int, up_to_ts: int, writes: list, ts: int) -> CommitResult:
+    def remote(self, origin_group: int, after_ts: int, up_to_ts: int, writes: list,
+               ts: int) -> CommitResult:
         """REMOTE: another region's writes, applied once each (see the module docstring)."""
         wkey = _WATERMARK + _U32.pack(origin_group)
         raw = self.get(wkey)
         watermark = _U64.unpack(raw)[0] if raw is not None else 0
         if up_to_ts <= watermark:
-            return CommitResult(Outcome.RESOLVED, ts, "duplicate")
+            return CommitResult(Outcome.RESOLVED, ts, "duplicate", conflict_ts=watermark)
+        if after_ts > watermark:
+            return CommitResult(Outcome.CONFLICT, ts, "gap", conflict_ts=watermark)
         touched = []
         for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes:
             if wts <= watermark:
@@ -771,10 +777,11 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad DECIDE or RESOLVE command")
         return cmd
     if kind == CMD_REMOTE:
-        if not (len(cmd) == 5 and type(cmd[1]) is int and cmd[1] > 0 and _is_ts(cmd[2])
-                and _is_ts(cmd[3]) and isinstance(cmd[4], list)):
+        if not (len(cmd) == 6 and type(cmd[1]) is int and cmd[1] > 0 and _is_ts(cmd[2])
+                and type(cmd[3]) is int and 0 <= cmd[3] < MAX_TS and _is_ts(cmd[4])
+                and isinstance(cmd[5], list)):
             raise _Malformed("bad REMOTE command")
-        for w in cmd[4]:
+        for w in cmd[5]:
             if not (isinstance(w, list) and len(w) == 7 and _is_key(w[0])
                     and w[1] in RESOLVER_NAMES and _is_value(w[2]) and _is_ts(w[3])
                     and type(w[4]) is str and w[4] and type(w[5]) is int

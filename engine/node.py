@@ -106,6 +106,8 @@ INTENT_WAIT_S = 10.0
 SWEEP_INTERVAL_S = 1.0
 LEADER_HOME_CHECK_S = 2.0
 REPLICATION_BATCH = 256
+REPLICATION_WINDOW = 8
+"""Batches of regional writes in flight to one destination at once."""
 """Most outbox records (commits) in one batch of regional writes shipped to another region."""
 LAG_SAMPLES = 1000
 RECOVERY_TIMEOUT_S = 10.0
@@ -654,35 +656,58 @@ class Node:
 
     async def _ship_regional(self, origin: GroupReplica, destination: int) -> None:
         """Runs until cancelled: while this node leads ``origin``, pushes its regional writes
-        (its outbox) to the ``destination`` group, one batch in flight, resuming from the
-        destination's watermark after every change of leader (ARCH §6). The destination
-        applies each batch through its own log, once."""
-        acked: int | None = None
+        (its outbox) to the ``destination`` group (ARCH §6).
+
+        Batches are pipelined: up to :data:`REPLICATION_WINDOW` are in flight, each naming the
+        timestamp it starts after, so that the destination, which applies each through its own
+        log once, can refuse one that overtook its predecessor (a gap). After a gap, an error
+        or a change of leader, shipping resumes from the destination's watermark."""
         while True:
             if not origin.node.is_leader or self._peers is None:
-                acked = None
                 await trio.sleep(0.2)
                 continue
             try:
-                if acked is None:
-                    reply = await self._peers._call_group(destination, "remote.watermark", {
-                        "group": destination, "origin": origin.group})
-                    acked = reply["watermark"]
-                batch = origin.sm.outbox_after(acked, REPLICATION_BATCH)
+                await self._ship_while_leading(origin, destination)
+            except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
+                log.info("node %d: shipping group %d's regional writes to group %d: %s",
+                         self.id, origin.group, destination, exc)
+                await trio.sleep(0.5)
+
+    async def _ship_while_leading(self, origin: GroupReplica, destination: int) -> None:
+        assert self._peers is not None
+        peers = self._peers
+        reply = await peers._call_group(destination, "remote.watermark", {
+            "group": destination, "origin": origin.group})
+        after = reply["watermark"]
+        window = trio.Semaphore(REPLICATION_WINDOW)
+        broken = trio.Event()
+        failure: list[BaseException] = []
+
+        async def send(batch_after: int, batch: list) -> None:
+            try:
+                reply = await peers._call_group(destination, "remote.apply", {
+                    "group": destination, "origin": origin.group, "after": batch_after,
+                    "up_to": batch[-1][0], "writes": [w for _, ws in batch for w in ws]})
+                if reply.get("gap"):
+                    broken.set()
+            except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
+                failure.append(exc)
+                broken.set()
+            finally:
+                window.release()
+
+        async with trio.open_nursery() as nursery:
+            while origin.node.is_leader and not broken.is_set():
+                batch = origin.sm.outbox_after(after, REPLICATION_BATCH)
                 if not batch:
                     with trio.move_on_after(1.0):
                         await origin.wait_closed(origin.closed_ts + 1)
                     continue
-                writes = [w for _, ws in batch for w in ws]
-                reply = await self._peers._call_group(destination, "remote.apply", {
-                    "group": destination, "origin": origin.group, "up_to": batch[-1][0],
-                    "writes": writes})
-                acked = reply["watermark"]
-            except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
-                log.info("node %d: shipping group %d's regional writes to group %d: %s",
-                         self.id, origin.group, destination, exc)
-                acked = None
-                await trio.sleep(0.5)
+                await window.acquire()
+                nursery.start_soon(send, after, batch)
+                after = batch[-1][0]
+        if failure:
+            raise failure[0]
 
     async def _keep_leader_home(self, replica: GroupReplica) -> None:
         """Runs until cancelled: a spread group led from outside its home region hands its
@@ -704,14 +729,21 @@ class Node:
     async def _remote_apply(self, p):
         replica = self._replica(p)
         origin, up_to, writes = p.get("origin"), p.get("up_to"), p.get("writes")
+        after = p.get("after", 0)
         where = self.placement.get(origin) if type(origin) is int else None
         if where is None or where.kind != "data" or origin == replica.group:
             raise InvalidArgumentError(f"origin must be another region's data group, "
                                        f"not {origin!r}")
-        if type(up_to) is not int or not 0 < up_to <= MAX_TS or not isinstance(writes, list):
-            raise InvalidArgumentError("up_to must be a timestamp and writes a list")
+        if (type(up_to) is not int or not 0 < up_to <= MAX_TS or type(after) is not int
+                or not 0 <= after < up_to or not isinstance(writes, list)):
+            raise InvalidArgumentError("after < up_to must be timestamps and writes a list")
         replica._require_leader()
-        await replica.propose(encode_remote(origin, self.clock.now(), up_to, writes))
+        result = await replica.propose(
+            encode_remote(origin, self.clock.now(), after, up_to, writes))
+        if result.outcome is Outcome.CONFLICT:  # a gap: an earlier batch has not arrived
+            return {"watermark": replica.sm.watermark(origin), "gap": True}
+        if result.outcome is Outcome.INVALID:
+            raise InvalidArgumentError(f"batch refused: {result.reason}")
         now = self.clock.physical_ns()
         samples = self._lag_ms.setdefault(where.region, collections.deque(maxlen=LAG_SAMPLES))
         for w in writes:

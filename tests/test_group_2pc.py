@@ -229,7 +229,7 @@ def ship(src, dst, log, origin_group, after=0):
     """Delivers src's outbox after ``after`` to dst in one REMOTE entry."""
     batch = src.outbox_after(after)
     writes = [w for _, ws in batch for w in ws]
-    return one(dst, log, encode_remote(origin_group, 10**6, batch[-1][0], writes))
+    return one(dst, log, encode_remote(origin_group, 10**6, after, batch[-1][0], writes))
 
 
 def test_regional_writes_merge_locally_and_ship_once(regional):
@@ -251,6 +251,14 @@ def test_regional_writes_merge_locally_and_ship_once(regional):
     # The same batch again changes nothing (exactly once).
     r = ship(east, west, lw, 101)
     assert r.reason == "duplicate" and value(west, b"n", "counter") == b"5"
+    # A batch that overtook an earlier one in flight is refused whole (a gap).
+    one(east, le, encode_commit(4, 0, 120, [], merges=[(b"n", "counter", encode_int(1))]))
+    one(east, le, encode_commit(5, 0, 130, [], merges=[(b"n", "counter", encode_int(1))]))
+    r = ship(east, west, lw, 101, after=120)
+    assert (r.outcome, r.reason, r.conflict_ts) == (Outcome.CONFLICT, "gap", 110)
+    assert value(west, b"n", "counter") == b"5"
+    assert ship(east, west, lw, 101, after=110).committed
+    assert value(west, b"n", "counter") == b"7" and west.watermark(101) == 130
     # West's write reaches east: both regions agree.
     ship(west, east, le, 102)
     assert value(east, b"k") == value(west, b"k") == b"w1"
