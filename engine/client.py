@@ -220,6 +220,8 @@ class Database:
         self._closed = False
         self._background = 0
         self._background_done = trio.Event()
+        # Nodes this handle must not reach (fault injection inside a node: a partition).
+        self.unreachable: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------------ catalog
 
@@ -479,6 +481,9 @@ class Database:
 
     async def _call_on(self, conn, node_id: int, method: str, payload) -> Any:
         """One call on ``conn``, with the simulated WAN latency each way."""
+        if node_id in self.unreachable:
+            await trio.sleep(self._latency.get((self.region, self._nodes[node_id].region), 0.0))
+            raise NotSentError(f"node {node_id} is unreachable (partitioned)")
         delay = self._latency.get((self.region, self._nodes[node_id].region), 0.0)
         if delay:
             await trio.sleep(delay)

@@ -105,6 +105,23 @@ class LocalCluster:
         self.nodes[node_id] = node
         return node
 
+    def partition(self, *sides) -> None:
+        """Cuts the network between ``sides`` (iterables of node ids; nodes in no side form
+        one more side): Raft messages and node-to-node requests across a cut are lost, in
+        both directions. Clients still reach every node. :meth:`heal` undoes it."""
+        sides = [set(side) for side in sides]
+        rest = set(self.nodes) - set().union(*sides)
+        if rest:
+            sides.append(rest)
+        side_of = {n: i for i, side in enumerate(sides) for n in side}
+        for node_id, node in self.nodes.items():
+            node.isolate_from({o for o in self.nodes if side_of.get(o) != side_of.get(node_id)})
+
+    def heal(self) -> None:
+        """Ends every partition."""
+        for node in self.nodes.values():
+            node.isolate_from(())
+
     async def stop_node(self, node_id: int) -> None:
         """Stops a node and waits until it has closed everything. To the network this is a
         crash (connections drop, nothing is said); its data directory keeps what it synced."""

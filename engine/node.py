@@ -139,6 +139,9 @@ class Node:
         self.peer_port = 0
         self._nursery: trio.Nursery | None = None
         self._peers: Database | None = None
+        self._transport = None
+        self._links: dict[int, LinkModel] = {}
+        self.unreachable: frozenset[int] = frozenset()
         self._recovering: set[int] = set()
         # Replication lag of regional writes applied here, per origin region: recent samples.
         self._lag_ms: dict[str, collections.deque] = {}
@@ -162,6 +165,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 transport = await nursery.start(self._serve_transport, me)
+                self._transport = transport
                 self.peer_port = transport.address[1]
                 async with contextlib.AsyncExitStack() as groups:
                     for gid, where in sorted(self.placement.items()):
@@ -175,6 +179,7 @@ class Node:
                     self._peers = Database(nursery, await self._describe(None, None),
                                            self.region, request_timeout_s=RECOVERY_TIMEOUT_S,
                                            simulate_wan=True, clock=self.clock)
+                    self._peers.unreachable = self.unreachable
                     log.info("node %d (%s) serving clients on %s:%d, peers on %s:%d", self.id,
                              self.region, me.client_host, self.client_port, me.peer_host,
                              self.peer_port)
@@ -190,6 +195,7 @@ class Node:
             ms = self.cluster.latency_ms(self.region, peer.region)
             if peer.id != self.id and ms > 0:
                 latency[peer.id] = LinkModel(delay_s=ms / 1000.0)
+        self._links = dict(latency)
         peers = {n.id: (n.peer_host, n.peer_port) for n in self.cluster.all_nodes()
                  if n.id != self.id}
         await serve_tcp_transport(self.id, (me.peer_host, me.peer_port), peers, latency or None,
@@ -259,6 +265,22 @@ class Node:
         }
         await serve_rpc(handlers, me.client_host, me.client_port, clock_now=self.clock.now,
                         clock_update=self.clock.update, task_status=task_status)
+
+    def isolate_from(self, peers) -> None:
+        """Fault injection for in-process tests (a network partition): from now on, every
+        Raft message and node-to-node request this node sends to ``peers`` is lost (clients
+        still reach it). An empty set heals. Call it on both sides for a two-way cut."""
+        self.unreachable = frozenset(peers)
+        if self._peers is not None:
+            self._peers.unreachable = self.unreachable
+        if self._transport is not None:
+            for peer in (n.id for n in self.cluster.all_nodes() if n.id != self.id):
+                base = self._links.get(peer)
+                if peer in self.unreachable:
+                    self._transport.set_link(peer, LinkModel(
+                        delay_s=base.delay_s if base else 0.0, drop_probability=1.0))
+                else:
+                    self._transport.set_link(peer, base)
 
     # ------------------------------------------------------------------ clocks
 

@@ -49,6 +49,9 @@ from .mvcc import MAX_TS
 
 __all__ = ["GroupReplica", "GC_INTERVAL_S"]
 
+PROPOSAL_TIMEOUT_S = 5.0
+"""How long a proposal may take to be applied before its caller is told the outcome is
+unknown (it may still be applied later)."""
 GC_INTERVAL_S = 10.0
 """How often each replica garbage-collects its MVCC store."""
 
@@ -96,10 +99,17 @@ class GroupReplica:
         """A stable snapshot timestamp that sees every commit acknowledged before this call
         (and every commit at or below ``min_ts``). Leader only."""
         self._require_leader()
+        confirmed = False
         try:
-            await self.node.linearizable_read()
+            with trio.move_on_after(PROPOSAL_TIMEOUT_S):
+                await self.node.linearizable_read()
+                confirmed = True
         except ProposalDroppedError as exc:
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
+        if not confirmed:  # cut off from its group: let the caller try another replica
+            raise NotLeaderError(f"node {self.node.id} could not confirm its leadership of "
+                                 f"group {self.group} within {PROPOSAL_TIMEOUT_S} s",
+                                 self.group, 0)
         if self.sm.closed_ts < max(min_ts, 1):
             # A new group has closed nothing yet: there is no snapshot to read at until it has.
             await self.close_up_to(max(min_ts, 1))
@@ -222,12 +232,18 @@ class GroupReplica:
 
     async def _propose(self, data: bytes):
         try:
-            return await self.node.propose(data)
+            with trio.move_on_after(PROPOSAL_TIMEOUT_S):
+                return await self.node.propose(data)
         except ProposalDroppedError as exc:  # never proposed, or replaced: not applied
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
         except RaftError as exc:
             raise AmbiguousCommitError(
                 f"group {self.group}: the outcome of the proposal is unknown ({exc})") from None
+        # A leader cut off from its group cannot commit, and learns whether its entry
+        # survived only when it hears from the others again.
+        raise AmbiguousCommitError(
+            f"group {self.group}: the proposal was not applied within {PROPOSAL_TIMEOUT_S} s "
+            f"(this node may have lost its group): its outcome is unknown")
 
     # ------------------------------------------------------------------ background
 

@@ -14,6 +14,7 @@ from engine import errors
 from engine.config import Limits
 from engine.local import open_local_cluster
 from engine.placement import data_group, encode_key
+from test_cluster import _leader_of
 
 TWO_REGIONS = ("us-east", "eu-west")
 WAN = {TWO_REGIONS: 10}
@@ -288,3 +289,32 @@ async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write(
                 async with db.transaction() as tx:
                     rows = await tx.scan("ledger")
                 assert {int(k) for k, _ in rows} >= set(acked)
+
+
+async def test_a_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost():
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=20) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(90):
+                await _setup(db)
+                group = data_group(cluster.config, "us-east")
+                old = await _leader_of(cluster, group)
+                acked = []
+                for i in range(30):
+                    if i == 5:
+                        cluster.partition({old})  # the leader alone on its side
+                    try:
+                        await db.run_transaction(lambda tx, i=i: tx.put("e", b"%02d" % i, b"x"))
+                    except (errors.AmbiguousCommitError, errors.UnavailableError):
+                        continue
+                    acked.append(i)
+                new = await _leader_of(cluster, group)
+                assert new != old and len(acked) >= 20
+                cluster.heal()
+                async with db.transaction() as tx:
+                    rows = await tx.scan("e")
+                assert {int(k) for k, _ in rows} >= set(acked)
+                # The old leader catches up once healed.
+                replica = cluster.nodes[old].replicas[group]
+                target = cluster.nodes[new].replicas[group].sm.applied_index
+                while replica.sm.applied_index < target:
+                    await trio.sleep(0.05)
