@@ -165,6 +165,7 @@ _KIND_PUT, _KIND_DELETE, _KIND_LOCK = 0, 1, 2
 _REC_COMMITTED, _REC_ABORTED = 1, 2
 _INTENT_END = b"j"
 _OUTBOX_END = b"p"
+_OUTBOX_TRIMMED = b"O"  # be64: the newest outbox record trimmed so far
 _MAX_ORIGIN_IN_KEY = 32
 _PREPARED_END = b"q"
 _U64 = struct.Struct(">Q")
@@ -482,6 +483,13 @@ class GroupStateMachine:
             out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
         return out
 
+    @property
+    def outbox_trimmed(self) -> int:
+        """The newest outbox timestamp already trimmed (0: none): a destination whose
+        watermark is below it has missed writes."""
+        raw = self.store.side_get(_OUTBOX_TRIMMED)
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
     def conflicts(self, start: bytes, end: bytes,
                   limit: int = 100) -> list[tuple[bytes, bytes, list]]:
         """Conflict-log records of keys in ``[start, end)``: ``(record id, key, [winner_ts,
@@ -717,6 +725,7 @@ class _Batch:
             shipped.append([key, resolver_name, value, ts, origin,
                             prev[0] if prev else 0, prev[1] if prev else ""])
         self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
+        self.trim_outbox(limit=2)
 
     def remote(self, origin_group: int, after_ts: int, up_to_ts: int, writes: list,
                ts: int) -> CommitResult:
@@ -743,15 +752,21 @@ class _Batch:
             self.sm.adjudicator.load(touched)
         return CommitResult(Outcome.COMMITTED, ts)
 
-    def trim_outbox(self) -> None:
-        """Drops outbox records older than the retention (at most a batch per CLOSE entry,
-        a function of the log alone)."""
+    def trim_outbox(self, limit: int = _TRIM_BATCH) -> None:
+        """Drops up to ``limit`` outbox records older than the retention (a function of the
+        log alone: CLOSE entries trim a batch, regional commits a couple, so the outbox
+        stays bounded by the retention whether the group is busy or idle)."""
         horizon = self.sm.closed_ts - OUTBOX_RETENTION_NS
         if horizon <= 0:
             return
+        last = 0
         for skey, _ in self.sm.store.side_scan(_OUTBOX, _OUTBOX + _U64.pack(horizon),
-                                               limit=_TRIM_BATCH):
-            self.side[skey] = None
+                                               limit=limit):
+            if self.side.get(skey, b"") is not None:
+                self.side[skey] = None
+                last = _U64.unpack(skey[1:])[0]
+        if last:
+            self.side[_OUTBOX_TRIMMED] = _U64.pack(last)
 
 def _intent(key: bytes, raw: bytes) -> Intent:
     txn_id, prepare_ts, _, _, primary, deadline = msgpack.unpackb(raw)

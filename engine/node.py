@@ -143,6 +143,8 @@ class Node:
         self._links: dict[int, LinkModel] = {}
         self.unreachable: frozenset[int] = frozenset()
         self._recovering: set[int] = set()
+        # Region pairs whose regional replication lost writes to outbox trimming.
+        self.replication_broken: dict[tuple[int, int], int] = {}
         # Replication lag of regional writes applied here, per origin region: recent samples.
         self._lag_ms: dict[str, collections.deque] = {}
 
@@ -405,7 +407,9 @@ class Node:
                                "p99": ordered[min(len(ordered) - 1,
                                                   int(len(ordered) * 0.99))]}
         return {"node": self.id, "region": self.region, "groups": out,
-                "clock_problem": self._clock_problem, "replication_lag_ms": lag}
+                "clock_problem": self._clock_problem, "replication_lag_ms": lag,
+                "replication_broken": [[o, d, t] for (o, d), t in
+                                       self.replication_broken.items()]}
 
     def _replica(self, payload) -> GroupReplica:
         gid = payload.get("group")
@@ -686,7 +690,7 @@ class Node:
         or a change of leader, shipping resumes from the destination's watermark."""
         while True:
             if not origin.node.is_leader or self._peers is None:
-                await trio.sleep(0.2)
+                await trio.sleep(1.0)
                 continue
             try:
                 await self._ship_while_leading(origin, destination)
@@ -701,6 +705,15 @@ class Node:
         reply = await peers._call_group(destination, "remote.watermark", {
             "group": destination, "origin": origin.group})
         after = reply["watermark"]
+        trimmed = origin.sm.outbox_trimmed
+        if after < trimmed:
+            # The destination fell further behind than the outbox keeps: the writes in
+            # between are gone from here, and only a full copy could repair it.
+            log.error("node %d: group %d is behind group %d's regional writes by more than "
+                      "the outbox keeps (watermark %d, trimmed up to %d): it needs a resync; "
+                      "shipping what is left", self.id, destination, origin.group, after,
+                      trimmed)
+            self.replication_broken[(origin.group, destination)] = trimmed
         window = trio.Semaphore(REPLICATION_WINDOW)
         broken = trio.Event()
         failure: list[BaseException] = []

@@ -288,5 +288,13 @@ def test_close_entries_trim_the_outbox_after_the_retention(regional):
     one(east, log, encode_commit(1, 0, 100, [], merges=[(b"k", "lww", b"v")]))
     one(east, log, encode_close(100 + OUTBOX_RETENTION_NS))
     assert len(east.outbox_after(0)) == 1
+    assert east.outbox_trimmed == 0
     one(east, log, encode_close(102 + OUTBOX_RETENTION_NS))
-    assert east.outbox_after(0) == []
+    assert east.outbox_after(0) == [] and east.outbox_trimmed == 100
+    # A busy group trims too: each regional commit drops a couple of expired records.
+    stamps = [one(east, log, encode_commit(10 + i, 0, 1, [], merges=[(b"k", "lww", b"v")])).ts
+              for i in range(4)]
+    t = stamps[-1] + OUTBOX_RETENTION_NS + 1
+    one(east, log, encode_commit(20, 0, t, [], merges=[(b"k", "lww", b"w")]))
+    assert [ts for ts, _ in east.outbox_after(0)] == [*stamps[2:], t]
+    assert east.outbox_trimmed == stamps[1]
