@@ -189,3 +189,32 @@ async def test_regional_writes_stay_in_their_region_and_survive_a_leader_change(
                     await a.run_transaction(lambda tx: tx.increment("hits", b"x"))
                 final = await _converged((a, b), "hits", [b"x"], timeout=60)
                 assert final[b"x"] == b"20"
+
+
+async def test_regions_cut_off_from_each_other_converge_after_healing():
+    async with open_local_cluster(REGIONS, 1, wan_latency_ms=WAN, seed=24) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b, \
+                cluster.connect("ap-south") as c:
+            dbs = (a, b, c)
+            with trio.fail_after(90):
+                await a.create_keyspace("hits", mode="regional", resolver="counter")
+                await a.create_keyspace("prefs", mode="regional")
+                south = [n.id for n in cluster.config.nodes_in("ap-south")]
+                cluster.partition(south)
+                for round_ in range(3):
+                    for db in dbs:
+                        await db.run_transaction(lambda tx: tx.increment("hits", b"n", 1))
+                        await db.run_transaction(
+                            lambda tx, v=b"%s-%d" % (db.region.encode(), round_):
+                            tx.put("prefs", b"k", v))
+                # Cut off, ap-south sees only its own writes.
+                assert await c.read("hits", b"n") == b"3"
+                cluster.heal()
+                final = await _converged(dbs, "hits", [b"n"], timeout=60)
+                assert final[b"n"] == b"9"
+                final = await _converged(dbs, "prefs", [b"k"], timeout=60)
+                # Last writer wins: ap-south's last write was the last one made.
+                assert final[b"k"] == b"ap-south-2"
+                # Every region's concurrent writes that lost are in some conflict log.
+                lost = {r.loser for db in dbs for r in await db.conflicts("prefs")}
+                assert lost, "concurrent writes from both sides of the cut, none logged"
