@@ -900,10 +900,11 @@ class Transaction:
                 nursery.start_soon(prepare, group)
         if failures:
             await self._abort_prepared(primary, prepared)
-            conflict = next((f for f in failures if isinstance(f, TransactionConflictError)),
-                            None)
-            if conflict is not None:
-                raise conflict
+            for kind in (TransactionConflictError, InvalidArgumentError, LimitExceededError,
+                         RecordTooLargeError):
+                refusal = next((f for f in failures if isinstance(f, kind)), None)
+                if refusal is not None:
+                    raise refusal
             raise UnavailableError(f"transaction {self.txn_id:#x} was aborted: a group could "
                                    f"not prepare it ({failures[0]})") from failures[0]
         commit_ts = max(prepared.values())
