@@ -565,6 +565,10 @@ class _Batch:
             existing = self.get(_PREPARED + _U64.pack(txn_id))
             if existing is not None:
                 return CommitResult(Outcome.PREPARED, msgpack.unpackb(existing)[0])
+            if self.get(_RECORD + _U64.pack(txn_id)) is not None:
+                # Decided already (aborted by a recovery that overtook this prepare): an
+                # intent installed now would have nobody left to resolve it.
+                return CommitResult(Outcome.CONFLICT, ts, "aborted")
         if read_ts == 0:
             read_ts = ts - 1  # a blind write: its snapshot is everything before it
         elif read_ts >= ts:
@@ -634,6 +638,9 @@ class _Batch:
         raw = self.get(rkey)
         if raw is not None:
             status, decided_ts = msgpack.unpackb(raw)
+            # The primary's own intents follow the record (if any are left: a recovery
+            # that meets one here asks again).
+            self.resolve(txn_id, decided_ts if status == _REC_COMMITTED else 0)
             return CommitResult(Outcome.COMMITTED if status == _REC_COMMITTED
                                 else Outcome.ABORTED, decided_ts or ts)
         prepared = self.get(_PREPARED + _U64.pack(txn_id))

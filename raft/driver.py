@@ -542,7 +542,12 @@ class RaftNode:
 
     def _send(self, msgs) -> None:
         self._counts["messages_sent"] += len(msgs)
-        self._transport.send(self.group, msgs)
+        try:
+            self._transport.send(self.group, msgs)
+        except trio.ClosedResourceError:
+            # The process is shutting down and its transport closed first: to the peers this
+            # is the network losing the messages, which Raft tolerates.
+            pass
 
     def _on_messages(self, msgs) -> None:
         """The transport's handler: step a received batch from the receiving task itself."""

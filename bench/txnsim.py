@@ -1,0 +1,1024 @@
+"""Transactional workloads under faults against an in-process cluster, with checkable histories.
+
+``python -m bench.txnsim --workload append --isolation serializable --seed 7 --out DIR`` starts
+an in-process cluster (:func:`engine.local.open_local_cluster`, three regions by default),
+drives one of the workloads below through the client library while a nemesis injects faults,
+heals, reads the final state, writes the history to ``DIR/history.jsonl`` in the shape of
+FAULTS.md §4 and the checker's verdict to ``DIR/results.json``, and exits 1 when the verdict is
+not valid. The command line runs with ``compact_storage()`` and ``engine.node.INTENT_TIMEOUT_S``
+set to 0.5 s (``--intent-timeout``), which suit runs of seconds. From Python:
+``result = await run(RunConfig(...))`` or ``run_sync(RunConfig(...))``.
+
+A run follows FAULTS.md §1: setup (keyspaces, initial data, before any fault) → main phase
+(``processes`` clients, bounded by ``max_ops`` operations and ``time_limit_s`` seconds, the
+nemesis active) → heal (every stopped node started again) → quiet period → final reads →
+check.
+
+Workloads
+---------
+``bank`` (checked by :mod:`bench.bank`)
+    ``accounts_per_region`` accounts in a keyspace homed in each region, ``initial_balance``
+    each. A ``transfer`` reads two random accounts and moves a random amount from one to the
+    other (usually two groups in two regions: two-phase commit); one that would overdraw the
+    account is rolled back and recorded as ``fail``, so no balance may ever be negative. A
+    ``read`` reads every account in one transaction, keyspaces in a random order. Every ``ok``
+    read must sum to the constant total.
+``append`` (checked by :mod:`bench.elle`, Elle's list-append)
+    Transactions of 1 to ``max_txn_len`` micro-operations ``["append", k, v]`` and
+    ``["r", k, null]`` over ``key_count`` active keys, key ``k`` stored in the keyspace of
+    region ``k % len(regions)``. A list is stored as comma-separated decimal integers; an
+    append is a read and a write of the key in the same transaction. Values are unique per key
+    (a counter per key); a key that has received ``max_writes_per_key`` appends is retired and
+    a fresh key takes its place, so lists stay short and versions many. Checked against
+    ``strong-snapshot-isolation`` (isolation ``"snapshot"``: no G0, G1a, G1b, G1c, G-single,
+    lost update, nor their -process and -realtime variants) or ``strict-serializable``
+    (``"serializable"``: no cycle at all), the guarantees of ARCH §5 with its no-stale-reads
+    promise.
+
+Outcomes, as FAULTS.md §1 defines them: ``ok`` when the commit returned (or the transaction
+was read-only and its reads returned); ``fail`` when the transaction certainly did not commit
+— :class:`~engine.errors.TransactionConflictError`, an error or timeout before ``commit`` was
+called (writes are buffered in the client until then), a refused overdraft; ``info`` when
+anything else interrupted ``commit`` (another error, the operation's timeout, a coordinator
+kill). A process whose operation ended in ``info`` is retired and its worker continues as a
+new process (the next unused id), as in Jepsen.
+
+Faults (``FAULT_KINDS``)
+------------------------
+``kill-coordinator``
+    With probability ``kill_probability``, the coordinator of a transaction that writes dies
+    ``d`` seconds into its ``commit`` (``d`` uniform below ``kill_window_s``). Each client runs
+    in *sessions*, each with its own connection to the cluster (own clock, own background
+    tasks); the death cancels the commit if it has not returned by then (the operation is
+    ``info``) and ends the session abruptly either way — no graceful drain, so the intents
+    the client was still resolving in the background are left behind too — and the client
+    starts a new session. The coordinator thus dies before, during or after the prepares or
+    the decision, or just after acknowledging the commit; the participants finish what it
+    left after ``engine.node.INTENT_TIMEOUT_S`` (shorten it for short runs).
+``crash``
+    Every few seconds one node is stopped (a crash: its connections drop, its data directory
+    keeps what it synced), half the time the current leader of a data group, and started
+    again after a short downtime. One node is down at a time, so with three nodes per region
+    no group loses its majority; with one node per region the stopped node's region is
+    unavailable until it restarts, which the clients wait out.
+``clock-skew``
+    Some nodes run with a wall-clock offset of at most ``max_skew_fraction`` (20 %) of the
+    cluster's ``max_clock_offset``, either way; a crashed node may come back with a different
+    offset (a clock that was stepped while the node was down).
+
+``plan_faults(config)`` draws the mix from the seed (each kind present with some probability,
+at least one of them) unless ``config.faults`` names the kinds. Nemesis events are in the
+history as ``{"process": "nemesis", "type": "info", "f": "stop-node", "value": 4, ...}``
+(``f`` one of ``clock-offsets``, ``stop-node``, ``start-node``); the checkers skip them.
+
+The history
+-----------
+One event per operation boundary, FAULTS.md §4::
+
+    {"process": 3, "type": "invoke", "f": "transfer", "value": {"from": 1, "to": 4,
+     "amount": 7}, "time_ns": 812000, "region": "eu-west"}
+    {"process": 3, "type": "info", "f": "transfer", "value": {...}, "time_ns": 990000,
+     "region": "eu-west", "error": "coordinator killed 0.084 s into commit"}
+
+``time_ns`` counts from the start of the main phase on the runner's monotonic clock (the true
+time of the test; the nodes' clocks may be skewed). ``region`` is the client's region;
+``error`` says why an operation failed or is unknown.
+
+Determinism
+-----------
+The seed fixes the fault plan (kinds, kill probability, clock offsets), each client's random
+choices (operations, accounts, amounts, keys, think times, which of its commits are killed
+and when), the nemesis's (when a node crashes, for how long, whether it is a leader) and the
+cluster's own seeds (Raft election jitter, link models). The nodes and clients still run on
+real sockets under trio's scheduler, so the interleaving depends on timing — and with it the
+values clients append (drawn from shared counters) and which node leads when the nemesis
+strikes. Running a seed again replays the same workload and fault schedule, not necessarily
+the same history: a failing seed should be rerun a few times, and its history (``--out``) is
+the evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import bank as bank_checker
+from bench import elle
+from engine.errors import (
+    InvalidArgumentError,
+    LimitExceededError,
+    MeridianError,
+    TransactionClosedError,
+    TransactionConflictError,
+)
+from engine.placement import META_GROUP
+
+__all__ = [
+    "ELLE_MODELS",
+    "FAULT_KINDS",
+    "ISOLATION_LEVELS",
+    "REGIONS",
+    "WAN_LATENCY_MS",
+    "WORKLOADS",
+    "FaultPlan",
+    "History",
+    "RunConfig",
+    "RunResult",
+    "add_parser",
+    "check_history",
+    "compact_storage",
+    "main",
+    "parse_seeds",
+    "plan_faults",
+    "run",
+    "run_sync",
+    "write_history",
+]
+
+WORKLOADS = ("bank", "append")
+ISOLATION_LEVELS = ("snapshot", "serializable")
+FAULT_KINDS = ("kill-coordinator", "crash", "clock-skew")
+REGIONS = ("us-east", "eu-west", "ap-south")
+WAN_LATENCY_MS = {("us-east", "eu-west"): 20, ("us-east", "ap-south"): 30,
+                  ("eu-west", "ap-south"): 40}
+"""One-way latency per region pair, a scaled-down geo-distributed cluster."""
+ELLE_MODELS = {"snapshot": "strong-snapshot-isolation", "serializable": "strict-serializable"}
+"""The consistency model an ``append`` history is checked against, by isolation level: the
+level's guarantee plus ARCH §5's real-time promise (no stale reads)."""
+NEMESIS = "nemesis"
+
+
+# --------------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """One run. Every field has a default but ``workload``.
+
+    Attributes:
+        workload: one of ``WORKLOADS``.
+        isolation: ``"snapshot"`` or ``"serializable"``, for every transaction.
+        seed: fixes every choice of the run (see the module docstring, Determinism).
+        regions, nodes_per_region, wan_latency_ms, tick_interval_ms: the cluster.
+        processes: concurrent clients, spread over the regions in turn.
+        max_ops, time_limit_s: bounds of the main phase (whichever comes first).
+        op_timeout_s: one operation's deadline (then ``fail`` before commit, ``info`` during).
+        request_timeout_s: the client library's retry budget per request.
+        think_s: each client waits up to this long (uniformly) between operations.
+        faults: the fault kinds to inject; None draws a mix from the seed.
+        quiet_s: the quiet period between heal and final reads.
+        recovery_s: how long the final read may keep failing after the quiet period.
+        accounts_per_region, initial_balance, max_transfer: the bank workload.
+        key_count, max_writes_per_key, max_txn_len: the append workload.
+    """
+
+    workload: str
+    isolation: str = "snapshot"
+    seed: int = 0
+    regions: tuple[str, ...] = REGIONS
+    nodes_per_region: int = 3
+    wan_latency_ms: Mapping[tuple[str, str], float] = field(
+        default_factory=lambda: dict(WAN_LATENCY_MS))
+    tick_interval_ms: int = 20
+    processes: int = 6
+    max_ops: int = 300
+    time_limit_s: float = 10.0
+    op_timeout_s: float = 5.0
+    request_timeout_s: float = 4.0
+    think_s: float = 0.02
+    faults: frozenset[str] | None = None
+    quiet_s: float = 1.0
+    recovery_s: float = 15.0
+    accounts_per_region: int = 3
+    initial_balance: int = 100
+    max_transfer: int = 40
+    key_count: int = 8
+    max_writes_per_key: int = 16
+    max_txn_len: int = 4
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload must be one of {WORKLOADS}, not {self.workload!r}")
+        if self.isolation not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation must be one of {ISOLATION_LEVELS}, "
+                             f"not {self.isolation!r}")
+        if self.faults is not None:
+            unknown = set(self.faults) - set(FAULT_KINDS)
+            if unknown:
+                raise ValueError(f"unknown fault kinds {sorted(unknown)}; "
+                                 f"expected some of {FAULT_KINDS}")
+        if self.processes < 1 or self.max_ops < 1 or self.nodes_per_region < 1:
+            raise ValueError("processes, max_ops and nodes_per_region must be positive")
+        if self.workload == "bank" and len(self.regions) * self.accounts_per_region < 2:
+            raise ValueError("the bank workload needs at least two accounts")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["regions"] = list(self.regions)
+        d["wan_latency_ms"] = [[a, b, ms] for (a, b), ms in self.wan_latency_ms.items()]
+        d["faults"] = None if self.faults is None else sorted(self.faults)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """What the nemesis does in a run, drawn from the seed before it starts.
+
+    Attributes:
+        kinds: the fault kinds present (a subset of ``FAULT_KINDS``).
+        kill_probability: chance that a committing transaction has its commit cancelled.
+        kill_window_s: a killed commit is cancelled after uniform(0, this) seconds.
+        crash_every_s: (low, high) seconds between one node's restart and the next crash.
+        downtime_s: (low, high) seconds a crashed node stays down.
+        clock_offsets_ns: node id → wall-clock offset at the start (clock-skew).
+        max_skew_ns: the largest offset clock-skew gives any node, either way.
+    """
+
+    kinds: frozenset[str]
+    kill_probability: float = 0.0
+    kill_window_s: float = 0.0
+    crash_every_s: tuple[float, float] = (1.0, 3.0)
+    downtime_s: tuple[float, float] = (0.3, 1.2)
+    clock_offsets_ns: Mapping[int, int] = field(default_factory=dict)
+    max_skew_ns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kinds": sorted(self.kinds), "kill_probability": self.kill_probability,
+                "kill_window_s": self.kill_window_s, "crash_every_s": list(self.crash_every_s),
+                "downtime_s": list(self.downtime_s),
+                "clock_offsets_ns": {str(k): v for k, v in sorted(self.clock_offsets_ns.items())},
+                "max_skew_ns": self.max_skew_ns}
+
+
+def _max_clock_offset_ns(config: RunConfig) -> int:
+    from engine.config import default_local_cluster
+
+    cluster = default_local_cluster(config.regions, config.nodes_per_region, 10000,
+                                    wan_latency_ms=config.wan_latency_ms)
+    return cluster.max_clock_offset_ns
+
+
+def plan_faults(config: RunConfig, *, max_skew_fraction: float = 0.2) -> FaultPlan:
+    """The run's faults, from its seed alone (so a seed always replays the same plan).
+
+    Without ``config.faults``, each kind is present with probability 0.6 (at least one)."""
+    rng = random.Random(f"faults/{config.seed}")
+    if config.faults is None:
+        kinds = {k for k in FAULT_KINDS if rng.random() < 0.6}
+        if not kinds:
+            kinds = {rng.choice(FAULT_KINDS)}
+    else:
+        kinds = set(config.faults)
+    node_ids = range(1, len(config.regions) * config.nodes_per_region + 1)
+    max_skew_ns = int(_max_clock_offset_ns(config) * max_skew_fraction)
+    offsets: dict[int, int] = {}
+    if "clock-skew" in kinds:
+        for node in node_ids:
+            if rng.random() < 0.5:
+                offsets[node] = rng.randint(-max_skew_ns, max_skew_ns)
+        if not offsets:
+            offsets[rng.choice(node_ids)] = rng.choice((-1, 1)) * max_skew_ns
+    return FaultPlan(
+        kinds=frozenset(kinds),
+        kill_probability=round(rng.uniform(0.08, 0.25), 3) if "kill-coordinator" in kinds else 0,
+        kill_window_s=round(rng.uniform(0.1, 0.4), 3) if "kill-coordinator" in kinds else 0,
+        crash_every_s=(1.0, 3.0),
+        downtime_s=(0.3, 1.2),
+        clock_offsets_ns=offsets,
+        max_skew_ns=max_skew_ns if "clock-skew" in kinds else 0)
+
+
+# -------------------------------------------------------------------------------------- history
+
+
+class History:
+    """The events of a run, in the order they happened (FAULTS.md §4)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._t0 = time.monotonic_ns()
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns() - self._t0
+
+    def record(self, process: Any, kind: str, f: str, value: Any, **extra: Any) -> None:
+        self.events.append({"process": process, "type": kind, "f": f, "value": value,
+                            "time_ns": self.now_ns(), **extra})
+
+    def nemesis(self, f: str, value: Any) -> None:
+        self.record(NEMESIS, "info", f, value)
+
+
+def write_history(events: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Writes ``events`` as JSON lines (the keys of a balance map become strings)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for event in events:
+            out.write(json.dumps(event, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# ------------------------------------------------------------------------------------- workloads
+
+
+class _Refused(Exception):
+    """The workload chose not to commit (a transfer that would overdraw): certainly ``fail``."""
+
+
+def _parse_list(raw: bytes | None) -> list[int]:
+    if not raw:
+        return []
+    return [int(x) for x in raw.split(b",")]
+
+
+class _Bank:
+    functions = ("transfer", "read")
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        per = config.accounts_per_region
+        self.accounts = list(range(len(config.regions) * per))
+        self.total = len(self.accounts) * config.initial_balance
+        self._where = {a: (f"bank-{config.regions[a // per]}", b"acct-%d" % a)
+                       for a in self.accounts}
+        self.keyspaces = sorted({ks for ks, _ in self._where.values()})
+
+    def home(self, keyspace: str) -> str:
+        return keyspace.removeprefix("bank-")
+
+    async def setup(self, tx) -> None:
+        for a in self.accounts:
+            ks, key = self._where[a]
+            await tx.put(ks, key, b"%d" % self.config.initial_balance)
+
+    def generate(self, rng: random.Random) -> tuple[str, Any, bool]:
+        """(f, value, writes) of the next operation."""
+        if rng.random() < 0.3:
+            return "read", None, False
+        a, b = rng.sample(self.accounts, 2)
+        return "transfer", {"from": a, "to": b,
+                            "amount": rng.randint(1, self.config.max_transfer)}, True
+
+    async def execute(self, tx, f: str, value: Any, rng: random.Random) -> Any:
+        if f == "read":
+            balances: dict[int, int | None] = {}
+            order = list(self.keyspaces)
+            rng.shuffle(order)
+            for ks in order:
+                mine = [a for a in self.accounts if self._where[a][0] == ks]
+                raws = await tx.get_many(ks, [self._where[a][1] for a in mine])
+                for a, raw in zip(mine, raws):
+                    balances[a] = None if raw is None else int(raw)
+            return {a: balances[a] for a in self.accounts}
+        src, dst, amount = value["from"], value["to"], value["amount"]
+        (ks_s, key_s), (ks_d, key_d) = self._where[src], self._where[dst]
+        raw_s = await tx.get(ks_s, key_s)
+        raw_d = await tx.get(ks_d, key_d)
+        if raw_s is None or raw_d is None:
+            raise _Refused(f"account {src if raw_s is None else dst} not found")
+        s, d = int(raw_s), int(raw_d)
+        if s < amount:
+            raise _Refused(f"insufficient funds: account {src} holds {s} < {amount}")
+        await tx.put(ks_s, key_s, b"%d" % (s - amount))
+        await tx.put(ks_d, key_d, b"%d" % (d + amount))
+        return value
+
+    def final_op(self) -> tuple[str, Any, bool]:
+        return "read", None, False
+
+    def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return bank_checker.check(events, accounts=self.accounts, total=self.total)
+
+
+class _Append:
+    functions = ("txn",)
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.keyspaces = [f"append-{r}" for r in config.regions]
+        self.active = list(range(config.key_count))
+        self.next_key = config.key_count
+        self.used: set[int] = set()
+        self._next_value: dict[int, int] = {}
+        self._writes: dict[int, int] = {}
+
+    def home(self, keyspace: str) -> str:
+        return keyspace.removeprefix("append-")
+
+    def _locate(self, k: int) -> tuple[str, bytes]:
+        return self.keyspaces[k % len(self.keyspaces)], b"k%d" % k
+
+    async def setup(self, tx) -> None:
+        return None  # lists start empty
+
+    def generate(self, rng: random.Random) -> tuple[str, Any, bool]:
+        ops: list[list[Any]] = []
+        writes = False
+        for _ in range(rng.randint(1, self.config.max_txn_len)):
+            k = rng.choice(self.active)
+            self.used.add(k)
+            if rng.random() < 0.5:
+                ops.append(["r", k, None])
+                continue
+            v = self._next_value.get(k, 1)
+            self._next_value[k] = v + 1
+            self._writes[k] = self._writes.get(k, 0) + 1
+            ops.append(["append", k, v])
+            writes = True
+            if self._writes[k] >= self.config.max_writes_per_key:
+                self.active[self.active.index(k)] = self.next_key
+                self.next_key += 1
+        return "txn", ops, writes
+
+    async def execute(self, tx, f: str, value: Any, rng: random.Random) -> Any:
+        done = []
+        for op, k, v in value:
+            ks, key = self._locate(k)
+            current = _parse_list(await tx.get(ks, key))
+            if op == "r":
+                done.append(["r", k, current])
+            else:
+                current.append(v)
+                await tx.put(ks, key, b",".join(b"%d" % x for x in current))
+                done.append(["append", k, v])
+        return done
+
+    def final_op(self) -> tuple[str, Any, bool]:
+        return "txn", [["r", k, None] for k in sorted(self.used)], False
+
+    def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return elle.check(events, consistency=ELLE_MODELS[self.config.isolation])
+
+
+def _workload(config: RunConfig) -> _Bank | _Append:
+    return _Bank(config) if config.workload == "bank" else _Append(config)
+
+
+def check_history(config: RunConfig, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The checker's verdict on a history of ``config``'s workload (see the module docstring:
+    bench.bank for ``bank``, bench.elle with ``ELLE_MODELS[isolation]`` for ``append``)."""
+    return _workload(config).check(events)
+
+
+# --------------------------------------------------------------------------------------- result
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did and what the checker found.
+
+    Attributes:
+        config, plan: the run's configuration and fault plan.
+        history: every event (FAULTS.md §4), nemesis events included.
+        counts: ``{"ok": n, "fail": n, "info": n}`` over the workload's operations (final
+            reads included).
+        faults_fired: how many of each fault actually happened: ``kill-coordinator``
+            (coordinators killed), ``kill-coordinator-in-commit`` (of those, the ones that
+            cancelled a commit before it returned), ``crash`` (nodes stopped), ``clock-skew``
+            (nodes whose clock was offset at some point).
+        errors: error text → how many operations ended with it.
+        check: the checker's result (``valid``, anomalies, stats).
+        seconds: wall time of the whole run; ``main_s`` of the main phase.
+        phases_s: wall time of each phase (``start``, ``setup``, ``main``, ``heal``,
+            ``final``, ``stop``, ``check``).
+        final_read_ok: whether the final read succeeded.
+        stop_errors: errors nodes raised while being stopped (see ``_recording_stop_errors``).
+        diagnostics: when the final read failed, the cluster's state right after (see
+            ``_Runner.cluster_state``); else None.
+    """
+
+    config: RunConfig
+    plan: FaultPlan
+    history: list[dict[str, Any]]
+    counts: dict[str, int]
+    faults_fired: dict[str, int]
+    errors: dict[str, int]
+    check: dict[str, Any]
+    seconds: float
+    main_s: float
+    phases_s: dict[str, float]
+    final_read_ok: bool
+    stop_errors: list[str] = field(default_factory=list)
+    diagnostics: dict[str, Any] | None = None
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.check.get("valid"))
+
+    def summary(self) -> str:
+        """One line: the run, its counts, faults and verdict."""
+        c = self.config
+        fired = ", ".join(f"{k} {n}" for k, n in sorted(self.faults_fired.items()) if n)
+        verdict = "valid" if self.valid else "NOT valid: " + ", ".join(
+            self.check.get("forbidden") or self.check.get("anomaly_types") or ["?"])
+        return (f"{c.workload}/{c.isolation} seed {c.seed}: {sum(self.counts.values())} ops "
+                f"({self.counts['ok']} ok, {self.counts['fail']} fail, {self.counts['info']} "
+                f"info) in {self.main_s:.1f} s of {self.seconds:.1f} s; faults "
+                f"[{', '.join(sorted(self.plan.kinds))}] fired: {fired or 'none'}; {verdict}"
+                + ("" if self.final_read_ok else "; the final read failed after healing")
+                + (f"; {len(self.stop_errors)} error(s) while stopping nodes"
+                   if self.stop_errors else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"valid": self.valid, "summary": self.summary(), "config": self.config.to_dict(),
+                "plan": self.plan.to_dict(), "counts": self.counts,
+                "faults_fired": self.faults_fired, "errors": self.errors,
+                "seconds": round(self.seconds, 3), "main_s": round(self.main_s, 3),
+                "phases_s": {k: round(v, 3) for k, v in self.phases_s.items()},
+                "final_read_ok": self.final_read_ok, "stop_errors": self.stop_errors,
+                "diagnostics": self.diagnostics, "check": self.check}
+
+    def write(self, directory: str | Path) -> Path:
+        """Writes ``history.jsonl`` and ``results.json`` into ``directory`` (created)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        write_history(self.history, out / "history.jsonl")
+        with open(out / "results.json", "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, default=repr)
+            f.write("\n")
+        return out
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+@contextlib.contextmanager
+def compact_storage(segment_size: int = 4 << 20, map_size: int = 4 << 20) -> Iterator[None]:
+    """Nodes started inside this block preallocate ``segment_size``-byte Raft log segments and
+    ``map_size``-byte MVCC maps instead of the product's 64 MiB each (both still grow: new
+    segments, a larger map). A 3 × 3 cluster hosts 36 group replicas; at the defaults they
+    write and later delete about 4.6 GB, which dominates a short run's start and stop.
+
+    It replaces ``engine.node.RaftStorage`` and ``engine.node.MVCCStore`` for the duration, so
+    it affects every node started in this process meanwhile.
+    """
+    import engine.node
+    from engine.mvcc import MVCCStore
+    from raft.storage import RaftStorage
+
+    saved = engine.node.RaftStorage, engine.node.MVCCStore
+    engine.node.RaftStorage = functools.partial(RaftStorage, segment_size=segment_size)
+    engine.node.MVCCStore = functools.partial(MVCCStore, map_size=map_size)
+    try:
+        yield
+    finally:
+        engine.node.RaftStorage, engine.node.MVCCStore = saved
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+@contextlib.contextmanager
+def _recording_stop_errors(errors: list[str]) -> Iterator[None]:
+    """Nodes started inside this block (by :mod:`engine.local`) that raise while they are
+    being stopped have the error appended to ``errors`` instead of failing the whole
+    in-process cluster.
+
+    Stopping a node of an in-process cluster cancels its tasks and runs its shutdown code; a
+    real crash (SIGKILL) runs none. An error raised on that path says nothing about what the
+    run checks, but it would otherwise propagate through the cluster's nursery and abort the
+    run, so it is counted (``RunResult.stop_errors``) and reported instead. An error raised
+    while the node was not being stopped still propagates.
+    """
+    import engine.local
+
+    base = engine.local.Node
+
+    class _Node(base):  # type: ignore[misc, valid-type]
+        async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await base.run(self, task_status=task_status)
+            except* Exception as group:
+                if trio.current_effective_deadline() != -math.inf:
+                    raise  # not being stopped: a real failure
+                for exc in _leaves(group):
+                    errors.append(f"node {self.id}: {type(exc).__name__}: {exc}")
+
+    engine.local.Node = _Node
+    try:
+        yield
+    finally:
+        engine.local.Node = base
+
+
+# ------------------------------------------------------------------------------------ the runner
+
+
+class _Runner:
+    def __init__(self, config: RunConfig, plan: FaultPlan) -> None:
+        self.config = config
+        self.plan = plan
+        self.workload = _workload(config)
+        self.history = History()
+        self.rng = random.Random(f"run/{config.seed}")
+        self.ops_left = config.max_ops
+        self.fired = dict.fromkeys(FAULT_KINDS, 0)
+        self.fired["clock-skew"] = len(plan.clock_offsets_ns)
+        self.skewed = set(plan.clock_offsets_ns)
+        self.errors: dict[str, int] = {}
+        self.down: set[int] = set()
+        self.next_process = config.processes
+        self.stop_at = float("inf")  # no operation starts after this (trio time)
+        self.diagnostics: dict[str, Any] | None = None
+        self.killed_in_commit = 0  # coordinator kills that cancelled a commit (info)
+        self.sessions_killed = 0
+
+    # ---------------------------------------------------------------- one operation
+
+    async def operate(self, db, process: int, f: str, value: Any, writes: bool,
+                      rng: random.Random, *, kill: float | None) -> str:
+        """Runs one operation as a transaction and records it; returns its outcome type.
+
+        ``kill``: the coordinator dies this many seconds into ``commit`` — the commit is
+        cancelled there if it has not returned by then (``info``), and the client session is
+        dropped either way (see ``client``), so it also dies right after an acknowledgement
+        that came sooner."""
+        region = db.region
+        self.history.record(process, "invoke", f, value, region=region)
+        tx = db.transaction(self.config.isolation)
+        committing = False  # from here on, a write may have reached a group
+        result: Any = None
+        outcome, error, label = "ok", "", ""
+        with trio.move_on_after(self.config.op_timeout_s) as deadline:
+            try:
+                result = await self.workload.execute(tx, f, value, rng)
+                committing = writes
+                if kill is None:
+                    await tx.commit()
+                else:
+                    self.fired["kill-coordinator"] += 1
+                    with trio.move_on_after(kill) as killed:
+                        await tx.commit()
+                    if killed.cancelled_caught:
+                        self.killed_in_commit += 1
+                        outcome, label = "info", "coordinator killed"
+                        error = f"coordinator killed {kill:.3f} s into commit"
+            except _Refused as exc:
+                await tx.rollback()
+                outcome, error, label = "fail", str(exc), str(exc).split(":")[0]
+            except TransactionConflictError as exc:
+                outcome, error = "fail", f"conflict ({exc.reason}): {exc}"
+                label = f"conflict ({exc.reason})"
+            except (InvalidArgumentError, TransactionClosedError, LimitExceededError):
+                raise  # the workload misused the client: a bug of the runner, not a fault
+            except (MeridianError, OSError) as exc:
+                outcome = "info" if committing else "fail"
+                error, label = f"{type(exc).__name__}: {exc}", type(exc).__name__
+        if deadline.cancelled_caught:
+            outcome = "info" if committing else "fail"
+            label = "timed out" + (" in commit" if committing else "")
+            error = f"{label} after {self.config.op_timeout_s} s"
+        txn = f"{tx.txn_id:#x}"
+        if outcome == "ok":
+            self.history.record(process, "ok", f, value if result is None else result,
+                                region=region, txn_id=txn)
+        else:
+            self.history.record(process, outcome, f, None if f == "read" else value,
+                                region=region, txn_id=txn, error=error)
+            key = f"{outcome}: {label}"
+            self.errors[key] = self.errors.get(key, 0) + 1
+        return outcome
+
+    # ---------------------------------------------------------------- clients
+
+    def _more(self) -> bool:
+        return self.ops_left > 0 and trio.current_time() < self.stop_at
+
+    async def client(self, slot: int, cluster) -> None:
+        """One client: sessions (each its own connection, clock and background tasks) in the
+        region ``slot`` is assigned to, one after another; a session ends when its
+        coordinator dies."""
+        region = self.config.regions[slot % len(self.config.regions)]
+        rng = random.Random(f"client/{self.config.seed}/{slot}")
+        process = slot
+        while self._more():
+            with trio.CancelScope() as session:
+                async with cluster.connect(
+                        region, request_timeout_s=self.config.request_timeout_s) as db:
+                    while self._more():
+                        self.ops_left -= 1
+                        f, value, writes = self.workload.generate(rng)
+                        kill = None
+                        if writes and rng.random() < self.plan.kill_probability:
+                            kill = rng.uniform(0.0, self.plan.kill_window_s)
+                        outcome = await self.operate(db, process, f, value, writes, rng,
+                                                     kill=kill)
+                        if outcome == "info":
+                            process = self.next_process
+                            self.next_process += 1
+                        if kill is not None:
+                            # The coordinator process is gone: its connections close and the
+                            # intents it was still resolving in the background are left to
+                            # the participants' recovery. Cancelling skips the client's
+                            # graceful drain.
+                            session.cancel()
+                            await trio.lowlevel.checkpoint()
+                        await trio.sleep(rng.uniform(0.0, self.config.think_s))
+            if session.cancelled_caught:
+                self.sessions_killed += 1
+
+    # ---------------------------------------------------------------- nemesis
+
+    async def nemesis(self, cluster) -> None:
+        """Crashes and restarts one node at a time, forever (cancelled by the caller)."""
+        if "crash" not in self.plan.kinds:
+            return
+        rng = random.Random(f"nemesis/{self.config.seed}")
+        while True:
+            await trio.sleep(rng.uniform(*self.plan.crash_every_s))
+            running = sorted(cluster.nodes)
+            leaders = sorted(
+                node_id for node_id in running
+                for gid, replica in cluster.nodes[node_id].replicas.items()
+                if gid != META_GROUP and replica.node.is_leader)
+            victim = rng.choice(leaders if leaders and rng.random() < 0.5 else running)
+            self.history.nemesis("stop-node", victim)
+            self.down.add(victim)
+            with trio.CancelScope(shield=True):
+                await cluster.stop_node(victim)
+            self.fired["crash"] += 1
+            await trio.sleep(rng.uniform(*self.plan.downtime_s))
+            await self.restart(cluster, victim, rng)
+
+    async def restart(self, cluster, node_id: int, rng: random.Random | None) -> None:
+        offset = self.plan.clock_offsets_ns.get(node_id, 0)
+        if rng is not None and "clock-skew" in self.plan.kinds and rng.random() < 0.5:
+            # The clock was stepped while the node was down.
+            offset = rng.randint(-self.plan.max_skew_ns, self.plan.max_skew_ns)
+        if offset and node_id not in self.skewed:
+            self.skewed.add(node_id)
+            self.fired["clock-skew"] += 1
+        self.history.nemesis("start-node", {"node": node_id, "clock_offset_ns": offset})
+        with trio.CancelScope(shield=True):
+            await cluster.start_node(node_id, clock_offset_ns=offset)
+        self.down.discard(node_id)
+
+    # ---------------------------------------------------------------- phases
+
+    async def setup(self, db) -> None:
+        homes = {ks: self.workload.home(ks) for ks in self.workload.keyspaces}
+        with trio.fail_after(60):
+            for ks, home in homes.items():
+                await db.create_keyspace(ks, home_region=home)
+
+            async def init(tx):
+                await self.workload.setup(tx)
+
+            await db.run_transaction(init, isolation=self.config.isolation, max_attempts=50)
+
+    def cluster_state(self, cluster) -> dict[str, Any]:
+        """Each running node's view of its groups, for the report of a run whose final read
+        failed (who leads, Raft progress, closed timestamps, transactions still prepared)."""
+        state: dict[str, Any] = {"time_ns": self.history.now_ns(), "nodes": {}}
+        for node_id, node in sorted(cluster.nodes.items()):
+            now = node.clock.now()
+            groups = {}
+            for gid, replica in sorted(node.replicas.items()):
+                st = replica.node.statistics()
+                prepared = replica.sm.prepared()
+                groups[gid] = {
+                    "role": st.role, "term": st.term, "leader": st.leader, "commit": st.commit,
+                    "applied": st.applied, "proposals_pending": st.proposals_pending,
+                    "closed_ts": replica.closed_ts, "prepared": len(prepared),
+                    "prepared_sample": [
+                        {"txn_id": f"{i.txn_id:#x}", "primary": i.primary,
+                         "deadline_in_s": round((i.deadline - now) / 1e9, 3)}
+                        for i in prepared[:5]]}
+            state["nodes"][node_id] = {"region": node.region,
+                                       "clock_problem": node.clock_problem, "groups": groups}
+        return state
+
+    async def final_read(self, db) -> bool:
+        """Reads the final state, retrying (each attempt recorded) until it succeeds or
+        ``recovery_s`` have passed: after healing, the cluster must make progress again
+        within a bounded time (ARCH §9)."""
+        give_up = trio.current_time() + self.config.recovery_s
+        while trio.current_time() < give_up:
+            process = self.next_process
+            self.next_process += 1
+            f, value, writes = self.workload.final_op()
+            if await self.operate(db, process, f, value, writes, self.rng, kill=None) == "ok":
+                return True
+            await trio.sleep(0.2)
+        return False
+
+
+async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phase) -> bool:
+    """The run's phases on a fresh cluster; returns whether the final read succeeded."""
+    from engine.local import open_local_cluster
+
+    async with open_local_cluster(
+            config.regions, config.nodes_per_region, wan_latency_ms=config.wan_latency_ms,
+            tick_interval_ms=config.tick_interval_ms, seed=config.seed,
+            clock_offsets_ns=plan.clock_offsets_ns) as cluster:
+        phase("start")
+        async with cluster.connect(config.regions[0],
+                                   request_timeout_s=config.request_timeout_s) as first, \
+                cluster.connect(config.regions[-1],
+                                request_timeout_s=config.request_timeout_s) as last:
+            await runner.setup(first)
+            phase("setup")
+            runner.history = History()  # time counts from the main phase
+            if plan.clock_offsets_ns:
+                runner.history.nemesis("clock-offsets", {str(k): v for k, v in
+                                                         sorted(plan.clock_offsets_ns.items())})
+            async with trio.open_nursery() as nursery:
+                nemesis_scope = trio.CancelScope()
+
+                async def nemesis() -> None:
+                    with nemesis_scope:
+                        await runner.nemesis(cluster)
+
+                nursery.start_soon(nemesis)
+                # Operations in flight at the time limit finish (within op_timeout_s) and are
+                # recorded; none starts after it.
+                runner.stop_at = trio.current_time() + config.time_limit_s
+                async with trio.open_nursery() as clients:
+                    for slot in range(config.processes):
+                        clients.start_soon(runner.client, slot, cluster)
+                nemesis_scope.cancel()
+            phase("main")
+            # Heal, then a quiet period long enough for abandoned intents to be recovered.
+            for node_id in sorted(runner.down):
+                await runner.restart(cluster, node_id, None)
+            await trio.sleep(config.quiet_s)
+            phase("heal")
+            final_ok = await runner.final_read(last)
+            if not final_ok:
+                runner.diagnostics = runner.cluster_state(cluster)
+            phase("final")
+    return final_ok
+
+
+async def run(config: RunConfig, *, plan: FaultPlan | None = None,
+              directory: str | Path | None = None) -> RunResult:
+    """Runs ``config``: setup, main phase under faults, heal, quiet period, final reads, check.
+
+    Args:
+        config: the run.
+        plan: the faults to inject (default: ``plan_faults(config)``, drawn from the seed).
+        directory: where to write ``history.jsonl`` and ``results.json`` (nothing if None).
+
+    Returns:
+        The :class:`RunResult`, whatever the verdict.
+
+    Cancellation: the cluster is stopped; nothing is written.
+    """
+    started = time.monotonic()
+    if plan is None:
+        plan = plan_faults(config)
+    runner = _Runner(config, plan)
+    phases: dict[str, float] = {}
+    mark = started
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = now - mark
+        mark = now
+
+    stop_errors: list[str] = []
+    with _recording_stop_errors(stop_errors):
+        final_ok = await _run_cluster(config, plan, runner, phase)
+    phase("stop")
+    events = runner.history.events
+    check = runner.workload.check(events)
+    phase("check")
+    counts = dict.fromkeys(("ok", "fail", "info"), 0)
+    functions = set(runner.workload.functions)
+    for event in events:
+        if event["f"] in functions and event["type"] in counts:
+            counts[event["type"]] += 1
+    # Operations never completed (none, unless the runner was interrupted) count as info.
+    counts["info"] += sum(e["type"] == "invoke" for e in events if e["f"] in functions) - sum(
+        counts.values())
+    result = RunResult(config=config, plan=plan, history=events, counts=counts,
+                       faults_fired={**runner.fired,
+                                     "kill-coordinator-in-commit": runner.killed_in_commit},
+                       errors=dict(sorted(runner.errors.items())),
+                       check=check, seconds=time.monotonic() - started,
+                       main_s=phases["main"], phases_s=phases, final_read_ok=final_ok,
+                       stop_errors=stop_errors, diagnostics=runner.diagnostics)
+    if directory is not None:
+        result.write(directory)
+    return result
+
+
+def run_sync(config: RunConfig, *, plan: FaultPlan | None = None,
+             directory: str | Path | None = None) -> RunResult:
+    """:func:`run` in a fresh trio loop."""
+    return trio.run(lambda: run(config, plan=plan, directory=directory))
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds written as ``7``, ``1,5,9``, ``10-19`` or a mix (``1,5,10-19``)."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if part:
+            lo, sep, hi = part.partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return seeds
+
+
+def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--workload", choices=WORKLOADS, required=True)
+    parser.add_argument("--isolation", choices=ISOLATION_LEVELS, default="snapshot")
+    parser.add_argument("--seed", type=parse_seeds, default=[0], metavar="SEEDS",
+                        help="a seed, a list 1,5,9 or a range 10-19 (default: 0)")
+    parser.add_argument("--nodes-per-region", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=6)
+    parser.add_argument("--max-ops", type=int, default=300)
+    parser.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--faults", default=None, metavar="KINDS",
+                        help=f"comma-separated subset of {','.join(FAULT_KINDS)}, or 'none' "
+                             f"(default: a mix drawn from the seed)")
+    parser.add_argument("--intent-timeout", type=float, default=0.5, metavar="SECONDS",
+                        help="engine.node.INTENT_TIMEOUT_S for the run (default: %(default)s; "
+                             "the product's default suits longer runs)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write history.jsonl and results.json here (DIR/seed-N/ when "
+                             "several seeds are given)")
+    parser.set_defaults(func=cli)
+    return parser
+
+
+_DESCRIPTION = ("Runs a transactional workload (bank or list-append) against an in-process "
+                "three-region cluster under coordinator kills, node crashes and clock skew, and "
+                "checks the history. Exit status: 0 every run valid and its final read "
+                "served after healing, 1 otherwise.")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds ``txnsim`` as a subcommand of ``python -m bench``."""
+    return _configure(subparsers.add_parser(
+        "txnsim", help="transactional workloads under faults, checked",
+        description=_DESCRIPTION))
+
+
+def cli(args: argparse.Namespace) -> int:
+    import engine.node
+
+    engine.node.INTENT_TIMEOUT_S = args.intent_timeout
+    faults = None
+    if args.faults is not None:
+        faults = frozenset() if args.faults == "none" else frozenset(
+            f for f in args.faults.split(",") if f)
+    status = 0
+    for seed in args.seed:
+        config = RunConfig(workload=args.workload, isolation=args.isolation, seed=seed,
+                           nodes_per_region=args.nodes_per_region, processes=args.processes,
+                           max_ops=args.max_ops, time_limit_s=args.time_limit, faults=faults)
+        out = None
+        if args.out is not None:
+            out = Path(args.out) / f"seed-{seed}" if len(args.seed) > 1 else Path(args.out)
+        with compact_storage():
+            result = run_sync(config, directory=out)
+        print(result.summary())
+        for error in result.stop_errors:
+            print(f"  while stopping {error}")
+        if not (result.valid and result.final_read_ok):
+            status = 1
+            if not result.valid:
+                print(json.dumps({k: result.check.get(k)
+                                  for k in ("forbidden", "anomaly_types")}))
+            if out is not None:
+                print(f"  history: {out / 'history.jsonl'}, report: {out / 'results.json'}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _configure(argparse.ArgumentParser(prog="python -m bench.txnsim",
+                                                description=_DESCRIPTION))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

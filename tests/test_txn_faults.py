@@ -1,0 +1,360 @@
+"""Transactions across three regions under faults, checked like Jepsen would (FAULTS.md §1–§4):
+the bank workload with bench/bank.py, list-append with bench/elle.py, each at both isolation
+levels, while coordinators die mid-commit, nodes crash and restart, and clocks are skewed
+within the bound (ARCH §5, §9).
+
+Integration tests: each case runs :func:`bench.txnsim.run` on an in-process cluster of three
+regions × three nodes (so a crashed node, one at a time, never costs a group its majority, and
+leaders really fail over) in real time: 6 s of workload with six clients, 11–22 s per case in
+all on a 2-core machine (start, setup, heal, final read and stop included; a single Python
+process runs all nine nodes, so the load of the machine shows); the whole file takes about
+2.5–3 minutes. The nodes' stores preallocate little (``compact_storage``) and abandoned intents are
+recovered after 0.5 s instead of the product's 2 s, so that short runs see recoveries.
+
+Each failure names its seed and the command that replays it, e.g.::
+
+    MERIDIAN_TXN_SEEDS=13 python -m pytest tests/test_txn_faults.py -k bank-serializable
+
+``MERIDIAN_TXN_SEEDS`` (``7``, ``1,5,9`` or ``10-19``) replaces the CI seeds of every case.
+A seed fixes the workload and the fault schedule, not the interleaving, so rerun a failing
+seed a few times; its history is in the test's ``tmp_path`` (``run/history.jsonl``).
+
+Trusting the checkers (FAULTS.md §5): each planted bug of engine/planted.py must make a short
+run invalid, and the checker must find an anomaly written by hand into each run's history (a
+balance changed, a committed append turned into an aborted one). An anomaly these workloads
+found in the database is kept as a deterministic strict ``xfail``.
+
+The long campaign (``@pytest.mark.slow``, skipped unless ``--run-slow``) runs 25 more seeds per
+case, 20 s of workload with nine clients each (about 30 s per seed, 50 minutes in all)::
+
+    python -m pytest tests/test_txn_faults.py --run-slow -k campaign
+    MERIDIAN_TXN_CAMPAIGN_SEEDS=1000-1199 python -m pytest tests/test_txn_faults.py --run-slow \\
+        -k campaign-append-serializable
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+import trio
+
+import engine.node
+from bench import elle, txnsim
+from engine import errors, planted
+from engine.local import open_local_cluster
+from engine.placement import data_group, encode_key
+
+# Two seeds per case, chosen so that each case meets every fault kind (plan_faults: seeds 3,
+# 13, 16 and 19 inject all three; 8 and 14 kill coordinators, 8 and 11 skew clocks, 11 and 14
+# crash nodes).
+CI_SEEDS = {
+    ("bank", "snapshot"): (3, 8),
+    ("bank", "serializable"): (13, 11),
+    ("append", "snapshot"): (16, 14),
+    ("append", "serializable"): (19, 8),
+}
+CAMPAIGN_FIRST_SEED = 1000
+CAMPAIGN_SEEDS_PER_CASE = 25
+
+# Seeds whose runs showed an anomaly, kept as strict expected failures until the engine is
+# fixed: (workload, isolation, seed) -> reason. An anomaly that a seed only shows now and then
+# gets a deterministic reproduction instead (see "anomalies found here" below).
+KNOWN_ANOMALIES: dict[tuple[str, str, int], str] = {}
+
+SEEDS_ENV = "MERIDIAN_TXN_SEEDS"
+CAMPAIGN_ENV = "MERIDIAN_TXN_CAMPAIGN_SEEDS"
+
+
+def _ci_config(workload: str, isolation: str, seed: int) -> txnsim.RunConfig:
+    return txnsim.RunConfig(workload=workload, isolation=isolation, seed=seed,
+                            nodes_per_region=3, processes=6, max_ops=250, time_limit_s=6.0)
+
+
+def _campaign_config(workload: str, isolation: str, seed: int) -> txnsim.RunConfig:
+    return txnsim.RunConfig(workload=workload, isolation=isolation, seed=seed,
+                            nodes_per_region=3, processes=9, max_ops=1000, time_limit_s=20.0)
+
+
+def _params(prefix: str, seeds_for) -> list:
+    params = []
+    for (workload, isolation) in CI_SEEDS:
+        for seed in seeds_for(workload, isolation):
+            marks = []
+            reason = KNOWN_ANOMALIES.get((workload, isolation, seed))
+            if reason is not None:
+                marks.append(pytest.mark.xfail(strict=True, reason=reason))
+            params.append(pytest.param(workload, isolation, seed, marks=marks,
+                                       id=f"{prefix}{workload}-{isolation}-seed{seed}"))
+    return params
+
+
+def _ci_seeds(workload: str, isolation: str) -> list[int]:
+    override = os.environ.get(SEEDS_ENV)
+    return txnsim.parse_seeds(override) if override else list(CI_SEEDS[(workload, isolation)])
+
+
+def _campaign_seeds(workload: str, isolation: str) -> list[int]:
+    override = os.environ.get(CAMPAIGN_ENV)
+    if override:
+        return txnsim.parse_seeds(override)
+    return list(range(CAMPAIGN_FIRST_SEED, CAMPAIGN_FIRST_SEED + CAMPAIGN_SEEDS_PER_CASE))
+
+
+@pytest.fixture(autouse=True)
+def _short_runs(monkeypatch):
+    # Abandoned intents are recovered after this long (the product's default is 2 s).
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 0.5)
+    with txnsim.compact_storage():
+        yield
+
+
+# ------------------------------------------------------------------------------ the checks
+
+
+def _describe_anomalies(check: dict, limit: int = 2) -> str:
+    lines = []
+    for kind in check.get("forbidden") or check.get("anomaly_types") or []:
+        for entry in check["anomalies"].get(kind, [])[:limit]:
+            lines.append(f"  {kind}: {entry.get('explanation', '')}")
+            for t in entry.get("txns", []):
+                lines.append(f"    {elle.describe_txn(t)}")
+            if "op" in entry:
+                lines.append(f"    {entry['op']}")
+    return "\n".join(lines)
+
+
+def _warn_stop_errors(result: txnsim.RunResult) -> None:
+    """Errors a node raised while being stopped are not what these tests check, but they are
+    bugs of the node's shutdown: shown in pytest's warnings summary."""
+    for error in result.stop_errors:
+        warnings.warn(f"seed {result.config.seed}: a node raised while being stopped: {error}",
+                      stacklevel=3)
+
+
+def _verify(result: txnsim.RunResult, replay: str, history_path) -> None:
+    """The run is valid, non-trivial, and its faults left their marks in the history."""
+    where = (f"{result.summary()}\n  phases (s): {result.phases_s}\n  errors: {result.errors}\n"
+             f"  history: {history_path}\n  replay: {replay}")
+    _warn_stop_errors(result)
+    assert result.valid, (f"the checker found anomalies the model forbids\n{where}\n"
+                          f"{_describe_anomalies(result.check)}")
+    assert result.final_read_ok, f"the final read never succeeded after healing\n{where}"
+
+    counts, fired = result.counts, result.faults_fired
+    # Thresholds well below what an idle machine gives (20-50 ok per case), so that a loaded
+    # one does not fail the case, yet high enough that the checker has something to check.
+    assert counts["ok"] >= 8, f"too few transactions committed to check anything\n{where}"
+    stats = result.check["stats"]
+    if result.config.workload == "bank":
+        # Reads include the final one, so at least one audit ran under faults.
+        assert stats["reads"] >= 2 and stats["transfers_ok"] >= 3, f"{stats}\n{where}"
+    else:
+        edges = stats["edges"]
+        assert stats["reads"] >= 5 and edges["ww"] and edges["wr"] and edges["rw"], \
+            f"the dependency graph is too thin to show a cycle: {stats}\n{where}"
+    for kind in result.plan.kinds:
+        assert fired[kind] >= 1, f"fault {kind} was planned but never fired\n{where}"
+    # A coordinator killed during its commit leaves it unknown (info); conflicts fail others.
+    assert counts["info"] >= fired["kill-coordinator-in-commit"], where
+    assert counts["fail"] + counts["info"] >= 1, where
+
+
+def _planted_anomaly(result: txnsim.RunResult) -> tuple[list[dict], str]:
+    """A copy of the run's history with one anomaly planted, and the anomaly type the checker
+    must then report: the checker is shown to see this history's reads (FAULTS.md §5)."""
+    history = copy.deepcopy(result.history)
+    if result.config.workload == "bank":
+        for event in history:
+            if event["f"] == "read" and event["type"] == "ok":
+                first = next(iter(event["value"]))
+                event["value"][first] += 1
+                return history, "wrong-total"
+        raise AssertionError("no ok read to tamper with")
+    # Turn a committed transaction whose append somebody read into a failed one: that read
+    # becomes an aborted read (G1a).
+    read_values = {(k, v) for e in history if e["f"] == "txn" and e["type"] == "ok"
+                   for f, k, vs in e["value"] if f == "r" for v in vs}
+    open_by_process: dict = {}
+    for event in history:
+        if event["f"] != "txn":
+            continue
+        if event["type"] == "invoke":
+            open_by_process[event["process"]] = event
+            continue
+        invoke = open_by_process.pop(event["process"])
+        if event["type"] == "ok" and any(f == "append" and (k, v) in read_values
+                                         for f, k, v in event["value"]):
+            event["type"] = "fail"
+            event["value"] = invoke["value"]
+            return history, "G1a"
+    raise AssertionError("no committed append was ever read")
+
+
+def _check_planted(result: txnsim.RunResult) -> None:
+    history, anomaly = _planted_anomaly(result)
+    check = txnsim.check_history(result.config, history)
+    assert not check["valid"] and anomaly in check["anomaly_types"], (
+        f"the checker missed a planted {anomaly}: {check['anomaly_types']}")
+
+
+async def _run_case(config: txnsim.RunConfig, tmp_path, replay: str) -> txnsim.RunResult:
+    result = await txnsim.run(config, directory=tmp_path / "run")
+    print(result.summary())
+    print(f"  phases (s): {result.phases_s}; outcomes: {result.errors}")
+    _verify(result, replay, tmp_path / "run" / "history.jsonl")
+    _check_planted(result)
+    return result
+
+
+# -------------------------------------------------------------------------------- the cases
+
+
+@pytest.mark.parametrize(("workload", "isolation", "seed"), _params("", _ci_seeds))
+async def test_transactions_under_faults(workload, isolation, seed, tmp_path):
+    replay = (f"{SEEDS_ENV}={seed} python -m pytest tests/test_txn_faults.py "
+              f"-k {workload}-{isolation}")
+    await _run_case(_ci_config(workload, isolation, seed), tmp_path, replay)
+
+
+def pytest_generate_tests(metafunc):
+    # The campaign's cases exist only with --run-slow; without it, one placeholder is skipped.
+    if metafunc.definition.name != "test_campaign":
+        return
+    if metafunc.config.getoption("--run-slow"):
+        params = _params("campaign-", _campaign_seeds)
+    else:
+        params = [pytest.param(None, None, None, id="campaign")]
+    metafunc.parametrize(("workload", "isolation", "seed"), params)
+
+
+@pytest.mark.slow
+async def test_campaign(workload, isolation, seed, tmp_path):
+    replay = (f"{CAMPAIGN_ENV}={seed} python -m pytest tests/test_txn_faults.py --run-slow "
+              f"-k campaign-{workload}-{isolation}")
+    await _run_case(_campaign_config(workload, isolation, seed), tmp_path, replay)
+
+
+# ------------------------------------------------------- the harness catches planted bugs
+
+
+@pytest.fixture
+def plant_bug():
+    """``plant_bug(name)`` turns one of engine.planted's bugs on for the rest of the test."""
+    try:
+        yield lambda name: planted.plant({name}, allow=True)
+    finally:
+        planted.plant(None)
+
+
+# Each planted bug with the workload and faults that expose it (engine/planted.py). The
+# cluster is three regions of one node each: the bugs need no failover, and it starts fast.
+PLANTED = {
+    "skip_adjudication": ("append", frozenset()),
+    "read_above_closed": ("bank", frozenset()),
+    "ack_before_decision": ("bank", frozenset({"kill-coordinator"})),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+async def test_the_checkers_catch_a_planted_bug(bug, plant_bug, tmp_path):
+    """FAULTS.md §5: with each planted bug on, a short run is reported not valid. Detection
+    is a matter of chance (a lost update needs two transactions to race), so a second seed
+    is tried when the first run happens to show nothing."""
+    workload, faults = PLANTED[bug]
+    plan_for = (lambda config: txnsim.FaultPlan(kinds=faults, kill_probability=0.3,
+                                                 kill_window_s=0.4)) if faults else (
+        lambda config: None)
+    plant_bug(bug)
+    summaries = []
+    for seed in (1, 2):
+        config = txnsim.RunConfig(workload=workload, isolation="snapshot", seed=seed,
+                                  nodes_per_region=1, time_limit_s=4.0, faults=faults)
+        result = await txnsim.run(config, plan=plan_for(config),
+                                  directory=tmp_path / f"seed{seed}")
+        summaries.append(result.summary())
+        _warn_stop_errors(result)
+        if not result.valid:
+            print(result.summary())
+            return
+    raise AssertionError(f"planted bug {bug} went unnoticed:\n" + "\n".join(summaries))
+
+
+# ------------------------------------------------------------------- anomalies found here
+
+
+async def test_a_late_prepare_on_the_primary_does_not_block_its_keys():
+    """Found by the list-append workload (three regions of one node, crashes and coordinator
+    kills: ``python -m bench.txnsim --workload append --isolation serializable --seed 2
+    --nodes-per-region 1 --time-limit 6 --faults crash,kill-coordinator``, one run in three):
+    the final read never succeeded after healing, and the primary group's leader still held
+    a prepared transaction 19 s past its deadline. Fixed: the primary refuses a prepare of a
+    decided transaction, and a DECIDE that finds a record resolves the primary's own intents
+    by it.
+
+    The race: a coordinator prepares in two groups; its prepare on the primary is delayed
+    (the primary's node is down) past the intents' deadline, so a reader of the other group's
+    intent recovers the transaction — DECIDE(abort) on the primary — before the coordinator's
+    PREPARE is applied there. The primary accepted the PREPARE (it only checked for an
+    earlier prepare, not for a record) and installed an intent that nothing removed: the
+    coordinator's own DECIDE found the record aborted and resolved only the other groups;
+    recovery's DECIDE on the primary answered from the record without resolving, and never
+    sent RESOLVE to the primary itself. Reads of the key waited for the intent, then failed
+    after ``INTENT_WAIT_S``; writes conflicted on it forever — progress did not resume after
+    the fault healed (ARCH §9).
+    """
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=21) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("e", home_region="us-east")
+                await db.create_keyspace("w", home_region="eu-west")
+                ids = {ks: (await db.keyspace(ks)).id for ks in ("e", "w")}
+                primary = data_group(cluster.config, "us-east")
+                other = data_group(cluster.config, "eu-west")
+                txn_id = 0x5EED
+
+                async def prepare(group, ks):
+                    return await db._call_group(group, "prepare", {
+                        "group": group, "txn_id": txn_id, "read_ts": 0, "primary": primary,
+                        "writes": [[encode_key(ids[ks], b"k"), b"new"]]}, commit=True)
+
+                await prepare(other, "w")
+                # A reader found the eu-west intent past its deadline and recovered the
+                # transaction: aborted on the primary, where nothing is prepared yet.
+                reply = await db._call_group(primary, "decide", {
+                    "group": primary, "txn_id": txn_id, "commit_ts": 0}, commit=True)
+                assert reply["committed"] is False
+                await db._call_group(other, "resolve", {
+                    "group": other, "txn_id": txn_id, "commit_ts": 0})
+                # The coordinator's prepare on the primary arrives late; refusing it would do.
+                try:
+                    stamp = (await prepare(primary, "e"))["ts"]
+                except errors.TransactionConflictError:
+                    stamp = None
+                if stamp is not None:
+                    reply = await db._call_group(primary, "decide", {
+                        "group": primary, "txn_id": txn_id, "commit_ts": stamp}, commit=True)
+                    assert reply["committed"] is False  # the first decision stands
+            # Past the deadline (0.5 s) and a sweep (1 s), the key must be readable again.
+            await trio.sleep(2.5)
+            with trio.move_on_after(3):
+                assert await db.read("e", b"k") is None
+                assert await db.read("w", b"k") is None
+                return
+            leader = cluster.nodes[1].replicas[primary]
+            raise AssertionError(f"the read of e/k still waits; prepared in the primary "
+                                 f"group: {leader.sm.prepared()}")
+
+
+def test_a_seed_fixes_the_fault_plan():
+    for seed in (3, 13):
+        config = _ci_config("bank", "snapshot", seed)
+        assert txnsim.plan_faults(config) == txnsim.plan_faults(config)
+    plan = txnsim.plan_faults(_ci_config("append", "serializable", 3))
+    assert plan.kinds == set(txnsim.FAULT_KINDS)
+    # Clock offsets stay within 20 % of the cluster's maximum offset (250 ms by default).
+    assert plan.clock_offsets_ns and all(abs(v) <= 50_000_000
+                                         for v in plan.clock_offsets_ns.values())
+    assert txnsim.parse_seeds("7") == [7] and txnsim.parse_seeds("1,5,9-11") == [1, 5, 9, 10, 11]
