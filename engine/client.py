@@ -75,6 +75,7 @@ reply, so that a local cluster behaves like a geo-distributed one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import secrets
@@ -132,6 +133,10 @@ KEYSPACE_CACHE_S = 5.0
 background: the cached record keeps being used meanwhile)."""
 MAX_SNAPSHOT_MOVES = 8
 """How many times one read may move a transaction's snapshot before giving up (a conflict)."""
+MAX_TS = 2**64 - 2
+"""The largest timestamp (engine.mvcc.MAX_TS)."""
+COPY_PAGE = 1000
+"""Keys per page when a keyspace's data is copied to its new home."""
 MAX_MERGE_TS = 2**64 - 2
 """The timestamp a transaction's own pending regional write is merged at when it reads it
 back (above every committed write: its own is the newest it can see)."""
@@ -335,6 +340,17 @@ class Database:
     async def read_version(self, keyspace: str, key: bytes | str, *,
                            staleness: str | None = None) -> tuple[bytes | None, int]:
         """Like :meth:`read`, and also the timestamp the value was read at."""
+        for attempt in range(MAX_SNAPSHOT_MOVES):
+            try:
+                return await self._read_version(keyspace, key, staleness)
+            except TransactionConflictError as exc:
+                if exc.reason != "moved" or attempt == MAX_SNAPSHOT_MOVES - 1:
+                    raise
+                await trio.sleep(0.01 * 2**attempt)  # the catalog is switching homes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_version(self, keyspace: str, key: bytes | str,
+                            staleness: str | None) -> tuple[bytes | None, int]:
         ks = await self.keyspace(keyspace)
         stored = encode_key(ks.id, _check_key(key))
         group = self.group_of(ks)
@@ -363,6 +379,100 @@ class Database:
             cell = None if value is None else decode_cell(value)
             value = resolver_for(ks.resolver).value_of(cell)
         return value, reply["ts"]
+
+    async def move_keyspace(self, name: str, home_region: str) -> Keyspace:
+        """Moves a global keyspace to another home region, online.
+
+        Steps, each safe to repeat (run the call again if it was interrupted): writes to the
+        keyspace are fenced off in the old group (writers get a retryable ``moved``
+        conflict; :meth:`run_transaction` retries them, in the new home once it is there);
+        its live keys are copied, at one snapshot taken after every transaction prepared
+        before the fence has finished, into the new group (keys left there by an earlier
+        stay are deleted); the new group refuses reads below the copy's timestamp; the old
+        group refuses reads too; the catalog's record points to the new home. Reads are
+        refused (and retried) only between the last two steps; writes, from the fence to the
+        catalog change. Returns the new record.
+        """
+        self._keyspaces.pop(name, None)
+        ks = await self.keyspace(name)
+        if ks.mode == "regional":
+            raise InvalidArgumentError(f"keyspace {name!r} is regional: it lives in every region")
+        if home_region not in self.regions:
+            raise InvalidArgumentError(f"unknown region {home_region!r} (regions: "
+                                       f"{', '.join(self.regions)})")
+        old = self.group_of(ks)
+        new = self.group_of(dataclasses.replace(ks, home=home_region))
+        if old != new:
+            await self._fence(old, ks.id, 1)
+            await self._fence(new, ks.id, 0, MAX_TS)  # no reads there until the copy is done
+            copied_at = await self._copy_keyspace(ks, old, new)
+            await self._fence(new, ks.id, 0, copied_at)
+            await self._fence(old, ks.id, 2)
+        rec = await self._call_group(self._meta_group, "keyspace.rehome",
+                                     {"name": name, "home": home_region})
+        self._keyspaces.pop(name, None)
+        return Keyspace(**rec)
+
+    async def _fence(self, group: int, keyspace_id: int, level: int,
+                     available_from: int = 0) -> int:
+        reply = await self._call_group(group, "keyspace.fence", {
+            "group": group, "keyspace_id": keyspace_id, "level": level,
+            "available_from": available_from})
+        return reply["ts"]
+
+    async def _copy_keyspace(self, ks: Keyspace, old: int, new: int) -> int:
+        """Copies the keyspace's live keys from ``old`` to ``new`` (deleting the keys ``new``
+        has of it that ``old`` has not); returns the timestamp of the last copy commit."""
+        lo, hi = keyspace_bounds(ks.id)
+        limits = self.limits
+        for _ in range(MAX_SNAPSHOT_MOVES):
+            try:
+                source = await self._scan_all(old, lo, hi)
+                break
+            except _Restart:
+                continue  # a transaction prepared before the fence committed: again
+        else:
+            raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
+        stale = await self._scan_all(new, lo, hi, ignore_fence=True)
+        writes = [[k, v] for k, v in source.items()]
+        writes += [[k, None] for k in stale if k not in source]
+        last = await self._fence(new, ks.id, 0, MAX_TS)  # a timestamp, if nothing to copy
+        batch: list = []
+        size = 0
+        for w in writes:
+            w_size = len(w[0]) + len(w[1] or b"")
+            if batch and (len(batch) >= limits["max_txn_keys"]
+                          or size + w_size > limits["max_txn_bytes"]):
+                last = await self._copy_batch(new, batch)
+                batch, size = [], 0
+            batch.append(w)
+            size += w_size
+        if batch:
+            last = await self._copy_batch(new, batch)
+        return last
+
+    async def _copy_batch(self, group: int, writes: list) -> int:
+        reply = await self._call_group(group, "commit", {
+            "group": group, "txn_id": secrets.randbits(63) + 1, "read_ts": 0,
+            "writes": writes}, commit=True)
+        return reply["ts"]
+
+    async def _scan_all(self, group: int, lo: bytes, hi: bytes, *,
+                        ignore_fence: bool = False) -> dict[bytes, bytes]:
+        """Every live key in ``[lo, hi)`` of ``group`` at one strong snapshot, in pages."""
+        out: dict[bytes, bytes] = {}
+        ts = 0
+        start = lo
+        while True:
+            reply = await self._call_group(group, "scan", {
+                "group": group, "start": start, "end": hi, "limit": COPY_PAGE, "ts": ts,
+                "ignore_fence": ignore_fence})
+            ts = reply["ts"]
+            items = reply["items"]
+            out.update((k, v) for k, v in items)
+            if len(items) < COPY_PAGE:
+                return out
+            start = items[-1][0] + b"\x00"
 
     async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
         """The conflict log of a regional keyspace in this client's region: one record per
@@ -545,6 +655,9 @@ class Database:
                             break  # try the hinted leader first
                         self._leaders.pop(group, None)
                         continue
+                    if exc.code == "moved" or exc.details.get("reason") == "moved":
+                        # A keyspace moved to another group: look keyspaces up afresh.
+                        self._keyspaces.clear()
                     raise _translate(exc) from None
                 self._leaders[group] = node_id
                 return result
@@ -591,6 +704,8 @@ def _translate(exc: RemoteError) -> BaseException:
         if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
             key = decode_key(key)[1]  # the caller's key, without the keyspace prefix
         return TransactionConflictError(exc.message, exc.details.get("reason", ""), key)
+    if exc.code == "moved":
+        return TransactionConflictError(exc.message, "moved")
     if exc.code == "not_found":
         return KeyspaceNotFoundError(exc.message)
     if exc.code == "already_exists":

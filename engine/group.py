@@ -44,6 +44,12 @@ An entry's data is one msgpack array whose first element says what it is:
     flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``.
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
+``[FENCE, proposed_ts, keyspace_id, level, available_from]``
+    Moving a keyspace to another group (its home region): level 1 refuses every commit and
+    prepare that writes the keyspace (conflict ``moved``: the writer looks the keyspace up
+    again), level 2 refuses reads of it too (the node answers ``moved``), level 0 lifts the
+    fence; ``available_from`` (the group receiving the keyspace sets it) refuses reads of it
+    below that timestamp, where its copy is not complete.
 ``[RESOLVE, txn_id, proposed_ts, commit_ts]``
     Finishes the transaction's intents in this group: each becomes a version at
     ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
@@ -129,6 +135,7 @@ __all__ = [
     "CMD_RESOLVE",
     "CMD_REMOTE",
     "CMD_DRAIN",
+    "CMD_FENCE",
     "Intent",
     "Outcome",
     "SERIALIZABLE",
@@ -141,6 +148,7 @@ __all__ = [
     "encode_resolve",
     "encode_remote",
     "encode_drain",
+    "encode_fence",
 ]
 
 CMD_COMMIT = 1
@@ -150,6 +158,7 @@ CMD_DECIDE = 4
 CMD_RESOLVE = 5
 CMD_REMOTE = 6
 CMD_DRAIN = 7
+CMD_FENCE = 8
 SERIALIZABLE = 1
 OUTBOX_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a group keeps its regional writes for the other regions."""
@@ -166,6 +175,9 @@ _REC_COMMITTED, _REC_ABORTED = 1, 2
 _INTENT_END = b"j"
 _OUTBOX_END = b"p"
 _OUTBOX_TRIMMED = b"O"  # be64: the newest outbox record trimmed so far
+_FENCE = b"f"  # + be32 keyspace id -> msgpack [level, available_from]
+_FENCE_END = b"g"
+_PREFIX = 4  # a stored key's keyspace prefix (engine.placement.KEY_PREFIX_SIZE)
 _MAX_ORIGIN_IN_KEY = 32
 _PREPARED_END = b"q"
 _U64 = struct.Struct(">Q")
@@ -246,6 +258,12 @@ def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: 
                          use_bin_type=True)
 
 
+def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
+                 available_from: int = 0) -> bytes:
+    """The entry data that fences a keyspace in this group (see the module docstring)."""
+    return msgpack.packb([CMD_FENCE, proposed_ts, keyspace_id, level, available_from])
+
+
 def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
     """The entry data that removes conflict-log records."""
     return msgpack.packb([CMD_DRAIN, proposed_ts, list(keys)], use_bin_type=True)
@@ -306,6 +324,7 @@ class GroupStateMachine:
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
+        self._fences: dict[bytes, tuple[int, int]] = {}
         self._closed = 0
         self._low_water = 0
         self._pruned_at = 0
@@ -339,6 +358,8 @@ class GroupStateMachine:
             self._adj = None
 
     def _load_state(self) -> None:
+        self._fences = {skey[1:]: tuple(msgpack.unpackb(raw)) for skey, raw in
+                        self.store.side_scan(_FENCE, _FENCE_END)}
         raw = self.store.app_state
         if raw:
             closed, low_water = msgpack.unpackb(raw)
@@ -403,6 +424,17 @@ class GroupStateMachine:
                 batch.flush(results)
                 ts = self._close(cmd[2])
                 results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], cmd[5], ts)
+            elif kind == CMD_FENCE:
+                ts = self._close(cmd[1])
+                _, _, ks_id, level, available_from = cmd
+                prefix = _U32.pack(ks_id)
+                if level or available_from:
+                    self._fences[prefix] = (level, available_from)
+                    batch.side[_FENCE + prefix] = msgpack.packb([level, available_from])
+                else:
+                    self._fences.pop(prefix, None)
+                    batch.side[_FENCE + prefix] = None
+                results[slot] = CommitResult(Outcome.RESOLVED, ts)
             elif kind == CMD_DRAIN:
                 ts = self._close(cmd[1])
                 for key in cmd[2]:
@@ -482,6 +514,18 @@ class GroupStateMachine:
                                               limit=limit):
             out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
         return out
+
+    def fenced_write(self, keys) -> bytes | None:
+        """The first key (or merge ``[key, ...]``) of a keyspace fenced against writes."""
+        for k in keys:
+            key = k if type(k) is bytes else k[0]
+            if self._fences.get(key[:_PREFIX], (0, 0))[0] >= 1:
+                return key
+        return None
+
+    def fence(self, keyspace_prefix: bytes) -> tuple[int, int]:
+        """The keyspace's fence here: (level, available_from); (0, 0) when unfenced."""
+        return self._fences.get(keyspace_prefix, (0, 0))
 
     @property
     def outbox_trimmed(self) -> int:
@@ -579,6 +623,10 @@ class _Batch:
         elif read_ts < self.sm.low_water:
             return CommitResult(Outcome.CONFLICT, ts, "too_old", conflict_ts=self.sm.low_water)
         keys = [w[0] for w in writes]
+        if self.sm._fences:
+            moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
+            if moved is not None:
+                return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
         if not prepare and len(cmd) > 7:
             problem = self._check_merges(cmd[7], ts)
             if problem:
@@ -809,6 +857,12 @@ def _decode(data: bytes) -> list:
                     and type(w[4]) is str and w[4] and type(w[5]) is int
                     and type(w[6]) is str):
                 raise _Malformed("bad write in REMOTE")
+        return cmd
+    if kind == CMD_FENCE:
+        if not (len(cmd) == 5 and _is_ts(cmd[1]) and type(cmd[2]) is int
+                and 0 <= cmd[2] < 2**32 and cmd[3] in (0, 1, 2) and type(cmd[4]) is int
+                and 0 <= cmd[4] <= MAX_TS):
+            raise _Malformed("bad FENCE command")
         return cmd
     if kind == CMD_DRAIN:
         if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)

@@ -21,13 +21,15 @@ Restarting a node on the same directory recovers every group from it.
 Methods served
 --------------
 ``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.drop``,
-``keyspace.get``, ``keyspace.list`` (meta group leader); data: ``read``, ``scan`` and ``commit``
+``keyspace.get``, ``keyspace.list``, ``keyspace.rehome`` (meta group leader), and
+``keyspace.fence`` (a data group: moving a keyspace); data: ``read``, ``scan`` and ``commit``
 on a group; two-phase commit: ``prepare``, ``decide`` (primary group), ``resolve``, and
 ``refresh`` (may a transaction's reads move to a newer snapshot?); regional keyspaces:
 ``remote.apply`` and ``remote.watermark`` (between nodes: another region's writes),
 ``conflicts.list`` and ``conflicts.drain``. Errors are :class:`~engine.rpc.RemoteError` codes:
 ``not_leader`` (details: group, leader), ``conflict`` (details: reason, key), ``restart``
-(details: ts — the reader must move its snapshot to ts), ``ambiguous``, ``invalid_argument``,
+(details: ts — the reader must move its snapshot to ts), ``moved`` (the keyspace lives in
+another group now: look it up again), ``ambiguous``, ``invalid_argument``,
 ``not_found``, ``already_exists``, ``unknown_group``, ``not_closed`` (a stale read's timestamp
 was not reached in time), ``clock_offset`` (this node measured its clock beyond the allowed
 offset from a majority of its peers and refuses to serve until that heals).
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -84,11 +87,18 @@ from .errors import (
     TransactionConflictError,
 )
 from .client import Database
-from .group import GroupStateMachine, Intent, Outcome, encode_drain, encode_remote
+from .group import (
+    GroupStateMachine,
+    Intent,
+    Outcome,
+    encode_drain,
+    encode_fence,
+    encode_remote,
+)
 from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
-from .placement import META_GROUP, data_group, placement, spread_group
+from .placement import KEY_PREFIX_SIZE, META_GROUP, data_group, placement, spread_group
 from .replica import GroupReplica
 from .rpc import RemoteError, connect_rpc, serve_rpc
 
@@ -253,6 +263,8 @@ class Node:
             "keyspace.drop": self._guarded(self._keyspace_drop),
             "keyspace.get": self._guarded(self._keyspace_get),
             "keyspace.list": self._guarded(self._keyspace_list),
+            "keyspace.rehome": self._guarded(self._keyspace_rehome),
+            "keyspace.fence": self._guarded(self._keyspace_fence),
             "read": self._guarded(self._read),
             "scan": self._guarded(self._scan),
             "commit": self._guarded(self._commit),
@@ -424,6 +436,7 @@ class Node:
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
         ts, until = await self._read_ts(replica, p)
+        self._check_fences(replica, [k[:KEY_PREFIX_SIZE] for k in keys], ts)
         await self._wait_intents(replica, ts, lambda: replica.intents(keys, until),
                                  restart=not _is_stale(p))
         if until > ts:
@@ -443,6 +456,8 @@ class Node:
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or nil")
         ts, until = await self._read_ts(replica, p)
+        if p.get("ignore_fence") is not True:  # a keyspace move reads its own copy
+            self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
         await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
                                  restart=not _is_stale(p))
         items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
@@ -450,6 +465,18 @@ class Node:
                                                 reverse=reverse):
             raise _restart(replica, ts, until)
         return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
+
+    def _check_fences(self, replica: GroupReplica, prefixes, ts: int) -> None:
+        """Refuses a read of a keyspace that moved away from this group, or that moved here
+        after the read's snapshot (``moved``: the reader looks the keyspace up again)."""
+        if not replica.sm._fences:
+            return
+        for prefix in set(prefixes):
+            level, available_from = replica.sm.fence(prefix)
+            if level >= 2 or ts < available_from:
+                raise RemoteError("moved", f"group {replica.group}: the keyspace moved "
+                                  f"{'away' if level >= 2 else 'here after this snapshot'}",
+                                  retryable=True)
 
     async def _read_ts(self, replica: GroupReplica, p) -> tuple[int, int]:
         """The timestamp a read is served at, and the end of its *uncertainty window*.
@@ -953,6 +980,39 @@ class Node:
             return None, [(key, None)], [key]
 
         return await self._catalog_txn(body)
+
+    async def _keyspace_rehome(self, p):
+        """The catalog side of moving a keyspace: its record's home becomes ``home`` (the
+        data itself was copied and fenced before, see Database.move_keyspace)."""
+        name = cat.check_keyspace_name(p.get("name"))
+        home = p.get("home")
+        data_group(self.cluster, home)  # validates the region name
+        key = cat.keyspace_key(name)
+
+        def body(meta, ts):
+            raw = meta.get(key, ts)
+            if raw is None:
+                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
+            ks = cat.decode_keyspace(raw)
+            if ks.home == home:
+                return asdict(ks), [], []
+            moved = dataclasses.replace(ks, home=home)
+            return asdict(moved), [(key, cat.encode_keyspace(moved))], [key]
+
+        return await self._catalog_txn(body)
+
+    async def _keyspace_fence(self, p):
+        replica = self._replica(p)
+        ks_id, level = p.get("keyspace_id"), p.get("level")
+        available_from = p.get("available_from", 0)
+        if type(ks_id) is not int or not 0 <= ks_id < 2**32 or level not in (0, 1, 2):
+            raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0, 1 or 2")
+        if type(available_from) is not int or not 0 <= available_from <= MAX_TS:
+            raise InvalidArgumentError("available_from must be a timestamp")
+        replica._require_leader()
+        result = await replica.propose(
+            encode_fence(self.clock.now(), ks_id, level, available_from))
+        return {"ts": result.ts}
 
     async def _keyspace_get(self, p):
         name = cat.check_keyspace_name(p.get("name"))

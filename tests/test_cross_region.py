@@ -318,3 +318,46 @@ async def test_a_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost
                 target = cluster.nodes[new].replicas[group].sm.applied_index
                 while replica.sm.applied_index < target:
                     await trio.sleep(0.05)
+
+
+async def test_a_keyspace_moves_home_online():
+    async with open_local_cluster(TWO_REGIONS, 1, wan_latency_ms=WAN, seed=25) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(90):
+                await east.create_keyspace("acct", home_region="us-east")
+                async with east.transaction() as tx:
+                    for i in range(30):
+                        await tx.put("acct", b"k%02d" % i, b"%d" % i)
+                    await tx.put("acct", b"n", b"0")
+                acked = 0
+                moving = True
+
+                async def bump(tx):
+                    n = int(await tx.get("acct", b"n"))
+                    await tx.put("acct", b"n", b"%d" % (n + 1))
+
+                async def writer(db):
+                    nonlocal acked
+                    while moving or acked < 10:
+                        await db.run_transaction(bump)
+                        acked += 1
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(writer, east)
+                    n.start_soon(writer, west)
+                    await trio.sleep(0.3)
+                    ks = await east.move_keyspace("acct", "eu-west")
+                    moving = False
+                assert ks.home == "eu-west"
+                assert (await west.keyspace("acct")).home == "eu-west"
+                for db in (east, west):
+                    assert await db.read("acct", b"n") == b"%d" % acked
+                    async with db.transaction() as tx:
+                        rows = await tx.scan("acct")
+                    assert len(rows) == 31 and rows[0] == (b"k00", b"0")
+                # Moving back deletes nothing that was written meanwhile, and finds its way.
+                await west.run_transaction(lambda tx: tx.delete("acct", b"k00"))
+                await west.move_keyspace("acct", "us-east")
+                assert await east.read("acct", b"k00") is None
+                assert await east.read("acct", b"k01") == b"1"
+                assert await west.read("acct", b"n") == b"%d" % acked

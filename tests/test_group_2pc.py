@@ -13,6 +13,7 @@ from engine.group import (
     encode_commit,
     encode_decide,
     encode_drain,
+    encode_fence,
     encode_prepare,
     encode_remote,
     encode_resolve,
@@ -298,3 +299,34 @@ def test_close_entries_trim_the_outbox_after_the_retention(regional):
     one(east, log, encode_commit(20, 0, t, [], merges=[(b"k", "lww", b"w")]))
     assert [ts for ts, _ in east.outbox_after(0)] == [*stamps[2:], t]
     assert east.outbox_trimmed == stamps[1]
+
+
+def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store_path):
+    log = Log()
+    store = MVCCStore(store_path, map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    ks7, ks8 = (7).to_bytes(4, "big"), (8).to_bytes(4, "big")
+    try:
+        one(sm, log, encode_fence(100, 7, 1))
+        r = one(sm, log, encode_commit(1, 0, 110, [(ks8 + b"a", b"1"), (ks7 + b"a", b"1")]))
+        assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "moved", ks7 + b"a")
+        r = prepare(sm, log, 2, 0, 120, [(ks8 + b"b", b"1")], locks=[ks7 + b"c"])
+        assert (r.outcome, r.reason) == (Outcome.CONFLICT, "moved")
+        assert one(sm, log, encode_commit(3, 0, 130, [(ks8 + b"a", b"1")])).committed
+        one(sm, log, encode_fence(140, 7, 2, 0))
+        assert sm.fence(ks7) == (2, 0)
+    finally:
+        sm.close()
+        store.close()
+    store = MVCCStore(store_path, map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    try:
+        assert sm.fence(ks7) == (2, 0) and sm.fence(ks8) == (0, 0)
+        one(sm, log, encode_fence(150, 7, 0, 145))
+        assert sm.fence(ks7) == (0, 145)
+        assert one(sm, log, encode_commit(4, 0, 160, [(ks7 + b"a", b"2")])).committed
+        one(sm, log, encode_fence(170, 7, 0, 0))
+        assert sm.fence(ks7) == (0, 0)
+    finally:
+        sm.close()
+        store.close()
