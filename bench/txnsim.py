@@ -34,6 +34,20 @@ Workloads
     lost update, nor their -process and -realtime variants) or ``strict-serializable``
     (``"serializable"``: no cycle at all), the guarantees of ARCH §5 with its no-stale-reads
     promise.
+``regional`` (checked by :mod:`bench.convergence`, plus the conflict logs)
+    One keyspace created with ``mode="regional"`` and ``resolver`` ``"lww"`` or ``"counter"``
+    (``--resolver``); clients in every region write ``regional_keys`` shared keys: a ``write``
+    puts a value unique in the run (``tx.put``), an ``incr`` adds a signed amount
+    (``tx.increment``). Every event carries the client's ``region`` and the ``key``; an ``ok``
+    write carries ``ts``, its ``tx.commit_ts``. After the heal and the quiet period, every
+    region reads every key (``db.read`` from a client of that region) in rounds until all
+    regions agree or ``recovery_s`` has passed; the last round is recorded as
+    ``final-read``, earlier ones as ``read`` (not judged). Then each region's conflict log
+    (``db.conflicts``) is recorded as a ``conflict-log`` event. The check
+    (:func:`check_regional`): the regions agree, on what the resolver makes of the
+    acknowledged writes; for ``lww`` each logged loser is below its winner, and once
+    ``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs of acknowledged writes of a key from two regions
+    overlapped in real time, some region's log is not empty.
 
 Outcomes, as FAULTS.md §1 defines them: ``ok`` when the commit returned (or the transaction
 was read-only and its reads returned); ``fail`` when the transaction certainly did not commit
@@ -65,11 +79,19 @@ Faults (``FAULT_KINDS``)
     Some nodes run with a wall-clock offset of at most ``max_skew_fraction`` (20 %) of the
     cluster's ``max_clock_offset``, either way; a crashed node may come back with a different
     offset (a clock that was stepped while the node was down).
+``partition``
+    After a healthy period (``partition_every_s``), the network is cut in two for
+    ``partition_s`` (about 1–3 s), then healed: ``isolate-node`` (a random node),
+    ``isolate-leader`` (the current leader of a random group), ``isolate-region`` (every node
+    of a random region) or ``halves`` (the nodes shuffled and split in two). Raft messages and
+    node-to-node requests across the cut are lost; clients still reach every node. A node
+    restarted during a partition is put back on its side. The heal phase ends any partition.
 
 ``plan_faults(config)`` draws the mix from the seed (each kind present with some probability,
 at least one of them) unless ``config.faults`` names the kinds. Nemesis events are in the
 history as ``{"process": "nemesis", "type": "info", "f": "stop-node", "value": 4, ...}``
-(``f`` one of ``clock-offsets``, ``stop-node``, ``start-node``); the checkers skip them.
+(``f`` one of ``clock-offsets``, ``stop-node``, ``start-node``, ``partition`` — its value
+the shape, what it cut off and both ``sides`` —, ``heal``); the checkers skip them.
 
 The history
 -----------
@@ -115,7 +137,7 @@ from typing import Any
 import trio
 
 from bench import bank as bank_checker
-from bench import elle
+from bench import convergence, elle
 from engine.errors import (
     InvalidArgumentError,
     LimitExceededError,
@@ -128,6 +150,8 @@ from engine.placement import META_GROUP
 __all__ = [
     "ELLE_MODELS",
     "FAULT_KINDS",
+    "PARTITION_SHAPES",
+    "REGIONAL_RESOLVERS",
     "ISOLATION_LEVELS",
     "REGIONS",
     "WAN_LATENCY_MS",
@@ -138,6 +162,7 @@ __all__ = [
     "RunResult",
     "add_parser",
     "check_history",
+    "check_regional",
     "compact_storage",
     "main",
     "parse_seeds",
@@ -147,9 +172,15 @@ __all__ = [
     "write_history",
 ]
 
-WORKLOADS = ("bank", "append")
+WORKLOADS = ("bank", "append", "regional")
 ISOLATION_LEVELS = ("snapshot", "serializable")
-FAULT_KINDS = ("kill-coordinator", "crash", "clock-skew")
+FAULT_KINDS = ("kill-coordinator", "crash", "clock-skew", "partition")
+REGIONAL_RESOLVERS = ("lww", "counter")
+"""The resolvers the ``regional`` workload runs with (its keyspace's ``resolver``)."""
+PARTITION_SHAPES = ("isolate-node", "isolate-leader", "isolate-region", "halves")
+CONCURRENT_PAIRS_FOR_CONFLICT = 5
+"""The ``regional`` (lww) check wants a non-empty conflict log once at least this many pairs
+of acknowledged writes of one key, from two regions, overlapped in real time."""
 REGIONS = ("us-east", "eu-west", "ap-south")
 WAN_LATENCY_MS = {("us-east", "eu-west"): 20, ("us-east", "ap-south"): 30,
                   ("eu-west", "ap-south"): 40}
@@ -182,6 +213,8 @@ class RunConfig:
         recovery_s: how long the final read may keep failing after the quiet period.
         accounts_per_region, initial_balance, max_transfer: the bank workload.
         key_count, max_writes_per_key, max_txn_len: the append workload.
+        resolver, regional_keys: the regional workload (its keyspace's resolver, one of
+            ``REGIONAL_RESOLVERS``, and how many keys every region writes).
     """
 
     workload: str
@@ -207,6 +240,8 @@ class RunConfig:
     key_count: int = 8
     max_writes_per_key: int = 16
     max_txn_len: int = 4
+    resolver: str = "lww"
+    regional_keys: int = 3
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -214,6 +249,11 @@ class RunConfig:
         if self.isolation not in ISOLATION_LEVELS:
             raise ValueError(f"isolation must be one of {ISOLATION_LEVELS}, "
                              f"not {self.isolation!r}")
+        if self.resolver not in REGIONAL_RESOLVERS:
+            raise ValueError(f"resolver must be one of {REGIONAL_RESOLVERS}, "
+                             f"not {self.resolver!r}")
+        if self.regional_keys < 1:
+            raise ValueError("regional_keys must be positive")
         if self.faults is not None:
             unknown = set(self.faults) - set(FAULT_KINDS)
             if unknown:
@@ -244,6 +284,8 @@ class FaultPlan:
         downtime_s: (low, high) seconds a crashed node stays down.
         clock_offsets_ns: node id → wall-clock offset at the start (clock-skew).
         max_skew_ns: the largest offset clock-skew gives any node, either way.
+        partition_every_s: (low, high) seconds of healthy network between two partitions.
+        partition_s: (low, high) seconds a partition lasts.
     """
 
     kinds: frozenset[str]
@@ -253,13 +295,17 @@ class FaultPlan:
     downtime_s: tuple[float, float] = (0.3, 1.2)
     clock_offsets_ns: Mapping[int, int] = field(default_factory=dict)
     max_skew_ns: int = 0
+    partition_every_s: tuple[float, float] = (2.0, 4.0)
+    partition_s: tuple[float, float] = (1.0, 2.5)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kinds": sorted(self.kinds), "kill_probability": self.kill_probability,
                 "kill_window_s": self.kill_window_s, "crash_every_s": list(self.crash_every_s),
                 "downtime_s": list(self.downtime_s),
                 "clock_offsets_ns": {str(k): v for k, v in sorted(self.clock_offsets_ns.items())},
-                "max_skew_ns": self.max_skew_ns}
+                "max_skew_ns": self.max_skew_ns,
+                "partition_every_s": list(self.partition_every_s),
+                "partition_s": list(self.partition_s)}
 
 
 def _max_clock_offset_ns(config: RunConfig) -> int:
@@ -349,7 +395,29 @@ def _parse_list(raw: bytes | None) -> list[int]:
     return [int(x) for x in raw.split(b",")]
 
 
-class _Bank:
+class _Workload:
+    """What the runner asks of every workload beyond ``generate``/``execute``/``check``: how
+    its keyspaces are created and how its operations appear in the history."""
+
+    keyspaces: list[str]
+
+    def home(self, keyspace: str) -> str:
+        raise NotImplementedError
+
+    def keyspace_options(self, keyspace: str) -> dict[str, Any]:
+        return {"home_region": self.home(keyspace)}
+
+    def invoke_fields(self, f: str, value: Any) -> dict[str, Any]:
+        return {"value": value}
+
+    def ok_fields(self, f: str, value: Any, result: Any, tx) -> dict[str, Any]:
+        return {"value": value if result is None else result}
+
+    def failed_fields(self, f: str, value: Any) -> dict[str, Any]:
+        return {"value": None if f == "read" else value}
+
+
+class _Bank(_Workload):
     functions = ("transfer", "read")
 
     def __init__(self, config: RunConfig) -> None:
@@ -408,7 +476,7 @@ class _Bank:
         return bank_checker.check(events, accounts=self.accounts, total=self.total)
 
 
-class _Append:
+class _Append(_Workload):
     functions = ("txn",)
 
     def __init__(self, config: RunConfig) -> None:
@@ -468,13 +536,128 @@ class _Append:
         return elle.check(events, consistency=ELLE_MODELS[self.config.isolation])
 
 
-def _workload(config: RunConfig) -> _Bank | _Append:
+class _Regional(_Workload):
+    """Writes of a few shared keys of one regional keyspace from every region (see the module
+    docstring); the final reads are the runner's (``_Runner.converge``)."""
+
+    functions = ("write", "incr", convergence.FINAL_READ)
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.keyspaces = [f"regional-{config.resolver}"]
+        self.keys = [f"r{i}" for i in range(config.regional_keys)]
+        self._next_value = 0
+
+    def home(self, keyspace: str) -> str:
+        return self.config.regions[0]
+
+    def keyspace_options(self, keyspace: str) -> dict[str, Any]:
+        return {"mode": "regional", "resolver": self.config.resolver}
+
+    async def setup(self, tx) -> None:
+        return None  # keys start absent
+
+    def generate(self, rng: random.Random) -> tuple[str, Any, bool]:
+        key = rng.choice(self.keys)
+        if self.config.resolver == "counter":
+            return "incr", {"key": key, "value": rng.choice((-1, 1, 1, 1)) * rng.randint(1, 9)}, \
+                True
+        self._next_value += 1  # unique per run, so a final value names its write
+        return "write", {"key": key, "value": self._next_value}, True
+
+    async def execute(self, tx, f: str, value: Any, rng: random.Random) -> Any:
+        ks = self.keyspaces[0]
+        if f == "incr":
+            await tx.increment(ks, value["key"], value["value"])
+        else:
+            await tx.put(ks, value["key"], b"%d" % value["value"])
+        return None
+
+    def invoke_fields(self, f: str, value: Any) -> dict[str, Any]:
+        return dict(value)
+
+    def ok_fields(self, f: str, value: Any, result: Any, tx) -> dict[str, Any]:
+        return {**value, "ts": tx.commit_ts}
+
+    def failed_fields(self, f: str, value: Any) -> dict[str, Any]:
+        return dict(value)
+
+    def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return check_regional(events, self.config.resolver)
+
+
+CONFLICT_LOG = "conflict-log"
+
+
+def _concurrent_write_pairs(events: Sequence[Mapping[str, Any]]) -> int:
+    """Pairs of ``ok`` writes of one key from two regions whose invoke–completion intervals
+    overlap in real time."""
+    open_: dict[Any, Mapping[str, Any]] = {}
+    by_key: dict[Any, list[tuple[int, int, str]]] = {}
+    for e in events:
+        if e["f"] not in ("write", "incr"):
+            continue
+        if e["type"] == "invoke":
+            open_[e["process"]] = e
+            continue
+        invoke = open_.pop(e["process"], None)
+        if invoke is not None and e["type"] == "ok":
+            by_key.setdefault(e.get("key"), []).append(
+                (invoke["time_ns"], e["time_ns"], e["region"]))
+    pairs = 0
+    for spans in by_key.values():
+        spans.sort()
+        for i, (a0, a1, ar) in enumerate(spans):
+            for b0, _b1, br in spans[i + 1:]:
+                if b0 >= a1:
+                    break
+                pairs += ar != br
+    return pairs
+
+
+def check_regional(events: Sequence[Mapping[str, Any]], resolver: str) -> dict[str, Any]:
+    """:func:`bench.convergence.check`, plus (``lww``) the conflict logs the runner read after
+    the final reads (``conflict-log`` events, one per region): each record's winner is
+    greater than its loser by ``(ts, origin)``, and the logs are not all empty when writes
+    of one key from two regions overlapped (``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs or
+    more) — some of them were concurrent, and the loser of each is logged (ARCH §6)."""
+    result = convergence.check(events, resolver)
+    logs = [e for e in events if e["f"] == CONFLICT_LOG]
+    pairs = _concurrent_write_pairs(events)
+    logged = sum(len(e["value"]) for e in logs if isinstance(e["value"], list))
+    result["stats"].update(concurrent_write_pairs=pairs, conflicts_logged=logged,
+                           conflict_logs_read=sum(isinstance(e["value"], list) for e in logs))
+    if resolver != "lww":
+        return result
+    found: dict[str, list[dict[str, Any]]] = {}
+    for e in logs:
+        for rec in e["value"] if isinstance(e["value"], list) else ():
+            if tuple(rec["winner"]) <= tuple(rec["loser"]):
+                found.setdefault("conflict-order", []).append(
+                    {"explanation": f"{e['region']} logged a loser {rec['loser']} not below its "
+                                    f"winner {rec['winner']}", "record": rec})
+    if logs and pairs >= CONCURRENT_PAIRS_FOR_CONFLICT and logged == 0 and all(
+            isinstance(e["value"], list) for e in logs):
+        found["conflict-log-empty"] = [{
+            "explanation": f"{pairs} pairs of acknowledged writes of one key from two regions "
+                           f"overlapped, yet no region's conflict log holds a record"}]
+    if found:
+        result["valid"] = False
+        result["anomaly_types"] = sorted({*result["anomaly_types"], *found})
+        result["anomalies"].update(found)
+    return result
+
+
+def _workload(config: RunConfig) -> _Bank | _Append | _Regional:
+    if config.workload == "regional":
+        return _Regional(config)
     return _Bank(config) if config.workload == "bank" else _Append(config)
 
 
 def check_history(config: RunConfig, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The checker's verdict on a history of ``config``'s workload (see the module docstring:
-    bench.bank for ``bank``, bench.elle with ``ELLE_MODELS[isolation]`` for ``append``)."""
+    bench.bank for ``bank``, bench.elle with ``ELLE_MODELS[isolation]`` for ``append``,
+    :func:`check_regional` for ``regional``)."""
     return _workload(config).check(events)
 
 
@@ -495,6 +678,7 @@ class RunResult:
             cancelled a commit before it returned), ``crash`` (nodes stopped), ``clock-skew``
             (nodes whose clock was offset at some point).
         errors: error text → how many operations ended with it.
+        (``partition`` in ``faults_fired`` counts partitions.)
         check: the checker's result (``valid``, anomalies, stats).
         seconds: wall time of the whole run; ``main_s`` of the main phase.
         phases_s: wall time of each phase (``start``, ``setup``, ``main``, ``heal``,
@@ -646,6 +830,7 @@ class _Runner:
         self.diagnostics: dict[str, Any] | None = None
         self.killed_in_commit = 0  # coordinator kills that cancelled a commit (info)
         self.sessions_killed = 0
+        self.partition_sides: list[list[int]] | None = None  # the partition in force
 
     # ---------------------------------------------------------------- one operation
 
@@ -658,7 +843,8 @@ class _Runner:
         dropped either way (see ``client``), so it also dies right after an acknowledgement
         that came sooner."""
         region = db.region
-        self.history.record(process, "invoke", f, value, region=region)
+        fields = self.workload.invoke_fields(f, value)
+        self.history.record(process, "invoke", f, fields.pop("value"), region=region, **fields)
         tx = db.transaction(self.config.isolation)
         committing = False  # from here on, a write may have reached a group
         result: Any = None
@@ -694,11 +880,13 @@ class _Runner:
             error = f"{label} after {self.config.op_timeout_s} s"
         txn = f"{tx.txn_id:#x}"
         if outcome == "ok":
-            self.history.record(process, "ok", f, value if result is None else result,
-                                region=region, txn_id=txn)
+            fields = self.workload.ok_fields(f, value, result, tx)
+            self.history.record(process, "ok", f, fields.pop("value"), region=region,
+                                txn_id=txn, **fields)
         else:
-            self.history.record(process, outcome, f, None if f == "read" else value,
-                                region=region, txn_id=txn, error=error)
+            fields = self.workload.failed_fields(f, value)
+            self.history.record(process, outcome, f, fields.pop("value"), region=region,
+                                txn_id=txn, error=error, **fields)
             key = f"{outcome}: {label}"
             self.errors[key] = self.errors.get(key, 0) + 1
         return outcome
@@ -723,7 +911,11 @@ class _Runner:
                         self.ops_left -= 1
                         f, value, writes = self.workload.generate(rng)
                         kill = None
-                        if writes and rng.random() < self.plan.kill_probability:
+                        # The first writing transaction of process slot 0 always loses its
+                        # coordinator, so that a plan with kills always has one.
+                        first = slot == 0 and not self.fired["kill-coordinator"]
+                        if writes and self.plan.kill_probability and (
+                                first or rng.random() < self.plan.kill_probability):
                             kill = rng.uniform(0.0, self.plan.kill_window_s)
                         outcome = await self.operate(db, process, f, value, writes, rng,
                                                      kill=kill)
@@ -744,9 +936,61 @@ class _Runner:
     # ---------------------------------------------------------------- nemesis
 
     async def nemesis(self, cluster) -> None:
-        """Crashes and restarts one node at a time, forever (cancelled by the caller)."""
-        if "crash" not in self.plan.kinds:
-            return
+        """Crashes and restarts one node at a time, and partitions the network now and then,
+        forever (cancelled by the caller)."""
+        async with trio.open_nursery() as nursery:
+            if "crash" in self.plan.kinds:
+                nursery.start_soon(self.crashes, cluster)
+            if "partition" in self.plan.kinds:
+                nursery.start_soon(self.partitions, cluster)
+
+    async def partitions(self, cluster) -> None:
+        """A partition of a random shape (``PARTITION_SHAPES``) for ``plan.partition_s``, then
+        a healthy network for ``plan.partition_every_s``, and again."""
+        rng = random.Random(f"partition/{self.config.seed}")
+        while True:
+            await trio.sleep(rng.uniform(*self.plan.partition_every_s))
+            shape, detail, side = self._partition_shape(cluster, rng)
+            everyone = sorted(n.id for n in cluster.config.all_nodes())
+            sides = [sorted(side), [n for n in everyone if n not in side]]
+            self.history.nemesis("partition", {"shape": shape, **detail, "sides": sides})
+            self.partition_sides = sides
+            cluster.partition(*sides)
+            self.fired["partition"] += 1
+            await trio.sleep(rng.uniform(*self.plan.partition_s))
+            self.heal_partition(cluster)
+
+    def heal_partition(self, cluster) -> None:
+        if self.partition_sides is not None:
+            cluster.heal()
+            self.partition_sides = None
+            self.history.nemesis("heal", None)
+
+    def _partition_shape(self, cluster, rng: random.Random
+                         ) -> tuple[str, dict[str, Any], set[int]]:
+        """(shape, what it cut off, the nodes on one side of the cut)."""
+        nodes = cluster.config.all_nodes()
+        shape = rng.choice(PARTITION_SHAPES)
+        if shape == "isolate-leader":
+            groups = sorted({gid for node in cluster.nodes.values() for gid in node.replicas})
+            group = rng.choice(groups) if groups else None
+            leaders = [node_id for node_id, node in sorted(cluster.nodes.items())
+                       if group in node.replicas and node.replicas[group].node.is_leader]
+            if leaders:
+                return shape, {"group": group, "node": leaders[0]}, {leaders[0]}
+            shape = "isolate-node"  # the group has no leader just now
+        if shape == "isolate-region":
+            region = rng.choice(self.config.regions)
+            return shape, {"region": region}, {n.id for n in nodes if n.region == region}
+        if shape == "halves":
+            ids = [n.id for n in nodes]
+            rng.shuffle(ids)
+            return shape, {}, set(ids[:len(ids) // 2])
+        victim = rng.choice([n.id for n in nodes])
+        return "isolate-node", {"node": victim}, {victim}
+
+    async def crashes(self, cluster) -> None:
+        """Crashes and restarts one node at a time, forever."""
         rng = random.Random(f"nemesis/{self.config.seed}")
         while True:
             await trio.sleep(rng.uniform(*self.plan.crash_every_s))
@@ -775,15 +1019,18 @@ class _Runner:
         self.history.nemesis("start-node", {"node": node_id, "clock_offset_ns": offset})
         with trio.CancelScope(shield=True):
             await cluster.start_node(node_id, clock_offset_ns=offset)
+        if self.partition_sides is not None:
+            # A node starts connected to every other: the partition in force covers it again.
+            cluster.partition(*self.partition_sides)
         self.down.discard(node_id)
 
     # ---------------------------------------------------------------- phases
 
     async def setup(self, db) -> None:
-        homes = {ks: self.workload.home(ks) for ks in self.workload.keyspaces}
+        homes = list(self.workload.keyspaces)
         with trio.fail_after(60):
-            for ks, home in homes.items():
-                await db.create_keyspace(ks, home_region=home)
+            for ks in homes:
+                await db.create_keyspace(ks, **self.workload.keyspace_options(ks))
 
             async def init(tx):
                 await self.workload.setup(tx)
@@ -827,6 +1074,69 @@ class _Runner:
         return False
 
 
+    async def converge(self, cluster) -> bool:
+        """The ``regional`` workload's final reads: every key read in every region (by a
+        client of that region, one read at a time), in rounds until all regions agree on every
+        key or ``recovery_s`` have passed. The rounds before the last are recorded as ``read``
+        (which the checker skips), the last as ``final-read``. Then each region's conflict
+        log is read and recorded (``conflict-log``). Returns whether the regions agreed."""
+        ks = self.workload.keyspaces[0]
+        give_up = trio.current_time() + self.config.recovery_s
+        agreed = False
+        async with contextlib.AsyncExitStack() as stack:
+            dbs = {region: await stack.enter_async_context(cluster.connect(
+                region, request_timeout_s=self.config.request_timeout_s))
+                for region in self.config.regions}
+            while True:
+                reads = []
+                for region, db in dbs.items():
+                    for key in self.workload.keys:
+                        invoked = self.history.now_ns()
+                        value, error = None, ""
+                        with trio.move_on_after(self.config.op_timeout_s) as deadline:
+                            try:
+                                raw = await db.read(ks, key)
+                                value = None if raw is None else int(raw)
+                            except (MeridianError, OSError) as exc:
+                                error = f"{type(exc).__name__}: {exc}"
+                        if deadline.cancelled_caught:
+                            error = f"timed out after {self.config.op_timeout_s} s"
+                        reads.append((region, key, invoked, self.history.now_ns(), value, error))
+                agreed = all(not r[5] for r in reads) and all(
+                    len({r[4] for r in reads if r[1] == key}) == 1 for key in self.workload.keys)
+                final = agreed or trio.current_time() >= give_up
+                for region, key, invoked, completed, value, error in reads:
+                    process = self.next_process
+                    self.next_process += 1
+                    f = convergence.FINAL_READ if final else "read"
+                    base = {"process": process, "f": f, "key": key, "region": region}
+                    self.history.events.append(
+                        {**base, "type": "invoke", "value": None, "time_ns": invoked})
+                    done = {**base, "type": "fail" if error else "ok", "value": value,
+                            "time_ns": completed}
+                    if error:
+                        done["error"] = error
+                        label = f"fail: {error.split(':')[0]}"
+                        self.errors[label] = self.errors.get(label, 0) + 1
+                    self.history.events.append(done)
+                if final:
+                    break
+                await trio.sleep(0.3)
+            for region, db in dbs.items():
+                records: Any = None
+                with trio.move_on_after(self.config.op_timeout_s):
+                    try:
+                        records = [
+                            {"key": r.key, "winner": list(r.winner), "loser": list(r.loser),
+                             "loser_value": r.loser_value}
+                            for r in await db.conflicts(ks, limit=10_000)]
+                    except (MeridianError, OSError) as exc:
+                        records = f"{type(exc).__name__}: {exc}"
+                self.history.record("conflicts", "info", CONFLICT_LOG,
+                                    "timed out" if records is None else records, region=region)
+        return agreed
+
+
 async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phase) -> bool:
     """The run's phases on a fresh cluster; returns whether the final read succeeded."""
     from engine.local import open_local_cluster
@@ -863,11 +1173,15 @@ async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phas
                 nemesis_scope.cancel()
             phase("main")
             # Heal, then a quiet period long enough for abandoned intents to be recovered.
+            runner.heal_partition(cluster)
             for node_id in sorted(runner.down):
                 await runner.restart(cluster, node_id, None)
             await trio.sleep(config.quiet_s)
             phase("heal")
-            final_ok = await runner.final_read(last)
+            if config.workload == "regional":
+                final_ok = await runner.converge(cluster)
+            else:
+                final_ok = await runner.final_read(last)
             if not final_ok:
                 runner.diagnostics = runner.cluster_state(cluster)
             phase("final")
@@ -952,6 +1266,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--isolation", choices=ISOLATION_LEVELS, default="snapshot")
     parser.add_argument("--seed", type=parse_seeds, default=[0], metavar="SEEDS",
                         help="a seed, a list 1,5,9 or a range 10-19 (default: 0)")
+    parser.add_argument("--resolver", choices=REGIONAL_RESOLVERS, default="lww",
+                        help="the regional workload's resolver (default: %(default)s)")
     parser.add_argument("--nodes-per-region", type=int, default=3)
     parser.add_argument("--processes", type=int, default=6)
     parser.add_argument("--max-ops", type=int, default=300)
@@ -969,10 +1285,11 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-_DESCRIPTION = ("Runs a transactional workload (bank or list-append) against an in-process "
-                "three-region cluster under coordinator kills, node crashes and clock skew, and "
-                "checks the history. Exit status: 0 every run valid and its final read "
-                "served after healing, 1 otherwise.")
+_DESCRIPTION = ("Runs a transactional workload (bank, list-append or regional convergence) "
+                "against an in-process three-region cluster under coordinator kills, node "
+                "crashes, clock skew and network partitions, and checks the history. Exit "
+                "status: 0 every run valid and its final read served after healing, 1 "
+                "otherwise.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -993,6 +1310,7 @@ def cli(args: argparse.Namespace) -> int:
     status = 0
     for seed in args.seed:
         config = RunConfig(workload=args.workload, isolation=args.isolation, seed=seed,
+                           resolver=args.resolver,
                            nodes_per_region=args.nodes_per_region, processes=args.processes,
                            max_ops=args.max_ops, time_limit_s=args.time_limit, faults=faults)
         out = None
