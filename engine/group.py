@@ -324,6 +324,7 @@ class GroupStateMachine:
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
+        self.on_outbox: Callable[[], None] | None = None
         self._fences: dict[bytes, tuple[int, int]] = {}
         self._closed = 0
         self._low_water = 0
@@ -465,6 +466,8 @@ class GroupStateMachine:
             self.on_closed(self._closed)
         if batch.resolved and self.on_resolved is not None:
             self.on_resolved(batch.resolved)
+        if batch.shipped and self.on_outbox is not None:
+            self.on_outbox()
         return results
 
     # ------------------------------------------------------------------ intents, for readers
@@ -594,6 +597,7 @@ class _Batch:
         self._requests: list[TxnRequest] = []
         self._pending: list[tuple[int, list, int, list[bytes]]] = []
         self._cells: dict[bytes, Cell | None] = {}
+        self.shipped = False  # regional writes added to the outbox
 
     def get(self, skey: bytes) -> bytes | None:
         if skey in self.side:
@@ -780,6 +784,7 @@ class _Batch:
             shipped.append([key, resolver_name, value, ts, origin,
                             prev[0] if prev else 0, prev[1] if prev else ""])
         self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
+        self.shipped = True
         self.trim_outbox(limit=2)
 
     def remote(self, origin_group: int, after_ts: int, up_to_ts: int, writes: list,

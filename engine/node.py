@@ -763,7 +763,7 @@ class Node:
                 batch = origin.sm.outbox_after(after, REPLICATION_BATCH)
                 if not batch:
                     with trio.move_on_after(1.0):
-                        await origin.wait_closed(origin.closed_ts + 1)
+                        await origin.wait_outbox()
                     continue
                 await window.acquire()
                 nursery.start_soon(send, after, batch)

@@ -52,7 +52,7 @@ __all__ = ["GroupReplica", "GC_INTERVAL_S"]
 PROPOSAL_TIMEOUT_S = 5.0
 """How long a proposal may take to be applied before its caller is told the outcome is
 unknown (it may still be applied later)."""
-GC_INTERVAL_S = 10.0
+GC_INTERVAL_S = 30.0
 """How often each replica garbage-collects its MVCC store."""
 
 
@@ -79,9 +79,11 @@ class GroupReplica:
         self._closing: tuple[int, trio.Event] | None = None
         self._last_activity = trio.current_time()
         self._resolved = trio.Event()
+        self._outbox = trio.Event()
         self.gc_removed = 0
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
+        sm.on_outbox = self._on_outbox
 
     # ------------------------------------------------------------------ reads
 
@@ -151,6 +153,14 @@ class GroupReplica:
     def _on_resolved(self, txn_ids: list[int]) -> None:
         self._resolved.set()
         self._resolved = trio.Event()
+
+    def _on_outbox(self) -> None:
+        self._outbox.set()
+        self._outbox = trio.Event()
+
+    async def wait_outbox(self) -> None:
+        """Waits until the next apply that adds regional writes to this group's outbox."""
+        await self._outbox.wait()
 
     async def wait_resolved(self) -> None:
         """Waits until the next apply that resolves some transaction's intents."""
@@ -247,7 +257,7 @@ class GroupReplica:
 
     # ------------------------------------------------------------------ background
 
-    async def run_gc(self, budget: int = 10_000) -> None:
+    async def run_gc(self, budget: int = 2_000) -> None:
         """Runs until cancelled: every :data:`GC_INTERVAL_S` seconds, removes the versions no
         read can need any more — those hidden by a newer version at or below the group's low water
         (its closed timestamp minus the maximum transaction lifetime: older snapshots are
@@ -261,10 +271,14 @@ class GroupReplica:
                 continue
             start: bytes | None = b""
             while start is not None:
+                # Small steps, with a pause between them: the collection walks keys in
+                # Python, holding the interpreter lock, so one big step would stall this
+                # node's event loop.
                 result = await trio.to_thread.run_sync(
                     lambda s=start: store.gc(watermark, start=s, max_versions=budget))
                 self.gc_removed += result.removed
                 start = result.resume
+                await trio.sleep(0.01)
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""
