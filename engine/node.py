@@ -239,12 +239,13 @@ class Node:
             tick_interval=self.cluster.tick_interval_ms / 1000.0))
         # Data groups close time while idle so that learners can serve bounded-staleness
         # reads; the meta group's catalog is only read at its leader, which closes on demand.
+        # Spread groups close less often: each CLOSE entry there crosses regions.
+        kind = self.placement[gid].kind
         replica = GroupReplica(gid, raft_node, sm, self.clock,
-                               close_interval=0.0 if gid == META_GROUP else 1.0)
+                               close_interval={"meta": 0.0, "data": 1.0, "spread": 5.0}[kind])
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
         nursery.start_soon(replica.run_gc)
-        kind = self.placement[gid].kind
         if kind != "meta":
             nursery.start_soon(self._sweep_intents, replica)
         if kind == "data":

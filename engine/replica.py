@@ -103,7 +103,7 @@ class GroupReplica:
         self._require_leader()
         confirmed = False
         try:
-            with trio.move_on_after(PROPOSAL_TIMEOUT_S):
+            with trio.CancelScope(deadline=trio.current_time() + PROPOSAL_TIMEOUT_S):
                 await self.node.linearizable_read()
                 confirmed = True
         except ProposalDroppedError as exc:
@@ -242,7 +242,8 @@ class GroupReplica:
 
     async def _propose(self, data: bytes):
         try:
-            with trio.move_on_after(PROPOSAL_TIMEOUT_S):
+            # A plain cancel scope: move_on_after's generator costs more, on every commit.
+            with trio.CancelScope(deadline=trio.current_time() + PROPOSAL_TIMEOUT_S):
                 return await self.node.propose(data)
         except ProposalDroppedError as exc:  # never proposed, or replaced: not applied
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
