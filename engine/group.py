@@ -326,6 +326,9 @@ class GroupStateMachine:
         self.on_resolved: Callable[[list[int]], None] | None = None
         self.on_outbox: Callable[[], None] | None = None
         self._fences: dict[bytes, tuple[int, int]] = {}
+        # Transactions prepared here and not resolved: while there are none, a read has no
+        # intent to look for, and skips the side-table lookups.
+        self._prepared_count = 0
         self._closed = 0
         self._low_water = 0
         self._pruned_at = 0
@@ -384,6 +387,7 @@ class GroupStateMachine:
                 redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=read_ts,
                                        commit_ts=max(prepare_ts, read_ts + 1), writes=keys,
                                        prepare=True))
+            self._prepared_count = len(redo)
             if redo:
                 for verdict in adj.adjudicate(redo):
                     if not verdict.ok:  # pragma: no cover - a store broken by hand
@@ -464,6 +468,7 @@ class GroupStateMachine:
             self._pruned_at = self._low_water
         if self._closed > closed_before and self.on_closed is not None:
             self.on_closed(self._closed)
+        self._prepared_count += batch.installed - len(batch.resolved)
         if batch.resolved and self.on_resolved is not None:
             self.on_resolved(batch.resolved)
         if batch.shipped and self.on_outbox is not None:
@@ -475,6 +480,8 @@ class GroupStateMachine:
     def intents(self, keys: Sequence[bytes], ts: int) -> list[Intent]:
         """The intents on ``keys`` whose prepare timestamp is at or below ``ts``: a read at
         ``ts`` must wait for them."""
+        if not self._prepared_count:
+            return []
         out = []
         for key in keys:
             raw = self.store.side_get(_INTENT + key)
@@ -486,6 +493,8 @@ class GroupStateMachine:
 
     def intents_in(self, start: bytes, end: bytes | None, ts: int) -> list[Intent]:
         """Like :meth:`intents`, for every key in ``[start, end)``."""
+        if not self._prepared_count:
+            return []
         hi = _INTENT + end if end is not None else _INTENT_END
         out = []
         for skey, raw in self.store.side_scan(_INTENT + start, hi):
@@ -598,6 +607,7 @@ class _Batch:
         self._pending: list[tuple[int, list, int, list[bytes]]] = []
         self._cells: dict[bytes, Cell | None] = {}
         self.shipped = False  # regional writes added to the outbox
+        self.installed = 0  # transactions prepared by this call
 
     def get(self, skey: bytes) -> bytes | None:
         if skey in self.side:
@@ -682,6 +692,7 @@ class _Batch:
         for key in keys[len(writes):]:
             self.side[_INTENT + key] = lock
         self.side[pkey] = msgpack.packb([ts, keys, primary, deadline], use_bin_type=True)
+        self.installed += 1
         return CommitResult(Outcome.PREPARED, ts)
 
     def decide(self, txn_id: int, commit_ts: int, ts: int) -> CommitResult:
