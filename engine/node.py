@@ -66,7 +66,7 @@ import msgpack
 import trio
 
 from raft.core import Config as RaftConfig
-from raft.driver import open_raft_node
+from raft.driver import UNSAFE_MODES, open_raft_node
 from raft.storage import RaftStorage
 from raft.tcp import serve_tcp_transport
 from raft.transport import LinkModel
@@ -236,7 +236,8 @@ class Node:
                                  broadcast_commit=False, lease_reads=True)
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
-            tick_interval=self.cluster.tick_interval_ms / 1000.0))
+            tick_interval=self.cluster.tick_interval_ms / 1000.0,
+            unsafe=frozenset(b for b in UNSAFE_MODES if planted.enabled(b))))
         # Data groups close time while idle so that learners can serve bounded-staleness
         # reads; the meta group's catalog is only read at its leader, which closes on demand.
         # Spread groups close less often: each CLOSE entry there crosses regions.

@@ -18,6 +18,12 @@ from whoever starts them); :func:`plant` changes them in-process, for tests. The
     Two-phase commit resolves the other participants and answers the client before the
     decision is durable on the primary group: a coordinator that dies then leaves the
     transaction half committed (an atomicity violation).
+``ack_before_fsync``
+    Raft replicas acknowledge entries before writing them and never fsync the log: a crash
+    that loses unsynced writes loses acknowledged commits.
+``votes_without_persisting``
+    Raft replicas never store their term and vote: a restarted replica can vote twice in one
+    term, two leaders can be elected in it, and one overwrites the other's commits.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from .errors import InvalidArgumentError
 
 __all__ = ["BUGS", "check_environment", "enabled", "plant"]
 
-BUGS = ("skip_adjudication", "read_above_closed", "ack_before_decision")
+BUGS = ("skip_adjudication", "read_above_closed", "ack_before_decision", "ack_before_fsync",
+        "votes_without_persisting")
 _ENV = "MERIDIAN_PLANTED_BUGS"
 _ALLOW = "MERIDIAN_ALLOW_PLANTED_BUGS"
 

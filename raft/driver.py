@@ -65,9 +65,13 @@ __all__ = [
     "open_raft_node",
     "EntryLostError",
     "OutcomeUnknownError",
+    "UNSAFE_MODES",
 ]
 
 log = logging.getLogger("meridian.raft")
+
+# Test-only ways to break durability (see ``open_raft_node``'s ``unsafe``).
+UNSAFE_MODES = ("ack_before_fsync", "votes_without_persisting")
 
 
 class EntryLostError(ProposalDroppedError):
@@ -279,7 +283,7 @@ class RaftNode:
     def __init__(self, group: int, config: Config, storage, transport,
                  state_machine: StateMachine, *, bootstrap: ConfState, seed: int | None,
                  tick_interval: float, snapshot_every: int, snapshot_keep: int,
-                 apply_in_thread: bool):
+                 apply_in_thread: bool, unsafe: frozenset[str] = frozenset()):
         if tick_interval <= 0 or not math.isfinite(tick_interval):
             raise ValueError(f"tick_interval must be a positive number, not {tick_interval!r}")
         if snapshot_every < 0 or snapshot_keep < 0:
@@ -293,6 +297,11 @@ class RaftNode:
         self._snapshot_every = snapshot_every
         self._snapshot_keep = snapshot_keep
         self._apply_in_thread = apply_in_thread
+        unknown = set(unsafe) - set(UNSAFE_MODES)
+        if unknown:
+            raise ValueError(f"unknown unsafe mode(s) {sorted(unknown)}; known: {UNSAFE_MODES}")
+        self._ack_before_fsync = "ack_before_fsync" in unsafe
+        self._votes_without_persisting = "votes_without_persisting" in unsafe
         state = storage.initial_state(bootstrap)
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
         self._core = RaftCore(config, rng, state)
@@ -461,11 +470,13 @@ class RaftNode:
         hs = None
         if rd.hard_state is not None and (
             rd.hard_state.term != self._stored_hs.term or rd.hard_state.vote != self._stored_hs.vote
-        ):
+        ) and not self._votes_without_persisting:
             hs = rd.hard_state
+        if self._ack_before_fsync and rd.persisted_messages:
+            self._send(rd.persisted_messages)  # unsafe: acknowledged before it is durable
         if rd.snapshot is not None or rd.entries or hs is not None:
             await self._worker.run(self._persist, rd, hs)
-        if rd.persisted_messages:
+        if rd.persisted_messages and not self._ack_before_fsync:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             self._sm.restore(rd.snapshot.data)
@@ -484,11 +495,11 @@ class RaftNode:
             await self._take_snapshot()
 
     def _persist(self, rd: Ready, hs: HardState | None) -> None:
-        self._storage.save(snapshot=rd.snapshot, entries=rd.entries, hard_state=hs,
-                           sync=rd.must_sync)
+        sync = rd.must_sync and not self._ack_before_fsync
+        self._storage.save(snapshot=rd.snapshot, entries=rd.entries, hard_state=hs, sync=sync)
         if hs is not None:
             self._stored_hs = hs
-        if rd.must_sync:
+        if sync:
             self._counts["fsyncs"] += 1
         self._counts["entries_persisted"] += len(rd.entries)
 
@@ -607,6 +618,7 @@ async def open_raft_node(
     snapshot_every: int = 10_000,
     snapshot_keep: int = 1_000,
     apply_in_thread: bool = False,
+    unsafe: frozenset[str] = frozenset(),
 ) -> AsyncIterator[RaftNode]:
     """Runs a replica until the block exits.
 
@@ -623,10 +635,16 @@ async def open_raft_node(
         snapshot_every: take a snapshot and compact after this many applied entries (0: never).
         snapshot_keep: log entries kept behind a snapshot, for followers slightly behind.
         apply_in_thread: run ``state_machine.apply`` in a worker thread (for blocking ones).
+        unsafe: names from :data:`UNSAFE_MODES` that break durability on purpose, for showing
+            that fault tests notice: ``ack_before_fsync`` (entries are never fsynced and
+            acknowledged before they are written), ``votes_without_persisting`` (term and vote
+            are never stored, so a restarted node can vote twice in one term). Never in
+            production: a node refuses them unless its planted-bug switch allows it.
     """
     node = RaftNode(group, config, storage, transport, state_machine, bootstrap=bootstrap,
                     seed=seed, tick_interval=tick_interval, snapshot_every=snapshot_every,
-                    snapshot_keep=snapshot_keep, apply_in_thread=apply_in_thread)
+                    snapshot_keep=snapshot_keep, apply_in_thread=apply_in_thread,
+                    unsafe=frozenset(unsafe))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node._run)

@@ -262,3 +262,35 @@ async def test_apply_in_thread_runs_the_state_machine_off_the_event_loop(tmp_pat
     finally:
         Counter.apply = original
     assert threads and threading.main_thread().name not in threads
+
+
+async def test_unsafe_modes_break_durability_only_when_asked(tmp_path):
+    """The planted-bug switches of the fault tests: ``ack_before_fsync`` never fsyncs the log,
+    ``votes_without_persisting`` never stores the vote; a safe node does both."""
+
+    def stored_votes(directory):
+        votes = []
+        for i in (1, 2, 3):
+            storage = RaftStorage.open(directory / f"n{i}")
+            try:
+                votes.append(storage.initial_state(ConfState((1, 2, 3))).hard_state.vote)
+            finally:
+                storage.close()
+        return votes
+
+    with pytest.raises(ValueError, match="unknown unsafe mode"):
+        async with cluster(tmp_path / "bad", unsafe=frozenset({"fast"})):
+            pass
+    for name, unsafe in (("safe", frozenset()),
+                         ("unsafe", frozenset({"ack_before_fsync", "votes_without_persisting"}))):
+        async with cluster(tmp_path / name, unsafe=unsafe) as c:
+            leader = c.nodes[await c.leader()]
+            with trio.fail_after(10):
+                assert await leader.propose(b"x") == 1
+            fsyncs = [n.statistics().fsyncs for n in c.nodes.values()]
+        if unsafe:
+            assert fsyncs == [0, 0, 0]
+            assert stored_votes(tmp_path / name) == [0, 0, 0]
+        else:
+            assert min(fsyncs) > 0
+            assert sum(v != 0 for v in stored_votes(tmp_path / name)) >= 2  # a quorum voted
