@@ -1027,7 +1027,8 @@ class Transaction:
             await self._commit_before_deciding(primary, list(prepared), commit_ts)
             return
         reply = await db._call_group(primary, "decide", {
-            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts}, commit=True)
+            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
+            "since": min(prepared.values()), "participants": list(prepared)}, commit=True)
         if not reply["committed"]:
             # Somebody found its intents past their deadline and aborted it first.
             for group in prepared:
@@ -1056,7 +1057,8 @@ class Transaction:
     async def _decide_later(self, primary: int, commit_ts: int) -> None:
         await trio.sleep(0.05)
         await self._db._call_group(primary, "decide", {
-            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts})
+            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
+            "since": commit_ts, "participants": [primary]})
 
     async def _abort_prepared(self, primary: int, prepared: dict[int, int]) -> None:
         """Records the abort on the primary (so that no recovery can commit it) and removes

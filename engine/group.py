@@ -28,12 +28,25 @@ An entry's data is one msgpack array whose first element says what it is:
     version. ``primary`` is the group that holds the transaction's record, ``deadline`` the
     timestamp after which anyone may finish the transaction from that record. Preparing a
     transaction that is already prepared here answers the same prepare timestamp again.
-``[DECIDE, txn_id, proposed_ts, commit_ts]``
+``[DECIDE, txn_id, proposed_ts, commit_ts(, since, participants)]``
     On the primary group only: writes the transaction's record — committed at ``commit_ts``,
     or aborted when ``commit_ts`` is 0 — unless a record exists already, in which case that
     record is the answer: the first decision in the log wins, which is what lets a reader that
     finds an abandoned intent abort it safely while its coordinator might still be trying to
-    commit. The primary's own intents are resolved in the same step.
+    commit. The primary's own intents are resolved in the same step. The coordinator's
+    decision also names ``since``, the transaction's earliest prepare timestamp, and its
+    ``participants`` (groups): a commit decided more than :data:`DECISION_HORIZON_NS` after
+    ``since`` is recorded as an abort instead (see FORGET), and the participants are where
+    the record's garbage collection checks that no intent is left.
+``[FORGET, proposed_ts, txn_ids]``
+    Deletes transaction records decided at least :data:`RECORD_RETENTION_NS` before this
+    entry's timestamp (younger ones, and records that name no participants, stay). The leader
+    proposes it only for aborts, and for commits once every participant has confirmed it holds
+    no intent of the transaction. A transaction without a record counts as undecided, so a
+    recovery would abort it: safe for a forgotten abort, and for a forgotten commit because no
+    intent of it is left anywhere. A coordinator's commit arriving after its abort was
+    forgotten comes more than the retention after its first prepare (a recovery aborts only
+    after a prepare), so DECIDE records it as an abort.
 ``[REMOTE, origin_group, proposed_ts, after_ts, up_to_ts, writes]``
     Regional keyspaces (ARCH §6): the committed writes of another region's group, as its
     outbox holds them, after the origin's timestamp ``after_ts`` and up to ``up_to_ts``. Each
@@ -136,6 +149,9 @@ __all__ = [
     "CMD_REMOTE",
     "CMD_DRAIN",
     "CMD_FENCE",
+    "CMD_FORGET",
+    "DECISION_HORIZON_NS",
+    "RECORD_RETENTION_NS",
     "Intent",
     "Outcome",
     "SERIALIZABLE",
@@ -149,6 +165,7 @@ __all__ = [
     "encode_remote",
     "encode_drain",
     "encode_fence",
+    "encode_forget",
 ]
 
 CMD_COMMIT = 1
@@ -159,14 +176,20 @@ CMD_RESOLVE = 5
 CMD_REMOTE = 6
 CMD_DRAIN = 7
 CMD_FENCE = 8
+CMD_FORGET = 9
 SERIALIZABLE = 1
 OUTBOX_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a group keeps its regional writes for the other regions."""
+RECORD_RETENTION_NS = 600 * 10**9
+"""How long (in closed time) a transaction record is kept at least before FORGET removes it."""
+DECISION_HORIZON_NS = RECORD_RETENTION_NS // 2
+"""A commit decided this long after the transaction's first prepare is recorded as an abort."""
 
 # Side-table key prefixes (see "Intents and records").
 _INTENT = b"i"
 _PREPARED = b"p"
 _RECORD = b"t"
+_RECORD_AGE = b"T"  # + be64(decided ts) + be64(txn id) -> b"": records, oldest first
 _OUTBOX = b"o"
 _WATERMARK = b"w"
 _CONFLICT = b"c"
@@ -284,9 +307,19 @@ def encode_prepare(txn_id: int, read_ts: int, proposed_ts: int,
         use_bin_type=True)
 
 
-def encode_decide(txn_id: int, proposed_ts: int, commit_ts: int) -> bytes:
-    """The entry data of a decision (``commit_ts`` 0: abort) for the primary group."""
-    return msgpack.packb([CMD_DECIDE, txn_id, proposed_ts, commit_ts], use_bin_type=True)
+def encode_decide(txn_id: int, proposed_ts: int, commit_ts: int, since: int = 0,
+                  participants: Sequence[int] = ()) -> bytes:
+    """The entry data of a decision (``commit_ts`` 0: abort) for the primary group; the
+    coordinator's names its first prepare timestamp and the participant groups."""
+    cmd = [CMD_DECIDE, txn_id, proposed_ts, commit_ts]
+    if since or participants:
+        cmd += [since, sorted(set(participants))]
+    return msgpack.packb(cmd, use_bin_type=True)
+
+
+def encode_forget(proposed_ts: int, txn_ids: Sequence[int]) -> bytes:
+    """The entry data that deletes old transaction records."""
+    return msgpack.packb([CMD_FORGET, proposed_ts, list(txn_ids)], use_bin_type=True)
 
 
 def encode_resolve(txn_id: int, proposed_ts: int, commit_ts: int) -> bytes:
@@ -440,6 +473,11 @@ class GroupStateMachine:
                     self._fences.pop(prefix, None)
                     batch.side[_FENCE + prefix] = None
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
+            elif kind == CMD_FORGET:
+                ts = self._close(cmd[1])
+                results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                for txn_id in cmd[2]:
+                    batch.forget(txn_id, ts)
             elif kind == CMD_DRAIN:
                 ts = self._close(cmd[1])
                 for key in cmd[2]:
@@ -451,10 +489,10 @@ class GroupStateMachine:
                 results[slot] = batch.validate(slot, cmd, ts)
             else:  # DECIDE or RESOLVE: every validation before it must be settled first
                 batch.flush(results)
-                _, txn_id, proposed_ts, commit_ts = cmd
+                txn_id, proposed_ts, commit_ts = cmd[1:4]
                 ts = self._close(max(proposed_ts, commit_ts))
                 if kind == CMD_DECIDE:
-                    results[slot] = batch.decide(txn_id, commit_ts, ts)
+                    results[slot] = batch.decide(txn_id, commit_ts, ts, *cmd[4:])
                 else:
                     batch.resolve(txn_id, commit_ts)
                     results[slot] = CommitResult(Outcome.RESOLVED, ts)
@@ -563,8 +601,33 @@ class GroupStateMachine:
         raw = self.store.side_get(_RECORD + _U64.pack(txn_id))
         if raw is None:
             return None
-        status, commit_ts = msgpack.unpackb(raw)
+        status, commit_ts = msgpack.unpackb(raw)[:2]
         return status == _REC_COMMITTED, commit_ts
+
+    def is_prepared(self, txn_id: int) -> bool:
+        """Whether the transaction still has intents here (prepared, not yet resolved)."""
+        return self.store.side_get(_PREPARED + _U64.pack(txn_id)) is not None
+
+    def old_records(self, limit: int = 1000) -> list[tuple[int, bool, int, list[int]]]:
+        """Records old enough for FORGET at the current closed timestamp, oldest first:
+        ``(txn_id, committed, commit_ts, participants)``."""
+        horizon = self._closed - RECORD_RETENTION_NS
+        if horizon <= 0:
+            return []
+        out = []
+        for skey, _ in self.store.side_scan(_RECORD_AGE, _RECORD_AGE + _U64.pack(horizon + 1),
+                                            limit=limit):
+            txn_id = _U64.unpack_from(skey, 9)[0]
+            raw = self.store.side_get(_RECORD + _U64.pack(txn_id))
+            if raw is None:
+                continue
+            status, commit_ts, _, participants = msgpack.unpackb(raw)
+            out.append((txn_id, status == _REC_COMMITTED, commit_ts, participants))
+        return out
+
+    def record_count(self) -> int:
+        """Transaction records held (those written since records are aged)."""
+        return len(self.store.side_scan(_RECORD_AGE, _RECORD_AGE + b"\xff" * 17))
 
     def _close(self, proposed_ts: int) -> int:
         ts = max(proposed_ts, self._closed + 1)
@@ -695,12 +758,13 @@ class _Batch:
         self.installed += 1
         return CommitResult(Outcome.PREPARED, ts)
 
-    def decide(self, txn_id: int, commit_ts: int, ts: int) -> CommitResult:
+    def decide(self, txn_id: int, commit_ts: int, ts: int, since: int = 0,
+               participants: Sequence[int] = ()) -> CommitResult:
         """DECIDE: the first decision recorded for a transaction is its fate."""
         rkey = _RECORD + _U64.pack(txn_id)
         raw = self.get(rkey)
         if raw is not None:
-            status, decided_ts = msgpack.unpackb(raw)
+            status, decided_ts = msgpack.unpackb(raw)[:2]
             # The primary's own intents follow the record (if any are left: a recovery
             # that meets one here asks again).
             self.resolve(txn_id, decided_ts if status == _REC_COMMITTED else 0)
@@ -710,11 +774,28 @@ class _Batch:
         if commit_ts and prepared is not None and msgpack.unpackb(prepared)[0] > commit_ts:
             return CommitResult(Outcome.INVALID, ts, f"commit timestamp {commit_ts} is below "
                                 f"the transaction's prepare timestamp in this group")
+        if commit_ts and since and ts - since > DECISION_HORIZON_NS:
+            commit_ts = 0  # too late: its abort may have been recorded and forgotten
         self.side[rkey] = msgpack.packb(
-            [_REC_COMMITTED if commit_ts else _REC_ABORTED, commit_ts])
+            [_REC_COMMITTED if commit_ts else _REC_ABORTED, commit_ts, ts, list(participants)])
+        self.side[_RECORD_AGE + _U64.pack(ts) + _U64.pack(txn_id)] = b""
         self.resolve(txn_id, commit_ts)
         return CommitResult(Outcome.COMMITTED if commit_ts else Outcome.ABORTED,
                             commit_ts or ts)
+
+    def forget(self, txn_id: int, ts: int) -> None:
+        """FORGET of one record, if it is old enough and names its participants."""
+        rkey = _RECORD + _U64.pack(txn_id)
+        raw = self.get(rkey)
+        if raw is None:
+            return
+        rec = msgpack.unpackb(raw)
+        if len(rec) < 4 or ts - rec[2] < RECORD_RETENTION_NS:
+            return
+        if rec[0] == _REC_COMMITTED and not rec[3]:
+            return  # nobody can tell whether intents of it are left
+        self.side[rkey] = None
+        self.side[_RECORD_AGE + _U64.pack(rec[2]) + _U64.pack(txn_id)] = None
 
     def resolve(self, txn_id: int, commit_ts: int) -> None:
         """RESOLVE: the transaction's intents here become versions at ``commit_ts`` (or go)."""
@@ -860,7 +941,17 @@ def _decode(data: bytes) -> list:
     if kind == CMD_DECIDE or kind == CMD_RESOLVE:
         if not (len(cmd) == 4 and type(cmd[1]) is int and 0 < cmd[1] < 2**64
                 and _is_ts(cmd[2]) and type(cmd[3]) is int and 0 <= cmd[3] <= MAX_TS):
-            raise _Malformed("bad DECIDE or RESOLVE command")
+            if not (kind == CMD_DECIDE and len(cmd) == 6 and type(cmd[1]) is int
+                    and 0 < cmd[1] < 2**64 and _is_ts(cmd[2]) and type(cmd[3]) is int
+                    and 0 <= cmd[3] <= MAX_TS and type(cmd[4]) is int
+                    and 0 <= cmd[4] <= MAX_TS and isinstance(cmd[5], list)
+                    and all(type(g) is int and 0 < g < 2**32 for g in cmd[5])):
+                raise _Malformed("bad DECIDE or RESOLVE command")
+        return cmd
+    if kind == CMD_FORGET:
+        if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)
+                and all(type(t) is int and 0 < t < 2**64 for t in cmd[2])):
+            raise _Malformed("bad FORGET command")
         return cmd
     if kind == CMD_REMOTE:
         if not (len(cmd) == 6 and type(cmd[1]) is int and cmd[1] > 0 and _is_ts(cmd[2])

@@ -114,6 +114,9 @@ may be finished by anyone who meets one of its intents (aborted, unless decided)
 INTENT_WAIT_S = 10.0
 """Longest a read waits for intents to be resolved before answering ``unavailable``."""
 SWEEP_INTERVAL_S = 1.0
+RECORD_GC_INTERVAL_S = 60.0
+"""How often a primary group's leader looks for transaction records old enough to forget."""
+RECORD_GC_BATCH = 500
 LEADER_HOME_CHECK_S = 2.0
 REPLICATION_BATCH = 256
 REPLICATION_WINDOW = 8
@@ -249,6 +252,7 @@ class Node:
         nursery.start_soon(replica.run_gc)
         if kind != "meta":
             nursery.start_soon(self._sweep_intents, replica)
+            nursery.start_soon(self._forget_records, replica)
         if kind == "data":
             for other, where in self.placement.items():
                 if other != gid and where.kind == "data":
@@ -273,6 +277,7 @@ class Node:
             "prepare": self._guarded(self._prepare),
             "decide": self._guarded(self._decide),
             "resolve": self._guarded(self._resolve),
+            "prepared": self._guarded(self._prepared),
             "refresh": self._guarded(self._refresh),
             "remote.apply": self._guarded(self._remote_apply),
             "remote.watermark": self._guarded(self._remote_watermark),
@@ -608,7 +613,17 @@ class Node:
     async def _decide(self, p):
         replica = self._replica(p)
         txn_id, commit_ts = _fate(p)
-        result = await replica.decide(txn_id, commit_ts)
+        since, participants = p.get("since", 0), p.get("participants", [])
+        if type(since) is not int or not 0 <= since <= MAX_TS:
+            raise InvalidArgumentError(f"since must be an int in 0..{MAX_TS}")
+        if not (isinstance(participants, list) and len(participants) <= 4096
+                and all(type(g) is int and g in self.placement for g in participants)):
+            raise InvalidArgumentError("participants must be a list of group ids")
+        if commit_ts and not (since and replica.group in participants):
+            raise InvalidArgumentError("a commit decision names the transaction's first "
+                                       "prepare timestamp (since) and its participants, this "
+                                       "group among them")
+        result = await replica.decide(txn_id, commit_ts, since, participants)
         if result.outcome is Outcome.INVALID:
             raise InvalidArgumentError(f"decision refused: {result.reason}")
         return {"committed": result.outcome is Outcome.COMMITTED, "ts": result.ts}
@@ -618,6 +633,68 @@ class Node:
         txn_id, commit_ts = _fate(p)
         await replica.resolve(txn_id, commit_ts)
         return {}
+
+    async def _prepared(self, p):
+        """Which of ``txn_ids`` still have intents in this group (the leader, after a
+        linearizable read): a primary group asks before it forgets their records."""
+        replica = self._replica(p)
+        txn_ids = p.get("txn_ids")
+        if not (isinstance(txn_ids, list) and len(txn_ids) <= 10_000
+                and all(type(t) is int and 0 < t < 2**64 for t in txn_ids)):
+            raise InvalidArgumentError("txn_ids must be a list of at most 10,000 ids")
+        await replica.snapshot_ts()
+        return {"prepared": [t for t in txn_ids if replica.sm.is_prepared(t)]}
+
+    async def _forget_records(self, replica: GroupReplica) -> None:
+        """Runs until cancelled: while leading, deletes transaction records past their
+        retention (FORGET in ``engine.group``). An abort goes at once; a commit once every
+        other participant says it holds no intent of it (one still holding some is told the
+        fate again, and asked on the next round)."""
+        while True:
+            await trio.sleep(RECORD_GC_INTERVAL_S)
+            if not replica.node.is_leader or self._clock_problem is not None:
+                continue
+            try:
+                await self._forget_round(replica)
+            except (MeridianError, RemoteError, OSError) as exc:
+                log.info("node %d: transaction records of group %d not collected yet: %s",
+                         self.id, replica.group, exc)
+
+    async def _forget_round(self, replica: GroupReplica) -> int:
+        """One round of :meth:`_forget_records`; returns how many records it forgot."""
+        records = replica.sm.old_records(limit=RECORD_GC_BATCH)
+        if not records:
+            return 0
+        forget = [txn for txn, committed, _, _ in records if not committed]
+        asks: dict[int, list[tuple[int, int]]] = {}
+        for txn, committed, commit_ts, participants in records:
+            if committed:
+                for g in participants:
+                    asks.setdefault(g, []).append((txn, commit_ts))
+        blocked: set[int] = set()
+        for group, txns in asks.items():
+            if group == replica.group:
+                still = [t for t, _ in txns if replica.sm.is_prepared(t)]
+            else:
+                assert self._peers is not None
+                try:
+                    with trio.fail_after(RECOVERY_TIMEOUT_S):
+                        reply = await self._peers._call_group(
+                            group, "prepared", {"group": group, "txn_ids": [t for t, _ in txns]})
+                    still = reply["prepared"]
+                except (MeridianError, RemoteError, OSError, trio.TooSlowError):
+                    still = [t for t, _ in txns]  # unknown: keep them all for now
+            blocked.update(still)
+            fate = dict(txns)
+            for txn in still:  # told again; asked again next round
+                if group == replica.group:
+                    await replica.resolve(txn, fate[txn])
+                else:
+                    self._peers._resolve_later(group, txn, fate[txn])
+        forget += [txn for txn, committed, _, _ in records if committed and txn not in blocked]
+        if forget:
+            await replica.forget(forget)
+        return len(forget)
 
     async def _refresh(self, p):
         """Can a transaction's reads in this group move from snapshot ``from_ts`` to

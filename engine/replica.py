@@ -42,6 +42,7 @@ from .group import (
     encode_close,
     encode_commit,
     encode_decide,
+    encode_forget,
     encode_prepare,
     encode_resolve,
 )
@@ -229,11 +230,20 @@ class GroupReplica:
                               primary=primary, deadline=deadline, serializable=serializable)
         return await self._propose(data)
 
-    async def decide(self, txn_id: int, commit_ts: int) -> CommitResult:
+    async def decide(self, txn_id: int, commit_ts: int, since: int = 0,
+                     participants: Sequence[int] = ()) -> CommitResult:
         """Records the transaction's fate in this, its primary group (``commit_ts`` 0:
-        abort) unless it is recorded already; returns the recorded fate."""
+        abort) unless it is recorded already; returns the recorded fate. The coordinator
+        names its first prepare timestamp and the participant groups (see DECIDE in
+        ``engine.group``)."""
         self._require_leader()
-        return await self._propose(encode_decide(txn_id, self.clock.now(), commit_ts))
+        return await self._propose(encode_decide(txn_id, self.clock.now(), commit_ts,
+                                                 since, participants))
+
+    async def forget(self, txn_ids: Sequence[int]) -> None:
+        """Deletes old transaction records (see FORGET in ``engine.group``)."""
+        self._require_leader()
+        await self._propose(encode_forget(self.clock.now(), txn_ids))
 
     async def resolve(self, txn_id: int, commit_ts: int) -> CommitResult:
         """Resolves the transaction's intents in this group (``commit_ts`` 0: abort)."""

@@ -212,8 +212,10 @@ async def test_a_decided_transaction_is_finished_by_its_readers():
                 primary, commit_ts = await _prepare_directly(east, cluster, 0x5678, {
                     "us-east": [[encode_key(ids["e"], b"k"), b"new"]],
                     "eu-west": [[encode_key(ids["w"], b"k"), b"new"]]}, "us-east")
+                groups = [data_group(cluster.config, r) for r in ("us-east", "eu-west")]
                 reply = await east._call_group(primary, "decide", {
-                    "group": primary, "txn_id": 0x5678, "commit_ts": commit_ts}, commit=True)
+                    "group": primary, "txn_id": 0x5678, "commit_ts": commit_ts,
+                    "since": commit_ts, "participants": groups}, commit=True)
                 assert reply == {"committed": True, "ts": commit_ts}
                 # The coordinator died before resolving eu-west's intent: a reader there
                 # finds the record committed and finishes the transaction.
@@ -361,3 +363,45 @@ async def test_a_keyspace_moves_home_online():
                 assert await east.read("acct", b"k00") is None
                 assert await east.read("acct", b"k01") == b"1"
                 assert await west.read("acct", b"n") == b"%d" % acked
+
+
+async def test_old_transaction_records_are_forgotten_once_no_intent_is_left(monkeypatch):
+    """Records of two-phase transactions are collected after their retention: commits once
+    every participant holds no intent of them (one whose coordinator died before resolving
+    is finished first), aborts at once; the data stays."""
+    import engine.group
+
+    monkeypatch.setattr(engine.group, "RECORD_RETENTION_NS", 2 * 10**9)
+    monkeypatch.setattr(engine.group, "DECISION_HORIZON_NS", 10**9)
+    monkeypatch.setattr(engine.node, "RECORD_GC_INTERVAL_S", 0.5)
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 60.0)  # only the GC may finish it
+    async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=23) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(90):
+                await _setup(east)
+                for i in range(3):
+                    async with east.transaction() as tx:
+                        await tx.put("e", b"k%d" % i, b"v%d" % i)
+                        await tx.put("w", b"k%d" % i, b"v%d" % i)
+                ids = {ks: (await east.keyspace(ks)).id for ks in ("e", "w")}
+                primary, commit_ts = await _prepare_directly(east, cluster, 0x9ABC, {
+                    "us-east": [[encode_key(ids["e"], b"x"), b"new"]],
+                    "eu-west": [[encode_key(ids["w"], b"x"), b"new"]]}, "us-east")
+                groups = [data_group(cluster.config, r) for r in TWO_REGIONS]
+                reply = await east._call_group(primary, "decide", {
+                    "group": primary, "txn_id": 0x9ABC, "commit_ts": commit_ts,
+                    "since": commit_ts, "participants": groups}, commit=True)
+                assert reply["committed"]
+                # The coordinator "died" before resolving eu-west: the record must outlive
+                # that intent, and the collection finishes it.
+                leader = cluster.nodes[await _leader_of(cluster, primary)]
+                assert leader.replicas[primary].sm.record(0x9ABC) == (True, commit_ts)
+                while leader.replicas[primary].sm.record_count():
+                    await trio.sleep(0.2)
+                    leader = cluster.nodes[await _leader_of(cluster, primary)]
+                other = cluster.nodes[await _leader_of(cluster, groups[1])].replicas[groups[1]]
+                assert not other.sm.is_prepared(0x9ABC)
+                for i in range(3):
+                    assert await east.read("w", b"k%d" % i) == b"v%d" % i
+                assert await east.read("w", b"x") == b"new"
+                assert await east.read("e", b"x") == b"new"

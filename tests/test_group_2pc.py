@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from engine.group import (
+    DECISION_HORIZON_NS,
     OUTBOX_RETENTION_NS,
+    RECORD_RETENTION_NS,
     GroupStateMachine,
     Outcome,
     encode_close,
@@ -14,6 +16,7 @@ from engine.group import (
     encode_decide,
     encode_drain,
     encode_fence,
+    encode_forget,
     encode_prepare,
     encode_remote,
     encode_resolve,
@@ -112,6 +115,40 @@ def test_the_first_decision_recorded_wins(sm):
     r = one(sm, log, encode_decide(8, 600, 0))
     assert (r.outcome, r.ts) == (Outcome.COMMITTED, 520)
     assert sm.record(8) == (True, 520) and sm.record(9) is None
+
+
+def test_old_records_are_forgotten_and_late_commits_become_aborts(sm):
+    """Records age out through FORGET: old aborts, and old commits that name their
+    participants; younger records and commits without participants stay. A commit decided
+    later than the horizon after its snapshot is recorded as an abort, so it cannot land on
+    a forgotten abort."""
+    log = Log()
+    prepare(sm, log, 1, 100, 200, [(b"a", b"1")])
+    assert one(sm, log, encode_decide(1, 300, 200, since=100,
+                                      participants=[PRIMARY, 101])).committed
+    assert one(sm, log, encode_decide(2, 400, 0)).outcome is Outcome.ABORTED
+    assert one(sm, log, encode_decide(3, 500, 500, since=450)).committed  # no participants
+    assert sm.record_count() == 3
+    assert sm.old_records() == []
+    one(sm, log, encode_forget(1000, [1, 2, 3]))  # too young: nothing goes
+    assert sm.record(1) == (True, 200) and sm.record(2) == (False, 0)
+    late = 1000 + RECORD_RETENTION_NS
+    one(sm, log, encode_close(late + 100))
+    assert sorted(r[0] for r in sm.old_records()) == [1, 2, 3]
+    assert (1, True, 200, [PRIMARY, 101]) in sm.old_records()
+    one(sm, log, encode_forget(late + 200, [1, 2, 3, 99]))
+    assert sm.record(1) is None and sm.record(2) is None
+    assert sm.record(3) == (True, 500)  # a commit that names no participants is kept
+    assert sm.record_count() == 1
+    # The coordinator of an old snapshot decides too late: an abort, whatever it asked.
+    now = late + 300
+    r = one(sm, log, encode_decide(4, now, now - 1, since=now - DECISION_HORIZON_NS - 10,
+                                   participants=[PRIMARY]))
+    assert r.outcome is Outcome.ABORTED and sm.record(4) == (False, 0)
+    r = one(sm, log, encode_decide(5, now + 10, now + 5,
+                                   since=now + 10 - DECISION_HORIZON_NS + 10,
+                                   participants=[PRIMARY]))
+    assert r.committed
 
 
 def test_a_decision_below_the_prepare_timestamp_is_refused(sm):

@@ -446,7 +446,8 @@ async def test_a_late_prepare_on_the_primary_does_not_block_its_keys():
                     stamp = None
                 if stamp is not None:
                     reply = await db._call_group(primary, "decide", {
-                        "group": primary, "txn_id": txn_id, "commit_ts": stamp}, commit=True)
+                        "group": primary, "txn_id": txn_id, "commit_ts": stamp,
+                        "since": stamp, "participants": [primary, other]}, commit=True)
                     assert reply["committed"] is False  # the first decision stands
             # Past the deadline (0.5 s) and a sweep (1 s), the key must be readable again.
             await trio.sleep(2.5)
