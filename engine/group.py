@@ -96,7 +96,9 @@ Intents and records
 Intents, prepared transactions and transaction records live in the MVCC store's side table,
 written in the same LMDB transaction as the versions: ``i`` + key → the intent, ``p`` +
 be64(txn id) → the transaction's prepare timestamp, keys, primary and deadline, ``t`` +
-be64(txn id) → its record. A read at a timestamp at or above an intent's prepare timestamp
+be64(txn id) → its record (status, commit timestamp, the timestamp it was decided at and the
+participants), ``T`` + be64(decided at) + be64(txn id) → nothing (the records by age, for
+FORGET). A read at a timestamp at or above an intent's prepare timestamp
 must wait for the intent to be resolved (its commit timestamp is at least the prepare
 timestamp, and may be at or below the read's). DECIDE and RESOLVE close the group up to the
 commit timestamp, so a snapshot taken after the resolution is at or above it.
