@@ -137,6 +137,8 @@ MAX_TS = 2**64 - 2
 """The largest timestamp (engine.mvcc.MAX_TS)."""
 COPY_PAGE = 1000
 """Keys per page when a keyspace's data is copied to its new home."""
+MOVE_ROLLBACK_S = 5.0
+"""How long a failed keyspace move tries to lift its fence in the old home."""
 MAX_MERGE_TS = 2**64 - 2
 """The timestamp a transaction's own pending regional write is merged at when it reads it
 back (above every committed write: its own is the newest it can see)."""
@@ -392,6 +394,11 @@ class Database:
         group refuses reads too; the catalog's record points to the new home. Reads are
         refused (and retried) only between the last two steps; writes, from the fence to the
         catalog change. Returns the new record.
+
+        If a step before the catalog change fails, the old group's fence is lifted again (the
+        keyspace stays where it was, writable) and the error is raised; if the catalog change
+        itself fails, or this client dies midway, the keyspace stays fenced until the call is
+        run again.
         """
         self._keyspaces.pop(name, None)
         ks = await self.keyspace(name)
@@ -403,11 +410,19 @@ class Database:
         old = self.group_of(ks)
         new = self.group_of(dataclasses.replace(ks, home=home_region))
         if old != new:
-            await self._fence(old, ks.id, 1)
-            await self._fence(new, ks.id, 0, MAX_TS)  # no reads there until the copy is done
-            copied_at = await self._copy_keyspace(ks, old, new)
-            await self._fence(new, ks.id, 0, copied_at)
-            await self._fence(old, ks.id, 2)
+            try:
+                await self._fence(old, ks.id, 1)
+                await self._fence(new, ks.id, 0, MAX_TS)  # no reads there until copied
+                copied_at = await self._copy_keyspace(ks, old, new)
+                await self._fence(new, ks.id, 0, copied_at)
+                await self._fence(old, ks.id, 2)
+            except BaseException:
+                # The catalog still names the old home: lift its fence (best effort; if this
+                # fails too, running the move again finishes it).
+                with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                    with contextlib.suppress(MeridianError, OSError):
+                        await self._fence(old, ks.id, 0)
+                raise
         rec = await self._call_group(self._meta_group, "keyspace.rehome",
                                      {"name": name, "home": home_region})
         self._keyspaces.pop(name, None)

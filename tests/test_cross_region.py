@@ -405,3 +405,29 @@ async def test_old_transaction_records_are_forgotten_once_no_intent_is_left(monk
                     assert await east.read("w", b"k%d" % i) == b"v%d" % i
                 assert await east.read("w", b"x") == b"new"
                 assert await east.read("e", b"x") == b"new"
+
+
+async def test_a_move_that_fails_before_the_catalog_changes_leaves_the_keyspace_writable(
+        monkeypatch):
+    """The copy fails midway: the old home's write fence is lifted again, writes succeed
+    there, and running the move again completes it."""
+    import engine.client
+
+    async def broken_copy(self, ks, old, new):
+        raise errors.UnavailableError("the new home is unreachable")
+
+    async with open_local_cluster(TWO_REGIONS, 1, wan_latency_ms=WAN, seed=26) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await east.create_keyspace("acct", home_region="us-east")
+                await east.run_transaction(lambda tx: tx.put("acct", b"k", b"1"))
+                with monkeypatch.context() as m:
+                    m.setattr(engine.client.Database, "_copy_keyspace", broken_copy)
+                    with pytest.raises(errors.UnavailableError, match="unreachable"):
+                        await east.move_keyspace("acct", "eu-west")
+                assert (await east.keyspace("acct")).home == "us-east"
+                with trio.fail_after(5):  # no 'moved' conflicts: the fence is gone
+                    await east.run_transaction(lambda tx: tx.put("acct", b"k", b"2"))
+                ks = await east.move_keyspace("acct", "eu-west")
+                assert ks.home == "eu-west"
+                assert await east.read("acct", b"k") == b"2"
