@@ -56,6 +56,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import resource
 import secrets
 import time
 from collections.abc import Callable
@@ -100,7 +101,7 @@ from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
 from .placement import KEY_PREFIX_SIZE, META_GROUP, data_group, placement, spread_group
 from .replica import GroupReplica
-from .rpc import RemoteError, connect_rpc, serve_rpc
+from .rpc import DEFAULT_MAX_CONNECTIONS, RemoteError, connect_rpc, serve_rpc
 
 __all__ = ["Node", "run_node"]
 
@@ -285,7 +286,8 @@ class Node:
             "conflicts.drain": self._guarded(self._conflicts_drain),
         }
         await serve_rpc(handlers, me.client_host, me.client_port, clock_now=self.clock.now,
-                        clock_update=self.clock.update, task_status=task_status)
+                        clock_update=self.clock.update, max_connections=_max_connections(),
+                        task_status=task_status)
 
     def isolate_from(self, peers) -> None:
         """Fault injection for in-process tests (a network partition): from now on, every
@@ -1110,6 +1112,15 @@ class Node:
             return [asdict(cat.decode_keyspace(v)) for _, v in items], [], []
 
         return await self._catalog_txn(body)
+
+
+def _max_connections() -> int:
+    """Client connections a node serves at once: the RPC default, fewer if the process may
+    not open that many files (its Raft links, logs and stores need some too)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - 256))
 
 
 def _fate(p: dict) -> tuple[int, int]:

@@ -65,6 +65,8 @@ Error codes the server sends by itself (a handler may send any code, see :class:
 ``response_too_large``  the handler's result is over ``max_frame``.
 ``clock_offset``        ``clock_update`` refused the request's ``ts``; the handler did not run.
 ``bad_version``         see above.
+``overloaded``          call id 0, before the server closes a connection it cannot take (it
+                        serves ``max_connections`` already); retryable, at another node.
 
 Writing
 -------
@@ -78,8 +80,10 @@ while more than 4 MiB are queued. TCP_NODELAY is on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import os
 import socket
 import struct
@@ -131,6 +135,7 @@ RESPONSE = 1
 ERROR = 2
 DEFAULT_MAX_FRAME = 16 << 20  # bytes of body
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256  # per connection
+DEFAULT_MAX_CONNECTIONS = 1000  # per server; more are answered OVERLOADED and closed
 MAX_UINT = 2**64 - 1
 
 # Error codes the server sends on its own.
@@ -139,6 +144,7 @@ INTERNAL = "internal"
 RESPONSE_TOO_LARGE = "response_too_large"
 CLOCK_OFFSET = "clock_offset"
 BAD_VERSION = "bad_version"
+OVERLOADED = "overloaded"
 
 _LENGTH = struct.Struct(">I")
 _RECV_BYTES = 64 << 10  # asked of the socket per receive
@@ -786,6 +792,7 @@ async def serve_rpc(
     clock_update: ClockUpdate = _ignore_clock,
     max_frame: int = DEFAULT_MAX_FRAME,
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve RPC on ``host:port`` until cancelled; for ``nursery.start``.
@@ -804,6 +811,10 @@ async def serve_rpc(
         max_frame: the largest frame body accepted or sent, in bytes.
         max_concurrent_requests: requests of one connection running at once; further requests
             wait, unread, in the socket (back-pressure on that client).
+        max_connections: connections served at once. One more is answered with an
+            ``overloaded`` error frame (call id 0: about the connection) and closed, so that
+            the process keeps file descriptors and memory for the connections it has; the
+            client's pending calls fail with :class:`ConnectionLostError` naming the limit.
         task_status: ``started(port)`` with the port actually bound, once listening.
 
     Cancellation: on cancel the listener and every connection close; running handlers are
@@ -814,8 +825,33 @@ async def serve_rpc(
         raise ValueError(f"max_frame must be in [1, 2**32), got {max_frame}")
     if max_concurrent_requests < 1:
         raise ValueError("max_concurrent_requests must be at least 1")
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    open_connections = 0
+    refused = 0
+    last_warning = -math.inf
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        nonlocal refused, last_warning
+        refused += 1
+        if trio.current_time() - last_warning >= 60:
+            last_warning = trio.current_time()
+            logger.warning("rpc: refusing connections beyond the limit of %d (%d refused so "
+                           "far)", max_connections, refused)
+        frame = encode_error(0, clock_now(), OVERLOADED,
+                             f"the server has {max_connections} connections, its limit: "
+                             f"try another node or later", retryable=True)
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                          trio.ClosedResourceError):
+            await stream.send_all(frame)
+        await trio.aclose_forcefully(stream)
 
     async def handle(stream: trio.SocketStream) -> None:
+        nonlocal open_connections
+        if open_connections >= max_connections:
+            await refuse(stream)
+            return
+        open_connections += 1
         conn = None
         try:
             _set_nodelay(stream)
@@ -827,6 +863,7 @@ async def serve_rpc(
             who = conn.who if conn is not None else "a client"
             logger.exception("rpc: connection from %s failed", who)
         finally:
+            open_connections -= 1
             await trio.aclose_forcefully(stream)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -947,6 +984,11 @@ class RpcConnection:
             self._clock_update(frame.ts)
         except Exception as exc:
             clock_error = exc
+        if frame.call_id == 0 and frame.kind == ERROR:
+            # About the connection, not a call (the server refused it): it ends now.
+            e = frame.payload
+            self._wire.close(f"{e['code']}: {e['message']}", warn=True)
+            return
         pending = self._pending.pop(frame.call_id, None)
         if pending is None:
             # Its caller was cancelled (or the server answered an id never sent): drop it.

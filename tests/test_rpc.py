@@ -688,3 +688,22 @@ async def test_many_calls_from_many_tasks_complete_and_writes_coalesce(nursery):
     assert stats.calls == stats.frames_sent == stats.frames_received == tasks * per_task
     assert stats.late_replies == 0
     assert stats.writes < stats.frames_sent  # frames leave in batches under load
+
+
+async def test_connections_beyond_the_limit_are_refused_with_a_reason(nursery):
+    port = await start(nursery, {"echo": echo}, max_connections=2)
+    async with connect_rpc(HOST, port) as a, connect_rpc(HOST, port) as b:
+        assert await a.call("echo", 1) == 1 and await b.call("echo", 2) == 2
+        async with connect_rpc(HOST, port) as c:
+            with pytest.raises(ConnectionLostError, match="overloaded.*2 connections"):
+                await c.call("echo", 3)
+        assert await a.call("echo", 4) == 4  # the others go on
+    # Closed connections free their places.
+    with trio.fail_after(5):
+        while True:
+            async with connect_rpc(HOST, port) as d:
+                try:
+                    assert await d.call("echo", 5) == 5
+                    break
+                except ConnectionLostError:
+                    await trio.sleep(0.01)  # the server has not seen the closes yet
