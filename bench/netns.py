@@ -64,6 +64,21 @@ class NetnsLab:
     def ns(self, member: str) -> str:
         return f"{self.prefix}-{member}"
 
+    def port(self, member: str) -> str:
+        """The name of ``member``'s veth end in the hub (its port on the bridge)."""
+        return f"{self.prefix}{self.members.index(member)}b"
+
+    def hub_run(self, argv: Sequence[str], *, input: str | None = None,
+                timeout: float = 30) -> subprocess.CompletedProcess:
+        """Runs ``argv`` (``nft ...``, ``ip ...``) inside the hub namespace, where the bridge
+        is: the place to cut, slow or drop traffic between members."""
+        return subprocess.run(["ip", "netns", "exec", self.hub, *argv], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def set_port(self, member: str, up: bool) -> None:
+        """Takes ``member``'s bridge port down (cut off from every other member) or up."""
+        _ip("-n", self.hub, "link", "set", self.port(member), "up" if up else "down")
+
     def setup(self) -> None:
         self.close()  # leftovers of an earlier run
         _ip("netns", "add", self.hub)
@@ -106,11 +121,19 @@ class NetnsLab:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
-        listed = _ip("netns", "list", check=False).stdout.split("\n")
-        ours = [line.split()[0] for line in listed
-                if line.strip() and line.split()[0].startswith(f"{self.prefix}-")]
-        for ns in ours:
+        for ns in self.leftover_namespaces():
             _ip("netns", "del", ns, check=False)
+
+    def leftover_namespaces(self) -> list[str]:
+        """The namespaces named with this lab's prefix that exist now."""
+        listed = _ip("netns", "list", check=False).stdout.split("\n")
+        return [line.split()[0] for line in listed
+                if line.strip() and line.split()[0].startswith(f"{self.prefix}-")]
+
+    def namespace_pids(self, ns: str) -> list[int]:
+        """The processes inside namespace ``ns`` (``ip netns pids``)."""
+        out = _ip("netns", "pids", ns, check=False).stdout.split()
+        return [int(p) for p in out if p.isdigit()]
 
     def __enter__(self) -> NetnsLab:
         self.setup()
