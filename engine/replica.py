@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Sequence
 
 import trio
@@ -49,6 +50,8 @@ from .group import (
 from .mvcc import MAX_TS
 
 __all__ = ["GroupReplica", "GC_INTERVAL_S"]
+
+log = logging.getLogger("meridian.replica")
 
 PROPOSAL_TIMEOUT_S = 5.0
 """How long a proposal may take to be applied before its caller is told the outcome is
@@ -304,5 +307,6 @@ class GroupReplica:
             try:
                 with trio.move_on_after(max(1.0, 5 * self.close_interval)):
                     await self.close_up_to(min(self.clock.now(), MAX_TS))
-            except NotLeaderError:
-                pass
+            except (NotLeaderError, AmbiguousCommitError) as exc:
+                # Lost the group, or cut off from it: the next quiet interval tries again.
+                log.debug("group %d: closing time failed: %s", self.group, exc)

@@ -430,6 +430,15 @@ class RaftCore:
         else:
             raise ProposalDroppedError("no leader known for a read index", NONE)
 
+    def lease_read_index(self) -> int | None:
+        """The read index a leader holding a lease would answer ``read_index`` with (its
+        commit index), at once and with no state change; None when a read must go through
+        :meth:`read_index` (not the leader, no lease, or no entry of its term committed yet)."""
+        if (self.role is StateRole.LEADER and self._lease_valid()
+                and self.log.term_at(self.log.committed) == self.term):
+            return self.log.committed
+        return None
+
     def transfer_leader(self, to: int) -> None:
         """Hands leadership to ``to`` (thesis §3.10): stop taking proposals, bring ``to`` up to
         date, then tell it to campaign at once. Aborted after an election timeout."""

@@ -292,3 +292,32 @@ async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_p
     with pytest.raises(errors.InvalidArgumentError, match="belongs to node 1 of cluster 'local'"):
         async with trio.open_nursery() as n:
             await n.start(Node(cfg).run)
+
+
+async def test_a_leader_cut_off_while_closing_time_keeps_serving(monkeypatch):
+    """Closing time while idle can time out (the leader lost its group, or it is slow): the
+    node logs it and tries again later; it must not stop."""
+    import engine.replica
+
+    failures = 0
+    armed = False
+    original = engine.replica.GroupReplica.close_up_to
+
+    async def flaky_close(self, ts):
+        nonlocal failures
+        if armed and failures < 3:
+            failures += 1
+            raise errors.AmbiguousCommitError("the proposal was not applied in time")
+        await original(self, ts)
+
+    monkeypatch.setattr(engine.replica.GroupReplica, "close_up_to", flaky_close)
+    async with open_local_cluster(("us-east",), 3, seed=41) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"0"))
+                armed = True
+                while failures < 3:  # the closers of idle groups met the failures
+                    await trio.sleep(0.1)
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                assert await db.read("k", b"a") == b"1"

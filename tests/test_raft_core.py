@@ -775,7 +775,10 @@ def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
         net.core(nid)._ticks = 10  # as if an election timeout had passed since they started
     net.elect(1)
     _, index = net.propose(1, b"x")
+    assert net.core(1).lease_read_index() is None  # no round acknowledged yet
     net.tick(1)  # a heartbeat round, acknowledged by both followers: the lease starts
+    assert net.core(1).lease_read_index() == index
+    assert net.core(2).lease_read_index() is None  # a follower never answers by itself
     heartbeats = len(net.delivered_of(MT.HEARTBEAT, frm=1))
     net.core(1).read_index(b"lease")
     net.deliver()
@@ -785,6 +788,7 @@ def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
     # and reads fall back to a confirmed heartbeat round (which cannot complete here).
     net.drop(MT.HEARTBEAT_RESP)
     net.tick(1, times=Config(id=1, election_tick=10).lease_ticks())
+    assert net.core(1).lease_read_index() is None
     net.core(1).read_index(b"expired")
     net.deliver()
     assert [r.context for r in net.nodes[1].read_states] == [b"lease"]
@@ -796,6 +800,7 @@ def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
     net.drop(MT.HEARTBEAT_RESP)
     net.propose(1, b"y")
     net.core(1).transfer_leader(2)
+    assert net.core(1).lease_read_index() is None
     net.core(1).read_index(b"transfer")
     net.deliver()
     assert b"transfer" not in [r.context for r in net.nodes[1].read_states]
