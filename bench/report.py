@@ -26,6 +26,8 @@ __all__ = [
     "render_raft",
     "render_storage",
     "render_txn",
+    "render_ycsb",
+    "render_scale",
     "update_file",
 ]
 
@@ -265,11 +267,212 @@ def render_txn(doc: dict, source: str) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {"storage": render_storage, "raft": render_raft, "txn": render_txn}
-METHODS = {"storage": STORAGE_METHOD, "raft": RAFT_METHOD, "txn": TXN_METHOD}
+YCSB_METHOD = """\
+Workload: YCSB core workloads over 16-byte keys and 100-byte values (unless stated), keys drawn
+from a scrambled zipfian (θ 0.99) unless stated. A *read* is a strong read, an *update* a
+single-key write transaction, a *read-modify-write* a transaction that reads and writes one key
+(etcd: a range, then a `txn` comparing the key's `mod_revision`, retried on conflict with the
+same backoff as Meridian's `run_transaction`).
+
+- **meridian**: a local multi-process cluster of one region × three `meridian node` processes,
+  the keyspace homed in that region (every commit fsynced on a majority), client library
+  `engine.connect`.
+- **etcd**: three members of Debian's etcd-server, v3 HTTP/JSON gateway, keep-alive
+  connections to the leader; reads are linearizable (etcd's default).
+
+Both are driven by the same load generator (`bench/openloop.py`: trio, one task per client,
+split over load processes: 1 below 16 clients, else 2), with the same operation streams and
+client counts, one system at a time on a fresh cluster loaded with the same records.
+*closed*: each client runs the next operation when the previous one returns (throughput).
+*open*: operations arrive at a fixed rate, the same absolute rates for both systems (fractions
+of the best closed-loop throughput), and latency is measured from each operation's intended
+start time, so queueing behind a slow server counts (no coordinated omission). Percentiles
+come from HdrHistogram; warm-up is excluded. *aborts* is aborted attempts / attempts; *server
+CPU* is the servers' user+system CPU seconds (from /proc) per 1,000 operations completed in the
+window, *client CPU* the same for the load processes; *RSS* is the servers' resident memory at
+the end of the run. The self-test runs the same closed loop against a server that answers at
+once. Every figure comes from one run on a 2-core machine that also runs the load generator:
+the servers and the clients share its cores."""
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.1f}" if v >= 100 else f"{v:.2f}"
+
+
+def _mib(v: float | None) -> str:
+    return "n/a" if v is None else f"{v / 2**20:,.0f}"
+
+
+def _cpu(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _plot_links(doc: dict, source: str) -> list[str]:
+    """Markdown images of the document's plots that exist (beside the JSON, or where it says)."""
+    out = []
+    src_dir = (_common.REPO_ROOT / source).parent
+    for p in doc.get("plots", []):
+        path = Path(p)
+        for candidate in (path if path.is_absolute() else _common.REPO_ROOT / path,
+                          src_dir / path.name):
+            try:
+                shown = candidate.resolve().relative_to(_common.REPO_ROOT).as_posix()
+            except ValueError:
+                continue
+            if candidate.exists():
+                out.append(f"![{path.stem}]({shown})")
+                break
+    return out
+
+
+def _targets_table(doc: dict) -> list[str]:
+    trows = []
+    for t in doc.get("targets", []):
+        result = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
+        value = "n/a" if t["value"] is None else f"{t['value']}×"
+        detail = ""
+        if t.get("meridian_p99_ms") is not None:
+            detail = (f" (c={t['clients']}: p99 meridian {_ms(t['meridian_p99_ms'])} ms, etcd "
+                      f"{_ms(t['etcd_p99_ms'])} ms)")
+        trows.append([t["target"] + detail, value, f"≥ {t['limit']:g}×", result])
+    if not trows:
+        return []
+    return [_md_table(["target", "value", "limit", "result"], trows, "lrrl")]
+
+
+def render_ycsb(doc: dict, source: str) -> str:
+    """One YCSB result document as Markdown."""
+    cfg = doc["config"]
+    mode = "quick run" if cfg.get("quick") else "full run"
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in cfg.get("mix", {}).items())
+    theta = f" θ {cfg['theta']:g}" if cfg.get("distribution") != "uniform" else ""
+    out = [
+        f"### YCSB {cfg['workload']}, {mode} (`{source}`)",
+        "",
+        f"Reproduce: `{doc['command']}`  ",
+        (f"Mix: {mix}; {cfg['distribution']}{theta}; {cfg['records']:,} records of "
+         f"{cfg['value_size']} B; {cfg['duration_s']:g} s measured after {cfg['warmup_s']:g} s "
+         f"of warm-up per run, {cfg['repeat']} repetition(s); {doc.get('elapsed_s', '?')} s in "
+         f"all. etcd {doc.get('systems', {}).get('etcd', {}).get('version') or 'not run'}.  "),
+        f"Machine: {_machine_line(doc['machine'])}",
+        "",
+    ]
+    rows = []
+    for r in doc["results"]:
+        rows.append([
+            r["system"], r["mode"], str(r["clients"]),
+            _rate(r.get("offered_ops_per_s")) if r["mode"] == "open" else "",
+            _rate(r["ops_per_s"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
+            _ms(r["p999_ms"]), _ms(r["max_ms"]), f"{r['abort_rate']:.1%}",
+            _cpu(r.get("server_cpu_s_per_1k_ops")), _cpu(r.get("client_cpu_s_per_1k_ops")),
+            _mib(r.get("server_rss_bytes")),
+        ] + ([f"{r['theta']:g}"] if cfg.get("sweep_theta") else []))
+    headers = ["system", "loop", "clients", "offered ops/s", "ops/s", "p50 ms", "p90 ms",
+               "p99 ms", "p99.9 ms", "max ms", "aborts", "server CPU s / 1k ops",
+               "client CPU s / 1k ops", "server RSS MiB"]
+    if cfg.get("sweep_theta"):
+        headers.append("θ")
+    out.append(_md_table(headers, rows, "llrrrrrrrrrrrr" + ("r" if cfg.get("sweep_theta")
+                                                             else "")))
+    out.append("")
+    closed = [r for r in doc["results"] if r["mode"] == "closed" and r.get("sweep") is None]
+    top = max((r["clients"] for r in closed), default=None)
+    krows = [[r["system"], kind, f"{k['count']:,}", _ms(k["p50_ms"]), _ms(k["p99_ms"]),
+              _ms(k["p999_ms"])]
+             for r in closed if r["clients"] == top
+             for kind, k in sorted(r.get("by_kind", {}).items())]
+    if krows:
+        out.append(f"Per operation kind (closed loop, {top} clients):")
+        out.append("")
+        out.append(_md_table(["system", "operation", "count", "p50 ms", "p99 ms", "p99.9 ms"],
+                             krows, "llrrrr"))
+        out.append("")
+    srows = []
+    for name, info in doc.get("systems", {}).items():
+        st = info.get("storage", {})
+        bpb = st.get("bytes_per_stored_byte")
+        xr = info.get("cross_region_bytes_per_txn")
+        srows.append([name, str(info.get("processes", "?")),
+                      "n/a" if bpb is None else f"{bpb:,.1f}",
+                      "n/a" if st.get("apparent_bytes_per_stored_byte") is None
+                      else f"{st['apparent_bytes_per_stored_byte']:,.1f}",
+                      _mib(info.get("rss_bytes_end")),
+                      ("null: " + info.get("cross_region_bytes_reason", "")) if xr is None
+                      else str(xr)])
+    if srows:
+        out.append(_md_table(["system", "server processes", "disk bytes / stored byte "
+                              "(allocated)", "(apparent)", "RSS MiB at end",
+                              "cross-region bytes / txn"], srows, "lrrrrl"))
+        out.append("")
+    st = doc.get("loadgen_selftest")
+    if st:
+        verdict = {True: "met", False: "**missed**", None: "n/a"}[st.get("met")]
+        out.append(f"Load generator self-test: {_rate(st['ops_per_s'])} ops/s against a no-op "
+                   f"server with {st['clients']} clients in {st['load_processes']} load "
+                   f"process(es), {st.get('ratio')}× Meridian's best closed-loop throughput "
+                   f"(need ≥ 5×: {verdict}).")
+        out.append("")
+    if doc.get("skipped"):
+        out.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in doc["skipped"].items()))
+        out.append("")
+    out += _targets_table(doc)
+    links = _plot_links(doc, source)
+    if links:
+        if out[-1] != "":
+            out.append("")
+        out.append(" ".join(links))
+    return "\n".join(out).rstrip()
+
+
+SCALE_METHOD = """\
+Workload: YCSB A (50 % strong reads, 50 % single-key write transactions, zipfian θ 0.99),
+closed loop, from the load generator of `bench ycsb`. *clients*: one region × three nodes and
+the keyspace homed there (etcd's three members beside it), 1 to 128 clients. *regions*:
+clusters of 1, 2 and 3 regions × three node processes, a keyspace homed in each region and
+the same number of clients per region, each on its own region's keyspace, all at once
+(throughput summed, p99 over all operations; no simulated WAN, home-region operations never
+cross one). Every node and load process shares one 2-core machine: adding regions adds
+processes, not cores."""
+
+
+def render_scale(doc: dict, source: str) -> str:
+    """One scale result document as Markdown."""
+    cfg = doc["config"]
+    mode = "quick run" if cfg.get("quick") else "full run"
+    out = [
+        f"### Scaling, {mode} (`{source}`)",
+        "",
+        f"Reproduce: `{doc['command']}`  ",
+        (f"{cfg['records']:,} records of {cfg['value_size']} B; {cfg['duration_s']:g} s "
+         f"measured after {cfg['warmup_s']:g} s of warm-up per point; "
+         f"{doc.get('elapsed_s', '?')} s in all.  "),
+        f"Machine: {_machine_line(doc['machine'])}",
+        "",
+    ]
+    rows = [[r["axis"], r["system"], str(r["clients"]), str(r["regions"]), _rate(r["ops_per_s"]),
+             _ms(r["p50_ms"]), _ms(r["p99_ms"]), _ms(r["p999_ms"]),
+             _cpu(r.get("server_cpu_s_per_1k_ops"))] for r in doc["results"]]
+    out.append(_md_table(["axis", "system", "clients", "regions", "ops/s", "p50 ms", "p99 ms",
+                          "p99.9 ms", "server CPU s / 1k ops"], rows, "llrrrrrrr"))
+    if doc.get("skipped"):
+        out.append("")
+        out.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in doc["skipped"].items()))
+    links = _plot_links(doc, source)
+    if links:
+        out.append("")
+        out.append(" ".join(links))
+    return "\n".join(out)
+
+
+RENDERERS = {"storage": render_storage, "raft": render_raft, "txn": render_txn,
+             "ycsb": render_ycsb, "scale": render_scale}
+METHODS = {"storage": STORAGE_METHOD, "raft": RAFT_METHOD, "txn": TXN_METHOD,
+           "ycsb": YCSB_METHOD, "scale": SCALE_METHOD}
 TITLES = {"storage": "Storage: `python -m bench storage`",
           "raft": "Raft: `python -m bench raft`",
-          "txn": "Transactions across regions: `python -m bench txn`"}
+          "txn": "Transactions across regions: `python -m bench txn`",
+          "ycsb": "YCSB workloads, Meridian vs etcd: `python -m bench ycsb`",
+          "scale": "Scaling with clients and regions: `python -m bench scale`"}
 
 
 def _sort_key(item: tuple[str, dict]) -> tuple[str, int, str]:

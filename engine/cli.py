@@ -8,6 +8,7 @@ Subcommands:
                                     [--no-wan | --wan-latency-ms A:B=MS,...]
     meridian shell --nodes HOST:PORT[,...] [--region R]
     meridian crash-demo [--dir DIR] [--kills K] [--batches N] [--seed S]
+    meridian bench COMMAND ...      (the same as python -m bench COMMAND ...)
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crash.add_argument("--seed", type=int, default=1, help="seed of the crash moments")
 
+    bench = sub.add_parser(
+        "bench", add_help=False,
+        help="the benchmark harness: the same as python -m bench (ycsb, scale, compare, ...)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+
     writer = sub.add_parser("demo-writer", help=argparse.SUPPRESS)
     writer.add_argument("dir")
     return parser
@@ -225,7 +231,20 @@ def _shell(args) -> int:
         return 1
 
 
+def _bench(argv: list[str]) -> int:
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:
+        print(f"meridian bench: the benchmark harness is not installed ({exc})", file=sys.stderr)
+        return 2
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after ``bench`` belongs to the harness (its own --help included).
+        return _bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -249,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(directory=args.dir, kills=args.kills, batches=args.batches, seed=args.seed)
+    if args.command == "bench":
+        return _bench(args.args)
     if args.command == "demo-writer":
         from .demo import run_writer
 

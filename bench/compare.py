@@ -1,0 +1,160 @@
+"""``python -m bench compare OLD.json NEW.json``: what changed between two result documents,
+beyond the run-to-run noise.
+
+Rows of the two documents are matched on their identifying fields (system, workload, mode,
+clients, offered load, θ, value size, axis, regions, ...). For each matched row and metric
+(throughput: higher is better; p50/p99 latency: lower is better) the change is
+``(new - old) / old``. The noise is measured, not assumed, wherever the documents allow it:
+a row run with repetitions carries every repetition's figure (``ops_per_s_reps``,
+``p99_ms_reps``), and its spread is ``(max - min) / median``; the noise of a comparison is the
+larger spread of the two rows. A change is flagged (``better`` / ``worse``) only when it is
+larger than that noise (and than ``--min-change``); otherwise it is ``within noise``. A row
+measured once has no spread: then ``--noise`` (default 25 %, the run-to-run variation
+MEASURED.md reports on this kind of machine) stands in, and the output says so.
+
+Exit status: 0, or 1 with ``--fail-on-regression`` when any metric got worse beyond the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _common
+
+__all__ = ["add_parser", "compare_docs", "main", "row_key", "spread"]
+
+KEY_FIELDS = ("benchmark", "system", "workload", "mode", "clients", "concurrency",
+              "offered_ops_per_s", "theta", "value_size", "axis", "regions", "region", "batch",
+              "distribution", "sweep")
+METRICS = (  # (field, repetitions field, higher is better)
+    ("ops_per_s", "ops_per_s_reps", True),
+    ("txn_per_s", None, True),
+    ("records_per_s", None, True),
+    ("p50_ms", "p50_ms_reps", False),
+    ("p99_ms", "p99_ms_reps", False),
+)
+DEFAULT_NOISE = 0.25
+MIN_CHANGE = 0.02
+
+
+def row_key(doc: dict, row: dict) -> tuple:
+    """What identifies a row across runs (the benchmark and the row's own parameters)."""
+    out = [("benchmark", doc.get("benchmark"))]
+    for f in KEY_FIELDS[1:]:
+        if f in row and row[f] is not None:
+            out.append((f, row[f]))
+    return tuple(out)
+
+
+def spread(values: list[float] | None) -> float | None:
+    """``(max - min) / median`` of repetitions; None with fewer than two."""
+    vals = [v for v in (values or []) if v is not None]
+    if len(vals) < 2:
+        return None
+    med = _common.median(vals)
+    if med == 0:
+        return None
+    return (max(vals) - min(vals)) / abs(med)
+
+
+def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
+                 min_change: float = MIN_CHANGE) -> list[dict]:
+    """One entry per (matched row, metric): old, new, change, noise, verdict."""
+    old_rows = {row_key(old, r): r for r in old.get("results", [])}
+    out = []
+    for r in new.get("results", []):
+        key = row_key(new, r)
+        o = old_rows.get(key)
+        if o is None:
+            continue
+        for field, reps_field, higher_better in METRICS:
+            a, b = o.get(field), r.get(field)
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
+                continue
+            change = (b - a) / abs(a)
+            spreads = [s for s in (spread(o.get(reps_field)) if reps_field else None,
+                                   spread(r.get(reps_field)) if reps_field else None)
+                       if s is not None]
+            measured = bool(spreads)
+            limit = max(max(spreads) if spreads else noise, min_change)
+            if abs(change) <= limit:
+                verdict = "within noise"
+            else:
+                improved = change > 0 if higher_better else change < 0
+                verdict = "better" if improved else "worse"
+            out.append({
+                "row": dict(key), "metric": field, "old": a, "new": b,
+                "change": round(change, 4), "noise": round(limit, 4),
+                "noise_measured": measured, "verdict": verdict,
+            })
+    return out
+
+
+def _label(row: dict) -> str:
+    parts = [str(row.get("system", ""))]
+    for f in ("workload", "mode", "clients", "concurrency", "offered_ops_per_s", "theta",
+              "axis", "regions", "batch"):
+        if f in row:
+            parts.append(f"{f}={row[f]}")
+    return " ".join(p for p in parts if p)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compare", help="compare two result JSON files; flag changes beyond measured noise",
+        description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("old", metavar="OLD.json")
+    p.add_argument("new", metavar="NEW.json")
+    p.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+                   help="relative noise assumed for rows without repetitions (default 0.25)")
+    p.add_argument("--min-change", type=float, default=MIN_CHANGE,
+                   help="never flag a change smaller than this (default 0.02)")
+    p.add_argument("--json", metavar="FILE", help="write the comparison here")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit with status 1 if any metric got worse beyond the noise")
+    p.set_defaults(func=main, _parser=p)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    parser = args._parser
+    if not 0 <= args.noise < 10 or not 0 <= args.min_change < 10:
+        parser.error("--noise and --min-change must be fractions in [0, 10)")
+    docs = []
+    for path in (args.old, args.new):
+        try:
+            docs.append(_common.read_json(path))
+        except OSError as exc:
+            parser.error(f"cannot read {path}: {exc.strerror}")
+        except ValueError as exc:
+            parser.error(f"{path} is not JSON: {exc}")
+    old, new = docs
+    if old.get("benchmark") != new.get("benchmark"):
+        parser.error(f"the files hold different benchmarks ({old.get('benchmark')!r} and "
+                     f"{new.get('benchmark')!r})")
+    rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change)
+    if not rows:
+        print("no rows in common")
+    table = [[_label(c["row"]), c["metric"], f"{c['old']:g}", f"{c['new']:g}",
+              f"{c['change']:+.1%}", f"±{c['noise']:.0%}" + ("" if c["noise_measured"] else "*"),
+              c["verdict"]] for c in rows]
+    if table:
+        print(_common.format_table(["row", "metric", "old", "new", "change", "noise", "verdict"],
+                                   table, "lllrrrl"))
+        if not all(c["noise_measured"] for c in rows):
+            print(f"* noise not measured (a single repetition): --noise {args.noise:g} assumed")
+    worse = [c for c in rows if c["verdict"] == "worse"]
+    better = [c for c in rows if c["verdict"] == "better"]
+    print(f"{len(worse)} worse, {len(better)} better, "
+          f"{len(rows) - len(worse) - len(better)} within noise")
+    if args.json:
+        _common.write_json(args.json, {"schema": _common.SCHEMA, "benchmark": "compare",
+                                       "old": args.old, "new": args.new, "comparisons": rows})
+    return 1 if worse and args.fail_on_regression else 0
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main as _bench_main
+
+    sys.exit(_bench_main(["compare", *sys.argv[1:]]))

@@ -1,0 +1,125 @@
+"""Latency histograms for the load generator: HdrHistogram, in microseconds.
+
+Every latency the harness reports comes from an HdrHistogram (the ``hdrhistogram`` package,
+module ``hdrh``): values from 1 µs to one hour at three significant digits, so a percentile is
+exact to 0.1 % whatever the number of samples, and histograms of several load processes or
+time intervals merge by adding counts (no sample is kept). Percentiles follow HdrHistogram's
+definition: the smallest recorded value (to the histogram's precision) such that at least
+``q`` % of the samples are at or below it (the nearest-rank percentile).
+
+The package is an optional dependency (``pip install 'meridian-db[bench]'``);
+:func:`require` raises :class:`MissingDependency` with the command to install it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+__all__ = ["Histogram", "MissingDependency", "require", "LOWEST_US", "HIGHEST_US", "SIG_FIGS"]
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # one hour
+SIG_FIGS = 3
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+class MissingDependency(RuntimeError):
+    """An optional package the benchmark harness needs is not installed."""
+
+
+def require(module: str, package: str | None = None) -> None:
+    """Raises :class:`MissingDependency` (with the pip command) if ``module`` is missing."""
+    if importlib.util.find_spec(module) is None:
+        pkg = package or module
+        raise MissingDependency(
+            f"the benchmark harness needs the {pkg!r} package (module {module!r}): "
+            f"pip install {pkg!r}, or pip install '.[bench]' from a source checkout")
+
+
+class Histogram:
+    """An HdrHistogram of latencies; record nanoseconds or microseconds, read milliseconds."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, _h=None) -> None:
+        if _h is None:
+            require("hdrh", "hdrhistogram")
+            from hdrh.histogram import HdrHistogram
+
+            _h = HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
+        self._h = _h
+
+    def record_us(self, us: float) -> None:
+        """Records one latency in microseconds (clamped to 1 µs .. one hour)."""
+        v = int(us)
+        if v < LOWEST_US:
+            v = LOWEST_US
+        elif v > HIGHEST_US:
+            v = HIGHEST_US
+        self._h.record_value(v)
+
+    def record_s(self, seconds: float) -> None:
+        self.record_us(seconds * 1e6)
+
+    @property
+    def count(self) -> int:
+        return self._h.get_total_count()
+
+    def add(self, other: Histogram) -> None:
+        """Adds ``other``'s counts to this histogram."""
+        self._h.add(other._h)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
+        if not 0 < q <= 100:
+            raise ValueError(f"percentile {q} is outside (0, 100]")
+        if self.count == 0:
+            return None
+        return self._h.get_value_at_percentile(q) / 1000.0
+
+    def max_ms(self) -> float | None:
+        return None if self.count == 0 else self._h.get_max_value() / 1000.0
+
+    def mean_ms(self) -> float | None:
+        return None if self.count == 0 else self._h.get_mean_value() / 1000.0
+
+    def summary(self) -> dict:
+        """``{"count", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}``."""
+        out = {"count": self.count}
+        for q, name in zip(PERCENTILES, ("p50_ms", "p90_ms", "p99_ms", "p999_ms")):
+            v = self.percentile_ms(q)
+            out[name] = None if v is None else round(v, 3)
+        mx, mean = self.max_ms(), self.mean_ms()
+        out["max_ms"] = None if mx is None else round(mx, 3)
+        out["mean_ms"] = None if mean is None else round(mean, 3)
+        return out
+
+    def cdf(self, points: int = 200) -> list[list[float]]:
+        """``[[latency_ms, fraction at or below], ...]`` for a CDF plot (log-spaced tail)."""
+        if self.count == 0:
+            return []
+        out = []
+        # Percentiles 0..99.999 spaced so that the tail gets as many points as the body.
+        for i in range(points + 1):
+            q = 100.0 * (1.0 - 10.0 ** (-5.0 * i / points))
+            q = min(max(q, 0.001), 100.0)
+            out.append([round(self._h.get_value_at_percentile(q) / 1000.0, 4),
+                        round(q / 100.0, 6)])
+        out.append([round(self._h.get_max_value() / 1000.0, 4), 1.0])
+        return out
+
+    def encode(self) -> str:
+        """A compact text form (HdrHistogram's compressed base64) for another process."""
+        if self.count == 0:
+            return ""
+        data = self._h.encode()
+        return data.decode("ascii") if isinstance(data, bytes) else data
+
+    @classmethod
+    def decode(cls, text: str) -> Histogram:
+        if not text:
+            return cls()
+        require("hdrh", "hdrhistogram")
+        from hdrh.histogram import HdrHistogram
+
+        return cls(HdrHistogram.decode(text.encode("ascii")))

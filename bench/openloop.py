@@ -1,0 +1,294 @@
+"""The load generator's core: closed-loop and open-loop schedules, measured without
+coordinated omission.
+
+One call of :func:`run_load` drives one *driver* (an object whose ``execute(op)`` runs one
+operation against a system; see ``bench/drivers.py``) with the operations of an
+:class:`~bench.workloads.OpGenerator`, in one trio loop, and returns a :class:`Tally`. The load
+processes of ``bench/loadproc.py`` each run one; the parent merges their tallies.
+
+Schedules
+---------
+- **closed** (``clients`` workers): each worker runs an operation, waits for it, and runs the
+  next at once. Latency is measured from the operation's start. An operation counts when it
+  *completes* inside the measured window ``[warmup, warmup + duration)``; throughput is their
+  number divided by ``duration``. A closed loop slows down with the system it measures, so its
+  latencies hide the waiting a real arrival process would have seen: use it for throughput.
+- **open** (``rate`` operations per second, ``clients`` connections): operation ``i`` is
+  *intended* to start at ``t0 + i / rate`` (or at Poisson arrival times); a dispatcher hands it
+  to the next free connection at that time, and if every connection is busy it waits in a
+  queue. Latency is measured **from the intended start**, so the time an operation spent
+  queued behind a stalled system is part of its latency (no coordinated omission: a stall of
+  ``s`` seconds shows up as ``rate × s`` operations with latencies up to ``s``, not as one slow
+  operation). Every operation intended inside the measured window is counted, however late it
+  completes; one still unfinished ``grace_s`` after the window is counted as *late* with the
+  latency it had reached by then (a lower bound). Throughput is the number of operations that
+  completed inside the window, divided by ``duration``.
+
+In both schedules the operations of the warm-up are executed but not recorded; the
+time-line (``interval_s`` buckets by completion time, warm-up included) is kept for the
+throughput-over-time plots. The loop is bounded by ``max_ops`` and by the clock.
+
+Driver protocol: ``await driver.execute(op)`` returns the number of attempts it took (1 unless
+the operation was retried after a conflict: ``attempts - 1`` aborts) or raises; any exception
+but ``trio.Cancelled`` counts as an error (the operation is not in the latency figures).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import trio
+
+from .hdr import Histogram
+
+__all__ = ["LoadSpec", "Tally", "merge_tallies", "run_load"]
+
+ERROR_PAUSE_S = 0.01
+"""A closed-loop worker pauses this long after a failed operation (no busy loop)."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one load process runs (see the module docstring)."""
+
+    mode: str
+    clients: int
+    duration_s: float
+    warmup_s: float = 0.0
+    rate: float | None = None
+    arrival: str = "uniform"
+    interval_s: float = 1.0
+    grace_s: float = 10.0
+    max_ops: int = 50_000_000
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("closed", "open"):
+            raise ValueError(f"mode must be 'closed' or 'open', not {self.mode!r}")
+        if self.clients < 1:
+            raise ValueError("clients must be at least 1")
+        if not self.duration_s > 0 or self.warmup_s < 0:
+            raise ValueError("duration must be > 0 and warm-up >= 0")
+        if self.mode == "open" and not (self.rate and self.rate > 0):
+            raise ValueError("an open loop needs a rate > 0")
+        if self.arrival not in ("uniform", "poisson"):
+            raise ValueError("arrival must be 'uniform' or 'poisson'")
+        if not self.interval_s > 0 or self.grace_s < 0 or self.max_ops < 1:
+            raise ValueError("interval_s must be > 0, grace_s >= 0, max_ops >= 1")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Tally:
+    """What one run measured; histograms in microseconds (see :class:`bench.hdr.Histogram`).
+
+    ``latency`` holds every recorded operation, ``by_kind`` the same split by operation kind.
+    ``completed`` counts operations that completed inside the window (throughput), ``recorded``
+    those in the latency histogram (closed: the same; open: those intended inside the window).
+    """
+
+    latency: Histogram = field(default_factory=Histogram)
+    by_kind: dict[str, Histogram] = field(default_factory=dict)
+    timeline: list[list] = field(default_factory=list)  # [completed, Histogram] per interval
+    completed: int = 0
+    recorded: int = 0
+    attempts: int = 0
+    aborts: int = 0
+    errors: int = 0
+    late: int = 0
+    issued: int = 0
+    max_dispatch_lag_ms: float = 0.0
+    client_cpu_s: float | None = None
+    last_error: str = ""
+
+    def bucket(self, index: int) -> list:
+        while len(self.timeline) <= index:
+            self.timeline.append([0, Histogram()])
+        return self.timeline[index]
+
+    def to_json(self) -> dict:
+        return {
+            "latency": self.latency.encode(),
+            "by_kind": {k: h.encode() for k, h in self.by_kind.items()},
+            "timeline": [[n, h.encode()] for n, h in self.timeline],
+            "completed": self.completed, "recorded": self.recorded,
+            "attempts": self.attempts, "aborts": self.aborts, "errors": self.errors,
+            "late": self.late, "issued": self.issued,
+            "max_dispatch_lag_ms": self.max_dispatch_lag_ms,
+            "client_cpu_s": self.client_cpu_s, "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Tally:
+        t = cls(latency=Histogram.decode(doc["latency"]),
+                by_kind={k: Histogram.decode(v) for k, v in doc["by_kind"].items()},
+                timeline=[[n, Histogram.decode(h)] for n, h in doc["timeline"]])
+        for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued",
+                     "max_dispatch_lag_ms", "client_cpu_s", "last_error"):
+            setattr(t, name, doc[name])
+        return t
+
+
+def merge_tallies(tallies: list[Tally]) -> Tally:
+    """The tally of several load processes that ran the same window together."""
+    out = Tally()
+    cpu = 0.0
+    for t in tallies:
+        out.latency.add(t.latency)
+        for k, h in t.by_kind.items():
+            out.by_kind.setdefault(k, Histogram()).add(h)
+        for i, (n, h) in enumerate(t.timeline):
+            b = out.bucket(i)
+            b[0] += n
+            b[1].add(h)
+        for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued"):
+            setattr(out, name, getattr(out, name) + getattr(t, name))
+        out.max_dispatch_lag_ms = max(out.max_dispatch_lag_ms, t.max_dispatch_lag_ms)
+        if t.client_cpu_s is None:
+            cpu = math.nan
+        else:
+            cpu += t.client_cpu_s
+        out.last_error = t.last_error or out.last_error
+    out.client_cpu_s = None if math.isnan(cpu) else round(cpu, 3)
+    return out
+
+
+async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None) -> Tally:
+    """Runs ``spec`` against ``driver`` with the operations of ``ops``; see the module doc.
+
+    ``start_at`` (``trio.current_time()`` scale) is when the schedule starts (default: now).
+    Returns when every worker has finished (at most ``grace_s`` after the window).
+    """
+    tally = Tally()
+    start = trio.current_time() if start_at is None else start_at
+    measure_from = start + spec.warmup_s
+    measure_to = measure_from + spec.duration_s
+    give_up = measure_to + spec.grace_s
+    interval = spec.interval_s
+    cpu_marks: list[float] = []
+
+    def record(kind: str, began: float, done: float, attempts: int, counted: bool) -> None:
+        latency_us = (done - began) * 1e6
+        b = tally.bucket(max(0, int((done - start) / interval)))
+        b[0] += 1
+        b[1].record_us(latency_us)
+        if measure_from <= done < measure_to:
+            tally.completed += 1
+        if counted:
+            tally.recorded += 1
+            tally.attempts += attempts
+            tally.aborts += attempts - 1
+            tally.latency.record_us(latency_us)
+            h = tally.by_kind.get(kind)
+            if h is None:
+                h = tally.by_kind[kind] = Histogram()
+            h.record_us(latency_us)
+
+    def failed(exc: BaseException, counted: bool) -> None:
+        if counted:
+            tally.errors += 1
+        tally.last_error = f"{type(exc).__name__}: {exc}"[:300]
+
+    async def cpu_meter() -> None:
+        await trio.sleep_until(measure_from)
+        cpu_marks.append(time.process_time())
+        await trio.sleep_until(measure_to)
+        cpu_marks.append(time.process_time())
+
+    async def closed_worker() -> None:
+        await trio.sleep_until(start)
+        while trio.current_time() < measure_to and tally.issued < spec.max_ops:
+            op = ops.next()
+            tally.issued += 1
+            began = trio.current_time()
+            try:
+                attempts = await driver.execute(op)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                done = trio.current_time()
+                failed(exc, measure_from <= done < measure_to)
+                await trio.sleep(ERROR_PAUSE_S)
+                continue
+            done = trio.current_time()
+            record(op.kind, began, done, attempts, measure_from <= done < measure_to)
+
+    async def dispatcher(send) -> None:
+        rng = random.Random(spec.seed * 31 + 7)
+        assert spec.rate is not None
+        gap = 1.0 / spec.rate
+        async with send:
+            intended = start
+            i = 0
+            while i < spec.max_ops:
+                if spec.arrival == "poisson":
+                    intended += rng.expovariate(spec.rate)
+                else:
+                    intended = start + i * gap
+                if intended >= measure_to:
+                    break
+                await trio.sleep_until(intended)
+                lag_ms = (trio.current_time() - intended) * 1e3
+                if lag_ms > tally.max_dispatch_lag_ms and intended >= measure_from:
+                    tally.max_dispatch_lag_ms = lag_ms
+                send.send_nowait((intended, ops.next()))
+                tally.issued += 1
+                i += 1
+
+    async def open_worker(recv, pending: dict) -> None:
+        # ``pending`` maps a worker to the operation it is running, so that one cut off at
+        # ``give_up`` is still counted (as late) with the latency it had reached.
+        me = object()
+        async with recv:
+            async for intended, op in recv:
+                pending[me] = (intended, op)
+                counted = measure_from <= intended < measure_to
+                try:
+                    attempts = await driver.execute(op)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    del pending[me]
+                    failed(exc, counted)
+                    continue
+                del pending[me]
+                record(op.kind, intended, trio.current_time(), attempts, counted)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cpu_meter)
+        with trio.move_on_at(give_up):
+            if spec.mode == "closed":
+                async with trio.open_nursery() as workers:
+                    for _ in range(spec.clients):
+                        workers.start_soon(closed_worker)
+            else:
+                send, recv = trio.open_memory_channel(math.inf)
+                pending: dict = {}
+                try:
+                    async with trio.open_nursery() as workers:
+                        workers.start_soon(dispatcher, send)
+                        for _ in range(spec.clients):
+                            workers.start_soon(open_worker, recv.clone(), pending)
+                finally:
+                    # Operations still running or queued when the grace period ran out.
+                    cut = trio.current_time()
+                    late = list(pending.values())
+                    while True:
+                        try:
+                            late.append(recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    recv.close()
+                    for intended, op in late:
+                        if measure_from <= intended < measure_to:
+                            tally.late += 1
+                            record(op.kind, intended, max(cut, intended), 1, True)
+        if len(cpu_marks) < 2 and trio.current_time() < give_up:
+            await trio.sleep_until(measure_to)  # the window's CPU mark, if the work ended early
+            await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    if len(cpu_marks) == 2:
+        tally.client_cpu_s = round(cpu_marks[1] - cpu_marks[0], 4)
+    return tally
+

@@ -1,0 +1,275 @@
+"""Workload generators of the benchmark harness: key distributions and operation mixes.
+
+Pure code (no I/O, no clock, no global random): every generator takes a seeded
+``random.Random``, so a seed reproduces the same operation stream.
+
+Key distributions over ``n`` records (keys ``user000000000000`` ... in key order):
+
+- ``uniform``: every record equally likely;
+- ``zipfian``: record of popularity rank ``i`` (0-based) with probability ∝ 1 / (i + 1)^θ,
+  sampled exactly by inverting the cumulative weights (``θ = 0`` is uniform; YCSB's default
+  is ``θ = 0.99``). The ranks are scattered over the key space by a fixed permutation (YCSB's
+  "scrambled zipfian"), so the hot records are not neighbours;
+- ``latest``: YCSB's skewed-latest: rank 0 is the newest record, rank ``i`` the ``i``-th
+  newest, with zipfian popularity over ranks (workload D reads what was just inserted).
+
+Operation mixes (YCSB core workloads; ``read`` is a strong read, ``update`` a single-key
+write transaction, ``rmw`` a read-modify-write transaction of one key):
+
+==========  ==========================================  =============
+workload    operations                                  distribution
+==========  ==========================================  =============
+A           50 % read, 50 % update                      zipfian
+B           95 % read, 5 % update                       zipfian
+C           100 % read                                  zipfian
+D           95 % read, 5 % insert                       latest
+E           95 % scan (1..max_scan keys), 5 % insert    zipfian
+F           50 % read, 50 % rmw                         zipfian
+bank        100 % transfer (two keys, read and written) uniform
+regions     50 % home, 25 % cross, 25 % regional        uniform
+==========  ==========================================  =============
+
+``regions`` is a multi-region mix: one-key write transactions on a keyspace homed in the
+client's region (*home*), on one homed in the farthest region (*cross*), and on a
+``regional`` keyspace, which every region writes locally (*regional*).
+
+Inserts of several load processes never collide: process ``p`` of ``P`` inserts records
+``n + p``, ``n + p + P``, ...; its idea of the newest record (for ``latest``) assumes the other
+processes insert at the same pace.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "WORKLOADS",
+    "Latest",
+    "Op",
+    "OpGenerator",
+    "Uniform",
+    "Zipfian",
+    "key_name",
+    "make_chooser",
+    "workload_mix",
+]
+
+DISTRIBUTIONS = ("uniform", "zipfian", "latest")
+DEFAULT_THETA = 0.99
+KEY_PREFIX = b"user"
+KEY_DIGITS = 12
+MAX_RECORDS = 10**KEY_DIGITS - 1
+PERMUTATION_SEED = 20240611
+"""Seeds the fixed permutation of a scrambled zipfian: the same in every load process."""
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One workload's operation mix (fractions summing to 1) and default distribution."""
+
+    name: str
+    ops: tuple[tuple[str, float], ...]
+    distribution: str
+    description: str
+
+
+WORKLOADS: dict[str, Mix] = {
+    "A": Mix("A", (("read", 0.5), ("update", 0.5)), "zipfian", "update heavy: 50/50"),
+    "B": Mix("B", (("read", 0.95), ("update", 0.05)), "zipfian", "read mostly: 95/5"),
+    "C": Mix("C", (("read", 1.0),), "zipfian", "read only"),
+    "D": Mix("D", (("read", 0.95), ("insert", 0.05)), "latest", "read latest: 95/5 inserts"),
+    "E": Mix("E", (("scan", 0.95), ("insert", 0.05)), "zipfian", "short scans: 95/5 inserts"),
+    "F": Mix("F", (("read", 0.5), ("rmw", 0.5)), "zipfian", "read-modify-write: 50/50"),
+    "bank": Mix("bank", (("transfer", 1.0),), "uniform", "transfers between two accounts"),
+    "regions": Mix("regions", (("home", 0.5), ("cross", 0.25), ("regional", 0.25)), "uniform",
+                   "multi-region mix: home-region, cross-region and regional-keyspace writes"),
+}
+OP_KINDS = ("read", "update", "insert", "scan", "rmw", "transfer", "home", "cross", "regional")
+
+
+def workload_mix(name: str) -> Mix:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}") \
+            from None
+
+
+def key_name(i: int) -> bytes:
+    """The key of record ``i`` (16 bytes, in record order)."""
+    if not 0 <= i <= MAX_RECORDS:
+        raise ValueError(f"record number {i} out of range")
+    return KEY_PREFIX + b"%012d" % i
+
+
+# ------------------------------------------------------------------------------ distributions
+
+
+class Uniform:
+    """Records 0..n-1, equally likely."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("a distribution needs at least one record")
+        self.n = n
+
+    def next(self, rng: random.Random) -> int:
+        return rng.randrange(self.n)
+
+
+class Zipfian:
+    """Popularity rank ``i`` with probability ∝ 1/(i+1)^θ, exactly (inverse CDF by bisection).
+
+    ``scramble`` maps ranks to records through a fixed permutation (YCSB's scrambled zipfian);
+    without it rank ``i`` is record ``i``.
+    """
+
+    def __init__(self, n: int, theta: float = DEFAULT_THETA, *, scramble: bool = True) -> None:
+        if n < 1:
+            raise ValueError("a distribution needs at least one record")
+        if not 0.0 <= theta <= 2.0:
+            raise ValueError(f"zipfian theta must be in [0, 2], not {theta}")
+        self.n = n
+        self.theta = theta
+        self._cdf = list(itertools.accumulate(1.0 / (i + 1) ** theta for i in range(n)))
+        self._total = self._cdf[-1]
+        self._perm: list[int] | None = None
+        if scramble:
+            perm = list(range(n))
+            random.Random(PERMUTATION_SEED).shuffle(perm)
+            self._perm = perm
+
+    def probability(self, rank: int) -> float:
+        """P(rank) under the exact distribution (for tests and reports)."""
+        return (1.0 / (rank + 1) ** self.theta) / self._total
+
+    def next_rank(self, rng: random.Random) -> int:
+        return min(self.n - 1, bisect.bisect_right(self._cdf, rng.random() * self._total))
+
+    def record_of_rank(self, rank: int) -> int:
+        return rank if self._perm is None else self._perm[rank]
+
+    def next(self, rng: random.Random) -> int:
+        return self.record_of_rank(self.next_rank(rng))
+
+
+class Latest:
+    """YCSB's skewed-latest: the newest record is the most popular (zipfian over age).
+
+    ``newest()`` is asked on every draw, so inserts shift the popularity at once.
+    """
+
+    def __init__(self, n: int, theta: float = DEFAULT_THETA, *, newest=None,
+                 window: int | None = None) -> None:
+        # Ranks beyond ``window`` are never drawn (the zipfian tail is tiny there anyway);
+        # records older than the window stay reachable only through other operations.
+        self._zipf = Zipfian(window or n, theta, scramble=False)
+        self._newest = newest if newest is not None else (lambda: n - 1)
+
+    def next(self, rng: random.Random) -> int:
+        newest = self._newest()
+        return max(0, newest - self._zipf.next_rank(rng))
+
+
+def make_chooser(distribution: str, n: int, theta: float = DEFAULT_THETA, *, newest=None):
+    if distribution == "uniform":
+        return Uniform(n)
+    if distribution == "zipfian":
+        return Zipfian(n, theta)
+    if distribution == "latest":
+        return Latest(n, theta, newest=newest)
+    raise ValueError(f"unknown distribution {distribution!r}; choose from "
+                     f"{', '.join(DISTRIBUTIONS)}")
+
+
+# -------------------------------------------------------------------------------- operations
+
+
+class Op(NamedTuple):
+    """One operation: ``kind`` (see OP_KINDS), its key(s), and the value to write if any."""
+
+    kind: str
+    key: bytes
+    key2: bytes | None = None
+    value: bytes | None = None
+    scan_length: int = 0
+
+
+class OpGenerator:
+    """The operation stream of one load process.
+
+    Args:
+        workload: a name of WORKLOADS.
+        records: records loaded before the run (keys 0..records-1).
+        distribution: None for the workload's default, or one of DISTRIBUTIONS.
+        theta: the zipfian parameter (zipfian and latest).
+        value_size: bytes per value written.
+        max_scan: scans read 1..max_scan keys (uniform).
+        seed: seeds the operation stream.
+        process, processes: this load process's number and the number of load processes
+            (inserts are spread so that they never collide).
+    """
+
+    def __init__(self, workload: str, records: int, *, distribution: str | None = None,
+                 theta: float = DEFAULT_THETA, value_size: int = 100, max_scan: int = 100,
+                 seed: int = 1, process: int = 0, processes: int = 1) -> None:
+        if records < 2:
+            raise ValueError("a workload needs at least two records")
+        if value_size < 1:
+            raise ValueError("value_size must be at least 1")
+        if not 0 <= process < processes:
+            raise ValueError("process must be in 0..processes-1")
+        self.mix = workload_mix(workload)
+        self.records = records
+        self.distribution = distribution or self.mix.distribution
+        self.rng = random.Random(seed * 1_000_003 + process)
+        self._kinds = [k for k, _ in self.mix.ops]
+        self._cum = list(itertools.accumulate(f for _, f in self.mix.ops))
+        self.process = process
+        self.processes = processes
+        self.inserted = 0
+        self.chooser = make_chooser(self.distribution, records, theta, newest=self._newest)
+        self.max_scan = max(1, max_scan)
+        # A small pool of random values: generating bytes per operation would cost more than
+        # some operations do.
+        pool_rng = random.Random(seed * 7919 + process)
+        self._values = [pool_rng.randbytes(value_size) for _ in range(16)]
+
+    def _newest(self) -> int:
+        # Every process inserts at about the same pace (see the module docstring).
+        return self.records - 1 + self.inserted * self.processes
+
+    def _value(self) -> bytes:
+        return self._values[self.rng.randrange(len(self._values))]
+
+    def next_kind(self) -> str:
+        u = self.rng.random() * self._cum[-1]
+        return self._kinds[min(len(self._kinds) - 1, bisect.bisect_right(self._cum, u))]
+
+    def next(self) -> Op:
+        kind = self.next_kind()
+        if kind == "insert":
+            record = self.records + self.process + self.inserted * self.processes
+            self.inserted += 1
+            return Op("insert", key_name(record), value=self._value())
+        if kind == "transfer":
+            a = self.chooser.next(self.rng)
+            b = self.chooser.next(self.rng)
+            for _ in range(64):  # bounded: two records at least, so a distinct one turns up
+                if b != a:
+                    break
+                b = self.chooser.next(self.rng)
+            else:
+                b = (a + 1) % self.records
+            return Op("transfer", key_name(a), key_name(b))
+        key = key_name(self.chooser.next(self.rng))
+        if kind == "read":
+            return Op("read", key)
+        if kind == "scan":
+            return Op("scan", key, scan_length=self.rng.randint(1, self.max_scan))
+        return Op(kind, key, value=self._value())  # update, rmw, home, cross, regional
