@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -51,6 +51,9 @@ class Target:
     leader_pid: int | None = None
     notes: list[str] = field(default_factory=list)
     version: str | None = None
+    # Meridian: bytes the nodes of each region sent to other regions so far (summed), from
+    # the nodes' statistics; None for systems that do not count them.
+    cross_region_bytes: Callable[[], int] | None = None
 
     @property
     def driver(self) -> dict:
@@ -59,6 +62,17 @@ class Target:
 
 
 REGIONAL_KEYSPACE = "ycsb-regional"
+
+
+def _cross_region_counter(nodes: list[str], region: str) -> Callable[[], int]:
+    """A function returning the bytes Meridian's nodes sent across regions so far."""
+    import engine
+
+    async def total() -> int:
+        async with engine.connect(nodes, region=region) as db:
+            return sum((await db.statistics())["cross_region_bytes"].values())
+
+    return lambda: trio.run(total)
 
 
 async def _create_keyspaces(nodes: list[str], region: str, regions: tuple[str, ...],
@@ -144,7 +158,8 @@ def _meridian_procs(workdir, regions, nodes_per_region, wan, mix) -> Iterator[Ta
                 system="meridian", kind="procs",
                 drivers=_drivers(addresses, regions, mix), pids=pids,
                 data_dirs=[str(procs.directory / f"node-{n}") for n in procs.node_ids()],
-                leader_pid=procs.running_pid(leader) if leader else None)
+                leader_pid=procs.running_pid(leader) if leader else None,
+                cross_region_bytes=_cross_region_counter(addresses[regions[0]], regions[0]))
             return
         finally:
             procs.stop()

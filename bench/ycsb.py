@@ -70,9 +70,35 @@ LOAD_CONCURRENCY = 4
 TARGET_RATIO = 3.0
 MIX_REGIONS = ("us-east", "eu-west", "ap-south")
 CROSS_REGION_REASON = (
-    "not exposed: the node status RPC (engine/node.py Node._status) reports Raft message "
-    "counts per group but no byte counters per peer region; the transport keeps bytes_sent "
-    "in raft/transport.py TransportStats without breaking it down by region")
+    "bytes the nodes sent to nodes of other regions (Database.statistics()"
+    "['cross_region_bytes']: Raft frames and node-to-node requests) per operation completed "
+    "during a closed-loop run, warm-up included; the clients' own requests to other regions "
+    "are not counted; 0 with one region")
+
+
+def _cross_bytes(target) -> int | None:
+    counter = getattr(target, "cross_region_bytes", None)
+    if counter is None:
+        return None
+    try:
+        return counter()
+    except Exception as exc:  # a statistic: never the reason a run fails
+        print(f"cross-region bytes unavailable: {exc}", file=sys.stderr)
+        return None
+
+
+def _per_op(before: int | None, after: int | None, row: dict) -> float | None:
+    """Bytes per operation over the whole run (warm-up included, like the bytes)."""
+    if before is None or after is None:
+        return None
+    interval = row["timeline"][0][0] if row.get("timeline") else 0
+    ops = sum(t[1] for t in row.get("timeline", [])) * interval
+    return round((after - before) / ops, 1) if ops else None
+
+
+def _median_of(values) -> float | None:
+    vs = sorted(v for v in values if v is not None)
+    return vs[len(vs) // 2] if vs else None
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -553,10 +579,13 @@ def main(args: argparse.Namespace) -> int:
                                 label = f"{system} closed c={c} θ={theta:g} #{rep + 1}"
                                 spy = (args.py_spy if system == "meridian" and c == max(clients)
                                        and rep == 0 and theta == thetas[0] else None)
+                                xr0 = _cross_bytes(target)
                                 with py_spy(target.leader_pid, spy, warmup + duration) as pr:
                                     row = measure(target, target.driver, workload_spec(theta),
                                                   load, procs, workdir, label=label,
                                                   seed=args.seed + rep)
+                                row["cross_region_bytes_per_op"] = _per_op(
+                                    xr0, _cross_bytes(target), row)
                                 row["profiled"] = pr is not None  # py-spy costs the leader
                                 reps.append(row)
                                 print(f"{label}: {row['ops_per_s']:.0f} ops/s p50 "
@@ -571,10 +600,12 @@ def main(args: argparse.Namespace) -> int:
                         "load_seconds": load_s,
                         "rss_bytes_end": rss_bytes(target.pids) if target.pids else None,
                         "storage": storage_figures(target, records, args.value_size),
-                        "cross_region_bytes_per_txn": None,
-                        "cross_region_bytes_reason": (CROSS_REGION_REASON
-                                                      if system == "meridian" else
-                                                      "single-region peer: not applicable"),
+                        "cross_region_bytes_per_txn": _median_of(
+                            r.get("cross_region_bytes_per_op") for r in results
+                            if r["system"] == system and r["mode"] == "closed"),
+                        "cross_region_bytes_reason": (
+                            CROSS_REGION_REASON if system == "meridian" else
+                            "single-region peer: not applicable"),
                     }
             except TargetError as exc:
                 skipped[system] = str(exc)

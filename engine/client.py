@@ -219,6 +219,7 @@ class Database:
         self.clock = clock or HybridClock(max_offset_ns=describe["max_clock_offset_ns"])
         self._request_timeout_s = request_timeout_s
         self._conns: dict[int, Any] = {}
+        self._bytes_done: dict[int, list[int]] = {}  # node id -> [sent, received], closed conns
         self._connecting: dict[int, trio.Event] = {}
         self._keyspaces: dict[str, Keyspace] = {}
         self._keyspace_fetched: dict[str, float] = {}
@@ -517,15 +518,23 @@ class Database:
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair
         (``"origin->destination"``: p50, p99 and sample count, from the destination's
-        leader), and every node's status."""
+        leader); ``cross_region_bytes`` the nodes of one region sent to those of another
+        (``"from->to"``, since the nodes started: Raft replication, two-phase commit and
+        regional replication between nodes; clients' own requests not included); and every
+        node's status."""
         nodes = await self.status()
         lag = {}
+        traffic: dict[str, int] = {}
         for st in nodes.values():
             for origin, figures in (st.get("replication_lag_ms") or {}).items():
                 pair = f"{origin}->{st['region']}"
                 if figures["samples"] > lag.get(pair, {}).get("samples", 0):
                     lag[pair] = figures
-        return {"replication_lag_ms": lag, "nodes": nodes}
+            for region, figures in (st.get("bytes_by_region") or {}).items():
+                if region != st.get("region"):
+                    pair = f"{st['region']}->{region}"
+                    traffic[pair] = traffic.get(pair, 0) + figures["sent"]
+        return {"replication_lag_ms": lag, "cross_region_bytes": traffic, "nodes": nodes}
 
     async def status(self) -> dict:
         """Every node's view of its groups (leaders, terms, applied and closed timestamps)."""
@@ -598,8 +607,24 @@ class Database:
         async with connect_rpc(node.host, node.port, clock_now=self.clock.now,
                                clock_update=self.clock.update, connect_timeout_s=2.0) as conn:
             task_status.started(conn)
-            with contextlib.suppress(trio.Cancelled):
-                await trio.sleep_forever()
+            try:
+                with contextlib.suppress(trio.Cancelled):
+                    await trio.sleep_forever()
+            finally:
+                done = self._bytes_done.setdefault(node.id, [0, 0])
+                done[0] += conn.bytes_sent
+                done[1] += conn.bytes_received
+
+    def bytes_by_node(self) -> dict[int, tuple[int, int]]:
+        """``{node id: (bytes sent, bytes received)}`` over this handle's connections so
+        far (the frames; TCP and IP headers not counted)."""
+        out = {n: list(v) for n, v in self._bytes_done.items()}
+        for node_id, conn in self._conns.items():
+            if conn is not None and not conn.closed:
+                v = out.setdefault(node_id, [0, 0])
+                v[0] += conn.bytes_sent
+                v[1] += conn.bytes_received
+        return {n: (v[0], v[1]) for n, v in out.items()}
 
     async def _call_node(self, node_id: int, method: str, payload) -> Any:
         return await self._call_on(await self._connection(node_id), node_id, method, payload)

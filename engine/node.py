@@ -428,9 +428,31 @@ class Node:
                                "p99": ordered[min(len(ordered) - 1,
                                                   int(len(ordered) * 0.99))]}
         return {"node": self.id, "region": self.region, "groups": out,
+                "bytes_by_region": self._bytes_by_region(),
                 "clock_problem": self._clock_problem, "replication_lag_ms": lag,
                 "replication_broken": [[o, d, t] for (o, d), t in
                                        self.replication_broken.items()]}
+
+    def _bytes_by_region(self) -> dict[str, dict[str, int]]:
+        """Bytes this node exchanged with the nodes of each region (its own included): Raft
+        frames over the transport and its requests to other nodes (two-phase commit,
+        regional replication, recoveries); clients' requests to it are not counted."""
+        regions: dict[str, dict[str, int]] = {}
+        counters = []
+        if self._transport is not None and hasattr(self._transport, "bytes_by_peer"):
+            counters.append(self._transport.bytes_by_peer())
+        if self._peers is not None:
+            counters.append(self._peers.bytes_by_node())
+        for by_peer in counters:
+            for peer, (sent, received) in by_peer.items():
+                try:
+                    region = self.cluster.node(peer).region
+                except (KeyError, InvalidArgumentError):
+                    continue
+                r = regions.setdefault(region, {"sent": 0, "received": 0})
+                r["sent"] += sent
+                r["received"] += received
+        return regions
 
     def _replica(self, payload) -> GroupReplica:
         gid = payload.get("group")

@@ -914,6 +914,16 @@ class RpcConnection:
         self.peer = _peer_of(stream)
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes of frames written to the server so far."""
+        return self._wire.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the server so far."""
+        return self._wire.bytes_received
+
+    @property
     def closed(self) -> bool:
         """Whether the connection has ended (closed by either side, or failed)."""
         return self._wire.reason is not None

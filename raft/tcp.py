@@ -198,7 +198,8 @@ class _TcpLink:
     """Everything about one peer: its outbox, its current connection, and the task that dials it
     (a peer with a higher id) or that drops what waits too long for its connection (lower id)."""
 
-    __slots__ = ("peer", "dials", "outbox", "task_scope", "conn", "changed", "was_connected")
+    __slots__ = ("peer", "dials", "outbox", "task_scope", "conn", "changed", "was_connected",
+                 "bytes_sent", "bytes_received")
 
     def __init__(self, peer: int, dials: bool, outbox: _Outbox):
         self.peer = peer
@@ -208,6 +209,8 @@ class _TcpLink:
         self.conn: _Connection | None = None
         self.changed = trio.lowlevel.ParkingLot()  # unparked whenever ``conn`` changes
         self.was_connected = False
+        self.bytes_sent = 0  # frames only, over every connection to the peer
+        self.bytes_received = 0
 
     def set_conn(self, conn: _Connection | None) -> None:
         self.conn = conn
@@ -289,6 +292,7 @@ class TcpTransport:
                     if written == len(frame):
                         counters.sent += count
                         counters.bytes_sent += written
+                        link.bytes_sent += written
                         counters.writes += 1
                         continue
                     frame = frame[written:]  # the rest goes first, through the writer
@@ -302,6 +306,12 @@ class TcpTransport:
     def set_handler(self, group: int, handler) -> None:
         """See :meth:`raft.transport.Transport.set_handler`."""
         self._subs.set_handler(group, handler)
+
+    def bytes_by_peer(self) -> dict[int, tuple[int, int]]:
+        """``{peer: (bytes sent, bytes received)}`` in frames, since this transport started
+        (handshakes not counted)."""
+        return {peer: (link.bytes_sent, link.bytes_received)
+                for peer, link in self._links.items()}
 
     def statistics(self) -> TransportStats:
         return self._counters.snapshot(sum(link.outbox.messages for link in self._links.values()))
@@ -577,7 +587,7 @@ class TcpTransport:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read_frames, stream, decoder, expect, conn)
+                    nursery.start_soon(self._read_frames, stream, decoder, expect, conn, link)
                     await self._write_frames(link, stream, hello, conn)
         finally:
             if link.conn is conn:
@@ -622,6 +632,7 @@ class TcpTransport:
                     counters.dropped_unreachable += count
             counters.sent += count
             counters.bytes_sent += len(data)
+            link.bytes_sent += len(data)
             counters.writes += 1
 
     async def _read_frames(
@@ -630,6 +641,7 @@ class TcpTransport:
         decoder: FrameDecoder,
         expect: Handshake | None,
         conn: _Connection,
+        link: _TcpLink,
     ) -> None:
         opts = self._options
         counters = self._counters
@@ -661,6 +673,7 @@ class TcpTransport:
                     conn.close("closed by the peer")
                     return
                 counters.bytes_received += len(data)
+                link.bytes_received += len(data)
                 for group, msgs in decoder.feed(data):
                     deliver(group, msgs)
         except WireError as exc:

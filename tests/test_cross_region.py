@@ -431,3 +431,28 @@ async def test_a_move_that_fails_before_the_catalog_changes_leaves_the_keyspace_
                 ks = await east.move_keyspace("acct", "eu-west")
                 assert ks.home == "eu-west"
                 assert await east.read("acct", b"k") == b"2"
+
+
+async def test_statistics_count_the_bytes_between_regions():
+    async with open_local_cluster(TWO_REGIONS, 1, wan_latency_ms=WAN, seed=27) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                before = (await east.statistics())["cross_region_bytes"]
+                async with east.transaction() as tx:  # two-phase: prepares go both ways
+                    await tx.put("e", b"k", b"x" * 10_000)
+                    await tx.put("w", b"k", b"y" * 10_000)
+                # The client sends the eu-west value there itself (not counted); us-east's
+                # value reaches its eu-west learner through Raft: 10 kB at least, once the
+                # learners' next batch has left.
+                while True:
+                    after = (await east.statistics())["cross_region_bytes"]
+                    grown = (after.get("us-east->eu-west", 0)
+                             - before.get("us-east->eu-west", 0))
+                    if grown >= 10_000:
+                        break
+                    await trio.sleep(0.1)
+                assert set(after) == {"us-east->eu-west", "eu-west->us-east"}
+                by_node = east.bytes_by_node()
+                assert sum(sent for sent, _ in by_node.values()) > 20_000
+                assert all(received > 0 for _, received in by_node.values())
