@@ -15,6 +15,11 @@ Examples::
     MERIDIAN_ALLOW_PLANTED_BUGS=1 python -m bench jepsen --workload bank \\
         --planted-bug skip_adjudication --time 20 --out DIR
 
+``--nemesis vote-split`` (with ``--nodes 3``) runs the targeted schedule of
+:mod:`bench.jepsen_targeted` instead of random faults; a node's status answers showing two
+leaders of one group in one term (Raft's Election Safety) make the campaign invalid
+(anomaly ``two-leaders-in-one-term``), whatever the clients saw.
+
 ``--nodes``: ``3`` is one region of three nodes, ``RxN`` is R regions of N nodes (``3x3``, the
 default; ``3x1``; ``2x3``). Regions are named us-east, eu-west, ap-south, then region-4, ...
 
@@ -79,7 +84,8 @@ import trio
 
 from bench import jepsen_plot
 from bench.jepsen_cluster import ClusterSpec, LabCluster, in_namespace, unavailable_reason
-from bench.jepsen_nemesis import FAMILIES, TARGETS, Nemesis
+from bench.jepsen_nemesis import FAMILIES, TARGETED_FAMILIES, TARGETS, Nemesis
+from bench.jepsen_targeted import TWO_LEADERS
 from bench.jepsen_workloads import Register, SetWorkload
 from bench.txnsim import (
     WAN_LATENCY_MS,
@@ -530,6 +536,17 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
     valid = check.get("valid")
     if error is not None and valid is True and not campaign.final_ok:
         valid = None  # the campaign broke off: nothing proves the history complete
+    anomaly_types = list(check["forbidden"] if "forbidden" in check
+                         else check.get("anomaly_types") or [])
+    anomalies = _anomalies(check)
+    # Raft's Election Safety (at most one leader per group and term), as the nodes' own
+    # status answers showed it to the nemesis: a violation is an anomaly of the database
+    # even when no client happened to see its effects.
+    split = [e["value"] for e in campaign.nemesis_events if e.get("f") == TWO_LEADERS]
+    if split:
+        anomalies[TWO_LEADERS] = split[:10]
+        anomaly_types.append(TWO_LEADERS)
+        valid = False
     results: dict[str, Any] = {
         "valid": valid,
         "workload": config.workload,
@@ -539,12 +556,11 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
                    f"node(s)",
         "planted_bugs": list(config.planted_bugs),
         # Elle also names anomalies the model allows (G2-item under snapshot isolation).
-        "anomaly_types": (check["forbidden"] if "forbidden" in check
-                          else check.get("anomaly_types") or []),
+        "anomaly_types": anomaly_types,
         "allowed_anomaly_types": sorted(set(check.get("anomaly_types") or [])
                                         - set(check.get("forbidden") or [])
                                         ) if "forbidden" in check else [],
-        "anomalies": _anomalies(check),
+        "anomalies": anomalies,
         "counts": counts,
         "availability": availability(ops, windows, main_end),
         "recovery": recovery_times(ops, events),
@@ -583,10 +599,11 @@ def _families(text: str) -> tuple[str, ...]:
     if text == "all":
         return FAMILIES
     fams = tuple(f for f in text.split(",") if f)
-    bad = set(fams) - set(FAMILIES)
+    bad = set(fams) - set(FAMILIES) - set(TARGETED_FAMILIES)
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown nemesis families {sorted(bad)}; "
-                                         f"known: {', '.join(FAMILIES)}, all, none")
+        raise argparse.ArgumentTypeError(
+            f"unknown nemesis families {sorted(bad)}; known: "
+            f"{', '.join(FAMILIES + TARGETED_FAMILIES)}, all, none")
     return fams
 
 

@@ -33,6 +33,11 @@ Families (``FAMILIES``) and their targets:
     probability ``coordinator_kill_p`` during or right after its commit (the client is the
     two-phase-commit coordinator, ARCH §5.5).
 
+``vote-split`` (targeted, never part of ``all``; one region of three nodes)
+    the scripted schedule of :mod:`bench.jepsen_targeted`: a restarted voter asked to vote a
+    second time in a term it already voted in; two leaders of one term are recorded as
+    ``two-leaders-in-one-term``, which the campaign reports as an anomaly.
+
 A targeted schedule (``targets``) fixes the choice of each family: for example
 ``{"kill": ["region"]}`` kills whole regions only. The seed fixes every choice; the nodes'
 timing (who leads when the fault strikes) still varies from run to run.
@@ -47,6 +52,7 @@ from typing import Any
 import trio
 
 from bench.jepsen_cluster import LabCluster, sides_to_pairs
+from bench.jepsen_targeted import TARGETED, VoteSplit
 
 __all__ = ["FAMILIES", "PARTITION_SHAPES", "KILL_TARGETS", "CLOCK_MODES", "Nemesis"]
 
@@ -56,9 +62,11 @@ PARTITION_SHAPES = ("halves", "random-halves", "isolate-node", "isolate-leader",
 KILL_TARGETS = ("one", "minority", "region", "all", "leader")
 PAUSE_TARGETS = ("one", "minority", "region", "leader")
 CLOCK_MODES = ("bump", "strobe")
+# Targeted schedules (bench.jepsen_targeted): named alone, never part of ``all``.
+TARGETED_FAMILIES = TARGETED
 TARGETS = {"partition": PARTITION_SHAPES, "kill": KILL_TARGETS, "pause": PAUSE_TARGETS,
            "clock": CLOCK_MODES, "loss": ("random",), "lossy": KILL_TARGETS,
-           "coordinator": ("random",)}
+           "coordinator": ("random",), "vote-split": ("one",)}
 
 
 class Nemesis:
@@ -78,7 +86,7 @@ class Nemesis:
                  interval_s: tuple[float, float] = (8.0, 12.0),
                  targets: Mapping[str, Sequence[str]] | None = None,
                  clock_max_s: float = 0.2, coordinator_kill_p: float = 0.3) -> None:
-        unknown = set(families) - set(FAMILIES)
+        unknown = set(families) - set(FAMILIES) - set(TARGETED_FAMILIES)
         if unknown:
             raise ValueError(f"unknown nemesis families {sorted(unknown)}; known: {FAMILIES}")
         self.cluster = cluster
@@ -86,7 +94,8 @@ class Nemesis:
         self.families = list(families)
         self.rng = random.Random(f"nemesis/{seed}")
         self.interval_s = interval_s
-        self.targets = {f: list((targets or {}).get(f) or TARGETS[f]) for f in FAMILIES}
+        self.targets = {f: list((targets or {}).get(f) or TARGETS[f])
+                        for f in FAMILIES + TARGETED_FAMILIES}
         for f, allowed in self.targets.items():
             bad = set(allowed) - set(TARGETS[f])
             if bad:
@@ -94,7 +103,8 @@ class Nemesis:
         self.clock_max_s = clock_max_s
         self.coordinator_kill_p = coordinator_kill_p
         self.kill_probability = 0.0  # read by the clients (family ``coordinator``)
-        self.fired: dict[str, int] = dict.fromkeys(FAMILIES, 0)
+        self.fired: dict[str, int] = dict.fromkeys(FAMILIES + TARGETED_FAMILIES, 0)
+        self._stop_at = 0.0
         self._active: tuple[str, dict[str, Any]] | None = None
         self._strobe: trio.CancelScope | None = None
 
@@ -105,6 +115,7 @@ class Nemesis:
         force then is healed)."""
         if not self.families:
             return
+        self._stop_at = stop_at
         order: list[str] = []
         try:
             while True:
@@ -128,7 +139,7 @@ class Nemesis:
                 await self.stop()
 
     async def start(self, family: str, target: str) -> None:
-        detail = await getattr(self, f"_start_{family}")(target)
+        detail = await getattr(self, f"_start_{family.replace('-', '_')}")(target)
         self._active = (family, detail)
         self.fired[family] += 1
         self.record(f"start-{family}", {"target": target, **detail})
@@ -139,7 +150,7 @@ class Nemesis:
             return
         family, detail = self._active
         self._active = None
-        healed = await getattr(self, f"_stop_{family}")(detail)
+        healed = await getattr(self, f"_stop_{family.replace('-', '_')}")(detail)
         self.record(f"stop-{family}", healed or None)
 
     async def heal_all(self) -> list[int]:
@@ -311,6 +322,22 @@ class Nemesis:
         for node in reset:
             self.cluster.set_clock(node, 0.0)
         return {"reset": reset}
+
+    # ---------------------------------------------------------------- targeted
+
+    async def _start_vote_split(self, target: str) -> dict[str, Any]:
+        schedule = VoteSplit(self.cluster, self.record)
+        return await schedule.run(deadline=self._stop_at - 2.0)
+
+    async def _stop_vote_split(self, detail: dict[str, Any]) -> dict[str, Any]:
+        self.cluster.heal_network()
+        resumed = sorted(self.cluster.paused)
+        for node in resumed:
+            self.cluster.resume_node(node)
+        started = [n for n in self.cluster.node_ids if not self.cluster.running(n)]
+        for node in started:
+            self.cluster.start_node(node)
+        return {"resumed": resumed, "started": started}
 
     # ---------------------------------------------------------------- packets, coordinators
 

@@ -238,6 +238,42 @@ def test_power_loss_campaign_without_planted_bugs_is_valid(tmp_path):
     assert results["faults"].get("lossy", 0) >= 2 and results["final_read_ok"]
 
 
+# The targeted schedule for votes_without_persisting (bench/jepsen_targeted.py): one region of
+# three nodes, the vote-split nemesis alone, one round.
+VOTE_SPLIT = ("--workload", "set", "--nodes", "3", "--nemesis", "vote-split", "--time", "16",
+              "--interval", "2,2", "--seed", "1")
+
+
+def test_vote_split_catches_votes_without_persisting(tmp_path):
+    """A replica that forgets its vote across a restart votes twice in one term: the schedule
+    makes it, and two nodes then lead the data group in the same term (Raft's Election
+    Safety, as the nodes' status answers show it)."""
+    _require()
+    started = time.monotonic()
+    results, text, code = run_jepsen(tmp_path / "split", *VOTE_SPLIT, "--planted-bug",
+                                     "votes_without_persisting", planted=True)
+    assert results["valid"] is False and code == 1, text[-4000:]
+    assert "two-leaders-in-one-term" in results["anomaly_types"], results["anomalies"]
+    found = results["anomalies"]["two-leaders-in-one-term"][0]
+    assert len(set(found["leaders"])) == 2, found
+    assert time.monotonic() - started < 90
+
+
+def test_vote_split_without_planted_bugs_is_valid(tmp_path):
+    """The same schedule on the correct node: the restarted voter remembers its vote, so the
+    second election is for a later term, and the campaign is valid."""
+    _require()
+    started = time.monotonic()
+    results, text, code = run_jepsen(tmp_path / "split", *VOTE_SPLIT)
+    assert results["valid"] is True and code == 0, text[-4000:]
+    assert results["faults"].get("vote-split", 0) >= 1 and results["final_read_ok"]
+    nemesis = [json.loads(line) for line in
+               (tmp_path / "split" / "nemesis.jsonl").read_text().splitlines()]
+    # The schedule ran to its end (the voter voted in T, the old leader led T).
+    assert any(e["f"] == "vote-split-armed" for e in nemesis), nemesis
+    assert time.monotonic() - started < 90
+
+
 @pytest.mark.slow
 def test_long_campaign_every_workload_every_nemesis(tmp_path):
     """Opt-in (--run-slow): ten minutes per workload, every nemesis family."""
