@@ -565,10 +565,11 @@ class _Wire:
         self.frames_sent += 1
         fd = self._fd
         if fd >= 0:
-            # Fast path: the writer is idle and nothing is queued ahead. Until it has run,
-            # later frames queue behind this one and leave together, coalesced.
+            # Fast path: the writer is idle and nothing is queued ahead. Later frames queue
+            # (waking the writer) and leave together, coalesced; the fast path opens again
+            # when the writer goes idle, or when a frame is read while nothing is queued
+            # (a reply: a scheduler pass has gone by), so a lone call wakes no writer.
             self._fd = -1
-            self._work.unpark_all()
             written = _write_nowait(fd, frame)
             if written:
                 self.writes += 1
@@ -631,6 +632,9 @@ class _Wire:
                     self.close("closed by the peer")
                     return
                 self.bytes_received += len(data)
+                if self._fd < 0 and not self._queue and not self._writing \
+                        and self.reason is None:
+                    self._fd = self._stream_fd  # see send()
                 decoder.feed(data)
                 while (frame := decoder.next_frame()) is not None:
                     self.frames_received += 1
