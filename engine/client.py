@@ -597,6 +597,8 @@ class Database:
         try:
             node = self._nodes[node_id]
             conn = await self._nursery.start(self._hold_connection, node)
+            if isinstance(conn, BaseException):
+                raise conn
             self._conns[node_id] = conn
             return conn
         finally:
@@ -604,8 +606,18 @@ class Database:
             done.set()
 
     async def _hold_connection(self, node: _NodeInfo, *, task_status) -> None:
-        async with connect_rpc(node.host, node.port, clock_now=self.clock.now,
-                               clock_update=self.clock.update, connect_timeout_s=2.0) as conn:
+        """Keeps a connection to ``node`` open in the handle's nursery; starts with it, or
+        with the exception that stopped it from connecting (raised by the caller, outside
+        the nursery machinery: a close of the handle at that moment would otherwise turn it
+        into a group of errors that no caller's ``except`` matches)."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(connect_rpc(
+                    node.host, node.port, clock_now=self.clock.now,
+                    clock_update=self.clock.update, connect_timeout_s=2.0))
+            except (OSError, ConnectTimeoutError) as exc:
+                task_status.started(exc)
+                return
             task_status.started(conn)
             try:
                 with contextlib.suppress(trio.Cancelled):
