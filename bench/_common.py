@@ -42,6 +42,33 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 # ---------------------------------------------------------------------------------- statistics
 
 
+def read_line(proc: subprocess.Popen, deadline: float, poll_s: float = 0.25) -> bytes | None:
+    """What ``proc`` wrote to its stdout (a pipe) up to and including its first newline,
+    read before ``deadline`` (time.monotonic); None if the deadline passed first.
+
+    Raises:
+        EOFError: the process closed its stdout (exited) before a whole line.
+    """
+    import selectors
+    import time
+
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if sel.select(min(left, poll_s)):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise EOFError(f"exited (status {proc.poll()})")
+                data += chunk
+    return bytes(data)
+
+
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``samples``, interpolating linearly between ranks.
 

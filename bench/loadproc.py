@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import _common
 from .openloop import LoadSpec, Tally, merge_tallies
 
 __all__ = ["LoadError", "WindowSamples", "run_processes", "shares"]
@@ -54,22 +54,14 @@ class WindowSamples:
 
 
 def _read_line(proc: subprocess.Popen, deadline: float, what: str, log: Path) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    data = bytearray()
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LoadError(f"timed out waiting for {what}\n{_tail(log)}")
-            if sel.select(min(left, 0.25)):
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise LoadError(f"{what}: the load process exited (status {proc.poll()})\n"
-                                    f"{_tail(log)}")
-                data += chunk
-    return bytes(data).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    try:
+        data = _common.read_line(proc, deadline)
+    except EOFError:
+        raise LoadError(f"{what}: the load process exited (status {proc.poll()})\n"
+                        f"{_tail(log)}") from None
+    if data is None:
+        raise LoadError(f"timed out waiting for {what}\n{_tail(log)}")
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
 
 
 def _tail(path: Path, limit: int = 3000) -> str:

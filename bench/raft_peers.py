@@ -242,23 +242,13 @@ class Procs:
 
 def _read_line(proc: subprocess.Popen, deadline: float, what: str) -> str:
     """One line from ``proc``'s stdout before ``deadline`` (time.monotonic)."""
-    import selectors
-
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    data = bytearray()
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PeerError(f"timed out waiting for {what}")
-            if sel.select(min(left, 0.5)):
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise _StartFailed(f"{what}: the process exited (status {proc.poll()})")
-                data += chunk
-    line, _, rest = bytes(data).partition(b"\n")
+    try:
+        data = _common.read_line(proc, deadline, poll_s=0.5)
+    except EOFError:
+        raise _StartFailed(f"{what}: the process exited (status {proc.poll()})") from None
+    if data is None:
+        raise PeerError(f"timed out waiting for {what}")
+    line, _, rest = data.partition(b"\n")
     if rest:
         raise PeerError(f"{what}: unexpected output {rest[:200]!r}")
     return line.decode("utf-8", "replace").strip()
