@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "`pip install .` (it needs a C compiler and the Python headers)"
     ) from exc
 
-__all__ = ["ffi", "lib", "new_error", "check", "crc32c", "crc32c_masked"]
+__all__ = ["ffi", "lib", "new_error", "check", "crc32c", "crc32c_masked", "Syncer"]
 
 
 def new_error():
@@ -63,3 +63,46 @@ def crc32c(data: bytes, crc: int = 0) -> int:
 def crc32c_masked(data: bytes) -> int:
     """The masked CRC-32C of ``data``, as stored on disk (LevelDB's mask)."""
     return lib.meridian_crc32c_mask(crc32c(data))
+
+
+class Syncer:
+    """A POSIX thread that runs fdatasync calls, one at a time, without Python's lock
+    (``native/syncer.h``): :meth:`submit` a descriptor, wait until :attr:`done_fd` is readable,
+    then :meth:`collect` the outcome. Not thread-safe: one caller (an event loop) drives it."""
+
+    def __init__(self) -> None:
+        out = ffi.new("struct ms_syncer **")
+        e = lib.ms_syncer_open(out)
+        if e:
+            raise OSError(e, f"cannot start a syncer thread: {_errno.errorcode.get(e, e)}")
+        self._s = out[0]
+        self._out = ffi.new("int *")
+        self.done_fd: int = lib.ms_syncer_done_fd(self._s)
+
+    def submit(self, fd: int) -> None:
+        """Starts ``fdatasync(fd)`` in the thread. Raises OSError (EBUSY: one in flight)."""
+        e = lib.ms_syncer_submit(self._handle(), fd)
+        if e:
+            raise OSError(e, f"cannot submit a sync: {_errno.errorcode.get(e, e)}")
+
+    def collect(self) -> int | None:
+        """The errno of the submitted call once it has ended (0: synced), ``None`` while it
+        runs. Raises OSError (EINVAL) when nothing was submitted."""
+        e = lib.ms_syncer_collect(self._handle(), self._out)
+        if e == _errno.EAGAIN:
+            return None
+        if e:
+            raise OSError(e, "no sync was submitted")
+        return self._out[0]
+
+    def close(self) -> None:
+        """Waits for a call in flight, then stops the thread. Idempotent."""
+        s, self._s = self._s, None
+        if s is not None:
+            lib.ms_syncer_close(s)
+
+    def _handle(self):
+        if self._s is None:
+            raise ValueError("the syncer is closed")
+        return self._s
+

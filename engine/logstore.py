@@ -173,6 +173,18 @@ class LogStore(Resource):
             RecordTooLargeError, DiskFullError (nothing appended; the store stays usable),
             StorageError, StoreFailedError, StoreClosedError, TypeError (not bytes).
         """
+        return self._append(records, lib.ls_append)
+
+    def append_nowait(self, records: Iterable[bytes]) -> range | None:
+        """:meth:`append` for an event loop: one write system call and never an fsync.
+
+        Returns ``None``, having changed nothing, when the batch does not fit the last segment:
+        :meth:`append` would sync that segment and create the next one, which blocks; call it
+        away from the loop. Raises what :meth:`append` raises.
+        """
+        return self._append(records, lib.ls_append_nowait)
+
+    def _append(self, records: Iterable[bytes], append_fn) -> range | None:
         if not isinstance(records, (list, tuple)):
             records = list(records)
         if not records:
@@ -188,7 +200,7 @@ class LogStore(Resource):
             lens = array("I", (memoryview(r).nbytes for r in records))
         with self._lock:
             st = self._handle()
-            rc = lib.ls_append(
+            rc = append_fn(
                 st,
                 ffi.from_buffer("uint8_t[]", data),
                 ffi.from_buffer("uint32_t[]", lens),
@@ -196,6 +208,8 @@ class LogStore(Resource):
                 self._u64,
                 self._err,
             )
+            if rc == lib.LS_ERR_AGAIN:
+                return None
             if rc:
                 check(rc, self._err)
             first = self._u64[0]
@@ -212,6 +226,36 @@ class LogStore(Resource):
             rc = lib.ls_sync(self._handle(), self._err)
             if rc:
                 check(rc, self._err)
+
+    def sync_begin(self) -> tuple[int, int] | None:
+        """The first half of :meth:`sync`, for a caller that runs the fdatasync itself (in a
+        thread of its own, see :class:`engine._native.Syncer`): the descriptor to fdatasync and
+        the last position that makes durable, or ``None`` when everything is durable already.
+        Until :meth:`sync_end`, append, truncate, drop and close nothing; reads are fine.
+
+        Raises:
+            StoreFailedError, StoreClosedError.
+        """
+        fd = ffi.new("int *")
+        with self._lock:
+            rc = lib.ls_sync_begin(self._handle(), fd, self._u64, self._err)
+            if rc:
+                check(rc, self._err)
+            upto = self._u64[0]
+        return None if fd[0] < 0 else (fd[0], upto)
+
+    def sync_end(self, upto: int, sys_errno: int) -> None:
+        """The second half of :meth:`sync`: records the fdatasync's outcome (0, or its errno).
+
+        Raises:
+            StorageError: ``sys_errno`` was not 0; the store is then failed, as after a failed
+                :meth:`sync`.
+            StoreFailedError, StoreClosedError, InvalidArgumentError (``upto`` beyond the log).
+        """
+        err = new_error()
+        with self._lock:
+            rc = lib.ls_sync_end(self._handle(), _position(upto), sys_errno, err)
+        check(rc, err)
 
     def truncate_after(self, position: int) -> None:
         """Durably removes every record after ``position``.

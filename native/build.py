@@ -12,8 +12,8 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADERS = ("crc32c.h", "logstore.h", "adjudicator.h")
-SOURCES = ("crc32c.c", "logstore.c", "adjudicator.c")
+HEADERS = ("crc32c.h", "logstore.h", "adjudicator.h", "syncer.h")
+SOURCES = ("crc32c.c", "logstore.c", "adjudicator.c", "syncer.c")
 
 
 def _cdef(header: str) -> str:
@@ -37,7 +37,8 @@ ffibuilder.set_source(
     "\n".join(f'#include "{h}"' for h in HEADERS),
     sources=[_rel(s) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

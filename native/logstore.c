@@ -631,8 +631,8 @@ static int refuse_if_failed(struct ls_store *st, struct ls_error *err) {
                    "log %s failed an earlier write or sync; reopen it to recover", st->dir);
 }
 
-int ls_append(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
-              uint64_t *first_pos, struct ls_error *err) {
+static int append_batch(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
+                        uint64_t *first_pos, int may_roll, struct ls_error *err) {
     int rc = refuse_if_failed(st, err);
     if (rc) return rc;
     *first_pos = st->next_pos;
@@ -656,6 +656,10 @@ int ls_append(struct ls_store *st, const uint8_t *data, const uint32_t *lens, si
     struct ls_segment *seg = &st->segs[st->nsegs - 1];
     int has_records = st->next_pos > seg->first_pos;
     if (has_records && seg->end + total > seg->alloc) {
+        if (!may_roll)
+            return set_err(err, LS_ERR_AGAIN, 0, NULL, 0,
+                           "a batch of %llu bytes needs a new segment",
+                           (unsigned long long)total);
         /* Roll: the full segment is synced first, so only the last segment is ever dirty. */
         if (st->synced_pos + 1 < st->next_pos) {
             rc = ls_sync(st, err);
@@ -690,6 +694,39 @@ int ls_append(struct ls_store *st, const uint8_t *data, const uint32_t *lens, si
     seg->end += total;
     if (seg->end > seg->alloc) seg->alloc = seg->end;
     st->next_pos += n;
+    return LS_OK;
+}
+
+int ls_append(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
+              uint64_t *first_pos, struct ls_error *err) {
+    return append_batch(st, data, lens, n, first_pos, 1, err);
+}
+
+int ls_append_nowait(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
+                     uint64_t *first_pos, struct ls_error *err) {
+    return append_batch(st, data, lens, n, first_pos, 0, err);
+}
+
+int ls_sync_begin(struct ls_store *st, int *fd, uint64_t *upto, struct ls_error *err) {
+    *fd = -1;
+    *upto = st->next_pos - 1;
+    int rc = refuse_if_failed(st, err);
+    if (rc) return rc;
+    if (st->synced_pos + 1 < st->next_pos) *fd = st->segs[st->nsegs - 1].fd;
+    return LS_OK;
+}
+
+int ls_sync_end(struct ls_store *st, uint64_t upto, int sys_errno, struct ls_error *err) {
+    int rc = refuse_if_failed(st, err);
+    if (rc) return rc;
+    if (upto >= st->next_pos)
+        return set_err(err, LS_ERR_INVAL, 0, NULL, 0, "position %llu is beyond the log (next %llu)",
+                       (unsigned long long)upto, (unsigned long long)st->next_pos);
+    if (sys_errno) {
+        st->failed = 1; /* as in ls_sync: the kernel may have dropped the pages */
+        return io_err(st, err, sys_errno, st->segs[st->nsegs - 1].first_pos, "cannot sync");
+    }
+    if (upto > st->synced_pos) st->synced_pos = upto;
     return LS_OK;
 }
 

@@ -44,6 +44,7 @@
 #define LS_ERR_NOMEM -6    /* malloc failed; nothing was changed */
 #define LS_ERR_FAILED -7   /* an earlier write or sync failed; reopen the store */
 #define LS_ERR_INVAL -8    /* an argument is out of its documented range */
+#define LS_ERR_AGAIN -9    /* ls_append_nowait: the batch needs a new segment; nothing changed */
 
 #define LS_SEGMENT_HEADER_SIZE 32
 #define LS_RECORD_HEADER_SIZE 9
@@ -91,9 +92,25 @@ void ls_close(struct ls_store *st);
 int ls_append(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
               uint64_t *first_pos, struct ls_error *err);
 
+/* ls_append for an event loop: never syncs and never creates a segment (which ls_append does,
+ * synced, when the last one is full). When the batch does not fit the last segment it returns
+ * LS_ERR_AGAIN and changes nothing: append it with ls_append, away from the loop. */
+int ls_append_nowait(struct ls_store *st, const uint8_t *data, const uint32_t *lens, size_t n,
+                     uint64_t *first_pos, struct ls_error *err);
+
 /* Makes every appended record durable (fdatasync of the last segment).
  * Errors: LS_ERR_IO (the store is then failed), LS_ERR_FAILED. */
 int ls_sync(struct ls_store *st, struct ls_error *err);
+
+/* ls_sync in two halves, for a caller that runs the fdatasync itself, in another thread
+ * (syncer.h). ls_sync_begin: *fd is the descriptor to fdatasync and *upto the last position
+ * that makes durable, or *fd is -1 when everything is durable already. Until ls_sync_end the
+ * caller appends, truncates, drops and closes nothing (reads are fine). ls_sync_end records
+ * the outcome: sys_errno 0 makes every record <= upto durable; anything else fails the store,
+ * as a failed ls_sync does, and returns LS_ERR_IO. Errors: LS_ERR_FAILED; LS_ERR_INVAL (an
+ * upto beyond the log). */
+int ls_sync_begin(struct ls_store *st, int *fd, uint64_t *upto, struct ls_error *err);
+int ls_sync_end(struct ls_store *st, uint64_t upto, int sys_errno, struct ls_error *err);
 
 /* Payload length of the record at pos. Errors: LS_ERR_RANGE. */
 int ls_record_len(struct ls_store *st, uint64_t pos, uint32_t *len, struct ls_error *err);

@@ -7,9 +7,15 @@ The driver is the only loop (STYLE §1) and it is short. Two tasks and a handler
 - *tick*: every ``tick_interval`` seconds, one ``core.tick()`` (one ticker task per process
   ticks every node that has the same interval);
 - *ready*: while the core has work, take a :class:`~raft.types.Ready` and handle it in the
-  order the Ready documents — send ``messages``, persist (one fsync, in a worker thread so the
-  event loop keeps receiving), send ``persisted_messages``, apply ``committed_entries``, then
-  ``advance``.
+  order the Ready documents — send ``messages``, persist (one fsync, never on the event loop,
+  which keeps receiving meanwhile), send ``persisted_messages``, apply ``committed_entries``,
+  then ``advance``.
+
+**Persisting.** The usual Ready holds entries that follow the log and nothing else: they are
+appended from the loop (one write to the page cache) and fdatasynced by a native thread that
+never takes the GIL (:class:`engine._native.Syncer`), while the loop waits on its eventfd.
+Everything else — a snapshot, a term or vote change, a conflict truncation, a new log segment —
+runs in one Python worker thread per node, as do snapshots and blocking state machines.
 
 **Group commit.** While one Ready is being fsynced, proposals and messages keep arriving and are
 stepped into the core; the next Ready carries all of them, so every entry that became ready
@@ -43,6 +49,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+
+from engine._native import Syncer
 
 from .core import Config, RaftCore
 from .types import (
@@ -321,7 +329,15 @@ class RaftNode:
         self._counts = dict.fromkeys(
             ("readies", "fsyncs", "entries_persisted", "entries_applied", "proposals", "reads",
              "snapshots_taken", "snapshots_installed", "messages_sent", "messages_received"), 0)
-        self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")  # last: a thread
+        # Storage that can append from the loop gets its fsyncs from a native thread, which
+        # never takes the GIL (see _persist_fast); anything else goes through the worker.
+        self._syncer = Syncer() if hasattr(storage, "append_nowait") else None
+        try:
+            self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")
+        except BaseException:
+            if self._syncer is not None:
+                self._syncer.close()
+            raise
 
     # ------------------------------------------------------------------ public API
 
@@ -456,6 +472,8 @@ class RaftNode:
             return
         try:
             self._core.tick()
+            if not self._core.has_ready():
+                return  # most ticks only count: no need to wake the ready loop
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
         self._kick()
@@ -468,11 +486,13 @@ class RaftNode:
             if self._step_error is not None:
                 raise self._step_error
             while core.has_ready():
-                await self._handle_ready(core.ready())
-                await trio.lowlevel.checkpoint()
+                if not await self._handle_ready(core.ready()):
+                    await trio.lowlevel.checkpoint()  # let the receivers run between Readies
 
-    async def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(self, rd: Ready) -> bool:
+        """Handles one Ready; True if that waited for the disk (and so let other tasks run)."""
         core = self._core
+        waited = False
         self._counts["readies"] += 1
         if rd.messages:
             self._send(rd.messages)
@@ -484,7 +504,9 @@ class RaftNode:
         if self._ack_before_fsync and rd.persisted_messages:
             self._send(rd.persisted_messages)  # unsafe: acknowledged before it is durable
         if rd.snapshot is not None or rd.entries or hs is not None:
-            await self._worker.run(self._persist, rd, hs)
+            if not await self._persist_fast(rd, hs):
+                await self._worker.run(self._persist, rd, hs)
+            waited = True
         if rd.persisted_messages and not self._ack_before_fsync:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -502,6 +524,35 @@ class RaftNode:
         if (self._snapshot_every and
                 core.applied - self._snapshot_index >= self._snapshot_every):
             await self._take_snapshot()
+        return waited
+
+    async def _persist_fast(self, rd: Ready, hs: HardState | None) -> bool:
+        """The common Ready's persist — entries that follow the log, nothing else — without the
+        worker thread: appended from the loop (one write to the page cache), fdatasynced by the
+        native syncer thread while the loop waits on its eventfd. The worker thread runs Python
+        around its fsync, so it takes the GIL from the loop to start and to finish; the syncer
+        never does. False when this Ready needs the general path (a snapshot, a hard state, a
+        truncation or a new segment: all of them sync on their own)."""
+        syncer = self._syncer
+        if (syncer is None or rd.snapshot is not None or hs is not None or not rd.must_sync
+                or self._ack_before_fsync or not self._storage.append_nowait(rd.entries)):
+            return False
+        storage = self._storage
+        target = storage.sync_begin()
+        if target is not None:
+            fd, upto = target
+            syncer.submit(fd)
+            # Not cancellable: the storage must not change under the fsync in flight.
+            with trio.CancelScope(shield=True):
+                while True:
+                    await trio.lowlevel.wait_readable(syncer.done_fd)
+                    result = syncer.collect()
+                    if result is not None:
+                        break
+            storage.sync_end(upto, result)
+            self._counts["fsyncs"] += 1
+        self._counts["entries_persisted"] += len(rd.entries)
+        return True
 
     def _persist(self, rd: Ready, hs: HardState | None) -> None:
         sync = rd.must_sync and not self._ack_before_fsync
@@ -665,3 +716,5 @@ async def open_raft_node(
                 nursery.cancel_scope.cancel()
     finally:
         node._worker.close()
+        if node._syncer is not None:
+            node._syncer.close()

@@ -585,6 +585,48 @@ class RaftStorage(Resource):
             self._failed = True
             raise
 
+    def append_nowait(self, entries: Sequence[Entry]) -> bool:
+        """:meth:`save` of entries alone (no snapshot, no hard state, no sync) for an event
+        loop: one write system call, never an fsync. ``False``, with nothing written, when the
+        entries do not simply follow the last one (a conflict truncation, which syncs) or need
+        a new log segment (whose creation syncs): :meth:`save` them away from the loop. Durable
+        once a sync covers them (:meth:`sync_begin`, or a :meth:`save` that syncs).
+
+        Raises what :meth:`save` raises for entries.
+        """
+        log, _ = self._usable()
+        entries = _check_entries(entries)
+        if not entries:
+            return True
+        if entries[0].index != max(log.last_position, self._snapshot_index()) + 1:
+            return False
+        records = [encode_entry(e) for e in entries]
+        framed = sum(map(len, records)) + lib.LS_RECORD_HEADER_SIZE * len(records)
+        if framed > MAX_BATCH_SIZE:
+            return False
+        try:
+            return log.append_nowait(records) is not None
+        except BaseException:
+            self._failed = True
+            raise
+
+    def sync_begin(self) -> tuple[int, int] | None:
+        """The descriptor to fdatasync to make the appended entries durable, and the last
+        index that covers, or ``None`` when they are all durable: see
+        :meth:`engine.logstore.LogStore.sync_begin`. Until :meth:`sync_end`, change nothing."""
+        log, _ = self._usable()
+        return log.sync_begin()
+
+    def sync_end(self, upto: int, sys_errno: int) -> None:
+        """Records the outcome of the fdatasync :meth:`sync_begin` asked for (0 or its errno);
+        a failure fails the handle (StorageError), as a failed :meth:`save` does."""
+        log, _ = self._usable()
+        try:
+            log.sync_end(upto, sys_errno)
+        except BaseException:
+            self._failed = True
+            raise
+
     def save_snapshot(self, snapshot: Snapshot, keep: int = 0) -> None:
         """Stores a local compaction snapshot, then drops the log before it.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from engine import (
     StoreLockedError,
 )
 from engine import _logformat as ref
+from engine._native import Syncer
 from engine.logstore import MAX_RECORD_SIZE
 from logtools import (
     HEADER,
@@ -90,6 +92,59 @@ def test_sync_moves_synced_position(logdir):
         assert log.synced_position == 2
         log.append([b"c"])
         assert log.stats().synced_position == 2
+
+
+def test_append_nowait_never_rolls_and_changes_nothing_when_it_would(logdir):
+    with LogStore(logdir, segment_size=SEG) as log:
+        assert log.append_nowait([b"a" * 1000, b"b" * 1000]) == range(1, 3)
+        assert log.append_nowait([b"c" * 1000]) == range(3, 4)
+        before = log.stats()
+        assert log.append_nowait([b"d" * 2000]) is None  # does not fit the first segment
+        assert log.stats() == before and len(segments(logdir)) == 1
+        assert log.synced_position == 0  # and nothing was synced on the way
+        assert log.append([b"d" * 2000]) == range(4, 5)  # the blocking append rolls
+        assert len(segments(logdir)) == 2 and log.synced_position == 3
+        assert [r[:1] for _, r in log.scan()] == [b"a", b"b", b"c", b"d"]
+
+
+def test_sync_in_two_halves(logdir):
+    syncer = Syncer()
+    try:
+        with LogStore(logdir) as log:
+            assert log.sync_begin() is None  # nothing unsynced
+            log.append([b"a", b"b"])
+            fd, upto = log.sync_begin()
+            assert upto == 2 and log.synced_position == 0
+            with pytest.raises(OSError) as info:
+                syncer.collect()  # nothing submitted yet
+            assert info.value.errno == errno.EINVAL
+            syncer.submit(fd)
+            with pytest.raises(OSError) as info:
+                syncer.submit(fd)  # one at a time
+            assert info.value.errno == errno.EBUSY
+            while (result := syncer.collect()) is None:
+                select.select([syncer.done_fd], [], [], 10)
+            assert result == 0
+            log.sync_end(upto, result)
+            assert log.synced_position == 2 and log.sync_begin() is None
+            with pytest.raises(InvalidArgumentError):
+                log.sync_end(3, 0)  # beyond the log
+            syncer.submit(1 << 20)  # a descriptor that is not open
+            while (result := syncer.collect()) is None:
+                select.select([syncer.done_fd], [], [], 10)
+            assert result == errno.EBADF
+            log.append([b"c"])
+            _, upto = log.sync_begin()
+            with pytest.raises(OSError) as info:
+                log.sync_end(upto, errno.EIO)  # a failed fdatasync fails the store
+            assert info.value.errno == errno.EIO
+            with pytest.raises(MeridianError):
+                log.append([b"d"])
+        with LogStore(logdir) as log:  # a reopen reads what is really there
+            assert [r for _, r in log.scan()][:2] == [b"a", b"b"]
+    finally:
+        syncer.close()
+        syncer.close()  # idempotent
 
 
 def test_records_survive_reopen_and_segments_roll(logdir):

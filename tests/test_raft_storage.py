@@ -132,6 +132,34 @@ def test_unsynced_entries_are_synced_before_a_hard_state_and_on_close(path):
     assert restored(path).entries == tuple(ents(1, 6, 1))
 
 
+def test_append_nowait_takes_only_entries_that_follow_the_log_in_its_last_segment(path):
+    with reopen(path) as st:
+        assert st.append_nowait(ents(1, 3, 1)) is True
+        assert st.append_nowait(ents(4, 5, 1)) is False  # a gap
+        assert st.append_nowait(ents(2, 4, 2)) is False  # a conflict: truncation syncs
+        assert st.append_nowait([Entry(1, 3, b"x" * SEGMENT)]) is False  # a new segment
+        assert st.last_index == 2 and st.statistics().log.synced_position == 0
+        with pytest.raises(InvalidArgumentError):
+            st.append_nowait([Entry(1, 3, b""), Entry(1, 5, b"")])  # not contiguous
+        fd, upto = st.sync_begin()
+        os.fdatasync(fd)
+        st.sync_end(upto, 0)
+        assert upto == 2 and st.statistics().log.synced_position == 2
+        assert st.sync_begin() is None
+        st.save(entries=ents(2, 4, 2), sync=True)  # what append_nowait refused, save does
+    assert restored(path).entries == tuple(ents(1, 2, 1) + ents(2, 4, 2))
+
+
+def test_a_failed_split_sync_fails_the_storage(path):
+    with reopen(path) as st:
+        assert st.append_nowait(ents(1, 2, 1))
+        _, upto = st.sync_begin()
+        with pytest.raises(OSError):
+            st.sync_end(upto, 5)  # EIO
+        with pytest.raises(StoreFailedError):
+            st.append_nowait(ents(2, 3, 1))
+
+
 def test_an_unchanged_hard_state_is_not_rewritten(path):
     with reopen(path) as st:
         st.save(hard_state=HardState(3, 1, 0))
