@@ -96,6 +96,8 @@ from typing import Any
 import msgpack
 import trio
 
+from raft.tcp import receive_available
+
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
 
 __all__ = [
@@ -625,9 +627,13 @@ class _Wire:
         """
         decoder = FrameDecoder(self.max_frame)
         stream = self.stream
+        sock = stream.socket if self._stream_fd >= 0 else None
         try:
             while True:
-                data = await stream.receive_some(_RECV_BYTES)
+                if sock is not None:
+                    data = await receive_available(sock, self._stream_fd, _RECV_BYTES)
+                else:
+                    data = await stream.receive_some(_RECV_BYTES)
                 if not data:
                     self.close("closed by the peer")
                     return

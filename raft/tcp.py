@@ -163,6 +163,25 @@ class Backoff:
         self._next_s = self.initial_s
 
 
+async def receive_available(sock: trio.socket.SocketType, fd: int, max_bytes: int) -> bytes:
+    """What the socket holds, up to ``max_bytes``, once there is something (b"" at its end).
+
+    ``SocketStream.receive_some`` first tries a read, which fails on a socket that a peer
+    writes to now and then, and yields to the scheduler even when the read succeeds; on a
+    connection that carries one small message at a time, waiting for readability first and
+    then reading once halves the system calls and skips that extra scheduling pass.
+
+    Raises:
+        OSError: the read failed. trio.ClosedResourceError: the socket was closed meanwhile.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(fd, max_bytes)
+        except BlockingIOError:
+            continue
+
+
 def _write_nowait(fd: int, data: bytes) -> int:
     """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
     then meets and reports on its own attempt."""
@@ -175,19 +194,23 @@ def _write_nowait(fd: int, data: bytes) -> int:
 class _Connection:
     """One live connection: the cancel scope its reader and writer run in, and why it ended."""
 
-    __slots__ = ("scope", "reason", "warn", "fd")
+    __slots__ = ("scope", "reason", "warn", "fd", "idle_fd")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.reason = "closed"
         self.warn = False  # log the end as a warning (the peer misbehaved)
         # The socket's descriptor while the writer is idle (handshake done, nothing being
-        # written), else -1: then ``send`` may write a frame at once, without waking the writer.
+        # written) and the fast path is open, else -1: then ``send`` may write a frame at
+        # once, without waking the writer.
         self.fd = -1
+        # The socket's descriptor while the writer is idle, whether the fast path is open or
+        # not: the reader reopens the fast path from it (see ``send``).
+        self.idle_fd = -1
 
     def close(self, reason: str, *, warn: bool = False) -> None:
         """End the connection; the first reason given is the one reported."""
-        self.fd = -1
+        self.fd = self.idle_fd = -1
         if not self.scope.cancel_called:
             self.reason = reason
             self.warn = warn
@@ -285,10 +308,11 @@ class TcpTransport:
                     # Fast path: an idle connection and nothing queued ahead. Writing here
                     # saves waking the writer task (one scheduler pass per frame and hop).
                     written = _write_nowait(conn.fd, frame)
-                    # Until the writer task has run, later frames queue behind this one and
-                    # leave together, coalesced: one direct write per scheduler pass.
+                    # Later frames queue behind this one (waking the writer) and leave
+                    # together, coalesced. The fast path opens again when the writer goes
+                    # idle, or when the reader reads with nothing queued (a scheduler pass
+                    # has gone by): a message and its answer wake no writer on either side.
                     conn.fd = -1
-                    link.outbox.poke()
                     if written == len(frame):
                         counters.sent += count
                         counters.bytes_sent += written
@@ -611,11 +635,9 @@ class TcpTransport:
         while True:
             if not outbox:
                 if not conn.scope.cancel_called:
-                    conn.fd = fd  # idle: send() may write directly while nothing is queued
-                await outbox.wait_put_or_poke()
-                if not outbox:
-                    continue  # poked after a direct write: idle again
-            conn.fd = -1
+                    conn.fd = conn.idle_fd = fd  # idle: send() may write directly
+                await outbox.wait_put()
+            conn.fd = conn.idle_fd = -1
             await outbox.wait_due()
             batch = outbox.take_due(max_write_bytes)
             data = b"".join([item.payload for item in batch])
@@ -667,13 +689,18 @@ class TcpTransport:
                     )
             for group, msgs in decoder.feed(b""):
                 deliver(group, msgs)
+            sock = stream.socket
+            fd = sock.fileno()
+            recv_bytes = opts.recv_bytes
             while True:
-                data = await stream.receive_some(opts.recv_bytes)
+                data = await receive_available(sock, fd, recv_bytes)
                 if not data:
                     conn.close("closed by the peer")
                     return
                 counters.bytes_received += len(data)
                 link.bytes_received += len(data)
+                if conn.fd < 0 and conn.idle_fd >= 0 and not link.outbox:
+                    conn.fd = conn.idle_fd  # reopen the fast path (see send)
                 for group, msgs in decoder.feed(data):
                     deliver(group, msgs)
         except WireError as exc:

@@ -236,13 +236,9 @@ class _Outbox:
         while not self._frames:
             await self._lot.park()
 
-    async def wait_put_or_poke(self) -> None:
-        """Return after the next put or :meth:`poke` (a checkpoint)."""
+    async def wait_put(self) -> None:
+        """Return after the next put (a checkpoint)."""
         await self._lot.park()
-
-    def poke(self) -> None:
-        """Wake the task in :meth:`wait_put_or_poke` without queueing anything."""
-        self._lot.unpark_all()
 
     async def wait_due(self) -> None:
         """Return once the head frame is due (always a checkpoint)."""
