@@ -19,22 +19,46 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 WAN = {("us-east", "eu-west"): 10, ("us-east", "ap-south"): 20, ("eu-west", "ap-south"): 15}
 
 
-async def _converged(dbs, keyspace, keys, timeout=20):
-    """Waits until every region reads the same value of every key, twice in a row half a
-    second apart (values can agree for a moment while writes are still in flight: two regions
-    that each applied a different two of three counters' increments); returns them."""
-    before = None
+async def _converged(cluster, dbs, keyspace, keys, timeout=20):
+    """Waits until every region has applied every other region's regional writes committed
+    before the call, then checks that all regions read the same values; returns them.
+
+    Caught up means: for each pair of regions, the destination group's watermark of the
+    origin group (up to which the origin's writes are applied there) has reached the commit
+    timestamp of the origin's last regional write at the start. Equal reads alone prove
+    nothing — three regions that each hold only their own writes can agree by chance, as
+    three counters of equal sums do.
+    """
+    regions = [db.region for db in dbs]
+    groups = {r: data_group(cluster.config, r) for r in regions}
     with trio.fail_after(timeout):
-        while True:
-            views = [[await db.read(keyspace, k) for k in keys] for db in dbs]
-            if all(v == views[0] for v in views):
-                if views[0] == before:
-                    return dict(zip(keys, views[0]))
-                before = views[0]
-                await trio.sleep(0.5)
-            else:
-                before = None
-                await trio.sleep(0.05)
+        targets = {r: await _last_regional_write(cluster, groups[r]) for r in regions}
+        for origin in regions:
+            for dest in regions:
+                if dest != origin:
+                    await _watermark_reaches(cluster, groups[dest], groups[origin],
+                                             targets[origin])
+        views = [[await db.read(keyspace, k) for k in keys] for db in dbs]
+    assert all(v == views[0] for v in views), dict(zip(regions, views))
+    return dict(zip(keys, views[0]))
+
+
+async def _last_regional_write(cluster, group: int) -> int:
+    """The commit timestamp of the group's last regional write (0: none), from its leader."""
+    sm = cluster.nodes[await _leader_of(cluster, group)].replicas[group].sm
+    last = 0
+    while batch := sm.outbox_after(last):
+        last = batch[-1][0]
+    return last
+
+
+async def _watermark_reaches(cluster, group: int, origin: int, ts: int) -> None:
+    """Waits until ``group``'s leader has applied ``origin``'s regional writes up to ``ts``."""
+    while True:
+        leader = await _leader_of(cluster, group)
+        if cluster.nodes[leader].replicas[group].sm.watermark(origin) >= ts:
+            return
+        await trio.sleep(0.05)
 
 
 async def test_last_writer_wins_converges_and_logs_every_lost_write():
@@ -64,7 +88,7 @@ async def test_last_writer_wins_converges_and_logs_every_lost_write():
                 async with trio.open_nursery() as n:
                     for db in dbs:
                         n.start_soon(writer, db, 12)
-                final = await _converged(dbs, "prefs", keys)
+                final = await _converged(cluster, dbs, "prefs", keys)
                 # The survivor of each key is its write with the greatest (ts, origin).
                 for key in keys:
                     writes = [h for h in history if h["type"] == "ok" and
@@ -125,13 +149,13 @@ async def test_counters_and_sets_merge_without_losing_an_update():
                     for db in dbs:
                         n.start_soon(bump, db, 5)
                 total = 3 * sum(i + 2 for i in range(5))
-                final = await _converged(dbs, "hits", [b"page"])
+                final = await _converged(cluster, dbs, "hits", [b"page"])
                 assert final[b"page"] == b"%d" % total
 
                 # Add-wins set: a concurrent add and remove of one element keeps it.
                 async with a.transaction() as tx:
                     await tx.merge("tags", b"t", encode_set_add(b"red"))
-                await _converged(dbs, "tags", [b"t"])
+                await _converged(cluster, dbs, "tags", [b"t"])
                 async with b.transaction() as tx:
                     raw = await tx.get("tags", b"t")
                     assert decode_set(raw) == [b"red"]
@@ -140,7 +164,7 @@ async def test_counters_and_sets_merge_without_losing_an_update():
                 async with trio.open_nursery() as n:
                     n.start_soon(_merge, b, b"t", encode_set_remove(b"red", cell_tags))
                     n.start_soon(_merge, c, b"t", encode_set_add(b"red"))
-                final = await _converged(dbs, "tags", [b"t"])
+                final = await _converged(cluster, dbs, "tags", [b"t"])
                 assert decode_set(final[b"t"]) == [b"red"]
 
                 with pytest.raises(errors.InvalidArgumentError, match="merge"):
@@ -187,7 +211,7 @@ async def test_regional_writes_stay_in_their_region_and_survive_a_leader_change(
                 await cluster.stop_node(await _leader_of(cluster, group))
                 for _ in range(10):
                     await a.run_transaction(lambda tx: tx.increment("hits", b"x"))
-                final = await _converged((a, b), "hits", [b"x"], timeout=60)
+                final = await _converged(cluster, (a, b), "hits", [b"x"], timeout=60)
                 assert final[b"x"] == b"20"
 
 
@@ -210,9 +234,9 @@ async def test_regions_cut_off_from_each_other_converge_after_healing():
                 # Cut off, ap-south sees only its own writes.
                 assert await c.read("hits", b"n") == b"3"
                 cluster.heal()
-                final = await _converged(dbs, "hits", [b"n"], timeout=60)
+                final = await _converged(cluster, dbs, "hits", [b"n"], timeout=60)
                 assert final[b"n"] == b"9"
-                final = await _converged(dbs, "prefs", [b"k"], timeout=60)
+                final = await _converged(cluster, dbs, "prefs", [b"k"], timeout=60)
                 # Last writer wins: ap-south's last write was the last one made.
                 assert final[b"k"] == b"ap-south-2"
                 # Every region's concurrent writes that lost are in some conflict log.
