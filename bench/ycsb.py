@@ -387,7 +387,7 @@ def py_spy(pid: int | None, path: str | None, seconds: float):
     # --nonblocking: py-spy reads the process's memory without pausing it (by default it
     # stops the process for every sample, which slows a busy server down several times).
     proc = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(max(1, int(seconds))),
-                             "--nonblocking", "-f", "raw", "-o", path],
+                             "--nonblocking", "--gil", "-f", "raw", "-o", path],
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
