@@ -30,7 +30,8 @@ aborted attempts / attempts; CPU seconds per 1,000 operations of the server proc
 the load processes) from /proc over the measured window; resident memory of the servers at the
 end; bytes allocated on disk per byte stored (keys + values loaded) after the runs. A
 load-generator self-test runs the same closed loop against a server that answers at once
-(``noop``) and reports how many times Meridian's best throughput the generator sustains.
+(``noop``), first, before any cluster starts, and reports how many times Meridian's best
+throughput the generator sustains.
 
 The issue's target: on YCSB A with a home-region keyspace, Meridian ≥ 3× etcd's throughput at
 equal or lower p99 (closed loop, the largest client count), reported met or missed.
@@ -563,6 +564,15 @@ def main(args: argparse.Namespace) -> int:
     from .targets import TargetError
 
     try:
+        # Load generator self-test: same clients and processes, a server that does nothing;
+        # first, while no cluster runs or shuts down beside it.
+        if not args.no_selftest:
+            c = max(clients)
+            selftest_row = selftest(c, args.load_procs or default_load_procs(c),
+                                    min(duration, 3.0), min(warmup, 1.0),
+                                    workload_spec(thetas[0]), workdir, args.seed)
+            print(f"load generator self-test (no-op server): {selftest_row['ops_per_s']:.0f} "
+                  f"ops/s", file=sys.stderr)
         # Phase 1: closed loops, each system on a fresh cluster.
         for si, system in enumerate(systems):
             try:
@@ -612,14 +622,6 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{system}: {exc}", file=sys.stderr)
         best = {s: max((r["ops_per_s"] for r in results if r["system"] == s
                         and r["mode"] == "closed"), default=None) for s in systems}
-        # Load generator self-test: same clients and processes, a server that does nothing.
-        if not args.no_selftest and results:
-            c = max(clients)
-            selftest_row = selftest(c, args.load_procs or default_load_procs(c),
-                                    min(duration, 3.0), min(warmup, 1.0),
-                                    workload_spec(thetas[0]), workdir, args.seed)
-            print(f"load generator self-test (no-op server): {selftest_row['ops_per_s']:.0f} "
-                  f"ops/s", file=sys.stderr)
         # Phase 2: open loops at the same absolute rates for every system.
         top = max((v for v in best.values() if v), default=None)
         rates = sorted({max(1.0, round(f * top, 0)) for f in fractions}) if top else []
