@@ -49,8 +49,8 @@ Output, in ``--out DIR``:
     outside them), ``recovery`` (seconds from each heal to the first ``ok`` operation invoked
     after it), ``faults``, the configuration and the phases' durations.
 ``latency.png``, ``throughput.png``
-    latency and throughput over time with the fault windows shaded (matplotlib when it can be
-    imported; else a plain PNG drawn by :mod:`bench.jepsen_plot`).
+    latency and throughput over time with the fault windows shaded
+    (:func:`bench.plots.plot_faults`; without matplotlib, ``results.json`` says how to get it).
 ``summary.txt``
     a short human summary.
 ``cluster/``
@@ -82,7 +82,8 @@ from typing import Any
 
 import trio
 
-from bench import jepsen_plot
+from bench import plots
+from bench.hdr import MissingDependency
 from bench.jepsen_cluster import ClusterSpec, LabCluster, in_namespace, unavailable_reason
 from bench.jepsen_nemesis import FAMILIES, TARGETED_FAMILIES, TARGETS, Nemesis
 from bench.jepsen_targeted import TWO_LEADERS
@@ -579,7 +580,11 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
     }
     write_history(events, out / "history.jsonl")
     write_history(campaign.nemesis_events, out / "nemesis.jsonl")
-    results["plots"] = jepsen_plot.plot(out, ops, windows)
+    try:
+        plots.plot_faults(str(out), ops, windows)
+        results["plots"] = "latency.png, throughput.png"
+    except MissingDependency as exc:
+        results["plots"] = f"none: {exc}"
     with open(out / "results.json", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=repr)
         f.write("\n")

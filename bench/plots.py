@@ -1,11 +1,13 @@
-"""PNG plots of the YCSB and scale results (matplotlib, headless ``Agg`` backend).
+"""PNG plots of the benchmark and fault-campaign results (matplotlib, headless ``Agg``).
 
 - ``<stem>-cdf.png``: latency CDF of every run, log-scaled "nines" axis (the tail readable);
 - ``<stem>-timeline.png``: throughput and p99 per interval during the closed-loop runs at the
   largest client count (warm-up shaded);
 - ``<stem>-saturation.png``: p50 and p99 against offered load (open loop), per system;
 - ``<stem>-clients.png`` / ``<stem>-regions.png`` (scale): throughput and p99 against the
-  number of clients and of regions.
+  number of clients and of regions;
+- ``latency.png`` / ``throughput.png`` (``bench jepsen``): each operation's latency at its
+  invoke time and completed operations per second, by outcome, fault windows shaded.
 
 matplotlib is an optional dependency: :func:`bench.hdr.require` gives the install command.
 """
@@ -17,7 +19,7 @@ import os
 
 from .hdr import require
 
-__all__ = ["plot_ycsb", "plot_scale", "shown_path", "PNG_MAGIC"]
+__all__ = ["plot_ycsb", "plot_scale", "plot_faults", "shown_path", "PNG_MAGIC"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLORS = {"meridian": "tab:blue", "etcd": "tab:orange", "pysyncobj": "tab:green",
@@ -204,3 +206,54 @@ def plot_scale(doc: dict, out_dir: str, stem: str) -> list[str]:
                             "Scaling with regions (YCSB A on each region's keyspace)",
                             "regions", False))
     return out
+
+
+OUTCOME_COLORS = {"ok": "tab:blue", "fail": "tab:red", "info": "tab:orange"}
+
+
+def plot_faults(out_dir: str, ops: list[dict], windows: list[dict]) -> list[str]:
+    """A fault campaign's ``latency.png`` and ``throughput.png`` in ``out_dir``.
+
+    ``ops``: completed operations (``type`` ok/fail/info, ``invoke_ns``, ``done_ns`` from the
+    run's start); ``windows``: faults (``family``, ``start_ns``, ``end_ns``), shaded and
+    labelled. Returns the paths written.
+    """
+    plt = _plt()
+    end_s = max([o["done_ns"] / 1e9 for o in ops] + [w["end_ns"] / 1e9 for w in windows] + [1])
+
+    def shade(ax) -> None:
+        for w in windows:
+            ax.axvspan(w["start_ns"] / 1e9, w["end_ns"] / 1e9, color="tab:red", alpha=0.12,
+                       lw=0)
+            ax.text(w["start_ns"] / 1e9, 1.0, w["family"], transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="top", rotation=90, color="tab:red")
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    shade(ax)
+    for kind, color in OUTCOME_COLORS.items():
+        pts = [(o["invoke_ns"] / 1e9, max(1e-4, (o["done_ns"] - o["invoke_ns"]) / 1e9))
+               for o in ops if o["type"] == kind]
+        if pts:
+            ax.scatter(*zip(*pts), s=4, color=color, label=kind)
+    ax.set_yscale("log")
+    ax.set_xlim(0, end_s)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("latency (s)")
+    ax.legend(loc="upper right", fontsize=8)
+    paths = [_save(fig, os.path.join(out_dir, "latency.png"))]
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    shade(ax)
+    buckets = int(math.ceil(end_s)) + 1
+    for kind, color in OUTCOME_COLORS.items():
+        counts = [0] * buckets
+        for o in ops:
+            if o["type"] == kind:
+                counts[min(buckets - 1, int(o["done_ns"] / 1e9))] += 1
+        ax.plot(range(buckets), counts, color=color, label=kind, lw=1)
+    ax.set_xlim(0, end_s)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("operations / s")
+    ax.legend(loc="upper right", fontsize=8)
+    paths.append(_save(fig, os.path.join(out_dir, "throughput.png")))
+    return paths

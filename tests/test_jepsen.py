@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import jepsen, jepsen_plot
+from bench import jepsen, plots
 from bench.jepsen_cluster import ClusterSpec, LabCluster, unavailable_reason
 from bench.jepsen_workloads import check_register, check_set
 
@@ -91,10 +91,14 @@ def test_register_checker_finds_a_stale_read():
     assert check_register(events[:2])["valid"] is True
 
 
-def test_plain_png_writer(tmp_path):
-    jepsen_plot.write_png(tmp_path / "x.png", 2, 1, bytearray(b"\xff\x00\x00\x00\xff\x00"))
-    data = (tmp_path / "x.png").read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+def test_fault_plots_are_pngs(tmp_path):
+    ops = [{"type": t, "invoke_ns": i * 10**8, "done_ns": i * 10**8 + 5 * 10**6}
+           for i, t in enumerate(["ok", "fail", "info", "ok"] * 10)]
+    windows = [{"family": "partition", "start_ns": 10**9, "end_ns": 2 * 10**9}]
+    paths = plots.plot_faults(str(tmp_path), ops, windows)
+    assert [os.path.basename(p) for p in paths] == ["latency.png", "throughput.png"]
+    for p in paths:
+        assert open(p, "rb").read(8) == plots.PNG_MAGIC
 
 
 def test_planted_bugs_are_refused_without_the_test_switch(tmp_path):
