@@ -120,9 +120,13 @@ RECORD_GC_INTERVAL_S = 60.0
 RECORD_GC_BATCH = 500
 LEADER_HOME_CHECK_S = 2.0
 REPLICATION_BATCH = 256
+"""Most outbox records (commits) in one batch of regional writes shipped to another region."""
 REPLICATION_WINDOW = 8
 """Batches of regional writes in flight to one destination at once."""
-"""Most outbox records (commits) in one batch of regional writes shipped to another region."""
+REPLICATION_LINGER_S = 0.02
+"""How long a shipper that was idle waits after a new regional write before shipping it, so
+that the writes of those milliseconds travel (and are proposed at the destination) as one
+batch: each batch costs every destination a Raft proposal."""
 LAG_SAMPLES = 1000
 RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
@@ -867,6 +871,7 @@ class Node:
                 if not batch:
                     with trio.move_on_after(1.0):
                         await origin.wait_outbox()
+                        await trio.sleep(REPLICATION_LINGER_S)
                     continue
                 await window.acquire()
                 nursery.start_soon(send, after, batch)
