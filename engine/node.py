@@ -357,15 +357,28 @@ class Node:
             try:
                 async with connect_rpc(peer.client_host, peer.client_port,
                                        connect_timeout_s=2.0) as conn:
-                    while True:
-                        sent = self.clock.physical_ns()
-                        with trio.move_on_after(2 * PING_INTERVAL_S):
-                            reply = await conn.call("ping", None)
-                            self.monitor.record(peer.id, sent, reply["physical_ns"],
-                                                self.clock.physical_ns())
-                        await trio.sleep(PING_INTERVAL_S)
-            except (OSError, MeridianError, KeyError, TypeError):
-                await trio.sleep(PING_INTERVAL_S)
+                    await self._ping_until_lost(peer, conn)
+            except (OSError, MeridianError):  # no connection: try again
+                pass
+            await trio.sleep(PING_INTERVAL_S)
+
+    async def _ping_until_lost(self, peer, conn) -> None:
+        """Pings ``peer`` over ``conn`` every :data:`PING_INTERVAL_S` until a ping fails.
+
+        Raises nothing but Cancelled: an error leaving the ``connect_rpc`` block at the moment
+        it is cancelled would leave its nursery grouped with the Cancelled, which no except
+        clause of the caller matches, and the outer scope would then hand the bare error up
+        through the node's nursery, stopping the node."""
+        while True:
+            sent = self.clock.physical_ns()
+            try:
+                with trio.move_on_after(2 * PING_INTERVAL_S):
+                    reply = await conn.call("ping", None)
+                    self.monitor.record(peer.id, sent, reply["physical_ns"],
+                                        self.clock.physical_ns())
+            except (MeridianError, KeyError, TypeError):
+                return  # the connection is gone, or the peer answered nonsense: reconnect
+            await trio.sleep(PING_INTERVAL_S)
 
     # ------------------------------------------------------------------ handlers
 
