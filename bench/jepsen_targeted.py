@@ -65,6 +65,9 @@ TARGETED = ("vote-split",)
 TWO_LEADERS = "two-leaders-in-one-term"
 
 POLL_S = 0.02
+SEND_GRACE_S = 0.1
+"""How long a node keeps running after its status shows a step, so that the messages of that
+step leave it before it is stopped (well below an election timeout)."""
 
 
 class _Abort(Exception):
@@ -238,6 +241,10 @@ class VoteSplit:
         c.resume_node(old)
         st = await self.wait_for("O to campaign", lambda: o_role("candidate"),
                                  self.election_s)
+        # Its status says candidate once the core has stepped; the vote requests leave a
+        # scheduler pass or two later (through the transport's writer when they follow
+        # another frame): give them time to reach the kernels before stopping O.
+        await trio.sleep(SEND_GRACE_S)
         c.pause_node(old)
         big_t = int(st["term"])
         d["T"] = big_t
@@ -251,6 +258,9 @@ class VoteSplit:
 
         st = await self.wait_for("V to vote in T", v_voted, 2.0)
         d["V_voted"] = {k: st.get(k) for k in ("term", "role", "leader", "last_index")}
+        # V's status shows the term as soon as it stepped the request; the vote itself leaves
+        # after its term and vote are on disk.
+        await trio.sleep(SEND_GRACE_S)
         c.pause_node(v_node)
         # 7. G never sees its vote request; O wins with V's vote.
         c.kill_node(g_node)
