@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import selectors
 import socket
@@ -40,7 +39,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from raft.tcp import receive_available
+from raft.tcp import receive_available, write_nowait
 
 from .workloads import KEY_PREFIX, Op
 
@@ -231,10 +230,7 @@ class _StreamConn:
 
     async def send(self, data: bytes) -> None:
         """Writes ``data``: at once when the socket takes it all, else through the stream."""
-        try:
-            n = os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
-            n = 0
+        n = write_nowait(self.stream.socket.fileno(), data)
         if n < len(data):
             await self.stream.send_all(data[n:])
 

@@ -84,7 +84,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import socket
 import struct
 from collections import deque
@@ -96,7 +95,7 @@ from typing import Any
 import msgpack
 import trio
 
-from raft.tcp import receive_available
+from raft.tcp import receive_available, write_nowait
 
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
 
@@ -496,15 +495,6 @@ class FrameDecoder:
 # --- one connection, either side --------------------------------------------------------------
 
 
-def _write_nowait(fd: int, data: bytes) -> int:
-    """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
-    then meets and reports on its own attempt."""
-    try:
-        return os.write(fd, data)
-    except OSError:
-        return 0
-
-
 def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -572,7 +562,7 @@ class _Wire:
             # when the writer goes idle, or when a frame is read while nothing is queued
             # (a reply: a scheduler pass has gone by), so a lone call wakes no writer.
             self._fd = -1
-            written = _write_nowait(fd, frame)
+            written = write_nowait(fd, frame)
             if written:
                 self.writes += 1
                 self.bytes_sent += written

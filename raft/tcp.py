@@ -104,7 +104,8 @@ from .wire import (
     encode_handshake,
 )
 
-__all__ = ["TcpOptions", "TcpTransport", "Backoff", "open_tcp_transport", "serve_tcp_transport"]
+__all__ = ["TcpOptions", "TcpTransport", "Backoff", "open_tcp_transport", "serve_tcp_transport",
+           "receive_available", "write_nowait"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ async def receive_available(sock: trio.socket.SocketType, fd: int, max_bytes: in
             continue
 
 
-def _write_nowait(fd: int, data: bytes) -> int:
+def write_nowait(fd: int, data: bytes) -> int:
     """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
     then meets and reports on its own attempt."""
     try:
@@ -307,7 +308,7 @@ class TcpTransport:
                 if due <= now and conn is not None and conn.fd >= 0 and not link.outbox:
                     # Fast path: an idle connection and nothing queued ahead. Writing here
                     # saves waking the writer task (one scheduler pass per frame and hop).
-                    written = _write_nowait(conn.fd, frame)
+                    written = write_nowait(conn.fd, frame)
                     # Later frames queue behind this one (waking the writer) and leave
                     # together, coalesced. The fast path opens again when the writer goes
                     # idle, or when the reader reads with nothing queued (a scheduler pass
@@ -636,7 +637,7 @@ class TcpTransport:
             if not outbox:
                 if not conn.scope.cancel_called:
                     conn.fd = conn.idle_fd = fd  # idle: send() may write directly
-                await outbox.wait_put()
+                await outbox.wait_nonempty()
             conn.fd = conn.idle_fd = -1
             await outbox.wait_due()
             batch = outbox.take_due(max_write_bytes)

@@ -236,10 +236,6 @@ class _Outbox:
         while not self._frames:
             await self._lot.park()
 
-    async def wait_put(self) -> None:
-        """Return after the next put (a checkpoint)."""
-        await self._lot.park()
-
     async def wait_due(self) -> None:
         """Return once the head frame is due (always a checkpoint)."""
         while True:
