@@ -36,6 +36,7 @@ import trio
 
 from raft.core import Config
 from raft.driver import OutcomeUnknownError, open_raft_node
+from raft.poller import ReadPoller
 from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
 
 __all__ = ["KVStateMachine", "KVClient", "OutcomeUnknown", "serve", "main"]
@@ -116,61 +117,76 @@ async def _read_frames(stream):
 
 
 class _Connection:
-    """Serves one client connection. Puts and compare-and-sets are proposed straight from the
-    reader (their answers come back through a callback); reads run as tasks. Answers are
-    queued and written by one writer, many per ``send_all``. At most ``MAX_IN_FLIGHT``
-    requests are outstanding: beyond that the reader stops reading (back-pressure)."""
+    """Serves one client connection. Requests are read by the server's :class:`ReadPoller`
+    (one wakeup for every connection with something to read); puts and compare-and-sets are
+    proposed straight from there (their answers come back through a callback), reads run as
+    tasks. Answers are written at once while nothing is queued, or else queued and written
+    by one writer, many per ``send_all``. At most ``MAX_IN_FLIGHT`` requests are
+    outstanding: beyond that the connection is not read (back-pressure)."""
 
     MAX_IN_FLIGHT = 4096
 
-    def __init__(self, stream, node, sm: KVStateMachine):
+    def __init__(self, stream, node, sm: KVStateMachine, poller: ReadPoller):
         self.stream = stream
         self.node = node
         self.sm = sm
+        self.poller = poller
         self.out: list[bytes] = []
         self.out_ready = trio.Event()
         self.in_flight = 0
-        self.room = trio.Event()
         self.closed = False
+        self.ended = trio.Event()
+        self.sock_fd = stream.socket.fileno()
+        self.buf = bytearray()
         self.fd = -1  # the socket while the writer is idle: answers may be written at once
+        self.nursery = None
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
-            try:
-                await self._read(nursery)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
-                pass
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._writer)
+                self.poller.add(self.sock_fd, self._on_readable)
+                await self.ended.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if not self.closed:
             self.closed = True
             self.fd = -1
-            nursery.cancel_scope.cancel()
+            self.poller.remove(self.sock_fd)
+            self.ended.set()
 
-    async def _read(self, nursery) -> None:
-        # Requests usually come one at a time, so a speculative read before waiting would
-        # mostly fail: wait for readability first, then read what is there.
-        sock = self.stream.socket
-        fd = sock.fileno()
-        buf = bytearray()
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not data:
-                return
-            buf += data
-            for req in _take_frames(buf):
-                while self.in_flight >= self.MAX_IN_FLIGHT:
-                    self.room = trio.Event()
-                    await self.room.wait()
-                self._dispatch(req, nursery)
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.sock_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end()
+            return
+        buf = self.buf
+        buf += data
+        try:
+            reqs = _take_frames(buf)
+        except ValueError:  # a frame over the limit, or not msgpack: not a client of ours
+            self._end()
+            return
+        for req in reqs:
+            self._dispatch(req)
+        if self.in_flight >= self.MAX_IN_FLIGHT and not self.closed:
+            self.poller.pause(self.sock_fd)
 
     def _answer(self, resp) -> None:
         self.in_flight -= 1
-        self.room.set()
         if self.closed:
             return
+        if self.in_flight == self.MAX_IN_FLIGHT - 1:
+            self.poller.resume(self.sock_fd)
         frame = _frame(resp)
         if self.fd >= 0 and not self.out:
             # The writer is idle and nothing is queued: write now, saving a task switch.
@@ -198,7 +214,7 @@ class _Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    def _dispatch(self, req, nursery) -> None:
+    def _dispatch(self, req) -> None:
         try:
             version, rid, op, key, value = req
         except (TypeError, ValueError):
@@ -218,7 +234,7 @@ class _Connection:
             except (ProposalDroppedError, RaftError) as exc:
                 self._answer(self._error(rid, exc))
         elif op == "get":
-            nursery.start_soon(self._get, rid, key)
+            self.nursery.start_soon(self._get, rid, key)
         elif op == "status":
             self._answer([rid, "ok", node.core.status(), node.leader])
         else:
@@ -261,10 +277,13 @@ async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
                 listeners = await trio.open_tcp_listeners(client_port, host="127.0.0.1")
                 port = listeners[0].socket.getsockname()[1]
 
+                poller = ReadPoller()
+
                 async def handler(stream):
-                    await _Connection(stream, node, sm).run()
+                    await _Connection(stream, node, sm, poller).run()
 
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(poller.run)
                     await nursery.start(trio.serve_listeners, handler, listeners)
                     task_status.started((transport.address[1], port))
                     await trio.sleep_forever()
