@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import trio
 
+from raft.driver import RaftTimeoutError
 from raft.types import ProposalDroppedError, RaftError
 
 from . import planted
@@ -105,17 +106,14 @@ class GroupReplica:
         """A stable snapshot timestamp that sees every commit acknowledged before this call
         (and every commit at or below ``min_ts``). Leader only."""
         self._require_leader()
-        confirmed = False
         try:
-            with trio.CancelScope(deadline=trio.current_time() + PROPOSAL_TIMEOUT_S):
-                await self.node.linearizable_read()
-                confirmed = True
+            await self.node.linearizable_read(timeout=PROPOSAL_TIMEOUT_S)
         except ProposalDroppedError as exc:
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
-        if not confirmed:  # cut off from its group: let the caller try another replica
+        except RaftTimeoutError:  # cut off from its group: let the caller try another replica
             raise NotLeaderError(f"node {self.node.id} could not confirm its leadership of "
                                  f"group {self.group} within {PROPOSAL_TIMEOUT_S} s",
-                                 self.group, 0)
+                                 self.group, 0) from None
         if self.sm.closed_ts < max(min_ts, 1):
             # A new group has closed nothing yet: there is no snapshot to read at until it has.
             await self.close_up_to(max(min_ts, 1))
@@ -255,19 +253,21 @@ class GroupReplica:
 
     async def _propose(self, data: bytes):
         try:
-            # A plain cancel scope: move_on_after's generator costs more, on every commit.
-            with trio.CancelScope(deadline=trio.current_time() + PROPOSAL_TIMEOUT_S):
-                return await self.node.propose(data)
+            # The driver's timeout, not a cancel scope: a scope with a deadline costs more,
+            # on every commit.
+            return await self.node.propose(data, timeout=PROPOSAL_TIMEOUT_S)
         except ProposalDroppedError as exc:  # never proposed, or replaced: not applied
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
+        except RaftTimeoutError:
+            # A leader cut off from its group cannot commit, and learns whether its entry
+            # survived only when it hears from the others again.
+            raise AmbiguousCommitError(
+                f"group {self.group}: the proposal was not applied within "
+                f"{PROPOSAL_TIMEOUT_S} s (this node may have lost its group): its outcome is "
+                f"unknown") from None
         except RaftError as exc:
             raise AmbiguousCommitError(
                 f"group {self.group}: the outcome of the proposal is unknown ({exc})") from None
-        # A leader cut off from its group cannot commit, and learns whether its entry
-        # survived only when it hears from the others again.
-        raise AmbiguousCommitError(
-            f"group {self.group}: the proposal was not applied within {PROPOSAL_TIMEOUT_S} s "
-            f"(this node may have lost its group): its outcome is unknown")
 
     # ------------------------------------------------------------------ background
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from raft.core import Config
-from raft.driver import open_raft_node
+from raft.driver import RaftTimeoutError, open_raft_node
 from raft.storage import RaftStorage
 from raft.transport import MemoryNetwork
 from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
@@ -216,6 +216,48 @@ async def test_closed_node_fails_pending_and_new_calls(tmp_path):
                 await trio.sleep(TICK)
         with pytest.raises(RaftError):
             await node.propose(b"late")
+
+
+async def test_a_proposal_that_cannot_commit_fails_at_its_timeout(tmp_path):
+    async with cluster(tmp_path) as c:
+        leader_id = await c.leader()
+        node = c.nodes[leader_id]
+        with trio.fail_after(5):
+            assert await node.propose(b"ok", timeout=5) == 1
+        for i in c.ids:
+            if i != leader_id:
+                c.stop(i)
+        start = trio.current_time()
+        with trio.fail_after(5), pytest.raises(RaftTimeoutError, match="outcome is unknown"):
+            await node.propose(b"stranded", timeout=0.2)
+        # Within a tick or two of the deadline, not at the test's own limit.
+        assert 0.2 <= trio.current_time() - start < 0.2 + 20 * TICK
+        assert node.statistics().proposals_pending == 0
+
+
+async def test_settled_proposal_deadlines_are_dropped(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            for k in range(50):
+                await node.propose(b"x%d" % k, timeout=60)
+            # The ticker drops settled deadlines at the front: nothing is kept for 60 s.
+            while node._deadlines:
+                await trio.sleep(TICK)
+
+
+async def test_a_read_that_cannot_be_confirmed_fails_at_its_timeout(tmp_path):
+    async with cluster(tmp_path) as c:
+        leader_id = await c.leader()
+        node = c.nodes[leader_id]
+        with trio.fail_after(5):
+            await node.propose(b"ok")
+            await node.linearizable_read(timeout=5)
+        for i in c.ids:
+            if i != leader_id:
+                c.stop(i)
+        with trio.fail_after(5), pytest.raises((RaftTimeoutError, ProposalDroppedError)):
+            await node.linearizable_read(timeout=0.2)
 
 
 async def test_an_invariant_broken_by_a_message_stops_the_node(tmp_path):
