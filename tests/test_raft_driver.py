@@ -83,6 +83,19 @@ class Cluster:
     def stop(self, i: int) -> None:
         self.scopes[i].cancel()
 
+    async def cut_off_leader(self):
+        """The leader, once it has committed an entry of its own; then every other node is
+        stopped, so that it can neither commit nor confirm a read any more."""
+        leader_id = await self.leader()
+        node = self.nodes[leader_id]
+        with trio.fail_after(5):
+            await node.propose(b"ok", timeout=5)
+            await node.linearizable_read(timeout=5)
+        for i in self.ids:
+            if i != leader_id:
+                self.stop(i)
+        return node
+
     async def leader(self, timeout=10.0) -> int:
         with trio.fail_after(timeout):
             while True:
@@ -220,13 +233,7 @@ async def test_closed_node_fails_pending_and_new_calls(tmp_path):
 
 async def test_a_proposal_that_cannot_commit_fails_at_its_timeout(tmp_path):
     async with cluster(tmp_path) as c:
-        leader_id = await c.leader()
-        node = c.nodes[leader_id]
-        with trio.fail_after(5):
-            assert await node.propose(b"ok", timeout=5) == 1
-        for i in c.ids:
-            if i != leader_id:
-                c.stop(i)
+        node = await c.cut_off_leader()
         start = trio.current_time()
         with trio.fail_after(5), pytest.raises(RaftTimeoutError, match="outcome is unknown"):
             await node.propose(b"stranded", timeout=0.2)
@@ -248,14 +255,7 @@ async def test_settled_proposal_deadlines_are_dropped(tmp_path):
 
 async def test_a_read_that_cannot_be_confirmed_fails_at_its_timeout(tmp_path):
     async with cluster(tmp_path) as c:
-        leader_id = await c.leader()
-        node = c.nodes[leader_id]
-        with trio.fail_after(5):
-            await node.propose(b"ok")
-            await node.linearizable_read(timeout=5)
-        for i in c.ids:
-            if i != leader_id:
-                c.stop(i)
+        node = await c.cut_off_leader()
         with trio.fail_after(5), pytest.raises((RaftTimeoutError, ProposalDroppedError)):
             await node.linearizable_read(timeout=0.2)
 
