@@ -149,6 +149,7 @@ OVERLOADED = "overloaded"
 
 _LENGTH = struct.Struct(">I")
 _RECV_BYTES = 64 << 10  # asked of the socket per receive
+_MAX_IDLE_WORKERS = 16  # request tasks kept waiting for work, per server connection
 _MAX_WRITE_BYTES = 1 << 20  # frames coalesced into one send_all (at least one)
 _MAX_QUEUED_BYTES = 4 << 20  # senders wait while this much is queued (a larger lone frame fits)
 _CLOSE_FLUSH_S = 2.0  # how long a bad_version reply may take to leave before the close
@@ -673,6 +674,9 @@ class _ServerConnection:
         self._running = 0
         self._slot_freed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
+        # Requests for idle workers (see _work), and the idle workers.
+        self._pending: deque[RpcFrame] = deque()
+        self._idle_workers = trio.lowlevel.ParkingLot()
 
     async def run(self) -> None:
         wire = self.wire
@@ -716,7 +720,23 @@ class _ServerConnection:
         while self._running >= self._max_concurrent:
             await self._slot_freed.park()
         self._running += 1
-        self._nursery.start_soon(self._run_request, frame)
+        if self._idle_workers:
+            self._pending.append(frame)
+            self._idle_workers.unpark()
+        else:
+            self._nursery.start_soon(self._work, frame)
+
+    async def _work(self, frame: RpcFrame) -> None:
+        """Answers the request it was started for, then the ones handed to it while it waits
+        idle: waking a parked task costs less than starting one per request. At most
+        ``_MAX_IDLE_WORKERS`` wait idle per connection; a worker beyond them ends."""
+        while True:
+            await self._run_request(frame)
+            while not self._pending:
+                if len(self._idle_workers) >= _MAX_IDLE_WORKERS:
+                    return
+                await self._idle_workers.park()
+            frame = self._pending.popleft()
 
     async def _run_request(self, frame: RpcFrame) -> None:
         try:

@@ -442,8 +442,10 @@ class RaftNode:
         returns the read index. Read the state machine right after it returns.
 
         A leader holding a lease (``Config.lease_reads``) takes its commit index at once,
-        without a round through the ready loop; then this returns without a checkpoint (and
-        without the cost of a cancel scope for ``timeout``) if that index is applied already.
+        without a round through the ready loop, and waits only for its own apply to reach
+        it: then ``timeout``, which bounds the round to the other voters, does not apply (nor
+        does the cost of a cancel scope), and it returns without a checkpoint if that index is
+        applied already.
 
         Raises:
             ProposalDroppedError: no leader to ask.
@@ -453,12 +455,11 @@ class RaftNode:
         index = self._core.lease_read_index()
         if index is not None:
             self._counts["reads"] += 1
-            if self._core.applied >= index:
-                return index
+            await self.wait_applied(index)
+            return index
         with trio.CancelScope(deadline=math.inf if timeout is None
                               else trio.current_time() + timeout) as scope:
-            if index is None:
-                index = await self.read_index()
+            index = await self.read_index()
             await self.wait_applied(index)
             return index
         assert scope.cancelled_caught
