@@ -900,9 +900,11 @@ class RaftCore:
     def has_ready(self) -> bool:
         if self._outstanding is not None:
             return False
+        return bool(self._msgs) or self._has_work_besides_messages()
+
+    def _has_work_besides_messages(self) -> bool:
         return bool(
-            self._msgs
-            or self._bcast_pending
+            self._bcast_pending
             or self._msgs_after_persist
             or self._read_states
             or self._pending_snapshot is not None
@@ -911,6 +913,18 @@ class RaftCore:
             or SoftState(self.leader, self.role) != self._prev_soft_state
             or min(self.log.committed, self.log.persisted) > self.log.applying
         )
+
+    def take_messages(self) -> list[Message] | None:
+        """The messages to send now, if they are all there is to do: then the caller sends
+        them (in this order) and needs no Ready. None, leaving everything to the next Ready,
+        when anything else is pending. Such messages never wait for persistence, so they may
+        also be taken while a Ready is outstanding (its own messages have left already).
+        This spares a driver the round through its ready loop for a heartbeat and its
+        answer, most of what an idle group does."""
+        if self._has_work_besides_messages():
+            return None
+        msgs, self._msgs = self._msgs, []
+        return msgs
 
     def ready(self) -> Ready:
         """The next batch of work. Only one Ready may be outstanding: call :meth:`advance`

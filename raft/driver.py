@@ -503,11 +503,15 @@ class RaftNode:
             self._expire_proposals()
         try:
             self._core.tick()
-            if not self._core.has_ready():
-                return  # most ticks only count: no need to wake the ready loop
+            msgs = self._core.take_messages()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
-        self._kick()
+            self._kick()
+            return
+        if msgs is None:
+            self._kick()
+        elif msgs:  # heartbeats, and nothing else to do: no need to wake the ready loop
+            self._send(msgs)
 
     async def _ready_loop(self) -> None:
         core = self._core
@@ -680,9 +684,15 @@ class RaftNode:
         try:
             for m in msgs:
                 core.step(m)
+            out = core.take_messages()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
-        self._kick()
+            self._kick()
+            return
+        if out is None:
+            self._kick()
+        elif out:  # a heartbeat's answer, say, and nothing else: no Ready needed
+            self._send(out)
 
     async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         transport = self._transport

@@ -87,6 +87,33 @@ def test_ready_numbers_increase_and_carry_soft_state_changes():
 # ============================================================================ client calls
 
 
+def test_take_messages_hands_out_heartbeats_only_when_nothing_else_is_pending():
+    leader = lone_node(1)
+    make_leader(leader)
+    leader.handle_ready()  # the leader's no-op entry and its appends
+    core = leader.core
+    assert core.take_messages() == []  # nothing at all to do
+    for _ in range(core.config.heartbeat_tick):
+        core.tick()
+    beats = core.take_messages()
+    assert sorted(m.to for m in beats) == [2, 3]
+    assert all(m.type is MT.HEARTBEAT for m in beats)
+    assert not core.has_ready()  # taken: no Ready is needed for them
+    # A follower: the first heartbeat of a new leader changes its term and leader (a Ready
+    # persists and reports that); after it, an answer is all a heartbeat asks of it.
+    follower = lone_node(2)
+    follower.step(next(m for m in beats if m.to == 2))
+    follower.core.step(Message(MT.HEARTBEAT, 2, 1, core.term, commit=0))
+    assert [m.type for m in follower.core.take_messages()] == [MT.HEARTBEAT_RESP]
+    # Anything else pending (here a proposal to persist and replicate): a Ready does it all.
+    core.propose(b"x")
+    for _ in range(core.config.heartbeat_tick):
+        core.tick()
+    assert core.take_messages() is None
+    rd = core.ready()
+    assert rd.entries and any(m.type is MT.HEARTBEAT for m in rd.messages)
+
+
 def test_propose_on_a_follower_raises_with_the_leader_hint():
     net = Network((1, 2, 3), **CLASSIC)
     with pytest.raises(ProposalDroppedError) as exc:

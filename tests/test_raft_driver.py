@@ -231,6 +231,23 @@ async def test_closed_node_fails_pending_and_new_calls(tmp_path):
             await node.propose(b"late")
 
 
+async def test_an_idle_group_heartbeats_without_readies(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            await node.propose(b"settle")
+            await trio.sleep(5 * TICK)
+            before = {i: n.statistics() for i, n in c.nodes.items()}
+            # Until every node has sent 20 more messages: heartbeats and their answers.
+            while any(n.statistics().messages_sent - before[i].messages_sent < 20
+                      for i, n in c.nodes.items()):
+                await trio.sleep(TICK)
+            after = {i: n.statistics() for i, n in c.nodes.items()}
+        for i in c.nodes:
+            # They went straight out: no Ready, no ready-loop round.
+            assert after[i].readies - before[i].readies <= 3
+
+
 async def test_a_proposal_that_cannot_commit_fails_at_its_timeout(tmp_path):
     async with cluster(tmp_path) as c:
         node = await c.cut_off_leader()
