@@ -37,6 +37,7 @@ import trio
 from raft.core import Config
 from raft.driver import OutcomeUnknownError, open_raft_node
 from raft.poller import ReadPoller
+from raft.tcp import write_nowait
 from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
 
 __all__ = ["KVStateMachine", "KVClient", "OutcomeUnknown", "serve", "main"]
@@ -190,10 +191,7 @@ class _Connection:
         frame = _frame(resp)
         if self.fd >= 0 and not self.out:
             # The writer is idle and nothing is queued: write now, saving a task switch.
-            try:
-                written = os.write(self.fd, frame)
-            except OSError:
-                written = 0  # the writer meets the error on its own attempt
+            written = write_nowait(self.fd, frame)  # an error: the writer meets it too
             if written == len(frame):
                 return
             frame = frame[written:]
@@ -201,7 +199,7 @@ class _Connection:
         self.out_ready.set()
 
     async def _writer(self) -> None:
-        fd = self.stream.socket.fileno()
+        fd = self.sock_fd
         while True:
             if not self.out:
                 self.fd = fd

@@ -503,15 +503,20 @@ class RaftNode:
             self._expire_proposals()
         try:
             self._core.tick()
-            msgs = self._core.take_messages()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
-            self._kick()
-            return
-        if msgs is None:
-            self._kick()
-        elif msgs:  # heartbeats, and nothing else to do: no need to wake the ready loop
-            self._send(msgs)
+        self._send_or_kick()
+
+    def _send_or_kick(self) -> None:
+        """After a tick or a step: send the messages if they are all the core has to do (a
+        heartbeat, its answer), else wake the ready loop for a Ready."""
+        if self._step_error is None:
+            msgs = self._core.take_messages()
+            if msgs is not None:
+                if msgs:
+                    self._send(msgs)
+                return
+        self._kick()
 
     async def _ready_loop(self) -> None:
         core = self._core
@@ -684,15 +689,9 @@ class RaftNode:
         try:
             for m in msgs:
                 core.step(m)
-            out = core.take_messages()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
-            self._kick()
-            return
-        if out is None:
-            self._kick()
-        elif out:  # a heartbeat's answer, say, and nothing else: no Ready needed
-            self._send(out)
+        self._send_or_kick()
 
     async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         transport = self._transport
