@@ -8,15 +8,21 @@ answer without talking to anyone:
   round-robin over them), so the catalog survives the loss of any one region when there are
   three. Every other node is a learner of it, so every node can read the catalog locally.
 - **One data group per region** (``data_group(region)``): its voters are the region's nodes, so
-  commits are synchronous inside the region only, and every node of every other region is a
+  commits are synchronous inside the region only, and one node of every other region is a
   learner, which receives the log asynchronously and serves local stale reads there. Keyspaces
   that ``survive="zone"`` (the default) live here.
 - **One spread group per region**, with three regions or more (``spread_group(region)``): three
   voters, one in the home region and one in each of the next two regions (a different node of
-  each region for each home, to spread the load), everyone else a learner. Keyspaces that
-  ``survive="region"`` live here: a commit waits for a second region, so losing a whole region
-  loses no acknowledged write and leaves a majority to carry on. Its leader is kept in the home
-  region while that region's voter is up (see the node).
+  each region for each home, to spread the load), and a learner in each region beyond those.
+  Keyspaces that ``survive="region"`` live here: a commit waits for a second region, so losing
+  a whole region loses no acknowledged write and leaves a majority to carry on. Its leader is
+  kept in the home region while that region's voter is up (see the node).
+
+One replica per other region is what a region's local reads need: every further one would
+receive, store and fsync every commit for nothing (a data group with a learner on every node of
+three regions of three sends each entry to eight peers instead of four). The learners of the
+groups homed in region *i* are the nodes at index *i + 1* of the other regions, and the spread
+group's voters those at index *i*, so that each node carries about the same share.
 
 A keyspace's keys live in its home region's data group, prefixed with the keyspace's id
 (:func:`encode_key`); the range directory (:class:`RangeDirectory`) maps a keyspace and key to
@@ -107,23 +113,25 @@ def placement(cluster: ClusterConfig) -> dict[int, GroupPlacement]:
     groups[META_GROUP] = GroupPlacement(
         META_GROUP, "", ConfState(meta_voters, tuple(i for i in everyone if i not in voters)),
         "meta")
-    for region in cluster.region_names:
-        local = tuple(sorted(n.id for n in cluster.nodes_in(region)))
+    names = cluster.region_names
+    members = {r: sorted(n.id for n in cluster.nodes_in(r)) for r in names}
+
+    def learners(i: int, regions_with_voters: set[str]) -> tuple[int, ...]:
+        """One node of every region without a voter: the one at index ``i + 1``."""
+        return tuple(sorted(members[r][(i + 1) % len(members[r])] for r in names
+                            if r not in regions_with_voters))
+
+    for i, region in enumerate(names):
         gid = data_group(cluster, region)
         groups[gid] = GroupPlacement(
-            gid, region, ConfState(local, tuple(i for i in everyone if i not in local)))
-    names = cluster.region_names
+            gid, region, ConfState(tuple(members[region]), learners(i, {region})))
     if len(names) >= 3:
         for i, region in enumerate(names):
-            spread = []
-            for r in (names[(i + k) % len(names)] for k in range(3)):
-                pool = sorted(n.id for n in cluster.nodes_in(r))
-                spread.append(pool[i % len(pool)])
+            homes = [names[(i + k) % len(names)] for k in range(3)]
+            spread = tuple(sorted(members[r][i % len(members[r])] for r in homes))
             gid = spread_group(cluster, region)
             groups[gid] = GroupPlacement(
-                gid, region,
-                ConfState(tuple(sorted(spread)), tuple(i for i in everyone if i not in spread)),
-                "spread")
+                gid, region, ConfState(spread, learners(i, set(homes))), "spread")
     return groups
 
 

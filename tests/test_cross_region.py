@@ -225,8 +225,8 @@ async def test_a_decided_transaction_is_finished_by_its_readers():
                 # The sweep would have done it too; either way the intent is gone.
                 group = data_group(cluster.config, "eu-west")
                 for node in cluster.nodes.values():
-                    replica = node.replicas[group]
-                    if replica.node.is_leader:
+                    replica = node.replicas.get(group)
+                    if replica is not None and replica.node.is_leader:
                         assert replica.sm.prepared() == []
 
 
