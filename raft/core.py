@@ -903,15 +903,20 @@ class RaftCore:
         return bool(self._msgs) or self._has_work_besides_messages()
 
     def _has_work_besides_messages(self) -> bool:
+        # Called after every step and tick: the states are compared field by field rather
+        # than built (a frozen dataclass costs microseconds to construct).
+        log = self.log
+        hs = self._prev_hard_state
+        ss = self._prev_soft_state
         return bool(
             self._bcast_pending
             or self._msgs_after_persist
             or self._read_states
             or self._pending_snapshot is not None
-            or self.log.unstable <= self.log.last_index
-            or self._hard_state() != self._prev_hard_state
-            or SoftState(self.leader, self.role) != self._prev_soft_state
-            or min(self.log.committed, self.log.persisted) > self.log.applying
+            or log.unstable <= log.last_index
+            or self.term != hs.term or self.vote != hs.vote or log.committed != hs.commit
+            or self.leader != ss.leader or self.role != ss.role
+            or min(log.committed, log.persisted) > log.applying
         )
 
     def take_messages(self) -> list[Message] | None:
