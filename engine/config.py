@@ -25,9 +25,9 @@ Example configuration::
     [cluster]
     name = "prod"
     max_clock_offset_ms = 250       # beyond this skew, nodes refuse to serve (ARCH §9)
-    tick_interval_ms = 50           # length of one Raft tick
-    election_ticks = 20             # must be greater than heartbeat_ticks
-    heartbeat_ticks = 2
+    tick_interval_ms = 100          # length of one Raft tick
+    election_ticks = 10             # must be greater than heartbeat_ticks
+    heartbeat_ticks = 1
     meta_regions = ["us-east", "eu-west", "ap-south"]
 
     [cluster.limits]                # every key is optional; these are the defaults
@@ -77,8 +77,10 @@ Top level: ``node_id`` (required; an id listed in the cluster), ``data_dir`` (re
 non-empty), ``log_level`` (default ``"info"``), ``[cluster]`` (required).
 
 ``[cluster]``: ``name`` (required; letters, digits, ``.``, ``_``, ``-``);
-``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (50), ``heartbeat_ticks`` (2) and
-``election_ticks`` (20, greater than ``heartbeat_ticks``), all positive integers;
+``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
+``election_ticks`` (10, greater than ``heartbeat_ticks``), all positive integers (the defaults:
+heartbeats every 100 ms, elections after 1–2 s without one, as etcd's; each tick wakes every
+node, so a longer tick with fewer ticks per heartbeat costs an idle node less);
 ``meta_regions`` (regions hosting the cluster's metadata group — the range directory and
 keyspace catalogue of ARCH §4; default or empty: every region).
 
@@ -468,10 +470,10 @@ class ClusterConfig:
     regions: tuple[RegionConfig, ...]
     max_clock_offset_ms: int = 250
     """The largest clock offset the guarantees tolerate (ARCH §5, §9)."""
-    tick_interval_ms: int = 50
+    tick_interval_ms: int = 100
     """The length of one Raft tick; Raft counts time in ticks."""
-    election_ticks: int = 20
-    heartbeat_ticks: int = 2
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
     wan_latency_ms: Mapping[frozenset[str], float] = dc_field(default_factory=dict)
     """One-way latency per unordered pair of regions. Given in code, keys may also be
     ``(a, b)`` tuples; they are stored as frozensets, in a read-only mapping."""

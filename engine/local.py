@@ -34,6 +34,11 @@ from .node import Node
 
 __all__ = ["LocalCluster", "open_local_cluster", "free_base_port"]
 
+LOCAL_ELECTION_TICKS = 20
+LOCAL_HEARTBEAT_TICKS = 2
+"""Raft timing of in-process clusters, in ticks of their ``tick_interval_ms`` (20 ms unless
+given): with the default tick, heartbeats every 40 ms and elections after 0.4–0.8 s."""
+
 
 def free_base_port(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
     """A port ``p`` such that ``p .. p + count - 1`` could be bound on ``host`` just now."""
@@ -150,7 +155,9 @@ async def open_local_cluster(
             afterwards).
         wan_latency_ms: one-way latency per region pair (default: none — set it to simulate a
             geo-distributed cluster, e.g. ``{("us-east", "eu-west"): 35}``).
-        tick_interval_ms: Raft tick (elections after 10–20 ticks).
+        tick_interval_ms: Raft tick: heartbeats every :data:`LOCAL_HEARTBEAT_TICKS` ticks,
+            elections after :data:`LOCAL_ELECTION_TICKS` to twice that without one (short, so
+            that tests of failures run fast).
         limits: transaction limits.
         seed: seeds Raft election jitter and link models (None: random).
         clock_offsets_ns: ``{node_id: offset}`` skews those nodes' wall clocks (for tests of
@@ -161,11 +168,13 @@ async def open_local_cluster(
     base = free_base_port(2 * count)
     cluster = default_local_cluster(names, nodes_per_region, base,
                                     wan_latency_ms=wan_latency_ms or {})
-    if tick_interval_ms != cluster.tick_interval_ms or limits is not None:
+    if (tick_interval_ms, LOCAL_ELECTION_TICKS, LOCAL_HEARTBEAT_TICKS) != (
+            cluster.tick_interval_ms, cluster.election_ticks, cluster.heartbeat_ticks) \
+            or limits is not None:
         cluster = ClusterConfig(
             name=cluster.name, regions=cluster.regions,
             max_clock_offset_ms=cluster.max_clock_offset_ms, tick_interval_ms=tick_interval_ms,
-            election_ticks=cluster.election_ticks, heartbeat_ticks=cluster.heartbeat_ticks,
+            election_ticks=LOCAL_ELECTION_TICKS, heartbeat_ticks=LOCAL_HEARTBEAT_TICKS,
             wan_latency_ms=cluster.wan_latency_ms, limits=limits or cluster.limits,
             meta_regions=cluster.meta_regions)
     with (contextlib.nullcontext(directory) if directory is not None

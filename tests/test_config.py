@@ -88,7 +88,7 @@ def test_the_documented_example_parses():
     assert c.region_names == ("us-east", "eu-west", "ap-south")
     assert [n.id for n in c.all_nodes()] == list(range(1, 10))
     assert c.max_clock_offset_ms == 250 and c.max_clock_offset_ns == 250_000_000
-    assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (50, 20, 2)
+    assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (100, 10, 1)
     assert c.limits == Limits()
     assert c.meta_regions == ("us-east", "eu-west", "ap-south")
     assert cfg.address == NodeAddress(4, "eu-west", "10.0.2.1", 7100, "10.0.2.1", 7200)
@@ -111,7 +111,7 @@ def test_defaults_apply_to_optional_keys():
     cfg = parse_node_config(BASE_TOML)
     c = cfg.cluster
     assert cfg.log_level == "info"
-    assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (50, 20, 2)
+    assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (100, 10, 1)
     assert c.limits == Limits(max_txn_keys=10)
     assert c.latency_ms("eu-west", "us-east") == 40.0  # an int in TOML, a float here
     assert isinstance(c.latency_ms("eu-west", "us-east"), float)
@@ -292,7 +292,7 @@ FAILING = [
     ("heartbeat zero", _set("cluster/heartbeat_ticks", 0), "cluster.heartbeat_ticks",
      "must be at least 1"),
     ("election not above heartbeat", _set("cluster/election_ticks", 1), "cluster.election_ticks",
-     "must be greater than heartbeat_ticks (2), got 1"),
+     "must be greater than heartbeat_ticks (1), got 1"),
     # limits
     ("limits not a table", _set("cluster/limits", 5), "cluster.limits", "expected a table"),
     ("txn keys zero", _set("cluster/limits/max_txn_keys", 0), "cluster.limits.max_txn_keys",
@@ -560,8 +560,8 @@ def test_default_local_cluster_shape():
     assert c.latency_ms("eu-west", "ap-south") == 110.0
     assert c.meta_regions == c.region_names
     assert c.limits == Limits()
-    assert (c.max_clock_offset_ms, c.tick_interval_ms) == (250, 50)
-    assert (c.election_ticks, c.heartbeat_ticks) == (20, 2)
+    assert (c.max_clock_offset_ms, c.tick_interval_ms) == (250, 100)
+    assert (c.election_ticks, c.heartbeat_ticks) == (10, 1)
 
 
 def test_default_local_cluster_variants():
