@@ -154,33 +154,48 @@ class _MeridianDriver:
 
 
 class _Pool:
-    """Connections handed to one operation at a time (a worker never waits for another's)."""
+    """Connections handed to one operation at a time (a worker never waits for another's).
+
+    ``take()`` is an async context manager without a generator or a channel: a free
+    connection is taken at once, on the load generator's hot path."""
 
     def __init__(self, conns) -> None:
         self.conns = conns  # the opener closes these (reopened ones included) at the end
-        self._send, self._recv = trio.open_memory_channel(len(self.conns))
-        for c in self.conns:
-            self._send.send_nowait(c)
+        self._free = list(conns)
+        self._waiters = trio.lowlevel.ParkingLot()
 
-    @asynccontextmanager
-    async def take(self):
-        conn = await self._recv.receive()
-        try:
-            yield conn
-        except _AnswerError:
-            raise  # a whole answer was read: the connection is fine
-        except BaseException:
-            conn.broken = True
-            raise
-        finally:
-            if conn.broken:
-                # The request may be half sent or its answer half read: start afresh.
-                i = self.conns.index(conn)
-                await conn.close()
-                with trio.move_on_after(10):
-                    conn = self.conns[i] = await conn.reopen()
-            if not conn.broken:
-                self._send.send_nowait(conn)
+    def take(self) -> _Lease:
+        return _Lease(self)
+
+
+class _Lease:
+    __slots__ = ("pool", "conn")
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.conn = None
+
+    async def __aenter__(self):
+        pool = self.pool
+        while not pool._free:
+            await pool._waiters.park()
+        self.conn = pool._free.pop()
+        return self.conn
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        pool, conn = self.pool, self.conn
+        if exc_type is not None and not issubclass(exc_type, _AnswerError):
+            conn.broken = True  # a whole answer was not read: the connection is suspect
+        if conn.broken:
+            # The request may be half sent or its answer half read: start afresh.
+            i = pool.conns.index(conn)
+            await conn.close()
+            with trio.move_on_after(10):
+                conn = pool.conns[i] = await conn.reopen()
+        if not conn.broken:
+            pool._free.append(conn)
+            pool._waiters.unpark()
+        return False
 
 
 @asynccontextmanager

@@ -182,6 +182,32 @@ def test_hdr_merge_and_encoding_keep_every_count():
     assert hdr.Histogram().summary()["p99_ms"] is None
 
 
+def test_hdr_counting_records_is_the_same_as_recording_each_value():
+    """Histogram.record_us counts values (rounded to HdrHistogram's bucket) and adds them in
+    bulk: every figure must equal recording each value into an HdrHistogram directly."""
+    from hdrh.histogram import HdrHistogram
+
+    rng = random.Random(5)
+    direct = HdrHistogram(hdr.LOWEST_US, hdr.HIGHEST_US, hdr.SIG_FIGS)
+    counted = hdr.Histogram()
+    for _ in range(50_000):
+        us = rng.lognormvariate(8, 2.5)  # ~1 µs to beyond the hour clamp
+        direct.record_value(min(max(int(us), hdr.LOWEST_US), hdr.HIGHEST_US))
+        counted.record_us(us)
+        if rng.random() < 1e-4:  # reads between records flush what was pending
+            assert counted.count == direct.get_total_count()
+    assert counted.count == direct.get_total_count() == 50_000
+    for q in (1, 50, 90, 99, 99.9, 100):
+        assert counted.percentile_ms(q) == direct.get_value_at_percentile(q) / 1000.0
+    assert counted.max_ms() == direct.get_max_value() / 1000.0
+    assert math.isclose(counted.mean_ms(), direct.get_mean_value() / 1000.0, rel_tol=1e-9)
+    # What is pending stays small whatever is recorded: one count per bucket.
+    many = hdr.Histogram()
+    for v in range(1, 200_000):
+        many.record_us(v * 37)
+    assert len(many._pending) <= 2048 + 1024 * 12 and many.count == 199_999
+
+
 def test_missing_dependency_gives_the_install_command(monkeypatch):
     import importlib.util
 
