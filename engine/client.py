@@ -655,11 +655,15 @@ class Database:
         return result
 
     def _candidates(self, group: int) -> list[int]:
-        g = self._groups[group]
+        """The known leader first, then the other voters; all voters in random order (to
+        spread the search) when no leader is known."""
+        voters = self._groups[group]["voters"]
         leader = self._leaders.get(group)
-        voters = list(g["voters"])
+        if leader:
+            return [leader, *(v for v in voters if v != leader)]
+        voters = list(voters)
         self._rng.shuffle(voters)
-        return ([leader] if leader else []) + [v for v in voters if v != leader]
+        return voters
 
     async def _call_group(self, group: int, method: str, payload, *,
                           commit: bool = False) -> Any:
