@@ -63,7 +63,8 @@ Stale reads
 at the newest timestamp the local replica has that is no older than that. Both are served by a
 replica in the client's own region (the region's learner of a group homed elsewhere), without
 any cross-region round trip, and never return a value newer than their timestamp nor one
-older than it promises.
+older than it promises. While that replica is down, the group's voters serve them instead
+(one WAN round trip: the read stays available).
 
 Simulated WAN
 -------------
@@ -723,22 +724,21 @@ class Database:
                                f"{self._request_timeout_s} s (last: {last_error})")
 
     async def _call_local(self, group: int, method: str, payload) -> Any:
-        """Calls a replica of ``group`` in this client's region (stale reads)."""
+        """Calls a replica of ``group`` in this client's region (stale reads). A region holds
+        one replica of a group homed elsewhere: when it does not answer, the group's voters
+        serve the read instead (any replica can), at the price of a WAN round trip."""
         g = self._groups[group]
         local = [n for n in (*g["voters"], *g["learners"])
                  if self._nodes[n].region == self.region]
         self._rng.shuffle(local)
-        last: BaseException | None = None
         for node_id in local:
             try:
                 return await self._call_node(node_id, method, payload)
-            except (OSError, ConnectTimeoutError, ConnectionLostError) as exc:
+            except (OSError, ConnectTimeoutError, ConnectionLostError):
                 self._conns.pop(node_id, None)
-                last = exc
             except RemoteError as exc:
                 raise _translate(exc) from None
-        raise UnavailableError(f"no replica of group {group} in region {self.region} "
-                               f"answered ({last})")
+        return await self._call_group(group, method, payload)
 
 
 class _Restart(Exception):
