@@ -17,6 +17,7 @@ processes are missing. Nodes can be stopped and started again (:meth:`LocalClust
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import socket
 import tempfile
@@ -168,15 +169,9 @@ async def open_local_cluster(
     base = free_base_port(2 * count)
     cluster = default_local_cluster(names, nodes_per_region, base,
                                     wan_latency_ms=wan_latency_ms or {})
-    if (tick_interval_ms, LOCAL_ELECTION_TICKS, LOCAL_HEARTBEAT_TICKS) != (
-            cluster.tick_interval_ms, cluster.election_ticks, cluster.heartbeat_ticks) \
-            or limits is not None:
-        cluster = ClusterConfig(
-            name=cluster.name, regions=cluster.regions,
-            max_clock_offset_ms=cluster.max_clock_offset_ms, tick_interval_ms=tick_interval_ms,
-            election_ticks=LOCAL_ELECTION_TICKS, heartbeat_ticks=LOCAL_HEARTBEAT_TICKS,
-            wan_latency_ms=cluster.wan_latency_ms, limits=limits or cluster.limits,
-            meta_regions=cluster.meta_regions)
+    cluster = dataclasses.replace(
+        cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
+        heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits)
     with (contextlib.nullcontext(directory) if directory is not None
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
         Path(path).mkdir(parents=True, exist_ok=True)

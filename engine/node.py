@@ -1,10 +1,11 @@
 """The node runtime: one process, one data directory, replicas of several groups (ARCH §7).
 
 A :class:`Node` hosts a replica of every group the cluster's placement gives it (see
-:mod:`engine.placement`: the meta group, its own region's data group as a voter, and some of
-the other regions' data groups as their learner there). All its groups share one Raft transport (one TCP connection
-per node pair, :mod:`raft.tcp`) and one hybrid logical clock; clients and other nodes reach it
-through one msgpack RPC server (:mod:`engine.rpc`) whose frames all carry that clock.
+:mod:`engine.placement`: the meta group, its own region's data group as a voter, and at most a
+few other groups, as a spread group's voter or as another region's learner there). All its
+groups share one Raft transport (one TCP connection per node pair, :mod:`raft.tcp`) and one
+hybrid logical clock; clients and other nodes reach it through one msgpack RPC server
+(:mod:`engine.rpc`) whose frames all carry that clock.
 
 Data directory
 --------------
