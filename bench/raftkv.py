@@ -11,10 +11,14 @@ requests in flight per connection:
               status: "ok"; "not-leader" (nothing was done: retry at the node the hint
               names, 0 = unknown); "unknown" (it may or may not have been applied);
               "error" (result: a message). A put returns nil; a get the value or nil; a cas
-              true or false; status a dict.
+              true or false; status a dict (the core's status, and the driver's counters
+              under "stats").
 
-Every put and cas is one Raft entry, msgpack ``[op, key, value]``; it is acknowledged only once
-applied on the leader, hence fsynced on a majority. :class:`KVClient` finds the leader, follows
+Every put and cas is in a Raft entry, msgpack ``[op, key, value]``, or, for the puts and
+compare-and-sets read in one wakeup of the server (from any of its connections), one entry
+``["batch", nil, [[op, key, value], ...]]`` that applies them in order (proposal batching: the
+log, replication and apply costs per entry are shared). Each is acknowledged only once applied
+on the leader, hence fsynced on a majority. :class:`KVClient` finds the leader, follows
 redirections and retries on lost connections, bounded by the caller's cancel scope.
 
 A serving node prints one line ``READY <raft port> <client port>`` on stdout once it is
@@ -24,6 +28,7 @@ listening and has recovered, and exits cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import signal
@@ -59,23 +64,28 @@ class KVStateMachine:
         self.data: dict[bytes, bytes] = {}
 
     def apply(self, entries: Sequence[Entry]) -> list[object]:
+        """One result per entry; a batch entry's is the list of its operations' results."""
         out: list[object] = []
-        data = self.data
+        one = self._apply_one
         for e in entries:
             op, key, value = msgpack.unpackb(e.data)
-            if op == "put":
-                data[key] = value
-                out.append(None)
-            elif op == "cas":
-                expected, new = value
-                if data.get(key) == expected:
-                    data[key] = new
-                    out.append(True)
-                else:
-                    out.append(False)
+            if op == "batch":
+                out.append([one(*o) for o in value])
             else:
-                out.append(None)  # unknown ops are no-ops, identically on every replica
+                out.append(one(op, key, value))
         return out
+
+    def _apply_one(self, op, key, value) -> object:
+        if op == "put":
+            self.data[key] = value
+            return None
+        if op == "cas":
+            expected, new = value
+            if self.data.get(key) == expected:
+                self.data[key] = new
+                return True
+            return False
+        return None  # unknown ops are no-ops, identically on every replica
 
     def snapshot(self) -> bytes:
         return msgpack.packb(self.data)
@@ -85,6 +95,52 @@ class KVStateMachine:
 
 
 # ---------------------------------------------------------------------------- server
+
+
+class _Batcher:
+    """Gathers the puts and compare-and-sets read in one wakeup of the server's poller and
+    proposes them as one Raft entry when the wakeup's handlers are done (:meth:`flush`, the
+    poller's round-end callback); a lone operation is proposed as an entry of its own. Each
+    operation's ``done(result, error)`` is called exactly once."""
+
+    MAX_OPS = 256
+    MAX_BYTES = 1 << 20  # values and keys in one entry, beyond which it is proposed at once
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.ops: list[list] = []
+        self.dones: list = []
+        self.size = 0
+
+    def add(self, op: str, key, value, done) -> None:
+        self.ops.append([op, key, value])
+        self.dones.append(done)
+        self.size += len(key) + (len(value) if isinstance(value, bytes) else 64)
+        if len(self.ops) >= self.MAX_OPS or self.size >= self.MAX_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        ops, dones = self.ops, self.dones
+        if not ops:
+            return
+        self.ops, self.dones, self.size = [], [], 0
+        if len(ops) == 1:
+            data, on_done = msgpack.packb(ops[0]), dones[0]
+        else:
+            data = msgpack.packb(["batch", None, ops])
+
+            def on_done(result, error):
+                if error is None:
+                    for done, r in zip(dones, result):
+                        done(r, None)
+                else:
+                    for done in dones:
+                        done(None, error)
+        try:
+            self.node.propose_nowait(data, on_done)
+        except (ProposalDroppedError, RaftError) as exc:
+            for done in dones:
+                done(None, exc)
 
 
 def _frame(obj) -> bytes:
@@ -119,17 +175,19 @@ async def _read_frames(stream):
 
 class _Connection:
     """Serves one client connection. Requests are read by the server's :class:`ReadPoller`
-    (one wakeup for every connection with something to read); puts and compare-and-sets are
-    proposed straight from there (their answers come back through a callback), reads run as
-    tasks. Answers are written at once while nothing is queued, or else queued and written
+    (one wakeup for every connection with something to read); puts and compare-and-sets go
+    to the server's :class:`_Batcher`, proposed at the end of the wakeup (their answers come
+    back through a callback), reads run as tasks. Answers are written at once while nothing is queued, or else queued and written
     by one writer, many per ``send_all``. At most ``MAX_IN_FLIGHT`` requests are
     outstanding: beyond that the connection is not read (back-pressure)."""
 
     MAX_IN_FLIGHT = 4096
 
-    def __init__(self, stream, node, sm: KVStateMachine, poller: ReadPoller):
+    def __init__(self, stream, node, sm: KVStateMachine, poller: ReadPoller,
+                 batcher: _Batcher):
         self.stream = stream
         self.node = node
+        self.batcher = batcher
         self.sm = sm
         self.poller = poller
         self.out: list[bytes] = []
@@ -227,14 +285,13 @@ class _Connection:
                     self._answer([rid, "ok", result, node.leader])
                 else:
                     self._answer(self._error(rid, error))
-            try:
-                node.propose_nowait(msgpack.packb([op, key, value]), done)
-            except (ProposalDroppedError, RaftError) as exc:
-                self._answer(self._error(rid, exc))
+            self.batcher.add(op, key, value, done)
         elif op == "get":
             self.nursery.start_soon(self._get, rid, key)
         elif op == "status":
-            self._answer([rid, "ok", node.core.status(), node.leader])
+            st = node.core.status()
+            st["stats"] = dataclasses.asdict(node.statistics())
+            self._answer([rid, "ok", st, node.leader])
         else:
             self._answer([rid, "error", f"unknown op {op!r}", node.leader])
 
@@ -275,10 +332,11 @@ async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
                 listeners = await trio.open_tcp_listeners(client_port, host="127.0.0.1")
                 port = listeners[0].socket.getsockname()[1]
 
-                poller = ReadPoller()
+                batcher = _Batcher(node)
+                poller = ReadPoller(on_round_end=batcher.flush)
 
                 async def handler(stream):
-                    await _Connection(stream, node, sm, poller).run()
+                    await _Connection(stream, node, sm, poller, batcher).run()
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(poller.run)

@@ -42,7 +42,11 @@ class ReadPoller:
     propagates out of :meth:`run` (a handler must deal with its own connection's errors).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_round_end: Callable[[], None] | None = None) -> None:
+        """``on_round_end``, if given, is called after each wakeup's handlers have run: where
+        a server finishes what they started together (one proposal for the requests of every
+        connection that was readable, say)."""
+        self._on_round_end = on_round_end
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._paused: set[int] = set()
@@ -87,6 +91,7 @@ class ReadPoller:
         """Dispatches readiness until cancelled (then closes the poller)."""
         epoll = self._epoll
         handlers = self._handlers
+        on_round_end = self._on_round_end
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
@@ -94,6 +99,8 @@ class ReadPoller:
                     handler = handlers.get(fd)
                     if handler is not None:  # removed by an earlier handler of this round
                         handler()
+                if on_round_end is not None:
+                    on_round_end()
         finally:
             self.close()
 

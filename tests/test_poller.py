@@ -131,3 +131,27 @@ async def test_cancelling_run_closes_the_poller():
     poller.remove(a.fileno())  # idempotent, also after close
     poller.close()
     _close(pairs)
+
+
+async def test_the_round_end_callback_runs_once_after_each_wakeups_handlers(nursery):
+    pairs = _pairs(4)
+    events: list = []
+    poller = ReadPoller(on_round_end=lambda: events.append("end"))
+
+    def handler(i, sock):
+        return lambda: events.append((i, os.read(sock.fileno(), 100)))
+
+    nursery.start_soon(poller.run)
+    for i, (a, _) in enumerate(pairs):
+        poller.add(a.fileno(), handler(i, a))
+    await trio.testing.wait_all_tasks_blocked()
+    assert events == []  # no wakeup, no call
+    for i, (_, b) in enumerate(pairs):
+        b.send(b"m%d" % i)
+    await trio.testing.wait_all_tasks_blocked()
+    assert events[-1] == "end" and events.count("end") == 1
+    assert sorted(events[:-1]) == [(i, b"m%d" % i) for i in range(4)]
+    pairs[2][1].send(b"again")
+    await trio.testing.wait_all_tasks_blocked()
+    assert events[-2:] == [(2, b"again"), "end"]
+    _close(pairs)
