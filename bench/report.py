@@ -160,7 +160,9 @@ generator (`bench/peers/loadgen.py`, one epoll loop per process, two processes f
 drives every system through its own protocol.
 
 - **meridian**: three `bench.raftkv` nodes; a put is acknowledged once applied on the leader,
-  that is after it is fsynced on a majority (`durable`).
+  that is after it is fsynced on a majority (`durable`). The puts the leader reads in one
+  wakeup, from every connection, share one Raft entry (proposal batching); etcd and PySyncObj
+  make one log entry per request.
 - **pysyncobj** / **pysyncobj-batch**: PySyncObj with its journal file, batching off / on. It
   never fsyncs the journal and does not persist term or vote: not durable, an upper bound.
 - **etcd**: three members of Debian's etcd-server (3.4), v3 HTTP/JSON gateway (`durable`).
