@@ -177,9 +177,10 @@ class _Connection:
     """Serves one client connection. Requests are read by the server's :class:`ReadPoller`
     (one wakeup for every connection with something to read); puts and compare-and-sets go
     to the server's :class:`_Batcher`, proposed at the end of the wakeup (their answers come
-    back through a callback), reads run as tasks. Answers are written at once while nothing is queued, or else queued and written
-    by one writer, many per ``send_all``. At most ``MAX_IN_FLIGHT`` requests are
-    outstanding: beyond that the connection is not read (back-pressure)."""
+    back through a callback), reads run as tasks. Answers are written at once while nothing
+    is queued, or else queued and written by one writer, many per ``send_all``. At most
+    ``MAX_IN_FLIGHT`` requests are outstanding: beyond that the connection is not read
+    (back-pressure)."""
 
     MAX_IN_FLIGHT = 4096
 
