@@ -115,7 +115,9 @@ class _Batcher:
     def add(self, op: str, key, value, done) -> None:
         self.ops.append([op, key, value])
         self.dones.append(done)
-        self.size += len(key) + (len(value) if isinstance(value, bytes) else 64)
+        # A put's value is bytes, a compare-and-set's [expected or nil, new].
+        parts = value if isinstance(value, list) else (value,)
+        self.size += len(key) + sum(len(v) for v in parts if isinstance(v, bytes))
         if len(self.ops) >= self.MAX_OPS or self.size >= self.MAX_BYTES:
             self.flush()
 
@@ -138,7 +140,7 @@ class _Batcher:
                         done(None, error)
         try:
             self.node.propose_nowait(data, on_done)
-        except (ProposalDroppedError, RaftError) as exc:
+        except RaftError as exc:  # ProposalDroppedError included: nothing was proposed
             for done in dones:
                 done(None, exc)
 

@@ -79,17 +79,21 @@ def test_a_failed_batch_fails_every_operation_in_it():
     assert got[2:] == [(None, lost), (None, lost)]
 
 
-@pytest.mark.parametrize("limit", ["ops", "bytes"])
+@pytest.mark.parametrize("limit", ["ops", "put bytes", "cas bytes"])
 def test_a_batch_is_proposed_once_it_reaches_its_limit(limit):
     node = _FakeNode()
     b = _Batcher(node)
+    big = b"v" * (_Batcher.MAX_BYTES // 2)
     if limit == "ops":
         for i in range(_Batcher.MAX_OPS + 1):
             b.add("put", b"k", b"v", lambda r, e: None)
-    else:
-        big = b"v" * (_Batcher.MAX_BYTES // 2)
+    elif limit == "put bytes":
         for i in range(3):
             b.add("put", b"k", big, lambda r, e: None)
+    else:  # a compare-and-set's expected and new values both count
+        quarter = big[: _Batcher.MAX_BYTES // 4]
+        for i in range(3):
+            b.add("cas", b"k", [quarter, quarter], lambda r, e: None)
     assert len(node.proposed) == 1  # the full batch, at once
     b.flush()
     assert len(node.proposed) == 2
