@@ -7,20 +7,26 @@ The driver is the only loop (STYLE §1) and it is short. Two tasks and a handler
 - *tick*: every ``tick_interval`` seconds, one ``core.tick()`` (one ticker task per process
   ticks every node that has the same interval);
 - *ready*: while the core has work, take a :class:`~raft.types.Ready` and handle it in the
-  order the Ready documents — send ``messages``, persist (one fsync, never on the event loop,
-  which keeps receiving meanwhile), send ``persisted_messages``, apply ``committed_entries``,
-  then ``advance``.
+  order the Ready documents — send ``messages``, persist (one fsync), send
+  ``persisted_messages``, apply ``committed_entries``, then ``advance``.
 
 **Persisting.** The usual Ready holds entries that follow the log and nothing else: they are
-appended from the loop (one write to the page cache) and fdatasynced by a native thread that
-never takes the GIL (:class:`engine._native.Syncer`), while the loop waits on its eventfd.
-Everything else — a snapshot, a term or vote change, a conflict truncation, a new log segment —
-runs in one Python worker thread per node, as do snapshots and blocking state machines.
+appended from the loop (one write to the page cache) and fdatasynced. By default
+(``sync_in_loop=True``) the loop's own thread calls ``fdatasync``, the way etcd's Raft loop
+saves its WAL: the process does nothing else for the fsync's duration (~0.2 ms on this kind of
+disk; other threads run, the GIL is released), and a wake-up through the scheduler is saved per
+fsync — on a two-core machine that is more than the fsync costs, see BENCHMARKS.md, "Cluster:
+analysis". With ``sync_in_loop=False`` a native thread that never takes the GIL
+(:class:`engine._native.Syncer`) runs it while the loop waits on its eventfd and keeps serving
+other tasks — for a process whose disk may stall for long while other groups or clients must
+still be served. Everything else — a snapshot, a term or vote change, a conflict truncation, a
+new log segment — runs in one Python worker thread per node, as do snapshots and blocking state
+machines.
 
-**Group commit.** While one Ready is being fsynced, proposals and messages keep arriving and are
-stepped into the core; the next Ready carries all of them, so every entry that became ready
-during one fsync shares the next one. Under load, the fsync rate stays near the disk's and the
-entries per fsync grow with the offered load.
+**Group commit.** While one Ready is being fsynced, proposals and messages keep arriving (in
+the sockets, with ``sync_in_loop``; stepped into the core, without) and the next Ready carries
+all of them, so every entry that became ready during one fsync shares the next one. Under load,
+the fsync rate stays near the disk's and the entries per fsync grow with the offered load.
 
 Clients call :meth:`RaftNode.propose` (resolves with the state machine's result for that entry
 once it is applied), :meth:`RaftNode.linearizable_read` (ReadIndex, §6.4: resolves once the
@@ -36,6 +42,7 @@ commit index is simply learnt again from the leader.
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -297,7 +304,8 @@ class RaftNode:
     def __init__(self, group: int, config: Config, storage, transport,
                  state_machine: StateMachine, *, bootstrap: ConfState, seed: int | None,
                  tick_interval: float, snapshot_every: int, snapshot_keep: int,
-                 apply_in_thread: bool, unsafe: frozenset[str] = frozenset()):
+                 apply_in_thread: bool, sync_in_loop: bool = True,
+                 unsafe: frozenset[str] = frozenset()):
         if tick_interval <= 0 or not math.isfinite(tick_interval):
             raise ValueError(f"tick_interval must be a positive number, not {tick_interval!r}")
         if snapshot_every < 0 or snapshot_keep < 0:
@@ -337,9 +345,10 @@ class RaftNode:
         self._counts = dict.fromkeys(
             ("readies", "fsyncs", "entries_persisted", "entries_applied", "proposals", "reads",
              "snapshots_taken", "snapshots_installed", "messages_sent", "messages_received"), 0)
-        # Storage that can append from the loop gets its fsyncs from a native thread, which
-        # never takes the GIL (see _persist_fast); anything else goes through the worker.
-        self._syncer = Syncer() if hasattr(storage, "append_nowait") else None
+        # Storage that can append from the loop is fsynced from the loop or by a native thread
+        # that never takes the GIL (see _persist_fast); anything else goes through the worker.
+        self._fast_persist = hasattr(storage, "append_nowait")
+        self._syncer = Syncer() if self._fast_persist and not sync_in_loop else None
         try:
             self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")
         except BaseException:
@@ -544,9 +553,11 @@ class RaftNode:
         if self._ack_before_fsync and rd.persisted_messages:
             self._send(rd.persisted_messages)  # unsafe: acknowledged before it is durable
         if rd.snapshot is not None or rd.entries or hs is not None:
-            if not await self._persist_fast(rd, hs):
-                await self._worker.run(self._persist, rd, hs)
-            waited = True
+            handled = self._persist_in_loop(rd, hs)
+            if not handled:
+                if not await self._persist_fast(rd, hs):
+                    await self._worker.run(self._persist, rd, hs)
+                waited = True
         if rd.persisted_messages and not self._ack_before_fsync:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -566,16 +577,42 @@ class RaftNode:
             await self._take_snapshot()
         return waited
 
+    def _fast_path(self, rd: Ready, hs: HardState | None) -> bool:
+        """Appends the common Ready's entries — entries that follow the log, nothing else — from
+        the loop (one write to the page cache); False, having written nothing, when this Ready
+        needs the general path (a snapshot, a hard state, a truncation or a new segment: all of
+        them sync on their own)."""
+        return (self._fast_persist and rd.snapshot is None and hs is None and rd.must_sync
+                and not self._ack_before_fsync and self._storage.append_nowait(rd.entries))
+
+    def _persist_in_loop(self, rd: Ready, hs: HardState | None) -> bool:
+        """The common Ready's persist with ``sync_in_loop``: appended and fdatasynced by the
+        loop's own thread, which blocks for the fsync (the GIL released). False when the
+        Ready needs another path."""
+        if self._syncer is not None or not self._fast_path(rd, hs):
+            return False
+        storage = self._storage
+        target = storage.sync_begin()
+        if target is not None:
+            fd, upto = target
+            try:
+                os.fdatasync(fd)
+                result = 0
+            except OSError as exc:
+                result = exc.errno or errno.EIO
+            storage.sync_end(upto, result)
+            self._counts["fsyncs"] += 1
+        self._counts["entries_persisted"] += len(rd.entries)
+        return True
+
     async def _persist_fast(self, rd: Ready, hs: HardState | None) -> bool:
-        """The common Ready's persist — entries that follow the log, nothing else — without the
-        worker thread: appended from the loop (one write to the page cache), fdatasynced by the
-        native syncer thread while the loop waits on its eventfd. The worker thread runs Python
-        around its fsync, so it takes the GIL from the loop to start and to finish; the syncer
-        never does. False when this Ready needs the general path (a snapshot, a hard state, a
-        truncation or a new segment: all of them sync on their own)."""
+        """The common Ready's persist without ``sync_in_loop`` and without the worker thread:
+        appended from the loop, fdatasynced by the native syncer thread while the loop waits on
+        its eventfd. The worker thread runs Python around its fsync, so it takes the GIL from
+        the loop to start and to finish; the syncer never does. False when this Ready needs the
+        general path."""
         syncer = self._syncer
-        if (syncer is None or rd.snapshot is not None or hs is not None or not rd.must_sync
-                or self._ack_before_fsync or not self._storage.append_nowait(rd.entries)):
+        if syncer is None or not self._fast_path(rd, hs):
             return False
         storage = self._storage
         target = storage.sync_begin()
@@ -739,6 +776,7 @@ async def open_raft_node(
     snapshot_every: int = 10_000,
     snapshot_keep: int = 1_000,
     apply_in_thread: bool = False,
+    sync_in_loop: bool = True,
     unsafe: frozenset[str] = frozenset(),
 ) -> AsyncIterator[RaftNode]:
     """Runs a replica until the block exits.
@@ -756,6 +794,9 @@ async def open_raft_node(
         snapshot_every: take a snapshot and compact after this many applied entries (0: never).
         snapshot_keep: log entries kept behind a snapshot, for followers slightly behind.
         apply_in_thread: run ``state_machine.apply`` in a worker thread (for blocking ones).
+        sync_in_loop: fdatasync the usual Ready's entries from the loop's thread, blocking the
+            process for the fsync (the default: the fewest wake-ups), or, when False, from a
+            native thread while the loop serves other tasks (see the module docstring).
         unsafe: names from :data:`UNSAFE_MODES` that break durability on purpose, for showing
             that fault tests notice: ``ack_before_fsync`` (entries are never fsynced and
             acknowledged before they are written), ``votes_without_persisting`` (term and vote
@@ -765,7 +806,7 @@ async def open_raft_node(
     node = RaftNode(group, config, storage, transport, state_machine, bootstrap=bootstrap,
                     seed=seed, tick_interval=tick_interval, snapshot_every=snapshot_every,
                     snapshot_keep=snapshot_keep, apply_in_thread=apply_in_thread,
-                    unsafe=frozenset(unsafe))
+                    sync_in_loop=sync_in_loop, unsafe=frozenset(unsafe))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node._run)

@@ -43,6 +43,10 @@ class Counter:
         self.items = data.split(b"\n") if data else []
 
 
+# The usual Ready's fsync runs on the loop's thread by default, or in a native thread.
+SYNC_MODES = pytest.mark.parametrize("sync_in_loop", [True, False], ids=["in-loop", "syncer"])
+
+
 class Cluster:
     def __init__(self, tmp_path, nursery, n=3, **node_options):
         self.tmp_path = tmp_path
@@ -117,8 +121,10 @@ async def cluster(tmp_path, n=3, **options):
             nursery.cancel_scope.cancel()
 
 
-async def test_propose_returns_the_state_machine_result_and_every_replica_applies(tmp_path):
-    async with cluster(tmp_path) as c:
+@SYNC_MODES
+async def test_propose_returns_the_state_machine_result_and_every_replica_applies(
+        tmp_path, sync_in_loop):
+    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
         leader = c.nodes[await c.leader()]
         with trio.fail_after(10):
             results = [await leader.propose(b"x%d" % k) for k in range(5)]
@@ -130,9 +136,10 @@ async def test_propose_returns_the_state_machine_result_and_every_replica_applie
             assert sm.items == [b"x0", b"x1", b"x2", b"x3", b"x4"]
 
 
-async def test_concurrent_proposals_share_fsyncs(tmp_path):
+@SYNC_MODES
+async def test_concurrent_proposals_share_fsyncs(tmp_path, sync_in_loop):
     """Group commit: 200 concurrent proposals need far fewer than 200 fsyncs on the leader."""
-    async with cluster(tmp_path) as c:
+    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
         leader = c.nodes[await c.leader()]
         before = leader.statistics().fsyncs
         with trio.fail_after(20):
@@ -171,8 +178,9 @@ async def test_linearizable_read_on_a_follower_sees_acknowledged_writes(tmp_path
         assert c.sms[fid].items[-2:] == [b"a", b"b"]
 
 
-async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path):
-    async with cluster(tmp_path) as c:
+@SYNC_MODES
+async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path, sync_in_loop):
+    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
         lid = await c.leader()
         with trio.fail_after(10):
             for k in range(10):
