@@ -67,11 +67,12 @@ class LocalCluster:
     """A running in-process cluster (see :func:`open_local_cluster`)."""
 
     def __init__(self, nursery: trio.Nursery, config: ClusterConfig, directory: Path,
-                 seed: int | None) -> None:
+                 seed: int | None, *, raft_fsync: str = "loop") -> None:
         self._nursery = nursery
         self.config = config
         self.directory = directory
         self._seed = seed
+        self._raft_fsync = raft_fsync
         self.nodes: dict[int, Node] = {}
         self._scopes: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
 
@@ -89,7 +90,7 @@ class LocalCluster:
         if node_id in self._scopes:
             raise ValueError(f"node {node_id} is running")
         cfg = NodeConfig(node_id=node_id, data_dir=str(self.directory / f"node-{node_id}"),
-                         cluster=self.config)
+                         cluster=self.config, raft_fsync=self._raft_fsync)
         physical = None
         if clock_offset_ns:
             def physical() -> int:
@@ -148,6 +149,7 @@ async def open_local_cluster(
     limits: Limits | None = None,
     seed: int | None = None,
     clock_offsets_ns: Mapping[int, int] | None = None,
+    raft_fsync: str = "loop",
 ) -> AsyncIterator[LocalCluster]:
     """Runs a cluster of ``regions`` × ``nodes_per_region`` nodes in this trio loop.
 
@@ -163,6 +165,8 @@ async def open_local_cluster(
         seed: seeds Raft election jitter and link models (None: random).
         clock_offsets_ns: ``{node_id: offset}`` skews those nodes' wall clocks (for tests of
             clock-offset detection).
+        raft_fsync: every node's ``raft_fsync`` setting (``"loop"`` or ``"thread"``, see
+            :class:`engine.config.NodeConfig`).
     """
     names = tuple(regions)
     count = len(names) * nodes_per_region
@@ -176,7 +180,7 @@ async def open_local_cluster(
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
         Path(path).mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
-            lc = LocalCluster(nursery, cluster, Path(path), seed)
+            lc = LocalCluster(nursery, cluster, Path(path), seed, raft_fsync=raft_fsync)
             for node in cluster.all_nodes():
                 await lc.start_node(node.id,
                                     clock_offset_ns=(clock_offsets_ns or {}).get(node.id, 0))

@@ -364,6 +364,12 @@ class RaftNode:
         return self._core
 
     @property
+    def sync_in_loop(self) -> bool:
+        """Whether the usual Ready's fdatasync runs on the loop's thread (see the module
+        docstring); False also for storage that has no fast path (all through the worker)."""
+        return self._fast_persist and self._syncer is None
+
+    @property
     def is_leader(self) -> bool:
         return self._core.role is StateRole.LEADER
 

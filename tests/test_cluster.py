@@ -198,8 +198,12 @@ async def test_a_stale_read_is_served_elsewhere_when_the_regions_replica_is_down
                 assert value == b"v2" and ts >= tx.commit_ts
 
 
-async def test_restarted_nodes_keep_their_data_and_a_new_leader_takes_over(tmp_path):
-    async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=5) as cluster:
+@pytest.mark.parametrize("raft_fsync", ["loop", "thread"])
+async def test_restarted_nodes_keep_their_data_and_a_new_leader_takes_over(tmp_path, raft_fsync):
+    async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=5,
+                                  raft_fsync=raft_fsync) as cluster:
+        assert {r.node.sync_in_loop for n in cluster.nodes.values()
+                for r in n.replicas.values()} == {raft_fsync == "loop"}
         async with cluster.connect() as db:
             with trio.fail_after(60):
                 await db.create_keyspace("r")
