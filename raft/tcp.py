@@ -702,8 +702,21 @@ class TcpTransport:
                 link.bytes_received += len(data)
                 if conn.fd < 0 and conn.idle_fd >= 0 and not link.outbox:
                     conn.fd = conn.idle_fd  # reopen the fast path (see send)
-                for group, msgs in decoder.feed(data):
-                    deliver(group, msgs)
+                frames = decoder.feed(data)
+                if len(frames) == 1:
+                    deliver(*frames[0])
+                elif frames:
+                    # One delivery per group per read, its frames' messages in order: the
+                    # node steps them all before it handles a Ready, so that appends that
+                    # arrived together share one fsync.
+                    by_group: dict[int, list[Message]] = {}
+                    for group, msgs in frames:
+                        if group in by_group:
+                            by_group[group].extend(msgs)
+                        else:
+                            by_group[group] = list(msgs)
+                    for group, msgs in by_group.items():
+                        deliver(group, msgs)
         except WireError as exc:
             counters.decode_errors += 1
             conn.close(str(exc), warn=True)

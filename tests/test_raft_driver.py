@@ -151,6 +151,33 @@ async def test_concurrent_proposals_share_fsyncs(tmp_path, sync_in_loop):
         assert len(c.sms[leader.id].items) == 200
 
 
+@SYNC_MODES
+async def test_followers_handle_appends_in_the_receiving_task(tmp_path, sync_in_loop):
+    """With the fsync on the loop's thread, a follower's usual Ready (append, fsync,
+    acknowledge, apply) needs no waiting and is handled by the task that received the append,
+    not the ready loop; with the fsync thread every Ready goes through the ready loop."""
+    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
+        leader = c.nodes[await c.leader()]
+        before = {i: n.statistics() for i, n in c.nodes.items()}
+        with trio.fail_after(10):
+            for k in range(20):
+                await leader.propose(b"i%d" % k)
+            for node in c.nodes.values():
+                await node.wait_applied(leader.core.commit)
+        for i, node in c.nodes.items():
+            if i == leader.id:
+                continue
+            stats = node.statistics()
+            readies = stats.readies - before[i].readies
+            inline = stats.readies_inline - before[i].readies_inline
+            assert readies >= 20  # at least one per append
+            if sync_in_loop:
+                assert inline >= 0.9 * readies, (inline, readies)
+            else:
+                assert inline == 0
+        assert all(sm.items[-20:] == [b"i%d" % k for k in range(20)] for sm in c.sms.values())
+
+
 async def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
     async with cluster(tmp_path) as c:
         lid = await c.leader()
