@@ -15,10 +15,10 @@ has the Ready handled at once by the task that stepped (the receiver or the tick
 nothing in it has to wait — the usual case with the fsync on the loop's thread: an append
 persisted and acknowledged — which saves a switch to the ready loop's task per Ready. The
 transport hands over every message of a group that one read brought in one call, so appends
-that arrived together still share one fsync (one call per frame cost a fifth of the Raft
-benchmark's throughput at 16 and 128 clients). A leader's Readies always go through the ready
-loop, where the proposals and acknowledgements that arrive while it waits to run share one
-Ready (handling them inline as well measured no better).
+that arrived together still share one fsync (one call per frame cost 10–30% of the Raft
+benchmark's throughput at 16 clients in alternating runs). A leader's Readies always go through
+the ready loop, where the proposals and acknowledgements that arrive while it waits to run
+share one Ready (handling them inline as well measured no better).
 
 **Persisting.** The usual Ready holds entries that follow the log and nothing else: they are
 appended from the loop (one write to the page cache) and fdatasynced. By default

@@ -183,6 +183,22 @@ async def receive_available(sock: trio.socket.SocketType, fd: int, max_bytes: in
             continue
 
 
+def group_frames(frames: list[tuple[int, list[Message]]]
+                 ) -> Sequence[tuple[int, list[Message]]]:
+    """The frames of one read as one ``(group, messages)`` per group, each group's messages
+    in arrival order (groups in order of first appearance). A node steps everything it is
+    handed before it handles a Ready, so appends that arrived together share one fsync."""
+    if len(frames) <= 1:
+        return frames
+    by_group: dict[int, list[Message]] = {}
+    for group, msgs in frames:
+        if group in by_group:
+            by_group[group].extend(msgs)
+        else:
+            by_group[group] = list(msgs)
+    return list(by_group.items())
+
+
 def write_nowait(fd: int, data: bytes) -> int:
     """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
     then meets and reports on its own attempt."""
@@ -702,21 +718,8 @@ class TcpTransport:
                 link.bytes_received += len(data)
                 if conn.fd < 0 and conn.idle_fd >= 0 and not link.outbox:
                     conn.fd = conn.idle_fd  # reopen the fast path (see send)
-                frames = decoder.feed(data)
-                if len(frames) == 1:
-                    deliver(*frames[0])
-                elif frames:
-                    # One delivery per group per read, its frames' messages in order: the
-                    # node steps them all before it handles a Ready, so that appends that
-                    # arrived together share one fsync.
-                    by_group: dict[int, list[Message]] = {}
-                    for group, msgs in frames:
-                        if group in by_group:
-                            by_group[group].extend(msgs)
-                        else:
-                            by_group[group] = list(msgs)
-                    for group, msgs in by_group.items():
-                        deliver(group, msgs)
+                for group, msgs in group_frames(decoder.feed(data)):
+                    deliver(group, msgs)
         except WireError as exc:
             counters.decode_errors += 1
             conn.close(str(exc), warn=True)

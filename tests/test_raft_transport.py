@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 
-from raft.tcp import Backoff, TcpOptions, open_tcp_transport
+from raft.tcp import Backoff, TcpOptions, group_frames, open_tcp_transport
 from raft.transport import LinkModel, MemoryNetwork, Transport, TransportStats
 from raft.types import (
     ConfChange,
@@ -953,3 +953,12 @@ def test_tcp_options_are_validated():
         TcpOptions(max_outbox=0)
     with pytest.raises(ValueError):
         TcpOptions(backoff_initial_s=2, backoff_max_s=1)
+
+
+def test_the_frames_of_one_read_reach_each_group_in_one_call_in_order():
+    a1, a2, a3, b1, c1 = (f"m{i}" for i in range(5))  # stand-ins: only identity matters
+    frames = [(1, [a1]), (2, [b1]), (1, [a2, a3]), (3, [c1])]
+    assert group_frames(frames) == [(1, [a1, a2, a3]), (2, [b1]), (3, [c1])]
+    assert frames[0] == (1, [a1])  # the decoder's lists are not changed
+    assert group_frames([(5, [a1])]) == [(5, [a1])]
+    assert group_frames([]) == []
