@@ -334,6 +334,50 @@ async def test_an_invariant_broken_by_a_message_stops_the_node(tmp_path):
         "planted" in repr(e) for e in getattr(info.value, "exceptions", ()))
 
 
+async def test_a_state_machine_failing_in_an_inline_ready_stops_its_node(tmp_path):
+    """A follower's apply runs in the transport's receiving task (an inline Ready): when it
+    raises, that node stops with the error (which the cluster's nursery then raises) — it is
+    neither swallowed nor left to the transport."""
+    class Planted(Exception):
+        pass
+
+    checked = []
+    with pytest.raises(BaseException) as info:
+        async with cluster(tmp_path) as c:
+            lid = await c.leader()
+            leader = c.nodes[lid]
+            victim = next(i for i in c.ids if i != lid)
+            before = leader.statistics().readies_inline  # any from before it led
+            with trio.fail_after(10):
+                await leader.propose(b"w")
+                await c.nodes[victim].wait_applied(leader.core.commit)
+            assert c.nodes[victim].statistics().readies_inline > 0
+            assert leader.statistics().readies_inline == before  # none while leading
+            checked.append(True)
+
+            def broken(entries):
+                raise Planted("planted apply failure")
+
+            c.sms[victim].apply = broken
+            with trio.fail_after(10):
+                await leader.propose(b"x")  # committed by the leader and the third node
+                await leader.propose(b"y")  # the victim learns "x" is committed: apply raises
+                while victim in c.nodes:
+                    await trio.sleep(TICK)
+    assert checked, repr(info.value)
+    assert any(isinstance(e, Planted) for e in _leaves(info.value))
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
+        if exc.__cause__ is not None:
+            yield from _leaves(exc.__cause__)
+
+
 async def test_apply_in_thread_runs_the_state_machine_off_the_event_loop(tmp_path):
     """For blocking state machines (LMDB): apply runs in the node's worker thread, and its
     results still resolve the proposals."""
