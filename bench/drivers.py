@@ -23,12 +23,14 @@ is opened from a plain dict (``spec``), so that a load process can build it from
   is a range with a limit.
 - ``noop`` (``{"system": "noop", "port": PORT}``): a server that answers every request at once
   (:func:`serve_noop`); requests are framed like Meridian's (u32 length + body holding the key
-  and value). Measures what the load generator itself sustains.
+  and value) and, like Meridian's client, every worker of a load process sends on one
+  connection (:class:`_NoopMux`). Measures what the load generator itself sustains.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import random
 import selectors
@@ -37,6 +39,7 @@ import struct
 import sys
 from contextlib import asynccontextmanager
 
+import outcome
 import trio
 
 from raft.tcp import receive_available, write_nowait
@@ -66,7 +69,7 @@ def _bank_value(value: bytes | None, delta: int) -> bytes:
 @asynccontextmanager
 async def open_driver(spec: dict, *, connections: int = 1):
     """Opens the driver ``spec`` describes, with ``connections`` connections where the
-    protocol needs one per outstanding request (etcd, noop)."""
+    protocol needs one per outstanding request (etcd)."""
     system = spec.get("system")
     if system == "meridian":
         async with _open_meridian(spec) as d:
@@ -75,8 +78,8 @@ async def open_driver(spec: dict, *, connections: int = 1):
         async with _open_pool(spec["endpoints"][0], connections, _EtcdConn) as pool:
             yield _EtcdDriver(pool)
     elif system == "noop":
-        async with _open_pool(f"127.0.0.1:{spec['port']}", connections, _NoopConn) as pool:
-            yield _NoopDriver(pool)
+        async with _open_noop(int(spec["port"])) as d:
+            yield d
     else:
         raise ValueError(f"unknown system {system!r}")
 
@@ -352,25 +355,109 @@ class _EtcdDriver:
 # ------------------------------------------------------------------------------------ noop
 
 
-class _NoopConn(_StreamConn):
+class _NoopMux:
+    """One connection that carries every worker's requests, as Meridian's client carries all
+    its calls to a node on one connection: the requests written in one scheduler pass leave in
+    one write, and one read answers every request it holds. The server answers in order, one
+    byte per request, so the answers go to the waiting workers first come, first served.
+
+    A worker waits parked on its own task (no event, no channel): the generator's cost per
+    operation stays what the workload, the schedule and the recording cost, plus a share of
+    one write and one read."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.sock = stream.socket
+        self.fd = stream.socket.fileno()
+        self.out = bytearray()
+        self.waiting: collections.deque[list] = collections.deque()  # [task or None] cells
+        self.writer: trio.lowlevel.Task | None = None  # parked, waiting for requests
+        self.error: BaseException | None = None
+
     async def call(self, body: bytes) -> None:
-        await self.send(_U32.pack(len(body)) + body)
-        while not self.buf:
-            await self.fill()
-        del self.buf[:1]
+        if self.error is not None:
+            raise ConnectionError(f"the no-op connection failed: {self.error}")
+        self.out += _U32.pack(len(body))
+        self.out += body
+        cell = [trio.lowlevel.current_task()]
+        self.waiting.append(cell)
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            trio.lowlevel.reschedule(writer)
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            cell[0] = None  # its answer, when it comes, goes to nobody
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        error = await trio.lowlevel.wait_task_rescheduled(abort)
+        if error is not None:
+            raise ConnectionError(f"the no-op connection failed: {error}")
+
+    async def run_writer(self) -> None:
+        while True:
+            if not self.out:
+                self.writer = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(
+                    lambda _: trio.lowlevel.Abort.SUCCEEDED)
+                continue
+            data = bytes(self.out)
+            self.out.clear()
+            n = write_nowait(self.fd, data)
+            if n < len(data):
+                await self.stream.send_all(data[n:])
+
+    async def run_reader(self) -> None:
+        while True:
+            chunk = await receive_available(self.sock, self.fd, 65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            for _ in range(len(chunk)):
+                task = self.waiting.popleft()[0]
+                if task is not None:
+                    trio.lowlevel.reschedule(task, outcome.Value(None))
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.run_writer)
+                await self.run_reader()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, IndexError) as exc:
+            self.fail(exc)
+            raise
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = exc
+        while self.waiting:
+            task = self.waiting.popleft()[0]
+            if task is not None:
+                trio.lowlevel.reschedule(task, outcome.Value(exc))
 
 
 class _NoopDriver:
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
+    def __init__(self, mux: _NoopMux) -> None:
+        self.mux = mux
 
     async def load(self, pairs: list[tuple[bytes, bytes]]) -> None:
         return None
 
     async def execute(self, op: Op) -> int:
-        async with self.pool.take() as c:
-            await c.call(op.key + (op.value or b""))
+        await self.mux.call(op.key + (op.value or b""))
         return 1
+
+
+@asynccontextmanager
+async def _open_noop(port: int):
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    mux = _NoopMux(stream)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux.run)
+            yield _NoopDriver(mux)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 def serve_noop(ready=None, *, max_seconds: float = 3600.0) -> None:

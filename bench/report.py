@@ -300,7 +300,8 @@ come from HdrHistogram; warm-up is excluded. *aborts* is aborted attempts / atte
 CPU* is the servers' user+system CPU seconds (from /proc) per 1,000 operations completed in the
 window, *client CPU* the same for the load processes; *RSS* is the servers' resident memory at
 the end of the run. The self-test runs the same closed loop against a server that answers at
-once. Every figure comes from one run on a 2-core machine that also runs the load generator:
+once (the workers of a load process share one connection to it, as Meridian's client shares
+one per node). Every figure comes from one run on a 2-core machine that also runs the load generator:
 the servers and the clients share its cores."""
 
 

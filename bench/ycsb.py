@@ -30,7 +30,8 @@ aborted attempts / attempts; CPU seconds per 1,000 operations of the server proc
 the load processes) from /proc over the measured window; resident memory of the servers at the
 end; bytes allocated on disk per byte stored (keys + values loaded) after the runs. A
 load-generator self-test runs the same closed loop against a server that answers at once
-(``noop``), first, before any cluster starts, and reports how many times Meridian's best
+(``noop``; the workers of a load process share one connection, as Meridian's client shares
+one per node), first, before any cluster starts, and reports how many times Meridian's best
 throughput the generator sustains.
 
 The issue's target: on YCSB A with a home-region keyspace, Meridian ≥ 3× etcd's throughput at

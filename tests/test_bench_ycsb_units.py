@@ -428,3 +428,68 @@ def test_multi_region_mix_drivers_name_home_cross_and_regional_keyspaces():
     gen = OpGenerator("regions", 100, seed=3)
     kinds = collections.Counter(gen.next().kind for _ in range(1000))
     assert set(kinds) == {"home", "cross", "regional"}
+
+
+# --------------------------------------------------------------------------- no-op driver
+
+
+@pytest.fixture
+def noop_server():
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "bench.drivers", "noop-server"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        word, port = server.stdout.readline().decode().split()
+        assert word == "READY"
+        yield server, int(port)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
+        server.stdout.close()
+
+
+async def test_noop_driver_answers_every_worker_on_one_connection(noop_server):
+    """Many workers share one connection; a worker cancelled while waiting leaves its answer
+    unclaimed, and every other worker still gets exactly one answer per request."""
+    from bench.drivers import open_driver
+
+    _, port = noop_server
+    done = collections.Counter()
+    op = Op("update", b"user1", b"v" * 100)
+    async with open_driver({"system": "noop", "port": port}) as driver:
+        async def worker(i: int) -> None:
+            for _ in range(50):
+                assert await driver.execute(op) == 1
+                done[i] += 1
+
+        async def cancelled() -> None:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # cancelled at its first checkpoint: while it waits
+                await driver.execute(op)
+            done["cancelled"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(worker, i)
+                if i % 10 == 0:
+                    nursery.start_soon(cancelled)
+        assert all(cell[0] is None for cell in driver.mux.waiting)  # only the cancelled
+    assert done == {**{i: 50 for i in range(40)}, "cancelled": 4}
+
+
+async def test_noop_driver_fails_waiting_workers_when_the_server_goes(noop_server):
+    from bench.drivers import open_driver
+
+    server, port = noop_server
+    op = Op("read", b"user1", None)
+    with pytest.raises(BaseException) as info:  # noqa: B017 - the nursery's group or the error
+        async with open_driver({"system": "noop", "port": port}) as driver:
+            await driver.execute(op)
+            server.kill()
+            with trio.fail_after(10):
+                await driver.execute(op)
+    errors = (info.value.exceptions if isinstance(info.value, BaseExceptionGroup)
+              else [info.value])
+    assert any(isinstance(e, ConnectionError) for e in errors), errors
