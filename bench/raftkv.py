@@ -21,6 +21,12 @@ log, replication and apply costs per entry are shared). Each is acknowledged onl
 on the leader, hence fsynced on a majority. :class:`KVClient` finds the leader, follows
 redirections and retries on lost connections, bounded by the caller's cancel scope.
 
+Every request is served by the leader (a get through ReadIndex), so the followers need not learn
+each new commit index at once: the nodes run with ``Config.broadcast_commit=False``, as
+Meridian's nodes do — a follower learns it from the next append or heartbeat, and a commit
+costs two messages and a Ready less per follower (``--broadcast-commit`` for etcd's
+behaviour).
+
 A serving node prints one line ``READY <raft port> <client port>`` on stdout once it is
 listening and has recovered, and exits cleanly on SIGTERM or SIGINT.
 """
@@ -316,13 +322,15 @@ class _Connection:
 
 async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
                 peers: dict[int, tuple[str, int]], *, tick_interval: float = 0.05,
+                broadcast_commit: bool = False,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Runs one node until cancelled."""
     from raft.storage import RaftStorage
     from raft.tcp import open_tcp_transport
 
     sm = KVStateMachine()
-    config = Config(node_id, election_tick=10, heartbeat_tick=1)
+    config = Config(node_id, election_tick=10, heartbeat_tick=1,
+                    broadcast_commit=broadcast_commit)
     bootstrap = ConfState(tuple(sorted(peers)))
     storage = RaftStorage.open(os.path.join(data_dir, "group-1"))
     try:
@@ -527,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ID=HOST:PORT of every member's Raft port, this node included")
     s.add_argument("--client-port", type=int, default=0)
     s.add_argument("--tick", type=float, default=0.05, help="seconds per Raft tick")
+    s.add_argument("--broadcast-commit", action="store_true",
+                   help="tell the followers of every new commit index at once (etcd's way)")
     args = ap.parse_args(argv)
     if args.id not in args.peers:
         ap.error(f"--peers must include this node's id {args.id}")
@@ -537,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                 ports = await nursery.start(
                     lambda task_status: serve(args.id, args.data, args.peers[args.id][1],
                                               args.client_port, args.peers,
-                                              tick_interval=args.tick, task_status=task_status))
+                                              tick_interval=args.tick,
+                                              broadcast_commit=args.broadcast_commit,
+                                              task_status=task_status))
                 print(f"READY {ports[0]} {ports[1]}", flush=True)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()

@@ -301,8 +301,8 @@ CPU* is the servers' user+system CPU seconds (from /proc) per 1,000 operations c
 window, *client CPU* the same for the load processes; *RSS* is the servers' resident memory at
 the end of the run. The self-test runs the same closed loop against a server that answers at
 once (the workers of a load process share one connection to it, as Meridian's client shares
-one per node). Every figure comes from one run on a 2-core machine that also runs the load generator:
-the servers and the clients share its cores."""
+one per node). Every figure comes from one run on a 2-core machine that also runs the load
+generator: the servers and the clients share its cores."""
 
 
 def _ms(v: float | None) -> str:
