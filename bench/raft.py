@@ -8,7 +8,8 @@ load comes from ``bench/peers/loadgen.py`` (one epoll loop per load process, two
 client code.
 
 - **meridian**: three ``bench.raftkv`` nodes (``raft.driver`` over ``raft.storage``: every
-  acknowledged put is fsynced on a majority), client protocol of ``bench.raftkv``;
+  acknowledged put is fsynced on a majority; followers learn the commit index from the next
+  append or heartbeat, ``broadcast_commit=False``), client protocol of ``bench.raftkv``;
 - **pysyncobj** / **pysyncobj-batch**: PySyncObj 0.3.x with its journal file, batching off /
   on (``bench.raft_peers``); it never fsyncs, so its puts are not durable;
 - **etcd**: three Debian ``etcd-server`` members, v3 HTTP/JSON gateway (fsyncs: durable).

@@ -162,7 +162,8 @@ drives every system through its own protocol.
 - **meridian**: three `bench.raftkv` nodes; a put is acknowledged once applied on the leader,
   that is after it is fsynced on a majority (`durable`). The puts the leader reads in one
   wakeup, from every connection, share one Raft entry (proposal batching); etcd and PySyncObj
-  make one log entry per request.
+  make one log entry per request. Followers learn the commit index from the next append or
+  heartbeat (`broadcast_commit=False`, as on Meridian's nodes: reads go to the leader).
 - **pysyncobj** / **pysyncobj-batch**: PySyncObj with its journal file, batching off / on. It
   never fsyncs the journal and does not persist term or vote: not durable, an upper bound.
 - **etcd**: three members of Debian's etcd-server (3.4), v3 HTTP/JSON gateway (`durable`).
