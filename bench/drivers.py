@@ -411,6 +411,9 @@ class _NoopMux:
             chunk = await receive_available(self.sock, self.fd, 65536)
             if not chunk:
                 raise ConnectionError("the server closed the connection")
+            if len(chunk) > len(self.waiting):
+                raise ConnectionError(f"the server sent {len(chunk)} answers for "
+                                      f"{len(self.waiting)} requests waiting")
             for _ in range(len(chunk)):
                 task = self.waiting.popleft()[0]
                 if task is not None:
@@ -421,7 +424,7 @@ class _NoopMux:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run_writer)
                 await self.run_reader()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, IndexError) as exc:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.fail(exc)
             raise
 
@@ -447,17 +450,15 @@ class _NoopDriver:
 
 @asynccontextmanager
 async def _open_noop(port: int):
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    mux = _NoopMux(stream)
+    conn = await _StreamConn.open("127.0.0.1", port)
+    mux = _NoopMux(conn.stream)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mux.run)
             yield _NoopDriver(mux)
             nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        await conn.close()
 
 
 def serve_noop(ready=None, *, max_seconds: float = 3600.0) -> None:
