@@ -85,7 +85,8 @@ disk whose syncs may stall for long; see ``raft.driver``), ``[cluster]`` (requir
 ``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
 ``election_ticks`` (10, greater than ``heartbeat_ticks``), all positive integers (the defaults:
 heartbeats every 100 ms, elections after 1–2 s without one, as etcd's; each tick wakes every
-node, so a longer tick with fewer ticks per heartbeat costs an idle node less);
+node, so a longer tick with fewer ticks per heartbeat costs an idle node less; an idle group's
+voters are heartbeaten every third interval only, see ``engine.node.idle_heartbeat_ticks``);
 ``meta_regions`` (regions hosting the cluster's metadata group — the range directory and
 keyspace catalogue of ARCH §4; default or empty: every region).
 

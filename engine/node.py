@@ -133,6 +133,17 @@ RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 
 
+def idle_heartbeat_ticks(heartbeat_ticks: int, election_ticks: int) -> int:
+    """How often an idle group's leader heartbeats its voters (see
+    ``raft.core.Config.idle_heartbeat_tick``): every third heartbeat interval, or as often as
+    half the lease allows if that is sooner; 0 (as busy groups) when there is no room. With the
+    defaults, every 300 ms instead of every 100: an idle cluster's groups send a third of the
+    heartbeats, and the lease and the election timeout are untouched."""
+    lease = RaftConfig(id=1, election_tick=election_ticks).lease_ticks()
+    idle = min(3 * heartbeat_ticks, lease // 2)
+    return idle if idle > heartbeat_ticks else 0
+
+
 class Node:
     """One node. Run it with :meth:`run` (in a nursery: ``await nursery.start(node.run)``)."""
 
@@ -153,6 +164,7 @@ class Node:
             self.id, peers, self.cluster.max_clock_offset_ns,
             stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
         self._clock_problem: str | None = None
+        self._ping_round = trio.lowlevel.ParkingLot()  # peers' pingers wait here between pings
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
         self.peer_port = 0
@@ -239,10 +251,12 @@ class Node:
         # that need the latest commit are served by the leader, so followers may learn the
         # commit index with the next message instead of an append of its own. A leader
         # holding a lease (see raft.core.Config.lease_reads) answers ReadIndex at once.
-        raft_config = RaftConfig(id=self.id, election_tick=self.cluster.election_ticks,
-                                 heartbeat_tick=self.cluster.heartbeat_ticks,
-                                 lazy_learners=True, learner_heartbeat_every=5,
-                                 broadcast_commit=False, lease_reads=True)
+        raft_config = RaftConfig(
+            id=self.id, election_tick=self.cluster.election_ticks,
+            heartbeat_tick=self.cluster.heartbeat_ticks, lazy_learners=True,
+            learner_heartbeat_every=5, broadcast_commit=False, lease_reads=True,
+            idle_heartbeat_tick=idle_heartbeat_ticks(self.cluster.heartbeat_ticks,
+                                                     self.cluster.election_ticks))
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
             tick_interval=self.cluster.tick_interval_ms / 1000.0,
@@ -322,6 +336,9 @@ class Node:
                 nursery.start_soon(self._ping_peer, peer)
             while True:
                 await trio.sleep(PING_INTERVAL_S)
+                # One timer for every peer's ping: a timer that expires costs this node a
+                # wake-up (and trio a cancel scope), which is more than the ping itself.
+                self._ping_round.unpark_all()
                 try:
                     self.monitor.check(self.clock.physical_ns())
                 except ClockOffsetError as exc:
@@ -365,7 +382,8 @@ class Node:
             await trio.sleep(PING_INTERVAL_S)
 
     async def _ping_until_lost(self, peer, conn) -> None:
-        """Pings ``peer`` over ``conn`` every :data:`PING_INTERVAL_S` until a ping fails.
+        """Pings ``peer`` over ``conn`` once per round of :meth:`_watch_clocks` (every
+        :data:`PING_INTERVAL_S`) until a ping fails.
 
         Raises nothing but Cancelled: an error leaving the ``connect_rpc`` block at the moment
         it is cancelled would leave its nursery grouped with the Cancelled, which no except
@@ -380,7 +398,7 @@ class Node:
                                         self.clock.physical_ns())
             except (MeridianError, KeyError, TypeError):
                 return  # the connection is gone, or the peer answered nonsense: reconnect
-            await trio.sleep(PING_INTERVAL_S)
+            await self._ping_round.park()  # the next round (see _watch_clocks)
 
     # ------------------------------------------------------------------ handlers
 

@@ -113,6 +113,15 @@ class Config:
     their heartbeats only carry the commit index and (with ``lazy_learners``) pace their
     replication: sending them less often saves work on every replica of a group with many
     learners, at the cost of learner lag."""
+    idle_heartbeat_tick: int = 0
+    """While the group is idle, heartbeat the voters only every this many ticks instead of
+    every ``heartbeat_tick`` (0: never slow down). Idle: every voter holds the whole log and
+    has been sent the commit index, and no read or leader transfer waits — then a heartbeat
+    only holds off elections and renews CheckQuorum and the lease, which a few per election
+    timeout do as well. An idle cluster of many groups spends most of its CPU on heartbeats
+    and their answers (CockroachDB quiesces such groups altogether). Must be below
+    ``election_tick``, and with ``lease_reads`` at most half the lease, so that the lease is
+    renewed before it ends. Learners keep their own pace (``learner_heartbeat_every``)."""
 
     def __post_init__(self):
         if self.id <= 0:
@@ -127,8 +136,15 @@ class Config:
             raise ValueError("snapshot_chunk_size must be positive")
         if self.learner_heartbeat_every <= 0:
             raise ValueError("learner_heartbeat_every must be positive")
+        if self.idle_heartbeat_tick and not (
+                self.heartbeat_tick <= self.idle_heartbeat_tick < self.election_tick):
+            raise ValueError("idle_heartbeat_tick must be 0, or at least heartbeat_tick and "
+                             "below election_tick")
         if self.lease_reads and (not self.check_quorum or self.lease_ticks() < 1):
             raise ValueError("lease_reads needs check_quorum and election_tick >= 4")
+        if self.lease_reads and 2 * self.idle_heartbeat_tick > self.lease_ticks():
+            raise ValueError(f"with lease_reads, idle_heartbeat_tick must be at most half the "
+                             f"lease ({self.lease_ticks()} ticks for this election_tick)")
 
     def lease_ticks(self) -> int:
         """How long, in the leader's ticks, a lease lasts from the heartbeat that earned it."""
@@ -186,6 +202,8 @@ class RaftCore:
         self._outstanding: Ready | None = None
         self._bcast_pending = False  # the leader owes every follower an append
         self._heartbeats = 0  # heartbeat rounds sent as leader (paces learners' heartbeats)
+        self._voters_heartbeat_tick = 0  # when the voters were last sent a heartbeat
+        self._voters_told_commit = 0  # the commit index at that heartbeat
         self._ticks = 0  # ticks since this core was made (a restart starts again at 0)
         self._hb_seq = 0  # the last heartbeat round numbered (lease_reads)
         self._hb_rounds: dict[int, tuple[int, set[int]]] = {}  # round -> (sent at tick, acks)
@@ -358,9 +376,23 @@ class RaftCore:
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._heartbeats += 1
-            ctx = self._read_queue[-1].context if self._read_queue else b""
-            self._bcast_heartbeat(
-                ctx, voters_only=self._heartbeats % self.config.learner_heartbeat_every != 0)
+            learners = self._heartbeats % self.config.learner_heartbeat_every == 0
+            idle = self.config.idle_heartbeat_tick
+            voters = (not idle or self._ticks - self._voters_heartbeat_tick >= idle
+                      or not self._idle())
+            if voters or learners:
+                ctx = self._read_queue[-1].context if self._read_queue else b""
+                self._bcast_heartbeat(ctx, voters=voters, learners=learners)
+
+    def _idle(self) -> bool:
+        """Whether the voters need no heartbeat before ``idle_heartbeat_tick`` (see
+        :class:`Config`): each holds the whole log and has been sent the commit index, and
+        no read or transfer waits."""
+        if (self._read_queue or self._lead_transferee != NONE
+                or self._voters_told_commit != self.log.committed):
+            return False
+        last, learners = self.log.last_index, self.conf.learners
+        return all(pr.match == last for pid, pr in self._prs.items() if pid not in learners)
 
     def campaign(self) -> None:
         """Starts an election now (as an expired election timeout would)."""
@@ -807,10 +839,14 @@ class RaftCore:
         self._send(Message(MT.SNAPSHOT, to, self.id, self.term, snapshot=snap.meta,
                            chunk_offset=off, chunk=chunk, snapshot_size=len(snap.data)))
 
-    def _bcast_heartbeat(self, ctx: bytes, voters_only: bool = False) -> None:
-        skip = self.conf.learners if voters_only else ()
+    def _bcast_heartbeat(self, ctx: bytes, *, voters: bool = True, learners: bool = True
+                         ) -> None:
+        if voters:
+            self._voters_heartbeat_tick = self._ticks
+            self._voters_told_commit = self.log.committed
+        learner_ids = self.conf.learners
         round_ = 0
-        if self.config.lease_reads:
+        if self.config.lease_reads and voters:
             # Rounds are numbered so that an acknowledgement says which send it answers.
             self._hb_seq += 1
             round_ = self._hb_seq
@@ -818,7 +854,7 @@ class RaftCore:
             while len(self._hb_rounds) > 16:
                 del self._hb_rounds[next(iter(self._hb_rounds))]
         for pid, pr in self._prs.items():
-            if pid != self.id and pid not in skip:
+            if pid != self.id and (learners if pid in learner_ids else voters):
                 self._send(Message(MT.HEARTBEAT, pid, self.id, self.term, index=round_,
                                    commit=min(pr.match, self.log.committed), context=ctx))
 
@@ -861,7 +897,7 @@ class RaftCore:
             self._release_read(req)
             return
         self._read_queue.append(req)
-        self._bcast_heartbeat(ctx, voters_only=True)  # learners' answers would not count
+        self._bcast_heartbeat(ctx, learners=False)  # learners' answers would not count
 
     def _ack_read(self, frm: int, ctx: bytes) -> None:
         for n, req in enumerate(self._read_queue):

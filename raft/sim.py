@@ -437,7 +437,11 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     "learner_heartbeat_every": ((1, 1, 3), False),
     "broadcast_commit": ((1, 1, 0), False),
     "lease_reads": ((0, 1), False),  # only where check_quorum is on
+    "idle_heartbeat_tick": ((0, 0, 3), False),  # voters' heartbeats while the group is idle
 }
+# Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
+# of their own, so that every older draw — and so every older seed — stays as it was.
+_LATER_KNOBS = ("idle_heartbeat_tick",)
 
 
 class _Node:
@@ -546,8 +550,9 @@ class Simulation:
         is drawn whatever the pins say, so pinning one leaves the others' draws unchanged."""
         rng, cfg = self.rng, self.cfg
         knobs = {}
+        later = random.Random(f"meridian-raft-sim/later-knobs {self.seed}")
         for name, (choices, _) in _KNOBS.items():
-            knobs[name] = rng.choice(choices)
+            knobs[name] = (later if name in _LATER_KNOBS else rng).choice(choices)
         knobs["nodes"] = cfg.nodes or knobs["nodes"]
         for name, value in cfg.pinned_knobs().items():
             knobs[name] = value
@@ -575,6 +580,7 @@ class Simulation:
         self.learner_heartbeat_every = knobs["learner_heartbeat_every"]
         self.broadcast_commit = bool(knobs["broadcast_commit"])
         self.lease_reads = bool(knobs["lease_reads"])
+        self.idle_heartbeat_tick = knobs["idle_heartbeat_tick"]
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -592,6 +598,10 @@ class Simulation:
 
     def _core_config(self, node_id: int) -> Config:
         c = self.cfg
+        idle, lease = self.idle_heartbeat_tick, self.lease_reads and self.check_quorum
+        if idle and not (c.heartbeat_tick <= idle < c.election_tick and (
+                not lease or 2 * idle <= Config(1, election_tick=c.election_tick).lease_ticks())):
+            idle = 0  # no room for it between this run's heartbeat and election timeouts
         return Config(node_id, election_tick=c.election_tick, heartbeat_tick=c.heartbeat_tick,
                       max_size_per_msg=c.max_size_per_msg,
                       max_inflight_msgs=c.max_inflight_msgs, pre_vote=self.pre_vote,
@@ -599,7 +609,7 @@ class Simulation:
                       lazy_learners=self.lazy_learners,
                       learner_heartbeat_every=self.learner_heartbeat_every,
                       broadcast_commit=self.broadcast_commit,
-                      lease_reads=self.lease_reads and self.check_quorum)
+                      lease_reads=lease, idle_heartbeat_tick=idle)
 
     def _add_node(self, node_id: int) -> _Node:
         drift = self.rng.choice((-1, 0, 0, 1))

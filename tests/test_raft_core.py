@@ -778,6 +778,70 @@ def test_learners_can_be_heartbeaten_less_often_than_voters():
         Config(id=1, learner_heartbeat_every=0)
 
 
+def test_an_idle_leader_heartbeats_its_voters_less_often_and_its_learners_as_before():
+    net = Network((1, 2, 3), learners=(4,), heartbeat_tick=1, election_tick=10,
+                  learner_heartbeat_every=2, idle_heartbeat_tick=3, broadcast_commit=False)
+    net.elect(1)
+    net.tick(1, times=2)  # the followers learn the no-op's commit; from now on it is idle
+
+    def heartbeats(to):
+        return len(net.delivered_of(MT.HEARTBEAT, to=to))
+
+    voter, learner = heartbeats(2), heartbeats(4)
+    net.tick(times=12)  # every node ticks: nobody may campaign meanwhile
+    assert heartbeats(2) - voter == 4  # every third tick
+    assert heartbeats(4) - learner == 6  # every second heartbeat interval, as when busy
+    assert {net.core(n).term for n in (1, 2, 3)} == {net.core(1).term}
+    assert net.core(1).role is StateRole.LEADER
+
+    # A commit the followers have not been told of makes the next tick heartbeat them.
+    _, index = net.propose(1, b"x")
+    assert net.core(2).commit < index
+    voter = heartbeats(2)
+    net.tick(1)
+    assert heartbeats(2) - voter == 1 and net.core(2).commit == index
+    # Then idle again: nothing for the next two ticks.
+    net.tick(1, times=2)
+    assert heartbeats(2) - voter == 1
+
+    # While a follower is behind, every tick heartbeats the voters (an answer from one that
+    # is behind makes the leader send it what it lacks).
+    net.drop(MT.APPEND, to=3)
+    net.propose(1, b"y")
+    voter3 = heartbeats(3)
+    net.tick(1, times=3)
+    assert heartbeats(3) - voter3 == 3
+    assert net.core(3).last_index < net.core(1).last_index
+    net.recover()
+    net.tick(1)
+    assert net.core(3).last_index == net.core(1).last_index
+
+
+def test_an_idle_leaders_lease_never_lapses():
+    net = Network((1, 2, 3), lease_reads=True, heartbeat_tick=1, election_tick=10,
+                  idle_heartbeat_tick=3)
+    for nid in (2, 3):
+        net.core(nid)._ticks = 10  # as if an election timeout had passed since they started
+    net.elect(1)
+    net.tick(1, times=2)
+    assert net.core(1).lease_read_index() is not None
+    sent = len(net.delivered_of(MT.HEARTBEAT, frm=1))
+    for _ in range(30):
+        net.tick()  # every node: nobody campaigns
+        assert net.core(1).lease_read_index() is not None
+    assert len(net.delivered_of(MT.HEARTBEAT, frm=1)) - sent == 2 * 10  # idle all along
+    # The lease bounds the idle interval: at most half of it.
+    with pytest.raises(ValueError, match="half the lease"):
+        Config(id=1, lease_reads=True, election_tick=10, idle_heartbeat_tick=4)
+    for bad in (10, 11, -1):
+        with pytest.raises(ValueError, match="idle_heartbeat_tick"):
+            Config(id=1, election_tick=10, idle_heartbeat_tick=bad)
+    with pytest.raises(ValueError, match="idle_heartbeat_tick"):
+        Config(id=1, election_tick=10, heartbeat_tick=2, idle_heartbeat_tick=1)
+    Config(id=1, election_tick=10, idle_heartbeat_tick=9)
+    Config(id=1, election_tick=10, idle_heartbeat_tick=0)
+
+
 def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next_heartbeat():
     net = Network((1, 2, 3), broadcast_commit=False, heartbeat_tick=1, election_tick=10)
     net.elect(1)
