@@ -522,13 +522,14 @@ class _Append(_Workload):
             # key — the final read of a long run reads hundreds of keys, two thirds of them
             # across the WAN, which one key at a time outlasts any operation timeout.
             # The values are the same: one snapshot, whatever the order of the reads.
-            by_ks: dict[str, list[int]] = {}
+            by_ks: dict[str, dict[int, bytes]] = {}
             for _, k, _ in value:
-                by_ks.setdefault(self._locate(k)[0], []).append(k)
+                ks, key = self._locate(k)
+                by_ks.setdefault(ks, {})[k] = key
             found: dict[int, list[int]] = {}
-            for ks, ks_keys in by_ks.items():
-                raws = await tx.get_many(ks, [self._locate(k)[1] for k in ks_keys])
-                found.update(zip(ks_keys, map(_parse_list, raws)))
+            for ks, keys in by_ks.items():
+                raws = await tx.get_many(ks, list(keys.values()))
+                found.update(zip(keys, map(_parse_list, raws)))
             return [["r", k, found[k]] for _, k, _ in value]
         done = []
         for op, k, v in value:

@@ -267,7 +267,8 @@ async def test_a_new_group_answers_its_first_strong_read():
 
 async def test_idle_groups_heartbeat_their_voters_every_third_interval():
     # Heartbeats and their answers are most of an idle cluster's work (see
-    # raft.core.Config.idle_heartbeat_tick); the lease and the election timeout are unchanged.
+    # raft.core.Config.idle_heartbeat_tick, whose behaviour the core's tests check tick by
+    # tick); here: every group of a node gets it, with its lease reads.
     assert [idle_heartbeat_ticks(h, e) for h, e in ((1, 10), (2, 10), (1, 5), (1, 100))] == \
         [3, 3, 0, 3]
     async with open_local_cluster(TWO_REGIONS, 3, seed=9) as cluster:
@@ -276,13 +277,6 @@ async def test_idle_groups_heartbeat_their_voters_every_third_interval():
         assert configs and all(
             c.idle_heartbeat_tick == idle_heartbeat_ticks(c.heartbeat_tick, c.election_tick)
             > c.heartbeat_tick and c.lease_reads for c in configs)
-        async with cluster.connect() as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("k")
-                async with db.transaction() as tx:
-                    await tx.put("k", b"a", b"1")
-                await trio.sleep(1.0)  # idle: the slower heartbeats keep the group
-                assert await db.read("k", b"a") == b"1"
 
 
 async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
