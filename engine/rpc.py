@@ -149,7 +149,7 @@ OVERLOADED = "overloaded"
 
 _LENGTH = struct.Struct(">I")
 _RECV_BYTES = 64 << 10  # asked of the socket per receive
-_MAX_IDLE_WORKERS = 16  # request tasks kept waiting for work, per server connection
+_MIN_IDLE_WORKERS = 16  # request tasks a server connection may keep waiting for work (at least)
 _MAX_WRITE_BYTES = 1 << 20  # frames coalesced into one send_all (at least one)
 _MAX_QUEUED_BYTES = 4 << 20  # senders wait while this much is queued (a larger lone frame fits)
 _CLOSE_FLUSH_S = 2.0  # how long a bad_version reply may take to leave before the close
@@ -672,6 +672,9 @@ class _ServerConnection:
         self._max_frame = max_frame
         self._max_concurrent = max_concurrent
         self._running = 0
+        # Idle workers kept: the most requests this connection has had running at once (at
+        # least _MIN_IDLE_WORKERS; at most max_concurrent, like the running ones).
+        self._keep_idle = _MIN_IDLE_WORKERS
         self._slot_freed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         # Requests for idle workers (see _work), and the idle workers.
@@ -720,6 +723,8 @@ class _ServerConnection:
         while self._running >= self._max_concurrent:
             await self._slot_freed.park()
         self._running += 1
+        if self._running > self._keep_idle:
+            self._keep_idle = self._running
         if self._idle_workers:
             self._pending.append(frame)
             self._idle_workers.unpark()
@@ -728,12 +733,13 @@ class _ServerConnection:
 
     async def _work(self, frame: RpcFrame) -> None:
         """Answers the request it was started for, then the ones handed to it while it waits
-        idle: waking a parked task costs less than starting one per request. At most
-        ``_MAX_IDLE_WORKERS`` wait idle per connection; a worker beyond them ends."""
+        idle: waking a parked task costs less than starting one per request. As many wait
+        idle as the connection has had requests running at once (so a steady load of many
+        concurrent requests starts no task per request); a worker beyond them ends."""
         while True:
             await self._run_request(frame)
             while not self._pending:
-                if len(self._idle_workers) >= _MAX_IDLE_WORKERS:
+                if len(self._idle_workers) >= self._keep_idle:
                     return
                 await self._idle_workers.park()
             frame = self._pending.popleft()

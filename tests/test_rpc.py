@@ -654,6 +654,44 @@ async def test_requests_beyond_the_concurrency_limit_wait(nursery):
     assert peak == limit
 
 
+async def test_a_steady_burst_of_concurrent_requests_reuses_its_workers(nursery):
+    # A connection that has had n requests running at once keeps n workers waiting for the
+    # next requests (not a fixed few): the next burst of n starts no task.
+    n = 40
+    tasks_seen: list[set] = [set(), set()]
+    phase = 0
+    gates = [trio.Event(), trio.Event()]
+    all_in = [trio.Event(), trio.Event()]
+
+    async def work(i, ctx):
+        p = phase
+        tasks_seen[p].add(trio.lowlevel.current_task())
+        if len(tasks_seen[p]) == n:
+            all_in[p].set()
+        await gates[p].wait()
+        return i
+
+    port = await start(nursery, {"work": work})
+    async with connect_rpc(HOST, port) as conn:
+        for p in (0, 1):
+            phase = p
+            results = []
+
+            async def caller(i):
+                results.append(await conn.call("work", i))
+
+            async with trio.open_nursery() as callers:
+                for i in range(n):
+                    callers.start_soon(caller, i)
+                with trio.fail_after(GUARD_S):
+                    await all_in[p].wait()
+                gates[p].set()
+            assert sorted(results) == list(range(n))
+            await trio.testing.wait_all_tasks_blocked()  # the workers are parked again
+    assert len(tasks_seen[0]) == n
+    assert tasks_seen[1] == tasks_seen[0]
+
+
 async def test_connecting_to_a_closed_port_raises_oserror():
     with socket.socket() as s:
         s.bind((HOST, 0))
