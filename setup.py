@@ -23,7 +23,10 @@ setup(
         "cffi>=1.15",
         "lmdb>=1.4",
         "msgpack>=1.0",
-        "trio>=0.22",
+        # Below 0.25: from 0.25 on, nurseries group every exception that leaves them by
+        # default (strict exception groups), and the engine and raft packages still rely on a
+        # lone exception leaving a nursery as itself.
+        "trio>=0.22,<0.25",
     ],
     extras_require={
         "test": [

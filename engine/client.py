@@ -47,7 +47,11 @@ happen. A refused commit raises :class:`~engine.errors.TransactionConflictError`
 read-only transaction is never sent for validation.
 
 Timeouts are cancel scopes: wrap any call in ``trio.move_on_after`` / ``fail_after``. Each call
-also gives up after ``request_timeout_s`` of retrying with :class:`~engine.errors.UnavailableError`.
+also gives up after ``request_timeout_s`` of retrying with :class:`~engine.errors.UnavailableError`,
+a node that took the request and never answers included (a paused process, a link cut without
+a reset): after half of ``request_timeout_s`` the call tries the group's other voters. A commit
+waits for its node until ``request_timeout_s`` and then raises
+:class:`~engine.errors.AmbiguousCommitError` (it may have committed).
 
 Routing
 -------
@@ -119,6 +123,7 @@ from .placement import (
     keyspace_bounds,
 )
 from .rpc import (
+    CallTimeoutError,
     ConnectionLostError,
     ConnectTimeoutError,
     NotSentError,
@@ -622,8 +627,12 @@ class Database:
             task_status.started(conn)
             try:
                 with contextlib.suppress(trio.Cancelled):
-                    await trio.sleep_forever()
+                    # Until the connection ends: a reconnect holds the new one in a task of
+                    # its own, so this one must not outlive its connection.
+                    await conn.wait_closed()
             finally:
+                if self._conns.get(node.id) is conn:
+                    del self._conns[node.id]
                 done = self._bytes_done.setdefault(node.id, [0, 0])
                 done[0] += conn.bytes_sent
                 done[1] += conn.bytes_received
@@ -642,15 +651,17 @@ class Database:
     async def _call_node(self, node_id: int, method: str, payload) -> Any:
         return await self._call_on(await self._connection(node_id), node_id, method, payload)
 
-    async def _call_on(self, conn, node_id: int, method: str, payload) -> Any:
-        """One call on ``conn``, with the simulated WAN latency each way."""
+    async def _call_on(self, conn, node_id: int, method: str, payload,
+                       deadline: float = math.inf) -> Any:
+        """One call on ``conn``, with the simulated WAN latency each way; its answer must
+        arrive by ``deadline`` (else :class:`~engine.rpc.CallTimeoutError`)."""
         if node_id in self.unreachable:
             await trio.sleep(self._latency.get((self.region, self._nodes[node_id].region), 0.0))
             raise NotSentError(f"node {node_id} is unreachable (partitioned)")
         delay = self._latency.get((self.region, self._nodes[node_id].region), 0.0)
         if delay:
             await trio.sleep(delay)
-        result = await conn.call(method, payload)
+        result = await conn.call(method, payload, deadline=deadline)
         if delay:
             await trio.sleep(delay)
         return result
@@ -669,7 +680,12 @@ class Database:
     async def _call_group(self, group: int, method: str, payload, *,
                           commit: bool = False) -> Any:
         """Calls the group's leader, following hints and retrying until
-        ``request_timeout_s``. ``commit``: a call that may have run is never retried."""
+        ``request_timeout_s``. ``commit``: a call that may have run is never retried.
+
+        A node that takes the request and never answers (paused, or cut off without a
+        reset) holds a call for at most half of ``request_timeout_s`` before the other
+        voters are tried; a commit waits for it until the end (its outcome is then
+        unknown: :class:`~engine.errors.AmbiguousCommitError`)."""
         deadline = trio.current_time() + self._request_timeout_s
         backoff = 0.005
         last_error = "no attempt"
@@ -680,11 +696,25 @@ class Database:
                 except (OSError, ConnectTimeoutError, ConnectionLostError) as exc:
                     last_error = f"node {node_id}: {exc}"
                     continue
+                attempt_deadline = deadline if commit else min(
+                    deadline, trio.current_time() + self._request_timeout_s / 2)
                 try:
-                    result = await self._call_on(conn, node_id, method, payload)
+                    result = await self._call_on(conn, node_id, method, payload,
+                                                 attempt_deadline)
                 except NotSentError as exc:
-                    self._conns.pop(node_id, None)
+                    # Not sent, yet not necessarily closed (a node this client cannot reach):
+                    # _connection() replaces a closed connection itself.
                     last_error = f"node {node_id}: {exc}"
+                    continue
+                except CallTimeoutError as exc:
+                    if commit:
+                        raise AmbiguousCommitError(
+                            f"node {node_id} did not answer the {method} within "
+                            f"{self._request_timeout_s} s: the transaction may or may not "
+                            f"have committed") from exc
+                    last_error = f"node {node_id}: no answer in time"
+                    if self._leaders.get(group) == node_id:
+                        del self._leaders[group]
                     continue
                 except ClockOffsetError as exc:
                     # The node's answer carries a timestamp too far ahead of our clock: its
@@ -696,7 +726,6 @@ class Database:
                     last_error = f"node {node_id}: {exc}"
                     continue
                 except ConnectionLostError as exc:
-                    self._conns.pop(node_id, None)
                     if commit:
                         raise AmbiguousCommitError(
                             f"connection to node {node_id} lost during commit: the "
@@ -733,9 +762,12 @@ class Database:
         self._rng.shuffle(local)
         for node_id in local:
             try:
-                return await self._call_node(node_id, method, payload)
-            except (OSError, ConnectTimeoutError, ConnectionLostError):
-                self._conns.pop(node_id, None)
+                conn = await self._connection(node_id)
+                return await self._call_on(
+                    conn, node_id, method, payload,
+                    trio.current_time() + self._request_timeout_s / 2)
+            except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError):
+                pass  # the next replica (a closed connection is replaced when next used)
             except RemoteError as exc:
                 raise _translate(exc) from None
         return await self._call_group(group, method, payload)
@@ -1177,11 +1209,18 @@ class Transaction:
             return
         db = self._db
         changed: list[tuple[int, dict]] = []
+        failures: list[MeridianError] = []
 
         async def refresh(group: int, reads: _GroupReads) -> None:
-            reply = await db._call_group(group, "refresh", {
-                "group": group, "keys": sorted(reads.keys), "spans": reads.spans,
-                "from_ts": self.read_ts, "to_ts": ts})
+            try:
+                reply = await db._call_group(group, "refresh", {
+                    "group": group, "keys": sorted(reads.keys), "spans": reads.spans,
+                    "from_ts": self.read_ts, "to_ts": ts})
+            except MeridianError as exc:
+                # Raised below as itself: two failing at once would leave the nursery as a
+                # group of errors that no caller's ``except`` (run_transaction's) matches.
+                failures.append(exc)
+                return
             if not reply["ok"]:
                 changed.append((group, reply))
 
@@ -1189,6 +1228,8 @@ class Transaction:
             for group, reads in self._visited.items():
                 if reads.keys or reads.spans:
                     nursery.start_soon(refresh, group, reads)
+        if failures:
+            raise failures[0]
         if changed:
             key = changed[0][1].get("key")
             if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
@@ -1257,7 +1298,8 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
         region: the client's region (default: the region of the node that answered). Stale
             reads are served there, and simulated WAN latency is counted from there.
         request_timeout_s: how long one request keeps retrying before
-            :class:`~engine.errors.UnavailableError`.
+            :class:`~engine.errors.UnavailableError` (a commit whose node has not answered
+            by then: :class:`~engine.errors.AmbiguousCommitError`).
         simulate_wan: add the configured WAN latency to requests (see the module docstring).
     """
     if isinstance(nodes, str):

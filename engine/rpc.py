@@ -115,6 +115,7 @@ __all__ = [
     "ConnectionLostError",
     "NotSentError",
     "ConnectTimeoutError",
+    "CallTimeoutError",
     "RpcWireError",
     "RpcFrame",
     "RpcContext",
@@ -221,6 +222,12 @@ class ConnectTimeoutError(MeridianError, TimeoutError):
     """:func:`connect_rpc` could not connect within ``connect_timeout_s``."""
 
 
+class CallTimeoutError(MeridianError, TimeoutError):
+    """No reply by the call's ``deadline``: the call may or may not have run on the server (as
+    with :class:`ConnectionLostError`). The connection stays open; a reply that comes later is
+    dropped."""
+
+
 class RpcWireError(MeridianError, ValueError):
     """Bytes that are not a valid RPC frame, or a value that cannot be encoded as one.
 
@@ -279,6 +286,7 @@ class RpcStats:
 
     calls: int  # calls sent
     late_replies: int  # replies to calls whose caller had given up (dropped)
+    timeouts: int  # calls failed with CallTimeoutError (their deadline passed first)
     frames_sent: int
     frames_received: int
     writes: int  # write system calls (direct writes and send_all batches)
@@ -549,12 +557,13 @@ class _Wire:
         does not read.
 
         Raises:
-            ConnectionLostError: the connection has ended.
+            NotSentError: the connection has ended; nothing of this frame was written or
+                queued (so a request may safely go elsewhere).
         """
         while self._queued_bytes >= _MAX_QUEUED_BYTES and self.reason is None:
             await self._space.park()
         if self.reason is not None:
-            raise ConnectionLostError(f"connection lost: {self.reason}")
+            raise NotSentError(f"connection lost: {self.reason}")
         self.frames_sent += 1
         fd = self._fd
         if fd >= 0:
@@ -908,12 +917,13 @@ async def serve_rpc(
 
 
 class _Call:
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "result", "error", "deadline")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.deadline = deadline
 
 
 class RpcConnection:
@@ -936,8 +946,12 @@ class RpcConnection:
         self._pending: dict[int, _Call] = {}
         self._calls = 0
         self._late_replies = 0
+        self._timeouts = 0
         self._finished = trio.Event()
         self.peer = _peer_of(stream)
+        # The deadline watchdog (see _watch_deadlines): what it sleeps until, and how to wake it.
+        self._watch_until = math.inf
+        self._watch_scope: trio.CancelScope | None = None
 
     @property
     def bytes_sent(self) -> int:
@@ -954,8 +968,14 @@ class RpcConnection:
         """Whether the connection has ended (closed by either side, or failed)."""
         return self._wire.reason is not None
 
-    async def call(self, method: str, payload: Any = None) -> Any:
+    async def call(self, method: str, payload: Any = None, *,
+                   deadline: float = math.inf) -> Any:
         """Call ``method`` on the server with ``payload`` and return its result.
+
+        ``deadline`` (on trio's clock, like a cancel scope's) bounds the wait for the reply:
+        past it the call raises :class:`CallTimeoutError`. One watchdog task per connection
+        keeps the deadlines, so a call costs no cancel scope of its own (a scope with a
+        deadline costs as much as a task switch, on every call).
 
         Returns:
             The handler's result, as decoded from msgpack.
@@ -967,6 +987,7 @@ class RpcConnection:
             NotSentError: the connection had already ended; nothing was sent.
             InvalidArgumentError: ``method`` is not a str or ``payload`` cannot be encoded.
             RecordTooLargeError: the request is over ``max_frame``.
+            CallTimeoutError: no reply by ``deadline``; the call may or may not have run.
             Exception: whatever ``clock_update`` raised for the reply's timestamp (the call
                 ran on the server, but its result is withheld); the connection stays open.
 
@@ -982,8 +1003,10 @@ class RpcConnection:
             raise RecordTooLargeError(
                 f"the request is {len(frame) - 4} bytes, over max_frame ({self._max_frame})"
             )
-        pending = _Call()
+        pending = _Call(deadline)
         self._pending[call_id] = pending
+        if deadline < self._watch_until and self._watch_scope is not None:
+            self._watch_scope.cancel()  # the watchdog sleeps past this deadline: wake it
         try:
             await wire.send(frame)
             self._calls += 1
@@ -993,6 +1016,10 @@ class RpcConnection:
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    async def wait_closed(self) -> None:
+        """Returns once the connection has ended (closed by either side, or failed)."""
+        await self._finished.wait()
 
     async def aclose(self) -> None:
         """Close the connection; calls still waiting raise :class:`ConnectionLostError`.
@@ -1005,6 +1032,7 @@ class RpcConnection:
         return RpcStats(
             calls=self._calls,
             late_replies=self._late_replies,
+            timeouts=self._timeouts,
             frames_sent=wire.frames_sent,
             frames_received=wire.frames_received,
             writes=wire.writes,
@@ -1040,12 +1068,40 @@ class RpcConnection:
             pending.result = frame.payload
         pending.done.set()
 
+    async def _watch_deadlines(self) -> None:
+        """Fails the calls whose deadline has passed. It sleeps until the soonest deadline of
+        the calls waiting (forever while none has one), and is woken early only by a call
+        whose deadline comes sooner still: with one timeout for every call that is about one
+        wake-up per timeout while calls are made, and none while the connection is idle."""
+        pending = self._pending
+        while True:
+            now = trio.current_time()
+            soonest = math.inf
+            expired = []
+            for call_id, call in pending.items():
+                if call.deadline <= now:
+                    expired.append(call_id)
+                elif call.deadline < soonest:
+                    soonest = call.deadline
+            for call_id in expired:
+                call = pending.pop(call_id)
+                self._timeouts += 1
+                call.error = CallTimeoutError(
+                    f"no reply from {self.peer[0]}:{self.peer[1]} by the call's deadline: the "
+                    f"call may or may not have run")
+                call.done.set()
+            with trio.CancelScope() as scope:
+                self._watch_scope, self._watch_until = scope, soonest
+                await trio.sleep_until(soonest)
+            self._watch_scope, self._watch_until = None, -math.inf
+
     async def _run(self) -> None:
         wire = self._wire
         try:
             with wire.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(wire.run_writer)
+                    nursery.start_soon(self._watch_deadlines)
                     try:
                         await wire.read_frames(self._on_frame)
                     except RpcWireError as exc:

@@ -29,6 +29,7 @@ from engine.rpc import (
     RESPONSE_TOO_LARGE,
     RPC_VERSION,
     UNKNOWN_METHOD,
+    CallTimeoutError,
     ConnectionLostError,
     FrameDecoder,
     RemoteError,
@@ -615,6 +616,64 @@ async def test_a_cancelled_caller_forgets_its_call_and_the_late_reply_is_dropped
         assert await conn.call("echo", "next") == "next"
         assert conn.statistics().late_replies == 1
         assert not conn.closed
+
+
+async def test_a_call_past_its_deadline_times_out_and_the_connection_goes_on(
+        nursery, autojump_clock):
+    gate = trio.Event()
+    returned = trio.Event()
+
+    async def hung(payload, ctx):
+        await gate.wait()
+        returned.set()
+        return "late"
+
+    port = await start(nursery, {"hung": hung, "echo": echo})
+    async with connect_rpc(HOST, port) as conn:
+        t0 = trio.current_time()
+        with pytest.raises(CallTimeoutError, match="may or may not have run"):
+            await conn.call("hung", deadline=t0 + 5)
+        assert 5 <= trio.current_time() - t0 < 6
+        assert conn._pending == {}
+        gate.set()
+        await returned.wait()
+        assert await conn.call("echo", "next", deadline=trio.current_time() + 5) == "next"
+        stats = conn.statistics()
+        assert (stats.timeouts, stats.late_replies) == (1, 1)
+        assert not conn.closed
+
+
+async def test_a_sooner_deadline_made_later_still_fires_on_time(nursery, autojump_clock):
+    # The watchdog sleeps until the soonest deadline it knows; a call made later with a
+    # sooner deadline must wake it, not wait for the first call's.
+    entered = trio.Event()
+    gate = trio.Event()
+
+    async def slow(payload, ctx):
+        entered.set()
+        await gate.wait()
+        return "slow"
+
+    async def hung(payload, ctx):
+        await trio.sleep_forever()
+
+    port = await start(nursery, {"slow": slow, "hung": hung})
+    async with connect_rpc(HOST, port) as conn:
+        t0 = trio.current_time()
+        results = []
+
+        async def first():
+            results.append(await conn.call("slow", deadline=t0 + 1000))
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(first)
+            await entered.wait()
+            with pytest.raises(CallTimeoutError):
+                await conn.call("hung", deadline=trio.current_time() + 2)
+            assert trio.current_time() - t0 < 10
+            gate.set()
+        assert results == ["slow"]
+        assert conn.statistics().timeouts == 1
 
 
 async def test_requests_beyond_the_concurrency_limit_wait(nursery):

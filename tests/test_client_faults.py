@@ -1,0 +1,212 @@
+"""The client library (engine/client.py) against a node that misbehaves: never answers, restarts,
+cannot be reached, or fails two calls at once.
+
+The node is a fake: ``serve_rpc`` with just enough handlers for ``engine.connect`` and the calls
+under test, so each failure is exactly the one the test means. Nothing waits on the clock for an
+outcome: a test that needs time to pass bounds it with a guard that only a bug reaches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import trio
+import trio.testing
+
+import engine
+from engine.config import Limits
+from engine.errors import AmbiguousCommitError, TransactionConflictError, UnavailableError
+from engine.rpc import NotSentError, RemoteError, RpcConnection, connect_rpc, serve_rpc
+
+HOST = "127.0.0.1"
+GUARD_S = 10  # only ever reached by a bug that hangs
+TIMEOUT_S = 0.5  # the clients' request_timeout_s where a node never answers
+
+
+def describe_for(port: int, data_groups: int = 1) -> dict:
+    # Region r<g> has data group g; the one node is the voter of every group.
+    groups = {0: {"region": "", "kind": "meta", "voters": [1], "learners": [], "leader": 1}}
+    for g in range(1, data_groups + 1):
+        groups[g] = {"region": f"r{g}", "kind": "data", "voters": [1], "learners": [],
+                     "leader": 1}
+    return {
+        "cluster": "fake", "node": 1, "region": "r1",
+        "regions": [f"r{g}" for g in range(1, data_groups + 1)],
+        "nodes": {1: ["r1", HOST, port]}, "groups": groups, "wan_latency_ms": [],
+        "limits": asdict(Limits()), "max_clock_offset_ns": 500_000_000,
+    }
+
+
+class FakeNode:
+    """One node serving ``describe``, ``keyspace.get`` (keyspace ``ks<g>`` is homed in region
+    ``r<g>``, hence data group ``g``; ``ks`` in ``r1``), ``read`` (nothing stored) and
+    ``commit``; tests replace handlers. ``restart()`` drops every connection and listens again
+    on the same port."""
+
+    def __init__(self, nursery: trio.Nursery, data_groups: int = 1):
+        self.nursery = nursery
+        self.data_groups = data_groups
+        self.port = 0
+        self.scope: trio.CancelScope | None = None
+        self.handlers = {"describe": self._describe, "keyspace.get": self._keyspace,
+                         "read": self._read, "commit": self._commit}
+
+    async def _describe(self, p, ctx):
+        return describe_for(self.port, self.data_groups)
+
+    async def _keyspace(self, p, ctx):
+        name = p["name"]
+        group = int(name[2:]) if name[2:] else 1
+        return {"id": group, "name": name, "mode": "global", "home": f"r{group}"}
+
+    async def _read(self, p, ctx):
+        return {"ts": p.get("min_ts") or 5, "until": 5, "values": [None for _ in p["keys"]]}
+
+    async def _commit(self, p, ctx):
+        return {"ts": 6}
+
+    async def start(self) -> None:
+        scope = self.scope = trio.CancelScope()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await serve_rpc(self.handlers, HOST, self.port, task_status=task_status)
+
+        self.port = await self.nursery.start(run)
+
+    async def restart(self) -> None:
+        self.scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        await self.start()
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+async def hang(p, ctx):
+    await trio.sleep_forever()
+
+
+async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
+    node = FakeNode(nursery)
+    node.handlers["read"] = hang
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        t0 = trio.current_time()
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError, match="no answer"):
+            await db.read("ks", b"k")
+        assert trio.current_time() - t0 < 5 * TIMEOUT_S
+
+
+async def test_a_commit_to_a_node_that_never_answers_is_ambiguous_in_time(nursery):
+    node = FakeNode(nursery)
+    node.handlers["commit"] = hang
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(AmbiguousCommitError,
+                                                     match="may or may not have committed"):
+            async with db.transaction() as tx:
+                await tx.put("ks", b"k", b"v")
+
+
+async def test_reconnecting_after_restarts_leaves_no_task_or_connection_behind(nursery):
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=GUARD_S) as db:
+        await db.read("ks", b"k")
+        await trio.testing.wait_all_tasks_blocked()
+        tasks_before = len(db._nursery.child_tasks)
+        for _ in range(10):
+            await node.restart()  # every connection to it drops
+            await db.read("ks", b"k")  # and the client reconnects
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(db._nursery.child_tasks) == tasks_before
+        assert [c for c in db._conns.values() if c is not None and not c.closed] != []
+        assert len(db._conns) == 1
+
+
+async def test_calls_to_an_unreachable_node_do_not_open_a_connection_each(nursery):
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        await db.read("ks", b"k")
+        conn = db._conns[1]
+        db.unreachable = frozenset({1})  # as LocalCluster.partition makes it
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError, match="unreachable"):
+            await db.read("ks", b"k")
+        assert db._conns[1] is conn and not conn.closed
+        db.unreachable = frozenset()
+        await db.read("ks", b"k")
+        assert db._conns[1] is conn
+
+
+async def test_two_refreshes_failing_at_once_raise_one_library_error(nursery):
+    # A read in a third group moves the snapshot: the two groups read before are refreshed at
+    # once, and both fail. The caller gets one of the library's errors, not a group of them.
+    node = FakeNode(nursery, data_groups=3)
+    base_read = node._read
+
+    async def read(p, ctx):
+        if p["group"] == 3 and p.get("min_ts") == 5:
+            raise RemoteError("restart", "a commit in the window", retryable=True,
+                              details={"ts": 9})
+        return await base_read(p, ctx)
+
+    both_in = trio.Event()
+    waiting = 0
+
+    async def refresh(p, ctx):
+        nonlocal waiting
+        waiting += 1
+        if waiting == 2:
+            both_in.set()
+        await both_in.wait()  # fail together
+        raise RemoteError("unavailable", f"group {p['group']} is busy")
+
+    node.handlers.update(read=read, refresh=refresh)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=GUARD_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(engine.MeridianError) as caught:
+            async with db.transaction() as tx:
+                await tx.get("ks1", b"a")
+                await tx.get("ks2", b"b")
+                await tx.get("ks3", b"c")
+        assert not isinstance(caught.value, TransactionConflictError)
+        assert "busy" in str(caught.value)
+        assert waiting == 2
+
+
+async def test_a_call_waiting_for_room_to_send_is_not_sent_when_the_connection_ends(nursery):
+    # The server runs one request and stops reading: the socket buffers, then the
+    # connection's own queue, fill up, and the next call waits for room. It wrote nothing, so
+    # when the connection ends it is NotSentError (safe to send elsewhere), not "may have run".
+    async def block(p, ctx):
+        await trio.sleep_forever()
+
+    port = await nursery.start(lambda task_status: serve_rpc(
+        {"block": block}, HOST, 0, max_concurrent_requests=1, task_status=task_status))
+    outcomes: dict[int, type] = {}
+    with trio.fail_after(GUARD_S):
+        async with connect_rpc(HOST, port) as conn:
+            assert isinstance(conn, RpcConnection)
+
+            async def call(i, payload):
+                try:
+                    await conn.call("block", payload)
+                except Exception as exc:
+                    outcomes[i] = type(exc)
+
+            async with trio.open_nursery() as calls:
+                big = b"x" * (1 << 20)
+                sent = 0
+                while conn._wire._queued_bytes < (4 << 20):
+                    calls.start_soon(call, sent, big)
+                    sent += 1
+                    await trio.testing.wait_all_tasks_blocked()
+                calls.start_soon(call, sent, b"tiny")
+                await trio.testing.wait_all_tasks_blocked()
+                assert conn._wire.frames_sent == sent  # the last call has no frame out
+                await conn.aclose()
+    assert outcomes[sent] is NotSentError
