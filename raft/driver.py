@@ -106,6 +106,19 @@ log = logging.getLogger("meridian.raft")
 # Test-only ways to break durability (see ``open_raft_node``'s ``unsafe``).
 UNSAFE_MODES = ("ack_before_fsync", "votes_without_persisting")
 
+# The largest proposal accepted: well below the storage's record limit (raft.storage,
+# ~64 MiB) and the transport's frame limit (raft.wire.DEFAULT_MAX_FRAME, 64 MiB of body, which
+# must also hold the APPEND message around the entry). A larger one would be appended to the
+# in-memory log and then fail the persist, stopping the replica.
+MAX_PROPOSAL_BYTES = 32 << 20
+
+
+def _check_proposal_size(data) -> None:
+    size = memoryview(data).nbytes if isinstance(data, (bytes, bytearray, memoryview)) else 0
+    if size > MAX_PROPOSAL_BYTES:
+        raise ValueError(f"a proposal of {size} bytes is over the {MAX_PROPOSAL_BYTES}-byte "
+                         "limit; nothing was written")
+
 
 class EntryLostError(ProposalDroppedError):
     """The proposal's entry was overwritten by another leader's entry: it was not applied."""
@@ -352,7 +365,14 @@ class RaftNode:
             state_machine.restore(state.snapshot.data)
         self._wakeup = trio.Event()
         self._proposals: dict[int, tuple[int, _Waiter]] = {}
-        self._reads: dict[bytes, _Waiter] = {}
+        # Older proposals of this node displaced from _proposals by a newer one at the same
+        # index (it lost and regained leadership before applying that index). Their entry may
+        # still commit via another node, so they resolve like the others: when the index is
+        # applied, by term.
+        self._displaced: dict[int, list[tuple[int, _Waiter]]] = {}
+        # ctx -> (waiter, term, leader when asked): the core forgets a read when its term or
+        # leader changes, so such reads are failed then (see _fail_stale_reads).
+        self._reads: dict[bytes, tuple[_Waiter, int, int]] = {}
         self._read_ids = itertools.count(1)
         self._applied_waiters: list[tuple[int, int, _Waiter]] = []
         self._waiter_ids = itertools.count()
@@ -421,6 +441,7 @@ class RaftNode:
         be applied.
         """
         self._check_open()
+        _check_proposal_size(data)
         term, index = self._core.propose(data)
         return await self._wait_entry(term, index, timeout)
 
@@ -434,9 +455,9 @@ class RaftNode:
         cannot take the proposal.
         """
         self._check_open()
+        _check_proposal_size(data)
         term, index = self._core.propose(data)
-        self._proposals[index] = (term, _Callback(on_done))
-        self._counts["proposals"] += 1
+        self._register_proposal(term, index, _Callback(on_done))
         self._send_or_kick()
 
     async def propose_conf_change(self, cc: ConfChange) -> None:
@@ -445,10 +466,26 @@ class RaftNode:
         term, index = self._core.propose_conf_change(cc)
         await self._wait_entry(term, index)
 
-    async def _wait_entry(self, term: int, index: int, timeout: float | None = None):
-        waiter = _Waiter()
+    def _register_proposal(self, term: int, index: int, waiter) -> None:
+        old = self._proposals.get(index)
+        if old is not None:
+            self._displaced.setdefault(index, []).append(old)
         self._proposals[index] = (term, waiter)
         self._counts["proposals"] += 1
+
+    def _unregister(self, index: int, waiter) -> None:
+        if self._proposals.get(index, (None, None))[1] is waiter:
+            del self._proposals[index]
+        elif index in self._displaced:
+            rest = [p for p in self._displaced[index] if p[1] is not waiter]
+            if rest:
+                self._displaced[index] = rest
+            else:
+                del self._displaced[index]
+
+    async def _wait_entry(self, term: int, index: int, timeout: float | None = None):
+        waiter = _Waiter()
+        self._register_proposal(term, index, waiter)
         if timeout is not None:
             heapq.heappush(self._deadlines, (trio.current_time() + timeout,
                                              next(self._waiter_ids), index, waiter))
@@ -456,8 +493,7 @@ class RaftNode:
         try:
             return await waiter.wait()
         finally:
-            if self._proposals.get(index, (None, None))[1] is waiter:
-                del self._proposals[index]
+            self._unregister(index, waiter)
 
     def transfer_leader(self, to: int) -> None:
         self._check_open()
@@ -470,7 +506,7 @@ class RaftNode:
         self._check_open()
         ctx = next(self._read_ids).to_bytes(8, "big")
         waiter = _Waiter()
-        self._reads[ctx] = waiter
+        self._reads[ctx] = (waiter, self._core.term, self._core.leader)
         self._counts["reads"] += 1
         try:
             self._core.read_index(ctx)
@@ -522,7 +558,8 @@ class RaftNode:
         return RaftNodeStats(
             group=self.group, id=self.id, role=c.role.value, term=c.term, leader=c.leader,
             commit=c.commit, applied=c.applied, last_index=c.last_index,
-            snapshot_index=self._snapshot_index, proposals_pending=len(self._proposals),
+            snapshot_index=self._snapshot_index,
+            proposals_pending=len(self._proposals) + sum(map(len, self._displaced.values())),
             **self._counts,
         )
 
@@ -647,9 +684,22 @@ class RaftNode:
 
     def _release_reads(self, rd: Ready) -> None:
         for rs in rd.read_states:
-            waiter = self._reads.get(rs.context)
-            if waiter is not None:
-                waiter.set(rs.index)
+            pending = self._reads.get(rs.context)
+            if pending is not None:
+                pending[0].set(rs.index)
+        if self._reads and (rd.soft_state is not None or rd.hard_state is not None):
+            self._fail_stale_reads()
+
+    def _fail_stale_reads(self) -> None:
+        """Fails the reads asked in another term or of another leader: the core dropped them
+        (``RaftCore.read_index``: "or never, if leadership is lost"), so nothing else would."""
+        core = self._core
+        for ctx, (waiter, term, leader) in list(self._reads.items()):
+            if not waiter.event.is_set() and (term, leader) != (core.term, core.leader):
+                del self._reads[ctx]
+                waiter.set(error=ProposalDroppedError(
+                    f"node {self.id}: leadership changed while the read was pending; retry",
+                    core.leader))
 
     async def _handle_ready(self, rd: Ready) -> bool:
         """Handles one Ready; True if that waited for the disk (and so let other tasks run)."""
@@ -767,20 +817,24 @@ class RaftNode:
             raise RaftError(f"state machine returned {len(results)} results for "
                             f"{len(normal)} entries")
         self._counts["entries_applied"] += len(normal)
-        if not self._proposals:
+        if not self._proposals and not self._displaced:
             return  # a follower's usual case
         by_index = {e.index: r for e, r in zip(normal, results)}
         for e in entries:
             pending = self._proposals.pop(e.index, None)
-            if pending is None:
-                continue
-            term, waiter = pending
-            if term == e.term:
-                waiter.set(by_index.get(e.index))
-            else:
-                waiter.set(error=EntryLostError(
-                    f"entry {e.index} of term {term} was replaced by one of term {e.term}",
-                    self._core.leader))
+            if pending is not None:
+                self._resolve(e, by_index, *pending)
+            if self._displaced:
+                for term, waiter in self._displaced.pop(e.index, ()):
+                    self._resolve(e, by_index, term, waiter)
+
+    def _resolve(self, e: Entry, by_index: dict, term: int, waiter) -> None:
+        if term == e.term:
+            waiter.set(by_index.get(e.index))
+        else:
+            waiter.set(error=EntryLostError(
+                f"entry {e.index} of term {term} was replaced by one of term {e.term}",
+                self._core.leader))
 
     def _expire_proposals(self) -> None:
         """Fails the proposals whose ``timeout`` has passed; drops the settled ones at the
@@ -795,12 +849,11 @@ class RaftNode:
             if deadline > now:
                 return
             heapq.heappop(deadlines)
-            pending = self._proposals.get(index)
-            if pending is not None and pending[1] is waiter:
-                del self._proposals[index]
-                waiter.set(error=RaftTimeoutError(
-                    f"raft node {self.id} (group {self.group}): entry {index} was not applied "
-                    f"within the proposal's timeout; its outcome is unknown"))
+            # Registered or displaced (see _displaced): past its deadline, never left waiting.
+            self._unregister(index, waiter)
+            waiter.set(error=RaftTimeoutError(
+                f"raft node {self.id} (group {self.group}): entry {index} was not applied "
+                f"within the proposal's timeout; its outcome is unknown"))
 
     def _wake_applied(self) -> None:
         applied = self._core.applied
@@ -814,6 +867,12 @@ class RaftNode:
                 waiter.set(error=OutcomeUnknownError(
                     f"entry {index} is covered by an installed snapshot: whether it was "
                     f"applied is unknown to this node"))
+        if self._displaced and min(self._displaced) <= applied:
+            for index in [i for i in self._displaced if i <= applied]:
+                for _, waiter in self._displaced.pop(index):
+                    waiter.set(error=OutcomeUnknownError(
+                        f"entry {index} is covered by an installed snapshot: whether it was "
+                        f"applied is unknown to this node"))
 
     async def _take_snapshot(self) -> None:
         data = self._sm.snapshot()
@@ -867,7 +926,11 @@ class RaftNode:
         err.__cause__ = exc
         for _, waiter in self._proposals.values():
             waiter.set(error=err)
-        for waiter in self._reads.values():
+        for displaced in self._displaced.values():
+            for _, waiter in displaced:
+                waiter.set(error=err)
+        self._displaced.clear()
+        for waiter, _, _ in self._reads.values():
             waiter.set(error=err)
         for _, _, waiter in self._applied_waiters:
             waiter.set(error=err)

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from raft.core import Config
-from raft.driver import RaftTimeoutError, open_raft_node
+from raft.driver import MAX_PROPOSAL_BYTES, EntryLostError, RaftTimeoutError, open_raft_node
 from raft.storage import RaftStorage
 from raft.transport import MemoryNetwork
 from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
@@ -342,6 +342,92 @@ async def test_a_read_that_cannot_be_confirmed_fails_at_its_timeout(tmp_path):
         node = await c.cut_off_leader()
         with trio.fail_after(5), pytest.raises((RaftTimeoutError, ProposalDroppedError)):
             await node.linearizable_read(timeout=0.2)
+
+
+async def wait_until(predicate, timeout=5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(TICK)
+
+
+async def test_a_proposal_whose_index_a_later_one_reuses_is_still_resolved(tmp_path):
+    # A leader cut off with proposals pending loses its group, wins it back, and proposes
+    # again at an index of one of them. The older proposal must still be resolved — here
+    # by term when that index is applied (another leader's entry replaced it) — not left
+    # waiting past its own timeout.
+    async with cluster(tmp_path) as c:
+        first = await c.leader()
+        node = c.nodes[first]
+        with trio.fail_after(5):
+            await node.propose(b"warm", timeout=5)
+        base = node.core.last_index
+        others = [i for i in c.ids if i != first]
+        for i in others:
+            c.net.partition(first, i)
+        results, at = {}, {}
+
+        async def propose(name, timeout):
+            at[name] = node.core.last_index + 1
+            try:
+                results[name] = await node.propose(name, timeout=timeout)
+            except Exception as exc:
+                results[name] = type(exc)
+
+        for k, name in enumerate((b"X", b"Y", b"Z")):
+            c.nursery.start_soon(propose, name, 3.0 if name == b"Z" else 30.0)
+            await wait_until(lambda k=k: node.core.last_index == base + 1 + k)
+        # The others elect a leader among themselves and commit an entry of its term.
+        await wait_until(lambda: any(c.nodes[i].is_leader for i in others))
+        new = next(c.nodes[i] for i in others if c.nodes[i].is_leader)
+        await wait_until(lambda: new.core.applied >= base + 1)
+        c.net.heal()
+        await wait_until(lambda: b"X" in results)
+        new.transfer_leader(first)
+        await wait_until(lambda: node.is_leader)
+        index = node.core.last_index + 1
+        with trio.fail_after(5):
+            await node.propose(b"W", timeout=5)
+        assert index <= at[b"Z"]  # W took the index (or one below) of a pending proposal
+        await wait_until(lambda: b"Z" in results, timeout=2.5)  # before Z's own timeout
+        assert results[b"Z"] is EntryLostError
+        assert node.statistics().proposals_pending == 0
+
+
+async def test_a_read_is_failed_when_its_leader_steps_down(tmp_path):
+    # The core forgets the reads of a leader that loses its leadership: the driver fails
+    # them then, instead of leaving a read without a timeout waiting for good.
+    async with cluster(tmp_path) as c:
+        first = await c.leader()
+        node = c.nodes[first]
+        with trio.fail_after(5):
+            await node.propose(b"ok", timeout=5)
+        for i in c.ids:
+            if i != first:
+                c.net.partition(first, i)
+        outcome = []
+
+        async def read():
+            try:
+                outcome.append(await node.linearizable_read())
+            except Exception as exc:
+                outcome.append(exc)
+
+        c.nursery.start_soon(read)
+        await wait_until(lambda: not node.is_leader)
+        await wait_until(lambda: outcome != [], timeout=1.0)
+        assert isinstance(outcome[0], ProposalDroppedError)
+        assert node._reads == {}
+
+
+async def test_a_proposal_over_the_size_limit_is_refused_and_the_node_goes_on(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = c.nodes[await c.leader()]
+        with pytest.raises(ValueError, match="over the .*-byte limit; nothing was written"):
+            await node.propose(b"x" * (MAX_PROPOSAL_BYTES + 1))
+        last = node.core.last_index
+        with trio.fail_after(5):
+            await node.propose(b"small", timeout=5)
+        assert node.core.last_index == last + 1
 
 
 async def test_an_invariant_broken_by_a_message_stops_the_node(tmp_path):
