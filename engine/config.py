@@ -147,6 +147,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RAFT_FSYNC_MODES = ("loop", "thread")
 
 _TOML_INT_MAX = 2**63 - 1  # TOML integers are signed 64-bit: anything larger cannot round-trip
+_MAX_LIFETIME_NS = 2**62
+_MAX_CLOCK_OFFSET_MS = (2**64 - 2) // 1_000_000
 _REGION_RE = re.compile(r"[a-z0-9-]+")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)
@@ -454,6 +456,13 @@ class Limits:
         _int(self.max_key_size, "max_key_size", high=STORE_MAX_KEY_SIZE)
         _int(self.max_value_size, "max_value_size", high=STORE_MAX_VALUE_SIZE)
         lifetime = _number(self.max_txn_lifetime_s, "max_txn_lifetime_s", positive=True)
+        if not 1 <= lifetime * 1e9 <= _MAX_LIFETIME_NS:
+            # Nodes count it in nanoseconds, as an int (0 or past 2**62 would not start).
+            raise _fail(
+                "max_txn_lifetime_s",
+                f"must be between 1e-09 and {_MAX_LIFETIME_NS / 1e9:.0f} seconds, "
+                f"got {_show(self.max_txn_lifetime_s)}",
+            )
         object.__setattr__(self, "max_txn_lifetime_s", lifetime)
         largest_write = self.max_key_size + self.max_value_size
         if self.max_txn_bytes < largest_write:
@@ -510,6 +519,9 @@ class ClusterConfig:
         self._check_nodes_unique()
 
         _int(self.max_clock_offset_ms, "max_clock_offset_ms")
+        if self.max_clock_offset_ms > _MAX_CLOCK_OFFSET_MS:  # the hybrid clock takes it in ns
+            raise _fail("max_clock_offset_ms", f"must be at most {_MAX_CLOCK_OFFSET_MS}, "
+                        f"got {self.max_clock_offset_ms}")
         _int(self.tick_interval_ms, "tick_interval_ms")
         _int(self.heartbeat_ticks, "heartbeat_ticks")
         _int(self.election_ticks, "election_ticks")
@@ -520,6 +532,10 @@ class ClusterConfig:
                 f"must be greater than heartbeat_ticks ({self.heartbeat_ticks}), "
                 f"got {self.election_ticks}",
             )
+        if self.election_ticks < 3:
+            # Leader leases (raft.core.Config.lease_reads) last 3/4 of the election timeout
+            # minus one tick: at least a tick needs 3.
+            raise _fail("election_ticks", f"must be at least 3, got {self.election_ticks}")
         object.__setattr__(self, "wan_latency_ms", self._checked_latencies(names))
         if not isinstance(self.limits, Limits):
             raise _fail("limits", f"expected a Limits, got {_show(self.limits)}")

@@ -496,8 +496,12 @@ class GroupStateMachine:
                 if kind == CMD_DECIDE:
                     results[slot] = batch.decide(txn_id, commit_ts, ts, *cmd[4:])
                 else:
-                    batch.resolve(txn_id, commit_ts)
-                    results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                    if batch.resolve(txn_id, commit_ts):
+                        results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                    else:
+                        results[slot] = CommitResult(
+                            Outcome.INVALID, ts, f"commit timestamp {commit_ts} is below the "
+                            f"transaction's prepare timestamp in this group")
         if last_index == 0:
             return results
         batch.flush(results)
@@ -733,6 +737,12 @@ class _Batch:
                 results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
                                              verdict.key, verdict.conflict_ts)
             elif cmd[0] == CMD_COMMIT:
+                problem = self._merge_problem(
+                    [(m[0], m[1], m[2], ts, self.sm.origin, None) for m in cmd[7]]
+                ) if len(cmd) > 7 else ""
+                if problem:  # checked against the cells as they are now, not at validation
+                    results[slot] = CommitResult(Outcome.INVALID, ts, problem)
+                    continue
                 if cmd[5]:
                     self.versions.append((cmd[5], ts))
                 if len(cmd) > 7:
@@ -799,13 +809,17 @@ class _Batch:
         self.side[rkey] = None
         self.side[_RECORD_AGE + _U64.pack(rec[2]) + _U64.pack(txn_id)] = None
 
-    def resolve(self, txn_id: int, commit_ts: int) -> None:
-        """RESOLVE: the transaction's intents here become versions at ``commit_ts`` (or go)."""
+    def resolve(self, txn_id: int, commit_ts: int) -> bool:
+        """RESOLVE: the transaction's intents here become versions at ``commit_ts`` (or go).
+        False (nothing done) for a commit below the prepare timestamp: its versions would
+        appear under timestamps that reads were already served at."""
         pkey = _PREPARED + _U64.pack(txn_id)
         raw = self.get(pkey)
         if raw is None:
-            return  # never prepared here, or resolved already
-        _, keys, _, _ = msgpack.unpackb(raw)
+            return True  # never prepared here, or resolved already
+        prepare_ts, keys, _, _ = msgpack.unpackb(raw)
+        if commit_ts and commit_ts < prepare_ts:
+            return False
         writes: list[tuple[bytes, bytes | None]] = []
         written: list[bytes] = []
         for key in keys:
@@ -830,6 +844,7 @@ class _Batch:
             adj.resolve(txn_id, keys, None)
         self.side[pkey] = None
         self.resolved.append(txn_id)
+        return True
 
 
     # ------------------------------------------------------------------ regional keyspaces
@@ -852,6 +867,22 @@ class _Batch:
             self.side[ckey] = msgpack.packb(
                 [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
                  conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
+
+    def _merge_problem(self, writes: list) -> str:
+        """Why merging ``writes`` -- ``(key, resolver, value, ts, origin, prev)``, in order --
+        into the keys' current cells would raise, or "" if it would not. Applying must never
+        raise on what a client sent: the entry is in the log, and every replica (and every
+        restart) would stop on it."""
+        cells: dict[bytes, Cell | None] = {}
+        for key, resolver_name, value, wts, origin, prev in writes:
+            op = PUT if resolver_name == "lww" else MERGE
+            try:
+                cell = cells[key] if key in cells else self._cell(key)
+                cells[key], _ = _resolver(resolver_name).merge(
+                    cell, RemoteWrite(key, value, wts, origin, op, prev))
+            except (InvalidArgumentError, CorruptStateError) as exc:
+                return f"bad {resolver_name} write to key {key!r}: {exc}"
+        return ""
 
     def _check_merges(self, merges: list, ts: int) -> str:
         """Why the regional writes cannot be merged (their payloads), or "" if they can."""
@@ -891,6 +922,12 @@ class _Batch:
             return CommitResult(Outcome.RESOLVED, ts, "duplicate", conflict_ts=watermark)
         if after_ts > watermark:
             return CommitResult(Outcome.CONFLICT, ts, "gap", conflict_ts=watermark)
+        problem = self._merge_problem(
+            [(key, resolver_name, value, wts, origin, (prev_ts, prev_origin) if prev_ts else None)
+             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
+             if wts > watermark])
+        if problem:
+            return CommitResult(Outcome.INVALID, ts, problem)
         touched = []
         for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes:
             if wts <= watermark:

@@ -122,6 +122,9 @@ RECORD_GC_BATCH = 500
 LEADER_HOME_CHECK_S = 2.0
 REPLICATION_BATCH = 256
 """Most outbox records (commits) in one batch of regional writes shipped to another region."""
+REPLICATION_BATCH_BYTES = 4 << 20
+"""Most bytes of keys and values in one batch (at least one record): a batch is one request,
+which must stay under the RPC frame limit (16 MiB), and one Raft entry at the destination."""
 REPLICATION_WINDOW = 8
 """Batches of regional writes in flight to one destination at once."""
 REPLICATION_LINGER_S = 0.02
@@ -491,6 +494,18 @@ class Node:
                 r["received"] += received
         return regions
 
+    def _not_ahead(self, name: str, ts: int) -> None:
+        """Refuses a timestamp further ahead of this node's clock than the maximum clock
+        offset. A read or refresh closes the group's time up to the timestamp it names, and a
+        decision or resolution closes it up to its commit timestamp: one from the far future
+        would push every later snapshot and commit of the group there, for good (at MAX_TS no
+        transaction that reads can commit again)."""
+        now = max(self.clock.last, self.clock.physical_ns())
+        if ts > now + self.cluster.max_clock_offset_ns:
+            raise InvalidArgumentError(
+                f"{name} {ts} is ahead of node {self.id}'s clock by more than the maximum "
+                f"clock offset ({self.cluster.max_clock_offset_ms} ms)")
+
     def _replica(self, payload) -> GroupReplica:
         gid = payload.get("group")
         replica = self.replicas.get(gid) if type(gid) is int else None
@@ -562,6 +577,8 @@ class Node:
                         ("until", until)):
             if type(v) is not int or not 0 <= v <= MAX_TS:
                 raise InvalidArgumentError(f"{name} must be an int in 0..{MAX_TS}")
+            if name != "bounded_ns":
+                self._not_ahead(name, v)
         if bounded:
             oldest = self.clock.now() - bounded
             await self._wait_closed(replica, max(oldest, min_ts))
@@ -674,6 +691,7 @@ class Node:
     async def _decide(self, p):
         replica = self._replica(p)
         txn_id, commit_ts = _fate(p)
+        self._not_ahead("commit_ts", commit_ts)
         since, participants = p.get("since", 0), p.get("participants", [])
         if type(since) is not int or not 0 <= since <= MAX_TS:
             raise InvalidArgumentError(f"since must be an int in 0..{MAX_TS}")
@@ -692,7 +710,10 @@ class Node:
     async def _resolve(self, p):
         replica = self._replica(p)
         txn_id, commit_ts = _fate(p)
-        await replica.resolve(txn_id, commit_ts)
+        self._not_ahead("commit_ts", commit_ts)
+        result = await replica.resolve(txn_id, commit_ts)
+        if result.outcome is Outcome.INVALID:
+            raise InvalidArgumentError(f"resolve refused: {result.reason}")
         return {}
 
     async def _prepared(self, p):
@@ -766,6 +787,7 @@ class Node:
         from_ts, to_ts = p.get("from_ts"), p.get("to_ts")
         if not (type(from_ts) is int and type(to_ts) is int and 0 < from_ts <= to_ts <= MAX_TS):
             raise InvalidArgumentError("from_ts and to_ts must be timestamps, from_ts <= to_ts")
+        self._not_ahead("to_ts", to_ts)
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
         if not isinstance(spans, list) or not all(
@@ -774,6 +796,10 @@ class Node:
                 for sp in spans):
             raise InvalidArgumentError("spans must be [start, end, limit] lists")
         replica._require_leader()
+        if from_ts < replica.sm.low_water:
+            # Versions at from_ts may be garbage-collected (a delete with everything before
+            # it): a key that changed would look unchanged.
+            return {"ok": False, "reason": "too_old"}
         await self._wait_closed(replica, to_ts)
         # A pending transaction prepared at or below to_ts may commit in the window: wait
         # for its fate (what it wrote is then a version like any other).
@@ -900,7 +926,7 @@ class Node:
 
         async with trio.open_nursery() as nursery:
             while origin.node.is_leader and not broken.is_set():
-                batch = origin.sm.outbox_after(after, REPLICATION_BATCH)
+                batch = _bounded_batch(origin.sm.outbox_after(after, REPLICATION_BATCH))
                 if not batch:
                     with trio.move_on_after(1.0):
                         await origin.wait_outbox()
@@ -940,6 +966,7 @@ class Node:
         if (type(up_to) is not int or not 0 < up_to <= MAX_TS or type(after) is not int
                 or not 0 <= after < up_to or not isinstance(writes, list)):
             raise InvalidArgumentError("after < up_to must be timestamps and writes a list")
+        self._not_ahead("up_to", up_to)  # the origin's watermark here: all later ones skipped
         replica._require_leader()
         result = await replica.propose(
             encode_remote(origin, self.clock.now(), after, up_to, writes))
@@ -957,7 +984,7 @@ class Node:
     async def _remote_watermark(self, p):
         replica = self._replica(p)
         origin = p.get("origin")
-        if type(origin) is not int:
+        if type(origin) is not int or not 0 < origin < 2**32:
             raise InvalidArgumentError("origin must be a group id")
         replica._require_leader()
         return {"watermark": replica.sm.watermark(origin)}
@@ -1025,9 +1052,12 @@ class Node:
             if not replica.node.is_leader or self._clock_problem is not None:
                 continue
             now = self.clock.now()
-            for intent in replica.sm.prepared()[:100]:
-                if intent.deadline < now:
-                    self._start_recovery(replica, intent)
+            # The expired ones not being recovered already, then at most 100: transactions
+            # that cannot be finished yet (their primary unreachable) must not hide the others.
+            due = [i for i in replica.sm.prepared()
+                   if i.deadline < now and i.txn_id not in self._recovering]
+            for intent in due[:100]:
+                self._start_recovery(replica, intent)
 
     def _check_txn(self, p) -> tuple[int, int, list[tuple[bytes, bytes | None]], list[bytes]]:
         txn_id, read_ts = p.get("txn_id"), p.get("read_ts")
@@ -1181,6 +1211,16 @@ def _max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
     return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - 256))
+
+
+def _bounded_batch(batch: list) -> list:
+    """The longest prefix of outbox records within REPLICATION_BATCH_BYTES (at least one)."""
+    size = 0
+    for i, (_, writes) in enumerate(batch):
+        size += sum(64 + len(w[0]) + len(w[2] or b"") for w in writes)
+        if size > REPLICATION_BATCH_BYTES and i:
+            return batch[:i]
+    return batch
 
 
 def _fate(p: dict) -> tuple[int, int]:

@@ -143,8 +143,17 @@ class GroupReplica:
         if self.sm.closed_ts >= ts:
             return
         event = trio.Event()
-        heapq.heappush(self._closed_waiters, (ts, next(self._ids), event))
-        await event.wait()
+        entry = (ts, next(self._ids), event)
+        heapq.heappush(self._closed_waiters, entry)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # cancelled (the caller's time limit): forget the entry
+                try:
+                    self._closed_waiters.remove(entry)
+                    heapq.heapify(self._closed_waiters)
+                except ValueError:
+                    pass
 
     def _on_closed(self, closed: int) -> None:
         self._last_activity = trio.current_time()

@@ -521,7 +521,7 @@ def node_configs(draw):
         regions=tuple(regions),
         max_clock_offset_ms=draw(st.integers(1, 10**6)),
         tick_interval_ms=draw(st.integers(1, 10**4)),
-        election_ticks=draw(st.integers(heartbeat + 1, 1000)),
+        election_ticks=draw(st.integers(max(heartbeat + 1, 3), 1000)),
         heartbeat_ticks=heartbeat,
         wan_latency_ms=latencies,
         limits=limits,

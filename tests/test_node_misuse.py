@@ -1,0 +1,204 @@
+"""A node's server side against requests that its client library would never send but a buggy
+or hostile client can: each is refused with a clear error, and the group goes on serving.
+
+The requests go straight to a node over ``engine.rpc`` (the client library would refuse most of
+them before sending). In-process clusters; every wait is bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import engine.node
+import engine.replica
+from engine.config import ConfigError, Limits, parse_node_config
+from engine.local import open_local_cluster
+from engine.mvcc import MAX_TS
+from engine.placement import data_group, encode_key
+from engine.rpc import RemoteError, connect_rpc
+
+KEY = b"\x00\x00\x07\x77key"  # a key of no keyspace: the server checks no more than a prefix
+GUARD_S = 30  # only ever reached by a bug that hangs
+
+
+async def leader_of(cluster, gid):
+    with trio.fail_after(GUARD_S):
+        while True:
+            for node in cluster.nodes.values():
+                replica = node.replicas.get(gid)
+                if replica is not None and replica.node.is_leader:
+                    return node
+            await trio.sleep(0.02)
+
+
+def client_of(cluster, node):
+    return connect_rpc(cluster.config.node(node.id).client_host, node.client_port)
+
+
+@pytest.mark.parametrize("variant", ["resolver", "plain", "remote"])
+async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_on(
+        variant, tmp_path):
+    # Each of these used to pass every check, be committed, and then raise while applied:
+    # every replica of the group stopped on it, and again on every restart.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=1,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        other = data_group(cluster.config, "eu-west")
+        node = await leader_of(cluster, gid)
+        if variant == "resolver":  # a cell built by one resolver, merged by another
+            first = ("commit", {"group": gid, "txn_id": 1, "read_ts": 0, "writes": [],
+                                "merges": [[KEY, "counter", b"1"]]})
+            bad = ("commit", {"group": gid, "txn_id": 2, "read_ts": 0, "writes": [],
+                              "merges": [[KEY, "lww", b"x"]]})
+        elif variant == "plain":  # a regional write to a key holding a plain value
+            first = ("commit", {"group": gid, "txn_id": 1, "read_ts": 0,
+                                "writes": [[KEY, b"plain"]]})
+            bad = ("commit", {"group": gid, "txn_id": 2, "read_ts": 0, "writes": [],
+                              "merges": [[KEY, "lww", b"x"]]})
+        else:  # a shipped counter write whose payload is no number
+            first = None
+            bad = ("remote.apply", {"group": gid, "origin": other, "after": 0, "up_to": 10,
+                                    "writes": [[KEY, "counter", b"not-a-number", 5, "eu-west",
+                                                0, ""]]})
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                if first is not None:
+                    await conn.call(*first)
+                with pytest.raises(RemoteError) as refused:
+                    await conn.call(*bad)
+                assert refused.value.code == "invalid_argument"
+                reply = await conn.call("read", {"group": gid, "keys": [KEY]})
+                assert reply["values"] == [None] or variant != "remote"
+                # The group still commits.
+                await conn.call("commit", {"group": gid, "txn_id": 3, "read_ts": 0,
+                                           "writes": [[KEY + b"2", b"ok"]]})
+
+
+@pytest.mark.parametrize("method,payload", [
+    ("read", {"keys": [b"zz"], "ts": MAX_TS}),
+    ("read", {"keys": [b"zz"], "ts": 0, "min_ts": MAX_TS}),
+    ("read", {"keys": [b"zz"], "ts": 1, "until": MAX_TS}),
+    ("resolve", {"txn_id": 12345, "commit_ts": MAX_TS}),
+])
+async def test_a_timestamp_from_the_far_future_is_refused(method, payload):
+    # A read closes the group's time up to the timestamp it names, a resolution up to its
+    # commit timestamp: at MAX_TS no transaction that reads could ever commit there again.
+    async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(GUARD_S):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"x", b"1"))
+                gid = data_group(cluster.config, "us-east")
+                node = await leader_of(cluster, gid)
+                async with client_of(cluster, node) as conn:
+                    with pytest.raises(RemoteError, match="ahead of node") as refused:
+                        await conn.call(method, {"group": gid, **payload})
+                    assert refused.value.code == "invalid_argument"
+                assert node.replicas[gid].closed_ts < MAX_TS // 2
+
+                async def increment(tx):
+                    await tx.put("k", b"x", await tx.get("k", b"x") + b"+")
+
+                await db.run_transaction(increment, max_attempts=3)
+                assert await db.read("k", b"x") == b"1+"
+
+
+async def test_a_resolution_below_the_prepare_timestamp_is_refused():
+    # Its versions would appear under timestamps that reads were already served at.
+    async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                before = await conn.call("read", {"group": gid, "keys": [KEY]})
+                ts = before["ts"]
+                await conn.call("prepare", {"group": gid, "txn_id": 77, "read_ts": 0,
+                                            "writes": [[KEY, b"ghost"]], "primary": gid})
+                with pytest.raises(RemoteError, match="below the transaction's prepare"):
+                    await conn.call("resolve", {"group": gid, "txn_id": 77,
+                                                "commit_ts": ts - 5})
+                again = await conn.call("read", {"group": gid, "keys": [KEY], "ts": ts})
+                assert again["values"] == before["values"] == [None]
+
+
+async def test_a_refresh_from_below_the_gc_watermark_reports_a_change(monkeypatch):
+    # Below the watermark a delete may be collected with everything before it: the key
+    # would look unchanged.
+    monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.3)
+    async with open_local_cluster(("us-east",), 1, seed=1,
+                                  limits=Limits(max_txn_lifetime_s=1.0)) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(GUARD_S):
+                ks = await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"x", b"1"))
+                gid = data_group(cluster.config, "us-east")
+                node = await leader_of(cluster, gid)
+                replica = node.replicas[gid]
+                value, t0 = await db.read_version("k", b"x")
+                assert value == b"1"
+                await db.run_transaction(lambda tx: tx.delete("k", b"x"))
+                key = encode_key(ks.id, b"x")
+                while (replica.sm.store.gc_watermark <= t0 + 1
+                       or replica.sm.store.get_version(key, MAX_TS) is not None):
+                    await trio.sleep(0.1)
+                async with client_of(cluster, node) as conn:
+                    reply = await conn.call("refresh", {"group": gid, "keys": [key],
+                                                        "from_ts": t0,
+                                                        "to_ts": replica.closed_ts})
+                assert reply == {"ok": False, "reason": "too_old"}
+
+
+async def test_stale_reads_that_time_out_leave_no_waiter_behind(monkeypatch):
+    # A follower cut off from its leader cannot close time; each stale read waiting for it
+    # gives up after STALE_READ_WAIT_S and must take its waiter with it.
+    monkeypatch.setattr(engine.node, "STALE_READ_WAIT_S", 0.3)
+    async with open_local_cluster(("us-east",), 3, seed=1) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        leader = await leader_of(cluster, gid)
+        follower = next(n for n in cluster.nodes.values() if n is not leader)
+        replica = follower.replicas[gid]
+        follower.isolate_from({n.id for n in cluster.nodes.values() if n is not follower})
+        for n in cluster.nodes.values():
+            if n is not follower:
+                n.isolate_from({follower.id})
+        codes = []
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, follower) as conn:
+                ts = follower.clock.now()
+
+                async def read(i):
+                    try:
+                        await conn.call("read", {"group": gid, "keys": [b"k"], "ts": ts + i,
+                                                 "stale": True})
+                    except RemoteError as exc:
+                        codes.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(1, 21):
+                        nursery.start_soon(read, i)
+        assert codes == ["not_closed"] * 20
+        assert replica._closed_waiters == []
+
+
+CONFIG = """
+node_id = 1
+data_dir = "{dir}"
+[cluster]
+name = "t"
+{extra}
+[cluster.regions.us-east]
+nodes = [{{ id = 1, peer_address = "127.0.0.1:7001", client_address = "127.0.0.1:7002" }}]
+"""
+
+
+@pytest.mark.parametrize("extra,field", [
+    ("election_ticks = 2\nheartbeat_ticks = 1", "election_ticks"),
+    ("[cluster.limits]\nmax_txn_lifetime_s = 1e-10", "max_txn_lifetime_s"),
+    ("[cluster.limits]\nmax_txn_lifetime_s = 1e300", "max_txn_lifetime_s"),
+    ("max_clock_offset_ms = 100000000000000", "max_clock_offset_ms"),
+])
+def test_a_configuration_a_node_could_not_start_with_is_refused_naming_the_field(
+        extra, field, tmp_path):
+    with pytest.raises(ConfigError, match=field):
+        parse_node_config(CONFIG.format(dir=tmp_path, extra=extra))
