@@ -204,7 +204,8 @@ class RunConfig:
         seed: fixes every choice of the run (see the module docstring, Determinism).
         regions, nodes_per_region, wan_latency_ms, tick_interval_ms: the cluster.
         processes: concurrent clients, spread over the regions in turn.
-        max_ops, time_limit_s: bounds of the main phase (whichever comes first).
+        max_ops, time_limit_s: bounds of the main phase (whichever comes first; past
+            ``max_ops`` only while a planned fault has not happened yet).
         op_timeout_s: one operation's deadline (then ``fail`` before commit, ``info`` during).
         request_timeout_s: the client library's retry budget per request.
         think_s: each client waits up to this long (uniformly) between operations.
@@ -908,7 +909,14 @@ class _Runner:
     # ---------------------------------------------------------------- clients
 
     def _more(self) -> bool:
-        return self.ops_left > 0 and trio.current_time() < self.stop_at
+        if trio.current_time() >= self.stop_at:
+            return False
+        if self.ops_left > 0:
+            return True
+        # The operations are spent before a planned fault happened (a fast machine, or a
+        # crash drawn late): go on, up to the time limit, so that every planned fault meets a
+        # running workload instead of a finished one.
+        return any(not self.fired[kind] for kind in self.plan.kinds)
 
     async def client(self, slot: int, cluster) -> None:
         """One client: sessions (each its own connection, clock and background tasks) in the

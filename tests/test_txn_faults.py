@@ -393,6 +393,20 @@ async def test_the_checkers_catch_a_planted_bug(bug, plant_bug, tmp_path):
     raise AssertionError(f"planted bug {bug} went unnoticed:\n" + "\n".join(summaries))
 
 
+async def test_every_planned_fault_meets_a_running_workload(tmp_path):
+    """The operations running out before a planned fault (a crash drawn late, a fast machine)
+    must not end the main phase: it goes on until every planned fault has happened."""
+    config = txnsim.RunConfig(workload="regional", isolation="snapshot", seed=0,
+                              nodes_per_region=1, processes=3, max_ops=6, time_limit_s=6.0,
+                              faults=("crash",))
+    plan = txnsim.FaultPlan(kinds=frozenset({"crash"}), crash_every_s=(1.5, 1.5),
+                            downtime_s=(0.3, 0.3))
+    result = await txnsim.run(config, plan=plan, directory=tmp_path / "run")
+    _warn_stop_errors(result)
+    assert result.faults_fired["crash"] >= 1, result.summary()
+    assert result.valid, result.summary()
+
+
 # ------------------------------------------------------------------- anomalies found here
 
 
