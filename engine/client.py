@@ -648,8 +648,10 @@ class Database:
                 v[1] += conn.bytes_received
         return {n: (v[0], v[1]) for n, v in out.items()}
 
-    async def _call_node(self, node_id: int, method: str, payload) -> Any:
-        return await self._call_on(await self._connection(node_id), node_id, method, payload)
+    async def _call_node(self, node_id: int, method: str, payload,
+                         deadline: float = math.inf) -> Any:
+        return await self._call_on(await self._connection(node_id), node_id, method, payload,
+                                   deadline)
 
     async def _call_on(self, conn, node_id: int, method: str, payload,
                        deadline: float = math.inf) -> Any:
@@ -762,10 +764,8 @@ class Database:
         self._rng.shuffle(local)
         for node_id in local:
             try:
-                conn = await self._connection(node_id)
-                return await self._call_on(
-                    conn, node_id, method, payload,
-                    trio.current_time() + self._request_timeout_s / 2)
+                return await self._call_node(node_id, method, payload,
+                                             trio.current_time() + self._request_timeout_s / 2)
             except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError):
                 pass  # the next replica (a closed connection is replaced when next used)
             except RemoteError as exc:

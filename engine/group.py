@@ -737,16 +737,14 @@ class _Batch:
                 results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
                                              verdict.key, verdict.conflict_ts)
             elif cmd[0] == CMD_COMMIT:
-                problem = self._merge_problem(
-                    [(m[0], m[1], m[2], ts, self.sm.origin, None) for m in cmd[7]]
-                ) if len(cmd) > 7 else ""
-                if problem:  # checked against the cells as they are now, not at validation
-                    results[slot] = CommitResult(Outcome.INVALID, ts, problem)
+                merged = self._plan_local(cmd[7], ts) if len(cmd) > 7 else []
+                if isinstance(merged, str):  # against the cells as they are now
+                    results[slot] = CommitResult(Outcome.INVALID, ts, merged)
                     continue
                 if cmd[5]:
                     self.versions.append((cmd[5], ts))
                 if len(cmd) > 7:
-                    self._merge_local(cmd[7], ts)
+                    self._merge_local(merged, ts)
                 results[slot] = CommitResult(Outcome.COMMITTED, ts)
             else:
                 results[slot] = self._install(cmd, ts, keys)
@@ -855,34 +853,39 @@ class _Batch:
         raw = self.sm.store.get(key, MAX_TS)
         return None if raw is None else decode_cell(raw)
 
-    def _merge(self, key: bytes, resolver_name: str, write: RemoteWrite, ts: int) -> None:
-        resolver = _resolver(resolver_name)
-        cell, conflict = resolver.merge(self._cell(key), write)
-        self._cells[key] = cell
-        self.versions.append(([(key, encode_cell(cell))], ts))
-        if conflict is not None:
-            loser_ts, loser_origin = conflict.loser
-            ckey = (_CONFLICT + key + _U64.pack(loser_ts)
-                    + loser_origin.encode()[:_MAX_ORIGIN_IN_KEY])
-            self.side[ckey] = msgpack.packb(
-                [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
-                 conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
-
-    def _merge_problem(self, writes: list) -> str:
-        """Why merging ``writes`` -- ``(key, resolver, value, ts, origin, prev)``, in order --
-        into the keys' current cells would raise, or "" if it would not. Applying must never
+    def _plan_merges(self, writes) -> list | str:
+        """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
+        or a function of the key's cell before it that makes one -- into the keys' current
+        cells without changing anything: ``(key, resolver, new cell, conflict, write)`` for
+        each, for :meth:`_apply_merges`, or why one of them cannot be merged (a cell another
+        resolver built, a plain value, a payload the resolver refuses). Applying must never
         raise on what a client sent: the entry is in the log, and every replica (and every
         restart) would stop on it."""
         cells: dict[bytes, Cell | None] = {}
-        for key, resolver_name, value, wts, origin, prev in writes:
-            op = PUT if resolver_name == "lww" else MERGE
+        merged = []
+        for key, resolver_name, write in writes:
             try:
                 cell = cells[key] if key in cells else self._cell(key)
-                cells[key], _ = _resolver(resolver_name).merge(
-                    cell, RemoteWrite(key, value, wts, origin, op, prev))
+                if not isinstance(write, RemoteWrite):
+                    write = write(cell)
+                cell, conflict = _resolver(resolver_name).merge(cell, write)
             except (InvalidArgumentError, CorruptStateError) as exc:
                 return f"bad {resolver_name} write to key {key!r}: {exc}"
-        return ""
+            cells[key] = cell
+            merged.append((key, resolver_name, cell, conflict, write))
+        return merged
+
+    def _apply_merges(self, merged: list, ts: int) -> None:
+        for key, _, cell, conflict, _ in merged:
+            self._cells[key] = cell
+            self.versions.append(([(key, encode_cell(cell))], ts))
+            if conflict is not None:
+                loser_ts, loser_origin = conflict.loser
+                ckey = (_CONFLICT + key + _U64.pack(loser_ts)
+                        + loser_origin.encode()[:_MAX_ORIGIN_IN_KEY])
+                self.side[ckey] = msgpack.packb(
+                    [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
+                     conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
 
     def _check_merges(self, merges: list, ts: int) -> str:
         """Why the regional writes cannot be merged (their payloads), or "" if they can."""
@@ -897,17 +900,26 @@ class _Batch:
                 return f"bad {resolver_name} write to key {key!r}: {exc}"
         return ""
 
-    def _merge_local(self, merges: list, ts: int) -> None:
-        """A local commit's regional writes: merged here, and put in the outbox."""
+    def _plan_local(self, merges: list, ts: int) -> list | str:
+        """A local commit's regional writes, each after the key's cell here (its ``prev``;
+        see :meth:`_plan_merges`)."""
         origin = self.sm.origin
-        shipped = []
-        for key, resolver_name, value in merges:
-            before = self._cell(key)
-            prev = before.version if before is not None else None
+
+        def local(key, resolver_name, value):
             op = PUT if resolver_name == "lww" else MERGE
-            self._merge(key, resolver_name, RemoteWrite(key, value, ts, origin, op, prev), ts)
-            shipped.append([key, resolver_name, value, ts, origin,
-                            prev[0] if prev else 0, prev[1] if prev else ""])
+            return lambda before: RemoteWrite(key, value, ts, origin, op,
+                                              before.version if before is not None else None)
+
+        return self._plan_merges([(key, resolver_name, local(key, resolver_name, value))
+                                  for key, resolver_name, value in merges])
+
+    def _merge_local(self, merged: list, ts: int) -> None:
+        """A local commit's regional writes (planned by :meth:`_plan_local`): merged here,
+        and put in the outbox."""
+        self._apply_merges(merged, ts)
+        shipped = [[w.key, resolver_name, w.value, w.ts, w.origin,
+                    w.prev[0] if w.prev else 0, w.prev[1] if w.prev else ""]
+                   for _, resolver_name, _, _, w in merged]
         self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
         self.shipped = True
         self.trim_outbox(limit=2)
@@ -922,20 +934,16 @@ class _Batch:
             return CommitResult(Outcome.RESOLVED, ts, "duplicate", conflict_ts=watermark)
         if after_ts > watermark:
             return CommitResult(Outcome.CONFLICT, ts, "gap", conflict_ts=watermark)
-        problem = self._merge_problem(
-            [(key, resolver_name, value, wts, origin, (prev_ts, prev_origin) if prev_ts else None)
-             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
-             if wts > watermark])
-        if problem:
-            return CommitResult(Outcome.INVALID, ts, problem)
-        touched = []
-        for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes:
-            if wts <= watermark:
-                continue
-            op = PUT if resolver_name == "lww" else MERGE
-            prev = (prev_ts, prev_origin) if prev_ts else None
-            self._merge(key, resolver_name, RemoteWrite(key, value, wts, origin, op, prev), ts)
-            touched.append((key, ts))
+        merged = self._plan_merges([
+            (key, resolver_name, RemoteWrite(key, value, wts, origin,
+                                             PUT if resolver_name == "lww" else MERGE,
+                                             (prev_ts, prev_origin) if prev_ts else None))
+            for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
+            if wts > watermark])
+        if isinstance(merged, str):
+            return CommitResult(Outcome.INVALID, ts, merged)
+        self._apply_merges(merged, ts)
+        touched = [(key, ts) for key, *_ in merged]
         self.side[wkey] = _U64.pack(up_to_ts)
         if touched:
             # Local transactions that read these keys before now must not overwrite them

@@ -861,18 +861,16 @@ class RaftNode:
             heapq.heappop(self._applied_waiters)[2].set()
         # Proposals below the applied index that were never applied here (their entry was
         # replaced while this node was installing a snapshot) can no longer resolve.
+        covered = []
         if self._proposals and min(self._proposals) <= applied:
-            for index in [i for i in self._proposals if i <= applied]:
-                _, waiter = self._proposals.pop(index)
-                waiter.set(error=OutcomeUnknownError(
-                    f"entry {index} is covered by an installed snapshot: whether it was "
-                    f"applied is unknown to this node"))
+            covered += [(i, self._proposals.pop(i)) for i in list(self._proposals) if i <= applied]
         if self._displaced and min(self._displaced) <= applied:
-            for index in [i for i in self._displaced if i <= applied]:
-                for _, waiter in self._displaced.pop(index):
-                    waiter.set(error=OutcomeUnknownError(
-                        f"entry {index} is covered by an installed snapshot: whether it was "
-                        f"applied is unknown to this node"))
+            covered += [(i, p) for i in list(self._displaced) if i <= applied
+                        for p in self._displaced.pop(i)]
+        for index, (_, waiter) in covered:
+            waiter.set(error=OutcomeUnknownError(
+                f"entry {index} is covered by an installed snapshot: whether it was applied "
+                f"is unknown to this node"))
 
     async def _take_snapshot(self) -> None:
         data = self._sm.snapshot()

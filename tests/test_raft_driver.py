@@ -100,6 +100,18 @@ class Cluster:
                 self.stop(i)
         return node
 
+    async def partition_leader(self):
+        """The leader's id and node, once it has committed an entry of its own; then it is
+        partitioned from every other node (which may elect a leader among themselves)."""
+        leader_id = await self.leader()
+        node = self.nodes[leader_id]
+        with trio.fail_after(5):
+            await node.propose(b"ok", timeout=5)
+        for i in self.ids:
+            if i != leader_id:
+                self.net.partition(leader_id, i)
+        return leader_id, node
+
     async def leader(self, timeout=10.0) -> int:
         with trio.fail_after(timeout):
             while True:
@@ -356,14 +368,9 @@ async def test_a_proposal_whose_index_a_later_one_reuses_is_still_resolved(tmp_p
     # by term when that index is applied (another leader's entry replaced it) — not left
     # waiting past its own timeout.
     async with cluster(tmp_path) as c:
-        first = await c.leader()
-        node = c.nodes[first]
-        with trio.fail_after(5):
-            await node.propose(b"warm", timeout=5)
+        first, node = await c.partition_leader()
         base = node.core.last_index
         others = [i for i in c.ids if i != first]
-        for i in others:
-            c.net.partition(first, i)
         results, at = {}, {}
 
         async def propose(name, timeout):
@@ -397,13 +404,7 @@ async def test_a_read_is_failed_when_its_leader_steps_down(tmp_path):
     # The core forgets the reads of a leader that loses its leadership: the driver fails
     # them then, instead of leaving a read without a timeout waiting for good.
     async with cluster(tmp_path) as c:
-        first = await c.leader()
-        node = c.nodes[first]
-        with trio.fail_after(5):
-            await node.propose(b"ok", timeout=5)
-        for i in c.ids:
-            if i != first:
-                c.net.partition(first, i)
+        _, node = await c.partition_leader()
         outcome = []
 
         async def read():

@@ -185,6 +185,16 @@ async def start(nursery, handlers, **kwargs) -> int:
     return await nursery.start(partial(serve_rpc, handlers, HOST, 0, **kwargs))
 
 
+def start_calls(nursery, conn, method: str, n: int, results: list) -> None:
+    """Calls ``method`` with 0..n-1 at once, each in a task of ``nursery``; the results are
+    appended to ``results`` as they come."""
+    async def call(i):
+        results.append(await conn.call(method, i))
+
+    for i in range(n):
+        nursery.start_soon(call, i)
+
+
 async def read_until_closed(stream: trio.SocketStream) -> bytes:
     """Everything the server sends until it closes the connection."""
     data = b""
@@ -696,13 +706,8 @@ async def test_requests_beyond_the_concurrency_limit_wait(nursery):
     port = await start(nursery, {"work": work}, max_concurrent_requests=limit)
     async with connect_rpc(HOST, port) as conn:
         results = []
-
-        async def caller(i):
-            results.append(await conn.call("work", i))
-
         async with trio.open_nursery() as callers:
-            for i in range(n):
-                callers.start_soon(caller, i)
+            start_calls(callers, conn, "work", n, results)
             await at_limit.wait()
             # Every request has been sent and the server has done all it can with them: had
             # it read the other six, they would be running now.
@@ -735,13 +740,8 @@ async def test_a_steady_burst_of_concurrent_requests_reuses_its_workers(nursery)
         for p in (0, 1):
             phase = p
             results = []
-
-            async def caller(i):
-                results.append(await conn.call("work", i))
-
             async with trio.open_nursery() as callers:
-                for i in range(n):
-                    callers.start_soon(caller, i)
+                start_calls(callers, conn, "work", n, results)
                 with trio.fail_after(GUARD_S):
                     await all_in[p].wait()
                 gates[p].set()
