@@ -336,7 +336,11 @@ class TcpTransport:
                         link.bytes_sent += written
                         counters.writes += 1
                         continue
-                    frame = frame[written:]  # the rest goes first, through the writer
+                    # The rest goes first, through the writer, and on this connection only:
+                    # on any other it would be half a frame, garbage to the peer.
+                    tail = frame[written:]
+                    link.outbox.put_nowait(_Pending(due, count, len(tail), tail, conn), force=True)
+                    continue
                 if not link.outbox.put_nowait(_Pending(due, count, len(frame), frame)):
                     counters.dropped_outbox_full += count
 
@@ -657,6 +661,13 @@ class TcpTransport:
             conn.fd = conn.idle_fd = -1
             await outbox.wait_due()
             batch = outbox.take_due(max_write_bytes)
+            if batch[0].conn is not None and batch[0].conn is not conn:
+                # The tail of a frame half written to an earlier connection (only ever the
+                # head: it was queued with nothing ahead of it). Its messages are lost.
+                counters.dropped_unreachable += batch[0].count
+                del batch[0]
+                if not batch:
+                    continue
             data = b"".join([item.payload for item in batch])
             count = sum(item.count for item in batch)
             written = False

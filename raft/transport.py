@@ -197,6 +197,9 @@ class _Pending:
     count: int  # messages in it
     size: int  # bytes (0 when not encoded)
     payload: object
+    # The connection a frame's tail must leave on: the rest of a frame whose head was written
+    # to that connection alone. None for a whole frame, which any connection may carry.
+    conn: object = None
 
 
 class _Outbox:
@@ -219,10 +222,13 @@ class _Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put_nowait(self, item: _Pending) -> bool:
-        if len(self._frames) >= self.max_frames or (
+    def put_nowait(self, item: _Pending, *, force: bool = False) -> bool:
+        """Queue ``item``; False if it does not fit. ``force`` queues it beyond the bounds (the
+        tail of a frame already half written, which must not be dropped while its connection
+        lives: the stream would then be out of frame)."""
+        if not force and (len(self._frames) >= self.max_frames or (
             self.max_bytes and self._frames and self.bytes + item.size > self.max_bytes
-        ):
+        )):
             return False
         item.due = max(item.due, self._last_due)
         self._last_due = item.due

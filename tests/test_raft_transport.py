@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 
 import pytest
@@ -763,6 +764,35 @@ async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
         await old.aclose()
         await new.aclose()
         assert b.statistics().accepts == 2
+
+
+async def test_tcp_the_tail_of_a_half_written_frame_never_starts_another_connection(monkeypatch):
+    # The fast path writes what the socket takes and queues the rest of the frame; if that
+    # connection ends before the rest leaves, a new connection must not start with it (half a
+    # frame: garbage to the peer, or worse, bytes of a value read as a frame).
+    import raft.tcp
+
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
+        inbox = b.subscribe(7)
+        old, old_decoder = await raw_connection(b.address), FrameDecoder()
+        await old.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
+        with trio.fail_after(DEADLINE_S):
+            assert (await inbox.receive()).term == 1
+        assert await read_answer(old, old_decoder) == Handshake(2, 1)
+        monkeypatch.setattr(raft.tcp, "write_nowait", lambda fd, data: os.write(fd, data[:5]))
+        b.send(7, [hb(2, 1, 10, b"v" * 100)])  # five bytes leave; the tail is queued
+        monkeypatch.undo()
+        b._links[1].conn.close("ended before the tail left")  # no checkpoint in between
+        new, new_decoder = await raw_connection(b.address), FrameDecoder()
+        await new.send_all(encode_handshake(1, 2))
+        assert await read_answer(new, new_decoder) == Handshake(2, 1)
+        b.send(7, [hb(2, 1, 11)])
+        # The new connection carries the next whole frame, not the old one's tail.
+        assert await read_frames(new, new_decoder, 1) == [(7, [hb(2, 1, 11)])]
+        assert b.statistics().dropped_unreachable == 1
+        await old.aclose()
+        await new.aclose()
 
 
 async def test_tcp_one_connection_per_node_pair_carries_both_directions(nursery):
