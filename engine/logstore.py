@@ -101,6 +101,8 @@ class LogStore(Resource):
         self._err = new_error()
         self._u64 = ffi.new("uint64_t *")
         self._u32 = ffi.new("uint32_t *")
+        self._fd = ffi.new("int *")
+        self._sbuf = ffi.new("struct ls_stats *")
         self._rbuf = ffi.new("uint8_t[]", 1 << 16)
         self._st = None
         out = ffi.new("struct ls_store **")
@@ -119,9 +121,9 @@ class LogStore(Resource):
     def stats(self) -> LogStats:
         with self._lock:
             s = self._stats()
-        return LogStats(
-            s.first_pos, s.next_pos, s.synced_pos, s.segments, s.bytes, bool(s.failed)
-        )
+            return LogStats(
+                s.first_pos, s.next_pos, s.synced_pos, s.segments, s.bytes, bool(s.failed)
+            )
 
     @property
     def first_position(self) -> int:
@@ -147,10 +149,10 @@ class LogStore(Resource):
             return self._stats().synced_pos
 
     def _stats(self):
+        """The store's counters, in a buffer the next call reuses: read them under the lock."""
         st = self._handle()
-        out = ffi.new("struct ls_stats *")
-        lib.ls_get_stats(st, out)
-        return out
+        lib.ls_get_stats(st, self._sbuf)
+        return self._sbuf
 
     def _handle(self):
         if self._st is None:
@@ -236,13 +238,14 @@ class LogStore(Resource):
         Raises:
             StoreFailedError, StoreClosedError.
         """
-        fd = ffi.new("int *")
+        fd = self._fd
         with self._lock:
             rc = lib.ls_sync_begin(self._handle(), fd, self._u64, self._err)
             if rc:
                 check(rc, self._err)
             upto = self._u64[0]
-        return None if fd[0] < 0 else (fd[0], upto)
+            fd = fd[0]
+        return None if fd < 0 else (fd, upto)
 
     def sync_end(self, upto: int, sys_errno: int) -> None:
         """The second half of :meth:`sync`: records the fdatasync's outcome (0, or its errno).
@@ -252,10 +255,10 @@ class LogStore(Resource):
                 :meth:`sync`.
             StoreFailedError, StoreClosedError, InvalidArgumentError (``upto`` beyond the log).
         """
-        err = new_error()
         with self._lock:
-            rc = lib.ls_sync_end(self._handle(), _position(upto), sys_errno, err)
-        check(rc, err)
+            rc = lib.ls_sync_end(self._handle(), _position(upto), sys_errno, self._err)
+            if rc:
+                check(rc, self._err)
 
     def truncate_after(self, position: int) -> None:
         """Durably removes every record after ``position``.
