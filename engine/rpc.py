@@ -214,8 +214,9 @@ class ConnectionLostError(MeridianError, ConnectionError):
 
 
 class NotSentError(ConnectionLostError):
-    """The connection had already ended when the call was made: the request was never sent,
-    so retrying it elsewhere is safe (unlike a plain :class:`ConnectionLostError`)."""
+    """The request was never sent — the connection had already ended when the call was made,
+    or a peer that does not read left no room to send it by the call's deadline — so retrying
+    it elsewhere is safe (unlike a plain :class:`ConnectionLostError`)."""
 
 
 class ConnectTimeoutError(MeridianError, TimeoutError):
@@ -549,6 +550,15 @@ class _Wire:
         self._queued_bytes = 0
         self.scope.cancel()
         self._space.unpark_all()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def backpressured(self) -> bool:
+        """Whether :meth:`send` would wait for room now."""
+        return self._queued_bytes >= _MAX_QUEUED_BYTES and self.reason is None
 
     async def send(self, frame: bytes) -> None:
         """Queue one encoded frame, or write it at once if the writer is idle.
@@ -984,7 +994,8 @@ class RpcConnection:
             RemoteError: the server answered with an error (its code, message, retryable flag
                 and details are on the exception).
             ConnectionLostError: the connection ended before the reply.
-            NotSentError: the connection had already ended; nothing was sent.
+            NotSentError: nothing was sent: the connection had already ended, or the peer
+                left no room to send by ``deadline`` (it reads nothing while much is queued).
             InvalidArgumentError: ``method`` is not a str or ``payload`` cannot be encoded.
             RecordTooLargeError: the request is over ``max_frame``.
             CallTimeoutError: no reply by ``deadline``; the call may or may not have run.
@@ -1008,7 +1019,23 @@ class RpcConnection:
         if deadline < self._watch_until and self._watch_scope is not None:
             self._watch_scope.cancel()  # the watchdog sleeps past this deadline: wake it
         try:
-            await wire.send(frame)
+            if wire.backpressured:
+                # A peer that does not read (paused, or cut off without a reset): the wait
+                # for room is bounded by the deadline too. Only here, so a call costs no
+                # cancel scope of its own.
+                sent = False
+                with trio.move_on_at(deadline):
+                    await wire.send(frame)
+                    sent = True
+                if not sent:
+                    if self._pending.pop(call_id, None) is not None:  # else the watchdog's
+                        self._timeouts += 1
+                    raise NotSentError(
+                        f"no room to send {method!r} by its deadline: the peer has not read "
+                        f"the {wire.queued_bytes} bytes queued before it"
+                    )
+            else:
+                await wire.send(frame)
             self._calls += 1
             await pending.done.wait()
         finally:

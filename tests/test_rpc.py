@@ -32,6 +32,7 @@ from engine.rpc import (
     CallTimeoutError,
     ConnectionLostError,
     FrameDecoder,
+    NotSentError,
     RemoteError,
     RpcFrame,
     RpcWireError,
@@ -651,6 +652,35 @@ async def test_a_call_past_its_deadline_times_out_and_the_connection_goes_on(
         stats = conn.statistics()
         assert (stats.timeouts, stats.late_replies) == (1, 1)
         assert not conn.closed
+
+
+async def test_a_call_waiting_for_room_to_send_ends_at_its_deadline(nursery):
+    # A peer that reads nothing (paused, or cut off without a reset): once the socket's buffers
+    # and the send queue are full, a call waits for room; its deadline bounds that wait too,
+    # and nothing of it was sent, so it may safely go elsewhere.
+    accepted = []
+
+    async def never_reads(stream):
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, never_reads, 0, host=HOST))
+    port = listeners[0].socket.getsockname()[1]
+    blob = b"x" * (1 << 20)
+    async with connect_rpc(HOST, port) as conn:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as fillers:
+                for _ in range(64):  # far more than the kernel's buffers and the queue hold
+                    fillers.start_soon(partial(conn.call, "put", blob))
+                await trio.sleep(0)
+                while conn._wire._queued_bytes < 4 << 20:  # the queue's bound
+                    await trio.sleep(0.01)
+                t0 = trio.current_time()
+                with pytest.raises(NotSentError, match="no room to send 'get' by its deadline"):
+                    await conn.call("get", {"key": b"k"}, deadline=t0 + 0.2)
+                assert trio.current_time() - t0 < 5
+                assert conn.statistics().timeouts == 1
+                fillers.cancel_scope.cancel()
 
 
 async def test_a_sooner_deadline_made_later_still_fires_on_time(nursery, autojump_clock):
