@@ -447,15 +447,8 @@ class Database:
         has of it that ``old`` has not); returns the timestamp of the last copy commit."""
         lo, hi = keyspace_bounds(ks.id)
         limits = self.limits
-        for _ in range(MAX_SNAPSHOT_MOVES):
-            try:
-                source = await self._scan_all(old, lo, hi)
-                break
-            except _Restart:
-                continue  # a transaction prepared before the fence committed: again
-        else:
-            raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
-        stale = await self._scan_all(new, lo, hi, ignore_fence=True)
+        source = await self._scan_settled(ks, old, lo, hi)
+        stale = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
         writes = [[k, v] for k, v in source.items()]
         writes += [[k, None] for k in stale if k not in source]
         last = await self._fence(new, ks.id, 0, MAX_TS)  # a timestamp, if nothing to copy
@@ -472,6 +465,17 @@ class Database:
         if batch:
             last = await self._copy_batch(new, batch)
         return last
+
+    async def _scan_settled(self, ks: Keyspace, group: int, lo: bytes, hi: bytes, *,
+                            ignore_fence: bool = False) -> dict[bytes, bytes]:
+        """:meth:`_scan_all`, again from the start while a transaction prepared before the
+        fence commits under it (its snapshot must move)."""
+        for _ in range(MAX_SNAPSHOT_MOVES):
+            try:
+                return await self._scan_all(group, lo, hi, ignore_fence=ignore_fence)
+            except _Restart:
+                continue
+        raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
 
     async def _copy_batch(self, group: int, writes: list) -> int:
         reply = await self._call_group(group, "commit", {
