@@ -409,25 +409,25 @@ class GroupStateMachine:
         self._pruned_at = low_water
         if self._adj is not None:
             self._adj.close()
-        adj = Adjudicator(low_water=low_water)
+        adj = Adjudicator(low_water=0)  # raised below, once the prepares are back
         try:
             adj.load(self.store.latest_versions(low_water))
-            # Prepared transactions keep their intents across restarts and snapshots. The
-            # keys carry no commit at or above their prepare timestamp (the intent blocked
-            # every writer), so re-preparing at a snapshot just below it is accepted.
+            # Prepared transactions keep their intents across restarts and snapshots, at
+            # their own prepare timestamps (what conflicts with them report). The keys carry
+            # no commit at or above those (the intent blocked every writer), so re-preparing
+            # at a snapshot just below is accepted.
             redo = []
             for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
                 prepare_ts, keys, _, _ = msgpack.unpackb(raw)
-                read_ts = max(prepare_ts - 1, low_water)
-                redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=read_ts,
-                                       commit_ts=max(prepare_ts, read_ts + 1), writes=keys,
-                                       prepare=True))
+                redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=prepare_ts - 1,
+                                       commit_ts=prepare_ts, writes=keys, prepare=True))
             self._prepared_count = len(redo)
             if redo:
                 for verdict in adj.adjudicate(redo):
                     if not verdict.ok:  # pragma: no cover - a store broken by hand
                         raise CorruptStateError(
                             f"prepared transaction cannot be restored: {verdict}")
+            adj.prune(low_water)
         except BaseException:
             adj.close()
             raise
@@ -487,6 +487,12 @@ class GroupStateMachine:
                         batch.side[key] = None
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
             elif kind == CMD_COMMIT or kind == CMD_PREPARE:
+                if (kind == CMD_COMMIT and len(cmd) > 7) or (
+                        kind == CMD_PREPARE and cmd[1] in batch.queued_prepares):
+                    # Regional merges are planned against the cells as every earlier entry
+                    # left them, before the adjudicator records anything; a second prepare
+                    # of one transaction must see the first one installed.
+                    batch.flush(results)
                 ts = self._close(cmd[3])
                 results[slot] = batch.validate(slot, cmd, ts)
             else:  # DECIDE or RESOLVE: every validation before it must be settled first
@@ -673,8 +679,11 @@ class _Batch:
         self.side: dict[bytes, bytes | None] = {}
         self.resolved: list[int] = []
         self._requests: list[TxnRequest] = []
-        self._pending: list[tuple[int, list, int, list[bytes]]] = []
-        self._cells: dict[bytes, Cell | None] = {}
+        self._pending: list[tuple[int, list, int, list[bytes], list]] = []
+        self.queued_prepares: set[int] = set()  # txn ids of the prepares in _requests
+        # The newest value of each key this call wrote, for merges later in it (the store
+        # has none of this call's versions until the end): a cell, or a plain value's bytes.
+        self._cells: dict[bytes, Cell | bytes | None] = {}
         self.shipped = False  # regional writes added to the outbox
         self.installed = 0  # transactions prepared by this call
 
@@ -710,10 +719,16 @@ class _Batch:
             moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
+        merged: list = []
         if not prepare and len(cmd) > 7:
             problem = self._check_merges(cmd[7], ts)
             if problem:
                 return CommitResult(Outcome.INVALID, ts, problem)
+            # The caller flushed the queue: the cells are as every earlier entry left them.
+            # A plan that fails must fail before the adjudicator records the commit.
+            merged = self._plan_local(cmd[7], ts)
+            if isinstance(merged, str):
+                return CommitResult(Outcome.INVALID, ts, merged)
             keys += [m[0] for m in cmd[7]]
         if prepare and cmd[7]:
             written = set(keys)
@@ -721,7 +736,9 @@ class _Batch:
         self._requests.append(TxnRequest(
             txn_id=txn_id, read_ts=read_ts, commit_ts=ts, writes=keys, reads=reads,
             serializable=bool(flags & SERIALIZABLE), prepare=prepare))
-        self._pending.append((slot, cmd, ts, keys))
+        self._pending.append((slot, cmd, ts, keys, merged))
+        if prepare:
+            self.queued_prepares.add(txn_id)
         return None
 
     def flush(self, results: list) -> None:
@@ -732,17 +749,15 @@ class _Batch:
         verdicts = self.sm.adjudicator.adjudicate(self._requests)
         if planted.enabled("skip_adjudication"):
             verdicts = [v if v.ok else v._replace(ok=True) for v in verdicts]
-        for (slot, cmd, ts, keys), verdict in zip(self._pending, verdicts):
+        for (slot, cmd, ts, keys, merged), verdict in zip(self._pending, verdicts):
             if not verdict.ok:
                 results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
                                              verdict.key, verdict.conflict_ts)
             elif cmd[0] == CMD_COMMIT:
-                merged = self._plan_local(cmd[7], ts) if len(cmd) > 7 else []
-                if isinstance(merged, str):  # against the cells as they are now
-                    results[slot] = CommitResult(Outcome.INVALID, ts, merged)
-                    continue
+                # A commit with merges is first in its queue (see apply): its plan, made
+                # when it was queued, is still against the cells as they are now.
                 if cmd[5]:
-                    self.versions.append((cmd[5], ts))
+                    self._write(cmd[5], ts)
                 if len(cmd) > 7:
                     self._merge_local(merged, ts)
                 results[slot] = CommitResult(Outcome.COMMITTED, ts)
@@ -750,6 +765,7 @@ class _Batch:
                 results[slot] = self._install(cmd, ts, keys)
         self._requests = []
         self._pending = []
+        self.queued_prepares.clear()
 
     def _install(self, cmd: list, ts: int, keys: list[bytes]) -> CommitResult:
         txn_id, writes, primary, deadline = cmd[1], cmd[5], cmd[8], cmd[9]
@@ -835,7 +851,7 @@ class _Batch:
         adj = self.sm.adjudicator
         if commit_ts:
             if writes:
-                self.versions.append((writes, commit_ts))
+                self._write(writes, commit_ts)
             adj.resolve(txn_id, written, commit_ts)
             adj.resolve(txn_id, keys, None)  # the locks: released, not written
         else:
@@ -847,9 +863,21 @@ class _Batch:
 
     # ------------------------------------------------------------------ regional keyspaces
 
+    def _write(self, writes: list, ts: int) -> None:
+        """Plain writes (a commit's, or a resolved transaction's) at ``ts``."""
+        self.versions.append((writes, ts))
+        for key, value in writes:
+            self._cells[key] = value
+
     def _cell(self, key: bytes) -> Cell | None:
+        """The key's cell as the entries before this one left it.
+
+        Raises:
+            CorruptStateError: the key holds a plain value (or a malformed cell).
+        """
         if key in self._cells:
-            return self._cells[key]
+            cell = self._cells[key]
+            return decode_cell(cell) if isinstance(cell, bytes) else cell
         raw = self.sm.store.get(key, MAX_TS)
         return None if raw is None else decode_cell(raw)
 

@@ -636,13 +636,20 @@ class MVCCStore(Resource):
 
         def write_gc(txn: lmdb.Transaction) -> GCResult:
             result = collect(txn)
-            if watermark > self._gc_watermark:
+            if watermark > before:
                 txn.put(_META_GC_WATERMARK, _pack64(watermark), db=self._meta)
             return result
 
         with self._write_lock:
-            result = self._run_write(write_gc)
-            self._gc_watermark = max(self._gc_watermark, watermark)
+            # Published before the deletions commit: a reader that checks gc_watermark after
+            # its read (see engine.replica) cannot have read collected data unnoticed.
+            before = self._gc_watermark
+            self._gc_watermark = max(before, watermark)
+            try:
+                result = self._run_write(write_gc)
+            except BaseException:
+                self._gc_watermark = before
+                raise
         return result
 
     # ------------------------------------------------------------------ reading

@@ -198,12 +198,16 @@ class GroupReplica:
 
     def get(self, key: bytes, ts: int) -> bytes | None:
         self.check_readable(ts)
-        return self.sm.store.get(key, ts)
+        value = self.sm.store.get(key, ts)
+        self.check_readable(ts)  # a GC step may have committed in between (worker thread)
+        return value
 
     def scan(self, start: bytes, end: bytes | None, ts: int, *, limit: int | None = None,
              reverse: bool = False) -> list[tuple[bytes, bytes]]:
         self.check_readable(ts)
-        return self.sm.store.scan(start, end, ts, limit=limit, reverse=reverse)
+        items = self.sm.store.scan(start, end, ts, limit=limit, reverse=reverse)
+        self.check_readable(ts)  # as in get
+        return items
 
     # ------------------------------------------------------------------ commits
 

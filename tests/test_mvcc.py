@@ -523,6 +523,24 @@ def test_gc_keeps_newest_version_at_or_below_watermark(store):
     assert store.gc(25).removed == 0  # nothing left to do
 
 
+def test_gc_publishes_its_watermark_before_its_deletions_commit(store, monkeypatch):
+    # GC runs in a worker thread; readers check the watermark, read, and check it again.
+    # For that to catch a read of collected versions, the watermark must be up no later
+    # than the deletions are visible.
+    for i, ts in enumerate((10, 20, 30), start=1):
+        store.apply([(b"k", b"v%d" % ts)], ts, i)
+    seen = []
+    grow = store._maybe_grow_early
+
+    def after_commit(env):  # called by the write path right after its commit
+        seen.append((store.gc_watermark, store.get(b"k", 15)))
+        grow(env)
+
+    monkeypatch.setattr(store, "_maybe_grow_early", after_commit)
+    store.gc(25)
+    assert seen == [(25, None)]  # the version at 10 is gone, and the watermark says so
+
+
 def test_gc_removes_a_tombstone_with_nothing_newer(store):
     store.apply([(b"dead", b"a"), (b"alive", b"a")], 10, 1)
     store.apply([(b"dead", None), (b"alive", None)], 20, 2)
