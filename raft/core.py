@@ -208,6 +208,7 @@ class RaftCore:
         self._hb_seq = 0  # the last heartbeat round numbered (lease_reads)
         self._hb_rounds: dict[int, tuple[int, set[int]]] = {}  # round -> (sent at tick, acks)
         self._lease_from = -1  # the tick of the latest heartbeat a quorum acknowledged
+        self._timeout_now_sent = False  # this term: a transferee may win at any time
         # Per-role state.
         self._prs: dict[int, Progress] = {}
         self._votes: dict[int, bool] = {}
@@ -296,6 +297,7 @@ class RaftCore:
         self._votes = {}
         self._hb_rounds.clear()
         self._lease_from = -1
+        self._timeout_now_sent = False
         self._read_queue.clear()
         self._reads_waiting_for_commit.clear()
         self._reset_progress()
@@ -484,7 +486,7 @@ class RaftCore:
         self._election_elapsed = 0
         pr = self._prs[to]
         if pr.match == self.log.last_index:
-            self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
+            self._send_timeout_now(to)
         else:
             self._send_append(to)
 
@@ -772,7 +774,13 @@ class RaftCore:
             # the commit index even with no entries to carry (etcd does the same).
             self._send_append(m.frm, send_if_empty=was_paused)
         if m.frm == self._lead_transferee and pr.match == self.log.last_index:
-            self._send(Message(MT.TIMEOUT_NOW, m.frm, self.id, self.term))
+            self._send_timeout_now(m.frm)
+
+    def _send_timeout_now(self, to: int) -> None:
+        # The target's forced votes ignore the followers' lease, and the message may arrive
+        # long after the transfer is given up: no lease for the rest of this term.
+        self._timeout_now_sent = True
+        self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
 
     def _maybe_commit(self) -> bool:
         acked = {pid: pr.match for pid, pr in self._prs.items()}  # learners: not voters
@@ -870,7 +878,7 @@ class RaftCore:
 
     def _lease_valid(self) -> bool:
         return (self.config.lease_reads and self._lease_from >= 0
-                and self._lead_transferee == NONE
+                and self._lead_transferee == NONE and not self._timeout_now_sent
                 and self._ticks < self._lease_from + self.config.lease_ticks())
 
     def _quorum_active(self) -> bool:
@@ -1029,7 +1037,9 @@ class RaftCore:
             if log.term_at(last.index) == last.term:
                 log.persisted = max(log.persisted, last.index)
         for e in rd.committed_entries:
-            if e.type is EntryType.CONF_CHANGE:
+            # An entry at or below the log's offset here was overtaken by a snapshot restored
+            # while this Ready was out: the snapshot's configuration already includes it.
+            if e.type is EntryType.CONF_CHANGE and e.index > log.offset:
                 self._apply_conf_change(ConfChange.decode(e.data))
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)

@@ -19,6 +19,7 @@ from raft.types import (
     ConfChangeType,
     ConfState,
     Entry,
+    EntryType,
     HardState,
     Message,
     MessageType,
@@ -840,6 +841,65 @@ def test_an_idle_leaders_lease_never_lapses():
         Config(id=1, election_tick=10, heartbeat_tick=2, idle_heartbeat_tick=1)
     Config(id=1, election_tick=10, idle_heartbeat_tick=9)
     Config(id=1, election_tick=10, idle_heartbeat_tick=0)
+
+
+def test_a_leader_that_sent_timeout_now_serves_no_lease_read_for_the_rest_of_its_term():
+    # The transferee's forced votes ignore the followers' lease, so it may win at once; a
+    # leader cut off right after sending TIMEOUT_NOW must not serve lease reads when its
+    # transfer times out (the acknowledgements of its last heartbeats would still count).
+    net = Network((1, 2, 3), seed=1, election_tick=10, heartbeat_tick=1, lease_reads=True)
+    for nid in (2, 3):
+        net.core(nid)._ticks = 10  # as if an election timeout had passed since they started
+    net.elect(1)
+    net.propose(1, b"a")
+    old = net.core(1)
+    net.cut(1, 2)  # node 2 falls behind: the transfer must first bring it up to date
+    net.propose(1, b"b")
+    old.transfer_leader(2)
+    for _ in range(5):
+        net.tick(1, 3)  # heartbeats node 3 acknowledges: the lease is renewed
+    net.recover()
+    sent = False
+
+    def cut_after_timeout_now(m):
+        nonlocal sent
+        if m.type is MT.TIMEOUT_NOW:
+            sent = True
+            return False
+        return sent and 1 in (m.frm, m.to)
+
+    net.add_filter(cut_after_timeout_now)
+    net.tick(1, 3, 2)
+    net.deliver()
+    new = net.core(2)
+    assert new.role is StateRole.LEADER and new.term > old.term
+    net.propose(2, b"new-write")
+    for _ in range(12):  # the old leader, cut off, outlives its transfer's timeout
+        net.tick(1, deliver=False)
+        index = old.lease_read_index()
+        assert index is None or index >= new.commit, (
+            f"old leader answers a lease read at {index}; the new one committed {new.commit}")
+
+
+def test_a_conf_change_a_snapshot_overtook_is_not_applied_again():
+    # A follower's Ready applies a configuration change at index 2; while that Ready is out,
+    # a snapshot at index 10 (whose configuration includes the change and later ones) is
+    # installed. Finishing the Ready must leave the snapshot's configuration alone.
+    cc = ConfChange(ConfChangeType.ADD_VOTER, 4).encode()
+    f = lone_node(2, voters=(1, 2, 3), term=1,
+                  entries=[Entry(1, 1), Entry(1, 2, cc, EntryType.CONF_CHANGE)])
+    core = f.core
+    f.slow_disk = True
+    core.step(Message(MT.HEARTBEAT, 2, 1, 1, commit=2))
+    f.handle_ready()
+    assert [e.index for e in f.pending.committed_entries] == [1, 2]
+    meta = SnapshotMeta(10, 1, ConfState((1, 2, 3), ()))  # 4 added, then removed again
+    core.step(Message(MT.SNAPSHOT, 2, 1, 1, snapshot=meta, chunk_offset=0, chunk=b"[]",
+                      snapshot_size=2))
+    f.fsync()
+    f.slow_disk = False
+    f.handle_ready()
+    assert core.conf == meta.conf
 
 
 def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next_heartbeat():
