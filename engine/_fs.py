@@ -40,6 +40,9 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
             if not os.path.isdir(d):
                 raise
         fsync_directory(os.path.dirname(d))
+    if not missing:
+        # It exists, but whoever made it may have died before syncing its parent.
+        fsync_directory(os.path.dirname(path))
 
 
 def storage_error(exc: OSError, message: str) -> errors.StorageError:

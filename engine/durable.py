@@ -340,6 +340,14 @@ class DurableState(Resource):
             else:
                 try:
                     self._locked(fd)
+                    # Its creator may have died between the rename and the directory fsync:
+                    # make the name durable before any store() counts on it.
+                    fsync_directory(os.path.dirname(os.path.abspath(self._path)))
+                except OSError as exc:
+                    os.close(fd)
+                    if isinstance(exc, errors.MeridianError):
+                        raise
+                    raise storage_error(exc, f"cannot open state file {self._path}") from None
                 except BaseException:
                     os.close(fd)
                     raise

@@ -227,7 +227,7 @@ class LogStore(Resource):
         with self._lock:
             rc = lib.ls_sync(self._handle(), self._err)
             if rc:
-                check(rc, self._err)
+                _check_sync(rc, self._err)
 
     def sync_begin(self) -> tuple[int, int] | None:
         """The first half of :meth:`sync`, for a caller that runs the fdatasync itself (in a
@@ -258,7 +258,7 @@ class LogStore(Resource):
         with self._lock:
             rc = lib.ls_sync_end(self._handle(), _position(upto), sys_errno, self._err)
             if rc:
-                check(rc, self._err)
+                _check_sync(rc, self._err)
 
     def truncate_after(self, position: int) -> None:
         """Durably removes every record after ``position``.
@@ -391,3 +391,12 @@ def _position(value: int) -> int:
     if not (0 <= value < 2**64):
         raise errors.PositionError(f"position {value} is outside 0..2**64-1")
     return value
+
+
+def _check_sync(rc: int, err) -> None:
+    """check() for a sync: a failed fdatasync fails the store, even with ENOSPC, so it is a
+    StorageError and never DiskFullError (whose contract is a store that stays usable)."""
+    try:
+        check(rc, err)
+    except errors.DiskFullError as exc:
+        raise errors.StorageError(exc.errno, str(exc)) from None

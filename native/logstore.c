@@ -458,7 +458,7 @@ static int list_segments(struct ls_store *st, uint64_t **out, size_t *n, struct 
         v[cnt++] = p;
     }
     closedir(d);
-    if (removed_tmp) fsync_retry(st->dirfd, 0);
+    (void)removed_tmp; /* recover() syncs the directory whatever it found */
     if (cnt) qsort(v, cnt, sizeof *v, cmp_u64);
     *out = v;
     *n = cnt;
@@ -470,6 +470,13 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
     size_t n = 0;
     int rc = list_segments(st, &names, &n, err);
     if (rc) return rc;
+    /* A process that died between a rename/unlink and its directory fsync (create_segment,
+     * truncate_after, drop_before) leaves names that are visible but not durable: make the
+     * directory as we see it durable before anything is appended and synced on top of it. */
+    if (fsync_retry(st->dirfd, 0) < 0) {
+        free(names);
+        return io_err(st, err, errno, 0, "cannot sync directory");
+    }
     if (n == 0) {
         free(names);
         st->first_pos = st->next_pos = initial_pos;

@@ -19,7 +19,9 @@ from engine import (
     MeridianError,
     PositionError,
     RecordTooLargeError,
+    StorageError,
     StoreClosedError,
+    StoreFailedError,
     StoreLockedError,
 )
 from engine import _logformat as ref
@@ -145,6 +147,20 @@ def test_sync_in_two_halves(logdir):
     finally:
         syncer.close()
         syncer.close()  # idempotent
+
+
+def test_a_sync_failing_with_enospc_fails_the_store_and_is_no_disk_full_error(logdir):
+    # DiskFullError promises a store that stays usable once space is freed; a failed
+    # fdatasync fails the store whatever its errno (the kernel may have dropped the pages).
+    with LogStore(logdir) as log:
+        log.append([b"a"])
+        _, upto = log.sync_begin()
+        with pytest.raises(StorageError) as info:
+            log.sync_end(upto, errno.ENOSPC)
+        assert info.value.errno == errno.ENOSPC
+        assert not isinstance(info.value, DiskFullError)
+        with pytest.raises(StoreFailedError):
+            log.append([b"b"])
 
 
 def test_records_survive_reopen_and_segments_roll(logdir):

@@ -456,6 +456,69 @@ def test_logstore_synced_records_survive_in_a_directory_it_created(lossy):
 
 
 @needs_fuse
+def test_logstore_opening_makes_the_directory_it_found_durable(lossy):
+    """A process that died between removing a segment (conflict truncation, compaction, a
+    roll's rename) and the directory fsync leaves a change that is visible but not durable.
+    The next process's open must make the directory as it found it durable before anything
+    is synced on top of it: else a power loss brings truncated records back (behind newer,
+    acknowledged ones) or loses a segment that synced records live in."""
+    fs = lossy()
+    logdir = os.path.join(fs.mountpoint, "log")
+    with LogStore(logdir, segment_size=SEGMENT_SIZE) as log:
+        while log.stats().segments < 2:
+            log.append([b"old" * 1000])
+        log.sync()
+        second = segments(logdir)[1]
+    first_segment_end = int(second[:-len(".log")]) - 1  # a segment is named by its first
+    # The dead process's truncation: the second segment unlinked, the directory not synced.
+    os.unlink(os.path.join(logdir, second))
+    with LogStore(logdir, segment_size=SEGMENT_SIZE) as log:
+        assert log.last_position == first_segment_end
+        acked = log.append([b"acknowledged"])[0]
+        log.sync()
+    fs.power_loss()
+    with LogStore(logdir, segment_size=SEGMENT_SIZE) as log:
+        assert log.last_position == acked
+        assert log.read(acked) == b"acknowledged"
+
+
+@needs_fuse
+def test_a_state_file_and_a_directory_found_made_durable_on_open(lossy):
+    """DurableState and makedirs_durable meeting a name whose creator died before the
+    directory fsync: they sync it before a store counts on it."""
+    from engine._fs import makedirs_durable
+
+    fs = lossy()
+    root = make_durable_dir(fs.mountpoint, "node")
+    # A state file renamed into place, its directory never synced.
+    path = os.path.join(root, "hardstate")
+    with DurableState(os.path.join(fs.mountpoint, "scratch")) as scratch:
+        scratch.store(b"-")
+    os.rename(os.path.join(fs.mountpoint, "scratch"), path)
+    with DurableState(path) as state:
+        state.store(b"term=7 vote=3")
+    # A directory made, its parent never synced.
+    os.mkdir(os.path.join(root, "log"))
+    makedirs_durable(os.path.join(root, "log"))
+    fd = os.open(os.path.join(root, "log", "f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.fsync(fd)
+    os.close(fd)
+    fsync_dir(os.path.join(root, "log"))
+    fs.power_loss()
+    with DurableState(path) as state:
+        assert state.load() == b"term=7 vote=3"
+    assert os.listdir(os.path.join(root, "log")) == ["f"]
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@needs_fuse
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_logstore_power_loss_between_operations(lossy, seed):
     fs = lossy()
