@@ -159,14 +159,16 @@ _LABEL_PREFERENCE = (WW, WR, PROCESS, REALTIME, RW)
 
 # Cycle classes by rank: G0 is proscribed by every isolation level of Adya's, G2-item only by
 # serializability.
-CYCLE_CLASSES = ("G0", "G1c", "G-single", "G2-item")
+CYCLE_CLASSES = ("G0", "G1c", "G-single", "G-nonadjacent", "G2-item")
 _CLASS_NOTES = {
     "G0": "a write cycle (ww edges only)",
     "G1c": "circular information flow (ww and wr edges)",
     "G-single": "read skew (a cycle with exactly one anti-dependency)",
+    "G-nonadjacent": "a cycle whose anti-dependencies are never adjacent (e.g. a long fork), "
+                     "which snapshot isolation forbids",
     "G2-item": "write skew (a cycle with two or more anti-dependencies)",
 }
-_NO_CYCLE = 4  # the rank of "no cycle found", above every class
+_NO_CYCLE = 5  # the rank of "no cycle found", above every class
 
 NON_CYCLE_ANOMALIES = ("G1a", "G1b", "internal", "duplicate-elements", "garbage",
                        "incompatible-order", "lost-update")
@@ -176,11 +178,11 @@ def _variants(classes: Iterable[str]) -> frozenset[str]:
     return frozenset(f"{c}{suffix}" for c in classes for suffix in ("-process", "-realtime"))
 
 
-_SI = frozenset(NON_CYCLE_ANOMALIES) | {"G0", "G1c", "G-single"}
+_SI = frozenset(NON_CYCLE_ANOMALIES) | {"G0", "G1c", "G-single", "G-nonadjacent"}
 _SER = _SI | {"G2-item"}
 FORBIDDEN: dict[str, frozenset[str]] = {
     "snapshot-isolation": _SI,
-    "strong-snapshot-isolation": _SI | _variants(("G0", "G1c", "G-single")),
+    "strong-snapshot-isolation": _SI | _variants(("G0", "G1c", "G-single", "G-nonadjacent")),
     "serializable": _SER,
     "strict-serializable": _SER | _variants(CYCLE_CLASSES),
 }
@@ -798,6 +800,42 @@ def _any_cycle(within: list[int], within_set: set[int], succ: list[dict[int, int
     return None if best is None else best[1]
 
 
+def _nonadjacent_cycle(within: list[int], within_set: set[int], succ: list[dict[int, int]],
+                       allowed: int) -> list[int] | None:
+    """A closed walk (first node repeated at the end) whose rw edges are never adjacent
+    (cyclically), or None: a cycle of the relation (dependency ; rw?), which snapshot isolation
+    keeps acyclic (Cerone & Gotsman, "Analysing snapshot isolation"; Elle's G-nonadjacent).
+
+    Linear: the strongly connected components of a graph of states (transaction ``v`` as
+    ``2v``, or ``2v + 1`` when entered by an rw edge, which no rw edge may leave); an rw step
+    inside one component lies on such a walk."""
+    free = allowed & ~RW
+    step_free, step_rw = 1, 2
+    states: dict[int, dict[int, int]] = {}
+    for v in within:
+        out: dict[int, int] = {}
+        for w, kinds in succ[v].items():
+            if w not in within_set:
+                continue
+            if kinds & free:
+                out[2 * w] = step_free
+            if kinds & RW & allowed:
+                out[2 * w + 1] = step_rw
+        states[2 * v] = out
+        states[2 * v + 1] = {s: k for s, k in out.items() if k == step_free}
+    every = set(states)
+    for component in _sccs(list(states), states, step_free | step_rw, every):
+        if len(component) < 2:
+            continue
+        inside = set(component)
+        for s in component:
+            for t, kind in states[s].items():
+                if kind == step_rw and t in inside:
+                    back = _path(t, s, states, step_free | step_rw, inside)
+                    return [x // 2 for x in [s, *back]]
+    return None
+
+
 def _label(kinds: int, allowed: int) -> int:
     for kind in _LABEL_PREFERENCE:
         if kinds & allowed & kind:
@@ -810,8 +848,11 @@ def _classify(labels: list[int]) -> tuple[int, str]:
     rw = labels.count(RW)
     if rw == 0:
         rank = 1 if WR in labels else 0
+    elif rw == 1:
+        rank = 2
     else:
-        rank = 2 if rw == 1 else 3
+        adjacent = any(a == RW and b == RW for a, b in zip(labels, labels[1:] + labels[:1]))
+        rank = 4 if adjacent else 3
     name = CYCLE_CLASSES[rank]
     if REALTIME in labels:
         name += "-realtime"
@@ -844,9 +885,13 @@ def _best_cycles(component: list[int], succ: list[dict[int, int]], extra: int,
         if cycles:
             return 2, cycles, count, allowed
     if better_than > 3:
-        cycle = _any_cycle(component, within, succ, allowed)
+        cycle = _nonadjacent_cycle(component, within, succ, allowed)
         if cycle is not None:
             return 3, [cycle], 1, allowed
+    if better_than > 4:
+        cycle = _any_cycle(component, within, succ, allowed)
+        if cycle is not None:
+            return 4, [cycle], 1, allowed
     return None
 
 

@@ -95,6 +95,15 @@ def g2_item():
                    txn(2, [r("x", [1]), r("y", [1])], 20, 30))
 
 
+def g_nonadjacent():
+    """A long fork: T0 sees T3's append to y but not T1's to x, T2 sees T1's but not T3's.
+    Two rw edges, never adjacent: no single order of snapshots explains it."""
+    return history(txn(0, [r("x", []), r("y", [2])], 0, 10),
+                   txn(1, [a("x", 1)], 1, 11),
+                   txn(2, [r("x", [1]), r("y", [])], 2, 12),
+                   txn(3, [a("y", 2)], 3, 13))
+
+
 def lost_update():
     """T0 and T1 read the same (empty) version of x and both append to it."""
     return history(txn(0, [r("x", []), a("x", 1)], 0, 10),
@@ -151,6 +160,7 @@ CASES = [
     (g1b, "G1b", ALL_INVALID),
     (g1c, "G1c", ALL_INVALID),
     (g_single, "G-single", ALL_INVALID),
+    (g_nonadjacent, "G-nonadjacent", ALL_INVALID),
     (g2_item, "G2-item", SI_ONLY),
     (lost_update, "lost-update", ALL_INVALID),
     (internal, "internal", ALL_INVALID),
