@@ -190,6 +190,7 @@ def pair_operations(
     """
     wanted = frozenset(functions)
     open_ops: dict[Any, tuple[int, Mapping[str, Any]]] = {}
+    last_done: dict[Any, tuple[int, Any]] = {}  # process -> (event, time) of its last completion
     paired: list[tuple[int, Mapping[str, Any], int | None, Mapping[str, Any] | None]] = []
     for at, event in enumerate(history):
         f = event.get("f")
@@ -202,7 +203,11 @@ def pair_operations(
                 raise HistoryError(f"event {at}: process {process!r} invokes {f} while its "
                                    f"operation invoked at event {open_ops[process][0]} is open")
             if timed:
-                _time(event, at)
+                t = _time(event, at)
+                prior = last_done.get(process)
+                if prior is not None and t < prior[1]:
+                    raise HistoryError(f"event {at}: process {process!r} invokes at {t}, before "
+                                       f"its previous operation completed (event {prior[0]})")
             open_ops[process] = (at, event)
         elif kind in ("ok", "fail", "info"):
             if process not in open_ops:
@@ -214,6 +219,8 @@ def pair_operations(
                                    f"invoked at event {start}")
             if timed and _time(event, at) < _time(invoke, start):
                 raise HistoryError(f"event {at}: completes before its invoke (event {start})")
+            if timed:
+                last_done[process] = (at, _time(event, at))
             paired.append((start, invoke, at, event))
         else:
             raise HistoryError(f"event {at}: unknown type {kind!r}")

@@ -207,6 +207,9 @@ def test_nemesis_and_other_events_are_skipped():
     (_op(0, "cas", 5, 5, 0, 1, "ok", "k"), "must be \\[expected, new\\]"),
     ([{"process": 0, "type": "invoke", "f": "read", "key": "k"}], "time_ns"),
     ([{"process": 0, "type": "begin", "f": "read", "key": "k", "time_ns": 1}], "unknown type"),
+    # A process's clock going backwards (its next operation invoked before its last ended)
+    # would read as a cycle of process and real-time order.
+    (w(0, 1, 10, 20) + w(0, 2, 5, 8), "before its previous operation completed"),
 ])
 def test_malformed_histories_are_rejected(events, message):
     with pytest.raises(HistoryError, match=message):
