@@ -112,7 +112,7 @@ DEFAULT_MAX_REPORTED = 10
 MAX_SUBSET_SUM_BITS = 1 << 22
 RESOLVERS = ("lww", "counter", "max", "add_wins_set")  # engine.merge.RESOLVER_NAMES
 ANOMALY_TYPES = ("divergence", "lost-write", "garbage", "counter-mismatch", "set-lost-add",
-                 "set-garbage")
+                 "set-garbage", "missing-final-read")
 FINAL_READ = "final-read"
 WRITE_FUNCTIONS = {
     "lww": frozenset({"write", "delete"}),
@@ -196,6 +196,7 @@ def check(
     resolver: str = "lww",
     *,
     max_reported: int = DEFAULT_MAX_REPORTED,
+    regions: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Checks the final reads of a regional keyspace's history.
 
@@ -227,6 +228,7 @@ def check(
     writes: dict[Any, list[_Write]] = {}       # frozen key -> writes that may have happened
     failed: dict[Any, list[_Write]] = {}       # frozen key -> failed writes
     reads: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}  # key -> (frozen value, summary)
+    expected_regions = None if regions is None else sorted(set(regions))
     regions: set[str] = set()
 
     functions = WRITE_FUNCTIONS[resolver] | {FINAL_READ}
@@ -269,6 +271,13 @@ def check(
     keys = set(writes) | set(failed) | set(reads)
     for key in sorted(keys, key=repr):
         key_reads = reads.get(key)
+        if expected_regions is not None and (key in writes or key in reads):
+            have = {op["region"] for _, op in key_reads or ()}
+            silent = [r for r in expected_regions if r not in have]
+            if silent:
+                found.report("missing-final-read", key,
+                             f"key {_show(key)}: no ok final read in {', '.join(silent)}, so "
+                             f"convergence there is unverified", regions=silent)
         if not key_reads:
             if key in writes:
                 stats["keys_without_final_read"] += 1
@@ -466,6 +475,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="history in the JSON-lines shape of FAULTS.md §4")
     parser.add_argument("--resolver", choices=RESOLVERS, default="lww",
                         help="the keyspace's resolver (default: %(default)s)")
+    parser.add_argument("--regions", type=lambda t: [r for r in t.split(",") if r],
+                        default=None, metavar="A,B,...",
+                        help="every region: each must read each key written (default: not checked)")
     parser.add_argument("--max-reported", type=int, default=DEFAULT_MAX_REPORTED, metavar="N",
                         help="describe at most N anomalies of each type (default: %(default)s)")
     parser.add_argument("--show", type=int, default=3, metavar="K",
@@ -492,7 +504,8 @@ def run(args: argparse.Namespace) -> int:
     """Checks ``args.history``; returns 0 (valid), 1 (invalid) or 2 (bad input)."""
     return run_checker(
         args,
-        lambda history: check(history, args.resolver, max_reported=args.max_reported),
+        lambda history: check(history, args.resolver, max_reported=args.max_reported,
+                              regions=args.regions),
         lambda s: (f"{s['keys']} keys in {len(s['regions'])} regions; writes: "
                    f"{s['writes_ok']} ok, {s['writes_fail']} failed, {s['writes_info']} "
                    f"unknown; {s['final_reads']} final reads ({s['final_reads_unknown']} "

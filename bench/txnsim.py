@@ -598,7 +598,7 @@ class _Regional(_Workload):
         return dict(value)
 
     def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return check_regional(events, self.config.resolver)
+        return check_regional(events, self.config.resolver, regions=self.config.regions)
 
 
 CONFLICT_LOG = "conflict-log"
@@ -630,13 +630,15 @@ def _concurrent_write_pairs(events: Sequence[Mapping[str, Any]]) -> int:
     return pairs
 
 
-def check_regional(events: Sequence[Mapping[str, Any]], resolver: str) -> dict[str, Any]:
-    """:func:`bench.convergence.check`, plus (``lww``) the conflict logs the runner read after
+def check_regional(events: Sequence[Mapping[str, Any]], resolver: str, *,
+                   regions: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`bench.convergence.check` (``regions``: each must have read each key at the end),
+    plus (``lww``) the conflict logs the runner read after
     the final reads (``conflict-log`` events, one per region): each record's winner is
     greater than its loser by ``(ts, origin)``, and the logs are not all empty when writes
     of one key from two regions overlapped (``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs or
     more) — some of them were concurrent, and the loser of each is logged (ARCH §6)."""
-    result = convergence.check(events, resolver)
+    result = convergence.check(events, resolver, regions=regions)
     logs = [e for e in events if e["f"] == CONFLICT_LOG]
     pairs = _concurrent_write_pairs(events)
     logged = sum(len(e["value"]) for e in logs if isinstance(e["value"], list))

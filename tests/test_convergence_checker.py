@@ -185,6 +185,23 @@ def test_keys_without_final_reads_are_counted_not_judged():
     assert result["stats"]["final_reads_unknown"] == 1
 
 
+def test_with_its_regions_named_a_region_that_never_read_a_key_makes_the_history_invalid():
+    # A region still partitioned at the end never converged: told which regions there are,
+    # the checker reports each key a region has no ok final read of.
+    writes = [write(0, "x", 1, US, 0, 10, ts=5), write(1, "x", 2, EU, 0, 10, ts=6)]
+    cases = [[final(100, "x", US, 2), final(101, "x", EU, None, kind="info")],
+             [final(100, "x", US, None, kind="fail"), final(101, "x", EU, None, kind="fail")],
+             []]
+    for finals_ in cases:
+        h = history(*writes, *finals_)
+        assert check(h)["valid"] is True  # unchecked without the regions
+        result = check(h, regions=[US, EU])
+        assert result["valid"] is False
+        assert result["anomaly_types"] == ["missing-final-read"]
+    h = history(*writes, final(100, "x", US, 2), final(101, "x", EU, 2))
+    assert check(h, regions=[US, EU])["valid"] is True
+
+
 # ----------------------------------------------------------------------------------- counter
 
 
