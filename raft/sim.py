@@ -526,6 +526,9 @@ class Simulation:
         self._done = False
         # Global records for the checks.
         self._leaders: dict[int, tuple[int, int]] = {}  # term -> (node, incarnation)
+        # applied index -> the configuration of the first node seen there: every node that
+        # has applied through an index holds the same membership (it follows from the log).
+        self._conf_at: dict[int, ConfState] = {}
         self._entries: dict[tuple[int, int], tuple[bytes, int, int]] = {}  # (i, t) -> data..
         self._committed: dict[int, int] = {}  # index -> term, for every index known committed
         self._chain: dict[int, tuple[int, bytes]] = {}  # index -> (term, chain hash)
@@ -968,6 +971,16 @@ class Simulation:
             raise self.fail(f"node {node.id}: applied {core.applied} (state machine "
                             f"{node.sm.index}) beyond commit {commit}")
         self._check_log(node)
+        # The index its configuration stands at: what it applied, or a snapshot it took in
+        # since (the snapshot's configuration holds at once; applying waits for a Ready). A
+        # node that has applied nothing holds whatever it was started with.
+        at = max(core.applied, core.first_index - 1)
+        first = self._conf_at.setdefault(at, core.conf) if at else core.conf
+        if first != core.conf:
+            raise self.fail(f"configuration: node {node.id} has applied through {at} "
+                            f"with voters {list(core.conf.voters)} and learners "
+                            f"{list(core.conf.learners)}; another node there had "
+                            f"{list(first.voters)} and {list(first.learners)}")
         node.conf_seen = core.conf
 
     def _check_durable_quorum(self, node: _Node) -> None:
