@@ -835,6 +835,9 @@ class ConflictRecord:
     """(commit timestamp, origin region) of the write that lost."""
     loser_value: bytes | None
     resolver: str
+    """The resolver that decided; ``"refused"`` for a write from another region that could not
+    be merged here at all (the key holds a plain value or another resolver's cell), whose
+    ``winner`` is the cell's version then (``(0, "")`` if none)."""
     record_id: bytes
 
 

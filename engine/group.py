@@ -54,7 +54,10 @@ An entry's data is one msgpack array whose first element says what it is:
     at this entry's timestamp); writes at or below the origin's *watermark* here were applied
     before and are skipped, so a batch delivered twice is applied once. A batch that starts
     after the watermark (``after_ts`` above it: an earlier batch is missing, overtaken in
-    flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``.
+    flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``. A write that
+    cannot be merged here (the key holds a plain value, or another resolver's cell: a client
+    that broke the keyspace's contract) is left out and logged as a conflict whose resolver is
+    ``"refused"``; the rest of the batch applies, so one bad write cannot stall its stream.
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
 ``[FENCE, proposed_ts, keyspace_id, level, available_from]``
@@ -135,6 +138,7 @@ from .merge import (
     PUT,
     RESOLVER_NAMES,
     Cell,
+    Conflict,
     RemoteWrite,
     decode_cell,
     encode_cell,
@@ -881,32 +885,45 @@ class _Batch:
         raw = self.sm.store.get(key, MAX_TS)
         return None if raw is None else decode_cell(raw)
 
-    def _plan_merges(self, writes) -> list | str:
+    def _plan_merges(self, writes, *, refuse_each: bool = False) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
         cells without changing anything: ``(key, resolver, new cell, conflict, write)`` for
         each, for :meth:`_apply_merges`, or why one of them cannot be merged (a cell another
         resolver built, a plain value, a payload the resolver refuses). Applying must never
         raise on what a client sent: the entry is in the log, and every replica (and every
-        restart) would stop on it."""
+        restart) would stop on it.
+
+        ``refuse_each`` (shipped writes, which committed in their region already): a write that
+        cannot be merged is left out instead -- ``(key, resolver, None, conflict, write)``, the
+        conflict naming ``"refused"`` as its resolver -- so that one bad write does not hold
+        back the rest of its stream for good."""
         cells: dict[bytes, Cell | None] = {}
         merged = []
         for key, resolver_name, write in writes:
+            before = None
             try:
-                cell = cells[key] if key in cells else self._cell(key)
+                before = cells[key] if key in cells else self._cell(key)
                 if not isinstance(write, RemoteWrite):
-                    write = write(cell)
-                cell, conflict = _resolver(resolver_name).merge(cell, write)
+                    write = write(before)
+                cell, conflict = _resolver(resolver_name).merge(before, write)
             except (InvalidArgumentError, CorruptStateError) as exc:
-                return f"bad {resolver_name} write to key {key!r}: {exc}"
+                if not refuse_each:
+                    return f"bad {resolver_name} write to key {key!r}: {exc}"
+                kept = before.version if isinstance(before, Cell) else (0, "")
+                merged.append((key, resolver_name, None,
+                               Conflict(key, kept, (write.ts, write.origin), write.value,
+                                        "refused"), write))
+                continue
             cells[key] = cell
             merged.append((key, resolver_name, cell, conflict, write))
         return merged
 
     def _apply_merges(self, merged: list, ts: int) -> None:
         for key, _, cell, conflict, _ in merged:
-            self._cells[key] = cell
-            self.versions.append(([(key, encode_cell(cell))], ts))
+            if cell is not None:  # else refused (see _plan_merges): only logged
+                self._cells[key] = cell
+                self.versions.append(([(key, encode_cell(cell))], ts))
             if conflict is not None:
                 loser_ts, loser_origin = conflict.loser
                 ckey = (_CONFLICT + key + _U64.pack(loser_ts)
@@ -962,16 +979,23 @@ class _Batch:
             return CommitResult(Outcome.RESOLVED, ts, "duplicate", conflict_ts=watermark)
         if after_ts > watermark:
             return CommitResult(Outcome.CONFLICT, ts, "gap", conflict_ts=watermark)
-        merged = self._plan_merges([
+        fresh = [
             (key, resolver_name, RemoteWrite(key, value, wts, origin,
                                              PUT if resolver_name == "lww" else MERGE,
                                              (prev_ts, prev_origin) if prev_ts else None))
             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
-            if wts > watermark])
-        if isinstance(merged, str):
-            return CommitResult(Outcome.INVALID, ts, merged)
+            if wts > watermark]
+        # A payload no cell could take (no honest origin commits one) refuses the batch; a
+        # write this group's cells cannot take is refused alone (see _plan_merges).
+        for key, resolver_name, write in fresh:
+            try:
+                _resolver(resolver_name).merge(None, write)
+            except InvalidArgumentError as exc:
+                return CommitResult(Outcome.INVALID, ts,
+                                    f"bad {resolver_name} write to key {key!r}: {exc}")
+        merged = self._plan_merges(fresh, refuse_each=True)
         self._apply_merges(merged, ts)
-        touched = [(key, ts) for key, *_ in merged]
+        touched = [(key, ts) for key, _, cell, _, _ in merged if cell is not None]
         self.side[wkey] = _U64.pack(up_to_ts)
         if touched:
             # Local transactions that read these keys before now must not overwrite them

@@ -320,6 +320,28 @@ def test_bad_merge_payloads_are_refused_before_anything_is_written(regional):
     assert r.outcome is Outcome.INVALID
 
 
+def test_a_shipped_write_this_region_cannot_merge_is_logged_and_the_stream_goes_on(regional):
+    # Two regions each took a write of one key under a different resolver (a client that
+    # broke the keyspace's contract): each region's write cannot merge into the other's cell.
+    # Refusing the whole batch would stall the stream from that origin for good; the write is
+    # left out, logged as refused, and the rest of the batch applies.
+    east, west = regional("us-east"), regional("eu-west")
+    le, lw = Log(), Log()
+    assert one(east, le, encode_commit(1, 0, 100, [], merges=[
+        (b"k", "counter", encode_int(5))])).committed
+    assert one(east, le, encode_commit(2, 0, 110, [], merges=[(b"other", "lww", b"e")])).committed
+    assert one(west, lw, encode_commit(3, 0, 105, [], merges=[(b"k", "max", encode_int(9))]))
+    r = ship(east, west, lw, 101)
+    assert r.committed and west.watermark(101) == 110
+    assert value(west, b"other") == b"e" and value(west, b"k", "max") == encode_int(9)
+    [(_, key, rec)] = west.conflicts(b"", b"\xff")
+    assert key == b"k" and rec[:4] == [105, "eu-west", 100, "us-east"] and rec[5] == "refused"
+    # A payload no cell could take still refuses the batch (no honest origin sends one).
+    bad = encode_remote(101, 10**6 + 5, 110, 120, [[b"n", "counter", b"junk", 120, "us-east",
+                                                    0, ""]])
+    assert one(west, lw, bad).outcome is Outcome.INVALID and west.watermark(101) == 110
+
+
 def test_close_entries_trim_the_outbox_after_the_retention(regional):
     east = regional("us-east")
     log = Log()
