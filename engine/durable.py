@@ -62,6 +62,7 @@ import stat
 import struct
 import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 from . import errors
 from ._fs import fsync_directory, pread_all, pwrite_all, storage_error
@@ -343,14 +344,8 @@ class DurableState(Resource):
                     # Its creator may have died between the rename and the directory fsync:
                     # make the name durable before any store() counts on it.
                     fsync_directory(os.path.dirname(os.path.abspath(self._path)))
-                except OSError as exc:
-                    os.close(fd)
-                    if isinstance(exc, errors.MeridianError):
-                        raise
-                    raise storage_error(exc, f"cannot open state file {self._path}") from None
-                except BaseException:
-                    os.close(fd)
-                    raise
+                except BaseException as exc:
+                    _close_and_raise(fd, exc, f"cannot open state file {self._path}")
                 return fd
             # Create: the lock on NAME.tmp keeps two creators apart. Its holder renames it to
             # NAME still holding the lock, so a second creator either fails to lock the same
@@ -371,14 +366,8 @@ class DurableState(Resource):
                 os.fsync(fd)
                 os.rename(tmp, self._path)
                 fsync_directory(os.path.dirname(os.path.abspath(self._path)))
-            except OSError as exc:
-                os.close(fd)
-                if isinstance(exc, errors.MeridianError):
-                    raise
-                raise storage_error(exc, f"cannot create state file {self._path}") from None
-            except BaseException:
-                os.close(fd)
-                raise
+            except BaseException as exc:
+                _close_and_raise(fd, exc, f"cannot create state file {self._path}")
             return fd
 
     def _recover(self, fd: int, slot_size: int | None) -> None:
@@ -452,3 +441,11 @@ def _find_slot_1(data: bytes, slot_size: int | None) -> int | None:
 
 def _describe(slot: _Slot) -> str:
     return "empty" if slot.status == "empty" else f"bad ({slot.why})"
+
+
+def _close_and_raise(fd: int, exc: BaseException, message: str) -> NoReturn:
+    """Closes ``fd`` and raises ``exc`` -- a system error as a StorageError saying ``message``."""
+    os.close(fd)
+    if isinstance(exc, OSError) and not isinstance(exc, errors.MeridianError):
+        raise storage_error(exc, message) from None
+    raise exc

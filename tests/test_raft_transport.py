@@ -741,23 +741,26 @@ async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(capl
     assert "over max_frame" in caplog.text
 
 
+async def accepted_as_node_1(b, inbox, term: int) -> tuple[trio.SocketStream, FrameDecoder]:
+    """A raw connection playing node 1 to transport ``b`` (node 2): the handshake and a
+    heartbeat of ``term``, delivered to ``inbox``, and the acceptor's answer read."""
+    conn, decoder = await raw_connection(b.address), FrameDecoder()
+    await conn.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, term)]))
+    with trio.fail_after(DEADLINE_S):
+        assert (await inbox.receive()).term == term
+    assert await read_answer(conn, decoder) == Handshake(2, 1)
+    return conn, decoder
+
+
 async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
     opts = TcpOptions(**TCP_TEST_OPTIONS)
     # Node 2 knows node 1 (a lower id: the address is never dialed); raw connections play node 1.
     async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
         inbox = b.subscribe(7)
-        old, old_decoder = await raw_connection(b.address), FrameDecoder()
-        await old.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
-        with trio.fail_after(DEADLINE_S):
-            assert (await inbox.receive()).term == 1
-        assert await read_answer(old, old_decoder) == Handshake(2, 1)
+        old, old_decoder = await accepted_as_node_1(b, inbox, 1)
         b.send(7, [hb(2, 1, 10)])  # the acceptor writes over the connection it accepted
         assert await read_frames(old, old_decoder, 1) == [(7, [hb(2, 1, 10)])]
-        new, new_decoder = await raw_connection(b.address), FrameDecoder()
-        await new.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 2)]))
-        with trio.fail_after(DEADLINE_S):
-            assert (await inbox.receive()).term == 2
-        assert await read_answer(new, new_decoder) == Handshake(2, 1)
+        new, new_decoder = await accepted_as_node_1(b, inbox, 2)
         b.send(7, [hb(2, 1, 11)])  # ... and now over the newer one
         assert await read_frames(new, new_decoder, 1) == [(7, [hb(2, 1, 11)])]
         await assert_closed_by_peer(old)
@@ -775,11 +778,7 @@ async def test_tcp_the_tail_of_a_half_written_frame_never_starts_another_connect
     opts = TcpOptions(**TCP_TEST_OPTIONS)
     async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
         inbox = b.subscribe(7)
-        old, old_decoder = await raw_connection(b.address), FrameDecoder()
-        await old.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
-        with trio.fail_after(DEADLINE_S):
-            assert (await inbox.receive()).term == 1
-        assert await read_answer(old, old_decoder) == Handshake(2, 1)
+        old, _ = await accepted_as_node_1(b, inbox, 1)
         monkeypatch.setattr(raft.tcp, "write_nowait", lambda fd, data: os.write(fd, data[:5]))
         b.send(7, [hb(2, 1, 10, b"v" * 100)])  # five bytes leave; the tail is queued
         monkeypatch.undo()
