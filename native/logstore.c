@@ -433,15 +433,23 @@ static int list_segments(struct ls_store *st, uint64_t **out, size_t *n, struct 
     rewinddir(d);
     size_t cnt = 0, cap = 0;
     uint64_t *v = NULL;
-    int removed_tmp = 0;
-    struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
+    for (;;) {
+        errno = 0; /* readdir returns NULL at the end and on an error alike */
+        struct dirent *de = readdir(d);
+        if (!de) {
+            if (errno) { /* a listing cut short would open as a shorter log */
+                int e = errno;
+                free(v);
+                closedir(d);
+                return io_err(st, err, e, 0, "cannot list");
+            }
+            break;
+        }
         uint64_t p;
         size_t l = strlen(de->d_name);
         if (l == NAME_LEN + 4 && strcmp(de->d_name + NAME_LEN, ".tmp") == 0) {
-            unlinkat(st->dirfd, de->d_name, 0); /* a segment whose creation did not finish */
-            removed_tmp = 1;
+            /* A segment whose creation did not finish; recover() syncs the directory. */
+            unlinkat(st->dirfd, de->d_name, 0);
             continue;
         }
         if (!parse_segment_name(de->d_name, &p)) continue;
@@ -458,7 +466,6 @@ static int list_segments(struct ls_store *st, uint64_t **out, size_t *n, struct 
         v[cnt++] = p;
     }
     closedir(d);
-    (void)removed_tmp; /* recover() syncs the directory whatever it found */
     if (cnt) qsort(v, cnt, sizeof *v, cmp_u64);
     *out = v;
     *n = cnt;
