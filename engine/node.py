@@ -1066,6 +1066,7 @@ class Node:
             raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
         if type(read_ts) is not int or not 0 <= read_ts <= MAX_TS:
             raise InvalidArgumentError("read_ts must be an int timestamp")
+        self._not_ahead("read_ts", read_ts)  # it becomes a floor of the commit timestamp
         if not isinstance(writes, list) or not isinstance(reads, list):
             raise InvalidArgumentError("writes and reads must be lists")
         pairs = self._check_writes(writes)

@@ -224,7 +224,9 @@ class GroupReplica:
                 fate was known.
         """
         self._require_leader()
-        data = encode_commit(txn_id, read_ts, self.clock.now(), writes, reads,
+        # The commit must land above its snapshot even when that snapshot (another group's
+        # closed timestamp) is ahead of this node's clock.
+        data = encode_commit(txn_id, read_ts, max(self.clock.now(), read_ts + 1), writes, reads,
                              serializable=serializable, merges=merges)
         return await self._propose(data)
 
@@ -240,8 +242,9 @@ class GroupReplica:
         """Proposes the first phase of a two-phase commit (leader only; errors as
         :meth:`commit`)."""
         self._require_leader()
-        data = encode_prepare(txn_id, read_ts, self.clock.now(), writes, reads, locks,
-                              primary=primary, deadline=deadline, serializable=serializable)
+        data = encode_prepare(txn_id, read_ts, max(self.clock.now(), read_ts + 1), writes,
+                              reads, locks, primary=primary, deadline=deadline,
+                              serializable=serializable)
         return await self._propose(data)
 
     async def decide(self, txn_id: int, commit_ts: int, since: int = 0,

@@ -456,3 +456,39 @@ async def test_statistics_count_the_bytes_between_regions():
                 by_node = east.bytes_by_node()
                 assert sum(sent for sent, _ in by_node.values()) > 20_000
                 assert all(received > 0 for _, received in by_node.values())
+
+
+async def _move_leader(cluster, group: int, target: int) -> None:
+    with trio.fail_after(20):
+        while (leader := await _leader_of(cluster, group)) != target:
+            try:
+                cluster.nodes[leader].replicas[group].node.transfer_leader(target)
+            except errors.MeridianError:
+                pass  # a transfer already under way, or the lead moving: look again
+            await trio.sleep(0.05)
+
+
+async def test_a_write_lands_above_a_snapshot_closed_ahead_of_its_groups_clock():
+    # A transaction's snapshot is a group's closed timestamp, which a leader whose clock runs
+    # ahead (within the offset limit) can push past every other node's clock. The group it
+    # then writes to must commit above that snapshot, not refuse it as invalid.
+    async with open_local_cluster(TWO_REGIONS, 3, seed=3,
+                                  clock_offsets_ns={1: 240_000_000}) as cluster:
+        east = data_group(cluster.config, "us-east")
+        await _move_leader(cluster, engine.node.META_GROUP, 2)
+        await _move_leader(cluster, east, 2)
+        async with cluster.connect(region="eu-west") as db:
+            await db.create_keyspace("east", home_region="us-east")
+            await db.create_keyspace("west", home_region="eu-west")
+            await db.run_transaction(lambda tx: tx.put("east", b"k", b"v"))
+            for attempt in range(3):
+                await _move_leader(cluster, east, 1)  # its CLOSE entries carry its clock
+                node1 = cluster.nodes[1]
+                await node1.replicas[east].close_up_to(node1.clock.now())
+                await _move_leader(cluster, east, 2)  # closed up to ~240 ms ahead of node 2
+
+                async def body(tx):
+                    await tx.get("east", b"k")
+                    await tx.put("west", b"w", b"%d" % attempt)
+
+                await db.run_transaction(body)
