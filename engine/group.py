@@ -415,11 +415,11 @@ class GroupStateMachine:
             self._adj.close()
         adj = Adjudicator(low_water=0)  # raised below, once the prepares are back
         try:
-            adj.load(self.store.latest_versions(low_water))
             # Prepared transactions keep their intents across restarts and snapshots, at
-            # their own prepare timestamps (what conflicts with them report). The keys carry
-            # no commit at or above those (the intent blocked every writer), so re-preparing
-            # at a snapshot just below is accepted.
+            # their own prepare timestamps (what conflicts with them report). They are put
+            # back first, into an empty table: a key may carry a commit above its intent's
+            # prepare timestamp (a REMOTE merge ignores a serializable read's lock on a
+            # regional key), and the prepare was validated when it was applied anyway.
             redo = []
             for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
                 prepare_ts, keys, _, _ = msgpack.unpackb(raw)
@@ -431,6 +431,7 @@ class GroupStateMachine:
                     if not verdict.ok:  # pragma: no cover - a store broken by hand
                         raise CorruptStateError(
                             f"prepared transaction cannot be restored: {verdict}")
+            adj.load(self.store.latest_versions(low_water))
             adj.prune(low_water)
         except BaseException:
             adj.close()

@@ -342,6 +342,33 @@ def test_a_shipped_write_this_region_cannot_merge_is_logged_and_the_stream_goes_
     assert one(west, lw, bad).outcome is Outcome.INVALID and west.watermark(101) == 110
 
 
+def test_a_group_reopens_with_a_remote_write_above_a_prepared_lock(regional, tmp_path):
+    # A serializable two-phase transaction locks the regional key it read; another region's
+    # write of that key, shipped in while it is prepared, lands above the lock (replication
+    # does not wait for locks). Reopening the group -- a restart, or a follower installing its
+    # snapshot -- must rebuild that state, not refuse it as corrupt.
+    east = regional("us-east")
+    log = Log()
+    assert one(east, log, encode_commit(1, 0, 100, [], merges=[(b"r", "lww", b"e1")])).committed
+    r = one(east, log, encode_prepare(7, 150, 200, [(b"w", b"1")], (), [b"r"], primary=99,
+                                      deadline=10**9, serializable=True))
+    assert r.outcome is Outcome.PREPARED
+    shipped = encode_remote(101, 300, 0, 300, [[b"r", "lww", b"w1", 290, "eu-west", 0, ""]])
+    assert one(east, log, shipped).committed
+    follower = regional("us-east-follower")
+    follower.restore(east.snapshot())
+    assert [t.txn_id for t in follower.prepared()] == [7]
+    store = east.store
+    east.close()
+    again = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east")
+    try:
+        assert [t.txn_id for t in again.prepared()] == [7]
+        assert one(again, log, encode_resolve(7, 400, 400)).outcome is Outcome.RESOLVED
+        assert one(again, log, encode_commit(8, 450, 500, [(b"w", b"2")])).committed
+    finally:
+        again.close()
+
+
 def test_close_entries_trim_the_outbox_after_the_retention(regional):
     east = regional("us-east")
     log = Log()
