@@ -773,7 +773,10 @@ class Database:
             except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError):
                 pass  # the next replica (a closed connection is replaced when next used)
             except RemoteError as exc:
-                raise _translate(exc) from None
+                if not exc.retryable:
+                    raise _translate(exc) from None
+                # Retryable: it lags (``not_closed``: cut off from its leader), or is not
+                # serving yet. The voters answer instead.
         return await self._call_group(group, method, payload)
 
 
