@@ -177,6 +177,12 @@ def _run_node(path: str) -> int:
     except MeridianError as exc:
         print(f"meridian node: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # most often a port taken, or a host that is not local
+        me = cfg.address
+        print(f"meridian node: node {cfg.node_id} failed: {exc.strerror or exc} (its "
+              f"peer_address is {me.peer_address}, its client_address {me.client_address})",
+              file=sys.stderr)
+        return 1
     log.info("stopped")
     return 0
 
@@ -207,6 +213,10 @@ def _cluster(args) -> int:
     except MeridianError as exc:
         print(f"meridian cluster {args.action}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"meridian cluster {args.action}: interrupted; nodes already started keep "
+              f"running (meridian cluster down --dir {args.dir})", file=sys.stderr)
+        return 130
 
 
 def _shell(args) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -168,8 +169,8 @@ async def _learner_lag(cluster) -> dict[tuple[int, str], float]:
     lag: dict[tuple[int, str], float] = {}
     for (gid, node_id), closed in by_node.items():
         leader = leaders.get(gid)
-        if leader is None or node_id == leader:
-            continue
+        if leader is None or node_id == leader or not closed or not by_node[(gid, leader)]:
+            continue  # a replica (or leader) that has closed no timestamp yet: no lag to show
         region = cluster.node(node_id).region
         ms = max(0.0, (by_node[(gid, leader)] - closed) / 1e6)
         lag[(gid, region)] = max(lag.get((gid, region), 0.0), ms)
@@ -207,11 +208,22 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         tmp = tempfile.mkdtemp(prefix="meridian-demo-")
         directory = tmp
     procs = ClusterProcesses(directory)
+    running = [n for n in procs.node_ids() if procs.running_pid(n) is not None]
+    if running:
+        # Not ours to stop at the end: a cluster started by `meridian cluster up`.
+        print(f"demo failed: {directory} holds a running cluster (nodes {running}); stop it "
+              f"with `meridian cluster down --dir {directory}` or give another --dir", file=out)
+        return 1
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM, SIGHUP (terminal closed): stop the nodes as on Ctrl-C
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"starting {len(regions)} regions x {nodes_per_region} nodes in {directory}"
               + (" with simulated WAN latency" if wan else ""), file=out)
         procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
-                           wan_latency_ms=wan_latency_ms if wan else {})
+                           wan_latency_ms=wan_latency_ms if wan else {}, die_with_parent=True)
         return trio.run(_run, procs, seconds, clients_per_region, accounts, seed, out)
     except KeyboardInterrupt:
         print("interrupted", file=out)
@@ -228,3 +240,5 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         print(f"stopped {len(stopped)} node processes", file=out)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

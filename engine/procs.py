@@ -45,7 +45,9 @@ class ClusterProcesses:
     """The node processes of one cluster directory."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
+        # Absolute and canonical: node processes run with the directory as their cwd, and the
+        # recycled-pid check compares command lines, so every spelling must give one path.
+        self.directory = Path(directory).resolve()
 
     def config_path(self, node_id: int) -> Path:
         return self.directory / f"node-{node_id}.toml"
@@ -80,11 +82,14 @@ class ClusterProcesses:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
-        if str(self.config_path(node_id)).encode() not in cmdline:
+        # Exactly the command start_node runs (any interpreter path): not merely some process
+        # that mentions the file, such as an editor or `tail -f` of it.
+        want = [b"-m", b"engine.cli", b"node", b"--config", str(self.config_path(node_id)).encode()]
+        if [a for a in cmdline if a][1:] != want:
             return None  # the pid was recycled by an unrelated process
         return pid
 
-    def start_node(self, node_id: int) -> int:
+    def start_node(self, node_id: int, *, die_with_parent: bool = False) -> int:
         if self.running_pid(node_id) is not None:
             raise InvalidArgumentError(f"node {node_id} is already running")
         log = open(self.directory / f"node-{node_id}.log", "ab")
@@ -97,7 +102,8 @@ class ClusterProcesses:
                 [sys.executable, "-m", "engine.cli", "node", "--config",
                  str(self.config_path(node_id))],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=str(self.directory), env=env)
+                start_new_session=True, cwd=str(self.directory), env=env,
+                preexec_fn=_die_with_parent if die_with_parent else None)
         finally:
             log.close()
         self.pid_path(node_id).write_text(f"{proc.pid}\n")
@@ -130,6 +136,13 @@ class ClusterProcesses:
         return sorted(running)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM this process when its parent dies (Linux)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -157,7 +170,8 @@ def cluster_up(directory: str | os.PathLike[str], *,
                regions: Iterable[str] = ("us-east", "eu-west", "ap-south"),
                nodes_per_region: int = 3,
                wan_latency_ms: Mapping[Any, float] | None = None,
-               base_port: int | None = None) -> ClusterProcesses:
+               base_port: int | None = None,
+               die_with_parent: bool = False) -> ClusterProcesses:
     """Writes the configuration and starts every node process; returns at once (see
     :func:`wait_ready`). ``wan_latency_ms`` None gives the default one-way latencies."""
     procs = ClusterProcesses(directory)
@@ -176,7 +190,7 @@ def cluster_up(directory: str | os.PathLike[str], *,
             procs.config_path(node.id).write_text(dump_node_config(cfg))
     for node in cluster.all_nodes():
         if procs.running_pid(node.id) is None:
-            procs.start_node(node.id)
+            procs.start_node(node.id, die_with_parent=die_with_parent)
     return procs
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import engine
 from engine import errors
@@ -118,11 +120,12 @@ def test_node_with_a_bad_config_says_which_field(tmp_path):
 
 
 def test_cluster_up_status_down_with_custom_latencies(tmp_path):
+    # A relative --dir (the default is one) for up, another spelling of it for down.
     directory = tmp_path / "c"
     up = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "cluster", "up", "--dir", str(directory),
+        [sys.executable, "-m", "engine.cli", "cluster", "up", "--dir", "c",
          "--regions", "east,west", "--nodes-per-region", "1", "--wan-latency-ms", "east:west=5"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "cluster up" in up.stdout and "2 nodes" in up.stdout
@@ -132,13 +135,60 @@ def test_cluster_up_status_down_with_custom_latencies(tmp_path):
             capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         assert status.stdout.count("leader") >= 3  # meta group and two data groups
+        # The demo will not take over (and at its end stop) a cluster it did not start.
+        demo = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "demo", "--seconds", "1", "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60)
+        assert demo.returncode == 1 and "holds a running cluster" in demo.stdout
+        assert len(_processes_mentioning(str(directory))) == 2
     finally:
         down = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "cluster", "down", "--dir", str(directory)],
-            capture_output=True, text=True, timeout=60)
+            [sys.executable, "-m", "engine.cli", "cluster", "down", "--dir", "./c/../c"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert down.returncode == 0 and "stopped 2 node processes" in down.stdout
     assert _processes_mentioning(str(directory)) == []
     bad = subprocess.run(
         [sys.executable, "-m", "engine.cli", "cluster", "up", "--wan-latency-ms", "east=5"],
         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "REGION:REGION=MILLISECONDS" in bad.stderr
+
+
+def test_cluster_down_never_signals_a_process_it_did_not_start(tmp_path):
+    # A stale pid file whose pid now belongs to another process that merely names the node's
+    # config (an editor, `tail -f`): not a node of this cluster.
+    from engine.procs import ClusterProcesses
+
+    procs = ClusterProcesses(tmp_path)
+    procs.config_path(1).write_text("")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              str(procs.config_path(1))])
+    try:
+        procs.pid_path(1).write_text(f"{other.pid}\n")
+        assert procs.running_pid(1) is None
+        assert procs.stop() == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
+    directory = tmp_path / "cluster"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "60", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(directory.glob("node-*.pid"))) < 9:  # every node started
+            assert time.monotonic() < deadline and demo.poll() is None
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        left = _processes_mentioning(str(directory))
+        for pid in left:  # the demo's nodes, left running: end them
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
