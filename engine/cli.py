@@ -197,9 +197,11 @@ def _cluster(args) -> int:
                                nodes_per_region=args.nodes_per_region,
                                wan_latency_ms={} if args.no_wan else args.wan_latency_ms)
             cluster = procs.load_cluster()
+            from functools import partial
+
             import trio
 
-            trio.run(wait_ready, cluster)
+            trio.run(partial(wait_ready, cluster, procs=procs))
             addrs = ",".join(f"{n.client_host}:{n.client_port}" for n in cluster.all_nodes())
             print(f"cluster up in {args.dir}: {len(cluster.all_nodes())} nodes; clients: {addrs}")
             return 0

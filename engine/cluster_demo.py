@@ -96,7 +96,7 @@ async def _run(procs: ClusterProcesses, seconds: float, clients_per_region: int,
     cluster = procs.load_cluster()
     regions = cluster.region_names
     print(f"waiting for {len(cluster.all_nodes())} nodes to elect leaders ...", file=out)
-    await wait_ready(cluster)
+    await wait_ready(cluster, procs=procs)
     addresses = {r: [f"{n.client_host}:{n.client_port}" for n in cluster.nodes_in(r)]
                  for r in regions}
     stats = _Stats()

@@ -89,6 +89,17 @@ class ClusterProcesses:
             return None  # the pid was recycled by an unrelated process
         return pid
 
+    def last_log_line(self, node_id: int) -> str:
+        """The last non-empty line of the node's log ("" if none)."""
+        try:
+            with open(self.directory / f"node-{node_id}.log", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
+                         if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
     def start_node(self, node_id: int, *, die_with_parent: bool = False) -> int:
         if self.running_pid(node_id) is not None:
             raise InvalidArgumentError(f"node {node_id} is already running")
@@ -212,13 +223,21 @@ async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:
     return out
 
 
-async def wait_ready(cluster: ClusterConfig, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Waits until every node answers and every group has a leader."""
+async def wait_ready(cluster: ClusterConfig, timeout_s: float = READY_TIMEOUT_S, *,
+                     procs: ClusterProcesses | None = None) -> None:
+    """Waits until every node answers and every group has a leader. With ``procs`` (the
+    cluster's node processes), a node process that has exited ends the wait at once, with the
+    last line of its log."""
     deadline = trio.current_time() + timeout_s
     last = "no answer yet"
     while trio.current_time() < deadline:
         status = await describe_all(cluster)
         down = [n for n, s in status.items() if "error" in s]
+        if procs is not None:
+            for n in down:
+                if procs.running_pid(n) is None:
+                    raise UnavailableError(f"node {n} exited: {procs.last_log_line(n)} (its log: "
+                                           f"{procs.directory / f'node-{n}.log'})")
         leaders: dict[int, set[int]] = {}
         for s in status.values():
             for gid, g in s.get("groups", {}).items():

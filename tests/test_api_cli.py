@@ -192,3 +192,26 @@ def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
         for pid in left:  # the demo's nodes, left running: end them
             os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_cluster_up_reports_a_node_that_exits_at_once(tmp_path):
+    # A node that cannot start (here its config was broken after a first run) ends the wait
+    # for the cluster with its own message, instead of a minute of "not ready".
+    directory = tmp_path / "c"
+    base = [sys.executable, "-m", "engine.cli", "cluster"]
+    up = subprocess.run(base + ["up", "--dir", str(directory), "--regions", "east",
+                                "--nodes-per-region", "1", "--no-wan"],
+                        capture_output=True, text=True, timeout=120)
+    down = subprocess.run(base + ["down", "--dir", str(directory)],
+                          capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0 and down.returncode == 0, up.stderr + down.stderr
+    config = directory / "node-1.toml"
+    # Another cluster's name: the node refuses the data directory of "local" when it opens it.
+    config.write_text(config.read_text().replace('name = "local"', 'name = "other"', 1))
+    started = time.monotonic()
+    again = subprocess.run(base + ["up", "--dir", str(directory)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert "node 1 exited" in again.stderr and "local" in again.stderr, again.stderr
+    assert time.monotonic() - started < 30  # not the full readiness timeout (60 s)
+    assert _processes_mentioning(str(directory)) == []
