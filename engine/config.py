@@ -83,7 +83,8 @@ disk whose syncs may stall for long; see ``raft.driver``), ``[cluster]`` (requir
 
 ``[cluster]``: ``name`` (required; letters, digits, ``.``, ``_``, ``-``);
 ``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
-``election_ticks`` (10, greater than ``heartbeat_ticks``), all positive integers (the defaults:
+``election_ticks`` (10, greater than ``heartbeat_ticks``), all positive integers, a tick at
+most a minute and an election timeout at most an hour (the defaults:
 heartbeats every 100 ms, elections after 1–2 s without one, as etcd's; each tick wakes every
 node, so a longer tick with fewer ticks per heartbeat costs an idle node less; an idle group's
 voters are heartbeaten every third interval only, see ``engine.node.idle_heartbeat_ticks``);
@@ -149,6 +150,9 @@ RAFT_FSYNC_MODES = ("loop", "thread")
 _TOML_INT_MAX = 2**63 - 1  # TOML integers are signed 64-bit: anything larger cannot round-trip
 _MAX_LIFETIME_NS = 2**62
 _MAX_CLOCK_OFFSET_MS = (2**64 - 2) // 1_000_000
+_MAX_TICK_INTERVAL_MS = 60_000
+_MAX_TICKS = 100_000
+_MAX_ELECTION_TIMEOUT_MS = 3_600_000
 _REGION_RE = re.compile(r"[a-z0-9-]+")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)
@@ -522,9 +526,14 @@ class ClusterConfig:
         if self.max_clock_offset_ms > _MAX_CLOCK_OFFSET_MS:  # the hybrid clock takes it in ns
             raise _fail("max_clock_offset_ms", f"must be at most {_MAX_CLOCK_OFFSET_MS}, "
                         f"got {self.max_clock_offset_ms}")
-        _int(self.tick_interval_ms, "tick_interval_ms")
-        _int(self.heartbeat_ticks, "heartbeat_ticks")
-        _int(self.election_ticks, "election_ticks")
+        # Upper bounds a cluster can still run with: a tick of a minute, an election timeout of
+        # an hour at the longest (larger values pass every check and never elect a leader).
+        _int(self.tick_interval_ms, "tick_interval_ms", high=_MAX_TICK_INTERVAL_MS)
+        _int(self.heartbeat_ticks, "heartbeat_ticks", high=_MAX_TICKS)
+        _int(self.election_ticks, "election_ticks", high=_MAX_TICKS)
+        if self.tick_interval_ms * self.election_ticks > _MAX_ELECTION_TIMEOUT_MS:
+            raise _fail("election_ticks", f"an election timeout of {self.election_ticks} ticks of "
+                        f"{self.tick_interval_ms} ms is over an hour")
         if self.election_ticks <= self.heartbeat_ticks:
             # A follower must hear several heartbeats before it may call an election.
             raise _fail(
