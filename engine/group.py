@@ -726,11 +726,12 @@ class _Batch:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
         merged: list = []
         if not prepare and len(cmd) > 7:
-            problem = self._check_merges(cmd[7], ts)
-            if problem:
-                return CommitResult(Outcome.INVALID, ts, problem)
+            if not self.sm.origin:
+                return CommitResult(Outcome.INVALID, ts, "this group has no region: it holds "
+                                    "no regional keyspace")
             # The caller flushed the queue: the cells are as every earlier entry left them.
-            # A plan that fails must fail before the adjudicator records the commit.
+            # A plan that fails (a payload, or a cell it cannot merge into) must fail before
+            # the adjudicator records the commit.
             merged = self._plan_local(cmd[7], ts)
             if isinstance(merged, str):
                 return CommitResult(Outcome.INVALID, ts, merged)
@@ -886,7 +887,8 @@ class _Batch:
         raw = self.sm.store.get(key, MAX_TS)
         return None if raw is None else decode_cell(raw)
 
-    def _plan_merges(self, writes, *, refuse_each: bool = False) -> list | str:
+    def _plan_merges(self, writes, *, refuse_each: bool = False,
+                     cells: dict[bytes, Cell | None] | None = None) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
         cells without changing anything: ``(key, resolver, new cell, conflict, write)`` for
@@ -898,8 +900,9 @@ class _Batch:
         ``refuse_each`` (shipped writes, which committed in their region already): a write that
         cannot be merged is left out instead -- ``(key, resolver, None, conflict, write)``, the
         conflict naming ``"refused"`` as its resolver -- so that one bad write does not hold
-        back the rest of its stream for good."""
-        cells: dict[bytes, Cell | None] = {}
+        back the rest of its stream for good. ``cells``: the cells to start from, instead of
+        the keys' current ones."""
+        cells = {} if cells is None else dict(cells)
         merged = []
         for key, resolver_name, write in writes:
             before = None
@@ -932,19 +935,6 @@ class _Batch:
                 self.side[ckey] = msgpack.packb(
                     [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
                      conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
-
-    def _check_merges(self, merges: list, ts: int) -> str:
-        """Why the regional writes cannot be merged (their payloads), or "" if they can."""
-        if not self.sm.origin:
-            return "this group has no region: it holds no regional keyspace"
-        for key, resolver_name, value in merges:
-            op = PUT if resolver_name == "lww" else MERGE
-            try:
-                _resolver(resolver_name).merge(
-                    None, RemoteWrite(key, value, ts, self.sm.origin, op))
-            except InvalidArgumentError as exc:
-                return f"bad {resolver_name} write to key {key!r}: {exc}"
-        return ""
 
     def _plan_local(self, merges: list, ts: int) -> list | str:
         """A local commit's regional writes, each after the key's cell here (its ``prev``;
@@ -986,14 +976,12 @@ class _Batch:
                                              (prev_ts, prev_origin) if prev_ts else None))
             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
             if wts > watermark]
-        # A payload no cell could take (no honest origin commits one) refuses the batch; a
-        # write this group's cells cannot take is refused alone (see _plan_merges).
-        for key, resolver_name, write in fresh:
-            try:
-                _resolver(resolver_name).merge(None, write)
-            except InvalidArgumentError as exc:
-                return CommitResult(Outcome.INVALID, ts,
-                                    f"bad {resolver_name} write to key {key!r}: {exc}")
+        # A payload no cell could take (no honest origin commits one) refuses the batch: the
+        # plan against no cells at all fails on it. A write this group's cells cannot take is
+        # refused alone (see _plan_merges).
+        problem = self._plan_merges(fresh, cells={key: None for key, _, _ in fresh})
+        if isinstance(problem, str):
+            return CommitResult(Outcome.INVALID, ts, problem)
         merged = self._plan_merges(fresh, refuse_each=True)
         self._apply_merges(merged, ts)
         touched = [(key, ts) for key, _, cell, _, _ in merged if cell is not None]
