@@ -137,6 +137,36 @@ async def _run(procs: ClusterProcesses, seconds: float, clients_per_region: int,
     return 0 if ok else 1
 
 
+async def _run_until_signal(pending: list[int], *args) -> int:
+    """:func:`_run`, cancelled by SIGINT, SIGTERM or SIGHUP (then KeyboardInterrupt). An
+    exception raised from a signal handler can land in the middle of trio's own bookkeeping
+    (one ended a run with TrioInternalError); a signal received as a message cancels the run
+    cleanly. ``pending`` holds the signals that came while the run was starting."""
+    interrupted = bool(pending)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        if pending:
+            raise KeyboardInterrupt
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def main() -> None:
+                nonlocal code
+                code = await _run(*args)
+                nursery.cancel_scope.cancel()
+
+            code = 1
+            nursery.start_soon(watch)
+            nursery.start_soon(main)
+    if interrupted:
+        raise KeyboardInterrupt
+    return code
+
+
 async def _hold_client(addresses, region, *, task_status):
     async with connect(addresses, region=region) as db:
         task_status.started(db)
@@ -215,16 +245,31 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
               f"with `meridian cluster down --dir {directory}` or give another --dir", file=out)
         return 1
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt  # SIGTERM, SIGHUP (terminal closed): stop the nodes as on Ctrl-C
+    pending: list[int] = []  # signals held for the trio run, which must not be raised into
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def interrupt(signum, frame):
+        # SIGTERM, SIGHUP (terminal closed), and SIGINT while trio is not running: stop the
+        # nodes as on Ctrl-C. The workload's trio run receives them itself (_run_until_signal).
+        if in_trio:
+            pending.append(signum)
+        else:
+            raise KeyboardInterrupt
+
+    in_trio = False
+    previous = {s: signal.signal(s, interrupt)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"starting {len(regions)} regions x {nodes_per_region} nodes in {directory}"
               + (" with simulated WAN latency" if wan else ""), file=out)
         procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
                            wan_latency_ms=wan_latency_ms if wan else {}, die_with_parent=True)
-        return trio.run(_run, procs, seconds, clients_per_region, accounts, seed, out)
+        in_trio = True
+        code = trio.run(_run_until_signal, pending, procs, seconds, clients_per_region,
+                        accounts, seed, out)
+        in_trio = False
+        if pending:  # came as the run ended
+            raise KeyboardInterrupt
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=out)
         return 130
