@@ -732,9 +732,13 @@ class _Batch:
             # The caller flushed the queue: the cells are as every earlier entry left them.
             # A plan that fails (a payload, or a cell it cannot merge into) must fail before
             # the adjudicator records the commit.
-            merged = self._plan_local(cmd[7], ts)
-            if isinstance(merged, str):
-                return CommitResult(Outcome.INVALID, ts, merged)
+            plan = self._plan_local(cmd[7], ts)
+            if isinstance(plan, str):
+                return CommitResult(Outcome.INVALID, ts, plan)
+            record = self._outbox_record(plan)
+            if isinstance(record, str):
+                return CommitResult(Outcome.INVALID, ts, record)
+            merged = [plan, record]
             keys += [m[0] for m in cmd[7]]
         if prepare and cmd[7]:
             written = set(keys)
@@ -765,7 +769,7 @@ class _Batch:
                 if cmd[5]:
                     self._write(cmd[5], ts)
                 if len(cmd) > 7:
-                    self._merge_local(merged, ts)
+                    self._merge_local(*merged, ts)
                 results[slot] = CommitResult(Outcome.COMMITTED, ts)
             else:
                 results[slot] = self._install(cmd, ts, keys)
@@ -888,7 +892,8 @@ class _Batch:
         return None if raw is None else decode_cell(raw)
 
     def _plan_merges(self, writes, *, refuse_each: bool = False,
-                     cells: dict[bytes, Cell | None] | None = None) -> list | str:
+                     cells: dict[bytes, Cell | None] | None = None,
+                     compact: bool = False) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
         cells without changing anything: ``(key, resolver, new cell, conflict, write)`` for
@@ -901,7 +906,11 @@ class _Batch:
         cannot be merged is left out instead -- ``(key, resolver, None, conflict, write)``, the
         conflict naming ``"refused"`` as its resolver -- so that one bad write does not hold
         back the rest of its stream for good. ``cells``: the cells to start from, instead of
-        the keys' current ones."""
+        the keys' current ones. ``compact``: every write of a write's origin below its
+        timestamp is merged here before it (the writes come in their origin's commit order),
+        so each new cell can be compacted (:meth:`Resolver.compact`) up to there; else a
+        counter's or a set's cell grows with every write ever made to the key, until it no
+        longer fits in a value."""
         cells = {} if cells is None else dict(cells)
         merged = []
         for key, resolver_name, write in writes:
@@ -910,7 +919,13 @@ class _Batch:
                 before = cells[key] if key in cells else self._cell(key)
                 if not isinstance(write, RemoteWrite):
                     write = write(before)
-                cell, conflict = _resolver(resolver_name).merge(before, write)
+                resolver = _resolver(resolver_name)
+                cell, conflict = resolver.merge(before, write)
+                if compact:
+                    cell = resolver.compact(cell, {write.origin: write.ts - 1})
+                if len(encode_cell(cell)) > MAX_VALUE_SIZE:
+                    raise InvalidArgumentError(
+                        f"the merged cell would take over {MAX_VALUE_SIZE} bytes")
             except (InvalidArgumentError, CorruptStateError) as exc:
                 if not refuse_each:
                     return f"bad {resolver_name} write to key {key!r}: {exc}"
@@ -946,17 +961,31 @@ class _Batch:
             return lambda before: RemoteWrite(key, value, ts, origin, op,
                                               before.version if before is not None else None)
 
+        # Every earlier local write is merged here, below ts: commit timestamps rise with the
+        # log (see GroupStateMachine._close).
         return self._plan_merges([(key, resolver_name, local(key, resolver_name, value))
-                                  for key, resolver_name, value in merges])
+                                  for key, resolver_name, value in merges], compact=True)
 
-    def _merge_local(self, merged: list, ts: int) -> None:
-        """A local commit's regional writes (planned by :meth:`_plan_local`): merged here,
-        and put in the outbox."""
-        self._apply_merges(merged, ts)
+    @staticmethod
+    def _outbox_record(merged: list) -> bytes | str:
+        """The outbox record shipping a local commit's merges, or why it cannot be stored:
+        a transaction within the byte limit can still take more than a side value may once
+        each write carries its resolver, timestamp, origin and predecessor."""
         shipped = [[w.key, resolver_name, w.value, w.ts, w.origin,
                     w.prev[0] if w.prev else 0, w.prev[1] if w.prev else ""]
                    for _, resolver_name, _, _, w in merged]
-        self.side[_OUTBOX + _U64.pack(ts)] = msgpack.packb(shipped, use_bin_type=True)
+        record = msgpack.packb(shipped, use_bin_type=True)
+        if len(record) > MAX_VALUE_SIZE:
+            return (f"the regional writes take {len(record)} bytes to ship, over the "
+                    f"{MAX_VALUE_SIZE}-byte limit of one shipped commit; write less per "
+                    f"transaction")
+        return record
+
+    def _merge_local(self, merged: list, record: bytes, ts: int) -> None:
+        """A local commit's regional writes (planned by :meth:`_plan_local`): merged here,
+        and ``record`` (their :meth:`_outbox_record`) put in the outbox."""
+        self._apply_merges(merged, ts)
+        self.side[_OUTBOX + _U64.pack(ts)] = record
         self.shipped = True
         self.trim_outbox(limit=2)
 
@@ -982,7 +1011,13 @@ class _Batch:
         problem = self._plan_merges(fresh, cells={key: None for key, _, _ in fresh})
         if isinstance(problem, str):
             return CommitResult(Outcome.INVALID, ts, problem)
-        merged = self._plan_merges(fresh, refuse_each=True)
+        # The stream from one origin group carries its region's writes alone, in commit order,
+        # each once (the watermark): every write of that origin below a write's timestamp is
+        # merged here before it, and its cells can be compacted. A batch not in that order
+        # (no honest origin sends one) is merged as it is, without compaction.
+        in_order = (len({w.origin for _, _, w in fresh}) <= 1
+                    and all(a[2].ts <= b[2].ts for a, b in zip(fresh, fresh[1:])))
+        merged = self._plan_merges(fresh, refuse_each=True, compact=in_order)
         self._apply_merges(merged, ts)
         touched = [(key, ts) for key, _, cell, _, _ in merged if cell is not None]
         self.side[wkey] = _U64.pack(up_to_ts)

@@ -612,7 +612,7 @@ class Node:
     async def _commit(self, p):
         replica = self._replica(p)
         txn_id, read_ts, pairs, reads = self._check_txn(p)
-        merges = self._check_merges(p.get("merges", []), len(pairs))
+        merges = self._check_merges(p.get("merges", []), pairs)
         result = await replica.commit(txn_id, read_ts, pairs, reads,
                                       serializable=bool(p.get("serializable", False)),
                                       merges=merges)
@@ -620,14 +620,17 @@ class Node:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
 
-    def _check_merges(self, merges: object, written: int) -> list[tuple[bytes, str, bytes | None]]:
-        """Writes to regional keyspaces: ``[key, resolver, value]`` lists."""
+    def _check_merges(self, merges: object, pairs: list[tuple[bytes, bytes | None]],
+                      ) -> list[tuple[bytes, str, bytes | None]]:
+        """Writes to regional keyspaces: ``[key, resolver, value]`` lists. They count toward
+        the transaction's key and byte limits with its plain writes ``pairs``."""
         if not isinstance(merges, list):
             raise InvalidArgumentError("merges must be a list")
         limits = self.cluster.limits
-        if written + len(merges) > limits.max_txn_keys:
-            raise LimitExceededError(f"{written + len(merges)} keys written; the limit is "
+        if len(pairs) + len(merges) > limits.max_txn_keys:
+            raise LimitExceededError(f"{len(pairs) + len(merges)} keys written; the limit is "
                                      f"{limits.max_txn_keys} per transaction")
+        total = sum(len(k) + (len(v) if v else 0) for k, v in pairs)
         out = []
         for m in merges:
             if not (isinstance(m, list) and len(m) == 3 and type(m[0]) is bytes
@@ -642,7 +645,11 @@ class Node:
             if value is not None and len(value) > limits.max_value_size:
                 raise RecordTooLargeError(f"value of {len(value)} bytes: the limit is "
                                           f"{limits.max_value_size}")
+            total += len(key) + (len(value) if value else 0)
             out.append((key, resolver, value))
+        if total > limits.max_txn_bytes:
+            raise LimitExceededError(f"{total} bytes written; the limit is "
+                                     f"{limits.max_txn_bytes} per transaction")
         return out
 
     def _check_writes(self, writes: list) -> list[tuple[bytes, bytes | None]]:

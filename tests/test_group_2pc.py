@@ -3,6 +3,7 @@ records, resolution) and regional keyspaces (merges, outbox, remote batches, con
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from engine.group import (
@@ -22,7 +23,7 @@ from engine.group import (
     encode_resolve,
 )
 from engine.merge import decode_cell, encode_int, resolver_for
-from engine.mvcc import MAX_TS, MVCCStore
+from engine.mvcc import MAX_TS, MAX_VALUE_SIZE, MVCCStore
 from test_group import LIFETIME, Log
 
 PRIMARY = 100
@@ -340,6 +341,51 @@ def test_a_shipped_write_this_region_cannot_merge_is_logged_and_the_stream_goes_
     bad = encode_remote(101, 10**6 + 5, 110, 120, [[b"n", "counter", b"junk", 120, "us-east",
                                                     0, ""]])
     assert one(west, lw, bad).outcome is Outcome.INVALID and west.watermark(101) == 110
+
+
+def test_counter_and_set_cells_stay_bounded_however_many_writes(regional):
+    # Each increment used to stay in the key's cell for good: every later write decoded and
+    # re-encoded all of them, and at a few hundred thousand the cell no longer fit in a value
+    # (the apply raised, on every replica and every restart). Cells are compacted behind what
+    # each origin's stream has merged, and still read the same in both regions.
+    from engine.merge import AddWinsSet
+    east, west = regional("us-east"), regional("eu-west")
+    le, lw = Log(), Log()
+    ts, after, txn = 100, 0, 0
+    for round_ in range(20):
+        for _ in range(10):
+            ts, txn = ts + 10, txn + 1
+            add = msgpack.packb(["add", b"e%d" % (txn % 5)])
+            assert one(east, le, encode_commit(txn, 0, ts, [], merges=[
+                (b"n", "counter", encode_int(1)), (b"s", "add_wins_set", add)])).committed
+        assert ship(east, west, lw, 101, after=after).committed
+        after = ts
+        txn += 1
+        tags = AddWinsSet.observed_tags(decode_cell(west.store.get(b"s", MAX_TS)), b"e1")
+        remove = msgpack.packb(["remove", b"e1", [list(t) for t in tags]])
+        assert one(west, lw, encode_commit(txn, 0, ts + 5, [], merges=[
+            (b"n", "counter", encode_int(-1)), (b"s", "add_wins_set", remove)])).committed
+    ship(west, east, le, 102)
+    for sm in (east, west):
+        assert value(sm, b"n", "counter") == b"180"
+        assert msgpack.unpackb(value(sm, b"s", "add_wins_set")) == [b"e0", b"e2", b"e3", b"e4"]
+        counter = decode_cell(sm.store.get(b"n", MAX_TS))
+        assert sum(len(contribs) for _, _, _, contribs in counter.state) <= 2
+        assert len(decode_cell(sm.store.get(b"s", MAX_TS)).state[1]) <= 2  # tombstones
+
+
+def test_a_regional_commit_too_large_to_ship_is_refused_before_anything_is_written(regional):
+    # Within the byte limit, but each shipped write carries its resolver, timestamp, origin
+    # and predecessor: the outbox record would be over a value's limit. Refused as invalid;
+    # it used to raise while applied, on every replica and every restart.
+    east = regional("us-east")
+    log = Log()
+    part = MAX_VALUE_SIZE // 4 - 8
+    merges = [(b"k%d" % i, "lww", b"v" * part) for i in range(4)]
+    r = one(east, log, encode_commit(1, 0, 100, [(b"a", b"1")], merges=merges))
+    assert r.outcome is Outcome.INVALID and "to ship" in r.reason
+    assert east.store.get(b"a", MAX_TS) is None and east.outbox_after(0) == []
+    assert one(east, log, encode_commit(2, 0, 110, [], merges=merges[:3])).committed
 
 
 def test_a_group_reopens_with_a_remote_write_above_a_prepared_lock(regional, tmp_path):

@@ -202,3 +202,26 @@ def test_a_configuration_a_node_could_not_start_with_is_refused_naming_the_field
         extra, field, tmp_path):
     with pytest.raises(ConfigError, match=field):
         parse_node_config(CONFIG.format(dir=tmp_path, extra=extra))
+
+
+async def test_regional_writes_count_toward_the_transaction_byte_limit(tmp_path):
+    # A plain commit over max_txn_bytes was refused while a regional one of three times the
+    # limit was taken, and its shipped form then did not fit in the outbox: every replica of
+    # the group stopped on it, and again on every restart.
+    from engine.config import Limits
+    limits = Limits(max_txn_bytes=4096, max_value_size=2000)
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=3, limits=limits,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        merges = [[KEY + b"%d" % i, "lww", b"v" * 1500] for i in range(3)]
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                for plain, regional in ((merges[:2], merges[2:]), ([], merges)):
+                    with pytest.raises(RemoteError) as refused:
+                        await conn.call("commit", {
+                            "group": gid, "txn_id": 1, "read_ts": 0,
+                            "writes": [[k, v] for k, _, v in plain], "merges": regional})
+                    assert "bytes written; the limit is 4096" in str(refused.value)
+                await conn.call("commit", {"group": gid, "txn_id": 2, "read_ts": 0,
+                                           "writes": [], "merges": merges[:2]})
