@@ -2,7 +2,11 @@
 beyond the run-to-run noise.
 
 Rows of the two documents are matched on their identifying fields (system, workload, mode,
-clients, offered load, θ, value size, axis, regions, ...). For each matched row and metric
+clients, θ, value size, axis, regions, ...). An open-loop row's offered load is a fraction of
+its own run's best closed-loop throughput, so it differs from run to run: open-loop rows are
+matched on that fraction (``offered_fraction``), or, in documents without it, on the rank of
+their offered load among the rows otherwise alike (when both documents have as many). The
+output says how many rows of each document found no counterpart. For each matched row and metric
 (throughput: higher is better; p50/p99 latency: lower is better) the change is
 ``(new - old) / old``. The noise is measured, not assumed, wherever the documents allow it:
 a row run with repetitions carries every repetition's figure (``ops_per_s_reps``,
@@ -22,11 +26,12 @@ import sys
 
 from . import _common
 
-__all__ = ["add_parser", "compare_docs", "main", "row_key", "spread"]
+__all__ = ["add_parser", "compare_docs", "main", "match_rows", "row_key", "spread"]
 
 KEY_FIELDS = ("benchmark", "system", "workload", "mode", "clients", "concurrency",
-              "offered_ops_per_s", "theta", "value_size", "axis", "regions", "region", "batch",
+              "theta", "value_size", "axis", "regions", "region", "batch",
               "distribution", "sweep")
+OFFERED = "offered_ops_per_s"
 METRICS = (  # (field, repetitions field, higher is better)
     ("ops_per_s", "ops_per_s_reps", True),
     ("txn_per_s", None, True),
@@ -39,12 +44,48 @@ MIN_CHANGE = 0.02
 
 
 def row_key(doc: dict, row: dict) -> tuple:
-    """What identifies a row across runs (the benchmark and the row's own parameters)."""
+    """What identifies a row across runs (the benchmark and the row's own parameters), but
+    the offered load of an open-loop row (see :func:`match_rows`)."""
     out = [("benchmark", doc.get("benchmark"))]
     for f in KEY_FIELDS[1:]:
         if f in row and row[f] is not None:
             out.append((f, row[f]))
     return tuple(out)
+
+
+def _keys(doc: dict, by_fraction: bool) -> list[tuple]:
+    """Every row's key: :func:`row_key`, plus, for a row with an offered load, its fraction
+    (``by_fraction``) or its rank among the rows of the same :func:`row_key` (with how many
+    there are, so that documents of different lengths never pair their rows by rank)."""
+    rows = doc.get("results", [])
+    base = [row_key(doc, r) for r in rows]
+    offered: dict[tuple, list[float]] = {}
+    for k, r in zip(base, rows):
+        if r.get(OFFERED) is not None:
+            offered.setdefault(k, []).append(r[OFFERED])
+    out = []
+    for k, r in zip(base, rows):
+        if r.get(OFFERED) is None:
+            out.append(k)
+        elif by_fraction:
+            out.append(k + (("offered_fraction", r["offered_fraction"]),))
+        else:
+            loads = sorted(offered[k])
+            out.append(k + (("offered_rank", f"{loads.index(r[OFFERED]) + 1}/{len(loads)}"),))
+    return out
+
+
+def match_rows(old: dict, new: dict) -> tuple[list[tuple[tuple, dict, dict]], int, int]:
+    """``([(key, old row, new row), ...], unmatched rows of old, unmatched rows of new)``."""
+    offered = [r for d in (old, new) for r in d.get("results", []) if r.get(OFFERED) is not None]
+    by_fraction = all(r.get("offered_fraction") is not None for r in offered)
+    old_keys, new_keys = _keys(old, by_fraction), _keys(new, by_fraction)
+    old_rows = dict(zip(old_keys, old.get("results", [])))
+    pairs = [(k, old_rows[k], r) for k, r in zip(new_keys, new.get("results", []))
+             if k in old_rows]
+    matched = set(new_keys)
+    return (pairs, sum(k not in matched for k in old_keys),
+            sum(k not in old_rows for k in new_keys))
 
 
 def spread(values: list[float] | None) -> float | None:
@@ -61,13 +102,8 @@ def spread(values: list[float] | None) -> float | None:
 def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
                  min_change: float = MIN_CHANGE) -> list[dict]:
     """One entry per (matched row, metric): old, new, change, noise, verdict."""
-    old_rows = {row_key(old, r): r for r in old.get("results", [])}
     out = []
-    for r in new.get("results", []):
-        key = row_key(new, r)
-        o = old_rows.get(key)
-        if o is None:
-            continue
+    for key, o, r in match_rows(old, new)[0]:
         for field, reps_field, higher_better in METRICS:
             a, b = o.get(field), r.get(field)
             if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
@@ -83,8 +119,11 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
             else:
                 improved = change > 0 if higher_better else change < 0
                 verdict = "better" if improved else "worse"
+            row = dict(key)
+            if r.get(OFFERED) is not None:
+                row[OFFERED] = {"old": o.get(OFFERED), "new": r[OFFERED]}
             out.append({
-                "row": dict(key), "metric": field, "old": a, "new": b,
+                "row": row, "metric": field, "old": a, "new": b,
                 "change": round(change, 4), "noise": round(limit, 4),
                 "noise_measured": measured, "verdict": verdict,
             })
@@ -93,10 +132,13 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
 
 def _label(row: dict) -> str:
     parts = [str(row.get("system", ""))]
-    for f in ("workload", "mode", "clients", "concurrency", "offered_ops_per_s", "theta",
-              "axis", "regions", "batch"):
+    for f in ("workload", "mode", "clients", "concurrency", "offered_fraction", "offered_rank",
+              "theta", "axis", "regions", "batch"):
         if f in row:
             parts.append(f"{f}={row[f]}")
+    load = row.get(OFFERED)
+    if isinstance(load, dict):
+        parts.append(f"offered={load['old']:g}->{load['new']:g}/s")
     return " ".join(p for p in parts if p)
 
 
@@ -134,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
         parser.error(f"the files hold different benchmarks ({old.get('benchmark')!r} and "
                      f"{new.get('benchmark')!r})")
     rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change)
+    _, unmatched_old, unmatched_new = match_rows(old, new)
     if not rows:
         print("no rows in common")
     table = [[_label(c["row"]), c["metric"], f"{c['old']:g}", f"{c['new']:g}",
@@ -148,9 +191,14 @@ def main(args: argparse.Namespace) -> int:
     better = [c for c in rows if c["verdict"] == "better"]
     print(f"{len(worse)} worse, {len(better)} better, "
           f"{len(rows) - len(worse) - len(better)} within noise")
+    if unmatched_old or unmatched_new:
+        print(f"not compared (no matching row in the other file): {unmatched_old} row(s) of "
+              f"{args.old}, {unmatched_new} row(s) of {args.new}")
     if args.json:
         _common.write_json(args.json, {"schema": _common.SCHEMA, "benchmark": "compare",
-                                       "old": args.old, "new": args.new, "comparisons": rows})
+                                       "old": args.old, "new": args.new, "comparisons": rows,
+                                       "unmatched": {"old": unmatched_old,
+                                                     "new": unmatched_new}})
     return 1 if worse and args.fail_on_regression else 0
 
 

@@ -56,7 +56,15 @@ SCAN_END = KEY_PREFIX + b"\xff"
 
 
 class ConflictError(RuntimeError):
-    """An optimistic transaction still conflicted after MAX_ATTEMPTS attempts."""
+    """An optimistic transaction still conflicted after its last attempt.
+
+    ``attempts`` is how many times it ran, every one of them aborted: the load generator
+    counts them in the abort rate (an operation that gives up is the most aborted of all).
+    """
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 def _bank_value(value: bytes | None, delta: int) -> bytes:
@@ -102,6 +110,9 @@ async def _open_meridian(spec: dict):
 
 class _MeridianDriver:
     def __init__(self, db, keyspace: str, keyspaces: dict[str, str]) -> None:
+        from engine.errors import TransactionConflictError
+
+        self._conflict = TransactionConflictError
         self.db = db
         self.ks = keyspace
         # The multi-region mix: operation kind -> keyspace ("home", "cross", "regional").
@@ -148,8 +159,14 @@ class _MeridianDriver:
                 await tx.put(ks, keys[1], _bank_value(b, +1))
         else:
             raise ValueError(f"unknown operation {kind!r}")
-        await db.run_transaction(body, max_attempts=MAX_ATTEMPTS, base_delay_s=BASE_DELAY_S,
-                                 max_delay_s=MAX_DELAY_S)
+        try:
+            await db.run_transaction(body, max_attempts=MAX_ATTEMPTS,
+                                     base_delay_s=BASE_DELAY_S, max_delay_s=MAX_DELAY_S)
+        except self._conflict as exc:
+            # run_transaction gave up: the client library's error does not say how many
+            # attempts it made, and the abort rate needs them.
+            raise ConflictError(f"meridian {op.kind}: still conflicting after {attempts} "
+                                f"attempts: {exc}", attempts) from exc
         return attempts
 
 
@@ -349,7 +366,8 @@ class _EtcdDriver:
                     return attempt
                 await trio.sleep(self.rng.uniform(0, delay))
                 delay = min(MAX_DELAY_S, delay * 2)
-            raise ConflictError(f"etcd {kind}: still conflicting after {MAX_ATTEMPTS} attempts")
+            raise ConflictError(f"etcd {kind}: still conflicting after {MAX_ATTEMPTS} attempts",
+                                MAX_ATTEMPTS)
 
 
 # ------------------------------------------------------------------------------------ noop

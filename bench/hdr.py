@@ -3,9 +3,9 @@
 Every latency the harness reports comes from an HdrHistogram (the ``hdrhistogram`` package,
 module ``hdrh``): values from 1 µs to one hour at three significant digits, so a percentile is
 exact to 0.1 % whatever the number of samples, and histograms of several load processes or
-time intervals merge by adding counts (no sample is kept). Percentiles follow HdrHistogram's
-definition: the smallest recorded value (to the histogram's precision) such that at least
-``q`` % of the samples are at or below it (the nearest-rank percentile).
+time intervals merge by adding counts (no sample is kept). Percentiles are nearest-rank: the
+smallest recorded value (to the histogram's precision) such that at least ``q`` % of the
+samples are at or below it. (The rank is computed here: HdrHistogram's own lookup rounds it.)
 
 The package is an optional dependency (``pip install 'meridian-db[bench]'``);
 :func:`require` raises :class:`MissingDependency` with the command to install it.
@@ -14,8 +14,10 @@ The package is an optional dependency (``pip install 'meridian-db[bench]'``);
 from __future__ import annotations
 
 import importlib.util
+import math
 
-__all__ = ["Histogram", "MissingDependency", "require", "LOWEST_US", "HIGHEST_US", "SIG_FIGS"]
+__all__ = ["CoarseHistogram", "Histogram", "MissingDependency", "require", "LOWEST_US",
+           "HIGHEST_US", "SIG_FIGS"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
@@ -25,6 +27,15 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # exactly, larger ones to 11 significant bits.
 _SUB_BUCKET_BITS = 11
 _EXACT_BELOW = 1 << _SUB_BUCKET_BITS
+
+
+def _rank(q: float, n: int) -> int:
+    """The nearest rank of the ``q``-th percentile of ``n`` samples: the smallest ``k`` with
+    ``k >= q·n/100``. (HdrHistogram's own lookup rounds ``q·n/100`` to the nearest integer,
+    which can land one sample short of ``q`` %: the p99 of 199 samples would be the 197th.)
+    The epsilon keeps a product that floating point rounds just above an integer (99.9 % of
+    20,000) on that integer."""
+    return max(1, math.ceil(q * n / 100.0 - 1e-9))
 
 
 class MissingDependency(RuntimeError):
@@ -98,9 +109,28 @@ class Histogram:
         """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
         if not 0 < q <= 100:
             raise ValueError(f"percentile {q} is outside (0, 100]")
-        if self.count == 0:
+        n = self.count
+        if n == 0:
             return None
-        return self._h.get_value_at_percentile(q) / 1000.0
+        return self._values_at_ranks([_rank(q, n)])[0] / 1000.0
+
+    def _values_at_ranks(self, ranks: list[int]) -> list[int]:
+        """The values (µs; the highest equivalent value of their bucket, as HdrHistogram
+        reports them) of the samples at ``ranks`` (1-based, ascending), in one walk over the
+        counts."""
+        h = self._flush()
+        out: list[int] = []
+        seen = 0
+        for index in range(h.counts_len):
+            c = h.get_count_at_index(index)
+            if not c:
+                continue
+            seen += c
+            while len(out) < len(ranks) and seen >= ranks[len(out)]:
+                out.append(h.get_highest_equivalent_value(h.get_value_from_index(index)))
+            if len(out) == len(ranks):
+                break
+        return out
 
     def max_ms(self) -> float | None:
         return None if self.count == 0 else self._h.get_max_value() / 1000.0
@@ -121,15 +151,14 @@ class Histogram:
 
     def cdf(self, points: int = 200) -> list[list[float]]:
         """``[[latency_ms, fraction at or below], ...]`` for a CDF plot (log-spaced tail)."""
-        if self.count == 0:
+        n = self.count
+        if n == 0:
             return []
-        out = []
         # Percentiles 0..99.999 spaced so that the tail gets as many points as the body.
-        for i in range(points + 1):
-            q = 100.0 * (1.0 - 10.0 ** (-5.0 * i / points))
-            q = min(max(q, 0.001), 100.0)
-            out.append([round(self._h.get_value_at_percentile(q) / 1000.0, 4),
-                        round(q / 100.0, 6)])
+        qs = [min(max(100.0 * (1.0 - 10.0 ** (-5.0 * i / points)), 0.001), 100.0)
+              for i in range(points + 1)]
+        values = self._values_at_ranks([_rank(q, n) for q in qs])
+        out = [[round(v / 1000.0, 4), round(q / 100.0, 6)] for v, q in zip(values, qs)]
         out.append([round(self._h.get_max_value() / 1000.0, 4), 1.0])
         return out
 
@@ -148,3 +177,60 @@ class Histogram:
         from hdrh.histogram import HdrHistogram
 
         return cls(HdrHistogram.decode(text.encode("ascii")))
+
+
+class CoarseHistogram:
+    """A small histogram for figures that a few percent of precision serve, such as the p99
+    of each interval of a run's time-line: an HdrHistogram's counts take 184 KiB, and a run
+    of an hour at one-second intervals would keep thousands of them.
+
+    Values are kept in microseconds to 6 significant bits (below 64 µs exactly), which puts a
+    percentile within 1/32 (3.1 %) above the sample's value; at most 32 values per doubling are
+    counted, a few hundred for any realistic spread of latencies, whatever the number of
+    samples. Percentiles are nearest-rank, reported as the highest value of the sample's
+    bucket (as :class:`Histogram` reports them)."""
+
+    BITS = 6
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: dict[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = counts if counts is not None else {}
+
+    def record_us(self, us: float) -> None:
+        v = min(max(int(us), LOWEST_US), HIGHEST_US)
+        shift = v.bit_length() - self.BITS
+        if shift > 0:
+            v = v >> shift << shift  # the lowest value of its bucket
+        self.counts[v] = self.counts.get(v, 0) + 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, other: CoarseHistogram) -> None:
+        for v, n in other.counts.items():
+            self.counts[v] = self.counts.get(v, 0) + n
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
+        if not 0 < q <= 100:
+            raise ValueError(f"percentile {q} is outside (0, 100]")
+        n = self.count
+        if n == 0:
+            return None
+        rank = _rank(q, n)
+        seen = 0
+        for v in sorted(self.counts):
+            seen += self.counts[v]
+            if seen >= rank:
+                break
+        shift = v.bit_length() - self.BITS
+        return (v + (1 << shift) - 1 if shift > 0 else v) / 1000.0
+
+    def encode(self) -> list[list[int]]:
+        """``[[value_us, count], ...]``: a JSON-ready form for another process."""
+        return [[v, n] for v, n in sorted(self.counts.items())]
+
+    @classmethod
+    def decode(cls, pairs: list[list[int]]) -> CoarseHistogram:
+        return cls({int(v): int(n) for v, n in pairs})

@@ -17,6 +17,7 @@ every load process it started, by PID, on success and on error alike.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 from . import _common
 from .openloop import LoadSpec, Tally, merge_tallies
 
-__all__ = ["LoadError", "WindowSamples", "run_processes", "shares"]
+__all__ = ["LoadError", "WindowSamples", "process_load", "run_processes", "shares"]
 
 READY_TIMEOUT_S = 60.0
 FINISH_SLACK_S = 30.0
@@ -43,6 +44,20 @@ class LoadError(RuntimeError):
 def shares(total: int, parts: int) -> list[int]:
     """``total`` split into ``parts`` near-equal whole shares (the first ones larger)."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def process_load(load: LoadSpec, processes: int, i: int, seed: int = 1) -> LoadSpec:
+    """Load process ``i``'s part of ``load`` split over ``processes``: its share of the
+    clients, of the arrival rate, and its own seed.
+
+    Uniform arrivals at ``rate / processes`` each would come ``processes`` at a time if every
+    process started its schedule at the same instant; process ``i`` starts ``i / rate`` later,
+    so that operation ``k`` of process ``i`` is intended at ``start + (k * processes + i) /
+    rate``: together, one arrival every ``1 / rate``, as one process would send them."""
+    rate = None if load.rate is None else load.rate / processes
+    phase = load.phase_s + (i / load.rate if load.rate else 0.0)
+    return dataclasses.replace(load, clients=shares(load.clients, processes)[i], rate=rate,
+                               phase_s=phase, seed=seed * 100 + i)
 
 
 class WindowSamples:
@@ -85,7 +100,6 @@ def run_processes(driver: dict | list[dict], workload: dict, load: LoadSpec, pro
     """
     drivers = driver if isinstance(driver, list) else [driver]
     processes = max(1, min(processes, load.clients))
-    client_shares = shares(load.clients, processes)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     started: list[tuple[subprocess.Popen, Path, Path]] = []
@@ -96,9 +110,7 @@ def run_processes(driver: dict | list[dict], workload: dict, load: LoadSpec, pro
                 "driver": drivers[i % len(drivers)],
                 "workload": {**workload, "process": i, "processes": processes,
                              "seed": seed * 100 + i},
-                "load": {**load.to_json(), "clients": client_shares[i],
-                         "rate": None if load.rate is None else load.rate / processes,
-                         "seed": seed * 100 + i},
+                "load": process_load(load, processes, i, seed).to_json(),
                 "out": os.path.join(rundir, f"tally-{i}.json"),
             }
             spec_path = Path(rundir) / f"load-{i}.json"

@@ -11,18 +11,21 @@ Schedules
 - **closed** (``clients`` workers): each worker runs an operation, waits for it, and runs the
   next at once. Latency is measured from the operation's start. An operation counts when it
   *completes* inside the measured window ``[warmup, warmup + duration)``; throughput is their
-  number divided by ``duration``. A closed loop slows down with the system it measures, so its
-  latencies hide the waiting a real arrival process would have seen: use it for throughput.
+  number divided by ``duration``. One still running ``grace_s`` after the window is counted as
+  *late*, with the latency it had reached by then. A closed loop slows down with the system it
+  measures, so its latencies hide the waiting a real arrival process would have seen: use it
+  for throughput.
 - **open** (``rate`` operations per second, ``clients`` connections): operation ``i`` is
-  *intended* to start at ``t0 + i / rate`` (or at Poisson arrival times); a dispatcher hands it
-  to the next free connection at that time, and if every connection is busy it waits in a
-  queue. Latency is measured **from the intended start**, so the time an operation spent
-  queued behind a stalled system is part of its latency (no coordinated omission: a stall of
-  ``s`` seconds shows up as ``rate × s`` operations with latencies up to ``s``, not as one slow
-  operation). Every operation intended inside the measured window is counted, however late it
-  completes; one still unfinished ``grace_s`` after the window is counted as *late* with the
-  latency it had reached by then (a lower bound). Throughput is the number of operations that
-  completed inside the window, divided by ``duration``.
+  *intended* to start at ``t0 + phase_s + i / rate`` (or at Poisson arrival times); a
+  dispatcher hands it to the next free connection at that time (at once, with every other
+  operation already due, when the generator runs late), and if every connection is busy it
+  waits in a queue. Latency is measured **from the intended start**, so the time an operation
+  spent queued behind a stalled system is part of its latency (no coordinated omission: a stall
+  of ``s`` seconds shows up as ``rate × s`` operations with latencies up to ``s``, not as one
+  slow operation). Every operation intended inside the measured window is counted, however late it
+  completes; one still unfinished (or not yet sent) ``grace_s`` after the window is counted
+  as *late* with the latency it had reached by then (a lower bound). Throughput is the number
+  of operations that completed inside the window, divided by ``duration``.
 
 In both schedules the operations of the warm-up are executed but not recorded; the
 time-line (``interval_s`` buckets by completion time, warm-up included) is kept for the
@@ -30,7 +33,9 @@ throughput-over-time plots. The loop is bounded by ``max_ops`` and by the clock.
 
 Driver protocol: ``await driver.execute(op)`` returns the number of attempts it took (1 unless
 the operation was retried after a conflict: ``attempts - 1`` aborts) or raises; any exception
-but ``trio.Cancelled`` counts as an error (the operation is not in the latency figures).
+but ``trio.Cancelled`` counts as an error (the operation is not in the latency figures). An
+exception with an ``attempts`` attribute (the drivers' ``ConflictError``: the retries ran out)
+adds that many attempts, all aborted, to the abort rate.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from .hdr import Histogram
+from .hdr import CoarseHistogram, Histogram
 
 __all__ = ["LoadSpec", "Tally", "merge_tallies", "run_load"]
 
@@ -60,6 +65,10 @@ class LoadSpec:
     warmup_s: float = 0.0
     rate: float | None = None
     arrival: str = "uniform"
+    # Uniform arrivals start this much after ``start``: load process ``p`` of ``P`` sharing one
+    # rate offsets its schedule by ``p / rate`` so that their arrivals interleave (see
+    # bench/loadproc.py) instead of coming ``P`` at a time.
+    phase_s: float = 0.0
     interval_s: float = 1.0
     grace_s: float = 10.0
     max_ops: int = 50_000_000
@@ -76,6 +85,8 @@ class LoadSpec:
             raise ValueError("an open loop needs a rate > 0")
         if self.arrival not in ("uniform", "poisson"):
             raise ValueError("arrival must be 'uniform' or 'poisson'")
+        if self.phase_s < 0:
+            raise ValueError("phase_s must be >= 0")
         if not self.interval_s > 0 or self.grace_s < 0 or self.max_ops < 1:
             raise ValueError("interval_s must be > 0, grace_s >= 0, max_ops >= 1")
 
@@ -90,11 +101,16 @@ class Tally:
     ``latency`` holds every recorded operation, ``by_kind`` the same split by operation kind.
     ``completed`` counts operations that completed inside the window (throughput), ``recorded``
     those in the latency histogram (closed: the same; open: those intended inside the window).
+    ``inserted_bytes`` is the keys and values of the inserts that succeeded, warm-up included
+    (what the run added to the store).
     """
 
     latency: Histogram = field(default_factory=Histogram)
     by_kind: dict[str, Histogram] = field(default_factory=dict)
-    timeline: list[list] = field(default_factory=list)  # [completed, Histogram] per interval
+    # [completed, CoarseHistogram of their latencies] per interval: the time-line's throughput
+    # and p99. A full Histogram per interval would hold ~184 KiB each, in every load process
+    # and again in the parent.
+    timeline: list[list] = field(default_factory=list)
     completed: int = 0
     recorded: int = 0
     attempts: int = 0
@@ -102,13 +118,14 @@ class Tally:
     errors: int = 0
     late: int = 0
     issued: int = 0
+    inserted_bytes: int = 0
     max_dispatch_lag_ms: float = 0.0
     client_cpu_s: float | None = None
     last_error: str = ""
 
     def bucket(self, index: int) -> list:
         while len(self.timeline) <= index:
-            self.timeline.append([0, Histogram()])
+            self.timeline.append([0, CoarseHistogram()])
         return self.timeline[index]
 
     def to_json(self) -> dict:
@@ -118,7 +135,7 @@ class Tally:
             "timeline": [[n, h.encode()] for n, h in self.timeline],
             "completed": self.completed, "recorded": self.recorded,
             "attempts": self.attempts, "aborts": self.aborts, "errors": self.errors,
-            "late": self.late, "issued": self.issued,
+            "late": self.late, "issued": self.issued, "inserted_bytes": self.inserted_bytes,
             "max_dispatch_lag_ms": self.max_dispatch_lag_ms,
             "client_cpu_s": self.client_cpu_s, "last_error": self.last_error,
         }
@@ -127,9 +144,9 @@ class Tally:
     def from_json(cls, doc: dict) -> Tally:
         t = cls(latency=Histogram.decode(doc["latency"]),
                 by_kind={k: Histogram.decode(v) for k, v in doc["by_kind"].items()},
-                timeline=[[n, Histogram.decode(h)] for n, h in doc["timeline"]])
+                timeline=[[n, CoarseHistogram.decode(h)] for n, h in doc["timeline"]])
         for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued",
-                     "max_dispatch_lag_ms", "client_cpu_s", "last_error"):
+                     "inserted_bytes", "max_dispatch_lag_ms", "client_cpu_s", "last_error"):
             setattr(t, name, doc[name])
         return t
 
@@ -146,7 +163,8 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
             b = out.bucket(i)
             b[0] += n
             b[1].add(h)
-        for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued"):
+        for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued",
+                     "inserted_bytes"):
             setattr(out, name, getattr(out, name) + getattr(t, name))
         out.max_dispatch_lag_ms = max(out.max_dispatch_lag_ms, t.max_dispatch_lag_ms)
         if t.client_cpu_s is None:
@@ -190,9 +208,19 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                 h = tally.by_kind[kind] = Histogram()
             h.record_us(latency_us)
 
+    def succeeded(op) -> None:
+        if op.kind == "insert":
+            tally.inserted_bytes += len(op.key) + len(op.value or b"")
+
     def failed(exc: BaseException, counted: bool) -> None:
         if counted:
             tally.errors += 1
+            # An operation that gave up after conflicting on every attempt (the driver's
+            # ConflictError says how many): each of them was an aborted attempt.
+            aborted = getattr(exc, "attempts", 0)
+            if isinstance(aborted, int) and aborted > 0:
+                tally.attempts += aborted
+                tally.aborts += aborted
         tally.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
     async def cpu_meter() -> None:
@@ -201,43 +229,71 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
         await trio.sleep_until(measure_to)
         cpu_marks.append(time.process_time())
 
-    async def closed_worker() -> None:
+    async def closed_worker(running: dict) -> None:
+        # ``running`` maps a worker to the operation it is running (as ``pending`` does in
+        # the open loop), so that one cut off at ``give_up`` is still counted, as late.
+        me = object()
         await trio.sleep_until(start)
         while trio.current_time() < measure_to and tally.issued < spec.max_ops:
             op = ops.next()
             tally.issued += 1
             began = trio.current_time()
+            running[me] = (began, op)
             try:
                 attempts = await driver.execute(op)
             except Exception as exc:  # noqa: BLE001 - counted and reported
+                del running[me]
                 done = trio.current_time()
                 failed(exc, measure_from <= done < measure_to)
                 await trio.sleep(ERROR_PAUSE_S)
                 continue
+            del running[me]
             done = trio.current_time()
+            succeeded(op)
             record(op.kind, began, done, attempts, measure_from <= done < measure_to)
 
-    async def dispatcher(send) -> None:
+    def arrivals():
+        """The intended start times of the open loop's operations, in order: those before the
+        window's end, at most ``max_ops``."""
         rng = random.Random(spec.seed * 31 + 7)
         assert spec.rate is not None
         gap = 1.0 / spec.rate
+        intended = start
+        for i in range(spec.max_ops):
+            if spec.arrival == "poisson":
+                intended += rng.expovariate(spec.rate)
+            else:
+                intended = start + spec.phase_s + i * gap
+            if intended >= measure_to:
+                return
+            yield intended
+
+    schedule = arrivals()
+    # The intended time the dispatcher took from ``schedule`` and has not sent yet (None when
+    # there is none): with what is left in ``schedule``, what a cut must still account for.
+    unsent: list[float | None] = [None]
+
+    async def dispatcher(send) -> None:
         async with send:
-            intended = start
-            i = 0
-            while i < spec.max_ops:
-                if spec.arrival == "poisson":
-                    intended += rng.expovariate(spec.rate)
-                else:
-                    intended = start + i * gap
-                if intended >= measure_to:
-                    break
-                await trio.sleep_until(intended)
-                lag_ms = (trio.current_time() - intended) * 1e3
+            for intended in schedule:
+                unsent[0] = intended
+                now = trio.current_time()
+                if now >= give_up:
+                    return  # the cut counts this one and the rest
+                if intended > now:
+                    await trio.sleep_until(intended)
+                    now = trio.current_time()
+                # Otherwise the operation is already due (the generator fell behind, e.g. its
+                # own CPU load delayed it): it is sent at once, with every other one due,
+                # without yielding in between. Yielding after each one would let every worker
+                # run before the next send, and a loaded generator would fall ever further
+                # behind its schedule.
+                lag_ms = (now - intended) * 1e3
                 if lag_ms > tally.max_dispatch_lag_ms and intended >= measure_from:
                     tally.max_dispatch_lag_ms = lag_ms
                 send.send_nowait((intended, ops.next()))
+                unsent[0] = None
                 tally.issued += 1
-                i += 1
 
     async def open_worker(recv, pending: dict) -> None:
         # ``pending`` maps a worker to the operation it is running, so that one cut off at
@@ -254,15 +310,26 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                     failed(exc, counted)
                     continue
                 del pending[me]
+                succeeded(op)
                 record(op.kind, intended, trio.current_time(), attempts, counted)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cpu_meter)
         with trio.move_on_at(give_up):
             if spec.mode == "closed":
-                async with trio.open_nursery() as workers:
-                    for _ in range(spec.clients):
-                        workers.start_soon(closed_worker)
+                running: dict = {}
+                try:
+                    async with trio.open_nursery() as workers:
+                        for _ in range(spec.clients):
+                            workers.start_soon(closed_worker, running)
+                finally:
+                    # Operations still running when the grace period ran out (a system
+                    # that stopped answering) are counted as late, with the latency they had
+                    # reached by the cut (a lower bound), instead of vanishing.
+                    cut = trio.current_time()
+                    for began, op in list(running.values()):
+                        tally.late += 1
+                        record(op.kind, began, max(cut, began), 1, True)
             else:
                 send, recv = trio.open_memory_channel(math.inf)
                 pending: dict = {}
@@ -281,6 +348,13 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                             break
                     recv.close()
+                    # Operations intended inside the window that the dispatcher never got
+                    # to send are late too: their latency at the cut is as real as that of
+                    # one queued behind a busy connection.
+                    not_sent = [] if unsent[0] is None else [unsent[0]]
+                    not_sent.extend(schedule)
+                    late.extend((intended, ops.next()) for intended in not_sent
+                                if measure_from <= intended < measure_to)
                     for intended, op in late:
                         if measure_from <= intended < measure_to:
                             tally.late += 1

@@ -28,9 +28,9 @@ systems are offered the same loads and the curve shows where each saturates. War
 excluded. Latency percentiles come from HdrHistogram (p50/p90/p99/p99.9/max); abort rate is
 aborted attempts / attempts; CPU seconds per 1,000 operations of the server processes (and of
 the load processes) from /proc over the measured window; resident memory of the servers at the
-end; bytes allocated on disk per byte stored (keys + values loaded) after the runs. A
-load-generator self-test runs the same closed loop against a server that answers at once
-(``noop``; the workers of a load process share one connection, as Meridian's client shares
+end; bytes allocated on disk per byte stored (keys + values loaded or inserted) after the
+runs. A load-generator self-test runs the same closed loop against a server that answers at
+once (``noop``; the workers of a load process share one connection, as Meridian's client shares
 one per node), first, before any cluster starts, and reports how many times Meridian's best
 throughput the generator sustains.
 
@@ -268,6 +268,7 @@ def summarize(tally: Tally, *, duration: float, interval: float, warmup: float) 
         "errors": tally.errors,
         "error_rate": round(tally.errors / max(1, tally.recorded + tally.errors), 5),
         "late": tally.late,
+        "inserted_bytes": tally.inserted_bytes,
         "max_dispatch_lag_ms": round(tally.max_dispatch_lag_ms, 3),
         "last_error": tally.last_error or None,
         "by_kind": {k: h.summary() for k, h in sorted(tally.by_kind.items())},
@@ -324,10 +325,15 @@ def measure(target, driver: dict, workload: dict, load: LoadSpec, procs: int, ru
     return row
 
 
+def _load_value(value_size: int, bank: bool) -> bytes:
+    """The value every record is loaded with (bank: an account balance)."""
+    return b"%d" % 1000 if bank else b"v" * value_size
+
+
 async def _load_records(driver: dict, records: int, value_size: int, bank: bool) -> None:
     from .drivers import open_driver
 
-    value = b"%d" % 1000 if bank else b"v" * value_size
+    value = _load_value(value_size, bank)
     per_batch = max(1, min(LOAD_BATCH_RECORDS, LOAD_BATCH_BYTES // (16 + len(value))))
     batches = [range(lo, min(records, lo + per_batch)) for lo in range(0, records, per_batch)]
     async with open_driver(driver, connections=LOAD_CONCURRENCY) as d:
@@ -368,13 +374,16 @@ def open_target(system: str, args, workdir: str, regions: tuple[str, ...] = ("us
             yield t
 
 
-def storage_figures(target, records: int, value_size: int) -> dict:
-    """Bytes on disk per byte stored (the records loaded: 16-byte keys plus values)."""
+def storage_figures(target, records: int, value_size: int, *, bank: bool = False,
+                    inserted_bytes: int = 0) -> dict:
+    """Bytes on disk per byte stored: the keys and values written, i.e. the records loaded
+    (with the value :func:`load_records` wrote: ``bank`` loads balances, not ``value_size``
+    bytes) plus ``inserted_bytes``, the keys and values the runs inserted (workloads D, E)."""
     if not target.data_dirs:
         return {"bytes_per_stored_byte": None, "reason": "no data directories (not started "
                 "here)"}
     du = disk_usage(target.data_dirs)
-    stored = records * (16 + value_size)
+    stored = records * (len(key_name(0)) + len(_load_value(value_size, bank))) + inserted_bytes
     return {**du, "stored_bytes": stored,
             "bytes_per_stored_byte": round(du["allocated_bytes"] / stored, 2),
             "apparent_bytes_per_stored_byte": round(du["apparent_bytes"] / stored, 2)}
@@ -478,8 +487,23 @@ def targets(results: list[dict], workload: str) -> list[dict]:
 
 
 def _median_row(rows: list[dict]) -> dict:
+    """One row for the repetitions of a run: each numeric figure is the median of that
+    figure over the repetitions (with an even number, the mean of the middle two), so that no
+    figure of one repetition stands beside another's; what has no median (the CDF, the
+    time-line, the per-kind summaries) is taken from the repetition of median throughput."""
     rows = sorted(rows, key=lambda r: r["ops_per_s"])
     med = dict(rows[len(rows) // 2])
+    for name in med:
+        values = [r.get(name) for r in rows]
+        values = [v for v in values if v is not None]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 for v in values):
+            continue
+        m = _common.median(values)
+        if all(isinstance(v, int) for v in values) and m == int(m):
+            med[name] = int(m)
+        else:
+            med[name] = round(m, 6)
     med["ops_per_s"] = round(_common.median(r["ops_per_s"] for r in rows), 1)
     med["ops_per_s_reps"] = [r["ops_per_s"] for r in rows]
     med["p50_ms_reps"] = [r["p50_ms"] for r in rows]
@@ -580,6 +604,7 @@ def main(args: argparse.Namespace) -> int:
                 with open_target(system, args, workdir, regions, wan=mix, mix=mix) as target:
                     load_s = load_records(target.driver, records, args.value_size, bank)
                     print(f"{system}: loaded {records} records in {load_s} s", file=sys.stderr)
+                    inserted = 0  # bytes the runs on this cluster inserted
                     for theta in thetas:
                         for c in clients:
                             reps = []
@@ -598,6 +623,7 @@ def main(args: argparse.Namespace) -> int:
                                 row["cross_region_bytes_per_op"] = _per_op(
                                     xr0, _cross_bytes(target), row)
                                 row["profiled"] = pr is not None  # py-spy costs the leader
+                                inserted += row["inserted_bytes"]
                                 reps.append(row)
                                 print(f"{label}: {row['ops_per_s']:.0f} ops/s p50 "
                                       f"{row['p50_ms']} p99 {row['p99_ms']} ms aborts "
@@ -610,7 +636,8 @@ def main(args: argparse.Namespace) -> int:
                         "processes": len(target.pids), "notes": target.notes,
                         "load_seconds": load_s,
                         "rss_bytes_end": rss_bytes(target.pids) if target.pids else None,
-                        "storage": storage_figures(target, records, args.value_size),
+                        "storage": storage_figures(target, records, args.value_size,
+                                                   bank=bank, inserted_bytes=inserted),
                         "cross_region_bytes_per_txn": _median_of(
                             r.get("cross_region_bytes_per_op") for r in results
                             if r["system"] == system and r["mode"] == "closed"),
@@ -625,7 +652,12 @@ def main(args: argparse.Namespace) -> int:
                         and r["mode"] == "closed"), default=None) for s in systems}
         # Phase 2: open loops at the same absolute rates for every system.
         top = max((v for v in best.values() if v), default=None)
-        rates = sorted({max(1.0, round(f * top, 0)) for f in fractions}) if top else []
+        # Each rate with the fraction it came from: compare matches open-loop rows of two
+        # runs on the fraction, their rates depending on each run's own best throughput.
+        offered: dict[float, float] = {}
+        for f in sorted(fractions) if top else []:
+            offered.setdefault(max(1.0, round(f * top, 0)), f)
+        rates = sorted(offered)
         for system in systems:
             if system in skipped or not rates:
                 continue
@@ -642,6 +674,7 @@ def main(args: argparse.Namespace) -> int:
                         row = measure(target, target.driver, workload_spec(thetas[0]), load,
                                       procs, workdir, label=label, seed=args.seed)
                         row["offered_ops_per_s"] = rate
+                        row["offered_fraction"] = offered[rate]
                         results.append({**row_meta(system, "open", c, thetas[0]),
                                         **_median_row([row])})
                         print(f"{label}: {row['ops_per_s']:.0f} ops/s p50 {row['p50_ms']} "
