@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
                          help=f"cluster directory (default {DEFAULT_CLUSTER_DIR})")
-    cluster.add_argument("--regions", type=_regions, default=("us-east", "eu-west", "ap-south"))
-    cluster.add_argument("--nodes-per-region", type=_positive, default=3)
+    cluster.add_argument("--regions", type=_regions,
+                         help="a new cluster's regions (default us-east,eu-west,ap-south)")
+    cluster.add_argument("--nodes-per-region", type=_positive,
+                         help="a new cluster's nodes per region (default 3)")
     cluster.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
     cluster.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
                          help="one-way latency per region pair (default 35/70/110 ms between "
@@ -193,9 +195,11 @@ def _cluster(args) -> int:
 
     try:
         if args.action == "up":
+            wan: dict = {}  # neither option: the default latencies, or the existing cluster's
+            if args.no_wan or args.wan_latency_ms is not None:
+                wan["wan_latency_ms"] = {} if args.no_wan else args.wan_latency_ms
             procs = cluster_up(args.dir, regions=args.regions,
-                               nodes_per_region=args.nodes_per_region,
-                               wan_latency_ms={} if args.no_wan else args.wan_latency_ms)
+                               nodes_per_region=args.nodes_per_region, **wan)
             cluster = procs.load_cluster()
             from functools import partial
 

@@ -14,10 +14,18 @@ everything about the running cluster::
 ``down`` stops exactly the processes recorded in the pid files (after checking that each pid is
 still a ``meridian node`` process of this directory, so a recycled pid is never signalled):
 SIGTERM first, SIGKILL after a grace period. ``status`` asks every node for its view.
+``up`` and ``down`` hold ``DIR/.lock`` while they start or stop processes, so that two of them
+at once neither start a node twice nor stop one as it starts.
+
+``up`` on a directory that already holds a cluster starts its nodes as configured; options
+that would describe another cluster (regions, nodes per region, WAN latencies) are refused
+rather than ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -29,7 +37,13 @@ from typing import Any
 
 import trio
 
-from .config import ClusterConfig, NodeConfig, default_local_cluster, dump_node_config
+from .config import (
+    DEFAULT_REGIONS,
+    ClusterConfig,
+    NodeConfig,
+    default_local_cluster,
+    dump_node_config,
+)
 from .errors import InvalidArgumentError, UnavailableError
 from .local import free_base_port
 from .rpc import connect_rpc
@@ -39,6 +53,30 @@ __all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+LOCK_WAIT_S = 30.0
+_UNSET: Any = object()
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path):
+    """Holds ``directory/.lock`` (flock) while the body starts or stops node processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise InvalidArgumentError(
+                        f"{directory} is in use: another `meridian cluster up` or `down` has "
+                        f"held it for {LOCK_WAIT_S:.0f} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class ClusterProcesses:
@@ -128,6 +166,12 @@ class ClusterProcesses:
     def stop(self, grace_s: float = STOP_GRACE_S) -> list[int]:
         """SIGTERM to every running node, SIGKILL to any still alive after ``grace_s``;
         returns the node ids that were running."""
+        if not self.directory.is_dir():
+            return []
+        with _directory_lock(self.directory):
+            return self._stop(grace_s)
+
+    def _stop(self, grace_s: float) -> list[int]:
         running = {n: p for n in self.node_ids() if (p := self.running_pid(n)) is not None}
         for pid in running.values():
             _signal(pid, signal.SIGTERM)
@@ -178,31 +222,68 @@ def _alive(pid: int) -> bool:
 
 
 def cluster_up(directory: str | os.PathLike[str], *,
-               regions: Iterable[str] = ("us-east", "eu-west", "ap-south"),
-               nodes_per_region: int = 3,
-               wan_latency_ms: Mapping[Any, float] | None = None,
+               regions: Iterable[str] | None = None,
+               nodes_per_region: int | None = None,
+               wan_latency_ms: Mapping[Any, float] | None = _UNSET,
                base_port: int | None = None,
                die_with_parent: bool = False) -> ClusterProcesses:
     """Writes the configuration and starts every node process; returns at once (see
-    :func:`wait_ready`). ``wan_latency_ms`` None gives the default one-way latencies."""
+    :func:`wait_ready`).
+
+    A new cluster has ``regions`` (default us-east, eu-west, ap-south) of
+    ``nodes_per_region`` nodes (default 3) and ``wan_latency_ms`` between them (not given or
+    None: the default one-way latencies; ``{}``: none). A directory that holds a cluster
+    already starts that cluster's nodes.
+
+    Raises:
+        InvalidArgumentError: the directory holds a cluster that the options given do not
+            describe (they apply only to a new cluster), or another ``up``/``down`` holds it.
+    """
     procs = ClusterProcesses(directory)
-    procs.directory.mkdir(parents=True, exist_ok=True)
-    if procs.node_ids():
-        cluster = procs.load_cluster()
-    else:
-        names = tuple(regions)
-        count = len(names) * nodes_per_region
-        base = base_port if base_port is not None else free_base_port(2 * count)
-        cluster = default_local_cluster(names, nodes_per_region, base,
-                                        wan_latency_ms=wan_latency_ms)
+    with _directory_lock(procs.directory):
+        if procs.node_ids():
+            cluster = procs.load_cluster()
+            _check_same_cluster(procs.directory, cluster, regions, nodes_per_region,
+                                wan_latency_ms)
+        else:
+            names = tuple(regions) if regions is not None else DEFAULT_REGIONS
+            per_region = nodes_per_region if nodes_per_region is not None else 3
+            count = len(names) * per_region
+            base = base_port if base_port is not None else free_base_port(2 * count)
+            cluster = default_local_cluster(
+                names, per_region, base,
+                wan_latency_ms=None if wan_latency_ms is _UNSET else wan_latency_ms)
+            for node in cluster.all_nodes():
+                cfg = NodeConfig(node_id=node.id,
+                                 data_dir=str(procs.directory / f"node-{node.id}"),
+                                 cluster=cluster)
+                procs.config_path(node.id).write_text(dump_node_config(cfg))
         for node in cluster.all_nodes():
-            cfg = NodeConfig(node_id=node.id, data_dir=str(procs.directory / f"node-{node.id}"),
-                             cluster=cluster)
-            procs.config_path(node.id).write_text(dump_node_config(cfg))
-    for node in cluster.all_nodes():
-        if procs.running_pid(node.id) is None:
-            procs.start_node(node.id, die_with_parent=die_with_parent)
+            if procs.running_pid(node.id) is None:
+                procs.start_node(node.id, die_with_parent=die_with_parent)
     return procs
+
+
+def _check_same_cluster(directory: Path, cluster: ClusterConfig, regions, nodes_per_region,
+                        wan_latency_ms) -> None:
+    names = cluster.region_names
+    per_region = {len(cluster.nodes_in(r)) for r in names}
+    differ = []
+    if regions is not None and tuple(regions) != tuple(names):
+        differ.append(f"regions {','.join(regions)} (it has {','.join(names)})")
+    if nodes_per_region is not None and per_region != {nodes_per_region}:
+        differ.append(f"{nodes_per_region} nodes per region (it has "
+                      f"{'/'.join(str(len(cluster.nodes_in(r))) for r in names)})")
+    if wan_latency_ms is not _UNSET:
+        wanted = default_local_cluster(names, max(per_region), 1,
+                                       wan_latency_ms=wan_latency_ms).wan_latency_ms
+        if dict(wanted) != dict(cluster.wan_latency_ms):
+            differ.append("other WAN latencies")
+    if differ:
+        raise InvalidArgumentError(
+            f"{directory} holds a cluster already, and the options asked for "
+            f"{'; '.join(differ)}: they apply only to a new cluster (remove the directory, "
+            f"or give another --dir)")
 
 
 async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:

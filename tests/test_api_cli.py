@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import engine
 from engine import errors
 from engine.cli import main
@@ -192,6 +194,45 @@ def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
         for pid in left:  # the demo's nodes, left running: end them
             os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_cluster_up_refuses_options_that_describe_another_cluster(tmp_path):
+    # The directory's cluster is started as configured: --regions and friends used to be
+    # ignored without a word, and the user got a cluster other than the one asked for.
+    directory = tmp_path / "c"
+    base = [sys.executable, "-m", "engine.cli", "cluster"]
+    up = subprocess.run(base + ["up", "--dir", str(directory), "--regions", "east",
+                                "--nodes-per-region", "1", "--no-wan"],
+                        capture_output=True, text=True, timeout=120)
+    down = subprocess.run(base + ["down", "--dir", str(directory)],
+                          capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0 and down.returncode == 0, up.stderr + down.stderr
+    for options, named in ((["--regions", "east,west"], "regions east,west (it has east)"),
+                           (["--nodes-per-region", "3"], "3 nodes per region (it has 1)"),
+                           (["--wan-latency-ms", "east:west=5"], "")):
+        again = subprocess.run(base + ["up", "--dir", str(directory), *options],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode != 0, options
+        assert named in again.stderr and "holds a cluster already" in again.stderr or (
+            not named and "west" in again.stderr), again.stderr
+        assert _processes_mentioning(str(directory)) == []
+
+
+def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
+    import fcntl
+
+    from engine import procs
+    monkeypatch.setattr(procs, "LOCK_WAIT_S", 0.2)
+    directory = tmp_path / "c"
+    directory.mkdir()
+    with open(directory / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another `up` or `down`, starting or stopping nodes
+        for action in (lambda: procs.cluster_up(directory, regions=("east",),
+                                                nodes_per_region=1, wan_latency_ms={}),
+                       lambda: procs.ClusterProcesses(directory).stop()):
+            with pytest.raises(errors.InvalidArgumentError, match="in use"):
+                action()
+    assert list(directory.glob("node-*")) == []
 
 
 def test_cluster_up_reports_a_node_that_exits_at_once(tmp_path):
