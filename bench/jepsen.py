@@ -43,7 +43,9 @@ Output, in ``--out DIR``:
 ``nemesis.jsonl``
     the nemesis's events alone.
 ``results.json``
-    ``valid`` (true, false or null for unknown), ``anomalies`` (type → instances with the
+    ``valid`` (true, false or null for unknown: also when the campaign broke off (``error``),
+    no final read succeeded, a node process exited on its own (``node_exits``) or a targeted
+    schedule never armed (``targeted_not_armed``)), ``anomalies`` (type → instances with the
     transactions involved), ``checker`` (the checker's whole result), ``counts``,
     ``availability`` (the fraction of operations invoked during faults that were ``ok``, and
     outside them), ``recovery`` (seconds from each heal to the first ``ok`` operation invoked
@@ -55,7 +57,8 @@ Output, in ``--out DIR``:
     a short human summary.
 ``cluster/``
     the nodes' configurations and logs (their data directories are removed after a valid
-    run, kept after an invalid one).
+    run, kept after an invalid or unknown one or with ``--keep-data``; on LossyFS mounts they
+    are copied out before the mounts go).
 
 The exit status is 0 when the history is valid, 1 when it is not, 2 when it could not be
 judged (unknown) or the campaign could not run.
@@ -97,7 +100,6 @@ from bench.txnsim import (
     _workload,
     write_history,
 )
-from engine.errors import MeridianError
 
 __all__ = ["WORKLOADS", "CampaignConfig", "Campaign", "add_parser", "main", "parse_nodes",
            "run_campaign"]
@@ -444,8 +446,14 @@ def summarize(config: CampaignConfig, results: Mapping[str, Any]) -> str:
             for entry in found[:3]:
                 text = entry.get("explanation", "") if isinstance(entry, Mapping) else entry
                 lines.append(f"  {kind}: {str(text)[:400]}")
+    if results.get("error"):
+        lines.append(f"the campaign broke off: {results['error'][:400]}")
     if results.get("node_exits"):
-        lines.append(f"node processes that exited on their own: {results['node_exits']}")
+        lines.append(f"node processes that exited on their own (id: exit codes): "
+                     f"{results['node_exits']}")
+    if results.get("targeted_not_armed"):
+        lines.append(f"targeted schedules that never armed: "
+                     f"{', '.join(results['targeted_not_armed'])}")
     if results.get("harness_errors"):
         lines.append(f"client errors: {results['harness_errors']}")
     lines.append(f"plots: {results['plots']}")
@@ -485,23 +493,33 @@ def run_campaign(config: CampaignConfig) -> dict[str, Any]:
     started = time.monotonic()
     campaign: Campaign | None = None
     error: str | None = None
+    results: dict[str, Any] | None = None
     planted.plant(set(config.planted_bugs), allow=bool(config.planted_bugs))
     try:
-        cluster.setup()
-        cluster.start_all()
-        campaign = Campaign(config, cluster)
-        with in_namespace(cluster.client_netns):
-            trio.run(campaign.run)
-    except (MeridianError, OSError, TimeoutError, RuntimeError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    finally:
-        planted.plant(None)
+        try:
+            cluster.setup()
+            cluster.start_all()
+            campaign = Campaign(config, cluster)
+            with in_namespace(cluster.client_netns):
+                trio.run(campaign.run)
+        except Exception as exc:  # whatever broke the run, it is reported (unknown), not lost
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            planted.plant(None)
+        # The nodes stop before the check, but the cluster is closed only after it: the
+        # verdict decides whether data directories on LossyFS mounts are copied out first.
+        for node_id in list(cluster.procs):
+            cluster.kill_node(node_id)
         node_exits = cluster.exited()
-        cluster.close()
-    stop_s = round(time.monotonic() - started, 3)
-    if campaign is None:
-        raise RuntimeError(f"the campaign could not start: {error}")
-    return _report(config, campaign, cluster, node_exits, error, stop_s)
+        stop_s = round(time.monotonic() - started, 3)
+        if campaign is None:
+            _write_results(out, {"valid": None, "error": error, "config": config.to_dict()})
+            raise RuntimeError(f"the campaign could not start: {error}")
+        results = _report(config, campaign, cluster, node_exits, error, stop_s)
+        return results
+    finally:
+        keep = config.keep_data or results is None or results["valid"] is not True
+        cluster.close(keep_data=keep)
 
 
 def _wan(regions: Sequence[str]) -> dict[tuple[str, str], float]:
@@ -515,8 +533,15 @@ def _wan(regions: Sequence[str]) -> dict[tuple[str, str], float]:
     return out
 
 
+def _write_results(out: Path, results: Mapping[str, Any]) -> None:
+    with open(out / "results.json", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, default=repr)
+        f.write("\n")
+
+
 def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
-            node_exits: Mapping[int, int], error: str | None, wall_s: float) -> dict[str, Any]:
+            node_exits: Mapping[int, Sequence[int]], error: str | None, wall_s: float
+            ) -> dict[str, Any]:
     out = Path(config.out)
     runner = campaign.runner
     events = runner.history.events
@@ -535,8 +560,19 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
     windows = fault_windows(events)
     main_end = next((e["time_ns"] for e in events if e.get("f") == "heal-all"), None)
     valid = check.get("valid")
-    if error is not None and valid is True and not campaign.final_ok:
-        valid = None  # the campaign broke off: nothing proves the history complete
+    if valid is True and (error is not None or not campaign.final_ok):
+        # The campaign broke off, or no final read succeeded: what the checker saw proves
+        # nothing lost (an acknowledged write that no read observed goes unnoticed).
+        valid = None
+    if valid is True and node_exits:
+        # A node process ended on its own (a crash, an invariant check): the run is outside
+        # the fault model it claims to have tested, whatever the clients saw.
+        valid = None
+    # A targeted schedule that never armed its window did not test what it is for.
+    unarmed = [f for f in config.nemesis
+               if f in TARGETED_FAMILIES and not campaign.nemesis.fired.get(f)]
+    if valid is True and unarmed:
+        valid = None
     anomaly_types = list(check["forbidden"] if "forbidden" in check
                          else check.get("anomaly_types") or [])
     anomalies = _anomalies(check)
@@ -573,7 +609,8 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
         "errors": dict(sorted(runner.errors.items())),
         "harness_errors": campaign.harness_errors,
         "error": error,
-        "node_exits": {str(k): v for k, v in node_exits.items()},
+        "node_exits": {str(k): list(v) for k, v in node_exits.items()},
+        "targeted_not_armed": unarmed,
         "phases_s": {**campaign.phases, "check": check_s, "wall": wall_s},
         "config": config.to_dict(),
         "checker": check,
@@ -585,9 +622,7 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
         results["plots"] = "latency.png, throughput.png"
     except MissingDependency as exc:
         results["plots"] = f"none: {exc}"
-    with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, default=repr)
-        f.write("\n")
+    _write_results(out, results)
     (out / "summary.txt").write_text(summarize(config, results))
     if valid is True and not config.keep_data:
         for node_id in cluster.node_ids:
@@ -653,7 +688,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", type=float, default=3.0, metavar="SECONDS",
                         help="quiet period after the final heal (default 3)")
     parser.add_argument("--clock-max", type=float, default=0.2, metavar="SECONDS",
-                        help="largest clock offset the clock nemesis sets (default 0.2)")
+                        help="largest clock offset the clock nemesis sets (default 0.2; "
+                             "at most half the cluster's clock-skew bound of 250 ms)")
     parser.add_argument("--coordinator-kill-p", type=float, default=0.3,
                         help="chance a committing client dies, while the coordinator fault "
                              "is active (default 0.3)")
@@ -716,10 +752,11 @@ def cli(args: argparse.Namespace) -> int:
             accounts_per_region=args.accounts_per_region, keep_data=args.keep_data)
         try:
             results = run_campaign(config)
-        except RuntimeError as exc:
-            print(f"jepsen {workload}: {exc}", file=sys.stderr)
+            print((out / "summary.txt").read_text(), end="")
+        except Exception as exc:  # could not run, or a harness failure: never "not valid"
+            what = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+            print(f"jepsen {workload}: {what}", file=sys.stderr)
             return 2
-        print((out / "summary.txt").read_text(), end="")
         for note in notes:
             print(note)
         verdicts[workload] = results["valid"]

@@ -164,6 +164,11 @@ class LabCluster:
         self.faketime = faketime
         self.lossy = lossy
         self.procs: dict[int, subprocess.Popen] = {}
+        # Every node process found ended that this object did not kill, in the order found:
+        # (node id, exit code). Kept across restarts, so that a node that crashed on its own
+        # and was restarted by a heal is still reported.
+        self.exits: list[tuple[int, int]] = []
+        self._noted: set[subprocess.Popen] = set()  # the ended processes already in ``exits``
         self.paused: set[int] = set()
         self.clock_offsets_s: dict[int, float] = {}
         self.blocked: set[tuple[int, int]] = set()  # (from node, to node) dropped
@@ -250,25 +255,50 @@ class LabCluster:
         shutil.rmtree(self.lossy_root, ignore_errors=True)
         self.lab.close()
 
-    def close(self) -> None:
-        """Stops every node, heals everything, unmounts, deletes namespaces and clock files."""
+    def close(self, keep_data: bool = False) -> None:
+        """Stops every node, heals everything, unmounts, deletes namespaces and clock files.
+
+        With ``keep_data`` and ``lossy``, each node's data directory is first copied from its
+        mount (which goes away) to ``node-N`` in the cluster directory, where it lies without
+        LossyFS; without ``lossy`` it is there already and stays."""
         try:
             for node_id in list(self.procs):
                 self.kill_node(node_id)
         finally:
             try:
-                for fs in self.filesystems.values():
-                    fs.close()
+                if keep_data:
+                    self._copy_lossy_data()
             finally:
-                if self.filesystems:
-                    shutil.rmtree(self.lossy_root, ignore_errors=True)
-                self.filesystems.clear()
-                for log in self._logs.values():
-                    log.close()
-                self._logs.clear()
-                self.lab.close()
-                for node_id in self.node_ids:
-                    self.clock_path(node_id).unlink(missing_ok=True)
+                self._release()
+
+    def _copy_lossy_data(self) -> None:
+        """Copies what each LossyFS mount holds now (its nodes are stopped) into ``node-N``.
+        A test cluster's data is small enough to copy whole. A copy that fails is reported on
+        stderr and does not stop the others or the teardown."""
+        for node_id in self.filesystems:
+            source = self.data_dir(node_id)
+            if not source.is_dir():
+                continue
+            try:
+                shutil.copytree(source, self.directory / f"node-{node_id}", dirs_exist_ok=True)
+            except OSError as exc:
+                print(f"node {node_id}: data not kept: {exc}", file=sys.stderr)
+
+    def _release(self) -> None:
+        """Unmounts, closes the logs, deletes namespaces and clock files."""
+        try:
+            for fs in self.filesystems.values():
+                fs.close()
+        finally:
+            if self.filesystems:
+                shutil.rmtree(self.lossy_root, ignore_errors=True)
+            self.filesystems.clear()
+            for log in self._logs.values():
+                log.close()
+            self._logs.clear()
+            self.lab.close()
+            for node_id in self.node_ids:
+                self.clock_path(node_id).unlink(missing_ok=True)
 
     def __enter__(self) -> LabCluster:
         self.setup()
@@ -283,6 +313,7 @@ class LabCluster:
         """Starts the node (from its data directory); returns its pid."""
         if self.running(node_id):
             raise RuntimeError(f"node {node_id} is already running")
+        self._note_exit(node_id)  # the process this one replaces may have ended on its own
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         env.pop("MERIDIAN_PLANTED_BUGS", None)
@@ -318,6 +349,7 @@ class LabCluster:
 
     def kill_node(self, node_id: int) -> None:
         """SIGKILL (a crash: nothing the node did not write is written). Waits for the exit."""
+        self._note_exit(node_id)  # already gone before the signal: it ended on its own
         proc = self.procs.pop(node_id, None)
         self.paused.discard(node_id)
         if proc is None:
@@ -348,9 +380,31 @@ class LabCluster:
             if self.running(node_id):
                 self.procs[node_id].send_signal(signal.SIGCONT)
 
-    def exited(self) -> dict[int, int]:
-        """Nodes whose process ended without being killed by this object: id → exit code."""
-        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+    def _note_exit(self, node_id: int) -> int | None:
+        """Records the node's process in :attr:`exits` if it has ended (and was not recorded
+        yet); returns its exit code, or None while it runs (or there is none)."""
+        proc = self.procs.get(node_id)
+        if proc is None or proc.poll() is None:
+            return None
+        if proc not in self._noted:
+            self._noted.add(proc)
+            self.exits.append((node_id, proc.returncode))
+        return proc.returncode
+
+    def dead(self) -> dict[int, int]:
+        """Nodes whose current process has ended without being killed by this object:
+        id → exit code (recorded in :attr:`exits` too)."""
+        found = {n: self._note_exit(n) for n in list(self.procs)}
+        return {n: code for n, code in found.items() if code is not None}
+
+    def exited(self) -> dict[int, list[int]]:
+        """Every node whose process ended without being killed by this object during the
+        cluster's life, restarted since or not: id → exit codes, in order."""
+        self.dead()
+        out: dict[int, list[int]] = {}
+        for node_id, code in self.exits:
+            out.setdefault(node_id, []).append(code)
+        return out
 
     # ------------------------------------------------------------------ network
 
@@ -461,7 +515,7 @@ class LabCluster:
         deadline = start + timeout_s
         last = "no answer yet"
         while trio.current_time() < deadline:
-            crashed = self.exited()
+            crashed = self.dead()
             if crashed:
                 raise RuntimeError(f"nodes exited: {crashed}; see {self.directory}/node-*.log")
             status = await self.statuses()

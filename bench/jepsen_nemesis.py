@@ -14,7 +14,10 @@ Families (``FAMILIES``) and their targets:
     ``isolate-leader`` (the leader of a random data group), ``majorities-ring`` (every node
     sees a majority, no two the same one), ``bridge`` (two halves joined by one node that sees
     both), ``one-way`` (one node's outgoing packets dropped, incoming delivered), ``region``
-    (a whole region cut off from the others).
+    (a whole region cut off from the others). A shape that would cut no pair of nodes on the
+    cluster (a region cut with one region, a ring of majorities on three nodes) is left out of
+    the defaults, and when drawn anyway another allowed shape is drawn; a partition fault with
+    no shape that cuts anything is not done, recorded or counted.
 ``kill``
     SIGKILL, restarted at the heal, of ``KILL_TARGETS``: ``one``, ``minority`` (fewer than
     half the nodes), ``region`` (every node of one region), ``all``, ``leader``.
@@ -23,6 +26,9 @@ Families (``FAMILIES``) and their targets:
 ``clock``
     libfaketime offsets: ``bump`` (some nodes' wall clocks jump by up to ``clock_max_s``
     either way) or ``strobe`` (one node's clock flips between +d and -d every 50–200 ms).
+    Offsets stay within half the cluster's clock-skew bound (``max_clock_offset_ms``) of the
+    true time, so that no two nodes are further apart than the bound: skew beyond it is
+    outside the failure model (nodes refuse to serve, ARCH §9), not a fault to survive.
 ``loss``
     10–40 % of the packets between nodes dropped.
 ``lossy``
@@ -36,7 +42,8 @@ Families (``FAMILIES``) and their targets:
 ``vote-split`` (targeted, never part of ``all``; one region of three nodes)
     the scripted schedule of :mod:`bench.jepsen_targeted`: a restarted voter asked to vote a
     second time in a term it already voted in; two leaders of one term are recorded as
-    ``two-leaders-in-one-term``, which the campaign reports as an anomaly.
+    ``two-leaders-in-one-term``, which the campaign reports as an anomaly. It counts as a
+    fault only when an attempt armed the window (``vote-split-armed``).
 
 A targeted schedule (``targets``) fixes the choice of each family: for example
 ``{"kill": ["region"]}`` kills whole regions only. The seed fixes every choice; the nodes'
@@ -54,7 +61,8 @@ import trio
 from bench.jepsen_cluster import LabCluster, sides_to_pairs
 from bench.jepsen_targeted import TARGETED, VoteSplit
 
-__all__ = ["FAMILIES", "PARTITION_SHAPES", "KILL_TARGETS", "CLOCK_MODES", "Nemesis"]
+__all__ = ["FAMILIES", "PARTITION_SHAPES", "KILL_TARGETS", "CLOCK_MODES", "Nemesis",
+           "partition_shapes_for"]
 
 FAMILIES = ("partition", "kill", "pause", "clock", "loss", "lossy", "coordinator")
 PARTITION_SHAPES = ("halves", "random-halves", "isolate-node", "isolate-leader",
@@ -62,11 +70,24 @@ PARTITION_SHAPES = ("halves", "random-halves", "isolate-node", "isolate-leader",
 KILL_TARGETS = ("one", "minority", "region", "all", "leader")
 PAUSE_TARGETS = ("one", "minority", "region", "leader")
 CLOCK_MODES = ("bump", "strobe")
+# What a power loss's record keeps of LossyFS's report (bench.lossyfs.LossyFS.power_loss):
+# write units (and directory-entry changes) lost and kept, and the files they were in.
+LOSSY_REPORT_KEYS = ("units_lost", "units_kept", "files", "entry_changes_lost",
+                     "entry_changes_kept")
 # Targeted schedules (bench.jepsen_targeted): named alone, never part of ``all``.
 TARGETED_FAMILIES = TARGETED
 TARGETS = {"partition": PARTITION_SHAPES, "kill": KILL_TARGETS, "pause": PAUSE_TARGETS,
            "clock": CLOCK_MODES, "loss": ("random",), "lossy": KILL_TARGETS,
            "coordinator": ("random",), "vote-split": ("one",)}
+
+
+def partition_shapes_for(nodes: int, regions: int) -> tuple[str, ...]:
+    """The partition shapes that cut at least one pair of nodes on a cluster of ``nodes``
+    nodes in ``regions`` regions. A ring of majorities needs four nodes (with three, every
+    node's majority is the whole cluster), a bridge three (two sides and the bridge), a region
+    cut two regions; the others two nodes."""
+    needs = {"majorities-ring": nodes >= 4, "bridge": nodes >= 3, "region": regions >= 2}
+    return tuple(s for s in PARTITION_SHAPES if nodes >= 2 and needs.get(s, True))
 
 
 class Nemesis:
@@ -79,7 +100,8 @@ class Nemesis:
         seed: fixes every choice.
         interval_s: (low, high) seconds of a healthy period, and of a fault.
         targets: family → the targets (or shapes, modes) allowed; default all.
-        clock_max_s: largest clock offset either way.
+        clock_max_s: largest clock offset either way (capped at half the cluster's
+            ``max_clock_offset_ms``).
     """
 
     def __init__(self, cluster: LabCluster, record, families: Sequence[str], seed: int, *,
@@ -96,11 +118,18 @@ class Nemesis:
         self.interval_s = interval_s
         self.targets = {f: list((targets or {}).get(f) or TARGETS[f])
                         for f in FAMILIES + TARGETED_FAMILIES}
+        if not (targets or {}).get("partition"):
+            # By default only the shapes that cut something on this cluster (a shape that
+            # cuts nothing is re-drawn anyway; see _start_partition).
+            fitting = partition_shapes_for(len(cluster.node_ids), len(cluster.spec.regions))
+            self.targets["partition"] = list(fitting or PARTITION_SHAPES)
         for f, allowed in self.targets.items():
             bad = set(allowed) - set(TARGETS[f])
             if bad:
                 raise ValueError(f"unknown {f} targets {sorted(bad)}; known: {TARGETS[f]}")
-        self.clock_max_s = clock_max_s
+        # Each offset is within ±bound/2 of the true clock (which every unskewed node keeps),
+        # so any two nodes are at most the bound apart: inside the failure model.
+        self.clock_max_s = min(clock_max_s, cluster.spec.max_clock_offset_ms / 2000.0)
         self.coordinator_kill_p = coordinator_kill_p
         self.kill_probability = 0.0  # read by the clients (family ``coordinator``)
         self.fired: dict[str, int] = dict.fromkeys(FAMILIES + TARGETED_FAMILIES, 0)
@@ -138,11 +167,20 @@ class Nemesis:
             with trio.CancelScope(shield=True):
                 await self.stop()
 
-    async def start(self, family: str, target: str) -> None:
+    async def start(self, family: str, target: str) -> bool:
+        """Injects a fault of ``family``; returns whether one was injected. A fault that
+        would change nothing on this cluster (no partition shape that cuts a pair of nodes)
+        is neither done nor recorded."""
         detail = await getattr(self, f"_start_{family.replace('-', '_')}")(target)
+        if detail is None:
+            return False
         self._active = (family, detail)
-        self.fired[family] += 1
+        # A targeted schedule counts only when it armed its window; an attempt that gave up
+        # at every try tested nothing.
+        if family not in TARGETED_FAMILIES or detail.get("armed"):
+            self.fired[family] += 1
         self.record(f"start-{family}", {"target": target, **detail})
+        return True
 
     async def stop(self) -> None:
         """Heals the fault in force, if any."""
@@ -192,7 +230,24 @@ class Nemesis:
 
     # ---------------------------------------------------------------- partition
 
-    async def _start_partition(self, shape: str) -> dict[str, Any]:
+    async def _start_partition(self, shape: str) -> dict[str, Any] | None:
+        """The partition ``shape``; when it would cut no pair of nodes here, another of the
+        allowed shapes (in a seeded order) that does; None when none does."""
+        candidates = [shape]
+        while candidates:
+            candidate = candidates.pop(0)
+            sides, pairs = await self._partition(candidate)
+            if pairs:
+                self.cluster.cut(pairs)
+                return {"target": candidate, "shape": candidate, "sides": sides,
+                        "cut": len(pairs)}
+            if candidate == shape:  # drawn only when needed: the seed's other choices stay
+                candidates = [s for s in self.targets["partition"] if s != shape]
+                self.rng.shuffle(candidates)
+        return None
+
+    async def _partition(self, shape: str) -> tuple[list[list[int]], set[tuple[int, int]]]:
+        """(sides, directed pairs to cut) of ``shape`` on this cluster."""
         nodes = self._nodes()
         n = len(nodes)
         if shape == "halves":
@@ -239,8 +294,7 @@ class Nemesis:
             pairs = {(victim, x) for x in nodes if x != victim}
         else:
             raise ValueError(shape)
-        self.cluster.cut(pairs)
-        return {"shape": shape, "sides": sides, "cut": len(pairs)}
+        return sides, pairs
 
     async def _stop_partition(self, detail: dict[str, Any]) -> dict[str, Any]:
         self.cluster.heal_network()
@@ -266,8 +320,7 @@ class Nemesis:
         for node in victims:
             report = self.cluster.power_loss(node, seed=self.rng.randrange(2**32))
             if report is not None:
-                lost[str(node)] = {k: report.get(k) for k in ("bytes_lost", "files_lost",
-                                                              "units_kept") if k in report}
+                lost[str(node)] = {k: report[k] for k in LOSSY_REPORT_KEYS if k in report}
         return {"nodes": victims, "lost": lost}
 
     async def _stop_lossy(self, detail: dict[str, Any]) -> dict[str, Any]:

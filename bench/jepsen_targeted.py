@@ -83,6 +83,7 @@ class VoteSplit:
         self.tick_s = cluster.spec.tick_interval_ms / 1000.0
         self.election_s = cluster.spec.election_ticks * self.tick_s
         self.detail: dict[str, Any] = {}
+        self.armed = 0  # attempts that reached the window (``vote-split-armed`` recorded)
 
     # ------------------------------------------------------------------ observation
 
@@ -135,7 +136,8 @@ class VoteSplit:
     async def run(self, deadline: float, attempts: int = 4) -> dict[str, Any]:
         """Runs the schedule, again after a step that did not happen as planned (up to
         ``attempts`` times, none starting after trio time ``deadline``); returns what was
-        done. Leaves every node running and the network healed."""
+        done, with ``armed``: how many attempts reached the window (only those tested
+        anything). Leaves every node running and the network healed."""
         tried = []
         for _ in range(attempts):
             if trio.current_time() >= deadline:
@@ -144,6 +146,7 @@ class VoteSplit:
             try:
                 await self.attempt()
                 self.detail["attempts"] = tried + ["ok"]
+                self.detail["armed"] = self.armed
                 return self.detail
             except _Abort as exc:
                 tried.append(str(exc))
@@ -152,6 +155,7 @@ class VoteSplit:
                 with contextlib.suppress(TimeoutError, RuntimeError):
                     await self.cluster.wait_ready(20)
         self.detail["attempts"] = tried
+        self.detail["armed"] = self.armed
         return self.detail
 
     async def attempt(self) -> None:
@@ -276,6 +280,7 @@ class VoteSplit:
         c.start_node(g_node)
         c.start_node(v_node)
         self.record("vote-split-armed", dict(d))
+        self.armed += 1
 
         async def second():
             found = {}

@@ -166,13 +166,20 @@ class SetWorkload(_Workload):
         return "read", None, False
 
     def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return check_set(events)
+        # The final reads are those invoked after the final heal (the nemesis's ``heal-all``
+        # event); a read of the main phase is not one, whenever it happened to end.
+        heals = [e["time_ns"] for e in events
+                 if e.get("process") == "nemesis" and e.get("f") == "heal-all"]
+        return check_set(events, final_from_ns=heals[-1] if heals else None)
 
 
-def check_set(events: Sequence[Mapping[str, Any]], *, max_reported: int = 20
-              ) -> dict[str, Any]:
-    """Checks a ``set`` history (see the module docstring); the final read is the last ``ok``
-    read. Info adds may be present or not; failed adds must not be."""
+def check_set(events: Sequence[Mapping[str, Any]], *, final_from_ns: int | None,
+              max_reported: int = 20) -> dict[str, Any]:
+    """Checks a ``set`` history (see the module docstring). The final read is the last ``ok``
+    read invoked at or after ``final_from_ns`` (when the final phase began; None: the history
+    has no final phase). Without a final read, lost elements cannot be judged: the verdict is
+    unknown unless another anomaly was found. Info adds may be present or not; failed adds
+    must not be."""
     opened: dict[Any, Mapping[str, Any]] = {}
     adds: dict[int, dict[str, Any]] = {}  # element -> {type, invoke_ns, done_ns}
     reads: list[tuple[int, int, list[int], Any]] = []  # (invoke, done, elements, process)
@@ -200,7 +207,9 @@ def check_set(events: Sequence[Mapping[str, Any]], *, max_reported: int = 20
             found[kind].append(entry)
 
     ok_adds = {v for v, a in adds.items() if a["type"] == "ok"}
-    final = max(reads, key=lambda r: r[1]) if reads else None
+    finals = ([r for r in reads if r[0] >= final_from_ns] if final_from_ns is not None
+              else [])
+    final = max(finals, key=lambda r: r[1]) if finals else None
     for read in reads:
         invoked, done, elements, process = read
         present = set(elements)

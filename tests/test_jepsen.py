@@ -69,18 +69,19 @@ def test_availability_and_recovery_from_a_history():
 
 
 def test_set_checker_finds_lost_unexpected_and_stale_elements():
+    # The final phase begins at 35 ns (the final heal).
     ok = [_ev(0, "invoke", "add", 1, 0), _ev(0, "ok", "add", 1, 10),
           _ev(0, "invoke", "add", 2, 20), _ev(0, "ok", "add", 2, 30),
           _ev(1, "invoke", "read", None, 40), _ev(1, "ok", "read", [1, 2], 50)]
-    assert check_set(ok)["valid"] is True
-    stale = ok[:4] + [_ev(1, "invoke", "read", None, 40), _ev(1, "ok", "read", [1], 50),
+    assert check_set(ok, final_from_ns=35)["valid"] is True
+    stale = ok[:4] + [_ev(1, "invoke", "read", None, 31), _ev(1, "ok", "read", [1], 32),
                       _ev(1, "invoke", "read", None, 60), _ev(1, "ok", "read", [1, 2], 70)]
-    assert check_set(stale)["anomaly_types"] == ["stale-read"]
+    assert check_set(stale, final_from_ns=35)["anomaly_types"] == ["stale-read"]
     lost = ok[:4] + [_ev(1, "invoke", "read", None, 40), _ev(1, "ok", "read", [2], 50)]
-    assert check_set(lost)["anomaly_types"] == ["lost"]
+    assert check_set(lost, final_from_ns=35)["anomaly_types"] == ["lost"]
     unexpected = ok[:4] + [_ev(1, "invoke", "read", None, 40),
                            _ev(1, "ok", "read", [1, 2, 9], 50)]
-    assert check_set(unexpected)["anomaly_types"] == ["unexpected"]
+    assert check_set(unexpected, final_from_ns=35)["anomaly_types"] == ["unexpected"]
 
 
 def test_register_checker_finds_a_stale_read():

@@ -1,0 +1,452 @@
+"""The fault harness of ``python -m bench jepsen`` judged on its own, without real clusters:
+verdicts of crafted histories and campaigns, what the nemesis does and records on fake
+clusters, and what the lab cluster notes about its node processes (fake processes, no
+namespaces). Each test covers a way the harness could report more than a run proved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+import trio
+
+import bench.jepsen_targeted as targeted
+from bench import jepsen
+from bench import jepsen_cluster
+from bench.jepsen_cluster import ClusterSpec, LabCluster
+from bench.jepsen_nemesis import LOSSY_REPORT_KEYS, Nemesis, partition_shapes_for
+from bench.jepsen_workloads import SetWorkload, check_set
+from bench.lossyfs import LossyModel
+from bench.txnsim import RunConfig, _workload
+
+
+def _ev(process, kind, f, value, t, **extra):
+    return {"process": process, "type": kind, "f": f, "value": value, "time_ns": t, **extra}
+
+
+def _heal(t):
+    return _ev("nemesis", "info", "heal-all", {"started": []}, t)
+
+
+RUN_CONFIG = RunConfig(workload="append", isolation="snapshot", seed=0, regions=("a",),
+                       nodes_per_region=3, processes=2, max_ops=10, time_limit_s=1,
+                       faults=frozenset())
+
+
+def _fake_report(tmp_path, workload, events, *, final_ok=True, node_exits=None,
+                 nemesis=("partition",), fired=None, error=None):
+    """``jepsen._report`` on a finished campaign that produced ``events``."""
+    config = jepsen.CampaignConfig(workload="set", out=str(tmp_path / "out"), nemesis=nemesis)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    runner = types.SimpleNamespace(history=types.SimpleNamespace(events=events),
+                                   workload=workload, errors={})
+    campaign = types.SimpleNamespace(
+        runner=runner, nemesis_events=[e for e in events if e["process"] == "nemesis"],
+        final_ok=final_ok, phases={}, harness_errors={}, ready_after_heal_s=None,
+        nemesis=types.SimpleNamespace(fired=fired or {}))
+    cluster = types.SimpleNamespace(spec=ClusterSpec(), node_ids=[],
+                                    directory=Path(config.out) / "cluster")
+    return jepsen._report(config, campaign, cluster, node_exits or {}, error, 1.0)
+
+
+# ============================================================ a final read that never succeeded
+
+
+def test_append_without_a_successful_final_read_is_unknown(tmp_path):
+    """An acknowledged append that no read saw, and the final read failed all through
+    recovery: nothing shows the append survived, so the verdict cannot be valid."""
+    events = [_ev(0, "invoke", "txn", [["append", 1, 1]], 1),
+              _ev(0, "ok", "txn", [["append", 1, 1]], 2), _heal(5),
+              _ev(2, "invoke", "txn", [["r", 1, None]], 10),
+              _ev(2, "fail", "txn", [["r", 1, None]], 20)]
+    assert _fake_report(tmp_path / "a", _workload(RUN_CONFIG), events,
+                        final_ok=False)["valid"] is None
+    assert _fake_report(tmp_path / "b", _workload(RUN_CONFIG), events[:2] + [
+        _heal(5), _ev(2, "invoke", "txn", [["r", 1, None]], 10),
+        _ev(2, "ok", "txn", [["r", 1, [1]]], 20)])["valid"] is True
+
+
+def test_set_final_read_is_the_one_after_the_final_heal(tmp_path):
+    """A read of the main phase is not the final read: adds acknowledged after it are not
+    lost when the final read failed (unknown), and are lost when the final read lacks them."""
+    main = [_ev(0, "invoke", "add", 1, 1), _ev(0, "ok", "add", 1, 2),
+            _ev(1, "invoke", "read", None, 3), _ev(1, "ok", "read", [1], 4),
+            _ev(0, "invoke", "add", 2, 5), _ev(0, "ok", "add", 2, 6), _heal(8)]
+    failed = main + [_ev(3, "invoke", "read", None, 10), _ev(3, "fail", "read", None, 20)]
+    result = SetWorkload(RUN_CONFIG).check(failed)
+    assert result["valid"] is None and result["anomaly_types"] == []
+    report = _fake_report(tmp_path, SetWorkload(RUN_CONFIG), failed, final_ok=False)
+    assert report["valid"] is None and "lost" not in report["anomalies"]
+    lost = main + [_ev(3, "invoke", "read", None, 10), _ev(3, "ok", "read", [1], 20)]
+    result = SetWorkload(RUN_CONFIG).check(lost)
+    assert result["valid"] is False and result["anomaly_types"] == ["lost"]
+    assert [e["element"] for e in result["anomalies"]["lost"]] == [2]
+    whole = main + [_ev(3, "invoke", "read", None, 10), _ev(3, "ok", "read", [1, 2], 20)]
+    assert SetWorkload(RUN_CONFIG).check(whole)["valid"] is True
+    # Without a final phase, lost elements cannot be judged.
+    assert check_set(main, final_from_ns=None)["valid"] is None
+
+
+# ============================================================ nodes that exit on their own
+
+
+class _FakeProc:
+    """A node process as :class:`LabCluster` sees it; ``exit(code)`` ends it on its own."""
+
+    next_pid = 1000
+
+    def __init__(self, *args, **kwargs):
+        _FakeProc.next_pid += 1
+        self.pid = _FakeProc.next_pid
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+    def exit(self, code):
+        self.returncode = code
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            self.returncode = -sig
+
+    def kill(self):
+        self.send_signal(9)
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+@pytest.fixture
+def fake_lab(tmp_path, monkeypatch):
+    """A LabCluster of one region of three nodes whose processes are fakes and whose network
+    commands do nothing."""
+    monkeypatch.setattr(jepsen_cluster.subprocess, "Popen", _FakeProc)
+    cluster = LabCluster(tmp_path / "cluster", ClusterSpec(regions=("r",), nodes_per_region=3),
+                         prefix="tjh")
+    cluster.directory.mkdir(parents=True)
+    monkeypatch.setattr(cluster.lab, "hub_run", lambda *a, **k: types.SimpleNamespace(
+        returncode=0, stdout="", stderr=""))
+    monkeypatch.setattr(cluster.lab, "close", lambda: None)
+    yield cluster
+    for log in cluster._logs.values():
+        log.close()
+
+
+def test_a_node_that_crashed_and_was_restarted_is_still_reported(fake_lab):
+    cluster = fake_lab
+    cluster.start_all()
+    cluster.procs[3].exit(70)  # crashes on its own during the main phase
+    assert cluster.heal_all() == [3]  # the final heal restarts it
+    assert cluster.running(3)
+    cluster.procs[2].exit(1)
+    cluster.kill_node(2)  # already gone when the nemesis kills it
+    cluster.start_node(2)
+    cluster.kill_node(1)  # killed by the nemesis: not an exit of its own
+    cluster.start_node(1)
+    assert cluster.exited() == {3: [70], 2: [1]}
+    assert cluster.exited() == {3: [70], 2: [1]}  # noted once, however often asked
+    cluster.close()
+    assert cluster.exited() == {3: [70], 2: [1]}
+
+
+def test_a_node_exit_makes_a_valid_history_unknown(tmp_path):
+    events = [_ev(0, "invoke", "add", 1, 1), _ev(0, "ok", "add", 1, 2), _heal(3),
+              _ev(1, "invoke", "read", None, 4), _ev(1, "ok", "read", [1], 5)]
+    assert _fake_report(tmp_path / "a", SetWorkload(RUN_CONFIG), events)["valid"] is True
+    report = _fake_report(tmp_path / "b", SetWorkload(RUN_CONFIG), events,
+                          node_exits={3: [70]})
+    assert report["valid"] is None and report["node_exits"] == {"3": [70]}
+
+
+# ============================================================ harness failures: exit status 2
+
+
+@pytest.fixture
+def no_lab(monkeypatch):
+    """run_campaign with every lab operation a no-op; returns what close() was asked."""
+    closed = []
+    monkeypatch.setattr(jepsen, "unavailable_reason", lambda **k: None)
+    monkeypatch.setattr(jepsen, "in_namespace", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(LabCluster, "setup", lambda self: None)
+    monkeypatch.setattr(LabCluster, "start_all", lambda self: None)
+    monkeypatch.setattr(LabCluster, "close",
+                        lambda self, keep_data=False: closed.append(keep_data))
+    return closed
+
+
+@pytest.mark.parametrize("failure", [
+    trio.TooSlowError(), subprocess.CalledProcessError(1, ["nft"]),
+    subprocess.TimeoutExpired(["ss"], 5), KeyError("groups")])
+def test_a_harness_failure_is_reported_unknown_and_exits_2(tmp_path, no_lab, monkeypatch,
+                                                           failure):
+    async def run(self):
+        raise failure
+
+    monkeypatch.setattr(jepsen.Campaign, "run", run)
+    out = tmp_path / "out"
+    assert jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(out)]) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["valid"] is None
+    assert results["error"].startswith(type(failure).__name__)
+
+
+def test_a_campaign_that_cannot_start_writes_results_and_exits_2(tmp_path, no_lab,
+                                                                monkeypatch):
+    def setup(self):
+        raise subprocess.CalledProcessError(1, ["ip", "netns", "add"])
+
+    monkeypatch.setattr(LabCluster, "setup", setup)
+    out = tmp_path / "out"
+    assert jepsen.main(["--workload", "bank", "--nodes", "3", "--out", str(out)]) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["valid"] is None and "CalledProcessError" in results["error"]
+
+
+def test_the_cli_exits_2_on_any_unexpected_error(tmp_path, monkeypatch):
+    def boom(config):
+        raise ValueError("a bug in the harness")
+
+    monkeypatch.setattr(jepsen, "run_campaign", boom)
+    assert jepsen.main(["--workload", "bank", "--out", str(tmp_path / "out")]) == 2
+
+
+# ============================================================ targeted schedules
+
+
+class _VoteSplitCluster:
+    spec = ClusterSpec(regions=("r",), nodes_per_region=3)
+    node_ids = [1, 2, 3]
+    paused: set = set()
+
+    def heal_all(self):
+        return []
+
+    def heal_network(self):
+        pass
+
+    def running(self, node):
+        return True
+
+    async def wait_ready(self, timeout_s):
+        return 0.0
+
+
+@pytest.mark.parametrize("arms", [False, True])
+def test_vote_split_counts_only_when_it_armed(monkeypatch, arms):
+    async def attempt(self):
+        if not arms:
+            raise targeted._Abort("timed out waiting for O's connections to G and V")
+        self.record("vote-split-armed", {})
+        self.armed += 1
+
+    monkeypatch.setattr(targeted.VoteSplit, "attempt", attempt)
+    events = []
+
+    async def main():
+        nemesis = Nemesis(_VoteSplitCluster(), lambda f, v: events.append((f, v)),
+                          ["vote-split"], seed=0)
+        nemesis._stop_at = trio.current_time() + 100
+        await nemesis.start("vote-split", "one")
+        await nemesis.stop()
+        return nemesis.fired["vote-split"]
+
+    assert trio.run(main) == (1 if arms else 0)
+    assert [f for f, _ in events].count("start-vote-split") == 1  # done, so recorded
+
+
+def test_a_targeted_schedule_that_never_armed_makes_the_run_unknown(tmp_path):
+    events = [_ev(0, "invoke", "add", 1, 1), _ev(0, "ok", "add", 1, 2), _heal(3),
+              _ev(1, "invoke", "read", None, 4), _ev(1, "ok", "read", [1], 5)]
+    report = _fake_report(tmp_path / "a", SetWorkload(RUN_CONFIG), events,
+                          nemesis=("vote-split",), fired={"vote-split": 0})
+    assert report["valid"] is None and report["targeted_not_armed"] == ["vote-split"]
+    report = _fake_report(tmp_path / "b", SetWorkload(RUN_CONFIG), events,
+                          nemesis=("vote-split",), fired={"vote-split": 1})
+    assert report["valid"] is True
+
+
+# ============================================================ the nemesis on fake clusters
+
+
+class _FakeCluster:
+    def __init__(self, regions=("us-east",), per_region=3, max_clock_offset_ms=250):
+        self.spec = ClusterSpec(regions=regions, nodes_per_region=per_region,
+                                max_clock_offset_ms=max_clock_offset_ms)
+        self.node_ids = list(range(1, len(regions) * per_region + 1))
+        self.cuts: list[set] = []
+        self.clock_offsets_s: dict[int, float] = {}
+        self.power_losses: list[dict] = []
+
+    def nodes_in(self, region):
+        i, p = self.spec.regions.index(region), self.spec.nodes_per_region
+        return list(range(i * p + 1, i * p + p + 1))
+
+    def cut(self, pairs):
+        self.cuts.append(set(pairs))
+
+    def heal_network(self):
+        pass
+
+    async def leaders(self):
+        return {}
+
+    def set_clock(self, node, offset):
+        self.clock_offsets_s[node] = offset
+
+    def power_loss(self, node, seed=0):
+        # What LossyFS reports: a file with one synced write unit and ten unsynced ones.
+        model = LossyModel()
+        f = model.create("/wal", 0o644)
+        model.write(f, 0, b"x" * model.unit)
+        model.fsync(f)
+        model.fsync(model.root)
+        model.write(f, model.unit, b"y" * 10 * model.unit)
+        report = model.power_loss(seed=seed, torn=False)
+        self.power_losses.append(report)
+        return report
+
+    def running(self, node):
+        return False
+
+    def start_node(self, node):
+        pass
+
+
+def _start_stop(cluster, family, target, **kwargs):
+    events = []
+
+    async def main():
+        nemesis = Nemesis(cluster, lambda f, v: events.append((f, v)), [family], seed=1,
+                          **kwargs)
+        started = await nemesis.start(family, target)
+        await nemesis.stop()
+        return nemesis, started
+
+    nemesis, started = trio.run(main)
+    return nemesis, started, events
+
+
+@pytest.mark.parametrize("shape", ["region", "majorities-ring"])
+def test_a_partition_shape_that_cuts_nothing_is_redrawn(shape):
+    """With one region of three nodes, a region cut and a ring of majorities cut no pair:
+    another shape is drawn, and what is recorded is what was cut."""
+    cluster = _FakeCluster()
+    nemesis, started, events = _start_stop(cluster, "partition", shape)
+    assert started and nemesis.fired["partition"] == 1
+    assert len(cluster.cuts) == 1 and cluster.cuts[0]
+    f, value = events[0]
+    assert f == "start-partition" and value["cut"] == len(cluster.cuts[0]) > 0
+    assert value["shape"] == value["target"] != shape
+
+
+def test_a_partition_with_nothing_to_cut_is_not_a_fault():
+    cluster = _FakeCluster()
+    nemesis, started, events = _start_stop(cluster, "partition", "region",
+                                           targets={"partition": ["region"]})
+    assert not started and nemesis.fired["partition"] == 0
+    assert cluster.cuts == [] and events == []
+
+
+def test_default_partition_shapes_fit_the_cluster():
+    assert Nemesis(_FakeCluster(), None, ["partition"], 0).targets["partition"] == [
+        "halves", "random-halves", "isolate-node", "isolate-leader", "bridge", "one-way"]
+    assert "majorities-ring" in partition_shapes_for(5, 1)
+    assert "region" not in partition_shapes_for(5, 1)
+    assert set(partition_shapes_for(9, 3)) == set(jepsen.TARGETS["partition"])
+    for shape in partition_shapes_for(3, 1):  # every default shape cuts something
+        cluster = _FakeCluster()
+        _start_stop(cluster, "partition", shape, targets={"partition": [shape]})
+        assert cluster.cuts and cluster.cuts[0], shape
+
+
+def test_a_power_loss_records_what_was_lost():
+    cluster = _FakeCluster()
+    _, _, events = _start_stop(cluster, "lossy", "one")
+    f, value = events[0]
+    assert f == "start-lossy"
+    (node,) = value["nodes"]
+    report = cluster.power_losses[0]
+    assert value["lost"][str(node)] == {k: report[k] for k in LOSSY_REPORT_KEYS}
+    assert value["lost"][str(node)]["units_lost"] == 10
+    assert value["lost"][str(node)]["files"] == 1
+
+
+@pytest.mark.parametrize("bound_ms", [250, 100])
+def test_clock_offsets_keep_nodes_within_the_clusters_skew_bound(bound_ms):
+    """Any two nodes (a skewed node's clock against another's, or the true one) are at most
+    the cluster's max_clock_offset apart, whatever --clock-max asks."""
+    bound_s = bound_ms / 1000
+    worst = 0.0
+    for seed in range(200):
+        cluster = _FakeCluster(regions=("a", "b", "c"), max_clock_offset_ms=bound_ms)
+
+        async def main(cluster=cluster, seed=seed):
+            nemesis = Nemesis(cluster, lambda f, v: None, ["clock"], seed, clock_max_s=1.0)
+            await nemesis.start("clock", "bump")
+            return nemesis
+
+        trio.run(main)
+        offsets = list(cluster.clock_offsets_s.values()) + [0.0]
+        worst = max(worst, max(offsets) - min(offsets))
+    assert bound_s / 2 < worst <= bound_s
+    cluster = _FakeCluster(max_clock_offset_ms=bound_ms)
+    nemesis = Nemesis(cluster, lambda f, v: None, ["clock"], 0, clock_max_s=1.0)
+    assert nemesis.clock_max_s == bound_s / 2  # the strobe's swing is bounded the same way
+
+
+# ============================================================ data kept from LossyFS mounts
+
+
+class _FakeMount:
+    """A LossyFS mount: its files vanish when it is closed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def close(self):
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_lossy_data_is_copied_out_before_unmounting_when_kept(tmp_path, fake_lab, keep):
+    cluster = fake_lab
+    cluster.lossy = True
+    cluster.lossy_root = tmp_path / "lossyfs"
+    for node in cluster.node_ids:
+        data = cluster.data_dir(node)
+        (data / "raft").mkdir(parents=True)
+        (data / "raft" / "log").write_bytes(b"entry %d" % node)
+        cluster.filesystems[node] = _FakeMount(cluster.lossy_root / f"n{node}")
+    cluster.start_all()
+    cluster.close(keep_data=keep)
+    assert not cluster.lossy_root.exists()
+    for node in cluster.node_ids:
+        kept = cluster.directory / f"node-{node}" / "raft" / "log"
+        assert kept.exists() == keep
+        if keep:
+            assert kept.read_bytes() == b"entry %d" % node
+
+
+def test_an_invalid_run_keeps_its_data(tmp_path, no_lab, monkeypatch):
+    """The campaign's verdict decides whether the data is copied out of the mounts."""
+    async def lost_add(self):
+        h = self.runner.history
+        h.record(0, "invoke", "add", 1)
+        h.record(0, "ok", "add", 1)
+        h.nemesis("heal-all", {"started": []})
+        h.record(1, "invoke", "read", None)
+        h.record(1, "ok", "read", [])
+        self.final_ok = True
+
+    monkeypatch.setattr(jepsen.Campaign, "run", lost_add)
+    out = tmp_path / "out"
+    assert jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(out)]) == 1
+    assert no_lab == [True]
