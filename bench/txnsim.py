@@ -140,6 +140,7 @@ from bench import bank as bank_checker
 from bench import convergence, elle
 from engine.errors import (
     InvalidArgumentError,
+    KeyspaceNotFoundError,
     LimitExceededError,
     MeridianError,
     TransactionClosedError,
@@ -189,6 +190,8 @@ ELLE_MODELS = {"snapshot": "strong-snapshot-isolation", "serializable": "strict-
 """The consistency model an ``append`` history is checked against, by isolation level: the
 level's guarantee plus ARCH §5's real-time promise (no stale reads)."""
 NEMESIS = "nemesis"
+# An operation's error when one of the workload's keyspaces is gone (see lost_keyspaces).
+LOST_KEYSPACE = "lost-keyspace"
 
 
 # --------------------------------------------------------------------------------- configuration
@@ -671,11 +674,36 @@ def _workload(config: RunConfig) -> _Bank | _Append | _Regional:
     return _Bank(config) if config.workload == "bank" else _Append(config)
 
 
+def lost_keyspaces(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The errors of operations that found one of the workload's keyspaces gone: each
+    keyspace was created, and the creation acknowledged, before the run, and none is dropped,
+    so each is an anomaly (:data:`LOST_KEYSPACE`) whatever the workload's checker says."""
+    return [e["error"] for e in events
+            if e.get("type") == "fail" and str(e.get("error", "")).startswith(LOST_KEYSPACE)]
+
+
+def with_lost_keyspaces(check: dict[str, Any], events: Sequence[Mapping[str, Any]]
+                        ) -> dict[str, Any]:
+    """``check`` (a checker's result), not valid and naming :data:`LOST_KEYSPACE` when an
+    operation found a keyspace gone."""
+    lost = lost_keyspaces(events)
+    if not lost:
+        return check
+    check = dict(check)
+    check["valid"] = False
+    check["anomaly_types"] = [*(check.get("anomaly_types") or []), LOST_KEYSPACE]
+    if "forbidden" in check:
+        check["forbidden"] = [*check["forbidden"], LOST_KEYSPACE]
+    check["anomalies"] = {**(check.get("anomalies") or {}), LOST_KEYSPACE: lost[:10]}
+    return check
+
+
 def check_history(config: RunConfig, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The checker's verdict on a history of ``config``'s workload (see the module docstring:
     bench.bank for ``bank``, bench.elle with ``ELLE_MODELS[isolation]`` for ``append``,
-    :func:`check_regional` for ``regional``)."""
-    return _workload(config).check(events)
+    :func:`check_regional` for ``regional``), and any keyspace found gone
+    (:func:`lost_keyspaces`)."""
+    return with_lost_keyspaces(_workload(config).check(events), events)
 
 
 # --------------------------------------------------------------------------------------- result
@@ -886,6 +914,12 @@ class _Runner:
             except TransactionConflictError as exc:
                 outcome, error = "fail", f"conflict ({exc.reason}): {exc}"
                 label = f"conflict ({exc.reason})"
+            except KeyspaceNotFoundError as exc:
+                # Every keyspace a workload uses was created, acknowledged, before the run
+                # began, and none is dropped: one that is gone is acknowledged data lost
+                # (see lost_keyspaces), not a misuse of the client.
+                outcome, label = "fail", LOST_KEYSPACE
+                error = f"{LOST_KEYSPACE}: {exc}"
             except (InvalidArgumentError, TransactionClosedError, LimitExceededError):
                 raise  # the workload misused the client: a bug of the runner, not a fault
             except (MeridianError, OSError) as exc:

@@ -71,6 +71,56 @@ def test_append_without_a_successful_final_read_is_unknown(tmp_path):
         _ev(2, "ok", "txn", [["r", 1, [1]]], 20)])["valid"] is True
 
 
+def test_a_keyspace_found_gone_is_an_anomaly(tmp_path):
+    """Every keyspace of a workload is created, acknowledged, before the run, and never
+    dropped: an operation that finds one gone shows acknowledged data lost (a power loss
+    that took the catalog with it). It used to escape as a client error, and the run was
+    at best unknown."""
+    from bench.txnsim import LOST_KEYSPACE, check_history
+
+    events = [_ev(0, "invoke", "txn", [["append", 1, 1]], 1),
+              _ev(0, "ok", "txn", [["append", 1, 1]], 2), _heal(5),
+              _ev(2, "invoke", "txn", [["r", 1, None]], 10),
+              _ev(2, "ok", "txn", [["r", 1, [1]]], 20)]
+    assert check_history(RUN_CONFIG, events)["valid"] is True
+    gone = [_ev(1, "invoke", "txn", [["r", 2, None]], 3),
+            _ev(1, "fail", "txn", [["r", 2, None]], 4,
+                error=f"{LOST_KEYSPACE}: keyspace 'append' does not exist")]
+    events = events[:2] + gone + events[2:]
+    checked = check_history(RUN_CONFIG, events)
+    assert checked["valid"] is False and LOST_KEYSPACE in checked["anomalies"]
+    report = _fake_report(tmp_path, _workload(RUN_CONFIG), events)
+    assert report["valid"] is False and LOST_KEYSPACE in report["anomaly_types"]
+
+
+async def test_an_operation_on_a_missing_keyspace_is_recorded_as_lost():
+    from bench.txnsim import LOST_KEYSPACE, FaultPlan, History, _Runner
+    from engine.errors import KeyspaceNotFoundError
+
+    class GoneTxn:  # every read or write finds the workload's keyspace gone
+        txn_id = 1
+
+        def __getattr__(self, name):
+            async def gone(*args, **kwargs):
+                raise KeyspaceNotFoundError("keyspace 'append' does not exist")
+            return gone
+
+    class Gone:
+        region = "a"
+
+        def transaction(self, *args, **kwargs):
+            return GoneTxn()
+
+    runner = _Runner(RUN_CONFIG, FaultPlan(kinds=frozenset()))
+    runner.history = History()
+    try:
+        outcome = await runner.operate(Gone(), 0, "txn", [["r", 1, None]], [], None, kill=None)
+    except KeyspaceNotFoundError:
+        pytest.fail("a keyspace found gone escaped the runner")
+    assert outcome == "fail"
+    assert runner.history.events[-1]["error"].startswith(LOST_KEYSPACE)
+
+
 def test_set_final_read_is_the_one_after_the_final_heal(tmp_path):
     """A read of the main phase is not the final read: adds acknowledged after it are not
     lost when the final read failed (unknown), and are lost when the final read lacks them."""
