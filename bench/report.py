@@ -296,8 +296,11 @@ client counts, one system at a time on a fresh cluster loaded with the same reco
 *closed*: each client runs the next operation when the previous one returns (throughput).
 *open*: operations arrive at a fixed rate, the same absolute rates for both systems (fractions
 of the best closed-loop throughput), and latency is measured from each operation's intended
-start time, so queueing behind a slow server counts (no coordinated omission). Percentiles
-come from HdrHistogram; warm-up is excluded. *aborts* is aborted attempts / attempts; *server
+start time, so queueing behind a slow server counts (no coordinated omission); the load
+processes' arrivals interleave, and operations the generator could not send on time are sent at
+once. An operation still running (or never sent) when the run is cut counts as *late*, with
+its latency at the cut. Percentiles are nearest-rank, from HdrHistogram; warm-up is excluded.
+*aborts* is aborted attempts / attempts, the attempts of operations that gave up included; *server
 CPU* is the servers' user+system CPU seconds (from /proc) per 1,000 operations completed in the
 window, *client CPU* the same for the load processes; *RSS* is the servers' resident memory at
 the end of the run. The self-test runs the same closed loop against a server that answers at
