@@ -6,7 +6,9 @@ succeed):
 
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
-    "created_ts", "survive"}``.
+    "created_ts", "survive"}``, and ``"moved_ts"`` once the keyspace has moved (see
+    :attr:`Keyspace.moved_ts`). Readers ignore fields they do not know, so a record may gain
+    optional fields without breaking them.
 ``b"ks-next-id"``
     the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
     never be read through a new keyspace of the same name.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import msgpack
 
@@ -35,6 +37,8 @@ __all__ = [
     "encode_keyspace",
     "encode_next_id",
     "decode_next_id",
+    "keyspace_from_record",
+    "keyspace_record",
     "FIRST_KEYSPACE_ID",
 ]
 
@@ -58,6 +62,11 @@ class Keyspace:
     created_ts: int = 0
     survive: str = "zone"
     """``"zone"``: voters in the home region only; ``"region"``: voters in three regions."""
+    moved_ts: int = 0
+    """The timestamp of the copy that brought the keyspace to its current home (0: it never
+    moved). The home group holds none of its data below it, so a read there must be served
+    at this timestamp or above: a replica that has not applied that far must wait for it
+    (or let another replica answer) rather than read the keyspace as empty."""
 
 
 def check_keyspace_name(name: object) -> str:
@@ -72,12 +81,30 @@ def keyspace_key(name: str) -> bytes:
     return b"ks/" + name.encode()
 
 
+_FIELDS = frozenset(f.name for f in fields(Keyspace))
+
+
+def keyspace_record(ks: Keyspace) -> dict:
+    """The record as stored and sent to clients: a map of its fields, without ``moved_ts``
+    while it is 0 (so that readers that predate the field can read every keyspace that
+    never moved)."""
+    record = asdict(ks)
+    if not record["moved_ts"]:
+        del record["moved_ts"]
+    return record
+
+
+def keyspace_from_record(record: dict) -> Keyspace:
+    """The keyspace a record describes; fields this version does not know are ignored."""
+    return Keyspace(**{k: v for k, v in record.items() if k in _FIELDS})
+
+
 def encode_keyspace(ks: Keyspace) -> bytes:
-    return msgpack.packb(asdict(ks), use_bin_type=True)
+    return msgpack.packb(keyspace_record(ks), use_bin_type=True)
 
 
 def decode_keyspace(data: bytes) -> Keyspace:
-    return Keyspace(**msgpack.unpackb(data, raw=False))
+    return keyspace_from_record(msgpack.unpackb(data, raw=False))
 
 
 def encode_next_id(next_id: int) -> bytes:

@@ -92,7 +92,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import planted
-from .catalog import Keyspace, check_keyspace_name
+from .catalog import Keyspace, check_keyspace_name, keyspace_from_record
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -135,8 +135,18 @@ __all__ = ["connect", "ConflictRecord", "Database", "Transaction", "ISOLATION_LE
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
 KEYSPACE_CACHE_S = 5.0
-"""How long a keyspace's catalog record is used before it is looked up again (in the
-background: the cached record keeps being used meanwhile)."""
+"""The longest a keyspace's catalog record is used without being looked up again: an older one
+is looked up before it is used, so that a keyspace dropped (and perhaps created again) or moved
+elsewhere is noticed within this delay, however long the client was idle. A record in use is
+looked up again in the background from half this age on, so that a busy client seldom waits for
+the lookup. (The groups refuse a dropped or moved keyspace's id anyway: this bounds how long a
+client keeps trying the old one.)"""
+KEYSPACE_REVALIDATE_S = 1.0
+"""How long an operation waits for the lookup of a record older than :data:`KEYSPACE_CACHE_S`
+before it goes on with the cached one (and waits for none again for half that delay). While
+the catalog is out of reach (a region cut off from the meta group's leader), a regional
+keyspace stays writable in its region that way; and it is safe, because the groups refuse the
+id of a keyspace that was dropped or moved away (``moved``: the client looks it up again)."""
 MAX_SNAPSHOT_MOVES = 8
 """How many times one read may move a transaction's snapshot before giving up (a conflict)."""
 MAX_TS = 2**64 - 2
@@ -230,6 +240,7 @@ class Database:
         self._keyspaces: dict[str, Keyspace] = {}
         self._keyspace_fetched: dict[str, float] = {}
         self._keyspace_refreshing: set[str] = set()
+        self._keyspace_unreachable: dict[str, float] = {}  # name -> until when not to wait
         self._rng = random.Random(secrets.randbits(64))
         self._closed = False
         self._background = 0
@@ -253,48 +264,97 @@ class Database:
                                      {"name": name, "mode": mode, "resolver": resolver,
                                       "survive": survive,
                                       "home": home_region or self.region})
-        ks = Keyspace(**rec)
+        ks = keyspace_from_record(rec)
         self._keyspaces[name] = ks
         self._keyspace_fetched[name] = trio.current_time()
         return ks
 
     async def drop_keyspace(self, name: str) -> None:
+        """Drops a keyspace: its name no longer resolves, and its data can no longer be read
+        or written through it, even by a client that still has its record cached.
+
+        Steps, safe to repeat (run the call again if it was interrupted): the record is looked
+        up; the keyspace's id is fenced against reads and writes in the group(s) holding its
+        data (every region's data group, for a regional keyspace), so that a client whose
+        cache still names it is told that it ``moved`` and looks the name up again; then the
+        record is deleted, if it is still that keyspace with that home (one moved meanwhile is
+        fenced in its new home first). If the call fails between the fence and the deletion,
+        the keyspace stays fenced (unusable) until the call is run again.
+        """
         check_keyspace_name(name)
-        await self._call_group(self._meta_group, "keyspace.drop", {"name": name})
         self._keyspaces.pop(name, None)
+        for _ in range(MAX_SNAPSHOT_MOVES):
+            ks = await self._lookup_keyspace(name)
+            for group in self._groups_holding(ks):
+                await self._fence(group, ks.id, 2)
+            try:
+                await self._call_group(self._meta_group, "keyspace.drop",
+                                       {"name": name, "id": ks.id, "home": ks.home})
+            except TransactionConflictError as exc:
+                if exc.reason == "catalog_changed":
+                    continue  # moved meanwhile: fence its new home too
+                raise
+            finally:
+                self._keyspaces.pop(name, None)
+            return
+        raise UnavailableError(f"keyspace {name!r} kept moving while it was being dropped")
 
     async def list_keyspaces(self) -> list[Keyspace]:
-        return [Keyspace(**r) for r in
+        return [keyspace_from_record(r) for r in
                 await self._call_group(self._meta_group, "keyspace.list", {})]
 
     async def keyspace(self, name: str) -> Keyspace:
-        """The keyspace's catalog record (cached after the first lookup)."""
+        """The keyspace's catalog record (cached, for at most :data:`KEYSPACE_CACHE_S`)."""
         ks = self._keyspaces.get(name)
         if ks is None:
             check_keyspace_name(name)
-            rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
-            ks = self._keyspaces[name] = Keyspace(**rec)
-            self._keyspace_fetched[name] = trio.current_time()
-        elif (trio.current_time() - self._keyspace_fetched.get(name, 0.0) > KEYSPACE_CACHE_S
-                and name not in self._keyspace_refreshing):
-            # Looked up again now and then, so that a keyspace dropped (and perhaps created
-            # again) elsewhere is noticed within about this delay; the lookup crosses regions
-            # (the catalog's group spans them), so it runs beside the caller, not in its way.
+            return await self._lookup_keyspace(name)
+        now = trio.current_time()
+        age = now - self._keyspace_fetched.get(name, -math.inf)
+        if age > KEYSPACE_CACHE_S and now >= self._keyspace_unreachable.get(name, -math.inf):
+            # Too old to be trusted: looked up before it is used, unless the catalog is out
+            # of reach (see KEYSPACE_REVALIDATE_S).
+            with trio.move_on_after(KEYSPACE_REVALIDATE_S):
+                with contextlib.suppress(UnavailableError, OSError):
+                    return await self._lookup_keyspace(name)
+            self._keyspace_unreachable[name] = trio.current_time() + KEYSPACE_CACHE_S / 2
+        if age > KEYSPACE_CACHE_S / 2 and name not in self._keyspace_refreshing:
+            # Looked up again before it expires, beside the caller rather than in its way:
+            # the lookup crosses regions (the catalog's group spans them).
             self._keyspace_refreshing.add(name)
             self._nursery.start_soon(self._refresh_keyspace, name)
         return ks
 
-    async def _refresh_keyspace(self, name: str) -> None:
+    async def _lookup_keyspace(self, name: str) -> Keyspace:
+        """The keyspace's record from the catalog now (cached; a dropped one is forgotten)."""
+        started = trio.current_time()
         try:
             rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
-            self._keyspaces[name] = Keyspace(**rec)
-            self._keyspace_fetched[name] = trio.current_time()
         except KeyspaceNotFoundError:
             self._keyspaces.pop(name, None)
+            raise
+        ks = keyspace_from_record(rec)
+        # Unless a lookup that started later has answered already (lookups may overlap: the
+        # background refresh and a caller's own).
+        if started >= self._keyspace_fetched.get(name, -math.inf) or name not in self._keyspaces:
+            self._keyspaces[name] = ks
+            self._keyspace_fetched[name] = started
+        return ks
+
+    async def _refresh_keyspace(self, name: str) -> None:
+        try:
+            await self._lookup_keyspace(name)
         except (MeridianError, OSError):
-            pass  # tried again on the next use
+            pass  # tried again on the next use (a dropped keyspace is forgotten already)
         finally:
             self._keyspace_refreshing.discard(name)
+
+    def _groups_holding(self, ks: Keyspace) -> list[int]:
+        """The groups that hold a keyspace's data: its home group, or every region's data
+        group for a regional keyspace."""
+        if ks.mode == "regional":
+            return sorted(self._group_of_region.values())
+        return [self.group_of(ks)]
 
     def group_of(self, ks: Keyspace) -> int:
         """The group a keyspace's keys are read and written in, from this client: its home
@@ -380,8 +440,19 @@ class Database:
             payload = {"group": group, "keys": [stored], "stale": True}
             if kind == "exact":
                 payload["ts"] = max(1, self.clock.now() - ns)
+                if payload["ts"] < ks.moved_ts:
+                    # Before the copy that brought the keyspace to its home: no group serves
+                    # that snapshot any more (what its home answers, once it has applied the
+                    # move; a replica that has not would read the keyspace as empty).
+                    raise TransactionConflictError(
+                        f"keyspace {keyspace!r} moved to {ks.home} after the read's timestamp",
+                        "moved")
             else:
                 payload["bounded_ns"] = max(1, ns)
+                if ks.moved_ts:
+                    # Never below the move's copy: a replica that has not applied it yet waits
+                    # for it, or lets the group's voters answer.
+                    payload["min_ts"] = ks.moved_ts
             reply = await self._call_local(group, "read", payload)
         value = reply["values"][0]
         if ks.mode == "regional":
@@ -394,18 +465,26 @@ class Database:
 
         Steps, each safe to repeat (run the call again if it was interrupted): writes to the
         keyspace are fenced off in the old group (writers get a retryable ``moved``
-        conflict; :meth:`run_transaction` retries them, in the new home once it is there);
-        its live keys are copied, at one snapshot taken after every transaction prepared
-        before the fence has finished, into the new group (keys left there by an earlier
-        stay are deleted); the new group refuses reads below the copy's timestamp; the old
-        group refuses reads too; the catalog's record points to the new home. Reads are
-        refused (and retried) only between the last two steps; writes, from the fence to the
-        catalog change. Returns the new record.
+        conflict; :meth:`run_transaction` retries them, in the new home once it is there),
+        and reads and writes in the new group, where a client whose cache still names that
+        home from an earlier stay could otherwise write into the copy; its live keys are
+        copied, at one snapshot taken after every transaction prepared before the fence has
+        finished, into the new group (keys left there by an earlier stay are deleted; only
+        the copy's own commits pass the new group's fence); the new group serves reads from
+        the copy's timestamp on; the old group refuses reads too; the catalog's record points
+        to the new home, if it is still the keyspace that was copied, homed where it was
+        copied from (a compare-and-set: a keyspace dropped and created again, or moved by
+        someone else, meanwhile, is left alone and the call fails); last, the new group
+        accepts writes. Reads are refused (and retried) only between the third and fourth
+        steps; writes, from the first fence to the last step. Returns the new record.
 
         If a step before the catalog change fails, the old group's fence is lifted again (the
         keyspace stays where it was, writable) and the error is raised; if the catalog change
-        itself fails, or this client dies midway, the keyspace stays fenced until the call is
-        run again.
+        is refused, the copy is fenced off and the error raised
+        (:class:`~engine.errors.KeyspaceNotFoundError` for a keyspace dropped meanwhile,
+        :class:`~engine.errors.TransactionConflictError` with reason ``catalog_changed`` for
+        one moved by someone else); if it fails otherwise, or this client dies midway, the
+        keyspace stays fenced until the call is run again.
         """
         self._keyspaces.pop(name, None)
         ks = await self.keyspace(name)
@@ -416,30 +495,58 @@ class Database:
                                        f"{', '.join(self.regions)})")
         old = self.group_of(ks)
         new = self.group_of(dataclasses.replace(ks, home=home_region))
-        if old != new:
-            try:
-                await self._fence(old, ks.id, 1)
-                await self._fence(new, ks.id, 0, MAX_TS)  # no reads there until copied
-                copied_at = await self._copy_keyspace(ks, old, new)
-                await self._fence(new, ks.id, 0, copied_at)
-                await self._fence(old, ks.id, 2)
-            except BaseException:
-                # The catalog still names the old home: lift its fence (best effort; if this
-                # fails too, running the move again finishes it).
-                with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
-                    with contextlib.suppress(MeridianError, OSError):
-                        await self._fence(old, ks.id, 0)
-                raise
-        rec = await self._call_group(self._meta_group, "keyspace.rehome",
-                                     {"name": name, "home": home_region})
-        self._keyspaces.pop(name, None)
-        return Keyspace(**rec)
+        if old == new:
+            # Already there, perhaps by this very call run before and interrupted after the
+            # catalog change: lift the write fence that move left in its new home, which
+            # reads (1, moved_ts). (A move away from there fences it (1, 0) first, which this
+            # must leave alone: a keyspace that never moved has nothing to finish.)
+            if ks.moved_ts:
+                await self._fence(new, ks.id, 0, ks.moved_ts, expect=(1, ks.moved_ts))
+            return ks
+        try:
+            await self._fence(old, ks.id, 1)  # reads there still, no writes
+            await self._fence(new, ks.id, 1, MAX_TS)  # no reads, no writes there until copied
+            copied_at = await self._copy_keyspace(ks, old, new)
+            await self._fence(new, ks.id, 1, copied_at)  # reads from the copy on
+            await self._fence(old, ks.id, 2)
+        except BaseException:
+            # The catalog still names the old home: lift its fence (best effort; if this
+            # fails too, running the move again finishes it), unless a drop or another move
+            # has fenced it since.
+            with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                with contextlib.suppress(MeridianError, OSError):
+                    await self._fence(old, ks.id, 0, ks.moved_ts, expect=(1, 0))
+            raise
+        try:
+            rec = await self._call_group(self._meta_group, "keyspace.rehome", {
+                "name": name, "home": home_region, "id": ks.id, "from": ks.home,
+                "moved_ts": copied_at})
+        except (KeyspaceNotFoundError, TransactionConflictError) as exc:
+            if (isinstance(exc, TransactionConflictError)
+                    and exc.reason != "catalog_changed"):
+                raise  # not refused: running the move again finishes it
+            # The record is no longer the keyspace that was copied, homed where it was copied
+            # from: the copy is nobody's home, fence it off for good.
+            with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                with contextlib.suppress(MeridianError, OSError):
+                    await self._fence(new, ks.id, 2, expect=(1, copied_at))
+            raise
+        finally:
+            self._keyspaces.pop(name, None)
+        await self._fence(new, ks.id, 0, copied_at, expect=(1, copied_at))
+        return keyspace_from_record(rec)
 
     async def _fence(self, group: int, keyspace_id: int, level: int,
-                     available_from: int = 0) -> int:
-        reply = await self._call_group(group, "keyspace.fence", {
-            "group": group, "keyspace_id": keyspace_id, "level": level,
-            "available_from": available_from})
+                     available_from: int = 0, *,
+                     expect: tuple[int, int] | None = None) -> int:
+        """Sets a keyspace's fence in ``group`` (see engine.group, FENCE); with ``expect``,
+        ``(level, available_from)``, only if that is its fence now. Returns a timestamp of
+        the group at or after the change."""
+        payload = {"group": group, "keyspace_id": keyspace_id, "level": level,
+                   "available_from": available_from}
+        if expect is not None:
+            payload["expect"] = list(expect)
+        reply = await self._call_group(group, "keyspace.fence", payload)
         return reply["ts"]
 
     async def _copy_keyspace(self, ks: Keyspace, old: int, new: int) -> int:
@@ -451,19 +558,19 @@ class Database:
         stale = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
         writes = [[k, v] for k, v in source.items()]
         writes += [[k, None] for k in stale if k not in source]
-        last = await self._fence(new, ks.id, 0, MAX_TS)  # a timestamp, if nothing to copy
+        last = await self._fence(new, ks.id, 1, MAX_TS)  # a timestamp, if nothing to copy
         batch: list = []
         size = 0
         for w in writes:
             w_size = len(w[0]) + len(w[1] or b"")
             if batch and (len(batch) >= limits["max_txn_keys"]
                           or size + w_size > limits["max_txn_bytes"]):
-                last = await self._copy_batch(new, batch)
+                last = await self._copy_batch(new, ks.id, batch)
                 batch, size = [], 0
             batch.append(w)
             size += w_size
         if batch:
-            last = await self._copy_batch(new, batch)
+            last = await self._copy_batch(new, ks.id, batch)
         return last
 
     async def _scan_settled(self, ks: Keyspace, group: int, lo: bytes, hi: bytes, *,
@@ -477,9 +584,11 @@ class Database:
                 continue
         raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
 
-    async def _copy_batch(self, group: int, writes: list) -> int:
-        reply = await self._call_group(group, "commit", {
-            "group": group, "txn_id": secrets.randbits(63) + 1, "read_ts": 0,
+    async def _copy_batch(self, group: int, keyspace_id: int, writes: list) -> int:
+        """Commits a batch of the copy in the new group, through its fence (which refuses
+        every other writer of the keyspace until the move is done)."""
+        reply = await self._call_group(group, "keyspace.copy", {
+            "group": group, "keyspace_id": keyspace_id, "txn_id": secrets.randbits(63) + 1,
             "writes": writes}, commit=True)
         return reply["ts"]
 

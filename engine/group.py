@@ -16,6 +16,8 @@ An entry's data is one msgpack array whose first element says what it is:
     optional eighth element, ``merges``, lists writes to regional keyspaces as ``[key,
     resolver, value]``: each is merged into the key's cell (see :mod:`engine.merge`) with
     this group's region as origin, and recorded in the group's *outbox* for the other regions.
+    ``flags & MOVE_COPY``: the commit is a keyspace move's copy into this group, which the
+    keyspace's write fence (FENCE) does not refuse.
 ``[CLOSE, proposed_ts]``
     Closes timestamps up to ``proposed_ts`` and writes nothing. A leader proposes one when a
     read needs a stable snapshot above the current closed timestamp, and periodically while idle
@@ -61,11 +63,12 @@ An entry's data is one msgpack array whose first element says what it is:
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
 ``[FENCE, proposed_ts, keyspace_id, level, available_from]``
-    Moving a keyspace to another group (its home region): level 1 refuses every commit and
-    prepare that writes the keyspace (conflict ``moved``: the writer looks the keyspace up
-    again), level 2 refuses reads of it too (the node answers ``moved``), level 0 lifts the
-    fence; ``available_from`` (the group receiving the keyspace sets it) refuses reads of it
-    below that timestamp, where its copy is not complete.
+    Moving a keyspace to another group (its home region), or dropping it: level 1 refuses
+    every commit and prepare that writes the keyspace (conflict ``moved``: the writer looks
+    the keyspace up again), except the move's own copy (``MOVE_COPY``); level 2 refuses reads
+    of it too (the node answers ``moved``); level 0 lifts the fence; ``available_from`` (the
+    group receiving the keyspace sets it) refuses reads of it below that timestamp, where its
+    copy is not complete.
 ``[RESOLVE, txn_id, proposed_ts, commit_ts]``
     Finishes the transaction's intents in this group: each becomes a version at
     ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
@@ -161,6 +164,7 @@ __all__ = [
     "Intent",
     "Outcome",
     "SERIALIZABLE",
+    "MOVE_COPY",
     "CommitResult",
     "GroupStateMachine",
     "encode_commit",
@@ -184,6 +188,9 @@ CMD_DRAIN = 7
 CMD_FENCE = 8
 CMD_FORGET = 9
 SERIALIZABLE = 1
+MOVE_COPY = 2
+"""COMMIT flag: a keyspace move's copy, exempt from the write fence that keeps every other
+writer of the keyspace out of the group receiving it until the move is done."""
 OUTBOX_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a group keeps its regional writes for the other regions."""
 RECORD_RETENTION_NS = 600 * 10**9
@@ -269,11 +276,12 @@ class CommitResult:
 def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                   *, serializable: bool = False,
-                  merges: Sequence[tuple[bytes, str, bytes | None]] = ()) -> bytes:
+                  merges: Sequence[tuple[bytes, str, bytes | None]] = (),
+                  move_copy: bool = False) -> bytes:
     """The entry data of a one-phase commit (see the module docstring)."""
+    flags = (SERIALIZABLE if serializable else 0) | (MOVE_COPY if move_copy else 0)
     # msgpack writes tuples and lists alike, as arrays: the pairs go in as they are.
-    cmd = [CMD_COMMIT, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
-           writes, reads]
+    cmd = [CMD_COMMIT, txn_id, read_ts, proposed_ts, flags, writes, reads]
     if merges:
         cmd.append(merges)
     return msgpack.packb(cmd, use_bin_type=True)
@@ -720,7 +728,7 @@ class _Batch:
         elif read_ts < self.sm.low_water:
             return CommitResult(Outcome.CONFLICT, ts, "too_old", conflict_ts=self.sm.low_water)
         keys = [w[0] for w in writes]
-        if self.sm._fences:
+        if self.sm._fences and (prepare or not flags & MOVE_COPY):
             moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)

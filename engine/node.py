@@ -23,9 +23,10 @@ Methods served
 --------------
 ``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.drop``,
 ``keyspace.get``, ``keyspace.list``, ``keyspace.rehome`` (meta group leader), and
-``keyspace.fence`` (a data group: moving a keyspace); data: ``read``, ``scan`` and ``commit``
-on a group; two-phase commit: ``prepare``, ``decide`` (primary group), ``resolve``, and
-``refresh`` (may a transaction's reads move to a newer snapshot?); regional keyspaces:
+``keyspace.fence`` and ``keyspace.copy`` (a data group: moving or dropping a keyspace); data:
+``read``, ``scan`` and ``commit`` on a group; two-phase commit: ``prepare``, ``decide``
+(primary group), ``resolve``, and ``refresh`` (may a transaction's reads move to a newer
+snapshot?); regional keyspaces:
 ``remote.apply`` and ``remote.watermark`` (between nodes: another region's writes),
 ``conflicts.list`` and ``conflicts.drain``. Errors are :class:`~engine.rpc.RemoteError` codes:
 ``not_leader`` (details: group, leader), ``conflict`` (details: reason, key), ``restart``
@@ -93,6 +94,7 @@ from .group import (
     GroupStateMachine,
     Intent,
     Outcome,
+    encode_commit,
     encode_drain,
     encode_fence,
     encode_remote,
@@ -100,7 +102,14 @@ from .group import (
 from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_TS, MVCCStore
-from .placement import KEY_PREFIX_SIZE, META_GROUP, data_group, placement, spread_group
+from .placement import (
+    KEY_PREFIX_SIZE,
+    META_GROUP,
+    data_group,
+    keyspace_bounds,
+    placement,
+    spread_group,
+)
 from .replica import GroupReplica
 from .rpc import DEFAULT_MAX_CONNECTIONS, RemoteError, connect_rpc, serve_rpc
 
@@ -295,6 +304,7 @@ class Node:
             "keyspace.list": self._guarded(self._keyspace_list),
             "keyspace.rehome": self._guarded(self._keyspace_rehome),
             "keyspace.fence": self._guarded(self._keyspace_fence),
+            "keyspace.copy": self._guarded(self._keyspace_copy),
             "read": self._guarded(self._read),
             "scan": self._guarded(self._scan),
             "commit": self._guarded(self._commit),
@@ -1145,27 +1155,53 @@ class Node:
                               survive=survive)
             writes = [(key, cat.encode_keyspace(ks)),
                       (cat.NEXT_ID_KEY, cat.encode_next_id(next_id + 1))]
-            return asdict(ks), writes, [key, cat.NEXT_ID_KEY]
+            return cat.keyspace_record(ks), writes, [key, cat.NEXT_ID_KEY]
 
         return await self._catalog_txn(body)
 
     async def _keyspace_drop(self, p):
+        """Deletes the keyspace's record. With ``id`` (and ``home``), only if the record is
+        still that keyspace, homed there: the caller fenced that keyspace's group(s) first
+        (see Database.drop_keyspace), and a record that changed since is not the one it
+        fenced."""
         name = cat.check_keyspace_name(p.get("name"))
+        expect_id, expect_home = p.get("id"), p.get("home")
+        if expect_id is not None and type(expect_id) is not int:
+            raise InvalidArgumentError("id must be a keyspace id")
+        if expect_home is not None and type(expect_home) is not str:
+            raise InvalidArgumentError("home must be a region name")
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            if meta.get(key, ts) is None:
+            raw = meta.get(key, ts)
+            if raw is None:
                 raise RemoteError("not_found", f"keyspace {name!r} does not exist")
+            _check_expected(cat.decode_keyspace(raw), expect_id, expect_home)
             return None, [(key, None)], [key]
 
         return await self._catalog_txn(body)
 
     async def _keyspace_rehome(self, p):
         """The catalog side of moving a keyspace: its record's home becomes ``home`` (the
-        data itself was copied and fenced before, see Database.move_keyspace)."""
+        data itself was copied and fenced before, see Database.move_keyspace).
+
+        A compare-and-set when the caller names what it moved: ``id``, the keyspace whose data
+        it copied, and ``from``, the home it copied it from. A record that is another keyspace
+        now (dropped and created again meanwhile) or that another move re-homed is refused:
+        re-homing it would point the name at a group that does not hold its data. A record
+        already at ``home`` (the same call run again) is answered as it is. ``moved_ts``, the
+        copy's timestamp, is recorded with the new home."""
         name = cat.check_keyspace_name(p.get("name"))
         home = p.get("home")
         data_group(self.cluster, home)  # validates the region name
+        expect_id, expect_from = p.get("id"), p.get("from")
+        moved_ts = p.get("moved_ts", 0)
+        if expect_id is not None and type(expect_id) is not int:
+            raise InvalidArgumentError("id must be a keyspace id")
+        if expect_from is not None and type(expect_from) is not str:
+            raise InvalidArgumentError("from must be a region name")
+        if type(moved_ts) is not int or not 0 <= moved_ts <= MAX_TS:
+            raise InvalidArgumentError("moved_ts must be a timestamp")
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
@@ -1174,24 +1210,63 @@ class Node:
                 raise RemoteError("not_found", f"keyspace {name!r} does not exist")
             ks = cat.decode_keyspace(raw)
             if ks.home == home:
-                return asdict(ks), [], []
-            moved = dataclasses.replace(ks, home=home)
-            return asdict(moved), [(key, cat.encode_keyspace(moved))], [key]
+                _check_expected(ks, expect_id, None)
+                return cat.keyspace_record(ks), [], []
+            _check_expected(ks, expect_id, expect_from)
+            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts)
+            return cat.keyspace_record(moved), [(key, cat.encode_keyspace(moved))], [key]
 
         return await self._catalog_txn(body)
 
     async def _keyspace_fence(self, p):
+        """Sets a keyspace's fence in a group (see engine.group, FENCE). With ``expect``,
+        ``[level, available_from]``, only if the fence is that now (as this leader has
+        applied it): a move finishing or undoing its own fence leaves alone one that a drop
+        or another move has set since. Answers ``{"ts", "done"}``; ``done`` is false when
+        ``expect`` did not match (nothing was proposed; ``fence`` is the fence found)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from = p.get("available_from", 0)
+        expect = p.get("expect")
         if type(ks_id) is not int or not 0 <= ks_id < 2**32 or level not in (0, 1, 2):
             raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0, 1 or 2")
         if type(available_from) is not int or not 0 <= available_from <= MAX_TS:
             raise InvalidArgumentError("available_from must be a timestamp")
+        if expect is not None and not (isinstance(expect, list) and len(expect) == 2
+                                       and all(type(v) is int for v in expect)):
+            raise InvalidArgumentError("expect must be [level, available_from]")
         replica._require_leader()
+        if expect is not None:
+            current = list(replica.sm.fence(keyspace_bounds(ks_id)[0]))
+            if current != expect:
+                return {"ts": replica.closed_ts, "done": False, "fence": current}
         result = await replica.propose(
             encode_fence(self.clock.now(), ks_id, level, available_from))
-        return {"ts": result.ts}
+        return {"ts": result.ts, "done": True}
+
+    async def _keyspace_copy(self, p):
+        """One batch of a keyspace move's copy into the group receiving it: a blind one-phase
+        commit of ``writes``, all keys of keyspace ``keyspace_id``, that the keyspace's write
+        fence there does not refuse (every other writer stays fenced out until the move is
+        done, see Database.move_keyspace). Answers ``{"ts"}``, the commit's timestamp."""
+        replica = self._replica(p)
+        ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
+        if type(ks_id) is not int or not 0 <= ks_id < 2**32:
+            raise InvalidArgumentError("keyspace_id must be a keyspace id")
+        if type(txn_id) is not int or not 0 < txn_id < 2**64:
+            raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
+        if not isinstance(writes, list):
+            raise InvalidArgumentError("writes must be a list")
+        pairs = self._check_writes(writes)
+        lo, hi = keyspace_bounds(ks_id)
+        if not all(lo <= k < hi for k, _ in pairs):
+            raise InvalidArgumentError(f"a copy writes keys of keyspace {ks_id} only")
+        replica._require_leader()
+        result = await replica.propose(
+            encode_commit(txn_id, 0, self.clock.now(), pairs, move_copy=True))
+        if result.committed:
+            return {"ts": result.ts}
+        self._refuse(txn_id, result)
 
     async def _keyspace_get(self, p):
         name = cat.check_keyspace_name(p.get("name"))
@@ -1200,16 +1275,29 @@ class Node:
             raw = meta.get(cat.keyspace_key(name), ts)
             if raw is None:
                 raise RemoteError("not_found", f"keyspace {name!r} does not exist")
-            return asdict(cat.decode_keyspace(raw)), [], []
+            return cat.keyspace_record(cat.decode_keyspace(raw)), [], []
 
         return await self._catalog_txn(body)
 
     async def _keyspace_list(self, p):
         def body(meta, ts):
             items = meta.scan(b"ks/", b"ks0", ts)
-            return [asdict(cat.decode_keyspace(v)) for _, v in items], [], []
+            return [cat.keyspace_record(cat.decode_keyspace(v)) for _, v in items], [], []
 
         return await self._catalog_txn(body)
+
+
+def _check_expected(ks: cat.Keyspace, expect_id: int | None, expect_home: str | None) -> None:
+    """Refuses a catalog change meant for a keyspace record that has changed since the caller
+    read it: another keyspace of the same name (``not_found``: the one it meant was dropped),
+    or the same one homed elsewhere (``conflict``, reason ``catalog_changed``)."""
+    if expect_id is not None and ks.id != expect_id:
+        raise RemoteError("not_found", f"keyspace {ks.name!r} (id {expect_id}) was dropped: "
+                          f"the name is keyspace id {ks.id} now")
+    if expect_home is not None and ks.home != expect_home:
+        raise TransactionConflictError(
+            f"keyspace {ks.name!r} is homed in {ks.home} now, not {expect_home}: another "
+            f"move changed it", "catalog_changed")
 
 
 def _max_connections() -> int:

@@ -444,6 +444,9 @@ def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store
         assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "moved", ks7 + b"a")
         r = prepare(sm, log, 2, 0, 120, [(ks8 + b"b", b"1")], locks=[ks7 + b"c"])
         assert (r.outcome, r.reason) == (Outcome.CONFLICT, "moved")
+        # A move's copy passes the write fence: it is how the keyspace's data gets here.
+        copy = encode_commit(5, 0, 125, [(ks7 + b"z", b"1")], move_copy=True)
+        assert one(sm, log, copy).committed
         assert one(sm, log, encode_commit(3, 0, 130, [(ks8 + b"a", b"1")])).committed
         one(sm, log, encode_fence(140, 7, 2, 0))
         assert sm.fence(ks7) == (2, 0)

@@ -1,0 +1,242 @@
+"""Keyspace lifecycle on an in-process cluster: drop and create again, moves between homes,
+and clients whose cached catalog records are out of date (ARCH §4)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import engine.client
+import engine.node
+from engine import errors
+from engine.local import open_local_cluster
+from engine.placement import data_group, keyspace_bounds
+
+TWO_REGIONS = ("us-east", "eu-west")
+THREE_REGIONS = ("us-east", "eu-west", "ap-south")
+
+
+# ------------------------------------------------------------------ drop
+
+async def test_a_cached_record_of_a_dropped_keyspace_neither_reads_nor_writes_its_data():
+    """A client that cached a keyspace before it was dropped and created again does not
+    read the old data, and its write is refused (not acknowledged into the dropped
+    keyspace, where nobody would see it) until it looks the name up again."""
+    async with open_local_cluster(("us-east",), 1, seed=41) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("us-east") as b:
+            with trio.fail_after(60):
+                old = await a.create_keyspace("orders")
+                await a.run_transaction(lambda tx: tx.put("orders", b"k", b"OLD"))
+                assert await a.read("orders", b"k") == b"OLD"
+                await b.drop_keyspace("orders")
+                new = await b.create_keyspace("orders")
+                assert new.id != old.id
+                assert (await a.keyspace("orders")).id == old.id  # still cached
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    async with a.transaction() as tx:
+                        await tx.put("orders", b"k2", b"lost?")
+                assert refused.value.reason == "moved"
+                assert await a.read("orders", b"k") is None
+                await a.run_transaction(lambda tx: tx.put("orders", b"k2", b"by-a"))
+                assert await b.read("orders", b"k2") == b"by-a"
+                assert (await a.keyspace("orders")).id == new.id
+
+
+async def test_a_dropped_regional_keyspace_is_fenced_in_every_region():
+    async with open_local_cluster(TWO_REGIONS, 1, seed=42) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                old = await east.create_keyspace("r", mode="regional")
+                await west.run_transaction(lambda tx: tx.put("r", b"k", b"west"))
+                await east.drop_keyspace("r")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    async with west.transaction() as tx:
+                        await tx.put("r", b"k", b"after the drop")
+                assert refused.value.reason == "moved"
+                prefix = keyspace_bounds(old.id)[0]
+                for region in TWO_REGIONS:
+                    group = data_group(cluster.config, region)
+                    for node in cluster.nodes.values():
+                        if group in node.replicas and node.replicas[group].node.is_leader:
+                            assert node.replicas[group].sm.fence(prefix)[0] == 2
+                with pytest.raises(errors.KeyspaceNotFoundError):
+                    await west.read("r", b"k")
+
+
+async def test_a_cached_record_older_than_the_cache_bound_is_looked_up_before_use(
+        monkeypatch):
+    """An idle client does not use a record older than KEYSPACE_CACHE_S: it looks the
+    keyspace up again first (not only in the background, after using the old record)."""
+    monkeypatch.setattr(engine.client, "KEYSPACE_CACHE_S", 0.2)
+    async with open_local_cluster(("us-east",), 1, seed=43) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("us-east") as b:
+            with trio.fail_after(60):
+                await a.create_keyspace("orders")
+                await b.drop_keyspace("orders")
+                new = await b.create_keyspace("orders")
+                await trio.sleep(0.3)  # the cached record is now older than the bound
+                assert (await a.keyspace("orders")).id == new.id
+
+
+async def test_an_expired_record_is_still_used_while_the_catalog_is_out_of_reach(
+        monkeypatch):
+    """A lookup that cannot reach the catalog does not stop the keyspace's own group from
+    being used (safe: the groups refuse the id of a dropped or moved keyspace)."""
+    monkeypatch.setattr(engine.client, "KEYSPACE_CACHE_S", 0.2)
+    async with open_local_cluster(("us-east",), 1, seed=49) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("orders")
+                await db.run_transaction(lambda tx: tx.put("orders", b"k", b"v"))
+                await trio.sleep(0.3)  # the cached record is now older than the bound
+
+                async def out_of_reach(self, name):
+                    await trio.sleep_forever()
+
+                monkeypatch.setattr(engine.client.Database, "_lookup_keyspace", out_of_reach)
+                with trio.fail_after(engine.client.KEYSPACE_REVALIDATE_S + 2):
+                    assert await db.read("orders", b"k") == b"v"
+                with trio.fail_after(engine.client.KEYSPACE_REVALIDATE_S + 2):
+                    await db.run_transaction(lambda tx: tx.put("orders", b"k", b"w"))
+
+
+# ------------------------------------------------------------------ move
+
+async def test_a_move_does_not_rehome_a_keyspace_dropped_and_created_again_meanwhile():
+    async with open_local_cluster(TWO_REGIONS, 1, seed=44) as cluster:
+        async with cluster.connect("us-east") as admin, cluster.connect("us-east") as other:
+            with trio.fail_after(60):
+                first = await admin.create_keyspace("g", home_region="us-east")
+                copy = admin._copy_keyspace
+                created = []
+
+                async def copy_then_recreate(ks, old, new):
+                    copied_at = await copy(ks, old, new)
+                    await other.drop_keyspace("g")
+                    created.append(await other.create_keyspace("g", home_region="us-east"))
+                    await other.run_transaction(lambda tx: tx.put("g", b"k", b"new-data"))
+                    return copied_at
+
+                admin._copy_keyspace = copy_then_recreate
+                with pytest.raises(errors.KeyspaceNotFoundError, match="dropped"):
+                    await admin.move_keyspace("g", "eu-west")
+                other._keyspaces.clear()
+                ks = await other.keyspace("g")
+                assert ks.id == created[0].id != first.id and ks.home == "us-east"
+                assert await other.read("g", b"k") == b"new-data"
+
+
+async def test_rehome_is_a_compare_and_set_on_the_id_and_the_old_home():
+    async with open_local_cluster(TWO_REGIONS, 1, seed=45) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                meta = db._meta_group
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await db._call_group(meta, "keyspace.rehome", {
+                        "name": "g", "home": "eu-west", "id": ks.id, "from": "eu-west"})
+                assert refused.value.reason == "catalog_changed"
+                with pytest.raises(errors.KeyspaceNotFoundError):
+                    await db._call_group(meta, "keyspace.rehome", {
+                        "name": "g", "home": "eu-west", "id": ks.id + 1, "from": "us-east"})
+                db._keyspaces.clear()
+                assert (await db.keyspace("g")).home == "us-east"
+
+
+async def test_a_stale_client_cannot_write_into_the_new_home_during_the_copy():
+    """A client whose cache names the new home (from an earlier stay there) is refused while
+    the keyspace is being copied there: its write would be overwritten by the copy."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=46) as cluster:
+        async with cluster.connect("us-east") as admin, cluster.connect("us-east") as x:
+            with trio.fail_after(60):
+                await admin.create_keyspace("g", home_region="us-east")
+                await admin.move_keyspace("g", "eu-west")
+                assert (await x.keyspace("g")).home == "eu-west"  # cached
+                await admin.move_keyspace("g", "us-east")
+                await admin.run_transaction(lambda tx: tx.put("g", b"k", b"admin"))
+                copy = admin._copy_keyspace
+                refusals = []
+
+                async def copy_with_a_stale_writer(ks, old, new):
+                    try:
+                        async with x.transaction() as tx:
+                            await tx.put("g", b"k", b"x")
+                            await tx.put("g", b"only-x", b"x")
+                    except errors.TransactionConflictError as exc:
+                        refusals.append(exc.reason)
+                    return await copy(ks, old, new)
+
+                admin._copy_keyspace = copy_with_a_stale_writer
+                assert (await admin.move_keyspace("g", "eu-west")).home == "eu-west"
+                assert refusals == ["moved"]
+                assert await admin.read("g", b"k") == b"admin"
+                assert await admin.read("g", b"only-x") is None
+                # Once the move is done, the stale client finds the new home and writes there.
+                await x.run_transaction(lambda tx: tx.put("g", b"only-x", b"x"))
+                assert await admin.read("g", b"only-x") == b"x"
+
+
+async def test_a_move_interrupted_after_the_catalog_change_finishes_when_run_again(
+        monkeypatch):
+    async with open_local_cluster(TWO_REGIONS, 1, seed=47) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"1"))
+                fence = engine.client.Database._fence
+
+                async def fence_but_not_the_last(self, group, ks_id, level, available_from=0,
+                                                 *, expect=None):
+                    if level == 0 and expect is not None and expect[0] == 1:
+                        raise errors.UnavailableError("the new home is unreachable")
+                    return await fence(self, group, ks_id, level, available_from,
+                                       expect=expect)
+
+                with monkeypatch.context() as m:
+                    m.setattr(engine.client.Database, "_fence", fence_but_not_the_last)
+                    with pytest.raises(errors.UnavailableError, match="unreachable"):
+                        await db.move_keyspace("g", "eu-west")
+                ks = await db.keyspace("g")
+                assert ks.home == "eu-west" and ks.moved_ts > 0
+                with pytest.raises(errors.TransactionConflictError):  # still fenced
+                    async with db.transaction() as tx:
+                        await tx.put("g", b"k", b"2")
+                assert (await db.move_keyspace("g", "eu-west")).home == "eu-west"
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"2"))
+                assert await db.read("g", b"k") == b"2"
+
+
+async def test_a_stale_read_after_a_move_is_not_served_before_the_copy(monkeypatch):
+    """A bounded-staleness read routed to a local replica of the new home that has not
+    applied the move's copy yet does not read the keyspace as empty: it waits for the copy,
+    or the group's voters answer."""
+    monkeypatch.setattr(engine.node, "STALE_READ_WAIT_S", 1.0)
+    async with open_local_cluster(THREE_REGIONS, 1, seed=48) as cluster:
+        us = cluster.config.nodes_in("us-east")[0].id
+        eu = cluster.config.nodes_in("eu-west")[0].id
+        eu_group = data_group(cluster.config, "eu-west")
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v"))
+                learner = cluster.nodes[us].replicas[eu_group]  # eu-west's group, in us-east
+                leader = cluster.nodes[eu].replicas[eu_group]
+                # It serves bounded-staleness reads: it has closed a timestamp (the idle
+                # group's leader closes time now and then) and caught up with its leader.
+                while (learner.closed_ts == 0
+                       or learner.sm.applied_index < leader.sm.applied_index):
+                    await trio.sleep(0.02)
+                # us-east's replica of eu-west's group stops hearing from its leader.
+                cluster.nodes[us].isolate_from({eu})
+                cluster.nodes[eu].isolate_from({us})
+                try:
+                    ks = await db.move_keyspace("g", "eu-west")
+                    # It lags: it has not applied the move (its fences, its copy).
+                    assert learner.sm.fence(keyspace_bounds(ks.id)[0]) == (0, 0)
+                    assert await db.read("g", b"k", staleness="bounded:30") == b"v"
+                    assert learner.closed_ts < ks.moved_ts
+                    with pytest.raises(errors.TransactionConflictError) as refused:
+                        await db.read("g", b"k", staleness="exact:30")  # before the move
+                    assert refused.value.reason == "moved"
+                finally:
+                    cluster.heal()
