@@ -1278,7 +1278,7 @@ async def run(config: RunConfig, *, plan: FaultPlan | None = None,
         final_ok = await _run_cluster(config, plan, runner, phase)
     phase("stop")
     events = runner.history.events
-    check = runner.workload.check(events)
+    check = with_lost_keyspaces(runner.workload.check(events), events)
     phase("check")
     counts = dict.fromkeys(("ok", "fail", "info"), 0)
     functions = set(runner.workload.functions)

@@ -121,6 +121,29 @@ async def test_an_operation_on_a_missing_keyspace_is_recorded_as_lost():
     assert runner.history.events[-1]["error"].startswith(LOST_KEYSPACE)
 
 
+def test_a_simulated_run_that_finds_a_keyspace_gone_is_not_valid(monkeypatch):
+    """The simulation's own verdict (what its tests and command line judge) counts a keyspace
+    found gone, as the fault campaign's does."""
+    from bench import txnsim
+    from engine.errors import KeyspaceNotFoundError
+
+    execute, calls = txnsim._Bank.execute, [0]
+
+    async def losing(self, tx, f, value, rng):
+        calls[0] += 1
+        if calls[0] == 3:  # one operation of the run finds its keyspace gone
+            raise KeyspaceNotFoundError("keyspace 'bank-us-east' does not exist")
+        return await execute(self, tx, f, value, rng)
+
+    monkeypatch.setattr(txnsim._Bank, "execute", losing)
+    config = txnsim.RunConfig(workload="bank", seed=1, nodes_per_region=1, processes=2,
+                              max_ops=20, time_limit_s=2.0, faults=frozenset())
+    with txnsim.compact_storage():
+        result = txnsim.run_sync(config, plan=txnsim.FaultPlan(kinds=frozenset()))
+    assert result.final_read_ok and calls[0] > 3
+    assert not result.valid and txnsim.LOST_KEYSPACE in result.check["anomaly_types"]
+
+
 def test_set_final_read_is_the_one_after_the_final_heal(tmp_path):
     """A read of the main phase is not the final read: adds acknowledged after it are not
     lost when the final read failed (unknown), and are lost when the final read lacks them."""
