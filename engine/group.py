@@ -62,6 +62,11 @@ An entry's data is one msgpack array whose first element says what it is:
     ``"refused"``; the rest of the batch applies, so one bad write cannot stall its stream.
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
+``[SHIPPED, proposed_ts, destination_group, watermark]``
+    The ``destination_group`` (another region's group) has applied this group's regional
+    writes up to ``watermark`` (its own watermark of this group, as it answered the leader
+    shipping them). The outbox keeps each record until every destination has it (see
+    "Regional keyspaces" below).
 ``[FENCE, proposed_ts, keyspace_id, level, available_from]``
     Moving a keyspace to another group (its home region), or dropping it: level 1 refuses
     every commit and prepare that writes the keyspace (conflict ``moved``: the writer looks
@@ -112,10 +117,16 @@ commit timestamp, so a snapshot taken after the resolution is at or above it.
 Regional keyspaces
 ------------------
 A regional key's versions hold encoded :class:`~engine.merge.Cell` values. Side-table keys:
-``o`` + be64(ts) → the writes this group's region committed at ``ts`` (its outbox, kept for
-:data:`OUTBOX_RETENTION_NS` of closed time and trimmed by CLOSE entries); ``w`` + be32(origin
-group) → the origin's watermark; ``c`` + key + be64(ts) + origin → a conflict-log record, one
-per write that lost a concurrent conflict here.
+``o`` + be64(ts) → the writes this group's region committed at ``ts`` (its outbox); ``w`` +
+be32(origin group) → the origin's watermark; ``s`` + be32(destination group) → how far that
+destination has applied this group's writes (SHIPPED); ``c`` + key + be64(ts) + origin → a
+conflict-log record, one per write that lost a concurrent conflict here.
+
+An outbox record is trimmed (by CLOSE, SHIPPED and regional commits, a batch at a time) once
+every destination has applied it, so a region cut off for hours catches up when it is back.
+One still missing somewhere after :data:`OUTBOX_RETENTION_NS` of closed time is trimmed all
+the same, to bound the outbox: that destination then needs a full copy (the shipper reports
+it, see ``engine.node``).
 
 Durability
 ----------
@@ -169,6 +180,7 @@ __all__ = [
     "GroupStateMachine",
     "encode_commit",
     "encode_close",
+    "encode_shipped",
     "encode_prepare",
     "encode_decide",
     "encode_resolve",
@@ -187,12 +199,14 @@ CMD_REMOTE = 6
 CMD_DRAIN = 7
 CMD_FENCE = 8
 CMD_FORGET = 9
+CMD_SHIPPED = 10
 SERIALIZABLE = 1
 MOVE_COPY = 2
 """COMMIT flag: a keyspace move's copy, exempt from the write fence that keeps every other
 writer of the keyspace out of the group receiving it until the move is done."""
-OUTBOX_RETENTION_NS = 600 * 10**9
-"""How long (in closed time) a group keeps its regional writes for the other regions."""
+OUTBOX_RETENTION_NS = 6 * 3600 * 10**9
+"""The longest (in closed time) a group keeps a regional write that some other region has not
+applied yet: a region cut off for longer needs a full copy."""
 RECORD_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a transaction record is kept at least before FORGET removes it."""
 DECISION_HORIZON_NS = RECORD_RETENTION_NS // 2
@@ -213,6 +227,7 @@ _OUTBOX_END = b"p"
 _OUTBOX_TRIMMED = b"O"  # be64: the newest outbox record trimmed so far
 _FENCE = b"f"  # + be32 keyspace id -> msgpack [level, available_from]
 _FENCE_END = b"g"
+_SHIPPED = b"s"  # + be32 destination group -> be64: its watermark of this group
 _PREFIX = 4  # a stored key's keyspace prefix (engine.placement.KEY_PREFIX_SIZE)
 _MAX_ORIGIN_IN_KEY = 32
 _PREPARED_END = b"q"
@@ -306,6 +321,13 @@ def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
     return msgpack.packb([CMD_DRAIN, proposed_ts, list(keys)], use_bin_type=True)
 
 
+def encode_shipped(proposed_ts: int, destination_group: int, watermark: int) -> bytes:
+    """The entry data recording how far ``destination_group`` has applied this group's
+    regional writes (see the module docstring)."""
+    return msgpack.packb([CMD_SHIPPED, proposed_ts, destination_group, watermark],
+                         use_bin_type=True)
+
+
 def encode_close(proposed_ts: int) -> bytes:
     return msgpack.packb([CMD_CLOSE, proposed_ts], use_bin_type=True)
 
@@ -359,15 +381,20 @@ class GroupStateMachine:
         on_closed: called with the new closed timestamp after every apply that raised it.
         origin: the region whose writes this group commits (the origin of its regional
             writes); the same on every replica, learners in other regions included.
+        destinations: the groups this group's regional writes go to (the other regions'),
+            the same on every replica; its outbox keeps a record until all of them have it.
+            None: not known, and a record is kept for :data:`OUTBOX_RETENTION_NS`.
     """
 
     def __init__(self, store: MVCCStore, *, max_txn_lifetime_ns: int,
-                 on_closed: Callable[[int], None] | None = None, origin: str = "") -> None:
+                 on_closed: Callable[[int], None] | None = None, origin: str = "",
+                 destinations: Sequence[int] | None = None) -> None:
         if type(max_txn_lifetime_ns) is not int or max_txn_lifetime_ns <= 0:
             raise ValueError(f"max_txn_lifetime_ns must be a positive int, "
                              f"not {max_txn_lifetime_ns!r}")
         self.store = store
         self.origin = origin
+        self.destinations = None if destinations is None else tuple(sorted(set(destinations)))
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
@@ -499,6 +526,14 @@ class GroupStateMachine:
                     if key[:1] == _CONFLICT:
                         batch.side[key] = None
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
+            elif kind == CMD_SHIPPED:
+                ts = self._close(cmd[1])
+                _, _, destination, watermark = cmd
+                skey = _SHIPPED + _U32.pack(destination)
+                if watermark > batch.applied_by(destination):  # answers may come out of order
+                    batch.side[skey] = _U64.pack(watermark)
+                results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                batch.trim_outbox()
             elif kind == CMD_COMMIT or kind == CMD_PREPARE:
                 if (kind == CMD_COMMIT and len(cmd) > 7) or (
                         kind == CMD_PREPARE and cmd[1] in batch.queued_prepares):
@@ -579,6 +614,12 @@ class GroupStateMachine:
     def watermark(self, origin_group: int) -> int:
         """The origin group's timestamp up to which its regional writes are applied here."""
         raw = self.store.side_get(_WATERMARK + _U32.pack(origin_group))
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
+    def shipped(self, destination_group: int) -> int:
+        """How far ``destination_group`` has applied this group's regional writes, as far as
+        this group knows (SHIPPED)."""
+        raw = self.store.side_get(_SHIPPED + _U32.pack(destination_group))
         return _U64.unpack(raw)[0] if raw is not None else 0
 
     def outbox_after(self, ts: int, limit: int = 256) -> list[tuple[int, list]]:
@@ -1035,11 +1076,25 @@ class _Batch:
             self.sm.adjudicator.load(touched)
         return CommitResult(Outcome.COMMITTED, ts)
 
+    def applied_by(self, destination: int) -> int:
+        """How far ``destination`` has applied this group's regional writes (SHIPPED), as of
+        this batch."""
+        skey = _SHIPPED + _U32.pack(destination)
+        raw = self.side[skey] if skey in self.side else self.sm.store.side_get(skey)
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
     def trim_outbox(self, limit: int = _TRIM_BATCH) -> None:
-        """Drops up to ``limit`` outbox records older than the retention (a function of the
-        log alone: CLOSE entries trim a batch, regional commits a couple, so the outbox
-        stays bounded by the retention whether the group is busy or idle)."""
-        horizon = self.sm.closed_ts - OUTBOX_RETENTION_NS
+        """Drops up to ``limit`` outbox records that every destination has applied, or that
+        are older than the retention (a function of the log alone: CLOSE and SHIPPED entries
+        trim a batch, regional commits a couple, so the outbox stays bounded whether the group
+        is busy or idle)."""
+        horizon = self.sm.closed_ts - OUTBOX_RETENTION_NS  # trimmed below this in any case
+        destinations = self.sm.destinations
+        if destinations is not None:
+            # Every destination has the records at or below its watermark here; with none
+            # (one region), no record waits for anybody.
+            applied = min((self.applied_by(d) for d in destinations), default=self.sm.closed_ts)
+            horizon = max(horizon, applied + 1)
         if horizon <= 0:
             return
         last = 0
@@ -1106,6 +1161,11 @@ def _decode(data: bytes) -> list:
         if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)
                 and all(type(k) is bytes for k in cmd[2])):
             raise _Malformed("bad DRAIN command")
+        return cmd
+    if kind == CMD_SHIPPED:
+        if not (len(cmd) == 4 and _is_ts(cmd[1]) and type(cmd[2]) is int
+                and 0 < cmd[2] < 2**32 and type(cmd[3]) is int and 0 <= cmd[3] <= MAX_TS):
+            raise _Malformed("bad SHIPPED command")
         return cmd
     if kind == CMD_PREPARE:
         if len(cmd) != 10:

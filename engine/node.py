@@ -98,6 +98,7 @@ from .group import (
     encode_drain,
     encode_fence,
     encode_remote,
+    encode_shipped,
 )
 from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
@@ -136,6 +137,9 @@ REPLICATION_BATCH_BYTES = 4 << 20
 which must stay under the RPC frame limit (16 MiB), and one Raft entry at the destination."""
 REPLICATION_WINDOW = 8
 """Batches of regional writes in flight to one destination at once."""
+SHIPPED_REPORT_S = 1.0
+"""How often at most a shipper records in its group's log how far a destination has applied
+its regional writes (SHIPPED): the outbox keeps each write until every destination has it."""
 REPLICATION_LINGER_S = 0.02
 """How long a shipper that was idle waits after a new regional write before shipping it, so
 that the writes of those milliseconds travel (and are proposed at the destination) as one
@@ -254,8 +258,12 @@ class Node:
         store = MVCCStore(base / "state")
         files.callback(store.close)
         lifetime_ns = int(self.cluster.limits.max_txn_lifetime_s * 1e9)
+        destinations = [other for other, where in self.placement.items()
+                        if other != gid and where.kind == "data"]
         sm = GroupStateMachine(store, max_txn_lifetime_ns=lifetime_ns,
-                               origin=self.placement[gid].region)
+                               origin=self.placement[gid].region,
+                               destinations=destinations if self.placement[gid].kind == "data"
+                               else ())
         files.callback(sm.close)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
@@ -927,6 +935,7 @@ class Node:
         window = trio.Semaphore(REPLICATION_WINDOW)
         broken = trio.Event()
         failure: list[BaseException] = []
+        applied = [after]  # how far the destination has applied our writes, by its answers
 
         async def send(batch_after: int, batch: list) -> None:
             try:
@@ -935,13 +944,37 @@ class Node:
                     "up_to": batch[-1][0], "writes": [w for _, ws in batch for w in ws]})
                 if reply.get("gap"):
                     broken.set()
+                if type(reply.get("watermark")) is int:
+                    applied[0] = max(applied[0], reply["watermark"])
             except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
                 failure.append(exc)
                 broken.set()
             finally:
                 window.release()
 
+        async def report_applied() -> None:
+            # The outbox keeps each write until every destination has it: the group learns
+            # how far this one got through its own log (SHIPPED), once a second at most.
+            reported = origin.sm.shipped(destination)
+            while True:
+                if applied[0] > reported:
+                    await origin.propose(encode_shipped(self.clock.now(), destination,
+                                                        applied[0]))
+                    reported = applied[0]
+                await trio.sleep(SHIPPED_REPORT_S)
+
         async with trio.open_nursery() as nursery:
+            reporter = trio.CancelScope()
+
+            async def report() -> None:
+                with reporter:
+                    try:
+                        await report_applied()
+                    except (MeridianError, RemoteError) as exc:  # lost leadership: next time
+                        log.info("node %d: recording group %d's progress in group %d: %s",
+                                 self.id, destination, origin.group, exc)
+
+            nursery.start_soon(report)
             while origin.node.is_leader and not broken.is_set():
                 batch = _bounded_batch(origin.sm.outbox_after(after, REPLICATION_BATCH))
                 if not batch:
@@ -952,6 +985,7 @@ class Node:
                 await window.acquire()
                 nursery.start_soon(send, after, batch)
                 after = batch[-1][0]
+            reporter.cancel()
         if failure:
             raise failure[0]
 

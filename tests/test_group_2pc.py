@@ -21,6 +21,7 @@ from engine.group import (
     encode_prepare,
     encode_remote,
     encode_resolve,
+    encode_shipped,
 )
 from engine.merge import decode_cell, encode_int, resolver_for
 from engine.mvcc import MAX_TS, MAX_VALUE_SIZE, MVCCStore
@@ -431,6 +432,51 @@ def test_close_entries_trim_the_outbox_after_the_retention(regional):
     one(east, log, encode_commit(20, 0, t, [], merges=[(b"k", "lww", b"w")]))
     assert [ts for ts, _ in east.outbox_after(0)] == [*stamps[2:], t]
     assert east.outbox_trimmed == stamps[1]
+
+
+def test_the_outbox_keeps_a_write_until_every_destination_has_it(tmp_path):
+    # The outbox used to be trimmed ten minutes (of closed time) after each commit whether or
+    # not the other regions had the writes: a region cut off for longer never converged.
+    store = MVCCStore(tmp_path / "east", map_size=1 << 20)
+    east = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east",
+                             destinations=(201, 202))
+    log = Log()
+    try:
+        for i, ts in enumerate((100, 110, 120)):
+            assert one(east, log, encode_commit(i + 1, 0, ts, [], merges=[
+                (b"k", "lww", b"v%d" % i)])).committed
+        hour = 3600 * 10**9
+        one(east, log, encode_close(120 + hour))  # an hour later, nobody has them yet
+        assert [ts for ts, _ in east.outbox_after(0)] == [100, 110, 120]
+        one(east, log, encode_shipped(121 + hour, 201, 110))
+        assert len(east.outbox_after(0)) == 3 and east.shipped(201) == 110
+        one(east, log, encode_shipped(122 + hour, 202, 120))
+        assert [ts for ts, _ in east.outbox_after(0)] == [120]  # 201 lacks it still
+        assert east.outbox_trimmed == 110
+        one(east, log, encode_shipped(123 + hour, 201, 100))  # an older answer: no step back
+        assert east.shipped(201) == 110 and len(east.outbox_after(0)) == 1
+        # Kept at most OUTBOX_RETENTION_NS: past that, 201 needs a full copy.
+        one(east, log, encode_close(121 + OUTBOX_RETENTION_NS))
+        assert east.outbox_after(0) == [] and east.outbox_trimmed == 120
+        bad = msgpack.packb([10, 200 + OUTBOX_RETENTION_NS, 0, 5])
+        assert one(east, log, bad).outcome is Outcome.INVALID
+    finally:
+        east.close()
+        store.close()
+
+
+def test_a_group_with_no_destination_keeps_no_outbox(tmp_path):
+    store = MVCCStore(tmp_path / "alone", map_size=1 << 20)
+    alone = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east",
+                              destinations=())
+    log = Log()
+    try:
+        assert one(alone, log, encode_commit(1, 0, 100, [], merges=[(b"k", "lww", b"v")]))
+        one(alone, log, encode_close(101))
+        assert alone.outbox_after(0) == []
+    finally:
+        alone.close()
+        store.close()
 
 
 def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store_path):

@@ -242,3 +242,29 @@ async def test_regions_cut_off_from_each_other_converge_after_healing():
                 # Every region's concurrent writes that lost are in some conflict log.
                 lost = {r.loser for db in dbs for r in await db.conflicts("prefs")}
                 assert lost, "concurrent writes from both sides of the cut, none logged"
+
+
+async def test_the_origin_learns_what_each_region_applied_and_trims_its_outbox():
+    # The leader shipping a group's regional writes records in the group's log how far each
+    # destination has applied them (SHIPPED); the outbox then drops what every region has,
+    # instead of holding each write for a fixed time and dropping it even when a region cut
+    # off for longer never got it.
+    async with open_local_cluster(REGIONS, 1, wan_latency_ms=WAN, seed=24) as cluster:
+        async with cluster.connect("us-east") as a:
+            with trio.fail_after(60):
+                await a.create_keyspace("notes", mode="regional")
+                async with a.transaction() as tx:
+                    await tx.put("notes", b"k", b"v")
+                origin = data_group(cluster.config, "us-east")
+                others = [data_group(cluster.config, r) for r in REGIONS if r != "us-east"]
+                written = await _last_regional_write(cluster, origin)
+                assert written >= tx.commit_ts
+                while True:
+                    leader = await _leader_of(cluster, origin)
+                    sm = cluster.nodes[leader].replicas[origin].sm
+                    if all(sm.shipped(d) >= written for d in others) and \
+                            sm.outbox_after(0) == []:
+                        break
+                    await trio.sleep(0.1)
+                for d in others:
+                    await _watermark_reaches(cluster, d, origin, written)
