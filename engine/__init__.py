@@ -67,6 +67,39 @@ _LAZY = {
 }
 
 
+# What ``from engine import *`` brings: the storage core and the errors above, and the lazy
+# names (a star import imports their modules).
+__all__ = [
+    "AmbiguousCommitError",
+    "CorruptionError",
+    "CorruptLogError",
+    "CorruptStateError",
+    "DiskFullError",
+    "InvalidArgumentError",
+    "KeyspaceExistsError",
+    "KeyspaceNotFoundError",
+    "LimitExceededError",
+    "MeridianError",
+    "NotLeaderError",
+    "PositionError",
+    "RecordTooLargeError",
+    "StorageError",
+    "StoreClosedError",
+    "StoreFailedError",
+    "StoreLockedError",
+    "TransactionClosedError",
+    "TransactionConflictError",
+    "UnavailableError",
+    "DurableState",
+    "LogStats",
+    "LogStore",
+    "GCResult",
+    "MVCCStats",
+    "MVCCStore",
+    *_LAZY,
+]
+
+
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:

@@ -37,7 +37,8 @@ Closing: :meth:`BlockingDatabase.close` cancels the calls still running (a commi
 raises :class:`~engine.errors.AmbiguousCommitError`, the others the "closed" error), closes the
 connections and joins the thread. It is idempotent. A database never closed is closed when it
 is garbage-collected and, at the latest, when the interpreter shuts down, so a forgotten
-connection never keeps the process alive.
+connection never keeps the process alive; threads still using it after the main thread has
+returned keep it until they end.
 
 Do not use this module from inside a trio run: it would block the event loop. Use
 :func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so.
@@ -45,6 +46,7 @@ Do not use this module from inside a trio run: it would block the event loop. Us
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import random
@@ -58,7 +60,7 @@ from typing import Any, TypeVar
 import trio
 
 from .catalog import Keyspace
-from .client import Database, Transaction, connect
+from .client import ConflictRecord, Database, Transaction, connect
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -118,8 +120,11 @@ class _Portal:
     def start(self, nodes: Sequence[str], options: dict[str, Any]) -> None:
         """Starts the thread and waits until it is connected; raises what connecting raised.
         """
+        # A daemon thread, so that exiting never waits for it: the exit hook below closes the
+        # connection, once the application's own threads (which may still use it after the
+        # main thread has returned) have ended.
         self._thread = threading.Thread(target=self._thread_main, args=(nodes, options),
-                                        name="meridian-blocking-client", daemon=False)
+                                        name="meridian-blocking-client", daemon=True)
         _register(self)
         try:
             self._thread.start()
@@ -240,8 +245,9 @@ class _Portal:
         return error
 
 
-# A thread that is not a daemon keeps the interpreter from exiting until it ends; the hook
-# below runs before the interpreter waits for such threads and closes every portal still open.
+# Connections still open when the interpreter exits are closed by an atexit hook. atexit runs
+# after the interpreter has joined every non-daemon thread, so no thread of the application is
+# still using a connection then (the client threads are daemons, and are still running).
 _open_portals: set[_Portal] = set()
 _open_portals_lock = threading.Lock()
 _hook_registered = False
@@ -251,7 +257,11 @@ def _close_open_portals() -> None:
     with _open_portals_lock:
         portals = list(_open_portals)
     for portal in portals:
-        portal.close()
+        # One connection failing to close cleanly must not leave the others open.
+        try:
+            portal.close()
+        except Exception:
+            pass  # the process is exiting: nobody is left to hand the error to
 
 
 def _register(portal: _Portal) -> None:
@@ -259,9 +269,7 @@ def _register(portal: _Portal) -> None:
     with _open_portals_lock:
         _open_portals.add(portal)
         if not _hook_registered:
-            register = getattr(threading, "_register_atexit", None)
-            if register is not None:
-                register(_close_open_portals)
+            atexit.register(_close_open_portals)
             _hook_registered = True
 
 
@@ -301,7 +309,7 @@ class BlockingDatabase:
         # Closes the connection if the last reference is dropped without close(). Transactions
         # hold a reference to the database, so it outlives them.
         self._finalizer = weakref.finalize(self, portal.close)
-        self._finalizer.atexit = False  # the interpreter-exit hook above does it earlier
+        self._finalizer.atexit = False  # the exit hook above (_close_open_portals) does it
 
     def __enter__(self) -> BlockingDatabase:
         return self
@@ -331,10 +339,16 @@ class BlockingDatabase:
     # ------------------------------------------------------------------ catalog
 
     def create_keyspace(self, name: str, *, mode: str = "global",
-                        home_region: str | None = None) -> Keyspace:
-        """Creates a keyspace homed in ``home_region`` (default: the client's region)."""
+                        home_region: str | None = None,
+                        resolver: str = "lww", survive: str = "zone") -> Keyspace:
+        """Creates a keyspace: ``mode="global"`` homed in ``home_region`` (default: the
+        client's region), or ``mode="regional"``, writable in every region, whose concurrent
+        writes are reconciled by ``resolver`` (``"lww"``, ``"counter"``, ``"max"`` or
+        ``"add_wins_set"``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
+        more) puts a global keyspace's voters in three regions: commits wait for a second
+        region, and losing a whole region loses no acknowledged write."""
         return self._portal.call(self._db().create_keyspace, name, mode=mode,
-                                 home_region=home_region)
+                                 home_region=home_region, resolver=resolver, survive=survive)
 
     def drop_keyspace(self, name: str) -> None:
         self._portal.call(self._db().drop_keyspace, name)
@@ -345,6 +359,26 @@ class BlockingDatabase:
     def keyspace(self, name: str) -> Keyspace:
         """The keyspace's catalog record (cached after the first lookup)."""
         return self._portal.call(self._db().keyspace, name)
+
+    def group_of(self, ks: Keyspace) -> int:
+        """The group a keyspace's keys are read and written in, from this client: its home
+        region's, or this region's own for a regional keyspace."""
+        return self._portal.call(self._db().group_of, ks, is_async=False)
+
+    def move_keyspace(self, name: str, home_region: str) -> Keyspace:
+        """Moves a global keyspace to another home region, online, and returns its new
+        record; see :meth:`engine.client.Database.move_keyspace` for the steps and what an
+        interrupted move leaves (run the call again to finish it)."""
+        return self._portal.call(self._db().move_keyspace, name, home_region)
+
+    def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
+        """The conflict log of a regional keyspace in this client's region: one record per
+        write that lost a concurrent conflict here, oldest key first (ARCH §6)."""
+        return self._portal.call(self._db().conflicts, keyspace, limit=limit)
+
+    def drain_conflicts(self, keyspace: str, records: Sequence[ConflictRecord]) -> None:
+        """Removes records (from :meth:`conflicts`) from the conflict log."""
+        self._portal.call(self._db().drain_conflicts, keyspace, list(records))
 
     # ------------------------------------------------------------------ reads
 
@@ -361,6 +395,18 @@ class BlockingDatabase:
     def status(self) -> dict:
         """Every node's view of its groups; see :meth:`engine.client.Database.status`."""
         return self._portal.call(self._db().status)
+
+    def statistics(self) -> dict:
+        """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair,
+        ``cross_region_bytes`` the nodes of one region sent to those of another, and every
+        node's status; see :meth:`engine.client.Database.statistics`."""
+        return self._portal.call(self._db().statistics)
+
+    def bytes_by_node(self) -> dict[int, tuple[int, int]]:
+        """``{node id: (bytes sent, bytes received)}`` over this handle's connections so
+        far (the frames; TCP and IP headers not counted)."""
+        # The connections belong to the trio thread: they are counted there.
+        return self._portal.call(self._db().bytes_by_node, is_async=False)
 
     # ------------------------------------------------------------------ transactions
 
@@ -499,6 +545,17 @@ class BlockingTransaction:
 
     def delete(self, keyspace: str, key: bytes | str) -> None:
         self._portal.call(self._tx.delete, keyspace, key)
+
+    def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:
+        """A write to a regional keyspace with a merge type (ARCH §6): ``payload`` in the
+        resolver's format (:mod:`engine.merge`: an increment for ``counter``, a number for
+        ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
+        except counter increments, which add up."""
+        self._portal.call(self._tx.merge, keyspace, key, payload)
+
+    def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
+        """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver."""
+        self._portal.call(self._tx.increment, keyspace, key, amount)
 
     def commit(self) -> None:
         """Commits, or raises :class:`~engine.errors.TransactionConflictError` (nothing was

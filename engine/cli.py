@@ -245,6 +245,11 @@ def _shell(args) -> int:
     except MeridianError as exc:
         print(f"meridian shell: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside the prompt (while connecting, or closing): one line, and the
+        # conventional status of a process ended by SIGINT, rather than a traceback.
+        print("meridian shell: interrupted", file=sys.stderr)
+        return 130
 
 
 def _bench(argv: list[str]) -> int:

@@ -186,14 +186,22 @@ def _as_bytes(value: object, what: str) -> bytes:
 
 
 def _parse_staleness(staleness: str) -> tuple[str, int]:
+    # At most what a timestamp can count, in whole seconds (about 584 years): nodes take the
+    # staleness in nanoseconds as an int in 0..MAX_TS.
+    max_seconds = MAX_TS // 1_000_000_000
+    expected = (f"expected 'exact:<seconds>' or 'bounded:<seconds>' with 0 <= seconds <= "
+                f"{max_seconds}")
+    if not isinstance(staleness, str):
+        raise InvalidArgumentError(f"staleness must be a str ({expected}), not "
+                                   f"{type(staleness).__name__}")
     kind, _, amount = staleness.partition(":")
     try:
         seconds = float(amount)
     except ValueError:
         seconds = -1.0
-    if kind not in ("exact", "bounded") or not (math.isfinite(seconds) and seconds >= 0):
-        raise InvalidArgumentError(
-            f"staleness {staleness!r}: expected 'exact:<seconds>' or 'bounded:<seconds>'")
+    # Also refuses nan and infinities (the comparisons are false).
+    if kind not in ("exact", "bounded") or not 0 <= seconds <= max_seconds:
+        raise InvalidArgumentError(f"staleness {staleness!r}: {expected}")
     return kind, int(seconds * 1e9)
 
 

@@ -272,7 +272,11 @@ def _number(value: object, field: str, *, positive: bool) -> float:
     """A finite number (TOML integer or float) as a float: > 0 if ``positive``, else >= 0."""
     if type(value) not in (int, float):
         raise _fail(field, f"expected a number, got {_show(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the largest float (TOML allows any size)
+        raise _fail(field, f"must be a finite number, got an integer too large for one "
+                           f"({value.bit_length()} bits)") from None
     if not math.isfinite(number):
         raise _fail(field, f"must be a finite number, got {_show(value)}")
     if positive and not number > 0:

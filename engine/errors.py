@@ -11,6 +11,14 @@ from __future__ import annotations
 import errno as _errno
 
 
+def _reduce(exc: BaseException, *args: object) -> tuple:
+    """What pickle and copy need to rebuild ``exc``: its class, the arguments its constructor
+    takes (which differ from ``exc.args`` for the classes that use this), and its attributes.
+    Without it, an error raised in another process (a process pool's worker) could not be sent
+    back, nor could it be copied."""
+    return type(exc), args, exc.__dict__ or None
+
+
 class MeridianError(Exception):
     """Base class of every error Meridian raises on purpose."""
 
@@ -45,12 +53,18 @@ class DiskFullError(StorageError):
     def __init__(self, message: str) -> None:
         super().__init__(_errno.ENOSPC, message)
 
+    def __reduce__(self) -> tuple:
+        return _reduce(self, self.strerror)
+
 
 class StoreLockedError(StorageError):
     """Another handle, in this process or another, has the store's directory open."""
 
     def __init__(self, message: str) -> None:
         super().__init__(_errno.EWOULDBLOCK, message)
+
+    def __reduce__(self) -> tuple:
+        return _reduce(self, self.strerror)
 
 
 class StoreFailedError(StorageError):
@@ -62,6 +76,9 @@ class StoreFailedError(StorageError):
 
     def __init__(self, message: str) -> None:
         super().__init__(_errno.EIO, message)
+
+    def __reduce__(self) -> tuple:
+        return _reduce(self, self.strerror)
 
 
 class CorruptionError(StorageError):
@@ -76,6 +93,9 @@ class CorruptionError(StorageError):
         super().__init__(_errno.EIO, message)
         self.path = path
         self.offset = offset
+
+    def __reduce__(self) -> tuple:
+        return _reduce(self, self.strerror, self.path, self.offset)
 
 
 class CorruptLogError(CorruptionError):
@@ -109,6 +129,9 @@ class TransactionConflictError(MeridianError):
         super().__init__(message)
         self.reason = reason
         self.key = key
+
+    def __reduce__(self) -> tuple:
+        return _reduce(self, self.args[0], self.reason, self.key)
 
 
 class LimitExceededError(MeridianError, ValueError):

@@ -31,6 +31,7 @@ import trio
 
 from .client import connect
 from .config import ClusterConfig, Limits, NodeConfig, default_local_cluster
+from .errors import InvalidArgumentError
 from .node import Node
 
 __all__ = ["LocalCluster", "open_local_cluster", "free_base_port"]
@@ -75,20 +76,34 @@ class LocalCluster:
         self._raft_fsync = raft_fsync
         self.nodes: dict[int, Node] = {}
         self._scopes: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
+        # The partition in force ({node id: the node ids it cannot reach}), kept here rather
+        # than only in the running nodes so that a node started later is cut as well.
+        self._cut: dict[int, frozenset[int]] = {}
 
     def client_addresses(self, region: str | None = None) -> list[str]:
         return [f"{n.client_host}:{n.client_port}" for n in self.config.all_nodes()
                 if region is None or n.region == region]
 
     def connect(self, region: str | None = None, **kwargs: Any):
-        """``async with cluster.connect(region=...) as db``: a client of this cluster."""
+        """``async with cluster.connect(region=...) as db``: a client of this cluster.
+
+        Raises:
+            InvalidArgumentError: ``region`` is not one of the cluster's.
+        """
         region = region or self.config.region_names[0]
+        self.config.nodes_in(region)  # names the unknown region and the cluster's regions
         return connect(self.client_addresses(region), region=region, **kwargs)
 
     async def start_node(self, node_id: int, *, clock_offset_ns: int = 0) -> Node:
-        """Starts (or restarts) a node; ``clock_offset_ns`` skews its wall clock."""
+        """Starts (or restarts) a node; ``clock_offset_ns`` skews its wall clock. A
+        partition in force (:meth:`partition`) applies to it too.
+
+        Raises:
+            InvalidArgumentError: no such node in the cluster, or it is running already.
+        """
+        self.config.node(node_id)  # names the unknown node and the cluster's node ids
         if node_id in self._scopes:
-            raise ValueError(f"node {node_id} is running")
+            raise InvalidArgumentError(f"node {node_id} is running")
         cfg = NodeConfig(node_id=node_id, data_dir=str(self.directory / f"node-{node_id}"),
                          cluster=self.config, raft_fsync=self._raft_fsync)
         physical = None
@@ -107,7 +122,11 @@ class LocalCluster:
             finally:
                 done.set()
 
+        # Cut before it starts (requests to other groups' leaders) and once it has started
+        # (its transport exists only then): the others already drop what they send to it.
+        node.isolate_from(self._cut.get(node_id, ()))
         await self._nursery.start(run)
+        node.isolate_from(self._cut.get(node_id, ()))
         self._scopes[node_id] = (scope, done)
         self.nodes[node_id] = node
         return node
@@ -115,23 +134,42 @@ class LocalCluster:
     def partition(self, *sides) -> None:
         """Cuts the network between ``sides`` (iterables of node ids; nodes in no side form
         one more side): Raft messages and node-to-node requests across a cut are lost, in
-        both directions. Clients still reach every node. :meth:`heal` undoes it."""
+        both directions. Clients still reach every node. It replaces any partition in force,
+        applies to every node of the cluster, stopped ones included, and lasts across restarts
+        until :meth:`heal`.
+
+        Raises:
+            InvalidArgumentError: a node id that is not the cluster's.
+        """
         sides = [set(side) for side in sides]
-        rest = set(self.nodes) - set().union(*sides)
+        for node_id in set().union(*sides):
+            self.config.node(node_id)
+        every = {n.id for n in self.config.all_nodes()}
+        rest = every - set().union(*sides)
         if rest:
             sides.append(rest)
         side_of = {n: i for i, side in enumerate(sides) for n in side}
+        self._cut = {node_id: frozenset(o for o in every if side_of[o] != side_of[node_id])
+                     for node_id in every}
         for node_id, node in self.nodes.items():
-            node.isolate_from({o for o in self.nodes if side_of.get(o) != side_of.get(node_id)})
+            node.isolate_from(self._cut[node_id])
 
     def heal(self) -> None:
         """Ends every partition."""
+        self._cut = {}
         for node in self.nodes.values():
             node.isolate_from(())
 
     async def stop_node(self, node_id: int) -> None:
         """Stops a node and waits until it has closed everything. To the network this is a
-        crash (connections drop, nothing is said); its data directory keeps what it synced."""
+        crash (connections drop, nothing is said); its data directory keeps what it synced.
+
+        Raises:
+            InvalidArgumentError: no such node in the cluster, or it is not running.
+        """
+        self.config.node(node_id)  # names the unknown node and the cluster's node ids
+        if node_id not in self._scopes:
+            raise InvalidArgumentError(f"node {node_id} is not running")
         scope, done = self._scopes.pop(node_id)
         self.nodes.pop(node_id, None)
         scope.cancel()
@@ -167,7 +205,18 @@ async def open_local_cluster(
             clock-offset detection).
         raft_fsync: every node's ``raft_fsync`` setting (``"loop"`` or ``"thread"``, see
             :class:`engine.config.NodeConfig`).
+
+    Raises:
+        InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
+            int, or another bad argument (see :func:`engine.config.default_local_cluster`).
     """
+    # Checked before anything is built from them: tuple("eu") would be the regions "e" and "u".
+    if isinstance(regions, str):
+        raise InvalidArgumentError(
+            f"regions must be a sequence of region names, not the string {regions!r}")
+    if type(nodes_per_region) is not int or nodes_per_region < 1:
+        raise InvalidArgumentError(
+            f"nodes_per_region must be a positive int, got {nodes_per_region!r}")
     names = tuple(regions)
     count = len(names) * nodes_per_region
     base = free_base_port(2 * count)

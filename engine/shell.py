@@ -34,7 +34,6 @@ from typing import TextIO
 from .blocking import BlockingDatabase, BlockingTransaction, connect_blocking
 from .client import ISOLATION_LEVELS
 from .errors import MeridianError, TransactionClosedError, TransactionConflictError
-from .placement import KEY_PREFIX_SIZE, decode_key
 from .rpc import RemoteError
 
 __all__ = ["run_shell", "PROMPT", "HELP", "show"]
@@ -85,12 +84,9 @@ def _error_message(exc: BaseException) -> str:
 
 def _conflict_line(exc: TransactionConflictError) -> str:
     reason = exc.reason or "conflict"
-    key = exc.key
-    if isinstance(key, bytes):
-        # The node reports the stored key (keyspace prefix + user key): show the user's part.
-        if len(key) >= KEY_PREFIX_SIZE:
-            key = decode_key(key)[1]
-        reason += f" on {show(key)}"
+    # The client reports the caller's key (it strips the keyspace prefix the node sent).
+    if isinstance(exc.key, bytes):
+        reason += f" on {show(exc.key)}"
     return f"conflict ({reason}): transaction rolled back"
 
 

@@ -7,6 +7,7 @@ the tests talk to it over loopback from the test thread, as a non-async applicat
 from __future__ import annotations
 
 import gc
+import inspect
 import itertools
 import subprocess
 import sys
@@ -23,7 +24,9 @@ from engine.blocking import (
     _closed_error,
     connect_blocking,
 )
+from engine.client import Database, Transaction
 from engine.local import free_base_port
+from engine.merge import decode_int, encode_int
 
 from clusterthread import ClusterThread
 
@@ -54,9 +57,8 @@ def ks(db) -> str:
     return name
 
 
-def _non_daemon_threads() -> set[threading.Thread]:
-    # The client's thread is not a daemon; trio's idle worker threads (the cluster's) are.
-    return {t for t in threading.enumerate() if not t.daemon}
+def _client_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "meridian-blocking-client"}
 
 
 # ---------------------------------------------------------------------- basics
@@ -257,7 +259,7 @@ def test_errors_reach_the_caller_with_their_type(db, ks):
 
 
 def test_connect_failures_propagate_and_leave_no_thread(addresses):
-    before = _non_daemon_threads()
+    before = _client_threads()
     port = free_base_port(1)  # nothing listens there
     with pytest.raises(errors.UnavailableError, match="no node answered"):
         connect_blocking([f"127.0.0.1:{port}"], request_timeout_s=0.5)
@@ -265,7 +267,7 @@ def test_connect_failures_propagate_and_leave_no_thread(addresses):
         connect_blocking(addresses, region="mars")
     with pytest.raises(errors.InvalidArgumentError, match="host:port"):
         connect_blocking(["not-an-address"])
-    assert _non_daemon_threads() == before
+    assert _client_threads() == before
 
 
 def test_calls_from_inside_trio_are_refused(db, ks, addresses):
@@ -283,7 +285,7 @@ def test_calls_from_inside_trio_are_refused(db, ks, addresses):
 
 
 def test_use_after_close_raises_and_close_is_idempotent(addresses):
-    before = _non_daemon_threads()
+    before = _client_threads()
     db = connect_blocking(addresses)
     name = f"b{next(_names)}"
     db.create_keyspace(name)
@@ -308,19 +310,20 @@ def test_use_after_close_raises_and_close_is_idempotent(addresses):
             raise ZeroDivisionError
     with db:  # entering a closed database is allowed; leaving it closes nothing new
         pass
-    assert _non_daemon_threads() == before
+    assert _client_threads() == before
 
 
 def test_no_thread_is_left_behind(addresses):
-    before = _non_daemon_threads()
+    before = _client_threads()
     for _ in range(3):
         with connect_blocking(addresses) as db:
             thread = db._portal.thread
-            assert thread is not None and thread.is_alive() and not thread.daemon
-            assert thread in _non_daemon_threads()
+            # A daemon: exiting never waits for it (the exit hook closes the connection).
+            assert thread is not None and thread.is_alive() and thread.daemon
+            assert thread in _client_threads()
             db.list_keyspaces()
         assert not thread.is_alive()
-    assert _non_daemon_threads() == before
+    assert _client_threads() == before
 
 
 @pytest.mark.parametrize("on_cancel, error, message", [
@@ -374,3 +377,87 @@ def test_the_interpreter_exits_with_a_connection_never_closed(addresses):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "connected"
+
+
+def test_threads_still_using_a_connection_after_the_main_thread_returns_keep_it(addresses):
+    """The connection is closed at exit only after the application's (non-daemon) threads
+    have ended, and then it is closed cleanly; the process exits."""
+    script = (
+        "import atexit, threading\n"
+        "from engine.blocking import connect_blocking\n"
+        "main_returned = threading.Event()\n"
+        "# Registered before the client's hooks, so it runs after any the client registers\n"
+        "# for the moment the main thread ends (LIFO).\n"
+        "threading._register_atexit(main_returned.set)\n"
+        "# Likewise, runs after the client's own atexit hook.\n"
+        "atexit.register(lambda: print('closed at exit:', db.closed,\n"
+        "                              db._portal.thread.is_alive(), flush=True))\n"
+        f"db = connect_blocking({addresses!r})\n"
+        "db.create_keyspace('exit-workers')\n"
+        "def worker():\n"
+        "    main_returned.wait()\n"
+        "    for i in range(5):\n"
+        "        db.run_transaction(lambda tx: tx.put('exit-workers', 'k', str(i)))\n"
+        "    print('worker committed', db.read('exit-workers', 'k'), flush=True)\n"
+        "threading.Thread(target=worker).start()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["worker committed b'4'", "closed at exit: True False"]
+
+
+# ---------------------------------------------------------------------- the whole API
+
+
+def _public(cls) -> dict[str, object]:
+    return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_")}
+
+
+def test_every_public_method_of_the_async_client_has_a_blocking_twin():
+    for async_cls, blocking_cls in [(Database, BlockingDatabase),
+                                    (Transaction, BlockingTransaction)]:
+        blocking = _public(blocking_cls)
+        for name, method in _public(async_cls).items():
+            if not callable(method):
+                continue
+            assert name in blocking, f"{blocking_cls.__name__} has no {name}"
+            params = list(inspect.signature(method).parameters.values())
+            twin = list(inspect.signature(blocking[name]).parameters.values())
+            # Same names, kinds and defaults (annotations may differ: Blocking* types).
+            assert [(p.name, p.kind, p.default) for p in params] == \
+                [(p.name, p.kind, p.default) for p in twin], name
+
+
+@pytest.fixture(scope="module")
+def two_regions():
+    cluster = ClusterThread(regions=("us-east", "eu-west"), nodes_per_region=1, seed=13)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def test_regional_keyspaces_conflict_logs_statistics_and_moves(two_regions):
+    with connect_blocking(two_regions, region="us-east") as db:
+        counters = db.create_keyspace("b-counters", mode="regional", resolver="counter")
+        assert (counters.mode, counters.resolver) == ("regional", "counter")
+        with db.transaction() as tx:
+            tx.increment("b-counters", "hits", 5)
+            tx.increment("b-counters", "hits")
+            tx.merge("b-counters", "hits", encode_int(10))
+        assert decode_int(db.read("b-counters", "hits")) == 16
+        assert db.conflicts("b-counters") == []
+        db.drain_conflicts("b-counters", [])
+        assert db.group_of(counters) == db.group_of(db.keyspace("b-counters"))
+
+        db.create_keyspace("b-moving")
+        db.run_transaction(lambda tx: tx.put("b-moving", "k", "v"))
+        moved = db.move_keyspace("b-moving", "eu-west")
+        assert moved.home == "eu-west"
+        assert db.read("b-moving", "k") == b"v"
+
+        stats = db.statistics()
+        assert {"replication_lag_ms", "cross_region_bytes", "nodes"} <= set(stats)
+        sent_received = db.bytes_by_node()
+        assert sent_received and all(s > 0 and r > 0 for s, r in sent_received.values())

@@ -321,6 +321,8 @@ FAILING = [
      "cluster.limits.max_txn_lifetime_s", "finite"),
     ("lifetime a string", _set("cluster/limits/max_txn_lifetime_s", "60s"),
      "cluster.limits.max_txn_lifetime_s", "expected a number"),
+    ("lifetime beyond any float", _set("cluster/limits/max_txn_lifetime_s", 10**400),
+     "cluster.limits.max_txn_lifetime_s", "must be a finite number"),
     # WAN latencies
     ("latency not a table", _set("cluster/wan_latency_ms", [1]), "cluster.wan_latency_ms",
      "expected a table"),
@@ -338,6 +340,8 @@ FAILING = [
      "cluster.wan_latency_ms.us-east.eu-west", "must be 0 or more"),
     ("latency a string", _set("cluster/wan_latency_ms/us-east/eu-west", "40ms"),
      "cluster.wan_latency_ms.us-east.eu-west", "expected a number"),
+    ("latency beyond any float", _set("cluster/wan_latency_ms/us-east/eu-west", -10**400),
+     "cluster.wan_latency_ms.us-east.eu-west", "must be a finite number"),
     # meta regions
     ("meta regions not an array", _set("cluster/meta_regions", "us-east"),
      "cluster.meta_regions", "expected an array"),
@@ -424,6 +428,9 @@ def test_the_dataclasses_check_themselves_with_relative_paths():
     with pytest.raises(ConfigError) as info:
         Limits(max_txn_keys=0)
     assert info.value.field == "max_txn_keys"
+    with pytest.raises(ConfigError) as info:
+        Limits(max_txn_lifetime_s=10**400)  # too large for a float
+    assert info.value.field == "max_txn_lifetime_s"
     with pytest.raises(ConfigError) as info:
         NodeAddress(1, "us-east", "h", 99999, "h", 2)
     assert info.value.field == "peer_port"

@@ -170,6 +170,24 @@ def test_a_conflicting_commit_is_reported_and_rolled_back(addresses, ks):
     ]
 
 
+def test_a_conflict_names_the_whole_key(addresses, ks):
+    """The key in the conflict line is the caller's key, in full (the client already took the
+    keyspace prefix off it)."""
+    with connect_blocking(addresses) as db:
+        def concurrent_writer():
+            db.run_transaction(lambda tx: tx.put(ks, b"alice-account", b"theirs"))
+
+        out = shell(addresses, [
+            f"create-keyspace {ks}",
+            "begin",
+            f"get {ks} alice-account",
+            f"put {ks} alice-account mine",
+            concurrent_writer,
+            "commit",
+        ])
+    assert out[-1] == "conflict (write_write on alice-account): transaction rolled back"
+
+
 def test_stale_and_strong_reads(addresses, ks):
     out = shell(addresses, f"""
 create-keyspace {ks}
@@ -299,3 +317,35 @@ def test_cannot_connect_prints_an_error_and_returns_1():
     assert rc == 1
     assert out.getvalue().startswith("error: cannot connect: no node answered")
     assert out.getvalue().count("\n") == 1
+
+
+def test_ctrl_c_while_connecting_exits_130_with_one_line(monkeypatch, capsys):
+    """``meridian shell`` interrupted before its prompt (still connecting): no traceback."""
+    import engine.shell
+    from engine.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.shell, "connect_blocking", interrupted)
+    try:
+        rc = main(["shell", "--nodes", "127.0.0.1:1"])
+    except KeyboardInterrupt:  # would end the whole test run
+        pytest.fail("the KeyboardInterrupt escaped (a traceback)")
+    assert rc == 130
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "meridian shell: interrupted\n"
+
+
+def test_bad_staleness_is_one_error_line(addresses, ks):
+    out = shell(addresses, f"""
+create-keyspace {ks}
+read {ks} k bounded:1e300
+read {ks} k exact:1e12
+read {ks} k bounded:5
+""")
+    assert out[1].startswith("error: staleness 'bounded:1e300': expected 'exact:<seconds>' or "
+                             "'bounded:<seconds>' with 0 <= seconds <= ")
+    assert out[2].startswith("error: staleness 'exact:1e12': expected")
+    assert out[3] == "(not found)"

@@ -1,0 +1,68 @@
+"""The package's surface for applications that embed Meridian: what ``from engine import *``
+brings, and the client's checks of its arguments."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import engine
+from engine.client import MAX_TS, _parse_staleness
+from engine.errors import InvalidArgumentError
+
+
+def test_star_import_brings_every_public_name():
+    # In a fresh interpreter: here the lazy names may have been imported by other tests.
+    script = (
+        "import engine\n"
+        "namespace = {}\n"
+        "exec('from engine import *', namespace)\n"
+        "print(sorted(set(engine.__all__) - set(namespace)))\n"
+        "print(namespace['connect_blocking'] is engine.blocking.connect_blocking)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "True"]
+    documented = {"connect", "connect_blocking", "open_local_cluster", "Database",
+                  "Transaction", "Keyspace", "LogStore", "MVCCStore", "DurableState",
+                  "MeridianError", "TransactionConflictError", "AmbiguousCommitError",
+                  "UnavailableError", "KeyspaceNotFoundError", "LimitExceededError"}
+    assert documented <= set(engine.__all__)
+    assert set(engine._LAZY) <= set(engine.__all__)
+    assert all(not name.startswith("_") for name in engine.__all__)
+
+
+@pytest.mark.parametrize("staleness, expected", [
+    ("exact:0", ("exact", 0)),
+    ("bounded:5", ("bounded", 5_000_000_000)),
+    ("bounded:0.25", ("bounded", 250_000_000)),
+])
+def test_staleness_in_range_parses(staleness, expected):
+    assert _parse_staleness(staleness) == expected
+
+
+def test_the_largest_staleness_fits_a_timestamp():
+    kind, ns = _parse_staleness(f"bounded:{MAX_TS // 10**9}")
+    assert kind == "bounded" and 0 < ns <= MAX_TS
+
+
+@pytest.mark.parametrize("staleness, fragment", [
+    ("bounded:1e300", "with 0 <= seconds <= "),   # once OverflowError
+    ("bounded:1e12", "with 0 <= seconds <= "),    # once a message encoding failure
+    ("exact:1e12", "with 0 <= seconds <= "),
+    (f"bounded:{MAX_TS // 10**9 + 1}", "with 0 <= seconds <= "),
+    ("bounded:-1", "'bounded:<seconds>'"),
+    ("exact:nan", "'exact:<seconds>'"),
+    ("bounded:inf", "'exact:<seconds>'"),
+    ("fresh:1", "'exact:<seconds>' or 'bounded:<seconds>'"),
+    ("bounded:", "'bounded:<seconds>'"),
+    (5, "staleness must be a str .*, not int"),    # once AttributeError
+    (b"bounded:5", "staleness must be a str .*, not bytes"),
+])
+def test_bad_staleness_is_an_invalid_argument_naming_the_form_and_range(staleness, fragment):
+    with pytest.raises(InvalidArgumentError, match=fragment) as info:
+        _parse_staleness(staleness)
+    assert f"<= {MAX_TS // 10**9}" in str(info.value)

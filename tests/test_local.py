@@ -1,0 +1,90 @@
+"""The in-process cluster's own API (engine.local): arguments, node control and partitions.
+
+In-process clusters; every wait is bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from engine.errors import InvalidArgumentError
+from engine.local import open_local_cluster
+
+GUARD_S = 60  # only ever reached by a bug that hangs
+
+
+@pytest.mark.parametrize("regions, nodes_per_region, message", [
+    ("eu", 1, "not the string 'eu'"),
+    ("us-east", 1, "not the string 'us-east'"),
+    (("us-east",), "3", "nodes_per_region must be a positive int"),
+    (("us-east",), 0, "nodes_per_region must be a positive int"),
+    (("us-east",), 1.0, "nodes_per_region must be a positive int"),
+])
+async def test_bad_arguments_are_refused_before_anything_starts(regions, nodes_per_region,
+                                                                message, tmp_path):
+    with trio.fail_after(GUARD_S):
+        with pytest.raises(InvalidArgumentError, match=message):
+            async with open_local_cluster(regions, nodes_per_region,
+                                          directory=str(tmp_path)):
+                pass  # pragma: no cover
+
+
+async def test_unknown_regions_and_nodes_are_named(tmp_path):
+    with trio.fail_after(GUARD_S):
+        async with open_local_cluster(("us-east",), 1, seed=3,
+                                      directory=str(tmp_path)) as cluster:
+            with pytest.raises(InvalidArgumentError, match="no region 'us-west'.*us-east"):
+                async with cluster.connect(region="us-west"):
+                    pass  # pragma: no cover
+            with pytest.raises(InvalidArgumentError, match="no node 7 .*node ids: 1"):
+                await cluster.stop_node(7)
+            with pytest.raises(InvalidArgumentError, match="no node 7 "):
+                await cluster.start_node(7)
+            with pytest.raises(InvalidArgumentError, match="node 1 is running"):
+                await cluster.start_node(1)
+            await cluster.stop_node(1)
+            with pytest.raises(InvalidArgumentError, match="node 1 is not running"):
+                await cluster.stop_node(1)
+            await cluster.start_node(1)
+            with pytest.raises(InvalidArgumentError, match="no node 9 "):
+                cluster.partition({9})
+
+
+def _cuts(cluster) -> dict[int, set[int]]:
+    return {node_id: set(node.unreachable) for node_id, node in cluster.nodes.items()}
+
+
+async def test_a_partition_lasts_across_restarts_and_covers_stopped_nodes(tmp_path):
+    with trio.fail_after(GUARD_S):
+        async with open_local_cluster(("us-east",), 3, seed=4,
+                                      directory=str(tmp_path)) as cluster:
+            both_ways = {1: {2, 3}, 2: {1}, 3: {1}}
+            cluster.partition({1}, {2, 3})
+            assert _cuts(cluster) == both_ways
+
+            # A node restarted during the partition is still cut, in both directions.
+            await cluster.stop_node(1)
+            await cluster.start_node(1)
+            assert _cuts(cluster) == both_ways
+            assert cluster.nodes[1]._peers.unreachable == {2, 3}
+
+            # A node that was down when the partition began is cut once it starts.
+            cluster.heal()
+            assert _cuts(cluster) == {1: set(), 2: set(), 3: set()}
+            await cluster.stop_node(3)
+            cluster.partition({1}, {2, 3})
+            await cluster.start_node(3)
+            assert _cuts(cluster) == both_ways
+
+            # Nodes in no side form one more side, stopped ones included.
+            await cluster.stop_node(2)
+            cluster.partition({1})
+            await cluster.start_node(2)
+            assert _cuts(cluster) == both_ways
+
+            # Healed: a restart brings no cut back.
+            cluster.heal()
+            await cluster.stop_node(1)
+            await cluster.start_node(1)
+            assert _cuts(cluster) == {1: set(), 2: set(), 3: set()}
