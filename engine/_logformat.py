@@ -246,7 +246,8 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
     Raises:
         CorruptLogError: with the path (``dirname/name``) and offset the C store reports.
     """
-    names = sorted(n for n in files if len(n) == 24 and n.endswith(".log") and n[:20].isdigit())
+    names = sorted(n for n in files if len(n) == 24 and n.endswith(".log")
+                   and n[:20].isascii() and n[:20].isdigit())
     names.sort(key=lambda n: int(n[:20]))
     out_files = dict(files)
     records: list[tuple[int, bytes]] = []

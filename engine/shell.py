@@ -233,7 +233,7 @@ class _Shell:
                 reverse = True
             elif word == "--limit":
                 text = next(it, None)
-                if text is None or not text.isdigit():
+                if text is None or not (text.isascii() and text.isdigit()):  # not "²"
                     raise _UsageError("--limit needs a whole number")
                 limit = int(text)
             elif word == "--":

@@ -238,6 +238,7 @@ drop-keyspace no-such-keyspace
 create-keyspace "Bad Name"
 put {ks} "unclosed
 scan {ks} --limit
+scan {ks} --limit ²
 scan {ks} --sideways
 begin chaos
 commit
@@ -260,18 +261,19 @@ get {ks} k
         out[6],
         "error: No closing quotation",
         "error: --limit needs a whole number",
+        "error: --limit needs a whole number",
         "error: unknown option '--sideways' for scan",
         "error: isolation must be one of snapshot, serializable",
         "error: no transaction is open",
         "error: no transaction is open",
         f"created keyspace {ks} (home us-east)",
         f"error: keyspace '{ks}' already exists",
-        out[15],
+        out[16],
         "error: keys must not be empty",
         "(not found)",
     ]
     assert out[6].startswith("error: bad keyspace name 'Bad Name'")
-    assert out[15].startswith("error: ") and "mars" in out[15]
+    assert out[16].startswith("error: ") and "mars" in out[16]
     assert not any("Traceback" in line for line in out)
 
 
