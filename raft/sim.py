@@ -10,8 +10,9 @@ them, the clients and a nemesis — runs inside one process, on simulated time, 
 Determinism. One ``random.Random(seed)`` makes every choice; each core gets its own generator
 seeded from it when it starts. Work waits in a heap ordered by (simulated ms, sequence number):
 nothing is ordered by ``id()``, by a ``set`` or by the wall clock, so a seed replays the same
-events. Every event is folded into a running sha256 (the *trace hash*); running a seed twice must
-give the same hash.
+events. Every event is folded into a running sha256 (the *trace hash*), and so, at the end, is
+every live node's state machine hash chain (which covers the data of every entry applied);
+running a seed twice must give the same hash.
 
 Model.
 
@@ -37,21 +38,26 @@ Model.
 - *Clients* write through whichever node they believe leads (following ``ProposalDroppedError``
   hints). A write is *acknowledged* when the node it was proposed to applies the entry at the
   (term, index) that ``propose`` returned. Clients also read with ReadIndex; a read served at
-  read index *i* must reflect every write acknowledged before the read was requested.
+  read index *i* must reflect every write acknowledged before the read was requested. Clients
+  *roam* (knob ``roam``): a share of operations goes to a random node — reads reach followers,
+  which forward them, and leaders deposed behind a partition — and a client that times out
+  forgets its guess, so that clients keep working on both sides of a cut.
 - *Faults* (``faults=True``). Each seed draws its own *knobs* (FoundationDB's "buggify"): rates
   of message drop, duplication and long delays, the delay and fsync latency ranges, how often
   the nemesis acts, how often crashes are aimed at fsync windows, whether PreVote and
   CheckQuorum are on, how often the state machine snapshots. ``SimConfig.knobs`` pins some of
   them (``--set knobs=pre_vote=0,drop=0.1``) without changing the others' draws. The nemesis
   partitions the nodes into random halves, builds a bridge (two halves that only one node
-  joins), isolates a node, clogs one direction of a link, heals the network, crashes a node
-  (keeping a majority up most of the time) and restarts it later, changes membership (adds a
-  fresh learner, promotes it, demotes or removes a voter, removes a learner — always through
-  ``propose_conf_change`` on the leader, never below two voters and rarely below three) and
-  transfers leadership. Crashes are also aimed at the moments that matter: while a batch is
-  being synced, while or just after a vote for another node is synced, and late in a
-  candidate's sync of its own vote. After ``fault_ms`` every fault heals, every node restarts
-  and the clients stop starting new work.
+  joins), isolates a node (with roaming clients, a partition or an isolation is mostly aimed
+  at the leader: cut off from a majority of its voters for a few election timeouts, it still
+  believes it leads while the others elect a new one), clogs one direction of a link, heals
+  the network, crashes a node (keeping a majority up most of the time) and restarts it later,
+  changes membership (adds a fresh learner, promotes it, demotes or removes a voter, removes a
+  learner — always through ``propose_conf_change`` on the leader, never below two voters and
+  rarely below three) and transfers leadership. Crashes are also aimed at the moments that
+  matter: while a batch is being synced, while or just after a vote for another node is
+  synced, and late in a candidate's sync of its own vote. After ``fault_ms`` every fault heals,
+  every node restarts and the clients stop starting new work.
 
 Checks, after every event (a breach raises :class:`SimulationFailure`):
 
@@ -70,8 +76,10 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
   global one at every index, a restored snapshot included; applied <= commit; a live node's
   commit index never decreases; an acknowledged write is the entry its client proposed;
 - linearizable reads, as above;
-- durability (§3.8): a restarted node still holds the last vote it granted and the last entry
-  it acknowledged (unless a newer leader made it drop that entry);
+- durability (§3.8): a restarted node still holds the last vote it granted and the highest
+  entry it acknowledged — not merely the latest acknowledgement, which may answer a stale or
+  duplicated append — unless a newer leader made it drop that entry (then the promise falls
+  to the entry below the cut); a leader's own synced entries count as acknowledged;
 - no message storm: a seed that needs more than ``max_events`` events is a failure (a normal one
   needs a few thousand);
 - liveness, after the heal: within ``liveness_ms`` a leader is elected and every member of its
@@ -79,10 +87,15 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
   acknowledged write ("no acknowledged write lost after recovery").
 
 Planted bugs (``plant=``, off by default). Each must be caught (tests/test_raft_sim.py), by the
-durability check at once and by the protocol checks alone when that check is off:
+durability check at once and, all but the last, by the protocol checks alone when that check is
+off:
 ``forget-vote`` (the disk drops the vote on restart), ``ack-before-fsync`` (persisted_messages
 leave with messages, before the data they vouch for is durable), ``lose-synced-tail`` (a
-restarted disk has lost the tail of its synced log, and the commit index with it — corruption).
+restarted disk has lost the tail of its synced log, and the commit index with it — corruption),
+``lose-acked-tail`` (a restarted disk keeps only what the latest acknowledgement vouched for,
+losing entries an earlier, higher one acknowledged; only the durability check sees it). A bug
+planted in the core itself (a leader answering ReadIndex without confirming its leadership) is
+tested by patching the core in the tests.
 
 Limits. Messages are Python objects and never encoded (``raft.wire`` is tested on its own); the
 disk is a model of the write order ``raft.storage`` promises, not its files; one Raft group;
@@ -138,7 +151,7 @@ __all__ = [
     "main",
 ]
 
-PLANTS = ("forget-vote", "ack-before-fsync", "lose-synced-tail")
+PLANTS = ("forget-vote", "ack-before-fsync", "lose-synced-tail", "lose-acked-tail")
 
 MT = MessageType
 
@@ -415,6 +428,9 @@ class KVStateMachine:
 _TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS = range(10)
 
 _OP_TIMEOUT_MS = 400
+# With roaming clients (the "roam" knob) a client gives up sooner on a node that does not
+# answer, after about one election timeout, so that it moves on while a cut-off leader serves.
+_ROAM_OP_TIMEOUT_MS = 120
 
 # The per-seed knobs: name -> (choices, whether it is a fault that faults=False turns off).
 _KNOBS: dict[str, tuple[tuple, bool]] = {
@@ -438,16 +454,21 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     "broadcast_commit": ((1, 1, 0), False),
     "lease_reads": ((0, 1), False),  # only where check_quorum is on
     "idle_heartbeat_tick": ((0, 0, 3), False),  # voters' heartbeats while the group is idle
+    # Share of operations a client sends to a random node rather than to the node it believes
+    # leads (see _on_client); roaming clients also read more, give up sooner and forget their
+    # guess on a timeout, and the nemesis aims its cuts at the leader. 0, only by a pin, is the
+    # model older seeds were recorded with, draw for draw.
+    "roam": ((0.3, 0.5, 0.7), False),
 }
 # Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
 # of their own, so that every older draw — and so every older seed — stays as it was.
-_LATER_KNOBS = ("idle_heartbeat_tick",)
+_LATER_KNOBS = ("idle_heartbeat_tick", "roam")
 
 
 class _Node:
     __slots__ = ("id", "alive", "incarnation", "core", "disk", "sm", "ready", "commit_floor",
                  "lm_last", "lm_terms", "props", "reads", "read_states", "tick_ms", "applied",
-                 "snap_index", "vote_promise", "log_promise", "conf_seen")
+                 "snap_index", "vote_promise", "log_promise", "last_ack", "conf_seen")
 
     def __init__(self, node_id: int, tick_ms: int):
         self.id = node_id
@@ -466,16 +487,17 @@ class _Node:
         self.tick_ms = tick_ms
         self.applied: list[tuple[int, int, bytes]] = []  # (index, term, data), this incarnation
         self.snap_index = 0
-        # Durability (§3.8): the last vote granted, (term, candidate), and the last entry
+        # Durability (§3.8): the last vote granted, (term, candidate), and the highest entry
         # acknowledged, (index, term), still standing. Both must survive a crash.
         self.vote_promise: tuple[int, int] | None = None
-        self.log_promise: tuple[int, int] | None = None
+        self.log_promise: tuple[int, int] | None = None  # the highest acknowledged
+        self.last_ack = 0  # the index of the latest APPEND_RESP (for the lose-acked-tail plant)
         self.conf_seen = ConfState()  # the configuration at the last check
 
 
 class _Op:
     __slots__ = ("id", "client", "kind", "key", "data", "node", "incarnation", "term", "index",
-                 "ctx", "required", "key_required", "done")
+                 "ctx", "required", "key_required", "done", "roaming")
 
     def __init__(self, op_id: int, client: int, kind: str, key: str):
         self.id = op_id
@@ -491,6 +513,7 @@ class _Op:
         self.required = 0  # reads: the highest acknowledged write index when requested ...
         self.key_required = 0  # ... and the highest acknowledged write index of this key
         self.done = False
+        self.roaming = False  # sent to a random node rather than the leader the client guesses
 
 
 class _Client:
@@ -524,6 +547,7 @@ class Simulation:
         self._blocked: dict[tuple[int, int], bool] = {}  # directed links that lose everything
         self._healed = False
         self._done = False
+        self._hold_ms = 0  # the nemesis's next action waits at least this long
         # Global records for the checks.
         self._leaders: dict[int, tuple[int, int]] = {}  # term -> (node, incarnation)
         # applied index -> the configuration of the first node seen there: every node that
@@ -584,6 +608,7 @@ class Simulation:
         self.broadcast_commit = bool(knobs["broadcast_commit"])
         self.lease_reads = bool(knobs["lease_reads"])
         self.idle_heartbeat_tick = knobs["idle_heartbeat_tick"]
+        self.roam = knobs["roam"]
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -704,13 +729,42 @@ class Simulation:
                                 f"({index}, {term}), but restarts with a log that ends at "
                                 f"{node.disk.offset + len(node.disk.entries)} without it")
 
+    def _note_ack(self, node: _Node, index: int) -> None:
+        """An APPEND_RESP accepting the log up to ``index`` leaves ``node``: raise its promise.
+
+        The promise is the *highest* entry acknowledged, not the last: replies to stale or
+        duplicated appends, and replies at the commit index to appends below it, vouch for
+        less than an earlier reply did, and the leader may already have counted that earlier
+        one towards a commit. Only a truncation lowers the promise (:meth:`_note_truncation`).
+        """
+        node.last_ack = index
+        if index <= node.disk.offset:
+            return  # inside the node's snapshot: durable as long as the snapshot is
+        promise = node.log_promise
+        if promise is not None and index <= promise[0]:
+            return
+        # The acknowledged entry as the disk holds it; if the disk does not hold it yet
+        # (acknowledged too early), as the log in memory does.
+        term = node.disk.term_at(index)
+        if term is None:
+            term = node.core.term_at(index)
+        if term is not None:
+            node.log_promise = (index, term)
+
     def _note_truncation(self, node: _Node) -> None:
-        """Acknowledgements of entries that a newer leader made us drop no longer stand."""
+        """Acknowledgements of entries that a newer leader made us drop (a conflict truncation,
+        or a received snapshot replacing the log) no longer stand; those of the entries below
+        the cut still do. Every entry below the cut is unchanged since it was acknowledged
+        (an earlier cut would have lowered the promise beneath it), so the promise falls to
+        the durable entry just below the cut, or lapses if the snapshot covers that."""
         cut = node.disk.truncated_from
-        if cut is not None:
-            node.disk.truncated_from = None
-            if node.log_promise is not None and node.log_promise[0] >= cut:
-                node.log_promise = None
+        if cut is None:
+            return
+        node.disk.truncated_from = None
+        promise = node.log_promise
+        if promise is not None and promise[0] >= cut:
+            term = node.disk.term_at(cut - 1)
+            node.log_promise = None if term is None else (cut - 1, term)
 
     def _crash(self, node: _Node) -> None:
         tear = self.rng.random() < 0.5
@@ -727,6 +781,8 @@ class Simulation:
                 self._finish_op(client, op, "node crashed")
         if "lose-synced-tail" in self._plants:
             self._corrupt_tail(node)
+        if "lose-acked-tail" in self._plants:
+            self._lose_acked_tail(node)
 
     def _corrupt_tail(self, node: _Node) -> None:
         """Planted bug: the synced log loses its last entries (commit clamped to match, as a
@@ -741,6 +797,23 @@ class Simulation:
         if hs.commit > last:
             disk.hard_state = HardState(hs.term, hs.vote, last)
         self._event(f"corrupt {node.id}: lost {lost} synced entries")
+
+    def _lose_acked_tail(self, node: _Node) -> None:
+        """Planted bug: a disk that, on recovery, keeps only what the node's latest
+        acknowledgement vouched for. The synced entries above the index of its last APPEND_RESP
+        are lost, though an earlier, higher APPEND_RESP may have acknowledged them (the last
+        reply answered a stale or duplicated append); the commit index is clamped to match."""
+        disk = node.disk
+        last = disk.offset + len(disk.entries)
+        keep = node.last_ack
+        if keep <= disk.offset or keep >= last:
+            return
+        del disk.entries[keep - disk.offset :]
+        hs = disk.hard_state
+        if hs.commit > keep:
+            disk.hard_state = HardState(hs.term, hs.vote, keep)
+        self._event(f"corrupt {node.id}: lost synced entries {keep + 1}..{last}, above its "
+                    f"last acknowledgement")
 
     def _restored_hard_state_hook(self, node: _Node) -> None:
         if "forget-vote" in self._plants:
@@ -822,6 +895,12 @@ class Simulation:
         for e in rd.committed_entries:
             self._apply(node, e)
         node.core.advance(rd)
+        if rd.entries and node.core.role is StateRole.LEADER:
+            # A leader counts its own synced entries towards a commit, as if it had
+            # acknowledged them to itself: the same promise.
+            last = rd.entries[-1]
+            if node.core.term_at(last.index) == last.term:
+                self._note_ack(node, last.index)
         node.ready = None
         self._serve_reads(node)
         self._maybe_compact(node)
@@ -897,14 +976,8 @@ class Simulation:
                 self.snapshots_sent += 1
             elif m.type is MT.VOTE_RESP and not m.reject:
                 node.vote_promise = (m.term, m.to)
-            elif m.type is MT.APPEND_RESP and not m.reject and m.index > node.disk.offset:
-                # The acknowledged entry as the disk holds it; if the disk does not hold it
-                # yet (acknowledged too early), as the log in memory does.
-                term = node.disk.term_at(m.index)
-                if term is None:
-                    term = node.core.term_at(m.index)
-                if term is not None:
-                    node.log_promise = (m.index, term)
+            elif m.type is MT.APPEND_RESP and not m.reject:
+                self._note_ack(node, m.index)
             if m.to not in self.nodes:
                 continue
             if self.drop_rate and rng.random() < self.drop_rate:
@@ -1070,7 +1143,8 @@ class Simulation:
             self._next_op += 1
             client.seq += 1
             key = f"k{self.rng.randrange(self.cfg.keys)}"
-            kind = "w" if self.rng.random() < 0.7 else "r"
+            # Roaming clients read more: a stale read needs a read on the far side of a cut.
+            kind = "w" if self.rng.random() < (0.5 if self.roam else 0.7) else "r"
             op = _Op(self._next_op, cid, kind, key)
             if kind == "w":
                 op.data = encode_write(cid, client.seq, key, f"v{cid}.{client.seq}")
@@ -1078,14 +1152,22 @@ class Simulation:
                 op.ctx = f"read {cid}.{op.id}".encode()
                 op.required = self._max_acked
                 op.key_required = self._key_acked.get(key, 0)
+            if self.roam and self.rng.random() < self.roam:
+                # Some operations go to any node, as from a client behind a load balancer:
+                # reads reach followers (which forward them to the leader they know) and a
+                # deposed leader that has not noticed yet, on either side of a partition.
+                op.roaming = True
             client.op = op
-            self._schedule(self.now + _OP_TIMEOUT_MS, _TIMEOUT, cid, op.id)
+            timeout = _ROAM_OP_TIMEOUT_MS if self.roam else _OP_TIMEOUT_MS
+            self._schedule(self.now + timeout, _TIMEOUT, cid, op.id)
         self._attempt(client, client.op)
 
     def _attempt(self, client: _Client, op: _Op) -> None:
         live = [n for n in sorted(self.nodes) if self.nodes[n].alive]
         target = client.guess
-        if target not in live:
+        roaming = op.roaming
+        op.roaming = False  # only the first attempt: a refusal's leader hint is followed
+        if roaming or target not in live:
             if not live:
                 self._wake(client, 20)
                 return
@@ -1107,7 +1189,8 @@ class Simulation:
             self._wake(client, self.rng.randint(5, 30))
             return
         op.node, op.incarnation = target, node.incarnation
-        client.guess = target
+        if not roaming:
+            client.guess = target
         self._event(f"client {client.id} op {op.id} {what} at {target}")
         self._after(node)
 
@@ -1138,6 +1221,10 @@ class Simulation:
     def _on_timeout(self, cid: int, op_id: int) -> None:
         client = self.clients[cid - 1]
         if client.op is not None and client.op.id == op_id:
+            if self.roam:
+                # The node it guessed did not answer: it may be down, cut off, or a leader
+                # deposed behind a partition. Try another one next.
+                client.guess = NONE
             self._finish_op(client, client.op, "timed out")
 
     def _finish_op(self, client: _Client, op: _Op, outcome: str) -> None:
@@ -1166,15 +1253,40 @@ class Simulation:
              "transfer"),
             weights=(2, 1, 2, 2, 3, 3, 3, 1),
         )[0]
+        self._hold_ms = 0
         getattr(self, "_nemesis_" + action.replace("-", "_"))()
-        self._schedule(self.now + rng.randint(1, 2 * self.nemesis_ms), _NEMESIS)
+        delay = rng.randint(1, 2 * self.nemesis_ms)
+        self._schedule(self.now + max(delay, self._hold_ms), _NEMESIS)
+
+    def _aimed_leader(self) -> _Node | None:
+        """With roaming clients, three times in four: the leader, for the nemesis to cut off. A
+        leader in a minority keeps serving until it notices (CheckQuorum), or for good (without
+        it), while the majority elects another: the window in which a leader that answers reads
+        without confirming its leadership returns stale data. The cut then holds long enough
+        for an election and some traffic on both sides."""
+        if not self.roam or self.rng.random() >= 0.75:
+            return None
+        leader = self._leader()
+        if leader is not None:
+            election_ms = self.cfg.election_tick * self.cfg.tick_ms
+            self._hold_ms = self.rng.randint(3 * election_ms, 6 * election_ms)
+        return leader
 
     def _nemesis_partition(self) -> None:
         ids = sorted(self.nodes)
         self.rng.shuffle(ids)
         self._blocked.clear()  # a new partition replaces the old one
         half = ids[: len(ids) // 2]
-        other = ids[len(ids) // 2 :]
+        leader = self._aimed_leader()
+        if leader is not None:
+            # The leader with fewer than half of its voters, so that the others can elect a
+            # new one; the nodes that do not vote fall on either side.
+            voters = leader.core.conf.voters
+            peers = [n for n in ids if n in voters and n != leader.id]
+            rest = [n for n in ids if n not in voters]
+            with_leader = self.rng.randint(0, max(0, (len(voters) - 1) // 2 - 1))
+            half = [leader.id] + peers[:with_leader] + rest[: len(rest) // 2]
+        other = [n for n in ids if n not in half]
         for a in half:
             for b in other:
                 self._blocked[(a, b)] = self._blocked[(b, a)] = True
@@ -1194,6 +1306,9 @@ class Simulation:
 
     def _nemesis_isolate(self) -> None:
         victim = self.rng.choice(sorted(self.nodes))
+        leader = self._aimed_leader()
+        if leader is not None:
+            victim = leader.id
         self._blocked.clear()
         for other in sorted(self.nodes):
             if other != victim:
@@ -1336,8 +1451,11 @@ class Simulation:
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             if node.alive:
+                # The state machine's hash chain covers the data of every entry applied, so
+                # the trace hash tells apart two runs that differ only in what was written.
                 self._event(f"final {node_id} {node.core.role.value} t={node.core.term} "
-                            f"c={node.core.commit} a={node.sm.index}")
+                            f"c={node.core.commit} a={node.sm.index} "
+                            f"chain={node.sm.chain.hex()}")
         return SimResult(
             seed=self.seed,
             trace_hash=self._hash.hexdigest(),
