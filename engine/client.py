@@ -512,7 +512,16 @@ class Database:
                 await self._fence(new, ks.id, 0, ks.moved_ts, expect=(1, ks.moved_ts))
             return ks
         try:
-            await self._fence(old, ks.id, 1)  # reads there still, no writes
+            # Reads there still, no writes: only if the keyspace is still at rest there as
+            # this client's record says, or fenced so by a move like this one interrupted
+            # before the catalog change. Otherwise a drop, or another move that finished
+            # since the record was read, fenced it, and copying from there would overwrite
+            # the keyspace's newer data or bring a dropped keyspace back.
+            fence = await self._fence(old, ks.id, 1, expect=(0, ks.moved_ts), quiet=True)
+            if fence is not None:
+                raise TransactionConflictError(
+                    f"keyspace {name!r} changed while it was being moved (its fence in group "
+                    f"{old} is {fence}): look it up again", "catalog_changed")
             await self._fence(new, ks.id, 1, MAX_TS)  # no reads, no writes there until copied
             copied_at = await self._copy_keyspace(ks, old, new)
             await self._fence(new, ks.id, 1, copied_at)  # reads from the copy on
@@ -546,16 +555,21 @@ class Database:
 
     async def _fence(self, group: int, keyspace_id: int, level: int,
                      available_from: int = 0, *,
-                     expect: tuple[int, int] | None = None) -> int:
+                     expect: tuple[int, int] | None = None, quiet: bool = False) -> Any:
         """Sets a keyspace's fence in ``group`` (see engine.group, FENCE); with ``expect``,
-        ``(level, available_from)``, only if that is its fence now. Returns a timestamp of
-        the group at or after the change."""
+        ``(level, available_from)``, only if that is its fence when the change is applied.
+        Returns a timestamp of the group at or after the change; with ``quiet``, None when
+        the fence is now the one asked for (changed, or already so: a retried call), else
+        the ``[level, available_from]`` found instead."""
         payload = {"group": group, "keyspace_id": keyspace_id, "level": level,
                    "available_from": available_from}
         if expect is not None:
             payload["expect"] = list(expect)
         reply = await self._call_group(group, "keyspace.fence", payload)
-        return reply["ts"]
+        if not quiet:
+            return reply["ts"]
+        found = reply.get("fence")
+        return None if reply.get("done", True) or found == [level, available_from] else found
 
     async def _copy_keyspace(self, ks: Keyspace, old: int, new: int) -> int:
         """Copies the keyspace's live keys from ``old`` to ``new`` (deleting the keys ``new``

@@ -67,13 +67,15 @@ An entry's data is one msgpack array whose first element says what it is:
     writes up to ``watermark`` (its own watermark of this group, as it answered the leader
     shipping them). The outbox keeps each record until every destination has it (see
     "Regional keyspaces" below).
-``[FENCE, proposed_ts, keyspace_id, level, available_from]``
+``[FENCE, proposed_ts, keyspace_id, level, available_from]`` (optionally ``+ [expect]``)
     Moving a keyspace to another group (its home region), or dropping it: level 1 refuses
     every commit and prepare that writes the keyspace (conflict ``moved``: the writer looks
-    the keyspace up again), except the move's own copy (``MOVE_COPY``); level 2 refuses reads
-    of it too (the node answers ``moved``); level 0 lifts the fence; ``available_from`` (the
-    group receiving the keyspace sets it) refuses reads of it below that timestamp, where its
-    copy is not complete.
+    the keyspace up again), except the move's own copy (``MOVE_COPY``, taken only while the
+    fence is ``(1, MAX_TS)``: the group closed to everything but the copy); level 2 refuses
+    reads of it too (the node answers ``moved``); level 0 lifts the fence; ``available_from``
+    (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
+    its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
+    only if it is that when the entry is applied (else the conflict ``fence_changed``).
 ``[RESOLVE, txn_id, proposed_ts, commit_ts]``
     Finishes the transaction's intents in this group: each becomes a version at
     ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
@@ -311,9 +313,14 @@ def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: 
 
 
 def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
-                 available_from: int = 0) -> bytes:
-    """The entry data that fences a keyspace in this group (see the module docstring)."""
-    return msgpack.packb([CMD_FENCE, proposed_ts, keyspace_id, level, available_from])
+                 available_from: int = 0, expect: tuple[int, int] | None = None) -> bytes:
+    """The entry data that fences a keyspace in this group (see the module docstring); with
+    ``expect``, ``(level, available_from)``, only if that is the keyspace's fence when the
+    entry is applied."""
+    cmd = [CMD_FENCE, proposed_ts, keyspace_id, level, available_from]
+    if expect is not None:
+        cmd.append(list(expect))
+    return msgpack.packb(cmd)
 
 
 def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
@@ -506,15 +513,21 @@ class GroupStateMachine:
                 results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], cmd[5], ts)
             elif kind == CMD_FENCE:
                 ts = self._close(cmd[1])
-                _, _, ks_id, level, available_from = cmd
+                ks_id, level, available_from = cmd[2:5]
                 prefix = _U32.pack(ks_id)
-                if level or available_from:
+                if len(cmd) == 6 and list(self.fence(prefix)) != cmd[5]:
+                    # Conditional, and the fence is no longer what its proposer saw: a drop
+                    # or another move changed it since (checked here, in log order, so that
+                    # no change between the check and the entry can be overwritten).
+                    results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
+                elif level or available_from:
                     self._fences[prefix] = (level, available_from)
                     batch.side[_FENCE + prefix] = msgpack.packb([level, available_from])
                 else:
                     self._fences.pop(prefix, None)
                     batch.side[_FENCE + prefix] = None
-                results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                if results[slot] is None:
+                    results[slot] = CommitResult(Outcome.RESOLVED, ts)
             elif kind == CMD_FORGET:
                 ts = self._close(cmd[1])
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
@@ -769,7 +782,13 @@ class _Batch:
         elif read_ts < self.sm.low_water:
             return CommitResult(Outcome.CONFLICT, ts, "too_old", conflict_ts=self.sm.low_water)
         keys = [w[0] for w in writes]
-        if self.sm._fences and (prepare or not flags & MOVE_COPY):
+        if not prepare and flags & MOVE_COPY:
+            # A move's copy lands only while the group receiving the keyspace is closed to
+            # everything else, (1, MAX_TS): a batch delayed past the end of the copy (an
+            # ambiguous one, retried) must not overwrite the keyspace once it is live.
+            if any(self.sm.fence(k[:_PREFIX]) != (1, MAX_TS) for k in keys):
+                return CommitResult(Outcome.CONFLICT, ts, "moved", ts)
+        elif self.sm._fences:
             moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
@@ -1152,10 +1171,13 @@ def _decode(data: bytes) -> list:
                 raise _Malformed("bad write in REMOTE")
         return cmd
     if kind == CMD_FENCE:
-        if not (len(cmd) == 5 and _is_ts(cmd[1]) and type(cmd[2]) is int
+        if not (len(cmd) in (5, 6) and _is_ts(cmd[1]) and type(cmd[2]) is int
                 and 0 <= cmd[2] < 2**32 and cmd[3] in (0, 1, 2) and type(cmd[4]) is int
                 and 0 <= cmd[4] <= MAX_TS):
             raise _Malformed("bad FENCE command")
+        if len(cmd) == 6 and not (isinstance(cmd[5], list) and len(cmd[5]) == 2
+                                  and all(type(v) is int for v in cmd[5])):
+            raise _Malformed("bad FENCE expectation")
         return cmd
     if kind == CMD_DRAIN:
         if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)

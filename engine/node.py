@@ -954,13 +954,16 @@ class Node:
 
         async def report_applied() -> None:
             # The outbox keeps each write until every destination has it: the group learns
-            # how far this one got through its own log (SHIPPED), once a second at most.
-            reported = origin.sm.shipped(destination)
+            # how far this one got through its own log (SHIPPED), once a second at most. A
+            # proposal that fails (a timeout, a lost leadership) is tried again next time.
             while True:
-                if applied[0] > reported:
-                    await origin.propose(encode_shipped(self.clock.now(), destination,
-                                                        applied[0]))
-                    reported = applied[0]
+                if applied[0] > origin.sm.shipped(destination):
+                    try:
+                        await origin.propose(encode_shipped(self.clock.now(), destination,
+                                                            applied[0]))
+                    except (MeridianError, RemoteError) as exc:
+                        log.info("node %d: recording group %d's progress in group %d: %s",
+                                 self.id, destination, origin.group, exc)
                 await trio.sleep(SHIPPED_REPORT_S)
 
         async with trio.open_nursery() as nursery:
@@ -968,11 +971,7 @@ class Node:
 
             async def report() -> None:
                 with reporter:
-                    try:
-                        await report_applied()
-                    except (MeridianError, RemoteError) as exc:  # lost leadership: next time
-                        log.info("node %d: recording group %d's progress in group %d: %s",
-                                 self.id, destination, origin.group, exc)
+                    await report_applied()
 
             nursery.start_soon(report)
             while origin.node.is_leader and not broken.is_set():
@@ -1254,10 +1253,10 @@ class Node:
 
     async def _keyspace_fence(self, p):
         """Sets a keyspace's fence in a group (see engine.group, FENCE). With ``expect``,
-        ``[level, available_from]``, only if the fence is that now (as this leader has
-        applied it): a move finishing or undoing its own fence leaves alone one that a drop
-        or another move has set since. Answers ``{"ts", "done"}``; ``done`` is false when
-        ``expect`` did not match (nothing was proposed; ``fence`` is the fence found)."""
+        ``[level, available_from]``, only if the fence is that when the change is applied: a
+        move starting, finishing or undoing its own fence leaves alone one that a drop or
+        another move has set since. Answers ``{"ts", "done"}``; ``done`` is false when
+        ``expect`` did not match (nothing changed; ``fence`` is the fence found)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from = p.get("available_from", 0)
@@ -1270,12 +1269,14 @@ class Node:
                                        and all(type(v) is int for v in expect)):
             raise InvalidArgumentError("expect must be [level, available_from]")
         replica._require_leader()
-        if expect is not None:
-            current = list(replica.sm.fence(keyspace_bounds(ks_id)[0]))
-            if current != expect:
-                return {"ts": replica.closed_ts, "done": False, "fence": current}
-        result = await replica.propose(
-            encode_fence(self.clock.now(), ks_id, level, available_from))
+        # The expectation travels in the entry and is checked where it is applied, in log
+        # order: no fence change can slip in between the check and the change.
+        result = await replica.propose(encode_fence(
+            self.clock.now(), ks_id, level, available_from,
+            None if expect is None else (expect[0], expect[1])))
+        if result.outcome is Outcome.CONFLICT:
+            return {"ts": result.ts, "done": False,
+                    "fence": list(replica.sm.fence(keyspace_bounds(ks_id)[0]))}
         return {"ts": result.ts, "done": True}
 
     async def _keyspace_copy(self, p):

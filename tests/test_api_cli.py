@@ -196,10 +196,9 @@ def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
     assert left == []
 
 
-def test_cluster_up_refuses_options_that_describe_another_cluster(tmp_path):
-    # The directory's cluster is started as configured: --regions and friends used to be
-    # ignored without a word, and the user got a cluster other than the one asked for.
-    directory = tmp_path / "c"
+def _stopped_one_node_cluster(directory):
+    """A one-node cluster in ``directory``, started once and stopped; and the command that
+    runs ``meridian cluster``."""
     base = [sys.executable, "-m", "engine.cli", "cluster"]
     up = subprocess.run(base + ["up", "--dir", str(directory), "--regions", "east",
                                 "--nodes-per-region", "1", "--no-wan"],
@@ -207,6 +206,13 @@ def test_cluster_up_refuses_options_that_describe_another_cluster(tmp_path):
     down = subprocess.run(base + ["down", "--dir", str(directory)],
                           capture_output=True, text=True, timeout=60)
     assert up.returncode == 0 and down.returncode == 0, up.stderr + down.stderr
+    return directory, base
+
+
+def test_cluster_up_refuses_options_that_describe_another_cluster(tmp_path):
+    # The directory's cluster is started as configured: --regions and friends used to be
+    # ignored without a word, and the user got a cluster other than the one asked for.
+    directory, base = _stopped_one_node_cluster(tmp_path / "c")
     for options, named in ((["--regions", "east,west"], "regions east,west (it has east)"),
                            (["--nodes-per-region", "3"], "3 nodes per region (it has 1)"),
                            (["--wan-latency-ms", "east:west=5"], "")):
@@ -238,14 +244,7 @@ def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
 def test_cluster_up_reports_a_node_that_exits_at_once(tmp_path):
     # A node that cannot start (here its config was broken after a first run) ends the wait
     # for the cluster with its own message, instead of a minute of "not ready".
-    directory = tmp_path / "c"
-    base = [sys.executable, "-m", "engine.cli", "cluster"]
-    up = subprocess.run(base + ["up", "--dir", str(directory), "--regions", "east",
-                                "--nodes-per-region", "1", "--no-wan"],
-                        capture_output=True, text=True, timeout=120)
-    down = subprocess.run(base + ["down", "--dir", str(directory)],
-                          capture_output=True, text=True, timeout=60)
-    assert up.returncode == 0 and down.returncode == 0, up.stderr + down.stderr
+    directory, base = _stopped_one_node_cluster(tmp_path / "c")
     config = directory / "node-1.toml"
     # Another cluster's name: the node refuses the data directory of "local" when it opens it.
     config.write_text(config.read_text().replace('name = "local"', 'name = "other"', 1))

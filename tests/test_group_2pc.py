@@ -479,6 +479,34 @@ def test_a_group_with_no_destination_keeps_no_outbox(tmp_path):
         store.close()
 
 
+def test_conditional_fences_and_move_copies_are_checked_where_applied(store_path):
+    # A fence's expectation was checked by the leader before proposing, so a change already
+    # in the log could be overwritten; and a move's copy passed every fence, so a copy batch
+    # committed late (an ambiguous one, retried) could overwrite the keyspace once live.
+    store = MVCCStore(store_path, map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    log = Log()
+    ks = (7).to_bytes(4, "big")
+    try:
+        copy = encode_commit(1, 0, 100, [(ks + b"a", b"1")], move_copy=True)
+        r = one(sm, log, copy)
+        assert (r.outcome, r.reason) == (Outcome.CONFLICT, "moved")  # not closed for a copy
+        assert one(sm, log, encode_fence(110, 7, 1, MAX_TS)).outcome is Outcome.RESOLVED
+        assert one(sm, log, encode_commit(2, 0, 120, [(ks + b"a", b"1")],
+                                          move_copy=True)).committed
+        r = one(sm, log, encode_fence(130, 7, 0, 0, expect=(0, 0)))
+        assert (r.outcome, r.reason) == (Outcome.CONFLICT, "fence_changed")
+        assert sm.fence(ks) == (1, MAX_TS)
+        r = one(sm, log, encode_fence(140, 7, 1, 125, expect=(1, MAX_TS)))
+        assert r.outcome is Outcome.RESOLVED and sm.fence(ks) == (1, 125)
+        r = one(sm, log, encode_commit(3, 0, 150, [(ks + b"b", b"2")], move_copy=True))
+        assert (r.outcome, r.reason) == (Outcome.CONFLICT, "moved")  # the copy is over
+        assert sm.store.get(ks + b"b", MAX_TS) is None
+    finally:
+        sm.close()
+        store.close()
+
+
 def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store_path):
     log = Log()
     store = MVCCStore(store_path, map_size=1 << 20)
@@ -490,9 +518,10 @@ def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store
         assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "moved", ks7 + b"a")
         r = prepare(sm, log, 2, 0, 120, [(ks8 + b"b", b"1")], locks=[ks7 + b"c"])
         assert (r.outcome, r.reason) == (Outcome.CONFLICT, "moved")
-        # A move's copy passes the write fence: it is how the keyspace's data gets here.
+        # A move's copy passes only the fence of a group closed to all but the copy,
+        # (1, MAX_TS) (see test_conditional_fences_and_move_copies_are_checked_where_applied).
         copy = encode_commit(5, 0, 125, [(ks7 + b"z", b"1")], move_copy=True)
-        assert one(sm, log, copy).committed
+        assert one(sm, log, copy).reason == "moved"
         assert one(sm, log, encode_commit(3, 0, 130, [(ks8 + b"a", b"1")])).committed
         one(sm, log, encode_fence(140, 7, 2, 0))
         assert sm.fence(ks7) == (2, 0)

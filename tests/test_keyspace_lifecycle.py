@@ -186,11 +186,11 @@ async def test_a_move_interrupted_after_the_catalog_change_finishes_when_run_aga
                 fence = engine.client.Database._fence
 
                 async def fence_but_not_the_last(self, group, ks_id, level, available_from=0,
-                                                 *, expect=None):
+                                                 **kwargs):
+                    expect = kwargs.get("expect")
                     if level == 0 and expect is not None and expect[0] == 1:
                         raise errors.UnavailableError("the new home is unreachable")
-                    return await fence(self, group, ks_id, level, available_from,
-                                       expect=expect)
+                    return await fence(self, group, ks_id, level, available_from, **kwargs)
 
                 with monkeypatch.context() as m:
                     m.setattr(engine.client.Database, "_fence", fence_but_not_the_last)
@@ -240,3 +240,91 @@ async def test_a_stale_read_after_a_move_is_not_served_before_the_copy(monkeypat
                     assert refused.value.reason == "moved"
                 finally:
                     cluster.heal()
+
+
+def _pause_after_lookup(db):
+    """Makes ``db``'s next catalog lookup wait, after its answer came, until the returned
+    event is set (a client that read the record, then was delayed); the first returned
+    event is set when the lookup has answered."""
+    looked_up, go = trio.Event(), trio.Event()
+    call = db._call_group
+
+    async def slow(group, method, payload, **kwargs):
+        reply = await call(group, method, payload, **kwargs)
+        if method == "keyspace.get" and not go.is_set():
+            looked_up.set()
+            await go.wait()
+        return reply
+
+    db._call_group = slow
+    return looked_up, go
+
+
+async def test_a_move_with_a_stale_record_does_not_copy_over_a_finished_move():
+    # Two moves to one home: the second read the record before the first finished, and then
+    # ran all its steps. It copied the old home's stale snapshot over the new home, deleting
+    # and overwriting what was written there in between, and reported success.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=61) as cluster:
+        async with cluster.connect("us-east") as m1, cluster.connect("us-east") as m2, \
+                cluster.connect("eu-west") as w:
+            with trio.fail_after(60):
+                await m1.create_keyspace("g", home_region="us-east")
+                await m1.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
+                looked_up, go = _pause_after_lookup(m2)
+                second: list = []
+
+                async def second_move():
+                    try:
+                        second.append(await m2.move_keyspace("g", "eu-west"))
+                    except errors.TransactionConflictError as exc:
+                        second.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(second_move)
+                    await looked_up.wait()
+                    await m1.move_keyspace("g", "eu-west")
+                    await w.run_transaction(lambda tx: tx.put("g", b"k", b"new"))
+                    await w.run_transaction(lambda tx: tx.put("g", b"k2", b"new2"))
+                    go.set()
+                assert isinstance(second[0], errors.TransactionConflictError)
+                assert second[0].reason == "catalog_changed"
+                w._keyspaces.clear()
+                assert await w.read("g", b"k") == b"new"
+                assert await w.read("g", b"k2") == b"new2"
+
+
+async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
+    # A move that read the record just before a drop lowered the drop's fence with its own;
+    # when its copy then failed, its rollback lifted the fence: the dropped keyspace was
+    # readable and writable again through a cached record.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=62) as cluster:
+        async with cluster.connect("us-east") as mover, \
+                cluster.connect("us-east") as dropper, cluster.connect("us-east") as stale:
+            with trio.fail_after(60):
+                await mover.create_keyspace("g", home_region="us-east")
+                await mover.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
+                await stale.keyspace("g")  # cached
+                looked_up, go = _pause_after_lookup(mover)
+
+                async def unreachable(ks, old, new):
+                    raise errors.UnavailableError("new home unreachable")
+
+                mover._copy_keyspace = unreachable
+                failed: list = []
+
+                async def move():
+                    try:
+                        await mover.move_keyspace("g", "eu-west")
+                    except errors.MeridianError as exc:
+                        failed.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(move)
+                    await looked_up.wait()
+                    await dropper.drop_keyspace("g")
+                    go.set()
+                assert failed
+                with pytest.raises(errors.KeyspaceNotFoundError):
+                    await dropper.keyspace("g")
+                with pytest.raises(errors.MeridianError):  # moved: looked up, gone
+                    await stale.read("g", b"k")

@@ -268,3 +268,34 @@ async def test_the_origin_learns_what_each_region_applied_and_trims_its_outbox()
                     await trio.sleep(0.1)
                 for d in others:
                     await _watermark_reaches(cluster, d, origin, written)
+
+
+async def test_one_failed_progress_record_does_not_stop_the_next():
+    # One SHIPPED proposal that failed (a timeout) ended the task recording the destination's
+    # progress, while shipping went on: the outbox was never trimmed again.
+    import msgpack
+
+    from engine.group import CMD_SHIPPED
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=63) as cluster:
+        async with cluster.connect("us-east") as a:
+            with trio.fail_after(60):
+                origin = data_group(cluster.config, "us-east")
+                dest = data_group(cluster.config, "eu-west")
+                replica = cluster.nodes[await _leader_of(cluster, origin)].replicas[origin]
+                propose, failed = replica.propose, []
+
+                async def failing_once(data):
+                    if msgpack.unpackb(data)[0] == CMD_SHIPPED and not failed:
+                        failed.append(data)
+                        raise errors.AmbiguousCommitError("proposal timed out")
+                    return await propose(data)
+
+                replica.propose = failing_once
+                await a.create_keyspace("notes", mode="regional")
+                for i in range(3):
+                    async with a.transaction() as tx:
+                        await tx.put("notes", b"k%d" % i, b"v")
+                while not (failed and replica.sm.shipped(dest) >= tx.commit_ts):
+                    await trio.sleep(0.1)
+                while replica.sm.outbox_after(0):
+                    await trio.sleep(0.1)
