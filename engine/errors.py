@@ -118,7 +118,11 @@ class TransactionConflictError(MeridianError):
             its snapshot), ``"read_write"`` (serializable: a key it read was), ``"intent"``
             (another transaction is committing the key), ``"too_old"`` (it outlived the
             maximum transaction lifetime, or its snapshot was older than what the group still
-            remembers) or ``"leader_change"`` (its group changed leader while it ran).
+            remembers), ``"leader_change"`` (its group changed leader while it ran),
+            ``"moved"`` (a keyspace it uses moved to another home region or was dropped: it is
+            looked up again), ``"refresh"`` (it could not move its snapshot up to a newer
+            group's without losing what it had read) or ``"catalog_changed"`` (a keyspace
+            move or drop found the keyspace changed by another one meanwhile).
         key: the conflicting key, when there is one.
         retryable: always True; :meth:`Database.run_transaction` retries these.
     """
