@@ -29,6 +29,14 @@ _SUB_BUCKET_BITS = 11
 _EXACT_BELOW = 1 << _SUB_BUCKET_BITS
 
 
+def _percentile_rank(q: float, n: int) -> int | None:
+    """The nearest rank of the ``q``-th percentile (0 < q <= 100) among ``n`` values; None when
+    there are none."""
+    if not 0 < q <= 100:
+        raise ValueError(f"percentile {q} is outside (0, 100]")
+    return _rank(q, n) if n else None
+
+
 def _rank(q: float, n: int) -> int:
     """The nearest rank of the ``q``-th percentile of ``n`` samples: the smallest ``k`` with
     ``k >= q·n/100``. (HdrHistogram's own lookup rounds ``q·n/100`` to the nearest integer,
@@ -107,12 +115,8 @@ class Histogram:
 
     def percentile_ms(self, q: float) -> float | None:
         """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
-        if not 0 < q <= 100:
-            raise ValueError(f"percentile {q} is outside (0, 100]")
-        n = self.count
-        if n == 0:
-            return None
-        return self._values_at_ranks([_rank(q, n)])[0] / 1000.0
+        rank = _percentile_rank(q, self.count)
+        return None if rank is None else self._values_at_ranks([rank])[0] / 1000.0
 
     def _values_at_ranks(self, ranks: list[int]) -> list[int]:
         """The values (µs; the highest equivalent value of their bucket, as HdrHistogram
@@ -213,12 +217,9 @@ class CoarseHistogram:
 
     def percentile_ms(self, q: float) -> float | None:
         """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
-        if not 0 < q <= 100:
-            raise ValueError(f"percentile {q} is outside (0, 100]")
-        n = self.count
-        if n == 0:
+        rank = _percentile_rank(q, self.count)
+        if rank is None:
             return None
-        rank = _rank(q, n)
         seen = 0
         for v in sorted(self.counts):
             seen += self.counts[v]

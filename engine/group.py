@@ -964,14 +964,15 @@ class _Batch:
                      compact: bool = False) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
-        cells without changing anything: ``(key, resolver, new cell, conflict, write)`` for
-        each, for :meth:`_apply_merges`, or why one of them cannot be merged (a cell another
-        resolver built, a plain value, a payload the resolver refuses). Applying must never
-        raise on what a client sent: the entry is in the log, and every replica (and every
-        restart) would stop on it.
+        cells without changing anything: ``(key, resolver, new cell, conflict, write, encoded
+        cell)`` for each, for :meth:`_apply_merges`, or why one of them cannot be merged (a
+        cell another resolver built, a plain value, a payload the resolver refuses). Applying
+        must never raise on what a client sent: the entry is in the log, and every replica (and
+        every restart) would stop on it.
 
         ``refuse_each`` (shipped writes, which committed in their region already): a write that
-        cannot be merged is left out instead -- ``(key, resolver, None, conflict, write)``, the
+        cannot be merged is left out instead -- ``(key, resolver, None, conflict, write, None)``,
+        the
         conflict naming ``"refused"`` as its resolver -- so that one bad write does not hold
         back the rest of its stream for good. ``cells``: the cells to start from, instead of
         the keys' current ones. ``compact``: every write of a write's origin below its
@@ -991,7 +992,8 @@ class _Batch:
                 cell, conflict = resolver.merge(before, write)
                 if compact:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
-                if len(encode_cell(cell)) > MAX_VALUE_SIZE:
+                encoded = encode_cell(cell)  # written as is by _apply_merges
+                if len(encoded) > MAX_VALUE_SIZE:
                     raise InvalidArgumentError(
                         f"the merged cell would take over {MAX_VALUE_SIZE} bytes")
             except (InvalidArgumentError, CorruptStateError) as exc:
@@ -1000,17 +1002,17 @@ class _Batch:
                 kept = before.version if isinstance(before, Cell) else (0, "")
                 merged.append((key, resolver_name, None,
                                Conflict(key, kept, (write.ts, write.origin), write.value,
-                                        "refused"), write))
+                                        "refused"), write, None))
                 continue
             cells[key] = cell
-            merged.append((key, resolver_name, cell, conflict, write))
+            merged.append((key, resolver_name, cell, conflict, write, encoded))
         return merged
 
     def _apply_merges(self, merged: list, ts: int) -> None:
-        for key, _, cell, conflict, _ in merged:
+        for key, _, cell, conflict, _, encoded in merged:
             if cell is not None:  # else refused (see _plan_merges): only logged
                 self._cells[key] = cell
-                self.versions.append(([(key, encode_cell(cell))], ts))
+                self.versions.append(([(key, encoded)], ts))
             if conflict is not None:
                 loser_ts, loser_origin = conflict.loser
                 ckey = (_CONFLICT + key + _U64.pack(loser_ts)
@@ -1041,7 +1043,7 @@ class _Batch:
         each write carries its resolver, timestamp, origin and predecessor."""
         shipped = [[w.key, resolver_name, w.value, w.ts, w.origin,
                     w.prev[0] if w.prev else 0, w.prev[1] if w.prev else ""]
-                   for _, resolver_name, _, _, w in merged]
+                   for _, resolver_name, _, _, w, _ in merged]
         record = msgpack.packb(shipped, use_bin_type=True)
         if len(record) > MAX_VALUE_SIZE:
             return (f"the regional writes take {len(record)} bytes to ship, over the "
@@ -1087,7 +1089,7 @@ class _Batch:
                     and all(a[2].ts <= b[2].ts for a, b in zip(fresh, fresh[1:])))
         merged = self._plan_merges(fresh, refuse_each=True, compact=in_order)
         self._apply_merges(merged, ts)
-        touched = [(key, ts) for key, _, cell, _, _ in merged if cell is not None]
+        touched = [(key, ts) for key, _, cell, _, _, _ in merged if cell is not None]
         self.side[wkey] = _U64.pack(up_to_ts)
         if touched:
             # Local transactions that read these keys before now must not overwrite them
@@ -1099,8 +1101,9 @@ class _Batch:
         """How far ``destination`` has applied this group's regional writes (SHIPPED), as of
         this batch."""
         skey = _SHIPPED + _U32.pack(destination)
-        raw = self.side[skey] if skey in self.side else self.sm.store.side_get(skey)
-        return _U64.unpack(raw)[0] if raw is not None else 0
+        if skey not in self.side:
+            return self.sm.shipped(destination)
+        return _U64.unpack(self.side[skey])[0]
 
     def trim_outbox(self, limit: int = _TRIM_BATCH) -> None:
         """Drops up to ``limit`` outbox records that every destination has applied, or that
