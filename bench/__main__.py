@@ -12,8 +12,8 @@ import importlib
 import sys
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS = ("storage", "raft", "adjudicator", "cluster", "txn", "ycsb", "scale", "compare",
-            "jepsen", "report", "elle", "bank")
+COMMANDS = ("storage", "raft", "adjudicator", "compaction", "cluster", "txn", "ycsb", "scale",
+            "compare", "jepsen", "report", "elle", "bank")
 
 
 def build_parser() -> argparse.ArgumentParser:

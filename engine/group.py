@@ -140,15 +140,18 @@ crash they agree; entries at or below the store's applied index are skipped on r
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
+import tempfile
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 
 import msgpack
 
 from . import planted
 from .adjudicator import Adjudicator, ConflictReason, TxnRequest
-from .errors import CorruptStateError, InvalidArgumentError
+from .errors import CorruptStateError, InvalidArgumentError, StoreClosedError
 from .merge import (
     MERGE,
     PUT,
@@ -725,14 +728,88 @@ class GroupStateMachine:
         with self.store.snapshot_chunks() as stream:
             return msgpack.packb([stream.applied_index, list(stream)], use_bin_type=True)
 
+    # A durable state machine (raft.driver.DurableStateMachine): the Raft log is compacted
+    # behind a local marker, and a full snapshot is built into a file only for a follower.
+
+    def checkpoint(self) -> bytes:
+        """Makes everything applied durable in the store and returns the local snapshot
+        marker for this index (O(1): no data is copied)."""
+        self.store.checkpoint()
+        return msgpack.packb([self.store.applied_index, None])
+
+    def begin_snapshot(self) -> SnapshotBuild:
+        """A consistent view of the store as applied now, to write out as a full snapshot
+        (in the format :meth:`snapshot` returns) from another thread."""
+        return SnapshotBuild(self.store)
+
     def restore(self, data: bytes) -> None:
         index, chunks = msgpack.unpackb(data, raw=False)
         if index <= self.store.applied_index:
             # This replica already applied past the snapshot (a restart finds the snapshot it
             # took itself): its state includes the snapshot's, and replay skips what it has.
             return
+        if chunks is None:
+            raise CorruptStateError(
+                f"the group's store has applied up to index {self.store.applied_index}, but "
+                f"the Raft log was compacted behind its checkpoint at {index}: the store lost "
+                f"writes it had made durable")
         self.store.restore(chunks)
         self._load_state()
+
+
+class SnapshotBuild:
+    """A full snapshot of a group's store, written out from a worker thread while the group
+    goes on applying: the store's read transaction pins the state at :attr:`index`.
+
+    The data is what :meth:`GroupStateMachine.snapshot` returns — a msgpack array of the
+    applied index and the store's chunks — written a chunk at a time, so memory stays at one
+    chunk whatever the store's size.
+    """
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._dir = store.path
+        self._stream = store.snapshot_chunks()
+        self.index = self._stream.applied_index
+        self._cancelled = False
+
+    def write(self, f: BinaryIO) -> int:
+        """Writes the snapshot to ``f`` (a seekable binary file at offset 0) and returns its
+        size. Raises :class:`engine.errors.StoreClosedError` once :meth:`cancel` was called
+        (or the store was closed)."""
+        packer = msgpack.Packer(use_bin_type=True)
+        # An array of two: the index, then an array whose count (array 32) is filled in last.
+        f.write(b"\x92" + packer.pack(self.index) + b"\xdd\0\0\0\0")
+        count_at = f.tell() - 4
+        count = 0
+        try:
+            for chunk in self._stream:
+                if self._cancelled:
+                    raise StoreClosedError("the snapshot build was cancelled")
+                f.write(packer.pack(chunk))
+                count += 1
+        finally:
+            self._stream.close()
+        size = f.tell()
+        f.seek(count_at)
+        f.write(count.to_bytes(4, "big"))
+        f.seek(size)
+        f.flush()
+        return size
+
+    def run(self) -> mmap.mmap:
+        """Writes the snapshot to an unnamed temporary file beside the store and returns it
+        mapped read-only: the page cache holds it, not the heap, and the file is freed with
+        the mapping."""
+        with tempfile.TemporaryFile(dir=self._dir) as f:
+            size = self.write(f)
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+
+    def cancel(self) -> None:
+        """Makes :meth:`write` stop at its next chunk (the node is closing)."""
+        self._cancelled = True
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _Batch:

@@ -384,6 +384,11 @@ class MVCCStore(Resource):
         return self._env is None
 
     @property
+    def path(self) -> str:
+        """The store's directory."""
+        return self._path
+
+    @property
     def applied_index(self) -> int:
         """Index of the last Raft entry applied (0 for a new store)."""
         self._live_env()

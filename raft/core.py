@@ -29,7 +29,10 @@ Choices made here (the Raft thesis, Ongaro 2014, offers several):
   leader with a heartbeat round, and hands out the index once a quorum answered.
 - **Snapshots** (§5): the application snapshots at its applied index (:meth:`compact`); a
   follower that is behind the compaction point receives the snapshot in chunks, one chunk in
-  flight, resumable from the offset the follower acknowledges.
+  flight, resumable from the offset the follower acknowledges. A durable state machine
+  compacts with a *local* snapshot (a marker: its own storage holds the state) and builds a
+  full one only when a follower needs it (:attr:`snapshot_wanted`, :meth:`offer_snapshot`),
+  as CockroachDB truncates its log without a snapshot and sends one generated on demand.
 - **Learners** receive the log but never vote nor count towards a quorum.
 """
 
@@ -198,6 +201,8 @@ class RaftCore:
         self._msgs_after_persist: list[Message] = []
         self._read_states: list[ReadState] = []
         self._pending_snapshot: Snapshot | None = None  # received, to be persisted
+        # A follower needs a snapshot and the one held is local (see offer_snapshot).
+        self.snapshot_wanted = False
         self._ready_number = 0
         self._outstanding: Ready | None = None
         self._bcast_pending = False  # the leader owes every follower an append
@@ -317,6 +322,7 @@ class RaftCore:
         self._reset(term)
         self.leader = leader
         self.role = StateRole.FOLLOWER
+        self.snapshot_wanted = False  # only a leader sends snapshots
 
     def _become_pre_candidate(self) -> None:
         if self.role is StateRole.LEADER:
@@ -490,18 +496,67 @@ class RaftCore:
         else:
             self._send_append(to)
 
-    def compact(self, data: bytes, keep: int = 0) -> SnapshotMeta:
+    def compact(self, data: bytes, keep: int = 0, *, local: bool = False) -> SnapshotMeta:
         """Records the application's snapshot taken at the applied index and drops log entries
-        before ``applied - keep`` from memory. The caller persists the snapshot."""
+        before ``applied - keep`` from memory. The caller persists the snapshot.
+
+        ``local``: ``data`` is a durable state machine's marker (see :class:`Snapshot`), never
+        sent; a full snapshot held at the same index stays, for the followers that need it.
+        """
         index = self.log.applied
         if index == 0:
             raise RaftError("nothing applied yet: no snapshot to take")
         meta = SnapshotMeta(index, self.log.term_at(index), self.conf)
         if self.snapshot is None or self.snapshot.meta.index < index:
-            self.snapshot = Snapshot(meta, bytes(data))
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            self.snapshot = Snapshot(meta, data, local)
         # Even when the snapshot held is not older, a smaller ``keep`` may free more log.
         self.log.compact(max(index - max(keep, 0), 0))
         return self.snapshot.meta
+
+    def snapshot_meta_at_applied(self) -> SnapshotMeta:
+        """The metadata a snapshot of the state machine as applied now would carry (for a
+        snapshot built over time from a consistent view taken now, see
+        :meth:`offer_snapshot`)."""
+        index = self.log.applied
+        if index == 0:
+            raise RaftError("nothing applied yet: no snapshot to take")
+        return SnapshotMeta(index, self.log.term_at(index), self.conf)
+
+    def offer_snapshot(self, snap: Snapshot) -> bool:
+        """Holds ``snap`` (a full snapshot built for followers, its metadata from
+        :meth:`snapshot_meta_at_applied`) for sending, in place of a local one or an older one.
+        The log is not compacted: the snapshot needs no persisting. Clears
+        :attr:`snapshot_wanted`. Returns whether ``snap`` is now the one held."""
+        if snap.local:
+            raise RaftError("a local snapshot cannot be sent to followers")
+        self.snapshot_wanted = False
+        held = self.snapshot
+        if held is not None and (held.meta.index > snap.meta.index or (
+                held.meta.index == snap.meta.index and not held.local)):
+            return False
+        if snap.meta.index > self.log.applied:
+            raise RaftError(f"snapshot at {snap.meta.index} is beyond the applied index "
+                            f"{self.log.applied}")
+        self.snapshot = snap
+        return True
+
+    def hold_local_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replaces the snapshot held at ``meta`` (one received and installed) by a local
+        marker for the same index, freeing its data: the application's durable storage has
+        the state now. Nothing happens if another snapshot is held by then."""
+        held = self.snapshot
+        if held is not None and held.meta == meta and not held.local:
+            self.snapshot = Snapshot(meta, data, True)
+
+    def sending_snapshot(self) -> bool:
+        """Whether a follower is receiving the snapshot held (compacting now would replace
+        it and restart the transfer)."""
+        snap = self.snapshot
+        return snap is not None and any(
+            pr.state is ProgressState.SNAPSHOT and pr.pending_snapshot == snap.meta.index
+            for pr in self._prs.values())
 
     # ================================================================ step
 
@@ -834,6 +889,14 @@ class RaftCore:
             raise RaftInvariantError(
                 f"log compacted to {self.log.offset} but no snapshot is held"
             )
+        if self.snapshot.local:
+            # The application builds a full one (offer_snapshot); until then the follower
+            # stays in probe, and the next heartbeat answer brings it here again.
+            self.snapshot_wanted = True
+            if pr.state is not ProgressState.PROBE:
+                pr.become_probe()
+            pr.probe_sent = True
+            return
         pr.become_snapshot(self.snapshot.meta.index)
         self._send_snapshot_chunk(to, pr)
 

@@ -45,6 +45,15 @@ the sockets, with ``sync_in_loop``; stepped into the core, without) and the next
 all of them, so every entry that became ready during one fsync shares the next one. Under load,
 the fsync rate stays near the disk's and the entries per fsync grow with the offered load.
 
+**Snapshots.** Every ``snapshot_every`` applied entries the log is compacted behind a
+snapshot. A plain :class:`StateMachine` is copied (``snapshot()``) for it; a
+:class:`DurableStateMachine` — one whose own storage is durable, as Meridian's groups over LMDB
+are — only makes its state durable and leaves a local marker, and a full snapshot is built
+(from a view taken between two applies, in a thread of its own, into a temporary file that the
+core sends from a read-only mapping) only when the core reports that a follower needs one
+(``RaftCore.snapshot_wanted``). A compaction waits, for at most four times
+``snapshot_every`` entries, while a follower receives the snapshot held.
+
 Clients call :meth:`RaftNode.propose` (resolves with the state machine's result for that entry
 once it is applied), :meth:`RaftNode.linearizable_read` (ReadIndex, §6.4: resolves once the
 state machine has applied everything committed before the read began) and
@@ -87,11 +96,14 @@ from .types import (
     RaftError,
     Ready,
     Snapshot,
+    SnapshotMeta,
     StateRole,
 )
 
 __all__ = [
     "StateMachine",
+    "DurableStateMachine",
+    "SnapshotBuilder",
     "RaftNode",
     "RaftNodeStats",
     "open_raft_node",
@@ -102,6 +114,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("meridian.raft")
+
+# After a failed build of a snapshot for followers, seconds before the next try.
+SNAPSHOT_BUILD_RETRY_S = 5.0
 
 # Test-only ways to break durability (see ``open_raft_node``'s ``unsafe``).
 UNSAFE_MODES = ("ack_before_fsync", "votes_without_persisting")
@@ -146,6 +161,36 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None: ...
 
 
+class SnapshotBuilder(Protocol):
+    """A full snapshot being built from a consistent view taken when it was begun."""
+
+    index: int  # the applied index the view holds
+
+    def run(self) -> bytes:
+        """Builds it (in a worker thread) and returns its data: bytes, or a read-only mmap."""
+
+    def cancel(self) -> None:
+        """Makes a running :meth:`run` stop soon, raising (the node is closing)."""
+
+    def close(self) -> None:
+        """Releases the view without building."""
+
+
+class DurableStateMachine(StateMachine, Protocol):
+    """A state machine whose own storage is durable (Meridian's groups: LMDB). Its driver
+    compacts the log without copying the state — :meth:`checkpoint` makes the applied state
+    durable and returns a small *local* snapshot (``raft.types.Snapshot.local``) that
+    ``restore`` accepts on this node only — and builds a full snapshot, off the loop, only
+    when a follower needs one (:meth:`begin_snapshot`). A state machine has these two
+    methods or neither; ``snapshot`` is then unused by the driver."""
+
+    def checkpoint(self) -> bytes: ...
+
+    def begin_snapshot(self) -> SnapshotBuilder:
+        """Takes a consistent view of the state as applied now (called on the loop, between
+        applies); the builder may then run in another thread while applies go on."""
+
+
 @dataclass(frozen=True, slots=True)
 class RaftNodeStats:
     group: int
@@ -168,6 +213,7 @@ class RaftNodeStats:
     reads: int
     snapshots_taken: int
     snapshots_installed: int
+    snapshots_built: int  # full snapshots built for followers (durable state machines)
     messages_sent: int
     messages_received: int
 
@@ -361,8 +407,19 @@ class RaftNode:
         self._core = RaftCore(config, rng, state)
         self._stored_hs: HardState = state.hard_state
         self._snapshot_index = state.snapshot.meta.index if state.snapshot else 0
+        self._durable_sm = (callable(getattr(state_machine, "checkpoint", None))
+                            and callable(getattr(state_machine, "begin_snapshot", None)))
         if state.snapshot is not None:
+            if state.snapshot.local and not self._durable_sm:
+                raise RaftError(
+                    f"group {group}: the storage holds a local snapshot (the state machine's "
+                    f"own storage had the state), but this state machine is not durable")
             state_machine.restore(state.snapshot.data)
+        # A full snapshot being built for followers (durable state machines), and when a
+        # failed build may be tried again.
+        self._build: SnapshotBuilder | None = None
+        self._build_retry_at = -math.inf
+        self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._proposals: dict[int, tuple[int, _Waiter]] = {}
         # Older proposals of this node displaced from _proposals by a newer one at the same
@@ -383,8 +440,8 @@ class RaftNode:
         self._step_error: BaseException | None = None  # raised by the core on a message
         self._counts = dict.fromkeys(
             ("readies", "readies_inline", "fsyncs", "entries_persisted", "entries_applied",
-             "proposals", "reads", "snapshots_taken", "snapshots_installed", "messages_sent",
-             "messages_received"), 0)
+             "proposals", "reads", "snapshots_taken", "snapshots_installed", "snapshots_built",
+             "messages_sent", "messages_received"), 0)
         # Storage that can append from the loop is fsynced from the loop or by a native thread
         # that never takes the GIL (see _persist_fast); anything else goes through the worker.
         self._fast_persist = hasattr(storage, "append_nowait")
@@ -591,6 +648,8 @@ class RaftNode:
         to do (a heartbeat, its answer); else handle the Ready from this task if the ready loop
         is idle and nothing in it needs waiting (see :meth:`_ready_inline`); else wake the
         ready loop."""
+        if self._core.snapshot_wanted and self._build_due():
+            self._kick()  # the ready loop starts the build
         if self._step_error is None:
             msgs = self._core.take_messages()
             if msgs is not None:
@@ -670,8 +729,27 @@ class RaftNode:
                 self._busy = False
 
     def _snapshot_due(self) -> bool:
-        return bool(self._snapshot_every and
-                    self._core.applied - self._snapshot_index >= self._snapshot_every)
+        """A follower needs a full snapshot built, or ``snapshot_every`` entries were applied
+        since the last compaction. A compaction waits while a follower receives the
+        snapshot held (or one is being built): it would replace that snapshot and restart
+        the transfer, which may then never finish while the log grows faster than the
+        snapshot travels. The wait is bounded (four times ``snapshot_every``): a follower
+        that stopped answering mid-transfer must not keep the log from being compacted."""
+        core = self._core
+        if core.snapshot_wanted and self._build_due():
+            return True
+        if not self._snapshot_every:
+            return False
+        behind = core.applied - self._snapshot_index
+        if behind < self._snapshot_every:
+            return False
+        if self._build is not None or core.sending_snapshot():
+            return behind >= 4 * self._snapshot_every
+        return True
+
+    def _build_due(self) -> bool:
+        return (self._durable_sm and self._build is None and self._nursery is not None
+                and trio.current_time() >= self._build_retry_at)
 
     def _hard_state_to_store(self, rd: Ready) -> HardState | None:
         """The Ready's hard state if its term or vote changed (a commit index alone is not
@@ -723,6 +801,10 @@ class RaftNode:
             self._sm.restore(rd.snapshot.data)
             self._snapshot_index = rd.snapshot.meta.index
             self._counts["snapshots_installed"] += 1
+            if self._durable_sm:
+                # The state machine's own storage holds it now: keep a marker, not the data
+                # (an idle group would otherwise hold it until its next compaction).
+                core.hold_local_snapshot(rd.snapshot.meta, self._sm.checkpoint())
         self._release_reads(rd)
         if rd.committed_entries:
             await self._apply(rd.committed_entries)
@@ -873,12 +955,69 @@ class RaftNode:
                 f"is unknown to this node"))
 
     async def _take_snapshot(self) -> None:
-        data = self._sm.snapshot()
-        meta = self._core.compact(data, keep=self._snapshot_keep)
-        snap = Snapshot(meta, data)
+        core = self._core
+        if core.snapshot_wanted and self._build_due():
+            self._start_build()
+            return
+        if self._durable_sm:
+            # O(1): the state is durable in the state machine's own storage.
+            data, local = self._sm.checkpoint(), True
+        else:
+            data, local = self._sm.snapshot(), False
+        meta = core.compact(data, keep=self._snapshot_keep, local=local)
+        snap = Snapshot(meta, data, local)
         await self._worker.run(self._storage.save_snapshot, snap, self._snapshot_keep)
         self._snapshot_index = meta.index
         self._counts["snapshots_taken"] += 1
+
+    def _start_build(self) -> None:
+        """Begins a full snapshot of the state as applied now, for the followers that need
+        one; it is built in a thread of its own (the storage worker serves every group of
+        the node, and a build takes as long as writing out the whole state)."""
+        core = self._core
+        try:
+            meta = core.snapshot_meta_at_applied()
+            build = self._sm.begin_snapshot()
+        except Exception as exc:
+            self._build_failed(exc)
+            return
+        if build.index > meta.index:  # below is fine: leader no-ops are not applied to it
+            build.close()
+            self._build_failed(RaftError(
+                f"the state machine's view is at index {build.index}, beyond the core's "
+                f"applied index {meta.index}"))
+            return
+        self._build = build
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_build, build, meta)
+
+    async def _run_build(self, build: SnapshotBuilder, meta: SnapshotMeta) -> None:
+        try:
+            # Not abandoned on cancel: the view must be released before the state machine's
+            # storage may close. Closing the node cancels the build itself (_cancel_build).
+            data = await trio.to_thread.run_sync(build.run)
+        except Exception as exc:
+            if not self._closed:
+                self._build_failed(exc)
+            return
+        finally:
+            build.close()
+            self._build = None
+        if self._closed or self._step_error is not None:
+            return
+        self._core.offer_snapshot(Snapshot(meta, data))
+        self._counts["snapshots_built"] += 1
+        log.info("group %d node %d: built a snapshot at index %d (%d bytes) for followers",
+                 self.group, self.id, meta.index, len(data))
+
+    def _build_failed(self, exc: BaseException) -> None:
+        log.warning("group %d node %d: cannot build a snapshot for followers (trying again in "
+                    "%.0f s): %s", self.group, self.id, SNAPSHOT_BUILD_RETRY_S, exc)
+        self._build_retry_at = trio.current_time() + SNAPSHOT_BUILD_RETRY_S
+
+    def _cancel_build(self) -> None:
+        if self._build is not None:
+            self._build.cancel()
 
     def _send(self, msgs) -> None:
         self._counts["messages_sent"] += len(msgs)
@@ -906,11 +1045,13 @@ class RaftNode:
         transport = self._transport
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 transport.set_handler(self.group, self._on_messages)
                 _Ticker.register(self)
                 nursery.start_soon(self._ready_loop)
                 task_status.started()
         except BaseException as exc:
+            self._cancel_build()
             self._failed = exc
             self._fail_waiters(exc)
             raise
@@ -990,6 +1131,7 @@ async def open_raft_node(
                 yield node
             finally:
                 node._closed = True
+                node._cancel_build()
                 node._fail_waiters(RaftError("node closed"))
                 nursery.cancel_scope.cancel()
     finally:

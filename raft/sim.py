@@ -34,7 +34,13 @@ Model.
   nodes agree on their applied prefix exactly when their chains agree at its last index. Every
   ``compact_every`` applied entries a node snapshots it and calls ``core.compact``; followers
   behind the compaction point receive it as chunked SNAPSHOT messages (small
-  ``snapshot_chunk_size``).
+  ``snapshot_chunk_size``). With the knob ``durable_sm`` the state machine is durable, as
+  Meridian's groups over LMDB are (``raft.driver.DurableStateMachine``): a compaction
+  checkpoints it (its state at that index survives crashes) and leaves a local marker, a
+  leader whose follower needs a snapshot builds a full one from a view taken at once and
+  offers it after a while (a random build time, during which it may crash or be deposed), a
+  compaction waits while a follower receives the snapshot held, and a node that installed
+  one keeps a marker in its place.
 - *Clients* write through whichever node they believe leads (following ``ProposalDroppedError``
   hints). A write is *acknowledged* when the node it was proposed to applies the entry at the
   (term, index) that ``propose`` returned. Clients also read with ReadIndex; a read served at
@@ -221,13 +227,15 @@ class SimResult:
     snapshots_installed: int
     conf_changes: int  # membership changes applied (each counted once)
     members: tuple[int, ...]  # the final configuration
+    snapshots_built: int = 0  # durable_sm: full snapshots built for followers and offered
 
     def summary(self) -> str:
         return (f"seed {self.seed}: {self.sim_ms} ms simulated, {self.events} events, "
                 f"{self.messages} msgs ({self.dropped} dropped), {self.elections} elections, "
                 f"{self.crashes} crashes, commit {self.commits}, {self.acked_writes} acked "
                 f"writes, {self.reads} reads, {self.snapshots_sent} snapshot chunks sent, "
-                f"{self.snapshots_installed} installed, {self.conf_changes} conf changes, "
+                f"{self.snapshots_installed} installed ({self.snapshots_built} built), "
+                f"{self.conf_changes} conf changes, "
                 f"members {list(self.members)}, trace {self.trace_hash[:16]}")
 
 
@@ -421,11 +429,17 @@ class KVStateMachine:
         self.kv = {k: (v, i) for k, v, i in d["kv"]}
 
 
+def _marker(index: int) -> bytes:
+    """A durable state machine's local snapshot: what it checks on a restart."""
+    return b"local %d" % index
+
+
 # ==================================================================== simulation
 
 # Event kinds. The heap holds (time_ms, seq, kind, a, b); seq is unique, so the payload is never
 # compared.
-_TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS = range(10)
+(_TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS,
+ _BUILT) = range(11)
 
 _OP_TIMEOUT_MS = 400
 # With roaming clients (the "roam" knob) a client gives up sooner on a node that does not
@@ -459,16 +473,20 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     # guess on a timeout, and the nemesis aims its cuts at the leader. 0, only by a pin, is the
     # model older seeds were recorded with, draw for draw.
     "roam": ((0.3, 0.5, 0.7), False),
+    # A durable state machine: local compaction markers, snapshots built on demand (see the
+    # module docstring). 0, only by a pin, is the model older seeds were recorded with.
+    "durable_sm": ((0, 1), False),
 }
 # Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
 # of their own, so that every older draw — and so every older seed — stays as it was.
-_LATER_KNOBS = ("idle_heartbeat_tick", "roam")
+_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm")
 
 
 class _Node:
     __slots__ = ("id", "alive", "incarnation", "core", "disk", "sm", "ready", "commit_floor",
                  "lm_last", "lm_terms", "props", "reads", "read_states", "tick_ms", "applied",
-                 "snap_index", "vote_promise", "log_promise", "last_ack", "conf_seen")
+                 "snap_index", "vote_promise", "log_promise", "last_ack", "conf_seen",
+                 "sm_checkpoint", "building")
 
     def __init__(self, node_id: int, tick_ms: int):
         self.id = node_id
@@ -493,6 +511,11 @@ class _Node:
         self.log_promise: tuple[int, int] | None = None  # the highest acknowledged
         self.last_ack = 0  # the index of the latest APPEND_RESP (for the lose-acked-tail plant)
         self.conf_seen = ConfState()  # the configuration at the last check
+        # durable_sm: the state machine's own durable state, as of its last checkpoint (a
+        # local compaction or an installed snapshot; survives crashes), and whether a full
+        # snapshot is being built for followers.
+        self.sm_checkpoint: bytes | None = None
+        self.building = False
 
 
 class _Op:
@@ -591,6 +614,8 @@ class Simulation:
         self.knobs = knobs
         self.n_initial = knobs["nodes"]
         self.compact_every = knobs["compact_every"]
+        self.durable_sm = bool(knobs["durable_sm"])
+        self.snapshots_built = 0
         self.keep = knobs["keep"]
         self.drop_rate = knobs["drop"]
         self.dup_rate = knobs["dup"]
@@ -671,7 +696,7 @@ class Simulation:
             _TICK: self._on_tick, _DELIVER: self._on_deliver, _FSYNC: self._on_fsync,
             _CLIENT: self._on_client, _TIMEOUT: self._on_timeout, _NEMESIS: self._on_nemesis,
             _CRASH: self._on_crash, _RESTART: self._on_restart, _HEAL: self._on_heal,
-            _LIVENESS: self._on_liveness,
+            _LIVENESS: self._on_liveness, _BUILT: self._on_built,
         }
         heap = self._heap
         limit = self.cfg.max_events
@@ -697,6 +722,7 @@ class Simulation:
         node.sm = KVStateMachine()
         node.snap_index = 0
         node.applied = []
+        node.building = False
         if state.snapshot is not None:
             self._restore_sm(node, state.snapshot)
             node.snap_index = state.snapshot.meta.index
@@ -892,6 +918,9 @@ class Simulation:
             self._restore_sm(node, rd.snapshot)
             node.snap_index = rd.snapshot.meta.index
             self.snapshots_installed += 1
+            if self.durable_sm:  # its own storage holds the state now: keep a marker
+                node.sm_checkpoint = node.sm.snapshot()
+                node.core.hold_local_snapshot(rd.snapshot.meta, _marker(node.sm.index))
         for e in rd.committed_entries:
             self._apply(node, e)
         node.core.advance(rd)
@@ -907,7 +936,16 @@ class Simulation:
 
     def _restore_sm(self, node: _Node, snap: Snapshot) -> None:
         sm = node.sm
-        sm.restore(snap.data)
+        if snap.local:
+            if not self.durable_sm or snap.data != _marker(snap.meta.index):
+                raise self.fail(f"node {node.id}: local snapshot {snap.data!r} at "
+                                f"{snap.meta.index} restored (durable_sm={self.durable_sm})")
+            if node.sm_checkpoint is None:
+                raise self.fail(f"node {node.id}: a local snapshot at {snap.meta.index} but "
+                                f"the state machine never checkpointed")
+            sm.restore(node.sm_checkpoint)  # the state machine's own durable state
+        else:
+            sm.restore(snap.data)
         if sm.index != snap.meta.index or sm.term != snap.meta.term:
             raise self.fail(f"node {node.id}: snapshot meta ({snap.meta.index}, "
                             f"{snap.meta.term}) but its data is at ({sm.index}, {sm.term})")
@@ -956,7 +994,22 @@ class Simulation:
 
     def _maybe_compact(self, node: _Node) -> None:
         sm, core = node.sm, node.core
+        if self.durable_sm:
+            self._maybe_build(node)
         if sm.index - node.snap_index < self.compact_every or core.applied != sm.index:
+            return
+        if self.durable_sm:
+            if (node.building or core.sending_snapshot()) and (
+                    sm.index - node.snap_index < 4 * self.compact_every):
+                return  # a follower is receiving the snapshot held (raft.driver waits too)
+            marker = _marker(sm.index)
+            meta = core.compact(marker, keep=self.keep, local=True)
+            if meta.index != sm.index:
+                return
+            node.sm_checkpoint = sm.snapshot()  # durable with the marker: one step here
+            node.disk.save_snapshot(Snapshot(meta, marker, local=True))
+            node.snap_index = meta.index
+            self._event(f"compact {node.id} at {meta.index} (local)")
             return
         data = sm.snapshot()
         meta = core.compact(data, keep=self.keep)
@@ -965,6 +1018,29 @@ class Simulation:
         node.disk.save_snapshot(Snapshot(meta, data))
         node.snap_index = meta.index
         self._event(f"compact {node.id} at {meta.index}")
+
+    def _maybe_build(self, node: _Node) -> None:
+        """durable_sm: a leader whose follower needs a snapshot takes a view now and offers
+        the snapshot built from it after a random build time."""
+        core = node.core
+        if not core.snapshot_wanted or node.building or core.applied != node.sm.index:
+            return
+        node.building = True
+        meta = core.snapshot_meta_at_applied()
+        self._schedule(self.now + self.rng.randint(1, 60), _BUILT, node.id,
+                       (node.incarnation, Snapshot(meta, node.sm.snapshot())))
+        self._event(f"build {node.id} at {meta.index}")
+
+    def _on_built(self, node_id: int, payload) -> None:
+        incarnation, snap = payload
+        node = self.nodes[node_id]
+        if not node.alive or node.incarnation != incarnation:
+            return  # crashed while building: the view is gone
+        node.building = False
+        offered = node.core.offer_snapshot(snap)
+        self.snapshots_built += 1
+        self._event(f"built {node.id} at {snap.meta.index} offered={offered}")
+        self._after(node)
 
     # ---------------------------------------------------------------- network
 
@@ -1470,6 +1546,7 @@ class Simulation:
             reads=self.reads,
             snapshots_sent=self.snapshots_sent,
             snapshots_installed=self.snapshots_installed,
+            snapshots_built=self.snapshots_built,
             conf_changes=self.conf_changes,
             members=members,
         )

@@ -36,7 +36,8 @@ Snapshot file (``H = 56 + 8 * (v + l)``; the file is exactly ``H + n`` bytes)::
 
     0       8     magic b"MERIDSNP"
     8       4     format version, u32 (1)
-    12      4     flags, u32: bit 0 = LOG_RESET (see below); other bits must be 0
+    12      4     flags, u32: bit 0 = LOG_RESET (see below), bit 1 = LOCAL (a durable state
+                  machine's marker, see raft.types.Snapshot); other bits must be 0
     16      8     index of the last entry the snapshot covers, u64
     24      8     term of that entry, u64
     32      8     data length n, u64
@@ -92,6 +93,7 @@ stored before they are sent), so :meth:`RaftStorage.initial_state` restores it w
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import struct
@@ -125,6 +127,7 @@ from .types import (
 )
 
 __all__ = [
+    "FLAG_LOCAL",
     "FLAG_LOG_RESET",
     "SNAPSHOT_MAGIC",
     "SNAPSHOT_VERSION",
@@ -141,6 +144,7 @@ __all__ = [
 SNAPSHOT_MAGIC = b"MERIDSNP"
 SNAPSHOT_VERSION = 1
 FLAG_LOG_RESET = 1  # a received snapshot: the log after it starts at index + 1
+FLAG_LOCAL = 2  # a local snapshot: the state machine's own storage holds the state
 HARD_STATE_VERSION = 1
 MAX_MEMBERS = 1 << 16  # voters + learners in a snapshot header; more is corruption
 
@@ -461,7 +465,7 @@ class RaftStorage(Resource):
             raise errors.CorruptStateError(
                 f"snapshot file {path} changed while the storage was open", path
             )
-        return Snapshot(info.meta, data)
+        return Snapshot(info.meta, data, bool(info.flags & FLAG_LOCAL))
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """The entries with ``lo <= index < hi``, read from the log.
@@ -524,6 +528,9 @@ class RaftStorage(Resource):
         commit = self._hard_state.commit
         if snapshot is not None:
             _check_snapshot(snapshot)
+            if snapshot.local:
+                raise errors.InvalidArgumentError(
+                    "a local snapshot is never installed from a leader")
             new_index = snapshot.meta.index
             if new_index <= s_index:
                 raise errors.InvalidArgumentError(
@@ -674,7 +681,7 @@ class RaftStorage(Resource):
         try:
             if log.synced_position < meta.index:
                 log.sync()  # what the snapshot covers must outlive a crash before it is durable
-            self._write_snapshot(snapshot, 0)
+            self._write_snapshot(snapshot, FLAG_LOCAL if snapshot.local else 0)
             log.drop_before(max(1, meta.index + 1 - keep))
         except BaseException:
             self._failed = True
@@ -904,7 +911,7 @@ def _check_snapshot(snapshot: Snapshot) -> None:
         _check_u64("node id", node)
     if len(members) > MAX_MEMBERS:
         raise errors.InvalidArgumentError(f"{len(members)} members; the limit is {MAX_MEMBERS}")
-    if not isinstance(snapshot.data, (bytes, bytearray, memoryview)):
+    if not isinstance(snapshot.data, (bytes, bytearray, memoryview, mmap.mmap)):
         raise TypeError(f"snapshot data must be bytes, not {type(snapshot.data).__name__}")
 
 
@@ -961,7 +968,7 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
             raise corrupt("header checksum mismatch")
         if version != SNAPSHOT_VERSION:
             raise corrupt(f"format version {version}; this code reads {SNAPSHOT_VERSION}", 8)
-        if flags & ~FLAG_LOG_RESET:
+        if flags & ~(FLAG_LOG_RESET | FLAG_LOCAL) or flags == FLAG_LOG_RESET | FLAG_LOCAL:
             raise corrupt(f"unknown flags {flags:#x}", 12)
         if index < 1:
             raise corrupt("index 0", 16)

@@ -155,8 +155,18 @@ class SnapshotMeta:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """A state machine's snapshot at ``meta.index``.
+
+    ``data`` is bytes-like (``bytes``, or a read-only ``mmap`` for a large snapshot built into
+    a file). A ``local`` snapshot is a marker a durable state machine leaves for its own
+    restarts: its own storage already holds everything up to ``meta.index``, so ``data`` is
+    only what its ``restore`` needs to check that, and it is never sent to another node (a
+    follower that needs a snapshot gets one built for it, see ``RaftCore.snapshot_wanted``).
+    """
+
     meta: SnapshotMeta
     data: bytes = b""
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)

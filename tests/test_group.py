@@ -16,7 +16,8 @@ from engine.group import (
     encode_prepare,
     encode_resolve,
 )
-from engine.mvcc import MVCCStore
+from engine.errors import StoreClosedError
+from engine.mvcc import MAX_TS, MVCCStore
 from raft.types import Entry
 
 LIFETIME = 1_000_000
@@ -328,3 +329,48 @@ def test_snapshot_restores_state_and_decisions_on_another_replica(tmp_path):
         assert b.applied_index == 2
         a.close()
         b.close()
+
+
+def test_a_built_snapshot_is_the_full_snapshot_and_the_checkpoint_marker_is_local(tmp_path):
+    """Durable compaction (raft.driver.DurableStateMachine): checkpoint() copies nothing and
+    restores only over a store that has what it says; a build written from another thread
+    after more applies holds the state as of begin_snapshot()."""
+    import threading
+
+    from engine.errors import CorruptStateError
+
+    log = Log()
+    with MVCCStore(tmp_path / "a") as sa, MVCCStore(tmp_path / "b") as sb, \
+            MVCCStore(tmp_path / "c") as sc:
+        a = GroupStateMachine(sa, max_txn_lifetime_ns=LIFETIME)
+        a.apply([log(encode_commit(t, 0, 10 * t, [(b"k%d" % t, b"v" * 3000)]))
+                 for t in range(1, 400)])
+        marker = a.checkpoint()
+        assert len(marker) < 16
+        a.restore(marker)  # over its own store: nothing to do
+        expected = a.snapshot()
+        build = a.begin_snapshot()
+        assert build.index == a.applied_index
+        a.apply([log(encode_commit(400, 0, 4000, [(b"k1", b"later")]))])
+        out = []
+        t = threading.Thread(target=lambda: out.append(build.run()))
+        t.start()
+        t.join()
+        data = out[0]
+        # The view of begin_snapshot(), not the later write (the same chunks; only the
+        # array's length is encoded at a fixed width, to be filled in last).
+        assert msgpack.unpackb(data) == msgpack.unpackb(expected)
+        b = GroupStateMachine(sb, max_txn_lifetime_ns=LIFETIME)
+        b.restore(data)
+        assert b.applied_index == build.index and b.store.get(b"k1", MAX_TS) == b"v" * 3000
+        # A store behind the marker lost writes it had made durable: refused, not ignored.
+        c = GroupStateMachine(sc, max_txn_lifetime_ns=LIFETIME)
+        with pytest.raises(CorruptStateError, match="compacted behind its checkpoint"):
+            c.restore(marker)
+        # A cancelled build stops and releases its view.
+        build = a.begin_snapshot()
+        build.cancel()
+        with pytest.raises(StoreClosedError):
+            build.run()
+        for m in (a, b, c):
+            m.close()

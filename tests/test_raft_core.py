@@ -32,7 +32,7 @@ from raft.types import (
     StateRole,
 )
 
-from raftnet import Network, ents, lone_node, make_leader
+from raftnet import Network, encode_state, ents, lone_node, make_leader
 
 MT = MessageType
 CLASSIC = dict(pre_vote=False, check_quorum=False)
@@ -960,3 +960,83 @@ def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
 def test_lease_reads_need_check_quorum():
     with pytest.raises(ValueError, match="lease_reads"):
         Config(id=1, lease_reads=True, check_quorum=False)
+
+
+# ============================================================================ local snapshots
+
+
+def _leader_with_a_follower_behind_a_local_snapshot():
+    """Leader 1 has compacted its log behind a local snapshot while follower 3 was cut off."""
+    net = Network((1, 2, 3), **CLASSIC)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(5):
+        net.propose(1, b"%d" % k)
+    leader = net.nodes[1]
+    leader.core.compact(b"marker", keep=0, local=True)
+    assert leader.core.snapshot.local
+    return net, leader
+
+
+def test_a_local_snapshot_is_never_sent_a_full_one_is_asked_for():
+    net, leader = _leader_with_a_follower_behind_a_local_snapshot()
+    net.recover()
+    for _ in range(5):
+        net.tick(1)
+    assert leader.core.snapshot_wanted
+    assert not net.delivered_of(MT.SNAPSHOT)
+    assert net.nodes[3].applied_data() == []
+    # The application builds a full snapshot from a view taken at the applied index.
+    meta = leader.core.snapshot_meta_at_applied()
+    assert leader.core.offer_snapshot(Snapshot(meta, encode_state(leader.state)))
+    assert not leader.core.snapshot_wanted and not leader.core.snapshot.local
+    for _ in range(5):
+        net.tick(1)
+    assert net.delivered_of(MT.SNAPSHOT)
+    assert net.nodes[3].applied_data() == leader.applied_data()
+    net.propose(1, b"after")
+    assert net.nodes[3].applied_data()[-1] == b"after"
+
+
+def test_offer_snapshot_keeps_the_newer_or_full_one_and_refuses_a_local_one():
+    net, leader = _leader_with_a_follower_behind_a_local_snapshot()
+    core = leader.core
+    meta = core.snapshot_meta_at_applied()
+    with pytest.raises(RaftError):
+        core.offer_snapshot(Snapshot(meta, b"x", local=True))
+    older = SnapshotMeta(meta.index - 1, meta.term, meta.conf)
+    assert not core.offer_snapshot(Snapshot(older, b"old"))  # older than the local one held
+    assert core.offer_snapshot(Snapshot(meta, b"full"))  # replaces the local one
+    assert not core.offer_snapshot(Snapshot(meta, b"again"))  # a full one at that index stays
+    assert core.snapshot.data == b"full"
+    # A local compaction at the same index leaves the full one for the followers.
+    core.compact(b"marker", keep=0, local=True)
+    assert core.snapshot.data == b"full" and not core.snapshot.local
+    beyond = SnapshotMeta(meta.index + 1, meta.term, meta.conf)
+    with pytest.raises(RaftError):
+        core.offer_snapshot(Snapshot(beyond, b"future"))
+
+
+def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
+    net = Network((1, 2, 3), snapshot_chunk_size=1, **CLASSIC)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(5):
+        net.propose(1, b"%d" % k)
+    leader = net.nodes[1]
+    leader.compact()
+    assert not leader.core.sending_snapshot()
+    net.recover()
+    for _ in range(50):  # until the transfer starts, one byte a chunk
+        net.tick(1, deliver=False)
+        net.deliver(limit=1)
+        if net.delivered_of(MT.SNAPSHOT):
+            break
+    assert leader.core.sending_snapshot()
+    for _ in range(200):
+        net.deliver()
+        net.tick(1)
+        if not leader.core.sending_snapshot():
+            break
+    assert not leader.core.sending_snapshot()
+    assert net.nodes[3].applied_data() == leader.applied_data()

@@ -639,3 +639,22 @@ def test_statistics_and_repr(path):
         assert s.log.next_position == 11
         assert "snapshot 8" in repr(st)
     assert "closed" in repr(st)
+
+
+def test_a_local_snapshot_keeps_its_flag_and_is_never_installed_from_a_leader(path):
+    local = Snapshot(SnapshotMeta(15, 1, CONF), b"marker", local=True)
+    with reopen(path) as st:
+        st.save(entries=ents(1, 21, 1), hard_state=HardState(1, 0, 20))
+        st.save_snapshot(local)
+        with pytest.raises(InvalidArgumentError, match="local snapshot"):
+            st.save(snapshot=Snapshot(SnapshotMeta(30, 2, CONF), b"x", local=True),
+                    hard_state=HardState(2, 0, 30))
+        assert st.read_snapshot() == local
+        st.save_snapshot(snap(18, 1))  # a full one replaces it, flag and all
+        assert not st.read_snapshot().local
+        st.save_snapshot(Snapshot(SnapshotMeta(20, 1, CONF), b"marker", local=True))
+    got = restored(path)
+    assert got.snapshot == Snapshot(SnapshotMeta(20, 1, CONF), b"marker", local=True)
+    # The flag is bit 1 of the header's flags; both bits at once is corruption.
+    raw = bytearray((path / "snapshot").read_bytes())
+    assert struct.unpack_from("<I", raw, 12)[0] == storage_module.FLAG_LOCAL
