@@ -768,7 +768,9 @@ class SnapshotBuild:
 
     def __init__(self, store: MVCCStore) -> None:
         self._dir = store.path
-        self._stream = store.snapshot_chunks()
+        # Interruptible: the group goes on applying on the loop, and a write that must grow
+        # the map ends this build (tried again later) rather than wait for it.
+        self._stream = store.snapshot_chunks(interruptible=True)
         self.index = self._stream.applied_index
         self._cancelled = False
 

@@ -103,6 +103,7 @@ __all__ = [
     "MVCCStats",
     "GCResult",
     "SnapshotStream",
+    "SnapshotInterruptedError",
     "MAX_KEY_SIZE",
     "MAX_VALUE_SIZE",
     "MAX_SIDE_KEY_SIZE",
@@ -114,6 +115,11 @@ __all__ = [
     "FORMAT_VERSION",
     "SNAPSHOT_FORMAT_VERSION",
 ]
+
+class SnapshotInterruptedError(errors.MeridianError):
+    """An interruptible snapshot stream (``snapshot_chunks(interruptible=True)``) was ended
+    early so that the store could grow its map; take a new one."""
+
 
 MAX_KEY_SIZE = 250
 """Longest user key, in bytes. Encoded (every zero byte doubled, plus 2 + 8 bytes) it stays
@@ -958,14 +964,20 @@ class MVCCStore(Resource):
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot_chunks(self, chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES) -> SnapshotStream:
+    def snapshot_chunks(self, chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES, *,
+                        interruptible: bool = False) -> SnapshotStream:
         """A consistent snapshot of the whole store as a stream of chunks (for Raft).
 
         The snapshot is taken now, in one LMDB read transaction that stays open until the
         stream is exhausted or closed: close it (or use it as a context manager) if you stop
         early. While it is open, LMDB cannot reuse pages freed after it began, and a write that
-        must grow the map waits for it. The chunks are self-describing msgpack maps (format
-        :data:`SNAPSHOT_FORMAT_VERSION`), and :meth:`restore` verifies all of it:
+        must grow the map waits for it — unless it is ``interruptible``: then such a write
+        ends it at its next chunk (which raises :class:`SnapshotInterruptedError`), and waits
+        only for the chunk in progress. A stream read by a thread of its own while another
+        thread writes must be interruptible: the writer could otherwise wait for it for as
+        long as the whole snapshot takes (or for good, if nothing reads it). The chunks are
+        self-describing msgpack maps (format :data:`SNAPSHOT_FORMAT_VERSION`), and
+        :meth:`restore` verifies all of it:
 
         - a header: ``kind`` ``"header"``, ``magic``, ``format``, ``applied_index``,
           ``gc_watermark``, ``app_state``, ``entries`` (versions) and ``side_entries``;
@@ -980,6 +992,7 @@ class MVCCStore(Resource):
         Args:
             chunk_bytes: the approximate size of a data chunk (4 KiB..64 MiB); a chunk holds
                 at least one entry, so a large value makes a larger chunk.
+            interruptible: see above.
 
         Returns:
             A :class:`SnapshotStream` (an iterator of ``bytes``); its ``applied_index`` says
@@ -996,7 +1009,7 @@ class MVCCStore(Resource):
             raise errors.InvalidArgumentError(
                 f"chunk_bytes {chunk_bytes} is outside 4096..{MAX_SNAPSHOT_CHUNK_BYTES}"
             )
-        return SnapshotStream(self, chunk_bytes)
+        return SnapshotStream(self, chunk_bytes, interruptible)
 
     def restore(self, chunks: Iterable[bytes]) -> int:
         """Replaces the whole content of the store with a snapshot from :meth:`snapshot_chunks`.
@@ -1286,7 +1299,8 @@ class SnapshotStream:
         side_entries: the number of side-table entries in the snapshot.
     """
 
-    def __init__(self, store: MVCCStore, chunk_bytes: int) -> None:
+    def __init__(self, store: MVCCStore, chunk_bytes: int, interruptible: bool = False) -> None:
+        self._interruptible = interruptible
         self._store: MVCCStore | None = None
         self._txn: lmdb.Transaction | None = None
         self._chunk_bytes = chunk_bytes
@@ -1339,6 +1353,11 @@ class SnapshotStream:
         store = self._store
         if store is None or self._state == "done":
             raise StopIteration
+        if self._interruptible and store._resize_wanted:
+            self._state = "done"
+            self._finish()
+            raise SnapshotInterruptedError(
+                f"snapshot of {store._path} interrupted: the store is growing its map")
         try:
             store._enter_read()
         except BaseException:

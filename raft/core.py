@@ -545,9 +545,12 @@ class RaftCore:
     def hold_local_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replaces the snapshot held at ``meta`` (one received and installed) by a local
         marker for the same index, freeing its data: the application's durable storage has
-        the state now. Nothing happens if another snapshot is held by then."""
+        the state now. Nothing happens if another snapshot is held by then, or while a
+        follower receives this one."""
         held = self.snapshot
-        if held is not None and held.meta == meta and not held.local:
+        if held is not None and held.meta == meta and not held.local and (
+                not self.sending_snapshot()):
+            # (Elected meanwhile and sending it, this node keeps it until the transfer ends.)
             self.snapshot = Snapshot(meta, data, True)
 
     def sending_snapshot(self) -> bool:
@@ -902,7 +905,7 @@ class RaftCore:
 
     def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
         snap = self.snapshot
-        if snap is None or snap.meta.index != pr.pending_snapshot:
+        if snap is None or snap.meta.index != pr.pending_snapshot or snap.local:
             pr.become_probe()  # our snapshot moved on: start over from a probe
             return
         off = pr.snapshot_offset

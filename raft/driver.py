@@ -117,6 +117,9 @@ log = logging.getLogger("meridian.raft")
 
 # After a failed build of a snapshot for followers, seconds before the next try.
 SNAPSHOT_BUILD_RETRY_S = 5.0
+# A snapshot built for followers is dropped (a local marker kept) once none has received it
+# for this long.
+SNAPSHOT_RELEASE_S = 30.0
 
 # Test-only ways to break durability (see ``open_raft_node``'s ``unsafe``).
 UNSAFE_MODES = ("ack_before_fsync", "votes_without_persisting")
@@ -251,6 +254,30 @@ class _Callback:
             self.fn(value, error)
         except Exception:  # a caller's bug must not stop the replica
             log.exception("proposal callback %r raised", self.fn)
+
+
+class _BuildJob:
+    """A snapshot build running in its own thread; ``done`` is set on the loop when it ends
+    (with ``data`` or ``error``)."""
+
+    def __init__(self, build: SnapshotBuilder, token: trio.lowlevel.TrioToken) -> None:
+        self.build = build
+        self.data = b""
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+        self._token = token
+
+    def run(self) -> None:
+        try:
+            self.data = self.build.run()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.build.close()
+            try:
+                self._token.run_sync_soon(self.done.set)
+            except trio.RunFinishedError:
+                pass
 
 
 class _WorkerThread:
@@ -419,6 +446,7 @@ class RaftNode:
         # failed build may be tried again.
         self._build: SnapshotBuilder | None = None
         self._build_retry_at = -math.inf
+        self._built_at: float | None = None  # a built snapshot held: when last in use
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._proposals: dict[int, tuple[int, _Waiter]] = {}
@@ -639,6 +667,8 @@ class RaftNode:
             self._expire_proposals()
         try:
             self._core.tick()
+            if self._built_at is not None:
+                self._release_built()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
         self._send_or_kick()
@@ -972,8 +1002,10 @@ class RaftNode:
 
     def _start_build(self) -> None:
         """Begins a full snapshot of the state as applied now, for the followers that need
-        one; it is built in a thread of its own (the storage worker serves every group of
-        the node, and a build takes as long as writing out the whole state)."""
+        one. It is built in a thread of its own, started here, before the loop goes on: the
+        storage worker serves every group of the node, a build takes as long as writing out
+        the whole state, and the view it holds must always have a thread to end it (a store
+        that must grow its map waits for open views, or interrupts them)."""
         core = self._core
         try:
             meta = core.snapshot_meta_at_applied()
@@ -987,28 +1019,52 @@ class RaftNode:
                 f"the state machine's view is at index {build.index}, beyond the core's "
                 f"applied index {meta.index}"))
             return
+        job = _BuildJob(build, trio.lowlevel.current_trio_token())
         self._build = build
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_build, build, meta)
+        self._nursery.start_soon(self._run_build, job, meta)
+        threading.Thread(target=job.run, name=f"raft-{self.group}-{self.id}-snapshot",
+                         daemon=True).start()
 
-    async def _run_build(self, build: SnapshotBuilder, meta: SnapshotMeta) -> None:
+    async def _run_build(self, job: _BuildJob, meta: SnapshotMeta) -> None:
         try:
-            # Not abandoned on cancel: the view must be released before the state machine's
-            # storage may close. Closing the node cancels the build itself (_cancel_build).
-            data = await trio.to_thread.run_sync(build.run)
-        except Exception as exc:
-            if not self._closed:
-                self._build_failed(exc)
-            return
+            await job.done.wait()
         finally:
-            build.close()
+            if not job.done.is_set():
+                # The node is closing or failed: stop the build, and wait for its thread to
+                # release the view (the state machine's storage may close only after).
+                job.build.cancel()
+                with trio.CancelScope(shield=True):
+                    await job.done.wait()
             self._build = None
+        if job.error is not None:
+            if not self._closed:
+                self._build_failed(job.error)
+            return
         if self._closed or self._step_error is not None:
             return
+        data = job.data
         self._core.offer_snapshot(Snapshot(meta, data))
+        self._built_at = trio.current_time()
         self._counts["snapshots_built"] += 1
         log.info("group %d node %d: built a snapshot at index %d (%d bytes) for followers",
                  self.group, self.id, meta.index, len(data))
+
+    def _release_built(self) -> None:
+        """Called on ticks while a snapshot built for followers is held: once no follower
+        has received it for SNAPSHOT_RELEASE_S, keeps a local marker instead (the built
+        snapshot is a file the size of the state; an idle group would hold it for good)."""
+        core = self._core
+        snap = core.snapshot
+        if snap is None or snap.local:
+            self._built_at = None
+            return
+        now = trio.current_time()
+        if core.sending_snapshot() or core.snapshot_wanted:
+            self._built_at = now
+        elif now - self._built_at >= SNAPSHOT_RELEASE_S:
+            core.hold_local_snapshot(snap.meta, self._sm.checkpoint())
+            self._built_at = None
 
     def _build_failed(self, exc: BaseException) -> None:
         log.warning("group %d node %d: cannot build a snapshot for followers (trying again in "

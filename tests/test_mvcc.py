@@ -508,6 +508,39 @@ def test_growth_waits_for_an_open_snapshot_which_stays_consistent(tmp_path):
             assert restored.scan(b"", None, MAX_TS) == [(b"k%04d" % i, b"old") for i in range(100)]
 
 
+def test_growth_interrupts_an_interruptible_snapshot_instead_of_waiting_for_it(tmp_path):
+    """A snapshot read by its own thread while the owner writes (a Raft snapshot built for a
+    follower): a write that must grow the map ends it at its next chunk, instead of waiting
+    for the whole snapshot (or for ever, if its reader is slow to start)."""
+    from engine.mvcc import SnapshotInterruptedError
+
+    with MVCCStore(tmp_path / "store", map_size=MIN_MAP_SIZE) as s:
+        s.apply([(b"k%04d" % i, b"old") for i in range(100)], 1, 1)
+        stream = s.snapshot_chunks(4096, interruptible=True)
+        next(stream)  # the header
+        outcome: list[object] = []
+
+        def reader():
+            # The next chunk is taken only once the writer waits to grow the map.
+            while not s._resize_wanted:
+                threading.Event().wait(0.001)
+            try:
+                outcome.append(next(stream))
+            except SnapshotInterruptedError as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        resizes = s.stats().map_resizes
+        s.apply([(b"k%04d" % i, b"new" * 1000) for i in range(2000)], 2, 2)  # must grow
+        t.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], SnapshotInterruptedError)
+        assert s.stats().map_resizes > resizes
+        assert list(stream) == []  # ended
+        with s.snapshot_chunks() as again:  # a new one sees the write
+            assert again.applied_index == 2
+
+
 # ------------------------------------------------------------------------------- GC
 
 

@@ -1040,3 +1040,54 @@ def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
             break
     assert not leader.core.sending_snapshot()
     assert net.nodes[3].applied_data() == leader.applied_data()
+
+
+def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
+    """A node elected while it persists a snapshot it received starts sending that snapshot
+    to a lagging follower; the driver's hold_local_snapshot (after the install) must not
+    swap it for a marker mid-transfer, and a local snapshot is never cut into chunks."""
+    voters = (1, 2, 3, 4, 5)
+
+    def core(i):
+        return RaftCore(Config(i, pre_vote=False, check_quorum=False, snapshot_chunk_size=10),
+                        random.Random(i), RestoredState(hard_state=HardState(1, 0, 0),
+                                                        conf=ConfState(voters)))
+
+    n1 = core(1)
+    full = bytes(range(100))
+    meta = SnapshotMeta(10, 1, ConfState(voters))
+    for off in range(0, 100, 10):  # leader 2 sends a full snapshot at 10
+        n1.step(Message(MT.SNAPSHOT, 1, 2, 1, snapshot=meta, chunk_offset=off,
+                        chunk=full[off:off + 10], snapshot_size=100))
+    n1.take_messages()
+    rd = n1.ready()  # being persisted ...
+    assert rd.snapshot is not None and rd.snapshot.data == full
+    n1.campaign()  # ... while 2 is gone: 1 wins with 3, 4 and 5's votes
+    for v in (3, 4, 5):
+        n1.step(Message(MT.VOTE_RESP, 1, v, n1.term))
+    assert n1.role is StateRole.LEADER
+    sent = []
+
+    def take():
+        msgs = n1.take_messages()
+        if msgs is None:  # not only messages: none of these tests advances n1 further
+            msgs, n1._msgs = n1._msgs, []
+        sent.extend(m for m in msgs if m.type is MT.SNAPSHOT)
+
+    take()
+    n1.step(Message(MT.APPEND_RESP, 1, 3, n1.term, index=10, reject=True, reject_hint=0,
+                    log_term=0))  # follower 3 is behind: it gets the full snapshot
+    take()
+    assert sent and sent[0].snapshot_size == 100
+    n1.hold_local_snapshot(rd.snapshot.meta, b"LOCAL-MARKER")  # the install is done
+    assert not n1.snapshot.local  # kept: 3 is receiving it
+    n1.step(Message(MT.SNAPSHOT_RESP, 1, 3, n1.term, index=10, chunk_offset=10))
+    n1.step(Message(MT.SNAPSHOT_RESP, 1, 3, n1.term, index=10, chunk_offset=0, reject=True))
+    take()
+    assert all(b"LOCAL" not in m.chunk and m.snapshot_size == 100 for m in sent)
+    # Had a local snapshot been held by then, the transfer would stop and ask for a build.
+    n1.snapshot = Snapshot(meta, b"LOCAL-MARKER", local=True)
+    n1.step(Message(MT.SNAPSHOT_RESP, 1, 3, n1.term, index=10, chunk_offset=20))
+    before = len(sent)
+    take()
+    assert len(sent) == before

@@ -616,9 +616,12 @@ class DurableCounter(Counter):
         self.items = items.split(b"\n") if items else []
 
 
-async def test_a_durable_state_machine_compacts_without_copying_its_state(tmp_path):
+async def test_a_durable_state_machine_compacts_without_copying_its_state(tmp_path, monkeypatch):
     """Compaction keeps only a local marker; the follower that fell behind it gets a full
-    snapshot built for it, off the loop, and ends with the same state."""
+    snapshot built for it, off the loop, and ends with the same state; once no follower has
+    needed the built snapshot for a while, the leader drops it for a marker again."""
+    import raft.driver
+    monkeypatch.setattr(raft.driver, "SNAPSHOT_RELEASE_S", 0.1)
     async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
                        state_machine=lambda i: DurableCounter(tmp_path / f"sm{i}")) as c:
         with trio.fail_after(20):
@@ -634,6 +637,8 @@ async def test_a_durable_state_machine_compacts_without_copying_its_state(tmp_pa
         assert leader.statistics().snapshots_built >= 1
         index, thread = c.sms[lid].builds[0]
         assert index >= 40 and thread != "MainThread"
+        with trio.fail_after(10):
+            await wait_until(lambda: leader.core.snapshot.local)
 
 
 async def test_a_durable_state_machine_restarts_from_its_own_state(tmp_path):
@@ -770,3 +775,99 @@ async def test_a_failed_build_is_tried_again_later_and_closing_cancels_a_build(
             await wait_until(lambda: sms[lid].attempts >= 3)
             await c.stopped(lid)
         assert sms[lid].cancelled == 1
+
+
+async def test_a_node_that_fails_while_building_a_snapshot_stops_at_once(tmp_path):
+    """The ready loop fails (here: the state machine's apply) while a build runs: the build
+    is cancelled and the node stops at once, its waiters failed, rather than when the whole
+    build would have ended."""
+    sms = {}
+
+    class Poisoned(FlakyBuilds):
+        poison = False
+
+        def apply(self, entries):
+            if self.poison and any(e.data == b"boom" for e in entries):
+                raise RuntimeError("disk on fire")
+            return super().apply(entries)
+
+    def make(i):
+        sms[i] = Poisoned(tmp_path / f"sm{i}")
+        sms[i].attempts = 1  # no failing first build here
+        return sms[i]
+
+    failure = None
+    hung = False
+    try:
+        async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                           state_machine=make) as c:
+            with trio.fail_after(20):
+                lid, victim = await c.leave_behind(range(30))
+                await c.start(victim)
+                await wait_until(lambda: sms[lid].attempts >= 2)  # the build is running
+            sms[lid].poison = True
+            with trio.move_on_after(5) as waited:
+                with contextlib.suppress(RaftError):
+                    await c.nodes[lid].propose(b"boom")
+            hung = waited.cancelled_caught  # (not reached if the node's failure cancels us)
+    except BaseException as exc:  # the node's failure ends the cluster
+        failure = exc
+    assert not hung, "the failed node waited for its snapshot build"
+    assert sms[lid].cancelled == 1
+    assert failure is not None and "disk on fire" in repr(failure)
+
+
+DEADLOCK_SCRIPT = r"""
+import sys, tempfile, trio
+from engine.group import GroupStateMachine, encode_commit
+from engine.mvcc import MVCCStore
+from raft.core import Config
+from raft.driver import RaftNode, open_raft_node
+from raft.storage import RaftStorage
+from raft.transport import MemoryNetwork
+from raft.types import ConfState
+
+orig = RaftNode._persist_fast
+async def persist_fast(self, rd, hs):
+    result = await orig(self, rd, hs)
+    if getattr(self, "arm", False) and rd.entries:
+        self.arm = False
+        self._core.snapshot_wanted = True  # a lagging follower asked meanwhile
+    return result
+RaftNode._persist_fast = persist_fast
+
+async def main(d):
+    store = MVCCStore(d + "/state", map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=10**12)
+    storage = RaftStorage.open(d + "/raft")
+    async with MemoryNetwork().endpoint(1) as t:
+        async with open_raft_node(1, Config(1, election_tick=10), storage, t, sm,
+                                  bootstrap=ConfState((1,)), seed=1, tick_interval=0.005,
+                                  sync_in_loop=False) as node:
+            with trio.fail_after(10):
+                while not node.is_leader:
+                    await trio.sleep(0.01)
+                await node.propose(encode_commit(1, 0, 100, [(b"a", b"x")]))
+                node.arm = True
+                async with trio.open_nursery() as n:  # one batch that must grow the map
+                    for t_ in range(2, 10):
+                        n.start_soon(node.propose, encode_commit(
+                            t_, 0, 100 * t_, [(b"k%d" % t_, b"v" * 150_000)]))
+            print("resizes", store.stats().map_resizes, flush=True)
+    storage.close(); sm.close(); store.close()
+
+trio.run(main, sys.argv[1])
+"""
+
+
+def test_a_build_never_deadlocks_a_store_that_must_grow_its_map(tmp_path):
+    """A build's view opened on the loop, then (before any other task runs) an apply there
+    that must grow the map: the growth must not wait for a view that no thread is reading
+    (the whole process would stop). Run in a process of its own, with a time limit."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) >= 1  # the map did grow
