@@ -239,7 +239,8 @@ def plot_faults(out_dir: str, ops: list[dict], windows: list[dict]) -> list[str]
     ax.set_xlim(0, end_s)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("latency (s)")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a history with no operations has nothing to label
+        ax.legend(loc="upper right", fontsize=8)
     paths = [_save(fig, os.path.join(out_dir, "latency.png"))]
 
     fig, ax = plt.subplots(figsize=(11, 4))
