@@ -140,6 +140,7 @@ crash they agree; entries at or below the store's applied index are skipped on r
 from __future__ import annotations
 
 import enum
+import io
 import mmap
 import struct
 import tempfile
@@ -743,17 +744,41 @@ class GroupStateMachine:
         return SnapshotBuild(self.store)
 
     def restore(self, data: bytes) -> None:
-        index, chunks = msgpack.unpackb(data, raw=False)
+        # The store's chunks are unpacked one at a time as the store takes them, not into a
+        # list first: a follower installing a snapshot holds it once, not twice.
+        unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False)
+        try:
+            if unpacker.read_array_header() != 2:
+                raise ValueError("not an array of two")
+            index = unpacker.unpack()
+            if type(index) is not int:
+                raise ValueError("no index")
+            at = unpacker.tell()
+            local = data[at:at + 1] == b"\xc0"  # nil: a local marker
+            count = unpacker.unpack() if local else unpacker.read_array_header()
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise CorruptStateError(f"a malformed group snapshot: {exc}") from None
         if index <= self.store.applied_index:
             # This replica already applied past the snapshot (a restart finds the snapshot it
             # took itself): its state includes the snapshot's, and replay skips what it has.
             return
-        if chunks is None:
+        if local:
             raise CorruptStateError(
                 f"the group's store has applied up to index {self.store.applied_index}, but "
                 f"the Raft log was compacted behind its checkpoint at {index}: the store lost "
                 f"writes it had made durable")
-        self.store.restore(chunks)
+
+        def chunks():
+            for _ in range(count):
+                try:
+                    chunk = unpacker.unpack()
+                except (ValueError, msgpack.UnpackException) as exc:
+                    raise CorruptStateError(f"a malformed group snapshot: {exc}") from None
+                if not isinstance(chunk, bytes):
+                    raise CorruptStateError("a malformed group snapshot: a chunk is not bytes")
+                yield chunk
+
+        self.store.restore(chunks())
         self._load_state()
 
 

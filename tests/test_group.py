@@ -367,6 +367,11 @@ def test_a_built_snapshot_is_the_full_snapshot_and_the_checkpoint_marker_is_loca
         c = GroupStateMachine(sc, max_txn_lifetime_ns=LIFETIME)
         with pytest.raises(CorruptStateError, match="compacted behind its checkpoint"):
             c.restore(marker)
+        # A damaged snapshot is refused whole, the store left as it was.
+        for bad in (data[:len(data) // 2], b"\x93\x01\x02\x03", b"\x92\xa1x\xc0"):
+            with pytest.raises(CorruptStateError, match="malformed"):
+                c.restore(bad)
+            assert c.applied_index == 0
         # A cancelled build stops and releases its view.
         build = a.begin_snapshot()
         build.cancel()
