@@ -1023,8 +1023,13 @@ class RaftNode:
         self._build = build
         assert self._nursery is not None
         self._nursery.start_soon(self._run_build, job, meta)
-        threading.Thread(target=job.run, name=f"raft-{self.group}-{self.id}-snapshot",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=job.run, name=f"raft-{self.group}-{self.id}-snapshot",
+                             daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: a failed build, tried again later
+            job.error = exc
+            build.close()
+            job.done.set()
 
     async def _run_build(self, job: _BuildJob, meta: SnapshotMeta) -> None:
         try:

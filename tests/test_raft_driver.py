@@ -871,3 +871,29 @@ def test_a_build_never_deadlocks_a_store_that_must_grow_its_map(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) >= 1  # the map did grow
+
+
+async def test_a_build_without_a_thread_is_a_failed_build_tried_again(tmp_path, monkeypatch,
+                                                                      caplog):
+    import threading
+
+    import raft.driver
+    monkeypatch.setattr(raft.driver, "SNAPSHOT_BUILD_RETRY_S", 0.05)
+    refused = []
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name.endswith("-snapshot") and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       state_machine=lambda i: DurableCounter(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(20):
+            lid, victim = await c.leave_behind(range(30))
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        assert refused and "can't start new thread" in caplog.text
+        assert c.sms[victim].items == [b"%d" % k for k in range(30)]
