@@ -197,6 +197,10 @@ LOST_KEYSPACE = "lost-keyspace"
 # --------------------------------------------------------------------------------- configuration
 
 
+SMALL_SNAPSHOT_EVERY = 64
+DEFAULT_SNAPSHOT_EVERY = 10_000  # engine.config.ClusterConfig's
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """One run. Every field has a default but ``workload``.
@@ -219,6 +223,11 @@ class RunConfig:
         key_count, max_writes_per_key, max_txn_len: the append workload.
         resolver, regional_keys: the regional workload (its keyspace's resolver, one of
             ``REGIONAL_RESOLVERS``, and how many keys every region writes).
+        raft_snapshot_every: entries between two compactions of a group's Raft log; None:
+            the seed decides — about half the seeds compact every
+            :data:`SMALL_SNAPSHOT_EVERY` entries (so that a run sees local compaction markers,
+            snapshots built for followers that a crash or a partition left behind, and their
+            installation), the others use the product's default.
     """
 
     workload: str
@@ -246,6 +255,16 @@ class RunConfig:
     max_txn_len: int = 4
     resolver: str = "lww"
     regional_keys: int = 3
+    raft_snapshot_every: int | None = None
+
+    @property
+    def snapshot_every(self) -> int:
+        """:attr:`raft_snapshot_every`, or what the seed chose."""
+        if self.raft_snapshot_every is not None:
+            return self.raft_snapshot_every
+        # A stream of its own, so that the seed's other draws stay what they were.
+        small = random.Random(f"raft-snapshot-every/{self.seed}").random() < 0.5
+        return SMALL_SNAPSHOT_EVERY if small else DEFAULT_SNAPSHOT_EVERY
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -273,6 +292,7 @@ class RunConfig:
         d["regions"] = list(self.regions)
         d["wan_latency_ms"] = [[a, b, ms] for (a, b), ms in self.wan_latency_ms.items()]
         d["faults"] = None if self.faults is None else sorted(self.faults)
+        d["snapshot_every"] = self.snapshot_every
         return d
 
 
@@ -732,6 +752,8 @@ class RunResult:
         stop_errors: errors nodes raised while being stopped (see ``_recording_stop_errors``).
         diagnostics: when the final read failed, the cluster's state right after (see
             ``_Runner.cluster_state``); else None.
+        snapshots: Raft snapshot counters (``taken``, ``built``, ``installed``) summed over
+            every node's groups: a node's as it was stopped, the others' at the end.
     """
 
     config: RunConfig
@@ -747,6 +769,7 @@ class RunResult:
     final_read_ok: bool
     stop_errors: list[str] = field(default_factory=list)
     diagnostics: dict[str, Any] | None = None
+    snapshots: dict[str, int] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -756,12 +779,15 @@ class RunResult:
         """One line: the run, its counts, faults and verdict."""
         c = self.config
         fired = ", ".join(f"{k} {n}" for k, n in sorted(self.faults_fired.items()) if n)
+        snaps = "/".join(str(self.snapshots.get(k, 0)) for k in ("taken", "built", "installed"))
         verdict = "valid" if self.valid else "NOT valid: " + ", ".join(
             self.check.get("forbidden") or self.check.get("anomaly_types") or ["?"])
         return (f"{c.workload}/{c.isolation} seed {c.seed}: {sum(self.counts.values())} ops "
                 f"({self.counts['ok']} ok, {self.counts['fail']} fail, {self.counts['info']} "
                 f"info) in {self.main_s:.1f} s of {self.seconds:.1f} s; faults "
-                f"[{', '.join(sorted(self.plan.kinds))}] fired: {fired or 'none'}; {verdict}"
+                f"[{', '.join(sorted(self.plan.kinds))}] fired: {fired or 'none'}; Raft log "
+                f"compacted every {c.snapshot_every} entries, snapshots {snaps} "
+                f"taken/built/installed; {verdict}"
                 + ("" if self.final_read_ok else "; the final read failed after healing")
                 + (f"; {len(self.stop_errors)} error(s) while stopping nodes"
                    if self.stop_errors else ""))
@@ -773,7 +799,8 @@ class RunResult:
                 "seconds": round(self.seconds, 3), "main_s": round(self.main_s, 3),
                 "phases_s": {k: round(v, 3) for k, v in self.phases_s.items()},
                 "final_read_ok": self.final_read_ok, "stop_errors": self.stop_errors,
-                "diagnostics": self.diagnostics, "check": self.check}
+                "diagnostics": self.diagnostics, "snapshots": self.snapshots,
+                "check": self.check}
 
     def write(self, directory: str | Path) -> Path:
         """Writes ``history.jsonl`` and ``results.json`` into ``directory`` (created)."""
@@ -876,6 +903,16 @@ class _Runner:
         self.killed_in_commit = 0  # coordinator kills that cancelled a commit (info)
         self.sessions_killed = 0
         self.partition_sides: list[list[int]] | None = None  # the partition in force
+        # Raft snapshot counters summed over the nodes' groups, each node's as it stops.
+        self.snapshots = dict.fromkeys(("taken", "built", "installed"), 0)
+
+    def count_snapshots(self, node) -> None:
+        """Adds a node's Raft snapshot counters (it is about to stop, or the run ends)."""
+        for replica in node.replicas.values():
+            st = replica.node.statistics()
+            self.snapshots["taken"] += st.snapshots_taken
+            self.snapshots["built"] += st.snapshots_built
+            self.snapshots["installed"] += st.snapshots_installed
 
     # ---------------------------------------------------------------- one operation
 
@@ -1060,6 +1097,7 @@ class _Runner:
             victim = rng.choice(leaders if leaders and rng.random() < 0.5 else running)
             self.history.nemesis("stop-node", victim)
             self.down.add(victim)
+            self.count_snapshots(cluster.nodes[victim])
             with trio.CancelScope(shield=True):
                 await cluster.stop_node(victim)
             self.fired["crash"] += 1
@@ -1202,7 +1240,8 @@ async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phas
     async with open_local_cluster(
             config.regions, config.nodes_per_region, wan_latency_ms=config.wan_latency_ms,
             tick_interval_ms=config.tick_interval_ms, seed=config.seed,
-            clock_offsets_ns=plan.clock_offsets_ns) as cluster:
+            clock_offsets_ns=plan.clock_offsets_ns,
+            raft_snapshot_every=config.snapshot_every) as cluster:
         phase("start")
         async with cluster.connect(config.regions[0],
                                    request_timeout_s=config.request_timeout_s) as first, \
@@ -1242,6 +1281,8 @@ async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phas
                 final_ok = await runner.final_read(last)
             if not final_ok:
                 runner.diagnostics = runner.cluster_state(cluster)
+            for node in cluster.nodes.values():
+                runner.count_snapshots(node)
             phase("final")
     return final_ok
 
@@ -1294,7 +1335,8 @@ async def run(config: RunConfig, *, plan: FaultPlan | None = None,
                        errors=dict(sorted(runner.errors.items())),
                        check=check, seconds=time.monotonic() - started,
                        main_s=phases["main"], phases_s=phases, final_read_ok=final_ok,
-                       stop_errors=stop_errors, diagnostics=runner.diagnostics)
+                       stop_errors=stop_errors, diagnostics=runner.diagnostics,
+                       snapshots=dict(runner.snapshots))
     if directory is not None:
         result.write(directory)
     return result

@@ -29,6 +29,7 @@ Example configuration::
     tick_interval_ms = 100          # length of one Raft tick
     election_ticks = 10             # must be greater than heartbeat_ticks
     heartbeat_ticks = 1
+    raft_snapshot_every = 10000     # entries applied between two compactions of a group's log
     meta_regions = ["us-east", "eu-west", "ap-south"]
 
     [cluster.limits]                # every key is optional; these are the defaults
@@ -88,6 +89,9 @@ most a minute and an election timeout at most an hour (the defaults:
 heartbeats every 100 ms, elections after 1–2 s without one, as etcd's; each tick wakes every
 node, so a longer tick with fewer ticks per heartbeat costs an idle node less; an idle group's
 voters are heartbeaten every third interval only, see ``engine.node.idle_heartbeat_ticks``);
+``raft_snapshot_every`` (10000: a group's Raft log is compacted behind a checkpoint of its store
+after this many applied entries, and the last tenth of them, at most 1,000, is kept for
+followers slightly behind; 1..1,000,000,000);
 ``meta_regions`` (regions hosting the cluster's metadata group — the range directory and
 keyspace catalogue of ARCH §4; default or empty: every region).
 
@@ -152,6 +156,7 @@ _MAX_LIFETIME_NS = 2**62
 _MAX_CLOCK_OFFSET_MS = (2**64 - 2) // 1_000_000
 _MAX_TICK_INTERVAL_MS = 60_000
 _MAX_TICKS = 100_000
+_MAX_SNAPSHOT_EVERY = 1_000_000_000
 _MAX_ELECTION_TIMEOUT_MS = 3_600_000
 _REGION_RE = re.compile(r"[a-z0-9-]+")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -498,6 +503,15 @@ class ClusterConfig:
     """The length of one Raft tick; Raft counts time in ticks."""
     election_ticks: int = 10
     heartbeat_ticks: int = 1
+    raft_snapshot_every: int = 10_000
+    """Entries a group applies between two compactions of its Raft log (see
+    :attr:`raft_snapshot_keep`)."""
+
+    @property
+    def raft_snapshot_keep(self) -> int:
+        """Log entries kept behind a compaction, for followers slightly behind: a tenth of
+        :attr:`raft_snapshot_every`, at most 1,000."""
+        return min(1000, max(1, self.raft_snapshot_every // 10))
     wan_latency_ms: Mapping[frozenset[str], float] = dc_field(default_factory=dict)
     """One-way latency per unordered pair of regions. Given in code, keys may also be
     ``(a, b)`` tuples; they are stored as frozensets, in a read-only mapping."""
@@ -549,6 +563,7 @@ class ClusterConfig:
             # Leader leases (raft.core.Config.lease_reads) last 3/4 of the election timeout
             # minus one tick: at least a tick needs 3.
             raise _fail("election_ticks", f"must be at least 3, got {self.election_ticks}")
+        _int(self.raft_snapshot_every, "raft_snapshot_every", high=_MAX_SNAPSHOT_EVERY)
         object.__setattr__(self, "wan_latency_ms", self._checked_latencies(names))
         if not isinstance(self.limits, Limits):
             raise _fail("limits", f"expected a Limits, got {_show(self.limits)}")
@@ -754,7 +769,7 @@ class NodeConfig:
 _NODE_KEYS = ("node_id", "data_dir", "log_level", "raft_fsync", "cluster")
 _CLUSTER_KEYS = (
     "name", "regions", "max_clock_offset_ms", "tick_interval_ms", "election_ticks",
-    "heartbeat_ticks", "wan_latency_ms", "limits", "meta_regions",
+    "heartbeat_ticks", "raft_snapshot_every", "wan_latency_ms", "limits", "meta_regions",
 )
 _LIMITS_KEYS = (
     "max_txn_keys", "max_txn_bytes", "max_key_size", "max_value_size", "max_txn_lifetime_s",
@@ -848,7 +863,8 @@ def _cluster_from(raw: object) -> ClusterConfig:
     )
     kwargs: dict[str, Any] = {
         key: table[key]
-        for key in ("max_clock_offset_ms", "tick_interval_ms", "election_ticks", "heartbeat_ticks")
+        for key in ("max_clock_offset_ms", "tick_interval_ms", "election_ticks", "heartbeat_ticks",
+                    "raft_snapshot_every")
         if key in table
     }
     if "limits" in table:
@@ -982,6 +998,7 @@ def dump_node_config(cfg: NodeConfig) -> str:
         f"tick_interval_ms = {c.tick_interval_ms}",
         f"election_ticks = {c.election_ticks}",
         f"heartbeat_ticks = {c.heartbeat_ticks}",
+        f"raft_snapshot_every = {c.raft_snapshot_every}",
         f"meta_regions = [{', '.join(_toml_str(r) for r in c.meta_regions)}]",
         "",
         "[cluster.limits]",

@@ -188,6 +188,7 @@ async def open_local_cluster(
     seed: int | None = None,
     clock_offsets_ns: Mapping[int, int] | None = None,
     raft_fsync: str = "loop",
+    raft_snapshot_every: int = 10_000,
 ) -> AsyncIterator[LocalCluster]:
     """Runs a cluster of ``regions`` × ``nodes_per_region`` nodes in this trio loop.
 
@@ -205,6 +206,8 @@ async def open_local_cluster(
             clock-offset detection).
         raft_fsync: every node's ``raft_fsync`` setting (``"loop"`` or ``"thread"``, see
             :class:`engine.config.NodeConfig`).
+        raft_snapshot_every: entries between two compactions of a group's Raft log (see
+            :class:`engine.config.ClusterConfig`; small values exercise snapshots in tests).
 
     Raises:
         InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
@@ -224,7 +227,8 @@ async def open_local_cluster(
                                     wan_latency_ms=wan_latency_ms or {})
     cluster = dataclasses.replace(
         cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
-        heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits)
+        heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits,
+        raft_snapshot_every=raft_snapshot_every)
     with (contextlib.nullcontext(directory) if directory is not None
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
         Path(path).mkdir(parents=True, exist_ok=True)

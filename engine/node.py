@@ -280,6 +280,8 @@ class Node:
         raft_node = await groups.enter_async_context(open_raft_node(
             gid, raft_config, storage, transport, sm, bootstrap=conf, seed=self._seed,
             tick_interval=self.cluster.tick_interval_ms / 1000.0,
+            snapshot_every=self.cluster.raft_snapshot_every,
+            snapshot_keep=self.cluster.raft_snapshot_keep,
             sync_in_loop=self.config.raft_fsync == "loop",
             unsafe=frozenset(b for b in UNSAFE_MODES if planted.enabled(b))))
         # Data groups close time while idle so that learners can serve bounded-staleness

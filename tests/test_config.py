@@ -89,6 +89,7 @@ def test_the_documented_example_parses():
     assert [n.id for n in c.all_nodes()] == list(range(1, 10))
     assert c.max_clock_offset_ms == 250 and c.max_clock_offset_ns == 250_000_000
     assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (100, 10, 1)
+    assert (c.raft_snapshot_every, c.raft_snapshot_keep) == (10_000, 1_000)
     assert c.limits == Limits()
     assert c.meta_regions == ("us-east", "eu-west", "ap-south")
     assert cfg.address == NodeAddress(4, "eu-west", "10.0.2.1", 7100, "10.0.2.1", 7200)
@@ -295,6 +296,10 @@ FAILING = [
      "must be in 1..100000, got 0"),
     ("tick interval absurd", _set("cluster/tick_interval_ms", 2**62), "cluster.tick_interval_ms",
      "must be in 1..60000"),
+    ("snapshot every zero", _set("cluster/raft_snapshot_every", 0),
+     "cluster.raft_snapshot_every", "must be in 1..1000000000, got 0"),
+    ("snapshot every float", _set("cluster/raft_snapshot_every", 1e4),
+     "cluster.raft_snapshot_every", "expected an integer"),
     ("election absurd", _set("cluster/election_ticks", 2**40), "cluster.election_ticks",
      "must be in 1..100000"),
     ("election timeout over an hour", _set("cluster/election_ticks", 40_000),
@@ -536,6 +541,7 @@ def node_configs(draw):
         tick_interval_ms=draw(st.integers(1, 3600)),
         election_ticks=draw(st.integers(max(heartbeat + 1, 3), 1000)),
         heartbeat_ticks=heartbeat,
+        raft_snapshot_every=draw(st.integers(1, 10**9)),
         wan_latency_ms=latencies,
         limits=limits,
         meta_regions=tuple(draw(st.permutations(names))[: draw(st.integers(0, len(names)))]),
