@@ -94,7 +94,7 @@ import lmdb
 import msgpack
 
 from . import errors
-from ._fs import makedirs_durable
+from ._fs import fsync_directory, makedirs_durable
 from ._native import crc32c
 from ._resource import Resource
 
@@ -371,6 +371,9 @@ class MVCCStore(Resource):
                 self._app_state = bytes(txn.get(_META_APP_STATE) or b"")
             self._map_size = env.info()["map_size"]
             self._psize = env.stat()["psize"]
+            # LMDB creates data.mdb (and lock.mdb) but never syncs their directory: a power
+            # loss could take the file's name away, with every checkpoint written into it.
+            fsync_directory(self._path)
             if self._writemap:
                 self._data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
                 self._reserve(self._map_size)

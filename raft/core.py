@@ -224,8 +224,9 @@ class RaftCore:
         self._pending_conf_index = 0
         self._read_queue: deque[_ReadRequest] = deque()
         self._reads_waiting_for_commit: list[tuple[bytes, int]] = []
-        # A snapshot being received: (meta, size, chunks so far, bytes so far).
-        self._incoming: tuple[SnapshotMeta, int, list[bytes], int] | None = None
+        # A snapshot being received: (meta, size, chunks so far, bytes so far, (term, sender)).
+        self._incoming: tuple[SnapshotMeta, int, list[bytes], int, tuple[int, int]] | None = None
+        self._incoming_tick = 0  # when a chunk of it last came
         self._step = self._step_follower
         self._become_follower(self.term, NONE)
 
@@ -359,6 +360,9 @@ class RaftCore:
     def tick(self) -> None:
         """One unit of logical time."""
         self._ticks += 1
+        if (self._incoming is not None
+                and self._ticks - self._incoming_tick > self.config.election_tick):
+            self._incoming = None  # idle: whatever comes next starts again from offset 0
         if self.role is StateRole.LEADER:
             self._tick_heartbeat()
         else:
@@ -555,10 +559,12 @@ class RaftCore:
 
     def sending_snapshot(self) -> bool:
         """Whether a follower is receiving the snapshot held (compacting now would replace
-        it and restart the transfer)."""
+        it and restart the transfer): one in that state that has answered within the last
+        election timeout. A follower that went silent mid-transfer does not count."""
         snap = self.snapshot
         return snap is not None and any(
             pr.state is ProgressState.SNAPSHOT and pr.pending_snapshot == snap.meta.index
+            and self._ticks - pr.heard_tick <= self.config.election_tick
             for pr in self._prs.values())
 
     # ================================================================ step
@@ -671,13 +677,19 @@ class RaftCore:
                                index=self.log.committed))
             return
         inc = self._incoming
-        if inc is None or inc[0] != meta or inc[1] != m.snapshot_size:
+        if (inc is None or inc[0] != meta or inc[1] != m.snapshot_size
+                or inc[4] != (m.term, m.frm)):
+            # A transfer is one leader's in one term: two snapshots with the same metadata
+            # and size (a new leader's build, after GC ran on its replica) must never be
+            # joined into one. (A transfer idle for an election timeout is forgotten, see
+            # tick(), so that one leader's rebuild cannot be joined to its old one either.)
             if m.chunk_offset != 0:
                 self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term,
                                    index=meta.index, chunk_offset=0, reject=True))
                 return
-            inc = (meta, m.snapshot_size, [], 0)
-        _, size, chunks, received = inc
+            inc = (meta, m.snapshot_size, [], 0, (m.term, m.frm))
+        _, size, chunks, received, source = inc
+        self._incoming_tick = self._ticks
         if m.chunk_offset != received:
             # A duplicate or a gap: tell the leader where we are.
             self._incoming = inc
@@ -692,7 +704,7 @@ class RaftCore:
                                chunk_offset=0, reject=True))
             return
         if received < size:
-            self._incoming = (meta, size, chunks, received)
+            self._incoming = (meta, size, chunks, received, source)
             self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
                                chunk_offset=received))
             return
@@ -774,6 +786,7 @@ class RaftCore:
         pr = self._prs.get(m.frm)
         if pr is None:
             return  # not (or no longer) a member
+        pr.heard_tick = self._ticks
         if t is MT.APPEND_RESP:
             pr.recent_active = True
             self._handle_append_resp(m, pr)

@@ -273,7 +273,10 @@ class _BuildJob:
         except BaseException as exc:
             self.error = exc
         finally:
-            self.build.close()
+            try:
+                self.build.close()
+            except BaseException as exc:  # the loop must hear of the end whatever happens
+                self.error = self.error or exc
             try:
                 self._token.run_sync_soon(self.done.set)
             except trio.RunFinishedError:
@@ -1014,7 +1017,8 @@ class RaftNode:
             self._build_failed(exc)
             return
         if build.index > meta.index:  # below is fine: leader no-ops are not applied to it
-            build.close()
+            with contextlib.suppress(Exception):
+                build.close()
             self._build_failed(RaftError(
                 f"the state machine's view is at index {build.index}, beyond the core's "
                 f"applied index {meta.index}"))
@@ -1026,9 +1030,10 @@ class RaftNode:
         try:
             threading.Thread(target=job.run, name=f"raft-{self.group}-{self.id}-snapshot",
                              daemon=True).start()
-        except RuntimeError as exc:  # no thread to be had: a failed build, tried again later
+        except Exception as exc:  # no thread to be had: a failed build, tried again later
             job.error = exc
-            build.close()
+            with contextlib.suppress(Exception):
+                build.close()
             job.done.set()
 
     async def _run_build(self, job: _BuildJob, meta: SnapshotMeta) -> None:

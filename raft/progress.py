@@ -35,6 +35,7 @@ class Progress:
         "recent_active",
         "pending_snapshot",
         "snapshot_offset",
+        "heard_tick",
     )
 
     def __init__(self, next_index: int, max_inflight: int):
@@ -47,6 +48,7 @@ class Progress:
         self.recent_active = True
         self.pending_snapshot = 0  # index of the snapshot being sent (SNAPSHOT state)
         self.snapshot_offset = 0  # bytes of it the follower has acknowledged
+        self.heard_tick = 0  # the leader's tick count when this follower last answered
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, {self.state.value}, "

@@ -1091,3 +1091,64 @@ def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
     before = len(sent)
     take()
     assert len(sent) == before
+
+
+def test_two_snapshots_with_the_same_metadata_and_size_are_never_joined():
+    """A follower part-way through one leader's snapshot gets another leader's (or a
+    rebuild's) with the same metadata and size but other bytes: it starts again from offset
+    0, never completing the first one's prefix with the second one's rest."""
+    voters = (1, 2, 3)
+    follower = RaftCore(Config(3, pre_vote=False, check_quorum=False, election_tick=10),
+                        random.Random(3), RestoredState(hard_state=HardState(1, 0, 0),
+                                                        conf=ConfState(voters)))
+    meta = SnapshotMeta(10, 1, ConfState(voters))
+    a, b = b"A" * 40, b"B" * 40
+
+    def chunk(frm, term, data, off):
+        follower.step(Message(MT.SNAPSHOT, 3, frm, term, snapshot=meta, chunk_offset=off,
+                              chunk=data[off:off + 10], snapshot_size=40))
+        msgs, follower._msgs = follower._msgs, []
+        return [m for m in msgs if m.to == frm]
+
+    chunk(1, 1, a, 0)
+    chunk(1, 1, a, 10)  # leader 1 (term 1) got 20 bytes across
+    [answer] = chunk(2, 2, b, 0)  # leader 2 (term 2) starts its own
+    assert answer.type is MT.SNAPSHOT_RESP and answer.chunk_offset == 10
+    for off in (10, 20, 30):
+        chunk(2, 2, b, off)
+    assert follower._pending_snapshot is not None
+    assert follower._pending_snapshot.data == b
+    # One leader's transfer idle for an election timeout is forgotten: its next chunk past
+    # offset 0 is refused, and the transfer starts again.
+    follower2 = RaftCore(Config(3, pre_vote=False, check_quorum=False, election_tick=10),
+                         random.Random(3), RestoredState(hard_state=HardState(2, 0, 0),
+                                                         conf=ConfState(voters)))
+    follower = follower2
+    chunk(2, 2, a, 0)
+    for _ in range(11):
+        follower.tick()
+    [answer] = chunk(2, 2, b, 10)
+    assert answer.type is MT.SNAPSHOT_RESP and answer.reject and answer.chunk_offset == 0
+
+
+def test_a_follower_silent_since_the_last_check_quorum_round_is_not_receiving():
+    net = Network((1, 2, 3), snapshot_chunk_size=1, pre_vote=False, check_quorum=True)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(5):
+        net.propose(1, b"%d" % k)
+    leader = net.nodes[1]
+    leader.compact()
+    net.recover()
+    for _ in range(50):
+        net.tick(1, deliver=False)
+        net.deliver(limit=1)
+        if net.delivered_of(MT.SNAPSHOT):
+            break
+    assert leader.core.sending_snapshot()
+    net.isolate(3)  # it goes silent mid-transfer
+    for _ in range(3 * leader.core.config.election_tick):
+        net.tick(1)
+        if not leader.core.sending_snapshot():
+            break
+    assert not leader.core.sending_snapshot()

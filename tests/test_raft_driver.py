@@ -897,3 +897,32 @@ async def test_a_build_without_a_thread_is_a_failed_build_tried_again(tmp_path, 
             await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
         assert refused and "can't start new thread" in caplog.text
         assert c.sms[victim].items == [b"%d" % k for k in range(30)]
+
+
+async def test_a_builder_whose_close_raises_is_a_failed_build(tmp_path, monkeypatch):
+    """Whatever a builder does on close, the loop hears that the build ended (a build task
+    waiting for good would hang the node's close and stop its builds)."""
+    import raft.driver
+    monkeypatch.setattr(raft.driver, "SNAPSHOT_BUILD_RETRY_S", 0.05)
+    closes = []
+
+    class BadClose(DurableCounter):
+        def begin_snapshot(self):
+            build = super().begin_snapshot()
+
+            def close():
+                closes.append(1)
+                if len(closes) == 1:
+                    raise OSError("close failed")
+
+            build.close = close
+            return build
+
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       state_machine=lambda i: BadClose(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(20):
+            lid, victim = await c.leave_behind(range(30))
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        assert len(closes) >= 2  # the first build failed on close; a later one did it
+        assert c.sms[victim].items == [b"%d" % k for k in range(30)]
