@@ -152,6 +152,7 @@ class CampaignConfig:
     recovery_s: float = 60.0
     ready_timeout_s: float = 90.0
     tick_interval_ms: int = 50
+    raft_snapshot_every: int = 10_000
     clock_max_s: float = 0.2
     coordinator_kill_p: float = 0.3
     planted_bugs: tuple[str, ...] = ()
@@ -485,7 +486,8 @@ def run_campaign(config: CampaignConfig) -> dict[str, Any]:
     spec = ClusterSpec(regions=region_names(config.regions),
                        nodes_per_region=config.nodes_per_region,
                        wan_latency_ms=_wan(region_names(config.regions)),
-                       tick_interval_ms=config.tick_interval_ms)
+                       tick_interval_ms=config.tick_interval_ms,
+                       raft_snapshot_every=config.raft_snapshot_every)
     node_env = {}
     if config.planted_bugs:
         node_env = {PLANTED_ENV: ",".join(config.planted_bugs), ALLOW_ENV: "1"}
@@ -648,6 +650,16 @@ def _families(text: str) -> tuple[str, ...]:
     return fams
 
 
+def _snapshot_every(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= 1_000_000_000:
+        raise argparse.ArgumentTypeError(f"must be in 1..1000000000, got {value}")
+    return value
+
+
 def _interval(text: str) -> tuple[float, float]:
     lo, sep, hi = text.partition(",")
     try:
@@ -686,6 +698,10 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="the regional workload's resolver")
     parser.add_argument("--accounts-per-region", type=int, default=3)
     parser.add_argument("--tick-ms", type=int, default=50, help="Raft tick (default 50)")
+    parser.add_argument("--raft-snapshot-every", type=_snapshot_every, default=10_000,
+                        metavar="N",
+                        help="entries between two compactions of a group's Raft log (default "
+                             "10000; small values put snapshots under the faults)")
     parser.add_argument("--quiet", type=float, default=3.0, metavar="SECONDS",
                         help="quiet period after the final heal (default 3)")
     parser.add_argument("--clock-max", type=float, default=0.2, metavar="SECONDS",
@@ -747,7 +763,8 @@ def cli(args: argparse.Namespace) -> int:
             workload=workload, out=str(out), nemesis=nemesis, targets=targets,
             time_s=args.time, interval_s=args.interval, seed=args.seed, regions=regions,
             nodes_per_region=per_region, processes=args.processes, isolation=args.isolation,
-            resolver=args.resolver, tick_interval_ms=args.tick_ms, quiet_s=args.quiet,
+            resolver=args.resolver, tick_interval_ms=args.tick_ms,
+            raft_snapshot_every=args.raft_snapshot_every, quiet_s=args.quiet,
             clock_max_s=args.clock_max, coordinator_kill_p=args.coordinator_kill_p,
             planted_bugs=tuple(args.planted_bug), prefix=args.prefix,
             accounts_per_region=args.accounts_per_region, keep_data=args.keep_data)

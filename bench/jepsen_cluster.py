@@ -107,6 +107,7 @@ class ClusterSpec:
         wan_latency_ms: one-way latency per region pair (simulated by nodes and clients).
         tick_interval_ms, election_ticks, heartbeat_ticks: Raft timing.
         max_clock_offset_ms: the cluster's clock-skew bound.
+        raft_snapshot_every: entries between two compactions of a group's Raft log.
     """
 
     regions: tuple[str, ...] = ("us-east", "eu-west", "ap-south")
@@ -116,6 +117,7 @@ class ClusterSpec:
     election_ticks: int = 20
     heartbeat_ticks: int = 2
     max_clock_offset_ms: int = 250
+    raft_snapshot_every: int = 10_000
 
     def cluster(self, addresses: Mapping[str, str], name: str = "jepsen") -> ClusterConfig:
         regions = []
@@ -133,7 +135,8 @@ class ClusterSpec:
                              tick_interval_ms=self.tick_interval_ms,
                              election_ticks=self.election_ticks,
                              heartbeat_ticks=self.heartbeat_ticks,
-                             max_clock_offset_ms=self.max_clock_offset_ms)
+                             max_clock_offset_ms=self.max_clock_offset_ms,
+                             raft_snapshot_every=self.raft_snapshot_every)
 
     @property
     def node_count(self) -> int:
