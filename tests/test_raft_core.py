@@ -1017,8 +1017,10 @@ def test_offer_snapshot_keeps_the_newer_or_full_one_and_refuses_a_local_one():
         core.offer_snapshot(Snapshot(beyond, b"future"))
 
 
-def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
-    net = Network((1, 2, 3), snapshot_chunk_size=1, **CLASSIC)
+def _snapshot_transfer_started(**options):
+    """Leader 1, its log compacted while follower 3 was cut off, sending 3 its snapshot a
+    byte a chunk: the first chunk has just arrived."""
+    net = Network((1, 2, 3), snapshot_chunk_size=1, **options)
     net.elect(1)
     net.isolate(3)
     for k in range(5):
@@ -1027,11 +1029,16 @@ def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
     leader.compact()
     assert not leader.core.sending_snapshot()
     net.recover()
-    for _ in range(50):  # until the transfer starts, one byte a chunk
+    for _ in range(50):
         net.tick(1, deliver=False)
         net.deliver(limit=1)
         if net.delivered_of(MT.SNAPSHOT):
             break
+    return net, leader
+
+
+def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
+    net, leader = _snapshot_transfer_started(**CLASSIC)
     assert leader.core.sending_snapshot()
     for _ in range(200):
         net.deliver()
@@ -1131,20 +1138,8 @@ def test_two_snapshots_with_the_same_metadata_and_size_are_never_joined():
     assert answer.type is MT.SNAPSHOT_RESP and answer.reject and answer.chunk_offset == 0
 
 
-def test_a_follower_silent_since_the_last_check_quorum_round_is_not_receiving():
-    net = Network((1, 2, 3), snapshot_chunk_size=1, pre_vote=False, check_quorum=True)
-    net.elect(1)
-    net.isolate(3)
-    for k in range(5):
-        net.propose(1, b"%d" % k)
-    leader = net.nodes[1]
-    leader.compact()
-    net.recover()
-    for _ in range(50):
-        net.tick(1, deliver=False)
-        net.deliver(limit=1)
-        if net.delivered_of(MT.SNAPSHOT):
-            break
+def test_a_follower_silent_for_an_election_timeout_is_not_receiving():
+    net, leader = _snapshot_transfer_started(pre_vote=False, check_quorum=True)
     assert leader.core.sending_snapshot()
     net.isolate(3)  # it goes silent mid-transfer
     for _ in range(3 * leader.core.config.election_tick):

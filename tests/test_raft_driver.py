@@ -94,6 +94,14 @@ class Cluster:
         while i in self.nodes:
             await trio.sleep(TICK)
 
+    async def catch_up_through_snapshot(self, entries: range) -> tuple[int, int]:
+        """:meth:`leave_behind`, then starts the follower again and waits until it has
+        applied everything the leader committed."""
+        lid, victim = await self.leave_behind(entries)
+        await self.start(victim)
+        await self.nodes[victim].wait_applied(self.nodes[lid].core.commit)
+        return lid, victim
+
     async def leave_behind(self, entries: range) -> tuple[int, int]:
         """Stops a follower and proposes ``entries`` (as b"%d") through the leader: returns
         (leader, follower)."""
@@ -892,9 +900,7 @@ async def test_a_build_without_a_thread_is_a_failed_build_tried_again(tmp_path, 
     async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
                        state_machine=lambda i: DurableCounter(tmp_path / f"sm{i}")) as c:
         with trio.fail_after(20):
-            lid, victim = await c.leave_behind(range(30))
-            await c.start(victim)
-            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+            lid, victim = await c.catch_up_through_snapshot(range(30))
         assert refused and "can't start new thread" in caplog.text
         assert c.sms[victim].items == [b"%d" % k for k in range(30)]
 
@@ -921,8 +927,6 @@ async def test_a_builder_whose_close_raises_is_a_failed_build(tmp_path, monkeypa
     async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
                        state_machine=lambda i: BadClose(tmp_path / f"sm{i}")) as c:
         with trio.fail_after(20):
-            lid, victim = await c.leave_behind(range(30))
-            await c.start(victim)
-            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+            lid, victim = await c.catch_up_through_snapshot(range(30))
         assert len(closes) >= 2  # the first build failed on close; a later one did it
         assert c.sms[victim].items == [b"%d" % k for k in range(30)]
