@@ -836,8 +836,10 @@ class RaftNode:
             self._counts["snapshots_installed"] += 1
             if self._durable_sm:
                 # The state machine's own storage holds it now: keep a marker, not the data
-                # (an idle group would otherwise hold it until its next compaction).
-                core.hold_local_snapshot(rd.snapshot.meta, self._sm.checkpoint())
+                # (an idle group would otherwise hold it until its next compaction). The
+                # marker held in memory is never sent nor stored; the snapshot just saved
+                # stays on disk until the next compaction stores its own checkpoint's.
+                core.hold_local_snapshot(rd.snapshot.meta, b"")
         self._release_reads(rd)
         if rd.committed_entries:
             await self._apply(rd.committed_entries)
@@ -1073,7 +1075,9 @@ class RaftNode:
         if core.sending_snapshot() or core.snapshot_wanted:
             self._built_at = now
         elif now - self._built_at >= SNAPSHOT_RELEASE_S:
-            core.hold_local_snapshot(snap.meta, self._sm.checkpoint())
+            # The marker held in memory is never sent nor stored (a compaction stores the one
+            # its own checkpoint returns): no need to sync the store from the ticker for it.
+            core.hold_local_snapshot(snap.meta, b"")
             self._built_at = None
 
     def _build_failed(self, exc: BaseException) -> None:
