@@ -747,17 +747,19 @@ class GroupStateMachine:
         # The store's chunks are unpacked one at a time as the store takes them, not into a
         # list first: a follower installing a snapshot holds it once, not twice.
         unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False)
-        try:
-            if unpacker.read_array_header() != 2:
-                raise ValueError("not an array of two")
-            index = unpacker.unpack()
-            if type(index) is not int:
-                raise ValueError("no index")
-            at = unpacker.tell()
-            local = data[at:at + 1] == b"\xc0"  # nil: a local marker
-            count = unpacker.unpack() if local else unpacker.read_array_header()
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise CorruptStateError(f"a malformed group snapshot: {exc}") from None
+
+        def read(what: Callable[[], object]) -> object:
+            try:
+                return what()
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise CorruptStateError(f"a malformed group snapshot: {exc}") from None
+
+        index = read(unpacker.read_array_header) == 2 and read(unpacker.unpack)
+        if type(index) is not int:  # (False: the header was not an array of two)
+            raise CorruptStateError("a malformed group snapshot: not [index, chunks]")
+        at = unpacker.tell()
+        local = data[at:at + 1] == b"\xc0"  # nil: a local marker
+        count = read(unpacker.unpack if local else unpacker.read_array_header)
         if index <= self.store.applied_index:
             # This replica already applied past the snapshot (a restart finds the snapshot it
             # took itself): its state includes the snapshot's, and replay skips what it has.
@@ -770,10 +772,7 @@ class GroupStateMachine:
 
         def chunks():
             for _ in range(count):
-                try:
-                    chunk = unpacker.unpack()
-                except (ValueError, msgpack.UnpackException) as exc:
-                    raise CorruptStateError(f"a malformed group snapshot: {exc}") from None
+                chunk = read(unpacker.unpack)
                 if not isinstance(chunk, bytes):
                     raise CorruptStateError("a malformed group snapshot: a chunk is not bytes")
                 yield chunk
