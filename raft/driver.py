@@ -484,6 +484,7 @@ class RaftNode:
                         and not unsafe)
         self._busy = False
         self._handoff: Ready | None = None
+        self._handoff_sent = False  # the handed-off Ready's messages were sent
         try:
             self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")
         except BaseException:
@@ -706,9 +707,7 @@ class RaftNode:
         self._busy = True
         try:
             while core.has_ready():
-                rd = core.ready()
-                if not self._handle_ready_now(rd):
-                    self._handoff = rd
+                if not self._handle_ready_now(core.ready()):
                     break
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
@@ -718,16 +717,23 @@ class RaftNode:
             self._busy = False
 
     def _handle_ready_now(self, rd: Ready) -> bool:
-        """:meth:`_handle_ready` for a Ready that needs no waiting; False, having done nothing,
-        for any other."""
+        """:meth:`_handle_ready` for a Ready that needs no waiting; else False, leaving the
+        Ready to the ready loop (``_handoff``). The usual Ready's messages leave before its
+        entries are written — a leader's appends reach the followers a write system call
+        sooner — so a Ready whose entries turn out to need the general path (a new segment)
+        is left with its messages sent (``_handoff_sent``)."""
         hs = self._hard_state_to_store(rd)
         persist = rd.snapshot is not None or bool(rd.entries) or hs is not None
-        if persist and not self._fast_path(rd, hs):  # appends the entries when it can
+        if persist and not self._fast_path_possible(rd, hs):
+            self._handoff, self._handoff_sent = rd, False
+            return False
+        if rd.messages:
+            self._send(rd.messages)
+        if persist and not self._storage.append_nowait(rd.entries):
+            self._handoff, self._handoff_sent = rd, True
             return False
         self._counts["readies"] += 1
         self._counts["readies_inline"] += 1
-        if rd.messages:
-            self._send(rd.messages)
         if persist:
             self._sync_appended(rd)
         if rd.persisted_messages:
@@ -750,7 +756,7 @@ class RaftNode:
             try:
                 rd, self._handoff = self._handoff, None
                 if rd is not None:
-                    await self._handle_ready(rd)
+                    await self._handle_ready(rd, messages_sent=self._handoff_sent)
                 while True:
                     if self._snapshot_due():
                         await self._take_snapshot()
@@ -812,12 +818,13 @@ class RaftNode:
                     f"node {self.id}: leadership changed while the read was pending; retry",
                     core.leader))
 
-    async def _handle_ready(self, rd: Ready) -> bool:
-        """Handles one Ready; True if that waited for the disk (and so let other tasks run)."""
+    async def _handle_ready(self, rd: Ready, *, messages_sent: bool = False) -> bool:
+        """Handles one Ready (its ``messages`` already sent if ``messages_sent``); True if that
+        waited for the disk (and so let other tasks run)."""
         core = self._core
         waited = False
         self._counts["readies"] += 1
-        if rd.messages:
+        if rd.messages and not messages_sent:
             self._send(rd.messages)
         hs = self._hard_state_to_store(rd)
         if self._ack_before_fsync and rd.persisted_messages:
@@ -847,13 +854,18 @@ class RaftNode:
         self._wake_applied()
         return waited
 
+    def _fast_path_possible(self, rd: Ready, hs: HardState | None) -> bool:
+        """The Ready persists entries alone (no snapshot, no hard state), so its entries may be
+        appended from the loop if they follow the log (see :meth:`_fast_path`)."""
+        return (self._fast_persist and rd.snapshot is None and hs is None and rd.must_sync
+                and not self._ack_before_fsync)
+
     def _fast_path(self, rd: Ready, hs: HardState | None) -> bool:
         """Appends the common Ready's entries — entries that follow the log, nothing else — from
         the loop (one write to the page cache); False, having written nothing, when this Ready
         needs the general path (a snapshot, a hard state, a truncation or a new segment: all of
         them sync on their own)."""
-        return (self._fast_persist and rd.snapshot is None and hs is None and rd.must_sync
-                and not self._ack_before_fsync and self._storage.append_nowait(rd.entries))
+        return self._fast_path_possible(rd, hs) and self._storage.append_nowait(rd.entries)
 
     def _persist_in_loop(self, rd: Ready, hs: HardState | None) -> bool:
         """The common Ready's persist with ``sync_in_loop``: appended and fdatasynced by the

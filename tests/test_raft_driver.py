@@ -8,6 +8,7 @@ reads, restart, snapshot catch-up, transfer and shutdown.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from raft.core import Config
 from raft.driver import MAX_PROPOSAL_BYTES, EntryLostError, RaftTimeoutError, open_raft_node
 from raft.storage import RaftStorage
 from raft.transport import MemoryNetwork
-from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
+from raft.types import ConfState, Entry, MessageType, ProposalDroppedError, RaftError
 
 TICK = 0.005
 
@@ -67,11 +68,21 @@ class Cluster:
 
     async def _run(self, i, scope, ready):
         with scope:
-            storage = RaftStorage.open(self.tmp_path / f"n{i}")
+            options = dict(self.options)
+            storage = RaftStorage.open(self.tmp_path / f"n{i}",
+                                       **options.pop("storage_options", {}))
             try:
-                options = dict(self.options)
                 sm = options.pop("state_machine", lambda i: Counter())(i)
+                on_send = options.pop("on_send", None)
                 async with self.net.endpoint(i) as t:
+                    if on_send is not None:
+                        send = t.send
+
+                        def t_send(group, msgs, i=i, send=send):
+                            on_send(i, msgs)
+                            send(group, msgs)
+
+                        t.send = t_send
                     async with open_raft_node(
                         1, Config(i, election_tick=10), storage, t, sm,
                         bootstrap=ConfState(tuple(self.ids)), seed=i, tick_interval=TICK,
@@ -245,6 +256,41 @@ async def test_a_leader_handles_its_proposals_and_acknowledgements_inline(tmp_pa
         assert readies >= 20  # a Ready for each proposal, and one for each commit
         assert inline >= 0.9 * readies, (inline, readies)
         assert c.sms[leader.id].items[-10:] == [b"n%d" % k for k in range(10)]
+
+
+async def test_a_leader_sends_each_append_once_as_its_log_rolls_over_to_new_segments(tmp_path):
+    """An inline Ready sends its messages before it appends its entries; entries that need a
+    new log segment (whose creation syncs) go on to the ready loop, which must not send the
+    Ready's messages a second time. Small segments make that happen every few proposals."""
+    appended = []  # (sender, follower, entry index) of every entry sent in an append
+
+    def on_send(sender, msgs):
+        appended.extend((sender, m.to, e.index) for m in msgs
+                        if m.type is MessageType.APPEND for e in m.entries)
+
+    async with cluster(tmp_path, storage_options={"segment_size": 4096},
+                       on_send=on_send) as c:
+        lid = await c.leader()
+        leader = c.nodes[lid]
+        with trio.fail_after(10):
+            await leader.propose(b"warm")
+        first = leader.core.last_index + 1
+        before = leader.statistics()
+        for k in range(24):
+            applied = trio.Event()
+            leader.propose_nowait(b"%04d" % k + b"x" * 1000,
+                                  lambda result, error, applied=applied: applied.set())
+            with trio.fail_after(10):
+                await applied.wait()
+        after = leader.statistics()
+        assert after.readies_inline - before.readies_inline < after.readies - before.readies
+        sent = collections.Counter((to, index) for sender, to, index in appended
+                                   if sender == lid and index >= first)
+        followers = [i for i in c.ids if i != lid]
+        assert sent == {(to, index): 1 for to in followers for index in range(first, first + 24)}
+        for i in c.ids:
+            await c.nodes[i].wait_applied(leader.core.commit)
+            assert [x[:4] for x in c.sms[i].items[-24:]] == [b"%04d" % k for k in range(24)]
 
 
 async def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
