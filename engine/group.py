@@ -733,10 +733,14 @@ class GroupStateMachine:
     # behind a local marker, and a full snapshot is built into a file only for a follower.
 
     def checkpoint(self) -> bytes:
-        """Makes everything applied durable in the store and returns the local snapshot
-        marker for this index (O(1): no data is copied)."""
-        self.store.checkpoint()
+        """The local snapshot marker for the index applied now (O(1): no data is copied);
+        the state it stands for is durable once :meth:`sync` returns."""
         return msgpack.packb([self.store.applied_index, None])
+
+    def sync(self) -> None:
+        """Makes everything applied so far durable in the store (a flush of its map, from a
+        thread of its own while applies go on: see :meth:`MVCCStore.checkpoint`)."""
+        self.store.checkpoint()
 
     def begin_snapshot(self) -> SnapshotBuild:
         """A consistent view of the store as applied now, to write out as a full snapshot

@@ -519,6 +519,27 @@ class RaftCore:
         self.log.compact(max(index - max(keep, 0), 0))
         return self.snapshot.meta
 
+    def compact_at(self, meta: SnapshotMeta, data: bytes, keep: int = 0) -> SnapshotMeta | None:
+        """:meth:`compact` for a local snapshot (``data``, a durable state machine's marker)
+        of the state as applied when :meth:`snapshot_meta_at_applied` gave ``meta``, made
+        durable since, while the log went on. None, doing nothing, when a snapshot at or past
+        ``meta`` is held by now (one installed meanwhile): the log is already compacted as far.
+        """
+        held = self.snapshot
+        if (held is not None and held.meta.index >= meta.index) or meta.index <= self.log.offset:
+            return None
+        if meta.index > self.log.applied:
+            raise RaftError(f"a snapshot at index {meta.index} is beyond the applied index "
+                            f"{self.log.applied}")
+        if self.log.term_at(meta.index) != meta.term:
+            raise RaftError(f"a snapshot at index {meta.index} of term {meta.term}, but the "
+                            f"entry there is of term {self.log.term_at(meta.index)}")
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self.snapshot = Snapshot(meta, data, True)
+        self.log.compact(max(meta.index - max(keep, 0), 0))
+        return meta
+
     def snapshot_meta_at_applied(self) -> SnapshotMeta:
         """The metadata a snapshot of the state machine as applied now would carry (for a
         snapshot built over time from a consistent view taken now, see

@@ -181,13 +181,20 @@ class SnapshotBuilder(Protocol):
 
 class DurableStateMachine(StateMachine, Protocol):
     """A state machine whose own storage is durable (Meridian's groups: LMDB). Its driver
-    compacts the log without copying the state — :meth:`checkpoint` makes the applied state
-    durable and returns a small *local* snapshot (``raft.types.Snapshot.local``) that
-    ``restore`` accepts on this node only — and builds a full snapshot, off the loop, only
-    when a follower needs one (:meth:`begin_snapshot`). A state machine has these two
-    methods or neither; ``snapshot`` is then unused by the driver."""
+    compacts the log without copying the state — behind a small *local* snapshot
+    (``raft.types.Snapshot.local``, from :meth:`checkpoint`) that ``restore`` accepts on this
+    node only, once :meth:`sync` has made the state it stands for durable — and builds a full
+    snapshot, off the loop, only when a follower needs one (:meth:`begin_snapshot`). A state
+    machine has these three methods or none; ``snapshot`` is then unused by the driver."""
 
-    def checkpoint(self) -> bytes: ...
+    def checkpoint(self) -> bytes:
+        """The local snapshot marker for the state as applied now (called on the loop,
+        between applies; O(1)). The driver stores it, and compacts the log behind it, only
+        once :meth:`sync` has returned."""
+
+    def sync(self) -> None:
+        """Makes durable every change applied before the call. Runs in a thread of its own
+        while applies go on."""
 
     def begin_snapshot(self) -> SnapshotBuilder:
         """Takes a consistent view of the state as applied now (called on the loop, between
@@ -437,8 +444,8 @@ class RaftNode:
         self._core = RaftCore(config, rng, state)
         self._stored_hs: HardState = state.hard_state
         self._snapshot_index = state.snapshot.meta.index if state.snapshot else 0
-        self._durable_sm = (callable(getattr(state_machine, "checkpoint", None))
-                            and callable(getattr(state_machine, "begin_snapshot", None)))
+        self._durable_sm = all(callable(getattr(state_machine, name, None))
+                               for name in ("checkpoint", "sync", "begin_snapshot"))
         if state.snapshot is not None:
             if state.snapshot.local and not self._durable_sm:
                 raise RaftError(
@@ -485,6 +492,10 @@ class RaftNode:
         self._busy = False
         self._handoff: Ready | None = None
         self._handoff_sent = False  # the handed-off Ready's messages were sent
+        # A durable state machine's checkpoint: its storage syncing in a thread
+        # (_checkpointing), then synced, waiting for the ready loop to compact behind it.
+        self._checkpointing = False
+        self._synced: tuple[SnapshotMeta, bytes] | None = None
         try:
             self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")
         except BaseException:
@@ -777,14 +788,17 @@ class RaftNode:
         core = self._core
         if core.snapshot_wanted and self._build_due():
             return True
-        if not self._snapshot_every:
+        if self._synced is not None:
+            return True  # a checkpoint is durable: compact behind it
+        if not self._snapshot_every or self._checkpointing:
             return False
-        behind = core.applied - self._snapshot_index
-        if behind < self._snapshot_every:
-            return False
-        if self._build is not None or core.sending_snapshot():
-            return behind >= 4 * self._snapshot_every
-        return True
+        return core.applied - self._snapshot_index >= self._snapshot_every \
+            and not self._compaction_held()
+
+    def _compaction_held(self) -> bool:
+        behind = self._core.applied - self._snapshot_index
+        return (self._build is not None or self._core.sending_snapshot()) \
+            and behind < 4 * self._snapshot_every
 
     def _build_due(self) -> bool:
         return (self._durable_sm and self._build is None and self._nursery is not None
@@ -1006,16 +1020,47 @@ class RaftNode:
         if core.snapshot_wanted and self._build_due():
             self._start_build()
             return
-        if self._durable_sm:
-            # O(1): the state is durable in the state machine's own storage.
-            data, local = self._sm.checkpoint(), True
+        if self._synced is not None:
+            (meta, data), self._synced = self._synced, None
+            if self._compaction_held():  # a follower began receiving the snapshot held
+                return
+            meta = core.compact_at(meta, data, keep=self._snapshot_keep)
+            if meta is None:  # a snapshot installed meanwhile is newer
+                return
+            local = True
+        elif self._durable_sm and self._nursery is not None:
+            # The state is in the state machine's own storage: the log is compacted behind a
+            # marker once the storage has synced (in a thread, while the log goes on).
+            meta = core.snapshot_meta_at_applied()
+            data = self._sm.checkpoint()
+            self._checkpointing = True
+            self._nursery.start_soon(self._run_checkpoint, meta, data)
+            return
         else:
             data, local = self._sm.snapshot(), False
-        meta = core.compact(data, keep=self._snapshot_keep, local=local)
+            meta = core.compact(data, keep=self._snapshot_keep, local=local)
         snap = Snapshot(meta, data, local)
         await self._worker.run(self._storage.save_snapshot, snap, self._snapshot_keep)
         self._snapshot_index = meta.index
         self._counts["snapshots_taken"] += 1
+
+    async def _run_checkpoint(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Syncs the state machine's storage in a thread (a full flush of what was written
+        since the last one: a fraction of a second on a busy store, which the loop does not
+        wait for), then leaves the checkpoint to the ready loop to compact behind. A node
+        closing waits for the sync: the storage may close only after it."""
+        try:
+            await trio.to_thread.run_sync(self._sm.sync)
+        except Exception as exc:  # the node stops, as when any write to its storage fails
+            if not self._closed and self._step_error is None:
+                self._step_error = exc
+                self._kick()
+            return
+        finally:
+            self._checkpointing = False
+        if not self._closed and self._step_error is None:
+            self._synced = (meta, data)
+            self._kick()
 
     def _start_build(self) -> None:
         """Begins a full snapshot of the state as applied now, for the followers that need

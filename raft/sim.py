@@ -140,6 +140,7 @@ from .types import (
     Ready,
     ReadState,
     Snapshot,
+    SnapshotMeta,
     StateRole,
 )
 
@@ -439,7 +440,7 @@ def _marker(index: int) -> bytes:
 # Event kinds. The heap holds (time_ms, seq, kind, a, b); seq is unique, so the payload is never
 # compared.
 (_TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS,
- _BUILT) = range(11)
+ _BUILT, _SYNCED) = range(12)
 
 _OP_TIMEOUT_MS = 400
 # With roaming clients (the "roam" knob) a client gives up sooner on a node that does not
@@ -486,7 +487,7 @@ class _Node:
     __slots__ = ("id", "alive", "incarnation", "core", "disk", "sm", "ready", "commit_floor",
                  "lm_last", "lm_terms", "props", "reads", "read_states", "tick_ms", "applied",
                  "snap_index", "vote_promise", "log_promise", "last_ack", "conf_seen",
-                 "sm_checkpoint", "building")
+                 "sm_checkpoint", "building", "syncing", "synced")
 
     def __init__(self, node_id: int, tick_ms: int):
         self.id = node_id
@@ -516,6 +517,8 @@ class _Node:
         # snapshot is being built for followers.
         self.sm_checkpoint: bytes | None = None
         self.building = False
+        self.syncing = False  # a checkpoint's sync is in flight (raft.driver: in a thread)
+        self.synced: tuple[SnapshotMeta, bytes] | None = None  # done, not yet compacted behind
 
 
 class _Op:
@@ -696,7 +699,7 @@ class Simulation:
             _TICK: self._on_tick, _DELIVER: self._on_deliver, _FSYNC: self._on_fsync,
             _CLIENT: self._on_client, _TIMEOUT: self._on_timeout, _NEMESIS: self._on_nemesis,
             _CRASH: self._on_crash, _RESTART: self._on_restart, _HEAL: self._on_heal,
-            _LIVENESS: self._on_liveness, _BUILT: self._on_built,
+            _LIVENESS: self._on_liveness, _BUILT: self._on_built, _SYNCED: self._on_synced,
         }
         heap = self._heap
         limit = self.cfg.max_events
@@ -723,6 +726,8 @@ class Simulation:
         node.snap_index = 0
         node.applied = []
         node.building = False
+        node.syncing = False
+        node.synced = None
         if state.snapshot is not None:
             self._restore_sm(node, state.snapshot)
             node.snap_index = state.snapshot.meta.index
@@ -996,20 +1001,20 @@ class Simulation:
         sm, core = node.sm, node.core
         if self.durable_sm:
             self._maybe_build(node)
+            if node.synced is not None:
+                self._compact_synced(node)
         if sm.index - node.snap_index < self.compact_every or core.applied != sm.index:
             return
         if self.durable_sm:
-            if (node.building or core.sending_snapshot()) and (
-                    sm.index - node.snap_index < 4 * self.compact_every):
-                return  # a follower is receiving the snapshot held (raft.driver waits too)
-            marker = _marker(sm.index)
-            meta = core.compact(marker, keep=self.keep, local=True)
-            if meta.index != sm.index:
+            if node.syncing or self._compaction_held(node):
                 return
-            node.sm_checkpoint = sm.snapshot()  # durable with the marker: one step here
-            node.disk.save_snapshot(Snapshot(meta, marker, local=True))
-            node.snap_index = meta.index
-            self._event(f"compact {node.id} at {meta.index} (local)")
+            # The state machine syncs its storage (raft.driver: in a thread, while the log goes
+            # on); the log is compacted behind the marker once that is done (_on_synced).
+            node.syncing = True
+            meta = core.snapshot_meta_at_applied()
+            self._schedule(self.now + self.rng.randint(1, 40), _SYNCED, node.id,
+                           (node.incarnation, meta, sm.snapshot()))
+            self._event(f"checkpoint {node.id} at {meta.index}")
             return
         data = sm.snapshot()
         meta = core.compact(data, keep=self.keep)
@@ -1018,6 +1023,35 @@ class Simulation:
         node.disk.save_snapshot(Snapshot(meta, data))
         node.snap_index = meta.index
         self._event(f"compact {node.id} at {meta.index}")
+
+    def _compaction_held(self, node: _Node) -> bool:
+        """A follower is receiving the snapshot held (raft.driver waits too), for a while."""
+        return (node.building or node.core.sending_snapshot()) and (
+            node.sm.index - node.snap_index < 4 * self.compact_every)
+
+    def _on_synced(self, node_id: int, payload) -> None:
+        incarnation, meta, state = payload
+        node = self.nodes[node_id]
+        if not node.alive or node.incarnation != incarnation:
+            return  # crashed while syncing: the checkpoint is lost, its marker never stored
+        node.syncing = False
+        node.synced = (meta, state)
+        if node.ready is None:  # else once the Ready in flight is done (the driver's loop too)
+            self._compact_synced(node)
+            self._after(node)
+
+    def _compact_synced(self, node: _Node) -> None:
+        (meta, state), node.synced = node.synced, None
+        if self._compaction_held(node):
+            return
+        marker = _marker(meta.index)
+        if node.core.compact_at(meta, marker, keep=self.keep) is None:
+            self._event(f"checkpoint {node.id} at {meta.index} overtaken")
+            return
+        node.sm_checkpoint = state  # durable now, with the marker stored next
+        node.disk.save_snapshot(Snapshot(meta, marker, local=True))
+        node.snap_index = meta.index
+        self._event(f"compact {node.id} at {meta.index} (local)")
 
     def _maybe_build(self, node: _Node) -> None:
         """durable_sm: a leader whose follower needs a snapshot takes a view now and offers

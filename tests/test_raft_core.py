@@ -286,6 +286,28 @@ def test_compact_with_a_smaller_keep_at_the_same_index_frees_more_log():
     assert node.core.first_index == applied + 1  # ... but the log it covers is gone
 
 
+def test_compact_at_an_earlier_checkpoint_keeps_what_was_applied_after_it():
+    """A durable state machine's checkpoint is taken at one applied index and synced while
+    the log goes on: the log is compacted behind that index, not behind the applied one, and
+    a checkpoint overtaken by a newer snapshot does nothing."""
+    net = Network((1, 2, 3), **CLASSIC)
+    net.elect(1)
+    for k in range(3):
+        net.propose(1, b"%d" % k)
+    core = net.nodes[2].core
+    meta = core.snapshot_meta_at_applied()
+    for k in range(3, 6):
+        net.propose(1, b"%d" % k)
+    assert core.applied == meta.index + 3
+    with pytest.raises(RaftError):
+        core.compact_at(SnapshotMeta(core.applied + 1, meta.term, meta.conf), b"ahead")
+    assert core.compact_at(meta, b"marker", keep=1) == meta
+    assert core.snapshot == Snapshot(meta, b"marker", True)
+    assert core.first_index == meta.index  # one entry kept before the checkpoint
+    assert core.compact_at(meta, b"marker") is None  # nothing older than what is held
+    assert core.first_index == meta.index
+
+
 def test_follower_times_out_while_its_received_snapshot_is_being_written():
     """The driver may keep stepping and ticking while a Ready is being persisted. A follower
     whose Ready carries a snapshot from the leader, not yet acknowledged, must be able to time
