@@ -62,8 +62,13 @@ _LAZY = {
     "LocalCluster": "local",
     "open_local_cluster": "local",
     "Node": "node",
+    "SnapshotInterruptedError": "mvcc",
+    "CallTimeoutError": "rpc",
+    "ConnectTimeoutError": "rpc",
     "ConnectionLostError": "rpc",
+    "NotSentError": "rpc",
     "RemoteError": "rpc",
+    "RpcWireError": "rpc",
 }
 
 

@@ -35,6 +35,30 @@ def test_star_import_brings_every_public_name():
     assert all(not name.startswith("_") for name in engine.__all__)
 
 
+def test_every_error_class_is_exported():
+    """Every MeridianError subclass of a public module is reachable as ``engine.<Name>``, so
+    an application can catch what the client, the node runtime or the storage raises."""
+    script = (
+        "import importlib, inspect, pkgutil, engine\n"
+        "missing = []\n"
+        "for info in pkgutil.iter_modules(engine.__path__):\n"
+        "    if info.name.startswith('_') or info.name in ('cli', 'shell', 'demo',\n"
+        "                                                  'cluster_demo', 'planted'):\n"
+        "        continue\n"
+        "    module = importlib.import_module('engine.' + info.name)\n"
+        "    for name, value in vars(module).items():\n"
+        "        if (inspect.isclass(value) and issubclass(value, engine.MeridianError)\n"
+        "                and value.__module__ == module.__name__ and not name.startswith('_')\n"
+        "                and getattr(engine, name, None) is not value):\n"
+        "            missing.append(module.__name__ + '.' + name)\n"
+        "print(sorted(missing))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("staleness, expected", [
     ("exact:0", ("exact", 0)),
     ("bounded:5", ("bounded", 5_000_000_000)),
