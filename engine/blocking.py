@@ -40,6 +40,11 @@ is garbage-collected and, at the latest, when the interpreter shuts down, so a f
 connection never keeps the process alive; threads still using it after the main thread has
 returned keep it until they end.
 
+Ctrl-C: a ``KeyboardInterrupt`` in a thread waiting for a call cancels that call in the
+connection's thread and waits for it to end before it reaches the application (a second
+Ctrl-C stops the wait), so that nothing the application gave up on goes on behind its back. A
+commit interrupted so may or may not have been applied. The connection stays open.
+
 Do not use this module from inside a trio run: it would block the event loop. Use
 :func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so.
 """
@@ -91,6 +96,17 @@ def _check_not_in_trio(what: str) -> None:
         return
     raise RuntimeError(f"{what} blocks, and this thread is running a trio event loop: use the "
                        f"async client (engine.client.connect) here")
+
+
+class _Call:
+    """One call into the trio thread, as the calling thread may need to cancel it."""
+
+    __slots__ = ("scope", "interrupted", "done")
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None  # set in the trio thread once it runs
+        self.interrupted = False  # set in the trio thread by _Portal._interrupt
+        self.done = threading.Event()  # it ended, or never started
 
 
 class _Portal:
@@ -204,16 +220,20 @@ class _Portal:
 
     # ------------------------------------------------------------------ calls
 
-    async def _invoke(self, fn: Callable[..., Any], is_async: bool) -> Any:
-        if self._stopping:
-            return _REFUSED
-        with trio.CancelScope() as scope:
-            self._inflight.add(scope)
-            try:
-                return (await fn()) if is_async else fn()
-            finally:
-                self._inflight.discard(scope)
-        return _CANCELLED  # close() cancelled it
+    async def _invoke(self, fn: Callable[..., Any], is_async: bool, call: _Call) -> Any:
+        try:
+            if self._stopping or call.interrupted:
+                return _REFUSED
+            with trio.CancelScope() as scope:
+                call.scope = scope
+                self._inflight.add(scope)
+                try:
+                    return (await fn()) if is_async else fn()
+                finally:
+                    self._inflight.discard(scope)
+            return _CANCELLED  # close() or an interrupt cancelled it
+        finally:
+            call.done.set()
 
     def call(self, fn: Callable[..., Any], *args: Any, is_async: bool = True,
              on_cancel: Callable[[], BaseException] = _closed_error, **kwargs: Any) -> Any:
@@ -226,8 +246,12 @@ class _Portal:
         if closed or token is None:
             raise _closed_error()
         bound = functools.partial(fn, *args, **kwargs)
+        call = _Call()
         try:
-            result = trio.from_thread.run(self._invoke, bound, is_async, trio_token=token)
+            result = trio.from_thread.run(self._invoke, bound, is_async, call, trio_token=token)
+        except KeyboardInterrupt:
+            self._interrupt(call, token)
+            raise
         except (trio.RunFinishedError, trio.Cancelled):
             # The run ended before or while the call ran: closed, or it stopped by itself.
             raise self._gone_error() from None
@@ -236,6 +260,39 @@ class _Portal:
         if result is _CANCELLED:
             raise on_cancel()
         return result
+
+    def _interrupt(self, call: _Call, token: trio.lowlevel.TrioToken) -> None:
+        """Ctrl-C (KeyboardInterrupt) in the calling thread while it waited for ``call``: the
+        call is cancelled in the trio thread, as close() cancels calls, and waited for, so that
+        nothing the application gave up on goes on behind its back (a commit cut short this
+        way may or may not have been applied). A second Ctrl-C stops the wait."""
+
+        def cancel() -> None:  # in the trio thread: it must not raise
+            call.interrupted = True
+            if call.scope is not None:
+                call.scope.cancel()
+            try:
+                trio.lowlevel.spawn_system_task(settle)
+            except RuntimeError:  # the run is ending: every call is being cancelled
+                call.done.set()
+
+        async def settle() -> None:
+            # A call that was queued has started (and seen the interrupt) by the next
+            # scheduler round; one that has not was never queued: nothing to wait for.
+            try:
+                await trio.lowlevel.checkpoint()
+            finally:
+                if call.scope is None:
+                    call.done.set()
+
+        try:
+            token.run_sync_soon(cancel)
+        except trio.RunFinishedError:
+            return
+        thread = self._thread
+        while not call.done.wait(0.5):
+            if thread is None or not thread.is_alive():
+                return  # the trio thread is gone, and the call with it
 
     def _gone_error(self) -> BaseException:
         if self._close_requested or self.error is None:

@@ -356,6 +356,41 @@ def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
     assert message in str(outcome[0])
 
 
+def test_ctrl_c_during_a_call_cancels_the_call_and_the_connection_stays_usable(db, ks):
+    """KeyboardInterrupt in the calling thread while a call runs (Ctrl-C in a script or a
+    REPL): the call is cancelled in the client's thread before the interrupt reaches the
+    application, so nothing it gave up on goes on behind its back, and the connection
+    serves the next call."""
+    import signal
+
+    started, ended = threading.Event(), threading.Event()
+
+    async def parked():
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.set()
+
+    def ctrl_c():
+        assert started.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    assert threading.current_thread() is threading.main_thread()
+    t = threading.Thread(target=ctrl_c)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            db._portal.call(parked)
+    finally:
+        t.join()
+    assert ended.is_set()  # cancelled and ended before the interrupt surfaced
+    with db.transaction() as tx:
+        tx.put(ks, b"after", b"ctrl-c")
+    with db.transaction() as tx:
+        assert tx.get(ks, b"after") == b"ctrl-c"
+
+
 def test_a_dropped_database_is_closed_by_the_garbage_collector(addresses):
     db = connect_blocking(addresses)
     thread = db._portal.thread
