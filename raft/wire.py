@@ -9,9 +9,9 @@ Frame
 -----
 ::
 
-    +-------------------+---------------------------------------------+
-    | length: u32, LE   | body: `length` bytes of msgpack             |
-    +-------------------+---------------------------------------------+
+    +-----------------+-----------------+-------------------------------------+
+    | length: u32, LE | crc: u32, LE    | body: `length` bytes of msgpack     |
+    +-----------------+-----------------+-------------------------------------+
 
     body    = [version, group, [message, ...]]        a msgpack array of 3
 
@@ -19,7 +19,10 @@ Frame
 layout below takes a new version. ``group`` is the Raft group id. The message list may be empty.
 ``length`` counts the body only, is at least 1 and at most the decoder's ``max_frame`` (64 MiB by
 default); a larger length is refused as soon as the four length bytes arrive, before any body is
-buffered.
+buffered. ``crc`` is the CRC-32C (Castagnoli) of the body: a frame whose body does not match it
+was damaged on the way and is refused before it is decoded, so that a flipped bit in an entry
+(TCP's own 16-bit checksum misses some) is never written to a follower's log, nor a damaged
+snapshot chunk installed. FoundationDB checksums its packets the same way.
 
 Types used below: *uint* is a msgpack integer in ``[0, 2**64)`` (any integer encoding is
 accepted, the encoder uses the shortest); *bin* is msgpack bin 8/16/32 (a str is refused);
@@ -52,7 +55,8 @@ is a msgpack **array** with exactly the number of elements listed -- never a map
 Handshake
 ---------
 The first frame a dialing node writes on a new connection is a handshake rather than a data
-frame. It has the same length prefix; its body is an array of 4::
+frame. It has the same length prefix but no CRC (so that a peer of another version, whatever
+its frame layout, is refused with a message about the version); its body is an array of 4::
 
     [version, "meridian-raft", dialer_id, acceptor_id]
 
@@ -71,21 +75,23 @@ dialer checks both ids, so a connection that merely echoes what it is sent is re
 Worked example
 --------------
 A HEARTBEAT for group 7 from node 1 to node 2 in term 5, commit 3, no ReadIndex context
-(``encode_frame(7, [Message(MessageType.HEARTBEAT, to=2, frm=1, term=5, commit=3)])``) is 26
+(``encode_frame(7, [Message(MessageType.HEARTBEAT, to=2, frm=1, term=5, commit=3)])``) is 30
 bytes::
 
     16 00 00 00                   length 22
-    93 01 07 91                   [1, 7, [ ...one message
+    dc 45 d0 59                   CRC-32C of the 22 bytes below: 0x59d045dc
+    93 02 07 91                   [2, 7, [ ...one message
     9f 07 02 01 05 00 00 90 03    [7, 2, 1, 5, 0, 0, [], 3,
     c2 00 c4 00 c0 00 c4 00 00    false, 0, b"", nil, 0, b"", 0]]]
 
 Errors
 ------
 Decoding raises :class:`WireError` -- with a message naming the frame element that was wrong --
-for a bad length, bytes that are not msgpack, an unknown version, a wrong shape or type, an
-integer out of range or an unknown enum value. A decoder that raised is finished: the stream
-has lost its framing, so the connection must be closed (the frames decoded earlier in the same
-:meth:`FrameDecoder.feed` call are discarded too; Raft tolerates the loss). Encoding raises
+for a bad length, a body that does not match its CRC, bytes that are not msgpack, an unknown
+version, a wrong shape or type, an integer out of range or an unknown enum value. A decoder
+that raised is finished: the stream has lost its framing, so the connection must be closed
+(the frames decoded earlier in the same :meth:`FrameDecoder.feed` call are discarded too; Raft
+tolerates the loss). Encoding raises
 :class:`WireError` for a message that no decoder would accept.
 """
 
@@ -96,6 +102,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
+
+from engine._native import crc32c
 
 from .types import (
     ConfChangeError,
@@ -119,12 +127,13 @@ __all__ = [
     "FrameDecoder",
 ]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: data frames carry the CRC-32C of their body
 HANDSHAKE_TAG = "meridian-raft"
 DEFAULT_MAX_FRAME = 64 << 20  # bytes of body
 MAX_UINT = 2**64 - 1
 
 _LENGTH = struct.Struct("<I")
+_HEADER = struct.Struct("<II")  # a data frame's length and CRC
 _MESSAGE_LEN = 15
 _MESSAGE_TYPES = {int(t): t for t in MessageType}
 _ENTRY_TYPES = {int(t): t for t in EntryType}
@@ -250,9 +259,10 @@ def _check_entry(e: object, where: str) -> None:
 
 
 def _frame(body: bytes) -> bytes:
+    """A data frame: length, CRC, body."""
     if len(body) > 0xFFFFFFFF:
         raise WireError(f"frame body of {len(body)} bytes does not fit a u32 length")
-    return _LENGTH.pack(len(body)) + body
+    return _HEADER.pack(len(body), crc32c(body)) + body
 
 
 def encode_frame(group: int, msgs: Sequence[Message]) -> bytes:
@@ -279,7 +289,8 @@ def encode_handshake(dialer: int, acceptor: int) -> bytes:
     acceptor's answer (see the module docstring)."""
     _check_uint(dialer, "dialer")
     _check_uint(acceptor, "acceptor")
-    return _frame(msgpack.packb([WIRE_VERSION, HANDSHAKE_TAG, dialer, acceptor], use_bin_type=True))
+    body = msgpack.packb([WIRE_VERSION, HANDSHAKE_TAG, dialer, acceptor], use_bin_type=True)
+    return _LENGTH.pack(len(body)) + body  # no CRC: see the module docstring
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -432,7 +443,10 @@ def _decode_body(body: memoryview, where: str) -> tuple[int, list[Message]]:
 
 def _decode_handshake(body: memoryview, where: str) -> Handshake:
     where = f"{where} (handshake)"
-    obj = _unpack(body, where)
+    try:
+        obj = _unpack(body, where)
+    except WireError as exc:
+        raise WireError(f"{exc} (is the other end a Meridian Raft peer?)") from None
     if type(obj) is not list or len(obj) < 2 or obj[1] != HANDSHAKE_TAG:
         raise WireError(
             f"{where}: expected [version, {HANDSHAKE_TAG!r}, dialer, acceptor], got {_shape(obj)}"
@@ -496,7 +510,7 @@ class FrameDecoder:
             WireError: the stream is not a valid sequence of frames. The decoder stays failed:
                 every later call raises the same error.
         """
-        return self._drain(data, _decode_body, limit=None)
+        return self._drain(data, _decode_body, limit=None, checked=True)
 
     def feed_handshake(self, data: bytes) -> Handshake | None:
         """Take the first bytes of a stream, which must start with a handshake frame.
@@ -511,16 +525,19 @@ class FrameDecoder:
         """
         if self._frames:
             raise RuntimeError("feed_handshake() after the first frame")
-        done = self._drain(data, _decode_handshake, limit=1)
+        done = self._drain(data, _decode_handshake, limit=1, checked=False)
         return done[0] if done else None
 
-    def _drain(self, data: bytes, decode, limit: int | None) -> list:
+    def _drain(self, data: bytes, decode, limit: int | None, checked: bool) -> list:
+        """Decodes the complete frames buffered: data frames (``checked``: length, CRC, body)
+        or the handshake (length, body)."""
         if self._error is not None:
             raise self._error
         buf = self._buf
         buf += data
         out = []
         pos = 0
+        header = 8 if checked else 4
         try:
             with memoryview(buf) as view:
                 while len(buf) - pos >= 4 and (limit is None or len(out) < limit):
@@ -532,11 +549,18 @@ class FrameDecoder:
                         raise WireError(
                             f"{where}: length {length} exceeds the limit of {self.max_frame} bytes"
                         )
-                    if len(buf) - pos - 4 < length:
+                    if len(buf) - pos - header < length:
                         break  # incomplete: wait for more bytes
-                    with view[pos + 4: pos + 4 + length] as body:
+                    with view[pos + header: pos + header + length] as body:
+                        if checked:
+                            (expected,) = _LENGTH.unpack_from(buf, pos + 4)
+                            actual = crc32c(body)
+                            if actual != expected:
+                                raise WireError(
+                                    f"{where}: the body's CRC-32C is {actual:#010x}, the frame "
+                                    f"says {expected:#010x}: the bytes were damaged on the way")
                         out.append(decode(body, where))
-                    pos += 4 + length
+                    pos += header + length
                     self._frames += 1
         except WireError as exc:
             # The framing is lost: nothing after this point can be trusted.

@@ -18,11 +18,13 @@ import errno
 import logging
 import os
 import random
+import struct
 
 import pytest
 import trio
 import trio.testing
 
+from engine._native import crc32c
 from raft.tcp import Backoff, TcpOptions, group_frames, open_tcp_transport
 from raft.transport import LinkModel, MemoryNetwork, Transport, TransportStats
 from raft.types import (
@@ -607,14 +609,17 @@ def established_to(ports) -> int | None:
     "first_bytes, reason",
     [
         (b"GET / HTTP/1.1\r\n\r\n", "exceeds the limit"),
-        (encode_handshake(3, 5) + b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", "not valid msgpack"),
+        (encode_handshake(3, 5) + struct.pack("<II", 5, crc32c(b"\xc1" * 5)) + b"\xc1" * 5,
+         "not valid msgpack"),
+        (encode_handshake(3, 5) + encode_frame(7, [hb(3, 5, 1)])[:-1] + b"\x01",
+         "damaged on the way"),
         (encode_handshake(3, 4), "the dialer wants node 4, this is node 5"),
         (encode_handshake(7, 5), "node 7 may not dial node 5: the lower node id dials"),
         (encode_handshake(5, 5), "node 5 may not dial node 5"),
         (encode_frame(7, [hb(1, 5, 1)]), "is the other end a Meridian Raft peer?"),
     ],
-    ids=["not-our-protocol", "garbage-after-handshake", "wrong-node", "higher-id-dials",
-         "itself", "no-handshake"],
+    ids=["not-our-protocol", "garbage-after-handshake", "damaged-frame", "wrong-node",
+         "higher-id-dials", "itself", "no-handshake"],
 )
 async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")

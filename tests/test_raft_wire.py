@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine._native import crc32c
 from raft import wire
 from raft.types import (
     ConfState,
@@ -80,7 +81,12 @@ def decode_all(data: bytes) -> list:
 
 
 def raw_frame(body_obj) -> bytes:
-    """A frame around any msgpack object, to build malformed bodies."""
+    """A data frame (length, CRC) around any msgpack object, to build malformed bodies."""
+    return framed(msgpack.packb(body_obj, use_bin_type=True))
+
+
+def raw_handshake(body_obj) -> bytes:
+    """A handshake frame (length, no CRC) around any msgpack object."""
     body = msgpack.packb(body_obj, use_bin_type=True)
     return struct.pack("<I", len(body)) + body
 
@@ -183,12 +189,12 @@ def test_messages_and_entries_are_arrays_and_enums_are_ints():
                   entries=(Entry(1, 2, b"d", EntryType.CONF_CHANGE),),
                   snapshot=SnapshotMeta(3, 4, ConfState((1,), (2,))))
     frame = encode_frame(5, [msg])
-    body = msgpack.unpackb(frame[4:], raw=False)
+    body = msgpack.unpackb(frame[8:], raw=False)
     assert body[:2] == [WIRE_VERSION, 5]
     (m,) = body[2]
     assert m == [1, 2, 1, 0, 0, 0, [[1, 2, b"d", 1]], 0, False, 0, b"", [3, 4, [[1], [2]]], 0, b"",
                  0]
-    assert struct.unpack("<I", frame[:4])[0] == len(frame) - 4
+    assert struct.unpack("<II", frame[:8]) == (len(frame) - 8, crc32c(frame[8:]))
 
 
 def test_wire_error_is_a_raft_error_and_a_value_error():
@@ -208,7 +214,8 @@ def with_field(i, value):
 
 
 BAD_BODIES = {
-    "unknown version": ([2, 7, []], "unsupported wire version 2 (this node speaks 1)"),
+    "unknown version": ([1, 7, []],
+                        f"unsupported wire version 1 (this node speaks {WIRE_VERSION})"),
     "version is a bool": ([True, 7, []], "unsupported wire version True"),
     "version is a str": (["1", 7, []], "unsupported wire version '1'"),
     "body is a map": ({"version": 1}, "expected [version, group, messages], got map"),
@@ -266,7 +273,7 @@ def test_a_malformed_body_raises_wire_error_naming_the_problem(body, message):
 
 
 def framed(body: bytes) -> bytes:
-    return struct.pack("<I", len(body)) + body
+    return struct.pack("<II", len(body), crc32c(body)) + body
 
 
 BAD_BYTES = {
@@ -301,6 +308,22 @@ def test_a_length_over_the_limit_raises_before_the_body_arrives():
         FrameDecoder().feed(struct.pack("<I", (64 << 20) + 1))
 
 
+@pytest.mark.parametrize("where", ["body", "crc"])
+def test_a_frame_damaged_on_the_way_is_refused_before_it_is_decoded(where):
+    """A flipped bit that still leaves valid msgpack and a valid message (here: an entry's
+    data) must not reach the log: the frame's CRC-32C catches it."""
+    msg = Message(MessageType.APPEND, to=2, frm=1, term=1, entries=(Entry(1, 1, b"value"),))
+    frame = bytearray(encode_frame(7, [msg]))
+    pos = frame.index(b"value") if where == "body" else 5
+    frame[pos] ^= 0x01  # b"walue": still a well-formed APPEND
+    if where == "body":
+        body = bytes(frame[8:])
+        ((_, (damaged,)),) = FrameDecoder().feed(framed(body))  # decodes, if unchecked
+        assert damaged.entries[0].data == b"walue"
+    with pytest.raises(WireError, match=r"^frame 2: the body's CRC-32C is .* damaged on the way"):
+        FrameDecoder().feed(encode_frame(7, []) + encode_frame(7, []) + bytes(frame))
+
+
 def test_the_error_names_the_frame_and_message_it_is_in():
     stream = encode_all(sample_frames()) + raw_frame(
         [WIRE_VERSION, 7, [GOOD, GOOD, with_field(4, -1)[2][0]]]
@@ -312,7 +335,7 @@ def test_the_error_names_the_frame_and_message_it_is_in():
 def test_a_decoder_that_failed_stays_failed():
     decoder = FrameDecoder()
     with pytest.raises(WireError) as first:
-        decoder.feed(raw_frame([2, 7, []]))
+        decoder.feed(raw_frame([99, 7, []]))
     good = encode_frame(7, [])
     with pytest.raises(WireError) as again:
         decoder.feed(good)
@@ -412,10 +435,12 @@ def test_handshake_then_frames_in_one_stream():
         assert decoder.feed(b"") + decoder.feed(rest) == sample_frames()
 
 
-@pytest.mark.parametrize("body", [[2, HANDSHAKE_TAG, 1, 2], [2, HANDSHAKE_TAG, 1, 2, b"more"]])
+@pytest.mark.parametrize("body", [[1, HANDSHAKE_TAG, 1, 2], [1, HANDSHAKE_TAG, 1, 2, b"more"]])
 def test_a_handshake_of_another_version_names_both_versions(body):
-    with pytest.raises(WireError, match="the peer speaks wire version 2, this node speaks 1"):
-        FrameDecoder().feed_handshake(raw_frame(body))
+    # Version 1 had no CRC in its data frames; its handshake has the layout of this one's.
+    with pytest.raises(WireError,
+                       match=f"the peer speaks wire version 1, this node speaks {WIRE_VERSION}"):
+        FrameDecoder().feed_handshake(raw_handshake(body))
 
 
 def test_a_data_frame_where_the_handshake_belongs_is_refused():
@@ -425,7 +450,7 @@ def test_a_data_frame_where_the_handshake_belongs_is_refused():
 
 def test_a_handshake_with_a_bad_node_id_is_refused():
     with pytest.raises(WireError, match="dialer: expected an unsigned integer, got -1"):
-        FrameDecoder().feed_handshake(raw_frame([1, HANDSHAKE_TAG, -1, 2]))
+        FrameDecoder().feed_handshake(raw_handshake([WIRE_VERSION, HANDSHAKE_TAG, -1, 2]))
 
 
 def test_feed_handshake_only_comes_first():
