@@ -20,18 +20,24 @@ Frame
     | length: u32, BE   | body: `length` bytes of msgpack             |
     +-------------------+---------------------------------------------+
 
-    request   = [version, 0, call_id, method, ts, payload]      an array of 6
-    response  = [version, 1, call_id, ts, payload]              an array of 5
+    request   = [version, 0, call_id, method, ts, payload, crc]   an array of 7
+    response  = [version, 1, call_id, ts, payload, crc]           an array of 6
     error     = [version, 2, call_id, ts, {"code": str, "message": str,
-                                            "retryable": bool, "details": map}]
+                                            "retryable": bool, "details": map}, crc]
 
-``version`` is :data:`RPC_VERSION` (1). ``call_id`` and ``ts`` are unsigned integers below
-``2**64``; ``method`` is a msgpack str; ``payload`` is any msgpack value. A response or an error
-repeats the call id of its request. The error map must hold the four keys with those types
-(further keys are ignored, so later versions may add some). ``length`` counts the body only, is
-at least 1 and at most the receiver's ``max_frame`` (:data:`DEFAULT_MAX_FRAME`, 16 MiB, by
-default); a larger length is refused as soon as its four bytes arrive, before any body is
-buffered.
+``version`` is :data:`RPC_VERSION` (2). ``crc``, the last element, is the CRC-32C (Castagnoli) of
+every byte of the body before it, packed as a msgpack uint 32 (``ce`` and four bytes, big-endian)
+whatever its value: a frame whose bytes do not match it was damaged on the way and ends the
+connection before anything in it is used — a flipped bit in a write, or in a batch of writes
+shipped to another region, must never be applied (TCP's own 16-bit checksum misses some). It
+is the last element, not a header field, so that a peer of another version still finds the
+version where it always was and is answered ``bad_version``. ``call_id`` and ``ts`` are
+unsigned integers below ``2**64``; ``method`` is a msgpack str; ``payload`` is any msgpack
+value. A response or an error repeats the call id of its request. The error map must hold
+the four keys with those types (further keys are ignored, so later versions may add some).
+``length`` counts the body only, is at least 1 and at most the receiver's ``max_frame``
+(:data:`DEFAULT_MAX_FRAME`, 16 MiB, by default); a larger length is refused as soon as its four
+bytes arrive, before any body is buffered.
 
 Bodies are packed with ``use_bin_type=True`` (bytes stay bytes, str stays str) and unpacked with
 ``raw=False, strict_map_key=False`` (map keys may be any hashable msgpack value). A body must be
@@ -40,21 +46,22 @@ the unpacker itself turns into a :class:`msgpack.Timestamp`.
 
 Worked example
 --------------
-``encode_request(1, "echo", 0, "hi")`` is 17 bytes::
+``encode_request(1, "echo", 0, "hi")`` is 22 bytes::
 
-    00 00 00 0d                   length 13
-    96 01 00 01                   [1, 0 (request), 1 (call id),
+    00 00 00 12                   length 18
+    97 02 00 01                   [2, 0 (request), 1 (call id),
     a4 65 63 68 6f                 "echo",
-    00 a2 68 69                    0 (ts), "hi"]
+    00 a2 68 69                    0 (ts), "hi",
+    ce 05 e9 97 46                 the CRC-32C of the 13 bytes above]
 
 Errors and closing
 ------------------
-A frame the receiver cannot trust -- a bad length, bytes that are not msgpack, a wrong shape or
-type, a request sent to a client or a response to a server -- ends the connection: the framing
-may be lost, so nothing after it can be read. The receiver logs the reason and closes; a server
-goes on serving its other connections. A frame of another ``version`` is answered, when its
-third element is a readable call id, with an error ``bad_version`` (naming the version this end
-speaks) before the connection closes.
+A frame the receiver cannot trust -- a bad length, a body that does not match its CRC, bytes
+that are not msgpack, a wrong shape or type, a request sent to a client or a response to a
+server -- ends the connection: the framing may be lost, so nothing after it can be read. The
+receiver logs the reason and closes; a server goes on serving its other connections. A frame of
+another ``version`` is answered, when its third element is a readable call id, with an error
+``bad_version`` (naming the version this end speaks) before the connection closes.
 
 Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
 
@@ -97,6 +104,7 @@ import trio
 
 from raft.tcp import receive_available, write_nowait
 
+from ._native import crc32c
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
 
 __all__ = [
@@ -131,7 +139,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RPC_VERSION = 1
+RPC_VERSION = 2  # 2: every frame ends with the CRC-32C of its body
 REQUEST = 0
 RESPONSE = 1
 ERROR = 2
@@ -149,6 +157,8 @@ BAD_VERSION = "bad_version"
 OVERLOADED = "overloaded"
 
 _LENGTH = struct.Struct(">I")
+_CRC = struct.Struct(">BI")  # a msgpack uint 32: ce, then the CRC-32C of the body before it
+_CRC_SIZE = _CRC.size
 _RECV_BYTES = 64 << 10  # asked of the socket per receive
 _MIN_IDLE_WORKERS = 16  # request tasks a server connection may keep waiting for work (at least)
 _MAX_WRITE_BYTES = 1 << 20  # frames coalesced into one send_all (at least one)
@@ -304,13 +314,19 @@ def _check_uint(value: object, what: str) -> None:
 
 
 def _pack(body: list, what: str) -> bytes:
+    """The frame of ``body`` (an array of at most 14 elements), with its CRC appended as one
+    more element: the array's header, a fixarray, counts one more."""
     try:
         data = msgpack.packb(body, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgumentError(f"{what} cannot be encoded as msgpack: {exc}") from None
-    if len(data) > 0xFFFFFFFF:
-        raise RecordTooLargeError(f"a frame body of {len(data)} bytes does not fit a u32 length")
-    return _LENGTH.pack(len(data)) + data
+    size = len(data) + _CRC_SIZE
+    if size > 0xFFFFFFFF:
+        raise RecordTooLargeError(f"a frame body of {size} bytes does not fit a u32 length")
+    head = bytes((data[0] + 1,))
+    rest = memoryview(data)[1:]
+    crc = crc32c(rest, crc32c(head))
+    return b"".join((_LENGTH.pack(size), head, rest, _CRC.pack(0xCE, crc)))
 
 
 def encode_request(call_id: int, method: str, ts: int, payload: Any) -> bytes:
@@ -378,12 +394,24 @@ def _is_uint(value: object) -> bool:
 
 
 def _decode_body(body: memoryview, where: str) -> RpcFrame:
+    end = len(body) - _CRC_SIZE
+    # A frame of this version: [version, ..., crc]. Anything else is unpacked only to find
+    # its version for the error; it is never used.
+    checked = end >= 2 and body[1] == RPC_VERSION and body[end] == 0xCE
+    if checked:
+        _, expected = _CRC.unpack_from(body, end)
+        actual = crc32c(body[:end])
+        if actual != expected:
+            raise RpcWireError(f"{where}: the body's CRC-32C is {actual:#010x}, the frame says "
+                               f"{expected:#010x}: the bytes were damaged on the way")
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True,
                               ext_hook=_refuse_ext)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise RpcWireError(f"{where}: body is not valid msgpack ({detail})") from None
+    if checked and type(obj) is list:
+        obj.pop()  # the CRC, checked above
     if type(obj) is not list or not obj:
         raise RpcWireError(f"{where}: expected an array [version, kind, call_id, ...], "
                            f"got {_describe(obj)}")
@@ -394,8 +422,10 @@ def _decode_body(body: memoryview, where: str) -> RpcFrame:
             f"{where}: unsupported RPC version {version!r} (this end speaks {RPC_VERSION})",
             bad_version=True, call_id=call_id,
         )
+    if not checked:
+        raise RpcWireError(f"{where}: the frame does not end with its CRC")
     if len(obj) < 3:
-        raise RpcWireError(f"{where}: expected an array of 5 or 6, got {len(obj)} elements")
+        raise RpcWireError(f"{where}: expected an array of 6 or 7, got {len(obj) + 1} elements")
     kind, call_id = obj[1], obj[2]
     if not _is_uint(call_id):
         raise RpcWireError(f"{where}: call_id: expected an unsigned integer, "
@@ -405,14 +435,15 @@ def _decode_body(body: memoryview, where: str) -> RpcFrame:
                            "(error)")
     if kind == REQUEST:
         if len(obj) != 6:
-            raise RpcWireError(f"{where}: a request is an array of 6, got {len(obj)} elements")
+            raise RpcWireError(f"{where}: a request is an array of 7, got {len(obj) + 1} "
+                               "elements")
         _, _, _, method, ts, payload = obj
         if type(method) is not str:
             raise RpcWireError(f"{where}: method: expected str, got {_describe(method)}")
     else:
         if len(obj) != 5:
-            raise RpcWireError(f"{where}: a response or error is an array of 5, got {len(obj)} "
-                               "elements")
+            raise RpcWireError(f"{where}: a response or error is an array of 6, got "
+                               f"{len(obj) + 1} elements")
         _, _, _, ts, payload = obj
         method = None
     if not _is_uint(ts):

@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine._native import crc32c
 from engine.errors import InvalidArgumentError, MeridianError, RecordTooLargeError
 from engine.rpc import (
     BAD_VERSION,
@@ -47,9 +48,22 @@ HOST = "127.0.0.1"
 GUARD_S = 10  # only ever reached by a bug that hangs
 
 
+def unchecked(body: bytes) -> bytes:
+    """A length prefix around any bytes (no CRC appended)."""
+    return struct.pack(">I", len(body)) + body
+
+
 def frame_of(body: object) -> bytes:
+    """A frame around any msgpack value; an array (of at most 14 elements) gets its CRC
+    appended as one more element, as the encoder does, so that the rest of it is checked."""
     data = msgpack.packb(body, use_bin_type=True)
-    return struct.pack(">I", len(data)) + data
+    if type(body) is list and len(body) < 15:
+        data = bytes((data[0] + 1,)) + data[1:]
+        data += struct.pack(">BI", 0xCE, crc32c(data))
+    return unchecked(data)
+
+
+V = RPC_VERSION
 
 
 def decode_one(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> RpcFrame:
@@ -66,7 +80,8 @@ def decode_one(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> RpcFrame:
 
 def test_worked_example_of_the_module_docstring():
     frame = encode_request(1, "echo", 0, "hi")
-    assert frame == bytes.fromhex("0000000d 96010001 a4 6563686f 00 a26869".replace(" ", ""))
+    assert frame == bytes.fromhex(
+        "00000012 97020001 a4 6563686f 00 a26869 ce05e99746".replace(" ", ""))
     assert decode_one(frame) == RpcFrame(REQUEST, 1, 0, "hi", "echo")
 
 
@@ -114,28 +129,29 @@ def test_an_oversized_length_is_refused_before_its_body_arrives():
 @pytest.mark.parametrize("data, match", [
     (struct.pack(">I", 0), "empty frame"),
     (struct.pack(">I", 1) + b"\xc1", "not valid msgpack"),
-    (frame_of([1, 0, 1, "m", 0, None])[:-1] + b"\xc1", "not valid msgpack"),
+    (unchecked(msgpack.packb([V, 0, 1, "m", 0, None])[:-1] + b"\xc1"), "not valid msgpack"),
     (struct.pack(">I", 2) + b"\x90\x90", "not valid msgpack"),  # trailing bytes
     (frame_of({"version": 1}), "expected an array"),
-    (frame_of([]), "expected an array"),
-    (frame_of([1, 0]), "array of 5 or 6"),
-    (frame_of([1, 0, -1, "m", 0, None]), "call_id"),
-    (frame_of([1, 0, True, "m", 0, None]), "call_id"),
-    (frame_of([1, 0, "1", "m", 0, None]), "call_id"),
-    (frame_of([1, 3, 1, 0, None]), "kind"),
-    (frame_of([1, False, 1, "m", 0, None]), "kind"),
-    (frame_of([1, 0, 1, "m", 0]), "array of 6"),
-    (frame_of([1, 0, 1, b"m", 0, None]), "method"),
-    (frame_of([1, 0, 1, "m", -5, None]), "ts"),
-    (frame_of([1, 0, 1, "m", 1.0, None]), "ts"),
-    (frame_of([1, 1, 1, 0, None, None]), "array of 5"),
-    (frame_of([1, 2, 1, 0, "boom"]), "error: expected a map"),
-    (frame_of([1, 2, 1, 0, {"code": "x", "message": "y", "retryable": 0, "details": {}}]),
+    (unchecked(msgpack.packb([])), "expected an array"),
+    (unchecked(msgpack.packb([V, 0, 1, "m", 0, None])), "does not end with its CRC"),
+    (frame_of([V, 0]), "array of 6 or 7"),
+    (frame_of([V, 0, -1, "m", 0, None]), "call_id"),
+    (frame_of([V, 0, True, "m", 0, None]), "call_id"),
+    (frame_of([V, 0, "1", "m", 0, None]), "call_id"),
+    (frame_of([V, 3, 1, 0, None]), "kind"),
+    (frame_of([V, False, 1, "m", 0, None]), "kind"),
+    (frame_of([V, 0, 1, "m", 0]), "a request is an array of 7, got 6"),
+    (frame_of([V, 0, 1, b"m", 0, None]), "method"),
+    (frame_of([V, 0, 1, "m", -5, None]), "ts"),
+    (frame_of([V, 0, 1, "m", 1.0, None]), "ts"),
+    (frame_of([V, 1, 1, 0, None, None]), "a response or error is an array of 6, got 7"),
+    (frame_of([V, 2, 1, 0, "boom"]), "error: expected a map"),
+    (frame_of([V, 2, 1, 0, {"code": "x", "message": "y", "retryable": 0, "details": {}}]),
      "error.retryable"),
-    (frame_of([1, 2, 1, 0, {"code": "x", "message": "y", "retryable": False}]),
+    (frame_of([V, 2, 1, 0, {"code": "x", "message": "y", "retryable": False}]),
      "error.details"),
-    (frame_of([1, 0, 1, "m", 0, msgpack.ExtType(5, b"x")]), "ext type 5"),
-    (frame_of([1, 0, 1, "m", 0, {(1, 2): 3}]), "not valid msgpack"),  # unhashable key
+    (frame_of([V, 0, 1, "m", 0, msgpack.ExtType(5, b"x")]), "ext type 5"),
+    (frame_of([V, 0, 1, "m", 0, {(1, 2): 3}]), "not valid msgpack"),  # unhashable key
 ])
 def test_malformed_frames_are_refused(data, match):
     decoder = FrameDecoder()
@@ -147,14 +163,15 @@ def test_malformed_frames_are_refused(data, match):
 
 
 @pytest.mark.parametrize("body, call_id", [
-    ([2, 0, 7, "m", 0, None], 7),
+    ([1, 0, 7, "m", 0, None], 7),  # version 1: no CRC
+    ([V + 1, 0, 7, "m", 0, None, "new field"], 7),
     (["1", 0, 7, "m", 0, None], 7),
-    ([2, 0, "seven"], None),
-    ([2], None),
+    ([V + 1, 0, "seven"], None),
+    ([V + 1], None),
 ])
 def test_another_version_is_reported_with_its_call_id_when_readable(body, call_id):
     decoder = FrameDecoder()
-    decoder.feed(frame_of(body))
+    decoder.feed(unchecked(msgpack.packb(body)))
     with pytest.raises(RpcWireError, match="unsupported RPC version") as info:
         decoder.next_frame()
     assert info.value.bad_version
@@ -469,10 +486,12 @@ async def test_an_oversized_frame_closes_that_connection_and_the_server_goes_on(
 
 
 @pytest.mark.parametrize("garbage", [
-    b"\xc1",  # a byte msgpack never uses
-    msgpack.packb([1, 0, 1, "echo", 0, None]) + b"\x00",  # trailing bytes
-    msgpack.packb([1, 1, 1, 0, "a response sent to the server"]),
-    msgpack.packb({"not": "an array"}),
+    unchecked(b"\xc1"),  # a byte msgpack never uses
+    unchecked(msgpack.packb([V, 0, 1, "echo", 0, None]) + b"\x00"),  # trailing bytes
+    frame_of([V, 1, 1, 0, "a response sent to the server"]),
+    unchecked(msgpack.packb({"not": "an array"})),
+    encode_request(2, "echo", 0, "damaged")[:-6] + b"\x00" + encode_request(2, "echo", 0,
+                                                                             "damaged")[-5:],
 ])
 async def test_a_malformed_frame_closes_that_connection_only(nursery, garbage, caplog):
     port = await start(nursery, {"echo": echo})
@@ -481,8 +500,7 @@ async def test_a_malformed_frame_closes_that_connection_only(nursery, garbage, c
             raw = await trio.open_tcp_stream(HOST, port)
             async with raw:
                 # A good request first: it is answered before the bad frame is read.
-                await raw.send_all(encode_request(1, "echo", 0, "ok")
-                                   + struct.pack(">I", len(garbage)) + garbage)
+                await raw.send_all(encode_request(1, "echo", 0, "ok") + garbage)
                 data = await read_until_closed(raw)
         assert any("closing connection" in r.getMessage() for r in caplog.records)
         assert await bystander.call("echo", 7) == 7
