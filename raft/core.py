@@ -522,11 +522,12 @@ class RaftCore:
     def compact_at(self, meta: SnapshotMeta, data: bytes, keep: int = 0) -> SnapshotMeta | None:
         """:meth:`compact` for a local snapshot (``data``, a durable state machine's marker)
         of the state as applied when :meth:`snapshot_meta_at_applied` gave ``meta``, made
-        durable since, while the log went on. None, doing nothing, when a snapshot at or past
-        ``meta`` is held by now (one installed meanwhile): the log is already compacted as far.
-        """
-        held = self.snapshot
-        if (held is not None and held.meta.index >= meta.index) or meta.index <= self.log.offset:
+        durable since, while the log went on. Returns ``meta``, for the caller to persist with
+        ``data``; None, doing nothing, when the log already starts past ``meta`` (a snapshot
+        was installed meanwhile). A snapshot held at or past ``meta`` — a full one built for
+        followers since, or the marker left in its place — stays held; the log is compacted
+        all the same."""
+        if meta.index <= self.log.offset:
             return None
         if meta.index > self.log.applied:
             raise RaftError(f"a snapshot at index {meta.index} is beyond the applied index "
@@ -536,7 +537,8 @@ class RaftCore:
                             f"entry there is of term {self.log.term_at(meta.index)}")
         if not isinstance(data, bytes):
             data = bytes(data)
-        self.snapshot = Snapshot(meta, data, True)
+        if self.snapshot is None or self.snapshot.meta.index < meta.index:
+            self.snapshot = Snapshot(meta, data, True)
         self.log.compact(max(meta.index - max(keep, 0), 0))
         return meta
 
@@ -1067,9 +1069,10 @@ class RaftCore:
         """The messages to send now, if they are all there is to do: then the caller sends
         them (in this order) and needs no Ready. None, leaving everything to the next Ready,
         when anything else is pending. Such messages never wait for persistence, so they may
-        also be taken while a Ready is outstanding (its own messages have left already).
-        This spares a driver the round through its ready loop for a heartbeat and its
-        answer, most of what an idle group does."""
+        also be taken while a Ready is outstanding; they may then leave before that Ready's
+        own messages (a driver may hand the Ready on to be handled later), as a network may
+        reorder them anyway. This spares a driver the round through its ready loop for a
+        heartbeat and its answer, most of what an idle group does."""
         if self._has_work_besides_messages():
             return None
         msgs, self._msgs = self._msgs, []

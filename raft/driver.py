@@ -1025,7 +1025,7 @@ class RaftNode:
             if self._compaction_held():  # a follower began receiving the snapshot held
                 return
             meta = core.compact_at(meta, data, keep=self._snapshot_keep)
-            if meta is None:  # a snapshot installed meanwhile is newer
+            if meta is None:  # the log starts past it: a snapshot was installed meanwhile
                 return
             local = True
         elif self._durable_sm and self._nursery is not None:

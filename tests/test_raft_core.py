@@ -304,8 +304,16 @@ def test_compact_at_an_earlier_checkpoint_keeps_what_was_applied_after_it():
     assert core.compact_at(meta, b"marker", keep=1) == meta
     assert core.snapshot == Snapshot(meta, b"marker", True)
     assert core.first_index == meta.index  # one entry kept before the checkpoint
-    assert core.compact_at(meta, b"marker") is None  # nothing older than what is held
-    assert core.first_index == meta.index
+    # A snapshot held past the checkpoint (built for followers since) stays held; the log is
+    # compacted behind the checkpoint all the same.
+    later = core.snapshot_meta_at_applied()
+    assert core.offer_snapshot(Snapshot(later, b"full"))
+    assert core.compact_at(meta, b"marker") == meta
+    assert core.snapshot == Snapshot(later, b"full") and core.first_index == meta.index + 1
+    # A log that already starts past the checkpoint (a snapshot installed meanwhile): nothing.
+    core.compact(b"newer", local=True)
+    assert core.compact_at(meta, b"marker") is None
+    assert core.first_index == later.index + 1
 
 
 def test_follower_times_out_while_its_received_snapshot_is_being_written():

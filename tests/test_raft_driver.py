@@ -625,6 +625,7 @@ class DurableCounter(Counter):
         self.index = 0  # entries applied, as the driver counts them (every entry has data)
         self.builds = []  # (index, thread name) of each full snapshot built
         self.syncs = []  # the thread of each sync
+        self.checkpoints = []  # the index of each checkpoint taken
         self.sync_gate = None  # a threading.Event each sync waits for, if set
         if path.exists():
             index, _, data = path.read_bytes().partition(b"|")
@@ -640,6 +641,7 @@ class DurableCounter(Counter):
         raise AssertionError("a durable state machine is never asked for snapshot()")
 
     def checkpoint(self) -> bytes:
+        self.checkpoints.append(self.index)
         self._state = b"%d|" % self.index + b"\n".join(self.items)
         return b"local %d" % self.index
 
@@ -734,6 +736,45 @@ async def test_a_durable_state_machine_syncs_its_state_off_the_loop(tmp_path):
         assert c.sms[lid].syncs[0] != "MainThread"
         assert leader.core.snapshot.local and leader.core.snapshot.meta.index <= began
         assert leader.core.applied >= 60
+
+
+async def test_a_checkpoint_overtaken_by_a_built_snapshot_still_compacts_the_log(tmp_path,
+                                                                                monkeypatch):
+    """While a checkpoint syncs, a follower that fell behind gets a full snapshot built at the
+    same index. The checkpoint then still compacts the log behind it (the built snapshot
+    stays held for followers), and an idle group does not sync again on every wake-up."""
+    import threading
+
+    import raft.driver
+    monkeypatch.setattr(raft.driver, "SNAPSHOT_RELEASE_S", 0.1)
+    gate = threading.Event()
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       state_machine=lambda i: DurableCounter(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(30):
+            lid, victim = await c.leave_behind(range(25))
+            leader, sm = c.nodes[lid], c.sms[lid]
+            await wait_until(lambda: leader.statistics().snapshots_taken >= 1)
+            taken = leader.statistics().snapshots_taken
+            sm.sync_gate = gate
+            syncs = len(sm.syncs)
+            k = 100
+            while len(sm.syncs) == syncs:  # until the next checkpoint's sync is held
+                await leader.propose(b"%d" % k)
+                k += 1
+            checkpoint = sm.checkpoints[-1]
+            await c.start(victim)  # needs a full snapshot: built while the sync is held
+            await c.nodes[victim].wait_applied(leader.core.commit)
+            assert sm.builds and sm.builds[-1][0] >= checkpoint
+            assert not leader.core.snapshot.local  # the built one is held, for followers
+            gate.set()
+            await wait_until(lambda: leader.statistics().snapshots_taken == taken + 1)
+            assert leader.core.first_index == checkpoint + 1
+            assert leader.statistics().snapshot_index == checkpoint
+            syncs = len(sm.syncs)
+            for _ in range(20):  # wake-ups of an idle group
+                await leader.read_index()
+                await trio.sleep(TICK)
+        assert len(sm.syncs) == syncs
 
 
 async def test_a_durable_state_machine_restarts_from_its_own_state(tmp_path):
