@@ -259,17 +259,24 @@ async def test_a_leader_handles_its_proposals_and_acknowledgements_inline(tmp_pa
 
 
 async def test_a_leader_sends_each_append_once_as_its_log_rolls_over_to_new_segments(tmp_path):
-    """An inline Ready sends its messages before it appends its entries; entries that need a
+    """An inline Ready sends its messages before it appends its entries (so they leave a
+    write system call sooner); entries that need a
     new log segment (whose creation syncs) go on to the ready loop, which must not send the
     Ready's messages a second time. Small segments make that happen every few proposals."""
     appended = []  # (sender, follower, entry index) of every entry sent in an append
+    written = {}  # entry index -> the sender's last log index when it was sent
+    nodes = {}
 
     def on_send(sender, msgs):
-        appended.extend((sender, m.to, e.index) for m in msgs
-                        if m.type is MessageType.APPEND for e in m.entries)
+        for m in msgs:
+            if m.type is MessageType.APPEND:
+                for e in m.entries:
+                    appended.append((sender, m.to, e.index))
+                    written[e.index] = nodes[sender]._storage.last_index
 
     async with cluster(tmp_path, storage_options={"segment_size": 4096},
                        on_send=on_send) as c:
+        nodes.update(c.nodes)
         lid = await c.leader()
         leader = c.nodes[lid]
         with trio.fail_after(10):
@@ -288,6 +295,8 @@ async def test_a_leader_sends_each_append_once_as_its_log_rolls_over_to_new_segm
                                    if sender == lid and index >= first)
         followers = [i for i in c.ids if i != lid]
         assert sent == {(to, index): 1 for to in followers for index in range(first, first + 24)}
+        # Each append left before the leader wrote its entry to its own log.
+        assert all(written[index] < index for index in range(first, first + 24))
         for i in c.ids:
             await c.nodes[i].wait_applied(leader.core.commit)
             assert [x[:4] for x in c.sms[i].items[-24:]] == [b"%04d" % k for k in range(24)]
