@@ -13,19 +13,23 @@ from engine.client import MAX_TS, _parse_staleness
 from engine.errors import InvalidArgumentError
 
 
+def _run_fresh(script: str) -> list[str]:
+    """Runs ``script`` in a fresh interpreter (here the lazy names may have been imported by
+    other tests) and returns the lines it printed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_star_import_brings_every_public_name():
-    # In a fresh interpreter: here the lazy names may have been imported by other tests.
-    script = (
+    assert _run_fresh(
         "import engine\n"
         "namespace = {}\n"
         "exec('from engine import *', namespace)\n"
         "print(sorted(set(engine.__all__) - set(namespace)))\n"
         "print(namespace['connect_blocking'] is engine.blocking.connect_blocking)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "True"]
+    ) == ["[]", "True"]
     documented = {"connect", "connect_blocking", "open_local_cluster", "Database",
                   "Transaction", "Keyspace", "LogStore", "MVCCStore", "DurableState",
                   "MeridianError", "TransactionConflictError", "AmbiguousCommitError",
@@ -38,7 +42,7 @@ def test_star_import_brings_every_public_name():
 def test_every_error_class_is_exported():
     """Every MeridianError subclass of a public module is reachable as ``engine.<Name>``, so
     an application can catch what the client, the node runtime or the storage raises."""
-    script = (
+    assert _run_fresh(
         "import importlib, inspect, pkgutil, engine\n"
         "missing = []\n"
         "for info in pkgutil.iter_modules(engine.__path__):\n"
@@ -52,11 +56,7 @@ def test_every_error_class_is_exported():
         "                and getattr(engine, name, None) is not value):\n"
         "            missing.append(module.__name__ + '.' + name)\n"
         "print(sorted(missing))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    ) == ["[]"]
 
 
 @pytest.mark.parametrize("staleness, expected", [
