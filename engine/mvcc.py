@@ -94,9 +94,11 @@ import lmdb
 import msgpack
 
 from . import errors
-from ._fs import fsync_directory, makedirs_durable
-from ._native import crc32c
+from ._fs import fsync_directory, makedirs_durable, storage_error
+from ._native import crc32c, write_back
 from ._resource import Resource
+
+_WRITE_BACK_SLICE = 4 << 20  # bytes of the map written back at a time by a checkpoint
 
 __all__ = [
     "MVCCStore",
@@ -1082,9 +1084,18 @@ class MVCCStore(Resource):
         """
         env = self._enter_read()
         try:
+            if self._data_fd >= 0:
+                # The map's dirty pages written back a slice at a time first: one sync of a
+                # large backlog would keep the device busy for as long, and every fsync
+                # queued behind it — the Raft log's, on its event loop — would wait as long.
+                size = os.fstat(self._data_fd).st_size
+                for offset in range(0, size, _WRITE_BACK_SLICE):
+                    write_back(self._data_fd, offset, _WRITE_BACK_SLICE)
             env.sync(True)
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "checkpoint failed") from None
+        except OSError as exc:
+            raise storage_error(exc, f"checkpoint of {self._path} failed") from None
         finally:
             self._exit_read()
 
