@@ -3,6 +3,8 @@ hypothesis state machine that checks the store against a dict-of-versions model.
 
 from __future__ import annotations
 
+import errno
+
 import shutil
 import tempfile
 import threading
@@ -409,6 +411,38 @@ def test_checkpoint_and_sync_mode(tmp_path):
         s.checkpoint()
         st = s.stats()
         assert isinstance(st, MVCCStats) and st.sync and st.applied_index == 1
+
+
+def test_a_checkpoint_writes_the_map_back_slice_by_slice(tmp_path, monkeypatch):
+    """With a writable map, a checkpoint writes the data file's dirty pages back a slice at a
+    time (every slice of the file, in order) before its final sync; an error there is a
+    StorageError naming the store."""
+    import engine.mvcc as mvcc
+    from engine._native import write_back
+
+    calls = []
+
+    def recording(fd, offset, length):
+        calls.append((offset, length))
+        write_back(fd, offset, length)
+
+    monkeypatch.setattr(mvcc, "_WRITE_BACK_SLICE", 1 << 20)
+    monkeypatch.setattr(mvcc, "write_back", recording)
+    with MVCCStore(tmp_path / "store", map_size=4 << 20) as s:
+        s.apply([(b"k%d" % i, b"v" * 1000) for i in range(500)], 10, 1)
+        s.checkpoint()
+        size = (tmp_path / "store" / "data.mdb").stat().st_size
+        assert calls == [(offset, 1 << 20) for offset in range(0, size, 1 << 20)]
+
+        def failing(fd, offset, length):
+            raise OSError(errno.EIO, "I/O error")
+
+        monkeypatch.setattr(mvcc, "write_back", failing)
+        with pytest.raises(errors.StorageError, match="checkpoint of .*store failed"):
+            s.checkpoint()
+    with pytest.raises(OSError) as info:
+        write_back(-1, 0, 4096)
+    assert info.value.errno == errno.EBADF
 
 
 @pytest.mark.parametrize("writemap", [True, False])
