@@ -97,6 +97,7 @@ from .transport import (
 from .types import Message
 from .wire import (
     DEFAULT_MAX_FRAME,
+    FRAME_HEADER_SIZE,
     FrameDecoder,
     Handshake,
     WireError,
@@ -447,7 +448,7 @@ class TcpTransport:
     def _frames(self, group: int, batch: list[Message]):
         """Encode ``batch`` as one frame, or one frame per message if that is over the limit."""
         frame = encode_frame(group, batch)
-        if len(frame) - 4 <= self._options.max_frame:
+        if len(frame) - FRAME_HEADER_SIZE <= self._options.max_frame:  # the body's size
             yield frame, len(batch)
             return
         if len(batch) > 1:
@@ -457,7 +458,8 @@ class TcpTransport:
         self._counters.dropped_too_large += 1
         logger.warning(
             "node %d: dropped a %s message of %d bytes to node %d: over max_frame (%d)",
-            self.node_id, batch[0].type.name, len(frame), batch[0].to, self._options.max_frame,
+            self.node_id, batch[0].type.name, len(frame) - FRAME_HEADER_SIZE, batch[0].to,
+            self._options.max_frame,
         )
 
     # --- the dialing side (towards a higher id) -----------------------------------------------

@@ -120,6 +120,7 @@ __all__ = [
     "WIRE_VERSION",
     "HANDSHAKE_TAG",
     "DEFAULT_MAX_FRAME",
+    "FRAME_HEADER_SIZE",
     "WireError",
     "Handshake",
     "encode_frame",
@@ -134,6 +135,7 @@ MAX_UINT = 2**64 - 1
 
 _LENGTH = struct.Struct("<I")
 _HEADER = struct.Struct("<II")  # a data frame's length and CRC
+FRAME_HEADER_SIZE = _HEADER.size  # bytes of a data frame before its body
 _MESSAGE_LEN = 15
 _MESSAGE_TYPES = {int(t): t for t in MessageType}
 _ENTRY_TYPES = {int(t): t for t in EntryType}

@@ -37,7 +37,7 @@ from raft.types import (
     MessageType,
     SnapshotMeta,
 )
-from raft.wire import FrameDecoder, Handshake, encode_frame, encode_handshake
+from raft.wire import FRAME_HEADER_SIZE, FrameDecoder, Handshake, encode_frame, encode_handshake
 
 DEADLINE_S = 10  # virtual for the memory network; real for TCP (tests finish far sooner)
 TCP_TEST_OPTIONS = dict(backoff_initial_s=0.01, backoff_max_s=0.1, connect_timeout_s=1.0)
@@ -744,6 +744,20 @@ async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(capl
             assert a.statistics().dropped_too_large == 1
             assert b.statistics().decode_errors == 0
     assert "over max_frame" in caplog.text
+
+
+async def test_tcp_a_frame_whose_body_is_exactly_max_frame_is_sent():
+    """The sender's limit is the receiver's: on the body, the frame's header not counted."""
+    context = next(b"c" * n for n in range(1000)
+                   if len(encode_frame(7, [hb(1, 2, 1, b"c" * n)])) - FRAME_HEADER_SIZE == 1000)
+    opts = TcpOptions(max_frame=1000, **TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, options=opts) as b:
+        async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
+            inbox = b.subscribe(7)
+            a.send(7, [hb(1, 2, 1, context)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await inbox.receive()).context == context
+            assert a.statistics().dropped_too_large == 0
 
 
 async def accepted_as_node_1(b, inbox, term: int) -> tuple[trio.SocketStream, FrameDecoder]:
