@@ -1082,20 +1082,33 @@ class MVCCStore(Resource):
         Raises:
             StorageError, StoreClosedError.
         """
+        # The map's dirty pages are written back a slice at a time first: one sync of a large
+        # backlog would keep the device busy for as long, and every fsync queued behind it —
+        # the Raft log's, on its event loop — would wait as long. That runs outside the
+        # reader gate, on a descriptor of its own (the store may close, or grow its map, which
+        # waits for readers, meanwhile); only the final sync, with little left to write,
+        # holds the gate.
         env = self._enter_read()
         try:
-            if self._data_fd >= 0:
-                # The map's dirty pages written back a slice at a time first: one sync of a
-                # large backlog would keep the device busy for as long, and every fsync
-                # queued behind it — the Raft log's, on its event loop — would wait as long.
-                size = os.fstat(self._data_fd).st_size
+            fd = os.dup(self._data_fd) if self._data_fd >= 0 else -1
+        except OSError as exc:
+            raise storage_error(exc, f"checkpoint of {self._path} failed") from None
+        finally:
+            self._exit_read()
+        if fd >= 0:
+            try:
+                size = os.fstat(fd).st_size
                 for offset in range(0, size, _WRITE_BACK_SLICE):
-                    write_back(self._data_fd, offset, _WRITE_BACK_SLICE)
+                    write_back(fd, offset, _WRITE_BACK_SLICE)
+            except OSError as exc:
+                raise storage_error(exc, f"checkpoint of {self._path} failed") from None
+            finally:
+                os.close(fd)
+        env = self._enter_read()
+        try:
             env.sync(True)
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "checkpoint failed") from None
-        except OSError as exc:
-            raise storage_error(exc, f"checkpoint of {self._path} failed") from None
         finally:
             self._exit_read()
 

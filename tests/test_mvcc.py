@@ -445,6 +445,44 @@ def test_a_checkpoint_writes_the_map_back_slice_by_slice(tmp_path, monkeypatch):
     assert info.value.errno == errno.EBADF
 
 
+def test_the_map_grows_and_the_store_closes_while_a_checkpoint_writes_back(tmp_path,
+                                                                            monkeypatch):
+    """The slices are written back outside the reader gate, on a descriptor of their own: a
+    write that must grow the map does not wait for them, nor does close()."""
+    import engine.mvcc as mvcc
+    from engine._native import write_back
+
+    started, release = threading.Event(), threading.Event()
+
+    def held(fd, offset, length):
+        started.set()
+        assert release.wait(10), "the test never released the write-back"
+        write_back(fd, offset, length)
+
+    monkeypatch.setattr(mvcc, "write_back", held)
+    s = MVCCStore(tmp_path / "store", map_size=1 << 20)
+    errors_seen = []
+
+    def checkpoint():
+        try:
+            s.checkpoint()
+        except BaseException as exc:  # checked below
+            errors_seen.append(exc)
+
+    t = threading.Thread(target=checkpoint)
+    t.start()
+    try:
+        assert started.wait(10)
+        before = s.stats().map_size
+        s.apply([(b"k%d" % i, b"v" * 2000) for i in range(2000)], 10, 1)  # grows the map
+        assert s.stats().map_size > before
+    finally:
+        release.set()
+        t.join()
+    assert errors_seen == []
+    s.close()
+
+
 @pytest.mark.parametrize("writemap", [True, False])
 def test_both_map_modes_store_the_same(tmp_path, writemap):
     with MVCCStore(tmp_path / "store", map_size=MIN_MAP_SIZE, writemap=writemap) as s:
