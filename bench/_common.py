@@ -7,6 +7,7 @@ that bookkeeping in one place.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -25,6 +26,7 @@ __all__ = [
     "filesystem_of",
     "format_rate",
     "format_table",
+    "int_range",
     "median",
     "percentile",
     "read_json",
@@ -37,6 +39,22 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 # File systems on which fdatasync does not reach a disk: figures measured there are meaningless.
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+def int_range(lo: int, hi: int):
+    """An argparse ``type`` for a whole number in ``lo..hi``, with a clear error otherwise."""
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
+        return v
+    return conv
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -167,12 +167,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"short run ({QUICK['mb']} MB, compaction every {QUICK['every']} "
                         f"entries, {QUICK['repetitions']} repetition)")
     p.add_argument("--json", metavar="FILE", help="write the result document to FILE")
-    p.add_argument("--mb", type=int, metavar="N",
+    p.add_argument("--mb", type=_common.int_range(1, 1_000_000), metavar="N",
                    help=f"megabytes per replica (default {FULL['mb']}, quick {QUICK['mb']})")
-    p.add_argument("--every", type=int, metavar="N",
+    p.add_argument("--every", type=_common.int_range(1, 1_000_000_000), metavar="N",
                    help=f"entries between compactions (default {FULL['every']}, "
                         f"quick {QUICK['every']})")
-    p.add_argument("--repetitions", type=int, metavar="N",
+    p.add_argument("--repetitions", type=_common.int_range(1, 100), metavar="N",
                    help=f"runs per mode (default {FULL['repetitions']}, "
                         f"quick {QUICK['repetitions']})")
     p.set_defaults(func=main)
@@ -184,10 +184,6 @@ def main(args: argparse.Namespace) -> int:
     mb = base["mb"] if args.mb is None else args.mb
     every = base["every"] if args.every is None else args.every
     reps = base["repetitions"] if args.repetitions is None else args.repetitions
-    for name, value in (("--mb", mb), ("--every", every), ("--repetitions", reps)):
-        if value < 1:
-            print(f"bench compaction: {name} must be at least 1, not {value}", file=sys.stderr)
-            return 2
     machine = _common.describe_machine(_common.REPO_ROOT)
     results = []
     for rep in range(reps):

@@ -85,7 +85,7 @@ from typing import Any
 
 import trio
 
-from bench import plots
+from bench import _common, plots
 from bench.hdr import MissingDependency
 from bench.jepsen_cluster import ClusterSpec, LabCluster, in_namespace, unavailable_reason
 from bench.jepsen_nemesis import FAMILIES, TARGETED_FAMILIES, TARGETS, Nemesis
@@ -650,16 +650,6 @@ def _families(text: str) -> tuple[str, ...]:
     return fams
 
 
-def _snapshot_every(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= 1_000_000_000:
-        raise argparse.ArgumentTypeError(f"must be in 1..1000000000, got {value}")
-    return value
-
-
 def _interval(text: str) -> tuple[float, float]:
     lo, sep, hi = text.partition(",")
     try:
@@ -698,8 +688,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="the regional workload's resolver")
     parser.add_argument("--accounts-per-region", type=int, default=3)
     parser.add_argument("--tick-ms", type=int, default=50, help="Raft tick (default 50)")
-    parser.add_argument("--raft-snapshot-every", type=_snapshot_every, default=10_000,
-                        metavar="N",
+    parser.add_argument("--raft-snapshot-every", type=_common.int_range(1, 1_000_000_000),
+                        default=10_000, metavar="N",
                         help="entries between two compactions of a group's Raft log (default "
                              "10000; small values put snapshots under the faults)")
     parser.add_argument("--quiet", type=float, default=3.0, metavar="SECONDS",

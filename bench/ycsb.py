@@ -168,18 +168,6 @@ def _nonneg_float(text: str) -> float:
     return v
 
 
-def _int_range(lo: int, hi: int):
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
-        return v
-    return conv
-
-
 def _nodes(text: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     for x in items:
@@ -199,16 +187,16 @@ def parse_args_common(p: argparse.ArgumentParser) -> None:
                    "--json; none without either)")
     p.add_argument("--duration", type=_positive_float, help="measured seconds per run")
     p.add_argument("--warmup", type=_nonneg_float, help="seconds excluded at the start")
-    p.add_argument("--records", type=_int_range(2, 10_000_000), help="records loaded")
+    p.add_argument("--records", type=_common.int_range(2, 10_000_000), help="records loaded")
     p.add_argument("--value-size", type=_value_size, default=100,
                    help=f"bytes per value, {MIN_VALUE}..{MAX_VALUE} (default 100)")
-    p.add_argument("--load-procs", type=_int_range(1, 16),
+    p.add_argument("--load-procs", type=_common.int_range(1, 16),
                    help="load processes (default: 1 below 16 clients, else 2)")
     p.add_argument("--target", choices=("procs", "inprocess"), default="procs",
                    help="the Meridian cluster: local node processes (default) or in-process")
     p.add_argument("--nodes", type=_nodes, metavar="HOST:PORT,...",
                    help="use this running Meridian cluster instead of starting one")
-    p.add_argument("--nodes-per-region", type=_int_range(1, 7), default=3)
+    p.add_argument("--nodes-per-region", type=_common.int_range(1, 7), default=3)
     p.add_argument("--workdir", help="where data directories go (default: a temporary "
                    "directory beside bench/results, on the same file system)")
     p.add_argument("--seed", type=int, default=1, help="seeds the operation streams")
@@ -235,8 +223,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-open", action="store_true", help="skip the open-loop runs")
     p.add_argument("--arrival", choices=("uniform", "poisson"), default="uniform",
                    help="open-loop arrival process (default uniform)")
-    p.add_argument("--repeat", type=_int_range(1, 20), help="repetitions (1 quick, 3 full)")
-    p.add_argument("--max-scan", type=_int_range(1, 1000), default=100,
+    p.add_argument("--repeat", type=_common.int_range(1, 20), help="repetitions (1 quick, 3 full)")
+    p.add_argument("--max-scan", type=_common.int_range(1, 1000), default=100,
                    help="workload E scans 1..N keys (default 100)")
     p.add_argument("--no-selftest", action="store_true",
                    help="skip the load generator's self-test against a no-op server")
