@@ -612,6 +612,15 @@ class RaftCore:
                 pass  # granted for a term we have not entered yet
             elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 self._become_follower(m.term, m.frm)
+            elif m.type is MT.VOTE and not self.log.is_up_to_date(m.index, m.log_term):
+                # We will refuse this candidate: adopt its term but keep our election timer
+                # running, as the paper's rules say (a timer restarts only on hearing from a
+                # leader or granting a vote). Restarting it let a candidate whose log is
+                # behind, campaigning again each time it timed out, hold back the up-to-date
+                # node it kept refusing, and no one was elected (raft-rs issue 14).
+                elapsed = self._election_elapsed
+                self._become_follower(m.term, NONE)
+                self._election_elapsed = elapsed
             else:
                 self._become_follower(m.term, NONE)
         elif m.term < self.term:

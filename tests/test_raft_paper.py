@@ -228,6 +228,39 @@ def test_randomized_election_timeouts_spread_over_one_timeout():
     assert clashes / trials < 0.3
 
 
+@pytest.mark.parametrize("role", [F, C])
+def test_refusing_a_candidate_does_not_restart_the_election_timer(role):
+    """A server restarts its election timer only when it hears from the current leader or grants
+    its vote; refusing a candidate whose log is behind (while adopting its higher term) leaves
+    the timer running, so the server with the up-to-date log campaigns on its own schedule
+    instead of being held back by the candidate it keeps refusing. Reference: §5.2 (Figure 2,
+    "Rules for Servers")"""
+    et = 10
+    for seed in range(10):
+        for up_to_date in (False, True):
+            node = lone_node(entries=ents(1, 2), term=2, seed=seed, election_tick=et, **CLASSIC)
+            core = node.core
+            if role is C:
+                core.campaign()
+                node.handle_ready()
+            for _ in range(et - 1):  # never enough to time out
+                node.tick()
+            assert core.role is role
+            # Log (index 1, term 1) is behind ours (index 2, term 2); (3, 2) is ahead of it.
+            index, log_term = (3, 2) if up_to_date else (1, 1)
+            term = core.term + 1
+            (resp,) = of_type(node.step(Message(MT.VOTE, 1, 3, term=term, index=index,
+                                                log_term=log_term)), MT.VOTE_RESP)
+            assert resp.reject is not up_to_date and core.term == term and core.role is F
+            ticks = 0
+            while core.term == term:
+                node.tick()
+                ticks += 1
+            # A timeout is drawn from [et, 2 et): refused, at most et more ticks are left of it;
+            # granted, the timer starts again and a whole timeout must pass.
+            assert ticks <= et if not up_to_date else ticks >= et, (seed, up_to_date, ticks)
+
+
 # ============================================================================ §5.3 replication
 
 
