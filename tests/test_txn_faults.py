@@ -89,8 +89,8 @@ def _regional_config(resolver: str, seed: int) -> txnsim.RunConfig:
 
 def _snapshot_every(small_seeds: tuple[int, ...], seed: int) -> int | None:
     """The last CI seed of each case (and the regional lww one) compacts its Raft logs every
-    few dozen entries, so that CI sees snapshots built and installed under faults; other
-    seeds (given in MERIDIAN_TXN_SEEDS) let the seed decide."""
+    ``SMALL_SNAPSHOT_EVERY`` entries, so that CI sees snapshots built and installed under
+    faults; other seeds (given in MERIDIAN_TXN_SEEDS) let the seed decide."""
     return txnsim.SMALL_SNAPSHOT_EVERY if small_seeds and seed == small_seeds[-1] else None
 
 
