@@ -936,25 +936,22 @@ class _Runner:
         outcome, error, label = "ok", "", ""
         with trio.move_on_after(self.config.op_timeout_s) as deadline:
             try:
-                if not writes:
-                    # A read-only operation's conflicts (a snapshot that could not move past
-                    # a commit in its uncertainty window) leave nothing behind: it is retried
-                    # within the operation, as an application would (run_transaction), so
-                    # that audits under heavy contention still get through.
-                    for _ in range(READ_ATTEMPTS - 1):
-                        try:
-                            result = await self.workload.execute(tx, f, value, rng)
-                            break
-                        except TransactionConflictError as exc:
-                            await tx.rollback()
-                            key = f"retried: conflict ({exc.reason})"
-                            self.errors[key] = self.errors.get(key, 0) + 1
-                            await trio.sleep(rng.uniform(0.005, 0.05))
-                            tx = db.transaction(self.config.isolation)
-                    else:
+                for attempt in range(1, READ_ATTEMPTS + 1):
+                    try:
                         result = await self.workload.execute(tx, f, value, rng)
-                else:
-                    result = await self.workload.execute(tx, f, value, rng)
+                        break
+                    except TransactionConflictError as exc:
+                        if writes or attempt == READ_ATTEMPTS:
+                            raise
+                        # A read-only attempt's conflict (a snapshot that could not move past
+                        # a commit in its uncertainty window) leaves nothing behind: retried
+                        # within the operation, as an application would (run_transaction),
+                        # so that audits under heavy contention still get through.
+                        await tx.rollback()
+                        key = f"retried: conflict ({exc.reason})"
+                        self.errors[key] = self.errors.get(key, 0) + 1
+                        await trio.sleep(rng.uniform(0.005, 0.05))
+                        tx = db.transaction(self.config.isolation)
                 committing = writes
                 if kill is None:
                     await tx.commit()
