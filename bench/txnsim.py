@@ -50,8 +50,8 @@ Workloads
     overlapped in real time, some region's log is not empty.
 
 Outcomes, as FAULTS.md §1 defines them: ``ok`` when the commit returned (or the transaction
-was read-only and its reads returned: a read-only attempt that conflicts leaves nothing
-behind and is retried within its operation, ``READ_ATTEMPTS`` in all); ``fail`` when the
+was read-only and its reads returned; a read-only one that fails with a conflict is run again
+by its process, ``READ_ATTEMPTS`` times at most, each attempt recorded); ``fail`` when the
 transaction certainly did not commit — :class:`~engine.errors.TransactionConflictError`, an
 error or timeout before ``commit`` was called (writes are buffered in the client until then),
 a refused overdraft; ``info`` when anything else interrupted ``commit`` (another error, the
@@ -199,7 +199,7 @@ LOST_KEYSPACE = "lost-keyspace"
 
 
 SMALL_SNAPSHOT_EVERY = 16  # a group of a short run under load still compacts several times
-READ_ATTEMPTS = 4  # attempts of one read-only operation that meets conflicts
+READ_ATTEMPTS = 4  # runs of a read-only operation that fails with a conflict
 DEFAULT_SNAPSHOT_EVERY = 10_000  # engine.config.ClusterConfig's
 
 
@@ -744,8 +744,7 @@ class RunResult:
             (coordinators killed), ``kill-coordinator-in-commit`` (of those, the ones that
             cancelled a commit before it returned), ``crash`` (nodes stopped), ``clock-skew``
             (nodes whose clock was offset at some point).
-        errors: error text → how many operations ended with it; ``retried: ...`` counts the
-            conflicts of read-only attempts retried within their operation.
+        errors: error text → how many operations ended with it.
         (``partition`` in ``faults_fired`` counts partitions.)
         check: the checker's result (``valid``, anomalies, stats).
         seconds: wall time of the whole run; ``main_s`` of the main phase.
@@ -926,7 +925,25 @@ class _Runner:
         ``kill``: the coordinator dies this many seconds into ``commit`` — the commit is
         cancelled there if it has not returned by then (``info``), and the client session is
         dropped either way (see ``client``), so it also dies right after an acknowledgement
-        that came sooner."""
+        that came sooner.
+
+        A read-only operation that fails with a conflict leaves nothing behind, and is run
+        again by the same process, as an application would (``run_transaction``), up to
+        ``READ_ATTEMPTS`` times, so that audits under heavy contention still get through.
+        Each attempt is recorded as an operation of its own: one spanning all of them would
+        widen its real-time window, and hide a stale read from the checker."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            outcome, conflict = await self._attempt(db, process, f, value, writes, rng,
+                                                    kill=kill)
+            if writes or not conflict or attempt == READ_ATTEMPTS:
+                return outcome
+            await trio.sleep(rng.uniform(0.005, 0.05))
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, db, process: int, f: str, value: Any, writes: bool,
+                       rng: random.Random, *, kill: float | None) -> tuple[str, bool]:
+        """One transaction of :meth:`operate`, recorded: its outcome type, and whether it
+        failed with a conflict."""
         region = db.region
         fields = self.workload.invoke_fields(f, value)
         self.history.record(process, "invoke", f, fields.pop("value"), region=region, **fields)
@@ -934,24 +951,10 @@ class _Runner:
         committing = False  # from here on, a write may have reached a group
         result: Any = None
         outcome, error, label = "ok", "", ""
+        conflict = False
         with trio.move_on_after(self.config.op_timeout_s) as deadline:
             try:
-                for attempt in range(1, READ_ATTEMPTS + 1):
-                    try:
-                        result = await self.workload.execute(tx, f, value, rng)
-                        break
-                    except TransactionConflictError as exc:
-                        if writes or attempt == READ_ATTEMPTS:
-                            raise
-                        # A read-only attempt's conflict (a snapshot that could not move past
-                        # a commit in its uncertainty window) leaves nothing behind: retried
-                        # within the operation, as an application would (run_transaction),
-                        # so that audits under heavy contention still get through.
-                        await tx.rollback()
-                        key = f"retried: conflict ({exc.reason})"
-                        self.errors[key] = self.errors.get(key, 0) + 1
-                        await trio.sleep(rng.uniform(0.005, 0.05))
-                        tx = db.transaction(self.config.isolation)
+                result = await self.workload.execute(tx, f, value, rng)
                 committing = writes
                 if kill is None:
                     await tx.commit()
@@ -968,7 +971,7 @@ class _Runner:
                 outcome, error, label = "fail", str(exc), str(exc).split(":")[0]
             except TransactionConflictError as exc:
                 outcome, error = "fail", f"conflict ({exc.reason}): {exc}"
-                label = f"conflict ({exc.reason})"
+                label, conflict = f"conflict ({exc.reason})", True
             except KeyspaceNotFoundError as exc:
                 # Every keyspace a workload uses was created, acknowledged, before the run
                 # began, and none is dropped: one that is gone is acknowledged data lost
@@ -995,7 +998,7 @@ class _Runner:
                                 txn_id=txn, error=error, **fields)
             key = f"{outcome}: {label}"
             self.errors[key] = self.errors.get(key, 0) + 1
-        return outcome
+        return outcome, conflict
 
     # ---------------------------------------------------------------- clients
 

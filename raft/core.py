@@ -612,15 +612,18 @@ class RaftCore:
                 pass  # granted for a term we have not entered yet
             elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 self._become_follower(m.term, m.frm)
-            elif m.type is MT.VOTE and not self.log.is_up_to_date(m.index, m.log_term):
+            elif (m.type is MT.VOTE and self.role is not StateRole.LEADER
+                  and not self.log.is_up_to_date(m.index, m.log_term)):
                 # We will refuse this candidate: adopt its term but keep our election timer
-                # running, as the paper's rules say (a timer restarts only on hearing from a
-                # leader or granting a vote). Restarting it let a candidate whose log is
-                # behind, campaigning again each time it timed out, hold back the up-to-date
-                # node it kept refusing, and no one was elected (raft-rs issue 14).
-                elapsed = self._election_elapsed
+                # running, deadline and all, as the paper's rules say (a timer restarts only
+                # on hearing from a leader or granting a vote). Restarting it let a voter whose
+                # log is behind, campaigning again each time it timed out, hold back the
+                # up-to-date node that kept refusing it, and no one was elected (tikv/raft-rs
+                # issue 14 proposes the same). A leader's count is its CheckQuorum period, not
+                # an election timer: one that steps down starts a timer afresh.
+                elapsed, timeout = self._election_elapsed, self._randomized_election_timeout
                 self._become_follower(m.term, NONE)
-                self._election_elapsed = elapsed
+                self._election_elapsed, self._randomized_election_timeout = elapsed, timeout
             else:
                 self._become_follower(m.term, NONE)
         elif m.term < self.term:

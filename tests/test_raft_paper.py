@@ -246,6 +246,7 @@ def test_refusing_a_candidate_does_not_restart_the_election_timer(role):
             for _ in range(et - 1):  # never enough to time out
                 node.tick()
             assert core.role is role
+            deadline = core._randomized_election_timeout
             # Log (index 1, term 1) is behind ours (index 2, term 2); (3, 2) is ahead of it.
             index, log_term = (3, 2) if up_to_date else (1, 1)
             term = core.term + 1
@@ -256,9 +257,12 @@ def test_refusing_a_candidate_does_not_restart_the_election_timer(role):
             while core.term == term:
                 node.tick()
                 ticks += 1
-            # A timeout is drawn from [et, 2 et): refused, at most et more ticks are left of it;
-            # granted, the timer starts again and a whole timeout must pass.
-            assert ticks <= et if not up_to_date else ticks >= et, (seed, up_to_date, ticks)
+            # Refused: the timer runs on to the deadline it had. Granted: it starts again, and
+            # a whole new timeout, drawn from [et, 2 et), must pass.
+            if up_to_date:
+                assert ticks >= et, (seed, ticks)
+            else:
+                assert ticks == deadline - (et - 1), (seed, ticks, deadline)
 
 
 # ============================================================================ §5.3 replication

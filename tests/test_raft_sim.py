@@ -449,11 +449,13 @@ REGRESSION_SEEDS = [
     # the damage: two different entries at (26, 8) ("log matching").
     (37, SimConfig(knobs="pre_vote=0,campaign_crash=0.3,fsync_max_ms=40,"
                          "idle_heartbeat_tick=0,roam=0,durable_sm=0")),  # later knobs: as then
-    # No leader for the 3 s after the heal: a voter that missed its demotion to learner and
-    # the log behind it campaigned again and again; each time the up-to-date voter refused it,
-    # adopted its term and restarted its own election timer, so it never got its turn ("3000
-    # ms after the heal, no leader"). A node now restarts that timer only on hearing from a
-    # leader or granting a vote (test_refusing_a_candidate_does_not_restart_the_election_timer).
+    # No leader for the 3 s after the heal ("3000 ms after the heal, no leader"). Node 2 had
+    # been demoted to learner; node 3 held that entry but had committed only up to 4, so it
+    # still counted {1, 2, 3} as voters and campaigned again and again with a log behind node
+    # 1's. Node 1, which needs node 3's vote under {1, 3}, refused it each time, adopted its
+    # term and restarted its own election timer, so it never got its turn. A node now
+    # restarts that timer only on hearing from a leader or granting a vote
+    # (test_refusing_a_candidate_does_not_restart_the_election_timer).
     (1246, SimConfig(knobs="durable_sm=1,compact_every=3")),
 ]
 
