@@ -44,15 +44,18 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 # ---------------------------------------------------------------------------------- arguments
 
 
-def int_range(lo: int, hi: int):
-    """An argparse ``type`` for a whole number in ``lo..hi``, with a clear error otherwise."""
+def int_range(lo: int, hi: int, what: str = ""):
+    """An argparse ``type`` for a whole number in ``lo..hi``, with a clear error otherwise
+    (naming ``what`` the number is, when given)."""
+    name = f"{what} " if what else ""
+
     def conv(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{name}{text!r} is not a whole number") from None
         if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
+            raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo}..{hi}")
         return v
     return conv
 

@@ -138,16 +138,6 @@ def _thetas(text: str) -> list[float]:
     return items
 
 
-def _value_size(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
-    if not MIN_VALUE <= v <= MAX_VALUE:
-        raise argparse.ArgumentTypeError(f"value size {v} is outside {MIN_VALUE}..{MAX_VALUE}")
-    return v
-
-
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -188,8 +178,8 @@ def parse_args_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=_positive_float, help="measured seconds per run")
     p.add_argument("--warmup", type=_nonneg_float, help="seconds excluded at the start")
     p.add_argument("--records", type=_common.int_range(2, 10_000_000), help="records loaded")
-    p.add_argument("--value-size", type=_value_size, default=100,
-                   help=f"bytes per value, {MIN_VALUE}..{MAX_VALUE} (default 100)")
+    p.add_argument("--value-size", type=_common.int_range(MIN_VALUE, MAX_VALUE, "value size"),
+                   default=100, help=f"bytes per value, {MIN_VALUE}..{MAX_VALUE} (default 100)")
     p.add_argument("--load-procs", type=_common.int_range(1, 16),
                    help="load processes (default: 1 below 16 clients, else 2)")
     p.add_argument("--target", choices=("procs", "inprocess"), default="procs",

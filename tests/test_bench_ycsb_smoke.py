@@ -108,7 +108,8 @@ def test_compare_command_flags_changes(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["ycsb", "--workload", "Z"], "invalid choice"),
-    (["ycsb", "--value-size", "5"], "outside 10..65536"),
+    (["ycsb", "--value-size", "5"], "value size 5 is not in 10..65536"),
+    (["ycsb", "--value-size", "x"], "value size 'x' is not a whole number"),
     (["ycsb", "--clients", "0"], "between 1 and 1024"),
     (["ycsb", "--systems", "mongodb"], "unknown system"),
     (["ycsb", "--nodes", "nohost"], "host:port"),
