@@ -288,6 +288,12 @@ class Database:
         record is deleted, if it is still that keyspace with that home (one moved meanwhile is
         fenced in its new home first). If the call fails between the fence and the deletion,
         the keyspace stays fenced (unusable) until the call is run again.
+
+        The keyspace's data is erased afterwards, in the background: each group's leader
+        erases, a bounded range at a time, the versions older than the maximum transaction
+        lifetime, and its conflict log, so that its space is reused within about that
+        lifetime (plus the garbage-collection interval) after the drop. The copy a moved
+        keyspace leaves in its old home is erased the same way.
         """
         check_keyspace_name(name)
         self._keyspaces.pop(name, None)

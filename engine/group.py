@@ -56,7 +56,8 @@ An entry's data is one msgpack array whose first element says what it is:
     at this entry's timestamp); writes at or below the origin's *watermark* here were applied
     before and are skipped, so a batch delivered twice is applied once. A batch that starts
     after the watermark (``after_ts`` above it: an earlier batch is missing, overtaken in
-    flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``. A write that
+    flight) is refused whole, as a ``gap``. The watermark becomes ``up_to_ts``. Writes to a
+    keyspace fenced at level 2 here (dropped) are skipped. A write that
     cannot be merged here (the key holds a plain value, or another resolver's cell: a client
     that broke the keyspace's contract) is left out and logged as a conflict whose resolver is
     ``"refused"``; the rest of the batch applies, so one bad write cannot stall its stream.
@@ -76,6 +77,15 @@ An entry's data is one msgpack array whose first element says what it is:
     (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
     its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
     only if it is that when the entry is applied (else the conflict ``fence_changed``).
+``[PURGE, proposed_ts, keyspace_id, start, end, side_start, side_end]``
+    Erases a dropped keyspace's data here, a range at a time (the leader chooses ranges of a
+    bounded size): if the keyspace's fence is at level 2 (dropped, or moved away: nobody
+    reads it here), every version at or below the group's low water of the keys ``start <=
+    key < end``, and the conflict-log records (side-table keys) ``side_start <= skey <
+    side_end``, each range clipped to the keyspace's keys. Versions above the low water stay
+    (a later PURGE erases them): the adjudicator's table may still hold their commits, and
+    every replica's table, rebuilt or not, must stay the same. At any other fence level it
+    does nothing: a move bringing the keyspace back (level 1) copies it anew.
 ``[RESOLVE, txn_id, proposed_ts, commit_ts]``
     Finishes the transaction's intents in this group: each becomes a version at
     ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
@@ -164,7 +174,7 @@ from .merge import (
     encode_cell,
     resolver_for,
 )
-from .mvcc import MAX_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
+from .mvcc import MAX_KEY_SIZE, MAX_SIDE_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
 
 __all__ = [
     "CMD_COMMIT",
@@ -175,6 +185,7 @@ __all__ = [
     "CMD_REMOTE",
     "CMD_DRAIN",
     "CMD_FENCE",
+    "CMD_PURGE",
     "CMD_FORGET",
     "DECISION_HORIZON_NS",
     "RECORD_RETENTION_NS",
@@ -193,6 +204,7 @@ __all__ = [
     "encode_remote",
     "encode_drain",
     "encode_fence",
+    "encode_purge",
     "encode_forget",
 ]
 
@@ -206,6 +218,7 @@ CMD_DRAIN = 7
 CMD_FENCE = 8
 CMD_FORGET = 9
 CMD_SHIPPED = 10
+CMD_PURGE = 11
 SERIALIZABLE = 1
 MOVE_COPY = 2
 """COMMIT flag: a keyspace move's copy, exempt from the write fence that keeps every other
@@ -325,6 +338,20 @@ def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
     if expect is not None:
         cmd.append(list(expect))
     return msgpack.packb(cmd)
+
+
+def encode_purge(proposed_ts: int, keyspace_id: int, start: bytes, end: bytes,
+                 side_start: bytes = b"", side_end: bytes = b"") -> bytes:
+    """The entry data that erases a dropped keyspace's versions ``[start, end)`` and
+    conflict-log records ``[side_start, side_end)`` in this group (see the module
+    docstring)."""
+    return msgpack.packb([CMD_PURGE, proposed_ts, keyspace_id, start, end, side_start,
+                          side_end], use_bin_type=True)
+
+
+def conflict_log_bounds(keyspace_id: int) -> tuple[bytes, bytes]:
+    """The side-table span ``[start, end)`` of a keyspace's conflict-log records."""
+    return (_CONFLICT + _U32.pack(keyspace_id), _CONFLICT + _U32.pack(keyspace_id + 1))
 
 
 def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
@@ -532,6 +559,13 @@ class GroupStateMachine:
                     batch.side[_FENCE + prefix] = None
                 if results[slot] is None:
                     results[slot] = CommitResult(Outcome.RESOLVED, ts)
+            elif kind == CMD_PURGE:
+                ts = self._close(cmd[1])
+                results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                ks_id = cmd[2]
+                if self.fence(_U32.pack(ks_id))[0] == 2:
+                    batch.flush(results)  # what came before it in the log is erased too
+                    batch.erase(ks_id, *cmd[3:7], self._low_water)
             elif kind == CMD_FORGET:
                 ts = self._close(cmd[1])
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
@@ -577,7 +611,8 @@ class GroupStateMachine:
             return results
         batch.flush(results)
         self.store.apply_batch(batch.versions, last_index, app_state=self._app_state(),
-                               side=list(batch.side.items()))
+                               side=list(batch.side.items()), erase=batch.erased,
+                               side_erase=batch.side_erased)
         if self._low_water - self._pruned_at >= self._lifetime // 4:
             self.adjudicator.prune(self._low_water)
             self._pruned_at = self._low_water
@@ -655,6 +690,12 @@ class GroupStateMachine:
             if self._fences.get(key[:_PREFIX], (0, 0))[0] >= 1:
                 return key
         return None
+
+    def dropped_keyspaces(self) -> list[int]:
+        """The ids of the keyspaces fenced at level 2 here (dropped, or moved away): their
+        data here is never read again, and PURGE erases it."""
+        return [_U32.unpack(prefix)[0] for prefix, (level, _) in self._fences.items()
+                if level == 2]
 
     def fence(self, keyspace_prefix: bytes) -> tuple[int, int]:
         """The keyspace's fence here: (level, available_from); (0, 0) when unfenced."""
@@ -860,6 +901,10 @@ class _Batch:
         self._cells: dict[bytes, Cell | bytes | None] = {}
         self.shipped = False  # regional writes added to the outbox
         self.installed = 0  # transactions prepared by this call
+        # PURGE ranges, erased from the store before this call's versions and side entries
+        # are written (those written before the PURGE are dropped here instead).
+        self.erased: list[tuple[bytes, bytes, int]] = []
+        self.side_erased: list[tuple[bytes, bytes]] = []
 
     def get(self, skey: bytes) -> bytes | None:
         if skey in self.side:
@@ -1046,6 +1091,34 @@ class _Batch:
         return True
 
 
+    def erase(self, keyspace_id: int, start: bytes, end: bytes, side_start: bytes,
+              side_end: bytes, max_ts: int) -> None:
+        """PURGE: the keyspace's versions at or below ``max_ts`` of the keys in ``[start,
+        end)``, and its conflict-log records in ``[side_start, side_end)``, both clipped to
+        the keyspace, are erased -- in the store when the call ends, and from what this call
+        has written so far, so that the outcome is the same however the log is cut into
+        calls."""
+        lo = _U32.pack(keyspace_id)
+        hi = _U32.pack(keyspace_id + 1)
+        start, end = max(start, lo), min(end, hi)
+        if start < end and max_ts > 0:  # no version is at or below 0
+            self.erased.append((start, end, max_ts))
+            kept = []
+            for writes, ts in self.versions:
+                if ts <= max_ts:
+                    writes = [w for w in writes if not start <= w[0] < end]
+                kept.append((writes, ts))
+            self.versions = kept
+            for key in [k for k in self._cells if start <= k < end]:
+                del self._cells[key]
+        side_lo, side_hi = conflict_log_bounds(keyspace_id)
+        side_start, side_end = max(side_start, side_lo), min(side_end, side_hi)
+        if side_start < side_end:
+            self.side_erased.append((side_start, side_end))
+            for skey in self.side:
+                if side_start <= skey < side_end:
+                    self.side[skey] = None
+
     # ------------------------------------------------------------------ regional keyspaces
 
     def _write(self, writes: list, ts: int) -> None:
@@ -1181,7 +1254,8 @@ class _Batch:
                                              PUT if resolver_name == "lww" else MERGE,
                                              (prev_ts, prev_origin) if prev_ts else None))
             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
-            if wts > watermark]
+            if wts > watermark and not (self.sm._fences
+                                        and self.sm.fence(key[:_PREFIX])[0] == 2)]
         # A payload no cell could take (no honest origin commits one) refuses the batch: the
         # plan against no cells at all fails on it. A write this group's cells cannot take is
         # refused alone (see _plan_merges).
@@ -1288,6 +1362,13 @@ def _decode(data: bytes) -> list:
         if len(cmd) == 6 and not (isinstance(cmd[5], list) and len(cmd[5]) == 2
                                   and all(type(v) is int for v in cmd[5])):
             raise _Malformed("bad FENCE expectation")
+        return cmd
+    if kind == CMD_PURGE:
+        if not (len(cmd) == 7 and _is_ts(cmd[1]) and type(cmd[2]) is int
+                and 0 <= cmd[2] < 2**32 - 1
+                and all(type(b) is bytes and len(b) <= MAX_KEY_SIZE for b in cmd[3:5])
+                and all(type(b) is bytes and len(b) <= MAX_SIDE_KEY_SIZE for b in cmd[5:7])):
+            raise _Malformed("bad PURGE command")
         return cmd
     if kind == CMD_DRAIN:
         if not (len(cmd) == 3 and _is_ts(cmd[1]) and isinstance(cmd[2], list)

@@ -505,12 +505,22 @@ class MVCCStore(Resource):
         *,
         app_state: bytes | None = None,
         side: Iterable[tuple[bytes, bytes | None]] = (),
+        erase: Iterable[tuple[bytes, bytes, int]] = (),
+        side_erase: Iterable[tuple[bytes, bytes]] = (),
     ) -> bool:
         """Like :meth:`apply` for several ``(writes, commit_ts)`` groups in one transaction.
 
         A Raft state machine applies every entry of one Ready this way: one LMDB commit instead
         of one per entry. ``applied_index`` is the index of the last entry covered, and ``side``
         holds the side-table changes of all of them, in order (see :meth:`apply`).
+
+        ``erase`` removes data for good, in the same transaction and before anything of
+        ``batches`` or ``side`` is written: for each ``(start, end, max_ts)``, every version
+        of every key ``start <= key < end`` with ``commit_ts <= max_ts`` (unlike :meth:`gc`,
+        reads at any timestamp see the keys change: the caller must know that nobody reads
+        them); for each ``(start, end)`` of ``side_erase``, every side-table key in that
+        range. Bounds are bytes (``start`` may be empty); the caller keeps each range small
+        enough for one transaction (see :meth:`count_versions`).
         """
         if type(applied_index) is not int or not 0 < applied_index <= _MAX_INDEX:
             _check_index(applied_index)
@@ -552,15 +562,25 @@ class MVCCStore(Resource):
                     tagged = _VALUE_TAG + _check_value(value)
                 append((key.replace(b"\x00", b"\x00\xff") + end, tagged))
         side_items = _check_side(side)
+        erase_items = _check_erase(erase)
+        side_erase_items = _check_side_erase(side_erase)
         # LMDB inserts sorted keys with far fewer page touches (the cursor stays on its leaf);
         # the sort is stable, so for a repeated key the last write is still put last and wins.
         items.sort(key=itemgetter(0))
         applied_record = _pack64(applied_index)
 
         def write_batch(txn: lmdb.Transaction) -> None:
+            for start_enc, end_enc, inv_max in erase_items:
+                _erase_versions(txn.cursor(self._versions), start_enc, end_enc, inv_max)
             if items:
                 txn.cursor(self._versions).putmulti(items)
             txn.put(_META_APPLIED, applied_record, db=self._meta)
+            for start, end in side_erase_items:
+                cur = txn.cursor(self._side)
+                ok = cur.set_range(start)
+                while ok and cur.key() < end:
+                    cur.delete()  # moves to the next entry
+                    ok = bool(cur.key())  # an unpositioned cursor has an empty key
             if side_items:
                 side_db = self._side
                 for key, value in side_items:
@@ -580,6 +600,51 @@ class MVCCStore(Resource):
             if app_state is not None:
                 self._app_state = app_state
         return True
+
+    def count_versions(self, start: bytes, end: bytes, *, max_ts: int = MAX_TS,
+                       limit: int | None = None) -> tuple[int, bytes | None]:
+        """How many versions the keys ``start <= key < end`` have at or below ``max_ts``.
+
+        With ``limit``, counting stops at the first key boundary once ``limit`` versions are
+        counted: the answer is then ``(count, resume)``, the versions of the keys before
+        ``resume`` — a range ``[start, resume)`` that :meth:`apply_batch` can ``erase`` in
+        one bounded transaction — else ``(count, None)``. One read transaction.
+
+        Raises:
+            InvalidArgumentError, StoreClosedError, StorageError.
+        """
+        start = _check_bound(start, "start")
+        end = _check_bound(end, "end")
+        if type(max_ts) is not int or not 0 < max_ts <= MAX_TS:
+            _check_ts(max_ts, "max_ts")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise errors.InvalidArgumentError(f"limit must be None or an int >= 1, not "
+                                              f"{limit!r}")
+        end_enc = _encode(end)
+        inv_max = _pack64(_INV - max_ts)
+        count = 0
+        env = self._enter_read()
+        try:
+            with env.begin(self._versions) as txn:
+                cur = txn.cursor()
+                ok = cur.set_range(_encode(start))
+                while ok:
+                    ekey = cur.key()[:-8]
+                    if ekey >= end_enc:
+                        break
+                    if limit is not None and count >= limit:
+                        return count, _decode(ekey)
+                    # This key's versions at or below max_ts, then on to the next key.
+                    ok = cur.set_range(ekey + inv_max)
+                    while ok and cur.key()[:-8] == ekey:
+                        count += 1
+                        ok = cur.next()
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "count_versions failed") from None
+        finally:
+            self._exit_read()
+        return count, None
 
     def gc(self, watermark: int, *, start: bytes = b"", max_versions: int = 10_000) -> GCResult:
         """Removes versions that no read at ``ts >= watermark`` can see.
@@ -1759,6 +1824,54 @@ def _check_side(side: object) -> list[tuple[bytes, bytes | None]]:
             value = bytes(value)
         out.append((bytes(key), value))
     return out
+
+
+def _erase_versions(cur, start_enc: bytes, end_enc: bytes, inv_max: bytes) -> None:
+    """Deletes, with a cursor of the versions table, every version at or below a timestamp
+    (``inv_max``, inverted) of the keys whose encodings are in ``[start_enc, end_enc)``."""
+    ok = cur.set_range(start_enc)
+    while ok:
+        ekey = cur.key()[:-8]
+        if ekey >= end_enc:
+            return
+        # Newer versions first: seek past them, then delete to the key's end.
+        ok = cur.set_range(ekey + inv_max)
+        while ok and cur.key()[:-8] == ekey:
+            cur.delete()  # moves to the next entry
+            ok = bool(cur.key())  # an unpositioned cursor has an empty key
+
+
+def _check_erase(erase: object) -> list[tuple[bytes, bytes, bytes]]:
+    """Validates ``apply_batch``'s version ranges; returns ``(start, end, max_ts)``
+    encoded for the versions table (the bounds encoded, the timestamp inverted)."""
+    out = []
+    for i, item in enumerate(_ranges(erase, "erase", 3)):
+        start, end, max_ts = item
+        start = _check_bound(start, f"erase range {i} start")
+        end = _check_bound(end, f"erase range {i} end")
+        if type(max_ts) is not int or not 0 < max_ts <= MAX_TS:
+            _check_ts(max_ts, f"erase range {i} max_ts")
+        out.append((_encode(start), _encode(end), _pack64(_INV - max_ts)))
+    return out
+
+
+def _check_side_erase(side_erase: object) -> list[tuple[bytes, bytes]]:
+    return [(_check_side_key(start, f"side_erase range {i} start", bound=True),
+             _check_side_key(end, f"side_erase range {i} end", bound=True))
+            for i, (start, end) in enumerate(_ranges(side_erase, "side_erase", 2))]
+
+
+def _ranges(ranges: object, name: str, size: int) -> list[tuple]:
+    try:
+        items = list(ranges)  # type: ignore[call-overload]
+    except TypeError:
+        raise errors.InvalidArgumentError(
+            f"{name} must be an iterable of tuples, not {_describe(ranges)}") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != size:
+            raise errors.InvalidArgumentError(
+                f"{name} range {i} must be a tuple of {size}, not {_describe(item)}")
+    return items
 
 
 def _check_side_key(key: object, name: str, *, bound: bool = False) -> bytes:

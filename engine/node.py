@@ -478,7 +478,7 @@ class Node:
         for gid, r in self.replicas.items():
             s = r.node.statistics()
             out[gid] = {**asdict(s), "closed_ts": r.closed_ts, "gc_removed": r.gc_removed,
-                        "gc_watermark": r.sm.store.gc_watermark}
+                        "gc_watermark": r.sm.store.gc_watermark, "purges": r.purges}
         lag = {}
         for origin, samples in self._lag_ms.items():
             ordered = sorted(samples)
@@ -548,7 +548,11 @@ class Node:
                 version = store.get_version(k, until)
                 if version is not None and version[0] > ts:
                     raise _restart(replica, ts, until)
-        return {"ts": ts, "until": until, "values": [replica.get(k, ts) for k in keys]}
+        values = [replica.get(k, ts) for k in keys]
+        # Again, after the read: a drop applied while this read waited for intents may have
+        # erased what it read (PURGE).
+        self._check_fences(replica, [k[:KEY_PREFIX_SIZE] for k in keys], ts)
+        return {"ts": ts, "until": until, "values": values}
 
     async def _scan(self, p):
         replica = self._replica(p)
@@ -567,6 +571,8 @@ class Node:
         if until > ts and items != replica.scan(start, end, until, limit=limit,
                                                 reverse=reverse):
             raise _restart(replica, ts, until)
+        if p.get("ignore_fence") is not True:  # as in _read
+            self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
         return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
 
     def _check_fences(self, replica: GroupReplica, prefixes, ts: int) -> None:

@@ -18,7 +18,8 @@
   result says committed (with the commit timestamp) or why not.
 
 Every replica also garbage-collects its MVCC store below the group's low water
-(:meth:`GroupReplica.run_gc`), and while it leads, proposes a CLOSE entry every
+(:meth:`GroupReplica.run_gc`; its leader also erases, with PURGE entries, the data of
+keyspaces dropped or moved away), and while it leads, proposes a CLOSE entry every
 ``close_interval`` seconds in which nothing else was applied, so that an idle group's closed
 timestamp still follows real time and learners can serve bounded-staleness reads.
 """
@@ -40,15 +41,18 @@ from .errors import AmbiguousCommitError, InvalidArgumentError, NotLeaderError
 from .group import (
     CommitResult,
     GroupStateMachine,
+    conflict_log_bounds,
     Intent,
     encode_close,
     encode_commit,
     encode_decide,
     encode_forget,
     encode_prepare,
+    encode_purge,
     encode_resolve,
 )
 from .mvcc import MAX_TS
+from .placement import keyspace_bounds
 
 __all__ = ["GroupReplica", "GC_INTERVAL_S"]
 
@@ -59,6 +63,9 @@ PROPOSAL_TIMEOUT_S = 5.0
 unknown (it may still be applied later)."""
 GC_INTERVAL_S = 30.0
 """How often each replica garbage-collects its MVCC store."""
+PURGE_BUDGET = 1_000
+"""The most versions, and the most conflict-log records, one PURGE entry erases: every
+replica applies it in one step of its event loop."""
 
 
 class GroupReplica:
@@ -86,6 +93,7 @@ class GroupReplica:
         self._resolved = trio.Event()
         self._outbox = trio.Event()
         self.gc_removed = 0
+        self.purges = 0  # PURGE entries this replica proposed and saw applied
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
         sm.on_outbox = self._on_outbox
@@ -296,6 +304,13 @@ class GroupReplica:
         store = self.sm.store
         while True:
             await trio.sleep(GC_INTERVAL_S)
+            if self.node.is_leader and self.sm.dropped_keyspaces():
+                try:
+                    await self.purge_dropped()
+                except (NotLeaderError, AmbiguousCommitError) as exc:
+                    # Lost the group, or cut off from it: the next leader, or the next
+                    # round, starts again (a PURGE erases what is there, whenever it comes).
+                    log.debug("group %d: erasing dropped keyspaces: %s", self.group, exc)
             watermark = self.sm.low_water
             if watermark <= store.gc_watermark:
                 continue
@@ -309,6 +324,54 @@ class GroupReplica:
                 self.gc_removed += result.removed
                 start = result.resume
                 await trio.sleep(0.01)
+
+    async def purge_dropped(self, budget: int | None = None) -> None:
+        """While this replica leads: erases the data that the keyspaces fenced at level 2 here
+        (dropped, or moved to another group) left behind -- versions at or below the low
+        water, and conflict-log records -- with PURGE entries of at most ``budget`` (default
+        :data:`PURGE_BUDGET`) of each,
+        one at a time, each planned on this replica's store in a worker thread. Returns when
+        nothing is left to erase (versions above the low water wait for a later call), when
+        this replica stops leading, or when a keyspace's fence changes.
+
+        Raises:
+            NotLeaderError, AmbiguousCommitError: as :meth:`commit`.
+        """
+        store = self.sm.store
+        budget = PURGE_BUDGET if budget is None else budget
+
+        def plan(start: bytes, end: bytes, side_start: bytes, side_end: bytes,
+                 low_water: int) -> tuple[bytes, bytes, bool]:
+            if start < end:
+                count, resume = store.count_versions(start, end, max_ts=low_water,
+                                                     limit=budget)
+                end = end if not count else resume or end
+                if not count:
+                    start = end
+            records = store.side_scan(side_start, side_end, limit=budget + 1)
+            if len(records) > budget:
+                side_end = records[budget][0]
+            return end, side_end, start < end or bool(records)
+
+        for ks_id in self.sm.dropped_keyspaces():
+            start, end = keyspace_bounds(ks_id)
+            prefix = start
+            side_start, side_end = conflict_log_bounds(ks_id)
+            while self.node.is_leader and self.sm.fence(prefix)[0] == 2:
+                low_water = self.sm.low_water
+                if low_water <= 0:
+                    return
+                upto, side_upto, work = await trio.to_thread.run_sync(
+                    plan, start, end, side_start, side_end, low_water)
+                if not work:
+                    break
+                await self._propose(encode_purge(self.clock.now(), ks_id, start, upto,
+                                                 side_start, side_upto))
+                self.purges += 1
+                if upto >= end and side_upto >= side_end:
+                    break
+                start, side_start = upto, side_upto
+                await trio.sleep(0.01)  # a pause between two steps, as for the GC
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""

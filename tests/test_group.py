@@ -11,9 +11,13 @@ from engine.group import (
     CommitResult,
     GroupStateMachine,
     Outcome,
+    conflict_log_bounds,
     encode_close,
     encode_commit,
+    encode_fence,
     encode_prepare,
+    encode_purge,
+    encode_remote,
     encode_resolve,
 )
 from engine.errors import StoreClosedError
@@ -120,29 +124,38 @@ def test_malformed_and_protocol_breaking_entries_change_nothing_but_the_index(sm
 # ---------------------------------------------------------------------- determinism
 
 
+KS = 7  # the keyspace that the fence and purge commands change
+PREFIX = KS.to_bytes(4, "big")
+KEYS = [b"a", b"b", PREFIX + b"x", PREFIX + b"y"]
+BOUNDS = [PREFIX, PREFIX + b"x", PREFIX + b"y", (KS + 1).to_bytes(4, "big")]
+
 commands = st.lists(
     st.one_of(
         st.tuples(st.just("commit"),
                   st.integers(0, 60),  # read_ts offset below the proposal (0: blind)
                   st.integers(1, 120),  # proposed ts
-                  st.lists(st.sampled_from([b"a", b"b", b"c", b"d"]), max_size=3),
-                  st.lists(st.sampled_from([b"a", b"b", b"c", b"d"]), max_size=2),
+                  st.lists(st.sampled_from(KEYS), max_size=3),
+                  st.lists(st.sampled_from(KEYS), max_size=2),
                   st.booleans()),
+        # A keyspace dropped (2), fenced against writes (1) or open again (0), and its data
+        # erased a range at a time.
+        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("purge"), st.integers(1, 150), st.sampled_from(BOUNDS),
+                  st.sampled_from(BOUNDS)),
         st.tuples(st.just("close"), st.integers(1, 150)),
         # A regional write (a merge) to a key that may hold a plain value or another
         # resolver's cell: refused then, as INVALID, on every replica alike.
         st.tuples(st.just("merge"),
                   st.integers(0, 60),
                   st.integers(1, 120),
-                  st.sampled_from([b"a", b"b", b"c", b"d"]),
+                  st.sampled_from(KEYS),
                   st.sampled_from(["lww", "counter", "max"])),
         # Two-phase commit pieces, over a few transaction ids: the same transaction may be
         # prepared twice (different keys), resolved, or resolved before it is prepared.
         st.tuples(st.just("prepare"),
                   st.integers(1, 3),
                   st.integers(1, 120),
-                  st.lists(st.sampled_from([b"a", b"b", b"c", b"d"]), min_size=1, max_size=3,
-                           unique=True)),
+                  st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True)),
         st.tuples(st.just("resolve"),
                   st.integers(1, 3),
                   st.integers(0, 150)),
@@ -155,6 +168,12 @@ def build(cmds) -> list[bytes]:
     for n, c in enumerate(cmds, start=1):
         if c[0] == "close":
             out.append(encode_close(c[1]))
+        elif c[0] == "fence":
+            out.append(encode_fence(c[1], KS, c[2]))
+        elif c[0] == "purge":
+            _, ts, start, end = c
+            side_lo, side_hi = conflict_log_bounds(KS)
+            out.append(encode_purge(ts, KS, start, end, side_lo, side_hi))
         elif c[0] == "merge":
             _, back, ts, key, resolver = c
             read_ts = 0 if back == 0 else max(1, ts - back)
@@ -190,6 +209,43 @@ def test_replicas_decide_identically_whatever_their_batches_and_restarts(
     """One replica applies entry by entry; another in arbitrary batches, restarting (a new
     state machine over the reopened store, its adjudicator rebuilt) at some point. Results,
     data, closed timestamp and low water must be identical."""
+    _check_replicas_agree(tmp_path_factory, cmds, cuts, restart_at, lifetime)
+
+
+# The dropped keyspace's own life: writes to it and prepares; its drop; then its fence going
+# down and up again, PURGE ranges, late resolutions and more writes, with time moving on; a
+# last PURGE of the whole keyspace.
+_ks_writes = st.one_of(
+    st.tuples(st.just("commit"), st.integers(0, 20), st.integers(1, 60),
+              st.lists(st.sampled_from(KEYS[2:]), min_size=1, max_size=2),
+              st.just([]), st.just(False)),
+    st.tuples(st.just("prepare"), st.integers(1, 3), st.integers(1, 60),
+              st.lists(st.sampled_from(KEYS[2:]), min_size=1, max_size=2, unique=True)))
+purge_commands = st.tuples(
+    st.lists(_ks_writes, min_size=1, max_size=12),
+    st.lists(st.one_of(
+        _ks_writes,
+        st.tuples(st.just("close"), st.integers(40, 150)),
+        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2, 2, 2])),
+        st.tuples(st.just("purge"), st.integers(1, 150), st.sampled_from(BOUNDS[:2]),
+                  st.sampled_from(BOUNDS[1:])),
+        st.tuples(st.just("resolve"), st.integers(1, 3), st.integers(0, 150))),
+        min_size=1, max_size=28),
+    st.integers(40, 150),
+).map(lambda p: [*p[0], ("fence", 30, 2), *p[1], ("close", p[2]),
+                 ("purge", p[2], BOUNDS[0], BOUNDS[-1])])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(cmds=purge_commands, cuts=st.lists(st.integers(0, 40), max_size=5),
+       restart_at=st.integers(0, 40))
+def test_replicas_erase_a_dropped_keyspace_identically(tmp_path_factory, cmds, cuts,
+                                                        restart_at):
+    _check_replicas_agree(tmp_path_factory, cmds, cuts, restart_at, 30)
+
+
+def _check_replicas_agree(tmp_path_factory, cmds, cuts, restart_at, lifetime) -> None:
     base = tmp_path_factory.mktemp("det")
     data = build(cmds)
     entries = [Entry(term=1, index=i, data=d) for i, d in enumerate(data, start=1)]
@@ -293,6 +349,78 @@ def test_a_restored_intent_keeps_its_prepare_timestamp(tmp_path):
     restarted = _decisions(tmp_path / "b", entries, [(2, False), (1, True)])
     assert live[2].reason == "intent" and live[2].conflict_ts == 2
     assert restarted == live
+
+
+def test_purge_erases_a_dropped_keyspaces_versions_up_to_the_low_water(sm):
+    log = Log()
+    old, other = PREFIX + b"old", b"\x00\x00\x00\x08k"  # other: the next keyspace
+    commit(sm, log, 1, 0, 10, [(old, b"1"), (other, b"1")])
+    commit(sm, log, 2, 0, LIFETIME + 20, [(old, b"2"), (other, b"2")])
+    lo, hi = BOUNDS[0], BOUNDS[-1]
+    side_lo, side_hi = conflict_log_bounds(KS)
+    # Not dropped: a PURGE does nothing.
+    sm.apply([log(encode_purge(LIFETIME + 30, KS, lo, hi, side_lo, side_hi))])
+    assert sm.store.count_versions(lo, hi) == (2, None)
+    sm.apply([log(encode_fence(LIFETIME + 40, KS, 2))])
+    assert sm.dropped_keyspaces() == [KS]
+    # The low water is now 40: the version at 10 goes, the one at LIFETIME + 20 stays.
+    [r] = sm.apply([log(encode_purge(LIFETIME + 50, KS, lo, hi, side_lo, side_hi))])
+    assert r.outcome is Outcome.RESOLVED and sm.low_water == 50
+    assert sm.store.get_version(old, MAX_TS) == (LIFETIME + 20, b"2")
+    assert sm.store.count_versions(lo, hi) == (1, None)
+    # A range reaching past the keyspace is clipped to it.
+    sm.apply([log(encode_purge(2 * LIFETIME + 30, KS, b"", b"\xff" * 8, side_lo, side_hi))])
+    assert sm.store.count_versions(lo, hi) == (0, None)
+    assert sm.store.count_versions(other, other + b"\x00") == (2, None)
+
+
+def test_purge_erases_a_dropped_regional_keyspaces_conflict_log_and_skips_its_shipped_writes(
+        tmp_path):
+    store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east")
+    try:
+        log = Log()
+        key = PREFIX + b"r"
+        sm.apply([log(encode_commit(1, 0, 100, [], merges=[(key, "lww", b"east")]))])
+        # An older write from another region loses, and is logged.
+        sm.apply([log(encode_remote(101, 200, 0, 200,
+                                    [[key, "lww", b"west", 50, "eu-west", 0, ""]]))])
+        side_lo, side_hi = conflict_log_bounds(KS)
+        assert len(store.side_scan(side_lo, side_hi)) == 1
+        merged_at = store.get_version(key, MAX_TS)[0]  # the cell the REMOTE wrote
+        sm.apply([log(encode_fence(300, KS, 2))])
+        [r] = sm.apply([log(encode_remote(101, 400, 200, 400,
+                                          [[key, "lww", b"late", 390, "eu-west", 0, ""]]))])
+        assert r.committed  # the stream goes on (its watermark moves)...
+        assert store.get_version(key, MAX_TS)[0] == merged_at  # ...without the write
+        sm.apply([log(encode_purge(LIFETIME + 500, KS, BOUNDS[0], BOUNDS[-1], side_lo,
+                                   side_hi))])
+        assert store.side_scan(side_lo, side_hi) == []
+        assert store.count_versions(BOUNDS[0], BOUNDS[-1]) == (0, None)
+    finally:
+        sm.close()
+        store.close()
+
+
+def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(tmp_path):
+    # Writes of one apply call reach the store at its end, after its PURGE ranges are
+    # erased: the outcome must still be that of applying the log entry by entry.
+    key = PREFIX + b"k"
+    log = Log()
+    entries = [log(encode_prepare(5, 0, 10, [(key, b"a")], primary=1, deadline=10**6)),
+               log(encode_prepare(6, 0, 11, [(key + b"2", b"b")], primary=1,
+                                  deadline=10**6)),
+               log(encode_fence(12, KS, 2)),
+               log(encode_close(LIFETIME + 100)),
+               log(encode_resolve(5, LIFETIME + 110, 20)),  # a version at 20, below low water
+               log(encode_purge(LIFETIME + 120, KS, BOUNDS[0], BOUNDS[-1])),
+               log(encode_resolve(6, LIFETIME + 130, 30))]
+    states = []
+    for name, plan in (("apart", [(1, False)] * 7), ("together", [(7, False)])):
+        _decisions(tmp_path / name, entries, plan)
+        with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
+            states.append([store.get_version(k, MAX_TS) for k in (key, key + b"2")])
+    assert states[0] == states[1] == [None, (30, b"b")]
 
 
 def test_replay_after_restart_skips_what_the_store_has(tmp_path):

@@ -8,7 +8,10 @@ import trio
 
 import engine.client
 import engine.node
+import engine.replica
 from engine import errors
+from engine.config import Limits
+from engine.group import conflict_log_bounds
 from engine.local import open_local_cluster
 from engine.placement import data_group, keyspace_bounds
 
@@ -61,6 +64,75 @@ async def test_a_dropped_regional_keyspace_is_fenced_in_every_region():
                             assert node.replicas[group].sm.fence(prefix)[0] == 2
                 with pytest.raises(errors.KeyspaceNotFoundError):
                     await west.read("r", b"k")
+
+
+def _replicas(cluster, group):
+    return [node.replicas[group] for node in cluster.nodes.values() if group in node.replicas]
+
+
+def _left_behind(cluster, group, ks_id) -> list[tuple[int, int]]:
+    """(versions, conflict-log records) of the keyspace in each replica of the group."""
+    lo, hi = keyspace_bounds(ks_id)
+    side_lo, side_hi = conflict_log_bounds(ks_id)
+    return [(r.sm.store.count_versions(lo, hi)[0], len(r.sm.store.side_scan(side_lo, side_hi)))
+            for r in _replicas(cluster, group)]
+
+
+async def test_a_dropped_keyspaces_data_is_erased_from_every_replica(monkeypatch):
+    """After a drop, once the transaction lifetime has passed, the group's leader erases the
+    keyspace's versions (PURGE entries of a bounded size) on every replica, and leaves the
+    other keyspaces of the group alone."""
+    monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
+    monkeypatch.setattr(engine.replica, "PURGE_BUDGET", 16)  # several PURGE entries
+    async with open_local_cluster(("us-east",), 3, limits=Limits(max_txn_lifetime_s=1.0),
+                                  seed=50) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(90):
+                gone = await db.create_keyspace("gone")
+                kept = await db.create_keyspace("kept")
+                async with db.transaction() as tx:
+                    for j in range(50):
+                        await tx.put("gone", b"k%02d" % j, b"v")
+                await db.run_transaction(lambda tx: tx.put("kept", b"k", b"still here"))
+                group = data_group(cluster.config, "us-east")
+                assert all(v > 0 for v, _ in _left_behind(cluster, group, gone.id))
+                await db.drop_keyspace("gone")
+                assert len(_replicas(cluster, group)) == 3
+                while _left_behind(cluster, group, gone.id) != [(0, 0)] * 3:
+                    await trio.sleep(0.1)
+                leader = next(r for r in _replicas(cluster, group) if r.node.is_leader)
+                assert leader.purges >= 4  # 50 versions, 16 a step
+                assert await db.read("kept", b"k") == b"still here"
+                assert all(v == 1 for v, _ in _left_behind(cluster, group, kept.id))
+
+
+async def test_a_keyspace_moved_away_and_back_is_erased_from_its_old_home_and_copied_anew(
+        monkeypatch):
+    """The old home of a moved keyspace erases the copy it kept; moving the keyspace back
+    there copies it again, and a key deleted in between does not come back."""
+    monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
+    async with open_local_cluster(TWO_REGIONS, 1, limits=Limits(max_txn_lifetime_s=1.0),
+                                  seed=51) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(90):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                async with db.transaction() as tx:
+                    await tx.put("g", b"a", b"1")
+                    await tx.put("g", b"b", b"1")
+                east = data_group(cluster.config, "us-east")
+                await db.move_keyspace("g", "eu-west")
+                async with db.transaction() as tx:
+                    await tx.delete("g", b"a")
+                    await tx.put("g", b"b", b"2")
+                assert len(_replicas(cluster, east)) == 2  # the voter, and a learner
+                while _left_behind(cluster, east, ks.id) != [(0, 0)] * 2:
+                    await trio.sleep(0.1)
+                await db.move_keyspace("g", "us-east")
+                assert await db.read("g", b"a") is None
+                assert await db.read("g", b"b") == b"2"
+                await db.run_transaction(lambda tx: tx.put("g", b"c", b"3"))
+                async with db.transaction() as tx:
+                    assert [k for k, _ in await tx.scan("g")] == [b"b", b"c"]
 
 
 async def test_a_cached_record_older_than_the_cache_bound_is_looked_up_before_use(

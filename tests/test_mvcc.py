@@ -1047,6 +1047,61 @@ def test_apply_batch_rejects_a_bad_group_before_writing(store):
     assert store.applied_index == 0 and store.get(b"a", 20) is None
 
 
+def test_erase_removes_a_ranges_versions_at_or_below_a_timestamp_before_the_batch(store):
+    keys = [b"a", b"b", b"b\x00", b"ba", b"c"]  # b"b\x00" sorts between b"b" and b"ba"
+    for i, ts in enumerate((10, 20, 30), start=1):
+        store.apply([(k, b"%s@%d" % (k, ts)) for k in keys], ts, i)
+    store.apply_batch([([(b"b", b"new"), (b"ba", b"new")], 15)], 4,
+                      erase=[(b"b", b"c", 20)])
+    # [b, c) lost its versions at or below 20, except the ones this very batch wrote.
+    assert store.get_version(b"b", 20) == (15, b"new")
+    assert store.get_version(b"b\x00", 25) is None
+    assert store.get(b"ba", 25) == b"new" and store.get(b"b\x00", 30) == b"b\x00@30"
+    for k in (b"a", b"c"):  # outside the range: untouched
+        assert [store.get(k, ts) for ts in (10, 20, 30)] == [b"%s@%d" % (k, t)
+                                                              for t in (10, 20, 30)]
+    assert store.count_versions(b"b", b"c") == (5, None)  # b, ba: 30 and 15; b\x00: 30
+    assert store.applied_index == 4
+
+
+def test_count_versions_counts_at_or_below_a_timestamp_and_stops_at_key_boundaries(store):
+    keys = [b"k%02d" % i for i in range(10)]
+    for i, ts in enumerate((10, 20, 30), start=1):
+        store.apply([(k, b"v") for k in keys], ts, i)
+    assert store.count_versions(b"", b"\xff") == (30, None)
+    assert store.count_versions(b"k03", b"k05", max_ts=20) == (4, None)
+    assert store.count_versions(b"k00", b"k10", max_ts=5) == (0, None)
+    # A limit of 5 at two versions per key: three whole keys, then where to go on.
+    assert store.count_versions(b"k00", b"k10", max_ts=20, limit=5) == (6, b"k03")
+    start, total, steps = b"k00", 0, 0
+    while start is not None:
+        count, resume = store.count_versions(start, b"k10", max_ts=20, limit=5)
+        if resume is not None:
+            store.apply_batch([], 10 + steps, erase=[(start, resume, 20)])
+        total, start, steps = total + count, resume, steps + 1
+    assert total == 20 and steps == 4
+
+
+def test_erase_of_side_ranges_runs_before_the_batchs_side_changes(store):
+    store.apply([], 1, 1, side=[(b"c1", b"x"), (b"c2", b"x"), (b"c3", b"x"), (b"d", b"x")])
+    store.apply_batch([], 2, side=[(b"c2", b"again")], side_erase=[(b"c", b"c3")])
+    assert store.side_scan() == [(b"c2", b"again"), (b"c3", b"x"), (b"d", b"x")]
+
+
+def test_bad_erase_ranges_are_rejected_before_writing(store):
+    with pytest.raises(errors.InvalidArgumentError, match="erase range 0 must be a tuple"):
+        store.apply_batch([], 1, erase=[(b"a", b"b")])
+    with pytest.raises(errors.InvalidArgumentError, match="erase range 0 max_ts"):
+        store.apply_batch([], 1, erase=[(b"a", b"b", 0)])
+    with pytest.raises(errors.InvalidArgumentError, match="erase range 0 end"):
+        store.apply_batch([], 1, erase=[(b"a", "b", 5)])
+    with pytest.raises(errors.InvalidArgumentError, match="side_erase must be an iterable"):
+        store.apply_batch([], 1, side_erase=5)
+    with pytest.raises(errors.InvalidArgumentError, match="limit"):
+        store.count_versions(b"a", b"b", limit=0)
+    assert store.applied_index == 0
+
+
 def test_app_state_survives_reopen_and_travels_with_snapshots(tmp_path):
     with MVCCStore(tmp_path / "a") as a:
         a.apply([(b"k", b"v")], 7, 1, app_state=b"closed=7")

@@ -104,6 +104,34 @@ async def test_a_timestamp_from_the_far_future_is_refused(method, payload):
                 assert await db.read("k", b"x") == b"1+"
 
 
+@pytest.mark.parametrize("method", ["read", "scan"])
+async def test_a_read_during_which_its_keyspace_is_dropped_is_refused(method, monkeypatch):
+    # A read checks the keyspace's fence, may wait for intents, then reads: a drop applied
+    # in between can let PURGE erase what it is about to read, so it checks again after.
+    async with open_local_cluster(("us-east",), 1, seed=5) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        replica = node.replicas[gid]
+        waited = engine.node.Node._wait_intents
+
+        async def wait_then_drop(self, replica, ts, find, *, restart):
+            await waited(self, replica, ts, find, restart=restart)
+            replica.sm._fences[KEY[:4]] = (2, 0)  # as if a drop's FENCE had been applied
+
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                await conn.call("commit", {"group": gid, "txn_id": 1, "read_ts": 0,
+                                           "writes": [[KEY, b"v"]]})
+                payload = ({"group": gid, "keys": [KEY]} if method == "read" else
+                           {"group": gid, "start": KEY[:4], "end": KEY[:3] + b"\x78"})
+                assert (await conn.call(method, payload)).get("values", [b"v"]) == [b"v"]
+                monkeypatch.setattr(engine.node.Node, "_wait_intents", wait_then_drop)
+                with pytest.raises(RemoteError) as refused:
+                    await conn.call(method, payload)
+                assert refused.value.code == "moved"
+                del replica.sm._fences[KEY[:4]]
+
+
 async def test_a_resolution_below_the_prepare_timestamp_is_refused():
     # Its versions would appear under timestamps that reads were already served at.
     async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
