@@ -289,17 +289,20 @@ class Database:
         fenced in its new home first). If the call fails between the fence and the deletion,
         the keyspace stays fenced (unusable) until the call is run again.
 
-        The keyspace's data is erased afterwards, in the background: each group's leader
-        erases, a bounded range at a time, the versions older than the maximum transaction
-        lifetime, and its conflict log, so that its space is reused within about that
-        lifetime (plus the garbage-collection interval) after the drop. The copy a moved
-        keyspace leaves in its old home is erased the same way.
+        Once the record is deleted, the groups are told they may erase the keyspace's data
+        (best effort: if this client cannot reach one, its data there stays, unusable): each
+        group's leader erases it in the background, a bounded range at a time, once the
+        maximum transaction lifetime has passed, so that its space is reused within about
+        that lifetime (plus the garbage-collection interval) after the drop. The copy a
+        moved keyspace leaves in its old home is erased the same way, once the catalog names
+        the new home.
         """
         check_keyspace_name(name)
         self._keyspaces.pop(name, None)
         for _ in range(MAX_SNAPSHOT_MOVES):
             ks = await self._lookup_keyspace(name)
-            for group in self._groups_holding(ks):
+            groups = self._groups_holding(ks)
+            for group in groups:
                 await self._fence(group, ks.id, 2)
             try:
                 await self._call_group(self._meta_group, "keyspace.drop",
@@ -310,6 +313,7 @@ class Database:
                 raise
             finally:
                 self._keyspaces.pop(name, None)
+            await self._release(groups, ks.id)
             return
         raise UnavailableError(f"keyspace {name!r} kept moving while it was being dropped")
 
@@ -556,8 +560,17 @@ class Database:
             raise
         finally:
             self._keyspaces.pop(name, None)
+        await self._release([old], ks.id)  # no record names it any more
         await self._fence(new, ks.id, 0, copied_at, expect=(1, copied_at))
         return keyspace_from_record(rec)
+
+    async def _release(self, groups, keyspace_id: int) -> None:
+        """Lets ``groups`` erase the keyspace's data (fence level 3), where it is fenced at
+        level 2 and no catalog record names them as its home any more. Best effort: where
+        this fails the data stays, fenced, as it did before."""
+        for group in groups:
+            with contextlib.suppress(MeridianError, OSError):
+                await self._fence(group, keyspace_id, 3, expect=(2, 0), quiet=True)
 
     async def _fence(self, group: int, keyspace_id: int, level: int,
                      available_from: int = 0, *,

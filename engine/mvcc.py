@@ -602,13 +602,15 @@ class MVCCStore(Resource):
         return True
 
     def count_versions(self, start: bytes, end: bytes, *, max_ts: int = MAX_TS,
-                       limit: int | None = None) -> tuple[int, bytes | None]:
+                       limit: int | None = None,
+                       max_keys: int | None = None) -> tuple[int, bytes | None]:
         """How many versions the keys ``start <= key < end`` have at or below ``max_ts``.
 
         With ``limit``, counting stops at the first key boundary once ``limit`` versions are
-        counted: the answer is then ``(count, resume)``, the versions of the keys before
-        ``resume`` — a range ``[start, resume)`` that :meth:`apply_batch` can ``erase`` in
-        one bounded transaction — else ``(count, None)``. One read transaction.
+        counted, and with ``max_keys`` once that many keys were looked at: the answer is then
+        ``(count, resume)``, the versions of the keys before ``resume`` — a range ``[start,
+        resume)`` that :meth:`apply_batch` can ``erase`` in one bounded transaction — else
+        ``(count, None)``. One read transaction.
 
         Raises:
             InvalidArgumentError, StoreClosedError, StorageError.
@@ -617,13 +619,14 @@ class MVCCStore(Resource):
         end = _check_bound(end, "end")
         if type(max_ts) is not int or not 0 < max_ts <= MAX_TS:
             _check_ts(max_ts, "max_ts")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise errors.InvalidArgumentError(f"limit must be None or an int >= 1, not "
-                                              f"{limit!r}")
+        for name, bound in (("limit", limit), ("max_keys", max_keys)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)
+                                      or bound < 1):
+                raise errors.InvalidArgumentError(f"{name} must be None or an int >= 1, not "
+                                                  f"{bound!r}")
         end_enc = _encode(end)
         inv_max = _pack64(_INV - max_ts)
-        count = 0
+        count = keys = 0
         env = self._enter_read()
         try:
             with env.begin(self._versions) as txn:
@@ -633,8 +636,10 @@ class MVCCStore(Resource):
                     ekey = cur.key()[:-8]
                     if ekey >= end_enc:
                         break
-                    if limit is not None and count >= limit:
+                    if ((limit is not None and count >= limit)
+                            or (max_keys is not None and keys >= max_keys)):
                         return count, _decode(ekey)
+                    keys += 1
                     # This key's versions at or below max_ts, then on to the next key.
                     ok = cur.set_range(ekey + inv_max)
                     while ok and cur.key()[:-8] == ekey:
@@ -986,6 +991,30 @@ class MVCCStore(Resource):
                     ok = cur.next()
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "side_scan failed") from None
+        finally:
+            self._exit_read()
+        return out
+
+    def side_keys(self, start: bytes, end: bytes, *, limit: int) -> list[bytes]:
+        """The keys of :meth:`side_scan` (at most ``limit``), without reading their values."""
+        start = _check_side_key(start, "start", bound=True)
+        end = _check_side_key(end, "end", bound=True)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise errors.InvalidArgumentError(f"limit must be an int >= 0, not {limit!r}")
+        out: list[bytes] = []
+        env = self._enter_read()
+        try:
+            with env.begin(self._side) as txn:
+                cur = txn.cursor()
+                ok = cur.set_range(start) if start else cur.first()
+                while ok and len(out) < limit:
+                    key = cur.key()
+                    if key >= end:
+                        break
+                    out.append(key)
+                    ok = cur.next()
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "side_keys failed") from None
         finally:
             self._exit_read()
         return out

@@ -96,6 +96,7 @@ from .group import (
     Outcome,
     encode_commit,
     encode_drain,
+    MAX_KEYSPACE_ID,
     encode_fence,
     encode_remote,
     encode_shipped,
@@ -294,6 +295,7 @@ class Node:
         nursery.start_soon(replica.run_closer)
         nursery.start_soon(replica.run_gc)
         if kind != "meta":
+            nursery.start_soon(replica.run_purger)
             nursery.start_soon(self._sweep_intents, replica)
             nursery.start_soon(self._forget_records, replica)
         if kind == "data":
@@ -539,9 +541,11 @@ class Node:
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
         ts, until = await self._read_ts(replica, p)
-        self._check_fences(replica, [k[:KEY_PREFIX_SIZE] for k in keys], ts)
+        prefixes = [k[:KEY_PREFIX_SIZE] for k in keys]
+        self._check_fences(replica, prefixes, ts)
         await self._wait_intents(replica, ts, lambda: replica.intents(keys, until),
                                  restart=not _is_stale(p))
+        generation = self._begin_read(replica)
         if until > ts:
             store = replica.sm.store
             for k in keys:
@@ -549,9 +553,7 @@ class Node:
                 if version is not None and version[0] > ts:
                     raise _restart(replica, ts, until)
         values = [replica.get(k, ts) for k in keys]
-        # Again, after the read: a drop applied while this read waited for intents may have
-        # erased what it read (PURGE).
-        self._check_fences(replica, [k[:KEY_PREFIX_SIZE] for k in keys], ts)
+        self._end_read(replica, generation, prefixes, ts)
         return {"ts": ts, "until": until, "values": values}
 
     async def _scan(self, p):
@@ -567,13 +569,33 @@ class Node:
             self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
         await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
                                  restart=not _is_stale(p))
+        generation = self._begin_read(replica)
         items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
         if until > ts and items != replica.scan(start, end, until, limit=limit,
                                                 reverse=reverse):
             raise _restart(replica, ts, until)
-        if p.get("ignore_fence") is not True:  # as in _read
-            self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
+        self._end_read(replica, generation,
+                       () if p.get("ignore_fence") is True else [start[:KEY_PREFIX_SIZE]], ts)
         return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
+
+    def _begin_read(self, replica: GroupReplica) -> int:
+        """Before a read of the store: the replica's restore generation, to be given to
+        :meth:`_end_read`. A replica installing a snapshot refuses (retryable: its region's
+        clients ask a voter instead)."""
+        generation = replica.sm.restore_generation
+        if generation & 1:
+            raise RemoteError("not_closed", f"group {replica.group} on node {self.id} is "
+                              f"installing a snapshot", retryable=True)
+        return generation
+
+    def _end_read(self, replica: GroupReplica, generation: int, prefixes, ts: int) -> None:
+        """After a read of the store: refuses it if what it read may have changed under it --
+        a snapshot install began meanwhile (it runs in a thread), or a drop applied while the
+        read waited for intents (PURGE then erases the keyspace's data)."""
+        if replica.sm.restore_generation != generation:
+            raise RemoteError("not_closed", f"group {replica.group} on node {self.id} began "
+                              f"installing a snapshot during the read", retryable=True)
+        self._check_fences(replica, prefixes, ts)
 
     def _check_fences(self, replica: GroupReplica, prefixes, ts: int) -> None:
         """Refuses a read of a keyspace that moved away from this group, or that moved here
@@ -1269,8 +1291,12 @@ class Node:
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from = p.get("available_from", 0)
         expect = p.get("expect")
-        if type(ks_id) is not int or not 0 <= ks_id < 2**32 or level not in (0, 1, 2):
-            raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0, 1 or 2")
+        if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
+                or level not in (0, 1, 2, 3)):
+            raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0..3")
+        if self.placement[replica.group].kind == "meta":
+            raise InvalidArgumentError(f"group {replica.group} holds the catalog, not "
+                                       f"keyspaces: it has no fences")
         if type(available_from) is not int or not 0 <= available_from <= MAX_TS:
             raise InvalidArgumentError("available_from must be a timestamp")
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2

@@ -37,7 +37,7 @@ from raft.driver import RaftTimeoutError
 from raft.types import ProposalDroppedError, RaftError
 
 from . import planted
-from .errors import AmbiguousCommitError, InvalidArgumentError, NotLeaderError
+from .errors import AmbiguousCommitError, InvalidArgumentError, MeridianError, NotLeaderError
 from .group import (
     CommitResult,
     GroupStateMachine,
@@ -66,6 +66,8 @@ GC_INTERVAL_S = 30.0
 PURGE_BUDGET = 1_000
 """The most versions, and the most conflict-log records, one PURGE entry erases: every
 replica applies it in one step of its event loop."""
+PURGE_KEYS_PER_STEP = 10_000
+"""The most keys the leader looks at to plan one PURGE entry."""
 
 
 class GroupReplica:
@@ -94,6 +96,8 @@ class GroupReplica:
         self._outbox = trio.Event()
         self.gc_removed = 0
         self.purges = 0  # PURGE entries this replica proposed and saw applied
+        self._erasable_since: dict[int, int] = {}  # keyspace id -> closed ts when first seen
+        self._erased: set[int] = set()  # erasable keyspaces found empty here
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
         sm.on_outbox = self._on_outbox
@@ -304,13 +308,6 @@ class GroupReplica:
         store = self.sm.store
         while True:
             await trio.sleep(GC_INTERVAL_S)
-            if self.node.is_leader and self.sm.dropped_keyspaces():
-                try:
-                    await self.purge_dropped()
-                except (NotLeaderError, AmbiguousCommitError) as exc:
-                    # Lost the group, or cut off from it: the next leader, or the next
-                    # round, starts again (a PURGE erases what is there, whenever it comes).
-                    log.debug("group %d: erasing dropped keyspaces: %s", self.group, exc)
             watermark = self.sm.low_water
             if watermark <= store.gc_watermark:
                 continue
@@ -325,53 +322,87 @@ class GroupReplica:
                 start = result.resume
                 await trio.sleep(0.01)
 
-    async def purge_dropped(self, budget: int | None = None) -> None:
-        """While this replica leads: erases the data that the keyspaces fenced at level 2 here
+    async def run_purger(self) -> None:
+        """Runs until cancelled: every :data:`GC_INTERVAL_S` seconds, while this replica
+        leads, erases what keyspaces fenced at level 3 here left (see
+        :meth:`purge_erasable`)."""
+        while True:
+            await trio.sleep(GC_INTERVAL_S)
+            if not self.node.is_leader or not self.sm.erasable_keyspaces():
+                continue
+            try:
+                await self.purge_erasable()
+            except (NotLeaderError, AmbiguousCommitError) as exc:
+                # Lost the group, or cut off from it: the next leader, or the next round,
+                # starts again (a PURGE erases what is there, whenever it comes).
+                log.debug("group %d: erasing dropped keyspaces: %s", self.group, exc)
+            except MeridianError as exc:  # the store failing: the node's other work says so
+                log.warning("group %d: erasing dropped keyspaces failed: %s", self.group, exc)
+
+    async def purge_erasable(self, budget: int | None = None) -> None:
+        """While this replica leads: erases the data that the keyspaces fenced at level 3 here
         (dropped, or moved to another group) left behind -- versions at or below the low
         water, and conflict-log records -- with PURGE entries of at most ``budget`` (default
-        :data:`PURGE_BUDGET`) of each,
-        one at a time, each planned on this replica's store in a worker thread. Returns when
-        nothing is left to erase (versions above the low water wait for a later call), when
-        this replica stops leading, or when a keyspace's fence changes.
+        :data:`PURGE_BUDGET`) of each, one at a time, each planned on this replica's store in
+        a worker thread (at most :data:`PURGE_KEYS_PER_STEP` keys looked at per step).
+
+        A keyspace is left alone until the low water has passed the closed timestamp at which
+        this replica first found it erasable: its data is then all at or below the low
+        water, and one pass erases it. One found empty afterwards is not looked at again
+        (until a restart). Returns when done, when this replica stops leading, or after a
+        keyspace's fence changed.
 
         Raises:
             NotLeaderError, AmbiguousCommitError: as :meth:`commit`.
         """
-        store = self.sm.store
         budget = PURGE_BUDGET if budget is None else budget
+        erasable = self.sm.erasable_keyspaces()
+        for gone in set(self._erasable_since) - set(erasable):  # a move brought it back
+            del self._erasable_since[gone]
+        self._erased &= set(erasable)
+        for ks_id in erasable:
+            since = self._erasable_since.setdefault(ks_id, self.sm.closed_ts)
+            if ks_id not in self._erased and self.sm.low_water > since:
+                await self._purge_keyspace(ks_id, budget)
 
-        def plan(start: bytes, end: bytes, side_start: bytes, side_end: bytes,
-                 low_water: int) -> tuple[bytes, bytes, bool]:
-            if start < end:
-                count, resume = store.count_versions(start, end, max_ts=low_water,
-                                                     limit=budget)
-                end = end if not count else resume or end
-                if not count:
-                    start = end
-            records = store.side_scan(side_start, side_end, limit=budget + 1)
-            if len(records) > budget:
-                side_end = records[budget][0]
-            return end, side_end, start < end or bool(records)
+    async def _purge_keyspace(self, ks_id: int, budget: int) -> None:
+        store = self.sm.store
+        prefix, end = keyspace_bounds(ks_id)
+        side_lo, side_end = conflict_log_bounds(ks_id)
 
-        for ks_id in self.sm.dropped_keyspaces():
-            start, end = keyspace_bounds(ks_id)
-            prefix = start
-            side_start, side_end = conflict_log_bounds(ks_id)
-            while self.node.is_leader and self.sm.fence(prefix)[0] == 2:
-                low_water = self.sm.low_water
-                if low_water <= 0:
-                    return
-                upto, side_upto, work = await trio.to_thread.run_sync(
-                    plan, start, end, side_start, side_end, low_water)
-                if not work:
-                    break
+        def plan(start: bytes, side_start: bytes, max_ts: int):
+            # The next range of versions to erase (empty if it holds none) and where the one
+            # after it starts; the next range of conflict-log records.
+            count, resume = store.count_versions(start, end, max_ts=max_ts, limit=budget,
+                                                 max_keys=PURGE_KEYS_PER_STEP)
+            after = end if resume is None else resume
+            keys = store.side_keys(side_start, side_end, limit=budget + 1)
+            side_upto = keys[budget] if len(keys) > budget else side_end
+            return (after if count else start), after, (side_upto if keys else side_start)
+
+        def left() -> bool:
+            return (store.count_versions(prefix, end, limit=1)[0] > 0
+                    or bool(store.side_keys(side_lo, side_end, limit=1)))
+
+        start, side_start = prefix, side_lo
+        while self.node.is_leader and self.sm.fence(prefix)[0] == 3:
+            max_ts = self.sm.low_water
+            upto, after, side_upto = await trio.to_thread.run_sync(plan, start, side_start,
+                                                                   max_ts)
+            if start < upto or side_start < side_upto:
                 await self._propose(encode_purge(self.clock.now(), ks_id, start, upto,
-                                                 side_start, side_upto))
+                                                 side_start, side_upto, max_ts))
                 self.purges += 1
-                if upto >= end and side_upto >= side_end:
-                    break
-                start, side_start = upto, side_upto
-                await trio.sleep(0.01)  # a pause between two steps, as for the GC
+            start = after
+            if side_upto > side_start:
+                side_start = side_upto
+            elif start >= end:
+                side_start = side_end  # no record left to erase
+            if start >= end and side_start >= side_end:
+                if not await trio.to_thread.run_sync(left):
+                    self._erased.add(ks_id)
+                return
+            await trio.sleep(0.01)  # a pause between two steps, as for the GC
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""

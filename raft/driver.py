@@ -161,7 +161,12 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes: ...
 
-    def restore(self, data: bytes) -> None: ...
+    def restore(self, data: bytes) -> None:
+        """Replaces the state with a snapshot's. Called on the event loop, unless the state
+        machine has a true ``restore_in_thread`` attribute: then in the node's worker thread
+        (a large snapshot takes seconds to install, and the loop serves other groups
+        meanwhile), with no ``apply`` until it returns, while other tasks may still read the
+        state machine -- it must make sure they never see half of the change."""
 
 
 class SnapshotBuilder(Protocol):
@@ -434,6 +439,7 @@ class RaftNode:
         self._snapshot_every = snapshot_every
         self._snapshot_keep = snapshot_keep
         self._apply_in_thread = apply_in_thread
+        self._restore_in_thread = getattr(state_machine, "restore_in_thread", False) is True
         unknown = set(unsafe) - set(UNSAFE_MODES)
         if unknown:
             raise ValueError(f"unknown unsafe mode(s) {sorted(unknown)}; known: {UNSAFE_MODES}")
@@ -852,7 +858,11 @@ class RaftNode:
         if rd.persisted_messages and not self._ack_before_fsync:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
-            self._sm.restore(rd.snapshot.data)
+            if self._restore_in_thread:
+                await self._worker.run(self._sm.restore, rd.snapshot.data)
+                waited = True
+            else:
+                self._sm.restore(rd.snapshot.data)
             self._snapshot_index = rd.snapshot.meta.index
             self._counts["snapshots_installed"] += 1
             if self._durable_sm:

@@ -139,7 +139,7 @@ commands = st.lists(
                   st.booleans()),
         # A keyspace dropped (2), fenced against writes (1) or open again (0), and its data
         # erased a range at a time.
-        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2, 3])),
         st.tuples(st.just("purge"), st.integers(1, 150), st.sampled_from(BOUNDS),
                   st.sampled_from(BOUNDS)),
         st.tuples(st.just("close"), st.integers(1, 150)),
@@ -212,13 +212,15 @@ def test_replicas_decide_identically_whatever_their_batches_and_restarts(
     _check_replicas_agree(tmp_path_factory, cmds, cuts, restart_at, lifetime)
 
 
-# The dropped keyspace's own life: writes to it and prepares; its drop; then its fence going
-# down and up again, PURGE ranges, late resolutions and more writes, with time moving on; a
-# last PURGE of the whole keyspace.
+# The dropped keyspace's own life: writes to it (regional merges too) and prepares; its drop;
+# then its fence going down and up again, PURGE ranges, late resolutions and more writes, with
+# time moving on; a last PURGE of the whole keyspace.
 _ks_writes = st.one_of(
     st.tuples(st.just("commit"), st.integers(0, 20), st.integers(1, 60),
               st.lists(st.sampled_from(KEYS[2:]), min_size=1, max_size=2),
               st.just([]), st.just(False)),
+    st.tuples(st.just("merge"), st.integers(0, 20), st.integers(1, 120),
+              st.sampled_from(KEYS[2:]), st.sampled_from(["lww", "counter"])),
     st.tuples(st.just("prepare"), st.integers(1, 3), st.integers(1, 60),
               st.lists(st.sampled_from(KEYS[2:]), min_size=1, max_size=2, unique=True)))
 purge_commands = st.tuples(
@@ -226,13 +228,13 @@ purge_commands = st.tuples(
     st.lists(st.one_of(
         _ks_writes,
         st.tuples(st.just("close"), st.integers(40, 150)),
-        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2, 2, 2])),
+        st.tuples(st.just("fence"), st.integers(1, 150), st.sampled_from([0, 1, 2, 3, 3])),
         st.tuples(st.just("purge"), st.integers(1, 150), st.sampled_from(BOUNDS[:2]),
                   st.sampled_from(BOUNDS[1:])),
         st.tuples(st.just("resolve"), st.integers(1, 3), st.integers(0, 150))),
         min_size=1, max_size=28),
     st.integers(40, 150),
-).map(lambda p: [*p[0], ("fence", 30, 2), *p[1], ("close", p[2]),
+).map(lambda p: [*p[0], ("fence", 30, 3), *p[1], ("close", p[2]),
                  ("purge", p[2], BOUNDS[0], BOUNDS[-1])])
 
 
@@ -358,18 +360,24 @@ def test_purge_erases_a_dropped_keyspaces_versions_up_to_the_low_water(sm):
     commit(sm, log, 2, 0, LIFETIME + 20, [(old, b"2"), (other, b"2")])
     lo, hi = BOUNDS[0], BOUNDS[-1]
     side_lo, side_hi = conflict_log_bounds(KS)
-    # Not dropped: a PURGE does nothing.
-    sm.apply([log(encode_purge(LIFETIME + 30, KS, lo, hi, side_lo, side_hi))])
-    assert sm.store.count_versions(lo, hi) == (2, None)
-    sm.apply([log(encode_fence(LIFETIME + 40, KS, 2))])
-    assert sm.dropped_keyspaces() == [KS]
+    # Not dropped, or fenced without being released (level 2): a PURGE does nothing.
+    for level in (0, 2):
+        sm.apply([log(encode_fence(LIFETIME + 25, KS, level)),
+                  log(encode_purge(LIFETIME + 30, KS, lo, hi, side_lo, side_hi))])
+        assert sm.store.count_versions(lo, hi) == (2, None)
+        assert sm.erasable_keyspaces() == []
+    sm.apply([log(encode_fence(LIFETIME + 40, KS, 3))])
+    assert sm.erasable_keyspaces() == [KS]
     # The low water is now 40: the version at 10 goes, the one at LIFETIME + 20 stays.
     [r] = sm.apply([log(encode_purge(LIFETIME + 50, KS, lo, hi, side_lo, side_hi))])
     assert r.outcome is Outcome.RESOLVED and sm.low_water == 50
     assert sm.store.get_version(old, MAX_TS) == (LIFETIME + 20, b"2")
     assert sm.store.count_versions(lo, hi) == (1, None)
-    # A range reaching past the keyspace is clipped to it.
-    sm.apply([log(encode_purge(2 * LIFETIME + 30, KS, b"", b"\xff" * 8, side_lo, side_hi))])
+    # Not above the entry's own max_ts (the low water its leader planned with)...
+    sm.apply([log(encode_purge(2 * LIFETIME + 30, KS, lo, hi, side_lo, side_hi, 50))])
+    assert sm.store.count_versions(lo, hi) == (1, None)
+    # ...and a range reaching past the keyspace is clipped to it.
+    sm.apply([log(encode_purge(2 * LIFETIME + 40, KS, b"", b"\xff" * 8, side_lo, side_hi))])
     assert sm.store.count_versions(lo, hi) == (0, None)
     assert sm.store.count_versions(other, other + b"\x00") == (2, None)
 
@@ -388,13 +396,13 @@ def test_purge_erases_a_dropped_regional_keyspaces_conflict_log_and_skips_its_sh
         side_lo, side_hi = conflict_log_bounds(KS)
         assert len(store.side_scan(side_lo, side_hi)) == 1
         merged_at = store.get_version(key, MAX_TS)[0]  # the cell the REMOTE wrote
-        sm.apply([log(encode_fence(300, KS, 2))])
+        sm.apply([log(encode_fence(300, KS, 2))])  # being dropped: shipped writes skipped
         [r] = sm.apply([log(encode_remote(101, 400, 200, 400,
                                           [[key, "lww", b"late", 390, "eu-west", 0, ""]]))])
         assert r.committed  # the stream goes on (its watermark moves)...
         assert store.get_version(key, MAX_TS)[0] == merged_at  # ...without the write
-        sm.apply([log(encode_purge(LIFETIME + 500, KS, BOUNDS[0], BOUNDS[-1], side_lo,
-                                   side_hi))])
+        sm.apply([log(encode_fence(450, KS, 3)),
+                  log(encode_purge(LIFETIME + 500, KS, BOUNDS[0], BOUNDS[-1], side_lo, side_hi))])
         assert store.side_scan(side_lo, side_hi) == []
         assert store.count_versions(BOUNDS[0], BOUNDS[-1]) == (0, None)
     finally:
@@ -410,7 +418,7 @@ def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(
     entries = [log(encode_prepare(5, 0, 10, [(key, b"a")], primary=1, deadline=10**6)),
                log(encode_prepare(6, 0, 11, [(key + b"2", b"b")], primary=1,
                                   deadline=10**6)),
-               log(encode_fence(12, KS, 2)),
+               log(encode_fence(12, KS, 3)),
                log(encode_close(LIFETIME + 100)),
                log(encode_resolve(5, LIFETIME + 110, 20)),  # a version at 20, below low water
                log(encode_purge(LIFETIME + 120, KS, BOUNDS[0], BOUNDS[-1])),
@@ -421,6 +429,38 @@ def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(
         with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
             states.append([store.get_version(k, MAX_TS) for k in (key, key + b"2")])
     assert states[0] == states[1] == [None, (30, b"b")]
+
+
+def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased(tmp_path):
+    # A merge reads the key's cell from the store: after a PURGE erased it and the keyspace
+    # was opened again (a move back), the merge must find no cell, in one call as apart.
+    key = PREFIX + b"k"
+    side_lo, side_hi = conflict_log_bounds(KS)
+    log = Log()
+    entries = [log(encode_commit(1, 0, 10, [], merges=[(key, "lww", b"old")])),
+               log(encode_close(LIFETIME + 100)),
+               log(encode_fence(LIFETIME + 110, KS, 3)),
+               log(encode_purge(LIFETIME + 120, KS, BOUNDS[0], BOUNDS[-1], side_lo, side_hi)),
+               log(encode_fence(LIFETIME + 130, KS, 0)),
+               log(encode_commit(2, 0, LIFETIME + 140, [], merges=[(key, "counter", b"5")]))]
+    apart = _decisions(tmp_path / "a", entries, [(1, False)] * 6)
+    together = _decisions(tmp_path / "b", entries, [(1, False), (5, False)])
+    assert apart[-1].committed
+    assert together == apart
+
+
+def test_a_purge_erases_conflict_records_written_before_it_in_its_call(tmp_path):
+    key = PREFIX + b"r"
+    side_lo, side_hi = conflict_log_bounds(KS)
+    log = Log()
+    entries = [log(encode_commit(1, 0, 100, [], merges=[(key, "lww", b"east")])),
+               log(encode_remote(101, 200, 0, 200, [[key, "lww", b"w", 50, "eu-west", 0, ""]])),
+               log(encode_fence(300, KS, 3)),
+               log(encode_purge(400, KS, BOUNDS[0], BOUNDS[0], side_lo, side_hi))]
+    for name, plan in (("apart", [(1, False)] * 4), ("together", [(4, False)])):
+        _decisions(tmp_path / name, entries, plan)
+        with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
+            assert store.side_scan(side_lo, side_hi) == [], name
 
 
 def test_replay_after_restart_skips_what_the_store_has(tmp_path):

@@ -15,7 +15,7 @@ import engine.replica
 from engine.config import ConfigError, Limits, parse_node_config
 from engine.local import open_local_cluster
 from engine.mvcc import MAX_TS
-from engine.placement import data_group, encode_key
+from engine.placement import META_GROUP, data_group, encode_key
 from engine.rpc import RemoteError, connect_rpc
 
 KEY = b"\x00\x00\x07\x77key"  # a key of no keyspace: the server checks no more than a prefix
@@ -130,6 +130,63 @@ async def test_a_read_during_which_its_keyspace_is_dropped_is_refused(method, mo
                     await conn.call(method, payload)
                 assert refused.value.code == "moved"
                 del replica.sm._fences[KEY[:4]]
+
+
+async def test_a_replica_installing_a_snapshot_refuses_reads_and_its_region_reads_elsewhere(
+        monkeypatch):
+    # A snapshot is installed in the driver's worker thread: a read must neither begin
+    # while one runs nor return what it read while one began (the store and the state
+    # machine's fields change under it). The learner's region is served by a voter.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=6) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        voter = await leader_of(cluster, gid)
+        learner = next(n for n in cluster.nodes.values() if n is not voter)
+        sm = learner.replicas[gid].sm
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, voter) as conn:
+                reply = await conn.call("commit", {"group": gid, "txn_id": 1, "read_ts": 0,
+                                                   "writes": [[KEY, b"v"]]})
+            async with client_of(cluster, learner) as conn:
+                payload = {"group": gid, "keys": [KEY], "ts": reply["ts"]}
+                assert (await conn.call("read", payload))["values"] == [b"v"]
+                sm._restores += 1  # one begins
+                with pytest.raises(RemoteError) as refused:
+                    await conn.call("read", payload)
+                assert refused.value.code == "not_closed" and refused.value.retryable
+                sm._restores += 1  # and ends
+
+                get = engine.replica.GroupReplica.get
+
+                def get_during_an_install(self, key, ts):
+                    sm._restores += 2  # one began and ended while this read ran
+                    return get(self, key, ts)
+
+                monkeypatch.setattr(engine.replica.GroupReplica, "get", get_during_an_install)
+                with pytest.raises(RemoteError) as refused:
+                    await conn.call("read", payload)
+                assert refused.value.code == "not_closed"
+                monkeypatch.undo()
+            sm._restores += 1
+            async with cluster.connect("eu-west") as db:
+                await db.create_keyspace("ks", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("ks", b"k", b"v"))
+                assert await db.read("ks", b"k", staleness="bounded:60") == b"v"
+            sm._restores += 1
+
+
+async def test_a_fence_outside_the_data_groups_or_the_keyspace_ids_is_refused():
+    # A fence at level 3 lets a group erase a key span: never the catalog's, and never a
+    # span that does not end in a keyspace prefix.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        gid = data_group(cluster.config, "us-east")
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                for group, ks_id in ((META_GROUP, 5), (gid, 2**32 - 1)):
+                    with pytest.raises(RemoteError) as refused:
+                        await conn.call("keyspace.fence", {"group": group, "keyspace_id": ks_id,
+                                                           "level": 3})
+                    assert refused.value.code == "invalid_argument"
 
 
 async def test_a_resolution_below_the_prepare_timestamp_is_refused():

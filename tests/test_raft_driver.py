@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -355,6 +356,43 @@ async def test_follower_behind_the_snapshot_catches_up_through_it(tmp_path):
             await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
         assert c.nodes[victim].statistics().snapshots_installed >= 1
         assert c.sms[victim].items == [b"%d" % k for k in range(60)]
+
+
+class SlowRestore(Counter):
+    """A Counter whose restore runs off the loop and waits to be released."""
+
+    restore_in_thread = True
+
+    def __init__(self):
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def restore(self, data: bytes) -> None:
+        self.thread = threading.current_thread()
+        self.entered.set()
+        if not self.release.wait(20):
+            raise AssertionError("never released")
+        super().restore(data)
+
+
+async def test_a_state_machine_may_install_a_snapshot_off_the_event_loop(tmp_path):
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       state_machine=lambda i: SlowRestore()) as c:
+        with trio.fail_after(20):
+            lid, victim = await c.leave_behind(range(60))
+            await c.start(victim)
+            sm = c.sms[victim]
+            while not sm.entered.is_set():
+                await trio.sleep(TICK)
+            assert sm.thread is not threading.main_thread()
+            # The event loop goes on while the snapshot is installed: the group commits.
+            await c.nodes[lid].propose(b"during")
+            assert not sm.items
+            sm.release.set()
+            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        assert sm.items == [b"%d" % k for k in range(60)] + [b"during"]
 
 
 async def test_leader_transfer_moves_leadership(tmp_path):
