@@ -965,6 +965,15 @@ class MVCCStore(Resource):
                 (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit``.
             StoreClosedError, StorageError.
         """
+        return self._side_walk(start, end, limit, True)
+
+    def side_keys(self, start: bytes = b"", end: bytes | None = None, *,
+                  limit: int | None = None) -> list[bytes]:
+        """The keys :meth:`side_scan` would return, without reading their values (which
+        may be large)."""
+        return self._side_walk(start, end, limit, False)
+
+    def _side_walk(self, start, end, limit, values: bool) -> list:
         start = _check_side_key(start, "start", bound=True)
         if end is not None:
             end = _check_side_key(end, "end", bound=True)
@@ -975,7 +984,7 @@ class MVCCStore(Resource):
         if limit == 0 or (end is not None and end <= start):
             self._live_env()
             return []
-        out: list[tuple[bytes, bytes]] = []
+        out: list = []
         env = self._enter_read()
         try:
             with env.begin(self._side) as txn:
@@ -985,36 +994,12 @@ class MVCCStore(Resource):
                     key = cur.key()
                     if end is not None and key >= end:
                         break
-                    out.append((key, cur.value()))
+                    out.append((key, cur.value()) if values else key)
                     if limit is not None and len(out) >= limit:
                         break
                     ok = cur.next()
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "side_scan failed") from None
-        finally:
-            self._exit_read()
-        return out
-
-    def side_keys(self, start: bytes, end: bytes, *, limit: int) -> list[bytes]:
-        """The keys of :meth:`side_scan` (at most ``limit``), without reading their values."""
-        start = _check_side_key(start, "start", bound=True)
-        end = _check_side_key(end, "end", bound=True)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise errors.InvalidArgumentError(f"limit must be an int >= 0, not {limit!r}")
-        out: list[bytes] = []
-        env = self._enter_read()
-        try:
-            with env.begin(self._side) as txn:
-                cur = txn.cursor()
-                ok = cur.set_range(start) if start else cur.first()
-                while ok and len(out) < limit:
-                    key = cur.key()
-                    if key >= end:
-                        break
-                    out.append(key)
-                    ok = cur.next()
-        except lmdb.Error as exc:
-            raise _lmdb_error(exc, "side_keys failed") from None
         finally:
             self._exit_read()
         return out

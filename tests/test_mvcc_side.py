@@ -144,6 +144,16 @@ def test_delete_overwrite_and_deleting_a_missing_key(store):
     assert store.side_scan() == [(b"a", b"one")]
 
 
+def test_side_keys_are_the_keys_of_side_scan(store):
+    store.apply([], 10, 1, side=[(b"a", b"1"), (b"b", b"x" * 5000), (b"c", b"3"), (b"d", b"")])
+    for start, end, limit in ((b"", None, None), (b"b", b"d", None), (b"a", None, 2),
+                              (b"c", b"b", None), (b"", None, 0)):
+        pairs = store.side_scan(start, end, limit=limit)
+        assert store.side_keys(start, end, limit=limit) == [k for k, _ in pairs]
+    with pytest.raises(errors.InvalidArgumentError, match="limit"):
+        store.side_keys(limit=-1)
+
+
 def test_within_one_call_the_last_pair_for_a_key_wins(store):
     store.apply([], 10, 1, side=[(b"a", b"1"), (b"a", b"2"), (b"b", b"x"), (b"b", None),
                                  (b"c", None), (b"c", b"3")])
