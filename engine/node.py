@@ -1076,7 +1076,9 @@ class Node:
             raise InvalidArgumentError("start and end must be bytes")
         if type(limit) is not int or not 0 < limit <= 10_000:
             raise InvalidArgumentError("limit must be an int in 1..10000")
-        await replica.snapshot_ts()  # leader, and everything acknowledged is applied
+        ts = await replica.snapshot_ts()  # leader, and everything acknowledged is applied
+        # A dropped keyspace's log is being erased (PURGE): refused, not shown in part.
+        self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
         return {"records": [[rid, key, rec]
                             for rid, key, rec in replica.sm.conflicts(start, end, limit)]}
 

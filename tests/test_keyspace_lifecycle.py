@@ -47,11 +47,16 @@ async def test_a_cached_record_of_a_dropped_keyspace_neither_reads_nor_writes_it
 
 async def test_a_dropped_regional_keyspace_is_fenced_in_every_region():
     async with open_local_cluster(TWO_REGIONS, 1, seed=42) as cluster:
-        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west, \
+                cluster.connect("eu-west") as stale:
             with trio.fail_after(60):
                 old = await east.create_keyspace("r", mode="regional")
                 await west.run_transaction(lambda tx: tx.put("r", b"k", b"west"))
+                assert await stale.conflicts("r") == []  # and the record is cached
                 await east.drop_keyspace("r")
+                # Its conflict log, being erased, is not shown (the record is looked up again).
+                with pytest.raises(errors.TransactionConflictError, match="moved"):
+                    await stale.conflicts("r")
                 with pytest.raises(errors.TransactionConflictError) as refused:
                     async with west.transaction() as tx:
                         await tx.put("r", b"k", b"after the drop")
