@@ -301,9 +301,8 @@ class Database:
         self._keyspaces.pop(name, None)
         for _ in range(MAX_SNAPSHOT_MOVES):
             ks = await self._lookup_keyspace(name)
-            groups = self._groups_holding(ks)
-            for group in groups:
-                await self._fence(group, ks.id, 2)
+            fenced = {group: await self._fence(group, ks.id, 2)
+                      for group in self._groups_holding(ks)}
             try:
                 await self._call_group(self._meta_group, "keyspace.drop",
                                        {"name": name, "id": ks.id, "home": ks.home})
@@ -313,7 +312,7 @@ class Database:
                 raise
             finally:
                 self._keyspaces.pop(name, None)
-            await self._release(groups, ks.id)
+            await self._release(fenced, ks.id)
             return
         raise UnavailableError(f"keyspace {name!r} kept moving while it was being dropped")
 
@@ -535,7 +534,7 @@ class Database:
             await self._fence(new, ks.id, 1, MAX_TS)  # no reads, no writes there until copied
             copied_at = await self._copy_keyspace(ks, old, new)
             await self._fence(new, ks.id, 1, copied_at)  # reads from the copy on
-            await self._fence(old, ks.id, 2)
+            fenced_old = await self._fence(old, ks.id, 2)
         except BaseException:
             # The catalog still names the old home: lift its fence (best effort; if this
             # fails too, running the move again finishes it), unless a drop or another move
@@ -553,24 +552,30 @@ class Database:
                     and exc.reason != "catalog_changed"):
                 raise  # not refused: running the move again finishes it
             # The record is no longer the keyspace that was copied, homed where it was copied
-            # from: the copy is nobody's home, fence it off for good.
+            # from: the copy is nobody's home, fence it off for good (and, if the keyspace
+            # is gone, let the group erase it).
             with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
                 with contextlib.suppress(MeridianError, OSError):
-                    await self._fence(new, ks.id, 2, expect=(1, copied_at))
+                    reply = await self._call_group(new, "keyspace.fence", {
+                        "group": new, "keyspace_id": ks.id, "level": 2, "available_from": 0,
+                        "expect": [1, copied_at]})
+                    if reply.get("done", True) and isinstance(exc, KeyspaceNotFoundError):
+                        await self._release({new: reply["ts"]}, ks.id)
             raise
         finally:
             self._keyspaces.pop(name, None)
-        await self._release([old], ks.id)  # no record names it any more
         await self._fence(new, ks.id, 0, copied_at, expect=(1, copied_at))
+        await self._release({old: fenced_old}, ks.id)  # no record names it any more
         return keyspace_from_record(rec)
 
-    async def _release(self, groups, keyspace_id: int) -> None:
-        """Lets ``groups`` erase the keyspace's data (fence level 3), where it is fenced at
-        level 2 and no catalog record names them as its home any more. Best effort: where
-        this fails the data stays, fenced, as it did before."""
-        for group in groups:
+    async def _release(self, fenced: dict[int, int], keyspace_id: int) -> None:
+        """Lets the groups of ``fenced`` erase the keyspace's data (fence level 3), where
+        the level 2 fence this client set (stamped with the timestamp in ``fenced``) is still
+        there and no catalog record names them as its home any more. Best effort: where this
+        fails the data stays, fenced, as it did before."""
+        for group, stamp in fenced.items():
             with contextlib.suppress(MeridianError, OSError):
-                await self._fence(group, keyspace_id, 3, expect=(2, 0), quiet=True)
+                await self._fence(group, keyspace_id, 3, expect=(2, stamp), quiet=True)
 
     async def _fence(self, group: int, keyspace_id: int, level: int,
                      available_from: int = 0, *,

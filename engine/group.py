@@ -75,7 +75,9 @@ An entry's data is one msgpack array whose first element says what it is:
     fence is ``(1, MAX_TS)``: the group closed to everything but the copy); level 2 refuses
     reads of it too (the node answers ``moved``); level 3 also lets PURGE erase its data
     here, once no catalog record can name this group as its home any more (the keyspace was
-    dropped, or moved away, and the catalog says so); level 0 lifts the fence; ``available_from``
+    dropped, or moved away, and the catalog says so): it is taken only from level 2 and is
+    kept by a later level 2 (conflict ``fence_changed``); at levels 2 and 3 the entry's own
+    timestamp is recorded as ``available_from``; level 0 lifts the fence; ``available_from``
     (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
     its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
     only if it is that when the entry is applied (else the conflict ``fence_changed``).
@@ -501,8 +503,6 @@ class GroupStateMachine:
             closed, low_water = msgpack.unpackb(raw)
         else:
             closed = low_water = 0
-        self._closed = closed
-        self._low_water = low_water
         self._pruned_at = low_water
         if self._adj is not None:
             self._adj.close()
@@ -528,6 +528,10 @@ class GroupStateMachine:
                             f"prepared transaction cannot be restored: {verdict}")
             adj.load(self.store.latest_versions(low_water))
             adj.prune(low_water)
+            # Last: a reader that sees the new closed timestamp (a learner's read waiting for
+            # it) finds everything else of the new state in place too.
+            self._closed = closed
+            self._low_water = low_water
         except BaseException:
             adj.close()
             raise
@@ -585,7 +589,18 @@ class GroupStateMachine:
                     # or another move changed it since (checked here, in log order, so that
                     # no change between the check and the entry can be overwritten).
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
+                elif level >= 2 and (self.fence(prefix)[0] == 3
+                                     or (level == 3 and self.fence(prefix)[0] != 2)):
+                    # Level 3 is only ever raised from 2, and stays until a move brings the
+                    # keyspace back (level 1) or lifts it: a drop that fences a home it read
+                    # in an old record must not take erasure away from it.
+                    results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
                 elif level or available_from:
+                    if level >= 2:
+                        # Stamped with this entry's timestamp: who set it can name exactly
+                        # this fence in an expectation later, and PURGE waits a transaction
+                        # lifetime after a level 3.
+                        available_from = ts
                     self._fences[prefix] = (level, available_from)
                     batch.side[_FENCE + prefix] = msgpack.packb([level, available_from])
                 else:
@@ -725,11 +740,12 @@ class GroupStateMachine:
                 return key
         return None
 
-    def erasable_keyspaces(self) -> list[int]:
-        """The ids of the keyspaces fenced at level 3 here (dropped, or moved away): their
-        data here is never read again, and PURGE erases it."""
-        return [_U32.unpack(prefix)[0] for prefix, (level, _) in self._fences.items()
-                if level == 3]
+    def erasable_keyspaces(self) -> list[tuple[int, int]]:
+        """``(id, since)`` of the keyspaces fenced at level 3 here (dropped, or moved away)
+        since the timestamp ``since``: their data here is never read again, and PURGE erases
+        it."""
+        return [(_U32.unpack(prefix)[0], since) for prefix, (level, since)
+                in self._fences.items() if level == 3]
 
     def fence(self, keyspace_prefix: bytes) -> tuple[int, int]:
         """The keyspace's fence here: (level, available_from); (0, 0) when unfenced."""
@@ -857,11 +873,9 @@ class GroupStateMachine:
                 yield chunk
 
         self._restores += 1
-        try:
-            self.store.restore(chunks())
-            self._load_state()
-        finally:
-            self._restores += 1
+        self.store.restore(chunks())
+        self._load_state()
+        self._restores += 1  # not after a failure: the replica stops, reads stay refused
 
 
 class SnapshotBuild:

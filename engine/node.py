@@ -541,19 +541,19 @@ class Node:
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
         ts, until = await self._read_ts(replica, p)
+        generation = self._begin_read(replica)
         prefixes = [k[:KEY_PREFIX_SIZE] for k in keys]
         self._check_fences(replica, prefixes, ts)
         await self._wait_intents(replica, ts, lambda: replica.intents(keys, until),
                                  restart=not _is_stale(p))
-        generation = self._begin_read(replica)
-        if until > ts:
-            store = replica.sm.store
-            for k in keys:
-                version = store.get_version(k, until)
-                if version is not None and version[0] > ts:
-                    raise _restart(replica, ts, until)
-        values = [replica.get(k, ts) for k in keys]
-        self._end_read(replica, generation, prefixes, ts)
+        with self._reading(replica, generation, prefixes, ts):
+            if until > ts:
+                store = replica.sm.store
+                for k in keys:
+                    version = store.get_version(k, until)
+                    if version is not None and version[0] > ts:
+                        raise _restart(replica, ts, until)
+            values = [replica.get(k, ts) for k in keys]
         return {"ts": ts, "until": until, "values": values}
 
     async def _scan(self, p):
@@ -565,22 +565,22 @@ class Node:
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or nil")
         ts, until = await self._read_ts(replica, p)
-        if p.get("ignore_fence") is not True:  # a keyspace move reads its own copy
-            self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
+        generation = self._begin_read(replica)
+        # A keyspace move reads its own copy, whatever the fence.
+        prefixes = [] if p.get("ignore_fence") is True else [start[:KEY_PREFIX_SIZE]]
+        self._check_fences(replica, prefixes, ts)
         await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
                                  restart=not _is_stale(p))
-        generation = self._begin_read(replica)
-        items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
-        if until > ts and items != replica.scan(start, end, until, limit=limit,
-                                                reverse=reverse):
-            raise _restart(replica, ts, until)
-        self._end_read(replica, generation,
-                       () if p.get("ignore_fence") is True else [start[:KEY_PREFIX_SIZE]], ts)
+        with self._reading(replica, generation, prefixes, ts):
+            items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
+            if until > ts and items != replica.scan(start, end, until, limit=limit,
+                                                    reverse=reverse):
+                raise _restart(replica, ts, until)
         return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
 
     def _begin_read(self, replica: GroupReplica) -> int:
-        """Before a read of the store: the replica's restore generation, to be given to
-        :meth:`_end_read`. A replica installing a snapshot refuses (retryable: its region's
+        """Once a read knows its timestamp: the replica's restore generation, for
+        :meth:`_reading`. A replica installing a snapshot refuses (retryable: its region's
         clients ask a voter instead)."""
         generation = replica.sm.restore_generation
         if generation & 1:
@@ -588,14 +588,25 @@ class Node:
                               f"installing a snapshot", retryable=True)
         return generation
 
-    def _end_read(self, replica: GroupReplica, generation: int, prefixes, ts: int) -> None:
-        """After a read of the store: refuses it if what it read may have changed under it --
-        a snapshot install began meanwhile (it runs in a thread), or a drop applied while the
-        read waited for intents (PURGE then erases the keyspace's data)."""
-        if replica.sm.restore_generation != generation:
-            raise RemoteError("not_closed", f"group {replica.group} on node {self.id} began "
-                              f"installing a snapshot during the read", retryable=True)
+    @contextlib.contextmanager
+    def _reading(self, replica: GroupReplica, generation: int, prefixes, ts: int):
+        """Around a read of the store: refuses it if what it checked or read may have
+        changed under it -- a snapshot install began since :meth:`_begin_read` (it runs in a
+        thread: the store, the closed timestamp, the intents and the fences all change), or
+        a drop applied while the read waited for intents (PURGE then erases the keyspace's
+        data)."""
+        try:
+            yield
+        except InvalidArgumentError:  # e.g. below a watermark that an install brought
+            self._check_generation(replica, generation)
+            raise
+        self._check_generation(replica, generation)
         self._check_fences(replica, prefixes, ts)
+
+    def _check_generation(self, replica: GroupReplica, generation: int) -> None:
+        if replica.sm.restore_generation != generation:
+            raise RemoteError("not_closed", f"group {replica.group} on node {self.id} "
+                              f"installed a snapshot during the read", retryable=True)
 
     def _check_fences(self, replica: GroupReplica, prefixes, ts: int) -> None:
         """Refuses a read of a keyspace that moved away from this group, or that moved here
@@ -1322,7 +1333,7 @@ class Node:
         done, see Database.move_keyspace). Answers ``{"ts"}``, the commit's timestamp."""
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
-        if type(ks_id) is not int or not 0 <= ks_id < 2**32:
+        if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
             raise InvalidArgumentError("keyspace_id must be a keyspace id")
         if type(txn_id) is not int or not 0 < txn_id < 2**64:
             raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")

@@ -96,8 +96,7 @@ class GroupReplica:
         self._outbox = trio.Event()
         self.gc_removed = 0
         self.purges = 0  # PURGE entries this replica proposed and saw applied
-        self._erasable_since: dict[int, int] = {}  # keyspace id -> closed ts when first seen
-        self._erased: set[int] = set()  # erasable keyspaces found empty here
+        self._erased: set[tuple[int, int]] = set()  # erasable_keyspaces() found empty
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
         sm.on_outbox = self._on_outbox
@@ -346,26 +345,25 @@ class GroupReplica:
         :data:`PURGE_BUDGET`) of each, one at a time, each planned on this replica's store in
         a worker thread (at most :data:`PURGE_KEYS_PER_STEP` keys looked at per step).
 
-        A keyspace is left alone until the low water has passed the closed timestamp at which
-        this replica first found it erasable: its data is then all at or below the low
-        water, and one pass erases it. One found empty afterwards is not looked at again
-        (until a restart). Returns when done, when this replica stops leading, or after a
-        keyspace's fence changed.
+        A keyspace is left alone until the low water has passed the timestamp of its level 3
+        fence: its data is then all at or below the low water, and one pass erases it. One
+        found empty (no version, no conflict-log record, no intent) is not looked at again
+        while that fence stays (until a restart). Returns when done, when this replica stops
+        leading, or after a keyspace's fence changed.
 
         Raises:
             NotLeaderError, AmbiguousCommitError: as :meth:`commit`.
         """
         budget = PURGE_BUDGET if budget is None else budget
         erasable = self.sm.erasable_keyspaces()
-        for gone in set(self._erasable_since) - set(erasable):  # a move brought it back
-            del self._erasable_since[gone]
-        self._erased &= set(erasable)
-        for ks_id in erasable:
-            since = self._erasable_since.setdefault(ks_id, self.sm.closed_ts)
-            if ks_id not in self._erased and self.sm.low_water > since:
-                await self._purge_keyspace(ks_id, budget)
+        self._erased &= set(erasable)  # a fence lifted, or set again, is looked at again
+        for ks_id, since in erasable:
+            if (ks_id, since) not in self._erased and self.sm.low_water > since:
+                if await self._purge_keyspace(ks_id, budget):
+                    self._erased.add((ks_id, since))
 
-    async def _purge_keyspace(self, ks_id: int, budget: int) -> None:
+    async def _purge_keyspace(self, ks_id: int, budget: int) -> bool:
+        """One pass over the keyspace; True if it left nothing of it behind."""
         store = self.sm.store
         prefix, end = keyspace_bounds(ks_id)
         side_lo, side_end = conflict_log_bounds(ks_id)
@@ -382,7 +380,8 @@ class GroupReplica:
 
         def left() -> bool:
             return (store.count_versions(prefix, end, limit=1)[0] > 0
-                    or bool(store.side_keys(side_lo, side_end, limit=1)))
+                    or bool(store.side_keys(side_lo, side_end, limit=1))
+                    or bool(self.sm.intents_in(prefix, end, MAX_TS)))  # resolved later
 
         start, side_start = prefix, side_lo
         while self.node.is_leader and self.sm.fence(prefix)[0] == 3:
@@ -399,10 +398,9 @@ class GroupReplica:
             elif start >= end:
                 side_start = side_end  # no record left to erase
             if start >= end and side_start >= side_end:
-                if not await trio.to_thread.run_sync(left):
-                    self._erased.add(ks_id)
-                return
+                return not await trio.to_thread.run_sync(left)
             await trio.sleep(0.01)  # a pause between two steps, as for the GC
+        return False
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""

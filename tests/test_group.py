@@ -234,7 +234,7 @@ purge_commands = st.tuples(
         st.tuples(st.just("resolve"), st.integers(1, 3), st.integers(0, 150))),
         min_size=1, max_size=28),
     st.integers(40, 150),
-).map(lambda p: [*p[0], ("fence", 30, 3), *p[1], ("close", p[2]),
+).map(lambda p: [*p[0], ("fence", 30, 2), ("fence", 31, 3), *p[1], ("close", p[2]),
                  ("purge", p[2], BOUNDS[0], BOUNDS[-1])])
 
 
@@ -367,7 +367,7 @@ def test_purge_erases_a_dropped_keyspaces_versions_up_to_the_low_water(sm):
         assert sm.store.count_versions(lo, hi) == (2, None)
         assert sm.erasable_keyspaces() == []
     sm.apply([log(encode_fence(LIFETIME + 40, KS, 3))])
-    assert sm.erasable_keyspaces() == [KS]
+    assert sm.erasable_keyspaces() == [(KS, LIFETIME + 40)]
     # The low water is now 40: the version at 10 goes, the one at LIFETIME + 20 stays.
     [r] = sm.apply([log(encode_purge(LIFETIME + 50, KS, lo, hi, side_lo, side_hi))])
     assert r.outcome is Outcome.RESOLVED and sm.low_water == 50
@@ -401,7 +401,7 @@ def test_purge_erases_a_dropped_regional_keyspaces_conflict_log_and_skips_its_sh
                                           [[key, "lww", b"late", 390, "eu-west", 0, ""]]))])
         assert r.committed  # the stream goes on (its watermark moves)...
         assert store.get_version(key, MAX_TS)[0] == merged_at  # ...without the write
-        sm.apply([log(encode_fence(450, KS, 3)),
+        sm.apply([log(encode_fence(450, KS, 3)),  # from 2
                   log(encode_purge(LIFETIME + 500, KS, BOUNDS[0], BOUNDS[-1], side_lo, side_hi))])
         assert store.side_scan(side_lo, side_hi) == []
         assert store.count_versions(BOUNDS[0], BOUNDS[-1]) == (0, None)
@@ -418,17 +418,35 @@ def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(
     entries = [log(encode_prepare(5, 0, 10, [(key, b"a")], primary=1, deadline=10**6)),
                log(encode_prepare(6, 0, 11, [(key + b"2", b"b")], primary=1,
                                   deadline=10**6)),
-               log(encode_fence(12, KS, 3)),
+               log(encode_fence(12, KS, 2)),
+               log(encode_fence(13, KS, 3)),
                log(encode_close(LIFETIME + 100)),
                log(encode_resolve(5, LIFETIME + 110, 20)),  # a version at 20, below low water
                log(encode_purge(LIFETIME + 120, KS, BOUNDS[0], BOUNDS[-1])),
                log(encode_resolve(6, LIFETIME + 130, 30))]
     states = []
-    for name, plan in (("apart", [(1, False)] * 7), ("together", [(7, False)])):
+    for name, plan in (("apart", [(1, False)] * 8), ("together", [(8, False)])):
         _decisions(tmp_path / name, entries, plan)
         with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
             states.append([store.get_version(k, MAX_TS) for k in (key, key + b"2")])
     assert states[0] == states[1] == [None, (30, b"b")]
+
+
+def test_level_3_is_taken_only_from_level_2_and_kept_by_a_later_level_2(sm):
+    log = Log()
+    prefix = PREFIX
+    [r] = sm.apply([log(encode_fence(10, KS, 3))])
+    assert r.reason == "fence_changed" and sm.fence(prefix) == (0, 0)
+    sm.apply([log(encode_fence(20, KS, 2))])
+    assert sm.fence(prefix) == (2, 20)  # stamped with the entry's timestamp
+    [r] = sm.apply([log(encode_fence(30, KS, 3, expect=(2, 19)))])  # not that fence
+    assert r.reason == "fence_changed" and sm.erasable_keyspaces() == []
+    sm.apply([log(encode_fence(40, KS, 3, expect=(2, 20)))])
+    assert sm.erasable_keyspaces() == [(KS, 40)]
+    [r] = sm.apply([log(encode_fence(50, KS, 2))])  # a drop that read an old record
+    assert r.reason == "fence_changed" and sm.fence(prefix) == (3, 40)
+    sm.apply([log(encode_fence(60, KS, 1, MAX_TS))])  # a move bringing it back
+    assert sm.fence(prefix) == (1, MAX_TS) and sm.erasable_keyspaces() == []
 
 
 def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased(tmp_path):
@@ -439,12 +457,13 @@ def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased
     log = Log()
     entries = [log(encode_commit(1, 0, 10, [], merges=[(key, "lww", b"old")])),
                log(encode_close(LIFETIME + 100)),
+               log(encode_fence(LIFETIME + 105, KS, 2)),
                log(encode_fence(LIFETIME + 110, KS, 3)),
                log(encode_purge(LIFETIME + 120, KS, BOUNDS[0], BOUNDS[-1], side_lo, side_hi)),
                log(encode_fence(LIFETIME + 130, KS, 0)),
                log(encode_commit(2, 0, LIFETIME + 140, [], merges=[(key, "counter", b"5")]))]
-    apart = _decisions(tmp_path / "a", entries, [(1, False)] * 6)
-    together = _decisions(tmp_path / "b", entries, [(1, False), (5, False)])
+    apart = _decisions(tmp_path / "a", entries, [(1, False)] * 7)
+    together = _decisions(tmp_path / "b", entries, [(1, False), (6, False)])
     assert apart[-1].committed
     assert together == apart
 
@@ -455,9 +474,10 @@ def test_a_purge_erases_conflict_records_written_before_it_in_its_call(tmp_path)
     log = Log()
     entries = [log(encode_commit(1, 0, 100, [], merges=[(key, "lww", b"east")])),
                log(encode_remote(101, 200, 0, 200, [[key, "lww", b"w", 50, "eu-west", 0, ""]])),
+               log(encode_fence(290, KS, 2)),
                log(encode_fence(300, KS, 3)),
                log(encode_purge(400, KS, BOUNDS[0], BOUNDS[0], side_lo, side_hi))]
-    for name, plan in (("apart", [(1, False)] * 4), ("together", [(4, False)])):
+    for name, plan in (("apart", [(1, False)] * 5), ("together", [(5, False)])):
         _decisions(tmp_path / name, entries, plan)
         with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
             assert store.side_scan(side_lo, side_hi) == [], name

@@ -524,14 +524,14 @@ def test_a_fenced_keyspace_refuses_writes_and_the_fence_survives_a_restart(store
         assert one(sm, log, copy).reason == "moved"
         assert one(sm, log, encode_commit(3, 0, 130, [(ks8 + b"a", b"1")])).committed
         one(sm, log, encode_fence(140, 7, 2, 0))
-        assert sm.fence(ks7) == (2, 0)
+        assert sm.fence(ks7) == (2, 140)  # stamped with the entry's timestamp
     finally:
         sm.close()
         store.close()
     store = MVCCStore(store_path, map_size=1 << 20)
     sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
     try:
-        assert sm.fence(ks7) == (2, 0) and sm.fence(ks8) == (0, 0)
+        assert sm.fence(ks7) == (2, 140) and sm.fence(ks8) == (0, 0)
         one(sm, log, encode_fence(150, 7, 0, 145))
         assert sm.fence(ks7) == (0, 145)
         assert one(sm, log, encode_commit(4, 0, 160, [(ks7 + b"a", b"2")])).committed

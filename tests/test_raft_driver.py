@@ -378,20 +378,30 @@ class SlowRestore(Counter):
 
 
 async def test_a_state_machine_may_install_a_snapshot_off_the_event_loop(tmp_path):
+    machines: list[SlowRestore] = []
+
+    def machine(i):
+        machines.append(SlowRestore())
+        return machines[-1]
+
     async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
-                       state_machine=lambda i: SlowRestore()) as c:
-        with trio.fail_after(20):
-            lid, victim = await c.leave_behind(range(60))
-            await c.start(victim)
-            sm = c.sms[victim]
-            while not sm.entered.is_set():
-                await trio.sleep(TICK)
-            assert sm.thread is not threading.main_thread()
-            # The event loop goes on while the snapshot is installed: the group commits.
-            await c.nodes[lid].propose(b"during")
-            assert not sm.items
-            sm.release.set()
-            await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+                       state_machine=machine) as c:
+        try:
+            with trio.fail_after(20):
+                lid, victim = await c.leave_behind(range(60))
+                await c.start(victim)
+                sm = c.sms[victim]
+                while not sm.entered.is_set():
+                    await trio.sleep(TICK)
+                assert sm.thread is not threading.main_thread()
+                # The event loop goes on while the snapshot is installed: the group commits.
+                await c.nodes[lid].propose(b"during")
+                assert not sm.items
+                sm.release.set()
+                await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
+        finally:
+            for m in machines:  # a failed test must not leave a worker waiting
+                m.release.set()
         assert sm.items == [b"%d" % k for k in range(60)] + [b"during"]
 
 
