@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 
 import pytest
 import trio
 
+import engine.mvcc
 import engine.node
 
 from engine import errors
@@ -209,6 +211,62 @@ async def test_a_stale_read_is_served_elsewhere_when_the_regions_replica_cannot(
                     await tx.put("s", b"k", b"v2")
                 value, ts = await west.read_version("s", b"k", staleness="bounded:0")
                 assert value == b"v2" and ts >= tx.commit_ts
+
+
+async def test_a_follower_installing_a_snapshot_refuses_reads_until_it_is_whole(monkeypatch):
+    """A follower that fell behind the leader's compacted log installs a snapshot in a
+    worker thread while its node goes on serving: a read of that group there is refused
+    (retryable) while the install runs, and answered from the whole new state after."""
+    async with open_local_cluster(("us-east",), 3, raft_snapshot_every=8, seed=9) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(90):
+                await db.create_keyspace("g")
+                async with db.transaction() as tx:
+                    await tx.put("g", b"k", b"v0")
+                group = data_group(cluster.config, "us-east")
+                leader = await _leader_of(cluster, group)
+                victim = next(n for n in cluster.nodes if n != leader)
+                replica = cluster.nodes[victim].replicas[group]
+                while replica.closed_ts < tx.commit_ts:
+                    await trio.sleep(0.01)
+                ts0 = tx.commit_ts
+                [(stored_key, _)] = replica.sm.store.scan(b"", None, ts0)
+                await cluster.stop_node(victim)
+                # More entries than the leader sends ahead to a follower that does not
+                # answer (its in-flight window), over a log compacted every 8.
+                for i in range(400):
+                    await db.run_transaction(lambda tx, i=i: tx.put("g", b"k", b"v%d" % i))
+
+                entered, release = threading.Event(), threading.Event()
+                restore = engine.mvcc.MVCCStore.restore
+
+                def paused(self, chunks):
+                    entered.set()
+                    release.wait(30)
+                    return restore(self, chunks)
+
+                monkeypatch.setattr(engine.mvcc.MVCCStore, "restore", paused)
+                try:
+                    await cluster.start_node(victim)
+                    while not entered.is_set():
+                        await trio.sleep(0.01)
+                    node = cluster.nodes[victim]
+                    installing = node.replicas[group]
+                    assert installing.sm.restore_generation % 2 == 1
+                    read = {"group": group, "keys": [stored_key], "ts": ts0}
+                    async with connect_rpc(cluster.config.node(victim).client_host,
+                                           node.client_port) as conn:
+                        with pytest.raises(RemoteError) as refused:
+                            await conn.call("read", read)
+                        assert refused.value.code == "not_closed" and refused.value.retryable
+                        assert "installing a snapshot" in refused.value.message
+                        release.set()
+                        while installing.sm.restore_generation % 2:
+                            await trio.sleep(0.01)
+                        assert (await conn.call("read", read))["values"] == [b"v0"]
+                    assert installing.node.statistics().snapshots_installed >= 1
+                finally:
+                    release.set()
 
 
 @pytest.mark.parametrize("raft_fsync", ["loop", "thread"])
