@@ -180,6 +180,7 @@ from .merge import (
     resolver_for,
 )
 from .mvcc import MAX_KEY_SIZE, MAX_SIDE_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
+from .placement import keyspace_bounds
 
 __all__ = [
     "CMD_COMMIT",
@@ -359,7 +360,8 @@ def encode_purge(proposed_ts: int, keyspace_id: int, start: bytes, end: bytes,
 
 def conflict_log_bounds(keyspace_id: int) -> tuple[bytes, bytes]:
     """The side-table span ``[start, end)`` of a keyspace's conflict-log records."""
-    return (_CONFLICT + _U32.pack(keyspace_id), _CONFLICT + _U32.pack(keyspace_id + 1))
+    lo, hi = keyspace_bounds(keyspace_id)
+    return _CONFLICT + lo, _CONFLICT + hi
 
 
 def encode_drain(proposed_ts: int, keys: Sequence[bytes]) -> bytes:
@@ -590,7 +592,7 @@ class GroupStateMachine:
                     # no change between the check and the entry can be overwritten).
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
                 elif level >= 2 and (self.fence(prefix)[0] == 3
-                                     or (level == 3 and self.fence(prefix)[0] != 2)):
+                                     or level == 3 and self.fence(prefix)[0] != 2):
                     # Level 3 is only ever raised from 2, and stays until a move brings the
                     # keyspace back (level 1) or lifts it: a drop that fences a home it read
                     # in an old record must not take erasure away from it.
@@ -1142,7 +1144,6 @@ class _Batch:
         self.resolved.append(txn_id)
         return True
 
-
     def erase(self, keyspace_id: int, start: bytes, end: bytes, side_start: bytes,
               side_end: bytes, max_ts: int) -> None:
         """PURGE: the keyspace's versions at or below ``max_ts`` of the keys in ``[start,
@@ -1150,8 +1151,7 @@ class _Batch:
         the keyspace, are erased -- in the store when the call ends (the PURGE is its last
         entry), and from what this call has written before it, so that the outcome is the
         same however the log is cut into calls."""
-        lo = _U32.pack(keyspace_id)
-        hi = _U32.pack(keyspace_id + 1)
+        lo, hi = keyspace_bounds(keyspace_id)
         start, end = max(start, lo), min(end, hi)
         if start < end and max_ts > 0:  # no version is at or below 0
             self.erased.append((start, end, max_ts))

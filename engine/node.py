@@ -93,10 +93,10 @@ from .client import Database
 from .group import (
     GroupStateMachine,
     Intent,
+    MAX_KEYSPACE_ID,
     Outcome,
     encode_commit,
     encode_drain,
-    MAX_KEYSPACE_ID,
     encode_fence,
     encode_remote,
     encode_shipped,
