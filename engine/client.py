@@ -284,18 +284,25 @@ class Database:
         Steps, safe to repeat (run the call again if it was interrupted): the record is looked
         up; the keyspace's id is fenced against reads and writes in the group(s) holding its
         data (every region's data group, for a regional keyspace), so that a client whose
-        cache still names it is told that it ``moved`` and looks the name up again; then the
-        record is deleted, if it is still that keyspace with that home (one moved meanwhile is
-        fenced in its new home first). If the call fails between the fence and the deletion,
-        the keyspace stays fenced (unusable) until the call is run again.
+        cache still names it is told that it ``moved`` and looks the name up again; the
+        groups are told they may erase its data there; then the record is deleted, if it is
+        still that keyspace with that home (one moved meanwhile is fenced, and erased, in its
+        new home first). If the call fails before the deletion, the keyspace stays fenced
+        (unusable) until the call is run again.
 
-        Once the record is deleted, the groups are told they may erase the keyspace's data
-        (best effort: if this client cannot reach one, its data there stays, unusable): each
-        group's leader erases it in the background, a bounded range at a time, once the
-        maximum transaction lifetime has passed, so that its space is reused within about
-        that lifetime (plus the garbage-collection interval) after the drop. The copy a
-        moved keyspace leaves in its old home is erased the same way, once the catalog names
-        the new home (by the move, or by this drop, if the move stopped before it got there).
+        Each group's leader erases the data in the background, a bounded range at a time,
+        once the maximum transaction lifetime has passed since the fence, so that its space is
+        reused within about that lifetime (plus the garbage-collection interval) after the
+        drop. Telling the groups is best effort: where this client cannot reach one, its data
+        there stays, fenced and unusable, until the call is run again while the record is
+        there. The copy a moved keyspace leaves in its old home is erased the same way, once
+        the catalog names the new home (by the move, or by this drop, if the move stopped
+        before it got there).
+
+        The erasure may start before the record is deleted: the fence it needs is the one
+        this call set (stamped with its timestamp, see engine.group, FENCE), so a home that a
+        move has brought the keyspace back to since is never erased, and a record this call
+        fenced stays unusable until it is deleted.
         """
         check_keyspace_name(name)
         self._keyspaces.pop(name, None)
@@ -309,6 +316,8 @@ class Database:
             with trio.move_on_after(MOVE_ROLLBACK_S):
                 with contextlib.suppress(MeridianError, OSError):
                     await self._retire_old_home(ks)
+            # Before the record goes: once it has, nothing would say where the data was.
+            await self._release(fenced, ks.id)
             try:
                 await self._call_group(self._meta_group, "keyspace.drop",
                                        {"name": name, "id": ks.id, "home": ks.home})
@@ -318,7 +327,6 @@ class Database:
                 raise
             finally:
                 self._keyspaces.pop(name, None)
-            await self._release(fenced, ks.id)
             return
         raise UnavailableError(f"keyspace {name!r} kept moving while it was being dropped")
 
@@ -624,8 +632,9 @@ class Database:
     async def _release(self, fenced: dict[int, int], keyspace_id: int) -> None:
         """Lets the groups of ``fenced`` erase the keyspace's data (fence level 3), where
         the level 2 fence this client set (stamped with the timestamp in ``fenced``) is still
-        there and no catalog record names them as its home any more. Best effort: where this
-        fails the data stays, fenced, as it did before."""
+        there: no move has brought the keyspace back since. The caller knows that no catalog
+        record will name them as its home again (the keyspace is being dropped, or moved
+        away). Best effort: where this fails the data stays, fenced, as it did before."""
         for group, stamp in fenced.items():
             with contextlib.suppress(MeridianError, OSError):
                 await self._fence(group, keyspace_id, 3, expect=(2, stamp), quiet=True)

@@ -83,6 +83,23 @@ def _left_behind(cluster, group, ks_id) -> list[tuple[int, int]]:
             for r in _replicas(cluster, group)]
 
 
+def _fence_of(cluster, group, ks_id):
+    leader = next(r for r in _replicas(cluster, group) if r.node.is_leader)
+    return leader.sm.fence(keyspace_bounds(ks_id)[0])
+
+
+def _fail_calls(monkeypatch, db, method):
+    """Makes ``db``'s calls of ``method`` fail (as if its node were out of reach)."""
+    call = db._call_group
+
+    async def failing(group, m, payload, **options):
+        if m == method:
+            raise errors.UnavailableError(f"{method}: out of reach")
+        return await call(group, m, payload, **options)
+
+    monkeypatch.setattr(db, "_call_group", failing)
+
+
 async def test_a_dropped_keyspaces_data_is_erased_from_every_replica(monkeypatch):
     """After a drop, once the transaction lifetime has passed, the group's leader erases the
     keyspace's versions (PURGE entries of a bounded size) on every replica, and leaves the
@@ -109,6 +126,34 @@ async def test_a_dropped_keyspaces_data_is_erased_from_every_replica(monkeypatch
                 assert sum(r.purges for r in _replicas(cluster, group)) >= 4
                 assert await db.read("kept", b"k") == b"still here"
                 assert all(v == 1 for v, _ in _left_behind(cluster, group, kept.id))
+
+
+async def test_a_drop_interrupted_before_the_record_is_deleted_has_its_data_erased(
+        monkeypatch):
+    """The groups are told they may erase before the record goes (once it has, nothing says
+    where the data was): a drop that stops there leaves the keyspace unusable, its data
+    erased, and the call run again deletes the record."""
+    monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
+    async with open_local_cluster(("us-east",), 1, limits=Limits(max_txn_lifetime_s=1.0),
+                                  seed=55) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as other:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("gone")
+                await db.run_transaction(lambda tx: tx.put("gone", b"k", b"v"))
+                group = data_group(cluster.config, "us-east")
+                with monkeypatch.context() as m:
+                    _fail_calls(m, db, "keyspace.drop")
+                    with pytest.raises(errors.UnavailableError):
+                        await db.drop_keyspace("gone")
+                assert _fence_of(cluster, group, ks.id)[0] == 3
+                while _left_behind(cluster, group, ks.id) != [(0, 0)]:
+                    await trio.sleep(0.1)
+                assert (await other.keyspace("gone")).id == ks.id  # the record is still there
+                with pytest.raises(errors.MeridianError):
+                    await other.read("gone", b"k")
+                await db.drop_keyspace("gone")
+                with pytest.raises(errors.KeyspaceNotFoundError):
+                    await db.keyspace("gone")
 
 
 async def test_a_keyspace_moved_away_and_back_is_erased_from_its_old_home_and_copied_anew(
@@ -138,23 +183,6 @@ async def test_a_keyspace_moved_away_and_back_is_erased_from_its_old_home_and_co
                 await db.run_transaction(lambda tx: tx.put("g", b"c", b"3"))
                 async with db.transaction() as tx:
                     assert [k for k, _ in await tx.scan("g")] == [b"b", b"c"]
-
-
-def _fence_of(cluster, group, ks_id):
-    leader = next(r for r in _replicas(cluster, group) if r.node.is_leader)
-    return leader.sm.fence(keyspace_bounds(ks_id)[0])
-
-
-def _fail_calls(monkeypatch, db, method):
-    """Makes ``db``'s calls of ``method`` fail (as if its node were out of reach)."""
-    call = db._call_group
-
-    async def failing(group, m, payload, **options):
-        if m == method:
-            raise errors.UnavailableError(f"{method}: out of reach")
-        return await call(group, m, payload, **options)
-
-    monkeypatch.setattr(db, "_call_group", failing)
 
 
 async def test_a_move_interrupted_before_the_catalog_change_leaves_the_old_home_whole(
