@@ -6,9 +6,9 @@ succeed):
 
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
-    "created_ts", "survive"}``, and ``"moved_ts"`` and ``"moved_from"`` once the keyspace has
-    moved (see :attr:`Keyspace.moved_ts`, :attr:`Keyspace.moved_from`). Readers ignore
-    fields they do not know, so a record may gain optional fields without breaking them.
+    "created_ts", "survive"}``, and ``"moved_ts"`` once the keyspace has moved (see
+    :attr:`Keyspace.moved_ts`). Readers ignore fields they do not know, so a record may gain
+    optional fields without breaking them.
 ``b"ks-next-id"``
     the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
     never be read through a new keyspace of the same name.
@@ -67,10 +67,6 @@ class Keyspace:
     moved). The home group holds none of its data below it, so a read there must be served
     at this timestamp or above: a replica that has not applied that far must wait for it
     (or let another replica answer) rather than read the keyspace as empty."""
-    moved_from: str = ""
-    """The home region it was moved from last ("": it never moved). A move that stopped
-    after the catalog change left its data there, fenced against writes only: whoever
-    finds the record so finishes the move (engine.client.Database.move_keyspace)."""
 
 
 def check_keyspace_name(name: object) -> str:
@@ -90,12 +86,11 @@ _FIELDS = frozenset(f.name for f in fields(Keyspace))
 
 def keyspace_record(ks: Keyspace) -> dict:
     """The record as stored and sent to clients: a map of its fields, without ``moved_ts``
-    and ``moved_from`` while the keyspace never moved (so that readers that predate them
-    can read every such keyspace)."""
+    while it is 0 (so that readers that predate the field can read every keyspace that
+    never moved)."""
     record = asdict(ks)
-    for field in ("moved_ts", "moved_from"):
-        if not record[field]:
-            del record[field]
+    if not record["moved_ts"]:
+        del record["moved_ts"]
     return record
 
 

@@ -296,8 +296,7 @@ class Database:
         drop. Telling the groups is best effort: where this client cannot reach one, its data
         there stays, fenced and unusable, until the call is run again while the record is
         there. The copy a moved keyspace leaves in its old home is erased the same way, once
-        the catalog names the new home (by the move, or by this drop, if the move stopped
-        before it got there).
+        the catalog names the new home.
 
         The erasure may start before the record is deleted: the fence it needs is the one
         this call set (stamped with its timestamp, see engine.group, FENCE), so a home that a
@@ -310,12 +309,6 @@ class Database:
             ks = await self._lookup_keyspace(name)
             fenced = {group: await self._fence(group, ks.id, 2)
                       for group in self._groups_holding(ks)}
-            # A move that stopped after its catalog change left its old home readable.
-            # Best effort: with that home out of reach, the drop still goes on (it refuses
-            # writes, and readers only reach it through a record cached before the move).
-            with trio.move_on_after(MOVE_ROLLBACK_S):
-                with contextlib.suppress(MeridianError, OSError):
-                    await self._retire_old_home(ks)
             # Before the record goes: once it has, nothing would say where the data was.
             await self._release(fenced, ks.id)
             try:
@@ -494,38 +487,28 @@ class Database:
     async def move_keyspace(self, name: str, home_region: str) -> Keyspace:
         """Moves a global keyspace to another home region, online.
 
-        Steps, each safe to repeat (run the call again if it was interrupted):
-
-        1. writes to the keyspace are fenced off in the old group (writers get a retryable
-           ``moved`` conflict; :meth:`run_transaction` retries them, in the new home once it
-           is there), and reads and writes in the new group, where a client whose cache
-           still names that home from an earlier stay could otherwise write into the copy;
-        2. its live keys are copied, at one snapshot taken after every transaction prepared
-           before the fence has finished, into the new group (keys left there by an earlier
-           stay are deleted; only the copy's own commits pass the new group's fence); the
-           new group serves reads from the copy's timestamp on;
-        3. the catalog's record points to the new home, and names the old one as
-           ``moved_from``, if it is still the keyspace that was copied, homed where it was
-           copied from (a compare-and-set: a keyspace dropped and created again, or moved by
-           someone else, meanwhile, is left alone and the call fails);
-        4. the old group refuses reads too, and is told it may erase its copy;
-        5. the new group accepts writes.
-
-        From the copy until step 4 both groups hold the same data and neither takes writes,
-        so a client whose cache still names the old home reads what it would read in the new
-        one; the old home refuses reads before the new one takes its first write. Writes are
-        refused from step 1 to step 5; reads are served throughout (one that reaches the old
-        home after step 4 is told the keyspace moved, and goes to the new one).
+        Steps, each safe to repeat (run the call again if it was interrupted): writes to the
+        keyspace are fenced off in the old group (writers get a retryable ``moved``
+        conflict; :meth:`run_transaction` retries them, in the new home once it is there),
+        and reads and writes in the new group, where a client whose cache still names that
+        home from an earlier stay could otherwise write into the copy; its live keys are
+        copied, at one snapshot taken after every transaction prepared before the fence has
+        finished, into the new group (keys left there by an earlier stay are deleted; only
+        the copy's own commits pass the new group's fence); the new group serves reads from
+        the copy's timestamp on; the old group refuses reads too; the catalog's record points
+        to the new home, if it is still the keyspace that was copied, homed where it was
+        copied from (a compare-and-set: a keyspace dropped and created again, or moved by
+        someone else, meanwhile, is left alone and the call fails); last, the new group
+        accepts writes. Reads are refused (and retried) only between the third and fourth
+        steps; writes, from the first fence to the last step. Returns the new record.
 
         If a step before the catalog change fails, the old group's fence is lifted again (the
         keyspace stays where it was, writable) and the error is raised; if the catalog change
-        is refused, the copy is fenced off (and erased) and the error raised
+        is refused, the copy is fenced off and the error raised
         (:class:`~engine.errors.KeyspaceNotFoundError` for a keyspace dropped meanwhile,
         :class:`~engine.errors.TransactionConflictError` with reason ``catalog_changed`` for
-        one moved by someone else). If the call fails otherwise, or this client dies midway,
-        the keyspace stays fenced against writes (it can still be read) until a call finishes
-        the move: this one run again, a move to yet another region, which finishes it first,
-        or a drop.
+        one moved by someone else); if it fails otherwise, or this client dies midway, the
+        keyspace stays fenced until the call is run again.
         """
         self._keyspaces.pop(name, None)
         ks = await self.keyspace(name)
@@ -538,8 +521,11 @@ class Database:
         new = self.group_of(dataclasses.replace(ks, home=home_region))
         if old == new:
             # Already there, perhaps by this very call run before and interrupted after the
-            # catalog change.
-            await self._finish_move(ks)
+            # catalog change: lift the write fence that move left in its new home, which
+            # reads (1, moved_ts). (A move away from there fences it (1, 0) first, which this
+            # must leave alone: a keyspace that never moved has nothing to finish.)
+            if ks.moved_ts:
+                await self._fence(new, ks.id, 0, ks.moved_ts, expect=(1, ks.moved_ts))
             return ks
         try:
             # Reads there still, no writes: only if the keyspace is still at rest there as
@@ -548,10 +534,6 @@ class Database:
             # since the record was read, fenced it, and copying from there would overwrite
             # the keyspace's newer data or bring a dropped keyspace back.
             fence = await self._fence(old, ks.id, 1, expect=(0, ks.moved_ts), quiet=True)
-            if fence == [1, ks.moved_ts] and ks.moved_ts:
-                # The move that brought it here stopped after the catalog change: finish it.
-                await self._finish_move(ks)
-                fence = await self._fence(old, ks.id, 1, expect=(0, ks.moved_ts), quiet=True)
             if fence is not None:
                 raise TransactionConflictError(
                     f"keyspace {name!r} changed while it was being moved (its fence in group "
@@ -559,6 +541,7 @@ class Database:
             await self._fence(new, ks.id, 1, MAX_TS)  # no reads, no writes there until copied
             copied_at = await self._copy_keyspace(ks, old, new)
             await self._fence(new, ks.id, 1, copied_at)  # reads from the copy on
+            fenced_old = await self._fence(old, ks.id, 2)
         except BaseException:
             # The catalog still names the old home: lift its fence (best effort; if this
             # fails too, running the move again finishes it), unless a drop or another move
@@ -576,58 +559,21 @@ class Database:
                     and exc.reason != "catalog_changed"):
                 raise  # not refused: running the move again finishes it
             # The record is no longer the keyspace that was copied, homed where it was copied
-            # from: the copy is nobody's home (its fence, still the one this call set, says
-            # that no move has brought the keyspace there since), fence it off and let the
-            # group erase it.
+            # from: the copy is nobody's home, fence it off for good (and, if the keyspace
+            # is gone, let the group erase it).
             with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
                 with contextlib.suppress(MeridianError, OSError):
-                    reply = await self._fence_call(new, ks.id, 2, expect=(1, copied_at))
-                    if reply.get("done", True):
+                    reply = await self._call_group(new, "keyspace.fence", {
+                        "group": new, "keyspace_id": ks.id, "level": 2, "available_from": 0,
+                        "expect": [1, copied_at]})
+                    if reply.get("done", True) and isinstance(exc, KeyspaceNotFoundError):
                         await self._release({new: reply["ts"]}, ks.id)
             raise
         finally:
             self._keyspaces.pop(name, None)
-        moved = keyspace_from_record(rec)
-        await self._finish_move(moved)
-        return moved
-
-    async def _finish_move(self, ks: Keyspace) -> None:
-        """Steps 4 and 5 of :meth:`move_keyspace`, for ``ks`` as the catalog has it after the
-        move that brought it home (nothing to do if it never moved, or if they were done)."""
-        await self._retire_old_home(ks)
-        if ks.moved_ts:
-            await self._fence(self.group_of(ks), ks.id, 0, ks.moved_ts,
-                              expect=(1, ks.moved_ts))
-
-    async def _retire_old_home(self, ks: Keyspace) -> None:
-        """Fences off reads in the group ``ks`` was moved from (its ``moved_from``), and lets
-        that group erase the copy it kept, if the move left the fence there as it set it,
-        ``(1, 0)``.
-
-        A keyspace moved back there and away again would show that fence too, set by a move
-        that is copying from there now. So the fence goes to level 2 first, and only if the
-        catalog still has the record that named the old home (or no longer has the keyspace)
-        is the group told it may erase; else the fence is put back."""
-        if not ks.moved_from:
-            return
-        old = self.group_of(dataclasses.replace(ks, home=ks.moved_from))
-        if old == self.group_of(ks):
-            return
-        reply = await self._fence_call(old, ks.id, 2, expect=(1, 0))
-        if reply.get("done", True):
-            stamp, ours = reply["ts"], True
-        elif reply["fence"][0] == 2:  # this, run before and interrupted; or a drop
-            stamp, ours = reply["fence"][1], False
-        else:
-            return  # erasable already, or another move's since
-        try:
-            now = await self._lookup_keyspace(ks.name)
-        except KeyspaceNotFoundError:
-            now = None
-        if now is None or now.id != ks.id or (now.home, now.moved_ts) == (ks.home, ks.moved_ts):
-            await self._release({old: stamp}, ks.id)
-        elif ours:
-            await self._fence(old, ks.id, 1, expect=(2, stamp))
+        await self._fence(new, ks.id, 0, copied_at, expect=(1, copied_at))
+        await self._release({old: fenced_old}, ks.id)  # no record names it any more
+        return keyspace_from_record(rec)
 
     async def _release(self, fenced: dict[int, int], keyspace_id: int) -> None:
         """Lets the groups of ``fenced`` erase the keyspace's data (fence level 3), where
@@ -639,28 +585,19 @@ class Database:
             with contextlib.suppress(MeridianError, OSError):
                 await self._fence(group, keyspace_id, 3, expect=(2, stamp), quiet=True)
 
-    async def _fence_call(self, group: int, keyspace_id: int, level: int,
-                          available_from: int = 0, *,
-                          expect: tuple[int, int] | None = None) -> dict:
+    async def _fence(self, group: int, keyspace_id: int, level: int,
+                     available_from: int = 0, *,
+                     expect: tuple[int, int] | None = None, quiet: bool = False) -> Any:
         """Sets a keyspace's fence in ``group`` (see engine.group, FENCE); with ``expect``,
         ``(level, available_from)``, only if that is its fence when the change is applied.
-        Answers the node's reply: ``ts``, a timestamp of the group at or after the change
-        (a level 2 fence's stamp), and ``done``: false when ``expect`` did not match, with
-        ``fence``, the ``[level, available_from]`` found."""
+        Returns a timestamp of the group at or after the change; with ``quiet``, None when
+        the fence is now the one asked for (changed, or already so: a retried call), else
+        the ``[level, available_from]`` found instead."""
         payload = {"group": group, "keyspace_id": keyspace_id, "level": level,
                    "available_from": available_from}
         if expect is not None:
             payload["expect"] = list(expect)
-        return await self._call_group(group, "keyspace.fence", payload)
-
-    async def _fence(self, group: int, keyspace_id: int, level: int,
-                     available_from: int = 0, *,
-                     expect: tuple[int, int] | None = None, quiet: bool = False) -> Any:
-        """:meth:`_fence_call`, answering the timestamp; with ``quiet``, None when the fence
-        is now the one asked for (changed, or already so: a retried call), else the
-        ``[level, available_from]`` found instead."""
-        reply = await self._fence_call(group, keyspace_id, level, available_from,
-                                       expect=expect)
+        reply = await self._call_group(group, "keyspace.fence", payload)
         if not quiet:
             return reply["ts"]
         found = reply.get("fence")

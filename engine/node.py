@@ -1266,7 +1266,7 @@ class Node:
         now (dropped and created again meanwhile) or that another move re-homed is refused:
         re-homing it would point the name at a group that does not hold its data. A record
         already at ``home`` (the same call run again) is answered as it is. ``moved_ts``, the
-        copy's timestamp, is recorded with the new home, and the old home as ``moved_from``."""
+        copy's timestamp, is recorded with the new home."""
         name = cat.check_keyspace_name(p.get("name"))
         home = p.get("home")
         data_group(self.cluster, home)  # validates the region name
@@ -1289,7 +1289,7 @@ class Node:
                 _check_expected(ks, expect_id, None)
                 return cat.keyspace_record(ks), [], []
             _check_expected(ks, expect_id, expect_from)
-            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moved_from=ks.home)
+            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts)
             return cat.keyspace_record(moved), [(key, cat.encode_keyspace(moved))], [key]
 
         return await self._catalog_txn(body)
