@@ -6,8 +6,9 @@ succeed):
 
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
-    "created_ts", "survive"}``, and ``"moved_ts"`` once the keyspace has moved (see
-    :attr:`Keyspace.moved_ts`). Readers ignore fields they do not know, so a record may gain
+    "created_ts", "survive"}``, and, while they are not empty, the fields that moves and drops
+    keep: ``"moved_ts"``, ``"moved_from"``, ``"moving_to"``, ``"epoch"`` and ``"dropping"``
+    (see :class:`Keyspace`). Readers ignore fields they do not know, so a record may gain
     optional fields without breaking them.
 ``b"ks-next-id"``
     the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
@@ -67,6 +68,23 @@ class Keyspace:
     moved). The home group holds none of its data below it, so a read there must be served
     at this timestamp or above: a replica that has not applied that far must wait for it
     (or let another replica answer) rather than read the keyspace as empty."""
+    epoch: int = 0
+    """Raised by one, in the record, by every move and drop of the keyspace as it begins
+    (engine.client.Database.move_keyspace, drop_keyspace). Every fence change the move or
+    drop makes carries it, and a group refuses one whose epoch is below the epoch its fence
+    was last changed at (engine.group, FENCE): once a newer move or drop has begun and
+    changed a fence, an older one, however late its messages, can no longer change it. The
+    catalog changes that end a move or drop are compare-and-sets on it too."""
+    moving_to: str = ""
+    """The region a move that began and has not changed the record since is moving the
+    keyspace to ("": none): where a drop finds the copy such a move may have left."""
+    moved_from: str = ""
+    """The region the last move took the keyspace from, until that move has fenced reads
+    off there and lifted its write fence in the new home ("": done, or never moved): the
+    next move or drop of the keyspace finishes what it did not."""
+    dropping: bool = False
+    """A drop has begun: the name resolves no more (lookups answer that it does not exist),
+    no move may begin, and running the drop again finishes it."""
 
 
 def check_keyspace_name(name: object) -> str:
@@ -82,15 +100,17 @@ def keyspace_key(name: str) -> bytes:
 
 
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
+_OPTIONAL = ("moved_ts", "epoch", "moving_to", "moved_from", "dropping")
 
 
 def keyspace_record(ks: Keyspace) -> dict:
-    """The record as stored and sent to clients: a map of its fields, without ``moved_ts``
-    while it is 0 (so that readers that predate the field can read every keyspace that
-    never moved)."""
+    """The record as stored and sent to clients: a map of its fields, without those that moves
+    and drops keep while they are empty (so that readers that predate them can read every
+    keyspace that never moved)."""
     record = asdict(ks)
-    if not record["moved_ts"]:
-        del record["moved_ts"]
+    for name in _OPTIONAL:
+        if not record[name]:
+            del record[name]
     return record
 
 

@@ -281,47 +281,56 @@ class Database:
         """Drops a keyspace: its name no longer resolves, and its data can no longer be read
         or written through it, even by a client that still has its record cached.
 
-        Steps, safe to repeat (run the call again if it was interrupted): the record is looked
-        up; the keyspace's id is fenced against reads and writes in the group(s) holding its
-        data (every region's data group, for a regional keyspace), so that a client whose
-        cache still names it is told that it ``moved`` and looks the name up again; the
-        groups are told they may erase its data there; then the record is deleted, if it is
-        still that keyspace with that home (one moved meanwhile is fenced, and erased, in its
-        new home first). If the call fails before the deletion, the keyspace stays fenced
-        (unusable) until the call is run again.
+        Steps, safe to repeat (run the call again if it was interrupted): the drop begins in
+        the catalog (the record is marked, and its epoch raised: the name resolves no more, a
+        move of it can no longer begin, and one under way can no longer change a fence, see
+        :attr:`~engine.catalog.Keyspace.epoch`); the keyspace's id is fenced against reads
+        and writes in every group that may hold its data (its home group, or every region's
+        data group for a regional keyspace, and the groups a move under way or unfinished
+        was using), so that a client whose cache still names it is told that it ``moved``
+        and looks the name up again; the groups are told they may erase its data there;
+        last, the record is deleted. If the call fails before that, the name stays taken and
+        no longer resolves until the call is run again (clients that cached the record may
+        go on using the keyspace until its fences are set, or their cache expires, see
+        :data:`KEYSPACE_CACHE_S`). Another drop of the same keyspace that begins meanwhile
+        takes over; this call then waits for it to end (and begins again, if it does not).
 
         Each group's leader erases the data in the background, a bounded range at a time,
-        once the maximum transaction lifetime has passed since the fence, so that its space is
-        reused within about that lifetime (plus the garbage-collection interval) after the
-        drop. Telling the groups is best effort: where this client cannot reach one, its data
-        there stays, fenced and unusable, until the call is run again while the record is
-        there. The copy a moved keyspace leaves in its old home is erased the same way, once
-        the catalog names the new home.
-
-        The erasure may start before the record is deleted: the fence it needs is the one
-        this call set (stamped with its timestamp, see engine.group, FENCE), so a home that a
-        move has brought the keyspace back to since is never erased, and a record this call
-        fenced stays unusable until it is deleted.
+        once the maximum transaction lifetime has passed since the fence, so that its space
+        is reused within about that lifetime (plus the garbage-collection interval) after
+        the drop. The copy a moved keyspace leaves in its old home is erased the same way,
+        by the move (or by the next move or drop, if the move stopped first).
         """
         check_keyspace_name(name)
         self._keyspaces.pop(name, None)
-        for _ in range(MAX_SNAPSHOT_MOVES):
-            ks = await self._lookup_keyspace(name)
-            fenced = {group: await self._fence(group, ks.id, 2)
-                      for group in self._groups_holding(ks)}
-            # Before the record goes: once it has, nothing would say where the data was.
-            await self._release(fenced, ks.id)
+        for attempt in range(MAX_SNAPSHOT_MOVES):
             try:
-                await self._call_group(self._meta_group, "keyspace.drop",
-                                       {"name": name, "id": ks.id, "home": ks.home})
-            except TransactionConflictError as exc:
-                if exc.reason == "catalog_changed":
-                    continue  # moved meanwhile: fence its new home too
+                ks = keyspace_from_record(await self._begin(name, "drop"))
+            except KeyspaceNotFoundError:
+                if attempt:
+                    return  # the drop that overtook this one has ended
                 raise
+            try:
+                fenced = {}
+                for group in self._groups_holding(ks, moving=True):
+                    reply = await self._fence_at(group, ks, 2)
+                    if reply.get("done", True):
+                        fenced[group] = reply["ts"]
+                for group, stamp in fenced.items():
+                    await self._release_at(group, ks, stamp)
+                await self._call_group(self._meta_group, "keyspace.drop",
+                                       {"name": name, "id": ks.id, "epoch": ks.epoch})
+                return
+            except KeyspaceNotFoundError:
+                return  # a drop that overtook this one has ended
+            except TransactionConflictError as exc:
+                if exc.reason != "catalog_changed":
+                    raise
+                # Another drop began since: let it end before looking again.
+                await trio.sleep(random.uniform(0.05, 0.1) * (attempt + 1))
             finally:
                 self._keyspaces.pop(name, None)
-            return
-        raise UnavailableError(f"keyspace {name!r} kept moving while it was being dropped")
+        raise UnavailableError(f"keyspace {name!r}: other drops of it kept overtaking this one")
 
     async def list_keyspaces(self) -> list[Keyspace]:
         return [keyspace_from_record(r) for r in
@@ -373,12 +382,16 @@ class Database:
         finally:
             self._keyspace_refreshing.discard(name)
 
-    def _groups_holding(self, ks: Keyspace) -> list[int]:
+    def _groups_holding(self, ks: Keyspace, *, moving: bool = False) -> list[int]:
         """The groups that hold a keyspace's data: its home group, or every region's data
-        group for a regional keyspace."""
+        group for a regional keyspace; with ``moving``, also those of the regions a move
+        under way or unfinished copies it to or took it from."""
         if ks.mode == "regional":
             return sorted(self._group_of_region.values())
-        return [self.group_of(ks)]
+        homes = [ks.home]
+        if moving:
+            homes += [region for region in (ks.moving_to, ks.moved_from) if region]
+        return sorted({self.group_of(dataclasses.replace(ks, home=h)) for h in homes})
 
     def group_of(self, ks: Keyspace) -> int:
         """The group a keyspace's keys are read and written in, from this client: its home
@@ -487,121 +500,150 @@ class Database:
     async def move_keyspace(self, name: str, home_region: str) -> Keyspace:
         """Moves a global keyspace to another home region, online.
 
-        Steps, each safe to repeat (run the call again if it was interrupted): writes to the
-        keyspace are fenced off in the old group (writers get a retryable ``moved``
-        conflict; :meth:`run_transaction` retries them, in the new home once it is there),
-        and reads and writes in the new group, where a client whose cache still names that
-        home from an earlier stay could otherwise write into the copy; its live keys are
-        copied, at one snapshot taken after every transaction prepared before the fence has
-        finished, into the new group (keys left there by an earlier stay are deleted; only
-        the copy's own commits pass the new group's fence); the new group serves reads from
-        the copy's timestamp on; the old group refuses reads too; the catalog's record points
-        to the new home, if it is still the keyspace that was copied, homed where it was
-        copied from (a compare-and-set: a keyspace dropped and created again, or moved by
-        someone else, meanwhile, is left alone and the call fails); last, the new group
-        accepts writes. Reads are refused (and retried) only between the third and fourth
-        steps; writes, from the first fence to the last step. Returns the new record.
+        Steps, safe to repeat (run the call again if it was interrupted):
 
-        If a step before the catalog change fails, the old group's fence is lifted again (the
-        keyspace stays where it was, writable) and the error is raised; if the catalog change
-        is refused, the copy is fenced off and the error raised
-        (:class:`~engine.errors.KeyspaceNotFoundError` for a keyspace dropped meanwhile,
-        :class:`~engine.errors.TransactionConflictError` with reason ``catalog_changed`` for
-        one moved by someone else); if it fails otherwise, or this client dies midway, the
-        keyspace stays fenced until the call is run again.
+        1. the move begins in the catalog: the record's epoch is raised (a move or drop
+           that began before can no longer change a fence, see
+           :attr:`~engine.catalog.Keyspace.epoch`), and what an earlier move did not
+           finish is finished (step 5 for its old home);
+        2. writes to the keyspace are fenced off in the old group (writers get a retryable
+           ``moved`` conflict; :meth:`run_transaction` retries them, in the new home once it
+           is there), and reads and writes in the new group, where a client whose cache
+           still names that home from an earlier stay could otherwise write into the copy;
+        3. its live keys are copied, at one snapshot taken after every transaction prepared
+           before the fence has finished, into the new group (keys left there by an earlier
+           stay are deleted; only this move's copy passes the new group's fence); the new
+           group serves reads from the copy's timestamp on;
+        4. the old group refuses reads too; the catalog's record points to the new home, if
+           no other move or drop of the keyspace has begun since (a compare-and-set on the
+           epoch);
+        5. the old group is told it may erase its copy; the new group accepts writes; the
+           record forgets the old home.
+
+        Reads are refused (and retried) only between the two parts of step 4; writes, from
+        step 2 to step 5. If a step before the catalog change fails, the old group's fence is
+        lifted again (the keyspace stays where it was, writable), the copy is erased, and the
+        error is raised. A move or drop of the keyspace that begins meanwhile overtakes this
+        one: this call then fails with :class:`~engine.errors.TransactionConflictError`,
+        reason ``catalog_changed``, and leaves every fence to the newer one. If this call
+        fails otherwise, or this client dies midway, the keyspace stays fenced until a move
+        (this one run again, or one to anywhere, its current home included) or a drop ends
+        it.
         """
-        self._keyspaces.pop(name, None)
-        ks = await self.keyspace(name)
-        if ks.mode == "regional":
-            raise InvalidArgumentError(f"keyspace {name!r} is regional: it lives in every region")
         if home_region not in self.regions:
             raise InvalidArgumentError(f"unknown region {home_region!r} (regions: "
                                        f"{', '.join(self.regions)})")
-        old = self.group_of(ks)
-        new = self.group_of(dataclasses.replace(ks, home=home_region))
-        if old == new:
-            # Already there, perhaps by this very call run before and interrupted after the
-            # catalog change: lift the write fence that move left in its new home, which
-            # reads (1, moved_ts). (A move away from there fences it (1, 0) first, which this
-            # must leave alone: a keyspace that never moved has nothing to finish.)
-            if ks.moved_ts:
-                await self._fence(new, ks.id, 0, ks.moved_ts, expect=(1, ks.moved_ts))
-            return ks
+        rec = await self._begin(name, "move", home_region)
         try:
-            # Reads there still, no writes: only if the keyspace is still at rest there as
-            # this client's record says, or fenced so by a move like this one interrupted
-            # before the catalog change. Otherwise a drop, or another move that finished
-            # since the record was read, fenced it, and copying from there would overwrite
-            # the keyspace's newer data or bring a dropped keyspace back.
-            fence = await self._fence(old, ks.id, 1, expect=(0, ks.moved_ts), quiet=True)
-            if fence is not None:
-                raise TransactionConflictError(
-                    f"keyspace {name!r} changed while it was being moved (its fence in group "
-                    f"{old} is {fence}): look it up again", "catalog_changed")
-            await self._fence(new, ks.id, 1, MAX_TS)  # no reads, no writes there until copied
-            copied_at = await self._copy_keyspace(ks, old, new)
-            await self._fence(new, ks.id, 1, copied_at)  # reads from the copy on
-            fenced_old = await self._fence(old, ks.id, 2)
-        except BaseException:
-            # The catalog still names the old home: lift its fence (best effort; if this
-            # fails too, running the move again finishes it), unless a drop or another move
-            # has fenced it since.
-            with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
-                with contextlib.suppress(MeridianError, OSError):
-                    await self._fence(old, ks.id, 0, ks.moved_ts, expect=(1, 0))
-            raise
-        try:
-            rec = await self._call_group(self._meta_group, "keyspace.rehome", {
-                "name": name, "home": home_region, "id": ks.id, "from": ks.home,
-                "moved_ts": copied_at})
-        except (KeyspaceNotFoundError, TransactionConflictError) as exc:
-            if (isinstance(exc, TransactionConflictError)
-                    and exc.reason != "catalog_changed"):
-                raise  # not refused: running the move again finishes it
-            # The record is no longer the keyspace that was copied, homed where it was copied
-            # from: the copy is nobody's home, fence it off for good (and, if the keyspace
-            # is gone, let the group erase it).
-            with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
-                with contextlib.suppress(MeridianError, OSError):
-                    reply = await self._call_group(new, "keyspace.fence", {
-                        "group": new, "keyspace_id": ks.id, "level": 2, "available_from": 0,
-                        "expect": [1, copied_at]})
-                    if reply.get("done", True) and isinstance(exc, KeyspaceNotFoundError):
-                        await self._release({new: reply["ts"]}, ks.id)
-            raise
+            return await self._move(keyspace_from_record(rec), home_region,
+                                    rec.get("abandoned", ""))
         finally:
             self._keyspaces.pop(name, None)
-        await self._fence(new, ks.id, 0, copied_at, expect=(1, copied_at))
-        await self._release({old: fenced_old}, ks.id)  # no record names it any more
-        return keyspace_from_record(rec)
 
-    async def _release(self, fenced: dict[int, int], keyspace_id: int) -> None:
-        """Lets the groups of ``fenced`` erase the keyspace's data (fence level 3), where
-        the level 2 fence this client set (stamped with the timestamp in ``fenced``) is still
-        there: no move has brought the keyspace back since. The caller knows that no catalog
-        record will name them as its home again (the keyspace is being dropped, or moved
-        away). Best effort: where this fails the data stays, fenced, as it did before."""
-        for group, stamp in fenced.items():
-            with contextlib.suppress(MeridianError, OSError):
-                await self._fence(group, keyspace_id, 3, expect=(2, stamp), quiet=True)
+    async def _move(self, ks: Keyspace, home_region: str, abandoned: str) -> Keyspace:
+        """:meth:`move_keyspace` once begun; ``abandoned``: the region an earlier move that
+        did not reach its catalog change was copying to ("": none)."""
+        old = self.group_of(ks)
+        new = self.group_of(dataclasses.replace(ks, home=home_region))
+        await self._retire_old_home(ks)
+        if abandoned:
+            await self._erase_copy(self.group_of(dataclasses.replace(ks, home=abandoned)), ks)
+        if old == new:
+            # Already there: lift the write fence that a move here left (interrupted before
+            # its last step), or that a move away from here did (rolled back, or interrupted
+            # before the catalog change).
+            await self._fence_at(new, ks, 0, ks.moved_ts)
+            return await self._settle(ks)
+        try:
+            await self._fence_at(old, ks, 1, ks.moved_ts)  # no writes; reads as before
+            await self._fence_at(new, ks, 1, MAX_TS)  # no reads, no writes until copied
+            copied_at = await self._copy_keyspace(ks, old, new)
+            await self._fence_at(new, ks, 1, copied_at)  # reads from the copy on
+            stamp = (await self._fence_at(old, ks, 2))["ts"]  # no reads
+        except BaseException as exc:
+            if isinstance(exc, TransactionConflictError) and exc.reason == "catalog_changed":
+                raise  # overtaken: the fences are the newer move's or drop's now
+            # The catalog still names the old home: lift its fence, erase the copy (best
+            # effort; if this fails too, running the move again ends it). A newer move or
+            # drop's fences are left alone: each of these changes carries this move's epoch.
+            with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                with contextlib.suppress(MeridianError, OSError):
+                    await self._fence_at(old, ks, 0, ks.moved_ts)
+                    await self._erase_copy(new, ks)
+            raise
+        # Refused if another move or drop began since (it ends or undoes this one); if the
+        # answer is lost, running the move again finds out which.
+        rec = await self._call_group(self._meta_group, "keyspace.rehome", {
+            "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
+            "moved_ts": copied_at})
+        moved = keyspace_from_record(rec)
+        await self._release_at(old, moved, stamp)
+        await self._fence_at(new, moved, 0, copied_at)
+        return await self._settle(moved)
 
-    async def _fence(self, group: int, keyspace_id: int, level: int,
-                     available_from: int = 0, *,
-                     expect: tuple[int, int] | None = None, quiet: bool = False) -> Any:
-        """Sets a keyspace's fence in ``group`` (see engine.group, FENCE); with ``expect``,
-        ``(level, available_from)``, only if that is its fence when the change is applied.
-        Returns a timestamp of the group at or after the change; with ``quiet``, None when
-        the fence is now the one asked for (changed, or already so: a retried call), else
-        the ``[level, available_from]`` found instead."""
-        payload = {"group": group, "keyspace_id": keyspace_id, "level": level,
-                   "available_from": available_from}
+    async def _begin(self, name: str, op: str, to: str | None = None) -> dict:
+        """Begins a move (to region ``to``) or a drop of keyspace ``name`` in the catalog:
+        its record, at the move's or drop's own epoch (see ``keyspace.begin``)."""
+        check_keyspace_name(name)
+        self._keyspaces.pop(name, None)
+        payload: dict[str, Any] = {"name": name, "op": op}
+        if to is not None:
+            payload["to"] = to
+        return await self._call_group(self._meta_group, "keyspace.begin", payload)
+
+    async def _settle(self, ks: Keyspace) -> Keyspace:
+        """Ends a move in the catalog (the record forgets where it came from): the record,
+        or ``ks`` if a newer move or drop has begun meanwhile (it owns the record now)."""
+        try:
+            return keyspace_from_record(await self._call_group(
+                self._meta_group, "keyspace.settle",
+                {"name": ks.name, "id": ks.id, "epoch": ks.epoch}))
+        except TransactionConflictError as exc:
+            if exc.reason != "catalog_changed":
+                raise
+            return ks
+
+    async def _retire_old_home(self, ks: Keyspace) -> None:
+        """Fences off reads in the home an unfinished move took ``ks`` from (its
+        ``moved_from``), and lets that group erase the copy it kept. Nothing else can own
+        that group's fence: the catalog names another home, and a move back there would
+        begin at a higher epoch than ``ks.epoch``, which every change here carries."""
+        if not ks.moved_from:
+            return
+        old = self.group_of(dataclasses.replace(ks, home=ks.moved_from))
+        if old != self.group_of(ks):
+            await self._erase_copy(old, ks)
+
+    async def _erase_copy(self, group: int, ks: Keyspace) -> None:
+        """Fences off reads and writes of the keyspace in ``group``, which is not its home,
+        and lets the group erase what it holds of it."""
+        reply = await self._fence_at(group, ks, 2)
+        if reply.get("done", True):  # else level 3 already: erasable
+            await self._release_at(group, ks, reply["ts"])
+
+    async def _release_at(self, group: int, ks: Keyspace, stamp: int) -> None:
+        """Lets ``group`` erase the keyspace's data (fence level 3) if its fence is still the
+        level 2 fence stamped ``stamp`` (no move has brought the keyspace back since)."""
+        await self._fence_at(group, ks, 3, expect=(2, stamp))
+
+    async def _fence_at(self, group: int, ks: Keyspace, level: int, available_from: int = 0,
+                        *, expect: tuple[int, int] | None = None) -> dict:
+        """Sets the keyspace's fence in ``group`` (see engine.group, FENCE) at the epoch of
+        the move or drop that ``ks`` is the record of. Answers the node's reply: ``ts``, a
+        timestamp of the group at or after the change (a level 2 fence's stamp), and
+        ``done``: false when the fence did not change, with ``fence``, the ``[level,
+        available_from]`` found. Raises :class:`~engine.errors.TransactionConflictError`,
+        reason ``catalog_changed``, if a newer move or drop has changed this fence since."""
+        payload = {"group": group, "keyspace_id": ks.id, "level": level,
+                   "available_from": available_from, "epoch": ks.epoch}
         if expect is not None:
             payload["expect"] = list(expect)
         reply = await self._call_group(group, "keyspace.fence", payload)
-        if not quiet:
-            return reply["ts"]
-        found = reply.get("fence")
-        return None if reply.get("done", True) or found == [level, available_from] else found
+        if not reply.get("done", True) and reply.get("epoch", 0) > ks.epoch:
+            raise TransactionConflictError(
+                f"keyspace {ks.name!r}: a newer move or drop of it began (its epoch is "
+                f"{reply['epoch']}, this one's {ks.epoch})", "catalog_changed")
+        return reply
 
     async def _copy_keyspace(self, ks: Keyspace, old: int, new: int) -> int:
         """Copies the keyspace's live keys from ``old`` to ``new`` (deleting the keys ``new``
@@ -612,19 +654,19 @@ class Database:
         stale = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
         writes = [[k, v] for k, v in source.items()]
         writes += [[k, None] for k in stale if k not in source]
-        last = await self._fence(new, ks.id, 1, MAX_TS)  # a timestamp, if nothing to copy
+        last = (await self._fence_at(new, ks, 1, MAX_TS))["ts"]  # if there is nothing to copy
         batch: list = []
         size = 0
         for w in writes:
             w_size = len(w[0]) + len(w[1] or b"")
             if batch and (len(batch) >= limits["max_txn_keys"]
                           or size + w_size > limits["max_txn_bytes"]):
-                last = await self._copy_batch(new, ks.id, batch)
+                last = await self._copy_batch(new, ks, batch)
                 batch, size = [], 0
             batch.append(w)
             size += w_size
         if batch:
-            last = await self._copy_batch(new, ks.id, batch)
+            last = await self._copy_batch(new, ks, batch)
         return last
 
     async def _scan_settled(self, ks: Keyspace, group: int, lo: bytes, hi: bytes, *,
@@ -638,12 +680,13 @@ class Database:
                 continue
         raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
 
-    async def _copy_batch(self, group: int, keyspace_id: int, writes: list) -> int:
+    async def _copy_batch(self, group: int, ks: Keyspace, writes: list) -> int:
         """Commits a batch of the copy in the new group, through its fence (which refuses
-        every other writer of the keyspace until the move is done)."""
+        every other writer of the keyspace until the move is done, and every other move's
+        copy)."""
         reply = await self._call_group(group, "keyspace.copy", {
-            "group": group, "keyspace_id": keyspace_id, "txn_id": secrets.randbits(63) + 1,
-            "writes": writes}, commit=True)
+            "group": group, "keyspace_id": ks.id, "txn_id": secrets.randbits(63) + 1,
+            "writes": writes, "epoch": ks.epoch}, commit=True)
         return reply["ts"]
 
     async def _scan_all(self, group: int, lo: bytes, hi: bytes, *,

@@ -17,7 +17,7 @@ An entry's data is one msgpack array whose first element says what it is:
     resolver, value]``: each is merged into the key's cell (see :mod:`engine.merge`) with
     this group's region as origin, and recorded in the group's *outbox* for the other regions.
     ``flags & MOVE_COPY``: the commit is a keyspace move's copy into this group, which the
-    keyspace's write fence (FENCE) does not refuse.
+    keyspace's write fence (FENCE) does not refuse; ``flags >> 8`` is then the move's epoch.
 ``[CLOSE, proposed_ts]``
     Closes timestamps up to ``proposed_ts`` and writes nothing. A leader proposes one when a
     read needs a stable snapshot above the current closed timestamp, and periodically while idle
@@ -68,7 +68,8 @@ An entry's data is one msgpack array whose first element says what it is:
     writes up to ``watermark`` (its own watermark of this group, as it answered the leader
     shipping them). The outbox keeps each record until every destination has it (see
     "Regional keyspaces" below).
-``[FENCE, proposed_ts, keyspace_id, level, available_from]`` (optionally ``+ [expect]``)
+``[FENCE, proposed_ts, keyspace_id, level, available_from]`` (optionally ``+ [expect]``, or
+``+ [expect or nil, epoch]``)
     Moving a keyspace to another group (its home region), or dropping it: level 1 refuses
     every commit and prepare that writes the keyspace (conflict ``moved``: the writer looks
     the keyspace up again), except the move's own copy (``MOVE_COPY``, taken only while the
@@ -81,6 +82,11 @@ An entry's data is one msgpack array whose first element says what it is:
     (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
     its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
     only if it is that when the entry is applied (else the conflict ``fence_changed``).
+    ``epoch`` (0 if absent) is the keyspace's epoch in the catalog when the move or drop
+    making the change began (engine.catalog, :attr:`Keyspace.epoch`): the fence keeps the
+    highest epoch that changed it, and refuses a change with a lower one (``fence_changed``),
+    so a move or drop that a newer one has overtaken can no longer change it. A move's copy
+    (``MOVE_COPY``) lands only while the fence is ``(1, MAX_TS)`` at the copy's own epoch.
 ``[PURGE, proposed_ts, keyspace_id, start, end, side_start, side_end, max_ts]``
     Erases a keyspace's data here, a range at a time (the leader chooses ranges of a bounded
     size): if the keyspace's fence is at level 3 (see FENCE), every version at or below
@@ -320,9 +326,11 @@ def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                   *, serializable: bool = False,
                   merges: Sequence[tuple[bytes, str, bytes | None]] = (),
-                  move_copy: bool = False) -> bytes:
-    """The entry data of a one-phase commit (see the module docstring)."""
-    flags = (SERIALIZABLE if serializable else 0) | (MOVE_COPY if move_copy else 0)
+                  move_copy: bool = False, epoch: int = 0) -> bytes:
+    """The entry data of a one-phase commit (see the module docstring); ``epoch``, for a
+    move's copy, is the move's."""
+    flags = (SERIALIZABLE if serializable else 0) | (MOVE_COPY | epoch << 8 if move_copy
+                                                     else 0)
     # msgpack writes tuples and lists alike, as arrays: the pairs go in as they are.
     cmd = [CMD_COMMIT, txn_id, read_ts, proposed_ts, flags, writes, reads]
     if merges:
@@ -339,13 +347,17 @@ def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: 
 
 
 def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
-                 available_from: int = 0, expect: tuple[int, int] | None = None) -> bytes:
+                 available_from: int = 0, expect: tuple[int, int] | None = None,
+                 epoch: int = 0) -> bytes:
     """The entry data that fences a keyspace in this group (see the module docstring); with
     ``expect``, ``(level, available_from)``, only if that is the keyspace's fence when the
-    entry is applied."""
+    entry is applied; ``epoch``: the move's or drop's (a change with an epoch lower than the
+    fence's is refused)."""
     cmd = [CMD_FENCE, proposed_ts, keyspace_id, level, available_from]
-    if expect is not None:
-        cmd.append(list(expect))
+    if expect is not None or epoch:
+        cmd.append(None if expect is None else list(expect))
+    if epoch:
+        cmd.append(epoch)
     return msgpack.packb(cmd)
 
 
@@ -448,6 +460,7 @@ class GroupStateMachine:
         self.on_resolved: Callable[[list[int]], None] | None = None
         self.on_outbox: Callable[[], None] | None = None
         self._fences: dict[bytes, tuple[int, int]] = {}
+        self._fence_epochs: dict[bytes, int] = {}  # the keyspaces whose epoch is not 0
         self._restores = 0  # counts the begins and ends of restore(): odd while one runs
         # Transactions prepared here and not resolved: while there are none, a read has no
         # intent to look for, and skips the side-table lookups.
@@ -498,8 +511,10 @@ class GroupStateMachine:
             self._adj = None
 
     def _load_state(self) -> None:
-        self._fences = {skey[1:]: tuple(msgpack.unpackb(raw)) for skey, raw in
-                        self.store.side_scan(_FENCE, _FENCE_END)}
+        fences = [(skey[1:], msgpack.unpackb(raw))
+                  for skey, raw in self.store.side_scan(_FENCE, _FENCE_END)]
+        self._fences = {prefix: (f[0], f[1]) for prefix, f in fences}
+        self._fence_epochs = {prefix: f[2] for prefix, f in fences if len(f) > 2 and f[2]}
         raw = self.store.app_state
         if raw:
             closed, low_water = msgpack.unpackb(raw)
@@ -586,7 +601,13 @@ class GroupStateMachine:
                 ts = self._close(cmd[1])
                 ks_id, level, available_from = cmd[2:5]
                 prefix = _U32.pack(ks_id)
-                if len(cmd) == 6 and list(self.fence(prefix)) != cmd[5]:
+                epoch = cmd[6] if len(cmd) > 6 else 0
+                if epoch < self.fence_epoch(prefix):
+                    # A newer move or drop of the keyspace has changed this fence since the
+                    # one proposing this began: it is no longer this one's to change.
+                    results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
+                elif (len(cmd) > 5 and cmd[5] is not None
+                        and list(self.fence(prefix)) != cmd[5]):
                     # Conditional, and the fence is no longer what its proposer saw: a drop
                     # or another move changed it since (checked here, in log order, so that
                     # no change between the check and the entry can be overwritten).
@@ -597,14 +618,17 @@ class GroupStateMachine:
                     # keyspace back (level 1) or lifts it: a drop that fences a home it read
                     # in an old record must not take erasure away from it.
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
-                elif level or available_from:
+                elif level or available_from or epoch:
                     if level >= 2:
                         # Stamped with this entry's timestamp: who set it can name exactly
                         # this fence in an expectation later, and PURGE waits a transaction
                         # lifetime after a level 3.
                         available_from = ts
                     self._fences[prefix] = (level, available_from)
-                    batch.side[_FENCE + prefix] = msgpack.packb([level, available_from])
+                    if epoch:
+                        self._fence_epochs[prefix] = epoch
+                    batch.side[_FENCE + prefix] = msgpack.packb(
+                        [level, available_from, epoch] if epoch else [level, available_from])
                 else:
                     self._fences.pop(prefix, None)
                     batch.side[_FENCE + prefix] = None
@@ -752,6 +776,11 @@ class GroupStateMachine:
     def fence(self, keyspace_prefix: bytes) -> tuple[int, int]:
         """The keyspace's fence here: (level, available_from); (0, 0) when unfenced."""
         return self._fences.get(keyspace_prefix, (0, 0))
+
+    def fence_epoch(self, keyspace_prefix: bytes) -> int:
+        """The epoch of the move or drop that last changed the keyspace's fence here (0:
+        none, or one from before epochs)."""
+        return self._fence_epochs.get(keyspace_prefix, 0)
 
     @property
     def outbox_trimmed(self) -> int:
@@ -992,7 +1021,11 @@ class _Batch:
             # A move's copy lands only while the group receiving the keyspace is closed to
             # everything else, (1, MAX_TS): a batch delayed past the end of the copy (an
             # ambiguous one, retried) must not overwrite the keyspace once it is live.
-            if any(self.sm.fence(k[:_PREFIX]) != (1, MAX_TS) for k in keys):
+            # And only that move's: one that a newer move overtook must not overwrite the
+            # newer one's copy with its older snapshot.
+            epoch = flags >> 8
+            if any(self.sm.fence(k[:_PREFIX]) != (1, MAX_TS)
+                   or self.sm.fence_epoch(k[:_PREFIX]) != epoch for k in keys):
                 return CommitResult(Outcome.CONFLICT, ts, "moved", ts)
         elif self.sm._fences:
             moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
@@ -1411,14 +1444,17 @@ def _decode(data: bytes) -> list:
                 raise _Malformed("bad write in REMOTE")
         return cmd
     if kind == CMD_FENCE:
-        if not (len(cmd) in (5, 6) and _is_ts(cmd[1]) and type(cmd[2]) is int
+        if not (len(cmd) in (5, 6, 7) and _is_ts(cmd[1]) and type(cmd[2]) is int
                 and 0 <= cmd[2] <= MAX_KEYSPACE_ID and cmd[3] in (0, 1, 2, 3)
                 and type(cmd[4]) is int
                 and 0 <= cmd[4] <= MAX_TS):
             raise _Malformed("bad FENCE command")
-        if len(cmd) == 6 and not (isinstance(cmd[5], list) and len(cmd[5]) == 2
-                                  and all(type(v) is int for v in cmd[5])):
+        if len(cmd) > 5 and not (cmd[5] is None and len(cmd) == 7
+                                 or isinstance(cmd[5], list) and len(cmd[5]) == 2
+                                 and all(type(v) is int for v in cmd[5])):
             raise _Malformed("bad FENCE expectation")
+        if len(cmd) == 7 and not (type(cmd[6]) is int and 0 < cmd[6] < 2**63):
+            raise _Malformed("bad FENCE epoch")
         return cmd
     if kind == CMD_PURGE:
         if not (len(cmd) == 8 and _is_ts(cmd[1]) and type(cmd[2]) is int

@@ -21,8 +21,9 @@ Restarting a node on the same directory recovers every group from it.
 
 Methods served
 --------------
-``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.drop``,
-``keyspace.get``, ``keyspace.list``, ``keyspace.rehome`` (meta group leader), and
+``ping``, ``describe``, ``status``; catalog: ``keyspace.create``, ``keyspace.get``,
+``keyspace.list``, and the steps of moves and drops, ``keyspace.begin``, ``keyspace.rehome``,
+``keyspace.settle`` and ``keyspace.drop`` (meta group leader), and
 ``keyspace.fence`` and ``keyspace.copy`` (a data group: moving or dropping a keyspace); data:
 ``read``, ``scan`` and ``commit`` on a group; two-phase commit: ``prepare``, ``decide``
 (primary group), ``resolve``, and ``refresh`` (may a transaction's reads move to a newer
@@ -314,7 +315,9 @@ class Node:
             "keyspace.drop": self._guarded(self._keyspace_drop),
             "keyspace.get": self._guarded(self._keyspace_get),
             "keyspace.list": self._guarded(self._keyspace_list),
+            "keyspace.begin": self._guarded(self._keyspace_begin),
             "keyspace.rehome": self._guarded(self._keyspace_rehome),
+            "keyspace.settle": self._guarded(self._keyspace_settle),
             "keyspace.fence": self._guarded(self._keyspace_fence),
             "keyspace.copy": self._guarded(self._keyspace_copy),
             "read": self._guarded(self._read),
@@ -1224,8 +1227,10 @@ class Node:
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            if meta.get(key, ts) is not None:
-                raise RemoteError("already_exists", f"keyspace {name!r} already exists")
+            raw = meta.get(key, ts)
+            if raw is not None:
+                being = " and is being dropped" if cat.decode_keyspace(raw).dropping else ""
+                raise RemoteError("already_exists", f"keyspace {name!r} already exists{being}")
             next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
             ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts,
                               survive=survive)
@@ -1235,64 +1240,120 @@ class Node:
 
         return await self._catalog_txn(body)
 
-    async def _keyspace_drop(self, p):
-        """Deletes the keyspace's record. With ``id`` (and ``home``), only if the record is
-        still that keyspace, homed there: the caller fenced that keyspace's group(s) first
-        (see Database.drop_keyspace), and a record that changed since is not the one it
-        fenced."""
+    async def _keyspace_begin(self, p):
+        """Begins a move (``op`` ``"move"``, to region ``to``) or a drop (``"drop"``) of the
+        keyspace named ``name``: raises its record's epoch by one (see
+        :attr:`engine.catalog.Keyspace.epoch`), records ``moving_to`` or ``dropping``, and
+        answers the record as it is now; for a move, with ``abandoned``, the region another
+        move that began before it was copying to, if it did not get to the catalog change
+        (its copy there is nobody's). A keyspace being dropped cannot begin a move."""
         name = cat.check_keyspace_name(p.get("name"))
-        expect_id, expect_home = p.get("id"), p.get("home")
-        if expect_id is not None and type(expect_id) is not int:
-            raise InvalidArgumentError("id must be a keyspace id")
-        if expect_home is not None and type(expect_home) is not str:
-            raise InvalidArgumentError("home must be a region name")
+        op, to = p.get("op"), p.get("to")
+        if op not in ("move", "drop"):
+            raise InvalidArgumentError("op must be 'move' or 'drop'")
+        if op == "move":
+            data_group(self.cluster, to)  # validates the region name
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            raw = meta.get(key, ts)
-            if raw is None:
-                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
-            _check_expected(cat.decode_keyspace(raw), expect_id, expect_home)
-            return None, [(key, None)], [key]
+            ks = self._catalog_record(meta, key, ts, name, dropping_ok=op == "drop")
+            if op == "move" and ks.mode == "regional":
+                raise InvalidArgumentError(f"keyspace {name!r} is regional: it lives in every "
+                                           f"region")
+            answer: dict = {}
+            if op == "move":
+                if ks.moving_to not in ("", to, ks.home):
+                    answer["abandoned"] = ks.moving_to
+                ks = dataclasses.replace(ks, epoch=ks.epoch + 1, moving_to=to)
+            else:
+                ks = dataclasses.replace(ks, epoch=ks.epoch + 1, dropping=True)
+            answer.update(cat.keyspace_record(ks))
+            return answer, [(key, cat.encode_keyspace(ks))], [key]
 
         return await self._catalog_txn(body)
 
     async def _keyspace_rehome(self, p):
         """The catalog side of moving a keyspace: its record's home becomes ``home`` (the
-        data itself was copied and fenced before, see Database.move_keyspace).
+        data itself was copied and fenced before, see Database.move_keyspace), with
+        ``moved_ts``, the copy's timestamp, and ``moved_from``, the home it had.
 
-        A compare-and-set when the caller names what it moved: ``id``, the keyspace whose data
-        it copied, and ``from``, the home it copied it from. A record that is another keyspace
-        now (dropped and created again meanwhile) or that another move re-homed is refused:
-        re-homing it would point the name at a group that does not hold its data. A record
-        already at ``home`` (the same call run again) is answered as it is. ``moved_ts``, the
-        copy's timestamp, is recorded with the new home."""
-        name = cat.check_keyspace_name(p.get("name"))
-        home = p.get("home")
+        A compare-and-set on ``id`` and ``epoch``, the keyspace and the move the caller
+        began: a record that is another keyspace now, or whose keyspace a newer move or a
+        drop has begun since, is refused (``not_found``, ``conflict`` with reason
+        ``catalog_changed``). A record already at ``home`` at that epoch (the same call run
+        again) is answered as it is."""
+        name, key, expect_id, epoch = self._catalog_step(p)
+        home, moved_ts = p.get("home"), p.get("moved_ts", 0)
         data_group(self.cluster, home)  # validates the region name
-        expect_id, expect_from = p.get("id"), p.get("from")
-        moved_ts = p.get("moved_ts", 0)
-        if expect_id is not None and type(expect_id) is not int:
-            raise InvalidArgumentError("id must be a keyspace id")
-        if expect_from is not None and type(expect_from) is not str:
-            raise InvalidArgumentError("from must be a region name")
         if type(moved_ts) is not int or not 0 <= moved_ts <= MAX_TS:
             raise InvalidArgumentError("moved_ts must be a timestamp")
-        key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            raw = meta.get(key, ts)
-            if raw is None:
-                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
-            ks = cat.decode_keyspace(raw)
+            ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
             if ks.home == home:
-                _check_expected(ks, expect_id, None)
                 return cat.keyspace_record(ks), [], []
-            _check_expected(ks, expect_id, expect_from)
-            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts)
+            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moved_from=ks.home,
+                                        moving_to="")
             return cat.keyspace_record(moved), [(key, cat.encode_keyspace(moved))], [key]
 
         return await self._catalog_txn(body)
+
+    async def _keyspace_settle(self, p):
+        """Ends a move: its record forgets ``moved_from`` and ``moving_to`` (the old home is
+        fenced off and the new one writable), if no newer move or drop has begun (the same
+        compare-and-set as ``keyspace.rehome``)."""
+        name, key, expect_id, epoch = self._catalog_step(p)
+
+        def body(meta, ts):
+            ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
+            if not (ks.moved_from or ks.moving_to):
+                return cat.keyspace_record(ks), [], []
+            done = dataclasses.replace(ks, moved_from="", moving_to="")
+            return cat.keyspace_record(done), [(key, cat.encode_keyspace(done))], [key]
+
+        return await self._catalog_txn(body)
+
+    async def _keyspace_drop(self, p):
+        """Ends a drop: deletes the record, if no newer drop has begun (the same
+        compare-and-set as ``keyspace.rehome``; the caller fenced the keyspace's groups
+        first, see Database.drop_keyspace)."""
+        name, key, expect_id, epoch = self._catalog_step(p)
+
+        def body(meta, ts):
+            self._catalog_record(meta, key, ts, name, expect_id, epoch, dropping_ok=True)
+            return None, [(key, None)], [key]
+
+        return await self._catalog_txn(body)
+
+    def _catalog_step(self, p) -> tuple[str, bytes, int, int]:
+        """``name``, its key, and the ``id`` and ``epoch`` a move's or drop's later step
+        expects its record to have."""
+        name = cat.check_keyspace_name(p.get("name"))
+        expect_id, epoch = p.get("id"), p.get("epoch")
+        if type(expect_id) is not int or type(epoch) is not int:
+            raise InvalidArgumentError("id and epoch must be ints (those the move or drop "
+                                       "began with)")
+        return name, cat.keyspace_key(name), expect_id, epoch
+
+    @staticmethod
+    def _catalog_record(meta, key: bytes, ts: int, name: str, expect_id: int | None = None,
+                        epoch: int | None = None, *, dropping_ok: bool = False) -> cat.Keyspace:
+        """The record of ``name`` at ``ts``; refused if there is none, if it is being dropped
+        (unless ``dropping_ok``), if it is another keyspace than ``expect_id`` (``not_found``)
+        or at another epoch than ``epoch`` (``conflict``, reason ``catalog_changed``)."""
+        raw = meta.get(key, ts)
+        ks = None if raw is None else cat.decode_keyspace(raw)
+        if ks is None or (expect_id is not None and ks.id != expect_id):
+            raise RemoteError("not_found", f"keyspace {name!r} does not exist" if ks is None
+                              else f"keyspace {name!r} (id {expect_id}) was dropped: the name "
+                              f"is keyspace id {ks.id} now")
+        if epoch is not None and ks.epoch != epoch:
+            raise TransactionConflictError(
+                f"keyspace {name!r} is at epoch {ks.epoch}, not {epoch}: another move or drop "
+                f"of it began since", "catalog_changed")
+        if ks.dropping and not dropping_ok:
+            raise RemoteError("not_found", f"keyspace {name!r} is being dropped")
+        return ks
 
     async def _keyspace_fence(self, p):
         """Sets a keyspace's fence in a group (see engine.group, FENCE). With ``expect``,
@@ -1302,7 +1363,7 @@ class Node:
         ``expect`` did not match (nothing changed; ``fence`` is the fence found)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
-        available_from = p.get("available_from", 0)
+        available_from, epoch = p.get("available_from", 0), p.get("epoch", 0)
         expect = p.get("expect")
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
                 or level not in (0, 1, 2, 3)):
@@ -1315,15 +1376,18 @@ class Node:
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2
                                        and all(type(v) is int for v in expect)):
             raise InvalidArgumentError("expect must be [level, available_from]")
+        if type(epoch) is not int or not 0 <= epoch < 2**63:
+            raise InvalidArgumentError("epoch must be an int in 0..2**63-1")
         replica._require_leader()
         # The expectation travels in the entry and is checked where it is applied, in log
         # order: no fence change can slip in between the check and the change.
         result = await replica.propose(encode_fence(
             self.clock.now(), ks_id, level, available_from,
-            None if expect is None else (expect[0], expect[1])))
+            None if expect is None else (expect[0], expect[1]), epoch))
         if result.outcome is Outcome.CONFLICT:
-            return {"ts": result.ts, "done": False,
-                    "fence": list(replica.sm.fence(keyspace_bounds(ks_id)[0]))}
+            prefix = keyspace_bounds(ks_id)[0]
+            return {"ts": result.ts, "done": False, "fence": list(replica.sm.fence(prefix)),
+                    "epoch": replica.sm.fence_epoch(prefix)}
         return {"ts": result.ts, "done": True}
 
     async def _keyspace_copy(self, p):
@@ -1333,6 +1397,9 @@ class Node:
         done, see Database.move_keyspace). Answers ``{"ts"}``, the commit's timestamp."""
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
+        epoch = p.get("epoch", 0)
+        if type(epoch) is not int or not 0 <= epoch < 2**55:
+            raise InvalidArgumentError("epoch must be an int in 0..2**55-1")
         if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
             raise InvalidArgumentError("keyspace_id must be a keyspace id")
         if type(txn_id) is not int or not 0 < txn_id < 2**64:
@@ -1345,41 +1412,26 @@ class Node:
             raise InvalidArgumentError(f"a copy writes keys of keyspace {ks_id} only")
         replica._require_leader()
         result = await replica.propose(
-            encode_commit(txn_id, 0, self.clock.now(), pairs, move_copy=True))
+            encode_commit(txn_id, 0, self.clock.now(), pairs, move_copy=True, epoch=epoch))
         if result.committed:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
 
     async def _keyspace_get(self, p):
         name = cat.check_keyspace_name(p.get("name"))
+        key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            raw = meta.get(cat.keyspace_key(name), ts)
-            if raw is None:
-                raise RemoteError("not_found", f"keyspace {name!r} does not exist")
-            return cat.keyspace_record(cat.decode_keyspace(raw)), [], []
+            return cat.keyspace_record(self._catalog_record(meta, key, ts, name)), [], []
 
         return await self._catalog_txn(body)
 
     async def _keyspace_list(self, p):
         def body(meta, ts):
-            items = meta.scan(b"ks/", b"ks0", ts)
-            return [cat.keyspace_record(cat.decode_keyspace(v)) for _, v in items], [], []
+            records = (cat.decode_keyspace(v) for _, v in meta.scan(b"ks/", b"ks0", ts))
+            return [cat.keyspace_record(ks) for ks in records if not ks.dropping], [], []
 
         return await self._catalog_txn(body)
-
-
-def _check_expected(ks: cat.Keyspace, expect_id: int | None, expect_home: str | None) -> None:
-    """Refuses a catalog change meant for a keyspace record that has changed since the caller
-    read it: another keyspace of the same name (``not_found``: the one it meant was dropped),
-    or the same one homed elsewhere (``conflict``, reason ``catalog_changed``)."""
-    if expect_id is not None and ks.id != expect_id:
-        raise RemoteError("not_found", f"keyspace {ks.name!r} (id {expect_id}) was dropped: "
-                          f"the name is keyspace id {ks.id} now")
-    if expect_home is not None and ks.home != expect_home:
-        raise TransactionConflictError(
-            f"keyspace {ks.name!r} is homed in {ks.home} now, not {expect_home}: another "
-            f"move changed it", "catalog_changed")
 
 
 def _max_connections() -> int:

@@ -449,6 +449,47 @@ def test_level_3_is_taken_only_from_level_2_and_kept_by_a_later_level_2(sm):
     assert sm.fence(prefix) == (1, MAX_TS) and sm.erasable_keyspaces() == []
 
 
+def test_a_fence_refuses_a_change_from_an_older_move_or_drop_and_remembers_its_epoch(
+        tmp_path):
+    log = Log()
+    with MVCCStore(tmp_path / "a") as sa, MVCCStore(tmp_path / "b") as sb:
+        sm = GroupStateMachine(sa, max_txn_lifetime_ns=LIFETIME)
+        sm.apply([log(encode_fence(10, KS, 1, MAX_TS, epoch=2))])
+        assert sm.fence(PREFIX) == (1, MAX_TS) and sm.fence_epoch(PREFIX) == 2
+        [r] = sm.apply([log(encode_fence(20, KS, 0, 0, epoch=1))])  # overtaken: refused
+        assert r.reason == "fence_changed" and sm.fence(PREFIX) == (1, MAX_TS)
+        [r] = sm.apply([log(encode_fence(25, KS, 0, 0))])  # no epoch at all: refused too
+        assert r.reason == "fence_changed"
+        # The same move's copy lands; an older move's does not.
+        assert sm.apply([log(encode_commit(1, 0, 30, [(PREFIX + b"a", b"new")],
+                                           move_copy=True, epoch=2))])[0].committed
+        [r] = sm.apply([log(encode_commit(2, 0, 40, [(PREFIX + b"a", b"stale")],
+                                          move_copy=True, epoch=1))])
+        assert r.reason == "moved" and sm.store.get(PREFIX + b"a", MAX_TS) == b"new"
+        # Lifted to (0, 0), the epoch stays: an older move can still not fence it again.
+        sm.apply([log(encode_fence(50, KS, 0, 0, epoch=2))])
+        assert sm.fence(PREFIX) == (0, 0) and sm.fence_epoch(PREFIX) == 2
+        [r] = sm.apply([log(encode_fence(60, KS, 1, 0, epoch=1))])
+        assert r.reason == "fence_changed"
+        # A newer one may; its own expectation still applies.
+        [r] = sm.apply([log(encode_fence(70, KS, 3, expect=(2, 1), epoch=3))])
+        assert r.reason == "fence_changed"
+        sm.apply([log(encode_fence(80, KS, 2, epoch=3))])
+        assert sm.fence(PREFIX) == (2, 80) and sm.fence_epoch(PREFIX) == 3
+        # A snapshot, and a restart, keep the epoch.
+        replica = GroupStateMachine(sb, max_txn_lifetime_ns=LIFETIME)
+        replica.restore(sm.snapshot())
+        sm.close()
+        sm = GroupStateMachine(sa, max_txn_lifetime_ns=LIFETIME)
+        for machine in (sm, replica):
+            assert machine.fence(PREFIX) == (2, 80) and machine.fence_epoch(PREFIX) == 3
+            [r] = machine.apply([log(encode_fence(90, KS, 1, MAX_TS, epoch=2))])
+            assert r.reason == "fence_changed"
+            log.index -= 1
+        sm.close()
+        replica.close()
+
+
 def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased(tmp_path):
     # A merge reads the key's cell from the store: after a PURGE erased it and the keyspace
     # was opened again (a move back), the merge must find no cell, in one call as apart.

@@ -131,8 +131,8 @@ async def test_a_dropped_keyspaces_data_is_erased_from_every_replica(monkeypatch
 async def test_a_drop_interrupted_before_the_record_is_deleted_has_its_data_erased(
         monkeypatch):
     """The groups are told they may erase before the record goes (once it has, nothing says
-    where the data was): a drop that stops there leaves the keyspace unusable, its data
-    erased, and the call run again deletes the record."""
+    where the data was): a drop that stops there leaves the name unresolvable and taken,
+    its data erased, and the call run again deletes the record."""
     monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
     async with open_local_cluster(("us-east",), 1, limits=Limits(max_txn_lifetime_s=1.0),
                                   seed=55) as cluster:
@@ -140,6 +140,7 @@ async def test_a_drop_interrupted_before_the_record_is_deleted_has_its_data_eras
             with trio.fail_after(60):
                 ks = await db.create_keyspace("gone")
                 await db.run_transaction(lambda tx: tx.put("gone", b"k", b"v"))
+                await other.keyspace("gone")  # cached
                 group = data_group(cluster.config, "us-east")
                 with monkeypatch.context() as m:
                     _fail_calls(m, db, "keyspace.drop")
@@ -148,12 +149,15 @@ async def test_a_drop_interrupted_before_the_record_is_deleted_has_its_data_eras
                 assert _fence_of(cluster, group, ks.id)[0] == 3
                 while _left_behind(cluster, group, ks.id) != [(0, 0)]:
                     await trio.sleep(0.1)
-                assert (await other.keyspace("gone")).id == ks.id  # the record is still there
                 with pytest.raises(errors.MeridianError):
                     await other.read("gone", b"k")
+                with pytest.raises(errors.KeyspaceNotFoundError, match="being dropped"):
+                    await other.keyspace("gone")
+                with pytest.raises(errors.MeridianError, match="being dropped"):
+                    await other.create_keyspace("gone")
+                assert "gone" not in [k.name for k in await other.list_keyspaces()]
                 await db.drop_keyspace("gone")
-                with pytest.raises(errors.KeyspaceNotFoundError):
-                    await db.keyspace("gone")
+                assert (await other.create_keyspace("gone")).id != ks.id
 
 
 async def test_a_keyspace_moved_away_and_back_is_erased_from_its_old_home_and_copied_anew(
@@ -185,30 +189,35 @@ async def test_a_keyspace_moved_away_and_back_is_erased_from_its_old_home_and_co
                     assert [k for k, _ in await tx.scan("g")] == [b"b", b"c"]
 
 
-async def test_a_move_interrupted_before_the_catalog_change_leaves_the_old_home_whole(
+async def test_a_move_interrupted_before_the_catalog_change_is_finished_by_the_next_move(
         monkeypatch):
-    """The old home is fenced against reads before the catalog names the new one; if the
-    move stops there, the catalog still names the old home: nothing may erase it."""
-    async with open_local_cluster(TWO_REGIONS, 1, seed=52) as cluster:
-        async with cluster.connect("us-east") as db:
-            with trio.fail_after(60):
-                ks = await db.create_keyspace("g", home_region="us-east")
-                await db.run_transaction(lambda tx: tx.put("g", b"a", b"1"))
-                call = db._call_group
-
-                async def unreachable_catalog(group, method, payload, **options):
-                    if method == "keyspace.rehome":
-                        raise errors.UnavailableError("the catalog is out of reach")
-                    return await call(group, method, payload, **options)
-
-                monkeypatch.setattr(db, "_call_group", unreachable_catalog)
-                with pytest.raises(errors.UnavailableError):
-                    await db.move_keyspace("g", "eu-west")
-                east = data_group(cluster.config, "us-east")
-                prefix = keyspace_bounds(ks.id)[0]
-                leader = next(r for r in _replicas(cluster, east) if r.node.is_leader)
-                assert leader.sm.fence(prefix)[0] == 2
-                assert leader.sm.erasable_keyspaces() == []
+    """The old home is fenced against reads before the catalog names the new one. A move
+    that stops there leaves the catalog naming the old home: nothing may erase it, and the
+    next move, this one run again or one elsewhere, starts over from it (the copy the
+    first one left is erased) and finishes."""
+    for then in ("eu-west", "ap-south"):
+        async with open_local_cluster(THREE_REGIONS, 1, seed=52) as cluster:
+            async with cluster.connect("us-east") as db, cluster.connect("us-east") as w:
+                with trio.fail_after(60):
+                    ks = await db.create_keyspace("g", home_region="us-east")
+                    await db.run_transaction(lambda tx: tx.put("g", b"a", b"1"))
+                    east = data_group(cluster.config, "us-east")
+                    west = data_group(cluster.config, "eu-west")
+                    with monkeypatch.context() as m:
+                        _fail_calls(m, db, "keyspace.rehome")
+                        with pytest.raises(errors.UnavailableError):
+                            await db.move_keyspace("g", "eu-west")
+                    assert _fence_of(cluster, east, ks.id)[0] == 2
+                    leader = next(r for r in _replicas(cluster, east) if r.node.is_leader)
+                    assert leader.sm.erasable_keyspaces() == []
+                    assert (await db.move_keyspace("g", then)).home == then
+                    await w.run_transaction(lambda tx: tx.put("g", b"b", b"2"))
+                    assert await db.read("g", b"a") == b"1"
+                    assert await db.read("g", b"b") == b"2"
+                    assert _fence_of(cluster, east, ks.id)[0] == 3
+                    if then != "eu-west":
+                        assert _fence_of(cluster, west, ks.id)[0] == 3  # the first's copy
+                    assert not (await db.keyspace("g")).moved_from  # settled
 
 
 async def test_a_cached_record_older_than_the_cache_bound_is_looked_up_before_use(
@@ -266,33 +275,40 @@ async def test_a_move_does_not_rehome_a_keyspace_dropped_and_created_again_meanw
                     return copied_at
 
                 admin._copy_keyspace = copy_then_recreate
-                with pytest.raises(errors.KeyspaceNotFoundError, match="dropped"):
+                with pytest.raises(errors.TransactionConflictError) as overtaken:
                     await admin.move_keyspace("g", "eu-west")
+                assert overtaken.value.reason == "catalog_changed"
                 other._keyspaces.clear()
                 ks = await other.keyspace("g")
                 assert ks.id == created[0].id != first.id and ks.home == "us-east"
                 assert await other.read("g", b"k") == b"new-data"
-                # The copy is nobody's home: erasable.
+                # The copy is nobody's home: the drop erased it.
                 west = data_group(cluster.config, "eu-west")
-                leader = next(r for r in _replicas(cluster, west) if r.node.is_leader)
-                assert leader.sm.fence(keyspace_bounds(first.id)[0])[0] == 3
+                assert _fence_of(cluster, west, first.id)[0] == 3
 
 
-async def test_rehome_is_a_compare_and_set_on_the_id_and_the_old_home():
+async def test_the_steps_after_a_move_begins_are_compare_and_sets_on_its_id_and_epoch():
     async with open_local_cluster(TWO_REGIONS, 1, seed=45) as cluster:
         async with cluster.connect("us-east") as db:
             with trio.fail_after(60):
                 ks = await db.create_keyspace("g", home_region="us-east")
                 meta = db._meta_group
-                with pytest.raises(errors.TransactionConflictError) as refused:
-                    await db._call_group(meta, "keyspace.rehome", {
-                        "name": "g", "home": "eu-west", "id": ks.id, "from": "eu-west"})
-                assert refused.value.reason == "catalog_changed"
-                with pytest.raises(errors.KeyspaceNotFoundError):
-                    await db._call_group(meta, "keyspace.rehome", {
-                        "name": "g", "home": "eu-west", "id": ks.id + 1, "from": "us-east"})
+                began = await db._begin("g", "move", "eu-west")
+                assert began["epoch"] == ks.epoch + 1 and began["moving_to"] == "eu-west"
+                for method in ("keyspace.rehome", "keyspace.settle", "keyspace.drop"):
+                    with pytest.raises(errors.TransactionConflictError) as refused:
+                        await db._call_group(meta, method, {
+                            "name": "g", "home": "eu-west", "id": ks.id, "epoch": ks.epoch})
+                    assert refused.value.reason == "catalog_changed"
+                    with pytest.raises(errors.KeyspaceNotFoundError):
+                        await db._call_group(meta, method, {
+                            "name": "g", "home": "eu-west", "id": ks.id + 1,
+                            "epoch": began["epoch"]})
                 db._keyspaces.clear()
                 assert (await db.keyspace("g")).home == "us-east"
+                # A move to where it is ends the one begun (lifting nothing it did not set).
+                assert (await db.move_keyspace("g", "us-east")).moving_to == ""
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v"))
 
 
 async def test_a_stale_client_cannot_write_into_the_new_home_during_the_copy():
@@ -328,34 +344,52 @@ async def test_a_stale_client_cannot_write_into_the_new_home_during_the_copy():
                 assert await admin.read("g", b"only-x") == b"x"
 
 
-async def test_a_move_interrupted_after_the_catalog_change_finishes_when_run_again(
+async def test_a_move_interrupted_after_the_catalog_change_is_finished_by_the_next_call(
         monkeypatch):
-    async with open_local_cluster(TWO_REGIONS, 1, seed=47) as cluster:
-        async with cluster.connect("us-east") as db:
-            with trio.fail_after(60):
-                await db.create_keyspace("g", home_region="us-east")
-                await db.run_transaction(lambda tx: tx.put("g", b"k", b"1"))
-                fence = engine.client.Database._fence
+    """A move that stopped after the catalog change, before its new home took writes (and
+    before its old home was told it may erase): the move run again, a move on to a third
+    region, or a drop finishes it."""
+    for then in ("again", "onwards", "drop"):
+        async with open_local_cluster(THREE_REGIONS, 1, seed=47) as cluster:
+            async with cluster.connect("us-east") as db, cluster.connect("us-east") as stale:
+                with trio.fail_after(60):
+                    ks = await db.create_keyspace("g", home_region="us-east")
+                    await db.run_transaction(lambda tx: tx.put("g", b"k", b"1"))
+                    await stale.keyspace("g")  # cached: home us-east
+                    east = data_group(cluster.config, "us-east")
+                    west = data_group(cluster.config, "eu-west")
+                    fence = engine.client.Database._fence_at
 
-                async def fence_but_not_the_last(self, group, ks_id, level, available_from=0,
-                                                 **kwargs):
-                    expect = kwargs.get("expect")
-                    if level == 0 and expect is not None and expect[0] == 1:
-                        raise errors.UnavailableError("the new home is unreachable")
-                    return await fence(self, group, ks_id, level, available_from, **kwargs)
+                    async def no_lift_no_release(self, group, ks, level, *args, **kwargs):
+                        if level in (0, 3):
+                            raise errors.UnavailableError("out of reach")
+                        return await fence(self, group, ks, level, *args, **kwargs)
 
-                with monkeypatch.context() as m:
-                    m.setattr(engine.client.Database, "_fence", fence_but_not_the_last)
-                    with pytest.raises(errors.UnavailableError, match="unreachable"):
-                        await db.move_keyspace("g", "eu-west")
-                ks = await db.keyspace("g")
-                assert ks.home == "eu-west" and ks.moved_ts > 0
-                with pytest.raises(errors.TransactionConflictError):  # still fenced
-                    async with db.transaction() as tx:
-                        await tx.put("g", b"k", b"2")
-                assert (await db.move_keyspace("g", "eu-west")).home == "eu-west"
-                await db.run_transaction(lambda tx: tx.put("g", b"k", b"2"))
-                assert await db.read("g", b"k") == b"2"
+                    with monkeypatch.context() as m:
+                        m.setattr(engine.client.Database, "_fence_at", no_lift_no_release)
+                        with pytest.raises(errors.UnavailableError, match="out of reach"):
+                            await db.move_keyspace("g", "eu-west")
+                    moved = await db.keyspace("g")
+                    assert moved.home == "eu-west" and moved.moved_from == "us-east"
+                    assert _fence_of(cluster, east, ks.id)[0] == 2
+                    with pytest.raises(errors.TransactionConflictError):  # still fenced
+                        async with db.transaction() as tx:
+                            await tx.put("g", b"k", b"2")
+                    if then == "again":
+                        assert (await db.move_keyspace("g", "eu-west")).home == "eu-west"
+                    elif then == "onwards":
+                        assert (await db.move_keyspace("g", "ap-south")).home == "ap-south"
+                        assert _fence_of(cluster, west, ks.id)[0] == 3
+                    else:
+                        await db.drop_keyspace("g")
+                    assert _fence_of(cluster, east, ks.id)[0] == 3
+                    if then == "drop":
+                        with pytest.raises(errors.KeyspaceNotFoundError):
+                            await stale.read("g", b"k")
+                        continue
+                    assert not (await db.keyspace("g")).moved_from
+                    await db.run_transaction(lambda tx: tx.put("g", b"k", b"2"))
+                    assert await stale.read("g", b"k") == b"2"  # looked up again
 
 
 async def test_a_stale_read_after_a_move_is_not_served_before_the_copy(monkeypatch):
@@ -394,55 +428,69 @@ async def test_a_stale_read_after_a_move_is_not_served_before_the_copy(monkeypat
                     cluster.heal()
 
 
-def _pause_after_lookup(db):
-    """Makes ``db``'s next catalog lookup wait, after its answer came, until the returned
-    event is set (a client that read the record, then was delayed); the first returned
-    event is set when the lookup has answered."""
-    looked_up, go = trio.Event(), trio.Event()
+def _pause_at(db, method, *, before=False):
+    """Makes ``db``'s next call of ``method`` wait (before it is sent, or once its answer
+    came) until the second returned event is set: a client delayed there. The first returned
+    event is set when it is waiting."""
+    paused, go = trio.Event(), trio.Event()
     call = db._call_group
 
-    async def slow(group, method, payload, **kwargs):
-        reply = await call(group, method, payload, **kwargs)
-        if method == "keyspace.get" and not go.is_set():
-            looked_up.set()
+    async def slow(group, m, payload, **kwargs):
+        if before and m == method and not go.is_set():
+            paused.set()
+            await go.wait()
+        reply = await call(group, m, payload, **kwargs)
+        if not before and m == method and not go.is_set():
+            paused.set()
             await go.wait()
         return reply
 
     db._call_group = slow
-    return looked_up, go
+    return paused, go
 
 
-async def test_a_move_with_a_stale_record_does_not_copy_over_a_finished_move():
-    # Two moves to one home: the second read the record before the first finished, and then
-    # ran all its steps. It copied the old home's stale snapshot over the new home, deleting
-    # and overwriting what was written there in between, and reported success.
-    async with open_local_cluster(("us-east", "eu-west"), 1, seed=61) as cluster:
-        async with cluster.connect("us-east") as m1, cluster.connect("us-east") as m2, \
-                cluster.connect("eu-west") as w:
-            with trio.fail_after(60):
-                await m1.create_keyspace("g", home_region="us-east")
-                await m1.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
-                looked_up, go = _pause_after_lookup(m2)
-                second: list = []
+async def test_two_moves_at_once_lose_no_write_and_leave_one_home():
+    # Two moves of one keyspace: the second (m2) scanned the old home, then was delayed
+    # while the first (m1) began after it and ran all its steps, and clients wrote in the
+    # new home. Without epochs, m2 copied its old snapshot over the new home (the writes
+    # lost), or its rollback lifted the old home's fence after m1's catalog change (both
+    # homes writable).
+    for target in ("eu-west", "ap-south"):
+        async with open_local_cluster(THREE_REGIONS, 1, seed=61) as cluster:
+            async with cluster.connect("us-east") as m1, cluster.connect("us-east") as m2, \
+                    cluster.connect("eu-west") as w, cluster.connect("us-east") as stale:
+                with trio.fail_after(60):
+                    ks = await m1.create_keyspace("g", home_region="us-east")
+                    await m1.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
+                    await stale.keyspace("g")  # cached: home us-east
+                    paused, go = _pause_at(m2, "keyspace.copy", before=True)
+                    second: list = []
 
-                async def second_move():
-                    try:
-                        second.append(await m2.move_keyspace("g", "eu-west"))
-                    except errors.TransactionConflictError as exc:
-                        second.append(exc)
+                    async def second_move():
+                        try:
+                            second.append(await m2.move_keyspace("g", target))
+                        except errors.MeridianError as exc:
+                            second.append(exc)
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(second_move)
-                    await looked_up.wait()
-                    await m1.move_keyspace("g", "eu-west")
-                    await w.run_transaction(lambda tx: tx.put("g", b"k", b"new"))
-                    await w.run_transaction(lambda tx: tx.put("g", b"k2", b"new2"))
-                    go.set()
-                assert isinstance(second[0], errors.TransactionConflictError)
-                assert second[0].reason == "catalog_changed"
-                w._keyspaces.clear()
-                assert await w.read("g", b"k") == b"new"
-                assert await w.read("g", b"k2") == b"new2"
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(second_move)
+                        await paused.wait()
+                        await m1.move_keyspace("g", "eu-west")
+                        await w.run_transaction(lambda tx: tx.put("g", b"k", b"new"))
+                        await w.run_transaction(lambda tx: tx.put("g", b"k2", b"new2"))
+                        go.set()
+                    assert isinstance(second[0], errors.TransactionConflictError)
+                    w._keyspaces.clear()
+                    assert (await w.keyspace("g")).home == "eu-west"
+                    assert await w.read("g", b"k") == b"new"
+                    assert await w.read("g", b"k2") == b"new2"
+                    east = data_group(cluster.config, "us-east")
+                    assert _fence_of(cluster, east, ks.id)[0] == 3  # one home: eu-west
+                    # A client whose cache names the old home is sent to the new one.
+                    await stale.run_transaction(lambda tx: tx.put("g", b"k3", b"by-stale"))
+                    assert await w.read("g", b"k3") == b"by-stale"
+                    await w.run_transaction(lambda tx: tx.put("g", b"k", b"newer"))
+                    assert await stale.read("g", b"k") == b"newer"
 
 
 async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
@@ -456,7 +504,7 @@ async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
                 await mover.create_keyspace("g", home_region="us-east")
                 await mover.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
                 await stale.keyspace("g")  # cached
-                looked_up, go = _pause_after_lookup(mover)
+                looked_up, go = _pause_at(mover, "keyspace.begin")
 
                 async def unreachable(ks, old, new):
                     raise errors.UnavailableError("new home unreachable")
