@@ -7,7 +7,8 @@ succeed):
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
     "created_ts", "survive"}``, and, while they are not empty, the fields that moves and drops
-    keep: ``"moved_ts"``, ``"moved_from"``, ``"moving_to"``, ``"epoch"`` and ``"dropping"``
+    keep: ``"moved_ts"``, ``"moved_from"``, ``"moving_to"``, ``"abandoned"``, ``"epoch"`` and
+    ``"dropping"``
     (see :class:`Keyspace`). Readers ignore fields they do not know, so a record may gain
     optional fields without breaking them.
 ``b"ks-next-id"``
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import msgpack
 
@@ -78,13 +79,18 @@ class Keyspace:
     moving_to: str = ""
     """The region a move that began and has not changed the record since is moving the
     keyspace to ("": none): where a drop finds the copy such a move may have left."""
+    abandoned: tuple[str, ...] = ()
+    """The regions other moves that began before it were copying the keyspace to, without
+    getting to the catalog change: their copies there are nobody's, and the next move or drop
+    erases them."""
     moved_from: str = ""
     """The region the last move took the keyspace from, until that move has fenced reads
     off there and lifted its write fence in the new home ("": done, or never moved): the
     next move or drop of the keyspace finishes what it did not."""
     dropping: bool = False
     """A drop has begun: the name resolves no more (lookups answer that it does not exist),
-    no move may begin, and running the drop again finishes it."""
+    no move may begin, and running the drop again (or another drop, which joins it at its
+    epoch) finishes it."""
 
 
 def check_keyspace_name(name: object) -> str:
@@ -100,7 +106,7 @@ def keyspace_key(name: str) -> bytes:
 
 
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
-_OPTIONAL = ("moved_ts", "epoch", "moving_to", "moved_from", "dropping")
+_OPTIONAL = ("moved_ts", "epoch", "moving_to", "moved_from", "abandoned", "dropping")
 
 
 def keyspace_record(ks: Keyspace) -> dict:
@@ -116,7 +122,8 @@ def keyspace_record(ks: Keyspace) -> dict:
 
 def keyspace_from_record(record: dict) -> Keyspace:
     """The keyspace a record describes; fields this version does not know are ignored."""
-    return Keyspace(**{k: v for k, v in record.items() if k in _FIELDS})
+    ks = Keyspace(**{k: v for k, v in record.items() if k in _FIELDS})
+    return ks if type(ks.abandoned) is tuple else replace(ks, abandoned=tuple(ks.abandoned))
 
 
 def encode_keyspace(ks: Keyspace) -> bytes:

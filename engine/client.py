@@ -292,8 +292,8 @@ class Database:
         last, the record is deleted. If the call fails before that, the name stays taken and
         no longer resolves until the call is run again (clients that cached the record may
         go on using the keyspace until its fences are set, or their cache expires, see
-        :data:`KEYSPACE_CACHE_S`). Another drop of the same keyspace that begins meanwhile
-        takes over; this call then waits for it to end (and begins again, if it does not).
+        :data:`KEYSPACE_CACHE_S`). Drops of one keyspace at once all work at the epoch of
+        the first (``keyspace.begin``), and any of them may finish it.
 
         Each group's leader erases the data in the background, a bounded range at a time,
         once the maximum transaction lifetime has passed since the fence, so that its space
@@ -301,36 +301,16 @@ class Database:
         the drop. The copy a moved keyspace leaves in its old home is erased the same way,
         by the move (or by the next move or drop, if the move stopped first).
         """
-        check_keyspace_name(name)
-        self._keyspaces.pop(name, None)
-        for attempt in range(MAX_SNAPSHOT_MOVES):
-            try:
-                ks = keyspace_from_record(await self._begin(name, "drop"))
-            except KeyspaceNotFoundError:
-                if attempt:
-                    return  # the drop that overtook this one has ended
-                raise
-            try:
-                fenced = {}
-                for group in self._groups_holding(ks, moving=True):
-                    reply = await self._fence_at(group, ks, 2)
-                    if reply.get("done", True):
-                        fenced[group] = reply["ts"]
-                for group, stamp in fenced.items():
-                    await self._release_at(group, ks, stamp)
-                await self._call_group(self._meta_group, "keyspace.drop",
-                                       {"name": name, "id": ks.id, "epoch": ks.epoch})
-                return
-            except KeyspaceNotFoundError:
-                return  # a drop that overtook this one has ended
-            except TransactionConflictError as exc:
-                if exc.reason != "catalog_changed":
-                    raise
-                # Another drop began since: let it end before looking again.
-                await trio.sleep(random.uniform(0.05, 0.1) * (attempt + 1))
-            finally:
-                self._keyspaces.pop(name, None)
-        raise UnavailableError(f"keyspace {name!r}: other drops of it kept overtaking this one")
+        ks = keyspace_from_record(await self._begin(name, "drop"))
+        try:
+            for group in self._groups_holding(ks, moving=True):
+                await self._erase_copy(group, ks)
+            await self._call_group(self._meta_group, "keyspace.drop",
+                                   {"name": name, "id": ks.id, "epoch": ks.epoch})
+        except KeyspaceNotFoundError:
+            pass  # another drop of it, begun at the same time, has ended it
+        finally:
+            self._keyspaces.pop(name, None)
 
     async def list_keyspaces(self) -> list[Keyspace]:
         return [keyspace_from_record(r) for r in
@@ -385,12 +365,12 @@ class Database:
     def _groups_holding(self, ks: Keyspace, *, moving: bool = False) -> list[int]:
         """The groups that hold a keyspace's data: its home group, or every region's data
         group for a regional keyspace; with ``moving``, also those of the regions a move
-        under way or unfinished copies it to or took it from."""
+        under way or unfinished copies it to or took it from, and of abandoned copies."""
         if ks.mode == "regional":
             return sorted(self._group_of_region.values())
         homes = [ks.home]
         if moving:
-            homes += [region for region in (ks.moving_to, ks.moved_from) if region]
+            homes += [r for r in (ks.moving_to, ks.moved_from, *ks.abandoned) if r]
         return sorted({self.group_of(dataclasses.replace(ks, home=h)) for h in homes})
 
     def group_of(self, ks: Keyspace) -> int:
@@ -524,30 +504,29 @@ class Database:
         step 2 to step 5. If a step before the catalog change fails, the old group's fence is
         lifted again (the keyspace stays where it was, writable), the copy is erased, and the
         error is raised. A move or drop of the keyspace that begins meanwhile overtakes this
-        one: this call then fails with :class:`~engine.errors.TransactionConflictError`,
-        reason ``catalog_changed``, and leaves every fence to the newer one. If this call
-        fails otherwise, or this client dies midway, the keyspace stays fenced until a move
-        (this one run again, or one to anywhere, its current home included) or a drop ends
-        it.
+        one: before the catalog change, this call then fails with
+        :class:`~engine.errors.TransactionConflictError`, reason ``catalog_changed``, and
+        leaves every fence to the newer one; after it, it returns the record it made, and the
+        newer one finishes step 5. If this call fails otherwise, or this client dies midway,
+        the keyspace stays fenced until a move (this one run again, or one to anywhere, its
+        current home included) or a drop ends it.
         """
         if home_region not in self.regions:
             raise InvalidArgumentError(f"unknown region {home_region!r} (regions: "
                                        f"{', '.join(self.regions)})")
-        rec = await self._begin(name, "move", home_region)
+        ks = keyspace_from_record(await self._begin(name, "move", home_region))
         try:
-            return await self._move(keyspace_from_record(rec), home_region,
-                                    rec.get("abandoned", ""))
+            return await self._move(ks, home_region)
         finally:
             self._keyspaces.pop(name, None)
 
-    async def _move(self, ks: Keyspace, home_region: str, abandoned: str) -> Keyspace:
-        """:meth:`move_keyspace` once begun; ``abandoned``: the region an earlier move that
-        did not reach its catalog change was copying to ("": none)."""
+    async def _move(self, ks: Keyspace, home_region: str) -> Keyspace:
+        """:meth:`move_keyspace` once begun (``ks``: the record it began)."""
         old = self.group_of(ks)
         new = self.group_of(dataclasses.replace(ks, home=home_region))
         await self._retire_old_home(ks)
-        if abandoned:
-            await self._erase_copy(self.group_of(dataclasses.replace(ks, home=abandoned)), ks)
+        for region in ks.abandoned:
+            await self._erase_copy(self.group_of(dataclasses.replace(ks, home=region)), ks)
         if old == new:
             # Already there: lift the write fence that a move here left (interrupted before
             # its last step), or that a move away from here did (rolled back, or interrupted
@@ -559,7 +538,7 @@ class Database:
             await self._fence_at(new, ks, 1, MAX_TS)  # no reads, no writes until copied
             copied_at = await self._copy_keyspace(ks, old, new)
             await self._fence_at(new, ks, 1, copied_at)  # reads from the copy on
-            stamp = (await self._fence_at(old, ks, 2))["ts"]  # no reads
+            await self._fence_at(old, ks, 2)  # no reads
         except BaseException as exc:
             if isinstance(exc, TransactionConflictError) and exc.reason == "catalog_changed":
                 raise  # overtaken: the fences are the newer move's or drop's now
@@ -577,8 +556,13 @@ class Database:
             "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
             "moved_ts": copied_at})
         moved = keyspace_from_record(rec)
-        await self._release_at(old, moved, stamp)
-        await self._fence_at(new, moved, 0, copied_at)
+        try:
+            await self._erase_copy(old, moved)
+            await self._fence_at(new, moved, 0, copied_at)
+        except TransactionConflictError as exc:
+            if exc.reason != "catalog_changed":
+                raise
+            return moved  # the move or drop that overtook this one finishes it
         return await self._settle(moved)
 
     async def _begin(self, name: str, op: str, to: str | None = None) -> dict:
@@ -615,16 +599,19 @@ class Database:
             await self._erase_copy(old, ks)
 
     async def _erase_copy(self, group: int, ks: Keyspace) -> None:
-        """Fences off reads and writes of the keyspace in ``group``, which is not its home,
-        and lets the group erase what it holds of it."""
-        reply = await self._fence_at(group, ks, 2)
-        if reply.get("done", True):  # else level 3 already: erasable
-            await self._release_at(group, ks, reply["ts"])
-
-    async def _release_at(self, group: int, ks: Keyspace, stamp: int) -> None:
-        """Lets ``group`` erase the keyspace's data (fence level 3) if its fence is still the
-        level 2 fence stamped ``stamp`` (no move has brought the keyspace back since)."""
-        await self._fence_at(group, ks, 3, expect=(2, stamp))
+        """Fences off reads and writes of the keyspace in ``group``, which is not its home (or
+        is being dropped), and lets the group erase what it holds of it."""
+        for _ in range(MAX_SNAPSHOT_MOVES):
+            reply = await self._fence_at(group, ks, 2)
+            if not reply.get("done", True):
+                return  # level 3 already: erasable
+            reply = await self._fence_at(group, ks, 3, expect=(2, reply["ts"]))
+            if reply.get("done", True) or reply["fence"][0] == 3:
+                return
+            # Stamped again in between by another drop at the same epoch (which may stop
+            # before it releases): once more.
+        raise UnavailableError(f"keyspace {ks.name!r}: its fence in group {group} kept "
+                               f"changing")
 
     async def _fence_at(self, group: int, ks: Keyspace, level: int, available_from: int = 0,
                         *, expect: tuple[int, int] | None = None) -> dict:
@@ -684,9 +671,17 @@ class Database:
         """Commits a batch of the copy in the new group, through its fence (which refuses
         every other writer of the keyspace until the move is done, and every other move's
         copy)."""
-        reply = await self._call_group(group, "keyspace.copy", {
-            "group": group, "keyspace_id": ks.id, "txn_id": secrets.randbits(63) + 1,
-            "writes": writes, "epoch": ks.epoch}, commit=True)
+        try:
+            reply = await self._call_group(group, "keyspace.copy", {
+                "group": group, "keyspace_id": ks.id, "txn_id": secrets.randbits(63) + 1,
+                "writes": writes, "epoch": ks.epoch}, commit=True)
+        except TransactionConflictError as exc:
+            if exc.reason != "moved":
+                raise
+            # The fence is no longer this move's (1, MAX_TS): a newer move or drop set it.
+            raise TransactionConflictError(
+                f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
+                "catalog_changed") from exc
         return reply["ts"]
 
     async def _scan_all(self, group: int, lo: bytes, hi: bytes, *,

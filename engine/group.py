@@ -198,6 +198,7 @@ __all__ = [
     "CMD_DRAIN",
     "CMD_FENCE",
     "CMD_PURGE",
+    "MAX_EPOCH",
     "MAX_KEYSPACE_ID",
     "CMD_FORGET",
     "DECISION_HORIZON_NS",
@@ -263,6 +264,9 @@ _SHIPPED = b"s"  # + be32 destination group -> be64: its watermark of this group
 _PREFIX = 4  # a stored key's keyspace prefix (engine.placement.KEY_PREFIX_SIZE)
 MAX_KEYSPACE_ID = 2**32 - 2
 """The largest keyspace id a FENCE or PURGE may name (its keys' span must end in a prefix)."""
+MAX_EPOCH = 2**55 - 1
+"""The largest epoch of a keyspace's moves and drops (a copy carries it in its flags' upper
+bits, see COMMIT)."""
 _MAX_ORIGIN_IN_KEY = 32
 _PREPARED_END = b"q"
 _U64 = struct.Struct(">Q")
@@ -513,7 +517,7 @@ class GroupStateMachine:
     def _load_state(self) -> None:
         fences = [(skey[1:], msgpack.unpackb(raw))
                   for skey, raw in self.store.side_scan(_FENCE, _FENCE_END)]
-        self._fences = {prefix: (f[0], f[1]) for prefix, f in fences}
+        self._fences = {prefix: (f[0], f[1]) for prefix, f in fences if f[0] or f[1]}
         self._fence_epochs = {prefix: f[2] for prefix, f in fences if len(f) > 2 and f[2]}
         raw = self.store.app_state
         if raw:
@@ -618,20 +622,22 @@ class GroupStateMachine:
                     # keyspace back (level 1) or lifts it: a drop that fences a home it read
                     # in an old record must not take erasure away from it.
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
-                elif level or available_from or epoch:
+                else:
                     if level >= 2:
                         # Stamped with this entry's timestamp: who set it can name exactly
                         # this fence in an expectation later, and PURGE waits a transaction
                         # lifetime after a level 3.
                         available_from = ts
-                    self._fences[prefix] = (level, available_from)
+                    if level or available_from:
+                        self._fences[prefix] = (level, available_from)
+                    else:  # lifted: reads and writes take their fast path again
+                        self._fences.pop(prefix, None)
                     if epoch:
                         self._fence_epochs[prefix] = epoch
-                    batch.side[_FENCE + prefix] = msgpack.packb(
-                        [level, available_from, epoch] if epoch else [level, available_from])
-                else:
-                    self._fences.pop(prefix, None)
-                    batch.side[_FENCE + prefix] = None
+                    batch.side[_FENCE + prefix] = (
+                        msgpack.packb([level, available_from, epoch]) if epoch
+                        else msgpack.packb([level, available_from]) if level or available_from
+                        else None)
                 if results[slot] is None:
                     results[slot] = CommitResult(Outcome.RESOLVED, ts)
             elif kind == CMD_PURGE:
@@ -1453,7 +1459,7 @@ def _decode(data: bytes) -> list:
                                  or isinstance(cmd[5], list) and len(cmd[5]) == 2
                                  and all(type(v) is int for v in cmd[5])):
             raise _Malformed("bad FENCE expectation")
-        if len(cmd) == 7 and not (type(cmd[6]) is int and 0 < cmd[6] < 2**63):
+        if len(cmd) == 7 and not (type(cmd[6]) is int and 0 < cmd[6] <= MAX_EPOCH):
             raise _Malformed("bad FENCE epoch")
         return cmd
     if kind == CMD_PURGE:

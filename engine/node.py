@@ -94,6 +94,7 @@ from .client import Database
 from .group import (
     GroupStateMachine,
     Intent,
+    MAX_EPOCH,
     MAX_KEYSPACE_ID,
     Outcome,
     encode_commit,
@@ -1242,33 +1243,39 @@ class Node:
 
     async def _keyspace_begin(self, p):
         """Begins a move (``op`` ``"move"``, to region ``to``) or a drop (``"drop"``) of the
-        keyspace named ``name``: raises its record's epoch by one (see
-        :attr:`engine.catalog.Keyspace.epoch`), records ``moving_to`` or ``dropping``, and
-        answers the record as it is now; for a move, with ``abandoned``, the region another
-        move that began before it was copying to, if it did not get to the catalog change
-        (its copy there is nobody's). A keyspace being dropped cannot begin a move."""
+        keyspace named ``name`` (and, with ``id``, only if it is still that keyspace): raises
+        its record's epoch by one (see :attr:`engine.catalog.Keyspace.epoch`), records
+        ``moving_to`` (the region another move was copying to joins ``abandoned``) or
+        ``dropping``, and answers the record as it is now. A drop joins one begun before it,
+        at its epoch, instead of overtaking it: any of them may finish it. A keyspace being
+        dropped cannot begin a move."""
         name = cat.check_keyspace_name(p.get("name"))
-        op, to = p.get("op"), p.get("to")
+        op, to, expect_id = p.get("op"), p.get("to"), p.get("id")
         if op not in ("move", "drop"):
             raise InvalidArgumentError("op must be 'move' or 'drop'")
+        if expect_id is not None and type(expect_id) is not int:
+            raise InvalidArgumentError("id must be a keyspace id")
         if op == "move":
             data_group(self.cluster, to)  # validates the region name
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
-            ks = self._catalog_record(meta, key, ts, name, dropping_ok=op == "drop")
+            ks = self._catalog_record(meta, key, ts, name, expect_id, dropping_ok=op == "drop")
             if op == "move" and ks.mode == "regional":
                 raise InvalidArgumentError(f"keyspace {name!r} is regional: it lives in every "
                                            f"region")
-            answer: dict = {}
+            if op == "drop" and ks.dropping:
+                return cat.keyspace_record(ks), [], []
+            if ks.epoch >= MAX_EPOCH:
+                raise InvalidArgumentError(f"keyspace {name!r} has been moved or dropped "
+                                           f"{MAX_EPOCH} times: it cannot be any more")
             if op == "move":
-                if ks.moving_to not in ("", to, ks.home):
-                    answer["abandoned"] = ks.moving_to
-                ks = dataclasses.replace(ks, epoch=ks.epoch + 1, moving_to=to)
+                abandoned = set(ks.abandoned) | {ks.moving_to}
+                ks = dataclasses.replace(ks, epoch=ks.epoch + 1, moving_to=to, abandoned=tuple(
+                    sorted(abandoned - {"", to, ks.home})))
             else:
                 ks = dataclasses.replace(ks, epoch=ks.epoch + 1, dropping=True)
-            answer.update(cat.keyspace_record(ks))
-            return answer, [(key, cat.encode_keyspace(ks))], [key]
+            return cat.keyspace_record(ks), [(key, cat.encode_keyspace(ks))], [key]
 
         return await self._catalog_txn(body)
 
@@ -1299,16 +1306,17 @@ class Node:
         return await self._catalog_txn(body)
 
     async def _keyspace_settle(self, p):
-        """Ends a move: its record forgets ``moved_from`` and ``moving_to`` (the old home is
-        fenced off and the new one writable), if no newer move or drop has begun (the same
-        compare-and-set as ``keyspace.rehome``)."""
+        """Ends a move: its record forgets ``moved_from``, ``moving_to`` and ``abandoned``
+        (the old home and the abandoned copies are fenced off and erasable, the new home
+        writable), if no newer move or drop has begun (the same compare-and-set as
+        ``keyspace.rehome``)."""
         name, key, expect_id, epoch = self._catalog_step(p)
 
         def body(meta, ts):
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
-            if not (ks.moved_from or ks.moving_to):
+            if not (ks.moved_from or ks.moving_to or ks.abandoned):
                 return cat.keyspace_record(ks), [], []
-            done = dataclasses.replace(ks, moved_from="", moving_to="")
+            done = dataclasses.replace(ks, moved_from="", moving_to="", abandoned=())
             return cat.keyspace_record(done), [(key, cat.encode_keyspace(done))], [key]
 
         return await self._catalog_txn(body)
@@ -1376,8 +1384,8 @@ class Node:
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2
                                        and all(type(v) is int for v in expect)):
             raise InvalidArgumentError("expect must be [level, available_from]")
-        if type(epoch) is not int or not 0 <= epoch < 2**63:
-            raise InvalidArgumentError("epoch must be an int in 0..2**63-1")
+        if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+            raise InvalidArgumentError(f"epoch must be an int in 0..{MAX_EPOCH}")
         replica._require_leader()
         # The expectation travels in the entry and is checked where it is applied, in log
         # order: no fence change can slip in between the check and the change.
@@ -1398,8 +1406,8 @@ class Node:
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
         epoch = p.get("epoch", 0)
-        if type(epoch) is not int or not 0 <= epoch < 2**55:
-            raise InvalidArgumentError("epoch must be an int in 0..2**55-1")
+        if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+            raise InvalidArgumentError(f"epoch must be an int in 0..{MAX_EPOCH}")
         if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
             raise InvalidArgumentError("keyspace_id must be a keyspace id")
         if type(txn_id) is not int or not 0 < txn_id < 2**64:

@@ -528,3 +528,94 @@ async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
                     await dropper.keyspace("g")
                 with pytest.raises(errors.MeridianError):  # moved: looked up, gone
                     await stale.read("g", b"k")
+
+
+async def test_a_drop_overtaken_meanwhile_does_not_drop_a_keyspace_created_again():
+    # Two drops of one keyspace, the first delayed after it began: the second ended the drop,
+    # and the name was created again. The first used to begin again, by name, and drop the
+    # new keyspace. Drops now share the first one's epoch and never begin again.
+    async with open_local_cluster(("us-east",), 1, seed=71) as cluster:
+        async with cluster.connect("us-east") as x, cluster.connect("us-east") as y, \
+                cluster.connect("us-east") as z:
+            with trio.fail_after(60):
+                old = await x.create_keyspace("g")
+                paused, go = _pause_at(x, "keyspace.fence", before=True)
+                result: list = []
+
+                async def first_drop():
+                    try:
+                        result.append(await x.drop_keyspace("g"))
+                    except errors.MeridianError as exc:
+                        result.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(first_drop)
+                    await paused.wait()
+                    await y.drop_keyspace("g")
+                    new = await z.create_keyspace("g")
+                    await z.run_transaction(lambda tx: tx.put("g", b"k", b"precious"))
+                    go.set()
+                assert result == [None] and new.id != old.id
+                z._keyspaces.clear()
+                assert (await z.keyspace("g")).id == new.id
+                assert await z.read("g", b"k") == b"precious"
+
+
+async def test_two_drops_at_once_both_end():
+    """Two drops of one regional keyspace at once, each catalog or fence call taking 300 ms
+    (a WAN round trip): they used to overtake each other in turn; now they work together."""
+    async with open_local_cluster(THREE_REGIONS, 1, seed=72) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("us-east") as b:
+            with trio.fail_after(120):
+                ks = await a.create_keyspace("g", mode="regional")
+                begins = []
+                for db in (a, b):
+                    call = db._call_group
+
+                    async def slow(group, m, payload, _call=call, **kw):
+                        if m in ("keyspace.fence", "keyspace.drop", "keyspace.begin"):
+                            begins.append(m == "keyspace.begin")
+                            await trio.sleep(0.3)
+                        return await _call(group, m, payload, **kw)
+
+                    db._call_group = slow
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.drop_keyspace, "g")
+                    nursery.start_soon(b.drop_keyspace, "g")
+                assert sum(begins) == 2
+                assert "g" not in [k.name for k in await a.list_keyspaces()]
+                for region in THREE_REGIONS:
+                    group = data_group(cluster.config, region)
+                    assert _fence_of(cluster, group, ks.id)[0] == 3
+
+
+async def test_copies_abandoned_by_several_moves_are_all_erased(monkeypatch):
+    """The catalog keeps every region an unfinished move was copying to, and the next move
+    (or drop) fences each copy off and lets its group erase it."""
+    for then in ("move", "drop"):
+        async with open_local_cluster(THREE_REGIONS, 1, seed=73) as cluster:
+            async with cluster.connect("us-east") as db:
+                with trio.fail_after(60):
+                    ks = await db.create_keyspace("g", home_region="us-east")
+                    await db.run_transaction(lambda tx: tx.put("g", b"k", b"v"))
+                    west = data_group(cluster.config, "eu-west")
+                    south = data_group(cluster.config, "ap-south")
+                    with monkeypatch.context() as m:  # to eu-west, stopped before the rehome
+                        _fail_calls(m, db, "keyspace.rehome")
+                        with pytest.raises(errors.UnavailableError):
+                            await db.move_keyspace("g", "eu-west")
+                    with monkeypatch.context() as m:  # to ap-south, stopped at once
+                        _fail_calls(m, db, "keyspace.fence")
+                        with pytest.raises(errors.UnavailableError):
+                            await db.move_keyspace("g", "ap-south")
+                    assert (await db._call_group(db._meta_group, "keyspace.begin", {
+                        "name": "g", "op": "move", "to": "us-east"}))["abandoned"] == [
+                            "ap-south", "eu-west"]
+                    if then == "move":
+                        assert (await db.move_keyspace("g", "us-east")).home == "us-east"
+                        assert await db.read("g", b"k") == b"v"
+                        assert not (await db.keyspace("g")).abandoned  # settled
+                    else:
+                        await db.drop_keyspace("g")
+                    assert _fence_of(cluster, west, ks.id)[0] == 3
+                    assert _fence_of(cluster, south, ks.id)[0] == 3
