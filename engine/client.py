@@ -524,7 +524,8 @@ class Database:
         """:meth:`move_keyspace` once begun (``ks``: the record it began)."""
         old = self.group_of(ks)
         new = self.group_of(dataclasses.replace(ks, home=home_region))
-        await self._retire_old_home(ks)
+        if ks.moved_from != home_region:  # (moving back there copies it anew instead)
+            await self._retire_old_home(ks)
         for region in ks.abandoned:
             await self._erase_copy(self.group_of(dataclasses.replace(ks, home=region)), ks)
         if old == new:
@@ -548,6 +549,7 @@ class Database:
             with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
                 with contextlib.suppress(MeridianError, OSError):
                     await self._fence_at(old, ks, 0, ks.moved_ts)
+                with contextlib.suppress(MeridianError, OSError):
                     await self._erase_copy(new, ks)
             raise
         # Refused if another move or drop began since (it ends or undoes this one); if the
@@ -567,10 +569,14 @@ class Database:
 
     async def _begin(self, name: str, op: str, to: str | None = None) -> dict:
         """Begins a move (to region ``to``) or a drop of keyspace ``name`` in the catalog:
-        its record, at the move's or drop's own epoch (see ``keyspace.begin``)."""
+        its record, at the move's or drop's own epoch (see ``keyspace.begin``). The begin
+        names the keyspace's id, looked up first: if its answer is lost and the call is
+        sent again, it must not begin with another keyspace that took the name meanwhile."""
         check_keyspace_name(name)
         self._keyspaces.pop(name, None)
-        payload: dict[str, Any] = {"name": name, "op": op}
+        found = await self._call_group(self._meta_group, "keyspace.get",
+                                       {"name": name, "dropping": op == "drop"})
+        payload: dict[str, Any] = {"name": name, "op": op, "id": found["id"]}
         if to is not None:
             payload["to"] = to
         return await self._call_group(self._meta_group, "keyspace.begin", payload)
@@ -601,17 +607,17 @@ class Database:
     async def _erase_copy(self, group: int, ks: Keyspace) -> None:
         """Fences off reads and writes of the keyspace in ``group``, which is not its home (or
         is being dropped), and lets the group erase what it holds of it."""
-        for _ in range(MAX_SNAPSHOT_MOVES):
-            reply = await self._fence_at(group, ks, 2)
-            if not reply.get("done", True):
-                return  # level 3 already: erasable
-            reply = await self._fence_at(group, ks, 3, expect=(2, reply["ts"]))
-            if reply.get("done", True) or reply["fence"][0] == 3:
-                return
-            # Stamped again in between by another drop at the same epoch (which may stop
-            # before it releases): once more.
-        raise UnavailableError(f"keyspace {ks.name!r}: its fence in group {group} kept "
-                               f"changing")
+        reply = await self._fence_at(group, ks, 2)
+        if reply.get("done", True):
+            stamp = reply["ts"]
+        elif reply["fence"][0] == 2:
+            stamp = reply["fence"][1]  # set at this epoch already (a joined drop, a retry)
+        else:
+            return  # level 3 already: erasable
+        reply = await self._fence_at(group, ks, 3, expect=(2, stamp))
+        if not reply.get("done", True) and reply["fence"][0] != 3:
+            raise UnavailableError(f"keyspace {ks.name!r}: its fence in group {group} changed "
+                                   f"while it was being erased ({reply['fence']})")
 
     async def _fence_at(self, group: int, ks: Keyspace, level: int, available_from: int = 0,
                         *, expect: tuple[int, int] | None = None) -> dict:

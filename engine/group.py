@@ -84,9 +84,12 @@ An entry's data is one msgpack array whose first element says what it is:
     only if it is that when the entry is applied (else the conflict ``fence_changed``).
     ``epoch`` (0 if absent) is the keyspace's epoch in the catalog when the move or drop
     making the change began (engine.catalog, :attr:`Keyspace.epoch`): the fence keeps the
-    highest epoch that changed it, and refuses a change with a lower one (``fence_changed``),
-    so a move or drop that a newer one has overtaken can no longer change it. A move's copy
-    (``MOVE_COPY``) lands only while the fence is ``(1, MAX_TS)`` at the copy's own epoch.
+    highest epoch of the FENCE entries applied to it, changed by them or not, and refuses a
+    change with a lower one (``fence_changed``), so a move or drop that a newer one has
+    overtaken can no longer change it. At its own epoch, a move's or drop's changes only go
+    forward (``_fence_rank``): a late copy of an earlier one, or a joined drop's second
+    level 2, is refused. A move's copy (``MOVE_COPY``) lands only while the fence is ``(1,
+    MAX_TS)`` at the copy's own epoch.
 ``[PURGE, proposed_ts, keyspace_id, start, end, side_start, side_end, max_ts]``
     Erases a keyspace's data here, a range at a time (the leader chooses ranges of a bounded
     size): if the keyspace's fence is at level 3 (see FENCE), every version at or below
@@ -350,6 +353,15 @@ def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: 
                          use_bin_type=True)
 
 
+def _fence_rank(level: int, available_from: int) -> int:
+    """Where a fence is in the steps of one move or drop: a move's new home goes from
+    (1, MAX_TS) to (1, copied_at) to open; its old home from (1, moved_ts) to open (rolled
+    back) or to level 2 and 3, as does every group a drop fences."""
+    if level == 1:
+        return 1 if available_from == MAX_TS else 2
+    return 3 if level == 0 else level + 2
+
+
 def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
                  available_from: int = 0, expect: tuple[int, int] | None = None,
                  epoch: int = 0) -> bytes:
@@ -606,9 +618,16 @@ class GroupStateMachine:
                 ks_id, level, available_from = cmd[2:5]
                 prefix = _U32.pack(ks_id)
                 epoch = cmd[6] if len(cmd) > 6 else 0
-                if epoch < self.fence_epoch(prefix):
+                fence_epoch = self.fence_epoch(prefix)
+                if epoch < fence_epoch:
                     # A newer move or drop of the keyspace has changed this fence since the
                     # one proposing this began: it is no longer this one's to change.
+                    results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
+                elif epoch and epoch == fence_epoch and (
+                        _fence_rank(level, available_from) <= _fence_rank(*self.fence(prefix))):
+                    # One move's or drop's changes to a fence only go forward: a late copy of
+                    # an earlier one (a retried call) must not undo a later one, and a drop
+                    # that joined another does not stamp its level 2 again.
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
                 elif (len(cmd) > 5 and cmd[5] is not None
                         and list(self.fence(prefix)) != cmd[5]):
@@ -640,6 +659,12 @@ class GroupStateMachine:
                         else None)
                 if results[slot] is None:
                     results[slot] = CommitResult(Outcome.RESOLVED, ts)
+                elif epoch > fence_epoch:
+                    # Refused (level 3 kept, or not the fence expected), but by a newer move or
+                    # drop: the fence is that one's now, which no older one may change.
+                    self._fence_epochs[prefix] = epoch
+                    level, available_from = self.fence(prefix)
+                    batch.side[_FENCE + prefix] = msgpack.packb([level, available_from, epoch])
             elif kind == CMD_PURGE:
                 ts = self._close(cmd[1])
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)

@@ -1426,11 +1426,14 @@ class Node:
         self._refuse(txn_id, result)
 
     async def _keyspace_get(self, p):
+        """The record of ``name``; one being dropped only with ``dropping`` (for the drop)."""
         name = cat.check_keyspace_name(p.get("name"))
         key = cat.keyspace_key(name)
+        dropping = p.get("dropping", False) is True
 
         def body(meta, ts):
-            return cat.keyspace_record(self._catalog_record(meta, key, ts, name)), [], []
+            ks = self._catalog_record(meta, key, ts, name, dropping_ok=dropping)
+            return cat.keyspace_record(ks), [], []
 
         return await self._catalog_txn(body)
 

@@ -490,6 +490,26 @@ def test_a_fence_refuses_a_change_from_an_older_move_or_drop_and_remembers_its_e
         replica.close()
 
 
+def test_one_move_s_fence_changes_only_go_forward_and_a_refusal_by_a_newer_one_keeps_it(sm):
+    log = Log()
+    sm.apply([log(encode_fence(10, KS, 1, MAX_TS, epoch=5)),  # a move's new home: closed,
+              log(encode_fence(20, KS, 1, 15, epoch=5)),      # readable from its copy,
+              log(encode_fence(30, KS, 0, 15, epoch=5))])     # open
+    for late in ((1, MAX_TS), (1, 15), (0, 15)):  # a retried call's first copy, applied late
+        [r] = sm.apply([log(encode_fence(40, KS, *late, epoch=5))])
+        assert r.reason == "fence_changed" and sm.fence(PREFIX) == (0, 15)
+    sm.apply([log(encode_fence(50, KS, 2, epoch=6))])  # a drop
+    [r] = sm.apply([log(encode_fence(60, KS, 2, epoch=6))])  # another, joined: no new stamp
+    assert r.reason == "fence_changed" and sm.fence(PREFIX) == (2, 50)
+    sm.apply([log(encode_fence(70, KS, 3, expect=(2, 50), epoch=6))])
+    # A newer move finds it erasable: refused, but the fence is that move's now.
+    [r] = sm.apply([log(encode_fence(80, KS, 2, epoch=8))])
+    assert r.reason == "fence_changed" and sm.fence(PREFIX) == (3, 70)
+    assert sm.fence_epoch(PREFIX) == 8
+    [r] = sm.apply([log(encode_fence(90, KS, 1, MAX_TS, epoch=7))])  # an older move's
+    assert r.reason == "fence_changed" and sm.erasable_keyspaces() == [(KS, 70)]
+
+
 def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased(tmp_path):
     # A merge reads the key's cell from the store: after a PURGE erased it and the keyspace
     # was opened again (a move back), the merge must find no cell, in one call as apart.

@@ -14,6 +14,7 @@ from engine.config import Limits
 from engine.group import conflict_log_bounds
 from engine.local import open_local_cluster
 from engine.placement import data_group, keyspace_bounds
+from engine.rpc import CallTimeoutError
 
 TWO_REGIONS = ("us-east", "eu-west")
 THREE_REGIONS = ("us-east", "eu-west", "ap-south")
@@ -155,6 +156,8 @@ async def test_a_drop_interrupted_before_the_record_is_deleted_has_its_data_eras
                     await other.keyspace("gone")
                 with pytest.raises(errors.MeridianError, match="being dropped"):
                     await other.create_keyspace("gone")
+                with pytest.raises(errors.KeyspaceNotFoundError, match="being dropped"):
+                    await other.move_keyspace("gone", "us-east")
                 assert "gone" not in [k.name for k in await other.list_keyspaces()]
                 await db.drop_keyspace("gone")
                 assert (await other.create_keyspace("gone")).id != ks.id
@@ -619,3 +622,104 @@ async def test_copies_abandoned_by_several_moves_are_all_erased(monkeypatch):
                         await db.drop_keyspace("g")
                     assert _fence_of(cluster, west, ks.id)[0] == 3
                     assert _fence_of(cluster, south, ks.id)[0] == 3
+
+
+async def test_a_move_overtaken_cannot_take_back_a_copy_a_newer_move_found_erased():
+    # m3 found the copy an earlier move left in eu-west already at level 3 (erasable, from
+    # a lower epoch), and left it so without raising its epoch; m2, begun before m3, then
+    # fenced it back to level 1 and copied into it. m3 settled (abandoned forgotten), and a
+    # client whose cache named eu-west read an overwritten value there, even after a drop.
+    async with open_local_cluster(THREE_REGIONS, 1, seed=81) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as m2, \
+                cluster.connect("us-east") as m3, cluster.connect("us-east") as stale:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v1"))
+                await db.move_keyspace("g", "eu-west")
+                await stale.keyspace("g")  # cached: home eu-west
+                await db.move_keyspace("g", "us-east")
+                west = data_group(cluster.config, "eu-west")
+                assert _fence_of(cluster, west, ks.id)[0] == 3
+                # m2 (to eu-west) waits before its second fence change (eu-west's), m3 (to
+                # ap-south, begun after it) before its copy.
+                m2_paused, m2_go = trio.Event(), trio.Event()
+                call2, fences = m2._call_group, []
+
+                async def slow2(group, m, payload, **kw):
+                    if m == "keyspace.fence":
+                        fences.append(group)
+                        if len(fences) == 2:
+                            m2_paused.set()
+                            await m2_go.wait()
+                    return await call2(group, m, payload, **kw)
+
+                m2._call_group = slow2
+                m3_paused, m3_go = _pause_at(m3, "keyspace.copy", before=True)
+                out: dict = {}
+
+                async def run(name, client, region):
+                    try:
+                        out[name] = await client.move_keyspace("g", region)
+                    except errors.MeridianError as exc:
+                        out[name] = exc
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run, "m2", m2, "eu-west")
+                    await m2_paused.wait()
+                    nursery.start_soon(run, "m3", m3, "ap-south")
+                    await m3_paused.wait()
+                    m2_go.set()
+                    while "m2" not in out:
+                        await trio.sleep(0.01)
+                    m3_go.set()
+                assert isinstance(out["m2"], errors.TransactionConflictError)
+                assert out["m2"].reason == "catalog_changed"
+                assert out["m3"].home == "ap-south"
+                assert _fence_of(cluster, west, ks.id)[0] == 3
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
+                assert await stale.read("g", b"k") == b"v2"
+                await db.drop_keyspace("g")
+                assert _fence_of(cluster, west, ks.id)[0] == 3
+
+
+async def test_a_drop_whose_begin_is_sent_twice_does_not_drop_a_keyspace_created_again():
+    # The begin of x's drop was applied but its answer lost; meanwhile y joined the drop and
+    # ended it, and z created the name again. The client sends a call whose answer was lost
+    # again: by name only, the begin began a drop of z's keyspace. It names the id now.
+    async with open_local_cluster(("us-east",), 1, seed=71) as cluster:
+        async with cluster.connect("us-east") as x, cluster.connect("us-east") as y, \
+                cluster.connect("us-east") as z:
+            with trio.fail_after(60):
+                old = await x.create_keyspace("g")
+                paused, go = trio.Event(), trio.Event()
+                call_on = x._call_on
+
+                async def lossy(conn, node_id, method, payload, deadline=float("inf")):
+                    reply = await call_on(conn, node_id, method, payload, deadline)
+                    if method == "keyspace.begin" and not go.is_set():
+                        paused.set()
+                        await go.wait()
+                        raise CallTimeoutError("the answer was lost")
+                    return reply
+
+                x._call_on = lossy
+                result: list = []
+
+                async def first_drop():
+                    try:
+                        result.append(await x.drop_keyspace("g"))
+                    except errors.MeridianError as exc:
+                        result.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(first_drop)
+                    await paused.wait()
+                    await y.drop_keyspace("g")
+                    new = await z.create_keyspace("g")
+                    await z.run_transaction(lambda tx: tx.put("g", b"k", b"precious"))
+                    go.set()
+                assert isinstance(result[0], errors.KeyspaceNotFoundError)  # the one it meant
+                assert new.id != old.id
+                z._keyspaces.clear()
+                assert (await z.keyspace("g")).id == new.id
+                assert await z.read("g", b"k") == b"precious"
