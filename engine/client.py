@@ -501,10 +501,12 @@ class Database:
            record forgets the old home.
 
         Reads are refused (and retried) only between the two parts of step 4; writes, from
-        step 2 to step 5. If a step before the catalog change fails, the old group's fence is
-        lifted again (the keyspace stays where it was, writable), the copy is erased, and the
-        error is raised. A move or drop of the keyspace that begins meanwhile overtakes this
-        one: before the catalog change, this call then fails with
+        step 2 to step 5. If a step before the catalog change fails, the copy is fenced off
+        and erased, the old group's fence lifted again (the keyspace stays where it was,
+        writable), and the error raised; if the copy cannot be fenced off, the old home stays
+        fenced against writes until a move or drop ends it. A move or drop of the keyspace
+        that begins meanwhile overtakes this one: before the catalog change, this call then
+        fails with
         :class:`~engine.errors.TransactionConflictError`, reason ``catalog_changed``, and
         leaves every fence to the newer one; after it, it returns the record it made, and the
         newer one finishes step 5. If this call fails otherwise, or this client dies midway,
@@ -543,11 +545,14 @@ class Database:
         except BaseException as exc:
             if isinstance(exc, TransactionConflictError) and exc.reason == "catalog_changed":
                 raise  # overtaken: the fences are the newer move's or drop's now
-            # The catalog still names the old home: lift its fence, erase the copy (best
-            # effort; if this fails too, running the move again ends it). A newer move or
-            # drop's fences are left alone: each of these changes carries this move's epoch.
+            # The catalog still names the old home: fence the copy off (reads too: a client
+            # whose cache names the new home must not read it once the old home takes
+            # writes again), lift the old home's fence, and erase the copy. Best effort: if
+            # it fails, running the move again ends it. A newer move or drop's fences are
+            # left alone: each of these changes carries this move's epoch.
             with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
                 with contextlib.suppress(MeridianError, OSError):
+                    await self._fence_at(new, ks, 2)
                     await self._fence_at(old, ks, 0, ks.moved_ts)
                 with contextlib.suppress(MeridianError, OSError):
                     await self._erase_copy(new, ks)

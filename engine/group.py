@@ -87,9 +87,9 @@ An entry's data is one msgpack array whose first element says what it is:
     highest epoch of the FENCE entries applied to it, changed by them or not, and refuses a
     change with a lower one (``fence_changed``), so a move or drop that a newer one has
     overtaken can no longer change it. At its own epoch, a move's or drop's changes only go
-    forward (``_fence_rank``): a late copy of an earlier one, or a joined drop's second
-    level 2, is refused. A move's copy (``MOVE_COPY``) lands only while the fence is ``(1,
-    MAX_TS)`` at the copy's own epoch.
+    forward (``_fence_rank``: ``(1, MAX_TS)``, ``(1, t)``, level 2, open, level 3): a late
+    copy of an earlier one, or a joined drop's second level 2, is refused. A move's copy
+    (``MOVE_COPY``) lands only while the fence is ``(1, MAX_TS)`` at the copy's own epoch.
 ``[PURGE, proposed_ts, keyspace_id, start, end, side_start, side_end, max_ts]``
     Erases a keyspace's data here, a range at a time (the leader chooses ranges of a bounded
     size): if the keyspace's fence is at level 3 (see FENCE), every version at or below
@@ -355,11 +355,12 @@ def encode_remote(origin_group: int, proposed_ts: int, after_ts: int, up_to_ts: 
 
 def _fence_rank(level: int, available_from: int) -> int:
     """Where a fence is in the steps of one move or drop: a move's new home goes from
-    (1, MAX_TS) to (1, copied_at) to open; its old home from (1, moved_ts) to open (rolled
-    back) or to level 2 and 3, as does every group a drop fences."""
+    (1, MAX_TS) to (1, copied_at) to open, or, rolled back, to level 2 and 3; its old home
+    from (1, moved_ts) to level 2, then to 3 or, rolled back, to open; every group a drop
+    fences to level 2 and 3."""
     if level == 1:
         return 1 if available_from == MAX_TS else 2
-    return 3 if level == 0 else level + 2
+    return {2: 3, 0: 4, 3: 5}[level]
 
 
 def encode_fence(proposed_ts: int, keyspace_id: int, level: int,
@@ -627,7 +628,9 @@ class GroupStateMachine:
                         _fence_rank(level, available_from) <= _fence_rank(*self.fence(prefix))):
                     # One move's or drop's changes to a fence only go forward: a late copy of
                     # an earlier one (a retried call) must not undo a later one, and a drop
-                    # that joined another does not stamp its level 2 again.
+                    # that joined another does not stamp its level 2 again. (If every entry
+                    # of this epoch here was refused, the fence is an older epoch's level 3,
+                    # which no step of this one needs to go back from.)
                     results[slot] = CommitResult(Outcome.CONFLICT, ts, "fence_changed")
                 elif (len(cmd) > 5 and cmd[5] is not None
                         and list(self.fence(prefix)) != cmd[5]):

@@ -473,17 +473,17 @@ def test_a_fence_refuses_a_change_from_an_older_move_or_drop_and_remembers_its_e
         assert r.reason == "fence_changed"
         # A newer one may; its own expectation still applies.
         [r] = sm.apply([log(encode_fence(70, KS, 3, expect=(2, 1), epoch=3))])
-        assert r.reason == "fence_changed"
-        sm.apply([log(encode_fence(80, KS, 2, epoch=3))])
-        assert sm.fence(PREFIX) == (2, 80) and sm.fence_epoch(PREFIX) == 3
+        assert r.reason == "fence_changed" and sm.fence_epoch(PREFIX) == 3  # refused, kept
+        sm.apply([log(encode_fence(80, KS, 2, epoch=4))])
+        assert sm.fence(PREFIX) == (2, 80) and sm.fence_epoch(PREFIX) == 4
         # A snapshot, and a restart, keep the epoch.
         replica = GroupStateMachine(sb, max_txn_lifetime_ns=LIFETIME)
         replica.restore(sm.snapshot())
         sm.close()
         sm = GroupStateMachine(sa, max_txn_lifetime_ns=LIFETIME)
         for machine in (sm, replica):
-            assert machine.fence(PREFIX) == (2, 80) and machine.fence_epoch(PREFIX) == 3
-            [r] = machine.apply([log(encode_fence(90, KS, 1, MAX_TS, epoch=2))])
+            assert machine.fence(PREFIX) == (2, 80) and machine.fence_epoch(PREFIX) == 4
+            [r] = machine.apply([log(encode_fence(90, KS, 1, MAX_TS, epoch=3))])
             assert r.reason == "fence_changed"
             log.index -= 1
         sm.close()
@@ -508,6 +508,13 @@ def test_one_move_s_fence_changes_only_go_forward_and_a_refusal_by_a_newer_one_k
     assert sm.fence_epoch(PREFIX) == 8
     [r] = sm.apply([log(encode_fence(90, KS, 1, MAX_TS, epoch=7))])  # an older move's
     assert r.reason == "fence_changed" and sm.erasable_keyspaces() == [(KS, 70)]
+    # A move's old home: frozen, fenced against reads, then rolled back (open again); a
+    # late copy of its read fence does not close it again.
+    sm.apply([log(encode_fence(100, KS, 1, 15, epoch=9)),
+              log(encode_fence(110, KS, 2, epoch=9)),
+              log(encode_fence(120, KS, 0, 15, epoch=9))])
+    [r] = sm.apply([log(encode_fence(130, KS, 2, epoch=9))])
+    assert r.reason == "fence_changed" and sm.fence(PREFIX) == (0, 15)
 
 
 def test_what_follows_a_purge_in_its_call_reads_the_store_without_what_it_erased(tmp_path):

@@ -723,3 +723,66 @@ async def test_a_drop_whose_begin_is_sent_twice_does_not_drop_a_keyspace_created
                 z._keyspaces.clear()
                 assert (await z.keyspace("g")).id == new.id
                 assert await z.read("g", b"k") == b"precious"
+
+
+async def test_a_rollback_lifts_the_old_home_even_after_its_read_fence():
+    # The old home's read fence was applied, but its answer lost: the rollback's lift, at
+    # the same epoch, was refused as going backwards, and the keyspace stayed unusable.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=71) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as w:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"a", b"1"))
+                east = data_group(cluster.config, "us-east")
+                call = db._call_group
+
+                async def lossy(group, m, payload, **kw):
+                    reply = await call(group, m, payload, **kw)
+                    if m == "keyspace.fence" and group == east and payload["level"] == 2:
+                        raise errors.UnavailableError("the answer was lost")
+                    return reply
+
+                db._call_group = lossy
+                with pytest.raises(errors.UnavailableError):
+                    await db.move_keyspace("g", "eu-west")
+                db._call_group = call
+                assert (await w.keyspace("g")).home == "us-east"
+                assert _fence_of(cluster, east, ks.id)[0] == 0
+                await w.run_transaction(lambda tx: tx.put("g", b"a", b"2"))
+                west = data_group(cluster.config, "eu-west")
+                assert _fence_of(cluster, west, ks.id)[0] == 3
+
+
+async def test_a_rollback_that_cannot_fence_off_its_copy_keeps_the_old_home_fenced():
+    # A rolled-back move lifted the old home before erasing the copy, and the erase failed:
+    # a client whose cache named the new home read the copy's stale value there.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=72) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as w, \
+                cluster.connect("eu-west") as stale:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("g", home_region="eu-west")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v1"))
+                await stale.keyspace("g")  # cached: home eu-west
+                await db.move_keyspace("g", "us-east")
+                east = data_group(cluster.config, "us-east")
+                call = db._call_group
+
+                async def failing(group, m, payload, **kw):
+                    if m == "keyspace.fence" and payload["level"] == 2:
+                        raise errors.UnavailableError("out of reach")
+                    return await call(group, m, payload, **kw)
+
+                db._call_group = failing
+                with pytest.raises(errors.UnavailableError):
+                    await db.move_keyspace("g", "eu-west")
+                db._call_group = call
+                assert _fence_of(cluster, east, ks.id)[0] == 1  # not writable: not lifted
+                with pytest.raises(errors.TransactionConflictError):
+                    async with w.transaction() as tx:
+                        await tx.put("g", b"k", b"v2")
+                assert await stale.read("g", b"k") == b"v1"
+                # A move to where it is ends the rolled-back one: the copy erased, the home
+                # writable.
+                assert (await w.move_keyspace("g", "us-east")).home == "us-east"
+                await w.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
+                assert await stale.read("g", b"k") == b"v2"
