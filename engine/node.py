@@ -1364,11 +1364,11 @@ class Node:
         return ks
 
     async def _keyspace_fence(self, p):
-        """Sets a keyspace's fence in a group (see engine.group, FENCE). With ``expect``,
-        ``[level, available_from]``, only if the fence is that when the change is applied: a
-        move starting, finishing or undoing its own fence leaves alone one that a drop or
-        another move has set since. Answers ``{"ts", "done"}``; ``done`` is false when
-        ``expect`` did not match (nothing changed; ``fence`` is the fence found)."""
+        """Sets a keyspace's fence in a group (see engine.group, FENCE), at ``epoch``, the
+        epoch its move or drop began at (a fence changed at a higher one refuses it). With
+        ``expect``, ``[level, available_from]``, only if the fence is that when the change
+        is applied. Answers ``{"ts", "done"}``; ``done`` is false when the fence refused the
+        change (nothing changed; ``fence`` is the fence found, ``epoch`` its epoch)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from, epoch = p.get("available_from", 0), p.get("epoch", 0)
@@ -1402,7 +1402,8 @@ class Node:
         """One batch of a keyspace move's copy into the group receiving it: a blind one-phase
         commit of ``writes``, all keys of keyspace ``keyspace_id``, that the keyspace's write
         fence there does not refuse (every other writer stays fenced out until the move is
-        done, see Database.move_keyspace). Answers ``{"ts"}``, the commit's timestamp."""
+        done, see Database.move_keyspace), while it is ``(1, MAX_TS)`` at the move's
+        ``epoch``. Answers ``{"ts"}``, the commit's timestamp."""
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
         epoch = p.get("epoch", 0)
