@@ -7,7 +7,7 @@ succeed):
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
     "created_ts", "survive"}``, and, while they are not empty, the fields that moves and drops
-    keep: ``"moved_ts"``, ``"moved_from"``, ``"moving_to"``, ``"abandoned"``, ``"epoch"`` and
+    keep: ``"moved_ts"``, ``"retired"``, ``"moving_to"``, ``"abandoned"``, ``"epoch"`` and
     ``"dropping"``
     (see :class:`Keyspace`). Readers ignore fields they do not know, so a record may gain
     optional fields without breaking them.
@@ -79,14 +79,16 @@ class Keyspace:
     moving_to: str = ""
     """The region a move that began and has not changed the record since is moving the
     keyspace to ("": none): where a drop finds the copy such a move may have left."""
+    retired: tuple[str, ...] = ()
+    """The regions moves took the keyspace from whose copies are fenced against reads
+    (level 2) but not yet known to be erasable: the next move or drop lets each group erase
+    its copy, and the region leaves the list once that is done (a region out of reach only
+    delays its erasure: it serves none of the keyspace)."""
     abandoned: tuple[str, ...] = ()
     """The regions other moves that began before it were copying the keyspace to, without
-    getting to the catalog change: their copies there are nobody's, and the next move or drop
-    erases them."""
-    moved_from: str = ""
-    """The region the last move took the keyspace from, until that move has fenced reads
-    off there and lifted its write fence in the new home ("": done, or never moved): the
-    next move or drop of the keyspace finishes what it did not."""
+    getting to the catalog change: their copies there are nobody's, and may still serve
+    reads to clients whose cache names those regions, so the next move or drop fences them
+    off (before any home takes writes again) and lets their groups erase them."""
     dropping: bool = False
     """A drop has begun: the name resolves no more (lookups answer that it does not exist),
     no move may begin, and running the drop again (or another drop, which joins it at its
@@ -106,7 +108,7 @@ def keyspace_key(name: str) -> bytes:
 
 
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
-_OPTIONAL = ("moved_ts", "epoch", "moving_to", "moved_from", "abandoned", "dropping")
+_OPTIONAL = ("moved_ts", "epoch", "moving_to", "retired", "abandoned", "dropping")
 
 
 def keyspace_record(ks: Keyspace) -> dict:
@@ -123,7 +125,7 @@ def keyspace_record(ks: Keyspace) -> dict:
 def keyspace_from_record(record: dict) -> Keyspace:
     """The keyspace a record describes; fields this version does not know are ignored."""
     ks = Keyspace(**{k: v for k, v in record.items() if k in _FIELDS})
-    return ks if type(ks.abandoned) is tuple else replace(ks, abandoned=tuple(ks.abandoned))
+    return replace(ks, retired=tuple(ks.retired), abandoned=tuple(ks.abandoned))
 
 
 def encode_keyspace(ks: Keyspace) -> bytes:

@@ -370,8 +370,8 @@ class Database:
             return sorted(self._group_of_region.values())
         homes = [ks.home]
         if moving:
-            homes += [r for r in (ks.moving_to, ks.moved_from, *ks.abandoned) if r]
-        return sorted({self.group_of(dataclasses.replace(ks, home=h)) for h in homes})
+            homes += [r for r in (ks.moving_to, *ks.retired, *ks.abandoned) if r]
+        return sorted({self._group_in(ks, h) for h in homes})
 
     def group_of(self, ks: Keyspace) -> int:
         """The group a keyspace's keys are read and written in, from this client: its home
@@ -484,8 +484,10 @@ class Database:
 
         1. the move begins in the catalog: the record's epoch is raised (a move or drop
            that began before can no longer change a fence, see
-           :attr:`~engine.catalog.Keyspace.epoch`), and what an earlier move did not
-           finish is finished (step 5 for its old home);
+           :attr:`~engine.catalog.Keyspace.epoch`); the copies earlier moves left behind
+           are fenced off and erased (those that may still serve reads first, see
+           :attr:`~engine.catalog.Keyspace.abandoned`; the erasure of those that cannot,
+           :attr:`~engine.catalog.Keyspace.retired`, waits for a region out of reach);
         2. writes to the keyspace are fenced off in the old group (writers get a retryable
            ``moved`` conflict; :meth:`run_transaction` retries them, in the new home once it
            is there), and reads and writes in the new group, where a client whose cache
@@ -497,8 +499,9 @@ class Database:
         4. the old group refuses reads too; the catalog's record points to the new home, if
            no other move or drop of the keyspace has begun since (a compare-and-set on the
            epoch);
-        5. the old group is told it may erase its copy; the new group accepts writes; the
-           record forgets the old home.
+        5. the new group accepts writes; the old group is told it may erase its copy (if
+           its region is out of reach, the next move or drop tells it); the record forgets
+           the copies erased.
 
         Reads are refused (and retried) only between the two parts of step 4; writes, from
         step 2 to step 5. If a step before the catalog change fails, the copy is fenced off
@@ -506,8 +509,8 @@ class Database:
         writable), and the error raised; if the copy cannot be fenced off, the old home stays
         fenced against writes until a move or drop ends it. A move or drop of the keyspace
         that begins meanwhile overtakes this one: before the catalog change, this call then
-        fails with
-        :class:`~engine.errors.TransactionConflictError`, reason ``catalog_changed``, and
+        fails with :class:`~engine.errors.TransactionConflictError`, reason
+        ``catalog_changed``, and
         leaves every fence to the newer one; after it, it returns the record it made, and the
         newer one finishes step 5. If this call fails otherwise, or this client dies midway,
         the keyspace stays fenced until a move (this one run again, or one to anywhere, its
@@ -525,17 +528,26 @@ class Database:
     async def _move(self, ks: Keyspace, home_region: str) -> Keyspace:
         """:meth:`move_keyspace` once begun (``ks``: the record it began)."""
         old = self.group_of(ks)
-        new = self.group_of(dataclasses.replace(ks, home=home_region))
-        if ks.moved_from != home_region:  # (moving back there copies it anew instead)
-            await self._retire_old_home(ks)
+        new = self._group_in(ks, home_region)
+        erased = []
         for region in ks.abandoned:
-            await self._erase_copy(self.group_of(dataclasses.replace(ks, home=region)), ks)
+            # A copy there may still serve reads (a client whose cache names that region):
+            # fenced off before any home takes writes again.
+            await self._erase_copy(self._group_in(ks, region), ks)
+            erased.append(region)
+        for region in ks.retired:
+            # Fenced against reads already: only its erasure waits, which a region out of
+            # reach may delay (the next move or drop tries again).
+            with trio.move_on_after(MOVE_ROLLBACK_S):
+                with contextlib.suppress(MeridianError, OSError):
+                    await self._erase_copy(self._group_in(ks, region), ks)
+                    erased.append(region)
         if old == new:
             # Already there: lift the write fence that a move here left (interrupted before
             # its last step), or that a move away from here did (rolled back, or interrupted
             # before the catalog change).
             await self._fence_at(new, ks, 0, ks.moved_ts)
-            return await self._settle(ks)
+            return await self._settle(ks, erased)
         try:
             await self._fence_at(old, ks, 1, ks.moved_ts)  # no writes; reads as before
             await self._fence_at(new, ks, 1, MAX_TS)  # no reads, no writes until copied
@@ -564,13 +576,17 @@ class Database:
             "moved_ts": copied_at})
         moved = keyspace_from_record(rec)
         try:
-            await self._erase_copy(old, moved)
+            # The old home refuses reads since before the catalog change.
             await self._fence_at(new, moved, 0, copied_at)
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise
             return moved  # the move or drop that overtook this one finishes it
-        return await self._settle(moved)
+        with trio.move_on_after(MOVE_ROLLBACK_S):
+            with contextlib.suppress(MeridianError, OSError):
+                await self._erase_copy(old, moved)
+                erased.append(ks.home)
+        return await self._settle(moved, erased)
 
     async def _begin(self, name: str, op: str, to: str | None = None) -> dict:
         """Begins a move (to region ``to``) or a drop of keyspace ``name`` in the catalog:
@@ -586,28 +602,22 @@ class Database:
             payload["to"] = to
         return await self._call_group(self._meta_group, "keyspace.begin", payload)
 
-    async def _settle(self, ks: Keyspace) -> Keyspace:
-        """Ends a move in the catalog (the record forgets where it came from): the record,
-        or ``ks`` if a newer move or drop has begun meanwhile (it owns the record now)."""
+    async def _settle(self, ks: Keyspace, erased: list[str]) -> Keyspace:
+        """Ends a move in the catalog (the record forgets the copies in the regions of
+        ``erased``): the record, or ``ks`` if a newer move or drop has begun meanwhile (it
+        owns the record now)."""
         try:
             return keyspace_from_record(await self._call_group(
                 self._meta_group, "keyspace.settle",
-                {"name": ks.name, "id": ks.id, "epoch": ks.epoch}))
+                {"name": ks.name, "id": ks.id, "epoch": ks.epoch, "erased": erased}))
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise
             return ks
 
-    async def _retire_old_home(self, ks: Keyspace) -> None:
-        """Fences off reads in the home an unfinished move took ``ks`` from (its
-        ``moved_from``), and lets that group erase the copy it kept. Nothing else can own
-        that group's fence: the catalog names another home, and a move back there would
-        begin at a higher epoch than ``ks.epoch``, which every change here carries."""
-        if not ks.moved_from:
-            return
-        old = self.group_of(dataclasses.replace(ks, home=ks.moved_from))
-        if old != self.group_of(ks):
-            await self._erase_copy(old, ks)
+    def _group_in(self, ks: Keyspace, region: str) -> int:
+        """The group that holds ``ks`` when ``region`` is its home."""
+        return self.group_of(dataclasses.replace(ks, home=region))
 
     async def _erase_copy(self, group: int, ks: Keyspace) -> None:
         """Fences off reads and writes of the keyspace in ``group``, which is not its home (or
@@ -617,8 +627,11 @@ class Database:
             stamp = reply["ts"]
         elif reply["fence"][0] == 2:
             stamp = reply["fence"][1]  # set at this epoch already (a joined drop, a retry)
+        elif reply["fence"][0] == 3:
+            return  # erasable already
         else:
-            return  # level 3 already: erasable
+            raise UnavailableError(f"keyspace {ks.name!r}: group {group} refused to fence it "
+                                   f"off ({reply['fence']})")
         reply = await self._fence_at(group, ks, 3, expect=(2, stamp))
         if not reply.get("done", True) and reply["fence"][0] != 3:
             raise UnavailableError(f"keyspace {ks.name!r}: its fence in group {group} changed "

@@ -1270,9 +1270,13 @@ class Node:
                 raise InvalidArgumentError(f"keyspace {name!r} has been moved or dropped "
                                            f"{MAX_EPOCH} times: it cannot be any more")
             if op == "move":
+                # The target's copy, whatever state an earlier stay or move left it in, is
+                # this move's to make now.
                 abandoned = set(ks.abandoned) | {ks.moving_to}
-                ks = dataclasses.replace(ks, epoch=ks.epoch + 1, moving_to=to, abandoned=tuple(
-                    sorted(abandoned - {"", to, ks.home})))
+                ks = dataclasses.replace(
+                    ks, epoch=ks.epoch + 1, moving_to=to,
+                    abandoned=tuple(sorted(abandoned - {"", to, ks.home})),
+                    retired=tuple(r for r in ks.retired if r != to))
             else:
                 ks = dataclasses.replace(ks, epoch=ks.epoch + 1, dropping=True)
             return cat.keyspace_record(ks), [(key, cat.encode_keyspace(ks))], [key]
@@ -1282,7 +1286,7 @@ class Node:
     async def _keyspace_rehome(self, p):
         """The catalog side of moving a keyspace: its record's home becomes ``home`` (the
         data itself was copied and fenced before, see Database.move_keyspace), with
-        ``moved_ts``, the copy's timestamp, and ``moved_from``, the home it had.
+        ``moved_ts``, the copy's timestamp; the home it had joins ``retired``.
 
         A compare-and-set on ``id`` and ``epoch``, the keyspace and the move the caller
         began: a record that is another keyspace now, or whose keyspace a newer move or a
@@ -1299,24 +1303,29 @@ class Node:
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
             if ks.home == home:
                 return cat.keyspace_record(ks), [], []
-            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moved_from=ks.home,
-                                        moving_to="")
+            moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moving_to="",
+                                        retired=tuple(sorted({*ks.retired, ks.home} - {home})))
             return cat.keyspace_record(moved), [(key, cat.encode_keyspace(moved))], [key]
 
         return await self._catalog_txn(body)
 
     async def _keyspace_settle(self, p):
-        """Ends a move: its record forgets ``moved_from``, ``moving_to`` and ``abandoned``
-        (the old home and the abandoned copies are fenced off and erasable, the new home
-        writable), if no newer move or drop has begun (the same compare-and-set as
+        """Ends a move: its record forgets ``moving_to`` (its home is writable), and the
+        regions of ``erased`` leave ``retired`` and ``abandoned`` (their copies are fenced
+        off and erasable), if no newer move or drop has begun (the same compare-and-set as
         ``keyspace.rehome``)."""
         name, key, expect_id, epoch = self._catalog_step(p)
+        erased = p.get("erased", [])
+        if not (isinstance(erased, list) and all(type(r) is str for r in erased)):
+            raise InvalidArgumentError("erased must be a list of region names")
 
         def body(meta, ts):
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
-            if not (ks.moved_from or ks.moving_to or ks.abandoned):
+            done = dataclasses.replace(
+                ks, moving_to="", retired=tuple(r for r in ks.retired if r not in erased),
+                abandoned=tuple(r for r in ks.abandoned if r not in erased))
+            if done == ks:
                 return cat.keyspace_record(ks), [], []
-            done = dataclasses.replace(ks, moved_from="", moving_to="", abandoned=())
             return cat.keyspace_record(done), [(key, cat.encode_keyspace(done))], [key]
 
         return await self._catalog_txn(body)

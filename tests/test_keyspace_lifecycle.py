@@ -220,7 +220,7 @@ async def test_a_move_interrupted_before_the_catalog_change_is_finished_by_the_n
                     assert _fence_of(cluster, east, ks.id)[0] == 3
                     if then != "eu-west":
                         assert _fence_of(cluster, west, ks.id)[0] == 3  # the first's copy
-                    assert not (await db.keyspace("g")).moved_from  # settled
+                    assert not (await db.keyspace("g")).retired  # settled
 
 
 async def test_a_cached_record_older_than_the_cache_bound_is_looked_up_before_use(
@@ -373,7 +373,7 @@ async def test_a_move_interrupted_after_the_catalog_change_is_finished_by_the_ne
                         with pytest.raises(errors.UnavailableError, match="out of reach"):
                             await db.move_keyspace("g", "eu-west")
                     moved = await db.keyspace("g")
-                    assert moved.home == "eu-west" and moved.moved_from == "us-east"
+                    assert moved.home == "eu-west" and moved.retired == ("us-east",)
                     assert _fence_of(cluster, east, ks.id)[0] == 2
                     with pytest.raises(errors.TransactionConflictError):  # still fenced
                         async with db.transaction() as tx:
@@ -390,7 +390,7 @@ async def test_a_move_interrupted_after_the_catalog_change_is_finished_by_the_ne
                         with pytest.raises(errors.KeyspaceNotFoundError):
                             await stale.read("g", b"k")
                         continue
-                    assert not (await db.keyspace("g")).moved_from
+                    assert not (await db.keyspace("g")).retired
                     await db.run_transaction(lambda tx: tx.put("g", b"k", b"2"))
                     assert await stale.read("g", b"k") == b"2"  # looked up again
 
@@ -786,3 +786,38 @@ async def test_a_rollback_that_cannot_fence_off_its_copy_keeps_the_old_home_fenc
                 assert (await w.move_keyspace("g", "us-east")).home == "us-east"
                 await w.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
                 assert await stale.read("g", b"k") == b"v2"
+
+
+async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_ends():
+    # The old home fences reads off before the catalog change, so its erasure can wait:
+    # with its region cut off just after, the new home takes writes at once, and the old
+    # copy stays in 'retired' until a later move (or drop) reaches it.
+    async with open_local_cluster(THREE_REGIONS, 1, seed=91) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(120):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v"))
+                east = data_group(cluster.config, "us-east")
+                call = db._call_group
+                down = {"on": False}
+
+                async def cut(group, m, payload, **kw):
+                    if m == "keyspace.rehome":
+                        reply = await call(group, m, payload, **kw)
+                        down["on"] = True
+                        return reply
+                    if down["on"] and group == east:
+                        raise errors.UnavailableError("us-east is out of reach")
+                    return await call(group, m, payload, **kw)
+
+                db._call_group = cut
+                moved = await db.move_keyspace("g", "eu-west")
+                assert moved.home == "eu-west" and moved.retired == ("us-east",)
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
+                assert _fence_of(cluster, east, ks.id)[0] == 2  # no reads there
+                # eu-west's copy, reachable, is erased at once; us-east's waits.
+                assert (await db.move_keyspace("g", "ap-south")).retired == ("us-east",)
+                db._call_group = call  # back
+                assert (await db.move_keyspace("g", "ap-south")).retired == ()
+                assert _fence_of(cluster, east, ks.id)[0] == 3
+                assert await db.read("g", b"k") == b"v2"
