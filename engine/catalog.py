@@ -80,10 +80,10 @@ class Keyspace:
     """The region a move that began and has not changed the record since is moving the
     keyspace to ("": none): where a drop finds the copy such a move may have left."""
     retired: tuple[str, ...] = ()
-    """The regions moves took the keyspace from whose copies are fenced against reads
-    (level 2) but not yet known to be erasable: the next move or drop lets each group erase
-    its copy, and the region leaves the list once that is done (a region out of reach only
-    delays its erasure: it serves none of the keyspace)."""
+    """The regions whose copies serve no reads (fenced off) but are not yet known to be
+    erasable: a move's old homes, and the targets of moves rolled back before their copy
+    served reads. The next move or drop lets each group erase its copy, and the region
+    leaves the list once that is done (a region out of reach only delays its erasure)."""
     abandoned: tuple[str, ...] = ()
     """The regions other moves that began before it were copying the keyspace to, without
     getting to the catalog change: their copies there are nobody's, and may still serve

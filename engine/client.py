@@ -299,7 +299,8 @@ class Database:
         once the maximum transaction lifetime has passed since the fence, so that its space
         is reused within about that lifetime (plus the garbage-collection interval) after
         the drop. The copy a moved keyspace leaves in its old home is erased the same way,
-        by the move (or by the next move or drop, if the move stopped first).
+        by the move (or by the next move or drop, if the move stopped first or that region
+        was out of reach).
         """
         ks = keyspace_from_record(await self._begin(name, "drop"))
         try:
@@ -514,7 +515,8 @@ class Database:
         leaves every fence to the newer one; after it, it returns the record it made, and the
         newer one finishes step 5. If this call fails otherwise, or this client dies midway,
         the keyspace stays fenced until a move (this one run again, or one to anywhere, its
-        current home included) or a drop ends it.
+        current home included) or a drop ends it, which needs every region where a copy may
+        serve reads (:attr:`~engine.catalog.Keyspace.abandoned`) in reach.
         """
         if home_region not in self.regions:
             raise InvalidArgumentError(f"unknown region {home_region!r} (regions: "
@@ -529,29 +531,41 @@ class Database:
         """:meth:`move_keyspace` once begun (``ks``: the record it began)."""
         old = self.group_of(ks)
         new = self._group_in(ks, home_region)
-        erased = []
-        for region in ks.abandoned:
-            # A copy there may still serve reads (a client whose cache names that region):
-            # fenced off before any home takes writes again.
-            await self._erase_copy(self._group_in(ks, region), ks)
-            erased.append(region)
+        erased: list[str] = []
+        try:
+            for region in ks.abandoned:
+                # A copy there may still serve reads (a client whose cache names that
+                # region): fenced off before any home takes writes again.
+                await self._erase_copy(self._group_in(ks, region), ks)
+                erased.append(region)
+        finally:
+            if erased:  # whatever happens next, the record need not name them any more
+                with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                    with contextlib.suppress(MeridianError, OSError):
+                        await self._settle(ks, erased, done=False)
         for region in ks.retired:
             # Fenced against reads already: only its erasure waits, which a region out of
-            # reach may delay (the next move or drop tries again).
-            with trio.move_on_after(MOVE_ROLLBACK_S):
-                with contextlib.suppress(MeridianError, OSError):
-                    await self._erase_copy(self._group_in(ks, region), ks)
-                    erased.append(region)
+            # reach may delay (the next move or drop tries again). The target is left as
+            # it is, to be copied over.
+            if region != home_region:
+                with trio.move_on_after(MOVE_ROLLBACK_S):
+                    with contextlib.suppress(MeridianError, OSError):
+                        await self._erase_copy(self._group_in(ks, region), ks)
+                        erased.append(region)
         if old == new:
             # Already there: lift the write fence that a move here left (interrupted before
             # its last step), or that a move away from here did (rolled back, or interrupted
             # before the catalog change).
             await self._fence_at(new, ks, 0, ks.moved_ts)
             return await self._settle(ks, erased)
+        # Until this move has let the new group serve reads, it serves none if it is a
+        # retired home (fenced off) and this move's fences there only close it.
+        may_serve = home_region not in ks.retired
         try:
             await self._fence_at(old, ks, 1, ks.moved_ts)  # no writes; reads as before
             await self._fence_at(new, ks, 1, MAX_TS)  # no reads, no writes until copied
             copied_at = await self._copy_keyspace(ks, old, new)
+            may_serve = True
             await self._fence_at(new, ks, 1, copied_at)  # reads from the copy on
             await self._fence_at(old, ks, 2)  # no reads
         except BaseException as exc:
@@ -563,11 +577,21 @@ class Database:
             # it fails, running the move again ends it. A newer move or drop's fences are
             # left alone: each of these changes carries this move's epoch.
             with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
+                closed = not may_serve
                 with contextlib.suppress(MeridianError, OSError):
-                    await self._fence_at(new, ks, 2)
+                    if may_serve:
+                        await self._fence_at(new, ks, 2)
+                        closed = True
                     await self._fence_at(old, ks, 0, ks.moved_ts)
                 with contextlib.suppress(MeridianError, OSError):
                     await self._erase_copy(new, ks)
+                    erased.append(home_region)
+                if closed:
+                    # The copy serves no reads: what is left of it is only to erase, which
+                    # a region out of reach may delay (it is no longer this move's target).
+                    with contextlib.suppress(MeridianError, OSError):
+                        await self._settle(ks, erased, retire=[] if home_region in erased
+                                           else [home_region])
             raise
         # Refused if another move or drop began since (it ends or undoes this one); if the
         # answer is lost, running the move again finds out which.
@@ -602,14 +626,17 @@ class Database:
             payload["to"] = to
         return await self._call_group(self._meta_group, "keyspace.begin", payload)
 
-    async def _settle(self, ks: Keyspace, erased: list[str]) -> Keyspace:
-        """Ends a move in the catalog (the record forgets the copies in the regions of
-        ``erased``): the record, or ``ks`` if a newer move or drop has begun meanwhile (it
-        owns the record now)."""
+    async def _settle(self, ks: Keyspace, erased: list[str], *, done: bool = True,
+                      retire: Sequence[str] = ()) -> Keyspace:
+        """Ends a move in the catalog (with ``done``; else it only records what it erased):
+        the record forgets the copies in the regions of ``erased``, and lists those of
+        ``retire`` (fenced against reads, not yet erasable) as retired. Answers the record,
+        or ``ks`` if a newer move or drop has begun meanwhile (it owns the record now)."""
         try:
             return keyspace_from_record(await self._call_group(
                 self._meta_group, "keyspace.settle",
-                {"name": ks.name, "id": ks.id, "epoch": ks.epoch, "erased": erased}))
+                {"name": ks.name, "id": ks.id, "epoch": ks.epoch, "erased": erased,
+                 "done": done, "retire": list(retire)}))
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise

@@ -1270,13 +1270,12 @@ class Node:
                 raise InvalidArgumentError(f"keyspace {name!r} has been moved or dropped "
                                            f"{MAX_EPOCH} times: it cannot be any more")
             if op == "move":
-                # The target's copy, whatever state an earlier stay or move left it in, is
-                # this move's to make now.
+                # The target's copy, whatever an earlier move left there, is this move's to
+                # make now (a retired one stays listed until a catalog change makes it home).
                 abandoned = set(ks.abandoned) | {ks.moving_to}
                 ks = dataclasses.replace(
                     ks, epoch=ks.epoch + 1, moving_to=to,
-                    abandoned=tuple(sorted(abandoned - {"", to, ks.home})),
-                    retired=tuple(r for r in ks.retired if r != to))
+                    abandoned=tuple(sorted(abandoned - {"", to, ks.home})))
             else:
                 ks = dataclasses.replace(ks, epoch=ks.epoch + 1, dropping=True)
             return cat.keyspace_record(ks), [(key, cat.encode_keyspace(ks))], [key]
@@ -1310,19 +1309,25 @@ class Node:
         return await self._catalog_txn(body)
 
     async def _keyspace_settle(self, p):
-        """Ends a move: its record forgets ``moving_to`` (its home is writable), and the
-        regions of ``erased`` leave ``retired`` and ``abandoned`` (their copies are fenced
-        off and erasable), if no newer move or drop has begun (the same compare-and-set as
-        ``keyspace.rehome``)."""
+        """Records what a move did: the regions of ``erased`` leave ``retired`` and
+        ``abandoned`` (their copies are fenced off and erasable), those of ``retire`` join
+        ``retired`` (fenced against reads, not erasable yet), and, with ``done`` (the
+        default), the record forgets ``moving_to`` (the move is over); if no newer move or
+        drop has begun (the same compare-and-set as ``keyspace.rehome``)."""
         name, key, expect_id, epoch = self._catalog_step(p)
-        erased = p.get("erased", [])
-        if not (isinstance(erased, list) and all(type(r) is str for r in erased)):
-            raise InvalidArgumentError("erased must be a list of region names")
+        erased, done_moving = p.get("erased", []), p.get("done", True)
+        retire = p.get("retire", [])
+        for value in (erased, retire):
+            if not (isinstance(value, list) and all(type(r) is str for r in value)):
+                raise InvalidArgumentError("erased and retire must be lists of region names")
+        if type(done_moving) is not bool:
+            raise InvalidArgumentError("done must be a bool")
 
         def body(meta, ts):
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
             done = dataclasses.replace(
-                ks, moving_to="", retired=tuple(r for r in ks.retired if r not in erased),
+                ks, moving_to="" if done_moving else ks.moving_to,
+                retired=tuple(sorted(({*ks.retired} - {*erased} | {*retire}) - {ks.home})),
                 abandoned=tuple(r for r in ks.abandoned if r not in erased))
             if done == ks:
                 return cat.keyspace_record(ks), [], []

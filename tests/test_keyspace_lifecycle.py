@@ -788,10 +788,12 @@ async def test_a_rollback_that_cannot_fence_off_its_copy_keeps_the_old_home_fenc
                 assert await stale.read("g", b"k") == b"v2"
 
 
-async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_ends():
+async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_ends(
+        monkeypatch):
     # The old home fences reads off before the catalog change, so its erasure can wait:
     # with its region cut off just after, the new home takes writes at once, and the old
     # copy stays in 'retired' until a later move (or drop) reaches it.
+    monkeypatch.setattr(engine.client, "MOVE_ROLLBACK_S", 1.0)
     async with open_local_cluster(THREE_REGIONS, 1, seed=91) as cluster:
         async with cluster.connect("eu-west") as db:
             with trio.fail_after(120):
@@ -815,9 +817,16 @@ async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_e
                 assert moved.home == "eu-west" and moved.retired == ("us-east",)
                 await db.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
                 assert _fence_of(cluster, east, ks.id)[0] == 2  # no reads there
+                # A move back there, still cut off, fails; it never made its copy there
+                # readable, so the keyspace stays writable where it is, and us-east stays
+                # only to erase.
+                with pytest.raises(errors.UnavailableError):
+                    await db.move_keyspace("g", "us-east")
+                assert (await db.keyspace("g")).retired == ("us-east",)
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v3"))
                 # eu-west's copy, reachable, is erased at once; us-east's waits.
                 assert (await db.move_keyspace("g", "ap-south")).retired == ("us-east",)
                 db._call_group = call  # back
                 assert (await db.move_keyspace("g", "ap-south")).retired == ()
                 assert _fence_of(cluster, east, ks.id)[0] == 3
-                assert await db.read("g", b"k") == b"v2"
+                assert await db.read("g", b"k") == b"v3"
