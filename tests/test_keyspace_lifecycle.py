@@ -3,6 +3,8 @@ and clients whose cached catalog records are out of date (ARCH §4)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
@@ -452,6 +454,17 @@ def _pause_at(db, method, *, before=False):
     return paused, go
 
 
+async def _outcome(out: list, fn, *args, done: trio.Event | None = None) -> None:
+    """Appends ``fn(*args)``'s result, or the MeridianError it raised, to ``out`` (then sets
+    ``done``)."""
+    try:
+        out.append(await fn(*args))
+    except errors.MeridianError as exc:
+        out.append(exc)
+    if done is not None:
+        done.set()
+
+
 async def test_two_moves_at_once_lose_no_write_and_leave_one_home():
     # Two moves of one keyspace: the second (m2) scanned the old home, then was delayed
     # while the first (m1) began after it and ran all its steps, and clients wrote in the
@@ -468,15 +481,8 @@ async def test_two_moves_at_once_lose_no_write_and_leave_one_home():
                     await stale.keyspace("g")  # cached: home us-east
                     paused, go = _pause_at(m2, "keyspace.copy", before=True)
                     second: list = []
-
-                    async def second_move():
-                        try:
-                            second.append(await m2.move_keyspace("g", target))
-                        except errors.MeridianError as exc:
-                            second.append(exc)
-
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(second_move)
+                        nursery.start_soon(_outcome, second, m2.move_keyspace, "g", target)
                         await paused.wait()
                         await m1.move_keyspace("g", "eu-west")
                         await w.run_transaction(lambda tx: tx.put("g", b"k", b"new"))
@@ -514,23 +520,35 @@ async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
 
                 mover._copy_keyspace = unreachable
                 failed: list = []
-
-                async def move():
-                    try:
-                        await mover.move_keyspace("g", "eu-west")
-                    except errors.MeridianError as exc:
-                        failed.append(exc)
-
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(move)
+                    nursery.start_soon(_outcome, failed, mover.move_keyspace, "g", "eu-west")
                     await looked_up.wait()
                     await dropper.drop_keyspace("g")
                     go.set()
-                assert failed
+                assert isinstance(failed[0], errors.MeridianError)
                 with pytest.raises(errors.KeyspaceNotFoundError):
                     await dropper.keyspace("g")
                 with pytest.raises(errors.MeridianError):  # moved: looked up, gone
                     await stale.read("g", b"k")
+
+
+async def _drop_with_the_name_taken_again(x, y, z, old, paused, go):
+    """x drops keyspace ``old`` ("g") and waits midway (``paused`` is set, until ``go`` is);
+    meanwhile y drops it, and z creates "g" again and writes to it. Checks that z's keyspace
+    is whole afterwards; answers x's outcome."""
+    outcome: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_outcome, outcome, x.drop_keyspace, "g")
+        await paused.wait()
+        await y.drop_keyspace("g")
+        new = await z.create_keyspace("g")
+        await z.run_transaction(lambda tx: tx.put("g", b"k", b"precious"))
+        go.set()
+    assert new.id != old.id
+    z._keyspaces.clear()
+    assert (await z.keyspace("g")).id == new.id
+    assert await z.read("g", b"k") == b"precious"
+    return outcome[0]
 
 
 async def test_a_drop_overtaken_meanwhile_does_not_drop_a_keyspace_created_again():
@@ -543,25 +561,7 @@ async def test_a_drop_overtaken_meanwhile_does_not_drop_a_keyspace_created_again
             with trio.fail_after(60):
                 old = await x.create_keyspace("g")
                 paused, go = _pause_at(x, "keyspace.fence", before=True)
-                result: list = []
-
-                async def first_drop():
-                    try:
-                        result.append(await x.drop_keyspace("g"))
-                    except errors.MeridianError as exc:
-                        result.append(exc)
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(first_drop)
-                    await paused.wait()
-                    await y.drop_keyspace("g")
-                    new = await z.create_keyspace("g")
-                    await z.run_transaction(lambda tx: tx.put("g", b"k", b"precious"))
-                    go.set()
-                assert result == [None] and new.id != old.id
-                z._keyspaces.clear()
-                assert (await z.keyspace("g")).id == new.id
-                assert await z.read("g", b"k") == b"precious"
+                assert await _drop_with_the_name_taken_again(x, y, z, old, paused, go) is None
 
 
 async def test_two_drops_at_once_both_end():
@@ -655,26 +655,21 @@ async def test_a_move_overtaken_cannot_take_back_a_copy_a_newer_move_found_erase
 
                 m2._call_group = slow2
                 m3_paused, m3_go = _pause_at(m3, "keyspace.copy", before=True)
-                out: dict = {}
-
-                async def run(name, client, region):
-                    try:
-                        out[name] = await client.move_keyspace("g", region)
-                    except errors.MeridianError as exc:
-                        out[name] = exc
-
+                out2: list = []
+                out3: list = []
+                m2_done = trio.Event()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run, "m2", m2, "eu-west")
+                    nursery.start_soon(functools.partial(
+                        _outcome, out2, m2.move_keyspace, "g", "eu-west", done=m2_done))
                     await m2_paused.wait()
-                    nursery.start_soon(run, "m3", m3, "ap-south")
+                    nursery.start_soon(_outcome, out3, m3.move_keyspace, "g", "ap-south")
                     await m3_paused.wait()
                     m2_go.set()
-                    while "m2" not in out:
-                        await trio.sleep(0.01)
+                    await m2_done.wait()
                     m3_go.set()
-                assert isinstance(out["m2"], errors.TransactionConflictError)
-                assert out["m2"].reason == "catalog_changed"
-                assert out["m3"].home == "ap-south"
+                assert isinstance(out2[0], errors.TransactionConflictError)
+                assert out2[0].reason == "catalog_changed"
+                assert out3[0].home == "ap-south"
                 assert _fence_of(cluster, west, ks.id)[0] == 3
                 await db.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
                 assert await stale.read("g", b"k") == b"v2"
@@ -703,26 +698,8 @@ async def test_a_drop_whose_begin_is_sent_twice_does_not_drop_a_keyspace_created
                     return reply
 
                 x._call_on = lossy
-                result: list = []
-
-                async def first_drop():
-                    try:
-                        result.append(await x.drop_keyspace("g"))
-                    except errors.MeridianError as exc:
-                        result.append(exc)
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(first_drop)
-                    await paused.wait()
-                    await y.drop_keyspace("g")
-                    new = await z.create_keyspace("g")
-                    await z.run_transaction(lambda tx: tx.put("g", b"k", b"precious"))
-                    go.set()
-                assert isinstance(result[0], errors.KeyspaceNotFoundError)  # the one it meant
-                assert new.id != old.id
-                z._keyspaces.clear()
-                assert (await z.keyspace("g")).id == new.id
-                assert await z.read("g", b"k") == b"precious"
+                outcome = await _drop_with_the_name_taken_again(x, y, z, old, paused, go)
+                assert isinstance(outcome, errors.KeyspaceNotFoundError)  # the one it meant
 
 
 async def test_a_rollback_lifts_the_old_home_even_after_its_read_fence():
