@@ -812,8 +812,9 @@ class GroupStateMachine:
         return self._fences.get(keyspace_prefix, (0, 0))
 
     def fence_epoch(self, keyspace_prefix: bytes) -> int:
-        """The epoch of the move or drop that last changed the keyspace's fence here (0:
-        none, or one from before epochs)."""
+        """The highest epoch of the moves and drops whose FENCE entries for the keyspace
+        were applied here, whether they changed the fence or not (0: none, or only ones from
+        before epochs)."""
         return self._fence_epochs.get(keyspace_prefix, 0)
 
     @property
