@@ -304,7 +304,7 @@ class Database:
         """
         ks = keyspace_from_record(await self._begin(name, "drop"))
         try:
-            for group in self._groups_holding(ks, moving=True):
+            for group in self._groups_holding(ks):
                 await self._erase_copy(group, ks)
             await self._call_group(self._meta_group, "keyspace.drop",
                                    {"name": name, "id": ks.id, "epoch": ks.epoch})
@@ -363,15 +363,13 @@ class Database:
         finally:
             self._keyspace_refreshing.discard(name)
 
-    def _groups_holding(self, ks: Keyspace, *, moving: bool = False) -> list[int]:
-        """The groups that hold a keyspace's data: its home group, or every region's data
-        group for a regional keyspace; with ``moving``, also those of the regions a move
-        under way or unfinished copies it to or took it from, and of abandoned copies."""
+    def _groups_holding(self, ks: Keyspace) -> list[int]:
+        """The groups that may hold a keyspace's data: every region's data group for a
+        regional keyspace; else its home group, and those of the regions its moves are
+        copying it to or left copies in (``moving_to``, ``retired``, ``abandoned``)."""
         if ks.mode == "regional":
             return sorted(self._group_of_region.values())
-        homes = [ks.home]
-        if moving:
-            homes += [r for r in (ks.moving_to, *ks.retired, *ks.abandoned) if r]
+        homes = [r for r in (ks.home, ks.moving_to, *ks.retired, *ks.abandoned) if r]
         return sorted({self._group_in(ks, h) for h in homes})
 
     def group_of(self, ks: Keyspace) -> int:
@@ -649,34 +647,27 @@ class Database:
     async def _erase_copy(self, group: int, ks: Keyspace) -> None:
         """Fences off reads and writes of the keyspace in ``group``, which is not its home (or
         is being dropped), and lets the group erase what it holds of it."""
+        # Level 3 needs level 2, and that level 2 is this epoch's once this change has been
+        # applied (refused at the same epoch, it was set by this epoch already: a retry, or
+        # a drop this one joined), so no expectation of its stamp is needed.
         reply = await self._fence_at(group, ks, 2)
-        if reply.get("done", True):
-            stamp = reply["ts"]
-        elif reply["fence"][0] == 2:
-            stamp = reply["fence"][1]  # set at this epoch already (a joined drop, a retry)
-        elif reply["fence"][0] == 3:
-            return  # erasable already
-        else:
+        if reply.get("done", True) or reply["fence"][0] == 2:
+            reply = await self._fence_at(group, ks, 3)
+        if not reply.get("done", True) and reply["fence"][0] != 3:
             raise UnavailableError(f"keyspace {ks.name!r}: group {group} refused to fence it "
                                    f"off ({reply['fence']})")
-        reply = await self._fence_at(group, ks, 3, expect=(2, stamp))
-        if not reply.get("done", True) and reply["fence"][0] != 3:
-            raise UnavailableError(f"keyspace {ks.name!r}: its fence in group {group} changed "
-                                   f"while it was being erased ({reply['fence']})")
 
-    async def _fence_at(self, group: int, ks: Keyspace, level: int, available_from: int = 0,
-                        *, expect: tuple[int, int] | None = None) -> dict:
+    async def _fence_at(self, group: int, ks: Keyspace, level: int,
+                        available_from: int = 0) -> dict:
         """Sets the keyspace's fence in ``group`` (see engine.group, FENCE) at the epoch of
         the move or drop that ``ks`` is the record of. Answers the node's reply: ``ts``, a
         timestamp of the group at or after the change (a level 2 fence's stamp), and
         ``done``: false when the fence did not change, with ``fence``, the ``[level,
         available_from]`` found. Raises :class:`~engine.errors.TransactionConflictError`,
         reason ``catalog_changed``, if a newer move or drop has changed this fence since."""
-        payload = {"group": group, "keyspace_id": ks.id, "level": level,
-                   "available_from": available_from, "epoch": ks.epoch}
-        if expect is not None:
-            payload["expect"] = list(expect)
-        reply = await self._call_group(group, "keyspace.fence", payload)
+        reply = await self._call_group(group, "keyspace.fence", {
+            "group": group, "keyspace_id": ks.id, "level": level,
+            "available_from": available_from, "epoch": ks.epoch})
         if not reply.get("done", True) and reply.get("epoch", 0) > ks.epoch:
             raise TransactionConflictError(
                 f"keyspace {ks.name!r}: a newer move or drop of it began (its epoch is "

@@ -75,9 +75,9 @@ An entry's data is one msgpack array whose first element says what it is:
     the keyspace up again), except the move's own copy (``MOVE_COPY``, taken only while the
     fence is ``(1, MAX_TS)``: the group closed to everything but the copy); level 2 refuses
     reads of it too (the node answers ``moved``); level 3 also lets PURGE erase its data
-    here, once no catalog record can name this group as its home any more (the keyspace was
-    dropped, or moved away, and the catalog says so): it is taken only from level 2 and is
-    kept by a later level 2 (conflict ``fence_changed``); at levels 2 and 3 the entry's own
+    here, once this group can never be its home again (the keyspace is being dropped, or
+    its catalog record names another home): it is taken only from level 2 and is kept by
+    a later level 2 (conflict ``fence_changed``); at levels 2 and 3 the entry's own
     timestamp is recorded as ``available_from``; level 0 lifts the fence; ``available_from``
     (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
     its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
