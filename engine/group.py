@@ -80,8 +80,12 @@ An entry's data is one msgpack array whose first element says what it is:
     a later level 2 (conflict ``fence_changed``); at levels 2 and 3 the entry's own
     timestamp is recorded as ``available_from``; level 0 lifts the fence; ``available_from``
     (the group receiving the keyspace sets it) refuses reads of it below that timestamp, where
-    its copy is not complete. With ``expect``, ``[level, available_from]``, the fence changes
-    only if it is that when the entry is applied (else the conflict ``fence_changed``).
+    its copy is not complete, and commits and prepares that write it (or, serializable, read
+    it) with a snapshot below that timestamp: the writes before it went to another group,
+    which the adjudicator here cannot check them against (conflict ``moved``); a
+    serializable transaction's read keys are refused from level 2, like reads. With
+    ``expect``, ``[level, available_from]``, the fence changes only if it is that when the
+    entry is applied (else the conflict ``fence_changed``).
     ``epoch`` (0 if absent) is the keyspace's epoch in the catalog when the move or drop
     making the change began (engine.catalog, :attr:`Keyspace.epoch`): the fence keeps the
     highest epoch of the FENCE entries applied to it, changed by them or not, and refuses a
@@ -792,11 +796,21 @@ class GroupStateMachine:
             out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
         return out
 
-    def fenced_write(self, keys) -> bytes | None:
-        """The first key (or merge ``[key, ...]``) of a keyspace fenced against writes."""
-        for k in keys:
+    def fenced(self, read_ts: int, writes=(), reads=()) -> bytes | None:
+        """The first key that a transaction with snapshot ``read_ts`` may not write or read
+        here (conflict ``moved``): a written one (or merge ``[key, ...]``) of a keyspace
+        fenced against writes, a read one of a keyspace fenced against reads (it moved
+        away), or either of a keyspace that came here after ``read_ts``: its writes before
+        that went to another group, so the transaction's snapshot cannot be checked here."""
+        fences = self._fences
+        for k in writes:
             key = k if type(k) is bytes else k[0]
-            if self._fences.get(key[:_PREFIX], (0, 0))[0] >= 1:
+            level, available_from = fences.get(key[:_PREFIX], (0, 0))
+            if level >= 1 or read_ts < available_from:
+                return key
+        for key in reads:
+            level, available_from = fences.get(key[:_PREFIX], (0, 0))
+            if level >= 2 or read_ts < available_from:
                 return key
         return None
 
@@ -1063,7 +1077,8 @@ class _Batch:
                    or self.sm.fence_epoch(k[:_PREFIX]) != epoch for k in keys):
                 return CommitResult(Outcome.CONFLICT, ts, "moved", ts)
         elif self.sm._fences:
-            moved = self.sm.fenced_write([*keys, *(cmd[7] if len(cmd) > 7 else ())])
+            moved = self.sm.fenced(read_ts, [*keys, *(cmd[7] if len(cmd) > 7 else ())],
+                                   reads if flags & SERIALIZABLE else ())
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
         merged: list = []

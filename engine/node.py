@@ -617,12 +617,12 @@ class Node:
         after the read's snapshot (``moved``: the reader looks the keyspace up again)."""
         if not replica.sm._fences:
             return
-        for prefix in set(prefixes):
-            level, available_from = replica.sm.fence(prefix)
-            if level >= 2 or ts < available_from:
-                raise RemoteError("moved", f"group {replica.group}: the keyspace moved "
-                                  f"{'away' if level >= 2 else 'here after this snapshot'}",
-                                  retryable=True)
+        prefix = replica.sm.fenced(ts, reads=prefixes)
+        if prefix is not None:
+            away = replica.sm.fence(prefix)[0] >= 2
+            raise RemoteError("moved", f"group {replica.group}: the keyspace moved "
+                              f"{'away' if away else 'here after this snapshot'}",
+                              retryable=True)
 
     async def _read_ts(self, replica: GroupReplica, p) -> tuple[int, int]:
         """The timestamp a read is served at, and the end of its *uncertainty window*.
@@ -878,6 +878,11 @@ class Node:
             lambda: replica.intents(keys, to_ts) + [
                 i for sp in spans for i in replica.intents_in(sp[0], sp[1], to_ts)],
             restart=False)
+        # Only the keyspace's home sees all its writes: one that moved away from here (its
+        # writes go to the new home) or that came here after from_ts (they went elsewhere
+        # before) may have changed where this group cannot tell.
+        if replica.sm.fenced(from_ts, reads=[*keys, *(sp[0] for sp in spans)]) is not None:
+            return {"ok": False, "reason": "moved"}
         store = replica.sm.store
         for key in keys:
             version = store.get_version(key, to_ts)

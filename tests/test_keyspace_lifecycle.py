@@ -433,6 +433,79 @@ async def test_a_stale_read_after_a_move_is_not_served_before_the_copy(monkeypat
                     cluster.heal()
 
 
+async def test_a_snapshot_does_not_move_past_a_move_of_a_keyspace_it_read():
+    """A transaction read a key before its keyspace moved; the key is written in the new
+    home, and another keyspace in the transaction's next group. That group's read meets the
+    write in its uncertainty window and the transaction's snapshot must move up: the old
+    home, where the first key was read, cannot vouch that it is unchanged -- it no longer
+    sees the keyspace's writes -- so the transaction conflicts instead of reading the old
+    value of one key beside the new value of the other."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=57) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await db.create_keyspace("moving", home_region="us-east")
+                await db.create_keyspace("staying", home_region="eu-west")
+                async with db.transaction() as tx:
+                    await tx.put("moving", b"k", b"1")
+                    await tx.put("staying", b"k", b"1")
+                tx = db.transaction()
+                assert await tx.get("moving", b"k") == b"1"  # the snapshot: in us-east
+                await west.move_keyspace("moving", "eu-west")
+                async with west.transaction() as w:
+                    await w.put("moving", b"k", b"2")
+                    await w.put("staying", b"k", b"2")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.get("staying", b"k")
+                assert refused.value.reason == "refresh"
+                await tx.rollback()
+
+                async def both(tx):
+                    return [await tx.get("staying", b"k"), await tx.get("moving", b"k")]
+
+                assert await db.run_transaction(both) == [b"2", b"2"]
+
+
+async def test_a_write_in_the_new_home_is_checked_against_the_snapshot_it_read_before():
+    """A transaction read a key in the old home; another deleted it there; the keyspace
+    moved, and the transaction writes the key into the new home. The new home never saw the
+    delete (a deleted key is not copied), so it cannot tell a lost update: the write is
+    refused (``moved``), because the transaction's snapshot predates the keyspace's arrival."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=58) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as other:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                tx = db.transaction()
+                assert await tx.get("m", b"k") == b"1"
+                await other.run_transaction(lambda t: t.delete("m", b"k"))
+                await db.move_keyspace("m", "eu-west")  # db looks the keyspace up again
+                await tx.put("m", b"k", b"2")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.commit()
+                assert refused.value.reason == "moved"
+                assert await other.read("m", b"k") is None
+
+
+async def test_a_serializable_read_is_not_validated_in_a_home_the_keyspace_left():
+    """A serializable transaction read a key in us-east and writes another keyspace; the
+    key's keyspace moves to eu-west and the key is written there. The commit must not let
+    the old home vouch for the read (it sees no write after the move): it conflicts."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=59) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await db.create_keyspace("moving", home_region="us-east")
+                await db.create_keyspace("staying", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("moving", b"k", b"1"))
+                tx = db.transaction(isolation="serializable")
+                assert await tx.get("moving", b"k") == b"1"
+                await west.move_keyspace("moving", "eu-west")
+                await west.run_transaction(lambda t: t.put("moving", b"k", b"2"))
+                await tx.put("staying", b"x", b"read k as 1")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.commit()
+                assert refused.value.reason == "moved"
+
+
 def _pause_at(db, method, *, before=False):
     """Makes ``db``'s next call of ``method`` wait (before it is sent, or once its answer
     came) until the second returned event is set: a client delayed there. The first returned
