@@ -88,11 +88,23 @@ Faults (``FAULT_KINDS``)
     node-to-node requests across the cut are lost; clients still reach every node. A node
     restarted during a partition is put back on its side. The heal phase ends any partition.
 
-``plan_faults(config)`` draws the mix from the seed (each kind present with some probability,
-at least one of them) unless ``config.faults`` names the kinds. Nemesis events are in the
-history as ``{"process": "nemesis", "type": "info", "f": "stop-node", "value": 4, ...}``
-(``f`` one of ``clock-offsets``, ``stop-node``, ``start-node``, ``partition`` — its value
-the shape, what it cut off and both ``sides`` —, ``heal``); the checkers skip them.
+``move-keyspace`` (``EXTRA_FAULT_KINDS``: only when ``config.faults`` names it)
+    Every ``move_every_s`` one of the workload's keyspaces is moved to a region drawn at
+    random (now and then the one it is in) by a client of a random region, one move at a
+    time, while the workload runs: its writers meet ``moved`` conflicts and stale caches,
+    and the other faults cut moves short. A third of the moves are also abandoned after a
+    random time (below ``move_cut_s``), as if the client running them died. After healing,
+    each keyspace is moved to the home its catalog record names, which finishes or undoes a
+    move left halfway, as an operator would; the final read comes after. Not for the
+    ``regional`` workload (a regional keyspace has no home to move).
+
+``plan_faults(config)`` draws the mix from the seed (each kind of ``FAULT_KINDS`` present with
+some probability, at least one of them) unless ``config.faults`` names the kinds. Nemesis
+events are in the history as ``{"process": "nemesis", "type": "info", "f": "stop-node",
+"value": 4, ...}`` (``f`` one of ``clock-offsets``, ``stop-node``, ``start-node``,
+``partition`` — its value the shape, what it cut off and both ``sides`` —, ``heal``,
+``move-keyspace`` and ``move-keyspace-end`` — the keyspace, the target region and, at the
+end, the outcome —, ``finish-move``); the checkers skip them.
 
 The history
 -----------
@@ -151,6 +163,7 @@ from engine.placement import META_GROUP
 
 __all__ = [
     "ELLE_MODELS",
+    "EXTRA_FAULT_KINDS",
     "FAULT_KINDS",
     "PARTITION_SHAPES",
     "REGIONAL_RESOLVERS",
@@ -177,6 +190,11 @@ __all__ = [
 WORKLOADS = ("bank", "append", "regional")
 ISOLATION_LEVELS = ("snapshot", "serializable")
 FAULT_KINDS = ("kill-coordinator", "crash", "clock-skew", "partition")
+EXTRA_FAULT_KINDS = ("move-keyspace",)
+"""Fault kinds a run has only when ``RunConfig.faults`` names them: ``plan_faults`` never
+draws them, so that every seed drawn before they existed still replays its plan."""
+MOVE_CUT_PROBABILITY = 1 / 3
+MOVE_TIMEOUT_S = 15.0  # a move not cut short is given up after this long
 REGIONAL_RESOLVERS = ("lww", "counter")
 """The resolvers the ``regional`` workload runs with (its keyspace's ``resolver``)."""
 PARTITION_SHAPES = ("isolate-node", "isolate-leader", "isolate-region", "halves")
@@ -280,10 +298,13 @@ class RunConfig:
         if self.regional_keys < 1:
             raise ValueError("regional_keys must be positive")
         if self.faults is not None:
-            unknown = set(self.faults) - set(FAULT_KINDS)
+            unknown = set(self.faults) - set(FAULT_KINDS) - set(EXTRA_FAULT_KINDS)
             if unknown:
                 raise ValueError(f"unknown fault kinds {sorted(unknown)}; "
-                                 f"expected some of {FAULT_KINDS}")
+                                 f"expected some of {FAULT_KINDS + EXTRA_FAULT_KINDS}")
+            if "move-keyspace" in self.faults and self.workload == "regional":
+                raise ValueError("move-keyspace needs a workload of global keyspaces: a "
+                                 "regional keyspace has no home region to move")
         if self.processes < 1 or self.max_ops < 1 or self.nodes_per_region < 1:
             raise ValueError("processes, max_ops and nodes_per_region must be positive")
         if self.workload == "bank" and len(self.regions) * self.accounts_per_region < 2:
@@ -312,6 +333,9 @@ class FaultPlan:
         max_skew_ns: the largest offset clock-skew gives any node, either way.
         partition_every_s: (low, high) seconds of healthy network between two partitions.
         partition_s: (low, high) seconds a partition lasts.
+        move_every_s: (low, high) seconds between the end of one keyspace move and the
+            start of the next (move-keyspace).
+        move_cut_s: a move cut short is abandoned after uniform(0, this) seconds.
     """
 
     kinds: frozenset[str]
@@ -323,6 +347,8 @@ class FaultPlan:
     max_skew_ns: int = 0
     partition_every_s: tuple[float, float] = (2.0, 4.0)
     partition_s: tuple[float, float] = (1.0, 2.5)
+    move_every_s: tuple[float, float] = (0.3, 1.5)
+    move_cut_s: float = 1.5
 
     def to_dict(self) -> dict[str, Any]:
         return {"kinds": sorted(self.kinds), "kill_probability": self.kill_probability,
@@ -331,7 +357,8 @@ class FaultPlan:
                 "clock_offsets_ns": {str(k): v for k, v in sorted(self.clock_offsets_ns.items())},
                 "max_skew_ns": self.max_skew_ns,
                 "partition_every_s": list(self.partition_every_s),
-                "partition_s": list(self.partition_s)}
+                "partition_s": list(self.partition_s),
+                "move_every_s": list(self.move_every_s), "move_cut_s": self.move_cut_s}
 
 
 def _max_clock_offset_ns(config: RunConfig) -> int:
@@ -894,7 +921,7 @@ class _Runner:
         self.history = History()
         self.rng = random.Random(f"run/{config.seed}")
         self.ops_left = config.max_ops
-        self.fired = dict.fromkeys(FAULT_KINDS, 0)
+        self.fired = dict.fromkeys(FAULT_KINDS + EXTRA_FAULT_KINDS, 0)
         self.fired["clock-skew"] = len(plan.clock_offsets_ns)
         self.skewed = set(plan.clock_offsets_ns)
         self.errors: dict[str, int] = {}
@@ -1052,13 +1079,75 @@ class _Runner:
     # ---------------------------------------------------------------- nemesis
 
     async def nemesis(self, cluster) -> None:
-        """Crashes and restarts one node at a time, and partitions the network now and then,
-        forever (cancelled by the caller)."""
+        """Crashes and restarts one node at a time, partitions the network now and then, and
+        moves keyspaces, forever (cancelled by the caller)."""
         async with trio.open_nursery() as nursery:
             if "crash" in self.plan.kinds:
                 nursery.start_soon(self.crashes, cluster)
             if "partition" in self.plan.kinds:
                 nursery.start_soon(self.partitions, cluster)
+            if "move-keyspace" in self.plan.kinds:
+                nursery.start_soon(self.moves, cluster)
+
+    async def moves(self, cluster) -> None:
+        """Moves a keyspace of the workload's to a region drawn at random, one move at a
+        time, forever; some are cut short (see ``move-keyspace`` in the module docstring)."""
+        rng = random.Random(f"moves/{self.config.seed}")
+        while True:
+            await trio.sleep(rng.uniform(*self.plan.move_every_s))
+            keyspace = rng.choice(self.workload.keyspaces)
+            to = rng.choice(self.config.regions)
+            region = rng.choice(self.config.regions)
+            cut = (round(rng.uniform(0.0, self.plan.move_cut_s), 3)
+                   if rng.random() < MOVE_CUT_PROBABILITY else None)
+            self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
+                                                   "client_region": region, "cut_after_s": cut})
+            self.fired["move-keyspace"] += 1
+            outcome = await self._move(cluster, region, keyspace, to, cut)
+            self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
+                                                       "outcome": outcome})
+
+    async def _move(self, cluster, region: str, keyspace: str, to: str,
+                    cut: float | None) -> str:
+        """One move by a client of ``region``: ``"ok"``, or why it did not finish."""
+        with trio.move_on_after(MOVE_TIMEOUT_S if cut is None else cut):
+            try:
+                async with cluster.connect(
+                        region, request_timeout_s=self.config.request_timeout_s) as db:
+                    await db.move_keyspace(keyspace, to)
+                return "ok"
+            except (MeridianError, OSError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+        return "timed out" if cut is None else "cut short"
+
+    async def finish_moves(self, cluster) -> bool:
+        """After healing: each keyspace moved to the home its catalog record names, which
+        finishes or undoes a move left halfway (and is quick when none was). Retried until
+        it succeeds or ``recovery_s`` have passed; returns whether every keyspace got
+        through."""
+        give_up = trio.current_time() + self.config.recovery_s
+        for keyspace in self.workload.keyspaces:
+            while True:
+                # A fresh client each attempt: its lookup of the record is not a cached one.
+                outcome = "timed out"
+                with trio.move_on_after(max(0.0, give_up - trio.current_time())):
+                    try:
+                        async with cluster.connect(
+                                self.config.regions[0],
+                                request_timeout_s=self.config.request_timeout_s) as db:
+                            home = (await db.keyspace(keyspace)).home
+                            await db.move_keyspace(keyspace, home)
+                        outcome = "ok"
+                    except (MeridianError, OSError) as exc:
+                        outcome = f"{type(exc).__name__}: {exc}"
+                self.history.nemesis("finish-move", {"keyspace": keyspace,
+                                                     "outcome": outcome})
+                if outcome == "ok":
+                    break
+                if trio.current_time() >= give_up:
+                    return False
+                await trio.sleep(0.2)
+        return True
 
     async def partitions(self, cluster) -> None:
         """A partition of a random shape (``PARTITION_SHAPES``) for ``plan.partition_s``, then
@@ -1299,7 +1388,9 @@ async def _run_cluster(config: RunConfig, plan: FaultPlan, runner: _Runner, phas
             if config.workload == "regional":
                 final_ok = await runner.converge(cluster)
             else:
-                final_ok = await runner.final_read(last)
+                final_ok = ("move-keyspace" not in plan.kinds
+                            or await runner.finish_moves(cluster))
+                final_ok = final_ok and await runner.final_read(last)
             if not final_ok:
                 runner.diagnostics = runner.cluster_state(cluster)
             for node in cluster.nodes.values():
@@ -1394,8 +1485,10 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-ops", type=int, default=300)
     parser.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--faults", default=None, metavar="KINDS",
-                        help=f"comma-separated subset of {','.join(FAULT_KINDS)}, or 'none' "
-                             f"(default: a mix drawn from the seed)")
+                        help=f"comma-separated subset of "
+                             f"{','.join(FAULT_KINDS + EXTRA_FAULT_KINDS)}, or 'none' "
+                             f"(default: a mix of {','.join(FAULT_KINDS)} drawn from the "
+                             f"seed)")
     parser.add_argument("--intent-timeout", type=float, default=0.5, metavar="SECONDS",
                         help="engine.node.INTENT_TIMEOUT_S for the run (default: %(default)s; "
                              "the product's default suits longer runs)")

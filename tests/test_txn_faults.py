@@ -2,7 +2,8 @@
 the bank workload with bench/bank.py, list-append with bench/elle.py, each at both isolation
 levels, and a regional keyspace's convergence (lww and counter) with bench/convergence.py,
 while coordinators die mid-commit, nodes crash and restart, clocks are skewed within the bound
-and the network is partitioned (ARCH §5, §6, §9).
+and the network is partitioned (ARCH §5, §6, §9); and bank and list-append while, on top of
+all that, the keyspaces move between regions (``move-keyspace``, some moves cut short).
 
 Integration tests: each case runs :func:`bench.txnsim.run` on an in-process cluster of three
 regions × three nodes (so a crashed node, one at a time, never costs a group its majority, and
@@ -25,12 +26,15 @@ run invalid, and the checker must find an anomaly written by hand into each run'
 balance changed, a committed append turned into an aborted one). An anomaly these workloads
 found in the database is kept as a deterministic strict ``xfail``.
 
-The long campaign (``@pytest.mark.slow``, skipped unless ``--run-slow``) runs 25 more seeds per
-case, 20 s of workload with nine clients each (about 30 s per seed, 50 minutes in all)::
+The long campaigns (``@pytest.mark.slow``, skipped unless ``--run-slow``) run 25 more seeds per
+case, 20 s of workload with nine clients each (about 30 s per seed, 50 minutes in all for the
+four cases, 25 for the two with moves)::
 
     python -m pytest tests/test_txn_faults.py --run-slow -k campaign
     MERIDIAN_TXN_CAMPAIGN_SEEDS=1000-1199 python -m pytest tests/test_txn_faults.py --run-slow \\
         -k campaign-append-serializable
+    MERIDIAN_TXN_CAMPAIGN_SEEDS=1000-1049 python -m pytest tests/test_txn_faults.py --run-slow \\
+        -k campaign-moves
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ CI_SEEDS = {
     ("append", "snapshot"): (0, 14),
     ("append", "serializable"): (34, 8),
 }
+# Keyspaces moved while the workload runs, under every other fault: one seed per case, whose
+# first move is cut short and whose next ones go to other regions (the seed fixes the moves'
+# draws, not their outcomes).
+MOVE_CI_SEEDS = {("bank", "snapshot"): (2,), ("append", "serializable"): (2,)}
+MOVE_FAULTS = frozenset(txnsim.FAULT_KINDS) | {"move-keyspace"}
 # The regional workload, one seed per resolver: seeds 3 and 0 inject all four fault kinds.
 REGIONAL_CI_SEEDS = {"lww": (3,), "counter": (0,)}
 CAMPAIGN_FIRST_SEED = 1000
@@ -99,9 +108,9 @@ def _campaign_config(workload: str, isolation: str, seed: int) -> txnsim.RunConf
                             nodes_per_region=3, processes=9, max_ops=1000, time_limit_s=20.0)
 
 
-def _params(prefix: str, seeds_for) -> list:
+def _params(prefix: str, seeds_for, cases=CI_SEEDS) -> list:
     params = []
-    for (workload, isolation) in CI_SEEDS:
+    for (workload, isolation) in cases:
         for seed in seeds_for(workload, isolation):
             marks = []
             reason = KNOWN_ANOMALIES.get((workload, isolation, seed))
@@ -297,6 +306,65 @@ async def test_regional_keyspace_converges_under_faults(resolver, seed, tmp_path
     assert not check["valid"] and "divergence" in check["anomaly_types"], check["anomaly_types"]
 
 
+def _move_config(workload: str, isolation: str, seed: int, *,
+                 campaign: bool = False) -> txnsim.RunConfig:
+    if campaign:
+        return txnsim.RunConfig(workload=workload, isolation=isolation, seed=seed,
+                                nodes_per_region=3, processes=9, max_ops=1000,
+                                time_limit_s=20.0, faults=MOVE_FAULTS)
+    return txnsim.RunConfig(workload=workload, isolation=isolation, seed=seed,
+                            nodes_per_region=3, processes=6, max_ops=300, time_limit_s=8.0,
+                            faults=MOVE_FAULTS)
+
+
+def _move_ci_seeds(workload: str, isolation: str) -> list[int]:
+    override = os.environ.get(SEEDS_ENV)
+    return txnsim.parse_seeds(override) if override else list(MOVE_CI_SEEDS[workload, isolation])
+
+
+def _moves(history: list[dict]) -> list[tuple[dict, dict | None]]:
+    """Each keyspace move of the history with its end (None: the run ended it)."""
+    moves, open_move = [], None
+    for event in history:
+        if event["process"] != txnsim.NEMESIS:
+            continue
+        if event["f"] == "move-keyspace":
+            open_move = event["value"]
+            moves.append((open_move, None))
+        elif event["f"] == "move-keyspace-end":
+            moves[-1] = (open_move, event["value"])
+    return moves
+
+
+@pytest.mark.parametrize(("workload", "isolation", "seed"),
+                         _params("moves-", _move_ci_seeds, MOVE_CI_SEEDS))
+async def test_keyspace_moves_under_faults(workload, isolation, seed, tmp_path):
+    """Keyspaces move between regions while the workload runs and the nodes crash, the
+    network splits, clocks skew and coordinators die: the history stays valid (no transfer
+    lost or doubled, no cycle), a move cut short is finished afterwards, and every keyspace
+    serves the final read. At least one move brought a keyspace to a region other than its
+    first home, so the checked reads span a change of home."""
+    replay = (f"{SEEDS_ENV}={seed} python -m pytest tests/test_txn_faults.py "
+              f"-k moves-{workload}-{isolation}")
+    config = _move_config(workload, isolation, seed)
+    result = await _run_case(config, tmp_path, replay)
+    _verify_moves(config, result)
+    # The seeds are chosen for it (a long campaign's seeds meet it by chance).
+    assert any(begun["cut_after_s"] is not None for begun, _ in _moves(result.history))
+
+
+def _verify_moves(config: txnsim.RunConfig, result: txnsim.RunResult) -> None:
+    moves = _moves(result.history)
+    homes = txnsim._workload(config)
+    rehomed = [begun for begun, end in moves if end is not None and end["outcome"] == "ok"
+               and begun["to"] != homes.home(begun["keyspace"])]
+    assert rehomed, f"no move took a keyspace away from its first home: {moves}"
+    finished = [e["value"] for e in result.history
+                if e["process"] == txnsim.NEMESIS and e["f"] == "finish-move"]
+    assert {f["keyspace"] for f in finished if f["outcome"] == "ok"} == set(
+        homes.keyspaces), finished
+
+
 def _regional_history(conflict_log) -> list[dict]:
     """Two overlapping writes of one key from two regions, per pair, then final reads."""
     events, t = [], 0
@@ -347,13 +415,17 @@ def test_ci_seeds_meet_every_fault_kind():
 
 
 def pytest_generate_tests(metafunc):
-    # The campaign's cases exist only with --run-slow; without it, one placeholder is skipped.
-    if metafunc.definition.name != "test_campaign":
+    # The campaigns' cases exist only with --run-slow; without it, one placeholder each is
+    # skipped.
+    name = metafunc.definition.name
+    if name not in ("test_campaign", "test_moves_campaign"):
         return
+    prefix, cases = (("campaign-", CI_SEEDS) if name == "test_campaign"
+                     else ("campaign-moves-", MOVE_CI_SEEDS))
     if metafunc.config.getoption("--run-slow"):
-        params = _params("campaign-", _campaign_seeds)
+        params = _params(prefix, _campaign_seeds, cases)
     else:
-        params = [pytest.param(None, None, None, id="campaign")]
+        params = [pytest.param(None, None, None, id=prefix.rstrip("-"))]
     metafunc.parametrize(("workload", "isolation", "seed"), params)
 
 
@@ -362,6 +434,14 @@ async def test_campaign(workload, isolation, seed, tmp_path):
     replay = (f"{CAMPAIGN_ENV}={seed} python -m pytest tests/test_txn_faults.py --run-slow "
               f"-k campaign-{workload}-{isolation}")
     await _run_case(_campaign_config(workload, isolation, seed), tmp_path, replay)
+
+
+@pytest.mark.slow
+async def test_moves_campaign(workload, isolation, seed, tmp_path):
+    replay = (f"{CAMPAIGN_ENV}={seed} python -m pytest tests/test_txn_faults.py --run-slow "
+              f"-k campaign-moves-{workload}-{isolation}")
+    config = _move_config(workload, isolation, seed, campaign=True)
+    _verify_moves(config, await _run_case(config, tmp_path, replay))
 
 
 # ------------------------------------------------------- the harness catches planted bugs
