@@ -92,8 +92,10 @@ Faults (``FAULT_KINDS``)
     Every ``move_every_s`` one of the workload's keyspaces is moved to a region drawn at
     random (now and then the one it is in) by a client of a random region, one move at a
     time, while the workload runs: its writers meet ``moved`` conflicts and stale caches,
-    and the other faults cut moves short. A third of the moves are also abandoned after a
-    random time (below ``move_cut_s``), as if the client running them died. After healing,
+    and the other faults cut moves short. The first move takes a keyspace away from its
+    home; a third of the others are cancelled after a random time (below ``move_cut_s``),
+    as a client's timeout would: the move undoes what it can in a bounded time
+    (``engine.client.MOVE_ROLLBACK_S``) and leaves the rest to the next. After healing,
     each keyspace is moved to the home its catalog record names, which finishes or undoes a
     move left halfway, as an operator would; the final read comes after. Not for the
     ``regional`` workload (a regional keyspace has no home to move).
@@ -1093,13 +1095,19 @@ class _Runner:
         """Moves a keyspace of the workload's to a region drawn at random, one move at a
         time, forever; some are cut short (see ``move-keyspace`` in the module docstring)."""
         rng = random.Random(f"moves/{self.config.seed}")
+        first = True
         while True:
             await trio.sleep(rng.uniform(*self.plan.move_every_s))
             keyspace = rng.choice(self.workload.keyspaces)
-            to = rng.choice(self.config.regions)
+            if first:  # away from its home, to the end: every run has a real move
+                home = self.workload.home(keyspace)
+                to = rng.choice([r for r in self.config.regions if r != home] or [home])
+            else:
+                to = rng.choice(self.config.regions)
             region = rng.choice(self.config.regions)
             cut = (round(rng.uniform(0.0, self.plan.move_cut_s), 3)
-                   if rng.random() < MOVE_CUT_PROBABILITY else None)
+                   if not first and rng.random() < MOVE_CUT_PROBABILITY else None)
+            first = False
             self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
                                                    "client_region": region, "cut_after_s": cut})
             self.fired["move-keyspace"] += 1
