@@ -7,8 +7,8 @@ succeed):
 ``b"ks/" + name``
     the keyspace's record, msgpack: ``{"id", "name", "mode", "home", "resolver",
     "created_ts", "survive"}``, and, while they are not empty, the fields that moves and drops
-    keep: ``"moved_ts"``, ``"retired"``, ``"moving_to"``, ``"abandoned"``, ``"epoch"`` and
-    ``"dropping"``
+    keep: ``"moved_ts"``, ``"retired"``, ``"moving_to"``, ``"abandoned"``, ``"epoch"``,
+    ``"handoff_ts"`` and ``"dropping"``
     (see :class:`Keyspace`). Readers ignore fields they do not know, so a record may gain
     optional fields without breaking them.
 ``b"ks-next-id"``
@@ -89,6 +89,13 @@ class Keyspace:
     getting to the catalog change: their copies there are nobody's, and may still serve
     reads to clients whose cache names those regions, so the next move or drop fences them
     off (before any home takes writes again) and lets their groups erase them."""
+    handoff_ts: int = 0
+    """A timestamp at or above every one at which a group other than the home may have
+    served the keyspace: the highest stamp of the read fences (level 2) that closed its
+    other copies, as moves recorded them. A group's timestamps need not follow another
+    group's (a group's closed timestamp can run ahead of its leader's clock), so the home
+    lifts its fence (takes writes, or serves reads after a move) only with an entry stamped
+    above this: a write there then lands above every read another copy served."""
     dropping: bool = False
     """A drop has begun: the name resolves no more (lookups answer that it does not exist),
     no move may begin, and running the drop again (or another drop, which joins it at its
@@ -108,7 +115,8 @@ def keyspace_key(name: str) -> bytes:
 
 
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
-_OPTIONAL = ("moved_ts", "epoch", "moving_to", "retired", "abandoned", "dropping")
+_OPTIONAL = ("moved_ts", "epoch", "moving_to", "retired", "abandoned", "handoff_ts",
+             "dropping")
 
 
 def keyspace_record(ks: Keyspace) -> dict:

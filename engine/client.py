@@ -530,11 +530,14 @@ class Database:
         old = self.group_of(ks)
         new = self._group_in(ks, home_region)
         erased: list[str] = []
+        # The home lifts its fence only with an entry stamped above every read another
+        # copy served (see Keyspace.handoff_ts): those of the copies this call closes too.
+        floor = ks.handoff_ts
         try:
             for region in ks.abandoned:
                 # A copy there may still serve reads (a client whose cache names that
                 # region): fenced off before any home takes writes again.
-                await self._erase_copy(self._group_in(ks, region), ks)
+                floor = max(floor, await self._erase_copy(self._group_in(ks, region), ks))
                 erased.append(region)
         finally:
             if erased:  # whatever happens next, the record need not name them any more
@@ -554,7 +557,7 @@ class Database:
             # Already there: lift the write fence that a move here left (interrupted before
             # its last step), or that a move away from here did (rolled back, or interrupted
             # before the catalog change).
-            await self._fence_at(new, ks, 0, ks.moved_ts)
+            await self._fence_at(new, ks, 0, ks.moved_ts, after=floor)
             return await self._settle(ks, erased)
         # Until this move has let the new group serve reads, it serves none if it is a
         # retired home (fenced off) and this move's fences there only close it.
@@ -565,7 +568,8 @@ class Database:
             copied_at = await self._copy_keyspace(ks, old, new)
             may_serve = True
             await self._fence_at(new, ks, 1, copied_at)  # reads from the copy on
-            await self._fence_at(old, ks, 2)  # no reads
+            # No reads; the old home served none above this stamp.
+            floor = max(floor, (await self._fence_at(old, ks, 2))["ts"])
         except BaseException as exc:
             if isinstance(exc, TransactionConflictError) and exc.reason == "catalog_changed":
                 raise  # overtaken: the fences are the newer move's or drop's now
@@ -578,9 +582,9 @@ class Database:
                 closed = not may_serve
                 with contextlib.suppress(MeridianError, OSError):
                     if may_serve:
-                        await self._fence_at(new, ks, 2)
+                        floor = max(floor, (await self._fence_at(new, ks, 2))["ts"])
                         closed = True
-                    await self._fence_at(old, ks, 0, ks.moved_ts)
+                    await self._fence_at(old, ks, 0, ks.moved_ts, after=floor)
                 with contextlib.suppress(MeridianError, OSError):
                     await self._erase_copy(new, ks)
                     erased.append(home_region)
@@ -589,17 +593,17 @@ class Database:
                     # a region out of reach may delay (it is no longer this move's target).
                     with contextlib.suppress(MeridianError, OSError):
                         await self._settle(ks, erased, retire=[] if home_region in erased
-                                           else [home_region])
+                                           else [home_region], handoff_ts=floor)
             raise
         # Refused if another move or drop began since (it ends or undoes this one); if the
         # answer is lost, running the move again finds out which.
         rec = await self._call_group(self._meta_group, "keyspace.rehome", {
             "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
-            "moved_ts": copied_at})
+            "moved_ts": copied_at, "handoff_ts": floor})
         moved = keyspace_from_record(rec)
         try:
             # The old home refuses reads since before the catalog change.
-            await self._fence_at(new, moved, 0, copied_at)
+            await self._fence_at(new, moved, 0, copied_at, after=floor)
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise
@@ -625,16 +629,17 @@ class Database:
         return await self._call_group(self._meta_group, "keyspace.begin", payload)
 
     async def _settle(self, ks: Keyspace, erased: list[str], *, done: bool = True,
-                      retire: Sequence[str] = ()) -> Keyspace:
+                      retire: Sequence[str] = (), handoff_ts: int = 0) -> Keyspace:
         """Ends a move in the catalog (with ``done``; else it only records what it erased):
         the record forgets the copies in the regions of ``erased``, and lists those of
-        ``retire`` (fenced against reads, not yet erasable) as retired. Answers the record,
-        or ``ks`` if a newer move or drop has begun meanwhile (it owns the record now)."""
+        ``retire`` (fenced against reads, not yet erasable) as retired, its ``handoff_ts``
+        raised to ``handoff_ts``. Answers the record, or ``ks`` if a newer move or drop has
+        begun meanwhile (it owns the record now)."""
         try:
             return keyspace_from_record(await self._call_group(
                 self._meta_group, "keyspace.settle",
                 {"name": ks.name, "id": ks.id, "epoch": ks.epoch, "erased": erased,
-                 "done": done, "retire": list(retire)}))
+                 "done": done, "retire": list(retire), "handoff_ts": handoff_ts}))
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise
@@ -644,30 +649,37 @@ class Database:
         """The group that holds ``ks`` when ``region`` is its home."""
         return self.group_of(dataclasses.replace(ks, home=region))
 
-    async def _erase_copy(self, group: int, ks: Keyspace) -> None:
+    async def _erase_copy(self, group: int, ks: Keyspace) -> int:
         """Fences off reads and writes of the keyspace in ``group``, which is not its home (or
-        is being dropped), and lets the group erase what it holds of it."""
+        is being dropped), and lets the group erase what it holds of it. Returns a timestamp
+        of the group above every read of the keyspace it served (the read fence's stamp, or
+        a later one)."""
         # Level 3 needs level 2, and that level 2 is this epoch's once this change has been
         # applied (refused at the same epoch, it was set by this epoch already: a retry, or
         # a drop this one joined), so no expectation of its stamp is needed.
         reply = await self._fence_at(group, ks, 2)
+        closed_at = reply["ts"]
         if reply.get("done", True) or reply["fence"][0] == 2:
             reply = await self._fence_at(group, ks, 3)
         if not reply.get("done", True) and reply["fence"][0] != 3:
             raise UnavailableError(f"keyspace {ks.name!r}: group {group} refused to fence it "
                                    f"off ({reply['fence']})")
+        return closed_at
 
     async def _fence_at(self, group: int, ks: Keyspace, level: int,
-                        available_from: int = 0) -> dict:
+                        available_from: int = 0, *, after: int = 0) -> dict:
         """Sets the keyspace's fence in ``group`` (see engine.group, FENCE) at the epoch of
-        the move or drop that ``ks`` is the record of. Answers the node's reply: ``ts``, a
+        the move or drop that ``ks`` is the record of, with an entry stamped above
+        ``after``. Answers the node's reply: ``ts``, a
         timestamp of the group at or after the change (a level 2 fence's stamp), and
         ``done``: false when the fence did not change, with ``fence``, the ``[level,
         available_from]`` found. Raises :class:`~engine.errors.TransactionConflictError`,
         reason ``catalog_changed``, if a newer move or drop has changed this fence since."""
-        reply = await self._call_group(group, "keyspace.fence", {
-            "group": group, "keyspace_id": ks.id, "level": level,
-            "available_from": available_from, "epoch": ks.epoch})
+        payload = {"group": group, "keyspace_id": ks.id, "level": level,
+                   "available_from": available_from, "epoch": ks.epoch}
+        if after:
+            payload["after"] = after
+        reply = await self._call_group(group, "keyspace.fence", payload)
         if not reply.get("done", True) and reply.get("epoch", 0) > ks.epoch:
             raise TransactionConflictError(
                 f"keyspace {ks.name!r}: a newer move or drop of it began (its epoch is "
@@ -679,27 +691,29 @@ class Database:
         has of it that ``old`` has not); returns the timestamp of the last copy commit."""
         lo, hi = keyspace_bounds(ks.id)
         limits = self.limits
-        source = await self._scan_settled(ks, old, lo, hi)
-        stale = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
+        source, snapshot = await self._scan_settled(ks, old, lo, hi)
+        stale, _ = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
         writes = [[k, v] for k, v in source.items()]
         writes += [[k, None] for k in stale if k not in source]
-        last = (await self._fence_at(new, ks, 1, MAX_TS))["ts"]  # if there is nothing to copy
+        # Everything is stamped above the snapshot the copy was read at: the copy's writes
+        # must not show at timestamps where the old home did not have them yet.
+        last = (await self._fence_at(new, ks, 1, MAX_TS, after=snapshot))["ts"]  # no copy
         batch: list = []
         size = 0
         for w in writes:
             w_size = len(w[0]) + len(w[1] or b"")
             if batch and (len(batch) >= limits["max_txn_keys"]
                           or size + w_size > limits["max_txn_bytes"]):
-                last = await self._copy_batch(new, ks, batch)
+                last = await self._copy_batch(new, ks, batch, snapshot)
                 batch, size = [], 0
             batch.append(w)
             size += w_size
         if batch:
-            last = await self._copy_batch(new, ks, batch)
+            last = await self._copy_batch(new, ks, batch, snapshot)
         return last
 
     async def _scan_settled(self, ks: Keyspace, group: int, lo: bytes, hi: bytes, *,
-                            ignore_fence: bool = False) -> dict[bytes, bytes]:
+                            ignore_fence: bool = False) -> tuple[dict[bytes, bytes], int]:
         """:meth:`_scan_all`, again from the start while a transaction prepared before the
         fence commits under it (its snapshot must move)."""
         for _ in range(MAX_SNAPSHOT_MOVES):
@@ -709,14 +723,14 @@ class Database:
                 continue
         raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
 
-    async def _copy_batch(self, group: int, ks: Keyspace, writes: list) -> int:
+    async def _copy_batch(self, group: int, ks: Keyspace, writes: list, after: int) -> int:
         """Commits a batch of the copy in the new group, through its fence (which refuses
         every other writer of the keyspace until the move is done, and every other move's
-        copy)."""
+        copy), stamped above ``after``."""
         try:
             reply = await self._call_group(group, "keyspace.copy", {
                 "group": group, "keyspace_id": ks.id, "txn_id": secrets.randbits(63) + 1,
-                "writes": writes, "epoch": ks.epoch}, commit=True)
+                "writes": writes, "epoch": ks.epoch, "after": after}, commit=True)
         except TransactionConflictError as exc:
             if exc.reason != "moved":
                 raise
@@ -727,8 +741,9 @@ class Database:
         return reply["ts"]
 
     async def _scan_all(self, group: int, lo: bytes, hi: bytes, *,
-                        ignore_fence: bool = False) -> dict[bytes, bytes]:
-        """Every live key in ``[lo, hi)`` of ``group`` at one strong snapshot, in pages."""
+                        ignore_fence: bool = False) -> tuple[dict[bytes, bytes], int]:
+        """Every live key in ``[lo, hi)`` of ``group`` at one strong snapshot, in pages, and
+        that snapshot's timestamp."""
         out: dict[bytes, bytes] = {}
         ts = 0
         start = lo
@@ -740,7 +755,7 @@ class Database:
             items = reply["items"]
             out.update((k, v) for k, v in items)
             if len(items) < COPY_PAGE:
-                return out
+                return out, ts
             start = items[-1][0] + b"\x00"
 
     async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:

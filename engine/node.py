@@ -1290,7 +1290,8 @@ class Node:
     async def _keyspace_rehome(self, p):
         """The catalog side of moving a keyspace: its record's home becomes ``home`` (the
         data itself was copied and fenced before, see Database.move_keyspace), with
-        ``moved_ts``, the copy's timestamp; the home it had joins ``retired``.
+        ``moved_ts``, the copy's timestamp; the home it had joins ``retired``, and the record's
+        ``handoff_ts`` rises to ``handoff_ts`` (the stamp of the read fence that closed it).
 
         A compare-and-set on ``id`` and ``epoch``, the keyspace and the move the caller
         began: a record that is another keyspace now, or whose keyspace a newer move or a
@@ -1300,6 +1301,7 @@ class Node:
         name, key, expect_id, epoch = self._catalog_step(p)
         home, moved_ts = p.get("home"), p.get("moved_ts", 0)
         data_group(self.cluster, home)  # validates the region name
+        handoff_ts = _timestamp(p, "handoff_ts")
         if type(moved_ts) is not int or not 0 <= moved_ts <= MAX_TS:
             raise InvalidArgumentError("moved_ts must be a timestamp")
 
@@ -1308,7 +1310,8 @@ class Node:
             if ks.home == home:
                 return cat.keyspace_record(ks), [], []
             moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moving_to="",
-                                        retired=tuple(sorted({*ks.retired, ks.home} - {home})))
+                                        retired=tuple(sorted({*ks.retired, ks.home} - {home})),
+                                        handoff_ts=max(ks.handoff_ts, handoff_ts))
             return cat.keyspace_record(moved), [(key, cat.encode_keyspace(moved))], [key]
 
         return await self._catalog_txn(body)
@@ -1317,11 +1320,13 @@ class Node:
         """Records what a move did: the regions of ``erased`` leave ``retired`` and
         ``abandoned`` (their copies are fenced off and erasable), those of ``retire`` join
         ``retired`` (fenced against reads, not erasable yet), and, with ``done`` (the
-        default), the record forgets ``moving_to`` (the move is over); if no newer move or
-        drop has begun (the same compare-and-set as ``keyspace.rehome``)."""
+        default), the record forgets ``moving_to`` (the move is over); ``handoff_ts`` rises to
+        ``handoff_ts`` (the stamp of the read fence that closed a copy of ``retire``); if no
+        newer move or drop has begun (the same compare-and-set as ``keyspace.rehome``)."""
         name, key, expect_id, epoch = self._catalog_step(p)
         erased, done_moving = p.get("erased", []), p.get("done", True)
         retire = p.get("retire", [])
+        handoff_ts = _timestamp(p, "handoff_ts")
         for value in (erased, retire):
             if not (isinstance(value, list) and all(type(r) is str for r in value)):
                 raise InvalidArgumentError("erased and retire must be lists of region names")
@@ -1333,7 +1338,8 @@ class Node:
             done = dataclasses.replace(
                 ks, moving_to="" if done_moving else ks.moving_to,
                 retired=tuple(sorted(({*ks.retired} - {*erased} | {*retire}) - {ks.home})),
-                abandoned=tuple(r for r in ks.abandoned if r not in erased))
+                abandoned=tuple(r for r in ks.abandoned if r not in erased),
+                handoff_ts=max(ks.handoff_ts, handoff_ts))
             if done == ks:
                 return cat.keyspace_record(ks), [], []
             return cat.keyspace_record(done), [(key, cat.encode_keyspace(done))], [key]
@@ -1386,11 +1392,14 @@ class Node:
         """Sets a keyspace's fence in a group (see engine.group, FENCE), at ``epoch``, the
         epoch its move or drop began at (a fence changed at a higher one refuses it). With
         ``expect``, ``[level, available_from]``, only if the fence is that when the change
-        is applied. Answers ``{"ts", "done"}``; ``done`` is false when the fence refused the
-        change (nothing changed; ``fence`` is the fence found, ``epoch`` its epoch)."""
+        is applied. With ``after``, the entry is stamped above that timestamp (another
+        group's, that this change must follow, see :meth:`_floor`). Answers ``{"ts",
+        "done"}``; ``done`` is false when the fence refused the change (nothing changed;
+        ``fence`` is the fence found, ``epoch`` its epoch)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from, epoch = p.get("available_from", 0), p.get("epoch", 0)
+        after = self._floor(p)
         expect = p.get("expect")
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
                 or level not in (0, 1, 2, 3)):
@@ -1409,7 +1418,7 @@ class Node:
         # The expectation travels in the entry and is checked where it is applied, in log
         # order: no fence change can slip in between the check and the change.
         result = await replica.propose(encode_fence(
-            self.clock.now(), ks_id, level, available_from,
+            max(self.clock.now(), after + 1), ks_id, level, available_from,
             None if expect is None else (expect[0], expect[1]), epoch))
         if result.outcome is Outcome.CONFLICT:
             prefix = keyspace_bounds(ks_id)[0]
@@ -1422,10 +1431,13 @@ class Node:
         commit of ``writes``, all keys of keyspace ``keyspace_id``, that the keyspace's write
         fence there does not refuse (every other writer stays fenced out until the move is
         done, see Database.move_keyspace), while it is ``(1, MAX_TS)`` at the move's
-        ``epoch``. Answers ``{"ts"}``, the commit's timestamp."""
+        ``epoch``. Stamped above ``after`` (the snapshot of the old group the copy was read at:
+        a copy stamped below it would show its writes at timestamps they had not happened at
+        yet). Answers ``{"ts"}``, the commit's timestamp."""
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
         epoch = p.get("epoch", 0)
+        after = self._floor(p)
         if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
             raise InvalidArgumentError(f"epoch must be an int in 0..{MAX_EPOCH}")
         if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
@@ -1440,10 +1452,26 @@ class Node:
             raise InvalidArgumentError(f"a copy writes keys of keyspace {ks_id} only")
         replica._require_leader()
         result = await replica.propose(
-            encode_commit(txn_id, 0, self.clock.now(), pairs, move_copy=True, epoch=epoch))
+            encode_commit(txn_id, 0, max(self.clock.now(), after + 1), pairs, move_copy=True,
+                          epoch=epoch))
         if result.committed:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
+
+    def _floor(self, p) -> int:
+        """A request's ``after`` (0 if absent): a timestamp of another group that the entry it
+        proposes must be stamped above. Groups' timestamps are ordered by the frames' clocks
+        only as far as the groups' clocks go, and a group's closed timestamp can run ahead
+        of its leader's clock (by up to the maximum clock offset), so a move hands a keyspace
+        from one group to another with explicit floors. More than twice the maximum clock
+        offset ahead of this node's clock is refused: no group stamps that far ahead."""
+        after = _timestamp(p, "after")
+        ahead = after - self.clock.now()
+        if ahead > 2 * self.cluster.max_clock_offset_ns:
+            raise InvalidArgumentError(
+                f"after {after} is {ahead / 1e6:.1f} ms ahead of node {self.id}'s clock, more "
+                f"than twice the maximum clock offset ({self.cluster.max_clock_offset_ms} ms)")
+        return after
 
     async def _keyspace_get(self, p):
         """The record of ``name``; one being dropped only with ``dropping`` (for the drop)."""
@@ -1498,6 +1526,14 @@ def _restart(replica: GroupReplica, ts: int, until: int) -> RemoteError:
     return RemoteError("restart", f"group {replica.group}: a commit in the read's uncertainty "
                        f"window ({ts}, {until}] may precede the transaction", retryable=True,
                        details={"ts": until})
+
+
+def _timestamp(p: dict, name: str) -> int:
+    """The request's timestamp ``name``; 0 if it has none."""
+    value = p.get(name, 0)
+    if type(value) is not int or not 0 <= value <= MAX_TS:
+        raise InvalidArgumentError(f"{name} must be a timestamp")
+    return value
 
 
 def _is_stale(p: dict) -> bool:

@@ -506,6 +506,160 @@ async def test_a_serializable_read_is_not_validated_in_a_home_the_keyspace_left(
                 assert refused.value.reason == "moved"
 
 
+AHEAD_NS = 240_000_000  # within the local cluster's maximum clock offset (250 ms)
+
+
+async def _closed_ahead(cluster, region: str) -> None:
+    """Makes the region's group close time AHEAD_NS ahead of its leader's clock (and of every
+    other clock): the state a leader change leaves behind when the old leader's clock ran
+    ahead, within the offset limit (see test_cross_region's
+    test_a_write_lands_above_a_snapshot_closed_ahead_of_its_groups_clock)."""
+    group = data_group(cluster.config, region)
+    leader = next(n for n in cluster.nodes.values()
+                  if group in n.replicas and n.replicas[group].node.is_leader)
+    await leader.replicas[group].close_up_to(leader.clock.now() + AHEAD_NS)
+
+
+def _spy_fences(db, group: int, level: int, before=None) -> list[int]:
+    """The stamps (``ts``) of ``db``'s fence changes at ``level`` in ``group``, as they come;
+    ``before()`` is awaited before each is sent."""
+    stamps: list[int] = []
+    call = db._call_group
+
+    async def spy(g, method, payload, **options):
+        spied = method == "keyspace.fence" and g == group and payload["level"] == level
+        if spied and before is not None:
+            await before()
+        reply = await call(g, method, payload, **options)
+        if spied:
+            stamps.append(reply["ts"])
+        return reply
+
+    db._call_group = spy
+    return stamps
+
+
+async def test_a_move_hands_over_above_the_old_homes_timestamps_when_they_run_ahead():
+    """The old home's timestamps run ahead of every clock, before the copy and again
+    before its read fence. The copy still lands above the commits it holds (a reader at a
+    snapshot below one of them must not see it in the new home), and the new home takes
+    writes only above the read fence that closed the old one: the groups' timestamps follow
+    each other explicitly, not through the clocks."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=71) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: _put_both(tx, b"1"))
+                await _closed_ahead(cluster, "us-east")
+                tx = db.transaction()
+                assert await tx.get("m", b"k") == b"1"
+                w = db.transaction()
+                await _put_both(w, b"2")
+                await w.commit()  # above tx's snapshot: tx must never see it
+                closed = _spy_fences(db, data_group(cluster.config, "us-east"), 2,
+                                     functools.partial(_closed_ahead, cluster, "us-east"))
+                ks = await db.move_keyspace("m", "eu-west")
+                assert ks.moved_ts > w.commit_ts  # the copy holds w's writes
+                assert ks.handoff_ts == closed[0]
+                try:
+                    assert await tx.get("m", b"k2") == b"1"
+                except errors.TransactionConflictError:
+                    pass  # refused, or retried: never k from before w beside k2 from after
+                after = db.transaction()
+                await after.put("m", b"k", b"3")
+                await after.commit()
+                assert after.commit_ts > closed[0]
+
+
+async def _put_both(tx, value):
+    await tx.put("m", b"k", value)
+    await tx.put("m", b"k2", value)
+
+
+async def test_a_delete_in_an_old_home_running_ahead_is_not_lost_to_a_write_in_the_new():
+    """test_a_write_in_the_new_home_is_checked_against_the_snapshot_it_read_before, with the
+    old home's timestamps ahead of every clock: the copy, stamped above what it holds, is
+    above the snapshot too, so the write is still refused."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=73) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                await _closed_ahead(cluster, "us-east")
+                tx = db.transaction()
+                assert await tx.get("m", b"k") == b"1"
+                await db.run_transaction(lambda t: t.delete("m", b"k"))
+                await db.move_keyspace("m", "eu-west")
+                await tx.put("m", b"k", b"2")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.commit()
+                assert refused.value.reason == "moved"
+                assert await db.read("m", b"k") is None
+
+
+async def test_a_move_finished_by_another_client_takes_writes_above_the_old_homes_fence(
+        monkeypatch):
+    """A move stopped after the catalog change, before the new home took writes; another
+    client finishes it. That client never saw the old home's read fence: the record's
+    handoff_ts carries its stamp, and the new home's first write lands above it although
+    the old home's timestamps ran ahead of every clock just before that fence."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=74) as cluster:
+        async with cluster.connect("eu-west") as db, cluster.connect("eu-west") as other:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                closed = _spy_fences(db, data_group(cluster.config, "us-east"), 2,
+                                     functools.partial(_closed_ahead, cluster, "us-east"))
+                fence = engine.client.Database._fence_at
+
+                async def no_lift(self, group, ks, level, *args, **kwargs):
+                    if level == 0:
+                        raise errors.UnavailableError("out of reach")
+                    return await fence(self, group, ks, level, *args, **kwargs)
+
+                with monkeypatch.context() as m:
+                    m.setattr(engine.client.Database, "_fence_at", no_lift)
+                    with pytest.raises(errors.UnavailableError, match="out of reach"):
+                        await db.move_keyspace("m", "eu-west")
+                assert (await other.keyspace("m")).handoff_ts == closed[0]
+                await other.move_keyspace("m", "eu-west")
+                w = other.transaction()
+                await w.put("m", b"k", b"2")
+                await w.commit()
+                assert w.commit_ts > closed[0]
+
+
+async def test_a_rolled_back_move_takes_writes_in_the_old_home_above_the_copys_fence(
+        monkeypatch):
+    """A move whose copy served reads fails before the catalog change: the rollback fences
+    the copy off, then lifts the old home above that fence's stamp, although the new
+    group's timestamps ran ahead of every clock just before it."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=75) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                east = data_group(cluster.config, "us-east")
+                closed = _spy_fences(db, data_group(cluster.config, "eu-west"), 2,
+                                     functools.partial(_closed_ahead, cluster, "eu-west"))
+                fence = engine.client.Database._fence_at
+
+                async def no_read_fence_in_the_old_home(self, group, ks, level, *args, **kw):
+                    if group == east and level == 2:
+                        raise errors.UnavailableError("out of reach")
+                    return await fence(self, group, ks, level, *args, **kw)
+
+                with monkeypatch.context() as m:
+                    m.setattr(engine.client.Database, "_fence_at", no_read_fence_in_the_old_home)
+                    with pytest.raises(errors.UnavailableError, match="out of reach"):
+                        await db.move_keyspace("m", "eu-west")
+                assert (await db.keyspace("m")).handoff_ts == closed[0]
+                w = db.transaction()
+                await w.put("m", b"k", b"2")
+                await w.commit()
+                assert w.commit_ts > closed[0]
+
+
 def _pause_at(db, method, *, before=False):
     """Makes ``db``'s next call of ``method`` wait (before it is sent, or once its answer
     came) until the second returned event is set: a client delayed there. The first returned
