@@ -1499,6 +1499,9 @@ class Transaction:
         if failures:
             raise failures[0]
         if changed:
+            if any(reply.get("reason") == "moved" for _, reply in changed):
+                # A keyspace it read moved away: the next attempt must look it up afresh.
+                db._keyspaces.clear()
             key = changed[0][1].get("key")
             if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
                 key = decode_key(key)[1]

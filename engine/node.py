@@ -881,8 +881,9 @@ class Node:
         # Only the keyspace's home sees all its writes: one that moved away from here (its
         # writes go to the new home) or that came here after from_ts (they went elsewhere
         # before) may have changed where this group cannot tell.
-        if replica.sm.fenced(from_ts, reads=[*keys, *(sp[0] for sp in spans)]) is not None:
-            return {"ok": False, "reason": "moved"}
+        moved = replica.sm.fenced(from_ts, reads=[*keys, *(sp[0] for sp in spans)])
+        if moved is not None:
+            return {"ok": False, "reason": "moved", "key": moved}
         store = replica.sm.store
         for key in keys:
             version = store.get_version(key, to_ts)

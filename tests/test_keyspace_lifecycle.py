@@ -456,8 +456,10 @@ async def test_a_snapshot_does_not_move_past_a_move_of_a_keyspace_it_read():
                     await w.put("staying", b"k", b"2")
                 with pytest.raises(errors.TransactionConflictError) as refused:
                     await tx.get("staying", b"k")
-                assert refused.value.reason == "refresh"
+                assert refused.value.reason == "refresh" and "(moved)" in str(refused.value)
+                assert refused.value.key == b"k"
                 await tx.rollback()
+                assert not db._keyspaces  # the next attempt looks "moving" up afresh
 
                 async def both(tx):
                     return [await tx.get("staying", b"k"), await tx.get("moving", b"k")]
