@@ -91,6 +91,19 @@ def _fence_of(cluster, group, ks_id):
     return leader.sm.fence(keyspace_bounds(ks_id)[0])
 
 
+def _fences_out_of_reach(m, refused) -> None:
+    """Makes every client's fence changes that ``refused(group, level)`` picks fail, as if
+    the group were out of reach (``m``: a monkeypatch context)."""
+    fence = engine.client.Database._fence_at
+
+    async def failing(self, group, ks, level, *args, **kwargs):
+        if refused(group, level):
+            raise errors.UnavailableError("out of reach")
+        return await fence(self, group, ks, level, *args, **kwargs)
+
+    m.setattr(engine.client.Database, "_fence_at", failing)
+
+
 def _fail_calls(monkeypatch, db, method):
     """Makes ``db``'s calls of ``method`` fail (as if its node were out of reach)."""
     call = db._call_group
@@ -363,15 +376,8 @@ async def test_a_move_interrupted_after_the_catalog_change_is_finished_by_the_ne
                     await stale.keyspace("g")  # cached: home us-east
                     east = data_group(cluster.config, "us-east")
                     west = data_group(cluster.config, "eu-west")
-                    fence = engine.client.Database._fence_at
-
-                    async def no_lift_no_release(self, group, ks, level, *args, **kwargs):
-                        if level in (0, 3):
-                            raise errors.UnavailableError("out of reach")
-                        return await fence(self, group, ks, level, *args, **kwargs)
-
-                    with monkeypatch.context() as m:
-                        m.setattr(engine.client.Database, "_fence_at", no_lift_no_release)
+                    with monkeypatch.context() as m:  # no lift, no release
+                        _fences_out_of_reach(m, lambda group, level: level in (0, 3))
                         with pytest.raises(errors.UnavailableError, match="out of reach"):
                             await db.move_keyspace("g", "eu-west")
                     moved = await db.keyspace("g")
@@ -612,15 +618,8 @@ async def test_a_move_finished_by_another_client_takes_writes_above_the_old_home
                 await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
                 closed = _spy_fences(db, data_group(cluster.config, "us-east"), 2,
                                      functools.partial(_closed_ahead, cluster, "us-east"))
-                fence = engine.client.Database._fence_at
-
-                async def no_lift(self, group, ks, level, *args, **kwargs):
-                    if level == 0:
-                        raise errors.UnavailableError("out of reach")
-                    return await fence(self, group, ks, level, *args, **kwargs)
-
-                with monkeypatch.context() as m:
-                    m.setattr(engine.client.Database, "_fence_at", no_lift)
+                with monkeypatch.context() as m:  # no lift
+                    _fences_out_of_reach(m, lambda group, level: level == 0)
                     with pytest.raises(errors.UnavailableError, match="out of reach"):
                         await db.move_keyspace("m", "eu-west")
                 assert (await other.keyspace("m")).handoff_ts == closed[0]
@@ -644,15 +643,8 @@ async def test_a_rolled_back_move_takes_writes_in_the_old_home_above_the_copys_f
                 east = data_group(cluster.config, "us-east")
                 closed = _spy_fences(db, data_group(cluster.config, "eu-west"), 2,
                                      functools.partial(_closed_ahead, cluster, "eu-west"))
-                fence = engine.client.Database._fence_at
-
-                async def no_read_fence_in_the_old_home(self, group, ks, level, *args, **kw):
-                    if group == east and level == 2:
-                        raise errors.UnavailableError("out of reach")
-                    return await fence(self, group, ks, level, *args, **kw)
-
-                with monkeypatch.context() as m:
-                    m.setattr(engine.client.Database, "_fence_at", no_read_fence_in_the_old_home)
+                with monkeypatch.context() as m:  # no read fence in the old home
+                    _fences_out_of_reach(m, lambda group, level: group == east and level == 2)
                     with pytest.raises(errors.UnavailableError, match="out of reach"):
                         await db.move_keyspace("m", "eu-west")
                 assert (await db.keyspace("m")).handoff_ts == closed[0]
