@@ -543,7 +543,7 @@ class Database:
             if erased:  # whatever happens next, the record need not name them any more
                 with trio.CancelScope(shield=True), trio.move_on_after(MOVE_ROLLBACK_S):
                     with contextlib.suppress(MeridianError, OSError):
-                        await self._settle(ks, erased, done=False)
+                        await self._settle(ks, erased, done=False, handoff_ts=floor)
         for region in ks.retired:
             # Fenced against reads already: only its erasure waits, which a region out of
             # reach may delay (the next move or drop tries again). The target is left as
@@ -560,7 +560,8 @@ class Database:
             await self._fence_at(new, ks, 0, ks.moved_ts, after=floor)
             return await self._settle(ks, erased)
         # Until this move has let the new group serve reads, it serves none if it is a
-        # retired home (fenced off) and this move's fences there only close it.
+        # retired home (fenced off: keyspace.begin does not leave it listed when a move that
+        # died may have opened it again) and this move's fences there only close it.
         may_serve = home_region not in ks.retired
         try:
             await self._fence_at(old, ks, 1, ks.moved_ts)  # no writes; reads as before

@@ -1277,10 +1277,15 @@ class Node:
                                            f"{MAX_EPOCH} times: it cannot be any more")
             if op == "move":
                 # The target's copy, whatever an earlier move left there, is this move's to
-                # make now (a retired one stays listed until a catalog change makes it home).
+                # make now (a retired one stays listed until a catalog change makes it home,
+                # unless an earlier move to it may have opened it to reads again: then only
+                # this move's fences close it, see Database._move).
                 abandoned = set(ks.abandoned) | {ks.moving_to}
+                retired = set(ks.retired)
+                if to in abandoned:
+                    retired.discard(to)
                 ks = dataclasses.replace(
-                    ks, epoch=ks.epoch + 1, moving_to=to,
+                    ks, epoch=ks.epoch + 1, moving_to=to, retired=tuple(sorted(retired)),
                     abandoned=tuple(sorted(abandoned - {"", to, ks.home})))
             else:
                 ks = dataclasses.replace(ks, epoch=ks.epoch + 1, dropping=True)
@@ -1394,13 +1399,12 @@ class Node:
         epoch its move or drop began at (a fence changed at a higher one refuses it). With
         ``expect``, ``[level, available_from]``, only if the fence is that when the change
         is applied. With ``after``, the entry is stamped above that timestamp (another
-        group's, that this change must follow, see :meth:`_floor`). Answers ``{"ts",
+        group's, that this change must follow, see :meth:`_wait_past`). Answers ``{"ts",
         "done"}``; ``done`` is false when the fence refused the change (nothing changed;
         ``fence`` is the fence found, ``epoch`` its epoch)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
         available_from, epoch = p.get("available_from", 0), p.get("epoch", 0)
-        after = self._floor(p)
         expect = p.get("expect")
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
                 or level not in (0, 1, 2, 3)):
@@ -1415,6 +1419,7 @@ class Node:
             raise InvalidArgumentError("expect must be [level, available_from]")
         if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
             raise InvalidArgumentError(f"epoch must be an int in 0..{MAX_EPOCH}")
+        after = await self._wait_past(p)
         replica._require_leader()
         # The expectation travels in the entry and is checked where it is applied, in log
         # order: no fence change can slip in between the check and the change.
@@ -1438,7 +1443,6 @@ class Node:
         replica = self._replica(p)
         ks_id, txn_id, writes = p.get("keyspace_id"), p.get("txn_id"), p.get("writes")
         epoch = p.get("epoch", 0)
-        after = self._floor(p)
         if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
             raise InvalidArgumentError(f"epoch must be an int in 0..{MAX_EPOCH}")
         if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
@@ -1451,6 +1455,7 @@ class Node:
         lo, hi = keyspace_bounds(ks_id)
         if not all(lo <= k < hi for k, _ in pairs):
             raise InvalidArgumentError(f"a copy writes keys of keyspace {ks_id} only")
+        after = await self._wait_past(p)
         replica._require_leader()
         result = await replica.propose(
             encode_commit(txn_id, 0, max(self.clock.now(), after + 1), pairs, move_copy=True,
@@ -1459,19 +1464,23 @@ class Node:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
 
-    def _floor(self, p) -> int:
+    async def _wait_past(self, p) -> int:
         """A request's ``after`` (0 if absent): a timestamp of another group that the entry it
         proposes must be stamped above. Groups' timestamps are ordered by the frames' clocks
         only as far as the groups' clocks go, and a group's closed timestamp can run ahead
         of its leader's clock (by up to the maximum clock offset), so a move hands a keyspace
-        from one group to another with explicit floors. More than twice the maximum clock
-        offset ahead of this node's clock is refused: no group stamps that far ahead."""
+        from one group to another with explicit floors. This node waits until its clock has
+        passed the floor (a commit wait, so that the group is not pushed ahead of its clock);
+        more than twice the maximum clock offset ahead is refused: no group stamps that far
+        ahead."""
         after = _timestamp(p, "after")
         ahead = after - self.clock.now()
         if ahead > 2 * self.cluster.max_clock_offset_ns:
             raise InvalidArgumentError(
                 f"after {after} is {ahead / 1e6:.1f} ms ahead of node {self.id}'s clock, more "
                 f"than twice the maximum clock offset ({self.cluster.max_clock_offset_ms} ms)")
+        if ahead >= 0:
+            await trio.sleep((ahead + 1) / 1e9)
         return after
 
     async def _keyspace_get(self, p):

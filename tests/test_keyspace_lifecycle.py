@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import engine.client
+import engine.group
 import engine.node
 import engine.replica
 from engine import errors
@@ -91,14 +92,14 @@ def _fence_of(cluster, group, ks_id):
     return leader.sm.fence(keyspace_bounds(ks_id)[0])
 
 
-def _fences_out_of_reach(m, refused) -> None:
+def _fences_out_of_reach(m, refused, error=None) -> None:
     """Makes every client's fence changes that ``refused(group, level)`` picks fail, as if
-    the group were out of reach (``m``: a monkeypatch context)."""
+    the group were out of reach, or with ``error()`` (``m``: a monkeypatch context)."""
     fence = engine.client.Database._fence_at
 
     async def failing(self, group, ks, level, *args, **kwargs):
         if refused(group, level):
-            raise errors.UnavailableError("out of reach")
+            raise error() if error else errors.UnavailableError("out of reach")
         return await fence(self, group, ks, level, *args, **kwargs)
 
     m.setattr(engine.client.Database, "_fence_at", failing)
@@ -652,6 +653,96 @@ async def test_a_rolled_back_move_takes_writes_in_the_old_home_above_the_copys_f
                 await w.put("m", b"k", b"2")
                 await w.commit()
                 assert w.commit_ts > closed[0]
+
+
+def _overtaken():
+    return errors.TransactionConflictError("overtaken, or the client died", "catalog_changed")
+
+
+def _serves_reads(cluster, region: str, ks_id: int) -> bool:
+    """Whether the region's group serves reads of the keyspace's copy (fence level 1, from
+    a timestamp on)."""
+    group = data_group(cluster.config, region)
+    leader = next(n for n in cluster.nodes.values()
+                  if group in n.replicas and n.replicas[group].node.is_leader)
+    level, since = leader.replicas[group].sm.fence(keyspace_bounds(ks_id)[0])
+    return level == 1 and since < engine.group.MAX_TS
+
+
+async def test_an_abandoned_copys_read_fence_outlives_the_move_that_closed_it(monkeypatch):
+    """M1 (us-east to eu-west) opens eu-west's copy to reads, then stops. M2 (back to
+    us-east) fences that abandoned copy off -- while eu-west's timestamps run ahead -- and
+    records it erased, then stops before lifting us-east. M3 finishes: us-east takes writes
+    only above that read fence, which only the record's handoff_ts still knows."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=91) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as other, \
+                cluster.connect("us-east") as third:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                east = data_group(cluster.config, "us-east")
+                west = data_group(cluster.config, "eu-west")
+                with monkeypatch.context() as m:
+                    _fences_out_of_reach(m, lambda group, level: group == east and level == 2,
+                                         _overtaken)
+                    with pytest.raises(errors.TransactionConflictError):
+                        await db.move_keyspace("m", "eu-west")
+                assert _serves_reads(cluster, "eu-west", ks.id)
+                closed = _spy_fences(other, west, 2,
+                                     functools.partial(_closed_ahead, cluster, "eu-west"))
+                with monkeypatch.context() as m:  # no lift
+                    _fences_out_of_reach(m, lambda group, level: level == 0)
+                    with pytest.raises(errors.UnavailableError, match="out of reach"):
+                        await other.move_keyspace("m", "us-east")
+                record = await third.keyspace("m")
+                assert record.abandoned == () and record.handoff_ts >= closed[0]
+                await third.move_keyspace("m", "us-east")
+                w = third.transaction()
+                await w.put("m", b"k", b"2")
+                await w.commit()
+                assert w.commit_ts > closed[0]
+
+
+async def test_a_retired_copy_opened_by_a_move_that_died_is_closed_before_a_rollback_lifts(
+        monkeypatch):
+    """M0 moves us-east to eu-west but cannot erase us-east's copy: us-east is retired. M1
+    moves back, opens us-east's copy to reads ((1, copied_at)) and dies. M2, the same move
+    again, begins while us-east's timestamps run ahead and fails to copy. us-east may have
+    served reads since M1, although it was listed as retired: M2's rollback must fence it
+    off and lift eu-west only above that fence."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=92) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as other:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                east = data_group(cluster.config, "us-east")
+                west = data_group(cluster.config, "eu-west")
+                with monkeypatch.context() as m:  # no erasure in us-east
+                    _fences_out_of_reach(m, lambda group, level: group == east and level == 3)
+                    ks = await db.move_keyspace("m", "eu-west")
+                assert ks.retired == ("us-east",)
+                with monkeypatch.context() as m:  # dies before eu-west's read fence
+                    _fences_out_of_reach(m, lambda group, level: group == west and level == 2,
+                                         _overtaken)
+                    with pytest.raises(errors.TransactionConflictError):
+                        await db.move_keyspace("m", "us-east")
+                assert _serves_reads(cluster, "us-east", ks.id)
+                assert "us-east" in (await other.keyspace("m")).retired
+                closing = _spy_fences(other, east, 1,
+                                      functools.partial(_closed_ahead, cluster, "us-east"))
+
+                async def copy_fails(self, *args, **kwargs):
+                    raise errors.UnavailableError("copy failed")
+
+                with monkeypatch.context() as m:
+                    m.setattr(engine.client.Database, "_copy_keyspace", copy_fails)
+                    with pytest.raises(errors.UnavailableError, match="copy failed"):
+                        await other.move_keyspace("m", "us-east")
+                assert (await other.keyspace("m")).home == "eu-west"
+                w = other.transaction()
+                await w.put("m", b"k", b"2")
+                await w.commit()
+                assert w.commit_ts > closing[-1]
 
 
 def _pause_at(db, method, *, before=False):
