@@ -670,12 +670,12 @@ class Database:
     async def _fence_at(self, group: int, ks: Keyspace, level: int,
                         available_from: int = 0, *, after: int = 0) -> dict:
         """Sets the keyspace's fence in ``group`` (see engine.group, FENCE) at the epoch of
-        the move or drop that ``ks`` is the record of, with an entry stamped above
-        ``after``. Answers the node's reply: ``ts``, a
-        timestamp of the group at or after the change (a level 2 fence's stamp), and
-        ``done``: false when the fence did not change, with ``fence``, the ``[level,
-        available_from]`` found. Raises :class:`~engine.errors.TransactionConflictError`,
-        reason ``catalog_changed``, if a newer move or drop has changed this fence since."""
+        the move or drop that ``ks`` is the record of, with an entry stamped above ``after``.
+        Answers the node's reply: ``ts``, a timestamp of the group at or after the change (a
+        level 2 fence's stamp), and ``done``: false when the fence did not change, with
+        ``fence``, the ``[level, available_from]`` found. Raises
+        :class:`~engine.errors.TransactionConflictError`, reason ``catalog_changed``, if a
+        newer move or drop has changed this fence since."""
         payload = {"group": group, "keyspace_id": ks.id, "level": level,
                    "available_from": available_from, "epoch": ks.epoch}
         if after:

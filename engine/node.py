@@ -1305,11 +1305,9 @@ class Node:
         ``catalog_changed``). A record already at ``home`` at that epoch (the same call run
         again) is answered as it is."""
         name, key, expect_id, epoch = self._catalog_step(p)
-        home, moved_ts = p.get("home"), p.get("moved_ts", 0)
+        home = p.get("home")
         data_group(self.cluster, home)  # validates the region name
-        handoff_ts = _timestamp(p, "handoff_ts")
-        if type(moved_ts) is not int or not 0 <= moved_ts <= MAX_TS:
-            raise InvalidArgumentError("moved_ts must be a timestamp")
+        moved_ts, handoff_ts = _timestamp(p, "moved_ts"), _timestamp(p, "handoff_ts")
 
         def body(meta, ts):
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
