@@ -580,6 +580,14 @@ async def test_a_move_hands_over_above_the_old_homes_timestamps_when_they_run_ah
                 assert after.commit_ts > closed[0]
 
 
+async def _write_lands_above(db, stamp: int) -> None:
+    """A write of key k of keyspace m, through ``db``, commits above ``stamp``."""
+    w = db.transaction()
+    await w.put("m", b"k", b"2")
+    await w.commit()
+    assert w.commit_ts > stamp
+
+
 async def _put_both(tx, value):
     await tx.put("m", b"k", value)
     await tx.put("m", b"k2", value)
@@ -625,10 +633,7 @@ async def test_a_move_finished_by_another_client_takes_writes_above_the_old_home
                         await db.move_keyspace("m", "eu-west")
                 assert (await other.keyspace("m")).handoff_ts == closed[0]
                 await other.move_keyspace("m", "eu-west")
-                w = other.transaction()
-                await w.put("m", b"k", b"2")
-                await w.commit()
-                assert w.commit_ts > closed[0]
+                await _write_lands_above(other, closed[0])
 
 
 async def test_a_rolled_back_move_takes_writes_in_the_old_home_above_the_copys_fence(
@@ -649,10 +654,7 @@ async def test_a_rolled_back_move_takes_writes_in_the_old_home_above_the_copys_f
                     with pytest.raises(errors.UnavailableError, match="out of reach"):
                         await db.move_keyspace("m", "eu-west")
                 assert (await db.keyspace("m")).handoff_ts == closed[0]
-                w = db.transaction()
-                await w.put("m", b"k", b"2")
-                await w.commit()
-                assert w.commit_ts > closed[0]
+                await _write_lands_above(db, closed[0])
 
 
 def _overtaken():
@@ -697,10 +699,7 @@ async def test_an_abandoned_copys_read_fence_outlives_the_move_that_closed_it(mo
                 record = await third.keyspace("m")
                 assert record.abandoned == () and record.handoff_ts >= closed[0]
                 await third.move_keyspace("m", "us-east")
-                w = third.transaction()
-                await w.put("m", b"k", b"2")
-                await w.commit()
-                assert w.commit_ts > closed[0]
+                await _write_lands_above(third, closed[0])
 
 
 async def test_a_retired_copy_opened_by_a_move_that_died_is_closed_before_a_rollback_lifts(
@@ -739,10 +738,7 @@ async def test_a_retired_copy_opened_by_a_move_that_died_is_closed_before_a_roll
                     with pytest.raises(errors.UnavailableError, match="copy failed"):
                         await other.move_keyspace("m", "us-east")
                 assert (await other.keyspace("m")).home == "eu-west"
-                w = other.transaction()
-                await w.put("m", b"k", b"2")
-                await w.commit()
-                assert w.commit_ts > closing[-1]
+                await _write_lands_above(other, closing[-1])
 
 
 def _pause_at(db, method, *, before=False):
