@@ -155,6 +155,8 @@ COPY_PAGE = 1000
 """Keys per page when a keyspace's data is copied to its new home."""
 MOVE_ROLLBACK_S = 5.0
 """How long a failed keyspace move tries to lift its fence in the old home."""
+FENCE_ATTEMPTS = 3
+"""How many times a move or drop sends one fence change whose outcome came back unknown."""
 MAX_MERGE_TS = 2**64 - 2
 """The timestamp a transaction's own pending regional write is merged at when it reads it
 back (above every committed write: its own is the newest it can see)."""
@@ -675,12 +677,22 @@ class Database:
         level 2 fence's stamp), and ``done``: false when the fence did not change, with
         ``fence``, the ``[level, available_from]`` found. Raises
         :class:`~engine.errors.TransactionConflictError`, reason ``catalog_changed``, if a
-        newer move or drop has changed this fence since."""
+        newer move or drop has changed this fence since. A change whose outcome came back
+        unknown (:class:`~engine.errors.AmbiguousCommitError`) is sent again, up to
+        :data:`FENCE_ATTEMPTS` times in all."""
         payload = {"group": group, "keyspace_id": ks.id, "level": level,
                    "available_from": available_from, "epoch": ks.epoch}
         if after:
             payload["after"] = after
-        reply = await self._call_group(group, "keyspace.fence", payload)
+        for attempt in range(1, FENCE_ATTEMPTS + 1):
+            try:
+                reply = await self._call_group(group, "keyspace.fence", payload)
+                break
+            except AmbiguousCommitError:
+                # Whether it applied is unknown. Sent again at this epoch, it applies, or
+                # is refused as no step forward, the fence found showing it (done false).
+                if attempt == FENCE_ATTEMPTS:
+                    raise
         if not reply.get("done", True) and reply.get("epoch", 0) > ks.epoch:
             raise TransactionConflictError(
                 f"keyspace {ks.name!r}: a newer move or drop of it began (its epoch is "

@@ -741,6 +741,34 @@ async def test_a_retired_copy_opened_by_a_move_that_died_is_closed_before_a_roll
                 await _write_lands_above(other, closing[-1])
 
 
+async def test_a_move_goes_on_after_a_fence_change_whose_outcome_was_lost():
+    """The old home's read fence applies, but its answer comes back unknown (as when the
+    entry is covered by a snapshot its leader installed): the move sends it again, which
+    the fence refuses as no step forward at this epoch, and goes on to the end."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=76) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("m", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"1"))
+                east = data_group(cluster.config, "us-east")
+                call = db._call_group
+                lost = []
+
+                async def answer_lost(group, method, payload, **options):
+                    reply = await call(group, method, payload, **options)
+                    if (method == "keyspace.fence" and group == east and payload["level"] == 2
+                            and not lost):
+                        lost.append(reply)
+                        raise errors.AmbiguousCommitError("the outcome is unknown")
+                    return reply
+
+                db._call_group = answer_lost
+                assert (await db.move_keyspace("m", "eu-west")).home == "eu-west"
+                assert lost and lost[0]["done"]
+                await db.run_transaction(lambda tx: tx.put("m", b"k", b"2"))
+                assert await db.read("m", b"k") == b"2"
+
+
 def _pause_at(db, method, *, before=False):
     """Makes ``db``'s next call of ``method`` wait (before it is sent, or once its answer
     came) until the second returned event is set: a client delayed there. The first returned
