@@ -511,12 +511,13 @@ class Database:
         fenced against writes until a move or drop ends it. A move or drop of the keyspace
         that begins meanwhile overtakes this one: before the catalog change, this call then
         fails with :class:`~engine.errors.TransactionConflictError`, reason
-        ``catalog_changed``, and
-        leaves every fence to the newer one; after it, it returns the record it made, and the
-        newer one finishes step 5. If this call fails otherwise, or this client dies midway,
-        the keyspace stays fenced until a move (this one run again, or one to anywhere, its
-        current home included) or a drop ends it, which needs every region where a copy may
-        serve reads (:attr:`~engine.catalog.Keyspace.abandoned`) in reach.
+        ``catalog_changed``, and leaves every fence to the newer one; after it, it returns
+        the record it made, and the newer one finishes step 5. If this call fails otherwise,
+        or this client dies midway, the keyspace stays fenced until a move (this one run
+        again, or one to anywhere, its current home included) or a drop ends it, which needs
+        every region where a copy may serve reads (:attr:`~engine.catalog.Keyspace.abandoned`)
+        in reach. Each group that takes the keyspace over stamps its first entries above the
+        last read another copy served (:attr:`~engine.catalog.Keyspace.handoff_ts`).
         """
         if home_region not in self.regions:
             raise InvalidArgumentError(f"unknown region {home_region!r} (regions: "

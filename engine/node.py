@@ -1402,16 +1402,14 @@ class Node:
         ``fence`` is the fence found, ``epoch`` its epoch)."""
         replica = self._replica(p)
         ks_id, level = p.get("keyspace_id"), p.get("level")
-        available_from, epoch = p.get("available_from", 0), p.get("epoch", 0)
-        expect = p.get("expect")
+        epoch, expect = p.get("epoch", 0), p.get("expect")
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
                 or level not in (0, 1, 2, 3)):
             raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0..3")
         if self.placement[replica.group].kind == "meta":
             raise InvalidArgumentError(f"group {replica.group} holds the catalog, not "
                                        f"keyspaces: it has no fences")
-        if type(available_from) is not int or not 0 <= available_from <= MAX_TS:
-            raise InvalidArgumentError("available_from must be a timestamp")
+        available_from = _timestamp(p, "available_from")
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2
                                        and all(type(v) is int for v in expect)):
             raise InvalidArgumentError("expect must be [level, available_from]")
