@@ -15,13 +15,15 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "REPO_ROOT",
     "RESULTS_DIR",
     "SCHEMA",
+    "comma_list",
     "describe_machine",
     "filesystem_of",
     "format_rate",
@@ -58,6 +60,34 @@ def int_range(lo: int, hi: int, what: str = ""):
             raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo}..{hi}")
         return v
     return conv
+
+
+def comma_list(conv: Callable[[str], Any] = str, *,
+               valid: Callable[[Any], bool] | None = None, expect: str = "",
+               unique: bool = False):
+    """An argparse ``type`` for a comma-separated list (``1,8,32``): each item through
+    ``conv`` (a ValueError from it is a bad item) and then ``valid``; with ``unique``, sorted
+    without repeats. The error for a bad item says what each must be (``expect``); an empty
+    list is an error too. (argparse names the option.)"""
+
+    def parse(text: str) -> list:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        values = []
+        for item in items:
+            try:
+                value = conv(item)
+            except ValueError:
+                value, ok = None, False
+            else:
+                ok = valid is None or valid(value)
+            if not ok:
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not {expect or 'valid'} (in {text!r})")
+            values.append(value)
+        return sorted(set(values)) if unique else values
+    return parse
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -55,6 +55,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bench._common import comma_list
 from bench.wgl import HistoryError, load_history, pair_operations, run_checker
 
 __all__ = [
@@ -219,7 +220,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("history", metavar="HISTORY.jsonl",
                         help="history in the JSON-lines shape of FAULTS.md §4")
     parser.add_argument("--accounts", required=True, metavar="A,B,...",
-                        type=lambda text: [_account(a) for a in text.split(",") if a],
+                        type=comma_list(_account),
                         help="every account, comma-separated")
     parser.add_argument("--total", required=True, type=json.loads, metavar="N",
                         help="the sum of all balances")

@@ -136,8 +136,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--duration", type=float, help="measured seconds per run (3 quick, 10 full)")
     p.add_argument("--warmup", type=float, help="seconds excluded at the start (1 quick, 2 full)")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                   type=_common.comma_list(int, valid=lambda c: 1 <= c <= 256,
+                                           expect="a whole number in 1..256"),
                    help="comma-separated clients per region (default 1,32)")
-    p.add_argument("--regions", default="us-east,eu-west,ap-south")
+    p.add_argument("--regions", default="us-east,eu-west,ap-south",
+                   type=_common.comma_list())
     p.add_argument("--nodes-per-region", type=int, default=3)
     p.add_argument("--workdir", help="where the cluster directory goes (default: beside "
                    "bench/results, on the same file system)")
@@ -146,13 +149,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"--concurrency must be comma-separated integers: {args.concurrency!r}")
-    if not levels or any(c < 1 or c > 256 for c in levels):
-        raise SystemExit("--concurrency values must be between 1 and 256")
-    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    levels, regions = args.concurrency, tuple(args.regions)
     duration = args.duration or (3.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     if duration <= 0 or warmup < 0:

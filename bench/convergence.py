@@ -93,6 +93,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench._common import comma_list
 from bench.wgl import HistoryError, _freeze, _thaw, load_history, pair_operations, run_checker
 
 __all__ = [
@@ -475,7 +476,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="history in the JSON-lines shape of FAULTS.md §4")
     parser.add_argument("--resolver", choices=RESOLVERS, default="lww",
                         help="the keyspace's resolver (default: %(default)s)")
-    parser.add_argument("--regions", type=lambda t: [r for r in t.split(",") if r],
+    parser.add_argument("--regions", type=comma_list(),
                         default=None, metavar="A,B,...",
                         help="every region: each must read each key written (default: not checked)")
     parser.add_argument("--max-reported", type=int, default=DEFAULT_MAX_REPORTED, metavar="N",

@@ -135,8 +135,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="one short repetition (about a minute for all systems)")
     p.add_argument("--json", metavar="FILE", help="write the results document here")
     p.add_argument("--systems", default=",".join(SYSTEMS),
+                   type=_common.comma_list(valid=SYSTEMS.__contains__,
+                                           expect=f"one of {','.join(SYSTEMS)}"),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                   type=_common.comma_list(int, valid=lambda c: 1 <= c <= 1024,
+                                           expect="a whole number in 1..1024"),
                    help="comma-separated client counts (default 1,16,128)")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 3 quick, "
                    "8 full)")
@@ -148,23 +152,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _parse_list(text: str, allowed=None, conv=str) -> list:
-    items = [conv(x.strip()) for x in text.split(",") if x.strip()]
-    if allowed is not None:
-        bad = [x for x in items if x not in allowed]
-        if bad:
-            raise SystemExit(f"unknown system(s) {bad}; choose from {','.join(allowed)}")
-    return items
-
-
 def main(args: argparse.Namespace) -> int:
-    systems = _parse_list(args.systems, SYSTEMS)
-    try:
-        levels = _parse_list(args.concurrency, conv=int)
-    except ValueError:
-        raise SystemExit(f"--concurrency must be comma-separated integers: {args.concurrency!r}")
-    if not levels or any(c < 1 or c > 1024 for c in levels):
-        raise SystemExit("--concurrency values must be between 1 and 1024")
+    systems, levels = args.systems, args.concurrency
     duration = args.duration or (3.0 if args.quick else 8.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     repeat = args.repeat or (1 if args.quick else 3)

@@ -50,29 +50,28 @@ FULL = {"clients": (1, 2, 4, 8, 16, 32, 64, 128), "regions": (1, 2, 3),
         "clients_per_region": 32, "duration": 8.0, "warmup": 2.0, "records": 100_000}
 
 
-def _levels(text: str, lo: int, hi: int, what: str) -> list[int]:
-    try:
-        items = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers") from None
-    if not items or any(not lo <= x <= hi for x in items):
-        raise argparse.ArgumentTypeError(f"{what} values must be between {lo} and {hi}")
-    return items
+def _levels(lo: int, hi: int):
+    return _common.comma_list(int, valid=lambda x: lo <= x <= hi,
+                              expect=f"a whole number in {lo}..{hi}", unique=True)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "scale", help="YCSB A throughput and p99 against clients (1..128) and regions (1..3)",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("--clients", type=lambda t: _levels(t, 1, 1024, "--clients"),
+    p.add_argument("--clients", type=_levels(1, 1024),
                    help="client counts of the clients axis (default 1,8,32,128 quick)")
-    p.add_argument("--regions", type=lambda t: _levels(t, 1, 3, "--regions"),
+    p.add_argument("--regions", type=_levels(1, 3),
                    help="region counts of the regions axis (default 1,2,3)")
-    p.add_argument("--clients-per-region", type=lambda t: _levels(t, 1, 512, "clients")[0],
+    p.add_argument("--clients-per-region", type=_common.int_range(1, 512),
                    help="clients per region on the regions axis (default 16 quick, 32 full)")
     p.add_argument("--axes", default="clients,regions",
+                   type=_common.comma_list(valid=("clients", "regions").__contains__,
+                                           expect="clients or regions"),
                    help="which axes to run: clients, regions or both (default)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
+                   type=_common.comma_list(valid=SYSTEMS.__contains__,
+                                           expect=f"one of {','.join(SYSTEMS)}"),
                    help="systems of the clients axis (the regions axis is Meridian's)")
     parse_args_common(p)
     p.set_defaults(func=main)
@@ -88,12 +87,7 @@ def _row(system: str, axis: str, clients: int, regions: int, row: dict) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    axes = [a.strip() for a in args.axes.split(",") if a.strip()]
-    if not axes or any(a not in ("clients", "regions") for a in axes):
-        raise SystemExit("error: --axes takes clients, regions or clients,regions")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if not systems or any(s not in SYSTEMS for s in systems):
-        raise SystemExit(f"error: --systems takes a subset of {','.join(SYSTEMS)}")
+    axes, systems = args.axes, args.systems
     if args.nodes and "regions" in axes:
         raise SystemExit("error: the regions axis starts its own clusters; with --nodes use "
                          "--axes clients")

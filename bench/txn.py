@@ -447,12 +447,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--json", metavar="FILE", help="write the results document here")
     p.add_argument("--duration", type=float, help="measured seconds per run (3 quick, 10 full)")
     p.add_argument("--warmup", type=float, help="seconds excluded at the start (1 quick, 2 full)")
-    p.add_argument("--concurrency", help="comma-separated clients per region (default 1,8; "
-                   "full run 1,8,32)")
+    p.add_argument("--concurrency",
+                   type=_common.comma_list(int, valid=lambda c: 1 <= c <= 256,
+                                           expect="a whole number in 1..256"),
+                   help="comma-separated clients per region (default 1,8; full run 1,8,32)")
     p.add_argument("--workloads", default=",".join(WORKLOADS + ("contention",)),
+                   type=_common.comma_list(valid=(*WORKLOADS, "contention").__contains__,
+                       expect=f"one of {','.join(WORKLOADS + ('contention',))}"),
                    help="comma-separated subset of "
                         f"{','.join(WORKLOADS + ('contention',))} (default: all)")
-    p.add_argument("--thetas", help="comma-separated zipfian θ of the contention sweep "
+    p.add_argument("--thetas", type=_common.comma_list(float,
+                                                       valid=lambda t: 0 <= t <= 10,
+                                                       expect="a number in [0, 10]"),
+                   help="comma-separated zipfian θ of the contention sweep "
                    f"(quick {','.join(map(str, THETAS_QUICK))}; "
                    f"full {','.join(map(str, THETAS_FULL))})")
     p.add_argument("--contention-keys", type=int, default=CONTENTION_KEYS,
@@ -463,22 +470,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--isolation", choices=("snapshot", "serializable"), default="snapshot")
     p.add_argument("--lag-samples", type=int,
                    help="replication-lag samples per ordered pair of regions (20 quick, 50 full)")
-    p.add_argument("--regions", default="us-east,eu-west,ap-south")
+    p.add_argument("--regions", default="us-east,eu-west,ap-south",
+                   type=_common.comma_list())
     p.add_argument("--nodes-per-region", type=int, default=3)
     p.add_argument("--wan-latency-ms", metavar="MS,MS,...",
+                   type=_common.comma_list(float, valid=lambda m: m >= 0,
+                                           expect="a number >= 0"),
                    help="one-way latency of each pair of regions, in the order (1st,2nd), "
                         "(1st,3rd), ..., (2nd,3rd), ... (default 35,70,110)")
     p.add_argument("--workdir", help="where the cluster directory goes (default: beside "
                    "bench/results, on the same file system)")
     p.set_defaults(func=main)
     return p
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"{what} must be comma-separated numbers: {text!r}") from None
 
 
 @contextlib.contextmanager
@@ -500,26 +503,17 @@ def _running_cluster(base: str, regions: tuple[str, ...], nodes_per_region: int,
 
 def main(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
-    levels = [int(c) for c in _floats(args.concurrency or ("1,8" if quick else "1,8,32"),
-                                      "--concurrency")]
-    if not levels or any(c < 1 or c > 256 for c in levels):
-        raise SystemExit("--concurrency values must be between 1 and 256")
-    thetas = _floats(args.thetas, "--thetas") if args.thetas else list(
-        THETAS_QUICK if quick else THETAS_FULL)
-    if any(t < 0 or t > 10 for t in thetas):
-        raise SystemExit("--thetas values must be between 0 and 10")
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = set(wanted) - set(WORKLOADS) - {"contention"}
-    if unknown:
-        raise SystemExit(f"unknown workload(s) {sorted(unknown)}")
-    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    levels = args.concurrency or ([1, 8] if quick else [1, 8, 32])
+    thetas = args.thetas or list(THETAS_QUICK if quick else THETAS_FULL)
+    wanted = args.workloads
+    regions = tuple(args.regions)
     if len(regions) < 2:
         raise SystemExit("--regions needs at least two regions")
     wan = None
     if args.wan_latency_ms:
-        ms = _floats(args.wan_latency_ms, "--wan-latency-ms")
+        ms = args.wan_latency_ms
         pairs = [(a, b) for i, a in enumerate(regions) for b in regions[i + 1:]]
-        if len(ms) != len(pairs) or any(m < 0 for m in ms):
+        if len(ms) != len(pairs):
             raise SystemExit(f"--wan-latency-ms needs {len(pairs)} values >= 0 (one per pair "
                              f"of regions)")
         wan = dict(zip(pairs, ms))

@@ -106,36 +106,19 @@ def _median_of(values) -> float | None:
 # ------------------------------------------------------------------------------- arguments
 
 
-def _csv(text: str, conv, what: str) -> list:
-    try:
-        items = [conv(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list: {text!r}") \
-            from None
-    if not items:
-        raise argparse.ArgumentTypeError(f"{what}: give at least one value")
-    return items
+_clients = _common.comma_list(int, valid=lambda c: 1 <= c <= 1024,
+                               expect="a whole number in 1..1024")
+_fractions = _common.comma_list(float, valid=lambda f: 0 < f <= 5,
+                                expect="a number in (0, 5]")
+_thetas = _common.comma_list(float, valid=lambda t: 0 <= t <= 2,
+                             expect="a zipfian θ in [0, 2]")
 
 
-def _clients(text: str) -> list[int]:
-    items = _csv(text, int, "--clients")
-    if any(not 1 <= c <= 1024 for c in items):
-        raise argparse.ArgumentTypeError("--clients values must be between 1 and 1024")
-    return items
-
-
-def _fractions(text: str) -> list[float]:
-    items = _csv(text, float, "--open-fractions")
-    if any(not 0 < f <= 5 for f in items):
-        raise argparse.ArgumentTypeError("--open-fractions values must be in (0, 5]")
-    return items
-
-
-def _thetas(text: str) -> list[float]:
-    items = _csv(text, float, "--sweep-theta")
-    if any(not 0 <= t <= 2 for t in items):
-        raise argparse.ArgumentTypeError("zipfian θ must be in [0, 2]")
-    return items
+def _theta(text: str) -> float:
+    values = _thetas(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError("one value only (--sweep-theta takes a list)")
+    return values[0]
 
 
 def _positive_float(text: str) -> float:
@@ -158,15 +141,12 @@ def _nonneg_float(text: str) -> float:
     return v
 
 
-def _nodes(text: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    for x in items:
-        host, sep, port = x.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise argparse.ArgumentTypeError(f"{x!r} is not host:port")
-    if not items:
-        raise argparse.ArgumentTypeError("--nodes needs at least one host:port")
-    return items
+def _is_address(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+_nodes = _common.comma_list(valid=_is_address, expect="host:port")
 
 
 def parse_args_common(p: argparse.ArgumentParser) -> None:
@@ -200,11 +180,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="YCSB core workload (default A)")
     p.add_argument("--distribution", choices=DISTRIBUTIONS,
                    help="key distribution (default: the workload's)")
-    p.add_argument("--theta", type=lambda t: _thetas(t)[0], default=0.99,
+    p.add_argument("--theta", type=_theta, default=0.99,
                    help="zipfian θ, 0..2 (default 0.99)")
     p.add_argument("--sweep-theta", type=_thetas, metavar="θ,...",
                    help="contention sweep: repeat the closed loop at each zipfian θ")
     p.add_argument("--systems", default=",".join(SYSTEMS),
+                   type=_common.comma_list(valid=SYSTEMS.__contains__,
+                                           expect=f"one of {','.join(SYSTEMS)}"),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--clients", type=_clients, help="closed-loop client counts (default 32 "
                    "quick, 1,16,64 full)")
@@ -516,10 +498,7 @@ def plots_dir(args) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in systems if s not in SYSTEMS]
-    if bad or not systems:
-        raise SystemExit(f"error: unknown system(s) {bad}; choose from {','.join(SYSTEMS)}")
+    systems = args.systems
     if args.distribution == "latest" and args.workload not in ("D",):
         print("note: 'latest' reads what was inserted last; only workload D inserts",
               file=sys.stderr)
