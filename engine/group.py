@@ -616,7 +616,9 @@ class GroupStateMachine:
                 batch.trim_outbox()
             elif kind == CMD_REMOTE:
                 batch.flush(results)
-                ts = self._close(cmd[2])
+                # Closed up to the batch's last write at least: a local commit that read one
+                # of its values lands above it (last writer wins keeps causal order).
+                ts = self._close(max(cmd[2], cmd[4]))
                 results[slot] = batch.remote(cmd[1], cmd[3], cmd[4], cmd[5], ts)
             elif kind == CMD_FENCE:
                 ts = self._close(cmd[1])
@@ -1274,7 +1276,7 @@ class _Batch:
 
     def _plan_merges(self, writes, *, refuse_each: bool = False,
                      cells: dict[bytes, Cell | None] | None = None,
-                     compact: bool = False) -> list | str:
+                     compact: bool = False, check_size: bool = True) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
         cells without changing anything: ``(key, resolver, new cell, conflict, write, encoded
@@ -1306,7 +1308,7 @@ class _Batch:
                 if compact:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
                 encoded = encode_cell(cell)  # written as is by _apply_merges
-                if len(encoded) > MAX_VALUE_SIZE:
+                if check_size and len(encoded) > MAX_VALUE_SIZE:
                     raise InvalidArgumentError(
                         f"the merged cell would take over {MAX_VALUE_SIZE} bytes")
             except (InvalidArgumentError, CorruptStateError) as exc:
@@ -1392,7 +1394,10 @@ class _Batch:
         # A payload no cell could take (no honest origin commits one) refuses the batch: the
         # plan against no cells at all fails on it. A write this group's cells cannot take is
         # refused alone (see _plan_merges).
-        problem = self._plan_merges(fresh, cells={key: None for key, _, _ in fresh})
+        # (Payloads only: what size a cell grows to depends on the cells here, and on
+        # compaction, neither of which this plan has.)
+        problem = self._plan_merges(fresh, cells={key: None for key, _, _ in fresh},
+                                    check_size=False)
         if isinstance(problem, str):
             return CommitResult(Outcome.INVALID, ts, problem)
         # The stream from one origin group carries its region's writes alone, in commit order,

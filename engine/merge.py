@@ -40,9 +40,9 @@ bytes, so regions can compare checksums)::
 * ``counter``: ``[[origin, base_ts, base_sum, [[ts, delta], ...]], ...]`` sorted by origin,
   contributions sorted by ts (``base_sum`` is an int, or a decimal string outside int64);
 * ``max``: ``[value, ts, origin]`` — the maximum and the write that holds it;
-* ``add_wins_set``: ``[[[elem, [[ts, origin], ...]], ...], [[elem, ts, origin], ...],
-  [[origin, floor_ts], ...]]`` — live elements with their add tags, removed tags
-  (tombstones), per-origin floors; every list sorted.
+* ``add_wins_set``: ``[[[elem, [[ts, origin], ...]], ...], [[elem, [[ts, origin], ...]],
+  ...], [[origin, floor_ts], ...]]`` — live elements with their add tags, removed tags
+  (tombstones) by element, per-origin floors; every list sorted.
 
 :func:`decode_cell` accepts exactly these encodings and raises
 :class:`~engine.errors.CorruptStateError` for anything else (including a non-canonical
@@ -448,12 +448,16 @@ def _normalize(kind: object, ts: int, origin: str, state: object,
             fail("set elements are not sorted")
         tombstones = []
         for item in state[1]:
-            if not (_is_seq(item, 3) and isinstance(item[0], bytes) and _is_tag(item[1:])):
+            if not (_is_seq(item, 2) and isinstance(item[0], bytes) and _is_seq(item[1])
+                    and item[1] and all(_is_tag(t) for t in item[1])):
                 fail(f"bad set tombstone {item!r}")
-            tombstones.append((item[0], item[1], item[2]))
-        if not _strictly_sorted(tombstones):
+            tags = tuple((t[0], t[1]) for t in item[1])
+            if not _strictly_sorted(tags):
+                fail("set tombstone tags are not sorted")
+            tombstones.append((item[0], tags))
+        if not _strictly_sorted([e for e, _ in tombstones]):
             fail("set tombstones are not sorted")
-        removed = set(tombstones)
+        removed = {(e, *tag) for e, tags in tombstones for tag in tags}
         if any((e, *tag) in removed for e, tags in elements for tag in tags):
             fail("a live set tag is also a tombstone")
         floors = []
@@ -756,12 +760,12 @@ class AddWinsSet(Resolver):
     """An observed-remove set of byte strings in which a concurrent add wins.
 
     State: ``elements`` (each live element with the tags of the adds that put it there),
-    ``tombstones`` (``(elem, ts, origin)`` of every removed tag not yet below its origin's
-    floor) and ``floors`` (per origin: every add of that origin at or below it has been
-    merged, set by :meth:`compact`). An element is present while it has a tag. A remove lists
-    the tags its origin observed and removes only those, so an add its origin had not seen
-    survives (add wins); the tombstones make "remove, then the add it removed" and duplicate
-    adds come out as "add, then remove".
+    ``tombstones`` (per element, the ``(ts, origin)`` of each removed tag not yet below
+    its origin's floor) and ``floors`` (per origin: every add of that origin at or below it
+    has been merged, set by :meth:`compact`). An element is present while it has a tag. A
+    remove lists the tags its origin observed and removes only those, so an add its origin
+    had not seen survives (add wins); the tombstones make "remove, then the add it removed"
+    and duplicate adds come out as "add, then remove".
     """
 
     name = "add_wins_set"
@@ -809,7 +813,7 @@ class AddWinsSet(Resolver):
             version = write.version
         else:
             elements = {e: set(tags) for e, tags in cell.state[0]}
-            tombstones = set(cell.state[1])
+            tombstones = {(e, *tag) for e, tags in cell.state[1] for tag in tags}
             floors = dict(cell.state[2])
             version = _max_version(cell, write)
         if op == "add":
@@ -832,8 +836,14 @@ class AddWinsSet(Resolver):
     @staticmethod
     def _state(elements: Mapping[bytes, Iterable[VersionId]],
                tombstones: Iterable[tuple[bytes, int, str]], floors: Mapping[str, int]) -> tuple:
+        # Tombstones are grouped by element: the element's bytes are held once, not once
+        # per removed tag (an element added many times would otherwise multiply its size).
+        removed: dict[bytes, list[VersionId]] = {}
+        for e, ts, origin in sorted(tombstones):
+            removed.setdefault(e, []).append((ts, origin))
         return (tuple((e, tuple(sorted(tags))) for e, tags in sorted(elements.items()) if tags),
-                tuple(sorted(tombstones)), tuple(sorted(floors.items())))
+                tuple((e, tuple(tags)) for e, tags in removed.items()),
+                tuple(sorted(floors.items())))
 
     def _value(self, cell: Cell) -> bytes:
         return msgpack.packb([e for e, _ in cell.state[0]], use_bin_type=True)
@@ -844,7 +854,8 @@ class AddWinsSet(Resolver):
         for o, watermark in stable.items():
             if watermark > floors.get(o, 0):
                 floors[o] = _check_ts(watermark, f"watermark of {o!r}")
-        tombstones = [t for t in cell.state[1] if t[1] > floors.get(t[2], 0)]
+        tombstones = [(e, *t) for e, tags in cell.state[1] for t in tags
+                      if t[0] > floors.get(t[1], 0)]
         return Cell(self.kind, cell.ts, cell.origin,
                     self._state(dict(cell.state[0]), tombstones, floors))
 

@@ -294,7 +294,7 @@ def test_set_compaction_drops_tombstones_but_keeps_re_deliveries_out():
     aws = AddWinsSet()
     a, rm = add(b"x", 1, US), remove(b"x", [(1, US)], 2, EU)
     cell = fold(aws, [a, rm])
-    assert cell.state[1] == ((b"x", 1, US),)
+    assert cell.state[1] == ((b"x", ((1, US),)),)
     compacted = aws.compact(cell, {US: 1, EU: 2})
     assert compacted.state == ((), (), ((EU, 2), (US, 1)))
     assert aws.merge(compacted, a)[0] == compacted
