@@ -471,7 +471,14 @@ class Database:
                     # Never below the move's copy: a replica that has not applied it yet waits
                     # for it, or lets the group's voters answer.
                     payload["min_ts"] = ks.moved_ts
-            reply = await self._call_local(group, "read", payload)
+            try:
+                reply = await self._call_local(group, "read", payload)
+            except TransactionConflictError as exc:
+                if exc.reason != "too_old" or kind != "exact":
+                    raise
+                # A time further back than the group keeps versions for: unlike a
+                # transaction's snapshot, no retry brings it within reach.
+                raise InvalidArgumentError(f"staleness {staleness!r}: {exc}") from None
         value = reply["values"][0]
         if ks.mode == "regional":
             cell = None if value is None else decode_cell(value)

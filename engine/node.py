@@ -601,7 +601,8 @@ class Node:
         data)."""
         try:
             yield
-        except InvalidArgumentError:  # e.g. below a watermark that an install brought
+        except (InvalidArgumentError, TransactionConflictError):
+            # e.g. below a watermark that an install brought: refused for the install
             self._check_generation(replica, generation)
             raise
         self._check_generation(replica, generation)
@@ -866,9 +867,16 @@ class Node:
                 for sp in spans):
             raise InvalidArgumentError("spans must be [start, end, limit] lists")
         replica._require_leader()
-        if from_ts < replica.sm.low_water:
+        store = replica.sm.store
+
+        def too_old() -> bool:
             # Versions at from_ts may be garbage-collected (a delete with everything before
-            # it): a key that changed would look unchanged.
+            # it): a key that changed would look unchanged. Checked again after the reads:
+            # the low water rises and the GC runs while this waits, and a GC step publishes
+            # its watermark before it deletes anything (from a worker thread).
+            return from_ts < max(replica.sm.low_water, store.gc_watermark)
+
+        if too_old():
             return {"ok": False, "reason": "too_old"}
         await self._wait_closed(replica, to_ts)
         # A pending transaction prepared at or below to_ts may commit in the window: wait
@@ -884,7 +892,6 @@ class Node:
         moved = replica.sm.fenced(from_ts, reads=[*keys, *(sp[0] for sp in spans)])
         if moved is not None:
             return {"ok": False, "reason": "moved", "key": moved}
-        store = replica.sm.store
         for key in keys:
             version = store.get_version(key, to_ts)
             if version is not None and version[0] > from_ts:
@@ -893,6 +900,8 @@ class Node:
             if (store.scan(start, end, from_ts, limit=limit)
                     != store.scan(start, end, to_ts, limit=limit)):
                 return {"ok": False, "reason": "changed"}
+        if too_old():
+            return {"ok": False, "reason": "too_old"}
         return {"ok": True}
 
     def _refuse(self, txn_id: int, result) -> None:

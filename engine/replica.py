@@ -37,7 +37,13 @@ from raft.driver import RaftTimeoutError
 from raft.types import ProposalDroppedError, RaftError
 
 from . import planted
-from .errors import AmbiguousCommitError, InvalidArgumentError, MeridianError, NotLeaderError
+from .errors import (
+    AmbiguousCommitError,
+    InvalidArgumentError,
+    MeridianError,
+    NotLeaderError,
+    TransactionConflictError,
+)
 from .group import (
     CommitResult,
     GroupStateMachine,
@@ -197,10 +203,12 @@ class GroupReplica:
 
     def check_readable(self, ts: int) -> None:
         if ts < self.sm.store.gc_watermark:
-            raise InvalidArgumentError(
+            # A snapshot the group no longer remembers: the retryable refusal a commit at it
+            # gets too, so that retry loops run the transaction again at a newer one.
+            raise TransactionConflictError(
                 f"timestamp {ts} is older than group {self.group} keeps versions for (its "
                 f"garbage-collection watermark is {self.sm.store.gc_watermark}: the maximum "
-                f"transaction lifetime before its closed timestamp)")
+                f"transaction lifetime before its closed timestamp)", "too_old")
         if planted.enabled("read_above_closed"):
             return
         if not 0 < ts <= self.sm.closed_ts:

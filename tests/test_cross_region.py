@@ -254,6 +254,32 @@ async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime
                     await db.read("g", b"k", staleness="exact:5")
 
 
+async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_conflict():
+    """A transaction whose snapshot the group no longer keeps versions for (its low water,
+    and the GC, went past it) is refused with the retryable conflict its commit would get
+    (``too_old``), so that ``run_transaction`` runs it again; not with an invalid-argument
+    error, which no retry loop retries. (A stale read of an explicit past time is another
+    matter: see the test above.)"""
+    lifetime_s = 1.0
+    async with open_local_cluster(("us-east",), 1, seed=4,
+                                  limits=Limits(max_txn_lifetime_s=lifetime_s)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+                tx = db.transaction()
+                assert await tx.get("k", b"a") == b"1"
+                # Time passes: the group's low water passes the snapshot and its GC runs.
+                await replica.close_up_to(tx.read_ts + int(lifetime_s * 1e9) + 1)
+                replica.sm.store.gc(replica.sm.low_water)
+                assert replica.sm.store.gc_watermark > tx.read_ts
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.get("k", b"b")
+                assert refused.value.reason == "too_old"
+
+
 async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write():
     regions = ("us-east", "eu-west", "ap-south")
     wan = {("us-east", "eu-west"): 5, ("us-east", "ap-south"): 8, ("eu-west", "ap-south"): 6}

@@ -19,6 +19,7 @@ from engine.placement import META_GROUP, data_group, encode_key
 from engine.rpc import RemoteError, connect_rpc
 
 KEY = b"\x00\x00\x07\x77key"  # a key of no keyspace: the server checks no more than a prefix
+OTHER = b"\x00\x00\x07\x77other"
 GUARD_S = 30  # only ever reached by a bug that hangs
 
 
@@ -232,6 +233,60 @@ async def test_a_refresh_from_below_the_gc_watermark_reports_a_change(monkeypatc
                                                         "from_ts": t0,
                                                         "to_ts": replica.closed_ts})
                 assert reply == {"ok": False, "reason": "too_old"}
+
+
+async def test_a_refresh_that_waited_while_gc_passed_its_snapshot_does_not_succeed(
+        monkeypatch):
+    """A refresh checks ``from_ts`` against the low water, then waits (closed timestamp,
+    intents), then compares versions at ``from_ts`` and ``to_ts``. If the low water passes
+    ``from_ts`` during the wait and the replica's GC runs, a key deleted in (from_ts, to_ts]
+    has its tombstone and older versions collected: it reads as missing at both ends and
+    the refresh wrongly answers ok (the transaction then keeps what it read at from_ts
+    together with a snapshot where the key is gone)."""
+    lifetime_s = 1.0
+    async with open_local_cluster(("us-east",), 1, seed=3,
+                                  limits=Limits(max_txn_lifetime_s=lifetime_s)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        replica = node.replicas[gid]
+        store = replica.sm.store
+        with trio.fail_after(GUARD_S):
+            assert (await replica.commit(1, 0, [(KEY, b"v")])).committed
+            from_ts = replica.closed_ts  # a transaction read KEY == b"v" here
+            assert store.get(KEY, from_ts) == b"v"
+            deleted = await replica.commit(2, 0, [(KEY, None)])  # deleted after from_ts
+            assert deleted.committed and deleted.ts > from_ts
+            # Another transaction is prepared on a key the refresh covers: it must wait.
+            prepared = await replica.prepare(3, 0, [(OTHER, b"x")], (), (), primary=gid,
+                                             deadline=MAX_TS)
+            to_ts = max(replica.closed_ts, prepared.ts)
+            waiting = trio.Event()
+            waited = engine.node.Node._wait_intents
+
+            async def wait_intents(self, replica, ts, find, *, restart):
+                waiting.set()
+                await waited(self, replica, ts, find, restart=restart)
+
+            monkeypatch.setattr(engine.node.Node, "_wait_intents", wait_intents)
+            reply = {}
+            async with client_of(cluster, node) as conn:
+                async def refresh():
+                    reply.update(await conn.call("refresh", {
+                        "group": gid, "keys": [KEY, OTHER], "spans": [],
+                        "from_ts": from_ts, "to_ts": to_ts}))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(refresh)
+                    await waiting.wait()
+                    # While it waits, time passes: the low water goes past from_ts and the
+                    # replica's GC (run_gc) collects below it.
+                    await replica.close_up_to(deleted.ts + int(lifetime_s * 1e9))
+                    assert from_ts < deleted.ts <= replica.sm.low_water
+                    store.gc(replica.sm.low_water)
+                    await replica.resolve(3, 0)  # the prepared transaction aborts
+            assert store.get_version(KEY, to_ts) is None  # tombstone and value collected
+            # KEY changed between from_ts and to_ts: the refresh must not say ok.
+            assert reply["ok"] is False, reply
 
 
 async def test_stale_reads_that_time_out_leave_no_waiter_behind(monkeypatch):
