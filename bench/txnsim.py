@@ -1274,16 +1274,22 @@ class _Runner:
         return state
 
     async def final_read(self, db) -> bool:
-        """Reads the final state, retrying (each attempt recorded) until it succeeds or
-        ``recovery_s`` have passed: after healing, the cluster must make progress again
-        within a bounded time (ARCH §9)."""
+        """Reads the final state, retrying (each attempt recorded) until it succeeds, a
+        keyspace is found lost, or ``recovery_s`` have passed: after healing, the cluster must
+        make progress again within a bounded time (ARCH §9)."""
         give_up = trio.current_time() + self.config.recovery_s
+        lost = f"fail: {LOST_KEYSPACE}"
         while trio.current_time() < give_up:
             process = self.next_process
             self.next_process += 1
             f, value, writes = self.workload.final_op()
+            lost_before = self.errors.get(lost, 0)
             if await self.operate(db, process, f, value, writes, self.rng, kill=None) == "ok":
                 return True
+            if self.errors.get(lost, 0) > lost_before:
+                # The catalog answered that a keyspace the workload created is gone: data
+                # lost, which no amount of waiting brings back.
+                return False
             await trio.sleep(0.2)
         return False
 

@@ -185,7 +185,7 @@ def test_partitions_really_cut_and_heal(tmp_path):
     assert f"mt{os.getpid() % 1000}-" not in listed
 
 
-CAMPAIGN = ("--nemesis", "partition,kill,pause", "--time", "22", "--interval", "2,3")
+CAMPAIGN = ("--nemesis", "partition,kill,pause", "--time", "15", "--interval", "1.5,2.5")
 
 
 @pytest.mark.parametrize("workload", ["bank", "append", "register", "set", "regional"])
