@@ -36,4 +36,4 @@ def test_bench_raft_rejects_bad_arguments():
         [sys.executable, "-m", "bench", "raft", "--systems", "nosuch"],
         capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode != 0 and "unknown system" in proc.stderr
+    assert proc.returncode != 0 and "'nosuch' is not one of meridian," in proc.stderr

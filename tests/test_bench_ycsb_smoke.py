@@ -110,9 +110,13 @@ def test_compare_command_flags_changes(tmp_path):
     (["ycsb", "--workload", "Z"], "invalid choice"),
     (["ycsb", "--value-size", "5"], "value size 5 is not in 10..65536"),
     (["ycsb", "--value-size", "x"], "value size 'x' is not a whole number"),
-    (["ycsb", "--clients", "0"], "between 1 and 1024"),
-    (["ycsb", "--systems", "mongodb"], "unknown system"),
+    (["ycsb", "--clients", "0"], "'0' is not a whole number in 1..1024"),
+    (["ycsb", "--systems", "mongodb"], "'mongodb' is not one of meridian,etcd"),
     (["ycsb", "--nodes", "nohost"], "host:port"),
+    # Never cut to what parses: one value where one is wanted, whole numbers of clients.
+    (["ycsb", "--theta", "0.5,0.9"], "argument --theta: one value only"),
+    (["txn", "--concurrency", "1.5"], "argument --concurrency: '1.5' is not a whole number"),
+    (["cluster", "--regions", ","], "argument --regions: give at least one value"),
     (["scale", "--axes", "sideways"], "--axes"),
 ])
 def test_bad_arguments_are_refused_with_a_message(args, message):
