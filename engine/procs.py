@@ -54,6 +54,7 @@ __all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 LOCK_WAIT_S = 30.0
+EXEC_WAIT_S = 1.0  # how long a process may show no arguments while it execs (_command_line)
 _UNSET: Any = object()
 
 
@@ -86,6 +87,9 @@ class ClusterProcesses:
         # Absolute and canonical: node processes run with the directory as their cwd, and the
         # recycled-pid check compares command lines, so every spelling must give one path.
         self.directory = Path(directory).resolve()
+        # The processes this object started: their handles (exit status) and where each one's
+        # output begins in its log (which earlier runs' output precedes).
+        self._started: dict[int, tuple[subprocess.Popen, int]] = {}
 
     def config_path(self, node_id: int) -> Path:
         return self.directory / f"node-{node_id}.toml"
@@ -112,36 +116,57 @@ class ClusterProcesses:
 
     def running_pid(self, node_id: int) -> int | None:
         """The pid of the node's process if it is still the one we started."""
+        started = self._started.get(node_id)
+        if started is not None and started[0].poll() is None:
+            return started[0].pid  # this process's child, not yet reaped: its pid is its own
         try:
             pid = int(self.pid_path(node_id).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
         # Exactly the command start_node runs (any interpreter path): not merely some process
         # that mentions the file, such as an editor or `tail -f` of it.
         want = [b"-m", b"engine.cli", b"node", b"--config", str(self.config_path(node_id)).encode()]
-        if [a for a in cmdline if a][1:] != want:
-            return None  # the pid was recycled by an unrelated process
+        if _command_line(pid)[1:] != want:
+            return None  # gone, or the pid was recycled by an unrelated process
         return pid
 
-    def last_log_line(self, node_id: int) -> str:
-        """The last non-empty line of the node's log ("" if none)."""
+    def last_log_line(self, node_id: int, since: int = 0) -> str:
+        """The last non-empty line of the node's log after byte ``since`` ("" if none)."""
         try:
             with open(self.directory / f"node-{node_id}.log", "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                f.seek(max(since, f.seek(0, os.SEEK_END) - 4096))
                 lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
                          if ln.strip()]
         except OSError:
             return ""
         return lines[-1] if lines else ""
 
+    def exited(self, node_id: int) -> str | None:
+        """None while the node's process runs; once it has exited, why, as well as this
+        can tell: for a process this object started, its exit status and the last line it
+        wrote (not an earlier run's); for another, the last line of its log."""
+        started = self._started.get(node_id)
+        if started is None:
+            return None if self.running_pid(node_id) is not None else self.last_log_line(node_id)
+        proc, since = started
+        code = proc.poll()
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                status = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                status = f"killed by signal {-code}"
+        else:
+            status = f"exit status {code}"
+        said = self.last_log_line(node_id, since)
+        return f"{said} ({status})" if said else f"{status}, nothing written to its log"
+
     def start_node(self, node_id: int, *, die_with_parent: bool = False) -> int:
         if self.running_pid(node_id) is not None:
             raise InvalidArgumentError(f"node {node_id} is already running")
         log = open(self.directory / f"node-{node_id}.log", "ab")
+        since = log.seek(0, os.SEEK_END)
         # The node runs the same code as this process, installed or from a source tree.
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
@@ -156,6 +181,7 @@ class ClusterProcesses:
         finally:
             log.close()
         self.pid_path(node_id).write_text(f"{proc.pid}\n")
+        self._started[node_id] = (proc, since)
         return proc.pid
 
     def kill_node(self, node_id: int, sig: int = signal.SIGKILL) -> None:
@@ -189,6 +215,27 @@ class ClusterProcesses:
         for n in running:
             self.pid_path(n).unlink(missing_ok=True)
         return sorted(running)
+
+
+def _command_line(pid: int) -> list[bytes]:
+    """The process's arguments ([] if it is gone). A process in the middle of its exec shows
+    none for a moment: the kernel sets them up after the exec's point of no return, when
+    the parent's ``Popen`` has already returned. So an empty answer from a live process
+    (not a zombie, whose arguments are gone for good) is read again, for up to
+    ``EXEC_WAIT_S``."""
+    deadline = time.monotonic() + EXEC_WAIT_S
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if raw:
+                return [a for a in raw.split(b"\0") if a]
+            # The state follows the command name, which may hold spaces and parentheses.
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return []
+        if state in ("Z", "X") or time.monotonic() >= deadline:
+            return []
+        time.sleep(0.005)
 
 
 def _die_with_parent() -> None:
@@ -316,8 +363,8 @@ async def wait_ready(cluster: ClusterConfig, timeout_s: float = READY_TIMEOUT_S,
         down = [n for n, s in status.items() if "error" in s]
         if procs is not None:
             for n in down:
-                if procs.running_pid(n) is None:
-                    raise UnavailableError(f"node {n} exited: {procs.last_log_line(n)} (its log: "
+                if (why := procs.exited(n)) is not None:
+                    raise UnavailableError(f"node {n} exited: {why} (its log: "
                                            f"{procs.directory / f'node-{n}.log'})")
         leaders: dict[int, set[int]] = {}
         for s in status.values():

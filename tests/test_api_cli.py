@@ -253,5 +253,29 @@ def test_cluster_up_reports_a_node_that_exits_at_once(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 1
     assert "node 1 exited" in again.stderr and "local" in again.stderr, again.stderr
+    assert "(exit status 1)" in again.stderr, again.stderr
     assert time.monotonic() - started < 30  # not the full readiness timeout (60 s)
+    assert _processes_mentioning(str(directory)) == []
+
+
+def test_a_node_that_dies_without_a_word_is_not_reported_with_an_earlier_runs_words(tmp_path):
+    # The node's log holds earlier runs' output (the last line "stopped"): the report of a
+    # node killed before it wrote anything gives how it ended, and nothing older. The kill
+    # comes right after the start, while the process may still be in its exec (when
+    # /proc/PID/cmdline reads empty: the node used to be taken for gone, and reported as
+    # exited, with the earlier run's last line).
+    from engine.procs import ClusterProcesses
+
+    directory, _ = _stopped_one_node_cluster(tmp_path / "c")
+    procs = ClusterProcesses(directory)
+    assert procs.last_log_line(1).endswith("stopped")
+    assert procs.exited(1) == procs.last_log_line(1)  # not started here: all there is
+    procs.start_node(1)
+    assert procs.exited(1) is None and procs.running_pid(1) is not None
+    procs.kill_node(1)
+    deadline = time.monotonic() + 30
+    while (why := procs.exited(1)) is None:
+        assert time.monotonic() < deadline, "the node was not killed"
+        time.sleep(0.01)
+    assert "killed by SIGKILL" in why and "stopped" not in why, why
     assert _processes_mentioning(str(directory)) == []
