@@ -195,8 +195,10 @@ def _valid_at(buf: bytes, o: int, pos: int) -> int | None:
     return n
 
 
-def _find_witness(buf: bytes, o: int, pos: int) -> int | None:
-    """Smallest offset after ``o`` where a valid record for ``pos`` starts.
+def _find_witness(buf: bytes, o: int, bad_pos: int) -> int | None:
+    """Smallest offset after ``o`` where a valid record for a position after ``bad_pos``
+    starts (at most ``bad_pos + (w - o) // RECORD_HEADER_SIZE``: the records from ``bad_pos``
+    on each take a header at least).
 
     Returns None when there is none; raises ``_Exhausted`` past the checksum budget.
     """
@@ -209,11 +211,12 @@ def _find_witness(buf: bytes, o: int, pos: int) -> int | None:
         w = t - 8
         n = int.from_bytes(buf[w + 4 : w + 8], "little")
         if n <= MAX_RECORD_SIZE and w + RECORD_HEADER_SIZE + n <= len(buf):
-            if budget < n + 5:
-                raise _Exhausted
-            budget -= n + 5
-            if _valid_at(buf, w, pos) is not None:
-                return w
+            for q in range(bad_pos + 1, bad_pos + (w - o) // RECORD_HEADER_SIZE + 1):
+                if budget < n + 5:
+                    raise _Exhausted
+                budget -= n + 5
+                if _valid_at(buf, w, q) is not None:
+                    return w
         w += 1
     return None
 
@@ -284,7 +287,7 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
         if i + 1 < len(names):
             raise CorruptLogError(f"corrupt record at offset {o} of {path}", path, o)
         try:
-            w = _find_witness(buf, o, pos + 1)
+            w = _find_witness(buf, o, pos)
         except _Exhausted:
             raise CorruptLogError(f"bad record at offset {o} of {path}", path, o) from None
         if w is None or _looks_torn(buf, o, w):

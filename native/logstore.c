@@ -301,9 +301,12 @@ static int valid_at(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos,
     return 1;
 }
 
-/* Smallest w > o where a valid record for pos starts; size if none. *exhausted is set when the
- * checksum budget ran out before the answer was certain. */
-static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos,
+/* Smallest w > o where a valid record for some position after bad_pos starts; size if none.
+ * The bad record (bad_pos, at o) and every record between it and w take at least a header
+ * each, so the record at w can only be for a position up to bad_pos + (w - o) / header size:
+ * damage that destroys bad_pos + 1 as well must not hide the valid records after it.
+ * *exhausted is set when the checksum budget ran out before the answer was certain. */
+static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t bad_pos,
                              int *exhausted) {
     uint64_t budget = LS_WITNESS_CRC_BUDGET;
     uint64_t w = o + 1;
@@ -315,13 +318,16 @@ static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint
         w = (uint64_t)(t - buf) - 8;
         uint32_t n = get_u32(buf + w + 4);
         if (n <= LS_MAX_RECORD_SIZE && w + LS_RECORD_HEADER_SIZE + n <= size) {
-            if (budget < (uint64_t)n + 5) {
-                *exhausted = 1;
-                return size;
+            uint64_t last_q = bad_pos + (w - o) / LS_RECORD_HEADER_SIZE;
+            for (uint64_t q = bad_pos + 1; q <= last_q; q++) {
+                if (budget < (uint64_t)n + 5) {
+                    *exhausted = 1;
+                    return size;
+                }
+                budget -= (uint64_t)n + 5;
+                uint32_t len;
+                if (valid_at(buf, size, w, q, &len)) return w;
             }
-            budget -= (uint64_t)n + 5;
-            uint32_t len;
-            if (valid_at(buf, size, w, pos, &len)) return w;
         }
         w++;
     }
@@ -384,7 +390,7 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
     uint64_t g = nonzero_end(buf, o, size);
     if (g == o) return LS_OK; /* clean end: zero fill */
     int exhausted;
-    uint64_t w = find_witness(buf, size, o, pos + 1, &exhausted);
+    uint64_t w = find_witness(buf, size, o, pos, &exhausted);
     if (exhausted)
         return set_err(err, LS_ERR_CORRUPT, 0, path, o,
                        "bad record at offset %llu of %s, and the data after it is too large to "

@@ -406,6 +406,36 @@ def test_checksum_mismatch_before_the_tail_names_file_and_offset(logdir):
     assert isinstance(info.value, OSError)
 
 
+def test_damage_to_two_adjacent_records_before_valid_ones_is_corruption(logdir):
+    """One damaged spot that spans two records (3 and 4) before valid, synced ones: no valid
+    record for position 4 follows, but one for 5 does, so this is corruption, not a torn tail
+    (the log used to end at 2, dropping the synced 3..10 without a word)."""
+    sizes = [30] * 10
+    fill(logdir, sizes)
+    offs = record_offsets(sizes)
+    seg = _last_segment(logdir)
+    flip_byte(seg, offs[2] + REC + 5)
+    flip_byte(seg, offs[3] + REC + 5)
+    with pytest.raises(CorruptLogError) as info:
+        LogStore(logdir)
+    assert info.value.offset == offs[2]
+    with pytest.raises(CorruptLogError):
+        ref.recover(read_dir(logdir), str(logdir))
+
+
+def test_a_lost_sector_over_several_record_starts_of_an_unsynced_write_is_a_torn_tail(logdir):
+    """The other side of the rule above: the unsynced batch's second sector (the starts of
+    several records) never reached the disk, later ones did; still a torn tail."""
+    with LogStore(logdir, segment_size=1 << 16) as log:
+        log.append([payload(1, 30)])
+        log.sync()
+        log.append([payload(p, 30) for p in range(2, 60)])
+    zero_range(_last_segment(logdir), 512, 1024)
+    with LogStore(logdir, segment_size=1 << 16) as log:
+        assert 1 <= log.last_position < 60
+        assert record_offsets([30] * 60)[log.last_position] <= 512
+
+
 def test_corrupted_length_field_before_the_tail_is_corruption(logdir):
     sizes = [30] * 5
     fill(logdir, sizes)
