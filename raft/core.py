@@ -483,6 +483,13 @@ class RaftCore:
             return self.log.committed
         return None
 
+    def lapse_lease(self) -> None:
+        """Ends the lease now (the driver lost ticks: they no longer measure real time). The
+        heartbeat rounds sent so far are forgotten too, so that a late acknowledgement of one
+        cannot start a lease from before the gap; the next round a quorum acknowledges does."""
+        self._lease_from = -1
+        self._hb_rounds.clear()
+
     def transfer_leader(self, to: int) -> None:
         """Hands leadership to ``to`` (thesis §3.10): stop taking proposals, bring ``to`` up to
         date, then tell it to campaign at once. Aborted after an election timeout."""

@@ -482,6 +482,9 @@ class RaftNode:
         self._closed = False
         self._failed: BaseException | None = None
         self._step_error: BaseException | None = None  # raised by the core on a message
+        # The point of the tick grid (trio time / tick interval) of the last tick; None
+        # until the node runs. A gap of more than one interval means ticks were lost.
+        self._tick_grid: int | None = None
         self._counts = dict.fromkeys(
             ("readies", "readies_inline", "fsyncs", "entries_persisted", "entries_applied",
              "proposals", "reads", "snapshots_taken", "snapshots_installed", "snapshots_built",
@@ -610,6 +613,7 @@ class RaftNode:
         """A linearizable read point (§6.4): an index such that every write acknowledged
         before this call is at or below it. Raises ProposalDroppedError with no leader."""
         self._check_open()
+        self._check_tick_gap()
         ctx = next(self._read_ids).to_bytes(8, "big")
         waiter = _Waiter()
         self._reads[ctx] = (waiter, self._core.term, self._core.leader)
@@ -636,6 +640,7 @@ class RaftNode:
             RaftTimeoutError: ``timeout`` (seconds) passed first.
         """
         self._check_open()
+        self._check_tick_gap()
         index = self._core.lease_read_index()
         if index is not None:
             self._counts["reads"] += 1
@@ -687,12 +692,26 @@ class RaftNode:
         if self._deadlines:
             self._expire_proposals()
         try:
+            self._check_tick_gap()
+            self._tick_grid = self._grid_now()
             self._core.tick()
             if self._built_at is not None:
                 self._release_built()
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
         self._send_or_kick()
+
+    def _grid_now(self) -> int:
+        return math.floor(trio.current_time() / self._tick_interval + 1e-6)
+
+    def _check_tick_gap(self) -> None:
+        """Ends the core's lease if ticks were lost: the ticker skips the grid points that
+        passed while the loop stood still (a paused process, a long fsync on the loop's
+        thread), so the leader's ticks fell behind real time while the other voters' did
+        not -- they may have elected another leader already. Called before the core answers
+        a read or steps messages, and on each tick."""
+        if self._tick_grid is not None and self._grid_now() - self._tick_grid > 1:
+            self._core.lapse_lease()
 
     def _send_or_kick(self) -> None:
         """After a tick, a step or a proposal: send the messages if they are all the core has
@@ -1169,6 +1188,7 @@ class RaftNode:
         """The transport's handler: step a received batch from the receiving task itself."""
         if self._step_error is not None:
             return
+        self._check_tick_gap()
         core = self._core
         self._counts["messages_received"] += len(msgs)
         try:
@@ -1183,6 +1203,7 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._tick_grid = self._grid_now()
                 transport.set_handler(self.group, self._on_messages)
                 _Ticker.register(self)
                 nursery.start_soon(self._ready_loop)

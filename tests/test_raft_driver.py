@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -75,6 +76,7 @@ class Cluster:
             try:
                 sm = options.pop("state_machine", lambda i: Counter())(i)
                 on_send = options.pop("on_send", None)
+                config = Config(i, election_tick=10, **options.pop("config", {}))
                 async with self.net.endpoint(i) as t:
                     if on_send is not None:
                         send = t.send
@@ -85,7 +87,7 @@ class Cluster:
 
                         t.send = t_send
                     async with open_raft_node(
-                        1, Config(i, election_tick=10), storage, t, sm,
+                        1, config, storage, t, sm,
                         bootstrap=ConfState(tuple(self.ids)), seed=i, tick_interval=TICK,
                         **options,
                     ) as node:
@@ -1115,3 +1117,29 @@ async def test_a_builder_whose_close_raises_is_a_failed_build(tmp_path, monkeypa
             lid, victim = await c.catch_up_through_snapshot(range(30))
         assert len(closes) >= 2  # the first build failed on close; a later one did it
         assert c.sms[victim].items == [b"%d" % k for k in range(30)]
+
+
+async def test_a_leader_whose_loop_stood_still_serves_no_read_from_its_lease(tmp_path):
+    """The lease is counted in the leader's ticks, and the ticker skips the ticks that fell
+    while the event loop stood still (a paused process, a long fsync on the loop's thread),
+    while the other voters, in their own processes, went on ticking and may have elected
+    another leader. After such a gap the lease ends: a read needs a heartbeat round."""
+    async with trio.open_nursery() as nursery:
+        c = Cluster(tmp_path, nursery, config={"lease_reads": True})
+        for i in c.ids:
+            await c.start(i)
+        leader_id = await c.leader()
+        node = c.nodes[leader_id]
+        with trio.fail_after(5):
+            await node.propose(b"ok", timeout=5)
+        await wait_until(lambda: node.core.lease_read_index() is not None)
+        # From here no await until the read: the lease held, and then the loop stands still
+        # for 40 election timeouts, cut off from every voter.
+        for i in c.ids:
+            if i != leader_id:
+                c.net.partition(leader_id, i)
+        time.sleep(40 * 10 * TICK)
+        with trio.fail_after(5), pytest.raises((RaftTimeoutError, ProposalDroppedError)):
+            await node.linearizable_read(timeout=0.2)
+        nursery.cancel_scope.cancel()
+
