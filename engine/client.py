@@ -270,10 +270,12 @@ class Database:
         more) puts a global keyspace's voters in three regions: commits wait for a second
         region, and losing a whole region loses no acknowledged write."""
         check_keyspace_name(name)
+        # Not idempotent: sent again after it may have run, it would find the keyspace it
+        # made and say that it exists already. A lost answer is an unknown outcome.
         rec = await self._call_group(self._meta_group, "keyspace.create",
                                      {"name": name, "mode": mode, "resolver": resolver,
                                       "survive": survive,
-                                      "home": home_region or self.region})
+                                      "home": home_region or self.region}, commit=True)
         ks = keyspace_from_record(rec)
         self._keyspaces[name] = ks
         self._keyspace_fetched[name] = trio.current_time()
@@ -1171,6 +1173,7 @@ class Transaction:
     async def get_many(self, keyspace: str, keys) -> list[bytes | None]:
         """Several keys of one keyspace in one round trip: their values in this transaction's
         snapshot (or its own pending writes), in the order given."""
+        self._check_open()
         located = [await self._locate(keyspace, key) for key in keys]
         if not located:
             return []
@@ -1216,16 +1219,34 @@ class Transaction:
         e = encode_key(ks.id, _as_bytes(end, "end")) if end is not None else hi
         group = self._db.group_of(ks)
         mine = {k: v for k, v in self._writes.items() if s <= k < e}
-        fetch = None if limit is None else limit + len(mine)
-        reply = await self._read(group, "scan", {"start": s, "end": e, "limit": fetch,
-                                                 "reverse": reverse})
-        reads = self._visited[group]
-        # A limited reverse scan saw the end of the span: refreshing it compares all of it.
-        reads.spans.append([s, e, None if reverse else fetch])
-        merged = {k: v for k, v in reply["items"]}
-        reads.keys.update(merged)
+        pending = [k for k in self._merges if s <= k < e]
+        fetch = None if limit is None else limit + len(mine) + len(pending)
+        merged: dict[bytes, bytes | None] = {}
+        page_start, page_end = s, e
+        while True:
+            reply = await self._read(group, "scan", {"start": page_start, "end": page_end,
+                                                     "limit": fetch, "reverse": reverse})
+            reads = self._visited[group]
+            # A limited reverse scan saw the end of the span: refreshing it compares all of it.
+            reads.spans.append([page_start, page_end, None if reverse else fetch])
+            page = reply["items"]
+            merged.update((k, v) for k, v in page)
+            reads.keys.update(k for k, _ in page)
+            if ks.mode != "regional" or fetch is None or not page or len(page) < fetch:
+                break
+            # A regional keyspace keeps a deleted key as a tombstone cell, which the page
+            # counts and a read does not return (nor a key this transaction deletes, nor an
+            # emptied set): read on until what was read holds ``limit`` live keys.
+            last = page[-1][0]
+            seen = {k for k in (*merged, *pending) if (last <= k if reverse else k <= last)}
+            if sum(self._regional_value(ks, k, merged.get(k)) is not None
+                   for k in seen) >= limit:
+                break
+            if reverse:
+                page_end = last
+            else:
+                page_start = last + b"\x00"
         if ks.mode == "regional":
-            pending = [k for k in self._merges if s <= k < e]
             merged = {k: self._regional_value(ks, k, merged.get(k))
                       for k in (*merged, *pending)}
         merged.update(mine)
@@ -1269,6 +1290,9 @@ class Transaction:
             else:
                 raise InvalidArgumentError(
                     f"one {ks.resolver} operation per key per transaction (key {key!r})")
+        if len(v) > self._db.limits["max_value_size"]:
+            raise RecordTooLargeError(f"payload of {len(v)} bytes: the limit is "
+                                      f"{self._db.limits['max_value_size']}")
         self._buffer(stored, group, v, resolver=ks.resolver)
 
     async def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
@@ -1548,7 +1572,9 @@ class Transaction:
         ks = await self._db.keyspace(keyspace)
         group = self._db.group_of(ks)
         k = _check_key(key)
-        limit = self._db.limits["max_key_size"]
+        # The cluster's max_key_size counts the stored key, keyspace prefix included (the
+        # groups check it so): a longer key would be refused only at commit.
+        limit = self._db.limits["max_key_size"] - KEY_PREFIX_SIZE
         if len(k) > limit:
             raise RecordTooLargeError(f"key of {len(k)} bytes: the limit is {limit}")
         return encode_key(ks.id, k), group

@@ -1,0 +1,186 @@
+"""The client library (engine/client.py): a transaction's reads against a model of its
+snapshot plus its own writes (limited scans of regional keyspaces included), limits checked
+where the caller makes the mistake, a catalog write whose answer was lost, and calls on a
+finished transaction.
+
+In-process clusters and a fake node (tests/test_client_faults.py); every wait is bounded by
+``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+
+import engine
+from engine import errors
+from engine.blocking import connect_blocking
+from engine.config import Limits
+from engine.local import open_local_cluster
+from engine.merge import encode_set_add
+from engine.rpc import RemoteError
+
+from clusterthread import ClusterThread
+from test_client_faults import GUARD_S, TIMEOUT_S, FakeNode
+
+
+async def test_a_limited_scan_of_a_regional_keyspace_does_not_count_deleted_keys():
+    # A regional keyspace keeps a deleted key as a tombstone cell: the group's scan returns
+    # it (and counts it toward the limit), the client hides it. A limited scan must still
+    # return ``limit`` live keys when there are that many, as a global keyspace's does.
+    async with open_local_cluster(("us-east",), 1, seed=21) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("r", mode="regional")
+                async with db.transaction() as tx:
+                    for i in range(6):
+                        await tx.put("r", b"k%d" % i, b"v%d" % i)
+                async with db.transaction() as tx:
+                    await tx.delete("r", b"k0")
+                    await tx.delete("r", b"k1")
+                live = [(b"k%d" % i, b"v%d" % i) for i in range(2, 6)]
+                async with db.transaction() as tx:
+                    assert await tx.scan("r") == live
+                    # Committed deletes (tombstones) at the start of the range.
+                    assert await tx.scan("r", limit=3) == live[:3]
+                    assert await tx.scan("r", limit=1) == live[:1]
+                    # The transaction's own deletes, at the start and at the end.
+                    await tx.delete("r", b"k2")
+                    await tx.delete("r", b"k5")
+                    assert await tx.scan("r", limit=2) == live[1:3]
+                    assert await tx.scan("r", limit=2, reverse=True) == live[1:3][::-1]
+                    assert await tx.scan("r", limit=0) == []
+                    await tx.rollback()
+
+
+async def test_key_and_merge_payload_sizes_are_refused_when_written():
+    # max_key_size counts the stored key, keyspace prefix included (what the groups check);
+    # a merge payload is a value like any other. Both must be refused by put()/merge() with
+    # RecordTooLargeError, not accepted and then refused at commit as another error.
+    limits = Limits(max_key_size=20, max_value_size=1000)
+    async with open_local_cluster(("us-east",), 1, limits=limits, seed=22) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                await db.create_keyspace("s", mode="regional", resolver="add_wins_set")
+                tx = db.transaction()
+                with pytest.raises(errors.RecordTooLargeError):
+                    await tx.put("g", b"k" * 20, b"v")
+                with pytest.raises(errors.RecordTooLargeError):
+                    await tx.merge("s", b"set", encode_set_add(b"x" * 1000))
+                await tx.commit()  # nothing written: nothing refused
+                async with db.transaction() as tx:  # the largest key that fits commits
+                    await tx.put("g", b"k" * 16, b"v")
+                assert await db.read("g", b"k" * 16) == b"v"
+
+
+async def test_a_keyspace_create_whose_answer_was_lost_is_not_sent_again(nursery):
+    # The node applies the create and never answers (it dies, or is cut off, after the
+    # catalog entry committed). Sent again, the create finds the keyspace and the caller
+    # is told that it exists already -- someone else's, as far as it can tell -- although
+    # its own call made it. Its outcome is unknown: AmbiguousCommitError, as for a commit.
+    node = FakeNode(nursery)
+    created: list[str] = []
+
+    async def create(p, ctx):
+        if created:
+            raise RemoteError("already_exists", f"keyspace {p['name']!r} already exists")
+        created.append(p["name"])
+        await trio.sleep_forever()  # applied; the answer never comes
+
+    node.handlers["keyspace.create"] = create
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(errors.AmbiguousCommitError):
+            await db.create_keyspace("orders")
+    assert created == ["orders"]
+
+
+async def test_every_operation_of_a_finished_transaction_is_refused():
+    async with open_local_cluster(("us-east",), 1, seed=23) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                async with db.transaction() as tx:
+                    await tx.put("g", b"k", b"v")
+                for op in (tx.get("g", b"k"), tx.get_many("g", []), tx.scan("g"),
+                           tx.put("g", b"k", b"v"), tx.delete("g", b"k"), tx.commit()):
+                    with pytest.raises(errors.TransactionClosedError, match="committed"):
+                        await op
+
+
+# ---------------------------------------------------------------------- read your writes, model
+
+KEYS = [b"k%d" % i for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def model_db():
+    """A single-node cluster in a thread, a global keyspace ``g`` and a regional (lww) one
+    ``r`` holding the same committed state, some of it deleted (tombstones in ``r``)."""
+    cluster = ClusterThread(seed=24)
+    try:
+        db = connect_blocking(cluster.start())
+        try:
+            db.create_keyspace("g")
+            db.create_keyspace("r", mode="regional")
+            base = {k: b"base-" + k for i, k in enumerate(KEYS) if i % 3 != 1}
+            for ks in ("g", "r"):
+                with db.transaction() as tx:
+                    for k, v in base.items():
+                        tx.put(ks, k, v)
+                with db.transaction() as tx:
+                    tx.delete(ks, b"k0")
+                    tx.delete(ks, b"k6")
+            del base[b"k0"], base[b"k6"]
+            yield db, base
+        finally:
+            db.close()
+    finally:
+        cluster.stop()
+
+
+_bound = st.one_of(st.none(), st.sampled_from([*KEYS, b"k", b"k9"]))
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(KEYS), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("delete"), st.sampled_from(KEYS), st.none()),
+    st.tuples(st.just("get"), st.sampled_from(KEYS), st.none()),
+    st.tuples(st.just("get_for_update"), st.sampled_from(KEYS), st.none()),
+    st.tuples(st.just("scan"), st.tuples(_bound, _bound, st.sampled_from([None, 0, 1, 2, 3, 5]),
+                                         st.booleans()), st.none()),
+), max_size=12)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops, keyspace=st.sampled_from(["g", "r"]))
+def test_reads_see_the_snapshot_plus_the_transactions_own_writes(model_db, ops, keyspace):
+    db, base = model_db
+    model = dict(base)
+    tx = db.transaction()
+    try:
+        for op, arg, value in ops:
+            if op == "get_for_update" and keyspace == "r":
+                op = "get"  # regional keyspaces have no locks
+            if op == "put":
+                tx.put(keyspace, arg, value)
+                model[arg] = value
+            elif op == "delete":
+                tx.delete(keyspace, arg)
+                model.pop(arg, None)
+            elif op in ("get", "get_for_update"):
+                assert getattr(tx, op)(keyspace, arg) == model.get(arg), (op, arg)
+            else:
+                start, end, limit, reverse = arg
+                want = sorted((k, v) for k, v in model.items()
+                              if (start is None or k >= start) and (end is None or k < end))
+                if reverse:
+                    want.reverse()
+                if limit is not None:
+                    want = want[:limit]
+                got = tx.scan(keyspace, start or b"", end, limit=limit, reverse=reverse)
+                assert got == want, arg
+    finally:
+        tx.rollback()
