@@ -1208,8 +1208,9 @@ class Transaction:
                    ) -> list[tuple[bytes, bytes]]:
         """Live keys in ``[start, end)`` of the keyspace in this snapshot, merged with this
         transaction's own writes; ``limit`` caps the count, ``reverse`` walks backwards.
-        Under ``serializable`` the keys returned are validated at commit (not the gaps
-        between them)."""
+        Under ``serializable`` the range is validated at commit (the keys returned, and
+        the gaps between them: a key inserted there since the snapshot is a conflict), and
+        locked against writers from prepare to resolution in a two-phase commit."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or None")
         self._check_open()
@@ -1351,7 +1352,7 @@ class Transaction:
             serializable = self.isolation == "serializable"
             participants = set(writes) | set(merges)
             if serializable:
-                participants.update(g for g, r in self._visited.items() if r.keys)
+                participants.update(g for g, r in self._visited.items() if r.keys or r.spans)
             if merges and len(participants) > 1:
                 raise InvalidArgumentError(
                     "a transaction that writes a regional keyspace commits in its own region: "
@@ -1379,6 +1380,7 @@ class Transaction:
             payload["merges"] = merges
         if serializable and group in self._visited:
             payload["reads"] = sorted(self._visited[group].keys)
+            payload["spans"] = self._visited[group].spans
         reply = await self._db._call_group(group, "commit", payload, commit=True)
         self.commit_ts = reply["ts"]
 
@@ -1404,6 +1406,8 @@ class Transaction:
                 # timestamp (which is not known yet).
                 written = {w[0] for w in group_writes}
                 payload["locks"] = sorted(k for k in reads.keys if k not in written)
+                # And the ranges it scanned: validated, and locked against inserts too.
+                payload["spans"] = reads.spans
             try:
                 reply = await db._call_group(group, "prepare", payload, commit=True)
             except (MeridianError, OSError) as exc:

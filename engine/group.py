@@ -337,15 +337,19 @@ def encode_commit(txn_id: int, read_ts: int, proposed_ts: int,
                   writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                   *, serializable: bool = False,
                   merges: Sequence[tuple[bytes, str, bytes | None]] = (),
-                  move_copy: bool = False, epoch: int = 0) -> bytes:
+                  move_copy: bool = False, epoch: int = 0,
+                  spans: Sequence[Sequence] = ()) -> bytes:
     """The entry data of a one-phase commit (see the module docstring); ``epoch``, for a
-    move's copy, is the move's."""
+    move's copy, is the move's; ``spans``, ``[start, end, limit]`` ranges a serializable
+    transaction scanned, validated like its read keys."""
     flags = (SERIALIZABLE if serializable else 0) | (MOVE_COPY | epoch << 8 if move_copy
                                                      else 0)
     # msgpack writes tuples and lists alike, as arrays: the pairs go in as they are.
     cmd = [CMD_COMMIT, txn_id, read_ts, proposed_ts, flags, writes, reads]
-    if merges:
-        cmd.append(merges)
+    if merges or spans:
+        cmd.append(list(merges))
+    if spans:
+        cmd.append([list(sp) for sp in spans])
     return msgpack.packb(cmd, use_bin_type=True)
 
 
@@ -416,12 +420,15 @@ def encode_close(proposed_ts: int) -> bytes:
 def encode_prepare(txn_id: int, read_ts: int, proposed_ts: int,
                    writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                    locks: Sequence[bytes] = (), *, primary: int, deadline: int,
-                   serializable: bool = False) -> bytes:
-    """The entry data of a prepare (the first phase of a two-phase commit)."""
-    return msgpack.packb(
-        [CMD_PREPARE, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
-         writes, reads, locks, primary, deadline],
-        use_bin_type=True)
+                   serializable: bool = False, spans: Sequence[Sequence] = ()) -> bytes:
+    """The entry data of a prepare (the first phase of a two-phase commit); ``spans``: the
+    ranges a serializable transaction scanned here, validated and locked against inserts
+    until it is resolved."""
+    cmd = [CMD_PREPARE, txn_id, read_ts, proposed_ts, SERIALIZABLE if serializable else 0,
+           writes, reads, locks, primary, deadline]
+    if spans:
+        cmd.append([list(sp) for sp in spans])
+    return msgpack.packb(cmd, use_bin_type=True)
 
 
 def encode_decide(txn_id: int, proposed_ts: int, commit_ts: int, since: int = 0,
@@ -486,6 +493,9 @@ class GroupStateMachine:
         # Transactions prepared here and not resolved: while there are none, a read has no
         # intent to look for, and skips the side-table lookups.
         self._prepared_count = 0
+        # Prepared serializable transactions' scanned ranges: txn id -> [[start, end], ...]:
+        # no other transaction may write a key in them until the transaction is resolved.
+        self._span_locks: dict[int, list[list[bytes]]] = {}
         self._closed = 0
         self._low_water = 0
         self._pruned_at = 0
@@ -552,8 +562,12 @@ class GroupStateMachine:
             # prepare timestamp (a REMOTE merge ignores a serializable read's lock on a
             # regional key), and the prepare was validated when it was applied anyway.
             redo = []
+            span_locks = {}
             for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
-                prepare_ts, keys, _, _ = msgpack.unpackb(raw)
+                rec = msgpack.unpackb(raw)
+                prepare_ts, keys = rec[:2]
+                if len(rec) > 4 and rec[4]:
+                    span_locks[_U64.unpack(skey[1:])[0]] = rec[4]
                 redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=prepare_ts - 1,
                                        commit_ts=prepare_ts, writes=keys, prepare=True))
             self._prepared_count = len(redo)
@@ -570,6 +584,7 @@ class GroupStateMachine:
             # it) finds everything else of the new state in place too.
             self._closed = closed
             self._low_water = low_water
+            self._span_locks = span_locks
         except BaseException:
             adj.close()
             raise
@@ -701,14 +716,18 @@ class GroupStateMachine:
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
                 batch.trim_outbox()
             elif kind == CMD_COMMIT or kind == CMD_PREPARE:
-                if (kind == CMD_COMMIT and len(cmd) > 7) or (
-                        kind == CMD_PREPARE and cmd[1] in batch.queued_prepares):
+                if _merges_of(cmd) or (
+                        kind == CMD_PREPARE and cmd[1] in batch.queued_prepares) or (
+                        self._span_locks or _spans_of(cmd)):
                     # Regional merges are planned against the cells as every earlier entry
                     # left them, before the adjudicator records anything; a second prepare
                     # of one transaction must see the first one installed.
                     batch.flush(results)
                 ts = self._close(cmd[3])
                 results[slot] = batch.validate(slot, cmd, ts)
+                if kind == CMD_PREPARE and _spans_of(cmd):
+                    # Its range locks are in place before the next entry is validated.
+                    batch.flush(results)
             else:  # DECIDE or RESOLVE: every validation before it must be settled first
                 batch.flush(results)
                 txn_id, proposed_ts, commit_ts = cmd[1:4]
@@ -773,7 +792,7 @@ class GroupStateMachine:
         key): what a recovery sweep looks at."""
         out = []
         for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
-            prepare_ts, keys, primary, deadline = msgpack.unpackb(raw)
+            prepare_ts, keys, primary, deadline = msgpack.unpackb(raw)[:4]
             out.append(Intent(keys[0] if keys else b"", _U64.unpack(skey[1:])[0], prepare_ts,
                               primary, deadline))
         return out
@@ -1084,7 +1103,7 @@ class _Batch:
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
         merged: list = []
-        if not prepare and len(cmd) > 7:
+        if not prepare and _merges_of(cmd):
             if not self.sm.origin:
                 return CommitResult(Outcome.INVALID, ts, "this group has no region: it holds "
                                     "no regional keyspace")
@@ -1099,6 +1118,9 @@ class _Batch:
                 return CommitResult(Outcome.INVALID, ts, record)
             merged = [plan, record]
             keys += [m[0] for m in cmd[7]]
+        conflict = self._check_spans(txn_id, read_ts, keys, cmd, flags, ts)
+        if conflict is not None:
+            return conflict
         if prepare and cmd[7]:
             written = set(keys)
             keys += [k for k in dict.fromkeys(cmd[7]) if k not in written]
@@ -1108,6 +1130,37 @@ class _Batch:
         self._pending.append((slot, cmd, ts, keys, merged))
         if prepare:
             self.queued_prepares.add(txn_id)
+        return None
+
+    def _check_spans(self, txn_id: int, read_ts: int, keys: list[bytes], cmd: list,
+                     flags: int, ts: int) -> CommitResult | None:
+        """Range checks the adjudicator cannot make (the queue is flushed when there is one
+        to make: the store and this call's versions and intents are all there is): a key
+        written inside another prepared serializable transaction's scanned range conflicts
+        with it; a serializable transaction's own scanned ranges must hold what they held at
+        its snapshot (no key inserted, changed or deleted there since, no intent there)."""
+        for other, spans in self.sm._span_locks.items():
+            if other == txn_id:
+                continue
+            for key in keys:
+                if any(start <= key < end for start, end in spans):
+                    return CommitResult(Outcome.CONFLICT, ts, "intent", key)
+        if not flags & SERIALIZABLE:
+            return None
+        store = self.sm.store
+        for start, end, limit in _spans_of(cmd):
+            for writes, at in self.versions:
+                if at > read_ts and any(start <= w[0] < end for w in writes):
+                    return CommitResult(Outcome.CONFLICT, ts, "read_write")
+            if (store.scan(start, end, read_ts, limit=limit)
+                    != store.scan(start, end, MAX_TS, limit=limit)):
+                return CommitResult(Outcome.CONFLICT, ts, "read_write")
+            pending = dict(store.side_scan(_INTENT + start, _INTENT + end))
+            pending.update((k, v) for k, v in self.side.items()
+                           if _INTENT + start <= k < _INTENT + end)
+            for skey, raw in pending.items():
+                if raw is not None and msgpack.unpackb(raw)[0] != txn_id:
+                    return CommitResult(Outcome.CONFLICT, ts, "intent", skey[1:])
         return None
 
     def flush(self, results: list) -> None:
@@ -1127,7 +1180,7 @@ class _Batch:
                 # when it was queued, is still against the cells as they are now.
                 if cmd[5]:
                     self._write(cmd[5], ts)
-                if len(cmd) > 7:
+                if merged:
                     self._merge_local(*merged, ts)
                 results[slot] = CommitResult(Outcome.COMMITTED, ts)
             else:
@@ -1149,7 +1202,11 @@ class _Batch:
         lock = msgpack.packb([txn_id, ts, _KIND_LOCK, None, primary, deadline])
         for key in keys[len(writes):]:
             self.side[_INTENT + key] = lock
-        self.side[pkey] = msgpack.packb([ts, keys, primary, deadline], use_bin_type=True)
+        spans = [[sp[0], sp[1]] for sp in _spans_of(cmd)]
+        self.side[pkey] = msgpack.packb([ts, keys, primary, deadline, spans] if spans
+                                        else [ts, keys, primary, deadline], use_bin_type=True)
+        if spans:
+            self.sm._span_locks[txn_id] = spans
         self.installed += 1
         return CommitResult(Outcome.PREPARED, ts)
 
@@ -1200,7 +1257,7 @@ class _Batch:
         raw = self.get(pkey)
         if raw is None:
             return True  # never prepared here, or resolved already
-        prepare_ts, keys, _, _ = msgpack.unpackb(raw)
+        prepare_ts, keys = msgpack.unpackb(raw)[:2]
         if commit_ts and commit_ts < prepare_ts:
             return False
         writes: list[tuple[bytes, bytes | None]] = []
@@ -1226,6 +1283,7 @@ class _Batch:
         else:
             adj.resolve(txn_id, keys, None)
         self.side[pkey] = None
+        self.sm._span_locks.pop(txn_id, None)
         self.resolved.append(txn_id)
         return True
 
@@ -1529,7 +1587,7 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad SHIPPED command")
         return cmd
     if kind == CMD_PREPARE:
-        if len(cmd) != 10:
+        if len(cmd) not in (10, 11) or (len(cmd) == 11 and not _are_spans(cmd[10])):
             raise _Malformed("bad PREPARE command")
         _check_commit_body(cmd)
         locks, primary, deadline = cmd[7], cmd[8], cmd[9]
@@ -1537,10 +1595,12 @@ def _decode(data: bytes) -> list:
                 and type(primary) is int and primary > 0 and _is_ts(deadline)):
             raise _Malformed("bad PREPARE locks, primary or deadline")
         return cmd
-    if kind != CMD_COMMIT or len(cmd) not in (7, 8):
+    if kind != CMD_COMMIT or len(cmd) not in (7, 8, 9):
         raise _Malformed(f"unknown command {kind!r}")
     _check_commit_body(cmd)
-    if len(cmd) == 8:
+    if len(cmd) == 9 and not (_are_spans(cmd[8]) and isinstance(cmd[7], list)):
+        raise _Malformed("bad spans in COMMIT")
+    if len(cmd) == 8 or (len(cmd) == 9 and cmd[7]):
         if not isinstance(cmd[7], list) or not cmd[7]:
             raise _Malformed("bad merges in COMMIT")
         for m in cmd[7]:
@@ -1548,6 +1608,26 @@ def _decode(data: bytes) -> list:
                     and m[1] in RESOLVER_NAMES and _is_value(m[2])):
                 raise _Malformed("bad merge in COMMIT")
     return cmd
+
+
+def _are_spans(spans) -> bool:
+    """``[[start, end, limit or nil], ...]``: the ranges a serializable transaction scanned."""
+    return isinstance(spans, list) and all(
+        isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
+        and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
+        for sp in spans)
+
+
+def _spans_of(cmd: list) -> list:
+    """A COMMIT's or PREPARE's scanned ranges (empty if it has none)."""
+    if cmd[0] == CMD_PREPARE:
+        return cmd[10] if len(cmd) > 10 else []
+    return cmd[8] if len(cmd) > 8 else []
+
+
+def _merges_of(cmd: list) -> list:
+    """A COMMIT's regional merges (empty if it has none)."""
+    return cmd[7] if cmd[0] == CMD_COMMIT and len(cmd) > 7 else []
 
 
 def _check_commit_body(cmd: list) -> None:

@@ -679,7 +679,7 @@ class Node:
         merges = self._check_merges(p.get("merges", []), pairs)
         result = await replica.commit(txn_id, read_ts, pairs, reads,
                                       serializable=bool(p.get("serializable", False)),
-                                      merges=merges)
+                                      merges=merges, spans=_check_spans(p))
         if result.committed:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
@@ -754,7 +754,8 @@ class Node:
         deadline = self.clock.now() + int(INTENT_TIMEOUT_S * 1e9)
         result = await replica.prepare(txn_id, read_ts, pairs, reads, locks, primary=primary,
                                        deadline=deadline,
-                                       serializable=bool(p.get("serializable", False)))
+                                       serializable=bool(p.get("serializable", False)),
+                                       spans=_check_spans(p))
         if result.outcome is Outcome.PREPARED:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
@@ -1535,6 +1536,17 @@ def _fate(p: dict) -> tuple[int, int]:
     if type(commit_ts) is not int or not 0 <= commit_ts <= MAX_TS:
         raise InvalidArgumentError("commit_ts must be an int timestamp (0: abort)")
     return txn_id, commit_ts
+
+
+def _check_spans(p: dict) -> list:
+    """A serializable commit's or prepare's scanned ranges: ``[start, end, limit]`` lists."""
+    spans = p.get("spans", [])
+    if not (isinstance(spans, list) and len(spans) <= 4096 and all(
+            isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
+            and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
+            for sp in spans)):
+        raise InvalidArgumentError("spans must be [start, end, limit] lists")
+    return spans if p.get("serializable") else []
 
 
 def _restart(replica: GroupReplica, ts: int, until: int) -> RemoteError:

@@ -233,7 +233,8 @@ class GroupReplica:
     async def commit(self, txn_id: int, read_ts: int,
                      writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes] = (),
                      *, serializable: bool = False,
-                     merges: Sequence[tuple[bytes, str, bytes | None]] = ()) -> CommitResult:
+                     merges: Sequence[tuple[bytes, str, bytes | None]] = (),
+                     spans: Sequence[Sequence] = ()) -> CommitResult:
         """Proposes a one-phase commit and returns what applying it decided. Leader only.
 
         Raises:
@@ -246,7 +247,7 @@ class GroupReplica:
         # The commit must land above its snapshot even when that snapshot (another group's
         # closed timestamp) is ahead of this node's clock.
         data = encode_commit(txn_id, read_ts, max(self.clock.now(), read_ts + 1), writes, reads,
-                             serializable=serializable, merges=merges)
+                             serializable=serializable, merges=merges, spans=spans)
         return await self._propose(data)
 
     async def propose(self, data: bytes):
@@ -257,13 +258,14 @@ class GroupReplica:
     async def prepare(self, txn_id: int, read_ts: int,
                       writes: Sequence[tuple[bytes, bytes | None]], reads: Sequence[bytes],
                       locks: Sequence[bytes], *, primary: int, deadline: int,
-                      serializable: bool = False) -> CommitResult:
+                      serializable: bool = False, spans: Sequence[Sequence] = ()
+                      ) -> CommitResult:
         """Proposes the first phase of a two-phase commit (leader only; errors as
         :meth:`commit`)."""
         self._require_leader()
         data = encode_prepare(txn_id, read_ts, max(self.clock.now(), read_ts + 1), writes,
                               reads, locks, primary=primary, deadline=deadline,
-                              serializable=serializable)
+                              serializable=serializable, spans=spans)
         return await self._propose(data)
 
     async def decide(self, txn_id: int, commit_ts: int, since: int = 0,

@@ -1,0 +1,98 @@
+"""Serializable transactions and scanned ranges (ARCH §5: "serializable: read sets validated
+too: no write skew"). A scan's result is part of what a transaction read: a key inserted into
+a scanned range by a concurrent transaction that commits first must make the later one fail,
+or two transactions that each saw the range empty both commit (write skew through a phantom,
+e.g. "at most one doctor on call")."""
+
+from __future__ import annotations
+
+import trio
+
+from engine import errors
+from engine.group import GroupStateMachine, Outcome, encode_commit, encode_prepare, encode_resolve
+from engine.local import open_local_cluster
+from engine.mvcc import MVCCStore
+from test_group import Log
+
+TWO_REGIONS = ("us-east", "eu-west")
+
+
+async def _skew(db, isolation, *, other_keyspace=None):
+    """Two transactions each scan the range ``shift/`` (empty), then each inserts one key into
+    it (and, with ``other_keyspace``, writes a key there too: two-phase commit). Returns what
+    the second commit did."""
+    a, b = db.transaction(isolation), db.transaction(isolation)
+    for tx in (a, b):
+        assert await tx.scan("oncall", b"shift/", b"shift0") == []
+    await a.put("oncall", b"shift/alice", b"on")
+    await b.put("oncall", b"shift/bob", b"on")
+    if other_keyspace is not None:
+        await a.put(other_keyspace, b"log-a", b"1")
+        await b.put(other_keyspace, b"log-b", b"1")
+    await a.commit()
+    try:
+        await b.commit()
+    except errors.TransactionConflictError as exc:
+        return exc.reason
+    return "committed"
+
+
+async def test_serializable_refuses_write_skew_through_a_scanned_range():
+    async with open_local_cluster(("us-east",), 3, seed=31) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("oncall", home_region="us-east")
+                assert await _skew(db, "snapshot") == "committed"  # allowed under SI
+                await db.run_transaction(lambda tx: tx.delete("oncall", b"shift/alice"))
+                await db.run_transaction(lambda tx: tx.delete("oncall", b"shift/bob"))
+                reason = await _skew(db, "serializable")
+                assert reason != "committed", "phantom write skew committed under serializable"
+                assert len(await db.transaction().scan("oncall", b"shift/", b"shift0")) == 1
+
+
+async def test_serializable_refuses_write_skew_through_a_scanned_range_in_two_phase_commit():
+    async with open_local_cluster(TWO_REGIONS, 1, seed=32) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("oncall", home_region="us-east")
+                await db.create_keyspace("audit", home_region="eu-west")
+                reason = await _skew(db, "serializable", other_keyspace="audit")
+                assert reason != "committed", "phantom write skew committed under serializable"
+                assert len(await db.transaction().scan("oncall", b"shift/", b"shift0")) == 1
+
+
+# ------------------------------------------------------------------ the group state machine
+
+
+
+def test_a_group_validates_and_locks_scanned_ranges(tmp_path):
+    def open_sm():
+        store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+        return store, GroupStateMachine(store, max_txn_lifetime_ns=10**12)
+
+    log = Log()
+    store, sm = open_sm()
+    span = [[b"s/", b"s0", None]]
+    [r] = sm.apply([log(encode_commit(1, 0, 100, [(b"s/a", b"1")]))])
+    assert r.committed
+    # Inserted into the range after the snapshot 90: refused; at 100: nothing changed.
+    [r] = sm.apply([log(encode_commit(2, 90, 200, [(b"x", b"1")], serializable=True,
+                                      spans=span))])
+    assert (r.outcome, r.reason) == (Outcome.CONFLICT, "read_write")
+    [r] = sm.apply([log(encode_commit(3, 100, 210, [(b"x", b"2")], serializable=True,
+                                      spans=span))])
+    assert r.committed
+    # A prepared serializable transaction locks its range against inserts, across a restart.
+    [r] = sm.apply([log(encode_prepare(4, 210, 300, [], primary=7, deadline=10**9,
+                                       serializable=True, spans=span))])
+    assert r.outcome is Outcome.PREPARED
+    sm.close()
+    store.close()
+    store, sm = open_sm()
+    [r] = sm.apply([log(encode_commit(5, 300, 310, [(b"s/b", b"1")]))])
+    assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "intent", b"s/b")
+    sm.apply([log(encode_resolve(4, 320, 330))])
+    [r] = sm.apply([log(encode_commit(6, 330, 340, [(b"s/b", b"1")]))])
+    assert r.committed
+    sm.close()
+    store.close()
