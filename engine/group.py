@@ -16,6 +16,9 @@ An entry's data is one msgpack array whose first element says what it is:
     optional eighth element, ``merges``, lists writes to regional keyspaces as ``[key,
     resolver, value]``: each is merged into the key's cell (see :mod:`engine.merge`) with
     this group's region as origin, and recorded in the group's *outbox* for the other regions.
+    An optional ninth element (``merges`` then possibly empty), ``spans``, lists the ranges a
+    serializable transaction scanned, ``[start, end, limit]``: the commit is refused when a
+    key in one changed after ``read_ts`` or another transaction holds an intent there.
     ``flags & MOVE_COPY``: the commit is a keyspace move's copy into this group, which the
     keyspace's write fence (FENCE) does not refuse; ``flags >> 8`` is then the move's epoch.
 ``[CLOSE, proposed_ts]``
@@ -29,7 +32,9 @@ An entry's data is one msgpack array whose first element says what it is:
     *intent* of the transaction at the entry's timestamp, the *prepare timestamp*, instead of a
     version. ``primary`` is the group that holds the transaction's record, ``deadline`` the
     timestamp after which anyone may finish the transaction from that record. Preparing a
-    transaction that is already prepared here answers the same prepare timestamp again.
+    transaction that is already prepared here answers the same prepare timestamp again. An
+    optional eleventh element, ``spans``, is checked as a COMMIT's, and then locks those
+    ranges against other transactions' writes until this one is resolved.
 ``[DECIDE, txn_id, proposed_ts, commit_ts(, since, participants)]``
     On the primary group only: writes the transaction's record — committed at ``commit_ts``,
     or aborted when ``commit_ts`` is 0 — unless a record exists already, in which case that
