@@ -1247,6 +1247,7 @@ class Transaction:
                 page_end = last
             else:
                 page_start = last + b"\x00"
+            fetch *= 2  # a long run of tombstones takes a few pages, not one per key
         if ks.mode == "regional":
             merged = {k: self._regional_value(ks, k, merged.get(k))
                       for k in (*merged, *pending)}

@@ -55,6 +55,32 @@ async def test_a_limited_scan_of_a_regional_keyspace_does_not_count_deleted_keys
                     await tx.rollback()
 
 
+async def test_a_limited_scan_over_many_tombstones_takes_a_few_pages():
+    # The pages double: a long run of deleted keys before the first live one is read in a
+    # few round trips, not one per key.
+    async with open_local_cluster(("us-east",), 1, seed=25) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("r", mode="regional")
+                async with db.transaction() as tx:
+                    for i in range(64):
+                        await tx.put("r", b"k%03d" % i, b"v")
+                async with db.transaction() as tx:
+                    for i in range(63):
+                        await tx.delete("r", b"k%03d" % i)
+                async with db.transaction() as tx:
+                    pages = []
+                    read = tx._read
+
+                    async def counted(group, method, payload):
+                        pages.append(payload["limit"])
+                        return await read(group, method, payload)
+
+                    tx._read = counted
+                    assert await tx.scan("r", limit=1) == [(b"k063", b"v")]
+                    assert pages == [1, 2, 4, 8, 16, 32, 64], pages
+
+
 async def test_key_and_merge_payload_sizes_are_refused_when_written():
     # max_key_size counts the stored key, keyspace prefix included (what the groups check);
     # a merge payload is a value like any other. Both must be refused by put()/merge() with
