@@ -213,6 +213,10 @@ class RaftCore:
         self._hb_seq = 0  # the last heartbeat round numbered (lease_reads)
         self._hb_rounds: dict[int, tuple[int, set[int]]] = {}  # round -> (sent at tick, acks)
         self._lease_from = -1  # the tick of the latest heartbeat a quorum acknowledged
+        # When a leader last reached us as a follower (append, heartbeat, snapshot). Kept across
+        # term changes: learning a higher term from some other message must not end the
+        # promise not to vote for an election timeout (thesis §4.2.3, the leader's lease).
+        self._leader_heard_tick = -(1 << 62)
         self._timeout_now_sent = False  # this term: a transferee may win at any time
         # Per-role state.
         self._prs: dict[int, Progress] = {}
@@ -608,6 +612,9 @@ class RaftCore:
                 force = m.context == CAMPAIGN_TRANSFER
                 in_lease = self.config.check_quorum and (
                     (self.leader != NONE and self._election_elapsed < self.config.election_tick)
+                    # Heard from a leader within the timeout, even if a higher term learnt
+                    # since from a message that is not a vote (a late rejection) cleared it.
+                    or self._ticks - self._leader_heard_tick < self.config.election_tick
                     # A node that just (re)started may have acknowledged a leader's lease
                     # before it stopped: honour it for one election timeout.
                     or (self.config.lease_reads and self._ticks < self.config.election_tick))
@@ -670,16 +677,19 @@ class RaftCore:
         if t is MT.APPEND:
             self._election_elapsed = 0
             self.leader = m.frm
+            self._leader_heard_tick = self._ticks
             self._handle_append(m)
         elif t is MT.HEARTBEAT:
             self._election_elapsed = 0
             self.leader = m.frm
+            self._leader_heard_tick = self._ticks
             self.log.commit_to(min(m.commit, self.log.last_index))
             self._send(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context,
                                index=m.index))
         elif t is MT.SNAPSHOT:
             self._election_elapsed = 0
             self.leader = m.frm
+            self._leader_heard_tick = self._ticks
             self._handle_snapshot_chunk(m)
         elif t is MT.TIMEOUT_NOW:
             if self._promotable():

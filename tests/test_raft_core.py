@@ -848,6 +848,34 @@ def test_an_idle_leader_heartbeats_its_voters_less_often_and_its_learners_as_bef
     assert net.core(3).last_index == net.core(1).last_index
 
 
+def test_a_follower_that_heard_from_the_leader_refuses_votes_after_a_stale_higher_term():
+    """A follower that heard from the current leader within the election timeout grants no
+    (pre-)vote (thesis §4.2.3, the promise behind Config.lease_reads). Learning a higher
+    term from a message that is not a vote (a late pre-vote rejection from a node a term
+    ahead) cleared the leader and with it that promise: the leader still counts this
+    follower's acknowledgement towards its lease while another leader was elected."""
+    node = lone_node(2, voters=(1, 2, 3), entries=ents(1, 2), term=2, commit=2,
+                     pre_vote=True, check_quorum=True)
+    core = node.core
+
+    def granted(out):
+        return [m for m in out if m.type in (MT.VOTE_RESP, MT.PRE_VOTE_RESP) and m.to == 3
+                and not m.reject]
+
+    out = node.step(Message(MT.HEARTBEAT, 2, 1, 2, commit=2, index=1))
+    assert any(m.type is MT.HEARTBEAT_RESP for m in out) and core.leader == 1
+    node.step(Message(MT.PRE_VOTE_RESP, 2, 3, 3, reject=True))
+    assert core.term == 3
+    node.tick()  # one tick after hearing from the leader
+    out = node.step(Message(MT.PRE_VOTE, 2, 3, 4, index=2, log_term=2))
+    out += node.step(Message(MT.VOTE, 2, 3, 4, index=2, log_term=2))
+    assert not granted(out) and core.vote != 3, out
+    # A full election timeout without a leader: it votes again.
+    node.tick(core.config.election_tick)
+    out = node.step(Message(MT.VOTE, 2, 3, 4, index=2, log_term=2))
+    assert granted(out) and core.role is StateRole.FOLLOWER and core.vote == 3, out
+
+
 def test_an_idle_leaders_lease_never_lapses():
     net = Network((1, 2, 3), lease_reads=True, heartbeat_tick=1, election_tick=10,
                   idle_heartbeat_tick=3)
