@@ -316,7 +316,12 @@ class _WorkerThread:
 
     def _work(self) -> None:
         while True:
-            os.eventfd_read(self._request)
+            try:
+                os.eventfd_read(self._request)
+            except InterruptedError:
+                # A signal (SIGTERM, SIGINT) handled on this thread: os.eventfd_read, unlike
+                # os.read, does not retry by itself, and the thread must not die of it.
+                continue
             job = self._job
             if job is None:
                 return

@@ -1143,3 +1143,26 @@ async def test_a_leader_whose_loop_stood_still_serves_no_read_from_its_lease(tmp
             await node.linearizable_read(timeout=0.2)
         nursery.cancel_scope.cancel()
 
+
+
+async def test_the_worker_thread_outlives_a_signal_handled_on_it():
+    # A signal delivered to the worker thread while it sleeps in its eventfd read (SIGTERM
+    # on a node process may go to any thread) interrupts the read: os.eventfd_read does not
+    # retry by itself, and the thread used to die of it, leaving every later call waiting.
+    import signal
+
+    from raft.driver import _WorkerThread
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    worker = _WorkerThread("test-worker")
+    try:
+        with trio.fail_after(10):
+            assert await worker.run(lambda: 1) == 1  # the thread is up, back in its read
+            for _ in range(3):
+                signal.pthread_kill(worker._thread.ident, signal.SIGUSR1)
+                await trio.sleep(0.05)
+            assert worker._thread.is_alive()  # (else the next call would wait for ever)
+            assert await worker.run(lambda: 2) == 2
+    finally:
+        worker.close()
+        signal.signal(signal.SIGUSR1, previous)
