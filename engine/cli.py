@@ -167,12 +167,26 @@ def _run_node(path: str) -> int:
 
     async def main():
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run_node, cfg)
+            node_scope = trio.CancelScope()
+
+            async def watch_signals():
+                # Takes every signal for as long as the node runs, not just the first: one
+                # still pending when the receiver closes is delivered again with its default
+                # action (a KeyboardInterrupt traceback, or death by SIGTERM) -- a second
+                # SIGTERM or a Ctrl-C during the shutdown must not turn a clean stop into one.
                 async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+                    name = signal.Signals(signum).name
+                    if node_scope.cancel_called:
+                        log.info("%s: already shutting down", name)
+                    else:
+                        log.info("%s: shutting down", name)
+                        node_scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_signals)
+                with node_scope:
+                    await run_node(cfg)
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)

@@ -56,7 +56,8 @@ Handshake
 ---------
 The first frame a dialing node writes on a new connection is a handshake rather than a data
 frame. It has the same length prefix but no CRC (so that a peer of another version, whatever
-its frame layout, is refused with a message about the version); its body is an array of 4::
+its frame layout, is refused with a message about the version); its body, at most
+:data:`MAX_HANDSHAKE` (4 KiB) long whatever ``max_frame`` is, is an array of 4::
 
     [version, "meridian-raft", dialer_id, acceptor_id]
 
@@ -120,6 +121,7 @@ __all__ = [
     "WIRE_VERSION",
     "HANDSHAKE_TAG",
     "DEFAULT_MAX_FRAME",
+    "MAX_HANDSHAKE",
     "FRAME_HEADER_SIZE",
     "WireError",
     "Handshake",
@@ -131,6 +133,9 @@ __all__ = [
 WIRE_VERSION = 2  # 2: data frames carry the CRC-32C of their body
 HANDSHAKE_TAG = "meridian-raft"
 DEFAULT_MAX_FRAME = 64 << 20  # bytes of body
+# The largest handshake body accepted: this version's is under 40 bytes; the rest is room for
+# later versions. Anyone may connect and send one, so it must not be buffered up to max_frame.
+MAX_HANDSHAKE = 4096
 MAX_UINT = 2**64 - 1
 
 _LENGTH = struct.Struct("<I")
@@ -527,12 +532,16 @@ class FrameDecoder:
         """
         if self._frames:
             raise RuntimeError("feed_handshake() after the first frame")
-        done = self._drain(data, _decode_handshake, limit=1, checked=False)
+        done = self._drain(data, _decode_handshake, limit=1, checked=False,
+                           max_length=min(self.max_frame, MAX_HANDSHAKE))
         return done[0] if done else None
 
-    def _drain(self, data: bytes, decode, limit: int | None, checked: bool) -> list:
+    def _drain(self, data: bytes, decode, limit: int | None, checked: bool,
+               max_length: int | None = None) -> list:
         """Decodes the complete frames buffered: data frames (``checked``: length, CRC, body)
-        or the handshake (length, body)."""
+        or the handshake (length, body). ``max_length``: the largest body accepted (default
+        ``max_frame``)."""
+        max_length = self.max_frame if max_length is None else max_length
         if self._error is not None:
             raise self._error
         buf = self._buf
@@ -547,9 +556,11 @@ class FrameDecoder:
                     where = f"frame {self._frames}"
                     if length == 0:
                         raise WireError(f"{where}: empty frame (length 0)")
-                    if length > self.max_frame:
+                    if length > max_length:
                         raise WireError(
-                            f"{where}: length {length} exceeds the limit of {self.max_frame} bytes"
+                            f"{where}: length {length} exceeds the limit of {max_length} bytes"
+                            + ("" if checked else
+                               " for a handshake (is the other end a Meridian Raft peer?)")
                         )
                     if len(buf) - pos - header < length:
                         break  # incomplete: wait for more bytes

@@ -279,3 +279,49 @@ def test_a_node_that_dies_without_a_word_is_not_reported_with_an_earlier_runs_wo
         time.sleep(0.01)
     assert "killed by SIGKILL" in why and "stopped" not in why, why
     assert _processes_mentioning(str(directory)) == []
+
+
+def test_a_second_signal_during_shutdown_still_stops_the_node_cleanly(tmp_path):
+    # `meridian node` used to take only the first signal: one more arriving while the node
+    # shut down (a second SIGTERM, a Ctrl-C) stayed pending in trio's receiver and was
+    # delivered again when it closed -- a KeyboardInterrupt traceback and exit status -2
+    # (or death by SIGTERM) instead of a clean stop.
+    import trio
+
+    from engine.config import (ClusterConfig, NodeAddress, NodeConfig, RegionConfig,
+                               dump_node_config)
+    from engine.local import free_base_port
+    from engine.rpc import connect_rpc
+
+    peer_port = free_base_port(2)
+    client_port = peer_port + 1
+    cluster = ClusterConfig(name="sig", regions=(RegionConfig("r1", (
+        NodeAddress(1, "r1", "127.0.0.1", peer_port, "127.0.0.1", client_port),)),))
+    config = tmp_path / "node.toml"
+    config.write_text(dump_node_config(NodeConfig(node_id=1, data_dir=str(tmp_path / "data"),
+                                                  cluster=cluster)))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "node", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async def wait_serving():
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        async with connect_rpc("127.0.0.1", client_port) as conn:
+                            await conn.call("ping")
+                            return
+                    except OSError:
+                        await trio.sleep(0.05)
+
+        trio.run(wait_serving)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert "Traceback" not in text, text
+    assert proc.returncode == 0, text
+    assert "stopped" in text, text

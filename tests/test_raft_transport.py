@@ -1010,3 +1010,19 @@ def test_the_frames_of_one_read_reach_each_group_in_one_call_in_order():
     assert frames[0] == (1, [a1])  # the decoder's lists are not changed
     assert group_frames([(5, [a1])]) == [(5, [a1])]
     assert group_frames([]) == []
+
+
+async def test_the_acceptor_closes_a_connection_announcing_a_huge_handshake_at_once():
+    async with open_tcp_transport(5) as transport:
+        stream = await trio.open_tcp_stream(*transport.address)
+        async with stream:
+            await stream.send_all(struct.pack("<I", 60 << 20) + b"\x94" * 1000)
+            received = b"x"
+            # Well before the 5 s handshake timeout, and without a byte of the body more.
+            with trio.move_on_after(2):
+                try:
+                    received = await stream.receive_some(100)
+                except trio.BrokenResourceError:
+                    received = b""
+            assert received == b"", "the acceptor kept reading a 60 MiB handshake"
+        assert transport.statistics().decode_errors == 1

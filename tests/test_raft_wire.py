@@ -458,3 +458,12 @@ def test_feed_handshake_only_comes_first():
     decoder.feed(encode_frame(1, []))
     with pytest.raises(RuntimeError):
         decoder.feed_handshake(encode_handshake(1, 2))
+
+
+def test_a_handshake_longer_than_any_handshake_is_refused_before_its_body_arrives():
+    # The first frame of a connection is read before the peer is known to be a Meridian node
+    # at all; its length used to be checked only against max_frame (64 MiB by default), so
+    # anyone who connects could make the acceptor buffer 64 MiB -- per connection, up to
+    # max_inbound (1024) of them at once.
+    with pytest.raises(WireError, match="handshake"):
+        FrameDecoder().feed_handshake(struct.pack("<I", 60 << 20))
