@@ -1092,6 +1092,10 @@ def _translate(exc: RemoteError) -> BaseException:
         return AmbiguousCommitError(exc.message)
     if exc.code == "invalid_argument":
         return InvalidArgumentError(exc.message)
+    if exc.code == "too_large":
+        return RecordTooLargeError(exc.message)
+    if exc.code == "limit_exceeded":
+        return LimitExceededError(exc.message)
     if exc.code in ("not_closed", "clock_offset"):
         return UnavailableError(exc.message)
     return exc

@@ -32,7 +32,8 @@ snapshot?); regional keyspaces:
 ``conflicts.list`` and ``conflicts.drain``. Errors are :class:`~engine.rpc.RemoteError` codes:
 ``not_leader`` (details: group, leader), ``conflict`` (details: reason, key), ``restart``
 (details: ts — the reader must move its snapshot to ts), ``moved`` (the keyspace lives in
-another group now: look it up again), ``ambiguous``, ``invalid_argument``,
+another group now: look it up again), ``ambiguous``, ``invalid_argument``, ``too_large``
+(a key or value over its size limit), ``limit_exceeded`` (a transaction over a limit),
 ``not_found``, ``already_exists``, ``unknown_group``, ``not_closed`` (a stale read's timestamp
 was not reached in time), ``clock_offset`` (this node measured its clock beyond the allowed
 offset from a majority of its peers and refuses to serve until that heals).
@@ -451,7 +452,11 @@ class Node:
                                   details={"reason": exc.reason, "key": exc.key}) from None
             except AmbiguousCommitError as exc:
                 raise RemoteError("ambiguous", str(exc)) from None
-            except (InvalidArgumentError, RecordTooLargeError, LimitExceededError) as exc:
+            except RecordTooLargeError as exc:
+                raise RemoteError("too_large", str(exc)) from None
+            except LimitExceededError as exc:
+                raise RemoteError("limit_exceeded", str(exc)) from None
+            except InvalidArgumentError as exc:
                 raise RemoteError("invalid_argument", str(exc)) from None
 
         return guarded

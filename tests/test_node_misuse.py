@@ -289,6 +289,32 @@ async def test_a_refresh_that_waited_while_gc_passed_its_snapshot_does_not_succe
             assert reply["ok"] is False, reply
 
 
+async def test_limit_errors_keep_their_kind_across_the_wire():
+    # A limit the node finds at commit (a client with older limits, or none of the library's
+    # checks) comes back as its own code, and the library raises the same exception it
+    # would have raised before sending -- not InvalidArgumentError.
+    from engine.client import _translate
+    from engine.errors import InvalidArgumentError, LimitExceededError, RecordTooLargeError
+
+    limits = Limits(max_txn_keys=2, max_value_size=100, max_txn_bytes=1000)
+    async with open_local_cluster(("us-east",), 1, seed=6, limits=limits) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                for writes, code in (([[KEY, b"x" * 101]], "too_large"),
+                                     ([[KEY + b"%d" % i, b"x"] for i in range(3)],
+                                      "limit_exceeded")):
+                    with pytest.raises(RemoteError) as refused:
+                        await conn.call("commit", {"group": gid, "txn_id": 1, "read_ts": 0,
+                                                   "writes": writes})
+                    assert refused.value.code == code, refused.value
+    for code, kind in (("too_large", RecordTooLargeError),
+                       ("limit_exceeded", LimitExceededError),
+                       ("invalid_argument", InvalidArgumentError)):
+        assert type(_translate(RemoteError(code, "m"))) is kind
+
+
 async def test_stale_reads_that_time_out_leave_no_waiter_behind(monkeypatch):
     # A follower cut off from its leader cannot close time; each stale read waiting for it
     # gives up after STALE_READ_WAIT_S and must take its waiter with it.
