@@ -271,12 +271,15 @@ def test_a_node_that_dies_without_a_word_is_not_reported_with_an_earlier_runs_wo
     assert procs.last_log_line(1).endswith("stopped")
     assert procs.exited(1) == procs.last_log_line(1)  # not started here: all there is
     procs.start_node(1)
-    assert procs.exited(1) is None and procs.running_pid(1) is not None
-    procs.kill_node(1)
-    deadline = time.monotonic() + 30
-    while (why := procs.exited(1)) is None:
-        assert time.monotonic() < deadline, "the node was not killed"
-        time.sleep(0.01)
+    try:
+        assert procs.exited(1) is None and procs.running_pid(1) is not None
+        procs.kill_node(1)
+        deadline = time.monotonic() + 30
+        while (why := procs.exited(1)) is None:
+            assert time.monotonic() < deadline, "the node was not killed"
+            time.sleep(0.01)
+    finally:
+        procs.stop()  # whatever failed above: leave no node running
     assert "killed by SIGKILL" in why and "stopped" not in why, why
     assert _processes_mentioning(str(directory)) == []
 
