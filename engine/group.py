@@ -1592,7 +1592,7 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad SHIPPED command")
         return cmd
     if kind == CMD_PREPARE:
-        if len(cmd) not in (10, 11) or (len(cmd) == 11 and not _are_spans(cmd[10])):
+        if len(cmd) not in (10, 11) or (len(cmd) == 11 and not are_spans(cmd[10])):
             raise _Malformed("bad PREPARE command")
         _check_commit_body(cmd)
         locks, primary, deadline = cmd[7], cmd[8], cmd[9]
@@ -1603,7 +1603,7 @@ def _decode(data: bytes) -> list:
     if kind != CMD_COMMIT or len(cmd) not in (7, 8, 9):
         raise _Malformed(f"unknown command {kind!r}")
     _check_commit_body(cmd)
-    if len(cmd) == 9 and not (_are_spans(cmd[8]) and isinstance(cmd[7], list)):
+    if len(cmd) == 9 and not (are_spans(cmd[8]) and isinstance(cmd[7], list)):
         raise _Malformed("bad spans in COMMIT")
     if len(cmd) == 8 or (len(cmd) == 9 and cmd[7]):
         if not isinstance(cmd[7], list) or not cmd[7]:
@@ -1615,7 +1615,7 @@ def _decode(data: bytes) -> list:
     return cmd
 
 
-def _are_spans(spans) -> bool:
+def are_spans(spans) -> bool:
     """``[[start, end, limit or nil], ...]``: the ranges a serializable transaction scanned."""
     return isinstance(spans, list) and all(
         isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes

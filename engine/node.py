@@ -98,6 +98,7 @@ from .group import (
     MAX_EPOCH,
     MAX_KEYSPACE_ID,
     Outcome,
+    are_spans,
     encode_commit,
     encode_drain,
     encode_fence,
@@ -151,6 +152,8 @@ batch: each batch costs every destination a Raft proposal."""
 LAG_SAMPLES = 1000
 RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
+MAX_SPANS = 4096
+"""The most scanned ranges one refresh, commit or prepare may carry for one group."""
 
 
 def idle_heartbeat_ticks(heartbeat_ticks: int, election_ticks: int) -> int:
@@ -682,9 +685,9 @@ class Node:
         replica = self._replica(p)
         txn_id, read_ts, pairs, reads = self._check_txn(p)
         merges = self._check_merges(p.get("merges", []), pairs)
-        result = await replica.commit(txn_id, read_ts, pairs, reads,
-                                      serializable=bool(p.get("serializable", False)),
-                                      merges=merges, spans=_check_spans(p))
+        serializable = bool(p.get("serializable", False))
+        result = await replica.commit(txn_id, read_ts, pairs, reads, serializable=serializable,
+                                      merges=merges, spans=_spans(p) if serializable else [])
         if result.committed:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
@@ -757,10 +760,10 @@ class Node:
         if type(primary) is not int or primary not in self.placement or primary == META_GROUP:
             raise InvalidArgumentError(f"primary must be a data group, not {primary!r}")
         deadline = self.clock.now() + int(INTENT_TIMEOUT_S * 1e9)
+        serializable = bool(p.get("serializable", False))
         result = await replica.prepare(txn_id, read_ts, pairs, reads, locks, primary=primary,
-                                       deadline=deadline,
-                                       serializable=bool(p.get("serializable", False)),
-                                       spans=_check_spans(p))
+                                       deadline=deadline, serializable=serializable,
+                                       spans=_spans(p) if serializable else [])
         if result.outcome is Outcome.PREPARED:
             return {"ts": result.ts}
         self._refuse(txn_id, result)
@@ -860,18 +863,13 @@ class Node:
         ``to_ts``? Yes when none of its keys, nor any key in its scanned spans, changed in
         between."""
         replica = self._replica(p)
-        keys, spans = p.get("keys", []), p.get("spans", [])
+        keys, spans = p.get("keys", []), _spans(p)
         from_ts, to_ts = p.get("from_ts"), p.get("to_ts")
         if not (type(from_ts) is int and type(to_ts) is int and 0 < from_ts <= to_ts <= MAX_TS):
             raise InvalidArgumentError("from_ts and to_ts must be timestamps, from_ts <= to_ts")
         self._not_ahead("to_ts", to_ts)
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of bytes")
-        if not isinstance(spans, list) or not all(
-                isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
-                and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int)
-                for sp in spans):
-            raise InvalidArgumentError("spans must be [start, end, limit] lists")
         replica._require_leader()
         store = replica.sm.store
 
@@ -1543,15 +1541,14 @@ def _fate(p: dict) -> tuple[int, int]:
     return txn_id, commit_ts
 
 
-def _check_spans(p: dict) -> list:
-    """A serializable commit's or prepare's scanned ranges: ``[start, end, limit]`` lists."""
+def _spans(p: dict) -> list:
+    """The request's scanned ranges (a refresh's, a serializable commit's or prepare's):
+    ``[start, end, limit]`` lists, at most :data:`MAX_SPANS`."""
     spans = p.get("spans", [])
-    if not (isinstance(spans, list) and len(spans) <= 4096 and all(
-            isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
-            and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
-            for sp in spans)):
-        raise InvalidArgumentError("spans must be [start, end, limit] lists")
-    return spans if p.get("serializable") else []
+    if not (are_spans(spans) and len(spans) <= MAX_SPANS):
+        raise InvalidArgumentError(f"spans must be at most {MAX_SPANS} [start, end, limit] "
+                                   f"lists")
+    return spans
 
 
 def _restart(replica: GroupReplica, ts: int, until: int) -> RemoteError:

@@ -697,8 +697,7 @@ class RaftNode:
         if self._deadlines:
             self._expire_proposals()
         try:
-            self._check_tick_gap()
-            self._tick_grid = self._grid_now()
+            self._tick_grid = self._check_tick_gap()
             self._core.tick()
             if self._built_at is not None:
                 self._release_built()
@@ -709,14 +708,16 @@ class RaftNode:
     def _grid_now(self) -> int:
         return math.floor(trio.current_time() / self._tick_interval + 1e-6)
 
-    def _check_tick_gap(self) -> None:
+    def _check_tick_gap(self) -> int:
         """Ends the core's lease if ticks were lost: the ticker skips the grid points that
         passed while the loop stood still (a paused process, a long fsync on the loop's
         thread), so the leader's ticks fell behind real time while the other voters' did
         not -- they may have elected another leader already. Called before the core answers
-        a read or steps messages, and on each tick."""
-        if self._tick_grid is not None and self._grid_now() - self._tick_grid > 1:
+        a read or steps messages, and on each tick; returns the current grid point."""
+        grid = self._grid_now()
+        if self._tick_grid is not None and grid - self._tick_grid > 1:
             self._core.lapse_lease()
+        return grid
 
     def _send_or_kick(self) -> None:
         """After a tick, a step or a proposal: send the messages if they are all the core has
