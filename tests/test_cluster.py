@@ -34,6 +34,17 @@ async def _leader_of(cluster, group: int) -> int:
             await trio.sleep(0.02)
 
 
+async def second_commit(a, b) -> str:
+    """Commits ``a``, then ``b``: what became of ``b`` ("committed", or its conflict's
+    reason). The shape of every write-skew check."""
+    await a.commit()
+    try:
+        await b.commit()
+    except errors.TransactionConflictError as exc:
+        return exc.reason
+    return "committed"
+
+
 async def test_clients_in_every_region_commit_and_read():
     async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms={TWO_REGIONS: 5},
                                   seed=1) as cluster:
@@ -91,12 +102,7 @@ async def test_lost_update_is_refused_and_write_skew_needs_serializable():
                         await tx.get("k", b"y")
                     await a.put("k", b"x", b"0")
                     await b.put("k", b"y", b"0")
-                    await a.commit()
-                    try:
-                        await b.commit()
-                    except errors.TransactionConflictError as exc:
-                        return exc.reason
-                    return "committed"
+                    return await second_commit(a, b)
 
                 assert await skew("snapshot") == "committed"
                 await db.run_transaction(lambda tx: tx.put("k", b"x", b"1"))

@@ -14,7 +14,7 @@ from engine import errors
 from engine.config import Limits
 from engine.local import open_local_cluster
 from engine.placement import data_group, encode_key
-from test_cluster import _leader_of
+from test_cluster import _leader_of, second_commit
 
 TWO_REGIONS = ("us-east", "eu-west")
 WAN = {TWO_REGIONS: 10}
@@ -136,12 +136,7 @@ async def test_serializable_refuses_write_skew_across_regions():
                         await tx.get("w", b"y")
                     await a.put("e", b"x", b"0")
                     await b.put("w", b"y", b"0")
-                    await a.commit()
-                    try:
-                        await b.commit()
-                    except errors.TransactionConflictError as exc:
-                        return exc.reason
-                    return "committed"
+                    return await second_commit(a, b)
 
                 assert await skew("snapshot") == "committed"
                 assert await skew("serializable") in ("intent", "write_write")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import trio
 
-from engine import errors
 from engine.group import GroupStateMachine, Outcome, encode_commit, encode_prepare, encode_resolve
 from engine.local import open_local_cluster
 from engine.mvcc import MVCCStore
+from test_cluster import TWO_REGIONS, second_commit
 from test_group import Log
-
-TWO_REGIONS = ("us-east", "eu-west")
 
 
 async def _skew(db, isolation, *, other_keyspace=None):
@@ -29,12 +27,7 @@ async def _skew(db, isolation, *, other_keyspace=None):
     if other_keyspace is not None:
         await a.put(other_keyspace, b"log-a", b"1")
         await b.put(other_keyspace, b"log-b", b"1")
-    await a.commit()
-    try:
-        await b.commit()
-    except errors.TransactionConflictError as exc:
-        return exc.reason
-    return "committed"
+    return await second_commit(a, b)
 
 
 async def test_serializable_refuses_write_skew_through_a_scanned_range():
