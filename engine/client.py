@@ -777,7 +777,7 @@ class Database:
             ts = reply["ts"]
             items = reply["items"]
             out.update((k, v) for k, v in items)
-            if len(items) < COPY_PAGE:
+            if not items or (len(items) < COPY_PAGE and reply.get("more") is not True):
                 return out, ts
             start = items[-1][0] + b"\x00"
 
@@ -1232,26 +1232,41 @@ class Transaction:
             reply = await self._read(group, "scan", {"start": page_start, "end": page_end,
                                                      "limit": fetch, "reverse": reverse})
             reads = self._visited[group]
-            # A limited reverse scan saw the end of the span: refreshing it compares all of it.
-            reads.spans.append([page_start, page_end, None if reverse else fetch])
             page = reply["items"]
+            # The node answers a page at a time: ``more`` when it stopped at its page bounds
+            # with the range going on past the page's last key.
+            cut = bool(page) and reply.get("more") is True
+            if cut:
+                # Every key of the part read came back: refreshing it compares all of it.
+                last = page[-1][0]
+                reads.spans.append([last, page_end, None] if reverse
+                                   else [page_start, last + b"\x00", None])
+            else:
+                # A limited reverse scan saw the end of the span: refreshing it compares all
+                # of it.
+                reads.spans.append([page_start, page_end, None if reverse else fetch])
             merged.update((k, v) for k, v in page)
             reads.keys.update(k for k, _ in page)
-            if ks.mode != "regional" or fetch is None or not page or len(page) < fetch:
-                break
-            # A regional keyspace keeps a deleted key as a tombstone cell, which the page
-            # counts and a read does not return (nor a key this transaction deletes, nor an
-            # emptied set): read on until what was read holds ``limit`` live keys.
+            if not cut and (fetch is None or not page or len(page) < fetch):
+                break  # the range is read to its end (or nothing was asked for)
             last = page[-1][0]
-            seen = {k for k in (*merged, *pending) if (last <= k if reverse else k <= last)}
-            if sum(self._regional_value(ks, k, merged.get(k)) is not None
-                   for k in seen) >= limit:
-                break
+            if ks.mode == "regional" and fetch is not None:
+                # A regional keyspace keeps a deleted key as a tombstone cell, which the page
+                # counts and a read does not return (nor a key this transaction deletes, nor
+                # an emptied set): read on until what was read holds ``limit`` live keys.
+                seen = {k for k in (*merged, *pending) if (last <= k if reverse else k <= last)}
+                if sum(self._regional_value(ks, k, merged.get(k)) is not None
+                       for k in seen) >= limit:
+                    break
+                fetch *= 2  # a long run of tombstones takes a few pages, not one per key
+            elif fetch is not None:
+                if not cut:
+                    break  # ``fetch`` keys read: enough
+                fetch -= len(page)
             if reverse:
                 page_end = last
             else:
                 page_start = last + b"\x00"
-            fetch *= 2  # a long run of tombstones takes a few pages, not one per key
         if ks.mode == "regional":
             merged = {k: self._regional_value(ks, k, merged.get(k))
                       for k in (*merged, *pending)}

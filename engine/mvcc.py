@@ -873,6 +873,7 @@ class MVCCStore(Resource):
         *,
         limit: int | None = None,
         reverse: bool = False,
+        max_bytes: int | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The live keys in ``[start, end)`` as of ``ts``, in key order.
 
@@ -886,6 +887,9 @@ class MVCCStore(Resource):
             ts: the read timestamp.
             limit: at most this many pairs (None for no limit).
             reverse: descending key order (the first pairs are those just below ``end``).
+            max_bytes: stop after the pair that brings the keys and values returned to this
+                many bytes or more (None for no bound); a page of a larger scan, to be
+                continued from just past its last key.
 
         Returns:
             ``[(key, value), ...]``.
@@ -902,6 +906,9 @@ class MVCCStore(Resource):
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise errors.InvalidArgumentError(f"limit must be None or an int >= 0, not {limit!r}")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+            raise errors.InvalidArgumentError(f"max_bytes must be None or an int >= 1, not "
+                                              f"{max_bytes!r}")
         if limit == 0 or (end is not None and end <= start):
             self._live_env()
             return []
@@ -916,9 +923,10 @@ class MVCCStore(Resource):
             with env.begin(self._versions) as txn:
                 cur = txn.cursor()
                 if reverse:
-                    self._scan_reverse(cur, start_enc, end_enc, inv_ts, limit, out)
+                    self._scan_reverse(cur, start_enc, end_enc, inv_ts, limit, max_bytes, out)
                 else:
-                    self._scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, out)
+                    self._scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, max_bytes,
+                                       out)
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "scan failed") from None
         finally:
@@ -1005,7 +1013,8 @@ class MVCCStore(Resource):
         return out
 
     @staticmethod
-    def _scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, out) -> None:
+    def _scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, max_bytes, out) -> None:
+        budget = max_bytes
         ok = cur.set_range(start_enc + inv_ts) if start_enc else cur.first()
         while ok:
             vkey = cur.key()
@@ -1019,13 +1028,19 @@ class MVCCStore(Resource):
                 continue
             value = cur.value()
             if value[0] == _TAG_VALUE:
-                out.append((_decode(ekey), value[1:]))
+                key = _decode(ekey)
+                out.append((key, value[1:]))
                 if limit is not None and len(out) >= limit:
                     return
+                if budget is not None:
+                    budget -= len(key) + len(value) - 1
+                    if budget <= 0:
+                        return
             ok = cur.set_range(ekey + _PAST_VERSIONS)
 
     @staticmethod
-    def _scan_reverse(cur, start_enc, end_enc, inv_ts, limit, out) -> None:
+    def _scan_reverse(cur, start_enc, end_enc, inv_ts, limit, max_bytes, out) -> None:
+        budget = max_bytes
         if end_enc is None:
             ok = cur.last()
         else:
@@ -1039,9 +1054,14 @@ class MVCCStore(Resource):
             if cur.set_range(ekey + inv_ts) and cur.key().startswith(ekey):
                 value = cur.value()
                 if value[0] == _TAG_VALUE:
-                    out.append((_decode(ekey), value[1:]))
+                    key = _decode(ekey)
+                    out.append((key, value[1:]))
                     if limit is not None and len(out) >= limit:
                         return
+                    if budget is not None:
+                        budget -= len(key) + len(value) - 1
+                        if budget <= 0:
+                            return
             # Step to the previous key: onto this key's newest version, then one back.
             cur.set_range(ekey)
             ok = cur.prev()

@@ -25,7 +25,8 @@ Methods served
 ``keyspace.list``, and the steps of moves and drops, ``keyspace.begin``, ``keyspace.rehome``,
 ``keyspace.settle`` and ``keyspace.drop`` (meta group leader), and
 ``keyspace.fence`` and ``keyspace.copy`` (a data group: moving or dropping a keyspace); data:
-``read``, ``scan`` and ``commit`` on a group; two-phase commit: ``prepare``, ``decide``
+``read``, ``scan`` (a page at a time, see :data:`SCAN_PAGE_ITEMS`) and ``commit`` on a group;
+two-phase commit: ``prepare``, ``decide``
 (primary group), ``resolve``, and ``refresh`` (may a transaction's reads move to a newer
 snapshot?); regional keyspaces:
 ``remote.apply`` and ``remote.watermark`` (between nodes: another region's writes),
@@ -154,6 +155,12 @@ RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 MAX_SPANS = 4096
 """The most scanned ranges one refresh, commit or prepare may carry for one group."""
+SCAN_PAGE_ITEMS = 10_000
+SCAN_PAGE_BYTES = 4 << 20
+"""A ``scan`` answers at most this many pairs, and stops after the pair that brings their
+keys and values to this many bytes: a page, which says ``more`` when the range goes on
+past its last key. The node holds one page in memory per scan, and a page stays far below
+the RPC frame limit (16 MiB); the client reads on from just past the page's last key."""
 
 
 def idle_heartbeat_ticks(heartbeat_ticks: int, election_ticks: int) -> int:
@@ -583,12 +590,18 @@ class Node:
         self._check_fences(replica, prefixes, ts)
         await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
                                  restart=not _is_stale(p))
+        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
         with self._reading(replica, generation, prefixes, ts):
-            items = replica.scan(start, end, ts, limit=limit, reverse=reverse)
-            if until > ts and items != replica.scan(start, end, until, limit=limit,
-                                                    reverse=reverse):
+            items = replica.scan(start, end, ts, limit=page, reverse=reverse,
+                                 max_bytes=SCAN_PAGE_BYTES)
+            if until > ts and items != replica.scan(start, end, until, limit=page,
+                                                    reverse=reverse, max_bytes=SCAN_PAGE_BYTES):
                 raise _restart(replica, ts, until)
-        return {"ts": ts, "until": until, "items": [[k, v] for k, v in items]}
+        # Cut short by the page's bounds rather than by the caller's limit or the range's end
+        # (a page that ends exactly where the range does says more; the next one is empty).
+        more = bool(items) and (limit is None or len(items) < limit) and (
+            len(items) >= page or sum(len(k) + len(v) for k, v in items) >= SCAN_PAGE_BYTES)
+        return {"ts": ts, "until": until, "items": [[k, v] for k, v in items], "more": more}
 
     def _begin_read(self, replica: GroupReplica) -> int:
         """Once a read knows its timestamp: the replica's restore generation, for

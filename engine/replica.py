@@ -222,9 +222,10 @@ class GroupReplica:
         return value
 
     def scan(self, start: bytes, end: bytes | None, ts: int, *, limit: int | None = None,
-             reverse: bool = False) -> list[tuple[bytes, bytes]]:
+             reverse: bool = False, max_bytes: int | None = None) -> list[tuple[bytes, bytes]]:
         self.check_readable(ts)
-        items = self.sm.store.scan(start, end, ts, limit=limit, reverse=reverse)
+        items = self.sm.store.scan(start, end, ts, limit=limit, reverse=reverse,
+                                   max_bytes=max_bytes)
         self.check_readable(ts)  # as in get
         return items
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 import engine
 from engine import errors
+from engine import node as node_module
 from engine.blocking import connect_blocking
 from engine.config import Limits
 from engine.local import open_local_cluster
@@ -74,6 +75,65 @@ async def test_a_limited_scan_of_a_regional_keyspace_does_not_count_deleted_keys
                     tx._read = counted
                     assert await tx.scan("t", limit=1) == [(b"k063", b"vk063")]
                     assert pages == [1, 2, 4, 8, 16, 32, 64], pages
+
+
+async def test_a_scan_larger_than_one_rpc_frame_returns_every_key():
+    # A node answers a scan a page at a time (at most SCAN_PAGE_BYTES of keys and values, far
+    # below the 16 MiB frame limit), and the client reads on: a range holding more than one
+    # frame can carry is still read whole, and the node never holds all of it at once.
+    big = b"x" * (1 << 20)
+    async with open_local_cluster(("us-east",), 1, seed=22) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("blobs")
+                for lo in range(0, 18, 3):
+                    async with db.transaction() as tx:
+                        for i in range(lo, lo + 3):
+                            await tx.put("blobs", b"b%02d" % i, big)
+                want = [b"b%02d" % i for i in range(18)]
+                async with db.transaction() as tx:
+                    assert [k for k, _ in await tx.scan("blobs")] == want
+                    assert [k for k, _ in await tx.scan("blobs", reverse=True)] == want[::-1]
+                    assert [k for k, _ in await tx.scan("blobs", limit=7)] == want[:7]
+                    await tx.rollback()
+
+
+async def test_scans_read_on_across_pages(monkeypatch):
+    # Pages of three keys: limits, reverse scans, the transaction's own writes, regional
+    # tombstones and a serializable transaction's validation all span several pages.
+    monkeypatch.setattr(node_module, "SCAN_PAGE_ITEMS", 3)
+    async with open_local_cluster(("us-east",), 1, seed=23) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g")
+                keys = [b"k%02d" % i for i in range(0, 20, 2)]
+                async with db.transaction() as tx:
+                    for k in keys:
+                        await tx.put("g", k, b"v" + k)
+                rows = [(k, b"v" + k) for k in keys]
+                async with db.transaction() as tx:
+                    assert await tx.scan("g") == rows
+                    assert await tx.scan("g", reverse=True) == rows[::-1]
+                    assert await tx.scan("g", limit=7) == rows[:7]
+                    assert await tx.scan("g", b"k03", b"k15", reverse=True, limit=4) \
+                        == [r for r in rows if b"k03" <= r[0] < b"k15"][::-1][:4]
+                    await tx.put("g", b"k05", b"mine")
+                    await tx.delete("g", b"k00")
+                    assert await tx.scan("g", limit=3) == [rows[1], rows[2], (b"k05", b"mine")]
+                    await tx.rollback()
+                # A key inserted since the snapshot into the first page of a scanned range
+                # (each page that was cut short is validated over the keys it covered).
+                a = db.transaction("serializable")
+                assert len(await a.scan("g")) == len(keys)
+                await db.run_transaction(lambda tx: tx.put("g", b"k03", b"new"))
+                await a.put("g", b"elsewhere", b"1")
+                with pytest.raises(errors.TransactionConflictError):
+                    await a.commit()
+                await _regional_with_deletes(db, "r", keys, 7)
+                async with db.transaction() as tx:
+                    assert await tx.scan("r", limit=2) == rows[7:9]
+                    assert await tx.scan("r") == rows[7:]
+                    await tx.rollback()
 
 
 async def test_key_and_merge_payload_sizes_are_refused_when_written():

@@ -235,6 +235,11 @@ def test_scan_forward_and_reverse_with_bounds_and_limit(store):
     assert store.scan(b"k0285", None, 35) == [p for p in visible if p[0] > b"k0285"]
     assert store.scan(b"", b"zzz", 35, reverse=True) == visible[::-1]
     assert store.scan(b"\x00", b"k0015", 35) == visible[:1]
+    # A byte budget ends a page after the pair that reaches it (each pair here: 4 + 7 bytes).
+    assert store.scan(b"", None, 35, max_bytes=23) == visible[:3]
+    assert store.scan(b"", None, 35, max_bytes=22) == visible[:2]
+    assert store.scan(b"", None, 35, max_bytes=1, reverse=True) == visible[::-1][:1]
+    assert store.scan(b"", None, 35, max_bytes=1 << 20) == visible
 
 
 def test_scan_takes_each_keys_version_at_ts(store):
@@ -348,6 +353,8 @@ def test_bad_scan_arguments_are_rejected(store):
         store.scan(b"a", None, 10, limit=-1)
     with pytest.raises(errors.InvalidArgumentError, match="limit"):
         store.scan(b"a", None, 10, limit=True)
+    with pytest.raises(errors.InvalidArgumentError, match="max_bytes"):
+        store.scan(b"a", None, 10, max_bytes=0)
 
 
 def test_bad_store_arguments_are_rejected(tmp_path, store):
