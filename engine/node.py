@@ -1068,14 +1068,16 @@ class Node:
     async def _keep_leader_home(self, replica: GroupReplica) -> None:
         """Runs until cancelled: a spread group led from outside its home region hands its
         leadership to the home region's voter (commits and strong reads then cost the home
-        region's clients no WAN round trip to the leader; if that voter is down, the transfer
-        fails and the next check tries again)."""
+        region's clients no WAN round trip to the leader), once that voter answers this
+        leader. A transfer stops the group's proposals until it ends or an election timeout
+        passes: one to a voter that is down (its region lost) would only take writes away
+        from the group, again at every check, so it waits until the voter is back."""
         where = self.placement[replica.group]
         home = [v for v in where.conf.voters if self.cluster.node(v).region == where.region]
         while True:
             await trio.sleep(LEADER_HOME_CHECK_S)
             if (replica.node.is_leader and self.region != where.region and home
-                    and self._clock_problem is None):
+                    and self._clock_problem is None and _answers(replica, home[0])):
                 try:
                     replica.node.transfer_leader(home[0])
                 except Exception as exc:  # lost leadership meanwhile, or closing
@@ -1616,3 +1618,12 @@ def _open_identity(directory: Path, cluster: str, node_id: int) -> DurableState:
         identity.close()
         raise
     return identity
+
+
+def _answers(replica: GroupReplica, voter: int) -> bool:
+    """Whether ``voter`` has answered this leader of the replica's group lately: it has
+    acknowledged entries of this term (a voter that is down has none: the leader starts
+    each term knowing nothing of the others' logs) and answered within the current
+    election timeout."""
+    progress = replica.node.core.status()["progress"].get(voter)
+    return progress is not None and progress["active"] and progress["match"] > 0

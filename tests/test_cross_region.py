@@ -13,7 +13,7 @@ import engine.replica
 from engine import errors
 from engine.config import Limits
 from engine.local import open_local_cluster
-from engine.placement import data_group, encode_key
+from engine.placement import data_group, encode_key, spread_group
 from test_cluster import _leader_of, second_commit
 
 TWO_REGIONS = ("us-east", "eu-west")
@@ -312,6 +312,45 @@ async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write(
                 async with db.transaction() as tx:
                     rows = await tx.scan("ledger")
                 assert {int(k) for k, _ in rows} >= set(acked)
+
+
+async def test_a_spread_group_hands_leadership_home_only_to_a_home_voter_that_answers(
+        monkeypatch):
+    """A leader transfer stops the group's writes until it ends or times out (an election
+    timeout): the spread group's leader must not keep trying to hand leadership to the voter
+    of a home region that is down, or the keyspace that survived the region's loss spends
+    most of its time refusing writes. Once that voter is back, leadership goes home again."""
+    import raft.driver
+
+    monkeypatch.setattr(engine.node, "LEADER_HOME_CHECK_S", 0.02)
+    transfers: list[tuple[int, int]] = []
+    transfer = raft.driver.RaftNode.transfer_leader
+
+    def spy(self, to):
+        transfers.append((self.group, to))
+        return transfer(self, to)
+
+    monkeypatch.setattr(raft.driver.RaftNode, "transfer_leader", spy)
+    regions = ("us-east", "eu-west", "ap-south")
+    async with open_local_cluster(regions, 1, seed=19) as cluster:
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("ledger", home_region="us-east", survive="region")
+                group = spread_group(cluster.config, "us-east")
+                home = cluster.config.nodes_in("us-east")[0].id
+                while await _leader_of(cluster, group) != home:
+                    await trio.sleep(0.02)
+                await cluster.stop_node(home)
+                await _leader_of(cluster, group)  # elected outside the home region
+                transfers.clear()
+                for i in range(20):  # 20 of the leader's checks, and writes meanwhile
+                    await db.run_transaction(lambda tx, i=i: tx.put("ledger", b"%d" % i, b"x"))
+                    await trio.sleep(0.02)
+                assert (group, home) not in transfers
+                await cluster.start_node(home)
+                while await _leader_of(cluster, group) != home:
+                    await trio.sleep(0.02)
+                assert await db.read("ledger", b"19") == b"x"
 
 
 async def test_a_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost():
