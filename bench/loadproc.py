@@ -48,16 +48,23 @@ def shares(total: int, parts: int) -> list[int]:
 
 def process_load(load: LoadSpec, processes: int, i: int, seed: int = 1) -> LoadSpec:
     """Load process ``i``'s part of ``load`` split over ``processes``: its share of the
-    clients, of the arrival rate, and its own seed.
+    clients, the same share of the arrival rate, and its own seed.
 
-    Uniform arrivals at ``rate / processes`` each would come ``processes`` at a time if every
-    process started its schedule at the same instant; process ``i`` starts ``i / rate`` later,
-    so that operation ``k`` of process ``i`` is intended at ``start + (k * processes + i) /
-    rate``: together, one arrival every ``1 / rate``, as one process would send them."""
-    rate = None if load.rate is None else load.rate / processes
-    phase = load.phase_s + (i / load.rate if load.rate else 0.0)
-    return dataclasses.replace(load, clients=shares(load.clients, processes)[i], rate=rate,
-                               phase_s=phase, seed=seed * 100 + i)
+    The rate follows the connections: a process with fewer of them than another (clients
+    that do not divide evenly) must not get as many arrivals, or it queues while the other
+    idles, and the run shows a saturation the system never reached. Uniform arrivals take
+    turns: operation ``j`` of the one schedule (intended at ``start + j / rate``) is sent by
+    the process that holds the connection ``j % clients``, connection ``c`` being held by
+    process ``c % processes`` (which gives process ``i`` its ``shares`` of them): together,
+    one arrival every ``1 / rate``, as one process would send them."""
+    if load.rate is None:
+        return dataclasses.replace(load, clients=shares(load.clients, processes)[i],
+                                   seed=seed * 100 + i)
+    assert load.cycle == 1 and load.slots == (0,), "a load already split"
+    slots = tuple(range(i, load.clients, processes))
+    return dataclasses.replace(load, clients=len(slots),
+                               rate=load.rate * len(slots) / load.clients,
+                               cycle=load.clients, slots=slots, seed=seed * 100 + i)
 
 
 class WindowSamples:

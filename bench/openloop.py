@@ -65,10 +65,14 @@ class LoadSpec:
     warmup_s: float = 0.0
     rate: float | None = None
     arrival: str = "uniform"
-    # Uniform arrivals start this much after ``start``: load process ``p`` of ``P`` sharing one
-    # rate offsets its schedule by ``p / rate`` so that their arrivals interleave (see
-    # bench/loadproc.py) instead of coming ``P`` at a time.
+    # Uniform arrivals start this much after ``start``.
     phase_s: float = 0.0
+    # Uniform arrivals of a share of one schedule (bench/loadproc.py): that schedule sends one
+    # operation every ``len(slots) / (rate * cycle)`` seconds, operation ``j`` belonging to
+    # slot ``j % cycle``, and this process sends those of ``slots`` (``rate`` is its own
+    # share). The default, one slot of a cycle of one, is every operation at ``rate``.
+    cycle: int = 1
+    slots: tuple[int, ...] = (0,)
     interval_s: float = 1.0
     grace_s: float = 10.0
     max_ops: int = 50_000_000
@@ -89,6 +93,11 @@ class LoadSpec:
             raise ValueError("phase_s must be >= 0")
         if not self.interval_s > 0 or self.grace_s < 0 or self.max_ops < 1:
             raise ValueError("interval_s must be > 0, grace_s >= 0, max_ops >= 1")
+        slots = tuple(self.slots)  # a list, from JSON
+        object.__setattr__(self, "slots", slots)
+        if (self.cycle < 1 or not slots or list(slots) != sorted(set(slots))
+                or slots[0] < 0 or slots[-1] >= self.cycle):
+            raise ValueError("slots must be distinct, ascending, in 0..cycle-1")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -257,13 +266,16 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
         window's end, at most ``max_ops``."""
         rng = random.Random(spec.seed * 31 + 7)
         assert spec.rate is not None
-        gap = 1.0 / spec.rate
+        slots, cycle = spec.slots, spec.cycle
+        # The gap between two operations of the whole schedule this process has a share of.
+        gap = len(slots) / (spec.rate * cycle)
         intended = start
         for i in range(spec.max_ops):
             if spec.arrival == "poisson":
                 intended += rng.expovariate(spec.rate)
             else:
-                intended = start + spec.phase_s + i * gap
+                turn, k = divmod(i, len(slots))
+                intended = start + spec.phase_s + (turn * cycle + slots[k]) * gap
             if intended >= measure_to:
                 return
             yield intended

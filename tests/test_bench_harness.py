@@ -218,7 +218,8 @@ def test_load_processes_interleave_uniform_arrivals():
             async with trio.open_nursery() as nursery:
                 for i in range(processes):
                     spec = process_load(load, processes, i)
-                    assert spec.rate == rate / processes
+                    # Each its share of the rate, as of the connections (8 = 3 + 3 + 2).
+                    assert abs(spec.rate - rate * spec.clients / 8) < 1e-9
                     nursery.start_soon(lambda s=spec: run_load(Recorder(), Ops(), s,
                                                                 start_at=start))
             return start
@@ -229,6 +230,42 @@ def test_load_processes_interleave_uniform_arrivals():
         assert len(arrivals) == rate * duration
         for j, t in enumerate(sorted(arrivals)):
             assert abs(t - (start + j / rate)) < 1e-6, (processes, j)
+
+
+def test_load_processes_share_the_rate_in_proportion_to_their_connections():
+    # 3 connections over 2 load processes (2 + 1), offered 250 ops/s of a server that takes
+    # 10 ms per operation on each connection: 300 ops/s fit, so nothing should queue. A process
+    # given half the rate on one connection (125/s of a 100/s capacity) would queue without
+    # bound and report a saturated system.
+    from bench.loadproc import process_load, shares
+    from bench.openloop import merge_tallies
+
+    class TenMs:
+        async def execute(self, op: Op) -> int:
+            await trio.sleep(0.01)
+            return 1
+
+    rate, clients, processes = 250.0, 3, 2
+    load = LoadSpec("open", clients, duration_s=2.0, rate=rate, grace_s=1.0)
+    specs = [process_load(load, processes, i) for i in range(processes)]
+    for spec, c in zip(specs, shares(clients, processes)):
+        assert spec.clients == c and abs(spec.rate - rate * c / clients) < 1e-9
+
+    async def main():
+        start = trio.current_time() + 1.0
+        tallies = [None] * processes
+
+        async def one(i):
+            tallies[i] = await run_load(TenMs(), Ops(), specs[i], start_at=start)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(processes):
+                nursery.start_soon(one, i)
+        return merge_tallies(tallies)
+
+    t = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert t.recorded == rate * 2.0 and t.late == 0
+    assert t.latency.percentile_ms(99) <= 11.0
 
 
 # ------------------------------------------------------------------ compare: open-loop rows
