@@ -10,7 +10,8 @@ output says how many rows of each document found no counterpart. For each matche
 (throughput: higher is better; p50/p99 latency: lower is better) the change is
 ``(new - old) / old``. The noise is measured, not assumed, wherever the documents allow it:
 a row run with repetitions carries every repetition's figure (``ops_per_s_reps``,
-``p99_ms_reps``), and its spread is ``(max - min) / median``; the noise of a comparison is the
+``p99_ms_reps``; ``repetitions_records_per_s`` in the storage benchmark's rows), and its spread
+is ``(max - min) / median``; the noise of a comparison is the
 larger spread of the two rows. A change is flagged (``better`` / ``worse``) only when it is
 larger than that noise (and than ``--min-change``); otherwise it is ``within noise``. A row
 measured once has no spread: then ``--noise`` (default 25 %, the run-to-run variation
@@ -26,18 +27,19 @@ import sys
 
 from . import _common
 
-__all__ = ["add_parser", "compare_docs", "main", "match_rows", "row_key", "spread"]
+__all__ = ["add_parser", "compare_docs", "main", "match_rows", "repetitions", "row_key",
+           "spread"]
 
 KEY_FIELDS = ("benchmark", "system", "workload", "mode", "clients", "concurrency",
               "theta", "value_size", "axis", "regions", "region", "batch",
               "distribution", "sweep")
 OFFERED = "offered_ops_per_s"
-METRICS = (  # (field, repetitions field, higher is better)
-    ("ops_per_s", "ops_per_s_reps", True),
-    ("txn_per_s", None, True),
-    ("records_per_s", None, True),
-    ("p50_ms", "p50_ms_reps", False),
-    ("p99_ms", "p99_ms_reps", False),
+METRICS = (  # (field, higher is better)
+    ("ops_per_s", True),
+    ("txn_per_s", True),
+    ("records_per_s", True),
+    ("p50_ms", False),
+    ("p99_ms", False),
 )
 DEFAULT_NOISE = 0.25
 MIN_CHANGE = 0.02
@@ -88,6 +90,16 @@ def match_rows(old: dict, new: dict) -> tuple[list[tuple[tuple, dict, dict]], in
             sum(k not in old_rows for k in new_keys))
 
 
+def repetitions(row: dict, field: str) -> list | None:
+    """Each repetition's figure of ``field`` in ``row``: the benchmarks name that list
+    ``<field>_reps`` (ycsb) or ``repetitions_<field>`` (storage, adjudicator)."""
+    for name in (f"{field}_reps", f"repetitions_{field}"):
+        values = row.get(name)
+        if isinstance(values, list):
+            return values
+    return None
+
+
 def spread(values: list[float] | None) -> float | None:
     """``(max - min) / median`` of repetitions; None with fewer than two."""
     vals = [v for v in (values or []) if v is not None]
@@ -104,13 +116,12 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
     """One entry per (matched row, metric): old, new, change, noise, verdict."""
     out = []
     for key, o, r in match_rows(old, new)[0]:
-        for field, reps_field, higher_better in METRICS:
+        for field, higher_better in METRICS:
             a, b = o.get(field), r.get(field)
             if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
                 continue
             change = (b - a) / abs(a)
-            spreads = [s for s in (spread(o.get(reps_field)) if reps_field else None,
-                                   spread(r.get(reps_field)) if reps_field else None)
+            spreads = [s for s in (spread(repetitions(o, field)), spread(repetitions(r, field)))
                        if s is not None]
             measured = bool(spreads)
             limit = max(max(spreads) if spreads else noise, min_change)

@@ -383,6 +383,22 @@ def test_compare_without_repetitions_uses_the_stated_noise():
     assert compare.compare_docs(old, new, noise=0.1)[0]["verdict"] == "better"
 
 
+def test_compare_measures_the_noise_of_repetitions_named_repetitions_field():
+    # bench storage (and adjudicator) keep each repetition's figure as
+    # ``repetitions_<metric>``: that spread is the noise, not the assumed --noise.
+    def storage(reps):
+        return {"benchmark": "storage", "results": [
+            {"system": "meridian", "batch": 1, "records_per_s": sorted(reps)[len(reps) // 2],
+             "repetitions_records_per_s": reps}]}
+
+    wide = storage([4921.2, 9668.5, 8420.4, 8177.6, 5599.8, 6811.4, 9786.7])  # ~60 % spread
+    (c,) = compare.compare_docs(wide, storage([5000.0, 6000.0, 7000.0]))  # -27 %
+    assert c["noise_measured"] and c["verdict"] == "within noise"
+    tight = storage([1000.0, 1001.0, 999.0])
+    (c,) = compare.compare_docs(tight, storage([880.0, 881.0, 879.0]))  # -12 %, spread 0.2 %
+    assert c["noise_measured"] and c["verdict"] == "worse"
+
+
 # ----------------------------------------------------------------------------------- plots
 
 
