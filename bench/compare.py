@@ -30,13 +30,14 @@ from . import _common
 __all__ = ["add_parser", "compare_docs", "main", "match_rows", "repetitions", "row_key",
            "spread"]
 
-KEY_FIELDS = ("benchmark", "system", "workload", "mode", "clients", "concurrency",
-              "theta", "value_size", "axis", "regions", "region", "batch",
+KEY_FIELDS = ("benchmark", "system", "implementation", "workload", "mode", "clients",
+              "concurrency", "theta", "value_size", "axis", "regions", "region", "batch",
               "distribution", "sweep")
 OFFERED = "offered_ops_per_s"
 METRICS = (  # (field, higher is better)
     ("ops_per_s", True),
     ("txn_per_s", True),
+    ("txns_per_s", True),
     ("records_per_s", True),
     ("p50_ms", False),
     ("p99_ms", False),
@@ -142,7 +143,7 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
 
 
 def _label(row: dict) -> str:
-    parts = [str(row.get("system", ""))]
+    parts = [str(row.get("system", row.get("implementation", "")))]
     for f in ("workload", "mode", "clients", "concurrency", "offered_fraction", "offered_rank",
               "theta", "axis", "regions", "batch"):
         if f in row:

@@ -399,6 +399,25 @@ def test_compare_measures_the_noise_of_repetitions_named_repetitions_field():
     assert c["noise_measured"] and c["verdict"] == "worse"
 
 
+def test_compare_pairs_and_compares_the_adjudicator_rows():
+    # bench adjudicator: one row per (implementation, workload), throughput in txns_per_s.
+    def adjudicator(c_reps, ref_reps):
+        return {"benchmark": "adjudicator", "results": [
+            {"implementation": impl, "workload": "write4",
+             "txns_per_s": sorted(reps)[len(reps) // 2], "repetitions_txns_per_s": reps}
+            for impl, reps in (("c", c_reps), ("reference", ref_reps))]}
+
+    old = adjudicator([1_800_000.0, 1_810_000.0, 1_790_000.0], [190_000.0, 191_000.0, 189_000.0])
+    new = adjudicator([1_200_000.0, 1_210_000.0, 1_190_000.0], [190_500.0, 191_000.0, 189_500.0])
+    pairs, unmatched_old, unmatched_new = compare.match_rows(old, new)
+    assert [(o["implementation"], n["implementation"]) for _, o, n in pairs] == [
+        ("c", "c"), ("reference", "reference")]
+    assert (unmatched_old, unmatched_new) == (0, 0)
+    verdicts = {(c["row"]["implementation"], c["metric"]): c["verdict"]
+                for c in compare.compare_docs(old, new)}
+    assert verdicts == {("c", "txns_per_s"): "worse", ("reference", "txns_per_s"): "within noise"}
+
+
 # ----------------------------------------------------------------------------------- plots
 
 
