@@ -570,8 +570,8 @@ class MVCCStore(Resource):
         applied_record = _pack64(applied_index)
 
         def write_batch(txn: lmdb.Transaction) -> None:
-            for start_enc, end_enc, inv_max in erase_items:
-                _erase_versions(txn.cursor(self._versions), start_enc, end_enc, inv_max)
+            for start_seek, end_enc, inv_max in erase_items:
+                _erase_versions(txn.cursor(self._versions), start_seek, end_enc, inv_max)
             if items:
                 txn.cursor(self._versions).putmulti(items)
             txn.put(_META_APPLIED, applied_record, db=self._meta)
@@ -631,7 +631,7 @@ class MVCCStore(Resource):
         try:
             with env.begin(self._versions) as txn:
                 cur = txn.cursor()
-                ok = cur.set_range(_encode(start))
+                ok = cur.set_range(_seek(start))
                 while ok:
                     ekey = cur.key()[:-8]
                     if ekey >= end_enc:
@@ -688,7 +688,7 @@ class MVCCStore(Resource):
         def collect(txn: lmdb.Transaction) -> GCResult:
             cur = txn.cursor(self._versions)
             removed = examined = 0
-            ok = cur.set_range(_encode(start)) if start else cur.first()
+            ok = cur.set_range(_seek(start)) if start else cur.first()
             while ok:
                 vkey = cur.key()
                 ekey = vkey[:-8]
@@ -882,7 +882,9 @@ class MVCCStore(Resource):
         in the range, whatever the number of versions of each.
 
         Args:
-            start: the smallest key (``b""`` for the beginning).
+            start: the smallest key (``b""`` for the beginning). A bound may be one byte
+                longer than the longest key, so that ``last + b"\\x00"`` continues a paged
+                scan after any key.
             end: one past the largest key, or None for no upper bound.
             ts: the read timestamp.
             limit: at most this many pairs (None for no limit).
@@ -917,15 +919,22 @@ class MVCCStore(Resource):
         # vkey >= enc(end), a version of k < start has vkey < enc(start) (prefix-freeness).
         start_enc = _encode(start) if start else b""
         end_enc = _encode(end) if end is not None else None
+        # Where a forward scan begins: start's newest version <= ts, unless start is longer
+        # than any key (then it has none; see _seek).
+        if start and len(start) <= MAX_KEY_SIZE:
+            start_seek = start_enc + inv_ts
+        else:
+            start_seek = _seek(start) if start else b""
         out: list[tuple[bytes, bytes]] = []
         env = self._enter_read()
         try:
             with env.begin(self._versions) as txn:
                 cur = txn.cursor()
                 if reverse:
-                    self._scan_reverse(cur, start_enc, end_enc, inv_ts, limit, max_bytes, out)
+                    self._scan_reverse(cur, start_enc, end, end_enc, inv_ts, limit, max_bytes,
+                                       out)
                 else:
-                    self._scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, max_bytes,
+                    self._scan_forward(cur, start_seek, end_enc, ts, inv_ts, limit, max_bytes,
                                        out)
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "scan failed") from None
@@ -969,8 +978,8 @@ class MVCCStore(Resource):
             ``[(key, value), ...]``.
 
         Raises:
-            InvalidArgumentError: a bound that is not bytes or is longer than any side key
-                (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit``.
+            InvalidArgumentError: a bound that is not bytes or is more than one byte longer
+                than any side key (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit``.
             StoreClosedError, StorageError.
         """
         return self._side_walk(start, end, limit, True)
@@ -1013,9 +1022,9 @@ class MVCCStore(Resource):
         return out
 
     @staticmethod
-    def _scan_forward(cur, start_enc, end_enc, ts, inv_ts, limit, max_bytes, out) -> None:
+    def _scan_forward(cur, start_seek, end_enc, ts, inv_ts, limit, max_bytes, out) -> None:
         budget = max_bytes
-        ok = cur.set_range(start_enc + inv_ts) if start_enc else cur.first()
+        ok = cur.set_range(start_seek) if start_seek else cur.first()
         while ok:
             vkey = cur.key()
             if end_enc is not None and vkey >= end_enc:
@@ -1039,12 +1048,12 @@ class MVCCStore(Resource):
             ok = cur.set_range(ekey + _PAST_VERSIONS)
 
     @staticmethod
-    def _scan_reverse(cur, start_enc, end_enc, inv_ts, limit, max_bytes, out) -> None:
+    def _scan_reverse(cur, start_enc, end, end_enc, inv_ts, limit, max_bytes, out) -> None:
         budget = max_bytes
         if end_enc is None:
             ok = cur.last()
         else:
-            ok = cur.prev() if cur.set_range(end_enc) else cur.last()
+            ok = cur.prev() if cur.set_range(_seek(end)) else cur.last()
         while ok:
             vkey = cur.key()
             if vkey < start_enc:
@@ -1803,13 +1812,26 @@ def _check_key(key: object, name: str) -> bytes:
 
 
 def _check_bound(bound: object, name: str) -> bytes:
+    """Validates a key-range bound: bytes of up to :data:`MAX_KEY_SIZE` ``+ 1``, so that
+    ``key + b"\\x00"`` (the bound just past ``key``, where a paged scan continues) is one for
+    every key. Seek with :func:`_seek`, which also takes the longer ones."""
     if not isinstance(bound, bytes):
         raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(bound)}")
-    if len(bound) > MAX_KEY_SIZE:
+    if len(bound) > MAX_KEY_SIZE + 1:
         raise errors.InvalidArgumentError(
-            f"{name} is {len(bound)} bytes, longer than any key ({MAX_KEY_SIZE})"
+            f"{name} is {len(bound)} bytes, over the longest key ({MAX_KEY_SIZE}) plus one"
         )
     return bytes(bound)
+
+
+def _seek(bound: bytes) -> bytes:
+    """The versions-table seek target of a bound: ``set_range`` on it lands on the newest
+    version of the first key ``>= bound``. A bound longer than any key is no key (its
+    encoding may not even fit LMDB's key limit): the keys at or above it are those above its
+    first :data:`MAX_KEY_SIZE` bytes, so the seek goes past that key's versions."""
+    if len(bound) <= MAX_KEY_SIZE:
+        return _encode(bound)
+    return _encode(bound[:MAX_KEY_SIZE]) + _PAST_VERSIONS
 
 
 def _check_value(value: object) -> bytes:
@@ -1860,10 +1882,11 @@ def _check_side(side: object) -> list[tuple[bytes, bytes | None]]:
     return out
 
 
-def _erase_versions(cur, start_enc: bytes, end_enc: bytes, inv_max: bytes) -> None:
+def _erase_versions(cur, start_seek: bytes, end_enc: bytes, inv_max: bytes) -> None:
     """Deletes, with a cursor of the versions table, every version at or below a timestamp
-    (``inv_max``, inverted) of the keys whose encodings are in ``[start_enc, end_enc)``."""
-    ok = cur.set_range(start_enc)
+    (``inv_max``, inverted) of the keys from the one ``start_seek`` (see :func:`_seek`) lands
+    on to those whose encodings are below ``end_enc``."""
+    ok = cur.set_range(start_seek)
     while ok:
         ekey = cur.key()[:-8]
         if ekey >= end_enc:
@@ -1885,7 +1908,7 @@ def _check_erase(erase: object) -> list[tuple[bytes, bytes, bytes]]:
         end = _check_bound(end, f"erase range {i} end")
         if type(max_ts) is not int or not 0 < max_ts <= MAX_TS:
             _check_ts(max_ts, f"erase range {i} max_ts")
-        out.append((_encode(start), _encode(end), _pack64(_INV - max_ts)))
+        out.append((_seek(start), _encode(end), _pack64(_INV - max_ts)))
     return out
 
 
@@ -1909,12 +1932,15 @@ def _ranges(ranges: object, name: str, size: int) -> list[tuple]:
 
 
 def _check_side_key(key: object, name: str, *, bound: bool = False) -> bytes:
-    """Validates a side-table key (or, with ``bound``, a scan bound, which may be empty)."""
+    """Validates a side-table key (or, with ``bound``, a scan bound, which may be empty, and
+    one byte longer than any key: ``last + b"\\x00"`` continues after the longest one; it
+    still fits LMDB's key limit)."""
     if not isinstance(key, bytes):
         raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(key)}")
-    if len(key) > MAX_SIDE_KEY_SIZE:
+    if len(key) > MAX_SIDE_KEY_SIZE + bound:
         raise errors.InvalidArgumentError(
             f"{name} is {len(key)} bytes, longer than any side key ({MAX_SIDE_KEY_SIZE})"
+            + (" plus one" if bound else "")
         )
     if not key and not bound:
         raise errors.InvalidArgumentError(f"{name} must not be empty")

@@ -242,6 +242,27 @@ def test_scan_forward_and_reverse_with_bounds_and_limit(store):
     assert store.scan(b"", None, 35, max_bytes=1 << 20) == visible
 
 
+def test_a_bound_just_past_the_longest_key_continues_after_it(store):
+    """``key + b"\\x00"`` is the bound just past a key: what a paged scan continues from (a
+    keyspace move's copy, a regional scan). It must work after a key of the longest size too,
+    zero bytes included (whose encoding is the longest), in every call that takes a bound."""
+    longest = [b"\x00" * MAX_KEY_SIZE, b"\x00" * (MAX_KEY_SIZE - 1) + b"\x01", b"z" * MAX_KEY_SIZE]
+    store.apply([(k, k[-1:]) for k in longest] + [(b"\x00", b"s"), (b"zz", b"t")], 10, 1)
+    everything = store.scan(b"", None, 10)
+    assert len(everything) == 5
+    for i, (key, _) in enumerate(everything):
+        after = key + b"\x00"
+        assert store.scan(after, None, 10) == everything[i + 1:]
+        assert store.scan(after, None, 10, reverse=True) == everything[i + 1:][::-1]
+        assert store.scan(b"", after, 10) == everything[:i + 1]
+        assert store.scan(b"", after, 10, reverse=True) == everything[:i + 1][::-1]
+        assert store.count_versions(after, b"\xff") == (len(everything) - i - 1, None)
+        assert store.count_versions(b"", after) == (i + 1, None)
+        assert store.gc(5, start=after) == GCResult(0, None)
+    with pytest.raises(errors.InvalidArgumentError, match="start"):
+        store.scan(b"z" * (MAX_KEY_SIZE + 2), None, 10)
+
+
 def test_scan_takes_each_keys_version_at_ts(store):
     fill(store)
     at_40 = dict(store.scan(b"", None, 40))
@@ -348,7 +369,7 @@ def test_bad_scan_arguments_are_rejected(store):
     with pytest.raises(errors.InvalidArgumentError, match="end"):
         store.scan(b"a", "b", 10)
     with pytest.raises(errors.InvalidArgumentError, match="end"):
-        store.scan(b"a", b"z" * (MAX_KEY_SIZE + 1), 10)
+        store.scan(b"a", b"z" * (MAX_KEY_SIZE + 2), 10)
     with pytest.raises(errors.InvalidArgumentError, match="limit"):
         store.scan(b"a", None, 10, limit=-1)
     with pytest.raises(errors.InvalidArgumentError, match="limit"):

@@ -171,6 +171,15 @@ def test_empty_values_and_binary_keys_round_trip(store):
     assert store.side_scan() == [(longest, b"L"), (b"e", b""), (b"\xff", b"\x00")]
 
 
+def test_side_scan_continues_after_a_key_of_the_longest_size(store):
+    """``last + b"\\x00"``, the continuation side_scan documents, after the longest key."""
+    longest = b"\x00" * MAX_SIDE_KEY_SIZE
+    store.apply([], 10, 1, side=[(b"\x00", b"a"), (longest, b"L"), (b"\x01", b"b")])
+    assert store.side_scan(longest + b"\x00") == [(b"\x01", b"b")]
+    assert store.side_scan(b"", longest + b"\x00") == [(b"\x00", b"a"), (longest, b"L")]
+    assert store.side_keys(longest + b"\x00") == [b"\x01"]
+
+
 def test_side_keys_do_not_mix_with_version_keys(store):
     store.apply([(b"same", b"version")], 10, 1, side=[(b"same", b"side")])
     assert store.get(b"same", MAX_TS) == b"version" and store.side_get(b"same") == b"side"
@@ -235,7 +244,7 @@ def test_bad_read_arguments_are_rejected(store):
     for key in (b"", b"k" * (MAX_SIDE_KEY_SIZE + 1), "text", bytearray(b"k"), None):
         with pytest.raises(errors.InvalidArgumentError):
             store.side_get(key)
-    for kwargs in ({"start": "a"}, {"end": 5}, {"start": b"k" * (MAX_SIDE_KEY_SIZE + 1)},
+    for kwargs in ({"start": "a"}, {"end": 5}, {"start": b"k" * (MAX_SIDE_KEY_SIZE + 2)},
                    {"limit": -1}, {"limit": True}, {"limit": 1.5}):
         with pytest.raises(errors.InvalidArgumentError):
             store.side_scan(**kwargs)
