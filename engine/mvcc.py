@@ -829,8 +829,8 @@ class MVCCStore(Resource):
 
         Tombstones count: a delete is a commit. Keys come in key order. This is how a state
         machine rebuilds in-memory indexes of recent commits (the adjudicator's last-commit
-        table) after a restart or a snapshot install; it reads every version key once, in
-        pages of a few thousand, each page in its own read transaction, so it never holds
+        table) after a restart or a snapshot install; it reads every key's newest version
+        once, in pages of a few thousand keys (listed or not), each page in its own read transaction, so it never holds
         one open for long (a concurrent write may or may not be seen).
 
         Raises:
@@ -847,7 +847,11 @@ class MVCCStore(Resource):
                 with env.begin(self._versions) as txn:
                     cur = txn.cursor()
                     found = cur.set_range(seek)
-                    while found and len(page) < 4096:
+                    # A page is the keys looked at, not the keys listed: with few of them
+                    # above since_ts, one page would otherwise walk the whole store.
+                    for _ in range(4096):
+                        if not found:
+                            break
                         vkey = cur.key()
                         ekey = vkey[:-8]
                         ts = _INV - _unpack64(vkey[-8:])[0]

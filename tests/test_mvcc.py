@@ -1158,3 +1158,17 @@ def test_latest_versions_pages_through_many_keys(store):
     keys = [b"k%05d" % i for i in range(5000)]
     store.apply([(k, b"") for k in keys], 5, 1)
     assert [k for k, _ in store.latest_versions()] == keys
+
+
+def test_latest_versions_pages_by_keys_looked_at_not_keys_listed(store, monkeypatch):
+    """It never holds a read transaction open for long (a map resize, and every read behind
+    it, would wait for it): also when few keys, or none, are above ``since_ts`` -- as when a
+    state machine reloads the commits above its low water."""
+    keys = [b"k%05d" % i for i in range(10_000)]
+    store.apply([(k, b"") for k in keys], 5, 1)
+    store.apply([(keys[-1], b"new")], 50, 2)
+    reads = []
+    enter = store._enter_read
+    monkeypatch.setattr(store, "_enter_read", lambda: reads.append(1) or enter())
+    assert list(store.latest_versions(10)) == [(keys[-1], 50)]
+    assert len(reads) >= 3  # pages of a few thousand keys each
