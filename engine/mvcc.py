@@ -1741,7 +1741,11 @@ def _check_snapshot_entry(key: Any, value: Any, chunk: int, corrupt) -> None:
         or key[-10:-8] != _KEY_END
         # In an encoded key body every zero byte is followed by 0xff.
         or b"\x00" in key[:-10].replace(b"\x00\xff", b"")
+        # The user key (each "\x00\xff" one byte of it) is within the limit: the size
+        # bounds above also let through keys of up to twice it without zero bytes.
+        or len(key) - 10 - key[:-10].count(b"\x00\xff") > MAX_KEY_SIZE
         or not value
+        or len(value) > 1 + MAX_VALUE_SIZE
         or not (value == _TOMBSTONE or value[0] == _TAG_VALUE)
         or key[-8:] == _PAST_VERSIONS
         or key[-8:] == b"\x00" * 8

@@ -852,6 +852,34 @@ def test_corrupt_snapshots_are_rejected_and_leave_the_store_unchanged(tmp_path):
         assert dst.restore(chunks) == 4  # and the good stream still restores
 
 
+def test_snapshot_with_an_over_long_key_or_value_is_rejected(tmp_path):
+    """A version whose key or value is over the store's limits is refused like a side entry
+    over them: the store could not read such a key (``get`` refuses it), and a state machine
+    reloading it (the adjudicator's table) would fail on every restart."""
+    with MVCCStore(tmp_path / "src", map_size=SMALL_MAP) as src:
+        src.apply([(b"a", b"1"), (b"c", b"3")], 10, 1)
+        chunks = chunks_of(src)
+    [data] = [i for i, c in enumerate(chunks) if msgpack.unpackb(c, raw=False)["kind"] == "data"]
+    pairs = msgpack.unpackb(chunks[data], raw=False)["pairs"]
+    ts = pairs[0][-8:]
+    # In key order and in number as the header says: only the limits are broken.
+    long_key = b"b" * (MAX_KEY_SIZE + 1) + b"\x00\x01" + ts
+    bad = {
+        "key over the limit": reseal(repack(chunks, data, pairs=pairs[:2] + [long_key, b"\x01v"])),
+        "value over the limit": reseal(
+            repack(chunks, data, pairs=[pairs[0], b"\x01" + b"v" * (MAX_VALUE_SIZE + 1)]
+                   + pairs[2:])),
+    }
+    with MVCCStore(tmp_path / "dst", map_size=SMALL_MAP) as dst:
+        dst.apply([(b"mine", b"m")], 7, 9)
+        before = dump(dst)
+        for name, stream in bad.items():
+            with pytest.raises(errors.CorruptStateError):
+                dst.restore(stream)
+            assert dump(dst) == before, f"{name}: the store changed"
+        assert dst.restore(chunks) == 1
+
+
 def test_restore_of_a_failing_source_leaves_the_store_unchanged(store):
     fill(store)
     before = dump(store)
