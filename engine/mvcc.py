@@ -830,8 +830,9 @@ class MVCCStore(Resource):
         Tombstones count: a delete is a commit. Keys come in key order. This is how a state
         machine rebuilds in-memory indexes of recent commits (the adjudicator's last-commit
         table) after a restart or a snapshot install; it reads every key's newest version
-        once, in pages of a few thousand keys (listed or not), each page in its own read transaction, so it never holds
-        one open for long (a concurrent write may or may not be seen).
+        once, in pages of a few thousand keys (listed or not), each page in its own read
+        transaction, so it never holds one open for long (a concurrent write may or may not
+        be seen).
 
         Raises:
             InvalidArgumentError, StoreClosedError, StorageError.
