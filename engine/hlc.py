@@ -318,8 +318,8 @@ class ClockOffsetMonitor:
 
         Returns:
             The measurement now held for ``peer``. A reply that arrives out of order (older
-            than the one held, by ``recv_ns``) does not replace it, and the held one is
-            returned.
+            than the one held, by ``recv_ns``, by at most ``stale_after_ns``) does not replace
+            it, and the held one is returned.
 
         Raises:
             InvalidArgumentError: an unknown peer, a time that is not an int in ``0..MAX_TS``,
@@ -346,7 +346,10 @@ class ClockOffsetMonitor:
             measured_at_ns=recv_ns,
         )
         held = self._latest.get(peer)
-        if held is not None and held.measured_at_ns > recv_ns:
+        if held is not None and recv_ns < held.measured_at_ns <= recv_ns + self._stale_after_ns:
+            # A reply overtaken by a newer one. A held measurement stamped further in the future
+            # than the freshness window is not that: the local clock was stepped back (the
+            # usual cure for a clock found ahead), and the held one must not outlive it.
             return held
         self._latest[peer] = measurement
         return measurement
@@ -366,14 +369,17 @@ class ClockOffsetMonitor:
     def fresh(self, now_ns: int) -> tuple[OffsetMeasurement, ...]:
         """The measurements taken within ``stale_after_ns`` of ``now_ns``, in peer order.
 
-        A measurement stamped after ``now_ns`` (times read on another thread) counts as fresh.
+        A measurement stamped after ``now_ns`` (times read on another thread) counts as fresh,
+        unless it is more than ``stale_after_ns`` ahead: then the local clock was stepped back
+        since, and the measurement says nothing about the clock as it is now.
         """
         _check_ns("now_ns", now_ns)
         horizon = now_ns - self._stale_after_ns
+        ceiling = now_ns + self._stale_after_ns
         return tuple(
             m
             for p in self._peers
-            if (m := self._latest.get(p)) is not None and m.measured_at_ns >= horizon
+            if (m := self._latest.get(p)) is not None and horizon <= m.measured_at_ns <= ceiling
         )
 
     def beyond_limit(self, now_ns: int) -> tuple[OffsetMeasurement, ...]:

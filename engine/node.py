@@ -380,7 +380,9 @@ class Node:
                 # wake-up (and trio a cancel scope), which is more than the ping itself.
                 self._ping_round.unpark_all()
                 try:
-                    self.monitor.check(self.clock.physical_ns())
+                    physical = self.clock.physical_ns()
+                    self.monitor.check(physical)
+                    self._check_own_clock(physical)
                 except ClockOffsetError as exc:
                     if self._clock_problem is None:
                         log.error("node %d stops serving: %s", self.id, exc)
@@ -391,6 +393,22 @@ class Node:
                         log.warning("node %d serves again: clock offsets back within bounds",
                                     self.id)
                     self._clock_problem = None
+
+    def _check_own_clock(self, physical: int) -> None:
+        """Raises while this node's hybrid clock is further ahead of its own physical clock
+        than the maximum clock offset. Remote timestamps can take it only that far ahead, so
+        the physical clock went backwards since (stepped back after running ahead): the
+        timestamps this node would issue are as far off as that clock was, whatever the
+        peers' measurements of the physical clock say now. Ends once the physical clock has
+        caught up."""
+        ahead = self.clock.last - physical
+        limit = self.cluster.max_clock_offset_ns
+        if ahead > limit:
+            raise ClockOffsetError(
+                f"node {self.id}: its hybrid clock is {ahead / 1e6:.3f} ms ahead of its "
+                f"physical clock, beyond the maximum clock offset of {limit / 1e6:.3f} ms (the "
+                f"physical clock went backwards); it serves again once the physical clock has "
+                f"caught up")
 
     def _hand_over_leadership(self) -> None:
         """Transfers away every group this node leads: a leader proposes timestamps from its

@@ -395,6 +395,43 @@ async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
                 await trio.sleep(0.05)
 
 
+async def test_a_node_whose_clock_is_stepped_back_is_judged_on_its_clock_as_it_is_now():
+    # Node 3's wall clock is stepped an hour back (a bad NTP step, a VM restored). Its peers'
+    # measurements from before the step, stamped an hour in its "future", used to stay fresh
+    # for that hour and every new one was dropped as out of order: the node kept serving and
+    # leading with a clock an hour off. Then the clock is put right again: the node's hybrid
+    # clock still runs an hour ahead of it (it never goes back), and until the wall clock has
+    # caught up the node must not serve or lead on those timestamps.
+    import time
+
+    hour = 3600 * 10**9
+    async with open_local_cluster(("us-east",), 3, seed=8) as cluster:
+        node = cluster.nodes[3]
+        with trio.fail_after(30):
+            while len(node.monitor.fresh(node.clock.physical_ns())) < 2:
+                await trio.sleep(0.05)
+        assert node.clock_problem is None
+        node.clock._physical = lambda: time.time_ns() - hour
+        with trio.fail_after(30):
+            while node.clock_problem is None:
+                await trio.sleep(0.05)
+        assert "2 of 2 peers" in node.clock_problem, node.clock_problem
+        node.clock._physical = lambda: time.time_ns() + hour  # ahead: its clock takes it up
+        with trio.fail_after(30):
+            while node.clock.last < time.time_ns() + hour // 2:
+                await trio.sleep(0.05)
+        node.clock._physical = time.time_ns  # put right again
+        with trio.fail_after(30):
+            while node.clock_problem is None or "2 of 2 peers" in node.clock_problem:
+                await trio.sleep(0.05)
+        assert "hybrid clock" in node.clock_problem, node.clock_problem
+        host, port = cluster.client_addresses()[2].rsplit(":", 1)
+        async with connect_rpc(host, int(port)) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("read", {"group": 100, "keys": [b"k"]})
+            assert info.value.code == "clock_offset"
+
+
 async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_path):
     from engine.config import NodeConfig
     from engine.node import Node

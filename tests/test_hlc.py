@@ -334,6 +334,23 @@ def test_a_late_reply_does_not_replace_a_newer_measurement():
     assert m.offset(2) == newer
 
 
+def test_a_clock_stepped_back_serves_again_once_peers_are_measured_again():
+    """A node whose clock ran an hour ahead is rightly condemned; once its clock is stepped
+    back (NTP), the measurements stamped an hour in its future must not stay "fresh" for that
+    hour, and new pings must replace them."""
+    m = monitor()
+    hour = 3_600_000 * MS
+    for peer in (2, 3, 4):
+        ping(m, peer, -hour, at=T0 + hour)
+    assert not m.healthy(T0 + hour)
+    fixed = T0 + 1_000 * MS  # the clock is right again
+    for peer in (2, 3, 4):
+        ping(m, peer, 0, at=fixed)
+    assert m.offset(2).offset_ns == 0
+    assert m.healthy(fixed + 2 * MS)
+    m.check(fixed + 2 * MS)
+
+
 def test_self_is_left_out_of_the_peers():
     m = ClockOffsetMonitor(1, [1, 2, 3], LIMIT, stale_after_ns=STALE)
     assert m.peers == (2, 3)
