@@ -17,8 +17,9 @@ Example session::
     committed at ts 1795900109100793170
 
 Lines are split like a POSIX shell (:mod:`shlex`), so quote values with spaces. Keys and values
-are typed as text and stored as UTF-8; values read back are shown as text when they are valid
-UTF-8 and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every ``get``,
+are typed as text and stored as UTF-8; bytes of the input that are not UTF-8 are stored as they
+are. Values read back are shown as text when they are valid UTF-8 and as a Python bytes literal
+otherwise. Outside ``begin`` … ``commit`` every ``get``,
 ``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict); inside, they
 belong to the open transaction. An error prints one line, ``error: <message>``, and the shell
 goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in.
@@ -26,6 +27,7 @@ goes on. The prompt is shown only when the input is a terminal, so scripts can b
 
 from __future__ import annotations
 
+import io
 import shlex
 import sys
 from collections.abc import Callable
@@ -62,6 +64,12 @@ Quote arguments with spaces: put users alice "Alice Liddell"."""
 
 class _UsageError(Exception):
     """A command typed wrongly; its message is printed as the error line."""
+
+
+def _raw(word: str) -> bytes:
+    """A key or value as typed: UTF-8, and any input byte that is not UTF-8 as itself (the
+    input is read with ``surrogateescape``, see :func:`run_shell`)."""
+    return word.encode("utf-8", "surrogateescape")
 
 
 def show(data: bytes | None) -> str:
@@ -208,18 +216,18 @@ class _Shell:
 
     def do_get(self, args: list[str]) -> None:
         self._arity(args, 2)
-        ks, key = args
+        ks, key = args[0], _raw(args[1])
         self.print(show(self._run(lambda tx: tx.get(ks, key))))
 
     def do_put(self, args: list[str]) -> None:
         self._arity(args, 3)
-        ks, key, value = args
+        ks, key, value = args[0], _raw(args[1]), _raw(args[2])
         self._run(lambda tx: tx.put(ks, key, value))
         self.print("ok")
 
     def do_delete(self, args: list[str]) -> None:
         self._arity(args, 2)
-        ks, key = args
+        ks, key = args[0], _raw(args[1])
         self._run(lambda tx: tx.delete(ks, key))
         self.print("ok")
 
@@ -244,8 +252,8 @@ class _Shell:
                 positional.append(word)
         self._arity(positional, 1, 3)
         ks = positional[0]
-        start = positional[1] if len(positional) > 1 else ""
-        end = positional[2] if len(positional) > 2 else None
+        start = _raw(positional[1]) if len(positional) > 1 else b""
+        end = _raw(positional[2]) if len(positional) > 2 else None
         rows = self._run(lambda tx: tx.scan(ks, start, end, limit=limit, reverse=reverse))
         for key, value in rows:
             self.print(f"{show(key)} = {show(value)}")
@@ -254,7 +262,7 @@ class _Shell:
     def do_read(self, args: list[str]) -> None:
         self._arity(args, 2, 3)
         staleness = args[2] if len(args) > 2 else None
-        value, ts = self.db.read_version(args[0], args[1], staleness=staleness)
+        value, ts = self.db.read_version(args[0], _raw(args[1]), staleness=staleness)
         self.print(show(value))
         self.print(f"(read at ts {ts})")
 
@@ -361,6 +369,10 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
         0, or 1 when no connection could be made (after printing an error line).
     """
     interactive = _is_tty(stdin)
+    if isinstance(stdin, io.TextIOWrapper) and stdin.errors != "surrogateescape":
+        # A byte that is not UTF-8 (a binary key piped in) is a key's byte, not the end of
+        # the session with a UnicodeDecodeError; input() reads sys.stdin's setting too.
+        stdin.reconfigure(errors="surrogateescape")
     try:
         db = connect_blocking(nodes, region=region, request_timeout_s=request_timeout_s)
     except Exception as exc:

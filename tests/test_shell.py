@@ -224,6 +224,21 @@ def test_values_that_are_not_utf8_print_as_bytes(addresses, ks):
     assert show(b"\xff") == "b'\\xff'" and show(None) == "(not found)"
 
 
+def test_bytes_that_are_not_utf8_typed_or_piped_in_are_stored_as_they_are(addresses, ks):
+    # A script piped in with a byte that is not UTF-8 (stdin decoding strictly, as it does in
+    # an en_US.UTF-8 locale) used to end the shell with a UnicodeDecodeError traceback; with a
+    # surrogateescape stdin (a C.UTF-8 locale) it was a UnicodeEncodeError line instead.
+    script = f"create-keyspace {ks}\nput {ks} k\xff v\xfe\nget {ks} k\xff\nscan {ks}\n"
+    stdin = io.TextIOWrapper(io.BytesIO(script.encode("latin-1")), encoding="utf-8",
+                             errors="strict")
+    out = io.StringIO()
+    assert run_shell(addresses, None, stdin=stdin, stdout=out) == 0
+    assert out.getvalue().splitlines()[1:] == [
+        "ok", "b'v\\xfe'", "b'k\\xff' = b'v\\xfe'", "(1 row)"]
+    with connect_blocking(addresses) as db:
+        assert db.run_transaction(lambda tx: tx.get(ks, b"k\xff")) == b"v\xfe"
+
+
 # ---------------------------------------------------------------------- errors
 
 
