@@ -31,6 +31,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _accounts(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} is too few: a transfer needs 2 accounts")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -87,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated region names (us-east,eu-west,ap-south)")
     demo.add_argument("--nodes-per-region", type=_positive, default=3, help="(3)")
     demo.add_argument("--clients-per-region", type=_positive, default=4, help="(4)")
-    demo.add_argument("--accounts", type=_positive, default=50, help="accounts per bank (50)")
+    demo.add_argument("--accounts", type=_accounts, default=50,
+                      help="accounts per bank, at least 2 (50)")
     demo.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
     demo.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
                       help="one-way latency per region pair (default 35/70/110 ms)")
@@ -285,6 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    try:
+        return _dispatch(parser, args)
+    except OSError as exc:
+        # The environment refused something (a --dir that is a file, a directory that cannot
+        # be written): one line naming it, like every other error of the command line.
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"meridian {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .cluster_demo import run_demo
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import trio
 
 from .client import connect
-from .errors import KeyspaceExistsError, MeridianError, TransactionConflictError
+from .errors import (InvalidArgumentError, KeyspaceExistsError, MeridianError,
+                     TransactionConflictError)
 from .procs import ClusterProcesses, describe_all, cluster_up, wait_ready
 
 INITIAL_BALANCE = 1000
@@ -232,7 +233,15 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
              regions: tuple[str, ...] = ("us-east", "eu-west", "ap-south"),
              nodes_per_region: int = 3, clients_per_region: int = 4, accounts: int = 50,
              wan: bool = True, wan_latency_ms=None, seed: int = 1, out=sys.stdout) -> int:
-    """Runs the demo; returns the process exit code. Nothing it started outlives it."""
+    """Runs the demo; returns the process exit code. Nothing it started outlives it.
+
+    Raises:
+        InvalidArgumentError: fewer than 2 ``accounts`` (a transfer takes two), before
+            anything is started.
+    """
+    if type(accounts) is not int or accounts < 2:
+        raise InvalidArgumentError(
+            f"accounts must be an int of at least 2 (a transfer takes two), got {accounts!r}")
     tmp = None
     if directory is None:
         tmp = tempfile.mkdtemp(prefix="meridian-demo-")
@@ -249,13 +258,16 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
 
     def interrupt(signum, frame):
         # SIGTERM, SIGHUP (terminal closed), and SIGINT while trio is not running: stop the
-        # nodes as on Ctrl-C. The workload's trio run receives them itself (_run_until_signal).
-        if in_trio:
+        # nodes as on Ctrl-C. The workload's trio run receives them itself (_run_until_signal),
+        # and the cleanup below, once begun, is not interrupted: a KeyboardInterrupt raised
+        # from it would leave the nodes running and the directory behind.
+        if in_trio or cleaning_up:
             pending.append(signum)
         else:
             raise KeyboardInterrupt
 
     in_trio = False
+    cleaning_up = False
     previous = {s: signal.signal(s, interrupt)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -281,6 +293,7 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
                 print(f"  {log.name}: " + "\n    ".join(tail), file=out)
         return 1
     finally:
+        cleaning_up = True
         stopped = procs.stop()
         print(f"stopped {len(stopped)} node processes", file=out)
         if tmp is not None:

@@ -328,3 +328,67 @@ def test_a_second_signal_during_shutdown_still_stops_the_node_cleanly(tmp_path):
     assert "Traceback" not in text, text
     assert proc.returncode == 0, text
     assert "stopped" in text, text
+
+
+def test_a_ctrl_c_while_the_demo_stops_its_nodes_leaves_nothing_behind(tmp_path, monkeypatch):
+    # An impatient Ctrl-C while the demo, its workload done, waits for its nodes to stop: the
+    # KeyboardInterrupt used to escape from the cleanup itself -- a traceback, the nodes not
+    # stopped (they died only with the demo), and the temporary directory left behind.
+    import io
+    import tempfile
+
+    from engine import cluster_demo
+    from engine.procs import ClusterProcesses
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's own dir goes
+    real_stop = ClusterProcesses.stop
+
+    def impatient_stop(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the nodes are being stopped
+        return real_stop(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClusterProcesses, "stop", impatient_stop)
+    out = io.StringIO()
+    escaped = None
+    try:
+        code = cluster_demo.run_demo(seconds=0.5, regions=("east",), nodes_per_region=1,
+                                     clients_per_region=1, accounts=2, wan=False, out=out)
+    except KeyboardInterrupt as exc:  # caught here: it would end the whole test run
+        escaped = exc
+    finally:
+        left = _processes_mentioning(str(tmp_path))
+        for pid in left:  # the demo's node, left running: end it
+            os.kill(pid, signal.SIGKILL)
+    assert escaped is None, "the KeyboardInterrupt escaped the demo's cleanup\n" + out.getvalue()
+    assert left == []
+    assert list(tmp_path.glob("meridian-demo-*")) == []
+    assert code == 0 and "stopped 1 node processes" in out.getvalue(), out.getvalue()
+
+
+def test_a_dir_that_cannot_be_used_is_one_clear_line(tmp_path):
+    # `--dir` naming a file (or a directory that cannot be written) used to end `cluster up`,
+    # `demo` and `crash-demo` with a FileExistsError traceback from deep inside.
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    for command in (["cluster", "up"], ["demo", "--seconds", "1"], ["crash-demo"]):
+        out = subprocess.run([sys.executable, "-m", "engine.cli", *command, "--dir", str(taken)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, command
+        assert "Traceback" not in out.stderr, out.stderr
+        assert f"meridian {command[0]}: File exists: {taken}" in out.stderr, out.stderr
+    assert taken.read_text() == "not a directory\n"
+
+
+def test_a_demo_with_fewer_than_two_accounts_is_refused_before_it_starts(tmp_path):
+    # A transfer takes two accounts: `demo --accounts 1` used to start the cluster, then end
+    # with an ExceptionGroup traceback from every client (random.sample of 2 out of 1).
+    from engine.cluster_demo import run_demo
+
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", "--accounts", "1", "--dir",
+         str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "--accounts: 1 is too few: a transfer needs 2 accounts" in out.stderr, out.stderr
+    with pytest.raises(errors.InvalidArgumentError, match="at least 2"):
+        run_demo(directory=str(tmp_path / "c"), accounts=1)
+    assert not (tmp_path / "c").exists()
