@@ -183,7 +183,12 @@ def _as_bytes(value: object, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+            raise InvalidArgumentError(
+                f"{what} is a str that is not valid Unicode text ({exc.reason} at position "
+                f"{exc.start}): pass bytes") from None
     raise InvalidArgumentError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import engine
-from engine.client import MAX_TS, _parse_staleness
+from engine.client import MAX_TS, _as_bytes, _parse_staleness
 from engine.errors import InvalidArgumentError
 
 
@@ -90,3 +90,15 @@ def test_bad_staleness_is_an_invalid_argument_naming_the_form_and_range(stalenes
     with pytest.raises(InvalidArgumentError, match=fragment) as info:
         _parse_staleness(staleness)
     assert f"<= {MAX_TS // 10**9}" in str(info.value)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("k\udcff", "key is a str that is not valid Unicode text .* pass bytes"),  # once a
+    # UnicodeEncodeError from deep inside
+    (bytearray(b"k"), "key must be bytes or str, not bytearray"),
+    (5, "key must be bytes or str, not int"),
+])
+def test_a_key_that_is_not_bytes_or_encodable_text_is_an_invalid_argument(value, fragment):
+    with pytest.raises(InvalidArgumentError, match=fragment):
+        _as_bytes(value, "key")
+    assert _as_bytes("ké", "key") == "ké".encode()
