@@ -93,7 +93,8 @@ voters are heartbeaten every third interval only, see ``engine.node.idle_heartbe
 after this many applied entries, and the last tenth of them, at most 1,000, is kept for
 followers slightly behind; 1..1,000,000,000);
 ``meta_regions`` (regions hosting the cluster's metadata group — the range directory and
-keyspace catalogue of ARCH §4; default or empty: every region).
+keyspace catalogue of ARCH §4; default or empty: every region; keyspaces with
+``survive="region"`` need three or more, so that the catalog survives a region's loss too).
 
 ``[cluster.limits]`` (ARCH §5.8): ``max_txn_keys``, ``max_txn_bytes``, ``max_key_size`` (at
 most the store's 250), ``max_value_size`` (at most the store's limit) — positive integers, with

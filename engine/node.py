@@ -112,6 +112,7 @@ from .mvcc import MAX_TS, MVCCStore
 from .placement import (
     KEY_PREFIX_SIZE,
     META_GROUP,
+    check_catalog_survives_a_region,
     data_group,
     keyspace_bounds,
     placement,
@@ -1269,6 +1270,7 @@ class Node:
                     "survive='region' is for global keyspaces: a regional keyspace commits in "
                     "each region and replicates asynchronously")
             spread_group(self.cluster, home)  # needs three regions
+            check_catalog_survives_a_region(self.cluster)
         resolver = p.get("resolver", "lww")
         if resolver not in RESOLVER_NAMES:
             raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)}, "

@@ -96,6 +96,20 @@ def spread_group(cluster: ClusterConfig, region: str) -> int:
     return _SPREAD_GROUP_BASE + names.index(region)
 
 
+def check_catalog_survives_a_region(cluster: ClusterConfig) -> None:
+    """Raises unless the meta group's voters are in three regions or more: a keyspace that
+    is to survive the loss of a region needs the catalog to survive it too, or no client
+    could look the keyspace up after it."""
+    meta_regions = list(cluster.meta_regions) or list(cluster.region_names)
+    voters = placement(cluster)[META_GROUP].conf.voters
+    spread = {cluster.node(v).region for v in voters}
+    if len(spread) < 3:
+        raise InvalidArgumentError(
+            f"surviving the loss of a region needs the catalog to survive it too: its voters "
+            f"are in {len(spread)} region(s) ({', '.join(sorted(spread))}); list three regions "
+            f"or more in meta_regions (now {', '.join(meta_regions)})")
+
+
 def placement(cluster: ClusterConfig) -> dict[int, GroupPlacement]:
     """Every group of the cluster, by id."""
     everyone = sorted(n.id for n in cluster.all_nodes())

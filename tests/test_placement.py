@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 
 from engine.config import default_local_cluster
-from engine.placement import META_GROUP, data_group, placement, spread_group
+from engine.errors import InvalidArgumentError
+from engine.placement import (
+    META_GROUP,
+    check_catalog_survives_a_region,
+    data_group,
+    placement,
+    spread_group,
+)
 
 
 def _region(cluster, node_id: int) -> str:
@@ -58,3 +66,13 @@ def test_the_replicas_are_spread_over_the_nodes():
 def test_placement_is_deterministic():
     cluster = default_local_cluster(("a", "b", "c"), 3)
     assert placement(cluster) == placement(default_local_cluster(("a", "b", "c"), 3))
+
+
+def test_surviving_a_region_needs_the_catalog_spread_over_three_regions():
+    cluster = default_local_cluster(["r0", "r1", "r2"], 3)
+    check_catalog_survives_a_region(cluster)  # the default: the catalog in every region
+    for meta in (("r0",), ("r0", "r1")):
+        narrow = dataclasses.replace(cluster, meta_regions=meta)
+        with pytest.raises(InvalidArgumentError, match="meta_regions"):
+            check_catalog_survives_a_region(narrow)
+    check_catalog_survives_a_region(dataclasses.replace(cluster, meta_regions=("r2", "r0", "r1")))
