@@ -50,6 +50,8 @@ def _seconds(text: str) -> float:
 
 def _latencies(text: str) -> dict[tuple[str, str], float]:
     """``us-east:eu-west=35,us-east:ap-south=70``: one-way latency per region pair."""
+    from .config import MAX_WAN_LATENCY_MS
+
     out: dict[tuple[str, str], float] = {}
     for item in (x.strip() for x in text.split(",") if x.strip()):
         pair, sep, ms = item.partition("=")
@@ -58,10 +60,14 @@ def _latencies(text: str) -> dict[tuple[str, str], float]:
             value = float(ms)
         except ValueError:
             value = -1.0
-        if not sep or not colon or not a or not b or not 0 <= value <= 10_000:
+        if not sep or not colon or not a or not b or not 0 <= value <= MAX_WAN_LATENCY_MS:
             raise argparse.ArgumentTypeError(
-                f"{item!r}: expected REGION:REGION=MILLISECONDS, e.g. us-east:eu-west=35")
-        out[(a.strip(), b.strip())] = value
+                f"{item!r}: expected REGION:REGION=MILLISECONDS (0..{MAX_WAN_LATENCY_MS}), "
+                f"e.g. us-east:eu-west=35")
+        a, b = a.strip(), b.strip()
+        if (a, b) in out or (b, a) in out:
+            raise argparse.ArgumentTypeError(f"{item!r}: the pair {a}:{b} is given twice")
+        out[(a, b)] = value
     return out
 
 

@@ -274,6 +274,12 @@ def _int(value: object, field: str, *, low: int = 1, high: int = _TOML_INT_MAX) 
     return value
 
 
+MAX_WAN_LATENCY_MS = 10_000
+"""The largest one-way latency a region pair may be given: ten seconds is beyond any real link
+(a larger figure is a mistake in the units), and a simulated delay holds every frame that
+long."""
+
+
 def _number(value: object, field: str, *, positive: bool) -> float:
     """A finite number (TOML integer or float) as a float: > 0 if ``positive``, else >= 0."""
     if type(value) not in (int, float):
@@ -642,6 +648,9 @@ class ClusterConfig:
                     path, f"the pair {a}/{b} is already given, as {x} = {{ {y} = ... }}"
                 )
             checked[key] = _number(value, path, positive=False)
+            if checked[key] > MAX_WAN_LATENCY_MS:
+                raise _fail(path, f"must be at most {MAX_WAN_LATENCY_MS} (ms, one way), got "
+                                  f"{_show(value)}")
             where[key] = (a, b)
         return _FrozenMapping(checked)
 

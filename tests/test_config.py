@@ -4,6 +4,8 @@ and dump/parse round-trips."""
 
 from __future__ import annotations
 
+import argparse
+
 import copy
 import dataclasses
 import pickle
@@ -20,6 +22,7 @@ from engine import config as cfgmod
 from engine.config import (
     ClusterConfig,
     ConfigError,
+    MAX_WAN_LATENCY_MS,
     Limits,
     NodeAddress,
     NodeConfig,
@@ -472,6 +475,18 @@ def test_latency_keys_may_be_tuples_or_frozensets():
         )
     with pytest.raises(ConfigError, match="pair of two different region names"):
         default_local_cluster(wan_latency_ms={("us-east",): 5})
+    with pytest.raises(ConfigError, match="at most 10000") as info:
+        default_local_cluster(wan_latency_ms={("us-east", "eu-west"): 35_000})  # seconds?
+    assert info.value.field == "wan_latency_ms.us-east.eu-west"
+
+
+def test_the_command_lines_latencies_are_bounded_and_each_pair_given_once():
+    from engine.cli import _latencies
+
+    assert _latencies("a:b=35, a:c=70") == {("a", "b"): 35.0, ("a", "c"): 70.0}
+    for text in ("a:b=1,a:b=2", "a:b=1,b:a=1", "a:b=10001"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _latencies(text)
 
 
 # --- round trip -------------------------------------------------------------------------------
@@ -499,7 +514,8 @@ _region_names = st.lists(
     min_size=1, max_size=4, unique=True,
 )
 _hosts = st.sampled_from(["127.0.0.1", "10.1.2.3", "node-1.example.com", "::1", "fd00::7%eth0"])
-_finite = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+_latency = st.floats(min_value=0, max_value=MAX_WAN_LATENCY_MS, allow_nan=False,
+                     allow_infinity=False)
 
 
 @st.composite
@@ -523,7 +539,7 @@ def node_configs(draw):
         regions.append(RegionConfig(name, tuple(nodes)))
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     chosen = draw(st.lists(st.sampled_from(pairs), unique=True)) if pairs else []
-    latencies = {draw(st.sampled_from([(a, b), (b, a)])): draw(_finite) for a, b in chosen}
+    latencies = {draw(st.sampled_from([(a, b), (b, a)])): draw(_latency) for a, b in chosen}
     key_size = draw(st.integers(1, 250))
     value_size = draw(st.integers(1, 4 << 20))
     limits = Limits(
