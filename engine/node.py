@@ -567,10 +567,17 @@ class Node:
                 f"clock offset ({self.cluster.max_clock_offset_ms} ms)")
 
     def _replica(self, payload) -> GroupReplica:
+        """The replica of the data (or spread) group a data request names. The meta group is
+        refused: the catalog changes only through the ``keyspace.*`` requests, which keep its
+        invariants (a record per name, ids never reused); a plain commit there could write
+        any record, or set the next keyspace id back."""
         gid = payload.get("group")
         replica = self.replicas.get(gid) if type(gid) is int else None
         if replica is None:
             raise RemoteError("unknown_group", f"node {self.id} has no replica of group {gid!r}")
+        if self.placement[gid].kind == "meta":
+            raise InvalidArgumentError(f"group {gid} holds the catalog, not keyspaces: it is "
+                                       f"read and changed through keyspace requests only")
         return replica
 
     async def _read(self, p):
@@ -1454,9 +1461,6 @@ class Node:
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
                 or level not in (0, 1, 2, 3)):
             raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0..3")
-        if self.placement[replica.group].kind == "meta":
-            raise InvalidArgumentError(f"group {replica.group} holds the catalog, not "
-                                       f"keyspaces: it has no fences")
         available_from = _timestamp(p, "available_from")
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2
                                        and all(type(v) is int for v in expect)):

@@ -190,6 +190,28 @@ async def test_a_fence_outside_the_data_groups_or_the_keyspace_ids_is_refused():
                     assert refused.value.code == "invalid_argument"
 
 
+async def test_the_catalog_is_changed_only_through_keyspace_requests():
+    # A plain commit into the meta group could set the next keyspace id back (a new keyspace
+    # would then read a dropped one's data) or write a record nothing can decode.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        with trio.fail_after(GUARD_S):
+            async with cluster.connect("us-east") as db, client_of(cluster, node) as conn:
+                first = await db.create_keyspace("first")
+                await db.run_transaction(lambda tx: tx.put("first", b"k", b"first's"))
+                txn = {"group": META_GROUP, "txn_id": 5, "read_ts": 0,
+                       "writes": [[b"ks-next-id", b"\x00\x00\x00\x01"], [b"ks/x", b"junk"]]}
+                for method, payload in (("commit", txn), ("prepare", {**txn, "primary": 100}),
+                                        ("read", {"group": META_GROUP, "keys": [b"ks/first"]})):
+                    with pytest.raises(RemoteError) as refused:
+                        await conn.call(method, payload)
+                    assert refused.value.code == "invalid_argument"
+                second = await db.create_keyspace("second")
+                assert second.id != first.id
+                assert await db.read("second", b"k") is None
+                assert [ks.name for ks in await db.list_keyspaces()] == ["first", "second"]
+
+
 async def test_a_resolution_below_the_prepare_timestamp_is_refused():
     # Its versions would appear under timestamps that reads were already served at.
     async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
