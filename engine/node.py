@@ -205,6 +205,9 @@ class Node:
         self._links: dict[int, LinkModel] = {}
         self.unreachable: frozenset[int] = frozenset()
         self._recovering: set[int] = set()
+        # Catalog changes this node makes as the meta group's leader, one at a time (see
+        # _catalog_txn).
+        self._catalog_lock = trio.Lock()
         # Region pairs whose regional replication lost writes to outbox trimming.
         self.replication_broken: dict[tuple[int, int], int] = {}
         # Replication lag of regional writes applied here, per origin region: recent samples.
@@ -1245,9 +1248,23 @@ class Node:
                                  replica.node.leader)
         return replica
 
-    async def _catalog_txn(self, body: Callable[[GroupReplica, int], tuple[object, list, list]]):
+    async def _catalog_txn(self, body: Callable[[GroupReplica, int], tuple[object, list, list]],
+                           *, read_only: bool = False):
         """Runs ``body(meta, read_ts) -> (result, writes, reads)`` as a serializable transaction
-        on the meta group, retrying on conflict; no writes means read-only."""
+        on the meta group, retrying on conflict; no writes means read-only.
+
+        Every catalog change is made by the meta group's leader, so the changes it makes run
+        one at a time: run at once, they would conflict with one another (every create writes
+        the next keyspace id), and the retries of many concurrent ones would run out (a
+        create of a name nobody else wants refused as a conflict). A conflict is then left
+        only with a change an earlier leader made. ``read_only`` bodies (lookups) never
+        write, and do not wait for changes."""
+        if read_only:
+            return await self._catalog_attempts(body)
+        async with self._catalog_lock:
+            return await self._catalog_attempts(body)
+
+    async def _catalog_attempts(self, body):
         for _ in range(MAX_CATALOG_ATTEMPTS):
             meta = self._meta()
             ts = await meta.snapshot_ts(self.clock.now())
@@ -1541,14 +1558,14 @@ class Node:
             ks = self._catalog_record(meta, key, ts, name, dropping_ok=dropping)
             return cat.keyspace_record(ks), [], []
 
-        return await self._catalog_txn(body)
+        return await self._catalog_txn(body, read_only=True)
 
     async def _keyspace_list(self, p):
         def body(meta, ts):
             records = (cat.decode_keyspace(v) for _, v in meta.scan(b"ks/", b"ks0", ts))
             return [cat.keyspace_record(ks) for ks in records if not ks.dropping], [], []
 
-        return await self._catalog_txn(body)
+        return await self._catalog_txn(body, read_only=True)
 
 
 def _max_connections() -> int:

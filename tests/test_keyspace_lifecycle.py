@@ -1143,3 +1143,28 @@ async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_e
                 assert (await db.move_keyspace("g", "ap-south")).retired == ()
                 assert _fence_of(cluster, east, ks.id)[0] == 3
                 assert await db.read("g", b"k") == b"v3"
+
+
+# ------------------------------------------------------------------ create
+
+async def test_many_keyspaces_created_at_once_are_all_created():
+    """Creates of different names do not conflict with one another, however many run at once
+    (each writes the catalog's next id: the meta group's leader makes them one at a time,
+    instead of letting their retries run out)."""
+    async with open_local_cluster(("us-east",), 1, seed=61) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                failed: list[BaseException] = []
+
+                async def create(i: int) -> None:
+                    try:
+                        await db.create_keyspace(f"tenant-{i}")
+                    except errors.MeridianError as exc:
+                        failed.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(150):
+                        nursery.start_soon(create, i)
+                assert failed == []
+                ids = [ks.id for ks in await db.list_keyspaces()]
+                assert len(ids) == len(set(ids)) == 150
