@@ -743,10 +743,15 @@ class RaftCore:
         _, size, chunks, received, source = inc
         self._incoming_tick = self._ticks
         if m.chunk_offset != received:
-            # A duplicate or a gap: tell the leader where we are.
+            # A duplicate (behind us): tell the leader where we are. A gap (the leader counts
+            # more than we hold: what we hold was restarted meanwhile, e.g. by a delayed copy
+            # of the first chunk after a restart): the leader ignores an answer below the
+            # offset it has (it takes it for the answer to a duplicate), so refuse, which
+            # sends it back to offset 0; our answer to that chunk then says where we are.
             self._incoming = inc
+            gap = m.chunk_offset > received
             self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
-                               chunk_offset=received))
+                               chunk_offset=0 if gap else received, reject=gap))
             return
         chunks.append(m.chunk)
         received += len(m.chunk)

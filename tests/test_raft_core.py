@@ -1205,3 +1205,27 @@ def test_a_follower_silent_for_an_election_timeout_is_not_receiving():
         if not leader.core.sending_snapshot():
             break
     assert not leader.core.sending_snapshot()
+
+
+def test_a_stale_duplicate_first_chunk_after_a_restart_does_not_stall_the_transfer():
+    """The network may delay and duplicate messages (ARCH §9). Follower 3 restarts mid-transfer
+    (forgetting the chunks it had), then a delayed duplicate of the first chunk arrives: it
+    starts a new transfer that is behind the leader's offset. The leader's next chunk must not
+    leave the two at odds forever -- the snapshot must still arrive."""
+    net, leader = _snapshot_transfer_started(**CLASSIC)
+    for _ in range(1000):  # the first chunks get across
+        net.deliver(limit=1)
+        if leader.core._prs[3].snapshot_offset >= 3:
+            break
+    first = net.delivered_of(MT.SNAPSHOT, to=3)[0]
+    assert first.chunk_offset == 0
+    assert leader.core._prs[3].snapshot_offset >= 3
+    net.take()  # whatever is in flight is lost
+    net.crash(3)
+    net.restart(3)
+    net.send(first)  # the delayed duplicate of the first chunk
+    for _ in range(300):
+        net.tick(1)
+        if net.nodes[3].applied_data() == leader.applied_data():
+            break
+    assert net.nodes[3].applied_data() == leader.applied_data()
