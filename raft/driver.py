@@ -817,6 +817,12 @@ class RaftNode:
         snapshot travels. The wait is bounded (four times ``snapshot_every``): a follower
         that stopped answering mid-transfer must not keep the log from being compacted."""
         core = self._core
+        if core.applied < core.first_index - 1:
+            # A snapshot received (restored in the core: the log starts after it) awaits the
+            # Ready that installs it: the state machine is still at the applied index, behind
+            # the log. Nothing can be taken from it or compacted until that Ready is handled
+            # (core.compact would pair its state with the received snapshot's metadata).
+            return False
         if core.snapshot_wanted and self._build_due():
             return True
         if self._synced is not None:

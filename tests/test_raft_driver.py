@@ -21,7 +21,7 @@ from raft.core import Config
 from raft.driver import MAX_PROPOSAL_BYTES, EntryLostError, RaftTimeoutError, open_raft_node
 from raft.storage import RaftStorage
 from raft.transport import MemoryNetwork
-from raft.types import ConfState, Entry, MessageType, ProposalDroppedError, RaftError
+from raft.types import ConfState, Entry, Message, MessageType, ProposalDroppedError, RaftError
 
 TICK = 0.005
 
@@ -1166,3 +1166,71 @@ async def test_the_worker_thread_outlives_a_signal_handled_on_it():
     finally:
         worker.close()
         signal.signal(signal.SIGUSR1, previous)
+
+
+
+class GatedCounter(Counter):
+    """A Counter whose apply, once ``armed``, stops (in the worker thread) after an apply
+    that brings it to ``gate_at`` items, until ``release`` is set."""
+
+    def __init__(self, gate_at: int):
+        super().__init__()
+        self.gate_at = gate_at
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def apply(self, entries):
+        out = super().apply(entries)
+        if self.armed and not self.entered.is_set() and len(self.items) >= self.gate_at:
+            self.entered.set()
+            if not self.release.wait(20):
+                raise AssertionError("never released")
+        return out
+
+
+async def test_a_snapshot_received_while_an_apply_runs_is_installed_before_any_compaction(
+        tmp_path):
+    """A follower receives the leader's snapshot while it applies the entries that make a
+    compaction of its own due. That compaction must not run between the core's restore of
+    the snapshot and the Ready that installs it: the state machine is still at the old
+    applied index, and storing its state under the received snapshot's metadata is refused
+    (the node stopped) -- or, were it accepted, a snapshot whose data is not its index's."""
+    machines: dict[int, GatedCounter] = {}
+
+    def machine(i):
+        machines[i] = GatedCounter(gate_at=19)  # index 20 (after the leader's no-op)
+        return machines[i]
+
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0, apply_in_thread=True,
+                       state_machine=machine) as c:
+        try:
+            with trio.fail_after(30):
+                lid = await c.leader()
+                victim = next(i for i in c.ids if i != lid)
+                sm = machines[victim]
+                sm.armed = True
+                for k in range(25):
+                    await c.nodes[lid].propose(b"%d" % k)
+                while not sm.entered.is_set():  # the victim's apply up to index 20 waits
+                    await trio.sleep(TICK)
+                for other in c.ids:
+                    if other != victim:
+                        c.net.partition(victim, other)
+                for k in range(25, 70):
+                    await c.nodes[lid].propose(b"%d" % k)
+                leader = c.nodes[lid].core
+                snap = leader.snapshot
+                assert snap is not None and snap.meta.index > 40
+                # The leader's snapshot reaches the victim (as the transport would deliver it).
+                c.nodes[victim]._on_messages([Message(
+                    MessageType.SNAPSHOT, victim, lid, leader.term, snapshot=snap.meta,
+                    chunk_offset=0, chunk=snap.data, snapshot_size=len(snap.data))])
+                assert c.nodes[victim].core.first_index == snap.meta.index + 1
+                c.net.heal()
+                sm.release.set()
+                await c.nodes[victim].wait_applied(leader.commit)
+        finally:
+            for m in machines.values():
+                m.release.set()
+        assert c.sms[victim].items == [b"%d" % k for k in range(70)]
