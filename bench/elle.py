@@ -30,9 +30,9 @@ The algorithm
 1. **Version orders.** Because values are unique and a read returns the whole list, every read
    of a key is a prefix of the key's version order, which is thus known exactly as far as it was
    observed: it is the longest read of the key. Reads that are not prefixes of it are reported
-   as ``incompatible-order``. An append of a committed transaction that no read returned still
-   belongs to the order, after every element that was read; where among those unread appends
-   is unknown.
+   as ``incompatible-order``. An append of a committed transaction (``ok``, or ``info`` with
+   another append that a read returned) that no read returned still belongs to the order,
+   after every element that was read; where among those unread appends is unknown.
 
 2. **Anomalies of single reads and transactions** (no graph needed): a read containing a value
    twice (``duplicate-elements``) or a value nobody appended to that key (``garbage``); a read
@@ -544,9 +544,11 @@ def _build_graph(txns: list[Txn], nodes: set[int], reads: list[_Read],
             if a is not None and b is not None:
                 g.link(a, b, WW, key=key, value=before, next=after)
     # Committed appends that no read returned come after every element that one did (step 1).
+    # An info transaction some of whose appends were read committed too (it is a node), so its
+    # unread appends are as certain as those of an ok one.
     later: dict[Any, list[tuple[int, Any]]] = {}  # key -> (writer, its first such append)
     for t in txns:
-        if t.type != "ok":
+        if t.id not in nodes:
             continue
         seen: set[Any] = set()
         for op in t.ops:

@@ -310,6 +310,19 @@ def test_info_transaction_ordered_by_real_time():
     assert verdicts(h) == STALE
 
 
+def test_unread_append_of_an_observed_info_transaction_is_committed():
+    """T0 ends in info, but T1 read its append to x, so T0 committed, its append to y too;
+    T1 read y without it: a fractured read (wr on x, rw on y), whatever T0's outcome said."""
+    h = history(txn(0, [a("x", 1), a("y", 1)], 0, None),
+                txn(1, [r("x", [1]), r("y", [])], 5, 10))
+    assert verdicts(h) == ALL_INVALID
+    assert check(h)["anomaly_types"] == ["G-single"]
+    # Ended in an explicit info: the same.
+    h = history(txn(0, [a("x", 1), a("y", 1)], 0, 3, kind="info"),
+                txn(1, [r("x", [1]), r("y", [])], 5, 10))
+    assert check(h)["anomaly_types"] == ["G-single"]
+
+
 def test_reports_are_capped_but_all_counted():
     pairs = [txn(2 * i, [a(f"x{i}", 1), r(f"y{i}", [1])], 0, 10) +
              txn(2 * i + 1, [a(f"y{i}", 1), r(f"x{i}", [1])], 0, 10) for i in range(15)]
