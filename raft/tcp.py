@@ -389,12 +389,16 @@ class TcpTransport:
 
     def remove_peer(self, peer: int) -> None:
         """Forget a peer: what was queued for it is dropped and nothing more is sent to it. A
-        connection this node dialed to it closes; one it dialed stays open for what it sends."""
+        connection this node dialed to it closes; one it dialed stays open for what it sends
+        (and for the rest of a frame already half written to it, which is not dropped)."""
         self._peers.pop(peer, None)
         link = self._links.get(peer)
         if link is None:
             return
-        self._counters.dropped_unreachable += link.outbox.clear()
+        # A connection the peer dialed stays open: the rest of a frame half written to it
+        # must still leave on it.
+        live = None if link.dials else link.conn
+        self._counters.dropped_unreachable += link.outbox.clear(live)
         if link.dials or link.conn is None:
             if link.conn is not None:
                 logger.info("node %d: closing connection to node %d: peer removed",

@@ -273,12 +273,26 @@ class _Outbox:
             out.append(item)
         return out
 
-    def clear(self) -> int:
-        """Drop every waiting frame; return how many messages they held."""
+    def clear(self, live_conn: object = None) -> int:
+        """Drop every waiting frame; return how many messages they held.
+
+        ``live_conn``: a connection that stays open. The tail of a frame half written to it
+        (only ever the head) is kept: dropping it would leave that stream out of frame.
+        """
+        frames = self._frames
+        kept = None
+        if live_conn is not None and frames and frames[0].conn is live_conn:
+            kept = frames.popleft()
+            self.messages -= kept.count
+            self.bytes -= kept.size
         dropped = self.messages
-        self._frames.clear()
+        frames.clear()
         self.messages = 0
         self.bytes = 0
+        if kept is not None:
+            frames.append(kept)
+            self.messages = kept.count
+            self.bytes = kept.size
         return dropped
 
 

@@ -813,6 +813,27 @@ async def test_tcp_the_tail_of_a_half_written_frame_never_starts_another_connect
         await new.aclose()
 
 
+async def test_tcp_remove_peer_keeps_the_tail_of_a_half_written_frame(monkeypatch):
+    # The acceptor forgets node 1 while the rest of a frame is still queued for the connection
+    # node 1 dialed, which stays open: the tail must still leave on it, or the next frame
+    # written there (once node 1 is known again) lands in the middle of the first.
+    import raft.tcp
+
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
+        inbox = b.subscribe(7)
+        conn, decoder = await accepted_as_node_1(b, inbox, 1)
+        monkeypatch.setattr(raft.tcp, "write_nowait", lambda fd, data: os.write(fd, data[:5]))
+        b.send(7, [hb(2, 1, 10, b"v" * 100)])  # five bytes leave; the tail is queued
+        monkeypatch.undo()
+        b.remove_peer(1)  # no checkpoint in between
+        b.set_peer(1, ("127.0.0.1", 1))
+        b.send(7, [hb(2, 1, 11)])
+        assert await read_frames(conn, decoder, 2) == [
+            (7, [hb(2, 1, 10, b"v" * 100)]), (7, [hb(2, 1, 11)])]
+        await conn.aclose()
+
+
 async def test_tcp_one_connection_per_node_pair_carries_both_directions(nursery):
     cluster = TcpCluster(nursery)
     try:
