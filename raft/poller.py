@@ -68,7 +68,9 @@ class ReadPoller:
         """Stops watching ``fd``; call it before closing the socket. Idempotent."""
         if self._handlers.pop(fd, None) is None:
             return
-        self._paused.discard(fd)
+        if fd in self._paused:
+            self._paused.discard(fd)
+            return  # not in the epoll set (see pause)
         if not self._epoll.closed:
             try:
                 self._epoll.unregister(fd)
@@ -76,28 +78,33 @@ class ReadPoller:
                 pass
 
     def pause(self, fd: int) -> None:
-        """No more calls for ``fd`` until :meth:`resume`, even while it stays readable."""
+        """No more calls for ``fd`` until :meth:`resume`, even while it stays readable or its
+        peer hangs up."""
         if fd in self._handlers and fd not in self._paused:
             self._paused.add(fd)
-            self._epoll.modify(fd, 0)
+            # Out of the epoll set rather than watched for no events: epoll reports a hangup
+            # or an error whatever events are asked for, level-triggered, in every wakeup.
+            self._epoll.unregister(fd)
 
     def resume(self, fd: int) -> None:
         """Undoes :meth:`pause`: what arrived meanwhile is reported on the next wakeup."""
         if fd in self._paused:
             self._paused.discard(fd)
-            self._epoll.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     async def run(self) -> None:
         """Dispatches readiness until cancelled (then closes the poller)."""
         epoll = self._epoll
         handlers = self._handlers
+        paused = self._paused
         on_round_end = self._on_round_end
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 for fd, _ in epoll.poll(0, _MAX_EVENTS):
                     handler = handlers.get(fd)
-                    if handler is not None:  # removed by an earlier handler of this round
+                    # None: removed by an earlier handler of this round; paused likewise.
+                    if handler is not None and fd not in paused:
                         handler()
                 if on_round_end is not None:
                     on_round_end()

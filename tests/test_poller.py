@@ -155,3 +155,53 @@ async def test_the_round_end_callback_runs_once_after_each_wakeups_handlers(nurs
     await trio.testing.wait_all_tasks_blocked()
     assert events[-2:] == [(2, b"again"), "end"]
     _close(pairs)
+
+
+async def test_a_paused_socket_is_not_reported_even_when_its_peer_hangs_up(nursery):
+    # epoll reports a hangup whatever events are asked for: a paused socket whose peer closed
+    # must still get no calls until it is resumed.
+    (a, b), = pairs = _pairs(1)
+    poller = ReadPoller()
+    calls = []
+
+    def on_readable():
+        data = os.read(a.fileno(), 100)
+        calls.append(data)
+        if not data:
+            poller.remove(a.fileno())
+
+    nursery.start_soon(poller.run)
+    poller.add(a.fileno(), on_readable)
+    poller.pause(a.fileno())
+    b.send(b"hello")
+    b.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert calls == []
+    poller.resume(a.fileno())
+    await trio.testing.wait_all_tasks_blocked()
+    assert calls == [b"hello", b""]
+    assert len(poller) == 0
+    a.close()
+
+
+async def test_a_socket_paused_by_another_handler_of_the_same_round_is_not_called(nursery):
+    pairs = _pairs(2)
+    (a0, b0), (a1, b1) = pairs
+    poller = ReadPoller()
+    calls = []
+
+    def handler(i, me, other):
+        def on_readable():
+            calls.append(i)
+            os.read(me.fileno(), 100)
+            poller.pause(other.fileno())
+        return on_readable
+
+    nursery.start_soon(poller.run)
+    poller.add(a0.fileno(), handler(0, a0, a1))
+    poller.add(a1.fileno(), handler(1, a1, a0))
+    b0.send(b"x")
+    b1.send(b"y")
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(calls) == 1  # whichever ran first paused the other
+    _close(pairs)
