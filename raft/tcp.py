@@ -89,6 +89,7 @@ from .transport import (
     TransportStats,
     _Counters,
     apply_link_model,
+    encode_frames,
     _group_by_peer,
     _Outbox,
     _Pending,
@@ -97,11 +98,9 @@ from .transport import (
 from .types import Message
 from .wire import (
     DEFAULT_MAX_FRAME,
-    FRAME_HEADER_SIZE,
     FrameDecoder,
     Handshake,
     WireError,
-    encode_frame,
     encode_handshake,
 )
 
@@ -320,7 +319,8 @@ class TcpTransport:
             batch, due = apply_link_model(model, batch, self._rng, counters, now)
             if not batch:
                 continue
-            for frame, count in self._frames(group, batch):
+            for frame, count in encode_frames(group, batch, self._options.max_frame, counters,
+                                              self.node_id):
                 conn = link.conn
                 if due <= now and conn is not None and conn.fd >= 0 and not link.outbox:
                     # Fast path: an idle connection and nothing queued ahead. Writing here
@@ -448,23 +448,6 @@ class TcpTransport:
     async def _run_link(self, link: _TcpLink, run) -> None:
         with link.task_scope:
             await run(link)
-
-    def _frames(self, group: int, batch: list[Message]):
-        """Encode ``batch`` as one frame, or one frame per message if that is over the limit."""
-        frame = encode_frame(group, batch)
-        if len(frame) - FRAME_HEADER_SIZE <= self._options.max_frame:  # the body's size
-            yield frame, len(batch)
-            return
-        if len(batch) > 1:
-            for msg in batch:
-                yield from self._frames(group, [msg])
-            return
-        self._counters.dropped_too_large += 1
-        logger.warning(
-            "node %d: dropped a %s message of %d bytes to node %d: over max_frame (%d)",
-            self.node_id, batch[0].type.name, len(frame) - FRAME_HEADER_SIZE, batch[0].to,
-            self._options.max_frame,
-        )
 
     # --- the dialing side (towards a higher id) -----------------------------------------------
 

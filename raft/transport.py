@@ -26,6 +26,7 @@ nursery and stops them on exit.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import deque
@@ -37,7 +38,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from .types import Message
-from .wire import FrameDecoder, encode_frame
+from .wire import DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE, FrameDecoder, encode_frame
 
 __all__ = [
     "Transport",
@@ -48,6 +49,8 @@ __all__ = [
     "DEFAULT_MAX_OUTBOX",
     "DEFAULT_MAX_INBOX",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_OUTBOX = 4096  # frames (one per send() call and peer) waiting per peer
 DEFAULT_MAX_INBOX = 4096  # messages waiting per subscribed group
@@ -360,6 +363,26 @@ class _Subscriptions:
         self._send.clear()
 
 
+def encode_frames(group: int, batch: list[Message], max_frame: int, counters: _Counters,
+                  node_id: int):
+    """Encode ``batch`` as one frame, or one frame per message if that frame's body would be
+    over ``max_frame`` (the receiver's limit); yield ``(frame, messages in it)``. A lone message
+    over the limit is dropped, counted (``dropped_too_large``) and logged."""
+    frame = encode_frame(group, batch)
+    if len(frame) - FRAME_HEADER_SIZE <= max_frame:  # the body's size
+        yield frame, len(batch)
+        return
+    if len(batch) > 1:
+        for msg in batch:
+            yield from encode_frames(group, [msg], max_frame, counters, node_id)
+        return
+    counters.dropped_too_large += 1
+    logger.warning(
+        "node %d: dropped a %s message of %d bytes to node %d: over max_frame (%d)",
+        node_id, batch[0].type.name, len(frame) - FRAME_HEADER_SIZE, batch[0].to, max_frame,
+    )
+
+
 def _group_by_peer(msgs: Sequence[Message]) -> dict[int, list[Message]]:
     by_peer: dict[int, list[Message]] = {}
     for msg in msgs:
@@ -389,6 +412,9 @@ class MemoryNetwork:
         max_outbox: frames waiting per peer, per endpoint (one frame per ``send`` and peer).
         max_inbox: messages waiting per subscribed group, per endpoint.
         check_codec: round-trip every frame through :mod:`raft.wire` and count its bytes.
+        max_frame: with ``check_codec``, the largest frame body, as ``TcpOptions.max_frame``:
+            a larger batch leaves as one frame per message, a larger message is dropped
+            (``dropped_too_large``).
 
     A node id that has ever had an endpoint is a *known* peer; messages to it while it is not
     attached count as ``dropped_unreachable``, to any other id as ``dropped_unknown_peer``.
@@ -402,8 +428,10 @@ class MemoryNetwork:
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         max_inbox: int = DEFAULT_MAX_INBOX,
         check_codec: bool = True,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ):
         self.seed = seed
+        self.max_frame = max_frame
         self.latency = latency
         self.max_outbox = max_outbox
         self.max_inbox = max_inbox
@@ -523,12 +551,13 @@ class MemoryTransport:
             if not batch:
                 continue
             if net.check_codec:
-                frame = encode_frame(group, batch)
-                item = _Pending(due, len(batch), len(frame), frame)
+                items = [_Pending(due, count, len(frame), frame) for frame, count in
+                         encode_frames(group, batch, net.max_frame, counters, self.node_id)]
             else:
-                item = _Pending(due, len(batch), 0, (group, tuple(batch)))
-            if not link.outbox.put_nowait(item):
-                counters.dropped_outbox_full += len(batch)
+                items = [_Pending(due, len(batch), 0, (group, tuple(batch)))]
+            for item in items:
+                if not link.outbox.put_nowait(item):
+                    counters.dropped_outbox_full += item.count
 
     def subscribe(self, group: int) -> trio.MemoryReceiveChannel[Message]:
         return self._subs.subscribe(group)
@@ -554,7 +583,7 @@ class MemoryTransport:
     async def _run_link(self, link: _MemoryLink) -> None:
         net = self.network
         counters = self._counters
-        decoder = FrameDecoder() if net.check_codec else None
+        decoder = FrameDecoder(net.max_frame) if net.check_codec else None
         while True:
             await link.outbox.wait_due()
             for item in link.outbox.take_due():

@@ -160,7 +160,7 @@ async def test_the_round_end_callback_runs_once_after_each_wakeups_handlers(nurs
 async def test_a_paused_socket_is_not_reported_even_when_its_peer_hangs_up(nursery):
     # epoll reports a hangup whatever events are asked for: a paused socket whose peer closed
     # must still get no calls until it is resumed.
-    (a, b), = pairs = _pairs(1)
+    (a, b), = _pairs(1)
     poller = ReadPoller()
     calls = []
 
