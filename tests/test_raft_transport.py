@@ -14,6 +14,8 @@ directions), handshakes both ways, decode errors, frame splitting, coalescing an
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import logging
 import os
@@ -804,19 +806,28 @@ async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
         assert b.statistics().accepts == 2
 
 
-async def test_tcp_the_tail_of_a_half_written_frame_never_starts_another_connection(monkeypatch):
-    # The fast path writes what the socket takes and queues the rest of the frame; if that
-    # connection ends before the rest leaves, a new connection must not start with it (half a
-    # frame: garbage to the peer, or worse, bytes of a value read as a frame).
+@contextlib.asynccontextmanager
+async def _half_written_frame(monkeypatch):
+    """Node 2's transport, dialed by node 1, after the fast path wrote only five bytes of a
+    frame (``hb(2, 1, 10, b"v" * 100)``) to that connection: the rest is queued for it.
+    Yields the transport, node 1's end of the connection and a decoder for it."""
     import raft.tcp
 
     opts = TcpOptions(**TCP_TEST_OPTIONS)
     async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
         inbox = b.subscribe(7)
-        old, _ = await accepted_as_node_1(b, inbox, 1)
+        conn, decoder = await accepted_as_node_1(b, inbox, 1)
         monkeypatch.setattr(raft.tcp, "write_nowait", lambda fd, data: os.write(fd, data[:5]))
-        b.send(7, [hb(2, 1, 10, b"v" * 100)])  # five bytes leave; the tail is queued
+        b.send(7, [hb(2, 1, 10, b"v" * 100)])
         monkeypatch.undo()
+        yield b, conn, decoder
+
+
+async def test_tcp_the_tail_of_a_half_written_frame_never_starts_another_connection(monkeypatch):
+    # The fast path writes what the socket takes and queues the rest of the frame; if that
+    # connection ends before the rest leaves, a new connection must not start with it (half a
+    # frame: garbage to the peer, or worse, bytes of a value read as a frame).
+    async with _half_written_frame(monkeypatch) as (b, old, _):
         b._links[1].conn.close("ended before the tail left")  # no checkpoint in between
         new, new_decoder = await raw_connection(b.address), FrameDecoder()
         await new.send_all(encode_handshake(1, 2))
@@ -833,15 +844,7 @@ async def test_tcp_remove_peer_keeps_the_tail_of_a_half_written_frame(monkeypatc
     # The acceptor forgets node 1 while the rest of a frame is still queued for the connection
     # node 1 dialed, which stays open: the tail must still leave on it, or the next frame
     # written there (once node 1 is known again) lands in the middle of the first.
-    import raft.tcp
-
-    opts = TcpOptions(**TCP_TEST_OPTIONS)
-    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
-        inbox = b.subscribe(7)
-        conn, decoder = await accepted_as_node_1(b, inbox, 1)
-        monkeypatch.setattr(raft.tcp, "write_nowait", lambda fd, data: os.write(fd, data[:5]))
-        b.send(7, [hb(2, 1, 10, b"v" * 100)])  # five bytes leave; the tail is queued
-        monkeypatch.undo()
+    async with _half_written_frame(monkeypatch) as (b, conn, decoder):
         b.remove_peer(1)  # no checkpoint in between
         b.set_peer(1, ("127.0.0.1", 1))
         b.send(7, [hb(2, 1, 11)])
