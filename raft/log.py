@@ -89,14 +89,17 @@ class RaftLog:
         hi = min(hi, self.last_index + 1)
         if lo >= hi:
             return []
-        out = self._entries[lo - self.offset - 1 : hi - self.offset - 1]
+        start, stop = lo - self.offset - 1, hi - self.offset - 1
+        entries = self._entries
         if max_size is not None:
+            # Counted before slicing: a follower far behind must not cost a copy of the whole
+            # rest of the log per append sent to it.
             size = 0
-            for n, e in enumerate(out):
-                size += len(e.data)
-                if size > max_size and n > 0:
-                    return out[:n]
-        return out
+            for n in range(start, stop):
+                size += len(entries[n].data)
+                if size > max_size and n > start:
+                    return entries[start:n]
+        return entries[start:stop]
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Whether a log ending at (last_index, last_term) is at least as up to date as ours
