@@ -216,17 +216,18 @@ class Nemesis:
         if target == "all":
             return nodes
         if target == "leader":
-            leader = await self._leader()
-            return [leader if leader is not None else self.rng.choice(nodes)]
+            return [await self._leader()]
         raise ValueError(target)
 
-    async def _leader(self) -> int | None:
-        """The leader of a random data group (group ids 100 and up), if one is known."""
+    async def _leader(self) -> int:
+        """The leader of a random data group (group ids 100 and up), or a random node when no
+        leader is known. Either way it takes one number from the seed's stream, drawn before
+        asking: who leads (timing) must not change what the rest of the schedule draws."""
+        u = self.rng.random()
         leaders = await self.cluster.leaders()
-        data = sorted((g, n) for g, n in leaders.items() if g >= 100)
-        if not data:
-            return None
-        return self.rng.choice(data)[1]
+        pool = [n for _, n in sorted((g, n) for g, n in leaders.items() if g >= 100)]
+        pool = pool or self._nodes()
+        return pool[min(int(u * len(pool)), len(pool) - 1)]
 
     # ---------------------------------------------------------------- partition
 
@@ -259,9 +260,8 @@ class Nemesis:
             sides = [sorted(shuffled[:n // 2]), sorted(shuffled[n // 2:])]
             pairs = sides_to_pairs(sides)
         elif shape in ("isolate-node", "isolate-leader"):
-            victim = (await self._leader() if shape == "isolate-leader" else None)
-            if victim is None:
-                victim = self.rng.choice(nodes)
+            victim = (await self._leader() if shape == "isolate-leader"
+                      else self.rng.choice(nodes))
             sides = [[victim], [x for x in nodes if x != victim]]
             pairs = sides_to_pairs(sides)
         elif shape == "region":

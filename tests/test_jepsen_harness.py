@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import bench.jepsen_targeted as targeted
 from bench import jepsen
@@ -471,6 +472,34 @@ def test_clock_offsets_keep_nodes_within_the_clusters_skew_bound(bound_ms):
     cluster = _FakeCluster(max_clock_offset_ms=bound_ms)
     nemesis = Nemesis(cluster, lambda f, v: None, ["clock"], 0, clock_max_s=1.0)
     assert nemesis.clock_max_s == bound_s / 2  # the strobe's swing is bounded the same way
+
+
+def test_a_seed_fixes_the_schedule_whoever_leads():
+    """The seed fixes every choice of the nemesis: when each fault strikes, its family, its
+    target and how long it lasts. Only the victim of a leader-targeted fault depends on who
+    leads at that moment. Finding a leader or not used to take a different amount from the
+    seed's stream, so that everything after the first such fault changed with the timing."""
+    def schedule(leaders, seed):
+        cluster = _FakeCluster(regions=("a", "b", "c"))
+
+        async def current_leaders():
+            return leaders
+
+        cluster.leaders = current_leaders
+        cluster.kill_node = cluster.pause_node = cluster.resume_node = lambda node: None
+        events = []
+
+        async def main():
+            nemesis = Nemesis(cluster, lambda f, v: events.append((trio.current_time(), f)),
+                              ["partition", "kill", "pause"], seed, interval_s=(1.0, 2.0),
+                              targets={"kill": ["leader"], "partition": ["isolate-leader"]})
+            await nemesis.run(trio.current_time() + 60)
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        return events
+
+    for seed in range(4):
+        assert schedule({}, seed) == schedule({100: 4, 101: 7, 102: 1}, seed), seed
 
 
 # ============================================================ data kept from LossyFS mounts
