@@ -44,8 +44,9 @@ Output, in ``--out DIR``:
     the nemesis's events alone.
 ``results.json``
     ``valid`` (true, false or null for unknown: also when the campaign broke off (``error``),
-    no final read succeeded, a node process exited on its own (``node_exits``) or a targeted
-    schedule never armed (``targeted_not_armed``)), ``anomalies`` (type → instances with the
+    no final read succeeded, no operation of the main phase succeeded (``main_phase_ok``),
+    a node process exited on its own (``node_exits``) or a targeted schedule never armed
+    (``targeted_not_armed``)), ``anomalies`` (type → instances with the
     transactions involved), ``checker`` (the checker's whole result), ``counts``,
     ``availability`` (the fraction of operations invoked during faults that were ``ok``, and
     outside them), ``recovery`` (seconds from each heal to the first ``ok`` operation invoked
@@ -448,6 +449,8 @@ def summarize(config: CampaignConfig, results: Mapping[str, Any]) -> str:
             for entry in found[:3]:
                 text = entry.get("explanation", "") if isinstance(entry, Mapping) else entry
                 lines.append(f"  {kind}: {str(text)[:400]}")
+    if results.get("main_phase_ok") == 0:
+        lines.append("no operation of the main phase succeeded: nothing was tested")
     if results.get("error"):
         lines.append(f"the campaign broke off: {results['error'][:400]}")
     if results.get("node_exits"):
@@ -567,6 +570,13 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
         # The campaign broke off, or no final read succeeded: what the checker saw proves
         # nothing lost (an acknowledged write that no read observed goes unnoticed).
         valid = None
+    # Operations of the main phase (invoked before the final heal) that succeeded: without
+    # any, the checker judged only the final read, which agrees with nothing having happened
+    # (Jepsen's stats checker says unknown then too).
+    main_ok = sum(op["type"] == "ok" for op in ops
+                  if main_end is None or op["invoke_ns"] < main_end)
+    if valid is True and not main_ok:
+        valid = None
     if valid is True and node_exits:
         # A node process ended on its own (a crash, an invariant check): the run is outside
         # the fault model it claims to have tested, whatever the clients saw.
@@ -602,6 +612,7 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
                                         ) if "forbidden" in check else [],
         "anomalies": anomalies,
         "counts": counts,
+        "main_phase_ok": main_ok,
         "availability": availability(ops, windows, main_end),
         "recovery": recovery_times(ops, events),
         "ready_after_final_heal_s": campaign.ready_after_heal_s,

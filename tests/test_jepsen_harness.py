@@ -238,6 +238,31 @@ def test_a_node_exit_makes_a_valid_history_unknown(tmp_path):
     assert report["valid"] is None and report["node_exits"] == {"3": [70]}
 
 
+@pytest.mark.parametrize("workload", ["set", "bank"])
+def test_a_campaign_whose_main_phase_never_succeeded_is_unknown(tmp_path, workload):
+    """Every operation of the main phase failed or ended unknown (a client library that
+    raised at every call, a cluster that never served under the faults): the checker has
+    only the final read, which agrees with nothing having happened. The campaign tested
+    nothing and must not be reported valid (Jepsen's stats checker: unknown without ok
+    operations); it used to be."""
+    if workload == "set":
+        w, f, v, final = SetWorkload(RUN_CONFIG), "add", 1, []
+    else:
+        w = _workload(RunConfig(workload="bank", regions=("a",), accounts_per_region=2,
+                                faults=frozenset()))
+        f, v, final = "transfer", {"from": 0, "to": 1, "amount": 5}, {0: 100, 1: 100}
+    main = [_ev(0, "invoke", f, v, 1), _ev(0, "info", f, None, 2, error="client error"),
+            _ev(2, "invoke", f, v, 3), _ev(2, "fail", f, v, 4)]
+    finish = [_heal(5), _ev(3, "invoke", "read", None, 6), _ev(3, "ok", "read", final, 7)]
+    report = _fake_report(tmp_path / "a", w, main + finish)
+    assert report["valid"] is None and report["final_read_ok"] is True
+    assert "no operation of the main phase succeeded" in (tmp_path / "a" / "out" /
+                                                          "summary.txt").read_text()
+    # One acknowledged operation is enough to judge.
+    ok = [_ev(4, "invoke", "read", None, 4), _ev(4, "ok", "read", final, 4)]
+    assert _fake_report(tmp_path / "b", w, main + ok + finish)["valid"] is True
+
+
 # ============================================================ harness failures: exit status 2
 
 
