@@ -1185,13 +1185,18 @@ class _Runner:
         nodes = cluster.config.all_nodes()
         shape = rng.choice(PARTITION_SHAPES)
         if shape == "isolate-leader":
+            # Two numbers drawn whatever the cluster looks like now: who leads (timing) must
+            # not change what the rest of the schedule draws.
+            pick_group, pick_node = rng.random(), rng.random()
             groups = sorted({gid for node in cluster.nodes.values() for gid in node.replicas})
-            group = rng.choice(groups) if groups else None
+            group = groups[min(int(pick_group * len(groups)), len(groups) - 1)] if groups else None
             leaders = [node_id for node_id, node in sorted(cluster.nodes.items())
                        if group in node.replicas and node.replicas[group].node.is_leader]
             if leaders:
                 return shape, {"group": group, "node": leaders[0]}, {leaders[0]}
-            shape = "isolate-node"  # the group has no leader just now
+            # The group has no leader just now.
+            victim = nodes[min(int(pick_node * len(nodes)), len(nodes) - 1)].id
+            return "isolate-node", {"node": victim}, {victim}
         if shape == "isolate-region":
             region = rng.choice(self.config.regions)
             return shape, {"region": region}, {n.id for n in nodes if n.region == region}
@@ -1212,7 +1217,11 @@ class _Runner:
                 node_id for node_id in running
                 for gid, replica in cluster.nodes[node_id].replicas.items()
                 if gid != META_GROUP and replica.node.is_leader)
-            victim = rng.choice(leaders if leaders and rng.random() < 0.5 else running)
+            # Both numbers are drawn whatever the cluster looks like now: who leads (timing)
+            # must not change when the next crashes come or how long they last.
+            want_leader, pick = rng.random() < 0.5, rng.random()
+            pool = leaders if want_leader and leaders else running
+            victim = pool[min(int(pick * len(pool)), len(pool) - 1)]
             self.history.nemesis("stop-node", victim)
             self.down.add(victim)
             self.count_snapshots(cluster.nodes[victim])
