@@ -152,6 +152,8 @@ MAX_SNAPSHOT_MOVES = 8
 MAX_TS = 2**64 - 2
 """The largest timestamp (engine.mvcc.MAX_TS)."""
 COPY_PAGE = 1000
+CONNECT_ATTEMPT_S = 1.0
+"""How long :func:`connect` first waits for one node's answer before it asks the next."""
 """Keys per page when a keyspace's data is copied to its new home."""
 MOVE_ROLLBACK_S = 5.0
 """How long a failed keyspace move tries to lift its fence in the old home."""
@@ -1658,12 +1660,16 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
     errors_seen: dict[str, str] = {}
     deadline = trio.current_time() + request_timeout_s
     delay = 0.05
+    # Each node gets CONNECT_ATTEMPT_S to answer, twice that in the next round, and so on: a
+    # paused node still completes TCP handshakes and would otherwise hold the whole deadline
+    # while the next address could answer at once.
+    attempt_s = CONNECT_ATTEMPT_S
     # Nodes that are still starting refuse connections: keep trying until the deadline.
     while describe is None and trio.current_time() < deadline:
         for host, port in addresses:
             try:
                 async with connect_rpc(host, port, connect_timeout_s=2.0) as conn:
-                    with trio.move_on_at(deadline):
+                    with trio.move_on_at(min(deadline, trio.current_time() + attempt_s)):
                         describe = await conn.call("describe", None)
                     if describe is not None:
                         break
@@ -1673,6 +1679,7 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
         if describe is None:
             await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
             delay = min(1.0, delay * 2)
+            attempt_s *= 2
     if describe is None:
         raise UnavailableError(f"no node answered within {request_timeout_s} s: " + "; ".join(
             f"{a}: {e}" for a, e in errors_seen.items()))

@@ -89,6 +89,21 @@ async def hang(p, ctx):
     await trio.sleep_forever()
 
 
+async def test_connect_moves_on_from_a_node_that_accepts_but_never_answers(nursery):
+    # A paused (SIGSTOPped) node still completes TCP handshakes: connecting used to wait for
+    # its answer until the whole request timeout ran out, never asking the next address.
+    silent, node = FakeNode(nursery), FakeNode(nursery)
+    silent.handlers["describe"] = hang
+    await silent.start()
+    await node.start()
+    t0 = trio.current_time()
+    with trio.fail_after(GUARD_S):
+        async with engine.connect([silent.address, node.address],
+                                  request_timeout_s=GUARD_S - 2) as db:
+            assert db.region == "r1"
+    assert trio.current_time() - t0 < GUARD_S / 2
+
+
 async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
     node = FakeNode(nursery)
     node.handlers["read"] = hang
