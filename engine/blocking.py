@@ -126,7 +126,8 @@ class _Portal:
         self._stopping = False
         self._inflight: set[trio.CancelScope] = set()
         self.db: Database | None = None
-        # Why the trio side stopped, if it did by itself (a failed connect, a crash).
+        # Why the trio side stopped, if it did by itself (a failed connect, a crash), or
+        # what it raised while close() ended it.
         self.error: BaseException | None = None
         self._failed_closing = False  # the run raised while close() ended it
         self._thread: threading.Thread | None = None
@@ -162,25 +163,38 @@ class _Portal:
         try:
             trio.run(self._main, nodes, options)
         except BaseException as exc:  # handed to the caller: start, later calls or close
-            self.error = exc
-            self._failed_closing = self.db is not None and self._close_requested
+            if self.error is None:  # raised by trio itself, outside _main
+                self.error = exc
         finally:
             self._ready.set()
             _unregister(self)
 
     async def _main(self, nodes: Sequence[str], options: dict[str, Any]) -> None:
-        with trio.CancelScope() as scope:
-            # No checkpoint between setting _scope and publishing the token: a _stop queued
-            # through the token always finds the scope.
-            self._scope = scope
-            with self._lock:
-                self._token = trio.lowlevel.current_trio_token()
-                if self._close_requested:
-                    return
-            async with connect(nodes, **options) as db:
-                self.db = db
-                self._ready.set()
-                await trio.sleep_forever()
+        # Whether close() ended the run, decided in this thread when the run begins to end.
+        ended_by_close = False
+        try:
+            with trio.CancelScope() as scope:
+                # No checkpoint between setting _scope and publishing the token: a _stop
+                # queued through the token always finds the scope.
+                self._scope = scope
+                with self._lock:
+                    self._token = trio.lowlevel.current_trio_token()
+                    if self._close_requested:
+                        return
+                async with connect(nodes, **options) as db:
+                    self.db = db
+                    self._ready.set()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        ended_by_close = self._stopping
+        except BaseException as exc:
+            # Recorded here, in the main task, rather than once trio.run has returned: the
+            # calls still waiting learn that the run ended (their tasks are cancelled, new
+            # ones refused) only after this task has ended, so they always find the error.
+            self.error = exc
+            self._failed_closing = ended_by_close
+            raise
 
     def _stop(self) -> None:
         """In the trio thread: refuse new calls, cancel running ones, end the run."""
@@ -253,8 +267,10 @@ class _Portal:
             self._interrupt(call, token)
             raise
         except (trio.RunFinishedError, trio.Cancelled):
-            # The run ended before or while the call ran: closed, or it stopped by itself.
-            raise self._gone_error() from None
+            # The run ended before or while the call ran: closed, or it stopped by itself
+            # (then the error names why, as its cause).
+            error = self._gone_error()
+            raise error from error.__cause__
         if result is _REFUSED:
             raise _closed_error()
         if result is _CANCELLED:

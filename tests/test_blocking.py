@@ -496,3 +496,44 @@ def test_regional_keyspaces_conflict_logs_statistics_and_moves(two_regions):
         assert {"replication_lag_ms", "cross_region_bytes", "nodes"} <= set(stats)
         sent_received = db.bytes_by_node()
         assert sent_received and all(s > 0 and r > 0 for s, r in sent_received.values())
+
+
+def test_a_loop_that_stops_by_itself_is_reported_as_such(addresses, monkeypatch):
+    """The client's trio side crashing by itself (here: a background task of the connection
+    fails) reaches the call in flight as UnavailableError caused by that crash, not as the
+    "closed" error of a connection the application never closed, however late the client's
+    thread gets to record it; and close() then does not raise it again as a failure of its
+    own."""
+    real_run = trio.run
+    reported = threading.Event()
+
+    def run_slow_to_report(*args, **kwargs):
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            # The client's thread is slow to hand on how the run ended (the calling thread
+            # is scheduled first): it waits until the caller has seen its error.
+            if threading.current_thread().name == "meridian-blocking-client":
+                reported.wait(30)
+
+    monkeypatch.setattr(trio, "run", run_slow_to_report)
+    db = connect_blocking(addresses)
+
+    async def boom():
+        raise RuntimeError("a background task crashed")
+
+    async def crash_and_wait():
+        db._db()._nursery.start_soon(boom)
+        await trio.sleep_forever()
+
+    try:
+        with pytest.raises(errors.UnavailableError, match="connection stopped") as info:
+            db._portal.call(crash_and_wait)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        with pytest.raises(errors.UnavailableError, match="connection stopped"):
+            db.list_keyspaces()
+    finally:
+        reported.set()
+    db.close()  # the crash was reported already: not a failure of closing
+    with pytest.raises(errors.InvalidArgumentError, match="connection is closed"):
+        db.list_keyspaces()
