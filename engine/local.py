@@ -32,6 +32,7 @@ import trio
 from .client import connect
 from .config import ClusterConfig, Limits, NodeConfig, default_local_cluster
 from .errors import InvalidArgumentError
+from .mvcc import MAX_TS
 from .node import Node
 
 __all__ = ["LocalCluster", "open_local_cluster", "free_base_port"]
@@ -62,6 +63,15 @@ def free_base_port(count: int, host: str = "127.0.0.1", attempts: int = 200) -> 
             for s in socks:
                 s.close()
     raise OSError(f"no {count} consecutive free ports found on {host}")
+
+
+def _check_clock_offset(node_id: int, offset: Any) -> None:
+    """Refuses an offset the node's hybrid clock would refuse at its first reading (only
+    then, in the middle of serving a client, and again at every reading after)."""
+    if type(offset) is not int or not 0 <= time.time_ns() + offset <= MAX_TS:
+        raise InvalidArgumentError(
+            f"clock offset of node {node_id} must be an int of nanoseconds that keeps its "
+            f"clock in 0..{MAX_TS} ns after the epoch, got {offset!r}")
 
 
 class LocalCluster:
@@ -99,9 +109,11 @@ class LocalCluster:
         partition in force (:meth:`partition`) applies to it too.
 
         Raises:
-            InvalidArgumentError: no such node in the cluster, or it is running already.
+            InvalidArgumentError: no such node in the cluster, or it is running already, or a
+                ``clock_offset_ns`` that is not an int or takes the clock out of range.
         """
         self.config.node(node_id)  # names the unknown node and the cluster's node ids
+        _check_clock_offset(node_id, clock_offset_ns)
         if node_id in self._scopes:
             raise InvalidArgumentError(f"node {node_id} is running")
         cfg = NodeConfig(node_id=node_id, data_dir=str(self.directory / f"node-{node_id}"),
@@ -202,8 +214,8 @@ async def open_local_cluster(
             that tests of failures run fast).
         limits: transaction limits.
         seed: seeds Raft election jitter and link models (None: random).
-        clock_offsets_ns: ``{node_id: offset}`` skews those nodes' wall clocks (for tests of
-            clock-offset detection).
+        clock_offsets_ns: ``{node_id: offset}`` skews those nodes' wall clocks by ``offset``
+            nanoseconds, an int (for tests of clock-offset detection).
         raft_fsync: every node's ``raft_fsync`` setting (``"loop"`` or ``"thread"``, see
             :class:`engine.config.NodeConfig`).
         raft_snapshot_every: entries between two compactions of a group's Raft log (see
@@ -211,7 +223,9 @@ async def open_local_cluster(
 
     Raises:
         InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
-            int, or another bad argument (see :func:`engine.config.default_local_cluster`).
+            int, a node id in ``clock_offsets_ns`` that is not the cluster's or an offset that
+            is not an int, or another bad argument (see
+            :func:`engine.config.default_local_cluster`).
     """
     # Checked before anything is built from them: tuple("eu") would be the regions "e" and "u".
     if isinstance(regions, str):
@@ -229,14 +243,18 @@ async def open_local_cluster(
         cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
         heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits,
         raft_snapshot_every=raft_snapshot_every)
+    # Checked before any node starts: an unknown id would skew no node at all, silently.
+    offsets = dict(clock_offsets_ns or {})
+    for node_id, offset in offsets.items():
+        cluster.node(node_id)  # names the unknown node and the cluster's node ids
+        _check_clock_offset(node_id, offset)
     with (contextlib.nullcontext(directory) if directory is not None
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
         Path(path).mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
             lc = LocalCluster(nursery, cluster, Path(path), seed, raft_fsync=raft_fsync)
             for node in cluster.all_nodes():
-                await lc.start_node(node.id,
-                                    clock_offset_ns=(clock_offsets_ns or {}).get(node.id, 0))
+                await lc.start_node(node.id, clock_offset_ns=offsets.get(node.id, 0))
             try:
                 yield lc
             finally:

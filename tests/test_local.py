@@ -88,3 +88,26 @@ async def test_a_partition_lasts_across_restarts_and_covers_stopped_nodes(tmp_pa
             await cluster.stop_node(1)
             await cluster.start_node(1)
             assert _cuts(cluster) == {1: set(), 2: set(), 3: set()}
+
+
+@pytest.mark.parametrize("offsets, message", [
+    ({7: 10**9}, "no node 7 .*node ids: 1"),   # once silently ignored: no node was skewed
+    ({0: 10**9}, "no node 0 "),
+    ({1: 1.5e9}, "clock offset of node 1 must be an int"),  # once a working cluster whose
+    ({1: "1"}, "clock offset of node 1 must be an int"),    # clients failed deep inside
+    ({1: 10**30}, "clock offset of node 1 must be an int"),
+])
+async def test_bad_clock_offsets_are_refused_before_anything_starts(offsets, message,
+                                                                    tmp_path):
+    with trio.fail_after(GUARD_S):
+        with pytest.raises(InvalidArgumentError, match=message):
+            async with open_local_cluster(("us-east",), 1, clock_offsets_ns=offsets,
+                                          directory=str(tmp_path)):
+                pass  # pragma: no cover
+        assert list(tmp_path.iterdir()) == []  # no node started
+        async with open_local_cluster(("us-east",), 1, seed=5,
+                                      directory=str(tmp_path)) as cluster:
+            await cluster.stop_node(1)
+            with pytest.raises(InvalidArgumentError, match="clock offset of node 1"):
+                await cluster.start_node(1, clock_offset_ns=offsets.get(1, 1.5e9))
+            await cluster.start_node(1, clock_offset_ns=10**9)
