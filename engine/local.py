@@ -151,11 +151,21 @@ class LocalCluster:
         until :meth:`heal`.
 
         Raises:
-            InvalidArgumentError: a node id that is not the cluster's.
+            InvalidArgumentError: a node id that is not the cluster's, or one in two sides.
         """
-        sides = [set(side) for side in sides]
-        for node_id in set().union(*sides):
-            self.config.node(node_id)
+        try:
+            sides = [set(side) for side in sides]
+        except TypeError:
+            raise InvalidArgumentError(
+                f"sides must be iterables of node ids, such as {{1}}, {{2, 3}}; got "
+                f"{', '.join(repr(side) for side in sides)}") from None
+        seen: set = set()
+        for side in sides:
+            for node_id in side:
+                self.config.node(node_id)
+                if node_id in seen:
+                    raise InvalidArgumentError(f"node {node_id} is in more than one side")
+            seen |= side
         every = {n.id for n in self.config.all_nodes()}
         rest = every - set().union(*sides)
         if rest:

@@ -111,3 +111,15 @@ async def test_bad_clock_offsets_are_refused_before_anything_starts(offsets, mes
             with pytest.raises(InvalidArgumentError, match="clock offset of node 1"):
                 await cluster.start_node(1, clock_offset_ns=offsets.get(1, 1.5e9))
             await cluster.start_node(1, clock_offset_ns=10**9)
+
+
+async def test_a_node_in_two_sides_of_a_partition_is_refused(tmp_path):
+    with trio.fail_after(GUARD_S):
+        async with open_local_cluster(("us-east",), 3, seed=6,
+                                      directory=str(tmp_path)) as cluster:
+            # Once: node 2 silently on the last side it was named in, cut from node 1.
+            with pytest.raises(InvalidArgumentError, match="node 2 is in more than one side"):
+                cluster.partition({1, 2}, {2, 3})
+            with pytest.raises(InvalidArgumentError, match="sides must be iterables"):
+                cluster.partition(1, 2)  # once a TypeError: 'int' object is not iterable
+            assert _cuts(cluster) == {1: set(), 2: set(), 3: set()}  # nothing changed
