@@ -111,7 +111,9 @@ class Tally:
     ``completed`` counts operations that completed inside the window (throughput), ``recorded``
     those in the latency histogram (closed: the same; open: those intended inside the window).
     ``inserted_bytes`` is the keys and values of the inserts that succeeded, warm-up included
-    (what the run added to the store).
+    (what the run added to the store); ``next_free_record`` the record after the last one the
+    run's operation streams inserted (their ``next_free_record``, the highest of them; None
+    for streams that do not say), where the inserts of a later run on the same store start.
     """
 
     latency: Histogram = field(default_factory=Histogram)
@@ -131,6 +133,7 @@ class Tally:
     max_dispatch_lag_ms: float = 0.0
     client_cpu_s: float | None = None
     last_error: str = ""
+    next_free_record: int | None = None
 
     def bucket(self, index: int) -> list:
         while len(self.timeline) <= index:
@@ -147,6 +150,7 @@ class Tally:
             "late": self.late, "issued": self.issued, "inserted_bytes": self.inserted_bytes,
             "max_dispatch_lag_ms": self.max_dispatch_lag_ms,
             "client_cpu_s": self.client_cpu_s, "last_error": self.last_error,
+            "next_free_record": self.next_free_record,
         }
 
     @classmethod
@@ -157,6 +161,7 @@ class Tally:
         for name in ("completed", "recorded", "attempts", "aborts", "errors", "late", "issued",
                      "inserted_bytes", "max_dispatch_lag_ms", "client_cpu_s", "last_error"):
             setattr(t, name, doc[name])
+        t.next_free_record = doc.get("next_free_record")
         return t
 
 
@@ -181,6 +186,8 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
         else:
             cpu += t.client_cpu_s
         out.last_error = t.last_error or out.last_error
+        if t.next_free_record is not None:
+            out.next_free_record = max(out.next_free_record or 0, t.next_free_record)
     out.client_cpu_s = None if math.isnan(cpu) else round(cpu, 3)
     return out
 
@@ -377,6 +384,7 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
         nursery.cancel_scope.cancel()
     if len(cpu_marks) == 2:
         tally.client_cpu_s = round(cpu_marks[1] - cpu_marks[0], 4)
+    tally.next_free_record = getattr(ops, "next_free_record", None)
     for h in tally.by_kind.values():
         tally.latency.add(h)
     return tally

@@ -34,8 +34,11 @@ client's region (*home*), on one homed in the farthest region (*cross*), and on 
 ``regional`` keyspace, which every region writes locally (*regional*).
 
 Inserts of several load processes never collide: process ``p`` of ``P`` inserts records
-``n + p``, ``n + p + P``, ...; its idea of the newest record (for ``latest``) assumes the other
-processes insert at the same pace.
+``f + p``, ``f + p + P``, ... (``f``: ``first_insert``, the ``n`` records loaded unless a run
+before this one inserted records: it then gives the record after the last of them, the
+generator's :attr:`~OpGenerator.next_free_record`, so that every run inserts new records);
+its idea of the newest record (for ``latest``) assumes the other processes insert at the same
+pace.
 """
 
 from __future__ import annotations
@@ -213,17 +216,25 @@ class OpGenerator:
         seed: seeds the operation stream.
         process, processes: this load process's number and the number of load processes
             (inserts are spread so that they never collide).
+        first_insert: the first record inserts may write (default ``records``): the
+            :attr:`next_free_record` of the runs before this one on the same store, whose
+            inserted records are in it already.
     """
 
     def __init__(self, workload: str, records: int, *, distribution: str | None = None,
                  theta: float = DEFAULT_THETA, value_size: int = 100, max_scan: int = 100,
-                 seed: int = 1, process: int = 0, processes: int = 1) -> None:
+                 seed: int = 1, process: int = 0, processes: int = 1,
+                 first_insert: int | None = None) -> None:
         if records < 2:
             raise ValueError("a workload needs at least two records")
         if value_size < 1:
             raise ValueError("value_size must be at least 1")
         if not 0 <= process < processes:
             raise ValueError("process must be in 0..processes-1")
+        first_insert = records if first_insert is None else first_insert
+        if not records <= first_insert <= MAX_RECORDS:
+            raise ValueError(f"first_insert must be in {records}..{MAX_RECORDS}")
+        self.first_insert = first_insert
         self.mix = workload_mix(workload)
         self.records = records
         self.distribution = distribution or self.mix.distribution
@@ -242,7 +253,15 @@ class OpGenerator:
 
     def _newest(self) -> int:
         # Every process inserts at about the same pace (see the module docstring).
-        return self.records - 1 + self.inserted * self.processes
+        return self.first_insert - 1 + self.inserted * self.processes
+
+    @property
+    def next_free_record(self) -> int:
+        """The record after the last one this generator inserted (``first_insert`` if none):
+        where the inserts of a later run on the same store start."""
+        if not self.inserted:
+            return self.first_insert
+        return self.first_insert + self.process + (self.inserted - 1) * self.processes + 1
 
     def _value(self) -> bytes:
         return self._values[self.rng.randrange(len(self._values))]
@@ -254,7 +273,7 @@ class OpGenerator:
     def next(self) -> Op:
         kind = self.next_kind()
         if kind == "insert":
-            record = self.records + self.process + self.inserted * self.processes
+            record = self.first_insert + self.process + self.inserted * self.processes
             self.inserted += 1
             return Op("insert", key_name(record), value=self._value())
         if kind == "transfer":

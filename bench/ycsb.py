@@ -70,6 +70,7 @@ LOAD_BATCH_BYTES = 512 * 1024
 LOAD_BATCH_RECORDS = 100  # etcd refuses more than 128 operations per transaction
 LOAD_CONCURRENCY = 4
 TARGET_RATIO = 3.0
+NEXT_FREE_RECORD = "_next_free_record"  # a key of measure()'s row, not of the results
 MIX_REGIONS = ("us-east", "eu-west", "ap-south")
 CROSS_REGION_REASON = (
     "bytes the nodes sent to nodes of other regions (Database.statistics()"
@@ -282,6 +283,9 @@ def measure(target, driver: dict, workload: dict, load: LoadSpec, procs: int, ru
         row["server_cpu_cores"] = None
     row["server_rss_bytes"] = rss_bytes(target.pids) if target.pids else None
     row["load_processes"] = max(1, min(procs, load.clients))
+    # Where the inserts of the next run on this cluster start (main() takes it out of the
+    # row): each run inserts records of its own, as YCSB's inserts are new records.
+    row[NEXT_FREE_RECORD] = tally.next_free_record
     return row
 
 
@@ -532,10 +536,15 @@ def main(args: argparse.Namespace) -> int:
     selftest_row = None
     bank = args.workload == "bank"
 
-    def workload_spec(theta: float) -> dict:
+    def workload_spec(theta: float, first_insert: int | None = None) -> dict:
         return {"workload": args.workload, "records": records,
                 "distribution": args.distribution, "theta": theta,
-                "value_size": args.value_size, "max_scan": args.max_scan}
+                "value_size": args.value_size, "max_scan": args.max_scan,
+                "first_insert": first_insert}
+
+    def inserted_up_to(row: dict, first_insert: int) -> int:
+        """The first record the next run on the same cluster may insert."""
+        return max(first_insert, row.pop(NEXT_FREE_RECORD, None) or first_insert)
 
     def row_meta(system: str, mode: str, c: int, theta: float) -> dict:
         return {"system": system, "workload": args.workload, "mode": mode, "clients": c,
@@ -562,6 +571,7 @@ def main(args: argparse.Namespace) -> int:
                     load_s = load_records(target.driver, records, args.value_size, bank)
                     print(f"{system}: loaded {records} records in {load_s} s", file=sys.stderr)
                     inserted = 0  # bytes the runs on this cluster inserted
+                    first_insert = records  # records the runs before inserted come first
                     for theta in thetas:
                         for c in clients:
                             reps = []
@@ -574,9 +584,11 @@ def main(args: argparse.Namespace) -> int:
                                        and rep == 0 and theta == thetas[0] else None)
                                 xr0 = _cross_bytes(target)
                                 with py_spy(target.leader_pid, spy, warmup + duration) as pr:
-                                    row = measure(target, target.driver, workload_spec(theta),
+                                    row = measure(target, target.driver,
+                                                  workload_spec(theta, first_insert),
                                                   load, procs, workdir, label=label,
                                                   seed=args.seed + rep)
+                                first_insert = inserted_up_to(row, first_insert)
                                 row["cross_region_bytes_per_op"] = _per_op(
                                     xr0, _cross_bytes(target), row)
                                 row["profiled"] = pr is not None  # py-spy costs the leader
@@ -622,14 +634,17 @@ def main(args: argparse.Namespace) -> int:
                 with open_target(system, args, workdir, regions, wan=mix, mix=mix) as target:
                     load_records(target.driver, records, args.value_size, bank)
                     c = max(clients)
+                    first_insert = records
                     for rate in rates:
                         load = LoadSpec("open", c, duration, warmup, rate=rate,
                                         arrival=args.arrival, interval_s=common["interval"],
                                         grace_s=grace)
                         procs = args.load_procs or default_load_procs(c)
                         label = f"{system} open {rate:.0f}/s"
-                        row = measure(target, target.driver, workload_spec(thetas[0]), load,
+                        row = measure(target, target.driver,
+                                      workload_spec(thetas[0], first_insert), load,
                                       procs, workdir, label=label, seed=args.seed)
+                        first_insert = inserted_up_to(row, first_insert)
                         row["offered_ops_per_s"] = rate
                         row["offered_fraction"] = offered[rate]
                         results.append({**row_meta(system, "open", c, thetas[0]),

@@ -539,3 +539,88 @@ def test_list_options_take_every_item_or_refuse_the_list():
         with pytest.raises(argparse.ArgumentTypeError, match=says):
             parse(bad)
     assert _common.comma_list()("b, a") == ["b", "a"]
+
+
+def test_storage_figures_count_each_inserted_record_once_over_several_runs(tmp_path,
+                                                                            monkeypatch):
+    """Workload D on one cluster: the closed loops at every client count and repetition
+    insert records, which stay in the store; every run inserts new records (as YCSB's
+    inserts are), so that the bytes stored are the bytes the store holds."""
+    import contextlib
+
+    import bench.loadproc
+    from bench import ycsb
+    from bench.__main__ import build_parser
+    from bench.loadproc import WindowSamples, process_load
+    from bench.openloop import merge_tallies
+    from bench.targets import Target
+    from bench.workloads import OpGenerator, key_name
+
+    store: dict[bytes, bytes] = {}
+
+    class Store:
+        async def load(self, pairs) -> None:
+            store.update(pairs)
+
+        async def execute(self, op: Op) -> int:
+            await trio.sleep(0.001)
+            if op.kind == "insert":
+                store[op.key] = op.value
+            return 1
+
+    @contextlib.contextmanager
+    def open_target(system, args, workdir, regions=("us-east",), *, wan=False, mix=False):
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        yield Target(system=system, kind="fake", drivers={"": {"system": "fake"}},
+                     data_dirs=[str(data)])
+
+    def load_records(driver, records, value_size, bank=False):
+        trio.run(Store().load, [(key_name(i), b"v" * value_size) for i in range(records)])
+        return 0.0
+
+    def run_processes(driver, workload, load, processes, rundir, *, sample=None,
+                      progress=None, seed=1):
+        processes = max(1, min(processes, load.clients))
+
+        async def main():
+            tallies = [None] * processes
+
+            async def one(i):
+                ops = OpGenerator(**{**workload, "process": i, "processes": processes,
+                                     "seed": seed * 100 + i})
+                tallies[i] = await run_load(Store(), ops, process_load(load, processes, i,
+                                                                       seed))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(processes):
+                    nursery.start_soon(one, i)
+            return merge_tallies([Tally.from_json(t.to_json()) for t in tallies])
+
+        samples = WindowSamples()
+        samples.start = samples.end = sample() if sample else {}
+        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)), samples
+
+    monkeypatch.setattr(ycsb, "open_target", open_target)
+    monkeypatch.setattr(ycsb, "load_records", load_records)
+    monkeypatch.setattr(bench.loadproc, "run_processes", run_processes)
+    records, value_size = 200, 50
+    args = build_parser().parse_args([
+        "ycsb", "--workload", "D", "--systems", "meridian", "--records", str(records),
+        "--value-size", str(value_size), "--clients", "1,16", "--repeat", "2",
+        "--duration", "0.5", "--warmup", "0.1", "--no-open", "--no-selftest",
+        "--workdir", str(tmp_path), "--json", str(tmp_path / "d.json")])
+    args.argv = []
+    assert ycsb.main(args) == 0
+    doc = _json_of(tmp_path / "d.json")
+    inserted_in_runs = sum(r["inserted_bytes"] for r in doc["results"])
+    assert inserted_in_runs > 0
+    assert not any(k.startswith("_") for r in doc["results"] for k in r)
+    held = sum(len(k) + len(v) for k, v in store.items())
+    assert doc["systems"]["meridian"]["storage"]["stored_bytes"] == held
+
+
+def _json_of(path):
+    import json
+
+    return json.loads(path.read_text())
