@@ -492,7 +492,7 @@ async def test_noop_driver_answers_every_worker_on_one_connection(noop_server):
 
     _, port = noop_server
     done = collections.Counter()
-    op = Op("update", b"user1", b"v" * 100)
+    op = Op("update", b"user1", value=b"v" * 100)
     async with open_driver({"system": "noop", "port": port}) as driver:
         async def worker(i: int) -> None:
             for _ in range(50):
