@@ -3,13 +3,15 @@
 This package holds everything that decides about data (ARCH §1), and its public API is
 re-exported here:
 
-- the client: :func:`connect` (async), :func:`connect_blocking` (for non-async code),
-  :class:`Database`, :class:`Transaction`, :class:`Keyspace`;
-- an in-process cluster for tests: :func:`open_local_cluster`;
+- the client: :func:`connect` (async), :class:`Database`, :class:`Transaction`,
+  :class:`Keyspace`; for non-async code :func:`connect_blocking`, :class:`BlockingDatabase`,
+  :class:`BlockingTransaction`;
+- an in-process cluster for tests: :func:`open_local_cluster`, :class:`LocalCluster`;
 - the node runtime: :class:`Node`, its configuration (:func:`load_node_config`,
   :class:`NodeConfig`, :class:`ClusterConfig`, :class:`Limits`) and :class:`HybridClock`;
-- the storage core: :class:`LogStore` (ARCH §2.1), :class:`DurableState` (§2.2) and
-  :class:`MVCCStore` (§2.3);
+- the storage core: :class:`LogStore` (ARCH §2.1) and its :class:`LogStats`,
+  :class:`DurableState` (§2.2), :class:`MVCCStore` (§2.3) with :class:`MVCCStats` and
+  :class:`GCResult`;
 - every error class (all are :class:`MeridianError`).
 """
 
