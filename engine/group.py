@@ -1550,7 +1550,7 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad FORGET command")
         return cmd
     if kind == CMD_REMOTE:
-        if not (len(cmd) == 6 and type(cmd[1]) is int and cmd[1] > 0 and _is_ts(cmd[2])
+        if not (len(cmd) == 6 and type(cmd[1]) is int and 0 < cmd[1] < 2**32 and _is_ts(cmd[2])
                 and type(cmd[3]) is int and 0 <= cmd[3] < MAX_TS and _is_ts(cmd[4])
                 and isinstance(cmd[5], list)):
             raise _Malformed("bad REMOTE command")
@@ -1560,6 +1560,10 @@ def _decode(data: bytes) -> list:
                     and type(w[4]) is str and w[4] and type(w[5]) is int
                     and type(w[6]) is str):
                 raise _Malformed("bad write in REMOTE")
+            try:  # what Batch.remote builds of it (origin and prev are checked there)
+                RemoteWrite(w[0], w[2], w[3], w[4], PUT, (w[5], w[6]) if w[5] else None)
+            except InvalidArgumentError as exc:
+                raise _Malformed(f"bad write in REMOTE: {exc}") from None
         return cmd
     if kind == CMD_FENCE:
         if not (len(cmd) in (5, 6, 7) and _is_ts(cmd[1]) and type(cmd[2]) is int

@@ -410,6 +410,30 @@ def test_purge_erases_a_dropped_regional_keyspaces_conflict_log_and_skips_its_sh
         store.close()
 
 
+@pytest.mark.parametrize("write", [
+    [b"k", "lww", b"v", 50, "x" * 300, 0, ""],            # origin longer than a region name
+    [b"k", "lww", b"v", 50, "eu-west", -5, "us-east"],    # prev ts out of range
+    [b"k", "lww", b"v", 50, "eu-west", 7, ""],            # prev ts without its origin
+    [b"k", "counter", b"1", 50, "eu-west", 7, "y" * 300],  # prev origin too long
+], ids=["origin", "prev-ts", "prev-origin", "long-prev-origin"])
+def test_a_remote_batch_with_a_malformed_write_is_refused_not_raised(tmp_path, write):
+    # remote.apply puts a client's batch in the log as it is: an entry that raised in apply
+    # would stop every replica of the group, at every restart.
+    store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east")
+    try:
+        log = Log()
+        [r] = sm.apply([log(encode_remote(101, 200, 0, 200, [write]))])
+        assert r.outcome is Outcome.INVALID
+        assert sm.applied_index == 1 and sm.watermark(101) == 0
+        [r] = sm.apply([log(encode_remote(101, 300, 0, 300,
+                                          [[b"k", "lww", b"ok", 250, "eu-west", 0, ""]]))])
+        assert r.committed and sm.watermark(101) == 300
+    finally:
+        sm.close()
+        store.close()
+
+
 def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(tmp_path):
     # Writes of one apply call reach the store at its end, after its PURGE ranges are
     # erased: the outcome must still be that of applying the log entry by entry.

@@ -37,7 +37,7 @@ def client_of(cluster, node):
     return connect_rpc(cluster.config.node(node.id).client_host, node.client_port)
 
 
-@pytest.mark.parametrize("variant", ["resolver", "plain", "remote"])
+@pytest.mark.parametrize("variant", ["resolver", "plain", "remote", "remote-prev"])
 async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_on(
         variant, tmp_path):
     # Each of these used to pass every check, be committed, and then raise while applied:
@@ -57,11 +57,15 @@ async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_
                                 "writes": [[KEY, b"plain"]]})
             bad = ("commit", {"group": gid, "txn_id": 2, "read_ts": 0, "writes": [],
                               "merges": [[KEY, "lww", b"x"]]})
-        else:  # a shipped counter write whose payload is no number
+        elif variant == "remote":  # a shipped counter write whose payload is no number
             first = None
             bad = ("remote.apply", {"group": gid, "origin": other, "after": 0, "up_to": 10,
                                     "writes": [[KEY, "counter", b"not-a-number", 5, "eu-west",
                                                 0, ""]]})
+        else:  # a shipped write whose prev names a timestamp but no region
+            first = None
+            bad = ("remote.apply", {"group": gid, "origin": other, "after": 0, "up_to": 10,
+                                    "writes": [[KEY, "lww", b"x", 5, "eu-west", 3, ""]]})
         with trio.fail_after(GUARD_S):
             async with client_of(cluster, node) as conn:
                 if first is not None:
@@ -70,7 +74,7 @@ async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_
                     await conn.call(*bad)
                 assert refused.value.code == "invalid_argument"
                 reply = await conn.call("read", {"group": gid, "keys": [KEY]})
-                assert reply["values"] == [None] or variant != "remote"
+                assert reply["values"] == [None] or not variant.startswith("remote")
                 # The group still commits.
                 await conn.call("commit", {"group": gid, "txn_id": 3, "read_ts": 0,
                                            "writes": [[KEY + b"2", b"ok"]]})
