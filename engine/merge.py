@@ -76,8 +76,10 @@ Resolvers
     with the write's ``(ts, origin)``; a remove removes exactly the tags it lists — those its
     origin observed (:meth:`AddWinsSet.observed_tags`) — so an add concurrent with a remove
     survives it. Removed tags are remembered (tombstones) so an add that arrives after its
-    remove, or twice, stays removed. Reads return a msgpack array of the elements, sorted
-    (:func:`decode_set`).
+    remove, or twice, stays removed. An origin's writes are ordered, so its newest tag of an
+    element (added or removed) supersedes its older ones: a cell holds at most one tag per
+    element and origin, however often an element is added again. Reads return a msgpack
+    array of the elements, sorted (:func:`decode_set`).
 
 Merge types (counter, max, set) cannot delete a key: a counter is reset by adding its negation,
 a set is emptied by removing its elements; a write with ``value=None`` is refused.
@@ -765,7 +767,8 @@ class AddWinsSet(Resolver):
     has been merged, set by :meth:`compact`). An element is present while it has a tag. A
     remove lists the tags its origin observed and removes only those, so an add its origin
     had not seen survives (add wins); the tombstones make "remove, then the add it removed"
-    and duplicate adds come out as "add, then remove".
+    and duplicate adds come out as "add, then remove". Per element and origin only the newest
+    tag is kept (see :meth:`_merge`), so re-adding an element does not grow the cell.
     """
 
     name = "add_wins_set"
@@ -806,28 +809,41 @@ class AddWinsSet(Resolver):
 
     def _merge(self, cell: Cell | None, write: RemoteWrite) -> tuple[Cell, Conflict | None]:
         op, elem, observed = self.parse(write.value)
-        if cell is None:
-            elements: dict[bytes, set[VersionId]] = {}
-            tombstones: set[tuple[bytes, int, str]] = set()
-            floors: dict[str, int] = {}
-            version = write.version
-        else:
-            elements = {e: set(tags) for e, tags in cell.state[0]}
-            tombstones = {(e, *tag) for e, tags in cell.state[1] for tag in tags}
+        # (element, origin) -> (ts, removed): the newest tag of that origin's adds of the
+        # element known here, and whether it is removed. An origin's writes are ordered, so
+        # its newer tag supersedes its older ones: whoever observed (listed) the newer one had
+        # merged the older ones too. Keeping only the newest is a join (the greatest
+        # ``(ts, removed)``), so order and duplicates still do not matter, and a cell holds
+        # at most one tag per element and origin however often an element is added again.
+        newest: dict[tuple[bytes, str], tuple[int, bool]] = {}
+        floors: dict[str, int] = {}
+        version = write.version
+        if cell is not None:
+            for removed, part in ((False, cell.state[0]), (True, cell.state[1])):
+                for e, tags in part:
+                    for ts, origin in tags:
+                        entry = newest.get((e, origin))
+                        if entry is None or entry < (ts, removed):
+                            newest[(e, origin)] = (ts, removed)
             floors = dict(cell.state[2])
             version = _max_version(cell, write)
-        if op == "add":
-            tag = write.version
-            if tag[0] > floors.get(tag[1], 0) and (elem, *tag) not in tombstones:
-                elements.setdefault(elem, set()).add(tag)
-        else:
-            tags = elements.get(elem, set())
-            for tag in observed:
-                tags.discard(tag)
-                if tag[0] > floors.get(tag[1], 0):
-                    tombstones.add((elem, *tag))
-            if not tags:
-                elements.pop(elem, None)
+        events = [(write.ts, write.origin)] if op == "add" else observed
+        for ts, origin in events:
+            entry = newest.get((elem, origin))
+            if ts <= floors.get(origin, 0):
+                # Every add of that origin up to its floor was merged here: an add is a
+                # duplicate, and a remove of a tag still live drops it without a tombstone.
+                if op == "remove" and entry == (ts, False):
+                    del newest[(elem, origin)]
+            elif entry is None or entry < (ts, op == "remove"):
+                newest[(elem, origin)] = (ts, op == "remove")
+        elements: dict[bytes, list[VersionId]] = {}
+        tombstones: list[tuple[bytes, int, str]] = []
+        for (e, origin), (ts, removed) in newest.items():
+            if removed:
+                tombstones.append((e, ts, origin))
+            else:
+                elements.setdefault(e, []).append((ts, origin))
         state = self._state(elements, tombstones, floors)
         if cell is not None and state == cell.state and version == cell.version:
             return cell, None

@@ -300,6 +300,30 @@ def test_set_compaction_drops_tombstones_but_keeps_re_deliveries_out():
     assert aws.merge(compacted, a)[0] == compacted
 
 
+def test_set_re_adding_an_element_keeps_the_cell_bounded():
+    """An element added again and again (a membership refreshed by each region) holds one
+    tag per origin: each region's add supersedes its own earlier ones. Else the cell grows
+    by a tag per add, is rewritten whole at each write, and once over the store's value
+    limit every write to the key is refused (and shipped ones are dropped, diverging)."""
+    aws = AddWinsSet()
+    cell = fold(aws, [add(b"x", 1, US), add(b"x", 2, EU)])
+    for ts in range(3, 2003):
+        cell, _ = aws.merge(cell, add(b"x", ts, (US, EU)[ts % 2]))
+        cell = aws.compact(cell, {(US, EU)[ts % 2]: ts - 1})
+    assert decode_set(aws.value_of(cell)) == [b"x"]
+    assert AddWinsSet.observed_tags(cell, b"x") == ((2001, EU), (2002, US))
+    assert len(encode_cell(cell)) < 100  # two tags and two floors (was 12 bytes per add)
+    # A remove that observed the latest tags removes the element; one that observed only
+    # older ones does not (the newer adds are concurrent with it: add wins), in any order.
+    late = [add(b"x", 1, US), add(b"x", 3, US), add(b"x", 2, EU)]
+    observed = remove(b"x", [(3, US), (2, EU)], 4, AP)
+    stale = remove(b"x", [(1, US)], 5, AP)
+    for order in (late + [observed], [observed] + late, [late[1], observed, late[0], late[2]]):
+        assert decode_set(read(aws, order)) == []
+    for order in (late + [stale], [stale] + late, [late[0], stale, late[1], late[2]]):
+        assert decode_set(read(aws, order)) == [b"x"]
+
+
 @pytest.mark.parametrize("payload", [
     msgpack.packb(["add", "text, not bin"]),
     msgpack.packb(["add"]),
