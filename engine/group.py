@@ -1112,6 +1112,13 @@ class _Batch:
             if not self.sm.origin:
                 return CommitResult(Outcome.INVALID, ts, "this group has no region: it holds "
                                     "no regional keyspace")
+            # Every write of this commit has the identity (key, ts, origin): two to one key
+            # would count as one write (a counter would keep one of two increments).
+            merge_keys = [m[0] for m in cmd[7]]
+            if len(set(merge_keys)) < len(merge_keys) or not set(merge_keys).isdisjoint(
+                    w[0] for w in cmd[5]):
+                return CommitResult(Outcome.INVALID, ts, "a regional key is written twice in "
+                                    "one commit: merge its writes into one")
             # The caller flushed the queue: the cells are as every earlier entry left them.
             # A plan that fails (a payload, or a cell it cannot merge into) must fail before
             # the adjudicator records the commit.

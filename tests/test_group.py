@@ -434,6 +434,26 @@ def test_a_remote_batch_with_a_malformed_write_is_refused_not_raised(tmp_path, w
         store.close()
 
 
+@pytest.mark.parametrize("merges, writes", [
+    ([(b"k", "counter", b"5"), (b"k", "counter", b"3")], []),
+    ([(b"k", "lww", b"a"), (b"k", "lww", b"b")], []),
+    ([(b"k", "lww", b"a")], [(b"k", b"plain")]),
+], ids=["counter", "lww", "plain-and-merge"])
+def test_a_commit_writing_a_regional_key_twice_is_refused(tmp_path, merges, writes):
+    # Both writes would share the commit's (key, ts, origin), the identity of one write: a
+    # counter kept only the larger increment (+5, not +8), silently, and acknowledged it.
+    store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east")
+    try:
+        log = Log()
+        [r] = sm.apply([log(encode_commit(1, 0, 100, writes, merges=merges))])
+        assert r.outcome is Outcome.INVALID and "twice" in r.reason
+        assert store.get(b"k", MAX_TS) is None and sm.outbox_after(0) == []
+    finally:
+        sm.close()
+        store.close()
+
+
 def test_a_purge_erases_what_came_before_it_in_its_call_and_not_what_came_after(tmp_path):
     # Writes of one apply call reach the store at its end, after its PURGE ranges are
     # erased: the outcome must still be that of applying the log entry by entry.
