@@ -479,6 +479,15 @@ class RaftNode:
         # ctx -> (waiter, term, leader when asked): the core forgets a read when its term or
         # leader changes, so such reads are failed then (see _fail_stale_reads).
         self._reads: dict[bytes, tuple[_Waiter, int, int]] = {}
+        # A read's context must be unique in the group, across restarts: the leader queues a
+        # follower's read under the follower's context and confirms the queued read whose
+        # context a heartbeat's answer carries, and a follower releases the read whose context
+        # a leader's answer carries. Contexts numbered per node would collide between nodes
+        # (an answer to a round sent for one node's read, before another's was asked, would
+        # confirm the other) and between incarnations of one node (a late answer to the
+        # previous one's read would release the new one's): this node's id, a random
+        # incarnation, then a count.
+        self._read_prefix = config.id.to_bytes(8, "big") + os.urandom(8)
         self._read_ids = itertools.count(1)
         self._applied_waiters: list[tuple[int, int, _Waiter]] = []
         self._waiter_ids = itertools.count()
@@ -619,7 +628,7 @@ class RaftNode:
         before this call is at or below it. Raises ProposalDroppedError with no leader."""
         self._check_open()
         self._check_tick_gap()
-        ctx = next(self._read_ids).to_bytes(8, "big")
+        ctx = self._read_prefix + next(self._read_ids).to_bytes(8, "big")
         waiter = _Waiter()
         self._reads[ctx] = (waiter, self._core.term, self._core.leader)
         self._counts["reads"] += 1

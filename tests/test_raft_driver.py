@@ -1234,3 +1234,48 @@ async def test_a_snapshot_received_while_an_apply_runs_is_installed_before_any_c
             for m in machines.values():
                 m.release.set()
         assert c.sms[victim].items == [b"%d" % k for k in range(70)]
+
+
+async def test_an_answer_to_another_nodes_read_round_never_confirms_a_read(tmp_path):
+    """A follower's read is queued at the leader under the follower's context, and a
+    heartbeat's answer confirms the queued read of its context. Each node numbering its reads
+    from 1 gave two nodes' reads the same context: a late answer to a round the leader sent
+    for a follower's read -- before its own read was asked -- then confirmed its own. A leader
+    cut off meanwhile (the others elected another, which acknowledged a write) answered its
+    read with an index below that write."""
+    answers = []  # heartbeat answers carrying a read context
+
+    def on_send(sender, msgs):
+        answers.extend(m for m in msgs if m.type is MessageType.HEARTBEAT_RESP and m.context)
+
+    # Without CheckQuorum the cut-off leader does not step down by itself.
+    async with cluster(tmp_path, config={"check_quorum": False}, on_send=on_send) as c:
+        lid = await c.leader()
+        old = c.nodes[lid]
+        fid, other = [i for i in c.ids if i != lid]
+        with trio.fail_after(10):
+            await old.propose(b"a")
+            await wait_until(lambda: c.nodes[fid].leader == lid)
+            await c.nodes[fid].read_index()  # the follower's first read: a round of the leader
+            await wait_until(lambda: any(m.frm == other for m in answers))
+        late = next(m for m in answers if m.frm == other)  # one answer to it, held up
+        for i in (fid, other):
+            c.net.partition(lid, i)
+        await wait_until(lambda: any(c.nodes[i].is_leader for i in (fid, other)))
+        new = next(c.nodes[i] for i in (fid, other) if c.nodes[i].is_leader)
+        with trio.fail_after(10):
+            await new.propose(b"w")  # acknowledged
+        written = new.core.applied
+        assert old.is_leader and old.core.commit < written
+        outcome = []
+
+        async def read():
+            with trio.move_on_after(20 * TICK):
+                outcome.append(await old.read_index())  # the old leader's first read
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await wait_until(lambda: old._reads)
+            old._on_messages([late])  # the held-up answer arrives now
+        # It cannot be confirmed while the leader is cut off; never with an older index.
+        assert outcome == []
