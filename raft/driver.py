@@ -411,10 +411,18 @@ class _Ticker:
 
     async def _run(self) -> None:
         interval = self.interval
+        point = None  # the grid point of the last tick
         try:
             while self.nodes:
-                await trio.sleep_until(
-                    (math.floor(trio.current_time() / interval) + 1) * interval)
+                # The point we are on, rounded as RaftNode._grid_now does: woken exactly on a
+                # point, the quotient may fall just below it (2.15 / 0.05 = 42.999...), and
+                # the point we are on would be taken for the next one and ticked again (at
+                # once, and with a virtual clock, which stands still while a task runs,
+                # forever).
+                now = math.floor(trio.current_time() / interval + 1e-6)
+                point = now if point is None else max(now, point)
+                await trio.sleep_until((point + 1) * interval)
+                point += 1
                 for node in list(self.nodes.values()):
                     node._on_tick()
         finally:

@@ -1279,3 +1279,37 @@ async def test_an_answer_to_another_nodes_read_round_never_confirms_a_read(tmp_p
             old._on_messages([late])  # the held-up answer arrives now
         # It cannot be confirmed while the leader is cut off; never with an older index.
         assert outcome == []
+
+
+def test_the_ticker_ticks_each_grid_point_once_when_it_wakes_right_on_it():
+    """The ticker sleeps until the next point of its grid and then finds the point it is on
+    by dividing the time by the interval. Woken exactly on a point (as a virtual clock
+    always wakes it), the quotient may round to just below it -- 2.15 / 0.05 is
+    42.99999999999999 -- and the ticker took the point it was on for the next one: it ticked
+    again at once, and, since a virtual clock does not move while a task runs, forever."""
+    import trio.testing
+
+    from raft.driver import _Ticker
+
+    class Node:
+        _tick_interval = 0.05
+
+        def __init__(self):
+            self.points = collections.Counter()
+
+        def _on_tick(self):
+            point = round(trio.current_time() / self._tick_interval)
+            self.points[point] += 1
+            if self.points[point] > 1:
+                _Ticker.unregister(self)  # stops the ticker: the test fails, not hangs
+
+    node = Node()
+
+    async def main():
+        _Ticker.register(node)
+        await trio.sleep(200 * node._tick_interval)
+        _Ticker.unregister(node)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(node.points) >= 199
+    assert [p for p, n in node.points.items() if n > 1] == []
