@@ -538,15 +538,15 @@ async def test_memory_send_raises_on_an_unencodable_message(autojump_clock):
 
 
 async def test_memory_batches_over_max_frame_are_split_and_lone_giants_dropped(autojump_clock):
-    # As on TCP: a batch whose frame would be over the receiver's max_frame (64 MiB) leaves as
-    # one frame per message, and a lone message over it is dropped and counted -- the link
-    # task must not die of the receiver's WireError (it took the whole endpoint down with it).
-    big = 33 << 20
-    net = MemoryNetwork()
+    # As on TCP: a batch whose frame would be over the receiver's max_frame (64 MiB by
+    # default; 1,000 bytes here) leaves as one frame per message, and a lone message over it
+    # is dropped and counted -- the link task must not die of the receiver's WireError (it
+    # took the whole endpoint down with it).
+    net = MemoryNetwork(max_frame=1000)
     async with net.endpoint(2) as b, net.endpoint(1) as a:
         inbox = b.subscribe(7)
-        a.send(7, [hb(1, 2, 1, b"x" * big), hb(1, 2, 2, b"y" * big)])  # 2 frames
-        a.send(7, [hb(1, 2, 3, b"z" * (64 << 20))])  # cannot fit any frame
+        a.send(7, [hb(1, 2, 1, b"x" * 600), hb(1, 2, 2, b"y" * 600)])  # 2 frames
+        a.send(7, [hb(1, 2, 3, b"z" * 1000)])  # cannot fit any frame
         a.send(7, [hb(1, 2, 4)])
         with trio.fail_after(DEADLINE_S):
             assert [m.term for m in await receive_n(inbox, 3)] == [1, 2, 4]
