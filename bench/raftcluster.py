@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,13 @@ class ClusterError(RuntimeError):
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    """``n`` distinct TCP ports free on 127.0.0.1 right now, below the kernel's ephemeral
+    range: a port taken by binding to port 0 lies in that range, where an outgoing connection
+    (one member's to another) may take it before the member that was given it binds it."""
+    from engine.local import free_base_port
+
+    base = free_base_port(n)
+    return list(range(base, base + n))
 
 
 class LocalCluster:
