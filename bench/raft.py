@@ -16,7 +16,8 @@ client code.
 
 Every system and concurrency runs ``--repeat`` times, round-robin; throughput is the median over
 repetitions; p50/p99 come from the repetition with the median throughput. ``--quick`` runs one
-short repetition.
+short repetition. A run that cannot be measured (a member that does not start) is listed under
+``failures`` in the results, the other rows are kept, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 import trio
 
 from . import _common, raft_peers
-from .raftcluster import LocalCluster
+from .raftcluster import ClusterError, LocalCluster
 from .raftkv import KVClient
 
 __all__ = ["add_parser", "main", "run_meridian", "targets"]
@@ -164,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     workdir = tempfile.mkdtemp(prefix="bench-raft-", dir=base)
     runs: dict[tuple[str, int], list[dict]] = {}
     skipped: dict[str, str] = {}
+    failures: list[dict] = []
     started = time.time()
     try:
         for rep in range(repeat):
@@ -179,6 +181,13 @@ def main(args: argparse.Namespace) -> int:
                     except raft_peers.PeerUnavailable as exc:
                         skipped[system] = str(exc)
                         print(str(exc), file=sys.stderr)
+                        continue
+                    except (raft_peers.PeerError, ClusterError, OSError) as exc:
+                        # One run that could not be measured (a member that did not start,
+                        # a port taken meanwhile) costs that row, not the rows measured.
+                        failures.append({"system": system, "concurrency": c,
+                                         "repetition": rep + 1, "error": str(exc)})
+                        print(f"failed: {exc}", file=sys.stderr)
                         continue
                     if r is None:
                         skipped[system] = "skipped: not installed"
@@ -207,6 +216,7 @@ def main(args: argparse.Namespace) -> int:
         "versions": {"pysyncobj": raft_peers.pysyncobj_version(),
                      "etcd": raft_peers.etcd_version()},
         "skipped": skipped,
+        "failures": failures,
         "elapsed_s": round(time.time() - started, 1),
         "results": results,
         "targets": targets(results),
@@ -218,7 +228,10 @@ def main(args: argparse.Namespace) -> int:
     for t in doc["targets"]:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         print(f"  target {t['target']}: {t['value']} ({mark})")
+    for f in failures:
+        print(f"  run {f['repetition']} of {f['system']} c={f['concurrency']} failed: "
+              f"{f['error']}")
     if args.json:
         _common.write_json(args.json, doc)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if failures else 0

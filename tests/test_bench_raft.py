@@ -6,6 +6,7 @@ their speed — speed targets live in the benchmark itself (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -37,3 +38,28 @@ def test_bench_raft_rejects_bad_arguments():
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "'nosuch' is not one of meridian," in proc.stderr
+
+
+def test_a_run_that_fails_costs_its_row_not_the_rows_measured(tmp_path, monkeypatch, capsys):
+    # A member that does not start (here: every pysyncobj run) used to end the benchmark with
+    # a traceback, throwing away every row already measured.
+    from bench import raft, raft_peers
+
+    def run_one(system, c, duration, warmup, workdir):
+        if system == "pysyncobj":
+            raise raft_peers.PeerError("pysyncobj: no leader within 30 s")
+        return {"system": system, "concurrency": c, "ops_per_s": 100.0 * c, "p50_ms": 1.0,
+                "p99_ms": 2.0, "durable": True}
+
+    monkeypatch.setattr(raft, "_run_one", run_one)
+    out = tmp_path / "raft.json"
+    args = raft.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+        ["--quick", "--systems", "meridian,pysyncobj", "--concurrency", "1,4",
+         "--workdir", str(tmp_path), "--json", str(out)])
+    assert raft.main(args) == 1
+    doc = json.loads(out.read_text())
+    assert [(r["system"], r["concurrency"]) for r in doc["results"]] == [
+        ("meridian", 1), ("meridian", 4)]
+    assert [(f["system"], f["concurrency"]) for f in doc["failures"]] == [
+        ("pysyncobj", 1), ("pysyncobj", 4)]
+    assert "no leader within 30 s" in capsys.readouterr().out
