@@ -606,8 +606,11 @@ class GroupStateMachine:
         for an entry skipped on replay)."""
         # The store is written once per call, and entries read it (regional merges): a
         # PURGE, which erases what the store holds, ends a call of its own, so that what
-        # follows it reads the store without what it erased, however the log is cut.
-        cut = [i + 1 for i, e in enumerate(entries[:-1]) if _looks_like_purge(e.data)]
+        # follows it reads the store without what it erased, however the log is cut; and a
+        # COMMIT or PREPARE with scanned ranges starts one, so that its range check reads a
+        # store that holds every entry before it (see _Batch._check_spans).
+        cut = sorted({i + 1 for i, e in enumerate(entries[:-1]) if _looks_like_purge(e.data)}
+                     | {i for i, e in enumerate(entries) if i and _looks_like_spans(e.data)})
         if not cut:
             return self._apply(entries)
         results: list[object] = []
@@ -1147,10 +1150,12 @@ class _Batch:
     def _check_spans(self, txn_id: int, read_ts: int, keys: list[bytes], cmd: list,
                      flags: int, ts: int) -> CommitResult | None:
         """Range checks the adjudicator cannot make (the queue is flushed when there is one
-        to make: the store and this call's versions and intents are all there is): a key
-        written inside another prepared serializable transaction's scanned range conflicts
-        with it; a serializable transaction's own scanned ranges must hold what they held at
-        its snapshot (no key inserted, changed or deleted there since, no intent there)."""
+        to make): a key written inside another prepared serializable transaction's scanned
+        range conflicts with it; a serializable transaction's own scanned ranges must hold
+        what they held at its snapshot (no key inserted, changed or deleted there since, no
+        intent there). An entry with scanned ranges starts an apply call of its own (see
+        :meth:`GroupStateMachine.apply`), so the store holds every entry before it: its check
+        reads the store alone, and decides the same however the log is cut into calls."""
         for other, spans in self.sm._span_locks.items():
             if other == txn_id:
                 continue
@@ -1161,17 +1166,11 @@ class _Batch:
             return None
         store = self.sm.store
         for start, end, limit in _spans_of(cmd):
-            for writes, at in self.versions:
-                if at > read_ts and any(start <= w[0] < end for w in writes):
-                    return CommitResult(Outcome.CONFLICT, ts, "read_write")
             if (store.scan(start, end, read_ts, limit=limit)
                     != store.scan(start, end, MAX_TS, limit=limit)):
                 return CommitResult(Outcome.CONFLICT, ts, "read_write")
-            pending = dict(store.side_scan(_INTENT + start, _INTENT + end))
-            pending.update((k, v) for k, v in self.side.items()
-                           if _INTENT + start <= k < _INTENT + end)
-            for skey, raw in pending.items():
-                if raw is not None and msgpack.unpackb(raw)[0] != txn_id:
+            for skey, raw in store.side_scan(_INTENT + start, _INTENT + end):
+                if msgpack.unpackb(raw)[0] != txn_id:
                     return CommitResult(Outcome.CONFLICT, ts, "intent", skey[1:])
         return None
 
@@ -1526,6 +1525,15 @@ def _looks_like_purge(data: bytes) -> bool:
     """Whether an entry's data starts as a PURGE command does (an array, kind 11): a cheap
     test, before decoding, that may be wrong only for a malformed entry."""
     return len(data) > 1 and data[1] == CMD_PURGE and 0x90 <= data[0] <= 0x9f
+
+
+def _looks_like_spans(data: bytes) -> bool:
+    """Whether an entry may be a COMMIT or PREPARE with scanned ranges (an array of 9 or 11
+    elements of kind COMMIT or PREPARE): their check compares the store's scans at two
+    timestamps, which must see every earlier entry's versions, so such an entry starts an
+    apply call of its own. Wrong only for a malformed entry (a call cut for nothing)."""
+    return len(data) > 1 and ((data[0] == 0x99 and data[1] == CMD_COMMIT)
+                              or (data[0] == 0x9b and data[1] == CMD_PREPARE))
 
 
 def _decode(data: bytes) -> list:

@@ -6,11 +6,12 @@ e.g. "at most one doctor on call")."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from engine.group import GroupStateMachine, Outcome, encode_commit, encode_prepare, encode_resolve
 from engine.local import open_local_cluster
-from engine.mvcc import MVCCStore
+from engine.mvcc import MAX_TS, MVCCStore
 from test_cluster import TWO_REGIONS, second_commit
 from test_group import Log
 
@@ -89,3 +90,28 @@ def test_a_group_validates_and_locks_scanned_ranges(tmp_path):
     assert r.committed
     sm.close()
     store.close()
+
+
+@pytest.mark.parametrize("earlier", [
+    # a delete of a key that never existed: no change to what the range holds
+    [encode_commit(1, 0, 200, [(b"s/c", None)])],
+    # a write beyond the scan's limit: the first item the scan returned is unchanged
+    [encode_commit(1, 0, 100, [(b"s/a", b"0")]), encode_commit(9, 0, 200, [(b"s/b", b"1")])],
+])
+def test_a_scanned_range_is_checked_the_same_whatever_the_apply_calls(tmp_path, earlier):
+    """Replicas apply the log in differently sized calls: a serializable commit's range
+    check must not depend on whether the entries before it are in the store yet."""
+    last = encode_commit(2, 150, 300, [(b"x", b"1")], serializable=True,
+                         spans=[[b"s/", b"s0", 1]])
+    outcomes = []
+    for n, split in enumerate((False, True)):
+        store = MVCCStore(tmp_path / f"g{n}", map_size=1 << 20)
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=10**12)
+        log = Log()
+        entries = [log(c) for c in [*earlier, last]]
+        results = ([r for e in entries for r in sm.apply([e])] if split
+                   else sm.apply(entries))
+        outcomes.append((results[-1].outcome, store.get(b"x", MAX_TS)))
+        sm.close()
+        store.close()
+    assert outcomes[0] == outcomes[1]
