@@ -1191,10 +1191,17 @@ class Transaction:
         group = located[0][1]
         wanted = [stored for stored, _ in located if stored not in self._writes]
         found: dict[bytes, bytes | None] = {}
-        if wanted:
-            reply = await self._read(group, "read", {"keys": wanted})
-            self._visited[group].keys.update(wanted)
-            found = dict(zip(wanted, reply["values"]))
+        rest = wanted
+        while rest:
+            # The node answers the values that fit one page, at least one (``more``: ask
+            # again for the rest, at the same snapshot).
+            values = (await self._read(group, "read", {"keys": rest}))["values"]
+            if not values or len(values) > len(rest):
+                raise UnavailableError(f"group {group} answered {len(values)} values for "
+                                       f"{len(rest)} keys")
+            self._visited[group].keys.update(rest[:len(values)])
+            found.update(zip(rest, values))
+            rest = rest[len(values):]
         ks = await self._db.keyspace(keyspace)
         if ks.mode == "regional":
             return [self._regional_value(ks, s, found[s]) for s, _ in located]
@@ -1248,10 +1255,13 @@ class Transaction:
                 last = page[-1][0]
                 reads.spans.append([last, page_end, None] if reverse
                                    else [page_start, last + b"\x00", None])
+            elif reverse:
+                # A reverse scan that stopped at its limit covered the span down to its last
+                # key only (validation scans forward, so the span is exact, without a limit).
+                full = fetch is not None and page and len(page) >= fetch
+                reads.spans.append([page[-1][0] if full else page_start, page_end, None])
             else:
-                # A limited reverse scan saw the end of the span: refreshing it compares all
-                # of it.
-                reads.spans.append([page_start, page_end, None if reverse else fetch])
+                reads.spans.append([page_start, page_end, fetch])
             merged.update((k, v) for k, v in page)
             reads.keys.update(k for k, _ in page)
             if not cut and (fetch is None or not page or len(page) < fetch):

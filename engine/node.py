@@ -161,7 +161,8 @@ SCAN_PAGE_BYTES = 4 << 20
 """A ``scan`` answers at most this many pairs, and stops after the pair that brings their
 keys and values to this many bytes: a page, which says ``more`` when the range goes on
 past its last key. The node holds one page in memory per scan, and a page stays far below
-the RPC frame limit (16 MiB); the client reads on from just past the page's last key."""
+the RPC frame limit (16 MiB); the client reads on from just past the page's last key. A
+``read`` of several keys likewise answers the values of those that fit, saying ``more``."""
 
 
 def idle_heartbeat_ticks(heartbeat_ticks: int, election_ticks: int) -> int:
@@ -601,8 +602,17 @@ class Node:
                     version = store.get_version(k, until)
                     if version is not None and version[0] > ts:
                         raise _restart(replica, ts, until)
-            values = [replica.get(k, ts) for k in keys]
-        return {"ts": ts, "until": until, "values": values}
+            # The values of a prefix of the keys, as many as fit SCAN_PAGE_BYTES (at least
+            # one): ``more`` when the caller must ask again for the rest.
+            values: list[bytes | None] = []
+            size = 0
+            for k in keys:
+                value = replica.get(k, ts)
+                values.append(value)
+                size += len(k) + len(value or b"")
+                if size >= SCAN_PAGE_BYTES:
+                    break
+        return {"ts": ts, "until": until, "values": values, "more": len(values) < len(keys)}
 
     async def _scan(self, p):
         replica = self._replica(p)

@@ -77,7 +77,7 @@ async def test_a_limited_scan_of_a_regional_keyspace_does_not_count_deleted_keys
                     assert pages == [1, 2, 4, 8, 16, 32, 64], pages
 
 
-async def test_a_scan_larger_than_one_rpc_frame_returns_every_key():
+async def test_a_scan_or_read_larger_than_one_rpc_frame_returns_every_key():
     # A node answers a scan a page at a time (at most SCAN_PAGE_BYTES of keys and values, far
     # below the 16 MiB frame limit), and the client reads on: a range holding more than one
     # frame can carry is still read whole, and the node never holds all of it at once.
@@ -95,6 +95,8 @@ async def test_a_scan_larger_than_one_rpc_frame_returns_every_key():
                     assert [k for k, _ in await tx.scan("blobs")] == want
                     assert [k for k, _ in await tx.scan("blobs", reverse=True)] == want[::-1]
                     assert [k for k, _ in await tx.scan("blobs", limit=7)] == want[:7]
+                    # A read of several keys answers a page of values at a time too.
+                    assert await tx.get_many("blobs", want) == [big] * len(want)
                     await tx.rollback()
 
 
@@ -129,6 +131,18 @@ async def test_scans_read_on_across_pages(monkeypatch):
                 await a.put("g", b"elsewhere", b"1")
                 with pytest.raises(errors.TransactionConflictError):
                     await a.commit()
+                # A reverse scan that stopped at its limit read only down to its last key: a
+                # key written below it is no conflict, one above it is.
+                for below, conflict in ((b"k01", False), (b"k19", True)):
+                    a = db.transaction("serializable")
+                    assert await a.scan("g", reverse=True, limit=1) == [rows[-1]]
+                    await db.run_transaction(lambda tx, k=below: tx.put("g", k, b"new"))
+                    await a.put("g", b"elsewhere", b"1")
+                    if conflict:
+                        with pytest.raises(errors.TransactionConflictError):
+                            await a.commit()
+                    else:
+                        await a.commit()
                 await _regional_with_deletes(db, "r", keys, 7)
                 async with db.transaction() as tx:
                     assert await tx.scan("r", limit=2) == rows[7:9]
