@@ -544,13 +544,19 @@ async def test_memory_batches_over_max_frame_are_split_and_lone_giants_dropped(a
     # took the whole endpoint down with it).
     net = MemoryNetwork(max_frame=1000)
     async with net.endpoint(2) as b, net.endpoint(1) as a:
-        inbox = b.subscribe(7)
-        a.send(7, [hb(1, 2, 1, b"x" * 600), hb(1, 2, 2, b"y" * 600)])  # 2 frames
-        a.send(7, [hb(1, 2, 3, b"z" * 1000)])  # cannot fit any frame
-        a.send(7, [hb(1, 2, 4)])
-        with trio.fail_after(DEADLINE_S):
-            assert [m.term for m in await receive_n(inbox, 3)] == [1, 2, 4]
-        assert a.statistics().dropped_too_large == 1
+        await _send_over_a_1000_byte_frame_limit(a, b.subscribe(7))
+
+
+async def _send_over_a_1000_byte_frame_limit(a, inbox) -> None:
+    """From ``a`` (node 1) to node 2, whose ``inbox`` of group 7 is given: a batch of two
+    messages that fit a 1,000-byte frame only apart, a lone message that fits none (dropped
+    and counted), then a small one. Checks what arrives."""
+    a.send(7, [hb(1, 2, 1, b"x" * 600), hb(1, 2, 2, b"y" * 600)])  # 2 frames
+    a.send(7, [hb(1, 2, 3, b"z" * 2000)])  # cannot fit any frame
+    a.send(7, [hb(1, 2, 4)])
+    with trio.fail_after(DEADLINE_S):
+        assert [m.term for m in await receive_n(inbox, 3)] == [1, 2, 4]
+    assert a.statistics().dropped_too_large == 1
 
 
 def test_link_model_validates_its_arguments():
@@ -753,13 +759,7 @@ async def test_tcp_batches_over_max_frame_are_split_and_lone_giants_dropped(capl
     opts = TcpOptions(max_frame=1000, **TCP_TEST_OPTIONS)
     async with open_tcp_transport(2, options=opts) as b:
         async with open_tcp_transport(1, peers={2: b.address}, options=opts) as a:
-            inbox = b.subscribe(7)
-            a.send(7, [hb(1, 2, 1, b"x" * 600), hb(1, 2, 2, b"y" * 600)])  # 2 frames
-            a.send(7, [hb(1, 2, 3, b"z" * 2000)])  # cannot fit any frame
-            a.send(7, [hb(1, 2, 4)])
-            with trio.fail_after(DEADLINE_S):
-                assert [m.term for m in await receive_n(inbox, 3)] == [1, 2, 4]
-            assert a.statistics().dropped_too_large == 1
+            await _send_over_a_1000_byte_frame_limit(a, b.subscribe(7))
             assert b.statistics().decode_errors == 0
     assert "over max_frame" in caplog.text
 
