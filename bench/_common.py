@@ -31,6 +31,7 @@ __all__ = [
     "int_range",
     "median",
     "percentile",
+    "pick",
     "read_json",
     "write_json",
 ]
@@ -118,6 +119,14 @@ def read_line(proc: subprocess.Popen, deadline: float, poll_s: float = 0.25) -> 
                     raise EOFError(f"exited (status {proc.poll()})")
                 data += chunk
     return bytes(data)
+
+
+def pick(seq: Sequence, u: float):
+    """The element of ``seq`` (not empty) that ``u``, a number in [0, 1) drawn beforehand,
+    points at. A fault schedule draws its numbers before it looks at the cluster, so that the
+    cluster's state (who leads: timing) changes only what is picked, never what is drawn
+    next: a seed then replays the same schedule."""
+    return seq[min(int(u * len(seq)), len(seq) - 1)]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

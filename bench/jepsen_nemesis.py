@@ -58,6 +58,7 @@ from typing import Any
 
 import trio
 
+from bench._common import pick
 from bench.jepsen_cluster import LabCluster, sides_to_pairs
 from bench.jepsen_targeted import TARGETED, VoteSplit
 
@@ -227,7 +228,7 @@ class Nemesis:
         leaders = await self.cluster.leaders()
         pool = [n for _, n in sorted((g, n) for g, n in leaders.items() if g >= 100)]
         pool = pool or self._nodes()
-        return pool[min(int(u * len(pool)), len(pool) - 1)]
+        return pick(pool, u)
 
     # ---------------------------------------------------------------- partition
 

@@ -16,7 +16,7 @@ Schedules
   measures, so its latencies hide the waiting a real arrival process would have seen: use it
   for throughput.
 - **open** (``rate`` operations per second, ``clients`` connections): operation ``i`` is
-  *intended* to start at ``t0 + phase_s + i / rate`` (or at Poisson arrival times); a
+  *intended* to start at ``t0 + i / rate`` (or at Poisson arrival times); a
   dispatcher hands it to the next free connection at that time (at once, with every other
   operation already due, when the generator runs late), and if every connection is busy it
   waits in a queue. Latency is measured **from the intended start**, so the time an operation
@@ -65,8 +65,6 @@ class LoadSpec:
     warmup_s: float = 0.0
     rate: float | None = None
     arrival: str = "uniform"
-    # Uniform arrivals start this much after ``start``.
-    phase_s: float = 0.0
     # Uniform arrivals of a share of one schedule (bench/loadproc.py): that schedule sends one
     # operation every ``len(slots) / (rate * cycle)`` seconds, operation ``j`` belonging to
     # slot ``j % cycle``, and this process sends those of ``slots`` (``rate`` is its own
@@ -89,8 +87,6 @@ class LoadSpec:
             raise ValueError("an open loop needs a rate > 0")
         if self.arrival not in ("uniform", "poisson"):
             raise ValueError("arrival must be 'uniform' or 'poisson'")
-        if self.phase_s < 0:
-            raise ValueError("phase_s must be >= 0")
         if not self.interval_s > 0 or self.grace_s < 0 or self.max_ops < 1:
             raise ValueError("interval_s must be > 0, grace_s >= 0, max_ops >= 1")
         slots = tuple(self.slots)  # a list, from JSON
@@ -282,7 +278,7 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                 intended += rng.expovariate(spec.rate)
             else:
                 turn, k = divmod(i, len(slots))
-                intended = start + spec.phase_s + (turn * cycle + slots[k]) * gap
+                intended = start + (turn * cycle + slots[k]) * gap
             if intended >= measure_to:
                 return
             yield intended

@@ -153,6 +153,7 @@ import trio
 
 from bench import bank as bank_checker
 from bench import convergence, elle
+from bench._common import pick
 from engine.errors import (
     InvalidArgumentError,
     KeyspaceNotFoundError,
@@ -1189,13 +1190,13 @@ class _Runner:
             # not change what the rest of the schedule draws.
             pick_group, pick_node = rng.random(), rng.random()
             groups = sorted({gid for node in cluster.nodes.values() for gid in node.replicas})
-            group = groups[min(int(pick_group * len(groups)), len(groups) - 1)] if groups else None
+            group = pick(groups, pick_group) if groups else None
             leaders = [node_id for node_id, node in sorted(cluster.nodes.items())
                        if group in node.replicas and node.replicas[group].node.is_leader]
             if leaders:
                 return shape, {"group": group, "node": leaders[0]}, {leaders[0]}
             # The group has no leader just now.
-            victim = nodes[min(int(pick_node * len(nodes)), len(nodes) - 1)].id
+            victim = pick(nodes, pick_node).id
             return "isolate-node", {"node": victim}, {victim}
         if shape == "isolate-region":
             region = rng.choice(self.config.regions)
@@ -1219,9 +1220,9 @@ class _Runner:
                 if gid != META_GROUP and replica.node.is_leader)
             # Both numbers are drawn whatever the cluster looks like now: who leads (timing)
             # must not change when the next crashes come or how long they last.
-            want_leader, pick = rng.random() < 0.5, rng.random()
+            want_leader, u = rng.random() < 0.5, rng.random()
             pool = leaders if want_leader and leaders else running
-            victim = pool[min(int(pick * len(pool)), len(pool) - 1)]
+            victim = pick(pool, u)
             self.history.nemesis("stop-node", victim)
             self.down.add(victim)
             self.count_snapshots(cluster.nodes[victim])

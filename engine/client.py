@@ -152,9 +152,9 @@ MAX_SNAPSHOT_MOVES = 8
 MAX_TS = 2**64 - 2
 """The largest timestamp (engine.mvcc.MAX_TS)."""
 COPY_PAGE = 1000
+"""Keys per page when a keyspace's data is copied to its new home."""
 CONNECT_ATTEMPT_S = 1.0
 """How long :func:`connect` first waits for one node's answer before it asks the next."""
-"""Keys per page when a keyspace's data is copied to its new home."""
 MOVE_ROLLBACK_S = 5.0
 """How long a failed keyspace move tries to lift its fence in the old home."""
 FENCE_ATTEMPTS = 3
@@ -1249,24 +1249,23 @@ class Transaction:
             page = reply["items"]
             # The node answers a page at a time: ``more`` when it stopped at its page bounds
             # with the range going on past the page's last key.
-            cut = bool(page) and reply.get("more") is True
+            last = page[-1][0] if page else None
+            cut = last is not None and reply.get("more") is True
             if cut:
                 # Every key of the part read came back: refreshing it compares all of it.
-                last = page[-1][0]
                 reads.spans.append([last, page_end, None] if reverse
                                    else [page_start, last + b"\x00", None])
             elif reverse:
                 # A reverse scan that stopped at its limit covered the span down to its last
                 # key only (validation scans forward, so the span is exact, without a limit).
-                full = fetch is not None and page and len(page) >= fetch
-                reads.spans.append([page[-1][0] if full else page_start, page_end, None])
+                full = fetch is not None and last is not None and len(page) >= fetch
+                reads.spans.append([last if full else page_start, page_end, None])
             else:
                 reads.spans.append([page_start, page_end, fetch])
             merged.update((k, v) for k, v in page)
             reads.keys.update(k for k, _ in page)
             if not cut and (fetch is None or not page or len(page) < fetch):
                 break  # the range is read to its end (or nothing was asked for)
-            last = page[-1][0]
             if ks.mode == "regional" and fetch is not None:
                 # A regional keyspace keeps a deleted key as a tombstone cell, which the page
                 # counts and a read does not return (nor a key this transaction deletes, nor
