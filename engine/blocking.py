@@ -38,7 +38,9 @@ raises :class:`~engine.errors.AmbiguousCommitError`, the others the "closed" err
 connections and joins the thread. It is idempotent. A database never closed is closed when it
 is garbage-collected and, at the latest, when the interpreter shuts down, so a forgotten
 connection never keeps the process alive; threads still using it after the main thread has
-returned keep it until they end.
+returned keep it until they end. If the connection's loop stops by itself (a crash), the calls
+still running raise :class:`~engine.errors.UnavailableError` caused by the crash, and a commit
+:class:`~engine.errors.AmbiguousCommitError`.
 
 Ctrl-C: a ``KeyboardInterrupt`` in a thread waiting for a call cancels that call in the
 connection's thread and waits for it to end before it reaches the application (a second
@@ -250,10 +252,12 @@ class _Portal:
             call.done.set()
 
     def call(self, fn: Callable[..., Any], *args: Any, is_async: bool = True,
-             on_cancel: Callable[[], BaseException] = _closed_error, **kwargs: Any) -> Any:
+             on_cancel: Callable[[], BaseException] | None = None, **kwargs: Any) -> Any:
         """Runs ``fn(*args, **kwargs)`` (awaited when ``is_async``) in the trio thread and
         returns its result or raises its exception. ``on_cancel`` makes the error raised
-        when close() cancels the call after it started."""
+        when the call is cut short after it started: cancelled by close(), or ended with the
+        run stopping by itself (then caused by why it stopped). Without it: the "closed"
+        error, or the UnavailableError that says why the run stopped."""
         _check_not_in_trio("the blocking client")
         with self._lock:
             closed, token = self._close_requested, self._token
@@ -266,15 +270,18 @@ class _Portal:
         except KeyboardInterrupt:
             self._interrupt(call, token)
             raise
-        except (trio.RunFinishedError, trio.Cancelled):
+        except (trio.RunFinishedError, trio.Cancelled) as exc:
             # The run ended before or while the call ran: closed, or it stopped by itself
-            # (then the error names why, as its cause).
+            # (then the error names why, as its cause). Cancelled: while it ran, so that a
+            # commit may have been sent.
             error = self._gone_error()
+            if isinstance(exc, trio.Cancelled) and on_cancel is not None:
+                raise on_cancel() from error.__cause__
             raise error from error.__cause__
         if result is _REFUSED:
             raise _closed_error()
         if result is _CANCELLED:
-            raise on_cancel()
+            raise (on_cancel or _closed_error)()
         return result
 
     def _interrupt(self, call: _Call, token: trio.lowlevel.TrioToken) -> None:
@@ -503,7 +510,8 @@ class BlockingDatabase:
         defaults of :meth:`engine.client.Database.run_transaction`).
 
         ``fn`` is an ordinary function, called in this thread; it must be safe to run several
-        times (no side effects outside ``tx``).
+        times (no side effects outside ``tx``). It may end the transaction itself
+        (``commit()`` or ``rollback()``): it is then not committed again.
 
         Returns:
             What the successful ``fn`` returned.
@@ -529,7 +537,8 @@ class BlockingDatabase:
                     raise InvalidArgumentError(
                         "the function given to run_transaction returned an awaitable; run "
                         "async functions with engine.client.Database.run_transaction")
-                tx.commit()
+                if not tx._tx._ended():
+                    tx.commit()
                 return result
             except TransactionConflictError:
                 tx._discard_quietly()
@@ -544,8 +553,9 @@ class BlockingDatabase:
 
 
 def _ambiguous_on_close() -> AmbiguousCommitError:
-    return AmbiguousCommitError("the database connection was closed while the commit was in "
-                                "flight: the transaction may or may not have committed")
+    return AmbiguousCommitError("the database connection was closed, or stopped, while the "
+                                "commit was in flight: the transaction may or may not have "
+                                "committed")
 
 
 class BlockingTransaction:

@@ -406,7 +406,9 @@ class Database:
                               base_delay_s: float = 0.002, max_delay_s: float = 0.5) -> _T:
         """Runs ``await fn(tx)`` in a transaction and commits it, again on every retryable
         conflict, with jittered exponential backoff. The only retry loop of the product:
-        ``fn`` must be safe to run several times (no side effects outside ``tx``)."""
+        ``fn`` must be safe to run several times (no side effects outside ``tx``). ``fn`` may
+        end the transaction itself (``commit()`` or ``rollback()``, as in ``async with``):
+        it is then not committed again."""
         if max_attempts < 1:
             raise InvalidArgumentError("max_attempts must be >= 1")
         delay = base_delay_s
@@ -414,7 +416,8 @@ class Database:
             tx = self.transaction(isolation)
             try:
                 result = await fn(tx)
-                await tx.commit()
+                if not tx._ended():
+                    await tx.commit()
                 return result
             except TransactionConflictError:
                 tx._discard()
@@ -1602,6 +1605,12 @@ class Transaction:
             self._state = "rolled back"
         self._writes.clear()
         self._merges.clear()
+
+    def _ended(self) -> bool:
+        """Whether the transaction was committed or rolled back. (Not a failed one: committing
+        that raises TransactionClosedError, so that a function that swallowed the failure of
+        its own commit is not reported as a success.)"""
+        return self._state in ("committed", "rolled back")
 
     def _check_open(self) -> None:
         if self._state != "open":

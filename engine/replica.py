@@ -138,7 +138,11 @@ class GroupReplica:
 
     async def close_up_to(self, ts: int) -> None:
         """Makes the group's closed timestamp reach ``ts`` (leader only): one CLOSE entry,
-        shared by every caller that needs no more than it closes."""
+        shared by every caller that needs no more than it closes.
+
+        Raises:
+            NotLeaderError: this replica does not lead, or could not get the entry applied
+                (whether it was is of no consequence: a CLOSE writes no data)."""
         while self.sm.closed_ts < ts:
             self._require_leader()
             if self._closing is not None and self._closing[0] >= ts:
@@ -149,6 +153,13 @@ class GroupReplica:
             self._closing = (target, done)
             try:
                 await self._propose(encode_close(target))
+            except AmbiguousCommitError as exc:
+                # A CLOSE writes no data: whether it was applied matters to nobody. The
+                # reader waiting for it is told to try another replica, as when its read
+                # point cannot be confirmed (the leader is cut off from its group).
+                raise NotLeaderError(f"node {self.node.id} could not close group "
+                                     f"{self.group} up to {target}: {exc}",
+                                     self.group, 0) from None
             finally:
                 done.set()
                 if self._closing is not None and self._closing[1] is done:

@@ -537,3 +537,57 @@ def test_a_loop_that_stops_by_itself_is_reported_as_such(addresses, monkeypatch)
     db.close()  # the crash was reported already: not a failure of closing
     with pytest.raises(errors.InvalidArgumentError, match="connection is closed"):
         db.list_keyspaces()
+
+
+def test_run_transaction_does_not_commit_again_a_transaction_its_function_ended(db, ks):
+    with db.transaction() as tx:
+        tx.put(ks, b"alice", b"100")
+    runs = 0
+
+    def debit(tx):
+        nonlocal runs
+        runs += 1
+        balance = int(tx.get(ks, b"alice"))
+        tx.put(ks, b"alice", b"%d" % (balance - 10))
+        tx.commit()
+
+    db.run_transaction(debit)
+    assert runs == 1
+    assert db.read(ks, b"alice") == b"90"
+    db.run_transaction(lambda tx: (tx.put(ks, b"alice", b"0"), tx.rollback()))
+    assert db.read(ks, b"alice") == b"90"
+
+
+def test_a_commit_in_flight_when_the_loop_stops_by_itself_is_ambiguous(addresses, monkeypatch):
+    # UnavailableError promises that nothing was committed by the request that raised it; a
+    # commit sent, or perhaps sent, before the connection's loop stopped may have been applied.
+    db = connect_blocking(addresses)
+    try:
+        name = f"b{next(_names)}"
+        db.create_keyspace(name)
+        in_flight = threading.Event()
+
+        async def commit_then_crash(self, *args):
+            # The commit is on its way to the leader when a background task of the
+            # connection fails, which stops the client's loop.
+            in_flight.set()
+
+            async def boom():
+                raise RuntimeError("a background task crashed")
+
+            self._db._nursery.start_soon(boom)
+            await trio.sleep_forever()
+
+        monkeypatch.setattr(Transaction, "_commit_one", commit_then_crash)
+        tx = db.transaction()
+        tx.put(name, b"alice", b"90")
+        with pytest.raises(errors.AmbiguousCommitError,
+                           match="may or may not have committed") as info:
+            tx.commit()
+        assert in_flight.is_set()
+        assert isinstance(info.value.__cause__, RuntimeError)  # why the loop stopped
+        # Calls other than commits still say that the connection stopped.
+        with pytest.raises(errors.UnavailableError, match="connection stopped"):
+            db.list_keyspaces()
+    finally:
+        db.close()

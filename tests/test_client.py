@@ -279,3 +279,36 @@ def test_reads_see_the_snapshot_plus_the_transactions_own_writes(model_db, ops, 
                 assert got == want, arg
     finally:
         tx.rollback()
+
+
+async def test_run_transaction_does_not_commit_again_a_transaction_its_function_ended():
+    # A debit that commits at its end: run_transaction used to commit it again and raise
+    # TransactionClosedError ("is committed") after the debit had committed. A caller that
+    # takes the error at its word and runs the debit again debits twice.
+    async with open_local_cluster(("us-east",), 1, seed=31) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("bank")
+                async with db.transaction() as tx:
+                    await tx.put("bank", b"alice", b"100")
+                runs = 0
+
+                async def debit(tx):
+                    nonlocal runs
+                    runs += 1
+                    balance = int(await tx.get("bank", b"alice"))
+                    await tx.put("bank", b"alice", b"%d" % (balance - 10))
+                    await tx.commit()
+                    return tx.commit_ts
+
+                commit_ts = await db.run_transaction(debit)
+                assert runs == 1 and commit_ts > 0
+                assert await db.read("bank", b"alice") == b"90"
+
+                async def look_only(tx):
+                    await tx.put("bank", b"alice", b"0")
+                    await tx.rollback()
+                    return "rolled back"
+
+                assert await db.run_transaction(look_only) == "rolled back"
+                assert await db.read("bank", b"alice") == b"90"

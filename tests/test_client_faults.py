@@ -16,8 +16,11 @@ import trio.testing
 
 import engine
 from engine.config import Limits
-from engine.errors import AmbiguousCommitError, UnavailableError
+from engine.errors import AmbiguousCommitError, NotLeaderError, UnavailableError
+from engine.replica import GroupReplica
 from engine.rpc import NotSentError, RemoteError, RpcConnection, connect_rpc, serve_rpc
+from raft.driver import RaftTimeoutError
+from raft.types import RaftError
 
 HOST = "127.0.0.1"
 GUARD_S = 10  # only ever reached by a bug that hangs
@@ -223,3 +226,51 @@ async def test_a_call_waiting_for_room_to_send_is_not_sent_when_the_connection_e
                 assert conn._wire.frames_sent == sent  # the last call has no frame out
                 await conn.aclose()
     assert outcomes[sent] is NotSentError
+
+
+class _CutOffLeader:
+    """A Raft node that still believes it leads (a lease holds) and confirms reads at once,
+    but whose proposals never get applied: ``error`` is what it raises for them."""
+
+    id = 1
+    is_leader = True
+    leader = 1
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.proposed = 0
+
+    async def linearizable_read(self, *, timeout=None) -> int:
+        return 7
+
+    async def propose(self, data: bytes, *, timeout=None):
+        self.proposed += 1
+        raise self.error
+
+
+class _NothingClosed:
+    closed_ts = 0
+
+
+class _Clock:
+    def now(self) -> int:
+        return 1_000
+
+
+@pytest.mark.parametrize("error", [
+    RaftTimeoutError("entry 9 was not applied within the proposal's timeout"),
+    RaftError("raft node 1 stopped"),
+])
+async def test_a_close_whose_outcome_is_unknown_sends_the_reader_elsewhere(error):
+    # A read that must close time first (one CLOSE entry) on a leader that cannot get the
+    # entry applied. A CLOSE writes no data, yet its unknown outcome reached readers (keyspace
+    # lookups included) as AmbiguousCommitError, which no retry loop retries and which says
+    # that something may have been committed. The reader must try another replica instead.
+    node = _CutOffLeader(error)
+    replica = GroupReplica(5, node, _NothingClosed(), _Clock(), close_interval=0)
+    with pytest.raises(NotLeaderError) as info:
+        await replica.snapshot_ts(min_ts=500)
+    assert node.proposed == 1  # it did try to close
+    assert info.value.group == 5 and info.value.leader == 0
+    with pytest.raises(NotLeaderError):
+        await replica.close_up_to(500)
