@@ -1368,6 +1368,11 @@ class Transaction:
     async def commit(self) -> None:
         """Commits, or raises :class:`TransactionConflictError` (nothing was written).
 
+        It may also raise :class:`~engine.errors.AmbiguousCommitError` (the commit was sent but
+        its outcome is unknown: the connection ended or the answer did not come in time; read
+        to find out, never blindly run it again), or :class:`~engine.errors.UnavailableError`
+        (nothing was committed: no node could be asked). Either way the transaction is over.
+
         Writes in one group commit with one message to its leader. Writes in several groups
         (keyspaces homed in different regions) commit with two-phase commit: see the module
         docstring."""

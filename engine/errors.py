@@ -118,7 +118,8 @@ class TransactionConflictError(MeridianError):
             its snapshot), ``"read_write"`` (serializable: a key it read was), ``"intent"``
             (another transaction is committing the key), ``"too_old"`` (it outlived the
             maximum transaction lifetime, or its snapshot was older than what the group still
-            remembers), ``"leader_change"`` (its group changed leader while it ran),
+            remembers), ``"aborted"`` (a transaction across groups whose record was found
+            aborted when it came to decide: recovery had aborted it for being too slow),
             ``"moved"`` (a keyspace it uses moved to another home region or was dropped: it is
             looked up again), ``"refresh"`` (it could not move its snapshot up to a newer
             group's without losing what it had read) or ``"catalog_changed"`` (a keyspace
@@ -139,8 +140,10 @@ class TransactionConflictError(MeridianError):
 
 
 class LimitExceededError(MeridianError, ValueError):
-    """A transaction went over a configured limit (keys or bytes written, lifetime). Running it
-    again unchanged fails the same way."""
+    """A transaction went over a configured limit (keys or bytes written, key or value size).
+    Running it again unchanged fails the same way. (A transaction that outlives the maximum
+    lifetime is a :class:`TransactionConflictError`, reason ``"too_old"``: run again, it
+    starts anew.)"""
 
 
 class TransactionClosedError(MeridianError, ValueError):

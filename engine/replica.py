@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import trio
 
 from raft.driver import RaftTimeoutError
-from raft.types import ProposalDroppedError, RaftError
+from raft.types import ProposalDroppedError, RaftError, RaftInvariantError
 
 from . import planted
 from .errors import (
@@ -130,6 +130,11 @@ class GroupReplica:
         except RaftTimeoutError:  # cut off from its group: let the caller try another replica
             raise NotLeaderError(f"node {self.node.id} could not confirm its leadership of "
                                  f"group {self.group} within {PROPOSAL_TIMEOUT_S} s",
+                                 self.group, 0) from None
+        except RaftInvariantError:
+            raise
+        except RaftError as exc:  # this replica stopped (closing, or its disk failed)
+            raise NotLeaderError(f"node {self.node.id} cannot serve group {self.group}: {exc}",
                                  self.group, 0) from None
         if self.sm.closed_ts < max(min_ts, 1):
             # A new group has closed nothing yet: there is no snapshot to read at until it has.

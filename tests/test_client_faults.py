@@ -274,3 +274,18 @@ async def test_a_close_whose_outcome_is_unknown_sends_the_reader_elsewhere(error
     assert info.value.group == 5 and info.value.leader == 0
     with pytest.raises(NotLeaderError):
         await replica.close_up_to(500)
+
+
+async def test_a_read_at_a_stopped_replica_is_sent_to_another():
+    # A stopped Raft node (closing, or its disk failed) raises a plain RaftError: the read
+    # used to reach the client as the RPC code ``internal``, a raw RemoteError, with no try
+    # at another replica.
+    class _Stopped(_CutOffLeader):
+        async def linearizable_read(self, *, timeout=None) -> int:
+            raise RaftError("raft node 1 stopped: OSError(5, 'Input/output error')")
+
+    replica = GroupReplica(5, _Stopped(RaftError("unused")), _NothingClosed(), _Clock(),
+                           close_interval=0)
+    with pytest.raises(NotLeaderError, match="stopped") as info:
+        await replica.snapshot_ts(min_ts=500)
+    assert info.value.group == 5 and info.value.leader == 0
