@@ -26,7 +26,10 @@ Choices made here (the Raft thesis, Ongaro 2014, offers several):
 - **Commitment** (§5.4.2): an index is committed by counting only if its entry is of the
   leader's current term.
 - **Reads** (§6.4): ReadIndex — the leader records its commit index, confirms it is still
-  leader with a heartbeat round, and hands out the index once a quorum answered.
+  leader with a heartbeat round, and hands out the index once a quorum answered. A read that
+  another node forwarded is dropped if no quorum confirmed it within an election timeout (to
+  its caller, as if the message had been lost: it retries on timeout); one asked here waits
+  until answered or cancelled (:meth:`RaftCore.cancel_read`).
 - **Snapshots** (§5): the application snapshots at its applied index (:meth:`compact`); a
   follower that is behind the compaction point receives the snapshot in chunks, one chunk in
   flight, resumable from the offset the follower acknowledges. A durable state machine
@@ -165,13 +168,14 @@ class RestoredState:
 
 
 class _ReadRequest:
-    __slots__ = ("index", "context", "frm", "acks")
+    __slots__ = ("index", "context", "frm", "acks", "asked_tick")
 
-    def __init__(self, index: int, context: bytes, frm: int):
+    def __init__(self, index: int, context: bytes, frm: int, asked_tick: int):
         self.index = index
         self.context = context
         self.frm = frm
         self.acks: dict[int, bool] = {}
+        self.asked_tick = asked_tick  # when the leader received it (see _drop_stale_reads)
 
 
 class RaftCore:
@@ -227,7 +231,9 @@ class RaftCore:
         self._lead_transferee = NONE
         self._pending_conf_index = 0
         self._read_queue: deque[_ReadRequest] = deque()
-        self._reads_waiting_for_commit: list[tuple[bytes, int]] = []
+        # Reads a new leader received before an entry of its term committed:
+        # (context, from, tick received).
+        self._reads_waiting_for_commit: list[tuple[bytes, int, int]] = []
         # A snapshot being received: (meta, size, chunks so far, bytes so far, (term, sender)).
         self._incoming: tuple[SnapshotMeta, int, list[bytes], int, tuple[int, int]] | None = None
         self._incoming_tick = 0  # when a chunk of it last came
@@ -389,6 +395,7 @@ class RaftCore:
                     return
             if self._lead_transferee != NONE:
                 self._lead_transferee = NONE  # the transfer timed out
+            self._drop_stale_reads()
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._heartbeats += 1
@@ -477,6 +484,21 @@ class RaftCore:
                                context=bytes(context)))
         else:
             raise ProposalDroppedError("no leader known for a read index", NONE)
+
+    def cancel_read(self, context: bytes) -> None:
+        """Forgets a read asked here with :meth:`read_index` whose caller gave up before its
+        ReadState came; nothing happens if there is none (answered, dropped, or forwarded to
+        the leader). Without it, a leader that no quorum answers (and without CheckQuorum that
+        may last) would keep every read of callers that timed out and retried until its term
+        ends."""
+        context = bytes(context)
+        for n, req in enumerate(self._read_queue):
+            if req.context == context and req.frm == self.id:
+                # Later rounds carry the context of the newest read left (see _tick_heartbeat).
+                del self._read_queue[n]
+                return
+        self._reads_waiting_for_commit = [
+            w for w in self._reads_waiting_for_commit if w[:2] != (context, self.id)]
 
     def lease_read_index(self) -> int | None:
         """The read index a leader holding a lease would answer ``read_index`` with (its
@@ -921,7 +943,7 @@ class RaftCore:
         self.log.commit_to(index)
         if self._reads_waiting_for_commit:
             waiting, self._reads_waiting_for_commit = self._reads_waiting_for_commit, []
-            for ctx, frm in waiting:
+            for ctx, frm, _ in waiting:
                 self._leader_read_index(ctx, frm)
         return True
 
@@ -1030,9 +1052,9 @@ class RaftCore:
     def _leader_read_index(self, ctx: bytes, frm: int) -> None:
         if self.log.term_at(self.log.committed) != self.term:
             # Our commit index may be behind the true one until an entry of our term commits.
-            self._reads_waiting_for_commit.append((ctx, frm))
+            self._reads_waiting_for_commit.append((ctx, frm, self._ticks))
             return
-        req = _ReadRequest(self.log.committed, ctx, frm)
+        req = _ReadRequest(self.log.committed, ctx, frm, self._ticks)
         if self._lease_valid():
             self._release_read(req)
             return
@@ -1053,6 +1075,23 @@ class RaftCore:
                     for _ in range(n + 1):
                         self._release_read(self._read_queue.popleft())
                 return
+
+    def _drop_stale_reads(self) -> None:
+        """Forgets the reads other nodes forwarded that have waited for an election timeout.
+
+        A quorum that answers confirms a read within a heartbeat round; one that has not for
+        this long is not answering (a leader without CheckQuorum may stay cut off for good),
+        and the node that forwarded the read cannot cancel it: its caller has timed out and
+        retried, and is told nothing either way, as if the request had been lost. Without
+        this, every retry would stay queued until the term ends. Reads asked on this node stay
+        until answered or cancelled (:meth:`cancel_read`)."""
+        horizon = self._ticks - self.config.election_tick
+        if any(r.frm != self.id and r.asked_tick < horizon for r in self._read_queue):
+            self._read_queue = deque(r for r in self._read_queue
+                                     if r.frm == self.id or r.asked_tick >= horizon)
+        if self._reads_waiting_for_commit:
+            self._reads_waiting_for_commit = [
+                w for w in self._reads_waiting_for_commit if w[1] == self.id or w[2] >= horizon]
 
     def _release_read(self, req: _ReadRequest) -> None:
         if req.frm == self.id:

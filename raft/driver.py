@@ -646,6 +646,10 @@ class RaftNode:
             return await waiter.wait()
         finally:
             self._reads.pop(ctx, None)
+            if not waiter.event.is_set():
+                # The caller gave up (a timeout, a cancellation): the core would keep the
+                # read queued until its term ends, and a cut-off leader's term may not.
+                self._core.cancel_read(ctx)
 
     async def linearizable_read(self, *, timeout: float | None = None) -> int:
         """Waits until the state machine reflects every write acknowledged before the call;

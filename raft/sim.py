@@ -108,8 +108,9 @@ disk is a model of the write order ``raft.storage`` promises, not its files; one
 no byzantine faults (corrupt messages, a disk that lies beyond the planted bugs); time is whole
 milliseconds and events at one instant run in the order they were scheduled. Each client has
 one operation in flight; an operation whose fate is unknown (timeout, crash) is simply dropped,
-so only acknowledged writes are checked. Removed nodes keep running (they must not disturb the
-cluster) and node ids are never reused.
+so only acknowledged writes are checked (a read that times out is cancelled where it was
+asked, ``RaftCore.cancel_read``, as the driver does). Removed nodes keep running (they must not
+disturb the cluster) and node ids are never reused.
 """
 
 from __future__ import annotations
@@ -1335,7 +1336,14 @@ class Simulation:
                 # The node it guessed did not answer: it may be down, cut off, or a leader
                 # deposed behind a partition. Try another one next.
                 client.guess = NONE
-            self._finish_op(client, client.op, "timed out")
+            op = client.op
+            node = self.nodes.get(op.node)
+            if (op.kind == "r" and node is not None and node.alive
+                    and node.incarnation == op.incarnation):
+                # The client gives up, as the driver's caller does: the read leaves the core.
+                node.core.cancel_read(op.ctx)
+                node.reads.pop(op.ctx, None)
+            self._finish_op(client, op, "timed out")
 
     def _finish_op(self, client: _Client, op: _Op, outcome: str) -> None:
         op.done = True
