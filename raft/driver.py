@@ -821,6 +821,11 @@ class RaftNode:
                 if rd is not None:
                     await self._handle_ready(rd, messages_sent=self._handoff_sent)
                 while True:
+                    if self._step_error is not None:
+                        # A step (or tick) raised while this loop waited (for the disk, or
+                        # between Readies): the core is as the exception left it, possibly
+                        # half changed. Nothing more of it may be persisted or sent.
+                        raise self._step_error
                     if self._snapshot_due():
                         await self._take_snapshot()
                     if not core.has_ready():
