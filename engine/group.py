@@ -66,6 +66,10 @@ An entry's data is one msgpack array whose first element says what it is:
     cannot be merged here (the key holds a plain value, or another resolver's cell: a client
     that broke the keyspace's contract) is left out and logged as a conflict whose resolver is
     ``"refused"``; the rest of the batch applies, so one bad write cannot stall its stream.
+    A batch that would grow a cell over the value limit is refused whole, and applies when
+    retried once other regions' writes have shrunk the cell: a write left out for its size
+    would be kept in the regions it reached first (a local commit may grow a merge type's
+    cell only to its region's share of the limit, so the converged cell fits).
 ``[DRAIN, proposed_ts, keys]``
     Removes conflict-log records (side-table keys starting with ``c``).
 ``[SHIPPED, proposed_ts, destination_group, watermark]``
@@ -155,7 +159,10 @@ A regional key's versions hold encoded :class:`~engine.merge.Cell` values. Side-
 ``o`` + be64(ts) → the writes this group's region committed at ``ts`` (its outbox); ``w`` +
 be32(origin group) → the origin's watermark; ``s`` + be32(destination group) → how far that
 destination has applied this group's writes (SHIPPED); ``c`` + key + be64(ts) + origin → a
-conflict-log record, one per write that lost a concurrent conflict here.
+conflict-log record, one per write that lost a concurrent conflict here. A record holds the
+losing write's value, so a regional write's value (a COMMIT's merge, a REMOTE's write) may take
+at most ``MAX_VALUE_SIZE`` less 4 KiB, the room of the record's other fields; a larger one
+makes the entry malformed.
 
 An outbox record is trimmed (by CLOSE, SHIPPED and regional commits, a batch at a time) once
 every destination has applied it, so a region cut off for hours catches up when it is back.
@@ -173,6 +180,7 @@ crash they agree; entries at or below the store's applied index are skipped on r
 from __future__ import annotations
 
 import enum
+import hashlib
 import io
 import mmap
 import struct
@@ -279,7 +287,7 @@ MAX_KEYSPACE_ID = 2**32 - 2
 MAX_EPOCH = 2**55 - 1
 """The largest epoch of a keyspace's moves and drops (a copy carries it in its flags' upper
 bits, see COMMIT)."""
-_MAX_ORIGIN_IN_KEY = 32
+_MAX_ORIGIN_IN_KEY = 32  # bytes of a conflict-log key that name the losing write's origin
 _PREPARED_END = b"q"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -712,7 +720,9 @@ class GroupStateMachine:
             elif kind == CMD_DRAIN:
                 ts = self._close(cmd[1])
                 for key in cmd[2]:
-                    if key[:1] == _CONFLICT:
+                    # Only conflict-log records; a key too long to be one (the store would
+                    # refuse it, and with it the whole apply, at every replay) names none.
+                    if key[:1] == _CONFLICT and len(key) <= MAX_SIDE_KEY_SIZE:
                         batch.side[key] = None
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
             elif kind == CMD_SHIPPED:
@@ -874,7 +884,7 @@ class GroupStateMachine:
         out = []
         for skey, raw in self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit):
             rec = msgpack.unpackb(raw)
-            tail = 8 + len(rec[3].encode()[:_MAX_ORIGIN_IN_KEY])
+            tail = 8 + len(_origin_in_key(rec[3]))
             out.append((skey, skey[1:len(skey) - tail], rec))
         return out
 
@@ -1345,7 +1355,8 @@ class _Batch:
 
     def _plan_merges(self, writes, *, refuse_each: bool = False,
                      cells: dict[bytes, Cell | None] | None = None,
-                     compact: bool = False, check_size: bool = True) -> list | str:
+                     compact: bool = False, check_size: bool = True,
+                     regions: int = 1) -> list | str:
         """Merges ``writes`` -- ``(key, resolver, write)``, in order; ``write`` a RemoteWrite,
         or a function of the key's cell before it that makes one -- into the keys' current
         cells without changing anything: ``(key, resolver, new cell, conflict, write, encoded
@@ -1363,7 +1374,17 @@ class _Batch:
         timestamp is merged here before it (the writes come in their origin's commit order),
         so each new cell can be compacted (:meth:`Resolver.compact`) up to there; else a
         counter's or a set's cell grows with every write ever made to the key, until it no
-        longer fits in a value."""
+        longer fits in a value.
+
+        A merged cell over :data:`MAX_VALUE_SIZE` fails the whole plan, ``refuse_each`` or
+        not: whether a cell fits depends on which writes reached it first, so a shipped write
+        left out for its size would be kept in one region and lost in another; its batch
+        waits instead (see :meth:`remote`). ``regions``: how many regions' writes a merge
+        type's cell gathers; a local write that grows such a cell over its region's share,
+        ``MAX_VALUE_SIZE // regions``, is refused. A converged cell holds little more than
+        what each region's cell held after its last growing write, so if no region grows a
+        cell past its share, the converged cell fits in every region, whatever the arrival
+        order."""
         cells = {} if cells is None else dict(cells)
         merged = []
         for key, resolver_name, write in writes:
@@ -1378,8 +1399,15 @@ class _Batch:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
                 encoded = encode_cell(cell)  # written as is by _apply_merges
                 if check_size and len(encoded) > MAX_VALUE_SIZE:
-                    raise InvalidArgumentError(
-                        f"the merged cell would take over {MAX_VALUE_SIZE} bytes")
+                    return (f"the merged cell of key {key!r} would take {len(encoded)} bytes, "
+                            f"over the {MAX_VALUE_SIZE}-byte limit of a value")
+                share = MAX_VALUE_SIZE // regions
+                if (check_size and resolver.op == MERGE and len(encoded) > share
+                        and (before is None or len(encoded) > len(encode_cell(before)))):
+                    return (f"bad {resolver_name} write to key {key!r}: the merged cell would "
+                            f"take {len(encoded)} bytes, over this region's share ({share} "
+                            f"bytes) of the {MAX_VALUE_SIZE}-byte limit: the cell gathers "
+                            f"{regions} regions' writes")
             except (InvalidArgumentError, CorruptStateError) as exc:
                 if not refuse_each:
                     return f"bad {resolver_name} write to key {key!r}: {exc}"
@@ -1399,8 +1427,7 @@ class _Batch:
                 self.versions.append(([(key, encoded)], ts))
             if conflict is not None:
                 loser_ts, loser_origin = conflict.loser
-                ckey = (_CONFLICT + key + _U64.pack(loser_ts)
-                        + loser_origin.encode()[:_MAX_ORIGIN_IN_KEY])
+                ckey = _CONFLICT + key + _U64.pack(loser_ts) + _origin_in_key(loser_origin)
                 self.side[ckey] = msgpack.packb(
                     [conflict.winner[0], conflict.winner[1], loser_ts, loser_origin,
                      conflict.loser_value, conflict.resolver, ts], use_bin_type=True)
@@ -1418,7 +1445,8 @@ class _Batch:
         # Every earlier local write is merged here, below ts: commit timestamps rise with the
         # log (see GroupStateMachine._close).
         return self._plan_merges([(key, resolver_name, local(key, resolver_name, value))
-                                  for key, resolver_name, value in merges], compact=True)
+                                  for key, resolver_name, value in merges], compact=True,
+                                 regions=1 + len(self.sm.destinations or ()))
 
     @staticmethod
     def _outbox_record(merged: list) -> bytes | str:
@@ -1476,6 +1504,10 @@ class _Batch:
         in_order = (len({w.origin for _, _, w in fresh}) <= 1
                     and all(a[2].ts <= b[2].ts for a, b in zip(fresh, fresh[1:])))
         merged = self._plan_merges(fresh, refuse_each=True, compact=in_order)
+        if isinstance(merged, str):
+            # A cell that does not fit yet (see _plan_merges): the batch is applied once
+            # other regions' writes have shrunk the cell (removes the origin had seen).
+            return CommitResult(Outcome.INVALID, ts, merged)
         self._apply_merges(merged, ts)
         touched = [(key, ts) for key, _, cell, _, _, _ in merged if cell is not None]
         self.side[wkey] = _U64.pack(up_to_ts)
@@ -1515,6 +1547,20 @@ class _Batch:
                 last = _U64.unpack(skey[1:])[0]
         if last:
             self.side[_OUTBOX_TRIMMED] = _U64.pack(last)
+
+
+def _origin_in_key(origin: str) -> bytes:
+    """How a conflict-log key names a losing write's origin: as it is, or if longer than
+    :data:`_MAX_ORIGIN_IN_KEY` bytes, its first half of that followed by a digest of the whole
+    name. Cutting it alone would give two regions whose names share their first bytes one
+    key for their writes at one timestamp: one record would overwrite the other, which one
+    depending on the order the writes arrived in."""
+    raw = origin.encode()
+    if len(raw) <= _MAX_ORIGIN_IN_KEY:
+        return raw
+    half = _MAX_ORIGIN_IN_KEY // 2
+    return raw[:half] + hashlib.blake2b(raw, digest_size=half).digest()
+
 
 def _intent(key: bytes, raw: bytes) -> Intent:
     txn_id, prepare_ts, _, _, primary, deadline = msgpack.unpackb(raw)
@@ -1673,8 +1719,16 @@ def _is_ts(v) -> bool:
     return type(v) is int and 0 < v <= MAX_TS
 
 
+# Bytes of a conflict-log record besides the losing write's value: three timestamps, two
+# origins (at most 255 characters each, see engine.merge) and a resolver name come to less.
+_CONFLICT_RECORD_ROOM = 4096
+
+
 def _is_value(v) -> bool:
-    return v is None or (type(v) is bytes and len(v) <= MAX_VALUE_SIZE)
+    """Whether ``v`` may be a regional write's value: a write that loses a conflict is logged
+    with its value, and its record must fit in a side-table value as well (the store would
+    refuse the whole apply, at every replay)."""
+    return v is None or (type(v) is bytes and len(v) <= MAX_VALUE_SIZE - _CONFLICT_RECORD_ROOM)
 
 
 _RESOLVERS: dict = {}
