@@ -117,6 +117,9 @@ An entry's data is one msgpack array whose first element says what it is:
     Finishes the transaction's intents in this group: each becomes a version at
     ``commit_ts`` (or disappears, if ``commit_ts`` is 0). Resolving a transaction with no
     intents here does nothing, so the coordinator and a recovering reader may both send it.
+    A commit below the prepare timestamp here is refused (INVALID) and writes nothing, but
+    removes the intents: the prepare is a late copy of one resolved here already (a
+    duplicated request), and they would otherwise stay for good.
 
 Timestamps
 ----------
@@ -192,7 +195,7 @@ from dataclasses import dataclass
 import msgpack
 
 from . import planted
-from .adjudicator import Adjudicator, ConflictReason, TxnRequest
+from .adjudicator import MAX_TXN_KEYS, Adjudicator, ConflictReason, TxnRequest
 from .errors import CorruptStateError, InvalidArgumentError, StoreClosedError
 from .merge import (
     MERGE,
@@ -758,7 +761,8 @@ class GroupStateMachine:
                     else:
                         results[slot] = CommitResult(
                             Outcome.INVALID, ts, f"commit timestamp {commit_ts} is below the "
-                            f"transaction's prepare timestamp in this group")
+                            f"transaction's prepare timestamp in this group: its intents here "
+                            f"were removed, nothing was written")
         if last_index == 0:
             return results
         batch.flush(results)
@@ -1149,6 +1153,14 @@ class _Batch:
         if prepare and cmd[7]:
             written = set(keys)
             keys += [k for k in dict.fromkeys(cmd[7]) if k not in written]
+        if not flags & SERIALIZABLE:
+            reads = []  # not validated: the adjudicator never sees them
+        if len(keys) + len(reads) > MAX_TXN_KEYS:
+            # Checked here, not only by the proposer: the entry is in the log, and a request
+            # the adjudicator refuses to take would stop every replica on it, for good.
+            return CommitResult(Outcome.INVALID, ts, f"{len(keys) + len(reads)} keys written, "
+                                f"locked and validated, over the limit of {MAX_TXN_KEYS} in "
+                                f"one group")
         self._requests.append(TxnRequest(
             txn_id=txn_id, read_ts=read_ts, commit_ts=ts, writes=keys, reads=reads,
             serializable=bool(flags & SERIALIZABLE), prepare=prepare))
@@ -1272,15 +1284,21 @@ class _Batch:
 
     def resolve(self, txn_id: int, commit_ts: int) -> bool:
         """RESOLVE: the transaction's intents here become versions at ``commit_ts`` (or go).
-        False (nothing done) for a commit below the prepare timestamp: its versions would
-        appear under timestamps that reads were already served at."""
+
+        False for a commit below the prepare timestamp: its versions would appear under
+        timestamps that reads were already served at, so nothing is written, and the intents
+        go as if aborted. A coordinator commits at or above every prepare timestamp it was
+        answered, and a prepare applied again while prepared answers its first timestamp: a
+        prepare above the commit is a copy applied after the transaction was resolved here
+        (its writes are versions already), which no decision could resolve otherwise."""
         pkey = _PREPARED + _U64.pack(txn_id)
         raw = self.get(pkey)
         if raw is None:
             return True  # never prepared here, or resolved already
         prepare_ts, keys = msgpack.unpackb(raw)[:2]
-        if commit_ts and commit_ts < prepare_ts:
-            return False
+        below = bool(commit_ts) and commit_ts < prepare_ts
+        if below:
+            commit_ts = 0
         writes: list[tuple[bytes, bytes | None]] = []
         written: list[bytes] = []
         for key in keys:
@@ -1306,7 +1324,7 @@ class _Batch:
         self.side[pkey] = None
         self.sm._span_locks.pop(txn_id, None)
         self.resolved.append(txn_id)
-        return True
+        return not below
 
     def erase(self, keyspace_id: int, start: bytes, end: bytes, side_start: bytes,
               side_end: bytes, max_ts: int) -> None:
@@ -1681,10 +1699,14 @@ def _decode(data: bytes) -> list:
 
 
 def are_spans(spans) -> bool:
-    """``[[start, end, limit or nil], ...]``: the ranges a serializable transaction scanned."""
+    """``[[start, end, limit or nil], ...]``: the ranges a serializable transaction scanned,
+    each bound at most one byte longer than a key (what a scan of the store takes: the
+    range check must never raise where the entry is applied)."""
     return isinstance(spans, list) and all(
         isinstance(sp, list) and len(sp) == 3 and type(sp[0]) is bytes
-        and type(sp[1]) is bytes and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
+        and type(sp[1]) is bytes and len(sp[0]) <= MAX_KEY_SIZE + 1
+        and len(sp[1]) <= MAX_KEY_SIZE + 1
+        and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
         for sp in spans)
 
 

@@ -1,0 +1,78 @@
+"""A serializable commit's or prepare's scanned range with a bound longer than any key is
+refused, by the node and where the entry is applied, instead of stopping every replica of
+its group for good."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from engine.group import (
+    GroupStateMachine,
+    Outcome,
+    encode_commit,
+    encode_prepare,
+)
+from engine.local import open_local_cluster
+from engine.mvcc import MAX_KEY_SIZE, MAX_TS, MVCCStore
+from engine.placement import data_group
+from engine.rpc import RemoteError
+from test_group import LIFETIME, Log
+from test_node_misuse import GUARD_S, KEY, OTHER, client_of, leader_of
+
+PRIMARY = 100
+LONG = b"z" * (MAX_KEY_SIZE + 2)
+
+
+@pytest.fixture
+def sm(tmp_path):
+    store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+    machine = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    yield machine
+    machine.close()
+    store.close()
+
+
+@pytest.mark.parametrize("span", [[b"a", LONG, None], [LONG, LONG + b"z", 5]],
+                         ids=["end", "start"])
+@pytest.mark.parametrize("kind", ["commit", "prepare"])
+def test_a_range_bound_longer_than_a_key_is_refused_where_applied(sm, kind, span):
+    log = Log()
+    sm.apply([log(encode_commit(1, 0, 50, [(b"a", b"0")]))])
+    if kind == "commit":
+        entry = encode_commit(2, 50, 100, [(b"k", b"v")], serializable=True, spans=[span])
+    else:
+        entry = encode_prepare(2, 50, 100, [(b"k", b"v")], primary=PRIMARY, deadline=1000,
+                               serializable=True, spans=[span])
+    r, after = sm.apply([log(entry), log(encode_commit(3, 0, 200, [(b"k", b"w")]))])
+    assert r.outcome is Outcome.INVALID
+    assert after.committed and sm.store.get(b"k", MAX_TS) == b"w"
+
+
+def test_a_bound_one_byte_longer_than_a_key_is_still_a_range(sm):
+    # What a paged scan continues from: the longest key and a zero byte.
+    log = Log()
+    r = sm.apply([log(encode_commit(2, 0, 100, [(b"k", b"v")], serializable=True,
+                                    spans=[[b"x" * MAX_KEY_SIZE + b"\0", b"y", None]]))])[0]
+    assert r.committed
+
+
+@pytest.mark.parametrize("method", ["prepare", "commit"])
+async def test_a_range_bound_longer_than_a_key_is_refused_and_the_group_goes_on(
+        tmp_path, method):
+    async with open_local_cluster(("us-east",), 1, seed=1,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                with pytest.raises(RemoteError) as refused:
+                    await conn.call(method, {
+                        "group": gid, "txn_id": 77, "read_ts": 0, "writes": [[KEY, b"x"]],
+                        "serializable": True, "spans": [[KEY, KEY + LONG, None]],
+                        "primary": gid})
+                assert refused.value.code == "invalid_argument"
+                await conn.call("commit", {"group": gid, "txn_id": 78, "read_ts": 0,
+                                           "writes": [[OTHER, b"y"]]})
+                reply = await conn.call("read", {"group": gid, "keys": [KEY, OTHER]})
+                assert reply["values"] == [None, b"y"]
