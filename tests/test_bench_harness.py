@@ -101,6 +101,9 @@ class ConflictingTransaction:
         if self.db.conflicting:
             raise TransactionConflictError("conflict", "write_write")
 
+    def _ended(self) -> bool:
+        return False
+
     def _discard(self) -> None:
         pass
 

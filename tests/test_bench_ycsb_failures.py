@@ -1,0 +1,52 @@
+"""``python -m bench ycsb``: a run that fails costs its row, not the rows already measured."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+pytest.importorskip("hdrh")
+
+
+def test_a_ycsb_run_that_fails_costs_its_row_not_the_rows_measured(tmp_path, monkeypatch,
+                                                                   capsys):
+    # A load process that does not connect or report (a LoadError) used to end the
+    # benchmark with a traceback, throwing away every row already measured.
+    from bench import ycsb
+    from bench.loadproc import LoadError
+    from bench.targets import Target
+
+    @contextlib.contextmanager
+    def open_target(system, args, workdir, regions=("us-east",), *, wan=False, mix=False):
+        yield Target(system, "fake", {"": {"system": system}})
+
+    def measure(target, driver, workload, load, procs, rundir, *, label, seed):
+        if target.system == "etcd" and (load.mode, load.clients) in (("closed", 4),
+                                                                     ("open", 4)):
+            raise LoadError(f"{label}: load process 0 exited early (status 1)")
+        ops = 100.0 * load.clients if load.rate is None else load.rate
+        return {"ops_per_s": ops, "p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": 2.0,
+                "p999_ms": 3.0, "max_ms": 4.0, "abort_rate": 0.0, "errors": 0, "late": 0,
+                "inserted_bytes": 0, "timeline": [], "server_cpu_s_per_1k_ops": None,
+                ycsb.NEXT_FREE_RECORD: workload["first_insert"]}
+
+    monkeypatch.setattr(ycsb, "open_target", open_target)
+    monkeypatch.setattr(ycsb, "load_records", lambda *a, **k: 0.0)
+    monkeypatch.setattr(ycsb, "measure", measure)
+    monkeypatch.setattr(ycsb, "plots_dir", lambda args: None)
+    out = tmp_path / "ycsb.json"
+    parser = ycsb.add_parser(__import__("argparse").ArgumentParser().add_subparsers())
+    args = parser.parse_args(
+        ["--quick", "--no-selftest", "--systems", "meridian,etcd", "--clients", "1,4",
+         "--open-fractions", "0.5", "--workdir", str(tmp_path), "--json", str(out)])
+    assert ycsb.main(args) == 1
+    doc = json.loads(out.read_text())
+    assert [(r["system"], r["mode"], r["clients"]) for r in doc["results"]] == [
+        ("meridian", "closed", 1), ("meridian", "closed", 4), ("etcd", "closed", 1),
+        ("meridian", "open", 4)]
+    assert [(f["system"], f["mode"], f["clients"]) for f in doc["failures"]] == [
+        ("etcd", "closed", 4), ("etcd", "open", 4)]
+    assert "load process 0 exited early" in doc["failures"][0]["error"]
+    assert "exited early" in capsys.readouterr().out
