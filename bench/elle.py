@@ -30,9 +30,12 @@ The algorithm
 1. **Version orders.** Because values are unique and a read returns the whole list, every read
    of a key is a prefix of the key's version order, which is thus known exactly as far as it was
    observed: it is the longest read of the key. Reads that are not prefixes of it are reported
-   as ``incompatible-order``. An append of a committed transaction (``ok``, or ``info`` with
-   another append that a read returned) that no read returned still belongs to the order,
-   after every element that was read; where among those unread appends is unknown.
+   as ``incompatible-order``, and so is a version order that holds a transaction's append to
+   a key without each of its earlier appends to that key before it (a transaction's appends
+   enter the list in the order it made them). An append of a committed transaction (``ok``,
+   or ``info`` with another append that a read returned) that no read returned still belongs
+   to the order, after every element that was read; where among those unread appends is
+   unknown.
 
 2. **Anomalies of single reads and transactions** (no graph needed): a read containing a value
    twice (``duplicate-elements``) or a value nobody appended to that key (``garbage``); a read
@@ -100,8 +103,7 @@ implied by real-time order, so a model that respects real time respects process 
 
 The checker is sound (every anomaly it reports is real, provided reads are prefixes of a
 version order, which ``incompatible-order`` checks) but not complete. Among what it does not
-see: a read that contains a transaction's later append to a key without its earlier one, and
-cycles whose only evidence is the order among appends that no read returned.
+see: cycles whose only evidence is the order among appends that no read returned.
 
 Reports are bounded: at most ``max_reported`` anomalies of each type are described, all
 counted in ``stats["anomaly_counts"]``. A cycle class is counted once per strongly connected
@@ -479,6 +481,47 @@ def _version_orders(reads: list[_Read], found: _Findings) -> dict[Any, tuple[Any
                       key=_thaw(key), reads=[_thaw(order), _thaw(r.elements)])
         orders[key] = order
     return orders
+
+
+def _check_append_orders(reads: list[_Read], orders: dict[Any, tuple[Any, ...]],
+                         writer: dict[tuple[Any, Any], Txn],
+                         appends_of: dict[tuple[int, Any], list[Any]],
+                         found: _Findings) -> None:
+    """incompatible-order of a key's version order with one transaction's own appends to the
+    key: a transaction's appends enter the list in the order it made them, so no read holds
+    one of them without each earlier one, before it. Every read compatible with the version
+    order is a prefix of it, so checking the order finds each such read; the shortest read
+    of another transaction that shows the first break is reported (a transaction's reads of
+    its own appends are checked as ``internal``)."""
+    by_key: dict[Any, list[_Read]] = {}
+    for r in reads:
+        if r.compatible:
+            by_key.setdefault(r.key, []).append(r)
+    for key, order in orders.items():
+        taken: dict[int, int] = {}  # txn id -> how many of its appends the order holds so far
+        for i, e in enumerate(order):
+            w = writer.get((key, e))
+            if w is None:
+                continue  # garbage, reported as such
+            mine = appends_of[(w.id, key)]
+            done = taken.get(w.id, 0)
+            if done < len(mine) and mine[done] == e:
+                taken[w.id] = done + 1
+                continue
+            if e in mine[:done]:
+                continue  # a second copy: duplicate-elements, reported as such
+            witnesses = [r for r in by_key.get(key, ()) if len(r.elements) > i and r.txn is not w]
+            if not witnesses:
+                break  # only the writer's own reads show it: internal
+            r = min(witnesses, key=lambda r: len(r.elements))
+            k = _show(_thaw(key))
+            found.add("incompatible-order", [r.txn, w],
+                      f"{r.txn.name}'s read of {k}, {_show_list(r.elements[:i + 1])} up to "
+                      f"position {i}, holds {w.name}'s append of {_show(_thaw(e))} without, "
+                      f"before it, its earlier append of {_show(_thaw(mine[done]))}: "
+                      f"{w.name} appended {_show(_thaw(mine))} to {k} in that order",
+                      key=_thaw(key), read=_thaw(r.elements), writer_appends=_thaw(mine))
+            break
 
 
 def _check_lost_updates(reads: list[_Read], appended: set[tuple[int, Any]],
@@ -1017,6 +1060,7 @@ def check(
 
     writer: dict[tuple[Any, Any], Txn] = {}        # (key, value) -> the txn that appended it
     final_append: dict[tuple[int, Any], Any] = {}  # (txn id, key) -> its last append there
+    appends_of: dict[tuple[int, Any], list[Any]] = {}  # (txn id, key) -> its appends there
     for t in txns:
         for op in t.ops:
             if op.f != "append":
@@ -1029,6 +1073,7 @@ def check(
                                    f"appended values must be unique per key")
             writer[(op.key, op.value)] = t
             final_append[(t.id, op.key)] = op.value
+            appends_of.setdefault((t.id, op.key), []).append(op.value)
 
     reads: list[_Read] = []
     for t in txns:
@@ -1042,6 +1087,7 @@ def check(
             touched.add(op.key)
     _check_reads(reads, writer, final_append, found)
     orders = _version_orders(reads, found)
+    _check_append_orders(reads, orders, writer, appends_of, found)
     _check_lost_updates(reads, set(final_append), found)
 
     # Nodes: committed transactions, and info transactions some of whose appends were read.

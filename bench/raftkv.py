@@ -9,7 +9,8 @@ requests in flight per connection:
               ReadIndex), "cas" (value: [expected or nil, new]), "status" (key, value: nil)
     response  u32 length, msgpack [request id, status, result, leader hint]
               status: "ok"; "not-leader" (nothing was done: retry at the node the hint
-              names, 0 = unknown); "unknown" (it may or may not have been applied);
+              names, 0 = unknown; also a get whose read point this node could not confirm
+              within ``READ_TIMEOUT_S``); "unknown" (it may or may not have been applied);
               "error" (result: a message). A put returns nil; a get the value or nil; a cas
               true or false; status a dict (the core's status, and the driver's counters
               under "stats").
@@ -46,7 +47,7 @@ import msgpack
 import trio
 
 from raft.core import Config
-from raft.driver import OutcomeUnknownError, open_raft_node
+from raft.driver import OutcomeUnknownError, RaftTimeoutError, open_raft_node
 from raft.poller import ReadPoller
 from raft.tcp import write_nowait
 from raft.types import ConfState, Entry, ProposalDroppedError, RaftError
@@ -56,6 +57,11 @@ __all__ = ["KVStateMachine", "KVClient", "OutcomeUnknown", "serve", "main"]
 CLIENT_VERSION = 1
 _LEN = struct.Struct("<I")
 MAX_FRAME = 16 << 20
+READ_TIMEOUT_S = 5.0
+"""How long a node tries to confirm a get's read point (ReadIndex, §6.4) before answering
+``not-leader``: without a bound, a read on a node that cannot reach a quorum (and has not yet
+noticed) or whose log has stalled holds its task and its connection's in-flight slot for ever,
+while the client retries elsewhere."""
 
 
 class OutcomeUnknown(Exception):
@@ -313,7 +319,13 @@ class _Connection:
 
     async def _get(self, rid, key) -> None:
         try:
-            await self.node.linearizable_read()
+            await self.node.linearizable_read(timeout=READ_TIMEOUT_S)
+        except RaftTimeoutError as exc:
+            # Confirming a read point is confirming leadership: a node that cannot do it in
+            # time cannot serve the read, and nothing was done, so the client may try
+            # another node at once (as for a put refused by a non-leader).
+            self._answer([rid, "not-leader", str(exc), 0])
+            return
         except RaftError as exc:
             self._answer(self._error(rid, exc))
             return

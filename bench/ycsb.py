@@ -32,7 +32,9 @@ end; bytes allocated on disk per byte stored (keys + values loaded or inserted) 
 runs. A load-generator self-test runs the same closed loop against a server that answers at
 once (``noop``; the workers of a load process share one connection, as Meridian's client shares
 one per node), first, before any cluster starts, and reports how many times Meridian's best
-throughput the generator sustains.
+throughput the generator sustains. A run that cannot be measured (a load process that does not
+connect or report) is listed under ``failures`` in the results, the other rows are kept, and
+the command exits with status 1.
 
 The issue's target: on YCSB A with a home-region keyspace, Meridian ≥ 3× etcd's throughput at
 equal or lower p99 (closed loop, the largest client count), reported met or missed.
@@ -552,7 +554,19 @@ def main(args: argparse.Namespace) -> int:
                 "theta": theta, "value_size": args.value_size, "records": records,
                 "sweep": "theta" if sweep else None}
 
+    from .loadproc import LoadError
     from .targets import TargetError
+
+    failures: list[dict] = []
+
+    def fail(system: str, mode: str, c: int, theta: float, rep: int, exc: Exception, *,
+             rate: float | None = None) -> None:
+        # One run that could not be measured (a load process that did not connect or
+        # report) costs that row, not the rows measured.
+        failures.append({"system": system, "mode": mode, "clients": c, "theta": theta,
+                         "offered_ops_per_s": rate, "repetition": rep + 1,
+                         "error": str(exc)})
+        print(f"failed: {exc}", file=sys.stderr)
 
     try:
         # Load generator self-test: same clients and processes, a server that does nothing;
@@ -583,11 +597,16 @@ def main(args: argparse.Namespace) -> int:
                                 spy = (args.py_spy if system == "meridian" and c == max(clients)
                                        and rep == 0 and theta == thetas[0] else None)
                                 xr0 = _cross_bytes(target)
-                                with py_spy(target.leader_pid, spy, warmup + duration) as pr:
-                                    row = measure(target, target.driver,
-                                                  workload_spec(theta, first_insert),
-                                                  load, procs, workdir, label=label,
-                                                  seed=args.seed + rep)
+                                try:
+                                    with py_spy(target.leader_pid, spy,
+                                                warmup + duration) as pr:
+                                        row = measure(target, target.driver,
+                                                      workload_spec(theta, first_insert),
+                                                      load, procs, workdir, label=label,
+                                                      seed=args.seed + rep)
+                                except LoadError as exc:
+                                    fail(system, "closed", c, theta, rep, exc)
+                                    continue
                                 first_insert = inserted_up_to(row, first_insert)
                                 row["cross_region_bytes_per_op"] = _per_op(
                                     xr0, _cross_bytes(target), row)
@@ -598,8 +617,9 @@ def main(args: argparse.Namespace) -> int:
                                       f"{row['p50_ms']} p99 {row['p99_ms']} ms aborts "
                                       f"{row['abort_rate']:.2%} errors {row['errors']}",
                                       file=sys.stderr)
-                            results.append({**row_meta(system, "closed", c, theta),
-                                            **_median_row(reps)})
+                            if reps:
+                                results.append({**row_meta(system, "closed", c, theta),
+                                                **_median_row(reps)})
                     systems_info[system] = {
                         "kind": target.kind, "version": target.version,
                         "processes": len(target.pids), "notes": target.notes,
@@ -641,9 +661,13 @@ def main(args: argparse.Namespace) -> int:
                                         grace_s=grace)
                         procs = args.load_procs or default_load_procs(c)
                         label = f"{system} open {rate:.0f}/s"
-                        row = measure(target, target.driver,
-                                      workload_spec(thetas[0], first_insert), load,
-                                      procs, workdir, label=label, seed=args.seed)
+                        try:
+                            row = measure(target, target.driver,
+                                          workload_spec(thetas[0], first_insert), load,
+                                          procs, workdir, label=label, seed=args.seed)
+                        except LoadError as exc:
+                            fail(system, "open", c, thetas[0], 0, exc, rate=rate)
+                            continue
                         first_insert = inserted_up_to(row, first_insert)
                         row["offered_ops_per_s"] = rate
                         row["offered_fraction"] = offered[rate]
@@ -677,6 +701,7 @@ def main(args: argparse.Namespace) -> int:
                                      "eu-west:ap-south)" if mix else "none"},
         "systems": systems_info,
         "skipped": skipped,
+        "failures": failures,
         "loadgen_selftest": selftest_verdict(selftest_row, best.get("meridian")
                                              if results else None),
         "elapsed_s": round(time.time() - started, 1),
@@ -696,7 +721,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         _common.write_json(args.json, doc)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if failures else 0
 
 
 def print_results(doc: dict) -> None:
@@ -717,3 +742,7 @@ def print_results(doc: dict) -> None:
     for t in doc["targets"]:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         print(f"  target {t['target']}: {t['value']} ({mark})")
+    for f in doc.get("failures", ()):
+        rate = f" at {f['offered_ops_per_s']:.0f}/s" if f["offered_ops_per_s"] else ""
+        print(f"  run {f['repetition']} of {f['system']} {f['mode']} c={f['clients']}{rate} "
+              f"failed: {f['error']}")
