@@ -431,7 +431,9 @@ class KVClient:
                     status, result, hint = await conn.request(self._rid, op, key, value)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.TooSlowError, EOFError) as exc:
-                self._conns.pop(node, None)
+                dropped = self._conns.pop(node, None)
+                if dropped is not None:
+                    await dropped.close()  # else its socket and reader task stay for good
                 self._leader = self._next_node(node)
                 if sent and not retry_unknown and op != "get":
                     raise OutcomeUnknown(f"node {node}: {exc!r}") from None

@@ -1,10 +1,13 @@
-"""bench.raftkv: a read whose read point cannot be confirmed is answered within a bound.
-
-Time runs on trio's MockClock (autojump): no real time passes."""
+"""bench.raftkv: a read whose read point cannot be confirmed is answered within a bound (on
+trio's MockClock, autojump: no real time passes), and a client attempt that times out leaves
+nothing behind (a silent server on loopback)."""
 
 from __future__ import annotations
 
+import functools
+
 import msgpack
+import pytest
 import trio
 import trio.testing
 
@@ -55,3 +58,32 @@ def test_a_read_that_cannot_confirm_its_read_point_is_answered_within_a_bound():
     # Nothing was read: the client may retry at another node at once.
     assert (rid, status, hint) == (7, "not-leader", 0)
     assert "could not confirm a read point" in result
+
+
+async def test_a_client_attempt_that_times_out_closes_its_connection():
+    # A node that reads requests and never answers: each timed-out attempt dropped its
+    # connection from the client's table without closing it, leaving a socket and a reader
+    # task behind for every retry.
+    send_closed, closed = trio.open_memory_channel(10)
+
+    async def silent(stream):
+        try:
+            while await stream.receive_some():
+                pass
+        except trio.BrokenResourceError:
+            pass
+        await send_closed.send(None)  # the client closed its end
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        async with raftkv.KVClient({1: ("127.0.0.1", port)}, attempt_timeout=0.05) as client:
+            with trio.fail_after(10):
+                for _ in range(3):
+                    with pytest.raises(raftkv.OutcomeUnknown):
+                        await client.call("put", b"k", b"v", retry_unknown=False)
+                    await closed.receive()
+            # Only the client's own nursery tasks are left: none per dropped connection.
+            assert len(client._nursery.child_tasks) == 0
+        nursery.cancel_scope.cancel()
