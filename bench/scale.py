@@ -14,6 +14,10 @@ HdrHistogram).
   sum, p99 pools every operation. No simulated WAN: home-region operations never cross one.
   Every node is a process on this one machine, so the total is bounded by its cores: the axis
   shows what adding a region costs here, not what separate machines would give.
+
+A point that cannot be measured (a load process that does not connect or report) is listed
+under ``failures`` in the results, the other points are kept, and the command exits with
+status 1.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 import time
 
 from . import _common
+from .loadproc import LoadError
 from .openloop import LoadSpec
 from .targets import TargetError
 from .ycsb import (
@@ -108,6 +113,15 @@ def main(args: argparse.Namespace) -> int:
     results: list[dict] = []
     skipped: dict[str, str] = {}
     storage: dict[str, dict] = {}
+    failures: list[dict] = []
+
+    def fail(system: str, axis: str, clients: int, regions: int, exc: Exception) -> None:
+        # One point that could not be measured (a load process that did not connect or
+        # report) costs that point, not the points measured.
+        failures.append({"system": system, "axis": axis, "clients": clients,
+                         "regions": regions, "error": str(exc)})
+        print(f"failed: {exc}", file=sys.stderr)
+
     try:
         if "clients" in axes:
             for system in systems:
@@ -117,9 +131,14 @@ def main(args: argparse.Namespace) -> int:
                         for c in client_levels:
                             load = LoadSpec("closed", c, duration, warmup,
                                             interval_s=common["interval"], grace_s=grace)
-                            row = measure(target, target.driver, workload, load,
-                                          args.load_procs or default_load_procs(c), workdir,
-                                          label=f"{system} c={c}", seed=args.seed)
+                            try:
+                                row = measure(target, target.driver, workload, load,
+                                              args.load_procs or default_load_procs(c),
+                                              workdir, label=f"{system} c={c}",
+                                              seed=args.seed)
+                            except LoadError as exc:
+                                fail(system, "clients", c, 1, exc)
+                                continue
                             results.append(_row(system, "clients", c, 1, row))
                             print(f"{system} clients={c}: {row['ops_per_s']:.0f} ops/s "
                                   f"p99 {row['p99_ms']} ms", file=sys.stderr)
@@ -136,9 +155,13 @@ def main(args: argparse.Namespace) -> int:
                             load_records(target.drivers[r], records, args.value_size)
                         load = LoadSpec("closed", per_region * n, duration, warmup,
                                         interval_s=common["interval"], grace_s=grace)
-                        row = measure(target, [target.drivers[r] for r in regions], workload,
-                                      load, n, workdir, label=f"meridian regions={n}",
-                                      seed=args.seed)
+                        try:
+                            row = measure(target, [target.drivers[r] for r in regions],
+                                          workload, load, n, workdir,
+                                          label=f"meridian regions={n}", seed=args.seed)
+                        except LoadError as exc:
+                            fail("meridian", "regions", per_region * n, n, exc)
+                            continue
                         results.append(_row("meridian", "regions", per_region * n, n, row))
                         print(f"meridian regions={n}: {row['ops_per_s']:.0f} ops/s "
                               f"p99 {row['p99_ms']} ms", file=sys.stderr)
@@ -161,6 +184,7 @@ def main(args: argparse.Namespace) -> int:
                    "one per region on the regions axis)"},
         "storage": storage,
         "skipped": skipped,
+        "failures": failures,
         "elapsed_s": round(time.time() - started, 1),
         "results": results,
     }
@@ -181,4 +205,4 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         _common.write_json(args.json, doc)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if failures else 0

@@ -1,4 +1,5 @@
-"""``python -m bench ycsb``: a run that fails costs its row, not the rows already measured."""
+"""``python -m bench ycsb`` and ``scale``: a run that fails costs its row, not the rows already
+measured."""
 
 from __future__ import annotations
 
@@ -50,3 +51,40 @@ def test_a_ycsb_run_that_fails_costs_its_row_not_the_rows_measured(tmp_path, mon
         ("etcd", "closed", 4), ("etcd", "open", 4)]
     assert "load process 0 exited early" in doc["failures"][0]["error"]
     assert "exited early" in capsys.readouterr().out
+
+
+def test_a_scale_point_that_fails_costs_its_point_not_the_points_measured(tmp_path,
+                                                                          monkeypatch):
+    from bench import scale
+    from bench.loadproc import LoadError
+    from bench.targets import Target
+
+    @contextlib.contextmanager
+    def open_target(system, args, workdir, regions=("us-east",), *, wan=False, mix=False):
+        target = Target(system, "fake", {"": {"system": system}})
+        target.drivers = {r: None for r in regions}
+        yield target
+
+    def measure(target, driver, workload, load, procs, rundir, *, label, seed):
+        if label in ("etcd c=4", "meridian regions=2"):
+            raise LoadError(f"{label}: load process 0 exited early (status 1)")
+        return {"ops_per_s": 100.0 * load.clients, "p50_ms": 1.0, "p99_ms": 2.0}
+
+    monkeypatch.setattr(scale, "open_target", open_target)
+    monkeypatch.setattr(scale, "load_records", lambda *a, **k: 0.0)
+    monkeypatch.setattr(scale, "measure", measure)
+    monkeypatch.setattr(scale, "storage_figures", lambda *a: {})
+    monkeypatch.setattr(scale, "plots_dir", lambda args: None)
+    out = tmp_path / "scale.json"
+    parser = scale.add_parser(__import__("argparse").ArgumentParser().add_subparsers())
+    args = parser.parse_args(
+        ["--quick", "--systems", "meridian,etcd", "--clients", "1,4", "--regions", "1,2",
+         "--workdir", str(tmp_path), "--json", str(out)])
+    assert scale.main(args) == 1
+    doc = json.loads(out.read_text())
+    assert [(r["system"], r["axis"], r["clients"], r["regions"]) for r in doc["results"]] == [
+        ("meridian", "clients", 1, 1), ("meridian", "clients", 4, 1),
+        ("etcd", "clients", 1, 1), ("meridian", "regions", doc["config"]["clients_per_region"],
+                                    1)]
+    assert [(f["system"], f["axis"]) for f in doc["failures"]] == [
+        ("etcd", "clients"), ("meridian", "regions")]
