@@ -1459,9 +1459,18 @@ class Transaction:
             else:
                 prepared[group] = reply["ts"]
 
-        async with trio.open_nursery() as nursery:
-            for group in groups:
-                nursery.start_soon(prepare, group)
+        undecided = True
+        try:
+            async with trio.open_nursery() as nursery:
+                for group in groups:
+                    nursery.start_soon(prepare, group)
+            undecided = False
+        finally:
+            if undecided:
+                # Cancelled (the caller gave up) before any decision: it aborts now, rather
+                # than leave the intents installed so far blocking their readers until
+                # recovery finds them past their deadline.
+                db._in_background(self._abort_prepared, primary, dict(prepared))
         if failures:
             await self._abort_prepared(primary, prepared)
             for kind in (TransactionConflictError, InvalidArgumentError, LimitExceededError,

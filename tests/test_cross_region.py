@@ -552,3 +552,47 @@ async def test_a_write_lands_above_a_snapshot_closed_ahead_of_its_groups_clock()
                     await tx.put("west", b"w", b"%d" % attempt)
 
                 await db.run_transaction(body)
+
+
+async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
+    # The caller gives up while one group has prepared and another has not answered: the
+    # prepared group's intents used to stay, blocking readers of its keys, until recovery
+    # found them past their deadline.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=19) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                east_group = data_group(cluster.config, "us-east")
+                real_call = east._call_group
+                prepared_east = trio.Event()
+
+                async def call_group(group, method, payload, *, commit=False):
+                    if method == "prepare" and group != east_group:
+                        await trio.sleep_forever()  # eu-west never answers
+                    reply = await real_call(group, method, payload, commit=commit)
+                    if method == "prepare":
+                        prepared_east.set()
+                    return reply
+
+                east._call_group = call_group
+                tx = east.transaction()
+                await tx.put("e", b"k", b"new")
+                await tx.put("w", b"k", b"new")
+                async with trio.open_nursery() as nursery:
+                    scope = trio.CancelScope()
+
+                    async def commit():
+                        with scope:
+                            await tx.commit()
+
+                    nursery.start_soon(commit)
+                    await prepared_east.wait()
+                    scope.cancel()
+                east._call_group = real_call
+                await east._drain()  # the abort runs in the background
+                leader = cluster.nodes[await _leader_of(cluster, east_group)]
+                sm = leader.replicas[east_group].sm
+                assert sm.prepared() == []
+                assert sm.intents([encode_key((await east.keyspace("e")).id, b"k")],
+                                  2**63) == []
+                assert await east.read("e", b"k") is None
