@@ -105,8 +105,8 @@ most the store's 250), ``max_value_size`` (at most the store's limit) — positi
 and ``b`` (a number >= 0), used to simulate the WAN on a local cluster. Each unordered pair is
 given at most once; pairs not given count as 0, as does a region to itself.
 
-``[cluster.regions.<name>]``: at least one region. Names are non-empty, made of ``a-z``,
-``0-9`` and ``-``. Each region has ``nodes``, at least one, each with ``id`` (a positive integer,
+``[cluster.regions.<name>]``: at least one region. Names are 1-63 characters from ``a-z``,
+``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each region has ``nodes``, at least one, each with ``id`` (a positive integer,
 unique in the cluster), ``peer_address`` and ``client_address`` (``"host:port"``, port
 1..65535; no two addresses in the cluster alike).
 """
@@ -159,7 +159,7 @@ _MAX_TICK_INTERVAL_MS = 60_000
 _MAX_TICKS = 100_000
 _MAX_SNAPSHOT_EVERY = 1_000_000_000
 _MAX_ELECTION_TIMEOUT_MS = 3_600_000
-_REGION_RE = re.compile(r"[a-z0-9-]+")
+_REGION_RE = re.compile(r"[a-z0-9-]{1,63}")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -308,7 +308,7 @@ def _region_name(value: object, field: str) -> str:
     name = _str(value, field)
     if not _REGION_RE.fullmatch(name):
         raise _fail(
-            field, f"a region name is non-empty and made of a-z, 0-9 and '-', got {_show(name)}"
+            field, f"a region name is 1-63 characters from a-z, 0-9 and '-', got {_show(name)}"
         )
     return name
 
