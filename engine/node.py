@@ -1136,6 +1136,7 @@ class Node:
             raise InvalidArgumentError("after < up_to must be timestamps and writes a list")
         self._not_ahead("up_to", up_to)  # the origin's watermark here: all later ones skipped
         replica._require_leader()
+        applied_before = replica.sm.watermark(origin)
         result = await replica.propose(
             encode_remote(origin, self.clock.now(), after, up_to, writes))
         if result.outcome is Outcome.CONFLICT:  # a gap: an earlier batch has not arrived
@@ -1145,7 +1146,10 @@ class Node:
         now = self.clock.physical_ns()
         samples = self._lag_ms.setdefault(where.region, collections.deque(maxlen=LAG_SAMPLES))
         for w in writes:
-            if isinstance(w, list) and len(w) == 7 and type(w[3]) is int:
+            # A batch sent again (its answer was lost) repeats writes applied before: their
+            # lag was counted when they were.
+            if (isinstance(w, list) and len(w) == 7 and type(w[3]) is int
+                    and w[3] > applied_before):
                 samples.append(max(0.0, (now - w[3]) / 1e6))
         return {"watermark": replica.sm.watermark(origin)}
 

@@ -417,3 +417,25 @@ async def test_regional_writes_count_toward_the_transaction_byte_limit(tmp_path)
                     assert "bytes written; the limit is 4096" in str(refused.value)
                 await conn.call("commit", {"group": gid, "txn_id": 2, "read_ts": 0,
                                            "writes": [], "merges": merges[:2]})
+
+
+async def test_a_batch_sent_again_does_not_count_its_writes_lag_again(tmp_path):
+    # The shipper sends a batch again when its answer was lost: the writes it repeats were
+    # counted in the replication lag already, with commit times that are older by now.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=1,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        other = data_group(cluster.config, "eu-west")
+        node = await leader_of(cluster, gid)
+
+        def batch(after, up_to, stamps):
+            return {"group": gid, "origin": other, "after": after, "up_to": up_to,
+                    "writes": [[KEY + b"%d" % ts, "lww", b"x", ts, "eu-west", 0, ""]
+                               for ts in stamps]}
+
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                await conn.call("remote.apply", batch(0, 10, [4, 8]))
+                await conn.call("remote.apply", batch(0, 10, [4, 8]))  # the same again
+                await conn.call("remote.apply", batch(0, 20, [4, 8, 15]))  # overlapping
+        assert len(node._lag_ms["eu-west"]) == 3
