@@ -106,9 +106,10 @@ and ``b`` (a number >= 0), used to simulate the WAN on a local cluster. Each uno
 given at most once; pairs not given count as 0, as does a region to itself.
 
 ``[cluster.regions.<name>]``: at least one region. Names are 1-63 characters from ``a-z``,
-``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each region has ``nodes``, at least one, each with ``id`` (a positive integer,
-unique in the cluster), ``peer_address`` and ``client_address`` (``"host:port"``, port
-1..65535; no two addresses in the cluster alike).
+``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each
+region has ``nodes``, at least one, each with ``id`` (a positive integer, unique in the
+cluster), ``peer_address`` and ``client_address`` (``"host:port"``, port 1..65535; no two
+addresses in the cluster alike).
 """
 
 from __future__ import annotations
