@@ -231,6 +231,9 @@ class RaftNodeStats:
     snapshots_built: int  # full snapshots built for followers (durable state machines)
     messages_sent: int
     messages_received: int
+    messages_malformed: int
+    """Received messages the core dropped as malformed (``RaftCore.step``); the first is
+    logged."""
 
 
 class _Waiter:
@@ -504,6 +507,7 @@ class RaftNode:
         self._closed = False
         self._failed: BaseException | None = None
         self._step_error: BaseException | None = None  # raised by the core on a message
+        self._malformed_logged = False  # the first malformed message received was logged
         # The point of the tick grid (trio time / tick interval) of the last tick; None
         # until the node runs. A gap of more than one interval means ticks were lost.
         self._tick_grid: int | None = None
@@ -697,12 +701,16 @@ class RaftNode:
             commit=c.commit, applied=c.applied, last_index=c.last_index,
             snapshot_index=self._snapshot_index,
             proposals_pending=len(self._proposals) + sum(map(len, self._displaced.values())),
+            messages_malformed=c.malformed_messages,
             **self._counts,
         )
 
     def _check_open(self) -> None:
-        if self._failed is not None:
-            raise RaftError(f"raft node {self.id} stopped: {self._failed!r}") from self._failed
+        # A step (or tick) that raised left the core as the exception found it, possibly half
+        # changed: the node is stopping, and nothing may change that core any more.
+        failed = self._failed if self._failed is not None else self._step_error
+        if failed is not None:
+            raise RaftError(f"raft node {self.id} stopped: {failed!r}") from failed
         if self._closed:
             raise RaftError(f"raft node {self.id} is closed")
 
@@ -1234,6 +1242,11 @@ class RaftNode:
                 core.step(m)
         except BaseException as exc:  # surfaces in the ready loop, which stops the node
             self._step_error = exc
+        if core.malformed_messages and not self._malformed_logged:
+            # Once per node: a peer that sends one may well send a stream of them.
+            self._malformed_logged = True
+            log.warning("raft node %d (group %d) dropped a malformed message: %s (the count "
+                        "is in its statistics)", self.id, self.group, core.last_malformed)
         self._send_or_kick()
 
     async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:

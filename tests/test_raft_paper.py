@@ -379,7 +379,7 @@ def test_conflicting_follower_entries_are_overwritten_by_the_leaders(
     node = lone_node(entries=ents(1, 2), term=2, **CLASSIC)
     node.readies.clear()
     entries = tuple(Entry(t, i) for i, t in new)
-    node.step(Message(MT.APPEND, 1, 2, term=3, index=index, log_term=log_term, entries=entries))
+    node.step(Message(MT.APPEND, 1, 2, term=4, index=index, log_term=log_term, entries=entries))
     assert [(e.index, e.term) for e in node.log()] == want
     assert [(e.index, e.term) for e in node.disk.entries] == want
     assert [(e.index, e.term) for rd in node.readies for e in rd.entries] == written
