@@ -713,7 +713,16 @@ class RaftCore:
         if t is MT.APPEND:
             # (A previous entry of a term above the message's matches no entry here: refused.)
             ents = m.entries
-            if ents:
+            if len(ents) == 1:  # the common case, a quarter of the cost of the general one
+                e = ents[0]
+                if e.index != m.index + 1 or not m.log_term <= e.term <= m.term:
+                    return (f"its entry {e.index} of term {e.term} does not follow index "
+                            f"{m.index} of term {m.log_term} in term {m.term}")
+                if e.index >= _BOUND:
+                    return f"an entry at index {e.index}, beyond 2**63"
+                if e.type is EntryType.CONF_CHANGE:
+                    return self._malformed_conf_changes(ents)
+            elif ents:
                 # Comprehensions rather than one loop: about 10 us for an append of 100
                 # entries, a tenth of what decoding it from the wire costs.
                 if [e.index for e in ents] != list(range(m.index + 1, m.index + 1 + len(ents))):
