@@ -810,11 +810,16 @@ class Database:
         return out
 
     async def drain_conflicts(self, keyspace: str, records: Sequence[ConflictRecord]) -> None:
-        """Removes records (from :meth:`conflicts`) from the conflict log."""
+        """Removes records (from :meth:`conflicts`) from the conflict log.
+
+        Raises:
+            InvalidArgumentError: a record of another keyspace's log (nothing is removed).
+        """
         ks = await self.keyspace(keyspace)
         group = self.group_of(ks)
         await self._call_group(group, "conflicts.drain", {
-            "group": group, "keys": [r.record_id for r in records]}, commit=True)
+            "group": group, "keyspace_id": ks.id, "keys": [r.record_id for r in records]},
+            commit=True)
 
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair

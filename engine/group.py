@@ -43,8 +43,10 @@ An entry's data is one msgpack array whose first element says what it is:
     commit. The primary's own intents are resolved in the same step. The coordinator's
     decision also names ``since``, the transaction's earliest prepare timestamp, and its
     ``participants`` (groups): a commit decided more than :data:`DECISION_HORIZON_NS` after
-    ``since`` is recorded as an abort instead (see FORGET), and the participants are where
-    the record's garbage collection checks that no intent is left.
+    ``since`` is recorded as an abort instead (see FORGET), as is one of a transaction with
+    no prepare here (a coordinator decides a commit only once it has prepared here too,
+    and only a recorded fate resolves the primary group's own intents), and the
+    participants are where the record's garbage collection checks that no intent is left.
 ``[FORGET, proposed_ts, txn_ids]``
     Deletes transaction records decided at least :data:`RECORD_RETENTION_NS` before this
     entry's timestamp (younger ones, and records that name no participants, stay). The leader
@@ -53,7 +55,8 @@ An entry's data is one msgpack array whose first element says what it is:
     recovery would abort it: safe for a forgotten abort, and for a forgotten commit because no
     intent of it is left anywhere. A coordinator's commit arriving after its abort was
     forgotten comes more than the retention after its first prepare (a recovery aborts only
-    after a prepare), so DECIDE records it as an abort.
+    after a prepare), and finds no prepare of it left on the primary (the abort removed it),
+    so DECIDE records it as an abort, whatever ``since`` it names.
 ``[REMOTE, origin_group, proposed_ts, after_ts, up_to_ts, writes]``
     Regional keyspaces (ARCH §6): the committed writes of another region's group, as its
     outbox holds them, after the origin's timestamp ``after_ts`` and up to ``up_to_ts``. Each
@@ -905,15 +908,18 @@ class GroupStateMachine:
         """Whether the transaction still has intents here (prepared, not yet resolved)."""
         return self.store.side_get(_PREPARED + _U64.pack(txn_id)) is not None
 
-    def old_records(self, limit: int = 1000) -> list[tuple[int, bool, int, list[int]]]:
-        """Records old enough for FORGET at the current closed timestamp, oldest first:
+    def old_records(self, limit: int = 1000,
+                    after: int = 0) -> list[tuple[int, bool, int, list[int]]]:
+        """Records old enough for FORGET at the current closed timestamp, oldest first, of
+        those decided after timestamp ``after`` (every entry has a timestamp of its own, so
+        a record's, :meth:`decided_at`, marks its place among them):
         ``(txn_id, committed, commit_ts, participants)``."""
         horizon = self._closed - RECORD_RETENTION_NS
-        if horizon <= 0:
+        if horizon <= after:
             return []
         out = []
-        for skey, _ in self.store.side_scan(_RECORD_AGE, _RECORD_AGE + _U64.pack(horizon + 1),
-                                            limit=limit):
+        for skey, _ in self.store.side_scan(_RECORD_AGE + _U64.pack(after + 1),
+                                            _RECORD_AGE + _U64.pack(horizon + 1), limit=limit):
             txn_id = _U64.unpack_from(skey, 9)[0]
             raw = self.store.side_get(_RECORD + _U64.pack(txn_id))
             if raw is None:
@@ -921,6 +927,13 @@ class GroupStateMachine:
             status, commit_ts, _, participants = msgpack.unpackb(raw)
             out.append((txn_id, status == _REC_COMMITTED, commit_ts, participants))
         return out
+
+    def decided_at(self, txn_id: int) -> int | None:
+        """The timestamp of the entry that recorded the transaction's fate here, or None
+        while it has no record (or one from before records were aged)."""
+        raw = self.store.side_get(_RECORD + _U64.pack(txn_id))
+        rec = None if raw is None else msgpack.unpackb(raw)
+        return rec[2] if rec is not None and len(rec) > 2 else None
 
     def record_count(self) -> int:
         """Transaction records held (those written since records are aged)."""
@@ -1261,6 +1274,13 @@ class _Batch:
                                 f"the transaction's prepare timestamp in this group")
         if commit_ts and since and ts - since > DECISION_HORIZON_NS:
             commit_ts = 0  # too late: its abort may have been recorded and forgotten
+        if commit_ts and prepared is None:
+            # A coordinator decides a commit only once every participant has prepared,
+            # this primary group among them, and only a recorded fate resolves the
+            # primary's intents: with neither a prepare nor a record left here, it was
+            # aborted and the abort forgotten. Checked here as well as by the horizon,
+            # which trusts the ``since`` that the request names.
+            commit_ts = 0
         self.side[rkey] = msgpack.packb(
             [_REC_COMMITTED if commit_ts else _REC_ABORTED, commit_ts, ts, list(participants)])
         self.side[_RECORD_AGE + _U64.pack(ts) + _U64.pack(txn_id)] = b""

@@ -92,6 +92,7 @@ from .errors import (
     StoreLockedError,
     TransactionConflictError,
 )
+from .adjudicator import MAX_TXN_KEYS
 from .client import Database
 from .group import (
     GroupStateMachine,
@@ -100,6 +101,7 @@ from .group import (
     MAX_KEYSPACE_ID,
     Outcome,
     are_spans,
+    conflict_log_bounds,
     encode_commit,
     encode_drain,
     encode_fence,
@@ -108,7 +110,7 @@ from .group import (
 )
 from .merge import RESOLVER_NAMES
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
-from .mvcc import MAX_TS, MVCCStore
+from .mvcc import MAX_SIDE_KEY_SIZE, MAX_TS, MVCCStore
 from .placement import (
     KEY_PREFIX_SIZE,
     META_GROUP,
@@ -202,10 +204,16 @@ class Node:
         self.peer_port = 0
         self._nursery: trio.Nursery | None = None
         self._peers: Database | None = None
+        # Set once _peers exists: every group and the client server are up by then, but each
+        # group's background work (recoveries, record collection) begins as its group opens.
+        self._peers_ready = trio.Event()
         self._transport = None
         self._links: dict[int, LinkModel] = {}
         self.unreachable: frozenset[int] = frozenset()
         self._recovering: set[int] = set()
+        # Per group this node leads: the decision timestamp of the last transaction record
+        # the previous round of record collection looked at (see _forget_round).
+        self._forget_after: dict[int, int] = {}
         # Catalog changes this node makes as the meta group's leader, one at a time (see
         # _catalog_txn).
         self._catalog_lock = trio.Lock()
@@ -248,6 +256,7 @@ class Node:
                                            self.region, request_timeout_s=RECOVERY_TIMEOUT_S,
                                            simulate_wan=True, clock=self.clock)
                     self._peers.unreachable = self.unreachable
+                    self._peers_ready.set()
                     log.info("node %d (%s) serving clients on %s:%d, peers on %s:%d", self.id,
                              self.region, me.client_host, self.client_port, me.peer_host,
                              self.peer_port)
@@ -256,6 +265,14 @@ class Node:
                         await trio.sleep_forever()
                     finally:
                         nursery.cancel_scope.cancel()
+
+    async def _wait_peers(self) -> Database:
+        """The client that reaches other groups' leaders, once the node has made it (see
+        :meth:`run`): a group opened early may need another group's leader before that."""
+        if self._peers is None:
+            await self._peers_ready.wait()
+        assert self._peers is not None
+        return self._peers
 
     async def _serve_transport(self, me, *, task_status) -> None:
         latency = {}
@@ -738,6 +755,8 @@ class Node:
         txn_id, read_ts, pairs, reads = self._check_txn(p)
         merges = self._check_merges(p.get("merges", []), pairs)
         serializable = bool(p.get("serializable", False))
+        _check_key_count(replica.group, [k for k, _ in pairs] + [m[0] for m in merges], [],
+                         reads if serializable else [])
         result = await replica.commit(txn_id, read_ts, pairs, reads, serializable=serializable,
                                       merges=merges, spans=_spans(p) if serializable else [])
         if result.committed:
@@ -813,6 +832,8 @@ class Node:
             raise InvalidArgumentError(f"primary must be a data group, not {primary!r}")
         deadline = self.clock.now() + int(INTENT_TIMEOUT_S * 1e9)
         serializable = bool(p.get("serializable", False))
+        _check_key_count(replica.group, [k for k, _ in pairs], locks,
+                         reads if serializable else [])
         result = await replica.prepare(txn_id, read_ts, pairs, reads, locks, primary=primary,
                                        deadline=deadline, serializable=serializable,
                                        spans=_spans(p) if serializable else [])
@@ -875,8 +896,18 @@ class Node:
                          self.id, replica.group, exc)
 
     async def _forget_round(self, replica: GroupReplica) -> int:
-        """One round of :meth:`_forget_records`; returns how many records it forgot."""
-        records = replica.sm.old_records(limit=RECORD_GC_BATCH)
+        """One round of :meth:`_forget_records`; returns how many records it forgot.
+
+        A round looks at the records after those the previous one looked at, and once it
+        reaches the newest, the next one starts from the oldest again: commits that a
+        participant keeps from being forgotten (it holds intents of them, or does not
+        answer) must not hide the records behind them, aborts included, round after round."""
+        after = self._forget_after.pop(replica.group, 0)
+        records = replica.sm.old_records(limit=RECORD_GC_BATCH, after=after)
+        if not records and after:  # the previous round ended at the newest
+            records = replica.sm.old_records(limit=RECORD_GC_BATCH)
+        if len(records) == RECORD_GC_BATCH:  # more may follow: the next round goes on there
+            self._forget_after[replica.group] = replica.sm.decided_at(records[-1][0]) or 0
         if not records:
             return 0
         forget = [txn for txn, committed, _, _ in records if not committed]
@@ -890,10 +921,10 @@ class Node:
             if group == replica.group:
                 still = [t for t, _ in txns if replica.sm.is_prepared(t)]
             else:
-                assert self._peers is not None
+                peers = await self._wait_peers()
                 try:
                     with trio.fail_after(RECOVERY_TIMEOUT_S):
-                        reply = await self._peers._call_group(
+                        reply = await peers._call_group(
                             group, "prepared", {"group": group, "txn_ids": [t for t, _ in txns]})
                     still = reply["prepared"]
                 except (MeridianError, RemoteError, OSError, trio.TooSlowError):
@@ -904,7 +935,7 @@ class Node:
                 if group == replica.group:
                     await replica.resolve(txn, fate[txn])
                 else:
-                    self._peers._resolve_later(group, txn, fate[txn])
+                    peers._resolve_later(group, txn, fate[txn])
         forget += [txn for txn, committed, _, _ in records if committed and txn not in blocked]
         if forget:
             await replica.forget(forget)
@@ -1175,12 +1206,25 @@ class Node:
                             for rid, key, rec in replica.sm.conflicts(start, end, limit)]}
 
     async def _conflicts_drain(self, p):
+        """Removes records of keyspace ``keyspace_id``'s conflict log (``keys``, their ids as
+        ``conflicts.list`` answered them). The group's log holds every regional keyspace's
+        records here: an id of another keyspace refuses the whole drain."""
         replica = self._replica(p)
-        keys = p.get("keys")
+        ks_id, keys = p.get("keyspace_id"), p.get("keys")
+        if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
+            raise InvalidArgumentError("keyspace_id must be a keyspace id")
         if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
             raise InvalidArgumentError("keys must be a list of conflict record ids (bytes)")
+        start, end = conflict_log_bounds(ks_id)
+        for key in keys:
+            if not start <= key < end:
+                # Named, but no longer than a side-table key (any longer is no record id).
+                raise InvalidArgumentError(f"{key[:MAX_SIDE_KEY_SIZE]!r} is not a conflict "
+                                           f"record id of keyspace {ks_id}")
         replica._require_leader()
-        await replica.propose(encode_drain(self.clock.now(), keys))
+        result = await replica.propose(encode_drain(self.clock.now(), keys))
+        if result.outcome is Outcome.INVALID:
+            raise InvalidArgumentError(f"drain refused: {result.reason}")
         return {}
 
     # ------------------------------------------------------------------ recovery
@@ -1201,8 +1245,8 @@ class Node:
                     result = await primary.decide(intent.txn_id, 0)
                     commit_ts = result.ts if result.outcome is Outcome.COMMITTED else 0
                 else:
-                    assert self._peers is not None
-                    reply = await self._peers._call_group(
+                    peers = await self._wait_peers()
+                    reply = await peers._call_group(
                         intent.primary, "decide",
                         {"group": intent.primary, "txn_id": intent.txn_id, "commit_ts": 0},
                         commit=True)
@@ -1599,6 +1643,24 @@ def _bounded_batch(batch: list) -> list:
         if size > REPLICATION_BATCH_BYTES and i:
             return batch[:i]
     return batch
+
+
+def _check_key_count(group: int, written: list[bytes], locks: list[bytes],
+                     validated: list[bytes]) -> None:
+    """Refuses a commit or prepare with more keys than the adjudicator takes in one request
+    (:data:`~engine.adjudicator.MAX_TXN_KEYS`), counted as the group counts them: the keys
+    ``written`` (plain and regional), the read ``locks`` not also written, and the
+    ``validated`` read keys (a serializable transaction's). The group would refuse such an
+    entry too, but only once it is in the log, after a round of consensus on all its keys.
+
+    Raises:
+        LimitExceededError: over the limit.
+    """
+    also = set(written)
+    count = len(written) + len({k for k in locks if k not in also}) + len(validated)
+    if count > MAX_TXN_KEYS:
+        raise LimitExceededError(f"{count} keys written, locked and validated in group "
+                                 f"{group}; the limit is {MAX_TXN_KEYS} per group")
 
 
 def _fate(p: dict) -> tuple[int, int]:

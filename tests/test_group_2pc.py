@@ -136,6 +136,7 @@ def test_old_records_are_forgotten_and_late_commits_become_aborts(sm):
     assert one(sm, log, encode_decide(1, 300, 200, since=100,
                                       participants=[PRIMARY, 101])).committed
     assert one(sm, log, encode_decide(2, 400, 0)).outcome is Outcome.ABORTED
+    prepare(sm, log, 3, 0, 450, [(b"c", b"1")])
     assert one(sm, log, encode_decide(3, 500, 500, since=450)).committed  # no participants
     assert sm.record_count() == 3
     assert sm.old_records() == []
@@ -154,6 +155,7 @@ def test_old_records_are_forgotten_and_late_commits_become_aborts(sm):
     r = one(sm, log, encode_decide(4, now, now - 1, since=now - DECISION_HORIZON_NS - 10,
                                    participants=[PRIMARY]))
     assert r.outcome is Outcome.ABORTED and sm.record(4) == (False, 0)
+    prepare(sm, log, 5, 0, now + 1, [(b"e", b"1")])
     r = one(sm, log, encode_decide(5, now + 10, now + 5,
                                    since=now + 10 - DECISION_HORIZON_NS + 10,
                                    participants=[PRIMARY]))
