@@ -755,8 +755,10 @@ class Node:
         txn_id, read_ts, pairs, reads = self._check_txn(p)
         merges = self._check_merges(p.get("merges", []), pairs)
         serializable = bool(p.get("serializable", False))
+        if not serializable:
+            reads = []  # validated only under serializable: not worth a byte of the log
         _check_key_count(replica.group, [k for k, _ in pairs] + [m[0] for m in merges], [],
-                         reads if serializable else [])
+                         reads)
         result = await replica.commit(txn_id, read_ts, pairs, reads, serializable=serializable,
                                       merges=merges, spans=_spans(p) if serializable else [])
         if result.committed:
@@ -832,8 +834,9 @@ class Node:
             raise InvalidArgumentError(f"primary must be a data group, not {primary!r}")
         deadline = self.clock.now() + int(INTENT_TIMEOUT_S * 1e9)
         serializable = bool(p.get("serializable", False))
-        _check_key_count(replica.group, [k for k, _ in pairs], locks,
-                         reads if serializable else [])
+        if not serializable:
+            reads = []  # validated only under serializable: not worth a byte of the log
+        _check_key_count(replica.group, [k for k, _ in pairs], locks, reads)
         result = await replica.prepare(txn_id, read_ts, pairs, reads, locks, primary=primary,
                                        deadline=deadline, serializable=serializable,
                                        spans=_spans(p) if serializable else [])

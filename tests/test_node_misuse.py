@@ -439,3 +439,28 @@ async def test_a_batch_sent_again_does_not_count_its_writes_lag_again(tmp_path):
                 await conn.call("remote.apply", batch(0, 10, [4, 8]))  # the same again
                 await conn.call("remote.apply", batch(0, 20, [4, 8, 15]))  # overlapping
         assert len(node._lag_ms["eu-west"]) == 3
+
+
+@pytest.mark.parametrize("method", ["commit", "prepare"])
+async def test_read_keys_of_a_snapshot_transaction_are_not_logged(method, monkeypatch):
+    # Only a serializable transaction's read keys are validated; a client that sends them
+    # anyway (up to the 16 MiB frame) must not make every replica store them in its log.
+    proposed = []
+    real = getattr(engine.replica.GroupReplica, method)
+
+    async def spy(self, txn_id, read_ts, writes, reads=(), *args, **kwargs):
+        proposed.append(list(reads))
+        return await real(self, txn_id, read_ts, writes, reads, *args, **kwargs)
+
+    monkeypatch.setattr(engine.replica.GroupReplica, method, spy)
+    async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        payload = {"group": gid, "txn_id": 5, "read_ts": 0, "writes": [[KEY, b"x"]],
+                   "reads": [OTHER + b"%d" % i for i in range(100)]}
+        if method == "prepare":
+            payload["primary"] = gid
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                await conn.call(method, payload)
+        assert proposed == [[]]
