@@ -759,7 +759,13 @@ class RaftNode:
             msgs = self._core.take_messages()
             if msgs is not None:
                 if msgs:
-                    self._send(msgs)
+                    try:
+                        self._send(msgs)
+                    except BaseException as exc:
+                        # Raised in the ticker or the transport's receiving task, which serve
+                        # other nodes too: it stops this node, through the ready loop.
+                        self._step_error = exc
+                        self._kick()
                 return
             if self._inline and not self._busy and self._failed is None:
                 self._ready_inline()

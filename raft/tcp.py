@@ -75,9 +75,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import resource
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
@@ -114,6 +115,17 @@ Address = tuple[str, int]
 _CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
+def _default_max_inbound() -> int:
+    """Inbound connections held at once by default: 1024, but no more than an eighth of the
+    process's file descriptors. Anyone who reaches the port may open connections, and each
+    holds a descriptor until its handshake times out; the rest must stay for the node's log
+    segments, its stores and its client connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft // 8))
+
+
 @dataclass(frozen=True, slots=True)
 class TcpOptions:
     """Limits and timings of a :class:`TcpTransport`. The defaults suit a LAN or loopback."""
@@ -124,7 +136,8 @@ class TcpOptions:
     max_frame: int = DEFAULT_MAX_FRAME  # largest frame body sent or accepted, bytes
     max_write_bytes: int = 1 << 20  # frames coalesced per send_all (at least one)
     recv_bytes: int = 256 << 10  # bytes asked of the socket per receive
-    max_inbound: int = 1024  # concurrent inbound connections
+    # concurrent inbound connections (more are closed at once); see _default_max_inbound
+    max_inbound: int = field(default_factory=_default_max_inbound)
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
     connect_timeout_s: float = 2.0
