@@ -54,6 +54,7 @@ __all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 LOCK_WAIT_S = 30.0
+STATUS_TIMEOUT_S = 3.0  # how long `status` waits for one node's answer (a paused node accepts)
 EXEC_WAIT_S = 1.0  # how long a process may show no arguments while it execs (_command_line)
 _UNSET: Any = object()
 
@@ -334,14 +335,16 @@ def _check_same_cluster(directory: Path, cluster: ClusterConfig, regions, nodes_
 
 
 async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:
-    """Every node's ``status`` answer, or ``{"error": ...}`` for a node that gave none."""
+    """Every node's ``status`` answer, or ``{"error": ...}`` for a node that gave none within
+    :data:`STATUS_TIMEOUT_S` (a paused node's kernel still accepts connections)."""
     out: dict[int, Any] = {}
 
     async def one(node):
         try:
             async with connect_rpc(node.client_host, node.client_port,
                                    connect_timeout_s=1.0) as conn:
-                out[node.id] = await conn.call("status", None)
+                out[node.id] = await conn.call(
+                    "status", None, deadline=trio.current_time() + STATUS_TIMEOUT_S)
         except Exception as exc:  # report, whatever went wrong with that node
             out[node.id] = {"error": f"{type(exc).__name__}: {exc}"}
 

@@ -392,3 +392,26 @@ def test_a_demo_with_fewer_than_two_accounts_is_refused_before_it_starts(tmp_pat
     with pytest.raises(errors.InvalidArgumentError, match="at least 2"):
         run_demo(directory=str(tmp_path / "c"), accounts=1)
     assert not (tmp_path / "c").exists()
+
+
+def test_cluster_status_reports_a_node_that_accepts_and_never_answers(monkeypatch):
+    # A paused node (SIGSTOP) still has its connections accepted by the kernel: `meridian
+    # cluster status` waited for its answer for ever.
+    import socket
+
+    import trio
+
+    import engine.procs
+    from engine.config import default_local_cluster
+    from engine.local import free_base_port
+
+    monkeypatch.setattr(engine.procs, "STATUS_TIMEOUT_S", 0.2)
+    base = free_base_port(2)
+    cluster = default_local_cluster(("us-east",), 1, base_port=base)
+    with socket.socket() as paused:
+        paused.bind(("127.0.0.1", base + 1))  # node 1's client port
+        paused.listen()
+        started = time.monotonic()
+        status = trio.run(engine.procs.describe_all, cluster)
+        assert time.monotonic() - started < 10
+    assert set(status) == {1} and "error" in status[1], status
