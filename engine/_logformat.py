@@ -225,10 +225,28 @@ class _Exhausted(Exception):
     pass
 
 
-def _looks_torn(buf: bytes, o: int, w: int) -> bool:
-    """The rest of o's sector is zero, or a sector wholly inside [o, w) is zero."""
+def _lost_head_explains(buf: bytes, o: int, b: int, pos: int) -> bool:
+    """Whether losing the rest of o's sector (all zero, ``b`` its end) explains the bad record:
+    with fewer than 4 bytes there (only low checksum bytes), the checksum recomputed from the
+    rest of the record must match the checksum bytes stored past ``b``."""
+    if b - o >= 4:
+        return True
+    if o + RECORD_HEADER_SIZE > len(buf):
+        return False
+    n = int.from_bytes(buf[o + 4 : o + 8], "little")
+    if buf[o + 8] != RECORD_TYPE_FULL or n > MAX_RECORD_SIZE:
+        return False
+    if o + RECORD_HEADER_SIZE + n > len(buf):
+        return False
+    want = mask(crc32c(buf[o + 4 : o + 9 + n], crc32c(pos.to_bytes(8, "little"))))
+    return want.to_bytes(4, "little")[b - o :] == buf[b : o + 4]
+
+
+def _looks_torn(buf: bytes, o: int, w: int, pos: int) -> bool:
+    """The rest of o's sector is zero and that explains the record at o (position ``pos``),
+    or a sector wholly inside [o, w) is zero."""
     b = (o // SECTOR_SIZE + 1) * SECTOR_SIZE
-    if b <= w and not any(buf[o:b]):
+    if b <= w and not any(buf[o:b]) and _lost_head_explains(buf, o, b, pos):
         return True
     zero = bytes(SECTOR_SIZE)
     s = b
@@ -290,7 +308,7 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
             w = _find_witness(buf, o, pos)
         except _Exhausted:
             raise CorruptLogError(f"bad record at offset {o} of {path}", path, o) from None
-        if w is None or _looks_torn(buf, o, w):
+        if w is None or _looks_torn(buf, o, w, pos):
             out_files[name] = bytes(buf[:o]) + bytes(g - o) + bytes(buf[g:])
             continue
         raise CorruptLogError(f"checksum mismatch at offset {o} of {path}", path, o)

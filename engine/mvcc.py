@@ -69,7 +69,9 @@ The store opens LMDB with ``writemap=True`` by default: commits then write pages
 shared map instead of copying each dirty page with ``pwrite``, which doubles the apply rate for
 scattered keys. The cost of a writable map is that running out of disk space while a page is
 written would kill the process with SIGBUS; to turn that into :class:`DiskFullError`, the file
-is preallocated (``posix_fallocate``) up to the map size before the map is grown. Disk usage is
+is preallocated (``posix_fallocate``) up to the map size before the map is grown, and before the
+first write when the store is opened; ``lock.mdb``, which LMDB writes through a shared map with
+either setting, is reserved before LMDB opens it. Disk usage is
 therefore the map size: about twice the data while it is small, the data plus one
 :data:`MAX_GROWTH_STEP` or less once it is large, and never below ``map_size``. Pass
 ``writemap=False`` for stores much larger than RAM (a writable map reads a page before
@@ -171,6 +173,9 @@ _be64 = struct.Struct(">Q")
 _pack64 = _be64.pack
 _unpack64 = _be64.unpack
 _PAGE_SIZE = mmap.PAGESIZE
+# Bytes of lock.mdb reserved before LMDB maps it: more than LMDB's reader table for the 126
+# readers it is opened with (8 KiB with 4 KiB pages).
+_LOCK_FILE_BYTES = 64 << 10
 
 _T = TypeVar("_T")
 
@@ -330,6 +335,7 @@ class MVCCStore(Resource):
             pass
         except OSError as exc:
             raise _os_error(exc, f"cannot stat {data_path}") from None
+        self._reserve_lock_file()
         try:
             env = lmdb.open(
                 self._path,
@@ -348,6 +354,12 @@ class MVCCStore(Resource):
         except lmdb.Error as exc:
             raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
         try:
+            if self._writemap:
+                # LMDB has made the file as long as the map, but sparse, and the write
+                # transactions below go through the map: reserve the space before them, so that
+                # a full disk is DiskFullError rather than SIGBUS in the first commit.
+                self._data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+                self._reserve(env.info()["map_size"])
             # We hold LOCK, so any reader slot in lock.mdb belongs to a dead process.
             env.reader_check()
             self._versions = env.open_db(_DB_VERSIONS)
@@ -376,9 +388,6 @@ class MVCCStore(Resource):
             # LMDB creates data.mdb (and lock.mdb) but never syncs their directory: a power
             # loss could take the file's name away, with every checkpoint written into it.
             fsync_directory(self._path)
-            if self._writemap:
-                self._data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
-                self._reserve(self._map_size)
         except BaseException as exc:
             env.close()
             if isinstance(exc, lmdb.Error):
@@ -1414,14 +1423,22 @@ class MVCCStore(Resource):
     def _reserve(self, size: int) -> None:
         if self._data_fd < 0:
             return
+        _fallocate(self._data_fd, size, f"the map of {self._path}")
+
+    def _reserve_lock_file(self) -> None:
+        """Gives lock.mdb its disk blocks before LMDB maps it. LMDB makes the file with
+        ``ftruncate`` (a hole) and writes its reader table through a shared map, so on a full
+        disk opening a new store would die of SIGBUS; reserved, the full disk is DiskFullError
+        here. A file longer than LMDB's own size only gives it more reader slots."""
+        path = os.path.join(self._path, "lock.mdb")
         try:
-            os.posix_fallocate(self._data_fd, 0, size)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            if exc.errno in (_errno.EOPNOTSUPP, _errno.EINVAL, _errno.ENOSYS):
-                return  # the file system cannot reserve; nothing better to do than go on
-            raise _os_error(
-                exc, f"cannot reserve {size} bytes for the map of {self._path}"
-            ) from None
+            raise _os_error(exc, f"cannot open {path}") from None
+        try:
+            _fallocate(fd, _LOCK_FILE_BYTES, path)
+        finally:
+            os.close(fd)
 
 
 class SnapshotStream:
@@ -1783,6 +1800,17 @@ def _decode(ekey: bytes) -> bytes:
     # In the encoded body every zero byte is followed by 0xff, so replacing left to right
     # is unambiguous.
     return ekey[:-2].replace(b"\x00\xff", b"\x00")
+
+
+def _fallocate(fd: int, size: int, what: str) -> None:
+    """Reserves the disk blocks of the first ``size`` bytes of ``fd`` (DiskFullError when
+    the disk is full); a file system that cannot reserve is left to go on without."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (_errno.EOPNOTSUPP, _errno.EINVAL, _errno.ENOSYS):
+            return  # the file system cannot reserve; nothing better to do than go on
+        raise _os_error(exc, f"cannot reserve {size} bytes for {what}") from None
 
 
 def _round_to_page(size: int) -> int:

@@ -338,14 +338,36 @@ static int all_zero(const uint8_t *p, uint64_t n) {
     return n == 0 || (p[0] == 0 && memcmp(p, p + 1, (size_t)n - 1) == 0);
 }
 
-/* 1 when the bytes [o, w) between a bad record at o and its witness at w show a write that never
- * fully reached the disk: the rest of o's sector is all zero (that sector is an older version,
- * whose content ended before o), or a sector lying wholly inside [o, w) is all zero (a sector of
- * the record that was never written). Appends only ever fill zeros beyond the tail, so an older
- * version of a sector is its newer content with a zero suffix. See FORMAT.md. */
-static int looks_torn(const uint8_t *buf, uint64_t o, uint64_t w) {
+/* 1 when the loss of the rest of o's sector explains the bad record at o (position pos), the
+ * rest of that sector being all zero. A lost sector reads as its older version, zero from o on,
+ * whatever the record held there. When that part is shorter than the checksum (b - o < 4), it is
+ * only the low bytes of the checksum, which a real record has all zero 1 time in 2^(8(b - o)):
+ * then every other byte of the record is past b and must be as written, so recomputing the
+ * checksum must give the bytes stored past b. A record that fails that has other damage, which no
+ * lost sector explains. With the whole checksum in o's sector, a zero checksum is taken as lost
+ * (a real one is zero 1 time in 2^32). */
+static int lost_head_explains(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t b,
+                              uint64_t pos) {
+    if (b - o >= 4) return 1;
+    if (o + LS_RECORD_HEADER_SIZE > size) return 0;
+    uint32_t n = get_u32(buf + o + 4);
+    if (buf[o + 8] != LS_RECORD_TYPE_FULL || n > LS_MAX_RECORD_SIZE ||
+        o + LS_RECORD_HEADER_SIZE + n > size)
+        return 0;
+    uint8_t want[4];
+    put_u32(want, record_crc(pos, buf + o + 4, 5 + (size_t)n));
+    return memcmp(want + (b - o), buf + b, (size_t)(4 - (b - o))) == 0;
+}
+
+/* 1 when the bytes [o, w) between a bad record at o (position pos) and its witness at w show a
+ * write that never fully reached the disk: the rest of o's sector is all zero (that sector is an
+ * older version, whose content ended before o) and that explains the bad record, or a sector
+ * lying wholly inside [o, w) is all zero (a sector of the record that was never written). Appends
+ * only ever fill zeros beyond the tail, so an older version of a sector is its newer content with
+ * a zero suffix. See FORMAT.md. */
+static int looks_torn(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t w, uint64_t pos) {
     uint64_t b = (o / LS_SECTOR_SIZE + 1) * LS_SECTOR_SIZE; /* first boundary after o */
-    if (b <= w && all_zero(buf + o, b - o)) return 1;
+    if (b <= w && all_zero(buf + o, b - o) && lost_head_explains(buf, size, o, b, pos)) return 1;
     for (uint64_t s = b; s + LS_SECTOR_SIZE <= w; s += LS_SECTOR_SIZE)
         if (all_zero(buf + s, LS_SECTOR_SIZE)) return 1;
     return 0;
@@ -396,7 +418,7 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
                        "bad record at offset %llu of %s, and the data after it is too large to "
                        "tell a torn write from corruption",
                        (unsigned long long)o, path);
-    if (w == size || looks_torn(buf, o, w)) {
+    if (w == size || looks_torn(buf, size, o, w, pos)) {
         /* Torn: nothing valid follows, or sectors of unsynced writes reached the disk out of
          * order, leaving never-written bytes before later ones. Nothing from o on was synced. */
         *garbage_end = g;
