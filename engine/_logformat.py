@@ -195,12 +195,14 @@ def _valid_at(buf: bytes, o: int, pos: int) -> int | None:
     return n
 
 
-def _find_witness(buf: bytes, o: int, bad_pos: int) -> int | None:
+def _find_witness(buf: bytes, g: int, o: int, bad_pos: int) -> int | None:
     """Smallest offset after ``o`` where a valid record for a position after ``bad_pos``
     starts (at most ``bad_pos + (w - o) // RECORD_HEADER_SIZE``: the records from ``bad_pos``
     on each take a header at least).
 
-    Returns None when there is none; raises ``_Exhausted`` past the checksum budget.
+    Returns None when there is none; raises ``_Exhausted`` past the budget, which counts what
+    the C code checksums: a candidate's bytes up to ``g`` (the end of the non-zero bytes; the
+    zeros after it cost a shift) once, then 8 bytes per position tried.
     """
     budget = WITNESS_CRC_BUDGET
     w = o + 1
@@ -210,11 +212,16 @@ def _find_witness(buf: bytes, o: int, bad_pos: int) -> int | None:
             return None
         w = t - 8
         n = int.from_bytes(buf[w + 4 : w + 8], "little")
-        if n <= MAX_RECORD_SIZE and w + RECORD_HEADER_SIZE + n <= len(buf):
-            for q in range(bad_pos + 1, bad_pos + (w - o) // RECORD_HEADER_SIZE + 1):
-                if budget < n + 5:
+        last_q = bad_pos + (w - o) // RECORD_HEADER_SIZE
+        if n <= MAX_RECORD_SIZE and w + RECORD_HEADER_SIZE + n <= len(buf) and last_q > bad_pos:
+            hashed = min(w + RECORD_HEADER_SIZE + n, g) - (w + 4)
+            if budget < hashed:
+                raise _Exhausted
+            budget -= hashed
+            for q in range(bad_pos + 1, last_q + 1):
+                if budget < 8:
                     raise _Exhausted
-                budget -= n + 5
+                budget -= 8
                 if _valid_at(buf, w, q) is not None:
                     return w
         w += 1
@@ -305,7 +312,7 @@ def recover(files: dict[str, bytes], dirname: str = ".") -> Recovered:
         if i + 1 < len(names):
             raise CorruptLogError(f"corrupt record at offset {o} of {path}", path, o)
         try:
-            w = _find_witness(buf, o, pos)
+            w = _find_witness(buf, g, o, pos)
         except _Exhausted:
             raise CorruptLogError(f"bad record at offset {o} of {path}", path, o) from None
         if w is None or _looks_torn(buf, o, w, pos):

@@ -301,13 +301,43 @@ static int valid_at(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos,
     return 1;
 }
 
+/* a * b modulo the CRC-32C polynomial, both in the register's reflected bit order (x^0 is the
+ * top bit), as zlib's crc32_combine computes it. */
+static uint32_t crc_multmodp(uint32_t a, uint32_t b) {
+    uint32_t m = 1u << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0) break;
+        }
+        m >>= 1;
+        b = b & 1 ? (b >> 1) ^ 0x82F63B78u : b >> 1;
+    }
+    return p;
+}
+
+/* x^(8n) modulo the polynomial: what n bytes of input do to the register. */
+static uint32_t crc_x8n(uint64_t n) {
+    uint32_t p = 1u << 31, x8 = 1u << 23; /* x^0, x^8 */
+    for (; n; n >>= 1) {
+        if (n & 1) p = crc_multmodp(x8, p);
+        x8 = crc_multmodp(x8, x8);
+    }
+    return p;
+}
+
 /* Smallest w > o where a valid record for some position after bad_pos starts; size if none.
  * The bad record (bad_pos, at o) and every record between it and w take at least a header
  * each, so the record at w can only be for a position up to bad_pos + (w - o) / header size:
  * damage that destroys bad_pos + 1 as well must not hide the valid records after it.
- * *exhausted is set when the checksum budget ran out before the answer was certain. */
-static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t bad_pos,
-                             int *exhausted) {
+ * A candidate's length, type and payload are checksummed once, the zeros past g (the end of
+ * the non-zero bytes) by a shift rather than byte by byte; each position is then tried by
+ * combining its 8 bytes' checksum with that one (zlib's crc32_combine). So a torn record whose
+ * landed bytes hold chance candidates with long lengths costs what those bytes cost, not the
+ * lengths times the positions. *exhausted is set when the budget (bytes checksummed, 8 per
+ * position tried) ran out before the answer was certain. */
+static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t g, uint64_t o,
+                             uint64_t bad_pos, int *exhausted) {
     uint64_t budget = LS_WITNESS_CRC_BUDGET;
     uint64_t w = o + 1;
     *exhausted = 0;
@@ -317,16 +347,30 @@ static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t o, uint
         if (!t) break;
         w = (uint64_t)(t - buf) - 8;
         uint32_t n = get_u32(buf + w + 4);
-        if (n <= LS_MAX_RECORD_SIZE && w + LS_RECORD_HEADER_SIZE + n <= size) {
-            uint64_t last_q = bad_pos + (w - o) / LS_RECORD_HEADER_SIZE;
+        uint64_t last_q = bad_pos + (w - o) / LS_RECORD_HEADER_SIZE;
+        if (n <= LS_MAX_RECORD_SIZE && w + LS_RECORD_HEADER_SIZE + n <= size && last_q > bad_pos) {
+            uint64_t end = w + LS_RECORD_HEADER_SIZE + n; /* g > w + 8: the type byte is 1 */
+            uint64_t hashed = (end < g ? end : g) - (w + 4);
+            if (budget < hashed) {
+                *exhausted = 1;
+                return size;
+            }
+            budget -= hashed;
+            uint32_t body = meridian_crc32c_extend(0, buf + w + 4, (size_t)hashed);
+            if (end > g) /* the zeros: the register shifted over them */
+                body = crc_multmodp(crc_x8n(end - g), body ^ 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
+            uint32_t shift = crc_x8n(5 + (uint64_t)n);
+            uint32_t stored = get_u32(buf + w);
             for (uint64_t q = bad_pos + 1; q <= last_q; q++) {
-                if (budget < (uint64_t)n + 5) {
+                if (budget < 8) {
                     *exhausted = 1;
                     return size;
                 }
-                budget -= (uint64_t)n + 5;
-                uint32_t len;
-                if (valid_at(buf, size, w, q, &len)) return w;
+                budget -= 8;
+                uint8_t qb[8];
+                put_u64(qb, q);
+                uint32_t crc = crc_multmodp(shift, meridian_crc32c_extend(0, qb, 8)) ^ body;
+                if (meridian_crc32c_mask(crc) == stored) return w;
             }
         }
         w++;
@@ -412,7 +456,7 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
     uint64_t g = nonzero_end(buf, o, size);
     if (g == o) return LS_OK; /* clean end: zero fill */
     int exhausted;
-    uint64_t w = find_witness(buf, size, o, pos, &exhausted);
+    uint64_t w = find_witness(buf, size, g, o, pos, &exhausted);
     if (exhausted)
         return set_err(err, LS_ERR_CORRUPT, 0, path, o,
                        "bad record at offset %llu of %s, and the data after it is too large to "
