@@ -512,10 +512,11 @@ class Database:
            ``moved`` conflict; :meth:`run_transaction` retries them, in the new home once it
            is there), and reads and writes in the new group, where a client whose cache
            still names that home from an earlier stay could otherwise write into the copy;
-        3. its live keys are copied, at one snapshot taken after every transaction prepared
-           before the fence has finished, into the new group (keys left there by an earlier
-           stay are deleted; only this move's copy passes the new group's fence); the new
-           group serves reads from the copy's timestamp on;
+        3. its live keys are copied into the new group, a page at a time, each page read at
+           a snapshot taken once the transactions prepared before the fence that wrote its
+           keys have finished (keys left there by an earlier stay are deleted; only this
+           move's copy passes the new group's fence); the new group serves reads from the
+           copy's timestamp on;
         4. the old group refuses reads too; the catalog's record points to the new home, if
            no other move or drop of the keyspace has begun since (a compare-and-set on the
            epoch);
@@ -721,47 +722,78 @@ class Database:
 
     async def _copy_keyspace(self, ks: Keyspace, old: int, new: int) -> int:
         """Copies the keyspace's live keys from ``old`` to ``new`` (deleting the keys ``new``
-        has of it that ``old`` has not); returns the timestamp of the last copy commit."""
+        has of it that ``old`` has not), a page at a time: the copy holds one page of the
+        keyspace, whatever its size. Returns a timestamp of ``new`` above every commit of the
+        copy, from which ``new`` may serve it.
+
+        The keyspace is fenced against writes in both groups, so each page is read at a new
+        strong snapshot: once the transactions prepared before the fence that wrote its keys
+        have finished (the scan waits for them), its keys no longer change, and a copy that
+        takes longer than the maximum transaction lifetime reads no snapshot the group has
+        garbage-collected. Each batch is stamped above the snapshots read so far: the copy's
+        writes must not show at timestamps where the old home did not have them yet."""
         lo, hi = keyspace_bounds(ks.id)
+        snapshot = 0
+        start = lo
+        while start < hi:
+            page, ts, end = await self._scan_page(ks, old, start, hi)
+            snapshot = max(snapshot, ts)
+            await self._copy_writes(new, ks, page, snapshot)
+            # Keys an earlier stay left in the part of the range this page covers (the copy
+            # has written there only the page's own keys).
+            source = {k for k, _ in page}
+            stale_start = start
+            while stale_start < end:
+                stale, _, stale_start = await self._scan_page(ks, new, stale_start, end,
+                                                              ignore_fence=True)
+                await self._copy_writes(new, ks, [[k, None] for k, _ in stale
+                                                  if k not in source], snapshot)
+            start = end
+        # The fence stays as it is: the change, refused, only stamps an entry after the copy.
+        return (await self._fence_at(new, ks, 1, MAX_TS, after=snapshot))["ts"]
+
+    async def _copy_writes(self, group: int, ks: Keyspace, writes: list, after: int) -> None:
+        """Commits ``writes`` of the copy into ``group`` in batches within the transaction
+        limits, stamped above ``after``."""
         limits = self.limits
-        source, snapshot = await self._scan_settled(ks, old, lo, hi)
-        stale, _ = await self._scan_settled(ks, new, lo, hi, ignore_fence=True)
-        writes = [[k, v] for k, v in source.items()]
-        writes += [[k, None] for k in stale if k not in source]
-        # Everything is stamped above the snapshot the copy was read at: the copy's writes
-        # must not show at timestamps where the old home did not have them yet.
-        last = (await self._fence_at(new, ks, 1, MAX_TS, after=snapshot))["ts"]  # no copy
         batch: list = []
         size = 0
         for w in writes:
             w_size = len(w[0]) + len(w[1] or b"")
             if batch and (len(batch) >= limits["max_txn_keys"]
                           or size + w_size > limits["max_txn_bytes"]):
-                last = await self._copy_batch(new, ks, batch, snapshot)
+                await self._copy_batch(group, ks, batch, after)
                 batch, size = [], 0
-            batch.append(w)
+            batch.append(list(w))
             size += w_size
         if batch:
-            last = await self._copy_batch(new, ks, batch, snapshot)
-        return last
+            await self._copy_batch(group, ks, batch, after)
 
-    async def _scan_settled(self, ks: Keyspace, group: int, lo: bytes, hi: bytes, *,
-                            ignore_fence: bool = False) -> tuple[dict[bytes, bytes], int]:
-        """:meth:`_scan_all`, again from the start while a transaction prepared before the
-        fence commits under it (its snapshot must move)."""
+    async def _scan_page(self, ks: Keyspace, group: int, start: bytes, end: bytes, *,
+                         ignore_fence: bool = False) -> tuple[list, int, bytes]:
+        """A page of the live keys in ``[start, end)`` of ``group`` at a new strong
+        snapshot, read again while a transaction prepared before the fence commits under it
+        (the snapshot must move): the items, the snapshot's timestamp, and where the part
+        of the range the page covers ends (``end`` once the range is read)."""
         for _ in range(MAX_SNAPSHOT_MOVES):
             try:
-                return await self._scan_all(group, lo, hi, ignore_fence=ignore_fence)
+                reply = await self._call_group(group, "scan", {
+                    "group": group, "start": start, "end": end, "limit": COPY_PAGE, "ts": 0,
+                    "ignore_fence": ignore_fence})
             except _Restart:
                 continue
+            items = reply["items"]
+            if not items or (len(items) < COPY_PAGE and reply.get("more") is not True):
+                return items, reply["ts"], end
+            return items, reply["ts"], items[-1][0] + b"\x00"
         raise UnavailableError(f"keyspace {ks.name!r} kept changing during its move")
 
-    async def _copy_batch(self, group: int, ks: Keyspace, writes: list, after: int) -> int:
+    async def _copy_batch(self, group: int, ks: Keyspace, writes: list, after: int) -> None:
         """Commits a batch of the copy in the new group, through its fence (which refuses
         every other writer of the keyspace until the move is done, and every other move's
         copy), stamped above ``after``."""
         try:
-            reply = await self._call_group(group, "keyspace.copy", {
+            await self._call_group(group, "keyspace.copy", {
                 "group": group, "keyspace_id": ks.id, "txn_id": secrets.randbits(63) + 1,
                 "writes": writes, "epoch": ks.epoch, "after": after}, commit=True)
         except TransactionConflictError as exc:
@@ -771,25 +803,6 @@ class Database:
             raise TransactionConflictError(
                 f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
                 "catalog_changed") from exc
-        return reply["ts"]
-
-    async def _scan_all(self, group: int, lo: bytes, hi: bytes, *,
-                        ignore_fence: bool = False) -> tuple[dict[bytes, bytes], int]:
-        """Every live key in ``[lo, hi)`` of ``group`` at one strong snapshot, in pages, and
-        that snapshot's timestamp."""
-        out: dict[bytes, bytes] = {}
-        ts = 0
-        start = lo
-        while True:
-            reply = await self._call_group(group, "scan", {
-                "group": group, "start": start, "end": hi, "limit": COPY_PAGE, "ts": ts,
-                "ignore_fence": ignore_fence})
-            ts = reply["ts"]
-            items = reply["items"]
-            out.update((k, v) for k, v in items)
-            if not items or (len(items) < COPY_PAGE and reply.get("more") is not True):
-                return out, ts
-            start = items[-1][0] + b"\x00"
 
     async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
         """The conflict log of a regional keyspace in this client's region: one record per
