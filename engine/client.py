@@ -290,7 +290,10 @@ class Database:
 
     async def drop_keyspace(self, name: str) -> None:
         """Drops a keyspace: its name no longer resolves, and its data can no longer be read
-        or written through it, even by a client that still has its record cached.
+        or written through it, even by a client that still has its record cached. (A stale
+        read, ``staleness="exact:..."`` or ``"bounded:..."``, answered by a replica that has
+        not yet applied the drop's fence may still return the keyspace as it was at a
+        timestamp before the drop, within the staleness it allows.)
 
         Steps, safe to repeat (run the call again if it was interrupted): the drop begins in
         the catalog (the record is marked, and its epoch raised: the name resolves no more, a
