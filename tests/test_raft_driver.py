@@ -159,6 +159,17 @@ class Cluster:
                     return leaders[0]
                 await trio.sleep(TICK)
 
+    async def leader_and_follower(self, data: bytes = b"x"):
+        """``(leader, follower id, follower)`` once ``data`` is committed and applied on that
+        follower."""
+        lid = await self.leader()
+        leader = self.nodes[lid]
+        fid = next(i for i in self.ids if i != lid)
+        with trio.fail_after(10):
+            await leader.propose(data)
+            await self.nodes[fid].wait_applied(leader.core.commit)
+        return leader, fid, self.nodes[fid]
+
 
 @contextlib.asynccontextmanager
 async def cluster(tmp_path, n=3, **options):

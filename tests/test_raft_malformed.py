@@ -188,17 +188,11 @@ async def test_a_running_node_drops_a_malformed_append_and_keeps_applying(tmp_pa
     neither acknowledged nor written (the storage would refuse the gap and stop the node); the
     node counts it and goes on applying what the leader proposes."""
     async with cluster(tmp_path) as c:
-        lid = await c.leader()
-        leader = c.nodes[lid]
-        victim_id = next(i for i in c.ids if i != lid)
-        victim = c.nodes[victim_id]
-        with trio.fail_after(10):
-            await leader.propose(b"a")
-            await victim.wait_applied(leader.core.commit)
+        leader, victim_id, victim = await c.leader_and_follower(b"a")
         core = victim.core
         last, term = core.last_index, leader.core.term
         leader._transport.send(1, [Message(
-            MT.APPEND, victim_id, lid, term, log_term=core.term_at(last), index=last,
+            MT.APPEND, victim_id, leader.id, term, log_term=core.term_at(last), index=last,
             entries=(Entry(term, last + 1, b"x"), Entry(term, last + 3, b"y")),
             commit=core.commit)])
         with trio.fail_after(10):

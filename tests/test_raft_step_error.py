@@ -39,13 +39,7 @@ async def test_a_ready_loop_busy_persisting_takes_no_ready_after_a_step_raised(t
     bad_term = 10_000
     with pytest.raises(BaseException) as info:
         async with cluster(tmp_path) as c:
-            lid = await c.leader()
-            leader = c.nodes[lid]
-            victim_id = next(i for i in c.ids if i != lid)
-            victim = c.nodes[victim_id]
-            with trio.fail_after(10):
-                await leader.propose(b"x")
-                await victim.wait_applied(leader.core.commit)
+            leader, victim_id, victim = await c.leader_and_follower()
             storage = victim._storage
             real_save = storage.save
 
@@ -67,11 +61,11 @@ async def test_a_ready_loop_busy_persisting_takes_no_ready_after_a_step_raised(t
             send = leader._transport.send  # what the victim receives as from the leader
             term, commit = victim.core.term, victim.core.commit
             # A leader of the next term: the victim persists that term through its worker.
-            send(1, [Message(MT.HEARTBEAT, victim_id, lid, term + 1, commit=commit)])
+            send(1, [Message(MT.HEARTBEAT, victim_id, leader.id, term + 1, commit=commit)])
             with trio.fail_after(10):
                 while not entered.is_set():
                     await trio.sleep(TICK)
-            send(1, [Message(MT.APPEND, victim_id, lid, bad_term, index=commit,
+            send(1, [Message(MT.APPEND, victim_id, leader.id, bad_term, index=commit,
                              log_term=victim.core.term_at(commit),
                              entries=(Entry(bad_term, commit + 1),))])
             with trio.fail_after(10):
