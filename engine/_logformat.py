@@ -180,8 +180,10 @@ class Recovered:
     files: dict[str, bytes]
 
 
-def _valid_at(buf: bytes, o: int, pos: int) -> int | None:
-    """Payload length of a valid record for ``pos`` at offset ``o``, or None."""
+def _expected(buf: bytes, o: int, pos: int) -> tuple[int, bytes] | None:
+    """``(payload length, checksum bytes)`` a record for ``pos`` at offset ``o`` must carry,
+    from its header and payload as they are; None if its header is not one or it does not
+    fit in ``buf``."""
     if o + RECORD_HEADER_SIZE > len(buf):
         return None
     n = int.from_bytes(buf[o + 4 : o + 8], "little")
@@ -190,9 +192,15 @@ def _valid_at(buf: bytes, o: int, pos: int) -> int | None:
     if o + RECORD_HEADER_SIZE + n > len(buf):
         return None
     want = mask(crc32c(buf[o + 4 : o + 9 + n], crc32c(pos.to_bytes(8, "little"))))
-    if want != int.from_bytes(buf[o : o + 4], "little"):
+    return n, want.to_bytes(4, "little")
+
+
+def _valid_at(buf: bytes, o: int, pos: int) -> int | None:
+    """Payload length of a valid record for ``pos`` at offset ``o``, or None."""
+    expected = _expected(buf, o, pos)
+    if expected is None or expected[1] != buf[o : o + 4]:
         return None
-    return n
+    return expected[0]
 
 
 def _find_witness(buf: bytes, g: int, o: int, bad_pos: int) -> int | None:
@@ -238,15 +246,8 @@ def _lost_head_explains(buf: bytes, o: int, b: int, pos: int) -> bool:
     rest of the record must match the checksum bytes stored past ``b``."""
     if b - o >= 4:
         return True
-    if o + RECORD_HEADER_SIZE > len(buf):
-        return False
-    n = int.from_bytes(buf[o + 4 : o + 8], "little")
-    if buf[o + 8] != RECORD_TYPE_FULL or n > MAX_RECORD_SIZE:
-        return False
-    if o + RECORD_HEADER_SIZE + n > len(buf):
-        return False
-    want = mask(crc32c(buf[o + 4 : o + 9 + n], crc32c(pos.to_bytes(8, "little"))))
-    return want.to_bytes(4, "little")[b - o :] == buf[b : o + 4]
+    expected = _expected(buf, o, pos)
+    return expected is not None and expected[1][b - o :] == buf[b : o + 4]
 
 
 def _looks_torn(buf: bytes, o: int, w: int, pos: int) -> bool:

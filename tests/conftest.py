@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 
@@ -54,3 +55,26 @@ def lossy(tmp_path):
     finally:
         for fs in mounted:
             fs.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size="1m")`` mounts a fresh tmpfs of that size (a real ENOSPC once it is full),
+    or skips the test where mounting is not allowed (root only)."""
+    mounted = []
+
+    def mount(size: str = "1m"):
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                           capture_output=True, check=False)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)

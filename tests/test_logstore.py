@@ -535,19 +535,8 @@ def test_a_record_damaged_after_open_is_reported_on_read(logdir):
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    """A 2 MiB tmpfs (root only): a real ENOSPC."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tiny_fs(tmpfs):
+    return tmpfs("2m")
 
 
 def test_disk_full_raises_and_loses_nothing_synced(tiny_fs):
