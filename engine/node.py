@@ -1659,6 +1659,8 @@ def _check_key_count(group: int, written: list[bytes], locks: list[bytes],
     Raises:
         LimitExceededError: over the limit.
     """
+    if len(written) + len(locks) + len(validated) <= MAX_TXN_KEYS:
+        return  # the common case: within the limit even counting a lock twice
     also = set(written)
     count = len(written) + len({k for k in locks if k not in also}) + len(validated)
     if count > MAX_TXN_KEYS:
