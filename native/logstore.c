@@ -290,15 +290,24 @@ fail:
 
 /* ---------------------------------------------------------------- recovery */
 
-/* 1 when a valid record for position pos starts at offset o of buf[0..size), with *len set. */
-static int valid_at(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos, uint32_t *len) {
+/* 1 when the bytes at offset o of buf[0..size) have a record header whose record fits, with
+ * *len its payload length and *crc the checksum a record for position pos must carry (the
+ * header's length and type and the payload as they are). */
+static int expected_at(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos,
+                       uint32_t *len, uint32_t *crc) {
     if (o + LS_RECORD_HEADER_SIZE > size) return 0;
     uint32_t n = get_u32(buf + o + 4);
     if (buf[o + 8] != LS_RECORD_TYPE_FULL || n > LS_MAX_RECORD_SIZE) return 0;
     if (o + LS_RECORD_HEADER_SIZE + n > size) return 0;
-    if (record_crc(pos, buf + o + 4, 5 + (size_t)n) != get_u32(buf + o)) return 0;
     *len = n;
+    *crc = record_crc(pos, buf + o + 4, 5 + (size_t)n);
     return 1;
+}
+
+/* 1 when a valid record for position pos starts at offset o of buf[0..size), with *len set. */
+static int valid_at(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t pos, uint32_t *len) {
+    uint32_t crc;
+    return expected_at(buf, size, o, pos, len, &crc) && crc == get_u32(buf + o);
 }
 
 /* a * b modulo the CRC-32C polynomial, both in the register's reflected bit order (x^0 is the
@@ -393,13 +402,10 @@ static int all_zero(const uint8_t *p, uint64_t n) {
 static int lost_head_explains(const uint8_t *buf, uint64_t size, uint64_t o, uint64_t b,
                               uint64_t pos) {
     if (b - o >= 4) return 1;
-    if (o + LS_RECORD_HEADER_SIZE > size) return 0;
-    uint32_t n = get_u32(buf + o + 4);
-    if (buf[o + 8] != LS_RECORD_TYPE_FULL || n > LS_MAX_RECORD_SIZE ||
-        o + LS_RECORD_HEADER_SIZE + n > size)
-        return 0;
+    uint32_t n, crc;
+    if (!expected_at(buf, size, o, pos, &n, &crc)) return 0;
     uint8_t want[4];
-    put_u32(want, record_crc(pos, buf + o + 4, 5 + (size_t)n));
+    put_u32(want, crc);
     return memcmp(want + (b - o), buf + b, (size_t)(4 - (b - o))) == 0;
 }
 
