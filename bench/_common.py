@@ -129,6 +129,14 @@ def pick(seq: Sequence, u: float):
     return seq[min(int(u * len(seq)), len(seq) - 1)]
 
 
+def note_failure(failures: list[dict], exc: BaseException, **where: Any) -> None:
+    """Records a run that could not be measured (a member that did not start, a load process
+    that did not connect or report): it costs its row, not the rows measured. ``where`` names
+    the row; the error is printed too, and the command exits 1 at its end."""
+    failures.append({**where, "error": str(exc)})
+    print(f"failed: {exc}", file=sys.stderr)
+
+
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``samples``, interpolating linearly between ranks.
 

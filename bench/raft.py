@@ -183,11 +183,8 @@ def main(args: argparse.Namespace) -> int:
                         print(str(exc), file=sys.stderr)
                         continue
                     except (raft_peers.PeerError, ClusterError, OSError) as exc:
-                        # One run that could not be measured (a member that did not start,
-                        # a port taken meanwhile) costs that row, not the rows measured.
-                        failures.append({"system": system, "concurrency": c,
-                                         "repetition": rep + 1, "error": str(exc)})
-                        print(f"failed: {exc}", file=sys.stderr)
+                        _common.note_failure(failures, exc, system=system, concurrency=c,
+                                             repetition=rep + 1)
                         continue
                     if r is None:
                         skipped[system] = "skipped: not installed"

@@ -115,13 +115,6 @@ def main(args: argparse.Namespace) -> int:
     storage: dict[str, dict] = {}
     failures: list[dict] = []
 
-    def fail(system: str, axis: str, clients: int, regions: int, exc: Exception) -> None:
-        # One point that could not be measured (a load process that did not connect or
-        # report) costs that point, not the points measured.
-        failures.append({"system": system, "axis": axis, "clients": clients,
-                         "regions": regions, "error": str(exc)})
-        print(f"failed: {exc}", file=sys.stderr)
-
     try:
         if "clients" in axes:
             for system in systems:
@@ -137,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
                                               workdir, label=f"{system} c={c}",
                                               seed=args.seed)
                             except LoadError as exc:
-                                fail(system, "clients", c, 1, exc)
+                                _common.note_failure(failures, exc, system=system,
+                                                     axis="clients", clients=c, regions=1)
                                 continue
                             results.append(_row(system, "clients", c, 1, row))
                             print(f"{system} clients={c}: {row['ops_per_s']:.0f} ops/s "
@@ -160,7 +154,9 @@ def main(args: argparse.Namespace) -> int:
                                           workload, load, n, workdir,
                                           label=f"meridian regions={n}", seed=args.seed)
                         except LoadError as exc:
-                            fail("meridian", "regions", per_region * n, n, exc)
+                            _common.note_failure(failures, exc, system="meridian",
+                                                 axis="regions", clients=per_region * n,
+                                                 regions=n)
                             continue
                         results.append(_row("meridian", "regions", per_region * n, n, row))
                         print(f"meridian regions={n}: {row['ops_per_s']:.0f} ops/s "

@@ -561,12 +561,8 @@ def main(args: argparse.Namespace) -> int:
 
     def fail(system: str, mode: str, c: int, theta: float, rep: int, exc: Exception, *,
              rate: float | None = None) -> None:
-        # One run that could not be measured (a load process that did not connect or
-        # report) costs that row, not the rows measured.
-        failures.append({"system": system, "mode": mode, "clients": c, "theta": theta,
-                         "offered_ops_per_s": rate, "repetition": rep + 1,
-                         "error": str(exc)})
-        print(f"failed: {exc}", file=sys.stderr)
+        _common.note_failure(failures, exc, system=system, mode=mode, clients=c, theta=theta,
+                             offered_ops_per_s=rate, repetition=rep + 1)
 
     try:
         # Load generator self-test: same clients and processes, a server that does nothing;
