@@ -58,24 +58,6 @@ def test_read_keys_a_snapshot_commit_does_not_validate_do_not_count(sm):
     assert r.committed
 
 
-async def test_a_prepare_with_too_many_locks_is_refused_and_the_group_goes_on(tmp_path):
-    async with open_local_cluster(("us-east",), 1, seed=1,
-                                  directory=str(tmp_path)) as cluster:
-        gid = data_group(cluster.config, "us-east")
-        node = await leader_of(cluster, gid)
-        with trio.fail_after(GUARD_S):
-            async with client_of(cluster, node) as conn:
-                with pytest.raises(RemoteError) as refused:
-                    await conn.call("prepare", {
-                        "group": gid, "txn_id": 77, "read_ts": 0, "writes": [[KEY, b"x"]],
-                        "locks": [KEY + k for k in MANY], "primary": gid})
-                assert refused.value.code == "limit_exceeded"  # by the node, first
-                await conn.call("commit", {"group": gid, "txn_id": 78, "read_ts": 0,
-                                           "writes": [[OTHER, b"y"]]})
-                reply = await conn.call("read", {"group": gid, "keys": [KEY, OTHER]})
-                assert reply["values"] == [None, b"y"]
-
-
 @pytest.mark.parametrize("span", [[b"a", LONG, None], [LONG, LONG + b"z", 5]],
                          ids=["end", "start"])
 @pytest.mark.parametrize("kind", ["commit", "prepare"])
@@ -100,9 +82,13 @@ def test_a_bound_one_byte_longer_than_a_key_is_still_a_range(sm):
     assert r.committed
 
 
-@pytest.mark.parametrize("method", ["prepare", "commit"])
-async def test_a_range_bound_longer_than_a_key_is_refused_and_the_group_goes_on(
-        tmp_path, method):
+@pytest.mark.parametrize("method, bad, code", [
+    ("prepare", {"locks": [KEY + k for k in MANY]}, "limit_exceeded"),  # by the node, first
+    ("prepare", {"serializable": True, "spans": [[KEY, KEY + LONG, None]]}, "invalid_argument"),
+    ("commit", {"serializable": True, "spans": [[KEY, KEY + LONG, None]]}, "invalid_argument"),
+], ids=["too-many-locks", "long-bound-prepare", "long-bound-commit"])
+async def test_a_request_the_group_cannot_take_is_refused_and_the_group_goes_on(
+        tmp_path, method, bad, code):
     async with open_local_cluster(("us-east",), 1, seed=1,
                                   directory=str(tmp_path)) as cluster:
         gid = data_group(cluster.config, "us-east")
@@ -112,9 +98,8 @@ async def test_a_range_bound_longer_than_a_key_is_refused_and_the_group_goes_on(
                 with pytest.raises(RemoteError) as refused:
                     await conn.call(method, {
                         "group": gid, "txn_id": 77, "read_ts": 0, "writes": [[KEY, b"x"]],
-                        "serializable": True, "spans": [[KEY, KEY + LONG, None]],
-                        "primary": gid})
-                assert refused.value.code == "invalid_argument"
+                        "primary": gid, **bad})
+                assert refused.value.code == code
                 await conn.call("commit", {"group": gid, "txn_id": 78, "read_ts": 0,
                                            "writes": [[OTHER, b"y"]]})
                 reply = await conn.call("read", {"group": gid, "keys": [KEY, OTHER]})
