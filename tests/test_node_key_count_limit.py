@@ -16,10 +16,8 @@ from engine.adjudicator import MAX_TXN_KEYS
 from engine.group import CMD_COMMIT, CMD_PREPARE
 from engine.local import open_local_cluster
 from engine.placement import data_group
-from engine.rpc import RemoteError, connect_rpc
-
-KEY = b"\x00\x00\x07\x77key"
-GUARD_S = 30  # only ever reached by a bug that hangs
+from engine.rpc import RemoteError
+from test_node_misuse import GUARD_S, KEY, client_of, leader_of
 
 
 def keys(n: int, tag: bytes) -> list[bytes]:
@@ -47,12 +45,9 @@ async def test_too_many_keys_in_one_group_are_refused_before_proposing(
     monkeypatch.setattr(engine.replica.GroupReplica, "_propose", recording)
     async with open_local_cluster(("us-east",), 1, seed=4) as cluster:
         gid = data_group(cluster.config, "us-east")
-        node = cluster.nodes[1]
+        node = await leader_of(cluster, gid)
         with trio.fail_after(GUARD_S):
-            while not node.replicas[gid].node.is_leader:
-                await trio.sleep(0.02)
-            async with connect_rpc(cluster.config.node(1).client_host,
-                                   node.client_port) as conn:
+            async with client_of(cluster, node) as conn:
                 with pytest.raises(RemoteError) as refused:
                     await conn.call(method, {"group": gid, "txn_id": 7, "read_ts": 0,
                                              "primary": gid, **payload})

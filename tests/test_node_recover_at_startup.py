@@ -14,11 +14,9 @@ import trio
 import engine.node
 from engine.local import open_local_cluster
 from engine.placement import data_group
-from engine.rpc import connect_rpc
+from test_node_misuse import GUARD_S, KEY, client_of, leader_of
 
-KEY = b"\x00\x00\x07\x77key"
 TXN = 4242
-GUARD_S = 30  # only ever reached by a bug that hangs
 
 
 async def test_a_recovery_before_the_node_serves_waits_for_it(monkeypatch, tmp_path):
@@ -28,12 +26,9 @@ async def test_a_recovery_before_the_node_serves_waits_for_it(monkeypatch, tmp_p
     async with open_local_cluster(("us-east", "eu-west"), 1, seed=3,
                                   directory=str(tmp_path)) as cluster:
         here, primary = (data_group(cluster.config, r) for r in ("us-east", "eu-west"))
-        node = cluster.nodes[1]
+        node = await leader_of(cluster, here)  # node 1, the region's one node
         with trio.fail_after(GUARD_S):
-            while not node.replicas[here].node.is_leader:
-                await trio.sleep(0.02)
-            async with connect_rpc(cluster.config.node(1).client_host,
-                                   node.client_port) as conn:
+            async with client_of(cluster, node) as conn:
                 await conn.call("prepare", {"group": here, "txn_id": TXN, "read_ts": 0,
                                             "writes": [[KEY, b"v"]], "primary": primary})
             assert node.replicas[here].sm.is_prepared(TXN)
