@@ -318,8 +318,17 @@ class Database:
         """
         ks = keyspace_from_record(await self._begin(name, "drop"))
         try:
+            # Every group within reach is fenced, even past one out of reach: each fence
+            # stops the clients that cached the record there at once, and the call run
+            # again fences what is left.
+            unreachable = None
             for group in self._groups_holding(ks):
-                await self._erase_copy(group, ks)
+                try:
+                    await self._erase_copy(group, ks)
+                except UnavailableError as exc:
+                    unreachable = unreachable or exc
+            if unreachable is not None:
+                raise unreachable
             await self._call_group(self._meta_group, "keyspace.drop",
                                    {"name": name, "id": ks.id, "epoch": ks.epoch})
         except KeyspaceNotFoundError:
@@ -379,12 +388,12 @@ class Database:
 
     def _groups_holding(self, ks: Keyspace) -> list[int]:
         """The groups that may hold a keyspace's data: every region's data group for a
-        regional keyspace; else its home group, and those of the regions its moves are
+        regional keyspace; else its home group first, then those of the regions its moves are
         copying it to or left copies in (``moving_to``, ``retired``, ``abandoned``)."""
         if ks.mode == "regional":
             return sorted(self._group_of_region.values())
         homes = [r for r in (ks.home, ks.moving_to, *ks.retired, *ks.abandoned) if r]
-        return sorted({self._group_in(ks, h) for h in homes})
+        return list(dict.fromkeys(self._group_in(ks, h) for h in homes))
 
     def group_of(self, ks: Keyspace) -> int:
         """The group a keyspace's keys are read and written in, from this client: its home

@@ -117,6 +117,30 @@ def _fail_calls(monkeypatch, db, method):
     monkeypatch.setattr(db, "_call_group", failing)
 
 
+async def test_a_drop_fences_every_group_it_reaches_when_one_is_out_of_reach(monkeypatch):
+    """A regional keyspace's drop with one region's group out of reach still fences it in
+    the others (clients with its record cached are stopped there at once), and the call,
+    run again once the group is back, ends the drop."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=44) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("r", mode="regional")
+                await west.run_transaction(lambda tx: tx.put("r", b"k", b"west"))
+                east_group, west_group = (data_group(cluster.config, r) for r in TWO_REGIONS)
+                assert east_group < west_group  # the unreachable one comes first
+                with monkeypatch.context() as m:
+                    _fences_out_of_reach(m, lambda group, level: group == east_group)
+                    with pytest.raises(errors.UnavailableError):
+                        await db.drop_keyspace("r")
+                assert _fence_of(cluster, west_group, ks.id)[0] == 3
+                with pytest.raises(errors.TransactionConflictError, match="moved"):
+                    async with west.transaction() as tx:
+                        await tx.put("r", b"k", b"after the drop")
+                await db.drop_keyspace("r")
+                assert _fence_of(cluster, east_group, ks.id)[0] == 3
+                assert "r" not in [k.name for k in await db.list_keyspaces()]
+
+
 async def test_a_dropped_keyspaces_data_is_erased_from_every_replica(monkeypatch):
     """After a drop, once the transaction lifetime has passed, the group's leader erases the
     keyspace's versions (PURGE entries of a bounded size) on every replica, and leaves the
