@@ -931,7 +931,10 @@ class Node:
                             group, "prepared", {"group": group, "txn_ids": [t for t, _ in txns]})
                     still = reply["prepared"]
                 except (MeridianError, RemoteError, OSError, trio.TooSlowError):
-                    still = [t for t, _ in txns]  # unknown: keep them all for now
+                    # Unknown: all kept for now, and none told its fate (a call each, to a
+                    # group that did not answer one); the next round asks again.
+                    blocked.update(t for t, _ in txns)
+                    continue
             blocked.update(still)
             fate = dict(txns)
             for txn in still:  # told again; asked again next round

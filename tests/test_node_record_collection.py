@@ -1,7 +1,8 @@
 """A primary group's leader collects old transaction records round after round
 (``Node._forget_round``). A round takes a bounded batch of them; commits whose participant
-does not answer stay. Those must not hide the records behind them: a full batch of them
-used to be all that any round ever looked at, so nothing newer was collected again.
+does not answer stay (and are not resolved there: it was not reached). Those must not hide
+the records behind them: a full batch of them used to be all that any round ever looked at,
+so nothing newer was collected again.
 
 Rounds are driven by hand against one group's state machine (no cluster, no sockets): the
 participant that never answers is a stand-in for the node's client of other groups.
@@ -52,13 +53,14 @@ class Unanswered:
 
     def __init__(self) -> None:
         self.asked: list[list[int]] = []  # the transactions each call asked about
+        self.resolves: list[int] = []  # the transactions whose fate it was to be told
 
     async def _call_group(self, group, method, payload, **kwargs):
         self.asked.append(payload["txn_ids"])
         raise OSError(f"group {group} does not answer")
 
     def _resolve_later(self, group, txn_id, commit_ts) -> None:
-        pass
+        self.resolves.append(txn_id)
 
 
 @pytest.fixture
@@ -101,3 +103,6 @@ async def test_records_behind_a_full_batch_of_blocked_commits_are_collected(setu
         assert all(leader.sm.record(t) is not None for t in blocked)
         assert node._peers.asked == [blocked[:RECORD_GC_BATCH], blocked[RECORD_GC_BATCH:],
                                      blocked[:RECORD_GC_BATCH]]
+        # A group that did not answer the question is not sent a resolve per record either
+        # (a task and a call each, every round, to a group out of reach).
+        assert node._peers.resolves == []
