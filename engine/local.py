@@ -114,8 +114,13 @@ class LocalCluster:
         """
         self.config.node(node_id)  # names the unknown node and the cluster's node ids
         _check_clock_offset(node_id, clock_offset_ns)
-        if node_id in self._scopes:
-            raise InvalidArgumentError(f"node {node_id} is running")
+        while node_id in self._scopes:
+            scope, done = self._scopes[node_id]
+            if not scope.cancel_called:
+                raise InvalidArgumentError(f"node {node_id} is running")
+            # A stop_node that was itself cancelled: the node is still closing, and holds
+            # its data directory until it has.
+            await done.wait()
         cfg = NodeConfig(node_id=node_id, data_dir=str(self.directory / f"node-{node_id}"),
                          cluster=self.config, raft_fsync=self._raft_fsync)
         physical = None
@@ -133,14 +138,20 @@ class LocalCluster:
                     await node.run(task_status=task_status)
             finally:
                 done.set()
+                # Forgotten only once it has closed everything: until then it still holds
+                # its data directory and ports, and stop_node can wait for it again.
+                if self._scopes.get(node_id) == (scope, done):
+                    del self._scopes[node_id]
+                    self.nodes.pop(node_id, None)
 
         # Cut before it starts (requests to other groups' leaders) and once it has started
         # (its transport exists only then): the others already drop what they send to it.
         node.isolate_from(self._cut.get(node_id, ()))
         await self._nursery.start(run)
         node.isolate_from(self._cut.get(node_id, ()))
-        self._scopes[node_id] = (scope, done)
-        self.nodes[node_id] = node
+        if not done.is_set():  # not if it has ended already (the cluster is closing)
+            self._scopes[node_id] = (scope, done)
+            self.nodes[node_id] = node
         return node
 
     def partition(self, *sides) -> None:
@@ -185,6 +196,8 @@ class LocalCluster:
     async def stop_node(self, node_id: int) -> None:
         """Stops a node and waits until it has closed everything. To the network this is a
         crash (connections drop, nothing is said); its data directory keeps what it synced.
+        If this call is cancelled, the node goes on closing: :meth:`stop_node` waits for it
+        again, and :meth:`start_node` waits before it starts the node anew.
 
         Raises:
             InvalidArgumentError: no such node in the cluster, or it is not running.
@@ -192,10 +205,9 @@ class LocalCluster:
         self.config.node(node_id)  # names the unknown node and the cluster's node ids
         if node_id not in self._scopes:
             raise InvalidArgumentError(f"node {node_id} is not running")
-        scope, done = self._scopes.pop(node_id)
-        self.nodes.pop(node_id, None)
+        scope, done = self._scopes[node_id]
         scope.cancel()
-        await done.wait()
+        await done.wait()  # the node's task forgets it once it has closed
 
 
 @asynccontextmanager

@@ -123,3 +123,35 @@ async def test_a_node_in_two_sides_of_a_partition_is_refused(tmp_path):
             with pytest.raises(InvalidArgumentError, match="sides must be iterables"):
                 cluster.partition(1, 2)  # once a TypeError: 'int' object is not iterable
             assert _cuts(cluster) == {1: set(), 2: set(), 3: set()}  # nothing changed
+
+
+async def test_a_cancelled_stop_node_leaves_the_node_under_the_clusters_control(tmp_path):
+    """A stop_node cut short (a timeout around it, a nemesis task cancelled) must not lose
+    track of the node while it is still closing: once, the node was forgotten at once,
+    start_node failed with StoreLockedError ("in use by another node process") and
+    stop_node said "not running" while the node still held its data directory."""
+    with trio.fail_after(GUARD_S):
+        async with open_local_cluster(("us-east",), 1, seed=7,
+                                      directory=str(tmp_path)) as cluster:
+            async with cluster.connect() as db:
+                await db.create_keyspace("kept")
+                async with db.transaction() as tx:
+                    await tx.put("kept", b"k", b"v")
+
+            # Started again right after a cancelled stop: it waits for the old node to close.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await cluster.stop_node(1)
+            await cluster.start_node(1)
+            async with cluster.connect() as db:
+                assert await db.read("kept", b"k") == b"v"
+
+            # Stopped again after a cancelled stop: the second call waits for the node.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await cluster.stop_node(1)
+            await cluster.stop_node(1)
+            assert cluster.nodes == {}
+            with pytest.raises(InvalidArgumentError, match="node 1 is not running"):
+                await cluster.stop_node(1)
+            await cluster.start_node(1)
