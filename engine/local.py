@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import random
 import socket
 import tempfile
@@ -41,6 +42,10 @@ LOCAL_ELECTION_TICKS = 20
 LOCAL_HEARTBEAT_TICKS = 2
 """Raft timing of in-process clusters, in ticks of their ``tick_interval_ms`` (20 ms unless
 given): with the default tick, heartbeats every 40 ms and elections after 0.4–0.8 s."""
+
+START_ATTEMPTS = 5
+"""Times :func:`open_local_cluster` starts its nodes on newly chosen ports when a port it chose
+was taken before its node could bind it."""
 
 
 def free_base_port(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
@@ -258,13 +263,16 @@ async def open_local_cluster(
             f"nodes_per_region must be a positive int, got {nodes_per_region!r}")
     names = tuple(regions)
     count = len(names) * nodes_per_region
-    base = free_base_port(2 * count)
-    cluster = default_local_cluster(names, nodes_per_region, base,
-                                    wan_latency_ms=wan_latency_ms or {})
-    cluster = dataclasses.replace(
-        cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
-        heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits,
-        raft_snapshot_every=raft_snapshot_every)
+
+    def make_config() -> ClusterConfig:
+        cluster = default_local_cluster(names, nodes_per_region, free_base_port(2 * count),
+                                        wan_latency_ms=wan_latency_ms or {})
+        return dataclasses.replace(
+            cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
+            heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits,
+            raft_snapshot_every=raft_snapshot_every)
+
+    cluster = make_config()
     # Checked before any node starts: an unknown id would skew no node at all, silently.
     offsets = dict(clock_offsets_ns or {})
     for node_id, offset in offsets.items():
@@ -273,12 +281,24 @@ async def open_local_cluster(
     with (contextlib.nullcontext(directory) if directory is not None
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
         Path(path).mkdir(parents=True, exist_ok=True)
-        async with trio.open_nursery() as nursery:
-            lc = LocalCluster(nursery, cluster, Path(path), seed, raft_fsync=raft_fsync)
-            for node in cluster.all_nodes():
-                await lc.start_node(node.id, clock_offset_ns=offsets.get(node.id, 0))
-            try:
-                yield lc
-            finally:
-                nursery.cancel_scope.cancel()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            async with trio.open_nursery() as nursery:
+                lc = LocalCluster(nursery, cluster, Path(path), seed, raft_fsync=raft_fsync)
+                try:
+                    for node in cluster.all_nodes():
+                        await lc.start_node(node.id, clock_offset_ns=offsets.get(node.id, 0))
+                except OSError as exc:
+                    # The ports were free when chosen, and something else (another cluster
+                    # starting at the same time) bound one since: start again on others.
+                    # The nodes' data directories do not depend on their ports.
+                    if exc.errno != errno.EADDRINUSE or attempt == START_ATTEMPTS:
+                        raise
+                    nursery.cancel_scope.cancel()
+                    cluster = make_config()
+                    continue
+                try:
+                    yield lc
+                finally:
+                    nursery.cancel_scope.cancel()
+            return
 

@@ -5,9 +5,12 @@ In-process clusters; every wait is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 
+import engine.local
 from engine.errors import InvalidArgumentError
 from engine.local import open_local_cluster
 
@@ -155,3 +158,34 @@ async def test_a_cancelled_stop_node_leaves_the_node_under_the_clusters_control(
             with pytest.raises(InvalidArgumentError, match="node 1 is not running"):
                 await cluster.stop_node(1)
             await cluster.start_node(1)
+
+
+async def test_a_port_taken_between_choosing_and_binding_it_is_chosen_again(tmp_path,
+                                                                          monkeypatch):
+    """The ports are chosen free, then bound node by node: something else (another cluster
+    starting at the same time, in this process or another) may bind one in between. Once,
+    that failed the whole start with "[Errno 98] Address already in use"."""
+    real = engine.local.free_base_port
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    chosen: list[int] = []
+
+    def racing(count: int, *args, **kwargs) -> int:
+        base = real(count, *args, **kwargs)
+        if not chosen:
+            taken.bind(("127.0.0.1", base + count - 1))  # the last node's client port
+            taken.listen()
+        chosen.append(base)
+        return base
+
+    monkeypatch.setattr(engine.local, "free_base_port", racing)
+    try:
+        with trio.fail_after(GUARD_S):
+            async with open_local_cluster(("us-east",), 3, seed=8,
+                                          directory=str(tmp_path)) as cluster:
+                assert len(chosen) == 2
+                assert sorted(cluster.nodes) == [1, 2, 3]
+                async with cluster.connect() as db:
+                    await db.create_keyspace("started")
+                    assert await db.read("started", b"k") is None
+    finally:
+        taken.close()
