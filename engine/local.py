@@ -251,8 +251,10 @@ async def open_local_cluster(
     Raises:
         InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
             int, a node id in ``clock_offsets_ns`` that is not the cluster's or an offset that
-            is not an int, or another bad argument (see
-            :func:`engine.config.default_local_cluster`).
+            is not an int.
+        engine.config.ConfigError: another bad argument (a region name, a WAN latency, a
+            tick interval, limits: see :func:`engine.config.default_local_cluster`). Both
+            subclass ``ValueError``.
     """
     # Checked before anything is built from them: tuple("eu") would be the regions "e" and "u".
     if isinstance(regions, str):
