@@ -57,7 +57,10 @@ Routing
 -------
 The client learns the cluster's layout from the first node it reaches, keeps one connection per
 node it talks to, and sends each request to the group's leader as far as it knows, following
-``not_leader`` hints. A request that never reached a node is retried elsewhere; a commit whose
+``not_leader`` hints. A node that refuses a request for its clock (``clock_offset``: it stops
+serving and hands its groups over) is passed over like one that does not lead, and so is a
+node whose answer carries a timestamp too far ahead to take (for a commit that one is an
+unknown outcome). A request that never reached a node is retried elsewhere; a commit whose
 connection failed after it was sent raises :class:`~engine.errors.AmbiguousCommitError`
 instead (it may have committed).
 
@@ -1051,6 +1054,8 @@ class Database:
                             f"node {node_id} answered the commit with a timestamp beyond the "
                             f"maximum clock offset: the outcome is unknown ({exc})") from exc
                     last_error = f"node {node_id}: {exc}"
+                    if self._leaders.get(group) == node_id:
+                        del self._leaders[group]  # it hands its groups over
                     continue
                 except ConnectionLostError as exc:
                     if commit:
@@ -1067,6 +1072,14 @@ class Database:
                             self._leaders[group] = hint
                             break  # try the hinted leader first
                         self._leaders.pop(group, None)
+                        continue
+                    if exc.code == "clock_offset":
+                        # The node refused before running anything (its clock, or ours as
+                        # it sees it, is beyond the maximum offset): it hands its groups
+                        # over, and the other voters serve. Safe for a commit too.
+                        last_error = f"node {node_id}: {exc.message}"
+                        if self._leaders.get(group) == node_id:
+                            del self._leaders[group]
                         continue
                     if exc.code == "moved" or exc.details.get("reason") == "moved":
                         # A keyspace moved to another group: look keyspaces up afresh.
@@ -1091,13 +1104,17 @@ class Database:
             try:
                 return await self._call_node(node_id, method, payload,
                                              trio.current_time() + self._request_timeout_s / 2)
-            except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError):
-                pass  # the next replica (a closed connection is replaced when next used)
+            except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError,
+                    ClockOffsetError):
+                # The next replica (a closed connection is replaced when next used; one whose
+                # answer carries a timestamp too far ahead has a clock that is off).
+                pass
             except RemoteError as exc:
-                if not exc.retryable:
+                if not exc.retryable and exc.code != "clock_offset":
                     raise _translate(exc) from None
                 # Retryable: it lags (``not_closed``: cut off from its leader), or is not
-                # serving yet. The voters answer instead.
+                # serving yet; or it refuses to serve for its clock. The voters answer
+                # instead.
         return await self._call_group(group, method, payload)
 
 

@@ -8,6 +8,7 @@ outcome: a test that needs time to pass bounds it with a guard that only a bug r
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 import pytest
@@ -54,6 +55,7 @@ class FakeNode:
         self.scope: trio.CancelScope | None = None
         self.handlers = {"describe": self._describe, "keyspace.get": self._keyspace,
                          "read": self._read, "commit": self._commit}
+        self.clock_now = lambda: 0  # the timestamp on its answers
 
     async def _describe(self, p, ctx):
         return describe_for(self.port, self.data_groups)
@@ -74,7 +76,8 @@ class FakeNode:
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
             with scope:
-                await serve_rpc(self.handlers, HOST, self.port, task_status=task_status)
+                await serve_rpc(self.handlers, HOST, self.port, clock_now=self.clock_now,
+                                task_status=task_status)
 
         self.port = await self.nursery.start(run)
 
@@ -289,3 +292,58 @@ async def test_a_read_at_a_stopped_replica_is_sent_to_another():
     with pytest.raises(NotLeaderError, match="stopped") as info:
         await replica.snapshot_ts(min_ts=500)
     assert info.value.group == 5 and info.value.leader == 0
+
+
+@pytest.mark.parametrize("fault,operation", [
+    ("refuses", "read"), ("refuses", "stale read"), ("refuses", "commit"),
+    ("answers from the future", "read"), ("answers from the future", "stale read"),
+])
+async def test_a_replica_whose_clock_is_off_sends_the_call_to_another(nursery, fault, operation):
+    # Node 1 was the group's leader when its clock went off: it refuses every data request
+    # with ``clock_offset`` (before running it) and hands its groups over to node 2; or, its
+    # clock far ahead, it answers with timestamps that the client refuses to take. A client
+    # that still knew node 1 as the leader failed every call at once with UnavailableError,
+    # without asking node 2, the leader now: one node's bad clock took the group away from
+    # that client for good. A stale read, which asks the replica of the client's region
+    # (node 1) first, did not fall back to the group's voters either (it raised
+    # UnavailableError, or ClockOffsetError).
+    skewed, healthy = FakeNode(nursery), FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(skewed.port)
+        d["nodes"] = {1: ["r1", HOST, skewed.port], 2: ["r2", HOST, healthy.port]}
+        for group in d["groups"].values():
+            group["voters"] = [1, 2]
+        return d
+
+    async def refuse(p, ctx):
+        raise RemoteError("clock_offset", "node 1 refuses to serve: clock offset beyond the "
+                                          "maximum with 2 of 2 peers")
+
+    ran = []
+
+    async def commit(p, ctx):
+        ran.append(p["group"])
+        return {"ts": 6}
+
+    skewed.handlers.update(describe=describe)
+    if fault == "refuses":
+        skewed.handlers.update(read=refuse, commit=refuse)
+    else:
+        skewed.clock_now = lambda: time.time_ns() + 3600 * 10**9
+    healthy.handlers.update(describe=describe, commit=commit)
+    await skewed.start()
+    await healthy.start()
+    async with engine.connect([skewed.address], request_timeout_s=GUARD_S - 2) as db:
+        assert db._candidates(1)[0] == 1  # node 1 is the leader the client knows
+        with trio.fail_after(GUARD_S):
+            for _ in range(3):
+                if operation == "read":
+                    assert await db.read("ks", b"k") is None
+                elif operation == "stale read":
+                    assert await db.read("ks", b"k", staleness="bounded:10") is None
+                else:
+                    async with db.transaction() as tx:
+                        await tx.put("ks", b"k", b"v")
+        assert db._candidates(1)[0] == 2  # it learnt where the group is served now
+        assert ran == ([1, 1, 1] if operation == "commit" else [])
