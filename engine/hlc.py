@@ -29,6 +29,13 @@ leaving it:
   of recently measured peers are beyond the limit, the fault is probably this node's clock, and
   the node must stop serving rather than break the guarantees. If only a minority is, those
   peers are the ones at fault, and their own monitors will stop them.
+- The monitor needs a round of pings to notice a physical clock that jumps forward, and in the
+  meantime a leader would write the jump into its groups' logs (a closed or commit timestamp an
+  hour ahead stays there: every later snapshot of the group is at least that far ahead, and
+  no other node takes it). Given a monotonic clock, :class:`HybridClock` does not follow a
+  jump forward beyond ``max_offset_ns``: it goes on from its last trusted reading, carried
+  forward by the monotonic clock, until :meth:`HybridClock.trust_physical` says that the peers
+  have measured the clock as it now is and found it right.
 
 Example::
 
@@ -99,29 +106,42 @@ class HybridClock:
         max_offset_ns: the largest clock offset the cluster tolerates
             (``ClusterConfig.max_clock_offset_ns``); remote timestamps further ahead than this
             are refused.
+        monotonic: a clock that never jumps (nanoseconds, any origin), or None. When given,
+            timestamps do not follow a jump forward of ``physical`` beyond ``max_offset_ns``
+            (see :attr:`jumped_since`); the clock then runs on from its last trusted reading
+            at the monotonic clock's pace.
 
     Raises:
-        InvalidArgumentError: ``physical`` is not callable, or ``max_offset_ns`` is not a
-            positive int.
+        InvalidArgumentError: ``physical`` (or a ``monotonic`` given) is not callable, or
+            ``max_offset_ns`` is not a positive int.
 
     Thread-safety: all methods may be called from any thread; a lock orders them, so
     timestamps stay unique and increasing across threads.
     """
 
-    __slots__ = ("_physical", "_max_offset_ns", "_last", "_lock")
+    __slots__ = ("_physical", "_max_offset_ns", "_last", "_lock", "_monotonic", "_trusted",
+                 "_jump")
 
     def __init__(
-        self, physical: Callable[[], int] = time.time_ns, *, max_offset_ns: int
+        self, physical: Callable[[], int] = time.time_ns, *, max_offset_ns: int,
+        monotonic: Callable[[], int] | None = None,
     ) -> None:
-        if not callable(physical):
-            raise InvalidArgumentError(
-                f"physical must be a callable returning nanoseconds, "
-                f"got {type(physical).__name__}"
-            )
+        for name, clock in (("physical", physical), ("monotonic", monotonic)):
+            if not (callable(clock) or (name == "monotonic" and clock is None)):
+                raise InvalidArgumentError(
+                    f"{name} must be a callable returning nanoseconds, "
+                    f"got {type(clock).__name__}"
+                )
         self._physical = physical
+        self._monotonic = monotonic
         self._max_offset_ns = _check_ns("max_offset_ns", max_offset_ns, positive=True)
         self._last = 0
         self._lock = threading.Lock()
+        # The last physical reading timestamps followed, with the monotonic time it was read
+        # at; and while the physical clock is ahead of it by more than the maximum offset,
+        # (how far ahead, monotonic time that jump was first seen).
+        self._trusted: tuple[int, int] | None = None
+        self._jump: tuple[int, int] | None = None
 
     @property
     def max_offset_ns(self) -> int:
@@ -132,6 +152,24 @@ class HybridClock:
     def last(self) -> int:
         """The largest timestamp issued or accepted so far (0 before the first)."""
         return self._last
+
+    @property
+    def jumped_since(self) -> int | None:
+        """While timestamps do not follow the physical clock because it jumped forward
+        (further than the maximum offset since the last trusted reading): the monotonic
+        time the jump was first seen. None otherwise, and always without a monotonic clock.
+        """
+        jump = self._jump
+        return None if jump is None else jump[1]
+
+    def trust_physical(self) -> None:
+        """Timestamps follow the physical clock as it now is, even after a jump forward: the
+        caller knows it to be right (peers measured it after the jump, see
+        :attr:`jumped_since`, and found it within the maximum offset of theirs)."""
+        with self._lock:
+            if self._monotonic is not None:
+                self._trusted = (self.physical_ns(), self._monotonic())
+            self._jump = None
 
     def physical_ns(self) -> int:
         """Reads the physical clock, checking that it returns a usable value.
@@ -165,7 +203,7 @@ class HybridClock:
             InvalidArgumentError: the injected physical clock returned a bad value.
         """
         with self._lock:
-            return self._tick(self._last, self.physical_ns())
+            return self._tick(self._last, self._followed_ns())
 
     def update(self, remote_ts: int) -> int:
         """Takes in the timestamp carried by a received RPC, then issues a timestamp.
@@ -182,14 +220,15 @@ class HybridClock:
 
         Raises:
             ClockOffsetError: ``remote_ts`` is more than :attr:`max_offset_ns` ahead of this
-                node's physical clock. The clock is left unchanged: a peer that far ahead is
-                outside the failure model (ARCH §9), and following it would push this node,
-                and every node it talks to, into the future.
+                node's physical clock (as timestamps follow it, see :attr:`jumped_since`).
+                The clock is left unchanged: a peer that far ahead is outside the failure
+                model (ARCH §9), and following it would push this node, and every node it
+                talks to, into the future.
             InvalidArgumentError: ``remote_ts`` is not an int in ``0..MAX_TS``.
         """
         _check_ns("remote_ts", remote_ts)
         with self._lock:
-            physical = self.physical_ns()
+            physical = self._followed_ns()
             ahead = remote_ts - physical
             if ahead > self._max_offset_ns:
                 raise ClockOffsetError(
@@ -198,6 +237,26 @@ class HybridClock:
                     f"{_ms(self._max_offset_ns)}; refusing to move the clock forward"
                 )
             return self._tick(max(self._last, remote_ts), physical)
+
+    def _followed_ns(self) -> int:
+        """The physical time timestamps follow (the caller holds the lock): the physical
+        clock, unless it is further ahead of the last trusted reading (carried forward by the
+        monotonic clock) than the maximum offset; then that carried-forward reading. A jump
+        back is followed (the timestamps themselves never go back)."""
+        physical = self.physical_ns()
+        if self._monotonic is None:
+            return physical
+        mono = self._monotonic()
+        if self._trusted is not None:
+            expected = self._trusted[0] + (mono - self._trusted[1])
+            jump = physical - expected
+            if jump > self._max_offset_ns:
+                if self._jump is None or abs(jump - self._jump[0]) > self._max_offset_ns:
+                    self._jump = (jump, mono)  # a new jump, or another step since
+                return min(max(expected, 0), MAX_TS)
+        self._trusted = (physical, mono)
+        self._jump = None
+        return physical
 
     def _tick(self, floor: int, physical: int) -> int:
         """Issues ``max(floor + 1, physical)``; the caller holds the lock."""

@@ -52,7 +52,9 @@ Every second the node pings every other node and feeds a
 :class:`~engine.hlc.ClockOffsetMonitor`; while a majority of peers are further away than
 ``max_clock_offset`` (after subtracting half the round trip), the node answers every data and
 catalog request with ``clock_offset`` and logs why — serving would break the guarantees of
-ARCH §5, which assume bounded skew.
+ARCH §5, which assume bounded skew. Until the pings notice, a wall clock that jumps forward
+is not followed by the node's timestamps (:class:`~engine.hlc.HybridClock`): they follow it
+again once pings all taken after the jump find it right.
 """
 
 from __future__ import annotations
@@ -178,6 +180,17 @@ def idle_heartbeat_ticks(heartbeat_ticks: int, election_ticks: int) -> int:
     return idle if idle > heartbeat_ticks else 0
 
 
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def _boot_clock_ns() -> int:
+    """Nanoseconds since boot, suspended time included (``CLOCK_BOOTTIME``, where the system
+    has it): a clock that never jumps, against which the hybrid clock checks the wall clock's
+    steps (a monotonic clock that stopped while the machine slept would make a resume look
+    like a jump forward)."""
+    return time.clock_gettime_ns(_BOOT_CLOCK)
+
+
 class Node:
     """One node. Run it with :meth:`run` (in a nursery: ``await nursery.start(node.run)``)."""
 
@@ -189,7 +202,8 @@ class Node:
         self.id = config.node_id
         self.region = config.region
         self.clock = HybridClock(physical_clock or time.time_ns,
-                                 max_offset_ns=self.cluster.max_clock_offset_ns)
+                                 max_offset_ns=self.cluster.max_clock_offset_ns,
+                                 monotonic=_boot_clock_ns)
         self.replicas: dict[int, GroupReplica] = {}
         self.placement = placement(self.cluster)
         self._seed = seed
@@ -198,6 +212,9 @@ class Node:
             self.id, peers, self.cluster.max_clock_offset_ns,
             stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
         self._clock_problem: str | None = None
+        # Per peer: the monotonic time of the measurement the monitor holds (see
+        # _trust_jumped_clock).
+        self._measured_mono: dict[int, int] = {}
         self._ping_round = trio.lowlevel.ParkingLot()  # peers' pingers wait here between pings
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
@@ -415,6 +432,22 @@ class Node:
                         log.warning("node %d serves again: clock offsets back within bounds",
                                     self.id)
                     self._clock_problem = None
+                    self._trust_jumped_clock(physical)
+
+    def _trust_jumped_clock(self, physical: int) -> None:
+        """After the physical clock jumped forward, lets timestamps follow it again once the
+        peers vouch for it: every fresh measurement was taken after the jump, and they are
+        within bounds (the caller's check passed). A jump that set a wrong clock right is
+        taken so; a wrong one never is, and never reaches a timestamp (see
+        :class:`~engine.hlc.HybridClock`), while the monitor stops the node."""
+        since = self.clock.jumped_since
+        if since is None:
+            return
+        fresh = self.monitor.fresh(physical)
+        if fresh and all(self._measured_mono.get(m.peer, since - 1) >= since for m in fresh):
+            log.warning("node %d: its physical clock jumped forward, and its peers find it "
+                        "right as it is now: timestamps follow it again", self.id)
+            self.clock.trust_physical()
 
     def _check_own_clock(self, physical: int) -> None:
         """Raises while this node's hybrid clock is further ahead of its own physical clock
@@ -474,8 +507,10 @@ class Node:
             try:
                 with trio.move_on_after(2 * PING_INTERVAL_S):
                     reply = await conn.call("ping", None)
-                    self.monitor.record(peer.id, sent, reply["physical_ns"],
-                                        self.clock.physical_ns())
+                    received, mono = self.clock.physical_ns(), _boot_clock_ns()
+                    held = self.monitor.record(peer.id, sent, reply["physical_ns"], received)
+                    if held.measured_at_ns == received:
+                        self._measured_mono[peer.id] = mono
             except (MeridianError, KeyError, TypeError):
                 return  # the connection is gone, or the peer answered nonsense: reconnect
             await self._ping_round.park()  # the next round (see _watch_clocks)

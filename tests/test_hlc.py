@@ -108,6 +108,69 @@ def test_the_limit_is_measured_against_the_physical_clock_not_the_logical_one():
         clock.update(1_000 * MS + 400 * MS)
 
 
+def make_guarded_clock(ns: int = 1_000 * MS):
+    """A clock with a monotonic clock as well (it starts at 0); the test moves both."""
+    phys, mono = FakeClock(ns), FakeClock(0)
+    return phys, mono, HybridClock(phys, max_offset_ns=LIMIT, monotonic=mono)
+
+
+def test_a_physical_clock_that_jumps_forward_is_not_followed_until_trusted():
+    # A leader's wall clock jumps an hour ahead. Until its peers have measured it, the
+    # timestamps it proposes would carry the jump into its groups' logs for good: instead the
+    # clock runs on at the monotonic clock's pace from its last reading before the jump.
+    hour = 3_600_000 * MS
+    phys, mono, clock = make_guarded_clock(1_000 * MS)
+    assert clock.now() == 1_000 * MS
+    assert clock.jumped_since is None
+    phys.ns, mono.ns = 1_010 * MS + hour, 10 * MS
+    assert clock.now() == 1_010 * MS  # where the clock should be, not where it says it is
+    assert clock.jumped_since == 10 * MS
+    assert clock.physical_ns() == 1_010 * MS + hour  # what the monitor's pings measure
+    with pytest.raises(ClockOffsetError):
+        clock.update(1_010 * MS + hour)  # nor does the jump widen what it accepts
+    phys.ns, mono.ns = 1_500 * MS + hour, 500 * MS
+    assert clock.now() == 1_500 * MS
+    assert clock.jumped_since == 10 * MS  # the same jump
+    clock.trust_physical()  # its peers found the clock right as it now is
+    assert clock.jumped_since is None
+    assert clock.now() == 1_500 * MS + hour
+    phys.ns, mono.ns = 1_600 * MS + hour, 600 * MS
+    assert clock.now() == 1_600 * MS + hour
+
+
+def test_a_jumped_clock_put_right_is_followed_again():
+    phys, mono, clock = make_guarded_clock(1_000 * MS)
+    clock.now()
+    phys.ns, mono.ns = 1_100 * MS + 10 * LIMIT, 100 * MS
+    assert clock.now() == 1_100 * MS
+    phys.ns, mono.ns = 1_200 * MS, 200 * MS  # stepped back where it belongs
+    assert clock.now() == 1_200 * MS
+    assert clock.jumped_since is None
+
+
+def test_a_step_within_the_maximum_offset_and_a_step_back_are_followed():
+    phys, mono, clock = make_guarded_clock(1_000 * MS)
+    clock.now()
+    phys.ns, mono.ns = 1_100 * MS + LIMIT, 100 * MS  # a step forward the offset allows
+    assert clock.now() == 1_100 * MS + LIMIT
+    phys.ns, mono.ns = 700 * MS, 200 * MS  # back: timestamps still never go back
+    assert clock.now() == 1_100 * MS + LIMIT + 1
+    phys.ns, mono.ns = 1_500 * MS, 1_000 * MS  # forward again from the reading before
+    assert clock.now() == 1_500 * MS
+    assert clock.jumped_since is None
+
+
+def test_another_step_of_a_jumped_clock_is_a_new_jump():
+    # Peers that measured the clock at its first wrong time say nothing about the second.
+    phys, mono, clock = make_guarded_clock(1_000 * MS)
+    clock.now()
+    phys.ns, mono.ns = 1_100 * MS + 10 * LIMIT, 100 * MS
+    clock.now()
+    phys.ns, mono.ns = 1_200 * MS + 20 * LIMIT, 200 * MS
+    assert clock.now() == 1_200 * MS
+    assert clock.jumped_since == 200 * MS
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "250", None])
 def test_max_offset_must_be_a_positive_int(bad):
     with pytest.raises(errors.InvalidArgumentError, match="max_offset_ns"):
@@ -117,6 +180,8 @@ def test_max_offset_must_be_a_positive_int(bad):
 def test_physical_must_be_callable():
     with pytest.raises(errors.InvalidArgumentError, match="physical"):
         HybridClock(12, max_offset_ns=LIMIT)
+    with pytest.raises(errors.InvalidArgumentError, match="monotonic"):
+        HybridClock(FakeClock(), max_offset_ns=LIMIT, monotonic=12)
 
 
 @pytest.mark.parametrize("bad", [-1, MAX_TS + 1, 1.0, True, "5", None])
