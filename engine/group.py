@@ -506,6 +506,9 @@ class GroupStateMachine:
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
         self.on_outbox: Callable[[], None] | None = None
+        # Called once a snapshot install has ended, in the thread that ran :meth:`restore`:
+        # the install changes the closed timestamp and the intents without an apply.
+        self.on_restored: Callable[[], None] | None = None
         self._fences: dict[bytes, tuple[int, int]] = {}
         self._fence_epochs: dict[bytes, int] = {}  # the keyspaces whose epoch is not 0
         self._restores = 0  # counts the begins and ends of restore(): odd while one runs
@@ -1012,6 +1015,8 @@ class GroupStateMachine:
         self.store.restore(chunks())
         self._load_state()
         self._restores += 1  # not after a failure: the replica stops, reads stay refused
+        if self.on_restored is not None:
+            self.on_restored()
 
 
 class SnapshotBuild:

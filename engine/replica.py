@@ -106,6 +106,10 @@ class GroupReplica:
         sm.on_closed = self._on_closed
         sm.on_resolved = self._on_resolved
         sm.on_outbox = self._on_outbox
+        # A snapshot install ends in the Raft driver's worker thread: its waiters are woken
+        # on the loop.
+        token = trio.lowlevel.current_trio_token()
+        sm.on_restored = lambda: token.run_sync_soon(self._on_restored)
 
     # ------------------------------------------------------------------ reads
 
@@ -193,6 +197,11 @@ class GroupReplica:
         waiters = self._closed_waiters
         while waiters and waiters[0][0] <= closed:
             heapq.heappop(waiters)[2].set()
+
+    def _on_restored(self) -> None:
+        # The snapshot may close what reads wait for, and resolve the intents they wait on.
+        self._on_closed(self.sm.closed_ts)
+        self._on_resolved([])
 
     def _on_resolved(self, txn_ids: list[int]) -> None:
         self._resolved.set()

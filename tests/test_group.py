@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from engine.group import (
 )
 from engine.errors import StoreClosedError
 from engine.mvcc import MAX_TS, MVCCStore
+from engine.replica import GroupReplica
 from raft.types import Entry
 
 LIFETIME = 1_000_000
@@ -679,3 +682,49 @@ def test_a_built_snapshot_is_the_full_snapshot_and_the_checkpoint_marker_is_loca
             build.run()
         for m in (a, b, c):
             m.close()
+
+
+class _Learner:
+    """The Raft node of a replica that does not lead its group (a learner)."""
+
+    id = 2
+    is_leader = False
+    leader = 1
+
+
+async def test_a_read_waiting_for_a_timestamp_a_snapshot_closes_is_answered_after_the_install(
+        tmp_path):
+    """A replica that fell behind its group's compacted log catches up by installing a
+    snapshot, in a worker thread, instead of applying entries. A stale read waiting there for
+    a timestamp that the snapshot closes is answered once the install ends -- not when the
+    next entry happens to raise the closed timestamp (an idle group's next CLOSE; never, for
+    a replica cut off from its leader after the install: the read then fails, though the
+    replica could serve it)."""
+    class Clock:
+        def now(self) -> int:
+            return 1_000
+
+    log = Log()
+    with MVCCStore(tmp_path / "a") as sa, MVCCStore(tmp_path / "b") as sb:
+        a = GroupStateMachine(sa, max_txn_lifetime_ns=LIFETIME)
+        b = GroupStateMachine(sb, max_txn_lifetime_ns=LIFETIME)
+        a.apply([log(encode_commit(1, 0, 100, [(b"k", b"1")])), log(encode_close(500))])
+        replica = GroupReplica(5, _Learner(), b, Clock(), close_interval=0)
+        answered = []
+
+        async def read_at(ts: int) -> None:
+            await replica.wait_closed(ts)
+            answered.append(ts)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_at, 300)
+            nursery.start_soon(read_at, 600)  # above what the snapshot closes
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered == []
+            await trio.to_thread.run_sync(b.restore, a.snapshot())
+            await trio.testing.wait_all_tasks_blocked()
+            assert b.closed_ts == 500 and answered == [300]
+            assert replica.get(b"k", 300) == b"1"
+            nursery.cancel_scope.cancel()
+        a.close()
+        b.close()
