@@ -756,8 +756,10 @@ class Node:
             if name != "bounded_ns":
                 self._not_ahead(name, v)
         if bounded:
+            # At least 1, whatever the bound: a replica that has closed nothing yet has no
+            # snapshot to read at.
             oldest = self.clock.now() - bounded
-            await self._wait_closed(replica, max(oldest, min_ts))
+            await self._wait_closed(replica, max(oldest, min_ts, 1))
             return replica.closed_ts, replica.closed_ts
         if ts == 0 and planted.enabled("read_above_closed"):
             replica._require_leader()

@@ -12,6 +12,7 @@ import trio
 
 import engine.mvcc
 import engine.node
+import engine.replica
 
 from engine import errors
 from engine.client import connect as engine_connect
@@ -218,6 +219,30 @@ async def test_a_stale_read_is_served_elsewhere_when_the_regions_replica_cannot(
                     await tx.put("s", b"k", b"v2")
                 value, ts = await west.read_version("s", b"k", staleness="bounded:0")
                 assert value == b"v2" and ts >= tx.commit_ts
+
+
+async def test_a_stale_read_with_a_bound_beyond_the_clock_waits_for_a_closed_timestamp(
+        monkeypatch):
+    """A bound larger than the clock's reading (about 56 years; the client takes up to 584)
+    accepts any closed timestamp -- but a replica that has closed none yet has no snapshot to
+    read at: it must wait, or let the voters answer, rather than refuse the read as an
+    invalid argument, which no retry loop retries."""
+    monkeypatch.setattr(engine.node, "STALE_READ_WAIT_S", 1.0)
+
+    async def never_close(self):
+        return  # no idle CLOSE entries: the group's replicas close time only on demand
+
+    monkeypatch.setattr(engine.replica.GroupReplica, "run_closer", never_close)
+    async with open_local_cluster(TWO_REGIONS, 1, seed=7) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(30):
+                await east.create_keyspace("s", home_region="us-east")
+                group = data_group(cluster.config, "us-east")
+                [learner] = [n for n in cluster.nodes
+                             if cluster.config.node(n).region == "eu-west"]
+                assert cluster.nodes[learner].replicas[group].closed_ts == 0
+                value, ts = await west.read_version("s", b"k", staleness="bounded:1e10")
+                assert value is None and ts > 0
 
 
 async def test_a_follower_installing_a_snapshot_refuses_reads_until_it_is_whole(monkeypatch):
