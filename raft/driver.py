@@ -62,7 +62,9 @@ state machine has applied everything committed before the read began) and
 The hard state is written to storage when its term or vote changes (before any vote or
 acknowledgement leaves, as the core requires); a change of commit index alone is not worth a
 second fsync per batch and is written with the next term or vote change — after a restart the
-commit index is simply learnt again from the leader.
+commit index is simply learnt again from the leader. The exception is a Ready that appends or
+applies a membership change: it stores the commit index too (see
+:meth:`RaftNode._hard_state_to_store`).
 """
 
 from __future__ import annotations
@@ -465,6 +467,7 @@ class RaftNode:
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
         self._core = RaftCore(config, rng, state)
         self._stored_hs: HardState = state.hard_state
+        self._ready_hs: HardState = state.hard_state  # the core's, as of the latest Ready
         self._snapshot_index = state.snapshot.meta.index if state.snapshot else 0
         self._durable_sm = all(callable(getattr(state_machine, name, None))
                                for name in ("checkpoint", "sync", "begin_snapshot"))
@@ -882,12 +885,29 @@ class RaftNode:
                 and trio.current_time() >= self._build_retry_at)
 
     def _hard_state_to_store(self, rd: Ready) -> HardState | None:
-        """The Ready's hard state if its term or vote changed (a commit index alone is not
-        worth a write, see the module docstring)."""
-        if rd.hard_state is not None and (
-            rd.hard_state.term != self._stored_hs.term or rd.hard_state.vote != self._stored_hs.vote
-        ) and not self._votes_without_persisting:
-            return rd.hard_state
+        """The hard state to store with ``rd``: the Ready's if its term or vote changed (a
+        commit index alone is not worth a write, see the module docstring), and the latest one
+        when ``rd`` appends or applies a membership change.
+
+        Changes take effect when applied, and a restarted replica applies only what its stored
+        commit index covers. A leader proposes a change only once the one before is applied,
+        so whoever appends a change knows the one before is committed (an append carries the
+        leader's commit index): storing that index with the change keeps a restarted replica
+        at most one change behind its log. Without it, a replica restarted with two changes
+        in its log would campaign under the configuration before both, whose majorities need
+        not overlap the cluster's (etcd-io/etcd#7625: apply-time changes need this). Stored
+        with an applied change, it brings a restarted replica back in the configuration it
+        had: a group shrunk to one voter could otherwise never elect again once restarted."""
+        if rd.hard_state is not None:
+            self._ready_hs = rd.hard_state
+        if self._votes_without_persisting:
+            return None
+        hs, stored = self._ready_hs, self._stored_hs
+        if hs.term != stored.term or hs.vote != stored.vote or (
+                hs.commit > stored.commit and any(
+                    e.type is EntryType.CONF_CHANGE
+                    for e in itertools.chain(rd.entries, rd.committed_entries))):
+            return hs
         return None
 
     def _release_reads(self, rd: Ready) -> None:

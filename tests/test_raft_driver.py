@@ -21,7 +21,17 @@ from raft.core import Config
 from raft.driver import MAX_PROPOSAL_BYTES, EntryLostError, RaftTimeoutError, open_raft_node
 from raft.storage import RaftStorage
 from raft.transport import MemoryNetwork
-from raft.types import ConfState, Entry, Message, MessageType, ProposalDroppedError, RaftError
+from raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ProposalDroppedError,
+    RaftError,
+)
 
 TICK = 0.005
 
@@ -358,6 +368,54 @@ async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path, sync_in_
             await c.start(victim)
             await c.nodes[victim].wait_applied(c.nodes[lid].core.commit)
         assert c.sms[victim].items == [b"%d" % k for k in range(20)]
+
+
+async def test_a_replica_that_stored_a_membership_change_knows_the_one_before_is_committed(
+        tmp_path):
+    """Membership changes take effect when applied (raft.core), and a restarted replica applies
+    only what its stored commit index covers. A replica that stored change C2 must therefore
+    have stored a commit index covering C1, the change before it (committed before C2 was
+    proposed): else, restarted, it would campaign under the configuration before C1, two
+    changes behind the cluster's, whose majorities need not overlap the cluster's -- with
+    voters {1, 2, 3} then adding 4 and 5, node 3 restarted under {1, 2, 3} wins with node 2's
+    vote alone while {1, 4, 5} commit without either: two leaders committing at one index."""
+    async with cluster(tmp_path) as c:
+        lid = await c.leader()
+        with trio.fail_after(20):
+            await c.nodes[lid].propose(b"x")
+            for new in (4, 5):  # nodes that never start: 1, 2 and 3 are a majority of five
+                await c.nodes[lid].propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, new))
+            await wait_until(lambda: all(n.core.conf.voters == (1, 2, 3, 4, 5)
+                                         for n in c.nodes.values()))
+            for i in c.ids:
+                await c.stopped(i)
+    for i in c.ids:
+        storage = RaftStorage.open(tmp_path / f"n{i}")
+        try:
+            state = storage.initial_state(ConfState((1, 2, 3)))
+        finally:
+            storage.close()
+        changes = [e.index for e in state.entries if e.type is EntryType.CONF_CHANGE]
+        assert len(changes) == 2
+        assert state.hard_state.commit >= changes[0], (i, state.hard_state, changes)
+
+
+async def test_a_group_shrunk_to_one_voter_elects_it_again_after_a_restart(tmp_path):
+    """A replica comes back from a restart in the configuration it had applied: the voter
+    left alone after the other was removed must not wait for that node's vote for ever."""
+    async with cluster(tmp_path, n=2) as c:
+        lid = await c.leader()
+        other = next(i for i in c.ids if i != lid)
+        with trio.fail_after(20):
+            await c.nodes[lid].propose(b"x")
+            await c.nodes[lid].propose_conf_change(ConfChange(ConfChangeType.REMOVE, other))
+            assert c.nodes[lid].core.conf.voters == (lid,)
+            for i in c.ids:
+                await c.stopped(i)
+            await c.start(lid)  # the removed node is gone for good
+        assert await c.leader(timeout=5) == lid
+        with trio.fail_after(5):
+            await c.nodes[lid].propose(b"y")
 
 
 async def test_follower_behind_the_snapshot_catches_up_through_it(tmp_path):
