@@ -1334,7 +1334,12 @@ class RaftCore:
         if self.role is not StateRole.LEADER:
             return
         if self.id not in voters:
-            self._become_follower(self.term, NONE)  # removed: let the others elect
+            # Removed (or demoted): let the others elect. They apply the change only once they
+            # learn it is committed, and until then count votes under the configuration that
+            # still holds this node -- in a group of two, for ever once this node is gone. Tell
+            # them now: nothing else would (commits need not be broadcast, see Config).
+            self._bcast_heartbeat(b"")
+            self._become_follower(self.term, NONE)
             return
         for pid in list(self._prs):
             if pid not in voters and pid not in learners:

@@ -746,6 +746,26 @@ def test_removed_leader_steps_down_and_the_rest_elect_a_new_one():
     assert not [m for m in net.delivered if m.frm == 1 and m.type in (MT.VOTE, MT.PRE_VOTE)]
 
 
+@pytest.mark.parametrize("broadcast_commit", [True, False])
+def test_a_removed_leader_tells_the_others_its_removal_is_committed(broadcast_commit):
+    """A leader removed from the configuration steps down once it applies the change; the
+    others apply it only once they learn it is committed, and until then count votes under
+    the configuration that still holds the removed leader. So the leader tells them before it
+    stops leading: else, in a group of two, the survivor would need the removed node's vote
+    for ever (nothing else carries the commit index once commits are not broadcast).
+    Reference: §6"""
+    net = Network((1, 2), broadcast_commit=broadcast_commit)
+    net.elect(1)
+    net.propose(1, b"a")
+    change(net, 1, ConfChangeType.REMOVE, 1)
+    assert net.core(1).role is F
+    assert net.core(2).conf.voters == (2,)
+    net.crash(1)  # the removed node is shut down
+    assert tick_until_leader(net) == 2
+    net.propose(2, b"after")
+    assert net.nodes[2].applied_data() == [b"a", b"after"]
+
+
 def test_learners_never_vote_and_never_count_towards_a_quorum():
     """Non-voting members (learners) receive the log but never campaign, are not asked for
     votes, and their acknowledgements count neither for commitment nor for elections.
