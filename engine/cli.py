@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run one node (see engine/config.py for the file)")
     node.add_argument("--config", required=True, help="the node's TOML configuration file")
 
-    cluster = sub.add_parser("cluster", help="a local multi-process cluster: up, down, status")
+    cluster = sub.add_parser(
+        "cluster", help="a local multi-process cluster: up, down, status",
+        description="up starts the cluster's node processes and waits for every group to have "
+                    "a leader; down stops them; status shows every node's groups, and exits "
+                    "with status 1 when a node does not answer.")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
                          help=f"cluster directory (default {DEFAULT_CLUSTER_DIR})")
@@ -242,8 +246,10 @@ def _cluster(args) -> int:
             print(f"stopped {len(stopped)} node processes" if stopped else "nothing running")
             return 0
         procs = ClusterProcesses(args.dir)
-        print(format_status(procs.load_cluster(), cluster_status(args.dir)))
-        return 0
+        status = cluster_status(args.dir)
+        print(format_status(procs.load_cluster(), status))
+        # For a script or a health check: a node that did not answer is a cluster not whole.
+        return 1 if any("error" in s for s in status.values()) else 0
     except MeridianError as exc:
         print(f"meridian cluster {args.action}: {exc}", file=sys.stderr)
         return 1

@@ -97,7 +97,13 @@ def _recover(directory: str) -> tuple[int, int, int, int]:
     return last, applied, len(replay), checked
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> int:
+    """Runs the demo; returns the process exit code. Interrupted (Ctrl-C, SIGTERM, a closed
+    terminal), it kills its writer, removes the data directory it made, and returns 130."""
     rng = random.Random(seed)
     owned = directory is None
     directory = directory or tempfile.mkdtemp(prefix="meridian-demo-")
@@ -107,6 +113,9 @@ def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> i
     print(f"  log store: segments of {SEGMENT_SIZE >> 20} MiB, CRC-32C by {crc}")
     print("  state machine: MVCC versions on LMDB, applied index in the same transaction")
     acked_total, elapsed_total, acked = 0, 0.0, 0
+    # SIGTERM and SIGHUP end the demo as Ctrl-C does: through the cleanup below, not around
+    # it (the writer appends until it is killed, so its directory grows by the second).
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         for crash in range(1, kills + 1):
             target = rng.randint(max(1, batches // 4), batches)
@@ -154,6 +163,11 @@ def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> i
             f"the writer acknowledged {rate:,.0f} entries/s (one fdatasync per batch)"
         )
         return 0
+    except KeyboardInterrupt:
+        print("interrupted")
+        return 130
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if owned:
             shutil.rmtree(directory, ignore_errors=True)

@@ -48,13 +48,27 @@ START_ATTEMPTS = 5
 was taken before its node could bind it."""
 
 
+_LOW_PORT = 10000
+_EPHEMERAL_PORT = 32768
+
+
 def free_base_port(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
-    """A port ``p`` such that ``p .. p + count - 1`` could be bound on ``host`` just now."""
+    """A port ``p`` such that ``p .. p + count - 1`` could be bound on ``host`` just now.
+
+    Raises:
+        InvalidArgumentError: ``count`` ports do not fit in the range searched.
+        OSError: no such ports were free in ``attempts`` tries.
+    """
     rng = random.Random()
     # Below Linux's ephemeral range (32768..60999): a port there may be taken between this
     # check and the bind by an outgoing connection, such as one node's to another.
+    if count >= _EPHEMERAL_PORT - _LOW_PORT:
+        raise InvalidArgumentError(
+            f"{count} consecutive ports do not fit in {_LOW_PORT}..{_EPHEMERAL_PORT - 1}, "
+            f"below the ephemeral ports (a local cluster takes two per node: at most "
+            f"{(_EPHEMERAL_PORT - _LOW_PORT - 1) // 2} nodes)")
     for _ in range(attempts):
-        base = rng.randrange(10000, 32768 - count)
+        base = rng.randrange(_LOW_PORT, _EPHEMERAL_PORT - count)
         socks = []
         try:
             for port in range(base, base + count):

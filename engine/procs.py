@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -172,17 +173,21 @@ class ClusterProcesses:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "node", "--config",
-                 str(self.config_path(node_id))],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=str(self.directory), env=env,
-                preexec_fn=_die_with_parent if die_with_parent else None)
-        finally:
-            log.close()
-        self.pid_path(node_id).write_text(f"{proc.pid}\n")
-        self._started[node_id] = (proc, since)
+        # A node whose pid is not recorded is one `down` never stops: a Ctrl-C must not land
+        # between its start and the pid file (nodes run in their own session, so it does not
+        # reach them; it comes once the node is recorded).
+        with _signals_held():
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "engine.cli", "node", "--config",
+                     str(self.config_path(node_id))],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd=str(self.directory), env=env,
+                    preexec_fn=_die_with_parent if die_with_parent else None)
+            finally:
+                log.close()
+            self.pid_path(node_id).write_text(f"{proc.pid}\n")
+            self._started[node_id] = (proc, since)
         return proc.pid
 
     def kill_node(self, node_id: int, sig: int = signal.SIGKILL) -> None:
@@ -216,6 +221,30 @@ class ClusterProcesses:
         for n in running:
             self.pid_path(n).unlink(missing_ok=True)
         return sorted(running)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Holds SIGINT, SIGTERM and SIGHUP (Ctrl-C, ``kill``, a closed terminal) while the body
+    runs, and raises them again after it, to whatever handled them before. Only the main
+    thread runs signal handlers; elsewhere, and for a signal ignored or handled outside
+    Python, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(sig)
+        if handler is not None and handler is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)
 
 
 def _command_line(pid: int) -> list[bytes]:

@@ -18,11 +18,12 @@ Example session::
 
 Lines are split like a POSIX shell (:mod:`shlex`), so quote values with spaces. Keys and values
 are typed as text and stored as UTF-8; bytes of the input that are not UTF-8 are stored as they
-are. Values read back are shown as text when they are valid UTF-8 and as a Python bytes literal
-otherwise. Outside ``begin`` … ``commit`` every ``get``,
+are. Keys and values read back are shown as text when they are valid UTF-8 without control
+characters, and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every ``get``,
 ``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict); inside, they
 belong to the open transaction. An error prints one line, ``error: <message>``, and the shell
-goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in.
+goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in; a
+script in which a command failed ends with exit status 1.
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ def _raw(word: str) -> bytes:
 
 
 def show(data: bytes | None) -> str:
-    """How the shell prints a key or value: text when it is UTF-8, a bytes literal when not."""
+    """How the shell prints a key or value: text when it is UTF-8 and printable, a bytes
+    literal when not -- a control character printed as it is would show as nothing, break the
+    one line per row, or (a carriage return, a terminal escape) overwrite what came before."""
     if data is None:
         return "(not found)"
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return repr(data)
+    return text if text.isprintable() else repr(data)
 
 
 def _error_message(exc: BaseException) -> str:
@@ -111,6 +115,7 @@ class _Shell:
         self.db = db
         self.out = out
         self.tx: BlockingTransaction | None = None
+        self.failed = False  # a command printed an error or conflict line
         self.commands: dict[str, tuple[Callable[[list[str]], None], str]] = {
             "help": (self.do_help, "help"),
             "keyspaces": (self.do_keyspaces, "keyspaces"),
@@ -130,6 +135,11 @@ class _Shell:
     def print(self, text: str = "") -> None:
         self.out.write(text + "\n")
 
+    def fail(self, text: str) -> None:
+        """Prints the line saying why a command failed."""
+        self.failed = True
+        self.print(text)
+
     # ------------------------------------------------------------------ driving
 
     def execute(self, line: str) -> bool:
@@ -140,7 +150,7 @@ class _Shell:
         try:
             words = shlex.split(line)
         except ValueError as exc:  # an unclosed quote
-            self.print(f"error: {exc}")
+            self.fail(f"error: {exc}")
             return True
         if not words:
             return True
@@ -149,21 +159,21 @@ class _Shell:
             return False
         entry = self.commands.get(name)
         if entry is None:
-            self.print(f"error: unknown command {name!r} (type 'help')")
+            self.fail(f"error: unknown command {name!r} (type 'help')")
             return True
         handler, usage = entry
         try:
             handler(args)
         except _UsageError as exc:
-            self.print(f"error: {exc}" if str(exc) else f"error: usage: {usage}")
+            self.fail(f"error: {exc}" if str(exc) else f"error: usage: {usage}")
         except TransactionConflictError as exc:
             self.tx = None
-            self.print(_conflict_line(exc))
+            self.fail(_conflict_line(exc))
         except TransactionClosedError as exc:
             self.tx = None
-            self.print(f"error: {_error_message(exc)}")
+            self.fail(f"error: {_error_message(exc)}")
         except Exception as exc:  # any failure is one line; the session goes on
-            self.print(f"error: {_error_message(exc)}")
+            self.fail(f"error: {_error_message(exc)}")
         return True
 
     def finish(self) -> None:
@@ -366,7 +376,9 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
         stdout: where results and error lines go.
 
     Returns:
-        0, or 1 when no connection could be made (after printing an error line).
+        0; 1 when no connection could be made (after printing an error line), or when
+        ``stdin`` is not a terminal (a script) and one of its commands failed: the rest of
+        the script still runs, but whatever runs it must not take it for a success.
     """
     interactive = _is_tty(stdin)
     if isinstance(stdin, io.TextIOWrapper) and stdin.errors != "surrogateescape":
@@ -394,8 +406,8 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
                 # Ctrl-C drops the line being typed, or stops waiting for a command (which
                 # may still complete: a commit interrupted so has an unknown outcome).
                 shell.print("")
-                shell.print("interrupted")
+                shell.fail("interrupted")
             stdout.flush()
         shell.finish()
         stdout.flush()
-    return 0
+    return 1 if shell.failed and not interactive else 0

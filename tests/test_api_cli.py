@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -415,3 +416,94 @@ def test_cluster_status_reports_a_node_that_accepts_and_never_answers(monkeypatc
         status = trio.run(engine.procs.describe_all, cluster)
         assert time.monotonic() - started < 10
     assert set(status) == {1} and "error" in status[1], status
+
+
+def test_a_ctrl_c_while_cluster_up_starts_a_node_leaves_it_for_down_to_stop(tmp_path, monkeypatch):
+    # A Ctrl-C reaching `cluster up` while it started a node -- most often while Popen waits
+    # for the node's exec -- left that node running with no pid file: `cluster down` said
+    # "nothing running" and the node kept its ports and data directory until killed by hand.
+    from engine import procs
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the node is being started
+        return proc
+
+    monkeypatch.setattr(procs.subprocess, "Popen", popen_then_ctrl_c)
+    directory = tmp_path / "c"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            procs.cluster_up(directory, regions=("east",), nodes_per_region=1,
+                             wan_latency_ms={})
+        monkeypatch.undo()
+        assert len(started) == 1
+        assert procs.ClusterProcesses(directory).stop() == [1]
+        assert started[0].wait(timeout=10) is not None
+    finally:
+        for proc in started:  # a node `down` missed: end it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert _processes_mentioning(str(directory)) == []
+
+
+def test_a_cluster_too_large_for_the_local_ports_is_one_clear_line(tmp_path, capsys):
+    # Two ports per node, below the ephemeral range: `--nodes-per-region 5000` used to end
+    # `cluster up` (and `demo`) with a ValueError traceback from random.randrange.
+    from engine.cluster_demo import run_demo
+
+    directory = tmp_path / "c"
+    code = main(["cluster", "up", "--dir", str(directory), "--nodes-per-region", "5000"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("meridian cluster up: 30000 consecutive ports"), err
+    assert list(directory.glob("node-*")) == []
+    assert run_demo(directory=str(directory), nodes_per_region=5000, out=io.StringIO()) == 1
+    assert list(directory.glob("node-*")) == []
+
+
+def test_cluster_status_fails_when_a_node_does_not_answer(tmp_path, capsys):
+    # `meridian cluster status` printed "down" for every node of a stopped cluster and still
+    # exited 0, so a script or health check asking it took a dead cluster for a healthy one.
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+    from engine.local import free_base_port
+    from engine.procs import ClusterProcesses
+
+    cluster = default_local_cluster(("east",), 1, free_base_port(2), wan_latency_ms={})
+    procs = ClusterProcesses(tmp_path)
+    procs.config_path(1).write_text(dump_node_config(
+        NodeConfig(node_id=1, data_dir=str(tmp_path / "node-1"), cluster=cluster)))
+    assert main(["cluster", "status", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "down:" in out.splitlines()[1], out
+
+
+def test_a_crash_demo_ended_by_ctrl_c_or_sigterm_cleans_up_after_itself(tmp_path):
+    # SIGTERM left the demo's temporary data directory behind (gigabytes after a long run: the
+    # writer appends until it is killed), and Ctrl-C ended the demo with a traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "crash-demo", "--kills", "1000",
+             "--batches", "20"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(tmp_path)})
+        try:
+            while not demo.stdout.readline().startswith(b"crash 1/"):  # a writer ran
+                assert demo.poll() is None
+            if sig == signal.SIGINT:
+                os.killpg(demo.pid, sig)  # Ctrl-C: the demo and its writer alike
+            else:
+                demo.send_signal(sig)
+            out, err = demo.communicate(timeout=60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+        assert demo.returncode == 130, err
+        assert b"Traceback" not in err and out.endswith(b"interrupted\n"), out + err
+        assert list(tmp_path.glob("meridian-demo-*")) == []
+        assert _processes_mentioning(str(tmp_path)) == []

@@ -59,11 +59,12 @@ class ScriptedInput(io.StringIO):
         return ""
 
 
-def shell(addresses, script: str | list, *, tty: bool = False) -> list[str]:
-    """Runs a session; returns its output lines."""
+def shell(addresses, script: str | list, *, tty: bool = False, code: int = 0) -> list[str]:
+    """Runs a session that must end with exit status ``code``; returns its output lines."""
     lines = script.splitlines() if isinstance(script, str) else script
     out = io.StringIO()
-    assert run_shell(addresses, None, stdin=ScriptedInput(lines, tty=tty), stdout=out) == 0
+    rc = run_shell(addresses, None, stdin=ScriptedInput(lines, tty=tty), stdout=out)
+    assert rc == code, out.getvalue()
     return out.getvalue().splitlines()
 
 
@@ -158,7 +159,7 @@ def test_a_conflicting_commit_is_reported_and_rolled_back(addresses, ks):
             "commit",
             "commit",
             f"get {ks} x",
-        ])
+        ], code=1)
     assert out[1:] == [
         "ok",
         "begin (snapshot)",
@@ -184,7 +185,7 @@ def test_a_conflict_names_the_whole_key(addresses, ks):
             f"put {ks} alice-account mine",
             concurrent_writer,
             "commit",
-        ])
+        ], code=1)
     assert out[-1] == "conflict (write_write on alice-account): transaction rolled back"
 
 
@@ -196,7 +197,7 @@ read {ks} k
 read {ks} k bounded:5
 read {ks} k exact:0
 read {ks} k fresh:1
-""")
+""", code=1)
     assert out[2] == "v" and out[3].startswith("(read at ts ")
     assert out[4] in ("v", "(not found)") and out[5].startswith("(read at ts ")
     assert out[6] == "v" and out[7].startswith("(read at ts ")
@@ -222,6 +223,25 @@ def test_values_that_are_not_utf8_print_as_bytes(addresses, ks):
     out = shell(addresses, f"get {ks} bin\nget {ks} snow")
     assert out == ["b'\\xff\\x00'", "\u2603"]
     assert show(b"\xff") == "b'\\xff'" and show(None) == "(not found)"
+
+
+def test_keys_and_values_with_control_characters_print_as_bytes(addresses, ks):
+    # Binary keys are often valid UTF-8 (a small big-endian integer is all control
+    # characters): printed as text, such a key showed as nothing at all, a newline broke a
+    # scan's one line per row, and a carriage return or a terminal escape overwrote what was
+    # printed before it on the screen.
+    def load(tx):
+        tx.put(ks, b"\x00\x00\x00\x07", b"seven")
+        tx.put(ks, b"user\n7", b"real\r\x1b[2Kfake")
+
+    with connect_blocking(addresses) as db:
+        db.create_keyspace(ks)
+        db.run_transaction(load)
+    out = shell(addresses, f"scan {ks}")
+    assert out == ["b'\\x00\\x00\\x00\\x07' = seven",
+                   "b'user\\n7' = b'real\\r\\x1b[2Kfake'",
+                   "(2 rows)"]
+    assert show(b"Alice Liddell") == "Alice Liddell" and show("\u2603".encode()) == "\u2603"
 
 
 def test_bytes_that_are_not_utf8_typed_or_piped_in_are_stored_as_they_are(addresses, ks):
@@ -265,7 +285,7 @@ get {ks} ""
 # a comment, then a blank line
 
 get {ks} k
-""")
+""", code=1)
     assert out == [
         "error: unknown command 'frobnicate' (type 'help')",
         "error: usage: get KS KEY",
@@ -300,7 +320,7 @@ put {ks} a 1
 get nope a
 commit
 get {ks} a
-""")
+""", code=1)
     assert out[1:] == ["begin (snapshot)", "ok", "error: keyspace 'nope' does not exist",
                        out[4], "1"]
     assert out[4].startswith("committed at ts ")
@@ -317,6 +337,18 @@ def test_quit_exit_and_eof_end_the_session(addresses, ks):
     out = shell(addresses, f"create-keyspace {ks}\nbegin\nput {ks} k v")
     assert out[-1] == "open transaction rolled back"
     assert shell(addresses, f"get {ks} k") == ["(not found)"]
+
+
+def test_a_script_in_which_a_command_failed_exits_1(addresses, ks):
+    # `meridian shell < script` used to exit 0 whatever failed in the script -- a commit lost
+    # to a conflict, a mistyped command -- so a job running it carried on as if every write
+    # had been made. The rest of the script still runs.
+    out = shell(addresses, f"create-keyspace {ks}\ncommit\nput {ks} b 2", code=1)
+    assert out == [f"created keyspace {ks} (home us-east)", "error: no transaction is open",
+                   "ok"]
+    assert shell(addresses, f"get {ks} b") == ["2"]  # a script without a failure: 0
+    # At a terminal each error was seen as it happened: leaving is no failure.
+    assert shell(addresses, "commit", tty=True)[1] == PROMPT + "error: no transaction is open"
 
 
 def test_prompt_only_on_a_terminal(addresses):
@@ -361,7 +393,7 @@ create-keyspace {ks}
 read {ks} k bounded:1e300
 read {ks} k exact:1e12
 read {ks} k bounded:5
-""")
+""", code=1)
     assert out[1].startswith("error: staleness 'bounded:1e300': expected 'exact:<seconds>' or "
                              "'bounded:<seconds>' with 0 <= seconds <= ")
     assert out[2].startswith("error: staleness 'exact:1e12': expected")
