@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients-per-region", type=_positive, default=4, help="(4)")
     demo.add_argument("--accounts", type=_accounts, default=50,
                       help="accounts per bank, at least 2 (50)")
-    demo.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
-    demo.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
-                      help="one-way latency per region pair (default 35/70/110 ms)")
+    wan = demo.add_mutually_exclusive_group()
+    wan.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+    wan.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
+                     help="one-way latency per region pair (default 35/70/110 ms)")
     demo.add_argument("--dir", help="cluster directory (default: a temporary one, removed)")
     demo.add_argument("--seed", type=int, default=1, help="workload seed (1)")
 
@@ -123,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a new cluster's regions (default us-east,eu-west,ap-south)")
     cluster.add_argument("--nodes-per-region", type=_positive,
                          help="a new cluster's nodes per region (default 3)")
-    cluster.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
-    cluster.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
-                         help="one-way latency per region pair (default 35/70/110 ms between "
-                              "the first three regions); pairs not given have none")
+    wan = cluster.add_mutually_exclusive_group()
+    wan.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
+    wan.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",
+                     help="one-way latency per region pair (default 35/70/110 ms between the "
+                          "first three regions); pairs not given have none")
 
     shell = sub.add_parser("shell", help="an interactive prompt connected to a cluster")
     shell.add_argument("--nodes", help="comma-separated client addresses host:port "
@@ -251,12 +253,31 @@ def _cluster(args) -> int:
         # For a script or a health check: a node that did not answer is a cluster not whole.
         return 1 if any("error" in s for s in status.values()) else 0
     except MeridianError as exc:
-        print(f"meridian cluster {args.action}: {exc}", file=sys.stderr)
+        print(f"meridian cluster {args.action}: {exc}{_left_running(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"meridian cluster {args.action}: interrupted; nodes already started keep "
-              f"running (meridian cluster down --dir {args.dir})", file=sys.stderr)
+        print(f"meridian cluster {args.action}: interrupted{_left_running(args)}",
+              file=sys.stderr)
         return 130
+
+
+def _left_running(args) -> str:
+    """For a failed or interrupted ``cluster up``: what it leaves running, and how to stop it
+    (the nodes that did start are kept, with their logs, to see what went wrong)."""
+    from .procs import ClusterProcesses
+
+    if args.action != "up":
+        return ""
+    procs = ClusterProcesses(args.dir)
+    try:
+        running = [n for n in procs.node_ids() if procs.running_pid(n) is not None]
+    except OSError:
+        return ""
+    if not running:
+        return ""
+    what = "1 node process it started keeps" if len(running) == 1 else \
+        f"{len(running)} node processes it started keep"
+    return f"; {what} running (logs in {args.dir}; meridian cluster down --dir {args.dir})"
 
 
 def _shell(args) -> int:

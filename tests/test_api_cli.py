@@ -507,3 +507,31 @@ def test_a_crash_demo_ended_by_ctrl_c_or_sigterm_cleans_up_after_itself(tmp_path
         assert b"Traceback" not in err and out.endswith(b"interrupted\n"), out + err
         assert list(tmp_path.glob("meridian-demo-*")) == []
         assert _processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("command", ["cluster up", "demo"])
+def test_no_wan_and_wan_latencies_together_are_refused(command, capsys):
+    # Once, --no-wan won without a word and the latencies asked for were not simulated.
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--no-wan", "--wan-latency-ms", "a:b=5"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument --no-wan" in capsys.readouterr().err
+
+
+def test_a_failed_cluster_up_says_which_nodes_it_leaves_running(tmp_path, monkeypatch, capsys):
+    from engine import procs
+
+    async def never_ready(*args, **kwargs):
+        raise errors.UnavailableError("group 1 has no leader")
+
+    monkeypatch.setattr(procs, "wait_ready", never_ready)
+    directory = tmp_path / "c"
+    try:
+        assert main(["cluster", "up", "--dir", str(directory), "--regions", "east",
+                     "--nodes-per-region", "1", "--no-wan"]) == 1
+        err = capsys.readouterr().err
+        assert "group 1 has no leader; 1 node process it started keeps running" in err, err
+        assert f"meridian cluster down --dir {directory}" in err
+    finally:
+        assert procs.ClusterProcesses(directory).stop() == [1]
+    assert _processes_mentioning(str(directory)) == []
