@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 import trio
 
 from .catalog import Keyspace
-from .client import ConflictRecord, Database, Transaction, connect
+from .client import ConflictRecord, Database, Transaction, check_retry_policy, connect
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -518,11 +518,11 @@ class BlockingDatabase:
 
         Raises:
             TransactionConflictError: still conflicting after ``max_attempts`` attempts.
-            InvalidArgumentError: ``max_attempts`` < 1, or ``fn`` is async.
+            InvalidArgumentError: a bad retry policy (see
+                :func:`engine.client.check_retry_policy`), or ``fn`` is async.
             Anything ``fn`` or the commit raise; the transaction is rolled back first.
         """
-        if max_attempts < 1:
-            raise InvalidArgumentError("max_attempts must be >= 1")
+        check_retry_policy(max_attempts, base_delay_s, max_delay_s)
         if inspect.iscoroutinefunction(fn):
             raise InvalidArgumentError("run_transaction takes a plain function; run async "
                                        "functions with engine.client.Database.run_transaction")

@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import random
 import secrets
@@ -154,6 +155,13 @@ MAX_SNAPSHOT_MOVES = 8
 """How many times one read may move a transaction's snapshot before giving up (a conflict)."""
 MAX_TS = 2**64 - 2
 """The largest timestamp (engine.mvcc.MAX_TS)."""
+MAX_SPANS = 4096
+"""The most scanned ranges a group takes in one refresh, commit or prepare
+(engine.node.MAX_SPANS): a transaction that scanned more in one group sends them coalesced."""
+READ_PAGE_BYTES = 4 << 20
+"""The most bytes of keys one read request names (as the node's answers are paged,
+engine.node.SCAN_PAGE_BYTES): far below the largest frame a node takes, however many keys
+:meth:`Transaction.get_many` is given."""
 COPY_PAGE = 1000
 """Keys per page when a keyspace's data is copied to its new home."""
 CONNECT_ATTEMPT_S = 1.0
@@ -195,6 +203,28 @@ def _as_bytes(value: object, what: str) -> bytes:
                 f"{what} is a str that is not valid Unicode text ({exc.reason} at position "
                 f"{exc.start}): pass bytes") from None
     raise InvalidArgumentError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def check_retry_policy(max_attempts: object, base_delay_s: object, max_delay_s: object) -> None:
+    """Refuses a retry policy of ``run_transaction`` before its first attempt: a delay that
+    is negative or not a number would fail only at the first conflict, as the sleep's error
+    instead of the conflict, and ``base_delay_s`` above ``max_delay_s`` would wait longer
+    than the maximum.
+
+    Raises:
+        InvalidArgumentError: ``max_attempts`` not an int >= 1, or not ``0 <= base_delay_s
+            <= max_delay_s`` (finite numbers of seconds).
+    """
+    if type(max_attempts) is not int or max_attempts < 1:
+        raise InvalidArgumentError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+    for name, value in (("base_delay_s", base_delay_s), ("max_delay_s", max_delay_s)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 <= value < math.inf):
+            raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0, not "
+                                       f"{value!r}")
+    if base_delay_s > max_delay_s:
+        raise InvalidArgumentError(f"base_delay_s ({base_delay_s}) must be at most max_delay_s "
+                                   f"({max_delay_s})")
 
 
 def _parse_staleness(staleness: str) -> tuple[str, int]:
@@ -423,14 +453,24 @@ class Database:
         conflict, with jittered exponential backoff. The only retry loop of the product:
         ``fn`` must be safe to run several times (no side effects outside ``tx``). ``fn`` may
         end the transaction itself (``commit()`` or ``rollback()``, as in ``async with``):
-        it is then not committed again."""
-        if max_attempts < 1:
-            raise InvalidArgumentError("max_attempts must be >= 1")
+        it is then not committed again. ``fn`` returning an awaitable (an operation of
+        ``tx`` not awaited: ``return tx.put(...)``) is refused, and nothing is committed. A
+        bad policy (see :func:`check_retry_policy`) raises
+        :class:`~engine.errors.InvalidArgumentError` before ``fn`` runs."""
+        check_retry_policy(max_attempts, base_delay_s, max_delay_s)
         delay = base_delay_s
         for attempt in range(1, max_attempts + 1):
             tx = self.transaction(isolation)
             try:
                 result = await fn(tx)
+                if inspect.isawaitable(result):
+                    # Committing would leave out what it was meant to do, and awaiting it
+                    # afterwards would find the transaction over.
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise InvalidArgumentError(
+                        "the function given to run_transaction returned an awaitable (an "
+                        "operation not awaited?): the transaction was rolled back")
                 if not tx._ended():
                     await tx.commit()
                 return result
@@ -1168,6 +1208,22 @@ def _check_key(key: object) -> bytes:
     return k
 
 
+def _coalesced(spans: list[list]) -> list[list]:
+    """At most half of :data:`MAX_SPANS` ranges covering every key of ``spans`` (a span
+    with a limit counts as its whole range), so that a transaction may scan any number of
+    times. Validating them refuses every change validating ``spans`` would, and perhaps
+    more (a key written between two ranges scanned): a conflict, never a missed one."""
+    merged: list[list] = []
+    for start, end, _ in sorted((sp for sp in spans if sp[0] < sp[1]), key=lambda sp: sp[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end, None])
+    per = max(1, -(-len(merged) // (MAX_SPANS // 2)))  # ranges per coalesced range
+    return [[merged[i][0], merged[min(i + per, len(merged)) - 1][1], None]
+            for i in range(0, len(merged), per)]
+
+
 @dataclass(frozen=True)
 class ConflictRecord:
     """A write to a regional keyspace that lost a concurrent conflict (see
@@ -1244,11 +1300,19 @@ class Transaction:
         rest = wanted
         while rest:
             # The node answers the values that fit one page, at least one (``more``: ask
-            # again for the rest, at the same snapshot).
-            values = (await self._read(group, "read", {"keys": rest}))["values"]
-            if not values or len(values) > len(rest):
+            # again for the rest, at the same snapshot). The keys asked for at once fit a
+            # page too (at least one).
+            asked: list[bytes] = []
+            size = 0
+            for k in rest:
+                if asked and size + len(k) > READ_PAGE_BYTES:
+                    break
+                asked.append(k)
+                size += len(k)
+            values = (await self._read(group, "read", {"keys": asked}))["values"]
+            if not values or len(values) > len(asked):
                 raise UnavailableError(f"group {group} answered {len(values)} values for "
-                                       f"{len(rest)} keys")
+                                       f"{len(asked)} keys")
             self._visited[group].keys.update(rest[:len(values)])
             found.update(zip(rest, values))
             rest = rest[len(values):]
@@ -1312,6 +1376,8 @@ class Transaction:
                 reads.spans.append([last if full else page_start, page_end, None])
             else:
                 reads.spans.append([page_start, page_end, fetch])
+            if len(reads.spans) > MAX_SPANS:
+                reads.spans = _coalesced(reads.spans)
             merged.update((k, v) for k, v in page)
             reads.keys.update(k for k, _ in page)
             if not cut and (fetch is None or not page or len(page) < fetch):

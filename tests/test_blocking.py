@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import inspect
 import itertools
+import math
 import subprocess
 import sys
 import threading
@@ -204,6 +205,31 @@ def test_run_transaction_refuses_async_functions(db, ks):
         db.run_transaction(lambda tx: coro_fn(tx))
     with pytest.raises(errors.InvalidArgumentError, match="max_attempts"):
         db.run_transaction(lambda tx: None, max_attempts=0)
+
+
+BAD_RETRY_POLICIES = ({"base_delay_s": -0.1}, {"base_delay_s": math.nan},
+                      {"max_delay_s": math.inf}, {"base_delay_s": 1.0, "max_delay_s": 0.1},
+                      {"max_attempts": 2.5}, {"max_attempts": True})
+
+
+def test_run_transaction_refuses_a_bad_retry_policy_before_running(db, ks):
+    # A negative or NaN delay went unnoticed until the first conflict, when the backoff's
+    # sleep raised ValueError in place of the conflict, without running the function again;
+    # a base delay above the maximum slept longer than the maximum.
+    runs = 0
+
+    def loses_once(tx):
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise errors.TransactionConflictError("lost", "write_write")
+
+    for policy in BAD_RETRY_POLICIES:
+        with pytest.raises(errors.InvalidArgumentError):
+            db.run_transaction(loses_once, **policy)
+        assert runs == 0, policy
+    db.run_transaction(loses_once, base_delay_s=0.0, max_delay_s=0.0)
+    assert runs == 2
 
 
 def test_threads_can_share_a_database(db, ks):

@@ -9,12 +9,15 @@ In-process clusters and a fake node (tests/test_client_faults.py); every wait is
 
 from __future__ import annotations
 
+import math
+
 import hypothesis.strategies as st
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 
 import engine
+from engine import client as client_module
 from engine import errors
 from engine import node as node_module
 from engine.blocking import connect_blocking
@@ -100,6 +103,26 @@ async def test_a_scan_or_read_larger_than_one_rpc_frame_returns_every_key():
                     await tx.rollback()
 
 
+async def test_a_read_of_more_keys_than_one_rpc_frame_can_name_returns_every_value():
+    # get_many sent every key in one request: 70,000 keys of the largest size are more than
+    # the 16 MiB a node takes in one frame, and the read failed with RecordTooLargeError
+    # about the frame. The keys are sent a page at a time, as the values come back.
+    async with open_local_cluster(("us-east",), 1, seed=26) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g")
+                size = db.limits["max_key_size"] - 4  # the keyspace prefix
+                keys = [b"%0*d" % (size, i) for i in range(70_000)]
+                async with db.transaction() as tx:
+                    await tx.put("g", keys[-1], b"last")
+                async with db.transaction() as tx:
+                    await tx.put("g", keys[0], b"mine")
+                    values = await tx.get_many("g", keys)
+                    assert values[0] == b"mine" and values[-1] == b"last"
+                    assert values[1:-1] == [None] * (len(keys) - 2)
+                    await tx.rollback()
+
+
 async def test_scans_read_on_across_pages(monkeypatch):
     # Pages of three keys: limits, reverse scans, the transaction's own writes, regional
     # tombstones and a serializable transaction's validation all span several pages.
@@ -148,6 +171,39 @@ async def test_scans_read_on_across_pages(monkeypatch):
                     assert await tx.scan("r", limit=2) == rows[7:9]
                     assert await tx.scan("r") == rows[7:]
                     await tx.rollback()
+
+
+async def test_a_transaction_may_scan_more_ranges_than_a_group_takes_at_once(monkeypatch):
+    # A group takes at most MAX_SPANS scanned ranges in one commit, prepare or refresh. A
+    # serializable transaction that scanned more (one scan per customer, say) was refused at
+    # commit with an InvalidArgumentError about "spans", which it never passed, after all its
+    # work. Its ranges are sent coalesced instead: it commits, and a key inserted since its
+    # snapshot into a range it scanned is still a conflict.
+    monkeypatch.setattr(node_module, "MAX_SPANS", 4)
+    monkeypatch.setattr(client_module, "MAX_SPANS", 4)
+    async with open_local_cluster(("us-east",), 1, seed=25) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                customers = [b"c%d/" % i for i in range(10)]
+                async with db.transaction() as tx:
+                    for c in customers:
+                        await tx.put("g", c + b"order", b"1")
+
+                async def scan_each(tx):
+                    for c in customers:
+                        assert await tx.scan("g", c, c + b"\xff") == [(c + b"order", b"1")]
+                    await tx.put("g", b"total", b"%d" % len(customers))
+
+                tx = db.transaction("serializable")
+                await scan_each(tx)
+                await tx.commit()
+                assert await db.read("g", b"total") == b"10"
+                tx = db.transaction("serializable")
+                await scan_each(tx)
+                await db.run_transaction(lambda other: other.put("g", b"c0/late", b"1"))
+                with pytest.raises(errors.TransactionConflictError):
+                    await tx.commit()
 
 
 async def test_key_and_merge_payload_sizes_are_refused_when_written():
@@ -312,3 +368,53 @@ async def test_run_transaction_does_not_commit_again_a_transaction_its_function_
 
                 assert await db.run_transaction(look_only) == "rolled back"
                 assert await db.read("bank", b"alice") == b"90"
+
+
+async def test_run_transaction_refuses_a_function_that_returns_an_operation_not_awaited():
+    # ``return tx.put(...)`` without ``await``: the put never ran, yet run_transaction
+    # committed the rest of the transfer -- the debit without the credit -- and handed back
+    # the coroutine (awaiting it then found the transaction committed). The blocking API
+    # refuses such a result; so must this one, before anything is committed.
+    async with open_local_cluster(("us-east",), 1, seed=32) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("bank")
+                async with db.transaction() as tx:
+                    await tx.put("bank", b"alice", b"100")
+                    await tx.put("bank", b"bob", b"0")
+
+                async def transfer(tx):
+                    a = int(await tx.get("bank", b"alice"))
+                    b = int(await tx.get("bank", b"bob"))
+                    await tx.put("bank", b"alice", b"%d" % (a - 10))
+                    return tx.put("bank", b"bob", b"%d" % (b + 10))  # not awaited
+
+                with pytest.raises(errors.InvalidArgumentError, match="awaitable"):
+                    await db.run_transaction(transfer)
+                assert await db.read("bank", b"alice") == b"100"
+                assert await db.read("bank", b"bob") == b"0"
+
+
+async def test_run_transaction_refuses_a_bad_retry_policy_before_running():
+    # A negative or NaN delay went unnoticed until the first conflict, when the backoff's
+    # sleep raised ValueError in place of the conflict, without running the function again;
+    # a base delay above the maximum slept longer than the maximum.
+    async with open_local_cluster(("us-east",), 1, seed=33) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                runs = 0
+
+                async def loses_once(tx):
+                    nonlocal runs
+                    runs += 1
+                    if runs == 1:
+                        raise errors.TransactionConflictError("lost", "write_write")
+
+                for policy in ({"base_delay_s": -0.1}, {"base_delay_s": math.nan},
+                               {"max_delay_s": math.inf}, {"base_delay_s": 1.0, "max_delay_s": 0.1},
+                               {"max_attempts": 2.5}, {"max_attempts": True}):
+                    with pytest.raises(errors.InvalidArgumentError):
+                        await db.run_transaction(loses_once, **policy)
+                    assert runs == 0, policy
+                await db.run_transaction(loses_once, base_delay_s=0.0, max_delay_s=0.0)
+                assert runs == 2
