@@ -18,11 +18,13 @@ for another node id, or from a node that may not dial it (an id not lower than i
 Otherwise it answers with a handshake of its own (the two ids swapped) and then uses the
 connection for its frames to that peer as well: from then on each side runs a reader and a
 writer on the same stream. The dialer checks the answer the same way, and closes the connection
-if none arrives within ``handshake_timeout_s``. A newer connection from the same dialer replaces
-the older one (the dialer restarted, or redialed before the acceptor noticed that the old
-connection was gone). Any :class:`~raft.wire.WireError` closes that one connection, is logged
-and counted (``decode_errors``, on whichever side read the bad bytes); it never reaches the
-caller. Every connection that ends is logged with the reason.
+if none arrives within ``handshake_timeout_s``. A newer connection from the same dialer (one
+accepted later) replaces the older one (the dialer restarted, or redialed before the acceptor
+noticed that the old connection was gone); an older one whose handshake is read only after a
+newer one's is closed, so that what it carries is not delivered after newer frames. Any
+:class:`~raft.wire.WireError` closes that one connection, is logged and counted
+(``decode_errors``, on whichever side read the bad bytes); it never reaches the caller. Every
+connection that ends is logged with the reason.
 
 An acceptor delivers what any Meridian node with a lower id sends it, configured as a peer or
 not; it sends to a node only once that node is configured (until then its messages to it count
@@ -252,7 +254,7 @@ class _TcpLink:
     (a peer with a higher id) or that drops what waits too long for its connection (lower id)."""
 
     __slots__ = ("peer", "dials", "outbox", "task_scope", "conn", "changed", "was_connected",
-                 "bytes_sent", "bytes_received")
+                 "bytes_sent", "bytes_received", "newest_accepted")
 
     def __init__(self, peer: int, dials: bool, outbox: _Outbox):
         self.peer = peer
@@ -264,6 +266,9 @@ class _TcpLink:
         self.was_connected = False
         self.bytes_sent = 0  # frames only, over every connection to the peer
         self.bytes_received = 0
+        # The accept number (TcpTransport._accepted) of the newest connection from the peer
+        # that was taken as its connection; 0: none yet.
+        self.newest_accepted = 0
 
     def set_conn(self, conn: _Connection | None) -> None:
         self.conn = conn
@@ -305,6 +310,7 @@ class TcpTransport:
         self._counters = _Counters()
         self._subs = _Subscriptions(self._counters, options.max_inbox)
         self._inbound_count = 0
+        self._accepted = 0  # inbound connections so far: numbers them in the order they came
         self._nursery: trio.Nursery | None = None
         self._closed = False
         for peer, addr in peers.items():
@@ -344,11 +350,12 @@ class TcpTransport:
                     # idle, or when the reader reads with nothing queued (a scheduler pass
                     # has gone by): a message and its answer wake no writer on either side.
                     conn.fd = -1
-                    if written == len(frame):
-                        counters.sent += count
+                    if written:
                         counters.bytes_sent += written
                         link.bytes_sent += written
                         counters.writes += 1
+                    if written == len(frame):
+                        counters.sent += count
                         continue
                     # The rest goes first, through the writer, and on this connection only:
                     # on any other it would be half a frame, garbage to the peer.
@@ -556,13 +563,16 @@ class TcpTransport:
             await stream.aclose()
             return
         self._inbound_count += 1
+        self._accepted += 1
+        number = self._accepted
         try:
             async with stream:
-                await self._accept(stream, who)
+                await self._accept(stream, who, number)
         finally:
             self._inbound_count -= 1
 
-    async def _accept(self, stream: trio.SocketStream, who: str) -> None:
+    async def _accept(self, stream: trio.SocketStream, who: str, number: int) -> None:
+        """Read the handshake of the ``number``-th inbound connection and run it."""
         opts = self._options
         counters = self._counters
         decoder = FrameDecoder(opts.max_frame)
@@ -595,8 +605,19 @@ class TcpTransport:
             return
         peer = hello.dialer
         who = f"node {peer} at {who}"
+        # A dialer opens a connection only once it has given up on the one before, so of two
+        # connections from a node the one that came later is the newer, whichever handshake
+        # was read first. An older one is a dial given up on: what it carries was sent before
+        # what the newer one has delivered, and replacing the newer one would cut the live
+        # connection.
+        known = self._links.get(peer)
+        if known is not None and known.newest_accepted > number:
+            logger.info("node %d: closing connection from %s: a newer one from it came first",
+                        self.node_id, who)
+            return
         counters.accepts += 1
         link = self._link(peer)
+        link.newest_accepted = number
         try:
             conn = await self._run_connection(
                 link, stream, decoder, hello=encode_handshake(self.node_id, peer), expect=None
@@ -717,6 +738,8 @@ class TcpTransport:
                         f"the answer is from node {hello.dialer} to node {hello.acceptor}, "
                         f"expected one from node {expect.dialer} to node {expect.acceptor}"
                     )
+            # Frame bytes that came in the same read as the handshake (either side's).
+            link.bytes_received += decoder.buffered
             for group, msgs in decoder.feed(b""):
                 deliver(group, msgs)
             sock = stream.socket

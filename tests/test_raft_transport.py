@@ -806,6 +806,32 @@ async def test_tcp_a_newer_connection_from_the_same_node_replaces_the_older():
         assert b.statistics().accepts == 2
 
 
+async def test_tcp_an_older_connection_whose_handshake_comes_late_does_not_replace_a_newer():
+    # Node 1 dialed, gave up on that connection before its handshake was read (the acceptor
+    # was paused, or the handshake's segment was lost) and dialed again. When the first
+    # connection's handshake and frames are read after the second is in use, they are older
+    # than what the second has delivered: taking them would reorder the link, and closing the
+    # second, the live one, would make node 1 dial yet again.
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(2, peers={1: ("127.0.0.1", 1)}, options=opts) as b:
+        inbox = b.subscribe(7)
+        older = await raw_connection(b.address)
+        with trio.fail_after(DEADLINE_S):
+            await wait_for(lambda: b._inbound_count == 1)  # accepted, waiting for a handshake
+        newer, decoder = await accepted_as_node_1(b, inbox, 2)
+        await older.send_all(encode_handshake(1, 2) + encode_frame(7, [hb(1, 2, 1)]))
+        with trio.fail_after(DEADLINE_S):  # one of the two connections has been let go
+            await wait_for(lambda: b._inbound_count == 1)
+        b.send(7, [hb(2, 1, 10)])
+        assert await read_frames(newer, decoder, 1) == [(7, [hb(2, 1, 10)])]
+        await assert_closed_by_peer(older)
+        with pytest.raises(trio.WouldBlock):
+            inbox.receive_nowait()  # term 1 was not delivered after term 2
+        await older.aclose()
+        await newer.aclose()
+        assert b.statistics().accepts == 1
+
+
 @contextlib.asynccontextmanager
 async def _half_written_frame(monkeypatch):
     """Node 2's transport, dialed by node 1, after the fast path wrote only five bytes of a
@@ -850,6 +876,23 @@ async def test_tcp_remove_peer_keeps_the_tail_of_a_half_written_frame(monkeypatc
         b.send(7, [hb(2, 1, 11)])
         assert await read_frames(conn, decoder, 2) == [
             (7, [hb(2, 1, 10, b"v" * 100)]), (7, [hb(2, 1, 11)])]
+        await conn.aclose()
+
+
+async def test_tcp_byte_counters_count_every_frame_byte_written_and_read(monkeypatch):
+    # Frame bytes that arrive in the same read as the handshake, and the head of a frame the
+    # fast path wrote only in part, are written and read like any others. Node status reports
+    # the per-peer counts as the bytes exchanged with each region.
+    async with _half_written_frame(monkeypatch) as (b, conn, decoder):
+        frame = encode_frame(7, [hb(2, 1, 10, b"v" * 100)])
+        assert await read_frames(conn, decoder, 1) == [(7, [hb(2, 1, 10, b"v" * 100)])]
+        with trio.fail_after(DEADLINE_S):  # the writer counts once its write has returned
+            await wait_for(lambda: b.statistics().sent == 1)
+        first = encode_frame(7, [hb(1, 2, 1)])  # came with node 1's handshake, in one write
+        assert b.bytes_by_peer()[1] == (len(frame), len(first))
+        stats = b.statistics()
+        assert stats.bytes_sent == len(encode_handshake(2, 1)) + len(frame)
+        assert stats.bytes_received == len(encode_handshake(1, 2)) + len(first)
         await conn.aclose()
 
 
