@@ -96,8 +96,9 @@ followers slightly behind; 1..1,000,000,000);
 keyspace catalogue of ARCH §4; default or empty: every region; keyspaces with
 ``survive="region"`` need three or more, so that the catalog survives a region's loss too).
 
-``[cluster.limits]`` (ARCH §5.8): ``max_txn_keys``, ``max_txn_bytes``, ``max_key_size`` (at
-most the store's 250), ``max_value_size`` (at most the store's limit) — positive integers, with
+``[cluster.limits]`` (ARCH §5.8): ``max_txn_keys`` (at most 65,536), ``max_txn_bytes`` (at
+most 8 MiB, half an RPC frame), ``max_key_size`` (at most the store's 250), ``max_value_size``
+(at most the store's limit) — positive integers, with
 ``max_txn_bytes >= max_key_size + max_value_size`` so that the largest single write can commit
 — and ``max_txn_lifetime_s``, a positive number of seconds.
 
@@ -125,8 +126,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
+from .adjudicator import MAX_TXN_KEYS as ADJUDICATOR_MAX_KEYS
 from .errors import InvalidArgumentError, MeridianError
 from .mvcc import MAX_KEY_SIZE as STORE_MAX_KEY_SIZE, MAX_VALUE_SIZE as STORE_MAX_VALUE_SIZE
+from .rpc import DEFAULT_MAX_FRAME
 
 __all__ = [
     "ConfigError",
@@ -452,6 +455,11 @@ class RegionConfig:
         object.__setattr__(self, "nodes", nodes)
 
 
+MAX_TXN_BYTES = DEFAULT_MAX_FRAME // 2
+"""The largest ``max_txn_bytes``: a commit is sent as one RPC frame (16 MiB), and its keys,
+its read set and their encoding need room beside the values."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-transaction limits, enforced with clear errors (ARCH §5.8).
@@ -462,9 +470,11 @@ class Limits:
     """
 
     max_txn_keys: int = 1000
-    """Keys written per transaction."""
+    """Keys written per transaction; at most the adjudicator's 65,536 keys per request
+    (:data:`engine.adjudicator.MAX_TXN_KEYS`, which counts a serializable read set too)."""
     max_txn_bytes: int = 4 << 20
-    """Bytes of keys and values written per transaction."""
+    """Bytes of keys and values written per transaction; at most half an RPC frame
+    (:data:`MAX_TXN_BYTES`): a commit is one request, with its read set beside the writes."""
     max_key_size: int = 250
     """At most the store's limit, :data:`engine.mvcc.MAX_KEY_SIZE`."""
     max_value_size: int = 1 << 20
@@ -472,8 +482,8 @@ class Limits:
     max_txn_lifetime_s: float = 60.0
 
     def __post_init__(self) -> None:
-        _int(self.max_txn_keys, "max_txn_keys")
-        _int(self.max_txn_bytes, "max_txn_bytes")
+        _int(self.max_txn_keys, "max_txn_keys", high=ADJUDICATOR_MAX_KEYS)
+        _int(self.max_txn_bytes, "max_txn_bytes", high=MAX_TXN_BYTES)
         _int(self.max_key_size, "max_key_size", high=STORE_MAX_KEY_SIZE)
         _int(self.max_value_size, "max_value_size", high=STORE_MAX_VALUE_SIZE)
         lifetime = _number(self.max_txn_lifetime_s, "max_txn_lifetime_s", positive=True)

@@ -22,6 +22,7 @@ from engine import config as cfgmod
 from engine.config import (
     ClusterConfig,
     ConfigError,
+    MAX_TXN_BYTES,
     MAX_WAN_LATENCY_MS,
     Limits,
     NodeAddress,
@@ -32,6 +33,7 @@ from engine.config import (
     load_node_config,
     parse_node_config,
 )
+from engine.adjudicator import MAX_TXN_KEYS
 from engine.errors import InvalidArgumentError, MeridianError
 
 
@@ -314,13 +316,19 @@ FAILING = [
     # limits
     ("limits not a table", _set("cluster/limits", 5), "cluster.limits", "expected a table"),
     ("txn keys zero", _set("cluster/limits/max_txn_keys", 0), "cluster.limits.max_txn_keys",
-     "must be at least 1"),
+     "must be in 1..65536"),
     ("key size above the store's", _set("cluster/limits/max_key_size", 251),
      "cluster.limits.max_key_size", "must be in 1..250, got 251"),
     ("value size above the store's", _set("cluster/limits/max_value_size", 64 << 20),
      "cluster.limits.max_value_size", "must be in 1.."),
     ("txn bytes below one write", _set("cluster/limits/max_txn_bytes", 1000),
      "cluster.limits.max_txn_bytes", "must be at least max_key_size + max_value_size"),
+    # A transaction within larger limits than these fails only at commit: its request is
+    # over the RPC frame, or over the adjudicator's keys per request.
+    ("txn bytes over half a frame", _set("cluster/limits/max_txn_bytes", 40 << 20),
+     "cluster.limits.max_txn_bytes", "must be in 1..8388608"),
+    ("txn keys over the adjudicator's", _set("cluster/limits/max_txn_keys", 70_000),
+     "cluster.limits.max_txn_keys", "must be in 1..65536"),
     ("lifetime zero", _set("cluster/limits/max_txn_lifetime_s", 0),
      "cluster.limits.max_txn_lifetime_s", "must be greater than 0"),
     ("lifetime negative", _set("cluster/limits/max_txn_lifetime_s", -1.5),
@@ -545,8 +553,8 @@ def node_configs(draw):
     key_size = draw(st.integers(1, 250))
     value_size = draw(st.integers(1, 4 << 20))
     limits = Limits(
-        max_txn_keys=draw(st.integers(1, 2**63 - 1)),
-        max_txn_bytes=draw(st.integers(key_size + value_size, 2**63 - 1)),
+        max_txn_keys=draw(st.integers(1, MAX_TXN_KEYS)),
+        max_txn_bytes=draw(st.integers(key_size + value_size, MAX_TXN_BYTES)),
         max_key_size=key_size,
         max_value_size=value_size,
         max_txn_lifetime_s=draw(st.floats(min_value=1e-9, max_value=1e9)),
