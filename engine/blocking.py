@@ -67,7 +67,14 @@ from typing import Any, TypeVar
 import trio
 
 from .catalog import Keyspace
-from .client import ConflictRecord, Database, Transaction, check_retry_policy, connect
+from .client import (
+    ConflictRecord,
+    Database,
+    Transaction,
+    check_retry_policy,
+    connect,
+    refuse_awaitable,
+)
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -531,12 +538,8 @@ class BlockingDatabase:
             tx = self.transaction(isolation)
             try:
                 result = fn(tx)
-                if inspect.isawaitable(result):
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise InvalidArgumentError(
-                        "the function given to run_transaction returned an awaitable; run "
-                        "async functions with engine.client.Database.run_transaction")
+                refuse_awaitable(result, "(run async functions with "
+                                         "engine.client.Database.run_transaction)")
                 if not tx._tx._ended():
                     tx.commit()
                 return result

@@ -205,6 +205,21 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise InvalidArgumentError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
+def refuse_awaitable(result: object, hint: str) -> None:
+    """Refuses what a function given to ``run_transaction`` returned if it is an awaitable
+    (closed first, so that it does not run later): committing would leave out what it was
+    meant to do, and awaiting it afterwards would find the transaction over.
+
+    Raises:
+        InvalidArgumentError: ``result`` is awaitable; the message ends with ``hint``.
+    """
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        raise InvalidArgumentError(
+            f"the function given to run_transaction returned an awaitable {hint}")
+
+
 def check_retry_policy(max_attempts: object, base_delay_s: object, max_delay_s: object) -> None:
     """Refuses a retry policy of ``run_transaction`` before its first attempt: a delay that
     is negative or not a number would fail only at the first conflict, as the sleep's error
@@ -463,14 +478,8 @@ class Database:
             tx = self.transaction(isolation)
             try:
                 result = await fn(tx)
-                if inspect.isawaitable(result):
-                    # Committing would leave out what it was meant to do, and awaiting it
-                    # afterwards would find the transaction over.
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise InvalidArgumentError(
-                        "the function given to run_transaction returned an awaitable (an "
-                        "operation not awaited?): the transaction was rolled back")
+                refuse_awaitable(result, "(an operation not awaited?): the transaction was "
+                                         "rolled back")
                 if not tx._ended():
                     await tx.commit()
                 return result
