@@ -208,19 +208,39 @@ def _run_node(path: str) -> int:
                     await run_node(cfg)
                 nursery.cancel_scope.cancel()
 
+    def report(exc: BaseException) -> None:
+        if isinstance(exc, MeridianError):
+            print(f"meridian node: {exc}", file=sys.stderr)
+        else:  # most often a port taken, or a host that is not local
+            me = cfg.address
+            print(f"meridian node: node {cfg.node_id} failed: {exc.strerror or exc} (its "
+                  f"peer_address is {me.peer_address}, its client_address "
+                  f"{me.client_address})", file=sys.stderr)
+
     try:
         trio.run(main)
-    except MeridianError as exc:
-        print(f"meridian node: {exc}", file=sys.stderr)
+    except (MeridianError, OSError) as exc:
+        report(exc)
         return 1
-    except OSError as exc:  # most often a port taken, or a host that is not local
-        me = cfg.address
-        print(f"meridian node: node {cfg.node_id} failed: {exc.strerror or exc} (its "
-              f"peer_address is {me.peer_address}, its client_address {me.client_address})",
-              file=sys.stderr)
+    except BaseExceptionGroup as group:
+        # Several of the node's tasks failed at once: a disk that fails, or fills, fails
+        # every group that writes to it in the same moment. Each failure is one line.
+        failures = _leaves(group)
+        if not all(isinstance(exc, (MeridianError, OSError)) for exc in failures):
+            raise
+        for exc in failures:
+            report(exc)
         return 1
     log.info("stopped")
     return 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions of ``group`` and of the groups nested in it, in order."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _cluster(args) -> int:

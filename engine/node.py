@@ -11,13 +11,19 @@ Data directory
 --------------
 ::
 
-    DIR/IDENTITY                   a DurableState holding msgpack {"cluster": name, "node": id}:
+    DIR/IDENTITY                   a DurableState holding msgpack {"cluster": name, "node": id,
+                                   "groups": [[group, kind, region, voters, learners], ...]}:
                                    a directory is never reused by another node or cluster by
                                    mistake, and its flock keeps it to one node process
     DIR/groups/<id>/raft/          the group's Raft log, hard state and snapshot
     DIR/groups/<id>/state/         the group's MVCC store
 
-Restarting a node on the same directory recovers every group from it.
+Restarting a node on the same directory recovers every group from it. The groups and their
+members (the placement, a function of the cluster configuration's regions and nodes) must be
+those the directory was made for: a group's Raft membership is bootstrapped from the placement,
+so a node restarted under a configuration with other nodes or regions would elect and commit
+under a membership its peers do not share -- two leaders, and acknowledged writes lost. Such a
+start is refused; addresses, latencies and limits may change freely.
 
 Methods served
 --------------
@@ -252,7 +258,8 @@ class Node:
         planted.check_environment()
         directory = Path(self.config.data_dir)
         with contextlib.ExitStack() as files:
-            identity = _open_identity(directory, self.cluster.name, self.id)
+            identity = _open_identity(directory, self.cluster.name, self.id,
+                                      _membership(self.placement))
             files.callback(identity.close)
             me = self.cluster.node(self.id)
             async with trio.open_nursery() as nursery:
@@ -1753,14 +1760,30 @@ async def run_node(config: NodeConfig, *, seed: int | None = None,
     await Node(config, seed=seed).run(task_status=task_status)
 
 
-def _open_identity(directory: Path, cluster: str, node_id: int) -> DurableState:
+def _membership(groups: dict) -> list[list]:
+    """The placement as IDENTITY records it: ``[group, kind, region, voters, learners]`` per
+    group, in group order (lists, as msgpack gives them back)."""
+    return [[gid, p.kind, p.region, list(p.conf.voters), list(p.conf.learners)]
+            for gid, p in sorted(groups.items())]
+
+
+def _open_identity(directory: Path, cluster: str, node_id: int,
+                   groups: list[list]) -> DurableState:
     """Opens ``DIR/IDENTITY`` (a :class:`DurableState`, whose flock keeps the directory to one
-    node process) and checks, or on first use records, whose directory this is."""
+    node process) and checks, or on first use records, whose directory this is: which node of
+    which cluster, and the cluster's groups and their members (``groups``, see
+    :func:`_membership`).
+
+    Raises:
+        InvalidArgumentError: the directory belongs to another node or cluster, or was made
+            for groups with other members.
+        StoreLockedError, StorageError, CorruptStateError.
+    """
     try:
         makedirs_durable(directory)
     except OSError as exc:
         raise storage_error(exc, f"cannot create data directory {directory}") from None
-    want = {"cluster": cluster, "node": node_id}
+    want = {"cluster": cluster, "node": node_id, "groups": groups}
     try:
         identity = DurableState(directory / "IDENTITY")
     except StoreLockedError:
@@ -1772,14 +1795,42 @@ def _open_identity(directory: Path, cluster: str, node_id: int) -> DurableState:
             identity.store(msgpack.packb(want))
             return identity
         have = msgpack.unpackb(raw, raw=False)
-        if have != want:
+        if [have.get("cluster"), have.get("node")] != [cluster, node_id]:
             raise InvalidArgumentError(
                 f"data directory {directory} belongs to node {have.get('node')} of cluster "
                 f"{have.get('cluster')!r}, not node {node_id} of cluster {cluster!r}")
+        if "groups" not in have:
+            # Made before the groups were recorded: they cannot be checked this once, and
+            # are from now on.
+            identity.store(msgpack.packb(want))
+        elif have["groups"] != groups:
+            raise InvalidArgumentError(
+                f"data directory {directory} was made for a cluster {cluster!r} whose groups "
+                f"have other members ({_membership_change(have['groups'], groups)}): a "
+                f"cluster's regions and nodes cannot change under its data")
     except BaseException:
         identity.close()
         raise
     return identity
+
+
+def _membership_change(had: list, now: list) -> str:
+    """The first group whose recorded placement differs from the configuration's, in words."""
+    before = {g[0]: g for g in had if isinstance(g, list) and len(g) == 5}
+    after = {g[0]: g for g in now}
+    for gid in sorted(set(before) | set(after)):
+        if before.get(gid) != after.get(gid):
+            return (f"group {gid}: {_describe_group(before.get(gid))} in the directory, "
+                    f"{_describe_group(after.get(gid))} in the configuration")
+    return "the groups differ"
+
+
+def _describe_group(g: list | None) -> str:
+    if g is None:
+        return "no such group"
+    _, kind, region, voters, learners = g
+    home = f" of {region}" if region else ""
+    return f"{kind} group{home} with voters {voters} and learners {learners}"
 
 
 def _answers(replica: GroupReplica, voter: int) -> bool:

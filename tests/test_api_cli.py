@@ -122,6 +122,35 @@ def test_node_with_a_bad_config_says_which_field(tmp_path):
     assert "cluster.regions: missing" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_node_whose_groups_fail_together_says_so_in_one_line_each(tmp_path, monkeypatch,
+                                                                  capsys):
+    # A disk that fails (EIO) or fills fails every group writing to it at the same moment:
+    # the node then ends with several storage errors at once (a trio MultiError), which
+    # `meridian node` used to let out as a traceback instead of its one-line message.
+    import trio
+
+    import engine.node
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+
+    async def two_groups_fail(cfg, **kwargs):
+        async def fail(exc):
+            raise exc  # with no checkpoint before: both fail, as groups failing at once do
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, errors.StorageError(5, "cannot sync groups/1/raft/log"))
+            nursery.start_soon(fail, errors.DiskFullError("cannot write groups/100/snapshot"))
+
+    monkeypatch.setattr(engine.node, "run_node", two_groups_fail)
+    config = tmp_path / "node.toml"
+    config.write_text(dump_node_config(NodeConfig(
+        node_id=1, data_dir=str(tmp_path / "data"),
+        cluster=default_local_cluster(("r1",), 1, 20000))))
+    assert main(["node", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert sorted(err.splitlines()) == ["meridian node: cannot sync groups/1/raft/log",
+                                        "meridian node: cannot write groups/100/snapshot"], err
+
+
 def test_cluster_up_status_down_with_custom_latencies(tmp_path):
     # A relative --dir (the default is one) for up, another spelling of it for down.
     directory = tmp_path / "c"

@@ -515,6 +515,49 @@ async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_p
             await n.start(Node(cfg).run)
 
 
+async def test_a_data_directory_is_refused_by_a_configuration_with_other_members(tmp_path):
+    # A group's Raft membership is bootstrapped from the placement, which the configuration's
+    # nodes decide. A node restarted on its directory under a configuration with more nodes
+    # (same cluster name, same addresses for the old nodes) used to start: with the new
+    # nodes it formed a majority of a membership the old nodes did not share, and both sides
+    # elected a leader of the same group and acknowledged conflicting writes.
+    import msgpack
+
+    from engine.config import NodeConfig, default_local_cluster
+    from engine.durable import DurableState
+    from engine.node import Node
+
+    async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=9) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"x", b"1"))
+        three = cluster.config
+    port = three.node(1).peer_port
+    five = dataclasses.replace(default_local_cluster(("us-east",), 5, port, wan_latency_ms={}),
+                               tick_interval_ms=three.tick_interval_ms,
+                               election_ticks=three.election_ticks,
+                               heartbeat_ticks=three.heartbeat_ticks)
+    assert five.name == three.name and five.node(1) == three.node(1)
+    cfg = NodeConfig(node_id=1, data_dir=str(tmp_path / "node-1"), cluster=five)
+    with pytest.raises(errors.InvalidArgumentError,
+                       match=r"other members \(group 1: meta group with voters \[1, 2, 3\]"):
+        async with trio.open_nursery() as n:
+            await n.start(Node(cfg).run)
+            n.cancel_scope.cancel()
+    # Other addresses are not another membership, and a directory made before the groups were
+    # recorded (node 2's, as written here) takes them on: the whole cluster starts again on
+    # new ports with its data.
+    with DurableState(tmp_path / "node-2" / "IDENTITY") as identity:
+        identity.store(msgpack.packb({"cluster": three.name, "node": 2}))
+    async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=9) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                assert await db.read("k", b"x") == b"1"
+    with DurableState(tmp_path / "node-2" / "IDENTITY") as identity:
+        assert msgpack.unpackb(identity.load())["groups"][0][:4] == [1, "meta", "", [1, 2, 3]]
+
+
 async def test_a_leader_cut_off_while_closing_time_keeps_serving(monkeypatch):
     """Closing time while idle can time out (the leader lost its group, or it is slow): the
     node logs it and tries again later; it must not stop."""
