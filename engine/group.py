@@ -1093,6 +1093,10 @@ class _Batch:
         # has none of this call's versions until the end): a cell, or a plain value's bytes.
         self._cells: dict[bytes, Cell | bytes | None] = {}
         self.shipped = False  # regional writes added to the outbox
+        # The outbox as entry-by-entry application would see it (see trim_outbox): the keys
+        # of the records this call added, oldest first, and the newest record it trimmed.
+        self._outbox_added: list[bytes] = []
+        self._trimmed_to = 0
         self.installed = 0  # transactions prepared by this call
         # PURGE ranges, erased from the store before this call's versions and side entries
         # are written (those written before the PURGE are dropped here instead).
@@ -1511,6 +1515,7 @@ class _Batch:
         and ``record`` (their :meth:`_outbox_record`) put in the outbox."""
         self._apply_merges(merged, ts)
         self.side[_OUTBOX + _U64.pack(ts)] = record
+        self._outbox_added.append(_OUTBOX + _U64.pack(ts))
         self.shipped = True
         self.trim_outbox(limit=2)
 
@@ -1582,14 +1587,20 @@ class _Batch:
             horizon = max(horizon, applied + 1)
         if horizon <= 0:
             return
-        last = 0
-        for skey, _ in self.sm.store.side_scan(_OUTBOX, _OUTBOX + _U64.pack(horizon),
-                                               limit=limit):
-            if self.side.get(skey, b"") is not None:
-                self.side[skey] = None
-                last = _U64.unpack(skey[1:])[0]
-        if last:
-            self.side[_OUTBOX_TRIMMED] = _U64.pack(last)
+        # What is trimmed must not depend on how the log was cut into apply calls (replicas
+        # cut it differently): the records left are those in the store after the ones this
+        # call trimmed already (it trims from the oldest), then the ones this call added, all
+        # newer than any in the store. The store alone would hide the latter, and would show
+        # the former again, using up the limit.
+        start = _OUTBOX + _U64.pack(self._trimmed_to + 1) if self._trimmed_to else _OUTBOX
+        end = _OUTBOX + _U64.pack(horizon)
+        trimmed = [skey for skey, _ in self.sm.store.side_scan(start, end, limit=limit)]
+        trimmed += [k for k in self._outbox_added if start <= k < end][:limit - len(trimmed)]
+        for skey in trimmed:
+            self.side[skey] = None
+        if trimmed:
+            self._trimmed_to = _U64.unpack(trimmed[-1][1:])[0]
+            self.side[_OUTBOX_TRIMMED] = _U64.pack(self._trimmed_to)
 
 
 def _origin_in_key(origin: str) -> bytes:
