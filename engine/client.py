@@ -1441,8 +1441,9 @@ class Transaction:
         stored, group = await self._locate(keyspace, key)
         v = _as_bytes(payload, "payload")
         resolver = resolver_for(ks.resolver)
-        # Checked now, with the resolver the group will use, rather than at commit.
-        resolver.merge(None, RemoteWrite(stored, v, 1, self._db.region, MERGE))
+        # Checked now, with the resolver the group will use, rather than at commit; as a
+        # write newer than anything observed (a set remove's tags are checked against it).
+        resolver.merge(None, RemoteWrite(stored, v, MAX_MERGE_TS, self._db.region, MERGE))
         pending = self._merges.get(stored)
         if pending is not None:
             if ks.resolver == "counter":

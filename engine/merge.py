@@ -74,7 +74,8 @@ Resolvers
     payload msgpack ``["add", elem]`` (:func:`encode_set_add`) or ``["remove", elem,
     [[ts, origin], ...]]`` (:func:`encode_set_remove`), ``elem`` a bin. An add tags ``elem``
     with the write's ``(ts, origin)``; a remove removes exactly the tags it lists — those its
-    origin observed (:meth:`AddWinsSet.observed_tags`) — so an add concurrent with a remove
+    origin observed (:meth:`AddWinsSet.observed_tags`), all older than the remove's own
+    ``(ts, origin)`` (a newer one is refused) — so an add concurrent with a remove
     survives it. Removed tags are remembered (tombstones) so an add that arrives after its
     remove, or twice, stays removed. An origin's writes are ordered, so its newest tag of an
     element (added or removed) supersedes its older ones: a cell holds at most one tag per
@@ -809,6 +810,14 @@ class AddWinsSet(Resolver):
 
     def _merge(self, cell: Cell | None, write: RemoteWrite) -> tuple[Cell, Conflict | None]:
         op, elem, observed = self.parse(write.value)
+        if observed and observed[-1] >= write.version:
+            # A remove lists tags its origin had merged, all older than the remove itself. A
+            # newer one would become a tombstone that supersedes every add of the element by
+            # that origin up to the tag's timestamp, adds made after the remove included:
+            # they would vanish in every region.
+            raise InvalidArgumentError(
+                f"a set remove names the tag {list(observed[-1])}, not older than the remove "
+                f"itself ({write.ts}/{write.origin}): it can only name tags it observed")
         # (element, origin) -> (ts, removed): the newest tag of that origin's adds of the
         # element known here, and whether it is removed. An origin's writes are ordered, so
         # its newer tag supersedes its older ones: whoever observed (listed) the newer one had

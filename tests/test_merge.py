@@ -284,7 +284,7 @@ def test_set_remove_after_observed_add_removes_it_in_any_order():
 def test_set_holds_several_elements_sorted():
     aws = AddWinsSet()
     cell = fold(aws, [add(b"b", 1, US), add(b"a", 2, EU), add(b"c", 3, AP),
-                      remove(b"c", [(3, AP)], 4, AP), remove(b"a", [(9, US)], 5, US)])
+                      remove(b"c", [(3, AP)], 4, AP), remove(b"a", [(1, US)], 5, US)])
     assert decode_set(aws.value_of(cell)) == [b"a", b"b"]
     assert AddWinsSet.observed_tags(cell, b"zzz") == ()
     assert AddWinsSet.observed_tags(None, b"a") == ()
@@ -322,6 +322,20 @@ def test_set_re_adding_an_element_keeps_the_cell_bounded():
         assert decode_set(read(aws, order)) == []
     for order in (late + [stale], [stale] + late, [late[0], stale, late[1], late[2]]):
         assert decode_set(read(aws, order)) == [b"x"]
+
+
+def test_set_refuses_a_remove_naming_a_tag_not_older_than_itself():
+    # Such a tag became a tombstone that superseded the origin's later adds of the element:
+    # us-east removed x naming a tag from its future, added x again, and x stayed absent,
+    # in every region.
+    aws = AddWinsSet()
+    for tag in [(9, US), (5, US), (5, "zz-last")]:
+        with pytest.raises(InvalidArgumentError, match="not older than the remove"):
+            aws.merge(fold(aws, [add(b"x", 1, US)]), remove(b"x", [(1, US), tag], 5, US))
+    # Tags older than the remove are taken, a concurrent add still winning.
+    cell = fold(aws, [add(b"x", 1, US), remove(b"x", [(1, US), (5, AP)], 5, US),
+                      add(b"x", 7, US)])
+    assert decode_set(aws.value_of(cell)) == [b"x"]
 
 
 @pytest.mark.parametrize("payload", [
