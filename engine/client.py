@@ -900,23 +900,32 @@ class Database:
 
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair
-        (``"origin->destination"``: p50, p99 and sample count, from the destination's
-        leader); ``cross_region_bytes`` the nodes of one region sent to those of another
+        (``"origin->destination"``: p50, p99 and sample count of the writes applied, from the
+        destination's leader, and ``behind_ms``, the age of the oldest write the destination
+        has not applied yet, from the origin's leader: it grows while the pair's replication
+        is stopped); ``cross_region_bytes`` the nodes of one region sent to those of another
         (``"from->to"``, since the nodes started: Raft replication, two-phase commit and
         regional replication between nodes; clients' own requests not included); and every
         node's status."""
         nodes = await self.status()
         lag = {}
+        behind: dict[str, float] = {}
         traffic: dict[str, int] = {}
         for st in nodes.values():
             for origin, figures in (st.get("replication_lag_ms") or {}).items():
                 pair = f"{origin}->{st['region']}"
                 if figures["samples"] > lag.get(pair, {}).get("samples", 0):
                     lag[pair] = figures
+            for destination, ms in (st.get("replication_behind_ms") or {}).items():
+                pair = f"{st['region']}->{destination}"
+                behind[pair] = max(behind.get(pair, 0.0), ms)
             for region, figures in (st.get("bytes_by_region") or {}).items():
                 if region != st.get("region"):
                     pair = f"{st['region']}->{region}"
                     traffic[pair] = traffic.get(pair, 0) + figures["sent"]
+        for pair, ms in behind.items():
+            lag[pair] = {**lag.get(pair, {"samples": 0, "p50": None, "p99": None}),
+                         "behind_ms": ms}
         return {"replication_lag_ms": lag, "cross_region_bytes": traffic, "nodes": nodes}
 
     async def status(self) -> dict:

@@ -244,6 +244,9 @@ class Node:
         self.replication_broken: dict[tuple[int, int], int] = {}
         # Replication lag of regional writes applied here, per origin region: recent samples.
         self._lag_ms: dict[str, collections.deque] = {}
+        # (origin group, destination group) -> how far the destination has applied the
+        # origin's regional writes, by its latest answer to this node's shipper.
+        self._applied_by: dict[tuple[int, int], int] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -582,8 +585,14 @@ class Node:
             s = r.node.statistics()
             out[gid] = {**asdict(s), "closed_ts": r.closed_ts, "gc_removed": r.gc_removed,
                         "gc_watermark": r.sm.store.gc_watermark, "purges": r.purges}
+        # Regional writes are applied here only while this node leads its region's data
+        # group: once another node does, these samples are frozen, and reported next to the
+        # leader's they would pass for the pair's current lag.
+        leads = any(r.node.is_leader for gid, r in self.replicas.items()
+                    if self.placement[gid].kind == "data"
+                    and self.placement[gid].region == self.region)
         lag = {}
-        for origin, samples in self._lag_ms.items():
+        for origin, samples in self._lag_ms.items() if leads else ():
             ordered = sorted(samples)
             if ordered:
                 lag[origin] = {"samples": len(ordered),
@@ -593,8 +602,28 @@ class Node:
         return {"node": self.id, "region": self.region, "groups": out,
                 "bytes_by_region": self._bytes_by_region(),
                 "clock_problem": self._clock_problem, "replication_lag_ms": lag,
+                "replication_behind_ms": self._replication_behind_ms(),
                 "replication_broken": [[o, d, t] for (o, d), t in
                                        self.replication_broken.items()]}
+
+    def _replication_behind_ms(self) -> dict[str, float]:
+        """Per other region: the age of the oldest regional write of the data group this
+        node leads that the region has not applied yet, as far as this node knows (0: none
+        waiting). The lag samples only count writes that arrived; this grows while a stream
+        is stopped (a region cut off, a batch refused), which is when it matters."""
+        out = {}
+        now = self.clock.physical_ns()
+        for gid, replica in self.replicas.items():
+            if self.placement[gid].kind != "data" or not replica.node.is_leader:
+                continue
+            for destination, where in self.placement.items():
+                if destination == gid or where.kind != "data":
+                    continue
+                applied = max(self._applied_by.get((gid, destination), 0),
+                              replica.sm.shipped(destination))
+                oldest = replica.sm.outbox_after(applied, limit=1)
+                out[where.region] = max(0.0, (now - oldest[0][0]) / 1e6) if oldest else 0.0
+        return out
 
     def _bytes_by_region(self) -> dict[str, dict[str, int]]:
         """Bytes this node exchanged with the nodes of each region (its own included): Raft
@@ -1120,6 +1149,8 @@ class Node:
         reply = await peers._call_group(destination, "remote.watermark", {
             "group": destination, "origin": origin.group})
         after = reply["watermark"]
+        progress = (origin.group, destination)
+        self._applied_by[progress] = max(self._applied_by.get(progress, 0), after)
         trimmed = origin.sm.outbox_trimmed
         if after < trimmed:
             # The destination fell further behind than the outbox keeps: the writes in
@@ -1143,6 +1174,7 @@ class Node:
                     broken.set()
                 if type(reply.get("watermark")) is int:
                     applied[0] = max(applied[0], reply["watermark"])
+                    self._applied_by[progress] = max(self._applied_by[progress], applied[0])
             except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
                 failure.append(exc)
                 broken.set()

@@ -1,0 +1,86 @@
+"""Regional keyspaces (ARCH §6): the replication lag that statistics() reports per region pair
+comes from the destination's current leader, and shows a stream that has stopped, while it
+is stopped, not only once its writes arrive."""
+
+from __future__ import annotations
+
+import trio
+
+from engine.local import open_local_cluster
+from engine.placement import data_group
+from test_cluster import _leader_of
+from test_regional import _converged, _watermark_reaches
+
+REGIONS = ("us-east", "eu-west")
+PAIR = "us-east->eu-west"
+
+
+async def _lag(db) -> dict:
+    return (await db.statistics())["replication_lag_ms"][PAIR]
+
+
+async def _caught_up(db) -> dict:
+    """The pair's figures once the origin knows the destination has every write (the
+    destination's answer reaches it after the destination applied them)."""
+    while (lag := await _lag(db))["behind_ms"]:
+        await trio.sleep(0.05)
+    return lag
+
+
+async def test_a_region_cut_off_shows_how_far_behind_it_is():
+    async with open_local_cluster(REGIONS, 1, seed=37) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b:
+            with trio.fail_after(60):
+                await a.create_keyspace("notes", mode="regional")
+                async with a.transaction() as tx:
+                    await tx.put("notes", b"k", b"1")
+                await _converged(cluster, (a, b), "notes", [b"k"])
+                assert (await _caught_up(a))["samples"] >= 1
+                cluster.partition([n.id for n in cluster.config.nodes_in("eu-west")])
+                async with a.transaction() as tx:
+                    await tx.put("notes", b"k", b"2")
+                await trio.sleep(1.5)
+                # Before, the pair only had the figures of the writes that had arrived: a
+                # region cut off for good looked as current as before the cut.
+                lag = await _lag(a)
+                assert lag["behind_ms"] >= 1000, lag
+                cluster.heal()
+                await _watermark_reaches(cluster, data_group(cluster.config, "eu-west"),
+                                         data_group(cluster.config, "us-east"), tx.commit_ts)
+                await _caught_up(a)
+                assert await b.read("notes", b"k") == b"2"
+
+
+async def test_lag_comes_from_the_destinations_leader_after_a_leadership_change():
+    async with open_local_cluster(REGIONS, 3, seed=38) as cluster:
+        async with cluster.connect("us-east") as a:
+            with trio.fail_after(60):
+                await a.create_keyspace("notes", mode="regional")
+                east = data_group(cluster.config, "us-east")
+                west = data_group(cluster.config, "eu-west")
+
+                async def write(value: bytes) -> None:
+                    async with a.transaction() as tx:
+                        await tx.put("notes", b"k", value)
+                    await _watermark_reaches(cluster, west, east, tx.commit_ts)
+
+                for i in range(4):
+                    await write(b"%d" % i)
+                old = await _leader_of(cluster, west)
+                new = next(v for v in cluster.nodes[old].placement[west].conf.voters
+                           if v != old)
+                while await _leader_of(cluster, west) != new:
+                    try:
+                        cluster.nodes[old].replicas[west].node.transfer_leader(new)
+                    except Exception:  # a transfer already under way, or no longer leader
+                        pass
+                    await trio.sleep(0.1)
+                await write(b"last")
+                # The old leader measured the first four writes, the new one the last.
+                assert len(cluster.nodes[old]._lag_ms["us-east"]) == 4
+                assert len(cluster.nodes[new]._lag_ms["us-east"]) == 1
+                # Before, the figures came from whichever node had the most samples: the old
+                # leader's, frozen since it stopped leading (for good once both held the
+                # most a node keeps, the first node's won every tie).
+                lag = (await a.statistics())["replication_lag_ms"]["us-east->eu-west"]
+                assert lag["samples"] == 1, lag
