@@ -1,6 +1,8 @@
-"""Regional keyspaces (ARCH §6): a group's outbox is replicated state like any other, so what
-it keeps and trims must be a function of the log alone, however a replica cuts the log into
-apply calls."""
+"""Regional keyspaces (ARCH §6) in one group's state machine: the outbox is replicated state
+like any other, so what it keeps and trims must be a function of the log alone, however a
+replica cuts the log into apply calls; and an add-wins set's remove names the add tags it
+observed: one naming a tag newer than itself is refused where it commits (committed, it
+removed the region's later adds of the element too, in every region)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,27 @@ import pytest
 
 from engine.group import (
     GroupStateMachine,
+    Outcome,
     encode_close,
     encode_commit,
+    encode_remote,
     encode_shipped,
 )
-from engine.merge import encode_int
-from engine.mvcc import MVCCStore
+from engine.merge import (
+    AddWinsSet,
+    decode_cell,
+    decode_set,
+    encode_int,
+    encode_set_add,
+    encode_set_remove,
+)
+from engine.mvcc import MAX_TS, MVCCStore
 from raft.types import Entry
 
 KEY = (7).to_bytes(4, "big") + b"n"
+SET_KEY = (7).to_bytes(4, "big") + b"tags"
 DESTINATIONS = [2, 3]
+T = 1_700_000_000_000_000_000  # timestamps as the hybrid logical clock reads them
 
 
 def _log(seed: int) -> list[bytes]:
@@ -77,3 +90,45 @@ def test_replicas_keep_the_same_outbox_whatever_their_apply_calls(tmp_path, seed
     # earlier in it used up their limit: the replicas' outboxes (and trimmed marks) differed.
     assert _replay(tmp_path / "few", data, cuts) == want
     assert _replay(tmp_path / "all", data, []) == want
+
+
+# ------------------------------------------------------------------ add-wins set removes
+
+def _elements(store) -> list[bytes]:
+    return decode_set(AddWinsSet().value_of(decode_cell(store.get(SET_KEY, MAX_TS))))
+
+
+def test_a_remove_naming_a_future_tag_is_refused_and_later_adds_stay(tmp_path):
+    store = MVCCStore(tmp_path / "g", map_size=1 << 22)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=10**9, origin="us-east")
+    try:
+        index = 0
+
+        def commit(ts, payload):
+            nonlocal index
+            index += 1
+            [result] = sm.apply([Entry(term=1, index=index, data=encode_commit(
+                index, 0, ts, [], merges=[(SET_KEY, "add_wins_set", payload)]))])
+            return result
+
+        assert commit(T + 100, encode_set_add(b"x")).committed
+        # A tag an hour ahead of the remove (a client that took a clock reading for one).
+        bad = encode_set_remove(b"x", [(T + 100, "us-east"), (T + 3600 * 10**9, "us-east")])
+        result = commit(T + 200, bad)
+        assert result.outcome is Outcome.INVALID and "not older than the remove" in result.reason
+        assert _elements(store) == [b"x"]
+        assert commit(T + 300, encode_set_remove(b"x", [(T + 100, "us-east")])).committed
+        assert _elements(store) == []
+        # Before, the committed bad remove left a tombstone an hour ahead, which hid this add.
+        assert commit(T + 400, encode_set_add(b"x")).committed
+        assert _elements(store) == [b"x"]
+        # A shipped one (from an origin that took it) refuses its batch, as any payload no
+        # cell can take does, rather than remove adds made after it here.
+        index += 1
+        [result] = sm.apply([Entry(term=1, index=index, data=encode_remote(
+            101, T + 500, 0, T + 450, [[SET_KEY, "add_wins_set", bad, T + 450, "eu-west", 0, ""]]))])
+        assert result.outcome is Outcome.INVALID and sm.watermark(101) == 0
+        assert _elements(store) == [b"x"]
+    finally:
+        sm.close()
+        store.close()
