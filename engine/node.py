@@ -207,9 +207,12 @@ class Node:
         self.cluster = config.cluster
         self.id = config.node_id
         self.region = config.region
+        # A jump of the wall clock is followed once peers vouch for it (see
+        # _trust_jumped_clock); a node without peers has nobody to ask, and follows its clock.
+        alone = len(self.cluster.all_nodes()) == 1
         self.clock = HybridClock(physical_clock or time.time_ns,
                                  max_offset_ns=self.cluster.max_clock_offset_ns,
-                                 monotonic=_boot_clock_ns)
+                                 monotonic=None if alone else _boot_clock_ns)
         self.replicas: dict[int, GroupReplica] = {}
         self.placement = placement(self.cluster)
         self._seed = seed

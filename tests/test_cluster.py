@@ -498,6 +498,25 @@ async def test_a_leader_whose_clock_jumps_forward_does_not_carry_the_jump_into_i
                 assert await db.read("ks", b"k") == b"v1"
 
 
+async def test_a_lone_node_follows_its_clock_when_it_is_set_right():
+    # A node without peers has nobody to vouch for a step of its wall clock: were steps
+    # forward held back until peers vouch, a lone node whose clock was an hour slow, then set
+    # right (an NTP step at boot), would stay an hour behind its clients for good, refusing
+    # every request as from too far ahead.
+    hour = 3600 * 10**9
+    async with open_local_cluster(("us-east",), 1, seed=10,
+                                  clock_offsets_ns={1: -hour}) as cluster:
+        node = cluster.nodes[1]
+        async with cluster.connect(request_timeout_s=1.0) as db:
+            with trio.fail_after(30):
+                with pytest.raises(errors.MeridianError):
+                    await db.create_keyspace("ks")  # refused: the client is an hour ahead
+                node.clock._physical = time.time_ns  # set right
+                await db.create_keyspace("ks")
+                await db.run_transaction(lambda tx: tx.put("ks", b"k", b"v"))
+                assert await db.read("ks", b"k") == b"v"
+
+
 async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_path):
     from engine.config import NodeConfig
     from engine.node import Node

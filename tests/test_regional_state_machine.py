@@ -125,8 +125,9 @@ def test_a_remove_naming_a_future_tag_is_refused_and_later_adds_stay(tmp_path):
         # A shipped one (from an origin that took it) refuses its batch, as any payload no
         # cell can take does, rather than remove adds made after it here.
         index += 1
-        [result] = sm.apply([Entry(term=1, index=index, data=encode_remote(
-            101, T + 500, 0, T + 450, [[SET_KEY, "add_wins_set", bad, T + 450, "eu-west", 0, ""]]))])
+        shipped = [[SET_KEY, "add_wins_set", bad, T + 450, "eu-west", 0, ""]]
+        [result] = sm.apply([Entry(term=1, index=index,
+                                   data=encode_remote(101, T + 500, 0, T + 450, shipped))])
         assert result.outcome is Outcome.INVALID and sm.watermark(101) == 0
         assert _elements(store) == [b"x"]
     finally:
