@@ -77,6 +77,12 @@ For each key with at least one ``ok`` final read:
   not followed by any remove of it — no ``ok`` or ``info`` remove that completed (or may
   complete) after the add was invoked; only such a remove can have observed the add.
 * ``set-garbage`` (``add_wins_set``): an element that no ``ok`` or ``info`` add added.
+* ``set-lost-remove`` (``add_wins_set``): an element is present although an ``ok`` remove of
+  it surely observed every add of it: each add that may have happened is ``ok``, was made in
+  the remove's region and completed before the remove was invoked. A region's own
+  acknowledged writes are visible to its later transactions, so the remove's tags cover
+  every add, and no add is left to win. (Adds from other regions may not have arrived when
+  the remove ran, so they are concurrent with it and win: such elements are not judged.)
 
 A key written but never read by an ``ok`` final read is counted in
 ``stats["keys_without_final_read"]`` and not judged. The work is linear in the history, but
@@ -113,7 +119,7 @@ DEFAULT_MAX_REPORTED = 10
 MAX_SUBSET_SUM_BITS = 1 << 22
 RESOLVERS = ("lww", "counter", "max", "add_wins_set")  # engine.merge.RESOLVER_NAMES
 ANOMALY_TYPES = ("divergence", "lost-write", "garbage", "counter-mismatch", "set-lost-add",
-                 "set-garbage", "missing-final-read")
+                 "set-garbage", "set-lost-remove", "missing-final-read")
 FINAL_READ = "final-read"
 WRITE_FUNCTIONS = {
     "lww": frozenset({"write", "delete"}),
@@ -450,9 +456,19 @@ def _check_set(found: _Findings, stats: dict[str, Any], key: Any, value: frozens
                      (" (a failed add did)" if by_failed else ""),
                      element=_thaw(elem), regions=where, failed_adds=by_failed)
     removes: dict[Any, list[_Write]] = {}
+    adds: dict[Any, list[_Write]] = {}
     for w in writes:
-        if w.f == "remove":
-            removes.setdefault(w.value, []).append(w)
+        (removes if w.f == "remove" else adds).setdefault(w.value, []).append(w)
+    for elem in sorted(value & removes.keys() & adds.keys(), key=repr):
+        for r in removes[elem]:
+            if r.kind == "ok" and all(a.kind == "ok" and a.region == r.region
+                                      and a.complete_ns < r.invoke_ns for a in adds[elem]):
+                found.report("set-lost-remove", key,
+                             f"key {_show(key)}: {', '.join(where)} read element "
+                             f"{_show(elem)}, although {_describe(r.summary)} came after "
+                             f"every add of it, all acknowledged in {r.region}",
+                             element=_thaw(elem), regions=where, remove=r.summary)
+                break
     reported: set[Any] = set()
     for w in writes:
         if w.f != "add" or w.kind != "ok" or w.value in value or w.value in reported:

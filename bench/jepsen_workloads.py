@@ -16,9 +16,12 @@ them and their events have the same form (FAULTS.md §4):
 ``set``
     ``add v`` inserts the unique element ``v`` (a key of its own, in the keyspace of region
     ``v % len(regions)``); ``read`` scans every set keyspace in one transaction. Checked by
-    :func:`check_set`: no acknowledged element missing from the final read (lost), no element
-    read that was never added (unexpected), and no read missing an element whose add was
-    acknowledged before the read began (stale: ARCH §5 promises no stale reads).
+    :func:`check_set`: no element known to be present missing from the final read (lost), no
+    element read that was never added (unexpected), and no read missing an element known to be
+    present before the read began (stale: ARCH §5 promises no stale reads). An element is
+    known to be present from the acknowledgement of its add, or from the end of the first
+    read that returned it, whichever is earlier: an add whose outcome is unknown took effect
+    if a read saw it, and nothing removes elements.
 """
 
 from __future__ import annotations
@@ -178,8 +181,8 @@ def check_set(events: Sequence[Mapping[str, Any]], *, final_from_ns: int | None,
     """Checks a ``set`` history (see the module docstring). The final read is the last ``ok``
     read invoked at or after ``final_from_ns`` (when the final phase began; None: the history
     has no final phase). Without a final read, lost elements cannot be judged: the verdict is
-    unknown unless another anomaly was found. Info adds may be present or not; failed adds
-    must not be."""
+    unknown unless another anomaly was found. Info adds may be present or not until a read
+    returns them, and then must stay; failed adds must not be present."""
     opened: dict[Any, Mapping[str, Any]] = {}
     adds: dict[int, dict[str, Any]] = {}  # element -> {type, invoke_ns, done_ns}
     reads: list[tuple[int, int, list[int], Any]] = []  # (invoke, done, elements, process)
@@ -210,6 +213,19 @@ def check_set(events: Sequence[Mapping[str, Any]], *, final_from_ns: int | None,
     finals = ([r for r in reads if r[0] >= final_from_ns] if final_from_ns is not None
               else [])
     final = max(finals, key=lambda r: r[1]) if finals else None
+    # element -> (when it was known to be present, how): its add's acknowledgement or the end
+    # of the first read that returned it, whichever came first. A read that returned it proves
+    # the add took effect (even one whose client never heard back), and a read that began
+    # after that and misses it is stale, or lost it.
+    known: dict[int, tuple[int, str]] = {
+        v: (adds[v]["done_ns"], f"add {v} was acknowledged at {adds[v]['done_ns']} ns")
+        for v in ok_adds}
+    maybe_added = {v for v, a in adds.items() if a["type"] != "fail"}
+    for _, done, elements, process in reads:
+        for v in maybe_added.intersection(elements):
+            if v not in known or done < known[v][0]:
+                known[v] = (done, (f"{v} was read by process {process} in a read that "
+                                   f"ended at {done} ns"))
     for read in reads:
         invoked, done, elements, process = read
         present = set(elements)
@@ -221,22 +237,23 @@ def check_set(events: Sequence[Mapping[str, Any]], *, final_from_ns: int | None,
             report("failed-add-read", {"element": v, "read_process": process,
                                        "explanation": f"add {v} failed, yet process {process} "
                                                       f"read it"})
-        for v in sorted(ok_adds - present) if read is not final else ():
-            if adds[v]["done_ns"] < invoked:
+        for v in sorted(known.keys() - present) if read is not final else ():
+            if known[v][0] < invoked:
                 report("stale-read", {
                     "element": v, "read_process": process, "add": adds[v],
                     "read_invoke_ns": invoked,
-                    "explanation": f"add {v} was acknowledged at {adds[v]['done_ns']} ns, "
-                                   f"before the read of process {process} began at {invoked} "
-                                   f"ns, which did not see it"})
+                    "explanation": f"{known[v][1]}, before the read of process {process} "
+                                   f"began at {invoked} ns, which did not see it"})
     lost: list[int] = []
     if final is not None:
-        lost = sorted(ok_adds - set(final[2]))
+        # Every acknowledged add must be in the final read; an element only a read showed,
+        # when that read ended before the final read began.
+        lost = sorted(v for v in known.keys() - set(final[2])
+                      if v in ok_adds or known[v][0] < final[0])
         for v in lost:
             report("lost", {"element": v, "add": adds[v],
-                            "explanation": f"add {v} was acknowledged at "
-                                           f"{adds[v]['done_ns']} ns but the final read (ended "
-                                           f"at {final[1]} ns) does not hold it"})
+                            "explanation": f"{known[v][1]} but the final read (ended at "
+                                           f"{final[1]} ns) does not hold it"})
     stats = {"adds_ok": len(ok_adds),
              "adds_fail": sum(a["type"] == "fail" for a in adds.values()),
              "adds_info": sum(a["type"] == "info" for a in adds.values()),

@@ -45,7 +45,8 @@ Workloads
     ``final-read``, earlier ones as ``read`` (not judged). Then each region's conflict log
     (``db.conflicts``) is recorded as a ``conflict-log`` event. The check
     (:func:`check_regional`): the regions agree, on what the resolver makes of the
-    acknowledged writes; for ``lww`` each logged loser is below its winner, and once
+    acknowledged writes; for ``lww`` each logged loser is below its winner, no logged winner
+    is above the write whose value the final reads returned, and once
     ``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs of acknowledged writes of a key from two regions
     overlapped in real time, some region's log is not empty.
 
@@ -685,14 +686,51 @@ def _concurrent_write_pairs(events: Sequence[Mapping[str, Any]]) -> int:
     return pairs
 
 
+def _final_versions(events: Sequence[Mapping[str, Any]]) -> dict[str, set[tuple[int, str]]]:
+    """Key -> the ``(ts, region)`` of each ``ok`` write whose value an ``ok`` final read of
+    the key returned (values are unique per run, so a value names its write; a value of a
+    write whose outcome is unknown names no known version and is left out)."""
+    written: dict[tuple[str, Any], tuple[int, str]] = {}
+    final: list[tuple[str, Any]] = []
+    opened: dict[Any, Mapping[str, Any]] = {}
+    for e in events:
+        if e["f"] not in ("write", convergence.FINAL_READ):
+            continue
+        if e["type"] == "invoke":
+            opened[e["process"]] = e
+            continue
+        invoke = opened.pop(e["process"], None)
+        if invoke is None or e["type"] != "ok" or e.get("value") is None:
+            continue
+        if e["f"] == "write":
+            written[(str(e.get("key")), e["value"])] = (e["ts"], e["region"])
+        else:
+            final.append((str(e.get("key")), e["value"]))
+    versions: dict[str, set[tuple[int, str]]] = {}
+    for key, value in final:
+        if (key, value) in written:
+            versions.setdefault(key, set()).add(written[(key, value)])
+    return versions
+
+
+def _text(key: Any) -> str:
+    """A conflict record's key as the history names it (bytes in memory, text once saved)."""
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
 def check_regional(events: Sequence[Mapping[str, Any]], resolver: str, *,
                    regions: Sequence[str] | None = None) -> dict[str, Any]:
     """:func:`bench.convergence.check` (``regions``: each must have read each key at the end),
     plus (``lww``) the conflict logs the runner read after
     the final reads (``conflict-log`` events, one per region): each record's winner is
-    greater than its loser by ``(ts, origin)``, and the logs are not all empty when writes
-    of one key from two regions overlapped (``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs or
-    more) — some of them were concurrent, and the loser of each is logged (ARCH §6)."""
+    greater than its loser by ``(ts, origin)``; no record's winner is greater than the
+    version of a value the final reads returned (``conflict-winner-lost``: a winner was in
+    some region's cell, an lww cell only moves to greater versions and every region receives
+    every write, so the converged version is at least the winner; this catches a lost
+    winner whose client never heard back, which :mod:`bench.convergence` cannot judge); and
+    the logs are not all empty when writes of one key from two regions overlapped
+    (``CONCURRENT_PAIRS_FOR_CONFLICT`` pairs or more) — some of them were concurrent, and the
+    loser of each is logged (ARCH §6)."""
     result = convergence.check(events, resolver, regions=regions)
     logs = [e for e in events if e["f"] == CONFLICT_LOG]
     pairs = _concurrent_write_pairs(events)
@@ -702,12 +740,21 @@ def check_regional(events: Sequence[Mapping[str, Any]], resolver: str, *,
     if resolver != "lww":
         return result
     found: dict[str, list[dict[str, Any]]] = {}
+    final = _final_versions(events)
     for e in logs:
         for rec in e["value"] if isinstance(e["value"], list) else ():
             if tuple(rec["winner"]) <= tuple(rec["loser"]):
                 found.setdefault("conflict-order", []).append(
                     {"explanation": f"{e['region']} logged a loser {rec['loser']} not below its "
                                     f"winner {rec['winner']}", "record": rec})
+            key = _text(rec["key"])
+            for version in sorted(final.get(key, ())):
+                if tuple(rec["winner"]) > version:
+                    found.setdefault("conflict-winner-lost", []).append(
+                        {"explanation": f"{e['region']} logged {rec['winner']} as the winner of "
+                                        f"a conflict on key {key!r}, yet the final reads "
+                                        f"returned the value written at {list(version)}, "
+                                        f"an older version", "record": rec})
     if logs and pairs >= CONCURRENT_PAIRS_FOR_CONFLICT and logged == 0 and all(
             isinstance(e["value"], list) for e in logs):
         found["conflict-log-empty"] = [{

@@ -322,6 +322,27 @@ def test_set_lost_add_is_not_excused_by_an_earlier_remove():
     assert kinds(check(h, "add_wins_set")) == ["set-lost-add"]
 
 
+def test_set_lost_remove():
+    """A remove made after every add of the element was acknowledged in its own region saw
+    all their tags: the element must be gone."""
+    ops = [sadd(0, "s", 1, US, 0, 10), sadd(1, "s", 1, US, 2, 12),
+           sremove(2, "s", 1, US, 20, 30)]
+    result = check(history(*ops, finals("s", [1])), "add_wins_set")
+    assert kinds(result) == ["set-lost-remove"]
+    (entry,) = result["anomalies"]["set-lost-remove"]
+    assert entry["element"] == 1 and entry["remove"]["process"] == 2
+    assert check(history(*ops, finals("s", [])), "add_wins_set")["valid"] is True
+    # An add from another region, one still running or of unknown outcome, or a remove of
+    # unknown outcome, may have escaped the remove: the element may stay.
+    for other in (sadd(1, "s", 1, EU, 2, 12), sadd(1, "s", 1, US, 2, 25),
+                  sadd(1, "s", 1, US, 2, None)):
+        h = history(sadd(0, "s", 1, US, 0, 10), other, sremove(2, "s", 1, US, 20, 30),
+                    finals("s", [1]))
+        assert check(h, "add_wins_set")["valid"] is True, other
+    h = history(sadd(0, "s", 1, US, 0, 10), sremove(2, "s", 1, US, 20, None), finals("s", [1]))
+    assert check(h, "add_wins_set")["valid"] is True
+
+
 def test_set_garbage():
     h = history(sadd(0, "s", 1, US, 0, 10), sadd(1, "s", 2, EU, 0, 10, kind="fail"),
                 finals("s", [1, 2, 7]))

@@ -84,6 +84,33 @@ def test_set_checker_finds_lost_unexpected_and_stale_elements():
     assert check_set(unexpected, final_from_ns=35)["anomaly_types"] == ["unexpected"]
 
 
+def test_set_checker_holds_elements_a_read_returned():
+    # A read that returns an element proves its add took effect, even when the add's client
+    # never heard back (info) or heard back only later: every read that begins after that
+    # read ended must hold the element, the final one included.
+    info_add_then_lost = [_ev(0, "invoke", "add", 1, 0), _ev(0, "info", "add", 1, 10),
+                          _ev(1, "invoke", "read", None, 20), _ev(1, "ok", "read", [1], 30),
+                          _ev(2, "invoke", "read", None, 40), _ev(2, "ok", "read", [], 50)]
+    result = check_set(info_add_then_lost, final_from_ns=35)
+    assert result["anomaly_types"] == ["lost"] and result["stats"]["lost"] == 1, result
+    seen_then_missed = [_ev(0, "invoke", "add", 1, 0),
+                        _ev(1, "invoke", "read", None, 5), _ev(1, "ok", "read", [1], 10),
+                        _ev(2, "invoke", "read", None, 20), _ev(2, "ok", "read", [], 25),
+                        _ev(0, "ok", "add", 1, 30),
+                        _ev(3, "invoke", "read", None, 40), _ev(3, "ok", "read", [1], 50)]
+    result = check_set(seen_then_missed, final_from_ns=35)
+    assert result["anomaly_types"] == ["stale-read"], result
+    assert result["anomalies"]["stale-read"][0]["read_process"] == 2
+    # A read concurrent with the one that returned the element may miss it, and an info add
+    # no read returned may be missing from the final read.
+    concurrent = [_ev(0, "invoke", "add", 1, 0), _ev(0, "info", "add", 1, 10),
+                  _ev(4, "invoke", "add", 2, 0), _ev(4, "info", "add", 2, 10),
+                  _ev(1, "invoke", "read", None, 20), _ev(2, "invoke", "read", None, 21),
+                  _ev(2, "ok", "read", [], 29), _ev(1, "ok", "read", [1], 30),
+                  _ev(3, "invoke", "read", None, 40), _ev(3, "ok", "read", [1], 50)]
+    assert check_set(concurrent, final_from_ns=35)["valid"] is True
+
+
 def test_register_checker_finds_a_stale_read():
     events = [_ev(0, "invoke", "write", 1, 0, key=1), _ev(0, "ok", "write", 1, 10, key=1),
               _ev(1, "invoke", "read", None, 20, key=1), _ev(1, "ok", "read", None, 30, key=1)]

@@ -405,6 +405,27 @@ def test_the_regional_check_reads_the_conflict_logs():
     assert unread["valid"] and unread["stats"]["conflict_logs_read"] == 0
 
 
+def test_the_regional_check_finds_a_logged_winner_older_than_the_final_value():
+    # A write whose client never heard back (info) won a conflict against the last
+    # acknowledged write, as a region's log says, yet every region ended on the loser: the
+    # acknowledged writes alone cannot show the lost winner, the log can.
+    last = 2 * txnsim.CONCURRENT_PAIRS_FOR_CONFLICT - 1
+    last_version = [100 * (txnsim.CONCURRENT_PAIRS_FOR_CONFLICT - 1) + 1, "eu-west"]
+    lost_winner = {"key": b"k", "winner": [10**6, "us-east"], "loser": last_version,
+                   "loser_value": str(last).encode()}
+    info_write = [{"process": 9, "type": "invoke", "f": "write", "key": "k", "value": 999,
+                   "region": "us-east", "time_ns": 1},
+                  {"process": 9, "type": "info", "f": "write", "key": "k", "value": 999,
+                   "region": "us-east", "time_ns": 50}]
+    events = sorted(info_write + _regional_history([lost_winner]), key=lambda e: e["time_ns"])
+    result = txnsim.check_regional(events, "lww")
+    assert not result["valid"] and result["anomaly_types"] == ["conflict-winner-lost"], result
+    # The final value's own win is no anomaly, nor a record of another key.
+    for record in ({**lost_winner, "winner": last_version, "loser": [1, "us-east"]},
+                   {**lost_winner, "key": b"other"}):
+        assert txnsim.check_regional(_regional_history([record]), "lww")["valid"], record
+
+
 def test_ci_seeds_meet_every_fault_kind():
     for (workload, isolation), seeds in CI_SEEDS.items():
         kinds = set().union(*(txnsim.plan_faults(_ci_config(workload, isolation, s)).kinds
