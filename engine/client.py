@@ -31,18 +31,19 @@ above the window, after checking that nothing it has read elsewhere changed in b
 refresh; a key that changed is a conflict). A read that had to wait for another transaction's
 intent, which then committed above the snapshot, moves it the same way.
 
-Commit: writes in one group are one message to its leader, validated by the group's
-adjudicator (one-phase commit). Writes in several groups commit with two-phase commit, the
-client coordinating: every group prepares in parallel (validates, and installs intents); the
-commit timestamp is the largest prepare timestamp; the decision is made durable in the
-transaction record on the *primary* group (one in the client's region, when there is one)
-before ``commit`` returns; the other groups' intents are resolved in the background. If the
-client dies in between, whoever meets an intent after its deadline finishes the transaction
-from its record (aborting it there first if it was undecided). A group accepts a write only if
-no key it writes was committed by someone else after the snapshot (``isolation=
-"serializable"``: no key it read either; in a two-group transaction the read keys are locked
-from prepare to resolution), so lost updates (and, when serializable, write skew) cannot
-happen. A refused commit raises :class:`~engine.errors.TransactionConflictError`;
+Commit: writes in one group are one message to its leader, validated by the group's adjudicator
+(one-phase commit). Writes in several groups commit with two-phase commit, the client
+coordinating: every group prepares in parallel (validates, and installs intents); the commit
+timestamp is the largest prepare timestamp; the decision is made durable in the transaction
+record on the *primary* group (one that survives a region's loss, when one takes part, so that
+losing a region cannot leave intents there that nobody can finish; else one in the client's
+region, when there is one) before ``commit`` returns; the other groups' intents are resolved in
+the background. If the client dies in between, whoever meets an intent after its deadline
+finishes the transaction from its record (aborting it there first if it was undecided). A group
+accepts a write only if no key it writes was committed by someone else after the snapshot
+(``isolation="serializable"``: no key it read either; in a two-group transaction the read keys
+are locked from prepare to resolution), so lost updates (and, when serializable, write skew)
+cannot happen. A refused commit raises :class:`~engine.errors.TransactionConflictError`;
 :meth:`Database.run_transaction` runs the function again with jittered exponential backoff. A
 read-only transaction is never sent for validation.
 
@@ -1565,8 +1566,15 @@ class Transaction:
         """Prepare everywhere in parallel; the decision is durable on the primary group
         before this returns; the other groups' intents are resolved in the background."""
         db = self._db
-        here = [g for g in groups if db._groups[g]["region"] == db.region]
-        primary = here[0] if here else groups[0]
+        # The record goes to a group that survives a region's loss if one takes part: an
+        # undecided transaction's intents can be aborted only where its record is, and with
+        # the record in a group of one region, losing that region would lock the keys it
+        # prepared in a keyspace that is to stay writable without it. Else the client's own
+        # region's group, which decides without a WAN round trip.
+        spread = [g for g in groups if db._groups[g].get("kind") == "spread"]
+        candidates = spread or groups
+        here = [g for g in candidates if db._groups[g]["region"] == db.region]
+        primary = here[0] if here else candidates[0]
         prepared: dict[int, int] = {}
         failures: list[BaseException] = []
 

@@ -353,6 +353,48 @@ async def test_a_spread_group_hands_leadership_home_only_to_a_home_voter_that_an
                 assert await db.read("ledger", b"19") == b"x"
 
 
+async def test_an_undecided_transaction_leaves_a_keyspace_that_survives_a_region_writable(
+        monkeypatch):
+    """A transaction that writes a keyspace that survives a region's loss and one homed in
+    a single region keeps its record on the former: if the client and that single region are
+    lost between the prepares and the decision, the surviving regions can still abort it
+    (its record's group has a majority left) and go on using the keys it had prepared."""
+    monkeypatch.setattr(engine.node, "INTENT_WAIT_S", 4.0)
+    regions = ("us-east", "eu-west", "ap-south")
+    async with open_local_cluster(regions, 1, seed=23) as cluster:
+        async with cluster.connect("eu-west") as west, cluster.connect("ap-south") as south:
+            with trio.fail_after(60):
+                await west.create_keyspace("ledger", home_region="us-east", survive="region")
+                await west.create_keyspace("local", home_region="eu-west")
+                await west.run_transaction(lambda tx: tx.put("ledger", b"k", b"old"))
+
+                class Crash(Exception):
+                    """The client and its region are lost before the decision."""
+
+                call_group = west._call_group
+
+                async def crash_before_deciding(group, method, payload, **kwargs):
+                    if method == "decide":
+                        raise Crash
+                    return await call_group(group, method, payload, **kwargs)
+
+                monkeypatch.setattr(west, "_call_group", crash_before_deciding)
+                tx = west.transaction()
+                await tx.put("ledger", b"k", b"new")
+                await tx.put("local", b"k", b"new")
+                with pytest.raises(Crash):
+                    await tx.commit()
+                west_node = cluster.config.nodes_in("eu-west")[0].id
+                await cluster.stop_node(west_node)
+                # Recovered once past its deadline: aborted, as it was never decided.
+                assert await south.read("ledger", b"k") == b"old"
+                await south.run_transaction(lambda tx: tx.put("ledger", b"k", b"newer"))
+                assert await south.read("ledger", b"k") == b"newer"
+                # Back, the lost region finishes its part the same way.
+                await cluster.start_node(west_node)
+                assert await south.read("local", b"k") is None
+
+
 async def test_a_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost():
     async with open_local_cluster(TWO_REGIONS, 3, wan_latency_ms=WAN, seed=20) as cluster:
         async with cluster.connect("eu-west") as db:
