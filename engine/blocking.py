@@ -40,7 +40,8 @@ is garbage-collected and, at the latest, when the interpreter shuts down, so a f
 connection never keeps the process alive; threads still using it after the main thread has
 returned keep it until they end. If the connection's loop stops by itself (a crash), the calls
 still running raise :class:`~engine.errors.UnavailableError` caused by the crash, and a commit
-:class:`~engine.errors.AmbiguousCommitError`.
+:class:`~engine.errors.AmbiguousCommitError`; later calls raise that UnavailableError at once,
+and the database is closed (``closed`` is true).
 
 Ctrl-C: a ``KeyboardInterrupt`` in a thread waiting for a call cancels that call in the
 connection's thread and waits for it to end before it reaches the application (a second
@@ -96,6 +97,13 @@ _CLOSED_MESSAGE = "the database connection is closed"
 
 def _closed_error() -> InvalidArgumentError:
     return InvalidArgumentError(_CLOSED_MESSAGE)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio.Cancelled, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _check_not_in_trio(what: str) -> None:
@@ -201,8 +209,11 @@ class _Portal:
             # Recorded here, in the main task, rather than once trio.run has returned: the
             # calls still waiting learn that the run ended (their tasks are cancelled, new
             # ones refused) only after this task has ended, so they always find the error.
-            self.error = exc
-            self._failed_closing = ended_by_close
+            # Only Cancelled: the run is torn down from outside this task (an internal
+            # error); trio.run raises why, and _thread_main records that.
+            if not _only_cancelled(exc):
+                self.error = exc
+                self._failed_closing = ended_by_close
             raise
 
     def _stop(self) -> None:
@@ -235,7 +246,8 @@ class _Portal:
 
     @property
     def closed(self) -> bool:
-        return self._close_requested
+        """Closed by close(), or stopped by itself (then calls say why)."""
+        return self._close_requested or self.error is not None
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -325,6 +337,11 @@ class _Portal:
                 return  # the trio thread is gone, and the call with it
 
     def _gone_error(self) -> BaseException:
+        thread = self._thread
+        if not self._close_requested and self.error is None and thread is not None:
+            # The run is ending by itself, torn down from outside the main task: why is
+            # known once trio.run has returned, in the thread's last steps.
+            thread.join()
         if self._close_requested or self.error is None:
             return _closed_error()
         error = UnavailableError(f"the database connection stopped: {self.error!r}")
@@ -361,8 +378,10 @@ def _register(portal: _Portal) -> None:
 
 
 def _unregister(portal: _Portal) -> None:
-    with _open_portals_lock:
-        _open_portals.discard(portal)
+    # Without the lock (a set's discard is atomic): a collection may start at any allocation
+    # in a thread that holds it (the exit hook's, copying the set) and free a database never
+    # closed, whose finalizer closes it and waits for its thread, which comes here last.
+    _open_portals.discard(portal)
 
 
 # ---------------------------------------------------------------------- public API
@@ -374,6 +393,8 @@ class BlockingDatabase:
     The methods mirror :class:`engine.client.Database`, take the same arguments and raise the
     same exceptions. After :meth:`close` every call raises
     :class:`~engine.errors.InvalidArgumentError` ("the database connection is closed").
+    A ``with`` block left by an exception raises that exception even if closing then fails
+    (the failure is added to it as a note).
 
     Thread-safety: safe to share between threads.
 
@@ -402,7 +423,15 @@ class BlockingDatabase:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as close_error:
+            # The exception leaving the block is what the application must see, not a
+            # failure to close that it caused or met on the way out.
+            exc.add_note(f"closing the database connection then failed: {close_error!r}")
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -416,6 +445,7 @@ class BlockingDatabase:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called, or the connection's loop stopped by itself."""
         return self._portal.closed
 
     def _db(self) -> Database:
@@ -599,13 +629,14 @@ class BlockingTransaction:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            # Transaction.__aexit__ commits if still open (an explicit commit or rollback in
-            # the block leaves nothing to do).
+        if exc_type is not None:
+            self._discard_quietly()
+        elif not self._tx._ended():
+            # Transaction.__aexit__ commits if still open. An explicit commit or rollback in
+            # the block leaves nothing to do: its outcome is known, and the connection,
+            # perhaps closed since, is not needed to report it.
             self._portal.call(self._tx.__aexit__, None, None, None,
                               on_cancel=_ambiguous_on_close)
-        else:
-            self._discard_quietly()
 
     def get(self, keyspace: str, key: bytes | str) -> bytes | None:
         """The key's value in this transaction's snapshot, or its own pending write."""

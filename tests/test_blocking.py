@@ -339,6 +339,34 @@ def test_use_after_close_raises_and_close_is_idempotent(addresses):
     assert _client_threads() == before
 
 
+def test_a_failure_to_close_does_not_hide_the_exception_leaving_the_block(addresses):
+    """The exception leaving ``with connect_blocking(...)`` is the application's own even when
+    closing then fails (here: a background task of the connection raises as it is cancelled);
+    the failure to close is noted on it. With no exception leaving, the failure is raised."""
+
+    async def fails_when_cancelled():
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise RuntimeError("closing failed")
+
+    def start_failing_task(db):
+        db._portal.call(lambda: db._db()._nursery.start_soon(fails_when_cancelled),
+                        is_async=False)
+
+    with pytest.raises(KeyError) as info:
+        with connect_blocking(addresses) as db:
+            start_failing_task(db)
+            raise KeyError("the application's own")
+    assert info.value.args == ("the application's own",)
+    assert any("closing failed" in note for note in info.value.__notes__)
+    assert db.closed and not db._portal.thread.is_alive()
+
+    with pytest.raises(RuntimeError, match="closing failed"):
+        with connect_blocking(addresses) as db:
+            start_failing_task(db)
+
+
 def test_no_thread_is_left_behind(addresses):
     before = _client_threads()
     for _ in range(3):
@@ -380,6 +408,25 @@ def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
     t.join()
     assert len(outcome) == 1 and type(outcome[0]) is error
     assert message in str(outcome[0])
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_a_close_does_not_fail_the_block_of_a_transaction_already_ended(addresses, end):
+    """A transaction committed (or rolled back) inside its ``with`` block has a known outcome:
+    the connection closed by another thread before the block ends does not turn the end of the
+    block into an error, as if the transaction had failed."""
+    db = connect_blocking(addresses)
+    name = f"b{next(_names)}"
+    db.create_keyspace(name)
+    with db.transaction() as tx:
+        tx.put(name, b"k", b"v")
+        getattr(tx, end)()
+        closer = threading.Thread(target=db.close)
+        closer.start()
+        closer.join()
+    assert db.closed
+    with connect_blocking(addresses) as other:
+        assert other.read(name, b"k") == (b"v" if end == "commit" else None)
 
 
 def test_ctrl_c_during_a_call_cancels_the_call_and_the_connection_stays_usable(db, ks):
@@ -436,6 +483,38 @@ def test_the_interpreter_exits_with_a_connection_never_closed(addresses):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "connected"
+
+
+def test_the_interpreter_exits_when_a_collection_in_the_exit_hook_closes_a_connection(addresses):
+    """A collection may start at any allocation, so also while the exit hook holds the lock of
+    the open connections. If it frees a database never closed (in a reference cycle), its
+    finalizer closes it and waits for the client's thread, which must then end without that
+    lock. Here the collection is made to run at that moment. (weakref.finalize stops running
+    finalizers at exit, in its own exit hook: one made before the first connection, as
+    tempfile and many libraries make them, runs after the client's, and so too late.)"""
+    script = (
+        "import gc, weakref\n"
+        "import engine.blocking as blocking\n"
+        "gc.disable()  # collections run only where the script says\n"
+        "class Resource:\n"
+        "    pass\n"
+        "resource = Resource()\n"
+        "weakref.finalize(resource, lambda: None)\n"
+        "class CollectedWhileListed(set):\n"
+        "    def __iter__(self):\n"
+        "        gc.collect()\n"
+        "        return super().__iter__()\n"
+        "blocking._open_portals = CollectedWhileListed()\n"
+        f"db = blocking.connect_blocking({addresses!r})\n"
+        "db.list_keyspaces()\n"
+        "db.cycle = db\n"
+        "del db\n"
+        "print('connected', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "connected"
 
@@ -563,6 +642,45 @@ def test_a_loop_that_stops_by_itself_is_reported_as_such(addresses, monkeypatch)
     db.close()  # the crash was reported already: not a failure of closing
     with pytest.raises(errors.InvalidArgumentError, match="connection is closed"):
         db.list_keyspaces()
+
+
+def test_a_loop_killed_by_an_internal_error_is_closed_and_says_why(addresses):
+    """An internal error in the client's loop (here: a callback run in it raises, which trio
+    reports as TrioInternalError) kills the run from outside the connection's task. The call
+    running then, and every later call at once, raise UnavailableError caused by that error
+    (not the "closed" error of a connection the application never closed, nor a bare
+    Cancelled), and the handle says it is closed."""
+    db = connect_blocking(addresses)
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    async def parked():
+        started.set()
+        await trio.sleep_forever()
+
+    def caller():
+        try:
+            db._portal.call(parked)
+        except BaseException as exc:  # checked by the test thread
+            outcome.append(exc)
+
+    def internal_error():
+        raise RuntimeError("an internal error")
+
+    t = threading.Thread(target=caller)
+    t.start()
+    assert started.wait(10)
+    db._portal._token.run_sync_soon(internal_error)
+    t.join(30)
+    assert not t.is_alive() and len(outcome) == 1
+    assert type(outcome[0]) is errors.UnavailableError
+    assert isinstance(outcome[0].__cause__, trio.TrioInternalError)
+    assert db.closed is True and repr(db).endswith("closed>")
+    with pytest.raises(errors.UnavailableError, match="TrioInternalError") as info:
+        db.list_keyspaces()
+    assert info.value.__cause__ is outcome[0].__cause__
+    db.close()  # not a failure of closing
+    assert not db._portal.thread.is_alive()
 
 
 def test_run_transaction_does_not_commit_again_a_transaction_its_function_ended(db, ks):
