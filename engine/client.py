@@ -1228,19 +1228,26 @@ def _check_key(key: object) -> bytes:
 
 
 def _coalesced(spans: list[list]) -> list[list]:
-    """At most half of :data:`MAX_SPANS` ranges covering every key of ``spans`` (a span
+    """At most about half of :data:`MAX_SPANS` ranges covering every key of ``spans`` (a span
     with a limit counts as its whole range), so that a transaction may scan any number of
     times. Validating them refuses every change validating ``spans`` would, and perhaps
-    more (a key written between two ranges scanned): a conflict, never a missed one."""
-    merged: list[list] = []
+    more (a key written between two ranges scanned): a conflict, never a missed one. Ranges
+    of different keyspaces are never merged: a group checks a scanned range's keyspace (has
+    it moved away?) by the keyspace its range starts in."""
+    merged: dict[bytes, list[list]] = {}  # keyspace prefix -> its ranges, merged
     for start, end, _ in sorted((sp for sp in spans if sp[0] < sp[1]), key=lambda sp: sp[0]):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+        ranges = merged.setdefault(start[:KEY_PREFIX_SIZE], [])
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], end)
         else:
-            merged.append([start, end, None])
-    per = max(1, -(-len(merged) // (MAX_SPANS // 2)))  # ranges per coalesced range
-    return [[merged[i][0], merged[min(i + per, len(merged)) - 1][1], None]
-            for i in range(0, len(merged), per)]
+            ranges.append([start, end, None])
+    budget = max(1, (MAX_SPANS // 2) // max(1, len(merged)))  # ranges per keyspace
+    out = []
+    for ranges in merged.values():
+        per = -(-len(ranges) // budget)  # ranges per coalesced range
+        out += [[ranges[i][0], ranges[min(i + per, len(ranges)) - 1][1], None]
+                for i in range(0, len(ranges), per)]
+    return out
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,20 @@ async def test_a_transaction_may_scan_more_ranges_than_a_group_takes_at_once(mon
                     await tx.commit()
 
 
+def test_coalesced_ranges_cover_every_range_and_never_join_two_keyspaces(monkeypatch):
+    # A group checks whether a scanned range's keyspace moved away by the keyspace the range
+    # starts in: a range joined across keyspaces would hide a move of the second one, and a
+    # change there would go unseen.
+    monkeypatch.setattr(client_module, "MAX_SPANS", 8)
+    a, b = (1).to_bytes(4, "big"), (2).to_bytes(4, "big")
+    spans = ([[a + bytes([i]), a + bytes([i, 255]), None] for i in range(10)]
+             + [[b + bytes([i]), b + bytes([i, 255]), 2] for i in range(5)])
+    out = client_module._coalesced(spans)
+    assert len(out) <= 4
+    assert all(start[:4] == end[:4] for start, end, _ in out)
+    assert all(any(o[0] <= start and end <= o[1] for o in out) for start, end, _ in spans)
+
+
 async def test_key_and_merge_payload_sizes_are_refused_when_written():
     # max_key_size counts the stored key, keyspace prefix included (what the groups check);
     # a merge payload is a value like any other. Both must be refused by put()/merge() with
