@@ -187,7 +187,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import io
 import mmap
 import struct
 import tempfile
@@ -530,6 +529,10 @@ class GroupStateMachine:
     """The Raft driver runs :meth:`restore` in its worker thread: installing a large snapshot
     takes seconds, and the node's other groups go on meanwhile. Readers of the store, which
     may run then, use :attr:`restore_generation`."""
+
+    restore_from_buffer = True
+    """The Raft driver hands :meth:`restore` a received snapshot as a mapped view of its file,
+    not as bytes: it is read a store chunk at a time, never held on the heap whole."""
 
     @property
     def restore_generation(self) -> int:
@@ -977,10 +980,18 @@ class GroupStateMachine:
         (in the format :meth:`snapshot` returns) from another thread."""
         return SnapshotBuild(self.store)
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         # The store's chunks are unpacked one at a time as the store takes them, not into a
-        # list first: a follower installing a snapshot holds it once, not twice.
-        unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False)
+        # list first, from a reader that copies only what is unpacked: a follower installing
+        # a snapshot never holds it whole.
+        reader = _BufferReader(data)
+        try:
+            self._restore(data, msgpack.Unpacker(reader, raw=False))
+        finally:
+            reader.close()
+
+    def _restore(self, data: bytes | memoryview, unpacker: msgpack.Unpacker) -> None:
+        """:meth:`restore` of ``data``, which ``unpacker`` reads."""
 
         def read(what: Callable[[], object]) -> object:
             try:
@@ -1017,6 +1028,27 @@ class GroupStateMachine:
         self._restores += 1  # not after a failure: the replica stops, reads stay refused
         if self.on_restored is not None:
             self.on_restored()
+
+
+class _BufferReader:
+    """A read-only file over a buffer, copying only what is read (``io.BytesIO`` copies any
+    buffer but ``bytes`` whole). Close it to release the buffer: a mapping cannot be closed
+    while a view of it is held."""
+
+    __slots__ = ("_pos", "_view")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else self._pos + n
+        out = bytes(self._view[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self._view.release()
 
 
 class SnapshotBuild:

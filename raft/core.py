@@ -32,7 +32,10 @@ Choices made here (the Raft thesis, Ongaro 2014, offers several):
   until answered or cancelled (:meth:`RaftCore.cancel_read`).
 - **Snapshots** (§5): the application snapshots at its applied index (:meth:`compact`); a
   follower that is behind the compaction point receives the snapshot in chunks, one chunk in
-  flight, resumable from the offset the follower acknowledges. A durable state machine
+  flight, resumable from the offset the follower acknowledges. The follower's core keeps only
+  the transfer's position: each chunk goes out in ``Ready.snapshot_chunks`` for the driver to
+  write, and is acknowledged once written, so memory stays at a chunk whatever the snapshot's
+  size; once installed, the core holds a local marker for it. A durable state machine
   compacts with a *local* snapshot (a marker: its own storage holds the state) and builds a
   full one only when a follower needs it (:attr:`snapshot_wanted`, :meth:`offer_snapshot`),
   as CockroachDB truncates its log without a snapshot and sends one generated on demand.
@@ -65,6 +68,7 @@ from .types import (
     ReadState,
     Ready,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     SoftState,
     StateRole,
@@ -243,9 +247,11 @@ class RaftCore:
         # Reads a new leader received before an entry of its term committed:
         # (context, from, tick received).
         self._reads_waiting_for_commit: list[tuple[bytes, int, int]] = []
-        # A snapshot being received: (meta, size, chunks so far, bytes so far, (term, sender)).
-        self._incoming: tuple[SnapshotMeta, int, list[bytes], int, tuple[int, int]] | None = None
+        # A snapshot being received: (meta, size, bytes so far, (term, sender)). Its chunks are
+        # not kept: each goes to the driver (_snapshot_chunks, then Ready.snapshot_chunks).
+        self._incoming: tuple[SnapshotMeta, int, int, tuple[int, int]] | None = None
         self._incoming_tick = 0  # when a chunk of it last came
+        self._snapshot_chunks: list[SnapshotChunk] = []  # received, to be written
         self._step = self._step_follower
         self._become_follower(self.term, NONE)
 
@@ -599,7 +605,9 @@ class RaftCore:
 
     def offer_snapshot(self, snap: Snapshot) -> bool:
         """Holds ``snap`` (a full snapshot built for followers, its metadata from
-        :meth:`snapshot_meta_at_applied`) for sending, in place of a local one or an older one.
+        :meth:`snapshot_meta_at_applied`; or the data of a snapshot received and installed, for
+        an application whose state machine cannot build one) for sending, in place of a local
+        one or an older one.
         The log is not compacted: the snapshot needs no persisting. Clears
         :attr:`snapshot_wanted`. Returns whether ``snap`` is now the one held."""
         if snap.local:
@@ -616,9 +624,9 @@ class RaftCore:
         return True
 
     def hold_local_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Replaces the snapshot held at ``meta`` (one received and installed) by a local
+        """Replaces the snapshot held at ``meta`` (one offered for followers) by a local
         marker for the same index, freeing its data: the application's durable storage has
-        the state now. Nothing happens if another snapshot is held by then, or while a
+        the state. Nothing happens if another snapshot is held by then, or while a
         follower receives this one."""
         held = self.snapshot
         if held is not None and held.meta == meta and not held.local and (
@@ -840,7 +848,7 @@ class RaftCore:
             return
         inc = self._incoming
         if (inc is None or inc[0] != meta or inc[1] != m.snapshot_size
-                or inc[4] != (m.term, m.frm)):
+                or inc[3] != (m.term, m.frm)):
             # A transfer is one leader's in one term: two snapshots with the same metadata
             # and size (a new leader's build, after GC ran on its replica) must never be
             # joined into one. (A transfer idle for an election timeout is forgotten, see
@@ -849,8 +857,8 @@ class RaftCore:
                 self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term,
                                    index=meta.index, chunk_offset=0, reject=True))
                 return
-            inc = (meta, m.snapshot_size, [], 0, (m.term, m.frm))
-        _, size, chunks, received, source = inc
+            inc = (meta, m.snapshot_size, 0, (m.term, m.frm))
+        _, size, received, source = inc
         self._incoming_tick = self._ticks
         if m.chunk_offset != received:
             # A duplicate (behind us): tell the leader where we are. A gap (the leader counts
@@ -859,33 +867,43 @@ class RaftCore:
             # offset it has (it takes it for the answer to a duplicate), so refuse, which
             # sends it back to offset 0; our answer to that chunk then says where we are.
             self._incoming = inc
-            gap = m.chunk_offset > received
-            self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
-                               chunk_offset=0 if gap else received, reject=gap))
+            if m.chunk_offset > received:
+                self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term,
+                                   index=meta.index, chunk_offset=0, reject=True))
+            else:  # after the next persist: ``received`` may count chunks not yet written
+                self._msgs_after_persist.append(Message(
+                    MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
+                    chunk_offset=received))
             return
-        chunks.append(m.chunk)
-        received += len(m.chunk)
-        if received > size:
+        if received + len(m.chunk) > size:
             self._incoming = None
             self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
                                chunk_offset=0, reject=True))
             return
+        self._snapshot_chunks.append(SnapshotChunk(meta, received, m.chunk, size))
+        received += len(m.chunk)
         if received < size:
-            self._incoming = (meta, size, chunks, received, source)
-            self._send(Message(MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
-                               chunk_offset=received))
+            self._incoming = (meta, size, received, source)
+            # Answered once the chunk is written: the leader's next chunk waits for it, so a
+            # slow disk holds back the transfer instead of filling memory with chunks.
+            self._msgs_after_persist.append(Message(
+                MT.SNAPSHOT_RESP, m.frm, self.id, self.term, index=meta.index,
+                chunk_offset=received))
             return
         self._incoming = None
-        self._restore(Snapshot(meta, b"".join(chunks)))
+        self._restore(meta)
         # Acknowledge as an append up to the snapshot, after the snapshot is durable.
         self._send(Message(MT.APPEND_RESP, m.frm, self.id, self.term, index=meta.index))
 
-    def _restore(self, snap: Snapshot) -> None:
-        self.log.restore(snap.meta.index, snap.meta.term)
-        self.log.applying = max(self.log.applying, snap.meta.index)
-        self.conf = snap.meta.conf
-        self.snapshot = snap
-        self._pending_snapshot = snap
+    def _restore(self, meta: SnapshotMeta) -> None:
+        """Installs the snapshot whose chunks were all handed out: the driver persists it from
+        what it wrote. Until the application offers its data (:meth:`offer_snapshot`), a
+        local marker stands for it: the data is on the driver's side."""
+        self.log.restore(meta.index, meta.term)
+        self.log.applying = max(self.log.applying, meta.index)
+        self.conf = meta.conf
+        self.snapshot = Snapshot(meta, b"", True)
+        self._pending_snapshot = Snapshot(meta, None)
         self._pending_conf_index = 0
 
     # ---------------------------------------------------------------- candidate
@@ -1220,6 +1238,7 @@ class RaftCore:
             or self._msgs_after_persist
             or self._read_states
             or self._pending_snapshot is not None
+            or self._snapshot_chunks
             or log.unstable <= log.last_index
             or self.term != hs.term or self.vote != hs.vote or log.committed != hs.commit
             or self.leader != ss.leader or self.role != ss.role
@@ -1269,7 +1288,9 @@ class RaftCore:
             persisted_messages=tuple(self._msgs_after_persist),
             read_states=tuple(self._read_states),
             must_sync=must_sync,
+            snapshot_chunks=tuple(self._snapshot_chunks),
         )
+        self._snapshot_chunks = []
         self._msgs = []
         self._msgs_after_persist = []
         self._read_states = []

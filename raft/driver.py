@@ -52,7 +52,9 @@ are — only makes its state durable and leaves a local marker, and a full snaps
 (from a view taken between two applies, in a thread of its own, into a temporary file that the
 core sends from a read-only mapping) only when the core reports that a follower needs one
 (``RaftCore.snapshot_wanted``). A compaction waits, for at most four times
-``snapshot_every`` entries, while a follower receives the snapshot held.
+``snapshot_every`` entries, while a follower receives the snapshot held. A follower writes each
+chunk of a snapshot it receives to its storage as it comes (``Ready.snapshot_chunks``), and its
+state machine restores from the stored file: a received snapshot is never held in memory whole.
 
 Clients call :meth:`RaftNode.propose` (resolves with the state machine's result for that entry
 once it is applied), :meth:`RaftNode.linearizable_read` (ReadIndex, §6.4: resolves once the
@@ -168,7 +170,13 @@ class StateMachine(Protocol):
         machine has a true ``restore_in_thread`` attribute: then in the node's worker thread
         (a large snapshot takes seconds to install, and the loop serves other groups
         meanwhile), with no ``apply`` until it returns, while other tasks may still read the
-        state machine -- it must make sure they never see half of the change."""
+        state machine -- it must make sure they never see half of the change.
+
+        ``data`` is ``bytes``, unless the state machine has a true ``restore_from_buffer``
+        attribute: then a snapshot received from the leader comes as a read-only
+        ``memoryview`` of the stored snapshot file, mapped (a snapshot is as large as the
+        state: the page cache holds it, not the heap). It is valid only during the call: keep
+        no view of it."""
 
 
 class SnapshotBuilder(Protocol):
@@ -458,6 +466,7 @@ class RaftNode:
         self._snapshot_keep = snapshot_keep
         self._apply_in_thread = apply_in_thread
         self._restore_in_thread = getattr(state_machine, "restore_in_thread", False) is True
+        self._restore_from_buffer = getattr(state_machine, "restore_from_buffer", False) is True
         unknown = set(unsafe) - set(UNSAFE_MODES)
         if unknown:
             raise ValueError(f"unknown unsafe mode(s) {sorted(unknown)}; known: {UNSAFE_MODES}")
@@ -803,7 +812,8 @@ class RaftNode:
         sooner — so a Ready whose entries turn out to need the general path (a new segment)
         is left with its messages sent (``_handoff_sent``)."""
         hs = self._hard_state_to_store(rd)
-        persist = rd.snapshot is not None or bool(rd.entries) or hs is not None
+        persist = (rd.snapshot is not None or bool(rd.snapshot_chunks) or bool(rd.entries)
+                   or hs is not None)
         if persist and not self._fast_path_possible(rd, hs):
             self._handoff, self._handoff_sent = rd, False
             return False
@@ -940,7 +950,7 @@ class RaftNode:
         hs = self._hard_state_to_store(rd)
         if self._ack_before_fsync and rd.persisted_messages:
             self._send(rd.persisted_messages)  # unsafe: acknowledged before it is durable
-        if rd.snapshot is not None or rd.entries or hs is not None:
+        if rd.snapshot is not None or rd.snapshot_chunks or rd.entries or hs is not None:
             handled = self._persist_in_loop(rd, hs)
             if not handled:
                 if not await self._persist_fast(rd, hs):
@@ -948,32 +958,43 @@ class RaftNode:
                 waited = True
         if rd.persisted_messages and not self._ack_before_fsync:
             self._send(rd.persisted_messages)
+        sendable = None
         if rd.snapshot is not None:
             if self._restore_in_thread:
-                await self._worker.run(self._sm.restore, rd.snapshot.data)
+                sendable = await self._worker.run(self._install_snapshot)
                 waited = True
             else:
-                self._sm.restore(rd.snapshot.data)
+                sendable = self._install_snapshot()
             self._snapshot_index = rd.snapshot.meta.index
             self._counts["snapshots_installed"] += 1
-            if self._durable_sm:
-                # The state machine's own storage holds it now: keep a marker, not the data
-                # (an idle group would otherwise hold it until its next compaction). The
-                # marker held in memory is never sent nor stored; the snapshot just saved
-                # stays on disk until the next compaction stores its own checkpoint's.
-                core.hold_local_snapshot(rd.snapshot.meta, b"")
         self._release_reads(rd)
         if rd.committed_entries:
             await self._apply(rd.committed_entries)
         core.advance(rd)
+        if sendable is not None:
+            core.offer_snapshot(Snapshot(rd.snapshot.meta, sendable))
         self._wake_applied()
         return waited
+
+    def _install_snapshot(self) -> bytes | None:
+        """Restores the state machine from the snapshot the storage just installed, read from
+        its file: mapped, for a state machine that restores from a buffer, so that the
+        snapshot is never on the heap whole. Returns its data for the core to send on should
+        this node lead (a state machine that cannot build snapshots), else None: the core holds
+        a local marker for it (a durable state machine's storage holds the state now, and a
+        full snapshot is built when a follower needs one)."""
+        with self._storage.mapped_snapshot() as view:
+            data = view if self._restore_from_buffer else bytes(view)
+            self._sm.restore(data)
+            if self._durable_sm:
+                return None
+            return data if isinstance(data, bytes) else bytes(view)
 
     def _fast_path_possible(self, rd: Ready, hs: HardState | None) -> bool:
         """The Ready persists entries alone (no snapshot, no hard state), so its entries may be
         appended from the loop if they follow the log (see :meth:`_fast_path`)."""
-        return (self._fast_persist and rd.snapshot is None and hs is None and rd.must_sync
-                and not self._ack_before_fsync)
+        return (self._fast_persist and rd.snapshot is None and not rd.snapshot_chunks
+                and hs is None and rd.must_sync and not self._ack_before_fsync)
 
     def _fast_path(self, rd: Ready, hs: HardState | None) -> bool:
         """Appends the common Ready's entries — entries that follow the log, nothing else — from
@@ -1034,7 +1055,8 @@ class RaftNode:
 
     def _persist(self, rd: Ready, hs: HardState | None) -> None:
         sync = rd.must_sync and not self._ack_before_fsync
-        self._storage.save(snapshot=rd.snapshot, entries=rd.entries, hard_state=hs, sync=sync)
+        self._storage.save(snapshot=rd.snapshot, entries=rd.entries, hard_state=hs, sync=sync,
+                           snapshot_chunks=rd.snapshot_chunks)
         if hs is not None:
             self._stored_hs = hs
         if sync:

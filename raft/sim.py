@@ -278,7 +278,7 @@ class SimDisk:
     """
 
     __slots__ = ("hard_state", "snapshot", "entries", "pending_snapshot", "pending_entries",
-                 "pending_hard_state", "truncated_from")
+                 "pending_hard_state", "truncated_from", "receiving")
 
     def __init__(self):
         self.hard_state = HardState()
@@ -290,6 +290,9 @@ class SimDisk:
         # The lowest index from which durable entries were dropped (truncated, or replaced by a
         # received snapshot) since the owner last looked; None if none were.
         self.truncated_from: int | None = None
+        # A snapshot being received, as its chunks were written: (meta, size, data so far).
+        # Never synced by itself: a crash loses it (the leader sends it again).
+        self.receiving: tuple[SnapshotMeta, int, bytearray] | None = None
 
     @property
     def offset(self) -> int:
@@ -307,8 +310,19 @@ class SimDisk:
     def write(self, rd: Ready) -> str | None:
         """Step 2 of Ready handling, before the fsync. Returns a complaint about the batch (a
         core bug) or None."""
+        for c in rd.snapshot_chunks:
+            if c.offset == 0:
+                self.receiving = (c.meta, c.size, bytearray())
+            rec = self.receiving
+            if rec is None or rec[:2] != (c.meta, c.size) or len(rec[2]) != c.offset:
+                return f"a snapshot chunk at {c.offset} does not follow the chunks written"
+            rec[2].extend(c.data)
         if rd.snapshot is not None:
-            self.pending_snapshot = rd.snapshot  # replaces the whole log once synced
+            rec, self.receiving = self.receiving, None
+            if rec is None or rec[0] != rd.snapshot.meta or len(rec[2]) != rec[1]:
+                return f"the snapshot at {rd.snapshot.meta.index} was not received whole"
+            # Replaces the whole log once synced.
+            self.pending_snapshot = Snapshot(rd.snapshot.meta, bytes(rec[2]))
             self.pending_entries = []
         if rd.entries:
             first = rd.entries[0].index
@@ -340,6 +354,7 @@ class SimDisk:
 
     def crash(self, rng: random.Random, tear: bool) -> str:
         """Loses (``tear`` False) or tears the pending part; returns what survived."""
+        self.receiving = None
         if not tear:
             self._drop_pending()
             return "pending lost"
@@ -920,16 +935,21 @@ class Simulation:
         """Steps 3-5: acknowledgements leave, the state machine applies, the core advances."""
         if "ack-before-fsync" not in self._plants:
             self._send(node, rd.persisted_messages)
-        if rd.snapshot is not None:
-            self._restore_sm(node, rd.snapshot)
-            node.snap_index = rd.snapshot.meta.index
+        installed = node.disk.snapshot if rd.snapshot is not None else None
+        if installed is not None:
+            if installed.meta != rd.snapshot.meta:
+                raise self.fail(f"node {node.id}: Ready {rd.number} installs the snapshot at "
+                                f"{rd.snapshot.meta.index}, the disk holds {installed.meta}")
+            self._restore_sm(node, installed)
+            node.snap_index = installed.meta.index
             self.snapshots_installed += 1
-            if self.durable_sm:  # its own storage holds the state now: keep a marker
+            if self.durable_sm:  # its own storage holds the state now (the core a marker)
                 node.sm_checkpoint = node.sm.snapshot()
-                node.core.hold_local_snapshot(rd.snapshot.meta, _marker(node.sm.index))
         for e in rd.committed_entries:
             self._apply(node, e)
         node.core.advance(rd)
+        if installed is not None and not self.durable_sm:
+            node.core.offer_snapshot(installed)  # to send on, should this node lead
         if rd.entries and node.core.role is StateRole.LEADER:
             # A leader counts its own synced entries towards a commit, as if it had
             # acknowledged them to itself: the same promise.

@@ -8,11 +8,13 @@ A :class:`RaftStorage` is a directory holding three things, each in the store ma
       log/            engine.LogStore: the record at position i is the entry at Raft index i
       snapshot        the latest snapshot, replaced whole by rename (format below)
       snapshot.tmp    a snapshot being written; removed on open
+      snapshot.recv   a snapshot being received from the leader, as it arrives; removed on open
       log.old/        a log being discarded by a snapshot install; removed on open
 
-The driver persists each ``Ready`` with one :meth:`RaftStorage.save` (the order is fixed there)
-and each local compaction with :meth:`RaftStorage.save_snapshot`; on start it rebuilds the core
-from :meth:`RaftStorage.initial_state`.
+The driver persists each ``Ready`` with one :meth:`RaftStorage.save` (the order is fixed there;
+a received snapshot's chunks are written as they arrive, so that it is never held in memory
+whole) and each local compaction with :meth:`RaftStorage.save_snapshot`; on start it rebuilds
+the core from :meth:`RaftStorage.initial_state`.
 
 Formats (all integers little-endian)
 ------------------------------------
@@ -69,18 +71,22 @@ anywhere leaves a state that :meth:`RaftStorage.open` accepts or repairs):
   is followed by a log that starts exactly at ``S + 1``; or by the old log, which starts at or
   below ``S`` because received snapshots are always newer than the stored one (I1).
 
-A received snapshot is installed as: write ``snapshot.tmp``, fsync, rename over ``snapshot``,
-fsync the directory — the commit point — then close the log, rename ``log`` to ``log.old``,
-fsync the directory, create a new ``log`` whose first position is ``S + 1`` (durably), and
-remove ``log.old``. A crash before the commit point leaves the old state whole (a stray
-``snapshot.tmp`` is removed on open). After it, open finds the flagged snapshot and a log that
-is either missing, new (``first == S + 1``: nothing to do), or old (``first <= S``: the reset is
-redone); a ``log.old`` is removed. So every crash recovers to the old state or to the new
-snapshot with an empty log — followed by whatever part of the same save's entries (a prefix) and
-hard state had been written, in that order, as for any save.
+A received snapshot is installed as: its data is written into ``snapshot.recv`` chunk by chunk
+as it arrives (after room for the header, with a running checksum; no fsync: a crash loses the
+transfer, which the leader then sends again from the start), and once whole, its header; fsync,
+rename over ``snapshot``, fsync the directory — the commit point — then close the log, rename
+``log`` to ``log.old``, fsync the directory, create a new ``log`` whose first position is
+``S + 1`` (durably), and remove ``log.old``. A crash before the commit point leaves the old
+state whole (a stray ``snapshot.recv`` is removed on open). After it, open finds the flagged
+snapshot and a log that is either missing, new (``first == S + 1``: nothing to do), or old
+(``first <= S``: the reset is redone); a ``log.old`` is removed. So every crash recovers to the
+old state or to the new snapshot with an empty log — followed by whatever part of the same save's
+entries (a prefix) and hard state had been written, in that order, as for any save. (A snapshot
+given whole to :meth:`RaftStorage.save` is written the same way through ``snapshot.tmp``.)
 
-A local compaction snapshot is written the same way without the flag (entries after it stay),
-and only then are log segments below it dropped; ``drop_before`` keeps the log contiguous.
+A local compaction snapshot is written whole into ``snapshot.tmp``, fsynced, renamed over
+``snapshot`` and the directory fsynced, without the flag (entries after it stay), and only then
+are log segments below it dropped; ``drop_before`` keeps the log contiguous.
 
 What cannot be repaired is reported: a log that starts after ``S + 1`` (entries missing), or a
 commit index beyond the durable log (acknowledged entries lost, the one loss the LogStore cannot
@@ -93,11 +99,12 @@ stored before they are sent), so :meth:`RaftStorage.initial_state` restores it w
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from engine import errors
@@ -123,6 +130,7 @@ from .types import (
     HardState,
     RaftInvariantError,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
 )
 
@@ -162,6 +170,7 @@ _LOG_DIR = "log"
 _OLD_LOG_DIR = "log.old"
 _SNAPSHOT_FILE = "snapshot"
 _SNAPSHOT_TMP = "snapshot.tmp"
+_SNAPSHOT_RECV = "snapshot.recv"
 
 
 class InconsistentStateError(errors.CorruptionError, RaftInvariantError):
@@ -198,6 +207,21 @@ class _SnapshotInfo:
     flags: int
     header_size: int
     data_size: int
+
+
+class _Receiving:
+    """A snapshot being received into ``snapshot.recv``: its data goes after room for the
+    header, which is written last (it holds the data's checksum)."""
+
+    __slots__ = ("crc", "fd", "header_size", "meta", "size", "written")
+
+    def __init__(self, meta: SnapshotMeta, size: int, fd: int) -> None:
+        self.meta = meta
+        self.size = size
+        self.fd = fd
+        self.header_size = _snapshot_header_size(meta.conf)
+        self.written = 0  # bytes of data written so far
+        self.crc = 0  # CRC-32C of those bytes
 
 
 # ============================================================ encodings
@@ -255,6 +279,12 @@ def decode_hard_state(payload: bytes | None, path: str = "") -> HardState:
 
 def encode_snapshot_header(meta: SnapshotMeta, data: bytes, flags: int = 0) -> bytes:
     """The header of a snapshot file holding ``data`` (the data follows it)."""
+    return _snapshot_header(meta, len(data), crc32c(data), flags)
+
+
+def _snapshot_header(meta: SnapshotMeta, size: int, data_crc: int, flags: int) -> bytes:
+    """The header of a snapshot file whose ``size`` bytes of data have the (unmasked) CRC-32C
+    ``data_crc``."""
     conf = meta.conf
     body = _SNAP_FIXED.pack(
         SNAPSHOT_MAGIC,
@@ -262,12 +292,16 @@ def encode_snapshot_header(meta: SnapshotMeta, data: bytes, flags: int = 0) -> b
         flags,
         meta.index,
         meta.term,
-        len(data),
+        size,
         len(conf.voters),
         len(conf.learners),
     ) + struct.pack(f"<{len(conf.voters) + len(conf.learners)}Q", *conf.voters, *conf.learners)
-    body += _CRC.pack(_masked(crc32c(data)))
+    body += _CRC.pack(_masked(data_crc))
     return body + _CRC.pack(_masked(crc32c(body)))
+
+
+def _snapshot_header_size(conf: ConfState) -> int:
+    return _SNAP_FIXED.size + 8 * (len(conf.voters) + len(conf.learners)) + 2 * _CRC.size
 
 
 def _masked(crc: int) -> int:
@@ -333,6 +367,7 @@ class RaftStorage(Resource):
         self._failed = False
         self._closed = False
         self._snap: _SnapshotInfo | None = None
+        self._recv: _Receiving | None = None  # a snapshot being received (snapshot.recv)
         self._hard_state = HardState()
         try:
             makedirs_durable(self._path)
@@ -467,6 +502,48 @@ class RaftStorage(Resource):
             )
         return Snapshot(info.meta, data, bool(info.flags & FLAG_LOCAL))
 
+    @contextlib.contextmanager
+    def mapped_snapshot(self) -> Iterator[memoryview]:
+        """The stored snapshot's data (checksum verified), mapped read-only for the duration of
+        the ``with`` block: the page cache holds it, not the heap, however large it is. Release
+        every view taken from it before the block ends.
+
+        Raises:
+            InvalidArgumentError: there is no stored snapshot.
+            CorruptStateError: the file is corrupt (``path`` names it).
+            StorageError, StoreClosedError.
+        """
+        self._open_handles()
+        snap = self._snap
+        if snap is None:
+            raise errors.InvalidArgumentError(f"raft storage {self._path} holds no snapshot")
+        path = self._file(_SNAPSHOT_FILE)
+        end = snap.header_size + snap.data_size
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != end:
+                    raise errors.CorruptStateError(
+                        f"snapshot file {path} changed while the storage was open", path)
+                mapped = mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            if isinstance(exc, errors.MeridianError):
+                raise
+            raise storage_error(exc, f"cannot read snapshot {path}") from None
+        try:
+            with memoryview(mapped) as whole, whole[snap.header_size:] as data:
+                header = bytes(whole[: snap.header_size])
+                (index,) = struct.unpack_from("<Q", header, 16)
+                if index != snap.meta.index:
+                    raise errors.CorruptStateError(
+                        f"snapshot file {path} changed while the storage was open", path)
+                (data_crc,) = _CRC.unpack_from(header, snap.header_size - 8)
+                if _masked(crc32c(data)) != data_crc:
+                    raise errors.CorruptStateError(
+                        f"snapshot file {path}: data checksum mismatch", path, snap.header_size)
+                yield data
+        finally:
+            mapped.close()
+
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """The entries with ``lo <= index < hi``, read from the log.
 
@@ -491,13 +568,18 @@ class RaftStorage(Resource):
         entries: Sequence[Entry] = (),
         hard_state: HardState | None = None,
         sync: bool = True,
+        snapshot_chunks: Sequence[SnapshotChunk] = (),
     ) -> None:
-        """Persists one ``Ready``: the snapshot, then the entries, then the hard state.
+        """Persists one ``Ready``: the snapshot's chunks, the snapshot, then the entries, then
+        the hard state.
 
         Args:
             snapshot: a snapshot received from the leader. It replaces the whole log: after it
                 the log is empty and the next entry is ``snapshot.meta.index + 1``. It must be
                 newer than the stored snapshot and not older than the stored commit index.
+                With ``data`` None (as the core hands it over), it is the snapshot whose
+                chunks this save's ``snapshot_chunks`` and earlier ones wrote, all of them;
+                else ``data`` holds it whole.
             entries: entries with contiguous indexes, the first at most one past the last
                 entry (after ``snapshot``) and after the snapshot index. Stored entries from
                 ``entries[0].index`` on are removed first (conflict truncation; durable), which
@@ -508,11 +590,16 @@ class RaftStorage(Resource):
             sync: make the entries durable before returning (one fdatasync for the whole batch).
                 Without it, appended entries are durable only after a later save that syncs or
                 stores a hard state, or :meth:`close`.
+            snapshot_chunks: parts of a snapshot being received (``Ready.snapshot_chunks``),
+                written first, in order, into ``snapshot.recv``; each follows the one before
+                (of this save or an earlier one) or starts a transfer at offset 0. Never synced
+                by themselves: the snapshot they make up is, when installed.
 
         Raises:
             InvalidArgumentError: entries that are not contiguous, leave a gap after the log, or
-                lie at or below the snapshot; a snapshot not newer than the stored one. Nothing
-                was written.
+                lie at or below the snapshot; a snapshot not newer than the stored one; a chunk
+                that does not follow the one before; a snapshot with ``data`` None whose
+                chunks were not all written. Nothing was written.
             RaftInvariantError: a change that would lose committed entries, a commit index beyond
                 the log, or a term going back. Nothing was written.
             RecordTooLargeError: an entry over the record limit. Nothing was written.
@@ -523,14 +610,19 @@ class RaftStorage(Resource):
         """
         log, state = self._usable()
         entries = _check_entries(entries)
+        received = self._check_chunks(snapshot_chunks)
         s_index = self._snapshot_index()
         last = max(log.last_position, s_index)
         commit = self._hard_state.commit
         if snapshot is not None:
-            _check_snapshot(snapshot)
+            _check_snapshot(snapshot, received=True)
             if snapshot.local:
                 raise errors.InvalidArgumentError(
                     "a local snapshot is never installed from a leader")
+            if snapshot.data is None and received != (snapshot.meta, True):
+                raise errors.InvalidArgumentError(
+                    f"the snapshot at index {snapshot.meta.index} was not received whole in "
+                    "chunks")
             new_index = snapshot.meta.index
             if new_index <= s_index:
                 raise errors.InvalidArgumentError(
@@ -574,8 +666,13 @@ class RaftStorage(Resource):
         records = [encode_entry(e) for e in entries]
         store_hard_state = hard_state is not None and hard_state != self._hard_state
         try:
+            for chunk in snapshot_chunks:
+                self._write_chunk(chunk)
             if snapshot is not None:
-                self._write_snapshot(snapshot, FLAG_LOG_RESET)
+                if snapshot.data is None:
+                    self._install_received()
+                else:
+                    self._write_snapshot(snapshot, FLAG_LOG_RESET)
                 self._reset_log(snapshot.meta.index + 1)
                 log = self._log
             if entries:
@@ -733,6 +830,7 @@ class RaftStorage(Resource):
     def _close_handles(self, *, sync: bool) -> None:
         log, self._log = self._log, None
         state, self._state = self._state, None
+        self._drop_receiving()
         try:
             if log is not None:
                 log.close(sync=sync)
@@ -743,9 +841,10 @@ class RaftStorage(Resource):
     def _recover(self) -> None:
         """Reads the files and finishes whatever a crash interrupted (module doc)."""
         self._hard_state = decode_hard_state(self._state.load(), self._file(_HARD_STATE_FILE))
-        tmp = self._file(_SNAPSHOT_TMP)
-        if os.path.lexists(tmp):
-            _unlink_durable(tmp, self._path)  # never renamed: not the snapshot
+        for name in (_SNAPSHOT_TMP, _SNAPSHOT_RECV):
+            tmp = self._file(name)
+            if os.path.lexists(tmp):
+                _unlink_durable(tmp, self._path)  # never renamed: not the snapshot
         info, _ = _read_snapshot(self._file(_SNAPSHOT_FILE), with_data=False)
         self._snap = info
         s_index = self._snapshot_index()
@@ -801,6 +900,81 @@ class RaftStorage(Resource):
                 raise
             raise storage_error(exc, f"cannot write snapshot {path}") from None
         self._snap = _SnapshotInfo(snapshot.meta, flags, len(header), len(data))
+
+    def _check_chunks(
+        self, chunks: Sequence[SnapshotChunk]
+    ) -> tuple[SnapshotMeta, bool] | None:
+        """Checks that ``chunks`` continue the transfer received so far; returns the metadata
+        of the transfer they leave and whether it is whole (None: none)."""
+        recv = self._recv
+        at = None if recv is None else (recv.meta, recv.size, recv.written)
+        for c in chunks:
+            if not isinstance(c, SnapshotChunk) or not isinstance(c.meta, SnapshotMeta):
+                raise TypeError(f"expected a SnapshotChunk, not {type(c).__name__}")
+            if not isinstance(c.data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"chunk data must be bytes, not {type(c.data).__name__}")
+            _check_u64("chunk offset", c.offset)
+            _check_u64("snapshot size", c.size)
+            n = memoryview(c.data).nbytes
+            if c.offset + n > c.size:
+                raise errors.InvalidArgumentError(
+                    f"a chunk of {n} bytes at offset {c.offset} ends beyond the snapshot's "
+                    f"{c.size} bytes")
+            if c.offset == 0:
+                _check_snapshot(Snapshot(c.meta, b""))
+            elif at is None or at != (c.meta, c.size, c.offset):
+                raise errors.InvalidArgumentError(
+                    f"a chunk at offset {c.offset} of the snapshot at index {c.meta.index} does "
+                    "not follow the chunks written before it")
+            at = (c.meta, c.size, c.offset + n)
+        return None if at is None else (at[0], at[1] == at[2])
+
+    def _write_chunk(self, chunk: SnapshotChunk) -> None:
+        """Writes a chunk :meth:`_check_chunks` accepted into ``snapshot.recv``; offset 0
+        starts the file again."""
+        path = self._file(_SNAPSHOT_RECV)
+        try:
+            if chunk.offset == 0:
+                self._drop_receiving()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                self._recv = _Receiving(chunk.meta, chunk.size, fd)
+            recv = self._recv
+            pwrite_all(recv.fd, chunk.data, recv.header_size + chunk.offset)
+        except OSError as exc:
+            self._drop_receiving()  # a later chunk must not continue a file with a hole
+            if isinstance(exc, errors.MeridianError):
+                raise
+            raise storage_error(exc, f"cannot write snapshot {path}") from None
+        recv.crc = crc32c(chunk.data, recv.crc)
+        recv.written += memoryview(chunk.data).nbytes
+
+    def _install_received(self) -> None:
+        """Makes the snapshot received whole in ``snapshot.recv`` (:meth:`save` checked that it
+        is) the stored one, durably: its header, fsync, rename, fsync of the directory (as
+        :meth:`_write_snapshot`)."""
+        recv, self._recv = self._recv, None
+        header = _snapshot_header(recv.meta, recv.size, recv.crc, FLAG_LOG_RESET)
+        tmp, path = self._file(_SNAPSHOT_RECV), self._file(_SNAPSHOT_FILE)
+        try:
+            try:
+                pwrite_all(recv.fd, header, 0)
+                os.fsync(recv.fd)
+            finally:
+                os.close(recv.fd)
+            os.rename(tmp, path)
+            fsync_directory(self._path)
+        except OSError as exc:
+            if isinstance(exc, errors.MeridianError):
+                raise
+            raise storage_error(exc, f"cannot write snapshot {path}") from None
+        self._snap = _SnapshotInfo(recv.meta, FLAG_LOG_RESET, recv.header_size, recv.size)
+
+    def _drop_receiving(self) -> None:
+        """Forgets the transfer being received (its file stays until the next one starts or
+        the storage is opened again)."""
+        recv, self._recv = self._recv, None
+        if recv is not None:
+            os.close(recv.fd)
 
     def _reset_log(self, next_index: int) -> None:
         """Replaces the log by an empty one whose next entry is ``next_index``, durably: the
@@ -896,7 +1070,9 @@ def _check_hard_state(hs: HardState) -> None:
     _check_u64("hard state commit", hs.commit)
 
 
-def _check_snapshot(snapshot: Snapshot) -> None:
+def _check_snapshot(snapshot: Snapshot, *, received: bool = False) -> None:
+    """Checks a snapshot's types and ranges; ``received``: its data may be None (one received
+    in chunks, see :meth:`RaftStorage.save`)."""
     if not isinstance(snapshot, Snapshot) or not isinstance(snapshot.meta, SnapshotMeta):
         raise TypeError(f"expected a Snapshot, not {type(snapshot).__name__}")
     meta = snapshot.meta
@@ -911,6 +1087,8 @@ def _check_snapshot(snapshot: Snapshot) -> None:
         _check_u64("node id", node)
     if len(members) > MAX_MEMBERS:
         raise errors.InvalidArgumentError(f"{len(members)} members; the limit is {MAX_MEMBERS}")
+    if received and snapshot.data is None:
+        return
     if not isinstance(snapshot.data, (bytes, bytearray, memoryview, mmap.mmap)):
         raise TypeError(f"snapshot data must be bytes, not {type(snapshot.data).__name__}")
 

@@ -24,6 +24,7 @@ __all__ = [
     "ConfChange",
     "SnapshotMeta",
     "Snapshot",
+    "SnapshotChunk",
     "Message",
     "ReadState",
     "Ready",
@@ -158,15 +159,35 @@ class Snapshot:
     """A state machine's snapshot at ``meta.index``.
 
     ``data`` is bytes-like (``bytes``, or a read-only ``mmap`` for a large snapshot built into
-    a file). A ``local`` snapshot is a marker a durable state machine leaves for its own
-    restarts: its own storage already holds everything up to ``meta.index``, so ``data`` is
-    only what its ``restore`` needs to check that, and it is never sent to another node (a
-    follower that needs a snapshot gets one built for it, see ``RaftCore.snapshot_wanted``).
+    a file); ``None`` in a :class:`Ready`'s snapshot received from the leader, whose data came
+    in ``Ready.snapshot_chunks``. A ``local`` snapshot is a marker a durable state machine
+    leaves for its own restarts: its own storage already holds everything up to
+    ``meta.index``, so ``data`` is only what its ``restore`` needs to check that, and it is
+    never sent to another node (a follower that needs a snapshot gets one built for it, see
+    ``RaftCore.snapshot_wanted``).
     """
 
     meta: SnapshotMeta
-    data: bytes = b""
+    data: bytes | None = b""
     local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """Part of a snapshot being received from the leader, for the driver to write into its
+    storage as it arrives (the core never holds a received snapshot whole: a snapshot is as
+    large as the state machine's state).
+
+    Invariants: chunks of one transfer come in order, each starting where the one before
+    ended; ``offset`` 0 begins a transfer and discards any chunks written before it;
+    ``offset + len(data) <= size``. When ``offset + len(data) == size`` the transfer is whole
+    and the same :class:`Ready`, or a later one, carries its ``snapshot``.
+    """
+
+    meta: SnapshotMeta
+    offset: int  # where ``data`` starts within the snapshot's data
+    data: bytes
+    size: int  # the snapshot's data length, in bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +239,19 @@ class Ready:
     """One batch of work for the driver. Handle it in this order (STYLE §1):
 
     1. send ``messages`` (they do not depend on local durability);
-    2. persist ``snapshot``, then ``entries`` (truncating any suffix from ``entries[0].index``
-       first), then ``hard_state``; fsync if ``must_sync``;
-    3. send ``persisted_messages`` (votes and append acknowledgements, thesis §3.8);
+    2. write ``snapshot_chunks`` (no fsync of their own), persist ``snapshot``, then
+       ``entries`` (truncating any suffix from ``entries[0].index`` first), then
+       ``hard_state``; fsync if ``must_sync``;
+    3. send ``persisted_messages`` (votes and append acknowledgements, thesis §3.8; the
+       answers to received snapshot chunks, so that the leader sends the next chunk only once
+       this one is written);
     4. apply ``committed_entries`` in order (after installing ``snapshot`` if there is one);
     5. call ``advance(ready)``.
+
+    ``snapshot`` is always one received from the leader; its ``data`` is ``None``: the data is
+    what the ``snapshot_chunks`` of this Ready and earlier ones wrote, from the latest chunk at
+    offset 0 on. Once it is installed, the core holds a local marker for it (see
+    ``RaftCore.offer_snapshot`` to let the node send it on as a leader).
     """
 
     number: int
@@ -235,3 +264,4 @@ class Ready:
     persisted_messages: tuple[Message, ...]
     read_states: tuple[ReadState, ...]
     must_sync: bool
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()

@@ -83,6 +83,7 @@ class Disk:
         self.hard_state = HardState()
         self.snapshot: Snapshot | None = None
         self.entries: list[Entry] = []  # contiguous; may start at or before the snapshot index
+        self.receiving = bytearray()  # the snapshot being received, as its chunks came
 
     def save(self, rd: Ready) -> None:
         """Persists ``rd`` in the order the Ready documents: snapshot, entries, hard state."""
@@ -91,8 +92,16 @@ class Disk:
             hs is not None and (hs.term, hs.vote) != (self.hard_state.term, self.hard_state.vote))
         if durable_change and not rd.must_sync:
             raise AssertionError(f"Ready {rd.number} changes durable state without must_sync")
+        for c in rd.snapshot_chunks:
+            if c.offset == 0:
+                self.receiving = bytearray()
+            if len(self.receiving) != c.offset:
+                raise AssertionError(f"Ready {rd.number}: a snapshot chunk at {c.offset} after "
+                                     f"{len(self.receiving)} bytes")
+            self.receiving += c.data
         if rd.snapshot is not None:
-            self.snapshot = rd.snapshot
+            self.snapshot = Snapshot(rd.snapshot.meta, bytes(self.receiving))
+            self.receiving = bytearray()
             self.entries = []
         if rd.entries:
             first = rd.entries[0].index
@@ -194,13 +203,15 @@ class Node:
             self._check_durable(m)
             out.append(m)
         if rd.snapshot is not None:
-            self.state = decode_state(rd.snapshot.data)
+            self.state = decode_state(self.disk.snapshot.data)
         for e in rd.committed_entries:
             self.applied_entries.append(e)
             if e.type is EntryType.NORMAL and e.data:
                 self.state.append((e.index, e.data))
         self.read_states.extend(rd.read_states)
         self.core.advance(rd)
+        if rd.snapshot is not None:
+            self.core.offer_snapshot(self.disk.snapshot)  # to send on, should it lead
 
     def _check_durable(self, m: Message) -> None:
         """A vote request, a granted vote or an append acknowledgement of the node's current

@@ -28,6 +28,7 @@ from raft.types import (
     RaftInvariantError,
     Ready,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     StateRole,
 )
@@ -1108,9 +1109,11 @@ def test_sending_snapshot_is_true_while_a_follower_receives_the_one_held():
 
 
 def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
-    """A node elected while it persists a snapshot it received starts sending that snapshot
-    to a lagging follower; the driver's hold_local_snapshot (after the install) must not
-    swap it for a marker mid-transfer, and a local snapshot is never cut into chunks."""
+    """A node elected while it persists a snapshot it received holds only a local marker for
+    it (the chunks went to the driver): a lagging follower makes it ask for a snapshot, and a
+    local snapshot is never cut into chunks. Once the driver offers the installed snapshot's
+    data, it is sent, and hold_local_snapshot (releasing a snapshot no follower needs) must not
+    swap it for a marker mid-transfer."""
     voters = (1, 2, 3, 4, 5)
 
     def core(i):
@@ -1126,7 +1129,10 @@ def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
                         chunk=full[off:off + 10], snapshot_size=100))
     n1.take_messages()
     rd = n1.ready()  # being persisted ...
-    assert rd.snapshot is not None and rd.snapshot.data == full
+    assert rd.snapshot is not None and rd.snapshot.data is None
+    assert [c.offset for c in rd.snapshot_chunks] == list(range(0, 100, 10))
+    assert b"".join(c.data for c in rd.snapshot_chunks) == full
+    assert n1.snapshot.local and n1.snapshot.meta == meta
     n1.campaign()  # ... while 2 is gone: 1 wins with 3, 4 and 5's votes
     for v in (3, 4, 5):
         n1.step(Message(MT.VOTE_RESP, 1, v, n1.term))
@@ -1141,10 +1147,15 @@ def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
 
     take()
     n1.step(Message(MT.APPEND_RESP, 1, 3, n1.term, index=10, reject=True, reject_hint=0,
-                    log_term=0))  # follower 3 is behind: it gets the full snapshot
+                    log_term=0))  # follower 3 is behind: it needs the full snapshot
+    take()
+    assert not sent and n1.snapshot_wanted
+    n1.advance(rd)  # installed: the driver offers the stored snapshot's data
+    assert n1.offer_snapshot(Snapshot(meta, full))
+    n1.step(Message(MT.HEARTBEAT_RESP, 1, 3, n1.term))
     take()
     assert sent and sent[0].snapshot_size == 100
-    n1.hold_local_snapshot(rd.snapshot.meta, b"LOCAL-MARKER")  # the install is done
+    n1.hold_local_snapshot(meta, b"LOCAL-MARKER")  # no follower needs it, says the driver
     assert not n1.snapshot.local  # kept: 3 is receiving it
     n1.step(Message(MT.SNAPSHOT_RESP, 1, 3, n1.term, index=10, chunk_offset=10))
     n1.step(Message(MT.SNAPSHOT_RESP, 1, 3, n1.term, index=10, chunk_offset=0, reject=True))
@@ -1156,6 +1167,44 @@ def test_a_snapshot_being_sent_is_not_swapped_for_a_local_marker():
     before = len(sent)
     take()
     assert len(sent) == before
+
+
+def test_a_follower_hands_snapshot_chunks_out_and_answers_each_once_it_is_written():
+    """The core never holds a received snapshot: each chunk goes out in the Ready for the
+    driver to write, and its answer (which lets the leader send the next) leaves only after
+    that Ready is persisted -- also the answer to a duplicate, which counts the chunks handed
+    out. A slow disk so holds the transfer back instead of filling memory with chunks."""
+    voters = (1, 2, 3)
+    follower = RaftCore(Config(3, pre_vote=False, check_quorum=False), random.Random(3),
+                        RestoredState(hard_state=HardState(1, 0, 0), conf=ConfState(voters)))
+    meta = SnapshotMeta(10, 1, ConfState(voters))
+    data = bytes(range(30))
+
+    def chunk(off):
+        follower.step(Message(MT.SNAPSHOT, 3, 1, 1, snapshot=meta, chunk_offset=off,
+                              chunk=data[off:off + 10], snapshot_size=30))
+
+    chunk(0)
+    assert follower.take_messages() is None  # not only messages: a chunk to write
+    rd = follower.ready()
+    assert rd.snapshot_chunks == (SnapshotChunk(meta, 0, data[:10], 30),)
+    assert not any(m.type is MT.SNAPSHOT_RESP for m in rd.messages)
+    assert [(m.type, m.chunk_offset) for m in rd.persisted_messages] == [
+        (MT.SNAPSHOT_RESP, 10)]
+    chunk(0)  # the leader sends it again (a heartbeat answer) while it is being written
+    chunk(10)
+    follower.advance(rd)
+    rd = follower.ready()
+    assert rd.messages == () and rd.snapshot is None
+    assert [c.offset for c in rd.snapshot_chunks] == [10]
+    assert [m.chunk_offset for m in rd.persisted_messages] == [10, 20]
+    follower.advance(rd)
+    chunk(20)
+    rd = follower.ready()
+    assert rd.snapshot == Snapshot(meta, None) and rd.must_sync
+    assert [c.offset for c in rd.snapshot_chunks] == [20]
+    assert [(m.type, m.index) for m in rd.persisted_messages] == [(MT.APPEND_RESP, 10)]
+    assert follower.snapshot == Snapshot(meta, b"", local=True)  # nothing to send on yet
 
 
 def test_two_snapshots_with_the_same_metadata_and_size_are_never_joined():
@@ -1172,7 +1221,8 @@ def test_two_snapshots_with_the_same_metadata_and_size_are_never_joined():
     def chunk(frm, term, data, off):
         follower.step(Message(MT.SNAPSHOT, 3, frm, term, snapshot=meta, chunk_offset=off,
                               chunk=data[off:off + 10], snapshot_size=40))
-        msgs, follower._msgs = follower._msgs, []
+        msgs = follower._msgs + follower._msgs_after_persist
+        follower._msgs, follower._msgs_after_persist = [], []
         return [m for m in msgs if m.to == frm]
 
     chunk(1, 1, a, 0)
@@ -1182,7 +1232,10 @@ def test_two_snapshots_with_the_same_metadata_and_size_are_never_joined():
     for off in (10, 20, 30):
         chunk(2, 2, b, off)
     assert follower._pending_snapshot is not None
-    assert follower._pending_snapshot.data == b
+    # What the driver is given to write: leader 2's transfer starts again at offset 0.
+    written = follower._snapshot_chunks
+    start = max(i for i, c in enumerate(written) if c.offset == 0)
+    assert b"".join(c.data for c in written[start:]) == b
     # One leader's transfer idle for an election timeout is forgotten: its next chunk past
     # offset 0 is refused, and the transfer starts again.
     follower2 = RaftCore(Config(3, pre_vote=False, check_quorum=False, election_tick=10),

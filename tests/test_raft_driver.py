@@ -974,6 +974,84 @@ async def test_group_replicas_catch_up_through_a_snapshot_built_from_lmdb(tmp_pa
             store.close()
 
 
+class BulkyDurableCounter(DurableCounter):
+    """A :class:`DurableCounter` whose full snapshots carry ``padding`` bytes after the items,
+    built into a file and mapped read-only as Meridian's groups build theirs (the leader's
+    copy is in the page cache, not the heap). ``restore`` takes a buffer, as theirs does, and
+    copies only the items out of it: any copy of the whole snapshot on the heap is the
+    receiving side's."""
+
+    padding = 32 << 20
+    restore_from_buffer = True
+
+    def begin_snapshot(self):
+        index, items = self.index, b"\n".join(self.items)
+        padding = self.padding
+
+        class Build:
+            def __init__(self):
+                self.index = index
+
+            def run(self):
+                import mmap
+                import tempfile
+                with tempfile.TemporaryFile() as f:
+                    f.write(b"%d|%d|" % (index, len(items)) + items)
+                    f.truncate(f.tell() + padding)
+                    size = f.seek(0, 2)
+                    return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+
+            def cancel(self):
+                pass
+
+            def close(self):
+                pass
+
+        return Build()
+
+    def restore(self, data) -> None:
+        if bytes(data[:6]) == b"local ":
+            super().restore(bytes(data))
+            return
+        head = bytes(data[:64])
+        index, n, _ = head.split(b"|", 2)
+        start = len(index) + len(n) + 2
+        items = bytes(data[start:start + int(n)])
+        self.index = int(index)
+        self.items = items.split(b"\n") if items else []
+
+
+async def test_a_follower_receives_a_large_snapshot_in_bounded_memory(tmp_path):
+    """A follower that fell behind receives a snapshot far larger than one chunk: its memory
+    must stay within a few chunks (written to its storage as they arrive), not grow with the
+    snapshot — a group's snapshot is as large as its state, and a node holding it, or twice
+    it, on the heap while installing can run out of memory."""
+    import tracemalloc
+
+    size = BulkyDurableCounter.padding
+    chunk = 256 << 10
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       config={"snapshot_chunk_size": chunk},
+                       state_machine=lambda i: BulkyDurableCounter(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(30):
+            lid, victim = await c.leave_behind(range(50))
+            leader = c.nodes[lid]
+            await wait_until(lambda: leader.statistics().snapshots_taken >= 1)
+            tracemalloc.start()
+            try:
+                await c.start(victim)
+                await c.nodes[victim].wait_applied(leader.core.commit)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert c.nodes[victim].statistics().snapshots_installed >= 1
+        assert c.sms[victim].items == [b"%d" % k for k in range(50)]
+    # A few chunks: the one being written, and those in flight (the leader sends the current
+    # chunk again with each heartbeat answer, in case it was lost).
+    assert peak < size // 4, (
+        f"receiving a {size >> 20} MiB snapshot peaked at {peak / 2**20:.1f} MiB on the heap")
+
+
 class FlakyBuilds(DurableCounter):
     """Its first build fails (a full disk, say); the next ones block until ``release`` is set
     or the build is cancelled."""

@@ -43,6 +43,7 @@ from raft.types import (
     MessageType,
     Ready,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
 )
 
@@ -312,10 +313,10 @@ def test_cli_runs_many_seeds(capsys):
 # ==================================================================== the simulated disk
 
 
-def _ready(entries=(), hard_state=None, snapshot=None) -> Ready:
+def _ready(entries=(), hard_state=None, snapshot=None, snapshot_chunks=()) -> Ready:
     return Ready(number=1, soft_state=None, hard_state=hard_state, entries=tuple(entries),
                  snapshot=snapshot, committed_entries=(), messages=(), persisted_messages=(),
-                 read_states=(), must_sync=True)
+                 read_states=(), must_sync=True, snapshot_chunks=tuple(snapshot_chunks))
 
 
 def _entries(lo, hi, term):
@@ -370,9 +371,16 @@ def test_disk_received_snapshot_replaces_the_log_and_compaction_drops_the_prefix
     disk.sync()
     disk.save_snapshot(Snapshot(SnapshotMeta(2, 1, ConfState((1,))), b"s"))
     assert [e.index for e in disk.entries] == [3, 4]
-    disk.write(_ready(_entries(10, 11, 3), snapshot=Snapshot(SnapshotMeta(9, 3), b"t")))
+    meta = SnapshotMeta(9, 3)
+    # The snapshot comes in chunks (the Ready's snapshot carries no data of its own).
+    assert disk.write(_ready(snapshot_chunks=[SnapshotChunk(meta, 0, b"tt", 3)])) is None
+    assert disk.write(_ready(snapshot=Snapshot(meta, None))) is not None  # not received whole
+    disk.write(_ready(_entries(10, 11, 3), snapshot=Snapshot(meta, None),
+                      snapshot_chunks=[SnapshotChunk(meta, 0, b"t", 3),
+                                       SnapshotChunk(meta, 1, b"uv", 3)]))
     disk.sync()
     assert disk.offset == 9 and [e.index for e in disk.entries] == [10, 11]
+    assert disk.snapshot.data == b"tuv"
 
 
 def _ack(simulation, node, index, reject=False):
@@ -416,7 +424,9 @@ def test_the_log_promise_is_the_highest_acknowledgement_until_a_truncation():
         simulation._check_promises(node, disk.restored(ConfState((1,))))
     # A received snapshot replaces the whole log, the promised entry with it: the promise
     # lapses (the snapshot now holds what was applied).
-    disk.write(_ready(snapshot=Snapshot(SnapshotMeta(4, 1), b"s")))
+    meta = SnapshotMeta(4, 1)
+    assert disk.write(_ready(snapshot=Snapshot(meta, None),
+                             snapshot_chunks=[SnapshotChunk(meta, 0, b"s", 1)])) is None
     disk.sync()
     simulation._note_truncation(node)
     assert node.log_promise is None

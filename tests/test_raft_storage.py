@@ -49,6 +49,7 @@ from raft.types import (
     HardState,
     RaftInvariantError,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
 )
 
@@ -339,6 +340,68 @@ def test_snapshots_hold_large_data_and_any_membership(path):
     got = restored(path)
     assert got.snapshot == snap(300, 4, data, conf)
     assert got.hard_state == HardState(4, 0, 300)
+
+
+def chunks_of(meta: SnapshotMeta, data: bytes, size: int) -> list[SnapshotChunk]:
+    return [SnapshotChunk(meta, off, data[off:off + size], len(data))
+            for off in range(0, len(data), size)]
+
+
+def test_a_snapshot_received_in_chunks_is_written_as_it_comes_and_installed_whole(path):
+    """The chunks go to snapshot.recv (not synced, not yet the snapshot); the save that
+    installs it makes it the snapshot, as if it had been written whole, and the data reads
+    back mapped, checksum verified."""
+    data = random.Random(3).randbytes(100_000)
+    meta = SnapshotMeta(12, 3, CONF)
+    chunks = chunks_of(meta, data, 30_000)
+    with reopen(path) as st:
+        st.save(entries=ents(1, 21, 1), hard_state=HardState(1, 0, 5))
+        st.save(snapshot_chunks=chunks[:2], sync=False)
+        assert (path / "snapshot.recv").exists() and st.snapshot_meta is None
+        assert st.last_index == 20
+        st.save(snapshot=Snapshot(meta, None), snapshot_chunks=chunks[2:],
+                entries=ents(13, 15, 3), hard_state=HardState(3, 0, 12))
+        assert not (path / "snapshot.recv").exists()
+        with st.mapped_snapshot() as view:
+            assert view == data
+    got = restored(path)
+    assert got.snapshot == Snapshot(meta, data)
+    assert got.entries == tuple(ents(13, 15, 3)) and got.hard_state == HardState(3, 0, 12)
+    with reopen(path) as st, open(path / "snapshot", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(bytes([data[-1] ^ 1]))
+        f.flush()
+        with pytest.raises(CorruptStateError, match="checksum"), st.mapped_snapshot():
+            pass
+
+
+def test_snapshot_chunks_must_follow_each_other_and_a_transfer_must_be_whole(path):
+    data = bytes(range(200)) * 10
+    meta = SnapshotMeta(12, 3, CONF)
+    chunks = chunks_of(meta, data, 500)
+    with reopen(path) as st:
+        st.save(entries=ents(1, 11, 1), hard_state=HardState(1, 0, 5))
+        with pytest.raises(InvalidArgumentError, match="does not follow"):
+            st.save(snapshot_chunks=[chunks[0], chunks[2]])
+        assert not (path / "snapshot.recv").exists()  # nothing was written
+        with pytest.raises(InvalidArgumentError, match="not received whole"):
+            st.save(snapshot=Snapshot(meta, None), snapshot_chunks=chunks[:3])
+        with pytest.raises(InvalidArgumentError, match="ends beyond"):
+            st.save(snapshot_chunks=[SnapshotChunk(meta, 0, data, 10)])
+        st.save(snapshot_chunks=chunks[:3])
+        st.save(snapshot_chunks=chunks[:1])  # offset 0 starts the file again
+        with pytest.raises(InvalidArgumentError, match="does not follow"):
+            st.save(snapshot_chunks=chunks[3:4])
+        st.save(snapshot=Snapshot(meta, None), snapshot_chunks=chunks[1:])
+    with reopen(path) as st:
+        assert st.read_snapshot().data == data
+        st.save(snapshot_chunks=chunks_of(SnapshotMeta(20, 3, CONF), data, 500)[:1])
+    # A transfer cut short by a restart is gone: the leader sends it again from offset 0.
+    with reopen(path) as st:
+        assert not (path / "snapshot.recv").exists()
+        with pytest.raises(InvalidArgumentError, match="does not follow"):
+            st.save(snapshot_chunks=chunks_of(SnapshotMeta(20, 3, CONF), data, 500)[1:])
+        assert st.snapshot_meta == meta
 
 
 # ============================================================ compaction

@@ -40,7 +40,15 @@ from engine import DurableState, LogStore, MeridianError
 from raft import storage as storage_module
 from raft.core import Config, RaftCore
 from raft.storage import RaftStorage
-from raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raft.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotChunk,
+    SnapshotMeta,
+)
 
 SEGMENT = 16 << 10
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -227,7 +235,11 @@ class Workload:
         base = State(meta, digest(data), (), s.hard_state)
         cands = [s] + [dataclasses.replace(base, entries=new[:j]) for j in range(len(new) + 1)]
         cands.append(dataclasses.replace(base, entries=new, hard_state=hs))
-        kwargs = {"snapshot": Snapshot(meta, data), "entries": new, "hard_state": hs, "sync": True}
+        kwargs = {"entries": new, "hard_state": hs, "sync": True}
+        if rng.random() < 0.5:  # received in chunks, as the driver saves it
+            kwargs |= chunked(meta, data, rng.choice([1, 700, 1 << 20]))
+        else:
+            kwargs["snapshot"] = Snapshot(meta, data)
         return Op("install", kwargs, tuple(cands))
 
     def _compact(self, s: State, commit: int) -> Op:
@@ -240,6 +252,13 @@ class Workload:
                       s.hard_state)
         kwargs = {"snapshot": Snapshot(meta, data), "keep": rng.randint(0, 6)}
         return Op("compact", kwargs, (s, after))
+
+
+def chunked(meta: SnapshotMeta, data: bytes, size: int) -> dict:
+    """The ``save`` arguments that install ``data`` received in chunks of ``size`` bytes."""
+    chunks = [SnapshotChunk(meta, off, data[off:off + size], len(data))
+              for off in range(0, len(data), size)] or [SnapshotChunk(meta, 0, b"", 0)]
+    return {"snapshot": Snapshot(meta, None), "snapshot_chunks": chunks}
 
 
 def check_candidates(got: State, op: Op | None, expected: State, context: str) -> None:
@@ -449,9 +468,9 @@ def test_a_crash_at_any_write_recovers_to_an_allowed_state(scratch, crash_points
     assert seen["intermediate"] > 0 and seen["recovery crashes"] > 0, seen
 
 
-def scripted_install() -> tuple[State, Op]:
+def scripted_install(chunk_size: int = 0) -> tuple[State, Op]:
     """A follower with entries 1..20 of term 1 (commit 4) receives a snapshot at 12, term 3:
-    entries 5..20 must all go."""
+    entries 5..20 must all go. With ``chunk_size``, the snapshot comes in chunks."""
     old = State(None, None, tuple(Entry(1, i, b"old %d" % i) for i in range(1, 21)),
                 HardState(1, 0, 4))
     data = b"the leader's state"
@@ -459,9 +478,11 @@ def scripted_install() -> tuple[State, Op]:
     new = (Entry(3, 13, b"new 13"),)
     base = State(meta, digest(data), (), old.hard_state)
     final = State(meta, digest(data), new, HardState(3, 0, 12))
-    op = Op("install", {"snapshot": Snapshot(meta, data), "entries": new,
-                            "hard_state": final.hard_state, "sync": True},
-            (old, base, dataclasses.replace(base, entries=new), final))
+    kwargs = {"snapshot": Snapshot(meta, data), "entries": new,
+              "hard_state": final.hard_state, "sync": True}
+    if chunk_size:
+        kwargs |= chunked(meta, data, chunk_size)
+    op = Op("install", kwargs, (old, base, dataclasses.replace(base, entries=new), final))
     return old, op
 
 
@@ -470,8 +491,9 @@ def prepare(path, state: State) -> None:
         st.save(entries=state.entries, hard_state=state.hard_state)
 
 
-def test_every_crash_point_of_a_snapshot_install(scratch, crash_points):
-    old, op = scripted_install()
+@pytest.mark.parametrize("chunk_size", [0, 5], ids=["whole", "chunks"])
+def test_every_crash_point_of_a_snapshot_install(scratch, crash_points, chunk_size):
+    old, op = scripted_install(chunk_size)
     prepare(scratch / "base", old)
     seen = {"points": 0, "intermediate": 0, "recovery crashes": 0}
     run_crash_points(crash_points, scratch / "base", scratch / "work", op, seen)
@@ -484,7 +506,7 @@ def test_the_crash_point_check_catches_an_install_that_does_not_mark_its_snapsho
     """A checker is trusted only once it has caught a planted bug: without the LOG_RESET flag,
     recovery cannot tell the old log from one written after the install, and keeps it."""
     monkeypatch.setattr(storage_module, "FLAG_LOG_RESET", 0)
-    old, op = scripted_install()
+    old, op = scripted_install(5)
     prepare(scratch / "base", old)
     seen = {"points": 0, "intermediate": 0, "recovery crashes": 0}
     with pytest.raises(AssertionError, match="only these are allowed"):
