@@ -884,12 +884,21 @@ class RaftStorage(Resource):
         the directory (the rename replaces the older snapshot)."""
         data = bytes(snapshot.data) if not isinstance(snapshot.data, bytes) else snapshot.data
         header = encode_snapshot_header(snapshot.meta, data, flags)
-        tmp, path = self._file(_SNAPSHOT_TMP), self._file(_SNAPSHOT_FILE)
+        self._commit_snapshot(self._file(_SNAPSHOT_TMP), None, [(header, 0), (data, len(header))])
+        self._snap = _SnapshotInfo(snapshot.meta, flags, len(header), len(data))
+
+    def _commit_snapshot(self, tmp: str, fd: int | None,
+                         writes: Sequence[tuple[bytes, int]]) -> None:
+        """Writes ``writes`` (data, offset) into the file ``tmp`` (created, or already open as
+        ``fd``, which this closes), then makes it the stored snapshot: fsync, rename over
+        ``snapshot``, fsync of the directory — the commit point."""
+        path = self._file(_SNAPSHOT_FILE)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            if fd is None:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                pwrite_all(fd, header, 0)
-                pwrite_all(fd, data, len(header))
+                for data, offset in writes:
+                    pwrite_all(fd, data, offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -899,7 +908,6 @@ class RaftStorage(Resource):
             if isinstance(exc, errors.MeridianError):
                 raise
             raise storage_error(exc, f"cannot write snapshot {path}") from None
-        self._snap = _SnapshotInfo(snapshot.meta, flags, len(header), len(data))
 
     def _check_chunks(
         self, chunks: Sequence[SnapshotChunk]
@@ -950,23 +958,10 @@ class RaftStorage(Resource):
 
     def _install_received(self) -> None:
         """Makes the snapshot received whole in ``snapshot.recv`` (:meth:`save` checked that it
-        is) the stored one, durably: its header, fsync, rename, fsync of the directory (as
-        :meth:`_write_snapshot`)."""
+        is) the stored one, durably: its header, then :meth:`_commit_snapshot`."""
         recv, self._recv = self._recv, None
         header = _snapshot_header(recv.meta, recv.size, recv.crc, FLAG_LOG_RESET)
-        tmp, path = self._file(_SNAPSHOT_RECV), self._file(_SNAPSHOT_FILE)
-        try:
-            try:
-                pwrite_all(recv.fd, header, 0)
-                os.fsync(recv.fd)
-            finally:
-                os.close(recv.fd)
-            os.rename(tmp, path)
-            fsync_directory(self._path)
-        except OSError as exc:
-            if isinstance(exc, errors.MeridianError):
-                raise
-            raise storage_error(exc, f"cannot write snapshot {path}") from None
+        self._commit_snapshot(self._file(_SNAPSHOT_RECV), recv.fd, [(header, 0)])
         self._snap = _SnapshotInfo(recv.meta, FLAG_LOG_RESET, recv.header_size, recv.size)
 
     def _drop_receiving(self) -> None:
