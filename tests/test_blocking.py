@@ -380,14 +380,9 @@ def test_no_thread_is_left_behind(addresses):
     assert _client_threads() == before
 
 
-@pytest.mark.parametrize("on_cancel, error, message", [
-    (_closed_error, errors.InvalidArgumentError, "connection is closed"),
-    (_ambiguous_on_close, errors.AmbiguousCommitError, "may or may not have committed"),
-])
-def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
-    """close() from another thread ends a call that is still running: with the "closed" error,
-    or AmbiguousCommitError for a commit (it may have been applied)."""
-    db = connect_blocking(addresses)
+def _parked_call(db, **options) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread whose call into ``db``'s loop waits for ever (``options``: the portal's, such
+    as ``on_cancel``), started and waiting; and the list that gets what the call raised."""
     started = threading.Event()
     outcome: list[BaseException] = []
 
@@ -397,13 +392,25 @@ def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
 
     def caller():
         try:
-            db._portal.call(parked, on_cancel=on_cancel)
+            db._portal.call(parked, **options)
         except BaseException as exc:  # checked by the test thread
             outcome.append(exc)
 
     t = threading.Thread(target=caller)
     t.start()
-    started.wait()
+    assert started.wait(10)
+    return t, outcome
+
+
+@pytest.mark.parametrize("on_cancel, error, message", [
+    (_closed_error, errors.InvalidArgumentError, "connection is closed"),
+    (_ambiguous_on_close, errors.AmbiguousCommitError, "may or may not have committed"),
+])
+def test_close_cancels_calls_in_flight(addresses, on_cancel, error, message):
+    """close() from another thread ends a call that is still running: with the "closed" error,
+    or AmbiguousCommitError for a commit (it may have been applied)."""
+    db = connect_blocking(addresses)
+    t, outcome = _parked_call(db, on_cancel=on_cancel)
     db.close()
     t.join()
     assert len(outcome) == 1 and type(outcome[0]) is error
@@ -651,25 +658,11 @@ def test_a_loop_killed_by_an_internal_error_is_closed_and_says_why(addresses):
     (not the "closed" error of a connection the application never closed, nor a bare
     Cancelled), and the handle says it is closed."""
     db = connect_blocking(addresses)
-    started = threading.Event()
-    outcome: list[BaseException] = []
-
-    async def parked():
-        started.set()
-        await trio.sleep_forever()
-
-    def caller():
-        try:
-            db._portal.call(parked)
-        except BaseException as exc:  # checked by the test thread
-            outcome.append(exc)
+    t, outcome = _parked_call(db)
 
     def internal_error():
         raise RuntimeError("an internal error")
 
-    t = threading.Thread(target=caller)
-    t.start()
-    assert started.wait(10)
     db._portal._token.run_sync_soon(internal_error)
     t.join(30)
     assert not t.is_alive() and len(outcome) == 1
