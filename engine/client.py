@@ -930,14 +930,22 @@ class Database:
         return {"replication_lag_ms": lag, "cross_region_bytes": traffic, "nodes": nodes}
 
     async def status(self) -> dict:
-        """Every node's view of its groups (leaders, terms, applied and closed timestamps)."""
-        out = {}
-        for node in self._nodes.values():
+        """Every node's view of its groups (leaders, terms, applied and closed timestamps).
+        The nodes are asked at once; one that cannot be reached, or does not answer within
+        ``request_timeout_s`` (paused, wedged), is listed as ``{"error": ...}``."""
+        out: dict[int, dict] = {}
+        deadline = trio.current_time() + self._request_timeout_s
+
+        async def ask(node_id: int) -> None:
             try:
-                out[node.id] = await self._call_node(node.id, "status", {})
+                out[node_id] = await self._call_node(node_id, "status", {}, deadline)
             except (MeridianError, OSError) as exc:
-                out[node.id] = {"error": str(exc)}
-        return out
+                out[node_id] = {"error": str(exc)}
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self._nodes:
+                nursery.start_soon(ask, node_id)
+        return {node_id: out[node_id] for node_id in self._nodes}
 
     # ------------------------------------------------------------------ background
 

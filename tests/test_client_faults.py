@@ -347,3 +347,27 @@ async def test_a_replica_whose_clock_is_off_sends_the_call_to_another(nursery, f
                         await tx.put("ks", b"k", b"v")
         assert db._candidates(1)[0] == 2  # it learnt where the group is served now
         assert ran == ([1, 1, 1] if operation == "commit" else [])
+
+
+async def test_status_lists_a_node_that_never_answers_as_an_error_in_time(nursery):
+    # status() and statistics() asked each node in turn with no deadline: one node that
+    # accepts and never answers (paused, or wedged) hung them for good.
+    healthy, silent = FakeNode(nursery), FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(healthy.port)
+        d["nodes"] = {1: ["r1", HOST, healthy.port], 2: ["r1", HOST, silent.port]}
+        return d
+
+    async def status(p, ctx):
+        return {"node": 1, "region": "r1", "groups": {}}
+
+    healthy.handlers.update(describe=describe, status=status)
+    silent.handlers.update(describe=describe, status=hang)
+    await healthy.start()
+    await silent.start()
+    async with engine.connect([healthy.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S):
+            out = await db.status()
+        assert out[1]["node"] == 1
+        assert "error" in out[2] and set(out) == {1, 2}
