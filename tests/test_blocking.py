@@ -488,6 +488,15 @@ def test_a_dropped_database_is_closed_by_the_garbage_collector(addresses):
     assert not thread.is_alive()
 
 
+def _run_script(script: str, timeout: float = 60) -> list[str]:
+    """Runs ``script`` in a fresh interpreter, which must exit with status 0 within
+    ``timeout`` seconds; returns the lines it printed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_the_interpreter_exits_with_a_connection_never_closed(addresses):
     script = (
         "import sys\n"
@@ -496,10 +505,7 @@ def test_the_interpreter_exits_with_a_connection_never_closed(addresses):
         "db.list_keyspaces()\n"
         "print('connected')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "connected"
+    assert _run_script(script) == ["connected"]
 
 
 def test_the_interpreter_exits_when_a_collection_in_the_exit_hook_closes_a_connection(addresses):
@@ -528,10 +534,7 @@ def test_the_interpreter_exits_when_a_collection_in_the_exit_hook_closes_a_conne
         "del db\n"
         "print('connected', flush=True)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "connected"
+    assert _run_script(script, timeout=30) == ["connected"]
 
 
 def test_threads_still_using_a_connection_after_the_main_thread_returns_keep_it(addresses):
@@ -556,10 +559,7 @@ def test_threads_still_using_a_connection_after_the_main_thread_returns_keep_it(
         "    print('worker committed', db.read('exit-workers', 'k'), flush=True)\n"
         "threading.Thread(target=worker).start()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["worker committed b'4'", "closed at exit: True False"]
+    assert _run_script(script) == ["worker committed b'4'", "closed at exit: True False"]
 
 
 # ---------------------------------------------------------------------- the whole API
