@@ -556,7 +556,7 @@ class _Wire:
         self.reason: str | None = None  # why the connection ended; None while open
         self.warn = False  # log the end as a warning (the peer misbehaved)
         self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # in the queue, or taken by the writer and not yet written
         self._work = trio.lowlevel.ParkingLot()  # the writer waits here for frames
         self._space = trio.lowlevel.ParkingLot()  # senders wait here for room; flush for quiet
         self._writing = False
@@ -645,13 +645,17 @@ class _Wire:
                 while queue and size + len(queue[0]) <= _MAX_WRITE_BYTES:
                     batch.append(queue.popleft())
                     size += len(batch[-1])
-                self._queued_bytes -= size
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
                 self._writing = True
                 try:
                     await stream.send_all(data)
                 finally:
                     self._writing = False
+                # The batch counts as queued until written: were it let go when taken, a sender
+                # would find room (and jump the senders still waiting for it) while the peer
+                # reads nothing.
+                if self.reason is None:
+                    self._queued_bytes -= size
                 self.writes += 1
                 self.bytes_sent += size
                 self._space.unpark_all()

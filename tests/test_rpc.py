@@ -35,6 +35,7 @@ from engine.rpc import (
     FrameDecoder,
     NotSentError,
     RemoteError,
+    RpcConnection,
     RpcFrame,
     RpcWireError,
     connect_rpc,
@@ -699,6 +700,26 @@ async def test_a_call_waiting_for_room_to_send_ends_at_its_deadline(nursery):
                 assert trio.current_time() - t0 < 5
                 assert conn.statistics().timeouts == 1
                 fillers.cancel_scope.cancel()
+
+
+async def test_a_batch_being_written_still_counts_against_the_send_queue_bound(nursery):
+    # The writer takes a batch off the queue and blocks writing it to a peer that reads nothing.
+    # Until written, that batch still fills the queue: a later call must wait for room (and so
+    # end unsent at its deadline), not queue itself ahead of the senders already waiting.
+    stream, _peer = trio.testing.lockstep_stream_pair()  # send_all blocks until the peer reads
+    conn = RpcConnection(stream, lambda: 0, lambda ts: None, DEFAULT_MAX_FRAME)
+    nursery.start_soon(conn._run)
+    blob = b"x" * (1 << 20)
+    async with trio.open_nursery() as fillers:
+        for _ in range(8):
+            fillers.start_soon(partial(conn.call, "put", blob))
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn._wire._writing  # one frame taken by the writer, the queue at its bound
+        with pytest.raises(NotSentError, match="no room to send 'get' by its deadline"):
+            await conn.call("get", deadline=trio.current_time() + 0.05)
+        assert conn.statistics().timeouts == 1
+        fillers.cancel_scope.cancel()
+    await conn.aclose()
 
 
 async def test_a_sooner_deadline_made_later_still_fires_on_time(nursery, autojump_clock):
