@@ -211,7 +211,7 @@ from .merge import (
     resolver_for,
 )
 from .mvcc import MAX_KEY_SIZE, MAX_SIDE_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
-from .placement import keyspace_bounds
+from .placement import keyspace_bounds, user_key
 
 __all__ = [
     "CMD_COMMIT",
@@ -1478,18 +1478,19 @@ class _Batch:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
                 encoded = encode_cell(cell)  # written as is by _apply_merges
                 if check_size and len(encoded) > MAX_VALUE_SIZE:
-                    return (f"the merged cell of key {key!r} would take {len(encoded)} bytes, "
-                            f"over the {MAX_VALUE_SIZE}-byte limit of a value")
+                    return (f"the merged cell of key {user_key(key)!r} would take "
+                            f"{len(encoded)} bytes, over the {MAX_VALUE_SIZE}-byte limit of a "
+                            f"value")
                 share = MAX_VALUE_SIZE // regions
                 if (check_size and resolver.op == MERGE and len(encoded) > share
                         and (before is None or len(encoded) > len(encode_cell(before)))):
-                    return (f"bad {resolver_name} write to key {key!r}: the merged cell would "
-                            f"take {len(encoded)} bytes, over this region's share ({share} "
-                            f"bytes) of the {MAX_VALUE_SIZE}-byte limit: the cell gathers "
+                    return (f"bad {resolver_name} write to key {user_key(key)!r}: the merged "
+                            f"cell would take {len(encoded)} bytes, over this region's share "
+                            f"({share} bytes) of the {MAX_VALUE_SIZE}-byte limit: the cell gathers "
                             f"{regions} regions' writes")
             except (InvalidArgumentError, CorruptStateError) as exc:
                 if not refuse_each:
-                    return f"bad {resolver_name} write to key {key!r}: {exc}"
+                    return f"bad {resolver_name} write to key {user_key(key)!r}: {exc}"
                 kept = before.version if isinstance(before, Cell) else (0, "")
                 merged.append((key, resolver_name, None,
                                Conflict(key, kept, (write.ts, write.origin), write.value,

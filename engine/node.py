@@ -127,6 +127,7 @@ from .placement import (
     keyspace_bounds,
     placement,
     spread_group,
+    user_key,
 )
 from .replica import GroupReplica
 from .rpc import DEFAULT_MAX_CONNECTIONS, RemoteError, connect_rpc, serve_rpc
@@ -1078,7 +1079,8 @@ class Node:
             key = result.key
             raise TransactionConflictError(
                 f"transaction {txn_id:#x} conflicts ({result.reason}"
-                + (f" on key {key!r}" if key is not None else "") + ")", result.reason, key)
+                + (f" on key {user_key(key)!r}" if key is not None else "") + ")",
+                result.reason, key)
         raise InvalidArgumentError(f"commit refused: {result.reason}")
 
     async def _wait_intents(self, replica: GroupReplica, ts: int,

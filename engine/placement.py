@@ -158,6 +158,11 @@ def decode_key(stored: bytes) -> tuple[int, bytes]:
     return _prefix.unpack_from(stored)[0], stored[KEY_PREFIX_SIZE:]
 
 
+def user_key(stored: bytes) -> bytes:
+    """The caller's key in a stored key (its keyspace prefix dropped), for messages."""
+    return stored[KEY_PREFIX_SIZE:] if len(stored) >= KEY_PREFIX_SIZE else stored
+
+
 def keyspace_bounds(keyspace_id: int) -> tuple[bytes, bytes]:
     """The stored-key span ``[start, end)`` holding all of a keyspace's keys."""
     return _prefix.pack(keyspace_id), _prefix.pack(keyspace_id + 1)

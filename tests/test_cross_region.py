@@ -158,6 +158,7 @@ async def test_a_refused_prepare_aborts_the_whole_transaction():
                 with pytest.raises(errors.TransactionConflictError) as info:
                     await t1.commit()
                 assert info.value.reason == "write_write" and info.value.key == b"k"
+                assert str(info.value).endswith("on key b'k')")  # the caller's key, as given
                 # The half prepared in us-east was aborted: nothing visible, nothing blocking.
                 with trio.fail_after(1):
                     assert await east.read("e", b"k") is None

@@ -317,6 +317,20 @@ def test_a_merge_refused_at_apply_leaves_nothing_for_later_commits_to_conflict_w
     assert live[2].committed
 
 
+def test_a_refused_merge_names_the_key_without_its_keyspace_prefix(tmp_path):
+    store = MVCCStore(tmp_path / "g", map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east")
+    try:
+        log = Log()
+        key = PREFIX + b"acct"
+        sm.apply([log(encode_commit(1, 0, 100, [(key, b"plain")]))])
+        [r] = sm.apply([log(encode_commit(2, 0, 200, [], merges=[(key, "counter", b"5")]))])
+        assert r.outcome is Outcome.INVALID and "to key b'acct':" in r.reason
+    finally:
+        sm.close()
+        store.close()
+
+
 def test_a_merge_sees_a_plain_value_written_earlier_in_the_same_batch(tmp_path):
     log = Log()
     entries = [log(encode_commit(1, 0, 1, [(b"a", b"plain")])),
