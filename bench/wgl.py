@@ -47,6 +47,10 @@ Knossos and Porcupine:
   candidate;
 * the pair (set of linearized operations as a bit set, model state) is cached: a pair seen
   before leads to the same sub-search, which has already failed, and is not explored again.
+  The set is kept as the number of operations (in call order) that are all linearized and a
+  bit set of those after them: operations are linearized nearly in call order, so the bit set
+  spans the operations in flight, not the whole history, and a long history's cache does not
+  grow by a bit set of its length per configuration.
 
 The search is iterative, so long histories do not hit Python's recursion limit. It ends as soon
 as every determinate (``ok``) operation is linearized: an indeterminate operation is linearized
@@ -477,18 +481,28 @@ def check_key(
     head = 0
     entry = nxt[head]
     state = _freeze(initial)
-    linearized = 0  # bit i set: operation i is linearized
+    # The linearized operations: every i < low, and low + k for each bit k of ``window``
+    # (whose bit 0 is clear: operation ``low`` is not linearized).
+    low = 0
+    window = 0
     remaining = determinate
-    cache: set[tuple[int, Any]] = set()
+    cache: set[tuple[int, int, Any]] = set()
     stack: list[int] = []  # call entries of the linearized operations, in order
     states: list[Any] = []  # the register value before each of them
-    best: tuple[list[int], Any, list[int]] | None = None  # deepest dead end seen
+    # The deepest dead end seen: the stack then (its first ``same`` entries are still those of
+    # ``stack``, so a deeper one copies only what was pushed since), the register value and
+    # the candidates in front of the blocking return. best_depth < 0: none yet.
+    best_depth = -1
+    best_path: list[int] = []
+    same = 0
+    best_state: Any = None
+    best_candidates: list[int] = []
     steps = 0
     outcome: bool | None = True
     reason = ""
 
-    def snapshot(at: int) -> tuple[list[int], Any, list[int]]:
-        """The path so far and the candidates in front of entry ``at``."""
+    def candidates_before(at: int) -> list[int]:
+        """The operations whose calls are in front of entry ``at``, its own first."""
         candidates = []
         e = nxt[head]
         while e != at:
@@ -496,7 +510,7 @@ def check_key(
             e = nxt[e]
         blocked = op_of[at]
         candidates.sort(key=lambda i: (i != blocked, i))
-        return [op_of[c] for c in stack], state, candidates
+        return candidates
 
     while remaining:
         steps += 1
@@ -518,8 +532,12 @@ def check_key(
                     entry = nxt[entry]
                     continue
                 after = new_value[i]
-            bits = linearized | (1 << i)
-            config = (bits, after)
+            d = i - low  # >= 0: every operation before ``low`` is linearized
+            new_low, new_window = low, window | (1 << d)
+            if d == 0:  # shift out the run of linearized operations now at the start
+                run = (~new_window & (new_window + 1)).bit_length() - 1
+                new_low, new_window = low + run, new_window >> run
+            config = (new_low, new_window, after)
             if config in cache:
                 entry = nxt[entry]
                 continue
@@ -531,7 +549,7 @@ def check_key(
             stack.append(entry)
             states.append(state)
             state = after
-            linearized = bits
+            low, window = new_low, new_window
             if not is_info[i]:
                 remaining -= 1
             # Lift the call and its return out of the list.
@@ -545,15 +563,23 @@ def check_key(
             entry = nxt[head]
         else:
             # The return of an operation that is not linearized: backtrack.
-            if best is None or len(stack) > len(best[0]):
-                best = snapshot(entry)
+            if len(stack) > best_depth:
+                del best_path[same:]
+                best_path.extend(stack[same:])
+                same = best_depth = len(stack)
+                best_state, best_candidates = state, candidates_before(entry)
             if not stack:
                 outcome = False
                 break
             entry = stack.pop()
+            same = min(same, len(stack))
             state = states.pop()
             i = op_of[entry]
-            linearized ^= 1 << i
+            if i > low:
+                window ^= 1 << (i - low)
+            else:  # i < low: operations i+1 .. low-1 stay linearized
+                d = low - i
+                low, window = i, window << d | ((1 << d) - 2)
             if not is_info[i]:
                 remaining += 1
             # Unlift: restore the return, then the call (the reverse of lifting).
@@ -569,9 +595,10 @@ def check_key(
         return Result(True, key=key, ops=len(original), states=len(cache),
                       linearized=tuple(ops[op_of[e]] for e in stack), state=_thaw(state),
                       seconds=elapsed)
-    if outcome is None and (best is None or len(stack) > len(best[0])):
-        best = ([op_of[e] for e in stack], state, [])
-    path, best_state, candidates = best
+    if outcome is None and len(stack) > best_depth:
+        best_path, best_state, best_candidates = stack, state, []
+    path = [op_of[e] for e in best_path]
+    candidates = best_candidates
     if outcome is False:
         blocked = ops[candidates[0]]
         reason = (f"{blocked.describe()} cannot take effect before its return, whatever the "

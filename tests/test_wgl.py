@@ -5,6 +5,7 @@ trusted only after it has caught planted bugs)."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 
@@ -469,6 +470,116 @@ def test_ten_thousand_operations_over_a_hundred_keys():
     result = check(events)
     assert (result.valid, result.invalid_keys) == (False, ("key42",))
     assert result.unlinearizable[0].process == "late"
+
+
+# ------------------------------------------------------- the search's bookkeeping, kept compact
+
+
+def plain_check_key(ops, initial=None, *, max_states=wgl.DEFAULT_MAX_STATES):
+    """The search of ``wgl.check_key`` in its plainest form, as a reference for the compact
+    bookkeeping: the linearized set as a bit set of every operation, the deepest dead end
+    copied whole each time it grows. Returns the fields of a Result that the search decides."""
+    ops = sorted(wgl._prune_unobserved(ops), key=lambda op: op.call_ns)
+    freeze = wgl._freeze
+
+    def apply(op, value):
+        if op.f == "read":
+            return value if value == freeze(op.value) else None, value == freeze(op.value)
+        if op.f == "write":
+            return freeze(op.value), True
+        return freeze(op.value[1]), value == freeze(op.value[0])
+
+    stamped = sorted([(op.call_ns, 0, i) for i, op in enumerate(ops)]
+                     + [(math.inf if op.return_ns is None else op.return_ns, 1, i)
+                        for i, op in enumerate(ops)])
+    size = 2 * len(ops) + 2
+    op_of, is_call, match, call_entry = [0] * size, [0] * size, [0] * size, {}
+    for entry, (_, is_return, i) in enumerate(stamped, 1):
+        op_of[entry] = i
+        if is_return:
+            match[call_entry[i]] = entry
+        else:
+            is_call[entry], call_entry[i] = 1, entry
+    nxt, prv = list(range(1, size + 1)), list(range(-1, size - 1))
+    state, linearized, cache, stack, states = freeze(initial), 0, set(), [], []
+    remaining = sum(op.return_ns is not None for op in ops)
+    entry, best, outcome = nxt[0], None, True
+
+    def unlink(e):
+        nxt[prv[e]], prv[nxt[e]] = nxt[e], prv[e]
+
+    def relink(e):
+        nxt[prv[e]] = prv[nxt[e]] = e
+
+    while remaining:
+        if is_call[entry]:
+            i = op_of[entry]
+            after, legal = apply(ops[i], state)
+            config = (linearized | 1 << i, after)
+            if not legal or config in cache:
+                entry = nxt[entry]
+                continue
+            cache.add(config)
+            if len(cache) > max_states:
+                outcome = None
+                break
+            stack.append(entry)
+            states.append(state)
+            state, linearized = after, config[0]
+            remaining -= ops[i].return_ns is not None
+            unlink(entry)
+            unlink(match[entry])
+            entry = nxt[0]
+        else:
+            if best is None or len(stack) > len(best[0]):
+                candidates, e = [], nxt[0]
+                while e != entry:
+                    candidates.append(op_of[e])
+                    e = nxt[e]
+                candidates.sort(key=lambda i: (i != op_of[entry], i))
+                best = ([op_of[c] for c in stack], state, candidates)
+            if not stack:
+                outcome = False
+                break
+            entry, state = stack.pop(), states.pop()
+            i = op_of[entry]
+            linearized ^= 1 << i
+            remaining += ops[i].return_ns is not None
+            relink(match[entry])
+            relink(entry)
+            entry = nxt[entry]
+    if outcome:
+        return True, len(cache), [ops[op_of[e]] for e in stack], state, []
+    if outcome is None and (best is None or len(stack) > len(best[0])):
+        best = ([op_of[e] for e in stack], state, [])
+    path, best_state, candidates = best
+    return (outcome, len(cache), [ops[i] for i in path], best_state,
+            [ops[i] for i in candidates])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_search_agrees_with_its_plain_form(seed):
+    """Verdict, states explored, witness or deepest prefix, and the blocked candidates are
+    those of the plain search, on valid, invalid and over-budget histories."""
+    rng = random.Random(seed)
+    verdicts = {True: 0, False: 0, None: 0}
+    for n in range(300):
+        if n % 3 == 0:
+            events, initial = random_small_history(rng)
+        else:
+            events, initial = _execute(rng, random_execution(rng, n_max=60)), None
+            reads = [e for e in events if e["type"] == "ok" and e["f"] == "read"]
+            if n % 3 == 2 and reads:
+                rng.choice(reads)["value"] = rng.randint(0, 3)
+        max_states = rng.choice([5, 50, wgl.DEFAULT_MAX_STATES])
+        ops = wgl.operations(events)
+        result = wgl.check_key(ops, initial, max_states=max_states)
+        expected = plain_check_key(ops, initial, max_states=max_states)
+        assert (result.valid, result.states, list(result.linearized),
+                wgl._freeze(result.state), list(result.unlinearizable)) == expected, events
+        verdicts[result.valid] += 1
+    assert min(verdicts.values()) > 20, verdicts
+
 
 
 # ------------------------------------------------------------------------------------- the CLI
