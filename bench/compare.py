@@ -103,7 +103,7 @@ def repetitions(row: dict, field: str) -> list | None:
 
 def spread(values: list[float] | None) -> float | None:
     """``(max - min) / median`` of repetitions; None with fewer than two."""
-    vals = [v for v in (values or []) if v is not None]
+    vals = [v for v in (values or []) if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(vals) < 2:
         return None
     med = _common.median(vals)
@@ -154,6 +154,20 @@ def _label(row: dict) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _document_problem(doc: object) -> str | None:
+    """What keeps ``doc`` from being compared as a result document (None if nothing): it must
+    be an object of a schema this harness writes, whose ``results`` is a list of objects."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    if doc.get("schema", _common.SCHEMA) != _common.SCHEMA:
+        return (f"schema {doc['schema']!r}, where this harness reads schema {_common.SCHEMA} "
+                f"(rerun the benchmark with this version to compare)")
+    rows = doc.get("results", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return "its results are not a list of objects"
+    return None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare", help="compare two result JSON files; flag changes beyond measured noise",
@@ -183,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
             parser.error(f"cannot read {path}: {exc.strerror}")
         except ValueError as exc:
             parser.error(f"{path} is not JSON: {exc}")
+        problem = _document_problem(docs[-1])
+        if problem:
+            parser.error(f"{path} is not a result document: {problem}")
     old, new = docs
     if old.get("benchmark") != new.get("benchmark"):
         parser.error(f"the files hold different benchmarks ({old.get('benchmark')!r} and "

@@ -516,10 +516,17 @@ def render_markdown(docs: dict[str, dict]) -> str:
 
 
 def load_results(results_dir: Path) -> dict[str, dict]:
+    """The result documents of ``results_dir`` by their shown path; other JSON files are
+    skipped, and one that cannot be read or parsed is skipped with a note on stderr."""
     docs = {}
     for path in sorted(results_dir.glob("*.json")):
-        doc = _common.read_json(path)
-        if doc.get("schema") != _common.SCHEMA or "benchmark" not in doc:
+        try:
+            doc = _common.read_json(path)
+        except (OSError, ValueError) as exc:
+            print(f"skipping {path}: not a readable JSON file ({exc})", file=sys.stderr)
+            continue
+        if (not isinstance(doc, dict) or doc.get("schema") != _common.SCHEMA
+                or "benchmark" not in doc):
             continue
         try:
             shown = path.resolve().relative_to(_common.REPO_ROOT).as_posix()

@@ -7,6 +7,7 @@ yielding, so no test depends on the speed of the machine."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -336,6 +337,51 @@ def test_compare_command_reports_rows_it_could_not_match(tmp_path, capsys):
     assert args.func(args) == 1  # the open-loop p99 at 10 % got worse
     out = capsys.readouterr().out
     assert f"2 row(s) of {old}, 1 row(s) of {new}" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "is not a result document: a JSON list, not an object"),
+    ('{"schema": 2, "benchmark": "ycsb", "results": []}', "schema 2, where this harness reads"),
+    ('{"benchmark": "ycsb", "results": "rows"}', "its results are not a list of objects"),
+    ('{"benchmark": "ycsb", "results": [1]}', "its results are not a list of objects"),
+    ("{", "is not JSON"),
+])
+def test_compare_command_rejects_what_is_not_a_result_document(tmp_path, capsys, content,
+                                                                message):
+    import argparse
+
+    from bench import _common, compare
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    _common.write_json(good, {"schema": _common.SCHEMA, **_ycsb_doc(10_000.0, 10.0)})
+    bad.write_text(content, encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    compare.add_parser(parser.add_subparsers())
+    for paths in ([str(good), str(bad)], [str(bad), str(good)]):
+        args = parser.parse_args(["compare", *paths])
+        with pytest.raises(SystemExit) as exc:
+            args.func(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{bad}" in err and message in err, err
+
+
+def test_compare_ignores_repetitions_that_are_not_numbers():
+    from bench import compare
+
+    assert compare.spread([10.0, "n/a", None, True, 12.0]) == pytest.approx(2 / 11)
+
+
+def test_report_skips_files_that_are_not_result_documents(tmp_path, capsys):
+    from bench import _common, report
+
+    _common.write_json(tmp_path / "good.json", {"schema": _common.SCHEMA, **_ycsb_doc(1.0, 1.0)})
+    (tmp_path / "cut.json").write_text('{"schema": 1, "bench', encoding="utf-8")
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    docs = report.load_results(tmp_path)
+    assert [doc["benchmark"] for doc in docs.values()] == ["ycsb"]
+    err = capsys.readouterr().err
+    assert "skipping" in err and "cut.json" in err and "list.json" not in err
 
 
 # ----------------------------------------------------------------- nearest-rank percentiles
