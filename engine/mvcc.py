@@ -53,7 +53,9 @@ return before the log is compacted past the applied index. Caveat: LMDB without 
 write ordering, so after a machine crash (a process crash is harmless) the environment itself
 may be damaged, not just stale: such a node should rebuild from a Raft snapshot rather than trust
 a store written with ``sync=False`` after its last checkpoint. With ``sync=True`` every commit is
-durable (and the file consistent) when it returns, at the cost of an fsync per commit.
+durable (and the file consistent) when it returns, at the cost of an fsync per commit. After a
+failed checkpoint the store refuses every checkpoint and write until it is reopened: the kernel
+may have dropped the dirty pages, so a retried sync could succeed without them.
 
 Memory map
 ----------
@@ -296,6 +298,9 @@ class MVCCStore(Resource):
         self._open_snapshots = 0
         self._map_size = 0
         self._map_resizes = 0
+        # A checkpoint failed: the kernel may have dropped the dirty pages of the map and
+        # marked them clean, so a retried sync could succeed without them ("fsyncgate").
+        self._failed = False
         self._applied_index = 0
         self._gc_watermark = 0
         self._app_state = b""
@@ -1202,8 +1207,12 @@ class MVCCStore(Resource):
         Call it, and let it return, before compacting the Raft log past :attr:`applied_index`.
 
         Raises:
-            StorageError, StoreClosedError.
+            StorageError: the checkpoint failed; the store is then failed: every later
+                checkpoint and write raises StoreFailedError until it is reopened.
+            StoreFailedError, StoreClosedError.
         """
+        self._live_env()
+        self._refuse_if_failed()
         # The map's dirty pages are written back a slice at a time first: one sync of a large
         # backlog would keep the device busy for as long, and every fsync queued behind it —
         # the Raft log's, on its event loop — would wait as long. That runs outside the
@@ -1223,6 +1232,7 @@ class MVCCStore(Resource):
                 for offset in range(0, size, _WRITE_BACK_SLICE):
                     write_back(fd, offset, _WRITE_BACK_SLICE)
             except OSError as exc:
+                self._failed = True
                 raise storage_error(exc, f"checkpoint of {self._path} failed") from None
             finally:
                 os.close(fd)
@@ -1230,6 +1240,7 @@ class MVCCStore(Resource):
         try:
             env.sync(True)
         except lmdb.Error as exc:
+            self._failed = True
             raise _lmdb_error(exc, "checkpoint failed") from None
         finally:
             self._exit_read()
@@ -1286,6 +1297,12 @@ class MVCCStore(Resource):
             raise errors.StoreClosedError(f"MVCC store {self._path} is closed")
         return env
 
+    def _refuse_if_failed(self) -> None:
+        if self._failed:
+            raise errors.StoreFailedError(
+                f"MVCC store {self._path} failed an earlier checkpoint; reopen it to recover"
+            )
+
     def _enter_read(self) -> lmdb.Environment:
         """Registers a read in the gate and returns the open environment.
 
@@ -1326,6 +1343,7 @@ class MVCCStore(Resource):
         grown and ``body`` run again from the start, so ``body`` must not have other effects.
         """
         env = self._live_env()
+        self._refuse_if_failed()
         while True:
             try:
                 txn = env.begin(write=True)
@@ -2010,7 +2028,10 @@ def _lmdb_error(exc: lmdb.Error, what: str) -> errors.MeridianError:
     code = getattr(exc, "code", 0) or 0
     if code == _errno.ENOSPC:
         return errors.DiskFullError(f"{what}: {exc}")
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.PanicError):
+    # InvalidError: data.mdb is not an LMDB file; IncompatibleError: it is one, but a table
+    # of ours is something else in it.
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.PanicError
+                  | lmdb.InvalidError | lmdb.IncompatibleError):
         return errors.CorruptStateError(f"{what}: {exc}")
     if "closed/deleted/dropped" in str(exc):
         return errors.StoreClosedError(f"{what}: the store is closed")

@@ -433,6 +433,25 @@ def test_missing_directory_without_create(tmp_path):
         MVCCStore(tmp_path / "absent", create=False)
 
 
+@pytest.mark.parametrize("content", ["zeros", "garbage", "short", "foreign"])
+def test_a_data_file_that_is_no_store_is_corruption(tmp_path, content):
+    """A data.mdb that is not an LMDB file, or an LMDB file whose tables are something else,
+    is a store of an unknown format: CorruptStateError, not an I/O error."""
+    import lmdb
+
+    path = tmp_path / "store"
+    path.mkdir()
+    if content == "foreign":
+        with lmdb.open(str(path), map_size=SMALL_MAP) as env, env.begin(write=True) as txn:
+            txn.put(b"versions", b"not a table")
+    else:
+        blob = {"zeros": bytes(1 << 16), "garbage": bytes(range(256)) * 256,
+                "short": b"\x01" * 100}[content]
+        (path / "data.mdb").write_bytes(blob)
+    with pytest.raises(errors.CorruptStateError, match="cannot open MVCC store"):
+        MVCCStore(path, map_size=SMALL_MAP)
+
+
 def test_checkpoint_and_sync_mode(tmp_path):
     with MVCCStore(tmp_path / "store", map_size=SMALL_MAP, sync=True) as s:
         s.apply([(b"k", b"v")], 10, 1)
@@ -471,6 +490,36 @@ def test_a_checkpoint_writes_the_map_back_slice_by_slice(tmp_path, monkeypatch):
     with pytest.raises(OSError) as info:
         write_back(-1, 0, 4096)
     assert info.value.errno == errno.EBADF
+
+
+def test_after_a_failed_checkpoint_the_store_refuses_checkpoints_and_writes(tmp_path,
+                                                                            monkeypatch):
+    """fsyncgate: after a failed write-back or sync the kernel may have dropped the map's dirty
+    pages and marked them clean, so a retried checkpoint could succeed without them and let
+    the Raft log be compacted behind data that is not on disk. The store refuses checkpoints
+    and writes until it is reopened; reads go on."""
+    import engine.mvcc as mvcc
+
+    def failing(fd, offset, length):
+        raise OSError(errno.EIO, "I/O error")
+
+    path = tmp_path / "store"
+    with MVCCStore(path, map_size=SMALL_MAP) as s:
+        s.apply([(b"k", b"v1")], 10, 1)
+        with monkeypatch.context() as m:
+            m.setattr(mvcc, "write_back", failing)
+            with pytest.raises(errors.StorageError, match="checkpoint of .*store failed"):
+                s.checkpoint()
+        with pytest.raises(errors.StoreFailedError, match="failed an earlier checkpoint"):
+            s.checkpoint()
+        with pytest.raises(errors.StoreFailedError):
+            s.apply([(b"k", b"v2")], 20, 2)
+        with pytest.raises(errors.StoreFailedError):
+            s.gc(5)
+        assert s.get(b"k", 30) == b"v1" and s.applied_index == 1
+    with MVCCStore(path, map_size=SMALL_MAP) as s:
+        s.checkpoint()
+        assert s.apply([(b"k", b"v2")], 20, 2)
 
 
 def test_the_map_grows_and_the_store_closes_while_a_checkpoint_writes_back(tmp_path,
