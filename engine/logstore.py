@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from . import errors
-from ._fs import makedirs_durable
+from ._fs import makedirs_durable, storage_error
 from ._native import check, ffi, lib, new_error
 from ._resource import Resource
 
@@ -94,7 +94,10 @@ class LogStore(Resource):
         if not (1 <= initial_position < 2**63):
             raise errors.InvalidArgumentError(f"initial_position {initial_position} is not >= 1")
         if create:
-            makedirs_durable(self._path)
+            try:
+                makedirs_durable(self._path)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot create log directory {self._path}") from None
         self._lock = threading.Lock()
         # Scratch for calls made under the lock: allocating them per call costs more than the
         # append of a small batch.

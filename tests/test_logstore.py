@@ -318,6 +318,15 @@ def test_missing_directory_without_create(tmp_path):
     assert isinstance(info.value, MeridianError) and info.value.errno == errno.ENOENT
 
 
+def test_a_directory_that_cannot_be_created_is_a_storage_error(tmp_path):
+    """The directory is made by the store itself: a file in the way is a StorageError naming
+    the log, not a bare FileExistsError about a parent."""
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot create log directory .*file/log") as info:
+        LogStore(tmp_path / "file" / "log")
+    assert info.value.errno == errno.EEXIST
+
+
 # ---------------------------------------------------------------- recovery, one test per case
 
 
