@@ -204,6 +204,7 @@ class RaftCore:
             self.log = RaftLog(0, 0, state.entries, hs.commit)
             self.conf = state.conf
             self.snapshot = None
+        self._commit_earlier_conf_changes()
         self.term = hs.term
         self.vote = hs.vote
         self.leader = NONE
@@ -254,6 +255,20 @@ class RaftCore:
         self._snapshot_chunks: list[SnapshotChunk] = []  # received, to be written
         self._step = self._step_follower
         self._become_follower(self.term, NONE)
+
+    def _commit_earlier_conf_changes(self) -> None:
+        """Commits, on restart, every membership change in the log but the last one past the
+        commit index. A leader proposes a change only once the one before it is applied, so
+        whatever log holds a change holds the one before it committed. The stored commit index
+        may not say so: the save that appends a change stores the commit index covering the
+        one before after the entries, and a crash in between leaves both past it. Restarting
+        there, this node would count votes under a configuration two changes old, whose
+        majorities need not overlap the group's (etcd-io/etcd#7625)."""
+        log = self.log
+        changes = [e.index for e in log.entries(log.committed + 1, log.last_index + 1)
+                   if e.type is EntryType.CONF_CHANGE]
+        if len(changes) > 1:
+            log.commit_to(changes[-2])
 
     # ================================================================ read-only state
 

@@ -903,9 +903,11 @@ class RaftNode:
         commit index covers. A leader proposes a change only once the one before is applied,
         so whoever appends a change knows the one before is committed (an append carries the
         leader's commit index): storing that index with the change keeps a restarted replica
-        at most one change behind its log. Without it, a replica restarted with two changes
-        in its log would campaign under the configuration before both, whose majorities need
-        not overlap the cluster's (etcd-io/etcd#7625: apply-time changes need this). Stored
+        at most one change behind its log (a crash between that save's entries and its hard
+        state is covered by the core: see ``RaftCore._commit_earlier_conf_changes``). Without
+        it, a replica restarted with two changes in its log would campaign under the
+        configuration before both, whose majorities need not overlap the cluster's
+        (etcd-io/etcd#7625: apply-time changes need this). Stored
         with an applied change, it brings a restarted replica back in the configuration it
         had: a group shrunk to one voter could otherwise never elect again once restarted."""
         if rd.hard_state is not None:

@@ -357,6 +357,27 @@ def test_follower_times_out_while_its_received_snapshot_is_being_written():
     assert net.nodes[3].applied_data() == net.nodes[1].applied_data()
 
 
+def test_a_restart_with_two_membership_changes_in_the_log_applies_the_first():
+    """A follower appends a change (add 5) in the same save that stores the commit index
+    covering the change before it (add 4). A crash after the entries are durable but before
+    the hard state leaves both changes in the log past the stored commit index. The first is
+    committed all the same (a leader proposes a change only once the one before is applied),
+    so the restarted node must apply it: campaigning under the configuration before both,
+    {1, 2, 3}, would let it win with 2 and itself, two votes that are not a majority of the
+    group's {1, 2, 3, 4, 5} (etcd-io/etcd#7625)."""
+    add4 = ConfChange(ConfChangeType.ADD_VOTER, 4).encode()
+    add5 = ConfChange(ConfChangeType.ADD_VOTER, 5).encode()
+    log = [Entry(1, 1), Entry(1, 2, add4, EntryType.CONF_CHANGE), Entry(1, 3),
+           Entry(1, 4, add5, EntryType.CONF_CHANGE)]
+    node = lone_node(3, voters=(1, 2, 3), entries=log, term=1, commit=1)
+    core = node.core
+    assert core.commit == 2 and core.conf.voters == (1, 2, 3, 4)
+    assert core.last_index == 4  # the second change stays uncommitted until the leader says
+    node.tick(30)  # it campaigns under {1, 2, 3, 4}: 2 and itself are not enough
+    node.step(Message(MT.PRE_VOTE_RESP, 3, 2, core.term + 1))
+    assert core.role is StateRole.PRE_CANDIDATE
+
+
 def test_heartbeat_does_not_commit_a_followers_unverified_entries():
     """A heartbeat carries min(leader commit, follower match): a follower holding stale entries
     at those indexes must not mark them committed."""
