@@ -496,6 +496,21 @@ class RaftCore:
             raise ConfChangeError(f"node {cc.node} is not a member")
         if cc.node in voters and cc.type is not ConfChangeType.ADD_VOTER and len(voters) == 1:
             raise ConfChangeError("cannot remove or demote the last voter")
+        if cc.type is ConfChangeType.ADD_VOTER and cc.node in learners:
+            self._check_caught_up(cc.node)
+
+    def _check_caught_up(self, learner: int) -> None:
+        """Refuses to promote a learner that has not caught up: as a voter it would count
+        towards every majority before it holds the log, so that one more voter down would
+        stop all commits until it caught up. Caught up, as etcd's server has it: its log
+        matches ours (replicating, not probing nor waiting for a snapshot), it answered within
+        an election timeout, and it holds at least nine tenths of our log."""
+        pr, last = self._prs[learner], self._prs[self.id].match
+        if (pr.state is not ProgressState.REPLICATE or 10 * pr.match < 9 * last
+                or self._ticks - pr.heard_tick > self.config.election_tick):
+            raise ConfChangeError(
+                f"learner {learner} has not caught up with the leader (it holds the log up "
+                f"to {pr.match} of {last}, {pr.state.value}): promote it once it has")
 
     def _check_can_propose(self) -> None:
         if self.role is not StateRole.LEADER:

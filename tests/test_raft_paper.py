@@ -652,6 +652,26 @@ def test_learner_is_added_then_promoted_to_voter():
     assert net.nodes[4].applied_data()[-1] == b"needs a third"
 
 
+def test_a_learner_far_behind_is_not_promoted():
+    """A learner is promoted only once it has caught up: promoted while far behind, it would
+    count towards every majority before it holds the log, and one more voter down would stop
+    all commits until it caught up. Reference: §6"""
+    net = Network((1, 2, 3), **CLASSIC)
+    net.elect(1)
+    joined(net, 4)
+    net.isolate(4)
+    change(net, 1, ConfChangeType.ADD_LEARNER, 4)
+    for k in range(20):
+        net.propose(1, b"v%d" % k)
+    with pytest.raises(ConfChangeError, match="has not caught up"):
+        net.core(1).propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    net.recover()
+    net.tick(1)  # the heartbeat answer brings the learner up to date
+    assert net.nodes[4].applied_data() == net.nodes[1].applied_data()
+    change(net, 1, ConfChangeType.ADD_VOTER, 4)
+    assert net.core(1).conf.voters == (1, 2, 3, 4)
+
+
 def test_removed_voter_no_longer_counts():
     """After a server is removed from the configuration, the majority is computed over the
     remaining servers only. Reference: §6"""
