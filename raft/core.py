@@ -1014,7 +1014,13 @@ class RaftCore:
                 # etcd does the same (FreeFirstOne).
                 pr.inflights.popleft()
             if pr.state is ProgressState.SNAPSHOT:
-                self._send_snapshot_chunk(m.frm, pr)  # resend, in case a chunk was lost
+                # A transfer has a chunk in flight nearly all the time: resend it only once it
+                # has gone unanswered for two heartbeat intervals (it was lost, or the follower
+                # restarted), not on every answer, which would send a chunk more per interval.
+                # Well within the election timeout after which the follower gives it up.
+                wait = min(2 * self.config.heartbeat_tick, self.config.election_tick // 2)
+                if self._ticks - pr.snapshot_sent_tick >= wait:
+                    self._send_snapshot_chunk(m.frm, pr)
             elif pr.match < self.log.last_index:
                 self._send_append(m.frm)
             if m.context:
@@ -1138,6 +1144,7 @@ class RaftCore:
             return
         off = pr.snapshot_offset
         chunk = snap.data[off : off + self.config.snapshot_chunk_size]
+        pr.snapshot_sent_tick = self._ticks
         self._send(Message(MT.SNAPSHOT, to, self.id, self.term, snapshot=snap.meta,
                            chunk_offset=off, chunk=chunk, snapshot_size=len(snap.data)))
 

@@ -35,6 +35,7 @@ class Progress:
         "recent_active",
         "pending_snapshot",
         "snapshot_offset",
+        "snapshot_sent_tick",
         "heard_tick",
     )
 
@@ -48,6 +49,7 @@ class Progress:
         self.recent_active = True
         self.pending_snapshot = 0  # index of the snapshot being sent (SNAPSHOT state)
         self.snapshot_offset = 0  # bytes of it the follower has acknowledged
+        self.snapshot_sent_tick = 0  # the leader's tick count when the last chunk went out
         self.heard_tick = 0  # the leader's tick count when this follower last answered
 
     def __repr__(self) -> str:

@@ -896,7 +896,7 @@ def test_snapshot_transfer_survives_lost_chunks_and_a_receiver_restart():
     net.delivered.clear()
     net.tick(1)
     assert lost and net.nodes[3].disk.snapshot is None  # stalled at offset 16
-    net.tick(1)  # the heartbeat response makes the leader resend from 16
+    net.tick(1, times=2)  # unanswered for two heartbeat intervals: resent from 16
     offsets = [m.chunk_offset for m in net.delivered_of(MT.SNAPSHOT, to=3)]
     assert offsets[:2] == [0, 8] and offsets[2] == 16 and 0 not in offsets[1:]
     assert net.nodes[3].applied_data() == net.nodes[1].applied_data()
@@ -915,7 +915,7 @@ def test_snapshot_transfer_survives_lost_chunks_and_a_receiver_restart():
     net2.restart(3)  # what it had received was in memory only
     net2.recover()
     net2.delivered.clear()
-    net2.tick(1)
+    net2.tick(1, times=2)
     resp = net2.delivered_of(MT.SNAPSHOT_RESP, frm=3)
     assert resp[0].reject and resp[0].chunk_offset == 0
     offsets = [m.chunk_offset for m in net2.delivered_of(MT.SNAPSHOT, to=3)]
@@ -947,6 +947,30 @@ def test_snapshot_transfer_keeps_one_chunk_in_flight_despite_heartbeats():
     assert sent <= chunks + ticks
     net.deliver()
     assert net.nodes[3].applied_data() == net.nodes[1].applied_data()
+
+
+def test_heartbeats_do_not_resend_a_chunk_that_is_on_its_way():
+    """A transfer keeps a chunk in flight nearly all the time, so a heartbeat answer almost
+    always finds one: resending it on each would send a chunk more per heartbeat interval
+    (nearly doubling the traffic of a transfer over a slow link). A chunk is resent only
+    once it has gone unanswered for a while. Reference: §7"""
+    net = Network((1, 2, 3), snapshot_chunk_size=8, **CLASSIC)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(10):
+        net.propose(1, b"value-%d" % k)
+    net.nodes[1].compact()
+    chunks = -(-len(net.core(1).snapshot.data) // 8)
+    net.recover()
+    net.delivered.clear()
+    for _ in range(4 * chunks):
+        if net.nodes[3].disk.snapshot is not None:
+            break
+        net.tick(1, deliver=False)  # a heartbeat every eight deliveries: a slow link
+        net.deliver(limit=8)
+    assert net.nodes[3].disk.snapshot is not None
+    offsets = [m.chunk_offset for m in net.delivered_of(MT.SNAPSHOT, to=3)]
+    assert offsets == list(range(0, 8 * chunks, 8))
 
 
 # ============================================================================ §8 clients
