@@ -1372,7 +1372,7 @@ class RaftCore:
         if self.role is StateRole.LEADER:
             me = self._prs.get(self.id)
             if me is not None and me.maybe_update(log.persisted):
-                if self._maybe_commit():
+                if self._maybe_commit() and self.config.broadcast_commit:
                     self._bcast_pending = True
 
     def _apply_conf_change(self, cc: ConfChange) -> None:

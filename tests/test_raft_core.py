@@ -996,6 +996,26 @@ def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next
     assert net.core(2).commit == index and net.nodes[2].applied_data() == [b"x"]
 
 
+def test_without_commit_broadcast_a_commit_completed_by_the_leaders_own_write_is_not_sent():
+    """The leader's own write may be the last of a quorum to finish (a follower answered
+    before it): the commit it completes then waits for the next heartbeat too."""
+    net = Network((1, 2, 3), broadcast_commit=False, heartbeat_tick=1, election_tick=10)
+    net.elect(1)
+    net.tick(1)
+    net.isolate(3)  # the quorum is 1 and 2
+    net.nodes[1].slow_disk = True
+    sent = len(net.delivered_of(MT.APPEND, frm=1))
+    _, index = net.propose(1, b"x")
+    assert net.core(1).commit == index - 1  # 2 answered; 1's write is not done yet
+    net.fsync(1)
+    net.deliver()
+    assert net.core(1).commit == index
+    assert len(net.delivered_of(MT.APPEND, frm=1)) - sent == 1  # the entry's, no other
+    net.nodes[1].slow_disk = False
+    net.tick(1)  # the heartbeat carries the commit index
+    assert net.core(2).commit == index
+
+
 def test_lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds():
     net = Network((1, 2, 3), lease_reads=True, heartbeat_tick=1, election_tick=10)
     # A node that has just started honours a lease it may have acknowledged before: it
