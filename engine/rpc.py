@@ -62,6 +62,8 @@ server -- ends the connection: the framing may be lost, so nothing after it can 
 receiver logs the reason and closes; a server goes on serving its other connections. A frame of
 another ``version`` is answered, when its third element is a readable call id, with an error
 ``bad_version`` (naming the version this end speaks) before the connection closes.
+A server also closes, with a logged reason, a connection whose first request has not fully
+arrived within ``first_request_timeout_s`` of its opening.
 
 Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
 
@@ -73,7 +75,9 @@ Error codes the server sends by itself (a handler may send any code, see :class:
 ``clock_offset``        ``clock_update`` refused the request's ``ts``; the handler did not run.
 ``bad_version``         see above.
 ``overloaded``          call id 0, before the server closes a connection it cannot take (it
-                        serves ``max_connections`` already); retryable, at another node.
+                        serves ``max_connections`` already); retryable, at another node. The
+                        server reads nothing of such a connection, so the client fails the
+                        calls it made on it with :class:`NotSentError`: none of them ran.
 
 Writing
 -------
@@ -82,7 +86,9 @@ queued is written at once, with a plain non-blocking write, and the writer is wo
 sent until it has run queue up behind that one and leave together, with one ``send_all`` of up
 to 1 MiB. So a lone call costs one write and no task switch, and a busy connection one write
 per scheduler pass rather than one per frame (the same scheme as :mod:`raft.tcp`). Senders wait
-while more than 4 MiB are queued. TCP_NODELAY is on.
+while more than 4 MiB are queued. TCP_NODELAY is on. A server closes a connection when a write
+to it makes no progress for ``send_stall_timeout_s``: the client reads nothing, and the replies
+of its running requests would otherwise be held for as long as the connection lasts.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ from typing import Any
 import msgpack
 import trio
 
-from raft.tcp import receive_available, write_nowait
+from raft.tcp import receive_available, send_all_or_stall, write_nowait
 
 from ._native import crc32c
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
@@ -114,6 +120,8 @@ __all__ = [
     "ERROR",
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "DEFAULT_SEND_STALL_TIMEOUT_S",
+    "DEFAULT_FIRST_REQUEST_TIMEOUT_S",
     "UNKNOWN_METHOD",
     "INTERNAL",
     "RESPONSE_TOO_LARGE",
@@ -146,6 +154,8 @@ ERROR = 2
 DEFAULT_MAX_FRAME = 16 << 20  # bytes of body
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256  # per connection
 DEFAULT_MAX_CONNECTIONS = 1000  # per server; more are answered OVERLOADED and closed
+DEFAULT_SEND_STALL_TIMEOUT_S = 30.0  # a server closes a connection whose client reads nothing
+DEFAULT_FIRST_REQUEST_TIMEOUT_S = 10.0  # a connection without a request by then is closed
 MAX_UINT = 2**64 - 1
 
 # Error codes the server sends on its own.
@@ -225,8 +235,9 @@ class ConnectionLostError(MeridianError, ConnectionError):
 
 class NotSentError(ConnectionLostError):
     """The request was never sent — the connection had already ended when the call was made,
-    or a peer that does not read left no room to send it by the call's deadline — so retrying
-    it elsewhere is safe (unlike a plain :class:`ConnectionLostError`)."""
+    or a peer that does not read left no room to send it by the call's deadline — or it was
+    sent on a connection the server refused unread (``overloaded``), so retrying it elsewhere
+    is safe (unlike a plain :class:`ConnectionLostError`)."""
 
 
 class ConnectTimeoutError(MeridianError, TimeoutError):
@@ -549,9 +560,11 @@ class _Wire:
     coalesces queued frames into one ``send_all``; plus the cancel scope both run in and the
     reason the connection ended."""
 
-    def __init__(self, stream: trio.abc.Stream, max_frame: int):
+    def __init__(self, stream: trio.abc.Stream, max_frame: int,
+                 send_stall_timeout_s: float = math.inf):
         self.stream = stream
         self.max_frame = max_frame
+        self.send_stall_timeout_s = send_stall_timeout_s
         self.scope = trio.CancelScope()
         self.reason: str | None = None  # why the connection ended; None while open
         self.warn = False  # log the end as a warning (the peer misbehaved)
@@ -648,9 +661,13 @@ class _Wire:
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
                 self._writing = True
                 try:
-                    await stream.send_all(data)
+                    written = await send_all_or_stall(stream, data, self.send_stall_timeout_s)
                 finally:
                     self._writing = False
+                if not written:
+                    self.close(f"the peer read nothing for {self.send_stall_timeout_s} s",
+                               warn=True)
+                    return
                 # The batch counts as queued until written: were it let go when taken, a sender
                 # would find room (and jump the senders still waiting for it) while the peer
                 # reads nothing.
@@ -715,8 +732,11 @@ class _ServerConnection:
         clock_update: ClockUpdate,
         max_frame: int,
         max_concurrent: int,
+        send_stall_timeout_s: float,
+        first_request_timeout_s: float,
     ):
-        self.wire = _Wire(stream, max_frame)
+        self.wire = _Wire(stream, max_frame, send_stall_timeout_s)
+        self._first_request_timeout_s = first_request_timeout_s
         self.peer = _peer_of(stream)
         self.who = f"{self.peer[0]}:{self.peer[1]}"
         self.state: dict = {}
@@ -741,6 +761,7 @@ class _ServerConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(wire.run_writer)
+                nursery.start_soon(self._expect_a_request)
                 try:
                     await wire.read_frames(self._dispatch)
                 except RpcWireError as exc:
@@ -752,6 +773,16 @@ class _ServerConnection:
             logger.warning("rpc: closing connection from %s: %s", self.who, wire.reason)
         else:
             logger.debug("rpc: connection from %s ended: %s", self.who, wire.reason)
+
+    async def _expect_a_request(self) -> None:
+        """Closes the connection if no whole request has arrived within the first request
+        timeout: one that sends nothing, or half a frame and then nothing, would otherwise hold
+        its place among the ``max_connections`` forever. Only the first request has a
+        deadline: a client sends it as soon as it has connected, and closing an idle
+        connection later could cut a request on its way (whose outcome would be unknown)."""
+        await trio.sleep(self._first_request_timeout_s)
+        if not self.wire.frames_received:
+            self.wire.close(f"no request within {self._first_request_timeout_s} s", warn=True)
 
     async def _refuse(self, exc: RpcWireError) -> None:
         """Answer a frame of another version when it has a call id, then end the connection."""
@@ -873,6 +904,8 @@ async def serve_rpc(
     max_frame: int = DEFAULT_MAX_FRAME,
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    send_stall_timeout_s: float = DEFAULT_SEND_STALL_TIMEOUT_S,
+    first_request_timeout_s: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve RPC on ``host:port`` until cancelled; for ``nursery.start``.
@@ -895,6 +928,14 @@ async def serve_rpc(
             ``overloaded`` error frame (call id 0: about the connection) and closed, so that
             the process keeps file descriptors and memory for the connections it has; the
             client's pending calls fail with :class:`ConnectionLostError` naming the limit.
+        send_stall_timeout_s: how long writing to a client may make no progress before its
+            connection is closed. A client that reads nothing (hung, or cut off without a
+            reset) would otherwise hold the connection, its running requests and their
+            replies -- up to ``max_concurrent_requests`` of them, each up to ``max_frame`` --
+            for as long as the kernel keeps the connection, which may be forever.
+        first_request_timeout_s: a connection whose first request has not fully arrived by
+            then is closed, so that peers which connect and send nothing (or half a frame)
+            cannot take every place among the ``max_connections``.
         task_status: ``started(port)`` with the port actually bound, once listening.
 
     Cancellation: on cancel the listener and every connection close; running handlers are
@@ -907,6 +948,10 @@ async def serve_rpc(
         raise ValueError("max_concurrent_requests must be at least 1")
     if max_connections < 1:
         raise ValueError("max_connections must be at least 1")
+    if not send_stall_timeout_s > 0:
+        raise ValueError("send_stall_timeout_s must be positive")
+    if not first_request_timeout_s > 0:
+        raise ValueError("first_request_timeout_s must be positive")
     open_connections = 0
     refused = 0
     last_warning = -math.inf
@@ -936,7 +981,8 @@ async def serve_rpc(
         try:
             _set_nodelay(stream)
             conn = _ServerConnection(stream, handlers, clock_now, clock_update, max_frame,
-                                     max_concurrent_requests)
+                                     max_concurrent_requests, send_stall_timeout_s,
+                                     first_request_timeout_s)
             await conn.run()
         except Exception:
             # Whatever happens, one connection never takes the server down.
@@ -993,6 +1039,7 @@ class RpcConnection:
         self._late_replies = 0
         self._timeouts = 0
         self._finished = trio.Event()
+        self._refused = False  # the server refused the connection unread (call id 0)
         self.peer = _peer_of(stream)
         # The deadline watchdog (see _watch_deadlines): what it sleeps until, and how to wake it.
         self._watch_until = math.inf
@@ -1111,8 +1158,10 @@ class RpcConnection:
         except Exception as exc:
             clock_error = exc
         if frame.call_id == 0 and frame.kind == ERROR:
-            # About the connection, not a call (the server refused it): it ends now.
+            # About the connection, not a call (the server refused it, reading nothing of it):
+            # it ends now, and no call made on it ran.
             e = frame.payload
+            self._refused = self._wire.reason is None and e.get("code") == OVERLOADED
             self._wire.close(f"{e['code']}: {e['message']}", warn=True)
             return
         pending = self._pending.pop(frame.call_id, None)
@@ -1172,8 +1221,9 @@ class RpcConnection:
         finally:
             wire.close("closed")
             pending, self._pending = self._pending, {}
+            lost = NotSentError if self._refused else ConnectionLostError
             for call in pending.values():
-                call.error = ConnectionLostError(f"connection lost: {wire.reason}")
+                call.error = lost(f"connection lost: {wire.reason}")
                 call.done.set()
             await trio.aclose_forcefully(wire.stream)
             self._finished.set()

@@ -49,6 +49,12 @@ resets once a connection has stayed up for ``backoff_max_s``. If a dial fails, e
 for that peer is dropped (``dropped_unreachable``) -- messages are never older than one
 connection attempt when they leave.
 
+A connection also ends when a write makes no progress for ``send_stall_timeout_s``: the peer
+reads nothing (hung, or cut off without a reset, when the kernel may keep the connection for a
+quarter of an hour or, while the peer's kernel still answers, forever). Without that bound the
+link would carry nothing from then on and never be redialed; the batch being written is
+dropped (``dropped_unreachable``).
+
 The accepting side cannot dial; its equivalent of a connection attempt is a wait. While it has
 messages queued for a peer and no connection from it, it waits up to ``connect_timeout_s`` (as
 long as a dial may take) for the peer to dial; if none arrives, everything queued for that peer
@@ -75,6 +81,7 @@ decoder by ``max_frame``, and the number of inbound connections.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import resource
@@ -108,7 +115,7 @@ from .wire import (
 )
 
 __all__ = ["TcpOptions", "TcpTransport", "Backoff", "open_tcp_transport", "serve_tcp_transport",
-           "receive_available", "write_nowait"]
+           "receive_available", "write_nowait", "send_all_or_stall"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +151,9 @@ class TcpOptions:
     backoff_max_s: float = 2.0
     connect_timeout_s: float = 2.0
     handshake_timeout_s: float = 5.0
+    # how long a write may make no progress before the connection is closed: the peer reads
+    # nothing (hung, or cut off without a reset), and only a new connection can bring it back
+    send_stall_timeout_s: float = 10.0
 
     def __post_init__(self):
         for name in ("max_outbox", "max_outbox_bytes", "max_inbox", "max_frame",
@@ -152,7 +162,7 @@ class TcpOptions:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
-        if self.connect_timeout_s <= 0 or self.handshake_timeout_s <= 0:
+        if min(self.connect_timeout_s, self.handshake_timeout_s, self.send_stall_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
 
 
@@ -212,6 +222,39 @@ def group_frames(frames: list[tuple[int, list[Message]]]
         else:
             by_group[group] = list(msgs)
     return list(by_group.items())
+
+
+async def send_all_or_stall(stream: trio.abc.SendStream, data: bytes,
+                            stall_timeout_s: float) -> bool:
+    """Write all of ``data``; False if the peer took none of it for ``stall_timeout_s``.
+
+    A peer that reads nothing -- hung, or cut off without a reset -- leaves a write blocked
+    for as long as the kernel keeps the connection, which may be forever: the connection then
+    carries nothing and is never replaced. On a socket the bound is on progress, not on the
+    whole write, so a large write to a slow peer that keeps reading never stalls; on any other
+    stream it bounds the whole write. After a stall part of ``data`` may have been written,
+    so the connection must be closed.
+
+    Raises:
+        trio.BrokenResourceError, trio.ClosedResourceError, OSError: the write failed.
+    """
+    if stall_timeout_s == math.inf:
+        await stream.send_all(data)
+        return True
+    if not isinstance(stream, trio.SocketStream):
+        with trio.move_on_after(stall_timeout_s):
+            await stream.send_all(data)
+            return True
+        return False
+    sock = stream.socket
+    with memoryview(data) as view:
+        sent = 0
+        while sent < len(view):
+            with trio.move_on_after(stall_timeout_s) as scope, view[sent:] as rest:
+                sent += await sock.send(rest)
+            if scope.cancelled_caught:
+                return False
+    return True
 
 
 def write_nowait(fd: int, data: bytes) -> int:
@@ -675,6 +718,7 @@ class TcpTransport:
         counters.writes += 1
         outbox = link.outbox
         max_write_bytes = self._options.max_write_bytes
+        stall_timeout_s = self._options.send_stall_timeout_s
         fd = stream.socket.fileno()
         while True:
             if not outbox:
@@ -695,14 +739,16 @@ class TcpTransport:
             count = sum(item.count for item in batch)
             written = False
             try:
-                await stream.send_all(data)
-                written = True
+                written = await send_all_or_stall(stream, data, stall_timeout_s)
             except _CONNECTION_ERRORS as exc:
                 conn.close(f"write failed: {exc!r}")
                 return
             finally:
-                if not written:  # failed or cancelled: the batch is lost
+                if not written:  # failed, stalled or cancelled: the batch is lost
                     counters.dropped_unreachable += count
+            if not written:
+                conn.close(f"the peer read nothing for {stall_timeout_s} s", warn=True)
+                return
             counters.sent += count
             counters.bytes_sent += len(data)
             link.bytes_sent += len(data)

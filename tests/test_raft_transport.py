@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import struct
+from functools import partial
 
 import pytest
 import trio
@@ -709,6 +710,39 @@ async def test_tcp_a_connection_without_a_handshake_times_out(caplog):
     assert "no handshake within 0.05 s" in caplog.text
 
 
+async def test_tcp_a_peer_that_stops_reading_is_closed_and_redialed(caplog, autojump_clock):
+    # A peer that answers the handshake and then reads nothing (hung, or cut off without a
+    # reset): once the socket's buffers are full the writer makes no progress. After
+    # send_stall_timeout_s the connection is closed and the peer redialed, rather than kept
+    # forever, carrying nothing.
+    caplog.set_level(logging.WARNING, logger="raft.tcp")
+    accepted = []
+
+    async def mute_peer(stream):
+        accepted.append(stream)
+        async with stream:
+            decoder = FrameDecoder()
+            hello = None
+            while hello is None:
+                hello = decoder.feed_handshake(await stream.receive_some(4096))
+            await stream.send_all(encode_handshake(2, 1))
+            await trio.sleep_forever()
+
+    opts = TcpOptions(**TCP_TEST_OPTIONS, send_stall_timeout_s=3.0)
+    big = Entry(3, 1, b"x" * (1 << 20))
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, mute_peer, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_tcp_transport(1, peers={2: ("127.0.0.1", port)}, options=opts) as a:
+            with trio.fail_after(DEADLINE_S):  # virtual time
+                while len(accepted) < 2:
+                    a.send(7, [Message(MessageType.APPEND, to=2, frm=1, term=3, entries=(big,))])
+                    await trio.sleep(0.1)
+            assert a.statistics().reconnects == 1
+        nursery.cancel_scope.cancel()
+    assert "the peer read nothing for 3.0 s" in caplog.text
+
+
 async def test_tcp_peers_can_be_added_moved_and_removed_later(caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")
     opts = TcpOptions(**TCP_TEST_OPTIONS)
@@ -1084,6 +1118,8 @@ def test_tcp_options_are_validated():
         TcpOptions(max_outbox=0)
     with pytest.raises(ValueError):
         TcpOptions(backoff_initial_s=2, backoff_max_s=1)
+    with pytest.raises(ValueError):
+        TcpOptions(send_stall_timeout_s=0)
 
 
 def test_the_frames_of_one_read_reach_each_group_in_one_call_in_order():

@@ -873,3 +873,72 @@ async def test_connections_beyond_the_limit_are_refused_with_a_reason(nursery):
                     break
                 except ConnectionLostError:
                     await trio.sleep(0.01)  # the server has not seen the closes yet
+
+
+async def test_a_client_that_reads_nothing_is_closed_and_its_replies_released(
+        nursery, autojump_clock, caplog):
+    # A client that sends requests and reads none of the replies (hung, or cut off without a
+    # reset): each running request holds its reply until it can be queued, so a few small
+    # requests hold up to max_concurrent_requests replies on the server. Once no byte has
+    # left for send_stall_timeout_s the server closes the connection and lets them go.
+    caplog.set_level(logging.WARNING, logger="engine.rpc")
+
+    async def big(payload, ctx):
+        return b"x" * (1 << 20)
+
+    port = await start(nursery, {"big": big}, send_stall_timeout_s=3.0)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((HOST, port))
+    stream = trio.SocketStream(sock)
+    n = 20  # replies of 20 MiB: far more than the socket's buffers and the send queue hold
+    await stream.send_all(b"".join(encode_request(i + 1, "big", 0, None) for i in range(n)))
+    await trio.sleep(10)  # virtual time; reading nothing meanwhile
+    received = 0
+    with trio.fail_after(GUARD_S):
+        while chunk := await stream.receive_some(1 << 16):
+            received += len(chunk)
+    assert received < n << 20  # not every reply: the rest were let go
+    assert "the peer read nothing for 3.0 s" in caplog.text
+    await stream.aclose()
+
+
+async def test_a_connection_without_a_request_is_closed_and_frees_its_place(
+        nursery, autojump_clock, caplog):
+    # Peers that connect and send nothing, or half a frame and then nothing, must not hold
+    # their places among max_connections forever (locking every client out); a client that
+    # has made a call keeps its connection however long it then stays idle.
+    caplog.set_level(logging.WARNING, logger="engine.rpc")
+    port = await start(nursery, {"echo": echo}, max_connections=3, first_request_timeout_s=5.0)
+    async with connect_rpc(HOST, port) as active:
+        assert await active.call("echo", 1) == 1
+        silent = await trio.open_tcp_stream(HOST, port)
+        half = await trio.open_tcp_stream(HOST, port)
+        await half.send_all(encode_request(1, "echo", 0, "x")[:10])
+        t0 = trio.current_time()
+        with trio.fail_after(GUARD_S):  # virtual time
+            assert await read_until_closed(silent) == b""
+            assert await read_until_closed(half) == b""
+        assert trio.current_time() - t0 >= 5
+        await trio.sleep(60)
+        assert await active.call("echo", 2) == 2
+        async with connect_rpc(HOST, port) as newcomer:  # a place was freed
+            assert await newcomer.call("echo", 3) == 3
+        await silent.aclose()
+        await half.aclose()
+    assert caplog.text.count("no request within 5.0 s") == 2
+
+
+async def test_calls_made_on_a_refused_connection_fail_as_not_sent(nursery):
+    # A connection beyond max_connections is refused unread: a call already waiting on it did
+    # not run, so it fails with NotSentError (safe to retry elsewhere) rather than the
+    # ambiguous ConnectionLostError, which would report a commit sent there as of unknown
+    # outcome.
+    port = await start(nursery, {"echo": echo}, max_connections=1)
+    async with connect_rpc(HOST, port) as a:
+        assert await a.call("echo", 1) == 1
+        for _ in range(3):
+            async with connect_rpc(HOST, port) as c:
+                with trio.fail_after(GUARD_S), \
+                        pytest.raises(NotSentError, match="overloaded.*1 connections"):
+                    await c.call("echo", 2)
