@@ -39,7 +39,9 @@ Choices made here (the Raft thesis, Ongaro 2014, offers several):
   compacts with a *local* snapshot (a marker: its own storage holds the state) and builds a
   full one only when a follower needs it (:attr:`snapshot_wanted`, :meth:`offer_snapshot`),
   as CockroachDB truncates its log without a snapshot and sends one generated on demand.
-- **Learners** receive the log but never vote nor count towards a quorum.
+- **Learners** receive the log but never vote nor count towards a quorum. One is promoted to
+  voter only once it has caught up (replicating, heard from within an election timeout, and
+  holding nine tenths of the leader's log, as etcd's server checks).
 """
 
 from __future__ import annotations
