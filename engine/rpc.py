@@ -927,7 +927,7 @@ async def serve_rpc(
         max_connections: connections served at once. One more is answered with an
             ``overloaded`` error frame (call id 0: about the connection) and closed, so that
             the process keeps file descriptors and memory for the connections it has; the
-            client's pending calls fail with :class:`ConnectionLostError` naming the limit.
+            client's pending calls fail with :class:`NotSentError` naming the limit.
         send_stall_timeout_s: how long writing to a client may make no progress before its
             connection is closed. A client that reads nothing (hung, or cut off without a
             reset) would otherwise hold the connection, its running requests and their
