@@ -247,8 +247,11 @@ async def send_all_or_stall(stream: trio.abc.SendStream, data: bytes,
             return True
         return False
     sock = stream.socket
+    await trio.lowlevel.checkpoint()
     with memoryview(data) as view:
-        sent = 0
+        # What the socket takes at once needs no timer (a cancel scope with a deadline costs
+        # about as much as the write); an error here is met again by the send below.
+        sent = write_nowait(sock.fileno(), view)
         while sent < len(view):
             with trio.move_on_after(stall_timeout_s) as scope, view[sent:] as rest:
                 sent += await sock.send(rest)
@@ -257,7 +260,7 @@ async def send_all_or_stall(stream: trio.abc.SendStream, data: bytes,
     return True
 
 
-def write_nowait(fd: int, data: bytes) -> int:
+def write_nowait(fd: int, data: bytes | memoryview) -> int:
     """Write what the (non-blocking) socket takes now; 0 on any error, which the writer task
     then meets and reports on its own attempt."""
     try:
