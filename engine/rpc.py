@@ -88,7 +88,9 @@ to 1 MiB. So a lone call costs one write and no task switch, and a busy connecti
 per scheduler pass rather than one per frame (the same scheme as :mod:`raft.tcp`). Senders wait
 while more than 4 MiB are queued. TCP_NODELAY is on. A server closes a connection when a write
 to it makes no progress for ``send_stall_timeout_s``: the client reads nothing, and the replies
-of its running requests would otherwise be held for as long as the connection lasts.
+of its running requests would otherwise be held for as long as the connection lasts. Both ends
+let the kernel end a connection to a peer gone silent (TCP_USER_TIMEOUT and keepalive, see
+:func:`raft.tcp.detect_dead_peers`) within the same time, 30 s by default.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ from typing import Any
 import msgpack
 import trio
 
-from raft.tcp import receive_available, send_all_or_stall, write_nowait
+from raft.tcp import detect_dead_peers, receive_available, send_all_or_stall, write_nowait
 
 from ._native import crc32c
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
@@ -711,10 +713,11 @@ class _Wire:
             self.close(f"read failed: {exc!r}")
 
 
-def _set_nodelay(stream: trio.abc.Stream) -> None:
+def _set_options(stream: trio.abc.Stream, dead_peer_timeout_s: float) -> None:
     sock = getattr(stream, "socket", None)
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        detect_dead_peers(stream, dead_peer_timeout_s)
 
 
 # --- server -----------------------------------------------------------------------------------
@@ -979,7 +982,7 @@ async def serve_rpc(
         open_connections += 1
         conn = None
         try:
-            _set_nodelay(stream)
+            _set_options(stream, send_stall_timeout_s)
             conn = _ServerConnection(stream, handlers, clock_now, clock_update, max_frame,
                                      max_concurrent_requests, send_stall_timeout_s,
                                      first_request_timeout_s)
@@ -1273,7 +1276,7 @@ async def connect_rpc(
     if stream is None:
         raise ConnectTimeoutError(f"no connection to {host}:{port} within {connect_timeout_s} s")
     try:
-        _set_nodelay(stream)
+        _set_options(stream, DEFAULT_SEND_STALL_TIMEOUT_S)
         conn = RpcConnection(stream, clock_now, clock_update, max_frame)
     except BaseException:
         await trio.aclose_forcefully(stream)

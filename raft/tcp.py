@@ -53,7 +53,8 @@ A connection also ends when a write makes no progress for ``send_stall_timeout_s
 reads nothing (hung, or cut off without a reset, when the kernel may keep the connection for a
 quarter of an hour or, while the peer's kernel still answers, forever). Without that bound the
 link would carry nothing from then on and never be redialed; the batch being written is
-dropped (``dropped_unreachable``).
+dropped (``dropped_unreachable``). The kernel ends a connection to a peer gone silent within the
+same time too (:func:`detect_dead_peers`), even when too little is sent to fill its buffers.
 
 The accepting side cannot dial; its equivalent of a connection attempt is a wait. While it has
 messages queued for a peer and no connection from it, it waits up to ``connect_timeout_s`` (as
@@ -85,8 +86,9 @@ import math
 import os
 import random
 import resource
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -115,7 +117,7 @@ from .wire import (
 )
 
 __all__ = ["TcpOptions", "TcpTransport", "Backoff", "open_tcp_transport", "serve_tcp_transport",
-           "receive_available", "write_nowait", "send_all_or_stall"]
+           "receive_available", "write_nowait", "send_all_or_stall", "detect_dead_peers"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,26 @@ def group_frames(frames: list[tuple[int, list[Message]]]
         else:
             by_group[group] = list(msgs)
     return list(by_group.items())
+
+
+def detect_dead_peers(stream: trio.abc.Stream, timeout_s: float) -> None:
+    """Let the kernel end a connection whose peer has gone silent within about ``timeout_s``:
+    data it sent that stays unacknowledged that long (TCP_USER_TIMEOUT), or, on an idle
+    connection, keepalive probes unanswered from a third of it on. Without them a peer cut
+    off without a reset (a partition that drops packets, a machine that died) keeps the
+    connection open for a quarter of an hour while data is unacknowledged, and forever while
+    nothing is sent. Does nothing for a stream that is not a TCP socket."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle = max(1, int(timeout_s / 3))
+    interval = max(1, int(timeout_s / 9))
+    with suppress(OSError, AttributeError):  # options this kernel lacks
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout_s * 1000))
 
 
 async def send_all_or_stall(stream: trio.abc.SendStream, data: bytes,
@@ -567,7 +589,9 @@ class TcpTransport:
         """A connected stream, or why there is none."""
         with trio.move_on_after(self._options.connect_timeout_s):
             try:
-                return await trio.open_tcp_stream(*address)
+                stream = await trio.open_tcp_stream(*address)
+                detect_dead_peers(stream, self._options.send_stall_timeout_s)
+                return stream
             except OSError as exc:
                 return str(exc) or type(exc).__name__
         return f"no answer within {self._options.connect_timeout_s} s"
@@ -610,6 +634,7 @@ class TcpTransport:
             return
         self._inbound_count += 1
         self._accepted += 1
+        detect_dead_peers(stream, self._options.send_stall_timeout_s)
         number = self._accepted
         try:
             async with stream:

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import random
+import socket
 import struct
 from functools import partial
 
@@ -741,6 +742,32 @@ async def test_tcp_a_peer_that_stops_reading_is_closed_and_redialed(caplog, auto
             assert a.statistics().reconnects == 1
         nursery.cancel_scope.cancel()
     assert "the peer read nothing for 3.0 s" in caplog.text
+
+
+def _dead_peer_options(fd: int) -> tuple[int, int, int]:
+    """A connection's keepalive flag, idle seconds before probing, and TCP_USER_TIMEOUT (ms)."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+    finally:
+        sock.close()
+
+
+async def test_tcp_both_ends_let_the_kernel_end_a_connection_to_a_silent_peer():
+    # A partition that drops packets, or a machine that died, resets nothing: without these
+    # options the link would stay up, carrying nothing, for a quarter of an hour or forever.
+    opts = TcpOptions(**TCP_TEST_OPTIONS, send_stall_timeout_s=9.0)
+    async with open_tcp_transport(5, options=opts) as b:
+        async with open_tcp_transport(1, peers={5: b.address}, options=opts) as a:
+            inbox = b.subscribe(7)
+            a.send(7, [hb(1, 5, 1)])
+            with trio.fail_after(DEADLINE_S):
+                assert (await inbox.receive()).term == 1
+            for transport, peer in ((a, 5), (b, 1)):
+                conn = transport._links[peer].conn
+                assert _dead_peer_options(conn.idle_fd) == (1, 3, 9000)
 
 
 async def test_tcp_peers_can_be_added_moved_and_removed_later(caplog):

@@ -7,6 +7,7 @@ and order every step with events; none of them waits on the clock.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import struct
@@ -942,3 +943,40 @@ async def test_calls_made_on_a_refused_connection_fail_as_not_sent(nursery):
                 with trio.fail_after(GUARD_S), \
                         pytest.raises(NotSentError, match="overloaded.*1 connections"):
                     await c.call("echo", 2)
+
+
+def _dead_peer_options(sock: socket.socket) -> tuple[int, int]:
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+def _socket_connected_to(address) -> socket.socket | None:
+    """This process's socket whose peer is ``address`` (a duplicate: close it)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getpeername() == address:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    return None
+
+
+async def test_both_ends_let_the_kernel_end_a_connection_to_a_silent_peer(nursery):
+    # A client or server cut off without a reset (a partition that drops packets, a machine
+    # that died) must not hold the connection for a quarter of an hour, or forever when idle.
+    port = await start(nursery, {"echo": echo}, send_stall_timeout_s=12.0)
+    async with connect_rpc(HOST, port) as conn:
+        assert await conn.call("echo", 1) == 1
+        client = conn._wire.stream.socket
+        assert _dead_peer_options(client) == (1, 30_000)
+        server = _socket_connected_to(client.getsockname())
+        assert server is not None
+        try:
+            assert _dead_peer_options(server) == (1, 12_000)
+        finally:
+            server.close()
