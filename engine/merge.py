@@ -35,8 +35,11 @@ bytes, so regions can compare checksums)::
 ``kind`` names the state layout: ``"lww"``, ``"counter"``, ``"max"``, ``"add_wins_set"``, or
 ``"app:<name>"`` for an :class:`ApplicationResolver`. ``state`` per kind:
 
-* ``lww`` and ``app:*``: ``[value, prev]`` — the value (bin, or nil for a tombstone) and the
-  ``[ts, origin]`` its write replaced at its origin (nil if unknown);
+* ``lww``: ``[value, prev]`` — the value (bin, or nil for a tombstone) and the ``[ts, origin]``
+  its write replaced at its origin (nil if unknown);
+* ``app:*``: ``[value, prev, holder]`` — as ``lww``, ``prev`` being the newest write's, and
+  the ``[ts, origin]`` of the newest write whose value the cell holds (nil: the value is one
+  the resolver made of several writes, no write's own);
 * ``counter``: ``[[origin, base_ts, base_sum, [[ts, delta], ...]], ...]`` sorted by origin,
   contributions sorted by ts (``base_sum`` is an int, or a decimal string outside int64);
 * ``max``: ``[value, ts, origin]`` — the maximum and the write that holds it;
@@ -99,7 +102,9 @@ types combine rather than overwrite and produce no conflicts.
 Application resolvers
 ---------------------
 ``ApplicationResolver(fn, name)`` calls ``fn(local, remote) -> Version`` for each arriving
-write once the key has a value. ``fn`` must be deterministic (no clock, randomness or state),
+write once the key has a value; ``local`` is the key's value with the version of the write
+that wrote it (the cell keeps it, its *holder*: the cell's own version may be a newer write's
+whose value lost). ``fn`` must be deterministic (no clock, randomness or state),
 commutative (``fn(a, b)`` and ``fn(b, a)`` give the same value), associative and idempotent
 (``fn(a, a)`` is ``a``): a join, so that every order and every duplicate yield the same value.
 When it picks one of two versions it considers equal, it must break the tie by ``(ts,
@@ -385,17 +390,26 @@ def _normalize(kind: object, ts: int, origin: str, state: object,
     version = (ts, origin)
     if not isinstance(kind, str):
         fail(f"kind is not a string: {kind!r}")
-    if kind == "lww" or (kind.startswith("app:") and _APP_NAME.fullmatch(kind[4:])):
-        if not _is_seq(state, 2):
-            fail("a version state is [value, prev]")
-        value, prev = state
+    app = kind.startswith("app:") and _APP_NAME.fullmatch(kind[4:]) is not None
+    if kind == "lww" or app:
+        if not _is_seq(state, 3 if app else 2):
+            fail("an application state is [value, prev, holder]" if app
+                 else "a version state is [value, prev]")
+        value, prev = state[:2]
         if value is not None and not isinstance(value, bytes):
             fail("value is not bin or nil")
         if prev is not None:
             if not _is_tag(prev):
                 fail(f"bad prev {prev!r}")
             prev = (prev[0], prev[1])
-        return (value, prev)
+        if not app:
+            return (value, prev)
+        holder = state[2]
+        if holder is not None:
+            if not _is_tag(holder) or (holder[0], holder[1]) > version:
+                fail(f"bad holder {holder!r}: not a version at or below the cell's")
+            holder = (holder[0], holder[1])
+        return (value, prev, holder)
     if kind == "counter":
         if not _is_seq(state):
             fail("a counter state is a list of origins")
@@ -897,9 +911,11 @@ class ApplicationResolver(Resolver):
         name: 1-64 characters from ``[a-z0-9_-]``, starting with a letter; the cells' kind is
             ``"app:" + name``.
 
-    A key's first write is stored as it is, without calling ``fn``. A conflict is reported
+    A key's first write is stored as it is, without calling ``fn``. ``local`` carries the
+    ``(ts, origin)`` of the write whose value the cell holds (of the newest such write), or,
+    for a value ``fn`` made of several writes, the cell's version. A conflict is reported
     when the result is exactly one input's value and the other input's value differed (it was
-    discarded) and the two were concurrent.
+    discarded) and the two were concurrent; it names the write whose value was discarded.
 
     Raises:
         InvalidArgumentError: ``fn`` is not callable or ``name`` is malformed; from ``merge``,
@@ -920,26 +936,44 @@ class ApplicationResolver(Resolver):
 
     def _merge(self, cell: Cell | None, write: RemoteWrite) -> tuple[Cell, Conflict | None]:
         if cell is None:
-            return Cell(self.kind, write.ts, write.origin, (write.value, write.prev)), None
-        value, prev = cell.state
-        local = Version(value, cell.ts, cell.origin)
+            return Cell(self.kind, write.ts, write.origin,
+                        (write.value, write.prev, write.version)), None
+        value, prev, holder = cell.state
+        # ``fn`` sees the held value with its own write's version, not the cell's: the
+        # cell's newest write may be one whose value lost, and a tie broken by the cell's
+        # version would then depend on the arrival order.
+        local = Version(value, *(holder or cell.version))
         remote = Version(write.value, write.ts, write.origin)
         result = self.fn(local, remote)
         if not isinstance(result, Version) or not (
                 result.value is None or isinstance(result.value, bytes)):
             raise InvalidArgumentError(f"resolver {self.name!r} returned {result!r}, not a "
                                        f"Version with a bytes or None value")
-        if write.version > cell.version:
-            new = Cell(self.kind, write.ts, write.origin, (result.value, write.prev))
+        # The holder is the newest write whose value the result is, of those merged here:
+        # the same whatever the arrival order, for a resolver that is a join.
+        if result.value == value and result.value == write.value:
+            new_holder = max(holder or write.version, write.version)
+        elif result.value == value:
+            new_holder = holder
+        elif result.value == write.value:
+            new_holder = write.version
         else:
-            new = Cell(self.kind, cell.ts, cell.origin, (result.value, prev))
+            new_holder = None  # a value the resolver made: nothing was discarded whole
+        if write.version > cell.version:
+            new = Cell(self.kind, write.ts, write.origin, (result.value, write.prev, new_holder))
+        else:
+            new = Cell(self.kind, cell.ts, cell.origin, (result.value, prev, new_holder))
         conflict = None
-        if _concurrent(cell.version, prev, write.version, write.prev) and value != write.value:
-            if result.value == write.value:
-                conflict = Conflict(write.key, write.version, cell.version, value, self.name)
-            elif result.value == value:
-                conflict = Conflict(write.key, cell.version, write.version, write.value,
-                                    self.name)
+        if holder is not None and value != write.value:
+            # Only the cell's newest write has its prev here: with another holder, the pair
+            # counts as concurrent unless the write's own prev shows it causal.
+            holder_prev = prev if holder == cell.version else None
+            if _concurrent(holder, holder_prev, write.version, write.prev):
+                if result.value == write.value:
+                    conflict = Conflict(write.key, write.version, holder, value, self.name)
+                elif result.value == value:
+                    conflict = Conflict(write.key, holder, write.version, write.value,
+                                        self.name)
         return new, conflict
 
     def _value(self, cell: Cell) -> bytes | None:

@@ -399,6 +399,8 @@ def _pack(*parts):
     _pack(1, "lww", 5, US, [b"v", [1]]),               # bad prev
     _pack(1, "nope", 5, US, [b"v", None]),             # unknown kind
     _pack(1, "app:Bad Name", 5, US, [b"v", None]),
+    _pack(1, "app:mine", 5, US, [b"v", None]),                     # no holder
+    _pack(1, "app:mine", 5, US, [b"v", None, [6, US]]),            # holder above the cell
     _pack(1, "counter", 5, US, [[US, 0, 0, [[2, 1], [1, 1]]]]),      # unsorted
     _pack(1, "counter", 5, US, [[US, 0, 0, []], [EU, 0, 0, []]]),    # unsorted origins
     _pack(1, "counter", 5, US, [[US, 3, 0, [[2, 1]]]]),              # below base_ts
@@ -584,6 +586,47 @@ def test_application_resolver_reports_the_discarded_concurrent_write():
     merged, conflict = union.merge(fold(union, [put(b"a", 5, US)]), put(b"b", 4, EU))
     assert union.value_of(merged) == b"ab" and conflict is None
     assert merged.version == (5, US)
+
+
+def _smallest(local: Version, remote: Version) -> Version:
+    """A correct resolver: the smaller value wins, a tie by the greater (ts, origin)."""
+    return min(local, remote, key=lambda v: (v.value or b"", -v.ts, [-ord(c) for c in v.origin]))
+
+
+def _longest(local: Version, remote: Version) -> Version:
+    """A correct resolver: the longer value wins, a tie by the greater (ts, origin)."""
+    return max(local, remote, key=lambda v: (len(v.value or b""), v.ts, v.origin))
+
+
+def test_application_resolver_logs_the_write_whose_value_lost():
+    app = ApplicationResolver(_smallest, "smallest")
+    a, b, c = put(b"1", 1, US), put(b"5", 2, EU), put(b"0", 3, AP)
+    cell, conflicts = apply_writes(app, [a, b, c])
+    assert app.value_of(cell) == b"0" and cell.version == (3, AP)
+    # b lost to a, then a (whose value the cell held under b's newer version) lost to c.
+    # Before, the second record named b again, with a's value: a's loss was never logged,
+    # and in the group's log (keyed by the loser) it overwrote b's record.
+    assert conflicts == [Conflict(K, (1, US), (2, EU), b"5", "smallest"),
+                         Conflict(K, (3, AP), (1, US), b"1", "smallest")]
+    # The write that kept its value wins over a later one under its own version, not b's.
+    cell, conflict = app.merge(fold(app, [a, b]), put(b"3", 4, AP, prev=(2, EU)))
+    assert app.value_of(cell) == b"1"
+    assert conflict == Conflict(K, (1, US), (4, AP), b"3", "smallest")
+
+
+def test_application_resolver_ties_are_broken_by_the_held_values_version():
+    """Before, ``fn`` saw the held value under the cell's newest version, which may be that of
+    a write whose value lost: a resolver breaking ties by (ts, origin), as it must, then
+    depended on the arrival order."""
+    app = ApplicationResolver(_longest, "longest")
+    writes = [put(b"x", 1, US), put(b"y", 2, EU), put(b"", 3, AP)]
+    assert read(app, [writes[0], writes[2], writes[1]]) == b"y"
+    assert app.value_of(check_convergence(app, writes, orders=50)) == b"y"
+    hypothesis_check_convergence(app, st.sampled_from([b"", b"x", b"y", b"zz"]),
+                                 max_examples=50, orders=10)
+    hypothesis_check_convergence(ApplicationResolver(_smallest, "smallest"),
+                                 st.sampled_from([b"1", b"2", b"3"]), max_examples=50,
+                                 orders=10)
 
 
 def test_application_resolver_validation():
