@@ -906,13 +906,21 @@ class Database:
         has not applied yet, from the origin's leader: it grows while the pair's replication
         is stopped); ``cross_region_bytes`` the nodes of one region sent to those of another
         (``"from->to"``, since the nodes started: Raft replication, two-phase commit and
-        regional replication between nodes; clients' own requests not included); and every
-        node's status."""
+        regional replication between nodes; clients' own requests not included);
+        ``replication_broken``, per region pair (``"origin->destination"``) whose destination
+        lost regional writes -- the origin's outbox dropped them, after its retention, before
+        the destination had them; it needs a full copy -- the timestamp of the newest one
+        lost; and every node's status."""
         nodes = await self.status()
         lag = {}
         behind: dict[str, float] = {}
         traffic: dict[str, int] = {}
+        broken: dict[str, int] = {}
         for st in nodes.values():
+            for origin, destination, ts in st.get("replication_broken") or ():
+                pair = (f"{self._groups.get(origin, {}).get('region', origin)}->"
+                        f"{self._groups.get(destination, {}).get('region', destination)}")
+                broken[pair] = max(broken.get(pair, 0), ts)
             for origin, figures in (st.get("replication_lag_ms") or {}).items():
                 pair = f"{origin}->{st['region']}"
                 if figures["samples"] > lag.get(pair, {}).get("samples", 0):
@@ -927,7 +935,8 @@ class Database:
         for pair, ms in behind.items():
             lag[pair] = {**lag.get(pair, {"samples": 0, "p50": None, "p99": None}),
                          "behind_ms": ms}
-        return {"replication_lag_ms": lag, "cross_region_bytes": traffic, "nodes": nodes}
+        return {"replication_lag_ms": lag, "cross_region_bytes": traffic,
+                "replication_broken": broken, "nodes": nodes}
 
     async def status(self) -> dict:
         """Every node's view of its groups (leaders, terms, applied and closed timestamps).

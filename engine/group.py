@@ -164,17 +164,22 @@ Regional keyspaces
 A regional key's versions hold encoded :class:`~engine.merge.Cell` values. Side-table keys:
 ``o`` + be64(ts) → the writes this group's region committed at ``ts`` (its outbox); ``w`` +
 be32(origin group) → the origin's watermark; ``s`` + be32(destination group) → how far that
-destination has applied this group's writes (SHIPPED); ``c`` + key + be64(ts) + origin → a
-conflict-log record, one per write that lost a concurrent conflict here. A record holds the
-losing write's value, so a regional write's value (a COMMIT's merge, a REMOTE's write) may take
-at most ``MAX_VALUE_SIZE`` less 4 KiB, the room of the record's other fields; a larger one
-makes the entry malformed.
+destination has applied this group's writes (SHIPPED); ``m`` + be32(destination group) → the
+newest outbox record trimmed before that destination had it (see below); ``c`` + key +
+be64(ts) + origin → a conflict-log record, one per write that lost a concurrent conflict here.
+A record holds the losing write's value, so a regional write's value (a COMMIT's merge, a
+REMOTE's write) may take at most ``MAX_VALUE_SIZE`` less 4 KiB, the room of the record's other
+fields; a larger one makes the entry malformed.
 
 An outbox record is trimmed (by CLOSE, SHIPPED and regional commits, a batch at a time) once
 every destination has applied it, so a region cut off for hours catches up when it is back.
 One still missing somewhere after :data:`OUTBOX_RETENTION_NS` of closed time is trimmed all
-the same, to bound the outbox: that destination then needs a full copy (the shipper reports
-it, see ``engine.node``).
+the same, to bound the outbox: that destination then needs a full copy. The trim records it
+(``m``, :meth:`GroupStateMachine.missed`), as replicated state: every replica of the group
+reports it (``engine.node``'s status), after restarts and changes of leader too, and nothing
+clears it, since nothing brings the dropped writes back. "Had it" is as far as this group
+knows, from its SHIPPED entries (which lag the destination by a second or so): a record
+trimmed while its destination was applying it at that very moment may be counted as missed.
 
 Durability
 ----------
@@ -286,6 +291,7 @@ _OUTBOX_TRIMMED = b"O"  # be64: the newest outbox record trimmed so far
 _FENCE = b"f"  # + be32 keyspace id -> msgpack [level, available_from]
 _FENCE_END = b"g"
 _SHIPPED = b"s"  # + be32 destination group -> be64: its watermark of this group
+_MISSED = b"m"  # + be32 destination group -> be64: the newest record trimmed before it had it
 _PREFIX = 4  # a stored key's keyspace prefix (engine.placement.KEY_PREFIX_SIZE)
 MAX_KEYSPACE_ID = 2**32 - 2
 """The largest keyspace id a FENCE or PURGE may name (its keys' span must end in a prefix)."""
@@ -882,6 +888,13 @@ class GroupStateMachine:
         were applied here, whether they changed the fence or not (0: none, or only ones from
         before epochs)."""
         return self._fence_epochs.get(keyspace_prefix, 0)
+
+    def missed(self) -> dict[int, int]:
+        """Destination group → the newest of this group's regional writes that the outbox
+        dropped (after :data:`OUTBOX_RETENTION_NS`) before that destination had applied it:
+        the destination lost writes and needs a full copy. Empty while none were lost."""
+        return {_U32.unpack(skey[1:])[0]: _U64.unpack(raw)[0]
+                for skey, raw in self.store.side_scan(_MISSED, _MISSED + b"\xff" * 5)}
 
     @property
     def outbox_trimmed(self) -> int:
@@ -1634,6 +1647,11 @@ class _Batch:
         if trimmed:
             self._trimmed_to = _U64.unpack(trimmed[-1][1:])[0]
             self.side[_OUTBOX_TRIMMED] = _U64.pack(self._trimmed_to)
+            for d in destinations or ():
+                # Trimmed by the retention before this destination had it: its writes are
+                # gone from here, and the destination will never apply them.
+                if self.applied_by(d) < self._trimmed_to:
+                    self.side[_MISSED + _U32.pack(d)] = _U64.pack(self._trimmed_to)
 
 
 def _origin_in_key(origin: str) -> bytes:

@@ -244,13 +244,21 @@ class Node:
         # Catalog changes this node makes as the meta group's leader, one at a time (see
         # _catalog_txn).
         self._catalog_lock = trio.Lock()
-        # Region pairs whose regional replication lost writes to outbox trimming.
-        self.replication_broken: dict[tuple[int, int], int] = {}
         # Replication lag of regional writes applied here, per origin region: recent samples.
         self._lag_ms: dict[str, collections.deque] = {}
         # (origin group, destination group) -> how far the destination has applied the
         # origin's regional writes, by its latest answer to this node's shipper.
         self._applied_by: dict[tuple[int, int], int] = {}
+
+    @property
+    def replication_broken(self) -> dict[tuple[int, int], int]:
+        """(origin group, destination group) → the newest regional write of the origin that
+        its outbox dropped before the destination had applied it (see
+        :meth:`GroupStateMachine.missed`): the destination region lost writes and needs a full
+        copy. Replicated state of the origin group, so every node with a replica of it
+        reports it, whichever node leads and after restarts; nothing clears it."""
+        return {(gid, d): ts for gid, r in self.replicas.items()
+                for d, ts in r.sm.missed().items()}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -1159,12 +1167,12 @@ class Node:
         trimmed = origin.sm.outbox_trimmed
         if after < trimmed:
             # The destination fell further behind than the outbox keeps: the writes in
-            # between are gone from here, and only a full copy could repair it.
+            # between are gone from here, and only a full copy could repair it. The trim
+            # recorded it in the group (replication_broken reports it).
             log.error("node %d: group %d is behind group %d's regional writes by more than "
                       "the outbox keeps (watermark %d, trimmed up to %d): it needs a resync; "
                       "shipping what is left", self.id, destination, origin.group, after,
                       trimmed)
-            self.replication_broken[(origin.group, destination)] = trimmed
         window = trio.Semaphore(REPLICATION_WINDOW)
         broken = trio.Event()
         failure: list[BaseException] = []

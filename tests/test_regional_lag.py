@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import trio
 
+from engine import group as group_module
 from engine.local import open_local_cluster
 from engine.placement import data_group
 from test_cluster import _leader_of
@@ -89,3 +90,25 @@ async def test_lag_comes_from_the_destinations_leader_after_a_leadership_change(
                 # most a node keeps, the first node's won every tie).
                 lag = (await a.statistics())["replication_lag_ms"]["us-east->eu-west"]
                 assert lag["samples"] == samples(new), lag
+
+
+async def test_a_region_that_lost_writes_to_the_outbox_retention_is_reported(monkeypatch):
+    """A region cut off for longer than the origin's outbox keeps its writes never gets them:
+    statistics() names the pair (before, only the origin's leader at the time its shipper
+    noticed logged it, and kept it in memory; statistics() did not show it)."""
+    monkeypatch.setattr(group_module, "OUTBOX_RETENTION_NS", 300 * 10**6)
+    async with open_local_cluster(REGIONS, 1, seed=39) as cluster:
+        async with cluster.connect("us-east") as a, cluster.connect("eu-west") as b:
+            with trio.fail_after(60):
+                await a.create_keyspace("notes", mode="regional")
+                east = data_group(cluster.config, "us-east")
+                [node] = [cluster.nodes[n.id] for n in cluster.config.nodes_in("us-east")]
+                cluster.partition([n.id for n in cluster.config.nodes_in("eu-west")])
+                async with a.transaction() as tx:
+                    await tx.put("notes", b"k", b"lost")
+                while node.replicas[east].sm.outbox_trimmed < tx.commit_ts:
+                    await trio.sleep(0.1)
+                cluster.heal()
+                stats = await b.statistics()
+                assert stats["replication_broken"].get(PAIR, 0) >= tx.commit_ts, stats
+                assert "eu-west->us-east" not in stats["replication_broken"]

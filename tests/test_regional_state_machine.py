@@ -11,6 +11,7 @@ import random
 import pytest
 
 from engine.group import (
+    OUTBOX_RETENTION_NS,
     GroupStateMachine,
     Outcome,
     encode_close,
@@ -130,6 +131,37 @@ def test_a_remove_naming_a_future_tag_is_refused_and_later_adds_stay(tmp_path):
                                    data=encode_remote(101, T + 500, 0, T + 450, shipped))])
         assert result.outcome is Outcome.INVALID and sm.watermark(101) == 0
         assert _elements(store) == [b"x"]
+    finally:
+        sm.close()
+        store.close()
+
+
+# ------------------------------------------------------------------ writes trimmed unshipped
+
+def test_writes_trimmed_before_a_destination_had_them_are_recorded_for_good(tmp_path):
+    """The outbox drops a write some destination has not applied once the retention has
+    passed: the group records that destination as having lost writes, durably and the same on
+    every replica (before, only the node leading the group when its shipper noticed knew it,
+    in memory, and only if it noticed before shipping the rest)."""
+    record = encode_commit(1, 0, T + 100, [], merges=[(KEY, "counter", encode_int(1))])
+    data = [record, encode_shipped(T + 101, 2, T + 100),
+            encode_commit(2, 0, T + 200, [], merges=[(KEY, "counter", encode_int(1))]),
+            encode_close(T + 102 + OUTBOX_RETENTION_NS),
+            encode_shipped(T + 103 + OUTBOX_RETENTION_NS, 3, T + 200),
+            encode_shipped(T + 104 + OUTBOX_RETENTION_NS, 2, T + 200),
+            encode_close(T + 105 + OUTBOX_RETENTION_NS)]
+    path = tmp_path / "g"
+    want = _replay(path, data, list(range(1, len(data))))
+    assert want[0] == [] and want[1] == T + 200
+    assert _replay(tmp_path / "together", data, []) == want
+    store = MVCCStore(path, map_size=1 << 22)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=10**9, origin="us-east",
+                           destinations=DESTINATIONS)
+    try:
+        # Group 2 had the first write; group 3 had neither when the retention trimmed the
+        # first one. The second one was trimmed once both had it: nothing more was lost, and
+        # nothing clears what was.
+        assert sm.missed() == {3: T + 100}
     finally:
         sm.close()
         store.close()
