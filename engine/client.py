@@ -97,6 +97,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import planted
+from .adjudicator import MAX_TXN_KEYS
 from .catalog import Keyspace, check_keyspace_name, keyspace_from_record
 from .errors import (
     AmbiguousCommitError,
@@ -159,6 +160,12 @@ MAX_TS = 2**64 - 2
 MAX_SPANS = 4096
 """The most scanned ranges a group takes in one refresh, commit or prepare
 (engine.node.MAX_SPANS): a transaction that scanned more in one group sends them coalesced."""
+MAX_READ_KEY_BYTES = 4 << 20
+"""The most bytes of read keys one commit, prepare or refresh names in a group: beside at most
+half a frame of writes (engine.config.MAX_TXN_BYTES) and :data:`MAX_SPANS` ranges, the request
+stays within the largest frame a node takes. A read set larger than that, or than the
+adjudicator's :data:`~engine.adjudicator.MAX_TXN_KEYS` with the keys written, is sent as
+coalesced ranges instead (see :func:`_validated`)."""
 READ_PAGE_BYTES = 4 << 20
 """The most bytes of keys one read request names (as the node's answers are paged,
 engine.node.SCAN_PAGE_BYTES): far below the largest frame a node takes, however many keys
@@ -391,6 +398,10 @@ class Database:
 
     async def keyspace(self, name: str) -> Keyspace:
         """The keyspace's catalog record (cached, for at most :data:`KEYSPACE_CACHE_S`)."""
+        # Every operation on a keyspace starts here: once closed, each says so, even one
+        # that a cached record would otherwise let run (up to its background lookup, which
+        # the closed connection can no longer start).
+        self._check_open()
         ks = self._keyspaces.get(name)
         if ks is None:
             check_keyspace_name(name)
@@ -470,15 +481,24 @@ class Database:
         ``fn`` must be safe to run several times (no side effects outside ``tx``). ``fn`` may
         end the transaction itself (``commit()`` or ``rollback()``, as in ``async with``):
         it is then not committed again. ``fn`` returning an awaitable (an operation of
-        ``tx`` not awaited: ``return tx.put(...)``) is refused, and nothing is committed. A
-        bad policy (see :func:`check_retry_policy`) raises
+        ``tx`` not awaited: ``return tx.put(...)``) is refused, and so is ``fn`` returning
+        something that is not awaitable (a plain function): nothing is committed. A bad
+        policy (see :func:`check_retry_policy`) raises
         :class:`~engine.errors.InvalidArgumentError` before ``fn`` runs."""
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
         delay = base_delay_s
         for attempt in range(1, max_attempts + 1):
             tx = self.transaction(isolation)
             try:
-                result = await fn(tx)
+                pending = fn(tx)
+                if not inspect.isawaitable(pending):
+                    # A plain function: awaiting what it returned would raise a TypeError
+                    # about an ``await`` expression the caller never wrote.
+                    raise InvalidArgumentError(
+                        f"run_transaction takes an async function; {fn!r} returned "
+                        f"{type(pending).__name__}, not an awaitable (run plain functions "
+                        f"with engine.blocking.BlockingDatabase.run_transaction)")
+                result = await pending
                 refuse_awaitable(result, "(an operation not awaited?): the transaction was "
                                          "rolled back")
                 if not tx._ended():
@@ -990,9 +1010,12 @@ class Database:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _connection(self, node_id: int):
+    def _check_open(self) -> None:
         if self._closed:
             raise InvalidArgumentError("the database connection is closed")
+
+    async def _connection(self, node_id: int):
+        self._check_open()
         conn = self._conns.get(node_id)
         if conn is not None and not conn.closed:
             return conn
@@ -1265,6 +1288,19 @@ def _coalesced(spans: list[list]) -> list[list]:
         out += [[ranges[i][0], ranges[min(i + per, len(ranges)) - 1][1], None]
                 for i in range(0, len(ranges), per)]
     return out
+
+
+def _validated(reads: _GroupReads, written: int) -> tuple[list[bytes], list[list]]:
+    """The keys and ranges that stand for ``reads`` in one commit, prepare or refresh beside
+    ``written`` keys written: the keys read and the ranges scanned while they fit one request
+    (:data:`MAX_READ_KEY_BYTES`, and :data:`~engine.adjudicator.MAX_TXN_KEYS` keys with the
+    writes), else no keys and ranges covering them all (:func:`_coalesced`): a conflict,
+    never a missed one, so that a transaction may read any number of keys."""
+    keys = sorted(reads.keys)
+    if (len(keys) + written <= MAX_TXN_KEYS
+            and sum(len(k) for k in keys) <= MAX_READ_KEY_BYTES):
+        return keys, reads.spans
+    return [], _coalesced([*reads.spans, *([k, k + b"\x00", None] for k in keys)])
 
 
 @dataclass(frozen=True)
@@ -1580,8 +1616,8 @@ class Transaction:
         if merges:
             payload["merges"] = merges
         if serializable and group in self._visited:
-            payload["reads"] = sorted(self._visited[group].keys)
-            payload["spans"] = self._visited[group].spans
+            payload["reads"], payload["spans"] = _validated(
+                self._visited[group], len(payload["writes"]) + len(merges))
         reply = await self._db._call_group(group, "commit", payload, commit=True)
         self.commit_ts = reply["ts"]
 
@@ -1612,10 +1648,10 @@ class Transaction:
                 # Read keys are locked until the transaction finishes: validated at its
                 # snapshot now, and no other writer can commit them before its commit
                 # timestamp (which is not known yet).
-                written = {w[0] for w in group_writes}
-                payload["locks"] = sorted(k for k in reads.keys if k not in written)
                 # And the ranges it scanned: validated, and locked against inserts too.
-                payload["spans"] = reads.spans
+                keys, payload["spans"] = _validated(reads, len(group_writes))
+                written = {w[0] for w in group_writes}
+                payload["locks"] = [k for k in keys if k not in written]
             try:
                 reply = await db._call_group(group, "prepare", payload, commit=True)
             except (MeridianError, OSError) as exc:
@@ -1633,10 +1669,12 @@ class Transaction:
             if undecided:
                 # Cancelled (the caller gave up) before any decision: it aborts now, rather
                 # than leave the intents installed so far blocking their readers until
-                # recovery finds them past their deadline.
-                db._in_background(self._abort_prepared, primary, dict(prepared))
+                # recovery finds them past their deadline -- in every group it was sent to,
+                # answered or not: a prepare whose answer the cancellation cut off may have
+                # installed them all the same.
+                db._in_background(self._abort_prepared, primary, groups)
         if failures:
-            await self._abort_prepared(primary, prepared)
+            await self._abort_prepared(primary, list(prepared))
             for kind in (TransactionConflictError, InvalidArgumentError, LimitExceededError,
                          RecordTooLargeError):
                 refusal = next((f for f in failures if isinstance(f, kind)), None)
@@ -1682,9 +1720,10 @@ class Transaction:
             "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
             "since": commit_ts, "participants": [primary]})
 
-    async def _abort_prepared(self, primary: int, prepared: dict[int, int]) -> None:
+    async def _abort_prepared(self, primary: int, prepared: Sequence[int]) -> None:
         """Records the abort on the primary (so that no recovery can commit it) and removes
-        the intents already installed; anything left over is recovered after the deadline."""
+        the intents installed in the groups ``prepared`` (a group where it installed none is
+        not changed); anything left over is recovered after the deadline."""
         try:
             await self._db._call_group(primary, "decide", {
                 "group": primary, "txn_id": self.txn_id, "commit_ts": 0}, commit=True)
@@ -1746,9 +1785,10 @@ class Transaction:
         failures: list[MeridianError] = []
 
         async def refresh(group: int, reads: _GroupReads) -> None:
+            keys, spans = _validated(reads, 0)
             try:
                 reply = await db._call_group(group, "refresh", {
-                    "group": group, "keys": sorted(reads.keys), "spans": reads.spans,
+                    "group": group, "keys": keys, "spans": spans,
                     "from_ts": self.read_ts, "to_ts": ts})
             except MeridianError as exc:
                 # Raised below as itself: two failing at once would leave the nursery as a

@@ -20,10 +20,12 @@ import engine
 from engine import client as client_module
 from engine import errors
 from engine import node as node_module
+from engine import placement
 from engine.blocking import connect_blocking
 from engine.config import Limits
 from engine.local import open_local_cluster
 from engine.merge import encode_set_add
+from engine.mvcc import MAX_TS
 from engine.rpc import RemoteError
 
 from clusterthread import ClusterThread
@@ -121,6 +123,75 @@ async def test_a_read_of_more_keys_than_one_rpc_frame_can_name_returns_every_val
                     assert values[0] == b"mine" and values[-1] == b"last"
                     assert values[1:-1] == [None] * (len(keys) - 2)
                     await tx.rollback()
+
+
+async def test_a_serializable_transaction_may_read_more_keys_than_one_commit_can_name():
+    # A serializable commit (or prepare, or refresh) named every key read in the group: after
+    # reading 70,000 keys of the largest size (more than 16 MiB of keys, and more than the
+    # 65,536 keys a group validates at once) the commit failed with RecordTooLargeError about
+    # the RPC frame, after all its work. The read set is sent as ranges covering it instead,
+    # in a one-group commit and in a two-phase commit's prepare alike; a key it read that
+    # changed since its snapshot is still a conflict.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=27) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("here")
+                await db.create_keyspace("there", home_region="eu-west")
+                size = db.limits["max_key_size"] - 4  # the keyspace prefix
+                keys = [b"%0*d" % (size, i) for i in range(70_000)]
+                for writes_in in ("there", "here"):  # one group; two (two-phase commit)
+                    async with db.transaction() as tx:
+                        await tx.put("there", keys[12_345], b"old")
+                    tx = db.transaction("serializable")
+                    assert (await tx.get_many("there", keys))[12_345] == b"old"
+                    await tx.put(writes_in, b"total", b"1")
+                    await tx.commit()
+                    assert await db.read(writes_in, b"total") == b"1"
+                    tx = db.transaction("serializable")
+                    await tx.get_many("there", keys)
+                    await db.run_transaction(lambda o: o.put("there", keys[12_345], b"new"))
+                    await tx.put(writes_in, b"total", b"2")
+                    with pytest.raises(errors.TransactionConflictError):
+                        await tx.commit()
+                    assert await db.read(writes_in, b"total") == b"1"
+
+
+async def test_a_two_phase_commit_cancelled_during_prepare_leaves_no_intent_behind():
+    # Cancelled (the caller's deadline) after its prepares were applied but before their
+    # answers came, the commit aborted only in the groups that had answered: none. The
+    # intents it installed blocked every reader of its keys until recovery found them past
+    # their deadline (INTENT_TIMEOUT_S). Every group it was sent to is told it aborted.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=28) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("a")
+                await db.create_keyspace("b", home_region="eu-west")
+                tx = db.transaction()
+                await tx.put("a", b"k", b"1")
+                await tx.put("b", b"k", b"1")
+                call_group = db._call_group
+                with trio.CancelScope() as scope:
+
+                    async def answer_lost(group, method, payload, **kwargs):
+                        result = await call_group(group, method, payload, **kwargs)
+                        if method == "prepare":
+                            scope.cancel()  # the answer came too late
+                            await trio.sleep_forever()
+                        return result
+
+                    db._call_group = answer_lost
+                    await tx.commit()
+                db._call_group = call_group
+                assert scope.cancelled_caught
+                await db._drain()  # the abort, sent in the background
+                for name in ("a", "b"):
+                    ks = await db.keyspace(name)
+                    group = db.group_of(ks)
+                    (node,) = [n for n in cluster.nodes.values()
+                               if group in n.replicas and n.replicas[group].node.is_leader]
+                    stored = placement.encode_key(ks.id, b"k")
+                    assert node.replicas[group].intents([stored], MAX_TS) == [], name
+                    assert await db.read(name, b"k") is None
 
 
 async def test_scans_read_on_across_pages(monkeypatch):
@@ -276,6 +347,23 @@ async def test_every_operation_of_a_finished_transaction_is_refused():
                         await op
 
 
+async def test_every_operation_on_a_closed_database_says_it_is_closed():
+    # A keyspace record cached long enough to be looked up again in the background: after
+    # the connection closed, a put raised "RuntimeError: Nursery is closed to new arrivals"
+    # (the lookup could not start), and the keyspace stayed marked as being looked up.
+    async with open_local_cluster(("us-east",), 1, seed=35) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                tx = db.transaction()
+        db._keyspace_fetched["g"] -= client_module.KEYSPACE_CACHE_S * 0.75
+        for op in (tx.put("g", b"k", b"v"), tx.get("g", b"k"), tx.scan("g"),
+                   db.read("g", b"k"), db.keyspace("g"),
+                   db.run_transaction(lambda t: t.put("g", b"k", b"v"))):
+            with pytest.raises(errors.InvalidArgumentError, match="closed"):
+                await op
+
+
 # ---------------------------------------------------------------------- read your writes, model
 
 KEYS = [b"k%d" % i for i in range(8)]
@@ -407,6 +495,31 @@ async def test_run_transaction_refuses_a_function_that_returns_an_operation_not_
                     await db.run_transaction(transfer)
                 assert await db.read("bank", b"alice") == b"100"
                 assert await db.read("bank", b"bob") == b"0"
+
+
+async def test_run_transaction_refuses_a_plain_function():
+    # A plain function (the blocking API's kind) failed with "TypeError: object NoneType
+    # can't be used in 'await' expression", an error about code the caller never wrote.
+    async with open_local_cluster(("us-east",), 1, seed=34) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("bank")
+
+                def deposit(tx):
+                    tx.put("bank", b"alice", b"100").close()  # what it cannot await
+                    return "done"
+
+                with pytest.raises(errors.InvalidArgumentError, match="async function"):
+                    await db.run_transaction(deposit)
+                assert await db.read("bank", b"alice") is None
+
+                async def deposit_async(tx, amount):
+                    await tx.put("bank", b"alice", amount)
+                    return "done"
+
+                # A plain callable that returns an awaitable is an async function's equal.
+                assert await db.run_transaction(lambda tx: deposit_async(tx, b"5")) == "done"
+                assert await db.read("bank", b"alice") == b"5"
 
 
 async def test_run_transaction_refuses_a_bad_retry_policy_before_running():
