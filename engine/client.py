@@ -1568,7 +1568,11 @@ class Transaction:
 
         Writes in one group commit with one message to its leader. Writes in several groups
         (keyspaces homed in different regions) commit with two-phase commit: see the module
-        docstring."""
+        docstring.
+
+        Cancellation: once its request is sent, a cancelled commit may still commit; the
+        outcome is unknown, as after an AmbiguousCommitError (the blocking API raises that
+        one instead). A later operation of the transaction says so; read to find out."""
         self._check_open()
         self._state = "committing"
         try:
@@ -1600,8 +1604,9 @@ class Transaction:
             else:
                 await self._commit_two_phase(sorted(participants), writes, serializable)
             self._state = "committed"
-        except BaseException:
-            self._state = "failed"
+        except BaseException as exc:
+            unknown = isinstance(exc, (trio.Cancelled, AmbiguousCommitError))
+            self._state = "of unknown outcome (it may have committed)" if unknown else "failed"
             raise
 
     async def rollback(self) -> None:

@@ -347,6 +347,33 @@ async def test_every_operation_of_a_finished_transaction_is_refused():
                         await op
 
 
+async def test_a_commit_cancelled_after_its_request_left_is_of_unknown_outcome():
+    # The commit ran, but its caller gave up before the answer: the transaction must not
+    # call itself failed (which reads as "nothing was written").
+    async with open_local_cluster(("us-east",), 1, seed=36) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                tx = db.transaction()
+                await tx.put("g", b"k", b"v")
+                call_group = db._call_group
+                with trio.CancelScope() as scope:
+
+                    async def answer_lost(group, method, payload, **kwargs):
+                        result = await call_group(group, method, payload, **kwargs)
+                        scope.cancel()
+                        await trio.sleep_forever()
+                        return result
+
+                    db._call_group = answer_lost
+                    await tx.commit()
+                db._call_group = call_group
+                assert scope.cancelled_caught
+                with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
+                    await tx.get("g", b"k")
+                assert await db.read("g", b"k") == b"v"  # it had committed
+
+
 async def test_every_operation_on_a_closed_database_says_it_is_closed():
     # A keyspace record cached long enough to be looked up again in the background: after
     # the connection closed, a put raised "RuntimeError: Nursery is closed to new arrivals"
