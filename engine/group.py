@@ -156,8 +156,9 @@ be64(txn id) → its record (status, commit timestamp, the timestamp it was deci
 participants), ``T`` + be64(decided at) + be64(txn id) → nothing (the records by age, for
 FORGET). A read at a timestamp at or above an intent's prepare timestamp
 must wait for the intent to be resolved (its commit timestamp is at least the prepare
-timestamp, and may be at or below the read's). DECIDE and RESOLVE close the group up to the
-commit timestamp, so a snapshot taken after the resolution is at or above it.
+timestamp, and may be at or below the read's) -- unless it is a lock, which writes nothing:
+the key's value is the same whatever the transaction's fate. DECIDE and RESOLVE close the
+group up to the commit timestamp, so a snapshot taken after the resolution is at or above it.
 
 Regional keyspaces
 ------------------
@@ -800,15 +801,15 @@ class GroupStateMachine:
 
     def intents(self, keys: Sequence[bytes], ts: int) -> list[Intent]:
         """The intents on ``keys`` whose prepare timestamp is at or below ``ts``: a read at
-        ``ts`` must wait for them."""
+        ``ts`` must wait for them. Locks are not among them (see :func:`_write_intent`)."""
         if not self._prepared_count:
             return []
         out = []
         for key in keys:
             raw = self.store.side_get(_INTENT + key)
             if raw is not None:
-                intent = _intent(key, raw)
-                if intent.prepare_ts <= ts:
+                intent = _write_intent(key, raw)
+                if intent is not None and intent.prepare_ts <= ts:
                     out.append(intent)
         return out
 
@@ -819,8 +820,8 @@ class GroupStateMachine:
         hi = _INTENT + end if end is not None else _INTENT_END
         out = []
         for skey, raw in self.store.side_scan(_INTENT + start, hi):
-            intent = _intent(skey[1:], raw)
-            if intent.prepare_ts <= ts:
+            intent = _write_intent(skey[1:], raw)
+            if intent is not None and intent.prepare_ts <= ts:
                 out.append(intent)
         return out
 
@@ -1667,8 +1668,14 @@ def _origin_in_key(origin: str) -> bytes:
     return raw[:half] + hashlib.blake2b(raw, digest_size=half).digest()
 
 
-def _intent(key: bytes, raw: bytes) -> Intent:
-    txn_id, prepare_ts, _, _, primary, deadline = msgpack.unpackb(raw)
+def _write_intent(key: bytes, raw: bytes) -> Intent | None:
+    """The intent stored as ``raw`` on ``key``, or None if it is a lock: a key that a
+    serializable transaction read keeps its value until that transaction is resolved
+    (writers conflict with the lock), and the resolution writes nothing to it, so a read
+    of it has nothing to wait for."""
+    txn_id, prepare_ts, kind, _, primary, deadline = msgpack.unpackb(raw)
+    if kind == _KIND_LOCK:
+        return None
     return Intent(key, txn_id, prepare_ts, primary, deadline)
 
 

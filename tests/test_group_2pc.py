@@ -183,6 +183,22 @@ def test_locks_block_writers_and_write_nothing(sm):
     assert one(sm, log, encode_commit(4, 120, 500, [(b"r", b"1")])).committed
 
 
+def test_readers_do_not_wait_for_a_lock(sm):
+    # A serializable transaction's read key keeps its value until the transaction is
+    # resolved, whatever its fate: a read of it has nothing to wait for (and, while the
+    # transaction's primary group is out of reach, would otherwise time out).
+    log = Log()
+    one(sm, log, encode_commit(1, 0, 100, [(b"r", b"0")]))
+    prepare(sm, log, 2, 100, 200, [(b"w", b"1")], locks=[b"r"])
+    assert sm.intents([b"r"], MAX_TS) == []
+    assert [i.key for i in sm.intents([b"r", b"w"], MAX_TS)] == [b"w"]
+    assert [i.key for i in sm.intents_in(b"", None, MAX_TS)] == [b"w"]
+    # The lock still keeps writers out, and is still there to be resolved.
+    r = one(sm, log, encode_commit(3, 250, 300, [(b"r", b"9")]))
+    assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "intent", b"r")
+    assert [p.txn_id for p in sm.prepared()] == [2]
+
+
 def test_a_lock_on_a_changed_key_is_refused(sm):
     log = Log()
     one(sm, log, encode_commit(1, 0, 100, [(b"r", b"0")]))
