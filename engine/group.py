@@ -1184,9 +1184,10 @@ class _Batch:
             # And only that move's: one that a newer move overtook must not overwrite the
             # newer one's copy with its older snapshot.
             epoch = flags >> 8
-            if any(self.sm.fence(k[:_PREFIX]) != (1, MAX_TS)
-                   or self.sm.fence_epoch(k[:_PREFIX]) != epoch for k in keys):
-                return CommitResult(Outcome.CONFLICT, ts, "moved", ts)
+            refused = next((k for k in keys if self.sm.fence(k[:_PREFIX]) != (1, MAX_TS)
+                            or self.sm.fence_epoch(k[:_PREFIX]) != epoch), None)
+            if refused is not None:
+                return CommitResult(Outcome.CONFLICT, ts, "moved", refused)
         elif self.sm._fences:
             moved = self.sm.fenced(read_ts, [*keys, *(cmd[7] if len(cmd) > 7 else ())],
                                    reads if flags & SERIALIZABLE else ())

@@ -527,6 +527,7 @@ def test_a_fence_refuses_a_change_from_an_older_move_or_drop_and_remembers_its_e
         [r] = sm.apply([log(encode_commit(2, 0, 40, [(PREFIX + b"a", b"stale")],
                                           move_copy=True, epoch=1))])
         assert r.reason == "moved" and sm.store.get(PREFIX + b"a", MAX_TS) == b"new"
+        assert r.key == PREFIX + b"a"  # the key refused (a node's message names it)
         # Lifted to (0, 0), the epoch stays: an older move can still not fence it again.
         sm.apply([log(encode_fence(50, KS, 0, 0, epoch=2))])
         assert sm.fence(PREFIX) == (0, 0) and sm.fence_epoch(PREFIX) == 2
