@@ -13,7 +13,8 @@ succeed):
     optional fields without breaking them.
 ``b"ks-next-id"``
     the next keyspace id (be32); ids are never reused, so a dropped keyspace's stored keys can
-    never be read through a new keyspace of the same name.
+    never be read through a new keyspace of the same name. Once every id up to
+    ``engine.group.MAX_KEYSPACE_ID`` is used, a create is refused.
 
 A keyspace is named by 1–64 characters from ``[a-z0-9_-]``, starting with a letter.
 """

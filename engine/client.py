@@ -393,8 +393,18 @@ class Database:
             self._keyspaces.pop(name, None)
 
     async def list_keyspaces(self) -> list[Keyspace]:
-        return [keyspace_from_record(r) for r in
-                await self._call_group(self._meta_group, "keyspace.list", {})]
+        """Every keyspace's catalog record, by name, read a page at a time (each page at a
+        snapshot of its own: a keyspace created or dropped meanwhile may or may not be
+        listed; every other one is, once)."""
+        out: list[Keyspace] = []
+        after: str | None = ""
+        while after is not None:
+            page = await self._call_group(self._meta_group, "keyspace.list", {"after": after})
+            if isinstance(page, list):  # a node that answers every record at once
+                return [keyspace_from_record(r) for r in page]
+            out.extend(keyspace_from_record(r) for r in page["keyspaces"])
+            after = page["next"]
+        return out
 
     async def keyspace(self, name: str) -> Keyspace:
         """The keyspace's catalog record (cached, for at most :data:`KEYSPACE_CACHE_S`)."""

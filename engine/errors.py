@@ -121,7 +121,8 @@ class TransactionConflictError(MeridianError):
             remembers), ``"aborted"`` (a transaction across groups whose record was found
             aborted when it came to decide: recovery had aborted it for being too slow),
             ``"moved"`` (a keyspace it uses moved to another home region or was dropped: it is
-            looked up again), ``"refresh"`` (it could not move its snapshot up to a newer
+            looked up again; or is being moved: it takes no writes while its data is copied
+            to its new home), ``"refresh"`` (it could not move its snapshot up to a newer
             group's without losing what it had read) or ``"catalog_changed"`` (a keyspace
             move or drop found the keyspace changed by another one meanwhile).
         key: the conflicting key, when there is one.
@@ -140,10 +141,10 @@ class TransactionConflictError(MeridianError):
 
 
 class LimitExceededError(MeridianError, ValueError):
-    """A transaction went over a configured limit (keys or bytes written, key or value size).
-    Running it again unchanged fails the same way. (A transaction that outlives the maximum
-    lifetime is a :class:`TransactionConflictError`, reason ``"too_old"``: run again, it
-    starts anew.)"""
+    """A transaction went over a configured limit (keys or bytes written, key or value size),
+    or a keyspace create found every keyspace id used. Running it again unchanged fails the
+    same way. (A transaction that outlives the maximum lifetime is a
+    :class:`TransactionConflictError`, reason ``"too_old"``: run again, it starts anew.)"""
 
 
 class TransactionClosedError(MeridianError, ValueError):

@@ -167,6 +167,17 @@ RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 MAX_SPANS = 4096
 """The most scanned ranges one refresh, commit or prepare may carry for one group."""
+KEYSPACE_LIST_PAGE = 1000
+"""``keyspace.list`` with ``after`` answers at most this many catalog records: a page, far
+below the RPC frame limit whatever the number of keyspaces (a record is a few hundred bytes
+at most), and read from the store in one go on the node's event loop."""
+_MOVED_WHY = (
+    ": its keyspace came to this group after the transaction's snapshot",
+    ": its keyspace is being moved to another home region, and takes no writes until its "
+    "data is copied there (longer for a larger keyspace)",
+    ": its keyspace moved to another home region or was dropped")
+"""What a ``moved`` refusal of a commit or prepare says, by the level of the keyspace's
+fence in the group (see engine.group, FENCE): 0 (only ``available_from``), 1, 2 or 3."""
 SCAN_PAGE_ITEMS = 10_000
 SCAN_PAGE_BYTES = 4 << 20
 """A ``scan`` answers at most this many pairs, and stops after the pair that brings their
@@ -848,7 +859,7 @@ class Node:
                                       merges=merges, spans=_spans(p) if serializable else [])
         if result.committed:
             return {"ts": result.ts}
-        self._refuse(txn_id, result)
+        self._refuse(txn_id, result, replica)
 
     def _check_merges(self, merges: object, pairs: list[tuple[bytes, bytes | None]],
                       ) -> list[tuple[bytes, str, bytes | None]]:
@@ -927,7 +938,7 @@ class Node:
                                        spans=_spans(p) if serializable else [])
         if result.outcome is Outcome.PREPARED:
             return {"ts": result.ts}
-        self._refuse(txn_id, result)
+        self._refuse(txn_id, result, replica)
 
     async def _decide(self, p):
         replica = self._replica(p)
@@ -1082,12 +1093,15 @@ class Node:
             return {"ok": False, "reason": "too_old"}
         return {"ok": True}
 
-    def _refuse(self, txn_id: int, result) -> None:
+    def _refuse(self, txn_id: int, result, replica: GroupReplica | None = None) -> None:
         if result.outcome is Outcome.CONFLICT:
             key = result.key
+            why = ""
+            if result.reason == "moved" and replica is not None and key is not None:
+                why = _MOVED_WHY[min(replica.sm.fence(key[:KEY_PREFIX_SIZE])[0], 2)]
             raise TransactionConflictError(
                 f"transaction {txn_id:#x} conflicts ({result.reason}"
-                + (f" on key {user_key(key)!r}" if key is not None else "") + ")",
+                + (f" on key {user_key(key)!r}" if key is not None else "") + ")" + why,
                 result.reason, key)
         raise InvalidArgumentError(f"commit refused: {result.reason}")
 
@@ -1464,6 +1478,11 @@ class Node:
                 being = " and is being dropped" if cat.decode_keyspace(raw).dropping else ""
                 raise RemoteError("already_exists", f"keyspace {name!r} already exists{being}")
             next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
+            if next_id > MAX_KEYSPACE_ID:
+                # Ids are never reused (see engine.catalog): a dropped keyspace's id is gone.
+                raise LimitExceededError(
+                    f"keyspace {name!r} cannot be created: all {MAX_KEYSPACE_ID} keyspace ids "
+                    f"have been used (ids of dropped keyspaces are not reused)")
             ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts,
                               survive=survive)
             writes = [(key, cat.encode_keyspace(ks)),
@@ -1714,9 +1733,26 @@ class Node:
         return await self._catalog_txn(body, read_only=True)
 
     async def _keyspace_list(self, p):
+        """The records of the keyspaces (those being dropped left out), by name. With
+        ``after`` (a name, or ``""`` to start), a page of them: ``{"keyspaces", "next"}``,
+        the records of at most :data:`KEYSPACE_LIST_PAGE` names after ``after``, and the
+        ``after`` of the next page (None: the last page). Without it, every record in one
+        answer (refused as ``response_too_large`` once they pass the frame limit)."""
+        after = p.get("after")
+        if after not in (None, ""):
+            cat.check_keyspace_name(after)
+        start = b"ks/" if not after else cat.keyspace_key(after) + b"\x00"
+        limit = None if after is None else KEYSPACE_LIST_PAGE
+
         def body(meta, ts):
-            records = (cat.decode_keyspace(v) for _, v in meta.scan(b"ks/", b"ks0", ts))
-            return [cat.keyspace_record(ks) for ks in records if not ks.dropping], [], []
+            items = meta.scan(start, b"ks0", ts, limit=limit)
+            found = (cat.decode_keyspace(v) for _, v in items)
+            records = [cat.keyspace_record(ks) for ks in found if not ks.dropping]
+            if after is None:
+                return records, [], []
+            more = len(items) == limit
+            return {"keyspaces": records,
+                    "next": items[-1][0][len(b"ks/"):].decode() if more else None}, [], []
 
         return await self._catalog_txn(body, read_only=True)
 

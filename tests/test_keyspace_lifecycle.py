@@ -12,11 +12,13 @@ import engine.client
 import engine.group
 import engine.node
 import engine.replica
+import engine.rpc
 from engine import errors
+from engine.catalog import NEXT_ID_KEY, encode_next_id
 from engine.config import Limits
 from engine.group import conflict_log_bounds
 from engine.local import open_local_cluster
-from engine.placement import data_group, keyspace_bounds
+from engine.placement import META_GROUP, data_group, keyspace_bounds
 from engine.rpc import CallTimeoutError
 
 TWO_REGIONS = ("us-east", "eu-west")
@@ -1192,3 +1194,85 @@ async def test_many_keyspaces_created_at_once_are_all_created():
                 assert failed == []
                 ids = [ks.id for ks in await db.list_keyspaces()]
                 assert len(ids) == len(set(ids)) == 150
+
+
+async def test_a_create_after_the_last_keyspace_id_is_refused_with_a_clear_error():
+    """Ids are never reused: once the last one is taken, a create is refused as over a limit
+    (not an internal error from packing an id that does not fit its four bytes), and the
+    keyspaces that exist, the last one included, keep working."""
+    async with open_local_cluster(("us-east",), 1, seed=62) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("first")
+                # Only the catalog's own requests change it: set the next id as a long life
+                # of creates and drops would have left it.
+                (node,) = cluster.nodes.values()
+                meta = node.replicas[META_GROUP]
+                ts = await meta.snapshot_ts(node.clock.now())
+                outcome = await meta.commit(
+                    7, ts, [(NEXT_ID_KEY, encode_next_id(engine.group.MAX_KEYSPACE_ID))],
+                    [NEXT_ID_KEY], serializable=True)
+                assert outcome.committed
+                last = await db.create_keyspace("last")
+                assert last.id == engine.group.MAX_KEYSPACE_ID
+                with pytest.raises(errors.LimitExceededError, match="keyspace ids"):
+                    await db.create_keyspace("one-more")
+                await db.run_transaction(lambda tx: tx.put("last", b"k", b"v"))
+                assert await db.read("last", b"k") == b"v"
+                await db.drop_keyspace("last")
+                with pytest.raises(errors.LimitExceededError):
+                    await db.create_keyspace("last")
+                assert [ks.name for ks in await db.list_keyspaces()] == ["first"]
+
+
+async def test_keyspaces_are_listed_whatever_their_number(monkeypatch):
+    """The list is read a page at a time: every record in one answer went over the frame
+    limit once there were enough keyspaces (about a hundred thousand at 16 MiB), and the
+    list could not be read at all. Here a small frame limit stands for many keyspaces."""
+    monkeypatch.setattr(engine.node, "serve_rpc",
+                        functools.partial(engine.rpc.serve_rpc, max_frame=4096))
+    monkeypatch.setattr(engine.node, "KEYSPACE_LIST_PAGE", 7)
+    async with open_local_cluster(("us-east",), 1, seed=63) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                names = [f"tenant-{i:02d}" for i in range(60)]
+                for name in names:
+                    await db.create_keyspace(name)
+                await db.drop_keyspace("tenant-13")  # the page it was on is one short
+                await db.drop_keyspace("tenant-59")
+                expected = [n for n in names if n not in ("tenant-13", "tenant-59")]
+                assert [ks.name for ks in await db.list_keyspaces()] == expected
+                with pytest.raises(errors.InvalidArgumentError):
+                    await db._call_group(db._meta_group, "keyspace.list", {"after": b"x"})
+
+
+async def test_a_write_refused_during_a_moves_copy_says_that_a_move_is_under_way():
+    """A write during the copy is refused as ``moved`` although the keyspace has not moved
+    yet (its lookup still names the old home): the message says that a move is under way,
+    rather than only that the keyspace moved."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=64) as cluster:
+        async with cluster.connect("us-east") as admin, cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await admin.create_keyspace("g", home_region="us-east")
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"v"))
+                copy = admin._copy_keyspace
+                copying, go_on = trio.Event(), trio.Event()
+
+                async def held_copy(ks, old, new):
+                    copying.set()
+                    await go_on.wait()
+                    return await copy(ks, old, new)
+
+                admin._copy_keyspace = held_copy
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(admin.move_keyspace, "g", "eu-west")
+                    await copying.wait()
+                    with pytest.raises(errors.TransactionConflictError) as refused:
+                        async with db.transaction() as tx:
+                            await tx.put("g", b"k", b"during")
+                    assert refused.value.reason == "moved"
+                    assert "being moved" in str(refused.value)
+                    go_on.set()
+                await db.run_transaction(lambda tx: tx.put("g", b"k", b"after"))
+                assert await db.read("g", b"k") == b"after"
+                assert (await db.keyspace("g")).home == "eu-west"
