@@ -127,6 +127,7 @@ from .placement import (
     decode_key,
     encode_key,
     keyspace_bounds,
+    user_key,
 )
 from .rpc import (
     CallTimeoutError,
@@ -400,8 +401,6 @@ class Database:
         after: str | None = ""
         while after is not None:
             page = await self._call_group(self._meta_group, "keyspace.list", {"after": after})
-            if isinstance(page, list):  # a node that answers every record at once
-                return [keyspace_from_record(r) for r in page]
             out.extend(keyspace_from_record(r) for r in page["keyspaces"])
             after = page["next"]
         return out
@@ -1243,8 +1242,8 @@ def _translate(exc: RemoteError) -> BaseException:
             return _Restart(ts)
     if exc.code == "conflict":
         key = exc.details.get("key")
-        if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
-            key = decode_key(key)[1]  # the caller's key, without the keyspace prefix
+        if isinstance(key, bytes):
+            key = user_key(key)  # the caller's key, without the keyspace prefix
         return TransactionConflictError(exc.message, exc.details.get("reason", ""), key)
     if exc.code == "moved":
         return TransactionConflictError(exc.message, "moved")
@@ -1824,8 +1823,8 @@ class Transaction:
                 # A keyspace it read moved away: the next attempt must look it up afresh.
                 db._keyspaces.clear()
             key = changed[0][1].get("key")
-            if isinstance(key, bytes) and len(key) >= KEY_PREFIX_SIZE:
-                key = decode_key(key)[1]
+            if isinstance(key, bytes):
+                key = user_key(key)
             raise TransactionConflictError(
                 f"transaction {self.txn_id:#x}: a key it read changed before it could move its "
                 f"snapshot to a newer group's ({changed[0][1].get('reason')})", "refresh", key)
