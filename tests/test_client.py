@@ -9,6 +9,7 @@ In-process clusters and a fake node (tests/test_client_faults.py); every wait is
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import hypothesis.strategies as st
@@ -125,6 +126,40 @@ async def test_a_read_of_more_keys_than_one_rpc_frame_can_name_returns_every_val
                     await tx.rollback()
 
 
+@contextlib.asynccontextmanager
+async def _two_homes(seed: int, east: str, west: str):
+    """A one-node-per-region cluster of us-east and eu-west, a client in us-east, and a
+    keyspace homed in each region (``east``, ``west``)."""
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=seed) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(30):
+                await db.create_keyspace(east)
+                await db.create_keyspace(west, home_region="eu-west")
+            yield cluster, db
+
+
+async def _commit_losing_the_answer(db, tx, method: str) -> None:
+    """Commits ``tx``, giving up (as a caller's cancel scope would) once the first answer to
+    ``method`` has come back to the client, before the commit sees it: the request ran, and
+    its caller never hears how."""
+    call_group = db._call_group
+
+    async def answer_lost(group, called, payload, **kwargs):
+        result = await call_group(group, called, payload, **kwargs)
+        if called == method:
+            scope.cancel()
+            await trio.sleep_forever()
+        return result
+
+    with trio.CancelScope() as scope:
+        db._call_group = answer_lost
+        try:
+            await tx.commit()
+        finally:
+            db._call_group = call_group
+    assert scope.cancelled_caught
+
+
 async def test_a_serializable_transaction_may_read_more_keys_than_one_commit_can_name():
     # A serializable commit (or prepare, or refresh) named every key read in the group: after
     # reading 70,000 keys of the largest size (more than 16 MiB of keys, and more than the
@@ -132,28 +167,25 @@ async def test_a_serializable_transaction_may_read_more_keys_than_one_commit_can
     # the RPC frame, after all its work. The read set is sent as ranges covering it instead,
     # in a one-group commit and in a two-phase commit's prepare alike; a key it read that
     # changed since its snapshot is still a conflict.
-    async with open_local_cluster(("us-east", "eu-west"), 1, seed=27) as cluster:
-        async with cluster.connect("us-east") as db:
-            with trio.fail_after(60):
-                await db.create_keyspace("here")
-                await db.create_keyspace("there", home_region="eu-west")
-                size = db.limits["max_key_size"] - 4  # the keyspace prefix
-                keys = [b"%0*d" % (size, i) for i in range(70_000)]
-                for writes_in in ("there", "here"):  # one group; two (two-phase commit)
-                    async with db.transaction() as tx:
-                        await tx.put("there", keys[12_345], b"old")
-                    tx = db.transaction("serializable")
-                    assert (await tx.get_many("there", keys))[12_345] == b"old"
-                    await tx.put(writes_in, b"total", b"1")
+    async with _two_homes(27, "here", "there") as (_, db):
+        with trio.fail_after(60):
+            size = db.limits["max_key_size"] - 4  # the keyspace prefix
+            keys = [b"%0*d" % (size, i) for i in range(70_000)]
+            for writes_in in ("there", "here"):  # one group; two (two-phase commit)
+                async with db.transaction() as tx:
+                    await tx.put("there", keys[12_345], b"old")
+                tx = db.transaction("serializable")
+                assert (await tx.get_many("there", keys))[12_345] == b"old"
+                await tx.put(writes_in, b"total", b"1")
+                await tx.commit()
+                assert await db.read(writes_in, b"total") == b"1"
+                tx = db.transaction("serializable")
+                await tx.get_many("there", keys)
+                await db.run_transaction(lambda o: o.put("there", keys[12_345], b"new"))
+                await tx.put(writes_in, b"total", b"2")
+                with pytest.raises(errors.TransactionConflictError):
                     await tx.commit()
-                    assert await db.read(writes_in, b"total") == b"1"
-                    tx = db.transaction("serializable")
-                    await tx.get_many("there", keys)
-                    await db.run_transaction(lambda o: o.put("there", keys[12_345], b"new"))
-                    await tx.put(writes_in, b"total", b"2")
-                    with pytest.raises(errors.TransactionConflictError):
-                        await tx.commit()
-                    assert await db.read(writes_in, b"total") == b"1"
+                assert await db.read(writes_in, b"total") == b"1"
 
 
 async def test_a_two_phase_commit_cancelled_during_prepare_leaves_no_intent_behind():
@@ -161,37 +193,21 @@ async def test_a_two_phase_commit_cancelled_during_prepare_leaves_no_intent_behi
     # answers came, the commit aborted only in the groups that had answered: none. The
     # intents it installed blocked every reader of its keys until recovery found them past
     # their deadline (INTENT_TIMEOUT_S). Every group it was sent to is told it aborted.
-    async with open_local_cluster(("us-east", "eu-west"), 1, seed=28) as cluster:
-        async with cluster.connect("us-east") as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("a")
-                await db.create_keyspace("b", home_region="eu-west")
-                tx = db.transaction()
-                await tx.put("a", b"k", b"1")
-                await tx.put("b", b"k", b"1")
-                call_group = db._call_group
-                with trio.CancelScope() as scope:
-
-                    async def answer_lost(group, method, payload, **kwargs):
-                        result = await call_group(group, method, payload, **kwargs)
-                        if method == "prepare":
-                            scope.cancel()  # the answer came too late
-                            await trio.sleep_forever()
-                        return result
-
-                    db._call_group = answer_lost
-                    await tx.commit()
-                db._call_group = call_group
-                assert scope.cancelled_caught
-                await db._drain()  # the abort, sent in the background
-                for name in ("a", "b"):
-                    ks = await db.keyspace(name)
-                    group = db.group_of(ks)
-                    (node,) = [n for n in cluster.nodes.values()
-                               if group in n.replicas and n.replicas[group].node.is_leader]
-                    stored = placement.encode_key(ks.id, b"k")
-                    assert node.replicas[group].intents([stored], MAX_TS) == [], name
-                    assert await db.read(name, b"k") is None
+    async with _two_homes(28, "a", "b") as (cluster, db):
+        with trio.fail_after(30):
+            tx = db.transaction()
+            await tx.put("a", b"k", b"1")
+            await tx.put("b", b"k", b"1")
+            await _commit_losing_the_answer(db, tx, "prepare")
+            await db._drain()  # the abort, sent in the background
+            for name in ("a", "b"):
+                ks = await db.keyspace(name)
+                group = db.group_of(ks)
+                (node,) = [n for n in cluster.nodes.values()
+                           if group in n.replicas and n.replicas[group].node.is_leader]
+                stored = placement.encode_key(ks.id, b"k")
+                assert node.replicas[group].intents([stored], MAX_TS) == [], name
+                assert await db.read(name, b"k") is None
 
 
 async def test_scans_read_on_across_pages(monkeypatch):
@@ -356,19 +372,7 @@ async def test_a_commit_cancelled_after_its_request_left_is_of_unknown_outcome()
                 await db.create_keyspace("g")
                 tx = db.transaction()
                 await tx.put("g", b"k", b"v")
-                call_group = db._call_group
-                with trio.CancelScope() as scope:
-
-                    async def answer_lost(group, method, payload, **kwargs):
-                        result = await call_group(group, method, payload, **kwargs)
-                        scope.cancel()
-                        await trio.sleep_forever()
-                        return result
-
-                    db._call_group = answer_lost
-                    await tx.commit()
-                db._call_group = call_group
-                assert scope.cancelled_caught
+                await _commit_losing_the_answer(db, tx, "commit")
                 with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
                     await tx.get("g", b"k")
                 assert await db.read("g", b"k") == b"v"  # it had committed
