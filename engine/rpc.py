@@ -65,6 +65,15 @@ another ``version`` is answered, when its third element is a readable call id, w
 A server also closes, with a logged reason, a connection whose first request has not fully
 arrived within ``first_request_timeout_s`` of its opening.
 
+A server bounds the memory its clients' requests take while they arrive: a frame body over
+64 KiB (:data:`LARGE_FRAME_BYTES`) is read only once its length is reserved from a budget
+shared by all the server's connections (``max_receiving_bytes``, 256 MiB by default); until then
+the server reads nothing more from that connection, and the client's writes wait in TCP's
+buffers (back-pressure). Reservations are granted in the order they were asked for and given
+back as soon as the frame has arrived. A client that sends nothing more of a large frame for
+``receive_stall_timeout_s`` has its connection closed, which frees its reservation. Smaller
+frames need no reservation: each connection buffers at most one incomplete one.
+
 Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
 
 ``unknown_method``      no handler has that name (the reply does not list the handlers).
@@ -124,6 +133,9 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENT_REQUESTS",
     "DEFAULT_SEND_STALL_TIMEOUT_S",
     "DEFAULT_FIRST_REQUEST_TIMEOUT_S",
+    "DEFAULT_MAX_RECEIVING_BYTES",
+    "DEFAULT_RECEIVE_STALL_TIMEOUT_S",
+    "LARGE_FRAME_BYTES",
     "UNKNOWN_METHOD",
     "INTERNAL",
     "RESPONSE_TOO_LARGE",
@@ -158,6 +170,9 @@ DEFAULT_MAX_CONCURRENT_REQUESTS = 256  # per connection
 DEFAULT_MAX_CONNECTIONS = 1000  # per server; more are answered OVERLOADED and closed
 DEFAULT_SEND_STALL_TIMEOUT_S = 30.0  # a server closes a connection whose client reads nothing
 DEFAULT_FIRST_REQUEST_TIMEOUT_S = 10.0  # a connection without a request by then is closed
+DEFAULT_MAX_RECEIVING_BYTES = 256 << 20  # large frames arriving at once, over all connections
+DEFAULT_RECEIVE_STALL_TIMEOUT_S = 30.0  # a large frame's sender may pause this long, no more
+LARGE_FRAME_BYTES = 64 << 10  # a frame body over this is read only once reserved (see above)
 MAX_UINT = 2**64 - 1
 
 # Error codes the server sends on its own.
@@ -509,6 +524,19 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    @property
+    def incomplete_length(self) -> int:
+        """The body length of the frame being received when its length prefix has arrived
+        and its body has not (whole), else 0: what the rest of it will take in memory. Valid
+        after :meth:`next_frame` has returned None (a length over ``max_frame`` raised
+        there)."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 4:
+            return 0
+        (length,) = _LENGTH.unpack_from(buf, pos)
+        return length if len(buf) - pos - 4 < length else 0
+
     def next_frame(self) -> RpcFrame | None:
         """The next complete frame, or None until more bytes are fed.
 
@@ -555,6 +583,46 @@ def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
         return (host, port)
     except (AttributeError, OSError):
         return ("?", 0)
+
+
+class _ReceiveBudget:
+    """Bytes a server lets large frames take while they arrive, over all its connections
+    (see the module docstring). A weighted semaphore, first come first served: a large
+    reservation at the head is not overtaken by smaller ones behind it, so it cannot starve.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.available = capacity
+        self._waiting: deque[list] = deque()  # [bytes, trio.Event], in arrival order
+
+    async def acquire(self, n: int) -> None:
+        """Waits until ``n`` bytes (at most the capacity) are free and takes them."""
+        if not self._waiting and self.available >= n:
+            self.available -= n
+            return
+        entry = [n, trio.Event()]
+        self._waiting.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry[1].is_set():
+                self.release(n)  # granted as it was cancelled: give the bytes back
+            else:
+                self._waiting.remove(entry)
+                self._grant()  # it may have held back smaller reservations behind it
+            raise
+
+    def release(self, n: int) -> None:
+        self.available += n
+        self._grant()
+
+    def _grant(self) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= self.available:
+            n, event = waiting.popleft()
+            self.available -= n
+            event.set()
 
 
 class _Wire:
@@ -681,9 +749,13 @@ class _Wire:
         except _CONNECTION_ERRORS as exc:
             self.close(f"write failed: {exc!r}")
 
-    async def read_frames(self, handle: Callable[[RpcFrame], Awaitable[None]]) -> None:
+    async def read_frames(self, handle: Callable[[RpcFrame], Awaitable[None]],
+                          budget: _ReceiveBudget | None = None,
+                          stall_timeout_s: float = math.inf) -> None:
         """Read and decode frames, awaiting ``handle`` for each in order, until the peer closes
-        or the connection fails (both recorded with :meth:`close`).
+        or the connection fails (both recorded with :meth:`close`). With a ``budget`` (a
+        server's), a frame body over :data:`LARGE_FRAME_BYTES` is read only once reserved
+        from it, and its sender may pause at most ``stall_timeout_s`` while it arrives.
 
         Raises:
             RpcWireError: a bad frame arrived (the connection is not closed yet: the caller
@@ -692,12 +764,20 @@ class _Wire:
         decoder = FrameDecoder(self.max_frame)
         stream = self.stream
         sock = stream.socket if self._stream_fd >= 0 else None
+        held = 0  # bytes of the budget reserved for the large frame arriving
         try:
             while True:
-                if sock is not None:
-                    data = await receive_available(sock, self._stream_fd, _RECV_BYTES)
+                if held:
+                    # A large frame on its way: it holds part of the budget, so its sender
+                    # may not keep it for ever by sending nothing more.
+                    with trio.move_on_after(stall_timeout_s) as waited:
+                        data = await self._receive(sock, stream)
+                    if waited.cancelled_caught:
+                        self.close(f"sent {decoder.buffered - 4} of the {held} bytes of a "
+                                   f"frame, then nothing for {stall_timeout_s} s", warn=True)
+                        return
                 else:
-                    data = await stream.receive_some(_RECV_BYTES)
+                    data = await self._receive(sock, stream)
                 if not data:
                     self.close("closed by the peer")
                     return
@@ -707,10 +787,26 @@ class _Wire:
                     self._fd = self._stream_fd  # see send()
                 decoder.feed(data)
                 while (frame := decoder.next_frame()) is not None:
+                    if held:  # the frame it was reserved for (nothing is read past one)
+                        budget.release(held)
+                        held = 0
                     self.frames_received += 1
                     await handle(frame)
+                if budget is not None and not held:
+                    length = decoder.incomplete_length
+                    if length > LARGE_FRAME_BYTES:
+                        await budget.acquire(length)  # reading nothing of it meanwhile
+                        held = length
         except _CONNECTION_ERRORS as exc:
             self.close(f"read failed: {exc!r}")
+        finally:
+            if held:
+                budget.release(held)
+
+    async def _receive(self, sock, stream) -> bytes:
+        if sock is not None:
+            return await receive_available(sock, self._stream_fd, _RECV_BYTES)
+        return await stream.receive_some(_RECV_BYTES)
 
 
 def _set_options(stream: trio.abc.Stream, dead_peer_timeout_s: float) -> None:
@@ -737,9 +833,13 @@ class _ServerConnection:
         max_concurrent: int,
         send_stall_timeout_s: float,
         first_request_timeout_s: float,
+        budget: _ReceiveBudget | None = None,
+        receive_stall_timeout_s: float = math.inf,
     ):
         self.wire = _Wire(stream, max_frame, send_stall_timeout_s)
         self._first_request_timeout_s = first_request_timeout_s
+        self._budget = budget
+        self._receive_stall_timeout_s = receive_stall_timeout_s
         self.peer = _peer_of(stream)
         self.who = f"{self.peer[0]}:{self.peer[1]}"
         self.state: dict = {}
@@ -766,7 +866,8 @@ class _ServerConnection:
                 nursery.start_soon(wire.run_writer)
                 nursery.start_soon(self._expect_a_request)
                 try:
-                    await wire.read_frames(self._dispatch)
+                    await wire.read_frames(self._dispatch, self._budget,
+                                           self._receive_stall_timeout_s)
                 except RpcWireError as exc:
                     await self._refuse(exc)
                 # The peer is gone or misbehaved: requests still running are cancelled, their
@@ -909,6 +1010,8 @@ async def serve_rpc(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     send_stall_timeout_s: float = DEFAULT_SEND_STALL_TIMEOUT_S,
     first_request_timeout_s: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S,
+    max_receiving_bytes: int = DEFAULT_MAX_RECEIVING_BYTES,
+    receive_stall_timeout_s: float = DEFAULT_RECEIVE_STALL_TIMEOUT_S,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve RPC on ``host:port`` until cancelled; for ``nursery.start``.
@@ -939,6 +1042,12 @@ async def serve_rpc(
         first_request_timeout_s: a connection whose first request has not fully arrived by
             then is closed, so that peers which connect and send nothing (or half a frame)
             cannot take every place among the ``max_connections``.
+        max_receiving_bytes: the memory, in bytes, that frames over :data:`LARGE_FRAME_BYTES`
+            may take while they arrive, over all connections (at least ``max_frame``); a
+            connection whose next frame does not fit waits, unread (see the module docstring).
+        receive_stall_timeout_s: how long a client may send nothing more of a large frame it
+            has begun before its connection is closed, freeing its part of
+            ``max_receiving_bytes``.
         task_status: ``started(port)`` with the port actually bound, once listening.
 
     Cancellation: on cancel the listener and every connection close; running handlers are
@@ -955,6 +1064,12 @@ async def serve_rpc(
         raise ValueError("send_stall_timeout_s must be positive")
     if not first_request_timeout_s > 0:
         raise ValueError("first_request_timeout_s must be positive")
+    if max_receiving_bytes < max_frame:
+        raise ValueError(f"max_receiving_bytes ({max_receiving_bytes}) must be at least "
+                         f"max_frame ({max_frame}): a frame of max_frame bytes could never be read")
+    if not receive_stall_timeout_s > 0:
+        raise ValueError("receive_stall_timeout_s must be positive")
+    budget = _ReceiveBudget(max_receiving_bytes)
     open_connections = 0
     refused = 0
     last_warning = -math.inf
@@ -985,7 +1100,7 @@ async def serve_rpc(
             _set_options(stream, send_stall_timeout_s)
             conn = _ServerConnection(stream, handlers, clock_now, clock_update, max_frame,
                                      max_concurrent_requests, send_stall_timeout_s,
-                                     first_request_timeout_s)
+                                     first_request_timeout_s, budget, receive_stall_timeout_s)
             await conn.run()
         except Exception:
             # Whatever happens, one connection never takes the server down.

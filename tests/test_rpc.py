@@ -33,6 +33,7 @@ from engine.rpc import (
     UNKNOWN_METHOD,
     CallTimeoutError,
     ConnectionLostError,
+    LARGE_FRAME_BYTES,
     FrameDecoder,
     NotSentError,
     RemoteError,
@@ -45,6 +46,7 @@ from engine.rpc import (
     encode_response,
     serve_rpc,
 )
+from engine.rpc import _ReceiveBudget
 
 HOST = "127.0.0.1"
 GUARD_S = 10  # only ever reached by a bug that hangs
@@ -928,6 +930,107 @@ async def test_a_connection_without_a_request_is_closed_and_frees_its_place(
         await silent.aclose()
         await half.aclose()
     assert caplog.text.count("no request within 5.0 s") == 2
+
+
+async def read_frame(stream: trio.SocketStream) -> RpcFrame:
+    """The next frame the server sends on a raw connection."""
+    decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+    while (frame := decoder.next_frame()) is None:
+        data = await stream.receive_some(1 << 16)
+        assert data, "closed before a whole frame"
+        decoder.feed(data)
+    return frame
+
+
+BIG = b"x" * (1 << 20)  # a request or reply of ~1 MiB: over LARGE_FRAME_BYTES
+
+
+async def raw_client(port: int) -> trio.SocketStream:
+    """A raw connection that has made one call (so the first request timeout is behind it)."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    await stream.send_all(encode_request(1, "echo", 0, "hello"))
+    assert (await read_frame(stream)).payload == "hello"
+    return stream
+
+
+async def test_large_requests_arriving_at_once_wait_for_the_servers_receive_budget(
+        nursery, autojump_clock):
+    # Frames over LARGE_FRAME_BYTES are read only within a budget shared by every
+    # connection: without it, a server's clients could make it buffer max_connections ×
+    # max_frame bytes of half-sent requests (16 GB with the defaults).
+    assert len(BIG) > LARGE_FRAME_BYTES
+    port = await start(nursery, {"echo": echo}, max_frame=2 << 20,
+                       max_receiving_bytes=(5 << 20) // 2)
+    frames = [encode_request(2, "echo", 0, BIG) for _ in range(3)]
+    a, b, c = [await raw_client(port) for _ in range(3)]
+    half = len(frames[0]) // 2
+    await a.send_all(frames[0][:half])
+    await b.send_all(frames[1][:half])
+    await trio.testing.wait_all_tasks_blocked()  # the server has read both halves
+    nursery.start_soon(c.send_all, frames[2])
+    with trio.move_on_after(20):  # virtual time, short of the receive stall timeout
+        await read_frame(c)
+        pytest.fail("a third large request was read while two held the budget")
+    async with connect_rpc(HOST, port) as small:  # small requests need no reservation
+        with trio.fail_after(GUARD_S):
+            assert await small.call("echo", 1) == 1
+    await a.send_all(frames[0][half:])
+    with trio.fail_after(GUARD_S):
+        assert (await read_frame(a)).payload == BIG
+        assert (await read_frame(c)).payload == BIG  # read once a's frame gave its share back
+    for stream in (a, b, c):
+        await stream.aclose()
+
+
+async def test_a_client_that_stops_sending_a_large_request_is_closed_and_frees_the_budget(
+        nursery, autojump_clock, caplog):
+    caplog.set_level(logging.WARNING, logger="engine.rpc")
+    port = await start(nursery, {"echo": echo}, max_frame=2 << 20,
+                       max_receiving_bytes=2 << 20, receive_stall_timeout_s=5.0)
+    stuck = await raw_client(port)
+    frame = encode_request(2, "echo", 0, BIG)
+    await stuck.send_all(frame[:1000])
+    await trio.testing.wait_all_tasks_blocked()
+    async with connect_rpc(HOST, port) as other:
+        t0 = trio.current_time()
+        with trio.fail_after(60):  # virtual time
+            assert await other.call("echo", BIG) == BIG
+        assert trio.current_time() - t0 >= 5
+    with trio.fail_after(GUARD_S):
+        assert await read_until_closed(stuck) == b""
+    # The 1000 bytes sent, less the length prefix, of the frame's body:
+    assert (f"sent 996 of the {len(frame) - 4} bytes of a frame, then nothing for 5.0 s"
+            in caplog.text)
+    await stuck.aclose()
+
+
+async def test_the_receive_budget_is_first_come_first_served_and_survives_cancellation(
+        nursery):
+    budget = _ReceiveBudget(10)
+    granted = []
+
+    async def take(name, n, task_status=trio.TASK_STATUS_IGNORED):
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await budget.acquire(n)
+            granted.append(name)
+
+    await budget.acquire(6)
+    big = await nursery.start(take, "big", 8)  # waits: 4 free
+    await nursery.start(take, "small", 3)  # would fit, but waits behind the big one
+    await trio.testing.wait_all_tasks_blocked()
+    assert granted == [] and budget.available == 4
+    big.cancel()  # the head gives up: the one behind it fits now
+    await trio.testing.wait_all_tasks_blocked()
+    assert granted == ["small"] and budget.available == 1
+    budget.release(6)
+    budget.release(3)
+    assert budget.available == budget.capacity == 10
+
+
+async def test_the_receive_budget_must_hold_a_whole_frame(nursery):
+    with pytest.raises(ValueError, match="max_receiving_bytes .* must be at least max_frame"):
+        await start(nursery, {"echo": echo}, max_frame=1 << 20, max_receiving_bytes=1 << 19)
 
 
 async def test_calls_made_on_a_refused_connection_fail_as_not_sent(nursery):
