@@ -1275,7 +1275,14 @@ class _Batch:
             verdicts = [v if v.ok else v._replace(ok=True) for v in verdicts]
         for (slot, cmd, ts, keys, merged), verdict in zip(self._pending, verdicts):
             if not verdict.ok:
-                results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
+                reason = verdict.reason
+                if (reason == ConflictReason.WRITE_WRITE and cmd[0] == CMD_PREPARE
+                        and verdict.key in cmd[7] and all(w[0] != verdict.key for w in cmd[5])):
+                    # A lock: a key the serializable transaction read here and does not
+                    # write, locked through the adjudicator as if written. What changed
+                    # under it is a read.
+                    reason = ConflictReason.READ_WRITE
+                results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[reason],
                                              verdict.key, verdict.conflict_ts)
             elif cmd[0] == CMD_COMMIT:
                 # A commit with merges is first in its queue (see apply): its plan, made

@@ -200,11 +200,13 @@ def test_readers_do_not_wait_for_a_lock(sm):
 
 
 def test_a_lock_on_a_changed_key_is_refused(sm):
+    # A lock is a serializable read: the key changed since the snapshot is reported as a
+    # read-write conflict (the transaction did not write it), as a one-group commit's is.
     log = Log()
     one(sm, log, encode_commit(1, 0, 100, [(b"r", b"0")]))
     one(sm, log, encode_commit(2, 0, 150, [(b"r", b"1")]))
     r = prepare(sm, log, 3, 120, 200, [(b"w", b"1")], locks=[b"r"])
-    assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "write_write", b"r")
+    assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "read_write", b"r")
     assert sm.intents([b"w"], MAX_TS) == []
 
 
