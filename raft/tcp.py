@@ -8,8 +8,8 @@ A node keeps a connection up to each configured peer with a higher id -- it dial
 peer is configured (``peers`` of :func:`open_tcp_transport`, or :meth:`TcpTransport.set_peer`),
 whether or not it has anything to send, since the peer may have -- and never dials a peer with a
 lower id, whose connection it waits for instead. An acceptor refuses a connection from a node
-whose id is not lower than its own, so two nodes cannot end up with two connections, not even
-when both start at the same moment.
+whose id is not lower than its own (or is 0, no node's id), so two nodes cannot end up with two
+connections, not even when both start at the same moment.
 
 On a new connection the dialer first writes a handshake frame (``[version, "meridian-raft",
 dialer_id, acceptor_id]``, see :mod:`raft.wire`), then data frames. The acceptor closes the
@@ -664,6 +664,10 @@ class TcpTransport:
             if hello.acceptor != self.node_id:
                 raise WireError(f"the dialer wants node {hello.acceptor}, this is node "
                                 f"{self.node_id} (stale address?)")
+            if hello.dialer == 0:
+                # No node has id 0 (raft.types.NONE): what it sent would be dropped as from
+                # no node, but not before it had taken a link and its outbox.
+                raise WireError("the dialer says it is node 0, which no node is")
             if hello.dialer >= self.node_id:
                 raise WireError(f"node {hello.dialer} may not dial node {self.node_id}: "
                                 "the lower node id dials the higher")

@@ -642,10 +642,11 @@ def established_to(ports) -> int | None:
         (encode_handshake(3, 4), "the dialer wants node 4, this is node 5"),
         (encode_handshake(7, 5), "node 7 may not dial node 5: the lower node id dials"),
         (encode_handshake(5, 5), "node 5 may not dial node 5"),
+        (encode_handshake(0, 5), "the dialer says it is node 0, which no node is"),
         (encode_frame(7, [hb(1, 5, 1)]), "is the other end a Meridian Raft peer?"),
     ],
     ids=["not-our-protocol", "garbage-after-handshake", "damaged-frame", "wrong-node",
-         "higher-id-dials", "itself", "no-handshake"],
+         "higher-id-dials", "itself", "node-0", "no-handshake"],
 )
 async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")
