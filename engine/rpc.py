@@ -649,6 +649,7 @@ class _Wire:
         self._stream_fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.frames_sent = 0
         self.frames_received = 0
+        self.reserving = False  # waiting for the server's budget to read a large frame
         self.writes = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -795,7 +796,11 @@ class _Wire:
                 if budget is not None and not held:
                     length = decoder.incomplete_length
                     if length > LARGE_FRAME_BYTES:
-                        await budget.acquire(length)  # reading nothing of it meanwhile
+                        self.reserving = True
+                        try:
+                            await budget.acquire(length)  # reading nothing of it meanwhile
+                        finally:
+                            self.reserving = False
                         held = length
         except _CONNECTION_ERRORS as exc:
             self.close(f"read failed: {exc!r}")
@@ -885,7 +890,9 @@ class _ServerConnection:
         deadline: a client sends it as soon as it has connected, and closing an idle
         connection later could cut a request on its way (whose outcome would be unknown)."""
         await trio.sleep(self._first_request_timeout_s)
-        if not self.wire.frames_received:
+        # A first request that waits for the server's budget (see read_frames) is on its
+        # way: the wait is the server's, and receive_stall_timeout_s bounds the rest.
+        if not self.wire.frames_received and not self.wire.reserving:
             self.wire.close(f"no request within {self._first_request_timeout_s} s", warn=True)
 
     async def _refuse(self, exc: RpcWireError) -> None:

@@ -1004,6 +1004,28 @@ async def test_a_client_that_stops_sending_a_large_request_is_closed_and_frees_t
     await stuck.aclose()
 
 
+async def test_a_first_request_waiting_for_the_budget_is_not_taken_for_a_silent_client(
+        nursery, autojump_clock):
+    # The first request timeout closes connections that send no request; one whose first
+    # request is large and waits for the budget has sent it, and must not be closed for the
+    # server's own wait.
+    port = await start(nursery, {"echo": echo}, max_frame=2 << 20,
+                       max_receiving_bytes=2 << 20, first_request_timeout_s=5.0)
+    holder = await raw_client(port)
+    frame = encode_request(2, "echo", 0, BIG)
+    await holder.send_all(frame[:1000])  # holds the budget, within its stall timeout
+    await trio.testing.wait_all_tasks_blocked()
+    newcomer = await trio.open_tcp_stream(HOST, port)
+    nursery.start_soon(newcomer.send_all, encode_request(1, "echo", 0, BIG))
+    await trio.sleep(20)  # virtual time: four first request timeouts
+    await holder.send_all(frame[1000:])
+    with trio.fail_after(GUARD_S):
+        assert (await read_frame(holder)).payload == BIG
+        assert (await read_frame(newcomer)).payload == BIG
+    for stream in (holder, newcomer):
+        await stream.aclose()
+
+
 async def test_the_receive_budget_is_first_come_first_served_and_survives_cancellation(
         nursery):
     budget = _ReceiveBudget(10)
