@@ -233,8 +233,8 @@ class Node:
             self.id, peers, self.cluster.max_clock_offset_ns,
             stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
         self._clock_problem: str | None = None
-        # Per peer: the monotonic time of the measurement the monitor holds (see
-        # _trust_jumped_clock).
+        # Per peer: the monotonic time the ping of the measurement the monitor holds was sent
+        # (see _trust_jumped_clock).
         self._measured_mono: dict[int, int] = {}
         self._ping_round = trio.lowlevel.ParkingLot()  # peers' pingers wait here between pings
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
@@ -469,10 +469,11 @@ class Node:
 
     def _trust_jumped_clock(self, physical: int) -> None:
         """After the physical clock jumped forward, lets timestamps follow it again once the
-        peers vouch for it: every fresh measurement was taken after the jump, and they are
-        within bounds (the caller's check passed). A jump that set a wrong clock right is
-        taken so; a wrong one never is, and never reaches a timestamp (see
-        :class:`~engine.hlc.HybridClock`), while the monitor stops the node."""
+        peers vouch for it: every fresh measurement was taken after the jump, its ping sent
+        after it (one in flight across the jump mixes both clocks, and its uncertainty hides
+        the jump), and they are within bounds (the caller's check passed). A jump that set a
+        wrong clock right is taken so; a wrong one never is, and never reaches a timestamp
+        (see :class:`~engine.hlc.HybridClock`), while the monitor stops the node."""
         since = self.clock.jumped_since
         if since is None:
             return
@@ -536,14 +537,15 @@ class Node:
         clause of the caller matches, and the outer scope would then hand the bare error up
         through the node's nursery, stopping the node."""
         while True:
-            sent = self.clock.physical_ns()
+            # The monotonic time first: a jump seen before it is in ``sent`` as well.
+            sent_mono, sent = _boot_clock_ns(), self.clock.physical_ns()
             try:
                 with trio.move_on_after(2 * PING_INTERVAL_S):
                     reply = await conn.call("ping", None)
-                    received, mono = self.clock.physical_ns(), _boot_clock_ns()
+                    received = self.clock.physical_ns()
                     held = self.monitor.record(peer.id, sent, reply["physical_ns"], received)
                     if held.measured_at_ns == received:
-                        self._measured_mono[peer.id] = mono
+                        self._measured_mono[peer.id] = sent_mono
             except (MeridianError, KeyError, TypeError):
                 return  # the connection is gone, or the peer answered nonsense: reconnect
             await self._ping_round.park()  # the next round (see _watch_clocks)

@@ -1,0 +1,119 @@
+"""A node's use of its clock-offset monitor (ARCH §9): pings measure the peers, and only
+measurements taken wholly after a jump of the wall clock vouch for it.
+
+Unit tests of :class:`engine.node.Node`'s clock logic: the node is built but never run, its
+wall and monotonic clocks are injected, and its pings go over a fake connection that answers
+when the test says. Nothing sleeps or touches the network.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import engine.node
+from engine.config import NodeConfig, default_local_cluster
+from engine.node import Node
+
+MS = 1_000_000
+HOUR = 3_600_000 * MS
+START = 100 * HOUR
+
+
+class FakeClock:
+    """A clock that returns whatever the test sets."""
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+class HeldPings:
+    """A connection whose pings are answered, with the peers' wall clocks reading
+    ``peer_ns``, only once the test calls :meth:`answer`."""
+
+    def __init__(self) -> None:
+        self._answered = trio.Event()
+        self.peer_ns = 0
+
+    def answer(self, peer_ns: int) -> None:
+        self.peer_ns = peer_ns
+        self._answered.set()
+
+    async def call(self, method, payload):
+        assert method == "ping"
+        await self._answered.wait()
+        return {"node": 0, "physical_ns": self.peer_ns}
+
+
+def make_node(monkeypatch, wall_ns: int):
+    """Node 1 of three in one region, with its wall and monotonic clocks injected."""
+    wall, mono = FakeClock(wall_ns), FakeClock(0)
+    monkeypatch.setattr(engine.node, "_boot_clock_ns", mono)
+    cluster = default_local_cluster(("us-east",), 3)
+    node = Node(NodeConfig(node_id=1, data_dir="unused", cluster=cluster), physical_clock=wall)
+    peers = [n for n in cluster.all_nodes() if n.id != 1]
+    return node, peers, wall, mono
+
+
+async def ping_round(node, peers, conn, while_in_flight) -> None:
+    """One round of pings to every peer; ``while_in_flight`` runs while all are in flight."""
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(node._ping_until_lost, peer, conn)
+        await trio.testing.wait_all_tasks_blocked()
+        while_in_flight()
+        await trio.testing.wait_all_tasks_blocked()  # answered; waiting for the next round
+        nursery.cancel_scope.cancel()
+
+
+def check_clocks(node) -> None:
+    """What a round of the node's clock watch does when the monitor finds nothing wrong."""
+    physical = node.clock.physical_ns()
+    node.monitor.check(physical)
+    node._trust_jumped_clock(physical)
+
+
+async def test_a_ping_in_flight_when_the_clock_jumps_does_not_vouch_for_the_jump(monkeypatch):
+    # The wall clock jumps an hour ahead while the pings of a round are in flight, and the
+    # node stamps something right after (the jump is seen). Each measurement mixes a send
+    # time before the jump with a receive time after it: half an hour of uncertainty, so none
+    # is beyond the limit. They were received after the jump, yet they do not show the clock
+    # as it now is: taking them as the peers' word let timestamps follow the jump.
+    node, peers, wall, mono = make_node(monkeypatch, START)
+    node.clock.now()
+
+    def jump_while_in_flight() -> None:
+        wall.ns, mono.ns = START + 50 * MS + HOUR, 50 * MS
+        assert node.clock.now() == START + 50 * MS  # not followed
+        assert node.clock.jumped_since == 50 * MS
+        wall.ns, mono.ns = START + 100 * MS + HOUR, 100 * MS
+        conn.answer(START + 50 * MS)  # the peers' clocks are right
+
+    conn = HeldPings()
+    await ping_round(node, peers, conn, jump_while_in_flight)
+    assert len(node.monitor.fresh(wall.ns)) == 2
+    check_clocks(node)
+    assert node.clock.jumped_since == 50 * MS
+    assert node.clock.now() < START + HOUR
+
+
+async def test_pings_sent_after_a_jump_that_set_the_clock_right_vouch_for_it(monkeypatch):
+    # The wall clock was an hour slow and is stepped right. Pings sent after the step find it
+    # within bounds of every peer: timestamps follow it again.
+    node, peers, wall, mono = make_node(monkeypatch, START - HOUR)
+    node.clock.now()
+    wall.ns, mono.ns = START + 10 * MS, 10 * MS
+    assert node.clock.now() == START - HOUR + 10 * MS  # not followed until the peers vouch
+    conn = HeldPings()
+
+    def answer() -> None:
+        wall.ns, mono.ns = START + 20 * MS, 20 * MS
+        conn.answer(START + 15 * MS)
+
+    await ping_round(node, peers, conn, answer)
+    check_clocks(node)
+    assert node.clock.jumped_since is None
+    assert node.clock.now() == START + 20 * MS
