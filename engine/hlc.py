@@ -300,11 +300,12 @@ class OffsetMeasurement:
 class ClockOffsetMonitor:
     """Decides from measured peer offsets whether this node's clock is still trustworthy.
 
-    Fed with ping round trips (:meth:`record`), it keeps the newest measurement per peer. At a
-    given time, the peers measured within ``stale_after_ns`` are *fresh*; a fresh peer is
-    *beyond the limit* when its offset, less the measurement's uncertainty, exceeds
-    ``max_offset_ns`` (so a slow round trip can only make the monitor more lenient, never
-    condemn a node for network delay). The node is unhealthy when a strict majority of fresh
+    Fed with ping round trips (:meth:`record`), it keeps the newest measurement per peer,
+    unless the newest is less precise than the one held and agrees with it. At a given time,
+    the peers measured within ``stale_after_ns`` are *fresh*; a fresh peer is *beyond the
+    limit* when its offset, less the measurement's uncertainty, exceeds ``max_offset_ns`` (so
+    a slow round trip never condemns a node for network delay, nor clears one that a more
+    precise measurement condemns). The node is unhealthy when a strict majority of fresh
     peers are beyond the limit: then this node is the odd one out. A minority beyond the limit
     means those peers are wrong, and it is for them to stop.
 
@@ -378,7 +379,8 @@ class ClockOffsetMonitor:
         Returns:
             The measurement now held for ``peer``. A reply that arrives out of order (older
             than the one held, by ``recv_ns``, by at most ``stale_after_ns``) does not replace
-            it, and the held one is returned.
+            it, and the held one is returned; nor does a less precise one (a slower round trip)
+            whose range of offsets overlaps that of a fresh held one.
 
         Raises:
             InvalidArgumentError: an unknown peer, a time that is not an int in ``0..MAX_TS``,
@@ -409,6 +411,14 @@ class ClockOffsetMonitor:
             # A reply overtaken by a newer one. A held measurement stamped further in the future
             # than the freshness window is not that: the local clock was stepped back (the
             # usual cure for a clock found ahead), and the held one must not outlive it.
+            return held
+        if (held is not None and held.uncertainty_ns < measurement.uncertainty_ns
+                and recv_ns - self._stale_after_ns <= held.measured_at_ns
+                and abs(measurement.offset_ns - held.offset_ns)
+                <= measurement.uncertainty_ns + held.uncertainty_ns):
+            # Both ranges hold the true offset, and the held one says more: one slow round
+            # trip must not let a clock found beyond the limit pass for a round. Ranges apart
+            # mean that a clock was stepped since, and the new one is taken.
             return held
         self._latest[peer] = measurement
         return measurement

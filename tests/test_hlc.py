@@ -370,6 +370,32 @@ def test_a_slow_round_trip_does_not_condemn_a_clock():
     assert not m.healthy(T0 + 1_000 * MS)
 
 
+def test_one_slow_round_trip_does_not_clear_a_clock_found_beyond_the_limit():
+    """A node whose clock is 1 s off, with one ping to a peer slowed to 1.6 s: that ping proves
+    only 200 ms, but agrees with the 1 s measured a round before. It used to replace it, and
+    the node, found beyond the limit by one peer of two, served again for a round."""
+    m = monitor(peers=(2, 3))
+    precise = ping(m, 2, -1_000 * MS)
+    ping(m, 3, -1_000 * MS)
+    assert not m.healthy(T0 + 2 * MS)
+    later = T0 + 1_000 * MS
+    assert ping(m, 2, -1_000 * MS, at=later, rtt=1_600 * MS) == precise
+    ping(m, 3, -1_000 * MS, at=later + 1_598 * MS)
+    assert not m.healthy(later + 1_600 * MS)
+
+
+def test_a_slow_round_trip_replaces_a_measurement_it_contradicts_or_a_stale_one():
+    m = monitor(peers=(2,))
+    ping(m, 2, -1_000 * MS)
+    assert not m.healthy(T0 + 2 * MS)
+    fixed = ping(m, 2, 0, at=T0 + 1_000 * MS, rtt=200 * MS)  # the clock was stepped right
+    assert m.offset(2) == fixed
+    assert m.healthy(T0 + 1_200 * MS)
+    ping(m, 2, -1_000 * MS, at=T0 + 2_000 * MS)
+    slow = ping(m, 2, -1_000 * MS, at=T0 + 2_002 * MS + STALE, rtt=1_600 * MS)
+    assert m.offset(2) == slow  # the precise one was no longer fresh
+
+
 def test_stale_measurements_are_ignored():
     m = monitor()
     ping(m, 2, 900 * MS, at=T0)
