@@ -82,7 +82,7 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import trio
@@ -472,20 +472,29 @@ class RaftNode:
             raise ValueError(f"unknown unsafe mode(s) {sorted(unknown)}; known: {UNSAFE_MODES}")
         self._ack_before_fsync = "ack_before_fsync" in unsafe
         self._votes_without_persisting = "votes_without_persisting" in unsafe
-        state = storage.initial_state(bootstrap)
+        self._durable_sm = all(callable(getattr(state_machine, name, None))
+                               for name in ("checkpoint", "sync", "begin_snapshot"))
+        # A durable state machine restores a full snapshot (one received before a restart)
+        # from the stored file, as when it was received: it is never on the heap whole.
+        state = storage.initial_state(bootstrap, snapshot_data=not self._durable_sm)
+        snap = state.snapshot
+        if snap is not None:
+            if snap.local and not self._durable_sm:
+                raise RaftError(
+                    f"group {group}: the storage holds a local snapshot (the state machine's "
+                    f"own storage had the state), but this state machine is not durable")
+            if snap.data is None:
+                self._install_snapshot()
+                # The state machine's storage has the state now: the core holds a marker,
+                # as after an install, and a follower that needs a snapshot gets one built.
+                state = replace(state, snapshot=Snapshot(snap.meta, b"", True))
+            else:
+                state_machine.restore(snap.data)
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
         self._core = RaftCore(config, rng, state)
         self._stored_hs: HardState = state.hard_state
         self._ready_hs: HardState = state.hard_state  # the core's, as of the latest Ready
-        self._snapshot_index = state.snapshot.meta.index if state.snapshot else 0
-        self._durable_sm = all(callable(getattr(state_machine, name, None))
-                               for name in ("checkpoint", "sync", "begin_snapshot"))
-        if state.snapshot is not None:
-            if state.snapshot.local and not self._durable_sm:
-                raise RaftError(
-                    f"group {group}: the storage holds a local snapshot (the state machine's "
-                    f"own storage had the state), but this state machine is not durable")
-            state_machine.restore(state.snapshot.data)
+        self._snapshot_index = snap.meta.index if snap else 0
         # A full snapshot being built for followers (durable state machines), and when a
         # failed build may be tried again.
         self._build: SnapshotBuilder | None = None

@@ -429,12 +429,15 @@ class RaftStorage(Resource):
 
     # ------------------------------------------------------------------ reading
 
-    def initial_state(self, bootstrap: ConfState = _NO_MEMBERS) -> RestoredState:
+    def initial_state(self, bootstrap: ConfState = _NO_MEMBERS, *,
+                      snapshot_data: bool = True) -> RestoredState:
         """What the core restarts from: the hard state, the snapshot and the entries after it.
 
         Args:
             bootstrap: the membership to start with when there is no snapshot (returned as
                 ``conf``; with a snapshot, the core takes the snapshot's).
+            snapshot_data: False: a full snapshot's data is verified but left in its file
+                (``data`` None; see :meth:`mapped_snapshot`), not read onto the heap.
 
         Returns:
             A :class:`raft.core.RestoredState` whose entries are contiguous from the snapshot
@@ -449,7 +452,7 @@ class RaftStorage(Resource):
             StoreClosedError.
         """
         log, _ = self._open_handles()
-        snapshot = self.read_snapshot()
+        snapshot = self.read_snapshot(data=snapshot_data)
         s_index = 0 if snapshot is None else snapshot.meta.index
         s_term = 0 if snapshot is None else snapshot.meta.term
         entries: list[Entry] = []
@@ -484,8 +487,11 @@ class RaftStorage(Resource):
             hard_state=hs, snapshot=snapshot, entries=tuple(entries), conf=bootstrap
         )
 
-    def read_snapshot(self) -> Snapshot | None:
+    def read_snapshot(self, *, data: bool = True) -> Snapshot | None:
         """The stored snapshot (metadata and data, checksums verified), or ``None``.
+
+        With ``data`` False the data of a full snapshot is verified but not read (``data``
+        None): a snapshot is as large as the state machine's state. A local marker's is.
 
         Raises:
             CorruptStateError: the file is corrupt (``path`` names it).
@@ -495,12 +501,13 @@ class RaftStorage(Resource):
         if self._snap is None:
             return None
         path = self._file(_SNAPSHOT_FILE)
-        info, data = _read_snapshot(path, with_data=True)
+        with_data = data or bool(self._snap.flags & FLAG_LOCAL)
+        info, content = _read_snapshot(path, with_data=with_data)
         if info is None or info.meta != self._snap.meta:
             raise errors.CorruptStateError(
                 f"snapshot file {path} changed while the storage was open", path
             )
-        return Snapshot(info.meta, data, bool(info.flags & FLAG_LOCAL))
+        return Snapshot(info.meta, content if with_data else None, bool(info.flags & FLAG_LOCAL))
 
     @contextlib.contextmanager
     def mapped_snapshot(self) -> Iterator[memoryview]:

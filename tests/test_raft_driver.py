@@ -1052,6 +1052,40 @@ async def test_a_follower_receives_a_large_snapshot_in_bounded_memory(tmp_path):
         f"receiving a {size >> 20} MiB snapshot peaked at {peak / 2**20:.1f} MiB on the heap")
 
 
+async def test_a_follower_restarted_after_receiving_a_large_snapshot_does_not_read_it_whole(
+        tmp_path):
+    """A follower that installed a received snapshot keeps it in its storage until its next
+    compaction (an idle group: for good). Restarted meanwhile, it restores its state machine
+    from the stored file as when it received it -- not from a copy of the snapshot read onto
+    the heap, which its core would then hold, as large as the state, until that compaction."""
+    import tracemalloc
+
+    size = BulkyDurableCounter.padding
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       config={"snapshot_chunk_size": 256 << 10},
+                       state_machine=lambda i: BulkyDurableCounter(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(30):
+            lid, victim = await c.leave_behind(range(50))
+            leader = c.nodes[lid]
+            await wait_until(lambda: leader.statistics().snapshots_taken >= 1)
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(leader.core.commit)
+            assert c.nodes[victim].statistics().snapshots_installed >= 1
+            await c.stopped(victim)
+            tracemalloc.start()
+            try:
+                await c.start(victim)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert c.nodes[victim].core.snapshot.local
+            await c.nodes[victim].wait_applied(leader.core.commit)
+        assert c.sms[victim].items == [b"%d" % k for k in range(50)]
+    assert peak < size // 4, (
+        f"restarting over a {size >> 20} MiB snapshot peaked at {peak / 2**20:.1f} MiB on the "
+        f"heap")
+
+
 class FlakyBuilds(DurableCounter):
     """Its first build fails (a full disk, say); the next ones block until ``release`` is set
     or the build is cancelled."""
