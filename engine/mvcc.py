@@ -674,9 +674,11 @@ class MVCCStore(Resource):
         ``ts >= watermark`` return the same values afterwards; ``get_version`` may report such a
         key as missing instead of ``(ts, None)``. Reads below the watermark may miss versions.
 
-        The work per call is bounded: the call stops at the first key boundary after examining
-        ``max_versions`` versions (it always finishes at least one key) and commits one LMDB
-        write transaction. Call again with ``start=result.resume`` until it is None.
+        The work per call is bounded: the call stops once it has examined ``max_versions``
+        versions, at a key boundary or, for a key with more versions than that, inside the key
+        (``resume`` is then that key again; every call removes at least one version or passes
+        at least one key), and commits one LMDB write transaction. Call again with
+        ``start=result.resume`` until it is None.
 
         Args:
             watermark: a timestamp (``MIN_TS..MAX_TS``), typically now minus the maximum
@@ -720,17 +722,22 @@ class MVCCStore(Resource):
                         continue
                     examined += 1
                 # The cursor is on the newest version <= watermark: kept, unless it is a
-                # tombstone with nothing newer (the key reads as missing either way).
-                if newest and cur.value() == _TOMBSTONE:
-                    cur.delete()  # moves to the next entry
-                    removed += 1
-                else:
-                    cur.next()
+                # tombstone with nothing newer (the key reads as missing either way). Such a
+                # tombstone goes last: a call whose budget runs out among the older versions
+                # resumes at this key, and must find it still hiding them.
+                tombstone = cur.key() if newest and cur.value() == _TOMBSTONE else None
+                cur.next()
                 # Every older version of the key is invisible at ts >= watermark.
                 while cur.key().startswith(ekey):
-                    cur.delete()
+                    cur.delete()  # moves to the next entry
                     removed += 1
                     examined += 1
+                    if examined >= max_versions and cur.key().startswith(ekey):
+                        return GCResult(removed, _decode(ekey))
+                if tombstone is not None:
+                    cur.set_range(tombstone)
+                    cur.delete()
+                    removed += 1
                 ok = bool(cur.key())  # an unpositioned cursor has an empty key
             return GCResult(removed, None)
 
