@@ -806,6 +806,8 @@ class GroupStateMachine:
             return []
         out = []
         for key in keys:
+            if not _is_key(key):
+                continue  # no write could make it: the read gets the store's error for it
             raw = self.store.side_get(_INTENT + key)
             if raw is not None:
                 intent = _write_intent(key, raw)

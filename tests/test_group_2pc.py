@@ -8,6 +8,7 @@ import random
 import msgpack
 import pytest
 
+from engine import errors
 from engine.group import (
     DECISION_HORIZON_NS,
     OUTBOX_RETENTION_NS,
@@ -224,6 +225,17 @@ def test_one_apply_call_sees_its_own_prepares_and_resolutions(sm):
                                             Outcome.COMMITTED]
     assert results[1].ts == results[0].ts == 100
     assert sm.store.get(b"k", 140) == b"v" and sm.store.get(b"k", MAX_TS) == b"later"
+
+
+def test_intents_of_a_key_too_long_to_store_are_none(sm):
+    # A read looks for intents before it reads: a key no write could have made has none,
+    # and the read gets the store's error for it, whether or not something is prepared.
+    log = Log()
+    prepare(sm, log, 2, 0, 200, [(b"a", b"1")])
+    long_key = b"k" * 600
+    assert [i.key for i in sm.intents([b"a", long_key, b""], MAX_TS)] == [b"a"]
+    with pytest.raises(errors.RecordTooLargeError, match="over the 250-byte limit"):
+        sm.store.get(long_key, MAX_TS)
 
 
 def test_intents_survive_a_restart(store_path):
