@@ -120,6 +120,7 @@ import json
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -348,9 +349,12 @@ def _parse_address(value: object, field: str) -> tuple[str, int]:
     if not host:
         raise _fail(field, f'expected "host:port", got {_show(value)} (the host is empty)')
     _host(host, field)
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise _fail(field, f"the port must be in 1..65535, got {port}")
+    # Not int() of thousands of digits, which Python refuses with a ValueError of its own.
+    digits = port_text.lstrip("0") or "0"
+    port = int(digits) if len(digits) <= 5 else None
+    if port is None or not 1 <= port <= 65535:
+        shown = port if port is not None else _show(port_text)
+        raise _fail(field, f"the port must be in 1..65535, got {shown}")
     return host, port
 
 
@@ -923,6 +927,15 @@ def _parse(document: object, source: str, path: str | None) -> NodeConfig:
                     f"invalid TOML: {m['reason']}", line=int(m["line"]),
                     column=int(m["column"]),
                 ) from None
+            except ValueError:
+                # tomllib lets int() refuse an integer of more digits than Python converts
+                # (sys.get_int_max_str_digits), with a ValueError that says where in no way.
+                raise ConfigError(
+                    f"invalid TOML: an integer of more than {sys.get_int_max_str_digits()} "
+                    f"digits"
+                ) from None
+            except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+                raise ConfigError("invalid TOML: arrays or tables nested too deeply") from None
         elif not isinstance(document, Mapping):
             raise ConfigError(
                 f"expected TOML text or a mapping, got {type(document).__name__}"

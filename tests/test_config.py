@@ -277,6 +277,11 @@ FAILING = [
      "the port must be in 1..65535, got 0"),
     ("port too large", _set(f"{N0}/peer_address", "h:65536"), f"{P_N0}.peer_address",
      "1..65535, got 65536"),
+    # Thousands of digits: more than int() converts (a ValueError traceback from the node).
+    ("port of thousands of digits", _set(f"{N0}/peer_address", "h:" + "7" * 5000),
+     f"{P_N0}.peer_address", 'the port must be in 1..65535, got "7777'),
+    ("port with leading zeros", _set(f"{N0}/client_address", "h:" + "0" * 5000 + "65536"),
+     f"{P_N0}.client_address", "the port must be in 1..65535, got 65536"),
     ("port not a number", _set(f"{N0}/peer_address", "h:http"), f"{P_N0}.peer_address",
      'expected "host:port"'),
     ("ipv6 without brackets", _set(f"{N0}/peer_address", "fd00::1:7100"),
@@ -400,6 +405,24 @@ def test_toml_syntax_errors_say_where(text, line, column):
     assert (err.line, err.column) == (line, column)
     assert err.field is None
     assert str(err).startswith(f"node.toml: line {line}, column {column}: invalid TOML: ")
+
+
+def test_an_integer_too_long_to_read_is_a_config_error():
+    # tomllib lets int() refuse an integer of more digits than Python converts: a ValueError,
+    # not a TOMLDecodeError, that ended `meridian node` with a traceback.
+    text = BASE_TOML.replace("node_id = 3", "node_id = " + "3" * 5000)
+    with pytest.raises(ConfigError) as info:
+        parse_node_config(text, source="node.toml")
+    assert str(info.value).startswith("node.toml: invalid TOML: an integer of more than ")
+    assert "sys." not in str(info.value)
+
+
+@pytest.mark.parametrize("nested", ["[" * 5000 + "]" * 5000, "{ a = " * 5000 + "1" + " }" * 5000],
+                         ids=["arrays", "inline tables"])
+def test_toml_nested_too_deeply_is_a_config_error(nested):
+    # tomllib recurses once per level: a RecursionError traceback from the node.
+    with pytest.raises(ConfigError, match="^node.toml: invalid TOML: .* nested too deeply$"):
+        parse_node_config(f"node_id = {nested}\n", source="node.toml")
 
 
 def test_toml_error_at_the_end_of_the_document():
