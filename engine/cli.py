@@ -350,9 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(parser, args)
     except OSError as exc:
         # The environment refused something (a --dir that is a file, a directory that cannot
-        # be written): one line naming it, like every other error of the command line.
+        # be written): one line naming it, like every other error of the command line -- and,
+        # for a `cluster up` that had started some nodes, which of them it leaves running.
         where = f": {exc.filename}" if exc.filename is not None else ""
-        print(f"meridian {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        left = _left_running(args) if args.command == "cluster" else ""
+        print(f"meridian {args.command}: {exc.strerror or exc}{where}{left}", file=sys.stderr)
         return 1
 
 

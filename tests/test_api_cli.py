@@ -564,3 +564,41 @@ def test_a_failed_cluster_up_says_which_nodes_it_leaves_running(tmp_path, monkey
     finally:
         assert procs.ClusterProcesses(directory).stop() == [1]
     assert _processes_mentioning(str(directory)) == []
+
+
+def test_a_cluster_up_that_cannot_start_a_node_says_which_it_leaves_running(tmp_path, monkeypatch,
+                                                                           capsys):
+    # A node that could not be started (no process left to fork, a log that cannot be opened)
+    # ended `cluster up` with the bare OS error: the nodes it had started kept running, their
+    # ports and data directories taken, and nothing said so.
+    import errno
+
+    from engine import procs
+
+    real_popen = subprocess.Popen
+    started = []
+
+    def popen_once(*args, **kwargs):
+        if started:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(procs.subprocess, "Popen", popen_once)
+    directory = tmp_path / "c"
+    try:
+        assert main(["cluster", "up", "--dir", str(directory), "--regions", "east",
+                     "--nodes-per-region", "2", "--no-wan"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"meridian cluster: {os.strerror(errno.EAGAIN)}; 1 node process "
+                              f"it started keeps running"), err
+        assert f"meridian cluster down --dir {directory}" in err
+        monkeypatch.undo()
+        assert procs.ClusterProcesses(directory).stop() == [1]
+    finally:
+        for proc in started:  # a node `down` missed: end it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert _processes_mentioning(str(directory)) == []
