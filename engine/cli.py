@@ -303,7 +303,7 @@ def _left_running(args) -> str:
 def _shell(args) -> int:
     from .errors import MeridianError
 
-    nodes = [n for n in (args.nodes or "").split(",") if n]
+    nodes = [n.strip() for n in (args.nodes or "").split(",") if n.strip()]
     if not nodes:
         from .procs import ClusterProcesses
 

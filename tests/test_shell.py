@@ -398,3 +398,20 @@ read {ks} k bounded:5
                              "'bounded:<seconds>' with 0 <= seconds <= ")
     assert out[2].startswith("error: staleness 'exact:1e12': expected")
     assert out[3] == "(not found)"
+
+
+def test_node_addresses_listed_with_spaces_are_the_addresses(monkeypatch):
+    """``--nodes "a:1, b:2"``: the client tried to resolve the host " b" and, after its
+    connect timeout, said no node answered ("Name or service not known")."""
+    import engine.shell
+    from engine.cli import main
+
+    seen = []
+
+    def connect(nodes, **kwargs):
+        seen.append(nodes)
+        raise KeyboardInterrupt  # ends the shell at once
+
+    monkeypatch.setattr(engine.shell, "connect_blocking", connect)
+    assert main(["shell", "--nodes", "127.0.0.1:7101, 127.0.0.1:7103 ,"]) == 130
+    assert seen == [["127.0.0.1:7101", "127.0.0.1:7103"]]
