@@ -447,6 +447,14 @@ def test_cluster_status_reports_a_node_that_accepts_and_never_answers(monkeypatc
     assert set(status) == {1} and "error" in status[1], status
 
 
+def _end_missed(started) -> None:
+    """Ends the node processes of ``started`` that ``down`` missed (a test that failed)."""
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_ctrl_c_while_cluster_up_starts_a_node_leaves_it_for_down_to_stop(tmp_path, monkeypatch):
     # A Ctrl-C reaching `cluster up` while it started a node -- most often while Popen waits
     # for the node's exec -- left that node running with no pid file: `cluster down` said
@@ -473,10 +481,7 @@ def test_a_ctrl_c_while_cluster_up_starts_a_node_leaves_it_for_down_to_stop(tmp_
         assert procs.ClusterProcesses(directory).stop() == [1]
         assert started[0].wait(timeout=10) is not None
     finally:
-        for proc in started:  # a node `down` missed: end it
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _end_missed(started)
     assert _processes_mentioning(str(directory)) == []
 
 
@@ -597,8 +602,5 @@ def test_a_cluster_up_that_cannot_start_a_node_says_which_it_leaves_running(tmp_
         monkeypatch.undo()
         assert procs.ClusterProcesses(directory).stop() == [1]
     finally:
-        for proc in started:  # a node `down` missed: end it
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _end_missed(started)
     assert _processes_mentioning(str(directory)) == []
