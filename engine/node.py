@@ -1300,7 +1300,11 @@ class Node:
         origin = p.get("origin")
         if type(origin) is not int or not 0 < origin < 2**32:
             raise InvalidArgumentError("origin must be a group id")
-        replica._require_leader()
+        # Leader, and everything acknowledged applied: a leader just elected may not have
+        # applied yet what its predecessor acknowledged, and an older watermark sends the
+        # origin's shipper back over writes applied already (and, past a trim, has it log a
+        # resync that is not needed).
+        await replica.snapshot_ts()
         return {"watermark": replica.sm.watermark(origin)}
 
     async def _conflicts_list(self, p):
