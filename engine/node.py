@@ -168,7 +168,7 @@ MAX_CATALOG_ATTEMPTS = 20
 MAX_SPANS = 4096
 """The most scanned ranges one refresh, commit or prepare may carry for one group."""
 KEYSPACE_LIST_PAGE = 1000
-"""``keyspace.list`` with ``after`` answers at most this many catalog records: a page, far
+"""``keyspace.list`` answers at most this many catalog records: a page, far
 below the RPC frame limit whatever the number of keyspaces (a record is a few hundred bytes
 at most), and read from the store in one go on the node's event loop."""
 _MOVED_WHY = (
@@ -1739,24 +1739,20 @@ class Node:
         return await self._catalog_txn(body, read_only=True)
 
     async def _keyspace_list(self, p):
-        """The records of the keyspaces (those being dropped left out), by name. With
-        ``after`` (a name, or ``""`` to start), a page of them: ``{"keyspaces", "next"}``,
-        the records of at most :data:`KEYSPACE_LIST_PAGE` names after ``after``, and the
-        ``after`` of the next page (None: the last page). Without it, every record in one
-        answer (refused as ``response_too_large`` once they pass the frame limit)."""
-        after = p.get("after")
-        if after not in (None, ""):
+        """A page of the keyspaces' records (those being dropped left out), by name:
+        ``{"keyspaces", "next"}``, the records of at most :data:`KEYSPACE_LIST_PAGE` names
+        after ``after`` (a name; ``""``, or absent, to start), and the ``after`` of the next
+        page (None: the last page)."""
+        after = p.get("after", "")
+        if after != "":
             cat.check_keyspace_name(after)
         start = b"ks/" if not after else cat.keyspace_key(after) + b"\x00"
-        limit = None if after is None else KEYSPACE_LIST_PAGE
 
         def body(meta, ts):
-            items = meta.scan(start, b"ks0", ts, limit=limit)
+            items = meta.scan(start, b"ks0", ts, limit=KEYSPACE_LIST_PAGE)
             found = (cat.decode_keyspace(v) for _, v in items)
             records = [cat.keyspace_record(ks) for ks in found if not ks.dropping]
-            if after is None:
-                return records, [], []
-            more = len(items) == limit
+            more = len(items) == KEYSPACE_LIST_PAGE
             return {"keyspaces": records,
                     "next": items[-1][0][len(b"ks/"):].decode() if more else None}, [], []
 

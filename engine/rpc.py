@@ -838,8 +838,8 @@ class _ServerConnection:
         max_concurrent: int,
         send_stall_timeout_s: float,
         first_request_timeout_s: float,
-        budget: _ReceiveBudget | None = None,
-        receive_stall_timeout_s: float = math.inf,
+        budget: _ReceiveBudget,
+        receive_stall_timeout_s: float,
     ):
         self.wire = _Wire(stream, max_frame, send_stall_timeout_s)
         self._first_request_timeout_s = first_request_timeout_s
