@@ -145,8 +145,13 @@ def _nonneg_float(text: str) -> float:
 
 
 def _is_address(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    from engine.config import ConfigError, parse_address
+
+    try:
+        parse_address(text, "--nodes")  # as the client will parse it
+    except ConfigError:
+        return False
+    return True
 
 
 _nodes = _common.comma_list(valid=_is_address, expect="host:port")

@@ -99,6 +99,7 @@ import trio
 from . import planted
 from .adjudicator import MAX_TXN_KEYS
 from .catalog import Keyspace, check_keyspace_name, keyspace_from_record
+from .config import ConfigError, parse_address
 from .errors import (
     AmbiguousCommitError,
     InvalidArgumentError,
@@ -188,17 +189,10 @@ _T = TypeVar("_T")
 
 
 def _parse_address(text: str) -> tuple[str, int]:
-    if not isinstance(text, str) or ":" not in text:
-        raise InvalidArgumentError(f"node address {text!r} is not 'host:port'")
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
     try:
-        number = int(port)
-    except ValueError:
-        raise InvalidArgumentError(f"node address {text!r}: bad port") from None
-    if not host or not 0 < number < 65536:
-        raise InvalidArgumentError(f"node address {text!r} is not 'host:port'")
-    return host, number
+        return parse_address(text, "nodes")
+    except ConfigError as exc:
+        raise InvalidArgumentError(f"bad node address: {exc.reason}") from None
 
 
 def _as_bytes(value: object, what: str) -> bytes:

@@ -337,8 +337,9 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parse_address(value: object, field: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6 address]:port"`` as (host, port)."""
+def parse_address(value: object, field: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6 address]:port"`` as (host, port); a :class:`ConfigError`
+    naming ``field`` when it is not one. The client parses its ``nodes`` with it too."""
     if not isinstance(value, str) or (m := _ADDRESS_RE.fullmatch(value)) is None:
         hint = ""
         if isinstance(value, str) and value.count(":") > 1 and "[" not in value:
@@ -844,8 +845,8 @@ def _region_from(name: object, raw: object, field: str) -> RegionConfig:
     for i, entry in enumerate(entries):
         path = f"{field}.nodes[{i}]"
         node = _table(entry, path, _NODE_ADDRESS_KEYS, _NODE_ADDRESS_KEYS)
-        peer_host, peer_port = _parse_address(node["peer_address"], f"{path}.peer_address")
-        client_host, client_port = _parse_address(
+        peer_host, peer_port = parse_address(node["peer_address"], f"{path}.peer_address")
+        client_host, client_port = parse_address(
             node["client_address"], f"{path}.client_address"
         )
         with _under(path):

@@ -113,6 +113,7 @@ def test_compare_command_flags_changes(tmp_path):
     (["ycsb", "--clients", "0"], "'0' is not a whole number in 1..1024"),
     (["ycsb", "--systems", "mongodb"], "'mongodb' is not one of meridian,etcd"),
     (["ycsb", "--nodes", "nohost"], "host:port"),
+    (["ycsb", "--nodes", "[::1"], "'[::1' is not host:port"),
     # Never cut to what parses: one value where one is wanted, whole numbers of clients.
     (["ycsb", "--theta", "0.5,0.9"], "argument --theta: one value only"),
     (["txn", "--concurrency", "1.5"], "argument --concurrency: '1.5' is not a whole number"),

@@ -576,3 +576,24 @@ async def test_run_transaction_refuses_a_bad_retry_policy_before_running():
                     assert runs == 0, policy
                 await db.run_transaction(loses_once, base_delay_s=0.0, max_delay_s=0.0)
                 assert runs == 2
+
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[::1", 'expected "host:port"'),
+    ("::1", "brackets"),
+    ("[::1]:", 'expected "host:port"'),
+    ("127.0.0.1:+7100", 'expected "host:port"'),
+    ("127.0.0.1: 7100", 'expected "host:port"'),
+    ("127.0.0.1:7_100", 'expected "host:port"'),
+    ("127.0.0.1:99999", "1..65535"),
+    ("127.0.0.1:" + "9" * 5000, "1..65535"),
+    ("a b:7100", "host name or IP address"),
+], ids=lambda v: v[:20])
+def test_node_addresses_are_parsed_as_the_configuration_parses_them(text, reason):
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        client_module._parse_address(text)
+    assert str(caught.value).startswith("bad node address: ") and reason in str(caught.value)
+    assert len(str(caught.value)) < 200
+    assert client_module._parse_address("[::1]:7100") == ("::1", 7100)
+    assert client_module._parse_address("localhost:7100") == ("localhost", 7100)
