@@ -490,7 +490,8 @@ class BlockingDatabase:
 
     def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
         """The conflict log of a regional keyspace in this client's region: one record per
-        write that lost a concurrent conflict here, oldest key first (ARCH §6)."""
+        write that lost a concurrent conflict here, oldest key first (ARCH §6). At most
+        ``limit`` records, fewer when their losing values are large: drain them to read on."""
         return self._portal.call(self._db().conflicts, keyspace, limit=limit)
 
     def drain_conflicts(self, keyspace: str, records: Sequence[ConflictRecord]) -> None:

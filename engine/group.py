@@ -906,12 +906,15 @@ class GroupStateMachine:
         raw = self.store.side_get(_OUTBOX_TRIMMED)
         return _U64.unpack(raw)[0] if raw is not None else 0
 
-    def conflicts(self, start: bytes, end: bytes,
-                  limit: int = 100) -> list[tuple[bytes, bytes, list]]:
+    def conflicts(self, start: bytes, end: bytes, limit: int = 100,
+                  max_bytes: int | None = None) -> list[tuple[bytes, bytes, list]]:
         """Conflict-log records of keys in ``[start, end)``: ``(record id, key, [winner_ts,
-        winner_origin, loser_ts, loser_origin, loser_value, resolver, logged_ts])``."""
+        winner_origin, loser_ts, loser_origin, loser_value, resolver, logged_ts])``, at most
+        ``limit``, and no more after the one that brings their stored bytes to ``max_bytes``
+        (a record holds the losing write's value: a few can take many MiB)."""
         out = []
-        for skey, raw in self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit):
+        for skey, raw in self.store.side_scan(_CONFLICT + start, _CONFLICT + end, limit=limit,
+                                              max_bytes=max_bytes):
             rec = msgpack.unpackb(raw)
             tail = 8 + len(_origin_in_key(rec[3]))
             out.append((skey, skey[1:len(skey) - tail], rec))

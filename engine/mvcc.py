@@ -987,7 +987,8 @@ class MVCCStore(Resource):
         return value
 
     def side_scan(
-        self, start: bytes = b"", end: bytes | None = None, *, limit: int | None = None
+        self, start: bytes = b"", end: bytes | None = None, *, limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The side table's entries with ``start <= key < end``, in ascending key order.
 
@@ -999,16 +1000,19 @@ class MVCCStore(Resource):
             start: the smallest key (``b""`` for the beginning).
             end: one past the largest key, or None for no upper bound.
             limit: at most this many pairs (None for no limit).
+            max_bytes: stop after the pair that brings the keys and values returned to this
+                many bytes or more (None for no bound), as :meth:`scan` does.
 
         Returns:
             ``[(key, value), ...]``.
 
         Raises:
             InvalidArgumentError: a bound that is not bytes or is more than one byte longer
-                than any side key (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit``.
+                than any side key (:data:`MAX_SIDE_KEY_SIZE`), or a bad ``limit`` or
+                ``max_bytes``.
             StoreClosedError, StorageError.
         """
-        return self._side_walk(start, end, limit, True)
+        return self._side_walk(start, end, limit, True, max_bytes)
 
     def side_keys(self, start: bytes = b"", end: bytes | None = None, *,
                   limit: int | None = None) -> list[bytes]:
@@ -1016,7 +1020,7 @@ class MVCCStore(Resource):
         may be large)."""
         return self._side_walk(start, end, limit, False)
 
-    def _side_walk(self, start, end, limit, values: bool) -> list:
+    def _side_walk(self, start, end, limit, values: bool, max_bytes=None) -> list:
         start = _check_side_key(start, "start", bound=True)
         if end is not None:
             end = _check_side_key(end, "end", bound=True)
@@ -1024,6 +1028,10 @@ class MVCCStore(Resource):
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise errors.InvalidArgumentError(f"limit must be None or an int >= 0, not {limit!r}")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+            raise errors.InvalidArgumentError(f"max_bytes must be None or an int >= 1, not "
+                                              f"{max_bytes!r}")
+        budget = max_bytes
         if limit == 0 or (end is not None and end <= start):
             self._live_env()
             return []
@@ -1037,9 +1045,14 @@ class MVCCStore(Resource):
                     key = cur.key()
                     if end is not None and key >= end:
                         break
-                    out.append((key, cur.value()) if values else key)
+                    value = cur.value() if values else b""
+                    out.append((key, value) if values else key)
                     if limit is not None and len(out) >= limit:
                         break
+                    if budget is not None:
+                        budget -= len(key) + len(value)
+                        if budget <= 0:
+                            break
                     ok = cur.next()
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "side_scan failed") from None

@@ -1317,8 +1317,10 @@ class Node:
         ts = await replica.snapshot_ts()  # leader, and everything acknowledged is applied
         # A dropped keyspace's log is being erased (PURGE): refused, not shown in part.
         self._check_fences(replica, [start[:KEY_PREFIX_SIZE]], ts)
-        return {"records": [[rid, key, rec]
-                            for rid, key, rec in replica.sm.conflicts(start, end, limit)]}
+        # As many as fit a page (at least one), like a scan's: a record holds the losing
+        # write's value, and ``limit`` of them could be far over the frame limit.
+        records = replica.sm.conflicts(start, end, limit, max_bytes=SCAN_PAGE_BYTES)
+        return {"records": [[rid, key, rec] for rid, key, rec in records]}
 
     async def _conflicts_drain(self, p):
         """Removes records of keyspace ``keyspace_id``'s conflict log (``keys``, their ids as

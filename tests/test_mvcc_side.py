@@ -154,6 +154,17 @@ def test_side_keys_are_the_keys_of_side_scan(store):
         store.side_keys(limit=-1)
 
 
+def test_side_scan_stops_after_the_pair_that_reaches_max_bytes(store):
+    store.apply([], 10, 1, side=[(b"a", b"x" * 100), (b"b", b"y" * 100), (b"c", b"z")])
+    assert store.side_scan(max_bytes=1) == [(b"a", b"x" * 100)]  # at least one pair
+    assert store.side_scan(max_bytes=101) == [(b"a", b"x" * 100)]  # key and value count
+    assert [k for k, _ in store.side_scan(max_bytes=102)] == [b"a", b"b"]
+    assert [k for k, _ in store.side_scan(max_bytes=300)] == [b"a", b"b", b"c"]
+    assert [k for k, _ in store.side_scan(limit=1, max_bytes=300)] == [b"a"]
+    with pytest.raises(errors.InvalidArgumentError, match="max_bytes"):
+        store.side_scan(max_bytes=0)
+
+
 def test_within_one_call_the_last_pair_for_a_key_wins(store):
     store.apply([], 10, 1, side=[(b"a", b"1"), (b"a", b"2"), (b"b", b"x"), (b"b", None),
                                  (b"c", None), (b"c", b"3")])
