@@ -894,7 +894,9 @@ class Database:
 
     async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
         """The conflict log of a regional keyspace in this client's region: one record per
-        write that lost a concurrent conflict here, oldest key first (ARCH §6)."""
+        write that lost a concurrent conflict here, oldest key first (ARCH §6). At most
+        ``limit`` records, fewer when their losing values are large (a page of a few MiB, at
+        least one record): drain them (:meth:`drain_conflicts`) to read on."""
         ks = await self.keyspace(keyspace)
         if ks.mode != "regional":
             raise InvalidArgumentError(f"keyspace {keyspace!r} is not regional: it has no "
@@ -1520,7 +1522,13 @@ class Transaction:
         pending = self._merges.get(stored)
         if pending is not None:
             if ks.resolver == "counter":
-                v = encode_int(decode_int(pending[1]) + decode_int(v))
+                total = decode_int(pending[1]) + decode_int(v)
+                if not -2**63 <= total < 2**63:
+                    raise InvalidArgumentError(
+                        f"the increments of {key!r} in this transaction add up to {total}, "
+                        f"outside signed 64 bits (one increment's range): make some of them "
+                        f"in another transaction")
+                v = encode_int(total)
             elif ks.resolver == "max":
                 v = max(pending[1], v, key=decode_int)
             else:

@@ -175,6 +175,26 @@ async def test_counters_and_sets_merge_without_losing_an_update():
                         await tx.increment("hits", b"page", 1.5)
 
 
+async def test_increments_adding_up_past_64_bits_in_one_transaction_say_so():
+    # Each increment is within signed 64 bits; the transaction sends their sum as one. The
+    # refusal used to name only that sum ("expected an int within signed 64 bits, not
+    # 9223372036854775808"), a number the caller never passed.
+    async with open_local_cluster(REGIONS[:1], 1, seed=24) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(20):
+                await db.create_keyspace("hits", mode="regional", resolver="counter")
+                with pytest.raises(errors.InvalidArgumentError,
+                                   match="increments of b'x' in this transaction add up to "
+                                         "9223372036854775808"):
+                    async with db.transaction() as tx:
+                        await tx.increment("hits", b"x", 2**62)
+                        await tx.increment("hits", b"x", 2**62)
+                # In two transactions they are fine: a counter's sum has no bound.
+                for _ in range(2):
+                    await db.run_transaction(lambda tx: tx.increment("hits", b"x", 2**62))
+                assert await db.read("hits", b"x") == b"%d" % 2**63
+
+
 async def _merge(db, key, payload):
     async with db.transaction() as tx:
         await tx.merge("tags", key, payload)
