@@ -1112,15 +1112,17 @@ class Database:
         return voters
 
     async def _call_group(self, group: int, method: str, payload, *,
-                          commit: bool = False) -> Any:
+                          commit: bool = False, deadline: float | None = None) -> Any:
         """Calls the group's leader, following hints and retrying until
-        ``request_timeout_s``. ``commit``: a call that may have run is never retried.
+        ``request_timeout_s`` (or ``deadline``, the end of a call that began earlier).
+        ``commit``: a call that may have run is never retried.
 
         A node that takes the request and never answers (paused, or cut off without a
         reset) holds a call for at most half of ``request_timeout_s`` before the other
         voters are tried; a commit waits for it until the end (its outcome is then
         unknown: :class:`~engine.errors.AmbiguousCommitError`)."""
-        deadline = trio.current_time() + self._request_timeout_s
+        if deadline is None:
+            deadline = trio.current_time() + self._request_timeout_s
         backoff = 0.005
         last_error = "no attempt"
         while trio.current_time() < deadline:
@@ -1199,15 +1201,20 @@ class Database:
     async def _call_local(self, group: int, method: str, payload) -> Any:
         """Calls a replica of ``group`` in this client's region (stale reads). A region holds
         one replica of a group homed elsewhere: when it does not answer, the group's voters
-        serve the read instead (any replica can), at the price of a WAN round trip."""
+        serve the read instead (any replica can), at the price of a WAN round trip. The
+        region's replicas get half of ``request_timeout_s`` between them, the voters the
+        rest: the whole call gives up after ``request_timeout_s``, as any other."""
         g = self._groups[group]
         local = [n for n in (*g["voters"], *g["learners"])
                  if self._nodes[n].region == self.region]
         self._rng.shuffle(local)
+        now = trio.current_time()
+        deadline, local_deadline = now + self._request_timeout_s, now + self._request_timeout_s / 2
         for node_id in local:
+            if trio.current_time() >= local_deadline:
+                break
             try:
-                return await self._call_node(node_id, method, payload,
-                                             trio.current_time() + self._request_timeout_s / 2)
+                return await self._call_node(node_id, method, payload, local_deadline)
             except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError,
                     ClockOffsetError):
                 # The next replica (a closed connection is replaced when next used; one whose
@@ -1219,7 +1226,7 @@ class Database:
                 # Retryable: it lags (``not_closed``: cut off from its leader), or is not
                 # serving yet; or it refuses to serve for its clock. The voters answer
                 # instead.
-        return await self._call_group(group, method, payload)
+        return await self._call_group(group, method, payload, deadline=deadline)
 
 
 class _Restart(Exception):

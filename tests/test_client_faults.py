@@ -121,6 +121,32 @@ async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
         assert trio.current_time() - t0 < 5 * TIMEOUT_S
 
 
+@pytest.mark.parametrize("staleness", ["bounded:10", "exact:1"])
+async def test_a_stale_read_from_replicas_that_never_answer_gives_up_in_time(nursery,
+                                                                             staleness):
+    # A stale read asks the replicas of the client's region first -- in the group's home
+    # region, its three voters -- and then the group's voters. Each local replica held the
+    # call for half of request_timeout_s, and the voters had a whole request_timeout_s of
+    # their own after that: 2.5 times the timeout here, more in larger regions.
+    nodes = [FakeNode(nursery) for _ in range(3)]
+
+    async def describe(p, ctx):
+        d = describe_for(nodes[0].port)
+        d["nodes"] = {i: ["r1", HOST, node.port] for i, node in enumerate(nodes, 1)}
+        for group in d["groups"].values():
+            group["voters"] = [1, 2, 3]
+        return d
+
+    for node in nodes:
+        node.handlers.update(describe=describe, read=hang)
+        await node.start()
+    async with engine.connect([nodes[0].address], request_timeout_s=TIMEOUT_S) as db:
+        t0 = trio.current_time()
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError, match="no answer"):
+            await db.read("ks", b"k", staleness=staleness)
+        assert trio.current_time() - t0 < 2 * TIMEOUT_S
+
+
 async def test_a_commit_to_a_node_that_never_answers_is_ambiguous_in_time(nursery):
     node = FakeNode(nursery)
     node.handlers["commit"] = hang
