@@ -334,8 +334,11 @@ class DurableState(Resource):
         while True:
             try:
                 fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                pass
+            except FileNotFoundError as exc:
+                if os.path.islink(self._path):
+                    # A link to a missing file: a creator would find the name taken, for ever.
+                    raise storage_error(exc, f"state file {self._path} is a symbolic link to "
+                                             f"a missing file") from None
             except OSError as exc:
                 raise storage_error(exc, f"cannot open state file {self._path}") from None
             else:

@@ -204,6 +204,32 @@ def test_missing_directory_is_a_storage_error(tmp_path):
     assert info.value.errno == errno.ENOENT
 
 
+def test_a_link_to_a_missing_file_is_a_storage_error_not_a_hang(tmp_path):
+    # Creating the file found its name taken (by the link) and started over, for ever: a
+    # node whose IDENTITY links to a volume not mounted never started and never said why.
+    import threading
+
+    link = tmp_path / "state"
+    link.symlink_to(tmp_path / "unmounted" / "state")
+    raised = []
+    opener = threading.Thread(target=lambda: raised.append(_error_of(DurableState, link)),
+                              daemon=True)
+    opener.start()
+    opener.join(timeout=10)
+    assert not opener.is_alive(), "opening a dangling link never returned"
+    assert isinstance(raised[0], StorageError) and raised[0].errno == errno.ENOENT
+    assert "symbolic link to a missing file" in str(raised[0])
+    assert os.path.islink(link) and not os.path.lexists(str(link) + ".tmp")
+
+
+def _error_of(fn, *args) -> BaseException | None:
+    try:
+        fn(*args)
+    except BaseException as exc:
+        return exc
+    return None
+
+
 def test_a_leftover_temporary_file_is_reused(path):
     """A creation that crashed before its rename leaves NAME.tmp and no NAME: nothing stored."""
     with open(str(path) + ".tmp", "wb") as f:
