@@ -17,6 +17,7 @@ interrupted.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
 import signal
@@ -37,10 +38,13 @@ INITIAL_BALANCE = 1000
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-quantile (0 < q <= 1): the smallest value that a share ``q`` of
+    the values do not exceed. The epsilon keeps a product that floating point rounds just
+    above a whole rank on that rank."""
     if not sorted_values:
         return float("nan")
-    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[i]
+    rank = max(1, math.ceil(q * len(sorted_values) - 1e-9))
+    return sorted_values[rank - 1]
 
 
 class _Stats:
@@ -80,8 +84,12 @@ async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, 
                     attempts += 1
                     await transfer(tx, ks)
 
-                await db.run_transaction(body)
-                stats.conflicts[region] += attempts - 1
+                try:
+                    await db.run_transaction(body)
+                finally:
+                    # run_transaction retries conflicts only: every attempt before the last
+                    # conflicted (and the last one too when it gave up, counted below).
+                    stats.conflicts[region] += max(0, attempts - 1)
         except TransactionConflictError:
             stats.conflicts[region] += 1
             continue
@@ -106,9 +114,16 @@ async def _run(procs: ClusterProcesses, seconds: float, clients_per_region: int,
             ks = f"bank-{r}"
             with contextlib.suppress(KeyspaceExistsError):  # a --dir reused from a run before
                 await admin.create_keyspace(ks, home_region=r)
+            keys = [b"acct-%04d" % i for i in range(accounts)]
+            wanted = set(keys)
             async with admin.transaction() as tx:
-                for i in range(accounts):
-                    await tx.put(ks, b"acct-%04d" % i, b"%d" % INITIAL_BALANCE)
+                # The bank holds this run's accounts only: those of a run before with more
+                # (a --dir reused) would count in its total.
+                for key, _ in await tx.scan(ks):
+                    if key not in wanted:
+                        await tx.delete(ks, key)
+                for key in keys:
+                    await tx.put(ks, key, b"%d" % INITIAL_BALANCE)
         print(f"created {len(regions)} keyspaces of {accounts} accounts; running "
               f"{clients_per_region} clients per region for {seconds:g} s", file=out)
         async with trio.open_nursery() as nursery:
