@@ -508,6 +508,9 @@ class RaftNode:
         # still commit via another node, so they resolve like the others: when the index is
         # applied, by term.
         self._displaced: dict[int, list[tuple[int, _Waiter]]] = {}
+        # The term of the entry at the applied index when pending proposals were last checked
+        # for one of an earlier term behind it (see _wake_applied).
+        self._applied_term = 0
         # ctx -> (waiter, term, leader when asked): the core forgets a read when its term or
         # leader changes, so such reads are failed then (see _fail_stale_reads).
         self._reads: dict[bytes, tuple[_Waiter, int, int]] = {}
@@ -1151,6 +1154,30 @@ class RaftNode:
             waiter.set(error=OutcomeUnknownError(
                 f"entry {index} is covered by an installed snapshot: whether it was applied "
                 f"is unknown to this node"))
+        if self._proposals or self._displaced:
+            self._fail_superseded(applied)
+
+    def _fail_superseded(self, applied: int) -> None:
+        """Fails the proposals of a term below that of the entry applied at ``applied``: terms
+        never fall along a log, so none of them can follow it (a new leader's log may not
+        reach their indexes for long, in an idle group). A node never proposes in a term
+        below one it has applied, so this is checked once per applied term."""
+        term = self._core.term_at(applied)
+        if term is None or term <= self._applied_term:
+            return
+        self._applied_term = term
+        lost = [(i, self._proposals.pop(i))
+                for i in [i for i, (t, _) in self._proposals.items() if t < term]]
+        for i in list(self._displaced):
+            pending = self._displaced.pop(i)
+            lost += [(i, p) for p in pending if p[0] < term]
+            rest = [p for p in pending if p[0] >= term]
+            if rest:
+                self._displaced[i] = rest
+        for index, (old, waiter) in lost:
+            waiter.set(error=EntryLostError(
+                f"entry {index} of term {old} will never be applied: entry {applied} before "
+                f"it is of the later term {term}", self._core.leader))
 
     async def _take_snapshot(self) -> None:
         core = self._core

@@ -591,6 +591,38 @@ async def test_a_proposal_whose_index_a_later_one_reuses_is_still_resolved(tmp_p
         assert node.statistics().proposals_pending == 0
 
 
+async def test_a_proposal_past_another_leaders_applied_entry_fails_without_waiting(tmp_path):
+    # A leader cut off with two proposals pending loses its group; the new leader commits
+    # only its no-op, at the first one's index, and the group then stays idle. Once that
+    # entry of a later term is applied, no entry of the old term can follow it in the log:
+    # the second proposal is lost too, though nothing was ever written at its own index.
+    # It must fail at once, not wait (here without a timeout: for good) for a write.
+    async with cluster(tmp_path) as c:
+        first, node = await c.partition_leader()
+        base = node.core.last_index
+        others = [i for i in c.ids if i != first]
+        results = {}
+
+        async def propose(name):
+            try:
+                results[name] = await node.propose(name)
+            except Exception as exc:
+                results[name] = type(exc)
+
+        for k, name in enumerate((b"X", b"Y")):
+            c.nursery.start_soon(propose, name)
+            await wait_until(lambda k=k: node.core.last_index == base + 1 + k)
+        await wait_until(lambda: any(c.nodes[i].is_leader for i in others))
+        new = next(c.nodes[i] for i in others if c.nodes[i].is_leader)
+        await wait_until(lambda: new.core.applied >= base + 1)
+        assert new.core.last_index == base + 1  # its no-op; nothing at Y's index
+        c.net.heal()
+        await wait_until(lambda: node.core.applied >= base + 1)
+        await wait_until(lambda: len(results) == 2, timeout=1.0)
+        assert results == {b"X": EntryLostError, b"Y": EntryLostError}
+        assert node.statistics().proposals_pending == 0
+
+
 async def test_a_read_is_failed_when_its_leader_steps_down(tmp_path):
     # The core forgets the reads of a leader that loses its leadership: the driver fails
     # them then, instead of leaving a read without a timeout waiting for good.
