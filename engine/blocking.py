@@ -461,7 +461,8 @@ class BlockingDatabase:
         """Creates a keyspace: ``mode="global"`` homed in ``home_region`` (default: the
         client's region), or ``mode="regional"``, writable in every region, whose concurrent
         writes are reconciled by ``resolver`` (``"lww"``, ``"counter"``, ``"max"`` or
-        ``"add_wins_set"``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
+        ``"add_wins_set"``, or ``"app:<name>"``, an application resolver of the nodes'
+        ``[cluster.resolvers]``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
         more) puts a global keyspace's voters in three regions: commits wait for a second
         region, and losing a whole region loses no acknowledged write."""
         return self._portal.call(self._db().create_keyspace, name, mode=mode,

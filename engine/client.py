@@ -114,13 +114,16 @@ from .errors import (
 )
 from .hlc import ClockOffsetError, HybridClock
 from .merge import (
+    APP_PREFIX,
     MERGE,
     PUT,
     RemoteWrite,
     decode_cell,
     decode_int,
     encode_int,
+    reader_for,
     resolver_for,
+    write_op,
 )
 from .placement import (
     KEY_PREFIX_SIZE,
@@ -324,7 +327,8 @@ class Database:
         """Creates a keyspace: ``mode="global"`` homed in ``home_region`` (default: the
         client's region), or ``mode="regional"``, writable in every region, whose concurrent
         writes are reconciled by ``resolver`` (``"lww"``, ``"counter"``, ``"max"`` or
-        ``"add_wins_set"``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
+        ``"add_wins_set"``, or ``"app:<name>"``, an application resolver of the nodes'
+        ``[cluster.resolvers]``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
         more) puts a global keyspace's voters in three regions: commits wait for a second
         region, and losing a whole region loses no acknowledged write."""
         check_keyspace_name(name)
@@ -582,7 +586,7 @@ class Database:
         value = reply["values"][0]
         if ks.mode == "regional":
             cell = None if value is None else decode_cell(value)
-            value = resolver_for(ks.resolver).value_of(cell)
+            value = reader_for(ks.resolver).value_of(cell)
         return value, reply["ts"]
 
     async def move_keyspace(self, name: str, home_region: str) -> Keyspace:
@@ -1517,7 +1521,7 @@ class Transaction:
         ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
         except counter increments, which add up."""
         ks = await self._db.keyspace(keyspace)
-        if ks.mode != "regional" or ks.resolver == "lww":
+        if ks.mode != "regional" or write_op(ks.resolver) == PUT:
             raise InvalidArgumentError(
                 f"keyspace {keyspace!r} has no merge type ({ks.mode}, {ks.resolver}): use put")
         stored, group = await self._locate(keyspace, key)
@@ -1557,8 +1561,8 @@ class Transaction:
         ks = await self._db.keyspace(keyspace)
         if ks.mode != "regional":
             self._buffer(stored, group, value)
-        elif ks.resolver == "lww":
-            self._buffer(stored, group, value, resolver="lww")
+        elif write_op(ks.resolver) == PUT:
+            self._buffer(stored, group, value, resolver=ks.resolver)
         else:
             raise InvalidArgumentError(
                 f"keyspace {keyspace!r} merges its writes with {ks.resolver!r}: write it with "
@@ -1566,14 +1570,17 @@ class Transaction:
 
     def _regional_value(self, ks: Keyspace, stored: bytes, raw: bytes | None) -> bytes | None:
         """What a read of a regional key returns: the stored cell's value, with this
-        transaction's own pending write merged in (read your writes)."""
-        resolver = resolver_for(ks.resolver)
-        cell = None if raw is None else decode_cell(raw)
+        transaction's own pending write merged in (read your writes). An application
+        resolver runs on the nodes, when the commit is applied: until then the transaction
+        reads the value it wrote."""
         pending = self._merges.get(stored)
+        if pending is not None and ks.resolver.startswith(APP_PREFIX):
+            return pending[1]
+        resolver = reader_for(ks.resolver)
+        cell = None if raw is None else decode_cell(raw)
         if pending is not None:
-            op = PUT if ks.resolver == "lww" else MERGE
             cell, _ = resolver.merge(cell, RemoteWrite(stored, pending[1], MAX_MERGE_TS,
-                                                       self._db.region, op))
+                                                       self._db.region, write_op(ks.resolver)))
         return resolver.value_of(cell)
 
     async def commit(self) -> None:

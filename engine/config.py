@@ -106,6 +106,13 @@ most 8 MiB, half an RPC frame), ``max_key_size`` (at most the store's 250), ``ma
 and ``b`` (a number >= 0), used to simulate the WAN on a local cluster. Each unordered pair is
 given at most once; pairs not given count as 0, as does a region to itself.
 
+``[cluster.resolvers]``: application resolvers of regional keyspaces, ``name = "module:function"``
+(name: 1-64 characters from ``a-z``, ``0-9``, ``_`` and ``-``, starting with a letter), each
+imported by every node when it starts (a module or function that cannot be is a
+:class:`ConfigError` then); a keyspace uses one with ``resolver="app:<name>"`` (see
+:mod:`engine.merge`). Every node should list the same ones: a node without a keyspace's
+resolver stops at the first write to it that it would apply.
+
 ``[cluster.regions.<name>]``: at least one region. Names are 1-63 characters from ``a-z``,
 ``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each
 region has ``nodes``, at least one, each with ``id`` (a positive integer, unique in the
@@ -172,6 +179,9 @@ _ADDRESS_RE = re.compile(
     r"\[(?P<v6>[^\[\]]*)\]:(?P<port6>[0-9]+)"  # [IPv6]:port
     r"|(?P<host>[^\[\]:]*):(?P<port>[0-9]+)"  # host:port
 )
+_APP_RESOLVER_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # as engine.merge.ApplicationResolver
+_IMPORT_TARGET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                               r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _TOML_ERROR_RE = re.compile(r"(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)")
 
 
@@ -542,6 +552,11 @@ class ClusterConfig:
     meta_regions: tuple[str, ...] = ()
     """Regions hosting the metadata group (range directory, keyspace catalogue). Empty when
     constructed means every region, and is replaced by their names."""
+    resolvers: Mapping[str, Any] = dc_field(default_factory=dict)
+    """Application resolvers of regional keyspaces (ARCH §6): name -> ``"module:function"``
+    (given in code, the function itself may be given instead), imported by every node when it
+    starts (:func:`application_resolvers`). A keyspace uses one as ``resolver="app:<name>"``.
+    Stored in a read-only mapping."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CLUSTER_NAME_RE.fullmatch(self.name):
@@ -599,6 +614,21 @@ class ClusterConfig:
             if name in meta[:i]:
                 raise _fail(path, f"region {_show(name)} is listed twice")
         object.__setattr__(self, "meta_regions", meta)
+        object.__setattr__(self, "resolvers", self._checked_resolvers())
+
+    def _checked_resolvers(self) -> Mapping[str, Any]:
+        if not isinstance(self.resolvers, Mapping):
+            raise _fail("resolvers", f"expected a table, got {_show(self.resolvers)}")
+        for name, target in self.resolvers.items():
+            if not isinstance(name, str) or not _APP_RESOLVER_RE.fullmatch(name):
+                raise _fail(f"resolvers.{_key(name)}",
+                            "a resolver name is 1-64 characters from a-z, 0-9, '_' and '-', "
+                            "starting with a letter")
+            if not callable(target) and not (isinstance(target, str)
+                                             and _IMPORT_TARGET_RE.fullmatch(target)):
+                raise _fail(f"resolvers.{name}", f'expected "module:function", got '
+                                                 f"{_show(target)}")
+        return _FrozenMapping(dict(self.resolvers))
 
     def _check_nodes_unique(self) -> None:
         # Messages name the earlier use by region and index, not by path: the path of this
@@ -796,6 +826,7 @@ _NODE_KEYS = ("node_id", "data_dir", "log_level", "raft_fsync", "cluster")
 _CLUSTER_KEYS = (
     "name", "regions", "max_clock_offset_ms", "tick_interval_ms", "election_ticks",
     "heartbeat_ticks", "raft_snapshot_every", "wan_latency_ms", "limits", "meta_regions",
+    "resolvers",
 )
 _LIMITS_KEYS = (
     "max_txn_keys", "max_txn_bytes", "max_key_size", "max_value_size", "max_txn_lifetime_s",
@@ -901,6 +932,8 @@ def _cluster_from(raw: object) -> ClusterConfig:
         kwargs["wan_latency_ms"] = _latencies_from(table["wan_latency_ms"])
     if "meta_regions" in table:
         kwargs["meta_regions"] = _tuple(table["meta_regions"], "meta_regions")
+    if "resolvers" in table:
+        kwargs["resolvers"] = table["resolvers"]
     return ClusterConfig(name=table["name"], regions=regions, **kwargs)
 
 
@@ -1055,6 +1088,13 @@ def dump_node_config(cfg: NodeConfig) -> str:
             ]
             if entries:
                 lines.append(f"{a} = {{ {', '.join(entries)} }}")
+    if c.resolvers:
+        lines += ["", "[cluster.resolvers]"]
+        for name, target in c.resolvers.items():
+            if not isinstance(target, str):
+                raise _fail(f"cluster.resolvers.{name}", 'a function given in code has no TOML '
+                            'form: give it as "module:function"')
+            lines.append(f"{name} = {_toml_str(target)}")
     for region in c.regions:
         lines += ["", f"[cluster.regions.{region.name}]", "nodes = ["]
         lines += [
@@ -1064,6 +1104,43 @@ def dump_node_config(cfg: NodeConfig) -> str:
         ]
         lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+def application_resolvers(cluster: ClusterConfig) -> dict[str, Any]:
+    """The cluster's application resolvers (``cluster.resolvers``), imported: ``{"app:<name>":
+    engine.merge.ApplicationResolver}``. A node calls this when it starts.
+
+    Raises:
+        ConfigError: a module that cannot be imported, an attribute it does not have, or one
+            that is not callable (naming the field, ``cluster.resolvers.<name>``).
+    """
+    import importlib
+
+    from .merge import ApplicationResolver
+
+    out = {}
+    for name, target in cluster.resolvers.items():
+        field = f"cluster.resolvers.{name}"
+        fn = target
+        if isinstance(target, str):
+            module_name, _, attribute = target.partition(":")
+            try:
+                fn = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 - any failure of the application's import
+                raise _fail(field, f"cannot import {module_name!r}: "
+                                   f"{type(exc).__name__}: {exc}"[:300]) from None
+            for part in attribute.split("."):
+                fn = getattr(fn, part, _MISSING)
+                if fn is _MISSING:
+                    raise _fail(field, f"{module_name!r} has no {attribute!r}")
+        if not callable(fn):
+            raise _fail(field, f"{target!r} is not a function, it is {_show(fn)}")
+        resolver = ApplicationResolver(fn, name)
+        out[resolver.kind] = resolver
+    return out
+
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------------------------------------

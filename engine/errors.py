@@ -181,6 +181,13 @@ class KeyspaceExistsError(InvalidArgumentError):
     """A keyspace of that name exists already."""
 
 
+class ResolverUnavailableError(MeridianError):
+    """A regional keyspace's application resolver (``"app:<name>"``) is not configured on this
+    node, which cannot apply the keyspace's writes: applying them any other way could leave
+    this replica with data unlike its group's. The group stops here until the node is
+    restarted with the resolver in ``[cluster.resolvers]``."""
+
+
 class UnavailableError(MeridianError, TimeoutError):
     """No replica that could serve the request answered in time (no leader, nodes down or
     unreachable). Nothing was committed by the request that raised it, unless it says the

@@ -196,7 +196,7 @@ import hashlib
 import mmap
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import BinaryIO
 from dataclasses import dataclass
 
@@ -204,7 +204,12 @@ import msgpack
 
 from . import planted
 from .adjudicator import MAX_TXN_KEYS, Adjudicator, ConflictReason, TxnRequest
-from .errors import CorruptStateError, InvalidArgumentError, StoreClosedError
+from .errors import (
+    CorruptStateError,
+    InvalidArgumentError,
+    ResolverUnavailableError,
+    StoreClosedError,
+)
 from .merge import (
     MERGE,
     PUT,
@@ -212,9 +217,12 @@ from .merge import (
     Cell,
     Conflict,
     RemoteWrite,
+    Resolver,
     decode_cell,
     encode_cell,
+    is_resolver_name,
     resolver_for,
+    write_op,
 )
 from .mvcc import MAX_KEY_SIZE, MAX_SIDE_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
 from .placement import keyspace_bounds, user_key
@@ -501,13 +509,17 @@ class GroupStateMachine:
 
     def __init__(self, store: MVCCStore, *, max_txn_lifetime_ns: int,
                  on_closed: Callable[[int], None] | None = None, origin: str = "",
-                 destinations: Sequence[int] | None = None) -> None:
+                 destinations: Sequence[int] | None = None,
+                 resolvers: Mapping[str, Resolver] | None = None) -> None:
         if type(max_txn_lifetime_ns) is not int or max_txn_lifetime_ns <= 0:
             raise ValueError(f"max_txn_lifetime_ns must be a positive int, "
                              f"not {max_txn_lifetime_ns!r}")
         self.store = store
         self.origin = origin
         self.destinations = None if destinations is None else tuple(sorted(set(destinations)))
+        # The application resolvers this node has (``"app:<name>"`` -> resolver; see
+        # engine.config.application_resolvers).
+        self.resolvers = dict(resolvers or {})
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
@@ -881,6 +893,22 @@ class GroupStateMachine:
         it."""
         return [(_U32.unpack(prefix)[0], since) for prefix, (level, since)
                 in self._fences.items() if level == 3]
+
+    def resolver(self, name: str) -> Resolver:
+        """The resolver named ``name`` (a built-in one, or ``"app:<name>"`` of
+        :attr:`resolvers`).
+
+        Raises:
+            ResolverUnavailableError: an application resolver this node does not have. Not a
+                refusal: the other replicas may have it, and would apply the entry.
+        """
+        resolver = _BUILTIN_RESOLVERS.get(name) or self.resolvers.get(name)
+        if resolver is None:
+            raise ResolverUnavailableError(
+                f"resolver {name!r} is not configured on this node: its regional writes cannot "
+                f"be applied here; restart the node with {name[len('app:'):]!r} in "
+                f"[cluster.resolvers], as on the other nodes")
+        return resolver
 
     def fence(self, keyspace_prefix: bytes) -> tuple[int, int]:
         """The keyspace's fence here: (level, available_from); (0, 0) when unfenced."""
@@ -1499,7 +1527,7 @@ class _Batch:
                 before = cells[key] if key in cells else self._cell(key)
                 if not isinstance(write, RemoteWrite):
                     write = write(before)
-                resolver = _resolver(resolver_name)
+                resolver = self.sm.resolver(resolver_name)
                 cell, conflict = resolver.merge(before, write)
                 if compact:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
@@ -1545,7 +1573,7 @@ class _Batch:
         origin = self.sm.origin
 
         def local(key, resolver_name, value):
-            op = PUT if resolver_name == "lww" else MERGE
+            op = write_op(resolver_name)
             return lambda before: RemoteWrite(key, value, ts, origin, op,
                                               before.version if before is not None else None)
 
@@ -1590,8 +1618,7 @@ class _Batch:
         if after_ts > watermark:
             return CommitResult(Outcome.CONFLICT, ts, "gap", conflict_ts=watermark)
         fresh = [
-            (key, resolver_name, RemoteWrite(key, value, wts, origin,
-                                             PUT if resolver_name == "lww" else MERGE,
+            (key, resolver_name, RemoteWrite(key, value, wts, origin, write_op(resolver_name),
                                              (prev_ts, prev_origin) if prev_ts else None))
             for key, resolver_name, value, wts, origin, prev_ts, prev_origin in writes
             if wts > watermark and not (self.sm._fences
@@ -1742,7 +1769,7 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad REMOTE command")
         for w in cmd[5]:
             if not (isinstance(w, list) and len(w) == 7 and _is_key(w[0])
-                    and w[1] in RESOLVER_NAMES and _is_value(w[2]) and _is_ts(w[3])
+                    and is_resolver_name(w[1]) and _is_value(w[2]) and _is_ts(w[3])
                     and type(w[4]) is str and w[4] and type(w[5]) is int
                     and type(w[6]) is str):
                 raise _Malformed("bad write in REMOTE")
@@ -1800,7 +1827,7 @@ def _decode(data: bytes) -> list:
             raise _Malformed("bad merges in COMMIT")
         for m in cmd[7]:
             if not (isinstance(m, list) and len(m) == 3 and _is_key(m[0])
-                    and m[1] in RESOLVER_NAMES and _is_value(m[2])):
+                    and is_resolver_name(m[1]) and _is_value(m[2])):
                 raise _Malformed("bad merge in COMMIT")
     return cmd
 
@@ -1860,14 +1887,7 @@ def _is_value(v) -> bool:
     return v is None or (type(v) is bytes and len(v) <= MAX_VALUE_SIZE - _CONFLICT_RECORD_ROOM)
 
 
-_RESOLVERS: dict = {}
-
-
-def _resolver(name: str):
-    resolver = _RESOLVERS.get(name)
-    if resolver is None:
-        resolver = _RESOLVERS[name] = resolver_for(name)
-    return resolver
+_BUILTIN_RESOLVERS = {name: resolver_for(name) for name in RESOLVER_NAMES}
 
 
 def _is_key(k) -> bool:

@@ -242,6 +242,7 @@ async def open_local_cluster(
     clock_offsets_ns: Mapping[int, int] | None = None,
     raft_fsync: str = "loop",
     raft_snapshot_every: int = 10_000,
+    resolvers: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[LocalCluster]:
     """Runs a cluster of ``regions`` × ``nodes_per_region`` nodes in this trio loop.
 
@@ -261,6 +262,9 @@ async def open_local_cluster(
             :class:`engine.config.NodeConfig`).
         raft_snapshot_every: entries between two compactions of a group's Raft log (see
             :class:`engine.config.ClusterConfig`; small values exercise snapshots in tests).
+        resolvers: application resolvers, ``{name: function or "module:function"}``, for
+            regional keyspaces created with ``resolver="app:<name>"`` (see
+            :class:`engine.config.ClusterConfig` and :mod:`engine.merge`).
 
     Raises:
         InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
@@ -286,7 +290,7 @@ async def open_local_cluster(
         return dataclasses.replace(
             cluster, tick_interval_ms=tick_interval_ms, election_ticks=LOCAL_ELECTION_TICKS,
             heartbeat_ticks=LOCAL_HEARTBEAT_TICKS, limits=limits or cluster.limits,
-            raft_snapshot_every=raft_snapshot_every)
+            raft_snapshot_every=raft_snapshot_every, resolvers=resolvers or {})
 
     cluster = make_config()
     # Checked before any node starts: an unknown id would skew no node at all, silently.

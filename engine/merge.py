@@ -111,6 +111,12 @@ When it picks one of two versions it considers equal, it must break the tie by `
 origin)``, the greater winning, as the built-ins do. The merged cell's version is always the
 greater of the two inputs' whatever ``fn`` puts in those fields. :func:`check_convergence` and
 :func:`hypothesis_check_convergence` test these properties on an application's resolver.
+
+A keyspace uses one as ``resolver="app:<name>"``, once every node has it in its
+``[cluster.resolvers]`` (see :mod:`engine.config`); the nodes run ``fn`` on every write to the
+keyspace, local or shipped from another region. ``fn`` raising (any ``Exception``) refuses
+that write, as a payload a built-in resolver cannot take is refused; a transaction reads its
+own pending write as written, since ``fn`` runs where the commit is applied.
 """
 
 from __future__ import annotations
@@ -153,7 +159,10 @@ __all__ = [
     "encode_set_add",
     "encode_set_remove",
     "hypothesis_check_convergence",
+    "is_resolver_name",
+    "reader_for",
     "resolver_for",
+    "write_op",
     "writes_strategy",
 ]
 
@@ -163,6 +172,8 @@ MERGE = "merge"
 """Write op of the merge types: the value is the type's payload."""
 CELL_FORMAT = 1
 RESOLVER_NAMES = ("lww", "counter", "max", "add_wins_set")
+"""The built-in resolvers; an application resolver is named ``"app:<name>"``."""
+APP_PREFIX = "app:"
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _MSGPACK_INT_MIN, _MSGPACK_INT_MAX = -(2**63), 2**64 - 1
@@ -944,7 +955,11 @@ class ApplicationResolver(Resolver):
         # version would then depend on the arrival order.
         local = Version(value, *(holder or cell.version))
         remote = Version(write.value, write.ts, write.origin)
-        result = self.fn(local, remote)
+        try:
+            result = self.fn(local, remote)
+        except Exception as exc:  # noqa: BLE001 - the application's code: refused, not a crash
+            raise InvalidArgumentError(f"resolver {self.name!r} raised {type(exc).__name__}: "
+                                       f"{exc}"[:500]) from None
         if not isinstance(result, Version) or not (
                 result.value is None or isinstance(result.value, bytes)):
             raise InvalidArgumentError(f"resolver {self.name!r} returned {result!r}, not a "
@@ -999,6 +1014,33 @@ def resolver_for(spec: str) -> Resolver:
         raise InvalidArgumentError(f"unknown resolver {spec!r}; expected one of "
                                    f"{', '.join(RESOLVER_NAMES)}")
     return cls()
+
+
+def is_resolver_name(name: object) -> bool:
+    """Whether ``name`` is a built-in resolver's or has the form of an application
+    resolver's (``"app:<name>"``; whether one of that name is configured is the node's
+    business)."""
+    return name in RESOLVER_NAMES or (type(name) is str and name.startswith(APP_PREFIX)
+                                      and _APP_NAME.fullmatch(name, len(APP_PREFIX)) is not None)
+
+
+def write_op(name: str) -> str:
+    """The write op of resolver ``name`` (:data:`PUT` or :data:`MERGE`), which only its kind
+    decides: an application resolver's writes are puts."""
+    return PUT if name == "lww" or name.startswith(APP_PREFIX) else MERGE
+
+
+def _runs_on_the_nodes(local: Version, remote: Version) -> Version:
+    raise InvalidArgumentError("an application resolver runs on the nodes, where it is "
+                               "configured, not in the client")
+
+
+def reader_for(spec: str) -> Resolver:
+    """A resolver that reads (:meth:`Resolver.value_of`) the cells of ``spec``, a built-in
+    resolver's name or ``"app:<name>"`` (whose function is not needed to read a cell)."""
+    if isinstance(spec, str) and spec.startswith(APP_PREFIX):
+        return ApplicationResolver(_runs_on_the_nodes, spec[len(APP_PREFIX):])
+    return resolver_for(spec)
 
 
 def apply_writes(resolver: Resolver, writes: Iterable[RemoteWrite], cell: Cell | None = None

@@ -88,7 +88,7 @@ from raft.transport import LinkModel
 from . import catalog as cat
 from . import planted
 from ._fs import makedirs_durable, storage_error
-from .config import NodeConfig
+from .config import NodeConfig, application_resolvers
 from .durable import DurableState
 from .errors import (
     AmbiguousCommitError,
@@ -116,7 +116,7 @@ from .group import (
     encode_remote,
     encode_shipped,
 )
-from .merge import RESOLVER_NAMES
+from .merge import RESOLVER_NAMES, is_resolver_name
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
 from .mvcc import MAX_SIDE_KEY_SIZE, MAX_TS, MVCCStore
 from .placement import (
@@ -219,6 +219,8 @@ class Node:
         self.cluster = config.cluster
         self.id = config.node_id
         self.region = config.region
+        # Imported now: a resolver that cannot be is a configuration error, said at start.
+        self.resolvers = application_resolvers(self.cluster)
         # A jump of the wall clock is followed once peers vouch for it (see
         # _trust_jumped_clock); a node without peers has nobody to ask, and follows its clock.
         alone = len(self.cluster.all_nodes()) == 1
@@ -349,7 +351,7 @@ class Node:
         sm = GroupStateMachine(store, max_txn_lifetime_ns=lifetime_ns,
                                origin=self.placement[gid].region,
                                destinations=destinations if self.placement[gid].kind == "data"
-                               else ())
+                               else (), resolvers=self.resolvers)
         files.callback(sm.close)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
@@ -877,10 +879,10 @@ class Node:
         out = []
         for m in merges:
             if not (isinstance(m, list) and len(m) == 3 and type(m[0]) is bytes
-                    and m[1] in RESOLVER_NAMES and (m[2] is None or type(m[2]) is bytes)):
+                    and is_resolver_name(m[1]) and (m[2] is None or type(m[2]) is bytes)):
                 raise InvalidArgumentError(
-                    f"each merge must be [key: bytes, resolver: one of {RESOLVER_NAMES}, "
-                    f"value: bytes|nil]")
+                    f"each merge must be [key: bytes, resolver: one of {RESOLVER_NAMES} or "
+                    f"'app:<name>', value: bytes|nil]")
             key, resolver, value = m
             if not 0 < len(key) <= limits.max_key_size:
                 raise RecordTooLargeError(f"key of {len(key)} bytes: keys are 1.."
@@ -1471,9 +1473,12 @@ class Node:
             spread_group(self.cluster, home)  # needs three regions
             check_catalog_survives_a_region(self.cluster)
         resolver = p.get("resolver", "lww")
-        if resolver not in RESOLVER_NAMES:
-            raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)}, "
-                                       f"not {resolver!r}")
+        if resolver not in RESOLVER_NAMES and resolver not in self.resolvers:
+            configured = ", ".join(self.resolvers) or "none is configured"
+            raise InvalidArgumentError(
+                f"resolver must be one of {', '.join(RESOLVER_NAMES)} or an application "
+                f"resolver of [cluster.resolvers] as 'app:<name>' ({configured}), "
+                f"not {resolver!r}"[:500])
         if mode == "global" and resolver != "lww":
             raise InvalidArgumentError("only regional keyspaces have a resolver: a global "
                                        "keyspace has one writer region and no conflicts")
