@@ -884,6 +884,10 @@ class Node:
                     f"each merge must be [key: bytes, resolver: one of {RESOLVER_NAMES} or "
                     f"'app:<name>', value: bytes|nil]")
             key, resolver, value = m
+            if resolver not in RESOLVER_NAMES and resolver not in self.resolvers:
+                # Committed, it would stop every replica of the group, at every restart.
+                raise InvalidArgumentError(f"resolver {resolver!r} is not configured on this "
+                                           f"node (its [cluster.resolvers])")
             if not 0 < len(key) <= limits.max_key_size:
                 raise RecordTooLargeError(f"key of {len(key)} bytes: keys are 1.."
                                           f"{limits.max_key_size} bytes")

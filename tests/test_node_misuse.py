@@ -37,7 +37,7 @@ def client_of(cluster, node):
     return connect_rpc(cluster.config.node(node.id).client_host, node.client_port)
 
 
-@pytest.mark.parametrize("variant", ["resolver", "plain", "remote", "remote-prev"])
+@pytest.mark.parametrize("variant", ["resolver", "plain", "remote", "remote-prev", "app"])
 async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_on(
         variant, tmp_path):
     # Each of these used to pass every check, be committed, and then raise while applied:
@@ -62,10 +62,14 @@ async def test_a_regional_write_that_cannot_merge_is_refused_and_the_group_goes_
             bad = ("remote.apply", {"group": gid, "origin": other, "after": 0, "up_to": 10,
                                     "writes": [[KEY, "counter", b"not-a-number", 5, "eu-west",
                                                 0, ""]]})
-        else:  # a shipped write whose prev names a timestamp but no region
+        elif variant == "remote-prev":  # a shipped write whose prev names a timestamp but no region
             first = None
             bad = ("remote.apply", {"group": gid, "origin": other, "after": 0, "up_to": 10,
                                     "writes": [[KEY, "lww", b"x", 5, "eu-west", 3, ""]]})
+        else:  # a write naming an application resolver that no node has
+            first = None
+            bad = ("commit", {"group": gid, "txn_id": 2, "read_ts": 0, "writes": [],
+                              "merges": [[KEY, "app:nowhere", b"x"]]})
         with trio.fail_after(GUARD_S):
             async with client_of(cluster, node) as conn:
                 if first is not None:
