@@ -1331,9 +1331,11 @@ class ConflictRecord:
     """(commit timestamp, origin region) of the write that lost."""
     loser_value: bytes | None
     resolver: str
-    """The resolver that decided; ``"refused"`` for a write from another region that could not
-    be merged here at all (the key holds a plain value or another resolver's cell), whose
-    ``winner`` is the cell's version then (``(0, "")`` if none)."""
+    """The resolver that decided (an application resolver by its name, without ``app:``);
+    ``"lww (<name> failed)"`` when the application resolver failed on the pair and the last
+    writer won instead (see :mod:`engine.merge`); ``"refused"`` for a write from another region
+    that could not be merged here at all (the key holds a plain value or another resolver's
+    cell), whose ``winner`` is the cell's version then (``(0, "")`` if none)."""
     record_id: bytes
 
 

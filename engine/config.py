@@ -108,10 +108,10 @@ given at most once; pairs not given count as 0, as does a region to itself.
 
 ``[cluster.resolvers]``: application resolvers of regional keyspaces, ``name = "module:function"``
 (name: 1-64 characters from ``a-z``, ``0-9``, ``_`` and ``-``, starting with a letter), each
-imported by every node when it starts (a module or function that cannot be is a
-:class:`ConfigError` then); a keyspace uses one with ``resolver="app:<name>"`` (see
-:mod:`engine.merge`). Every node should list the same ones: a node without a keyspace's
-resolver stops at the first write to it that it would apply.
+imported by every node when it starts, from the node's Python path (a module or function
+that cannot be is a :class:`ConfigError` then); a keyspace uses one with
+``resolver="app:<name>"`` (see :mod:`engine.merge`). Every node should list the same ones:
+a node without a keyspace's resolver stops at the first write to it that it would apply.
 
 ``[cluster.regions.<name>]``: at least one region. Names are 1-63 characters from ``a-z``,
 ``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each

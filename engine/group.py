@@ -211,6 +211,7 @@ from .errors import (
     StoreClosedError,
 )
 from .merge import (
+    CONFLICT_RECORD_ROOM,
     MERGE,
     PUT,
     RESOLVER_NAMES,
@@ -218,6 +219,7 @@ from .merge import (
     Conflict,
     RemoteWrite,
     Resolver,
+    ResolverFailedError,
     decode_cell,
     encode_cell,
     is_resolver_name,
@@ -1528,7 +1530,13 @@ class _Batch:
                 if not isinstance(write, RemoteWrite):
                     write = write(before)
                 resolver = self.sm.resolver(resolver_name)
-                cell, conflict = resolver.merge(before, write)
+                try:
+                    cell, conflict = resolver.merge(before, write)
+                except ResolverFailedError as exc:
+                    if not refuse_each:
+                        raise  # a local write: refused, the caller told why
+                    # Shipped: merged by last writer, as every region does with this pair.
+                    cell, conflict = exc.fallback
                 if compact:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
                 encoded = encode_cell(cell)  # written as is by _apply_merges
@@ -1875,9 +1883,7 @@ def _is_ts(v) -> bool:
     return type(v) is int and 0 < v <= MAX_TS
 
 
-# Bytes of a conflict-log record besides the losing write's value: three timestamps, two
-# origins (at most 255 characters each, see engine.merge) and a resolver name come to less.
-_CONFLICT_RECORD_ROOM = 4096
+_CONFLICT_RECORD_ROOM = CONFLICT_RECORD_ROOM
 
 
 def _is_value(v) -> bool:

@@ -114,9 +114,15 @@ greater of the two inputs' whatever ``fn`` puts in those fields. :func:`check_co
 
 A keyspace uses one as ``resolver="app:<name>"``, once every node has it in its
 ``[cluster.resolvers]`` (see :mod:`engine.config`); the nodes run ``fn`` on every write to the
-keyspace, local or shipped from another region. ``fn`` raising (any ``Exception``) refuses
-that write, as a payload a built-in resolver cannot take is refused; a transaction reads its
-own pending write as written, since ``fn`` runs where the commit is applied.
+keyspace, local or shipped from another region, on the node's event loop: it must be quick.
+When ``fn`` fails on a pair -- it raises (``KeyboardInterrupt`` and ``MemoryError`` aside,
+which stop the node: one replica alone may meet them), or does not return a :class:`Version`
+whose value is bytes of at most :data:`MAX_APP_VALUE_SIZE`, or None -- a local write is
+refused (the commit raises ``InvalidArgumentError`` saying why), and a write shipped from
+another region is merged by last writer instead (:class:`ResolverFailedError`), and logged as
+a conflict naming ``"lww (<name> failed)"`` if a value was dropped: refusing it would leave
+the region that committed it with a value the others never take. A transaction reads its own
+pending write as written, since ``fn`` runs where the commit is applied.
 """
 
 from __future__ import annotations
@@ -132,7 +138,7 @@ from typing import Any
 import msgpack
 
 from .errors import CorruptStateError, InvalidArgumentError
-from .mvcc import MAX_TS, MIN_TS
+from .mvcc import MAX_TS, MAX_VALUE_SIZE, MIN_TS
 
 __all__ = [
     "AddWinsSet",
@@ -148,6 +154,7 @@ __all__ = [
     "RESOLVER_NAMES",
     "RemoteWrite",
     "Resolver",
+    "ResolverFailedError",
     "Version",
     "apply_writes",
     "check_convergence",
@@ -174,6 +181,12 @@ CELL_FORMAT = 1
 RESOLVER_NAMES = ("lww", "counter", "max", "add_wins_set")
 """The built-in resolvers; an application resolver is named ``"app:<name>"``."""
 APP_PREFIX = "app:"
+CONFLICT_RECORD_ROOM = 4096
+"""Bytes a conflict-log record takes besides the losing write's value: three timestamps, two
+origins (at most 255 characters each) and a resolver's name come to less."""
+MAX_APP_VALUE_SIZE = MAX_VALUE_SIZE - CONFLICT_RECORD_ROOM
+"""The largest value an application resolver may make: as large as a regional write's value
+may be (it can lose a conflict and be logged in its turn, see engine.group)."""
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _MSGPACK_INT_MIN, _MSGPACK_INT_MAX = -(2**63), 2**64 - 1
@@ -955,15 +968,24 @@ class ApplicationResolver(Resolver):
         # version would then depend on the arrival order.
         local = Version(value, *(holder or cell.version))
         remote = Version(write.value, write.ts, write.origin)
+        problem = None
         try:
             result = self.fn(local, remote)
-        except Exception as exc:  # noqa: BLE001 - the application's code: refused, not a crash
-            raise InvalidArgumentError(f"resolver {self.name!r} raised {type(exc).__name__}: "
-                                       f"{exc}"[:500]) from None
-        if not isinstance(result, Version) or not (
-                result.value is None or isinstance(result.value, bytes)):
-            raise InvalidArgumentError(f"resolver {self.name!r} returned {result!r}, not a "
-                                       f"Version with a bytes or None value")
+        except (KeyboardInterrupt, MemoryError):
+            raise  # not the function's answer: one replica alone may meet them
+        except BaseException as exc:  # noqa: BLE001 - the function's answer, on every replica
+            problem = f"raised {type(exc).__name__}: {exc}"
+        else:
+            if not isinstance(result, Version) or not (
+                    result.value is None or isinstance(result.value, bytes)):
+                problem = f"returned {result!r:.200}, not a Version with a bytes or None value"
+            elif result.value is not None and len(result.value) > MAX_APP_VALUE_SIZE:
+                problem = (f"returned a value of {len(result.value)} bytes, over the "
+                           f"{MAX_APP_VALUE_SIZE}-byte limit")
+        if problem is not None:
+            raise ResolverFailedError(
+                f"resolver {self.name!r} {problem}"[:500],
+                self._by_last_writer(cell, write, local, remote))
         # The holder is the newest write whose value the result is, of those merged here:
         # the same whatever the arrival order, for a resolver that is a join.
         if result.value == value and result.value == write.value:
@@ -991,8 +1013,43 @@ class ApplicationResolver(Resolver):
                                         self.name)
         return new, conflict
 
+    def _by_last_writer(self, cell: Cell, write: RemoteWrite, local: Version,
+                        remote: Version) -> tuple[Cell, Conflict | None]:
+        """What the merge of ``write`` into ``cell`` gives when ``fn`` fails on them: the
+        greater ``(ts, origin)`` of the two values wins, as in ``lww`` -- the same in every
+        region for the same pair, where refusing the write would leave the regions apart (the
+        one that holds it keeps it). The value that lost, if it differed, is logged as a
+        conflict naming ``"lww"`` and the failure."""
+        (keep, kept), (drop, dropped) = sorted(
+            [(local, (local.ts, local.origin)), (remote, (remote.ts, remote.origin))],
+            key=lambda pair: pair[1], reverse=True)
+        if write.version > cell.version:
+            new = Cell(self.kind, write.ts, write.origin, (keep.value, write.prev, kept))
+        else:
+            new = Cell(self.kind, cell.ts, cell.origin, (keep.value, cell.state[1], kept))
+        conflict = None
+        if drop.value != keep.value:
+            conflict = Conflict(write.key, kept, dropped, drop.value,
+                                f"lww ({self.name} failed)")
+        return new, conflict
+
     def _value(self, cell: Cell) -> bytes | None:
         return cell.state[0]
+
+
+class ResolverFailedError(InvalidArgumentError):
+    """An application resolver's function raised, or did not answer a :class:`Version` with
+    a value within :data:`MAX_APP_VALUE_SIZE`.
+
+    Attributes:
+        fallback: ``(cell, conflict)``: the merge by last writer instead (see
+            ``ApplicationResolver._by_last_writer``), which a write shipped from another
+            region takes (the same in every region); a local write is refused instead.
+    """
+
+    def __init__(self, message: str, fallback: tuple[Cell, Conflict | None]) -> None:
+        super().__init__(message)
+        self.fallback = fallback
 
 
 _BUILTINS: dict[str, type[Resolver]] = {

@@ -149,19 +149,91 @@ def test_local_and_shipped_writes_go_through_the_resolver(group):
     assert logged[0][2][4] == b"short"
 
 
-def test_a_resolver_that_raises_refuses_the_write_and_the_group_goes_on(group):
+def test_a_resolver_that_raises_refuses_a_local_write_and_the_group_goes_on(group):
     group.kind = "app:picky"
     assert group.commit(T + 100, b"fine", resolver="app:picky").committed
     refused = group.commit(T + 200, b"boom", resolver="app:picky")
     assert refused.outcome is Outcome.INVALID
     assert "resolver 'picky' raised ValueError: no booms" in refused.reason
-    # Shipped: refused alone and logged, and the stream goes on past it.
+    assert group.commit(T + 300, b"finer", resolver="app:picky").committed
+    assert group.value() == b"finer"
+
+
+def test_a_shipped_write_the_resolver_fails_on_is_merged_by_last_writer(group):
+    # Refusing it would keep each region's own value for good: here, b"boom" where it was
+    # committed, b"fine" in the other region. By last writer, both keep the newer.
+    group.kind = "app:picky"
+    assert group.commit(T + 100, b"fine", resolver="app:picky").committed
     assert group.remote(0, T + 350, T + 300, b"boom", resolver="app:picky").committed
-    assert group.remote(T + 350, T + 450, T + 400, b"finest", resolver="app:picky").committed
-    assert group.value() == b"finest"
-    # The refused write is logged as such; "fine" lost to the concurrent "finest".
+    assert group.value() == b"boom"
+    assert group.remote(T + 350, T + 450, T + 400, b"ok", resolver="app:picky").committed
+    assert group.value() == b"ok"  # "longest" would keep b"boom"; picky fails on it
     assert [(rec[5], rec[4]) for _, _, rec in group.sm.conflicts(b"", b"\xff")] == [
-        ("picky", b"fine"), ("refused", b"boom")]
+        ("lww (picky failed)", b"fine"), ("lww (picky failed)", b"boom")]
+
+
+def test_regions_agree_when_the_resolver_fails_on_what_each_holds(tmp_path):
+    # Each region commits a first write (stored without calling the resolver), then receives
+    # the other's: the function fails on the pair in both, and both keep the same one.
+    east = _Group(tmp_path / "east", {"picky": picky})
+    west = _Group(tmp_path / "west", {"picky": picky})
+    east.kind = west.kind = "app:picky"
+    try:
+        assert east.commit(T + 100, b"boom", resolver="app:picky").committed
+        assert west.commit(T + 200, b"fine", resolver="app:picky").committed
+        # (each _Group ships as "eu-west": origins only break ties here, and there are none)
+        assert east.remote(0, T + 250, T + 200, b"fine", resolver="app:picky").committed
+        assert west.remote(0, T + 150, T + 100, b"boom", resolver="app:picky").committed
+        assert east.value() == west.value() == b"fine"
+    finally:
+        east.close()
+        west.close()
+
+
+def quits(local: Version, remote: Version) -> Version:
+    """``longest``, but it exits on the value b"quit" (as a call of sys.exit would)."""
+    if remote.value == b"quit":
+        raise SystemExit(3)
+    return longest(local, remote)
+
+
+def huge(local: Version, remote: Version) -> Version:
+    return Version((local.value or b"") * 2 ** 22, remote.ts, remote.origin)
+
+
+def starves(local: Version, remote: Version) -> Version:
+    raise MemoryError
+
+
+@pytest.mark.parametrize("fn, value, reason", [
+    (quits, b"quit", "raised SystemExit: 3"),
+    (huge, b"x", "returned a value of 41943040 bytes, over the"),
+    (lambda local, remote: "not a version", b"x", "returned 'not a version', not a Version"),
+])
+def test_any_failure_of_the_function_is_a_refusal_of_a_local_write(tmp_path, fn, value, reason):
+    g = _Group(tmp_path / "g", {"f": fn})
+    try:
+        assert g.commit(T + 100, b"0123456789", resolver="app:f").committed
+        refused = g.commit(T + 200, value, resolver="app:f")
+        assert refused.outcome is Outcome.INVALID and reason in refused.reason
+        # Shipped: merged by last writer.
+        assert g.remote(0, T + 350, T + 300, value, resolver="app:f").committed
+        g.kind = "app:f"
+        assert g.value() == value
+    finally:
+        g.close()
+
+
+def test_a_resolver_out_of_memory_stops_the_replica_rather_than_refuse(tmp_path):
+    # Unlike the function's own answer, one replica may run out of memory where the others
+    # do not: a refusal here alone would leave it unlike its group.
+    g = _Group(tmp_path / "g", {"starves": starves})
+    try:
+        assert g.commit(T + 100, b"fine", resolver="app:starves").committed
+        with pytest.raises(MemoryError):
+            g.commit(T + 200, b"more", resolver="app:starves")
+    finally:
+        g.close()
 
 
 def test_a_replica_without_the_resolver_stops_rather_than_apply_differently(tmp_path):
