@@ -77,9 +77,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -501,31 +503,48 @@ def run_campaign(config: CampaignConfig) -> dict[str, Any]:
     error: str | None = None
     results: dict[str, Any] | None = None
     planted.plant(set(config.planted_bugs), allow=bool(config.planted_bugs))
-    try:
+    with _sigterm_interrupts():
         try:
-            cluster.setup()
-            cluster.start_all()
-            campaign = Campaign(config, cluster)
-            with in_namespace(cluster.client_netns):
-                trio.run(campaign.run)
-        except Exception as exc:  # whatever broke the run, it is reported (unknown), not lost
-            error = f"{type(exc).__name__}: {exc}"
+            try:
+                cluster.setup()
+                cluster.start_all()
+                campaign = Campaign(config, cluster)
+                with in_namespace(cluster.client_netns):
+                    trio.run(campaign.run)
+            except Exception as exc:  # whatever broke the run, it is reported (unknown), not lost
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                planted.plant(None)
+            # The nodes stop before the check, but the cluster is closed only after it: the
+            # verdict decides whether data directories on LossyFS mounts are copied out first.
+            for node_id in list(cluster.procs):
+                cluster.kill_node(node_id)
+            node_exits = cluster.exited()
+            stop_s = round(time.monotonic() - started, 3)
+            if campaign is None:
+                _write_results(out, {"valid": None, "error": error, "config": config.to_dict()})
+                raise RuntimeError(f"the campaign could not start: {error}")
+            results = _report(config, campaign, cluster, node_exits, error, stop_s)
+            return results
         finally:
-            planted.plant(None)
-        # The nodes stop before the check, but the cluster is closed only after it: the
-        # verdict decides whether data directories on LossyFS mounts are copied out first.
-        for node_id in list(cluster.procs):
-            cluster.kill_node(node_id)
-        node_exits = cluster.exited()
-        stop_s = round(time.monotonic() - started, 3)
-        if campaign is None:
-            _write_results(out, {"valid": None, "error": error, "config": config.to_dict()})
-            raise RuntimeError(f"the campaign could not start: {error}")
-        results = _report(config, campaign, cluster, node_exits, error, stop_s)
-        return results
+            keep = config.keep_data or results is None or results["valid"] is not True
+            cluster.close(keep_data=keep)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Makes SIGTERM (``timeout(1)``, a cancelled CI job) interrupt the block as ^C does: trio
+    raises KeyboardInterrupt where that is safe, and the campaign's teardown runs (by default
+    SIGTERM ends the process at once, leaving its nodes, namespaces and mounts behind).
+    Signal handlers belong to the main thread: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
     finally:
-        keep = config.keep_data or results is None or results["valid"] is not True
-        cluster.close(keep_data=keep)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wan(regions: Sequence[str]) -> dict[tuple[str, str], float]:

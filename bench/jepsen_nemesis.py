@@ -136,7 +136,7 @@ class Nemesis:
         self.fired: dict[str, int] = dict.fromkeys(FAMILIES + TARGETED_FAMILIES, 0)
         self._stop_at = 0.0
         self._active: tuple[str, dict[str, Any]] | None = None
-        self._strobe: trio.CancelScope | None = None
+        self._strobe: tuple[trio.CancelScope, trio.Event] | None = None
 
     # ---------------------------------------------------------------- schedule
 
@@ -353,25 +353,31 @@ class Nemesis:
         victim = self.rng.choice(nodes)
         delta = round(self.rng.uniform(self.clock_max_s / 2, self.clock_max_s), 3)
         period = self.rng.uniform(0.05, 0.2)
-        scope = trio.CancelScope()
-        self._strobe = scope
+        scope, done = trio.CancelScope(), trio.Event()
+        self._strobe = scope, done
 
         async def strobe() -> None:
             sign = 1
-            with scope:
-                while True:
-                    self.cluster.set_clock(victim, sign * delta)
-                    sign = -sign
-                    await trio.sleep(period)
+            try:
+                with scope:
+                    while True:
+                        self.cluster.set_clock(victim, sign * delta)
+                        sign = -sign
+                        await trio.sleep(period)
+            finally:
+                done.set()
 
         trio.lowlevel.spawn_system_task(strobe)
         return {"node": victim, "delta_s": delta, "period_s": round(period, 3)}
 
     async def _stop_clock(self, detail: dict[str, Any]) -> dict[str, Any]:
         if self._strobe is not None:
-            self._strobe.cancel()
+            # The strobe may set the clock once more before it sees the cancellation (when it
+            # had not run yet, or its sleep had just ended): reset only after it has ended.
+            scope, done = self._strobe
             self._strobe = None
-            await trio.sleep(0)
+            scope.cancel()
+            await done.wait()
         reset = [n for n, off in self.cluster.clock_offsets_s.items() if off]
         for node in reset:
             self.cluster.set_clock(node, 0.0)

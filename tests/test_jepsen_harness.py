@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 
@@ -24,6 +28,8 @@ from bench.jepsen_nemesis import LOSSY_REPORT_KEYS, Nemesis, partition_shapes_fo
 from bench.jepsen_workloads import SetWorkload, check_set
 from bench.lossyfs import LossyModel
 from bench.txnsim import RunConfig, _workload
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _ev(process, kind, f, value, t, **extra):
@@ -315,6 +321,30 @@ def test_the_cli_exits_2_on_any_unexpected_error(tmp_path, monkeypatch):
     assert jepsen.main(["--workload", "bank", "--out", str(tmp_path / "out")]) == 2
 
 
+def test_sigterm_tears_the_lab_down_as_an_interrupt_does(tmp_path, no_lab, monkeypatch):
+    """SIGTERM (``timeout(1)``, a CI job cancelled) ends a campaign as ^C does: its nodes
+    stopped, namespaces and mounts removed, data kept. By default it ended the harness at
+    once, leaving all of them (and nodes stopped by SIGSTOP) behind."""
+    async def run(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await trio.sleep(1)
+
+    monkeypatch.setattr(jepsen.Campaign, "run", run)
+    terminated = []
+
+    def default(signum, frame):  # stands in for the default action: the process ends
+        terminated.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, default)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(tmp_path / "out")])
+        assert signal.getsignal(signal.SIGTERM) is default
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert no_lab == [True] and terminated == []
+
+
 # ============================================================ targeted schedules
 
 
@@ -476,6 +506,19 @@ def test_a_power_loss_records_what_was_lost():
     assert value["lost"][str(node)]["files"] == 1
 
 
+def test_a_clock_strobe_is_healed_by_the_stop_that_follows_it():
+    """The strobe flips a node's clock from a task of its own: the stop must leave every
+    clock true and record the node it reset, also when it comes before that task first ran
+    (trio runs ready tasks in a random order: a few tries). It used to reset nothing, and
+    the task then skewed the clock after the heal."""
+    for _ in range(20):
+        cluster = _FakeCluster()
+        _, _, events = _start_stop(cluster, "clock", "strobe")
+        (_, started), (_, stopped) = events
+        assert not any(cluster.clock_offsets_s.values()), events
+        assert stopped["reset"] == [started["node"]]
+
+
 @pytest.mark.parametrize("bound_ms", [250, 100])
 def test_clock_offsets_keep_nodes_within_the_clusters_skew_bound(bound_ms):
     """Any two nodes (a skewed node's clock against another's, or the true one) are at most
@@ -577,3 +620,53 @@ def test_an_invalid_run_keeps_its_data(tmp_path, no_lab, monkeypatch):
     out = tmp_path / "out"
     assert jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(out)]) == 1
     assert no_lab == [True]
+
+
+# ============================================================ nothing outlives the harness
+
+# bench.jepsen_node as the lab starts it, with the node itself replaced by a process that
+# says it is up and then waits.
+_NODE = ("import sys, time\n"
+         "import engine.cli\n"
+         "from bench import jepsen_node\n"
+         "engine.cli.main = lambda argv: (print('up', flush=True), time.sleep(30))\n"
+         "sys.exit(jepsen_node.main(['--config', 'node-1.toml']))\n")
+# The harness: starts the node in a session of its own (as LabCluster.start_node does) and
+# prints its pid once it is up.
+_HARNESS = ("import subprocess, sys\n"
+            "proc = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+            "stdout=subprocess.PIPE, text=True, start_new_session=True)\n"
+            "assert proc.stdout.readline() == 'up\\n'\n"
+            "print(proc.pid, flush=True)\n"
+            "proc.wait()\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_node_ends_with_the_harness_that_started_it():
+    """A harness killed outright (SIGKILL: a test's or a CI job's timeout) runs no clean-up:
+    its node processes, each in a session of its own and some stopped (SIGSTOP), must not
+    run on for ever inside their namespaces."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    harness = subprocess.Popen([sys.executable, "-c", _HARNESS, _NODE], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, text=True)
+    node = int(harness.stdout.readline())
+    try:
+        os.kill(node, signal.SIGSTOP)  # a paused node
+        harness.kill()
+        harness.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _alive(node) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(node)
+    finally:
+        harness.stdout.close()
+        if _alive(node):
+            os.kill(node, signal.SIGKILL)
