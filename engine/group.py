@@ -95,9 +95,9 @@ An entry's data is one msgpack array whose first element says what it is:
     its copy is not complete, and commits and prepares that write it (or, serializable, read
     it) with a snapshot below that timestamp: the writes before it went to another group,
     which the adjudicator here cannot check them against (conflict ``moved``); a
-    serializable transaction's read keys are refused from level 2, like reads. With
-    ``expect``, ``[level, available_from]``, the fence changes only if it is that when the
-    entry is applied (else the conflict ``fence_changed``).
+    serializable transaction's read keys and scanned ranges are refused from level 2, like
+    reads. With ``expect``, ``[level, available_from]``, the fence changes only if it is that
+    when the entry is applied (else the conflict ``fence_changed``).
     ``epoch`` (0 if absent) is the keyspace's epoch in the catalog when the move or drop
     making the change began (engine.catalog, :attr:`Keyspace.epoch`): the fence keeps the
     highest epoch of the FENCE entries applied to it, changed by them or not, and refuses a
@@ -1224,8 +1224,11 @@ class _Batch:
             if refused is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", refused)
         elif self.sm._fences:
+            # A scanned range is read too: checked by the keyspace it starts in, as a refresh
+            # checks it (a client's range never crosses keyspaces).
             moved = self.sm.fenced(read_ts, [*keys, *(cmd[7] if len(cmd) > 7 else ())],
-                                   reads if flags & SERIALIZABLE else ())
+                                   [*reads, *(sp[0] for sp in _spans_of(cmd))]
+                                   if flags & SERIALIZABLE else ())
             if moved is not None:
                 return CommitResult(Outcome.CONFLICT, ts, "moved", moved)
         merged: list = []

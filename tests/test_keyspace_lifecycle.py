@@ -541,6 +541,25 @@ async def test_a_serializable_read_is_not_validated_in_a_home_the_keyspace_left(
                 assert refused.value.reason == "moved"
 
 
+async def test_a_serializable_scan_is_not_validated_in_a_home_the_keyspace_left():
+    """As above, for a range scanned (empty) rather than a key read: a key inserted into
+    the range in the new home is a phantom the old home cannot see, so the commit
+    conflicts."""
+    async with open_local_cluster(TWO_REGIONS, 1, seed=60) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("eu-west") as west:
+            with trio.fail_after(60):
+                await db.create_keyspace("moving", home_region="us-east")
+                await db.create_keyspace("staying", home_region="us-east")
+                tx = db.transaction(isolation="serializable")
+                assert await tx.scan("moving", b"shift/", b"shift0") == []
+                await west.move_keyspace("moving", "eu-west")
+                await west.run_transaction(lambda t: t.put("moving", b"shift/bob", b"on"))
+                await tx.put("staying", b"x", b"saw no shift")
+                with pytest.raises(errors.TransactionConflictError) as refused:
+                    await tx.commit()
+                assert refused.value.reason == "moved"
+
+
 AHEAD_NS = 240_000_000  # within the local cluster's maximum clock offset (250 ms)
 
 
