@@ -1283,6 +1283,18 @@ def _check_key(key: object) -> bytes:
     return k
 
 
+def _check_bound(bound: object, name: str) -> bytes:
+    """A scan's bound: bytes or str of at most one byte more than the longest key, so that
+    ``key + b"\\x00"`` (the bound just past ``key``, where a scan goes on after it) is one
+    for every key."""
+    b = _as_bytes(bound, name)
+    if len(b) > MAX_USER_KEY_SIZE + 1:
+        raise InvalidArgumentError(f"{name} is {len(b)} bytes: a bound is at most "
+                                   f"{MAX_USER_KEY_SIZE + 1} bytes (the longest key, "
+                                   f"{MAX_USER_KEY_SIZE}, plus one)")
+    return b
+
+
 def _coalesced(spans: list[list]) -> list[list]:
     """At most about half of :data:`MAX_SPANS` ranges covering every key of ``spans`` (a span
     with a limit counts as its whole range), so that a transaction may scan any number of
@@ -1439,14 +1451,21 @@ class Transaction:
         transaction's own writes; ``limit`` caps the count, ``reverse`` walks backwards.
         Under ``serializable`` the range is validated at commit (the keys returned, and
         the gaps between them: a key inserted there since the snapshot is a conflict), and
-        locked against writers from prepare to resolution in a two-phase commit."""
+        locked against writers from prepare to resolution in a two-phase commit.
+
+        Raises:
+            InvalidArgumentError: a bound that is not bytes or str, or is more than one byte
+                longer than the longest key (``key + b"\\x00"`` bounds the keys after any
+                key), or a bad ``limit``.
+        """
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or None")
         self._check_open()
+        first = _check_bound(b"" if start is None else start, "start")
+        past = None if end is None else _check_bound(end, "end")
         ks = await self._db.keyspace(keyspace)
-        lo, hi = keyspace_bounds(ks.id)
-        s = encode_key(ks.id, _as_bytes(start, "start")) if start else lo
-        e = encode_key(ks.id, _as_bytes(end, "end")) if end is not None else hi
+        s = encode_key(ks.id, first)
+        e = encode_key(ks.id, past) if past is not None else keyspace_bounds(ks.id)[1]
         group = self._db.group_of(ks)
         mine = {k: v for k, v in self._writes.items() if s <= k < e}
         pending = [k for k in self._merges if s <= k < e]

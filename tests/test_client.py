@@ -15,7 +15,7 @@ import math
 import hypothesis.strategies as st
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 import engine
 from engine import client as client_module
@@ -470,6 +470,29 @@ def test_reads_see_the_snapshot_plus_the_transactions_own_writes(model_db, ops, 
         tx.rollback()
 
 
+def test_scan_bounds_are_checked_in_the_callers_terms(model_db):
+    # A bound that was not bytes or str but false (0, [], False) scanned from the start of
+    # the keyspace, and one longer than a bound may be was refused by the node in terms of
+    # its stored keys ("start is 304 bytes, over the longest key (250) plus one" for a
+    # 300-byte start): the caller's keys are at most MAX_USER_KEY_SIZE bytes.
+    db, base = model_db
+    longest = placement.MAX_USER_KEY_SIZE
+    with db.transaction() as tx:
+        for bad in (0, [], False, 1.5):
+            with pytest.raises(errors.InvalidArgumentError, match="start must be bytes or str"):
+                tx.scan("g", bad)
+            with pytest.raises(errors.InvalidArgumentError, match="end must be bytes or str"):
+                tx.scan("g", b"", bad)
+        for name, args in (("start", (b"k" * 300,)), ("end", (b"", b"k" * 300))):
+            with pytest.raises(errors.InvalidArgumentError,
+                               match=f"{name} is 300 bytes: a bound is at most {longest + 1}"):
+                tx.scan("g", *args, reverse=True)
+        # The longest bound there is (just past the longest key), and None for the start.
+        assert tx.scan("g", b"\xff" * (longest + 1)) == []
+        assert tx.scan("g", None, b"k" * (longest + 1)) == sorted(base.items())
+        tx.rollback()
+
+
 async def test_run_transaction_does_not_commit_again_a_transaction_its_function_ended():
     # A debit that commits at its end: run_transaction used to commit it again and raise
     # TransactionClosedError ("is committed") after the debit had committed. A caller that
@@ -597,3 +620,84 @@ def test_node_addresses_are_parsed_as_the_configuration_parses_them(text, reason
     assert len(str(caught.value)) < 200
     assert client_module._parse_address("[::1]:7100") == ("::1", 7100)
     assert client_module._parse_address("localhost:7100") == ("localhost", 7100)
+
+
+_LONGEST = placement.MAX_USER_KEY_SIZE
+EDGE_KEYS = [b"\x00", b"a", b"a\x00", b"b", b"\xff", b"a" * _LONGEST, b"\xff" * _LONGEST]
+
+
+@pytest.fixture(scope="module")
+def edge_db():
+    """A single-node cluster in a thread with three global keyspaces holding the same keys
+    (the empty-ish, the longest, some with zero bytes), values up to a few hundred bytes;
+    ``b``, the one scanned, lacks every third key and had one deleted."""
+    cluster = ClusterThread(seed=25)
+    try:
+        db = connect_blocking(cluster.start())
+        try:
+            base = {}
+            for ks in ("a", "b", "c"):
+                db.create_keyspace(ks)
+            with db.transaction() as tx:
+                for i, k in enumerate(EDGE_KEYS):
+                    for ks in ("a", "b", "c"):
+                        if ks != "b" or i % 3 != 1:
+                            tx.put(ks, k, ks.encode() * (60 * i))
+                    if i % 3 != 1:
+                        base[k] = b"b" * (60 * i)
+            with db.transaction() as tx:
+                tx.delete("b", b"b")
+            del base[b"b"]
+            yield db, base
+        finally:
+            db.close()
+    finally:
+        cluster.stop()
+
+
+_edge_bound = st.sampled_from([None, b"", *EDGE_KEYS, b"\xff" * (_LONGEST + 1),
+                               b"a" * _LONGEST + b"\x00"])
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(EDGE_KEYS), st.binary(max_size=300)),
+    st.tuples(st.just("delete"), st.sampled_from(EDGE_KEYS), st.none()),
+    st.tuples(st.just("scan"), st.tuples(_edge_bound, _edge_bound,
+                                         st.sampled_from([None, 0, 1, 2, 5]), st.booleans()),
+              st.none()),
+), max_size=10))
+# The transaction's deletes at either end of a limited scan must not use up its limit.
+@example(ops=[("delete", b"\x00", None), ("scan", (None, None, 1, False), None),
+              ("delete", EDGE_KEYS[-1], None), ("scan", (None, None, 1, True), None)])
+@example(ops=[("scan", (b"a", b"\xff", 2, True), None), ("scan", (b"a", b"a", None, True), None),
+              ("put", b"b", b"mine"), ("scan", (b"a\x00", b"\xff", 1, True), None)])
+def test_scans_at_the_edges_match_the_model(edge_db, monkeypatch, ops):
+    # Pages of at most three pairs or 400 bytes (a value of a few hundred bytes ends one),
+    # keys of the longest size (``last + b"\x00"`` is then the longest bound), the longest
+    # bounds, and the same keys in the keyspaces on either side, which must never show.
+    monkeypatch.setattr(node_module, "SCAN_PAGE_ITEMS", 3)
+    monkeypatch.setattr(node_module, "SCAN_PAGE_BYTES", 400)
+    db, base = edge_db
+    model = dict(base)
+    tx = db.transaction()
+    try:
+        for op, arg, value in ops:
+            if op == "put":
+                tx.put("b", arg, value)
+                model[arg] = value
+            elif op == "delete":
+                tx.delete("b", arg)
+                model.pop(arg, None)
+            else:
+                start, end, limit, reverse = arg
+                want = sorted((k, v) for k, v in model.items()
+                              if (start is None or k >= start) and (end is None or k < end))
+                if reverse:
+                    want.reverse()
+                if limit is not None:
+                    want = want[:limit]
+                assert tx.scan("b", start, end, limit=limit, reverse=reverse) == want, arg
+    finally:
+        tx.rollback()
