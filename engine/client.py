@@ -609,9 +609,11 @@ class Database:
            keys have finished (keys left there by an earlier stay are deleted; only this
            move's copy passes the new group's fence); the new group serves reads from the
            copy's timestamp on;
-        4. the old group refuses reads too; the catalog's record points to the new home, if
-           no other move or drop of the keyspace has begun since (a compare-and-set on the
-           epoch);
+        4. the old group refuses reads too, and the move waits for the transactions
+           prepared there that read the keyspace (serializable reads lock what they read
+           until resolved, which the new group cannot know of); the catalog's record points
+           to the new home, if no other move or drop of the keyspace has begun since (a
+           compare-and-set on the epoch);
         5. the new group accepts writes; the old group is told it may erase its copy (if
            its region is out of reach, the next move or drop tells it); the record forgets
            the copies erased.
@@ -686,6 +688,10 @@ class Database:
             await self._fence_at(new, ks, 1, copied_at)  # reads from the copy on
             # No reads; the old home served none above this stamp.
             floor = max(floor, (await self._fence_at(old, ks, 2))["ts"])
+            # Nor takes any new lock: the new home takes no write before those held there
+            # (a prepared serializable transaction's reads) are released.
+            await self._call_group(old, "keyspace.unlocked",
+                                   {"group": old, "keyspace_id": ks.id})
         except BaseException as exc:
             if isinstance(exc, TransactionConflictError) and exc.reason == "catalog_changed":
                 raise  # overtaken: the fences are the newer move's or drop's now

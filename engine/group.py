@@ -841,6 +841,27 @@ class GroupStateMachine:
                 out.append(intent)
         return out
 
+    def locks_in(self, start: bytes, end: bytes) -> list[Intent]:
+        """What prepared serializable transactions read in ``[start, end)`` and hold until
+        they are resolved: a lock per key read there (an :class:`Intent` on it), and one per
+        transaction whose scanned range overlaps it (on the range's first key there). A
+        keyspace moving away waits for them (see ``keyspace.unlocked`` in engine.node): the
+        new home knows nothing of them, and would take writes that change what they read."""
+        if not self._prepared_count:
+            return []
+        out = []
+        for skey, raw in self.store.side_scan(_INTENT + start, _INTENT + end):
+            txn_id, prepare_ts, kind, _, primary, deadline = msgpack.unpackb(raw)
+            if kind == _KIND_LOCK:
+                out.append(Intent(skey[1:], txn_id, prepare_ts, primary, deadline))
+        for txn_id, spans in self._span_locks.items():
+            overlap = [max(s, start) for s, e in spans if s < end and start < e]
+            if overlap:
+                prepare_ts, _, primary, deadline = msgpack.unpackb(
+                    self.store.side_get(_PREPARED + _U64.pack(txn_id)))[:4]
+                out.append(Intent(min(overlap), txn_id, prepare_ts, primary, deadline))
+        return out
+
     def prepared(self) -> list[Intent]:
         """One entry per transaction prepared here and not resolved yet (``key`` is its first
         key): what a recovery sweep looks at."""

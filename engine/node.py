@@ -406,6 +406,7 @@ class Node:
             "keyspace.settle": self._guarded(self._keyspace_settle),
             "keyspace.fence": self._guarded(self._keyspace_fence),
             "keyspace.copy": self._guarded(self._keyspace_copy),
+            "keyspace.unlocked": self._guarded(self._keyspace_unlocked),
             "read": self._guarded(self._read),
             "scan": self._guarded(self._scan),
             "commit": self._guarded(self._commit),
@@ -1685,6 +1686,24 @@ class Node:
             return {"ts": result.ts, "done": False, "fence": list(replica.sm.fence(prefix)),
                     "epoch": replica.sm.fence_epoch(prefix)}
         return {"ts": result.ts, "done": True}
+
+    async def _keyspace_unlocked(self, p):
+        """Waits until no transaction prepared in the group holds what it read in keyspace
+        ``keyspace_id`` (a lock on a key, or a scanned range; see
+        :meth:`GroupStateMachine.locks_in`), recovering those past their deadline. A move
+        asks the group it leaves once the keyspace is fenced against reads there (no new
+        lock can be taken): the new home knows nothing of these locks, and must take no
+        write before they are released. Answers ``{}``; a retryable ``not_closed`` error if
+        they are not released within the wait for intents."""
+        replica = self._replica(p)
+        ks_id = p.get("keyspace_id")
+        if type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID:
+            raise InvalidArgumentError("keyspace_id must be a keyspace id")
+        start, end = keyspace_bounds(ks_id)
+        await replica.snapshot_ts()  # leader, and the fence and every prepare before it applied
+        await self._wait_intents(replica, MAX_TS, lambda: replica.sm.locks_in(start, end),
+                                 restart=False)
+        return {}
 
     async def _keyspace_copy(self, p):
         """One batch of a keyspace move's copy into the group receiving it: a blind one-phase

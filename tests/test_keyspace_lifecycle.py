@@ -1295,3 +1295,41 @@ async def test_a_write_refused_during_a_moves_copy_says_that_a_move_is_under_way
                 await db.run_transaction(lambda tx: tx.put("g", b"k", b"after"))
                 assert await db.read("g", b"k") == b"after"
                 assert (await db.keyspace("g")).home == "eu-west"
+
+
+async def test_a_move_waits_for_the_serializable_reads_prepared_in_the_home_it_leaves():
+    """A transaction prepared in the old home holds what it read there -- a key, a scanned
+    range -- until it is resolved, and the new home knows nothing of that: it must take no
+    write before those locks are released (a write there could change what the transaction
+    read before it commits). Here the transaction's coordinator is gone, and the move ends
+    only once the transaction has been recovered (aborted) in the old home."""
+    from engine.placement import encode_key
+    from engine.rpc import connect_rpc
+
+    txn = 4343
+    async with open_local_cluster(TWO_REGIONS, 1, seed=61) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                moving = await db.create_keyspace("moving", home_region="us-east")
+                staying = await db.create_keyspace("staying", home_region="us-east")
+                async with db.transaction() as tx:
+                    await tx.put("moving", b"k", b"v0")
+                here = data_group(cluster.config, "us-east")
+                node = next(n for n in cluster.nodes.values()
+                            if here in n.replicas and n.replicas[here].node.is_leader)
+                replica = node.replicas[here]
+                read_ts = await replica.snapshot_ts()
+                read = encode_key(moving.id, b"k")
+                async with connect_rpc(cluster.config.node(node.id).client_host,
+                                       node.client_port) as conn:
+                    await conn.call("prepare", {
+                        "group": here, "txn_id": txn, "read_ts": read_ts, "primary": here,
+                        "writes": [[encode_key(staying.id, b"x"), b"1"]], "reads": [read],
+                        "locks": [read], "serializable": True,
+                        "spans": [[encode_key(moving.id, b"a"), encode_key(moving.id, b"z"),
+                                   None]]})
+                start, end = keyspace_bounds(moving.id)
+                assert {i.txn_id for i in replica.sm.locks_in(start, end)} == {txn}
+                await db.move_keyspace("moving", "eu-west")
+                assert not replica.sm.is_prepared(txn)
+                assert replica.sm.locks_in(start, end) == []
