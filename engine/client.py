@@ -389,7 +389,7 @@ class Database:
         except KeyspaceNotFoundError:
             pass  # another drop of it, begun at the same time, has ended it
         finally:
-            self._keyspaces.pop(name, None)
+            self._forget_keyspace(name)
 
     async def list_keyspaces(self) -> list[Keyspace]:
         """Every keyspace's catalog record, by name, read a page at a time (each page at a
@@ -435,7 +435,7 @@ class Database:
         try:
             rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
         except KeyspaceNotFoundError:
-            self._keyspaces.pop(name, None)
+            self._forget_keyspace(name)
             raise
         ks = keyspace_from_record(rec)
         # Unless a lookup that started later has answered already (lookups may overlap: the
@@ -452,6 +452,17 @@ class Database:
             pass  # tried again on the next use (a dropped keyspace is forgotten already)
         finally:
             self._keyspace_refreshing.discard(name)
+
+    def _forget_keyspace(self, name: str | None = None) -> None:
+        """Forgets the cached record of keyspace ``name`` (of every keyspace: None) with
+        when it was looked up: the names of dropped keyspaces must not pile up in a
+        long-lived handle."""
+        cached = (self._keyspaces, self._keyspace_fetched, self._keyspace_unreachable)
+        for by_name in cached:
+            if name is None:
+                by_name.clear()
+            else:
+                by_name.pop(name, None)
 
     def _groups_holding(self, ks: Keyspace) -> list[int]:
         """The groups that may hold a keyspace's data: every region's data group for a
@@ -640,7 +651,7 @@ class Database:
         try:
             return await self._move(ks, home_region)
         finally:
-            self._keyspaces.pop(name, None)
+            self._forget_keyspace(name)
 
     async def _move(self, ks: Keyspace, home_region: str) -> Keyspace:
         """:meth:`move_keyspace` once begun (``ks``: the record it began)."""
@@ -742,7 +753,7 @@ class Database:
         names the keyspace's id, looked up first: if its answer is lost and the call is
         sent again, it must not begin with another keyspace that took the name meanwhile."""
         check_keyspace_name(name)
-        self._keyspaces.pop(name, None)
+        self._forget_keyspace(name)
         found = await self._call_group(self._meta_group, "keyspace.get",
                                        {"name": name, "dropping": op == "drop"})
         payload: dict[str, Any] = {"name": name, "op": op, "id": found["id"]}
@@ -1199,7 +1210,7 @@ class Database:
                         continue
                     if exc.code == "moved" or exc.details.get("reason") == "moved":
                         # A keyspace moved to another group: look keyspaces up afresh.
-                        self._keyspaces.clear()
+                        self._forget_keyspace()
                     raise _translate(exc) from None
                 self._leaders[group] = node_id
                 return result
@@ -1864,7 +1875,7 @@ class Transaction:
         if changed:
             if any(reply.get("reason") == "moved" for _, reply in changed):
                 # A keyspace it read moved away: the next attempt must look it up afresh.
-                db._keyspaces.clear()
+                db._forget_keyspace()
             key = changed[0][1].get("key")
             if isinstance(key, bytes):
                 key = user_key(key)

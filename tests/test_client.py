@@ -395,6 +395,28 @@ async def test_every_operation_on_a_closed_database_says_it_is_closed():
                 await op
 
 
+async def test_a_long_lived_handle_forgets_the_keyspaces_that_were_dropped():
+    # The time each keyspace record was looked up was kept after the record was forgotten:
+    # a handle that creates and drops keyspaces of new names (one per job, say) grew by one
+    # entry per name, for as long as it lived.
+    async with open_local_cluster(("us-east",), 1, seed=36) as cluster:
+        async with cluster.connect() as db, cluster.connect() as other:
+            with trio.fail_after(30):
+                await db.create_keyspace("kept")
+                for i in range(5):
+                    await db.create_keyspace(f"job{i}")
+                    await db.drop_keyspace(f"job{i}")
+                # Dropped through another handle: found gone on the next lookup.
+                await db.create_keyspace("elsewhere")
+                await other.drop_keyspace("elsewhere")
+                db._keyspace_fetched["elsewhere"] -= client_module.KEYSPACE_CACHE_S * 2
+                with pytest.raises(errors.KeyspaceNotFoundError):
+                    await db.keyspace("elsewhere")
+                assert set(db._keyspaces) == {"kept"}
+                assert set(db._keyspace_fetched) == {"kept"}
+                assert not db._keyspace_unreachable
+
+
 # ---------------------------------------------------------------------- read your writes, model
 
 KEYS = [b"k%d" % i for i in range(8)]
