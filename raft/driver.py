@@ -716,8 +716,16 @@ class RaftNode:
         if self._core.applied >= index:
             return
         waiter = _Waiter()
-        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), waiter))
-        await waiter.wait()
+        entry = (index, next(self._waiter_ids), waiter)
+        heapq.heappush(self._applied_waiters, entry)
+        try:
+            await waiter.wait()
+        finally:
+            if not waiter.event.is_set():
+                # The caller gave up (a read's timeout): an apply that is stuck, or far
+                # behind, must not keep one entry per abandoned wait until it catches up.
+                self._applied_waiters.remove(entry)
+                heapq.heapify(self._applied_waiters)
 
     def statistics(self) -> RaftNodeStats:
         c = self._core

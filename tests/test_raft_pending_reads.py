@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from raft.types import Message, MessageType, RaftError
 
@@ -89,3 +90,22 @@ async def test_reads_whose_callers_time_out_do_not_pile_up_on_a_cut_off_leader(t
                     await node.linearizable_read(timeout=TICK)
         assert node.is_leader
         assert _pending_reads(node.core) == 0
+
+
+async def test_waits_for_an_apply_whose_callers_gave_up_are_forgotten(tmp_path):
+    """Reads wait for the leader's apply to reach their read index; while it cannot (a stuck
+    disk, a long snapshot install), callers time out and retry. Each wait they gave up on was
+    kept until the apply got there."""
+    async with cluster(tmp_path, n=1) as c:
+        node = c.nodes[await c.leader()]
+        far = node.core.applied + 1_000_000
+        with trio.fail_after(20):
+            for k in range(2000):
+                with trio.move_on_after(0):
+                    await node.wait_applied(far + k % 7)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.wait_applied, node.core.applied + 1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(node._applied_waiters) == 1  # a wait still under way stays
+                await node.propose(b"x")
+        assert node._applied_waiters == []
