@@ -5,7 +5,6 @@
 simulated WAN latency between regions in the Raft transport and in clients. The directory holds
 everything about the running cluster::
 
-    DIR/cluster.toml           the [cluster] table shared by all nodes (for reference)
     DIR/node-<id>.toml         each node's configuration
     DIR/node-<id>/             each node's data directory
     DIR/node-<id>.log          each node's log (stdout and stderr)
