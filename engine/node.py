@@ -82,7 +82,7 @@ import trio
 from raft.core import Config as RaftConfig
 from raft.driver import UNSAFE_MODES, open_raft_node
 from raft.storage import RaftStorage
-from raft.tcp import serve_tcp_transport
+from raft.tcp import TcpOptions, serve_tcp_transport
 from raft.transport import LinkModel
 
 from . import catalog as cat
@@ -336,7 +336,8 @@ class Node:
         peers = {n.id: (n.peer_host, n.peer_port) for n in self.cluster.all_nodes()
                  if n.id != self.id}
         await serve_tcp_transport(self.id, (me.peer_host, me.peer_port), peers, latency or None,
-                                  seed=self._seed, task_status=task_status)
+                                  seed=self._seed, options=TcpOptions(cluster=self.cluster.name),
+                                  task_status=task_status)
 
     async def _open_group(self, groups: contextlib.AsyncExitStack, nursery, files, directory,
                           gid: int, conf, transport) -> None:

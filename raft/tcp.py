@@ -14,7 +14,8 @@ connections, not even when both start at the same moment.
 On a new connection the dialer first writes a handshake frame (``[version, "meridian-raft",
 dialer_id, acceptor_id]``, see :mod:`raft.wire`), then data frames. The acceptor closes the
 connection, with a logged reason, if the handshake is missing, of another wire version, meant
-for another node id, or from a node that may not dial it (an id not lower than its own).
+for another node id or another cluster (:attr:`TcpOptions.cluster`), or from a node that may
+not dial it (an id not lower than its own).
 Otherwise it answers with a handshake of its own (the two ids swapped) and then uses the
 connection for its frames to that peer as well: from then on each side runs a reader and a
 writer on the same stream. The dialer checks the answer the same way, and closes the connection
@@ -110,6 +111,7 @@ from .transport import (
 from .types import Message
 from .wire import (
     DEFAULT_MAX_FRAME,
+    MAX_CLUSTER_NAME,
     FrameDecoder,
     Handshake,
     WireError,
@@ -156,6 +158,9 @@ class TcpOptions:
     # how long a write may make no progress before the connection is closed: the peer reads
     # nothing (hung, or cut off without a reset), and only a new connection can bring it back
     send_stall_timeout_s: float = 10.0
+    # the cluster's name, sent and checked in every handshake: a node of another cluster (ids
+    # are unique within one only) at an address reused for this one is refused
+    cluster: str = ""
 
     def __post_init__(self):
         for name in ("max_outbox", "max_outbox_bytes", "max_inbox", "max_frame",
@@ -166,6 +171,8 @@ class TcpOptions:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
         if min(self.connect_timeout_s, self.handshake_timeout_s, self.send_stall_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
+        if type(self.cluster) is not str or len(self.cluster.encode()) > MAX_CLUSTER_NAME:
+            raise ValueError(f"cluster must be a str of at most {MAX_CLUSTER_NAME} bytes")
 
 
 class Backoff:
@@ -572,8 +579,8 @@ class TcpTransport:
             async with stream:
                 conn = await self._run_connection(
                     link, stream, FrameDecoder(opts.max_frame),
-                    hello=encode_handshake(self.node_id, link.peer),
-                    expect=Handshake(link.peer, self.node_id),
+                    hello=encode_handshake(self.node_id, link.peer, opts.cluster),
+                    expect=Handshake(link.peer, self.node_id, opts.cluster),
                 )
                 if conn.warn:
                     logger.warning("node %d: closing connection to %s: %s",
@@ -671,6 +678,9 @@ class TcpTransport:
             if hello.dialer >= self.node_id:
                 raise WireError(f"node {hello.dialer} may not dial node {self.node_id}: "
                                 "the lower node id dials the higher")
+            if hello.cluster != opts.cluster:
+                raise WireError(f"node {hello.dialer} is of cluster {hello.cluster!r}, this "
+                                f"node of {opts.cluster!r} (an address of another cluster?)")
         except WireError as exc:
             counters.decode_errors += 1
             logger.warning("node %d: closing connection from %s: %s", self.node_id, who, exc)
@@ -695,7 +705,8 @@ class TcpTransport:
         link.newest_accepted = number
         try:
             conn = await self._run_connection(
-                link, stream, decoder, hello=encode_handshake(self.node_id, peer), expect=None
+                link, stream, decoder, hello=encode_handshake(self.node_id, peer, opts.cluster),
+                expect=None
             )
         finally:
             self._forget_if_unused(link)
@@ -813,8 +824,9 @@ class TcpTransport:
                     return
                 if hello != expect:
                     raise WireError(
-                        f"the answer is from node {hello.dialer} to node {hello.acceptor}, "
-                        f"expected one from node {expect.dialer} to node {expect.acceptor}"
+                        f"the answer is from node {hello.dialer} to node {hello.acceptor} of "
+                        f"cluster {hello.cluster!r}, expected one from node {expect.dialer} to "
+                        f"node {expect.acceptor} of {expect.cluster!r}"
                     )
             # Frame bytes that came in the same read as the handshake (either side's).
             link.bytes_received += decoder.buffered

@@ -57,21 +57,25 @@ Handshake
 The first frame a dialing node writes on a new connection is a handshake rather than a data
 frame. It has the same length prefix but no CRC (so that a peer of another version, whatever
 its frame layout, is refused with a message about the version); its body, at most
-:data:`MAX_HANDSHAKE` (4 KiB) long whatever ``max_frame`` is, is an array of 4::
+:data:`MAX_HANDSHAKE` (4 KiB) long whatever ``max_frame`` is, is an array of 5::
 
-    [version, "meridian-raft", dialer_id, acceptor_id]
+    [version, "meridian-raft", dialer_id, acceptor_id, cluster]
 
 The second element is the msgpack str ``"meridian-raft"``; it tells a Meridian peer from any other
 service. ``acceptor_id`` is the node the dialer believes it reached, so an acceptor can refuse a
-connection meant for another node (a stale address). A version other than :data:`WIRE_VERSION`
+connection meant for another node (a stale address). ``cluster`` is the name of the dialer's
+cluster (a str of at most :data:`MAX_CLUSTER_NAME` bytes): node ids are unique within a cluster
+only, so a node of another cluster at an address reused for this one is refused rather than let
+its Raft messages mix with this cluster's. A version other than :data:`WIRE_VERSION`
 is refused with an error naming both versions; later versions keep the first two elements where
 they are, so that a mismatch is always reported as one.
 
 A connection carries frames both ways (:mod:`raft.tcp`), so the acceptor, once it has accepted
 the connection, answers with a handshake of its own before its first data frame: the same array
-with the two ids swapped, ``[version, "meridian-raft", acceptor_id, dialer_id]`` -- in either
-direction the third element names the sender and the fourth the node it means to reach. The
-dialer checks both ids, so a connection that merely echoes what it is sent is refused.
+with the two ids swapped, ``[version, "meridian-raft", acceptor_id, dialer_id, cluster]`` -- in
+either direction the third element names the sender and the fourth the node it means to reach.
+The dialer checks both ids and the cluster, so a connection that merely echoes what it is sent
+is refused.
 
 Worked example
 --------------
@@ -80,8 +84,8 @@ A HEARTBEAT for group 7 from node 1 to node 2 in term 5, commit 3, no ReadIndex 
 bytes::
 
     16 00 00 00                   length 22
-    dc 45 d0 59                   CRC-32C of the 22 bytes below: 0x59d045dc
-    93 02 07 91                   [2, 7, [ ...one message
+    31 38 da 54                   CRC-32C of the 22 bytes below: 0x54da3831
+    93 03 07 91                   [3, 7, [ ...one message
     9f 07 02 01 05 00 00 90 03    [7, 2, 1, 5, 0, 0, [], 3,
     c2 00 c4 00 c0 00 c4 00 00    false, 0, b"", nil, 0, b"", 0]]]
 
@@ -130,12 +134,13 @@ __all__ = [
     "FrameDecoder",
 ]
 
-WIRE_VERSION = 2  # 2: data frames carry the CRC-32C of their body
+WIRE_VERSION = 3  # 2: data frames carry the CRC-32C of their body; 3: handshakes the cluster
 HANDSHAKE_TAG = "meridian-raft"
 DEFAULT_MAX_FRAME = 64 << 20  # bytes of body
 # The largest handshake body accepted: this version's is under 40 bytes; the rest is room for
 # later versions. Anyone may connect and send one, so it must not be buffered up to max_frame.
 MAX_HANDSHAKE = 4096
+MAX_CLUSTER_NAME = 255  # bytes of UTF-8
 MAX_UINT = 2**64 - 1
 
 _LENGTH = struct.Struct("<I")
@@ -163,7 +168,8 @@ class WireError(RaftError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The first frame on a connection: who dialed, and whom it meant to reach.
+    """The first frame on a connection: who dialed, whom it meant to reach, and in which
+    cluster (its name; ``""`` when the transport was given none).
 
     In the acceptor's answer the ids are swapped: ``dialer`` is the sender of the answer (the
     acceptor) and ``acceptor`` the node it answers (the dialer).
@@ -171,6 +177,7 @@ class Handshake:
 
     dialer: int
     acceptor: int
+    cluster: str = ""
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -291,12 +298,15 @@ def encode_frame(group: int, msgs: Sequence[Message]) -> bytes:
     return _frame(msgpack.packb(body, use_bin_type=True))
 
 
-def encode_handshake(dialer: int, acceptor: int) -> bytes:
+def encode_handshake(dialer: int, acceptor: int, cluster: str = "") -> bytes:
     """Encode the handshake frame a dialing node sends first, or, with the ids swapped, the
     acceptor's answer (see the module docstring)."""
     _check_uint(dialer, "dialer")
     _check_uint(acceptor, "acceptor")
-    body = msgpack.packb([WIRE_VERSION, HANDSHAKE_TAG, dialer, acceptor], use_bin_type=True)
+    if type(cluster) is not str or len(cluster.encode()) > MAX_CLUSTER_NAME:
+        raise WireError(f"cluster: a str of at most {MAX_CLUSTER_NAME} bytes, not {cluster!r:.80}")
+    body = msgpack.packb([WIRE_VERSION, HANDSHAKE_TAG, dialer, acceptor, cluster],
+                         use_bin_type=True)
     return _LENGTH.pack(len(body)) + body  # no CRC: see the module docstring
 
 
@@ -464,10 +474,14 @@ def _decode_handshake(body: memoryview, where: str) -> Handshake:
         raise WireError(
             f"{where}: the peer speaks wire version {version!r}, this node speaks {WIRE_VERSION}"
         )
-    if len(obj) != 4:
-        raise WireError(f"{where}: expected an array of 4, got {len(obj)} elements")
-    _, _, dialer, acceptor = obj
-    return Handshake(_uint(dialer, f"{where}: dialer"), _uint(acceptor, f"{where}: acceptor"))
+    if len(obj) != 5:
+        raise WireError(f"{where}: expected an array of 5, got {len(obj)} elements")
+    _, _, dialer, acceptor, cluster = obj
+    if type(cluster) is not str or len(cluster.encode()) > MAX_CLUSTER_NAME:
+        raise WireError(f"{where}: cluster: expected a str of at most {MAX_CLUSTER_NAME} bytes, "
+                        f"got {_describe(cluster)}")
+    return Handshake(_uint(dialer, f"{where}: dialer"), _uint(acceptor, f"{where}: acceptor"),
+                     cluster)
 
 
 def _shape(obj: object) -> str:

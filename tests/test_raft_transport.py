@@ -644,9 +644,10 @@ def established_to(ports) -> int | None:
         (encode_handshake(5, 5), "node 5 may not dial node 5"),
         (encode_handshake(0, 5), "the dialer says it is node 0, which no node is"),
         (encode_frame(7, [hb(1, 5, 1)]), "is the other end a Meridian Raft peer?"),
+        (encode_handshake(3, 5, "other"), "node 3 is of cluster 'other', this node of ''"),
     ],
     ids=["not-our-protocol", "garbage-after-handshake", "damaged-frame", "wrong-node",
-         "higher-id-dials", "itself", "node-0", "no-handshake"],
+         "higher-id-dials", "itself", "node-0", "no-handshake", "other-cluster"],
 )
 async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")
@@ -669,13 +670,16 @@ async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, 
 @pytest.mark.parametrize(
     "answer, reason",
     [
-        (encode_handshake(3, 1), "the answer is from node 3 to node 1, expected one from node 2"),
+        (encode_handshake(3, 1), "the answer is from node 3 to node 1 of cluster '', expected "
+                                 "one from node 2"),
         (encode_handshake(1, 2), "the answer is from node 1 to node 2"),  # an echo
+        (encode_handshake(2, 1, "other"), "the answer is from node 2 to node 1 of cluster "
+                                          "'other', expected one from node 2 to node 1 of ''"),
         (encode_frame(7, [hb(2, 1, 1)]), "is the other end a Meridian Raft peer?"),
         (b"HTTP/1.1 400 Bad Request\r\n\r\n", "exceeds the limit"),
         (b"", "no handshake within 0.2 s"),
     ],
-    ids=["wrong-node", "echo", "no-handshake", "not-our-protocol", "silence"],
+    ids=["wrong-node", "echo", "other-cluster", "no-handshake", "not-our-protocol", "silence"],
 )
 async def test_tcp_the_dialer_checks_the_answer_of_the_acceptor(answer, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")

@@ -450,7 +450,21 @@ def test_a_data_frame_where_the_handshake_belongs_is_refused():
 
 def test_a_handshake_with_a_bad_node_id_is_refused():
     with pytest.raises(WireError, match="dialer: expected an unsigned integer, got -1"):
-        FrameDecoder().feed_handshake(raw_handshake([WIRE_VERSION, HANDSHAKE_TAG, -1, 2]))
+        FrameDecoder().feed_handshake(raw_handshake([WIRE_VERSION, HANDSHAKE_TAG, -1, 2, ""]))
+
+
+@pytest.mark.parametrize("cluster, message", [
+    (7, "cluster: expected a str of at most 255 bytes, got"),
+    ("x" * 256, "cluster: expected a str of at most 255 bytes"),
+])
+def test_a_handshake_with_a_bad_cluster_name_is_refused(cluster, message):
+    with pytest.raises(WireError, match=message):
+        FrameDecoder().feed_handshake(raw_handshake([WIRE_VERSION, HANDSHAKE_TAG, 1, 2, cluster]))
+
+
+def test_a_handshake_names_the_cluster():
+    hello = FrameDecoder().feed_handshake(encode_handshake(1, 2, "prod"))
+    assert hello == Handshake(dialer=1, acceptor=2, cluster="prod")
 
 
 def test_feed_handshake_only_comes_first():
