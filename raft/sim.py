@@ -69,7 +69,8 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
 
 - election safety (§5.2): at most one leader per term; and no node leads one term in two
   incarnations (it forgot its term, and could append different entries at indexes it already
-  sent as leader: the leader append-only property);
+  sent as leader: the leader append-only property); a leader is a voter of its own
+  configuration (a learner or a removed node never leads);
 - log matching (§5.3): an (index, term) pair names one entry everywhere — same data, same
   previous term. Checked incrementally: each entry is compared with a global record when it
   first appears in a node's log (a node's log is re-examined from the last index whose term is
@@ -77,7 +78,8 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
   the state machine check below still sees it once applied);
 - leader completeness (§5.4): a new leader of term T holds every entry known committed in an
   earlier term (applied anywhere, or covered by any node's commit index); no two nodes ever
-  commit different terms at one index;
+  commit different terms at one index; a leader moves its commit index only to an entry of its
+  own term (§5.4.2: the Figure 8 schedule that would then lose an entry is too rare to wait for);
 - state machine safety: every node applies a contiguous sequence whose hash chain matches the
   global one at every index, a restored snapshot included; applied <= commit; a live node's
   commit index never decreases; an acknowledged write is the entry its client proposed;
@@ -1161,12 +1163,23 @@ class Simulation:
                 raise self.fail(f"node {node.id} leads term {core.term} again after a restart "
                                 f"(incarnation {prev[1]} then {node.incarnation}): it "
                                 f"forgot its term, and may rewrite entries it sent as leader")
+            if node.id not in core.conf.voters:
+                raise self.fail(f"membership: node {node.id} leads term {core.term} but is not "
+                                f"a voter of its configuration: voters {list(core.conf.voters)}, "
+                                f"learners {list(core.conf.learners)}")
         # Commit and apply bounds.
         commit = core.commit
         if commit < node.commit_floor:
             raise self.fail(f"node {node.id}: commit index fell from {node.commit_floor} to "
                             f"{commit} while alive")
         if commit != node.commit_floor:
+            if core.role is StateRole.LEADER and core.term_at(commit) != core.term:
+                # §5.4.2 (Figure 8): a leader commits only by counting replicas of an entry of
+                # its own term. An entry of an earlier term on a majority may still be replaced
+                # by a later leader; the schedule that shows that is rare, the rule is not.
+                raise self.fail(f"commit rule: leader {node.id} of term {core.term} moved its "
+                                f"commit index from {node.commit_floor} to {commit}, an entry "
+                                f"of term {core.term_at(commit)}")
             node.commit_floor = commit
             self._mark_committed(commit, core.term_at(commit), f"node {node.id}'s commit index")
             if core.role is StateRole.LEADER and self.cfg.check_durability:
