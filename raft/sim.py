@@ -75,7 +75,9 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
   previous term. Checked incrementally: each entry is compared with a global record when it
   first appears in a node's log (a node's log is re-examined from the last index whose term is
   unchanged, so an edit below it that keeps the term at that index goes unnoticed here, though
-  the state machine check below still sees it once applied);
+  the state machine check below still sees it once applied); and no log ever drops an entry
+  known committed anywhere (applied, or at some node's commit index), though its own commit
+  index may not cover it yet;
 - leader completeness (§5.4): a new leader of term T holds every entry known committed in an
   earlier term (applied anywhere, or covered by any node's commit index); no two nodes ever
   commit different terms at one index; a leader moves its commit index only to an entry of its
@@ -101,9 +103,10 @@ off:
 leave with messages, before the data they vouch for is durable), ``lose-synced-tail`` (a
 restarted disk has lost the tail of its synced log, and the commit index with it — corruption),
 ``lose-acked-tail`` (a restarted disk keeps only what the latest acknowledgement vouched for,
-losing entries an earlier, higher one acknowledged; only the durability check sees it). A bug
-planted in the core itself (a leader answering ReadIndex without confirming its leadership) is
-tested by patching the core in the tests.
+losing entries an earlier, higher one acknowledged; only the durability check sees it). Bugs
+planted in the core itself (a leader answering ReadIndex without confirming its leadership; a
+follower dropping the entries after an append's own, where nothing conflicts) are tested by
+patching the core in the tests.
 
 Limits. Messages are Python objects and never encoded (``raft.wire`` is tested on its own); the
 disk is a model of the write order ``raft.storage`` promises, not its files; one Raft group;
@@ -1226,6 +1229,14 @@ class Simulation:
         while i >= first and terms.get(i) != core.term_at(i):
             i -= 1
         i = max(i, first - 1)
+        # Whatever the log held above i, as last checked, was replaced or dropped since: by a
+        # newer leader's conflicting entries or a snapshot, neither of which ever removes a
+        # committed entry (§5.4). The node's own commit index may lag; the global record not.
+        for k in range(node.lm_last, i, -1):
+            if k in terms and self._committed.get(k) == terms[k]:
+                raise self.fail(f"log matching: node {node.id} dropped the committed entry "
+                                f"({k}, {terms[k]}); its log now ends at {last} with term "
+                                f"{core.term_at(min(k, last))} at {min(k, last)}")
         if i < last:
             prev = core.term_at(i)
             for e in core.entries(i + 1, last + 1):

@@ -26,6 +26,7 @@ import pytest
 
 from raft import quorum, sim
 from raft.core import Config, RaftCore, RestoredState
+from raft.log import RaftLog
 from raft.sim import (
     PLANTS,
     KVStateMachine,
@@ -324,6 +325,35 @@ def test_a_learner_that_leads_is_caught(monkeypatch):
     assert "membership: node" in str(failure) and "is not a voter" in str(failure), \
         str(failure)
     assert seed < 50
+
+
+def _plant_appends_replace_the_tail(monkeypatch):
+    """A core bug planted in-process: a follower takes each append as the leader's whole log
+    from there on and drops whatever follows its entries, even where nothing conflicts. A
+    delayed or duplicated append then drops entries acknowledged since, which the leader may
+    have counted towards a commit."""
+    real = RaftLog.maybe_append
+
+    def maybe_append(log, prev_index, prev_term, committed, entries):
+        last_new = prev_index + len(entries)
+        if entries and log.match_term(prev_index, prev_term) and last_new < log.last_index:
+            cut = max(entries[0].index, log.committed + 1, log.offset + 1)
+            if cut <= last_new:
+                log._truncate_and_append(list(entries[cut - prev_index - 1:]))
+        return real(log, prev_index, prev_term, committed, entries)
+
+    monkeypatch.setattr(RaftLog, "maybe_append", maybe_append)
+
+
+def test_a_follower_dropping_a_committed_entry_is_caught_where_it_drops_it(monkeypatch):
+    """A committed entry is never removed from a log, though the node's own commit index may
+    not cover it yet: the simulator compares what a log drops with every index known
+    committed. Without the durability check (which sees the lost acknowledgement on a
+    restart), the damage shows at the drop, not only later as a stalled follower or a leader
+    that lacks the entry."""
+    _plant_appends_replace_the_tail(monkeypatch)
+    _, failure = _first_failure(SimConfig(check_durability=False))
+    assert "dropped the committed entry" in str(failure), str(failure)
 
 
 def test_failure_message_carries_a_replay_command_that_replays(capsys):
