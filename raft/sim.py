@@ -70,7 +70,8 @@ Checks, after every event (a breach raises :class:`SimulationFailure`):
 - election safety (§5.2): at most one leader per term; and no node leads one term in two
   incarnations (it forgot its term, and could append different entries at indexes it already
   sent as leader: the leader append-only property); a leader is a voter of its own
-  configuration (a learner or a removed node never leads);
+  configuration (a learner or a removed node never leads); a leader appends a membership change
+  only once it has committed an entry of its term and every earlier change (thesis §4.1);
 - log matching (§5.3): an (index, term) pair names one entry everywhere — same data, same
   previous term. Checked incrementally: each entry is compared with a global record when it
   first appears in a node's log (a node's log is re-examined from the last index whose term is
@@ -1245,6 +1246,8 @@ class Simulation:
                 rec = self._entries.get(key)
                 if rec is None:
                     self._entries[key] = val
+                    if e.type is EntryType.CONF_CHANGE:
+                        self._check_conf_change_appended(node, e)
                 elif rec != val:
                     raise self.fail(
                         f"log matching: node {node.id} holds entry ({e.index}, {e.term}) with "
@@ -1253,6 +1256,24 @@ class Simulation:
                 terms[e.index] = e.term
                 prev = e.term
         node.lm_last = last
+
+    def _check_conf_change_appended(self, node: _Node, e: Entry) -> None:
+        """Single-server membership changes (thesis §4.1): the leader that appends one has
+        committed an entry of its term, and every change before it, so that any two
+        configurations that may count votes or commits at once share a majority."""
+        core = node.core
+        if core.role is not StateRole.LEADER or e.term != core.term:
+            return  # not appended by this leader now: checked where it was
+        if core.term_at(core.commit) != core.term:
+            raise self.fail(f"membership: leader {node.id} appended a change at ({e.index}, "
+                            f"{e.term}) before committing an entry of its term (commit "
+                            f"{core.commit})")
+        lo = max(core.commit, core.first_index - 1) + 1
+        for earlier in core.entries(lo, e.index):
+            if earlier.type is EntryType.CONF_CHANGE:
+                raise self.fail(f"membership: leader {node.id} appended a change at "
+                                f"({e.index}, {e.term}) while the change at {earlier.index} "
+                                f"was not committed (commit {core.commit})")
 
     def _mark_committed(self, index: int, term: int | None, why: str) -> None:
         if index == 0:
