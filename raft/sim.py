@@ -1707,7 +1707,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimCo
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a SimConfig field (knobs=name=value,... pins seed knobs)")
     args = p.parse_args(argv)
-    return args, _parse_set(SimConfig(plant=args.plant), args.set)
+    try:
+        return args, _parse_set(SimConfig(plant=args.plant), args.set)
+    except ValueError as e:  # an unknown plant or knob, a number that is not one
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -423,6 +423,20 @@ def test_replay_command_names_every_non_default_setting():
     assert parsed == config and args.seed == 12
 
 
+@pytest.mark.parametrize("argv, complaint", [
+    (["--plant", "no-such-bug"], "unknown planted bug 'no-such-bug'"),
+    (["--set", "knobs=no_such_knob=1"], "bad knob pin 'no_such_knob=1'"),
+    (["--set", "nodes=three"], "invalid literal for int()"),
+    (["--set", "fault_ms=-1"], "bad simulation shape"),
+])
+def test_cli_refuses_a_bad_setting_with_a_usage_message(capsys, argv, complaint):
+    with pytest.raises(SystemExit) as e:
+        sim.parse_args(["--seed", "1", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m raft.sim") and complaint in err, err
+
+
 def test_cli_runs_many_seeds(capsys):
     assert sim.main(["--seeds", "3", "--start", "5"]) == 0
     assert "3 seeds from 5: 0 failed" in capsys.readouterr().out
