@@ -244,6 +244,11 @@ class RaftNodeStats:
     messages_malformed: int
     """Received messages the core dropped as malformed (``RaftCore.step``); the first is
     logged."""
+    storage_busy: bool = False
+    """A call is running in the node's storage thread (a persist, a snapshot install, a
+    blocking apply): with ``fsyncs`` not moving, what a node that makes no progress waits on."""
+    failure: str | None = None
+    """Why the node stopped (a step, a storage call or the state machine raised), or None."""
 
 
 class _Waiter:
@@ -735,6 +740,9 @@ class RaftNode:
             snapshot_index=self._snapshot_index,
             proposals_pending=len(self._proposals) + sum(map(len, self._displaced.values())),
             messages_malformed=c.malformed_messages,
+            storage_busy=self._worker._busy,
+            failure=None if (self._failed or self._step_error) is None
+            else repr(self._failed or self._step_error)[:300],
             **self._counts,
         )
 

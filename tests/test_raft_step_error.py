@@ -72,6 +72,9 @@ async def test_a_ready_loop_busy_persisting_takes_no_ready_after_a_step_raised(t
                 while victim._step_error is None:
                     await trio.sleep(TICK)
             assert victim.core.term == bad_term  # the step changed the core, then raised
+            # What its statistics say of a node that makes no progress: why, and on what.
+            stats = victim.statistics()
+            assert stats.storage_busy and "conflicts with the committed log" in stats.failure
             release.set()
             with trio.fail_after(10):
                 while victim_id in c.nodes:
