@@ -85,8 +85,10 @@ Faults (``FAULT_KINDS``)
     After a healthy period (``partition_every_s``), the network is cut in two for
     ``partition_s`` (about 1–3 s), then healed: ``isolate-node`` (a random node),
     ``isolate-leader`` (the current leader of a random group), ``isolate-region`` (every node
-    of a random region) or ``halves`` (the nodes shuffled and split in two). Raft messages and
-    node-to-node requests across the cut are lost; clients still reach every node. A node
+    of a random region) or ``halves`` (the nodes shuffled and split in two), taking turns
+    from ``PARTITION_SHAPES[seed % 4]`` on: a run of four partitions meets every shape, and
+    so do four consecutive seeds, however short their runs. Raft messages and node-to-node
+    requests across the cut are lost; clients still reach every node. A node
     restarted during a partition is put back on its side. The heal phase ends any partition.
 
 ``move-keyspace`` (``EXTRA_FAULT_KINDS``: only when ``config.faults`` names it)
@@ -140,6 +142,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
 import json
 import math
 import random
@@ -222,6 +225,7 @@ LOST_KEYSPACE = "lost-keyspace"
 
 SMALL_SNAPSHOT_EVERY = 16  # a group of a short run under load still compacts several times
 READ_ATTEMPTS = 4  # runs of a read-only operation that fails with a conflict
+CONNECT_RETRY_S = 0.2  # a client that found no node of its region up tries again after this
 DEFAULT_SNAPSHOT_EVERY = 10_000  # engine.config.ClusterConfig's
 
 
@@ -1087,7 +1091,14 @@ class _Runner:
         # The operations are spent before a planned fault happened (a fast machine, or a
         # crash drawn late): go on, up to the time limit, so that every planned fault meets a
         # running workload instead of a finished one.
-        return any(not self.fired[kind] for kind in self.plan.kinds)
+        return self._kill_in_commit_pending() or any(
+            not self.fired[kind] for kind in self.plan.kinds)
+
+    def _kill_in_commit_pending(self) -> bool:
+        """Whether the plan kills coordinators and none has died in a commit yet: one that
+        dies after the commit was acknowledged only leaves the resolution of its intents
+        behind, never a transaction whose outcome is unknown."""
+        return "kill-coordinator" in self.plan.kinds and not self.killed_in_commit
 
     async def client(self, slot: int, cluster) -> None:
         """One client: sessions (each its own connection, clock and background tasks) in the
@@ -1095,23 +1106,37 @@ class _Runner:
         coordinator dies."""
         region = self.config.regions[slot % len(self.config.regions)]
         rng = random.Random(f"client/{self.config.seed}/{slot}")
+        # How many draws an operation takes (a read run again after a conflict, the order of
+        # its keyspaces each time) depends on timing: a stream of its own, so that ``rng``
+        # draws the same operations, kills and think times whatever happens.
+        attempts_rng = random.Random(f"client-attempts/{self.config.seed}/{slot}")
         process = slot
         while self._more():
             with trio.CancelScope() as session:
-                async with cluster.connect(
-                        region, request_timeout_s=self.config.request_timeout_s) as db:
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        db = await stack.enter_async_context(cluster.connect(
+                            region, request_timeout_s=self.config.request_timeout_s))
+                    except (MeridianError, OSError):
+                        # No node of the region answered (one node per region, stopped by
+                        # the nemesis and not started yet): the client waits it out.
+                        await trio.sleep(CONNECT_RETRY_S)
+                        continue
                     while self._more():
                         self.ops_left -= 1
                         f, value, writes = self.workload.generate(rng)
                         kill = None
-                        # The first writing transaction of process slot 0 always loses its
-                        # coordinator, so that a plan with kills always has one.
-                        first = slot == 0 and not self.fired["kill-coordinator"]
-                        if writes and self.plan.kill_probability and (
-                                first or rng.random() < self.plan.kill_probability):
-                            kill = rng.uniform(0.0, self.plan.kill_window_s)
-                        outcome = await self.operate(db, process, f, value, writes, rng,
-                                                     kill=kill)
+                        if writes and self.plan.kill_probability:
+                            # Both numbers are drawn whatever the other clients did.
+                            dies = rng.random() < self.plan.kill_probability
+                            after = rng.uniform(0.0, self.plan.kill_window_s)
+                            # The writing transactions of process slot 0 lose their
+                            # coordinator until one has died in a commit, so that a plan with
+                            # kills always has one.
+                            if dies or (slot == 0 and self._kill_in_commit_pending()):
+                                kill = after
+                        outcome = await self.operate(db, process, f, value, writes,
+                                                     attempts_rng, kill=kill)
                         if outcome == "info":
                             process = self.next_process
                             self.next_process += 1
@@ -1209,9 +1234,9 @@ class _Runner:
         """A partition of a random shape (``PARTITION_SHAPES``) for ``plan.partition_s``, then
         a healthy network for ``plan.partition_every_s``, and again."""
         rng = random.Random(f"partition/{self.config.seed}")
-        while True:
+        for number in itertools.count():
             await trio.sleep(rng.uniform(*self.plan.partition_every_s))
-            shape, detail, side = self._partition_shape(cluster, rng)
+            shape, detail, side = self._partition_shape(cluster, rng, number)
             everyone = sorted(n.id for n in cluster.config.all_nodes())
             sides = [sorted(side), [n for n in everyone if n not in side]]
             self.history.nemesis("partition", {"shape": shape, **detail, "sides": sides})
@@ -1227,11 +1252,13 @@ class _Runner:
             self.partition_sides = None
             self.history.nemesis("heal", None)
 
-    def _partition_shape(self, cluster, rng: random.Random
+    def _partition_shape(self, cluster, rng: random.Random, number: int
                          ) -> tuple[str, dict[str, Any], set[int]]:
-        """(shape, what it cut off, the nodes on one side of the cut)."""
+        """(shape, what it cut off, the nodes on one side of the cut) of the run's partition
+        ``number`` (from 0). The shapes take turns from the seed's: a short run has one or
+        two partitions, and shapes drawn at random left some to no CI seed at all."""
         nodes = cluster.config.all_nodes()
-        shape = rng.choice(PARTITION_SHAPES)
+        shape = PARTITION_SHAPES[(self.config.seed + number) % len(PARTITION_SHAPES)]
         if shape == "isolate-leader":
             # Two numbers drawn whatever the cluster looks like now: who leads (timing) must
             # not change what the rest of the schedule draws.
@@ -1535,12 +1562,15 @@ def run_sync(config: RunConfig, *, plan: FaultPlan | None = None,
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Seeds written as ``7``, ``1,5,9``, ``10-19`` or a mix (``1,5,10-19``)."""
+    """Seeds written as ``7``, ``1,5,9``, ``10-19`` or a mix (``1,5,10-19``). Raises
+    ValueError when ``text`` names no seed (``19-10``): a run of no seed would pass."""
     seeds: list[int] = []
     for part in text.replace(" ", "").split(","):
         if part:
             lo, sep, hi = part.partition("-")
             seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    if not seeds:
+        raise ValueError(f"no seed in {text!r}")
     return seeds
 
 
@@ -1574,7 +1604,7 @@ _DESCRIPTION = ("Runs a transactional workload (bank, list-append or regional co
                 "against an in-process three-region cluster under coordinator kills, node "
                 "crashes, clock skew and network partitions, and checks the history. Exit "
                 "status: 0 every run valid and its final read served after healing, 1 "
-                "otherwise.")
+                "otherwise, 2 arguments that describe no run.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -1587,20 +1617,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def cli(args: argparse.Namespace) -> int:
     import engine.node
 
-    engine.node.INTENT_TIMEOUT_S = args.intent_timeout
     faults = None
     if args.faults is not None:
         faults = frozenset() if args.faults == "none" else frozenset(
             f for f in args.faults.split(",") if f)
+    try:  # every run's configuration, checked before the first starts
+        configs = [RunConfig(workload=args.workload, isolation=args.isolation, seed=seed,
+                             resolver=args.resolver, nodes_per_region=args.nodes_per_region,
+                             processes=args.processes, max_ops=args.max_ops,
+                             time_limit_s=args.time_limit, faults=faults)
+                   for seed in args.seed]
+    except ValueError as exc:
+        print(f"txnsim: error: {exc}", file=sys.stderr)
+        return 2
+    engine.node.INTENT_TIMEOUT_S = args.intent_timeout
     status = 0
-    for seed in args.seed:
-        config = RunConfig(workload=args.workload, isolation=args.isolation, seed=seed,
-                           resolver=args.resolver,
-                           nodes_per_region=args.nodes_per_region, processes=args.processes,
-                           max_ops=args.max_ops, time_limit_s=args.time_limit, faults=faults)
+    for config in configs:
         out = None
         if args.out is not None:
-            out = Path(args.out) / f"seed-{seed}" if len(args.seed) > 1 else Path(args.out)
+            out = (Path(args.out) / f"seed-{config.seed}" if len(configs) > 1
+                   else Path(args.out))
         with compact_storage():
             result = run_sync(config, directory=out)
         print(result.summary())

@@ -39,6 +39,7 @@ four cases, 25 for the two with moves)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import types
@@ -193,6 +194,8 @@ def _verify(result: txnsim.RunResult, replay: str, history_path) -> None:
         assert result.snapshots["taken"] >= 1, f"no Raft log was compacted\n{where}"
     # A coordinator killed during its commit leaves it unknown (info); conflicts fail others.
     assert counts["info"] >= fired["kill-coordinator-in-commit"], where
+    if "kill-coordinator" in result.plan.kinds:
+        assert fired["kill-coordinator-in-commit"] >= 1, f"no coordinator died in a commit\n{where}"
     assert counts["fail"] + counts["info"] >= 1, where
 
 
@@ -426,6 +429,43 @@ def test_the_regional_check_finds_a_logged_winner_older_than_the_final_value():
         assert txnsim.check_regional(_regional_history([record]), "lww")["valid"], record
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_plan_with_kills_kills_a_coordinator_in_its_commit(seed):
+    """A coordinator that dies after its commit was acknowledged leaves no transaction whose
+    outcome is unknown: a plan with kills goes on killing (process slot 0, every writing
+    transaction) until one coordinator has died in a commit, however rare kills are."""
+    import trio.testing
+
+    class Tx:
+        txn_id = 1
+
+        async def get(self, ks, key):
+            return b"100"
+
+        async def get_many(self, ks, keys):
+            return [b"100"] * len(keys)
+
+        async def put(self, ks, key, value):
+            pass
+
+        async def commit(self):
+            await trio.sleep(0.1)  # a kill drawn later than this comes after the answer
+
+    class Cluster:
+        @contextlib.asynccontextmanager
+        async def connect(self, region, **kwargs):
+            yield types.SimpleNamespace(region=region, transaction=lambda isolation: Tx())
+
+    config = txnsim.RunConfig(workload="bank", seed=seed, processes=1, max_ops=2,
+                              faults=frozenset({"kill-coordinator"}))
+    plan = txnsim.FaultPlan(kinds=config.faults, kill_probability=0.001, kill_window_s=0.4)
+    runner = txnsim._Runner(config, plan)
+    runner.stop_at = 600.0  # mock time: a bound, should no kill ever cut a commit short
+    trio.run(runner.client, 0, Cluster(), clock=trio.testing.MockClock(autojump_threshold=0))
+    assert runner.killed_in_commit == 1, runner.fired
+    assert [e["type"] for e in runner.history.events].count("info") == 1
+
+
 def test_ci_seeds_meet_every_fault_kind():
     for (workload, isolation), seeds in CI_SEEDS.items():
         kinds = set().union(*(txnsim.plan_faults(_ci_config(workload, isolation, s)).kinds
@@ -435,6 +475,39 @@ def test_ci_seeds_meet_every_fault_kind():
         kinds = set().union(*(txnsim.plan_faults(_regional_config(resolver, s)).kinds
                               for s in seeds))
         assert kinds == set(txnsim.FAULT_KINDS), (resolver, seeds, kinds)
+
+
+def _partition_shapes(config: txnsim.RunConfig, seconds: float) -> list[str]:
+    """The shapes of the partitions the nemesis of ``config``'s run cuts in its first
+    ``seconds`` (none if its plan has no partition)."""
+    import trio.testing
+
+    plan = txnsim.plan_faults(config)
+    if "partition" not in plan.kinds:
+        return []
+    runner = txnsim._Runner(config, plan)
+
+    async def main():
+        with trio.move_on_after(seconds):
+            await runner.partitions(_NemesisCluster(leading=True))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return [e["value"]["shape"] for e in runner.history.events if e["f"] == "partition"]
+
+
+def test_ci_seeds_meet_every_partition_shape():
+    """A CI run has one partition, two at most, yet each shape of PARTITION_SHAPES is the
+    first partition of some CI run (isolating a leader or a whole region used to be left to
+    no CI seed at all); a longer run meets every shape in turn."""
+    configs = [_ci_config(w, i, s) for (w, i), seeds in CI_SEEDS.items() for s in seeds]
+    configs += [_regional_config(r, s) for r, seeds in REGIONAL_CI_SEEDS.items() for s in seeds]
+    configs += [_move_config(w, i, s) for (w, i), seeds in MOVE_CI_SEEDS.items() for s in seeds]
+    first = {shapes[0] for c in configs
+             if (shapes := _partition_shapes(c, txnsim.FaultPlan(
+                 kinds=frozenset()).partition_every_s[1] + 0.1))}
+    assert first == set(txnsim.PARTITION_SHAPES), first
+    campaign = _campaign_config("bank", "snapshot", CAMPAIGN_FIRST_SEED)
+    assert set(_partition_shapes(campaign, 30.0)[:4]) == set(txnsim.PARTITION_SHAPES)
 
 
 def pytest_generate_tests(metafunc):
@@ -528,6 +601,48 @@ async def test_every_planned_fault_meets_a_running_workload(tmp_path):
     assert result.valid, result.summary()
 
 
+def test_a_client_waits_out_a_region_without_a_running_node():
+    """With one node per region, a crash leaves a region without a running node until it
+    restarts; a client that starts a session then (its coordinator was just killed) finds
+    nobody to connect to. It waits the restart out and goes on: the run is not aborted."""
+    import trio.testing
+
+    class Tx:
+        txn_id = 1
+
+        async def get(self, ks, key):
+            return b"100"
+
+        async def get_many(self, ks, keys):
+            return [b"100"] * len(keys)
+
+        async def put(self, ks, key, value):
+            pass
+
+        async def commit(self):
+            await trio.sleep(0)
+
+    class Cluster:
+        refusals = 3  # the region's node is down for the first three attempts
+
+        def connect(self, region, **kwargs):
+            @contextlib.asynccontextmanager
+            async def session():
+                if self.refusals:
+                    self.refusals -= 1
+                    raise errors.UnavailableError(f"no node of {region} answered")
+                yield types.SimpleNamespace(region=region, transaction=lambda isolation: Tx())
+
+            return session()
+
+    config = txnsim.RunConfig(workload="bank", seed=5, processes=1, max_ops=10)
+    runner = txnsim._Runner(config, txnsim.FaultPlan(kinds=frozenset()))
+    cluster = Cluster()
+    trio.run(runner.client, 0, cluster, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert cluster.refusals == 0
+    assert [e["type"] for e in runner.history.events].count("ok") == 10
+
+
 # ------------------------------------------------------------------- anomalies found here
 
 
@@ -608,6 +723,21 @@ def test_a_seed_fixes_the_fault_plan():
     assert txnsim.parse_seeds("7") == [7] and txnsim.parse_seeds("1,5,9-11") == [1, 5, 9, 10, 11]
 
 
+def test_the_command_line_refuses_arguments_that_describe_no_run(capsys):
+    # A fault kind or a bound the runs cannot have: one line saying why, no traceback, no
+    # cluster started.
+    for argv, why in ((["--faults", "crash,bogus"], "unknown fault kinds ['bogus']"),
+                      (["--workload", "regional", "--faults", "move-keyspace"],
+                       "move-keyspace needs a workload of global keyspaces"),
+                      (["--max-ops", "0"], "must be positive")):
+        assert txnsim.main(["--workload", "bank", *argv]) == 2, argv
+        assert why in capsys.readouterr().err, argv
+    # Seeds that name no seed would run nothing and pass.
+    with pytest.raises(SystemExit) as exit_:
+        txnsim.main(["--workload", "bank", "--seed", "19-10"])
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
 class _NemesisCluster:
     """Just enough of an in-process cluster for the runner's nemesis: nine nodes whose
     replicas lead or not as told, and a log of what was done to them, at which trio time."""
@@ -664,6 +794,88 @@ def test_a_seed_fixes_the_fault_schedule_whoever_leads(kinds):
 
     for seed in range(4):
         assert schedule(seed, True) == schedule(seed, False), seed
+
+
+class _ScriptedCluster:
+    """Just enough of an in-process cluster for the runner's clients: every transaction
+    succeeds, except that the first attempt of each read-only one fails with a conflict when
+    ``read_conflicts`` (contention that depends on timing)."""
+
+    def __init__(self, read_conflicts: bool):
+        self.read_conflicts = read_conflicts
+
+    def connect(self, region, **kwargs):
+        cluster = self
+
+        class Tx:
+            txn_id = 1
+            commit_ts = 1
+
+            def __init__(self):
+                self.wrote = False
+
+            async def get(self, ks, key):
+                return b"100"
+
+            async def get_many(self, ks, keys):
+                return [b"100"] * len(keys)
+
+            async def put(self, ks, key, value):
+                self.wrote = True
+
+            async def rollback(self):
+                pass
+
+            async def commit(self):
+                await trio.sleep(0)
+                if cluster.read_conflicts and not self.wrote and not cluster.conflicted:
+                    cluster.conflicted = True
+                    raise errors.TransactionConflictError("busy", "intent")
+                cluster.conflicted = False
+
+        class Db:
+            def transaction(self, isolation):
+                return Tx()
+
+        Db.region = region
+        self.conflicted = False
+
+        @contextlib.asynccontextmanager
+        async def session():
+            yield Db()
+
+        return session()
+
+
+@pytest.mark.parametrize("workload", ["bank", "append"])
+def test_a_seed_fixes_each_clients_operations_whatever_the_timing(workload):
+    """The seed fixes each client's operations, and which of its commits lose their
+    coordinator and when: a read that has to be run again because it met a conflict (timing)
+    must not change what the client does next."""
+    import trio.testing
+
+    def operations(read_conflicts):
+        config = txnsim.RunConfig(workload=workload, seed=5, processes=1, max_ops=60)
+        # Kills drawn, and no planned fault kind for the clients to go on waiting for.
+        plan = txnsim.FaultPlan(kinds=frozenset(), kill_probability=0.3, kill_window_s=0.2)
+        runner = txnsim._Runner(config, plan)
+        runner.stop_at = 600.0  # mock time: a bound, should the operations never run out
+        operate, done = runner.operate, []
+
+        async def recording(db, process, f, value, writes, rng, *, kill):
+            done.append((f, value, kill))
+            return await operate(db, process, f, value, writes, rng, kill=kill)
+
+        runner.operate = recording
+        trio.run(runner.client, 0, _ScriptedCluster(read_conflicts),
+                 clock=trio.testing.MockClock(autojump_threshold=0))
+        return done, runner.history.events
+
+    calm, _ = operations(False)
+    contended, events = operations(True)
+    assert sum(kill is not None for _, _, kill in calm) >= 2
+    assert any(e["type"] == "fail" and "conflict" in e["error"] for e in events)
+    assert contended == calm
 
 
 async def test_an_append_read_only_transaction_reads_each_keyspace_in_one_round_trip():
