@@ -459,6 +459,16 @@ _ops = st.lists(st.one_of(
 ), max_size=12)
 
 
+def _model_scan(model: dict, start, end, limit, reverse) -> list:
+    """What a scan of ``model`` (key -> value) returns: ``[start, end)`` (None: unbounded), in
+    order (``reverse``: descending), at most ``limit`` pairs (None: all)."""
+    want = sorted((k, v) for k, v in model.items()
+                  if (start is None or k >= start) and (end is None or k < end))
+    if reverse:
+        want.reverse()
+    return want if limit is None else want[:limit]
+
+
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_ops, keyspace=st.sampled_from(["g", "r"]))
@@ -480,14 +490,8 @@ def test_reads_see_the_snapshot_plus_the_transactions_own_writes(model_db, ops, 
                 assert getattr(tx, op)(keyspace, arg) == model.get(arg), (op, arg)
             else:
                 start, end, limit, reverse = arg
-                want = sorted((k, v) for k, v in model.items()
-                              if (start is None or k >= start) and (end is None or k < end))
-                if reverse:
-                    want.reverse()
-                if limit is not None:
-                    want = want[:limit]
                 got = tx.scan(keyspace, start or b"", end, limit=limit, reverse=reverse)
-                assert got == want, arg
+                assert got == _model_scan(model, *arg), arg
     finally:
         tx.rollback()
 
@@ -714,12 +718,7 @@ def test_scans_at_the_edges_match_the_model(edge_db, monkeypatch, ops):
                 model.pop(arg, None)
             else:
                 start, end, limit, reverse = arg
-                want = sorted((k, v) for k, v in model.items()
-                              if (start is None or k >= start) and (end is None or k < end))
-                if reverse:
-                    want.reverse()
-                if limit is not None:
-                    want = want[:limit]
-                assert tx.scan("b", start, end, limit=limit, reverse=reverse) == want, arg
+                got = tx.scan("b", start, end, limit=limit, reverse=reverse)
+                assert got == _model_scan(model, *arg), arg
     finally:
         tx.rollback()

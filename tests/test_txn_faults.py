@@ -429,6 +429,28 @@ def test_the_regional_check_finds_a_logged_winner_older_than_the_final_value():
         assert txnsim.check_regional(_regional_history([record]), "lww")["valid"], record
 
 
+class _BankTx:
+    """A transaction of the bank workload against no cluster: every account holds 100, and
+    the commit takes ``commit_s`` (trio time) and succeeds."""
+
+    txn_id = 1
+
+    def __init__(self, commit_s: float = 0.0) -> None:
+        self.commit_s = commit_s
+
+    async def get(self, ks, key):
+        return b"100"
+
+    async def get_many(self, ks, keys):
+        return [b"100"] * len(keys)
+
+    async def put(self, ks, key, value):
+        pass
+
+    async def commit(self):
+        await trio.sleep(self.commit_s)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_plan_with_kills_kills_a_coordinator_in_its_commit(seed):
     """A coordinator that dies after its commit was acknowledged leaves no transaction whose
@@ -436,25 +458,12 @@ def test_a_plan_with_kills_kills_a_coordinator_in_its_commit(seed):
     transaction) until one coordinator has died in a commit, however rare kills are."""
     import trio.testing
 
-    class Tx:
-        txn_id = 1
-
-        async def get(self, ks, key):
-            return b"100"
-
-        async def get_many(self, ks, keys):
-            return [b"100"] * len(keys)
-
-        async def put(self, ks, key, value):
-            pass
-
-        async def commit(self):
-            await trio.sleep(0.1)  # a kill drawn later than this comes after the answer
-
     class Cluster:
         @contextlib.asynccontextmanager
         async def connect(self, region, **kwargs):
-            yield types.SimpleNamespace(region=region, transaction=lambda isolation: Tx())
+            # A kill drawn later than the commit's 0.1 s comes after the answer.
+            yield types.SimpleNamespace(region=region,
+                                        transaction=lambda isolation: _BankTx(commit_s=0.1))
 
     config = txnsim.RunConfig(workload="bank", seed=seed, processes=1, max_ops=2,
                               faults=frozenset({"kill-coordinator"}))
@@ -607,21 +616,6 @@ def test_a_client_waits_out_a_region_without_a_running_node():
     nobody to connect to. It waits the restart out and goes on: the run is not aborted."""
     import trio.testing
 
-    class Tx:
-        txn_id = 1
-
-        async def get(self, ks, key):
-            return b"100"
-
-        async def get_many(self, ks, keys):
-            return [b"100"] * len(keys)
-
-        async def put(self, ks, key, value):
-            pass
-
-        async def commit(self):
-            await trio.sleep(0)
-
     class Cluster:
         refusals = 3  # the region's node is down for the first three attempts
 
@@ -631,7 +625,8 @@ def test_a_client_waits_out_a_region_without_a_running_node():
                 if self.refusals:
                     self.refusals -= 1
                     raise errors.UnavailableError(f"no node of {region} answered")
-                yield types.SimpleNamespace(region=region, transaction=lambda isolation: Tx())
+                yield types.SimpleNamespace(region=region,
+                                            transaction=lambda isolation: _BankTx())
 
             return session()
 
