@@ -158,6 +158,13 @@ REPLICATION_WINDOW = 8
 SHIPPED_REPORT_S = 1.0
 """How often at most a shipper records in its group's log how far a destination has applied
 its regional writes (SHIPPED): the outbox keeps each write until every destination has it."""
+REPLICATION_RETRY_S = 0.5
+"""A shipper's pause after an error, doubled at each error in a row (no batch got through)."""
+REPLICATION_RETRY_MAX_S = 10.0
+"""Longest pause of a shipper between attempts that fail in a row: a destination that
+refuses a batch gets it again at most this often (each batch sent is a Raft entry there, of
+up to :data:`REPLICATION_BATCH_BYTES`), and a destination back after an outage at most this
+long after its return."""
 REPLICATION_LINGER_S = 0.02
 """How long a shipper that was idle waits after a new regional write before shipping it, so
 that the writes of those milliseconds travel (and are proposed at the destination) as one
@@ -1168,17 +1175,25 @@ class Node:
         Batches are pipelined: up to :data:`REPLICATION_WINDOW` are in flight, each naming the
         timestamp it starts after, so that the destination, which applies each through its own
         log once, can refuse one that overtook its predecessor (a gap). After a gap, an error
-        or a change of leader, shipping resumes from the destination's watermark."""
+        or a change of leader, shipping resumes from the destination's watermark; after
+        errors in a row, less and less often (:data:`REPLICATION_RETRY_MAX_S`)."""
+        progress = (origin.group, destination)
+        delay = REPLICATION_RETRY_S
         while True:
             if not origin.node.is_leader or self._peers is None:
                 await trio.sleep(1.0)
                 continue
+            applied = self._applied_by.get(progress, 0)
             try:
                 await self._ship_while_leading(origin, destination)
+                delay = REPLICATION_RETRY_S
             except (MeridianError, RemoteError, OSError, KeyError, TypeError) as exc:
                 log.info("node %d: shipping group %d's regional writes to group %d: %s",
                          self.id, origin.group, destination, exc)
-                await trio.sleep(0.5)
+                if self._applied_by.get(progress, 0) > applied:  # some batches got there
+                    delay = REPLICATION_RETRY_S
+                await trio.sleep(delay)
+                delay = min(2 * delay, REPLICATION_RETRY_MAX_S)
 
     async def _ship_while_leading(self, origin: GroupReplica, destination: int) -> None:
         assert self._peers is not None
