@@ -57,10 +57,13 @@ Clock offset
 Every second the node pings every other node and feeds a
 :class:`~engine.hlc.ClockOffsetMonitor`; while a majority of peers are further away than
 ``max_clock_offset`` (after subtracting half the round trip), the node answers every data and
-catalog request with ``clock_offset`` and logs why — serving would break the guarantees of
-ARCH §5, which assume bounded skew. Until the pings notice, a wall clock that jumps forward
-is not followed by the node's timestamps (:class:`~engine.hlc.HybridClock`): they follow it
-again once pings all taken after the jump find it right.
+catalog request with ``clock_offset``, proposes nothing of its own, and logs why — serving
+would break the guarantees of ARCH §5, which assume bounded skew. The first check comes before
+the node opens its groups, once every peer has answered a first ping or failed to: a node
+started with its clock far off stops before it serves a request or stamps an entry. Until the
+pings notice, a wall clock that jumps forward is not followed by the node's timestamps
+(:class:`~engine.hlc.HybridClock`): they follow it again once pings all taken after the jump
+find it right.
 """
 
 from __future__ import annotations
@@ -302,13 +305,16 @@ class Node:
                 transport = await nursery.start(self._serve_transport, me)
                 self._transport = transport
                 self.peer_port = transport.address[1]
+                # Its clock is judged before any group opens: the hybrid clock follows its
+                # first reading, however far off it is, and a leader would write it into
+                # its groups' logs for good before the first regular check.
+                await nursery.start(self._watch_clocks)
                 async with contextlib.AsyncExitStack() as groups:
                     for gid, where in sorted(self.placement.items()):
                         if where.hosts(self.id):
                             await self._open_group(groups, nursery, files, directory, gid,
                                                    where.conf, transport)
                     self.client_port = await nursery.start(self._serve_clients, me)
-                    nursery.start_soon(self._watch_clocks)
                     # Other groups' leaders are reached like a client reaches them (the
                     # primary group of a transaction whose intent needs recovering).
                     self._peers = Database(nursery, await self._describe(None, None),
@@ -385,7 +391,8 @@ class Node:
         # Spread groups close less often: each CLOSE entry there crosses regions.
         kind = self.placement[gid].kind
         replica = GroupReplica(gid, raft_node, sm, self.clock,
-                               close_interval={"meta": 0.0, "data": 1.0, "spread": 5.0}[kind])
+                               close_interval={"meta": 0.0, "data": 1.0, "spread": 5.0}[kind],
+                               clock_trusted=lambda: self._clock_problem is None)
         self.replicas[gid] = replica
         nursery.start_soon(replica.run_closer)
         nursery.start_soon(replica.run_gc)
@@ -450,33 +457,54 @@ class Node:
 
     # ------------------------------------------------------------------ clocks
 
-    async def _watch_clocks(self) -> None:
+    async def _watch_clocks(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Pings every peer each :data:`PING_INTERVAL_S` and checks the clock after each
+        round. Started once the first round is checked: every peer answered its first ping,
+        or failed to, or :data:`PING_INTERVAL_S` passed (a peer not up yet tells nothing)."""
         others = [n for n in self.cluster.all_nodes() if n.id != self.id]
         if not others:
+            task_status.started()
             return
         async with trio.open_nursery() as nursery:
+            untried = {peer.id for peer in others}
+            first_round = trio.Event()
+
+            def tried(peer_id: int) -> None:
+                untried.discard(peer_id)
+                if not untried:
+                    first_round.set()
+
             for peer in others:
-                nursery.start_soon(self._ping_peer, peer)
+                nursery.start_soon(self._ping_peer, peer, tried)
+            with trio.move_on_after(PING_INTERVAL_S):
+                await first_round.wait()
+            self._check_clocks()
+            task_status.started()
             while True:
                 await trio.sleep(PING_INTERVAL_S)
                 # One timer for every peer's ping: a timer that expires costs this node a
                 # wake-up (and trio a cancel scope), which is more than the ping itself.
                 self._ping_round.unpark_all()
-                try:
-                    physical = self.clock.physical_ns()
-                    self.monitor.check(physical)
-                    self._check_own_clock(physical)
-                except ClockOffsetError as exc:
-                    if self._clock_problem is None:
-                        log.error("node %d stops serving: %s", self.id, exc)
-                    self._clock_problem = str(exc)
-                    self._hand_over_leadership()
-                else:
-                    if self._clock_problem is not None:
-                        log.warning("node %d serves again: clock offsets back within bounds",
-                                    self.id)
-                    self._clock_problem = None
-                    self._trust_jumped_clock(physical)
+                self._check_clocks()
+
+    def _check_clocks(self) -> None:
+        """One check of the clock: stops serving (and hands its groups over) while it is
+        suspect, serves again once it is not."""
+        try:
+            physical = self.clock.physical_ns()
+            self.monitor.check(physical)
+            self._check_own_clock(physical)
+        except ClockOffsetError as exc:
+            if self._clock_problem is None:
+                log.error("node %d stops serving: %s", self.id, exc)
+            self._clock_problem = str(exc)
+            self._hand_over_leadership()
+        else:
+            if self._clock_problem is not None:
+                log.warning("node %d serves again: clock offsets back within bounds",
+                            self.id)
+            self._clock_problem = None
+            self._trust_jumped_clock(physical)
 
     def _trust_jumped_clock(self, physical: int) -> None:
         """After the physical clock jumped forward, lets timestamps follow it again once the
@@ -528,20 +556,24 @@ class Node:
             except Exception as exc:  # lost leadership meanwhile, or closing: next check
                 log.info("node %d could not hand group %d over: %s", self.id, gid, exc)
 
-    async def _ping_peer(self, peer) -> None:
-        """Measures the clock offset to one peer, forever, reconnecting as needed."""
+    async def _ping_peer(self, peer, tried: Callable[[int], None] = lambda peer_id: None
+                         ) -> None:
+        """Measures the clock offset to one peer, forever, reconnecting as needed; calls
+        ``tried(peer.id)`` after every ping answered or failed, and every failed connection."""
         while True:
             try:
                 async with connect_rpc(peer.client_host, peer.client_port,
                                        connect_timeout_s=2.0) as conn:
-                    await self._ping_until_lost(peer, conn)
+                    await self._ping_until_lost(peer, conn, tried)
             except (OSError, MeridianError):  # no connection: try again
                 pass
+            tried(peer.id)
             await trio.sleep(PING_INTERVAL_S)
 
-    async def _ping_until_lost(self, peer, conn) -> None:
+    async def _ping_until_lost(self, peer, conn,
+                               tried: Callable[[int], None] = lambda peer_id: None) -> None:
         """Pings ``peer`` over ``conn`` once per round of :meth:`_watch_clocks` (every
-        :data:`PING_INTERVAL_S`) until a ping fails.
+        :data:`PING_INTERVAL_S`) until a ping fails; calls ``tried(peer.id)`` after each.
 
         Raises nothing but Cancelled: an error leaving the ``connect_rpc`` block at the moment
         it is cancelled would leave its nursery grouped with the Cancelled, which no except
@@ -559,6 +591,7 @@ class Node:
                         self._measured_mono[peer.id] = sent_mono
             except (MeridianError, KeyError, TypeError):
                 return  # the connection is gone, or the peer answered nonsense: reconnect
+            tried(peer.id)
             await self._ping_round.park()  # the next round (see _watch_clocks)
 
     # ------------------------------------------------------------------ handlers

@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -85,15 +85,20 @@ class GroupReplica:
         sm: its state machine (the same object given to the Raft node).
         clock: the node's hybrid logical clock (``now()``).
         close_interval: seconds of quiet after which the leader closes time (0: never).
+        clock_trusted: False while the node's clock is suspect (it refuses to serve for it):
+            the closer and the purger then propose nothing, as their entries would carry
+            that clock into the group's log. Default: always trusted.
     """
 
     def __init__(self, group: int, node, sm: GroupStateMachine, clock, *,
-                 close_interval: float = 0.5) -> None:
+                 close_interval: float = 0.5,
+                 clock_trusted: Callable[[], bool] = lambda: True) -> None:
         self.group = group
         self.node = node
         self.sm = sm
         self.clock = clock
         self.close_interval = close_interval
+        self.clock_trusted = clock_trusted
         self._closed_waiters: list[tuple[int, int, trio.Event]] = []
         self._ids = itertools.count()
         self._closing: tuple[int, trio.Event] | None = None
@@ -363,7 +368,8 @@ class GroupReplica:
         :meth:`purge_erasable`)."""
         while True:
             await trio.sleep(GC_INTERVAL_S)
-            if not self.node.is_leader or not self.sm.erasable_keyspaces():
+            if (not self.node.is_leader or not self.clock_trusted()
+                    or not self.sm.erasable_keyspaces()):
                 continue
             try:
                 await self.purge_erasable()
@@ -439,12 +445,13 @@ class GroupReplica:
         return False
 
     async def run_closer(self) -> None:
-        """Runs until cancelled: while leading, closes time after ``close_interval`` of quiet."""
+        """Runs until cancelled: while leading with a trusted clock, closes time after
+        ``close_interval`` of quiet."""
         if self.close_interval <= 0:
             return
         while True:
             await trio.sleep(self.close_interval)
-            if not self.node.is_leader:
+            if not self.node.is_leader or not self.clock_trusted():
                 continue
             if trio.current_time() - self._last_activity < self.close_interval:
                 continue

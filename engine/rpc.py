@@ -1208,6 +1208,7 @@ class RpcConnection:
             CallTimeoutError: no reply by ``deadline``; the call may or may not have run.
             Exception: whatever ``clock_update`` raised for the reply's timestamp (the call
                 ran on the server, but its result is withheld); the connection stays open.
+                Not for a ``clock_offset`` error: that one is raised as a RemoteError.
 
         Cancellation: safe at any point. The call id is forgotten, and a reply that comes later
         is dropped; the request may or may not have reached the server.
@@ -1294,9 +1295,13 @@ class RpcConnection:
             # Its caller was cancelled (or the server answered an id never sent): drop it.
             self._late_replies += 1
             return
-        if clock_error is not None:
+        if clock_error is not None and not (frame.kind == ERROR
+                                            and frame.payload["code"] == CLOCK_OFFSET):
             pending.error = clock_error
         elif frame.kind == ERROR:
+            # A refusal for a clock (the server's or this side's) is passed on even from a
+            # server whose timestamp was refused (it is not taken): it says that the handler
+            # did not run, which the refused timestamp alone would leave unknown.
             e = frame.payload
             pending.error = RemoteError(e["code"], e["message"], retryable=e["retryable"],
                                         details=e["details"])

@@ -498,6 +498,32 @@ async def test_a_leader_whose_clock_jumps_forward_does_not_carry_the_jump_into_i
                 assert await db.read("ks", b"k") == b"v1"
 
 
+async def test_a_node_restarted_with_its_clock_far_ahead_stops_before_it_stamps_anything():
+    # Node 1, alone in its region, is its data group's only voter. It restarts with its wall
+    # clock an hour ahead (set wrong while it was down). Its hybrid clock has no earlier
+    # reading to hold a jump against, and its monitor used to judge the clock only after a
+    # first round of pings: meanwhile the node served, and its closer wrote a CLOSE an hour
+    # ahead into the group's log, where it stays (every later snapshot an hour ahead).
+    hour = 3600 * 10**9
+    async with open_local_cluster(("us-east", "eu-west", "ap-south"), 1, seed=3) as cluster:
+        group = data_group(cluster.config, "us-east")
+        limit = cluster.config.max_clock_offset_ns
+        await cluster.stop_node(1)
+        node = await cluster.start_node(1, clock_offset_ns=hour)
+        assert node.clock_problem is not None and "2 of 2 peers" in node.clock_problem
+        host, port = cluster.client_addresses("us-east")[0].rsplit(":", 1)
+        async with connect_rpc(host, int(port)) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("read", {"group": group, "keys": [b"k"]})
+            assert info.value.code == "clock_offset"
+        replica = node.replicas[group]
+        with trio.fail_after(30):
+            while not replica.node.is_leader:
+                await trio.sleep(0.02)
+        await trio.sleep(1.5 * replica.close_interval)  # the closer's turn came
+        assert replica.closed_ts <= time.time_ns() + limit
+
+
 async def test_a_lone_node_follows_its_clock_when_it_is_set_right():
     # A node without peers has nobody to vouch for a step of its wall clock: were steps
     # forward held back until peers vouch, a lone node whose clock was an hour slow, then set

@@ -464,6 +464,29 @@ async def test_a_reply_timestamp_the_client_refuses_raises_in_the_caller(nursery
         assert await conn.call("echo", 2) == 2
 
 
+async def test_a_clock_refusal_from_a_server_whose_timestamp_is_refused_says_it_did_not_run(
+        nursery):
+    # A node whose clock is far ahead refuses to serve (clock_offset, its handler never ran),
+    # and its error frame carries that clock. The client refused the timestamp and raised
+    # that instead: a commit so refused was reported as of unknown outcome.
+    class ClockOffset(Exception):
+        pass
+
+    def update(ts):
+        raise ClockOffset("server clock too far ahead")
+
+    async def refuse(payload, ctx):
+        raise RemoteError(CLOCK_OFFSET, "refuses to serve: its clock is off")
+
+    port = await start(nursery, {"commit": refuse, "echo": echo}, clock_now=lambda: 10**12)
+    async with connect_rpc(HOST, port, clock_update=update) as conn:
+        with pytest.raises(RemoteError) as info:
+            await conn.call("commit", 1)
+        assert info.value.code == CLOCK_OFFSET
+        with pytest.raises(ClockOffset):
+            await conn.call("echo", 2)  # any other answer is still withheld
+
+
 # --- bad input closes one connection only ---------------------------------------------------------
 
 
