@@ -220,12 +220,16 @@ class HybridClock:
 
         Raises:
             ClockOffsetError: ``remote_ts`` is more than :attr:`max_offset_ns` ahead of this
-                node's physical clock (as timestamps follow it, see :attr:`jumped_since`).
-                The clock is left unchanged: a peer that far ahead is outside the failure
-                model (ARCH §9), and following it would push this node, and every node it
-                talks to, into the future.
-            InvalidArgumentError: ``remote_ts`` is not an int in ``0..MAX_TS``.
+                node's physical clock (as timestamps follow it, see :attr:`jumped_since`), or
+                beyond ``MAX_TS`` (as far ahead as a clock can be: the wire carries up to
+                ``2**64 - 1``). The clock is left unchanged: a peer that far ahead is outside
+                the failure model (ARCH §9), and following it would push this node, and every
+                node it talks to, into the future.
+            InvalidArgumentError: ``remote_ts`` is not an int >= 0.
         """
+        if type(remote_ts) is int and remote_ts > MAX_TS:
+            raise ClockOffsetError(f"remote timestamp {remote_ts} is beyond the largest "
+                                   f"timestamp ({MAX_TS}); refusing to move the clock forward")
         _check_ns("remote_ts", remote_ts)
         with self._lock:
             physical = self._followed_ns()

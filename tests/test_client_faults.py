@@ -323,6 +323,7 @@ async def test_a_read_at_a_stopped_replica_is_sent_to_another():
 @pytest.mark.parametrize("fault,operation", [
     ("refuses", "read"), ("refuses", "stale read"), ("refuses", "commit"),
     ("answers from the future", "read"), ("answers from the future", "stale read"),
+    ("answers from the end of time", "read"), ("answers from the end of time", "stale read"),
 ])
 async def test_a_replica_whose_clock_is_off_sends_the_call_to_another(nursery, fault, operation):
     # Node 1 was the group's leader when its clock went off: it refuses every data request
@@ -355,8 +356,10 @@ async def test_a_replica_whose_clock_is_off_sends_the_call_to_another(nursery, f
     skewed.handlers.update(describe=describe)
     if fault == "refuses":
         skewed.handlers.update(read=refuse, commit=refuse)
-    else:
+    elif fault == "answers from the future":
         skewed.clock_now = lambda: time.time_ns() + 3600 * 10**9
+    else:
+        skewed.clock_now = lambda: 2**64 - 1  # valid on the wire, beyond every timestamp
     healthy.handlers.update(describe=describe, commit=commit)
     await skewed.start()
     await healthy.start()
@@ -373,6 +376,32 @@ async def test_a_replica_whose_clock_is_off_sends_the_call_to_another(nursery, f
                         await tx.put("ks", b"k", b"v")
         assert db._candidates(1)[0] == 2  # it learnt where the group is served now
         assert ran == ([1, 1, 1] if operation == "commit" else [])
+
+
+@pytest.mark.parametrize("ts", [2**64 - 2, 2**64 - 1])
+async def test_a_commit_answered_from_the_end_of_time_is_ambiguous(nursery, ts):
+    # The node ran the commit; its answer's timestamp is refused. 2**64 - 1, which the wire
+    # carries but no timestamp reaches, was raised as InvalidArgumentError, as if the
+    # caller's transaction had been refused unrun.
+    node = FakeNode(nursery)
+    ran = []
+
+    async def commit(p, ctx):
+        ran.append(p["group"])
+        return {"ts": 6}
+
+    node.handlers["commit"] = commit
+    node.clock_now = lambda: ts if ran else 0  # the commit's answer only
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=GUARD_S - 2) as db:
+        last = db.clock.last
+        tx = db.transaction()
+        await tx.put("ks", b"k", b"v")
+        with trio.fail_after(GUARD_S), pytest.raises(AmbiguousCommitError,
+                                                     match="clock offset"):
+            await tx.commit()
+        assert ran == [1]
+        assert last <= db.clock.last < ts
 
 
 async def test_status_lists_a_node_that_never_answers_as_an_error_in_time(nursery):
