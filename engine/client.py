@@ -1040,11 +1040,19 @@ class Database:
         if self._closed:
             raise InvalidArgumentError("the database connection is closed")
 
-    async def _connection(self, node_id: int):
+    async def _connection(self, node_id: int, deadline: float = math.inf):
+        """The open connection to ``node_id``, made now if there is none, by ``deadline``
+        (else :class:`ConnectTimeoutError`): connecting to a node whose packets are dropped
+        takes the whole connect timeout, which may end long after the caller's deadline."""
         self._check_open()
         conn = self._conns.get(node_id)
         if conn is not None and not conn.closed:
             return conn
+        with trio.move_on_at(deadline):
+            return await self._connect(node_id)
+        raise ConnectTimeoutError(f"no connection to node {node_id} by the call's deadline")
+
+    async def _connect(self, node_id: int):
         pending = self._connecting.get(node_id)
         if pending is not None:
             await pending.wait()
@@ -1103,8 +1111,8 @@ class Database:
 
     async def _call_node(self, node_id: int, method: str, payload,
                          deadline: float = math.inf) -> Any:
-        return await self._call_on(await self._connection(node_id), node_id, method, payload,
-                                   deadline)
+        return await self._call_on(await self._connection(node_id, deadline), node_id, method,
+                                   payload, deadline)
 
     async def _call_on(self, conn, node_id: int, method: str, payload,
                        deadline: float = math.inf) -> Any:
@@ -1148,13 +1156,15 @@ class Database:
         last_error = "no attempt"
         while trio.current_time() < deadline:
             for node_id in self._candidates(group):
+                if trio.current_time() >= deadline:
+                    break  # no node is tried once the time is up (it could only time out)
+                attempt_deadline = deadline if commit else min(
+                    deadline, trio.current_time() + self._request_timeout_s / 2)
                 try:
-                    conn = await self._connection(node_id)
+                    conn = await self._connection(node_id, attempt_deadline)
                 except (OSError, ConnectTimeoutError, ConnectionLostError) as exc:
                     last_error = f"node {node_id}: {exc}"
                     continue
-                attempt_deadline = deadline if commit else min(
-                    deadline, trio.current_time() + self._request_timeout_s / 2)
                 try:
                     result = await self._call_on(conn, node_id, method, payload,
                                                  attempt_deadline)
@@ -1964,16 +1974,21 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
     errors_seen: dict[str, str] = {}
     deadline = trio.current_time() + request_timeout_s
     delay = 0.05
-    # Each node gets CONNECT_ATTEMPT_S to answer, twice that in the next round, and so on: a
-    # paused node still completes TCP handshakes and would otherwise hold the whole deadline
-    # while the next address could answer at once.
+    # Each node gets CONNECT_ATTEMPT_S to connect and answer, twice that in the next round,
+    # and so on: a paused node still completes TCP handshakes, and one whose packets are
+    # dropped never completes them; either would otherwise hold the whole deadline while the
+    # next address could answer at once.
     attempt_s = CONNECT_ATTEMPT_S
     # Nodes that are still starting refuse connections: keep trying until the deadline.
     while describe is None and trio.current_time() < deadline:
         for host, port in addresses:
+            until = min(deadline, trio.current_time() + attempt_s)
+            if until <= trio.current_time():
+                break  # the time is up: the errors seen so far are the ones to report
             try:
-                async with connect_rpc(host, port, connect_timeout_s=2.0) as conn:
-                    with trio.move_on_at(min(deadline, trio.current_time() + attempt_s)):
+                async with connect_rpc(host, port, connect_timeout_s=max(
+                        0.0, until - trio.current_time())) as conn:
+                    with trio.move_on_at(until):
                         describe = await conn.call("describe", None)
                     if describe is not None:
                         break

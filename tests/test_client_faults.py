@@ -8,6 +8,7 @@ outcome: a test that needs time to pass bounds it with a guard that only a bug r
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import asdict
 
@@ -110,6 +111,25 @@ async def test_connect_moves_on_from_a_node_that_accepts_but_never_answers(nurse
     assert trio.current_time() - t0 < GUARD_S / 2
 
 
+async def test_connect_moves_on_from_an_address_that_drops_every_packet(nursery, black_hole):
+    # Connecting to the first address took the whole connect timeout (2 s), longer than the
+    # CONNECT_ATTEMPT_S each address gets, before the next one was asked; and with only that
+    # address, connect() overran request_timeout_s by as much.
+    node = FakeNode(nursery)
+    await node.start()
+    t0 = trio.current_time()
+    with trio.fail_after(GUARD_S):
+        async with engine.connect([f"{HOST}:{black_hole}", node.address],
+                                  request_timeout_s=GUARD_S - 2) as db:
+            assert db.region == "r1"
+    assert trio.current_time() - t0 < 1.8 * engine.client.CONNECT_ATTEMPT_S
+    t0 = trio.current_time()
+    with trio.fail_after(GUARD_S), pytest.raises(UnavailableError, match="no connection"):
+        async with engine.connect([f"{HOST}:{black_hole}"], request_timeout_s=TIMEOUT_S):
+            pass
+    assert trio.current_time() - t0 < 3 * TIMEOUT_S
+
+
 async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
     node = FakeNode(nursery)
     node.handlers["read"] = hang
@@ -172,6 +192,48 @@ async def test_reconnecting_after_restarts_leaves_no_task_or_connection_behind(n
         assert len(db._nursery.child_tasks) == tasks_before
         assert [c for c in db._conns.values() if c is not None and not c.closed] != []
         assert len(db._conns) == 1
+
+
+@pytest.fixture
+def black_hole():
+    """The port of a listener whose accept queue is full: the kernel drops every further SYN,
+    so a connection to it neither completes nor fails (a node whose host is down, or cut off
+    by a firewall that drops packets)."""
+    listener = socket.socket()
+    filler = socket.socket()
+    try:
+        listener.bind((HOST, 0))
+        listener.listen(0)  # room for one connection, never accepted
+        filler.settimeout(GUARD_S)
+        filler.connect(listener.getsockname())
+        yield listener.getsockname()[1]
+    finally:
+        filler.close()
+        listener.close()
+
+
+async def test_a_node_that_cannot_be_connected_to_holds_a_call_only_until_its_deadline(
+        nursery, black_hole):
+    # Node 1, the groups' leader as the client knows them, drops every packet. Connecting to
+    # it took the whole connect timeout (2 s) whatever the request timeout, before node 2 was
+    # asked: each call overran request_timeout_s by that much.
+    node = FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(node.port)
+        d["nodes"] = {1: ["r1", HOST, black_hole], 2: ["r1", HOST, node.port]}
+        for group in d["groups"].values():
+            group["voters"] = [1, 2]
+        return d
+
+    node.handlers["describe"] = describe
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        t0 = trio.current_time()
+        with trio.fail_after(GUARD_S):
+            assert await db.read("ks", b"k") is None  # group 0, then group 1: node 2 answers
+        assert trio.current_time() - t0 < 3 * TIMEOUT_S
+        assert 1 not in db._conns
 
 
 async def test_calls_to_an_unreachable_node_do_not_open_a_connection_each(nursery):
