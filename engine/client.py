@@ -1971,6 +1971,7 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
     if not addresses:
         raise InvalidArgumentError("connect needs at least one node address")
     describe = None
+    answered = ""  # the address whose description was taken
     errors_seen: dict[str, str] = {}
     deadline = trio.current_time() + request_timeout_s
     delay = 0.05
@@ -1991,6 +1992,7 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
                     with trio.move_on_at(until):
                         describe = await conn.call("describe", None)
                     if describe is not None:
+                        answered = f"{host}:{port}"
                         break
                     errors_seen[f"{host}:{port}"] = "no answer"
             except (OSError, ConnectTimeoutError, ConnectionLostError, RemoteError) as exc:
@@ -2003,8 +2005,17 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
         raise UnavailableError(f"no node answered within {request_timeout_s} s: " + "; ".join(
             f"{a}: {e}" for a, e in errors_seen.items()))
     async with trio.open_nursery() as nursery:
-        db = Database(nursery, describe, region or describe["region"],
-                      request_timeout_s=request_timeout_s, simulate_wan=simulate_wan)
+        try:
+            db = Database(nursery, describe, region or describe["region"],
+                          request_timeout_s=request_timeout_s, simulate_wan=simulate_wan)
+        except InvalidArgumentError:
+            raise  # a region of the caller's that the cluster does not have
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                StopIteration) as exc:
+            raise UnavailableError(
+                f"{answered} answered a description of the cluster this client cannot read "
+                f"({type(exc).__name__}: {exc}): is it a node of another version?"[:500]
+            ) from None
         try:
             yield db
             with trio.move_on_after(BACKGROUND_DRAIN_S):

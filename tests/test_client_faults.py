@@ -130,6 +130,31 @@ async def test_connect_moves_on_from_an_address_that_drops_every_packet(nursery,
     assert trio.current_time() - t0 < 3 * TIMEOUT_S
 
 
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("max_clock_offset_ns"),  # a node of an older version
+    lambda d: d.update(nodes={1: ["r1", HOST]}),
+    lambda d: d.update(groups=[]),
+    lambda d: d["groups"][0].pop("region"),
+])
+async def test_a_description_this_client_cannot_read_is_one_clear_error(nursery, damage):
+    # A node of another version (a rolling upgrade) answers describe in a form this client
+    # cannot read: connect() raised a bare KeyError (or TypeError) from deep inside.
+    node = FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(node.port)
+        damage(d)
+        return d
+
+    node.handlers["describe"] = describe
+    await node.start()
+    with trio.fail_after(GUARD_S), pytest.raises(UnavailableError) as info:
+        async with engine.connect([node.address], request_timeout_s=TIMEOUT_S):
+            pass
+    assert "a description of the cluster this client cannot read" in str(info.value)
+    assert node.address in str(info.value)
+
+
 async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
     node = FakeNode(nursery)
     node.handlers["read"] = hang
