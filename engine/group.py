@@ -211,7 +211,7 @@ from .errors import (
     StoreClosedError,
 )
 from .merge import (
-    CONFLICT_RECORD_ROOM,
+    MAX_APP_VALUE_SIZE,
     MERGE,
     PUT,
     RESOLVER_NAMES,
@@ -1907,14 +1907,11 @@ def _is_ts(v) -> bool:
     return type(v) is int and 0 < v <= MAX_TS
 
 
-_CONFLICT_RECORD_ROOM = CONFLICT_RECORD_ROOM
-
-
 def _is_value(v) -> bool:
     """Whether ``v`` may be a regional write's value: a write that loses a conflict is logged
-    with its value, and its record must fit in a side-table value as well (the store would
-    refuse the whole apply, at every replay)."""
-    return v is None or (type(v) is bytes and len(v) <= MAX_VALUE_SIZE - _CONFLICT_RECORD_ROOM)
+    with its value, and its record (``engine.merge.CONFLICT_RECORD_ROOM`` more) must fit in a
+    side-table value as well (the store would refuse the whole apply, at every replay)."""
+    return v is None or (type(v) is bytes and len(v) <= MAX_APP_VALUE_SIZE)
 
 
 _BUILTIN_RESOLVERS = {name: resolver_for(name) for name in RESOLVER_NAMES}

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import trio
 
-from engine.group import _CONFLICT_RECORD_ROOM
 from engine.local import open_local_cluster
-from engine.mvcc import MAX_VALUE_SIZE
+from engine.merge import MAX_APP_VALUE_SIZE
 from engine.placement import data_group, encode_key
 from engine.rpc import connect_rpc
 
 GUARD_S = 30  # only ever reached by a bug that hangs
 LOSERS = 5
-BIG = MAX_VALUE_SIZE - _CONFLICT_RECORD_ROOM  # the largest value a regional write may have
+BIG = MAX_APP_VALUE_SIZE  # the largest value a regional write may have
 
 
 async def test_large_losing_writes_are_read_a_page_at_a_time(tmp_path):
