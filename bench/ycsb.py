@@ -461,7 +461,10 @@ def _median_row(rows: list[dict]) -> dict:
     """One row for the repetitions of a run: each numeric figure is the median of that
     figure over the repetitions (with an even number, the mean of the middle two), so that no
     figure of one repetition stands beside another's; what has no median (the CDF, the
-    time-line, the per-kind summaries) is taken from the repetition of median throughput."""
+    time-line, the per-kind summaries) is taken from the repetition of median throughput.
+    What went wrong is not voted on: ``errors`` and ``late`` are the totals of every
+    repetition, ``error_rate`` their errors' share of all their operations, and
+    ``last_error`` comes from a repetition that had one."""
     rows = sorted(rows, key=lambda r: r["ops_per_s"])
     med = dict(rows[len(rows) // 2])
     for name in med:
@@ -475,6 +478,16 @@ def _median_row(rows: list[dict]) -> dict:
             med[name] = int(m)
         else:
             med[name] = round(m, 6)
+    for name in ("errors", "late"):
+        if name in med:
+            med[name] = sum(r.get(name) or 0 for r in rows)
+    if "error_rate" in med:
+        med["error_rate"] = round(
+            med["errors"] / max(1, sum((r.get("ops") or 0) + (r.get("errors") or 0)
+                                       for r in rows)), 5)
+    if "last_error" in med:
+        med["last_error"] = next((r["last_error"] for r in reversed(rows)
+                                  if r.get("last_error")), None)
     med["ops_per_s"] = round(_common.median(r["ops_per_s"] for r in rows), 1)
     med["ops_per_s_reps"] = [r["ops_per_s"] for r in rows]
     med["p50_ms_reps"] = [r["p50_ms"] for r in rows]
