@@ -339,6 +339,37 @@ def _plot_links(doc: dict, source: str) -> list[str]:
     return out
 
 
+def _where(r: dict) -> str:
+    """A row's (or failed run's) name: axis, system, loop, clients, regions, offered load."""
+    parts = [r.get("axis"), r.get("system"), r.get("mode"), f"c={r.get('clients')}"]
+    if r.get("axis") == "regions":
+        parts.append(f"regions={r.get('regions')}")
+    if r.get("offered_ops_per_s"):
+        parts.append(f"at {r['offered_ops_per_s']:.0f}/s")
+    return " ".join(str(p) for p in parts if p)
+
+
+def _problems(doc: dict) -> list[str]:
+    """Lines naming the rows with failed or late operations and the runs that failed (and
+    have no row): the tables show the operations that succeeded, these say what did not."""
+    out = []
+    for r in doc.get("results", []):
+        if not r.get("errors") and not r.get("late"):
+            continue
+        rate = r.get("error_rate")
+        detail = [f"{r.get('errors') or 0:,} errors"
+                  + (f" ({rate:.1%} of operations)" if rate is not None else ""),
+                  f"{r.get('late') or 0:,} late"]
+        if r.get("last_error"):
+            detail.append(f"last error: `{r['last_error']}`")
+        out.append(f"- {_where(r)}: " + "; ".join(detail))
+    for f in doc.get("failures", []):
+        run = f"run {f['repetition']} of " if f.get("repetition") else ""
+        out.append(f"- {run}{_where(f)} failed (no figures): `{f.get('error')}`")
+    return ["Operations that failed or were late, and runs that failed:", "", *out, ""] \
+        if out else []
+
+
 def _targets_table(doc: dict) -> list[str]:
     trows = []
     for t in doc.get("targets", []):
@@ -418,6 +449,7 @@ def render_ycsb(doc: dict, source: str) -> str:
                               "(allocated)", "(apparent)", "RSS MiB at end",
                               "cross-region bytes / txn"], srows, "lrrrrl"))
         out.append("")
+    out += _problems(doc)
     st = doc.get("loadgen_selftest")
     if st:
         verdict = {True: "met", False: "**missed**", None: "n/a"}[st.get("met")]
@@ -468,6 +500,9 @@ def render_scale(doc: dict, source: str) -> str:
              _cpu(r.get("server_cpu_s_per_1k_ops"))] for r in doc["results"]]
     out.append(_md_table(["axis", "system", "clients", "regions", "ops/s", "p50 ms", "p99 ms",
                           "p99.9 ms", "server CPU s / 1k ops"], rows, "llrrrrrrr"))
+    problems = _problems(doc)
+    if problems:
+        out += ["", *problems[:-1]]
     if doc.get("skipped"):
         out.append("")
         out.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in doc["skipped"].items()))

@@ -85,8 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _row(system: str, axis: str, clients: int, regions: int, row: dict) -> dict:
     keep = ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "ops",
-            "abort_rate", "errors", "server_cpu_s_per_1k_ops", "client_cpu_s_per_1k_ops",
-            "server_cpu_cores", "server_rss_bytes", "load_processes", "timeline")
+            "abort_rate", "errors", "error_rate", "late", "last_error",
+            "server_cpu_s_per_1k_ops", "client_cpu_s_per_1k_ops", "server_cpu_cores",
+            "server_rss_bytes", "load_processes", "timeline")
     return {"system": system, "workload": "A", "mode": "closed", "axis": axis,
             "clients": clients, "regions": regions, **{k: row.get(k) for k in keep}}
 

@@ -748,6 +748,11 @@ def print_results(doc: dict) -> None:
               f"{r['p50_ms'] or float('nan'):>8.2f} {r['p99_ms'] or float('nan'):>8.2f} "
               f"{r['p999_ms'] or float('nan'):>8.2f} {r['abort_rate']:>7.2%} "
               f"{'n/a' if cpu is None else f'{cpu:.3f} s':>10}")
+    for r in doc["results"]:
+        if r.get("errors") or r.get("late"):
+            rate = f" at {r['offered_ops_per_s']:.0f}/s" if r.get("offered_ops_per_s") else ""
+            print(f"  {r['system']} {r['mode']} c={r['clients']}{rate}: {r.get('errors') or 0} "
+                  f"errors, {r.get('late') or 0} late (last error: {r.get('last_error')})")
     st = doc.get("loadgen_selftest")
     if st:
         print(f"  load generator self-test: {st['ops_per_s']:.0f} ops/s against a no-op server "

@@ -418,6 +418,67 @@ def test_compare_pairs_and_compares_the_adjudicator_rows():
     assert verdicts == {("c", "txns_per_s"): "worse", ("reference", "txns_per_s"): "within noise"}
 
 
+# ------------------------------------------------------------ what went wrong, in the report
+
+
+def _ycsb_doc() -> dict:
+    row = {"system": "meridian", "workload": "A", "mode": "closed", "clients": 32,
+           "ops_per_s": 1000.0, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 5.0, "p999_ms": 9.0,
+           "max_ms": 20.0, "abort_rate": 0.0, "errors": 0, "error_rate": 0.0, "late": 0,
+           "last_error": None}
+    return {"schema": 1, "benchmark": "ycsb", "command": "python -m bench ycsb --quick",
+            "machine": {}, "elapsed_s": 10.0,
+            "config": {"workload": "A", "quick": True, "mix": {"read": 0.5, "update": 0.5},
+                       "distribution": "zipfian", "theta": 0.99, "records": 100,
+                       "value_size": 100, "duration_s": 3.0, "warmup_s": 1.0, "repeat": 1},
+            "results": [row,
+                        {**row, "system": "etcd", "errors": 250, "error_rate": 0.2, "late": 3,
+                         "last_error": "TimeoutError: deadline"}],
+            "failures": [{"system": "etcd", "mode": "open", "clients": 32,
+                          "offered_ops_per_s": 900.0, "repetition": 1,
+                          "error": "load process 0 exited early (status 1)"}]}
+
+
+def test_report_names_the_errors_late_operations_and_failed_runs(capsys):
+    from bench import report
+    from bench.ycsb import print_results
+
+    doc = _ycsb_doc()
+    md = report.render_ycsb(doc, "bench/results/ycsb-A.json")
+    line = next(x for x in md.splitlines() if x.startswith("- etcd closed c=32"))
+    assert "250 errors (20.0% of operations)" in line and "3 late" in line
+    assert "TimeoutError: deadline" in line
+    assert "- run 1 of etcd open c=32 at 900/s failed" in md
+    assert "- meridian" not in md  # a clean row is not listed
+    print_results({**doc, "targets": []})
+    out = capsys.readouterr().out
+    assert "etcd closed c=32: 250 errors, 3 late" in out
+
+
+def test_report_of_a_clean_run_has_no_problem_lines():
+    from bench import report
+
+    doc = {**_ycsb_doc(), "failures": []}
+    doc["results"] = doc["results"][:1]
+    assert "failed or were late" not in report.render_ycsb(doc, "bench/results/ycsb-A.json")
+
+
+def test_scale_report_names_the_errors_of_a_point():
+    from bench import report
+    from bench.scale import _row
+
+    row = _row("meridian", "regions", 48, 3, {"ops_per_s": 900.0, "p50_ms": 1.0,
+                                              "p99_ms": 5.0, "p999_ms": 9.0, "errors": 12,
+                                              "error_rate": 0.01, "late": 0,
+                                              "last_error": "ConnectionError: gone"})
+    doc = {"schema": 1, "benchmark": "scale", "command": "python -m bench scale --quick",
+           "machine": {}, "config": {"records": 100, "value_size": 100, "duration_s": 3.0,
+                                     "warmup_s": 1.0}, "results": [row], "failures": []}
+    md = report.render_scale(doc, "bench/results/scale.json")
+    assert "- regions meridian closed c=48 regions=3: 12 errors (1.0% of operations); 0 late; " \
+           "last error: `ConnectionError: gone`" in md
+
+
 # ----------------------------------------------------------------------------------- plots
 
 
