@@ -205,9 +205,16 @@ def main(args: argparse.Namespace) -> int:
         parser.error(f"the files hold different benchmarks ({old.get('benchmark')!r} and "
                      f"{new.get('benchmark')!r})")
     rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change)
-    _, unmatched_old, unmatched_new = match_rows(old, new)
-    if not rows:
+    pairs, unmatched_old, unmatched_new = match_rows(old, new)
+    for path, doc in ((args.old, old), (args.new, new)):
+        if not doc.get("results"):
+            print(f"{path} has no results (no run of it was measured)")
+    if not pairs:
         print("no rows in common")
+    # A matched row none of whose figures is a number in both files (0 in the old one: a
+    # change from nothing has no ratio) is neither compared nor unmatched: say so.
+    compared = {tuple((k, v) for k, v in c["row"].items() if k != OFFERED) for c in rows}
+    blank = sum(key not in compared for key, _, _ in pairs)
     table = [[_label(c["row"]), c["metric"], f"{c['old']:g}", f"{c['new']:g}",
               f"{c['change']:+.1%}", f"±{c['noise']:.0%}" + ("" if c["noise_measured"] else "*"),
               c["verdict"]] for c in rows]
@@ -220,6 +227,9 @@ def main(args: argparse.Namespace) -> int:
     better = [c for c in rows if c["verdict"] == "better"]
     print(f"{len(worse)} worse, {len(better)} better, "
           f"{len(rows) - len(worse) - len(better)} within noise")
+    if blank:
+        print(f"not compared (no figure measured in both files, or it is 0 in {args.old}): "
+              f"{blank} row(s) in common")
     if unmatched_old or unmatched_new:
         print(f"not compared (no matching row in the other file): {unmatched_old} row(s) of "
               f"{args.old}, {unmatched_new} row(s) of {args.new}")

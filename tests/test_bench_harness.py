@@ -339,6 +339,36 @@ def test_compare_command_reports_rows_it_could_not_match(tmp_path, capsys):
     assert f"2 row(s) of {old}, 1 row(s) of {new}" in out
 
 
+def test_compare_command_says_which_rows_it_could_not_compare(tmp_path, capsys):
+    import argparse
+
+    from bench import _common, compare
+
+    def doc(ops_per_s: float, p99_ms: float | None) -> dict:
+        return {"benchmark": "ycsb", "results": [
+            {"system": "etcd", "workload": "A", "mode": "closed", "clients": 32,
+             "ops_per_s": ops_per_s, "p50_ms": p99_ms, "p99_ms": p99_ms}]}
+
+    broken, fixed, empty = (tmp_path / f"{n}.json" for n in ("broken", "fixed", "empty"))
+    _common.write_json(broken, doc(0.0, None))  # no operation completed
+    _common.write_json(fixed, doc(5000.0, 3.0))
+    _common.write_json(empty, {"benchmark": "ycsb", "results": []})
+    parser = argparse.ArgumentParser()
+    compare.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["compare", str(broken), str(fixed)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    # The rows match: a change from nothing has no ratio, and the output says so.
+    assert "no rows in common" not in out
+    assert f"not compared (no figure measured in both files, or it is 0 in {broken}): " \
+           f"1 row(s) in common" in out
+    args = parser.parse_args(["compare", str(empty), str(fixed)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"{empty} has no results" in out and "no rows in common" in out
+    assert f"{fixed} has no results" not in out
+
+
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "is not a result document: a JSON list, not an object"),
     ('{"schema": 2, "benchmark": "ycsb", "results": []}', "schema 2, where this harness reads"),
