@@ -354,7 +354,9 @@ class CommitResult:
         reason: for a conflict, ``write_write``/``read_write``/``intent``/``too_old``; for an
             invalid command, what was wrong.
         key: the conflicting key, if any.
-        conflict_ts: the timestamp of the conflicting commit or intent (0 if none).
+        conflict_ts: the timestamp of the conflicting commit or intent (0 if none); for
+            another region's batch (REMOTE), its origin's watermark before the batch: the
+            batch applied its writes above it.
     """
 
     outcome: Outcome
@@ -1682,7 +1684,7 @@ class _Batch:
             # Local transactions that read these keys before now must not overwrite them
             # blindly: to the adjudicator this is a commit like any other.
             self.sm.adjudicator.load(touched)
-        return CommitResult(Outcome.COMMITTED, ts)
+        return CommitResult(Outcome.COMMITTED, ts, conflict_ts=watermark)
 
     def applied_by(self, destination: int) -> int:
         """How far ``destination`` has applied this group's regional writes (SHIPPED), as of

@@ -663,11 +663,9 @@ class Node:
         lag = {}
         for origin, samples in self._lag_ms.items() if leads else ():
             ordered = sorted(samples)
-            if ordered:
-                lag[origin] = {"samples": len(ordered),
-                               "p50": ordered[len(ordered) // 2],
-                               "p99": ordered[min(len(ordered) - 1,
-                                                  int(len(ordered) * 0.99))]}
+            if n := len(ordered):  # nearest ranks: the smallest k with k >= q·n
+                lag[origin] = {"samples": n, "p50": ordered[(n + 1) // 2 - 1],
+                               "p99": ordered[(99 * n + 99) // 100 - 1]}
         return {"node": self.id, "region": self.region, "groups": out,
                 "bytes_by_region": self._bytes_by_region(),
                 "clock_problem": self._clock_problem, "replication_lag_ms": lag,
@@ -1334,18 +1332,23 @@ class Node:
             raise InvalidArgumentError("after < up_to must be timestamps and writes a list")
         self._not_ahead("up_to", up_to)  # the origin's watermark here: all later ones skipped
         replica._require_leader()
-        applied_before = replica.sm.watermark(origin)
         result = await replica.propose(
             encode_remote(origin, self.clock.now(), after, up_to, writes))
         if result.outcome is Outcome.CONFLICT:  # a gap: an earlier batch has not arrived
             return {"watermark": replica.sm.watermark(origin), "gap": True}
         if result.outcome is Outcome.INVALID:
             raise InvalidArgumentError(f"batch refused: {result.reason}")
-        now = self.clock.physical_ns()
+        # The time timestamps follow, not the wall clock: it is above every write's commit
+        # timestamp (the shipper's request carried a later one), and does not follow the
+        # wall clock's jump forward, which no sample kept here for good should measure.
+        now = self.clock.now()
         samples = self._lag_ms.setdefault(where.region, collections.deque(maxlen=LAG_SAMPLES))
+        # A batch sent again (its answer was lost or late) repeats writes applied before,
+        # maybe by a copy of it that was in the log already when this one was proposed:
+        # only the writes above the watermark the batch found when applied are its own.
+        # Their lag was counted when they were applied.
+        applied_before = result.conflict_ts if result.committed else up_to
         for w in writes:
-            # A batch sent again (its answer was lost) repeats writes applied before: their
-            # lag was counted when they were.
             if (isinstance(w, list) and len(w) == 7 and type(w[3]) is int
                     and w[3] > applied_before):
                 samples.append(max(0.0, (now - w[3]) / 1e6))

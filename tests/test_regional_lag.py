@@ -4,6 +4,8 @@ is stopped, not only once its writes arrive."""
 
 from __future__ import annotations
 
+import collections
+
 import trio
 
 from engine import group as group_module
@@ -112,3 +114,19 @@ async def test_a_region_that_lost_writes_to_the_outbox_retention_is_reported(mon
                 stats = await b.statistics()
                 assert stats["replication_broken"].get(PAIR, 0) >= tx.commit_ts, stats
                 assert "eu-west->us-east" not in stats["replication_broken"]
+
+
+async def test_the_percentiles_are_nearest_ranks():
+    # The p50 of two samples is the smaller one, and the p99 of a hundred the 99th: before,
+    # each was one rank too high (the larger one; the largest), as for every count of
+    # samples that q % of is whole.
+    async with open_local_cluster(REGIONS, 1, seed=40) as cluster:
+        west = data_group(cluster.config, "eu-west")
+        with trio.fail_after(60):
+            node = cluster.nodes[await _leader_of(cluster, west)]
+            for samples, p50, p99 in (([10.0, 1000.0], 10.0, 1000.0),
+                                      ([float(i) for i in range(1, 101)], 50.0, 99.0),
+                                      ([5.0], 5.0, 5.0)):
+                node._lag_ms["us-east"] = collections.deque(samples)
+                lag = (await node._status({}, None))["replication_lag_ms"]["us-east"]
+                assert lag == {"samples": len(samples), "p50": p50, "p99": p99}
