@@ -297,7 +297,13 @@ class Database:
         self._spread_of_region = {v["region"]: g for g, v in self._groups.items()
                                   if v.get("kind") == "spread"}
         self._meta_group = next(g for g, v in self._groups.items() if not v["region"])
-        self._leaders = {g: v["leader"] for g, v in self._groups.items() if v["leader"]}
+        for g, v in self._groups.items():
+            unknown = [n for n in (*v["voters"], *v["learners"])
+                       if type(n) is not int or n not in self._nodes]
+            if unknown:
+                raise ValueError(f"group {g} names nodes that are not described: {unknown}")
+        self._leaders = {g: leader for g, v in self._groups.items()
+                         if (leader := self._leader_hint(v["leader"]))}
         self._latency = {}
         if simulate_wan:
             for a, b, ms in describe["wan_latency_ms"]:
@@ -318,6 +324,11 @@ class Database:
         self._background_done = trio.Event()
         # Nodes this handle must not reach (fault injection inside a node: a partition).
         self.unreachable: frozenset[int] = frozenset()
+
+    def _leader_hint(self, hint: object) -> int:
+        """A node's word on who leads a group, as the id of a node this client knows, or 0:
+        anything else (not an int, or a node that is not described) is no hint."""
+        return hint if type(hint) is int and hint in self._nodes else 0
 
     # ------------------------------------------------------------------ catalog
 
@@ -1203,9 +1214,9 @@ class Database:
                     continue
                 except RemoteError as exc:
                     if exc.code == "not_leader":
-                        hint = exc.details.get("leader", 0)
+                        hint = self._leader_hint(exc.details.get("leader"))
                         last_error = f"node {node_id}: {exc.message}"
-                        if hint and hint != node_id and hint in self._nodes:
+                        if hint and hint != node_id:
                             self._leaders[group] = hint
                             break  # try the hinted leader first
                         self._leaders.pop(group, None)

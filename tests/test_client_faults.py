@@ -513,3 +513,76 @@ async def test_status_lists_a_node_that_never_answers_as_an_error_in_time(nurser
             out = await db.status()
         assert out[1]["node"] == 1
         assert "error" in out[2] and set(out) == {1, 2}
+
+
+BAD_NODE_IDS = ["2", None, 2.0, True, [2], {"id": 2}, -1, 99]
+
+
+@pytest.mark.parametrize("hint", BAD_NODE_IDS)
+async def test_a_leader_hint_that_names_no_known_node_is_no_hint(nursery, hint):
+    # A not_leader answer whose hint was a list or a map raised TypeError (unhashable) out of
+    # the call; a float or a bool was kept as the group's leader.
+    node, leader = FakeNode(nursery), FakeNode(nursery)
+    told = []
+
+    async def describe(p, ctx):
+        d = describe_for(node.port)
+        d["nodes"] = {1: ["r1", HOST, node.port], 2: ["r1", HOST, leader.port]}
+        for group in d["groups"].values():
+            group["voters"], group["leader"] = [1, 2], 1
+        return d
+
+    async def read(p, ctx):
+        told.append(p["group"])
+        raise RemoteError("not_leader", "not the leader", retryable=True,
+                          details={"group": p["group"], "leader": hint})
+
+    node.handlers.update(describe=describe, read=read)
+    leader.handlers["describe"] = describe
+    await node.start()
+    await leader.start()
+    async with engine.connect([node.address], request_timeout_s=GUARD_S - 2) as db:
+        with trio.fail_after(GUARD_S):
+            assert await db.read("ks", b"k") is None  # node 2 is asked next, and answers
+        assert told and db._leaders[1] == 2
+        assert all(type(leader) is int for leader in db._leaders.values())
+
+
+@pytest.mark.parametrize("leader", BAD_NODE_IDS)
+async def test_a_described_leader_that_names_no_known_node_is_no_leader(nursery, leader):
+    # The description's leader of a group was taken as it came: a str or a node id it does
+    # not describe raised KeyError at the first call to the group, a list TypeError.
+    node = FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(node.port)
+        for group in d["groups"].values():
+            group["leader"] = leader
+        return d
+
+    node.handlers["describe"] = describe
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S):
+            assert await db.read("ks", b"k") is None
+        assert db._leaders == {0: 1, 1: 1}
+
+
+@pytest.mark.parametrize("voters", [[1, 99], ["1"], [[1]], [1.5]])
+async def test_a_description_naming_undescribed_voters_is_one_clear_error(nursery, voters):
+    # Voters the description does not list among its nodes raised KeyError (or TypeError) at
+    # the first call that tried one of them, or went unnoticed until then.
+    node = FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(node.port)
+        d["groups"][1]["voters"] = voters
+        return d
+
+    node.handlers["describe"] = describe
+    await node.start()
+    with trio.fail_after(GUARD_S), pytest.raises(UnavailableError) as info:
+        async with engine.connect([node.address], request_timeout_s=TIMEOUT_S):
+            pass
+    assert "a description of the cluster this client cannot read" in str(info.value)
+    assert "group 1 names nodes that are not described" in str(info.value)
