@@ -89,7 +89,7 @@ import inspect
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -571,7 +571,8 @@ class Database:
             payload: dict = {"group": group, "keys": [stored]}
             for _ in range(MAX_SNAPSHOT_MOVES):
                 try:
-                    reply = await self._call_group(group, "read", payload)
+                    reply = await self._call_group(group, "read", payload,
+                                                   expect=_READ_ANSWER)
                     break
                 except _Restart as restart:
                     # A transaction this read waited for committed above its snapshot:
@@ -598,7 +599,7 @@ class Database:
                     # for it, or lets the group's voters answer.
                     payload["min_ts"] = ks.moved_ts
             try:
-                reply = await self._call_local(group, "read", payload)
+                reply = await self._call_local(group, "read", payload, expect=_READ_ANSWER)
             except TransactionConflictError as exc:
                 if exc.reason != "too_old" or kind != "exact":
                     raise
@@ -1152,10 +1153,14 @@ class Database:
         return voters
 
     async def _call_group(self, group: int, method: str, payload, *,
-                          commit: bool = False, deadline: float | None = None) -> Any:
+                          commit: bool = False, deadline: float | None = None,
+                          expect: Mapping[str, type] | None = None) -> Any:
         """Calls the group's leader, following hints and retrying until
         ``request_timeout_s`` (or ``deadline``, the end of a call that began earlier).
-        ``commit``: a call that may have run is never retried.
+        ``commit``: a call that may have run is never retried. ``expect``: the fields the
+        answer must be a map of, with their types (see :func:`_malformed`); an answer without
+        them raises :class:`~engine.errors.UnavailableError` (for a commit,
+        :class:`~engine.errors.AmbiguousCommitError`: it may have run).
 
         A node that takes the request and never answers (paused, or cut off without a
         reset) holds a call for at most half of ``request_timeout_s`` before the other
@@ -1234,13 +1239,22 @@ class Database:
                         self._forget_keyspace()
                     raise _translate(exc) from None
                 self._leaders[group] = node_id
+                problem = _malformed(result, expect)
+                if problem is not None:
+                    if commit:
+                        raise AmbiguousCommitError(
+                            f"node {node_id} answered the {method} with {problem}: the "
+                            f"transaction may or may not have committed")
+                    raise UnavailableError(f"node {node_id} answered {method!r} with {problem}: "
+                                           f"is it a node of another version?")
                 return result
             await trio.sleep(backoff)
             backoff = min(0.2, backoff * 2)
         raise UnavailableError(f"group {group} did not answer {method!r} within "
                                f"{self._request_timeout_s} s (last: {last_error})")
 
-    async def _call_local(self, group: int, method: str, payload) -> Any:
+    async def _call_local(self, group: int, method: str, payload, *,
+                          expect: Mapping[str, type] | None = None) -> Any:
         """Calls a replica of ``group`` in this client's region (stale reads). A region holds
         one replica of a group homed elsewhere: when it does not answer, the group's voters
         serve the read instead (any replica can), at the price of a WAN round trip. The
@@ -1256,7 +1270,7 @@ class Database:
             if trio.current_time() >= local_deadline:
                 break
             try:
-                return await self._call_node(node_id, method, payload, local_deadline)
+                result = await self._call_node(node_id, method, payload, local_deadline)
             except (OSError, ConnectTimeoutError, ConnectionLostError, CallTimeoutError,
                     ClockOffsetError):
                 # The next replica (a closed connection is replaced when next used; one whose
@@ -1268,7 +1282,35 @@ class Database:
                 # Retryable: it lags (``not_closed``: cut off from its leader), or is not
                 # serving yet; or it refuses to serve for its clock. The voters answer
                 # instead.
-        return await self._call_group(group, method, payload, deadline=deadline)
+            else:
+                problem = _malformed(result, expect)
+                if problem is not None:
+                    raise UnavailableError(f"node {node_id} answered {method!r} with "
+                                           f"{problem}: is it a node of another version?")
+                return result
+        return await self._call_group(group, method, payload, deadline=deadline,
+                                      expect=expect)
+
+
+_READ_ANSWER = {"ts": int, "values": list}
+_READ_ANSWERS = {"read": _READ_ANSWER, "scan": {"ts": int, "items": list}}
+_COMMIT_ANSWER = {"ts": int}
+_DECIDE_ANSWER = {"committed": bool, "ts": int}
+
+
+def _malformed(answer: object, expect: Mapping[str, type] | None) -> str | None:
+    """What is wrong with ``answer``, which must be a map holding ``expect``'s fields with
+    exactly those types (a bool is no int), or None: a node of another version may answer in
+    a form this client cannot read, and would otherwise fail it far from the call."""
+    if not expect:
+        return None
+    if not isinstance(answer, dict):
+        return f"a {type(answer).__name__} where a map was expected"
+    for name, kind in expect.items():
+        value = answer.get(name)
+        if type(value) is not kind:
+            return f"no {kind.__name__} {name!r} (it has {type(value).__name__} {value!r:.80})"
+    return None
 
 
 class _Restart(Exception):
@@ -1707,7 +1749,8 @@ class Transaction:
         if serializable and group in self._visited:
             payload["reads"], payload["spans"] = _validated(
                 self._visited[group], len(payload["writes"]) + len(merges))
-        reply = await self._db._call_group(group, "commit", payload, commit=True)
+        reply = await self._db._call_group(group, "commit", payload, commit=True,
+                                           expect=_COMMIT_ANSWER)
         self.commit_ts = reply["ts"]
 
     async def _commit_two_phase(self, groups: list[int], writes: dict[int, list],
@@ -1742,7 +1785,8 @@ class Transaction:
                 written = {w[0] for w in group_writes}
                 payload["locks"] = [k for k in keys if k not in written]
             try:
-                reply = await db._call_group(group, "prepare", payload, commit=True)
+                reply = await db._call_group(group, "prepare", payload, commit=True,
+                                             expect=_COMMIT_ANSWER)
             except (MeridianError, OSError) as exc:
                 failures.append(exc)
             else:
@@ -1777,7 +1821,8 @@ class Transaction:
             return
         reply = await db._call_group(primary, "decide", {
             "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
-            "since": min(prepared.values()), "participants": list(prepared)}, commit=True)
+            "since": min(prepared.values()), "participants": list(prepared)}, commit=True,
+            expect=_DECIDE_ANSWER)
         if not reply["committed"]:
             # Somebody found its intents past their deadline and aborted it first.
             for group in prepared:
@@ -1848,7 +1893,8 @@ class Transaction:
             else:
                 body["ts"], body["until"] = self.read_ts, max(reads.fresh, self.read_ts)
             try:
-                reply = await db._call_group(group, method, body)
+                reply = await db._call_group(group, method, body,
+                                             expect=_READ_ANSWERS[method])
             except _Restart as restart:
                 await self._move_snapshot(restart.ts)
                 continue
