@@ -314,8 +314,8 @@ class ClockOffsetMonitor:
     means those peers are wrong, and it is for them to stop.
 
     With no fresh measurement at all the monitor reports healthy: it knows of nothing wrong.
-    Whether a node that cannot reach anyone should serve is a question for liveness, not this
-    check.
+    Whether a node that cannot reach anyone should serve is for the node to say (it does not
+    until some peer has measured its clock once).
 
     Pure logic: no I/O, no clock reads, no threads of its own; time is passed in.
 

@@ -60,10 +60,12 @@ Every second the node pings every other node and feeds a
 catalog request with ``clock_offset``, proposes nothing of its own, and logs why — serving
 would break the guarantees of ARCH §5, which assume bounded skew. The first check comes before
 the node opens its groups, once every peer has answered a first ping or failed to: a node
-started with its clock far off stops before it serves a request or stamps an entry. Until the
-pings notice, a wall clock that jumps forward is not followed by the node's timestamps
-(:class:`~engine.hlc.HybridClock`): they follow it again once pings all taken after the jump
-find it right.
+started with its clock far off stops before it serves a request or stamps an entry. A node
+with peers serves only once one of them has measured its clock (a node restarted while cut off
+from all of them waits, answering ``clock_offset``); a node alone in its cluster has nobody to
+ask and serves at once. Until the pings notice, a wall clock that jumps forward is not
+followed by the node's timestamps (:class:`~engine.hlc.HybridClock`): they follow it again once
+pings all taken after the jump find it right.
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ __all__ = ["Node", "run_node"]
 log = logging.getLogger("meridian.node")
 
 PING_INTERVAL_S = 1.0
+UNMEASURED_RETRY_S = 0.05
+"""The first wait before a node no peer has measured yet connects to a peer again (doubling
+up to :data:`PING_INTERVAL_S`)."""
 STALE_READ_WAIT_S = 5.0
 INTENT_TIMEOUT_S = 2.0
 """A prepared transaction whose coordinator has not finished it this long after its prepare
@@ -244,7 +249,14 @@ class Node:
         self.monitor = ClockOffsetMonitor(
             self.id, peers, self.cluster.max_clock_offset_ns,
             stale_after_ns=int(10 * PING_INTERVAL_S * 1e9))
-        self._clock_problem: str | None = None
+        # A clock no peer has measured is not trusted: the hybrid clock follows its first
+        # reading, however far off, and a node restarted while cut off from every peer would
+        # otherwise serve and lead on it. A node without peers has nobody to ask.
+        self._clock_measured = not peers
+        self._unmeasured = (f"node {self.id}: its clock has not been measured by any peer "
+                            f"yet; it serves once one of nodes {', '.join(map(str, peers))} "
+                            f"answers a ping within the maximum clock offset")
+        self._clock_problem: str | None = None if self._clock_measured else self._unmeasured
         # Per peer: the monotonic time the ping of the measurement the monitor holds was sent
         # (see _trust_jumped_clock).
         self._measured_mono: dict[int, int] = {}
@@ -441,8 +453,9 @@ class Node:
 
     def isolate_from(self, peers) -> None:
         """Fault injection for in-process tests (a network partition): from now on, every
-        Raft message and node-to-node request this node sends to ``peers`` is lost (clients
-        still reach it). An empty set heals. Call it on both sides for a two-way cut."""
+        Raft message, clock ping and node-to-node request this node sends to ``peers`` is
+        lost (clients still reach it). An empty set heals. Call it on both sides for a two-way
+        cut."""
         self.unreachable = frozenset(peers)
         if self._peers is not None:
             self._peers.unreachable = self.unreachable
@@ -479,6 +492,8 @@ class Node:
             with trio.move_on_after(PING_INTERVAL_S):
                 await first_round.wait()
             self._check_clocks()
+            if self._clock_problem == self._unmeasured:
+                log.warning("node %d does not serve yet: %s", self.id, self._unmeasured)
             task_status.started()
             while True:
                 await trio.sleep(PING_INTERVAL_S)
@@ -494,13 +509,18 @@ class Node:
             physical = self.clock.physical_ns()
             self.monitor.check(physical)
             self._check_own_clock(physical)
+            self._check_measured(physical)
         except ClockOffsetError as exc:
             if self._clock_problem is None:
                 log.error("node %d stops serving: %s", self.id, exc)
+            elif self._clock_problem == self._unmeasured and str(exc) != self._unmeasured:
+                log.error("node %d does not serve: %s", self.id, exc)
             self._clock_problem = str(exc)
             self._hand_over_leadership()
         else:
-            if self._clock_problem is not None:
+            if self._clock_problem == self._unmeasured:
+                log.info("node %d serves: its peers find its clock within bounds", self.id)
+            elif self._clock_problem is not None:
                 log.warning("node %d serves again: clock offsets back within bounds",
                             self.id)
             self._clock_problem = None
@@ -521,6 +541,16 @@ class Node:
             log.warning("node %d: its physical clock jumped forward, and its peers find it "
                         "right as it is now: timestamps follow it again", self.id)
             self.clock.trust_physical()
+
+    def _check_measured(self, physical: int) -> None:
+        """Raises until a check finds a fresh measurement of a peer (the monitor's check,
+        which ran first, found it within bounds); from then on the clock has been measured
+        once, and a node cut off from every peer later knows of nothing wrong."""
+        if self._clock_measured:
+            return
+        if not self.monitor.fresh(physical):
+            raise ClockOffsetError(self._unmeasured)
+        self._clock_measured = True
 
     def _check_own_clock(self, physical: int) -> None:
         """Raises while this node's hybrid clock is further ahead of its own physical clock
@@ -560,15 +590,24 @@ class Node:
                          ) -> None:
         """Measures the clock offset to one peer, forever, reconnecting as needed; calls
         ``tried(peer.id)`` after every ping answered or failed, and every failed connection."""
+        # A node no peer has measured yet does not serve: while it waits, it tries again
+        # soon (peers started just after it are measured within a fraction of a second).
+        retry_s = UNMEASURED_RETRY_S
         while True:
             try:
-                async with connect_rpc(peer.client_host, peer.client_port,
-                                       connect_timeout_s=2.0) as conn:
-                    await self._ping_until_lost(peer, conn, tried)
+                # Pings cross a partition (see isolate_from) no more than Raft messages do.
+                if peer.id not in self.unreachable:
+                    async with connect_rpc(peer.client_host, peer.client_port,
+                                           connect_timeout_s=2.0) as conn:
+                        await self._ping_until_lost(peer, conn, tried)
             except (OSError, MeridianError):  # no connection: try again
                 pass
             tried(peer.id)
-            await trio.sleep(PING_INTERVAL_S)
+            if self._clock_measured:
+                await trio.sleep(PING_INTERVAL_S)
+            else:
+                await trio.sleep(retry_s)
+                retry_s = min(PING_INTERVAL_S, 2 * retry_s)
 
     async def _ping_until_lost(self, peer, conn,
                                tried: Callable[[int], None] = lambda peer_id: None) -> None:
@@ -580,6 +619,8 @@ class Node:
         clause of the caller matches, and the outer scope would then hand the bare error up
         through the node's nursery, stopping the node."""
         while True:
+            if peer.id in self.unreachable:
+                return  # cut off (see isolate_from): as a lost connection
             # The monotonic time first: a jump seen before it is in ``sent`` as well.
             sent_mono, sent = _boot_clock_ns(), self.clock.physical_ns()
             try:
@@ -589,6 +630,8 @@ class Node:
                     held = self.monitor.record(peer.id, sent, reply["physical_ns"], received)
                     if held.measured_at_ns == received:
                         self._measured_mono[peer.id] = sent_mono
+                    if not self._clock_measured:
+                        self._check_clocks()  # serves once measured, not a round later
             except (MeridianError, KeyError, TypeError):
                 return  # the connection is gone, or the peer answered nonsense: reconnect
             tried(peer.id)

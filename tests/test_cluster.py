@@ -392,8 +392,9 @@ async def test_a_node_whose_clock_is_off_stops_serving_and_says_why():
             while skewed.clock_problem is None:
                 await trio.sleep(0.05)
         assert "beyond" in skewed.clock_problem or "offset" in skewed.clock_problem
-        assert cluster.nodes[1].clock_problem is None
-        assert cluster.nodes[2].clock_problem is None
+        with trio.fail_after(30):  # once a peer has measured their clocks
+            while cluster.nodes[1].clock_problem or cluster.nodes[2].clock_problem:
+                await trio.sleep(0.05)
         host, port = cluster.client_addresses()[2].rsplit(":", 1)
         async with connect_rpc(host, int(port)) as conn:
             with pytest.raises(RemoteError) as info:
@@ -516,6 +517,32 @@ async def test_a_node_restarted_with_its_clock_far_ahead_stops_before_it_stamps_
             with pytest.raises(RemoteError) as info:
                 await conn.call("read", {"group": group, "keys": [b"k"]})
             assert info.value.code == "clock_offset"
+        replica = node.replicas[group]
+        with trio.fail_after(30):
+            while not replica.node.is_leader:
+                await trio.sleep(0.02)
+        await trio.sleep(1.5 * replica.close_interval)  # the closer's turn came
+        assert replica.closed_ts <= time.time_ns() + limit
+
+
+async def test_a_node_restarted_while_its_peers_are_down_does_not_serve_on_its_clock():
+    # As above, but node 1 restarts while both its peers are down: no ping measures its
+    # clock, an hour ahead. It used to count that as a clock within bounds, serve, and close
+    # its data group (of which it is the only voter) an hour ahead.
+    hour = 3600 * 10**9
+    async with open_local_cluster(("us-east", "eu-west", "ap-south"), 1, seed=3) as cluster:
+        group = data_group(cluster.config, "us-east")
+        limit = cluster.config.max_clock_offset_ns
+        for node_id in (2, 3, 1):
+            await cluster.stop_node(node_id)
+        node = await cluster.start_node(1, clock_offset_ns=hour)
+        assert node.clock_problem is not None and "not been measured" in node.clock_problem
+        host, port = cluster.client_addresses("us-east")[0].rsplit(":", 1)
+        async with connect_rpc(host, int(port)) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("read", {"group": group, "keys": [b"k"]})
+            assert info.value.code == "clock_offset"
+            assert "not been measured" in info.value.message
         replica = node.replicas[group]
         with trio.fail_after(30):
             while not replica.node.is_leader:

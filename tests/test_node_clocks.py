@@ -117,3 +117,25 @@ async def test_pings_sent_after_a_jump_that_set_the_clock_right_vouch_for_it(mon
     check_clocks(node)
     assert node.clock.jumped_since is None
     assert node.clock.now() == START + 20 * MS
+
+
+async def test_a_partition_cuts_the_pings_as_it_cuts_raft(monkeypatch):
+    # A node cut off from its peers (Node.isolate_from, as LocalCluster.partition does) must
+    # measure nobody, as across a real partition: its pings used to go through, so a node
+    # inside a partition went on being measured by peers it could not otherwise reach.
+    node, peers, wall, mono = make_node(monkeypatch, START)
+    node.isolate_from({2, 3})
+
+    def no_connection(*args, **kwargs):
+        raise AssertionError("a ping crossed the partition")
+
+    monkeypatch.setattr(engine.node, "connect_rpc", no_connection)
+    tried = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._ping_peer, peers[0], tried.append)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert tried == [2]
+    conn = HeldPings()  # a connection made before the cut
+    await ping_round(node, peers[1:], conn, lambda: conn.answer(START))
+    assert node.monitor.offset(2) is None and node.monitor.offset(3) is None
