@@ -17,6 +17,11 @@ larger than that noise (and than ``--min-change``); otherwise it is ``within noi
 measured once has no spread: then ``--noise`` (default 25 %, the run-to-run variation
 MEASURED.md reports on this kind of machine) stands in, and the output says so.
 
+Failed operations are compared too: a row's ``error_rate`` (the failed share of its
+operations) has no ratio when it was 0, so its change is the difference of the two rates, flagged
+when it exceeds ``--error-change`` (default 0.1 percentage point): a run that got as fast but
+fails operations it did not is worse.
+
 Exit status: 0, or 1 with ``--fail-on-regression`` when any metric got worse beyond the noise.
 """
 
@@ -44,6 +49,7 @@ METRICS = (  # (field, higher is better)
 )
 DEFAULT_NOISE = 0.25
 MIN_CHANGE = 0.02
+ERROR_CHANGE = 0.001
 
 
 def row_key(doc: dict, row: dict) -> tuple:
@@ -112,11 +118,32 @@ def spread(values: list[float] | None) -> float | None:
     return (max(vals) - min(vals)) / abs(med)
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _error_rate(row: dict, o: dict, r: dict, limit: float) -> dict | None:
+    """The comparison of two rows' ``error_rate``: by difference, not ratio (see above)."""
+    a, b = o.get("error_rate"), r.get("error_rate")
+    if not _number(a) or not _number(b):
+        return None
+    change = b - a
+    verdict = ("within noise" if abs(change) <= limit
+               else "worse" if change > 0 else "better")
+    return {"row": row, "metric": "error_rate", "old": a, "new": b,
+            "change": round(change, 6), "noise": limit, "noise_measured": False,
+            "absolute": True, "verdict": verdict}
+
+
 def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
-                 min_change: float = MIN_CHANGE) -> list[dict]:
+                 min_change: float = MIN_CHANGE,
+                 error_change: float = ERROR_CHANGE) -> list[dict]:
     """One entry per (matched row, metric): old, new, change, noise, verdict."""
     out = []
     for key, o, r in match_rows(old, new)[0]:
+        row = dict(key)
+        if r.get(OFFERED) is not None:
+            row[OFFERED] = {"old": o.get(OFFERED), "new": r[OFFERED]}
         for field, higher_better in METRICS:
             a, b = o.get(field), r.get(field)
             if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
@@ -131,14 +158,14 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
             else:
                 improved = change > 0 if higher_better else change < 0
                 verdict = "better" if improved else "worse"
-            row = dict(key)
-            if r.get(OFFERED) is not None:
-                row[OFFERED] = {"old": o.get(OFFERED), "new": r[OFFERED]}
             out.append({
                 "row": row, "metric": field, "old": a, "new": b,
                 "change": round(change, 4), "noise": round(limit, 4),
                 "noise_measured": measured, "verdict": verdict,
             })
+        errors = _error_rate(row, o, r, error_change)
+        if errors is not None:
+            out.append(errors)
     return out
 
 
@@ -178,6 +205,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="relative noise assumed for rows without repetitions (default 0.25)")
     p.add_argument("--min-change", type=float, default=MIN_CHANGE,
                    help="never flag a change smaller than this (default 0.02)")
+    p.add_argument("--error-change", type=float, default=ERROR_CHANGE,
+                   help="flag an error rate that moved by more than this (a fraction of the "
+                        "operations; default 0.001)")
     p.add_argument("--json", metavar="FILE", help="write the comparison here")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit with status 1 if any metric got worse beyond the noise")
@@ -189,6 +219,8 @@ def main(args: argparse.Namespace) -> int:
     parser = args._parser
     if not 0 <= args.noise < 10 or not 0 <= args.min_change < 10:
         parser.error("--noise and --min-change must be fractions in [0, 10)")
+    if not 0 <= args.error_change < 1:
+        parser.error("--error-change must be a fraction in [0, 1)")
     docs = []
     for path in (args.old, args.new):
         try:
@@ -204,7 +236,8 @@ def main(args: argparse.Namespace) -> int:
     if old.get("benchmark") != new.get("benchmark"):
         parser.error(f"the files hold different benchmarks ({old.get('benchmark')!r} and "
                      f"{new.get('benchmark')!r})")
-    rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change)
+    rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change,
+                        error_change=args.error_change)
     pairs, unmatched_old, unmatched_new = match_rows(old, new)
     for path, doc in ((args.old, old), (args.new, new)):
         if not doc.get("results"):
@@ -216,12 +249,14 @@ def main(args: argparse.Namespace) -> int:
     compared = {tuple((k, v) for k, v in c["row"].items() if k != OFFERED) for c in rows}
     blank = sum(key not in compared for key, _, _ in pairs)
     table = [[_label(c["row"]), c["metric"], f"{c['old']:g}", f"{c['new']:g}",
-              f"{c['change']:+.1%}", f"±{c['noise']:.0%}" + ("" if c["noise_measured"] else "*"),
+              f"{c['change']:+.1%}" + (" pt" if c.get("absolute") else ""),
+              (f"±{c['noise']:.1%} pt" if c.get("absolute")
+               else f"±{c['noise']:.0%}" + ("" if c["noise_measured"] else "*")),
               c["verdict"]] for c in rows]
     if table:
         print(_common.format_table(["row", "metric", "old", "new", "change", "noise", "verdict"],
                                    table, "lllrrrl"))
-        if not all(c["noise_measured"] for c in rows):
+        if not all(c["noise_measured"] or c.get("absolute") for c in rows):
             print(f"* noise not measured (a single repetition): --noise {args.noise:g} assumed")
     worse = [c for c in rows if c["verdict"] == "worse"]
     better = [c for c in rows if c["verdict"] == "better"]
