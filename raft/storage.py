@@ -9,6 +9,7 @@ A :class:`RaftStorage` is a directory holding three things, each in the store ma
       snapshot        the latest snapshot, replaced whole by rename (format below)
       snapshot.tmp    a snapshot being written; removed on open
       snapshot.recv   a snapshot being received from the leader, as it arrives; removed on open
+                      and once the node no longer needs it (see below)
       log.old/        a log being discarded by a snapshot install; removed on open
 
 The driver persists each ``Ready`` with one :meth:`RaftStorage.save` (the order is fixed there;
@@ -77,7 +78,9 @@ transfer, which the leader then sends again from the start), and once whole, its
 rename over ``snapshot``, fsync the directory — the commit point — then close the log, rename
 ``log`` to ``log.old``, fsync the directory, create a new ``log`` whose first position is
 ``S + 1`` (durably), and remove ``log.old``. A crash before the commit point leaves the old
-state whole (a stray ``snapshot.recv`` is removed on open). After it, open finds the flagged
+state whole (a stray ``snapshot.recv`` is removed on open; while running, one is removed as
+soon as the stored commit index or snapshot reaches its index: the node was caught up
+otherwise and the rest never comes). After it, open finds the flagged
 snapshot and a log that is either missing, new (``first == S + 1``: nothing to do), or old
 (``first <= S``: the reset is redone); a ``log.old`` is removed. So every crash recovers to the
 old state or to the new snapshot with an empty log — followed by whatever part of the same save's
@@ -695,6 +698,7 @@ class RaftStorage(Resource):
         except BaseException:
             self._failed = True
             raise
+        self._drop_receiving_if_passed()
 
     def append_nowait(self, entries: Sequence[Entry]) -> bool:
         """:meth:`save` of entries alone (no snapshot, no hard state, no sync) for an event
@@ -790,6 +794,7 @@ class RaftStorage(Resource):
         except BaseException:
             self._failed = True
             raise
+        self._drop_receiving_if_passed()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -912,6 +917,8 @@ class RaftStorage(Resource):
             os.rename(tmp, path)
             fsync_directory(self._path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # up to a whole state's size, on a disk that may be full
             if isinstance(exc, errors.MeridianError):
                 raise
             raise storage_error(exc, f"cannot write snapshot {path}") from None
@@ -957,6 +964,8 @@ class RaftStorage(Resource):
             pwrite_all(recv.fd, chunk.data, recv.header_size + chunk.offset)
         except OSError as exc:
             self._drop_receiving()  # a later chunk must not continue a file with a hole
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # up to a whole state's size, on a disk that may be full
             if isinstance(exc, errors.MeridianError):
                 raise
             raise storage_error(exc, f"cannot write snapshot {path}") from None
@@ -977,6 +986,17 @@ class RaftStorage(Resource):
         recv, self._recv = self._recv, None
         if recv is not None:
             os.close(recv.fd)
+
+    def _drop_receiving_if_passed(self) -> None:
+        """Removes a transfer that can no longer complete: the core takes no chunk of a
+        snapshot at or below its commit index, so once the stored commit index or snapshot
+        reaches it (the node was caught up otherwise), the rest never comes."""
+        recv = self._recv
+        if recv is not None and recv.meta.index <= max(self._hard_state.commit,
+                                                       self._snapshot_index()):
+            self._drop_receiving()
+            with contextlib.suppress(OSError):
+                os.unlink(self._file(_SNAPSHOT_RECV))  # not renamed: never the snapshot
 
     def _reset_log(self, next_index: int) -> None:
         """Replaces the log by an empty one whose next entry is ``next_index``, durably: the

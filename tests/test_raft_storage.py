@@ -8,6 +8,7 @@ test_raft_storage_crash.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import struct
@@ -19,6 +20,7 @@ from engine import (
     CorruptionError,
     CorruptLogError,
     CorruptStateError,
+    DiskFullError,
     DurableState,
     InvalidArgumentError,
     LogStore,
@@ -404,6 +406,39 @@ def test_snapshot_chunks_must_follow_each_other_and_a_transfer_must_be_whole(pat
         assert st.snapshot_meta == meta
 
 
+def test_a_transfer_the_node_no_longer_needs_is_removed_while_running(path):
+    """The core takes no chunk of a snapshot at or below its commit index: once a follower
+    is caught up otherwise (a new leader's appends, a newer snapshot, a local compaction),
+    its partial transfer, up to a whole state's size, is removed at once, not at the next
+    restart, and a transfer that may still complete is kept."""
+    data = bytes(range(200)) * 10
+    meta = SnapshotMeta(12, 3, CONF)
+    with reopen(path) as st:
+        st.save(entries=ents(1, 11, 1), hard_state=HardState(1, 0, 5))
+        st.save(snapshot_chunks=chunks_of(meta, data, 500)[:2])
+        st.save(entries=ents(11, 13, 4), hard_state=HardState(4, 0, 11))
+        assert (path / "snapshot.recv").exists()  # 11 < 12: the rest may still come
+        st.save(hard_state=HardState(4, 0, 12))
+        assert not (path / "snapshot.recv").exists()
+        with pytest.raises(InvalidArgumentError, match="does not follow"):
+            st.save(snapshot_chunks=chunks_of(meta, data, 500)[2:3])
+        # A local compaction at or past the transfer's index.
+        st.save(entries=ents(13, 21, 4))
+        st.save(snapshot_chunks=chunks_of(SnapshotMeta(16, 4, CONF), data, 500)[:1])
+        st.save_snapshot(snap(16, 4))
+        assert not (path / "snapshot.recv").exists()
+        # A newer snapshot given whole.
+        st.save(snapshot_chunks=chunks_of(SnapshotMeta(30, 5, CONF), data, 500)[:1])
+        st.save(snapshot=snap(40, 5), hard_state=HardState(5, 0, 40))
+        assert not (path / "snapshot.recv").exists()
+        # A newer transfer replaces an older one; the one in use stays.
+        st.save(snapshot_chunks=chunks_of(SnapshotMeta(50, 5, CONF), data, 500)[:2])
+        st.save(snapshot_chunks=chunks_of(SnapshotMeta(60, 6, CONF), data, 500)[:1])
+        assert os.path.getsize(path / "snapshot.recv") < 500 + 200
+        assert st.read_snapshot() == snap(40, 5)
+    assert restored(path).snapshot == snap(40, 5)
+
+
 # ============================================================ compaction
 
 
@@ -682,6 +717,44 @@ def test_a_failed_write_fails_the_handle_until_reopened(path, monkeypatch):
         assert st.statistics().failed
     got = restored(path)  # the snapshot was renamed in place before the failure: installed
     assert got.snapshot == snap(5, 1) and got.entries == ()
+
+
+def test_a_full_disk_while_receiving_a_snapshot_frees_what_was_written(path, monkeypatch):
+    """ENOSPC writing a received chunk, a received snapshot's header or a whole snapshot: a
+    DiskFullError, the old state stays, and the partial file (up to a whole state's size, on
+    a disk other groups share) is removed at once, not when the storage is opened again."""
+    data = bytes(range(200)) * 10
+    meta = SnapshotMeta(12, 3, CONF)
+    chunks = chunks_of(meta, data, 500)
+    header = 56 + 8 * 4
+    write = storage_module.pwrite_all
+
+    def full_at(at):
+        def pwrite_all(fd, buf, offset):
+            if offset == at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            write(fd, buf, offset)
+
+        monkeypatch.setattr(storage_module, "pwrite_all", pwrite_all)
+
+    with reopen(path) as st:
+        st.save(entries=ents(1, 11, 1), hard_state=HardState(1, 0, 5))
+    for at, kwargs in (
+        (header + 1000, {"snapshot_chunks": chunks}),
+        (0, {"snapshot": Snapshot(meta, None), "snapshot_chunks": chunks}),
+        (0, {"snapshot": Snapshot(meta, data)}),
+    ):
+        with reopen(path) as st:
+            full_at(at)
+            with pytest.raises(DiskFullError, match="snapshot"):
+                st.save(**kwargs)
+            monkeypatch.undo()
+            assert sorted(os.listdir(path)) == ["hardstate", "log"]
+        got = restored(path)
+        assert got.snapshot is None and len(got.entries) == 10
+    with reopen(path) as st:  # retried later, the transfer completes
+        st.save(snapshot=Snapshot(meta, None), snapshot_chunks=chunks)
+    assert restored(path).snapshot == Snapshot(meta, data)
 
 
 def test_bad_segment_sizes_are_refused_before_anything_is_created(path):
