@@ -63,7 +63,9 @@ receiver logs the reason and closes; a server goes on serving its other connecti
 another ``version`` is answered, when its third element is a readable call id, with an error
 ``bad_version`` (naming the version this end speaks) before the connection closes.
 A server also closes, with a logged reason, a connection whose first request has not fully
-arrived within ``first_request_timeout_s`` of its opening.
+arrived within ``first_request_timeout_s`` of its opening; a client, one whose server sent part
+of a frame and nothing more while a call waited out its deadline (every later reply would be
+behind the rest of that frame).
 
 A server bounds the memory its clients' requests take while they arrive: a frame body over
 64 KiB (:data:`LARGE_FRAME_BYTES`) is read only once its length is reserved from a budget
@@ -264,7 +266,8 @@ class ConnectTimeoutError(MeridianError, TimeoutError):
 class CallTimeoutError(MeridianError, TimeoutError):
     """No reply by the call's ``deadline``: the call may or may not have run on the server (as
     with :class:`ConnectionLostError`). The connection stays open; a reply that comes later is
-    dropped."""
+    dropped. (Unless the server sent part of a frame and nothing more while the call waited:
+    every later reply would be behind the rest of it, so the connection ends.)"""
 
 
 class RpcWireError(MeridianError, ValueError):
@@ -650,6 +653,7 @@ class _Wire:
         self.frames_sent = 0
         self.frames_received = 0
         self.reserving = False  # waiting for the server's budget to read a large frame
+        self.mid_frame = False  # part of a frame has arrived, and not the rest yet
         self.writes = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -793,6 +797,7 @@ class _Wire:
                         held = 0
                     self.frames_received += 1
                     await handle(frame)
+                self.mid_frame = decoder.buffered > 0
                 if budget is not None and not held:
                     length = decoder.incomplete_length
                     if length > LARGE_FRAME_BYTES:
@@ -1133,13 +1138,14 @@ async def serve_rpc(
 
 
 class _Call:
-    __slots__ = ("done", "result", "error", "deadline")
+    __slots__ = ("done", "result", "error", "deadline", "received")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, received: int) -> None:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
         self.deadline = deadline
+        self.received = received  # the connection's bytes received when the call was made
 
 
 class RpcConnection:
@@ -1222,7 +1228,7 @@ class RpcConnection:
             raise RecordTooLargeError(
                 f"the request is {len(frame) - 4} bytes, over max_frame ({self._max_frame})"
             )
-        pending = _Call(deadline)
+        pending = _Call(deadline, wire.bytes_received)
         self._pending[call_id] = pending
         if deadline < self._watch_until and self._watch_scope is not None:
             self._watch_scope.cancel()  # the watchdog sleeps past this deadline: wake it
@@ -1324,6 +1330,7 @@ class RpcConnection:
                     expired.append(call_id)
                 elif call.deadline < soonest:
                     soonest = call.deadline
+            wire = self._wire
             for call_id in expired:
                 call = pending.pop(call_id)
                 self._timeouts += 1
@@ -1331,6 +1338,13 @@ class RpcConnection:
                     f"no reply from {self.peer[0]}:{self.peer[1]} by the call's deadline: the "
                     f"call may or may not have run")
                 call.done.set()
+                if wire.mid_frame and wire.bytes_received == call.received:
+                    # The server stopped partway through a frame and has sent nothing more
+                    # for as long as this call waited: every later reply is behind the rest
+                    # of that frame. Ended, so that the next call connects again rather
+                    # than time out on it too.
+                    wire.close("the server sent part of a frame, then nothing more while a "
+                               "call waited for its reply", warn=True)
             with trio.CancelScope() as scope:
                 self._watch_scope, self._watch_until = scope, soonest
                 await trio.sleep_until(soonest)

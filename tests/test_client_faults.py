@@ -20,7 +20,15 @@ import engine
 from engine.config import Limits
 from engine.errors import AmbiguousCommitError, NotLeaderError, UnavailableError
 from engine.replica import GroupReplica
-from engine.rpc import NotSentError, RemoteError, RpcConnection, connect_rpc, serve_rpc
+from engine.rpc import (
+    FrameDecoder,
+    NotSentError,
+    RemoteError,
+    RpcConnection,
+    connect_rpc,
+    encode_response,
+    serve_rpc,
+)
 from raft.driver import RaftTimeoutError
 from raft.types import RaftError
 
@@ -586,3 +594,39 @@ async def test_a_description_naming_undescribed_voters_is_one_clear_error(nurser
             pass
     assert "a description of the cluster this client cannot read" in str(info.value)
     assert "group 1 names nodes that are not described" in str(info.value)
+
+
+async def test_a_reply_cut_off_halfway_through_its_frame_does_not_wedge_the_connection(nursery):
+    # The node wrote half of a reply's frame and then nothing more on that connection (a
+    # process paused mid-write, a bug). Every later reply on it is behind the missing half:
+    # the client kept the connection, and each later call to the node timed out, until the
+    # node itself closed it.
+    cut = [True]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        broken = False
+        while data := await stream.receive_some(65536):
+            decoder.feed(data)
+            while (frame := decoder.next_frame()) is not None:
+                if broken:
+                    continue
+                if frame.method == "describe":
+                    result = describe_for(port)
+                elif frame.method == "keyspace.get":
+                    result = {"id": 1, "name": "ks", "mode": "global", "home": "r1"}
+                else:
+                    result = {"ts": 5, "values": [b"v"]}
+                reply = encode_response(frame.call_id, 0, result)
+                if frame.method == "read" and cut:
+                    cut.pop()
+                    reply, broken = reply[:len(reply) // 2], True
+                await stream.send_all(reply)
+
+    listeners = await nursery.start(trio.serve_tcp, handle, 0)
+    port = listeners[0].socket.getsockname()[1]
+    async with engine.connect([f"{HOST}:{port}"], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError, match="no answer"):
+            await db.read("ks", b"k")
+        with trio.fail_after(GUARD_S):
+            assert await db.read("ks", b"k") == b"v"

@@ -699,6 +699,53 @@ async def test_a_call_past_its_deadline_times_out_and_the_connection_goes_on(
         assert not conn.closed
 
 
+async def test_a_server_stalled_partway_through_a_frame_ends_the_connection(
+        nursery, autojump_clock):
+    # Half of a reply's frame, then nothing: every later reply on the connection is behind
+    # the rest of it. A call that times out while nothing more arrives ends the connection
+    # (the next call connects again) instead of leaving it to time out every call after it.
+    stream, peer = trio.testing.memory_stream_pair()
+    conn = RpcConnection(stream, lambda: 0, lambda ts: None, DEFAULT_MAX_FRAME)
+    nursery.start_soon(conn._run)
+    reply = encode_response(1, 0, "x" * 100)
+    await peer.send_all(reply[:50])
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(CallTimeoutError):
+        await conn.call("a", deadline=trio.current_time() + 5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert conn.closed
+    with pytest.raises(NotSentError, match="part of a frame"):
+        await conn.call("b")
+
+
+async def test_a_frame_still_arriving_when_a_call_times_out_keeps_the_connection(
+        nursery, autojump_clock):
+    # A large reply arriving slowly: another call's timeout meanwhile is no reason to end it.
+    stream, peer = trio.testing.memory_stream_pair()
+    conn = RpcConnection(stream, lambda: 0, lambda ts: None, DEFAULT_MAX_FRAME)
+    nursery.start_soon(conn._run)
+    reply = encode_response(1, 0, "x" * 100)
+    results = []
+
+    async def slow():
+        results.append(await conn.call("slow"))
+
+    async def hung():
+        with pytest.raises(CallTimeoutError):
+            await conn.call("hung", deadline=trio.current_time() + 3)
+
+    nursery.start_soon(slow)
+    await trio.testing.wait_all_tasks_blocked()
+    for i in range(0, len(reply), 10):
+        await peer.send_all(reply[i:i + 10])
+        if i == 10:
+            nursery.start_soon(hung)
+        await trio.sleep(1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == ["x" * 100]
+    assert not conn.closed and conn.statistics().timeouts == 1
+
+
 async def test_a_call_waiting_for_room_to_send_ends_at_its_deadline(nursery):
     # A peer that reads nothing (paused, or cut off without a reset): once the socket's buffers
     # and the send queue are full, a call waits for room; its deadline bounds that wait too,
