@@ -89,7 +89,9 @@ import inspect
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import types
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -348,7 +350,8 @@ class Database:
         rec = await self._call_group(self._meta_group, "keyspace.create",
                                      {"name": name, "mode": mode, "resolver": resolver,
                                       "survive": survive,
-                                      "home": home_region or self.region}, commit=True)
+                                      "home": home_region or self.region}, commit=True,
+                                     expect=_KEYSPACE_RECORD)
         ks = keyspace_from_record(rec)
         self._keyspaces[name] = ks
         self._keyspace_fetched[name] = trio.current_time()
@@ -409,8 +412,15 @@ class Database:
         out: list[Keyspace] = []
         after: str | None = ""
         while after is not None:
-            page = await self._call_group(self._meta_group, "keyspace.list", {"after": after})
+            page = await self._call_group(self._meta_group, "keyspace.list", {"after": after},
+                                          expect=_KEYSPACE_PAGE)
             out.extend(keyspace_from_record(r) for r in page["keyspaces"])
+            if page["next"] is not None and page["next"] <= after:
+                # Names are listed in order: a page that does not move on would be asked
+                # for again and again.
+                raise UnavailableError(f"the catalog answered 'keyspace.list' after {after!r} "
+                                       f"with a next page after {page['next']!r}: is it a "
+                                       f"node of another version?")
             after = page["next"]
         return out
 
@@ -444,7 +454,8 @@ class Database:
         """The keyspace's record from the catalog now (cached; a dropped one is forgotten)."""
         started = trio.current_time()
         try:
-            rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name})
+            rec = await self._call_group(self._meta_group, "keyspace.get", {"name": name},
+                                         expect=_KEYSPACE_RECORD)
         except KeyspaceNotFoundError:
             self._forget_keyspace(name)
             raise
@@ -606,6 +617,9 @@ class Database:
                 # A time further back than the group keeps versions for: unlike a
                 # transaction's snapshot, no retry brings it within reach.
                 raise InvalidArgumentError(f"staleness {staleness!r}: {exc}") from None
+        if len(reply["values"]) != 1:
+            raise UnavailableError(f"group {group} answered {len(reply['values'])} values for "
+                                   f"1 key")
         value = reply["values"][0]
         if ks.mode == "regional":
             cell = None if value is None else decode_cell(value)
@@ -744,7 +758,7 @@ class Database:
         # answer is lost, running the move again finds out which.
         rec = await self._call_group(self._meta_group, "keyspace.rehome", {
             "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
-            "moved_ts": copied_at, "handoff_ts": floor})
+            "moved_ts": copied_at, "handoff_ts": floor}, expect=_KEYSPACE_RECORD)
         moved = keyspace_from_record(rec)
         try:
             # The old home refuses reads since before the catalog change.
@@ -767,11 +781,13 @@ class Database:
         check_keyspace_name(name)
         self._forget_keyspace(name)
         found = await self._call_group(self._meta_group, "keyspace.get",
-                                       {"name": name, "dropping": op == "drop"})
+                                       {"name": name, "dropping": op == "drop"},
+                                       expect=_KEYSPACE_RECORD)
         payload: dict[str, Any] = {"name": name, "op": op, "id": found["id"]}
         if to is not None:
             payload["to"] = to
-        return await self._call_group(self._meta_group, "keyspace.begin", payload)
+        return await self._call_group(self._meta_group, "keyspace.begin", payload,
+                                      expect=_KEYSPACE_RECORD)
 
     async def _settle(self, ks: Keyspace, erased: list[str], *, done: bool = True,
                       retire: Sequence[str] = (), handoff_ts: int = 0) -> Keyspace:
@@ -784,7 +800,8 @@ class Database:
             return keyspace_from_record(await self._call_group(
                 self._meta_group, "keyspace.settle",
                 {"name": ks.name, "id": ks.id, "epoch": ks.epoch, "erased": erased,
-                 "done": done, "retire": list(retire), "handoff_ts": handoff_ts}))
+                 "done": done, "retire": list(retire), "handoff_ts": handoff_ts},
+                expect=_KEYSPACE_RECORD))
         except TransactionConflictError as exc:
             if exc.reason != "catalog_changed":
                 raise
@@ -804,9 +821,9 @@ class Database:
         # a drop this one joined), so no expectation of its stamp is needed.
         reply = await self._fence_at(group, ks, 2)
         closed_at = reply["ts"]
-        if reply.get("done", True) or reply["fence"][0] == 2:
+        if reply["done"] or reply["fence"][0] == 2:
             reply = await self._fence_at(group, ks, 3)
-        if not reply.get("done", True) and reply["fence"][0] != 3:
+        if not reply["done"] and reply["fence"][0] != 3:
             raise UnavailableError(f"keyspace {ks.name!r}: group {group} refused to fence it "
                                    f"off ({reply['fence']})")
         return closed_at
@@ -828,14 +845,19 @@ class Database:
             payload["after"] = after
         for attempt in range(1, FENCE_ATTEMPTS + 1):
             try:
-                reply = await self._call_group(group, "keyspace.fence", payload)
+                reply = await self._call_group(group, "keyspace.fence", payload,
+                                               expect=_FENCE_ANSWER)
                 break
             except AmbiguousCommitError:
                 # Whether it applied is unknown. Sent again at this epoch, it applies, or
                 # is refused as no step forward, the fence found showing it (done false).
                 if attempt == FENCE_ATTEMPTS:
                     raise
-        if not reply.get("done", True) and reply.get("epoch", 0) > ks.epoch:
+        if not reply["done"] and (reply.get("fence") is None or reply.get("epoch") is None):
+            raise UnavailableError(f"group {group} answered 'keyspace.fence' with a refusal "
+                                   f"that does not name the fence found: is its leader a node "
+                                   f"of another version?")
+        if not reply["done"] and reply["epoch"] > ks.epoch:
             raise TransactionConflictError(
                 f"keyspace {ks.name!r}: a newer move or drop of it began (its epoch is "
                 f"{reply['epoch']}, this one's {ks.epoch})", "catalog_changed")
@@ -900,7 +922,7 @@ class Database:
             try:
                 reply = await self._call_group(group, "scan", {
                     "group": group, "start": start, "end": end, "limit": COPY_PAGE, "ts": 0,
-                    "ignore_fence": ignore_fence})
+                    "ignore_fence": ignore_fence}, expect=_SCAN_ANSWER)
             except _Restart:
                 continue
             items = reply["items"]
@@ -937,7 +959,7 @@ class Database:
         lo, hi = keyspace_bounds(ks.id)
         group = self.group_of(ks)
         reply = await self._call_group(group, "conflicts.list", {
-            "group": group, "start": lo, "end": hi, "limit": limit})
+            "group": group, "start": lo, "end": hi, "limit": limit}, expect=_CONFLICTS_ANSWER)
         out = []
         for record_id, key, rec in reply["records"]:
             wts, worigin, lts, lorigin, lvalue, resolver, _ = rec
@@ -1154,7 +1176,7 @@ class Database:
 
     async def _call_group(self, group: int, method: str, payload, *,
                           commit: bool = False, deadline: float | None = None,
-                          expect: Mapping[str, type] | None = None) -> Any:
+                          expect: _Answer | None = None) -> Any:
         """Calls the group's leader, following hints and retrying until
         ``request_timeout_s`` (or ``deadline``, the end of a call that began earlier).
         ``commit``: a call that may have run is never retried. ``expect``: the fields the
@@ -1237,7 +1259,7 @@ class Database:
                     if exc.code == "moved" or exc.details.get("reason") == "moved":
                         # A keyspace moved to another group: look keyspaces up afresh.
                         self._forget_keyspace()
-                    raise _translate(exc) from None
+                    raise _translate(exc, node_id, method, commit=commit) from None
                 self._leaders[group] = node_id
                 problem = _malformed(result, expect)
                 if problem is not None:
@@ -1254,7 +1276,7 @@ class Database:
                                f"{self._request_timeout_s} s (last: {last_error})")
 
     async def _call_local(self, group: int, method: str, payload, *,
-                          expect: Mapping[str, type] | None = None) -> Any:
+                          expect: _Answer | None = None) -> Any:
         """Calls a replica of ``group`` in this client's region (stale reads). A region holds
         one replica of a group homed elsewhere: when it does not answer, the group's voters
         serve the read instead (any replica can), at the price of a WAN round trip. The
@@ -1278,7 +1300,7 @@ class Database:
                 pass
             except RemoteError as exc:
                 if not exc.retryable and exc.code != "clock_offset":
-                    raise _translate(exc) from None
+                    raise _translate(exc, node_id, method) from None
                 # Retryable: it lags (``not_closed``: cut off from its leader), or is not
                 # serving yet; or it refuses to serve for its clock. The voters answer
                 # instead.
@@ -1292,25 +1314,111 @@ class Database:
                                       expect=expect)
 
 
-_READ_ANSWER = {"ts": int, "values": list}
-_READ_ANSWERS = {"read": _READ_ANSWER, "scan": {"ts": int, "items": list}}
-_COMMIT_ANSWER = {"ts": int}
-_DECIDE_ANSWER = {"committed": bool, "ts": int}
+class _Answer:
+    """The form of an answer the client reads (see :func:`_malformed`), checked by closures
+    made once from ``spec``: a map of field names to expectations. Each expectation is a type,
+    matched exactly (a bool is no int); ``X | Y``, either (``X | None``: the field may be left
+    out); ``list[X]``, a list of X; ``tuple[X, Y]``, a list of exactly an X and a Y; or a map
+    of fields, checked the same way. Further fields are ignored."""
+
+    __slots__ = ("spec", "_check")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self._check = _compile(spec)
+
+    def problem(self, answer: object) -> str | None:
+        bad = self._check(answer)
+        return None if bad is None else f"{bad[1]} (the answer{bad[0]})"
 
 
-def _malformed(answer: object, expect: Mapping[str, type] | None) -> str | None:
-    """What is wrong with ``answer``, which must be a map holding ``expect``'s fields with
-    exactly those types (a bool is no int), or None: a node of another version may answer in
-    a form this client cannot read, and would otherwise fail it far from the call."""
-    if not expect:
-        return None
-    if not isinstance(answer, dict):
-        return f"a {type(answer).__name__} where a map was expected"
-    for name, kind in expect.items():
-        value = answer.get(name)
-        if type(value) is not kind:
-            return f"no {kind.__name__} {name!r} (it has {type(value).__name__} {value!r:.80})"
-    return None
+# A check answers None, or where in the value the first mismatch is (a path such as
+# "['items'][3][1]", built only on failure) and what it is.
+_Check = Callable[[object], "tuple[str, str] | None"]
+
+
+def _compile(kind: Any) -> _Check:
+    if isinstance(kind, dict):
+        fields = [(name, _compile(field)) for name, field in kind.items()]
+
+        def check_map(value):
+            if type(value) is not dict:
+                return "", f"a {type(value).__name__} where a map was expected"
+            for name, check in fields:
+                if (bad := check(value.get(name))) is not None:
+                    return f"[{name!r}]{bad[0]}", bad[1]
+            return None
+        return check_map
+    shape, args = typing.get_origin(kind), typing.get_args(kind)
+    if shape is types.UnionType and all(typing.get_origin(a) is None for a in args):
+        allowed = frozenset(args)  # plain types (NoneType among them): one set lookup
+
+        def check_types(value):
+            return None if type(value) in allowed else ("", _wrong(value, kind))
+        return check_types
+    if shape is types.UnionType:
+        checks = [_compile(a) for a in args]
+
+        def check_union(value):
+            if any(check(value) is None for check in checks):
+                return None
+            return "", _wrong(value, kind)
+        return check_union
+    if shape is list:
+        item = _compile(args[0])
+
+        def check_list(value):
+            if type(value) is not list:
+                return "", _wrong(value, kind)
+            for i, x in enumerate(value):
+                if (bad := item(x)) is not None:
+                    return f"[{i}]{bad[0]}", bad[1]
+            return None
+        return check_list
+    if shape is tuple:
+        items = [_compile(a) for a in args]
+
+        def check_tuple(value):
+            if type(value) is not list or len(value) != len(items):
+                return "", _wrong(value, kind)
+            for i, (x, check) in enumerate(zip(value, items)):
+                if (bad := check(x)) is not None:
+                    return f"[{i}]{bad[0]}", bad[1]
+            return None
+        return check_tuple
+
+    def check_type(value):
+        return None if type(value) is kind else ("", _wrong(value, kind))
+    return check_type
+
+
+def _wrong(value: object, kind: Any) -> str:
+    name = str(kind) if typing.get_origin(kind) is not None else kind.__name__
+    return f"{type(value).__name__} {value!r:.80} where {name} was expected"
+
+
+def _malformed(answer: object, expect: _Answer | None) -> str | None:
+    """What is wrong with ``answer``, which must have ``expect``'s form, or None: a node of
+    another version may answer in a form this client cannot read, and would otherwise fail
+    it far from the call."""
+    return None if expect is None else expect.problem(answer)
+
+
+# What the client reads of each answer.
+_READ_ANSWER = _Answer({"ts": int, "until": int | None, "values": list[bytes | None]})
+_SCAN_ANSWER = _Answer({"ts": int, "until": int | None,
+                        "items": list[tuple[bytes, bytes | None]]})
+_READ_ANSWERS = {"read": _READ_ANSWER, "scan": _SCAN_ANSWER}
+_COMMIT_ANSWER = _Answer({"ts": int})
+_DECIDE_ANSWER = _Answer({"committed": bool, "ts": int})
+_REFRESH_ANSWER = _Answer({"ok": bool})
+_FENCE_ANSWER = _Answer({"ts": int, "done": bool, "fence": tuple[int, int] | None,
+                         "epoch": int | None})
+_KEYSPACE_RECORD = _Answer({"id": int, "name": str, "mode": str, "home": str,
+                            "retired": list[str] | None, "abandoned": list[str] | None})
+_KEYSPACE_PAGE = _Answer({"keyspaces": list[_KEYSPACE_RECORD.spec], "next": str | None})
+_CONFLICTS_ANSWER = _Answer({"records": list[tuple[
+    bytes, bytes, tuple[int, str, int, str, bytes | None, str, int]]]})
 
 
 class _Restart(Exception):
@@ -1321,8 +1429,16 @@ class _Restart(Exception):
         self.ts = ts
 
 
-def _translate(exc: RemoteError) -> BaseException:
-    """A node's error code as the library's exception."""
+_NOT_RUN_CODES = ("unknown_method", "bad_version")
+"""Error codes a node answers without running the request (engine.rpc)."""
+
+
+def _translate(exc: RemoteError, node_id: int = 0, method: str = "", *,
+               commit: bool = False) -> BaseException:
+    """A node's error code as the library's exception. A code it does not know (``internal``:
+    the handler failed; one from a node of another version) is
+    :class:`~engine.errors.UnavailableError` naming the node and the method, or for a
+    ``commit`` that may have run, :class:`~engine.errors.AmbiguousCommitError`."""
     if exc.code == "restart":
         ts = exc.details.get("ts")
         if type(ts) is int and ts > 0:
@@ -1350,7 +1466,10 @@ def _translate(exc: RemoteError) -> BaseException:
         return LimitExceededError(exc.message)
     if exc.code in ("not_closed", "clock_offset"):
         return UnavailableError(exc.message)
-    return exc
+    if commit and exc.code not in _NOT_RUN_CODES:
+        return AmbiguousCommitError(f"node {node_id} failed the {method} ({exc}): the "
+                                    f"transaction may or may not have committed")
+    return UnavailableError(f"node {node_id} failed {method!r} ({exc})")
 
 
 def _check_key(key: object) -> bytes:
@@ -1902,7 +2021,8 @@ class Transaction:
                 self.read_ts = reply["ts"]
             if reads is None:
                 reads = self._visited[group] = _GroupReads(set(), [], 0)
-            reads.fresh = max(reads.fresh, reply.get("until", reply["ts"]))
+            until = reply["until"]
+            reads.fresh = max(reads.fresh, reply["ts"] if until is None else until)
             return reply
         raise TransactionConflictError(
             f"transaction {self.txn_id:#x}: its snapshot moved {MAX_SNAPSHOT_MOVES} times in "
@@ -1924,7 +2044,7 @@ class Transaction:
             try:
                 reply = await db._call_group(group, "refresh", {
                     "group": group, "keys": keys, "spans": spans,
-                    "from_ts": self.read_ts, "to_ts": ts})
+                    "from_ts": self.read_ts, "to_ts": ts}, expect=_REFRESH_ANSWER)
             except MeridianError as exc:
                 # Raised below as itself: two failing at once would leave the nursery as a
                 # group of errors that no caller's ``except`` (run_transaction's) matches.

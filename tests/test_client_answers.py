@@ -12,6 +12,7 @@ import trio
 
 import engine
 from engine.errors import AmbiguousCommitError, TransactionClosedError, UnavailableError
+from engine.rpc import RemoteError
 from test_client_faults import GUARD_S, TIMEOUT_S, FakeNode
 
 BAD_ANSWERS = [None, [6], {}, {"ts": "6"}, {"ts": 6.0}, {"ts": True}, {"ts": [6]}]
@@ -86,3 +87,156 @@ async def test_a_scan_answered_in_a_form_this_client_cannot_read_is_unavailable(
             with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                          match="another version"):
                 await tx.scan("ks")
+
+
+@pytest.mark.parametrize("answer", [{"ts": 5, "values": [5]}, {"ts": 5, "values": ["v"]},
+                                    {"ts": 5, "until": "9", "values": [None]},
+                                    {"ts": 5, "until": 9.0, "values": [None]}])
+async def test_a_read_answering_values_or_until_of_another_type_is_unavailable(nursery,
+                                                                               answer):
+    # A value of another type than bytes (or None) reached the caller as the key's value;
+    # an ``until`` of another type failed comparing it, deep in the transaction.
+    node = FakeNode(nursery)
+
+    async def read(p, ctx):
+        return answer
+
+    node.handlers["read"] = read
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="node 1 answered 'read'"):
+            await db.read("ks", b"k")
+        tx = db.transaction()
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="node 1 answered 'read'"):
+            await tx.get("ks", b"k")
+
+
+async def test_a_read_answering_no_value_for_its_key_is_unavailable(nursery):
+    # IndexError: the one key asked for had no value in the answer.
+    node = FakeNode(nursery)
+
+    async def read(p, ctx):
+        return {"ts": 5, "values": []}
+
+    node.handlers["read"] = read
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="0 values for 1 key"):
+            await db.read("ks", b"k")
+
+
+RECORD = {"id": 1, "name": "ks", "mode": "global", "home": "r1"}
+
+
+@pytest.mark.parametrize("page", [
+    None, {}, {"keyspaces": None, "next": None}, {"keyspaces": [5], "next": None},
+    {"keyspaces": [{"id": 1, "name": "ks"}], "next": None},
+    {"keyspaces": [{**RECORD, "id": "1"}], "next": None},
+    {"keyspaces": [{**RECORD, "retired": "r2"}], "next": None},
+    {"keyspaces": [RECORD], "next": 5},
+    {"keyspaces": [RECORD], "next": ""},  # no step forward: asked for again and again
+])
+async def test_a_keyspace_list_page_this_client_cannot_read_is_unavailable(nursery, page):
+    node = FakeNode(nursery)
+
+    async def keyspace_list(p, ctx):
+        return page
+
+    node.handlers["keyspace.list"] = keyspace_list
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="'keyspace.list'.*another version"):
+            await db.list_keyspaces()
+
+
+@pytest.mark.parametrize("record", [None, {"id": 1}, {**RECORD, "home": None},
+                                    {**RECORD, "abandoned": [1]}])
+async def test_a_keyspace_record_this_client_cannot_read_is_unavailable(nursery, record):
+    node = FakeNode(nursery)
+
+    async def keyspace_get(p, ctx):
+        return record
+
+    node.handlers["keyspace.get"] = keyspace_get
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="node 1 answered 'keyspace.get'"):
+            await db.read("ks", b"k")
+
+
+@pytest.mark.parametrize("answer", [None, {"ts": 5}, {"ts": "5", "done": True},
+                                    {"ts": 5, "done": False},
+                                    {"ts": 5, "done": False, "fence": [2], "epoch": 1},
+                                    {"ts": 5, "done": False, "fence": [2, 0], "epoch": "1"}])
+async def test_a_fence_answer_this_client_cannot_read_is_unavailable(nursery, answer):
+    # Dropping a keyspace fences it off in its group: an answer without the fields the drop
+    # reads raised KeyError, TypeError or IndexError.
+    node = FakeNode(nursery)
+
+    async def begin(p, ctx):
+        return {**RECORD, "epoch": 1, "dropping": True}
+
+    async def fence(p, ctx):
+        return answer
+
+    node.handlers.update({"keyspace.begin": begin, "keyspace.fence": fence})
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="keyspace.fence.*another version"):
+            await db.drop_keyspace("ks")
+
+
+@pytest.mark.parametrize("answer", [None, {}, {"ok": 1}, {"ok": "false"}])
+async def test_a_refresh_answer_this_client_cannot_read_is_unavailable(nursery, answer):
+    # A read in a second group moves the snapshot: the first group is refreshed, and its
+    # answer without a bool "ok" raised KeyError or TypeError, or, truthy, was taken as
+    # nothing having changed.
+    node = FakeNode(nursery, data_groups=2)
+    base_read = node._read
+
+    async def read(p, ctx):
+        if p["group"] == 2 and p.get("min_ts") == 5:
+            raise RemoteError("restart", "a commit in the window", retryable=True,
+                              details={"ts": 9})
+        return await base_read(p, ctx)
+
+    async def refresh(p, ctx):
+        return answer
+
+    node.handlers.update(read=read, refresh=refresh)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        tx = db.transaction()
+        await tx.get("ks1", b"a")
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="node 1 answered 'refresh'"):
+            await tx.get("ks2", b"b")
+        assert tx.read_ts == 5
+
+
+@pytest.mark.parametrize("records", [
+    None, [[b"id", b"\x00\x00\x00\x01k"]], [[b"id", 5, [1, "r1", 2, "r2", b"v", "lww", 3]]],
+    [[b"id", b"\x00\x00\x00\x01k", [1, "r1", 2, "r2", 7, "lww", 3]]],
+    [[b"id", b"\x00\x00\x00\x01k", [1, "r1", 2, "r2", b"v", "lww"]]],
+])
+async def test_a_conflict_log_answer_this_client_cannot_read_is_unavailable(nursery, records):
+    node = FakeNode(nursery)
+
+    async def keyspace_get(p, ctx):
+        return {**RECORD, "mode": "regional"}
+
+    async def conflicts(p, ctx):
+        return {"records": records}
+
+    node.handlers.update({"keyspace.get": keyspace_get, "conflicts.list": conflicts})
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
+                                                     match="node 1 answered 'conflicts.list'"):
+            await db.conflicts("ks")
