@@ -246,7 +246,8 @@ class RaftNodeStats:
     logged."""
     storage_busy: bool = False
     """A call is running in the node's storage thread (a persist, a snapshot install, a
-    blocking apply): with ``fsyncs`` not moving, what a node that makes no progress waits on."""
+    blocking apply), or the node waits for an fsync in its sync thread (``sync_in_loop=False``):
+    with ``fsyncs`` not moving, what a node that makes no progress waits on."""
     failure: str | None = None
     """Why the node stopped (a step, a storage call or the state machine raised), or None."""
 
@@ -549,6 +550,7 @@ class RaftNode:
         # that never takes the GIL (see _persist_fast); anything else goes through the worker.
         self._fast_persist = hasattr(storage, "append_nowait")
         self._syncer = Syncer() if self._fast_persist and not sync_in_loop else None
+        self._syncing = False  # waiting for the syncer's fsync (see _persist_fast)
         # Readies handled by the task that made them (see _ready_inline) when none of their
         # usual steps has to wait. _busy: a task is handling Readies (the ready loop, maybe
         # waiting, or _ready_inline); _handoff: a Ready _ready_inline left to the ready loop.
@@ -740,7 +742,7 @@ class RaftNode:
             snapshot_index=self._snapshot_index,
             proposals_pending=len(self._proposals) + sum(map(len, self._displaced.values())),
             messages_malformed=c.malformed_messages,
-            storage_busy=self._worker._busy,
+            storage_busy=self._worker._busy or self._syncing,
             failure=None if (self._failed or self._step_error) is None
             else repr(self._failed or self._step_error)[:300],
             **self._counts,
@@ -1075,13 +1077,17 @@ class RaftNode:
         if target is not None:
             fd, upto = target
             syncer.submit(fd)
+            self._syncing = True
             # Not cancellable: the storage must not change under the fsync in flight.
-            with trio.CancelScope(shield=True):
-                while True:
-                    await trio.lowlevel.wait_readable(syncer.done_fd)
-                    result = syncer.collect()
-                    if result is not None:
-                        break
+            try:
+                with trio.CancelScope(shield=True):
+                    while True:
+                        await trio.lowlevel.wait_readable(syncer.done_fd)
+                        result = syncer.collect()
+                        if result is not None:
+                            break
+            finally:
+                self._syncing = False
             storage.sync_end(upto, result)
             self._counts["fsyncs"] += 1
         self._counts["entries_persisted"] += len(rd.entries)

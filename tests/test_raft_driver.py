@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -1531,3 +1532,98 @@ def test_the_ticker_ticks_each_grid_point_once_when_it_wakes_right_on_it():
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(node.points) >= 199
     assert [p for p, n in node.points.items() if n > 1] == []
+
+
+class HeldSyncer:
+    """Stands in for a node's fsync thread (``sync_in_loop=False``): each fsync submitted
+    ends only once the test calls :meth:`release`; every later one ends at once."""
+
+    def __init__(self, real):
+        self.real = real
+        self.done_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.fd: int | None = None  # the descriptor of the fsync being held
+        self.released = False
+
+    def submit(self, fd: int) -> None:
+        self.fd = fd
+        if self.released:
+            self.release()
+
+    def release(self) -> None:
+        self.released = True
+        if self.fd is not None:
+            os.fdatasync(self.fd)
+            self.fd = None
+            os.eventfd_write(self.done_fd, 1)
+
+    def collect(self) -> int | None:
+        try:
+            os.eventfd_read(self.done_fd)
+        except BlockingIOError:
+            return None
+        return 0
+
+    def close(self) -> None:
+        self.real.close()
+        os.close(self.done_fd)
+
+
+async def test_a_node_waiting_for_its_fsync_thread_shows_its_storage_busy(tmp_path):
+    """With the fsync in the native thread, a follower whose fsync does not return learns
+    the commit index but applies nothing more, and its statistics must say what it waits on,
+    as they do for a call in its storage worker; once the fsync ends it catches up."""
+    async with cluster(tmp_path, sync_in_loop=False) as c:
+        leader, _, follower = await c.leader_and_follower()
+        held = follower._syncer = HeldSyncer(follower._syncer)
+        try:
+            with trio.fail_after(10):
+                for k in range(20):  # committed by the leader and the other follower
+                    await leader.propose(b"%d" % k)
+                while held.fd is None or follower.core.commit < leader.core.commit:
+                    await trio.sleep(TICK)
+            stats = follower.statistics()
+            assert stats.applied < stats.commit == leader.core.commit
+            assert stats.storage_busy and stats.failure is None
+            held.release()
+            with trio.fail_after(10):
+                await follower.wait_applied(leader.core.commit)
+            assert not follower.statistics().storage_busy
+        finally:
+            held.release()  # a failed test must not leave the node waiting at its close
+
+
+
+async def test_a_follower_whose_apply_is_held_applies_everything_committed_meanwhile(tmp_path):
+    """A follower whose apply (in its storage worker) does not return keeps receiving and
+    learning the commit index, far past what it has applied; once the apply returns, it
+    applies every entry committed meanwhile, in order -- the backlog never stalls it."""
+    machines: dict[int, GatedCounter] = {}
+
+    def machine(i):
+        machines[i] = GatedCounter(gate_at=2)
+        return machines[i]
+
+    async with cluster(tmp_path, apply_in_thread=True, state_machine=machine) as c:
+        try:
+            leader, fid, follower = await c.leader_and_follower(b"0")
+            sm = machines[fid]
+            sm.armed = True
+            with trio.fail_after(20):
+                await leader.propose(b"1")
+                while not sm.entered.is_set():
+                    await trio.sleep(TICK)
+                for k in range(2, 202):  # committed by the leader and the other follower
+                    await leader.propose(b"%d" % k)
+                while follower.core.commit < leader.core.commit:
+                    await trio.sleep(TICK)
+            stats = follower.statistics()
+            assert stats.applied < stats.commit - 100
+            assert stats.storage_busy and stats.failure is None
+            sm.release.set()
+            with trio.fail_after(10):
+                await follower.wait_applied(leader.core.commit)
+        finally:
+            for m in machines.values():
+                m.release.set()
+        assert sm.items == [b"%d" % k for k in range(202)]
+        assert not follower.statistics().storage_busy
