@@ -14,6 +14,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -315,10 +316,18 @@ def _shell(args) -> int:
         nodes = [f"{n.client_host}:{n.client_port}" for n in cluster.all_nodes()]
     from .shell import run_shell
 
+    if sys.stdin is None or sys.stdout is None:  # started with it closed (<&- or >&-)
+        print("meridian shell: its standard input and output must be open", file=sys.stderr)
+        return 2
     try:
-        return run_shell(nodes, args.region)
+        return run_shell(nodes, args.region, stdin=sys.stdin, stdout=sys.stdout)
     except MeridianError as exc:
         print(f"meridian shell: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # What read the output went away (`meridian shell < script | head`): stop quietly, as
+        # other commands do, and leave the interpreter nowhere to flush the rest to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         # Ctrl-C outside the prompt (while connecting, or closing): one line, and the

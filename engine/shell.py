@@ -29,14 +29,15 @@ script in which a command failed ends with exit status 1.
 from __future__ import annotations
 
 import io
-import shlex
+import re
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
 from .blocking import BlockingDatabase, BlockingTransaction, connect_blocking
 from .client import ISOLATION_LEVELS
-from .errors import MeridianError, TransactionClosedError, TransactionConflictError
+from .errors import (AmbiguousCommitError, MeridianError, TransactionClosedError,
+                     TransactionConflictError)
 from .rpc import RemoteError
 
 __all__ = ["run_shell", "PROMPT", "HELP", "show"]
@@ -65,6 +66,53 @@ Quote arguments with spaces: put users alice "Alice Liddell"."""
 
 class _UsageError(Exception):
     """A command typed wrongly; its message is printed as the error line."""
+
+
+_PIECE = re.compile(r"""
+      ([^ \t\r\n'"\\]+)       # characters as they are
+    | \\(.)                    # a backslash keeps the next character as it is
+    | '([^']*)'                # single quotes keep every character as it is
+    | "((?:[^"\\]+|\\.)*)"     # double quotes: a backslash escapes only " and itself
+    | ([ \t\r\n]+)             # the space between two words
+    """, re.VERBOSE | re.DOTALL)
+_ESCAPED_IN_QUOTES = re.compile(r'\\([\\"])')
+_UNESCAPED_END = re.compile(r'"(?:[^"\\]+|\\.)*\\', re.DOTALL)
+
+
+def _split(line: str) -> list[str]:
+    """The words of ``line`` as ``shlex.split`` makes them (POSIX rules, no comments), in time
+    linear in its length: shlex adds a word's characters one at a time, which takes time
+    quadratic in the word's length -- a value of a few MiB kept the shell busy for minutes.
+
+    Raises:
+        ValueError: an unclosed quote, or a backslash at the end (shlex's messages).
+    """
+    words: list[str] = []
+    word: list[str] | None = None  # the pieces of the word being read
+    pos = 0
+    while pos < len(line):
+        match = _PIECE.match(line, pos)
+        if match is None:  # at a quote or backslash that nothing closes
+            rest = line[pos:]
+            if rest == "\\" or _UNESCAPED_END.fullmatch(rest):
+                raise ValueError("No escaped character")
+            raise ValueError("No closing quotation")
+        pos = match.end()
+        plain, escaped, single, double, space = match.groups()
+        if space is not None:
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            continue
+        if word is None:
+            word = []
+        if double is not None:
+            word.append(_ESCAPED_IN_QUOTES.sub(r"\1", double))
+        else:
+            word.append(plain or escaped or single or "")
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def _raw(word: str) -> bytes:
@@ -148,7 +196,7 @@ class _Shell:
         if not line or line.startswith("#"):
             return True
         try:
-            words = shlex.split(line)
+            words = _split(line)
         except ValueError as exc:  # an unclosed quote
             self.fail(f"error: {exc}")
             return True
@@ -291,7 +339,19 @@ class _Shell:
         if self.tx is None:
             raise _UsageError("no transaction is open")
         tx, self.tx = self.tx, None  # whatever happens, this transaction is over
-        tx.commit()
+        try:
+            tx.commit()
+        except KeyboardInterrupt:
+            # Cut short once sent, a commit may still be applied: "interrupted" alone reads
+            # as if it had not been.
+            raise KeyboardInterrupt("the transaction may or may not have committed") from None
+        except (TransactionConflictError, AmbiguousCommitError):
+            raise  # their lines say what became of the transaction
+        except MeridianError as exc:
+            # Nothing was committed, and the transaction cannot be committed again: without
+            # saying so, the line reads as if it were still open to retry.
+            self.fail(f"error: {_error_message(exc)}: transaction rolled back")
+            return
         self.print(f"committed at ts {tx.commit_ts}" if tx.commit_ts
                    else "committed (read only: nothing to write)")
 
@@ -378,7 +438,8 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
     Returns:
         0; 1 when no connection could be made (after printing an error line), or when
         ``stdin`` is not a terminal (a script) and one of its commands failed: the rest of
-        the script still runs, but whatever runs it must not take it for a success.
+        the script still runs, but whatever runs it must not take it for a success. 130 when
+        a script is interrupted (Ctrl-C): the rest of it does not run.
     """
     interactive = _is_tty(stdin)
     if isinstance(stdin, io.TextIOWrapper) and stdin.errors != "surrogateescape":
@@ -397,17 +458,27 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
             shell.print(f"connected to cluster {db.cluster!r} in region {db.region} "
                         f"(type 'help')")
         read_line = _line_reader(stdin, stdout, interactive)
+        interrupted = False
         while True:
             try:
                 line = read_line()
                 if line is None or not shell.execute(line):
                     break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # Ctrl-C drops the line being typed, or stops waiting for a command (which
                 # may still complete: a commit interrupted so has an unknown outcome).
-                shell.print("")
-                shell.fail("interrupted")
+                message = f"interrupted: {exc}" if str(exc) else "interrupted"
+                if not interactive:
+                    # A script is stopped, not just its current command: no one is at a
+                    # prompt to stop the rest of it.
+                    shell.fail(message)
+                    interrupted = True
+                    break
+                shell.print("")  # ends the line where the terminal echoed ^C
+                shell.fail(message)
             stdout.flush()
         shell.finish()
         stdout.flush()
+    if interrupted:
+        return 130
     return 1 if shell.failed and not interactive else 0

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -415,3 +418,83 @@ def test_node_addresses_listed_with_spaces_are_the_addresses(monkeypatch):
     monkeypatch.setattr(engine.shell, "connect_blocking", connect)
     assert main(["shell", "--nodes", "127.0.0.1:7101, 127.0.0.1:7103 ,"]) == 130
     assert seen == [["127.0.0.1:7101", "127.0.0.1:7103"]]
+
+
+def test_a_commit_cut_short_by_ctrl_c_says_its_outcome_is_unknown(addresses, ks, monkeypatch):
+    # The commit was sent, and applied, when Ctrl-C came: the shell said only "interrupted",
+    # which reads as if nothing had been written.
+    from engine.blocking import BlockingTransaction
+
+    commit = BlockingTransaction.commit
+
+    def commit_then_interrupted(tx):
+        commit(tx)
+        monkeypatch.undo()  # the first commit only
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BlockingTransaction, "commit", commit_then_interrupted)
+    out = shell(addresses, [f"create-keyspace {ks}", "begin", f"put {ks} k v", "commit",
+                            "commit", f"get {ks} k"], tty=True)
+    lines = [line.removeprefix(PROMPT) for line in out]
+    assert lines[-5:] == ["", "interrupted: the transaction may or may not have committed",
+                          "error: no transaction is open", "v", ""]
+
+
+def test_a_commit_that_fails_says_the_transaction_is_over(addresses, ks, monkeypatch):
+    # No node answered the commit: nothing was committed and the transaction is over, but
+    # the line gave only the node's error, as if the commit could be tried again.
+    from engine.blocking import BlockingTransaction
+    from engine.errors import UnavailableError
+
+    def unanswered(tx):
+        tx.rollback()
+        monkeypatch.undo()  # the first commit only
+        raise UnavailableError("group 100 did not answer 'commit' within 1.0 s")
+
+    monkeypatch.setattr(BlockingTransaction, "commit", unanswered)
+    out = shell(addresses, [f"create-keyspace {ks}", "begin", f"put {ks} k v", "commit",
+                            f"get {ks} k"], code=1)
+    assert out[1:] == [
+        "begin (snapshot)", "ok",
+        "error: group 100 did not answer 'commit' within 1.0 s: transaction rolled back",
+        "(not found)"]
+
+
+def test_ctrl_c_stops_a_script(addresses, ks):
+    # `meridian shell < script`: Ctrl-C dropped only the command running and the script went
+    # on -- here committing the transaction the user meant to stop -- with no way to stop
+    # it short of killing the process.
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    out = shell(addresses, [f"create-keyspace {ks}", "begin", f"put {ks} k v", ctrl_c,
+                            "commit", f"put {ks} other x"], code=130)
+    assert out[-3:] == ["ok", "interrupted", "open transaction rolled back"]
+    with connect_blocking(addresses) as db:
+        assert db.run_transaction(lambda tx: tx.scan(ks)) == []
+
+
+def _meridian_shell(addresses, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", "shell", "--nodes", addresses[0]],
+                          stderr=subprocess.PIPE, text=True, timeout=60, **kwargs)
+
+
+def test_a_closed_stdin_is_one_error_line(addresses):
+    # `meridian shell <&-` ended with an AttributeError traceback (sys.stdin is None).
+    done = _meridian_shell(addresses, stdout=subprocess.DEVNULL,
+                           preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2
+    assert done.stderr == "meridian shell: its standard input and output must be open\n"
+
+
+def test_output_read_by_a_command_that_stops_reading_ends_quietly(addresses):
+    # `meridian shell < script | head -1`: when head had its line the shell printed "Broken
+    # pipe" and, with output still buffered, the interpreter an "Exception ignored ...
+    # BrokenPipeError" report on its way out.
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = _meridian_shell(addresses, input="keyspaces\nstatus\n", stdout=write)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
