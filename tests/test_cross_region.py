@@ -610,10 +610,10 @@ async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
                 real_call = east._call_group
                 prepared_east = trio.Event()
 
-                async def call_group(group, method, payload, *, commit=False):
+                async def call_group(group, method, payload, **kwargs):
                     if method == "prepare" and group != east_group:
                         await trio.sleep_forever()  # eu-west never answers
-                    reply = await real_call(group, method, payload, commit=commit)
+                    reply = await real_call(group, method, payload, **kwargs)
                     if method == "prepare":
                         prepared_east.set()
                     return reply
