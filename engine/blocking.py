@@ -711,7 +711,8 @@ def connect_blocking(nodes: Sequence[str] | str, *, region: str | None = None,
 
     Raises:
         UnavailableError: no node answered.
-        InvalidArgumentError: a bad address or an unknown region.
+        InvalidArgumentError: a bad address, an unknown region, or a ``request_timeout_s``
+            that is not a number of seconds > 0.
         RuntimeError: called from inside a trio run (use :func:`engine.client.connect`).
         Whatever else connecting raised; the client thread has ended by then.
     """

@@ -177,6 +177,12 @@ READ_PAGE_BYTES = 4 << 20
 """The most bytes of keys one read request names (as the node's answers are paged,
 engine.node.SCAN_PAGE_BYTES): far below the largest frame a node takes, however many keys
 :meth:`Transaction.get_many` is given."""
+MAX_SCAN_LIMIT = 2**63 - 1
+"""The largest ``limit`` of :meth:`Transaction.scan` (``sys.maxsize``, as a caller may pass for
+no limit): what the scan asks a node for, up to twice that, is still a count the nodes take
+(msgpack's, below 2**64)."""
+MAX_CONFLICTS_PAGE = 10_000
+"""The largest ``limit`` of :meth:`Database.conflicts` (what a node answers at most)."""
 COPY_PAGE = 1000
 """Keys per page when a keyspace's data is copied to its new home."""
 CONNECT_ATTEMPT_S = 1.0
@@ -951,7 +957,15 @@ class Database:
         """The conflict log of a regional keyspace in this client's region: one record per
         write that lost a concurrent conflict here, oldest key first (ARCH §6). At most
         ``limit`` records, fewer when their losing values are large (a page of a few MiB, at
-        least one record): drain them (:meth:`drain_conflicts`) to read on."""
+        least one record): drain them (:meth:`drain_conflicts`) to read on.
+
+        Raises:
+            InvalidArgumentError: the keyspace is not regional, or ``limit`` is not an int in
+                1..:data:`MAX_CONFLICTS_PAGE`.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_CONFLICTS_PAGE:
+            raise InvalidArgumentError(f"limit must be an int in 1..{MAX_CONFLICTS_PAGE}, not "
+                                       f"{limit!r:.40}")
         ks = await self.keyspace(keyspace)
         if ks.mode != "regional":
             raise InvalidArgumentError(f"keyspace {keyspace!r} is not regional: it has no "
@@ -971,8 +985,13 @@ class Database:
         """Removes records (from :meth:`conflicts`) from the conflict log.
 
         Raises:
-            InvalidArgumentError: a record of another keyspace's log (nothing is removed).
+            InvalidArgumentError: a record of another keyspace's log, or something else than
+                a :class:`ConflictRecord` (nothing is removed).
         """
+        for r in records:
+            if not isinstance(r, ConflictRecord):
+                raise InvalidArgumentError(f"drain_conflicts takes the ConflictRecords that "
+                                           f"conflicts() returned, not {type(r).__name__}")
         ks = await self.keyspace(keyspace)
         group = self.group_of(ks)
         await self._call_group(group, "conflicts.drain", {
@@ -990,7 +1009,8 @@ class Database:
         ``replication_broken``, per region pair (``"origin->destination"``) whose destination
         lost regional writes -- the origin's outbox dropped them, after its retention, before
         the destination had them; it needs a full copy -- the timestamp of the newest one
-        lost; and every node's status."""
+        lost; and every node's status (see :meth:`status`: a node listed there as
+        ``{"error": ...}`` counts for none of the figures)."""
         nodes = await self.status()
         lag = {}
         behind: dict[str, float] = {}
@@ -1020,16 +1040,22 @@ class Database:
 
     async def status(self) -> dict:
         """Every node's view of its groups (leaders, terms, applied and closed timestamps).
-        The nodes are asked at once; one that cannot be reached, or does not answer within
-        ``request_timeout_s`` (paused, wedged), is listed as ``{"error": ...}``."""
+        The nodes are asked at once; one that cannot be reached, does not answer within
+        ``request_timeout_s`` (paused, wedged), or answers in a form this client cannot read
+        (a node of another version) is listed as ``{"error": ...}``."""
         out: dict[int, dict] = {}
         deadline = trio.current_time() + self._request_timeout_s
 
         async def ask(node_id: int) -> None:
             try:
-                out[node_id] = await self._call_node(node_id, "status", {}, deadline)
+                answer = await self._call_node(node_id, "status", {}, deadline)
             except (MeridianError, OSError) as exc:
                 out[node_id] = {"error": str(exc)}
+                return
+            problem = _malformed(answer, _STATUS_ANSWER)
+            out[node_id] = answer if problem is None else {
+                "error": f"node {node_id} answered 'status' with {problem}: is it a node of "
+                         f"another version?"}
 
         async with trio.open_nursery() as nursery:
             for node_id in self._nodes:
@@ -1319,7 +1345,8 @@ class _Answer:
     made once from ``spec``: a map of field names to expectations. Each expectation is a type,
     matched exactly (a bool is no int); ``X | Y``, either (``X | None``: the field may be left
     out); ``list[X]``, a list of X; ``tuple[X, Y]``, a list of exactly an X and a Y; or a map
-    of fields, checked the same way. Further fields are ignored."""
+    of fields, checked the same way; ``dict[K, V]``, a map of any K keys to V values. Further
+    fields are ignored."""
 
     __slots__ = ("spec", "_check")
 
@@ -1375,6 +1402,19 @@ def _compile(kind: Any) -> _Check:
                     return f"[{i}]{bad[0]}", bad[1]
             return None
         return check_list
+    if shape is dict:
+        key, item = _compile(args[0]), _compile(args[1])
+
+        def check_dict(value):
+            if type(value) is not dict:
+                return "", _wrong(value, kind)
+            for k, x in value.items():
+                if (bad := key(k)) is not None:
+                    return f" key {k!r:.40}", bad[1]
+                if (bad := item(x)) is not None:
+                    return f"[{k!r:.40}]{bad[0]}", bad[1]
+            return None
+        return check_dict
     if shape is tuple:
         items = [_compile(a) for a in args]
 
@@ -1419,6 +1459,14 @@ _KEYSPACE_RECORD = _Answer({"id": int, "name": str, "mode": str, "home": str,
 _KEYSPACE_PAGE = _Answer({"keyspaces": list[_KEYSPACE_RECORD.spec], "next": str | None})
 _CONFLICTS_ANSWER = _Answer({"records": list[tuple[
     bytes, bytes, tuple[int, str, int, str, bytes | None, str, int]]]})
+# What statistics() reads of a node's status (the rest is handed on as it is).
+_LAG_FIGURES = {"samples": int}
+_REGION_BYTES = {"sent": int}
+_STATUS_ANSWER = _Answer({"region": str,
+                          "replication_lag_ms": dict[str, _LAG_FIGURES] | None,
+                          "replication_behind_ms": dict[str, float | int] | None,
+                          "bytes_by_region": dict[str, _REGION_BYTES] | None,
+                          "replication_broken": list[tuple[int, int, int]] | None})
 
 
 class _Restart(Exception):
@@ -1655,10 +1703,11 @@ class Transaction:
         Raises:
             InvalidArgumentError: a bound that is not bytes or str, or is more than one byte
                 longer than the longest key (``key + b"\\x00"`` bounds the keys after any
-                key), or a bad ``limit``.
+                key), or a ``limit`` that is not None or an int in 0..:data:`MAX_SCAN_LIMIT`.
         """
-        if limit is not None and (type(limit) is not int or limit < 0):
-            raise InvalidArgumentError("limit must be a non-negative int or None")
+        if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_SCAN_LIMIT):
+            raise InvalidArgumentError(f"limit must be None or an int in 0..{MAX_SCAN_LIMIT}, "
+                                       f"not {limit!r:.40}")
         self._check_open()
         first = _check_bound(b"" if start is None else start, "start")
         past = None if end is None else _check_bound(end, "end")
@@ -1705,7 +1754,8 @@ class Transaction:
                 if sum(self._regional_value(ks, k, merged.get(k)) is not None
                        for k in seen) >= limit:
                     break
-                fetch *= 2  # a long run of tombstones takes a few pages, not one per key
+                # A long run of tombstones takes a few pages, not one per key.
+                fetch = min(2 * fetch, 2 * MAX_SCAN_LIMIT)
             elif fetch is not None:
                 if not cut:
                     break  # ``fetch`` keys read: enough
@@ -2141,7 +2191,16 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
             :class:`~engine.errors.UnavailableError` (a commit whose node has not answered
             by then: :class:`~engine.errors.AmbiguousCommitError`).
         simulate_wan: add the configured WAN latency to requests (see the module docstring).
+
+    Raises:
+        InvalidArgumentError: a bad address, an unknown region, or a ``request_timeout_s``
+            that is not a number of seconds > 0.
+        UnavailableError: no node answered within ``request_timeout_s``.
     """
+    if (isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, (int, float))
+            or not request_timeout_s > 0):  # also refuses nan
+        raise InvalidArgumentError(f"request_timeout_s must be a number of seconds > 0, not "
+                                   f"{request_timeout_s!r:.40}")
     if isinstance(nodes, str):
         nodes = [nodes]
     addresses = [_parse_address(n) for n in nodes]

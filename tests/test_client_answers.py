@@ -13,7 +13,7 @@ import trio
 import engine
 from engine.errors import AmbiguousCommitError, TransactionClosedError, UnavailableError
 from engine.rpc import RemoteError
-from test_client_faults import GUARD_S, TIMEOUT_S, FakeNode
+from test_client_faults import GUARD_S, HOST, TIMEOUT_S, FakeNode, describe_for
 
 BAD_ANSWERS = [None, [6], {}, {"ts": "6"}, {"ts": 6.0}, {"ts": True}, {"ts": [6]}]
 
@@ -240,3 +240,52 @@ async def test_a_conflict_log_answer_this_client_cannot_read_is_unavailable(nurs
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="node 1 answered 'conflicts.list'"):
             await db.conflicts("ks")
+
+
+STATUS = {"node": 2, "region": "r1", "groups": {},
+          "replication_lag_ms": {"r2": {"samples": 3, "p50": 1.0, "p99": 2.0}},
+          "replication_behind_ms": {"r2": 4.0}, "bytes_by_region": {"r2": {"sent": 7}},
+          "replication_broken": [[1, 2, 9]]}
+
+
+@pytest.mark.parametrize("status", [
+    None, [1], {}, {**STATUS, "region": 5}, {**STATUS, "replication_lag_ms": {"r2": 5}},
+    {**STATUS, "replication_lag_ms": {"r2": {}}}, {**STATUS, "replication_lag_ms": [1]},
+    {**STATUS, "replication_behind_ms": {"r2": "4"}}, {**STATUS, "bytes_by_region": {"r2": 7}},
+    {**STATUS, "bytes_by_region": {5: {"sent": 7}}}, {**STATUS, "replication_broken": [[1]]},
+    {**STATUS, "replication_broken": [[1, 2, "9"]]},
+])
+async def test_a_status_this_client_cannot_read_lists_its_node_as_an_error(nursery, status):
+    # statistics() read every node's status unchecked: one node answering in another form
+    # failed the whole call with a KeyError, TypeError or ValueError; status() handed the
+    # answer on as the node's view.
+    good, bad = FakeNode(nursery), FakeNode(nursery)
+
+    async def describe(p, ctx):
+        d = describe_for(good.port, data_groups=2)
+        d["nodes"] = {1: ["r1", HOST, good.port], 2: ["r2", HOST, bad.port]}
+        return d
+
+    async def good_status(p, ctx):
+        return {**STATUS, "node": 1}
+
+    async def bad_status(p, ctx):
+        return status
+
+    good.handlers.update(describe=describe, status=good_status)
+    bad.handlers.update(describe=describe, status=bad_status)
+    await good.start()
+    await bad.start()
+    async with engine.connect([good.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S):
+            stats = await db.statistics()
+        assert stats["nodes"][1]["node"] == 1
+        assert set(stats["nodes"][2]) == {"error"}
+        assert "node 2 answered 'status'" in stats["nodes"][2]["error"]
+        assert "another version" in stats["nodes"][2]["error"]
+        # The figures are those of the node whose answer could be read.
+        assert stats["replication_lag_ms"] == {
+            "r2->r1": {"samples": 3, "p50": 1.0, "p99": 2.0},
+            "r1->r2": {"samples": 0, "p50": None, "p99": None, "behind_ms": 4.0}}
+        assert stats["cross_region_bytes"] == {"r1->r2": 7}
+        assert stats["replication_broken"] == {"r1->r2": 9}
