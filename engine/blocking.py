@@ -469,13 +469,18 @@ class BlockingDatabase:
                                  home_region=home_region, resolver=resolver, survive=survive)
 
     def drop_keyspace(self, name: str) -> None:
+        """Drops a keyspace; see :meth:`engine.client.Database.drop_keyspace` for what an
+        interrupted drop leaves (run the call again to finish it)."""
         self._portal.call(self._db().drop_keyspace, name)
 
     def list_keyspaces(self) -> list[Keyspace]:
+        """Every keyspace's catalog record, by name; see
+        :meth:`engine.client.Database.list_keyspaces`."""
         return self._portal.call(self._db().list_keyspaces)
 
     def keyspace(self, name: str) -> Keyspace:
-        """The keyspace's catalog record (cached after the first lookup)."""
+        """The keyspace's catalog record (cached, for at most
+        :data:`engine.client.KEYSPACE_CACHE_S`)."""
         return self._portal.call(self._db().keyspace, name)
 
     def group_of(self, ks: Keyspace) -> int:
@@ -559,7 +564,10 @@ class BlockingDatabase:
             TransactionConflictError: still conflicting after ``max_attempts`` attempts.
             InvalidArgumentError: a bad retry policy (see
                 :func:`engine.client.check_retry_policy`), or ``fn`` is async.
-            Anything ``fn`` or the commit raise; the transaction is rolled back first.
+            Anything else ``fn`` or the commit raise, at once, without a retry; the
+                transaction is rolled back first. An
+                :class:`~engine.errors.AmbiguousCommitError` means it may have committed:
+                read to find out before running it again.
         """
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
         if inspect.iscoroutinefunction(fn):
@@ -660,9 +668,12 @@ class BlockingTransaction:
                                  reverse=reverse)
 
     def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
+        """Writes ``value`` at ``key`` when the transaction commits; see
+        :meth:`engine.client.Transaction.put`."""
         self._portal.call(self._tx.put, keyspace, key, value)
 
     def delete(self, keyspace: str, key: bytes | str) -> None:
+        """Deletes ``key`` when the transaction commits."""
         self._portal.call(self._tx.delete, keyspace, key)
 
     def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:

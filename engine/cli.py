@@ -2,7 +2,9 @@
 
 Subcommands:
     meridian --version
-    meridian demo [--seconds S] [--regions a,b,c] [--nodes-per-region N] [--no-wan] [--dir DIR]
+    meridian demo [--seconds S] [--regions a,b,c] [--nodes-per-region N]
+                  [--clients-per-region N] [--accounts N]
+                  [--no-wan | --wan-latency-ms A:B=MS,...] [--dir DIR] [--seed S]
     meridian node --config FILE
     meridian cluster up|down|status [--dir DIR] [--regions a,b,c] [--nodes-per-region N]
                                     [--no-wan | --wan-latency-ms A:B=MS,...]
@@ -158,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the benchmark harness: the same as python -m bench (ycsb, scale, compare, ...)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
 
-    writer = sub.add_parser("demo-writer", help=argparse.SUPPRESS)
+    # Internal (crash-demo's child process): without a ``help``, argparse leaves it out of
+    # the command list (``help=argparse.SUPPRESS`` would print "==SUPPRESS==" there).
+    writer = sub.add_parser("demo-writer")
     writer.add_argument("dir")
     return parser
 

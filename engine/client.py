@@ -522,8 +522,14 @@ class Database:
     async def run_transaction(self, fn: Callable[[Transaction], Awaitable[_T]], *,
                               isolation: str = "snapshot", max_attempts: int = 20,
                               base_delay_s: float = 0.002, max_delay_s: float = 0.5) -> _T:
-        """Runs ``await fn(tx)`` in a transaction and commits it, again on every retryable
-        conflict, with jittered exponential backoff. The only retry loop of the product:
+        """Runs ``await fn(tx)`` in a transaction and commits it, again (in a new
+        transaction) on every :class:`~engine.errors.TransactionConflictError`, raised by
+        ``fn`` or the commit, after sleeping a random time up to a delay that doubles from
+        ``base_delay_s`` to ``max_delay_s``; the conflict of the ``max_attempts``-th attempt is
+        raised. Every other error is raised at once, without a retry: an
+        :class:`~engine.errors.AmbiguousCommitError` above all, since the transaction may have
+        committed (read to find out before running it again), and an
+        :class:`~engine.errors.UnavailableError`. The only retry loop of the product:
         ``fn`` must be safe to run several times (no side effects outside ``tx``). ``fn`` may
         end the transaction itself (``commit()`` or ``rollback()``, as in ``async with``):
         it is then not committed again. ``fn`` returning an awaitable (an operation of
@@ -1774,6 +1780,16 @@ class Transaction:
         return [(decode_key(k)[1], v) for k, v in items]
 
     async def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
+        """Writes ``value`` at ``key`` when the transaction commits (buffered here: later
+        reads of this transaction see it). For a regional keyspace with the ``lww`` resolver
+        (or an application's); the other merge types take :meth:`merge`.
+
+        Raises:
+            RecordTooLargeError: a key or value over the cluster's ``max_key_size`` (less the
+                keyspace prefix) or ``max_value_size``.
+            LimitExceededError: the transaction would write more than ``max_txn_keys`` keys
+                or ``max_txn_bytes`` bytes.
+        """
         stored, group = await self._locate(keyspace, key)
         v = _as_bytes(value, "value")
         if len(v) > self._db.limits["max_value_size"]:
@@ -1782,6 +1798,7 @@ class Transaction:
         await self._write(keyspace, stored, group, v)
 
     async def delete(self, keyspace: str, key: bytes | str) -> None:
+        """Deletes ``key`` when the transaction commits (a write, counted as :meth:`put`'s)."""
         stored, group = await self._locate(keyspace, key)
         await self._write(keyspace, stored, group, None)
 
@@ -1905,6 +1922,9 @@ class Transaction:
             raise
 
     async def rollback(self) -> None:
+        """Ends the transaction without committing: its writes were only buffered here, so
+        nothing needs undoing. Later operations raise
+        :class:`~engine.errors.TransactionClosedError`."""
         self._discard()
 
     # ------------------------------------------------------------------ commit protocols

@@ -141,8 +141,9 @@ class TransactionConflictError(MeridianError):
 
 
 class LimitExceededError(MeridianError, ValueError):
-    """A transaction went over a configured limit (keys or bytes written, key or value size),
-    or a keyspace create found every keyspace id used. Running it again unchanged fails the
+    """A transaction went over a configured limit (keys or bytes written), or a keyspace
+    create found every keyspace id used. (A key or value over its size is a
+    :class:`RecordTooLargeError`.) Running it again unchanged fails the
     same way. (A transaction that outlives the maximum lifetime is a
     :class:`TransactionConflictError`, reason ``"too_old"``: run again, it starts anew.)"""
 

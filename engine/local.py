@@ -110,6 +110,8 @@ class LocalCluster:
         self._cut: dict[int, frozenset[int]] = {}
 
     def client_addresses(self, region: str | None = None) -> list[str]:
+        """The nodes' client addresses, ``"host:port"`` (of ``region`` only, if given): what
+        :func:`engine.client.connect` and :func:`engine.blocking.connect_blocking` take."""
         return [f"{n.client_host}:{n.client_port}" for n in self.config.all_nodes()
                 if region is None or n.region == region]
 

@@ -122,6 +122,8 @@ class LogStore(Resource):
         return self._st is None
 
     def stats(self) -> LogStats:
+        """The store's counters now: first, next and synced positions, segments, bytes, and
+        whether an earlier write or sync failed (see :class:`LogStats`)."""
         with self._lock:
             s = self._stats()
             return LogStats(
