@@ -89,6 +89,7 @@ import os
 import struct
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
@@ -236,10 +237,11 @@ class MVCCStore(Resource):
     lock, and each LMDB write transaction begins and ends inside the one call, so they can be
     run with ``trio.to_thread.run_sync``.
     Growing the map needs an instant with no LMDB transaction open in the process: the grower
-    first waits for open :class:`SnapshotStream` objects to be closed (new snapshots wait
-    meanwhile), then holds new reads back while in-flight ones finish (microseconds). So a write
-    that must grow the map waits for open snapshots; a thread must not write while it holds an
-    unfinished snapshot stream that nobody else will finish.
+    first ends open interruptible :class:`SnapshotStream` objects (waiting only for a chunk in
+    progress) and waits for the others to be closed (new snapshots wait meanwhile), then holds
+    new reads back while in-flight ones finish (microseconds). So a write that must grow the
+    map waits for open snapshots that are not interruptible; a thread must not write while it
+    holds such a stream unfinished that nobody else will finish.
     """
 
     def __init__(
@@ -296,6 +298,10 @@ class MVCCStore(Resource):
         self._hold = False
         self._resize_wanted = False
         self._open_snapshots = 0
+        # Interruptible snapshots that are open and between chunks: a grower ends them itself
+        # rather than wait for their reader to come back for the next chunk. Weak: one that
+        # is dropped unfinished is still collected (and releases itself).
+        self._idle_snapshots: weakref.WeakSet[SnapshotStream] = weakref.WeakSet()
         self._map_size = 0
         self._map_resizes = 0
         # A checkpoint failed: the kernel may have dropped the dirty pages of the map and
@@ -1124,12 +1130,12 @@ class MVCCStore(Resource):
         stream is exhausted or closed: close it (or use it as a context manager) if you stop
         early. While it is open, LMDB cannot reuse pages freed after it began, and a write that
         must grow the map waits for it — unless it is ``interruptible``: then such a write
-        ends it at its next chunk (which raises :class:`SnapshotInterruptedError`), and waits
-        only for the chunk in progress. A stream read by a thread of its own while another
-        thread writes must be interruptible: the writer could otherwise wait for it for as
-        long as the whole snapshot takes (or for good, if nothing reads it). The chunks are
-        self-describing msgpack maps (format :data:`SNAPSHOT_FORMAT_VERSION`), and
-        :meth:`restore` verifies all of it:
+        ends it (its next chunk raises :class:`SnapshotInterruptedError`), and waits only for
+        the chunk in progress, if any, never for the reader to come back for the next one. A
+        stream read by a thread of its own while another thread writes must be interruptible:
+        the writer could otherwise wait for it for as long as the whole snapshot takes (or for
+        good, if nothing reads it). The chunks are self-describing msgpack maps (format
+        :data:`SNAPSHOT_FORMAT_VERSION`), and :meth:`restore` verifies all of it:
 
         - a header: ``kind`` ``"header"``, ``magic``, ``format``, ``applied_index``,
           ``gc_watermark``, ``app_state``, ``entries`` (versions) and ``side_entries``;
@@ -1429,11 +1435,16 @@ class MVCCStore(Resource):
         with self._gate:
             if wait:
                 # A snapshot's transaction would be invalidated by the remap: let open ones
-                # finish, and keep new ones from starting so that they cannot starve us.
+                # finish, and keep new ones from starting so that they cannot starve us. An
+                # interruptible one is ended now if it is between chunks, else at the end of
+                # its chunk in progress (SnapshotStream._park).
                 self._resize_wanted = True
                 try:
                     while self._open_snapshots:
-                        self._gate.wait()
+                        while self._idle_snapshots:
+                            self._idle_snapshots.pop()._interrupt()
+                        if self._open_snapshots:
+                            self._gate.wait()
                 finally:
                     self._resize_wanted = False
             elif self._open_snapshots:
@@ -1496,6 +1507,8 @@ class SnapshotStream:
 
     def __init__(self, store: MVCCStore, chunk_bytes: int, interruptible: bool = False) -> None:
         self._interruptible = interruptible
+        self._interrupted = False  # ended by a grower; the next chunk raises
+        self._path = store._path
         self._store: MVCCStore | None = None
         self._txn: lmdb.Transaction | None = None
         self._chunk_bytes = chunk_bytes
@@ -1534,6 +1547,9 @@ class SnapshotStream:
                 self._side_iter = self._txn.cursor(store._side).iternext()
             finally:
                 store._exit_read()
+            if interruptible:
+                with gate:
+                    self._park()
         except lmdb.Error as exc:
             self.close()
             raise _lmdb_error(exc, "cannot begin a snapshot") from None
@@ -1546,13 +1562,21 @@ class SnapshotStream:
 
     def __next__(self) -> bytes:
         store = self._store
+        if self._interruptible and store is not None:
+            # Take the stream out of the idle list, so that a grower leaves it to this chunk,
+            # unless a grower wants it ended (or has ended it) already.
+            with store._gate:
+                if self._store is not None:
+                    if store._resize_wanted:
+                        self._interrupt()
+                    else:
+                        store._idle_snapshots.discard(self)
+        if self._interrupted:
+            self._interrupted = False
+            raise SnapshotInterruptedError(
+                f"snapshot of {self._path} interrupted: the store is growing its map")
         if store is None or self._state == "done":
             raise StopIteration
-        if self._interruptible and store._resize_wanted:
-            self._state = "done"
-            self._finish()
-            raise SnapshotInterruptedError(
-                f"snapshot of {store._path} interrupted: the store is growing its map")
         try:
             store._enter_read()
         except BaseException:
@@ -1593,6 +1617,9 @@ class SnapshotStream:
         else:
             self._crc = crc32c(chunk, self._crc)
             self._chunks += 1
+            if self._interruptible:
+                with store._gate:
+                    self._park()
         return chunk
 
     def _data_chunk(self) -> bytes:
@@ -1637,18 +1664,39 @@ class SnapshotStream:
     def close(self) -> None:
         """Ends the snapshot's read transaction; idempotent."""
         self._state = "done"
+        self._interrupted = False
+        self._finish()
+
+    def _park(self) -> None:
+        """Steps an interruptible stream out of a chunk (or out of its creation): it is ended
+        now if a grower waits, else left where a grower can end it. The caller holds the
+        gate."""
+        if self._store._resize_wanted:
+            self._interrupt()
+        else:
+            self._store._idle_snapshots.add(self)
+
+    def _interrupt(self) -> None:
+        """Ends the stream for a grower; its next chunk raises SnapshotInterruptedError. The
+        caller holds the gate, and the stream is between chunks."""
+        self._interrupted = True
+        self._state = "done"
         self._finish()
 
     def _finish(self) -> None:
+        # Under the gate: a grower may end an idle interruptible stream from its own thread.
         store = self._store
         if store is None:
             return
-        self._store = None
-        txn, self._txn = self._txn, None
-        self._iter = self._side_iter = None
-        if txn is not None:
-            _abort_quietly(txn)
         with store._gate:
+            if self._store is None:
+                return
+            self._store = None
+            txn, self._txn = self._txn, None
+            self._iter = self._side_iter = None
+            if txn is not None:
+                _abort_quietly(txn)
+            store._idle_snapshots.discard(self)
             store._open_snapshots -= 1
             store._gate.notify_all()
 

@@ -659,20 +659,34 @@ def test_growth_waits_for_an_open_snapshot_which_stays_consistent(tmp_path):
 
 def test_growth_interrupts_an_interruptible_snapshot_instead_of_waiting_for_it(tmp_path):
     """A snapshot read by its own thread while the owner writes (a Raft snapshot built for a
-    follower): a write that must grow the map ends it at its next chunk, instead of waiting
-    for the whole snapshot (or for ever, if its reader is slow to start)."""
+    follower): a write that must grow the map waits only for the chunk in progress, which
+    comes out whole, and not for the reader to come back; the next chunk says the snapshot
+    was ended."""
     from engine.mvcc import SnapshotInterruptedError
 
     with MVCCStore(tmp_path / "store", map_size=MIN_MAP_SIZE) as s:
         s.apply([(b"k%04d" % i, b"old") for i in range(100)], 1, 1)
         stream = s.snapshot_chunks(4096, interruptible=True)
         next(stream)  # the header
+        data_chunk = stream._data_chunk
+        in_chunk = threading.Event()
+        written = threading.Event()
         outcome: list[object] = []
 
-        def reader():
-            # The next chunk is taken only once the writer waits to grow the map.
-            while not s._resize_wanted:
+        def slow_data_chunk():
+            # The chunk is finished only once the writer waits for it.
+            in_chunk.set()
+            for _ in range(10_000):
+                if s._hold:
+                    break
                 threading.Event().wait(0.001)
+            return data_chunk()
+
+        stream._data_chunk = slow_data_chunk
+
+        def reader():
+            outcome.append(next(stream))
+            outcome.append(written.wait(10))  # the write did not wait for this reader
             try:
                 outcome.append(next(stream))
             except SnapshotInterruptedError as exc:
@@ -680,14 +694,72 @@ def test_growth_interrupts_an_interruptible_snapshot_instead_of_waiting_for_it(t
 
         t = threading.Thread(target=reader)
         t.start()
+        assert in_chunk.wait(10)
         resizes = s.stats().map_resizes
         s.apply([(b"k%04d" % i, b"new" * 1000) for i in range(2000)], 2, 2)  # must grow
+        written.set()
         t.join(30)
-        assert len(outcome) == 1 and isinstance(outcome[0], SnapshotInterruptedError)
         assert s.stats().map_resizes > resizes
+        assert len(outcome) == 3
+        assert msgpack.unpackb(outcome[0])["kind"] == "data"
+        assert outcome[1] is True
+        assert isinstance(outcome[2], SnapshotInterruptedError)
         assert list(stream) == []  # ended
         with s.snapshot_chunks() as again:  # a new one sees the write
             assert again.applied_index == 2
+
+
+def test_growth_does_not_wait_for_an_interruptible_snapshot_between_chunks(tmp_path):
+    """An interruptible snapshot whose reader is away between chunks (writing the last one
+    out, or not yet started) holds no chunk in progress: a write that must grow the map ends
+    it there and then, and the snapshot's next chunk says so."""
+    from engine.mvcc import SnapshotInterruptedError
+
+    with MVCCStore(tmp_path / "store", map_size=MIN_MAP_SIZE) as s:
+        s.apply([(b"k%04d" % i, b"old") for i in range(100)], 1, 1)
+        idle = s.snapshot_chunks(4096, interruptible=True)  # not read yet
+        started = s.snapshot_chunks(4096, interruptible=True)
+        next(started)  # the header; its reader is away now
+        done = threading.Event()
+
+        def writer():  # must grow the map
+            s.apply([(b"k%04d" % i, b"new" * 1000) for i in range(2000)], 2, 2)
+            done.set()
+
+        resizes = s.stats().map_resizes
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            assert done.wait(10), "the write waited for snapshots nobody was reading"
+        finally:
+            if not done.is_set():  # let a waiting writer finish, so that the thread ends
+                idle.close()
+                started.close()
+            t.join(30)
+        assert s.stats().map_resizes > resizes
+        for stream in (idle, started):
+            with pytest.raises(SnapshotInterruptedError):
+                next(stream)
+            assert list(stream) == []  # ended
+        with s.snapshot_chunks() as again:
+            assert again.applied_index == 2
+
+
+def test_an_interruptible_snapshot_dropped_unfinished_is_collected(tmp_path):
+    """The store keeps no strong reference to an idle interruptible snapshot: one dropped
+    between chunks is collected and releases its read transaction."""
+    import gc
+    import weakref
+
+    with MVCCStore(tmp_path / "store", map_size=MIN_MAP_SIZE) as s:
+        s.apply([(b"k%04d" % i, b"v") for i in range(100)], 1, 1)
+        stream = s.snapshot_chunks(4096, interruptible=True)
+        next(stream)
+        ref = weakref.ref(stream)
+        del stream
+        gc.collect()
+        assert ref() is None
+        assert s._open_snapshots == 0
 
 
 # ------------------------------------------------------------------------------- GC
