@@ -864,11 +864,16 @@ class GroupStateMachine:
                 out.append(Intent(min(overlap), txn_id, prepare_ts, primary, deadline))
         return out
 
-    def prepared(self) -> list[Intent]:
+    def prepared(self, after: int = 0, limit: int | None = None,
+                 max_bytes: int | None = None) -> list[Intent]:
         """One entry per transaction prepared here and not resolved yet (``key`` is its first
-        key): what a recovery sweep looks at."""
+        key), in the order of their ids, of those with an id above ``after``: what a recovery
+        sweep looks at. At most ``limit`` of them, and none after the one that brings their
+        stored bytes to ``max_bytes`` (a record names every key of its transaction here)."""
         out = []
-        for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
+        start = _PREPARED + _U64.pack(after) + b"\0" if after else _PREPARED
+        for skey, raw in self.store.side_scan(start, _PREPARED_END, limit=limit,
+                                              max_bytes=max_bytes):
             prepare_ts, keys, primary, deadline = msgpack.unpackb(raw)[:4]
             out.append(Intent(keys[0] if keys else b"", _U64.unpack(skey[1:])[0], prepare_ts,
                               primary, deadline))
@@ -885,12 +890,14 @@ class GroupStateMachine:
         raw = self.store.side_get(_SHIPPED + _U32.pack(destination_group))
         return _U64.unpack(raw)[0] if raw is not None else 0
 
-    def outbox_after(self, ts: int, limit: int = 256) -> list[tuple[int, list]]:
+    def outbox_after(self, ts: int, limit: int = 256,
+                     max_bytes: int | None = None) -> list[tuple[int, list]]:
         """This group's own regional writes committed after ``ts``: ``(commit_ts, writes)``
-        in commit order, at most ``limit`` entries."""
+        in commit order, at most ``limit`` entries, and none after the one that brings their
+        stored bytes to ``max_bytes`` (a record, one commit's writes, may take 4 MiB)."""
         out = []
         for skey, raw in self.store.side_scan(_OUTBOX + _U64.pack(ts + 1), _OUTBOX_END,
-                                              limit=limit):
+                                              limit=limit, max_bytes=max_bytes):
             out.append((_U64.unpack(skey[1:])[0], msgpack.unpackb(raw)))
         return out
 
@@ -1715,7 +1722,7 @@ class _Batch:
         # the former again, using up the limit.
         start = _OUTBOX + _U64.pack(self._trimmed_to + 1) if self._trimmed_to else _OUTBOX
         end = _OUTBOX + _U64.pack(horizon)
-        trimmed = [skey for skey, _ in self.sm.store.side_scan(start, end, limit=limit)]
+        trimmed = self.sm.store.side_keys(start, end, limit=limit)  # records: up to 4 MiB
         trimmed += [k for k in self._outbox_added if start <= k < end][:limit - len(trimmed)]
         for skey in trimmed:
             self.side[skey] = None

@@ -152,6 +152,13 @@ may be finished by anyone who meets one of its intents (aborted, unless decided)
 INTENT_WAIT_S = 10.0
 """Longest a read waits for intents to be resolved before answering ``unavailable``."""
 SWEEP_INTERVAL_S = 1.0
+SWEEP_BATCH = 1000
+SWEEP_BATCH_BYTES = 4 << 20
+"""One sweep of a group looks at most at this many prepared transactions, and stops after
+the one that brings their records to this many bytes: it reads them on the node's event
+loop. The next sweep goes on after them."""
+SWEEP_RECOVERIES = 100
+"""The most recoveries one sweep of a group starts."""
 RECORD_GC_INTERVAL_S = 60.0
 """How often a primary group's leader looks for transaction records old enough to forget."""
 RECORD_GC_BATCH = 500
@@ -273,6 +280,9 @@ class Node:
         self._links: dict[int, LinkModel] = {}
         self.unreachable: frozenset[int] = frozenset()
         self._recovering: set[int] = set()
+        # Per group this node leads: the id of the last prepared transaction the previous
+        # sweep looked at (see _sweep_round).
+        self._sweep_after: dict[int, int] = {}
         # Per group this node leads: the decision timestamp of the last transaction record
         # the previous round of record collection looked at (see _forget_round).
         self._forget_after: dict[int, int] = {}
@@ -1330,7 +1340,8 @@ class Node:
 
             nursery.start_soon(report)
             while origin.node.is_leader and not broken.is_set():
-                batch = _bounded_batch(origin.sm.outbox_after(after, REPLICATION_BATCH))
+                batch = _bounded_batch(origin.sm.outbox_after(
+                    after, REPLICATION_BATCH, max_bytes=REPLICATION_BATCH_BYTES))
                 if not batch:
                     with trio.move_on_after(1.0):
                         await origin.wait_outbox()
@@ -1488,13 +1499,29 @@ class Node:
             await trio.sleep(SWEEP_INTERVAL_S)
             if not replica.node.is_leader or self._clock_problem is not None:
                 continue
-            now = self.clock.now()
-            # The expired ones not being recovered already, then at most 100: transactions
-            # that cannot be finished yet (their primary unreachable) must not hide the others.
-            due = [i for i in replica.sm.prepared()
-                   if i.deadline < now and i.txn_id not in self._recovering]
-            for intent in due[:100]:
+            self._sweep_round(replica)
+
+    def _sweep_round(self, replica: GroupReplica) -> None:
+        """One sweep of :meth:`_sweep_intents`: starts the recovery of at most
+        :data:`SWEEP_RECOVERIES` expired transactions, not being recovered already, among a
+        page of the prepared ones (:data:`SWEEP_BATCH`).
+
+        A sweep goes on after the transactions the previous one looked at, and once it
+        reaches the newest, the next one starts from the oldest again: transactions that
+        cannot be finished yet (their primary unreachable) must not hide the others."""
+        after = self._sweep_after.pop(replica.group, 0)
+        page = replica.sm.prepared(after, limit=SWEEP_BATCH, max_bytes=SWEEP_BATCH_BYTES)
+        if not page and after:  # the previous sweep ended at the newest
+            page = replica.sm.prepared(limit=SWEEP_BATCH, max_bytes=SWEEP_BATCH_BYTES)
+        now = self.clock.now()
+        started = 0
+        for intent in page:
+            if intent.deadline < now and intent.txn_id not in self._recovering:
+                if started == SWEEP_RECOVERIES:
+                    break
                 self._start_recovery(replica, intent)
+                started += 1
+            self._sweep_after[replica.group] = intent.txn_id
 
     def _check_txn(self, p) -> tuple[int, int, list[tuple[bytes, bytes | None]], list[bytes]]:
         txn_id, read_ts = p.get("txn_id"), p.get("read_ts")

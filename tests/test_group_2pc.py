@@ -4,6 +4,7 @@ records, resolution) and regional keyspaces (merges, outbox, remote batches, con
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import msgpack
 import pytest
@@ -917,3 +918,28 @@ def test_a_commit_of_a_transaction_never_prepared_here_is_recorded_as_an_abort(s
     r = one(sm, log, encode_decide(3, 600, 450, since=400, participants=[PRIMARY, OTHER]))
     assert (r.outcome, r.ts) == (Outcome.COMMITTED, 450)
     assert sm.store.get(b"b", MAX_TS) == b"1"
+
+
+def test_trimming_the_outbox_does_not_read_its_records(tmp_path):
+    # A trim drops up to a thousand records in one apply, on every replica: it used to read
+    # each record's writes (up to 4 MiB apiece) only to learn its key.
+    store = MVCCStore(tmp_path / "east", map_size=1 << 28)
+    east = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME, origin="us-east",
+                             destinations=(201,))
+    log = Log()
+    big = 1 << 20
+    try:
+        east.apply([log(encode_commit(i + 1, 0, 100 + i, [], merges=[
+            (b"k%d" % i, "lww", bytes([i]) * big)])) for i in range(32)])
+        assert len(east.outbox_after(0, limit=1000)) == 32
+        tracemalloc.start()
+        try:
+            one(east, log, encode_shipped(1000, 201, 131))  # 201 has them all: all trimmed
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert east.outbox_after(0) == [] and east.outbox_trimmed == 131
+        assert peak < 4 * big
+    finally:
+        east.close()
+        store.close()
