@@ -14,20 +14,7 @@ import trio.testing
 import engine.node
 from engine.config import NodeConfig, default_local_cluster
 from engine.node import Node
-
-MS = 1_000_000
-HOUR = 3_600_000 * MS
-START = 100 * HOUR
-
-
-class FakeClock:
-    """A clock that returns whatever the test sets."""
-
-    def __init__(self, ns: int) -> None:
-        self.ns = ns
-
-    def __call__(self) -> int:
-        return self.ns
+from test_node_clocks import HOUR, MS, START, FakeClock
 
 
 class Pings:

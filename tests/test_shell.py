@@ -9,15 +9,19 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import shlex
 import subprocess
 import sys
+import timeit
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.blocking import connect_blocking
 from engine.local import free_base_port
-from engine.shell import PROMPT, run_shell, show
+from engine.shell import PROMPT, _split, run_shell, show
 
 from clusterthread import ClusterThread
 
@@ -498,3 +502,45 @@ def test_output_read_by_a_command_that_stops_reading_ends_quietly(addresses):
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+# ------------------------------------------------------------------ splitting lines into words
+
+
+def test_a_value_of_the_largest_size_is_stored_and_shown_whole(addresses, ks):
+    # A value of max_value_size is stored and read back whole; one byte more is refused.
+    with connect_blocking(addresses) as db:
+        size = db.limits["max_value_size"]
+    value = "v" * size
+    out = shell(addresses, [f"create-keyspace {ks}", f"put {ks} k {value}", f"get {ks} k",
+                            f'put {ks} q "{value} "', f"put {ks} big {value}vv"], code=1)
+    assert out[1:3] == ["ok", value]
+    assert out[3].startswith("error: ") and str(size) in out[3]  # one byte over
+    assert out[4].startswith("error: ") and str(size) in out[4]
+    assert len(out) == 5
+
+
+def test_splitting_a_line_takes_time_linear_in_its_length():
+    # shlex builds a word one character at a time, in time quadratic in its length: a 1 MiB
+    # value took some 15 s of CPU before it was even sent. A ratio of two sizes, not a time:
+    # 16 times the line takes ~16 times as long when linear, ~256 times when quadratic.
+    def cost(n: int) -> float:
+        line = "put ks k " + "v" * n
+        return min(timeit.repeat(lambda: _split(line), number=1, repeat=3))
+
+    small, big = cost(1 << 16), cost(1 << 20)
+    assert big < 64 * small, (small, big)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="a \t\r'\"\\#\u2603\udcff\x00", max_size=16))
+def test_lines_split_as_shlex_splits_them(line):
+    try:
+        expected: list[str] | str = shlex.split(line)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: list[str] | str = _split(line)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
