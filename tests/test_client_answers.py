@@ -18,6 +18,18 @@ from test_client_faults import GUARD_S, HOST, TIMEOUT_S, FakeNode, describe_for
 BAD_ANSWERS = [None, [6], {}, {"ts": "6"}, {"ts": 6.0}, {"ts": True}, {"ts": [6]}]
 
 
+async def answering(nursery, method: str, answer) -> FakeNode:
+    """A fake node, started, that answers every ``method`` call with ``answer``."""
+    node = FakeNode(nursery)
+
+    async def handler(p, ctx):
+        return answer
+
+    node.handlers[method] = handler
+    await node.start()
+    return node
+
+
 @pytest.mark.parametrize("answer", BAD_ANSWERS)
 async def test_a_commit_answered_in_a_form_this_client_cannot_read_is_ambiguous(nursery,
                                                                                  answer):
@@ -53,13 +65,7 @@ async def test_a_read_answered_in_a_form_this_client_cannot_read_is_unavailable(
     # A read answered without an int "ts" and a list of "values" raised KeyError or
     # TypeError; a transaction took a "ts" of another type as its snapshot, and failed
     # later, in another call, comparing it.
-    node = FakeNode(nursery)
-
-    async def read(p, ctx):
-        return answer
-
-    node.handlers["read"] = read
-    await node.start()
+    node = await answering(nursery, "read", answer)
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="another version"):
@@ -75,13 +81,7 @@ async def test_a_read_answered_in_a_form_this_client_cannot_read_is_unavailable(
                                     {"ts": 5, "items": None}])
 async def test_a_scan_answered_in_a_form_this_client_cannot_read_is_unavailable(nursery,
                                                                                  answer):
-    node = FakeNode(nursery)
-
-    async def scan(p, ctx):
-        return answer
-
-    node.handlers["scan"] = scan
-    await node.start()
+    node = await answering(nursery, "scan", answer)
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         async with db.transaction() as tx:
             with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
@@ -96,13 +96,7 @@ async def test_a_read_answering_values_or_until_of_another_type_is_unavailable(n
                                                                                answer):
     # A value of another type than bytes (or None) reached the caller as the key's value;
     # an ``until`` of another type failed comparing it, deep in the transaction.
-    node = FakeNode(nursery)
-
-    async def read(p, ctx):
-        return answer
-
-    node.handlers["read"] = read
-    await node.start()
+    node = await answering(nursery, "read", answer)
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="node 1 answered 'read'"):
@@ -115,13 +109,7 @@ async def test_a_read_answering_values_or_until_of_another_type_is_unavailable(n
 
 async def test_a_read_answering_no_value_for_its_key_is_unavailable(nursery):
     # IndexError: the one key asked for had no value in the answer.
-    node = FakeNode(nursery)
-
-    async def read(p, ctx):
-        return {"ts": 5, "values": []}
-
-    node.handlers["read"] = read
-    await node.start()
+    node = await answering(nursery, "read", {"ts": 5, "values": []})
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="0 values for 1 key"):
@@ -140,13 +128,7 @@ RECORD = {"id": 1, "name": "ks", "mode": "global", "home": "r1"}
     {"keyspaces": [RECORD], "next": ""},  # no step forward: asked for again and again
 ])
 async def test_a_keyspace_list_page_this_client_cannot_read_is_unavailable(nursery, page):
-    node = FakeNode(nursery)
-
-    async def keyspace_list(p, ctx):
-        return page
-
-    node.handlers["keyspace.list"] = keyspace_list
-    await node.start()
+    node = await answering(nursery, "keyspace.list", page)
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="'keyspace.list'.*another version"):
@@ -156,13 +138,7 @@ async def test_a_keyspace_list_page_this_client_cannot_read_is_unavailable(nurse
 @pytest.mark.parametrize("record", [None, {"id": 1}, {**RECORD, "home": None},
                                     {**RECORD, "abandoned": [1]}])
 async def test_a_keyspace_record_this_client_cannot_read_is_unavailable(nursery, record):
-    node = FakeNode(nursery)
-
-    async def keyspace_get(p, ctx):
-        return record
-
-    node.handlers["keyspace.get"] = keyspace_get
-    await node.start()
+    node = await answering(nursery, "keyspace.get", record)
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
         with trio.fail_after(GUARD_S), pytest.raises(UnavailableError,
                                                      match="node 1 answered 'keyspace.get'"):
