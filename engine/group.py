@@ -843,6 +843,12 @@ class GroupStateMachine:
                 out.append(intent)
         return out
 
+    def has_intents(self, start: bytes, end: bytes) -> bool:
+        """Whether a prepared transaction holds an intent or a read lock on a key in ``[start,
+        end)``; reads one side-table key, none of the records."""
+        return bool(self._prepared_count
+                    and self.store.side_keys(_INTENT + start, _INTENT + end, limit=1))
+
     def locks_in(self, start: bytes, end: bytes) -> list[Intent]:
         """What prepared serializable transactions read in ``[start, end)`` and hold until
         they are resolved: a lock per key read there (an :class:`Intent` on it), and one per

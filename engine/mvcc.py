@@ -626,11 +626,14 @@ class MVCCStore(Resource):
                        max_keys: int | None = None) -> tuple[int, bytes | None]:
         """How many versions the keys ``start <= key < end`` have at or below ``max_ts``.
 
-        With ``limit``, counting stops at the first key boundary once ``limit`` versions are
-        counted, and with ``max_keys`` once that many keys were looked at: the answer is then
+        With ``limit``, counting stops before the first key whose versions would bring the
+        count over ``limit`` (having looked at no more than ``limit + 1`` of them, however many
+        it has), and with ``max_keys`` once that many keys were looked at: the answer is then
         ``(count, resume)``, the versions of the keys before ``resume`` — a range ``[start,
         resume)`` that :meth:`apply_batch` can ``erase`` in one bounded transaction — else
-        ``(count, None)``. One read transaction.
+        ``(count, None)``. ``(0, resume)`` may mean that the key ``resume`` alone has more
+        than ``limit``: :meth:`oldest_versions` bounds an erase inside it. One read
+        transaction.
 
         Raises:
             InvalidArgumentError, StoreClosedError, StorageError.
@@ -660,16 +663,71 @@ class MVCCStore(Resource):
                             or (max_keys is not None and keys >= max_keys)):
                         return count, _decode(ekey)
                     keys += 1
-                    # This key's versions at or below max_ts, then on to the next key.
+                    # This key's versions at or below max_ts, then on to the next key; a key
+                    # that would go over the limit is left whole to the next range.
                     ok = cur.set_range(ekey + inv_max)
+                    here = 0
                     while ok and cur.key()[:-8] == ekey:
-                        count += 1
+                        here += 1
+                        if limit is not None and count + here > limit:
+                            return count, _decode(ekey)
                         ok = cur.next()
+                    count += here
         except lmdb.Error as exc:
             raise _lmdb_error(exc, "count_versions failed") from None
         finally:
             self._exit_read()
         return count, None
+
+    def oldest_versions(self, key: bytes, n: int, *,
+                        max_ts: int = MAX_TS) -> tuple[int, bytes | None] | None:
+        """Where an erase of only the ``n`` oldest versions of ``key`` ends.
+
+        Returns ``(ts, after)``: ``ts`` is the commit timestamp of the key's ``n``-th oldest
+        version, and ``after`` the next key in the store (None if there is none), so that
+        erasing ``[key, after)`` at or below ``ts`` (see :meth:`apply_batch`) erases exactly
+        those ``n`` versions. None if the key has no more than ``n`` versions at or below
+        ``max_ts`` (erase it whole then). Looks at ``n + 2`` entries at most, walking back from
+        the key's oldest version. One read transaction.
+
+        Raises:
+            InvalidArgumentError, RecordTooLargeError, StoreClosedError, StorageError.
+        """
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key, "key")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise errors.InvalidArgumentError(f"n must be an int >= 1, not {n!r}")
+        if type(max_ts) is not int or not 0 < max_ts <= MAX_TS:
+            _check_ts(max_ts, "max_ts")
+        ekey = _encode(key)
+        env = self._enter_read()
+        try:
+            with env.begin(self._versions) as txn:
+                cur = txn.cursor()
+                # Versions sort newest first: the oldest is just before the next key's.
+                if cur.set_range(ekey + _PAST_VERSIONS):
+                    after: bytes | None = _decode(cur.key()[:-8])
+                    ok = cur.prev()
+                else:
+                    after = None
+                    ok = cur.last()
+                seen = nth = 0
+                while seen <= n:  # the n oldest, and one more to show they are not all
+                    vkey = cur.key() if ok else b""
+                    if vkey[:-8] != ekey:
+                        return None  # n versions or fewer
+                    ts = _INV - _unpack64(vkey[-8:])[0]
+                    if ts > max_ts:
+                        return None  # n or fewer at or below max_ts
+                    seen += 1
+                    if seen == n:
+                        nth = ts
+                    ok = cur.prev()
+                return nth, after
+        except lmdb.Error as exc:
+            raise _lmdb_error(exc, "oldest_versions failed") from None
+        finally:
+            self._exit_read()
 
     def gc(self, watermark: int, *, start: bytes = b"", max_versions: int = 10_000) -> GCResult:
         """Removes versions that no read at ``ts >= watermark`` can see.

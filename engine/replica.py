@@ -411,28 +411,39 @@ class GroupReplica:
         side_lo, side_end = conflict_log_bounds(ks_id)
 
         def plan(start: bytes, side_start: bytes, max_ts: int):
-            # The next range of versions to erase (empty if it holds none) and where the one
-            # after it starts; the next range of conflict-log records.
+            # The next range of versions to erase (empty if it holds none), the timestamp to
+            # erase it at, and where the one after it starts; the next range of conflict-log
+            # records.
             count, resume = store.count_versions(start, end, max_ts=max_ts, limit=budget,
                                                  max_keys=PURGE_KEYS_PER_STEP)
             after = end if resume is None else resume
+            upto = after if count else start
+            oldest = None if count or resume is None else store.oldest_versions(
+                resume, budget, max_ts=max_ts)
+            if oldest is not None:
+                # The key alone has more than the budget: its oldest ones now, and the key
+                # again next (the keys before it have nothing at or below max_ts).
+                max_ts, key_end = oldest
+                upto, after = (end if key_end is None else min(key_end, end)), resume
             keys = store.side_keys(side_start, side_end, limit=budget + 1)
             side_upto = keys[budget] if len(keys) > budget else side_end
-            return (after if count else start), after, (side_upto if keys else side_start)
+            return upto, max_ts, after, (side_upto if keys else side_start)
 
         def left() -> bool:
-            return (store.count_versions(prefix, end, limit=1)[0] > 0
+            return (store.count_versions(prefix, end, limit=1) != (0, None)
                     or bool(store.side_keys(side_lo, side_end, limit=1))
-                    or bool(self.sm.intents_in(prefix, end, MAX_TS)))  # resolved later
+                    or self.sm.has_intents(prefix, end))  # resolved later
 
-        start, side_start = prefix, side_lo
+        # One low water for the whole pass: what is at or below it only shrinks (later
+        # commits are above it), so every step erases some of it or moves on, and the pass
+        # ends however fast the keyspace's versions pass the low water meanwhile.
+        start, side_start, max_ts = prefix, side_lo, self.sm.low_water
         while self.node.is_leader and self.sm.fence(prefix)[0] == 3:
-            max_ts = self.sm.low_water
-            upto, after, side_upto = await trio.to_thread.run_sync(plan, start, side_start,
-                                                                   max_ts)
+            upto, upto_ts, after, side_upto = await trio.to_thread.run_sync(
+                plan, start, side_start, max_ts)
             if start < upto or side_start < side_upto:
                 await self._propose(encode_purge(self.clock.now(), ks_id, start, upto,
-                                                 side_start, side_upto, max_ts))
+                                                 side_start, side_upto, upto_ts))
                 self.purges += 1
             start = after
             if side_upto > side_start:

@@ -743,3 +743,90 @@ async def test_a_read_waiting_for_a_timestamp_a_snapshot_closes_is_answered_afte
             nursery.cancel_scope.cancel()
         a.close()
         b.close()
+
+
+class _PurgingLeader:
+    """The Raft node of a replica that leads its group alone for ``steps`` entries: each one
+    it is given is applied to ``sm`` at once, and the versions it erased noted."""
+
+    id = leader = 1
+
+    def __init__(self, sm: GroupStateMachine, log: Log, steps: int) -> None:
+        self.sm, self.log, self.steps = sm, log, steps
+        self.erased: list[int] = []
+
+    @property
+    def is_leader(self) -> bool:
+        return self.steps > 0
+
+    async def propose(self, data: bytes, timeout: float):
+        before = self.sm.store.count_versions(b"", b"\xff" * 8)[0]
+        [result] = self.sm.apply([self.log(data)])
+        self.erased.append(before - self.sm.store.count_versions(b"", b"\xff" * 8)[0])
+        self.steps -= 1
+        return result
+
+
+async def test_a_key_with_many_versions_is_purged_in_bounded_steps_across_leaders(
+        tmp_path, autojump_clock):
+    """A dropped keyspace's key with far more versions than one PURGE entry may erase is
+    erased in several entries of at most the budget each, resuming inside the key -- also
+    when another leader (or this one, restarted) takes over half way: it starts again from
+    the keyspace's first key, where what is left is. The other keyspaces keep their data."""
+    class Clock:
+        def __init__(self) -> None:
+            self.ts = 3 * LIFETIME
+
+        def now(self) -> int:
+            self.ts += 1
+            return self.ts
+
+    log = Log()
+    hot, cold, other = PREFIX + b"hot", PREFIX + b"x", b"\x00\x00\x00\x08k"
+    with MVCCStore(tmp_path / "a", map_size=64 << 20) as store:
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+        sm.apply([log(encode_commit(ts, 0, ts, [(hot, b"%d" % ts)])) for ts in range(1, 1001)])
+        sm.apply([log(encode_commit(1001, 0, 1001, [(cold, b"c"), (other, b"o")])),
+                  log(encode_fence(1100, KS, 2)), log(encode_fence(1200, KS, 3)),
+                  log(encode_close(1300 + LIFETIME))])
+        assert sm.store.count_versions(hot, hot + b"\x00") == (1000, None)
+        clock = Clock()
+        first = _PurgingLeader(sm, log, steps=4)  # loses the group after 4 entries
+        await GroupReplica(5, first, sm, clock, close_interval=0).purge_erasable(budget=150)
+        assert first.erased == [150] * 4
+        second = _PurgingLeader(sm, log, steps=100)
+        await GroupReplica(5, second, sm, clock, close_interval=0).purge_erasable(budget=150)
+        # 400 left of the hot key: 150, 150, then 100 with the cold key's one in the last.
+        assert second.erased == [150, 150, 101]
+        assert sm.store.count_versions(BOUNDS[0], BOUNDS[-1]) == (0, None)
+        assert sm.store.get(other, MAX_TS) == b"o"
+        sm.close()
+
+
+async def test_a_purged_keyspace_with_an_intent_left_is_looked_at_again(tmp_path,
+                                                                        autojump_clock):
+    """The purger's last look reads whether an intent (or a read lock) is left in the
+    keyspace, not the intents themselves (each may hold a value of megabytes): the keyspace
+    is not taken as erased while one is there, and is once it is resolved."""
+    class Clock:
+        def now(self) -> int:
+            return 3 * LIFETIME
+
+    log = Log()
+    with MVCCStore(tmp_path / "a", map_size=64 << 20) as store:
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+        sm.apply([log(encode_prepare(1, 0, 10, [(PREFIX + b"w", b"x" * (1 << 20))],
+                                     locks=[PREFIX + b"r"], primary=1, deadline=10**6)),
+                  log(encode_fence(20, KS, 2)), log(encode_fence(30, KS, 3)),
+                  log(encode_close(100 + LIFETIME))])
+        assert sm.has_intents(BOUNDS[0], BOUNDS[-1])
+        assert not sm.has_intents(BOUNDS[-1], BOUNDS[-1] + b"\xff")
+        replica = GroupReplica(5, _PurgingLeader(sm, log, steps=10), sm, Clock(),
+                               close_interval=0)
+        await replica.purge_erasable()
+        assert replica._erased == set()
+        sm.apply([log(encode_resolve(1, 200 + LIFETIME, 0))])
+        assert not sm.has_intents(BOUNDS[0], BOUNDS[-1])
+        await replica.purge_erasable()
+        assert replica._erased == {(KS, 30)}
+        sm.close()

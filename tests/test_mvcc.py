@@ -1273,15 +1273,49 @@ def test_count_versions_counts_at_or_below_a_timestamp_and_stops_at_key_boundari
     assert store.count_versions(b"", b"\xff") == (30, None)
     assert store.count_versions(b"k03", b"k05", max_ts=20) == (4, None)
     assert store.count_versions(b"k00", b"k10", max_ts=5) == (0, None)
-    # A limit of 5 at two versions per key: three whole keys, then where to go on.
-    assert store.count_versions(b"k00", b"k10", max_ts=20, limit=5) == (6, b"k03")
+    # A limit of 5 at two versions per key: two whole keys (a third would go over), then
+    # where to go on.
+    assert store.count_versions(b"k00", b"k10", max_ts=20, limit=5) == (4, b"k02")
+    # A key with more versions than the limit is not counted, and is where to go on.
+    assert store.count_versions(b"k00", b"k10", limit=2) == (0, b"k00")
     start, total, steps = b"k00", 0, 0
     while start is not None:
         count, resume = store.count_versions(start, b"k10", max_ts=20, limit=5)
         if resume is not None:
             store.apply_batch([], 10 + steps, erase=[(start, resume, 20)])
         total, start, steps = total + count, resume, steps + 1
-    assert total == 20 and steps == 4
+    assert total == 20 and steps == 5
+
+
+def test_one_key_with_many_versions_is_erased_in_bounded_steps_oldest_first(store):
+    """A key with more versions than an erase may take is erased a bounded number at a time,
+    oldest first: counting stops inside it, and oldest_versions says where the step ends."""
+    for ts in range(1, 101):
+        store.apply([(b"hot", b"v%d" % ts)], ts, ts)
+    store.apply([(b"next", b"n")], 5, 101)
+    assert store.count_versions(b"", b"\xff", max_ts=90, limit=30) == (0, b"hot")
+    assert store.oldest_versions(b"hot", 30, max_ts=90) == (30, b"next")
+    assert store.oldest_versions(b"hot", 90, max_ts=90) is None  # no more than 90: whole
+    assert store.oldest_versions(b"next", 1) is None
+    assert store.oldest_versions(b"missing", 1) is None
+    index, walked = 102, []
+    while True:
+        count, resume = store.count_versions(b"hot", b"hot\x00", max_ts=90, limit=30)
+        if resume is None:
+            store.apply_batch([], index, erase=[(b"hot", b"hot\x00", 90)])
+            walked.append(count)
+            break
+        ts, after = store.oldest_versions(resume, 30, max_ts=90)
+        before = store.count_versions(b"hot", b"hot\x00")[0]
+        store.apply_batch([], index, erase=[(b"hot", after, ts)])
+        walked.append(before - store.count_versions(b"hot", b"hot\x00")[0])
+        index += 1
+    assert walked == [30, 30, 30]  # the last 30 are no more than the limit: counted whole
+    # What a read at the horizon (90) or later needs is left, and nothing older.
+    assert [store.get_version(b"hot", ts)[0] for ts in (91, 100)] == [91, 100]
+    assert store.get_version(b"hot", 90) is None
+    assert store.count_versions(b"hot", b"hot\x00") == (10, None)
+    assert store.get(b"next", 5) == b"n"
 
 
 def test_erase_of_side_ranges_runs_before_the_batchs_side_changes(store):
