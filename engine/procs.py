@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,10 +41,12 @@ import trio
 from .config import (
     DEFAULT_REGIONS,
     ClusterConfig,
+    NodeAddress,
     NodeConfig,
     default_local_cluster,
     dump_node_config,
 )
+from ._fs import fsync_directory
 from .errors import InvalidArgumentError, UnavailableError
 from .local import free_base_port
 from .rpc import connect_rpc
@@ -185,7 +188,7 @@ class ClusterProcesses:
                     preexec_fn=_die_with_parent if die_with_parent else None)
             finally:
                 log.close()
-            self.pid_path(node_id).write_text(f"{proc.pid}\n")
+            _write_whole(self.pid_path(node_id), f"{proc.pid}\n")
             self._started[node_id] = (proc, since)
         return proc.pid
 
@@ -206,16 +209,19 @@ class ClusterProcesses:
         running = {n: p for n in self.node_ids() if (p := self.running_pid(n)) is not None}
         for pid in running.values():
             _signal(pid, signal.SIGTERM)
+        # Each pid is checked again for the node before it is signalled or waited for: once
+        # the node has ended, its pid may name another program.
+        def alive() -> list[int]:
+            _reap(running.values())
+            return [n for n, pid in running.items() if self.running_pid(n) == pid]
+
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in running.values()):
-            _reap(running.values())
+        while time.monotonic() < deadline and alive():
             time.sleep(0.05)
-        for pid in running.values():
-            if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+        for n in alive():
+            _signal(running[n], signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in running.values()):
-            _reap(running.values())
+        while time.monotonic() < deadline and alive():
             time.sleep(0.02)
         for n in running:
             self.pid_path(n).unlink(missing_ok=True)
@@ -267,6 +273,18 @@ def _command_line(pid: int) -> list[bytes]:
         time.sleep(0.005)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Replaces ``path`` with ``text``: whoever reads it, now or after a crash, finds the old
+    content or the new, never a part of it."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)
+    fsync_directory(path.parent)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM this process when its parent dies (Linux)."""
     import ctypes
@@ -289,14 +307,6 @@ def _reap(pids: Iterable[int]) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def cluster_up(directory: str | os.PathLike[str], *,
                regions: Iterable[str] | None = None,
                nodes_per_region: int | None = None,
@@ -313,7 +323,8 @@ def cluster_up(directory: str | os.PathLike[str], *,
 
     Raises:
         InvalidArgumentError: the directory holds a cluster that the options given do not
-            describe (they apply only to a new cluster), or another ``up``/``down`` holds it.
+            describe (they apply only to a new cluster), another ``up``/``down`` holds it,
+            or an address of a node to start is taken (then no node is started).
     """
     procs = ClusterProcesses(directory)
     with _directory_lock(procs.directory):
@@ -329,15 +340,37 @@ def cluster_up(directory: str | os.PathLike[str], *,
             cluster = default_local_cluster(
                 names, per_region, base,
                 wan_latency_ms=None if wan_latency_ms is _UNSET else wan_latency_ms)
-            for node in cluster.all_nodes():
+        # Each node's file is written whole or not at all, and one missing from a cluster's
+        # directory is written again: an `up` interrupted while it wrote them left it out.
+        for node in cluster.all_nodes():
+            if not procs.config_path(node.id).exists():
                 cfg = NodeConfig(node_id=node.id,
                                  data_dir=str(procs.directory / f"node-{node.id}"),
                                  cluster=cluster)
-                procs.config_path(node.id).write_text(dump_node_config(cfg))
-        for node in cluster.all_nodes():
-            if procs.running_pid(node.id) is None:
-                procs.start_node(node.id, die_with_parent=die_with_parent)
+                _write_whole(procs.config_path(node.id), dump_node_config(cfg))
+        stopped = [node for node in cluster.all_nodes() if procs.running_pid(node.id) is None]
+        for node in stopped:  # all before any starts: none is left running for nothing
+            _check_addresses_free(node)
+        for node in stopped:
+            procs.start_node(node.id, die_with_parent=die_with_parent)
     return procs
+
+
+def _check_addresses_free(node: NodeAddress) -> None:
+    """Raises InvalidArgumentError naming an address of ``node`` that something else holds:
+    the node would fail to listen there, and whatever does listen might answer for it."""
+    for what, host, port in (("peer", node.peer_host, node.peer_port),
+                             ("client", node.client_host, node.client_port)):
+        for family, type_, proto, _, sockaddr in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(family, type_, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node does
+                try:
+                    s.bind(sockaddr)
+                except OSError as exc:
+                    raise InvalidArgumentError(
+                        f"node {node.id} cannot start: its {what} address {host}:{port} is "
+                        f"taken ({exc.strerror}); stop what holds it") from None
 
 
 def _check_same_cluster(directory: Path, cluster: ClusterConfig, regions, nodes_per_region,

@@ -204,6 +204,48 @@ def test_cluster_down_never_signals_a_process_it_did_not_start(tmp_path):
         other.wait()
 
 
+def _stand_in_node(tmp_path, procs, node_id, on_sigterm):
+    """A process that ``procs`` takes for node ``node_id`` (its command line is a node's),
+    recorded in its pid file; ``on_sigterm`` is the Python it runs on SIGTERM. Returns its
+    handle once it has set that up."""
+    package = tmp_path / "stand-in" / "engine"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text(
+        "import os, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: ({on_sigterm}))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "node", "--config", str(procs.config_path(node_id))],
+        cwd=package.parent, env={**os.environ, "PYTHONPATH": str(package.parent)},
+        stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    procs.pid_path(node_id).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def test_cluster_down_does_not_kill_what_a_stopped_nodes_pid_has_become(tmp_path):
+    # The node ends on SIGTERM, and before the grace period is over its pid names another
+    # program (here the same process after an exec, as a recycled pid would): the SIGKILL
+    # for nodes still running after the grace period used to reach that program.
+    from engine.procs import ClusterProcesses
+
+    procs = ClusterProcesses(tmp_path / "c")
+    procs.directory.mkdir()
+    procs.config_path(1).write_text("")
+    node = _stand_in_node(tmp_path, procs, 1, "os.execvp('sleep', ['sleep', '30'])")
+    try:
+        assert procs.running_pid(1) == node.pid
+        started = time.monotonic()
+        assert procs.stop(grace_s=3) == [1]
+        assert node.poll() is None, "the program the pid now names was killed"
+        assert time.monotonic() - started < 2  # the node was gone: no wait for the grace period
+    finally:
+        node.kill()
+        node.wait()
+
+
 def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
     directory = tmp_path / "cluster"
     demo = subprocess.Popen(
@@ -254,6 +296,38 @@ def test_cluster_up_refuses_options_that_describe_another_cluster(tmp_path):
         assert _processes_mentioning(str(directory)) == []
 
 
+def test_cluster_up_names_a_taken_address_and_starts_nothing(tmp_path):
+    # A node's port held by another program: `up` used to start the nodes anyway. When that
+    # program was another cluster's node, it answered for ours, and `up` reported the cluster
+    # up while our node had failed to listen; otherwise the user got "node N exited: Address
+    # already in use" without knowing which of its two addresses.
+    import socket
+
+    from engine import procs
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+    from engine.local import free_base_port
+
+    directory = tmp_path / "c"
+    directory.mkdir()
+    cluster = default_local_cluster(("east",), 2, free_base_port(4), wan_latency_ms={})
+    for node in cluster.all_nodes():
+        (directory / f"node-{node.id}.toml").write_text(dump_node_config(
+            NodeConfig(node_id=node.id, data_dir=str(directory / f"node-{node.id}"),
+                       cluster=cluster)))
+    taken = cluster.all_nodes()[1]
+    with socket.socket() as holder:
+        holder.bind((taken.client_host, taken.client_port))
+        holder.listen()
+        try:
+            with pytest.raises(errors.InvalidArgumentError) as caught:
+                procs.cluster_up(directory)
+        finally:
+            procs.ClusterProcesses(directory).stop()  # whatever it started
+    assert (f"node {taken.id} cannot start: its client address "
+            f"{taken.client_host}:{taken.client_port} is taken") in str(caught.value)
+    assert list(directory.glob("node-*.pid")) == []  # no node was started
+
+
 def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
     import fcntl
 
@@ -286,6 +360,39 @@ def test_cluster_up_reports_a_node_that_exits_at_once(tmp_path):
     assert "(exit status 1)" in again.stderr, again.stderr
     assert time.monotonic() - started < 30  # not the full readiness timeout (60 s)
     assert _processes_mentioning(str(directory)) == []
+
+
+def test_cluster_up_completes_a_directory_that_an_interrupted_up_left_half_written(
+        tmp_path, monkeypatch):
+    # A Ctrl-C while `up` wrote the nodes' configuration files left some out, and every
+    # later `up` of the directory failed on them ("node 2 exited: cannot read node-2.toml").
+    from engine import procs
+    from engine.config import load_node_config
+
+    started = []
+    monkeypatch.setattr(procs.ClusterProcesses, "start_node",
+                        lambda self, node_id, **_: started.append(node_id))
+    real_dump = procs.dump_node_config
+    written = []
+
+    def interrupted_dump(cfg):
+        if len(written) == 1:
+            raise KeyboardInterrupt  # Ctrl-C after the first node's file
+        written.append(cfg.node_id)
+        return real_dump(cfg)
+
+    directory = tmp_path / "c"
+    monkeypatch.setattr(procs, "dump_node_config", interrupted_dump)
+    with pytest.raises(KeyboardInterrupt):
+        procs.cluster_up(directory, regions=("east",), nodes_per_region=2, wan_latency_ms={})
+    assert sorted(p.name for p in directory.glob("node-*")) == ["node-1.toml"]
+    monkeypatch.setattr(procs, "dump_node_config", real_dump)
+    procs.cluster_up(directory)
+    assert started == [1, 2]
+    first, second = (load_node_config(directory / f"node-{n}.toml") for n in (1, 2))
+    assert second.node_id == 2 and second.cluster == first.cluster
+    assert second.data_dir == str(directory.resolve() / "node-2")
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "node-1.toml", "node-2.toml"]
 
 
 def test_a_node_that_dies_without_a_word_is_not_reported_with_an_earlier_runs_words(tmp_path):
@@ -653,3 +760,4 @@ def test_a_cluster_up_that_cannot_start_a_node_says_which_it_leaves_running(tmp_
     finally:
         _end_missed(started)
     assert _processes_mentioning(str(directory)) == []
+
