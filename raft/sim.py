@@ -49,14 +49,18 @@ Model.
   which forward them, and leaders deposed behind a partition — and a client that times out
   forgets its guess, so that clients keep working on both sides of a cut.
 - *Faults* (``faults=True``). Each seed draws its own *knobs* (FoundationDB's "buggify"): rates
-  of message drop, duplication and long delays, the delay and fsync latency ranges, how often
-  the nemesis acts, how often crashes are aimed at fsync windows, whether PreVote and
+  of message drop, duplication, long delays and replays, the delay and fsync latency ranges,
+  how often the nemesis acts, how often crashes are aimed at fsync windows, whether PreVote and
   CheckQuorum are on, how often the state machine snapshots. ``SimConfig.knobs`` pins some of
-  them (``--set knobs=pre_vote=0,drop=0.1``) without changing the others' draws. The nemesis
-  partitions the nodes into random halves, builds a bridge (two halves that only one node
-  joins), isolates a node (with roaming clients, a partition or an isolation is mostly aimed
-  at the leader: cut off from a majority of its voters for a few election timeouts, it still
-  believes it leads while the others elect a new one), clogs one direction of a link, heals
+  them (``--set knobs=pre_vote=0,drop=0.1``) without changing the others' draws. A *replay*
+  delivers again a message sent at least an election timeout before, taken from a small
+  sample of the messages sent: a vote response or an append response from an earlier term, an
+  append or a heartbeat from a deposed leader, arriving after some elections, as a stale
+  buffer flushed by a reconnect would deliver it. The nemesis partitions the nodes into
+  random halves, builds a bridge (two halves that only one node joins), isolates a node
+  (with roaming clients, a partition or an isolation is mostly aimed at the leader: cut off
+  from a majority of its voters for a few election timeouts, it still believes it leads
+  while the others elect a new one), clogs one direction of a link, heals
   the network, crashes a node (keeping a majority up most of the time) and restarts it later,
   changes membership (adds a fresh learner, promotes it, demotes or removes a voter, removes a
   learner — always through ``propose_conf_change`` on the leader, never below two voters and
@@ -236,6 +240,7 @@ class SimResult:
     conf_changes: int  # membership changes applied (each counted once)
     members: tuple[int, ...]  # the final configuration
     snapshots_built: int = 0  # durable_sm: full snapshots built for followers and offered
+    replayed: int = 0  # old messages delivered again (the "replay" knob)
 
     def summary(self) -> str:
         return (f"seed {self.seed}: {self.sim_ms} ms simulated, {self.events} events, "
@@ -243,7 +248,7 @@ class SimResult:
                 f"{self.crashes} crashes, commit {self.commits}, {self.acked_writes} acked "
                 f"writes, {self.reads} reads, {self.snapshots_sent} snapshot chunks sent, "
                 f"{self.snapshots_installed} installed ({self.snapshots_built} built), "
-                f"{self.conf_changes} conf changes, "
+                f"{self.replayed} replayed, {self.conf_changes} conf changes, "
                 f"members {list(self.members)}, trace {self.trace_hash[:16]}")
 
 
@@ -499,10 +504,27 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     # A durable state machine: local compaction markers, snapshots built on demand (see the
     # module docstring). 0, only by a pin, is the model older seeds were recorded with.
     "durable_sm": ((0, 1), False),
+    # Rate (per message sent) of replaying an old message, one sent at least an election
+    # timeout ago, from a small sample (_sample_and_replay): a stale buffer flushed by a
+    # reconnect. 0 is the model older seeds were recorded with, draw for draw.
+    "replay": ((0.0, 0.005, 0.02, 0.05), True),
 }
 # Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
 # of their own, so that every older draw — and so every older seed — stays as it was.
-_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm")
+_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm", "replay")
+# Old messages kept for replay, in each of two samples (see _sample_and_replay), and the share
+# of sent messages that enter one, the replication sample or the election sample (each
+# replacing a random one once it is full, so that some stay for many election timeouts).
+_REPLAY_SAMPLE = 8
+_REPLAY_KEEP = 0.05
+_REPLAY_KEEP_ELECTION = 0.5
+_ELECTION = frozenset((MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP, MT.TIMEOUT_NOW))
+# What a replay aimed at the sender of a message delivers: old answers to what it asks now.
+_ANSWERS = {
+    MT.VOTE: (MT.VOTE_RESP,), MT.PRE_VOTE: (MT.PRE_VOTE_RESP,),
+    MT.APPEND: (MT.APPEND_RESP,), MT.HEARTBEAT: (MT.HEARTBEAT_RESP, MT.APPEND_RESP),
+    MT.SNAPSHOT: (MT.SNAPSHOT_RESP, MT.APPEND_RESP),
+}
 
 
 class _Node:
@@ -616,6 +638,13 @@ class Simulation:
         self.snapshots_sent = 0
         self.snapshots_installed = 0
         self.conf_changes = 0  # membership changes applied (first time anywhere)
+        self.replayed = 0
+        # Old messages that may be delivered again, long after they were sent: (sent at, m),
+        # those of replication, then those of elections. Their choices draw from a stream of
+        # their own, so that a seed without replays draws from self.rng exactly as it did
+        # before there were any.
+        self._past: tuple[list[tuple[int, Message]], ...] = ([], [])
+        self._replay_rng = random.Random(f"meridian-raft-sim/replay {seed}")
         self._pick_knobs()
 
     # ---------------------------------------------------------------- set-up
@@ -659,6 +688,7 @@ class Simulation:
         self.lease_reads = bool(knobs["lease_reads"])
         self.idle_heartbeat_tick = knobs["idle_heartbeat_tick"]
         self.roam = knobs["roam"]
+        self.replay_rate = knobs["replay"]
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -1117,6 +1147,8 @@ class Simulation:
                 self._note_ack(node, m.index)
             if m.to not in self.nodes:
                 continue
+            if self.replay_rate:
+                self._sample_and_replay(m)
             if self.drop_rate and rng.random() < self.drop_rate:
                 self.dropped += 1
                 continue
@@ -1126,6 +1158,46 @@ class Simulation:
                 if self.long_delay_rate and rng.random() < self.long_delay_rate:
                     delay += rng.randint(50, 400)
                 self._schedule(self.now + delay, _DELIVER, m)
+
+    def _sample_and_replay(self, m: Message) -> None:
+        """Keeps a small sample of the messages sent and now and then delivers one of them
+        again, at least an election timeout after it was first sent: a vote or an append
+        response from an earlier term, an append from a deposed leader, arriving after some
+        elections (a stale buffer flushed by a reconnect). Each is replayed once at most.
+
+        Replays are aimed, mostly, at the sender of ``m``, with old answers to what it asks
+        now: a candidate asking for votes receives old vote responses while it counts, a leader
+        sending appends old append responses while it tracks its followers. A campaign
+        replays more often."""
+        rng = self._replay_rng
+        # The few messages of elections have a sample of their own, so that they stay in it
+        # for a few elections rather than be pushed out by replication traffic at once.
+        election = m.type in _ELECTION
+        past = self._past[election]
+        if rng.random() < (_REPLAY_KEEP_ELECTION if election else _REPLAY_KEEP):
+            if len(past) < _REPLAY_SAMPLE:
+                past.append((self.now, m))
+            else:
+                past[rng.randrange(_REPLAY_SAMPLE)] = (self.now, m)
+        rate = self.replay_rate
+        if m.type in (MT.VOTE, MT.PRE_VOTE):
+            rate = min(0.5, 10 * rate)
+        if rng.random() >= rate:
+            return
+        horizon = self.now - self.cfg.election_tick * self.cfg.tick_ms
+        old = [(p, k) for p in self._past for k, (sent, _) in enumerate(p) if sent <= horizon]
+        answers = _ANSWERS.get(m.type, ())
+        aimed = [(p, k) for p, k in old if p[k][1].to == m.frm and p[k][1].type in answers]
+        if aimed and rng.random() < 0.75:
+            old = aimed
+        if not old:
+            return
+        p, k = old[rng.randrange(len(old))]
+        sent, replayed = p.pop(k)
+        self.replayed += 1
+        self._event(f"replay {replayed.frm}>{replayed.to} {replayed.type.name} "
+                    f"t={replayed.term} sent at {sent}")
+        self._schedule(self.now + rng.randint(1, self.delay_max_ms), _DELIVER, replayed)
 
     def _on_deliver(self, m: Message, _b) -> None:
         node = self.nodes[m.to]
@@ -1581,7 +1653,7 @@ class Simulation:
     def _on_heal(self, _a, _b) -> None:
         self._healed = True
         self._blocked.clear()
-        self.drop_rate = self.dup_rate = self.long_delay_rate = 0.0
+        self.drop_rate = self.dup_rate = self.long_delay_rate = self.replay_rate = 0.0
         self.delay_max_ms = min(self.delay_max_ms, 5)
         self._event("heal")
         for node_id in sorted(self.nodes):
@@ -1654,6 +1726,7 @@ class Simulation:
             snapshots_sent=self.snapshots_sent,
             snapshots_installed=self.snapshots_installed,
             snapshots_built=self.snapshots_built,
+            replayed=self.replayed,
             conf_changes=self.conf_changes,
             members=members,
         )

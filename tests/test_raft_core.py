@@ -1323,3 +1323,80 @@ def test_a_stale_duplicate_first_chunk_after_a_restart_does_not_stall_the_transf
         if net.nodes[3].applied_data() == leader.applied_data():
             break
     assert net.nodes[3].applied_data() == leader.applied_data()
+
+
+# ============================================================================ stale messages
+
+
+def _stale_candidate():
+    """Node 1, a candidate of term 3 (no PreVote) that asked nodes 2 and 3 for their votes."""
+    node = lone_node(1, voters=(1, 2, 3), entries=ents(1, 2), term=2, commit=2, **CLASSIC)
+    node.core.campaign()
+    node.handle_ready()
+    assert node.core.role is StateRole.CANDIDATE and node.core.term == 3
+    return node
+
+
+def _stale_leader():
+    """Node 1, leader of term 3 with the no-op at 3 committed: node 2 acknowledged up to 2
+    (replicating), node 3 up to 3."""
+    node = lone_node(1, voters=(1, 2, 3), entries=ents(1, 2), term=2, commit=2, **CLASSIC)
+    make_leader(node)
+    node.step(Message(MT.APPEND_RESP, 1, 2, 3, index=2),
+              Message(MT.APPEND_RESP, 1, 3, 3, index=3))
+    assert node.core.commit == 3 and node.core.last_index == 3
+    return node
+
+
+def _stale_follower():
+    """Node 2, a follower of node 1 in term 3 whose log (1, 2, 3) is committed up to 2."""
+    node = lone_node(2, voters=(1, 2, 3), entries=ents(1, 2), term=2, commit=2, **CLASSIC)
+    node.step(Message(MT.APPEND, 2, 1, 3, index=2, log_term=2, commit=2, entries=(
+        Entry(3, 3),)))
+    assert node.core.leader == 1 and node.core.last_index == 3
+    return node
+
+
+def _summary(core: RaftCore) -> dict:
+    s = core.status()
+    return {k: s[k] for k in ("term", "vote", "role", "leader", "commit", "last_index",
+                              "progress")}
+
+
+@pytest.mark.parametrize("make, stale, answer", [
+    # Votes granted in an earlier term are not votes for this one (etcd: responses from a
+    # lower term are ignored before they reach the vote count).
+    (_stale_candidate, [Message(MT.VOTE_RESP, 1, 2, 2), Message(MT.VOTE_RESP, 1, 3, 2)], ()),
+    (_stale_candidate, [Message(MT.VOTE_RESP, 1, 2, 1), Message(MT.VOTE_RESP, 1, 2, 2)], ()),
+    # An acknowledgement from an earlier term vouches for another leader's log: it must not
+    # move a match index, even up to an index this leader holds.
+    (_stale_leader, [Message(MT.APPEND_RESP, 1, 2, 2, index=3)], ()),
+    (_stale_leader, [Message(MT.APPEND_RESP, 1, 2, 2, index=1, reject=True)], ()),
+    # One of this term below the match index (an old or duplicated append's answer) moves
+    # nothing back: neither the match index, nor the next index, nor the state.
+    (_stale_leader, [Message(MT.APPEND_RESP, 1, 3, 3, index=2)], ()),
+    (_stale_leader, [Message(MT.APPEND_RESP, 1, 2, 3, index=1)], ()),
+    (_stale_leader, [Message(MT.APPEND_RESP, 1, 3, 3, index=2, reject=True, reject_hint=1)],
+     ()),
+    # A stale vote or pre-vote answer to a leader.
+    (_stale_leader, [Message(MT.VOTE_RESP, 1, 2, 3), Message(MT.VOTE_RESP, 1, 3, 2)], ()),
+    # An append or a heartbeat from a deposed leader changes nothing, not even the commit
+    # index, and tells it the current term (so that it steps down).
+    (_stale_follower, [Message(MT.APPEND, 2, 3, 2, index=2, log_term=2, commit=3,
+                               entries=(Entry(2, 3), Entry(2, 4)))], (MT.APPEND_RESP,)),
+    (_stale_follower, [Message(MT.HEARTBEAT, 2, 3, 2, commit=3)], (MT.APPEND_RESP,)),
+    # Responses meant for an earlier role are dropped by a follower.
+    (_stale_follower, [Message(MT.VOTE_RESP, 2, 1, 3), Message(MT.APPEND_RESP, 2, 1, 3,
+                                                                  index=3)], ()),
+])
+def test_a_stale_message_delivered_late_changes_nothing(make, stale, answer):
+    """Messages replayed long after they were sent (a reconnect flushing an old buffer) are
+    answered, if at all, with the current term, and change no vote count, match or next
+    index, log or commit index. The simulator replays such messages (its "replay" knob)."""
+    node = make()
+    core = node.core
+    before = _summary(core)
+    out = node.step(*stale)
+    assert _summary(core) == before
+    assert tuple(m.type for m in out) == answer, out
+    assert all(m.term == core.term for m in out), out

@@ -15,6 +15,8 @@ the command line in two child processes.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
 import random
 import re
@@ -48,6 +50,7 @@ from raft.types import (
     Snapshot,
     SnapshotChunk,
     SnapshotMeta,
+    StateRole,
 )
 
 MT = MessageType
@@ -86,7 +89,7 @@ def test_the_seeds_exercise_every_fault_and_feature():
     assert not failures, "\n".join(failures)
     total = {name: sum(getattr(r, name) for r in results)
              for name in ("elections", "crashes", "dropped", "acked_writes", "reads",
-                          "snapshots_sent", "snapshots_installed", "conf_changes")}
+                          "snapshots_sent", "snapshots_installed", "conf_changes", "replayed")}
     print(f"25 seeds: {total}")
     assert all(v > 0 for v in total.values()), total
     assert any(len(r.members) > 3 for r in results)  # learners or voters were added
@@ -180,8 +183,38 @@ def test_pinning_a_knob_changes_only_that_knob():
 
 def test_a_clean_run_without_faults():
     result = run(3, SimConfig(faults=False))
-    assert result.crashes == 0 and result.dropped == 0
+    assert result.crashes == 0 and result.dropped == 0 and result.replayed == 0
     assert result.acked_writes > 0 and result.elections >= 1
+
+
+def test_replays_deliver_old_messages_long_after_they_were_sent(monkeypatch):
+    """The "replay" knob delivers again messages sent at least an election timeout before:
+    vote and append responses from earlier terms, appends and heartbeats from deposed leaders,
+    reach nodes that moved on. A seed that pins it to 0 replays nothing and draws nothing for
+    it."""
+    stale = collections.Counter()  # (type, role of the receiver): from an earlier term
+    step = RaftCore.step
+
+    def counting_step(core, m):
+        if m.term < core.term:
+            stale[m.type.name, core.role.value] += 1
+        step(core, m)
+
+    monkeypatch.setattr(RaftCore, "step", counting_step)
+    election_ms = SimConfig().election_tick * SimConfig().tick_ms
+    for seed in range(10):
+        lines = []
+        result = run(seed, SimConfig(knobs="replay=0.05"), trace=lines.append)
+        replays = [line.split() for line in lines if line.split()[1] == "replay"]
+        assert len(replays) == result.replayed > 0
+        assert all(int(r[0]) - int(r[-1]) >= election_ms for r in replays)
+        off = sim.Simulation(seed, SimConfig(knobs="replay=0"))
+        assert off.run().replayed == 0 and off._replay_rng.getstate() == random.Random(
+            f"meridian-raft-sim/replay {seed}").getstate()
+    print(f"from earlier terms, by receiver: {dict(stale)}")
+    for kind in ("VOTE_RESP", "APPEND_RESP", "APPEND", "HEARTBEAT"):
+        assert sum(n for (k, _), n in stale.items() if k == kind) > 0, (kind, stale)
+    assert stale["VOTE_RESP", "candidate"] + stale["APPEND_RESP", "leader"] > 0, stale
 
 
 # ==================================================================== planted bugs
@@ -314,6 +347,24 @@ def test_a_leader_committing_an_entry_of_an_earlier_term_is_caught(monkeypatch):
     seed, failure = _first_failure(SimConfig())
     assert "commit rule: leader" in str(failure), str(failure)
     assert seed < 50
+
+
+def test_a_candidate_counting_a_vote_of_an_earlier_term_is_caught_with_replays(monkeypatch):
+    """A core that counted vote responses whatever their term (etcd checks the term before
+    counting) wins elections on votes granted in earlier terms. Only a vote response
+    delivered an election or more after it was sent shows it: a replay. The seed below
+    catches it with replays (a second leader in one term) and runs clean without them."""
+    step = RaftCore.step
+
+    def step_counting_stale_votes(core, m):
+        if m.type is MT.VOTE_RESP and m.term < core.term and core.role is StateRole.CANDIDATE:
+            m = dataclasses.replace(m, term=core.term)
+        step(core, m)
+
+    monkeypatch.setattr(RaftCore, "step", step_counting_stale_votes)
+    with pytest.raises(SimulationFailure, match="election safety: nodes 2 and 1 both lead"):
+        run(102, SimConfig(knobs="replay=0.05,pre_vote=0"))
+    run(102, SimConfig(knobs="replay=0,pre_vote=0"))
 
 
 def test_a_learner_that_leads_is_caught(monkeypatch):
@@ -584,13 +635,13 @@ REGRESSION_SEEDS = [
     # A follower whose pipelined appends were all lost stalled forever: the in-flight window
     # was full and nothing freed it. Liveness failure after the heal ("member 2 has applied
     # 33 of 47"); seeds 6, 9, 11 and 21 found it too.
-    (4, SimConfig(knobs="roam=0,durable_sm=0")),  # later knobs: pinned as they were then
+    (4, SimConfig(knobs="roam=0,durable_sm=0,replay=0")),  # later knobs: as they were then
     # A candidate sent its vote requests before its new term was durable, won on the others'
     # votes, crashed before its fsync, restarted in the old term and won the same term again
     # ("node 2 leads term 8 again after a restart"); without that check the same seed shows
     # the damage: two different entries at (26, 8) ("log matching").
     (37, SimConfig(knobs="pre_vote=0,campaign_crash=0.3,fsync_max_ms=40,"
-                         "idle_heartbeat_tick=0,roam=0,durable_sm=0")),  # later knobs: as then
+                         "idle_heartbeat_tick=0,roam=0,durable_sm=0,replay=0")),  # as then
     # No leader for the 3 s after the heal ("3000 ms after the heal, no leader"). Node 2 had
     # been demoted to learner; node 3 held that entry but had committed only up to 4, so it
     # still counted {1, 2, 3} as voters and campaigned again and again with a log behind node
@@ -598,7 +649,7 @@ REGRESSION_SEEDS = [
     # term and restarted its own election timer, so it never got its turn. A node now
     # restarts that timer only on hearing from a leader or granting a vote
     # (test_refusing_a_candidate_does_not_restart_the_election_timer).
-    (1246, SimConfig(knobs="durable_sm=1,compact_every=3")),
+    (1246, SimConfig(knobs="durable_sm=1,compact_every=3,replay=0")),
 ]
 
 
