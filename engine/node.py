@@ -145,6 +145,8 @@ PING_INTERVAL_S = 1.0
 UNMEASURED_RETRY_S = 0.05
 """The first wait before a node no peer has measured yet connects to a peer again (doubling
 up to :data:`PING_INTERVAL_S`)."""
+UNMEASURED_WARN_ROUNDS = 10
+"""Rounds of pings after which a node no peer has measured yet says so as a warning."""
 STALE_READ_WAIT_S = 5.0
 INTENT_TIMEOUT_S = 2.0
 """A prepared transaction whose coordinator has not finished it this long after its prepare
@@ -503,14 +505,19 @@ class Node:
                 await first_round.wait()
             self._check_clocks()
             if self._clock_problem == self._unmeasured:
-                log.warning("node %d does not serve yet: %s", self.id, self._unmeasured)
+                # Usual for the first node of a cluster started: its peers come up next.
+                log.info("node %d does not serve yet: %s", self.id, self._unmeasured)
             task_status.started()
+            rounds = 0
             while True:
                 await trio.sleep(PING_INTERVAL_S)
                 # One timer for every peer's ping: a timer that expires costs this node a
                 # wake-up (and trio a cancel scope), which is more than the ping itself.
                 self._ping_round.unpark_all()
                 self._check_clocks()
+                rounds += 1
+                if rounds == UNMEASURED_WARN_ROUNDS and self._clock_problem == self._unmeasured:
+                    log.warning("node %d still does not serve: %s", self.id, self._unmeasured)
 
     def _check_clocks(self) -> None:
         """One check of the clock: stops serving (and hands its groups over) while it is
