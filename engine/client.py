@@ -117,6 +117,7 @@ from .errors import (
 from .hlc import ClockOffsetError, HybridClock
 from .merge import (
     APP_PREFIX,
+    MAX_APP_VALUE_SIZE,
     MERGE,
     PUT,
     RemoteWrite,
@@ -1531,8 +1532,8 @@ def _check_key(key: object) -> bytes:
     if not k:
         raise InvalidArgumentError("keys must not be empty")
     if len(k) > MAX_USER_KEY_SIZE:
-        raise RecordTooLargeError(f"key of {len(k)} bytes: keys are 1..{MAX_USER_KEY_SIZE} "
-                                  f"bytes")
+        raise RecordTooLargeError(f"key {k!r:.80} is {len(k)} bytes: keys are "
+                                  f"1..{MAX_USER_KEY_SIZE} bytes")
     return k
 
 
@@ -1793,7 +1794,8 @@ class Transaction:
         stored, group = await self._locate(keyspace, key)
         v = _as_bytes(value, "value")
         if len(v) > self._db.limits["max_value_size"]:
-            raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
+            raise RecordTooLargeError(f"value of {len(v)} bytes for key {user_key(stored)!r:.80} "
+                                      f"of keyspace {keyspace!r}: the limit is "
                                       f"{self._db.limits['max_value_size']}")
         await self._write(keyspace, stored, group, v)
 
@@ -1833,8 +1835,9 @@ class Transaction:
                 raise InvalidArgumentError(
                     f"one {ks.resolver} operation per key per transaction (key {key!r})")
         if len(v) > self._db.limits["max_value_size"]:
-            raise RecordTooLargeError(f"payload of {len(v)} bytes: the limit is "
-                                      f"{self._db.limits['max_value_size']}")
+            raise RecordTooLargeError(f"payload of {len(v)} bytes for key "
+                                      f"{user_key(stored)!r:.80} of keyspace {keyspace!r}: the "
+                                      f"limit is {self._db.limits['max_value_size']}")
         self._buffer(stored, group, v, resolver=ks.resolver)
 
     async def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
@@ -2168,7 +2171,8 @@ class Transaction:
         # groups check it so): a longer key would be refused only at commit.
         limit = self._db.limits["max_key_size"] - KEY_PREFIX_SIZE
         if len(k) > limit:
-            raise RecordTooLargeError(f"key of {len(k)} bytes: the limit is {limit}")
+            raise RecordTooLargeError(f"key {k!r:.80} of keyspace {keyspace!r} is {len(k)} "
+                                      f"bytes: the limit is {limit}")
         return encode_key(ks.id, k), group
 
     def _buffer(self, stored: bytes, group: int, value: bytes | None, *,
@@ -2178,9 +2182,14 @@ class Transaction:
         limits = self._db.limits
         pending = self._writes if resolver is None else self._merges
         new_key = stored not in self._writes and stored not in self._merges
+        if resolver is not None and value is not None and len(value) > MAX_APP_VALUE_SIZE:
+            raise RecordTooLargeError(
+                f"value of {len(value)} bytes: a regional keyspace's limit is "
+                f"{MAX_APP_VALUE_SIZE} (the store's less the room of a conflict-log record, "
+                f"which keeps a losing write's value)")
         if new_key and len(self._writes) + len(self._merges) >= limits["max_txn_keys"]:
             raise LimitExceededError(f"more than {limits['max_txn_keys']} keys written in one "
-                                     f"transaction")
+                                     f"transaction (at key {user_key(stored)!r:.80})")
         old = pending.get(stored)
         if resolver is not None and old is not None:
             old = old[1]
@@ -2188,7 +2197,7 @@ class Transaction:
                                                                     else 0)
         if size > limits["max_txn_bytes"]:
             raise LimitExceededError(f"more than {limits['max_txn_bytes']} bytes written in "
-                                     f"one transaction")
+                                     f"one transaction (at key {user_key(stored)!r:.80})")
         self._bytes = size
         if resolver is None:
             self._writes[stored] = value

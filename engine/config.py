@@ -493,7 +493,9 @@ class Limits:
     max_key_size: int = 250
     """At most the store's limit, :data:`engine.mvcc.MAX_KEY_SIZE`."""
     max_value_size: int = 1 << 20
-    """At most the store's limit, :data:`engine.mvcc.MAX_VALUE_SIZE`."""
+    """At most the store's limit, :data:`engine.mvcc.MAX_VALUE_SIZE`. A regional keyspace's
+    writes take at most :data:`engine.merge.MAX_APP_VALUE_SIZE`, 4 KiB less, whatever this
+    is: one that loses a conflict is logged with its value."""
     max_txn_lifetime_s: float = 60.0
 
     def __post_init__(self) -> None:

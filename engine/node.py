@@ -93,7 +93,7 @@ from raft.transport import LinkModel
 from . import catalog as cat
 from . import planted
 from ._fs import makedirs_durable, storage_error
-from .config import NodeConfig, application_resolvers
+from .config import MAX_TXN_BYTES, Limits, NodeConfig, application_resolvers
 from .durable import DurableState
 from .errors import (
     AmbiguousCommitError,
@@ -121,9 +121,9 @@ from .group import (
     encode_remote,
     encode_shipped,
 )
-from .merge import RESOLVER_NAMES, is_resolver_name
+from .merge import MAX_APP_VALUE_SIZE, RESOLVER_NAMES, is_resolver_name
 from .hlc import ClockOffsetError, ClockOffsetMonitor, HybridClock
-from .mvcc import MAX_SIDE_KEY_SIZE, MAX_TS, MVCCStore
+from .mvcc import MAX_KEY_SIZE, MAX_SIDE_KEY_SIZE, MAX_TS, MAX_VALUE_SIZE, MVCCStore
 from .placement import (
     KEY_PREFIX_SIZE,
     META_GROUP,
@@ -202,6 +202,12 @@ _MOVED_WHY = (
     ": its keyspace moved to another home region or was dropped")
 """What a ``moved`` refusal of a commit or prepare says, by the level of the keyspace's
 fence in the group (see engine.group, FENCE): 0 (only ``available_from``), 1, 2 or 3."""
+COPY_LIMITS = Limits(max_txn_keys=MAX_TXN_KEYS, max_txn_bytes=MAX_TXN_BYTES,
+                     max_key_size=MAX_KEY_SIZE, max_value_size=MAX_VALUE_SIZE)
+"""What one batch of a move's copy (``keyspace.copy``) is held to: the store's bounds and a
+request's, not the cluster's transaction limits. Its keys and values were committed under the
+limits of their day, and limits may be lowered between restarts: a key or value over today's
+would otherwise keep its keyspace from ever moving."""
 SCAN_PAGE_ITEMS = 10_000
 SCAN_PAGE_BYTES = 4 << 20
 """A ``scan`` answers at most this many pairs, and stops after the pair that brings their
@@ -989,11 +995,19 @@ class Node:
                 raise InvalidArgumentError(f"resolver {resolver!r} is not configured on this "
                                            f"node (its [cluster.resolvers])")
             if not 0 < len(key) <= limits.max_key_size:
-                raise RecordTooLargeError(f"key of {len(key)} bytes: keys are 1.."
+                raise RecordTooLargeError(f"key {user_key(key)!r:.80} is {len(key)} bytes with "
+                                          f"its keyspace prefix: keys are 1.."
                                           f"{limits.max_key_size} bytes")
             if value is not None and len(value) > limits.max_value_size:
-                raise RecordTooLargeError(f"value of {len(value)} bytes: the limit is "
+                raise RecordTooLargeError(f"value of {len(value)} bytes for key "
+                                          f"{user_key(key)!r:.80}: the limit is "
                                           f"{limits.max_value_size}")
+            if value is not None and len(value) > MAX_APP_VALUE_SIZE:
+                # Else the group would refuse the entry as malformed, after consensus on it.
+                raise RecordTooLargeError(
+                    f"value of {len(value)} bytes: a regional keyspace's limit is "
+                    f"{MAX_APP_VALUE_SIZE} (the store's less the room of a conflict-log "
+                    f"record, which keeps a losing write's value)")
             total += len(key) + (len(value) if value else 0)
             out.append((key, resolver, value))
         if total > limits.max_txn_bytes:
@@ -1001,8 +1015,10 @@ class Node:
                                      f"{limits.max_txn_bytes} per transaction")
         return out
 
-    def _check_writes(self, writes: list) -> list[tuple[bytes, bytes | None]]:
-        limits = self.cluster.limits
+    def _check_writes(self, writes: list, limits: Limits | None = None,
+                      ) -> list[tuple[bytes, bytes | None]]:
+        """``writes`` as pairs, within ``limits`` (default: the cluster's)."""
+        limits = limits or self.cluster.limits
         if len(writes) > limits.max_txn_keys:
             raise LimitExceededError(f"{len(writes)} keys written; the limit is "
                                      f"{limits.max_txn_keys} per transaction")
@@ -1014,10 +1030,12 @@ class Node:
                 raise InvalidArgumentError("each write must be [key: bytes, value: bytes|nil]")
             k, v = w
             if not 0 < len(k) <= limits.max_key_size:
-                raise RecordTooLargeError(f"key of {len(k)} bytes: keys are 1.."
+                raise RecordTooLargeError(f"key {user_key(k)!r:.80} is {len(k)} bytes with its "
+                                          f"keyspace prefix: keys are 1.."
                                           f"{limits.max_key_size} bytes")
             if v is not None and len(v) > limits.max_value_size:
-                raise RecordTooLargeError(f"value of {len(v)} bytes: the limit is "
+                raise RecordTooLargeError(f"value of {len(v)} bytes for key "
+                                          f"{user_key(k)!r:.80}: the limit is "
                                           f"{limits.max_value_size}")
             total += len(k) + (len(v) if v else 0)
             pairs.append((k, v))
@@ -1853,7 +1871,7 @@ class Node:
             raise InvalidArgumentError("txn_id must be an int in 1..2**64-1")
         if not isinstance(writes, list):
             raise InvalidArgumentError("writes must be a list")
-        pairs = self._check_writes(writes)
+        pairs = self._check_writes(writes, COPY_LIMITS)
         lo, hi = keyspace_bounds(ks_id)
         if not all(lo <= k < hi for k, _ in pairs):
             raise InvalidArgumentError(f"a copy writes keys of keyspace {ks_id} only")

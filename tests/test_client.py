@@ -328,6 +328,31 @@ async def test_key_and_merge_payload_sizes_are_refused_when_written():
                 assert await db.read("g", b"k" * 16) == b"v"
 
 
+async def test_a_limit_error_names_the_key_it_refused():
+    # The errors said only "value of 1001 bytes: the limit is 1000": in a transaction of
+    # many writes, nothing told which key was over.
+    limits = Limits(max_txn_keys=2, max_txn_bytes=1100, max_key_size=20, max_value_size=1000)
+    async with open_local_cluster(("us-east",), 1, limits=limits, seed=23) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("g")
+                await db.create_keyspace("s", mode="regional", resolver="add_wins_set")
+                tx = db.transaction()
+                with pytest.raises(errors.RecordTooLargeError, match="b'long-key-.*'g'.* 16"):
+                    await tx.put("g", b"long-key-" + b"k" * 11, b"v")
+                with pytest.raises(errors.RecordTooLargeError, match="b'big'.*'g'.* 1000"):
+                    await tx.put("g", b"big", b"v" * 1001)
+                with pytest.raises(errors.RecordTooLargeError, match="b'set'.*'s'.* 1000"):
+                    await tx.merge("s", b"set", encode_set_add(b"x" * 1000))
+                await tx.put("g", b"a", b"v" * 1000)
+                with pytest.raises(errors.LimitExceededError, match="1100 bytes.*b'b'"):
+                    await tx.put("g", b"b", b"v" * 100)
+                await tx.put("g", b"b", b"v")
+                with pytest.raises(errors.LimitExceededError, match="2 keys.*b'c'"):
+                    await tx.put("g", b"c", b"v")
+                await tx.rollback()
+
+
 async def test_a_keyspace_create_whose_answer_was_lost_is_not_sent_again(nursery):
     # The node applies the create and never answers (it dies, or is cut off, after the
     # catalog entry committed). Sent again, the create finds the keyspace and the caller
