@@ -31,7 +31,8 @@ retry loop, because its function is ordinary blocking code and must run in the c
 
 Thread-safety: a :class:`BlockingDatabase` may be shared by any number of threads (each call
 is its own task in the connection's trio loop). A :class:`BlockingTransaction`, like
-:class:`engine.client.Transaction`, must not be used by two threads at once.
+:class:`engine.client.Transaction`, must not be used by two threads at once: a call made while
+another thread's call of it runs is refused with :class:`~engine.errors.InvalidArgumentError`.
 
 Closing: :meth:`BlockingDatabase.close` cancels the calls still running (a commit cancelled so
 raises :class:`~engine.errors.AmbiguousCommitError`, the others the "closed" error), closes the
@@ -46,7 +47,12 @@ and the database is closed (``closed`` is true).
 Ctrl-C: a ``KeyboardInterrupt`` in a thread waiting for a call cancels that call in the
 connection's thread and waits for it to end before it reaches the application (a second
 Ctrl-C stops the wait), so that nothing the application gave up on goes on behind its back. A
-commit interrupted so may or may not have been applied. The connection stays open.
+commit interrupted so may or may not have been applied: its ``KeyboardInterrupt`` carries a note
+that says so. The connection stays open.
+
+Fork: a connection belongs to the process that made it. In a child made by ``os.fork()`` (or
+a ``multiprocessing`` pool that forks) its calls raise :class:`~engine.errors.InvalidArgumentError`
+at once, and closing it does nothing there: connect again in the child.
 
 Do not use this module from inside a trio run: it would block the event loop. Use
 :func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so.
@@ -57,6 +63,7 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import os
 import random
 import secrets
 import threading
@@ -93,6 +100,8 @@ _REFUSED = object()
 _CANCELLED = object()
 
 _CLOSED_MESSAGE = "the database connection is closed"
+_FORKED_MESSAGE = ("the database connection was made before this process was forked and "
+                   "belongs to the parent process: connect again in this one")
 
 
 def _closed_error() -> InvalidArgumentError:
@@ -135,6 +144,9 @@ class _Portal:
     """
 
     def __init__(self) -> None:
+        # A child made by fork() has a copy of this object and none of the thread: its calls
+        # would wait for ever for a loop that does not run there.
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._close_requested = False
@@ -227,7 +239,11 @@ class _Portal:
     def close(self) -> None:
         """Idempotent; safe from any thread, including the trio thread itself (a finalizer
         may run there), where it cannot wait for the thread to end. Raises, once, what the
-        trio side raised while shutting down (closing connections), if anything."""
+        trio side raised while shutting down (closing connections), if anything. In a child
+        process forked since the connection was made it does nothing: the connection is the
+        parent's."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             self._close_requested = True
             token = self._token
@@ -278,6 +294,8 @@ class _Portal:
         run stopping by itself (then caused by why it stopped). Without it: the "closed"
         error, or the UnavailableError that says why the run stopped."""
         _check_not_in_trio("the blocking client")
+        if os.getpid() != self._pid:  # before the lock, which another thread may have held
+            raise InvalidArgumentError(_FORKED_MESSAGE)
         with self._lock:
             closed, token = self._close_requested, self._token
         if closed or token is None:
@@ -607,7 +625,10 @@ class BlockingTransaction:
     ``with db.transaction() as tx`` commits when the block ends without an exception and rolls
     back otherwise.
 
-    Thread-safety: not safe to use from two threads at once.
+    Thread-safety: not safe to use from two threads at once. A call made while another
+    thread's call of the same transaction runs raises
+    :class:`~engine.errors.InvalidArgumentError` (it would have raced with it: a read landing
+    after the commit was sent, say, is not validated by it).
 
     Attributes:
         isolation: ``"snapshot"`` or ``"serializable"``.
@@ -622,6 +643,7 @@ class BlockingTransaction:
         self._tx = tx
         self.isolation: str = tx.isolation
         self.txn_id: int = tx.txn_id
+        self._busy = threading.Lock()  # held while a call of this transaction runs
 
     @property
     def read_ts(self) -> int:
@@ -645,47 +667,45 @@ class BlockingTransaction:
             # Transaction.__aexit__ commits if still open. An explicit commit or rollback in
             # the block leaves nothing to do: its outcome is known, and the connection,
             # perhaps closed since, is not needed to report it.
-            self._portal.call(self._tx.__aexit__, None, None, None,
-                              on_cancel=_ambiguous_on_close)
+            self._commit(self._tx.__aexit__, None, None, None)
 
     def get(self, keyspace: str, key: bytes | str) -> bytes | None:
         """The key's value in this transaction's snapshot, or its own pending write."""
-        return self._portal.call(self._tx.get, keyspace, key)
+        return self._call(self._tx.get, keyspace, key)
 
     def get_many(self, keyspace: str, keys) -> list[bytes | None]:
         """Several keys of one keyspace in one round trip, in the order given."""
-        return self._portal.call(self._tx.get_many, keyspace, list(keys))
+        return self._call(self._tx.get_many, keyspace, list(keys))
 
     def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
         """Reads a key and adds it to the write set unchanged, so a concurrent writer of it
         conflicts with this transaction (prevents write skew under snapshot isolation)."""
-        return self._portal.call(self._tx.get_for_update, keyspace, key)
+        return self._call(self._tx.get_for_update, keyspace, key)
 
     def scan(self, keyspace: str, start: bytes | str = b"", end: bytes | str | None = None,
              *, limit: int | None = None, reverse: bool = False) -> list[tuple[bytes, bytes]]:
         """Live keys in ``[start, end)``, merged with this transaction's own writes."""
-        return self._portal.call(self._tx.scan, keyspace, start, end, limit=limit,
-                                 reverse=reverse)
+        return self._call(self._tx.scan, keyspace, start, end, limit=limit, reverse=reverse)
 
     def put(self, keyspace: str, key: bytes | str, value: bytes | str) -> None:
         """Writes ``value`` at ``key`` when the transaction commits; see
         :meth:`engine.client.Transaction.put`."""
-        self._portal.call(self._tx.put, keyspace, key, value)
+        self._call(self._tx.put, keyspace, key, value)
 
     def delete(self, keyspace: str, key: bytes | str) -> None:
         """Deletes ``key`` when the transaction commits."""
-        self._portal.call(self._tx.delete, keyspace, key)
+        self._call(self._tx.delete, keyspace, key)
 
     def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:
         """A write to a regional keyspace with a merge type (ARCH §6): ``payload`` in the
         resolver's format (:mod:`engine.merge`: an increment for ``counter``, a number for
         ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
         except counter increments, which add up."""
-        self._portal.call(self._tx.merge, keyspace, key, payload)
+        self._call(self._tx.merge, keyspace, key, payload)
 
     def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
         """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver."""
-        self._portal.call(self._tx.increment, keyspace, key, amount)
+        self._call(self._tx.increment, keyspace, key, amount)
 
     def commit(self) -> None:
         """Commits, or raises :class:`~engine.errors.TransactionConflictError` (nothing was
@@ -695,11 +715,34 @@ class BlockingTransaction:
             AmbiguousCommitError: the outcome is unknown (also when the database was closed
                 while the commit was in flight).
         """
-        self._portal.call(self._tx.commit, on_cancel=_ambiguous_on_close)
+        self._commit(self._tx.commit)
 
     def rollback(self) -> None:
         """Discards the transaction's writes; nothing was sent, so nothing needs undoing."""
-        self._portal.call(self._tx.rollback)
+        self._call(self._tx.rollback)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The portal's call, refused while another thread's call of this transaction runs."""
+        if not self._busy.acquire(blocking=False):
+            raise InvalidArgumentError(f"transaction {self.txn_id:#x} is in use by another "
+                                       f"thread: a transaction must not be used by two threads "
+                                       f"at once")
+        try:
+            return self._portal.call(fn, *args, **kwargs)
+        finally:
+            self._busy.release()
+
+    def _commit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs a commit; a Ctrl-C that cut it short once sent says that its outcome is unknown,
+        as AmbiguousCommitError would (the application may not keep the transaction to ask)."""
+        try:
+            self._call(fn, *args, on_cancel=_ambiguous_on_close)
+        except KeyboardInterrupt as interrupt:
+            if self._tx._state.startswith("of unknown outcome"):
+                interrupt.add_note(f"transaction {self.txn_id:#x} was interrupted while it "
+                                   f"committed: it may or may not have committed (read to "
+                                   f"find out before running it again)")
+            raise
 
     def _discard_quietly(self) -> None:
         """Rolls back on an error path, where the connection may already be gone (a rollback

@@ -736,3 +736,111 @@ def test_a_commit_in_flight_when_the_loop_stops_by_itself_is_ambiguous(addresses
             db.list_keyspaces()
     finally:
         db.close()
+
+
+def test_a_forked_child_is_refused_the_parents_connection(addresses):
+    """A child made by fork() has a copy of the handle but not the client's thread: its calls
+    are refused at once (they waited for ever), closing there leaves the parent's connection
+    alone, and the parent goes on using it."""
+    script = (
+        "import os, signal\n"
+        "from engine.blocking import connect_blocking\n"
+        f"db = connect_blocking({addresses!r})\n"
+        "db.create_keyspace('forked')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(5)  # a child that hangs must not outlive the test\n"
+        "    try:\n"
+        "        db.read('forked', 'k')\n"
+        "    except Exception as exc:\n"
+        "        print('child:', type(exc).__name__, exc, flush=True)\n"
+        "    db.close()\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('child exit:', os.waitstatus_to_exitcode(status))\n"
+        "db.run_transaction(lambda tx: tx.put('forked', 'k', 'parent'))\n"
+        "print('parent:', db.read('forked', 'k'))\n"
+        "db.close()\n"
+    )
+    lines = _run_script(script, timeout=40)
+    assert lines[0].startswith("child: InvalidArgumentError")
+    assert "before this process was forked" in lines[0]
+    assert lines[1:] == ["child exit: 0", "parent: b'parent'"]
+
+
+def test_a_transaction_used_by_two_threads_at_once_is_refused(db, ks):
+    """A transaction is not safe to use from two threads at once: a call made while another
+    thread's call of it runs (here: a read waiting for its answer) is refused, rather than
+    racing with it (a commit sent then would not validate the read, which would still move
+    the snapshot of a transaction already committed). One thread at a time is fine."""
+    tx = db.transaction("serializable")
+    started, release = threading.Event(), threading.Event()
+    real_get_many = tx._tx.get_many
+
+    async def slow_get_many(keyspace, keys):
+        started.set()
+        await trio.to_thread.run_sync(release.wait)
+        return await real_get_many(keyspace, keys)
+
+    tx._tx.get_many = slow_get_many
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(tx.get(ks, b"k")))
+    reader.start()
+    try:
+        assert started.wait(10)
+        for use in (lambda: tx.put(ks, b"k", b"v"), tx.commit, tx.rollback):
+            with pytest.raises(errors.InvalidArgumentError, match="two threads at once"):
+                use()
+    finally:
+        release.set()
+        reader.join()
+    assert outcome == [None]
+    tx.put(ks, b"k", b"v")
+    tx.commit()
+    assert db.read(ks, b"k") == b"v"
+
+
+def test_ctrl_c_during_a_commit_says_its_outcome_is_unknown(db, ks, monkeypatch):
+    """A commit cut short by Ctrl-C once sent may have been applied: the KeyboardInterrupt
+    says so (a note, as AmbiguousCommitError would), from commit(), the end of a ``with``
+    block and run_transaction alike, where the application no longer holds the transaction
+    to ask it."""
+    import signal
+
+    in_flight = threading.Event()
+
+    async def parked_commit(self, *args):
+        in_flight.set()
+        await trio.sleep_forever()
+
+    def interrupted(commit) -> KeyboardInterrupt:
+        in_flight.clear()
+
+        def ctrl_c():
+            assert in_flight.wait(10)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        t = threading.Thread(target=ctrl_c)
+        t.start()
+        try:
+            with pytest.raises(KeyboardInterrupt) as info:
+                commit()
+        finally:
+            t.join()
+        return info.value
+
+    def in_a_block():
+        with db.transaction() as tx:
+            tx.put(ks, b"k", b"v")
+
+    def explicitly():
+        tx = db.transaction()
+        tx.put(ks, b"k", b"v")
+        tx.commit()
+
+    assert threading.current_thread() is threading.main_thread()
+    monkeypatch.setattr(Transaction, "_commit_one", parked_commit)
+    for commit in (explicitly, in_a_block,
+                   lambda: db.run_transaction(lambda tx: tx.put(ks, b"k", b"v"))):
+        notes = getattr(interrupted(commit), "__notes__", [])
+        assert len(notes) == 1 and "may or may not have committed" in notes[0]
