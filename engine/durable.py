@@ -98,8 +98,9 @@ _MAX_SEQUENCE = 2**64 - 1
 class _Slot:
     """One parsed slot.
 
-    ``status`` is "valid", "empty", "bad", or "foreign" (intact, but written by another format
-    version); ``sequence``, ``payload`` (None: nothing stored) and ``slot_size`` only when valid.
+    ``status`` is "valid", "empty", "bad", or "foreign" (written by another format version,
+    whose layout past the version field this code cannot judge); ``sequence``, ``payload``
+    (None: nothing stored) and ``slot_size`` only when valid.
     """
 
     status: str
@@ -132,6 +133,12 @@ def _parse_slot(data: bytes, index: int, slot_size: int | None) -> _Slot:
     if len(data) >= SLOT_HEADER_SIZE:
         magic, version, size, seq, n = _HEADER.unpack_from(data)
         if magic == MAGIC:
+            # The version before anything laid out after it: another version's slot may keep
+            # its length and checksum elsewhere, and taken for a torn slot of this one it
+            # would let the other slot's older value win. A torn write never changes the
+            # version: it shares a sector with the magic, and both slots' writes carry ours.
+            if version != FORMAT_VERSION:
+                return _Slot("foreign", why=f"format version {version}")
             end = SLOT_HEADER_SIZE + (0 if n == NOTHING_STORED else n)
             if end + _CRC.size > len(data):
                 return _Slot("bad", why="its length runs past the end of the slot")
@@ -139,8 +146,6 @@ def _parse_slot(data: bytes, index: int, slot_size: int | None) -> _Slot:
             if crc != crc32c_masked(data[:end]):
                 return _Slot("bad", why="checksum mismatch")
             # From here on the bytes are as they were written.
-            if version != FORMAT_VERSION:
-                return _Slot("foreign", why=f"format version {version}")
             if not _valid_slot_size(size) or (slot_size is not None and size != slot_size):
                 return _Slot("bad", why=f"slot size {size}, the file's is {slot_size}")
             if n != NOTHING_STORED and n > size - SLOT_OVERHEAD:

@@ -365,6 +365,17 @@ class MVCCStore(Resource):
         except lmdb.Error as exc:
             raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
         try:
+            # A data file without our meta table is a new store only while it is empty: one
+            # holding anything else is another program's LMDB database, never adopted (the
+            # tables and the format record below would be written into it).
+            with env.begin() as txn:
+                others = 0 if txn.get(_DB_META) is not None else env.stat()["entries"]
+            if others:
+                raise errors.CorruptStateError(
+                    f"cannot open MVCC store {self._path}: {data_path} is an LMDB database "
+                    f"but no MVCC store (no {_DB_META.decode()} table; {others} other records)",
+                    data_path,
+                )
             if self._writemap:
                 # LMDB has made the file as long as the map, but sparse, and the write
                 # transactions below go through the map: reserve the space before them, so that
@@ -386,8 +397,9 @@ class MVCCStore(Resource):
                         )
                     txn.put(_META_FORMAT, _pack64(FORMAT_VERSION))
                 elif len(fmt) != 8 or _unpack64(fmt)[0] != FORMAT_VERSION:
+                    have = _unpack64(fmt)[0] if len(fmt) == 8 else f"record {fmt.hex()}"
                     raise errors.CorruptStateError(
-                        f"MVCC store {self._path} has format {fmt.hex()}, "
+                        f"MVCC store {self._path} has format {have}; "
                         f"this code reads format {FORMAT_VERSION}",
                         data_path,
                     )
@@ -2154,10 +2166,13 @@ def _lmdb_error(exc: lmdb.Error, what: str) -> errors.MeridianError:
     code = getattr(exc, "code", 0) or 0
     if code == _errno.ENOSPC:
         return errors.DiskFullError(f"{what}: {exc}")
-    # InvalidError: data.mdb is not an LMDB file; IncompatibleError: it is one, but a table
-    # of ours is something else in it.
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.PanicError
-                  | lmdb.InvalidError | lmdb.IncompatibleError):
+    # InvalidError: data.mdb is not an LMDB file; VersionMismatchError, or the binding's plain
+    # Error naming the "LMDB data format" it found on open: it is one of a format this LMDB
+    # does not read; IncompatibleError: it is one, but a table of ours is something else in it.
+    unknown_format = "LMDB data format" in str(exc)
+    if unknown_format or isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError
+                                    | lmdb.PanicError | lmdb.InvalidError
+                                    | lmdb.VersionMismatchError | lmdb.IncompatibleError):
         return errors.CorruptStateError(f"{what}: {exc}")
     if "closed/deleted/dropped" in str(exc):
         return errors.StoreClosedError(f"{what}: the store is closed")

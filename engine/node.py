@@ -97,6 +97,7 @@ from .config import MAX_TXN_BYTES, Limits, NodeConfig, application_resolvers
 from .durable import DurableState
 from .errors import (
     AmbiguousCommitError,
+    CorruptStateError,
     InvalidArgumentError,
     LimitExceededError,
     MeridianError,
@@ -2052,9 +2053,25 @@ def _open_identity(directory: Path, cluster: str, node_id: int,
     try:
         raw = identity.load()
         if raw is None:
+            groups_dir = directory / "groups"
+            if groups_dir.is_dir() and any(groups_dir.iterdir()):
+                # Its groups' data, with no record of whose it is: another node's, or this
+                # node's with its IDENTITY lost. Claiming it could run a node on the wrong data.
+                raise CorruptStateError(
+                    f"data directory {directory} holds group data in {groups_dir} but its "
+                    f"IDENTITY records no node: whose data it is cannot be checked",
+                    str(directory / "IDENTITY"))
             identity.store(msgpack.packb(want))
             return identity
-        have = msgpack.unpackb(raw, raw=False)
+        try:
+            have = msgpack.unpackb(raw, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            have = None
+        if not isinstance(have, dict):
+            raise CorruptStateError(
+                f"{directory / 'IDENTITY'} does not hold a node identity (a state file of "
+                f"another kind?): {len(raw)} bytes that are no msgpack map",
+                str(directory / "IDENTITY"))
         if [have.get("cluster"), have.get("node")] != [cluster, node_id]:
             raise InvalidArgumentError(
                 f"data directory {directory} belongs to node {have.get('node')} of cluster "

@@ -1156,6 +1156,10 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
         magic, version, flags, index, term, n, nv, nl = _SNAP_FIXED.unpack(fixed)
         if magic != SNAPSHOT_MAGIC:
             raise corrupt("bad magic")
+        # Before anything laid out after it: another version's header may differ in size and
+        # fields, so its member counts and checksums mean nothing to this code.
+        if version != SNAPSHOT_VERSION:
+            raise corrupt(f"format version {version}; this code reads {SNAPSHOT_VERSION}", 8)
         if nv + nl > MAX_MEMBERS:
             raise corrupt(f"{nv} voters and {nl} learners: a damaged header")
         header_size = _SNAP_FIXED.size + 8 * (nv + nl) + 2 * _CRC.size
@@ -1166,8 +1170,6 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
         (header_crc,) = _CRC.unpack_from(header, header_size - 4)
         if header_crc != _masked(crc32c(header[: header_size - 4])):
             raise corrupt("header checksum mismatch")
-        if version != SNAPSHOT_VERSION:
-            raise corrupt(f"format version {version}; this code reads {SNAPSHOT_VERSION}", 8)
         if flags & ~(FLAG_LOG_RESET | FLAG_LOCAL) or flags == FLAG_LOG_RESET | FLAG_LOCAL:
             raise corrupt(f"unknown flags {flags:#x}", 12)
         if index < 1:

@@ -403,6 +403,21 @@ def test_a_file_of_another_format_version_is_refused_not_rolled_back(path):
     assert info.value.offset == SLOT
 
 
+def test_a_newer_slot_of_another_layout_is_refused_not_taken_for_a_torn_one(path):
+    """A newer format version may keep its length and checksum elsewhere: its slot must not
+    read as a torn slot of this version, which would roll the state back to the other slot."""
+    stored(path, b"a", b"b", b"c")  # b:2 in slot 0, c:3 in slot 1
+    # Version 2 with, say, a 64-bit sequence and length and the checksum at the slot's end.
+    body = b"MERIDSTA" + struct.pack("<IIQQ", 2, SLOT, 4, 1) + b"d"
+    write_at(path, SLOT, body)
+    write_at(path, 2 * SLOT - 4, struct.pack("<I", ref.mask(ref.crc32c(body))))
+    image = path.read_bytes()
+    with pytest.raises(CorruptStateError, match="slot 1 has format version 2") as info:
+        DurableState(path)
+    assert info.value.path == str(path) and info.value.offset == SLOT
+    assert path.read_bytes() == image
+
+
 def test_a_slot_copied_into_the_wrong_place_is_not_trusted(path):
     """A valid slot image at the wrong index (sequence parity) is not a valid slot."""
     stored(path, b"a", b"b", b"c")  # a:1 (overwritten by c), b:2 slot 0, c:3 slot 1
@@ -477,6 +492,11 @@ def _damage(path, index, kind, start, length, slot_size):
     write_at(path, lo, new)
 
 
+def _of_another_version(slot: bytes) -> bool:
+    return (len(slot) >= SLOT_HEADER_SIZE and slot[:8] == durable.MAGIC
+            and struct.unpack_from("<I", slot, 8)[0] != durable.FORMAT_VERSION)
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -487,8 +507,9 @@ def test_model_stores_and_single_slot_damage(ops):
     """Against a model of the two slots: after damage, open returns the newest value whose
     slot is intact — the last stored or the one before — or raises when no slot is intact.
 
-    The model knows no format: a slot is intact when the bytes its store left (up to the end
-    of its checksum, ``SLOT_OVERHEAD + len(payload)``) are unchanged.
+    The model knows no format but the magic and version: a slot is intact when the bytes its
+    store left (up to the end of its checksum, ``SLOT_OVERHEAD + len(payload)``) are unchanged,
+    and a version field changed under an intact magic is refused whichever slot it is in.
     """
     slot_size = 512  # small slots: damage lands in the used part more often
     with tempfile.TemporaryDirectory() as d:
@@ -523,6 +544,13 @@ def test_model_stores_and_single_slot_damage(ops):
                         seq, value, image = fallen
                         if slot_bytes(path, seq % 2, slot_size)[: len(image)] == image:
                             intact[seq] = value
+                    if any(_of_another_version(slot_bytes(path, i, slot_size)) for i in (0, 1)):
+                        # Its version changed under an intact magic: no torn write does that,
+                        # and another version's layout cannot be judged, so nothing is trusted.
+                        event("another format version: refused")
+                        with pytest.raises(CorruptStateError, match="format version"):
+                            DurableState(path)
+                        return
                     if not intact:
                         event("no intact slot: corruption")
                         with pytest.raises(CorruptStateError):

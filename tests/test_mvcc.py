@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 
 import shutil
+import struct
 import tempfile
 import threading
 
@@ -428,6 +429,21 @@ def test_second_handle_is_refused(tmp_path):
         assert s.applied_index == 0
 
 
+def test_another_programs_lmdb_database_is_refused_not_adopted(tmp_path):
+    """An LMDB data file without the store's tables is new only while empty: another
+    program's database is refused, and nothing is written into it."""
+    import lmdb
+
+    path = tmp_path / "store"
+    with lmdb.open(str(path), map_size=SMALL_MAP) as env, env.begin(write=True) as txn:
+        txn.put(b"some", b"other program's data")
+    with pytest.raises(errors.CorruptStateError, match="no MVCC store") as info:
+        MVCCStore(path, map_size=SMALL_MAP)
+    assert info.value.path == str(path / "data.mdb")
+    with lmdb.open(str(path), map_size=SMALL_MAP) as env, env.begin() as txn:
+        assert list(txn.cursor()) == [(b"some", b"other program's data")]
+
+
 def test_missing_directory_without_create(tmp_path):
     with pytest.raises(errors.StorageError):
         MVCCStore(tmp_path / "absent", create=False)
@@ -450,6 +466,34 @@ def test_a_data_file_that_is_no_store_is_corruption(tmp_path, content):
         (path / "data.mdb").write_bytes(blob)
     with pytest.raises(errors.CorruptStateError, match="cannot open MVCC store"):
         MVCCStore(path, map_size=SMALL_MAP)
+
+
+@pytest.mark.parametrize("newer", ["store format", "lmdb data format"])
+def test_a_store_of_a_newer_format_is_refused_and_left_alone(tmp_path, newer):
+    """A newer format of the store, or of LMDB's data file under it, is an unknown format:
+    CorruptStateError saying so (not an I/O error), and the data file is not touched."""
+    import lmdb
+
+    path = tmp_path / "store"
+    with MVCCStore(path, map_size=SMALL_MAP) as s:
+        s.apply([(b"k", b"v")], 10, 1)
+    data = path / "data.mdb"
+    if newer == "store format":
+        with lmdb.open(str(path), max_dbs=8, map_size=data.stat().st_size) as env:
+            with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+                txn.put(b"format", (2).to_bytes(8, "big"))
+        message = "has format 2; this code reads format 1"
+    else:
+        raw = bytearray(data.read_bytes())
+        for meta_page in (0, 4096):  # each meta page: a 16-byte page header, magic, version
+            assert struct.unpack_from("<I", raw, meta_page + 16)[0] == 0xBEEFC0DE
+            struct.pack_into("<I", raw, meta_page + 20, 2)
+        data.write_bytes(bytes(raw))
+        message = "cannot open MVCC store"
+    image = data.read_bytes()
+    with pytest.raises(errors.CorruptStateError, match=message):
+        MVCCStore(path, map_size=SMALL_MAP)
+    assert data.read_bytes() == image
 
 
 def test_checkpoint_and_sync_mode(tmp_path):

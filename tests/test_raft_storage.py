@@ -556,6 +556,21 @@ def test_a_snapshot_of_an_unknown_version_or_flag_is_not_guessed_at(path):
         reopen(path)
 
 
+def test_a_snapshot_of_a_newer_version_with_another_layout_is_named_as_such(path):
+    """A newer version's header may differ in size and fields: the version is judged before
+    the member counts and checksums this code would read from it, and the file is kept."""
+    make_storage_with_snapshot(path)
+    f = path / "snapshot"
+    raw = bytearray(f.read_bytes())
+    struct.pack_into("<I", raw, 8, 2)  # version 2, its header laid out otherwise
+    struct.pack_into("<II", raw, 40, 1 << 20, 7)  # fields this code reads as member counts
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStateError, match="format version 2; this code reads 1") as info:
+        reopen(path)
+    assert info.value.path == str(f) and info.value.offset == 8
+    assert f.read_bytes() == raw
+
+
 def test_a_corrupt_hard_state_is_reported(path):
     with reopen(path) as st:
         st.save(hard_state=HardState(1, 1, 0))
