@@ -188,6 +188,37 @@ static void build_segment_header(uint8_t *h, uint64_t first_pos) {
     put_u32(h + 28, meridian_crc32c_mask(meridian_crc32c_extend(0, h, 28)));
 }
 
+/* 0 when h is the header of the segment named first_pos; else LS_ERR_CORRUPT saying what is
+ * wrong. The version is judged right after the magic: a newer version may lay out the rest of
+ * its header differently, so its checksum or position could not be read with this layout. */
+static int check_segment_header(const uint8_t *h, uint64_t first_pos, const char *path,
+                                struct ls_error *err) {
+    uint8_t want[LS_SEGMENT_HEADER_SIZE];
+    build_segment_header(want, first_pos);
+    if (memcmp(h, want, LS_SEGMENT_HEADER_SIZE) == 0) return LS_OK;
+    if (memcmp(h, SEGMENT_MAGIC, sizeof SEGMENT_MAGIC) != 0)
+        return set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                       "segment %s has no MERIDLOG magic: it is not a log segment, or its "
+                       "header is damaged",
+                       path);
+    uint32_t version = get_u32(h + 8);
+    if (version != SEGMENT_VERSION)
+        return set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                       "segment %s has format version %u; this code reads version %u",
+                       path, version, SEGMENT_VERSION);
+    if (get_u32(h + 28) != meridian_crc32c_mask(meridian_crc32c_extend(0, h, 28)))
+        return set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                       "segment %s has a bad header: checksum mismatch", path);
+    uint64_t named = (uint64_t)get_u32(h + 16) | (uint64_t)get_u32(h + 20) << 32;
+    if (named != first_pos)
+        return set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                       "segment %s has the header of a segment starting at position %llu, "
+                       "not %llu (its file name)",
+                       path, (unsigned long long)named, (unsigned long long)first_pos);
+    return set_err(err, LS_ERR_CORRUPT, 0, path, 0,
+                   "segment %s has a bad header: reserved bytes are not zero", path);
+}
+
 /* ---------------------------------------------------------------- capacity */
 
 static int grow_index(struct ls_store *st, size_t need) {
@@ -618,14 +649,9 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
             rc = io_err(st, err, errno, names[i], "cannot map");
             goto out;
         }
-        uint8_t want[LS_SEGMENT_HEADER_SIZE];
-        build_segment_header(want, names[i]);
         uint64_t end = 0, garbage_end = 0;
-        if (memcmp(buf, want, LS_SEGMENT_HEADER_SIZE) != 0)
-            rc = set_err(err, LS_ERR_CORRUPT, 0, path, 0,
-                         "segment %s has a bad header (magic, version, position or checksum)",
-                         path);
-        else
+        rc = check_segment_header(buf, names[i], path, err);
+        if (rc == LS_OK)
             rc = scan_segment(st, path, buf, size, names[i], is_last, &end, &garbage_end, err);
         munmap(buf, (size_t)size);
         if (rc) goto out;

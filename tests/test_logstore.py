@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import struct
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ from engine import (
     StoreLockedError,
 )
 from engine import _logformat as ref
-from engine._native import Syncer
+from engine._native import Syncer, crc32c_masked
 from engine.logstore import MAX_RECORD_SIZE
 from logtools import (
     HEADER,
@@ -499,6 +500,58 @@ def test_bad_segment_header(logdir):
     with pytest.raises(CorruptLogError, match="header") as info:
         LogStore(logdir)
     assert info.value.offset == 0
+
+
+def _segment_header_of(first_pos: int, *, version: int = 1, named: int | None = None) -> bytes:
+    """A segment header with a valid checksum, of any version and naming any position."""
+    head = bytearray(ref.segment_header(first_pos if named is None else named))
+    struct.pack_into("<I", head, 8, version)
+    struct.pack_into("<I", head, 28, crc32c_masked(bytes(head[:28])))
+    return bytes(head)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("newer version", "format version 2; this code reads version 1"),
+        ("newer version, another layout", "format version 2; this code reads version 1"),
+        ("zeroed header", "no MERIDLOG magic"),
+        ("another file", "no MERIDLOG magic"),
+        ("checksum", "checksum mismatch"),
+        ("another position", "starting at position 2, not 1"),
+        ("half a header", "16 bytes, shorter than its header"),
+        ("empty", "0 bytes, shorter than its header"),
+    ],
+)
+def test_a_segment_header_that_is_not_this_segments_says_what_is_wrong(logdir, damage, message):
+    """Refused with the file and the reason: a newer format version is named as such (its
+    header may be laid out otherwise, so the version is judged before the checksum), and the
+    store is never re-initialised over it."""
+    fill(logdir, [30] * 3)
+    f = logdir / segments(logdir)[0]
+    before = f.read_bytes()
+    if damage == "newer version":
+        write_at(f, 0, _segment_header_of(1, version=2))
+    elif damage == "newer version, another layout":
+        write_at(f, 8, struct.pack("<I", 2))
+    elif damage == "zeroed header":
+        write_at(f, 0, bytes(HEADER))
+    elif damage == "another file":
+        write_at(f, 0, b"SQLite format 3\0")
+    elif damage == "checksum":
+        flip_byte(f, 29)
+    elif damage == "another position":
+        write_at(f, 0, _segment_header_of(1, named=2))
+    elif damage == "half a header":
+        truncate(f, HEADER // 2)
+    elif damage == "empty":
+        truncate(f, 0)
+    damaged = f.read_bytes()
+    with pytest.raises(CorruptLogError, match=message) as info:
+        LogStore(logdir, segment_size=SEG)
+    assert info.value.path == str(f) and info.value.offset == 0
+    assert f.read_bytes() == damaged and segments(logdir) == [f.name]
+    assert damaged != before
 
 
 def test_pages_of_an_unsynced_write_out_of_order_are_a_torn_tail(logdir):
