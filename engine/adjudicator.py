@@ -1,24 +1,30 @@
 """The adjudicator: the optimistic-concurrency check a Raft group's state machine runs when it
 applies commits and prepares (ARCH §5.5).
 
-For every key the group has seen recently the adjudicator remembers the timestamp of its last
-commit and, while a two-phase commit is in flight, the *intent* of the transaction that prepared
-it. A transaction arrives as a :class:`TxnRequest` — its snapshot ``read_ts``, its ``commit_ts``
-(the prepare timestamp, for a prepare) and its keys — and gets a :class:`Verdict`. The rules, in
-the order they are checked; the first one that fails is the verdict:
+For every key the group has seen recently the adjudicator remembers the timestamp of its last commit
+and, while a two-phase commit is in flight, the *intent* of the transaction that prepared it, and
+the *locks* of the serializable transactions that prepared having read it. A transaction arrives as
+a :class:`TxnRequest` — its snapshot ``read_ts``, its ``commit_ts`` (the prepare timestamp, for a
+prepare) and its keys — and gets a :class:`Verdict`. The rules, in the order they are checked; the
+first one that fails is the verdict:
 
 1. ``read_ts < low_water`` → ``TOO_OLD``: the history needed to validate it was pruned.
-2. For each written key, in order: another transaction's intent → ``INTENT``; a commit newer
-   than ``read_ts`` → ``WRITE_WRITE`` (first committer wins: no lost updates).
+2. For each written key, in order: another transaction's intent or lock → ``INTENT``; a commit
+   newer than ``read_ts`` → ``WRITE_WRITE`` (first committer wins: no lost updates).
 3. Serializable transactions only, for each read key, in order: another transaction's intent →
-   ``INTENT``; a commit newer than ``read_ts`` → ``READ_WRITE`` (no write skew).
+   ``INTENT``; a commit newer than ``read_ts`` → ``READ_WRITE`` (no write skew). Locks do not
+   conflict with reads: reading a key never changes it.
 
 An accepted commit (``prepare=False``, the one-group fast path) records ``commit_ts`` as the last
 commit of each written key (keeping the larger); an accepted prepare installs its intent on each
-written key instead, to be finished by :meth:`Adjudicator.resolve`. A transaction's own intents
-never conflict with it, so re-preparing is idempotent. A rejected transaction changes nothing.
-In a batch, a transaction accepted earlier is visible to the later ones, exactly as if each had
-been adjudicated alone and in order.
+written key instead, and a lock on each read key that does not carry its intent, to be finished
+(released) by :meth:`Adjudicator.resolve`. A prepared serializable transaction's commit timestamp is
+not known yet, so what it read must stay unchanged until it is resolved: a lock keeps writers out,
+and any number of transactions may hold one on the same key. An ``INTENT`` verdict for a lock
+reports the latest prepare timestamp of the locks taken on the key since it last had none. A
+transaction's own intents and locks never conflict with it, so re-preparing is idempotent. A
+rejected transaction changes nothing. In a batch, a transaction accepted earlier is visible to the
+later ones, exactly as if each had been adjudicated alone and in order.
 
 Invariant: every commit record is above ``low_water``. A transaction with ``read_ts >=
 low_water`` can only conflict with commits above its ``read_ts``, so older records carry no
@@ -93,7 +99,8 @@ class ConflictReason(enum.IntEnum):
     READ_WRITE = 2
     """Serializable only: a read key has a commit newer than ``read_ts``."""
     INTENT = 3
-    """A key (written, or read when serializable) carries another transaction's intent."""
+    """A key (written, or read when serializable) carries another transaction's intent, or a
+    written key another transaction's lock."""
     TOO_OLD = 4
     """``read_ts < low_water``: the history needed to validate it was pruned."""
 
@@ -149,7 +156,8 @@ class TxnRequest:
     writes: Sequence[bytes]
     """Keys written (may be empty; repeats are harmless). Keys are 1..MAX_KEY_SIZE bytes."""
     reads: Sequence[bytes] = ()
-    """Keys read; validated against other commits only when ``serializable``."""
+    """Keys read; validated against other commits (and locked, by a prepare) only when
+    ``serializable``."""
     serializable: bool = False
     prepare: bool = False
     """False: a one-phase commit (records ``commit_ts``). True: install intents instead."""
@@ -237,10 +245,12 @@ class AdjudicatorStats:
     keys: int
     """Keys tracked: with a commit record, an intent, or both (``len(adjudicator)``)."""
     intents: int
-    """Keys carrying an intent."""
+    """Keys carrying an intent, locks, or both."""
     low_water: int
     memory_bytes: int
     """Approximate bytes of memory held (implementation-specific)."""
+    locks: int = 0
+    """Locks held: one per key and transaction holding it."""
 
 
 # --------------------------------------------------------------------------- the C table
@@ -282,7 +292,7 @@ class Adjudicator:
         # Scratch for calls made under the lock: allocating per call costs more than a batch.
         self._err = ffi.new("struct adj_error *")
         self._size = ffi.new("size_t *")
-        self._u64 = ffi.new("uint64_t[3]")
+        self._u64 = ffi.new("uint64_t[4]")
         self._stats = ffi.new("struct adj_stats *")
         self._rows = 0
         self._grow_rows(256)
@@ -355,10 +365,10 @@ class Adjudicator:
     def resolve(self, txn_id: int, keys: Sequence[bytes], commit_ts: int | None) -> None:
         """Finishes a prepared transaction on some of its keys.
 
-        Removes ``txn_id``'s intent from each key that carries it (keys with no intent or with
-        another transaction's are ignored) and, if ``commit_ts`` is not None, records it as the
-        last commit of those keys (keeping the larger; not at all if it is at or below the low
-        water, see the module docstring).
+        Releases ``txn_id``'s lock on each key it locked, and removes its intent from each key that
+        carries it (keys with no intent or with another transaction's are ignored) and, if
+        ``commit_ts`` is not None, records it as the last commit of those keys (keeping the larger;
+        not at all if it is at or below the low water, see the module docstring).
 
         Raises:
             InvalidArgumentError, RecordTooLargeError: a bad argument (nothing is changed).
@@ -427,16 +437,20 @@ class Adjudicator:
 
     def intent(self, key: bytes) -> tuple[int, int] | None:
         """``(txn_id, prepare_ts)`` of the intent on the key, or None."""
-        _, txn_id, ts = self._lookup(key)
+        _, txn_id, ts, _ = self._lookup(key)
         return (txn_id, ts) if txn_id else None
 
-    def _lookup(self, key: bytes) -> tuple[int, int, int]:
+    def locks(self, key: bytes) -> int:
+        """How many transactions hold a lock on the key."""
+        return self._lookup(key)[3]
+
+    def _lookup(self, key: bytes) -> tuple[int, int, int, int]:
         self._handle()
         key = _check_key(key, "key")
         out = self._u64
         with self._lock:
-            lib.adj_lookup(self._handle(), key, len(key), out, out + 1, out + 2)
-            return out[0], out[1], out[2]
+            lib.adj_lookup(self._handle(), key, len(key), out, out + 1, out + 2, out + 3)
+            return out[0], out[1], out[2], out[3]
 
     @property
     def low_water(self) -> int:
@@ -447,7 +461,7 @@ class Adjudicator:
         with self._lock:
             s = self._stats
             lib.adj_get_stats(self._handle(), s)
-            return AdjudicatorStats(s.keys, s.intents, s.low_water, s.memory_bytes)
+            return AdjudicatorStats(s.keys, s.intents, s.low_water, s.memory_bytes, s.locks)
 
     def __len__(self) -> int:
         return self.stats().keys
@@ -523,6 +537,9 @@ class ReferenceAdjudicator:
         # Invariant: every value of _commits is above _low_water.
         self._commits: dict[bytes, int] = {}  # key -> last commit ts
         self._intents: dict[bytes, tuple[int, int]] = {}  # key -> (txn_id, prepare ts)
+        self._locks: dict[bytes, dict[int, int]] = {}  # key -> {txn_id: prepare ts}
+        # key -> the latest prepare ts of the locks taken since the key had none
+        self._lock_ts: dict[bytes, int] = {}
         self._closed = False
 
     def adjudicate(self, batch: Sequence[TxnRequest]) -> list[Verdict]:
@@ -539,6 +556,13 @@ class ReferenceAdjudicator:
                 self._intents[key] = (txn.txn_id, txn.commit_ts)
             else:
                 self._commits[key] = max(self._commits.get(key, 0), txn.commit_ts)
+        if txn.prepare and txn.serializable:
+            for key in txn.reads:
+                intent = self._intents.get(key)
+                if intent is not None and intent[0] == txn.txn_id:
+                    continue  # its intent covers it
+                self._locks.setdefault(key, {})[txn.txn_id] = txn.commit_ts
+                self._lock_ts[key] = max(self._lock_ts.get(key, 0), txn.commit_ts)
         return _OK
 
     def _find_conflict(self, txn: TxnRequest) -> Verdict | None:
@@ -559,6 +583,8 @@ class ReferenceAdjudicator:
         intent = self._intents.get(key)
         if intent is not None and intent[0] != txn.txn_id:
             return Verdict(False, ConflictReason.INTENT, key, intent[1])
+        if reason == ConflictReason.WRITE_WRITE and set(self._locks.get(key, ())) - {txn.txn_id}:
+            return Verdict(False, ConflictReason.INTENT, key, self._lock_ts[key])
         last = self._commits.get(key, 0)
         if last > txn.read_ts:
             return Verdict(False, reason, key, last)
@@ -571,6 +597,10 @@ class ReferenceAdjudicator:
             commit_ts = _check_u64(commit_ts, "commit_ts")
         keys, _ = _keys_and_lengths(keys, f"resolve of txn {txn_id}: keys")
         for key in keys:
+            holders = self._locks.get(key, {})
+            if holders.pop(txn_id, None) is not None and not holders:
+                del self._locks[key]
+                del self._lock_ts[key]
             intent = self._intents.get(key)
             if intent is None or intent[0] != txn_id:
                 continue
@@ -604,6 +634,10 @@ class ReferenceAdjudicator:
         self._check_open()
         return self._intents.get(_check_key(key, "key"))
 
+    def locks(self, key: bytes) -> int:
+        self._check_open()
+        return len(self._locks.get(_check_key(key, "key"), ()))
+
     @property
     def low_water(self) -> int:
         self._check_open()
@@ -611,10 +645,12 @@ class ReferenceAdjudicator:
 
     def stats(self) -> AdjudicatorStats:
         self._check_open()
-        keys = self._commits.keys() | self._intents.keys()
+        held = self._intents.keys() | self._locks.keys()
+        keys = self._commits.keys() | held
         memory = (sys.getsizeof(self._commits) + sys.getsizeof(self._intents)
-                  + sum(map(sys.getsizeof, keys)))
-        return AdjudicatorStats(len(keys), len(self._intents), self._low_water, memory)
+                  + sys.getsizeof(self._locks) + sum(map(sys.getsizeof, keys)))
+        locks = sum(map(len, self._locks.values()))
+        return AdjudicatorStats(len(keys), len(held), self._low_water, memory, locks)
 
     def __len__(self) -> int:
         return self.stats().keys
@@ -627,6 +663,8 @@ class ReferenceAdjudicator:
         self._closed = True
         self._commits = {}
         self._intents = {}
+        self._locks = {}
+        self._lock_ts = {}
 
     def __enter__(self) -> ReferenceAdjudicator:
         return self

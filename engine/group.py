@@ -26,15 +26,16 @@ An entry's data is one msgpack array whose first element says what it is:
     read needs a stable snapshot above the current closed timestamp, and periodically while idle
     so that learners' reads at bounded staleness stay servable.
 ``[PREPARE, txn_id, read_ts, proposed_ts, flags, writes, reads, locks, primary, deadline]``
-    The first phase of a two-phase commit (ARCH §5.5, several groups). Validated like a
-    COMMIT; if accepted, each written key (and each key of ``locks``: keys the transaction
-    read and must keep unchanged until it finishes, for serializable transactions) gets an
-    *intent* of the transaction at the entry's timestamp, the *prepare timestamp*, instead of a
-    version. ``primary`` is the group that holds the transaction's record, ``deadline`` the
-    timestamp after which anyone may finish the transaction from that record. Preparing a
-    transaction that is already prepared here answers the same prepare timestamp again. An
-    optional eleventh element, ``spans``, is checked as a COMMIT's, and then locks those
-    ranges against other transactions' writes until this one is resolved.
+    The first phase of a two-phase commit (ARCH §5.5, several groups). Validated like a COMMIT;
+    if accepted, each written key gets an *intent* of the transaction at the entry's timestamp,
+    the *prepare timestamp*, instead of a version, and each key of ``locks`` (and of ``reads``,
+    when serializable) that it does not write, a *lock*: keys the transaction read and must keep
+    unchanged until it finishes. A lock keeps writers out, not readers: any number of
+    transactions may hold one on a key. ``primary`` is the group that holds the transaction's
+    record, ``deadline`` the timestamp after which anyone may finish the transaction from that
+    record. Preparing a transaction that is already prepared here answers the same prepare
+    timestamp again. An optional eleventh element, ``spans``, is checked as a COMMIT's, and then
+    locks those ranges against other transactions' writes until this one is resolved.
 ``[DECIDE, txn_id, proposed_ts, commit_ts(, since, participants)]``
     On the primary group only: writes the transaction's record — committed at ``commit_ts``,
     or aborted when ``commit_ts`` is 0 — unless a record exists already, in which case that
@@ -150,15 +151,16 @@ decisions stay identical on every replica.
 Intents and records
 -------------------
 Intents, prepared transactions and transaction records live in the MVCC store's side table,
-written in the same LMDB transaction as the versions: ``i`` + key → the intent, ``p`` +
-be64(txn id) → the transaction's prepare timestamp, keys, primary and deadline, ``t`` +
-be64(txn id) → its record (status, commit timestamp, the timestamp it was decided at and the
-participants), ``T`` + be64(decided at) + be64(txn id) → nothing (the records by age, for
-FORGET). A read at a timestamp at or above an intent's prepare timestamp
-must wait for the intent to be resolved (its commit timestamp is at least the prepare
-timestamp, and may be at or below the read's) -- unless it is a lock, which writes nothing:
-the key's value is the same whatever the transaction's fate. DECIDE and RESOLVE close the
-group up to the commit timestamp, so a snapshot taken after the resolution is at or above it.
+written in the same LMDB transaction as the versions: ``i`` + key → the intent, ``l`` + key →
+the read locks on the key (any number of transactions may hold one: reads never conflict with
+reads, only with writes), ``p`` + be64(txn id) → the transaction's prepare timestamp, keys,
+primary and deadline, ``t`` + be64(txn id) → its record (status, commit timestamp, the timestamp
+it was decided at and the participants), ``T`` + be64(decided at) + be64(txn id) → nothing (the
+records by age, for FORGET). A read at a timestamp at or above an intent's prepare timestamp
+must wait for the intent to be resolved (its commit timestamp is at least the prepare timestamp,
+and may be at or below the read's) -- unless it is a lock, which writes nothing: the key's value
+is the same whatever the transaction's fate. DECIDE and RESOLVE close the group up to the commit
+timestamp, so a snapshot taken after the resolution is at or above it.
 
 Regional keyspaces
 ------------------
@@ -285,9 +287,14 @@ RECORD_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a transaction record is kept at least before FORGET removes it."""
 DECISION_HORIZON_NS = RECORD_RETENTION_NS // 2
 """A commit decided this long after the transaction's first prepare is recorded as an abort."""
+MAX_KEY_LOCKS = 10_000
+"""Most prepared transactions holding a read lock on one key at once: a prepare that would take
+one more is refused (conflict ``intent``), so that the key's lock record stays well within a
+side-table value."""
 
 # Side-table key prefixes (see "Intents and records").
 _INTENT = b"i"
+_LOCK = b"l"  # + key -> msgpack [[txn id, prepare ts, primary, deadline], ...]: its read locks
 _PREPARED = b"p"
 _RECORD = b"t"
 _RECORD_AGE = b"T"  # + be64(decided ts) + be64(txn id) -> b"": records, oldest first
@@ -297,6 +304,7 @@ _CONFLICT = b"c"
 _KIND_PUT, _KIND_DELETE, _KIND_LOCK = 0, 1, 2
 _REC_COMMITTED, _REC_ABORTED = 1, 2
 _INTENT_END = b"j"
+_LOCK_END = b"m"
 _OUTBOX_END = b"p"
 _OUTBOX_TRIMMED = b"O"  # be64: the newest outbox record trimmed so far
 _FENCE = b"f"  # + be32 keyspace id -> msgpack [level, available_from]
@@ -614,10 +622,15 @@ class GroupStateMachine:
             for skey, raw in self.store.side_scan(_PREPARED, _PREPARED_END):
                 rec = msgpack.unpackb(raw)
                 prepare_ts, keys = rec[:2]
+                txn_id = _U64.unpack(skey[1:])[0]
                 if len(rec) > 4 and rec[4]:
-                    span_locks[_U64.unpack(skey[1:])[0]] = rec[4]
-                redo.append(TxnRequest(txn_id=_U64.unpack(skey[1:])[0], read_ts=prepare_ts - 1,
-                                       commit_ts=prepare_ts, writes=keys, prepare=True))
+                    span_locks[txn_id] = rec[4]
+                written, locked = [], []
+                for key in keys:
+                    (written if self._writes_key(txn_id, key) else locked).append(key)
+                redo.append(TxnRequest(txn_id=txn_id, read_ts=prepare_ts - 1,
+                                       commit_ts=prepare_ts, writes=written, reads=locked,
+                                       serializable=True, prepare=True))
             self._prepared_count = len(redo)
             if redo:
                 for verdict in adj.adjudicate(redo):
@@ -770,7 +783,8 @@ class GroupStateMachine:
                 batch.trim_outbox()
             elif kind == CMD_COMMIT or kind == CMD_PREPARE:
                 if _merges_of(cmd) or (
-                        kind == CMD_PREPARE and cmd[1] in batch.queued_prepares) or (
+                        kind == CMD_PREPARE and (cmd[1] in batch.queued_prepares
+                                                 or batch.near_lock_limit(cmd))) or (
                         self._span_locks or _spans_of(cmd)):
                     # Regional merges are planned against the cells as every earlier entry
                     # left them, before the adjudicator records anything; a second prepare
@@ -813,6 +827,14 @@ class GroupStateMachine:
             self.on_outbox()
         return results
 
+    def _writes_key(self, txn_id: int, key: bytes) -> bool:
+        """Whether the prepared transaction's intent on ``key`` is a write (not a read lock)."""
+        raw = self.store.side_get(_INTENT + key)
+        if raw is None:
+            return False
+        owner, _, kind = msgpack.unpackb(raw)[:3]
+        return owner == txn_id and kind != _KIND_LOCK
+
     # ------------------------------------------------------------------ intents, for readers
 
     def intents(self, keys: Sequence[bytes], ts: int) -> list[Intent]:
@@ -847,7 +869,8 @@ class GroupStateMachine:
         """Whether a prepared transaction holds an intent or a read lock on a key in ``[start,
         end)``; reads one side-table key, none of the records."""
         return bool(self._prepared_count
-                    and self.store.side_keys(_INTENT + start, _INTENT + end, limit=1))
+                    and (self.store.side_keys(_INTENT + start, _INTENT + end, limit=1)
+                         or self.store.side_keys(_LOCK + start, _LOCK + end, limit=1)))
 
     def locks_in(self, start: bytes, end: bytes) -> list[Intent]:
         """What prepared serializable transactions read in ``[start, end)`` and hold until
@@ -858,9 +881,12 @@ class GroupStateMachine:
         if not self._prepared_count:
             return []
         out = []
+        for skey, raw in self.store.side_scan(_LOCK + start, _LOCK + end):
+            for txn_id, prepare_ts, primary, deadline in msgpack.unpackb(raw):
+                out.append(Intent(skey[1:], txn_id, prepare_ts, primary, deadline))
         for skey, raw in self.store.side_scan(_INTENT + start, _INTENT + end):
             txn_id, prepare_ts, kind, _, primary, deadline = msgpack.unpackb(raw)
-            if kind == _KIND_LOCK:
+            if kind == _KIND_LOCK:  # a lock in the older format, in an intent's place
                 out.append(Intent(skey[1:], txn_id, prepare_ts, primary, deadline))
         for txn_id, spans in self._span_locks.items():
             overlap = [max(s, start) for s, e in spans if s < end and start < e]
@@ -1206,6 +1232,7 @@ class _Batch:
         self._requests: list[TxnRequest] = []
         self._pending: list[tuple[int, list, int, list[bytes], list]] = []
         self.queued_prepares: set[int] = set()  # txn ids of the prepares in _requests
+        self._queued_locks: dict[bytes, int] = {}  # key -> locks taken by those prepares
         # The newest value of each key this call wrote, for merges later in it (the store
         # has none of this call's versions until the end): a cell, or a plain value's bytes.
         self._cells: dict[bytes, Cell | bytes | None] = {}
@@ -1293,11 +1320,19 @@ class _Batch:
         conflict = self._check_spans(txn_id, read_ts, keys, cmd, flags, ts)
         if conflict is not None:
             return conflict
-        if prepare and cmd[7]:
-            written = set(keys)
-            keys += [k for k in dict.fromkeys(cmd[7]) if k not in written]
         if not flags & SERIALIZABLE:
             reads = []  # not validated: the adjudicator never sees them
+        locks = _lock_keys(cmd) if prepare else []
+        if locks:
+            # What a prepared transaction read here is locked until it is resolved (its
+            # commit timestamp is not known yet): validated and locked as its reads, which
+            # other readers share and writers conflict with. The prepares queued before it
+            # hold few enough locks on these keys not to matter (see near_lock_limit).
+            adj = self.sm.adjudicator
+            full = next((k for k in locks if adj.locks(k) >= MAX_KEY_LOCKS), None)
+            if full is not None:
+                return CommitResult(Outcome.CONFLICT, ts, "intent", full)
+            reads = locks
         if len(keys) + len(reads) > MAX_TXN_KEYS:
             # Checked here, not only by the proposer: the entry is in the log, and a request
             # the adjudicator refuses to take would stop every replica on it, for good.
@@ -1306,11 +1341,22 @@ class _Batch:
                                 f"one group")
         self._requests.append(TxnRequest(
             txn_id=txn_id, read_ts=read_ts, commit_ts=ts, writes=keys, reads=reads,
-            serializable=bool(flags & SERIALIZABLE), prepare=prepare))
-        self._pending.append((slot, cmd, ts, keys, merged))
+            serializable=bool(flags & SERIALIZABLE or locks), prepare=prepare))
+        self._pending.append((slot, cmd, ts, keys + locks, merged))
         if prepare:
             self.queued_prepares.add(txn_id)
+        for key in locks:
+            self._queued_locks[key] = self._queued_locks.get(key, 0) + 1
         return None
+
+    def near_lock_limit(self, cmd: list) -> bool:
+        """Whether a PREPARE could take a lock over :data:`MAX_KEY_LOCKS` once the prepares
+        queued before it are decided: they must be first (flushed), so that it is refused or
+        not the same however the log is cut into calls."""
+        adj = self.sm.adjudicator
+        return any(key in self._queued_locks
+                   and self._queued_locks[key] + adj.locks(key) >= MAX_KEY_LOCKS
+                   for key in _lock_keys(cmd))
 
     def _check_spans(self, txn_id: int, read_ts: int, keys: list[bytes], cmd: list,
                      flags: int, ts: int) -> CommitResult | None:
@@ -1335,7 +1381,8 @@ class _Batch:
                     != store.scan(start, end, MAX_TS, limit=limit)):
                 return CommitResult(Outcome.CONFLICT, ts, "read_write")
             for skey, raw in store.side_scan(_INTENT + start, _INTENT + end):
-                if msgpack.unpackb(raw)[0] != txn_id:
+                owner, _, kind = msgpack.unpackb(raw)[:3]
+                if owner != txn_id and kind != _KIND_LOCK:  # read locks are shared
                     return CommitResult(Outcome.CONFLICT, ts, "intent", skey[1:])
         return None
 
@@ -1349,14 +1396,7 @@ class _Batch:
             verdicts = [v if v.ok else v._replace(ok=True) for v in verdicts]
         for (slot, cmd, ts, keys, merged), verdict in zip(self._pending, verdicts):
             if not verdict.ok:
-                reason = verdict.reason
-                if (reason == ConflictReason.WRITE_WRITE and cmd[0] == CMD_PREPARE
-                        and verdict.key in cmd[7] and all(w[0] != verdict.key for w in cmd[5])):
-                    # A lock: a key the serializable transaction read here and does not
-                    # write, locked through the adjudicator as if written. What changed
-                    # under it is a read.
-                    reason = ConflictReason.READ_WRITE
-                results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[reason],
+                results[slot] = CommitResult(Outcome.CONFLICT, ts, _REASONS[verdict.reason],
                                              verdict.key, verdict.conflict_ts)
             elif cmd[0] == CMD_COMMIT:
                 # A commit with merges is first in its queue (see apply): its plan, made
@@ -1371,6 +1411,7 @@ class _Batch:
         self._requests = []
         self._pending = []
         self.queued_prepares.clear()
+        self._queued_locks.clear()
 
     def _install(self, cmd: list, ts: int, keys: list[bytes]) -> CommitResult:
         txn_id, writes, primary, deadline = cmd[1], cmd[5], cmd[8], cmd[9]
@@ -1382,9 +1423,11 @@ class _Batch:
             kind = _KIND_DELETE if value is None else _KIND_PUT
             self.side[_INTENT + key] = msgpack.packb(
                 [txn_id, ts, kind, value, primary, deadline], use_bin_type=True)
-        lock = msgpack.packb([txn_id, ts, _KIND_LOCK, None, primary, deadline])
         for key in keys[len(writes):]:
-            self.side[_INTENT + key] = lock
+            raw = self.get(_LOCK + key)
+            holders = msgpack.unpackb(raw) if raw is not None else []
+            holders.append([txn_id, ts, primary, deadline])
+            self.side[_LOCK + key] = msgpack.packb(holders)
         spans = [[sp[0], sp[1]] for sp in _spans_of(cmd)]
         self.side[pkey] = msgpack.packb([ts, keys, primary, deadline, spans] if spans
                                         else [ts, keys, primary, deadline], use_bin_type=True)
@@ -1459,6 +1502,12 @@ class _Batch:
         writes: list[tuple[bytes, bytes | None]] = []
         written: list[bytes] = []
         for key in keys:
+            lraw = self.get(_LOCK + key)
+            if lraw is not None:
+                holders = msgpack.unpackb(lraw)
+                others = [h for h in holders if h[0] != txn_id]
+                if len(others) < len(holders):
+                    self.side[_LOCK + key] = msgpack.packb(others) if others else None
             ikey = _INTENT + key
             iraw = self.get(ikey)
             if iraw is None:
@@ -1753,6 +1802,14 @@ def _origin_in_key(origin: str) -> bytes:
         return raw
     half = _MAX_ORIGIN_IN_KEY // 2
     return raw[:half] + hashlib.blake2b(raw, digest_size=half).digest()
+
+
+def _lock_keys(cmd: list) -> list[bytes]:
+    """The keys a PREPARE locks: those it read here (``locks``, and ``reads`` when
+    serializable) and does not write."""
+    written = {w[0] for w in cmd[5]}
+    reads = cmd[6] if cmd[4] & SERIALIZABLE else ()
+    return [k for k in dict.fromkeys([*reads, *cmd[7]]) if k not in written]
 
 
 def _write_intent(key: bytes, raw: bytes) -> Intent | None:

@@ -38,16 +38,31 @@ struct adj_slot {
 };
 _Static_assert(sizeof(struct adj_slot) == 32, "two commit slots per cache line");
 
-/* The intent table: one slot per key with an intent. Usually small: only transactions between
- * prepare and resolve have intents. Long keys have their own copy in the arena. */
+/* The intent table: one slot per key with an intent, locks, or both. Usually small: only
+ * transactions between prepare and resolve have intents and locks. Long keys have their own
+ * copy in the arena. */
 struct adj_intent {
     uint64_t tag; /* the key's tag (without INTENT_BIT) */
+    uint64_t txn_id; /* the intent's transaction; 0: no intent, only locks */
+    uint64_t ts;
+    union adj_key key;
+    uint64_t locks;   /* transactions holding a lock on the key (entries of the lock table) */
+    uint64_t lock_ts; /* the latest prepare ts of the locks taken since the key had none */
+    uint64_t reserved;
+};
+_Static_assert(sizeof(struct adj_intent) == 64, "one intent slot per cache line");
+
+/* The lock table: one slot per (key, transaction) lock. Its tag is the key's with the
+ * transaction mixed into the hash bits (lock_tag), so that the holders of one key spread out;
+ * a slot matches a lookup when its tag, key and txn_id all do. */
+struct adj_lock {
+    uint64_t tag;
     uint64_t txn_id;
     uint64_t ts;
     union adj_key key;
     uint64_t reserved[3];
 };
-_Static_assert(sizeof(struct adj_intent) == 64, "one intent slot per cache line");
+_Static_assert(sizeof(struct adj_lock) == 64, "one lock slot per cache line");
 
 /* Open addressing with linear probing, shared by both tables: `size`-byte slots whose first
  * word is the tag and whose key lies at `key_off`. At most 3/4 full; deletion shifts the rest
@@ -84,6 +99,7 @@ struct adj_table {
     uint64_t low_water; /* every commit record is above it */
     struct oa_table commits; /* of struct adj_slot */
     struct oa_table intents; /* of struct adj_intent */
+    struct oa_table locks;   /* of struct adj_lock */
     uint8_t *arena;     /* bytes of keys longer than ADJ_INLINE_KEY_SIZE */
     size_t arena_used, arena_cap, arena_dead; /* dead: bytes of removed keys in [0, used) */
     struct txn *txns;   /* scratch for adj_adjudicate */
@@ -382,6 +398,10 @@ static inline struct adj_intent *intent_slot(const struct adj_table *t, size_t i
     return (struct adj_intent *)t->intents.mem + i;
 }
 
+static inline struct adj_lock *lock_slot(const struct adj_table *t, size_t i) {
+    return (struct adj_lock *)t->locks.mem + i;
+}
+
 /* The commit slot of r's key, made if it is missing (room reserved by the caller). */
 static struct adj_slot *commit_find_or_add(struct adj_table *t, const struct keyref *r) {
     int found;
@@ -397,11 +417,52 @@ static struct adj_intent *intent_of(const struct adj_table *t, const struct keyr
     return found ? intent_slot(t, at) : NULL;
 }
 
-/* Makes room for `keys` new keys and `intents` new intents, `bytes` of them in the arena. */
-static int reserve(struct adj_table *t, size_t keys, size_t intents, size_t bytes,
+/* r's key as a key of the lock table: the same bytes, its hash bits mixed with txn_id's. */
+static inline struct keyref lock_ref(const struct keyref *r, uint64_t txn_id) {
+    struct keyref l = *r;
+    uint64_t mix = (txn_id * 0x9e3779b97f4a7c15ull) >> 16;
+    l.tag = (r->tag & ~HASH_BITS) | ((r->tag ^ mix) & HASH_BITS);
+    return l;
+}
+
+/* The lock table's slot of txn_id's lock on l's key (l from lock_ref), or the empty slot where
+ * it would go (*found says which). */
+static size_t lock_probe(const struct adj_table *t, const struct keyref *l, uint64_t txn_id,
+                         int *found) {
+    const struct oa_table *o = &t->locks;
+    size_t mask = o->capacity - 1;
+    size_t i = (size_t)l->tag & mask;
+    for (;;) {
+        uint64_t tag = *tag_at(o, i);
+        if (tag == 0) {
+            *found = 0;
+            return i;
+        }
+        if (lock_slot(t, i)->txn_id == txn_id && key_matches(t, tag, key_at(o, i), l)) {
+            *found = 1;
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/* Whether txn_id holds a lock on the key of `in` (r's). */
+static int holds_lock(const struct adj_table *t, const struct adj_intent *in,
+                      const struct keyref *r, uint64_t txn_id) {
+    if (in->locks == 0) return 0;
+    struct keyref l = lock_ref(r, txn_id);
+    int found;
+    (void)lock_probe(t, &l, txn_id, &found);
+    return found;
+}
+
+/* Makes room for `keys` new keys, `intents` new intents and `locks` new locks, `bytes` of them
+ * in the arena. */
+static int reserve(struct adj_table *t, size_t keys, size_t intents, size_t locks, size_t bytes,
                    struct adj_error *err) {
     int rc = oa_reserve(&t->commits, keys, "keys", err);
     if (rc == ADJ_OK) rc = oa_reserve(&t->intents, intents, "intents", err);
+    if (rc == ADJ_OK) rc = oa_reserve(&t->locks, locks, "locks", err);
     if (rc != ADJ_OK) return rc;
     if (bytes > t->arena_cap - t->arena_used) {
         if (bytes > SIZE_MAX / 4 - t->arena_used)
@@ -443,6 +504,7 @@ static void maybe_compact_arena(struct adj_table *t) {
     if (!fresh) return;
     size_t used = compact_table(t, &t->commits, fresh, 0);
     used = compact_table(t, &t->intents, fresh, used);
+    used = compact_table(t, &t->locks, fresh, used);
     free(t->arena);
     t->arena = fresh;
     t->arena_used = used;
@@ -504,7 +566,8 @@ int adj_new(uint64_t k0, uint64_t k1, uint64_t low_water, struct adj_table **out
     if (!t) return set_err(err, ADJ_ERR_NOMEM, 0, ADJ_NO_KEY, "adjudicator: out of memory");
     if (init_table(&t->commits, sizeof(struct adj_slot), offsetof(struct adj_slot, key)) != 0 ||
         init_table(&t->intents, sizeof(struct adj_intent), offsetof(struct adj_intent, key)) !=
-            0) {
+            0 ||
+        init_table(&t->locks, sizeof(struct adj_lock), offsetof(struct adj_lock, key)) != 0) {
         adj_free(t);
         return set_err(err, ADJ_ERR_NOMEM, 0, ADJ_NO_KEY, "adjudicator: out of memory");
     }
@@ -519,6 +582,7 @@ void adj_free(struct adj_table *t) {
     if (!t) return;
     free(t->commits.mem);
     free(t->intents.mem);
+    free(t->locks.mem);
     free(t->arena);
     free(t->txns);
     free(t->keys);
@@ -549,8 +613,10 @@ static int check_keys(const uint8_t *lens, size_t n, size_t keys_len, struct adj
 /* What a batch needs reserved before anything changes. */
 struct batch_needs {
     size_t keys;     /* keys in all: scratch entries */
-    size_t writes;   /* written keys: commit slots that may be added */
-    size_t prepares; /* keys written by prepares: intent slots that may be added */
+    size_t writes;   /* written keys, and keys locked by prepares: commit slots that may be
+                        added */
+    size_t prepares; /* keys of prepares: intent slots that may be added */
+    size_t locks;    /* keys read by prepares: lock slots that may be added */
     size_t bytes;    /* arena bytes those additions may take */
 };
 
@@ -609,17 +675,23 @@ static int check_batch(const uint8_t *buf, size_t len, size_t n, struct batch_ne
                                ADJ_MAX_KEY_SIZE);
             bytes += lens[j];
             /* A long written key may take one arena copy for its commit slot and, in a
-             * prepare, one for its intent. */
+             * prepare, one for its intent; a long key a prepare reads (and locks), one for
+             * each of the three. */
             if (j < nw && lens[j] > ADJ_INLINE_KEY_SIZE)
                 need->bytes += (size_t)lens[j] * (prepare ? 2 : 1);
+            else if (prepare && lens[j] > ADJ_INLINE_KEY_SIZE)
+                need->bytes += (size_t)lens[j] * 3;
         }
         if (len - pos < bytes)
             return set_err(err, ADJ_ERR_INVAL, i, ADJ_NO_KEY,
                            "request %zu: the record is cut short (keys)", i);
         pos += bytes;
         need->keys += k;
-        need->writes += nw;
-        if (prepare) need->prepares += nw;
+        need->writes += prepare ? k : nw;
+        if (prepare) {
+            need->prepares += k;
+            need->locks += nr;
+        }
     }
     if (pos != len)
         return set_err(err, ADJ_ERR_INVAL, n, ADJ_NO_KEY,
@@ -652,7 +724,7 @@ static void load_batch(struct adj_table *t, const uint8_t *buf, size_t n) {
     }
 }
 
-/* Records an accepted request on its written keys. */
+/* Records an accepted request on its written keys and, for a prepare, its read keys. */
 static void apply(struct adj_table *t, const struct txn *x, const struct keyref *kr) {
     for (size_t j = 0; j < x->nwrites; j++) {
         /* Nothing moves during a batch (no removal, no rehash: the room was reserved), so a
@@ -675,6 +747,29 @@ static void apply(struct adj_table *t, const struct txn *x, const struct keyref 
         in->txn_id = x->txn_id;
         in->ts = x->commit_ts;
     }
+    if (!(x->flags & ADJ_TXN_PREPARE)) return;
+    for (size_t j = x->nwrites; j < (size_t)x->nwrites + x->nreads; j++) {
+        struct adj_slot *s = kr[j].slot != NOT_FOUND ? commit_slot(t, kr[j].slot)
+                                                     : commit_find_or_add(t, &kr[j]);
+        int found;
+        size_t at = oa_probe(t, &t->intents, &kr[j], &found);
+        if (found && intent_slot(t, at)->txn_id == x->txn_id) continue; /* its intent covers it */
+        if (!found) {
+            oa_occupy(t, &t->intents, at, &kr[j]);
+            s->tag |= INTENT_BIT;
+        }
+        struct adj_intent *in = intent_slot(t, at);
+        struct keyref l = lock_ref(&kr[j], x->txn_id);
+        size_t lock_at = lock_probe(t, &l, x->txn_id, &found);
+        struct adj_lock *lock = lock_slot(t, lock_at);
+        if (!found) {
+            oa_occupy(t, &t->locks, lock_at, &l);
+            lock->txn_id = x->txn_id;
+            in->locks++;
+        }
+        lock->ts = x->commit_ts;
+        if (x->commit_ts > in->lock_ts) in->lock_ts = x->commit_ts;
+    }
 }
 
 int adj_adjudicate(struct adj_table *t, const char *reqs, size_t len, size_t n, uint64_t *out,
@@ -690,7 +785,7 @@ int adj_adjudicate(struct adj_table *t, const char *reqs, size_t len, size_t n, 
     /* Everything the batch could need, before anything changes: if any of it fails, the
      * table is as it was. */
     if ((rc = grow_scratch(t, n, need.keys, err))) return rc;
-    if ((rc = reserve(t, need.writes, need.prepares, need.bytes, err))) return rc;
+    if ((rc = reserve(t, need.writes, need.prepares, need.locks, need.bytes, err))) return rc;
     load_batch(t, buf, n);
 
     struct keyref *keys = t->keys;
@@ -727,9 +822,14 @@ int adj_adjudicate(struct adj_table *t, const char *reqs, size_t len, size_t n, 
                 const struct adj_slot *s = &slots[at];
                 const struct adj_intent *in =
                     (s->tag & INTENT_BIT) ? intent_of(t, &kr[j]) : NULL;
-                if (in && in->txn_id != x->txn_id) {
+                if (in && in->txn_id && in->txn_id != x->txn_id) {
                     reason = ADJ_INTENT;
                     conflict_ts = in->ts;
+                } else if (in && j < x->nwrites &&
+                           in->locks > (uint64_t)holds_lock(t, in, &kr[j], x->txn_id)) {
+                    /* Read locks keep writers out; readers share them. */
+                    reason = ADJ_INTENT;
+                    conflict_ts = in->lock_ts;
                 } else if (s->commit_ts > x->read_ts) {
                     reason = j < x->nwrites ? ADJ_WRITE_WRITE : ADJ_READ_WRITE;
                     conflict_ts = s->commit_ts;
@@ -773,15 +873,26 @@ int adj_resolve(struct adj_table *t, uint64_t txn_id, const char *keys, size_t k
         struct adj_slot *s = commit_slot(t, at);
         if (!(s->tag & INTENT_BIT)) continue;
         size_t in_at = oa_probe(t, &t->intents, &r, &found);
-        if (!found || intent_slot(t, in_at)->txn_id != txn_id) continue;
+        if (!found) continue;
+        struct adj_intent *in = intent_slot(t, in_at);
+        if (holds_lock(t, in, &r, txn_id)) {
+            struct keyref l = lock_ref(&r, txn_id);
+            oa_remove_at(t, &t->locks, lock_probe(t, &l, txn_id, &found));
+            if (--in->locks == 0) in->lock_ts = 0;
+        }
+        if (in->txn_id == txn_id) {
+            in->txn_id = in->ts = 0;
+            count++;
+            if (has_commit && commit_ts > t->low_water && commit_ts > s->commit_ts)
+                s->commit_ts = commit_ts;
+        }
+        if (in->txn_id != 0 || in->locks != 0) continue;
         oa_remove_at(t, &t->intents, in_at);
         s->tag &= ~INTENT_BIT;
-        count++;
-        if (has_commit && commit_ts > t->low_water && commit_ts > s->commit_ts)
-            s->commit_ts = commit_ts;
         if (s->commit_ts == 0) oa_remove_at(t, &t->commits, at);
     }
     oa_maybe_shrink(&t->intents);
+    oa_maybe_shrink(&t->locks);
     maybe_compact_arena(t);
     *removed = count;
     return ADJ_OK;
@@ -797,7 +908,7 @@ int adj_load(struct adj_table *t, const char *keys, size_t keys_len, const uint8
         more++;
         if (lens[i] > ADJ_INLINE_KEY_SIZE) bytes += lens[i];
     }
-    if ((rc = reserve(t, more, 0, bytes, err))) return rc;
+    if ((rc = reserve(t, more, 0, 0, bytes, err))) return rc;
     const uint8_t *p = (const uint8_t *)keys;
     for (size_t i = 0; i < n; p += lens[i], i++) {
         if (ts[i] <= t->low_water) continue;
@@ -810,8 +921,8 @@ int adj_load(struct adj_table *t, const char *keys, size_t keys_len, const uint8
 }
 
 void adj_lookup(struct adj_table *t, const char *key, size_t len, uint64_t *commit_ts,
-                uint64_t *intent_txn, uint64_t *intent_ts) {
-    *commit_ts = *intent_txn = *intent_ts = 0;
+                uint64_t *intent_txn, uint64_t *intent_ts, uint64_t *locks) {
+    *commit_ts = *intent_txn = *intent_ts = *locks = 0;
     if (len == 0 || len > ADJ_MAX_KEY_SIZE) return;
     struct keyref r;
     int found;
@@ -825,6 +936,7 @@ void adj_lookup(struct adj_table *t, const char *key, size_t len, uint64_t *comm
         if (in) {
             *intent_txn = in->txn_id;
             *intent_ts = in->ts;
+            *locks = in->locks;
         }
     }
 }
@@ -860,9 +972,11 @@ void adj_prune(struct adj_table *t, uint64_t new_low_water, uint64_t *dropped) {
 void adj_get_stats(struct adj_table *t, struct adj_stats *out) {
     out->keys = t->commits.count;
     out->intents = t->intents.count;
+    out->locks = t->locks.count;
     out->low_water = t->low_water;
     out->capacity = t->commits.capacity;
     out->memory_bytes = sizeof *t + t->commits.capacity * t->commits.size +
-                        t->intents.capacity * t->intents.size + t->arena_cap +
+                        t->intents.capacity * t->intents.size +
+                        t->locks.capacity * t->locks.size + t->arena_cap +
                         t->txns_cap * sizeof(struct txn) + t->keys_cap * sizeof(struct keyref);
 }

@@ -3,7 +3,8 @@
  * (ARCH §5.5, the "hot-path commit module").
  *
  * Design. One hash table per group maps a key (1..ADJ_MAX_KEY_SIZE bytes) to the timestamp of
- * its last commit and, optionally, one prepared intent (txn_id, prepare ts). A batch of
+ * its last commit and, optionally, one prepared intent (txn_id, prepare ts) and the read locks
+ * of prepared serializable transactions (any number: reads never conflict). A batch of
  * transaction requests crosses from Python in one call: the requests lie back to back in one
  * buffer (the request record below), and the verdicts come back in caller-owned arrays, one row
  * per rejected request. Requests are adjudicated in order, and a request accepted earlier in a
@@ -12,24 +13,31 @@
  * Checks, for one request, in this order (the first failure is the verdict):
  *   1. read_ts < low_water                                     -> ADJ_TOO_OLD
  *   2. for each written key: another txn's intent              -> ADJ_INTENT
+ *                            another txn's lock                -> ADJ_INTENT
  *                            last commit > read_ts             -> ADJ_WRITE_WRITE
- *   3. if ADJ_TXN_SERIALIZABLE, for each read key: same, with   ADJ_INTENT / ADJ_READ_WRITE
+ *   3. if ADJ_TXN_SERIALIZABLE, for each read key: another txn's intent (not a lock: reads
+ *      never conflict with reads)                             -> ADJ_INTENT
+ *                            last commit > read_ts             -> ADJ_READ_WRITE
  * An accepted commit sets each written key's last commit to max(last, commit_ts); an accepted
- * prepare installs the intent (txn_id, commit_ts) on each written key (re-preparing is
- * idempotent: a transaction's own intents never conflict with it). A rejected request changes
+ * prepare installs the intent (txn_id, commit_ts) on each written key and takes a lock on each
+ * read key that does not carry its intent (re-preparing is idempotent: a transaction's own
+ * intents and locks never conflict with it). ADJ_INTENT for a lock reports the latest prepare
+ * ts of the locks taken on the key since it last had none. A rejected request changes
  * nothing.
  *
  * Invariant: every commit record is above low_water. A request with read_ts >= low_water can
  * only conflict with commits above its read_ts, so older records carry no information; prune
  * drops them and load/resolve do not record them. Intents are never pruned.
  *
- * Tables. Two hash tables with open addressing and linear probing, each at most 3/4 full,
+ * Tables. Three hash tables with open addressing and linear probing, each at most 3/4 full,
  * doubled when a call could overflow that and halved when it falls below 1/8; deletion shifts
  * the rest of the cluster back, so there are no tombstones. The commit table has a 32-byte slot
  * (two per cache line) for every tracked key: its tag (hash bits and length), last commit and
- * key. The intent table holds the intents, usually few; a bit in the commit slot says whether
- * to look there, so keys without an intent never do. Keys of up to ADJ_INLINE_KEY_SIZE bytes
- * are stored in the slot; longer ones in one key arena, compacted when half of it is dead. Keys
+ * key. The intent table holds the intents and each locked key's count of locks, usually few; a
+ * bit in the commit slot says whether to look there, so keys without either never do. The lock
+ * table holds one slot per (key, transaction) lock, looked at only for a key that has locks.
+ * Keys of up to ADJ_INLINE_KEY_SIZE bytes are stored in the slot; longer ones in one key arena,
+ * compacted when half of it is dead. Keys
  * come from users, so the slot index comes from a keyed hash (SipHash-1-3 with a 128-bit key
  * chosen by the caller — random in production) and nobody can aim many keys at one cluster.
  * The batch call hashes every key first, then asks for each key's slot a few dozen keys before
@@ -90,7 +98,8 @@ struct adj_error {
 
 struct adj_stats {
     uint64_t keys;         /* keys tracked: with a commit record, an intent, or both */
-    uint64_t intents;      /* keys carrying an intent */
+    uint64_t intents;      /* keys carrying an intent, read locks, or both */
+    uint64_t locks;        /* read locks held: (key, txn) pairs */
     uint64_t low_water;
     uint64_t capacity;     /* slots */
     uint64_t memory_bytes; /* bytes allocated: slots, key arena, scratch, the table itself */
@@ -119,7 +128,7 @@ int adj_adjudicate(struct adj_table *t, const char *reqs, size_t len, size_t n, 
                    size_t *rejected, struct adj_error *err);
 
 /* Finishes transaction txn_id on n keys (lengths in lens[0..n), bytes back to back in
- * keys[0..keys_len)): on each
+ * keys[0..keys_len)): releases its lock on each key it locked, and on each
  * key that carries txn_id's intent, removes it and, when has_commit, records commit_ts as the
  * last commit (the max; not if commit_ts <= low_water). Keys without an intent or with another
  * transaction's are left alone. *removed gets the number of intents removed.
@@ -134,10 +143,10 @@ int adj_resolve(struct adj_table *t, uint64_t txn_id, const char *keys, size_t k
 int adj_load(struct adj_table *t, const char *keys, size_t keys_len, const uint8_t *lens,
              const uint64_t *ts, size_t n, struct adj_error *err);
 
-/* The key's last commit (0 if none) and intent (*intent_txn 0 if none). Never fails: a key of a
- * length no stored key has is simply unknown. */
+/* The key's last commit (0 if none), intent (*intent_txn 0 if none) and number of read locks.
+ * Never fails: a key of a length no stored key has is simply unknown. */
 void adj_lookup(struct adj_table *t, const char *key, size_t len, uint64_t *commit_ts,
-                uint64_t *intent_txn, uint64_t *intent_ts);
+                uint64_t *intent_txn, uint64_t *intent_ts, uint64_t *locks);
 
 /* Raises low_water to new_low_water (never lowers it) and drops every commit record at or
  * below it; a key left with neither commit nor intent is removed. *dropped gets the number of

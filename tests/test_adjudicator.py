@@ -248,6 +248,45 @@ def test_re_prepare_is_idempotent_and_own_intents_never_conflict(make):
     assert adj.last_commit_ts(b"a") == 13 and adj.intent(b"a") == (7, 12)
 
 
+def test_a_prepare_locks_its_read_keys_against_writers_but_not_readers(make):
+    adj = make()
+    lock = txn(7, 5, 10, [b"w"], [b"r", b"w"], serializable=True, prepare=True)
+    assert adj.adjudicate([lock]) == [OK]
+    # The written key carries the intent, which covers the read: no lock there.
+    assert (adj.locks(b"r"), adj.locks(b"w"), adj.intent(b"r")) == (1, 0, None)
+    # Readers share the lock: serializable commits and prepares that read it go through.
+    assert adj.adjudicate([
+        txn(8, 5, 11, [b"x"], [b"r"], serializable=True),
+        txn(9, 5, 12, [b"y"], [b"r"], serializable=True, prepare=True),
+    ]) == [OK, OK]
+    assert adj.locks(b"r") == 2 and adj.stats().locks == 2
+    # A writer meets the latest lock's prepare timestamp, whatever its snapshot.
+    assert adj.adjudicate([txn(3, 50, 60, [b"r"])]) == [(False, INTENT, b"r", 12)]
+    adj.resolve(9, [b"y", b"r"], 20)
+    assert adj.adjudicate([txn(3, 50, 60, [b"r"])]) == [(False, INTENT, b"r", 12)]
+    # The last one released, the key is free; a lock left no commit record.
+    adj.resolve(7, [b"w", b"r"], None)
+    assert adj.locks(b"r") == 0 and adj.last_commit_ts(b"r") == 0
+    assert adj.adjudicate([txn(3, 50, 60, [b"r"])]) == [OK]
+
+
+def test_own_locks_never_conflict_and_re_locking_is_idempotent(make):
+    adj = make()
+    lock = txn(7, 5, 10, [], [b"r"], serializable=True, prepare=True)
+    assert adj.adjudicate([lock, lock]) == [OK, OK]
+    assert adj.locks(b"r") == 1 and adj.stats().intents == 1
+    assert adj.adjudicate([txn(7, 5, 11, [b"r"], prepare=True)]) == [OK]
+    adj.resolve(7, [b"r"], None)
+    assert (adj.locks(b"r"), adj.intent(b"r"), len(adj)) == (0, None, 0)
+
+
+def test_a_lock_is_not_taken_on_a_key_another_transaction_prepared(make):
+    adj = make()
+    adj.adjudicate([txn(7, 5, 10, [b"k"], prepare=True)])
+    v = adj.adjudicate([txn(8, 5, 11, [b"w"], [b"k"], serializable=True, prepare=True)])
+    assert v == [(False, INTENT, b"k", 10)] and adj.locks(b"k") == 0
+
+
 def test_intents_are_never_pruned(make):
     adj = make()
     commit(adj, 1, 5, b"k")
@@ -625,8 +664,10 @@ class SameDecisions(RuleBasedStateMachine):
         for key in KEYS:
             assert self.c.last_commit_ts(key) == self.ref.last_commit_ts(key), key
             assert self.c.intent(key) == self.ref.intent(key), key
+            assert self.c.locks(key) == self.ref.locks(key), key
         c, ref = self.c.stats(), self.ref.stats()
-        assert (c.keys, c.intents, c.low_water) == (ref.keys, ref.intents, ref.low_water)
+        assert (c.keys, c.intents, c.low_water, c.locks) == (
+            ref.keys, ref.intents, ref.low_water, ref.locks)
 
 
 SameDecisions.TestCase.settings = settings(
@@ -662,8 +703,8 @@ def test_c_and_reference_agree_over_many_random_operations():
             elif op < 0.85 and prepared:
                 t = prepared.pop(rng.randrange(len(prepared)))
                 commit_ts = None if rng.random() < 0.3 else ts + 1
-                c.resolve(t.txn_id, t.writes, commit_ts)
-                ref.resolve(t.txn_id, t.writes, commit_ts)
+                c.resolve(t.txn_id, [*t.writes, *t.reads], commit_ts)
+                ref.resolve(t.txn_id, [*t.writes, *t.reads], commit_ts)
             elif op < 0.95:
                 low_water = ts - rng.randrange(0, 200)
                 assert c.prune(low_water) == ref.prune(low_water), step

@@ -9,7 +9,7 @@ import tracemalloc
 import msgpack
 import pytest
 
-from engine import errors
+from engine import errors, group
 from engine.group import (
     DECISION_HORIZON_NS,
     OUTBOX_RETENTION_NS,
@@ -210,6 +210,88 @@ def test_a_lock_on_a_changed_key_is_refused(sm):
     r = prepare(sm, log, 3, 120, 200, [(b"w", b"1")], locks=[b"r"])
     assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "read_write", b"r")
     assert sm.intents([b"w"], MAX_TS) == []
+
+
+def test_read_locks_are_shared_by_readers_and_keep_writers_out(sm):
+    # Reads never conflict with reads: serializable transactions that read the same key
+    # (prepared, committing in one phase or scanning a range over it) all go through; a
+    # writer of it conflicts until every one of them is resolved.
+    log = Log()
+    one(sm, log, encode_commit(1, 0, 100, [(b"r", b"0")]))
+    assert prepare(sm, log, 2, 100, 200, [(b"w2", b"1")], locks=[b"r"]).outcome \
+        is Outcome.PREPARED
+    assert prepare(sm, log, 3, 100, 210, [], locks=[b"r"]).outcome is Outcome.PREPARED
+    assert one(sm, log, encode_commit(4, 100, 220, [(b"w4", b"1")], [b"r"],
+                                      serializable=True)).committed
+    assert one(sm, log, encode_commit(5, 100, 230, [(b"w5", b"1")], serializable=True,
+                                      spans=[[b"q", b"s", None]])).committed
+    assert [(i.key, i.txn_id, i.prepare_ts) for i in sm.locks_in(b"", b"\xff")] == \
+        [(b"r", 2, 200), (b"r", 3, 210)]
+    r = one(sm, log, encode_commit(6, 230, 240, [(b"r", b"9")]))
+    assert (r.outcome, r.reason, r.key, r.conflict_ts) == (Outcome.CONFLICT, "intent", b"r", 210)
+    one(sm, log, encode_resolve(2, 250, 260))
+    assert [i.txn_id for i in sm.locks_in(b"", b"\xff")] == [3]
+    r = one(sm, log, encode_commit(7, 260, 270, [(b"r", b"9")]))
+    assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "intent", b"r")
+    one(sm, log, encode_resolve(3, 280, 0))
+    assert sm.locks_in(b"", b"\xff") == [] and not sm.has_intents(b"", b"\xff")
+    assert one(sm, log, encode_commit(8, 280, 290, [(b"r", b"9")])).committed
+
+
+def test_shared_read_locks_survive_a_restart(store_path):
+    log = Log()
+    store = MVCCStore(store_path, map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    prepare(sm, log, 2, 0, 200, [(b"w", b"1")], locks=[b"r"])
+    prepare(sm, log, 3, 0, 210, [], locks=[b"r"])
+    sm.close()
+    store.close()
+    store = MVCCStore(store_path, map_size=1 << 20)
+    sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+    try:
+        assert prepare(sm, log, 4, 0, 220, [], locks=[b"r"]).outcome is Outcome.PREPARED
+        one(sm, log, encode_resolve(2, 230, 240))
+        one(sm, log, encode_resolve(4, 250, 0))
+        r = one(sm, log, encode_commit(5, 250, 260, [(b"r", b"x")]))
+        assert (r.outcome, r.reason, r.key) == (Outcome.CONFLICT, "intent", b"r")
+        one(sm, log, encode_resolve(3, 270, 280))
+        assert one(sm, log, encode_commit(6, 280, 290, [(b"r", b"x")])).committed
+        assert sm.store.get(b"w", MAX_TS) == b"1"
+    finally:
+        sm.close()
+        store.close()
+
+
+def test_a_key_takes_a_bounded_number_of_read_locks(tmp_path, monkeypatch):
+    # Refused before the adjudicator records anything, and the same however the log is cut
+    # into apply calls (a prepare refused in one replica's call is refused in every one's).
+    monkeypatch.setattr(group, "MAX_KEY_LOCKS", 2)
+    log = Log()
+    entries = [log(encode_prepare(txn, 0, ts, writes, (), locks, primary=PRIMARY,
+                                  deadline=10**9))
+               for txn, ts, writes, locks in [
+                   (2, 200, [], [b"r"]),
+                   (3, 210, [], [b"r"]),
+                   (4, 220, [(b"w", b"1")], [b"r", b"q"]),
+                   (5, 230, [(b"w", b"1"), (b"x", b"1")], []),
+               ]] + [log(encode_resolve(2, 240, 0)),
+                     log(encode_prepare(6, 0, 250, [], (), [b"r"], primary=PRIMARY,
+                                        deadline=10**9))]
+    for n, split in enumerate((False, True)):
+        store = MVCCStore(tmp_path / f"g{n}", map_size=1 << 20)
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+        try:
+            results = ([r for e in entries for r in sm.apply([e])] if split
+                       else sm.apply(entries))
+            assert [(r.outcome, r.reason, r.key) for r in results] == [
+                (Outcome.PREPARED, "", None), (Outcome.PREPARED, "", None),
+                (Outcome.CONFLICT, "intent", b"r"), (Outcome.PREPARED, "", None),
+                (Outcome.RESOLVED, "", None), (Outcome.PREPARED, "", None)]
+            assert [p.txn_id for p in sm.prepared()] == [3, 5, 6]
+            assert sm.adjudicator.locks(b"q") == 0 and sm.adjudicator.locks(b"r") == 2
+        finally:
+            sm.close()
+            store.close()
 
 
 def test_one_apply_call_sees_its_own_prepares_and_resolutions(sm):
