@@ -154,6 +154,7 @@ MAX_SNAPSHOT_CHUNK_BYTES = 64 << 20
 _DB_VERSIONS = b"versions"
 _DB_META = b"meta"
 _DB_SIDE = b"side"
+_DB_NAMES = frozenset((_DB_VERSIONS, _DB_META, _DB_SIDE))
 
 _META_FORMAT = b"format"
 _META_APPLIED = b"applied_index"
@@ -365,15 +366,20 @@ class MVCCStore(Resource):
         except lmdb.Error as exc:
             raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
         try:
-            # A data file without our meta table is a new store only while it is empty: one
-            # holding anything else is another program's LMDB database, never adopted (the
-            # tables and the format record below would be written into it).
+            # A data file without our meta table is a new store while it holds nothing but
+            # our tables (each is made by a commit of its own: a first open may have been cut
+            # short between them); one holding anything else is another program's LMDB
+            # database, never adopted (the tables and the format record below would be
+            # written into it). The first record not ours is enough to tell.
             with env.begin() as txn:
-                others = 0 if txn.get(_DB_META) is not None else env.stat()["entries"]
-            if others:
+                foreign = None if txn.get(_DB_META) is not None else next(
+                    (k for k in txn.cursor().iternext(values=False) if k not in _DB_NAMES),
+                    None)
+            if foreign is not None:
                 raise errors.CorruptStateError(
                     f"cannot open MVCC store {self._path}: {data_path} is an LMDB database "
-                    f"but no MVCC store (no {_DB_META.decode()} table; {others} other records)",
+                    f"but no MVCC store (no {_DB_META.decode()} table; a record "
+                    f"{bytes(foreign)[:40]!r})",
                     data_path,
                 )
             if self._writemap:

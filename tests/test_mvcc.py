@@ -444,6 +444,20 @@ def test_another_programs_lmdb_database_is_refused_not_adopted(tmp_path):
         assert list(txn.cursor()) == [(b"some", b"other program's data")]
 
 
+def test_a_first_open_cut_short_between_its_tables_is_completed(tmp_path):
+    """Each table is made by a commit of its own: a first open cut short after the first
+    (power lost, the process killed) leaves a data file holding only that table, which is
+    still this store's to complete, not another program's database."""
+    import lmdb
+
+    path = tmp_path / "store"
+    with lmdb.open(str(path), map_size=SMALL_MAP, max_dbs=8) as env:
+        env.open_db(b"versions")
+    with MVCCStore(path, map_size=SMALL_MAP) as store:
+        store.apply([(b"k", b"v")], 5, 1)
+        assert store.get(b"k", 5) == b"v"
+
+
 def test_missing_directory_without_create(tmp_path):
     with pytest.raises(errors.StorageError):
         MVCCStore(tmp_path / "absent", create=False)
