@@ -338,6 +338,7 @@ class Outcome(enum.Enum):
     RESOLVED = "resolved"
     CONFLICT = "conflict"
     INVALID = "invalid"
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,8 +357,9 @@ class CommitResult:
     """What applying a COMMIT entry decided.
 
     Attributes:
-        outcome: committed, conflict (retryable) or invalid (the command broke a rule that the
-            proposer should have checked; nothing was written).
+        outcome: committed, conflict (retryable), invalid (the command broke a rule that the
+            proposer should have checked; nothing was written) or too large (a regional write
+            would grow its key's merged cell over what a value may take; nothing was written).
         ts: the commit timestamp when committed, else the entry's timestamp.
         reason: for a conflict, ``write_write``/``read_write``/``intent``/``too_old``; for an
             invalid command, what was wrong.
@@ -1219,6 +1221,11 @@ class SnapshotBuild:
         self._stream.close()
 
 
+class _Oversized(str):
+    """Why a merged cell would not fit in a value (see :meth:`_Batch._plan_merges`): a local
+    commit is refused as ``TOO_LARGE`` for it, not as ``INVALID``."""
+
+
 class _Batch:
     """What one :meth:`GroupStateMachine.apply` call writes: versions, side-table changes
     (which later entries of the same call read back through :meth:`get`), and the commits and
@@ -1311,7 +1318,8 @@ class _Batch:
             # the adjudicator records the commit.
             plan = self._plan_local(cmd[7], ts)
             if isinstance(plan, str):
-                return CommitResult(Outcome.INVALID, ts, plan)
+                return CommitResult(Outcome.TOO_LARGE if isinstance(plan, _Oversized)
+                                    else Outcome.INVALID, ts, plan)
             record = self._outbox_record(plan)
             if isinstance(record, str):
                 return CommitResult(Outcome.INVALID, ts, record)
@@ -1629,16 +1637,16 @@ class _Batch:
                     cell = resolver.compact(cell, {write.origin: write.ts - 1})
                 encoded = encode_cell(cell)  # written as is by _apply_merges
                 if check_size and len(encoded) > MAX_VALUE_SIZE:
-                    return (f"the merged cell of key {user_key(key)!r} would take "
-                            f"{len(encoded)} bytes, over the {MAX_VALUE_SIZE}-byte limit of a "
-                            f"value")
+                    return _Oversized(f"the merged cell of key {user_key(key)!r} would take "
+                                      f"{len(encoded)} bytes, over the {MAX_VALUE_SIZE}-byte "
+                                      f"limit of a value")
                 share = MAX_VALUE_SIZE // regions
                 if (check_size and resolver.op == MERGE and len(encoded) > share
                         and (before is None or len(encoded) > len(encode_cell(before)))):
-                    return (f"bad {resolver_name} write to key {user_key(key)!r}: the merged "
-                            f"cell would take {len(encoded)} bytes, over this region's share "
-                            f"({share} bytes) of the {MAX_VALUE_SIZE}-byte limit: the cell gathers "
-                            f"{regions} regions' writes")
+                    return _Oversized(f"the merged cell of key {user_key(key)!r} would take "
+                                      f"{len(encoded)} bytes, over this region's share "
+                                      f"({share} bytes) of the {MAX_VALUE_SIZE}-byte limit of "
+                                      f"a value: the cell gathers {regions} regions' writes")
             except (InvalidArgumentError, CorruptStateError) as exc:
                 if not refuse_each:
                     return f"bad {resolver_name} write to key {user_key(key)!r}: {exc}"

@@ -1230,6 +1230,8 @@ class Node:
                 f"transaction {txn_id:#x} conflicts ({result.reason}"
                 + (f" on key {user_key(key)!r}" if key is not None else "") + ")" + why,
                 result.reason, key)
+        if result.outcome is Outcome.TOO_LARGE:
+            raise RecordTooLargeError(f"commit refused: {result.reason}")
         raise InvalidArgumentError(f"commit refused: {result.reason}")
 
     async def _wait_intents(self, replica: GroupReplica, ts: int,

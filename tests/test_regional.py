@@ -319,3 +319,23 @@ async def test_one_failed_progress_record_does_not_stop_the_next():
                     await trio.sleep(0.1)
                 while replica.sm.outbox_after(0):
                     await trio.sleep(0.1)
+
+
+async def test_a_set_over_its_regions_share_is_refused_as_too_large():
+    # Under a value limit as large as the store's, two regions each grow a set to half of it
+    # only: the group refuses the add past that, as too large rather than as a bad argument.
+    from engine.config import Limits
+    from engine.mvcc import MAX_VALUE_SIZE
+
+    limits = Limits(max_value_size=MAX_VALUE_SIZE, max_txn_bytes=2 * MAX_VALUE_SIZE)
+    async with open_local_cluster(REGIONS[:2], 1, seed=32, limits=limits) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("tags", mode="regional", resolver="add_wins_set")
+                elem = MAX_VALUE_SIZE * 3 // 10
+                await _merge(db, b"t", encode_set_add(b"a" * elem))
+                with pytest.raises(errors.RecordTooLargeError,
+                                   match=r"key b't' would take \d+ bytes, over this region's "
+                                         rf"share \({MAX_VALUE_SIZE // 2} bytes\)"):
+                    await _merge(db, b"t", encode_set_add(b"b" * elem))
+                assert decode_set(await db.read("tags", b"t")) == [b"a" * elem]

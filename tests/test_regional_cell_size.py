@@ -84,10 +84,10 @@ def test_concurrent_adds_too_large_together_come_out_alike_in_every_region(regio
     assert _elements(regions[1]) == [bytes([g]) for g in sorted(REGIONS)]
     # Two fifths of the limit is more than a region's third of it: the second adds were
     # refused where their writers learn of it, rather than lost somewhere else later.
-    assert all(r.outcome is Outcome.INVALID and "share" in r.reason for r in seconds)
+    assert all(r.outcome is Outcome.TOO_LARGE and "share" in r.reason for r in seconds)
     # The cell, over each region's share now, takes no new element, but still a remove.
     east = regions[1]
-    assert east.commit(encode_set_add(b"\x01c")).outcome is Outcome.INVALID
+    assert east.commit(encode_set_add(b"\x01c")).outcome is Outcome.TOO_LARGE
     elem = bytes([1]) + b"a" * size
     tags = AddWinsSet.observed_tags(east.cell(), elem)
     assert east.commit(encode_set_remove(elem, tags)).committed
