@@ -100,7 +100,13 @@ import trio
 
 from . import planted
 from .adjudicator import MAX_TXN_KEYS
-from .catalog import Keyspace, check_keyspace_name, keyspace_from_record
+from .catalog import (
+    MODES,
+    SURVIVAL_GOALS,
+    Keyspace,
+    check_keyspace_name,
+    keyspace_from_record,
+)
 from .config import ConfigError, parse_address
 from .errors import (
     AmbiguousCommitError,
@@ -120,10 +126,12 @@ from .merge import (
     MAX_APP_VALUE_SIZE,
     MERGE,
     PUT,
+    RESOLVER_NAMES,
     RemoteWrite,
     decode_cell,
     decode_int,
     encode_int,
+    is_resolver_name,
     reader_for,
     resolver_for,
     write_op,
@@ -350,8 +358,26 @@ class Database:
         ``"add_wins_set"``, or ``"app:<name>"``, an application resolver of the nodes'
         ``[cluster.resolvers]``; see :mod:`engine.merge`). ``survive="region"`` (three regions or
         more) puts a global keyspace's voters in three regions: commits wait for a second
-        region, and losing a whole region loses no acknowledged write."""
+        region, and losing a whole region loses no acknowledged write.
+
+        Raises:
+            InvalidArgumentError: a bad name, an unknown ``mode``, ``survive`` or
+                ``home_region``, or a ``resolver`` that names none (checked again by the node,
+                which knows the application resolvers configured).
+        """
         check_keyspace_name(name)
+        if mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, not "
+                                       f"{mode!r:.80}")
+        if survive not in SURVIVAL_GOALS:
+            raise InvalidArgumentError(f"survive must be one of {', '.join(SURVIVAL_GOALS)}, "
+                                       f"not {survive!r:.80}")
+        if home_region is not None and home_region not in self.regions:
+            raise InvalidArgumentError(f"home_region must be None or one of "
+                                       f"{', '.join(self.regions)}, not {home_region!r:.80}")
+        if not is_resolver_name(resolver):
+            raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)} "
+                                       f"or {APP_PREFIX}<name>, not {resolver!r:.80}")
         # Not idempotent: sent again after it may have run, it would find the keyspace it
         # made and say that it exists already. A lost answer is an unknown outcome.
         rec = await self._call_group(self._meta_group, "keyspace.create",
@@ -1007,8 +1033,8 @@ class Database:
 
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair
-        (``"origin->destination"``: p50, p99 and sample count of the writes applied, from the
-        destination's leader, and ``behind_ms``, the age of the oldest write the destination
+        (``"origin->destination"``: p50, p99 and sample count of the writes applied in the
+        last five minutes (``engine.node.LAG_WINDOW_S``), from the destination's leader, and ``behind_ms``, the age of the oldest write the destination
         has not applied yet, from the origin's leader: it grows while the pair's replication
         is stopped); ``cross_region_bytes`` the nodes of one region sent to those of another
         (``"from->to"``, since the nodes started: Raft replication, two-phase commit and
@@ -1841,9 +1867,14 @@ class Transaction:
         self._buffer(stored, group, v, resolver=ks.resolver)
 
     async def increment(self, keyspace: str, key: bytes | str, amount: int = 1) -> None:
-        """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver."""
-        if type(amount) is not int:
-            raise InvalidArgumentError(f"amount must be an int, not {type(amount).__name__}")
+        """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver.
+
+        Raises:
+            InvalidArgumentError: ``amount`` is not an int within signed 64 bits.
+        """
+        if type(amount) is not int or not -2**63 <= amount < 2**63:
+            raise InvalidArgumentError(f"amount must be an int in -2**63..2**63-1, not "
+                                       f"{amount!r:.80}")
         await self.merge(keyspace, key, encode_int(amount))
 
     async def _write(self, keyspace: str, stored: bytes, group: int,

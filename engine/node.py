@@ -188,6 +188,13 @@ REPLICATION_LINGER_S = 0.02
 that the writes of those milliseconds travel (and are proposed at the destination) as one
 batch: each batch costs every destination a Raft proposal."""
 LAG_SAMPLES = 1000
+LAG_WINDOW_S = 300.0
+"""The replication lag a node reports per origin region (``status()``) is that of the
+regional writes it applied in the last :data:`LAG_WINDOW_S` seconds, at most the latest
+:data:`LAG_SAMPLES` of them (the memory it takes is bounded): a pair that stopped writing
+reports no samples once its last ones are older, not their figures as if they were current.
+Ages are measured on the node's hybrid clock, as the lag itself; old samples are dropped as
+new ones come and when the figures are read."""
 RECOVERY_TIMEOUT_S = 10.0
 MAX_CATALOG_ATTEMPTS = 20
 MAX_SPANS = 4096
@@ -298,7 +305,8 @@ class Node:
         # Catalog changes this node makes as the meta group's leader, one at a time (see
         # _catalog_txn).
         self._catalog_lock = trio.Lock()
-        # Replication lag of regional writes applied here, per origin region: recent samples.
+        # Replication lag of regional writes applied here, per origin region: recent samples,
+        # (timestamp applied at, lag in ms), oldest first (see LAG_WINDOW_S).
         self._lag_ms: dict[str, collections.deque] = {}
         # (origin group, destination group) -> how far the destination has applied the
         # origin's regional writes, by its latest answer to this node's shipper.
@@ -728,8 +736,10 @@ class Node:
                     if self.placement[gid].kind == "data"
                     and self.placement[gid].region == self.region)
         lag = {}
+        now = self.clock.now()
         for origin, samples in self._lag_ms.items() if leads else ():
-            ordered = sorted(samples)
+            _forget_old_lag(samples, now)
+            ordered = sorted(ms for _, ms in samples)
             if n := len(ordered):  # nearest ranks: the smallest k with k >= q·n
                 lag[origin] = {"samples": n, "p50": ordered[(n + 1) // 2 - 1],
                                "p99": ordered[(99 * n + 99) // 100 - 1]}
@@ -1425,15 +1435,18 @@ class Node:
         # wall clock's jump forward, which no sample kept here for good should measure.
         now = self.clock.now()
         samples = self._lag_ms.setdefault(where.region, collections.deque(maxlen=LAG_SAMPLES))
+        _forget_old_lag(samples, now)
         # A batch sent again (its answer was lost or late) repeats writes applied before,
         # maybe by a copy of it that was in the log already when this one was proposed:
         # only the writes above the watermark the batch found when applied are its own.
-        # Their lag was counted when they were applied.
+        # Their lag was counted when they were applied. Writes to a keyspace fenced at level
+        # 2 or more here (moved away, or being dropped) were skipped, not replicated.
         applied_before = result.conflict_ts if result.committed else up_to
         for w in writes:
             if (isinstance(w, list) and len(w) == 7 and type(w[3]) is int
-                    and w[3] > applied_before):
-                samples.append(max(0.0, (now - w[3]) / 1e6))
+                    and w[3] > applied_before and type(w[0]) is bytes
+                    and replica.sm.fence(w[0][:KEY_PREFIX_SIZE])[0] < 2):
+                samples.append((now, max(0.0, (now - w[3]) / 1e6)))
         return {"watermark": replica.sm.watermark(origin)}
 
     async def _remote_watermark(self, p):
@@ -2119,3 +2132,11 @@ def _answers(replica: GroupReplica, voter: int) -> bool:
     election timeout."""
     progress = replica.node.core.status()["progress"].get(voter)
     return progress is not None and progress["active"] and progress["match"] > 0
+
+
+def _forget_old_lag(samples: collections.deque, now: int) -> None:
+    """Drops the lag samples applied more than :data:`LAG_WINDOW_S` before ``now`` (a
+    timestamp): they are in the order they were taken, so the old ones are at the left."""
+    horizon = now - int(LAG_WINDOW_S * 1e9)
+    while samples and samples[0][0] < horizon:
+        samples.popleft()

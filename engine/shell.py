@@ -204,7 +204,10 @@ class _Shell:
             return True
         name, args = words[0], words[1:]
         if name in ("quit", "exit"):
-            return False
+            if not args:
+                return False
+            self.fail(f"error: usage: {name}")
+            return True
         entry = self.commands.get(name)
         if entry is None:
             self.fail(f"error: unknown command {name!r} (type 'help')")
@@ -250,6 +253,7 @@ class _Shell:
     # ------------------------------------------------------------------ commands
 
     def do_help(self, args: list[str]) -> None:
+        self._arity(args, 0)
         self.print(HELP)
 
     def do_keyspaces(self, args: list[str]) -> None:

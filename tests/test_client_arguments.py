@@ -140,3 +140,57 @@ def test_a_request_timeout_that_is_no_positive_number_is_refused_by_connect_bloc
     with pytest.raises(InvalidArgumentError,
                        match=r"request_timeout_s must be a number of seconds > 0, not -1"):
         connect_blocking(["127.0.0.1:1"], request_timeout_s=-1)
+
+
+@pytest.mark.parametrize("amount", [2**63, -2**63 - 1, 2**70, 1.5, True, "5", None])
+async def test_an_increment_amount_out_of_range_is_refused_at_the_call(nursery, amount):
+    # An amount of 2**63 or more was refused by the payload's encoding ("expected an int
+    # within signed 64 bits, not ..."), naming neither the amount nor the call; a float or a
+    # bool was said to be no int, without the range.
+    node = FakeNode(nursery)
+    asked = []
+
+    async def keyspace_get(p, ctx):
+        asked.append("keyspace.get")
+        return {**regional(p, ctx), "resolver": "counter"}
+
+    node.handlers["keyspace.get"] = keyspace_get
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(
+                InvalidArgumentError,
+                match=r"amount must be an int in -2\*\*63\.\.2\*\*63-1, not "):
+            async with db.transaction() as tx:
+                await tx.increment("ks", "k", amount)
+
+
+@pytest.mark.parametrize("argument, value, refusal", [
+    ("mode", "local", r"mode must be one of global, regional, not 'local'"),
+    ("mode", None, r"mode must be one of global, regional, not None"),
+    ("survive", "planet", r"survive must be one of zone, region, not 'planet'"),
+    ("survive", {}, r"survive must be one of zone, region, not \{\}"),
+    ("home_region", "mars", r"home_region must be None or one of r1, not 'mars'"),
+    ("home_region", "", r"home_region must be None or one of r1, not ''"),
+    ("home_region", 5, r"home_region must be None or one of r1, not 5"),
+    ("resolver", "sum", r"resolver must be one of lww, counter, max, add_wins_set or "
+                        r"app:<name>, not 'sum'"),
+    ("resolver", ["lww"], r"resolver must be one of .* not \['lww'\]"),
+])
+async def test_a_keyspace_to_create_with_a_bad_argument_is_refused_at_the_call(
+        nursery, argument, value, refusal):
+    # Each was sent to the node: an empty home_region made the keyspace in the client's
+    # region, and a resolver the node could not look up (a list) failed there, with an
+    # internal error the client took for an unknown outcome ("may or may not have committed").
+    node = FakeNode(nursery)
+    asked = []
+
+    async def create(p, ctx):
+        asked.append(p)
+        return {"id": 1, "name": p["name"], "mode": p["mode"], "home": p["home"]}
+
+    node.handlers["keyspace.create"] = create
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(InvalidArgumentError, match=refusal):
+            await db.create_keyspace("ks", **{argument: value})
+        assert asked == []

@@ -127,6 +127,7 @@ async def test_the_percentiles_are_nearest_ranks():
             for samples, p50, p99 in (([10.0, 1000.0], 10.0, 1000.0),
                                       ([float(i) for i in range(1, 101)], 50.0, 99.0),
                                       ([5.0], 5.0, 5.0)):
-                node._lag_ms["us-east"] = collections.deque(samples)
+                now = node.clock.now()
+                node._lag_ms["us-east"] = collections.deque((now, ms) for ms in samples)
                 lag = (await node._status({}, None))["replication_lag_ms"]["us-east"]
                 assert lag == {"samples": len(samples), "p50": p50, "p99": p99}

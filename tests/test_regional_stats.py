@@ -10,6 +10,8 @@ from engine.placement import data_group
 from test_node_misuse import GUARD_S, KEY, client_of, leader_of
 
 HOUR = 3600 * 10**9
+KEYSPACE_ID = 0x0777  # KEY's
+OTHER = b"\x00\x00\x07\x78key"  # a key of another keyspace
 
 
 def _batch(gid: int, origin: int, after: int, up_to: int, stamps: list[int]) -> dict:
@@ -53,5 +55,49 @@ async def test_a_jump_of_the_destinations_wall_clock_is_no_lag(tmp_path, monkeyp
         with trio.fail_after(GUARD_S):
             async with client_of(cluster, node) as conn:
                 await conn.call("remote.apply", _batch(gid, other, 0, written, [written]))
-        [lag_ms] = node._lag_ms["eu-west"]
+        [(_, lag_ms)] = node._lag_ms["eu-west"]
         assert 0 <= lag_ms < GUARD_S * 1000
+
+
+async def test_a_pair_that_stopped_writing_reports_no_lag_once_its_samples_are_old(
+        tmp_path, monkeypatch):
+    # The samples were kept until newer ones pushed them out: a region that wrote a burst
+    # hours ago, then nothing, still showed that burst's p50 and p99 as the pair's lag.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=3,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        other = data_group(cluster.config, "eu-west")
+        node = await leader_of(cluster, gid)
+        written = node.clock.now()
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                await conn.call("remote.apply", _batch(gid, other, 0, written, [written]))
+        assert (await node._status({}, None))["replication_lag_ms"]["eu-west"]["samples"] == 1
+        wall, boot = node.clock._physical, node.clock._monotonic
+        for later, reported in ((10**9, True), (HOUR, False)):
+            # The wall clock and the clock that checks it move on alike: no jump.
+            monkeypatch.setattr(node.clock, "_physical", lambda d=later: wall() + d)
+            monkeypatch.setattr(node.clock, "_monotonic", lambda d=later: boot() + d)
+            lag = (await node._status({}, None))["replication_lag_ms"]
+            assert ("eu-west" in lag) == reported, (later, lag)
+        assert not node._lag_ms["eu-west"]  # the memory is given back as well
+
+
+async def test_writes_skipped_for_a_keyspace_being_dropped_are_no_lag(tmp_path):
+    # A keyspace fenced at level 2 here (moved away, or being dropped) takes no shipped
+    # writes: they were skipped, not replicated, yet each counted as a lag sample.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=4,
+                                  directory=str(tmp_path)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        other = data_group(cluster.config, "eu-west")
+        node = await leader_of(cluster, gid)
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                await conn.call("keyspace.fence", {"group": gid, "keyspace_id": KEYSPACE_ID,
+                                                   "level": 2})
+                written = node.clock.now()
+                batch = _batch(gid, other, 0, written + 1, [written])
+                batch["writes"].append([OTHER, "lww", b"x", written + 1, "eu-west", 0, ""])
+                await conn.call("remote.apply", batch)
+        assert node.replicas[gid].sm.watermark(other) == written + 1
+        assert len(node._lag_ms["eu-west"]) == 1  # the write to another keyspace alone

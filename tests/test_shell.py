@@ -319,6 +319,13 @@ get {ks} k
     assert not any("Traceback" in line for line in out)
 
 
+def test_an_empty_home_region_is_refused(addresses, ks):
+    # It was taken for no region given: the keyspace was made in this client's region.
+    out = shell(addresses, f"create-keyspace {ks} ''\nkeyspaces", code=1)
+    assert out[0] == "error: home_region must be None or one of us-east, not ''"
+    assert not any(line.startswith(f"{ks} ") for line in out[1:])
+
+
 def test_unknown_keyspace_inside_a_transaction_keeps_it_open(addresses, ks):
     out = shell(addresses, f"""
 create-keyspace {ks}
@@ -344,6 +351,13 @@ def test_quit_exit_and_eof_end_the_session(addresses, ks):
     out = shell(addresses, f"create-keyspace {ks}\nbegin\nput {ks} k v")
     assert out[-1] == "open transaction rolled back"
     assert shell(addresses, f"get {ks} k") == ["(not found)"]
+
+
+def test_quit_exit_and_help_with_arguments_are_usage_errors(addresses):
+    # The arguments were ignored: "quit now" ended the session, "help foo" printed the help.
+    out = shell(addresses, "help foo bar\nquit now\nexit 0\nkeyspaces\nquit", code=1)
+    assert out[:3] == ["error: usage: help", "error: usage: quit", "error: usage: exit"]
+    assert len(out) > 3  # the session went on to list the keyspaces
 
 
 def test_a_script_in_which_a_command_failed_exits_1(addresses, ks):
