@@ -1034,9 +1034,10 @@ class Database:
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair
         (``"origin->destination"``: p50, p99 and sample count of the writes applied in the
-        last five minutes (``engine.node.LAG_WINDOW_S``), from the destination's leader, and ``behind_ms``, the age of the oldest write the destination
-        has not applied yet, from the origin's leader: it grows while the pair's replication
-        is stopped); ``cross_region_bytes`` the nodes of one region sent to those of another
+        last five minutes (``engine.node.LAG_WINDOW_S``), from the destination's leader, and
+        ``behind_ms``, the age of the oldest write the destination has not applied yet, from
+        the origin's leader: it grows while the pair's replication is stopped);
+        ``cross_region_bytes`` the nodes of one region sent to those of another
         (``"from->to"``, since the nodes started: Raft replication, two-phase commit and
         regional replication between nodes; clients' own requests not included);
         ``replication_broken``, per region pair (``"origin->destination"``) whose destination
