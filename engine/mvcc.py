@@ -1517,8 +1517,10 @@ class MVCCStore(Resource):
                 self._resize_wanted = True
                 try:
                     while self._open_snapshots:
-                        while self._idle_snapshots:
-                            self._idle_snapshots.pop()._interrupt()
+                        # Not pop(): a stream being collected is dead in the set for a moment
+                        # before it leaves it (then it releases itself), and pop() would raise.
+                        for stream in list(self._idle_snapshots):
+                            stream._interrupt()
                         if self._open_snapshots:
                             self._gate.wait()
                 finally:
@@ -1740,8 +1742,10 @@ class SnapshotStream:
     def close(self) -> None:
         """Ends the snapshot's read transaction; idempotent."""
         self._state = "done"
-        self._interrupted = False
         self._finish()
+        # After: a grower may end the stream while close() waits for the gate in _finish(),
+        # and a stream its owner closed ends quietly.
+        self._interrupted = False
 
     def _park(self) -> None:
         """Steps an interruptible stream out of a chunk (or out of its creation): it is ended
