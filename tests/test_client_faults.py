@@ -147,6 +147,13 @@ async def test_connect_moves_on_from_an_address_that_drops_every_packet(nursery,
 async def test_a_description_this_client_cannot_read_is_one_clear_error(nursery, damage):
     # A node of another version (a rolling upgrade) answers describe in a form this client
     # cannot read: connect() raised a bare KeyError (or TypeError) from deep inside.
+    node, error = await _connect_to_a_damaged_description(nursery, damage)
+    assert node.address in error
+
+
+async def _connect_to_a_damaged_description(nursery, damage) -> tuple[FakeNode, str]:
+    """connect() to a node whose description ``damage`` changed, which must fail as the one
+    clear error of a description this client cannot read: the node and that error."""
     node = FakeNode(nursery)
 
     async def describe(p, ctx):
@@ -160,7 +167,7 @@ async def test_a_description_this_client_cannot_read_is_one_clear_error(nursery,
         async with engine.connect([node.address], request_timeout_s=TIMEOUT_S):
             pass
     assert "a description of the cluster this client cannot read" in str(info.value)
-    assert node.address in str(info.value)
+    return node, str(info.value)
 
 
 async def test_a_read_from_a_node_that_never_answers_gives_up_in_time(nursery):
@@ -580,20 +587,9 @@ async def test_a_described_leader_that_names_no_known_node_is_no_leader(nursery,
 async def test_a_description_naming_undescribed_voters_is_one_clear_error(nursery, voters):
     # Voters the description does not list among its nodes raised KeyError (or TypeError) at
     # the first call that tried one of them, or went unnoticed until then.
-    node = FakeNode(nursery)
-
-    async def describe(p, ctx):
-        d = describe_for(node.port)
-        d["groups"][1]["voters"] = voters
-        return d
-
-    node.handlers["describe"] = describe
-    await node.start()
-    with trio.fail_after(GUARD_S), pytest.raises(UnavailableError) as info:
-        async with engine.connect([node.address], request_timeout_s=TIMEOUT_S):
-            pass
-    assert "a description of the cluster this client cannot read" in str(info.value)
-    assert "group 1 names nodes that are not described" in str(info.value)
+    _, error = await _connect_to_a_damaged_description(
+        nursery, lambda d: d["groups"][1].update(voters=voters))
+    assert "group 1 names nodes that are not described" in error
 
 
 async def test_a_reply_cut_off_halfway_through_its_frame_does_not_wedge_the_connection(nursery):
