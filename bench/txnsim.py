@@ -96,12 +96,14 @@ Faults (``FAULT_KINDS``)
     random (now and then the one it is in) by a client of a random region, one move at a
     time, while the workload runs: its writers meet ``moved`` conflicts and stale caches,
     and the other faults cut moves short. The first move takes a keyspace away from its
-    home; a third of the others are cancelled after a random time (below ``move_cut_s``),
-    as a client's timeout would: the move undoes what it can in a bounded time
-    (``engine.client.MOVE_ROLLBACK_S``) and leaves the rest to the next. After healing,
-    each keyspace is moved to the home its catalog record names, which finishes or undoes a
-    move left halfway, as an operator would; the final read comes after. Not for the
-    ``regional`` workload (a regional keyspace has no home to move).
+    home; the second, and a third of the later ones, are cancelled after a random time
+    (below ``move_cut_s``), as a client's timeout would: the move undoes what it can in a
+    bounded time (``engine.client.MOVE_ROLLBACK_S``) and leaves the rest to the next. After
+    healing, each keyspace is moved to the home its catalog record names, which finishes or
+    undoes a move left halfway, as an operator would; then the first move, if the faults
+    stopped it, is made again to the end, so every run's final read comes after a change of
+    home. The final read comes after. Not for the ``regional`` workload (a regional keyspace
+    has no home to move).
 
 ``plan_faults(config)`` draws the mix from the seed (each kind of ``FAULT_KINDS`` present with
 some probability, at least one of them) unless ``config.faults`` names the kinds. Nemesis
@@ -986,6 +988,8 @@ class _Runner:
         self.killed_in_commit = 0  # coordinator kills that cancelled a commit (info)
         self.sessions_killed = 0
         self.partition_sides: list[list[int]] | None = None  # the partition in force
+        # The run's first keyspace move (keyspace, target) until it has ended "ok".
+        self.first_move_pending: tuple[str, str] | None = None
         # Raft snapshot counters summed over the nodes' groups, each node's as it stops.
         self.snapshots = dict.fromkeys(("taken", "built", "installed"), 0)
 
@@ -1168,8 +1172,8 @@ class _Runner:
         """Moves a keyspace of the workload's to a region drawn at random, one move at a
         time, forever; some are cut short (see ``move-keyspace`` in the module docstring)."""
         rng = random.Random(f"moves/{self.config.seed}")
-        first = True
-        while True:
+        for number in itertools.count():
+            first = number == 0
             await trio.sleep(rng.uniform(*self.plan.move_every_s))
             keyspace = rng.choice(self.workload.keyspaces)
             if first:  # away from its home, to the end: every run has a real move
@@ -1178,15 +1182,21 @@ class _Runner:
             else:
                 to = rng.choice(self.config.regions)
             region = rng.choice(self.config.regions)
+            # The second move is always cut short, so that every run that gets that far
+            # has one; a third of the later ones are.
+            drawn = not first and rng.random() < MOVE_CUT_PROBABILITY
             cut = (round(rng.uniform(0.0, self.plan.move_cut_s), 3)
-                   if not first and rng.random() < MOVE_CUT_PROBABILITY else None)
-            first = False
+                   if drawn or number == 1 else None)
+            if first:
+                self.first_move_pending = (keyspace, to)
             self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
                                                    "client_region": region, "cut_after_s": cut})
             self.fired["move-keyspace"] += 1
             outcome = await self._move(cluster, region, keyspace, to, cut)
             self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
                                                        "outcome": outcome})
+            if first and outcome == "ok":
+                self.first_move_pending = None
 
     async def _move(self, cluster, region: str, keyspace: str, to: str,
                     cut: float | None) -> str:
@@ -1203,32 +1213,52 @@ class _Runner:
 
     async def finish_moves(self, cluster) -> bool:
         """After healing: each keyspace moved to the home its catalog record names, which
-        finishes or undoes a move left halfway (and is quick when none was). Retried until
-        it succeeds or ``recovery_s`` have passed; returns whether every keyspace got
-        through."""
+        finishes or undoes a move left halfway (and is quick when none was); then the run's
+        first move, if the faults stopped it, made again to the end, so that every run's final
+        reads come after a real change of home. Each move is retried until it succeeds or
+        ``recovery_s`` have passed; returns whether every one got through."""
         give_up = trio.current_time() + self.config.recovery_s
+        region = self.config.regions[0]
         for keyspace in self.workload.keyspaces:
-            while True:
-                # A fresh client each attempt: its lookup of the record is not a cached one.
-                outcome = "timed out"
-                with trio.move_on_after(max(0.0, give_up - trio.current_time())):
-                    try:
-                        async with cluster.connect(
-                                self.config.regions[0],
-                                request_timeout_s=self.config.request_timeout_s) as db:
-                            home = (await db.keyspace(keyspace)).home
-                            await db.move_keyspace(keyspace, home)
-                        outcome = "ok"
-                    except (MeridianError, OSError) as exc:
-                        outcome = f"{type(exc).__name__}: {exc}"
-                self.history.nemesis("finish-move", {"keyspace": keyspace,
-                                                     "outcome": outcome})
-                if outcome == "ok":
-                    break
-                if trio.current_time() >= give_up:
-                    return False
-                await trio.sleep(0.2)
+            if not await self._retry_move(cluster, region, keyspace, None, give_up):
+                return False
+        if self.first_move_pending is None:
+            return True
+        keyspace, to = self.first_move_pending
+        self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
+                                               "client_region": region, "cut_after_s": None})
+        if not await self._retry_move(cluster, region, keyspace, to, give_up):
+            return False
+        self.first_move_pending = None
         return True
+
+    async def _retry_move(self, cluster, region: str, keyspace: str, to: str | None,
+                          give_up: float) -> bool:
+        """Moves ``keyspace`` to ``to`` (None: the home its catalog record names) with a
+        fresh client each attempt — its lookup of the record is not a cached one — until it
+        succeeds or ``give_up`` (trio time) has passed. Each attempt is in the history:
+        ``finish-move`` for the catalog home, ``move-keyspace-end`` for a target."""
+        while True:
+            outcome = "timed out"
+            with trio.move_on_after(max(0.0, give_up - trio.current_time())):
+                try:
+                    async with cluster.connect(
+                            region, request_timeout_s=self.config.request_timeout_s) as db:
+                        target = to if to is not None else (await db.keyspace(keyspace)).home
+                        await db.move_keyspace(keyspace, target)
+                    outcome = "ok"
+                except (MeridianError, OSError) as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"
+            if to is None:
+                self.history.nemesis("finish-move", {"keyspace": keyspace, "outcome": outcome})
+            else:
+                self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
+                                                           "outcome": outcome})
+            if outcome == "ok":
+                return True
+            if trio.current_time() >= give_up:
+                return False
+            await trio.sleep(0.2)
 
     async def partitions(self, cluster) -> None:
         """A partition of a random shape (``PARTITION_SHAPES``) for ``plan.partition_s``, then
