@@ -463,7 +463,7 @@ class Database:
         # that a cached record would otherwise let run (up to its background lookup, which
         # the closed connection can no longer start).
         self._check_open()
-        ks = self._keyspaces.get(name)
+        ks = self._keyspaces.get(name) if type(name) is str else None  # a list is unhashable
         if ks is None:
             check_keyspace_name(name)
             return await self._lookup_keyspace(name)
@@ -1657,6 +1657,7 @@ class Transaction:
         self._writes: dict[bytes, bytes | None] = {}
         self._merges: dict[bytes, tuple[str, bytes | None]] = {}  # regional: (resolver, value)
         self._write_group: dict[bytes, int] = {}
+        self._keyspace_ids: dict[str, int] = {}  # name -> the id this transaction uses it at
         self._bytes = 0
         self._state = "open"
         self._started = trio.current_time()
@@ -1706,7 +1707,7 @@ class Transaction:
             self._visited[group].keys.update(rest[:len(values)])
             found.update(zip(rest, values))
             rest = rest[len(values):]
-        ks = await self._db.keyspace(keyspace)
+        ks = await self._keyspace(keyspace)
         if ks.mode == "regional":
             return [self._regional_value(ks, s, found[s]) for s, _ in located]
         return [self._writes[s] if s in self._writes else found[s] for s, _ in located]
@@ -1715,7 +1716,7 @@ class Transaction:
         """Reads a key and adds it to the write set unchanged, so that a concurrent writer of
         it conflicts with this transaction (the way to prevent write skew under snapshot
         isolation, like ``SELECT ... FOR UPDATE``)."""
-        if (await self._db.keyspace(keyspace)).mode == "regional":
+        if (await self._keyspace(keyspace)).mode == "regional":
             raise InvalidArgumentError(
                 f"keyspace {keyspace!r} is regional: its writes commit in each region and "
                 f"are merged, so there is no lock to take")
@@ -1745,7 +1746,7 @@ class Transaction:
         self._check_open()
         first = _check_bound(b"" if start is None else start, "start")
         past = None if end is None else _check_bound(end, "end")
-        ks = await self._db.keyspace(keyspace)
+        ks = await self._keyspace(keyspace)
         s = encode_key(ks.id, first)
         e = encode_key(ks.id, past) if past is not None else keyspace_bounds(ks.id)[1]
         group = self._db.group_of(ks)
@@ -1836,7 +1837,7 @@ class Transaction:
         resolver's format (:mod:`engine.merge`: an increment for ``counter``, a number for
         ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
         except counter increments, which add up."""
-        ks = await self._db.keyspace(keyspace)
+        ks = await self._keyspace(keyspace)
         if ks.mode != "regional" or write_op(ks.resolver) == PUT:
             raise InvalidArgumentError(
                 f"keyspace {keyspace!r} has no merge type ({ks.mode}, {ks.resolver}): use put")
@@ -1880,7 +1881,7 @@ class Transaction:
 
     async def _write(self, keyspace: str, stored: bytes, group: int,
                      value: bytes | None) -> None:
-        ks = await self._db.keyspace(keyspace)
+        ks = await self._keyspace(keyspace)
         if ks.mode != "regional":
             self._buffer(stored, group, value)
         elif write_op(ks.resolver) == PUT:
@@ -2194,9 +2195,22 @@ class Transaction:
         if self._state != "open":
             raise TransactionClosedError(f"transaction {self.txn_id:#x} is {self._state}")
 
+    async def _keyspace(self, name: str) -> Keyspace:
+        """The keyspace named ``name``, as this transaction first used it: a keyspace of that
+        name dropped and created again since is another keyspace, which the transaction's
+        snapshot does not hold (what it read of the old one would leak into the new one).
+        Refused as a ``moved`` conflict: the next attempt starts in the new keyspace."""
+        ks = await self._db.keyspace(name)
+        first = self._keyspace_ids.setdefault(name, ks.id)
+        if ks.id != first:
+            raise TransactionConflictError(
+                f"transaction {self.txn_id:#x}: keyspace {name!r} was dropped and created "
+                f"again since the transaction first used it", "moved")
+        return ks
+
     async def _locate(self, keyspace: str, key) -> tuple[bytes, int]:
         self._check_open()
-        ks = await self._db.keyspace(keyspace)
+        ks = await self._keyspace(keyspace)
         group = self._db.group_of(ks)
         k = _check_key(key)
         # The cluster's max_key_size counts the stored key, keyspace prefix included (the

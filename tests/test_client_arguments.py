@@ -194,3 +194,18 @@ async def test_a_keyspace_to_create_with_a_bad_argument_is_refused_at_the_call(
         with trio.fail_after(GUARD_S), pytest.raises(InvalidArgumentError, match=refusal):
             await db.create_keyspace("ks", **{argument: value})
         assert asked == []
+
+
+@pytest.mark.parametrize("name", [["ks"], {"ks": 1}, {"ks"}, bytearray(b"ks")])
+async def test_a_keyspace_name_that_is_no_str_is_refused_at_the_call(nursery, name):
+    # A name that cannot be a dict key (a list, a set) failed in the lookup of the cached
+    # records, as a TypeError ("unhashable type") from inside the library.
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S):
+            with pytest.raises(InvalidArgumentError, match="bad keyspace name"):
+                await db.read(name, b"k")
+            with pytest.raises(InvalidArgumentError, match="bad keyspace name"):
+                async with db.transaction() as tx:
+                    await tx.put(name, b"k", b"v")

@@ -51,6 +51,33 @@ async def test_a_cached_record_of_a_dropped_keyspace_neither_reads_nor_writes_it
                 assert (await a.keyspace("orders")).id == new.id
 
 
+async def test_a_transaction_that_used_a_dropped_keyspace_does_not_use_one_created_again():
+    """A snapshot-isolation transaction that read a keyspace before it was dropped and
+    created again (its client's cache now names the new one) is refused as ``moved`` when it
+    uses the name again: it read the old keyspace, and used to read the new one as empty and
+    write what it had read of the old one into it."""
+    async with open_local_cluster(("us-east",), 1, seed=47) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("orders")
+                await db.run_transaction(lambda tx: tx.put("orders", b"k", b"OLD"))
+                tx = db.transaction()
+                assert await tx.get("orders", b"k") == b"OLD"
+                await db.drop_keyspace("orders")
+                await db.create_keyspace("orders")
+                for use in (lambda: tx.get("orders", b"k"),
+                            lambda: tx.scan("orders"),
+                            lambda: tx.put("orders", b"k", b"OLD, again")):
+                    with pytest.raises(errors.TransactionConflictError, match="created again"
+                                       ) as refused:
+                        await use()
+                    assert refused.value.reason == "moved"
+                await tx.rollback()
+                assert await db.read("orders", b"k") is None
+                await db.run_transaction(lambda tx: tx.put("orders", b"k", b"new"))
+                assert await db.read("orders", b"k") == b"new"
+
+
 async def test_a_dropped_regional_keyspace_is_fenced_in_every_region():
     async with open_local_cluster(TWO_REGIONS, 1, seed=42) as cluster:
         async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west, \
