@@ -237,6 +237,9 @@ class RaftCore:
         # promise not to vote for an election timeout (thesis §4.2.3, the leader's lease).
         self._leader_heard_tick = -(1 << 62)
         self._timeout_now_sent = False  # this term: a transferee may win at any time
+        # The tick a TimeoutNow of this term came that could not be acted on at once (see
+        # _step_follower); -1: none.
+        self._timeout_now_tick = -1
         # Per-role state.
         self._prs: dict[int, Progress] = {}
         self._votes: dict[int, bool] = {}
@@ -346,6 +349,7 @@ class RaftCore:
         self._hb_rounds.clear()
         self._lease_from = -1
         self._timeout_now_sent = False
+        self._timeout_now_tick = -1
         self._read_queue.clear()
         self._reads_waiting_for_commit.clear()
         self._reset_progress()
@@ -573,6 +577,7 @@ class RaftCore:
             raise ConfChangeError(f"node {to} is not a voter")
         if to == self.id or to == self._lead_transferee:
             return
+        self._check_not_leaving(to)
         # The transfer gets an election timeout of its own. The quorum check keeps its pace:
         # restarting its count here would let transfers asked again and again (to changing
         # targets) keep a leader that no quorum answers from ever stepping down.
@@ -583,6 +588,22 @@ class RaftCore:
             self._send_timeout_now(to)
         else:
             self._send_append(to)
+
+    def _check_not_leaving(self, to: int) -> None:
+        """Refuses a transfer to a voter that a membership change not yet applied removes or
+        demotes: it holds that change, so once elected it would commit it and step down,
+        leaving the group without a leader for an election timeout (or more: the others
+        then still honour the lease of its last heartbeat)."""
+        log = self.log
+        if self._pending_conf_index <= log.applied:
+            return
+        for e in log.entries(max(log.applied, log.offset) + 1, self._pending_conf_index + 1):
+            if e.type is EntryType.CONF_CHANGE:
+                cc = ConfChange.decode(e.data)
+                if cc.node == to and cc.type is not ConfChangeType.ADD_VOTER:
+                    raise ConfChangeError(
+                        f"node {to} is leaving the voters (membership change at index "
+                        f"{e.index}, not yet applied)")
 
     def compact(self, data: bytes, keep: int = 0, *, local: bool = False) -> SnapshotMeta:
         """Records the application's snapshot taken at the applied index and drops log entries
@@ -842,8 +863,12 @@ class RaftCore:
             self._leader_heard_tick = self._ticks
             self._handle_snapshot_chunk(m)
         elif t is MT.TIMEOUT_NOW:
-            if self._promotable():
-                self._hup(transfer=True)
+            # A membership change committed but not yet applied here (this node's own
+            # promotion, say, which the leader has applied: the commit index and this message
+            # came in one batch) keeps it from campaigning now: it does once the change is
+            # applied (see advance), within the election timeout the leader's transfer lasts.
+            self._timeout_now_tick = self._ticks
+            self._hup(transfer=True)  # a campaign resets _timeout_now_tick
         elif t is MT.READ_INDEX_RESP:
             self._read_states.append(ReadState(m.index, m.context))
         elif t is MT.READ_INDEX:
@@ -1367,6 +1392,9 @@ class RaftCore:
                 self._apply_conf_change(ConfChange.decode(e.data))
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)
+            if (self._timeout_now_tick >= 0 and self.role is StateRole.FOLLOWER
+                    and self._ticks - self._timeout_now_tick < self.config.election_tick):
+                self._hup(transfer=True)
         # Our own vote and our own log count only now that they are durable.
         if rd.hard_state is not None and self.role is StateRole.CANDIDATE:
             if rd.hard_state.term == self.term and rd.hard_state.vote == self.id:

@@ -650,7 +650,10 @@ def run_schedule(n: int, seed: int, schedule, pre_vote: bool, check_quorum: bool
             net.core(live(args[0])).campaign()
             net.flush()
         elif op == "transfer" and leader and pick(args[0]) in net.core(leader).conf.voters:
-            net.core(leader).transfer_leader(pick(args[0]))
+            try:
+                net.core(leader).transfer_leader(pick(args[0]))
+            except ConfChangeError:  # a pending change removes the target
+                pass
             net.flush()
         elif op == "slow_disk" and live(args[0]):
             net.nodes[live(args[0])].slow_disk = args[1]
@@ -980,6 +983,28 @@ def test_a_conf_change_a_snapshot_overtook_is_not_applied_again():
     f.slow_disk = False
     f.handle_ready()
     assert core.conf == meta.conf
+
+
+@pytest.mark.parametrize("ticks, campaigns", [(0, True), (9, True), (10, False)])
+def test_a_timeout_now_waits_for_the_promotion_it_arrived_with_for_an_election_timeout(
+        ticks, campaigns):
+    # A learner learns that its promotion is committed together with the leader's TimeoutNow:
+    # it campaigns once the change is applied, unless that took longer than an election
+    # timeout (the leader has given up the transfer by then).
+    cc = ConfChange(ConfChangeType.ADD_VOTER, 4).encode()
+    f = lone_node(4, voters=(1, 2, 3), learners=(4,), term=1, election_tick=10,
+                  entries=[Entry(1, 1), Entry(1, 2, cc, EntryType.CONF_CHANGE)])
+    core = f.core
+    f.slow_disk = True
+    core.step(Message(MT.HEARTBEAT, 4, 1, 1, commit=2))
+    f.handle_ready()  # the Ready applying the promotion is out
+    core.step(Message(MT.TIMEOUT_NOW, 4, 1, 1))
+    assert core.role is StateRole.FOLLOWER
+    for _ in range(ticks):
+        core.tick()
+    f.fsync()
+    assert core.conf.voters == (1, 2, 3, 4)
+    assert (core.role is StateRole.CANDIDATE) is campaigns
 
 
 def test_without_commit_broadcast_followers_learn_the_commit_index_from_the_next_heartbeat():

@@ -1079,6 +1079,36 @@ def test_leader_transfer_hands_over_leadership_with_timeout_now():
     assert net.nodes[1].applied_data()[-1] == b"after"
 
 
+def test_leader_transfer_to_a_voter_just_promoted_waits_for_it_to_apply_its_promotion():
+    """A learner promoted to voter may be told to take over before it has applied its own
+    promotion: the commit index and the TimeoutNow arrive in one batch, stepped before the
+    change is applied. It then campaigns once the change is applied, rather than dropping the
+    request and leaving the leader refusing proposals for an election timeout, in vain.
+    Reference: thesis §3.10, §6"""
+    net = Network((1, 2, 3))
+    net.elect(1)
+    net.add_node(4)
+    change(net, 1, ConfChangeType.ADD_LEARNER, 4)
+    net.tick(times=2)
+    # 4 gets its promotion, but the commit index that covers it is held back.
+    net.add_filter(lambda m: m.to == 4 and m.type is MT.APPEND and not m.entries)
+    net.core(1).propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    net.deliver()
+    net.recover()
+    held = [m for m in net.dropped if m.to == 4 and m.type is MT.APPEND]
+    assert net.core(1).conf.voters == (1, 2, 3, 4) and net.core(4).conf.learners == (4,)
+    assert net.core(4).last_index == net.core(1).last_index
+    net.core(1).transfer_leader(4)
+    held += [m for m in net.take() if m.to == 4]
+    assert [m.type for m in held][-1] is MT.TIMEOUT_NOW
+    for m in held:  # one batch: stepped, then one Ready
+        net.core(4).step(m)
+    net.deliver()
+    assert net.core(4).role is L and net.core(1).role is F
+    net.propose(4, b"after")
+    assert net.nodes[1].applied_data()[-1] == b"after"
+
+
 def test_leader_transfer_is_aborted_after_an_election_timeout():
     """A transfer that does not complete within an election timeout is aborted, and the leader
     accepts proposals again. Reference: thesis §3.10"""
@@ -1093,6 +1123,33 @@ def test_leader_transfer_is_aborted_after_an_election_timeout():
     assert net.core(1).role is L
     net.propose(1, b"x")
     assert net.nodes[3].applied_data() == [b"x"]
+
+
+@pytest.mark.parametrize("leaving", [ConfChangeType.REMOVE, ConfChangeType.ADD_LEARNER])
+def test_no_leader_transfer_to_a_voter_whose_removal_is_pending(leaving):
+    """A transfer to a voter that a pending membership change removes (or demotes) is
+    refused: elected, it would commit its own removal and step down, leaving the group without
+    a leader for an election timeout, where the leader that proposed the change keeps leading.
+    Once the change is applied the target is no voter, and refused as such. Reference: §6"""
+    net = Network((1, 2, 3, 4, 5), election_tick=10)
+    net.elect(1)
+    net.propose(1, b"a")
+    for nid in (2, 3, 4):
+        net.isolate(nid)
+    net.core(1).propose_conf_change(ConfChange(leaving, 5))
+    net.deliver()  # 5 holds the change, which is not committed: 1 and 5 of five
+    net.recover()
+    assert net.core(1).status()["progress"][5]["match"] == net.core(1).last_index
+    with pytest.raises(ConfChangeError, match="node 5 is leaving the voters"):
+        net.core(1).transfer_leader(5)
+    net.tick(1)  # a heartbeat round brings 2, 3 and 4 the change: committed
+    assert net.core(1).role is L and net.core(1).conf.voters == (1, 2, 3, 4)
+    net.propose(1, b"b")  # no transfer under way
+    with pytest.raises(ConfChangeError, match="not a voter"):
+        net.core(1).transfer_leader(5)
+    net.core(1).transfer_leader(2)  # other voters may still take over
+    net.deliver()
+    assert net.core(2).role is L
 
 
 def test_prevote_keeps_a_rejoining_partitioned_node_from_disrupting_the_leader():
