@@ -99,11 +99,13 @@ Faults (``FAULT_KINDS``)
     home; the second, and a third of the later ones, are cancelled after a random time
     (below ``move_cut_s``), as a client's timeout would: the move undoes what it can in a
     bounded time (``engine.client.MOVE_ROLLBACK_S``) and leaves the rest to the next. After
-    healing, each keyspace is moved to the home its catalog record names, which finishes or
-    undoes a move left halfway, as an operator would; then the first move, if the faults
-    stopped it, is made again to the end, so every run's final read comes after a change of
-    home. The final read comes after. Not for the ``regional`` workload (a regional keyspace
-    has no home to move).
+    healing: if the first move took the whole main phase (a slow machine, or faults that
+    held it up), the second is made now, cut short as it would have been, so every run has
+    a move cut short; each keyspace is moved to the home its catalog record names, which
+    finishes or undoes a move left halfway, as an operator would; then the first move, if
+    the faults stopped it, is made again to the end, so every run's final read comes after
+    a change of home. The final read comes after. Not for the ``regional`` workload (a
+    regional keyspace has no home to move).
 
 ``plan_faults(config)`` draws the mix from the seed (each kind of ``FAULT_KINDS`` present with
 some probability, at least one of them) unless ``config.faults`` names the kinds. Nemesis
@@ -990,6 +992,7 @@ class _Runner:
         self.partition_sides: list[list[int]] | None = None  # the partition in force
         # The run's first keyspace move (keyspace, target) until it has ended "ok".
         self.first_move_pending: tuple[str, str] | None = None
+        self.moved_keyspaces: list[str] = []  # the keyspace of each move begun, in order
         # Raft snapshot counters summed over the nodes' groups, each node's as it stops.
         self.snapshots = dict.fromkeys(("taken", "built", "installed"), 0)
 
@@ -1189,6 +1192,7 @@ class _Runner:
                    if drawn or number == 1 else None)
             if first:
                 self.first_move_pending = (keyspace, to)
+            self.moved_keyspaces.append(keyspace)
             self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
                                                    "client_region": region, "cut_after_s": cut})
             self.fired["move-keyspace"] += 1
@@ -1212,13 +1216,17 @@ class _Runner:
         return "timed out" if cut is None else "cut short"
 
     async def finish_moves(self, cluster) -> bool:
-        """After healing: each keyspace moved to the home its catalog record names, which
-        finishes or undoes a move left halfway (and is quick when none was); then the run's
-        first move, if the faults stopped it, made again to the end, so that every run's final
-        reads come after a real change of home. Each move is retried until it succeeds or
-        ``recovery_s`` have passed; returns whether every one got through."""
+        """After healing: the second move, cut short, if the main phase ended before it began
+        (the first move took it all); each keyspace moved to the home its catalog record
+        names, which finishes or undoes a move left halfway (and is quick when none was);
+        then the run's first move, if the faults stopped it, made again to the end, so that
+        every run's final reads come after a real change of home. Each move but the one cut
+        short is retried until it succeeds or ``recovery_s`` have passed; returns whether
+        every one got through."""
         give_up = trio.current_time() + self.config.recovery_s
         region = self.config.regions[0]
+        if len(self.moved_keyspaces) < 2:
+            await self._late_cut_move(cluster, region)
         for keyspace in self.workload.keyspaces:
             if not await self._retry_move(cluster, region, keyspace, None, give_up):
                 return False
@@ -1231,6 +1239,24 @@ class _Runner:
             return False
         self.first_move_pending = None
         return True
+
+    async def _late_cut_move(self, cluster, region: str) -> None:
+        """The run's second move, which is always cut short, made after healing: a keyspace
+        the first move left where it was created, moved away from there, cut after a random
+        time (below ``move_cut_s``), so that every run has a move cut short for the
+        finishing pass to finish or undo."""
+        rng = random.Random(f"late-cut-move/{self.config.seed}")
+        keyspace = rng.choice([k for k in self.workload.keyspaces
+                               if k not in self.moved_keyspaces] or self.workload.keyspaces)
+        home = self.workload.home(keyspace)
+        to = rng.choice([r for r in self.config.regions if r != home] or [home])
+        cut = round(rng.uniform(0.0, self.plan.move_cut_s), 3)
+        self.moved_keyspaces.append(keyspace)
+        self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
+                                               "client_region": region, "cut_after_s": cut})
+        outcome = await self._move(cluster, region, keyspace, to, cut)
+        self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
+                                                   "outcome": outcome})
 
     async def _retry_move(self, cluster, region: str, keyspace: str, to: str | None,
                           give_up: float) -> bool:
