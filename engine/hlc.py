@@ -384,7 +384,8 @@ class ClockOffsetMonitor:
             The measurement now held for ``peer``. A reply that arrives out of order (older
             than the one held, by ``recv_ns``, by at most ``stale_after_ns``) does not replace
             it, and the held one is returned; nor does a less precise one (a slower round trip)
-            whose range of offsets overlaps that of a fresh held one.
+            whose range of offsets overlaps that of a held one measured within half of
+            ``stale_after_ns``.
 
         Raises:
             InvalidArgumentError: an unknown peer, a time that is not an int in ``0..MAX_TS``,
@@ -417,12 +418,15 @@ class ClockOffsetMonitor:
             # usual cure for a clock found ahead), and the held one must not outlive it.
             return held
         if (held is not None and held.uncertainty_ns < measurement.uncertainty_ns
-                and recv_ns - self._stale_after_ns <= held.measured_at_ns
+                and recv_ns - self._stale_after_ns // 2 <= held.measured_at_ns
                 and abs(measurement.offset_ns - held.offset_ns)
                 <= measurement.uncertainty_ns + held.uncertainty_ns):
             # Both ranges hold the true offset, and the held one says more: one slow round
             # trip must not let a clock found beyond the limit pass for a round. Ranges apart
-            # mean that a clock was stepped since, and the new one is taken.
+            # mean that a clock was stepped since, and the new one is taken. So is one that
+            # comes when the held one is past half its freshness: kept to the end of it, the
+            # held one would go stale before the next round trip replaced it, and for that
+            # while the peer, measured a moment ago, would count as not measured at all.
             return held
         self._latest[peer] = measurement
         return measurement

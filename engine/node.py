@@ -283,6 +283,9 @@ class Node:
         # Per peer: the monotonic time the ping of the measurement the monitor holds was sent
         # (see _trust_jumped_clock).
         self._measured_mono: dict[int, int] = {}
+        # The peers whose latest answer to a ping said they do not serve (their clock is
+        # suspect): no group's leadership is handed to them (see _keep_leader_home).
+        self._peers_not_serving: set[int] = set()
         self._ping_round = trio.lowlevel.ParkingLot()  # peers' pingers wait here between pings
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
@@ -662,6 +665,10 @@ class Node:
                     held = self.monitor.record(peer.id, sent, reply["physical_ns"], received)
                     if held.measured_at_ns == received:
                         self._measured_mono[peer.id] = sent_mono
+                    if reply.get("serves", True):
+                        self._peers_not_serving.discard(peer.id)
+                    else:
+                        self._peers_not_serving.add(peer.id)
                     if not self._clock_measured:
                         self._check_clocks()  # serves once measured, not a round later
             except (MeridianError, KeyError, TypeError):
@@ -701,7 +708,8 @@ class Node:
         return guarded
 
     async def _ping(self, payload, ctx):
-        return {"node": self.id, "physical_ns": self.clock.physical_ns()}
+        return {"node": self.id, "physical_ns": self.clock.physical_ns(),
+                "serves": self._clock_problem is None}
 
     async def _describe(self, payload, ctx):
         c = self.cluster
@@ -1398,13 +1406,16 @@ class Node:
         region's clients no WAN round trip to the leader), once that voter answers this
         leader. A transfer stops the group's proposals until it ends or an election timeout
         passes: one to a voter that is down (its region lost) would only take writes away
-        from the group, again at every check, so it waits until the voter is back."""
+        from the group, again at every check, so it waits until the voter is back. Nor does
+        it hand leadership to a voter whose clock is suspect: that voter serves no client and
+        hands every group it leads over again at its next clock check."""
         where = self.placement[replica.group]
         home = [v for v in where.conf.voters if self.cluster.node(v).region == where.region]
         while True:
             await trio.sleep(LEADER_HOME_CHECK_S)
             if (replica.node.is_leader and self.region != where.region and home
-                    and self._clock_problem is None and _answers(replica, home[0])):
+                    and self._clock_problem is None and home[0] not in self._peers_not_serving
+                    and _answers(replica, home[0])):
                 try:
                     replica.node.transfer_leader(home[0])
                 except Exception as exc:  # lost leadership meanwhile, or closing

@@ -4,6 +4,7 @@ snapshots that span groups, recovery of abandoned transactions (ARCH §5)."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import trio
@@ -352,6 +353,49 @@ async def test_a_spread_group_hands_leadership_home_only_to_a_home_voter_that_an
                 await cluster.start_node(home)
                 while await _leader_of(cluster, group) != home:
                     await trio.sleep(0.02)
+                assert await db.read("ledger", b"19") == b"x"
+
+
+async def test_a_spread_group_keeps_leadership_from_a_home_voter_whose_clock_is_off(
+        monkeypatch):
+    """A node whose clock is suspect serves no client and hands every group it leads over
+    at each clock check: the spread group's leader must not hand leadership home to it, or
+    the keyspace that is to survive a region's loss is unwritable while one node's clock is
+    off (its leadership going back and forth, each time refused by the node)."""
+    import raft.driver
+
+    monkeypatch.setattr(engine.node, "LEADER_HOME_CHECK_S", 0.02)
+    transfers: list[tuple[int, int]] = []
+    transfer = raft.driver.RaftNode.transfer_leader
+
+    def spy(self, to):
+        transfers.append((self.group, to))
+        return transfer(self, to)
+
+    monkeypatch.setattr(raft.driver.RaftNode, "transfer_leader", spy)
+    regions = ("us-east", "eu-west", "ap-south")
+    # The home voter's clock runs 2 s ahead; the cluster allows 250 ms.
+    async with open_local_cluster(regions, 1, seed=8,
+                                  clock_offsets_ns={1: 2_000_000_000}) as cluster:
+        group = spread_group(cluster.config, "us-east")
+        skewed = cluster.nodes[1]
+        with trio.fail_after(30):
+            while skewed.clock_problem is None or any(
+                    cluster.nodes[n].clock_problem for n in (2, 3)):
+                await trio.sleep(0.02)
+            # Both others have pinged it since it stopped serving.
+            since = time.time_ns()
+            while not all((m := cluster.nodes[n].monitor.offset(1)) is not None
+                          and m.measured_at_ns - 2 * m.uncertainty_ns > since for n in (2, 3)):
+                await trio.sleep(0.02)
+        async with cluster.connect("eu-west") as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("ledger", home_region="us-east", survive="region")
+                transfers.clear()
+                for i in range(20):  # 20 of the leader's checks, and writes meanwhile
+                    await db.run_transaction(lambda tx, i=i: tx.put("ledger", b"%d" % i, b"x"))
+                    await trio.sleep(0.02)
+                assert (group, 1) not in transfers
                 assert await db.read("ledger", b"19") == b"x"
 
 

@@ -396,6 +396,22 @@ def test_one_slow_round_trip_does_not_clear_a_clock_found_beyond_the_limit():
     assert not m.healthy(later + 1_600 * MS)
 
 
+def test_a_peer_measured_every_round_stays_fresh_while_a_precise_measurement_ages():
+    """A peer's pings all slower than one precise round trip, and agreeing with it: the
+    precise one was kept until it went stale, and from then until the next ping the peer
+    counted as not measured. With one of two peers beyond the limit, that peer was then a
+    majority of one, and this node stopped serving although its clock was right."""
+    m = monitor(peers=(2, 3))
+    ping(m, 3, 0, at=T0 - 500 * MS, rtt=2 * MS)  # precise
+    for i in range(1, 12):
+        at = T0 + i * 1_000 * MS
+        ping(m, 2, 2_000 * MS, at=at)  # beyond the limit: the fault is node 2's
+        ping(m, 3, 0, at=at, rtt=4 * MS)
+        check = at + 700 * MS
+        assert [x.peer for x in m.fresh(check)] == [2, 3]
+        assert m.healthy(check)
+
+
 def test_a_slow_round_trip_replaces_a_measurement_it_contradicts_or_a_stale_one():
     m = monitor(peers=(2,))
     ping(m, 2, -1_000 * MS)
