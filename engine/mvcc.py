@@ -1970,12 +1970,24 @@ def _decode(ekey: bytes) -> bytes:
 
 def _fallocate(fd: int, size: int, what: str) -> None:
     """Reserves the disk blocks of the first ``size`` bytes of ``fd`` (DiskFullError when
-    the disk is full); a file system that cannot reserve is left to go on without."""
+    the disk is full); a file system that cannot reserve is left to go on without.
+
+    A failed reservation gives back what it took: ext4 and XFS keep the blocks allocated
+    before the disk ran out, and the longer file, which would take the disk's last free space
+    from every other file of the node. Only what lies past the file's old end is cut off: no
+    page of the map is there (the map is grown after its space is reserved).
+    """
     try:
+        before = os.fstat(fd).st_size
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in (_errno.EOPNOTSUPP, _errno.EINVAL, _errno.ENOSYS):
             return  # the file system cannot reserve; nothing better to do than go on
+        try:
+            if os.fstat(fd).st_size > before:
+                os.ftruncate(fd, before)
+        except OSError:
+            pass  # the reservation's error is the one to report
         raise _os_error(exc, f"cannot reserve {size} bytes for {what}") from None
 
 

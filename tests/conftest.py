@@ -78,3 +78,34 @@ def tmpfs(tmp_path):
     finally:
         for mnt in mounted:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def ext4(tmp_path):
+    """``ext4(size_mib=32)`` mounts a fresh ext4 file system made in a loop-mounted image, or
+    skips the test where that is not allowed (root only). Unlike tmpfs, ext4 keeps what a
+    ``posix_fallocate`` that runs out of space allocated before it failed."""
+    mounted = []
+
+    def mount(size_mib: int = 32):
+        image = tmp_path / f"ext4-{len(mounted)}.img"
+        mnt = tmp_path / f"ext4-{len(mounted)}"
+        mnt.mkdir()
+        with open(image, "wb") as f:
+            f.truncate(size_mib << 20)
+        for cmd in (["mkfs.ext4", "-q", "-F", str(image)],
+                    ["mount", "-o", "loop", str(image), str(mnt)]):
+            try:
+                r = subprocess.run(cmd, capture_output=True, check=False)
+            except FileNotFoundError as exc:
+                pytest.skip(f"cannot make an ext4 file system here: {exc}")
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount an ext4 image here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", str(mnt)], check=False)

@@ -6,11 +6,14 @@ Each store is created by a child process, so that a SIGBUS shows as a failed tes
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
+
+from engine import DiskFullError, MVCCStore
 
 CHILD = r"""
 import os, sys
@@ -54,3 +57,50 @@ def test_creating_a_store_on_a_full_disk_is_disk_full_not_sigbus(tiny_fs, writem
     assert r.returncode != -signal.SIGBUS, "creating the store killed the process with SIGBUS"
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "disk full"
+
+
+def _free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fill(mnt, leave: int) -> None:
+    """Takes the free space of ``mnt`` but about ``leave`` bytes."""
+    fd = os.open(os.path.join(mnt, "filler"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, _free_bytes(mnt) - leave)
+    finally:
+        os.close(fd)
+
+
+def test_a_map_growth_that_finds_the_disk_full_gives_back_what_it_reserved(ext4):
+    """ext4 keeps the blocks a failed ``posix_fallocate`` got before it ran out (and the
+    longer file): a map growth refused for want of space must not take the disk's last free
+    bytes from every other file of the node (its Raft log, the other groups' stores)."""
+    mnt = ext4(32)
+    with MVCCStore(os.path.join(mnt, "store"), map_size=4 << 20) as store:
+        data = os.path.join(mnt, "store", "data.mdb")
+        size = os.stat(data).st_size
+        _fill(mnt, 1 << 20)
+        free = _free_bytes(mnt)
+        values = [(b"k%03d" % i, bytes([i]) * (100 << 10)) for i in range(40)]  # over the map
+        with pytest.raises(DiskFullError, match="cannot reserve"):
+            store.apply(values, commit_ts=1, applied_index=1)
+        assert os.stat(data).st_size == size
+        assert _free_bytes(mnt) >= free - (64 << 10)
+        store.apply([(b"k", b"v")], commit_ts=2, applied_index=2)  # what fits still goes in
+        assert store.get(b"k", 2) == b"v"
+
+
+def test_an_early_map_growth_that_finds_the_disk_full_leaves_the_free_space(ext4):
+    """The growth tried after a commit that leaves the map half full ignores a failure (the
+    commit stands): it must leave the disk's free space as it found it."""
+    mnt = ext4(32)
+    with MVCCStore(os.path.join(mnt, "store"), map_size=4 << 20) as store:
+        _fill(mnt, 1 << 20)
+        free = _free_bytes(mnt)
+        for i in range(30):  # 3 MiB: more than half of the map, so the growth is tried
+            store.apply([(b"k%03d" % i, bytes([i]) * (100 << 10))], commit_ts=i + 1,
+                        applied_index=i + 1)
+        assert store.stats().map_size == 4 << 20  # the growth failed
+        assert _free_bytes(mnt) >= free - (64 << 10)
