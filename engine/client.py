@@ -655,7 +655,10 @@ class Database:
                     raise
                 # A time further back than the group keeps versions for: unlike a
                 # transaction's snapshot, no retry brings it within reach.
-                raise InvalidArgumentError(f"staleness {staleness!r}: {exc}") from None
+                raise InvalidArgumentError(
+                    f"staleness {staleness!r} reaches further back than the cluster keeps "
+                    f"versions for (the maximum transaction lifetime, "
+                    f"{self.limits['max_txn_lifetime_s']} s): {exc}") from None
         if len(reply["values"]) != 1:
             raise UnavailableError(f"group {group} answered {len(reply['values'])} values for "
                                    f"1 key")

@@ -21,10 +21,14 @@ An entry's data is one msgpack array whose first element says what it is:
     key in one changed after ``read_ts`` or another transaction holds an intent there.
     ``flags & MOVE_COPY``: the commit is a keyspace move's copy into this group, which the
     keyspace's write fence (FENCE) does not refuse; ``flags >> 8`` is then the move's epoch.
-``[CLOSE, proposed_ts]``
+``[CLOSE, proposed_ts(, lifetime)]``
     Closes timestamps up to ``proposed_ts`` and writes nothing. A leader proposes one when a
     read needs a stable snapshot above the current closed timestamp, and periodically while idle
-    so that learners' reads at bounded staleness stay servable.
+    so that learners' reads at bounded staleness stay servable. With ``lifetime`` (nanoseconds,
+    the proposing leader's configured maximum transaction lifetime), the group's lifetime
+    becomes that from this entry on: the configuration may change between restarts, and the
+    lifetime decides which transactions are too old, so every replica must take the change
+    at the same entry.
 ``[PREPARE, txn_id, read_ts, proposed_ts, flags, writes, reads, locks, primary, deadline]``
     The first phase of a two-phase commit (ARCH §5.5, several groups). Validated like a COMMIT;
     if accepted, each written key gets an *intent* of the transaction at the entry's timestamp,
@@ -187,8 +191,9 @@ trimmed while its destination was applying it at that very moment may be counted
 Durability
 ----------
 The versions of all commits applied in one call, the applied index and this machine's own state
-(closed timestamp and low water) are written in one MVCC transaction (``app_state``), so after a
-crash they agree; entries at or below the store's applied index are skipped on replay.
+(closed timestamp, low water and lifetime) are written in one MVCC transaction (``app_state``),
+so after a crash they agree; entries at or below the store's applied index are skipped on
+replay.
 """
 
 from __future__ import annotations
@@ -460,8 +465,13 @@ def encode_shipped(proposed_ts: int, destination_group: int, watermark: int) -> 
                          use_bin_type=True)
 
 
-def encode_close(proposed_ts: int) -> bytes:
-    return msgpack.packb([CMD_CLOSE, proposed_ts], use_bin_type=True)
+def encode_close(proposed_ts: int, lifetime_ns: int | None = None) -> bytes:
+    """A CLOSE entry's data; with ``lifetime_ns``, it also sets the group's maximum
+    transaction lifetime."""
+    cmd = [CMD_CLOSE, proposed_ts]
+    if lifetime_ns is not None:
+        cmd.append(lifetime_ns)
+    return msgpack.packb(cmd, use_bin_type=True)
 
 
 def encode_prepare(txn_id: int, read_ts: int, proposed_ts: int,
@@ -510,9 +520,11 @@ class GroupStateMachine:
 
     Args:
         store: the group's MVCC store (the caller opens and closes it).
-        max_txn_lifetime_ns: the maximum transaction lifetime, in timestamp units
-            (nanoseconds). It must be the same on every replica of the group: it decides which
-            transactions are too old.
+        max_txn_lifetime_ns: the maximum transaction lifetime this node is configured with,
+            in timestamp units (nanoseconds). The group's own lifetime (:attr:`lifetime_ns`),
+            which decides which transactions are too old, is the one the last CLOSE entry that
+            named one set, the same on every replica; this one until then (a new group's
+            replicas start from one configuration).
         on_closed: called with the new closed timestamp after every apply that raised it.
         origin: the region whose writes this group commits (the origin of its regional
             writes); the same on every replica, learners in other regions included.
@@ -534,6 +546,7 @@ class GroupStateMachine:
         # The application resolvers this node has (``"app:<name>"`` -> resolver; see
         # engine.config.application_resolvers).
         self.resolvers = dict(resolvers or {})
+        self.configured_lifetime_ns = max_txn_lifetime_ns
         self._lifetime = max_txn_lifetime_ns
         self.on_closed = on_closed
         self.on_resolved: Callable[[list[int]], None] | None = None
@@ -586,6 +599,12 @@ class GroupStateMachine:
         return self._low_water
 
     @property
+    def lifetime_ns(self) -> int:
+        """The group's maximum transaction lifetime: the low water is that far below the
+        closed timestamp. Set by the log (see CLOSE), so the same on every replica."""
+        return self._lifetime
+
+    @property
     def applied_index(self) -> int:
         return self.store.applied_index
 
@@ -605,10 +624,11 @@ class GroupStateMachine:
         self._fences = {prefix: (f[0], f[1]) for prefix, f in fences if f[0] or f[1]}
         self._fence_epochs = {prefix: f[2] for prefix, f in fences if len(f) > 2 and f[2]}
         raw = self.store.app_state
-        if raw:
-            closed, low_water = msgpack.unpackb(raw)
-        else:
-            closed = low_water = 0
+        state = msgpack.unpackb(raw) if raw else [0, 0]
+        closed, low_water = state[:2]
+        # A state written before the lifetime was recorded: the configured one, until a
+        # CLOSE names one.
+        lifetime = state[2] if len(state) > 2 else self.configured_lifetime_ns
         self._pruned_at = low_water
         if self._adj is not None:
             self._adj.close()
@@ -647,6 +667,7 @@ class GroupStateMachine:
             # it) finds everything else of the new state in place too.
             self._closed = closed
             self._low_water = low_water
+            self._lifetime = lifetime
             self._span_locks = span_locks
         except BaseException:
             adj.close()
@@ -654,7 +675,7 @@ class GroupStateMachine:
         self._adj = adj
 
     def _app_state(self) -> bytes:
-        return msgpack.packb([self._closed, self._low_water])
+        return msgpack.packb([self._closed, self._low_water, self._lifetime])
 
     # ------------------------------------------------------------------ StateMachine
 
@@ -693,6 +714,8 @@ class GroupStateMachine:
                 continue
             kind = cmd[0]
             if kind == CMD_CLOSE:
+                if len(cmd) > 2:
+                    self._lifetime = cmd[2]
                 results[slot] = self._close(cmd[1])
                 batch.trim_outbox()
             elif kind == CMD_REMOTE:
@@ -1856,7 +1879,9 @@ def _decode(data: bytes) -> list:
         raise _Malformed("entry is not a command array")
     kind = cmd[0]
     if kind == CMD_CLOSE:
-        if len(cmd) != 2 or not _is_ts(cmd[1]):
+        lifetime_ok = len(cmd) == 2 or (len(cmd) == 3 and type(cmd[2]) is int
+                                        and 0 < cmd[2] <= MAX_TS)
+        if not lifetime_ok or not _is_ts(cmd[1]):
             raise _Malformed("bad CLOSE command")
         return cmd
     if kind == CMD_DECIDE or kind == CMD_RESOLVE:

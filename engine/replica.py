@@ -152,7 +152,8 @@ class GroupReplica:
 
     async def close_up_to(self, ts: int) -> None:
         """Makes the group's closed timestamp reach ``ts`` (leader only): one CLOSE entry,
-        shared by every caller that needs no more than it closes.
+        shared by every caller that needs no more than it closes. The entry also gives the
+        group this node's configured maximum transaction lifetime.
 
         Raises:
             NotLeaderError: this replica does not lead, or could not get the entry applied
@@ -166,7 +167,7 @@ class GroupReplica:
             done = trio.Event()
             self._closing = (target, done)
             try:
-                await self._propose(encode_close(target))
+                await self._propose(encode_close(target, self.sm.configured_lifetime_ns))
             except AmbiguousCommitError as exc:
                 # A CLOSE writes no data: whether it was applied matters to nobody. The
                 # reader waiting for it is told to try another replica, as when its read
@@ -457,14 +458,17 @@ class GroupReplica:
 
     async def run_closer(self) -> None:
         """Runs until cancelled: while leading with a trusted clock, closes time after
-        ``close_interval`` of quiet."""
+        ``close_interval`` of quiet -- or after any ``close_interval`` while the group's
+        maximum transaction lifetime is not the one this node is configured with, which the
+        CLOSE entry gives it (see CLOSE in ``engine.group``)."""
         if self.close_interval <= 0:
             return
         while True:
             await trio.sleep(self.close_interval)
             if not self.node.is_leader or not self.clock_trusted():
                 continue
-            if trio.current_time() - self._last_activity < self.close_interval:
+            if (trio.current_time() - self._last_activity < self.close_interval
+                    and self.sm.lifetime_ns == self.sm.configured_lifetime_ns):
                 continue
             try:
                 with trio.move_on_after(max(1.0, 5 * self.close_interval)):

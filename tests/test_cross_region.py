@@ -252,6 +252,28 @@ async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime
                     await db.read("g", b"k", staleness="exact:5")
 
 
+async def test_an_exact_stale_read_below_the_gc_watermark_names_the_lifetime():
+    """The refusal says how far back reads reach, in the unit the staleness is given in --
+    not only two timestamps in nanoseconds."""
+    lifetime_s = 1.0
+    async with open_local_cluster(("us-east",), 1, seed=4,
+                                  limits=Limits(max_txn_lifetime_s=lifetime_s)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
+                # The group's low water passes "half a second ago" and its GC runs.
+                await replica.close_up_to(replica.closed_ts + int(lifetime_s * 1e9) + 1)
+                replica.sm.store.gc(replica.sm.low_water)
+                with pytest.raises(errors.InvalidArgumentError,
+                                   match=r"maximum transaction lifetime, 1\.0 s") as refused:
+                    await db.read("k", b"a", staleness="exact:0.5")
+                assert "garbage-collection watermark" in str(refused.value)
+
+
 async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_conflict():
     """A transaction whose snapshot the group no longer keeps versions for (its low water,
     and the GC, went past it) is refused with the retryable conflict its commit would get

@@ -110,6 +110,46 @@ def test_transactions_older_than_the_lifetime_are_too_old(sm):
     assert sm.store.get(b"other", sm.closed_ts) is None
 
 
+def test_replicas_configured_with_different_lifetimes_decide_alike_once_a_close_names_one(
+        tmp_path):
+    """The lifetime is configuration, which may change between restarts: two replicas of a
+    group may run with different ones for a while. Which transactions are too old must still
+    be decided alike everywhere: the group takes the lifetime a CLOSE names, at that entry."""
+    log = Log()
+    entries = [log(encode_commit(1, 0, 100, [(b"k", b"v")])),
+               log(encode_close(5_000, 10_000)),  # a leader configured with 10_000
+               log(encode_commit(2, 100, 5_200, [(b"k", b"w")]))]  # its snapshot is 5_100 old
+    outcomes = []
+    for name, configured in (("a", 10_000), ("b", 1_000)):
+        with MVCCStore(tmp_path / name, map_size=1 << 20) as store:
+            sm = GroupStateMachine(store, max_txn_lifetime_ns=configured)
+            result = sm.apply(entries)[-1]
+            outcomes.append((result.outcome, sm.low_water, store.get(b"k", sm.closed_ts)))
+            sm.close()
+            # A restart under yet another configuration keeps the group's lifetime.
+            again = GroupStateMachine(store, max_txn_lifetime_ns=7)
+            assert again.lifetime_ns == 10_000 and again.configured_lifetime_ns == 7
+            again.close()
+    assert outcomes[0] == outcomes[1] == (Outcome.COMMITTED, 0, b"w")
+
+
+async def test_a_leader_gives_the_group_its_configured_lifetime_with_the_next_close(tmp_path):
+    class Clock:
+        def now(self) -> int:
+            return 1_000
+
+    log = Log()
+    with MVCCStore(tmp_path / "a") as store:
+        sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
+        sm.apply([log(encode_close(500, 2 * LIFETIME))])  # an earlier leader's
+        assert sm.lifetime_ns == 2 * LIFETIME
+        replica = GroupReplica(5, _PurgingLeader(sm, log, steps=1), sm, Clock(),
+                               close_interval=0)
+        await replica.close_up_to(900)
+        assert sm.lifetime_ns == LIFETIME and sm.closed_ts == 1_000
+        sm.close()
+
+
 def test_malformed_and_protocol_breaking_entries_change_nothing_but_the_index(sm):
     log = Log()
     bad = [b"\xc1", msgpack.packb({"x": 1}), msgpack.packb([9]),
