@@ -2025,6 +2025,8 @@ class Transaction:
             async with trio.open_nursery() as nursery:
                 for group in groups:
                     nursery.start_soon(prepare, group)
+            if failures:
+                await self._finish_from_record(primary, list(prepared))
             undecided = False
         finally:
             if undecided:
@@ -2033,9 +2035,8 @@ class Transaction:
                 # recovery finds them past their deadline -- in every group it was sent to,
                 # answered or not: a prepare whose answer the cancellation cut off may have
                 # installed them all the same.
-                db._in_background(self._abort_prepared, primary, groups)
+                db._in_background(self._finish_from_record, primary, groups)
         if failures:
-            await self._abort_prepared(primary, list(prepared))
             for kind in (TransactionConflictError, InvalidArgumentError, LimitExceededError,
                          RecordTooLargeError):
                 refusal = next((f for f in failures if isinstance(f, kind)), None)
@@ -2047,10 +2048,18 @@ class Transaction:
         if planted.enabled("ack_before_decision"):
             await self._commit_before_deciding(primary, list(prepared), commit_ts)
             return
-        reply = await db._call_group(primary, "decide", {
-            "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
-            "since": min(prepared.values()), "participants": list(prepared)}, commit=True,
-            expect=_DECIDE_ANSWER)
+        try:
+            reply = await db._call_group(primary, "decide", {
+                "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
+                "since": min(prepared.values()), "participants": list(prepared)}, commit=True,
+                expect=_DECIDE_ANSWER)
+        except (trio.Cancelled, MeridianError, OSError):
+            # Cancelled, or the answer lost, with the decision not sent or not known to be
+            # recorded: the record settles the transaction now (an abort, unless the decision
+            # got there first), rather than leave its intents blocking readers and writers
+            # until recovery finds them past their deadline.
+            db._in_background(self._finish_from_record, primary, groups)
+            raise
         if not reply["committed"]:
             # Somebody found its intents past their deadline and aborted it first.
             for group in prepared:
@@ -2082,18 +2091,21 @@ class Transaction:
             "group": primary, "txn_id": self.txn_id, "commit_ts": commit_ts,
             "since": commit_ts, "participants": [primary]})
 
-    async def _abort_prepared(self, primary: int, prepared: Sequence[int]) -> None:
-        """Records the abort on the primary (so that no recovery can commit it) and removes
-        the intents installed in the groups ``prepared`` (a group where it installed none is
-        not changed); anything left over is recovered after the deadline."""
+    async def _finish_from_record(self, primary: int, groups: Sequence[int]) -> None:
+        """Finishes the transaction as recovery would: the primary records an abort, unless
+        its record holds a decision already (so that no recovery can commit it later), and
+        the intents installed in ``groups`` follow the record (a group where it installed
+        none is not changed); anything left over is recovered after the deadline."""
         try:
-            await self._db._call_group(primary, "decide", {
-                "group": primary, "txn_id": self.txn_id, "commit_ts": 0}, commit=True)
+            reply = await self._db._call_group(primary, "decide", {
+                "group": primary, "txn_id": self.txn_id, "commit_ts": 0}, commit=True,
+                expect=_DECIDE_ANSWER)
         except (MeridianError, OSError):
             return  # undecided: the intents' recovery will abort it
-        for group in prepared:
+        commit_ts = reply["ts"] if reply["committed"] else 0
+        for group in groups:
             if group != primary:
-                self._db._resolve_later(group, self.txn_id, 0)
+                self._db._resolve_later(group, self.txn_id, commit_ts)
 
     # ------------------------------------------------------------------ snapshot
 

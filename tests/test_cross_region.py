@@ -706,3 +706,84 @@ async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
                 assert sm.intents([encode_key((await east.keyspace("e")).id, b"k")],
                                   2**63) == []
                 assert await east.read("e", b"k") is None
+
+
+@pytest.mark.parametrize("answered", [False, True])
+async def test_a_commit_cancelled_during_its_decision_finishes_at_once(monkeypatch, answered):
+    # The caller gives up while the decision is on its way to the primary (not sent yet, or
+    # recorded with its answer cut off): the intents used to stay in every group the record
+    # had not resolved, blocking readers and writers of their keys until recovery found them
+    # past their deadline. The record settles the transaction at once instead: an abort if
+    # the decision had not reached it, else the recorded commit.
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
+    async with open_local_cluster(TWO_REGIONS, 1, seed=20) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                real_call = east._call_group
+                deciding = trio.Event()
+
+                async def call_group(group, method, payload, **kwargs):
+                    if method == "decide" and not deciding.is_set():
+                        if answered:
+                            await real_call(group, method, payload, **kwargs)
+                        deciding.set()
+                        await trio.sleep_forever()
+                    return await real_call(group, method, payload, **kwargs)
+
+                east._call_group = call_group
+                tx = east.transaction()
+                await tx.put("e", b"k", b"new")
+                await tx.put("w", b"k", b"new")
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(tx.commit)
+                        await deciding.wait()
+                        scope.cancel()
+                assert scope.cancelled_caught
+                with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
+                    await tx.put("e", b"k", b"again")
+                await east._drain()  # the record is read in the background
+                for region in TWO_REGIONS:
+                    group = data_group(cluster.config, region)
+                    leader = cluster.nodes[await _leader_of(cluster, group)]
+                    assert leader.replicas[group].sm.prepared() == []
+                expected = b"new" if answered else None
+                assert await east.read("e", b"k") == await east.read("w", b"k") == expected
+
+
+async def test_a_commit_cancelled_while_it_records_a_refusal_aborts_at_once(monkeypatch):
+    # One group refuses its prepare, and the caller gives up while the abort is on its way to
+    # the primary: the other group's intents used to stay until recovery found them past
+    # their deadline.
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
+    async with open_local_cluster(TWO_REGIONS, 1, seed=21) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                east_group = data_group(cluster.config, "us-east")
+                real_call = east._call_group
+                aborting = trio.Event()
+
+                async def call_group(group, method, payload, **kwargs):
+                    if method == "prepare" and group != east_group:
+                        raise errors.TransactionConflictError("refused", "write")
+                    if method == "decide" and not aborting.is_set():
+                        aborting.set()
+                        await trio.sleep_forever()
+                    return await real_call(group, method, payload, **kwargs)
+
+                east._call_group = call_group
+                tx = east.transaction()
+                await tx.put("e", b"k", b"new")
+                await tx.put("w", b"k", b"new")
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(tx.commit)
+                        await aborting.wait()
+                        scope.cancel()
+                assert scope.cancelled_caught
+                await east._drain()  # the abort runs in the background
+                leader = cluster.nodes[await _leader_of(cluster, east_group)]
+                assert leader.replicas[east_group].sm.prepared() == []
+                assert await east.read("e", b"k") is None
