@@ -337,6 +337,7 @@ class Database:
         self._keyspace_unreachable: dict[str, float] = {}  # name -> until when not to wait
         self._rng = random.Random(secrets.randbits(64))
         self._closed = False
+        self._holding: set[trio.CancelScope] = set()  # one per connection, see _hold_connection
         self._background = 0
         self._background_done = trio.Event()
         # Nodes this handle must not reach (fault injection inside a node: a partition).
@@ -698,7 +699,9 @@ class Database:
            the copies erased.
 
         Reads are refused (and retried) only between the two parts of step 4; writes, from
-        step 2 to step 5. If a step before the catalog change fails, the copy is fenced off
+        step 2 to step 5. A cancellation (a caller's timeout) is a failure before the catalog
+        change; from it on, the change and the new group's first part of step 5 are made
+        before the call ends. If a step before the catalog change fails, the copy is fenced off
         and erased, the old group's fence lifted again (the keyspace stays where it was,
         writable), and the error raised; if the copy cannot be fenced off, the old home stays
         fenced against writes until a move or drop ends it. A move or drop of the keyspace
@@ -796,19 +799,23 @@ class Database:
                         await self._settle(ks, erased, retire=[] if home_region in erased
                                            else [home_region], handoff_ts=floor)
             raise
-        # Refused if another move or drop began since (it ends or undoes this one); if the
-        # answer is lost, running the move again finds out which.
-        rec = await self._call_group(self._meta_group, "keyspace.rehome", {
-            "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
-            "moved_ts": copied_at, "handoff_ts": floor}, expect=_KEYSPACE_RECORD)
-        moved = keyspace_from_record(rec)
-        try:
-            # The old home refuses reads since before the catalog change.
-            await self._fence_at(new, moved, 0, copied_at, after=floor)
-        except TransactionConflictError as exc:
-            if exc.reason != "catalog_changed":
-                raise
-            return moved  # the move or drop that overtook this one finishes it
+        # From here on the move only goes forward, even if the caller cancels it: stopped
+        # at the catalog change (whose outcome a rollback cannot know) or before the lift,
+        # it would leave the keyspace fenced against writes until another move ended it.
+        with trio.CancelScope(shield=True):
+            # Refused if another move or drop began since (it ends or undoes this one); if
+            # the answer is lost, running the move again finds out which.
+            rec = await self._call_group(self._meta_group, "keyspace.rehome", {
+                "name": ks.name, "id": ks.id, "epoch": ks.epoch, "home": home_region,
+                "moved_ts": copied_at, "handoff_ts": floor}, expect=_KEYSPACE_RECORD)
+            moved = keyspace_from_record(rec)
+            try:
+                # The old home refuses reads since before the catalog change.
+                await self._fence_at(new, moved, 0, copied_at, after=floor)
+            except TransactionConflictError as exc:
+                if exc.reason != "catalog_changed":
+                    raise
+                return moved  # the move or drop that overtook this one finishes it
         with trio.move_on_after(MOVE_ROLLBACK_S):
             with contextlib.suppress(MeridianError, OSError):
                 await self._erase_copy(old, moved)
@@ -1137,6 +1144,13 @@ class Database:
         if self._closed:
             raise InvalidArgumentError("the database connection is closed")
 
+    def _close(self) -> None:
+        """Closes the handle: no call starts any more, and its connections and tasks end."""
+        self._closed = True
+        for scope in self._holding:
+            scope.cancel()
+        self._nursery.cancel_scope.cancel()
+
     async def _connection(self, node_id: int, deadline: float = math.inf):
         """The open connection to ``node_id``, made now if there is none, by ``deadline``
         (else :class:`ConnectTimeoutError`): connecting to a node whose packets are dropped
@@ -1173,27 +1187,43 @@ class Database:
         """Keeps a connection to ``node`` open in the handle's nursery; starts with it, or
         with the exception that stopped it from connecting (raised by the caller, outside
         the nursery machinery: a close of the handle at that moment would otherwise turn it
-        into a group of errors that no caller's ``except`` matches)."""
-        async with contextlib.AsyncExitStack() as stack:
+        into a group of errors that no caller's ``except`` matches).
+
+        Once connected, only the handle's close ends it (see :meth:`_close`), not a cancel
+        scope of the caller's around the handle: a call it cancels may still have shielded
+        work to do through the connection (a move's rollback)."""
+        conn = None
+        with trio.CancelScope() as held:
+            self._holding.add(held)
+            if self._closed:
+                held.cancel()
             try:
-                conn = await stack.enter_async_context(connect_rpc(
-                    node.host, node.port, clock_now=self.clock.now,
-                    clock_update=self.clock.update, connect_timeout_s=2.0))
-            except (OSError, ConnectTimeoutError) as exc:
-                task_status.started(exc)
-                return
-            task_status.started(conn)
-            try:
-                with contextlib.suppress(trio.Cancelled):
-                    # Until the connection ends: a reconnect holds the new one in a task of
-                    # its own, so this one must not outlive its connection.
-                    await conn.wait_closed()
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        conn = await stack.enter_async_context(connect_rpc(
+                            node.host, node.port, clock_now=self.clock.now,
+                            clock_update=self.clock.update, connect_timeout_s=2.0))
+                    except (OSError, ConnectTimeoutError) as exc:
+                        task_status.started(exc)
+                        return
+                    task_status.started(conn)
+                    held.shield = True
+                    try:
+                        with contextlib.suppress(trio.Cancelled):
+                            # Until the connection ends: a reconnect holds the new one in a
+                            # task of its own, so this one must not outlive its connection.
+                            await conn.wait_closed()
+                    finally:
+                        if self._conns.get(node.id) is conn:
+                            del self._conns[node.id]
+                        done = self._bytes_done.setdefault(node.id, [0, 0])
+                        done[0] += conn.bytes_sent
+                        done[1] += conn.bytes_received
             finally:
-                if self._conns.get(node.id) is conn:
-                    del self._conns[node.id]
-                done = self._bytes_done.setdefault(node.id, [0, 0])
-                done[0] += conn.bytes_sent
-                done[1] += conn.bytes_received
+                self._holding.discard(held)
+        if conn is None:
+            task_status.started(ConnectionLostError(f"the connection to node {node.id} was "
+                                                    f"closed while connecting"))
 
     def bytes_by_node(self) -> dict[int, tuple[int, int]]:
         """``{node id: (bytes sent, bytes received)}`` over this handle's connections so
@@ -2347,5 +2377,4 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
             with trio.move_on_after(BACKGROUND_DRAIN_S):
                 await db._drain()
         finally:
-            db._closed = True
-            nursery.cancel_scope.cancel()
+            db._close()

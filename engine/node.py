@@ -371,6 +371,7 @@ class Node:
                     try:
                         await trio.sleep_forever()
                     finally:
+                        self._peers._close()  # its connections end only when told
                         nursery.cancel_scope.cancel()
 
     async def _wait_peers(self) -> Database:

@@ -1173,6 +1173,70 @@ async def test_a_rollback_that_cannot_fence_off_its_copy_keeps_the_old_home_fenc
                 assert await stale.read("g", b"k") == b"v2"
 
 
+async def test_a_move_cancelled_with_its_connection_rolls_back_at_once(monkeypatch):
+    # A caller's timeout around both the connection and the move (``with move_on_after():
+    # async with connect() as db: await db.move_keyspace()``) cancelled the connection's
+    # tasks too: the rollback, shielded, could send nothing and took its whole limit, and
+    # the keyspace stayed fenced against writes in its home until another move ended it.
+    monkeypatch.setattr(engine.client, "MOVE_ROLLBACK_S", 2.0)
+    async with open_local_cluster(TWO_REGIONS, 1, seed=74) as cluster:
+        async with cluster.connect("us-east") as w:
+            with trio.fail_after(60):
+                ks = await w.create_keyspace("g", home_region="us-east")
+                await w.run_transaction(lambda tx: tx.put("g", b"k", b"v1"))
+                east = data_group(cluster.config, "us-east")
+                west = data_group(cluster.config, "eu-west")
+                with trio.CancelScope() as timeout:
+                    async with cluster.connect("us-east") as db:
+                        call = db._call_group
+
+                        async def timed_out_in_the_copy(group, m, payload, **kw):
+                            if m == "scan":
+                                timeout.cancel()
+                                cancelled_at.append(trio.current_time())
+                            return await call(group, m, payload, **kw)
+
+                        cancelled_at: list[float] = []
+                        db._call_group = timed_out_in_the_copy
+                        await db.move_keyspace("g", "eu-west")
+                assert timeout.cancelled_caught
+                assert trio.current_time() - cancelled_at[0] < engine.client.MOVE_ROLLBACK_S
+                assert _fence_of(cluster, east, ks.id)[0] == 0
+                assert _fence_of(cluster, west, ks.id)[0] == 3
+                assert (await w.keyspace("g")).moving_to == ""
+                await w.run_transaction(lambda tx: tx.put("g", b"k", b"v2"), max_attempts=1)
+                assert await w.read("g", b"k") == b"v2"
+
+
+async def test_a_move_cancelled_at_its_catalog_change_leaves_the_keyspace_usable():
+    # A caller's timeout that fell while the catalog change was being sent stopped the move
+    # there, with no rollback (its outcome unknown): the old home refused reads and writes,
+    # the new home writes, until another move ended it. The change and the new home's lift
+    # go through now, whatever the caller's timeout.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=75) as cluster:
+        async with cluster.connect("us-east") as db, cluster.connect("us-east") as w:
+            with trio.fail_after(60):
+                ks = await db.create_keyspace("g", home_region="us-east")
+                await w.run_transaction(lambda tx: tx.put("g", b"k", b"v1"))
+                call = db._call_group
+                with trio.CancelScope() as timeout:
+
+                    async def timed_out_at_the_rehome(group, m, payload, **kw):
+                        if m == "keyspace.rehome":
+                            timeout.cancel()
+                        return await call(group, m, payload, **kw)
+
+                    db._call_group = timed_out_at_the_rehome
+                    await db.move_keyspace("g", "eu-west")
+                db._call_group = call
+                assert timeout.cancelled_caught
+                assert (await db.keyspace("g")).home == "eu-west"
+                west = data_group(cluster.config, "eu-west")
+                assert _fence_of(cluster, west, ks.id)[0] == 0
+                await w.run_transaction(lambda tx: tx.put("g", b"k", b"v2"))
+                assert await w.read("g", b"k") == b"v2"
+
+
 async def test_a_move_whose_old_home_is_cut_off_after_the_catalog_change_still_ends(
         monkeypatch):
     # The old home fences reads off before the catalog change, so its erasure can wait:
