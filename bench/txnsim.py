@@ -99,13 +99,13 @@ Faults (``FAULT_KINDS``)
     home; the second, and a third of the later ones, are cancelled after a random time
     (below ``move_cut_s``), as a client's timeout would: the move undoes what it can in a
     bounded time (``engine.client.MOVE_ROLLBACK_S``) and leaves the rest to the next. After
-    healing: if the first move took the whole main phase (a slow machine, or faults that
-    held it up), the second is made now, cut short as it would have been, so every run has
-    a move cut short; each keyspace is moved to the home its catalog record names, which
-    finishes or undoes a move left halfway, as an operator would; then the first move, if
-    the faults stopped it, is made again to the end, so every run's final read comes after
-    a change of home. The final read comes after. Not for the ``regional`` workload (a
-    regional keyspace has no home to move).
+    healing: if the main phase ended before the second move began (a slow machine, or
+    faults that held the first one up), the second is made now, cut short as it would have
+    been, so every run has a move cut short; each keyspace is moved to the home its catalog
+    record names, which finishes or undoes a move left halfway, as an operator would; then
+    the first move, if the faults stopped it or the main phase ended before it began, is
+    made to the end, so every run's final read comes after a change of home. Not for the
+    ``regional`` workload (a regional keyspace has no home to move).
 
 ``plan_faults(config)`` draws the mix from the seed (each kind of ``FAULT_KINDS`` present with
 some probability, at least one of them) unless ``config.faults`` names the kinds. Nemesis
@@ -1178,11 +1178,10 @@ class _Runner:
         for number in itertools.count():
             first = number == 0
             await trio.sleep(rng.uniform(*self.plan.move_every_s))
-            keyspace = rng.choice(self.workload.keyspaces)
             if first:  # away from its home, to the end: every run has a real move
-                home = self.workload.home(keyspace)
-                to = rng.choice([r for r in self.config.regions if r != home] or [home])
+                keyspace, to = self._first_move(rng)
             else:
+                keyspace = rng.choice(self.workload.keyspaces)
                 to = rng.choice(self.config.regions)
             region = rng.choice(self.config.regions)
             # The second move is always cut short, so that every run that gets that far
@@ -1202,6 +1201,13 @@ class _Runner:
             if first and outcome == "ok":
                 self.first_move_pending = None
 
+    def _first_move(self, rng: random.Random) -> tuple[str, str]:
+        """The run's first move, (keyspace, target): a keyspace drawn by ``rng``, away from
+        the home it was created in."""
+        keyspace = rng.choice(self.workload.keyspaces)
+        home = self.workload.home(keyspace)
+        return keyspace, rng.choice([r for r in self.config.regions if r != home] or [home])
+
     async def _move(self, cluster, region: str, keyspace: str, to: str,
                     cut: float | None) -> str:
         """One move by a client of ``region``: ``"ok"``, or why it did not finish."""
@@ -1219,12 +1225,17 @@ class _Runner:
         """After healing: the second move, cut short, if the main phase ended before it began
         (the first move took it all); each keyspace moved to the home its catalog record
         names, which finishes or undoes a move left halfway (and is quick when none was);
-        then the run's first move, if the faults stopped it, made again to the end, so that
-        every run's final reads come after a real change of home. Each move but the one cut
-        short is retried until it succeeds or ``recovery_s`` have passed; returns whether
-        every one got through."""
+        then the run's first move, if the faults stopped it or the main phase ended before
+        it began, made (again) to the end, so that every run's final reads come after a real
+        change of home. Each move but the one cut short is retried until it succeeds or
+        ``recovery_s`` have passed; returns whether every one got through."""
         give_up = trio.current_time() + self.config.recovery_s
         region = self.config.regions[0]
+        if not self.moved_keyspaces:
+            # The main phase ended before its first move began: it is made at the end, like
+            # one the faults stopped.
+            self.first_move_pending = self._first_move(
+                random.Random(f"late-first-move/{self.config.seed}"))
         if len(self.moved_keyspaces) < 2:
             await self._late_cut_move(cluster, region)
         for keyspace in self.workload.keyspaces:

@@ -2026,6 +2026,7 @@ class Transaction:
         here = [g for g in candidates if db._groups[g]["region"] == db.region]
         primary = here[0] if here else candidates[0]
         prepared: dict[int, int] = {}
+        unanswered: list[int] = []  # prepares that may have installed intents all the same
         failures: list[BaseException] = []
 
         async def prepare(group: int) -> None:
@@ -2047,6 +2048,8 @@ class Transaction:
                                              expect=_COMMIT_ANSWER)
             except (MeridianError, OSError) as exc:
                 failures.append(exc)
+                if isinstance(exc, AmbiguousCommitError):
+                    unanswered.append(group)
             else:
                 prepared[group] = reply["ts"]
 
@@ -2056,7 +2059,7 @@ class Transaction:
                 for group in groups:
                     nursery.start_soon(prepare, group)
             if failures:
-                await self._finish_from_record(primary, list(prepared))
+                await self._finish_from_record(primary, [*prepared, *unanswered])
             undecided = False
         finally:
             if undecided:

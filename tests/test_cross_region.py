@@ -787,3 +787,35 @@ async def test_a_commit_cancelled_while_it_records_a_refusal_aborts_at_once(monk
                 leader = cluster.nodes[await _leader_of(cluster, east_group)]
                 assert leader.replicas[east_group].sm.prepared() == []
                 assert await east.read("e", b"k") is None
+
+
+async def test_a_commit_whose_prepare_answer_was_lost_aborts_that_prepare_at_once(monkeypatch):
+    # One group installs its intents but its answer is lost (AmbiguousCommitError): the
+    # transaction aborts, and those intents go with the abort, like the ones of a group that
+    # answered -- not left blocking readers and writers of their keys until recovery finds
+    # them past their deadline.
+    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
+    async with open_local_cluster(TWO_REGIONS, 1, seed=22) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                west_group = data_group(cluster.config, "eu-west")
+                real_call = east._call_group
+
+                async def call_group(group, method, payload, **kwargs):
+                    reply = await real_call(group, method, payload, **kwargs)
+                    if method == "prepare" and group == west_group:
+                        raise errors.AmbiguousCommitError("the answer was lost")
+                    return reply
+
+                east._call_group = call_group
+                tx = east.transaction()
+                await tx.put("e", b"k", b"new")
+                await tx.put("w", b"k", b"new")
+                with pytest.raises(errors.UnavailableError, match="could not prepare"):
+                    await tx.commit()
+                await east._drain()  # the abort is sent in the background
+                leader = cluster.nodes[await _leader_of(cluster, west_group)]
+                assert leader.replicas[west_group].sm.prepared() == []
+                east._call_group = real_call
+                assert await east.read("w", b"k") is None
