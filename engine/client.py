@@ -43,9 +43,11 @@ finishes the transaction from its record (aborting it there first if it was unde
 accepts a write only if no key it writes was committed by someone else after the snapshot
 (``isolation="serializable"``: no key it read either; in a two-group transaction the read keys
 are locked from prepare to resolution), so lost updates (and, when serializable, write skew)
-cannot happen. A refused commit raises :class:`~engine.errors.TransactionConflictError`;
-:meth:`Database.run_transaction` runs the function again with jittered exponential backoff. A
-read-only transaction is never sent for validation.
+cannot happen. A serializable transaction does not read a regional keyspace (refused: other
+regions commit its writes without seeing the reads). A refused commit raises
+:class:`~engine.errors.TransactionConflictError`; :meth:`Database.run_transaction` runs the
+function again with jittered exponential backoff. A read-only transaction is never sent for
+validation.
 
 Timeouts are cancel scopes: wrap any call in ``trio.move_on_after`` / ``fail_after``. Each call
 also gives up after ``request_timeout_s`` of retrying with :class:`~engine.errors.UnavailableError`,
@@ -182,6 +184,11 @@ half a frame of writes (engine.config.MAX_TXN_BYTES) and :data:`MAX_SPANS` range
 stays within the largest frame a node takes. A read set larger than that, or than the
 adjudicator's :data:`~engine.adjudicator.MAX_TXN_KEYS` with the keys written, is sent as
 coalesced ranges instead (see :func:`_validated`)."""
+MAX_LOCK_KEY_BYTES = 1 << 20
+"""The most bytes of read keys one prepare locks in a group (more are locked as coalesced
+ranges, see :func:`_validated`): the prepared transaction's record holds them beside its
+written keys and its scanned ranges (at most :data:`MAX_SPANS`), and a group refuses a record
+over one stored value (engine.mvcc.MAX_VALUE_SIZE, 4 MiB)."""
 READ_PAGE_BYTES = 4 << 20
 """The most bytes of keys one read request names (as the node's answers are paged,
 engine.node.SCAN_PAGE_BYTES): far below the largest frame a node takes, however many keys
@@ -1632,15 +1639,16 @@ def _coalesced(spans: list[list]) -> list[list]:
     return out
 
 
-def _validated(reads: _GroupReads, written: int) -> tuple[list[bytes], list[list]]:
+def _validated(reads: _GroupReads, written: int, room: int = MAX_READ_KEY_BYTES,
+               ) -> tuple[list[bytes], list[list]]:
     """The keys and ranges that stand for ``reads`` in one commit, prepare or refresh beside
     ``written`` keys written: the keys read and the ranges scanned while they fit one request
-    (:data:`MAX_READ_KEY_BYTES`, and :data:`~engine.adjudicator.MAX_TXN_KEYS` keys with the
-    writes), else no keys and ranges covering them all (:func:`_coalesced`): a conflict,
-    never a missed one, so that a transaction may read any number of keys."""
+    (``room`` bytes of keys, :data:`MAX_LOCK_KEY_BYTES` for a prepare's, and
+    :data:`~engine.adjudicator.MAX_TXN_KEYS` keys with the writes), else no keys and ranges
+    covering them all (:func:`_coalesced`): a conflict, never a missed one, so that a
+    transaction may read any number of keys."""
     keys = sorted(reads.keys)
-    if (len(keys) + written <= MAX_TXN_KEYS
-            and sum(len(k) for k in keys) <= MAX_READ_KEY_BYTES):
+    if len(keys) + written <= MAX_TXN_KEYS and sum(len(k) for k in keys) <= room:
         return keys, reads.spans
     return [], _coalesced([*reads.spans, *([k, k + b"\x00", None] for k in keys)])
 
@@ -1713,8 +1721,12 @@ class Transaction:
 
     async def get_many(self, keyspace: str, keys) -> list[bytes | None]:
         """Several keys of one keyspace in one round trip: their values in this transaction's
-        snapshot (or its own pending writes), in the order given."""
+        snapshot (or its own pending writes), in the order given. A serializable transaction
+        does not read a regional keyspace (:class:`~engine.errors.InvalidArgumentError`):
+        every region commits its writes on its own, and merges the others' when they arrive,
+        so nothing could validate the read against them."""
         self._check_open()
+        self._check_serializable(await self._keyspace(keyspace))
         located = [await self._locate(keyspace, key) for key in keys]
         if not located:
             return []
@@ -1771,7 +1783,8 @@ class Transaction:
         Raises:
             InvalidArgumentError: a bound that is not bytes or str, or is more than one byte
                 longer than the longest key (``key + b"\\x00"`` bounds the keys after any
-                key), or a ``limit`` that is not None or an int in 0..:data:`MAX_SCAN_LIMIT`.
+                key), a ``limit`` that is not None or an int in 0..:data:`MAX_SCAN_LIMIT`, or
+                a regional keyspace under ``serializable`` (see :meth:`get_many`).
         """
         if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_SCAN_LIMIT):
             raise InvalidArgumentError(f"limit must be None or an int in 0..{MAX_SCAN_LIMIT}, "
@@ -1780,6 +1793,7 @@ class Transaction:
         first = _check_bound(b"" if start is None else start, "start")
         past = None if end is None else _check_bound(end, "end")
         ks = await self._keyspace(keyspace)
+        self._check_serializable(ks)
         s = encode_key(ks.id, first)
         e = encode_key(ks.id, past) if past is not None else keyspace_bounds(ks.id)[1]
         group = self._db.group_of(ks)
@@ -2040,7 +2054,8 @@ class Transaction:
                 # snapshot now, and no other writer can commit them before its commit
                 # timestamp (which is not known yet).
                 # And the ranges it scanned: validated, and locked against inserts too.
-                keys, payload["spans"] = _validated(reads, len(group_writes))
+                keys, payload["spans"] = _validated(reads, len(group_writes),
+                                                    MAX_LOCK_KEY_BYTES)
                 written = {w[0] for w in group_writes}
                 payload["locks"] = [k for k in keys if k not in written]
             try:
@@ -2242,6 +2257,18 @@ class Transaction:
     def _check_open(self) -> None:
         if self._state != "open":
             raise TransactionClosedError(f"transaction {self.txn_id:#x} is {self._state}")
+
+    def _check_serializable(self, ks: Keyspace) -> None:
+        """Refuses a serializable read of a regional keyspace: every region commits its
+        writes on its own and merges the others' when they arrive, so no group could
+        validate what the transaction read against them (write skew across regions would
+        commit unseen)."""
+        if self.isolation == "serializable" and ks.mode == "regional":
+            raise InvalidArgumentError(
+                f"keyspace {ks.name!r} is regional: other regions commit its writes without "
+                f"checking them against this transaction's reads (they are merged when they "
+                f"arrive), so a serializable transaction cannot read it; read it in a "
+                f"snapshot transaction")
 
     async def _keyspace(self, name: str) -> Keyspace:
         """The keyspace named ``name``, as this transaction first used it: a keyspace of that

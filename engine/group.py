@@ -292,6 +292,10 @@ RECORD_RETENTION_NS = 600 * 10**9
 """How long (in closed time) a transaction record is kept at least before FORGET removes it."""
 DECISION_HORIZON_NS = RECORD_RETENTION_NS // 2
 """A commit decided this long after the transaction's first prepare is recorded as an abort."""
+INTENT_ROOM = 64
+"""Bytes an intent's record takes beside the value it holds (the transaction's ids and
+timestamps, with msgpack's framing): a value written by a two-phase commit is at most a stored
+value's limit less this."""
 MAX_KEY_LOCKS = 10_000
 """Most prepared transactions holding a read lock on one key at once: a prepare that would take
 one more is refused (conflict ``intent``), so that the key's lock record stays well within a
@@ -1295,6 +1299,15 @@ class _Batch:
                 # Decided already (aborted by a recovery that overtook this prepare): an
                 # intent installed now would have nobody left to resolve it.
                 return CommitResult(Outcome.CONFLICT, ts, "aborted")
+            # An intent keeps its value beside the transaction's ids (see _install): one the
+            # store would refuse would stop every replica on this entry, for good.
+            big = next((w[0] for w in writes
+                        if w[1] is not None and len(w[1]) + INTENT_ROOM > MAX_VALUE_SIZE), None)
+            if big is not None:
+                return CommitResult(Outcome.TOO_LARGE, ts, f"the value of key "
+                                    f"{user_key(big)!r:.80} is over {MAX_VALUE_SIZE - INTENT_ROOM}"
+                                    f" bytes: a two-phase commit's intent keeps it with "
+                                    f"{INTENT_ROOM} bytes of its own in one stored value")
         if read_ts == 0:
             read_ts = ts - 1  # a blind write: its snapshot is everything before it
         elif read_ts >= ts:
@@ -1370,6 +1383,14 @@ class _Batch:
             return CommitResult(Outcome.INVALID, ts, f"{len(keys) + len(reads)} keys written, "
                                 f"locked and validated, over the limit of {MAX_TXN_KEYS} in "
                                 f"one group")
+        if prepare:
+            # Likewise a record the store refuses to take (see _install).
+            size = _record_size_bound([*keys, *locks], _spans_of(cmd))
+            if size > MAX_VALUE_SIZE:
+                return CommitResult(Outcome.TOO_LARGE, ts, f"the prepared transaction's record "
+                                    f"(its keys written and locked, and its scanned ranges) "
+                                    f"would take up to {size} bytes, over the {MAX_VALUE_SIZE}-"
+                                    f"byte limit of a stored value")
         self._requests.append(TxnRequest(
             txn_id=txn_id, read_ts=read_ts, commit_ts=ts, writes=keys, reads=reads,
             serializable=bool(flags & SERIALIZABLE or locks), prepare=prepare))
@@ -1979,6 +2000,13 @@ def are_spans(spans) -> bool:
         and len(sp[1]) <= MAX_KEY_SIZE + 1
         and (sp[2] is None or type(sp[2]) is int and sp[2] >= 0)
         for sp in spans)
+
+
+def _record_size_bound(keys: Sequence[bytes], spans: Sequence[Sequence]) -> int:
+    """At least the packed size of a prepared transaction's record holding ``keys`` and the
+    ranges ``spans`` (see :meth:`_Batch._install`): msgpack frames a key in at most 5 bytes, a
+    range in at most 11, and the rest of the record in less than 64."""
+    return 64 + sum(len(k) + 5 for k in keys) + sum(len(sp[0]) + len(sp[1]) + 11 for sp in spans)
 
 
 def _spans_of(cmd: list) -> list:

@@ -188,6 +188,24 @@ async def test_a_serializable_transaction_may_read_more_keys_than_one_commit_can
                 assert await db.read(writes_in, b"total") == b"1"
 
 
+async def test_a_two_phase_commit_that_read_almost_a_request_of_keys_commits():
+    # 16,700 keys of the largest size read (4 MiB less a little: still sent as keys) and
+    # locked by a prepare, whose record then held them all: over a stored value's 4 MiB, the
+    # group's store refused it where the entry was applied, which stopped the node. The
+    # read set is locked as ranges instead, and the group goes on.
+    async with _two_homes(29, "here", "there") as (_, db):
+        with trio.fail_after(30):
+            size = db.limits["max_key_size"] - 4  # the keyspace prefix
+            keys = [b"%0*d" % (size, i) for i in range(16_700)]
+            tx = db.transaction("serializable")
+            await tx.get_many("there", keys)
+            await tx.put("here", b"total", b"1")
+            await tx.put("there", b"total", b"1")
+            await tx.commit()
+            await db.run_transaction(lambda o: o.put("there", b"after", b"1"))
+            assert await db.read("there", b"total") == b"1"
+
+
 async def test_a_two_phase_commit_cancelled_during_prepare_leaves_no_intent_behind():
     # Cancelled (the caller's deadline) after its prepares were applied but before their
     # answers came, the commit aborted only in the groups that had answered: none. The

@@ -65,6 +65,17 @@ def prepare(sm, log, txn, read_ts, ts, writes, locks=(), deadline=10**9):
                                        deadline=deadline))
 
 
+def test_a_prepare_of_a_value_its_intent_cannot_hold_is_refused(sm):
+    # An intent's record holds the value written with the transaction's ids: a value of the
+    # store's largest size made it too large for the store, which refused the whole apply, on
+    # every replica, at every restart. The prepare is refused instead, and the group goes on.
+    log = Log()
+    r = prepare(sm, log, 2, 100, 200, [(b"w", b"x" * MAX_VALUE_SIZE)])
+    assert r.outcome is Outcome.TOO_LARGE and "intent" in r.reason
+    assert sm.intents([b"w"], MAX_TS) == [] and not sm.is_prepared(2)
+    assert one(sm, log, encode_commit(3, 0, 300, [(b"w", b"2")])).committed
+
+
 def test_prepare_installs_intents_that_block_writers_and_readers(sm):
     log = Log()
     assert one(sm, log, encode_commit(1, 0, 100, [(b"a", b"0")])).committed
@@ -1025,3 +1036,16 @@ def test_trimming_the_outbox_does_not_read_its_records(tmp_path):
     finally:
         east.close()
         store.close()
+
+
+def test_a_prepare_whose_record_would_not_fit_a_stored_value_is_refused(sm):
+    # The prepared transaction's record holds every key it writes and locks: 4 MiB of locked
+    # keys made it too large for the store, which refused the whole apply, on every replica,
+    # at every restart. The prepare is refused instead, and the group goes on.
+    log = Log()
+    locks = [b"%0250d" % i for i in range(16_700)]
+    r = one(sm, log, encode_prepare(2, 100, 200, [(b"w", b"1")], (), locks, primary=PRIMARY,
+                                    deadline=10**9, serializable=True))
+    assert r.outcome is Outcome.TOO_LARGE and "record" in r.reason
+    assert sm.intents([b"w"], MAX_TS) == [] and not sm.is_prepared(2)
+    assert one(sm, log, encode_commit(3, 0, 300, [(b"w", b"2")])).committed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from engine.errors import InvalidArgumentError
 from engine.group import (
     GroupStateMachine,
     Outcome,
@@ -60,6 +61,29 @@ async def test_serializable_refuses_write_skew_through_a_scanned_range_in_two_ph
                 reason = await _skew(db, "serializable", other_keyspace="audit")
                 assert reason != "committed", "phantom write skew committed under serializable"
                 assert len(await db.transaction().scan("oncall", b"shift/", b"shift0")) == 1
+
+
+async def test_a_serializable_transaction_does_not_read_a_regional_keyspace():
+    # Each region commits a regional keyspace's writes on its own and merges the others' later:
+    # two serializable transactions in two regions that each saw the range empty would both
+    # commit their insert (write skew), so the read is refused rather than left unvalidated.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=33) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("oncall", mode="regional", resolver="lww")
+                await db.run_transaction(lambda tx: tx.put("oncall", b"shift/alice", b"on"))
+                tx = db.transaction("serializable")
+                with pytest.raises(InvalidArgumentError, match="regional"):
+                    await tx.scan("oncall", b"shift/", b"shift0")
+                with pytest.raises(InvalidArgumentError, match="regional"):
+                    await tx.get("oncall", b"shift/alice")
+                with pytest.raises(InvalidArgumentError, match="regional"):
+                    await tx.get_many("oncall", [b"shift/alice"])
+                await tx.put("oncall", b"shift/bob", b"on")  # writing it stays allowed
+                await tx.commit()
+                tx = db.transaction()
+                assert [k for k, _ in await tx.scan("oncall", b"shift/", b"shift0")] == [
+                    b"shift/alice", b"shift/bob"]
 
 
 # ------------------------------------------------------------------ the group state machine
