@@ -38,7 +38,10 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
             os.mkdir(d)
         except FileExistsError:
             if not os.path.isdir(d):
-                raise
+                # A file (or a dangling link) where a directory of the path must be: say
+                # which, rather than "File exists" about the path asked for.
+                raise NotADirectoryError(_errno.ENOTDIR, f"{d} exists and is not a directory",
+                                         d) from None
         fsync_directory(os.path.dirname(d))
     if not missing:
         # It exists, but whoever made it may have died before syncing its parent.

@@ -381,7 +381,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         wan=not args.no_wan, wan_latency_ms=args.wan_latency_ms,
                         seed=args.seed)
     if args.command == "node":
-        return _run_node(args.config)
+        try:
+            return _run_node(args.config)
+        except KeyboardInterrupt:
+            # Ctrl-C before the node takes SIGINT over (while it reads its configuration or
+            # starts): nothing is open yet. One line and the status of a SIGINT, as the shell.
+            print("meridian node: interrupted", file=sys.stderr)
+            return 130
     if args.command == "cluster":
         return _cluster(args)
     if args.command == "shell":

@@ -123,6 +123,7 @@ addresses in the cluster alike).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -341,6 +342,15 @@ def _host(value: object, field: str) -> str:
 
 def _port(value: object, field: str) -> int:
     return _int(value, field, low=1, high=65535)
+
+
+def _host_identity(host: str) -> str:
+    """``host`` as addresses are compared: an IP address in its one canonical form (``::1``
+    and ``0:0:0:0:0:0:0:1`` are the same address), a name in lower case."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
 
 
 def _format_address(host: str, port: int) -> str:
@@ -649,7 +659,7 @@ class ClusterConfig:
                     ("peer_address", node.peer_host, node.peer_port),
                     ("client_address", node.client_host, node.client_port),
                 ):
-                    key = (host.lower(), port)
+                    key = (_host_identity(host), port)
                     if key in addresses:
                         raise _fail(
                             f"{path}.{kind}",
@@ -952,6 +962,11 @@ def _node_from(raw: object) -> NodeConfig:
 def _parse(document: object, source: str, path: str | None) -> NodeConfig:
     try:
         if isinstance(document, str):
+            if document.startswith("\ufeff"):
+                # What some editors put first in a UTF-8 file; tomllib calls it an invalid
+                # statement at line 1, column 1, where nothing shows.
+                raise ConfigError("starts with a byte order mark (U+FEFF), which TOML does not "
+                                  "allow: save the file as UTF-8 without one", line=1, column=1)
             try:
                 document = tomllib.loads(document)
             except tomllib.TOMLDecodeError as exc:

@@ -338,13 +338,18 @@ class Node:
         planted.check_environment()
         directory = Path(self.config.data_dir)
         with contextlib.ExitStack() as files:
-            identity = _open_identity(directory, self.cluster.name, self.id,
-                                      _membership(self.placement))
+            membership = _membership(self.placement)
+            identity = _open_identity(directory, self.cluster.name, self.id, membership,
+                                      record=False)
             files.callback(identity.close)
             me = self.cluster.node(self.id)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 transport = await nursery.start(self._serve_transport, me)
+                # A new directory is claimed only by a node that can listen at its address: a
+                # wrong node_id (another machine's node, or one running here) must not leave
+                # the directory recorded as that node's for good.
+                _record_identity(identity, self.cluster.name, self.id, membership)
                 self._transport = transport
                 self.peer_port = transport.address[1]
                 # Its clock is judged before any group opens: the hybrid clock follows its
@@ -2055,12 +2060,13 @@ def _membership(groups: dict) -> list[list]:
             for gid, p in sorted(groups.items())]
 
 
-def _open_identity(directory: Path, cluster: str, node_id: int,
-                   groups: list[list]) -> DurableState:
+def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[list], *,
+                   record: bool = True) -> DurableState:
     """Opens ``DIR/IDENTITY`` (a :class:`DurableState`, whose flock keeps the directory to one
     node process) and checks, or on first use records, whose directory this is: which node of
     which cluster, and the cluster's groups and their members (``groups``, see
-    :func:`_membership`).
+    :func:`_membership`). With ``record=False`` a new directory is checked and locked but not
+    yet recorded: :func:`_record_identity` does that.
 
     Raises:
         InvalidArgumentError: the directory belongs to another node or cluster, or was made
@@ -2088,7 +2094,8 @@ def _open_identity(directory: Path, cluster: str, node_id: int,
                     f"data directory {directory} holds group data in {groups_dir} but its "
                     f"IDENTITY records no node: whose data it is cannot be checked",
                     str(directory / "IDENTITY"))
-            identity.store(msgpack.packb(want))
+            if record:
+                identity.store(msgpack.packb(want))
             return identity
         try:
             have = msgpack.unpackb(raw, raw=False)
@@ -2116,6 +2123,14 @@ def _open_identity(directory: Path, cluster: str, node_id: int,
         identity.close()
         raise
     return identity
+
+
+def _record_identity(identity: DurableState, cluster: str, node_id: int,
+                     groups: list[list]) -> None:
+    """Records whose directory this is, in an IDENTITY that :func:`_open_identity` opened with
+    ``record=False`` and found new; one that records a node already is left as it is."""
+    if identity.load() is None:
+        identity.store(msgpack.packb({"cluster": cluster, "node": node_id, "groups": groups}))
 
 
 def _membership_change(had: list, now: list) -> str:

@@ -122,6 +122,35 @@ def test_node_with_a_bad_config_says_which_field(tmp_path):
     assert "cluster.regions: missing" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_node_interrupted_before_it_serves_stops_with_one_line(tmp_path):
+    # Ctrl-C while the node is still reading its configuration (here a FIFO nobody has
+    # written yet), before it takes SIGINT over: it used to end with a KeyboardInterrupt
+    # traceback.
+    fifo = tmp_path / "node.toml"
+    os.mkfifo(fifo)
+    node = subprocess.Popen([sys.executable, "-m", "engine.cli", "node", "--config", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the node has opened the file: then it waits in its read
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # ENXIO: no reader yet
+                assert time.monotonic() < deadline and node.poll() is None
+                time.sleep(0.01)
+        node.send_signal(signal.SIGINT)
+        # A signal that comes between its open and its read is only seen once the read
+        # returns (CPython runs signal handlers between bytecodes): the end of the file ends it.
+        os.close(writer)
+        _, err = node.communicate(timeout=30)
+    finally:
+        node.kill()
+        node.wait()
+    assert node.returncode == 130
+    assert err == "meridian node: interrupted\n"
+
+
 def test_a_node_whose_groups_fail_together_says_so_in_one_line_each(tmp_path, monkeypatch,
                                                                   capsys):
     # A disk that fails (EIO) or fills fails every group writing to it at the same moment:

@@ -295,6 +295,10 @@ FAILING = [
     ("duplicate address, host case",
      _all(_set(f"{N0}/peer_address", "h:1"), _set(f"{N1}/peer_address", "H:1")),
      f"{P_N1}.peer_address", "H:1 is already the peer_address of node 1"),
+    ("duplicate address, two spellings of one IPv6 address",
+     _all(_set(f"{N0}/peer_address", "[fd00::1]:1"),
+          _set(f"{N1}/peer_address", "[FD00:0:0:0:0:0:0:0001]:1")),
+     f"{P_N1}.peer_address", "[FD00:0:0:0:0:0:0:0001]:1 is already the peer_address of node 1"),
     # timing
     ("clock offset zero", _set("cluster/max_clock_offset_ms", 0), "cluster.max_clock_offset_ms",
      "must be at least 1"),
@@ -463,6 +467,19 @@ def test_load_names_the_file(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         load_node_config(tmp_path / "missing.toml")
+
+
+def test_a_byte_order_mark_is_named_not_an_invalid_statement(tmp_path):
+    # Some editors start a UTF-8 file with U+FEFF, which TOML does not allow: tomllib's
+    # "Invalid statement" at line 1, column 1 points at nothing the user can see.
+    marked = tmp_path / "node.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + BASE_TOML.encode())
+    with pytest.raises(ConfigError) as info:
+        load_node_config(marked)
+    assert info.value.path == str(marked) and info.value.line == 1
+    assert "byte order mark" in info.value.reason
+    with pytest.raises(ConfigError, match="byte order mark"):
+        parse_node_config("\ufeff" + BASE_TOML)
 
 
 def test_the_dataclasses_check_themselves_with_relative_paths():

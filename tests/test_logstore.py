@@ -325,7 +325,7 @@ def test_a_directory_that_cannot_be_created_is_a_storage_error(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(StorageError, match="cannot create log directory .*file/log") as info:
         LogStore(tmp_path / "file" / "log")
-    assert info.value.errno == errno.EEXIST
+    assert info.value.errno == errno.ENOTDIR
 
 
 # ---------------------------------------------------------------- recovery, one test per case
