@@ -1214,7 +1214,10 @@ class Database:
                         task_status.started(exc)
                         return
                     task_status.started(conn)
-                    held.shield = True
+                    # A caller cancelled before it took the connection gets Cancelled, and
+                    # ``started`` leaves this task in it: nothing uses the connection then,
+                    # and the caller waits until it ends, so it must end now.
+                    held.shield = trio.lowlevel.current_task().parent_nursery is self._nursery
                     try:
                         with contextlib.suppress(trio.Cancelled):
                             # Until the connection ends: a reconnect holds the new one in a

@@ -8,6 +8,7 @@ outcome: a test that needs time to pass bounds it with a guard that only a bug r
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from dataclasses import asdict
@@ -234,6 +235,34 @@ async def test_reconnecting_after_restarts_leaves_no_task_or_connection_behind(n
         assert len(db._conns) == 1
 
 
+async def test_a_call_cancelled_as_its_connection_is_made_ends_at_once(nursery, monkeypatch):
+    # The caller's cancellation falls once the connection is made, before the handle has
+    # taken it: the connection, held in the caller's task (``started`` does not move a task
+    # out of a cancelled caller), was shielded there, and the cancelled call waited until the
+    # node closed it for carrying no request (10 s).
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=GUARD_S) as db:
+        connect_rpc_of_client = engine.client.connect_rpc
+        with trio.CancelScope() as caller:
+
+            @contextlib.asynccontextmanager
+            async def cancelled_once_connected(*args, **kwargs):
+                async with connect_rpc_of_client(*args, **kwargs) as conn:
+                    caller.cancel()
+                    yield conn
+
+            monkeypatch.setattr(engine.client, "connect_rpc", cancelled_once_connected)
+            t0 = trio.current_time()
+            await db.read("ks", b"k")
+        assert caller.cancelled_caught
+        assert trio.current_time() - t0 < 1.0
+        monkeypatch.setattr(engine.client, "connect_rpc", connect_rpc_of_client)
+        with trio.fail_after(GUARD_S):
+            assert await db.read("ks", b"k") is None
+        assert len(db._holding) == 1
+
+
 @pytest.fixture
 def black_hole():
     """The port of a listener whose accept queue is full: the kernel drops every further SYN,
@@ -381,6 +410,7 @@ class _CutOffLeader:
 
 class _NothingClosed:
     closed_ts = 0
+    configured_lifetime_ns = 10**9
 
 
 class _Clock:
