@@ -15,9 +15,9 @@ HdrHistogram).
   Every node is a process on this one machine, so the total is bounded by its cores: the axis
   shows what adding a region costs here, not what separate machines would give.
 
-A point that cannot be measured (a load process that does not connect or report) is listed
-under ``failures`` in the results, the other points are kept, and the command exits with
-status 1.
+A point that cannot be measured (a load process that does not connect or report, a cluster
+that does not start or answer) is listed under ``failures`` in the results, the other points
+are kept, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from . import _common
 from .loadproc import LoadError
 from .openloop import LoadSpec
-from .targets import TargetError
+from .targets import TargetError, TargetUnavailable
 from .ycsb import (
     check_dependencies,
     default_load_procs,
@@ -138,9 +138,12 @@ def main(args: argparse.Namespace) -> int:
                             print(f"{system} clients={c}: {row['ops_per_s']:.0f} ops/s "
                                   f"p99 {row['p99_ms']} ms", file=sys.stderr)
                         storage[system] = storage_figures(target, records, args.value_size)
-                except TargetError as exc:
+                except TargetUnavailable as exc:
                     skipped[system] = str(exc)
                     print(f"{system}: {exc}", file=sys.stderr)
+                except TargetError as exc:
+                    _common.note_failure(failures, exc, system=system, axis="clients",
+                                         regions=1)
         if "regions" in axes:
             for n in region_levels:
                 regions = REGION_NAMES[:n]
@@ -163,7 +166,8 @@ def main(args: argparse.Namespace) -> int:
                         print(f"meridian regions={n}: {row['ops_per_s']:.0f} ops/s "
                               f"p99 {row['p99_ms']} ms", file=sys.stderr)
                 except TargetError as exc:
-                    skipped[f"meridian regions={n}"] = str(exc)
+                    _common.note_failure(failures, exc, system="meridian", axis="regions",
+                                         regions=n)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     doc = {

@@ -12,7 +12,9 @@ data directories (for bytes on disk) and, for Meridian, the PID of the data grou
 - ``meridian`` (``kind="inprocess"``): ``engine.open_local_cluster`` in a thread of this
   process; the servers share the harness's process, so their CPU and memory are not reported.
 - ``meridian`` (``kind="external"``): ``--nodes host:port,...`` of a running cluster; the
-  keyspaces are created if missing and left in place; no process figures.
+  keyspaces are created for the run and dropped after it, and a cluster that has a keyspace
+  of one of their names already is refused (its data is not the benchmark's to overwrite);
+  no process figures.
 - ``etcd``: three members of Debian's ``etcd-server`` on 127.0.0.1, started by
   ``bench/raft_peers.py``; clients talk to the leader.
 """
@@ -20,6 +22,7 @@ data directories (for bytes on disk) and, for Meridian, the PID of the data grou
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -30,11 +33,16 @@ from dataclasses import dataclass, field
 
 import trio
 
-__all__ = ["Target", "TargetError", "etcd_target", "keyspace_for", "meridian_target"]
+__all__ = ["Target", "TargetError", "TargetUnavailable", "etcd_target", "keyspace_for",
+           "meridian_target"]
 
 
 class TargetError(RuntimeError):
-    """A target could not be started or reached."""
+    """A target could not be started or reached: its runs fail."""
+
+
+class TargetUnavailable(TargetError):
+    """A target this machine does not have (a peer not installed): its runs are skipped."""
 
 
 def keyspace_for(region: str) -> str:
@@ -76,17 +84,34 @@ def _cross_region_counter(nodes: list[str], region: str) -> Callable[[], int]:
 
 
 async def _create_keyspaces(nodes: list[str], region: str, regions: tuple[str, ...],
-                            regional: bool = False) -> None:
+                            regional: bool = False, *, exist_ok: bool = True,
+                            created: list[str] | None = None) -> None:
+    """Creates the benchmark's keyspaces, appending each one created to ``created``; without
+    ``exist_ok``, one that exists already raises KeyspaceExistsError."""
     import engine
     from engine.errors import KeyspaceExistsError
 
+    wanted = [(keyspace_for(r), {"home_region": r}) for r in regions]
+    if regional:
+        wanted.append((REGIONAL_KEYSPACE, {"mode": "regional"}))
     async with engine.connect(nodes, region=region) as db:
-        for r in regions:
-            with contextlib.suppress(KeyspaceExistsError):
-                await db.create_keyspace(keyspace_for(r), home_region=r)
-        if regional:
-            with contextlib.suppress(KeyspaceExistsError):
-                await db.create_keyspace(REGIONAL_KEYSPACE, mode="regional")
+        for name, options in wanted:
+            try:
+                await db.create_keyspace(name, **options)
+            except KeyspaceExistsError:
+                if not exist_ok:
+                    raise
+                continue
+            if created is not None:
+                created.append(name)
+
+
+async def _drop_keyspaces(nodes: list[str], region: str, names: list[str]) -> None:
+    import engine
+
+    async with engine.connect(nodes, region=region) as db:
+        for name in names:
+            await db.drop_keyspace(name)
 
 
 def _drivers(addresses: dict[str, list[str]], regions: tuple[str, ...], mix: bool) -> dict:
@@ -247,6 +272,7 @@ def _meridian_inprocess(regions, nodes_per_region, wan, mix) -> Iterator[Target]
 def _meridian_external(nodes: list[str], regions: tuple[str, ...],
                        mix: bool) -> Iterator[Target]:
     import engine
+    from engine.errors import KeyspaceExistsError, MeridianError
 
     async def describe() -> tuple[str, ...]:
         async with engine.connect(nodes) as db:
@@ -259,11 +285,28 @@ def _meridian_external(nodes: list[str], regions: tuple[str, ...],
     missing = [r for r in regions if r not in known]
     if missing:
         raise TargetError(f"the cluster has no region(s) {missing} (it has {list(known)})")
-    trio.run(_create_keyspaces, nodes, regions[0], regions, mix)
-    yield Target(
-        system="meridian", kind="external",
-        drivers=_drivers({r: nodes for r in regions}, regions, mix),
-        notes=["external cluster: no process figures (CPU, memory, disk) are taken"])
+    created: list[str] = []
+    try:
+        try:
+            trio.run(functools.partial(_create_keyspaces, nodes, regions[0], regions, mix,
+                                       exist_ok=False, created=created))
+        except KeyspaceExistsError as exc:
+            raise TargetError(
+                f"the cluster has a keyspace the benchmark would load its records into: "
+                f"{exc}; the benchmark uses keyspaces of its own, dropped after the run, and "
+                f"leaves the cluster's data alone (drop that keyspace, or use another "
+                f"cluster)") from exc
+        yield Target(
+            system="meridian", kind="external",
+            drivers=_drivers({r: nodes for r in regions}, regions, mix),
+            notes=["external cluster: no process figures (CPU, memory, disk) are taken"])
+    finally:
+        if created:
+            try:
+                trio.run(_drop_keyspaces, nodes, regions[0], created)
+            except MeridianError as exc:
+                print(f"meridian: could not drop the benchmark's keyspaces {created}: {exc}",
+                      file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -272,7 +315,7 @@ def etcd_target(workdir: str) -> Iterator[Target]:
     from . import raft_peers
 
     if not raft_peers.etcd_available():
-        raise TargetError("skipped: etcd-server not installed (apt-get install etcd-server)")
+        raise TargetUnavailable("skipped: etcd-server not installed (apt-get install etcd-server)")
     last: Exception | None = None
     for _ in range(raft_peers.START_ATTEMPTS):
         rundir = tempfile.mkdtemp(prefix="etcd-", dir=workdir)

@@ -33,8 +33,9 @@ runs. A load-generator self-test runs the same closed loop against a server that
 once (``noop``; the workers of a load process share one connection, as Meridian's client shares
 one per node), first, before any cluster starts, and reports how many times Meridian's best
 throughput the generator sustains. A run that cannot be measured (a load process that does not
-connect or report) is listed under ``failures`` in the results, the other rows are kept, and
-the command exits with status 1.
+connect or report, a cluster that does not start or answer) is listed under ``failures`` in
+the results, the other rows are kept, and the command exits with status 1; a peer that is not
+installed is listed under ``skipped``.
 
 The issue's target: on YCSB A with a home-region keyspace, Meridian ≥ 3× etcd's throughput at
 equal or lower p99 (closed loop, the largest client count), reported met or missed.
@@ -173,7 +174,9 @@ def parse_args_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("procs", "inprocess"), default="procs",
                    help="the Meridian cluster: local node processes (default) or in-process")
     p.add_argument("--nodes", type=_nodes, metavar="HOST:PORT,...",
-                   help="use this running Meridian cluster instead of starting one")
+                   help="use this running Meridian cluster instead of starting one (the "
+                   "run's keyspaces, ycsb-<region>, are created and dropped again; a cluster "
+                   "that has one of them already is refused)")
     p.add_argument("--nodes-per-region", type=_common.int_range(1, 7), default=3)
     p.add_argument("--workdir", help="where data directories go (default: a temporary "
                    "directory beside bench/results, on the same file system)")
@@ -573,9 +576,10 @@ def main(args: argparse.Namespace) -> int:
                 "sweep": "theta" if sweep else None}
 
     from .loadproc import LoadError
-    from .targets import TargetError
+    from .targets import TargetError, TargetUnavailable
 
     failures: list[dict] = []
+    unreached: set[str] = set()  # systems whose cluster did not start or answer
 
     def fail(system: str, mode: str, c: int, theta: float, rep: int, exc: Exception, *,
              rate: float | None = None) -> None:
@@ -648,9 +652,12 @@ def main(args: argparse.Namespace) -> int:
                             CROSS_REGION_REASON if system == "meridian" else
                             "single-region peer: not applicable"),
                     }
-            except TargetError as exc:
+            except TargetUnavailable as exc:
                 skipped[system] = str(exc)
                 print(f"{system}: {exc}", file=sys.stderr)
+            except TargetError as exc:
+                _common.note_failure(failures, exc, system=system, mode="closed")
+                unreached.add(system)
         best = {s: max((r["ops_per_s"] for r in results if r["system"] == s
                         and r["mode"] == "closed"), default=None) for s in systems}
         # Phase 2: open loops at the same absolute rates for every system.
@@ -662,7 +669,7 @@ def main(args: argparse.Namespace) -> int:
             offered.setdefault(max(1.0, round(f * top, 0)), f)
         rates = sorted(offered)
         for system in systems:
-            if system in skipped or not rates:
+            if system in skipped or system in unreached or not rates:
                 continue
             try:
                 with open_target(system, args, workdir, regions, wan=mix, mix=mix) as target:
@@ -690,7 +697,7 @@ def main(args: argparse.Namespace) -> int:
                         print(f"{label}: {row['ops_per_s']:.0f} ops/s p50 {row['p50_ms']} "
                               f"p99 {row['p99_ms']} ms late {row['late']}", file=sys.stderr)
             except TargetError as exc:
-                skipped[f"{system} (open loop)"] = str(exc)
+                _common.note_failure(failures, exc, system=system, mode="open")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -762,6 +769,9 @@ def print_results(doc: dict) -> None:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         print(f"  target {t['target']}: {t['value']} ({mark})")
     for f in doc.get("failures", ()):
-        rate = f" at {f['offered_ops_per_s']:.0f}/s" if f["offered_ops_per_s"] else ""
-        print(f"  run {f['repetition']} of {f['system']} {f['mode']} c={f['clients']}{rate} "
-              f"failed: {f['error']}")
+        # A run's failure names the run; a target's (the cluster did not start or answer)
+        # only the system and the phase.
+        run = f"run {f['repetition']} of " if f.get("repetition") else ""
+        clients = f" c={f['clients']}" if f.get("clients") else ""
+        rate = f" at {f['offered_ops_per_s']:.0f}/s" if f.get("offered_ops_per_s") else ""
+        print(f"  {run}{f['system']} {f['mode']}{clients}{rate} failed: {f['error']}")

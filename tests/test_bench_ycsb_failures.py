@@ -88,3 +88,54 @@ def test_a_scale_point_that_fails_costs_its_point_not_the_points_measured(tmp_pa
                                     1)]
     assert [(f["system"], f["axis"]) for f in doc["failures"]] == [
         ("etcd", "clients"), ("meridian", "regions")]
+
+
+def _unreachable_targets():
+    """An ``open_target`` whose Meridian cluster does not answer and whose etcd is absent."""
+    from bench.targets import TargetError, TargetUnavailable
+
+    @contextlib.contextmanager
+    def open_target(system, args, workdir, regions=("us-east",), *, wan=False, mix=False):
+        if system == "etcd":
+            raise TargetUnavailable("skipped: etcd-server not installed")
+        raise TargetError("cannot reach the cluster at 127.0.0.1:1: no node answered")
+        yield  # pragma: no cover
+
+    return open_target
+
+
+def test_a_ycsb_run_whose_cluster_does_not_answer_fails(tmp_path, monkeypatch, capsys):
+    # `--nodes` of a cluster that does not answer measured nothing and exited with status 0,
+    # the cluster listed beside a peer that is merely not installed.
+    from bench import ycsb
+
+    monkeypatch.setattr(ycsb, "open_target", _unreachable_targets())
+    monkeypatch.setattr(ycsb, "plots_dir", lambda args: None)
+    out = tmp_path / "ycsb.json"
+    parser = ycsb.add_parser(__import__("argparse").ArgumentParser().add_subparsers())
+    args = parser.parse_args(
+        ["--quick", "--no-selftest", "--nodes", "127.0.0.1:1", "--workdir", str(tmp_path),
+         "--json", str(out)])
+    assert ycsb.main(args) == 1
+    doc = json.loads(out.read_text())
+    assert doc["results"] == []
+    assert [(f["system"], f["mode"]) for f in doc["failures"]] == [("meridian", "closed")]
+    assert "cannot reach the cluster" in doc["failures"][0]["error"]
+    assert list(doc["skipped"]) == ["etcd"]
+    assert "meridian closed failed: cannot reach the cluster" in capsys.readouterr().out
+
+
+def test_a_scale_run_whose_cluster_does_not_answer_fails(tmp_path, monkeypatch):
+    from bench import scale
+
+    monkeypatch.setattr(scale, "open_target", _unreachable_targets())
+    monkeypatch.setattr(scale, "plots_dir", lambda args: None)
+    out = tmp_path / "scale.json"
+    parser = scale.add_parser(__import__("argparse").ArgumentParser().add_subparsers())
+    args = parser.parse_args(
+        ["--quick", "--clients", "1", "--axes", "clients", "--nodes", "127.0.0.1:1",
+         "--workdir", str(tmp_path), "--json", str(out)])
+    assert scale.main(args) == 1
+    doc = json.loads(out.read_text())
+    assert [(f["system"], f["axis"]) for f in doc["failures"]] == [("meridian", "clients")]
+    assert list(doc["skipped"]) == ["etcd"]
