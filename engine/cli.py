@@ -295,7 +295,7 @@ def _left_running(args) -> str:
         return ""
     procs = ClusterProcesses(args.dir)
     try:
-        running = [n for n in procs.node_ids() if procs.running_pid(n) is not None]
+        running = procs.running_here()
     except OSError:
         return ""
     if not running:

@@ -262,13 +262,6 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         tmp = tempfile.mkdtemp(prefix="meridian-demo-")
         directory = tmp
     procs = ClusterProcesses(directory)
-    running = [n for n in procs.node_ids() if procs.running_pid(n) is not None]
-    if running:
-        # Not ours to stop at the end: a cluster started by `meridian cluster up`.
-        print(f"demo failed: {directory} holds a running cluster (nodes {running}); stop it "
-              f"with `meridian cluster down --dir {directory}` or give another --dir", file=out)
-        return 1
-
     pending: list[int] = []  # signals held for the trio run, which must not be raised into
 
     def interrupt(signum, frame):
@@ -283,13 +276,22 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
 
     in_trio = False
     cleaning_up = False
+    started_nothing = False
     previous = {s: signal.signal(s, interrupt)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"starting {len(regions)} regions x {nodes_per_region} nodes in {directory}"
               + (" with simulated WAN latency" if wan else ""), file=out)
-        procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
-                           wan_latency_ms=wan_latency_ms if wan else {}, die_with_parent=True)
+        try:
+            # Refused, a cluster running in the directory (`meridian cluster up`, another
+            # demo) is not ours to stop; and an up refused for any reason started nothing.
+            procs = cluster_up(directory, regions=regions, nodes_per_region=nodes_per_region,
+                               wan_latency_ms=wan_latency_ms if wan else {},
+                               die_with_parent=True, refuse_running=True)
+        except InvalidArgumentError as exc:
+            print(f"demo failed: {exc}", file=out)
+            started_nothing = True
+            return 1
         in_trio = True
         code = trio.run(_run_until_signal, pending, procs, seconds, clients_per_region,
                         accounts, seed, out)
@@ -309,8 +311,14 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         return 1
     finally:
         cleaning_up = True
-        stopped = procs.stop()
-        print(f"stopped {len(stopped)} node processes", file=out)
+        if not started_nothing:
+            # A node that died is named: the workload saw only a node that did not answer
+            # (or, the others answering for it, nothing at all), and its log does not say it
+            # ended.
+            for n, why in procs.exits().items():
+                print(f"node {n} exited during the demo: {why}", file=out)
+            stopped = procs.stop()
+            print(f"stopped {len(stopped)} node processes", file=out)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for s, handler in previous.items():

@@ -166,6 +166,17 @@ class ClusterProcesses:
         said = self.last_log_line(node_id, since)
         return f"{said} ({status})" if said else f"{status}, nothing written to its log"
 
+    def exits(self) -> dict[int, str]:
+        """The nodes whose processes this object started and that have exited, with why (see
+        :meth:`exited`)."""
+        return {n: why for n in self._started if (why := self.exited(n)) is not None}
+
+    def running_here(self) -> list[int]:
+        """The running nodes that this process started (with any object of the directory):
+        those whose process is its child, not those that an earlier ``up`` left running."""
+        return [n for n in self.node_ids()
+                if (pid := self.running_pid(n)) is not None and _parent_pid(pid) == os.getpid()]
+
     def start_node(self, node_id: int, *, die_with_parent: bool = False) -> int:
         if self.running_pid(node_id) is not None:
             raise InvalidArgumentError(f"node {node_id} is already running")
@@ -273,6 +284,15 @@ def _command_line(pid: int) -> list[bytes]:
         time.sleep(0.005)
 
 
+def _parent_pid(pid: int) -> int | None:
+    """The pid of the process's parent (None if it is gone)."""
+    try:
+        # The parent follows the state, which follows the command name (see _command_line).
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _write_whole(path: Path, text: str) -> None:
     """Replaces ``path`` with ``text``: whoever reads it, now or after a crash, finds the old
     content or the new, never a part of it."""
@@ -312,22 +332,32 @@ def cluster_up(directory: str | os.PathLike[str], *,
                nodes_per_region: int | None = None,
                wan_latency_ms: Mapping[Any, float] | None = _UNSET,
                base_port: int | None = None,
-               die_with_parent: bool = False) -> ClusterProcesses:
+               die_with_parent: bool = False,
+               refuse_running: bool = False) -> ClusterProcesses:
     """Writes the configuration and starts every node process; returns at once (see
     :func:`wait_ready`).
 
     A new cluster has ``regions`` (default us-east, eu-west, ap-south) of
     ``nodes_per_region`` nodes (default 3) and ``wan_latency_ms`` between them (not given or
     None: the default one-way latencies; ``{}``: none). A directory that holds a cluster
-    already starts that cluster's nodes.
+    already starts that cluster's nodes; with ``refuse_running``, one of whose nodes runs is
+    refused (for a caller that stops every node of the directory at its end: none may be
+    another's). The check is made under the directory's lock, so that an ``up`` on the same
+    directory at the same moment cannot start nodes between it and the starts.
 
     Raises:
         InvalidArgumentError: the directory holds a cluster that the options given do not
-            describe (they apply only to a new cluster), another ``up``/``down`` holds it,
-            or an address of a node to start is taken (then no node is started).
+            describe (they apply only to a new cluster), or a running node and
+            ``refuse_running`` is given, another ``up``/``down`` holds it, or an address of a
+            node to start is taken (then no node is started).
     """
     procs = ClusterProcesses(directory)
     with _directory_lock(procs.directory):
+        if refuse_running and (running := [n for n in procs.node_ids()
+                                           if procs.running_pid(n) is not None]):
+            raise InvalidArgumentError(
+                f"{directory} holds a running cluster (nodes {running}); stop it with "
+                f"`meridian cluster down --dir {directory}` or give another --dir")
         if procs.node_ids():
             cluster = procs.load_cluster()
             _check_same_cluster(procs.directory, cluster, regions, nodes_per_region,

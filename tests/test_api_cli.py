@@ -790,3 +790,83 @@ def test_a_cluster_up_that_cannot_start_a_node_says_which_it_leaves_running(tmp_
         _end_missed(started)
     assert _processes_mentioning(str(directory)) == []
 
+
+
+def test_a_demo_does_not_take_over_a_cluster_started_in_its_dir_as_it_starts(tmp_path,
+                                                                            monkeypatch):
+    # Another demo (or `cluster up`) on the same --dir can start its nodes after this demo
+    # found none running and before it takes the directory's lock: the demo then ran its
+    # workload on that cluster and, at its end, stopped nodes that were not its own.
+    from engine import cluster_demo
+    from engine.procs import cluster_up
+
+    directory = tmp_path / "cluster"
+    other = []
+
+    def up_second(*args, **kwargs):
+        other.append(cluster_up(directory, regions=("east",), nodes_per_region=1,
+                                wan_latency_ms={}))
+        return cluster_up(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_demo, "cluster_up", up_second)
+    out = io.StringIO()
+    try:
+        code = cluster_demo.run_demo(directory=str(directory), seconds=0.2, regions=("east",),
+                                     nodes_per_region=1, clients_per_region=1, accounts=2,
+                                     wan=False, out=out)
+        still_running = other[0].running_pid(1) is not None
+    finally:
+        for procs in other:
+            procs.stop(grace_s=3)
+    assert code == 1 and "holds a running cluster (nodes [1])" in out.getvalue(), out.getvalue()
+    assert still_running, "the demo stopped a node it did not start\n" + out.getvalue()
+
+
+@pytest.mark.parametrize("fails", [True, False])
+def test_a_demo_names_a_node_that_died_during_it(tmp_path, monkeypatch, fails):
+    # A node killed during the workload: the demo failed with "group 101 did not answer
+    # 'scan'" and the last lines of the logs, none of which said that a node had died; or,
+    # its region's other nodes answering for it, reported success and "stopped 8 node
+    # processes" of nine, without a word.
+    import trio
+
+    from engine import cluster_demo
+    from engine.errors import UnavailableError
+
+    async def node_dies(procs, *args):
+        procs.kill_node(1)
+        with trio.fail_after(10):
+            while procs.exited(1) is None:
+                await trio.sleep(0.01)
+        if fails:
+            raise UnavailableError("group 1 did not answer 'scan' within 10.0 s")
+        return 0
+
+    monkeypatch.setattr(cluster_demo, "_run", node_dies)
+    out = io.StringIO()
+    code = cluster_demo.run_demo(directory=str(tmp_path / "cluster"), seconds=0.2,
+                                 regions=("east",), nodes_per_region=1, clients_per_region=1,
+                                 accounts=2, wan=False, out=out)
+    assert code == (1 if fails else 0), out.getvalue()
+    assert "node 1 exited during the demo: killed by SIGKILL" in out.getvalue(), out.getvalue()
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_refused_cluster_up_does_not_claim_the_running_nodes_as_its_own(tmp_path, capsys):
+    # (about 3 s: a one-node cluster started and stopped) A second `up` refused for options
+    # that describe another cluster said "1 node process it started keeps running": it had
+    # started nothing, the node was the first `up`'s.
+    directory = tmp_path / "c"
+    up = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "up", "--dir",
+                         str(directory), "--regions", "east", "--nodes-per-region", "1",
+                         "--no-wan"], capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert main(["cluster", "up", "--dir", str(directory), "--nodes-per-region", "2"]) == 1
+        err = capsys.readouterr().err
+        assert "holds a cluster already" in err and "keeps running" not in err, err
+    finally:
+        from engine import procs
+
+        assert procs.ClusterProcesses(directory).stop() == [1]
+    assert _processes_mentioning(str(directory)) == []
