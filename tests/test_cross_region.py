@@ -708,6 +708,16 @@ async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
                 assert await east.read("e", b"k") is None
 
 
+async def _commit_cancelled_once(tx, event: trio.Event) -> None:
+    """Commits ``tx``, cancelled (as by its caller's timeout) once ``event`` is set."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tx.commit)
+            await event.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+
+
 @pytest.mark.parametrize("answered", [False, True])
 async def test_a_commit_cancelled_during_its_decision_finishes_at_once(monkeypatch, answered):
     # The caller gives up while the decision is on its way to the primary (not sent yet, or
@@ -735,12 +745,7 @@ async def test_a_commit_cancelled_during_its_decision_finishes_at_once(monkeypat
                 tx = east.transaction()
                 await tx.put("e", b"k", b"new")
                 await tx.put("w", b"k", b"new")
-                with trio.CancelScope() as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(tx.commit)
-                        await deciding.wait()
-                        scope.cancel()
-                assert scope.cancelled_caught
+                await _commit_cancelled_once(tx, deciding)
                 with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
                     await tx.put("e", b"k", b"again")
                 await east._drain()  # the record is read in the background
@@ -777,12 +782,7 @@ async def test_a_commit_cancelled_while_it_records_a_refusal_aborts_at_once(monk
                 tx = east.transaction()
                 await tx.put("e", b"k", b"new")
                 await tx.put("w", b"k", b"new")
-                with trio.CancelScope() as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(tx.commit)
-                        await aborting.wait()
-                        scope.cancel()
-                assert scope.cancelled_caught
+                await _commit_cancelled_once(tx, aborting)
                 await east._drain()  # the abort runs in the background
                 leader = cluster.nodes[await _leader_of(cluster, east_group)]
                 assert leader.replicas[east_group].sm.prepared() == []

@@ -133,7 +133,11 @@ def test_replicas_configured_with_different_lifetimes_decide_alike_once_a_close_
     assert outcomes[0] == outcomes[1] == (Outcome.COMMITTED, 0, b"w")
 
 
-async def test_a_leader_gives_the_group_its_configured_lifetime_with_the_next_close(tmp_path):
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_leader_gives_the_group_its_configured_lifetime_with_the_next_close(
+        tmp_path, autojump_clock, busy):
+    # Asked for by a read, or -- a busy group closes time only when a read needs it, which
+    # could be never -- by the closer at its next interval all the same.
     class Clock:
         def now(self) -> int:
             return 1_000
@@ -144,32 +148,16 @@ async def test_a_leader_gives_the_group_its_configured_lifetime_with_the_next_cl
         sm.apply([log(encode_close(500, 2 * LIFETIME))])  # an earlier leader's
         assert sm.lifetime_ns == 2 * LIFETIME
         replica = GroupReplica(5, _PurgingLeader(sm, log, steps=1), sm, Clock(),
-                               close_interval=0)
-        await replica.close_up_to(900)
-        assert sm.lifetime_ns == LIFETIME and sm.closed_ts == 1_000
-        sm.close()
-
-
-async def test_a_busy_leader_closes_time_to_give_the_group_its_configured_lifetime(
-        tmp_path, autojump_clock):
-    # A busy group closes time only when a read needs it, which could be never: the closer
-    # gives the group its leader's lifetime at its next interval all the same.
-    class Clock:
-        def now(self) -> int:
-            return 1_000
-
-    log = Log()
-    with MVCCStore(tmp_path / "a") as store:
-        sm = GroupStateMachine(store, max_txn_lifetime_ns=LIFETIME)
-        sm.apply([log(encode_close(500, 2 * LIFETIME))])  # an earlier leader's
-        replica = GroupReplica(5, _PurgingLeader(sm, log, steps=1), sm, Clock(),
-                               close_interval=1.0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(replica.run_closer)
-            for _ in range(15):  # busy: a commit every 0.1 s
-                replica._last_activity = trio.current_time()
-                await trio.sleep(0.1)
-            nursery.cancel_scope.cancel()
+                               close_interval=1.0 if busy else 0)
+        if busy:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(replica.run_closer)
+                for _ in range(15):  # a commit every 0.1 s
+                    replica._last_activity = trio.current_time()
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+        else:
+            await replica.close_up_to(900)
         assert sm.lifetime_ns == LIFETIME and sm.closed_ts == 1_000
         sm.close()
 
