@@ -1191,31 +1191,43 @@ class _Runner:
                    if drawn or number == 1 else None)
             if first:
                 self.first_move_pending = (keyspace, to)
-            self.moved_keyspaces.append(keyspace)
-            self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
-                                                   "client_region": region, "cut_after_s": cut})
-            self.fired["move-keyspace"] += 1
-            outcome = await self._move(cluster, region, keyspace, to, cut)
-            self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
-                                                       "outcome": outcome})
+            outcome = await self._recorded_move(cluster, region, keyspace, to, cut)
             if first and outcome == "ok":
                 self.first_move_pending = None
 
-    def _first_move(self, rng: random.Random) -> tuple[str, str]:
-        """The run's first move, (keyspace, target): a keyspace drawn by ``rng``, away from
-        the home it was created in."""
-        keyspace = rng.choice(self.workload.keyspaces)
+    def _first_move(self, rng: random.Random,
+                    keyspaces: list[str] | None = None) -> tuple[str, str]:
+        """A move away from home, (keyspace, target): a keyspace drawn by ``rng`` (of
+        ``keyspaces``, default all the workload's), to a region other than the one it was
+        created in."""
+        keyspace = rng.choice(keyspaces or self.workload.keyspaces)
         home = self.workload.home(keyspace)
         return keyspace, rng.choice([r for r in self.config.regions if r != home] or [home])
 
-    async def _move(self, cluster, region: str, keyspace: str, to: str,
-                    cut: float | None) -> str:
-        """One move by a client of ``region``: ``"ok"``, or why it did not finish."""
-        with trio.move_on_after(MOVE_TIMEOUT_S if cut is None else cut):
+    async def _recorded_move(self, cluster, region: str, keyspace: str, to: str,
+                             cut: float | None) -> str:
+        """:meth:`_move`, with its start and end in the history."""
+        self.moved_keyspaces.append(keyspace)
+        self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
+                                               "client_region": region, "cut_after_s": cut})
+        self.fired["move-keyspace"] += 1
+        outcome = await self._move(cluster, region, keyspace, to, cut)
+        self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
+                                                   "outcome": outcome})
+        return outcome
+
+    async def _move(self, cluster, region: str, keyspace: str, to: str | None,
+                    cut: float | None, timeout_s: float = MOVE_TIMEOUT_S) -> str:
+        """One move by a client of ``region`` to ``to`` (None: the home the keyspace's
+        catalog record names; the client is a fresh one, so its lookup is not a cached one),
+        cut short after ``cut`` seconds, else given up after ``timeout_s``: ``"ok"``, or why
+        it did not finish."""
+        with trio.move_on_after(timeout_s if cut is None else cut):
             try:
                 async with cluster.connect(
                         region, request_timeout_s=self.config.request_timeout_s) as db:
-                    await db.move_keyspace(keyspace, to)
+                    target = to if to is not None else (await db.keyspace(keyspace)).home
+                    await db.move_keyspace(keyspace, target)
                 return "ok"
             except (MeridianError, OSError) as exc:
                 return f"{type(exc).__name__}: {exc}"
@@ -1257,35 +1269,19 @@ class _Runner:
         time (below ``move_cut_s``), so that every run has a move cut short for the
         finishing pass to finish or undo."""
         rng = random.Random(f"late-cut-move/{self.config.seed}")
-        keyspace = rng.choice([k for k in self.workload.keyspaces
-                               if k not in self.moved_keyspaces] or self.workload.keyspaces)
-        home = self.workload.home(keyspace)
-        to = rng.choice([r for r in self.config.regions if r != home] or [home])
+        keyspace, to = self._first_move(rng, [k for k in self.workload.keyspaces
+                                              if k not in self.moved_keyspaces])
         cut = round(rng.uniform(0.0, self.plan.move_cut_s), 3)
-        self.moved_keyspaces.append(keyspace)
-        self.history.nemesis("move-keyspace", {"keyspace": keyspace, "to": to,
-                                               "client_region": region, "cut_after_s": cut})
-        outcome = await self._move(cluster, region, keyspace, to, cut)
-        self.history.nemesis("move-keyspace-end", {"keyspace": keyspace, "to": to,
-                                                   "outcome": outcome})
+        await self._recorded_move(cluster, region, keyspace, to, cut)
 
     async def _retry_move(self, cluster, region: str, keyspace: str, to: str | None,
                           give_up: float) -> bool:
-        """Moves ``keyspace`` to ``to`` (None: the home its catalog record names) with a
-        fresh client each attempt — its lookup of the record is not a cached one — until it
-        succeeds or ``give_up`` (trio time) has passed. Each attempt is in the history:
-        ``finish-move`` for the catalog home, ``move-keyspace-end`` for a target."""
+        """:meth:`_move` again and again until it succeeds or ``give_up`` (trio time) has
+        passed. Each attempt is in the history: ``finish-move`` for the catalog home,
+        ``move-keyspace-end`` for a target."""
         while True:
-            outcome = "timed out"
-            with trio.move_on_after(max(0.0, give_up - trio.current_time())):
-                try:
-                    async with cluster.connect(
-                            region, request_timeout_s=self.config.request_timeout_s) as db:
-                        target = to if to is not None else (await db.keyspace(keyspace)).home
-                        await db.move_keyspace(keyspace, target)
-                    outcome = "ok"
-                except (MeridianError, OSError) as exc:
-                    outcome = f"{type(exc).__name__}: {exc}"
+            outcome = await self._move(cluster, region, keyspace, to, None,
+                                       timeout_s=max(0.0, give_up - trio.current_time()))
             if to is None:
                 self.history.nemesis("finish-move", {"keyspace": keyspace, "outcome": outcome})
             else:

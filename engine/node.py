@@ -349,7 +349,8 @@ class Node:
                 # A new directory is claimed only by a node that can listen at its address: a
                 # wrong node_id (another machine's node, or one running here) must not leave
                 # the directory recorded as that node's for good.
-                _record_identity(identity, self.cluster.name, self.id, membership)
+                if identity.load() is None:
+                    _record_identity(identity, self.cluster.name, self.id, membership)
                 self._transport = transport
                 self.peer_port = transport.address[1]
                 # Its clock is judged before any group opens: the hybrid clock follows its
@@ -2077,7 +2078,6 @@ def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[lis
         makedirs_durable(directory)
     except OSError as exc:
         raise storage_error(exc, f"cannot create data directory {directory}") from None
-    want = {"cluster": cluster, "node": node_id, "groups": groups}
     try:
         identity = DurableState(directory / "IDENTITY")
     except StoreLockedError:
@@ -2095,7 +2095,7 @@ def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[lis
                     f"IDENTITY records no node: whose data it is cannot be checked",
                     str(directory / "IDENTITY"))
             if record:
-                identity.store(msgpack.packb(want))
+                _record_identity(identity, cluster, node_id, groups)
             return identity
         try:
             have = msgpack.unpackb(raw, raw=False)
@@ -2113,7 +2113,7 @@ def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[lis
         if "groups" not in have:
             # Made before the groups were recorded: they cannot be checked this once, and
             # are from now on.
-            identity.store(msgpack.packb(want))
+            _record_identity(identity, cluster, node_id, groups)
         elif have["groups"] != groups:
             raise InvalidArgumentError(
                 f"data directory {directory} was made for a cluster {cluster!r} whose groups "
@@ -2127,10 +2127,8 @@ def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[lis
 
 def _record_identity(identity: DurableState, cluster: str, node_id: int,
                      groups: list[list]) -> None:
-    """Records whose directory this is, in an IDENTITY that :func:`_open_identity` opened with
-    ``record=False`` and found new; one that records a node already is left as it is."""
-    if identity.load() is None:
-        identity.store(msgpack.packb({"cluster": cluster, "node": node_id, "groups": groups}))
+    """Records in ``identity`` whose directory this is (see :func:`_open_identity`)."""
+    identity.store(msgpack.packb({"cluster": cluster, "node": node_id, "groups": groups}))
 
 
 def _membership_change(had: list, now: list) -> str:

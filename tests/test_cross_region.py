@@ -3,6 +3,7 @@ snapshots that span groups, recovery of abandoned transactions (ARCH §5)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -30,6 +31,28 @@ def short_intent_timeout(monkeypatch):
 async def _setup(east):
     await east.create_keyspace("e", home_region="us-east")
     await east.create_keyspace("w", home_region="eu-west")
+
+
+@contextlib.asynccontextmanager
+async def _two_homes(seed: int, monkeypatch=None):
+    """A cluster of two one-node regions with keyspaces "e" and "w" homed in each, and a
+    client in us-east: ``(cluster, client)``. With ``monkeypatch``, no intent is recovered
+    (its deadline is an hour), so that what a test's client leaves is what it sees."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)
+    async with open_local_cluster(TWO_REGIONS, 1, seed=seed) as cluster:
+        async with cluster.connect("us-east") as east:
+            with trio.fail_after(60):
+                await _setup(east)
+                yield cluster, east
+
+
+async def _two_group_txn(east):
+    """A transaction writing key k of both "e" and "w": a two-phase commit."""
+    tx = east.transaction()
+    await tx.put("e", b"k", b"new")
+    await tx.put("w", b"k", b"new")
+    return tx
 
 
 async def test_a_transaction_across_regions_commits_atomically():
@@ -668,44 +691,28 @@ async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
     # The caller gives up while one group has prepared and another has not answered: the
     # prepared group's intents used to stay, blocking readers of its keys, until recovery
     # found them past their deadline.
-    async with open_local_cluster(TWO_REGIONS, 1, seed=19) as cluster:
-        async with cluster.connect("us-east") as east:
-            with trio.fail_after(60):
-                await _setup(east)
-                east_group = data_group(cluster.config, "us-east")
-                real_call = east._call_group
-                prepared_east = trio.Event()
+    async with _two_homes(19) as (cluster, east):
+        east_group = data_group(cluster.config, "us-east")
+        real_call = east._call_group
+        prepared_east = trio.Event()
 
-                async def call_group(group, method, payload, **kwargs):
-                    if method == "prepare" and group != east_group:
-                        await trio.sleep_forever()  # eu-west never answers
-                    reply = await real_call(group, method, payload, **kwargs)
-                    if method == "prepare":
-                        prepared_east.set()
-                    return reply
+        async def call_group(group, method, payload, **kwargs):
+            if method == "prepare" and group != east_group:
+                await trio.sleep_forever()  # eu-west never answers
+            reply = await real_call(group, method, payload, **kwargs)
+            if method == "prepare":
+                prepared_east.set()
+            return reply
 
-                east._call_group = call_group
-                tx = east.transaction()
-                await tx.put("e", b"k", b"new")
-                await tx.put("w", b"k", b"new")
-                async with trio.open_nursery() as nursery:
-                    scope = trio.CancelScope()
-
-                    async def commit():
-                        with scope:
-                            await tx.commit()
-
-                    nursery.start_soon(commit)
-                    await prepared_east.wait()
-                    scope.cancel()
-                east._call_group = real_call
-                await east._drain()  # the abort runs in the background
-                leader = cluster.nodes[await _leader_of(cluster, east_group)]
-                sm = leader.replicas[east_group].sm
-                assert sm.prepared() == []
-                assert sm.intents([encode_key((await east.keyspace("e")).id, b"k")],
-                                  2**63) == []
-                assert await east.read("e", b"k") is None
+        east._call_group = call_group
+        await _commit_cancelled_once(await _two_group_txn(east), prepared_east)
+        east._call_group = real_call
+        await east._drain()  # the abort runs in the background
+        leader = cluster.nodes[await _leader_of(cluster, east_group)]
+        sm = leader.replicas[east_group].sm
+        assert sm.prepared() == []
+        assert sm.intents([encode_key((await east.keyspace("e")).id, b"k")], 2**63) == []
+        assert await east.read("e", b"k") is None
 
 
 async def _commit_cancelled_once(tx, event: trio.Event) -> None:
@@ -725,68 +732,55 @@ async def test_a_commit_cancelled_during_its_decision_finishes_at_once(monkeypat
     # had not resolved, blocking readers and writers of their keys until recovery found them
     # past their deadline. The record settles the transaction at once instead: an abort if
     # the decision had not reached it, else the recorded commit.
-    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
-    async with open_local_cluster(TWO_REGIONS, 1, seed=20) as cluster:
-        async with cluster.connect("us-east") as east:
-            with trio.fail_after(60):
-                await _setup(east)
-                real_call = east._call_group
-                deciding = trio.Event()
+    async with _two_homes(20, monkeypatch) as (cluster, east):
+        real_call = east._call_group
+        deciding = trio.Event()
 
-                async def call_group(group, method, payload, **kwargs):
-                    if method == "decide" and not deciding.is_set():
-                        if answered:
-                            await real_call(group, method, payload, **kwargs)
-                        deciding.set()
-                        await trio.sleep_forever()
-                    return await real_call(group, method, payload, **kwargs)
+        async def call_group(group, method, payload, **kwargs):
+            if method == "decide" and not deciding.is_set():
+                if answered:
+                    await real_call(group, method, payload, **kwargs)
+                deciding.set()
+                await trio.sleep_forever()
+            return await real_call(group, method, payload, **kwargs)
 
-                east._call_group = call_group
-                tx = east.transaction()
-                await tx.put("e", b"k", b"new")
-                await tx.put("w", b"k", b"new")
-                await _commit_cancelled_once(tx, deciding)
-                with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
-                    await tx.put("e", b"k", b"again")
-                await east._drain()  # the record is read in the background
-                for region in TWO_REGIONS:
-                    group = data_group(cluster.config, region)
-                    leader = cluster.nodes[await _leader_of(cluster, group)]
-                    assert leader.replicas[group].sm.prepared() == []
-                expected = b"new" if answered else None
-                assert await east.read("e", b"k") == await east.read("w", b"k") == expected
+        east._call_group = call_group
+        tx = await _two_group_txn(east)
+        await _commit_cancelled_once(tx, deciding)
+        with pytest.raises(errors.TransactionClosedError, match="unknown outcome"):
+            await tx.put("e", b"k", b"again")
+        await east._drain()  # the record is read in the background
+        for region in TWO_REGIONS:
+            group = data_group(cluster.config, region)
+            leader = cluster.nodes[await _leader_of(cluster, group)]
+            assert leader.replicas[group].sm.prepared() == []
+        expected = b"new" if answered else None
+        assert await east.read("e", b"k") == await east.read("w", b"k") == expected
 
 
 async def test_a_commit_cancelled_while_it_records_a_refusal_aborts_at_once(monkeypatch):
     # One group refuses its prepare, and the caller gives up while the abort is on its way to
     # the primary: the other group's intents used to stay until recovery found them past
     # their deadline.
-    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
-    async with open_local_cluster(TWO_REGIONS, 1, seed=21) as cluster:
-        async with cluster.connect("us-east") as east:
-            with trio.fail_after(60):
-                await _setup(east)
-                east_group = data_group(cluster.config, "us-east")
-                real_call = east._call_group
-                aborting = trio.Event()
+    async with _two_homes(21, monkeypatch) as (cluster, east):
+        east_group = data_group(cluster.config, "us-east")
+        real_call = east._call_group
+        aborting = trio.Event()
 
-                async def call_group(group, method, payload, **kwargs):
-                    if method == "prepare" and group != east_group:
-                        raise errors.TransactionConflictError("refused", "write")
-                    if method == "decide" and not aborting.is_set():
-                        aborting.set()
-                        await trio.sleep_forever()
-                    return await real_call(group, method, payload, **kwargs)
+        async def call_group(group, method, payload, **kwargs):
+            if method == "prepare" and group != east_group:
+                raise errors.TransactionConflictError("refused", "write")
+            if method == "decide" and not aborting.is_set():
+                aborting.set()
+                await trio.sleep_forever()
+            return await real_call(group, method, payload, **kwargs)
 
-                east._call_group = call_group
-                tx = east.transaction()
-                await tx.put("e", b"k", b"new")
-                await tx.put("w", b"k", b"new")
-                await _commit_cancelled_once(tx, aborting)
-                await east._drain()  # the abort runs in the background
-                leader = cluster.nodes[await _leader_of(cluster, east_group)]
-                assert leader.replicas[east_group].sm.prepared() == []
-                assert await east.read("e", b"k") is None
+        east._call_group = call_group
+        await _commit_cancelled_once(await _two_group_txn(east), aborting)
+        await east._drain()  # the abort runs in the background
+        leader = cluster.nodes[await _leader_of(cluster, east_group)]
+        assert leader.replicas[east_group].sm.prepared() == []
+        assert await east.read("e", b"k") is None
 
 
 async def test_a_commit_whose_prepare_answer_was_lost_aborts_that_prepare_at_once(monkeypatch):
@@ -794,28 +788,21 @@ async def test_a_commit_whose_prepare_answer_was_lost_aborts_that_prepare_at_onc
     # transaction aborts, and those intents go with the abort, like the ones of a group that
     # answered -- not left blocking readers and writers of their keys until recovery finds
     # them past their deadline.
-    monkeypatch.setattr(engine.node, "INTENT_TIMEOUT_S", 3600.0)  # no recovery in this test
-    async with open_local_cluster(TWO_REGIONS, 1, seed=22) as cluster:
-        async with cluster.connect("us-east") as east:
-            with trio.fail_after(60):
-                await _setup(east)
-                west_group = data_group(cluster.config, "eu-west")
-                real_call = east._call_group
+    async with _two_homes(22, monkeypatch) as (cluster, east):
+        west_group = data_group(cluster.config, "eu-west")
+        real_call = east._call_group
 
-                async def call_group(group, method, payload, **kwargs):
-                    reply = await real_call(group, method, payload, **kwargs)
-                    if method == "prepare" and group == west_group:
-                        raise errors.AmbiguousCommitError("the answer was lost")
-                    return reply
+        async def call_group(group, method, payload, **kwargs):
+            reply = await real_call(group, method, payload, **kwargs)
+            if method == "prepare" and group == west_group:
+                raise errors.AmbiguousCommitError("the answer was lost")
+            return reply
 
-                east._call_group = call_group
-                tx = east.transaction()
-                await tx.put("e", b"k", b"new")
-                await tx.put("w", b"k", b"new")
-                with pytest.raises(errors.UnavailableError, match="could not prepare"):
-                    await tx.commit()
-                await east._drain()  # the abort is sent in the background
-                leader = cluster.nodes[await _leader_of(cluster, west_group)]
-                assert leader.replicas[west_group].sm.prepared() == []
-                east._call_group = real_call
-                assert await east.read("w", b"k") is None
+        east._call_group = call_group
+        with pytest.raises(errors.UnavailableError, match="could not prepare"):
+            await (await _two_group_txn(east)).commit()
+        await east._drain()  # the abort is sent in the background
+        leader = cluster.nodes[await _leader_of(cluster, west_group)]
+        assert leader.replicas[west_group].sm.prepared() == []
+        east._call_group = real_call
+        assert await east.read("w", b"k") is None
