@@ -212,7 +212,11 @@ def test_partitions_really_cut_and_heal(tmp_path):
     assert f"mt{os.getpid() % 1000}-" not in listed
 
 
-CAMPAIGN = ("--nemesis", "partition,kill,pause", "--time", "15", "--interval", "1.5,2.5")
+# The CI campaigns are short (a few faults each) and keep a 1 s quiet period after the final heal
+# (the final read finishes what abandoned intents remain itself).
+QUIET = ("--quiet", "1")
+CAMPAIGN = ("--nemesis", "partition,kill,pause", "--time", "12", "--interval", "1.5,2.5",
+            *QUIET)
 
 
 @pytest.mark.parametrize("workload", ["bank", "append", "register", "set", "regional"])
@@ -255,8 +259,8 @@ PLANTED = {
 def test_planted_bug_is_caught(tmp_path, bug):
     _require(lossy="lossy" in PLANTED[bug])
     results, text, code = run_jepsen(tmp_path / bug, "--planted-bug", bug, "--seed", "2",
-                                     "--time", "20", "--interval", "2,4", *PLANTED[bug],
-                                     planted=True)
+                                     "--time", "16", "--interval", "2,4", *QUIET,
+                                     *PLANTED[bug], planted=True)
     assert results["valid"] is False, text[-4000:]
     assert code == 1
     assert results["planted_bugs"] == [bug]
@@ -269,7 +273,7 @@ def test_power_loss_campaign_without_planted_bugs_is_valid(tmp_path):
     _require(lossy=True)
     results, text, code = run_jepsen(tmp_path / "lossy", "--workload", "set", "--nemesis",
                                      "lossy", "--lossy-targets", "all", "--nodes", "3",
-                                     "--seed", "2", "--time", "20", "--interval", "2,4")
+                                     "--seed", "2", "--time", "16", "--interval", "2,4", *QUIET)
     assert results["valid"] is True and code == 0, text[-4000:]
     assert results["faults"].get("lossy", 0) >= 2 and results["final_read_ok"]
 
@@ -277,7 +281,7 @@ def test_power_loss_campaign_without_planted_bugs_is_valid(tmp_path):
 # The targeted schedule for votes_without_persisting (bench/jepsen_targeted.py): one region of
 # three nodes, the vote-split nemesis alone, one round.
 VOTE_SPLIT = ("--workload", "set", "--nodes", "3", "--nemesis", "vote-split", "--time", "16",
-              "--interval", "2,2", "--seed", "1")
+              "--interval", "2,2", "--seed", "1", *QUIET)
 
 
 def test_vote_split_catches_votes_without_persisting(tmp_path):
