@@ -31,7 +31,8 @@ Methods served
 ``keyspace.list``, and the steps of moves and drops, ``keyspace.begin``, ``keyspace.rehome``,
 ``keyspace.settle`` and ``keyspace.drop`` (meta group leader), and
 ``keyspace.fence`` and ``keyspace.copy`` (a data group: moving or dropping a keyspace); data:
-``read``, ``scan`` (a page at a time, see :data:`SCAN_PAGE_ITEMS`) and ``commit`` on a group;
+``read``, ``scan`` (a page at a time, see :data:`SCAN_PAGE_ITEMS`) and ``commit`` on a group,
+``close`` (between nodes: a replica's stale read asks its group's leader to close time);
 two-phase commit: ``prepare``, ``decide``
 (primary group), ``resolve``, and ``refresh`` (may a transaction's reads move to a newer
 snapshot?); regional keyspaces:
@@ -149,6 +150,10 @@ up to :data:`PING_INTERVAL_S`)."""
 UNMEASURED_WARN_ROUNDS = 10
 """Rounds of pings after which a node no peer has measured yet says so as a warning."""
 STALE_READ_WAIT_S = 5.0
+CLOSE_ASK_AFTER_S = 0.2
+"""How long a replica that is not its group's leader waits for a stale read's timestamp to
+close by itself before it asks the leader to close it (an idle group closes time only every
+second, a spread group every five: a bound shorter than that would otherwise wait for it)."""
 INTENT_TIMEOUT_S = 2.0
 """A prepared transaction whose coordinator has not finished it this long after its prepare
 may be finished by anyone who meets one of its intents (aborted, unless decided)."""
@@ -286,6 +291,9 @@ class Node:
         # The peers whose latest answer to a ping said they do not serve (their clock is
         # suspect): no group's leadership is handed to them (see _keep_leader_home).
         self._peers_not_serving: set[int] = set()
+        # Per group: the timestamp a request being sent asks its leader to close up to (see
+        # _ask_leader_to_close).
+        self._close_asked: dict[int, int] = {}
         self._ping_round = trio.lowlevel.ParkingLot()  # peers' pingers wait here between pings
         self.monitor_rotation = 0  # spreads leadership hand-overs over the other voters
         self.client_port = 0
@@ -472,6 +480,7 @@ class Node:
             "keyspace.copy": self._guarded(self._keyspace_copy),
             "keyspace.unlocked": self._guarded(self._keyspace_unlocked),
             "read": self._guarded(self._read),
+            "close": self._guarded(self._close),
             "scan": self._guarded(self._scan),
             "commit": self._guarded(self._commit),
             "prepare": self._guarded(self._prepare),
@@ -975,12 +984,54 @@ class Node:
         with trio.move_on_after(STALE_READ_WAIT_S):
             if replica.node.is_leader:
                 await replica.close_up_to(ts)
-            else:
+                return
+            with trio.move_on_after(CLOSE_ASK_AFTER_S):
                 await replica.wait_closed(ts)
+                return
+            self._ask_leader_to_close(replica.group, ts)
+            await replica.wait_closed(ts)
             return
         raise RemoteError("not_closed", f"group {replica.group} on node {self.id} did not "
                           f"close timestamp {ts} within {STALE_READ_WAIT_S} s "
                           f"(closed: {replica.closed_ts})", retryable=True)
+
+    def _ask_leader_to_close(self, group: int, ts: int) -> None:
+        """Asks the group's leader, in the background, to close its time up to ``ts``: one
+        request per group at a time, for the highest timestamp asked for when it is sent."""
+        asked = self._close_asked.get(group)
+        if asked is not None:
+            self._close_asked[group] = max(asked, ts)
+            return
+        if self._nursery is None or self._peers is None:
+            return
+        self._close_asked[group] = ts
+        self._nursery.start_soon(self._send_close, group)
+
+    async def _send_close(self, group: int) -> None:
+        try:
+            while True:
+                ts = self._close_asked[group]
+                with trio.move_on_after(STALE_READ_WAIT_S):
+                    with contextlib.suppress(MeridianError, OSError):
+                        await self._peers._call_group(group, "close",
+                                                      {"group": group, "ts": ts})
+                if self._close_asked[group] == ts:
+                    return
+        finally:
+            del self._close_asked[group]
+
+    async def _close(self, p):
+        """Closes the group's time up to ``ts`` (its leader): a replica elsewhere has a stale
+        read waiting for it. Answers ``{}``."""
+        replica = self._replica(p)
+        ts = p.get("ts")
+        if type(ts) is not int or not 1 <= ts <= MAX_TS:
+            raise InvalidArgumentError(f"ts must be an int in 1..{MAX_TS}")
+        self._not_ahead("ts", ts)
+        replica._require_leader()  # not passed on: the asking replica finds the leader
+        with trio.move_on_after(STALE_READ_WAIT_S):
+            await replica.close_up_to(ts)
+        return {}
 
     async def _commit(self, p):
         replica = self._replica(p)

@@ -444,6 +444,33 @@ async def test_a_spread_group_keeps_leadership_from_a_home_voter_whose_clock_is_
                 assert await db.read("ledger", b"19") == b"x"
 
 
+async def test_a_stale_read_in_an_idle_spread_group_asks_its_leader_to_close_time(monkeypatch):
+    """An idle group's leader closes time only every few seconds (a spread group's CLOSE
+    crosses regions): a replica that does not lead, asked for a snapshot more recent than it
+    has closed, asks the leader to close up to it instead of waiting for the next close."""
+
+    async def no_idle_closes(self):
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(engine.replica.GroupReplica, "run_closer", no_idle_closes)
+    regions = ("us-east", "eu-west", "ap-south")
+    async with open_local_cluster(regions, 1, seed=5, wan_latency_ms={
+            ("us-east", "eu-west"): 10, ("us-east", "ap-south"): 20,
+            ("eu-west", "ap-south"): 30}) as cluster:
+        async with cluster.connect("us-east") as east, cluster.connect("eu-west") as west:
+            with trio.fail_after(30):
+                await east.create_keyspace("ledger", home_region="us-east", survive="region")
+                group = spread_group(cluster.config, "us-east")
+                while await _leader_of(cluster, group) != 1:
+                    await trio.sleep(0.02)
+                await east.run_transaction(lambda tx: tx.put("ledger", b"k", b"v"))
+            # The read waits for its replica's closed timestamp at most STALE_READ_WAIT_S
+            # before it is refused; asked for, the close comes in a few WAN round trips.
+            with trio.fail_after(engine.node.STALE_READ_WAIT_S / 2):
+                for _ in range(3):
+                    assert await west.read("ledger", b"k", staleness="bounded:0") == b"v"
+
+
 async def test_an_undecided_transaction_leaves_a_keyspace_that_survives_a_region_writable(
         monkeypatch):
     """A transaction that writes a keyspace that survives a region's loss and one homed in
