@@ -79,6 +79,7 @@ from .client import (
     ConflictRecord,
     Database,
     Transaction,
+    check_keys,
     check_retry_policy,
     connect,
     refuse_awaitable,
@@ -573,7 +574,8 @@ class BlockingDatabase:
 
         ``fn`` is an ordinary function, called in this thread; it must be safe to run several
         times (no side effects outside ``tx``). It may end the transaction itself
-        (``commit()`` or ``rollback()``): it is then not committed again.
+        (``commit()`` or ``rollback()``): it is then not committed again, nor run again once
+        committed (a conflict it raises afterwards, from another transaction, is raised).
 
         Returns:
             What the successful ``fn`` returned.
@@ -602,8 +604,11 @@ class BlockingDatabase:
                     tx.commit()
                 return result
             except TransactionConflictError:
+                # Not this transaction's conflict if ``fn`` committed it: running ``fn``
+                # again would commit its writes a second time.
+                committed = tx._tx._state == "committed"
                 tx._discard_quietly()
-                if attempt == max_attempts:
+                if committed or attempt == max_attempts:
                     raise
             except BaseException:
                 tx._discard_quietly()
@@ -675,7 +680,7 @@ class BlockingTransaction:
 
     def get_many(self, keyspace: str, keys) -> list[bytes | None]:
         """Several keys of one keyspace in one round trip, in the order given."""
-        return self._call(self._tx.get_many, keyspace, list(keys))
+        return self._call(self._tx.get_many, keyspace, check_keys(keys))
 
     def get_for_update(self, keyspace: str, key: bytes | str) -> bytes | None:
         """Reads a key and adds it to the write set unchanged, so a concurrent writer of it

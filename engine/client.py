@@ -567,9 +567,10 @@ class Database:
         :class:`~engine.errors.UnavailableError`. The only retry loop of the product:
         ``fn`` must be safe to run several times (no side effects outside ``tx``). ``fn`` may
         end the transaction itself (``commit()`` or ``rollback()``, as in ``async with``):
-        it is then not committed again. ``fn`` returning an awaitable (an operation of
-        ``tx`` not awaited: ``return tx.put(...)``) is refused, and so is ``fn`` returning
-        something that is not awaitable (a plain function): nothing is committed. A bad
+        it is then not committed again, nor run again once committed (a conflict it raises
+        afterwards, from another transaction, is raised). ``fn`` returning an awaitable (an
+        operation of ``tx`` not awaited: ``return tx.put(...)``) is refused, and so is ``fn``
+        returning something that is not awaitable (a plain function): nothing is committed. A bad
         policy (see :func:`check_retry_policy`) raises
         :class:`~engine.errors.InvalidArgumentError` before ``fn`` runs."""
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
@@ -592,8 +593,11 @@ class Database:
                     await tx.commit()
                 return result
             except TransactionConflictError:
+                # Not this transaction's conflict if ``fn`` committed it: running ``fn``
+                # again would commit its writes a second time.
+                committed = tx._state == "committed"
                 tx._discard()
-                if attempt == max_attempts:
+                if committed or attempt == max_attempts:
                     raise
             except BaseException:
                 tx._discard()
@@ -1093,7 +1097,13 @@ class Database:
         """Every node's view of its groups (leaders, terms, applied and closed timestamps).
         The nodes are asked at once; one that cannot be reached, does not answer within
         ``request_timeout_s`` (paused, wedged), or answers in a form this client cannot read
-        (a node of another version) is listed as ``{"error": ...}``."""
+        (a node of another version) is listed as ``{"error": ...}``.
+
+        Raises:
+            InvalidArgumentError: the connection is closed (said once, rather than as every
+                node's error: the cluster is not down).
+        """
+        self._check_open()
         out: dict[int, dict] = {}
         deadline = trio.current_time() + self._request_timeout_s
 
@@ -1607,6 +1617,24 @@ def _check_key(key: object) -> bytes:
     return k
 
 
+def check_keys(keys: object) -> list:
+    """The keys of a ``get_many``, as a list: an iterable of keys, not one key (a str or
+    bytes is iterable too, as its characters or byte values: read as many one-letter keys,
+    it would answer a list of values for keys nobody asked for).
+
+    Raises:
+        InvalidArgumentError: ``keys`` is one key, or not iterable.
+    """
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise InvalidArgumentError(f"keys must be an iterable of keys, not one key "
+                                   f"({keys!r:.80}): read one key with get()")
+    try:
+        return list(keys)
+    except TypeError:
+        raise InvalidArgumentError(f"keys must be an iterable of keys, not "
+                                   f"{type(keys).__name__}") from None
+
+
 def _check_bound(bound: object, name: str) -> bytes:
     """A scan's bound: bytes or str of at most one byte more than the longest key, so that
     ``key + b"\\x00"`` (the bound just past ``key``, where a scan goes on after it) is one
@@ -1727,8 +1755,14 @@ class Transaction:
         snapshot (or its own pending writes), in the order given. A serializable transaction
         does not read a regional keyspace (:class:`~engine.errors.InvalidArgumentError`):
         every region commits its writes on its own, and merges the others' when they arrive,
-        so nothing could validate the read against them."""
+        so nothing could validate the read against them.
+
+        Raises:
+            InvalidArgumentError: ``keys`` is one key (a str or bytes) rather than an
+                iterable of keys, or is not iterable (see :func:`check_keys`).
+        """
         self._check_open()
+        keys = check_keys(keys)
         self._check_serializable(await self._keyspace(keyspace))
         located = [await self._locate(keyspace, key) for key in keys]
         if not located:

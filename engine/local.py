@@ -270,8 +270,8 @@ async def open_local_cluster(
 
     Raises:
         InvalidArgumentError: ``regions`` a single string, ``nodes_per_region`` not a positive
-            int, a node id in ``clock_offsets_ns`` that is not the cluster's or an offset that
-            is not an int.
+            int, a ``seed`` that is neither None nor an int, a node id in
+            ``clock_offsets_ns`` that is not the cluster's or an offset that is not an int.
         engine.config.ConfigError: another bad argument (a region name, a WAN latency, a
             tick interval, limits: see :func:`engine.config.default_local_cluster`). Both
             subclass ``ValueError``.
@@ -283,6 +283,10 @@ async def open_local_cluster(
     if type(nodes_per_region) is not int or nodes_per_region < 1:
         raise InvalidArgumentError(
             f"nodes_per_region must be a positive int, got {nodes_per_region!r}")
+    # Each node's seed is this one plus its id: anything but an int failed there, as a
+    # TypeError from inside the first node's start, once the directory was made.
+    if seed is not None and type(seed) is not int:
+        raise InvalidArgumentError(f"seed must be None or an int, got {seed!r:.80}")
     names = tuple(regions)
     count = len(names) * nodes_per_region
 

@@ -95,6 +95,32 @@ def test_transaction_commits_on_clean_exit_with_read_your_writes(db, ks):
     assert db.read(ks, b"b") is None
 
 
+@pytest.mark.parametrize("keys", ["alice", b"alice", None, 5])
+def test_get_many_of_one_key_or_no_iterable_is_refused(db, ks, keys):
+    # One key given as the keys: a str was read as its letters, answering five values (None)
+    # for keys nobody asked for while "alice" held a value; a bytes as its byte values ("key
+    # must be bytes or str, not int"); None or an int failed as a TypeError from list().
+    with db.transaction() as tx:
+        tx.put(ks, b"alice", b"1")
+    with db.transaction() as tx:
+        with pytest.raises(errors.InvalidArgumentError, match="keys must be an iterable"):
+            tx.get_many(ks, keys)
+        assert tx.get_many(ks, iter([b"alice"])) == [b"1"]
+
+
+def test_run_transaction_does_not_run_again_a_transaction_its_function_committed(db, ks):
+    # A conflict raised by the function after its own commit (another transaction's) was
+    # retried: the function ran again and committed its increment a second time.
+    def add_one(tx):
+        tx.put(ks, b"n", b"%d" % (int(tx.get(ks, b"n") or b"0") + 1))
+        tx.commit()
+        raise errors.TransactionConflictError("another transaction's conflict", "write_write")
+
+    with pytest.raises(errors.TransactionConflictError, match="another transaction's"):
+        db.run_transaction(add_one, base_delay_s=0, max_delay_s=0)
+    assert db.read(ks, b"n") == b"1"
+
+
 def test_transaction_rolls_back_on_exception_and_explicit_rollback(db, ks):
     with pytest.raises(KeyError):
         with db.transaction() as tx:

@@ -209,3 +209,25 @@ async def test_a_keyspace_name_that_is_no_str_is_refused_at_the_call(nursery, na
             with pytest.raises(InvalidArgumentError, match="bad keyspace name"):
                 async with db.transaction() as tx:
                     await tx.put(name, b"k", b"v")
+
+
+@pytest.mark.parametrize("keys", ["alice", b"alice", bytearray(b"alice"), None, 5])
+async def test_get_many_of_one_key_or_no_iterable_is_refused_at_the_call(nursery, keys):
+    # A str was read as its letters: get_many("ks", "alice") asked for the keys "a", "l",
+    # "i", "c", "e" and answered five values, none of them alice's; a bytes failed on its
+    # first byte value ("key must be bytes or str, not int"); None or an int as a TypeError.
+    node = FakeNode(nursery)
+    asked = []
+
+    async def read(p, ctx):
+        asked.append(p["keys"])
+        return {"ts": 5, "until": 5, "values": [b"1" for _ in p["keys"]]}
+
+    node.handlers["read"] = read
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        async with db.transaction() as tx:
+            with trio.fail_after(GUARD_S), pytest.raises(
+                    InvalidArgumentError, match="keys must be an iterable of keys"):
+                await tx.get_many("ks", keys)
+        assert asked == []

@@ -19,7 +19,12 @@ import trio.testing
 
 import engine
 from engine.config import Limits
-from engine.errors import AmbiguousCommitError, NotLeaderError, UnavailableError
+from engine.errors import (
+    AmbiguousCommitError,
+    InvalidArgumentError,
+    NotLeaderError,
+    UnavailableError,
+)
 from engine.replica import GroupReplica
 from engine.rpc import (
     FrameDecoder,
@@ -656,3 +661,43 @@ async def test_a_reply_cut_off_halfway_through_its_frame_does_not_wedge_the_conn
             await db.read("ks", b"k")
         with trio.fail_after(GUARD_S):
             assert await db.read("ks", b"k") == b"v"
+
+
+@pytest.mark.parametrize("method", ["status", "statistics"])
+async def test_status_of_a_closed_database_says_it_is_closed(nursery, method):
+    # Each node was asked through the closed connection, and each refusal was listed as
+    # that node's error: the call answered {node: {"error": "...closed"}} for every node,
+    # a cluster that looked down, rather than saying that the handle was closed.
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        pass
+    with trio.fail_after(GUARD_S), pytest.raises(InvalidArgumentError, match="closed"):
+        await getattr(db, method)()
+
+
+async def test_run_transaction_does_not_run_again_a_transaction_its_function_committed(
+        nursery):
+    # A conflict raised by the function after its own commit (another transaction's, such
+    # as a nested run_transaction giving up) was retried: the function ran again and its
+    # writes were committed a second time.
+    node = FakeNode(nursery)
+    commits = []
+
+    async def commit(p, ctx):
+        commits.append(p["writes"])
+        return {"ts": 6}
+
+    node.handlers["commit"] = commit
+    await node.start()
+
+    async def debit(tx):
+        await tx.put("ks", b"k", b"v")
+        await tx.commit()
+        raise engine.TransactionConflictError("another transaction's conflict", "write_write")
+
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(engine.TransactionConflictError,
+                                                     match="another transaction's"):
+            await db.run_transaction(debit, base_delay_s=0, max_delay_s=0)
+    assert len(commits) == 1

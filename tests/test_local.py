@@ -33,6 +33,18 @@ async def test_bad_arguments_are_refused_before_anything_starts(regions, nodes_p
                 pass  # pragma: no cover
 
 
+@pytest.mark.parametrize("seed", ["7", 1.5, True, [7]])
+async def test_a_seed_that_is_no_int_is_refused_before_anything_starts(seed, tmp_path):
+    # It was added to each node's id when the node started: "can only concatenate str (not
+    # "int") to str" from inside the first start, or a float or bool seed taken as it was.
+    with trio.fail_after(GUARD_S):
+        with pytest.raises(InvalidArgumentError, match="seed must be None or an int"):
+            async with open_local_cluster(("us-east",), 1, seed=seed,
+                                          directory=str(tmp_path)):
+                pass  # pragma: no cover
+        assert list(tmp_path.iterdir()) == []  # no node started
+
+
 async def test_unknown_regions_and_nodes_are_named(tmp_path):
     with trio.fail_after(GUARD_S):
         async with open_local_cluster(("us-east",), 1, seed=3,
