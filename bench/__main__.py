@@ -16,9 +16,10 @@ COMMANDS = ("storage", "raft", "adjudicator", "compaction", "cluster", "txn", "y
             "compare", "jepsen", "report", "elle", "bank")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
+    """The harness's parser; ``prog`` is the command its usage and error lines name."""
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=prog,
         description="Meridian's benchmarks. Every benchmark compares systems side by side in one "
                     "run and reports medians over repetitions and ratios (MEASURED.md).",
     )
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m bench") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     args.argv = argv
     return args.func(args)

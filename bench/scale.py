@@ -35,6 +35,7 @@ from .openloop import LoadSpec
 from .targets import TargetError, TargetUnavailable
 from .ycsb import (
     check_dependencies,
+    check_outputs,
     default_load_procs,
     load_records,
     measure,
@@ -98,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("error: the regions axis starts its own clusters; with --nodes use "
                          "--axes clients")
     check_dependencies(plots_dir(args) is not None)
+    check_outputs(args)
     preset = QUICK if args.quick else FULL
     common = resolve_common(args, preset)
     duration, warmup, records = common["duration"], common["warmup"], common["records"]

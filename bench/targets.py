@@ -11,10 +11,11 @@ data directories (for bytes on disk) and, for Meridian, the PID of the data grou
   unless asked, and one keyspace per region homed there (``ycsb-<region>``).
 - ``meridian`` (``kind="inprocess"``): ``engine.open_local_cluster`` in a thread of this
   process; the servers share the harness's process, so their CPU and memory are not reported.
-- ``meridian`` (``kind="external"``): ``--nodes host:port,...`` of a running cluster; the
-  keyspaces are created for the run and dropped after it, and a cluster that has a keyspace
-  of one of their names already is refused (its data is not the benchmark's to overwrite);
-  no process figures.
+- ``meridian`` (``kind="external"``): ``--nodes host:port,...`` of a running cluster, in the
+  regions asked for or, by default, in the region of the first node that answers (the
+  cluster's own region names); the keyspaces are created for the run and dropped after it,
+  and a cluster that has a keyspace of one of their names already is refused (its data is
+  not the benchmark's to overwrite); no process figures.
 - ``etcd``: three members of Debian's ``etcd-server`` on 127.0.0.1, started by
   ``bench/raft_peers.py``; clients talk to the leader.
 """
@@ -43,6 +44,10 @@ class TargetError(RuntimeError):
 
 class TargetUnavailable(TargetError):
     """A target this machine does not have (a peer not installed): its runs are skipped."""
+
+
+DEFAULT_REGIONS = ("us-east",)
+"""The region of a cluster started here when no regions are asked for."""
 
 
 def keyspace_for(region: str) -> str:
@@ -130,19 +135,22 @@ def _drivers(addresses: dict[str, list[str]], regions: tuple[str, ...], mix: boo
 
 
 @contextlib.contextmanager
-def meridian_target(kind: str, *, workdir: str, regions: tuple[str, ...] = ("us-east",),
+def meridian_target(kind: str, *, workdir: str, regions: tuple[str, ...] | None = None,
                     nodes_per_region: int = 3, nodes: list[str] | None = None,
                     wan: bool = False, mix: bool = False) -> Iterator[Target]:
     """Starts (or reaches) a Meridian cluster with a ``ycsb-<region>`` keyspace per region.
 
+    ``regions``: default :data:`DEFAULT_REGIONS` for a cluster started here; for an external
+    one, the region of the first of ``nodes`` that answers (the client's default region).
     ``wan``: simulated WAN latency between regions (the local cluster's default one-way
     latencies: 35, 70 and 110 ms); ``mix``: also a regional keyspace, and driver specs for
     the multi-region mix.
     """
     if kind == "procs":
-        yield from _meridian_procs(workdir, regions, nodes_per_region, wan, mix)
+        yield from _meridian_procs(workdir, regions or DEFAULT_REGIONS, nodes_per_region, wan,
+                                   mix)
     elif kind == "inprocess":
-        yield from _meridian_inprocess(regions, nodes_per_region, wan, mix)
+        yield from _meridian_inprocess(regions or DEFAULT_REGIONS, nodes_per_region, wan, mix)
     elif kind == "external":
         if not nodes:
             raise TargetError("an external cluster needs --nodes host:port,...")
@@ -269,19 +277,20 @@ def _meridian_inprocess(regions, nodes_per_region, wan, mix) -> Iterator[Target]
         thread.join(60)
 
 
-def _meridian_external(nodes: list[str], regions: tuple[str, ...],
+def _meridian_external(nodes: list[str], regions: tuple[str, ...] | None,
                        mix: bool) -> Iterator[Target]:
     import engine
     from engine.errors import KeyspaceExistsError, MeridianError
 
-    async def describe() -> tuple[str, ...]:
+    async def describe() -> tuple[str, tuple[str, ...]]:
         async with engine.connect(nodes) as db:
-            return db.regions
+            return db.region, db.regions
 
     try:
-        known = trio.run(describe)
+        region, known = trio.run(describe)
     except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same to the user
         raise TargetError(f"cannot reach the cluster at {','.join(nodes)}: {exc}") from exc
+    regions = regions or (region,)
     missing = [r for r in regions if r not in known]
     if missing:
         raise TargetError(f"the cluster has no region(s) {missing} (it has {list(known)})")

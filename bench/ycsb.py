@@ -61,7 +61,8 @@ from .openloop import LoadSpec, Tally
 from .procstats import Progress, cpu_seconds, disk_usage, rss_bytes
 from .workloads import DISTRIBUTIONS, WORKLOADS, key_name
 
-__all__ = ["add_parser", "main", "targets", "summarize", "parse_args_common"]
+__all__ = ["add_parser", "check_outputs", "main", "targets", "summarize",
+           "parse_args_common"]
 
 SYSTEMS = ("meridian", "etcd")
 QUICK = {"clients": (32,), "duration": 3.0, "warmup": 1.0, "repeat": 1, "records": 10_000,
@@ -333,7 +334,7 @@ def load_records(driver: dict, records: int, value_size: int, bank: bool = False
 
 
 @contextlib.contextmanager
-def open_target(system: str, args, workdir: str, regions: tuple[str, ...] = ("us-east",), *,
+def open_target(system: str, args, workdir: str, regions: tuple[str, ...] | None = None, *,
                 wan: bool = False, mix: bool = False):
     from .targets import etcd_target, meridian_target
 
@@ -508,6 +509,25 @@ def check_dependencies(want_plots: bool) -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+def check_outputs(args) -> None:
+    """Refuses, before anything runs, a ``--workdir``, ``--json`` or ``--plots`` that cannot
+    be written: a run of many minutes must not end in a traceback that loses its results."""
+    if args.json and os.path.isdir(args.json):
+        raise SystemExit(f"error: --json {args.json} is a directory, not a file name")
+    where = [("--workdir", args.workdir or str(_common.RESULTS_DIR.parent))]
+    if args.json:
+        where.append(("--json", os.path.dirname(os.path.abspath(args.json))))
+    if plots_dir(args):
+        where.append(("--plots", plots_dir(args)))
+    for option, path in where:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"error: {option}: cannot create {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SystemExit(f"error: {option}: cannot write in {path}")
+
+
 def resolve_common(args, preset: dict) -> dict:
     duration = args.duration or preset["duration"]
     warmup = args.warmup if args.warmup is not None else preset["warmup"]
@@ -532,7 +552,8 @@ def main(args: argparse.Namespace) -> int:
     skipped: dict[str, str] = {}
     # The multi-region mix runs on three regions with simulated WAN latency, Meridian only.
     mix = args.workload == "regions"
-    regions = MIX_REGIONS if mix else ("us-east",)
+    # None: the target's default (a cluster started here: us-east; --nodes: the cluster's).
+    regions = MIX_REGIONS if mix else None
     if mix and "etcd" in systems:
         systems = [s for s in systems if s != "etcd"]
         skipped["etcd"] = "not applicable: the multi-region mix needs regions"
@@ -540,6 +561,7 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit("error: the regions workload runs on Meridian only")
     want_plots = plots_dir(args) is not None
     check_dependencies(want_plots)
+    check_outputs(args)
     preset = QUICK if args.quick else FULL
     common = resolve_common(args, preset)
     duration, warmup, records = common["duration"], common["warmup"], common["records"]
@@ -576,9 +598,10 @@ def main(args: argparse.Namespace) -> int:
                 "sweep": "theta" if sweep else None}
 
     from .loadproc import LoadError
-    from .targets import TargetError, TargetUnavailable
+    from .targets import DEFAULT_REGIONS, TargetError, TargetUnavailable
 
     failures: list[dict] = []
+    regions_run = list(regions or DEFAULT_REGIONS)  # those of the Meridian cluster, once open
     unreached: set[str] = set()  # systems whose cluster did not start or answer
 
     def fail(system: str, mode: str, c: int, theta: float, rep: int, exc: Exception, *,
@@ -600,6 +623,8 @@ def main(args: argparse.Namespace) -> int:
         for si, system in enumerate(systems):
             try:
                 with open_target(system, args, workdir, regions, wan=mix, mix=mix) as target:
+                    if system == "meridian":
+                        regions_run = list(target.drivers)
                     load_s = load_records(target.driver, records, args.value_size, bank)
                     print(f"{system}: loaded {records} records in {load_s} s", file=sys.stderr)
                     inserted = 0  # bytes the runs on this cluster inserted
@@ -717,7 +742,7 @@ def main(args: argparse.Namespace) -> int:
                    "load_processes": args.load_procs or "auto (1 below 16 clients, else 2)",
                    "target": "external" if args.nodes else args.target,
                    "nodes_per_region": args.nodes_per_region, "systems": systems,
-                   "regions": list(regions),
+                   "regions": regions_run,
                    "wan_one_way_ms": "35/70/110 (us-east:eu-west, us-east:ap-south, "
                                      "eu-west:ap-south)" if mix else "none"},
         "systems": systems_info,

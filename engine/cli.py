@@ -346,7 +346,7 @@ def _bench(argv: list[str]) -> int:
     except ImportError as exc:
         print(f"meridian bench: the benchmark harness is not installed ({exc})", file=sys.stderr)
         return 2
-    return bench_main(argv)
+    return bench_main(argv, prog="meridian bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,8 +192,10 @@ class _Shell:
 
     def execute(self, line: str) -> bool:
         """Runs one line; False when the session should end."""
-        line = line.strip()
-        if not line or line.startswith("#"):
+        # Not str.strip(): it would also take a value's last characters when they are other
+        # whitespace (a no-break space, \x1f), or the space a backslash at the end escapes.
+        line = line.rstrip("\r\n")  # the end of the line, not a character a backslash keeps
+        if line.lstrip(" \t").startswith("#"):
             return True
         try:
             words = _split(line)

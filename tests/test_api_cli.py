@@ -58,6 +58,19 @@ def test_no_command_prints_help_and_fails(capsys):
     assert "demo" in capsys.readouterr().out
 
 
+def test_bench_usage_and_errors_name_meridian_bench(capsys):
+    # They named "python -m bench": a user following the usage line ran another command.
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: meridian bench [-h] COMMAND")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "nosuch"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "meridian bench: error: argument COMMAND" in err and "python -m" not in err
+
+
 def test_bad_arguments_are_one_clear_line():
     out = subprocess.run(
         [sys.executable, "-m", "engine.cli", "crash-demo", "--kills", "zero"],

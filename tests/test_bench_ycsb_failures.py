@@ -139,3 +139,35 @@ def test_a_scale_run_whose_cluster_does_not_answer_fails(tmp_path, monkeypatch):
     doc = json.loads(out.read_text())
     assert [(f["system"], f["axis"]) for f in doc["failures"]] == [("meridian", "clients")]
     assert list(doc["skipped"]) == ["etcd"]
+
+
+@pytest.mark.parametrize("command", ["ycsb", "scale"])
+@pytest.mark.parametrize("option, name, message", [
+    ("--workdir", "file/work", "error: --workdir: cannot create "),
+    ("--json", "file/out.json", "error: --json: cannot create "),
+    ("--json", "", "is a directory, not a file name"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, monkeypatch,
+                                                                    command, option, name,
+                                                                    message):
+    # A --workdir under a file ended in a traceback; a --json that could not be written
+    # ended in one too, after the whole run, its results lost with it.
+    import argparse
+
+    from bench import scale, ycsb
+
+    module = ycsb if command == "ycsb" else scale
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(module, "open_target", never)
+    for m in (ycsb, scale):
+        monkeypatch.setattr(m, "plots_dir", lambda args: None)
+    (tmp_path / "file").write_text("")
+    args = [option, str(tmp_path / name), "--no-selftest" if command == "ycsb" else "--quick"]
+    if option == "--json":
+        args += ["--workdir", str(tmp_path)]
+    parsed = module.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(args)
+    with pytest.raises(SystemExit, match=message):
+        module.main(parsed)

@@ -251,6 +251,18 @@ def test_keys_and_values_with_control_characters_print_as_bytes(addresses, ks):
     assert show(b"Alice Liddell") == "Alice Liddell" and show("\u2603".encode()) == "\u2603"
 
 
+def test_a_value_ending_in_whitespace_other_than_a_separator_is_stored_whole(addresses, ks):
+    # The line was stripped of every Unicode blank before it was split: "v" plus a no-break
+    # space was stored as "v", and a space escaped at the end was an error.
+    out = shell(addresses, [f"create-keyspace {ks}", f"put {ks} nbsp v\u00a0",
+                            f"put {ks} unit v\x1f", f"put {ks} space v\\ ", "  # a comment",
+                            f"put {ks} crlf v\r"])
+    assert out[1:] == ["ok"] * 4
+    with connect_blocking(addresses) as db:
+        assert dict(db.run_transaction(lambda tx: tx.scan(ks))) == {
+            b"nbsp": "v\u00a0".encode(), b"unit": b"v\x1f", b"space": b"v ", b"crlf": b"v"}
+
+
 def test_bytes_that_are_not_utf8_typed_or_piped_in_are_stored_as_they_are(addresses, ks):
     # A script piped in with a byte that is not UTF-8 (stdin decoding strictly, as it does in
     # an en_US.UTF-8 locale) used to end the shell with a UnicodeDecodeError traceback; with a
