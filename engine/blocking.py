@@ -712,6 +712,11 @@ class BlockingTransaction:
         """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver."""
         self._call(self._tx.increment, keyspace, key, amount)
 
+    def remove_from_set(self, keyspace: str, key: bytes | str, element: bytes | str) -> None:
+        """Removes ``element`` from a set of a regional keyspace with the ``add_wins_set``
+        resolver (see :meth:`engine.client.Transaction.remove_from_set`)."""
+        self._call(self._tx.remove_from_set, keyspace, key, element)
+
     def commit(self) -> None:
         """Commits, or raises :class:`~engine.errors.TransactionConflictError` (nothing was
         written).

@@ -129,10 +129,12 @@ from .merge import (
     MERGE,
     PUT,
     RESOLVER_NAMES,
+    AddWinsSet,
     RemoteWrite,
     decode_cell,
     decode_int,
     encode_int,
+    encode_set_remove,
     is_resolver_name,
     reader_for,
     resolver_for,
@@ -1919,8 +1921,9 @@ class Transaction:
     async def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:
         """A write to a regional keyspace with a merge type (ARCH §6): ``payload`` in the
         resolver's format (:mod:`engine.merge`: an increment for ``counter``, a number for
-        ``max``, an add or remove for ``add_wins_set``). One merge per key per transaction,
-        except counter increments, which add up."""
+        ``max``, an add or remove for ``add_wins_set``: :meth:`remove_from_set` makes the
+        remove). One merge per key per transaction, except counter increments, which add
+        up."""
         ks = await self._keyspace(keyspace)
         if ks.mode != "regional" or write_op(ks.resolver) == PUT:
             raise InvalidArgumentError(
@@ -1962,6 +1965,30 @@ class Transaction:
             raise InvalidArgumentError(f"amount must be an int in -2**63..2**63-1, not "
                                        f"{amount!r:.80}")
         await self.merge(keyspace, key, encode_int(amount))
+
+    async def remove_from_set(self, keyspace: str, key: bytes | str,
+                              element: bytes | str) -> None:
+        """Removes ``element`` from a set of a regional keyspace with the ``add_wins_set``
+        resolver when the transaction commits (one operation per key per transaction, as
+        :meth:`merge`). It removes the adds of ``element`` that this transaction's snapshot
+        holds, which is what a remove names (:mod:`engine.merge`): an add of it made
+        concurrently in another region, not seen here yet, survives (add wins).
+
+        Raises:
+            InvalidArgumentError: the keyspace's resolver is not ``add_wins_set``.
+        """
+        ks = await self._keyspace(keyspace)
+        if ks.mode != "regional" or ks.resolver != "add_wins_set":
+            raise InvalidArgumentError(
+                f"keyspace {keyspace!r} holds no add-wins sets ({ks.mode}, {ks.resolver})")
+        stored, group = await self._locate(keyspace, key)
+        elem = _as_bytes(element, "element")
+        values = (await self._read(group, "read", {"keys": [stored]}))["values"]
+        if len(values) != 1:
+            raise UnavailableError(f"group {group} answered {len(values)} values for 1 key")
+        cell = None if values[0] is None else decode_cell(values[0])
+        await self.merge(keyspace, key,
+                         encode_set_remove(elem, AddWinsSet.observed_tags(cell, elem)))
 
     async def _write(self, keyspace: str, stored: bytes, group: int,
                      value: bytes | None) -> None:

@@ -1772,14 +1772,17 @@ class _Batch:
             if wts > watermark and not (self.sm._fences
                                         and self.sm.fence(key[:_PREFIX])[0] >= 2)]
         # A payload no cell could take (no honest origin commits one) refuses the batch: the
-        # plan against no cells at all fails on it. A write this group's cells cannot take is
-        # refused alone (see _plan_merges).
+        # plan of that write alone, against no cell, fails on it. A write this group's cells
+        # cannot take is refused alone (see _plan_merges).
         # (Payloads only: what size a cell grows to depends on the cells here, and on
-        # compaction, neither of which this plan has.)
-        problem = self._plan_merges(fresh, cells={key: None for key, _, _ in fresh},
-                                    check_size=False)
-        if isinstance(problem, str):
-            return CommitResult(Outcome.INVALID, ts, problem)
+        # compaction, neither of which this plan has; nor does it merge the batch's writes
+        # to one key into each other, which an application resolver may fail on, as on any
+        # pair a shipped write meets: that pair is merged by last writer, not refused.)
+        for key, resolver_name, write in fresh:
+            problem = self._plan_merges([(key, resolver_name, write)], cells={key: None},
+                                        check_size=False)
+            if isinstance(problem, str):
+                return CommitResult(Outcome.INVALID, ts, problem)
         # The stream from one origin group carries its region's writes alone, in commit order,
         # each once (the watermark): every write of that origin below a write's timestamp is
         # merged here before it, and its cells can be compacted. A batch not in that order

@@ -974,11 +974,12 @@ class ApplicationResolver(Resolver):
         except (KeyboardInterrupt, MemoryError):
             raise  # not the function's answer: one replica alone may meet them
         except BaseException as exc:  # noqa: BLE001 - the function's answer, on every replica
-            problem = f"raised {type(exc).__name__}: {exc}"
+            problem = f"raised {type(exc).__name__}: {_shown(exc, str)}"
         else:
             if not isinstance(result, Version) or not (
                     result.value is None or isinstance(result.value, bytes)):
-                problem = f"returned {result!r:.200}, not a Version with a bytes or None value"
+                problem = (f"returned {_shown(result, repr):.200}, not a Version with a bytes "
+                           f"or None value")
             elif result.value is not None and len(result.value) > MAX_APP_VALUE_SIZE:
                 problem = (f"returned a value of {len(result.value)} bytes, over the "
                            f"{MAX_APP_VALUE_SIZE}-byte limit")
@@ -1035,6 +1036,16 @@ class ApplicationResolver(Resolver):
 
     def _value(self, cell: Cell) -> bytes | None:
         return cell.state[0]
+
+
+def _shown(obj: object, show: Callable[[object], str]) -> str:
+    """``show(obj)``, or the object's type if that raises: an application's exception or
+    answer shows itself with the application's code, which fails like any other (raising
+    out of a merge would stop every replica that applies the write, at every restart)."""
+    try:
+        return show(obj)
+    except Exception:  # noqa: BLE001 - whatever the application's code raises
+        return f"<{type(obj).__name__}, which cannot be shown>"
 
 
 class ResolverFailedError(InvalidArgumentError):

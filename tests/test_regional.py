@@ -195,6 +195,28 @@ async def test_increments_adding_up_past_64_bits_in_one_transaction_say_so():
                 assert await db.read("hits", b"x") == b"%d" % 2**63
 
 
+async def test_an_element_of_an_add_wins_set_is_removed_through_the_client():
+    # A remove names the add tags its region holds, which only the stored cell shows: the
+    # client offered no way to make one, and a remove naming none removes nothing.
+    async with open_local_cluster(REGIONS[:1], 1, seed=25) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(20):
+                await db.create_keyspace("tags", mode="regional", resolver="add_wins_set")
+                await db.create_keyspace("hits", mode="regional", resolver="counter")
+                for elem in (b"red", b"blue", b"red"):
+                    await db.run_transaction(
+                        lambda tx, e=elem: tx.merge("tags", b"t", encode_set_add(e)))
+                await db.run_transaction(lambda tx: tx.remove_from_set("tags", b"t", "red"))
+                assert decode_set(await db.read("tags", b"t")) == [b"blue"]
+                async with db.transaction() as tx:
+                    await tx.remove_from_set("tags", b"t", b"blue")
+                    assert decode_set(await tx.get("tags", b"t")) == []  # its own write
+                assert decode_set(await db.read("tags", b"t")) == []
+                with pytest.raises(errors.InvalidArgumentError, match="no add-wins sets"):
+                    async with db.transaction() as tx:
+                        await tx.remove_from_set("hits", b"t", b"red")
+
+
 async def _merge(db, key, payload):
     async with db.transaction() as tx:
         await tx.merge("tags", key, payload)

@@ -172,6 +172,20 @@ def test_a_shipped_write_the_resolver_fails_on_is_merged_by_last_writer(group):
         ("lww (picky failed)", b"fine"), ("lww (picky failed)", b"boom")]
 
 
+def test_a_batch_with_two_writes_the_resolver_fails_on_is_applied(group):
+    # In eu-west the key's first write b"boom" was stored without calling the function, a
+    # newer write from here replaced it by last writer, and b"ok" merged with that one. The
+    # function fails on b"boom" and b"ok", shipped in one batch: merged by last writer like
+    # any pair of a shipped write, not a refusal of the batch, which would stop the stream.
+    group.kind = "app:picky"
+    result = group.apply(encode_remote(2, T + 400, 0, T + 300, [
+        [KEY, "app:picky", b"boom", T + 100, "eu-west", 0, ""],
+        [KEY, "app:picky", b"ok", T + 300, "eu-west", T + 200, "us-east"]]))
+    assert result.committed, result.reason
+    assert group.value() == b"ok"
+    assert group.sm.watermark(2) == T + 300
+
+
 def test_regions_agree_when_the_resolver_fails_on_what_each_holds(tmp_path):
     # Each region commits a first write (stored without calling the resolver), then receives
     # the other's: the function fails on the pair in both, and both keep the same one.
@@ -205,10 +219,30 @@ def starves(local: Version, remote: Version) -> Version:
     raise MemoryError
 
 
+class Unspeakable(Exception):
+    """An exception whose message fails, as one that decodes the values as text does on
+    bytes that are not UTF-8."""
+
+    def __str__(self) -> str:
+        return b"\xff".decode()
+
+
+class Unshowable:
+    def __repr__(self) -> str:
+        raise Unspeakable()
+
+
+def mute(local: Version, remote: Version) -> Version:
+    raise Unspeakable()
+
+
 @pytest.mark.parametrize("fn, value, reason", [
     (quits, b"quit", "raised SystemExit: 3"),
     (huge, b"x", "returned a value of 41943040 bytes, over the"),
     (lambda local, remote: "not a version", b"x", "returned 'not a version', not a Version"),
+    (mute, b"x", "raised Unspeakable: <Unspeakable, which cannot be shown>"),
+    (lambda local, remote: Unshowable(), b"x",
+     "returned <Unshowable, which cannot be shown>, not a Version"),
 ])
 def test_any_failure_of_the_function_is_a_refusal_of_a_local_write(tmp_path, fn, value, reason):
     g = _Group(tmp_path / "g", {"f": fn})
