@@ -54,6 +54,7 @@ from . import quorum
 from .log import RaftLog
 from .progress import Progress, ProgressState
 from .types import (
+    MAX_MEMBERS,
     NONE,
     ConfChange,
     ConfChangeError,
@@ -807,6 +808,10 @@ class RaftCore:
                 conf = meta.conf
                 if not conf.voters or min(conf.voters + conf.learners) <= 0:
                     return f"a snapshot whose membership is not valid: {conf}"
+                if len(conf.voters) + len(conf.learners) > MAX_MEMBERS:
+                    # The storage would refuse to write it, which stops the node.
+                    return (f"a snapshot of {len(conf.voters)} voters and "
+                            f"{len(conf.learners)} learners, over {MAX_MEMBERS} members")
         elif (t is MT.APPEND_RESP and not m.reject and m.term == self.term
               and self.role is StateRole.LEADER and m.index > self.log.last_index):
             # A leader's log only grows during its term: no follower can hold more of it.

@@ -125,6 +125,7 @@ from engine.logstore import (
 
 from .core import RestoredState
 from .types import (
+    MAX_MEMBERS,
     NONE,
     ConfChangeError,
     ConfState,
@@ -157,7 +158,6 @@ SNAPSHOT_VERSION = 1
 FLAG_LOG_RESET = 1  # a received snapshot: the log after it starts at index + 1
 FLAG_LOCAL = 2  # a local snapshot: the state machine's own storage holds the state
 HARD_STATE_VERSION = 1
-MAX_MEMBERS = 1 << 16  # voters + learners in a snapshot header; more is corruption
 
 _ENTRY = struct.Struct("<BQ")  # type, term
 _HARD_STATE = struct.Struct("<BQQQ")  # version, term, vote, commit

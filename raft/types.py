@@ -34,9 +34,13 @@ __all__ = [
     "RaftInvariantError",
     "ProposalDroppedError",
     "ConfChangeError",
+    "MAX_MEMBERS",
 ]
 
 NONE = 0  # "no node": no vote cast, no leader known
+# Voters and learners a membership may hold: the storage's snapshot header takes no more (a
+# larger count there is taken for corruption), so a snapshot naming more cannot be stored.
+MAX_MEMBERS = 1 << 16
 
 
 class RaftError(Exception):
