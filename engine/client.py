@@ -1766,7 +1766,7 @@ class Transaction:
         self._check_open()
         keys = check_keys(keys)
         self._check_serializable(await self._keyspace(keyspace))
-        located = [await self._locate(keyspace, key) for key in keys]
+        located = [await self._locate(keyspace, key, write=False) for key in keys]
         if not located:
             return []
         group = located[0][1]
@@ -2347,7 +2347,10 @@ class Transaction:
                 f"again since the transaction first used it", "moved")
         return ks
 
-    async def _locate(self, keyspace: str, key) -> tuple[bytes, int]:
+    async def _locate(self, keyspace: str, key, *, write: bool = True) -> tuple[bytes, int]:
+        """The stored key of ``key`` and its group; a key to ``write`` is held to the
+        cluster's ``max_key_size``, a key to read only to the store's (a key written under a
+        larger limit than today's stays readable, as scans and Database.read return it)."""
         self._check_open()
         ks = await self._keyspace(keyspace)
         group = self._db.group_of(ks)
@@ -2355,7 +2358,7 @@ class Transaction:
         # The cluster's max_key_size counts the stored key, keyspace prefix included (the
         # groups check it so): a longer key would be refused only at commit.
         limit = self._db.limits["max_key_size"] - KEY_PREFIX_SIZE
-        if len(k) > limit:
+        if write and len(k) > limit:
             raise RecordTooLargeError(f"key {k!r:.80} of keyspace {keyspace!r} is {len(k)} "
                                       f"bytes: the limit is {limit}")
         return encode_key(ks.id, k), group

@@ -97,7 +97,8 @@ keyspace catalogue of ARCH §4; default or empty: every region; keyspaces with
 ``survive="region"`` need three or more, so that the catalog survives a region's loss too).
 
 ``[cluster.limits]`` (ARCH §5.8): ``max_txn_keys`` (at most 65,536), ``max_txn_bytes`` (at
-most 8 MiB, half an RPC frame), ``max_key_size`` (at most the store's 250), ``max_value_size``
+most 8 MiB, half an RPC frame), ``max_key_size`` (at most the store's 250, at least 5: it counts
+the 4-byte keyspace prefix of every stored key), ``max_value_size``
 (at most the store's limit) — positive integers, with
 ``max_txn_bytes >= max_key_size + max_value_size`` so that the largest single write can commit
 — and ``max_txn_lifetime_s``, a positive number of seconds.
@@ -158,6 +159,9 @@ __all__ = [
 ]
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
+KEY_PREFIX_SIZE = 4
+"""The bytes of the keyspace id that begin every stored key (engine.placement.encode_key):
+``max_key_size`` counts them, so it must leave room for a key of one byte at least."""
 DEFAULT_WAN_LATENCY_MS = (35.0, 70.0, 110.0)
 """One-way latencies of :func:`default_local_cluster`, for the region pairs in order (0, 1),
 (0, 2), (1, 2); pairs after the third get the last value."""
@@ -501,7 +505,8 @@ class Limits:
     """Bytes of keys and values written per transaction; at most half an RPC frame
     (:data:`MAX_TXN_BYTES`): a commit is one request, with its read set beside the writes."""
     max_key_size: int = 250
-    """At most the store's limit, :data:`engine.mvcc.MAX_KEY_SIZE`."""
+    """At most the store's limit, :data:`engine.mvcc.MAX_KEY_SIZE`; counts the keyspace prefix
+    (:data:`KEY_PREFIX_SIZE`), so a keyspace's keys are this less 4 bytes long at most."""
     max_value_size: int = 1 << 20
     """At most the store's limit, :data:`engine.mvcc.MAX_VALUE_SIZE`. A regional keyspace's
     writes take at most :data:`engine.merge.MAX_APP_VALUE_SIZE`, 4 KiB less, whatever this
@@ -512,6 +517,13 @@ class Limits:
         _int(self.max_txn_keys, "max_txn_keys", high=ADJUDICATOR_MAX_KEYS)
         _int(self.max_txn_bytes, "max_txn_bytes", high=MAX_TXN_BYTES)
         _int(self.max_key_size, "max_key_size", high=STORE_MAX_KEY_SIZE)
+        if self.max_key_size <= KEY_PREFIX_SIZE:
+            # Else every key is refused, and the client says its limit is 0 or less.
+            raise _fail(
+                "max_key_size",
+                f"must be more than {KEY_PREFIX_SIZE}: it counts the {KEY_PREFIX_SIZE}-byte "
+                f"keyspace prefix of every stored key, got {self.max_key_size}",
+            )
         _int(self.max_value_size, "max_value_size", high=STORE_MAX_VALUE_SIZE)
         lifetime = _number(self.max_txn_lifetime_s, "max_txn_lifetime_s", positive=True)
         if not 1 <= lifetime * 1e9 <= _MAX_LIFETIME_NS:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from raft.types import ConfState
 
-from .config import ClusterConfig
+from .config import KEY_PREFIX_SIZE, ClusterConfig
 from .errors import InvalidArgumentError
 from .mvcc import MAX_KEY_SIZE
 
@@ -59,7 +59,6 @@ __all__ = [
 META_GROUP = 1
 _DATA_GROUP_BASE = 100
 _SPREAD_GROUP_BASE = 200
-KEY_PREFIX_SIZE = 4
 MAX_USER_KEY_SIZE = MAX_KEY_SIZE - KEY_PREFIX_SIZE
 """The longest key a keyspace accepts: the store's limit less the keyspace prefix."""
 

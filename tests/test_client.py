@@ -10,6 +10,7 @@ In-process clusters and a fake node (tests/test_client_faults.py); every wait is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -344,6 +345,32 @@ async def test_key_and_merge_payload_sizes_are_refused_when_written():
                 async with db.transaction() as tx:  # the largest key that fits commits
                     await tx.put("g", b"k" * 16, b"v")
                 assert await db.read("g", b"k" * 16) == b"v"
+
+
+async def test_a_key_over_a_lowered_max_key_size_is_still_read_by_get(tmp_path):
+    # Limits may be lowered between restarts: the keys written under the old ones stay, and
+    # Database.read() and scan() return them. get() held the key it reads to the limit of a
+    # write, and refused it (RecordTooLargeError) although the groups serve it.
+    async with open_local_cluster(("us-east",), 1, seed=24, directory=str(tmp_path)) as cluster:
+        with trio.fail_after(30):
+            async with cluster.connect() as db:
+                await db.create_keyspace("g")
+                await db.run_transaction(lambda tx: tx.put("g", b"k" * 40, b"old"))
+            cluster.config = dataclasses.replace(cluster.config,
+                                                 limits=Limits(max_key_size=20))
+            for node_id in list(cluster.nodes):
+                await cluster.stop_node(node_id)
+                await cluster.start_node(node_id)
+            async with cluster.connect() as db:
+                assert await db.read("g", b"k" * 40) == b"old"
+                async with db.transaction() as tx:
+                    assert await tx.get("g", b"k" * 40) == b"old"
+                    assert await tx.get_many("g", [b"k" * 40, b"k" * 41]) == [b"old", None]
+                    assert await tx.scan("g") == [(b"k" * 40, b"old")]
+                    with pytest.raises(errors.RecordTooLargeError, match="the limit is 16"):
+                        await tx.put("g", b"k" * 40, b"new")
+                    with pytest.raises(errors.RecordTooLargeError, match="the limit is 16"):
+                        await tx.get_for_update("g", b"k" * 40)
 
 
 async def test_a_limit_error_names_the_key_it_refused():

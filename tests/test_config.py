@@ -22,6 +22,7 @@ from engine import config as cfgmod
 from engine.config import (
     ClusterConfig,
     ConfigError,
+    KEY_PREFIX_SIZE,
     MAX_TXN_BYTES,
     MAX_WAN_LATENCY_MS,
     Limits,
@@ -328,6 +329,10 @@ FAILING = [
      "must be in 1..65536"),
     ("key size above the store's", _set("cluster/limits/max_key_size", 251),
      "cluster.limits.max_key_size", "must be in 1..250, got 251"),
+    # The size counts the keyspace prefix: a cluster left no room for a key would refuse
+    # every write, its client saying that the limit is 0 bytes or less.
+    ("key size within the keyspace prefix", _set("cluster/limits/max_key_size", 4),
+     "cluster.limits.max_key_size", "must be more than 4: it counts the 4-byte keyspace prefix"),
     ("value size above the store's", _set("cluster/limits/max_value_size", 64 << 20),
      "cluster.limits.max_value_size", "must be in 1.."),
     ("txn bytes below one write", _set("cluster/limits/max_txn_bytes", 1000),
@@ -590,7 +595,7 @@ def node_configs(draw):
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     chosen = draw(st.lists(st.sampled_from(pairs), unique=True)) if pairs else []
     latencies = {draw(st.sampled_from([(a, b), (b, a)])): draw(_latency) for a, b in chosen}
-    key_size = draw(st.integers(1, 250))
+    key_size = draw(st.integers(KEY_PREFIX_SIZE + 1, 250))
     value_size = draw(st.integers(1, 4 << 20))
     limits = Limits(
         max_txn_keys=draw(st.integers(1, MAX_TXN_KEYS)),
