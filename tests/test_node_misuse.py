@@ -220,6 +220,42 @@ async def test_the_catalog_is_changed_only_through_keyspace_requests():
                 assert [ks.name for ks in await db.list_keyspaces()] == ["first", "second"]
 
 
+async def test_a_settle_that_retires_no_region_is_refused_and_the_keyspace_still_drops():
+    # The record lists every region a copy may be left in, and every move and drop looks up
+    # each one's group: a name that is no region, recorded, would fail them all for good.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        with trio.fail_after(GUARD_S):
+            async with cluster.connect("us-east") as db, client_of(cluster, node) as conn:
+                ks = await db.create_keyspace("k")
+                with pytest.raises(RemoteError, match="unknown region") as refused:
+                    await conn.call("keyspace.settle", {"name": "k", "id": ks.id,
+                                                        "epoch": ks.epoch, "retire": ["nowhere"]})
+                assert refused.value.code == "invalid_argument"
+                assert (await db.keyspace("k")).retired == ()
+                await db.drop_keyspace("k")
+                assert await db.list_keyspaces() == []
+
+
+@pytest.mark.parametrize("method,field", [("keyspace.rehome", "moved_ts"),
+                                          ("keyspace.rehome", "handoff_ts"),
+                                          ("keyspace.settle", "handoff_ts")])
+async def test_a_catalog_timestamp_from_the_far_future_is_refused(method, field):
+    # Kept in the keyspace's record: a handoff_ts there an hour ahead had every move fence the
+    # keyspace against writes and then fail, its home unable to stamp an entry above it.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        with trio.fail_after(GUARD_S):
+            async with cluster.connect("us-east") as db, client_of(cluster, node) as conn:
+                ks = await db.create_keyspace("k")
+                ahead = node.clock.now() + 3600 * 10**9
+                with pytest.raises(RemoteError, match="ahead of node") as refused:
+                    await conn.call(method, {"name": "k", "id": ks.id, "epoch": ks.epoch,
+                                             "home": "us-east", field: ahead})
+                assert refused.value.code == "invalid_argument"
+                assert await db.keyspace("k") == ks
+
+
 async def test_a_resolution_below_the_prepare_timestamp_is_refused():
     # Its versions would appear under timestamps that reads were already served at.
     async with open_local_cluster(("us-east",), 1, seed=1) as cluster:
