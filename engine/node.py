@@ -819,7 +819,9 @@ class Node:
         offset. A read or refresh closes the group's time up to the timestamp it names, and a
         decision or resolution closes it up to its commit timestamp: one from the far future
         would push every later snapshot and commit of the group there, for good (at MAX_TS no
-        transaction that reads can commit again)."""
+        transaction that reads can commit again). A keyspace's ``moved_ts`` and
+        ``handoff_ts``, kept in the catalog, are floors of its reads and of the entry that
+        lifts its write fence: one from the far future would leave it fenced by every move."""
         now = max(self.clock.last, self.clock.physical_ns())
         if ts > now + self.cluster.max_clock_offset_ns:
             raise InvalidArgumentError(
@@ -1802,6 +1804,8 @@ class Node:
         home = p.get("home")
         data_group(self.cluster, home)  # validates the region name
         moved_ts, handoff_ts = _timestamp(p, "moved_ts"), _timestamp(p, "handoff_ts")
+        self._not_ahead("moved_ts", moved_ts)
+        self._not_ahead("handoff_ts", handoff_ts)
 
         def body(meta, ts):
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
@@ -1825,9 +1829,14 @@ class Node:
         erased, done_moving = p.get("erased", []), p.get("done", True)
         retire = p.get("retire", [])
         handoff_ts = _timestamp(p, "handoff_ts")
+        self._not_ahead("handoff_ts", handoff_ts)
         for value in (erased, retire):
             if not (isinstance(value, list) and all(type(r) is str for r in value)):
                 raise InvalidArgumentError("erased and retire must be lists of region names")
+        for region in retire:
+            # Recorded, a name that is no region would fail every later move and drop of
+            # the keyspace: each looks up the group of every region the record lists.
+            data_group(self.cluster, region)  # validates the region name
         if type(done_moving) is not bool:
             raise InvalidArgumentError("done must be a bool")
 
