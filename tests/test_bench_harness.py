@@ -88,6 +88,7 @@ def test_open_loop_counts_operations_never_sent_as_late():
 class ConflictingTransaction:
     def __init__(self, db) -> None:
         self.db = db
+        self._state = "open"  # run_transaction reads it: did the function commit it?
 
     async def put(self, keyspace, key, value) -> None:
         await trio.sleep(0)
