@@ -1854,13 +1854,14 @@ class Transaction:
                 # Every key of the part read came back: refreshing it compares all of it.
                 reads.spans.append([last, page_end, None] if reverse
                                    else [page_start, last + b"\x00", None])
-            elif reverse:
-                # A reverse scan that stopped at its limit covered the span down to its last
-                # key only (validation scans forward, so the span is exact, without a limit).
-                full = fetch is not None and last is not None and len(page) >= fetch
-                reads.spans.append([last if full else page_start, page_end, None])
+            elif fetch is not None and last is not None and len(page) >= fetch:
+                # Stopped at its limit: it covered the span up to its last key only (down to
+                # it, in reverse). The keys past that were not read: a prepare locks the span
+                # as a range, and must not keep writers out of them.
+                reads.spans.append([last, page_end, None] if reverse
+                                   else [page_start, last + b"\x00", None])
             else:
-                reads.spans.append([page_start, page_end, fetch])
+                reads.spans.append([page_start, page_end, fetch])  # to its end (or, limit 0, none)
             if len(reads.spans) > MAX_SPANS:
                 reads.spans = _coalesced(reads.spans)
             merged.update((k, v) for k, v in page)

@@ -885,9 +885,23 @@ class Node:
         # A keyspace move reads its own copy, whatever the fence.
         prefixes = [] if p.get("ignore_fence") is True else [start[:KEY_PREFIX_SIZE]]
         self._check_fences(replica, prefixes, ts)
-        await self._wait_intents(replica, ts, lambda: replica.intents_in(start, end, until),
-                                 restart=not _is_stale(p))
         page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
+
+        def pending() -> list[Intent]:
+            # Only the part of the range the page covers is read: a page cut short by the
+            # limit or its bounds waits for no transaction pending past its last key. Found
+            # again as they are resolved: the page may then cover more (a key deleted).
+            items = replica.scan(start, end, ts, limit=page, reverse=reverse,
+                                 max_bytes=SCAN_PAGE_BYTES)
+            if items and (len(items) >= page
+                          or sum(len(k) + len(v) for k, v in items) >= SCAN_PAGE_BYTES):
+                if reverse:
+                    return replica.intents_in(items[-1][0], end, until)
+                return replica.intents_in(start, items[-1][0] + b"\x00", until)
+            return replica.intents_in(start, end, until)
+
+        if replica.intents_in(start, end, until):
+            await self._wait_intents(replica, ts, pending, restart=not _is_stale(p))
         with self._reading(replica, generation, prefixes, ts):
             items = replica.scan(start, end, ts, limit=page, reverse=reverse,
                                  max_bytes=SCAN_PAGE_BYTES)

@@ -251,6 +251,30 @@ async def test_a_decided_transaction_is_finished_by_its_readers():
                         assert replica.sm.prepared() == []
 
 
+async def test_a_scan_cut_short_waits_for_no_transaction_pending_past_its_last_key(
+        monkeypatch):
+    # A scan waited for every transaction pending (prepared, undecided) anywhere in its
+    # range, also past the keys its page returned: a limited scan ("the first two jobs")
+    # stalled on a commit in flight elsewhere in the keyspace, and failed when its
+    # coordinator was gone, until recovery aborted it.
+    monkeypatch.setattr(engine.node, "INTENT_WAIT_S", 0.2)
+    async with _two_homes(41, monkeypatch) as (cluster, east):
+        for key in (b"j/1", b"j/2", b"j/8", b"j/9"):
+            await east.run_transaction(lambda tx, k=key: tx.put("e", k, b"open"))
+        ks_id = (await east.keyspace("e")).id
+        await _prepare_directly(east, cluster, 0x4321, {
+            "us-east": [[encode_key(ks_id, b"j/5"), b"new"]]}, "us-east")
+        tx = east.transaction()
+        assert await tx.scan("e", b"j/", b"j0", limit=2) == [(b"j/1", b"open"),
+                                                             (b"j/2", b"open")]
+        assert await tx.scan("e", b"j/", b"j0", limit=2, reverse=True) == [
+            (b"j/9", b"open"), (b"j/8", b"open")]
+        # A page that reaches the pending key waits for its fate.
+        for limit in (3, None):
+            with pytest.raises(errors.UnavailableError, match="still pending"):
+                await east.transaction().scan("e", b"j/", b"j0", limit=limit)
+
+
 async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime(monkeypatch):
     monkeypatch.setattr(engine.replica, "GC_INTERVAL_S", 0.2)
     limits = Limits(max_txn_lifetime_s=1.0)

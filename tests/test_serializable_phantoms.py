@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine.errors import InvalidArgumentError
+from engine.errors import InvalidArgumentError, TransactionConflictError
 from engine.group import (
     GroupStateMachine,
     Outcome,
@@ -84,6 +84,57 @@ async def test_a_serializable_transaction_does_not_read_a_regional_keyspace():
                 tx = db.transaction()
                 assert [k for k, _ in await tx.scan("oncall", b"shift/", b"shift0")] == [
                     b"shift/alice", b"shift/bob"]
+
+
+async def _insert_while_prepared(db, tx, keyspace: str, key: bytes) -> str:
+    """Commits ``tx`` (a two-phase commit), inserting ``key`` into ``keyspace`` in another
+    transaction once its prepares are done, before its decision: what became of the insert
+    ("committed", or its conflict's reason)."""
+    outcome = []
+    call_group = db._call_group
+
+    async def insert_first(group, method, payload, **kwargs):
+        if method == "decide" and not outcome:
+            try:
+                await db.run_transaction(lambda o: o.put(keyspace, key, b"new"), max_attempts=1)
+            except TransactionConflictError as exc:
+                outcome.append(exc.reason)
+            else:
+                outcome.append("committed")
+        return await call_group(group, method, payload, **kwargs)
+
+    db._call_group = insert_first
+    try:
+        await tx.commit()
+    finally:
+        db._call_group = call_group
+    return outcome[0]
+
+
+async def test_a_limited_scan_locks_only_the_keys_it_read_in_two_phase_commit():
+    # A serializable scan with a limit read the range up to its last key (down to it, in
+    # reverse); a prepare locks what it read against writers until the transaction is
+    # resolved. A forward scan was locked as its whole range: "take the first job" kept
+    # every insert past that job out (an "intent" conflict) while it committed.
+    async with open_local_cluster(TWO_REGIONS, 1, seed=34) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("audit", home_region="eu-west")
+                for keyspace, reverse, before, past in (("fifo", False, b"j/0", b"j/3"),
+                                                        ("lifo", True, b"j/3", b"j/0")):
+                    await db.create_keyspace(keyspace, home_region="us-east")
+                    for key in (b"j/1", b"j/2"):
+                        await db.run_transaction(lambda tx, k=key: tx.put(keyspace, k, b"open"))
+                    outcomes = []
+                    for insert in (past, before):
+                        tx = db.transaction("serializable")
+                        [(taken, _)] = await tx.scan(keyspace, b"j/", b"j0", limit=1,
+                                                     reverse=reverse)
+                        assert taken == (b"j/2" if reverse else b"j/1")
+                        await tx.put("audit", b"took", taken)  # another group: two-phase
+                        outcomes.append(await _insert_while_prepared(db, tx, keyspace, insert))
+                    # Past the key read: not locked; before it (what it read): locked.
+                    assert outcomes == ["committed", "intent"], reverse
 
 
 # ------------------------------------------------------------------ the group state machine
