@@ -1202,16 +1202,28 @@ class Node:
         """Runs until cancelled: while leading, deletes transaction records past their
         retention (FORGET in ``engine.group``). An abort goes at once; a commit once every
         other participant says it holds no intent of it (one still holding some is told the
-        fate again, and asked on the next round)."""
+        fate again, and asked on the next round).
+
+        Each interval, rounds follow one another until they have looked at every record old
+        enough once: a round takes a bounded batch, and a single round an interval would
+        collect at most :data:`RECORD_GC_BATCH` records a minute, fewer than a busy primary
+        group decides (the others would pile up for good)."""
         while True:
             await trio.sleep(RECORD_GC_INTERVAL_S)
-            if not replica.node.is_leader or self._clock_problem is not None:
-                continue
-            try:
-                await self._forget_round(replica)
-            except (MeridianError, RemoteError, OSError) as exc:
-                log.info("node %d: transaction records of group %d not collected yet: %s",
-                         self.id, replica.group, exc)
+            after = self._forget_after.get(replica.group, 0)
+            while replica.node.is_leader and self._clock_problem is None:
+                try:
+                    await self._forget_round(replica)
+                except (MeridianError, RemoteError, OSError) as exc:
+                    log.info("node %d: transaction records of group %d not collected yet: %s",
+                             self.id, replica.group, exc)
+                    break
+                # Stopped at a full batch: the next round goes on after it, unless this one
+                # went back to the oldest records (the pass has seen them all).
+                following = self._forget_after.get(replica.group)
+                if following is None or following <= after:
+                    break
+                after = following
 
     async def _forget_round(self, replica: GroupReplica) -> int:
         """One round of :meth:`_forget_records`; returns how many records it forgot.

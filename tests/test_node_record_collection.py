@@ -10,9 +10,12 @@ participant that never answers is a stand-in for the node's client of other grou
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import trio
 
+import engine.node
 from engine.config import NodeConfig, default_local_cluster
 from engine.group import (
     RECORD_RETENTION_NS,
@@ -24,7 +27,7 @@ from engine.group import (
     encode_resolve,
 )
 from engine.mvcc import MVCCStore
-from engine.node import RECORD_GC_BATCH, Node
+from engine.node import RECORD_GC_BATCH, RECORD_GC_INTERVAL_S, Node
 from engine.placement import data_group
 from test_group import Log
 
@@ -37,6 +40,7 @@ class Leader:
 
     def __init__(self, group: int, sm: GroupStateMachine) -> None:
         self.group, self.sm, self.log = group, sm, Log()
+        self.node = types.SimpleNamespace(is_leader=True)
 
     def apply(self, data: bytes):
         return self.sm.apply([self.log(data)])[0]
@@ -106,3 +110,32 @@ async def test_records_behind_a_full_batch_of_blocked_commits_are_collected(setu
         # A group that did not answer the question is not sent a resolve per record either
         # (a task and a call each, every round, to a group out of reach).
         assert node._peers.resolves == []
+
+
+async def test_an_interval_collects_every_record_old_enough(setup, autojump_clock,
+                                                            monkeypatch):
+    # A round takes a batch. One round an interval collected at most a batch of records a
+    # minute: a group that decided more than that kept more records every minute, for good.
+    monkeypatch.setattr(engine.node, "RECORD_GC_BATCH", 3)
+    node, leader, away = setup
+    blocked, aborted = [1, 2, 3, 4, 5, 6, 7], [11, 12, 13, 14, 15]
+    entries = []
+    for txn in blocked:
+        ts = T + 10 * txn
+        entries += [encode_prepare(txn, 0, ts, [(b"k%d" % txn, b"v")], primary=leader.group,
+                                   deadline=T + 10**9),
+                    encode_decide(txn, ts + 1, ts + 1, since=ts,
+                                  participants=[leader.group, away])]
+    entries += [encode_decide(txn, T + 10 * txn, 0) for txn in aborted]
+    leader.sm.apply([leader.log(data) for data in entries])
+    leader.apply(encode_close(T + 10**6 + RECORD_RETENTION_NS))  # all old enough now
+    node._clock_problem = None  # its peers measured its clock
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._forget_records, leader)
+        await trio.sleep(1.5 * RECORD_GC_INTERVAL_S)
+        nursery.cancel_scope.cancel()
+    # One interval's rounds looked at every record once, and ended when they came back to
+    # the oldest: the aborts are gone, the commits whose participant does not answer stay.
+    assert [leader.sm.record(t) for t in aborted] == [None] * len(aborted)
+    assert all(leader.sm.record(t) is not None for t in blocked)
+    assert node._peers.asked == [[1, 2, 3], [4, 5, 6], [7], [1, 2, 3]]
