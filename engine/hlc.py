@@ -171,6 +171,22 @@ class HybridClock:
                 self._trusted = (self.physical_ns(), self._monotonic())
             self._jump = None
 
+    def restore(self, ts: int) -> None:
+        """Raises :attr:`last` to ``ts``, a timestamp issued or accepted before this clock
+        existed (by the same node, before a restart), so that timestamps do not go back
+        across the restart.
+
+        Unlike :meth:`update`, it refuses no timestamp for being ahead of the physical clock:
+        one that is says that the clock was ahead, or was stepped back since, and the
+        timestamps go on from it all the same, as they would have without the restart.
+
+        Raises:
+            InvalidArgumentError: ``ts`` is not an int in ``0..MAX_TS``.
+        """
+        _check_ns("ts", ts)
+        with self._lock:
+            self._last = max(self._last, ts)
+
     def physical_ns(self) -> int:
         """Reads the physical clock, checking that it returns a usable value.
 

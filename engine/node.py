@@ -424,6 +424,12 @@ class Node:
                                destinations=destinations if self.placement[gid].kind == "data"
                                else (), resolvers=self.resolvers)
         files.callback(sm.close)
+        # The hybrid clock starts afresh, the group's closed timestamp does not: below it, the
+        # node would stamp entries and answer requests with timestamps under those it had
+        # used before the restart, and refuse as "ahead of its clock" the snapshots its
+        # groups hand out (see _not_ahead). A clock stepped back meanwhile is then found by
+        # _check_own_clock, as without a restart.
+        self.clock.restore(sm.closed_ts)
         # Learners (the other regions' replicas) are replicated in heartbeat-sized batches:
         # commits never wait for them, and a batch costs them one fsync instead of one each.
         # Their heartbeats (which pace that replication) go out every fifth interval. Reads
@@ -621,13 +627,15 @@ class Node:
 
     def _hand_over_leadership(self) -> None:
         """Transfers away every group this node leads: a leader proposes timestamps from its
-        clock, and this clock is suspect. Repeated each check while the problem lasts."""
+        clock, and this clock is suspect. Repeated each check while the problem lasts. Not
+        to a voter that said it does not serve either (see _keep_leader_home)."""
         for gid, replica in self.replicas.items():
             if not replica.node.is_leader:
                 continue
-            voters = [v for v in self.placement[gid].conf.voters if v != self.id]
+            voters = [v for v in self.placement[gid].conf.voters
+                      if v != self.id and v not in self._peers_not_serving]
             if not voters:
-                continue  # a single-voter group has nobody to hand over to
+                continue  # nobody to hand over to (a single-voter group), or none that serves
             target = voters[self.monitor_rotation % len(voters)]
             self.monitor_rotation += 1
             try:

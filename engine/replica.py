@@ -100,6 +100,7 @@ class GroupReplica:
         self.close_interval = close_interval
         self.clock_trusted = clock_trusted
         self._closed_waiters: list[tuple[int, int, trio.Event]] = []
+        self._abandoned: set[int] = set()  # ids of waiters in the heap that gave up
         self._ids = itertools.count()
         self._closing: tuple[int, trio.Event] | None = None
         self._last_activity = trio.current_time()
@@ -192,17 +193,30 @@ class GroupReplica:
             await event.wait()
         finally:
             if not event.is_set():  # cancelled (the caller's time limit): forget the entry
-                try:
-                    self._closed_waiters.remove(entry)
-                    heapq.heapify(self._closed_waiters)
-                except ValueError:
-                    pass
+                self._abandon(entry[1])
+
+    def _abandon(self, waiter_id: int) -> None:
+        """Forgets a waiter still in the heap. Marked rather than removed: a removal costs a
+        pass over the heap, and the reads a replica cut off from its leader holds all time
+        out together -- thousands of passes over thousands of entries, with the event loop
+        (and the node's Raft groups) stalled meanwhile. The heap is rebuilt without the
+        marked ones once they are half of it."""
+        waiters = self._closed_waiters
+        self._abandoned.add(waiter_id)
+        if 2 * len(self._abandoned) > len(waiters):
+            waiters[:] = [w for w in waiters if w[1] not in self._abandoned]
+            heapq.heapify(waiters)
+            self._abandoned.clear()
 
     def _on_closed(self, closed: int) -> None:
         self._last_activity = trio.current_time()
         waiters = self._closed_waiters
         while waiters and waiters[0][0] <= closed:
-            heapq.heappop(waiters)[2].set()
+            _, waiter_id, event = heapq.heappop(waiters)
+            if waiter_id in self._abandoned:
+                self._abandoned.discard(waiter_id)
+            else:
+                event.set()
 
     def _on_restored(self) -> None:
         # The snapshot may close what reads wait for, and resolve the intents they wait on.

@@ -570,6 +570,27 @@ async def test_a_lone_node_follows_its_clock_when_it_is_set_right():
                 assert await db.read("ks", b"k") == b"v"
 
 
+async def test_a_restarted_node_stamps_above_the_timestamps_of_its_groups():
+    # The node's wall clock (and its client's) ran 10 s ahead, and the catalog was changed at
+    # that time; then the clock was set right and the node restarted. Its hybrid clock began
+    # again at the wall clock, 10 s below what its groups had closed: it went back, and
+    # refused as "ahead of node 1's clock" the read timestamps its groups handed out, so
+    # that every transaction that read before it wrote failed with invalid_argument.
+    ahead = 10 * 10**9
+    async with open_local_cluster(("us-east",), 1, seed=12) as cluster:
+        await cluster.stop_node(1)
+        await cluster.start_node(1, clock_offset_ns=ahead)
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                db.clock._physical = lambda: time.time_ns() + ahead
+                await db.create_keyspace("ks")
+        await cluster.stop_node(1)
+        node = await cluster.start_node(1)  # set right
+        closed = max(replica.closed_ts for replica in node.replicas.values())
+        assert closed > time.time_ns() + ahead // 2
+        assert node.clock.now() > closed
+
+
 async def test_a_data_directory_belongs_to_one_running_node_of_one_cluster(tmp_path):
     from engine.config import NodeConfig
     from engine.node import Node

@@ -797,6 +797,53 @@ async def test_a_read_waiting_for_a_timestamp_a_snapshot_closes_is_answered_afte
         b.close()
 
 
+async def test_reads_that_stop_waiting_for_a_closed_timestamp_together_do_not_stall_the_loop(
+        monkeypatch):
+    """A replica cut off from its leader holds every stale read that waits for a timestamp it
+    has not closed, and they time out together. Each used to leave with a pass over all the
+    others (a removal from the heap, then a heapify): quadratic, seconds of a stalled event
+    loop for ten thousand reads. Those that stay are still woken, and only they."""
+    import heapq
+
+    import engine.replica
+
+    sm = type("SM", (), {"closed_ts": 0})()
+    replica = GroupReplica(5, _Learner(), sm, None, close_interval=0)
+    passes = []
+    heapify = heapq.heapify
+
+    def counting(heap):
+        if heap is replica._closed_waiters:
+            passes.append(len(heap))
+        heapify(heap)
+
+    monkeypatch.setattr(engine.replica.heapq, "heapify", counting)
+    answered = []
+
+    async def read_at(ts: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await replica.wait_closed(ts)
+            answered.append(ts)
+
+    scopes = [trio.CancelScope() for _ in range(1_000)]
+    async with trio.open_nursery() as nursery:
+        for ts, scope in enumerate(scopes, 1):
+            nursery.start_soon(read_at, ts, scope)
+        await trio.testing.wait_all_tasks_blocked()
+        for ts, scope in enumerate(scopes, 1):
+            if ts % 10:  # nine in ten give up, one by one
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+        assert sum(passes) <= 2 * len(scopes)  # was about 250 times that
+        replica._on_closed(500)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(answered) == list(range(10, 501, 10))
+        replica._on_closed(1_000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(answered) == list(range(10, 1_001, 10))
+    assert replica._closed_waiters == [] and not replica._abandoned
+
+
 class _PurgingLeader:
     """The Raft node of a replica that leads its group alone for ``steps`` entries: each one
     it is given is applied to ``sm`` at once, and the versions it erased noted."""

@@ -171,6 +171,16 @@ def test_another_step_of_a_jumped_clock_is_a_new_jump():
     assert clock.jumped_since == 200 * MS
 
 
+def test_restore_takes_a_timestamp_from_before_a_restart_however_far_ahead():
+    phys, clock = make_clock()
+    clock.restore(phys.ns + 3_600_000 * MS)  # the wall clock was an hour ahead back then
+    assert clock.now() == phys.ns + 3_600_000 * MS + 1
+    clock.restore(phys.ns)  # never moves the clock back
+    assert clock.now() == phys.ns + 3_600_000 * MS + 2
+    with pytest.raises(errors.InvalidArgumentError, match="ts must be"):
+        clock.restore(-1)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "250", None])
 def test_max_offset_must_be_a_positive_int(bad):
     with pytest.raises(errors.InvalidArgumentError, match="max_offset_ns"):

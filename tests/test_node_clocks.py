@@ -8,12 +8,15 @@ when the test says. Nothing sleeps or touches the network.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import trio
 import trio.testing
 
 import engine.node
 from engine.config import NodeConfig, default_local_cluster
 from engine.node import Node
+from engine.placement import data_group
 
 MS = 1_000_000
 HOUR = 3_600_000 * MS
@@ -139,3 +142,29 @@ async def test_a_partition_cuts_the_pings_as_it_cuts_raft(monkeypatch):
     conn = HeldPings()  # a connection made before the cut
     await ping_round(node, peers[1:], conn, lambda: conn.answer(START))
     assert node.monitor.offset(2) is None and node.monitor.offset(3) is None
+
+
+def test_a_node_with_a_suspect_clock_hands_its_groups_to_voters_that_serve(monkeypatch):
+    # Node 1's clock is suspect, and node 2 answered its last ping that it does not serve
+    # either (its clock is suspect too, or not measured yet): a group handed to node 2 would
+    # serve no client, and node 2 would hand it over again at its next check.
+    node, _, _, _ = make_node(monkeypatch, START)
+    gid = data_group(node.cluster, "us-east")
+    assert node.placement[gid].conf.voters == (1, 2, 3)
+
+    class Leading:
+        is_leader = True
+        targets: list[int] = []
+
+        def transfer_leader(self, target: int) -> None:
+            self.targets.append(target)
+
+    raft = Leading()
+    node.replicas = {gid: SimpleNamespace(node=raft)}
+    node._peers_not_serving.add(2)
+    for _ in range(3):
+        node._hand_over_leadership()
+    assert raft.targets == [3, 3, 3]
+    node._peers_not_serving.add(3)  # nobody left to take it: it is not handed over at all
+    node._hand_over_leadership()
+    assert raft.targets == [3, 3, 3]
