@@ -17,16 +17,18 @@ them and their events have the same form (FAULTS.md §4):
     ``add v`` inserts the unique element ``v`` (a key of its own, in the keyspace of region
     ``v % len(regions)``); ``read`` scans every set keyspace in one transaction. Checked by
     :func:`check_set`: no element known to be present missing from the final read (lost), no
-    element read that was never added (unexpected), and no read missing an element known to be
-    present before the read began (stale: ARCH §5 promises no stale reads). An element is
-    known to be present from the acknowledgement of its add, or from the end of the first
-    read that returned it, whichever is earlier: an add whose outcome is unknown took effect
-    if a read saw it, and nothing removes elements.
+    element read that was never added (unexpected), no element twice in one read (duplicate:
+    each element is a key of its own, which a scan returns once), and no read missing an
+    element known to be present before the read began (stale: ARCH §5 promises no stale
+    reads). An element is known to be present from the acknowledgement of its add, or from the
+    end of the first read that returned it, whichever is earlier: an add whose outcome is
+    unknown took effect if a read saw it, and nothing removes elements.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -229,6 +231,11 @@ def check_set(events: Sequence[Mapping[str, Any]], *, final_from_ns: int | None,
     for read in reads:
         invoked, done, elements, process = read
         present = set(elements)
+        if len(present) != len(elements):
+            twice = sorted(v for v, n in Counter(elements).items() if n > 1)
+            report("duplicate", {"elements": twice, "read_process": process,
+                                 "explanation": f"read by process {process} (ended at {done} "
+                                                f"ns) holds {twice} more than once"})
         for v in sorted(present - set(adds)):
             report("unexpected", {"element": v, "read_process": process,
                                   "explanation": f"read by process {process} (ended at "

@@ -188,9 +188,9 @@ def pair_operations(
     its invoke.
 
     Raises:
-        HistoryError: a process invokes while it has an open operation, a completion has no
-            open operation or completes another function, an unknown event type, or (timed)
-            a bad or backwards ``time_ns``.
+        HistoryError: a process that is a list or an object, a process invokes while it has an
+            open operation, a completion has no open operation or completes another function,
+            an unknown event type, or (timed) a bad or backwards ``time_ns``.
     """
     wanted = frozenset(functions)
     open_ops: dict[Any, tuple[int, Mapping[str, Any]]] = {}
@@ -198,10 +198,13 @@ def pair_operations(
     paired: list[tuple[int, Mapping[str, Any], int | None, Mapping[str, Any] | None]] = []
     for at, event in enumerate(history):
         f = event.get("f")
-        if f not in wanted:
+        if isinstance(f, (list, dict)) or f not in wanted:
             continue
         kind = event.get("type")
         process = event.get("process")
+        if isinstance(process, (list, dict)):
+            raise HistoryError(f"event {at}: a process must be a number or a string, not "
+                               f"{process!r}")
         if kind == "invoke":
             if process in open_ops:
                 raise HistoryError(f"event {at}: process {process!r} invokes {f} while its "

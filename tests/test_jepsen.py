@@ -111,6 +111,18 @@ def test_set_checker_holds_elements_a_read_returned():
     assert check_set(concurrent, final_from_ns=35)["valid"] is True
 
 
+def test_set_checker_finds_an_element_read_twice():
+    # Each element is a key of its own: a scan that returns one twice is wrong, even when
+    # nothing is lost.
+    events = [_ev(0, "invoke", "add", 1, 0), _ev(0, "ok", "add", 1, 10),
+              _ev(1, "invoke", "read", None, 20), _ev(1, "ok", "read", [1, 1], 30),
+              _ev(2, "invoke", "read", None, 40), _ev(2, "ok", "read", [1], 50)]
+    result = check_set(events, final_from_ns=35)
+    assert result["valid"] is False and result["anomaly_types"] == ["duplicate"], result
+    assert result["anomalies"]["duplicate"][0]["elements"] == [1]
+    assert check_set(events[:2] + events[4:], final_from_ns=35)["valid"] is True
+
+
 def test_register_checker_finds_a_stale_read():
     events = [_ev(0, "invoke", "write", 1, 0, key=1), _ev(0, "ok", "write", 1, 10, key=1),
               _ev(1, "invoke", "read", None, 20, key=1), _ev(1, "ok", "read", None, 30, key=1)]

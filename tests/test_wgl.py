@@ -193,7 +193,8 @@ def test_keys_are_independent():
 
 def test_nemesis_and_other_events_are_skipped():
     h = [{"process": "nemesis", "type": "info", "f": "start-partition", "value": "halves",
-          "time_ns": 0}]
+          "time_ns": 0},
+         {"process": "nemesis", "type": "info", "f": {"odd": "function"}, "time_ns": 0}]
     h += history(w(0, 1, 1, 10), r(1, 1, 20, 30))
     h += [{"process": "nemesis", "type": "info", "f": "stop-partition", "time_ns": 40}]
     assert check(h).valid is True
@@ -211,6 +212,9 @@ def test_nemesis_and_other_events_are_skipped():
     # A process's clock going backwards (its next operation invoked before its last ended)
     # would read as a cycle of process and real-time order.
     (w(0, 1, 10, 20) + w(0, 2, 5, 8), "before its previous operation completed"),
+    # JSON lists and objects cannot name a process (they are not hashable).
+    ([{"process": [0], "type": "invoke", "f": "read", "key": "k", "time_ns": 1}],
+     "a process must be"),
 ])
 def test_malformed_histories_are_rejected(events, message):
     with pytest.raises(HistoryError, match=message):
