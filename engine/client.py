@@ -195,6 +195,9 @@ READ_PAGE_BYTES = 4 << 20
 """The most bytes of keys one read request names (as the node's answers are paged,
 engine.node.SCAN_PAGE_BYTES): far below the largest frame a node takes, however many keys
 :meth:`Transaction.get_many` is given."""
+READ_PAGE_KEYS = 10_000
+"""The most keys one read request names: as many as a node answers at once
+(engine.node.SCAN_PAGE_ITEMS)."""
 MAX_SCAN_LIMIT = 2**63 - 1
 """The largest ``limit`` of :meth:`Transaction.scan` (``sys.maxsize``, as a caller may pass for
 no limit): what the scan asks a node for, up to twice that, is still a count the nodes take
@@ -1780,7 +1783,7 @@ class Transaction:
             asked: list[bytes] = []
             size = 0
             for k in rest:
-                if asked and size + len(k) > READ_PAGE_BYTES:
+                if asked and (size + len(k) > READ_PAGE_BYTES or len(asked) == READ_PAGE_KEYS):
                     break
                 asked.append(k)
                 size += len(k)

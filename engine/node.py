@@ -852,9 +852,12 @@ class Node:
 
     async def _read(self, p):
         replica = self._replica(p)
-        keys = p.get("keys")
-        if not isinstance(keys, list) or not all(type(k) is bytes for k in keys):
+        asked = p.get("keys")
+        if not isinstance(asked, list) or not all(type(k) is bytes for k in asked):
             raise InvalidArgumentError("keys must be a list of bytes")
+        # A page of keys at most, as a scan's: the checks and reads below run on the event
+        # loop, which every group of the node shares (a million keys would stall it a second).
+        keys = asked[:SCAN_PAGE_ITEMS]
         ts, until = await self._read_ts(replica, p)
         generation = self._begin_read(replica)
         prefixes = [k[:KEY_PREFIX_SIZE] for k in keys]
@@ -869,7 +872,7 @@ class Node:
                     if version is not None and version[0] > ts:
                         raise _restart(replica, ts, until)
             # The values of a prefix of the keys, as many as fit SCAN_PAGE_BYTES (at least
-            # one): ``more`` when the caller must ask again for the rest.
+            # one) and SCAN_PAGE_ITEMS: ``more`` when the caller must ask again for the rest.
             values: list[bytes | None] = []
             size = 0
             for k in keys:
@@ -878,7 +881,7 @@ class Node:
                 size += len(k) + len(value or b"")
                 if size >= SCAN_PAGE_BYTES:
                     break
-        return {"ts": ts, "until": until, "values": values, "more": len(values) < len(keys)}
+        return {"ts": ts, "until": until, "values": values, "more": len(values) < len(asked)}
 
     async def _scan(self, p):
         replica = self._replica(p)
@@ -899,6 +902,9 @@ class Node:
             # Only the part of the range the page covers is read: a page cut short by the
             # limit or its bounds waits for no transaction pending past its last key. Found
             # again as they are resolved: the page may then cover more (a key deleted).
+            found = replica.intents_in(start, end, until)
+            if not found:
+                return found  # the common case: no page to read ahead of the read itself
             items = replica.scan(start, end, ts, limit=page, reverse=reverse,
                                  max_bytes=SCAN_PAGE_BYTES)
             if items and (len(items) >= page
@@ -906,10 +912,9 @@ class Node:
                 if reverse:
                     return replica.intents_in(items[-1][0], end, until)
                 return replica.intents_in(start, items[-1][0] + b"\x00", until)
-            return replica.intents_in(start, end, until)
+            return found
 
-        if replica.intents_in(start, end, until):
-            await self._wait_intents(replica, ts, pending, restart=not _is_stale(p))
+        await self._wait_intents(replica, ts, pending, restart=not _is_stale(p))
         with self._reading(replica, generation, prefixes, ts):
             items = replica.scan(start, end, ts, limit=page, reverse=reverse,
                                  max_bytes=SCAN_PAGE_BYTES)

@@ -229,6 +229,39 @@ async def test_a_two_phase_commit_cancelled_during_prepare_leaves_no_intent_behi
                 assert await db.read(name, b"k") is None
 
 
+async def test_reads_of_many_keys_go_a_page_of_keys_at_a_time(monkeypatch):
+    # A read named every key it was given (up to 4 MiB of them) and the node checked and read
+    # them all in one go, on the event loop every group of the node shares: half a million
+    # short keys stalled it for half a second. Requests now name a page of keys, and a node
+    # answers a page of them at most (``more``: the client asks again for the rest).
+    monkeypatch.setattr(node_module, "SCAN_PAGE_ITEMS", 3)
+    requests: list[tuple[int, int]] = []  # (keys named, values answered)
+    read = node_module.Node._read
+
+    async def counted(self, p):
+        answer = await read(self, p)
+        requests.append((len(p["keys"]), len(answer["values"])))
+        return answer
+
+    monkeypatch.setattr(node_module.Node, "_read", counted)
+    async with open_local_cluster(("us-east",), 1, seed=23) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(60):
+                await db.create_keyspace("g")
+                keys = [b"k%02d" % i for i in range(20)]
+                async with db.transaction() as tx:
+                    for k in keys[::2]:
+                        await tx.put("g", k, b"v" + k)
+                want = [b"v" + k if i % 2 == 0 else None for i, k in enumerate(keys)]
+                for page_keys in (1_000, 4):  # the node's page, then the client's
+                    monkeypatch.setattr(client_module, "READ_PAGE_KEYS", page_keys)
+                    requests.clear()
+                    async with db.transaction() as tx:
+                        assert await tx.get_many("g", keys) == want
+                    assert requests and all(v <= 3 and n <= page_keys for n, v in requests)
+                    assert sum(v for _, v in requests) == len(keys)
+
+
 async def test_scans_read_on_across_pages(monkeypatch):
     # Pages of three keys: limits, reverse scans, the transaction's own writes, regional
     # tombstones and a serializable transaction's validation all span several pages.
