@@ -26,8 +26,6 @@ timestamp still follows real time and learners can serve bounded-staleness reads
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -35,6 +33,7 @@ import trio
 
 from raft.driver import RaftTimeoutError
 from raft.types import ProposalDroppedError, RaftError, RaftInvariantError
+from raft.waitheap import WaitHeap
 
 from . import planted
 from .errors import (
@@ -99,9 +98,7 @@ class GroupReplica:
         self.clock = clock
         self.close_interval = close_interval
         self.clock_trusted = clock_trusted
-        self._closed_waiters: list[tuple[int, int, trio.Event]] = []
-        self._abandoned: set[int] = set()  # ids of waiters in the heap that gave up
-        self._ids = itertools.count()
+        self._closed_waiters: WaitHeap[trio.Event] = WaitHeap()
         self._closing: tuple[int, trio.Event] | None = None
         self._last_activity = trio.current_time()
         self._resolved = trio.Event()
@@ -187,36 +184,17 @@ class GroupReplica:
         if self.sm.closed_ts >= ts:
             return
         event = trio.Event()
-        entry = (ts, next(self._ids), event)
-        heapq.heappush(self._closed_waiters, entry)
+        waiter_id = self._closed_waiters.push(ts, event)
         try:
             await event.wait()
         finally:
             if not event.is_set():  # cancelled (the caller's time limit): forget the entry
-                self._abandon(entry[1])
-
-    def _abandon(self, waiter_id: int) -> None:
-        """Forgets a waiter still in the heap. Marked rather than removed: a removal costs a
-        pass over the heap, and the reads a replica cut off from its leader holds all time
-        out together -- thousands of passes over thousands of entries, with the event loop
-        (and the node's Raft groups) stalled meanwhile. The heap is rebuilt without the
-        marked ones once they are half of it."""
-        waiters = self._closed_waiters
-        self._abandoned.add(waiter_id)
-        if 2 * len(self._abandoned) > len(waiters):
-            waiters[:] = [w for w in waiters if w[1] not in self._abandoned]
-            heapq.heapify(waiters)
-            self._abandoned.clear()
+                self._closed_waiters.leave(waiter_id)
 
     def _on_closed(self, closed: int) -> None:
         self._last_activity = trio.current_time()
-        waiters = self._closed_waiters
-        while waiters and waiters[0][0] <= closed:
-            _, waiter_id, event = heapq.heappop(waiters)
-            if waiter_id in self._abandoned:
-                self._abandoned.discard(waiter_id)
-            else:
-                event.set()
+        for event in self._closed_waiters.pop_up_to(closed):
+            event.set()
 
     def _on_restored(self) -> None:
         # The snapshot may close what reads wait for, and resolve the intents they wait on.

@@ -103,6 +103,7 @@ from .types import (
     SnapshotMeta,
     StateRole,
 )
+from .waitheap import WaitHeap
 
 __all__ = [
     "StateMachine",
@@ -531,7 +532,7 @@ class RaftNode:
         # incarnation, then a count.
         self._read_prefix = config.id.to_bytes(8, "big") + os.urandom(8)
         self._read_ids = itertools.count(1)
-        self._applied_waiters: list[tuple[int, int, _Waiter]] = []
+        self._applied_waiters: WaitHeap[_Waiter] = WaitHeap()
         self._waiter_ids = itertools.count()
         # Proposals with a timeout: (deadline, tie-breaker, index, waiter), a heap.
         self._deadlines: list[tuple[float, int, int, _Waiter]] = []
@@ -723,16 +724,14 @@ class RaftNode:
         if self._core.applied >= index:
             return
         waiter = _Waiter()
-        entry = (index, next(self._waiter_ids), waiter)
-        heapq.heappush(self._applied_waiters, entry)
+        waiter_id = self._applied_waiters.push(index, waiter)
         try:
             await waiter.wait()
         finally:
             if not waiter.event.is_set():
                 # The caller gave up (a read's timeout): an apply that is stuck, or far
                 # behind, must not keep one entry per abandoned wait until it catches up.
-                self._applied_waiters.remove(entry)
-                heapq.heapify(self._applied_waiters)
+                self._applied_waiters.leave(waiter_id)
 
     def statistics(self) -> RaftNodeStats:
         c = self._core
@@ -1163,8 +1162,8 @@ class RaftNode:
 
     def _wake_applied(self) -> None:
         applied = self._core.applied
-        while self._applied_waiters and self._applied_waiters[0][0] <= applied:
-            heapq.heappop(self._applied_waiters)[2].set()
+        for waiter in self._applied_waiters.pop_up_to(applied):
+            waiter.set()
         # Proposals below the applied index that were never applied here (their entry was
         # replaced while this node was installing a snapshot) can no longer resolve.
         covered = []
@@ -1406,11 +1405,10 @@ class RaftNode:
         self._displaced.clear()
         for waiter, _, _ in self._reads.values():
             waiter.set(error=err)
-        for _, _, waiter in self._applied_waiters:
+        for waiter in self._applied_waiters.drain():
             waiter.set(error=err)
         self._proposals.clear()
         self._reads.clear()
-        self._applied_waiters.clear()
         self._deadlines.clear()
 
 

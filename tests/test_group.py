@@ -803,21 +803,19 @@ async def test_reads_that_stop_waiting_for_a_closed_timestamp_together_do_not_st
     has not closed, and they time out together. Each used to leave with a pass over all the
     others (a removal from the heap, then a heapify): quadratic, seconds of a stalled event
     loop for ten thousand reads. Those that stay are still woken, and only they."""
-    import heapq
-
-    import engine.replica
+    import raft.waitheap
 
     sm = type("SM", (), {"closed_ts": 0})()
     replica = GroupReplica(5, _Learner(), sm, None, close_interval=0)
     passes = []
-    heapify = heapq.heapify
+    heapify = raft.waitheap.heapq.heapify
 
     def counting(heap):
-        if heap is replica._closed_waiters:
+        if heap is replica._closed_waiters._heap:
             passes.append(len(heap))
         heapify(heap)
 
-    monkeypatch.setattr(engine.replica.heapq, "heapify", counting)
+    monkeypatch.setattr(raft.waitheap.heapq, "heapify", counting)
     answered = []
 
     async def read_at(ts: int, scope: trio.CancelScope) -> None:
@@ -841,7 +839,7 @@ async def test_reads_that_stop_waiting_for_a_closed_timestamp_together_do_not_st
         replica._on_closed(1_000)
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(answered) == list(range(10, 1_001, 10))
-    assert replica._closed_waiters == [] and not replica._abandoned
+    assert replica._closed_waiters._heap == []  # none left behind, given up or not
 
 
 class _PurgingLeader:

@@ -419,7 +419,7 @@ async def test_stale_reads_that_time_out_leave_no_waiter_behind(monkeypatch):
                     for i in range(1, 21):
                         nursery.start_soon(read, i)
         assert codes == ["not_closed"] * 20
-        assert replica._closed_waiters == []
+        assert len(replica._closed_waiters) == 0
 
 
 CONFIG = """

@@ -108,4 +108,58 @@ async def test_waits_for_an_apply_whose_callers_gave_up_are_forgotten(tmp_path):
                 await trio.testing.wait_all_tasks_blocked()
                 assert len(node._applied_waiters) == 1  # a wait still under way stays
                 await node.propose(b"x")
-        assert node._applied_waiters == []
+        assert len(node._applied_waiters) == 0
+
+
+class _CountedIndex(int):
+    """A log index that counts the comparisons made with it."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        _CountedIndex.compared += 1
+        return int.__eq__(self, other)
+
+    def __lt__(self, other):
+        _CountedIndex.compared += 1
+        return int.__lt__(self, other)
+
+    def __le__(self, other):
+        _CountedIndex.compared += 1
+        return int.__le__(self, other)
+
+    __hash__ = int.__hash__
+
+
+async def test_waits_for_an_apply_given_up_one_after_another_cost_no_search_of_the_others(
+        tmp_path):
+    """While the apply is stuck, reads waiting for it give up one after another. Each one
+    given up searched the list of all the waiting ones and sorted it again: quadratic in the
+    reads waiting. The waits still under way are answered once the apply gets there."""
+    n = 3000
+    async with cluster(tmp_path, n=1) as c:
+        node = c.nodes[await c.leader()]
+        await node.propose(b"x")  # the leader's own entry applied: the apply stops here
+        base = node.core.applied
+        answered = []
+
+        async def wait(k: int, scope: trio.CancelScope) -> None:
+            with scope:
+                await node.wait_applied(_CountedIndex(base + 1))
+                answered.append(k)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                scopes = [trio.CancelScope() for _ in range(n)]
+                for k, scope in enumerate(scopes):
+                    nursery.start_soon(wait, k, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                _CountedIndex.compared = 0
+                for k, scope in enumerate(scopes):
+                    if k % 10:  # nine in ten give up, one at a time
+                        scope.cancel()
+                        await trio.testing.wait_all_tasks_blocked()
+                assert _CountedIndex.compared < 20 * n  # was over n * n / 2
+                await node.propose(b"x")
+        assert sorted(answered) == list(range(0, n, 10))
+        assert len(node._applied_waiters) == 0
