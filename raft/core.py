@@ -714,16 +714,7 @@ class RaftCore:
             return
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
-                force = m.context == CAMPAIGN_TRANSFER
-                in_lease = self.config.check_quorum and (
-                    (self.leader != NONE and self._election_elapsed < self.config.election_tick)
-                    # Heard from a leader within the timeout, even if a higher term learnt
-                    # since from a message that is not a vote (a late rejection) cleared it.
-                    or self._ticks - self._leader_heard_tick < self.config.election_tick
-                    # A node that just (re)started may have acknowledged a leader's lease
-                    # before it stopped: honour it for one election timeout.
-                    or (self.config.lease_reads and self._ticks < self.config.election_tick))
-                if in_lease and not force:
+                if self._in_lease() and m.context != CAMPAIGN_TRANSFER:
                     return  # we still hear from a leader: don't let a rogue node depose it
             if m.type is MT.PRE_VOTE:
                 pass  # a pre-vote never changes our term
@@ -830,10 +821,25 @@ class RaftCore:
                     return f"entry {e.index} changes the membership of node {cc.node}"
         return None
 
+    def _in_lease(self) -> bool:
+        """Whether this node still keeps its promise to a leader not to vote for anyone else
+        (thesis §4.2.3, the leader's lease; see Config.lease_reads)."""
+        return self.config.check_quorum and (
+            (self.leader != NONE and self._election_elapsed < self.config.election_tick)
+            # Heard from a leader within the timeout, even if a higher term learnt since
+            # from a message that is not a vote (a late rejection) cleared it.
+            or self._ticks - self._leader_heard_tick < self.config.election_tick
+            # A node that just (re)started may have acknowledged a leader's lease before it
+            # stopped: honour it for one election timeout.
+            or (self.config.lease_reads and self._ticks < self.config.election_tick))
+
     def _handle_vote_request(self, m: Message) -> None:
         can_vote = (
             self.vote == m.frm
-            or (self.vote == NONE and self.leader == NONE)
+            # A request of our own term passed no lease check in step(): a higher term learnt
+            # from a message that is not a vote cleared the leader, not the promise.
+            or (self.vote == NONE and self.leader == NONE
+                and (m.context == CAMPAIGN_TRANSFER or not self._in_lease()))
             or (m.type is MT.PRE_VOTE and m.term > self.term)
         )
         resp = MT.VOTE_RESP if m.type is MT.VOTE else MT.PRE_VOTE_RESP

@@ -901,6 +901,57 @@ def test_a_follower_that_heard_from_the_leader_refuses_votes_after_a_stale_highe
     assert granted(out) and core.role is StateRole.FOLLOWER and core.vote == 3, out
 
 
+@pytest.mark.parametrize("request_type", [MT.VOTE, MT.PRE_VOTE], ids=["vote", "pre-vote"])
+@pytest.mark.parametrize("stale", [
+    Message(MT.PRE_VOTE_RESP, 2, 3, 3, reject=True),  # a late pre-vote rejection
+    Message(MT.APPEND_RESP, 2, 3, 3),  # the answer to a heartbeat sent as a leader long ago
+], ids=["pre-vote-rejection", "append-answer"])
+def test_a_follower_that_heard_from_the_leader_refuses_votes_of_a_stale_term_it_learnt(
+        request_type, stale):
+    # The higher term learnt from a message that is not a vote is now this node's own: a
+    # request of that term skips the check made on higher terms, and must still be refused.
+    node = lone_node(2, voters=(1, 2, 3), entries=ents(1, 2), term=2, commit=2,
+                     pre_vote=True, check_quorum=True)
+    core = node.core
+    node.step(Message(MT.HEARTBEAT, 2, 1, 2, commit=2, index=1))
+    node.step(stale)
+    assert (core.term, core.leader, core.vote) == (3, 0, 0)
+    node.tick()
+    out = node.step(Message(request_type, 2, 3, 3, index=2, log_term=2))
+    assert [m.reject for m in out if m.to == 3] == [True] and core.vote == 0, out
+    # A campaign the leader asked for (a transfer) is not held back by its lease.
+    out = node.step(Message(MT.VOTE, 2, 3, 3, index=2, log_term=2, context=b"transfer"))
+    assert [m.reject for m in out if m.to == 3] == [False] and core.vote == 3, out
+
+
+def test_a_stale_term_learnt_late_elects_no_leader_while_the_old_one_holds_a_lease():
+    # Node 2 follows leader 1 and acknowledges its lease; a late answer to a heartbeat node 2
+    # sent as leader of an earlier term brings it node 3's higher term, and node 3's delayed
+    # vote request of that term comes next. Granting it would elect node 3 while node 1,
+    # cut off from it, still answers lease reads without node 3's writes.
+    net = Network((1, 2, 3), lease_reads=True, pre_vote=False, election_tick=10,
+                  heartbeat_tick=1)
+    for nid in (1, 2, 3):
+        net.core(nid)._ticks = 10  # as if an election timeout had passed since they started
+    net.elect(2)
+    net.tick(2, deliver=False)
+    late = [m for m in net.take() if m.type is MT.HEARTBEAT and m.to == 3]
+    net.core(2).transfer_leader(1)
+    net.deliver()
+    net.propose(1, b"a")
+    net.tick(1)  # a heartbeat round both followers acknowledge: node 1's lease
+    old = net.core(1)
+    assert old.role is StateRole.LEADER and old.lease_read_index() is not None
+    net.cut(1, 3)
+    net.core(3).campaign()
+    vote_requests = net.take()
+    net.send(*late)
+    assert net.core(2).term == net.core(3).term > old.term
+    net.send(*vote_requests)
+    assert net.core(3).role is not StateRole.LEADER
+    assert old.lease_read_index() is not None
+
+
 def test_an_idle_leaders_lease_never_lapses():
     net = Network((1, 2, 3), lease_reads=True, heartbeat_tick=1, election_tick=10,
                   idle_heartbeat_tick=3)
