@@ -45,9 +45,10 @@ Output, in ``--out DIR``:
 ``results.json``
     ``valid`` (true, false or null for unknown: also when the campaign broke off (``error``),
     no final read succeeded, no operation of the main phase succeeded (``main_phase_ok``),
-    a node process exited on its own (``node_exits``) or a targeted schedule never armed
-    (``targeted_not_armed``)), ``anomalies`` (type → instances with the
-    transactions involved), ``checker`` (the checker's whole result), ``counts``,
+    a node process exited on its own (``node_exits``), a targeted schedule never armed
+    (``targeted_not_armed``) or the nemesis injected no fault at all (``faults`` empty)),
+    ``anomalies`` (type → instances with the transactions involved), ``checker`` (the
+    checker's whole result), ``counts``,
     ``availability`` (the fraction of operations invoked during faults that were ``ok``, and
     outside them), ``recovery`` (seconds from each heal to the first ``ok`` operation invoked
     after it), ``faults``, the configuration and the phases' durations.
@@ -458,6 +459,8 @@ def summarize(config: CampaignConfig, results: Mapping[str, Any]) -> str:
     if results.get("node_exits"):
         lines.append(f"node processes that exited on their own (id: exit codes): "
                      f"{results['node_exits']}")
+    if config.nemesis and not results["faults"]:
+        lines.append("no fault was injected: nothing was tested under faults")
     if results.get("targeted_not_armed"):
         lines.append(f"targeted schedules that never armed: "
                      f"{', '.join(results['targeted_not_armed'])}")
@@ -604,6 +607,10 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
     unarmed = [f for f in config.nemesis
                if f in TARGETED_FAMILIES and not campaign.nemesis.fired.get(f)]
     if valid is True and unarmed:
+        valid = None
+    # Nor did a nemesis that injected nothing (a main phase shorter than its first healthy
+    # period, partitions of a single node): the run saw the healthy cluster only.
+    if valid is True and config.nemesis and not any(campaign.nemesis.fired.values()):
         valid = None
     anomaly_types = list(check["forbidden"] if "forbidden" in check
                          else check.get("anomaly_types") or [])

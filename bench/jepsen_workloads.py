@@ -2,8 +2,8 @@
 
 ``bank``, ``append`` (list-append) and ``regional`` (convergence) are :mod:`bench.txnsim`'s
 workload classes, reused as they are. This module adds two, in the same shape (``generate``,
-``execute``, ``final_op``, ``check`` and the history fields), so that the same runner drives
-them and their events have the same form (FAULTS.md §4):
+``execute``, ``final_op`` or ``final_ops``, ``check`` and the history fields), so that the
+same runner drives them and their events have the same form (FAULTS.md §4):
 
 ``register``
     Per-key registers in ``global`` keyspaces (key ``k`` in the keyspace homed in region
@@ -13,6 +13,7 @@ them and their events have the same form (FAULTS.md §4):
     Checked for linearizability key by key with the WGL checker (:mod:`bench.wgl`). Keys are
     retired after ``ops_per_key`` operations and replaced by fresh ones, so that every key's
     history stays short; run it with at most 5 clients so that no key has more (FAULTS.md §2).
+    The final read is a ``read`` of every key used, one transaction each.
 ``set``
     ``add v`` inserts the unique element ``v`` (a key of its own, in the keyspace of region
     ``v % len(regions)``); ``read`` scans every set keyspace in one transaction. Checked by
@@ -106,9 +107,10 @@ class Register(_Workload):
     def failed_fields(self, f: str, value: Any) -> dict[str, Any]:
         return {"value": None if f == "read" else value["value"], "key": value["key"]}
 
-    def final_op(self) -> tuple[str, Any, bool]:
-        k = self.used[-1] if self.used else self.active[0]
-        return "read", {"key": k, "value": None}, False
+    def final_ops(self) -> list[tuple[str, Any, bool]]:
+        # Every key used: an acknowledged write lost on a retired key, which no operation
+        # touches again, shows in the final read only.
+        return [("read", {"key": k, "value": None}, False) for k in self.used or self.active[:1]]
 
     def check(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return check_register(events)

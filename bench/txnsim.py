@@ -481,6 +481,11 @@ class _Workload:
     def failed_fields(self, f: str, value: Any) -> dict[str, Any]:
         return {"value": None if f == "read" else value}
 
+    def final_ops(self) -> list[tuple[str, Any, bool]]:
+        """The operations of the final read, each ``(f, value, writes)``: by default the one
+        ``final_op``, which reads everything the run wrote."""
+        return [self.final_op()]
+
 
 class _Bank(_Workload):
     functions = ("transfer", "read")
@@ -1421,24 +1426,28 @@ class _Runner:
         return state
 
     async def final_read(self, db) -> bool:
-        """Reads the final state, retrying (each attempt recorded) until it succeeds, a
-        keyspace is found lost, or ``recovery_s`` have passed: after healing, the cluster must
-        make progress again within a bounded time (ARCH §9)."""
+        """Reads the final state (each of the workload's ``final_ops`` in turn), retrying
+        each (each attempt recorded) until it succeeds, a keyspace is found lost, or
+        ``recovery_s`` have passed: after healing, the cluster must make progress again
+        within a bounded time (ARCH §9)."""
         give_up = trio.current_time() + self.config.recovery_s
         lost = f"fail: {LOST_KEYSPACE}"
-        while trio.current_time() < give_up:
-            process = self.next_process
-            self.next_process += 1
-            f, value, writes = self.workload.final_op()
-            lost_before = self.errors.get(lost, 0)
-            if await self.operate(db, process, f, value, writes, self.rng, kill=None) == "ok":
-                return True
-            if self.errors.get(lost, 0) > lost_before:
-                # The catalog answered that a keyspace the workload created is gone: data
-                # lost, which no amount of waiting brings back.
-                return False
-            await trio.sleep(0.2)
-        return False
+        for f, value, writes in self.workload.final_ops():
+            while True:
+                if trio.current_time() >= give_up:
+                    return False
+                process = self.next_process
+                self.next_process += 1
+                lost_before = self.errors.get(lost, 0)
+                if await self.operate(db, process, f, value, writes, self.rng,
+                                      kill=None) == "ok":
+                    break
+                if self.errors.get(lost, 0) > lost_before:
+                    # The catalog answered that a keyspace the workload created is gone:
+                    # data lost, which no amount of waiting brings back.
+                    return False
+                await trio.sleep(0.2)
+        return True
 
 
     async def converge(self, cluster) -> bool:

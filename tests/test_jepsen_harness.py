@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def _fake_report(tmp_path, workload, events, *, final_ok=True, node_exits=None,
     campaign = types.SimpleNamespace(
         runner=runner, nemesis_events=[e for e in events if e["process"] == "nemesis"],
         final_ok=final_ok, phases={}, harness_errors={}, ready_after_heal_s=None,
-        nemesis=types.SimpleNamespace(fired=fired or {}))
+        nemesis=types.SimpleNamespace(
+            fired=dict.fromkeys(nemesis, 1) if fired is None else fired))
     cluster = types.SimpleNamespace(spec=ClusterSpec(), node_ids=[],
                                     directory=Path(config.out) / "cluster")
     return jepsen._report(config, campaign, cluster, node_exits or {}, error, 1.0)
@@ -400,6 +402,25 @@ def test_a_targeted_schedule_that_never_armed_makes_the_run_unknown(tmp_path):
     assert report["valid"] is True
 
 
+def test_a_campaign_whose_nemesis_injected_nothing_is_unknown(tmp_path):
+    """A main phase shorter than the nemesis's first healthy period (``--time 8`` with the
+    default interval of 8 to 12 s), or partitions of a one-node cluster: no fault was
+    injected, so the run tested the healthy database only. It used to be reported valid, as
+    if the database had come through the faults the campaign names."""
+    events = [_ev(0, "invoke", "add", 1, 1), _ev(0, "ok", "add", 1, 2), _heal(3),
+              _ev(1, "invoke", "read", None, 4), _ev(1, "ok", "read", [1], 5)]
+    report = _fake_report(tmp_path / "a", SetWorkload(RUN_CONFIG), events,
+                          nemesis=("partition", "kill"), fired={"partition": 0, "kill": 0})
+    assert report["valid"] is None and report["faults"] == {}
+    assert "no fault was injected" in (tmp_path / "a" / "out" / "summary.txt").read_text()
+    report = _fake_report(tmp_path / "b", SetWorkload(RUN_CONFIG), events,
+                          nemesis=("partition", "kill"), fired={"partition": 0, "kill": 1})
+    assert report["valid"] is True
+    # Without a nemesis, none was asked for: the healthy run is what was meant.
+    assert _fake_report(tmp_path / "c", SetWorkload(RUN_CONFIG), events,
+                        nemesis=())["valid"] is True
+
+
 # ============================================================ the nemesis on fake clusters
 
 
@@ -670,3 +691,64 @@ def test_a_node_ends_with_the_harness_that_started_it():
         harness.stdout.close()
         if _alive(node):
             os.kill(node, signal.SIGKILL)
+
+
+# ============================================================ the register's final read
+
+
+class _Store:
+    """A database of registers in a dict: each transaction reads the dict and commits its
+    buffered writes into it."""
+
+    region = "a"
+
+    def __init__(self):
+        self.data = {}
+
+    def transaction(self, isolation):
+        store, writes = self, {}
+
+        class Txn:
+            txn_id = 1
+
+            async def get(self, ks, key):
+                return writes.get((ks, key), store.data.get((ks, key)))
+
+            async def put(self, ks, key, value):
+                writes[(ks, key)] = value
+
+            async def commit(self):
+                store.data.update(writes)
+
+            async def rollback(self):
+                writes.clear()
+
+        return Txn()
+
+
+async def test_the_register_final_read_reads_every_key_used():
+    """An acknowledged write that the database loses on a key no later operation touched
+    shows only in the final read: it must read every key the run used. It read only the
+    last key first used, so a write lost on any other key (keys are retired after a few
+    dozen operations, and nothing reads them again) left the run valid."""
+    from bench.jepsen_workloads import Register, check_register
+    from bench.txnsim import FaultPlan, History, _Runner
+
+    runner = _Runner(RUN_CONFIG, FaultPlan(kinds=frozenset()))
+    runner.workload = Register(RUN_CONFIG, key_count=4, ops_per_key=5)
+    runner.history = History()
+    db, rng = _Store(), random.Random(3)
+    for _ in range(40):  # one client, one operation at a time
+        f, value, writes = runner.workload.generate(rng)
+        await runner.operate(db, 0, f, value, writes, rng, kill=None)
+    written = [e["key"] for e in runner.history.events if e["type"] == "ok"
+               and e["f"] in ("write", "cas")]
+    lost = next(k for k in written if k != runner.workload.used[-1])
+    del db.data[("reg-a", b"r%d" % lost)]  # the database loses that key's writes
+    runner.history.nemesis("heal-all", {"started": []})
+    assert await runner.final_read(db)
+    finals = [e["key"] for e in runner.history.events
+              if e["f"] == "read" and e["type"] == "ok" and e["process"] != 0]
+    assert sorted(finals) == sorted(runner.workload.used)
+    result = check_register(runner.history.events)
+    assert result["valid"] is False and [str(lost)] == result["stats"]["invalid_keys"]
