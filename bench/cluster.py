@@ -81,14 +81,17 @@ async def _measure(addresses, regions, workload: str, concurrency: int, duration
 
             t0 = time.perf_counter()
             now = trio.current_time()
+            committed = False
             try:
                 await db.run_transaction(body)
+                committed = True
             except TransactionConflictError:
-                pass
+                pass  # every attempt conflicted: not a committed transaction
             if now >= measure_from and trio.current_time() <= stop_at:
-                lat[region].append((time.perf_counter() - t0) * 1e3)
+                if committed:
+                    lat[region].append((time.perf_counter() - t0) * 1e3)
                 attempts[region] += tries
-                aborts[region] += tries - 1
+                aborts[region] += tries - (1 if committed else 0)
 
     async def region_clients(region, task_status=trio.TASK_STATUS_IGNORED):
         async with connect(addresses[region], region=region) as db:
@@ -116,13 +119,14 @@ async def _measure(addresses, regions, workload: str, concurrency: int, duration
 
 
 def targets(results: list[dict]) -> list[dict]:
-    c1 = [r for r in results if r["workload"] == "single-key" and r["concurrency"] == 1
-          and r["p50_ms"] is not None]
+    c1 = [r for r in results if r["workload"] == "single-key" and r["concurrency"] == 1]
     if not c1:
         return []
-    worst = max(r["p50_ms"] for r in c1)
+    # A region that committed nothing is the worst: its latency is not a number.
+    p50s = [r["p50_ms"] for r in c1]
+    worst = None if None in p50s else max(p50s)
     return [{"target": "home-region single-key p50 <= 3 ms at concurrency 1 (worst region)",
-             "value": worst, "limit": 3.0, "met": worst <= 3.0}]
+             "value": worst, "limit": 3.0, "met": worst is not None and worst <= 3.0}]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -6,6 +6,12 @@ import json
 import subprocess
 import sys
 
+import trio
+import trio.testing
+
+from bench import cluster
+from engine.errors import TransactionConflictError
+
 
 def test_cluster_benchmark_writes_its_results(tmp_path):
     out_file = tmp_path / "cluster.json"
@@ -28,3 +34,52 @@ def test_cluster_benchmark_writes_its_results(tmp_path):
         assert 0 <= r["abort_rate"] < 1
     assert doc["targets"][0]["limit"] == 3.0
     assert list(tmp_path.glob("bench-cluster-*")) == []  # the cluster directory is removed
+
+
+class _ConflictingDatabase:
+    """A client whose every transaction conflicts on each of its three attempts."""
+
+    attempts = 3
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def keyspace(self, name):
+        return name
+
+    async def run_transaction(self, body):
+        class Tx:
+            async def get(self, ks, key):
+                return None
+
+            async def put(self, ks, key, value):
+                pass
+
+        for _ in range(self.attempts):
+            await body(Tx())
+            await trio.sleep(0.01)  # the commit's round trip
+        raise TransactionConflictError("conflict", "write_write")
+
+
+def test_cluster_measure_does_not_count_conflicted_transactions(monkeypatch):
+    # A transaction whose every attempt conflicted was not committed: it has no commit
+    # latency, is not throughput, and all of its attempts aborted.
+    monkeypatch.setattr(cluster, "connect", lambda addrs, region: _ConflictingDatabase())
+    rows = trio.run(cluster._measure, {"us-east": ["x:1"]}, ("us-east",), "single-key", 1,
+                    1.0, 0.0, 1, clock=trio.testing.MockClock(autojump_threshold=0))
+    [row] = rows
+    assert row["transactions"] == 0 and row["txn_per_s"] == 0
+    assert row["p50_ms"] is None and row["p99_ms"] is None
+    assert row["abort_rate"] == 1.0
+
+
+def test_cluster_target_counts_a_region_that_committed_nothing_as_not_met():
+    rows = [{"workload": "single-key", "region": r, "concurrency": 1, "p50_ms": p50}
+            for r, p50 in (("us-east", 1.5), ("eu-west", None))]
+    [t] = cluster.targets(rows)
+    assert t["met"] is False and t["value"] is None
+    [t] = cluster.targets(rows[:1])
+    assert t["met"] is True and t["value"] == 1.5

@@ -7,7 +7,10 @@ import random
 import subprocess
 import sys
 
-from bench import report
+import trio
+import trio.testing
+
+from bench import report, txn
 from bench.txn import zipf_cdf, zipf_sample
 
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -83,3 +86,78 @@ def test_zipf_sampler_skews_with_theta():
     assert 100 < hits_uniform < 320  # about 1 %
     assert 3200 < hits_skewed < 4400  # 1 / H(100, 0.99), about 19 %
     assert all(0 <= zipf_sample(skewed, rng) < 100 for _ in range(1000))
+
+
+def _row(workload, region, commit_p50_ms, rtt=220.0):
+    return {"workload": workload, "region": region, "concurrency": 1,
+            "commit_p50_ms": commit_p50_ms, "farthest_rtt_ms": rtt}
+
+
+def test_txn_targets_count_a_region_that_committed_nothing_as_not_met():
+    # us-east and eu-west commit well inside their limits; ap-south committed no transaction
+    # at all: the worst region did not meet the target.
+    results = [_row("remote", "us-east", 200.0), _row("remote", "eu-west", 210.0),
+               _row("remote", "ap-south", None),
+               _row("regional", "us-east", 1.0, 0.0), _row("regional", "ap-south", None, 0.0)]
+    lag = {"p50": 1.0, "p99": 2.0}
+    remote, regional, _lag = txn.targets(results, lag, {"a:b": 35.0})
+    assert remote["met"] is False and remote["value"] is None
+    assert "ap-south" in remote["target"]
+    assert regional["met"] is False and regional["value"] is None
+    # Every region measured: the worst one decides; no regional run: not evaluated.
+    ok = txn.targets(results[:2], lag, {"a:b": 35.0})
+    assert [t["met"] for t in ok] == [True, None, True]
+
+
+class _LaggingDatabase:
+    """A client of one region over a shared map in which only the first two writes of each
+    pair of regions ever become visible to a reader."""
+
+    def __init__(self, region, visible):
+        self.region = region
+        self.visible = visible
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def keyspace(self, name):
+        return name
+
+    def transaction(self):
+        db = self
+
+        class Tx:
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            async def put(self, ks, key, value):
+                if int(key.rsplit(b"-", 1)[1]) < 2:
+                    db.visible[key] = value
+
+        return Tx()
+
+    async def read(self, ks, key):
+        await trio.sleep(0.001)
+        return self.visible.get(key)
+
+    async def statistics(self):
+        return {"replication_lag_ms": {}}
+
+
+def test_replication_lag_counts_writes_never_seen(monkeypatch):
+    # Half of the writes never reach the other region: the p99 lag is at least the timeout,
+    # and the target is not met.
+    visible: dict = {}
+    monkeypatch.setattr(txn, "connect", lambda addrs, region: _LaggingDatabase(region, visible))
+    lag = trio.run(txn._replication_lag, {"a": [], "b": []}, ("a", "b"), 4,
+                   clock=trio.testing.MockClock(autojump_threshold=0))
+    assert lag["timeouts"] == 4 and lag["samples"] == 8
+    assert lag["p99"] == txn.LAG_TIMEOUT_S * 1e3
+    [verdict] = [t for t in txn.targets([], lag, {"a:b": 35.0}) if "lag" in t["target"]]
+    assert verdict["met"] is False
