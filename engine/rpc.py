@@ -122,6 +122,7 @@ import msgpack
 import trio
 
 from raft.tcp import detect_dead_peers, receive_available, send_all_or_stall, write_nowait
+from raft.waitheap import WaitHeap
 
 from ._native import crc32c
 from .errors import InvalidArgumentError, MeridianError, RecordTooLargeError
@@ -1138,7 +1139,7 @@ async def serve_rpc(
 
 
 class _Call:
-    __slots__ = ("done", "result", "error", "deadline", "received")
+    __slots__ = ("done", "result", "error", "deadline", "received", "waiter_id")
 
     def __init__(self, deadline: float, received: int) -> None:
         self.done = trio.Event()
@@ -1146,6 +1147,7 @@ class _Call:
         self.error: BaseException | None = None
         self.deadline = deadline
         self.received = received  # the connection's bytes received when the call was made
+        self.waiter_id: int | None = None  # its entry among the deadlines, if it has one
 
 
 class RpcConnection:
@@ -1166,6 +1168,9 @@ class RpcConnection:
         self._max_frame = max_frame
         self._ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
+        # The call ids of the pending calls with a deadline, by deadline: a call answered (or
+        # cancelled) leaves in constant time, and the watchdog takes out only those it fails.
+        self._deadlines: WaitHeap[int] = WaitHeap()
         self._calls = 0
         self._late_replies = 0
         self._timeouts = 0
@@ -1230,6 +1235,8 @@ class RpcConnection:
             )
         pending = _Call(deadline, wire.bytes_received)
         self._pending[call_id] = pending
+        if deadline < math.inf:
+            pending.waiter_id = self._deadlines.push(deadline, call_id)
         if deadline < self._watch_until and self._watch_scope is not None:
             self._watch_scope.cancel()  # the watchdog sleeps past this deadline: wake it
         try:
@@ -1242,7 +1249,7 @@ class RpcConnection:
                     await wire.send(frame)
                     sent = True
                 if not sent:
-                    if self._pending.pop(call_id, None) is not None:  # else the watchdog's
+                    if self._forget(call_id) is not None:  # else the watchdog's
                         self._timeouts += 1
                     raise NotSentError(
                         f"no room to send {method!r} by its deadline: the peer has not read "
@@ -1253,7 +1260,7 @@ class RpcConnection:
             self._calls += 1
             await pending.done.wait()
         finally:
-            self._pending.pop(call_id, None)
+            self._forget(call_id)
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -1296,7 +1303,7 @@ class RpcConnection:
             self._refused = self._wire.reason is None and e.get("code") == OVERLOADED
             self._wire.close(f"{e['code']}: {e['message']}", warn=True)
             return
-        pending = self._pending.pop(frame.call_id, None)
+        pending = self._forget(frame.call_id)
         if pending is None:
             # Its caller was cancelled (or the server answered an id never sent): drop it.
             self._late_replies += 1
@@ -1315,23 +1322,22 @@ class RpcConnection:
             pending.result = frame.payload
         pending.done.set()
 
+    def _forget(self, call_id: int) -> _Call | None:
+        """Takes the pending call ``call_id`` out (with its deadline), if it is still there."""
+        call = self._pending.pop(call_id, None)
+        if call is not None and call.waiter_id is not None:
+            self._deadlines.leave(call.waiter_id)
+        return call
+
     async def _watch_deadlines(self) -> None:
         """Fails the calls whose deadline has passed. It sleeps until the soonest deadline of
         the calls waiting (forever while none has one), and is woken early only by a call
         whose deadline comes sooner still: with one timeout for every call that is about one
         wake-up per timeout while calls are made, and none while the connection is idle."""
         pending = self._pending
+        wire = self._wire
         while True:
-            now = trio.current_time()
-            soonest = math.inf
-            expired = []
-            for call_id, call in pending.items():
-                if call.deadline <= now:
-                    expired.append(call_id)
-                elif call.deadline < soonest:
-                    soonest = call.deadline
-            wire = self._wire
-            for call_id in expired:
+            for call_id in self._deadlines.pop_up_to(trio.current_time()):
                 call = pending.pop(call_id)
                 self._timeouts += 1
                 call.error = CallTimeoutError(
@@ -1345,6 +1351,7 @@ class RpcConnection:
                     # than time out on it too.
                     wire.close("the server sent part of a frame, then nothing more while a "
                                "call waited for its reply", warn=True)
+            soonest = self._deadlines.lowest()
             with trio.CancelScope() as scope:
                 self._watch_scope, self._watch_until = scope, soonest
                 await trio.sleep_until(soonest)
@@ -1365,6 +1372,7 @@ class RpcConnection:
         finally:
             wire.close("closed")
             pending, self._pending = self._pending, {}
+            self._deadlines.drain()
             lost = NotSentError if self._refused else ConnectionLostError
             for call in pending.values():
                 call.error = lost(f"connection lost: {wire.reason}")

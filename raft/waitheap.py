@@ -1,8 +1,10 @@
-"""Waits for a value that only rises (an applied index, a closed timestamp), as a heap.
+"""Waits for a value that only rises (an applied index, a closed timestamp, the time), as a
+heap.
 
-The driver's reads waiting for the apply (:meth:`raft.driver.RaftNode.wait_applied`) and a
-replica's stale reads waiting for a closed timestamp (``engine.replica``) keep their waiters
-here. A waiter whose caller gives up (its timeout) leaves at once, in constant time: removing
+The driver's reads waiting for the apply (:meth:`raft.driver.RaftNode.wait_applied`), a
+replica's stale reads waiting for a closed timestamp (``engine.replica``) and a client
+connection's calls waiting for their deadline (``engine.rpc``) keep their waiters here. A waiter
+whose caller gives up (its timeout, or its answer) leaves at once, in constant time: removing
 its entry would be a pass over the heap, and the waits on a stuck replica all give up, one after
 another -- as many passes over as many entries, with the event loop (every group of the process)
 stalled meanwhile. So a waiter that leaves is only marked, and the heap is rebuilt without the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -25,7 +28,7 @@ class WaitHeap(Generic[T]):
     """Waiters (any objects) keyed by the value each waits for; not thread-safe."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, T]] = []
+        self._heap: list[tuple[float, int, T]] = []
         self._left: set[int] = set()  # ids of entries still in the heap whose waiter left
         self._ids = itertools.count()
 
@@ -33,7 +36,7 @@ class WaitHeap(Generic[T]):
         """The waiters still waiting."""
         return len(self._heap) - len(self._left)
 
-    def push(self, value: int, waiter: T) -> int:
+    def push(self, value: float, waiter: T) -> int:
         """Adds ``waiter``, waiting for ``value``; returns its id, for :meth:`leave`."""
         waiter_id = next(self._ids)
         heapq.heappush(self._heap, (value, waiter_id, waiter))
@@ -47,7 +50,14 @@ class WaitHeap(Generic[T]):
             heapq.heapify(self._heap)
             self._left.clear()
 
-    def pop_up_to(self, value: int) -> Iterator[T]:
+    def lowest(self) -> float:
+        """The lowest value a waiter still waiting waits for (``math.inf`` when none does)."""
+        heap = self._heap
+        while heap and heap[0][1] in self._left:
+            self._left.discard(heapq.heappop(heap)[1])
+        return heap[0][0] if heap else math.inf
+
+    def pop_up_to(self, value: float) -> Iterator[T]:
         """Takes out and yields the waiters waiting for ``value`` or less, lowest first."""
         heap = self._heap
         while heap and heap[0][0] <= value:

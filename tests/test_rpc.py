@@ -1175,3 +1175,49 @@ async def test_both_ends_let_the_kernel_end_a_connection_to_a_silent_peer(nurser
             assert _dead_peer_options(server) == (1, 12_000)
         finally:
             server.close()
+
+
+class _CountedDeadline(float):
+    """A deadline that counts the comparisons made with it (into ``counts[0]``)."""
+
+    counts = [0]
+
+    def _counted(op):
+        def compare(self, other):
+            _CountedDeadline.counts[0] += 1
+            return getattr(float, op)(self, other)
+        return compare
+
+    __lt__, __le__, __gt__, __ge__, __eq__ = map(
+        _counted, ("__lt__", "__le__", "__gt__", "__ge__", "__eq__"))
+    __ne__ = float.__ne__
+    __hash__ = float.__hash__
+    del _counted
+
+
+async def test_calls_timing_out_one_by_one_cost_the_watchdog_no_pass_over_the_others(
+        nursery, autojump_clock):
+    # A server that stops answering: every call on the connection times out, one after
+    # another. The watchdog used to look at every waiting call at each deadline (to fail the
+    # expired ones and find the next): quadratic, with the event loop stalled meanwhile.
+    stream, _peer = trio.testing.memory_stream_pair()
+    conn = RpcConnection(stream, lambda: 0, lambda ts: None, DEFAULT_MAX_FRAME)
+    nursery.start_soon(conn._run)
+    n = 1_000
+    t0 = trio.current_time()
+    timed_out = []
+
+    async def hung(i: int) -> None:
+        with pytest.raises(CallTimeoutError):
+            await conn.call("hung", deadline=_CountedDeadline(t0 + 1 + i))
+        timed_out.append(i)
+
+    _CountedDeadline.counts[0] = 0
+    async with trio.open_nursery() as callers:
+        for i in range(n):
+            callers.start_soon(hung, i)
+    assert sorted(timed_out) == list(range(n))
+    assert conn.statistics().timeouts == n and conn._pending == {}
+    assert _CountedDeadline.counts[0] <= 100 * n  # was about n * n
+    assert not conn.closed
+    await conn.aclose()
