@@ -671,11 +671,11 @@ class Database:
                 if exc.reason != "too_old" or kind != "exact":
                     raise
                 # A time further back than the group keeps versions for: unlike a
-                # transaction's snapshot, no retry brings it within reach.
+                # transaction's snapshot, no retry brings it within reach. The refusal names
+                # the group's lifetime, which need not be the one this client was told.
                 raise InvalidArgumentError(
                     f"staleness {staleness!r} reaches further back than the cluster keeps "
-                    f"versions for (the maximum transaction lifetime, "
-                    f"{self.limits['max_txn_lifetime_s']} s): {exc}") from None
+                    f"versions for: {exc}") from None
         if len(reply["values"]) != 1:
             raise UnavailableError(f"group {group} answered {len(reply['values'])} values for "
                                    f"1 key")
@@ -2300,7 +2300,15 @@ class Transaction:
             if any(reply.get("reason") == "moved" for _, reply in changed):
                 # A keyspace it read moved away: the next attempt must look it up afresh.
                 db._forget_keyspace()
-            key = changed[0][1].get("key")
+            group, reply = changed[0]
+            if reply.get("reason") == "too_old":
+                # Nothing need have changed: the group no longer keeps versions that far back.
+                raise TransactionConflictError(
+                    f"transaction {self.txn_id:#x}: its snapshot {self.read_ts} is older than "
+                    f"group {group} keeps versions for (the group's maximum transaction "
+                    f"lifetime before its closed timestamp), so its reads cannot be checked "
+                    f"for a move to a newer snapshot", "too_old")
+            key = reply.get("key")
             if isinstance(key, bytes):
                 key = user_key(key)
             raise TransactionConflictError(

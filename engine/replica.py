@@ -230,8 +230,9 @@ class GroupReplica:
             # gets too, so that retry loops run the transaction again at a newer one.
             raise TransactionConflictError(
                 f"timestamp {ts} is older than group {self.group} keeps versions for (its "
-                f"garbage-collection watermark is {self.sm.store.gc_watermark}: the maximum "
-                f"transaction lifetime before its closed timestamp)", "too_old")
+                f"garbage-collection watermark is {self.sm.store.gc_watermark}: the group's "
+                f"maximum transaction lifetime, {self.sm.lifetime_ns / 1e9} s, before its "
+                f"closed timestamp)", "too_old")
         if planted.enabled("read_above_closed"):
             return
         if not 0 < ts <= self.sm.closed_ts:

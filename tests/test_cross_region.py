@@ -14,6 +14,7 @@ import engine.node
 import engine.replica
 from engine import errors
 from engine.config import Limits
+from engine.group import encode_close
 from engine.local import open_local_cluster
 from engine.placement import data_group, encode_key, spread_group
 from test_cluster import _leader_of, second_commit
@@ -321,6 +322,29 @@ async def test_an_exact_stale_read_below_the_gc_watermark_names_the_lifetime():
                 assert "garbage-collection watermark" in str(refused.value)
 
 
+async def test_an_exact_stale_read_below_the_gc_watermark_names_the_groups_lifetime():
+    """The lifetime that decides how far back a group keeps versions is the group's (the one
+    its last CLOSE named: a leader restarted with another configuration gives it its own),
+    not the one the node the client talks to is configured with: the refusal names that."""
+    async with open_local_cluster(("us-east",), 1, seed=4,
+                                  limits=Limits(max_txn_lifetime_s=1.0)) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+                await replica.propose(encode_close(replica.closed_ts + 1, 3 * 10**9))
+                assert replica.sm.lifetime_ns == 3 * 10**9
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
+                await replica.propose(encode_close(replica.closed_ts + 3 * 10**9 + 1))
+                replica.sm.store.gc(replica.sm.low_water)
+                with pytest.raises(errors.InvalidArgumentError,
+                                   match=r"maximum transaction lifetime, 3\.0 s") as refused:
+                    await db.read("k", b"a", staleness="exact:0.5")
+                assert "1.0 s" not in str(refused.value)
+
+
 async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_conflict():
     """A transaction whose snapshot the group no longer keeps versions for (its low water,
     and the GC, went past it) is refused with the retryable conflict its commit would get
@@ -345,6 +369,30 @@ async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_
                 with pytest.raises(errors.TransactionConflictError) as refused:
                     await tx.get("k", b"b")
                 assert refused.value.reason == "too_old"
+
+
+async def test_a_snapshot_move_from_below_the_low_water_is_a_too_old_conflict():
+    """A transaction that must move its snapshot up (a transaction it waited for committed
+    above it) after outliving the maximum transaction lifetime is refused as too old, as its
+    reads and commit would be: not as if a key it read had changed."""
+    async with open_local_cluster(("us-east",), 1, seed=4) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+                tx = db.transaction()
+                assert await tx.get("k", b"a") == b"1"
+                # The group's lifetime shrinks to 1 ms (a leader configured so): the low
+                # water passes the snapshot at once.
+                await replica.propose(encode_close(replica.closed_ts + 2 * 10**6, 10**6))
+                assert replica.sm.low_water > tx.read_ts
+                with pytest.raises(errors.TransactionConflictError,
+                                   match="maximum transaction lifetime") as refused:
+                    await tx._move_snapshot(replica.closed_ts)
+                assert refused.value.reason == "too_old"
+                assert "changed" not in str(refused.value)
 
 
 async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write():
