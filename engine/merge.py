@@ -194,6 +194,9 @@ _MAX_ORIGIN_CHARS = 255
 _APP_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _PAYLOAD_INT = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 _READ_INT = re.compile(rb"0|-?[1-9][0-9]*")
+_MAX_SUM_CHARS = len(str(-(2**127)))
+"""The longest decimal string an origin's folded counter sum can take: at most one int64
+increment per timestamp, so its magnitude stays below 2**127."""
 
 VersionId = tuple[int, str]
 
@@ -444,7 +447,8 @@ def _normalize(kind: object, ts: int, origin: str, state: object,
             o, base_ts, base_sum, contribs = entry
             if not _is_origin(o) or type(base_ts) is not int or not 0 <= base_ts <= MAX_TS:
                 fail(f"bad counter entry {o!r}/{base_ts!r}")
-            if isinstance(base_sum, str) and _READ_INT.fullmatch(base_sum.encode()):
+            if (isinstance(base_sum, str) and len(base_sum) <= _MAX_SUM_CHARS
+                    and _READ_INT.fullmatch(base_sum.encode())):
                 base_sum = int(base_sum)
                 if _MSGPACK_INT_MIN <= base_sum <= _MSGPACK_INT_MAX:
                     fail("a counter sum in int range is stored as a string")

@@ -420,6 +420,16 @@ def test_malformed_cells_are_corrupt(data):
     assert isinstance(info.value, OSError)
 
 
+def test_counter_cell_with_a_sum_no_origin_can_reach_is_corrupt():
+    # An origin folds at most one int64 increment per timestamp: its sum stays below 2**127.
+    # A longer string must be refused before int(), which raises ValueError past 4300 digits.
+    for digits in (41, 5000):
+        with pytest.raises(CorruptStateError):
+            decode_cell(_pack(1, "counter", 5, US, [[US, 0, "9" * digits, []]]))
+    cell = decode_cell(_pack(1, "counter", 5, US, [[US, 0, str(-(2**127) + 1), []]]))
+    assert cell.state[0][2] == -(2**127) + 1
+
+
 def test_encode_and_decode_refuse_wrong_types():
     with pytest.raises(InvalidArgumentError):
         decode_cell("not bytes")
