@@ -32,6 +32,7 @@ import trio
 from .client import connect
 from .errors import (InvalidArgumentError, KeyspaceExistsError, MeridianError,
                      TransactionConflictError)
+from .placement import placement
 from .procs import ClusterProcesses, describe_all, cluster_up, wait_ready
 
 INITIAL_BALANCE = 1000
@@ -202,9 +203,12 @@ async def _progress(stats: _Stats, stop_at: float, out) -> None:
 
 
 async def _learner_lag(cluster) -> dict[tuple[int, str], float]:
-    """For each data group and each region, how far (ms) the region's replicas' closed
-    timestamp trails the leader's."""
+    """For each group and each region, how far (ms) the closed timestamp of the region's
+    learners of the group trails the leader's (its voters, the home region's followers of a
+    data group among them, are left out: they are not the replicas a stale read elsewhere
+    is served by)."""
     status = await describe_all(cluster)
+    groups = placement(cluster)
     leaders: dict[int, int] = {}
     by_node: dict[tuple[int, int], int] = {}
     for node_id, s in status.items():
@@ -215,7 +219,9 @@ async def _learner_lag(cluster) -> dict[tuple[int, str], float]:
     lag: dict[tuple[int, str], float] = {}
     for (gid, node_id), closed in by_node.items():
         leader = leaders.get(gid)
-        if leader is None or node_id == leader or not closed or not by_node[(gid, leader)]:
+        if gid not in groups or node_id not in groups[gid].conf.learners:
+            continue
+        if leader is None or not closed or not by_node[(gid, leader)]:
             continue  # a replica (or leader) that has closed no timestamp yet: no lag to show
         region = cluster.node(node_id).region
         ms = max(0.0, (by_node[(gid, leader)] - closed) / 1e6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,26 @@ def test_crash_demo_kills_the_writer_and_verifies_every_acknowledged_entry(tmp_p
     assert sum("SIGKILL" in line for line in lines) == 2
     assert lines[-1].startswith("OK: 2 crashes")
     assert (tmp_path / "demo" / "log").is_dir()  # --dir is kept
+
+
+def test_crash_demo_counts_only_the_entries_its_writer_acknowledged(tmp_path):
+    # A --dir used before: the writer appends after the entries already in the log, which
+    # used to count as acknowledged by it (and in the entries/s the demo printed).
+    def run() -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "crash-demo", "--kills", "1", "--batches", "4",
+             "--dir", str(tmp_path / "demo")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    before = int(re.search(r"log holds 1\.\.(\d+)", run()).group(1))
+    second = run()
+    entries, last = map(int, re.search(r"\((\d+) entries, up to position (\d+)\)",
+                                       second).groups())
+    assert entries == last - before, second
+    assert f"OK: 1 crashes, {entries} acknowledged entries" in second
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -44,3 +44,32 @@ async def test_a_reused_dir_with_more_accounts_than_this_run_still_balances(tmp_
             code = await cluster_demo._run(_InProcess(cluster), 0.2, 1, 3, 1, out)
     assert "bank-east: 3 accounts, total 3000 (ok)" in out.getvalue(), out.getvalue()
     assert code == 0
+
+
+async def test_learner_lag_is_that_of_learners_only(monkeypatch):
+    # Each group's voters trail its leader by 500 ms, its learners by 200 ms: the home
+    # region's followers of a data group (and the meta group's voters) used to be reported
+    # as that region's "learner lag".
+    from engine.config import default_local_cluster
+    from engine.placement import placement
+
+    cluster = default_local_cluster(("east", "west"), 2, 20000, wan_latency_ms={})
+    groups = placement(cluster)
+    leader_ts = 10_000_000_000
+
+    async def status_of(_cluster):
+        out = {n.id: {"groups": {}} for n in cluster.all_nodes()}
+        for gid, p in groups.items():
+            for node_id in p.conf.voters + p.conf.learners:
+                leads = node_id == p.conf.voters[0]
+                behind_ms = 0 if leads else 500 if node_id in p.conf.voters else 200
+                out[node_id]["groups"][str(gid)] = {
+                    "role": "leader" if leads else "follower",
+                    "closed_ts": leader_ts - behind_ms * 1_000_000}
+        return out
+
+    monkeypatch.setattr(cluster_demo, "describe_all", status_of)
+    lag = await cluster_demo._learner_lag(cluster)
+    assert lag == {(gid, cluster.node(n).region): 200.0
+                   for gid, p in groups.items() for n in p.conf.learners}
+    assert lag  # every group of two regions has a learner in the other one
