@@ -296,6 +296,9 @@ INTENT_ROOM = 64
 """Bytes an intent's record takes beside the value it holds (the transaction's ids and
 timestamps, with msgpack's framing): a value written by a two-phase commit is at most a stored
 value's limit less this."""
+MAX_PARTICIPANTS = (MAX_VALUE_SIZE - 64) // 5
+"""Most participant groups a DECIDE may name: its record keeps them (a group id packs in at
+most 5 bytes, the rest of the record in less than 64), and must fit in a stored value."""
 MAX_KEY_LOCKS = 10_000
 """Most prepared transactions holding a read lock on one key at once: a prepare that would take
 one more is refused (conflict ``intent``), so that the key's lock record stays well within a
@@ -1915,6 +1918,7 @@ def _decode(data: bytes) -> list:
                     and 0 < cmd[1] < 2**64 and _is_ts(cmd[2]) and type(cmd[3]) is int
                     and 0 <= cmd[3] <= MAX_TS and type(cmd[4]) is int
                     and 0 <= cmd[4] <= MAX_TS and isinstance(cmd[5], list)
+                    and len(cmd[5]) <= MAX_PARTICIPANTS
                     and all(type(g) is int and 0 < g < 2**32 for g in cmd[5])):
                 raise _Malformed("bad DECIDE or RESOLVE command")
         return cmd

@@ -1013,6 +1013,21 @@ def test_a_commit_of_a_transaction_never_prepared_here_is_recorded_as_an_abort(s
     assert sm.store.get(b"b", MAX_TS) == b"1"
 
 
+def test_a_decision_naming_more_participants_than_its_record_holds_is_refused(sm):
+    """The record keeps the participants: one too large for a stored value would stop every
+    replica of the group on the entry, at every restart."""
+    log = Log()
+    prepare(sm, log, 4, 0, 200, [(b"a", b"1")])
+    many = range(2**31, 2**31 + MAX_VALUE_SIZE // 5 + 1)  # 5 bytes each: over a value
+    assert len(many) > group.MAX_PARTICIPANTS
+    r, after = sm.apply([log(encode_decide(4, 300, 290, since=200, participants=many)),
+                         log(encode_commit(5, 0, 400, [(b"b", b"2")]))])
+    assert r.outcome is Outcome.INVALID and sm.record(4) is None
+    assert sm.intents([b"a"], MAX_TS) != []  # undecided: its coordinator may decide again
+    # The group goes on: the next entry of the same call is applied.
+    assert after.committed and sm.store.get(b"b", MAX_TS) == b"2"
+
+
 def test_trimming_the_outbox_does_not_read_its_records(tmp_path):
     # A trim drops up to a thousand records in one apply, on every replica: it used to read
     # each record's writes (up to 4 MiB apiece) only to learn its key.
