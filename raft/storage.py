@@ -93,7 +93,9 @@ are log segments below it dropped; ``drop_before`` keeps the log contiguous.
 
 What cannot be repaired is reported: a log that starts after ``S + 1`` (entries missing), or a
 commit index beyond the durable log (acknowledged entries lost, the one loss the LogStore cannot
-see by itself — native/FORMAT.md, Recovery) raise :class:`InconsistentStateError`.
+see by itself — native/FORMAT.md, Recovery) raise :class:`InconsistentStateError`; a hard state
+file missing beside a log or snapshot (it is made before them and never removed) is
+:class:`engine.CorruptStateError`, never a restart with no vote.
 
 Entries are durable before the hard state of the same save, so a crash between them can leave
 entries of a term newer than the stored term. That term was never voted in from here (votes are
@@ -347,7 +349,8 @@ class RaftStorage(Resource):
 
         Raises:
             StoreLockedError: another handle (in this or another process) has it open.
-            CorruptStateError: the snapshot or hard state file is corrupt (``path`` names it).
+            CorruptStateError: the snapshot or hard state file is corrupt, or the hard state
+                file is missing beside a log (``path`` names it).
             CorruptLogError: a log segment is corrupt.
             InconsistentStateError: the files disagree in a way that loses entries (the
                 message says which).
@@ -376,9 +379,21 @@ class RaftStorage(Resource):
             makedirs_durable(self._path)
         except OSError as exc:
             raise storage_error(exc, f"cannot create {self._path}") from None
+        # The hard state file is made before the log and never removed, so a log or snapshot
+        # without it lost the term and vote: restarted with no vote, the node could vote twice
+        # in a term. (Looked for in this order, a concurrent creator is never mistaken for it.)
+        hard_state_file = self._file(_HARD_STATE_FILE)
+        found = [n for n in (_LOG_DIR, _OLD_LOG_DIR, _SNAPSHOT_FILE)
+                 if os.path.lexists(self._file(n))]
+        if found and not os.path.lexists(hard_state_file):
+            raise errors.CorruptStateError(
+                f"hard state file {hard_state_file} is missing beside {', '.join(found)}: the "
+                "term and vote it held are lost",
+                hard_state_file,
+            )
         # The hard state's lock is the lock of the whole directory: it is taken first and held
         # while the log is closed and recreated by a snapshot install.
-        self._state = DurableState(self._file(_HARD_STATE_FILE))
+        self._state = DurableState(hard_state_file)
         try:
             self._recover()
         except BaseException:
@@ -809,6 +824,8 @@ class RaftStorage(Resource):
     def __repr__(self) -> str:
         if self._closed:
             return f"<RaftStorage {self._path!r} closed>"
+        if self._log is None:  # a snapshot install failed between closing and making the log
+            return f"<RaftStorage {self._path!r} failed, without a log: reopen it>"
         return (
             f"<RaftStorage {self._path!r} snapshot {self._snapshot_index()} "
             f"log ..{self.last_index} {self._hard_state}>"

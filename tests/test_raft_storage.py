@@ -580,6 +580,19 @@ def test_a_corrupt_hard_state_is_reported(path):
         reopen(path)
 
 
+def test_a_missing_hard_state_beside_a_log_is_reported_not_recreated(path):
+    """The hard state file is made before the log and never removed: without it the term and
+    vote are lost, and a node restarted with no vote could vote twice in a term."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 4, 2), hard_state=HardState(2, 3, 1))
+    os.unlink(path / "hardstate")
+    for _ in range(2):  # not recreated by the failed open: the next one says so again
+        with pytest.raises(CorruptStateError, match="hardstate is missing beside log") as info:
+            reopen(path)
+        assert info.value.path == str(path / "hardstate")
+    assert sorted(os.listdir(path)) == ["log"]
+
+
 def test_a_commit_index_beyond_the_durable_log_is_reported_not_ignored(path):
     with reopen(path) as st:
         st.save(entries=ents(1, 11, 1), hard_state=HardState(1, 0, 9))
@@ -732,6 +745,28 @@ def test_a_failed_write_fails_the_handle_until_reopened(path, monkeypatch):
         assert st.statistics().failed
     got = restored(path)  # the snapshot was renamed in place before the failure: installed
     assert got.snapshot == snap(5, 1) and got.entries == ()
+
+
+def test_a_handle_that_lost_its_log_in_a_failed_install_still_describes_itself(path,
+                                                                              monkeypatch):
+    """A full disk while an install makes the new log leaves the handle without one: it
+    refuses everything but ``repr`` (error messages and debuggers show it) and ``close``."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 11, 1), hard_state=HardState(1, 0, 3))
+
+        def full(*args, **kwargs):
+            raise DiskFullError("no space left for the new log")
+
+        monkeypatch.setattr(storage_module, "LogStore", full)
+        with pytest.raises(DiskFullError):
+            st.save(snapshot=snap(20, 2), hard_state=HardState(2, 0, 20))
+        monkeypatch.undo()
+        assert "failed" in repr(st)
+        with pytest.raises(StoreFailedError, match="lost its log"):
+            st.statistics()
+    assert "closed" in repr(st)
+    got = restored(path)  # the snapshot was installed before the log was replaced
+    assert got.snapshot == snap(20, 2) and got.entries == ()
 
 
 def test_a_full_disk_while_receiving_a_snapshot_frees_what_was_written(path, monkeypatch):
