@@ -345,6 +345,22 @@ async def test_an_exact_stale_read_below_the_gc_watermark_names_the_groups_lifet
                 assert "1.0 s" not in str(refused.value)
 
 
+@contextlib.asynccontextmanager
+async def _a_transaction_that_read(limits: Limits | None = None):
+    """A one-region cluster whose keyspace "k" holds a = 1, and a transaction that read it:
+    yields the group's leader replica and the transaction (within 30 s)."""
+    async with open_local_cluster(("us-east",), 1, seed=4, limits=limits) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("k")
+                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
+                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+                tx = db.transaction()
+                assert await tx.get("k", b"a") == b"1"
+                yield replica, tx
+
+
 async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_conflict():
     """A transaction whose snapshot the group no longer keeps versions for (its low water,
     and the GC, went past it) is refused with the retryable conflict its commit would get
@@ -352,47 +368,30 @@ async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_
     error, which no retry loop retries. (A stale read of an explicit past time is another
     matter: see the test above.)"""
     lifetime_s = 1.0
-    async with open_local_cluster(("us-east",), 1, seed=4,
-                                  limits=Limits(max_txn_lifetime_s=lifetime_s)) as cluster:
-        gid = data_group(cluster.config, "us-east")
-        async with cluster.connect() as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("k")
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
-                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
-                tx = db.transaction()
-                assert await tx.get("k", b"a") == b"1"
-                # Time passes: the group's low water passes the snapshot and its GC runs.
-                await replica.close_up_to(tx.read_ts + int(lifetime_s * 1e9) + 1)
-                replica.sm.store.gc(replica.sm.low_water)
-                assert replica.sm.store.gc_watermark > tx.read_ts
-                with pytest.raises(errors.TransactionConflictError) as refused:
-                    await tx.get("k", b"b")
-                assert refused.value.reason == "too_old"
+    async with _a_transaction_that_read(Limits(max_txn_lifetime_s=lifetime_s)) as (replica, tx):
+        # Time passes: the group's low water passes the snapshot and its GC runs.
+        await replica.close_up_to(tx.read_ts + int(lifetime_s * 1e9) + 1)
+        replica.sm.store.gc(replica.sm.low_water)
+        assert replica.sm.store.gc_watermark > tx.read_ts
+        with pytest.raises(errors.TransactionConflictError) as refused:
+            await tx.get("k", b"b")
+        assert refused.value.reason == "too_old"
 
 
 async def test_a_snapshot_move_from_below_the_low_water_is_a_too_old_conflict():
     """A transaction that must move its snapshot up (a transaction it waited for committed
     above it) after outliving the maximum transaction lifetime is refused as too old, as its
     reads and commit would be: not as if a key it read had changed."""
-    async with open_local_cluster(("us-east",), 1, seed=4) as cluster:
-        gid = data_group(cluster.config, "us-east")
-        async with cluster.connect() as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("k")
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
-                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
-                tx = db.transaction()
-                assert await tx.get("k", b"a") == b"1"
-                # The group's lifetime shrinks to 1 ms (a leader configured so): the low
-                # water passes the snapshot at once.
-                await replica.propose(encode_close(replica.closed_ts + 2 * 10**6, 10**6))
-                assert replica.sm.low_water > tx.read_ts
-                with pytest.raises(errors.TransactionConflictError,
-                                   match="maximum transaction lifetime") as refused:
-                    await tx._move_snapshot(replica.closed_ts)
-                assert refused.value.reason == "too_old"
-                assert "changed" not in str(refused.value)
+    async with _a_transaction_that_read() as (replica, tx):
+        # The group's lifetime shrinks to 1 ms (a leader configured so): the low water passes
+        # the snapshot at once.
+        await replica.propose(encode_close(replica.closed_ts + 2 * 10**6, 10**6))
+        assert replica.sm.low_water > tx.read_ts
+        with pytest.raises(errors.TransactionConflictError,
+                           match="maximum transaction lifetime") as refused:
+            await tx._move_snapshot(replica.closed_ts)
+        assert refused.value.reason == "too_old"
+        assert "changed" not in str(refused.value)
 
 
 async def test_a_keyspace_that_survives_a_region_keeps_every_acknowledged_write():
