@@ -553,7 +553,9 @@ class Database:
     # ------------------------------------------------------------------ transactions
 
     def transaction(self, isolation: str = "snapshot") -> Transaction:
-        """A new transaction; use it as ``async with db.transaction() as tx``."""
+        """A new transaction; use it as ``async with db.transaction() as tx``. Refused on a
+        closed handle (:class:`~engine.errors.InvalidArgumentError`)."""
+        self._check_open()
         if isolation not in ISOLATION_LEVELS:
             raise InvalidArgumentError(f"isolation must be one of {ISOLATION_LEVELS}, "
                                        f"not {isolation!r}")

@@ -532,13 +532,16 @@ def encode_int(n: int) -> bytes:
 
 
 def decode_int(value: bytes) -> int:
-    """The integer a counter or max read returned (decimal ASCII, any size).
+    """The integer a counter or max read returned (decimal ASCII, beyond 64 bits for a
+    counter: at most :data:`_MAX_SUM_CHARS` characters).
 
     Raises:
-        InvalidArgumentError: ``value`` is not a decimal integer.
+        InvalidArgumentError: ``value`` is not a decimal integer of that size.
     """
-    if not isinstance(value, bytes) or not _READ_INT.fullmatch(value):
-        raise InvalidArgumentError(f"not a decimal integer: {value!r}")
+    if (not isinstance(value, bytes) or len(value) > _MAX_SUM_CHARS
+            or not _READ_INT.fullmatch(value)):
+        raise InvalidArgumentError(f"not a decimal integer a counter or max holds: "
+                                   f"{value!r:.80}")
     return int(value)
 
 

@@ -676,6 +676,18 @@ async def test_status_of_a_closed_database_says_it_is_closed(nursery, method):
         await getattr(db, method)()
 
 
+async def test_a_closed_database_hands_out_no_transaction(nursery):
+    # It handed one out, and one that wrote nothing "committed" without error.
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        pass
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        db.transaction()
+    with trio.fail_after(GUARD_S), pytest.raises(InvalidArgumentError, match="closed"):
+        await db.run_transaction(lambda tx: tx.rollback())
+
+
 async def test_run_transaction_does_not_run_again_a_transaction_its_function_committed(
         nursery):
     # A conflict raised by the function after its own commit (another transaction's, such

@@ -232,6 +232,11 @@ def test_int_payload_helpers():
         encode_int(True)
     with pytest.raises(InvalidArgumentError):
         decode_int(b"1e3")
+    # Past what a counter can hold: refused as such, not a ValueError from int() (past 4,300
+    # digits Python refuses to convert).
+    assert decode_int(str(-(2**127)).encode()) == -(2**127)
+    with pytest.raises(InvalidArgumentError, match="counter or max holds"):
+        decode_int(b"1" * 5000)
 
 
 # -------------------------------------------------------------------------------------- max
