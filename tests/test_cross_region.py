@@ -300,65 +300,58 @@ async def test_old_versions_are_garbage_collected_below_the_transaction_lifetime
                     await db.read("g", b"k", staleness="exact:5")
 
 
-async def test_an_exact_stale_read_below_the_gc_watermark_names_the_lifetime():
-    """The refusal says how far back reads reach, in the unit the staleness is given in --
-    not only two timestamps in nanoseconds."""
-    lifetime_s = 1.0
-    async with open_local_cluster(("us-east",), 1, seed=4,
-                                  limits=Limits(max_txn_lifetime_s=lifetime_s)) as cluster:
-        gid = data_group(cluster.config, "us-east")
-        async with cluster.connect() as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("k")
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
-                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
-                # The group's low water passes "half a second ago" and its GC runs.
-                await replica.close_up_to(replica.closed_ts + int(lifetime_s * 1e9) + 1)
-                replica.sm.store.gc(replica.sm.low_water)
-                with pytest.raises(errors.InvalidArgumentError,
-                                   match=r"maximum transaction lifetime, 1\.0 s") as refused:
-                    await db.read("k", b"a", staleness="exact:0.5")
-                assert "garbage-collection watermark" in str(refused.value)
-
-
-async def test_an_exact_stale_read_below_the_gc_watermark_names_the_groups_lifetime():
-    """The lifetime that decides how far back a group keeps versions is the group's (the one
-    its last CLOSE named: a leader restarted with another configuration gives it its own),
-    not the one the node the client talks to is configured with: the refusal names that."""
-    async with open_local_cluster(("us-east",), 1, seed=4,
-                                  limits=Limits(max_txn_lifetime_s=1.0)) as cluster:
-        gid = data_group(cluster.config, "us-east")
-        async with cluster.connect() as db:
-            with trio.fail_after(30):
-                await db.create_keyspace("k")
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
-                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
-                await replica.propose(encode_close(replica.closed_ts + 1, 3 * 10**9))
-                assert replica.sm.lifetime_ns == 3 * 10**9
-                await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
-                await replica.propose(encode_close(replica.closed_ts + 3 * 10**9 + 1))
-                replica.sm.store.gc(replica.sm.low_water)
-                with pytest.raises(errors.InvalidArgumentError,
-                                   match=r"maximum transaction lifetime, 3\.0 s") as refused:
-                    await db.read("k", b"a", staleness="exact:0.5")
-                assert "1.0 s" not in str(refused.value)
-
-
 @contextlib.asynccontextmanager
-async def _a_transaction_that_read(limits: Limits | None = None):
-    """A one-region cluster whose keyspace "k" holds a = 1, and a transaction that read it:
-    yields the group's leader replica and the transaction (within 30 s)."""
+async def _one_key_written(limits: Limits | None = None):
+    """A one-region cluster whose keyspace "k" holds a = 1: yields a client and the data
+    group's leader replica (within 30 s)."""
     async with open_local_cluster(("us-east",), 1, seed=4, limits=limits) as cluster:
         gid = data_group(cluster.config, "us-east")
         async with cluster.connect() as db:
             with trio.fail_after(30):
                 await db.create_keyspace("k")
                 await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
-                replica = cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
-                tx = db.transaction()
-                assert await tx.get("k", b"a") == b"1"
-                yield replica, tx
+                yield db, cluster.nodes[await _leader_of(cluster, gid)].replicas[gid]
+
+
+@contextlib.asynccontextmanager
+async def _a_transaction_that_read(limits: Limits | None = None):
+    """As :func:`_one_key_written`, with a transaction that read a: yields the replica and
+    the transaction."""
+    async with _one_key_written(limits) as (db, replica):
+        tx = db.transaction()
+        assert await tx.get("k", b"a") == b"1"
+        yield replica, tx
+
+
+async def test_an_exact_stale_read_below_the_gc_watermark_names_the_lifetime():
+    """The refusal says how far back reads reach, in the unit the staleness is given in --
+    not only two timestamps in nanoseconds."""
+    lifetime_s = 1.0
+    async with _one_key_written(Limits(max_txn_lifetime_s=lifetime_s)) as (db, replica):
+        await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
+        # The group's low water passes "half a second ago" and its GC runs.
+        await replica.close_up_to(replica.closed_ts + int(lifetime_s * 1e9) + 1)
+        replica.sm.store.gc(replica.sm.low_water)
+        with pytest.raises(errors.InvalidArgumentError,
+                           match=r"maximum transaction lifetime, 1\.0 s") as refused:
+            await db.read("k", b"a", staleness="exact:0.5")
+        assert "garbage-collection watermark" in str(refused.value)
+
+
+async def test_an_exact_stale_read_below_the_gc_watermark_names_the_groups_lifetime():
+    """The lifetime that decides how far back a group keeps versions is the group's (the one
+    its last CLOSE named: a leader restarted with another configuration gives it its own),
+    not the one the node the client talks to is configured with: the refusal names that."""
+    async with _one_key_written(Limits(max_txn_lifetime_s=1.0)) as (db, replica):
+        await replica.propose(encode_close(replica.closed_ts + 1, 3 * 10**9))
+        assert replica.sm.lifetime_ns == 3 * 10**9
+        await db.run_transaction(lambda tx: tx.put("k", b"a", b"2"))
+        await replica.propose(encode_close(replica.closed_ts + 3 * 10**9 + 1))
+        replica.sm.store.gc(replica.sm.low_water)
+        with pytest.raises(errors.InvalidArgumentError,
+                           match=r"maximum transaction lifetime, 3\.0 s") as refused:
+            await db.read("k", b"a", staleness="exact:0.5")
+        assert "1.0 s" not in str(refused.value)
 
 
 async def test_a_transaction_read_below_the_gc_watermark_is_a_retryable_too_old_conflict():
