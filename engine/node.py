@@ -907,8 +907,7 @@ class Node:
                 return found  # the common case: no page to read ahead of the read itself
             items = replica.scan(start, end, ts, limit=page, reverse=reverse,
                                  max_bytes=SCAN_PAGE_BYTES)
-            if items and (len(items) >= page
-                          or sum(len(k) + len(v) for k, v in items) >= SCAN_PAGE_BYTES):
+            if _page_full(items, page):
                 if reverse:
                     return replica.intents_in(items[-1][0], end, until)
                 return replica.intents_in(start, items[-1][0] + b"\x00", until)
@@ -923,8 +922,7 @@ class Node:
                 raise _restart(replica, ts, until)
         # Cut short by the page's bounds rather than by the caller's limit or the range's end
         # (a page that ends exactly where the range does says more; the next one is empty).
-        more = bool(items) and (limit is None or len(items) < limit) and (
-            len(items) >= page or sum(len(k) + len(v) for k, v in items) >= SCAN_PAGE_BYTES)
+        more = (limit is None or len(items) < limit) and _page_full(items, page)
         return {"ts": ts, "until": until, "items": [[k, v] for k, v in items], "more": more}
 
     def _begin_read(self, replica: GroupReplica) -> int:
@@ -2140,6 +2138,13 @@ def _timestamp(p: dict, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TS:
         raise InvalidArgumentError(f"{name} must be a timestamp")
     return value
+
+
+def _page_full(items: list[tuple[bytes, bytes]], page: int) -> bool:
+    """Whether a scan page of ``items`` (at most ``page`` pairs, and SCAN_PAGE_BYTES) stopped
+    at one of those bounds rather than at the end of its range."""
+    return bool(items) and (
+        len(items) >= page or sum(len(k) + len(v) for k, v in items) >= SCAN_PAGE_BYTES)
 
 
 def _is_stale(p: dict) -> bool:
