@@ -1920,8 +1920,9 @@ class Transaction:
         await self._write(keyspace, stored, group, v)
 
     async def delete(self, keyspace: str, key: bytes | str) -> None:
-        """Deletes ``key`` when the transaction commits (a write, counted as :meth:`put`'s)."""
-        stored, group = await self._locate(keyspace, key)
+        """Deletes ``key`` when the transaction commits (a write, counted as :meth:`put`'s).
+        A key written under a larger ``max_key_size`` than today's can be deleted too."""
+        stored, group = await self._locate(keyspace, key, write=False)
         await self._write(keyspace, stored, group, None)
 
     async def merge(self, keyspace: str, key: bytes | str, payload: bytes | str) -> None:
@@ -2363,8 +2364,9 @@ class Transaction:
 
     async def _locate(self, keyspace: str, key, *, write: bool = True) -> tuple[bytes, int]:
         """The stored key of ``key`` and its group; a key to ``write`` is held to the
-        cluster's ``max_key_size``, a key to read only to the store's (a key written under a
-        larger limit than today's stays readable, as scans and Database.read return it)."""
+        cluster's ``max_key_size``, a key to read or delete only to the store's (a key written
+        under a larger limit than today's stays readable, as scans and Database.read return
+        it, and can be removed)."""
         self._check_open()
         ks = await self._keyspace(keyspace)
         group = self._db.group_of(ks)

@@ -101,7 +101,9 @@ most 8 MiB, half an RPC frame), ``max_key_size`` (at most the store's 250, at le
 the 4-byte keyspace prefix of every stored key), ``max_value_size``
 (at most the store's limit) — positive integers, with
 ``max_txn_bytes >= max_key_size + max_value_size`` so that the largest single write can commit
-— and ``max_txn_lifetime_s``, a positive number of seconds.
+— and ``max_txn_lifetime_s``, a positive number of seconds. Lowered limits hold new writes;
+what was written under larger ones stays readable, and a key longer than today's
+``max_key_size`` can still be deleted.
 
 ``[cluster.wan_latency_ms]``: ``a = { b = ms }`` gives the one-way latency between regions ``a``
 and ``b`` (a number >= 0), used to simulate the WAN on a local cluster. Each unordered pair is

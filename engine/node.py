@@ -1098,10 +1098,12 @@ class Node:
                 # Committed, it would stop every replica of the group, at every restart.
                 raise InvalidArgumentError(f"resolver {resolver!r} is not configured on this "
                                            f"node (its [cluster.resolvers])")
-            if not 0 < len(key) <= limits.max_key_size:
+            # A delete only to the store's limit: a key written under a larger max_key_size
+            # than today's can still be removed.
+            key_limit = limits.max_key_size if value is not None else MAX_KEY_SIZE
+            if not 0 < len(key) <= key_limit:
                 raise RecordTooLargeError(f"key {user_key(key)!r:.80} is {len(key)} bytes with "
-                                          f"its keyspace prefix: keys are 1.."
-                                          f"{limits.max_key_size} bytes")
+                                          f"its keyspace prefix: keys are 1..{key_limit} bytes")
             if value is not None and len(value) > limits.max_value_size:
                 raise RecordTooLargeError(f"value of {len(value)} bytes for key "
                                           f"{user_key(key)!r:.80}: the limit is "
@@ -1133,10 +1135,10 @@ class Node:
                     and (w[1] is None or type(w[1]) is bytes)):
                 raise InvalidArgumentError("each write must be [key: bytes, value: bytes|nil]")
             k, v = w
-            if not 0 < len(k) <= limits.max_key_size:
+            key_limit = limits.max_key_size if v is not None else MAX_KEY_SIZE  # as a merge's
+            if not 0 < len(k) <= key_limit:
                 raise RecordTooLargeError(f"key {user_key(k)!r:.80} is {len(k)} bytes with its "
-                                          f"keyspace prefix: keys are 1.."
-                                          f"{limits.max_key_size} bytes")
+                                          f"keyspace prefix: keys are 1..{key_limit} bytes")
             if v is not None and len(v) > limits.max_value_size:
                 raise RecordTooLargeError(f"value of {len(v)} bytes for key "
                                           f"{user_key(k)!r:.80}: the limit is "
