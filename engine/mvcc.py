@@ -325,12 +325,14 @@ class MVCCStore(Resource):
             raise _os_error(exc, f"cannot open store directory {self._path}") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(self._lock_fd)
             self._lock_fd = -1
-            raise errors.StoreLockedError(
-                f"MVCC store {self._path} is already open (in this process or another)"
-            ) from None
+            if isinstance(exc, BlockingIOError):
+                raise errors.StoreLockedError(
+                    f"MVCC store {self._path} is already open (in this process or another)"
+                ) from None
+            raise _os_error(exc, f"cannot lock store directory {self._path}") from None
         try:
             self._open_env(_round_to_page(map_size))
         except BaseException:

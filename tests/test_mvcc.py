@@ -429,6 +429,23 @@ def test_second_handle_is_refused(tmp_path):
         assert s.applied_index == 0
 
 
+def test_a_lock_that_fails_otherwise_than_held_is_a_storage_error(tmp_path, monkeypatch):
+    # flock can fail for other reasons than another handle (ENOLCK on some network file
+    # systems): that came out as a bare OSError, and the lock file's descriptor leaked.
+    import fcntl
+    import os
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    opened = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(errors.StorageError, match="cannot lock") as caught:
+        MVCCStore(tmp_path / "store", map_size=SMALL_MAP)
+    assert caught.value.errno == errno.ENOLCK
+    assert len(os.listdir("/proc/self/fd")) == opened
+
+
 def test_another_programs_lmdb_database_is_refused_not_adopted(tmp_path):
     """An LMDB data file without the store's tables is new only while empty: another
     program's database is refused, and nothing is written into it."""
