@@ -2,20 +2,22 @@
 beyond the run-to-run noise.
 
 Rows of the two documents are matched on their identifying fields (system, workload, mode,
-clients, θ, value size, axis, regions, ...). An open-loop row's offered load is a fraction of
-its own run's best closed-loop throughput, so it differs from run to run: open-loop rows are
-matched on that fraction (``offered_fraction``), or, in documents without it, on the rank of
-their offered load among the rows otherwise alike (when both documents have as many). The
-output says how many rows of each document found no counterpart. For each matched row and metric
-(throughput: higher is better; p50/p99 latency: lower is better) the change is
+clients, θ, value size, records loaded, axis, regions, ...). An open-loop row's offered load is
+a fraction of its own run's best closed-loop throughput, so it differs from run to run: open-loop
+rows are matched on that fraction (``offered_fraction``), or, in documents without it, on the
+rank of their offered load among the rows otherwise alike (when both documents have as many).
+The output says how many rows of each document found no counterpart. For each matched row and
+metric (throughput: higher is better; p50/p99 latency, in milliseconds or, in the storage and
+adjudicator benchmarks' rows, microseconds: lower is better) the change is
 ``(new - old) / old``. The noise is measured, not assumed, wherever the documents allow it:
 a row run with repetitions carries every repetition's figure (``ops_per_s_reps``,
 ``p99_ms_reps``; ``repetitions_records_per_s`` in the storage benchmark's rows), and its spread
-is ``(max - min) / median``; the noise of a comparison is the
-larger spread of the two rows. A change is flagged (``better`` / ``worse``) only when it is
-larger than that noise (and than ``--min-change``); otherwise it is ``within noise``. A row
-measured once has no spread: then ``--noise`` (default 25 %, the run-to-run variation
-MEASURED.md reports on this kind of machine) stands in, and the output says so.
+is ``(max - min) / median``. A row measured once has no spread: ``--noise`` (default 25 %, the
+run-to-run variation MEASURED.md reports on this kind of machine) stands in for it (the other
+row's spread says nothing of it), and the output says so when that is what counts. The noise of
+a comparison is the larger noise of the two rows. A change is flagged (``better`` / ``worse``)
+only when it is larger than that noise (and than ``--min-change``); otherwise it is
+``within noise``.
 
 Failed operations are compared too: a row's ``error_rate`` (the failed share of its
 operations) has no ratio when it was 0, so its change is the difference of the two rates, flagged
@@ -36,7 +38,7 @@ __all__ = ["add_parser", "compare_docs", "main", "match_rows", "repetitions", "r
            "spread"]
 
 KEY_FIELDS = ("benchmark", "system", "implementation", "workload", "mode", "clients",
-              "concurrency", "theta", "value_size", "axis", "regions", "region", "batch",
+              "concurrency", "theta", "value_size", "records", "axis", "regions", "region", "batch",
               "distribution", "sweep")
 OFFERED = "offered_ops_per_s"
 METRICS = (  # (field, higher is better)
@@ -46,6 +48,10 @@ METRICS = (  # (field, higher is better)
     ("records_per_s", True),
     ("p50_ms", False),
     ("p99_ms", False),
+    ("p50_us", False),  # bench storage
+    ("p99_us", False),
+    ("batch_p50_us", False),  # bench adjudicator
+    ("batch_p99_us", False),
 )
 DEFAULT_NOISE = 0.25
 MIN_CHANGE = 0.02
@@ -151,8 +157,10 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
             change = (b - a) / abs(a)
             spreads = [s for s in (spread(repetitions(o, field)), spread(repetitions(r, field)))
                        if s is not None]
-            measured = bool(spreads)
-            limit = max(max(spreads) if spreads else noise, min_change)
+            assumed = [noise] * (2 - len(spreads))  # for each row measured once
+            largest = max(spreads + assumed)
+            measured = largest not in assumed
+            limit = max(largest, min_change)
             if abs(change) <= limit:
                 verdict = "within noise"
             else:
@@ -172,7 +180,7 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
 def _label(row: dict) -> str:
     parts = [str(row.get("system", row.get("implementation", "")))]
     for f in ("workload", "mode", "clients", "concurrency", "offered_fraction", "offered_rank",
-              "theta", "axis", "regions", "batch"):
+              "theta", "axis", "regions", "region", "batch"):
         if f in row:
             parts.append(f"{f}={row[f]}")
     load = row.get(OFFERED)

@@ -324,6 +324,18 @@ def test_compare_matches_open_loop_rows_by_rank_without_fractions():
     assert compare.match_rows(old, fewer)[1:] == (3, 2)
 
 
+def test_compare_does_not_pair_rows_measured_over_different_data_sets():
+    from bench import compare
+
+    # A quick run loads 10,000 records, a full run 100,000: other data, other contention.
+    small, large = _ycsb_doc(10_000.0, 10.0), _ycsb_doc(10_000.0, 10.0)
+    for doc, records in ((small, 10_000), (large, 100_000)):
+        for row in doc["results"]:
+            row["records"] = records
+    assert compare.match_rows(small, large) == ([], 4, 4)
+    assert len(compare.match_rows(small, small)[0]) == 4
+
+
 def test_compare_command_reports_rows_it_could_not_match(tmp_path, capsys):
     import argparse
 
@@ -368,6 +380,31 @@ def test_compare_command_says_which_rows_it_could_not_compare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{empty} has no results" in out and "no rows in common" in out
     assert f"{fixed} has no results" not in out
+
+
+def test_compare_command_names_the_region_of_each_row(tmp_path, capsys):
+    import argparse
+
+    from bench import _common, compare
+
+    # bench cluster and txn: one row per region, the regions' figures side by side.
+    def doc(txn_per_s: float) -> dict:
+        return {"benchmark": "cluster", "results": [
+            {"workload": "single-key", "region": region, "concurrency": 8,
+             "txn_per_s": txn_per_s if region == "eu-west" else 100.0}
+            for region in ("us-east", "eu-west")]}
+
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    _common.write_json(old, doc(100.0))
+    _common.write_json(new, doc(50.0))
+    parser = argparse.ArgumentParser()
+    compare.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["compare", str(old), str(new)])
+    assert args.func(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "txn_per_s" in line]
+    [worse] = [line for line in rows if line.endswith("worse")]
+    [same] = [line for line in rows if line.endswith("within noise")]
+    assert "region=eu-west" in worse and "region=us-east" in same
 
 
 @pytest.mark.parametrize("content, message", [

@@ -383,6 +383,22 @@ def test_compare_without_repetitions_uses_the_stated_noise():
     assert compare.compare_docs(old, new, noise=0.1)[0]["verdict"] == "better"
 
 
+def test_compare_assumes_the_stated_noise_for_a_row_measured_once():
+    # Three tight repetitions against one run: the single run's noise is unknown, so the
+    # stated --noise stands in for it; the other row's tight spread does not vouch for it.
+    tight = _doc([_row([1000, 1001, 999], [20, 20, 20])])
+    once = _doc([_row([900], [20])])
+    for old, new in ((tight, once), (once, tight)):
+        c = compare.compare_docs(old, new, noise=0.25)[0]
+        assert c["metric"] == "ops_per_s"
+        assert c["verdict"] == "within noise" and not c["noise_measured"]
+        assert c["noise"] == 0.25
+    # A wide spread still counts when it is the larger.
+    wide = _doc([_row([600, 1000, 1400], [20, 20, 20])])
+    c = compare.compare_docs(wide, once, noise=0.25)[0]
+    assert c["noise"] == 0.8 and c["noise_measured"]
+
+
 def test_compare_measures_the_noise_of_repetitions_named_repetitions_field():
     # bench storage (and adjudicator) keep each repetition's figure as
     # ``repetitions_<metric>``: that spread is the noise, not the assumed --noise.
@@ -589,3 +605,28 @@ async def test_noop_driver_fails_waiting_workers_when_the_server_goes(noop_serve
     errors = (info.value.exceptions if isinstance(info.value, BaseExceptionGroup)
               else [info.value])
     assert any(isinstance(e, ConnectionError) for e in errors), errors
+
+
+def test_compare_flags_the_latency_of_storage_and_adjudicator_rows():
+    # bench storage reports latency in microseconds (p50_us, p99_us), bench adjudicator per
+    # batch (batch_p50_us, batch_p99_us): a tail ten times worse at the same throughput is a
+    # regression, whatever the unit the figure is kept in.
+    def storage(p99_us):
+        return {"benchmark": "storage", "results": [
+            {"system": "meridian", "batch": 1, "records_per_s": 5000.0, "p50_us": 150.0,
+             "p99_us": p99_us, "repetitions_records_per_s": [4990.0, 5000.0, 5010.0]}]}
+
+    verdicts = {c["metric"]: c["verdict"]
+                for c in compare.compare_docs(storage(400.0), storage(4000.0))}
+    assert verdicts == {"records_per_s": "within noise", "p50_us": "within noise",
+                        "p99_us": "worse"}
+
+    def adjudicator(batch_p99_us):
+        return {"benchmark": "adjudicator", "results": [
+            {"implementation": "c", "workload": "write4", "txns_per_s": 1_800_000.0,
+             "batch_p50_us": 90.0, "batch_p99_us": batch_p99_us}]}
+
+    verdicts = {c["metric"]: c["verdict"]
+                for c in compare.compare_docs(adjudicator(120.0), adjudicator(30.0))}
+    assert verdicts == {"txns_per_s": "within noise", "batch_p50_us": "within noise",
+                        "batch_p99_us": "better"}
