@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster", help="a local multi-process cluster: up, down, status",
         description="up starts the cluster's node processes and waits for every group to have "
                     "a leader; down stops them; status shows every node's groups, and exits "
-                    "with status 1 when a node does not answer.")
+                    "with status 1 when a node does not answer or does not serve.")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
                          help=f"cluster directory (default {DEFAULT_CLUSTER_DIR})")
@@ -275,8 +275,9 @@ def _cluster(args) -> int:
         procs = ClusterProcesses(args.dir)
         status = cluster_status(args.dir)
         print(format_status(procs.load_cluster(), status))
-        # For a script or a health check: a node that did not answer is a cluster not whole.
-        return 1 if any("error" in s for s in status.values()) else 0
+        # For a script or a health check: a node that did not answer, or answers but refuses
+        # every read and write (its clock is not trusted), is a cluster not whole.
+        return 1 if any("error" in s or s.get("clock_problem") for s in status.values()) else 0
     except MeridianError as exc:
         print(f"meridian cluster {args.action}: {exc}{_left_running(args)}", file=sys.stderr)
         return 1

@@ -271,7 +271,10 @@ def _show(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        # A lone surrogate (a byte of a command-line argument that is not UTF-8) escaped as
+        # JSON would: left as it is, the message could not be printed to a UTF-8 stream.
+        text = json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        text = text.decode("utf-8")
         return text if len(text) <= 60 else text[:56] + '..."'
     if isinstance(value, Mapping):
         return "a table"

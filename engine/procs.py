@@ -199,7 +199,12 @@ class ClusterProcesses:
                     preexec_fn=_die_with_parent if die_with_parent else None)
             finally:
                 log.close()
-            _write_whole(self.pid_path(node_id), f"{proc.pid}\n")
+            try:
+                _write_whole(self.pid_path(node_id), f"{proc.pid}\n")
+            except BaseException:  # a full disk: not recorded, the node must not run at all
+                proc.kill()
+                proc.wait()
+                raise
             self._started[node_id] = (proc, since)
         return proc.pid
 
@@ -496,4 +501,7 @@ def format_status(cluster: ClusterConfig, status: Mapping[int, Any]) -> str:
             age = (now - g["closed_ts"]) / 1e6 if g["closed_ts"] else float("nan")
             lines.append(f"{node.id:>4} {node.region:<10} {gid:>5} {g['role']:<9} "
                          f"{g['leader']:>6} {g['term']:>5} {g['applied']:>8} {age:>15.1f}")
+        if s.get("clock_problem"):  # it answers this, and refuses every read and write
+            lines.append(f"{node.id:>4} {node.region:<10} {'-':>5} does not serve: "
+                         f"{s['clock_problem']}")
     return "\n".join(lines)

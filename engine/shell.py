@@ -23,7 +23,9 @@ characters, and as a Python bytes literal otherwise. Outside ``begin`` … ``com
 ``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict); inside, they
 belong to the open transaction. An error prints one line, ``error: <message>``, and the shell
 goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in; a
-script in which a command failed ends with exit status 1.
+script in which a command failed ends with exit status 1. A piped line longer than any command
+can be (a key and a value of the largest sizes) is an error too, skipped without being read
+into memory whole.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ Quote arguments with spaces: put users alice "Alice Liddell"."""
 
 class _UsageError(Exception):
     """A command typed wrongly; its message is printed as the error line."""
+
+
+class _LineTooLong(Exception):
+    """A line of the input longer than any command can be: skipped, never held whole."""
+
+
+def _longest_line(limits: dict) -> int:
+    """The most characters a command's line needs: a key and a value of the cluster's largest
+    sizes with every character escaped, and room for the rest."""
+    return 2 * (limits["max_key_size"] + limits["max_value_size"]) + 4096
 
 
 _PIECE = re.compile(r"""
@@ -392,8 +404,11 @@ class _Shell:
             self.print(note)
 
 
-def _line_reader(stdin: TextIO, stdout: TextIO, interactive: bool) -> Callable[[], str | None]:
-    """A function returning the next line, or None at the end of the input."""
+def _line_reader(stdin: TextIO, stdout: TextIO, interactive: bool,
+                 longest: int) -> Callable[[], str | None]:
+    """A function returning the next line, or None at the end of the input; it raises
+    :class:`_LineTooLong` for a line of more than ``longest`` characters, read a piece at a
+    time and dropped (a file without line ends piped in would otherwise fill the memory)."""
     if interactive and stdin is sys.stdin and stdout is sys.stdout:
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -413,11 +428,15 @@ def _line_reader(stdin: TextIO, stdout: TextIO, interactive: bool) -> Callable[[
         if interactive:
             stdout.write(PROMPT)
             stdout.flush()
-        line = stdin.readline()
+        line = stdin.readline(longest + 1)
         if not line:
             if interactive:
                 stdout.write("\n")
             return None
+        if len(line) > longest and not line.endswith("\n"):
+            while (rest := stdin.readline(longest)) and not rest.endswith("\n"):
+                pass
+            raise _LineTooLong(f"a line of more than {longest} characters: skipped")
         return line
 
     return read_stream
@@ -463,13 +482,15 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
         if interactive:
             shell.print(f"connected to cluster {db.cluster!r} in region {db.region} "
                         f"(type 'help')")
-        read_line = _line_reader(stdin, stdout, interactive)
+        read_line = _line_reader(stdin, stdout, interactive, _longest_line(db.limits))
         interrupted = False
         while True:
             try:
                 line = read_line()
                 if line is None or not shell.execute(line):
                     break
+            except _LineTooLong as exc:
+                shell.fail(f"error: {exc}")
             except KeyboardInterrupt as exc:
                 # Ctrl-C drops the line being typed, or stops waiting for a command (which
                 # may still complete: a commit interrupted so has an unknown outcome).

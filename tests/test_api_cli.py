@@ -704,6 +704,35 @@ def test_a_ctrl_c_while_cluster_up_starts_a_node_leaves_it_for_down_to_stop(tmp_
     assert _processes_mentioning(str(directory)) == []
 
 
+def test_a_node_whose_pid_cannot_be_recorded_is_not_left_running(tmp_path, monkeypatch):
+    # The pid file could not be written (a full disk): the node kept running unrecorded, so
+    # `cluster down` said "nothing running" and the next `up` found its ports taken.
+    import errno
+
+    from engine import procs
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen_a_stand_in(args, **kwargs):  # a node that runs until it is stopped
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                  **kwargs))
+        return started[-1]
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(procs.subprocess, "Popen", popen_a_stand_in)
+    monkeypatch.setattr(procs, "_write_whole", disk_full)
+    cluster = procs.ClusterProcesses(tmp_path)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            cluster.start_node(1)
+        assert len(started) == 1 and started[0].poll() is not None
+    finally:
+        _end_missed(started)
+
+
 def test_a_cluster_too_large_for_the_local_ports_is_one_clear_line(tmp_path, capsys):
     # Two ports per node, below the ephemeral range: `--nodes-per-region 5000` used to end
     # `cluster up` (and `demo`) with a ValueError traceback from random.randrange.
@@ -733,6 +762,30 @@ def test_cluster_status_fails_when_a_node_does_not_answer(tmp_path, capsys):
     assert main(["cluster", "status", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "down:" in out.splitlines()[1], out
+
+
+def test_cluster_status_fails_when_a_node_does_not_serve(tmp_path, capsys, monkeypatch):
+    # A node whose clock its peers do not vouch for answers `status` and refuses every read
+    # and write: it was listed like any other, a follower of its groups, and the status was 0.
+    import engine.procs
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+    from engine.procs import ClusterProcesses
+
+    cluster = default_local_cluster(("east",), 1, 20000, wan_latency_ms={})
+    procs = ClusterProcesses(tmp_path)
+    procs.config_path(1).write_text(dump_node_config(
+        NodeConfig(node_id=1, data_dir=str(tmp_path / "node-1"), cluster=cluster)))
+    problem = "node 1: its clock is 900 ms from nodes 2, 3"
+    group = {"role": "follower", "leader": 2, "term": 3, "applied": 10, "closed_ts": 0}
+
+    async def described(cluster):
+        return {1: {"node": 1, "region": "east", "groups": {"0": group},
+                    "clock_problem": problem}}
+
+    monkeypatch.setattr(engine.procs, "describe_all", described)
+    assert main(["cluster", "status", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].split() == ["1", "east", "-", "does", "not", "serve:", *problem.split()]
 
 
 def test_a_crash_demo_ended_by_ctrl_c_or_sigterm_cleans_up_after_itself(tmp_path):

@@ -401,6 +401,20 @@ def test_cannot_connect_prints_an_error_and_returns_1():
     assert out.getvalue().count("\n") == 1
 
 
+def test_a_node_address_that_is_not_utf8_is_one_error_line():
+    # `meridian shell --nodes $'h\xff:1'` with a strict UTF-8 stdout (an en_US.UTF-8 locale):
+    # the error naming the address held the byte as it came, and printing it raised a
+    # UnicodeEncodeError traceback.
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    rc = run_shell(["h\udcff:1"], None, stdin=io.StringIO("keyspaces\n"), stdout=out)
+    out.flush()
+    assert rc == 1
+    assert raw.getvalue().decode() == (
+        "error: cannot connect: bad node address: expected a host name or IP address "
+        "(letters, digits, '.', '-', ':', '%'), got \"h\\udcff\"\n")
+
+
 def test_ctrl_c_while_connecting_exits_130_with_one_line(monkeypatch, capsys):
     """``meridian shell`` interrupted before its prompt (still connecting): no traceback."""
     import engine.shell
@@ -544,6 +558,51 @@ def test_a_value_of_the_largest_size_is_stored_and_shown_whole(addresses, ks):
     assert out[3].startswith("error: ") and str(size) in out[3]  # one byte over
     assert out[4].startswith("error: ") and str(size) in out[4]
     assert len(out) == 5
+
+
+class _EndlessLine(io.RawIOBase):
+    """``size`` bytes of one line without its end, made as they are read, then ``tail``."""
+
+    def __init__(self, size: int, tail: bytes) -> None:
+        self._left = size
+        self._tail = tail
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._left > 0:
+            n = min(len(buffer), self._left)
+            buffer[:n] = b"v" * n
+            self._left -= n
+            return n
+        n = min(len(buffer), len(self._tail))
+        buffer[:n], self._tail = self._tail[:n], self._tail[n:]
+        return n
+
+
+def test_a_line_longer_than_any_command_is_skipped_without_being_held(addresses, ks):
+    # `meridian shell < file` with a file that has no line ends (binary data, /dev/zero): the
+    # shell read the whole of it as one line before it said anything, its memory growing
+    # with the file's size.
+    import tracemalloc
+
+    size = 64 << 20
+    stdin = io.TextIOWrapper(io.BufferedReader(_EndlessLine(
+        size, f"\ncreate-keyspace {ks}\nget {ks} k\n".encode())), encoding="utf-8")
+    out = io.StringIO()
+    tracemalloc.start()
+    try:
+        rc = run_shell(addresses, None, stdin=stdin, stdout=out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    lines = out.getvalue().splitlines()
+    assert rc == 1
+    assert lines[0].startswith("error: a line of more than ") and lines[0].endswith(
+        " characters: skipped")
+    assert lines[1:] == [f"created keyspace {ks} (home us-east)", "(not found)"]
+    assert peak < size // 4, peak
 
 
 def test_splitting_a_line_takes_time_linear_in_its_length():
