@@ -106,7 +106,7 @@ class Keyspace:
 def check_keyspace_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgumentError(
-            f"bad keyspace name {name!r}: 1-64 characters from a-z, 0-9, '_' and '-', "
+            f"bad keyspace name {name!r:.80}: 1-64 characters from a-z, 0-9, '_' and '-', "
             f"starting with a letter")
     return name
 

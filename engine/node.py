@@ -1738,11 +1738,11 @@ class Node:
         home = p.get("home") or self.region
         if mode not in cat.MODES:
             raise InvalidArgumentError(f"mode must be one of {', '.join(cat.MODES)}, "
-                                       f"not {mode!r}")
+                                       f"not {mode!r:.80}")
         survive = p.get("survive", "zone")
         if survive not in cat.SURVIVAL_GOALS:
             raise InvalidArgumentError(f"survive must be one of {', '.join(cat.SURVIVAL_GOALS)}, "
-                                       f"not {survive!r}")
+                                       f"not {survive!r:.80}")
         if survive == "region":
             if mode == "regional":
                 raise InvalidArgumentError(
@@ -1751,7 +1751,8 @@ class Node:
             spread_group(self.cluster, home)  # needs three regions
             check_catalog_survives_a_region(self.cluster)
         resolver = p.get("resolver", "lww")
-        if resolver not in RESOLVER_NAMES and resolver not in self.resolvers:
+        if not is_resolver_name(resolver) or (resolver not in RESOLVER_NAMES
+                                               and resolver not in self.resolvers):
             configured = ", ".join(self.resolvers) or "none is configured"
             raise InvalidArgumentError(
                 f"resolver must be one of {', '.join(RESOLVER_NAMES)} or an application "

@@ -80,7 +80,7 @@ def data_group(cluster: ClusterConfig, region: str) -> int:
     """The id of ``region``'s data group."""
     names = cluster.region_names
     if region not in names:
-        raise InvalidArgumentError(f"unknown region {region!r} (regions: {', '.join(names)})")
+        raise InvalidArgumentError(f"unknown region {region!r:.80} (regions: {', '.join(names)})")
     return _DATA_GROUP_BASE + names.index(region)
 
 

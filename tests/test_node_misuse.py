@@ -237,6 +237,21 @@ async def test_a_settle_that_retires_no_region_is_refused_and_the_keyspace_still
                 assert await db.list_keyspaces() == []
 
 
+@pytest.mark.parametrize("resolver", [["lww"], {"app:x": 1}])
+async def test_a_create_naming_a_resolver_that_is_no_name_is_refused_naming_the_field(resolver):
+    # Looked up among the configured application resolvers, a list or a map failed the
+    # request with an internal TypeError (unhashable) and a traceback in the node's log.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        with trio.fail_after(GUARD_S):
+            async with cluster.connect("us-east") as db, client_of(cluster, node) as conn:
+                with pytest.raises(RemoteError, match="resolver must be") as refused:
+                    await conn.call("keyspace.create", {"name": "k", "mode": "regional",
+                                                        "resolver": resolver})
+                assert refused.value.code == "invalid_argument"
+                assert await db.list_keyspaces() == []
+
+
 @pytest.mark.parametrize("method,field", [("keyspace.rehome", "moved_ts"),
                                           ("keyspace.rehome", "handoff_ts"),
                                           ("keyspace.settle", "handoff_ts")])
@@ -254,6 +269,26 @@ async def test_a_catalog_timestamp_from_the_far_future_is_refused(method, field)
                                              "home": "us-east", field: ahead})
                 assert refused.value.code == "invalid_argument"
                 assert await db.keyspace("k") == ks
+
+
+async def test_a_catalog_request_s_refusal_quotes_a_bounded_part_of_a_large_argument():
+    # Quoted whole (its repr four times as long for control characters), a bad argument of a
+    # few MiB made the refusal larger than a frame: the caller got an internal error.
+    huge = "\x00" * (4 << 20)
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        node = await leader_of(cluster, META_GROUP)
+        with trio.fail_after(GUARD_S):
+            async with client_of(cluster, node) as conn:
+                for method, payload, field in (
+                        ("keyspace.get", {"name": huge}, "keyspace name"),
+                        ("keyspace.create", {"name": "k", "mode": huge}, "mode"),
+                        ("keyspace.create", {"name": "k", "survive": huge}, "survive"),
+                        ("keyspace.create", {"name": "k", "home": huge}, "region"),
+                        ("keyspace.begin", {"name": "k", "op": "move", "to": huge}, "region")):
+                    with pytest.raises(RemoteError, match=field) as refused:
+                        await conn.call(method, payload)
+                    assert refused.value.code == "invalid_argument"
+                    assert len(refused.value.message) < 1000
 
 
 async def test_a_resolution_below_the_prepare_timestamp_is_refused():
