@@ -48,7 +48,8 @@ Ctrl-C: a ``KeyboardInterrupt`` in a thread waiting for a call cancels that call
 connection's thread and waits for it to end before it reaches the application (a second
 Ctrl-C stops the wait), so that nothing the application gave up on goes on behind its back. A
 commit interrupted so may or may not have been applied: its ``KeyboardInterrupt`` carries a note
-that says so. The connection stays open.
+that says so (or that it committed, when the interrupt came as its answer did). The connection
+stays open.
 
 Fork: a connection belongs to the process that made it. In a child made by ``os.fork()`` (or
 a ``multiprocessing`` pool that forks) its calls raise :class:`~engine.errors.InvalidArgumentError`
@@ -61,6 +62,7 @@ Do not use this module from inside a trio run: it would block the event loop. Us
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import os
@@ -69,7 +71,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -411,7 +413,8 @@ class BlockingDatabase:
 
     The methods mirror :class:`engine.client.Database`, take the same arguments and raise the
     same exceptions. After :meth:`close` every call raises
-    :class:`~engine.errors.InvalidArgumentError` ("the database connection is closed").
+    :class:`~engine.errors.InvalidArgumentError` ("the database connection is closed"), but
+    a transaction's rollback, which needs no connection.
     A ``with`` block left by an exception raises that exception even if closing then fails
     (the failure is added to it as a note).
 
@@ -607,11 +610,11 @@ class BlockingDatabase:
                 # Not this transaction's conflict if ``fn`` committed it: running ``fn``
                 # again would commit its writes a second time.
                 committed = tx._tx._state == "committed"
-                tx._discard_quietly()
+                tx.rollback()
                 if committed or attempt == max_attempts:
                     raise
             except BaseException:
-                tx._discard_quietly()
+                tx.rollback()
                 raise
             time.sleep(self._rng.uniform(0, delay))
             delay = min(max_delay_s, delay * 2)
@@ -666,13 +669,12 @@ class BlockingTransaction:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard_quietly()
+        if exc_type is None and self._tx._state == "open":
+            self.commit()
         elif not self._tx._ended():
-            # Transaction.__aexit__ commits if still open. An explicit commit or rollback in
-            # the block leaves nothing to do: its outcome is known, and the connection,
-            # perhaps closed since, is not needed to report it.
-            self._commit(self._tx.__aexit__, None, None, None)
+            # An exception, or a commit that failed in the block (the application has its
+            # error): rolled back, which needs no connection, perhaps closed since.
+            self.rollback()
 
     def get(self, keyspace: str, key: bytes | str) -> bytes | None:
         """The key's value in this transaction's snapshot, or its own pending write."""
@@ -728,40 +730,53 @@ class BlockingTransaction:
         self._commit(self._tx.commit)
 
     def rollback(self) -> None:
-        """Discards the transaction's writes; nothing was sent, so nothing needs undoing."""
-        self._call(self._tx.rollback)
+        """Discards the transaction's writes; nothing was sent, so nothing needs undoing. As
+        in the async API it needs no connection: it also succeeds once the database is closed
+        (or its connection's loop has stopped)."""
+        with self._in_use():
+            try:
+                self._portal.call(self._tx.rollback)
+            except (InvalidArgumentError, UnavailableError):
+                if not self._portal.closed:
+                    raise
+                # The loop runs no call of this transaction (this thread holds it) and starts
+                # none any more: the writes are dropped here.
+                self._tx._discard()
 
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """The portal's call, refused while another thread's call of this transaction runs."""
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Holds the transaction for one call; refused while another thread's call of it runs."""
         if not self._busy.acquire(blocking=False):
             raise InvalidArgumentError(f"transaction {self.txn_id:#x} is in use by another "
                                        f"thread: a transaction must not be used by two threads "
                                        f"at once")
         try:
-            return self._portal.call(fn, *args, **kwargs)
+            yield
         finally:
             self._busy.release()
 
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The portal's call, refused while another thread's call of this transaction runs."""
+        with self._in_use():
+            return self._portal.call(fn, *args, **kwargs)
+
     def _commit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Runs a commit; a Ctrl-C that cut it short once sent says that its outcome is unknown,
-        as AmbiguousCommitError would (the application may not keep the transaction to ask)."""
+        as AmbiguousCommitError would, and one that came once it was applied says so (the
+        application may not keep the transaction to ask)."""
         try:
             self._call(fn, *args, on_cancel=_ambiguous_on_close)
         except KeyboardInterrupt as interrupt:
-            if self._tx._state.startswith("of unknown outcome"):
+            state = self._tx._state
+            # Still committing: a second Ctrl-C stopped the wait for the cancelled commit.
+            if state == "committing" or state.startswith("of unknown outcome"):
                 interrupt.add_note(f"transaction {self.txn_id:#x} was interrupted while it "
                                    f"committed: it may or may not have committed (read to "
                                    f"find out before running it again)")
+            elif state == "committed":
+                interrupt.add_note(f"transaction {self.txn_id:#x} had committed when it was "
+                                   f"interrupted (do not run it again)")
             raise
-
-    def _discard_quietly(self) -> None:
-        """Rolls back on an error path, where the connection may already be gone (a rollback
-        is local, so nothing is lost then) and the original error must not be masked."""
-        try:
-            self.rollback()
-        except (InvalidArgumentError, UnavailableError):
-            if not (self._portal.closed or self._portal.error is not None):
-                raise
 
 
 def connect_blocking(nodes: Sequence[str] | str, *, region: str | None = None,

@@ -373,6 +373,32 @@ def test_use_after_close_raises_and_close_is_idempotent(addresses):
     assert _client_threads() == before
 
 
+def test_ending_a_transaction_needs_no_connection(addresses):
+    """A rollback is local (the writes were only buffered), as in the async API: it succeeds
+    after the connection is closed, and so does the end of a ``with`` block whose commit
+    failed inside it (the application has that failure; the close adds none)."""
+    db = connect_blocking(addresses)
+    name = f"b{next(_names)}"
+    db.create_keyspace(name)
+    db.run_transaction(lambda tx: tx.put(name, b"x", b"0"))
+    pending = db.transaction()
+    pending.put(name, b"k", b"v")
+    with db.transaction() as tx:
+        winner = db.transaction()
+        assert tx.get(name, b"x") == winner.get(name, b"x") == b"0"
+        tx.put(name, b"x", b"1")
+        winner.put(name, b"x", b"2")
+        winner.commit()
+        with pytest.raises(errors.TransactionConflictError):
+            tx.commit()
+        db.close()
+    pending.rollback()
+    pending.rollback()
+    assert pending._tx._state == "rolled back"
+    with connect_blocking(addresses) as other:
+        assert other.read(name, b"x") == b"2" and other.read(name, b"k") is None
+
+
 def test_a_failure_to_close_does_not_hide_the_exception_leaving_the_block(addresses):
     """The exception leaving ``with connect_blocking(...)`` is the application's own even when
     closing then fails (here: a background task of the connection raises as it is cancelled);
@@ -870,3 +896,84 @@ def test_ctrl_c_during_a_commit_says_its_outcome_is_unknown(db, ks, monkeypatch)
                    lambda: db.run_transaction(lambda tx: tx.put(ks, b"k", b"v"))):
         notes = getattr(interrupted(commit), "__notes__", [])
         assert len(notes) == 1 and "may or may not have committed" in notes[0]
+
+
+def test_ctrl_c_as_a_commit_completes_says_that_it_committed(db, ks, monkeypatch):
+    """Ctrl-C reaching the application after its commit was applied (the answer was on its
+    way back): the KeyboardInterrupt says that the transaction committed, so that it is not
+    taken for one cut short before it was sent and run again."""
+    import signal
+
+    committed = threading.Event()
+    real_commit = Transaction.commit
+
+    async def commit_then_park(self):
+        await real_commit(self)
+        committed.set()
+        await trio.sleep_forever()  # the answer not yet back in the calling thread
+
+    def ctrl_c():
+        assert committed.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    assert threading.current_thread() is threading.main_thread()
+    monkeypatch.setattr(Transaction, "commit", commit_then_park)
+    tx = db.transaction()
+    tx.put(ks, b"k", b"v")
+    t = threading.Thread(target=ctrl_c)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            tx.commit()
+    finally:
+        t.join()
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1 and "had committed" in notes[0]
+    assert db.read(ks, b"k") == b"v"
+
+
+def test_a_second_ctrl_c_during_a_commit_still_says_its_outcome_is_unknown(db, ks, monkeypatch):
+    """A second Ctrl-C stops the wait for the commit the first one cancelled: the commit may
+    still be applied, and the KeyboardInterrupt says so."""
+    import signal
+
+    from engine import blocking
+
+    in_flight, cancelled, release = threading.Event(), threading.Event(), threading.Event()
+
+    class WatchedCall(blocking._Call):
+        @property
+        def interrupted(self):
+            return self._interrupted
+
+        @interrupted.setter
+        def interrupted(self, value):
+            self._interrupted = value
+            if value:
+                cancelled.set()
+
+    async def slow_commit_one(self, *args):
+        in_flight.set()
+        await trio.to_thread.run_sync(release.wait)  # not cut short by the cancellation
+
+    def ctrl_c_twice():
+        assert in_flight.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        assert cancelled.wait(10)  # the first one cancelled the call: the caller waits for it
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    assert threading.current_thread() is threading.main_thread()
+    monkeypatch.setattr(blocking, "_Call", WatchedCall)
+    monkeypatch.setattr(Transaction, "_commit_one", slow_commit_one)
+    tx = db.transaction()
+    tx.put(ks, b"k", b"v")
+    t = threading.Thread(target=ctrl_c_twice)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            tx.commit()
+    finally:
+        t.join()
+        release.set()
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1 and "may or may not have committed" in notes[0]
