@@ -105,6 +105,8 @@ class LocalCluster:
         self._raft_fsync = raft_fsync
         self.nodes: dict[int, Node] = {}
         self._scopes: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
+        self._starting: set[int] = set()  # nodes a start_node is starting (not yet in _scopes)
+        self._ended = False  # the cluster's block has ended: no node starts any more
         # The partition in force ({node id: the node ids it cannot reach}), kept here rather
         # than only in the running nodes so that a node started later is cut as well.
         self._cut: dict[int, frozenset[int]] = {}
@@ -130,18 +132,33 @@ class LocalCluster:
         partition in force (:meth:`partition`) applies to it too.
 
         Raises:
-            InvalidArgumentError: no such node in the cluster, or it is running already, or a
-                ``clock_offset_ns`` that is not an int or takes the clock out of range.
+            InvalidArgumentError: no such node in the cluster, or it is running (or starting)
+                already, or a ``clock_offset_ns`` that is not an int or takes the clock out of
+                range, or the cluster's ``async with`` block has ended.
         """
         self.config.node(node_id)  # names the unknown node and the cluster's node ids
         _check_clock_offset(node_id, clock_offset_ns)
-        while node_id in self._scopes:
+        while True:
+            if self._ended:
+                raise InvalidArgumentError("the local cluster has ended (its async with block "
+                                           "is over): no node starts any more")
+            if node_id in self._starting:
+                raise InvalidArgumentError(f"node {node_id} is running")
+            if node_id not in self._scopes:
+                break
             scope, done = self._scopes[node_id]
             if not scope.cancel_called:
                 raise InvalidArgumentError(f"node {node_id} is running")
             # A stop_node that was itself cancelled: the node is still closing, and holds
             # its data directory until it has.
             await done.wait()
+        self._starting.add(node_id)
+        try:
+            return await self._start(node_id, clock_offset_ns)
+        finally:
+            self._starting.discard(node_id)
+
+    async def _start(self, node_id: int, clock_offset_ns: int) -> Node:
         cfg = NodeConfig(node_id=node_id, data_dir=str(self.directory / f"node-{node_id}"),
                          cluster=self.config, raft_fsync=self._raft_fsync)
         physical = None
@@ -325,6 +342,7 @@ async def open_local_cluster(
                 try:
                     yield lc
                 finally:
+                    lc._ended = True
                     nursery.cancel_scope.cancel()
             return
 

@@ -172,6 +172,32 @@ async def test_a_cancelled_stop_node_leaves_the_node_under_the_clusters_control(
             await cluster.start_node(1)
 
 
+async def test_a_node_started_twice_at_once_or_after_the_cluster_ended_is_refused(tmp_path):
+    """Two start_node calls for one node at once both passed the "is running" check before
+    either had registered the node: the second failed deep inside with StoreLockedError ("in
+    use by another node process"). After the cluster's block, start_node failed with trio's
+    "Nursery is closed to new arrivals"."""
+    with trio.fail_after(GUARD_S):
+        async with open_local_cluster(("us-east",), 1, seed=8,
+                                      directory=str(tmp_path)) as cluster:
+            await cluster.stop_node(1)
+            refused = []
+
+            async def start():
+                try:
+                    await cluster.start_node(1)
+                except InvalidArgumentError as exc:
+                    refused.append(str(exc))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start)
+                nursery.start_soon(start)
+            assert refused == ["node 1 is running"]
+            assert set(cluster.nodes) == {1}
+        with pytest.raises(InvalidArgumentError, match="the local cluster has ended"):
+            await cluster.start_node(1)
+
+
 async def test_a_port_taken_between_choosing_and_binding_it_is_chosen_again(tmp_path,
                                                                           monkeypatch):
     """The ports are chosen free, then bound node by node: something else (another cluster
