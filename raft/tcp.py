@@ -470,7 +470,12 @@ class TcpTransport:
         A peer with a higher id is dialed at once (moved: the connection to the old address
         closes and the new one is dialed); a peer with a lower id is expected to dial this node,
         and its address is only recorded.
+
+        Raises:
+            trio.ClosedResourceError: the transport was closed.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the transport is closed")
         host, port = address
         if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"bad address for node {peer}: {address!r}")

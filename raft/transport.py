@@ -209,8 +209,8 @@ class _Outbox:
     """A bounded FIFO of frames waiting for one link, each held until its due time.
 
     Bounded by frames and by bytes; :meth:`put_nowait` refuses a frame that does not fit. Due
-    times are made non-decreasing on the way in, so the head is always the first frame due and
-    jitter cannot reorder the link.
+    times are made non-decreasing on the way in (since the last :meth:`clear`), so the head is
+    always the first frame due and jitter cannot reorder the link.
     """
 
     def __init__(self, max_frames: int, max_bytes: int = 0):
@@ -292,10 +292,14 @@ class _Outbox:
         frames.clear()
         self.messages = 0
         self.bytes = 0
+        # Nothing dropped is left to keep order with: a frame queued next is held only by its
+        # own delay, not by the due time of one that will never leave.
+        self._last_due = -math.inf
         if kept is not None:
             frames.append(kept)
             self.messages = kept.count
             self.bytes = kept.size
+            self._last_due = kept.due
         return dropped
 
 

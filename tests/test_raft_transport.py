@@ -1113,6 +1113,15 @@ async def test_tcp_remove_peer_closes_a_dialed_connection_and_keeps_an_accepted_
             assert a.statistics().connects == 1 and b.statistics().accepts == 1
 
 
+async def test_tcp_a_closed_transport_refuses_a_new_peer():
+    async with open_tcp_transport(1) as a:
+        pass
+    with pytest.raises(trio.ClosedResourceError):
+        a.set_peer(2, ("127.0.0.1", 1))
+    assert a.peers == {}
+    a.remove_peer(2)  # forgetting a peer is still fine
+
+
 async def test_tcp_an_unreachable_peer_costs_only_a_bounded_queue():
     opts = TcpOptions(max_outbox=8, **TCP_TEST_OPTIONS)
     # A port that is bound but not listening: every dial is refused, and while it is held
@@ -1177,3 +1186,24 @@ async def test_the_acceptor_closes_a_connection_announcing_a_huge_handshake_at_o
                     received = b""
             assert received == b"", "the acceptor kept reading a 60 MiB handshake"
         assert transport.statistics().decode_errors == 1
+
+
+async def test_tcp_frames_dropped_with_a_delay_do_not_hold_back_later_ones():
+    # Frames held by a long simulated delay are dropped when a dial fails; once the delay is
+    # lifted, what is sent next leaves at once, not at the dropped frames' due time.
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    with trio.socket.socket() as placeholder:
+        await placeholder.bind(("127.0.0.1", 0))  # bound, not listening: dials are refused
+        nowhere = placeholder.getsockname()[:2]
+        async with open_tcp_transport(2, options=opts) as b:
+            async with open_tcp_transport(1, peers={2: nowhere}, options=opts) as a:
+                a.set_link(2, LinkModel(delay_s=3600))
+                a.send(7, [hb(1, 2, 1)])
+                with trio.fail_after(DEADLINE_S):
+                    await wait_for(lambda: a.statistics().dropped_unreachable == 1)
+                a.set_link(2, None)
+                a.set_peer(2, b.address)
+                inbox = b.subscribe(7)
+                a.send(7, [hb(1, 2, 2)])
+                with trio.fail_after(DEADLINE_S):
+                    assert (await inbox.receive()).term == 2
