@@ -788,7 +788,9 @@ class Node:
         waiting). The lag samples only count writes that arrived; this grows while a stream
         is stopped (a region cut off, a batch refused), which is when it matters."""
         out = {}
-        now = self.clock.physical_ns()
+        # The time timestamps follow, as the writes' commit timestamps do: not the wall
+        # clock, whose jump forward would pass for an hour of lag (see _remote_apply).
+        now = self.clock.now()
         for gid, replica in self.replicas.items():
             if self.placement[gid].kind != "data" or not replica.node.is_leader:
                 continue
@@ -829,9 +831,13 @@ class Node:
         would push every later snapshot and commit of the group there, for good (at MAX_TS no
         transaction that reads can commit again). A keyspace's ``moved_ts`` and
         ``handoff_ts``, kept in the catalog, are floors of its reads and of the entry that
-        lifts its write fence: one from the far future would leave it fenced by every move."""
-        now = max(self.clock.last, self.clock.physical_ns())
-        if ts > now + self.cluster.max_clock_offset_ns:
+        lifts its write fence: one from the far future would leave it fenced by every move.
+        The clock is the one timestamps follow: a wall clock that jumped forward is not that
+        clock until the peers vouch for it (see :class:`~engine.hlc.HybridClock`)."""
+        limit = self.cluster.max_clock_offset_ns
+        if ts <= self.clock.last + limit:
+            return  # the usual case, without issuing a timestamp (last <= now())
+        if ts > self.clock.now() + limit:
             raise InvalidArgumentError(
                 f"{name} {ts} is ahead of node {self.id}'s clock by more than the maximum "
                 f"clock offset ({self.cluster.max_clock_offset_ms} ms)")
@@ -1465,9 +1471,12 @@ class Node:
         async def report_applied() -> None:
             # The outbox keeps each write until every destination has it: the group learns
             # how far this one got through its own log (SHIPPED), once a second at most. A
-            # proposal that fails (a timeout, a lost leadership) is tried again next time.
+            # proposal that fails (a timeout, a lost leadership) is tried again next time, and
+            # so is one held back while the clock is suspect: the entry carries that clock
+            # into the group's log, as a CLOSE would.
             while True:
-                if applied[0] > origin.sm.shipped(destination):
+                if (applied[0] > origin.sm.shipped(destination)
+                        and self._clock_problem is None):
                     try:
                         await origin.propose(encode_shipped(self.clock.now(), destination,
                                                             applied[0]))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import trio
 import trio.testing
 
 import engine.node
 from engine.config import NodeConfig, default_local_cluster
+from engine.errors import InvalidArgumentError
 from engine.node import Node
 from engine.placement import data_group
 
@@ -168,3 +170,73 @@ def test_a_node_with_a_suspect_clock_hands_its_groups_to_voters_that_serve(monke
     node._peers_not_serving.add(3)  # nobody left to take it: it is not handed over at all
     node._hand_over_leadership()
     assert raft.targets == [3, 3, 3]
+
+
+async def test_a_node_with_a_suspect_clock_records_no_shipping_progress(monkeypatch,
+                                                                       autojump_clock):
+    # Node 1 leads a regional group and cannot hand it over (it is the only voter that
+    # serves, or the transfer has not happened yet), and its clock is suspect: its HLC runs
+    # an hour ahead. The closer and the purger propose nothing on that clock; the report of
+    # the destination's progress (SHIPPED) must not either, or the group's closed timestamp
+    # is an hour ahead for good.
+    node, _, _, _ = make_node(monkeypatch, START)
+    node.clock.restore(START + HOUR)
+    node._clock_problem = "its hybrid clock is an hour ahead of its physical clock"
+    proposed = []
+
+    class Origin:
+        group = 5
+        node = SimpleNamespace(is_leader=True)
+        sm = SimpleNamespace(outbox_trimmed=0, shipped=lambda destination: 0,
+                             outbox_after=lambda *args, **kwargs: [])
+
+        async def wait_outbox(self):
+            await trio.sleep_forever()
+
+        async def propose(self, data):
+            proposed.append(data)
+
+    class Peers:
+        async def _call_group(self, group, method, payload, **kwargs):
+            assert method == "remote.watermark"
+            return {"watermark": START}  # the destination applied a write at START
+
+    node._peers = Peers()
+    origin = Origin()
+    with trio.move_on_after(10 * engine.node.SHIPPED_REPORT_S):
+        await node._ship_while_leading(origin, 6)
+    assert proposed == []
+    node._clock_problem = None  # the clock is trusted again: the progress is recorded
+    with trio.move_on_after(2 * engine.node.SHIPPED_REPORT_S):
+        await node._ship_while_leading(origin, 6)
+    assert proposed
+
+
+def test_a_timestamp_ahead_of_a_jumped_clock_is_refused(monkeypatch):
+    # The wall clock jumps an hour ahead, and timestamps do not follow it until the peers
+    # vouch for it. A read or a decision naming a timestamp an hour ahead would close the
+    # group up to it for good: it is as far ahead of this node's clock as before the jump.
+    node, _, wall, mono = make_node(monkeypatch, START)
+    node.clock.now()
+    wall.ns, mono.ns = START + 10 * MS + HOUR, 10 * MS
+    node._not_ahead("ts", START + 10 * MS)
+    with pytest.raises(InvalidArgumentError, match="ahead of node 1's clock"):
+        node._not_ahead("ts", START + HOUR)
+
+
+def test_replication_behind_is_measured_on_the_clock_timestamps_follow(monkeypatch):
+    # The wall clock jumps an hour ahead, and timestamps do not follow it until the peers
+    # vouch for it. A regional write committed 10 ms before the jump, not shipped yet, is
+    # 20 ms behind 10 ms after it, not an hour.
+    wall, mono = FakeClock(START), FakeClock(0)
+    monkeypatch.setattr(engine.node, "_boot_clock_ns", mono)
+    cluster = default_local_cluster(("us-east", "eu-west"), 1)
+    node = Node(NodeConfig(node_id=1, data_dir="unused", cluster=cluster), physical_clock=wall)
+    node.clock.now()
+    outbox = [(START - 10 * MS, [])]
+    sm = SimpleNamespace(shipped=lambda destination: 0,
+                         outbox_after=lambda after, limit: outbox)
+    node.replicas = {data_group(cluster, "us-east"):
+                     SimpleNamespace(node=SimpleNamespace(is_leader=True), sm=sm)}
+    wall.ns, mono.ns = START + 10 * MS + HOUR, 10 * MS
+    assert node._replication_behind_ms() == {"eu-west": 20.0}
