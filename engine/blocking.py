@@ -81,6 +81,7 @@ from .client import (
     ConflictRecord,
     Database,
     Transaction,
+    check_conflict_records,
     check_keys,
     check_retry_policy,
     connect,
@@ -524,7 +525,7 @@ class BlockingDatabase:
 
     def drain_conflicts(self, keyspace: str, records: Sequence[ConflictRecord]) -> None:
         """Removes records (from :meth:`conflicts`) from the conflict log."""
-        self._portal.call(self._db().drain_conflicts, keyspace, list(records))
+        self._portal.call(self._db().drain_conflicts, keyspace, check_conflict_records(records))
 
     # ------------------------------------------------------------------ reads
 

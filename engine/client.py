@@ -1047,12 +1047,9 @@ class Database:
 
         Raises:
             InvalidArgumentError: a record of another keyspace's log, or something else than
-                a :class:`ConflictRecord` (nothing is removed).
+                an iterable of :class:`ConflictRecord` (nothing is removed).
         """
-        for r in records:
-            if not isinstance(r, ConflictRecord):
-                raise InvalidArgumentError(f"drain_conflicts takes the ConflictRecords that "
-                                           f"conflicts() returned, not {type(r).__name__}")
+        records = check_conflict_records(records)
         ks = await self.keyspace(keyspace)
         group = self.group_of(ks)
         await self._call_group(group, "conflicts.drain", {
@@ -1642,6 +1639,29 @@ def check_keys(keys: object) -> list:
                                    f"{type(keys).__name__}") from None
 
 
+def check_conflict_records(records: object) -> list[ConflictRecord]:
+    """The records of a ``drain_conflicts``, as a list (taken once: an iterator is used up
+    by one pass).
+
+    Raises:
+        InvalidArgumentError: ``records`` is one record, not iterable, or holds something
+            else than a :class:`ConflictRecord`.
+    """
+    if isinstance(records, ConflictRecord):
+        raise InvalidArgumentError("drain_conflicts takes a list of records, not one "
+                                   "ConflictRecord: drain [record]")
+    try:
+        records = list(records)
+    except TypeError:
+        raise InvalidArgumentError(f"drain_conflicts takes the ConflictRecords that "
+                                   f"conflicts() returned, not {type(records).__name__}") from None
+    for r in records:
+        if not isinstance(r, ConflictRecord):
+            raise InvalidArgumentError(f"drain_conflicts takes the ConflictRecords that "
+                                       f"conflicts() returned, not {type(r).__name__}")
+    return records
+
+
 def _check_bound(bound: object, name: str) -> bytes:
     """A scan's bound: bytes or str of at most one byte more than the longest key, so that
     ``key + b"\\x00"`` (the bound just past ``key``, where a scan goes on after it) is one
@@ -1966,11 +1986,17 @@ class Transaction:
         """Adds ``amount`` to a counter of a regional keyspace with the ``counter`` resolver.
 
         Raises:
-            InvalidArgumentError: ``amount`` is not an int within signed 64 bits.
+            InvalidArgumentError: ``amount`` is not an int within signed 64 bits, or the
+                keyspace's resolver is not ``counter`` (a ``max`` keyspace would take the
+                amount as a number to keep the greater of).
         """
         if type(amount) is not int or not -2**63 <= amount < 2**63:
             raise InvalidArgumentError(f"amount must be an int in -2**63..2**63-1, not "
                                        f"{amount!r:.80}")
+        ks = await self._keyspace(keyspace)
+        if ks.mode != "regional" or ks.resolver != "counter":
+            raise InvalidArgumentError(
+                f"keyspace {keyspace!r} holds no counters ({ks.mode}, {ks.resolver})")
         await self.merge(keyspace, key, encode_int(amount))
 
     async def remove_from_set(self, keyspace: str, key: bytes | str,

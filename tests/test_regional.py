@@ -217,6 +217,22 @@ async def test_an_element_of_an_add_wins_set_is_removed_through_the_client():
                         await tx.remove_from_set("hits", b"t", b"red")
 
 
+async def test_increment_is_refused_outside_a_counter_keyspace():
+    # increment() wrote its amount as a merge of whatever type the keyspace had: on a max
+    # keyspace it took the greater of the two, silently (2 "plus" 5 read 5).
+    async with open_local_cluster(REGIONS[:1], 1, seed=26) as cluster:
+        async with cluster.connect("us-east") as db:
+            with trio.fail_after(20):
+                await db.create_keyspace("best", mode="regional", resolver="max")
+                await db.create_keyspace("tags", mode="regional", resolver="add_wins_set")
+                await db.run_transaction(lambda tx: tx.merge("best", b"x", b"2"))
+                for name in ("best", "tags"):
+                    with pytest.raises(errors.InvalidArgumentError, match="no counters"):
+                        async with db.transaction() as tx:
+                            await tx.increment(name, b"x", 5)
+                assert await db.read("best", b"x") == b"2"
+
+
 async def _merge(db, key, payload):
     async with db.transaction() as tx:
         await tx.merge("tags", key, payload)

@@ -68,3 +68,27 @@ async def test_a_drain_leaves_other_keyspaces_records_alone(tmp_path):
                     await db.drain_conflicts("b", [rec_b])
                     assert await db.conflicts("b") == []
                     assert await db.conflicts("a") == [rec_a]
+
+
+async def test_a_drain_takes_any_iterable_of_records_and_refuses_one_record(tmp_path):
+    # The records were checked in one pass and their ids taken in another: a generator was
+    # used up by the check, and the drain removed nothing while saying nothing. One record
+    # not in a list failed with a TypeError from inside the client.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=3,
+                                  directory=str(tmp_path)) as cluster:
+        here, other = (data_group(cluster.config, r) for r in ("us-east", "eu-west"))
+        async with cluster.connect(region="us-east") as db:
+            with trio.fail_after(GUARD_S):
+                a = await db.create_keyspace("a", mode="regional")
+                node = cluster.nodes[1]
+                while not node.replicas[here].node.is_leader:
+                    await trio.sleep(0.02)
+                async with connect_rpc(cluster.config.node(1).client_host,
+                                       node.client_port) as conn:
+                    await lose_a_write(conn, here, other, encode_key(a.id, b"k"), 0)
+                [rec] = await db.conflicts("a")
+                with pytest.raises(InvalidArgumentError, match="not one ConflictRecord"):
+                    await db.drain_conflicts("a", rec)
+                assert await db.conflicts("a") == [rec]
+                await db.drain_conflicts("a", (r for r in [rec]))
+                assert await db.conflicts("a") == []
