@@ -18,6 +18,8 @@ RECORD_TYPE_FULL = 1
 MAX_RECORD_SIZE = 64 << 20
 SECTOR_SIZE = 512
 WITNESS_CRC_BUDGET = 256 << 20
+WITNESS_CHECKPOINT = 4096  # LS_WITNESS_CHECKPOINT
+WITNESS_SOLVE_COST = 4096  # LS_WITNESS_SOLVE_COST
 SEGMENT_MAGIC = b"MERIDLOG"
 SEGMENT_VERSION = 1
 PAGE = 4096
@@ -209,8 +211,10 @@ def _find_witness(buf: bytes, g: int, o: int, bad_pos: int) -> int | None:
     on each take a header at least).
 
     Returns None when there is none; raises ``_Exhausted`` past the budget, which counts what
-    the C code checksums: a candidate's bytes up to ``g`` (the end of the non-zero bytes; the
-    zeros after it cost a shift) once, then 8 bytes per position tried.
+    the C code checksums: per candidate, the bytes from the checkpoint before its length field
+    and from the checkpoint before the end of its checksummed range (``g`` at most: the zeros
+    after it cost a shift), checkpoints lying every ``WITNESS_CHECKPOINT`` bytes from ``o``, and
+    ``WITNESS_SOLVE_COST`` for finding the one position its checksum can be for.
     """
     budget = WITNESS_CRC_BUDGET
     w = o + 1
@@ -222,14 +226,13 @@ def _find_witness(buf: bytes, g: int, o: int, bad_pos: int) -> int | None:
         n = int.from_bytes(buf[w + 4 : w + 8], "little")
         last_q = bad_pos + (w - o) // RECORD_HEADER_SIZE
         if n <= MAX_RECORD_SIZE and w + RECORD_HEADER_SIZE + n <= len(buf) and last_q > bad_pos:
-            hashed = min(w + RECORD_HEADER_SIZE + n, g) - (w + 4)
-            if budget < hashed:
+            m = min(w + RECORD_HEADER_SIZE + n, g)
+            cost = (w + 4 - o) % WITNESS_CHECKPOINT + (m - o) % WITNESS_CHECKPOINT
+            cost += WITNESS_SOLVE_COST
+            if budget < cost:
                 raise _Exhausted
-            budget -= hashed
+            budget -= cost
             for q in range(bad_pos + 1, last_q + 1):
-                if budget < 8:
-                    raise _Exhausted
-                budget -= 8
                 if _valid_at(buf, w, q) is not None:
                     return w
         w += 1

@@ -366,21 +366,83 @@ static uint32_t crc_x8n(uint64_t n) {
     return p;
 }
 
+/* CRC-32C of buf[o, x) for o <= x <= g, from cp (cp[j]: CRC-32C of buf[o, o + j * checkpoint)),
+ * checksumming fewer than LS_WITNESS_CHECKPOINT bytes. */
+static uint32_t crc_from(const uint8_t *buf, const uint32_t *cp, uint64_t o, uint64_t x) {
+    uint64_t j = (x - o) / LS_WITNESS_CHECKPOINT, at = o + j * LS_WITNESS_CHECKPOINT;
+    return meridian_crc32c_extend(cp[j], buf + at, (size_t)(x - at));
+}
+
+/* The CRC-32C whose meridian_crc32c_mask is m. */
+static uint32_t crc_unmask(uint32_t m) {
+    uint32_t rot = m - 0xa282ead8u;
+    return rot >> 17 | rot << 15;
+}
+
+static uint32_t crc_of_position(uint64_t q) {
+    uint8_t qb[8];
+    put_u64(qb, q);
+    return meridian_crc32c_extend(0, qb, 8);
+}
+
+/* Whether some position q in [q0, q1] (q1 - q0 < 2^32) makes the candidate's stored checksum
+ * right: multmodp(shift, crc(q)) == want, crc(q) the CRC-32C of q's 8 bytes. Both sides are
+ * GF(2)-linear in q's bits up to a constant, and for fixed high 32 bits the map from the low 32
+ * bits is a bijection (a CRC of 32 bits, shifted by a power of x, which the polynomial does not
+ * divide), so one Gaussian elimination finds the only low half that can work: no loop over the
+ * positions. -1 if the system came out singular (the caller then tries positions one by one). */
+static int position_solves(uint32_t shift, uint32_t want, uint64_t q0, uint64_t q1) {
+    uint32_t c0 = crc_of_position(0), val[32], comb[32];
+    int have[32] = {0};
+    for (int i = 0; i < 32; i++) {
+        uint32_t v = crc_multmodp(shift, crc_of_position((uint64_t)1 << i) ^ c0), c = 1u << i;
+        for (int b = 31; b >= 0 && v; b--) {
+            if (!(v >> b & 1)) continue;
+            if (!have[b]) {
+                have[b] = 1, val[b] = v, comb[b] = c;
+                v = 0;
+                break;
+            }
+            v ^= val[b], c ^= comb[b];
+        }
+    }
+    for (int b = 0; b < 32; b++)
+        if (!have[b]) return -1;
+    for (uint64_t h = q0 >> 32; h <= q1 >> 32; h++) {
+        uint32_t r = want ^ crc_multmodp(shift, crc_of_position(h << 32)), lo = 0;
+        for (int b = 31; b >= 0; b--)
+            if (r >> b & 1) r ^= val[b], lo ^= comb[b];
+        uint64_t q = h << 32 | lo;
+        if (q >= q0 && q <= q1) return 1;
+    }
+    return 0;
+}
+
 /* Smallest w > o where a valid record for some position after bad_pos starts; size if none.
  * The bad record (bad_pos, at o) and every record between it and w take at least a header
  * each, so the record at w can only be for a position up to bad_pos + (w - o) / header size:
  * damage that destroys bad_pos + 1 as well must not hide the valid records after it.
- * A candidate's length, type and payload are checksummed once, the zeros past g (the end of
- * the non-zero bytes) by a shift rather than byte by byte; each position is then tried by
- * combining its 8 bytes' checksum with that one (zlib's crc32_combine). So a torn record whose
- * landed bytes hold chance candidates with long lengths costs what those bytes cost, not the
- * lengths times the positions. *exhausted is set when the budget (bytes checksummed, 8 per
- * position tried) ran out before the answer was certain. */
-static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t g, uint64_t o,
-                             uint64_t bad_pos, int *exhausted) {
+ * A candidate's checksum over its length, type and payload is found from the checkpoint table
+ * (crc_from: at most LS_WITNESS_CHECKPOINT - 1 bytes at each end of it), the zeros past g (the end
+ * of the non-zero bytes) by a shift rather than byte by byte, and the positions it could hold
+ * are solved for at once (position_solves). So a torn record whose landed bytes hold chance
+ * candidates with long lengths costs a few KiB per candidate, not those bytes per candidate,
+ * nor anything per position. Returns LS_OK, or LS_ERR_NOMEM for the table; *exhausted is set
+ * when the budget (bytes checksummed, LS_WITNESS_SOLVE_COST per candidate solved, 8 per position
+ * tried one by one) ran out before the answer was certain. */
+static int find_witness(const uint8_t *buf, uint64_t size, uint64_t g, uint64_t o,
+                        uint64_t bad_pos, uint64_t *witness, int *exhausted) {
     uint64_t budget = LS_WITNESS_CRC_BUDGET;
     uint64_t w = o + 1;
+    size_t ncp = (size_t)((g - o) / LS_WITNESS_CHECKPOINT) + 1;
+    uint32_t *cp = malloc(ncp * sizeof *cp);
+    if (!cp) return LS_ERR_NOMEM;
+    cp[0] = 0;
+    for (size_t j = 1; j < ncp; j++)
+        cp[j] = meridian_crc32c_extend(cp[j - 1], buf + o + (j - 1) * LS_WITNESS_CHECKPOINT,
+                                       LS_WITNESS_CHECKPOINT);
     *exhausted = 0;
+    *witness = size;
     while (w + LS_RECORD_HEADER_SIZE <= size) {
         /* A record's type byte (offset 8) is LS_RECORD_TYPE_FULL: jump between candidates. */
         const uint8_t *t = memchr(buf + w + 8, LS_RECORD_TYPE_FULL, size - (w + 8));
@@ -390,32 +452,44 @@ static uint64_t find_witness(const uint8_t *buf, uint64_t size, uint64_t g, uint
         uint64_t last_q = bad_pos + (w - o) / LS_RECORD_HEADER_SIZE;
         if (n <= LS_MAX_RECORD_SIZE && w + LS_RECORD_HEADER_SIZE + n <= size && last_q > bad_pos) {
             uint64_t end = w + LS_RECORD_HEADER_SIZE + n; /* g > w + 8: the type byte is 1 */
-            uint64_t hashed = (end < g ? end : g) - (w + 4);
-            if (budget < hashed) {
+            uint64_t a = w + 4, m = end < g ? end : g;
+            uint64_t cost = (a - o) % LS_WITNESS_CHECKPOINT + (m - o) % LS_WITNESS_CHECKPOINT +
+                            LS_WITNESS_SOLVE_COST;
+            if (budget < cost) {
                 *exhausted = 1;
-                return size;
+                break;
             }
-            budget -= hashed;
-            uint32_t body = meridian_crc32c_extend(0, buf + w + 4, (size_t)hashed);
+            budget -= cost;
+            uint32_t body = crc_from(buf, cp, o, m) ^
+                            crc_multmodp(crc_x8n(m - a), crc_from(buf, cp, o, a));
             if (end > g) /* the zeros: the register shifted over them */
                 body = crc_multmodp(crc_x8n(end - g), body ^ 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
             uint32_t shift = crc_x8n(5 + (uint64_t)n);
-            uint32_t stored = get_u32(buf + w);
-            for (uint64_t q = bad_pos + 1; q <= last_q; q++) {
+            int solved = position_solves(shift, crc_unmask(get_u32(buf + w)) ^ body, bad_pos + 1,
+                                         last_q);
+            if (solved == 1) {
+                *witness = w;
+                break;
+            }
+            for (uint64_t q = bad_pos + 1; solved < 0 && q <= last_q; q++) {
                 if (budget < 8) {
                     *exhausted = 1;
-                    return size;
+                    break;
                 }
                 budget -= 8;
-                uint8_t qb[8];
-                put_u64(qb, q);
-                uint32_t crc = crc_multmodp(shift, meridian_crc32c_extend(0, qb, 8)) ^ body;
-                if (meridian_crc32c_mask(crc) == stored) return w;
+                uint32_t crc = crc_multmodp(shift, crc_of_position(q)) ^ body;
+                if (meridian_crc32c_mask(crc) == get_u32(buf + w)) {
+                    *witness = w;
+                    break;
+                }
             }
+            if (*exhausted || *witness != size) break;
         }
         w++;
     }
-    return size;
+    free(cp);
+    if (*exhausted) *witness = size;
+    return LS_OK;
 }
 
 static int all_zero(const uint8_t *p, uint64_t n) {
@@ -493,7 +567,9 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
     uint64_t g = nonzero_end(buf, o, size);
     if (g == o) return LS_OK; /* clean end: zero fill */
     int exhausted;
-    uint64_t w = find_witness(buf, size, g, o, pos, &exhausted);
+    uint64_t w;
+    if (find_witness(buf, size, g, o, pos, &w, &exhausted))
+        return set_err(err, LS_ERR_NOMEM, ENOMEM, NULL, 0, "out of memory");
     if (exhausted)
         return set_err(err, LS_ERR_CORRUPT, 0, path, o,
                        "bad record at offset %llu of %s, and the data after it is too large to "

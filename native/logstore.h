@@ -55,6 +55,8 @@
 #define LS_MAX_SEGMENT_SIZE 1073741824
 #define LS_SECTOR_SIZE 512            /* the unit a torn write loses (see FORMAT.md) */
 #define LS_WITNESS_CRC_BUDGET 268435456 /* bytes checksummed at most when classifying a bad tail */
+#define LS_WITNESS_CHECKPOINT 4096     /* the running CRC of a bad tail is kept every this many bytes */
+#define LS_WITNESS_SOLVE_COST 4096     /* charged to that budget for solving a candidate's position */
 
 struct ls_error {
     int code;           /* the LS_ERR_* returned */

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from logtools import segments, zero_range
 
-from engine import LogStore
+from engine import CorruptLogError, LogStore
 from engine import _logformat as ref
 
 SMALL = [b"a" * 100, b"b" * 100, b"c" * 100]
@@ -47,3 +48,35 @@ def test_a_large_append_of_random_bytes_torn_halfway(tmp_path):
     with LogStore(d, segment_size=8 << 20) as log:
         assert list(log.scan()) == list(enumerate(SMALL, start=1))
         assert log.append([b"d"]) == range(4, 5)
+
+
+def test_a_torn_record_of_megabytes_of_random_bytes_is_a_torn_tail(tmp_path):
+    # About one landed byte in 16 KiB starts a candidate whose length fits the segment; each
+    # reaches on average halfway through the landed bytes, and may be for any of the positions
+    # up to one per 9 bytes before it: checksummed or tried one by one, 4 MiB of landed bytes
+    # used up the budget and the log refused to open.
+    d = tmp_path / "log"
+    payload = random.Random(20261202).randbytes(8 << 20)
+    _tear(d, 32 << 20, payload, landed=4 << 20)
+    with LogStore(d, segment_size=32 << 20) as log:
+        assert list(log.scan()) == list(enumerate(SMALL, start=1))
+        assert log.append([b"d"]) == range(4, 5)
+
+
+def test_a_witness_far_past_the_damage_is_found_across_a_2_to_the_32_boundary(tmp_path):
+    # Positions 2**32 - 4 .. 2**32 + 35; records 2..31 overwritten with 0xff (no zero sector, so
+    # not torn): the first valid record after the damage, 30 positions on and past 2**32, is
+    # the witness that makes it corruption.
+    d = tmp_path / "log"
+    first = 2**32 - 4
+    records = [bytes([0x40 + i % 26]) * 20 for i in range(40)]
+    with LogStore(d, segment_size=1 << 16, initial_position=first) as log:
+        log.append(records)
+        log.sync()
+    offsets = [ref.SEGMENT_HEADER_SIZE + i * (ref.RECORD_HEADER_SIZE + 20) for i in range(40)]
+    seg = d / segments(d)[0]
+    with open(seg, "r+b") as f:
+        f.seek(offsets[2])
+        f.write(b"\xff" * (offsets[32] - offsets[2]))
+    with pytest.raises(CorruptLogError, match=f"after it at offset {offsets[32]}"):
+        LogStore(d, segment_size=1 << 16)
