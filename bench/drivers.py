@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
 import random
 import selectors
@@ -51,6 +52,7 @@ __all__ = ["MAX_ATTEMPTS", "ConflictError", "open_driver", "serve_noop"]
 MAX_ATTEMPTS = 20
 BASE_DELAY_S = 0.002
 MAX_DELAY_S = 0.5
+REOPEN_TIMEOUT_S = 10.0
 _U32 = struct.Struct("<I")
 SCAN_END = KEY_PREFIX + b"\xff"
 
@@ -187,6 +189,19 @@ class _Pool:
     def take(self) -> _Lease:
         return _Lease(self)
 
+    async def renew(self, conn):
+        """``conn`` closed and opened afresh in its place; ``conn`` itself (closed, still
+        broken) when the server cannot be reached."""
+        i = self.conns.index(conn)
+        await conn.close()
+        with trio.move_on_after(REOPEN_TIMEOUT_S), contextlib.suppress(OSError):
+            conn = self.conns[i] = await conn.reopen()
+        return conn
+
+    def give_back(self, conn) -> None:
+        self._free.append(conn)
+        self._waiters.unpark()
+
 
 class _Lease:
     __slots__ = ("pool", "conn")
@@ -199,22 +214,26 @@ class _Lease:
         pool = self.pool
         while not pool._free:
             await pool._waiters.park()
-        self.conn = pool._free.pop()
-        return self.conn
+        conn = pool._free.pop()
+        if conn.broken:
+            # It could not be reopened when it broke (the server was down): again, now.
+            conn = await pool.renew(conn)
+            if conn.broken:
+                pool.give_back(conn)
+                raise ConnectionError(f"cannot reconnect to {conn.host}:{conn.port}")
+        self.conn = conn
+        return conn
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         pool, conn = self.pool, self.conn
-        if exc_type is not None and not issubclass(exc_type, _AnswerError):
+        if exc_type is not None and not issubclass(exc_type, (_AnswerError, ConflictError)):
             conn.broken = True  # a whole answer was not read: the connection is suspect
         if conn.broken:
             # The request may be half sent or its answer half read: start afresh.
-            i = pool.conns.index(conn)
-            await conn.close()
-            with trio.move_on_after(10):
-                conn = pool.conns[i] = await conn.reopen()
-        if not conn.broken:
-            pool._free.append(conn)
-            pool._waiters.unpark()
+            conn = await pool.renew(conn)
+        # Broken or not, the connection keeps its place: one that could not be reopened is
+        # tried again by the next operation, so the load comes back with the server.
+        pool.give_back(conn)
         return False
 
 

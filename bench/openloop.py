@@ -31,6 +31,10 @@ In both schedules the operations of the warm-up are executed but not recorded; t
 time-line (``interval_s`` buckets by completion time, warm-up included) is kept for the
 throughput-over-time plots. The loop is bounded by ``max_ops`` and by the clock.
 
+Operation streams: ``ops.next()`` gives the next operation; ``ops.finished(op)``, if the
+stream has it, is told when an operation ended, done or failed (``latest`` reads only
+inserts that ended: see ``bench/workloads.py``).
+
 Driver protocol: ``await driver.execute(op)`` returns the number of attempts it took (1 unless
 the operation was retried after a conflict: ``attempts - 1`` aborts) or raises; any exception
 but ``trio.Cancelled`` counts as an error (the operation is not in the latency figures). An
@@ -220,11 +224,17 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                 h = tally.by_kind[kind] = Histogram()
             h.record_us(latency_us)
 
+    finished = getattr(ops, "finished", None)
+
     def succeeded(op) -> None:
         if op.kind == "insert":
             tally.inserted_bytes += len(op.key) + len(op.value or b"")
+        if finished is not None:
+            finished(op)
 
-    def failed(exc: BaseException, counted: bool) -> None:
+    def failed(op, exc: BaseException, counted: bool) -> None:
+        if finished is not None:
+            finished(op)
         if counted:
             tally.errors += 1
             # An operation that gave up after conflicting on every attempt (the driver's
@@ -256,7 +266,7 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 del running[me]
                 done = trio.current_time()
-                failed(exc, measure_from <= done < measure_to)
+                failed(op, exc, measure_from <= done < measure_to)
                 await trio.sleep(ERROR_PAUSE_S)
                 continue
             del running[me]
@@ -322,7 +332,7 @@ async def run_load(driver, ops, spec: LoadSpec, *, start_at: float | None = None
                     attempts = await driver.execute(op)
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     del pending[me]
-                    failed(exc, counted)
+                    failed(op, exc, counted)
                     continue
                 del pending[me]
                 succeeded(op)

@@ -1,7 +1,8 @@
 """Workload generators of the benchmark harness: key distributions and operation mixes.
 
 Pure code (no I/O, no clock, no global random): every generator takes a seeded
-``random.Random``, so a seed reproduces the same operation stream.
+``random.Random``, so a seed reproduces the same operation stream (with ``latest``, given
+the inserts end in the same order).
 
 Key distributions over ``n`` records (keys ``user000000000000`` ... in key order):
 
@@ -36,9 +37,11 @@ client's region (*home*), on one homed in the farthest region (*cross*), and on 
 Inserts of several load processes never collide: process ``p`` of ``P`` inserts records
 ``f + p``, ``f + p + P``, ... (``f``: ``first_insert``, the ``n`` records loaded unless a run
 before this one inserted records: it then gives the record after the last of them, the
-generator's :attr:`~OpGenerator.next_free_record`, so that every run inserts new records);
-its idea of the newest record (for ``latest``) assumes the other processes insert at the same
-pace.
+generator's :attr:`~OpGenerator.next_free_record`, so that every run inserts new records).
+For ``latest`` a process counts as inserted only its own inserts, and only those that ended
+(:meth:`~OpGenerator.finished`), with every one before them (YCSB's acknowledged inserts):
+the other processes' counts drift apart from its own (and their shares of the load may
+differ), and an insert still on its way has not written its record yet.
 """
 
 from __future__ import annotations
@@ -233,28 +236,34 @@ class _Permutation:
 class Latest:
     """YCSB's skewed-latest: the newest record is the most popular (zipfian over age).
 
-    ``newest()`` is asked on every draw, so inserts shift the popularity at once.
+    ``newest()`` is asked on every draw, so inserts shift the popularity at once; the record
+    of age ``i`` is ``newest() - i``. Where the records that exist are not one range,
+    ``nth_newest(i)`` gives the record of age ``i`` (0: the newest) instead.
     """
 
-    def __init__(self, n: int, theta: float = DEFAULT_THETA, *, newest=None,
+    def __init__(self, n: int, theta: float = DEFAULT_THETA, *, newest=None, nth_newest=None,
                  window: int | None = None) -> None:
         # Ranks beyond ``window`` are never drawn (the zipfian tail is tiny there anyway);
         # records older than the window stay reachable only through other operations.
         self._zipf = Zipfian(window or n, theta, scramble=False)
         self._newest = newest if newest is not None else (lambda: n - 1)
+        self._nth_newest = nth_newest if nth_newest is not None else self._behind_newest
+
+    def _behind_newest(self, age: int) -> int:
+        return max(0, self._newest() - age)
 
     def next(self, rng: random.Random) -> int:
-        newest = self._newest()
-        return max(0, newest - self._zipf.next_rank(rng))
+        return self._nth_newest(self._zipf.next_rank(rng))
 
 
-def make_chooser(distribution: str, n: int, theta: float = DEFAULT_THETA, *, newest=None):
+def make_chooser(distribution: str, n: int, theta: float = DEFAULT_THETA, *, newest=None,
+                 nth_newest=None):
     if distribution == "uniform":
         return Uniform(n)
     if distribution == "zipfian":
         return Zipfian(n, theta)
     if distribution == "latest":
-        return Latest(n, theta, newest=newest)
+        return Latest(n, theta, newest=newest, nth_newest=nth_newest)
     raise ValueError(f"unknown distribution {distribution!r}; choose from "
                      f"{', '.join(DISTRIBUTIONS)}")
 
@@ -313,16 +322,37 @@ class OpGenerator:
         self.process = process
         self.processes = processes
         self.inserted = 0
-        self.chooser = make_chooser(self.distribution, records, theta, newest=self._newest)
+        # Inserts that ended: the first ``acknowledged`` of them, and those of ``_ended``
+        # (numbers in generation order) beyond a gap left by one still on its way.
+        self.acknowledged = 0
+        self._ended: set[int] = set()
+        self.chooser = make_chooser(self.distribution, records, theta,
+                                    nth_newest=self._nth_newest)
         self.max_scan = max(1, max_scan)
         # A small pool of random values: generating bytes per operation would cost more than
         # some operations do.
         pool_rng = random.Random(seed * 7919 + process)
         self._values = [pool_rng.randbytes(value_size) for _ in range(16)]
 
-    def _newest(self) -> int:
-        # Every process inserts at about the same pace (see the module docstring).
-        return self.first_insert - 1 + self.inserted * self.processes
+    def _nth_newest(self, age: int) -> int:
+        """The record of age ``age`` among those this generator knows to exist: its own
+        acknowledged inserts, newest first, then the records below ``first_insert`` (see the
+        module docstring)."""
+        if age < self.acknowledged:
+            return (self.first_insert + self.process
+                    + (self.acknowledged - 1 - age) * self.processes)
+        return max(0, self.first_insert - 1 - (age - self.acknowledged))
+
+    def finished(self, op: Op) -> None:
+        """``op``, one of this generator's, ended (done or failed): an insert's record may
+        be read (``latest``) once it and every insert before it have ended."""
+        if op.kind != "insert":
+            return
+        record = int(op.key[len(KEY_PREFIX):])
+        self._ended.add((record - self.first_insert - self.process) // self.processes)
+        while self.acknowledged in self._ended:
+            self._ended.remove(self.acknowledged)
+            self.acknowledged += 1
 
     @property
     def next_free_record(self) -> int:

@@ -786,7 +786,10 @@ def print_results(doc: dict) -> None:
             print(f"  {r['system']} {r['mode']} c={r['clients']}{rate}: {r.get('errors') or 0} "
                   f"errors, {r.get('late') or 0} late (last error: {r.get('last_error')})")
     st = doc.get("loadgen_selftest")
-    if st:
+    if st and st["ratio"] is None:  # no Meridian throughput to compare with
+        print(f"  load generator self-test: {st['ops_per_s']:.0f} ops/s against a no-op server "
+              f"(need >= 5x meridian's best: n/a, meridian not measured)")
+    elif st:
         print(f"  load generator self-test: {st['ops_per_s']:.0f} ops/s against a no-op server "
               f"= {st['ratio']}x meridian's best (need >= 5: "
               f"{'met' if st['met'] else 'NOT met'})")

@@ -202,6 +202,76 @@ def test_etcd_driver_reports_the_attempts_of_a_transaction_that_gave_up():
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+class PooledConn:
+    """A connection of the etcd driver's pool to a fake etcd: ``server["up"]`` says whether
+    it answers (and accepts connections); every compare of a transaction fails."""
+
+    host, port = "127.0.0.1", 2379
+
+    def __init__(self, server: dict) -> None:
+        self.server = server
+        self.broken = False
+        server["opened"] = server.get("opened", 0) + 1
+
+    async def reopen(self) -> PooledConn:
+        await trio.sleep(0.001)
+        if not self.server["up"]:
+            raise ConnectionRefusedError("connection refused")
+        return PooledConn(self.server)
+
+    async def close(self) -> None:
+        pass
+
+    async def post(self, path: str, body: dict) -> dict:
+        await trio.sleep(0.001)
+        if not self.server["up"]:
+            raise ConnectionResetError("connection reset by peer")
+        if "compare" in body:
+            return {"succeeded": False}
+        return {"responses": [{"response_range": {"kvs": []}}]}
+
+
+def test_etcd_transaction_that_gave_up_keeps_its_connection():
+    # Its answers were read whole: the connection is as good as before, and reopening it
+    # would add a reconnection to etcd's figures under contention.
+    from bench.drivers import ConflictError, _EtcdDriver, _Pool
+
+    server = {"up": True}
+    conn = PooledConn(server)
+    pool = _Pool([conn])
+
+    async def main() -> None:
+        with pytest.raises(ConflictError):
+            await _EtcdDriver(pool).execute(Op("rmw", b"k", value=b"v"))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert server["opened"] == 1 and pool.conns == [conn] and not conn.broken
+
+
+def test_etcd_pool_reconnects_once_the_server_is_back():
+    # A connection that broke while the server was down, and could not be reopened then, is
+    # reopened by the next operation that takes it: the load comes back with the server
+    # instead of waiting for a connection that is gone.
+    from bench.drivers import _EtcdDriver, _Pool
+
+    server = {"up": True}
+    driver = _EtcdDriver(_Pool([PooledConn(server)]))
+    read = Op("read", b"k")
+
+    async def main() -> None:
+        server["up"] = False
+        for _ in range(2):
+            with trio.fail_after(60), pytest.raises(OSError):
+                await driver.execute(read)
+        server["up"] = True
+        with trio.fail_after(60):
+            assert await driver.execute(read) == 1
+            assert await driver.execute(read) == 1
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert server["opened"] == 2
+
+
 # ------------------------------------------------------- several load processes: one schedule
 
 
@@ -271,6 +341,47 @@ def test_load_processes_share_the_rate_in_proportion_to_their_connections():
     t = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert t.recorded == rate * 2.0 and t.late == 0
     assert t.latency.percentile_ms(99) <= 11.0
+
+
+# A load process that keeps the protocol of bench.loadproc: READY, then at GO waits for the
+# end of the window, writes an empty tally, says DONE and exits at once.
+FAKE_LOAD_PROCESS = """
+import json, sys, time
+spec = json.load(open(sys.argv[1]))
+print("READY", flush=True)
+t0 = float(sys.stdin.readline().split()[1])
+load = spec["load"]
+time.sleep(max(0.0, t0 + load["warmup_s"] + load["duration_s"] - time.time()))
+json.dump(TALLY, open(spec["out"], "w"))
+print("DONE", flush=True)
+"""
+
+
+def test_a_load_process_that_ends_with_the_window_has_not_exited_early(tmp_path, monkeypatch):
+    # The parent looks at its load processes after each of its sleeps; when the last one ends
+    # late (a busy machine), a process that finished with the window has exited already: it
+    # did not exit early, and its tally is there to read.
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from bench import loadproc
+
+    script = FAKE_LOAD_PROCESS.replace("TALLY", repr(Tally().to_json()))
+    real_popen, real_sleep = subprocess.Popen, time.sleep
+
+    def popen(args, **kwargs):
+        assert args[1:3] == ["-m", "bench.loadproc"]
+        return real_popen([sys.executable, "-c", script, *args[3:]], **kwargs)
+
+    monkeypatch.setattr(loadproc.subprocess, "Popen", popen)
+    monkeypatch.setattr(loadproc.time, "sleep", lambda s: real_sleep(s + 0.2))
+    load = LoadSpec("closed", 2, duration_s=0.1, grace_s=1.0)
+    tally, samples = loadproc.run_processes({"system": "noop", "port": 1}, {}, load, 2,
+                                            str(tmp_path))
+    assert tally.completed == 0 and samples.start == {} and samples.end == {}
+    assert json.loads((tmp_path / "tally-1.json").read_text())["completed"] == 0
 
 
 # ------------------------------------------------------------------ compare: open-loop rows
@@ -741,3 +852,41 @@ def _json_of(path):
     import json
 
     return json.loads(path.read_text())
+
+
+class SlowInserts:
+    """A store where an insert takes 50 ms, a read 1 ms; it counts the reads of records
+    beyond the ``records`` loaded that were not inserted (yet)."""
+
+    def __init__(self, records: int) -> None:
+        from bench.workloads import key_name
+
+        self.first_new = key_name(records)
+        self.keys: set[bytes] = set()
+        self.reads_of_new = self.reads_of_missing = 0
+
+    async def execute(self, op: Op) -> int:
+        if op.kind == "insert":
+            await trio.sleep(0.05)
+            self.keys.add(op.key)
+        else:
+            await trio.sleep(0.001)
+            if op.key >= self.first_new:
+                self.reads_of_new += 1
+                self.reads_of_missing += op.key not in self.keys
+        return 1
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_latest_reads_no_insert_still_on_its_way(mode):
+    # Workload D with 16 clients: while an insert is on its way, the other clients go on, and
+    # "read latest" must not read its record before the store has it (YCSB's acknowledged
+    # inserts), or the newest records are read as missing ones.
+    from bench.workloads import OpGenerator
+
+    store = SlowInserts(1000)
+    spec = LoadSpec(mode, 16, duration_s=1.0, rate=2000.0 if mode == "open" else None,
+                    grace_s=1.0)
+    t = _run(store, spec, OpGenerator("D", 1000, seed=3))
+    assert t.errors == t.late == 0
+    assert store.reads_of_new > 500 and store.reads_of_missing == 0

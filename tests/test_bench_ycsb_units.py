@@ -127,6 +127,45 @@ def test_inserts_of_several_load_processes_never_collide():
     assert min(inserted) == key_name(100)  # records start right after the loaded ones
 
 
+def test_latest_reads_only_records_already_inserted_with_several_load_processes():
+    # Workload D from two load processes, one with twice the other's share of the load (3
+    # clients: 2 + 1); even at equal shares their insert counts drift apart. A process must
+    # not take the other's records for inserted before they are: "read latest" would read
+    # records that do not exist yet.
+    records = 1000
+    gens = [OpGenerator("D", records, seed=4, process=p, processes=2) for p in range(2)]
+    inserted: set[bytes] = set()
+    reads = 0
+    for _ in range(6000):
+        for p in (0, 0, 1):
+            op = gens[p].next()
+            if op.kind == "insert":
+                inserted.add(op.key)
+                gens[p].finished(op)
+            elif op.key >= key_name(records):
+                reads += 1
+                assert op.key in inserted, (p, op.key)
+    assert reads > 1000  # the newest records are read, and often
+
+
+def test_latest_reads_an_insert_once_it_and_every_earlier_one_ended():
+    gen = OpGenerator("D", 100, distribution="latest", seed=2)
+    inserts = []
+    while len(inserts) < 3:
+        op = gen.next()
+        if op.kind == "insert":
+            inserts.append(op)
+    assert [op.key for op in inserts] == [key_name(i) for i in (100, 101, 102)]
+    newest = gen._nth_newest
+    assert newest(0) == 99  # none ended: the newest record is the last one loaded
+    gen.finished(inserts[1])
+    assert newest(0) == 99  # 101 has, but 100 is still on its way
+    gen.finished(inserts[0])
+    assert (newest(0), newest(1), newest(2)) == (101, 100, 99)
+    gen.finished(inserts[2])
+    assert newest(0) == 102
+
+
 def test_same_seed_same_stream_and_bad_arguments_refused():
     a = [OpGenerator("A", 100, seed=9).next() for _ in range(1)]
     g1, g2 = OpGenerator("A", 100, seed=9), OpGenerator("A", 100, seed=9)
@@ -469,6 +508,21 @@ def test_report_names_the_errors_late_operations_and_failed_runs(capsys):
     print_results({**doc, "targets": []})
     out = capsys.readouterr().out
     assert "etcd closed c=32: 250 errors, 3 late" in out
+
+
+def test_printed_selftest_verdict_is_not_applicable_without_meridian(capsys):
+    from bench.ycsb import print_results
+
+    # Only etcd ran: there is no Meridian throughput to hold the generator's against.
+    doc = {**_ycsb_doc(), "targets": [], "failures": []}
+    doc["loadgen_selftest"] = selftest_verdict({"ops_per_s": 3000.0, "clients": 32}, None)
+    print_results(doc)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "self-test" in x)
+    assert "NOT met" not in line and "None" not in line and "n/a" in line
+    doc["loadgen_selftest"] = selftest_verdict({"ops_per_s": 3000.0, "clients": 32}, 1000.0)
+    print_results(doc)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "self-test" in x)
+    assert "= 3.0x meridian's best (need >= 5: NOT met)" in line
 
 
 def test_report_of_a_clean_run_has_no_problem_lines():
