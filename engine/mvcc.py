@@ -366,7 +366,7 @@ class MVCCStore(Resource):
                 max_spare_txns=1,
             )
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
+            raise _lmdb_error(exc, f"cannot open MVCC store {self._path}", self._path) from None
         try:
             # A data file without our meta table is a new store while it holds nothing but
             # our tables (each is made by a commit of its own: a first open may have been cut
@@ -422,7 +422,7 @@ class MVCCStore(Resource):
         except BaseException as exc:
             env.close()
             if isinstance(exc, lmdb.Error):
-                raise _lmdb_error(exc, f"cannot open MVCC store {self._path}") from None
+                raise _lmdb_error(exc, f"cannot open MVCC store {self._path}", self._path) from None
             raise
         self._env = env
 
@@ -483,7 +483,7 @@ class MVCCStore(Resource):
                 sync=self._sync,
             )
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "stats failed") from None
+            raise _lmdb_error(exc, f"stats of {self._path} failed", self._path) from None
         finally:
             self._exit_read()
 
@@ -529,7 +529,8 @@ class MVCCStore(Resource):
                 or value, over-long ones included (the message names it, e.g. "side key 3");
                 nothing is written.
             RecordTooLargeError: a key or value of ``writes`` over its limit; nothing is written.
-            DiskFullError: no space to grow the map; nothing is written.
+            DiskFullError: no space to grow the map (or, with ``writemap=False``, to write the
+                pages); nothing is written.
             StorageError, StoreClosedError.
 
         Durability: see the module docstring (``sync``).
@@ -694,7 +695,7 @@ class MVCCStore(Resource):
                         ok = cur.next()
                     count += here
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "count_versions failed") from None
+            raise _lmdb_error(exc, f"count_versions in {self._path} failed", self._path) from None
         finally:
             self._exit_read()
         return count, None
@@ -745,7 +746,7 @@ class MVCCStore(Resource):
                     ok = cur.prev()
                 return nth, after
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "oldest_versions failed") from None
+            raise _lmdb_error(exc, f"oldest_versions in {self._path} failed", self._path) from None
         finally:
             self._exit_read()
 
@@ -882,7 +883,7 @@ class MVCCStore(Resource):
             finally:
                 txn.abort()
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "get failed") from None
+            raise _lmdb_error(exc, f"get from {self._path} failed", self._path) from None
         finally:
             readers.pop()
             if self._hold:
@@ -921,7 +922,7 @@ class MVCCStore(Resource):
             finally:
                 txn.abort()
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "get_version failed") from None
+            raise _lmdb_error(exc, f"get_version from {self._path} failed", self._path) from None
         finally:
             self._exit_read()
         if not vkey.startswith(ekey):
@@ -968,7 +969,8 @@ class MVCCStore(Resource):
                         found = cur.set_range(seek)
                     done = not found
             except lmdb.Error as exc:
-                raise _lmdb_error(exc, "latest_versions failed") from None
+                raise _lmdb_error(exc, f"latest_versions in {self._path} failed",
+                                  self._path) from None
             finally:
                 self._exit_read()
             yield from page
@@ -1047,7 +1049,7 @@ class MVCCStore(Resource):
                     self._scan_forward(cur, start_seek, end_enc, ts, inv_ts, limit, max_bytes,
                                        out)
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "scan failed") from None
+            raise _lmdb_error(exc, f"scan of {self._path} failed", self._path) from None
         finally:
             self._exit_read()
         return out
@@ -1065,7 +1067,7 @@ class MVCCStore(Resource):
             with env.begin(self._side) as txn:
                 value = txn.get(key)
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "side_get failed") from None
+            raise _lmdb_error(exc, f"side_get from {self._path} failed", self._path) from None
         finally:
             self._exit_read()
         return value
@@ -1139,7 +1141,7 @@ class MVCCStore(Resource):
                             break
                     ok = cur.next()
         except lmdb.Error as exc:
-            raise _lmdb_error(exc, "side_scan failed") from None
+            raise _lmdb_error(exc, f"side_scan of {self._path} failed", self._path) from None
         finally:
             self._exit_read()
         return out
@@ -1274,7 +1276,7 @@ class MVCCStore(Resource):
             spool = tempfile.TemporaryFile(dir=self._path, prefix="restore-")
         except OSError as exc:
             raise _os_error(exc, f"cannot create a temporary file in {self._path}") from None
-        with spool:
+        try:
             header = _spool_snapshot(chunks, spool)
             applied_index = header["applied_index"]
             watermark = header["gc_watermark"]
@@ -1301,6 +1303,8 @@ class MVCCStore(Resource):
                 self._applied_index = applied_index
                 self._gc_watermark = watermark
                 self._app_state = app_state
+        finally:
+            _close_spool(spool)
         return applied_index
 
     # ------------------------------------------------------------------ durability, lifetime
@@ -1345,7 +1349,7 @@ class MVCCStore(Resource):
             env.sync(True)
         except lmdb.Error as exc:
             self._failed = True
-            raise _lmdb_error(exc, "checkpoint failed") from None
+            raise _lmdb_error(exc, f"checkpoint of {self._path} failed", self._path) from None
         finally:
             self._exit_read()
 
@@ -1452,7 +1456,8 @@ class MVCCStore(Resource):
             try:
                 txn = env.begin(write=True)
             except lmdb.Error as exc:
-                raise _lmdb_error(exc, "cannot begin a write transaction") from None
+                raise _lmdb_error(exc, f"cannot begin a write transaction in {self._path}",
+                                  self._path) from None
             try:
                 result = body(txn)
                 txn.commit()
@@ -1462,13 +1467,29 @@ class MVCCStore(Resource):
                 continue
             except lmdb.Error as exc:
                 self._abort_write(txn)
-                raise _lmdb_error(exc, "write failed") from None
+                if self._disk_full(exc):
+                    raise errors.DiskFullError(
+                        f"write to {self._path} failed: no space left on device"
+                    ) from None
+                raise _lmdb_error(exc, f"write to {self._path} failed", self._path) from None
             except BaseException:
                 self._abort_write(txn)
                 raise
             break
         self._maybe_grow_early(env)
         return result
+
+    def _disk_full(self, exc: lmdb.Error) -> bool:
+        """Whether a failed write transaction ran out of disk space. LMDB reports a short
+        ``pwrite`` as EIO ("short write, filesystem full?"): without a writable map the file
+        grows as pages are written, so a full disk shows up that way, in the commit."""
+        if getattr(exc, "code", 0) != _errno.EIO:
+            return False
+        try:
+            st = os.statvfs(self._path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < self._psize
 
     def _abort_write(self, txn: lmdb.Transaction) -> None:
         """Aborts a write transaction once no read is in flight.
@@ -1542,7 +1563,8 @@ class MVCCStore(Resource):
                 try:
                     env.set_mapsize(new_size)
                 except lmdb.Error as exc:
-                    raise _lmdb_error(exc, f"cannot grow the map to {new_size} bytes") from None
+                    raise _lmdb_error(exc, f"cannot grow the map of {self._path} to {new_size} "
+                                      "bytes", self._path) from None
                 self._map_size = env.info()["map_size"]
                 self._map_resizes += 1
             finally:
@@ -1632,7 +1654,7 @@ class SnapshotStream:
                     self._park()
         except lmdb.Error as exc:
             self.close()
-            raise _lmdb_error(exc, "cannot begin a snapshot") from None
+            raise _lmdb_error(exc, f"cannot begin a snapshot of {self._path}", self._path) from None
         except BaseException:
             self.close()
             raise
@@ -1685,7 +1707,7 @@ class SnapshotStream:
             self._state = "done"
             store._exit_read()
             self._finish()
-            raise _lmdb_error(exc, "snapshot read failed") from None
+            raise _lmdb_error(exc, f"snapshot read of {self._path} failed", self._path) from None
         except BaseException:
             self._state = "done"
             store._exit_read()
@@ -1917,6 +1939,16 @@ def _spool_write(spool, data: bytes | None) -> None:
             spool.write(data)
     except OSError as exc:
         raise _os_error(exc, "cannot spool the snapshot") from None
+
+
+def _close_spool(spool) -> None:
+    """Closes the restore spool. Its content has been read or is abandoned by then, so what
+    close() may still fail to flush of it is lost harmlessly: on a full disk that failure must
+    not replace the DiskFullError being raised (nor fail a restore that has committed)."""
+    try:
+        spool.close()
+    except OSError:
+        pass
 
 
 def _check_snapshot_entry(key: Any, value: Any, chunk: int, corrupt) -> None:
@@ -2186,7 +2218,9 @@ def _abort_quietly(txn: lmdb.Transaction) -> None:
         pass  # already invalidated (a failed commit, or the environment was closed)
 
 
-def _lmdb_error(exc: lmdb.Error, what: str) -> errors.MeridianError:
+def _lmdb_error(exc: lmdb.Error, what: str, path: str) -> errors.MeridianError:
+    """The engine's error for a failed LMDB call on the store in directory ``path``; ``what``
+    names the store too (a node has one per group)."""
     code = getattr(exc, "code", 0) or 0
     if code == _errno.ENOSPC:
         return errors.DiskFullError(f"{what}: {exc}")
@@ -2197,7 +2231,7 @@ def _lmdb_error(exc: lmdb.Error, what: str) -> errors.MeridianError:
     if unknown_format or isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError
                                     | lmdb.PanicError | lmdb.InvalidError
                                     | lmdb.VersionMismatchError | lmdb.IncompatibleError):
-        return errors.CorruptStateError(f"{what}: {exc}")
+        return errors.CorruptStateError(f"{what}: {exc}", os.path.join(path, "data.mdb"))
     if "closed/deleted/dropped" in str(exc):
         return errors.StoreClosedError(f"{what}: the store is closed")
     return errors.StorageError(code if code > 0 else _errno.EIO, f"{what}: {exc}")

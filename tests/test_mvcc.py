@@ -4,6 +4,7 @@ hypothesis state machine that checks the store against a dict-of-versions model.
 from __future__ import annotations
 
 import errno
+import re
 
 import shutil
 import struct
@@ -497,6 +498,26 @@ def test_a_data_file_that_is_no_store_is_corruption(tmp_path, content):
         (path / "data.mdb").write_bytes(blob)
     with pytest.raises(errors.CorruptStateError, match="cannot open MVCC store"):
         MVCCStore(path, map_size=SMALL_MAP)
+
+
+def test_a_damaged_page_met_by_a_read_or_a_write_is_corruption_naming_the_store(tmp_path):
+    """A node runs one store per group: corruption found inside a store, after it opened,
+    names the store (in the message, and as the error's path), as an open that finds it does."""
+    path = tmp_path / "store"
+    with MVCCStore(path, map_size=SMALL_MAP) as s:
+        s.apply([(b"key-%03d" % i, b"v") for i in range(5)], 10, 1)
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    page = next(p for p in range(2, len(raw) // 4096)  # past the two meta pages
+                if b"key-001\x00\x01" in raw[p * 4096:(p + 1) * 4096])
+    struct.pack_into("<H", raw, page * 4096 + 10, 0)  # the page header's flags: no page type
+    data.write_bytes(bytes(raw))
+    with MVCCStore(path, map_size=SMALL_MAP) as s:
+        for call in (lambda: s.get(b"key-001", 10), lambda: s.scan(b"", None, 10),
+                     lambda: s.apply([(b"key-009", b"v")], 20, 2), lambda: s.gc(5)):
+            with pytest.raises(errors.CorruptStateError, match=re.escape(str(path))) as caught:
+                call()
+            assert caught.value.path == str(data)
 
 
 @pytest.mark.parametrize("newer", ["store format", "lmdb data format"])

@@ -92,6 +92,23 @@ def test_a_map_growth_that_finds_the_disk_full_gives_back_what_it_reserved(ext4)
         assert store.get(b"k", 2) == b"v"
 
 
+def test_a_write_without_a_writable_map_that_finds_the_disk_full_is_disk_full(tiny_fs):
+    """Without a writable map the file grows as LMDB writes pages, so a full disk shows in the
+    commit, which LMDB reports as EIO (a short write): it is DiskFullError, and the store
+    takes writes again once there is space."""
+    path = os.path.join(tiny_fs, "store")
+    with MVCCStore(path, map_size=256 << 10, writemap=False) as store:
+        store.apply([(b"k", b"v")], commit_ts=1, applied_index=1)
+        _fill(tiny_fs, 64 << 10)
+        with pytest.raises(DiskFullError, match="store"):
+            store.apply([(b"big", bytes(200 << 10))], commit_ts=2, applied_index=2)
+        assert store.applied_index == 1 and store.get(b"big", 2) is None
+        os.unlink(os.path.join(tiny_fs, "filler"))
+        assert store.apply([(b"big", bytes(200 << 10))], commit_ts=2, applied_index=2)
+    with MVCCStore(path, map_size=256 << 10, writemap=False) as store:
+        assert store.applied_index == 2 and store.get(b"big", 2) == bytes(200 << 10)
+
+
 def test_an_early_map_growth_that_finds_the_disk_full_leaves_the_free_space(ext4):
     """The growth tried after a commit that leaves the map half full ignores a failure (the
     commit stands): it must leave the disk's free space as it found it."""
@@ -104,3 +121,20 @@ def test_an_early_map_growth_that_finds_the_disk_full_leaves_the_free_space(ext4
                         applied_index=i + 1)
         assert store.stats().map_size == 4 << 20  # the growth failed
         assert _free_bytes(mnt) >= free - (64 << 10)
+
+
+def test_a_restore_that_finds_the_disk_full_is_disk_full_and_changes_nothing(tiny_fs, tmp_path):
+    """The snapshot is spooled to a temporary file first; when the disk fills, what that file
+    still holds unflushed must not turn the DiskFullError into a bare OSError on its way out."""
+    with MVCCStore(tmp_path / "source", map_size=4 << 20) as source:
+        for i in range(1, 11):
+            source.apply([(b"k%03d-%02d" % (i, j), bytes([j]) * 700) for j in range(40)], i, i)
+        chunks = list(source.snapshot_chunks(4096))
+    with MVCCStore(os.path.join(tiny_fs, "store"), map_size=256 << 10) as store:
+        store.apply([(b"k", b"v")], commit_ts=1, applied_index=1)
+        _fill(tiny_fs, 10 << 10)  # room for a chunk and a piece of the next
+        with pytest.raises(DiskFullError, match="spool"):
+            store.restore(chunks)
+        assert store.applied_index == 1 and store.get(b"k", 1) == b"v"
+        os.unlink(os.path.join(tiny_fs, "filler"))
+        assert store.restore(chunks) == 10
