@@ -73,8 +73,10 @@ shared by all the server's connections (``max_receiving_bytes``, 256 MiB by defa
 the server reads nothing more from that connection, and the client's writes wait in TCP's
 buffers (back-pressure). Reservations are granted in the order they were asked for and given
 back as soon as the frame has arrived. A client that sends nothing more of a large frame for
-``receive_stall_timeout_s`` has its connection closed, which frees its reservation. Smaller
-frames need no reservation: each connection buffers at most one incomplete one.
+``receive_stall_timeout_s`` has its connection closed, which frees its reservation. A first
+request that had to wait for its reservation is spared ``first_request_timeout_s`` (the wait
+was the server's): ``receive_stall_timeout_s`` bounds the rest of it. Smaller frames need no
+reservation: each connection buffers at most one incomplete one.
 
 Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
 
@@ -421,6 +423,15 @@ def _describe(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _shown(value: object) -> str:
+    """A peer's value in an error message: itself if short, else its type. The message is
+    logged, and sent back for another version, so it must not be as large as the frame."""
+    if value is None or type(value) in (bool, int, float) or (
+            type(value) in (str, bytes) and len(value) <= 16):
+        return repr(value)
+    return _describe(value)
+
+
 def _is_uint(value: object) -> bool:
     return type(value) is int and value >= 0  # msgpack cannot carry 2**64 or more
 
@@ -451,7 +462,7 @@ def _decode_body(body: memoryview, where: str) -> RpcFrame:
     if type(version) is not int or version != RPC_VERSION:
         call_id = obj[2] if len(obj) >= 3 and _is_uint(obj[2]) else None
         raise RpcWireError(
-            f"{where}: unsupported RPC version {version!r} (this end speaks {RPC_VERSION})",
+            f"{where}: unsupported RPC version {_shown(version)} (this end speaks {RPC_VERSION})",
             bad_version=True, call_id=call_id,
         )
     if not checked:
@@ -463,7 +474,7 @@ def _decode_body(body: memoryview, where: str) -> RpcFrame:
         raise RpcWireError(f"{where}: call_id: expected an unsigned integer, "
                            f"got {_describe(call_id)}")
     if type(kind) is not int or kind not in (REQUEST, RESPONSE, ERROR):
-        raise RpcWireError(f"{where}: kind: {kind!r} is not 0 (request), 1 (response) or 2 "
+        raise RpcWireError(f"{where}: kind: {_shown(kind)} is not 0 (request), 1 (response) or 2 "
                            "(error)")
     if kind == REQUEST:
         if len(obj) != 6:
@@ -600,10 +611,16 @@ class _ReceiveBudget:
         self.available = capacity
         self._waiting: deque[list] = deque()  # [bytes, trio.Event], in arrival order
 
-    async def acquire(self, n: int) -> None:
-        """Waits until ``n`` bytes (at most the capacity) are free and takes them."""
+    def acquire_nowait(self, n: int) -> bool:
+        """Takes ``n`` bytes if they are free and no reservation waits ahead; whether it did."""
         if not self._waiting and self.available >= n:
             self.available -= n
+            return True
+        return False
+
+    async def acquire(self, n: int) -> None:
+        """Waits until ``n`` bytes (at most the capacity) are free and takes them."""
+        if self.acquire_nowait(n):
             return
         entry = [n, trio.Event()]
         self._waiting.append(entry)
@@ -653,7 +670,9 @@ class _Wire:
         self._stream_fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.frames_sent = 0
         self.frames_received = 0
-        self.reserving = False  # waiting for the server's budget to read a large frame
+        # A frame has waited for the server's budget to be read (or waits now); the first
+        # request timeout spares it (see _ServerConnection._expect_a_request).
+        self.waited_for_budget = False
         self.mid_frame = False  # part of a frame has arrived, and not the rest yet
         self.writes = 0
         self.bytes_sent = 0
@@ -802,11 +821,9 @@ class _Wire:
                 if budget is not None and not held:
                     length = decoder.incomplete_length
                     if length > LARGE_FRAME_BYTES:
-                        self.reserving = True
-                        try:
+                        if not budget.acquire_nowait(length):
+                            self.waited_for_budget = True
                             await budget.acquire(length)  # reading nothing of it meanwhile
-                        finally:
-                            self.reserving = False
                         held = length
         except _CONNECTION_ERRORS as exc:
             self.close(f"read failed: {exc!r}")
@@ -828,6 +845,16 @@ def _set_options(stream: trio.abc.Stream, dead_peer_timeout_s: float) -> None:
 
 
 # --- server -----------------------------------------------------------------------------------
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``"Type: message"`` for an error reply; a message that cannot be had (its ``__str__``
+    raises) is left out, so a handler's odd exception stays that request's error."""
+    try:
+        message = str(exc)
+    except Exception:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
 
 
 class _ServerConnection:
@@ -896,9 +923,9 @@ class _ServerConnection:
         deadline: a client sends it as soon as it has connected, and closing an idle
         connection later could cut a request on its way (whose outcome would be unknown)."""
         await trio.sleep(self._first_request_timeout_s)
-        # A first request that waits for the server's budget (see read_frames) is on its
-        # way: the wait is the server's, and receive_stall_timeout_s bounds the rest.
-        if not self.wire.frames_received and not self.wire.reserving:
+        # A first request that waits, or has waited, for the server's budget (see read_frames)
+        # is on its way: the wait is the server's, and receive_stall_timeout_s bounds the rest.
+        if not self.wire.frames_received and not self.wire.waited_for_budget:
             self.wire.close(f"no request within {self._first_request_timeout_s} s", warn=True)
 
     async def _refuse(self, exc: RpcWireError) -> None:
@@ -995,7 +1022,7 @@ class _ServerConnection:
                                      details=exc.details)
         except Exception as exc:
             logger.exception("rpc: handler %r failed for %s", method, self.who)
-            return self._error_frame(call_id, INTERNAL, f"{type(exc).__name__}: {exc}",
+            return self._error_frame(call_id, INTERNAL, _exception_text(exc),
                                      details={"type": type(exc).__name__})
         try:
             reply = encode_response(call_id, self._clock_now(), result)

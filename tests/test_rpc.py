@@ -182,6 +182,22 @@ def test_another_version_is_reported_with_its_call_id_when_readable(body, call_i
     assert info.value.call_id == call_id
 
 
+@pytest.mark.parametrize("body", [
+    [V, b"\x00" * (1 << 20), 1, "m", 0, None],  # kind
+    [V, "k" * (1 << 20), 1, "m", 0, None],
+    [b"\x00" * (1 << 20), 0, 7, "m", 0, None],  # version
+    [list(range(1 << 16)), 0, 7, "m", 0, None],
+])
+def test_a_bad_frame_is_described_in_a_few_words_however_large_its_values(body):
+    # The message is logged by the server, and sent back for another version: a peer must
+    # not make it as large as its frame (a megabyte of zeros would be four of text).
+    decoder = FrameDecoder()
+    decoder.feed(frame_of(body))
+    with pytest.raises(RpcWireError, match="kind|version") as info:
+        decoder.next_frame()
+    assert len(str(info.value)) < 200
+
+
 @pytest.mark.parametrize("call", [
     lambda: encode_request(-1, "m", 0, None),
     lambda: encode_request(2**64, "m", 0, None),
@@ -335,6 +351,30 @@ async def test_any_other_exception_is_internal_and_logged(nursery, caplog):
     assert err.details == {"type": "KeyError"}
     logged = [r for r in caplog.records if r.exc_info and "broken" in r.getMessage()]
     assert logged and logged[0].exc_info[0] is KeyError
+
+
+async def test_an_exception_that_cannot_be_shown_is_internal_and_the_connection_stays(
+        nursery, caplog):
+    # A handler's exception whose str() itself fails is still only that request's error: the
+    # connection, and every other call on it, goes on.
+    class Unprintable(Exception):
+        def __str__(self):
+            raise AttributeError("no message")
+
+    async def broken(payload, ctx):
+        raise Unprintable()
+
+    port = await start(nursery, {"broken": broken, "echo": echo})
+    with caplog.at_level(logging.ERROR, logger="engine.rpc"):
+        async with connect_rpc(HOST, port) as conn:
+            with pytest.raises(RemoteError) as info:
+                await conn.call("broken")
+            assert await conn.call("echo", 1) == 1
+            assert not conn.closed
+    err = info.value
+    assert err.code == INTERNAL and err.details == {"type": "Unprintable"}
+    assert err.message.startswith("Unprintable")
+    assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is Unprintable]
 
 
 async def test_an_unencodable_result_is_internal(nursery):
@@ -1091,6 +1131,32 @@ async def test_a_first_request_waiting_for_the_budget_is_not_taken_for_a_silent_
     await holder.send_all(frame[1000:])
     with trio.fail_after(GUARD_S):
         assert (await read_frame(holder)).payload == BIG
+        assert (await read_frame(newcomer)).payload == BIG
+    for stream in (holder, newcomer):
+        await stream.aclose()
+
+
+async def test_a_first_request_granted_the_budget_just_before_the_timeout_may_finish_arriving(
+        nursery, autojump_clock):
+    # The server's wait for its budget is not the client's: a first request granted its
+    # reservation a moment before the first request timeout has the receive stall timeout to
+    # arrive, as one still waiting would, and is not cut off partway (its outcome unknown).
+    port = await start(nursery, {"echo": echo}, max_frame=2 << 20,
+                       max_receiving_bytes=2 << 20, first_request_timeout_s=5.0)
+    holder = await raw_client(port)
+    held = encode_request(2, "echo", 0, BIG)
+    await holder.send_all(held[:1000])  # holds the budget
+    await trio.testing.wait_all_tasks_blocked()
+    newcomer = await trio.open_tcp_stream(HOST, port)
+    frame = encode_request(1, "echo", 0, BIG)
+    await newcomer.send_all(frame[:1000])  # its first request, waiting for the budget
+    await trio.sleep(4)  # virtual time, short of the first request timeout
+    await holder.send_all(held[1000:])  # the budget goes to the newcomer
+    with trio.fail_after(GUARD_S):
+        assert (await read_frame(holder)).payload == BIG
+    await trio.sleep(2)  # past the first request timeout, well within the receive stall timeout
+    await newcomer.send_all(frame[1000:])
+    with trio.fail_after(GUARD_S):
         assert (await read_frame(newcomer)).payload == BIG
     for stream in (holder, newcomer):
         await stream.aclose()
