@@ -85,7 +85,7 @@ def _recover(directory: str) -> tuple[int, int, int, int]:
             for i in range(0, len(replay), 32):  # batches no larger than the writer's
                 apply_entries(mvcc, replay[i : i + 32])
             checked = 0
-            for k in range(min(KEYS, last)):
+            for k in range(min(KEYS, last + 1)):  # a log shorter than KEYS: keys 1..last
                 newest = last - (last - k) % KEYS  # the last position that wrote key k
                 if newest < 1:
                     continue
