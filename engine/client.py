@@ -577,9 +577,10 @@ class Database:
         it is then not committed again, nor run again once committed (a conflict it raises
         afterwards, from another transaction, is raised). ``fn`` returning an awaitable (an
         operation of ``tx`` not awaited: ``return tx.put(...)``) is refused, and so is ``fn``
-        returning something that is not awaitable (a plain function): nothing is committed. A bad
-        policy (see :func:`check_retry_policy`) raises
-        :class:`~engine.errors.InvalidArgumentError` before ``fn`` runs."""
+        returning something that is not awaitable (a plain function): nothing is committed
+        (but what ``fn`` committed itself, as the error then says). A bad policy (see
+        :func:`check_retry_policy`) raises :class:`~engine.errors.InvalidArgumentError`
+        before ``fn`` runs."""
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
         delay = base_delay_s
         for attempt in range(1, max_attempts + 1):
@@ -594,8 +595,12 @@ class Database:
                         f"{type(pending).__name__}, not an awaitable (run plain functions "
                         f"with engine.blocking.BlockingDatabase.run_transaction)")
                 result = await pending
-                refuse_awaitable(result, "(an operation not awaited?): the transaction was "
-                                         "rolled back")
+                # The function may have committed the transaction itself: the error says
+                # so, since a caller told of a rollback would run it again.
+                ended = ("committed (by the function)" if tx._state == "committed"
+                         else "rolled back")
+                refuse_awaitable(result, f"(an operation not awaited?): the transaction was "
+                                         f"{ended}")
                 if not tx._ended():
                     await tx.commit()
                 return result
@@ -1761,6 +1766,9 @@ class Transaction:
         self._state = "open"
         self._started = trio.current_time()
         self.commit_ts = 0
+        # A request that may commit it was sent (a one-phase commit, or a two-phase commit's
+        # decision): until then, a cancelled commit has not committed and never will.
+        self._sent = False
 
     async def __aenter__(self) -> Transaction:
         return self
@@ -2062,9 +2070,11 @@ class Transaction:
         (keyspaces homed in different regions) commit with two-phase commit: see the module
         docstring.
 
-        Cancellation: once its request is sent, a cancelled commit may still commit; the
-        outcome is unknown, as after an AmbiguousCommitError (the blocking API raises that
-        one instead). A later operation of the transaction says so; read to find out."""
+        Cancellation: once its request is sent (a two-phase commit's decision), a cancelled
+        commit may still commit; the outcome is unknown, as after an AmbiguousCommitError (the
+        blocking API raises that one instead). A later operation of the transaction says so;
+        read to find out. Cancelled before that, it did not commit (a two-phase commit's
+        prepares are aborted)."""
         self._check_open()
         self._state = "committing"
         try:
@@ -2092,12 +2102,14 @@ class Transaction:
                     "it can also write global keyspaces homed there, not elsewhere")
             if len(participants) == 1:
                 group = participants.pop()
+                self._sent = True  # its one request
                 await self._commit_one(group, writes, serializable, merges.get(group, []))
             else:
                 await self._commit_two_phase(sorted(participants), writes, serializable)
             self._state = "committed"
         except BaseException as exc:
-            unknown = isinstance(exc, (trio.Cancelled, AmbiguousCommitError))
+            unknown = isinstance(exc, AmbiguousCommitError) or (
+                isinstance(exc, trio.Cancelled) and self._sent)
             self._state = "of unknown outcome (it may have committed)" if unknown else "failed"
             raise
 
@@ -2190,6 +2202,7 @@ class Transaction:
             raise UnavailableError(f"transaction {self.txn_id:#x} was aborted: a group could "
                                    f"not prepare it ({failures[0]})") from failures[0]
         commit_ts = max(prepared.values())
+        self._sent = True
         if planted.enabled("ack_before_decision"):
             await self._commit_before_deciding(primary, list(prepared), commit_ts)
             return

@@ -706,6 +706,27 @@ async def test_run_transaction_refuses_a_function_that_returns_an_operation_not_
                 assert await db.read("bank", b"bob") == b"0"
 
 
+async def test_run_transaction_does_not_call_committed_what_an_operation_not_awaited_left():
+    # The function committed the transaction itself, then returned an operation not
+    # awaited: the refusal said "the transaction was rolled back" of a committed deposit,
+    # and a caller taking it at its word deposits twice.
+    async with open_local_cluster(("us-east",), 1, seed=35) as cluster:
+        async with cluster.connect() as db:
+            with trio.fail_after(30):
+                await db.create_keyspace("bank")
+
+                async def deposit(tx):
+                    await tx.put("bank", b"alice", b"100")
+                    await tx.commit()
+                    return tx.get("bank", b"alice")  # not awaited
+
+                with pytest.raises(errors.InvalidArgumentError, match="awaitable") as caught:
+                    await db.run_transaction(deposit)
+                assert "rolled back" not in str(caught.value)
+                assert "committed" in str(caught.value)
+                assert await db.read("bank", b"alice") == b"100"
+
+
 async def test_run_transaction_refuses_a_plain_function():
     # A plain function (the blocking API's kind) failed with "TypeError: object NoneType
     # can't be used in 'await' expression", an error about code the caller never wrote.

@@ -12,7 +12,7 @@ import trio
 
 import engine.node
 import engine.replica
-from engine import errors
+from engine import client, errors
 from engine.config import Limits
 from engine.group import encode_close
 from engine.local import open_local_cluster
@@ -804,6 +804,48 @@ async def test_a_commit_cancelled_during_its_prepares_aborts_at_once():
         assert sm.prepared() == []
         assert sm.intents([encode_key((await east.keyspace("e")).id, b"k")], 2**63) == []
         assert await east.read("e", b"k") is None
+
+
+class _Coordinated:
+    """What a transaction's commit asks of its handle (no cluster), for two groups: 1 in the
+    client's region prepares, 2 elsewhere refuses its prepare, and the record (in group 1)
+    never answers the abort."""
+
+    region = "us-east"
+    limits = {"max_txn_lifetime_s": 60.0}
+    _groups = {1: {"region": "us-east"}, 2: {"region": "eu-west"}}
+
+    def __init__(self) -> None:
+        self.aborting = trio.Event()
+        self.background: list[str] = []
+
+    async def _call_group(self, group, method, payload, **kwargs):
+        if method == "prepare" and group == 2:
+            raise errors.TransactionConflictError("refused", "write_write")
+        if method == "decide":
+            assert payload["commit_ts"] == 0  # only ever an abort
+            self.aborting.set()
+            await trio.sleep_forever()
+        return {"ts": 100}
+
+    def _in_background(self, fn, *args) -> None:
+        self.background.append(fn.__name__)
+
+
+async def test_a_commit_cancelled_before_its_decision_is_not_of_unknown_outcome():
+    # A group refused its prepare, and the caller gave up while the abort was on its way to
+    # the record: no commit was ever sent, so the transaction did not commit and never will.
+    # It was reported "of unknown outcome (it may have committed)" all the same, sending the
+    # application to find out (and the blocking API's Ctrl-C note said so too).
+    db = _Coordinated()
+    tx = client.Transaction(db, "snapshot")
+    tx._writes = {b"a": b"1", b"b": b"1"}
+    tx._write_group = {b"a": 1, b"b": 2}
+    await _commit_cancelled_once(tx, db.aborting)
+    assert db.background == ["_finish_from_record"]  # the abort goes on in the background
+    with pytest.raises(errors.TransactionClosedError) as closed:
+        await tx.commit()
+    assert "unknown outcome" not in str(closed.value)
 
 
 async def _commit_cancelled_once(tx, event: trio.Event) -> None:
