@@ -997,6 +997,14 @@ class Database:
                     "ignore_fence": ignore_fence}, expect=_SCAN_ANSWER)
             except _Restart:
                 continue
+            except TransactionConflictError as exc:
+                if exc.reason != "moved":
+                    raise
+                # The old home refuses reads of the keyspace before this move's own read
+                # fence: a newer move or drop of it has fenced it.
+                raise TransactionConflictError(
+                    f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
+                    "catalog_changed") from exc
             items = reply["items"]
             if not items or (len(items) < COPY_PAGE and reply.get("more") is not True):
                 return items, reply["ts"], end

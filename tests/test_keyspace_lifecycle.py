@@ -940,6 +940,27 @@ async def test_a_failed_move_does_not_lift_the_fence_of_a_drop():
                     await stale.read("g", b"k")
 
 
+async def test_a_move_overtaken_by_a_drop_during_its_copy_says_so():
+    # A drop fenced the old home against reads while the move was copying it: the move's
+    # next read of the old home was refused as "moved" ("the keyspace moved away"), which
+    # is neither what happened nor the reason a move overtaken reports.
+    async with open_local_cluster(("us-east", "eu-west"), 1, seed=62) as cluster:
+        async with cluster.connect("us-east") as mover, cluster.connect("us-east") as dropper:
+            with trio.fail_after(60):
+                await mover.create_keyspace("g", home_region="us-east")
+                await mover.run_transaction(lambda tx: tx.put("g", b"k", b"old"))
+                paused, go = _pause_at(mover, "scan", before=True)
+                failed: list = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_outcome, failed, mover.move_keyspace, "g", "eu-west")
+                    await paused.wait()
+                    await dropper.drop_keyspace("g")
+                    go.set()
+                assert isinstance(failed[0], errors.TransactionConflictError)
+                assert failed[0].reason == "catalog_changed"
+                assert "newer move or drop" in str(failed[0])
+
+
 async def _drop_with_the_name_taken_again(x, y, z, old, paused, go):
     """x drops keyspace ``old`` ("g") and waits midway (``paused`` is set, until ``go`` is);
     meanwhile y drops it, and z creates "g" again and writes to it. Checks that z's keyspace
