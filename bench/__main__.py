@@ -13,7 +13,7 @@ import sys
 
 # Subcommand modules, in the order --help lists them.
 COMMANDS = ("storage", "raft", "adjudicator", "compaction", "cluster", "txn", "ycsb", "scale",
-            "compare", "jepsen", "report", "elle", "bank")
+            "compare", "jepsen", "report", "elle", "bank", "wgl", "convergence")
 
 
 def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:

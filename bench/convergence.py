@@ -75,7 +75,8 @@ For each key with at least one ``ok`` final read:
   ``stats["counter_checks_inexact"]`` counts such keys.
 * ``set-lost-add`` (``add_wins_set``): an element is missing although an ``ok`` add of it is
   not followed by any remove of it — no ``ok`` or ``info`` remove that completed (or may
-  complete) after the add was invoked; only such a remove can have observed the add.
+  complete) after the add was invoked, or at the same ``time_ns`` (a tie counts as concurrent);
+  only such a remove can have observed the add.
 * ``set-garbage`` (``add_wins_set``): an element that no ``ok`` or ``info`` add added.
 * ``set-lost-remove`` (``add_wins_set``): an element is present although an ``ok`` remove of
   it surely observed every add of it: each add that may have happened is ``ok``, was made in
@@ -100,7 +101,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench._common import comma_list
-from bench.wgl import HistoryError, _freeze, _thaw, load_history, pair_operations, run_checker
+from bench.wgl import (HistoryError, _freeze, _thaw, _time, load_history, pair_operations,
+                       run_checker)
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -176,13 +178,6 @@ def _describe(op: Mapping[str, Any]) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _time(event: Mapping[str, Any], at: int) -> int | float:
-    t = event.get("time_ns")
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
-        raise HistoryError(f"event {at}: time_ns must be a number, not {t!r}")
-    return t
 
 
 class _Findings:
@@ -473,7 +468,7 @@ def _check_set(found: _Findings, stats: dict[str, Any], key: Any, value: frozens
     for w in writes:
         if w.f != "add" or w.kind != "ok" or w.value in value or w.value in reported:
             continue
-        if any(r.complete_ns is None or r.complete_ns > w.invoke_ns
+        if any(r.complete_ns is None or r.complete_ns >= w.invoke_ns
                for r in removes.get(w.value, ())):
             continue
         reported.add(w.value)

@@ -127,7 +127,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bench.wgl import HistoryError, _freeze, _thaw, load_history, pair_operations
+from bench.wgl import HistoryError, _freeze, _thaw, _time, load_history, pair_operations
 
 __all__ = [
     "CONSISTENCY_MODELS",
@@ -324,13 +324,6 @@ def _micro_ops(value: Any, at: int, *, reads_known: bool) -> tuple[MicroOp, ...]
         else:
             raise HistoryError(f"event {at}: a read must return a list, not {arg!r}")
     return tuple(ops)
-
-
-def _time(event: Mapping[str, Any], at: int) -> int:
-    t = event.get("time_ns")
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
-        raise HistoryError(f"event {at}: time_ns must be a number, not {t!r}")
-    return t
 
 
 # ------------------------------------------------------------------------------ the findings
@@ -944,6 +937,8 @@ def _find_cycles(txns: list[Txn], nodes: set[int], g: _Graph, found: _Findings) 
     """Reports the cycles of each strongly connected component; returns how many nontrivial
     components the whole graph has."""
     components = _nontrivial(_sccs(sorted(nodes), g.succ, ALL_EDGES, nodes))
+    # At least one example cycle, even when none is described: it names the class found.
+    limit = max(found.max_reported, 1)
     for component in components:
         within = set(component)
         ranks: list[tuple[int, int]] = []  # (a node of a sub-component, best rank in it)
@@ -952,14 +947,13 @@ def _find_cycles(txns: list[Txn], nodes: set[int], g: _Graph, found: _Findings) 
             for sub in _nontrivial(_sccs(component, g.succ, DATA | extra, within)):
                 sub_set = set(sub)
                 prior = min((rank for v, rank in ranks if v in sub_set), default=_NO_CYCLE)
-                result = _best_cycles(sub, g.succ, extra, prior, found.max_reported)
+                result = _best_cycles(sub, g.succ, extra, prior, limit)
                 if result is not None:
                     _report_cycles(txns, g, result, found)
                     stage.append((sub[0], result[0]))
             ranks += stage
         prior = min((rank for _, rank in ranks), default=_NO_CYCLE)
-        result = _best_cycles(component, g.succ, PROCESS | REALTIME, prior,
-                              found.max_reported)
+        result = _best_cycles(component, g.succ, PROCESS | REALTIME, prior, limit)
         if result is not None:
             _report_cycles(txns, g, result, found)
     return len(components)

@@ -264,10 +264,12 @@ def operations(history: Iterable[Mapping[str, Any]]) -> list[Op]:
     return done
 
 
-def _time(event: Mapping[str, Any], at: int) -> int:
+def _time(event: Mapping[str, Any], at: int) -> int | float:
+    """An event's ``time_ns``: a finite number (JSON's NaN and Infinity order nothing)."""
     t = event.get("time_ns")
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
-        raise HistoryError(f"event {at}: time_ns must be a number, not {t!r}")
+    if (not isinstance(t, (int, float)) or isinstance(t, bool)
+            or isinstance(t, float) and not math.isfinite(t)):
+        raise HistoryError(f"event {at}: time_ns must be a finite number, not {t!r}")
     return t
 
 
@@ -706,7 +708,7 @@ def run_checker(args: argparse.Namespace, check_history: Callable[[list], dict[s
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("history", metavar="HISTORY.jsonl",
                         help="history in the JSON-lines shape of FAULTS.md §4")
-    parser.add_argument("--initial", default="null", metavar="JSON",
+    parser.add_argument("--initial", default="null", type=json.loads, metavar="JSON",
                         help="every register's value before the history (default: null)")
     parser.add_argument("--max-states", type=int, default=DEFAULT_MAX_STATES, metavar="N",
                         help="give up on a key after N search states (default: %(default)s)")
@@ -734,8 +736,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Checks ``args.history``; returns 0 (linearizable), 1 (not) or 2 (unknown, bad input)."""
     try:
-        initial = json.loads(args.initial)
-        results = check_per_key(load_history(args.history), initial,
+        results = check_per_key(load_history(args.history), args.initial,
                                 max_states=args.max_states, timeout=args.timeout)
     except (OSError, ValueError) as e:
         print(f"{args.history}: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ import random
 import pytest
 
 from bench import convergence
+from bench.__main__ import main as bench_main
 from bench.convergence import HistoryError, check
 from engine import merge
 
@@ -322,6 +323,14 @@ def test_set_lost_add_is_not_excused_by_an_earlier_remove():
     assert kinds(check(h, "add_wins_set")) == ["set-lost-add"]
 
 
+def test_set_lost_add_is_excused_by_a_remove_that_returned_as_the_add_was_invoked():
+    """A tie in time counts as concurrent: a remove that returned at the very time_ns the add
+    was invoked may have observed it."""
+    h = history(sremove(1, "s", 1, EU, 0, 10), sadd(0, "s", 1, US, 10, 20), finals("s", []))
+    assert check(h, "add_wins_set")["valid"] is True
+    h = history(sremove(1, "s", 1, EU, 0, 9), sadd(0, "s", 1, US, 10, 20), finals("s", []))
+    assert kinds(check(h, "add_wins_set")) == ["set-lost-add"]
+
 def test_set_lost_remove():
     """A remove made after every add of the element was acknowledged in its own region saw
     all their tags: the element must be gone."""
@@ -383,6 +392,9 @@ def test_set_operations_need_times():
     del events[0]["time_ns"]
     with pytest.raises(HistoryError, match="time_ns"):
         check(events, "add_wins_set")
+    events = sadd(0, "s", 1, US, float("nan"), 10)
+    with pytest.raises(HistoryError, match="finite number"):
+        check(events, "add_wins_set")
 
 
 def test_unknown_resolver():
@@ -423,6 +435,10 @@ def test_cli(tmp_path, capsys):
     assert convergence.main([str(bad), "--resolver", "counter", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["valid"] is False
     assert convergence.main([str(broken)]) == 2
+    # The same as a subcommand of the harness, as add_parser says.
+    capsys.readouterr()
+    assert bench_main(["convergence", str(bad), "--resolver", "counter"]) == 1
+    assert "counter-mismatch: 1 found" in capsys.readouterr().out
 
 
 # ----------------------------------------------------- a simulated regional keyspace (engine)

@@ -332,6 +332,19 @@ def test_reports_are_capped_but_all_counted():
     assert result["stats"]["cycle_components"] == 15
 
 
+
+@pytest.mark.parametrize("make, anomaly, expected", CASES, ids=[c[1] for c in CASES])
+def test_counted_only_when_none_is_described(make, anomaly, expected):
+    """``max_reported=0`` describes nothing but still finds, names and counts every anomaly."""
+    h = make()
+    result = check(h, consistency="serializable", max_reported=0)
+    assert result["anomaly_types"] == [anomaly]
+    assert result["anomalies"] == {anomaly: []}
+    assert result["stats"]["anomaly_counts"] == {anomaly: 1}
+    assert {model: check(h, consistency=model, max_reported=0)["valid"]
+            for model in MODELS} == expected
+
+
 # --------------------------------------------------------------------------- valid histories
 
 
@@ -386,6 +399,10 @@ def test_nemesis_and_other_events_are_skipped():
     (txn(0, [r("x", 5)], 0, 10), "must return a list"),
     (txn(0, [a("x", 1)], 10, 5), "before its invoke"),
     ([{"process": 0, "type": "invoke", "f": "txn", "value": [], "time_ns": None}], "time_ns"),
+    # JSON's NaN and Infinity order nothing: read as times, they would invent real-time order.
+    (txn(0, [a("x", 1)], float("nan"), float("nan")) + txn(1, [r("x", [])], 0, 10),
+     "finite number"),
+    (txn(0, [a("x", 1)], float("-inf"), 0) + txn(1, [r("x", [])], 5, 10), "finite number"),
 ])
 def test_malformed_histories_are_rejected(events, message):
     with pytest.raises(HistoryError, match=message):

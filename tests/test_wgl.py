@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from bench import wgl
+from bench.__main__ import main as bench_main
 from bench.wgl import HistoryError, check, check_per_key
 
 # ------------------------------------------------------------------------------------ helpers
@@ -208,6 +209,9 @@ def test_nemesis_and_other_events_are_skipped():
      "completes the cas"),
     (_op(0, "cas", 5, 5, 0, 1, "ok", "k"), "must be \\[expected, new\\]"),
     ([{"process": 0, "type": "invoke", "f": "read", "key": "k"}], "time_ns"),
+    # JSON's NaN and Infinity order nothing: read as times, they would invent real-time order.
+    (w(0, 1, float("nan"), float("nan")) + r(1, None, 0, 10), "finite number"),
+    (w(0, 1, float("-inf"), 0) + r(1, None, 5, 10), "finite number"),
     ([{"process": 0, "type": "begin", "f": "read", "key": "k", "time_ns": 1}], "unknown type"),
     # A process's clock going backwards (its next operation invoked before its last ended)
     # would read as a cycle of process and real-time order.
@@ -607,3 +611,14 @@ def test_cli_exit_status_and_summary(tmp_path, capsys):
     assert doc["valid"] is False and doc["failures"][0]["key"] == "k"
     assert wgl.main([str(good), "--initial", "5"]) == 0
     assert wgl.main([str(tmp_path / "missing.jsonl")]) == 2
+    capsys.readouterr()
+    # A bad --initial is a usage error that names the option, not a fault of the history.
+    with pytest.raises(SystemExit) as exit_info:
+        wgl.main([str(good), "--initial", "{oops"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--initial" in err and str(good) not in err
+    # The same as a subcommand of the harness, as add_parser says.
+    capsys.readouterr()
+    assert bench_main(["wgl", str(bad)]) == 1
+    assert "NOT linearizable" in capsys.readouterr().out
