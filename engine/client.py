@@ -2303,6 +2303,12 @@ class Transaction:
                                              expect=_READ_ANSWERS[method])
             except _Restart as restart:
                 await self._move_snapshot(restart.ts)
+                if reads is None:
+                    # A first read in the group moves to the end of its window (or past it):
+                    # that holds every commit of the group that may precede the transaction,
+                    # so the read is asked again there without a new window, in which a key
+                    # written often would have a commit every time.
+                    self._visited[group] = _GroupReads(set(), [], restart.ts)
                 continue
             if not self.read_ts:
                 self.read_ts = reply["ts"]

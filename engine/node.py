@@ -869,7 +869,7 @@ class Node:
         prefixes = [k[:KEY_PREFIX_SIZE] for k in keys]
         self._check_fences(replica, prefixes, ts)
         await self._wait_intents(replica, ts, lambda: replica.intents(keys, until),
-                                 restart=not _is_stale(p))
+                                 restart=not _is_stale(p), until=until)
         with self._reading(replica, generation, prefixes, ts):
             if until > ts:
                 store = replica.sm.store
@@ -919,7 +919,7 @@ class Node:
                 return replica.intents_in(start, items[-1][0] + b"\x00", until)
             return found
 
-        await self._wait_intents(replica, ts, pending, restart=not _is_stale(p))
+        await self._wait_intents(replica, ts, pending, restart=not _is_stale(p), until=until)
         with self._reading(replica, generation, prefixes, ts):
             items = replica.scan(start, end, ts, limit=page, reverse=reverse,
                                  max_bytes=SCAN_PAGE_BYTES)
@@ -1358,14 +1358,17 @@ class Node:
         raise InvalidArgumentError(f"commit refused: {result.reason}")
 
     async def _wait_intents(self, replica: GroupReplica, ts: int,
-                            find: Callable[[], list[Intent]], *, restart: bool) -> None:
+                            find: Callable[[], list[Intent]], *, restart: bool,
+                            until: int = 0) -> None:
         """Waits until no intent at or below ``ts`` is pending on what a read covers.
 
         A transaction prepared at or below ``ts`` may commit at or below it, so the read must
         know its fate. When one of the waited-for transactions committed above ``ts``, the
         reader is told to move its snapshot up to that commit (``restart``, details ``ts``):
         that transaction may have been acknowledged before the reader began, and a snapshot
-        without it would be a stale read. A stale read (``restart`` False) promised nothing
+        without it would be a stale read. A read with an uncertainty window up to ``until``
+        moves at least to its end, as when it finds a commit in it, for the same reason (the
+        window is not looked into again). A stale read (``restart`` False) promised nothing
         about recent commits and is simply served at ``ts``. Intents past their deadline are
         recovered (leader only; a learner waits for the leader's resolution to reach it)."""
         blocking = find()
@@ -1399,7 +1402,7 @@ class Node:
         if above:
             raise RemoteError("restart", f"group {replica.group}: a transaction this read "
                               f"waited for committed at {above}, above the read's snapshot "
-                              f"{ts}", retryable=True, details={"ts": above})
+                              f"{ts}", retryable=True, details={"ts": max(above, until)})
 
     # ------------------------------------------------------------------ regional keyspaces
 
