@@ -1002,9 +1002,7 @@ class Database:
                     raise
                 # The old home refuses reads of the keyspace before this move's own read
                 # fence: a newer move or drop of it has fenced it.
-                raise TransactionConflictError(
-                    f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
-                    "catalog_changed") from exc
+                raise _overtaken(ks) from exc
             items = reply["items"]
             if not items or (len(items) < COPY_PAGE and reply.get("more") is not True):
                 return items, reply["ts"], end
@@ -1023,9 +1021,7 @@ class Database:
             if exc.reason != "moved":
                 raise
             # The fence is no longer this move's (1, MAX_TS): a newer move or drop set it.
-            raise TransactionConflictError(
-                f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
-                "catalog_changed") from exc
+            raise _overtaken(ks) from exc
 
     async def conflicts(self, keyspace: str, *, limit: int = 100) -> list[ConflictRecord]:
         """The conflict log of a regional keyspace in this client's region: one record per
@@ -1650,6 +1646,13 @@ def check_keys(keys: object) -> list:
     except TypeError:
         raise InvalidArgumentError(f"keys must be an iterable of keys, not "
                                    f"{type(keys).__name__}") from None
+
+
+def _overtaken(ks: Keyspace) -> TransactionConflictError:
+    """A move's copy refused (``moved``) by the fence of a newer move or drop of ``ks``."""
+    return TransactionConflictError(
+        f"keyspace {ks.name!r}: a newer move or drop of it began during the copy",
+        "catalog_changed")
 
 
 def check_conflict_records(records: object) -> list[ConflictRecord]:
