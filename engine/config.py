@@ -171,6 +171,10 @@ DEFAULT_BASE_PORT = 7100
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RAFT_FSYNC_MODES = ("loop", "thread")
 
+MAX_CONFIG_BYTES = 4 << 20
+"""The largest configuration file read: a cluster of thousands of nodes takes a few hundred
+KiB; a larger file is some other file given by mistake (a store, a log, ``/dev/zero``), and is
+not read into memory."""
 _TOML_INT_MAX = 2**63 - 1  # TOML integers are signed 64-bit: anything larger cannot round-trip
 _MAX_LIFETIME_NS = 2**62
 _MAX_CLOCK_OFFSET_MS = (2**64 - 2) // 1_000_000
@@ -294,7 +298,9 @@ def _int(value: object, field: str, *, low: int = 1, high: int = _TOML_INT_MAX) 
         raise _fail(field, f"expected an integer, got {_show(value)}")
     if not low <= value <= high:
         if high == _TOML_INT_MAX:
-            raise _fail(field, f"must be at least {low}, got {value}")
+            # tomllib reads integers of any size: past 64 bits is too large, not too small.
+            bound = f"at least {low}" if value < low else f"at most {high}"
+            raise _fail(field, f"must be {bound}, got {value}")
         raise _fail(field, f"must be in {low}..{high}, got {value}")
     return value
 
@@ -1039,12 +1045,16 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         The validated configuration.
 
     Raises:
-        ConfigError: the file is not UTF-8 or not TOML, or a field is bad; its ``path`` is set.
+        ConfigError: the file is larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 or not TOML,
+            or a field is bad; its ``path`` is set.
         OSError: the file cannot be read.
     """
     name = os.fspath(path)
     with open(name, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes: not a node configuration",
+                          path=name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

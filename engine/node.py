@@ -12,9 +12,11 @@ Data directory
 ::
 
     DIR/IDENTITY                   a DurableState holding msgpack {"cluster": name, "node": id,
-                                   "groups": [[group, kind, region, voters, learners], ...]}:
+                                   "groups": [[group, kind, region, voters, learners], ...],
+                                   "opened": true once the node has made its groups}:
                                    a directory is never reused by another node or cluster by
-                                   mistake, and its flock keeps it to one node process
+                                   mistake, nor restarted with a group's data lost, and its
+                                   flock keeps it to one node process
     DIR/groups/<id>/raft/          the group's Raft log, hard state and snapshot
     DIR/groups/<id>/state/         the group's MVCC store
 
@@ -78,7 +80,7 @@ import logging
 import resource
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -347,8 +349,10 @@ class Node:
         directory = Path(self.config.data_dir)
         with contextlib.ExitStack() as files:
             membership = _membership(self.placement)
+            hosted = [gid for gid, where in sorted(self.placement.items())
+                      if where.hosts(self.id)]
             identity = _open_identity(directory, self.cluster.name, self.id, membership,
-                                      record=False)
+                                      record=False, hosted=hosted)
             files.callback(identity.close)
             me = self.cluster.node(self.id)
             async with trio.open_nursery() as nursery:
@@ -366,10 +370,10 @@ class Node:
                 # its groups' logs for good before the first regular check.
                 await nursery.start(self._watch_clocks)
                 async with contextlib.AsyncExitStack() as groups:
-                    for gid, where in sorted(self.placement.items()):
-                        if where.hosts(self.id):
-                            await self._open_group(groups, nursery, files, directory, gid,
-                                                   where.conf, transport)
+                    for gid in hosted:
+                        await self._open_group(groups, nursery, files, directory, gid,
+                                               self.placement[gid].conf, transport)
+                    _record_opened(identity)
                     self.client_port = await nursery.start(self._serve_clients, me)
                     # Other groups' leaders are reached like a client reaches them (the
                     # primary group of a transaction whose intent needs recovering).
@@ -2181,17 +2185,19 @@ def _membership(groups: dict) -> list[list]:
 
 
 def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[list], *,
-                   record: bool = True) -> DurableState:
+                   record: bool = True, hosted: Collection[int] = ()) -> DurableState:
     """Opens ``DIR/IDENTITY`` (a :class:`DurableState`, whose flock keeps the directory to one
     node process) and checks, or on first use records, whose directory this is: which node of
     which cluster, and the cluster's groups and their members (``groups``, see
     :func:`_membership`). With ``record=False`` a new directory is checked and locked but not
-    yet recorded: :func:`_record_identity` does that.
+    yet recorded: :func:`_record_identity` does that. Once :func:`_record_opened` has recorded
+    that the node made its groups, each group of ``hosted`` must still have its directory.
 
     Raises:
         InvalidArgumentError: the directory belongs to another node or cluster, or was made
             for groups with other members.
-        StoreLockedError, StorageError, CorruptStateError.
+        CorruptStateError: the IDENTITY is not one, or a hosted group's data is gone.
+        StoreLockedError, StorageError.
     """
     try:
         makedirs_durable(directory)
@@ -2238,6 +2244,17 @@ def _open_identity(directory: Path, cluster: str, node_id: int, groups: list[lis
                 f"data directory {directory} was made for a cluster {cluster!r} whose groups "
                 f"have other members ({_membership_change(have['groups'], groups)}): a "
                 f"cluster's regions and nodes cannot change under its data")
+        if have.get("opened"):
+            for gid in hosted:
+                # Made afresh, the group would have forgotten its Raft term, vote and log: it
+                # could vote twice in a term, and what it had acknowledged would be lost (a
+                # lone meta group's catalog, all of it).
+                base = directory / "groups" / str(gid)
+                if not base.is_dir():
+                    raise CorruptStateError(
+                        f"data directory {directory} has lost the data of group {gid}: {base} "
+                        f"is missing, and the group's Raft state (term, vote, log) with it",
+                        str(base))
     except BaseException:
         identity.close()
         raise
@@ -2248,6 +2265,14 @@ def _record_identity(identity: DurableState, cluster: str, node_id: int,
                      groups: list[list]) -> None:
     """Records in ``identity`` whose directory this is (see :func:`_open_identity`)."""
     identity.store(msgpack.packb({"cluster": cluster, "node": node_id, "groups": groups}))
+
+
+def _record_opened(identity: DurableState) -> None:
+    """Records in ``identity``, once, that the node has made every group it hosts: from then
+    on a group whose directory is missing has lost its data (see :func:`_open_identity`)."""
+    have = msgpack.unpackb(identity.load(), raw=False)
+    if not have.get("opened"):
+        identity.store(msgpack.packb({**have, "opened": True}))
 
 
 def _membership_change(had: list, now: list) -> str:

@@ -265,6 +265,9 @@ FAILING = [
     ("node id zero", _set(f"{N0}/id", 0), f"{P_N0}.id", "must be at least 1, got 0"),
     ("node id negative", _set(f"{N0}/id", -4), f"{P_N0}.id", "must be at least 1"),
     ("node id float", _set(f"{N0}/id", 1.0), f"{P_N0}.id", "expected an integer, got 1.0"),
+    # Past TOML's 64-bit integers, which tomllib reads all the same: too large, not too small.
+    ("node id beyond 64 bits", _set(f"{N0}/id", 2**64 + 1), f"{P_N0}.id",
+     f"must be at most {2**63 - 1}, got {2**64 + 1}"),
     ("duplicate node id", _set(f"{E0}/id", 2), f"{P_E0}.id",
      "node id 2 is already used by nodes[1] of region us-east"),
     # addresses
@@ -303,6 +306,8 @@ FAILING = [
     # timing
     ("clock offset zero", _set("cluster/max_clock_offset_ms", 0), "cluster.max_clock_offset_ms",
      "must be at least 1"),
+    ("clock offset beyond 64 bits", _set("cluster/max_clock_offset_ms", 2**64),
+     "cluster.max_clock_offset_ms", f"must be at most {2**63 - 1}, got {2**64}"),
     ("clock offset float", _set("cluster/max_clock_offset_ms", 2.5),
      "cluster.max_clock_offset_ms", "expected an integer"),
     ("clock offset string", _set("cluster/max_clock_offset_ms", "250ms"),
@@ -472,6 +477,16 @@ def test_load_names_the_file(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         load_node_config(tmp_path / "missing.toml")
+
+
+def test_a_file_too_large_for_a_configuration_is_refused_unread(tmp_path):
+    # A wrong path (a store's data file, a log, /dev/zero) used to be read whole into memory.
+    huge = tmp_path / "data.mdb"
+    with open(huge, "wb") as f:
+        f.truncate(cfgmod.MAX_CONFIG_BYTES + 1)  # sparse: no time to write
+    with pytest.raises(ConfigError, match=f"larger than {cfgmod.MAX_CONFIG_BYTES} bytes") as info:
+        load_node_config(huge)
+    assert info.value.path == str(huge)
 
 
 def test_a_byte_order_mark_is_named_not_an_invalid_statement(tmp_path):
