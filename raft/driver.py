@@ -1312,8 +1312,12 @@ class RaftNode:
         snapshot is a file the size of the state; an idle group would hold it for good)."""
         core = self._core
         snap = core.snapshot
-        if snap is None or snap.local:
+        if snap is None or snap.local or snap.data is not self._built_data:
+            # Replaced (by a compaction's marker, an installed snapshot) or never taken: the
+            # built one is no longer sent, and its file would hold its disk space until the
+            # next build or the node's close.
             self._built_at = None
+            self._close_built()
             return
         now = trio.current_time()
         if core.sending_snapshot() or core.snapshot_wanted:
@@ -1323,7 +1327,7 @@ class RaftNode:
             # its own checkpoint returns): no need to sync the store from the ticker for it.
             core.hold_local_snapshot(snap.meta, b"")
             self._built_at = None
-            self._built_data = None
+            self._close_built()
 
     def _build_failed(self, exc: BaseException) -> None:
         log.warning("group %d node %d: cannot build a snapshot for followers (trying again in "
@@ -1332,10 +1336,10 @@ class RaftNode:
 
     def _close_built(self) -> None:
         """Closes the snapshot built for followers, if one is held (a mapping of an unnamed
-        file the size of the state), when the node closes: the node sits in reference cycles,
-        and the file's descriptor and disk space would otherwise stay until the garbage
-        collector runs. One still exported (a slice a transport has yet to send) is left to
-        it."""
+        file the size of the state), once it is no longer sent and when the node closes: the
+        node sits in reference cycles, and the file's descriptor and disk space would otherwise
+        stay until the garbage collector runs. One still exported (a slice a transport has yet
+        to send) is left to it."""
         data, self._built_data = self._built_data, None
         close = getattr(data, "close", None)
         if close is not None:

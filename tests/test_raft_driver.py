@@ -869,6 +869,31 @@ async def test_a_durable_state_machine_compacts_without_copying_its_state(tmp_pa
             await wait_until(lambda: leader.core.snapshot.local)
 
 
+async def test_a_built_snapshot_replaced_by_a_compaction_is_let_go(tmp_path, monkeypatch):
+    """A full snapshot built for a follower is a file the size of the state (an unlinked
+    temporary file, mapped). Once a later compaction holds a local marker in its place, the
+    leader must keep no reference to it: until the next build or the node's close, the file
+    would hold its disk space, invisible to ``du``."""
+    import raft.driver
+    monkeypatch.setattr(raft.driver, "SNAPSHOT_RELEASE_S", 3600.0)  # not released by time
+    async with cluster(tmp_path, snapshot_every=20, snapshot_keep=0,
+                       state_machine=lambda i: DurableCounter(tmp_path / f"sm{i}")) as c:
+        with trio.fail_after(20):
+            lid, victim = await c.leave_behind(range(60))
+            leader = c.nodes[lid]
+            await c.start(victim)
+            await c.nodes[victim].wait_applied(leader.core.commit)
+            assert leader.statistics().snapshots_built >= 1
+            built = leader.core.snapshot.meta.index
+            for k in range(60, 110):  # compactions past the built snapshot's index
+                await leader.propose(b"%d" % k)
+            await wait_until(lambda: leader.core.snapshot.meta.index > built
+                             and leader.core.snapshot.local)
+            for _ in range(3):
+                await trio.sleep(TICK)  # ticks, which look at the built snapshot held
+        assert leader._built_data is None
+
+
 async def test_a_durable_state_machine_syncs_its_state_off_the_loop(tmp_path):
     """A compaction syncs the state machine's storage in a thread while the group goes on
     committing (a flush of a busy store takes a fraction of a second), then compacts the log
