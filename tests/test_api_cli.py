@@ -630,39 +630,6 @@ def test_a_demo_with_fewer_than_two_accounts_is_refused_before_it_starts(tmp_pat
     assert not (tmp_path / "c").exists()
 
 
-async def test_a_transfer_given_up_counts_every_conflict_it_met(autojump_clock):
-    # A transfer that run_transaction gave up after 20 conflicting attempts used to count
-    # one conflict, not 20: under contention the report understated them.
-    import trio
-
-    from engine import cluster_demo
-    from engine.errors import TransactionConflictError
-
-    class Tx:
-        async def get_many(self, ks, keys):
-            return [b"1000"] * len(keys)
-
-        async def put(self, ks, key, value):
-            pass
-
-    class Db:
-        async def run_transaction(self, body, max_attempts=20):
-            for _ in range(max_attempts):
-                await body(Tx())
-            await trio.sleep(1)
-            raise TransactionConflictError("every attempt conflicted", "write_write")
-
-        async def read(self, ks, key, staleness=None):
-            await trio.sleep(1)
-
-    stats = cluster_demo._Stats()
-    await cluster_demo._client(Db(), "east", "bank-east", "bank-west", 2, 0, stats,
-                               trio.current_time() + 10)
-    given_up = 10 - sum(len(v) for v in stats.latencies.values())  # one op a second
-    assert given_up > 0
-    assert stats.conflicts["east"] == 20 * given_up
-
-
 def test_cluster_status_reports_a_node_that_accepts_and_never_answers(monkeypatch):
     # A paused node (SIGSTOP) still has its connections accepted by the kernel: `meridian
     # cluster status` waited for its answer for ever.

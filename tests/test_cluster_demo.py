@@ -177,7 +177,8 @@ async def test_operations_under_way_when_the_workload_ends_are_measured(monkeypa
 async def test_a_transfer_that_gives_up_on_conflicts_is_reported_as_not_done(autojump_clock):
     # run_transaction retries a conflict up to its last attempt, whose conflict it raises: the
     # transfer is then not done. It used to be counted among the "conflicts retried" only, so
-    # the report showed no sign of the transfers that never happened.
+    # the report showed no sign of the transfers that never happened. Every retried conflict
+    # counts (once, only one per transfer did: under contention the report understated them).
     from engine.errors import TransactionConflictError
 
     class Transaction:
