@@ -123,8 +123,8 @@ async def test_a_read_during_which_its_keyspace_is_dropped_is_refused(method, mo
         replica = node.replicas[gid]
         waited = engine.node.Node._wait_intents
 
-        async def wait_then_drop(self, replica, ts, find, *, restart):
-            await waited(self, replica, ts, find, restart=restart)
+        async def wait_then_drop(self, replica, ts, find, *, restart, until=0):
+            await waited(self, replica, ts, find, restart=restart, until=until)
             replica.sm._fences[KEY[:4]] = (2, 0)  # as if a drop's FENCE had been applied
 
         with trio.fail_after(GUARD_S):
@@ -364,9 +364,9 @@ async def test_a_refresh_that_waited_while_gc_passed_its_snapshot_does_not_succe
             waiting = trio.Event()
             waited = engine.node.Node._wait_intents
 
-            async def wait_intents(self, replica, ts, find, *, restart):
+            async def wait_intents(self, replica, ts, find, *, restart, until=0):
                 waiting.set()
-                await waited(self, replica, ts, find, restart=restart)
+                await waited(self, replica, ts, find, restart=restart, until=until)
 
             monkeypatch.setattr(engine.node.Node, "_wait_intents", wait_intents)
             reply = {}
