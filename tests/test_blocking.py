@@ -852,6 +852,21 @@ def test_a_transaction_used_by_two_threads_at_once_is_refused(db, ks):
     assert db.read(ks, b"k") == b"v"
 
 
+def _notes_of_interrupted(commit, ctrl_c, *, then=None) -> list[str]:
+    """The notes of the KeyboardInterrupt ``commit()`` raises while ``ctrl_c`` (run in a
+    thread, sending SIGINT to the main thread) interrupts it; ``then`` runs once it has."""
+    t = threading.Thread(target=ctrl_c)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            commit()
+    finally:
+        t.join()
+        if then is not None:
+            then()
+    return getattr(info.value, "__notes__", [])
+
+
 def test_ctrl_c_during_a_commit_says_its_outcome_is_unknown(db, ks, monkeypatch):
     """A commit cut short by Ctrl-C once sent may have been applied: the KeyboardInterrupt
     says so (a note, as AmbiguousCommitError would), from commit(), the end of a ``with``
@@ -865,21 +880,9 @@ def test_ctrl_c_during_a_commit_says_its_outcome_is_unknown(db, ks, monkeypatch)
         in_flight.set()
         await trio.sleep_forever()
 
-    def interrupted(commit) -> KeyboardInterrupt:
-        in_flight.clear()
-
-        def ctrl_c():
-            assert in_flight.wait(10)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        t = threading.Thread(target=ctrl_c)
-        t.start()
-        try:
-            with pytest.raises(KeyboardInterrupt) as info:
-                commit()
-        finally:
-            t.join()
-        return info.value
+    def ctrl_c():
+        assert in_flight.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def in_a_block():
         with db.transaction() as tx:
@@ -894,7 +897,8 @@ def test_ctrl_c_during_a_commit_says_its_outcome_is_unknown(db, ks, monkeypatch)
     monkeypatch.setattr(Transaction, "_commit_one", parked_commit)
     for commit in (explicitly, in_a_block,
                    lambda: db.run_transaction(lambda tx: tx.put(ks, b"k", b"v"))):
-        notes = getattr(interrupted(commit), "__notes__", [])
+        in_flight.clear()
+        notes = _notes_of_interrupted(commit, ctrl_c)
         assert len(notes) == 1 and "may or may not have committed" in notes[0]
 
 
@@ -920,14 +924,7 @@ def test_ctrl_c_as_a_commit_completes_says_that_it_committed(db, ks, monkeypatch
     monkeypatch.setattr(Transaction, "commit", commit_then_park)
     tx = db.transaction()
     tx.put(ks, b"k", b"v")
-    t = threading.Thread(target=ctrl_c)
-    t.start()
-    try:
-        with pytest.raises(KeyboardInterrupt) as info:
-            tx.commit()
-    finally:
-        t.join()
-    notes = getattr(info.value, "__notes__", [])
+    notes = _notes_of_interrupted(tx.commit, ctrl_c)
     assert len(notes) == 1 and "had committed" in notes[0]
     assert db.read(ks, b"k") == b"v"
 
@@ -967,13 +964,5 @@ def test_a_second_ctrl_c_during_a_commit_still_says_its_outcome_is_unknown(db, k
     monkeypatch.setattr(Transaction, "_commit_one", slow_commit_one)
     tx = db.transaction()
     tx.put(ks, b"k", b"v")
-    t = threading.Thread(target=ctrl_c_twice)
-    t.start()
-    try:
-        with pytest.raises(KeyboardInterrupt) as info:
-            tx.commit()
-    finally:
-        t.join()
-        release.set()
-    notes = getattr(info.value, "__notes__", [])
+    notes = _notes_of_interrupted(tx.commit, ctrl_c_twice, then=release.set)
     assert len(notes) == 1 and "may or may not have committed" in notes[0]
