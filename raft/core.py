@@ -222,6 +222,7 @@ class RaftCore:
         self.snapshot_wanted = False
         self._ready_number = 0
         self._outstanding: Ready | None = None
+        self._stores_vote = False  # the outstanding Ready stores a term or vote
         # Messages dropped as malformed (see _malformed), and why the latest one was.
         self.malformed_messages = 0
         self.last_malformed = ""
@@ -1348,10 +1349,10 @@ class RaftCore:
         entries = tuple(self.log.unstable_entries())
         committed = tuple(self.log.next_committed(self.config.max_committed_size_per_ready))
         hard_state = hs if hs != self._prev_hard_state else None
-        must_sync = bool(entries) or self._pending_snapshot is not None or (
-            hard_state is not None
-            and (hs.term != self._prev_hard_state.term or hs.vote != self._prev_hard_state.vote)
-        )
+        # A term or vote to store: durable before anything that follows it.
+        self._stores_vote = hard_state is not None and (
+            hs.term != self._prev_hard_state.term or hs.vote != self._prev_hard_state.vote)
+        must_sync = bool(entries) or self._pending_snapshot is not None or self._stores_vote
         rd = Ready(
             number=self._ready_number,
             soft_state=ss if ss != self._prev_soft_state else None,
@@ -1379,10 +1380,23 @@ class RaftCore:
         self._outstanding = rd
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The driver has persisted, sent and applied ``rd``."""
+    def advance(self, rd: Ready, *, entries_durable: bool = True) -> None:
+        """The driver has persisted, sent and applied ``rd``.
+
+        ``entries_durable=False``: the driver has written ``rd.entries`` but their fsync is
+        still running (an asynchronous append, as etcd's raft allows a leader): the entries
+        count towards a commit, and are applied, only once :meth:`persisted_to` says they are
+        durable. Meanwhile further Readies may be taken, and their entries written after these.
+        Only for a Ready with nothing that must wait for the fsync: no ``persisted_messages``
+        (acknowledgements and votes promise durability), no snapshot or snapshot chunks, and
+        no term or vote to store.
+        """
         if rd is not self._outstanding:
             raise RaftError(f"advance() with Ready {rd.number}, which is not the outstanding one")
+        if not entries_durable and (rd.persisted_messages or rd.snapshot is not None
+                                    or rd.snapshot_chunks or self._stores_vote):
+            raise RaftError(f"Ready {rd.number} cannot be advanced before its fsync: it holds "
+                            f"what must be durable first")
         self._outstanding = None
         log = self.log
         if rd.snapshot is not None:
@@ -1390,12 +1404,9 @@ class RaftCore:
             if log.offset == idx:
                 log.persisted = max(log.persisted, idx)
             log.applied = max(log.applied, idx)
-        if rd.entries:
+        if rd.entries and entries_durable:
             last = rd.entries[-1]
-            # Still in our log? A conflict may have replaced it while it was being written. If
-            # the term at its index is unchanged, so is everything before it (log matching).
-            if log.term_at(last.index) == last.term:
-                log.persisted = max(log.persisted, last.index)
+            self._mark_persisted(last.index, last.term)
         for e in rd.committed_entries:
             # An entry at or below the log's offset here was overtaken by a snapshot restored
             # while this Ready was out: the snapshot's configuration already includes it.
@@ -1410,9 +1421,31 @@ class RaftCore:
         if rd.hard_state is not None and self.role is StateRole.CANDIDATE:
             if rd.hard_state.term == self.term and rd.hard_state.vote == self.id:
                 self._step_candidate(Message(MT.VOTE_RESP, self.id, self.id, self.term))
+        self._count_own_log()
+
+    def persisted_to(self, index: int, term: int) -> None:
+        """The entries up to ``(index, term)``, written by Readies advanced with
+        ``entries_durable=False``, are durable now (an fsync that began after they were
+        written has returned). Ignored if the log no longer holds that entry: a conflict
+        replaced it meanwhile (its replacement is persisted by a Ready of its own), or cut
+        it (the conflict's entries are then the ones the log hands out next)."""
+        if index >= self.log.unstable and self.log.term_at(index) == term:
+            raise RaftError(f"persisted_to({index}): the entry was never handed out "
+                            f"(up to {self.log.unstable - 1})")
+        self._mark_persisted(index, term)
+        self._count_own_log()
+
+    def _mark_persisted(self, index: int, term: int) -> None:
+        # Still in our log? A conflict may have replaced it while it was being written. If
+        # the term at its index is unchanged, so is everything before it (log matching).
+        if self.log.term_at(index) == term:
+            self.log.persisted = max(self.log.persisted, index)
+
+    def _count_own_log(self) -> None:
+        """A leader counts its own log towards a commit once it is durable."""
         if self.role is StateRole.LEADER:
             me = self._prs.get(self.id)
-            if me is not None and me.maybe_update(log.persisted):
+            if me is not None and me.maybe_update(self.log.persisted):
                 if self._maybe_commit() and self.config.broadcast_commit:
                     self._bcast_pending = True
 

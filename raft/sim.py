@@ -22,10 +22,30 @@ Model.
   ``persisted_messages`` leave, committed entries are applied, then ``advance``. While the fsync
   is in flight the node keeps receiving messages and ticking; it asks for the next Ready only
   after ``advance``.
+- *Asynchronous appends* (knob ``async_append``, as etcd's raft lets a leader write): a
+  leader's Ready that is a plain append — entries, and no acknowledgement or vote to send, no
+  snapshot or chunks, no term or vote to store, no membership change — is handled at once: its
+  messages leave, its entries are written after those pending, its committed entries are
+  applied and the core advances it with ``entries_durable=False``, so that the node takes the
+  next Ready while the entries are not durable yet. A log fsync, begun when none is in flight
+  (latency as above), makes durable exactly the entries written before it began; when it
+  returns the core learns it (``RaftCore.persisted_to``: only now does the leader count its own
+  log towards a commit, and apply what is committed), and the next log fsync begins if entries
+  were written meanwhile. Any other Ready taken during a log fsync (the node stepped down and
+  votes, or truncates its log for a new leader, or receives a snapshot) is held, not written,
+  until that fsync returns — nothing but a plain append touches the log while it is synced — and
+  its own fsync then makes every pending entry durable. The hard state is stored as
+  ``raft.driver`` stores it: with a change of term or vote, or of the commit index with a Ready
+  that appends or applies a membership change (such Readies are never appended
+  asynchronously); a commit index alone is not stored, so a restart never finds one beyond its
+  durable log. Crashes are aimed at log fsyncs too, so that leaders often crash with entries
+  they wrote, sent and advanced but never made durable. Without the knob every Ready is
+  handled as above, and every hard state stored (the model older seeds were recorded with).
 - *Disk* (:class:`SimDisk`): a synced part (hard state, snapshot, entries after it) and a pending
-  part written since the last fsync. A crash loses the pending part, or tears it: a received
-  snapshot survives or not as a whole, then a prefix of the pending entries survives, and the new
-  hard state survives (or not, as a whole) only if all of the batch's entries did — the order
+  part written since the last fsync (with asynchronous appends, several batches, of which a log
+  fsync syncs a prefix). A crash loses the pending part, or tears it: a received snapshot
+  survives or not as a whole, then a prefix of the pending entries survives, and the new hard
+  state survives (or not, as a whole) only if all of the pending entries did — the order
   ``raft.storage`` writes in. Conflict truncation and local compaction snapshots are durable at
   once, as they are in ``LogStore`` and ``RaftStorage.save_snapshot``. A restarted node is a fresh
   core built from the synced part (:class:`~raft.core.RestoredState`).
@@ -66,7 +86,8 @@ Model.
   learner — always through ``propose_conf_change`` on the leader, never below two voters and
   rarely below three) and transfers leadership. Crashes are also aimed at the moments that
   matter: while a batch is being synced, while or just after a vote for another node is
-  synced, and late in a candidate's sync of its own vote. After ``fault_ms`` every fault heals,
+  synced, late in a candidate's sync of its own vote, and (``async_append``) while a leader's
+  log fsync runs. After ``fault_ms`` every fault heals,
   every node restarts and the clients stop starting new work.
 
 Checks, after every event (a breach raises :class:`SimulationFailure`):
@@ -107,8 +128,11 @@ off:
 ``forget-vote`` (the disk drops the vote on restart), ``ack-before-fsync`` (persisted_messages
 leave with messages, before the data they vouch for is durable), ``lose-synced-tail`` (a
 restarted disk has lost the tail of its synced log, and the commit index with it — corruption),
-``lose-acked-tail`` (a restarted disk keeps only what the latest acknowledgement vouched for,
-losing entries an earlier, higher one acknowledged; only the durability check sees it). Bugs
+``async-persist-early`` (with ``async_append``, a leader reports its entries durable to the core
+when they are written rather than when their fsync returns, so that it counts itself towards
+commits it cannot vouch for), ``lose-acked-tail`` (a restarted disk keeps only what the latest
+acknowledgement vouched for, losing entries an earlier, higher one acknowledged; only the
+durability check sees it). Bugs
 planted in the core itself (a leader answering ReadIndex without confirming its leadership; a
 follower dropping the entries after an append's own, where nothing conflicts) are tested by
 patching the core in the tests.
@@ -169,7 +193,8 @@ __all__ = [
     "main",
 ]
 
-PLANTS = ("forget-vote", "ack-before-fsync", "lose-synced-tail", "lose-acked-tail")
+PLANTS = ("forget-vote", "ack-before-fsync", "lose-synced-tail", "async-persist-early",
+          "lose-acked-tail")
 
 MT = MessageType
 
@@ -241,6 +266,8 @@ class SimResult:
     members: tuple[int, ...]  # the final configuration
     snapshots_built: int = 0  # durable_sm: full snapshots built for followers and offered
     replayed: int = 0  # old messages delivered again (the "replay" knob)
+    async_appends: int = 0  # async_append: leader Readies advanced before their fsync
+    async_crashes: int = 0  # ... and crashes of a node holding such entries not yet synced
 
     def summary(self) -> str:
         return (f"seed {self.seed}: {self.sim_ms} ms simulated, {self.events} events, "
@@ -248,7 +275,9 @@ class SimResult:
                 f"{self.crashes} crashes, commit {self.commits}, {self.acked_writes} acked "
                 f"writes, {self.reads} reads, {self.snapshots_sent} snapshot chunks sent, "
                 f"{self.snapshots_installed} installed ({self.snapshots_built} built), "
-                f"{self.replayed} replayed, {self.conf_changes} conf changes, "
+                f"{self.replayed} replayed, {self.async_appends} async appends "
+                f"({self.async_crashes} crashes before their fsync), "
+                f"{self.conf_changes} conf changes, "
                 f"members {list(self.members)}, trace {self.trace_hash[:16]}")
 
 
@@ -281,11 +310,15 @@ def replay_command(seed: int, config: SimConfig = SimConfig()) -> str:
 
 # ==================================================================== disk
 
+_READY = object()  # SimDisk.write: the hard state to write is the Ready's own
+
 
 class SimDisk:
     """One node's storage: a synced part that survives crashes and a pending part that may not.
 
-    Invariant: ``entries`` is contiguous and follows ``snapshot`` (or index 0).
+    Invariant: ``entries`` is contiguous and follows ``snapshot`` (or index 0); so do
+    ``pending_entries`` (several batches, each appended after the ones pending) follow
+    ``entries``, unless a snapshot is pending, which they then follow.
     """
 
     __slots__ = ("hard_state", "snapshot", "entries", "pending_snapshot", "pending_entries",
@@ -318,9 +351,19 @@ class SimDisk:
         if self.truncated_from is None or index < self.truncated_from:
             self.truncated_from = index
 
-    def write(self, rd: Ready) -> str | None:
-        """Step 2 of Ready handling, before the fsync. Returns a complaint about the batch (a
-        core bug) or None."""
+    @property
+    def last_hard_state(self) -> HardState:
+        """The hard state written last, synced or not."""
+        return self.pending_hard_state if self.pending_hard_state is not None else \
+            self.hard_state
+
+    def write(self, rd: Ready, hard_state=_READY) -> str | None:
+        """Step 2 of Ready handling, before the fsync: ``rd``'s snapshot, entries (after those
+        pending, or cutting them or the synced log where they conflict) and ``hard_state``
+        (by default the Ready's own; None: none). Returns a complaint about the batch (a core
+        bug) or None."""
+        if hard_state is _READY:
+            hard_state = rd.hard_state
         for c in rd.snapshot_chunks:
             if c.offset == 0:
                 self.receiving = (c.meta, c.size, bytearray())
@@ -342,18 +385,31 @@ class SimDisk:
                 return f"entries from {first} written at or below the snapshot at {base}"
             # Conflict truncation is durable at once (LogStore truncates in place).
             if self.pending_snapshot is None:
-                if first > self.offset + len(self.entries) + 1:
-                    return (f"entries from {first} written after a log ending at "
-                            f"{self.offset + len(self.entries)}: a gap")
-                if first <= self.offset + len(self.entries):
+                synced = self.offset + len(self.entries)
+                end = synced + len(self.pending_entries)
+                if first > end + 1:
+                    return f"entries from {first} written after a log ending at {end}: a gap"
+                if first <= synced:
                     self._dropped_from(first)
-                del self.entries[first - self.offset - 1 :]
+                    del self.entries[first - self.offset - 1 :]
+                    self.pending_entries = []
+                else:
+                    del self.pending_entries[first - synced - 1 :]
             elif first != base + 1:
                 return f"entries from {first} written after a snapshot at {base}"
-            self.pending_entries = list(rd.entries)
-        if rd.hard_state is not None:
-            self.pending_hard_state = rd.hard_state
+            self.pending_entries.extend(rd.entries)
+        if hard_state is not None:
+            self.pending_hard_state = hard_state
         return None
+
+    def sync_entries(self, index: int) -> None:
+        """An fsync of the log alone, begun when the pending entries ended at ``index``: those
+        up to it are durable; later ones, and the hard state, stay pending."""
+        if self.pending_snapshot is not None:
+            raise ValueError("a log fsync while a received snapshot is pending")
+        kept = [e for e in self.pending_entries if e.index <= index]
+        self.entries.extend(kept)
+        del self.pending_entries[: len(kept)]
 
     def sync(self) -> None:
         if self.pending_snapshot is not None:
@@ -394,10 +450,14 @@ class SimDisk:
         self.entries = []
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        """A local compaction snapshot: durable at once; the log before it is dropped."""
+        """A local compaction snapshot: durable at once; the log before it is dropped (and any
+        pending entry it covers: applied, so durable, unless a plant says otherwise)."""
         drop = snap.meta.index - self.offset
         self.snapshot = snap
         del self.entries[: max(drop, 0)]
+        if self.pending_entries and self.pending_entries[0].index <= snap.meta.index:
+            self.pending_entries = [e for e in self.pending_entries
+                                    if e.index > snap.meta.index]
 
     def restored(self, bootstrap: ConfState) -> RestoredState:
         return RestoredState(hard_state=self.hard_state, snapshot=self.snapshot,
@@ -457,6 +517,12 @@ class KVStateMachine:
         self.kv = {k: (v, i) for k, v, i in d["kv"]}
 
 
+def _has_conf_change(rd: Ready) -> bool:
+    """Whether ``rd`` appends or applies a membership change."""
+    return any(e.type is EntryType.CONF_CHANGE
+               for entries in (rd.entries, rd.committed_entries) for e in entries)
+
+
 def _marker(index: int) -> bytes:
     """A durable state machine's local snapshot: what it checks on a restart."""
     return b"local %d" % index
@@ -467,7 +533,7 @@ def _marker(index: int) -> bytes:
 # Event kinds. The heap holds (time_ms, seq, kind, a, b); seq is unique, so the payload is never
 # compared.
 (_TICK, _DELIVER, _FSYNC, _CLIENT, _TIMEOUT, _NEMESIS, _CRASH, _RESTART, _HEAL, _LIVENESS,
- _BUILT, _SYNCED) = range(12)
+ _BUILT, _SYNCED, _LOG_FSYNC) = range(13)
 
 _OP_TIMEOUT_MS = 400
 # With roaming clients (the "roam" knob) a client gives up sooner on a node that does not
@@ -508,10 +574,18 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     # timeout ago, from a small sample (_sample_and_replay): a stale buffer flushed by a
     # reconnect. 0 is the model older seeds were recorded with, draw for draw.
     "replay": ((0.0, 0.005, 0.02, 0.05), True),
+    # A leader appends asynchronously (etcd raft's asynchronous storage writes): it sends and
+    # advances a plain append at once, before its fsync, which makes its entries durable later
+    # (RaftCore.persisted_to); see the module docstring. 0 is the model older seeds were
+    # recorded with, draw for draw.
+    "async_append": ((0, 1), False),
 }
 # Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
 # of their own, so that every older draw — and so every older seed — stays as it was.
-_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm", "replay")
+_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm", "replay", "async_append")
+# async_append: the rate (per log fsync, while faults last) of crashes aimed at the window in
+# which a leader's entries are written and advanced but not yet durable.
+_LOG_FSYNC_CRASH = 0.02
 # Old messages kept for replay, in each of two samples (see _sample_and_replay), and the share
 # of sent messages that enter one, the replication sample or the election sample (each
 # replacing a random one once it is full, so that some stay for many election timeouts).
@@ -531,7 +605,8 @@ class _Node:
     __slots__ = ("id", "alive", "incarnation", "core", "disk", "sm", "ready", "commit_floor",
                  "lm_last", "lm_terms", "props", "reads", "read_states", "tick_ms", "applied",
                  "snap_index", "vote_promise", "log_promise", "last_ack", "conf_seen",
-                 "sm_checkpoint", "building", "syncing", "synced")
+                 "sm_checkpoint", "building", "syncing", "synced", "held", "stored_hs",
+                 "ready_hs", "log_fsync", "unsynced")
 
     def __init__(self, node_id: int, tick_ms: int):
         self.id = node_id
@@ -563,6 +638,16 @@ class _Node:
         self.building = False
         self.syncing = False  # a checkpoint's sync is in flight (raft.driver: in a thread)
         self.synced: tuple[SnapshotMeta, bytes] | None = None  # done, not yet compacted behind
+        # async_append. ``ready`` may be a Ready taken while a log fsync was in flight, held
+        # (not yet written: nothing but a plain append touches the log then) until it returns;
+        # the hard state the driver stores with it (see _hard_state_to_store) and the core's
+        # latest one; the last entry (index, term) that the log fsync in flight makes durable,
+        # and the last one written asynchronously after it began (None: none).
+        self.held = False
+        self.stored_hs: HardState | None = None
+        self.ready_hs = HardState()
+        self.log_fsync: tuple[int, int] | None = None
+        self.unsynced: tuple[int, int] | None = None
 
 
 class _Op:
@@ -639,6 +724,8 @@ class Simulation:
         self.snapshots_installed = 0
         self.conf_changes = 0  # membership changes applied (first time anywhere)
         self.replayed = 0
+        self.async_appends = 0
+        self.async_crashes = 0
         # Old messages that may be delivered again, long after they were sent: (sent at, m),
         # those of replication, then those of elections. Their choices draw from a stream of
         # their own, so that a seed without replays draws from self.rng exactly as it did
@@ -689,6 +776,7 @@ class Simulation:
         self.idle_heartbeat_tick = knobs["idle_heartbeat_tick"]
         self.roam = knobs["roam"]
         self.replay_rate = knobs["replay"]
+        self.async_append = bool(knobs["async_append"])
 
     def _schedule(self, at: int, kind: int, a=None, b=None) -> None:
         self._seq += 1
@@ -752,6 +840,7 @@ class Simulation:
             _CLIENT: self._on_client, _TIMEOUT: self._on_timeout, _NEMESIS: self._on_nemesis,
             _CRASH: self._on_crash, _RESTART: self._on_restart, _HEAL: self._on_heal,
             _LIVENESS: self._on_liveness, _BUILT: self._on_built, _SYNCED: self._on_synced,
+            _LOG_FSYNC: self._on_log_fsync,
         }
         heap = self._heap
         limit = self.cfg.max_events
@@ -784,6 +873,9 @@ class Simulation:
             self._restore_sm(node, state.snapshot)
             node.snap_index = state.snapshot.meta.index
         node.ready = None
+        node.held = False
+        node.ready_hs = state.hard_state
+        node.log_fsync = node.unsynced = None
         node.commit_floor = node.core.commit
         node.lm_last = node.core.first_index - 1  # re-check the whole restored log
         node.lm_terms = {}
@@ -851,11 +943,15 @@ class Simulation:
 
     def _crash(self, node: _Node) -> None:
         tear = self.rng.random() < 0.5
+        if node.log_fsync is not None or node.unsynced is not None:
+            self.async_crashes += 1  # entries written and advanced, not yet durable
         what = node.disk.crash(self.rng, tear)
         self._note_truncation(node)
         node.alive = False
         node.core = None
         node.ready = None
+        node.held = False
+        node.log_fsync = node.unsynced = None
         self.crashes += 1
         self._event(f"crash {node.id}#{node.incarnation} ({what})")
         for client in self.clients:
@@ -916,20 +1012,120 @@ class Simulation:
             core = node.core
             rd = core.ready()
             self._send(node, rd.messages)
-            complaint = node.disk.write(rd)
-            if complaint is not None:
-                raise self.fail(f"node {node.id} Ready {rd.number}: {complaint}")
-            self._note_truncation(node)
-            if "ack-before-fsync" in self._plants:
-                self._send(node, rd.persisted_messages)
-            node.read_states.extend(rd.read_states)
-            if rd.must_sync:
-                node.ready = rd
-                latency = self.rng.randint(1, self.fsync_max_ms)
-                self._schedule(self.now + latency, _FSYNC, node.id, node.incarnation)
-                self._maybe_aim_crash(node, rd.hard_state, latency)
-                return
-            self._finish_ready(node, rd)
+            if not self.async_append:
+                self._write_ready(node, rd, rd.hard_state)
+                continue
+            hs = self._hard_state_to_store(node, rd)
+            if self._appends_async(node, rd, hs):
+                self._append_async(node, rd)
+            elif node.log_fsync is not None and (
+                    rd.must_sync or rd.snapshot_chunks or hs is not None):
+                # Nothing but a plain append may touch the log while its fsync runs.
+                node.ready, node.held, node.stored_hs = rd, True, hs
+                self._event(f"hold {node.id} ready={rd.number} until the log fsync")
+            else:
+                self._write_ready(node, rd, hs)
+        if (node.alive and node.ready is None and node.log_fsync is None
+                and node.unsynced is not None):
+            self._start_log_fsync(node)
+
+    def _write_ready(self, node: _Node, rd: Ready, hs: HardState | None) -> None:
+        """Step 2 (the snapshot, the entries and ``hs`` written), then either the fsync begins
+        or, if the Ready needs none, steps 3-5 at once."""
+        complaint = node.disk.write(rd, hs)
+        if complaint is not None:
+            raise self.fail(f"node {node.id} Ready {rd.number}: {complaint}")
+        self._note_truncation(node)
+        if rd.entries:
+            # Written after (or over) the asynchronous appends still unsynced: this Ready's
+            # fsync makes them durable, and its advance says so (or they were cut).
+            node.unsynced = None
+        if "ack-before-fsync" in self._plants:
+            self._send(node, rd.persisted_messages)
+        node.read_states.extend(rd.read_states)
+        if rd.must_sync:
+            node.ready = rd
+            latency = self.rng.randint(1, self.fsync_max_ms)
+            self._schedule(self.now + latency, _FSYNC, node.id, node.incarnation)
+            self._maybe_aim_crash(node, rd.hard_state, latency)
+            return
+        self._finish_ready(node, rd)
+
+    def _hard_state_to_store(self, node: _Node, rd: Ready) -> HardState | None:
+        """async_append: the hard state written with ``rd``, as ``raft.driver`` chooses it
+        (``RaftNode._hard_state_to_store``): the core's latest when its term or vote changed,
+        or when ``rd`` appends or applies a membership change and the commit index moved; a
+        change of commit index alone is not stored (a restarted node learns it again)."""
+        if rd.hard_state is not None:
+            node.ready_hs = rd.hard_state
+        hs, stored = node.ready_hs, node.disk.last_hard_state
+        if (hs.term, hs.vote) != (stored.term, stored.vote) or (
+                hs.commit > stored.commit and _has_conf_change(rd)):
+            return hs
+        return None
+
+    def _appends_async(self, node: _Node, rd: Ready, hs: HardState | None) -> bool:
+        """async_append: whether ``rd`` is a leader's plain append, which may be advanced
+        before its fsync: entries, and nothing that must be durable before it counts — no
+        acknowledgement or vote to send, no snapshot, no hard state to store (no term or vote
+        change, no membership change)."""
+        return (node.core.role is StateRole.LEADER and rd.must_sync and bool(rd.entries)
+                and not rd.persisted_messages and rd.snapshot is None
+                and not rd.snapshot_chunks and hs is None and not _has_conf_change(rd))
+
+    def _append_async(self, node: _Node, rd: Ready) -> None:
+        """A leader's plain append: written after the entries pending, applied as far as the
+        core allows (its durable log), advanced at once; a log fsync makes it durable later."""
+        complaint = node.disk.write(rd, None)
+        if complaint is not None:
+            raise self.fail(f"node {node.id} Ready {rd.number}: {complaint}")
+        self._note_truncation(node)
+        last = rd.entries[-1]
+        node.unsynced = (last.index, last.term)
+        self.async_appends += 1
+        self._event(f"append {node.id} ready={rd.number} entries={len(rd.entries)} "
+                    f"to {last.index} before its fsync")
+        node.read_states.extend(rd.read_states)
+        for e in rd.committed_entries:
+            self._apply(node, e)
+        node.core.advance(rd, entries_durable=False)
+        if "async-persist-early" in self._plants:
+            node.core.persisted_to(last.index, last.term)
+        self._serve_reads(node)
+        self._maybe_compact(node)
+
+    def _start_log_fsync(self, node: _Node) -> None:
+        """An fsync of the log, which makes durable what was written before it began."""
+        node.log_fsync, node.unsynced = node.unsynced, None
+        latency = self.rng.randint(1, self.fsync_max_ms)
+        self._schedule(self.now + latency, _LOG_FSYNC, node.id,
+                       (node.incarnation,) + node.log_fsync)
+        if (self.cfg.faults and not self._healed and self.rng.random() < _LOG_FSYNC_CRASH):
+            self._schedule(self.now + self.rng.randint(0, latency), _CRASH, node.id,
+                           node.incarnation)
+
+    def _on_log_fsync(self, node_id: int, payload) -> None:
+        incarnation, index, term = payload
+        node = self.nodes[node_id]
+        if not node.alive or node.incarnation != incarnation:
+            return  # crashed meanwhile: the disk kept what it kept
+        node.log_fsync = None
+        self._event(f"fsync {node_id} log to {index}")
+        node.disk.sync_entries(index)
+        self._persisted(node, index, term)
+        if node.held:
+            # The Ready held behind this fsync is written now; its own fsync, if it has
+            # one, makes the rest of the log durable too (no other fsync may run meanwhile).
+            rd, node.ready, node.held = node.ready, None, False
+            self._write_ready(node, rd, node.stored_hs)
+        self._after(node)
+
+    def _persisted(self, node: _Node, index: int, term: int) -> None:
+        """The entries written up to (index, term) asynchronously are durable: the core may
+        count and apply them; a leader has acknowledged them to itself (see _finish_ready)."""
+        node.core.persisted_to(index, term)
+        if node.core.role is StateRole.LEADER and node.core.term_at(index) == term:
+            self._note_ack(node, index)
 
     def _maybe_aim_crash(self, node: _Node, hs: HardState | None, latency: int) -> None:
         """Now and then crashes the node while this batch is being synced; if the batch holds
@@ -958,12 +1154,16 @@ class Simulation:
 
     def _on_fsync(self, node_id: int, incarnation: int) -> None:
         node = self.nodes[node_id]
-        if not node.alive or node.incarnation != incarnation or node.ready is None:
+        if (not node.alive or node.incarnation != incarnation or node.ready is None
+                or node.held):
             return
         rd = node.ready
         self._event(f"fsync {node_id} ready={rd.number} entries={len(rd.entries)}")
         node.disk.sync()
         self._note_truncation(node)
+        if node.unsynced is not None:  # appended asynchronously before rd, synced with it
+            (index, term), node.unsynced = node.unsynced, None
+            self._persisted(node, index, term)
         self._finish_ready(node, rd)
         self._after(node)
 
@@ -1727,6 +1927,8 @@ class Simulation:
             snapshots_installed=self.snapshots_installed,
             snapshots_built=self.snapshots_built,
             replayed=self.replayed,
+            async_appends=self.async_appends,
+            async_crashes=self.async_crashes,
             conf_changes=self.conf_changes,
             members=members,
         )

@@ -252,6 +252,11 @@ class Ready:
     4. apply ``committed_entries`` in order (after installing ``snapshot`` if there is one);
     5. call ``advance(ready)``.
 
+    A leader's Ready with nothing that must wait for its fsync (no ``persisted_messages``,
+    snapshot or term/vote change) may be advanced once its entries are written, before their
+    fsync returns: ``advance(ready, entries_durable=False)``, then
+    ``RaftCore.persisted_to(index, term)`` when they are durable (see ``RaftCore.advance``).
+
     ``snapshot`` is always one received from the leader; its ``data`` is ``None``: the data is
     what the ``snapshot_chunks`` of this Ready and earlier ones wrote, from the latest chunk at
     offset 0 on. Once it is installed, the core holds a local marker for it (see

@@ -57,6 +57,9 @@ MT = MessageType
 
 FAST_SEEDS = 300  # with every fault; about 0.1 s each
 SLOW_SEEDS = 3000
+# Seeds run with asynchronous leader appends pinned on (the async_append knob), every fault on.
+ASYNC_SEEDS = range(20_000, 20_300)
+SLOW_ASYNC_SEEDS = range(20_300, 21_800)
 SEARCH_LIMIT = 200  # a planted bug must be caught within this many seeds
 
 
@@ -89,7 +92,8 @@ def test_the_seeds_exercise_every_fault_and_feature():
     assert not failures, "\n".join(failures)
     total = {name: sum(getattr(r, name) for r in results)
              for name in ("elections", "crashes", "dropped", "acked_writes", "reads",
-                          "snapshots_sent", "snapshots_installed", "conf_changes", "replayed")}
+                          "snapshots_sent", "snapshots_installed", "conf_changes", "replayed",
+                          "async_appends")}
     print(f"25 seeds: {total}")
     assert all(v > 0 for v in total.values()), total
     assert any(len(r.members) > 3 for r in results)  # learners or voters were added
@@ -106,6 +110,44 @@ def test_a_durable_state_machine_compacts_behind_markers_and_builds_snapshots_on
     installed = sum(r.snapshots_installed for r in results)
     print(f"100 seeds with durable_sm=1: {built} snapshots built, {installed} installed")
     assert built > 20 and installed > 20
+
+
+@pytest.mark.parametrize("start", ASYNC_SEEDS[::50])
+def test_seeds_with_async_appends(start):
+    """A leader sends and advances its plain appends before their fsync (the async_append
+    knob): the checks must hold, and the seeds must exercise it — appends advanced early, and
+    leaders crashed with such entries written but not yet durable."""
+    results, failures = _run_seeds(range(start, start + 50), SimConfig(knobs="async_append=1"))
+    appends = sum(r.async_appends for r in results)
+    crashes = sum(r.async_crashes for r in results)
+    print(f"simulated 50 seeds from {start} with async_append=1: {len(failures)} failed, "
+          f"{appends} async appends, {crashes} crashes before their fsync")
+    assert not failures, "\n".join(failures)
+    assert appends > 1000 and crashes > 5, (appends, crashes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", SLOW_ASYNC_SEEDS[::300])
+def test_more_seeds_with_async_appends(start):
+    _, failures = _run_seeds(range(start, start + 300), SimConfig(knobs="async_append=1"))
+    print(f"simulated 300 seeds from {start} with async_append=1: {len(failures)} failed")
+    assert not failures, "\n".join(failures)
+
+
+def test_async_append_off_is_the_model_older_seeds_were_recorded_with():
+    """The knob draws from the later knobs' stream, after every other: a seed that draws 0,
+    or pins it, replays exactly the trace recorded before asynchronous appends existed (these
+    hashes are the old simulator's). Seed 1 draws 1, seed 2 draws 0."""
+    recorded = {
+        1: "f54a09f0d973039a75513015d667038dd0adaaa57e29692cef6284ddba14fe1a",
+        2: "da534cece992354d054da9d04858afab94fcf8e3ef985637d2ab2d57508263c4",
+    }
+    assert [sim.Simulation(seed).knobs["async_append"] for seed in recorded] == [1, 0]
+    assert run(2).trace_hash == recorded[2]
+    off = run(1, SimConfig(knobs="async_append=0"))
+    assert off.trace_hash == recorded[1] and off.async_appends == 0
+    on = run(1)
+    assert on.trace_hash != recorded[1] and on.async_appends > 0
 
 
 @pytest.mark.slow
@@ -262,6 +304,29 @@ def test_planted_bug_is_caught_by_protocol_checks_alone(plant, knobs, symptoms):
     assert any(s in str(failure) for s in symptoms), str(failure)
 
 
+# A leader that counts its own entries as durable once written (async-persist-early) commits
+# on fewer durable copies than a majority: the durability check sees it at the commit; without
+# it, a crash of that leader lets a node without the entry lead (three voters, long fsyncs, no
+# PreVote or CheckQuorum: a deposed leader keeps appending, and its successor is elected
+# quickly).
+ASYNC_PLANT_CORNER = "async_append=1,nodes=3,fsync_max_ms=40,pre_vote=0,check_quorum=0,roam=0"
+
+
+def test_a_leader_counting_its_log_before_the_fsync_is_caught():
+    config = SimConfig(knobs="async_append=1")
+    run(1, config)
+    with pytest.raises(SimulationFailure,
+                       match=r"durability: leader \d+ committed \(\d+, \d+\), but only \[\d+\] "
+                             r"of voters \[1, 2, 3\] hold it durably"):
+        run(1, dataclasses.replace(config, plant="async-persist-early"))
+    # The protocol checks alone: an entry committed on the strength of a copy that a crash
+    # then lost is missing from a later leader.
+    corner = SimConfig(knobs=ASYNC_PLANT_CORNER, check_durability=False)
+    run(61, corner)
+    with pytest.raises(SimulationFailure, match="leader completeness"):
+        run(61, dataclasses.replace(corner, plant="async-persist-early"))
+
+
 def test_a_disk_losing_acknowledged_entries_is_caught_by_the_highest_acknowledgement():
     """lose-acked-tail keeps only what a node's latest APPEND_RESP vouched for. Durability
     must be judged by the highest acknowledgement since the last truncation, not the latest
@@ -353,7 +418,8 @@ def test_a_candidate_counting_a_vote_of_an_earlier_term_is_caught_with_replays(m
     """A core that counted vote responses whatever their term (etcd checks the term before
     counting) wins elections on votes granted in earlier terms. Only a vote response
     delivered an election or more after it was sent shows it: a replay. The seed below
-    catches it with replays (a second leader in one term) and runs clean without them."""
+    catches it with replays (a second leader in one term) and runs clean without them
+    (async_append=0: the model it was found in, which a draw of 1 would change)."""
     step = RaftCore.step
 
     def step_counting_stale_votes(core, m):
@@ -363,8 +429,8 @@ def test_a_candidate_counting_a_vote_of_an_earlier_term_is_caught_with_replays(m
 
     monkeypatch.setattr(RaftCore, "step", step_counting_stale_votes)
     with pytest.raises(SimulationFailure, match="election safety: nodes 2 and 1 both lead"):
-        run(102, SimConfig(knobs="replay=0.05,pre_vote=0"))
-    run(102, SimConfig(knobs="replay=0,pre_vote=0"))
+        run(102, SimConfig(knobs="replay=0.05,pre_vote=0,async_append=0"))
+    run(102, SimConfig(knobs="replay=0,pre_vote=0,async_append=0"))
 
 
 def test_a_learner_that_leads_is_caught(monkeypatch):
@@ -566,6 +632,43 @@ def test_disk_received_snapshot_replaces_the_log_and_compaction_drops_the_prefix
     assert disk.snapshot.data == b"tuv"
 
 
+def test_disk_holds_several_pending_batches_and_a_log_fsync_syncs_a_prefix():
+    """Asynchronous appends: batches written one after another while none is synced; a log
+    fsync makes durable those written before it began, not the hard state; a crash loses or
+    tears the rest (a prefix survives, the hard state only with every pending entry)."""
+    disk = SimDisk()
+    disk.write(_ready(_entries(1, 2, 1), HardState(1, 1, 0)))
+    disk.sync()
+    assert disk.write(_ready(_entries(3, 4, 1)), None) is None
+    assert disk.write(_ready(_entries(5, 5, 1), HardState(1, 1, 4))) is None
+    assert disk.write(_ready(_entries(7, 7, 1)), None) is not None  # a gap after 5
+    assert [e.index for e in disk.pending_entries] == [3, 4, 5]
+    assert disk.last_hard_state == HardState(1, 1, 4)
+    disk.sync_entries(4)
+    assert [e.index for e in disk.entries] == [1, 2, 3, 4]
+    assert [e.index for e in disk.pending_entries] == [5]
+    assert disk.hard_state == HardState(1, 1, 0)  # a log fsync does not store it
+    # A conflict among the pending entries cuts them, not the synced ones.
+    assert disk.write(_ready(_entries(5, 6, 2)), None) is None
+    assert [(e.index, e.term) for e in disk.pending_entries] == [(5, 2), (6, 2)]
+    assert disk.truncated_from is None
+    seen = set()
+    for seed in range(40):
+        torn = SimDisk()
+        torn.write(_ready(_entries(1, 2, 1), HardState(1, 1, 0)))
+        torn.sync()
+        torn.write(_ready(_entries(3, 4, 1)), None)
+        torn.write(_ready(_entries(5, 6, 1), HardState(2, 2, 6)))
+        torn.sync_entries(3)
+        torn.crash(random.Random(seed), tear=True)
+        indexes = [e.index for e in torn.entries]
+        assert indexes == list(range(1, len(indexes) + 1)) and indexes[-1] >= 3
+        if torn.hard_state.term == 2:
+            assert indexes[-1] == 6
+        seen.add((indexes[-1], torn.hard_state.term))
+    assert {(3, 1), (6, 2), (6, 1)} <= seen
+
+
 def _ack(simulation, node, index, reject=False):
     simulation._send(node, [Message(MT.APPEND_RESP, 99, node.id, 1, index=index,
                                     reject=reject)])
@@ -635,13 +738,14 @@ REGRESSION_SEEDS = [
     # A follower whose pipelined appends were all lost stalled forever: the in-flight window
     # was full and nothing freed it. Liveness failure after the heal ("member 2 has applied
     # 33 of 47"); seeds 6, 9, 11 and 21 found it too.
-    (4, SimConfig(knobs="roam=0,durable_sm=0,replay=0")),  # later knobs: as they were then
+    (4, SimConfig(knobs="roam=0,durable_sm=0,replay=0,async_append=0")),  # as they were then
     # A candidate sent its vote requests before its new term was durable, won on the others'
     # votes, crashed before its fsync, restarted in the old term and won the same term again
     # ("node 2 leads term 8 again after a restart"); without that check the same seed shows
     # the damage: two different entries at (26, 8) ("log matching").
     (37, SimConfig(knobs="pre_vote=0,campaign_crash=0.3,fsync_max_ms=40,"
-                         "idle_heartbeat_tick=0,roam=0,durable_sm=0,replay=0")),  # as then
+                         "idle_heartbeat_tick=0,roam=0,durable_sm=0,replay=0,"
+                         "async_append=0")),  # as then
     # No leader for the 3 s after the heal ("3000 ms after the heal, no leader"). Node 2 had
     # been demoted to learner; node 3 held that entry but had committed only up to 4, so it
     # still counted {1, 2, 3} as voters and campaigned again and again with a log behind node
@@ -649,7 +753,16 @@ REGRESSION_SEEDS = [
     # term and restarted its own election timer, so it never got its turn. A node now
     # restarts that timer only on hearing from a leader or granting a vote
     # (test_refusing_a_candidate_does_not_restart_the_election_timer).
-    (1246, SimConfig(knobs="durable_sm=1,compact_every=3,replay=0")),
+    (1246, SimConfig(knobs="durable_sm=1,compact_every=3,replay=0,async_append=0")),
+    # RaftError "persisted_to(5) beyond the entries handed out (up to 0)" at 310 ms. Leader 1
+    # of term 1, cut off, had appended entries 1..5 asynchronously; its log fsync was running
+    # when it stepped down (a vote request of term 2) and took the new leader's append, whose
+    # conflict cut its log in memory back to 0. The fsync then returned and the driver reported
+    # (5, 1) durable, which persisted_to must ignore (the entry is gone) but refused: it checks
+    # the index against the entries handed out before it checks the term. Seeds 20124 and
+    # 20953 (async_append=1) find it too; see
+    # test_persisted_to_ignores_an_entry_replaced_before_the_replacement_is_handed_out.
+    (124, SimConfig(knobs=ASYNC_PLANT_CORNER)),
 ]
 
 
