@@ -21,7 +21,7 @@ Example configuration::
     node_id = 4                     # this node: one of the ids listed below
     data_dir = "/var/lib/meridian"  # the node's data directory
     log_level = "info"              # debug | info | warning | error | critical
-    raft_fsync = "loop"             # loop | thread: who fdatasyncs the Raft log
+    raft_fsync = "async"            # async | loop | thread: who fdatasyncs the Raft log
 
     [cluster]
     name = "prod"
@@ -76,11 +76,14 @@ Example configuration::
 Fields
 ------
 Top level: ``node_id`` (required; an id listed in the cluster), ``data_dir`` (required;
-non-empty), ``log_level`` (default ``"info"``), ``raft_fsync`` (default ``"loop"``: the
-event loop's own thread fdatasyncs each batch of Raft log entries, blocking the node for the
-fsync but saving a wake-up per batch — the faster choice on a small machine; ``"thread"``: a
-separate thread does, so the node keeps serving its other groups and clients meanwhile — for a
-disk whose syncs may stall for long; see ``raft.driver``), ``[cluster]`` (required).
+non-empty), ``log_level`` (default ``"info"``), ``raft_fsync`` (who fdatasyncs each batch of
+Raft log entries, see ``raft.driver``: ``"loop"``, the event loop's own thread, blocking the
+node for the fsync but saving a wake-up per batch; ``"async"`` (the default), the same on a
+follower, while a leader's batches are synced by a separate thread as its loop goes on — their
+entries count towards a commit once synced, and the next batches are sent and written
+meanwhile; ``"thread"``: a separate thread for every batch, so the node keeps serving its other
+groups and clients meanwhile — for a disk whose syncs may stall for long), ``[cluster]``
+(required).
 
 ``[cluster]``: ``name`` (required; letters, digits, ``.``, ``_``, ``-``);
 ``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
@@ -169,7 +172,7 @@ DEFAULT_WAN_LATENCY_MS = (35.0, 70.0, 110.0)
 (0, 2), (1, 2); pairs after the third get the last value."""
 DEFAULT_BASE_PORT = 7100
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-RAFT_FSYNC_MODES = ("loop", "thread")
+RAFT_FSYNC_MODES = ("loop", "async", "thread")
 
 MAX_CONFIG_BYTES = 4 << 20
 """The largest configuration file read: a cluster of thousands of nodes takes a few hundred
@@ -806,7 +809,7 @@ class NodeConfig:
     cluster: ClusterConfig
     log_level: str = "info"
     """One of :data:`LOG_LEVELS`."""
-    raft_fsync: str = "loop"
+    raft_fsync: str = "async"
     """One of :data:`RAFT_FSYNC_MODES`: who fdatasyncs the Raft log (see the module docstring)."""
 
     def __post_init__(self) -> None:

@@ -97,7 +97,7 @@ class LocalCluster:
     """A running in-process cluster (see :func:`open_local_cluster`)."""
 
     def __init__(self, nursery: trio.Nursery, config: ClusterConfig, directory: Path,
-                 seed: int | None, *, raft_fsync: str = "loop") -> None:
+                 seed: int | None, *, raft_fsync: str = "async") -> None:
         self._nursery = nursery
         self.config = config
         self.directory = directory
@@ -259,7 +259,7 @@ async def open_local_cluster(
     limits: Limits | None = None,
     seed: int | None = None,
     clock_offsets_ns: Mapping[int, int] | None = None,
-    raft_fsync: str = "loop",
+    raft_fsync: str = "async",
     raft_snapshot_every: int = 10_000,
     resolvers: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[LocalCluster]:
@@ -277,8 +277,8 @@ async def open_local_cluster(
         seed: seeds Raft election jitter and link models (None: random).
         clock_offsets_ns: ``{node_id: offset}`` skews those nodes' wall clocks by ``offset``
             nanoseconds, an int (for tests of clock-offset detection).
-        raft_fsync: every node's ``raft_fsync`` setting (``"loop"`` or ``"thread"``, see
-            :class:`engine.config.NodeConfig`).
+        raft_fsync: every node's ``raft_fsync`` setting (``"async"``, ``"loop"`` or
+            ``"thread"``, see :class:`engine.config.NodeConfig`).
         raft_snapshot_every: entries between two compactions of a group's Raft log (see
             :class:`engine.config.ClusterConfig`; small values exercise snapshots in tests).
         resolvers: application resolvers, ``{name: function or "module:function"}``, for

@@ -451,7 +451,8 @@ class Node:
             tick_interval=self.cluster.tick_interval_ms / 1000.0,
             snapshot_every=self.cluster.raft_snapshot_every,
             snapshot_keep=self.cluster.raft_snapshot_keep,
-            sync_in_loop=self.config.raft_fsync == "loop",
+            sync_in_loop=self.config.raft_fsync != "thread",
+            async_append=self.config.raft_fsync == "async",
             unsafe=frozenset(b for b in UNSAFE_MODES if planted.enabled(b))))
         # Data groups close time while idle so that learners can serve bounded-staleness
         # reads; the meta group's catalog is only read at its leader, which closes on demand.

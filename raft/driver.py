@@ -40,6 +40,21 @@ still be served. Everything else — a snapshot, a term or vote change, a confli
 new log segment — runs in one Python worker thread per node, as do snapshots and blocking state
 machines.
 
+**Asynchronous leader append** (``async_append``, with ``sync_in_loop``; Meridian's nodes'
+default). A leader's usual Ready — entries that follow the log, nothing that must wait for
+their fsync — is sent and appended from the loop as above, but its fdatasync runs in a native
+thread (:class:`engine._native.Syncer`) while the loop goes on: it reads the followers'
+acknowledgements and the clients' requests, and the next Readies' entries are sent and
+appended behind the ones being synced, for the next fsync (one in flight at a time). The core
+counts the leader's own entries towards a commit, and applies them, only once their fsync has
+returned (``RaftCore.advance(rd, entries_durable=False)``, then ``RaftCore.persisted_to``), as
+etcd's raft does with asynchronous storage writes: a majority of durable copies is still what
+commits an entry, and a state machine never runs ahead of its own node's durable log.
+Followers keep the fsync on the loop: their acknowledgement must wait for it anyway. Anything
+else that touches the log (a truncation, a new segment, a snapshot) first waits for the fsync
+in flight. Measured against the fsync on the loop in BENCHMARKS.md ("Asynchronous leader
+append").
+
 **Group commit.** While one Ready is being fsynced, proposals and messages keep arriving (in
 the sockets, with ``sync_in_loop``; stepped into the core, without) and the next Ready carries
 all of them, so every entry that became ready during one fsync shares the next one. Under load,
@@ -247,8 +262,9 @@ class RaftNodeStats:
     logged."""
     storage_busy: bool = False
     """A call is running in the node's storage thread (a persist, a snapshot install, a
-    blocking apply), or the node waits for an fsync in its sync thread (``sync_in_loop=False``):
-    with ``fsyncs`` not moving, what a node that makes no progress waits on."""
+    blocking apply), or an fsync in its sync thread (``sync_in_loop=False``, or a leader's
+    asynchronous append) has not returned: with ``fsyncs`` not moving, what a node that makes
+    no progress waits on."""
     failure: str | None = None
     """Why the node stopped (a step, a storage call or the state machine raised), or None."""
 
@@ -458,7 +474,7 @@ class RaftNode:
                  state_machine: StateMachine, *, bootstrap: ConfState, seed: int | None,
                  tick_interval: float, snapshot_every: int, snapshot_keep: int,
                  apply_in_thread: bool, sync_in_loop: bool = True,
-                 unsafe: frozenset[str] = frozenset()):
+                 async_append: bool = False, unsafe: frozenset[str] = frozenset()):
         if tick_interval <= 0 or not math.isfinite(tick_interval):
             raise ValueError(f"tick_interval must be a positive number, not {tick_interval!r}")
         if snapshot_every < 0 or snapshot_keep < 0:
@@ -552,6 +568,16 @@ class RaftNode:
         self._fast_persist = hasattr(storage, "append_nowait")
         self._syncer = Syncer() if self._fast_persist and not sync_in_loop else None
         self._syncing = False  # waiting for the syncer's fsync (see _persist_fast)
+        # A leader's appends fsynced by a native thread of their own while the loop goes on
+        # (see _append_async): the fsync in flight, as (log position, (index, term) of the
+        # last entry it covers), the last entry appended since it began, and an event set
+        # whenever neither is left.
+        self._async_syncer = (Syncer() if async_append and self._fast_persist
+                              and self._syncer is None and not unsafe else None)
+        self._async_inflight: tuple[int, tuple[int, int]] | None = None
+        self._async_unsynced: tuple[int, int] | None = None
+        self._async_idle = trio.Event()
+        self._async_idle.set()
         # Readies handled by the task that made them (see _ready_inline) when none of their
         # usual steps has to wait. _busy: a task is handling Readies (the ready loop, maybe
         # waiting, or _ready_inline); _handoff: a Ready _ready_inline left to the ready loop.
@@ -567,8 +593,9 @@ class RaftNode:
         try:
             self._worker = _WorkerThread(f"raft-{group}-{config.id}-storage")
         except BaseException:
-            if self._syncer is not None:
-                self._syncer.close()
+            for syncer in (self._syncer, self._async_syncer):
+                if syncer is not None:
+                    syncer.close()
             raise
 
     # ------------------------------------------------------------------ public API
@@ -583,6 +610,12 @@ class RaftNode:
         """Whether the usual Ready's fdatasync runs on the loop's thread (see the module
         docstring); False also for storage that has no fast path (all through the worker)."""
         return self._fast_persist and self._syncer is None
+
+    @property
+    def async_append(self) -> bool:
+        """Whether a leader's appends are fsynced while its loop goes on (see
+        :meth:`_appended_async`)."""
+        return self._async_syncer is not None
 
     @property
     def is_leader(self) -> bool:
@@ -741,7 +774,8 @@ class RaftNode:
             snapshot_index=self._snapshot_index,
             proposals_pending=len(self._proposals) + sum(map(len, self._displaced.values())),
             messages_malformed=c.malformed_messages,
-            storage_busy=self._worker._busy or self._syncing,
+            storage_busy=(self._worker._busy or self._syncing
+                          or self._async_inflight is not None),
             failure=None if (self._failed or self._step_error) is None
             else repr(self._failed or self._step_error)[:300],
             **self._counts,
@@ -844,7 +878,9 @@ class RaftNode:
         hs = self._hard_state_to_store(rd)
         persist = (rd.snapshot is not None or bool(rd.snapshot_chunks) or bool(rd.entries)
                    or hs is not None)
-        if persist and not self._fast_path_possible(rd, hs):
+        asynchronous = persist and self._async_possible(rd, hs)
+        if persist and not asynchronous and (not self._fast_path_possible(rd, hs)
+                                             or not self._async_idle.is_set()):
             self._handoff, self._handoff_sent = rd, False
             return False
         if rd.messages:
@@ -854,14 +890,16 @@ class RaftNode:
             return False
         self._counts["readies"] += 1
         self._counts["readies_inline"] += 1
-        if persist:
+        if asynchronous:
+            self._appended_async(rd)
+        elif persist:
             self._sync_appended(rd)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         self._release_reads(rd)
         if rd.committed_entries:
             self._apply_now(rd.committed_entries)
-        self._core.advance(rd)
+        self._core.advance(rd, entries_durable=not asynchronous)
         self._wake_applied()
         return True
 
@@ -985,8 +1023,16 @@ class RaftNode:
         hs = self._hard_state_to_store(rd)
         if self._ack_before_fsync and rd.persisted_messages:
             self._send(rd.persisted_messages)  # unsafe: acknowledged before it is durable
+        asynchronous = False
         if rd.snapshot is not None or rd.snapshot_chunks or rd.entries or hs is not None:
-            handled = self._persist_in_loop(rd, hs)
+            asynchronous = (self._async_possible(rd, hs)
+                            and self._storage.append_nowait(rd.entries))
+            if asynchronous:
+                self._appended_async(rd)
+            elif not self._async_idle.is_set():
+                await self._async_synced()
+                waited = True
+            handled = asynchronous or self._persist_in_loop(rd, hs)
             if not handled:
                 if not await self._persist_fast(rd, hs):
                     await self._worker.run(self._persist, rd, hs)
@@ -1005,7 +1051,7 @@ class RaftNode:
         self._release_reads(rd)
         if rd.committed_entries:
             await self._apply(rd.committed_entries)
-        core.advance(rd)
+        core.advance(rd, entries_durable=not asynchronous)
         if sendable is not None:
             core.offer_snapshot(Snapshot(rd.snapshot.meta, sendable))
         self._wake_applied()
@@ -1091,6 +1137,77 @@ class RaftNode:
             self._counts["fsyncs"] += 1
         self._counts["entries_persisted"] += len(rd.entries)
         return True
+
+    def _async_possible(self, rd: Ready, hs: HardState | None) -> bool:
+        """A leader's usual Ready — entries that may follow the log, no hard state, nothing
+        that waits for their fsync — whose entries may be made durable while the loop goes
+        on (see :meth:`_appended_async`)."""
+        return (self._async_syncer is not None and not rd.persisted_messages
+                and self._core.role is StateRole.LEADER and self._fast_path_possible(rd, hs))
+
+    def _appended_async(self, rd: Ready) -> None:
+        """The leader's entries of ``rd``, appended from the loop, become durable by the
+        native syncer thread's fdatasync while the loop goes on (etcd raft's asynchronous
+        storage writes): the core counts them towards a commit, and applies them, only once
+        that fsync returns (:meth:`_collect_async_syncs`). Meanwhile the loop reads the
+        followers' acknowledgements and the clients' requests, and the next Readies' entries
+        are sent and appended behind these, for the next fsync. Followers keep the usual
+        path: an acknowledgement must wait for its fsync anyway."""
+        last = rd.entries[-1]
+        self._async_unsynced = (last.index, last.term)
+        self._counts["entries_persisted"] += len(rd.entries)
+        self._async_idle = trio.Event() if self._async_idle.is_set() else self._async_idle
+        if self._async_inflight is None:
+            self._start_async_sync()
+
+    def _start_async_sync(self) -> None:
+        """Starts the fsync of every entry appended asynchronously so far."""
+        upto = self._async_unsynced
+        assert upto is not None and self._async_syncer is not None
+        self._async_unsynced = None
+        target = self._storage.sync_begin()
+        if target is None:  # already durable (a synchronous save synced them)
+            self._core.persisted_to(*upto)
+            self._async_idle.set()
+            return
+        fd, position = target
+        self._async_syncer.submit(fd)
+        self._async_inflight = (position, upto)
+        self._counts["fsyncs"] += 1
+
+    async def _async_synced(self) -> None:
+        """Waits until no asynchronous fsync runs or waits to run: nothing but a plain append
+        may touch the log while one does (a truncation, a new segment, a snapshot)."""
+        await self._async_idle.wait()
+        if self._step_error is not None:
+            raise self._step_error
+
+    async def _collect_async_syncs(self) -> None:
+        """Runs with the node: ends each asynchronous fsync (see :meth:`_appended_async`),
+        tells the core, starts the next one if more entries were appended meanwhile, and
+        handles the Readies that made (the entries' commit, their applying). A failed fsync
+        stops the node, as a failed write does anywhere else."""
+        syncer = self._async_syncer
+        assert syncer is not None
+        while True:
+            await trio.lowlevel.wait_readable(syncer.done_fd)
+            result = syncer.collect()
+            if result is None or self._async_inflight is None:
+                continue
+            (position, upto), self._async_inflight = self._async_inflight, None
+            try:
+                self._storage.sync_end(position, result)
+                self._core.persisted_to(*upto)
+                if self._async_unsynced is not None:
+                    self._start_async_sync()
+                else:
+                    self._async_idle.set()
+            except BaseException as exc:  # the ready loop stops the node
+                self._step_error = exc
+                self._async_idle.set()  # nothing will sync any more: let waiters see it
+                self._kick()
+                return
+            self._send_or_kick()
 
     def _persist(self, rd: Ready, hs: HardState | None) -> None:
         sync = rd.must_sync and not self._ack_before_fsync
@@ -1226,6 +1343,7 @@ class RaftNode:
             data, local = self._sm.snapshot(), False
             meta = core.compact(data, keep=self._snapshot_keep, local=local)
         snap = Snapshot(meta, data, local)
+        await self._async_synced()
         await self._worker.run(self._storage.save_snapshot, snap, self._snapshot_keep)
         self._snapshot_index = meta.index
         self._counts["snapshots_taken"] += 1
@@ -1387,6 +1505,8 @@ class RaftNode:
                 transport.set_handler(self.group, self._on_messages)
                 _Ticker.register(self)
                 nursery.start_soon(self._ready_loop)
+                if self._async_syncer is not None:
+                    nursery.start_soon(self._collect_async_syncs)
                 task_status.started()
         except BaseException as exc:
             self._cancel_build()
@@ -1431,6 +1551,7 @@ async def open_raft_node(
     snapshot_keep: int = 1_000,
     apply_in_thread: bool = False,
     sync_in_loop: bool = True,
+    async_append: bool = False,
     unsafe: frozenset[str] = frozenset(),
 ) -> AsyncIterator[RaftNode]:
     """Runs a replica until the block exits.
@@ -1451,6 +1572,9 @@ async def open_raft_node(
         sync_in_loop: fdatasync the usual Ready's entries from the loop's thread, blocking the
             process for the fsync (the default: the fewest wake-ups), or, when False, from a
             native thread while the loop serves other tasks (see the module docstring).
+        async_append: with ``sync_in_loop``, a leader's appends are fsynced by a native
+            thread while the loop goes on, and count only once that fsync returns (see
+            :meth:`RaftNode._appended_async`); followers still fsync from the loop.
         unsafe: names from :data:`UNSAFE_MODES` that break durability on purpose, for showing
             that fault tests notice: ``ack_before_fsync`` (entries are never fsynced and
             acknowledged before they are written), ``votes_without_persisting`` (term and vote
@@ -1460,7 +1584,8 @@ async def open_raft_node(
     node = RaftNode(group, config, storage, transport, state_machine, bootstrap=bootstrap,
                     seed=seed, tick_interval=tick_interval, snapshot_every=snapshot_every,
                     snapshot_keep=snapshot_keep, apply_in_thread=apply_in_thread,
-                    sync_in_loop=sync_in_loop, unsafe=frozenset(unsafe))
+                    sync_in_loop=sync_in_loop, async_append=async_append,
+                    unsafe=frozenset(unsafe))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node._run)
@@ -1473,6 +1598,7 @@ async def open_raft_node(
                 nursery.cancel_scope.cancel()
     finally:
         node._worker.close()
-        if node._syncer is not None:
-            node._syncer.close()
+        for syncer in (node._syncer, node._async_syncer):
+            if syncer is not None:
+                syncer.close()  # waits for an fsync in flight: the caller closes the storage
         node._close_built()

@@ -301,12 +301,13 @@ async def test_a_follower_installing_a_snapshot_refuses_reads_until_it_is_whole(
                     release.set()
 
 
-@pytest.mark.parametrize("raft_fsync", ["loop", "thread"])
+@pytest.mark.parametrize("raft_fsync", ["async", "loop", "thread"])
 async def test_restarted_nodes_keep_their_data_and_a_new_leader_takes_over(tmp_path, raft_fsync):
     async with open_local_cluster(("us-east",), 3, directory=str(tmp_path), seed=5,
                                   raft_fsync=raft_fsync) as cluster:
-        assert {r.node.sync_in_loop for n in cluster.nodes.values()
-                for r in n.replicas.values()} == {raft_fsync == "loop"}
+        replicas = [r for n in cluster.nodes.values() for r in n.replicas.values()]
+        assert {r.node.sync_in_loop for r in replicas} == {raft_fsync != "thread"}
+        assert {r.node.async_append for r in replicas} == {raft_fsync == "async"}
         async with cluster.connect() as db:
             with trio.fail_after(60):
                 await db.create_keyspace("r")

@@ -117,7 +117,7 @@ def test_the_example_matches_the_default_local_cluster_shape():
 def test_defaults_apply_to_optional_keys():
     cfg = parse_node_config(BASE_TOML)
     c = cfg.cluster
-    assert cfg.log_level == "info" and cfg.raft_fsync == "loop"
+    assert cfg.log_level == "info" and cfg.raft_fsync == "async"
     assert (c.tick_interval_ms, c.election_ticks, c.heartbeat_ticks) == (100, 10, 1)
     assert c.limits == Limits(max_txn_keys=10)
     assert c.latency_ms("eu-west", "us-east") == 40.0  # an int in TOML, a float here
@@ -240,8 +240,8 @@ FAILING = [
     ("data_dir not a string", _set("data_dir", 5), "data_dir", "expected a string, got 5"),
     ("data_dir with NUL", _set("data_dir", "a\x00b"), "data_dir", "NUL"),
     ("log level", _set("log_level", "verbose"), "log_level", "expected one of debug, info"),
-    ("raft fsync mode", _set("raft_fsync", "async"), "raft_fsync",
-     'expected one of loop, thread, got "async"'),
+    ("raft fsync mode", _set("raft_fsync", "later"), "raft_fsync",
+     'expected one of loop, async, thread, got "later"'),
     # cluster
     ("cluster not a table", _set("cluster", 3), "cluster", "expected a table, got 3"),
     ("cluster name empty", _set("cluster/name", ""), "cluster.name", "non-empty"),

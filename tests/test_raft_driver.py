@@ -57,8 +57,11 @@ class Counter:
         self.items = data.split(b"\n") if data else []
 
 
-# The usual Ready's fsync runs on the loop's thread by default, or in a native thread.
-SYNC_MODES = pytest.mark.parametrize("sync_in_loop", [True, False], ids=["in-loop", "syncer"])
+# The usual Ready's fsync runs on the loop's thread, or in a native thread; or a leader's in
+# a native thread while its loop goes on (the asynchronous append), followers' on the loop.
+SYNC_MODES = pytest.mark.parametrize("sync_options", [
+    {"sync_in_loop": True, "async_append": False}, {"sync_in_loop": False},
+    {"sync_in_loop": True, "async_append": True}], ids=["in-loop", "syncer", "async-append"])
 
 
 class Cluster:
@@ -196,8 +199,8 @@ async def cluster(tmp_path, n=3, **options):
 
 @SYNC_MODES
 async def test_propose_returns_the_state_machine_result_and_every_replica_applies(
-        tmp_path, sync_in_loop):
-    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
+        tmp_path, sync_options):
+    async with cluster(tmp_path, **sync_options) as c:
         leader = c.nodes[await c.leader()]
         with trio.fail_after(10):
             results = [await leader.propose(b"x%d" % k) for k in range(5)]
@@ -210,9 +213,9 @@ async def test_propose_returns_the_state_machine_result_and_every_replica_applie
 
 
 @SYNC_MODES
-async def test_concurrent_proposals_share_fsyncs(tmp_path, sync_in_loop):
+async def test_concurrent_proposals_share_fsyncs(tmp_path, sync_options):
     """Group commit: 200 concurrent proposals need far fewer than 200 fsyncs on the leader."""
-    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
+    async with cluster(tmp_path, **sync_options) as c:
         leader = c.nodes[await c.leader()]
         before = leader.statistics().fsyncs
         with trio.fail_after(20):
@@ -225,11 +228,11 @@ async def test_concurrent_proposals_share_fsyncs(tmp_path, sync_in_loop):
 
 
 @SYNC_MODES
-async def test_followers_handle_appends_in_the_receiving_task(tmp_path, sync_in_loop):
+async def test_followers_handle_appends_in_the_receiving_task(tmp_path, sync_options):
     """With the fsync on the loop's thread, a follower's usual Ready (append, fsync,
     acknowledge, apply) needs no waiting and is handled by the task that received the append,
     not the ready loop; with the fsync thread every Ready goes through the ready loop."""
-    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
+    async with cluster(tmp_path, **sync_options) as c:
         leader = c.nodes[await c.leader()]
         before = {i: n.statistics() for i, n in c.nodes.items()}
         with trio.fail_after(10):
@@ -244,7 +247,7 @@ async def test_followers_handle_appends_in_the_receiving_task(tmp_path, sync_in_
             readies = stats.readies - before[i].readies
             inline = stats.readies_inline - before[i].readies_inline
             assert readies >= 20  # at least one per append
-            if sync_in_loop:
+            if sync_options["sync_in_loop"]:
                 assert inline >= 0.9 * readies, (inline, readies)
             else:
                 assert inline == 0
@@ -355,8 +358,8 @@ async def test_linearizable_read_on_a_follower_sees_acknowledged_writes(tmp_path
 
 
 @SYNC_MODES
-async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path, sync_in_loop):
-    async with cluster(tmp_path, sync_in_loop=sync_in_loop) as c:
+async def test_restarted_node_recovers_its_log_and_catches_up(tmp_path, sync_options):
+    async with cluster(tmp_path, **sync_options) as c:
         lid = await c.leader()
         with trio.fail_after(10):
             for k in range(10):
@@ -1560,12 +1563,12 @@ def test_the_ticker_ticks_each_grid_point_once_when_it_wakes_right_on_it():
 
 
 class HeldSyncer:
-    """Stands in for a node's fsync thread (``sync_in_loop=False``): each fsync submitted
-    ends only once the test calls :meth:`release`; every later one ends at once."""
+    """Stands in for a node's fsync thread: each fsync submitted starts in the real one only
+    once the test calls :meth:`release`; every later one starts at once."""
 
     def __init__(self, real):
         self.real = real
-        self.done_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.done_fd = real.done_fd
         self.fd: int | None = None  # the descriptor of the fsync being held
         self.released = False
 
@@ -1577,20 +1580,14 @@ class HeldSyncer:
     def release(self) -> None:
         self.released = True
         if self.fd is not None:
-            os.fdatasync(self.fd)
-            self.fd = None
-            os.eventfd_write(self.done_fd, 1)
+            fd, self.fd = self.fd, None
+            self.real.submit(fd)
 
     def collect(self) -> int | None:
-        try:
-            os.eventfd_read(self.done_fd)
-        except BlockingIOError:
-            return None
-        return 0
+        return self.real.collect()
 
     def close(self) -> None:
         self.real.close()
-        os.close(self.done_fd)
 
 
 async def test_a_node_waiting_for_its_fsync_thread_shows_its_storage_busy(tmp_path):
@@ -1616,6 +1613,94 @@ async def test_a_node_waiting_for_its_fsync_thread_shows_its_storage_busy(tmp_pa
         finally:
             held.release()  # a failed test must not leave the node waiting at its close
 
+
+
+async def test_an_async_leader_counts_its_entries_only_once_its_fsync_returns(tmp_path):
+    """With the asynchronous append, the leader's entries go out and are appended while
+    their fsync runs in the native thread. Until it returns, the leader's own log must not
+    count: with one follower down nothing commits (the other follower alone is no
+    majority), and the leader applies nothing beyond what it has made durable; once the
+    fsync returns, everything commits and applies, and the leader's loop kept serving
+    meanwhile (the proposals' entries were sent and appended behind the held fsync)."""
+    async with cluster(tmp_path, sync_in_loop=True, async_append=True) as c:
+        leader, fid, follower = await c.leader_and_follower()
+        await c.stopped(next(i for i in c.ids if i not in (leader.id, fid)))
+        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
+        try:
+            commit, applied = leader.core.commit, leader.statistics().applied
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for k in range(5):
+                        nursery.start_soon(leader.propose, b"a%d" % k)
+                    while held.fd is None or follower.core.log.last_index \
+                            < leader.core.log.last_index:
+                        await trio.sleep(TICK)
+                    for _ in range(10):  # the follower's acknowledgements arrive meanwhile
+                        await trio.sleep(TICK)
+                    assert leader.core.commit == commit  # no majority without the leader
+                    stats = leader.statistics()
+                    assert stats.applied == applied and stats.storage_busy
+                    held.release()
+            assert sorted(c.sms[leader.id].items[-5:]) == [b"a%d" % k for k in range(5)]
+            assert leader.core.commit > commit
+        finally:
+            held.release()  # a failed test must not leave the node waiting at its close
+
+
+async def test_an_async_leader_applies_only_what_it_made_durable(tmp_path):
+    """Two followers are a majority without the leader: with the leader's fsync held they
+    commit its entries, but the leader applies (and answers) none of them until its own
+    fsync returns -- a state machine never runs ahead of its node's durable log."""
+    async with cluster(tmp_path, sync_in_loop=True, async_append=True) as c:
+        leader = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            await leader.propose(b"first")
+        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
+        try:
+            applied = leader.statistics().applied
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(leader.propose, b"second")
+                    while held.fd is None or leader.core.commit <= applied:
+                        await trio.sleep(TICK)
+                    assert leader.statistics().applied == applied
+                    assert c.sms[leader.id].items[-1] == b"first"
+                    held.release()
+            assert c.sms[leader.id].items[-1] == b"second"
+        finally:
+            held.release()
+
+
+async def test_an_async_leader_whose_fsync_fails_stops(tmp_path):
+    """A failed asynchronous fsync stops the node, as a failed write does anywhere else
+    (the storage error ends it), and the proposal waiting on it fails instead of hanging:
+    nothing ever counted its entry."""
+    from engine.errors import StorageError
+
+    checked = []
+    pipe = os.pipe()
+    try:
+        with pytest.raises(BaseException) as info:
+            async with cluster(tmp_path, sync_in_loop=True, async_append=True) as c:
+                leader = c.nodes[await c.leader()]
+                with trio.fail_after(10):
+                    await leader.propose(b"first")
+                real = leader._storage.sync_begin
+
+                def failing_sync_begin():  # fdatasync of a pipe fails (EINVAL)
+                    target = real()
+                    return None if target is None else (pipe[0], target[1])
+
+                leader._storage.sync_begin = failing_sync_begin
+                with trio.fail_after(10), pytest.raises(RaftError):
+                    await leader.propose(b"second")
+                checked.append(c.sms[leader.id].items)
+                await trio.sleep_forever()  # the node's failure ends the cluster
+    finally:
+        for fd in pipe:
+            os.close(fd)
+    assert checked == [[b"first"]], repr(info.value)
+    assert any(isinstance(e, StorageError) for e in _leaves(info.value)), repr(info.value)
 
 
 async def test_a_follower_whose_apply_is_held_applies_everything_committed_meanwhile(tmp_path):
