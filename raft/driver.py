@@ -1140,10 +1140,12 @@ class RaftNode:
 
     def _async_possible(self, rd: Ready, hs: HardState | None) -> bool:
         """A leader's usual Ready — entries that may follow the log, no hard state, nothing
-        that waits for their fsync — whose entries may be made durable while the loop goes
-        on (see :meth:`_appended_async`)."""
+        that waits for their fsync, no membership change — whose entries may be made durable
+        while the loop goes on (see :meth:`_appended_async`)."""
         return (self._async_syncer is not None and not rd.persisted_messages
-                and self._core.role is StateRole.LEADER and self._fast_path_possible(rd, hs))
+                and self._core.role is StateRole.LEADER and self._fast_path_possible(rd, hs)
+                and not any(e.type is EntryType.CONF_CHANGE
+                            for e in itertools.chain(rd.entries, rd.committed_entries)))
 
     def _appended_async(self, rd: Ready) -> None:
         """The leader's entries of ``rd``, appended from the loop, become durable by the
