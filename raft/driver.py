@@ -98,7 +98,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -267,6 +267,17 @@ class RaftNodeStats:
     no progress waits on."""
     failure: str | None = None
     """Why the node stopped (a step, a storage call or the state machine raised), or None."""
+
+
+class _Unsynced(NamedTuple):
+    """Entries a leader appended asynchronously: the last one's index and term, and how many."""
+
+    index: int
+    term: int
+    count: int
+
+
+_NOTHING_UNSYNCED = _Unsynced(0, 0, 0)
 
 
 class _Waiter:
@@ -569,13 +580,13 @@ class RaftNode:
         self._syncer = Syncer() if self._fast_persist and not sync_in_loop else None
         self._syncing = False  # waiting for the syncer's fsync (see _persist_fast)
         # A leader's appends fsynced by a native thread of their own while the loop goes on
-        # (see _append_async): the fsync in flight, as (log position, (index, term) of the
-        # last entry it covers), the last entry appended since it began, and an event set
-        # whenever neither is left.
+        # (see _appended_async): the fsync in flight, as (log position, the last entry it
+        # covers); the entries appended since it began, as (index, term) of the last one and
+        # their number; and an event set whenever neither is left.
         self._async_syncer = (Syncer() if async_append and self._fast_persist
                               and self._syncer is None and not unsafe else None)
-        self._async_inflight: tuple[int, tuple[int, int]] | None = None
-        self._async_unsynced: tuple[int, int] | None = None
+        self._async_inflight: tuple[int, _Unsynced] | None = None
+        self._async_unsynced: _Unsynced | None = None
         self._async_idle = trio.Event()
         self._async_idle.set()
         # Readies handled by the task that made them (see _ready_inline) when none of their
@@ -1156,8 +1167,8 @@ class RaftNode:
         are sent and appended behind these, for the next fsync. Followers keep the usual
         path: an acknowledgement must wait for its fsync anyway."""
         last = rd.entries[-1]
-        self._async_unsynced = (last.index, last.term)
-        self._counts["entries_persisted"] += len(rd.entries)
+        count = len(rd.entries) + (self._async_unsynced or _NOTHING_UNSYNCED).count
+        self._async_unsynced = _Unsynced(last.index, last.term, count)
         self._async_idle = trio.Event() if self._async_idle.is_set() else self._async_idle
         if self._async_inflight is None:
             self._start_async_sync()
@@ -1169,13 +1180,17 @@ class RaftNode:
         self._async_unsynced = None
         target = self._storage.sync_begin()
         if target is None:  # already durable (a synchronous save synced them)
-            self._core.persisted_to(*upto)
+            self._async_persisted(upto)
             self._async_idle.set()
             return
         fd, position = target
         self._async_syncer.submit(fd)
         self._async_inflight = (position, upto)
         self._counts["fsyncs"] += 1
+
+    def _async_persisted(self, upto: _Unsynced) -> None:
+        self._core.persisted_to(upto.index, upto.term)
+        self._counts["entries_persisted"] += upto.count
 
     async def _async_synced(self) -> None:
         """Waits until no asynchronous fsync runs or waits to run: nothing but a plain append
@@ -1197,9 +1212,12 @@ class RaftNode:
             if result is None or self._async_inflight is None:
                 continue
             (position, upto), self._async_inflight = self._async_inflight, None
+            if self._step_error is not None:  # the node stops: its core is as the error left it
+                self._async_idle.set()
+                return
             try:
                 self._storage.sync_end(position, result)
-                self._core.persisted_to(*upto)
+                self._async_persisted(upto)
                 if self._async_unsynced is not None:
                     self._start_async_sync()
                 else:

@@ -1627,7 +1627,8 @@ async def test_an_async_leader_counts_its_entries_only_once_its_fsync_returns(tm
         await c.stopped(next(i for i in c.ids if i not in (leader.id, fid)))
         held = leader._async_syncer = HeldSyncer(leader._async_syncer)
         try:
-            commit, applied = leader.core.commit, leader.statistics().applied
+            before = leader.statistics()
+            commit, applied = before.commit, before.applied
             with trio.fail_after(10):
                 async with trio.open_nursery() as nursery:
                     for k in range(5):
@@ -1640,9 +1641,11 @@ async def test_an_async_leader_counts_its_entries_only_once_its_fsync_returns(tm
                     assert leader.core.commit == commit  # no majority without the leader
                     stats = leader.statistics()
                     assert stats.applied == applied and stats.storage_busy
+                    assert stats.entries_persisted == before.entries_persisted  # not yet
                     held.release()
             assert sorted(c.sms[leader.id].items[-5:]) == [b"a%d" % k for k in range(5)]
             assert leader.core.commit > commit
+            assert leader.statistics().entries_persisted >= before.entries_persisted + 5
         finally:
             held.release()  # a failed test must not leave the node waiting at its close
 
@@ -1667,6 +1670,88 @@ async def test_an_async_leader_applies_only_what_it_made_durable(tmp_path):
                     assert c.sms[leader.id].items[-1] == b"first"
                     held.release()
             assert c.sms[leader.id].items[-1] == b"second"
+        finally:
+            held.release()
+
+
+async def test_an_async_leader_deposed_with_its_fsync_held_takes_the_new_leaders_log(tmp_path):
+    """A leader cut off with an asynchronous fsync in flight is replaced; once it hears the
+    new leader, the Readies that store the new term and cut its own entries must wait for
+    that fsync (nothing but a plain append may touch the log while it runs): it applies none
+    of the new leader's entries until the fsync returns, then takes the new log whole."""
+    async with cluster(tmp_path, sync_in_loop=True, async_append=True) as c:
+        lid, old = await c.partition_leader()
+        held = old._async_syncer = HeldSyncer(old._async_syncer)
+        lost = []
+
+        async def propose_to_old(k):
+            try:
+                await old.propose(b"lost%d" % k)
+            except (EntryLostError, RaftError) as exc:
+                lost.append(type(exc))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for k in range(3):
+                    nursery.start_soon(propose_to_old, k)
+                with trio.fail_after(10):
+                    while held.fd is None:
+                        await trio.sleep(TICK)
+                    new = None
+                    while new is None:
+                        await trio.sleep(TICK)
+                        new = next((n for i, n in c.nodes.items() if i != lid and n.is_leader),
+                                   None)
+                    for k in range(5):
+                        await new.propose(b"new%d" % k)
+                applied = old.statistics().applied
+                c.net.heal()
+                with trio.fail_after(10):
+                    while old.core.term < new.core.term:
+                        await trio.sleep(TICK)
+                    for _ in range(10):
+                        await trio.sleep(TICK)
+                stats = old.statistics()
+                assert stats.role == "follower" and stats.storage_busy
+                assert stats.applied == applied < new.core.commit
+                held.release()
+            assert lost == [EntryLostError] * 3
+            with trio.fail_after(10):
+                await old.wait_applied(new.core.commit)
+            assert c.sms[old.id].items == c.sms[new.id].items
+            assert not any(item.startswith(b"lost") for item in c.sms[old.id].items)
+        finally:
+            held.release()
+
+
+async def test_a_single_voter_async_leader_commits_once_its_fsync_returns(tmp_path):
+    """A leader that is its group's only voter has no one else to make an entry durable:
+    with its asynchronous fsync held nothing commits, a read waits, and once the fsync
+    returns the proposals and the read complete."""
+    async with cluster(tmp_path, n=1, sync_in_loop=True, async_append=True) as c:
+        leader = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            await leader.propose(b"first")
+        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
+        try:
+            commit = leader.core.commit
+            results = []
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    async def propose(k):
+                        results.append(await leader.propose(b"a%d" % k))
+                    for k in range(3):
+                        nursery.start_soon(propose, k)
+                    while held.fd is None:
+                        await trio.sleep(TICK)
+                    for _ in range(10):
+                        await trio.sleep(TICK)
+                    assert leader.core.commit == commit and not results
+                    held.release()
+                await leader.linearizable_read()
+            assert sorted(results) == [2, 3, 4]
+            items = c.sms[leader.id].items
+            assert items[0] == b"first" and sorted(items[1:]) == [b"a0", b"a1", b"a2"]
         finally:
             held.release()
 
