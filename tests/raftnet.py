@@ -36,8 +36,8 @@ from raft.types import (
     HardState,
     Message,
     MessageType,
-    Ready,
     ReadState,
+    Ready,
     Snapshot,
     SnapshotMeta,
     StateRole,
@@ -523,3 +523,34 @@ class Network:
         """Delivered messages of ``type`` (optionally from / to)."""
         return [m for m in self.delivered
                 if m.type is type and frm in (None, m.frm) and to in (None, m.to)]
+
+
+# ------------------------------------------------------------------ bare cores, an instant disk
+
+
+def core_cluster(n: int = 3, **config) -> dict[int, RaftCore]:
+    """``n`` fresh cores (ids 1..n, all voters), without disks: for tests that drive Readies
+    themselves (see :func:`drain_cores`)."""
+    ids = tuple(range(1, n + 1))
+    return {i: RaftCore(Config(i, **config), random.Random(i), RestoredState(conf=ConfState(ids)))
+            for i in ids}
+
+
+def drain_cores(cores: dict[int, RaftCore], drop: Callable[[Message], bool] = lambda m: False):
+    """Runs every Ready to completion (an instant disk) and delivers messages in order."""
+    queue: list[Message] = []
+    moved = True
+    while moved:
+        moved = False
+        for core in cores.values():
+            while core.has_ready():
+                rd = core.ready()
+                queue.extend(rd.messages)
+                queue.extend(rd.persisted_messages)
+                core.advance(rd)
+                moved = True
+        while queue:
+            m = queue.pop(0)
+            if not drop(m):
+                cores[m.to].step(m)
+            moved = True

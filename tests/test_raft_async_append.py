@@ -16,35 +16,9 @@ import pytest
 
 from raft.core import Config, RaftCore, RestoredState
 from raft.types import ConfState, Message, MessageType, RaftError
+from raftnet import core_cluster, drain_cores
 
 MT = MessageType
-
-
-def _cluster(n=3):
-    ids = tuple(range(1, n + 1))
-    return {i: RaftCore(Config(i, pre_vote=False, check_quorum=False), random.Random(i),
-                        RestoredState(conf=ConfState(ids)))
-            for i in ids}
-
-
-def _drain(cores, drop=lambda m: False):
-    """Runs every Ready to completion (an instant disk) and delivers messages in order."""
-    queue: list[Message] = []
-    moved = True
-    while moved:
-        moved = False
-        for core in cores.values():
-            while core.has_ready():
-                rd = core.ready()
-                queue.extend(rd.messages)
-                queue.extend(rd.persisted_messages)
-                core.advance(rd)
-                moved = True
-        while queue:
-            m = queue.pop(0)
-            if not drop(m):
-                cores[m.to].step(m)
-            moved = True
 
 
 def _answer(follower: RaftCore, msgs) -> list[Message]:
@@ -64,9 +38,9 @@ def _leader_with_an_async_append():
     """Node 1 leads a group of three, everything committed; it proposes one entry and
     advances its Ready before the entry is durable. Returns the cores, the entry and the
     leader's appends to its followers."""
-    cores = _cluster()
+    cores = core_cluster(pre_vote=False, check_quorum=False)
     cores[1].campaign()
-    _drain(cores)
+    drain_cores(cores)
     leader = cores[1]
     assert leader.commit == leader.last_index and leader.applied == leader.commit
     leader.propose(b"x")
@@ -127,7 +101,7 @@ def _deposed_leader_with_its_entry_replaced():
     cores, entry, _ = _leader_with_an_async_append()
     others = {i: cores[i] for i in (2, 3)}
     cores[2].campaign()
-    _drain(others, drop=lambda m: m.to == 1)  # node 1 hears nothing of it yet
+    drain_cores(others, drop=lambda m: m.to == 1)  # node 1 hears nothing of it yet
     new = cores[2]
     assert new.role.value == "leader" and new.term > entry.term
     assert new.term_at(entry.index) == new.term  # its no-op, where node 1 has its entry

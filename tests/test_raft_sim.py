@@ -27,7 +27,7 @@ import sys
 import pytest
 
 from raft import quorum, sim
-from raft.core import Config, RaftCore, RestoredState
+from raft.core import RaftCore
 from raft.log import RaftLog
 from raft.sim import (
     PLANTS,
@@ -52,6 +52,7 @@ from raft.types import (
     SnapshotMeta,
     StateRole,
 )
+from raftnet import core_cluster, drain_cores
 
 MT = MessageType
 
@@ -772,52 +773,26 @@ def test_seeds_that_found_core_bugs(seed, config):
     run(seed, config)
 
 
-def _cluster(n=3, **kw):
-    ids = tuple(range(1, n + 1))
-    return {i: RaftCore(Config(i, **kw), random.Random(i), RestoredState(conf=ConfState(ids)))
-            for i in ids}
-
-
-def _drain(cores, drop=lambda m: False):
-    """Runs every Ready to completion (an instant disk) and delivers messages in order."""
-    queue: list[Message] = []
-    moved = True
-    while moved:
-        moved = False
-        for core in cores.values():
-            while core.has_ready():
-                rd = core.ready()
-                queue.extend(rd.messages)
-                queue.extend(rd.persisted_messages)
-                core.advance(rd)
-                moved = True
-        while queue:
-            m = queue.pop(0)
-            if not drop(m):
-                cores[m.to].step(m)
-            moved = True
-
-
 def test_a_full_window_of_lost_appends_does_not_stall_a_follower():
     """The leader pipelines at most ``max_inflight_msgs`` appends per follower. If all of them
     are lost, no acknowledgement will ever free the window; a heartbeat response must free a
     slot (etcd's FreeFirstOne) so that an append goes out and probing resumes. Reference: §5.3
     (the leader retries AppendEntries indefinitely)."""
-    cores = _cluster(3, max_inflight_msgs=2)
+    cores = core_cluster(3, max_inflight_msgs=2)
     cores[1].campaign()
-    _drain(cores)
+    drain_cores(cores)
     leader = cores[1]
     leader.propose(b"a")
-    _drain(cores)
+    drain_cores(cores)
     assert leader.status()["progress"][3]["state"] == "replicate"
     for k in range(4):  # their appends to node 3 are lost
         leader.propose(b"b%d" % k)
-        _drain(cores, drop=lambda m: m.type is MT.APPEND and m.to == 3)
+        drain_cores(cores, drop=lambda m: m.type is MT.APPEND and m.to == 3)
     assert leader.status()["progress"][3]["inflight"] == 2
     for _ in range(3):  # the network heals; heartbeats go out
         for _ in range(leader.config.heartbeat_tick):
             leader.tick()
-        _drain(cores)
+        drain_cores(cores)
     assert cores[3].last_index == leader.last_index
     assert cores[3].commit == leader.commit
 
@@ -828,7 +803,7 @@ def test_vote_requests_leave_only_after_the_candidate_term_is_durable():
     and replicate as leader, crash, restart in the previous term and win the same term again
     from the same voters — then append different entries at indexes it had already sent.
     Reference: §3.8 (persist before sending), §5.3 (Leader Append-Only)."""
-    cores = _cluster(3, pre_vote=False)
+    cores = core_cluster(3, pre_vote=False)
     cores[1].campaign()
     rd = cores[1].ready()
     assert rd.hard_state is not None and rd.hard_state.term == 1 and rd.hard_state.vote == 1
