@@ -26,6 +26,7 @@ __all__ = [
     "comma_list",
     "describe_machine",
     "filesystem_of",
+    "float_range",
     "format_rate",
     "format_table",
     "int_range",
@@ -59,6 +60,22 @@ def int_range(lo: int, hi: int, what: str = ""):
             raise argparse.ArgumentTypeError(f"{name}{text!r} is not a whole number") from None
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo}..{hi}")
+        return v
+    return conv
+
+
+def float_range(lo: float, hi: float, what: str = ""):
+    """An argparse ``type`` for a number in ``lo..hi`` (never NaN or infinite), with a clear
+    error otherwise (naming ``what`` the number is, when given)."""
+    name = f"{what} " if what else ""
+
+    def conv(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}{text!r} is not a number") from None
+        if not lo <= v <= hi:  # NaN compares false: refused too
+            raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo:g}..{hi:g}")
         return v
     return conv
 

@@ -323,6 +323,27 @@ def test_the_cli_exits_2_on_any_unexpected_error(tmp_path, monkeypatch):
     assert jepsen.main(["--workload", "bank", "--out", str(tmp_path / "out")]) == 2
 
 
+def test_a_workload_that_cannot_run_hides_no_other_verdict(tmp_path, monkeypatch, capsys):
+    """``--workload all``: a workload found not valid makes the status 1 even when a later
+    one cannot run, and every workload still runs. The status used to be 2 (unknown), and
+    the workloads after the one that could not run were never tried."""
+    ran = []
+
+    def campaign(config):
+        ran.append(config.workload)
+        if config.workload != "bank":
+            raise RuntimeError("the campaign could not start: a harness failure")
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "summary.txt").write_text("verdict: NOT VALID\n")
+        return {"valid": False}
+
+    monkeypatch.setattr(jepsen, "run_campaign", campaign)
+    assert jepsen.main(["--workload", "all", "--out", str(tmp_path / "out")]) == 1
+    assert ran == list(jepsen.WORKLOADS)
+    verdicts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["valid"]
+    assert verdicts == {"bank": False, **dict.fromkeys(jepsen.WORKLOADS[1:])}
+
+
 def test_sigterm_tears_the_lab_down_as_an_interrupt_does(tmp_path, no_lab, monkeypatch):
     """SIGTERM (``timeout(1)``, a CI job cancelled) ends a campaign as ^C does: its nodes
     stopped, namespaces and mounts removed, data kept. By default it ended the harness at
@@ -345,6 +366,21 @@ def test_sigterm_tears_the_lab_down_as_an_interrupt_does(tmp_path, no_lab, monke
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert no_lab == [True] and terminated == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--time", "nan"], ["--time", "inf"], ["--time", "-5"], ["--quiet", "nan"],
+    ["--clock-max", "nan"], ["--coordinator-kill-p", "1.5"], ["--processes", "0"],
+    ["--tick-ms", "0"]])
+def test_bad_numbers_are_refused_before_a_campaign_starts(tmp_path, monkeypatch, capsys, argv):
+    """``--time nan`` (or ``inf``) used to start a campaign whose main phase never ended: the
+    clients and the nemesis compare the clock with the end of the phase, and NaN is never
+    reached. ``--processes 0`` silently ran the default number of clients."""
+    monkeypatch.setattr(jepsen, "run_campaign", lambda config: pytest.fail("it ran"))
+    with pytest.raises(SystemExit) as exit_:
+        jepsen.main(["--workload", "bank", "--out", str(tmp_path / "out"), *argv])
+    assert exit_.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
 
 
 # ============================================================ targeted schedules
@@ -641,6 +677,24 @@ def test_an_invalid_run_keeps_its_data(tmp_path, no_lab, monkeypatch):
     out = tmp_path / "out"
     assert jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(out)]) == 1
     assert no_lab == [True]
+
+
+def test_a_run_into_the_same_directory_starts_from_empty_data(tmp_path, no_lab, monkeypatch):
+    """The data an earlier run into the same --out kept (an invalid or unknown run, or
+    --keep-data) is not the new run's: its nodes started from it, and the workload's setup
+    found its keyspaces there already (the run broke off, unknown)."""
+    out = tmp_path / "out"
+    stale = out / "cluster" / "node-1" / "catalog"
+    stale.mkdir(parents=True)
+    seen = []
+
+    async def run(self):
+        seen.append(stale.exists())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(jepsen.Campaign, "run", run)
+    assert jepsen.main(["--workload", "set", "--nodes", "3", "--out", str(out)]) == 2
+    assert seen == [False]
 
 
 # ============================================================ nothing outlives the harness
