@@ -330,7 +330,9 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
             # ended.
             for n, why in procs.exits().items():
                 print(f"node {n} exited during the demo: {why}", file=out)
-            stopped = procs.stop()
+            # Only the nodes it started: one interrupted (or failed) as its `up` waited for
+            # the directory's lock finds the nodes of the `up` that held it running there.
+            stopped = procs.stop(nodes=procs.running_here())
             print(f"stopped {len(stopped)} node processes", file=out)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -213,16 +213,17 @@ class ClusterProcesses:
         if pid is not None:
             os.kill(pid, sig)
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> list[int]:
-        """SIGTERM to every running node, SIGKILL to any still alive after ``grace_s``;
-        returns the node ids that were running."""
+    def stop(self, grace_s: float = STOP_GRACE_S, *,
+             nodes: Iterable[int] | None = None) -> list[int]:
+        """SIGTERM to every running node (of ``nodes`` only, if given), SIGKILL to any still
+        alive after ``grace_s``; returns the node ids that were running."""
         if not self.directory.is_dir():
             return []
         with _directory_lock(self.directory):
-            return self._stop(grace_s)
+            return self._stop(grace_s, self.node_ids() if nodes is None else nodes)
 
-    def _stop(self, grace_s: float) -> list[int]:
-        running = {n: p for n in self.node_ids() if (p := self.running_pid(n)) is not None}
+    def _stop(self, grace_s: float, nodes: Iterable[int]) -> list[int]:
+        running = {n: p for n in nodes if (p := self.running_pid(n)) is not None}
         for pid in running.values():
             _signal(pid, signal.SIGTERM)
         # Each pid is checked again for the node before it is signalled or waited for: once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -287,24 +288,30 @@ def test_cluster_down_never_signals_a_process_it_did_not_start(tmp_path):
         other.wait()
 
 
-def _stand_in_node(tmp_path, procs, node_id, on_sigterm):
+def _stand_in_node(tmp_path, procs, node_id, on_sigterm, *, via_shell=False):
     """A process that ``procs`` takes for node ``node_id`` (its command line is a node's),
-    recorded in its pid file; ``on_sigterm`` is the Python it runs on SIGTERM. Returns its
-    handle once it has set that up."""
+    recorded in its pid file; ``on_sigterm`` is the Python it runs on SIGTERM. With
+    ``via_shell``, a shell starts it and waits for it: it is not this process's child, as
+    the nodes of another process's ``up`` are not. Returns its handle (the shell's, with
+    ``via_shell``) once it has set that up."""
     package = tmp_path / "stand-in" / "engine"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
     (package / "cli.py").write_text(
         "import os, signal, sys, time\n"
         f"signal.signal(signal.SIGTERM, lambda *_: ({on_sigterm}))\n"
-        "print('ready', flush=True)\n"
+        "print('ready', os.getpid(), flush=True)\n"
         "time.sleep(60)\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "node", "--config", str(procs.config_path(node_id))],
-        cwd=package.parent, env={**os.environ, "PYTHONPATH": str(package.parent)},
-        stdout=subprocess.PIPE)
-    assert proc.stdout.readline() == b"ready\n"
-    procs.pid_path(node_id).write_text(f"{proc.pid}\n")
+    command = [sys.executable, "-m", "engine.cli", "node", "--config",
+               str(procs.config_path(node_id))]
+    if via_shell:
+        command = ["sh", "-c", '"$@"; :', "sh", *command]  # `; :`: no exec, sh stays
+    proc = subprocess.Popen(command, cwd=package.parent,
+                            env={**os.environ, "PYTHONPATH": str(package.parent)},
+                            stdout=subprocess.PIPE)
+    ready, pid = proc.stdout.readline().split()
+    assert ready == b"ready"
+    procs.pid_path(node_id).write_text(f"{int(pid)}\n")
     return proc
 
 
@@ -893,6 +900,39 @@ def test_a_demo_does_not_take_over_a_cluster_started_in_its_dir_as_it_starts(tmp
         for procs in other:
             procs.stop(grace_s=3)
     assert code == 1 and "holds a running cluster (nodes [1])" in out.getvalue(), out.getvalue()
+    assert still_running, "the demo stopped a node it did not start\n" + out.getvalue()
+
+
+def test_a_demo_interrupted_as_it_waits_to_start_leaves_the_nodes_of_another_up_running(
+        tmp_path, monkeypatch):
+    # A Ctrl-C as the demo's `up` waits for the directory's lock, which a `cluster up` on the
+    # same --dir holds while it starts its nodes: the demo's cleanup then stopped every node
+    # running in the directory -- that `up`'s, not one of them the demo's.
+    from engine import cluster_demo
+    from engine.procs import ClusterProcesses
+
+    procs = ClusterProcesses(tmp_path / "cluster")
+    procs.directory.mkdir()
+    procs.config_path(1).write_text("")
+    shell = _stand_in_node(tmp_path, procs, 1, "os._exit(0)", via_shell=True)
+    node = procs.running_pid(1)
+
+    def interrupted_up(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C, as it waits for the lock
+
+    monkeypatch.setattr(cluster_demo, "cluster_up", interrupted_up)
+    out = io.StringIO()
+    try:
+        code = cluster_demo.run_demo(directory=str(procs.directory), seconds=0.2,
+                                     regions=("east",), nodes_per_region=1, clients_per_region=1,
+                                     accounts=2, wan=False, out=out)
+        still_running = procs.running_pid(1) == node
+    finally:
+        if shell.poll() is None:  # the node may run (its shell waits for it)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node, signal.SIGKILL)
+        shell.wait(timeout=10)
+    assert code == 130 and "stopped 0 node processes" in out.getvalue(), out.getvalue()
     assert still_running, "the demo stopped a node it did not start\n" + out.getvalue()
 
 
