@@ -781,7 +781,16 @@ def cli(args: argparse.Namespace) -> int:
         raw = getattr(args, f"{family}_targets", None)
         if raw:
             targets[family] = tuple(t for t in raw.split(",") if t)
+            bad = sorted(set(targets[family]) - set(choices))
+            if bad:  # refused before anything is built (the nemesis would, after the lab)
+                print(f"--{family}-targets: unknown {', '.join(bad)}; known: "
+                      f"{', '.join(choices)}", file=sys.stderr)
+                return 2
     nemesis = args.nemesis
+    if "vote-split" in nemesis and (regions, per_region) != (1, 3):
+        print("--nemesis vote-split needs one region of three nodes (--nodes 3)",
+              file=sys.stderr)
+        return 2
     notes = []
     if "lossy" in nemesis:
         from bench.lossyfs import unavailable_reason as fuse_reason

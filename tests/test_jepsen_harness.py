@@ -383,6 +383,21 @@ def test_bad_numbers_are_refused_before_a_campaign_starts(tmp_path, monkeypatch,
     assert f"argument {argv[0]}:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["--kill-targets", "leader,bogus"], "--kill-targets: unknown bogus"),
+    (["--partition-targets", "nowhere"], "--partition-targets: unknown nowhere"),
+    (["--nemesis", "vote-split"], "vote-split needs one region of three nodes"),
+])
+def test_bad_targets_are_refused_before_the_lab_is_built(tmp_path, monkeypatch, capsys, argv,
+                                                         error):
+    """A target no family knows, or vote-split on a cluster it cannot split, was refused by
+    the nemesis only once the lab and every node had been started (and for vote-split, at
+    its first fault, after a healthy period): now before anything is built."""
+    monkeypatch.setattr(jepsen, "run_campaign", lambda config: pytest.fail("it ran"))
+    assert jepsen.main(["--workload", "set", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert error in capsys.readouterr().err
+
+
 # ============================================================ targeted schedules
 
 
