@@ -51,31 +51,25 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 def int_range(lo: int, hi: int, what: str = ""):
     """An argparse ``type`` for a whole number in ``lo..hi``, with a clear error otherwise
     (naming ``what`` the number is, when given)."""
-    name = f"{what} " if what else ""
-
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}{text!r} is not a whole number") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo}..{hi}")
-        return v
-    return conv
+    return _number_in(int, "a whole number", lo, hi, what, str)
 
 
 def float_range(lo: float, hi: float, what: str = ""):
     """An argparse ``type`` for a number in ``lo..hi`` (never NaN or infinite), with a clear
     error otherwise (naming ``what`` the number is, when given)."""
+    return _number_in(float, "a number", lo, hi, what, lambda x: f"{x:g}")
+
+
+def _number_in(parse, kind: str, lo, hi, what: str, show):
     name = f"{what} " if what else ""
 
-    def conv(text: str) -> float:
+    def conv(text: str):
         try:
-            v = float(text)
+            v = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{name}{text!r} is not {kind}") from None
         if not lo <= v <= hi:  # NaN compares false: refused too
-            raise argparse.ArgumentTypeError(f"{name}{v} is not in {lo:g}..{hi:g}")
+            raise argparse.ArgumentTypeError(f"{name}{v} is not in {show(lo)}..{show(hi)}")
         return v
     return conv
 
