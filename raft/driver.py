@@ -277,9 +277,6 @@ class _Unsynced(NamedTuple):
     count: int
 
 
-_NOTHING_UNSYNCED = _Unsynced(0, 0, 0)
-
-
 class _Waiter:
     __slots__ = ("event", "value", "error")
 
@@ -1167,7 +1164,8 @@ class RaftNode:
         are sent and appended behind these, for the next fsync. Followers keep the usual
         path: an acknowledgement must wait for its fsync anyway."""
         last = rd.entries[-1]
-        count = len(rd.entries) + (self._async_unsynced or _NOTHING_UNSYNCED).count
+        earlier = self._async_unsynced.count if self._async_unsynced is not None else 0
+        count = earlier + len(rd.entries)
         self._async_unsynced = _Unsynced(last.index, last.term, count)
         self._async_idle = trio.Event() if self._async_idle.is_set() else self._async_idle
         if self._async_inflight is None:
@@ -1179,10 +1177,9 @@ class RaftNode:
         assert upto is not None and self._async_syncer is not None
         self._async_unsynced = None
         target = self._storage.sync_begin()
-        if target is None:  # already durable (a synchronous save synced them)
-            self._async_persisted(upto)
-            self._async_idle.set()
-            return
+        # Never None: these entries were appended after the previous fsync began, and nothing
+        # else syncs the log while asynchronous appends wait (see _async_synced).
+        assert target is not None, "asynchronously appended entries found durable already"
         fd, position = target
         self._async_syncer.submit(fd)
         self._async_inflight = (position, upto)
