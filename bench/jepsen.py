@@ -92,7 +92,7 @@ import trio
 from bench import _common, plots
 from bench.hdr import MissingDependency
 from bench.jepsen_cluster import ClusterSpec, LabCluster, in_namespace, unavailable_reason
-from bench.jepsen_nemesis import FAMILIES, TARGETED_FAMILIES, TARGETS, Nemesis
+from bench.jepsen_nemesis import FAMILIES, TARGETED_FAMILIES, TARGETS, Nemesis, check_targets
 from bench.jepsen_targeted import TWO_LEADERS
 from bench.jepsen_workloads import Register, SetWorkload
 from bench.txnsim import (
@@ -777,15 +777,15 @@ def cli(args: argparse.Namespace) -> int:
         print(f"--workload: one of {', '.join(WORKLOADS)} or all", file=sys.stderr)
         return 2
     targets = {}
-    for family, choices in TARGETS.items():
+    for family in TARGETS:
         raw = getattr(args, f"{family}_targets", None)
         if raw:
             targets[family] = tuple(t for t in raw.split(",") if t)
-            bad = sorted(set(targets[family]) - set(choices))
-            if bad:  # refused before anything is built (the nemesis would, after the lab)
-                print(f"--{family}-targets: unknown {', '.join(bad)}; known: "
-                      f"{', '.join(choices)}", file=sys.stderr)
-                return 2
+    try:
+        check_targets(targets)  # before anything is built (the nemesis checks after the lab)
+    except ValueError as exc:
+        print(f"--*-targets: {exc}", file=sys.stderr)
+        return 2
     nemesis = args.nemesis
     if "vote-split" in nemesis and (regions, per_region) != (1, 3):
         print("--nemesis vote-split needs one region of three nodes (--nodes 3)",

@@ -63,7 +63,7 @@ from bench.jepsen_cluster import LabCluster, sides_to_pairs
 from bench.jepsen_targeted import TARGETED, VoteSplit
 
 __all__ = ["FAMILIES", "PARTITION_SHAPES", "KILL_TARGETS", "CLOCK_MODES", "Nemesis",
-           "partition_shapes_for"]
+           "check_targets", "partition_shapes_for"]
 
 FAMILIES = ("partition", "kill", "pause", "clock", "loss", "lossy", "coordinator")
 PARTITION_SHAPES = ("halves", "random-halves", "isolate-node", "isolate-leader",
@@ -89,6 +89,14 @@ def partition_shapes_for(nodes: int, regions: int) -> tuple[str, ...]:
     cut two regions; the others two nodes."""
     needs = {"majorities-ring": nodes >= 4, "bridge": nodes >= 3, "region": regions >= 2}
     return tuple(s for s in PARTITION_SHAPES if nodes >= 2 and needs.get(s, True))
+
+
+def check_targets(targets: Mapping[str, Sequence[str]]) -> None:
+    """Raises ValueError naming a target (shape, mode) its family does not know."""
+    for f, allowed in targets.items():
+        bad = set(allowed) - set(TARGETS[f])
+        if bad:
+            raise ValueError(f"unknown {f} targets {sorted(bad)}; known: {TARGETS[f]}")
 
 
 class Nemesis:
@@ -124,10 +132,7 @@ class Nemesis:
             # cuts nothing is re-drawn anyway; see _start_partition).
             fitting = partition_shapes_for(len(cluster.node_ids), len(cluster.spec.regions))
             self.targets["partition"] = list(fitting or PARTITION_SHAPES)
-        for f, allowed in self.targets.items():
-            bad = set(allowed) - set(TARGETS[f])
-            if bad:
-                raise ValueError(f"unknown {f} targets {sorted(bad)}; known: {TARGETS[f]}")
+        check_targets(self.targets)
         # Each offset is within ±bound/2 of the true clock (which every unskewed node keeps),
         # so any two nodes are at most the bound apart: inside the failure model.
         self.clock_max_s = min(clock_max_s, cluster.spec.max_clock_offset_ms / 2000.0)

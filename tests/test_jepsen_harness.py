@@ -384,8 +384,8 @@ def test_bad_numbers_are_refused_before_a_campaign_starts(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("argv, error", [
-    (["--kill-targets", "leader,bogus"], "--kill-targets: unknown bogus"),
-    (["--partition-targets", "nowhere"], "--partition-targets: unknown nowhere"),
+    (["--kill-targets", "leader,bogus"], "unknown kill targets ['bogus']"),
+    (["--partition-targets", "nowhere"], "unknown partition targets ['nowhere']"),
     (["--nemesis", "vote-split"], "vote-split needs one region of three nodes"),
 ])
 def test_bad_targets_are_refused_before_the_lab_is_built(tmp_path, monkeypatch, capsys, argv,
