@@ -134,10 +134,11 @@ class GroupReplica:
             await self.node.linearizable_read(timeout=PROPOSAL_TIMEOUT_S)
         except ProposalDroppedError as exc:
             raise NotLeaderError(str(exc), self.group, getattr(exc, "leader", 0)) from None
-        except RaftTimeoutError:  # cut off from its group: let the caller try another replica
+        except RaftTimeoutError:  # cut off from its group, or its disk stalled: let the
+            # caller try another replica
             raise NotLeaderError(f"node {self.node.id} could not confirm its leadership of "
-                                 f"group {self.group} within {PROPOSAL_TIMEOUT_S} s",
-                                 self.group, 0) from None
+                                 f"group {self.group}, or apply up to the read point, within "
+                                 f"{PROPOSAL_TIMEOUT_S} s", self.group, 0) from None
         except RaftInvariantError:
             raise
         except RaftError as exc:  # this replica stopped (closing, or its disk failed)

@@ -1674,6 +1674,34 @@ async def test_an_async_leader_applies_only_what_it_made_durable(tmp_path):
             held.release()
 
 
+async def test_a_lease_read_waiting_for_the_leaders_apply_keeps_its_timeout(tmp_path):
+    """A leader holding its lease takes its commit index as the read point at once; when its
+    own apply lags that index (here: committed by the followers while the leader's own fsync
+    is held, so nothing is applied) the read waits for the apply -- and must still give up
+    once its ``timeout`` passes, as a read through a heartbeat round does."""
+    async with cluster(tmp_path, sync_in_loop=True, async_append=True,
+                       config={"lease_reads": True}) as c:
+        leader = c.nodes[await c.leader()]
+        with trio.fail_after(10):
+            await leader.propose(b"first")
+        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
+        try:
+            applied = leader.statistics().applied
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(leader.propose, b"second")
+                    while held.fd is None or leader.core.commit <= applied:
+                        await trio.sleep(TICK)
+                    assert leader.core.lease_read_index() is not None  # the lease holds
+                    with pytest.raises(RaftTimeoutError):
+                        await leader.linearizable_read(timeout=0.2)
+                    assert leader.statistics().applied == applied
+                    held.release()
+                    assert await leader.linearizable_read(timeout=5) > applied
+        finally:
+            held.release()
+
+
 async def test_an_async_leader_deposed_with_its_fsync_held_takes_the_new_leaders_log(tmp_path):
     """A leader cut off with an asynchronous fsync in flight is replaced; once it hears the
     new leader, the Readies that store the new term and cut its own entries must wait for
