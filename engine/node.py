@@ -1964,7 +1964,7 @@ class Node:
         ks_id, level = p.get("keyspace_id"), p.get("level")
         epoch, expect = p.get("epoch", 0), p.get("expect")
         if (type(ks_id) is not int or not 0 <= ks_id <= MAX_KEYSPACE_ID
-                or level not in (0, 1, 2, 3)):
+                or type(level) is not int or level not in (0, 1, 2, 3)):  # not 1.0 or True
             raise InvalidArgumentError("keyspace_id must be a keyspace id and level 0..3")
         available_from = _timestamp(p, "available_from")
         if expect is not None and not (isinstance(expect, list) and len(expect) == 2

@@ -202,6 +202,23 @@ async def test_a_fence_outside_the_data_groups_or_the_keyspace_ids_is_refused():
                     assert refused.value.code == "invalid_argument"
 
 
+@pytest.mark.parametrize("level", [1.0, True, "1"])
+async def test_a_fence_level_that_is_not_an_int_is_refused(level):
+    # 1.0 and True equal 1, and passed a check by value: the entry then carried a float or
+    # a boolean into every replica's fence table.
+    async with open_local_cluster(("us-east",), 1, seed=7) as cluster:
+        gid = data_group(cluster.config, "us-east")
+        node = await leader_of(cluster, gid)
+        with trio.fail_after(GUARD_S):
+            async with cluster.connect("us-east") as db, client_of(cluster, node) as conn:
+                ks = await db.create_keyspace("k")
+                with pytest.raises(RemoteError, match="level 0..3") as refused:
+                    await conn.call("keyspace.fence", {"group": gid, "keyspace_id": ks.id,
+                                                       "level": level})
+                assert refused.value.code == "invalid_argument"
+                assert node.replicas[gid].sm.fence(ks.id.to_bytes(4, "big")) == (0, 0)
+
+
 async def test_the_catalog_is_changed_only_through_keyspace_requests():
     # A plain commit into the meta group could set the next keyspace id back (a new keyspace
     # would then read a dropped one's data) or write a record nothing can decode.
