@@ -76,7 +76,8 @@ back as soon as the frame has arrived. A client that sends nothing more of a lar
 ``receive_stall_timeout_s`` has its connection closed, which frees its reservation. A first
 request that had to wait for its reservation is spared ``first_request_timeout_s`` (the wait
 was the server's): ``receive_stall_timeout_s`` bounds the rest of it. Smaller frames need no
-reservation: each connection buffers at most one incomplete one.
+reservation: each connection buffers at most one incomplete one, and its sender too may pause
+at most ``receive_stall_timeout_s`` while it arrives.
 
 Error codes the server sends by itself (a handler may send any code, see :class:`RemoteError`):
 
@@ -792,14 +793,18 @@ class _Wire:
         held = 0  # bytes of the budget reserved for the large frame arriving
         try:
             while True:
-                if held:
-                    # A large frame on its way: it holds part of the budget, so its sender
-                    # may not keep it for ever by sending nothing more.
+                if held or (budget is not None and decoder.buffered):
+                    # A frame on its way holds the connection (one of a server's
+                    # max_connections) and its buffer, and a large one part of the budget:
+                    # its sender may not keep them for ever by sending nothing more.
                     with trio.move_on_after(stall_timeout_s) as waited:
                         data = await self._receive(sock, stream)
                     if waited.cancelled_caught:
-                        self.close(f"sent {decoder.buffered - 4} of the {held} bytes of a "
-                                   f"frame, then nothing for {stall_timeout_s} s", warn=True)
+                        length = held or decoder.incomplete_length
+                        sent = (f"sent {decoder.buffered - 4} of the {length} bytes of a frame"
+                                if length else f"sent {decoder.buffered} of the 4 bytes of a "
+                                f"frame's length")
+                        self.close(f"{sent}, then nothing for {stall_timeout_s} s", warn=True)
                         return
                 else:
                     data = await self._receive(sock, stream)

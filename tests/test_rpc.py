@@ -1114,6 +1114,30 @@ async def test_a_client_that_stops_sending_a_large_request_is_closed_and_frees_t
     await stuck.aclose()
 
 
+@pytest.mark.parametrize("cut", [10, 2])
+async def test_a_client_that_stops_sending_a_small_request_is_closed(
+        nursery, autojump_clock, caplog, cut):
+    # A frame too small to need a reservation still holds its connection (one of
+    # max_connections) and its buffer: sent in part and then left, it used to be waited for
+    # for ever, so a few clients trickling partial frames could take every connection.
+    caplog.set_level(logging.WARNING, logger="engine.rpc")
+    port = await start(nursery, {"echo": echo}, receive_stall_timeout_s=5.0)
+    stuck = await raw_client(port)
+    with trio.fail_after(GUARD_S):  # a first request, whole: past the first request timeout
+        await stuck.send_all(encode_request(1, "echo", 0, 1))
+        assert (await read_frame(stuck)).payload == 1
+    frame = encode_request(2, "echo", 0, b"x" * 100)
+    await stuck.send_all(frame[:cut])  # part of its body, or of its length
+    t0 = trio.current_time()
+    with trio.fail_after(60):  # virtual time
+        assert await read_until_closed(stuck) == b""
+    assert trio.current_time() - t0 >= 5
+    sent = (f"sent 6 of the {len(frame) - 4} bytes of a frame" if cut == 10
+            else "sent 2 of the 4 bytes of a frame's length")
+    assert f"{sent}, then nothing for 5.0 s" in caplog.text
+    await stuck.aclose()
+
+
 async def test_a_first_request_waiting_for_the_budget_is_not_taken_for_a_silent_client(
         nursery, autojump_clock):
     # The first request timeout closes connections that send no request; one whose first
