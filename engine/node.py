@@ -780,7 +780,8 @@ class Node:
             if n := len(ordered):  # nearest ranks: the smallest k with k >= q·n
                 lag[origin] = {"samples": n, "p50": ordered[(n + 1) // 2 - 1],
                                "p99": ordered[(99 * n + 99) // 100 - 1]}
-        return {"node": self.id, "region": self.region, "groups": out,
+        return {"node": self.id, "region": self.region, "cluster": self.cluster.name,
+                "groups": out,
                 "bytes_by_region": self._bytes_by_region(),
                 "clock_problem": self._clock_problem, "replication_lag_ms": lag,
                 "replication_behind_ms": self._replication_behind_ms(),

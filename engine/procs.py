@@ -433,17 +433,28 @@ def _check_same_cluster(directory: Path, cluster: ClusterConfig, regions, nodes_
 
 async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:
     """Every node's ``status`` answer, or ``{"error": ...}`` for a node that gave none within
-    :data:`STATUS_TIMEOUT_S` (a paused node's kernel still accepts connections)."""
+    :data:`STATUS_TIMEOUT_S` (a paused node's kernel still accepts connections), or whose
+    answer came from another node (another cluster's, on a reused port)."""
     out: dict[int, Any] = {}
 
     async def one(node):
         try:
             async with connect_rpc(node.client_host, node.client_port,
                                    connect_timeout_s=1.0) as conn:
-                out[node.id] = await conn.call(
+                answer = await conn.call(
                     "status", None, deadline=trio.current_time() + STATUS_TIMEOUT_S)
         except Exception as exc:  # report, whatever went wrong with that node
             out[node.id] = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        who = ((answer.get("node"), answer.get("region"), answer.get("cluster"))
+               if isinstance(answer, dict) else None)
+        if who != (node.id, node.region, cluster.name):
+            out[node.id] = {"error": f"not this node at {node.client_host}:{node.client_port}"
+                            f": node {who[0]} of region {who[1]!r} in cluster {who[2]!r} "
+                            f"answers there" if who else f"not a node's status answer at "
+                            f"{node.client_host}:{node.client_port}"}
+            return
+        out[node.id] = answer
 
     async with trio.open_nursery() as nursery:
         for node in cluster.all_nodes():

@@ -660,6 +660,29 @@ def test_cluster_status_reports_a_node_that_accepts_and_never_answers(monkeypatc
     assert set(status) == {1} and "error" in status[1], status
 
 
+def test_cluster_status_does_not_take_another_node_at_a_nodes_address_for_it():
+    # Whatever answered `status` at a node's client address was shown as that node: another
+    # cluster's node on a reused port (or a copied cluster directory) passed for it, up.
+    import trio
+
+    import engine.procs
+    from engine import open_local_cluster
+    from engine.config import default_local_cluster
+
+    async def main():
+        async with open_local_cluster(("us-east",), 1, seed=3) as other:
+            node = other.config.all_nodes()[0]
+            # A cluster of its own whose node 1 is configured at that node's address.
+            mine = default_local_cluster(("eu-west",), 1, base_port=node.client_port - 1)
+            assert mine.all_nodes()[0].client_port == node.client_port
+            with trio.fail_after(30):
+                return await engine.procs.describe_all(mine)
+
+    status = trio.run(main)
+    assert set(status) == {1} and "error" in status[1], status
+    assert "node 1 of region 'us-east'" in status[1]["error"]
+
+
 def _end_missed(started) -> None:
     """Ends the node processes of ``started`` that ``down`` missed (a test that failed)."""
     for proc in started:
