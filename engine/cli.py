@@ -250,7 +250,8 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 def _cluster(args) -> int:
     from .errors import MeridianError
-    from .procs import ClusterProcesses, cluster_status, cluster_up, format_status, wait_ready
+    from .procs import (ClusterProcesses, cluster_status, cluster_up, format_status,
+                        not_stopped_message, wait_ready)
 
     try:
         if args.action == "up":
@@ -269,8 +270,13 @@ def _cluster(args) -> int:
             print(f"cluster up in {args.dir}: {len(cluster.all_nodes())} nodes; clients: {addrs}")
             return 0
         if args.action == "down":
-            stopped = ClusterProcesses(args.dir).stop()
+            procs = ClusterProcesses(args.dir)
+            stopped = procs.stop()
             print(f"stopped {len(stopped)} node processes" if stopped else "nothing running")
+            if procs.not_stopped:
+                print(f"meridian cluster down: {not_stopped_message(procs.not_stopped)}",
+                      file=sys.stderr)
+                return 1
             return 0
         procs = ClusterProcesses(args.dir)
         status = cluster_status(args.dir)

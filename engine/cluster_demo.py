@@ -31,7 +31,8 @@ import trio
 from .client import connect
 from .errors import InvalidArgumentError, KeyspaceExistsError, MeridianError
 from .placement import placement
-from .procs import ClusterProcesses, describe_all, cluster_up, wait_ready
+from .procs import (ClusterProcesses, cluster_up, describe_all, not_stopped_message,
+                    wait_ready)
 
 INITIAL_BALANCE = 1000
 FINISH_S = 10.0  # how long the operations under way when the workload ends have to finish
@@ -334,6 +335,8 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
             # the directory's lock finds the nodes of the `up` that held it running there.
             stopped = procs.stop(nodes=procs.running_here())
             print(f"stopped {len(stopped)} node processes", file=out)
+            if procs.not_stopped:
+                print(not_stopped_message(procs.not_stopped), file=out)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for s, handler in previous.items():

@@ -52,10 +52,11 @@ from .local import free_base_port
 from .rpc import connect_rpc
 
 __all__ = ["ClusterProcesses", "cluster_up", "cluster_down", "cluster_status", "describe_all",
-           "wait_ready"]
+           "not_stopped_message", "wait_ready"]
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+KILL_WAIT_S = 5.0  # how long `down` waits for a node to end after its SIGKILL
 LOCK_WAIT_S = 30.0
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for one node's answer (a paused node accepts)
 EXEC_WAIT_S = 1.0  # how long a process may show no arguments while it execs (_command_line)
@@ -94,6 +95,7 @@ class ClusterProcesses:
         # The processes this object started: their handles (exit status) and where each one's
         # output begins in its log (which earlier runs' output precedes).
         self._started: dict[int, tuple[subprocess.Popen, int]] = {}
+        self.not_stopped: list[int] = []  # see stop()
 
     def config_path(self, node_id: int) -> Path:
         return self.directory / f"node-{node_id}.toml"
@@ -213,14 +215,20 @@ class ClusterProcesses:
         if pid is not None:
             os.kill(pid, sig)
 
-    def stop(self, grace_s: float = STOP_GRACE_S, *,
+    def stop(self, grace_s: float | None = None, *,
              nodes: Iterable[int] | None = None) -> list[int]:
         """SIGTERM to every running node (of ``nodes`` only, if given), SIGKILL to any still
-        alive after ``grace_s``; returns the node ids that were running."""
+        alive after ``grace_s`` (:data:`STOP_GRACE_S` by default); returns the node ids that
+        were running. Those still running :data:`KILL_WAIT_S` after their SIGKILL (a process
+        in uninterruptible I/O ends only once the I/O does) keep their pid files, so that a
+        later ``stop`` finds them and no ``up`` starts another node beside them; their ids
+        are in :attr:`not_stopped` until the next call."""
+        self.not_stopped = []
         if not self.directory.is_dir():
             return []
         with _directory_lock(self.directory):
-            return self._stop(grace_s, self.node_ids() if nodes is None else nodes)
+            return self._stop(STOP_GRACE_S if grace_s is None else grace_s,
+                              self.node_ids() if nodes is None else nodes)
 
     def _stop(self, grace_s: float, nodes: Iterable[int]) -> list[int]:
         running = {n: p for n in nodes if (p := self.running_pid(n)) is not None}
@@ -237,11 +245,13 @@ class ClusterProcesses:
             time.sleep(0.05)
         for n in alive():
             _signal(running[n], signal.SIGKILL)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + KILL_WAIT_S
         while time.monotonic() < deadline and alive():
             time.sleep(0.02)
+        self.not_stopped = sorted(alive())
         for n in running:
-            self.pid_path(n).unlink(missing_ok=True)
+            if n not in self.not_stopped:
+                self.pid_path(n).unlink(missing_ok=True)
         return sorted(running)
 
 
@@ -517,3 +527,13 @@ def format_status(cluster: ClusterConfig, status: Mapping[int, Any]) -> str:
             lines.append(f"{node.id:>4} {node.region:<10} {'-':>5} does not serve: "
                          f"{s['clock_problem']}")
     return "\n".join(lines)
+
+
+def not_stopped_message(nodes: Iterable[int]) -> str:
+    """What to tell of nodes that :meth:`ClusterProcesses.stop` could not end."""
+    nodes = list(nodes)
+    which, kept = ((f"node {nodes[0]} is", "its pid file is") if len(nodes) == 1 else
+                   (f"nodes {', '.join(map(str, nodes))} are", "their pid files are"))
+    return (f"{which} still running {KILL_WAIT_S:g} s after SIGKILL (in uninterruptible I/O: "
+            f"a stalled disk?); {kept} kept: run `meridian cluster down` again once the I/O "
+            f"ends")

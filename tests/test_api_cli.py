@@ -336,6 +336,36 @@ def test_cluster_down_does_not_kill_what_a_stopped_nodes_pid_has_become(tmp_path
         node.wait()
 
 
+def test_a_node_that_outlives_its_sigkill_keeps_its_pid_file(tmp_path, monkeypatch, capsys):
+    # A process in uninterruptible I/O (a stalled disk) ends only once the I/O does, SIGKILL
+    # or not. `down` removed the pid file anyway: the next `down` said "nothing running" and
+    # the next `up` started a second node on the same data directory beside it.
+    from engine import cli, procs as procs_module
+    from engine.procs import ClusterProcesses
+
+    procs = ClusterProcesses(tmp_path / "c")
+    procs.directory.mkdir()
+    procs.config_path(1).write_text("")
+    node = _stand_in_node(tmp_path, procs, 1, "None")  # ignores SIGTERM
+    real_signal = procs_module._signal
+    monkeypatch.setattr(procs_module, "_signal",  # SIGKILL without effect, as in D state
+                        lambda pid, sig: sig != signal.SIGKILL and real_signal(pid, sig))
+    monkeypatch.setattr(procs_module, "STOP_GRACE_S", 0.2)
+    monkeypatch.setattr(procs_module, "KILL_WAIT_S", 0.2)
+    try:
+        assert cli.main(["cluster", "down", "--dir", str(procs.directory)]) == 1
+        err = capsys.readouterr().err
+        assert "node 1 is still running" in err and "SIGKILL" in err, err
+        assert procs.running_pid(1) == node.pid  # still known: a later down finds it
+        monkeypatch.setattr(procs_module, "_signal", real_signal)
+        assert cli.main(["cluster", "down", "--dir", str(procs.directory)]) == 0
+        assert node.wait(timeout=10) is not None
+        assert not procs.pid_path(1).exists()
+    finally:
+        node.kill()
+        node.wait()
+
+
 def test_a_demo_ended_by_sigterm_stops_its_nodes(tmp_path):
     directory = tmp_path / "cluster"
     demo = subprocess.Popen(
