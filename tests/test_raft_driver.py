@@ -1650,28 +1650,37 @@ async def test_an_async_leader_counts_its_entries_only_once_its_fsync_returns(tm
             held.release()  # a failed test must not leave the node waiting at its close
 
 
+@contextlib.asynccontextmanager
+async def _a_commit_behind_the_leaders_fsync(c):
+    """``(leader, held fsync, applied index)`` once the followers, a majority without the
+    leader, have committed an entry ("second", after "first") whose fsync on the leader is
+    held. The body releases it; the proposal of "second" has returned at the end."""
+    leader = c.nodes[await c.leader()]
+    with trio.fail_after(10):
+        await leader.propose(b"first")
+    held = leader._async_syncer = HeldSyncer(leader._async_syncer)
+    try:
+        applied = leader.statistics().applied
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leader.propose, b"second")
+                while held.fd is None or leader.core.commit <= applied:
+                    await trio.sleep(TICK)
+                yield leader, held, applied
+    finally:
+        held.release()  # a failed test must not leave the node waiting at its close
+
+
 async def test_an_async_leader_applies_only_what_it_made_durable(tmp_path):
     """Two followers are a majority without the leader: with the leader's fsync held they
     commit its entries, but the leader applies (and answers) none of them until its own
     fsync returns -- a state machine never runs ahead of its node's durable log."""
     async with cluster(tmp_path, sync_in_loop=True, async_append=True) as c:
-        leader = c.nodes[await c.leader()]
-        with trio.fail_after(10):
-            await leader.propose(b"first")
-        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
-        try:
-            applied = leader.statistics().applied
-            with trio.fail_after(10):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(leader.propose, b"second")
-                    while held.fd is None or leader.core.commit <= applied:
-                        await trio.sleep(TICK)
-                    assert leader.statistics().applied == applied
-                    assert c.sms[leader.id].items[-1] == b"first"
-                    held.release()
-            assert c.sms[leader.id].items[-1] == b"second"
-        finally:
+        async with _a_commit_behind_the_leaders_fsync(c) as (leader, held, applied):
+            assert leader.statistics().applied == applied
+            assert c.sms[leader.id].items[-1] == b"first"
             held.release()
+        assert c.sms[leader.id].items[-1] == b"second"
 
 
 async def test_a_lease_read_waiting_for_the_leaders_apply_keeps_its_timeout(tmp_path):
@@ -1681,25 +1690,13 @@ async def test_a_lease_read_waiting_for_the_leaders_apply_keeps_its_timeout(tmp_
     once its ``timeout`` passes, as a read through a heartbeat round does."""
     async with cluster(tmp_path, sync_in_loop=True, async_append=True,
                        config={"lease_reads": True}) as c:
-        leader = c.nodes[await c.leader()]
-        with trio.fail_after(10):
-            await leader.propose(b"first")
-        held = leader._async_syncer = HeldSyncer(leader._async_syncer)
-        try:
-            applied = leader.statistics().applied
-            with trio.fail_after(10):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(leader.propose, b"second")
-                    while held.fd is None or leader.core.commit <= applied:
-                        await trio.sleep(TICK)
-                    assert leader.core.lease_read_index() is not None  # the lease holds
-                    with pytest.raises(RaftTimeoutError):
-                        await leader.linearizable_read(timeout=0.2)
-                    assert leader.statistics().applied == applied
-                    held.release()
-                    assert await leader.linearizable_read(timeout=5) > applied
-        finally:
+        async with _a_commit_behind_the_leaders_fsync(c) as (leader, held, applied):
+            assert leader.core.lease_read_index() is not None  # the lease holds
+            with pytest.raises(RaftTimeoutError):
+                await leader.linearizable_read(timeout=0.2)
+            assert leader.statistics().applied == applied
             held.release()
+            assert await leader.linearizable_read(timeout=5) > applied
 
 
 async def test_an_async_leader_deposed_with_its_fsync_held_takes_the_new_leaders_log(tmp_path):
