@@ -273,9 +273,8 @@ def _cluster(args) -> int:
             procs = ClusterProcesses(args.dir)
             stopped = procs.stop()
             print(f"stopped {len(stopped)} node processes" if stopped else "nothing running")
-            if procs.not_stopped:
-                print(f"meridian cluster down: {not_stopped_message(procs.not_stopped)}",
-                      file=sys.stderr)
+            if left := [n for n in stopped if procs.running_pid(n) is not None]:
+                print(f"meridian cluster down: {not_stopped_message(left)}", file=sys.stderr)
                 return 1
             return 0
         procs = ClusterProcesses(args.dir)

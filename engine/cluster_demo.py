@@ -335,8 +335,8 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
             # the directory's lock finds the nodes of the `up` that held it running there.
             stopped = procs.stop(nodes=procs.running_here())
             print(f"stopped {len(stopped)} node processes", file=out)
-            if procs.not_stopped:
-                print(not_stopped_message(procs.not_stopped), file=out)
+            if left := [n for n in stopped if procs.running_pid(n) is not None]:
+                print(not_stopped_message(left), file=out)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for s, handler in previous.items():

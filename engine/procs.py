@@ -95,7 +95,6 @@ class ClusterProcesses:
         # The processes this object started: their handles (exit status) and where each one's
         # output begins in its log (which earlier runs' output precedes).
         self._started: dict[int, tuple[subprocess.Popen, int]] = {}
-        self.not_stopped: list[int] = []  # see stop()
 
     def config_path(self, node_id: int) -> Path:
         return self.directory / f"node-{node_id}.toml"
@@ -221,9 +220,8 @@ class ClusterProcesses:
         alive after ``grace_s`` (:data:`STOP_GRACE_S` by default); returns the node ids that
         were running. Those still running :data:`KILL_WAIT_S` after their SIGKILL (a process
         in uninterruptible I/O ends only once the I/O does) keep their pid files, so that a
-        later ``stop`` finds them and no ``up`` starts another node beside them; their ids
-        are in :attr:`not_stopped` until the next call."""
-        self.not_stopped = []
+        later ``stop`` finds them and no ``up`` starts another node beside them: they are
+        the ones :meth:`running_pid` still finds."""
         if not self.directory.is_dir():
             return []
         with _directory_lock(self.directory):
@@ -248,10 +246,8 @@ class ClusterProcesses:
         deadline = time.monotonic() + KILL_WAIT_S
         while time.monotonic() < deadline and alive():
             time.sleep(0.02)
-        self.not_stopped = sorted(alive())
-        for n in running:
-            if n not in self.not_stopped:
-                self.pid_path(n).unlink(missing_ok=True)
+        for n in set(running) - set(alive()):
+            self.pid_path(n).unlink(missing_ok=True)
         return sorted(running)
 
 
@@ -456,13 +452,12 @@ async def describe_all(cluster: ClusterConfig) -> dict[int, Any]:
         except Exception as exc:  # report, whatever went wrong with that node
             out[node.id] = {"error": f"{type(exc).__name__}: {exc}"}
             return
-        who = ((answer.get("node"), answer.get("region"), answer.get("cluster"))
-               if isinstance(answer, dict) else None)
-        if who != (node.id, node.region, cluster.name):
-            out[node.id] = {"error": f"not this node at {node.client_host}:{node.client_port}"
-                            f": node {who[0]} of region {who[1]!r} in cluster {who[2]!r} "
-                            f"answers there" if who else f"not a node's status answer at "
-                            f"{node.client_host}:{node.client_port}"}
+        who = answer if isinstance(answer, dict) else {}
+        if (who.get("node"), who.get("region"), who.get("cluster")) != (
+                node.id, node.region, cluster.name):
+            out[node.id] = {"error": f"not this node at {node.client_host}:{node.client_port}: "
+                            f"node {who.get('node')} of region {who.get('region')!r} in "
+                            f"cluster {who.get('cluster')!r} answers there"}
             return
         out[node.id] = answer
 
