@@ -1,5 +1,6 @@
 """Jepsen-style campaigns on real node processes in network namespaces (``python -m bench
-jepsen``, bench/jepsen.py): every workload stays valid under partitions, kills and pauses, and
+jepsen``, bench/jepsen.py): every workload stays valid under faults (bank, append, register and
+regional under partitions, kills and pauses; set under power losses and a vote split), and
 every planted bug is caught (FAULTS.md §5: a harness that cannot fail proves nothing).
 
 Integration tests: they start real clusters and need root, iproute2's network namespaces and
@@ -231,7 +232,9 @@ CAMPAIGN = ("--nemesis", "partition,kill,pause", "--time", "12", "--interval", "
             *QUIET)
 
 
-@pytest.mark.parametrize("workload", ["bank", "append", "register", "set", "regional"])
+# The set workload's valid campaigns on real clusters are the power-loss and vote-split ones
+# below (and the long campaign's).
+@pytest.mark.parametrize("workload", ["bank", "append", "register", "regional"])
 def test_campaign_with_partitions_kills_and_pauses_is_valid(tmp_path, workload):
     _require()
     out = tmp_path / workload
@@ -291,8 +294,9 @@ def test_power_loss_campaign_without_planted_bugs_is_valid(tmp_path):
 
 
 # The targeted schedule for votes_without_persisting (bench/jepsen_targeted.py): one region of
-# three nodes, the vote-split nemesis alone, one round.
-VOTE_SPLIT = ("--workload", "set", "--nodes", "3", "--nemesis", "vote-split", "--time", "16",
+# three nodes, the vote-split nemesis alone, one round (a round runs to its end, about 10 s,
+# whatever --time says; a round that aborts early is tried again until --time).
+VOTE_SPLIT = ("--workload", "set", "--nodes", "3", "--nemesis", "vote-split", "--time", "10",
               "--interval", "2,2", "--seed", "1", *QUIET)
 
 
