@@ -7,10 +7,10 @@ all that, the keyspaces move between regions (``move-keyspace``, some moves cut 
 
 Integration tests: each case runs :func:`bench.txnsim.run` on an in-process cluster of three
 regions × three nodes (so a crashed node, one at a time, never costs a group its majority, and
-leaders really fail over) in real time: 6 s of workload with six clients, 11–22 s per case in
+leaders really fail over) in real time: 6 s of workload with six clients, about 10 s per case in
 all on a 2-core machine (start, setup, heal, final read and stop included; a single Python
 process runs all nine nodes, so the load of the machine shows); the whole file takes about
-2½ minutes. The nodes' stores preallocate little (``compact_storage``) and abandoned intents are
+2 minutes. The nodes' stores preallocate little (``compact_storage``) and abandoned intents are
 recovered after 0.5 s instead of the product's 2 s, so that short runs see recoveries.
 The CI seeds compact their Raft logs every few entries, so that CI sees snapshots built and
 installed under faults. A second seed per case runs with ``--run-slow``.
@@ -123,11 +123,11 @@ def _campaign_config(workload: str, isolation: str, seed: int) -> txnsim.RunConf
                             nodes_per_region=3, processes=9, max_ops=1000, time_limit_s=20.0)
 
 
-def _params(prefix: str, seeds_for, cases=CI_SEEDS) -> list:
+def _params(prefix: str, seeds_for, cases=CI_SEEDS, *, slow: bool = False) -> list:
     params = []
     for (workload, isolation) in cases:
         for seed in seeds_for(workload, isolation):
-            marks = []
+            marks = [pytest.mark.slow] if slow else []
             reason = KNOWN_ANOMALIES.get((workload, isolation, seed))
             if reason is not None:
                 marks.append(pytest.mark.xfail(strict=True, reason=reason))
@@ -139,6 +139,11 @@ def _params(prefix: str, seeds_for, cases=CI_SEEDS) -> list:
 def _ci_seeds(workload: str, isolation: str) -> list[int]:
     override = os.environ.get(SEEDS_ENV)
     return txnsim.parse_seeds(override) if override else list(CI_SEEDS[(workload, isolation)])
+
+
+def _second_seeds(workload: str, isolation: str) -> list[int]:
+    # None when MERIDIAN_TXN_SEEDS names the seeds to run (as the CI cases then run them).
+    return [] if os.environ.get(SEEDS_ENV) else list(SECOND_SEEDS[(workload, isolation)])
 
 
 def _campaign_seeds(workload: str, isolation: str) -> list[int]:
@@ -262,17 +267,9 @@ async def _run_case(config: txnsim.RunConfig, tmp_path, replay: str) -> txnsim.R
 # -------------------------------------------------------------------------------- the cases
 
 
-@pytest.mark.parametrize(("workload", "isolation", "seed"), _params("", _ci_seeds))
-async def test_transactions_under_faults(workload, isolation, seed, tmp_path):
-    replay = (f"{SEEDS_ENV}={seed} python -m pytest tests/test_txn_faults.py "
-              f"-k {workload}-{isolation}")
-    await _run_case(_ci_config(workload, isolation, seed), tmp_path, replay)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(("workload", "isolation", "seed"),
-                         _params("second-", lambda w, i: SECOND_SEEDS[w, i], SECOND_SEEDS))
-async def test_transactions_under_faults_second_seed(workload, isolation, seed, tmp_path):
+                         _params("", _ci_seeds) + _params("", _second_seeds, slow=True))
+async def test_transactions_under_faults(workload, isolation, seed, tmp_path):
     replay = (f"{SEEDS_ENV}={seed} python -m pytest tests/test_txn_faults.py "
               f"-k {workload}-{isolation}")
     await _run_case(_ci_config(workload, isolation, seed), tmp_path, replay)
