@@ -2299,10 +2299,15 @@ def _describe_group(g: list | None) -> str:
 def _answers(replica: GroupReplica, voter: int) -> bool:
     """Whether ``voter`` has answered this leader of the replica's group lately: it has
     acknowledged entries of this term (a voter that is down has none: the leader starts
-    each term knowing nothing of the others' logs) and answered within the current
-    election timeout."""
-    progress = replica.node.core.status()["progress"].get(voter)
-    return progress is not None and progress["active"] and progress["match"] > 0
+    each term knowing nothing of the others' logs) and answered within the last election
+    timeout. Not the quorum check's ``active`` flag: that is cleared at every check and set
+    again only by the next answer, so an idle group's voter across the WAN (heartbeats every
+    few ticks, a round trip each) is not ``active`` for a good part of every period, and a
+    caller checking on a period of its own, in step with the ticks, may always find it so."""
+    core = replica.node.core
+    progress = core.status()["progress"].get(voter)
+    return (progress is not None and progress["match"] > 0
+            and progress["heard_ago"] <= core.config.election_tick)
 
 
 def _forget_old_lag(samples: collections.deque, now: int) -> None:

@@ -325,7 +325,8 @@ class RaftCore:
             "lead_transferee": self._lead_transferee,
             "progress": {
                 pid: {"match": p.match, "next": p.next, "state": p.state.value,
-                      "inflight": len(p.inflights), "active": p.recent_active}
+                      "inflight": len(p.inflights), "active": p.recent_active,
+                      "heard_ago": self._ticks - p.heard_tick}
                 for pid, p in sorted(self._prs.items())
             },
         }

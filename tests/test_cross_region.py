@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import types
 
 import pytest
 import trio
@@ -17,6 +18,8 @@ from engine.config import Limits
 from engine.group import encode_close
 from engine.local import open_local_cluster
 from engine.placement import data_group, encode_key, spread_group
+from raft.types import StateRole
+from raftnet import Network
 from test_cluster import _leader_of, second_commit
 
 TWO_REGIONS = ("us-east", "eu-west")
@@ -506,6 +509,27 @@ async def test_a_spread_group_keeps_leadership_from_a_home_voter_whose_clock_is_
                     await trio.sleep(0.02)
                 assert (group, 1) not in transfers
                 assert await db.read("ledger", b"19") == b"x"
+
+
+def test_a_home_voter_of_an_idle_group_answers_whatever_the_phase_of_the_quorum_check():
+    """The home-leadership check runs on a period of its own (LEADER_HOME_CHECK_S, a
+    multiple of the election timeout with the default tick): in an idle spread group, where
+    the voter's answer to a heartbeat takes a WAN round trip, a check in step with the quorum
+    check would find it inactive every time and never hand leadership home. It asks whether
+    the voter answered within an election timeout instead; one silent for longer does not."""
+    net = Network((1, 2, 3), check_quorum=True, pre_vote=True)
+    net.elect(1)
+    core = net.core(1)
+    replica = types.SimpleNamespace(node=types.SimpleNamespace(core=core))
+    net.tick(1, times=core.config.election_tick - 1)
+    net.tick(1, deliver=False)  # the quorum check; its heartbeats' answers still travel
+    assert core.status()["progress"][2]["active"] is False
+    assert engine.node._answers(replica, 2)
+    net.take()
+    net.isolate(2)
+    net.tick(1, times=core.config.election_tick + 1)
+    assert core.role is StateRole.LEADER  # node 3 still answers
+    assert not engine.node._answers(replica, 2) and engine.node._answers(replica, 3)
 
 
 async def test_a_stale_read_in_an_idle_spread_group_asks_its_leader_to_close_time(monkeypatch):

@@ -349,3 +349,22 @@ def test_fast_backtracking_needs_round_trips_per_term_not_per_entry(
     appends = [m for m in net.delivered if m.type is MT.APPEND and m.to == 2]
     assert len(appends) <= len(rejects) + 4
     assert_converged(net)
+
+
+def test_status_tells_how_long_ago_each_follower_answered_not_only_the_quorum_flag():
+    """The quorum check clears every follower's ``active`` flag and the next answer sets it
+    again: right after a check a follower that answered one tick ago is not ``active``.
+    ``heard_ago`` says when it last answered, whatever the phase of the check."""
+    net = Network((1, 2, 3), check_quorum=True, pre_vote=True)
+    net.elect(1)
+    core = net.core(1)
+    # The quorum check runs on the leader's election_tick-th tick; every tick before it is
+    # delivered, the heartbeats of that one are still on their way when status is asked.
+    net.tick(1, times=core.config.election_tick - 1)
+    net.tick(1, deliver=False)
+    assert core.role is StateRole.LEADER
+    progress = core.status()["progress"]
+    assert [progress[f]["active"] for f in (2, 3)] == [False, False]
+    assert [progress[f]["heard_ago"] for f in (2, 3)] == [1, 1]
+    net.deliver()
+    assert [core.status()["progress"][f]["heard_ago"] for f in (2, 3)] == [0, 0]
