@@ -1905,6 +1905,8 @@ def _decode(data: bytes) -> list:
     if not isinstance(cmd, list) or not cmd:
         raise _Malformed("entry is not a command array")
     kind = cmd[0]
+    if type(kind) is not int:  # 1.0 and True compare equal to 1
+        raise _Malformed(f"unknown command {kind!r}")
     if kind == CMD_CLOSE:
         lifetime_ok = len(cmd) == 2 or (len(cmd) == 3 and type(cmd[2]) is int
                                         and 0 < cmd[2] <= MAX_TS)
@@ -1945,8 +1947,8 @@ def _decode(data: bytes) -> list:
         return cmd
     if kind == CMD_FENCE:
         if not (len(cmd) in (5, 6, 7) and _is_ts(cmd[1]) and type(cmd[2]) is int
-                and 0 <= cmd[2] <= MAX_KEYSPACE_ID and cmd[3] in (0, 1, 2, 3)
-                and type(cmd[4]) is int
+                and 0 <= cmd[2] <= MAX_KEYSPACE_ID and type(cmd[3]) is int
+                and 0 <= cmd[3] <= 3 and type(cmd[4]) is int
                 and 0 <= cmd[4] <= MAX_TS):
             raise _Malformed("bad FENCE command")
         if len(cmd) > 5 and not (cmd[5] is None and len(cmd) == 7

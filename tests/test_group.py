@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.group import (
+    CMD_FENCE,
     CommitResult,
     GroupStateMachine,
     Outcome,
@@ -167,7 +168,13 @@ def test_malformed_and_protocol_breaking_entries_change_nothing_but_the_index(sm
     bad = [b"\xc1", msgpack.packb({"x": 1}), msgpack.packb([9]),
            msgpack.packb([1, 0, 0, 5, 0, [], []]),  # txn id 0
            msgpack.packb([1, 1, 0, 5, 0, [[b"", b"v"]], []]),  # empty key
-           msgpack.packb([1, 1, 0, 5, 0, [[b"k", 7]], []])]  # value not bytes
+           msgpack.packb([1, 1, 0, 5, 0, [[b"k", 7]], []]),  # value not bytes
+           # Numbers that compare equal to the right ones, of the wrong type: a command kind
+           # of 1.0 or True (a COMMIT is 1), a FENCE level of 1.0 or True.
+           msgpack.packb([1.0, 1, 0, 5, 0, [[b"k", b"v"]], []]),
+           msgpack.packb([True, 1, 0, 5, 0, [[b"k", b"v"]], []]),
+           msgpack.packb([CMD_FENCE, 5, 7, 1.0, 0]),
+           msgpack.packb([CMD_FENCE, 5, 7, True, 0])]
     results = sm.apply([log(d) for d in bad])
     assert all(r.outcome is Outcome.INVALID for r in results)
     assert sm.applied_index == len(bad) and sm.closed_ts == 0
