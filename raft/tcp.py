@@ -108,7 +108,7 @@ from .transport import (
     _Pending,
     _Subscriptions,
 )
-from .types import Message
+from .types import Message, MessageType
 from .wire import (
     DEFAULT_MAX_FRAME,
     MAX_CLUSTER_NAME,
@@ -231,6 +231,17 @@ def group_frames(frames: list[tuple[int, list[Message]]]
         else:
             by_group[group] = list(msgs)
     return list(by_group.items())
+
+
+def _check_addressed(msgs: Sequence[Message], peer: int, me: int) -> None:
+    """Raises WireError unless every message is to this node and from the connection's peer
+    (as its handshake named it): a message that names another sender would be counted as that
+    node's vote or acknowledgement. A READ_INDEX may name another: a follower forwards its
+    requester's to the leader, which answers the requester."""
+    for m in msgs:
+        if m.to != me or (m.frm != peer and m.type is not MessageType.READ_INDEX):
+            raise WireError(f"a message from node {m.frm} to node {m.to} on the connection "
+                            f"from node {peer} to node {me}")
 
 
 def detect_dead_peers(stream: trio.abc.Stream, timeout_s: float) -> None:
@@ -835,7 +846,9 @@ class TcpTransport:
                     )
             # Frame bytes that came in the same read as the handshake (either side's).
             link.bytes_received += decoder.buffered
+            peer, me = link.peer, self.node_id
             for group, msgs in decoder.feed(b""):
+                _check_addressed(msgs, peer, me)
                 deliver(group, msgs)
             sock = stream.socket
             fd = sock.fileno()
@@ -850,6 +863,7 @@ class TcpTransport:
                 if conn.fd < 0 and conn.idle_fd >= 0 and not link.outbox:
                     conn.fd = conn.idle_fd  # reopen the fast path (see send)
                 for group, msgs in group_frames(decoder.feed(data)):
+                    _check_addressed(msgs, peer, me)
                     deliver(group, msgs)
         except WireError as exc:
             counters.decode_errors += 1

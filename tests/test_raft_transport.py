@@ -645,9 +645,15 @@ def established_to(ports) -> int | None:
         (encode_handshake(0, 5), "the dialer says it is node 0, which no node is"),
         (encode_frame(7, [hb(1, 5, 1)]), "is the other end a Meridian Raft peer?"),
         (encode_handshake(3, 5, "other"), "node 3 is of cluster 'other', this node of ''"),
+        # Node 3's connection carrying a vote or an acknowledgement in node 4's name.
+        (encode_handshake(3, 5) + encode_frame(7, [hb(3, 5, 1), hb(4, 5, 1)]),
+         "a message from node 4 to node 5 on the connection from node 3 to node 5"),
+        (encode_handshake(3, 5) + encode_frame(7, [hb(3, 6, 1)]),
+         "a message from node 3 to node 6 on the connection from node 3 to node 5"),
     ],
     ids=["not-our-protocol", "garbage-after-handshake", "damaged-frame", "wrong-node",
-         "higher-id-dials", "itself", "node-0", "no-handshake", "other-cluster"],
+         "higher-id-dials", "itself", "node-0", "no-handshake", "other-cluster",
+         "other-sender", "other-recipient"],
 )
 async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, reason, caplog):
     caplog.set_level(logging.WARNING, logger="raft.tcp")
@@ -665,6 +671,22 @@ async def test_tcp_a_bad_connection_is_closed_with_a_logged_reason(first_bytes, 
             with trio.fail_after(DEADLINE_S):
                 assert (await inbox.receive()).term == 1
             assert a.statistics().connects == 1  # undisturbed
+
+
+async def test_tcp_a_forwarded_read_index_keeps_its_requester_as_sender():
+    """A follower forwards its requester's READ_INDEX to the leader unchanged (the leader
+    answers the requester): the one message a connection carries in another node's name."""
+    opts = TcpOptions(**TCP_TEST_OPTIONS)
+    async with open_tcp_transport(5, options=opts) as b:
+        inbox = b.subscribe(7)
+        stream = await raw_connection(b.address)
+        forwarded = Message(MessageType.READ_INDEX, to=5, frm=4, term=2, context=b"r1")
+        await stream.send_all(encode_handshake(3, 5) + encode_frame(7, [forwarded]))
+        with trio.fail_after(DEADLINE_S):
+            got = await inbox.receive()
+        assert (got.type, got.frm, got.context) == (MessageType.READ_INDEX, 4, b"r1")
+        assert b.statistics().decode_errors == 0
+        await stream.aclose()
 
 
 @pytest.mark.parametrize(
