@@ -17,7 +17,7 @@ def test_cluster_benchmark_writes_its_results(tmp_path):
     out_file = tmp_path / "cluster.json"
     out = subprocess.run(
         [sys.executable, "-m", "bench", "cluster", "--quick", "--duration", "0.5", "--warmup",
-         "0", "--concurrency", "1,2", "--regions", "us-east,eu-west", "--nodes-per-region", "1",
+         "0", "--concurrency", "1", "--regions", "us-east,eu-west", "--nodes-per-region", "1",
          "--workdir", str(tmp_path), "--json", str(out_file)],
         capture_output=True, text=True, timeout=300,
     )
@@ -28,7 +28,7 @@ def test_cluster_benchmark_writes_its_results(tmp_path):
     keys = [(r["workload"], r["region"], r["concurrency"], r["regions_at_once"]) for r in results]
     assert sorted(keys) == sorted(
         (w, reg, c, n) for w in ("single-key", "4-key") for reg in ("us-east", "eu-west")
-        for c in (1, 2) for n in (1, 2))
+        for c in (1,) for n in (1, 2))
     for r in results:
         assert set(r) >= {"workload", "region", "concurrency", "txn_per_s", "p50_ms", "p99_ms",
                           "abort_rate"}
