@@ -4,7 +4,7 @@ The cluster is the one ``meridian cluster up`` starts: three regions × three no
 this machine, with simulated one-way WAN latencies of 35, 70 and 110 ms between the regions.
 Each region has a keyspace homed there, preloaded with 1,000 keys of 100 bytes. Clients in every
 region run closed-loop read-modify-write transactions on their own region's keyspace (inside
-the home region: no WAN on the path), all regions at once:
+the home region: no WAN on the path):
 
 - ``single-key``: read one key, write it back changed, commit;
 - ``4-key``: read four distinct keys, write all four, commit.
