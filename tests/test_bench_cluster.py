@@ -84,7 +84,8 @@ def test_cluster_measure_does_not_count_conflicted_transactions(monkeypatch):
 
 
 def test_cluster_target_counts_a_region_that_committed_nothing_as_not_met():
-    rows = [{"workload": "single-key", "region": r, "concurrency": 1, "p50_ms": p50}
+    rows = [{"workload": "single-key", "region": r, "concurrency": 1, "regions_at_once": 1,
+             "p50_ms": p50}
             for r, p50 in (("us-east", 1.5), ("eu-west", None))]
     [t] = cluster.targets(rows)
     assert t["met"] is False and t["value"] is None
