@@ -41,7 +41,8 @@ Supported: open/create, pread/pwrite, ftruncate, fallocate (mode 0 and FALLOC_FL
 others are EOPNOTSUPP), fsync/fdatasync of files and directories, rename (no flags), unlink
 (an open file stays readable, writable and syncable after it; only ``fstat`` of it fails with
 ESTALE, a limit of libfuse's path-based API), mkdir, rmdir, readdir, getattr, chmod, utimens,
-mmap for reading (through the kernel's page cache, which is invalidated on every open), and
+mmap for reading (through the kernel's page cache, which is invalidated on every open unless
+``kernel_cache`` is on), and
 flock/fcntl locks (kept by the kernel, since LossyFS implements no lock operations: a power loss
 does not release them, closing the old handles does). Not supported: hard links, symlinks,
 xattrs, writable shared mmap.
@@ -572,9 +573,11 @@ def _operations_class():
         use_ns = True
         flag_nullpath_ok = True  # with hard_remove, unlinked open files get a NULL path
 
-        def __init__(self, model: LossyModel, lock: threading.Lock) -> None:
+        def __init__(self, model: LossyModel, lock: threading.Lock,
+                     kernel_cache: bool = False) -> None:
             self.model = model
             self._mutex = lock
+            self._kernel_cache = kernel_cache
 
         def init_with_config(self, conn, config) -> None:
             if config is not None:
@@ -585,11 +588,15 @@ def _operations_class():
                 config.negative_timeout = 0.0
                 config.hard_remove = 1  # unlink really unlinks (no .fuse_hidden files)
                 config.nullpath_ok = 1
-                config.kernel_cache = 0
+                config.kernel_cache = 1 if self._kernel_cache else 0
                 config.auto_cache = 0
                 config.direct_io = 0  # mmap needs the page cache
             if conn is not None:
                 conn.want &= ~(1 << 16)  # FUSE_CAP_WRITEBACK_CACHE: every write reaches us
+                if self._kernel_cache:
+                    # FUSE_CAP_AUTO_INVAL_DATA: the kernel would drop a file's pages when its
+                    # modification time changes, as a power loss changes it.
+                    conn.want &= ~(1 << 12)
 
         def _node(self, path, fh):
             if fh:
@@ -789,7 +796,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
-def serve(mountpoint: str, control: str, unit: int = DEFAULT_UNIT) -> None:
+def serve(mountpoint: str, control: str, unit: int = DEFAULT_UNIT,
+          kernel_cache: bool = False) -> None:
     """Runs a server in this process until unmounted (or SIGTERM)."""
     _die_with_parent()
     if os.getppid() == 1:  # the parent is already gone
@@ -804,7 +812,7 @@ def serve(mountpoint: str, control: str, unit: int = DEFAULT_UNIT) -> None:
     sock.listen(4)
     threading.Thread(target=_serve_control, args=(sock, model, lock), daemon=True).start()
     LossyFUSE(
-        LossyOperations(model, lock),
+        LossyOperations(model, lock, kernel_cache),
         mountpoint,
         foreground=True,
         nothreads=True,
@@ -839,6 +847,15 @@ class LossyFS:
         workdir: an existing directory for the mount point (``workdir/mnt``), the control
             socket and the server's log (``workdir/lossyfs.log``).
         unit: bytes per unit of torn writes (a power of two >= 512).
+        kernel_cache: keep the kernel's cached pages of a file across opens and power losses
+            (by default they are dropped on every open). This models a failed write-back
+            rather than a power loss: after an fdatasync fails with EIO, Linux marks the
+            pages clean and keeps them, so the data reads back as if it were on the disk,
+            to this process and to any later one, until the pages are evicted. Arm a power
+            loss to strike at the sync, then :meth:`power_loss`: the disk has only the
+            durable state, the page cache still has what was written. A store that reopens
+            on it must drop those pages (``posix_fadvise(POSIX_FADV_DONTNEED)`` after an
+            fsync) to see the disk.
         start_timeout_s: how long to wait for the mount.
 
     Raises (from :meth:`start`):
@@ -851,11 +868,13 @@ class LossyFS:
         workdir: str | os.PathLike[str],
         *,
         unit: int = DEFAULT_UNIT,
+        kernel_cache: bool = False,
         start_timeout_s: float = 15.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.mountpoint = str(self.workdir / "mnt")
         self.unit = unit
+        self.kernel_cache = kernel_cache
         self._control = str(self.workdir / "lossyfs.sock")
         self._log_path = self.workdir / "lossyfs.log"
         self._timeout = start_timeout_s
@@ -877,6 +896,7 @@ class LossyFS:
                     self.mountpoint,
                     self._control,
                     str(self.unit),
+                    *(["kernel-cache"] if self.kernel_cache else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -999,6 +1019,7 @@ class LossyFS:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "serve":
-        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else DEFAULT_UNIT)
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else DEFAULT_UNIT,
+              kernel_cache=sys.argv[5:6] == ["kernel-cache"])
     else:
-        sys.exit(f"usage: {sys.argv[0]} serve MOUNTPOINT CONTROL_SOCKET [UNIT]")
+        sys.exit(f"usage: {sys.argv[0]} serve MOUNTPOINT CONTROL_SOCKET [UNIT [kernel-cache]]")

@@ -48,6 +48,31 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
         fsync_directory(os.path.dirname(path))
 
 
+def drop_cached_pages(fd: int, length: int = 0) -> None:
+    """Makes what the page cache holds of ``fd``'s file durable (fsync), then drops the cached
+    pages of its first ``length`` bytes (0: all of it), so that what is read next comes from
+    the disk.
+
+    For a store opening its files: after an fsync fails with EIO, Linux marks the pages it
+    could not write back clean and keeps them, so they read back as written -- to the process
+    that failed, and to any later one, until they are evicted -- though the disk does not have
+    them ("fsyncgate"). A store that has been stopped by such a failure must not find that data
+    again on reopening and count it as durable. The fsync first: the pages a crashed process
+    wrote but never synced are real writes, dirty, and made durable here (an error raises);
+    only clean pages can be dropped.
+
+    Raises:
+        OSError: the fsync failed, or the file system refused the advice for another reason
+            than not supporting it.
+    """
+    os.fsync(fd)
+    try:
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:
+        if exc.errno not in (_errno.ENOSYS, _errno.EOPNOTSUPP):
+            raise
+
+
 def storage_error(exc: OSError, message: str) -> errors.StorageError:
     """The engine's error for a failed file-system call: DiskFullError for ENOSPC, otherwise
     StorageError with the errno and file name kept."""

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import errors
-from ._fs import fsync_directory, pread_all, pwrite_all, storage_error
+from ._fs import drop_cached_pages, fsync_directory, pread_all, pwrite_all, storage_error
 from ._native import crc32c_masked
 from ._resource import Resource
 
@@ -390,6 +390,9 @@ class DurableState(Resource):
                     self._path,
                     0,
                 )
+            # A slot whose sync failed may still be in the page cache, newer than the disk's
+            # (see drop_cached_pages): read the disk.
+            drop_cached_pages(fd)
             data = pread_all(fd, st.st_size)
         except errors.MeridianError:
             raise

@@ -55,7 +55,10 @@ may be damaged, not just stale: such a node should rebuild from a Raft snapshot 
 a store written with ``sync=False`` after its last checkpoint. With ``sync=True`` every commit is
 durable (and the file consistent) when it returns, at the cost of an fsync per commit. After a
 failed checkpoint the store refuses every checkpoint and write until it is reopened: the kernel
-may have dropped the dirty pages, so a retried sync could succeed without them.
+may have dropped the dirty pages, so a retried sync could succeed without them. It may also have
+kept them in its cache, marked clean, where they read back as written though the disk does not
+have them: opening a store therefore syncs its data file and drops the file's cached pages
+before LMDB reads it, so every open reads the map from the disk.
 
 Memory map
 ----------
@@ -99,7 +102,7 @@ import lmdb
 import msgpack
 
 from . import errors
-from ._fs import fsync_directory, makedirs_durable, storage_error
+from ._fs import drop_cached_pages, fsync_directory, makedirs_durable, storage_error
 from ._native import crc32c, write_back
 from ._resource import Resource
 
@@ -334,10 +337,31 @@ class MVCCStore(Resource):
                 ) from None
             raise _os_error(exc, f"cannot lock store directory {self._path}") from None
         try:
+            self._drop_cached_map()
             self._open_env(_round_to_page(map_size))
         except BaseException:
             self._release_files()
             raise
+
+    def _drop_cached_map(self) -> None:
+        """Before LMDB reads the data file: a checkpoint whose sync failed (which stopped the
+        store that made it) may have left pages in the page cache that the disk does not have,
+        and LMDB would take them -- a meta page among them -- for its own (see
+        ``drop_cached_pages``). Every open reads the map from the disk, then."""
+        data_path = os.path.join(self._path, "data.mdb")
+        try:
+            # Writable: the dirty pages a crashed process left are written back through it.
+            fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # a new store
+        except OSError as exc:
+            raise _os_error(exc, f"cannot open {data_path}") from None
+        try:
+            drop_cached_pages(fd)
+        except OSError as exc:
+            raise _os_error(exc, f"cannot sync {data_path}") from None
+        finally:
+            os.close(fd)
 
     def _open_env(self, map_size: int) -> None:
         data_path = os.path.join(self._path, "data.mdb")

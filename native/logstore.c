@@ -539,8 +539,8 @@ static uint64_t nonzero_end(const uint8_t *buf, uint64_t from, uint64_t size) {
  * On success *end is the offset past its last record and *garbage_end the offset past the last
  * non-zero byte that must be erased (== *end when there is nothing to erase). */
 static int scan_segment(struct ls_store *st, const char *path, const uint8_t *buf, uint64_t size,
-                        uint64_t first_pos, int is_last, uint64_t *end, uint64_t *garbage_end,
-                        struct ls_error *err) {
+                        uint64_t zero_from, uint64_t first_pos, int is_last, uint64_t *end,
+                        uint64_t *garbage_end, struct ls_error *err) {
     uint64_t o = LS_SEGMENT_HEADER_SIZE, pos = first_pos;
     uint32_t len;
     while (valid_at(buf, size, o, pos, &len)) {
@@ -564,7 +564,7 @@ static int scan_segment(struct ls_store *st, const char *path, const uint8_t *bu
                            (unsigned long long)o, path);
         return LS_OK;
     }
-    uint64_t g = nonzero_end(buf, o, size);
+    uint64_t g = o < zero_from ? nonzero_end(buf, o, zero_from) : o;
     if (g == o) return LS_OK; /* clean end: zero fill */
     int exhausted;
     uint64_t w;
@@ -657,6 +657,21 @@ static int list_segments(struct ls_store *st, uint64_t **out, size_t *n, struct 
     return LS_OK;
 }
 
+/* Maps a segment and reads its records into the index (see scan_segment; every byte from
+ * zero_from on is known to be zero). */
+static int map_and_scan(struct ls_store *st, int fd, const char *path, uint64_t size,
+                        uint64_t zero_from, uint64_t first_pos, int is_last, uint64_t *end,
+                        uint64_t *garbage_end, struct ls_error *err) {
+    uint8_t *buf = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+    if (buf == MAP_FAILED) return io_err(st, err, errno, first_pos, "cannot map");
+    int rc = check_segment_header(buf, first_pos, path, err);
+    if (rc == LS_OK)
+        rc = scan_segment(st, path, buf, size, zero_from, first_pos, is_last, end, garbage_end,
+                          err);
+    munmap(buf, (size_t)size);
+    return rc;
+}
+
 static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *err) {
     uint64_t *names = NULL;
     size_t n = 0;
@@ -720,16 +735,36 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
                          (unsigned long long)size);
             goto out;
         }
-        uint8_t *buf = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
-        if (buf == MAP_FAILED) {
-            rc = io_err(st, err, errno, names[i], "cannot map");
+        if (is_last && fsync_retry(fd, 1) < 0) {
+            /* What a crashed process wrote may still be only in the page cache: it is made
+             * durable here, before anything is read, or the store does not open. */
+            rc = io_err(st, err, errno, names[i], "cannot sync");
             goto out;
         }
         uint64_t end = 0, garbage_end = 0;
-        rc = check_segment_header(buf, names[i], path, err);
-        if (rc == LS_OK)
-            rc = scan_segment(st, path, buf, size, names[i], is_last, &end, &garbage_end, err);
-        munmap(buf, (size_t)size);
+        rc = map_and_scan(st, fd, path, size, size, names[i], is_last, &end, &garbage_end, err);
+        if (rc == LS_OK && is_last) {
+            /* The page cache can hold what the disk does not: a write-back that failed (an
+             * fdatasync that returned EIO, after which the kernel marks the pages clean and
+             * keeps them) is read back as if it were there, by this process or any later one,
+             * until the pages are evicted ("fsyncgate"). Only the last segment can hold
+             * unsynced bytes (a failed sync stops the store before another segment is made),
+             * and only where the cache shows written bytes, before garbage_end: those pages
+             * are dropped -- the sync above left none of them dirty -- and read again from
+             * the disk. */
+            uint64_t span = (garbage_end + 65535) & ~(uint64_t)65535;
+            if (span > size) span = size;
+            int adv = posix_fadvise(fd, 0, (off_t)span, POSIX_FADV_DONTNEED);
+            if (adv != 0 && adv != ENOSYS && adv != EOPNOTSUPP) {
+                rc = io_err(st, err, adv, names[i], "cannot drop the cached pages of");
+                goto out;
+            }
+            /* Past span the cache showed zeros, and a page the disk has newer than the cache
+             * cannot be cached: the zero fill there need not be read again. */
+            st->next_pos = names[i];
+            rc = map_and_scan(st, fd, path, size, span, names[i], is_last, &end, &garbage_end,
+                              err);
+        }
         if (rc) goto out;
         struct ls_segment *s = &st->segs[st->nsegs - 1];
         s->end = end;
@@ -742,12 +777,7 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
             }
         }
     }
-    /* What a crashed process wrote may still be only in the page cache: make it durable, so
-     * that everything recovered counts as synced. */
-    if (fsync_retry(st->segs[st->nsegs - 1].fd, 1) < 0) {
-        rc = io_err(st, err, errno, st->segs[st->nsegs - 1].first_pos, "cannot sync");
-        goto out;
-    }
+    /* Everything recovered is durable: the last segment was synced before it was read. */
     st->synced_pos = st->next_pos - 1;
 out:
     free(names);

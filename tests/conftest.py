@@ -30,8 +30,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def lossy(tmp_path):
-    """``lossy(unit=4096)`` mounts a fresh LossyFS, or skips the test where FUSE is missing
-    (unless MERIDIAN_REQUIRE_FUSE=1)."""
+    """``lossy(unit=4096, kernel_cache=False)`` mounts a fresh LossyFS, or skips the test
+    where FUSE is missing (unless MERIDIAN_REQUIRE_FUSE=1)."""
     from bench.lossyfs import LossyFS, LossyFSUnavailable, unavailable_reason
 
     reason = unavailable_reason()
@@ -39,8 +39,8 @@ def lossy(tmp_path):
         pytest.skip(f"LossyFS needs FUSE: {reason}")
     mounted = []
 
-    def mount(unit: int = 4096):
-        fs = LossyFS(tmp_path / f"fs{len(mounted)}", unit=unit)
+    def mount(unit: int = 4096, kernel_cache: bool = False):
+        fs = LossyFS(tmp_path / f"fs{len(mounted)}", unit=unit, kernel_cache=kernel_cache)
         try:
             fs.start()
         except LossyFSUnavailable as exc:

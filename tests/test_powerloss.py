@@ -456,6 +456,38 @@ def test_logstore_synced_records_survive_in_a_directory_it_created(lossy):
 
 
 @needs_fuse
+def test_logstore_reopened_after_a_failed_sync_reads_the_disk_not_the_cache(lossy):
+    """fsyncgate: after an fdatasync fails, Linux marks the pages it could not write back
+    clean and keeps them, so they read back as written -- to a reopened store, or a restarted
+    process -- though the disk never had them. A reopened log must not count such records
+    as its own (it would acknowledge them as durable): it drops the cached pages of its
+    tail and reads the disk."""
+    fs = lossy(kernel_cache=True)
+    logdir = os.path.join(fs.mountpoint, "log")
+    size = 1 << 20  # one segment for all of it
+    with LogStore(logdir, segment_size=size) as log:
+        durable = log.append([b"synced-%d" % i for i in range(5)])
+        log.sync()
+        log.append([b"lost-%d" % i for i in range(5)])  # in the page cache: writes succeed
+        segment = os.path.join(logdir, segments(logdir)[-1])
+        with open(segment, "rb") as f:
+            # Whole pages in the cache, as a local file system has them after a write (FUSE
+            # caches a page written in part only once it has been read).
+            assert b"lost-4" in f.read()
+        fs.arm(0)  # the next mutating operation, the sync, fails: its write-back is lost
+        with pytest.raises(MeridianError):
+            log.sync()
+        log.close(sync=False)
+    fs.power_loss()  # the disk as the failed sync left it; the kernel keeps its pages
+    with open(segment, "rb") as f:  # the premise: the cache still shows the lost records
+        assert b"lost-4" in f.read()
+    with LogStore(logdir, segment_size=size) as log:
+        assert log.last_position == durable[-1]
+        assert [log.read(p) for p in durable] == [b"synced-%d" % i for i in range(5)]
+    assert_a_synced_append_survives(fs, logdir, size)
+
+
+@needs_fuse
 def test_logstore_opening_makes_the_directory_it_found_durable(lossy):
     """A process that died between removing a segment (conflict truncation, compaction, a
     roll's rename) and the directory fsync leaves a change that is visible but not durable.
@@ -474,10 +506,17 @@ def test_logstore_opening_makes_the_directory_it_found_durable(lossy):
     os.unlink(os.path.join(logdir, second))
     with LogStore(logdir, segment_size=SEGMENT_SIZE) as log:
         assert log.last_position == first_segment_end
+    assert_a_synced_append_survives(fs, logdir, SEGMENT_SIZE)
+
+
+def assert_a_synced_append_survives(fs, logdir: str, segment_size: int) -> None:
+    """Opens the log, appends one record and syncs it: it must be the log's last after a
+    power loss."""
+    with LogStore(logdir, segment_size=segment_size) as log:
         acked = log.append([b"acknowledged"])[0]
         log.sync()
     fs.power_loss()
-    with LogStore(logdir, segment_size=SEGMENT_SIZE) as log:
+    with LogStore(logdir, segment_size=segment_size) as log:
         assert log.last_position == acked
         assert log.read(acked) == b"acknowledged"
 
@@ -523,12 +562,60 @@ def test_an_mvcc_checkpoint_survives_power_loss_in_a_new_store(lossy):
     store.apply([(b"k", b"checkpointed")], 10, 7)
     store.checkpoint()
     store.apply([(b"k", b"later")], 20, 8)  # not checkpointed: may be lost
-    fs.power_loss()
+    # Closed first: the map's pages it dirtied stay in the kernel's cache, and the next open
+    # writes them back and syncs them (a crashed process's writes). Had the process lived
+    # through the power loss, their write-back would fail, and the next open would say so.
     store.close()
+    fs.power_loss()
     with MVCCStore(path, map_size=1 << 20) as again:
         assert again.applied_index in (7, 8), "the checkpoint was lost"
         assert again.get(b"k", 10) == b"checkpointed"
         assert again.get(b"k", MAX_TS) in (b"checkpointed", b"later")
+
+
+@needs_fuse
+def test_an_mvcc_store_reopened_after_a_failed_checkpoint_reads_the_disk(lossy):
+    """fsyncgate for the MVCC store: the pages of a checkpoint whose sync failed stay in the
+    page cache (a meta page among them), newer than the disk. A reopened store must read the
+    disk: it must not report an applied index that no checkpoint made durable (the Raft log
+    would be compacted behind data that is not there)."""
+    from engine.mvcc import MAX_TS, MVCCStore
+
+    fs = lossy(kernel_cache=True)
+    path = os.path.join(fs.mountpoint, "node", "store")
+    store = MVCCStore(path, map_size=1 << 20)
+    store.apply([(b"k", b"checkpointed")], 10, 7)
+    store.checkpoint()
+    store.apply([(b"k", b"lost")], 20, 8)
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        f.read()  # whole pages in the cache, as a local file system keeps them after writes
+    fs.arm(0)  # the next mutating operation, the checkpoint's sync, fails
+    with pytest.raises(MeridianError):
+        store.checkpoint()
+    store.close()
+    fs.power_loss()  # the disk as the failed sync left it; the kernel keeps its pages
+    with MVCCStore(path, map_size=1 << 20) as again:
+        assert again.applied_index == 7
+        assert again.get(b"k", MAX_TS) == b"checkpointed"
+
+
+@needs_fuse
+def test_a_state_file_reopened_after_a_failed_store_reads_the_disk(lossy):
+    """fsyncgate for the Raft hard state: a slot whose sync failed stays in the page cache
+    with a higher sequence than the disk's; reopened, the file must give the value last made
+    durable, not a vote that never was."""
+    fs = lossy(kernel_cache=True)
+    path = os.path.join(make_durable_dir(fs.mountpoint, "node"), "hardstate")
+    with DurableState(path) as state:
+        state.store(b"term=3 vote=1")
+        fs.arm(1)  # the slot's write succeeds, its sync fails
+        with pytest.raises(MeridianError):
+            state.store(b"term=4 vote=2")
+    fs.power_loss()
+    with open(path, "rb") as f:  # the premise: the cache still shows the newer slot
+        assert b"term=4 vote=2" in f.read()
+    with DurableState(path) as state:
+        assert state.load() == b"term=3 vote=1"
 
 
 def fsync_dir(path: str) -> None:
