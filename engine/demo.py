@@ -124,13 +124,16 @@ def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> i
             log_end = log.last_position
         for crash in range(1, kills + 1):
             target = rng.randint(max(1, batches // 4), batches)
-            child = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "demo-writer", directory],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
             start_acked, seen, elapsed = log_end, 0, 0.0
+            child = None
             try:
+                # Started inside the try: a signal that ends the demo as Popen returns must
+                # still find the writer here, to kill it.
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "engine.cli", "demo-writer", directory],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
                 while seen < target:
                     line = child.stdout.readline()
                     if not line:
@@ -139,10 +142,11 @@ def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> i
                     last, t = line.split()
                     acked, elapsed, seen = int(last), float(t), seen + 1
             finally:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-                child.stdout.close()
-                child.stderr.close()
+                if child is not None:
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    child.stdout.close()
+                    child.stderr.close()
             n_acked = acked - start_acked
             acked_total += n_acked
             elapsed_total += elapsed
