@@ -130,10 +130,18 @@ class ClusterProcesses:
             return None
         # Exactly the command start_node runs (any interpreter path): not merely some process
         # that mentions the file, such as an editor or `tail -f` of it.
-        want = [b"-m", b"engine.cli", b"node", b"--config", str(self.config_path(node_id)).encode()]
-        if _command_line(pid)[1:] != want:
-            return None  # gone, or the pid was recycled by an unrelated process
-        return pid
+        config = self.config_path(node_id)
+        want = [b"-m", b"engine.cli", b"node", b"--config", str(config).encode()]
+        have = _command_line(pid)[1:]
+        if have == want:
+            return pid
+        if (have[:4] == want[:4] and len(have) == 5
+                and os.path.basename(have[4]) == config.name.encode()
+                and _cwd(pid) == self.directory):
+            # The directory was renamed (or moved) since the node started: its command line
+            # names the old path, but it runs in the directory, which its cwd follows.
+            return pid
+        return None  # gone, or the pid was recycled by an unrelated process
 
     def last_log_line(self, node_id: int, since: int = 0) -> str:
         """The last non-empty line of the node's log after byte ``since`` ("" if none)."""
@@ -273,6 +281,14 @@ def _signals_held():
             signal.signal(sig, handler)
         for sig in dict.fromkeys(held):
             signal.raise_signal(sig)
+
+
+def _cwd(pid: int) -> Path | None:
+    """The process's working directory (None if it is gone or not ours to see)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
 
 
 def _command_line(pid: int) -> list[bytes]:

@@ -288,12 +288,13 @@ def test_cluster_down_never_signals_a_process_it_did_not_start(tmp_path):
         other.wait()
 
 
-def _stand_in_node(tmp_path, procs, node_id, on_sigterm, *, via_shell=False):
+def _stand_in_node(tmp_path, procs, node_id, on_sigterm, *, via_shell=False, cwd=None):
     """A process that ``procs`` takes for node ``node_id`` (its command line is a node's),
     recorded in its pid file; ``on_sigterm`` is the Python it runs on SIGTERM. With
     ``via_shell``, a shell starts it and waits for it: it is not this process's child, as
-    the nodes of another process's ``up`` are not. Returns its handle (the shell's, with
-    ``via_shell``) once it has set that up."""
+    the nodes of another process's ``up`` are not. It runs in ``cwd`` (default: beside its
+    stand-in package). Returns its handle (the shell's, with ``via_shell``) once it has set
+    that up."""
     package = tmp_path / "stand-in" / "engine"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
@@ -306,7 +307,7 @@ def _stand_in_node(tmp_path, procs, node_id, on_sigterm, *, via_shell=False):
                str(procs.config_path(node_id))]
     if via_shell:
         command = ["sh", "-c", '"$@"; :', "sh", *command]  # `; :`: no exec, sh stays
-    proc = subprocess.Popen(command, cwd=package.parent,
+    proc = subprocess.Popen(command, cwd=cwd or package.parent,
                             env={**os.environ, "PYTHONPATH": str(package.parent)},
                             stdout=subprocess.PIPE)
     ready, pid = proc.stdout.readline().split()
@@ -331,6 +332,32 @@ def test_cluster_down_does_not_kill_what_a_stopped_nodes_pid_has_become(tmp_path
         assert procs.stop(grace_s=3) == [1]
         assert node.poll() is None, "the program the pid now names was killed"
         assert time.monotonic() - started < 2  # the node was gone: no wait for the grace period
+    finally:
+        node.kill()
+        node.wait()
+
+
+def test_cluster_down_finds_the_nodes_of_a_renamed_directory(tmp_path):
+    # The nodes' command lines name the directory as it was when they started; `down` in
+    # the directory under its new name said "nothing running" and left them running.
+    from engine.procs import ClusterProcesses
+
+    procs = ClusterProcesses(tmp_path / "c")
+    procs.directory.mkdir()
+    procs.config_path(1).write_text("")
+    node = _stand_in_node(tmp_path, procs, 1, "sys.exit(0)", cwd=procs.directory)
+    try:
+        os.rename(tmp_path / "c", tmp_path / "renamed")
+        renamed = ClusterProcesses(tmp_path / "renamed")
+        assert renamed.running_pid(1) == node.pid
+        # Not a node of another directory that has a node-1.toml too.
+        elsewhere = ClusterProcesses(tmp_path / "other")
+        elsewhere.directory.mkdir()
+        elsewhere.config_path(1).write_text("")
+        elsewhere.pid_path(1).write_text(f"{node.pid}\n")
+        assert elsewhere.running_pid(1) is None
+        assert renamed.stop(grace_s=10) == [1]
+        assert node.wait(timeout=10) == 0
     finally:
         node.kill()
         node.wait()
