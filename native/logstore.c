@@ -759,8 +759,8 @@ static int recover(struct ls_store *st, uint64_t initial_pos, struct ls_error *e
                 rc = io_err(st, err, adv, names[i], "cannot drop the cached pages of");
                 goto out;
             }
-            /* Past span the cache showed zeros, and a page the disk has newer than the cache
-             * cannot be cached: the zero fill there need not be read again. */
+            /* Past span the cache showed only zeros, and a cached page is never older than
+             * the disk's: the zero fill there is not read again. */
             st->next_pos = names[i];
             rc = map_and_scan(st, fd, path, size, span, names[i], is_last, &end, &garbage_end,
                               err);
