@@ -102,7 +102,7 @@ from bench.txnsim import (
     RunConfig,
     _Runner,
     _workload,
-    with_lost_keyspaces,
+    with_client_anomalies,
     write_history,
 )
 
@@ -578,7 +578,7 @@ def _report(config: CampaignConfig, campaign: Campaign, cluster: LabCluster,
     events = runner.history.events
     t = time.monotonic()
     try:
-        check = with_lost_keyspaces(runner.workload.check(events), events)
+        check = with_client_anomalies(runner.workload.check(events), events)
     except Exception as exc:  # a malformed history is a harness bug: report it, unknown
         check = {"valid": None, "anomaly_types": [], "anomalies": {},
                  "error": f"{type(exc).__name__}: {exc}"}

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench import wgl
-from bench.txnsim import RunConfig, _Refused, _Workload
+from bench.txnsim import GarbageRead, RunConfig, _Refused, _Workload, parse_int
 
 __all__ = ["Register", "SetWorkload", "check_register", "check_set"]
 
@@ -86,13 +86,13 @@ class Register(_Workload):
         ks, key = self._locate(value["key"])
         if f == "read":
             raw = await tx.get(ks, key)
-            return None if raw is None else int(raw)
+            return None if raw is None else parse_int(raw, f"register {value['key']}")
         if f == "write":
             await tx.put(ks, key, b"%d" % value["value"])
             return value["value"]
         expected, new = value["value"]
         raw = await tx.get(ks, key)
-        current = None if raw is None else int(raw)
+        current = None if raw is None else parse_int(raw, f"register {value['key']}")
         if current != expected:
             raise _Refused(f"cas: register {value['key']} holds {current}, not {expected}")
         await tx.put(ks, key, b"%d" % new)
@@ -166,7 +166,9 @@ class SetWorkload(_Workload):
         found: list[int] = []
         for ks in self.keyspaces:
             for key, _ in await tx.scan(ks):
-                found.append(int(key[1:]))
+                if key[:1] != b"e":
+                    raise GarbageRead(f"set {ks} holds a key {bytes(key[:40])!r}")
+                found.append(parse_int(key[1:], f"set {ks}'s key"))
         return sorted(found)
 
     def final_op(self) -> tuple[str, Any, bool]:

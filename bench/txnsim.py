@@ -150,6 +150,7 @@ import itertools
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -220,8 +221,13 @@ ELLE_MODELS = {"snapshot": "strong-snapshot-isolation", "serializable": "strict-
 """The consistency model an ``append`` history is checked against, by isolation level: the
 level's guarantee plus ARCH §5's real-time promise (no stale reads)."""
 NEMESIS = "nemesis"
-# An operation's error when one of the workload's keyspaces is gone (see lost_keyspaces).
+# An operation's error when one of the workload's keyspaces is gone (see client_anomalies).
 LOST_KEYSPACE = "lost-keyspace"
+# An operation's error when a read returned bytes that no operation of the workload writes
+# (see parse_int): the database made them up, or damaged what was written.
+GARBAGE_READ = "garbage-read"
+CLIENT_ANOMALIES = (LOST_KEYSPACE, GARBAGE_READ)
+"""The anomalies a client finds by itself, as an operation's error (see client_anomalies)."""
 
 
 # --------------------------------------------------------------------------------- configuration
@@ -454,10 +460,26 @@ class _Refused(Exception):
     """The workload chose not to commit (a transfer that would overdraw): certainly ``fail``."""
 
 
+class GarbageRead(Exception):
+    """A read returned a value that the workload never writes (:data:`GARBAGE_READ`)."""
+
+
+_INT = re.compile(rb"-?[0-9]{1,19}")
+
+
+def parse_int(raw: bytes, what: str) -> int:
+    """An integer as the workloads write them (``b"%d"``); anything else is a garbage read,
+    which must reach the verdict rather than end the client as an error of its own."""
+    if _INT.fullmatch(raw) is None:
+        raise GarbageRead(f"{what} holds {bytes(raw[:40])!r}"
+                          + (f" ({len(raw)} bytes)" if len(raw) > 40 else ""))
+    return int(raw)
+
+
 def _parse_list(raw: bytes | None) -> list[int]:
     if not raw:
         return []
-    return [int(x) for x in raw.split(b",")]
+    return [parse_int(x, "a list element") for x in raw.split(b",")]
 
 
 class _Workload:
@@ -524,7 +546,7 @@ class _Bank(_Workload):
                 mine = [a for a in self.accounts if self._where[a][0] == ks]
                 raws = await tx.get_many(ks, [self._where[a][1] for a in mine])
                 for a, raw in zip(mine, raws):
-                    balances[a] = None if raw is None else int(raw)
+                    balances[a] = None if raw is None else parse_int(raw, f"account {a}")
             return {a: balances[a] for a in self.accounts}
         src, dst, amount = value["from"], value["to"], value["amount"]
         (ks_s, key_s), (ks_d, key_d) = self._where[src], self._where[dst]
@@ -532,7 +554,7 @@ class _Bank(_Workload):
         raw_d = await tx.get(ks_d, key_d)
         if raw_s is None or raw_d is None:
             raise _Refused(f"account {src if raw_s is None else dst} not found")
-        s, d = int(raw_s), int(raw_d)
+        s, d = parse_int(raw_s, f"account {src}"), parse_int(raw_d, f"account {dst}")
         if s < amount:
             raise _Refused(f"insufficient funds: account {src} holds {s} < {amount}")
         await tx.put(ks_s, key_s, b"%d" % (s - amount))
@@ -786,36 +808,46 @@ def _workload(config: RunConfig) -> _Bank | _Append | _Regional:
     return _Bank(config) if config.workload == "bank" else _Append(config)
 
 
-def lost_keyspaces(events: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The errors of operations that found one of the workload's keyspaces gone: each
-    keyspace was created, and the creation acknowledged, before the run, and none is dropped,
-    so each is an anomaly (:data:`LOST_KEYSPACE`) whatever the workload's checker says."""
-    return [e["error"] for e in events
-            if e.get("type") == "fail" and str(e.get("error", "")).startswith(LOST_KEYSPACE)]
+def client_anomalies(events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The errors of operations that met an anomaly by themselves, by kind
+    (:data:`CLIENT_ANOMALIES`): a keyspace gone (each was created, and the creation
+    acknowledged, before the run, and none is dropped: :data:`LOST_KEYSPACE`), or a read of
+    bytes no operation writes (:data:`GARBAGE_READ`). Each is an anomaly whatever the
+    workload's checker says (such an operation is recorded as failed: the checker does not
+    see it)."""
+    found: dict[str, list[str]] = {}
+    for e in events:
+        if e.get("type") == "fail":
+            error = str(e.get("error", ""))
+            kind = next((k for k in CLIENT_ANOMALIES if error.startswith(k + ":")), None)
+            if kind is not None:
+                found.setdefault(kind, []).append(error)
+    return found
 
 
-def with_lost_keyspaces(check: dict[str, Any], events: Sequence[Mapping[str, Any]]
-                        ) -> dict[str, Any]:
-    """``check`` (a checker's result), not valid and naming :data:`LOST_KEYSPACE` when an
-    operation found a keyspace gone."""
-    lost = lost_keyspaces(events)
-    if not lost:
+def with_client_anomalies(check: dict[str, Any], events: Sequence[Mapping[str, Any]]
+                          ) -> dict[str, Any]:
+    """``check`` (a checker's result), not valid and naming each kind of
+    :func:`client_anomalies` the operations met."""
+    found = client_anomalies(events)
+    if not found:
         return check
     check = dict(check)
     check["valid"] = False
-    check["anomaly_types"] = [*(check.get("anomaly_types") or []), LOST_KEYSPACE]
+    check["anomaly_types"] = [*(check.get("anomaly_types") or []), *found]
     if "forbidden" in check:
-        check["forbidden"] = [*check["forbidden"], LOST_KEYSPACE]
-    check["anomalies"] = {**(check.get("anomalies") or {}), LOST_KEYSPACE: lost[:10]}
+        check["forbidden"] = [*check["forbidden"], *found]
+    check["anomalies"] = {**(check.get("anomalies") or {}),
+                          **{kind: errors[:10] for kind, errors in found.items()}}
     return check
 
 
 def check_history(config: RunConfig, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The checker's verdict on a history of ``config``'s workload (see the module docstring:
     bench.bank for ``bank``, bench.elle with ``ELLE_MODELS[isolation]`` for ``append``,
-    :func:`check_regional` for ``regional``), and any keyspace found gone
-    (:func:`lost_keyspaces`)."""
-    return with_lost_keyspaces(_workload(config).check(events), events)
+    :func:`check_regional` for ``regional``), and any anomaly an operation met by itself
+    (:func:`client_anomalies`)."""
+    return with_client_anomalies(_workload(config).check(events), events)
 
 
 # --------------------------------------------------------------------------------------- result
@@ -1068,9 +1100,13 @@ class _Runner:
             except KeyspaceNotFoundError as exc:
                 # Every keyspace a workload uses was created, acknowledged, before the run
                 # began, and none is dropped: one that is gone is acknowledged data lost
-                # (see lost_keyspaces), not a misuse of the client.
+                # (see client_anomalies), not a misuse of the client.
                 outcome, label = "fail", LOST_KEYSPACE
                 error = f"{LOST_KEYSPACE}: {exc}"
+            except GarbageRead as exc:
+                await tx.rollback()
+                outcome, label = "fail", GARBAGE_READ
+                error = f"{GARBAGE_READ}: {exc}"
             except (InvalidArgumentError, TransactionClosedError, LimitExceededError):
                 raise  # the workload misused the client: a bug of the runner, not a fault
             except (MeridianError, OSError) as exc:
@@ -1601,7 +1637,7 @@ async def run(config: RunConfig, *, plan: FaultPlan | None = None,
         final_ok = await _run_cluster(config, plan, runner, phase)
     phase("stop")
     events = runner.history.events
-    check = with_lost_keyspaces(runner.workload.check(events), events)
+    check = with_client_anomalies(runner.workload.check(events), events)
     phase("check")
     counts = dict.fromkeys(("ok", "fail", "info"), 0)
     functions = set(runner.workload.functions)

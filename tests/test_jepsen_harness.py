@@ -130,6 +130,59 @@ async def test_an_operation_on_a_missing_keyspace_is_recorded_as_lost():
     assert runner.history.events[-1]["error"].startswith(LOST_KEYSPACE)
 
 
+async def test_a_read_of_bytes_no_operation_writes_is_an_anomaly(tmp_path):
+    """A read that returns what no operation of the workload writes (damaged or made-up
+    data) used to raise out of the workload's parsing: the client recorded it as an
+    indeterminate operation, the checker never saw it, and the run could pass. It is an
+    anomaly of its own now, in every workload that parses what it reads."""
+    from bench.jepsen_workloads import Register
+    from bench.txnsim import GARBAGE_READ, FaultPlan, GarbageRead, History, _Runner, \
+        check_history
+
+    class GarbageTxn:  # every read returns bytes no workload writes
+        txn_id = 1
+
+        async def get(self, ks, key):
+            return b"\xffnot a number"
+
+        async def get_many(self, ks, keys):
+            return [b"1,2,\xff"] * len(keys)
+
+        async def rollback(self):
+            pass
+
+    class Db:
+        region = "a"
+
+        def transaction(self, *args, **kwargs):
+            return GarbageTxn()
+
+    runner = _Runner(RUN_CONFIG, FaultPlan(kinds=frozenset()))
+    runner.history = History()
+    outcome = await runner.operate(Db(), 0, "txn", [["r", 1, None]], [], None, kill=None)
+    assert outcome == "fail"
+    error = runner.history.events[-1]["error"]
+    assert error.startswith(GARBAGE_READ + ":") and "\\xff" in error, error
+    checked = check_history(RUN_CONFIG, runner.history.events)
+    assert checked["valid"] is False and GARBAGE_READ in checked["anomalies"]
+    report = _fake_report(tmp_path, _workload(RUN_CONFIG), runner.history.events)
+    assert report["valid"] is False and GARBAGE_READ in report["anomaly_types"]
+
+    register = Register.__new__(Register)
+    register._locate = lambda key: ("ks", b"k")
+    with pytest.raises(GarbageRead, match="register 3"):
+        await register.execute(GarbageTxn(), "read", {"key": 3, "value": None}, None)
+
+    class Scan:
+        async def scan(self, ks):
+            return [(b"e1", b"1"), (b"x7", b"1")]
+
+    sets = SetWorkload.__new__(SetWorkload)
+    sets.keyspaces = ["set-0"]
+    with pytest.raises(GarbageRead, match="x7"):
+        await sets.execute(Scan(), "read", None, None)
+
+
 def test_a_simulated_run_that_finds_a_keyspace_gone_is_not_valid(monkeypatch):
     """The simulation's own verdict (what its tests and command line judge) counts a keyspace
     found gone, as the fault campaign's does."""
