@@ -18,7 +18,10 @@ Examples::
 ``--nemesis vote-split`` (with ``--nodes 3``) runs the targeted schedule of
 :mod:`bench.jepsen_targeted` instead of random faults; a node's status answers showing two
 leaders of one group in one term (Raft's Election Safety) make the campaign invalid
-(anomaly ``two-leaders-in-one-term``), whatever the clients saw.
+(anomaly ``two-leaders-in-one-term``), whatever the clients saw. So does an operation that
+found one of the workload's keyspaces gone (``lost-keyspace``) or read bytes that no operation
+writes (``garbage-read``), whatever the workload's checker says (see
+:func:`bench.txnsim.client_anomalies`).
 
 ``--nodes``: ``3`` is one region of three nodes, ``RxN`` is R regions of N nodes (``3x3``, the
 default; ``3x1``; ``2x3``). Regions are named us-east, eu-west, ap-south, then region-4, ...

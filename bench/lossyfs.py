@@ -42,10 +42,9 @@ others are EOPNOTSUPP), fsync/fdatasync of files and directories, rename (no fla
 (an open file stays readable, writable and syncable after it; only ``fstat`` of it fails with
 ESTALE, a limit of libfuse's path-based API), mkdir, rmdir, readdir, getattr, chmod, utimens,
 mmap for reading (through the kernel's page cache, which is invalidated on every open unless
-``kernel_cache`` is on), and
-flock/fcntl locks (kept by the kernel, since LossyFS implements no lock operations: a power loss
-does not release them, closing the old handles does). Not supported: hard links, symlinks,
-xattrs, writable shared mmap.
+``kernel_cache`` is on), and flock/fcntl locks (kept by the kernel, since LossyFS implements no
+lock operations: a power loss does not release them, closing the old handles does). Not
+supported: hard links, symlinks, xattrs, writable shared mmap.
 
 Processes
 ---------
