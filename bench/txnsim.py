@@ -1508,7 +1508,10 @@ class _Runner:
                         with trio.move_on_after(self.config.op_timeout_s) as deadline:
                             try:
                                 raw = await db.read(ks, key)
-                                value = None if raw is None else int(raw)
+                                value = None if raw is None else parse_int(
+                                    raw, f"key {key!r} in {region}")
+                            except GarbageRead as exc:
+                                error = f"{GARBAGE_READ}: {exc}"
                             except (MeridianError, OSError) as exc:
                                 error = f"{type(exc).__name__}: {exc}"
                         if deadline.cancelled_caught:

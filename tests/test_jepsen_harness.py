@@ -130,6 +130,42 @@ async def test_an_operation_on_a_missing_keyspace_is_recorded_as_lost():
     assert runner.history.events[-1]["error"].startswith(LOST_KEYSPACE)
 
 
+async def test_a_final_read_of_bytes_no_operation_writes_is_an_anomaly(autojump_clock):
+    """The regional workload's final reads parse what they read too: a region holding bytes
+    no write made used to end the run with a ValueError from ``int()``; it is a garbage read,
+    recorded as such, and the regions never count as agreed."""
+    from bench.txnsim import GARBAGE_READ, FaultPlan, History, _Runner, check_history
+
+    config = RunConfig(workload="regional", seed=0, regions=("a", "b"), nodes_per_region=3,
+                       processes=2, max_ops=10, time_limit_s=1, recovery_s=1.0,
+                       regional_keys=1, faults=frozenset())
+
+    class Db:
+        def __init__(self, region):
+            self.region = region
+
+        async def read(self, ks, key):
+            return b"\xff7" if self.region == "b" else b"7"
+
+        async def conflicts(self, ks, limit):
+            return []
+
+    class Cluster:
+        @contextlib.asynccontextmanager
+        async def connect(self, region, **kwargs):
+            yield Db(region)
+
+    runner = _Runner(config, FaultPlan(kinds=frozenset()))
+    runner.history = History()
+    assert await runner.converge(Cluster()) is False
+    finals = [e for e in runner.history.events
+              if e.get("f") == "final-read" and e["type"] != "invoke"]
+    assert [(e["region"], e["type"]) for e in finals] == [("a", "ok"), ("b", "fail")]
+    assert finals[1]["error"].startswith(GARBAGE_READ + ":"), finals[1]
+    checked = check_history(config, runner.history.events)
+    assert checked["valid"] is False and GARBAGE_READ in checked["anomalies"]
+
+
 async def test_a_read_of_bytes_no_operation_writes_is_an_anomaly(tmp_path):
     """A read that returns what no operation of the workload writes (damaged or made-up
     data) used to raise out of the workload's parsing: the client recorded it as an
