@@ -85,7 +85,7 @@ meanwhile; ``"thread"``: a separate thread for every batch, so the node keeps se
 groups and clients meanwhile — for a disk whose syncs may stall for long), ``[cluster]``
 (required).
 
-``[cluster]``: ``name`` (required; letters, digits, ``.``, ``_``, ``-``);
+``[cluster]``: ``name`` (required; 1-255 letters, digits, ``.``, ``_``, ``-``);
 ``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
 ``election_ticks`` (10, greater than ``heartbeat_ticks``), all positive integers, a tick at
 most a minute and an election timeout at most an hour (the defaults:
@@ -119,11 +119,11 @@ that cannot be is a :class:`ConfigError` then); a keyspace uses one with
 ``resolver="app:<name>"`` (see :mod:`engine.merge`). Every node should list the same ones:
 a node without a keyspace's resolver stops at the first write to it that it would apply.
 
-``[cluster.regions.<name>]``: at least one region. Names are 1-63 characters from ``a-z``,
-``0-9`` and ``-`` (a regional write names its origin region in every region's data). Each
-region has ``nodes``, at least one, each with ``id`` (a positive integer, unique in the
-cluster), ``peer_address`` and ``client_address`` (``"host:port"``, port 1..65535; no two
-addresses in the cluster alike).
+``[cluster.regions.<name>]``: at least one region, at most 100. Names are 1-63 characters
+from ``a-z``, ``0-9`` and ``-`` (a regional write names its origin region in every region's
+data). Each region has ``nodes``, at least one (at most 65,536 in the cluster), each with
+``id`` (a positive integer, unique in the cluster), ``peer_address`` and ``client_address``
+(``"host:port"``, port 1..65535; no two addresses in the cluster alike).
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field as dc_field
 from typing import Any
+
+from raft.types import MAX_MEMBERS
+from raft.wire import MAX_CLUSTER_NAME
 
 from .adjudicator import MAX_TXN_KEYS as ADJUDICATOR_MAX_KEYS
 from .errors import InvalidArgumentError, MeridianError
@@ -185,6 +188,10 @@ _MAX_TICK_INTERVAL_MS = 60_000
 _MAX_TICKS = 100_000
 _MAX_SNAPSHOT_EVERY = 1_000_000_000
 _MAX_ELECTION_TIMEOUT_MS = 3_600_000
+MAX_REGIONS = 100
+"""The most regions a cluster may have: placement numbers each region's data and spread groups
+from blocks of 100 ids (engine.placement), so a 101st region's data group would be the first
+region's spread group."""
 _REGION_RE = re.compile(r"[a-z0-9-]{1,63}")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)
@@ -355,6 +362,13 @@ def _host(value: object, field: str) -> str:
             f"expected a host name or IP address (letters, digits, '.', '-', ':', '%'), "
             f"got {_show(host)}",
         )
+    if ":" in host:
+        # No host name has one: only an IPv6 address (else no connection would ever resolve).
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _fail(field, f"a host with ':' must be an IPv6 address, got {_show(host)}"
+                        ) from None
     return host
 
 
@@ -603,9 +617,16 @@ class ClusterConfig:
                 f"a cluster name is non-empty and made of letters, digits, '.', '_' and '-', "
                 f"got {_show(self.name)}",
             )
+        if len(self.name) > MAX_CLUSTER_NAME:
+            # Every transport handshake carries it (raft.wire.MAX_CLUSTER_NAME).
+            raise _fail("name", f"a cluster name is at most {MAX_CLUSTER_NAME} characters, "
+                                f"got {len(self.name)}")
         regions = _tuple(self.regions, "regions")
         if not regions:
             raise _fail("regions", "a cluster needs at least one region")
+        if len(regions) > MAX_REGIONS:
+            raise _fail("regions", f"a cluster has at most {MAX_REGIONS} regions, "
+                                   f"got {len(regions)}")
         names: list[str] = []
         for i, region in enumerate(regions):
             if not isinstance(region, RegionConfig):
@@ -614,6 +635,10 @@ class ClusterConfig:
                 raise _fail(f"regions.{region.name}", "the region is listed twice")
             names.append(region.name)
         object.__setattr__(self, "regions", regions)
+        count = sum(len(region.nodes) for region in regions)
+        if count > MAX_MEMBERS:
+            # Every node is a member of the meta group, whose snapshots hold at most this many.
+            raise _fail("regions", f"a cluster has at most {MAX_MEMBERS} nodes, got {count}")
         self._check_nodes_unique()
 
         _int(self.max_clock_offset_ms, "max_clock_offset_ms")
