@@ -316,8 +316,11 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
     except KeyboardInterrupt:
         print("interrupted", file=out)
         return 130
-    except MeridianError as exc:
-        print(f"demo failed: {exc}", file=out)
+    except Exception as exc:  # one of Meridian's errors, or one the workload did not expect
+        if isinstance(exc, OSError) and not isinstance(exc, MeridianError):
+            raise  # the command line names what the environment refused, in one line
+        what = exc if isinstance(exc, MeridianError) else f"{type(exc).__name__}: {exc}"
+        print(f"demo failed: {what}", file=out)
         for log in sorted(Path(directory).glob("node-*.log")):
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             if tail:
@@ -325,19 +328,33 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
         return 1
     finally:
         cleaning_up = True
-        if not started_nothing:
-            # A node that died is named: the workload saw only a node that did not answer
-            # (or, the others answering for it, nothing at all), and its log does not say it
-            # ended.
-            for n, why in procs.exits().items():
-                print(f"node {n} exited during the demo: {why}", file=out)
-            # Only the nodes it started: one interrupted (or failed) as its `up` waited for
-            # the directory's lock finds the nodes of the `up` that held it running there.
-            stopped = procs.stop(nodes=procs.running_here())
-            print(f"stopped {len(stopped)} node processes", file=out)
-            if left := [n for n in stopped if procs.running_pid(n) is not None]:
-                print(not_stopped_message(left), file=out)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        try:
+            if not started_nothing:
+                # A node that died is named: the workload saw only a node that did not answer
+                # (or, the others answering for it, nothing at all), and its log does not say
+                # it ended.
+                exited = procs.exits()
+                # Only the nodes it started: one interrupted (or failed) as its `up` waited
+                # for the directory's lock finds the nodes of the `up` that held it running
+                # there. They are stopped before anything is printed: an output that went
+                # away (`meridian demo | head`) fails the printing, not the stop.
+                nodes = procs.running_here()
+                try:
+                    stopped, busy = procs.stop(nodes=nodes), None
+                except InvalidArgumentError as exc:
+                    # Another `up` or `down` holds the directory: the nodes are this
+                    # process's own children, none of another's to start, and they must not
+                    # outlive it.
+                    stopped, busy = procs.stop(nodes=nodes, lock=False), exc
+                for n, why in exited.items():
+                    print(f"node {n} exited during the demo: {why}", file=out)
+                if busy is not None:
+                    print(f"{busy}; stopped the demo's nodes without it", file=out)
+                print(f"stopped {len(stopped)} node processes", file=out)
+                if left := [n for n in stopped if procs.running_pid(n) is not None]:
+                    print(not_stopped_message(left), file=out)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -105,6 +105,9 @@ def run_demo(*, directory: str | None, kills: int, batches: int, seed: int) -> i
     """Runs the demo; returns the process exit code. Interrupted (Ctrl-C, SIGTERM, a closed
     terminal), it kills its writer, removes the data directory it made, and returns 130."""
     rng = random.Random(seed)
+    # No more than a writer makes before it stops by itself: waiting for more, the demo would
+    # take the writer's end for a failure.
+    batches = min(batches, MAX_WRITER_BATCHES)
     owned = directory is None
     directory = directory or tempfile.mkdtemp(prefix="meridian-demo-")
     os.makedirs(directory, exist_ok=True)

@@ -223,15 +223,19 @@ class ClusterProcesses:
             os.kill(pid, sig)
 
     def stop(self, grace_s: float | None = None, *,
-             nodes: Iterable[int] | None = None) -> list[int]:
+             nodes: Iterable[int] | None = None, lock: bool = True) -> list[int]:
         """SIGTERM to every running node (of ``nodes`` only, if given), SIGKILL to any still
         alive after ``grace_s`` (:data:`STOP_GRACE_S` by default); returns the node ids that
         were running. Those still running :data:`KILL_WAIT_S` after their SIGKILL (a process
         in uninterruptible I/O ends only once the I/O does) keep their pid files, so that a
         later ``stop`` finds them and no ``up`` starts another node beside them: they are
-        the ones :meth:`running_pid` still finds."""
+        the ones :meth:`running_pid` still finds. Without ``lock``, for nodes that are this
+        process's children only, it does not wait for the directory's lock."""
         if not self.directory.is_dir():
             return []
+        if not lock:
+            return self._stop(STOP_GRACE_S if grace_s is None else grace_s,
+                              self.node_ids() if nodes is None else nodes)
         with _directory_lock(self.directory):
             return self._stop(STOP_GRACE_S if grace_s is None else grace_s,
                               self.node_ids() if nodes is None else nodes)

@@ -19,13 +19,14 @@ Example session::
 Lines are split like a POSIX shell (:mod:`shlex`), so quote values with spaces. Keys and values
 are typed as text and stored as UTF-8; bytes of the input that are not UTF-8 are stored as they
 are. Keys and values read back are shown as text when they are valid UTF-8 without control
-characters, and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every ``get``,
-``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict); inside, they
-belong to the open transaction. An error prints one line, ``error: <message>``, and the shell
-goes on. The prompt is shown only when the input is a terminal, so scripts can be piped in; a
-script in which a command failed ends with exit status 1. A piped line longer than any command
-can be (a key and a value of the largest sizes) is an error too, skipped without being read
-into memory whole.
+characters (and neither ``(not found)``, what a missing key shows, nor text that starts like
+a bytes literal), and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every
+``get``, ``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict);
+inside, they belong to the open transaction. An error prints one line, ``error: <message>``,
+and the shell goes on. The prompt is shown only when the input is a terminal, so scripts can be
+piped in; a script in which a command failed ends with exit status 1. A piped line longer than
+any command can be (a key and a value of the largest sizes) is an error too, skipped without
+being read into memory whole.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .rpc import RemoteError
 __all__ = ["run_shell", "PROMPT", "HELP", "show"]
 
 PROMPT = "meridian> "
+NOT_FOUND = "(not found)"
 
 HELP = """\
 commands:
@@ -136,12 +138,16 @@ def _raw(word: str) -> bytes:
 def show(data: bytes | None) -> str:
     """How the shell prints a key or value: text when it is UTF-8 and printable, a bytes
     literal when not -- a control character printed as it is would show as nothing, break the
-    one line per row, or (a carriage return, a terminal escape) overwrite what came before."""
+    one line per row, or (a carriage return, a terminal escape) overwrite what came before.
+    Text that reads as what the shell shows for something else (a missing key, a bytes
+    literal) is shown as a bytes literal too."""
     if data is None:
-        return "(not found)"
+        return NOT_FOUND
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
+        return repr(data)
+    if text == NOT_FOUND or text.startswith(("b'", 'b"')):
         return repr(data)
     return text if text.isprintable() else repr(data)
 
