@@ -318,11 +318,17 @@ def _shell(args) -> int:
     if not nodes:
         from .procs import ClusterProcesses
 
+        procs = ClusterProcesses(DEFAULT_CLUSTER_DIR)
         try:
-            cluster = ClusterProcesses(DEFAULT_CLUSTER_DIR).load_cluster()
+            cluster = procs.load_cluster()
         except MeridianError as exc:
             print(f"meridian shell: give --nodes ({exc})", file=sys.stderr)
             return 2
+        if not any(procs.running_pid(n.id) is not None for n in cluster.all_nodes()):
+            # Said at once: connecting would retry for the whole request timeout first.
+            print(f"meridian shell: no node of the cluster in {DEFAULT_CLUSTER_DIR} is running "
+                  f"(start it with: meridian cluster up; or give --nodes)", file=sys.stderr)
+            return 1
         nodes = [f"{n.client_host}:{n.client_port}" for n in cluster.all_nodes()]
     from .shell import run_shell
 

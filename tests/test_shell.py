@@ -629,3 +629,31 @@ def test_lines_split_as_shlex_splits_them(line):
     except ValueError as exc:
         got = str(exc)
     assert got == expected
+
+
+def test_a_shell_for_a_default_cluster_that_is_not_running_says_so_at_once(
+        tmp_path, monkeypatch, capsys):
+    # Connecting to nodes that are all down retries for the whole request timeout (10 s)
+    # and then names only the addresses; the cluster `meridian cluster up` made is known to
+    # be down from its pid files, and what to do is known too.
+    from engine.cli import DEFAULT_CLUSTER_DIR, main
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+
+    import engine.shell
+
+    directory = tmp_path / DEFAULT_CLUSTER_DIR
+    directory.mkdir()
+    cluster = default_local_cluster(("east",), 1, 1, wan_latency_ms={})
+    (node,) = cluster.all_nodes()
+    (directory / f"node-{node.id}.toml").write_text(dump_node_config(
+        NodeConfig(node_id=node.id, data_dir=str(directory / "n"), cluster=cluster)))
+
+    def connects(*args, **kwargs):
+        pytest.fail("the shell tried to connect to a cluster none of whose nodes runs")
+
+    monkeypatch.setattr(engine.shell, "connect_blocking", connects)
+    monkeypatch.chdir(tmp_path)
+    assert main(["shell"]) == 1
+    err = capsys.readouterr().err
+    assert "no node of the cluster in .meridian-cluster is running" in err, err
+    assert "meridian cluster up" in err, err
