@@ -373,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(parser, args)
+    except BrokenPipeError:
+        # What read the output went away (`meridian cluster status | head -1`): stop quietly,
+        # as the shell does, and leave the interpreter nowhere to flush the rest to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:
         # The environment refused something (a --dir that is a file, a directory that cannot
         # be written): one line naming it, like every other error of the command line -- and,

@@ -179,3 +179,27 @@ def test_a_demo_whose_output_goes_away_still_removes_its_directory(tmp_path, mon
                               clients_per_region=1, accounts=2, wan=False, out=_ClosedPipe())
     assert list(tmp_path.glob("meridian-demo-*")) == []
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_command_whose_output_goes_away_stops_quietly(tmp_path):
+    # `meridian cluster status | true`: the status table's write failed, and the command
+    # printed "meridian cluster: Broken pipe" and exited 1 like an error of its own.
+    import subprocess
+    import sys
+
+    from engine.config import NodeConfig, default_local_cluster, dump_node_config
+
+    cluster = default_local_cluster(("east",), 1, 1, wan_latency_ms={})
+    (node,) = cluster.all_nodes()
+    (tmp_path / f"node-{node.id}.toml").write_text(dump_node_config(
+        NodeConfig(node_id=node.id, data_dir=str(tmp_path / "n"), cluster=cluster)))
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads the output
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "cluster", "status", "--dir", str(tmp_path)],
+            stdout=writer, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(writer)
+    assert done.stderr == b"", done.stderr
+    assert done.returncode == 1
