@@ -70,6 +70,7 @@ async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, 
         await tx.put(ks, ka, b"%d" % (va - amount))
         await tx.put(ks, kb, b"%d" % (vb + amount))
 
+    failures = 0  # in a row
     while trio.current_time() < stop_at:
         roll = rng.random()
         op = "home txn" if roll < 0.6 else "remote txn" if roll < 0.8 else "stale read"
@@ -96,7 +97,12 @@ async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, 
                     stats.conflicts[region] += max(0, attempts - 1)
         except MeridianError as exc:
             stats.errors[f"{region}: {type(exc).__name__}"] += 1
+            # Backing off: an error that comes back at once (a region whose nodes are all
+            # down, a keyspace gone) would otherwise keep this client in a tight loop.
+            failures += 1
+            await trio.sleep(min(0.01 * 2 ** min(failures, 6), 0.5))
             continue
+        failures = 0
         stats.last_end = trio.current_time()
         stats.latencies[(region, op)].append((stats.last_end - started) * 1e3)
         stats.done += 1

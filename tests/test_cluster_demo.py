@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import trio
 
 from engine import cluster_demo
@@ -208,3 +209,31 @@ async def test_a_transfer_that_gives_up_on_conflicts_is_reported_as_not_done(aut
     given_up = stats.errors["east: TransactionConflictError"]
     assert given_up > 0 and stats.done == len(stats.latencies[("east", "stale read")])
     assert stats.conflicts["east"] == 19 * given_up  # the 20th conflict was not retried
+
+
+async def test_a_demo_client_whose_calls_fail_at_once_backs_off(autojump_clock):
+    # A client whose every call failed at once (its region's nodes all down) went straight
+    # on to the next: a tight loop for the rest of the demo.
+    from engine.errors import UnavailableError
+
+    calls = 0
+
+    class Down:
+        async def run_transaction(self, fn):
+            return self.fail()
+
+        async def read(self, keyspace, key, *, staleness=None):
+            return self.fail()
+
+        def fail(self):
+            nonlocal calls
+            calls += 1
+            if calls > 1_000:
+                pytest.fail("the client keeps calling without a pause")
+            raise UnavailableError("no node of the region answers")
+
+    stats = cluster_demo._Stats()
+    await cluster_demo._client(Down(), "east", "bank-east", "bank-east", 2, 3, stats,
+                               trio.current_time() + 10.0)
+    assert calls == stats.errors["east: UnavailableError"]
+    assert 10 <= calls <= 40, calls  # at most 0.5 s apart once failures persist
