@@ -38,6 +38,11 @@ def _accounts(text: str) -> int:
     value = _positive(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"{value} is too few: a transfer needs 2 accounts")
+    from .cluster_demo import MAX_ACCOUNTS
+
+    if value > MAX_ACCOUNTS:
+        raise argparse.ArgumentTypeError(
+            f"{value} is too many: one transaction creates them all, at most {MAX_ACCOUNTS}")
     return value
 
 
@@ -104,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes-per-region", type=_positive, default=3, help="(3)")
     demo.add_argument("--clients-per-region", type=_positive, default=4, help="(4)")
     demo.add_argument("--accounts", type=_accounts, default=50,
-                      help="accounts per bank, at least 2 (50)")
+                      help="accounts per bank, 2 to 1000 (50)")
     wan = demo.add_mutually_exclusive_group()
     wan.add_argument("--no-wan", action="store_true", help="no simulated WAN latency")
     wan.add_argument("--wan-latency-ms", type=_latencies, metavar="A:B=MS,...",

@@ -29,12 +29,16 @@ from pathlib import Path
 import trio
 
 from .client import connect
+from .config import Limits
 from .errors import InvalidArgumentError, KeyspaceExistsError, MeridianError
 from .placement import placement
 from .procs import (ClusterProcesses, cluster_up, describe_all, not_stopped_message,
                     wait_ready)
 
 INITIAL_BALANCE = 1000
+MAX_ACCOUNTS = Limits().max_txn_keys
+"""The most accounts a bank may have: one transaction creates them all, within the default
+limit on a transaction's keys."""
 FINISH_S = 10.0  # how long the operations under way when the workload ends have to finish
 
 
@@ -271,12 +275,13 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
     """Runs the demo; returns the process exit code. Nothing it started outlives it.
 
     Raises:
-        InvalidArgumentError: fewer than 2 ``accounts`` (a transfer takes two), before
-            anything is started.
+        InvalidArgumentError: ``accounts`` not in 2..:data:`MAX_ACCOUNTS` (a transfer takes
+            two; one transaction creates them all), before anything is started.
     """
-    if type(accounts) is not int or accounts < 2:
+    if type(accounts) is not int or not 2 <= accounts <= MAX_ACCOUNTS:
         raise InvalidArgumentError(
-            f"accounts must be an int of at least 2 (a transfer takes two), got {accounts!r}")
+            f"accounts must be an int in 2..{MAX_ACCOUNTS} (a transfer takes two; one "
+            f"transaction creates them all), got {accounts!r}")
     tmp = None
     if directory is None:
         tmp = tempfile.mkdtemp(prefix="meridian-demo-")

@@ -689,8 +689,28 @@ def test_a_demo_with_fewer_than_two_accounts_is_refused_before_it_starts(tmp_pat
          str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "--accounts: 1 is too few: a transfer needs 2 accounts" in out.stderr, out.stderr
-    with pytest.raises(errors.InvalidArgumentError, match="at least 2"):
+    with pytest.raises(errors.InvalidArgumentError, match=r"in 2\.\.1000"):
         run_demo(directory=str(tmp_path / "c"), accounts=1)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_demo_with_more_accounts_than_one_transaction_creates_is_refused_before_it_starts(
+        tmp_path):
+    # One transaction creates every account: `demo --accounts 5000` used to start the cluster,
+    # then end on the transaction's key limit.
+    from engine.cluster_demo import MAX_ACCOUNTS, run_demo
+
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", "--accounts", str(MAX_ACCOUNTS + 1),
+         "--dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"is too many: one transaction creates them all, at most {MAX_ACCOUNTS}" \
+        in out.stderr, out.stderr
+    help_text = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+    assert f"2 to {MAX_ACCOUNTS}" in " ".join(help_text.split()), help_text
+    with pytest.raises(errors.InvalidArgumentError, match=f"in 2..{MAX_ACCOUNTS}"):
+        run_demo(directory=str(tmp_path / "c"), accounts=MAX_ACCOUNTS + 1)
     assert not (tmp_path / "c").exists()
 
 
