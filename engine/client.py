@@ -93,7 +93,7 @@ import random
 import secrets
 import types
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -1866,12 +1866,17 @@ class Transaction:
         Raises:
             InvalidArgumentError: a bound that is not bytes or str, or is more than one byte
                 longer than the longest key (``key + b"\\x00"`` bounds the keys after any
-                key), a ``limit`` that is not None or an int in 0..:data:`MAX_SCAN_LIMIT`, or
-                a regional keyspace under ``serializable`` (see :meth:`get_many`).
+                key), a ``limit`` that is not None or an int in 0..:data:`MAX_SCAN_LIMIT`, a
+                ``reverse`` that is not a bool, or a regional keyspace under ``serializable``
+                (see :meth:`get_many`).
         """
         if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_SCAN_LIMIT):
             raise InvalidArgumentError(f"limit must be None or an int in 0..{MAX_SCAN_LIMIT}, "
                                        f"not {limit!r:.40}")
+        # Checked before anything is sent: the merge of the pages sorts with it, which takes
+        # only a bool (or an int), and would fail once the range had been read.
+        if not isinstance(reverse, bool):
+            raise InvalidArgumentError(f"reverse must be a bool, not {reverse!r:.40}")
         self._check_open()
         first = _check_bound(b"" if start is None else start, "start")
         past = None if end is None else _check_bound(end, "end")
@@ -2482,16 +2487,22 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
         simulate_wan: add the configured WAN latency to requests (see the module docstring).
 
     Raises:
-        InvalidArgumentError: a bad address, an unknown region, or a ``request_timeout_s``
-            that is not a number of seconds > 0.
+        InvalidArgumentError: ``nodes`` not a list of addresses, a bad address, a region
+            that is not None and not one of the cluster's, or a ``request_timeout_s`` that is
+            not a number of seconds > 0.
         UnavailableError: no node answered within ``request_timeout_s``.
     """
     if (isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, (int, float))
             or not request_timeout_s > 0):  # also refuses nan
         raise InvalidArgumentError(f"request_timeout_s must be a number of seconds > 0, not "
                                    f"{request_timeout_s!r:.40}")
+    if region is not None and not isinstance(region, str):
+        raise InvalidArgumentError(f"region must be None or a str, not {region!r:.40}")
     if isinstance(nodes, str):
         nodes = [nodes]
+    if isinstance(nodes, (bytes, bytearray)) or not isinstance(nodes, Iterable):
+        raise InvalidArgumentError(f"nodes must be a list of \"host:port\" addresses, not "
+                                   f"{nodes!r:.40}")
     addresses = [_parse_address(n) for n in nodes]
     if not addresses:
         raise InvalidArgumentError("connect needs at least one node address")
@@ -2531,7 +2542,10 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
             f"{a}: {e}" for a, e in errors_seen.items()))
     async with trio.open_nursery() as nursery:
         try:
-            db = Database(nursery, describe, region or describe["region"],
+            # Only None means the answering node's region: an empty name is a region the
+            # cluster does not have, not a request for whichever node answered first.
+            db = Database(nursery, describe,
+                          describe["region"] if region is None else region,
                           request_timeout_s=request_timeout_s, simulate_wan=simulate_wan)
         except InvalidArgumentError:
             raise  # a region of the caller's that the cluster does not have
