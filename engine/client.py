@@ -1061,9 +1061,10 @@ class Database:
         records = check_conflict_records(records)
         ks = await self.keyspace(keyspace)
         group = self.group_of(ks)
+        # Not a commit: removing a record twice is removing it once, so a call whose answer
+        # was lost is simply made again rather than reported as of unknown outcome.
         await self._call_group(group, "conflicts.drain", {
-            "group": group, "keyspace_id": ks.id, "keys": [r.record_id for r in records]},
-            commit=True)
+            "group": group, "keyspace_id": ks.id, "keys": [r.record_id for r in records]})
 
     async def statistics(self) -> dict:
         """Cluster statistics: ``replication_lag_ms`` of regional writes per region pair

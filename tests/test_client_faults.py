@@ -713,3 +713,30 @@ async def test_run_transaction_does_not_run_again_a_transaction_its_function_com
                                                      match="another transaction's"):
             await db.run_transaction(debit, base_delay_s=0, max_delay_s=0)
     assert len(commits) == 1
+
+
+async def test_a_drain_whose_answer_is_lost_is_made_again(nursery):
+    # Removing conflict-log records can be repeated, but a drain whose connection dropped
+    # before its answer raised AmbiguousCommitError ("may or may not have committed"),
+    # which no retry loop retries.
+    from engine.client import ConflictRecord
+    from engine.group import conflict_log_bounds
+
+    node = FakeNode(nursery)
+    drains = []
+
+    async def drain(p, ctx):
+        drains.append(p["keys"])
+        if len(drains) == 1:
+            nursery.start_soon(node.restart)  # the connection drops before the answer
+            await trio.sleep_forever()
+        return {}
+
+    node.handlers["conflicts.drain"] = drain
+    await node.start()
+    record_id = conflict_log_bounds(1)[0] + b"\x00\x01"
+    record = ConflictRecord(b"k", (2, "r1"), (1, "r2"), b"v", "lww", record_id)
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S):
+            await db.drain_conflicts("ks", [record])
+    assert drains == [[record_id], [record_id]]
