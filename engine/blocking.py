@@ -587,13 +587,17 @@ class BlockingDatabase:
         Raises:
             TransactionConflictError: still conflicting after ``max_attempts`` attempts.
             InvalidArgumentError: a bad retry policy (see
-                :func:`engine.client.check_retry_policy`), or ``fn`` is async.
+                :func:`engine.client.check_retry_policy`), or ``fn`` is async or not
+                callable.
             Anything else ``fn`` or the commit raise, at once, without a retry; the
                 transaction is rolled back first. An
                 :class:`~engine.errors.AmbiguousCommitError` means it may have committed:
                 read to find out before running it again.
         """
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
+        if not callable(fn):
+            raise InvalidArgumentError(f"run_transaction takes a function of the transaction, "
+                                       f"not {fn!r:.60}")
         if inspect.iscoroutinefunction(fn):
             raise InvalidArgumentError("run_transaction takes a plain function; run async "
                                        "functions with engine.client.Database.run_transaction")

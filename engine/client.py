@@ -579,9 +579,12 @@ class Database:
         operation of ``tx`` not awaited: ``return tx.put(...)``) is refused, and so is ``fn``
         returning something that is not awaitable (a plain function): nothing is committed
         (but what ``fn`` committed itself, as the error then says). A bad policy (see
-        :func:`check_retry_policy`) raises :class:`~engine.errors.InvalidArgumentError`
-        before ``fn`` runs."""
+        :func:`check_retry_policy`), or an ``fn`` that is not callable, raises
+        :class:`~engine.errors.InvalidArgumentError` before ``fn`` runs."""
         check_retry_policy(max_attempts, base_delay_s, max_delay_s)
+        if not callable(fn):
+            raise InvalidArgumentError(f"run_transaction takes an async function of the "
+                                       f"transaction, not {fn!r:.60}")
         delay = base_delay_s
         for attempt in range(1, max_attempts + 1):
             tx = self.transaction(isolation)

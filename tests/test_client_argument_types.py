@@ -79,3 +79,23 @@ async def test_connect_refuses_nodes_that_are_not_a_list_of_addresses(nodes):
             InvalidArgumentError, match=r'nodes must be a list of "host:port" addresses'):
         async with engine.connect(nodes, request_timeout_s=TIMEOUT_S):
             pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("fn", [None, "body", 3])
+async def test_run_transaction_refuses_what_is_not_a_function(nursery, fn):
+    # Both raised a bare TypeError ("'NoneType' object is not callable") from inside the
+    # retry loop, the blocking one after opening a transaction for it.
+    node = FakeNode(nursery)
+    await node.start()
+    async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
+        with trio.fail_after(GUARD_S), pytest.raises(
+                InvalidArgumentError, match="run_transaction takes an async function"):
+            await db.run_transaction(fn)
+
+    def run() -> None:
+        with connect_blocking([node.address], request_timeout_s=TIMEOUT_S) as db:
+            with pytest.raises(InvalidArgumentError, match="run_transaction takes a function"):
+                db.run_transaction(fn)
+
+    with trio.fail_after(GUARD_S):
+        await trio.to_thread.run_sync(run)
