@@ -104,7 +104,7 @@ async def _client(db, region: str, home_ks: str, remote_ks: str, accounts: int, 
             # Backing off: an error that comes back at once (a region whose nodes are all
             # down, a keyspace gone) would otherwise keep this client in a tight loop.
             failures += 1
-            await trio.sleep(min(0.01 * 2 ** min(failures, 6), 0.5))
+            await trio.sleep(min(0.01 * 2 ** min(failures - 1, 6), 0.5))
             continue
         failures = 0
         stats.last_end = trio.current_time()

@@ -189,9 +189,8 @@ _MAX_TICKS = 100_000
 _MAX_SNAPSHOT_EVERY = 1_000_000_000
 _MAX_ELECTION_TIMEOUT_MS = 3_600_000
 MAX_REGIONS = 100
-"""The most regions a cluster may have: placement numbers each region's data and spread groups
-from blocks of 100 ids (engine.placement), so a 101st region's data group would be the first
-region's spread group."""
+"""The most regions a cluster may have: placement numbers each region's data groups and spread
+groups from consecutive blocks of this many ids (engine.placement)."""
 _REGION_RE = re.compile(r"[a-z0-9-]{1,63}")
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9._%:-]+")  # DNS names, IPv4, IPv6 (with a zone)

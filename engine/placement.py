@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from raft.types import ConfState
 
-from .config import KEY_PREFIX_SIZE, ClusterConfig
+from .config import KEY_PREFIX_SIZE, MAX_REGIONS, ClusterConfig
 from .errors import InvalidArgumentError
 from .mvcc import MAX_KEY_SIZE
 
@@ -58,7 +58,7 @@ __all__ = [
 
 META_GROUP = 1
 _DATA_GROUP_BASE = 100
-_SPREAD_GROUP_BASE = 200
+_SPREAD_GROUP_BASE = _DATA_GROUP_BASE + MAX_REGIONS  # 200: a block of ids per kind
 MAX_USER_KEY_SIZE = MAX_KEY_SIZE - KEY_PREFIX_SIZE
 """The longest key a keyspace accepts: the store's limit less the keyspace prefix."""
 

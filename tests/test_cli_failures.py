@@ -15,19 +15,7 @@ from engine import cluster_demo, shell
 from engine import procs as procs_module
 from engine.errors import MeridianError
 from engine.procs import ClusterProcesses
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+from test_api_cli import _processes_mentioning
 
 
 def test_a_demo_whose_directory_another_up_holds_at_its_end_still_stops_its_nodes(
