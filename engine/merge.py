@@ -452,6 +452,8 @@ def _normalize(kind: object, ts: int, origin: str, state: object,
                 base_sum = int(base_sum)
                 if _MSGPACK_INT_MIN <= base_sum <= _MSGPACK_INT_MAX:
                     fail("a counter sum in int range is stored as a string")
+                if not -(2**127) < base_sum < 2**127:
+                    fail(f"counter sum {base_sum} beyond what an origin can fold")
             elif type(base_sum) is not int:
                 fail(f"bad counter sum {base_sum!r}")
             if not _is_seq(contribs):
@@ -497,14 +499,17 @@ def _normalize(kind: object, ts: int, origin: str, state: object,
                     and item[1] and all(_is_tag(t) for t in item[1])):
                 fail(f"bad set tombstone {item!r}")
             tags = tuple((t[0], t[1]) for t in item[1])
-            if not _strictly_sorted(tags):
-                fail("set tombstone tags are not sorted")
+            if not _strictly_sorted(tags) or tags[-1] > version:
+                fail("set tombstone tags are not sorted or above the cell's version")
             tombstones.append((item[0], tags))
         if not _strictly_sorted([e for e, _ in tombstones]):
             fail("set tombstones are not sorted")
         removed = {(e, *tag) for e, tags in tombstones for tag in tags}
         if any((e, *tag) in removed for e, tags in elements for tag in tags):
             fail("a live set tag is also a tombstone")
+        held = [(e, t[1]) for part in (elements, tombstones) for e, tags in part for t in tags]
+        if len(set(held)) != len(held):
+            fail("a set holds two tags of one element and origin")
         floors = []
         for item in state[2]:
             if not (_is_seq(item, 2) and _is_origin(item[0]) and _is_ts(item[1])):
