@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import msgpack
 
@@ -101,6 +101,10 @@ class Keyspace:
     """A drop has begun: the name resolves no more (lookups answer that it does not exist),
     no move may begin, and running the drop again (or another drop, which joins it at its
     epoch) finishes it."""
+    create_token: bytes = field(default=b"", repr=False, compare=False)
+    """The token the call that created the keyspace sent (b"": none): the same call sent
+    again, after its answer was lost, is answered with this record instead of being told
+    that the keyspace exists already."""
 
 
 def check_keyspace_name(name: object) -> str:
@@ -117,7 +121,9 @@ def keyspace_key(name: str) -> bytes:
 
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
 _OPTIONAL = ("moved_ts", "epoch", "moving_to", "retired", "abandoned", "handoff_ts",
-             "dropping")
+             "dropping", "create_token")
+MAX_CREATE_TOKEN = 32
+"""Bytes in a keyspace.create token at most (the client sends 16 random bytes)."""
 
 
 def keyspace_record(ks: Keyspace) -> dict:

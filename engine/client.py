@@ -90,6 +90,7 @@ import dataclasses
 import inspect
 import math
 import random
+import re
 import secrets
 import types
 import typing
@@ -277,6 +278,9 @@ def check_retry_policy(max_attempts: object, base_delay_s: object, max_delay_s: 
                                    f"({max_delay_s})")
 
 
+_SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _parse_staleness(staleness: str) -> tuple[str, int]:
     # At most what a timestamp can count, in whole seconds (about 584 years): nodes take the
     # staleness in nanoseconds as an int in 0..MAX_TS.
@@ -287,13 +291,11 @@ def _parse_staleness(staleness: str) -> tuple[str, int]:
         raise InvalidArgumentError(f"staleness must be a str ({expected}), not "
                                    f"{type(staleness).__name__}")
     kind, _, amount = staleness.partition(":")
-    try:
-        seconds = float(amount)
-    except ValueError:
-        seconds = -1.0
-    # Also refuses nan and infinities (the comparisons are false).
+    # A plain decimal number: float() would also take "1_0", " 1 ", "nan" and "inf" (one
+    # beyond a float's range reads as inf, which the bound refuses).
+    seconds = float(amount) if _SECONDS.fullmatch(amount) else -1.0
     if kind not in ("exact", "bounded") or not 0 <= seconds <= max_seconds:
-        raise InvalidArgumentError(f"staleness {staleness!r}: {expected}")
+        raise InvalidArgumentError(f"staleness {staleness!r:.80}: {expected}")
     return kind, int(seconds * 1e9)
 
 
@@ -377,6 +379,10 @@ class Database:
             InvalidArgumentError: a bad name, an unknown ``mode``, ``survive`` or
                 ``home_region``, or a ``resolver`` that names none (checked again by the node,
                 which knows the application resolvers configured).
+            KeyspaceExistsError: the name is taken (also while a drop of it is under way).
+                Not raised for the keyspace this call created: sent again after its answer
+                was lost, the call carries the same random token, and the node that finds
+                it in the keyspace's record answers that record.
         """
         check_keyspace_name(name)
         if mode not in MODES:
@@ -391,12 +397,13 @@ class Database:
         if not is_resolver_name(resolver):
             raise InvalidArgumentError(f"resolver must be one of {', '.join(RESOLVER_NAMES)} "
                                        f"or {APP_PREFIX}<name>, not {resolver!r:.80}")
-        # Not idempotent: sent again after it may have run, it would find the keyspace it
-        # made and say that it exists already. A lost answer is an unknown outcome.
+        # Not a commit: the token makes the call safe to send again after its answer was
+        # lost. Finding the keyspace it created, the node answers its record instead of
+        # saying that it exists already.
         rec = await self._call_group(self._meta_group, "keyspace.create",
                                      {"name": name, "mode": mode, "resolver": resolver,
-                                      "survive": survive,
-                                      "home": home_region or self.region}, commit=True,
+                                      "survive": survive, "home": home_region or self.region,
+                                      "token": secrets.token_bytes(16)},
                                      expect=_KEYSPACE_RECORD)
         ks = keyspace_from_record(rec)
         self._keyspaces[name] = ks
@@ -684,7 +691,7 @@ class Database:
                 # transaction's snapshot, no retry brings it within reach. The refusal names
                 # the group's lifetime, which need not be the one this client was told.
                 raise InvalidArgumentError(
-                    f"staleness {staleness!r} reaches further back than the cluster keeps "
+                    f"staleness {staleness!r:.80} reaches further back than the cluster keeps "
                     f"versions for: {exc}") from None
         if len(reply["values"]) != 1:
             raise UnavailableError(f"group {group} answered {len(reply['values'])} values for "

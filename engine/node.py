@@ -903,6 +903,15 @@ class Node:
             raise InvalidArgumentError("start must be bytes and end bytes or nil")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError("limit must be a non-negative int or nil")
+        # Only the fence of the keyspace the range starts in is checked: a range running on
+        # into the keyspaces after it would read them whatever their fences (moved away, or
+        # dropped and not erased yet).
+        prefix = start[:KEY_PREFIX_SIZE]
+        if len(prefix) < KEY_PREFIX_SIZE or (prefix != b"\xff" * KEY_PREFIX_SIZE and (
+                end is None or end > keyspace_bounds(int.from_bytes(prefix, "big"))[1])):
+            shown = None if end is None else end[:80]
+            raise InvalidArgumentError(f"a scan reads one keyspace: [{start[:80]!r}, {shown!r}) "
+                                       f"runs past the keys of the one its start is in")
         ts, until = await self._read_ts(replica, p)
         generation = self._begin_read(replica)
         # A keyspace move reads its own copy, whatever the fence.
@@ -1753,7 +1762,7 @@ class Node:
     async def _keyspace_create(self, p):
         name = cat.check_keyspace_name(p.get("name"))
         mode = p.get("mode", "global")
-        home = p.get("home") or self.region
+        home = p.get("home", self.region)  # "" names no region: refused below
         if mode not in cat.MODES:
             raise InvalidArgumentError(f"mode must be one of {', '.join(cat.MODES)}, "
                                        f"not {mode!r:.80}")
@@ -1780,12 +1789,21 @@ class Node:
             raise InvalidArgumentError("only regional keyspaces have a resolver: a global "
                                        "keyspace has one writer region and no conflicts")
         data_group(self.cluster, home)  # validates the region name
+        token = p.get("token", b"")
+        if type(token) is not bytes or len(token) > cat.MAX_CREATE_TOKEN:
+            raise InvalidArgumentError(f"token must be at most {cat.MAX_CREATE_TOKEN} bytes, not "
+                                       f"{token!r:.80}")
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
             raw = meta.get(key, ts)
             if raw is not None:
-                being = " and is being dropped" if cat.decode_keyspace(raw).dropping else ""
+                ks = cat.decode_keyspace(raw)
+                if token and ks.create_token == token and not ks.dropping:
+                    # This very call, made again after its answer was lost: it did create
+                    # the keyspace, and answers so.
+                    return cat.keyspace_record(ks), [], []
+                being = " and is being dropped" if ks.dropping else ""
                 raise RemoteError("already_exists", f"keyspace {name!r} already exists{being}")
             next_id = cat.decode_next_id(meta.get(cat.NEXT_ID_KEY, ts))
             if next_id > MAX_KEYSPACE_ID:
@@ -1794,7 +1812,7 @@ class Node:
                     f"keyspace {name!r} cannot be created: all {MAX_KEYSPACE_ID} keyspace ids "
                     f"have been used (ids of dropped keyspaces are not reused)")
             ks = cat.Keyspace(next_id, name, mode, home, resolver, created_ts=ts,
-                              survive=survive)
+                              survive=survive, create_token=token)
             writes = [(key, cat.encode_keyspace(ks)),
                       (cat.NEXT_ID_KEY, cat.encode_next_id(next_id + 1))]
             return cat.keyspace_record(ks), writes, [key, cat.NEXT_ID_KEY]
@@ -1869,6 +1887,13 @@ class Node:
             ks = self._catalog_record(meta, key, ts, name, expect_id, epoch)
             if ks.home == home:
                 return cat.keyspace_record(ks), [], []
+            if ks.moving_to != home:
+                # Only the move's target holds its copy: pointed anywhere else, the record
+                # would name a home where the keyspace reads as empty, and its data, left in
+                # the home it had (retired), would be erased by the next move or drop.
+                raise InvalidArgumentError(
+                    f"keyspace {name!r} is not moving to {home!r} at epoch {epoch}: a "
+                    f"rehome ends the move that began to copy it there")
             moved = dataclasses.replace(ks, home=home, moved_ts=moved_ts, moving_to="",
                                         retired=tuple(sorted({*ks.retired, ks.home} - {home})),
                                         handoff_ts=max(ks.handoff_ts, handoff_ts))
@@ -1918,7 +1943,13 @@ class Node:
         name, key, expect_id, epoch = self._catalog_step(p)
 
         def body(meta, ts):
-            self._catalog_record(meta, key, ts, name, expect_id, epoch, dropping_ok=True)
+            ks = self._catalog_record(meta, key, ts, name, expect_id, epoch, dropping_ok=True)
+            if not ks.dropping:
+                # Deleted before a drop began, the record would leave the keyspace's groups
+                # unfenced: its data never erased, and written on by the clients that cached it.
+                raise InvalidArgumentError(
+                    f"keyspace {name!r} is not being dropped: a drop begins with "
+                    f"keyspace.begin (op 'drop') and fences its groups before it ends")
             return None, [(key, None)], [key]
 
         return await self._catalog_txn(body)

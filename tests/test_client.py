@@ -440,26 +440,33 @@ async def test_a_limit_error_names_the_key_it_refused():
                 await tx.rollback()
 
 
-async def test_a_keyspace_create_whose_answer_was_lost_is_not_sent_again(nursery):
+async def test_a_keyspace_create_whose_answer_was_lost_is_sent_again_with_its_token(nursery):
     # The node applies the create and never answers (it dies, or is cut off, after the
-    # catalog entry committed). Sent again, the create finds the keyspace and the caller
-    # is told that it exists already -- someone else's, as far as it can tell -- although
-    # its own call made it. Its outcome is unknown: AmbiguousCommitError, as for a commit.
+    # catalog entry committed). The call is sent again with the token it carried, which the
+    # node finds in the record it made: the caller gets the keyspace its own call created,
+    # neither "already exists" nor AmbiguousCommitError (which no retry loop retries).
     node = FakeNode(nursery)
-    created: list[str] = []
+    tokens: list[bytes] = []
 
     async def create(p, ctx):
-        if created:
+        tokens.append(p["token"])
+        if len(tokens) == 1:
+            nursery.start_soon(node.restart)  # applied; the connection drops before the answer
+            await trio.sleep_forever()
+        if p["token"] != tokens[0]:
             raise RemoteError("already_exists", f"keyspace {p['name']!r} already exists")
-        created.append(p["name"])
-        await trio.sleep_forever()  # applied; the answer never comes
+        return {"id": 7, "name": p["name"], "mode": p["mode"], "home": p["home"]}
 
     node.handlers["keyspace.create"] = create
     await node.start()
     async with engine.connect([node.address], request_timeout_s=TIMEOUT_S) as db:
-        with trio.fail_after(GUARD_S), pytest.raises(errors.AmbiguousCommitError):
-            await db.create_keyspace("orders")
-    assert created == ["orders"]
+        with trio.fail_after(GUARD_S):
+            ks = await db.create_keyspace("orders")
+            assert (ks.id, ks.name) == (7, "orders")
+            with pytest.raises(errors.KeyspaceExistsError):  # another call: another token
+                await db.create_keyspace("orders")
+    assert len(tokens) == 3 and tokens[0] == tokens[1] != tokens[2]
+    assert all(type(t) is bytes and len(t) == 16 for t in tokens)
 
 
 async def test_every_operation_of_a_finished_transaction_is_refused():

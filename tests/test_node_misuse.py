@@ -305,6 +305,9 @@ async def test_a_catalog_request_s_refusal_quotes_a_bounded_part_of_a_large_argu
                         ("keyspace.create", {"name": "k", "mode": huge}, "mode"),
                         ("keyspace.create", {"name": "k", "survive": huge}, "survive"),
                         ("keyspace.create", {"name": "k", "home": huge}, "region"),
+                        # Once made in the answering node's region, as if none was named.
+                        ("keyspace.create", {"name": "k", "home": ""}, "unknown region ''"),
+                        ("keyspace.create", {"name": "k", "home": None}, "unknown region None"),
                         ("keyspace.begin", {"name": "k", "op": "move", "to": huge}, "region")):
                     with pytest.raises(RemoteError, match=field) as refused:
                         await conn.call(method, payload)
