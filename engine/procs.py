@@ -70,11 +70,17 @@ def _directory_lock(directory: Path):
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         deadline = time.monotonic() + LOCK_WAIT_S
+        waited = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not waited:  # said once: a command that seems to hang says why
+                    waited = True
+                    print(f"waiting for {directory}: another `meridian cluster up` or `down` "
+                          f"is starting or stopping its nodes (at most {LOCK_WAIT_S:g} s)",
+                          file=sys.stderr, flush=True)
                 if time.monotonic() >= deadline:
                     raise InvalidArgumentError(
                         f"{directory} is in use: another `meridian cluster up` or `down` has "

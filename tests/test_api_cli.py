@@ -475,7 +475,7 @@ def test_cluster_up_names_a_taken_address_and_starts_nothing(tmp_path):
     assert list(directory.glob("node-*.pid")) == []  # no node was started
 
 
-def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
+def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch, capsys):
     import fcntl
 
     from engine import procs
@@ -489,6 +489,10 @@ def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
                        lambda: procs.ClusterProcesses(directory).stop()):
             with pytest.raises(errors.InvalidArgumentError, match="in use"):
                 action()
+            # Said at once, and once: a command waiting in silence looked hung.
+            assert capsys.readouterr().err == (
+                f"waiting for {directory}: another `meridian cluster up` or `down` is starting "
+                f"or stopping its nodes (at most 0.2 s)\n")
     assert list(directory.glob("node-*")) == []
 
 
