@@ -126,13 +126,14 @@ MAX_CREATE_TOKEN = 32
 """Bytes in a keyspace.create token at most (the client sends 16 random bytes)."""
 
 
-def keyspace_record(ks: Keyspace) -> dict:
-    """The record as stored and sent to clients: a map of its fields, without those that moves
-    and drops keep while they are empty (so that readers that predate them can read every
-    keyspace that never moved)."""
+def keyspace_record(ks: Keyspace, *, stored: bool = False) -> dict:
+    """The record as sent to clients (or, ``stored``, as kept in the catalog, with the
+    create token, which only the node that finds a create sent again needs): a map of its
+    fields, without those that moves and drops keep while they are empty (so that readers
+    that predate them can read every keyspace that never moved)."""
     record = asdict(ks)
     for name in _OPTIONAL:
-        if not record[name]:
+        if not record[name] or (name == "create_token" and not stored):
             del record[name]
     return record
 
@@ -144,7 +145,7 @@ def keyspace_from_record(record: dict) -> Keyspace:
 
 
 def encode_keyspace(ks: Keyspace) -> bytes:
-    return msgpack.packb(keyspace_record(ks), use_bin_type=True)
+    return msgpack.packb(keyspace_record(ks, stored=True), use_bin_type=True)
 
 
 def decode_keyspace(data: bytes) -> Keyspace:

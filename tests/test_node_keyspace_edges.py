@@ -124,6 +124,10 @@ async def test_a_create_sent_again_with_its_token_answers_the_keyspace_it_made()
                 create = {"name": "k", "mode": "global", "home": "us-east", "token": b"t" * 16}
                 first = await conn.call("keyspace.create", create)
                 assert await conn.call("keyspace.create", create) == first
+                # Only the catalog keeps the token: no other caller learns it.
+                assert "create_token" not in first
+                listed = await conn.call("keyspace.list", {})
+                assert [set(r) & {"create_token"} for r in listed["keyspaces"]] == [set()]
                 await db.run_transaction(lambda tx: tx.put("k", b"a", b"1"))
                 for other in ({**create, "token": b"u" * 16}, {"name": "k"}):
                     with pytest.raises(RemoteError, match="already exists$") as refused:
