@@ -278,6 +278,10 @@ def check_retry_policy(max_attempts: object, base_delay_s: object, max_delay_s: 
                                    f"({max_delay_s})")
 
 
+MAX_REQUEST_TIMEOUT_S = 10**9
+"""The longest ``request_timeout_s`` :func:`connect` takes (about 31 years): any finite
+timeout a caller means, and one the clock's float deadlines can still count."""
+
 _SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -2500,12 +2504,15 @@ async def connect(nodes: Sequence[str], *, region: str | None = None,
     Raises:
         InvalidArgumentError: ``nodes`` not a list of addresses, a bad address, a region
             that is not None and not one of the cluster's, or a ``request_timeout_s`` that is
-            not a number of seconds > 0.
+            not a finite number of seconds > 0.
         UnavailableError: no node answered within ``request_timeout_s``.
     """
+    # Finite: with no end, a call to a node that hangs would never try the group's other
+    # voters (that takes half of the timeout), and a commit would wait for ever.
     if (isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, (int, float))
-            or not request_timeout_s > 0):  # also refuses nan
-        raise InvalidArgumentError(f"request_timeout_s must be a number of seconds > 0, not "
+            or not 0 < request_timeout_s <= MAX_REQUEST_TIMEOUT_S):  # also refuses nan
+        raise InvalidArgumentError(f"request_timeout_s must be a finite number of seconds > 0 "
+                                   f"(at most {MAX_REQUEST_TIMEOUT_S:.0e}), not "
                                    f"{request_timeout_s!r:.40}")
     if region is not None and not isinstance(region, str):
         raise InvalidArgumentError(f"region must be None or a str, not {region!r:.40}")

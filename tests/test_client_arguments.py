@@ -121,24 +121,26 @@ async def test_draining_something_else_than_conflict_records_is_refused(nursery,
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1, -0.5, float("nan"), float("-inf"), "10", None,
-                                       True])
+                                       True, float("inf"), 10**400, 10**9 + 1])
 async def test_a_request_timeout_that_is_no_positive_number_is_refused_at_connect(
         nursery, timeout_s):
     # connect() tried no node at all and said that none answered ("no node answered within
     # nan s: "), with a node up and listening; or failed with a TypeError adding the
-    # timeout to the clock.
+    # timeout to the clock. An infinite one was taken: a call to a node that hung then never
+    # moved on to another voter, and a commit waited for ever.
     node = FakeNode(nursery)
     await node.start()
     with trio.fail_after(GUARD_S), pytest.raises(
-            InvalidArgumentError, match="request_timeout_s must be a number of seconds > 0"):
+            InvalidArgumentError, match="request_timeout_s must be a finite number of seconds > 0"):
         async with engine.connect([node.address], request_timeout_s=timeout_s):
             pass
 
 
 def test_a_request_timeout_that_is_no_positive_number_is_refused_by_connect_blocking():
     # Said that no node answered, having asked none.
-    with pytest.raises(InvalidArgumentError,
-                       match=r"request_timeout_s must be a number of seconds > 0, not -1"):
+    with pytest.raises(InvalidArgumentError, match=r"request_timeout_s must be a finite "
+                                                   r"number of seconds > 0 \(at most 1e\+09\), "
+                                                   r"not -1"):
         connect_blocking(["127.0.0.1:1"], request_timeout_s=-1)
 
 
