@@ -168,7 +168,7 @@ class HybridClock:
         :attr:`jumped_since`, and found it within the maximum offset of theirs)."""
         with self._lock:
             if self._monotonic is not None:
-                self._trusted = (self.physical_ns(), self._monotonic())
+                self._trusted = (self.physical_ns(), self._monotonic_ns())
             self._jump = None
 
     def restore(self, ts: int) -> None:
@@ -206,6 +206,25 @@ class HybridClock:
             )
         return value
 
+    def _monotonic_ns(self) -> int:
+        """Reads the monotonic clock, checking that it returns an int of nanoseconds.
+
+        Its readings are added to a trusted physical reading to give the time timestamps
+        follow after a jump: a float there (``time.monotonic`` passed for
+        ``time.monotonic_ns``) would make timestamps floats, which lose the low digits at
+        today's magnitudes, so that ``last + 1`` no longer exceeds ``last``.
+
+        Raises:
+            InvalidArgumentError: the monotonic clock returned something other than an int.
+        """
+        value = self._monotonic()  # type: ignore[misc]
+        if type(value) is not int:
+            raise InvalidArgumentError(
+                f"the monotonic clock must return an int of nanoseconds, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return value
+
     def now(self) -> int:
         """Issues a timestamp: ``max(last + 1, physical now)``.
 
@@ -216,7 +235,7 @@ class HybridClock:
         Raises:
             ClockOffsetError: the timestamp space is exhausted (:attr:`last` is ``MAX_TS``),
                 which only a physical clock centuries ahead can cause.
-            InvalidArgumentError: the injected physical clock returned a bad value.
+            InvalidArgumentError: the injected physical (or monotonic) clock returned a bad value.
         """
         with self._lock:
             return self._tick(self._last, self._followed_ns())
@@ -266,7 +285,7 @@ class HybridClock:
         physical = self.physical_ns()
         if self._monotonic is None:
             return physical
-        mono = self._monotonic()
+        mono = self._monotonic_ns()
         if self._trusted is not None:
             expected = self._trusted[0] + (mono - self._trusted[1])
             jump = physical - expected

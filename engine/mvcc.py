@@ -600,7 +600,7 @@ class MVCCStore(Resource):
         # costs no LMDB work and the transaction stays short.
         items: list[tuple[bytes, bytes]] = []
         append = items.append
-        for group in batches:
+        for group in _iterable(batches, "batches", "(writes, commit_ts) pairs"):
             try:
                 writes, commit_ts = group
             except (TypeError, ValueError):
@@ -610,7 +610,7 @@ class MVCCStore(Resource):
             if type(commit_ts) is not int or not 0 < commit_ts <= MAX_TS:
                 _check_ts(commit_ts, "commit_ts")
             end = _KEY_END + _pack64(_INV - commit_ts)
-            for write in writes:
+            for write in _iterable(writes, "writes", "(key, value) pairs"):
                 try:
                     key, value = write
                 except (TypeError, ValueError):
@@ -1893,7 +1893,10 @@ def _spool_snapshot(chunks: Iterable[bytes], spool) -> dict[str, Any]:
                 chunk["side_entries"] = 0
             for field in fields:
                 value = chunk.get(field)
-                if type(value) is not int or not 0 <= value <= _MAX_INDEX:
+                # The watermark is a timestamp: one above MAX_TS would put every valid read
+                # timestamp below it, so that no read could be served from the store again.
+                highest = MAX_TS if field == "gc_watermark" else _MAX_INDEX
+                if type(value) is not int or not 0 <= value <= highest:
                     raise corrupt(f"header field {field} is {value!r}")
             if type(chunk.get("app_state", b"")) is not bytes:
                 raise corrupt(f"header field app_state is {chunk.get('app_state')!r}")
@@ -2220,14 +2223,28 @@ def _check_side_key(key: object, name: str, *, bound: bool = False) -> bytes:
     return bytes(key)
 
 
+def _iterable(items: object, name: str, what: str) -> Iterator[Any]:
+    """An iterator over ``items``, or InvalidArgumentError naming ``name`` if it has none."""
+    try:
+        return iter(items)  # type: ignore[call-overload]
+    except TypeError:
+        raise errors.InvalidArgumentError(
+            f"{name} must be an iterable of {what}, not {_describe(items)}"
+        ) from None
+
+
 def _check_ts(ts: object, name: str) -> None:
-    if isinstance(ts, bool) or not isinstance(ts, int):
+    """Slow path of timestamp validation: always raises, saying why ``ts`` was refused."""
+    # The fast paths take only exact ints, so an int subclass (an IntEnum, say) ends up here
+    # even when in range: it must be refused for its type, not for a range it is inside of.
+    if type(ts) is not int:
         raise errors.InvalidArgumentError(f"{name} must be an int, not {_describe(ts)}")
     raise errors.InvalidArgumentError(f"{name} {ts} is outside {MIN_TS}..{MAX_TS}")
 
 
 def _check_index(index: object) -> None:
-    if isinstance(index, bool) or not isinstance(index, int):
+    """Slow path of applied-index validation: always raises (see :func:`_check_ts`)."""
+    if type(index) is not int:
         raise errors.InvalidArgumentError(f"applied_index must be an int, not {_describe(index)}")
     raise errors.InvalidArgumentError(f"applied_index {index} is outside 1..{_MAX_INDEX}")
 
