@@ -53,6 +53,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 from bench._common import comma_list
@@ -101,6 +102,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _sum_matches(balances: list[int | float], total: int | float) -> tuple[int | float, bool]:
+    """The sum of a read's balances and whether it is ``total``: exactly when every number is
+    an integer, else within a relative tolerance of 1e-9 (float sums round)."""
+    if isinstance(total, int) and all(isinstance(b, int) for b in balances):
+        found = sum(balances)
+        return found, found == total
+    try:
+        found = sum(balances)
+        return found, math.isclose(found, total, rel_tol=1e-9, abs_tol=1e-9)
+    except OverflowError:
+        pass
+    # An integer beyond the range of floats met a float: compare as exact fractions instead,
+    # with the same tolerance. A balance that is infinite or NaN never sums to a finite total.
+    if any(isinstance(b, float) and not math.isfinite(b) for b in balances):
+        return sum(b for b in balances if isinstance(b, float)), False
+    exact = sum(Fraction(b) for b in balances)
+    expected = Fraction(total)
+    tolerance = max(Fraction(1e-9) * max(abs(exact), abs(expected)), Fraction(1e-9))
+    return round(exact), abs(exact - expected) <= tolerance
+
+
 def check(
     history: Iterable[Mapping[str, Any]],
     *,
@@ -128,7 +150,12 @@ def check(
     Raises:
         HistoryError: the history is malformed (a read that returned no object, a balance
             that is not a number, a transfer without from or to).
+        ValueError: accounts that are not distinct, or a total that is not a finite number.
     """
+    # Checked here, not per read: a total that is not a number would make every comparison
+    # fail with a TypeError (or, for NaN, every read a wrong total).
+    if not _is_number(total) or isinstance(total, float) and not math.isfinite(total):
+        raise ValueError(f"total must be a finite number, not {total!r:.80}")
     by_name = {str(a): a for a in accounts}
     if len(by_name) != len(accounts):
         raise ValueError(f"accounts must be distinct: {list(accounts)!r}")
@@ -183,11 +210,8 @@ def check(
                    f"{where} has balances for {unexpected!r}, which are not accounts",
                    accounts=unexpected)
         if not missing:
-            found = sum(read[name] for name in by_name)
-            exact = all(isinstance(read[name], int) for name in by_name) and \
-                isinstance(total, int)
-            if (found != total) if exact else not math.isclose(found, total, rel_tol=1e-9,
-                                                                abs_tol=1e-9):
+            found, matches = _sum_matches([read[name] for name in by_name], total)
+            if not matches:
                 report("wrong-total", op, f"{where} sums to {found!r}, not {total!r}",
                        total=found, expected=total)
         negative = {name: b for name, b in balances.items() if b is not None and b < 0}

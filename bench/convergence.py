@@ -215,9 +215,10 @@ def check(
         ``counter_checks_inexact``, ``anomaly_counts``).
 
     Raises:
-        HistoryError: the history is malformed (an ``ok`` lww write without an integer
-            ``ts`` or a ``region``, a non-integer increment, a set read that is not a list,
-            a missing ``time_ns`` where the set check needs one, ...).
+        HistoryError: the history is malformed (a region that is a list or an object, an
+            ``ok`` lww write without an integer ``ts`` or a ``region``, a non-integer
+            increment, a set read that is not a list, a missing ``time_ns`` where the set
+            check needs one, ...).
         ValueError: unknown resolver.
     """
     if resolver not in WRITE_FUNCTIONS:
@@ -238,6 +239,9 @@ def check(
         kind = "info" if completion is None else completion["type"]
         key = _freeze(invoke.get("key"))
         region = invoke.get("region")
+        # Regions name the readers of a key (``missing-final-read``), so they must be hashable.
+        if isinstance(region, (list, dict)):
+            raise HistoryError(f"event {start}: a region must be a string, not {region!r:.80}")
         if isinstance(region, str):
             regions.add(region)
         op = _summary(start, invoke, end, completion)

@@ -188,15 +188,19 @@ def pair_operations(
     its invoke.
 
     Raises:
-        HistoryError: a process that is a list or an object, a process invokes while it has an
-            open operation, a completion has no open operation or completes another function,
-            an unknown event type, or (timed) a bad or backwards ``time_ns``.
+        HistoryError: an event that is not an object, a process that is a list or an object, a
+            process invokes while it has an open operation, a completion has no open operation
+            or completes another function, an unknown event type, or (timed) a bad or
+            backwards ``time_ns``.
     """
     wanted = frozenset(functions)
     open_ops: dict[Any, tuple[int, Mapping[str, Any]]] = {}
     last_done: dict[Any, tuple[int, Any]] = {}  # process -> (event, time) of its last completion
     paired: list[tuple[int, Mapping[str, Any], int | None, Mapping[str, Any] | None]] = []
     for at, event in enumerate(history):
+        # load_history only yields objects, but histories also come from Python callers.
+        if not isinstance(event, Mapping):
+            raise HistoryError(f"event {at}: an event must be an object, not {event!r:.80}")
         f = event.get("f")
         if isinstance(f, (list, dict)) or f not in wanted:
             continue
