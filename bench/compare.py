@@ -30,6 +30,7 @@ Exit status: 0, or 1 with ``--fail-on-regression`` when any metric got worse bey
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import _common
@@ -115,7 +116,7 @@ def repetitions(row: dict, field: str) -> list | None:
 
 def spread(values: list[float] | None) -> float | None:
     """``(max - min) / median`` of repetitions; None with fewer than two."""
-    vals = [v for v in (values or []) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    vals = [v for v in (values or []) if _number(v)]
     if len(vals) < 2:
         return None
     med = _common.median(vals)
@@ -125,7 +126,9 @@ def spread(values: list[float] | None) -> float | None:
 
 
 def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A figure that can be compared: a finite number. (Python's JSON reader accepts NaN and
+    Infinity, and a NaN change is neither within the noise nor outside it.)"""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _error_rate(row: dict, o: dict, r: dict, limit: float) -> dict | None:
@@ -152,7 +155,7 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
             row[OFFERED] = {"old": o.get(OFFERED), "new": r[OFFERED]}
         for field, higher_better in METRICS:
             a, b = o.get(field), r.get(field)
-            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
+            if not _number(a) or not _number(b) or a == 0:
                 continue
             change = (b - a) / abs(a)
             spreads = [s for s in (spread(repetitions(o, field)), spread(repetitions(r, field)))
@@ -200,6 +203,15 @@ def _document_problem(doc: object) -> str | None:
     rows = doc.get("results", [])
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return "its results are not a list of objects"
+    # Rows are matched on their identifying fields and open-loop rows ordered by offered load:
+    # a list or object there cannot be matched, and an offered load must be a number.
+    for i, row in enumerate(rows):
+        for f in KEY_FIELDS[1:] + ("offered_fraction",):
+            if isinstance(row.get(f), (list, dict)):
+                return f"row {i + 1} has a {type(row[f]).__name__} as its {f!r}"
+        load = row.get(OFFERED)
+        if load is not None and not _number(load):
+            return f"row {i + 1} has {load!r} as its {OFFERED!r}, not a number"
     return None
 
 

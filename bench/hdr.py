@@ -111,7 +111,28 @@ class Histogram:
 
     def add(self, other: Histogram) -> None:
         """Adds ``other``'s counts to this histogram."""
-        self._flush().add(other._flush())
+        mine, theirs = self._flush(), other._flush()
+        if self._layout(mine) == self._layout(theirs):
+            mine.add(theirs)
+            return
+        # A histogram of another layout (one decoded from another precision or range):
+        # HdrHistogram's own add would record each of its buckets at the bucket's lowest
+        # value, so a merged percentile could come out below the samples it stands for, and
+        # it raises IndexError on a value beyond this histogram's range. Each bucket is
+        # counted at its highest value instead (what a percentile of ``other`` reports),
+        # clamped to the range as :meth:`record_us` clamps.
+        pending = self._pending
+        for index in range(theirs.counts_len):
+            n = theirs.get_count_at_index(index)
+            if n:
+                top = theirs.get_highest_equivalent_value(theirs.get_value_from_index(index))
+                v = min(max(top, LOWEST_US), HIGHEST_US)
+                pending[v] = pending.get(v, 0) + n
+
+    @staticmethod
+    def _layout(h) -> tuple[int, int, int]:
+        """What two HdrHistograms must share for their counts to add index by index."""
+        return h.sub_bucket_count, h.unit_magnitude, h.bucket_count
 
     def percentile_ms(self, q: float) -> float | None:
         """The ``q``-th percentile (0 < q <= 100) in milliseconds; None when empty."""
