@@ -14,25 +14,10 @@ import trio
 
 from engine.local import open_local_cluster
 from engine.placement import META_GROUP, data_group, keyspace_bounds
-from engine.rpc import RemoteError, connect_rpc
+from engine.rpc import RemoteError
+from test_node_misuse import client_of, leader_of
 
 GUARD_S = 30  # only ever reached by a bug that hangs
-
-
-async def leader_of(cluster, gid):
-    """The node leading ``gid``, once it serves (see tests/test_node_misuse.py)."""
-    with trio.fail_after(GUARD_S):
-        while True:
-            for node in cluster.nodes.values():
-                replica = node.replicas.get(gid)
-                if (replica is not None and replica.node.is_leader
-                        and node._clock_problem is None):
-                    return node
-            await trio.sleep(0.02)
-
-
-def client_of(cluster, node):
-    return connect_rpc(cluster.config.node(node.id).client_host, node.client_port)
 
 
 async def test_a_drop_that_was_not_begun_does_not_delete_the_record():
