@@ -122,6 +122,8 @@ def keyspace_key(name: str) -> bytes:
 _FIELDS = frozenset(f.name for f in fields(Keyspace))
 _OPTIONAL = ("moved_ts", "epoch", "moving_to", "retired", "abandoned", "handoff_ts",
              "dropping", "create_token")
+_STORED_ONLY = frozenset({"create_token"})
+"""Fields the catalog keeps that are never sent to clients."""
 MAX_CREATE_TOKEN = 32
 """Bytes in a keyspace.create token at most (the client sends 16 random bytes)."""
 
@@ -133,7 +135,7 @@ def keyspace_record(ks: Keyspace, *, stored: bool = False) -> dict:
     that predate them can read every keyspace that never moved)."""
     record = asdict(ks)
     for name in _OPTIONAL:
-        if not record[name] or (name == "create_token" and not stored):
+        if not record[name] or (name in _STORED_ONLY and not stored):
             del record[name]
     return record
 

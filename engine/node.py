@@ -1791,8 +1791,8 @@ class Node:
         data_group(self.cluster, home)  # validates the region name
         token = p.get("token", b"")
         if type(token) is not bytes or len(token) > cat.MAX_CREATE_TOKEN:
-            raise InvalidArgumentError(f"token must be at most {cat.MAX_CREATE_TOKEN} bytes, not "
-                                       f"{token!r:.80}")
+            raise InvalidArgumentError(f"token must be bytes, at most {cat.MAX_CREATE_TOKEN} of "
+                                       f"them, not {token!r:.80}")
         key = cat.keyspace_key(name)
 
         def body(meta, ts):
