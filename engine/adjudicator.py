@@ -257,6 +257,7 @@ class AdjudicatorStats:
 
 
 _adj_adjudicate = lib.adj_adjudicate
+_ROWS_KEEP = 16384  # verdict rows kept between calls (the C code's SCRATCH_KEEP)
 _tuple_new = tuple.__new__
 
 
@@ -265,8 +266,9 @@ class Adjudicator:
 
     Memory: a 32-byte slot per tracked key in a table kept between 1/8 and 3/4 full (so 43 to
     256 bytes a key; 85 for 100,000 keys), plus the length of keys over 16 bytes, plus 64 bytes
-    per intent; :meth:`prune` frees what it drops. Every call that can grow the table reserves
-    the room first, so running out of memory raises ``MemoryError`` and changes nothing.
+    per intent; :meth:`prune` and :meth:`resolve` free what they drop, and what a batch reserved
+    but did not use. Every call that can grow the table reserves the room first, so running out
+    of memory raises ``MemoryError`` and changes nothing.
 
     Thread-safety: every method may be called from any thread; calls are serialized by a lock
     (the C code runs without the GIL).
@@ -295,7 +297,7 @@ class Adjudicator:
         self._u64 = ffi.new("uint64_t[4]")
         self._stats = ffi.new("struct adj_stats *")
         self._rows = 0
-        self._grow_rows(256)
+        self._rows_for(256)
         out = ffi.new("struct adj_table **")
         rc = lib.adj_new(k0, k1, low_water, out, self._err)
         if rc:
@@ -337,15 +339,14 @@ class Adjudicator:
             t = self._t
             if t is None:
                 self._handle()
-            if n > self._rows:
-                self._grow_rows(n)
-            rc = _adj_adjudicate(t, reqs, len(reqs), n, self._out, self._size, self._err)
+            rows_out = self._out if n <= self._rows else self._rows_for(n)
+            rc = _adj_adjudicate(t, reqs, len(reqs), n, rows_out, self._size, self._err)
             if rc:
                 _raise(rc, self._err)
             rows = self._size[0]
             if not rows:
                 return [_OK] * n
-            out = ffi.unpack(self._out, 2 * rows)
+            out = ffi.unpack(rows_out, 2 * rows)
         verdicts = [_OK] * n
         for row in range(0, 2 * rows, 2):
             word = out[row]
@@ -502,10 +503,16 @@ class Adjudicator:
             raise errors.StoreClosedError("the adjudicator is closed")
         return self._t
 
-    def _grow_rows(self, n: int) -> None:
-        rows = max(n, 2 * self._rows)
-        self._out = ffi.new("uint64_t[]", 2 * rows)  # two words per rejected request
+    def _rows_for(self, n: int):
+        """Room for the verdict rows of a batch of ``n`` (two words per rejected request): the
+        buffer kept between calls, grown up to _ROWS_KEEP rows; a larger batch gets one of its
+        own, freed with it, as the C code frees a huge batch's scratch."""
+        if n > _ROWS_KEEP:
+            return ffi.new("uint64_t[]", 2 * n)
+        rows = min(max(n, 2 * self._rows), _ROWS_KEEP)
+        self._out = ffi.new("uint64_t[]", 2 * rows)
         self._rows = rows
+        return self._out
 
 
 def _raise(rc: int, err) -> None:
@@ -692,9 +699,12 @@ def _check_u64(value: object, name: str) -> int:
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise errors.InvalidArgumentError(f"{name} must be an int, not {_describe(value)}")
+    # An int subclass counts as its int value, whatever its own __int__ or comparisons say:
+    # the value checked is the value used.
+    value = int.__index__(value)
     if not 0 <= value <= MAX_TS:
         raise errors.InvalidArgumentError(f"{name} {value} is outside 0..2**64-1")
-    return int(value)  # an int subclass
+    return value
 
 
 def _check_txn_id(value: object) -> int:
@@ -720,12 +730,15 @@ def _check_key(key: object, name: str) -> bytes:
         return key
     if not isinstance(key, bytes):
         raise errors.InvalidArgumentError(f"{name} must be bytes, not {_describe(key)}")
+    # A bytes subclass counts as its bytes, whatever its own __bytes__ or __len__ say: the key
+    # checked is the key used.
+    key = bytes.__bytes__(key)
     if not key:
         raise errors.InvalidArgumentError(f"{name} is empty (a key is 1..{MAX_KEY_SIZE} bytes)")
     if len(key) > MAX_KEY_SIZE:
         raise errors.RecordTooLargeError(
             f"{name} is {len(key)} bytes, over the {MAX_KEY_SIZE}-byte key limit")
-    return bytes(key)  # a bytes subclass
+    return key
 
 
 def _key_tuple(keys: object, txn_id: int, name: str) -> tuple:
@@ -806,6 +819,7 @@ def _hash_key(seed: object) -> tuple[int, int]:
         return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise errors.InvalidArgumentError(f"seed must be an int or None, not {_describe(seed)}")
+    seed = int.__index__(seed)  # an int subclass: its int value (see _check_u64)
     if not 0 <= seed < 2**128:
         raise errors.InvalidArgumentError(f"seed {seed} is outside 0..2**128-1")
-    return int(seed) & MAX_TS, int(seed) >> 64
+    return seed & MAX_TS, seed >> 64

@@ -11,7 +11,7 @@
 #define MIN_CAPACITY 64          /* slots of either table; a power of two */
 #define PREFETCH_AHEAD 48        /* keys whose slots are requested before they are needed */
 #define SCRATCH_KEEP 16384       /* scratch entries kept between calls; more is freed */
-#define ARENA_COMPACT_MIN 65536  /* dead arena bytes before compaction is worth a copy */
+#define ARENA_COMPACT_MIN 65536  /* dead bytes worth compacting; arena room not worth shrinking */
 #define HUGE_PAGE_SIZE (2u << 20) /* tables this large are aligned for transparent huge pages */
 
 /* A slot's tag: USED_BIT, the key's length and 48 bits of its hash. Comparing tags compares
@@ -493,10 +493,8 @@ static size_t compact_table(struct adj_table *t, struct oa_table *o, uint8_t *fr
     return used;
 }
 
-/* Copies the live long keys into a fresh arena when at least half of it is dead. Skipped (the
- * table stays correct, only larger) if the allocation fails. */
-static void maybe_compact_arena(struct adj_table *t) {
-    if (t->arena_dead < ARENA_COMPACT_MIN || t->arena_dead * 2 < t->arena_used) return;
+/* Copies the live long keys into a fresh arena. */
+static void compact_arena(struct adj_table *t) {
     size_t live = t->arena_used - t->arena_dead;
     size_t cap = 4096;
     while (cap < live) cap *= 2;
@@ -510,6 +508,28 @@ static void maybe_compact_arena(struct adj_table *t) {
     t->arena_used = used;
     t->arena_cap = cap;
     t->arena_dead = 0;
+}
+
+/* Gives back the arena's room beyond twice what is in use; the keys keep their offsets. */
+static void shrink_arena(struct adj_table *t) {
+    size_t cap = 4096;
+    while (cap < t->arena_used * 2) cap *= 2;
+    uint8_t *a = realloc(t->arena, cap);
+    if (!a) return;
+    t->arena = a;
+    t->arena_cap = cap;
+}
+
+/* Compacts the key arena when at least half of it is dead, else shrinks it when at most a
+ * quarter of it is in use: a batch reserves room for every long key each of its requests
+ * names, a hot key once per request, so one batch can leave the arena far larger than the keys
+ * it keeps. Either is skipped (the table stays correct, only larger) if the allocation
+ * fails. */
+static void maybe_compact_arena(struct adj_table *t) {
+    if (t->arena_dead >= ARENA_COMPACT_MIN && t->arena_dead * 2 >= t->arena_used)
+        compact_arena(t);
+    else if (t->arena_cap > ARENA_COMPACT_MIN && t->arena_cap / 4 >= t->arena_used)
+        shrink_arena(t);
 }
 
 static int grow_scratch(struct adj_table *t, size_t ntxns, size_t nkeys, struct adj_error *err) {
@@ -891,6 +911,8 @@ int adj_resolve(struct adj_table *t, uint64_t txn_id, const char *keys, size_t k
         s->tag &= ~INTENT_BIT;
         if (s->commit_ts == 0) oa_remove_at(t, &t->commits, at);
     }
+    /* An aborted prepare leaves no commit record: its keys leave the commit table too. */
+    oa_maybe_shrink(&t->commits);
     oa_maybe_shrink(&t->intents);
     oa_maybe_shrink(&t->locks);
     maybe_compact_arena(t);

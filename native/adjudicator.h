@@ -37,9 +37,10 @@
  * bit in the commit slot says whether to look there, so keys without either never do. The lock
  * table holds one slot per (key, transaction) lock, looked at only for a key that has locks.
  * Keys of up to ADJ_INLINE_KEY_SIZE bytes are stored in the slot; longer ones in one key arena,
- * compacted when half of it is dead. Keys
- * come from users, so the slot index comes from a keyed hash (SipHash-1-3 with a 128-bit key
- * chosen by the caller — random in production) and nobody can aim many keys at one cluster.
+ * compacted when half of it is dead and given back room when three quarters are unused (a batch
+ * reserves room for every long key of every request, repeats included). Keys come from users,
+ * so the slot index comes from a keyed hash (SipHash-1-3 with a 128-bit key chosen by the
+ * caller — random in production) and nobody can aim many keys at one cluster.
  * The batch call hashes every key first, then asks for each key's slot a few dozen keys before
  * it needs it, so that the cache misses of a batch overlap instead of queueing. Lookups land
  * anywhere in a table, so on 4 KiB pages most would miss the TLB as well: a table of 2 MiB or
@@ -131,7 +132,8 @@ int adj_adjudicate(struct adj_table *t, const char *reqs, size_t len, size_t n, 
  * keys[0..keys_len)): releases its lock on each key it locked, and on each
  * key that carries txn_id's intent, removes it and, when has_commit, records commit_ts as the
  * last commit (the max; not if commit_ts <= low_water). Keys without an intent or with another
- * transaction's are left alone. *removed gets the number of intents removed.
+ * transaction's are left alone. *removed gets the number of intents removed. May shrink the
+ * tables and compact the key arena (a key left with neither commit, intent nor lock is removed).
  * Errors (nothing changed): ADJ_ERR_INVAL, ADJ_ERR_TOO_LARGE. */
 int adj_resolve(struct adj_table *t, uint64_t txn_id, const char *keys, size_t keys_len,
                 const uint8_t *lens, size_t n, int has_commit, uint64_t commit_ts,
