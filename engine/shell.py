@@ -18,15 +18,20 @@ Example session::
 
 Lines are split like a POSIX shell (:mod:`shlex`), so quote values with spaces. Keys and values
 are typed as text and stored as UTF-8; bytes of the input that are not UTF-8 are stored as they
-are. Keys and values read back are shown as text when they are valid UTF-8 without control
-characters (and neither ``(not found)``, what a missing key shows, nor text that starts like
-a bytes literal), and as a Python bytes literal otherwise. Outside ``begin`` … ``commit`` every
-``get``, ``put``, ``delete`` and ``scan`` is a transaction of its own (retried on conflict);
-inside, they belong to the open transaction. An error prints one line, ``error: <message>``,
-and the shell goes on. The prompt is shown only when the input is a terminal, so scripts can be
-piped in; a script in which a command failed ends with exit status 1. A piped line longer than
-any command can be (a key and a value of the largest sizes) is an error too, skipped without
-being read into memory whole.
+are. A word that is a whole Python bytes literal -- ``b'\\x00\\xff'`` or ``b"it's"``, ASCII
+characters and the escapes ``\\xHH``, ``\\n``, ``\\t``, ``\\\\``, ... -- is the bytes it spells, so
+any key or value can be typed. Keys and values read back are shown as text when they are valid
+UTF-8 without control characters (and neither ``(not found)``, what a missing key shows, nor text
+that starts like a bytes literal), and as a Python bytes literal otherwise; a key shown as text
+is quoted when it holds a space, a quote or a backslash. So every key the shell prints can be
+typed back as it is printed. At a terminal a row of ``scan`` shows at most
+:data:`SCAN_VALUE_CHARS` characters of its value, saying so (``get`` shows it whole).
+Outside ``begin`` … ``commit`` every ``get``, ``put``, ``delete`` and ``scan`` is a transaction
+of its own (retried on conflict); inside, they belong to the open transaction. An error prints
+one line, ``error: <message>``, and the shell goes on. The prompt is shown only when the input
+is a terminal, so scripts can be piped in; a script in which a command failed ends with exit
+status 1. A piped line longer than any command can be (a key and a value of the largest sizes)
+is an error too, skipped without being read into memory whole.
 """
 
 from __future__ import annotations
@@ -35,18 +40,21 @@ import io
 import re
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import TextIO, cast
 
 from .blocking import BlockingDatabase, BlockingTransaction, connect_blocking
-from .client import ISOLATION_LEVELS
+from .client import ISOLATION_LEVELS, MAX_SCAN_LIMIT
 from .errors import (AmbiguousCommitError, MeridianError, TransactionClosedError,
                      TransactionConflictError)
 from .rpc import RemoteError
 
-__all__ = ["run_shell", "PROMPT", "HELP", "show"]
+__all__ = ["run_shell", "PROMPT", "HELP", "show", "show_key"]
 
 PROMPT = "meridian> "
 NOT_FOUND = "(not found)"
+# At a terminal, the most characters of a value that a row of scan shows: a value of a few MiB
+# printed whole filled the screen's history many times over and buried the keys listed.
+SCAN_VALUE_CHARS = 200
 
 HELP = """\
 commands:
@@ -65,7 +73,11 @@ commands:
   status                                     every node's groups: role, leader, term, ...
   help                                       this text
   quit | exit                                leave (an open transaction is rolled back)
-Quote arguments with spaces: put users alice "Alice Liddell"."""
+Quote arguments with spaces: put users alice "Alice Liddell".
+Write any bytes as a Python bytes literal, one whole word: put users b'\\x00\\x07' b"it's".
+Keys and values that are not printable text are shown in that form, so a key that scan
+prints can be typed back as it is printed; a key that starts with -- is given to scan
+after --: scan users -- --key."""
 
 
 class _UsageError(Exception):
@@ -78,19 +90,26 @@ class _LineTooLong(Exception):
 
 def _longest_line(limits: dict) -> int:
     """The most characters a command's line needs: a key and a value of the cluster's largest
-    sizes with every character escaped, and room for the rest."""
-    return 2 * (limits["max_key_size"] + limits["max_value_size"]) + 4096
+    sizes written as bytes literals (four characters, ``\\xHH``, a byte), and room for the
+    rest."""
+    return 4 * (limits["max_key_size"] + limits["max_value_size"]) + 4096
 
 
 _PIECE = re.compile(r"""
       ([^ \t\r\n'"\\]+)       # characters as they are
     | \\(.)                    # a backslash keeps the next character as it is
     | '([^']*)'                # single quotes keep every character as it is
-    | "((?:[^"\\]+|\\.)*)"     # double quotes: a backslash escapes only " and itself
+    | "((?:[^"\\]+|\\.)*+)"    # double quotes: a backslash escapes only " and itself
     | ([ \t\r\n]+)             # the space between two words
     """, re.VERBOSE | re.DOTALL)
 _ESCAPED_IN_QUOTES = re.compile(r'\\([\\"])')
-_UNESCAPED_END = re.compile(r'"(?:[^"\\]+|\\.)*\\', re.DOTALL)
+_UNESCAPED_END = re.compile(r'"(?:[^"\\]+|\\.)*+\\', re.DOTALL)
+# Possessive (*+): with a plain * a quote that nothing closes made the match try every way of
+# cutting the rest of the line into runs, in time exponential in its length -- 30 characters
+# after an unclosed " kept the shell busy for minutes.
+# A word that is a whole bytes literal, as repr() prints one: up to the space after it.
+_BYTES_LITERAL = re.compile(r"""b(?:'(?:[^'\\]+|\\.)*+'|"(?:[^"\\]+|\\.)*+")(?=[ \t\r\n]|\Z)""",
+                            re.DOTALL)
 
 
 def _split(line: str) -> list[str]:
@@ -101,10 +120,59 @@ def _split(line: str) -> list[str]:
     Raises:
         ValueError: an unclosed quote, or a backslash at the end (shlex's messages).
     """
-    words: list[str] = []
+    return cast("list[str]", _words(line, bytes_literals=False))
+
+
+_BYTES_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.?)", re.DOTALL)
+_OCTAL = re.compile(r"[0-7]{1,3}")
+_SIMPLE_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f", "n": "\n",
+                   "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _bytes_literal(text: str) -> bytes:
+    """The bytes a Python bytes literal (``b'...'`` or ``b"..."``, as :func:`_BYTES_LITERAL`
+    matches it) spells, with Python's escapes and no others.
+
+    Raises:
+        ValueError: a character that is not ASCII, or an escape Python does not know.
+    """
+    if not text.isascii():
+        raise ValueError("bad bytes literal: a character that is not ASCII (write its UTF-8 "
+                         "bytes as \\xHH)")
+
+    def unescape(match: re.Match) -> str:
+        escape = match.group(1)
+        if len(escape) == 3 and escape[0] == "x":
+            return chr(int(escape[1:], 16))
+        if _OCTAL.fullmatch(escape) and int(escape, 8) <= 0xff:
+            return chr(int(escape, 8))
+        if escape in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[escape]
+        bad = "\\" + (escape if escape != "x" else match.string[match.end() - 1:][:3])
+        raise ValueError(f"bad bytes literal: bad escape {bad} (escapes: \\xHH, \\n, \\r, "
+                         f"\\t, \\\\, \\', \\\", ...)")
+
+    # Latin-1 maps the characters 0..255 that the escapes made to the bytes 0..255.
+    return _BYTES_ESCAPE.sub(unescape, text[2:-1]).encode("latin-1")
+
+
+def _words(line: str, *, bytes_literals: bool = True) -> list[str | bytes]:
+    """The words of ``line`` as :func:`_split` makes them, except that a word that is a whole
+    bytes literal (``b'\\x00'``, ``b"it's"``) is the bytes it spells.
+
+    Raises:
+        ValueError: an unclosed quote, a backslash at the end, or a bad bytes literal.
+    """
+    words: list[str | bytes] = []
     word: list[str] | None = None  # the pieces of the word being read
     pos = 0
     while pos < len(line):
+        if word is None and bytes_literals:
+            literal = _BYTES_LITERAL.match(line, pos)
+            if literal is not None:
+                words.append(_bytes_literal(literal.group()))
+                pos = literal.end()
+                continue
         match = _PIECE.match(line, pos)
         if match is None:  # at a quote or backslash that nothing closes
             rest = line[pos:]
@@ -129,10 +197,23 @@ def _split(line: str) -> list[str]:
     return words
 
 
-def _raw(word: str) -> bytes:
-    """A key or value as typed: UTF-8, and any input byte that is not UTF-8 as itself (the
-    input is read with ``surrogateescape``, see :func:`run_shell`)."""
+_Word = str | bytes  # a word of a command; bytes when written as a bytes literal
+
+
+def _raw(word: _Word) -> bytes:
+    """A key or value as typed: the bytes of a bytes literal; text as UTF-8, and any input byte
+    that is not UTF-8 as itself (the input is read with ``surrogateescape``, see
+    :func:`run_shell`)."""
+    if isinstance(word, bytes):
+        return word
     return word.encode("utf-8", "surrogateescape")
+
+
+def _text(word: _Word) -> str:
+    """A word that is not a key or value (a keyspace, an option): never a bytes literal."""
+    if isinstance(word, bytes):
+        raise _UsageError(f"only keys and values can be bytes literals, not {word!r:.40}")
+    return word
 
 
 def show(data: bytes | None) -> str:
@@ -152,6 +233,35 @@ def show(data: bytes | None) -> str:
     return text if text.isprintable() else repr(data)
 
 
+_NEEDS_QUOTES = re.compile(r"""[ '"\\]""")  # the parser's separator, quotes and escape
+
+
+def show_key(key: bytes) -> str:
+    """How the shell prints a key where other words follow it (a scan's rows, a conflict's
+    line): as :func:`show` does, and quoted when it holds a character that the parser takes for
+    the end of the word, a quote or an escape -- printed bare, ``a b`` or ``it's`` could not be
+    typed back. What is printed, typed as a word, is the key."""
+    shown = show(key)
+    # show() prints no text that starts like a bytes literal: this one is a literal.
+    if shown.startswith(("b'", 'b"')) or not _NEEDS_QUOTES.search(shown):
+        return shown
+    if "'" not in shown:
+        return f"'{shown}'"
+    return repr(key)  # a quote of each kind: the bytes literal keeps the reading simple
+
+
+def _limit(word: _Word | None) -> int:
+    """The N of ``scan --limit N``: a whole number the client takes (0 lists no rows)."""
+    if not (isinstance(word, str) and word.isascii() and word.isdigit()):  # not "²" or "-1"
+        raise _UsageError("--limit needs a whole number")
+    # Not int(word) first: it refuses more than 4300 digits with a message about
+    # sys.set_int_max_str_digits.
+    digits = word.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_SCAN_LIMIT)) or int(digits) > MAX_SCAN_LIMIT:
+        raise _UsageError(f"--limit must be at most {MAX_SCAN_LIMIT}")
+    return int(digits)
+
+
 def _error_message(exc: BaseException) -> str:
     if isinstance(exc, RemoteError):
         return exc.message or exc.code
@@ -164,7 +274,7 @@ def _conflict_line(exc: TransactionConflictError) -> str:
     reason = exc.reason or "conflict"
     # The client reports the caller's key (it strips the keyspace prefix the node sent).
     if isinstance(exc.key, bytes):
-        reason += f" on {show(exc.key)}"
+        reason += f" on {show_key(exc.key)}"
     return f"conflict ({reason}): transaction rolled back"
 
 
@@ -177,12 +287,13 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 class _Shell:
     """The command interpreter: one instance per session, fed one line at a time."""
 
-    def __init__(self, db: BlockingDatabase, out: TextIO) -> None:
+    def __init__(self, db: BlockingDatabase, out: TextIO, *, cut_values: bool = False) -> None:
         self.db = db
         self.out = out
+        self.cut_values = cut_values  # scan rows show SCAN_VALUE_CHARS of a value at most
         self.tx: BlockingTransaction | None = None
         self.failed = False  # a command printed an error or conflict line
-        self.commands: dict[str, tuple[Callable[[list[str]], None], str]] = {
+        self.commands: dict[str, tuple[Callable[[list[_Word]], None], str]] = {
             "help": (self.do_help, "help"),
             "keyspaces": (self.do_keyspaces, "keyspaces"),
             "create-keyspace": (self.do_create_keyspace, "create-keyspace NAME [HOME_REGION]"),
@@ -216,8 +327,8 @@ class _Shell:
         if line.lstrip(" \t").startswith("#"):
             return True
         try:
-            words = _split(line)
-        except ValueError as exc:  # an unclosed quote
+            words = _words(line)
+        except ValueError as exc:  # an unclosed quote, a bad bytes literal
             self.fail(f"error: {exc}")
             return True
         if not words:
@@ -266,17 +377,17 @@ class _Shell:
         return self.db.run_transaction(fn)
 
     @staticmethod
-    def _arity(args: list[str], low: int, high: int | None = None) -> None:
+    def _arity(args: list[_Word], low: int, high: int | None = None) -> None:
         if not low <= len(args) <= (low if high is None else high):
             raise _UsageError()
 
     # ------------------------------------------------------------------ commands
 
-    def do_help(self, args: list[str]) -> None:
+    def do_help(self, args: list[_Word]) -> None:
         self._arity(args, 0)
         self.print(HELP)
 
-    def do_keyspaces(self, args: list[str]) -> None:
+    def do_keyspaces(self, args: list[_Word]) -> None:
         self._arity(args, 0)
         spaces = sorted(self.db.list_keyspaces(), key=lambda k: k.name)
         if not spaces:
@@ -286,35 +397,37 @@ class _Shell:
                            [[k.name, k.home, k.mode, str(k.id)] for k in spaces]):
             self.print(line)
 
-    def do_create_keyspace(self, args: list[str]) -> None:
+    def do_create_keyspace(self, args: list[_Word]) -> None:
         self._arity(args, 1, 2)
-        ks = self.db.create_keyspace(args[0], home_region=args[1] if len(args) > 1 else None)
+        ks = self.db.create_keyspace(_text(args[0]),
+                                     home_region=_text(args[1]) if len(args) > 1 else None)
         self.print(f"created keyspace {ks.name} (home {ks.home})")
 
-    def do_drop_keyspace(self, args: list[str]) -> None:
+    def do_drop_keyspace(self, args: list[_Word]) -> None:
         self._arity(args, 1)
-        self.db.drop_keyspace(args[0])
-        self.print(f"dropped keyspace {args[0]}")
+        name = _text(args[0])
+        self.db.drop_keyspace(name)
+        self.print(f"dropped keyspace {name}")
 
-    def do_get(self, args: list[str]) -> None:
+    def do_get(self, args: list[_Word]) -> None:
         self._arity(args, 2)
-        ks, key = args[0], _raw(args[1])
+        ks, key = _text(args[0]), _raw(args[1])
         self.print(show(self._run(lambda tx: tx.get(ks, key))))
 
-    def do_put(self, args: list[str]) -> None:
+    def do_put(self, args: list[_Word]) -> None:
         self._arity(args, 3)
-        ks, key, value = args[0], _raw(args[1]), _raw(args[2])
+        ks, key, value = _text(args[0]), _raw(args[1]), _raw(args[2])
         self._run(lambda tx: tx.put(ks, key, value))
         self.print("ok")
 
-    def do_delete(self, args: list[str]) -> None:
+    def do_delete(self, args: list[_Word]) -> None:
         self._arity(args, 2)
-        ks, key = args[0], _raw(args[1])
+        ks, key = _text(args[0]), _raw(args[1])
         self._run(lambda tx: tx.delete(ks, key))
         self.print("ok")
 
-    def do_scan(self, args: list[str]) -> None:
-        positional: list[str] = []
+    def do_scan(self, args: list[_Word]) -> None:
+        positional: list[_Word] = []
         limit: int | None = None
         reverse = False
         it = iter(args)
@@ -322,35 +435,37 @@ class _Shell:
             if word == "--reverse":
                 reverse = True
             elif word == "--limit":
-                text = next(it, None)
-                if text is None or not (text.isascii() and text.isdigit()):  # not "²"
-                    raise _UsageError("--limit needs a whole number")
-                limit = int(text)
+                limit = _limit(next(it, None))
             elif word == "--":
                 positional.extend(it)
-            elif word.startswith("--"):
+            elif isinstance(word, str) and word.startswith("--"):
                 raise _UsageError(f"unknown option {word!r} for scan")
             else:
                 positional.append(word)
         self._arity(positional, 1, 3)
-        ks = positional[0]
+        ks = _text(positional[0])
         start = _raw(positional[1]) if len(positional) > 1 else b""
         end = _raw(positional[2]) if len(positional) > 2 else None
         rows = self._run(lambda tx: tx.scan(ks, start, end, limit=limit, reverse=reverse))
         for key, value in rows:
-            self.print(f"{show(key)} = {show(value)}")
+            shown = show(value)
+            if self.cut_values and len(shown) > SCAN_VALUE_CHARS:
+                # Said at the end of the row, so a value cut is not taken for a value.
+                shown = (f"{shown[:SCAN_VALUE_CHARS]}... (cut: {len(value)} bytes; get "
+                         f"shows all of it)")
+            self.print(f"{show_key(key)} = {shown}")
         self.print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
 
-    def do_read(self, args: list[str]) -> None:
+    def do_read(self, args: list[_Word]) -> None:
         self._arity(args, 2, 3)
-        staleness = args[2] if len(args) > 2 else None
-        value, ts = self.db.read_version(args[0], _raw(args[1]), staleness=staleness)
+        staleness = _text(args[2]) if len(args) > 2 else None
+        value, ts = self.db.read_version(_text(args[0]), _raw(args[1]), staleness=staleness)
         self.print(show(value))
         self.print(f"(read at ts {ts})")
 
-    def do_begin(self, args: list[str]) -> None:
+    def do_begin(self, args: list[_Word]) -> None:
         self._arity(args, 0, 1)
-        isolation = args[0] if args else "snapshot"
+        isolation = _text(args[0]) if args else "snapshot"
         if isolation not in ISOLATION_LEVELS:
             raise _UsageError(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}")
         if self.tx is not None:
@@ -358,7 +473,7 @@ class _Shell:
         self.tx = self.db.transaction(isolation)
         self.print(f"begin ({isolation})")
 
-    def do_commit(self, args: list[str]) -> None:
+    def do_commit(self, args: list[_Word]) -> None:
         self._arity(args, 0)
         if self.tx is None:
             raise _UsageError("no transaction is open")
@@ -379,7 +494,7 @@ class _Shell:
         self.print(f"committed at ts {tx.commit_ts}" if tx.commit_ts
                    else "committed (read only: nothing to write)")
 
-    def do_rollback(self, args: list[str]) -> None:
+    def do_rollback(self, args: list[_Word]) -> None:
         self._arity(args, 0)
         if self.tx is None:
             raise _UsageError("no transaction is open")
@@ -387,7 +502,7 @@ class _Shell:
         tx.rollback()
         self.print("rolled back")
 
-    def do_status(self, args: list[str]) -> None:
+    def do_status(self, args: list[_Word]) -> None:
         self._arity(args, 0)
         rows: list[list[str]] = []
         notes: list[str] = []
@@ -440,7 +555,8 @@ def _line_reader(stdin: TextIO, stdout: TextIO, interactive: bool,
                 stdout.write("\n")
             return None
         if len(line) > longest and not line.endswith("\n"):
-            while (rest := stdin.readline(longest)) and not rest.endswith("\n"):
+            # In pieces far smaller than a line: skipping must not hold more than reading does.
+            while (rest := stdin.readline(1 << 16)) and not rest.endswith("\n"):
                 pass
             raise _LineTooLong(f"a line of more than {longest} characters: skipped")
         return line
@@ -484,7 +600,9 @@ def run_shell(nodes: list[str], region: str | None, *, stdin: TextIO = sys.stdin
         stdout.flush()
         return 1
     with db:
-        shell = _Shell(db, stdout)
+        # A script's output is exact; a person at a terminal is not shown megabytes of a
+        # value in a listing (get shows a value whole).
+        shell = _Shell(db, stdout, cut_values=interactive)
         if interactive:
             shell.print(f"connected to cluster {db.cluster!r} in region {db.region} "
                         f"(type 'help')")
