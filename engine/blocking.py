@@ -56,7 +56,9 @@ a ``multiprocessing`` pool that forks) its calls raise :class:`~engine.errors.In
 at once, and closing it does nothing there: connect again in the child.
 
 Do not use this module from inside a trio run: it would block the event loop. Use
-:func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so.
+:func:`engine.client.connect` there; the calls raise :class:`RuntimeError` to say so. So do
+they from a thread running an asyncio event loop: call them from a worker thread
+(``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ import inspect
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -120,12 +123,20 @@ def _only_cancelled(exc: BaseException) -> bool:
 
 
 def _check_not_in_trio(what: str) -> None:
+    """Refuses a blocking call from a thread that runs an event loop: it would stop the loop
+    for the call's duration, and with it whatever the call waits for on that loop."""
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
-        return
-    raise RuntimeError(f"{what} blocks, and this thread is running a trio event loop: use the "
-                       f"async client (engine.client.connect) here")
+        pass
+    else:
+        raise RuntimeError(f"{what} blocks, and this thread is running a trio event loop: use "
+                           f"the async client (engine.client.connect) here")
+    # No asyncio loop can run in a process that never imported asyncio: not imported here.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio.events._get_running_loop() is not None:
+        raise RuntimeError(f"{what} blocks, and this thread is running an asyncio event loop: "
+                           f"call it from a worker thread (asyncio.to_thread) instead")
 
 
 class _Call:
@@ -797,7 +808,8 @@ def connect_blocking(nodes: Sequence[str] | str, *, region: str | None = None,
         UnavailableError: no node answered.
         InvalidArgumentError: a bad address, an unknown region, or a ``request_timeout_s``
             that is not a number of seconds > 0.
-        RuntimeError: called from inside a trio run (use :func:`engine.client.connect`).
+        RuntimeError: called from inside a trio run (use :func:`engine.client.connect`) or
+            from a thread running an asyncio event loop (use ``asyncio.to_thread``).
         Whatever else connecting raised; the client thread has ended by then.
     """
     _check_not_in_trio("connect_blocking")

@@ -323,7 +323,14 @@ async def open_local_cluster(
         _check_clock_offset(node_id, offset)
     with (contextlib.nullcontext(directory) if directory is not None
           else tempfile.TemporaryDirectory(prefix="meridian-local-")) as path:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            # A file where the directory, or one of its parents, should be: "File exists"
+            # alone did not say which argument was wrong.
+            raise InvalidArgumentError(f"directory {str(path)!r:.200} is not a directory: a "
+                                       f"file of that name, or of one of its parents, exists"
+                                       ) from None
         for attempt in range(1, START_ATTEMPTS + 1):
             async with trio.open_nursery() as nursery:
                 lc = LocalCluster(nursery, cluster, Path(path), seed, raft_fsync=raft_fsync)
