@@ -626,15 +626,30 @@ class BlockingDatabase:
                 # Not this transaction's conflict if ``fn`` committed it: running ``fn``
                 # again would commit its writes a second time.
                 committed = tx._tx._state == "committed"
-                tx.rollback()
+                _roll_back_after(tx)
                 if committed or attempt == max_attempts:
                     raise
             except BaseException:
-                tx.rollback()
+                _roll_back_after(tx)
                 raise
             time.sleep(self._rng.uniform(0, delay))
             delay = min(max_delay_s, delay * 2)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _roll_back_after(tx: BlockingTransaction) -> None:
+    """Rolls back the transaction of a function that raised, from inside the handler of what
+    it raised: a rollback that fails too (say, the transaction held by another thread) is
+    noted on that exception rather than put in its place, so the caller still sees why the
+    function failed."""
+    current = sys.exception()  # what the function raised (inside the except below: exc)
+    try:
+        tx.rollback()
+    except Exception as exc:
+        if current is None:
+            raise
+        current.add_note(f"rolling transaction {tx.txn_id:#x} back failed too: "
+                         f"{type(exc).__name__}: {exc}")
 
 
 def _ambiguous_on_close() -> AmbiguousCommitError:

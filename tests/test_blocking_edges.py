@@ -47,3 +47,19 @@ def test_a_data_directory_that_is_a_file_is_refused(tmp_path, where):
     with pytest.raises(InvalidArgumentError, match="is not a directory"):
         trio.run(main)
     assert a_file.read_bytes() == b"not a directory"
+
+
+def test_a_failed_rollback_does_not_hide_why_the_function_failed(db, monkeypatch):  # noqa: F811
+    from engine.blocking import BlockingTransaction
+
+    def failing_rollback(self) -> None:
+        raise InvalidArgumentError("the rollback failed")
+
+    monkeypatch.setattr(BlockingTransaction, "rollback", failing_rollback)
+
+    def fn(tx) -> None:
+        raise KeyError("the function's own error")
+
+    with pytest.raises(KeyError, match="the function's own error") as info:
+        db.run_transaction(fn)
+    assert any("the rollback failed" in note for note in info.value.__notes__)
