@@ -14,7 +14,8 @@ from engine.rpc import (
     connect_rpc,
     encode_error,
 )
-from tests.test_rpc import GUARD_S, HOST, echo, start
+
+from test_rpc import GUARD_S, HOST, echo, start
 
 
 async def test_a_huge_connection_error_from_the_server_is_cut_to_a_few_words(nursery, caplog):
