@@ -122,7 +122,7 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-def _check_not_in_trio(what: str) -> None:
+def _check_not_in_event_loop(what: str) -> None:
     """Refuses a blocking call from a thread that runs an event loop: it would stop the loop
     for the call's duration, and with it whatever the call waits for on that loop."""
     try:
@@ -308,7 +308,7 @@ class _Portal:
         when the call is cut short after it started: cancelled by close(), or ended with the
         run stopping by itself (then caused by why it stopped). Without it: the "closed"
         error, or the UnavailableError that says why the run stopped."""
-        _check_not_in_trio("the blocking client")
+        _check_not_in_event_loop("the blocking client")
         if os.getpid() != self._pid:  # before the lock, which another thread may have held
             raise InvalidArgumentError(_FORKED_MESSAGE)
         with self._lock:
@@ -622,33 +622,29 @@ class BlockingDatabase:
                 if not tx._tx._ended():
                     tx.commit()
                 return result
-            except TransactionConflictError:
+            except TransactionConflictError as conflict:
                 # Not this transaction's conflict if ``fn`` committed it: running ``fn``
                 # again would commit its writes a second time.
                 committed = tx._tx._state == "committed"
-                _roll_back_after(tx)
+                _roll_back_after(tx, conflict)
                 if committed or attempt == max_attempts:
                     raise
-            except BaseException:
-                _roll_back_after(tx)
+            except BaseException as failure:
+                _roll_back_after(tx, failure)
                 raise
             time.sleep(self._rng.uniform(0, delay))
             delay = min(max_delay_s, delay * 2)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _roll_back_after(tx: BlockingTransaction) -> None:
-    """Rolls back the transaction of a function that raised, from inside the handler of what
-    it raised: a rollback that fails too (say, the transaction held by another thread) is
-    noted on that exception rather than put in its place, so the caller still sees why the
-    function failed."""
-    current = sys.exception()  # what the function raised (inside the except below: exc)
+def _roll_back_after(tx: BlockingTransaction, failure: BaseException) -> None:
+    """Rolls back the transaction of a function that raised ``failure``: a rollback that
+    fails too (say, the transaction held by another thread) is noted on ``failure`` rather
+    than raised in its place, so the caller still sees why the function failed."""
     try:
         tx.rollback()
     except Exception as exc:
-        if current is None:
-            raise
-        current.add_note(f"rolling transaction {tx.txn_id:#x} back failed too: "
+        failure.add_note(f"rolling transaction {tx.txn_id:#x} back failed too: "
                          f"{type(exc).__name__}: {exc}")
 
 
@@ -827,7 +823,7 @@ def connect_blocking(nodes: Sequence[str] | str, *, region: str | None = None,
             from a thread running an asyncio event loop (use ``asyncio.to_thread``).
         Whatever else connecting raised; the client thread has ended by then.
     """
-    _check_not_in_trio("connect_blocking")
+    _check_not_in_event_loop("connect_blocking")
     portal = _Portal()
     portal.start(nodes, {"region": region, "request_timeout_s": request_timeout_s,
                          "simulate_wan": simulate_wan})

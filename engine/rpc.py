@@ -433,11 +433,6 @@ def _shown(value: object) -> str:
     return _describe(value)
 
 
-def _clipped(text: str, limit: int = 200) -> str:
-    """A peer's text in a close reason: at most ``limit`` characters (then ``...``)."""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _is_uint(value: object) -> bool:
     return type(value) is int and value >= 0  # msgpack cannot carry 2**64 or more
 
@@ -1340,7 +1335,7 @@ class RpcConnection:
             # every later call's error: cut to a few words, however large the peer made them.
             e = frame.payload
             self._refused = self._wire.reason is None and e["code"] == OVERLOADED
-            self._wire.close(f"{_clipped(e['code'])}: {_clipped(e['message'])}", warn=True)
+            self._wire.close(f"{e['code']:.200}: {e['message']:.200}", warn=True)
             return
         pending = self._forget(frame.call_id)
         if pending is None:
