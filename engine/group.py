@@ -203,7 +203,8 @@ import hashlib
 import mmap
 import struct
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import BinaryIO
 from dataclasses import dataclass
 
@@ -563,6 +564,11 @@ class GroupStateMachine:
         self.on_restored: Callable[[], None] | None = None
         self._fences: dict[bytes, tuple[int, int]] = {}
         self._fence_epochs: dict[bytes, int] = {}  # the keyspaces whose epoch is not 0
+        # Destination group -> its SHIPPED watermark as the store holds it (see shipped):
+        # every regional commit's outbox trim asks for each destination's.
+        self._shipped: dict[int, int] = {}
+        self._shipped_lock = threading.Lock()  # a snapshot install empties it in a thread
+        self._shipped_changes = 0  # counts the times the cache was emptied
         self._restores = 0  # counts the begins and ends of restore(): odd while one runs
         # Transactions prepared here and not resolved: while there are none, a read has no
         # intent to look for, and skips the side-table lookups.
@@ -626,6 +632,7 @@ class GroupStateMachine:
             self._adj = None
 
     def _load_state(self) -> None:
+        self._forget_shipped()
         fences = [(skey[1:], msgpack.unpackb(raw))
                   for skey, raw in self.store.side_scan(_FENCE, _FENCE_END)]
         self._fences = {prefix: (f[0], f[1]) for prefix, f in fences if f[0] or f[1]}
@@ -811,6 +818,7 @@ class GroupStateMachine:
                 skey = _SHIPPED + _U32.pack(destination)
                 if watermark > batch.applied_by(destination):  # answers may come out of order
                     batch.side[skey] = _U64.pack(watermark)
+                    batch.shipped_to.add(destination)
                 results[slot] = CommitResult(Outcome.RESOLVED, ts)
                 batch.trim_outbox()
             elif kind == CMD_COMMIT or kind == CMD_PREPARE:
@@ -847,6 +855,10 @@ class GroupStateMachine:
         self.store.apply_batch(batch.versions, last_index, app_state=self._app_state(),
                                side=list(batch.side.items()), erase=batch.erased,
                                side_erase=batch.side_erased)
+        if batch.side_erased:
+            self._forget_shipped()
+        elif batch.shipped_to:
+            self._forget_shipped(batch.shipped_to)
         if self._low_water - self._pruned_at >= self._lifetime // 4:
             self.adjudicator.prune(self._low_water)
             self._pruned_at = self._low_water
@@ -951,8 +963,29 @@ class GroupStateMachine:
     def shipped(self, destination_group: int) -> int:
         """How far ``destination_group`` has applied this group's regional writes, as far as
         this group knows (SHIPPED)."""
+        known = self._shipped.get(destination_group)
+        if known is not None:
+            return known
+        changes = self._shipped_changes
         raw = self.store.side_get(_SHIPPED + _U32.pack(destination_group))
-        return _U64.unpack(raw)[0] if raw is not None else 0
+        watermark = _U64.unpack(raw)[0] if raw is not None else 0
+        with self._shipped_lock:
+            # Not kept when the store changed it meanwhile (an apply, a snapshot install):
+            # the value read may be the one from before.
+            if changes == self._shipped_changes and not self._restores & 1:
+                self._shipped[destination_group] = watermark
+        return watermark
+
+    def _forget_shipped(self, destinations: Iterable[int] | None = None) -> None:
+        """Empties the cache of :meth:`shipped` (of ``destinations`` only, if given) once the
+        store has changed their watermarks."""
+        with self._shipped_lock:
+            self._shipped_changes += 1
+            if destinations is None:
+                self._shipped = {}
+            else:
+                for destination in destinations:
+                    self._shipped.pop(destination, None)
 
     def outbox_after(self, ts: int, limit: int = 256,
                      max_bytes: int | None = None) -> list[tuple[int, list]]:
@@ -1274,6 +1307,7 @@ class _Batch:
         # has none of this call's versions until the end): a cell, or a plain value's bytes.
         self._cells: dict[bytes, Cell | bytes | None] = {}
         self.shipped = False  # regional writes added to the outbox
+        self.shipped_to: set[int] = set()  # destinations whose SHIPPED watermark this sets
         # The outbox as entry-by-entry application would see it (see trim_outbox): the keys
         # of the records this call added, oldest first, and the newest record it trimmed.
         self._outbox_added: list[bytes] = []
@@ -1782,6 +1816,10 @@ class _Batch:
         # to one key into each other, which an application resolver may fail on, as on any
         # pair a shipped write meets: that pair is merged by last writer, not refused.)
         for key, resolver_name, write in fresh:
+            if resolver_name == "lww":
+                # Its payload is the value, which the RemoteWrite checked already (bytes or
+                # None): no cell could refuse it, and the plan would only cost its time.
+                continue
             problem = self._plan_merges([(key, resolver_name, write)], cells={key: None},
                                         check_size=False)
             if isinstance(problem, str):
