@@ -6,6 +6,9 @@ clients, θ, value size, records loaded, axis, regions, ...). An open-loop row's
 a fraction of its own run's best closed-loop throughput, so it differs from run to run: open-loop
 rows are matched on that fraction (``offered_fraction``), or, in documents without it, on the
 rank of their offered load among the rows otherwise alike (when both documents have as many).
+Rows of one document that still share all of that (repetitions of one measurement, say) are
+matched in the order they appear: the first of them with the first of the other document's, and
+so on; the output says how many there are.
 The output says how many rows of each document found no counterpart. For each matched row and
 metric (throughput: higher is better; p50/p99 latency, in milliseconds or, in the storage and
 adjudicator benchmarks' rows, microseconds: lower is better) the change is
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import Counter
 
 from . import _common
 
@@ -39,8 +43,8 @@ __all__ = ["add_parser", "compare_docs", "main", "match_rows", "repetitions", "r
            "spread"]
 
 KEY_FIELDS = ("benchmark", "system", "implementation", "workload", "mode", "clients",
-              "concurrency", "theta", "value_size", "records", "axis", "regions", "region", "batch",
-              "distribution", "sweep")
+              "concurrency", "theta", "value_size", "records", "axis", "regions", "regions_at_once",
+              "region", "batch", "distribution", "sweep")
 OFFERED = "offered_ops_per_s"
 METRICS = (  # (field, higher is better)
     ("ops_per_s", True),
@@ -91,11 +95,49 @@ def _keys(doc: dict, by_fraction: bool) -> list[tuple]:
     return out
 
 
-def match_rows(old: dict, new: dict) -> tuple[list[tuple[tuple, dict, dict]], int, int]:
-    """``([(key, old row, new row), ...], unmatched rows of old, unmatched rows of new)``."""
+SHARED = "occurrence"
+
+
+def _numbered(keys: list[tuple], shared: set[tuple]) -> list[tuple]:
+    """``keys``, each of ``shared`` with its occurrence among the keys alike (1, 2, ...)."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for k in keys:
+        if k in shared:
+            seen[k] = seen.get(k, 0) + 1
+            k = k + ((SHARED, seen[k]),)
+        out.append(k)
+    return out
+
+
+def _matching_keys(old: dict, new: dict) -> tuple[list[tuple], list[tuple]]:
+    """Each row's key in ``old`` and in ``new`` (:func:`_keys`); a key that several rows of
+    either document share gets each row's occurrence among them, so that rows alike are
+    matched in order rather than one of them standing for all."""
     offered = [r for d in (old, new) for r in d.get("results", []) if r.get(OFFERED) is not None]
     by_fraction = all(r.get("offered_fraction") is not None for r in offered)
     old_keys, new_keys = _keys(old, by_fraction), _keys(new, by_fraction)
+    shared = set()
+    for keys in (old_keys, new_keys):
+        seen: set[tuple] = set()
+        for k in keys:
+            (shared if k in seen else seen).add(k)
+    return _numbered(old_keys, shared), _numbered(new_keys, shared)
+
+
+def _shared_rows(keys: list[tuple]) -> int:
+    """How many rows of a document (``keys``: their keys, as :func:`_matching_keys` gives them)
+    share their key with another row of the same document."""
+    base = Counter(tuple(f for f in k if f[0] != SHARED) for k in keys)
+    return sum(n for n in base.values() if n > 1)
+
+
+def match_rows(old: dict, new: dict) -> tuple[list[tuple[tuple, dict, dict]], int, int]:
+    """``([(key, old row, new row), ...], unmatched rows of old, unmatched rows of new)``.
+
+    Rows of a document that share their key are matched in the order they appear (see the
+    module doc): none stands for another."""
+    old_keys, new_keys = _matching_keys(old, new)
     old_rows = dict(zip(old_keys, old.get("results", [])))
     pairs = [(k, old_rows[k], r) for k, r in zip(new_keys, new.get("results", []))
              if k in old_rows]
@@ -183,7 +225,7 @@ def compare_docs(old: dict, new: dict, *, noise: float = DEFAULT_NOISE,
 def _label(row: dict) -> str:
     parts = [str(row.get("system", row.get("implementation", "")))]
     for f in ("workload", "mode", "clients", "concurrency", "offered_fraction", "offered_rank",
-              "theta", "axis", "regions", "region", "batch"):
+              "theta", "axis", "regions", "regions_at_once", "region", "batch", SHARED):
         if f in row:
             parts.append(f"{f}={row[f]}")
     load = row.get(OFFERED)
@@ -200,7 +242,12 @@ def _document_problem(doc: object) -> str | None:
     if doc.get("schema", _common.SCHEMA) != _common.SCHEMA:
         return (f"schema {doc['schema']!r}, where this harness reads schema {_common.SCHEMA} "
                 f"(rerun the benchmark with this version to compare)")
-    rows = doc.get("results", [])
+    name = doc.get("benchmark")
+    if name is not None and not isinstance(name, str):
+        return f"its benchmark is a {type(name).__name__}, not a name"
+    if "results" not in doc:
+        return "it has no 'results'"
+    rows = doc["results"]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return "its results are not a list of objects"
     # Rows are matched on their identifying fields and open-loop rows ordered by offered load:
@@ -212,6 +259,12 @@ def _document_problem(doc: object) -> str | None:
         load = row.get(OFFERED)
         if load is not None and not _number(load):
             return f"row {i + 1} has {load!r} as its {OFFERED!r}, not a number"
+        # A figure is a number, or None where nothing was measured (NaN is a number that is
+        # never compared); anything else would be skipped as if it had not been measured.
+        for f in [m for m, _ in METRICS] + ["error_rate"]:
+            v = row.get(f)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                return f"row {i + 1} has {v!r:.60} as its {f!r}, not a number"
     return None
 
 
@@ -247,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
             docs.append(_common.read_json(path))
         except OSError as exc:
             parser.error(f"cannot read {path}: {exc.strerror}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             parser.error(f"{path} is not JSON: {exc}")
         problem = _document_problem(docs[-1])
         if problem:
@@ -259,9 +312,13 @@ def main(args: argparse.Namespace) -> int:
     rows = compare_docs(old, new, noise=args.noise, min_change=args.min_change,
                         error_change=args.error_change)
     pairs, unmatched_old, unmatched_new = match_rows(old, new)
-    for path, doc in ((args.old, old), (args.new, new)):
+    for path, doc, keys in zip((args.old, args.new), (old, new), _matching_keys(old, new)):
         if not doc.get("results"):
             print(f"{path} has no results (no run of it was measured)")
+        if _shared_rows(keys):
+            print(f"{_shared_rows(keys)} row(s) of {path} share their identifying fields with "
+                  f"another row of it: they are compared in the order they appear "
+                  f"({SHARED}=1, 2, ...)")
     if not pairs:
         print("no rows in common")
     # A matched row none of whose figures is a number in both files (0 in the old one: a
