@@ -7,6 +7,11 @@ time intervals merge by adding counts (no sample is kept). Percentiles are neare
 smallest recorded value (to the histogram's precision) such that at least ``q`` % of the
 samples are at or below it. (The rank is computed here: HdrHistogram's own lookup rounds it.)
 
+A latency beyond the hour is counted at the top of the range, and counted as clamped
+(``clamped`` in the summary): a percentile that falls among those samples reads as the top of
+the range, a lower bound; the maximum and the mean are kept true. A value that is not a duration
+(negative, NaN, infinite) is refused with ValueError.
+
 The package is an optional dependency (``pip install 'meridian-db[bench]'``);
 :func:`require` raises :class:`MissingDependency` with the command to install it.
 """
@@ -27,6 +32,11 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # exactly, larger ones to 11 significant bits.
 _SUB_BUCKET_BITS = 11
 _EXACT_BELOW = 1 << _SUB_BUCKET_BITS
+_INF = math.inf
+
+
+def _not_a_duration(us: object) -> ValueError:
+    return ValueError(f"a latency of {us!r} µs is not a duration (a finite number >= 0)")
 
 
 def _percentile_rank(q: float, n: int) -> int | None:
@@ -67,9 +77,13 @@ class Histogram:
     value HdrHistogram's bucket for it holds (which is all the histogram keeps of it), in a
     dictionary; the counts go into the HdrHistogram before anything reads it. The rounding
     bounds the dictionary: at most 2,048 values below 2,048 µs and 1,024 per doubling above,
-    about 24,000 up to the hour."""
+    about 24,000 up to the hour.
 
-    __slots__ = ("_h", "_pending")
+    Latencies beyond the hour are counted at the hour; besides, the histogram keeps how many
+    they are (:attr:`clamped`), the largest of them and by how much they exceed the hour in
+    all, so that the maximum and the mean stay true (see the module doc)."""
+
+    __slots__ = ("_h", "_pending", "clamped", "_above_max", "_above_sum")
 
     def __init__(self, _h=None) -> None:
         if _h is None:
@@ -79,19 +93,35 @@ class Histogram:
             _h = HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
         self._h = _h
         self._pending: dict[int, int] = {}
+        self.clamped = 0  # samples above HIGHEST_US, counted at HIGHEST_US
+        self._above_max = 0.0  # the largest of them (µs)
+        self._above_sum = 0.0  # how far above HIGHEST_US they are, in all (µs)
 
     def record_us(self, us: float) -> None:
-        """Records one latency in microseconds (clamped to 1 µs .. one hour)."""
-        v = int(us)
+        """Records one latency in microseconds: below 1 µs as 1 µs, above the hour at the hour
+        and counted as clamped (see :attr:`clamped`). ValueError if ``us`` is negative, NaN or
+        infinite."""
+        if not 0 <= us < _INF:
+            raise _not_a_duration(us)
+        if us > HIGHEST_US:
+            self._clamp(us, 1)
+            v = HIGHEST_US
+        else:
+            v = int(us)
         if v < LOWEST_US:
             v = LOWEST_US
-        elif v > HIGHEST_US:
-            v = HIGHEST_US
         elif v >= _EXACT_BELOW:
             shift = v.bit_length() - _SUB_BUCKET_BITS
             v = v >> shift << shift
         pending = self._pending
         pending[v] = pending.get(v, 0) + 1
+
+    def _clamp(self, us: float, n: int) -> None:
+        """Counts ``n`` samples of ``us`` (above the range) as clamped."""
+        self.clamped += n
+        self._above_sum += (us - HIGHEST_US) * n
+        if us > self._above_max:
+            self._above_max = us
 
     def _flush(self):
         """The HdrHistogram, with every pending count added."""
@@ -112,6 +142,10 @@ class Histogram:
     def add(self, other: Histogram) -> None:
         """Adds ``other``'s counts to this histogram."""
         mine, theirs = self._flush(), other._flush()
+        if other.clamped:
+            self.clamped += other.clamped
+            self._above_sum += other._above_sum
+            self._above_max = max(self._above_max, other._above_max)
         if self._layout(mine) == self._layout(theirs):
             mine.add(theirs)
             return
@@ -120,12 +154,14 @@ class Histogram:
         # value, so a merged percentile could come out below the samples it stands for, and
         # it raises IndexError on a value beyond this histogram's range. Each bucket is
         # counted at its highest value instead (what a percentile of ``other`` reports),
-        # clamped to the range as :meth:`record_us` clamps.
+        # clamped to the range as :meth:`record_us` clamps (and counted so).
         pending = self._pending
         for index in range(theirs.counts_len):
             n = theirs.get_count_at_index(index)
             if n:
                 top = theirs.get_highest_equivalent_value(theirs.get_value_from_index(index))
+                if top > HIGHEST_US:
+                    self._clamp(min(top, theirs.get_max_value()), n)
                 v = min(max(top, LOWEST_US), HIGHEST_US)
                 pending[v] = pending.get(v, 0) + n
 
@@ -157,15 +193,23 @@ class Histogram:
                 break
         return out
 
+    def _max_us(self) -> float:
+        """The largest sample (µs): the largest clamped one's true value, if any was."""
+        return self._above_max if self.clamped else self._h.get_max_value()
+
     def max_ms(self) -> float | None:
-        return None if self.count == 0 else self._h.get_max_value() / 1000.0
+        return None if self.count == 0 else self._max_us() / 1000.0
 
     def mean_ms(self) -> float | None:
-        return None if self.count == 0 else self._h.get_mean_value() / 1000.0
+        n = self.count
+        if n == 0:
+            return None
+        return (self._h.get_mean_value() + self._above_sum / n) / 1000.0
 
     def summary(self) -> dict:
-        """``{"count", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}``."""
-        out = {"count": self.count}
+        """``{"count", "clamped", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
+        "mean_ms"}``; ``clamped`` counts the samples beyond the range (see the module doc)."""
+        out = {"count": self.count, "clamped": self.clamped}
         for q, name in zip(PERCENTILES, ("p50_ms", "p90_ms", "p99_ms", "p999_ms")):
             v = self.percentile_ms(q)
             out[name] = None if v is None else round(v, 3)
@@ -184,24 +228,45 @@ class Histogram:
               for i in range(points + 1)]
         values = self._values_at_ranks([_rank(q, n) for q in qs])
         out = [[round(v / 1000.0, 4), round(q / 100.0, 6)] for v, q in zip(values, qs)]
-        out.append([round(self._h.get_max_value() / 1000.0, 4), 1.0])
+        out.append([round(self._max_us() / 1000.0, 4), 1.0])
         return out
 
     def encode(self) -> str:
-        """A compact text form (HdrHistogram's compressed base64) for another process."""
+        """A compact text form (HdrHistogram's compressed base64) for another process; with
+        samples beyond the range, followed by ``;clamped=N;above_max=US;above_sum=US``."""
         if self.count == 0:
             return ""
         data = self._h.encode()
-        return data.decode("ascii") if isinstance(data, bytes) else data
+        text = data.decode("ascii") if isinstance(data, bytes) else data
+        if self.clamped:
+            text += (f";clamped={self.clamped};above_max={self._above_max!r}"
+                     f";above_sum={self._above_sum!r}")
+        return text
 
     @classmethod
     def decode(cls, text: str) -> Histogram:
+        """The histogram :meth:`encode` gave ``text`` for; ValueError if it is not one."""
+        if not isinstance(text, str):
+            raise ValueError(f"a {type(text).__name__} is not an encoded latency histogram")
         if not text:
             return cls()
         require("hdrh", "hdrhistogram")
         from hdrh.histogram import HdrHistogram
 
-        return cls(HdrHistogram.decode(text.encode("ascii")))
+        data, *extra = text.split(";")
+        try:
+            fields = dict(item.split("=", 1) for item in extra)
+            clamped = int(fields.pop("clamped", 0))
+            above_max = float(fields.pop("above_max", 0.0))
+            above_sum = float(fields.pop("above_sum", 0.0))
+            if fields or clamped < 0:
+                raise ValueError(f"unknown fields {sorted(fields)}")
+            h = cls(HdrHistogram.decode(data.encode("ascii")))
+        except Exception as exc:  # binascii, zlib and struct errors from the package too
+            raise ValueError(f"{text[:40]!r} is not an encoded latency histogram: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        h.clamped, h._above_max, h._above_sum = clamped, above_max, above_sum
+        return h
 
 
 class CoarseHistogram:
@@ -209,11 +274,12 @@ class CoarseHistogram:
     of each interval of a run's time-line: an HdrHistogram's counts take 184 KiB, and a run
     of an hour at one-second intervals would keep thousands of them.
 
-    Values are kept in microseconds to 6 significant bits (below 64 µs exactly), which puts a
-    percentile within 1/32 (3.1 %) above the sample's value; at most 32 values per doubling are
-    counted, a few hundred for any realistic spread of latencies, whatever the number of
-    samples. Percentiles are nearest-rank, reported as the highest value of the sample's
-    bucket (as :class:`Histogram` reports them)."""
+    Values are kept in microseconds to 6 significant bits (below 64 µs exactly, from 1 µs; none
+    is clamped at the top), which puts a percentile within 1/32 (3.1 %) above the sample's
+    value; at most 32 values per doubling are counted, a few hundred for any realistic spread of
+    latencies, whatever the number of samples. A value that is not a duration (negative, NaN,
+    infinite) is refused with ValueError. Percentiles are nearest-rank, reported as the highest
+    value of the sample's bucket (as :class:`Histogram` reports them)."""
 
     BITS = 6
     __slots__ = ("counts",)
@@ -222,7 +288,9 @@ class CoarseHistogram:
         self.counts: dict[int, int] = counts if counts is not None else {}
 
     def record_us(self, us: float) -> None:
-        v = min(max(int(us), LOWEST_US), HIGHEST_US)
+        if not 0 <= us < _INF:
+            raise _not_a_duration(us)
+        v = max(int(us), LOWEST_US)
         shift = v.bit_length() - self.BITS
         if shift > 0:
             v = v >> shift << shift  # the lowest value of its bucket
