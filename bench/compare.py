@@ -169,8 +169,14 @@ def spread(values: list[float] | None) -> float | None:
 
 def _number(v: object) -> bool:
     """A figure that can be compared: a finite number. (Python's JSON reader accepts NaN and
-    Infinity, and a NaN change is neither within the noise nor outside it.)"""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    Infinity, and a NaN change is neither within the noise nor outside it; and an integer of
+    any size, which no float holds.)"""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _error_rate(row: dict, o: dict, r: dict, limit: float) -> dict | None:
@@ -263,7 +269,7 @@ def _document_problem(doc: object) -> str | None:
         # never compared); anything else would be skipped as if it had not been measured.
         for f in [m for m, _ in METRICS] + ["error_rate"]:
             v = row.get(f)
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            if v is not None and not (_number(v) or isinstance(v, float)):
                 return f"row {i + 1} has {v!r:.60} as its {f!r}, not a number"
     return None
 
@@ -346,10 +352,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"not compared (no matching row in the other file): {unmatched_old} row(s) of "
               f"{args.old}, {unmatched_new} row(s) of {args.new}")
     if args.json:
-        _common.write_json(args.json, {"schema": _common.SCHEMA, "benchmark": "compare",
-                                       "old": args.old, "new": args.new, "comparisons": rows,
-                                       "unmatched": {"old": unmatched_old,
-                                                     "new": unmatched_new}})
+        try:
+            _common.write_json(args.json, {"schema": _common.SCHEMA, "benchmark": "compare",
+                                           "old": args.old, "new": args.new,
+                                           "comparisons": rows,
+                                           "unmatched": {"old": unmatched_old,
+                                                         "new": unmatched_new}})
+        except OSError as exc:
+            parser.error(f"cannot write {args.json}: {exc.strerror or exc}")
     return 1 if worse and args.fail_on_regression else 0
 
 

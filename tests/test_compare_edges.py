@@ -149,3 +149,33 @@ def test_compare_command_still_reads_unmeasured_and_nan_figures(tmp_path):
                             '[{"workload": "w", "txn_per_s": NaN}]}',
                             _doc({"workload": "w", "txn_per_s": 1.0}))
     assert status == 0, (out, err)
+
+
+def test_compare_command_rejects_a_figure_too_large_for_a_float(tmp_path):
+    # Before: OverflowError (int too large to convert to float), with a traceback, from an
+    # integer figure of 400 digits (JSON has no limit on an integer's size).
+    from bench import compare
+
+    huge = '{"schema": 1, "benchmark": "cluster", "results": [' \
+           '{"workload": "single-key", "region": "us-east", "concurrency": 8, ' \
+           '"txn_per_s": 1' + "0" * 400 + "}]}"
+    good = _doc(_row(100.0))
+    for old, new in ((good, huge), (huge, good)):
+        status, out, err = _run(tmp_path, old, new)
+        assert status == 2 and "Traceback" not in err, (out, err)
+        assert "as its 'txn_per_s', not a number" in err.strip().splitlines()[-1]
+    # Nor is such a repetition a measure of the spread.
+    assert compare.spread([10.0, 10 ** 400, 12.0]) == pytest.approx(2 / 11)
+
+
+def test_compare_command_says_when_it_cannot_write_its_json(tmp_path):
+    # Before: the comparison was printed, then a traceback (NotADirectoryError or
+    # FileExistsError) from writing --json under a path that is a file.
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")
+    target = blocker / "out.json"
+    status, out, err = _run(tmp_path, _doc(_row(100.0)), _doc(_row(100.0)), "--json",
+                            str(target))
+    assert status == 2 and "Traceback" not in err, (out, err)
+    assert f"cannot write {target}" in err.strip().splitlines()[-1]
+    assert not target.exists()
