@@ -323,4 +323,13 @@ class CoarseHistogram:
 
     @classmethod
     def decode(cls, pairs: list[list[int]]) -> CoarseHistogram:
-        return cls({int(v): int(n) for v, n in pairs})
+        """The histogram :meth:`encode` gave ``pairs`` for; ValueError if it is not one."""
+        try:
+            counts = {int(v): int(n) for v, n in pairs}
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{str(pairs)[:40]!r} is not an encoded coarse latency histogram: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if any(v < LOWEST_US or n < 0 for v, n in counts.items()):
+            raise ValueError(f"{str(pairs)[:40]!r} is not an encoded coarse latency histogram: "
+                             f"a value below {LOWEST_US} µs or a negative count")
+        return cls(counts)

@@ -124,3 +124,14 @@ def test_coarse_histogram_keeps_values_beyond_an_hour():
     assert not math.isinf(p99)
     back = hdr.CoarseHistogram.decode(json.loads(json.dumps(c.encode())))
     assert back.percentile_ms(99) == p99
+
+
+@pytest.mark.parametrize("pairs", [None, [[1]], [["x", 1]], [[0, 1]], [[-5, 1]], [[5, -1]]],
+                         ids=["none", "short-pair", "not-a-number", "zero", "negative-value",
+                              "negative-count"])
+def test_decoding_what_is_not_an_encoded_coarse_histogram_says_so(pairs):
+    # Before: TypeError or ValueError from int() or unpacking, or (for a value of 0 or below,
+    # or a negative count) a histogram whose percentiles were wrong or raised later.
+    with pytest.raises(ValueError, match="not an encoded coarse latency histogram"):
+        hdr.CoarseHistogram.decode(pairs)
+    assert hdr.CoarseHistogram.decode([[5, 2], [100, 1]]).count == 3
