@@ -234,6 +234,8 @@ def summarize(tally: Tally, *, duration: float, interval: float, warmup: float) 
         "ops_per_s": round(tally.completed / duration, 1),
         "p50_ms": s["p50_ms"], "p90_ms": s["p90_ms"], "p99_ms": s["p99_ms"],
         "p999_ms": s["p999_ms"], "max_ms": s["max_ms"], "mean_ms": s["mean_ms"],
+        # Latencies beyond the histogram's hour: the percentiles among them are lower bounds.
+        "clamped": s["clamped"],
         "ops": tally.recorded,
         "abort_rate": round(tally.aborts / attempts, 5),
         "retries_per_op": round(tally.aborts / max(1, tally.recorded), 5),
