@@ -55,6 +55,9 @@ NOT_FOUND = "(not found)"
 # At a terminal, the most characters of a value that a row of scan shows: a value of a few MiB
 # printed whole filled the screen's history many times over and buried the keys listed.
 SCAN_VALUE_CHARS = 200
+# The most rows a scan without --limit lists: the rows are read into memory before they are
+# printed, and a scan of a whole large keyspace would read it all.
+SCAN_ROWS = 1000
 
 HELP = """\
 commands:
@@ -65,7 +68,8 @@ commands:
   put KS KEY VALUE                           write a key
   delete KS KEY                              delete a key
   scan KS [START [END]] [--limit N] [--reverse]
-                                             list keys in [START, END)
+                                             list keys in [START, END) (up to 1000
+                                             without --limit)
   read KS KEY [exact:S|bounded:S]            read outside any transaction, strong or stale
   begin [snapshot|serializable]              open a transaction
   commit                                     commit the open transaction
@@ -435,6 +439,8 @@ class _Shell:
             if word == "--reverse":
                 reverse = True
             elif word == "--limit":
+                if limit is not None:
+                    raise _UsageError("--limit is given twice")
                 limit = _limit(next(it, None))
             elif word == "--":
                 positional.extend(it)
@@ -446,7 +452,11 @@ class _Shell:
         ks = _text(positional[0])
         start = _raw(positional[1]) if len(positional) > 1 else b""
         end = _raw(positional[2]) if len(positional) > 2 else None
-        rows = self._run(lambda tx: tx.scan(ks, start, end, limit=limit, reverse=reverse))
+        fetch = SCAN_ROWS + 1 if limit is None else limit
+        rows = self._run(lambda tx: tx.scan(ks, start, end, limit=fetch, reverse=reverse))
+        more = limit is None and len(rows) > SCAN_ROWS
+        if more:
+            rows = rows[:SCAN_ROWS]
         for key, value in rows:
             shown = show(value)
             if self.cut_values and len(shown) > SCAN_VALUE_CHARS:
@@ -454,7 +464,13 @@ class _Shell:
                 shown = (f"{shown[:SCAN_VALUE_CHARS]}... (cut: {len(value)} bytes; get "
                          f"shows all of it)")
             self.print(f"{show_key(key)} = {shown}")
-        self.print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+        if more:
+            on = ("END the last key shown" if reverse
+                  else "START just after the last key shown")
+            self.print(f"({SCAN_ROWS} rows shown; there are more: give --limit N for up to N, "
+                       f"or scan again with {on})")
+        else:
+            self.print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
 
     def do_read(self, args: list[_Word]) -> None:
         self._arity(args, 2, 3)

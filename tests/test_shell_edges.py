@@ -203,3 +203,37 @@ def test_scan_at_a_terminal_cuts_long_values_and_says_so(addresses, ks):
     assert lines[3] == "v" * size  # get shows the whole value
     # A script's output is exact.
     assert shell(addresses, [f"scan {ks}"])[0] == "big = " + "v" * size
+
+
+# ---------------------------------------------------------------------- many rows
+
+
+def test_a_scan_without_a_limit_lists_a_bounded_page_and_says_more_follow(addresses, ks):
+    from engine.shell import SCAN_ROWS
+
+    with connect_blocking(addresses) as db:
+        db.create_keyspace(ks)
+        keys = [b"k%05d" % i for i in range(SCAN_ROWS + 5)]
+        for i in range(0, len(keys), 500):
+            def write(tx, chunk=keys[i:i + 500]):
+                for k in chunk:
+                    tx.put(ks, k, b"v")
+            db.run_transaction(write)
+    out = shell(addresses, [f"scan {ks}", f"scan {ks} --reverse",
+                            f"scan {ks} --limit {SCAN_ROWS + 5}", f"scan {ks} k01000"])
+    first = out[:SCAN_ROWS + 1]
+    assert first[:2] == ["k00000 = v", "k00001 = v"] and first[SCAN_ROWS - 1] == "k00999 = v"
+    assert first[-1].startswith(f"({SCAN_ROWS} rows shown; there are more")
+    assert "START just after the last key shown" in first[-1]
+    backwards = out[SCAN_ROWS + 1:2 * SCAN_ROWS + 2]
+    assert backwards[0] == f"k{SCAN_ROWS + 4:05d} = v" and "END the last key" in backwards[-1]
+    rest = out[2 * SCAN_ROWS + 2:]
+    assert rest[SCAN_ROWS + 5] == f"({SCAN_ROWS + 5} rows)"  # all, with a limit that large
+    assert rest[SCAN_ROWS + 6:] == [f"k{i:05d} = v" for i in range(1000, SCAN_ROWS + 5)] + [
+        "(5 rows)"]
+
+
+def test_a_limit_given_twice_is_refused(addresses, ks):
+    out = shell(addresses, [f"create-keyspace {ks}", f"scan {ks} --limit 1 --limit 2"],
+                code=1)
+    assert out[1:] == ["error: --limit is given twice"]
