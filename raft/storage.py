@@ -91,9 +91,12 @@ A local compaction snapshot is written whole into ``snapshot.tmp``, fsynced, ren
 ``snapshot`` and the directory fsynced, without the flag (entries after it stay), and only then
 are log segments below it dropped; ``drop_before`` keeps the log contiguous.
 
-What cannot be repaired is reported: a log that starts after ``S + 1`` (entries missing), or a
+What cannot be repaired is reported: a log that starts after ``S + 1`` (entries missing), a
 commit index beyond the durable log (acknowledged entries lost, the one loss the LogStore cannot
-see by itself — native/FORMAT.md, Recovery) raise :class:`InconsistentStateError`; a hard state
+see by itself — native/FORMAT.md, Recovery), or a log directory missing or without a segment
+beside a stored hard state or a snapshot, with no ``log.old`` (a log always keeps a segment once
+made; while one is replaced, the old one stays in ``log.old`` until the new one exists, on open
+too) raise :class:`InconsistentStateError`; a hard state
 file missing beside a log or snapshot (it is made before them and never removed) is
 :class:`engine.CorruptStateError`, never a restart with no vote.
 
@@ -869,7 +872,8 @@ class RaftStorage(Resource):
 
     def _recover(self) -> None:
         """Reads the files and finishes whatever a crash interrupted (module doc)."""
-        self._hard_state = decode_hard_state(self._state.load(), self._file(_HARD_STATE_FILE))
+        payload = self._state.load()
+        self._hard_state = decode_hard_state(payload, self._file(_HARD_STATE_FILE))
         for name in (_SNAPSHOT_TMP, _SNAPSHOT_RECV):
             tmp = self._file(name)
             if os.path.lexists(tmp):
@@ -878,11 +882,21 @@ class RaftStorage(Resource):
         self._snap = info
         s_index = self._snapshot_index()
         old = self._file(_OLD_LOG_DIR)
-        if os.path.lexists(old):
-            _remove_tree_durable(old, self._path)
         log_dir = self._file(_LOG_DIR)
-        # A missing or empty log directory (a fresh storage, or an install cut short before
-        # the new log had a segment) starts right after the snapshot.
+        # A missing or empty log directory starts right after the snapshot when a crash
+        # explains it: a fresh storage (nothing stored yet), or a log being replaced (the old
+        # one is still in log.old, removed only once the new one exists). Otherwise the log was
+        # lost, and with it entries this node may have acknowledged.
+        if (not os.path.lexists(old) and (payload is not None or info is not None)
+                and not _has_segments(log_dir)):
+            held = [f"the hard state {self._hard_state}"] if payload is not None else []
+            if info is not None:
+                held.append(f"the snapshot at index {s_index}")
+            raise InconsistentStateError(
+                f"log {log_dir} is missing or holds no segment beside {' and '.join(held)}: "
+                "the entries it held are lost",
+                log_dir,
+            )
         self._log = LogStore(
             log_dir, segment_size=self._segment_size, initial_position=s_index + 1
         )
@@ -899,6 +913,8 @@ class RaftStorage(Resource):
             # Every entry the log holds is covered by the snapshot and none follows it: restart
             # the log after the snapshot so that the next append lands at the right index.
             self._reset_log(s_index + 1)
+        if os.path.lexists(old):
+            _remove_tree_durable(old, self._path)  # a log replaced before a crash
         last = max(self._log.last_position, s_index)
         if self._hard_state.commit > last:
             raise InconsistentStateError(
@@ -1221,6 +1237,17 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
         os.close(fd)
     info = _SnapshotInfo(SnapshotMeta(index, term, conf), flags, header_size, n)
     return info, b"".join(chunks)
+
+
+def _has_segments(log_dir: str) -> bool:
+    """Whether the log directory holds a segment (``NNNN.log``, native/FORMAT.md): a log
+    always keeps one once made, even when it holds no entry."""
+    try:
+        return any(name.endswith(".log") for name in os.listdir(log_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise storage_error(exc, f"cannot list log {log_dir}") from None
 
 
 def _unlink_durable(path: str, parent: str) -> None:

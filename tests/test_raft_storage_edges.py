@@ -1,0 +1,124 @@
+"""RaftStorage at restart: files lost or out of range beside ones that are intact are reported
+with the path concerned, never taken for a fresh storage (see test_raft_storage.py for the
+round trips and the other recovery checks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from engine import LogStore
+from raft import storage as storage_module
+from raft.storage import FLAG_LOG_RESET, InconsistentStateError, RaftStorage
+from raft.types import ConfState, Entry, HardState, RaftInvariantError, Snapshot, SnapshotMeta
+
+SEGMENT = 4096
+CONF = ConfState(voters=(1, 2, 3))
+
+
+def ents(lo: int, hi: int, term: int) -> list[Entry]:
+    return [Entry(term, i, b"entry-%d-%d" % (term, i)) for i in range(lo, hi)]
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "group"
+
+
+def reopen(path) -> RaftStorage:
+    return RaftStorage.open(path, segment_size=SEGMENT)
+
+
+def empty_log_dir(path) -> None:
+    for name in os.listdir(path / "log"):
+        os.unlink(path / "log" / name)
+
+
+# ============================================================ a lost log
+
+
+@pytest.mark.parametrize("loss", ["directory removed", "segments removed"])
+def test_a_log_lost_beside_a_stored_hard_state_is_reported_not_started_empty(path, loss):
+    """The entries were acknowledged in term 3; the commit index is stored lazily (0 here), so
+    only the log's absence beside the stored term and vote tells that they are gone. Started
+    empty, the node could vote for a candidate missing entries it helped commit."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 6, 3), hard_state=HardState(3, 2, 0))
+    if loss == "directory removed":
+        shutil.rmtree(path / "log")
+    else:
+        empty_log_dir(path)
+    for _ in range(2):  # the failed open does not make an empty log that the next one accepts
+        with pytest.raises(InconsistentStateError, match="entries it held are lost") as info:
+            reopen(path)
+        assert info.value.path == str(path / "log")
+        assert isinstance(info.value, RaftInvariantError)
+    assert not os.path.exists(path / "log") or not [
+        name for name in os.listdir(path / "log") if name.endswith(".log")]
+
+
+def test_a_log_lost_beside_a_local_snapshot_is_reported(path):
+    """Entries after a compaction snapshot are in the log alone."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 21, 2), hard_state=HardState(2, 1, 10))
+        st.save_snapshot(Snapshot(SnapshotMeta(10, 2, CONF), b"state@10"))
+    shutil.rmtree(path / "log")
+    with pytest.raises(InconsistentStateError, match="log .* is missing") as info:
+        reopen(path)
+    assert info.value.path == str(path / "log")
+
+
+def test_a_storage_whose_first_open_stopped_before_its_log_opens_fresh(path):
+    """The hard state file is made first; a crash before the log leaves nothing stored."""
+    with reopen(path):
+        pass
+    shutil.rmtree(path / "log")
+    with reopen(path) as st:
+        assert st.initial_state().hard_state == HardState()
+        assert (st.first_index, st.last_index) == (1, 0)
+
+
+def test_an_install_cut_before_its_new_log_had_a_segment_is_finished(path):
+    """A crash while the new log of a snapshot install is made leaves an empty directory and
+    the old log beside it: the install is finished, not reported."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 6, 1), hard_state=HardState(1, 0, 3))
+        st._write_snapshot(Snapshot(SnapshotMeta(40, 4, CONF), b"state@40"), FLAG_LOG_RESET)
+        st.close(sync=False)  # the commit point of the install, and no further
+    os.rename(path / "log", path / "log.old")
+    os.mkdir(path / "log")
+    with reopen(path) as st:
+        assert (st.first_index, st.last_index) == (41, 40)
+        assert sorted(os.listdir(path)) == ["hardstate", "log", "snapshot"]
+
+
+def test_a_log_restarted_after_a_snapshot_keeps_its_old_log_until_the_new_one_exists(
+        path, monkeypatch):
+    """Open restarts a log that ends below a local snapshot; a crash while it does so must
+    leave either log: the old one is removed only once the new one is made."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 21, 2), hard_state=HardState(2, 1, 10))
+        st.save_snapshot(Snapshot(SnapshotMeta(10, 2, CONF), b"state@10"))
+    with LogStore(path / "log", segment_size=SEGMENT) as log:
+        log.truncate_after(5)  # a tail covered by the snapshot lost
+    os.rename(path / "log", path / "log.old")  # a restart of it cut after the rename
+
+    real = storage_module.LogStore
+    calls = []
+
+    def crash_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage_module, "LogStore", crash_once)
+    with pytest.raises(OSError, match="crash"):
+        reopen(path)
+    monkeypatch.setattr(storage_module, "LogStore", real)
+    assert os.path.exists(path / "log.old")
+    with reopen(path) as st:
+        assert (st.first_index, st.last_index) == (11, 10)
+        assert st.initial_state().hard_state == HardState(2, 1, 10)
