@@ -1207,6 +1207,8 @@ def _read_snapshot(path: str, *, with_data: bool) -> tuple[_SnapshotInfo | None,
             raise corrupt(f"unknown flags {flags:#x}", 12)
         if index < 1:
             raise corrupt("index 0", 16)
+        if index >= 2**63:
+            raise corrupt(f"index {index} is beyond the largest log index {2**63 - 1}", 16)
         if size != header_size + n:
             raise corrupt(
                 f"{size} bytes, but its header says {header_size} + {n} of data", header_size

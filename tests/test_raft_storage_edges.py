@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from engine import LogStore
+from engine import CorruptStateError, LogStore
 from raft import storage as storage_module
-from raft.storage import FLAG_LOG_RESET, InconsistentStateError, RaftStorage
+from raft.storage import FLAG_LOG_RESET, InconsistentStateError, RaftStorage, encode_snapshot_header
 from raft.types import ConfState, Entry, HardState, RaftInvariantError, Snapshot, SnapshotMeta
 
 SEGMENT = 4096
@@ -122,3 +122,21 @@ def test_a_log_restarted_after_a_snapshot_keeps_its_old_log_until_the_new_one_ex
     with reopen(path) as st:
         assert (st.first_index, st.last_index) == (11, 10)
         assert st.initial_state().hard_state == HardState(2, 1, 10)
+
+
+# ============================================================ snapshot metadata out of range
+
+
+@pytest.mark.parametrize("index", [2**63, 2**64 - 1])
+def test_a_snapshot_index_beyond_any_log_position_is_reported_with_the_file(path, index):
+    """Written with valid checksums (another writer's file): the index is one this storage
+    never writes, so it is the snapshot file that is named, not a log position."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 4, 1), hard_state=HardState(1, 0, 2))
+    data = b"state"
+    (path / "snapshot").write_bytes(
+        encode_snapshot_header(SnapshotMeta(index, 1, CONF), data) + data)
+    with pytest.raises(CorruptStateError, match="index") as info:
+        reopen(path)
+    assert info.value.path == str(path / "snapshot")
+    assert str(path / "snapshot") in str(info.value)
