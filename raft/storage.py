@@ -577,11 +577,16 @@ class RaftStorage(Resource):
 
         Raises:
             PositionError: the range is not within ``first_index..last_index + 1``.
+            TypeError: an index that is not an int.
             CorruptLogError, StoreClosedError.
         """
         log, _ = self._open_handles()
+        if (isinstance(lo, bool) or not isinstance(lo, int)
+                or isinstance(hi, bool) or not isinstance(hi, int)):
+            raise TypeError(
+                f"entry indexes must be ints, not {type(lo).__name__} and {type(hi).__name__}")
         first, end = self._snapshot_index() + 1, max(log.next_position, self._snapshot_index() + 1)
-        if not (isinstance(lo, int) and isinstance(hi, int) and first <= lo <= hi <= end):
+        if not first <= lo <= hi <= end:
             raise errors.PositionError(
                 f"entries [{lo}, {hi}) are outside the storage's {first}..{end - 1}"
             )

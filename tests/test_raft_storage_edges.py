@@ -140,3 +140,16 @@ def test_a_snapshot_index_beyond_any_log_position_is_reported_with_the_file(path
         reopen(path)
     assert info.value.path == str(path / "snapshot")
     assert str(path / "snapshot") in str(info.value)
+
+
+# ============================================================ arguments
+
+
+@pytest.mark.parametrize("lo, hi", [("1", 3), (1.0, 3), (1, 3.0), (None, 3), (1, "3")])
+def test_entries_with_indexes_that_are_not_ints_are_a_type_error(path, lo, hi):
+    """Not a range error claiming that 1 lies outside 1..5."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 6, 1))
+        with pytest.raises(TypeError, match="must be ints"):
+            st.entries(lo, hi)
+        assert st.entries(1, 3) == ents(1, 3, 1)
