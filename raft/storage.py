@@ -378,6 +378,9 @@ class RaftStorage(Resource):
         self._snap: _SnapshotInfo | None = None
         self._recv: _Receiving | None = None  # a snapshot being received (snapshot.recv)
         self._hard_state = HardState()
+        # (index, term) of the last entry, once known: the term the next append must not go
+        # below, without a read per save.
+        self._last_term: tuple[int, int] | None = None
         try:
             makedirs_durable(self._path)
         except OSError as exc:
@@ -614,7 +617,8 @@ class RaftStorage(Resource):
                 chunks this save's ``snapshot_chunks`` and earlier ones wrote, all of them;
                 else ``data`` holds it whole.
             entries: entries with contiguous indexes, the first at most one past the last
-                entry (after ``snapshot``) and after the snapshot index. Stored entries from
+                entry (after ``snapshot``) and after the snapshot index, and terms that never
+                go below the term of the entry before them (or the snapshot's). Stored entries from
                 ``entries[0].index`` on are removed first (conflict truncation; durable), which
                 must not reach the commit index.
             hard_state: stored last, after the entries are synced (so a vote or commit is never
@@ -629,8 +633,9 @@ class RaftStorage(Resource):
                 by themselves: the snapshot they make up is, when installed.
 
         Raises:
-            InvalidArgumentError: entries that are not contiguous, leave a gap after the log, or
-                lie at or below the snapshot; a snapshot not newer than the stored one; a chunk
+            InvalidArgumentError: entries that are not contiguous, leave a gap after the log,
+                lie at or below the snapshot, or whose term is below the entry before them; a
+                snapshot not newer than the stored one; a chunk
                 that does not follow the one before; a snapshot with ``data`` None whose
                 chunks were not all written. Nothing was written.
             RaftInvariantError: a change that would lose committed entries, a commit index beyond
@@ -683,6 +688,11 @@ class RaftStorage(Resource):
                     f"entries from index {first} would replace committed entries (commit index "
                     f"{commit})"
                 )
+            lt = self._last_term
+            if snapshot is not None:
+                _check_follows(entries[0], snapshot.meta.term)
+            elif lt is None or lt[0] != first - 1 or entries[0].term < lt[1]:
+                _check_follows(entries[0], self._term_at(first - 1))
             last = entries[-1].index
         if hard_state is not None:
             _check_hard_state(hard_state)
@@ -711,8 +721,10 @@ class RaftStorage(Resource):
             if entries:
                 if entries[0].index <= log.last_position:
                     log.truncate_after(entries[0].index - 1)
+                self._last_term = None
                 for batch in _batches(records):
                     log.append(batch)
+                self._last_term = (entries[-1].index, entries[-1].term)
             if sync or store_hard_state:
                 log.sync()  # a no-op when nothing is unsynced
             if store_hard_state:
@@ -736,14 +748,21 @@ class RaftStorage(Resource):
         entries = _check_entries(entries)
         if not entries:
             return True
-        if entries[0].index != max(log.last_position, self._snapshot_index()) + 1:
+        first = entries[0].index
+        if first != max(log.last_position, self._snapshot_index()) + 1:
             return False
+        lt = self._last_term
+        if lt is None or lt[0] != first - 1 or entries[0].term < lt[1]:
+            _check_follows(entries[0], self._term_at(first - 1))
         records = [encode_entry(e) for e in entries]
         framed = sum(map(len, records)) + lib.LS_RECORD_HEADER_SIZE * len(records)
         if framed > MAX_BATCH_SIZE:
             return False
         try:
-            return log.append_nowait(records) is not None
+            if log.append_nowait(records) is None:
+                return False
+            self._last_term = (entries[-1].index, entries[-1].term)
+            return True
         except BaseException:
             self._failed = True
             raise
@@ -843,6 +862,19 @@ class RaftStorage(Resource):
 
     def _file(self, name: str) -> str:
         return os.path.join(self._path, name)
+
+    def _term_at(self, index: int) -> int:
+        """The term of the entry at ``index``, the snapshot's index or an entry after it in
+        the log (0 at index 0)."""
+        if index == self._snapshot_index():
+            return 0 if self._snap is None else self._snap.meta.term
+        if self._last_term is not None and self._last_term[0] == index:
+            return self._last_term[1]
+        log = self._log
+        term = decode_entry(index, log.read(index), log.path).term
+        if index == log.last_position:
+            self._last_term = (index, term)
+        return term
 
     def _snapshot_index(self) -> int:
         return 0 if self._snap is None else self._snap.meta.index
@@ -1042,6 +1074,7 @@ class RaftStorage(Resource):
         log whole, no log, or the new one (module doc)."""
         log_dir, old = self._file(_LOG_DIR), self._file(_OLD_LOG_DIR)
         log, self._log = self._log, None
+        self._last_term = None
         try:
             if log is not None:
                 log.close(sync=False)  # its entries are being discarded
@@ -1113,6 +1146,16 @@ def _check_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
                 )
         prev = e
     return entries
+
+
+def _check_follows(entry: Entry, prev_term: int) -> None:
+    """Checks that ``entry`` may follow an entry of term ``prev_term``: terms never go back
+    along the log (a log whose terms do is refused on open)."""
+    if entry.term < prev_term:
+        raise errors.InvalidArgumentError(
+            f"entry {entry.index} has term {entry.term}, below the term {prev_term} of the "
+            "entry before it"
+        )
 
 
 def _check_u64(name: str, value: object) -> None:

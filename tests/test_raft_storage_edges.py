@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from engine import CorruptStateError, LogStore
+from engine import CorruptStateError, InvalidArgumentError, LogStore
 from raft import storage as storage_module
 from raft.storage import FLAG_LOG_RESET, InconsistentStateError, RaftStorage, encode_snapshot_header
 from raft.types import ConfState, Entry, HardState, RaftInvariantError, Snapshot, SnapshotMeta
@@ -153,3 +153,37 @@ def test_entries_with_indexes_that_are_not_ints_are_a_type_error(path, lo, hi):
         with pytest.raises(TypeError, match="must be ints"):
             st.entries(lo, hi)
         assert st.entries(1, 3) == ents(1, 3, 1)
+
+
+@pytest.mark.parametrize("case", ["append", "after reopen", "conflict", "append_nowait",
+                                  "after a snapshot", "with a snapshot"])
+def test_entries_whose_term_is_below_the_entry_before_them_are_refused(path, case):
+    """Raft terms never go back along the log; entries that would make them are refused
+    before anything is written, not stored to make the next open fail."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 6, 3), hard_state=HardState(3, 2, 2))
+    with reopen(path) as st:
+        if case != "after reopen":
+            st.save(entries=ents(6, 8, 4))
+        before = (st.last_index, st.hard_state)
+        with pytest.raises(InvalidArgumentError, match="below the term"):
+            if case in ("append", "after reopen"):
+                st.save(entries=ents(st.last_index + 1, st.last_index + 3, 2))
+            elif case == "conflict":
+                st.save(entries=ents(4, 9, 2))  # replaces 4.. after entry 3, of term 3
+            elif case == "append_nowait":
+                st.append_nowait(ents(8, 9, 3))
+            elif case == "after a snapshot":
+                st.save(snapshot=Snapshot(SnapshotMeta(20, 5, CONF), b"state@20"))
+                st.save(entries=ents(21, 22, 4))
+            else:
+                st.save(snapshot=Snapshot(SnapshotMeta(20, 5, CONF), b"state@20"),
+                        entries=ents(21, 22, 4))
+        after = (st.last_index, st.hard_state)
+        assert after == (20, before[1]) if case == "after a snapshot" else after == before
+        # Entries of the right terms still follow, and the log restarts.
+        last = st.last_index
+        st.save(entries=ents(last + 1, last + 3, 5))
+    with reopen(path) as st:
+        got = st.initial_state()
+        assert got.entries[-1].index == last + 2 and got.entries[-1].term == 5
