@@ -473,9 +473,13 @@ class RaftStorage(Resource):
             CorruptStateError: the snapshot file is corrupt (``path`` names it).
             CorruptLogError: a log record is corrupt.
             InconsistentStateError: the log's terms go backwards, or disagree with the snapshot.
+            TypeError: a ``bootstrap`` that is not a ConfState.
             StoreClosedError.
         """
         log, _ = self._open_handles()
+        if not isinstance(bootstrap, ConfState):
+            raise TypeError(
+                f"the bootstrap membership must be a ConfState, not {type(bootstrap).__name__}")
         snapshot = self.read_snapshot(data=snapshot_data)
         s_index = 0 if snapshot is None else snapshot.meta.index
         s_term = 0 if snapshot is None else snapshot.meta.term

@@ -187,3 +187,12 @@ def test_entries_whose_term_is_below_the_entry_before_them_are_refused(path, cas
     with reopen(path) as st:
         got = st.initial_state()
         assert got.entries[-1].index == last + 2 and got.entries[-1].term == 5
+
+
+@pytest.mark.parametrize("bootstrap", [(1, 2, 3), [1], None, {"voters": (1,)}])
+def test_a_bootstrap_membership_that_is_not_a_conf_state_is_a_type_error(path, bootstrap):
+    """Refused where it is given, not an AttributeError from deep inside the core later."""
+    with reopen(path) as st:
+        with pytest.raises(TypeError, match="bootstrap membership must be a ConfState"):
+            st.initial_state(bootstrap)
+        assert st.initial_state(CONF).conf == CONF
