@@ -1,6 +1,8 @@
-"""RaftStorage at restart: files lost or out of range beside ones that are intact are reported
-with the path concerned, never taken for a fresh storage (see test_raft_storage.py for the
-round trips and the other recovery checks)."""
+"""RaftStorage edges: at restart, files lost or out of range beside ones that are intact are
+reported with the path concerned, never taken for a fresh storage; at the API, arguments that
+would store a log the next restart refuses, or fail deep inside the core later, are refused
+where they are given (see test_raft_storage.py for the round trips and the other recovery
+checks)."""
 
 from __future__ import annotations
 
