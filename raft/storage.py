@@ -627,7 +627,8 @@ class RaftStorage(Resource):
                 must not reach the commit index.
             hard_state: stored last, after the entries are synced (so a vote or commit is never
                 durable ahead of the log it is based on); skipped when unchanged. Its commit
-                index must lie within the log after this save, and its term must not go back.
+                index must lie within the log after this save, its term must not go back, and
+                within the stored term a stored vote must stay.
             sync: make the entries durable before returning (one fdatasync for the whole batch).
                 Without it, appended entries are durable only after a later save that syncs or
                 stores a hard state, or :meth:`close`.
@@ -643,7 +644,8 @@ class RaftStorage(Resource):
                 that does not follow the one before; a snapshot with ``data`` None whose
                 chunks were not all written. Nothing was written.
             RaftInvariantError: a change that would lose committed entries, a commit index beyond
-                the log, or a term going back. Nothing was written.
+                the log, a term going back, or a vote changed within its term. Nothing was
+                written.
             RecordTooLargeError: an entry over the record limit. Nothing was written.
             StorageError (DiskFullError for ENOSPC): a write failed; the handle is failed.
             StoreFailedError, StoreClosedError, TypeError.
@@ -704,6 +706,13 @@ class RaftStorage(Resource):
                 raise RaftInvariantError(
                     f"hard state term {hard_state.term} is below the stored term "
                     f"{self._hard_state.term}"
+                )
+            stored_vote = self._hard_state.vote
+            if (hard_state.term == self._hard_state.term and stored_vote != NONE
+                    and hard_state.vote != stored_vote):
+                raise RaftInvariantError(
+                    f"hard state vote {hard_state.vote} in term {hard_state.term} replaces the "
+                    f"stored vote {stored_vote} of the same term: a node votes once per term"
                 )
             if hard_state.commit > last:
                 raise RaftInvariantError(

@@ -198,3 +198,18 @@ def test_a_bootstrap_membership_that_is_not_a_conf_state_is_a_type_error(path, b
         with pytest.raises(TypeError, match="bootstrap membership must be a ConfState"):
             st.initial_state(bootstrap)
         assert st.initial_state(CONF).conf == CONF
+
+
+@pytest.mark.parametrize("new", [HardState(4, 3, 2), HardState(4, 0, 2)])
+def test_a_vote_changed_within_its_term_is_refused(path, new):
+    """A node votes at most once per term: storing another vote (or none) over a stored vote of
+    the same term would let it vote again after a restart. Nothing is written."""
+    with reopen(path) as st:
+        st.save(entries=ents(1, 4, 4), hard_state=HardState(4, 2, 1))
+        with pytest.raises(RaftInvariantError, match="vote"):
+            st.save(entries=ents(4, 5, 4), hard_state=new)
+        assert (st.last_index, st.hard_state) == (3, HardState(4, 2, 1))
+        st.save(hard_state=HardState(4, 2, 3))  # the same vote, a later commit
+        st.save(hard_state=HardState(5, 1, 3))  # a new term, a new vote
+    with reopen(path) as st:
+        assert st.hard_state == HardState(5, 1, 3)
