@@ -190,10 +190,13 @@ REPLICATION_RETRY_MAX_S = 10.0
 refuses a batch gets it again at most this often (each batch sent is a Raft entry there, of
 up to :data:`REPLICATION_BATCH_BYTES`), and a destination back after an outage at most this
 long after its return."""
-REPLICATION_LINGER_S = 0.02
+REPLICATION_LINGER_S = 0.04
 """How long a shipper that was idle waits after a new regional write before shipping it, so
 that the writes of those milliseconds travel (and are proposed at the destination) as one
-batch: each batch costs every destination a Raft proposal."""
+batch: each batch costs every destination a Raft proposal. It adds at most this much to the
+replication lag, whose target is the one-way WAN delay + 100 ms at p99; at one writer per
+region, 40 ms against 20 cut the nodes' CPU per regional write by about a tenth (see
+BENCHMARKS.md, "Regional writes: analysis")."""
 LAG_SAMPLES = 1000
 LAG_WINDOW_S = 300.0
 """The replication lag a node reports per origin region (``status()``) is that of the
