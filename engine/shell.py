@@ -59,7 +59,7 @@ SCAN_VALUE_CHARS = 200
 # printed, and a scan of a whole large keyspace would read it all.
 SCAN_ROWS = 1000
 
-HELP = """\
+HELP = f"""\
 commands:
   keyspaces                                  list the keyspaces
   create-keyspace NAME [HOME_REGION]         create a keyspace (home: this client's region)
@@ -68,7 +68,7 @@ commands:
   put KS KEY VALUE                           write a key
   delete KS KEY                              delete a key
   scan KS [START [END]] [--limit N] [--reverse]
-                                             list keys in [START, END) (up to 1000
+                                             list keys in [START, END) (up to {SCAN_ROWS}
                                              without --limit)
   read KS KEY [exact:S|bounded:S]            read outside any transaction, strong or stale
   begin [snapshot|serializable]              open a transaction
