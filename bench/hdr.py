@@ -219,7 +219,10 @@ class Histogram:
         return out
 
     def cdf(self, points: int = 200) -> list[list[float]]:
-        """``[[latency_ms, fraction at or below], ...]`` for a CDF plot (log-spaced tail)."""
+        """``[[latency_ms, fraction at or below], ...]`` for a CDF plot (log-spaced tail);
+        ``points`` + 2 points, ``points`` at least 1 (else ValueError)."""
+        if type(points) is not int or points < 1:
+            raise ValueError(f"a CDF needs at least 1 point, not {points!r}")
         n = self.count
         if n == 0:
             return []

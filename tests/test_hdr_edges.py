@@ -135,3 +135,12 @@ def test_decoding_what_is_not_an_encoded_coarse_histogram_says_so(pairs):
     with pytest.raises(ValueError, match="not an encoded coarse latency histogram"):
         hdr.CoarseHistogram.decode(pairs)
     assert hdr.CoarseHistogram.decode([[5, 2], [100, 1]]).count == 3
+
+
+@pytest.mark.parametrize("points", [0, -3, 2.5])
+def test_a_cdf_of_no_points_is_refused_in_words(points):
+    h = hdr.Histogram()
+    h.record_us(100.0)
+    with pytest.raises(ValueError, match="at least 1 point"):
+        h.cdf(points)
+    assert len(h.cdf(1)) == 3  # the percentiles asked for, and the maximum
