@@ -1816,10 +1816,8 @@ class _Batch:
         # to one key into each other, which an application resolver may fail on, as on any
         # pair a shipped write meets: that pair is merged by last writer, not refused.)
         for key, resolver_name, write in fresh:
-            if resolver_name == "lww":
-                # Its payload is the value, which the RemoteWrite checked already (bytes or
-                # None): no cell could refuse it, and the plan would only cost its time.
-                continue
+            if self.sm.resolver(resolver_name).any_payload:
+                continue  # no payload to check: the trial would only cost its time
             problem = self._plan_merges([(key, resolver_name, write)], cells={key: None},
                                         check_size=False)
             if isinstance(problem, str):

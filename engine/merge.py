@@ -619,11 +619,14 @@ class Resolver(abc.ABC):
         name: the resolver's name (``resolver_for`` accepts the built-ins' names).
         kind: the layout of the cells it builds (``Cell.kind``).
         op: the write op it accepts (``PUT`` or ``MERGE``).
+        any_payload: every payload a :class:`RemoteWrite` may carry merges, into no cell or
+            any cell of this kind: a shipped batch's writes need no trial merge first.
     """
 
     name: str
     kind: str
     op: str
+    any_payload = False
 
     def merge(self, cell: Cell | None, write: RemoteWrite) -> tuple[Cell, Conflict | None]:
         """Merges one write into a key's cell.
@@ -713,6 +716,7 @@ class LastWriterWins(Resolver):
     name = "lww"
     kind = "lww"
     op = PUT
+    any_payload = True  # the value, bytes or None, as the RemoteWrite checked
 
     def _merge(self, cell: Cell | None, write: RemoteWrite) -> tuple[Cell, Conflict | None]:
         new = Cell(self.kind, write.ts, write.origin, (write.value, write.prev))
