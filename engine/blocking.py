@@ -134,9 +134,14 @@ def _check_not_in_event_loop(what: str) -> None:
                            f"the async client (engine.client.connect) here")
     # No asyncio loop can run in a process that never imported asyncio: not imported here.
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio.events._get_running_loop() is not None:
-        raise RuntimeError(f"{what} blocks, and this thread is running an asyncio event loop: "
-                           f"call it from a worker thread (asyncio.to_thread) instead")
+    if asyncio is None:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{what} blocks, and this thread is running an asyncio event loop: "
+                       f"call it from a worker thread (asyncio.to_thread) instead")
 
 
 class _Call:
