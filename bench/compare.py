@@ -321,8 +321,9 @@ def main(args: argparse.Namespace) -> int:
     for path, doc, keys in zip((args.old, args.new), (old, new), _matching_keys(old, new)):
         if not doc.get("results"):
             print(f"{path} has no results (no run of it was measured)")
-        if _shared_rows(keys):
-            print(f"{_shared_rows(keys)} row(s) of {path} share their identifying fields with "
+        shared = _shared_rows(keys)
+        if shared:
+            print(f"{shared} row(s) of {path} share their identifying fields with "
                   f"another row of it: they are compared in the order they appear "
                   f"({SHARED}=1, 2, ...)")
     if not pairs:
