@@ -433,6 +433,14 @@ def _shown(value: object) -> str:
     return _describe(value)
 
 
+def _cut(text: str, limit: int = 200) -> str:
+    """``text`` if at most ``limit`` characters, else its first ``limit`` and a mark that says
+    how much was left out (a peer's words in a log line or an error message)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _is_uint(value: object) -> bool:
     return type(value) is int and value >= 0  # msgpack cannot carry 2**64 or more
 
@@ -1335,7 +1343,7 @@ class RpcConnection:
             # every later call's error: cut to a few words, however large the peer made them.
             e = frame.payload
             self._refused = self._wire.reason is None and e["code"] == OVERLOADED
-            self._wire.close(f"{e['code']:.200}: {e['message']:.200}", warn=True)
+            self._wire.close(f"{_cut(e['code'])}: {_cut(e['message'])}", warn=True)
             return
         pending = self._forget(frame.call_id)
         if pending is None:

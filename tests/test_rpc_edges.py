@@ -38,6 +38,9 @@ async def test_a_huge_connection_error_from_the_server_is_cut_to_a_few_words(nur
         await conn.wait_closed()
     assert len(str(caught.value)) < 1000
     assert "mmm" in str(caught.value)
+    # The cut is marked, with what was left out: a reader must not take it for the whole.
+    assert "c" * 200 + f"... ({5000 - 200} more characters)" in str(caught.value)
+    assert "m" * 200 + f"... ({(1 << 20) - 200} more characters)" in str(caught.value)
     records = [r.getMessage() for r in caplog.records if r.name == "engine.rpc"]
     assert records and all(len(m) < 1000 for m in records)
 
