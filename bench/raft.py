@@ -9,7 +9,9 @@ client code.
 
 - **meridian**: three ``bench.raftkv`` nodes (``raft.driver`` over ``raft.storage``: every
   acknowledged put is fsynced on a majority; followers learn the commit index from the next
-  append or heartbeat, ``broadcast_commit=False``), client protocol of ``bench.raftkv``;
+  append or heartbeat, ``broadcast_commit=False``; each new entry goes at once to the follower
+  a commit needs, the other follower receives its batch at each heartbeat,
+  ``lazy_followers=True``), client protocol of ``bench.raftkv``;
 - **pysyncobj** / **pysyncobj-batch**: PySyncObj 0.3.x with its journal file, batching off /
   on (``bench.raft_peers``); it never fsyncs, so its puts are not durable;
 - **etcd**: three Debian ``etcd-server`` members, v3 HTTP/JSON gateway (fsyncs: durable).

@@ -26,7 +26,9 @@ Every request is served by the leader (a get through ReadIndex), so the follower
 each new commit index at once: the nodes run with ``Config.broadcast_commit=False``, as
 Meridian's nodes do — a follower learns it from the next append or heartbeat, and a commit
 costs two messages and a Ready less per follower (``--broadcast-commit`` for etcd's
-behaviour).
+behaviour). They also run with ``Config.lazy_followers``, as Meridian's nodes do: the leader
+sends each new entry at once to one follower, the one whose acknowledgements make the commits,
+and the other its batch at each heartbeat (``--eager-followers`` sends to both at once).
 
 A serving node prints one line ``READY <raft port> <client port>`` on stdout once it is
 listening and has recovered, and exits cleanly on SIGTERM or SIGINT.
@@ -334,7 +336,7 @@ class _Connection:
 
 async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
                 peers: dict[int, tuple[str, int]], *, tick_interval: float = 0.05,
-                broadcast_commit: bool = False,
+                broadcast_commit: bool = False, lazy_followers: bool = True,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Runs one node until cancelled."""
     from raft.storage import RaftStorage
@@ -342,7 +344,7 @@ async def serve(node_id: int, data_dir: str, raft_port: int, client_port: int,
 
     sm = KVStateMachine()
     config = Config(node_id, election_tick=10, heartbeat_tick=1,
-                    broadcast_commit=broadcast_commit)
+                    broadcast_commit=broadcast_commit, lazy_followers=lazy_followers)
     bootstrap = ConfState(tuple(sorted(peers)))
     storage = RaftStorage.open(os.path.join(data_dir, "group-1"))
     try:
@@ -551,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tick", type=float, default=0.05, help="seconds per Raft tick")
     s.add_argument("--broadcast-commit", action="store_true",
                    help="tell the followers of every new commit index at once (etcd's way)")
+    s.add_argument("--eager-followers", action="store_true",
+                   help="send every new entry to every follower at once (etcd's way), not "
+                        "only to the one a commit needs")
     args = ap.parse_args(argv)
     if args.id not in args.peers:
         ap.error(f"--peers must include this node's id {args.id}")
@@ -563,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                                               args.client_port, args.peers,
                                               tick_interval=args.tick,
                                               broadcast_commit=args.broadcast_commit,
+                                              lazy_followers=not args.eager_followers,
                                               task_status=task_status))
                 print(f"READY {ports[0]} {ports[1]}", flush=True)
                 async for _ in signals:

@@ -111,6 +111,19 @@ class Config:
     append (and one fsync) per proposal. Commits never wait for learners, so this trades
     learner lag (about a heartbeat interval) for much less work on every replica — the choice
     for asynchronous cross-region learners."""
+    lazy_followers: bool = False
+    """Send each new entry at once only to as many followers as a commit needs (a majority of
+    the voters, the leader counted: one follower of two, two of four): those whose
+    acknowledgements made the latest commit, the ones that hold the most of the log. The
+    others receive the log in batches, as lazy learners do, when they answer a heartbeat.
+    Nothing about what commits changes — a majority of durable copies — only how soon the
+    other followers are sent what commits without them: each of them then reads, writes,
+    fsyncs and acknowledges once per heartbeat interval instead of once per proposal, and the
+    leader sends one append per proposal instead of one per follower. Followers kept waiting
+    lag by about a heartbeat interval; when the chosen ones stop answering, a commit waits at
+    most that long for the others' batch, whose acknowledgement then makes them the chosen
+    ones. A follower being probed, sent a snapshot or made leader (a transfer) is sent to at
+    once as usual."""
     broadcast_commit: bool = True
     """Send followers an append as soon as the commit index moves, even with no entries to
     carry (etcd's behaviour). With False, followers learn it from the next append or heartbeat:
@@ -250,6 +263,8 @@ class RaftCore:
         self._randomized_election_timeout = config.election_tick
         self._lead_transferee = NONE
         self._transfer_started = 0  # the tick the transfer to _lead_transferee began
+        # lazy_followers: the followers a leader sends new entries to at once (None: all).
+        self._eager: frozenset[int] | None = None
         self._pending_conf_index = 0
         self._read_queue: deque[_ReadRequest] = deque()
         # Reads a new leader received before an entry of its term committed:
@@ -348,6 +363,7 @@ class RaftCore:
             self.config.election_tick, 2 * self.config.election_tick
         )
         self._lead_transferee = NONE
+        self._eager = None
         self._votes = {}
         self._hb_rounds.clear()
         self._lease_from = -1
@@ -1099,9 +1115,11 @@ class RaftCore:
             pr.become_probe()
             pr.become_replicate()
         if self._maybe_commit():
+            if self.config.lazy_followers and (self._eager is None or m.frm not in self._eager):
+                self._choose_eager()
             if self.config.broadcast_commit:
                 self._bcast_pending = True  # tell everyone the new commit index, once per Ready
-        elif not (self.config.lazy_learners and m.frm in self.conf.learners):
+        elif not self._lazy(m.frm, pr):
             # A follower that was paused missed any commit broadcast made meanwhile: send it
             # the commit index even with no entries to carry (etcd does the same).
             self._send_append(m.frm, send_if_empty=was_paused)
@@ -1134,10 +1152,35 @@ class RaftCore:
         # The leader's own copy counts once it is durable: see advance().
 
     def _bcast_append(self) -> None:
-        skip = self.conf.learners if self.config.lazy_learners else ()
-        for pid in self._prs:
-            if pid != self.id and pid not in skip:
+        me, prs = self.id, self._prs
+        for pid in prs:
+            if pid != me and not self._lazy(pid, prs[pid]):
                 self._send_append(pid)
+
+    def _lazy(self, pid: int, pr: Progress) -> bool:
+        """Whether new entries wait for ``pid`` to answer a heartbeat (``lazy_learners``,
+        ``lazy_followers``) instead of leaving at once."""
+        if pid in self.conf.learners:
+            return self.config.lazy_learners
+        eager = self._eager
+        return (eager is not None and pid not in eager and pr.state is ProgressState.REPLICATE
+                and pid != self._lead_transferee)
+
+    def _choose_eager(self) -> None:
+        """(``lazy_followers``) After a commit that a follower outside the chosen ones made:
+        choose again the followers that new entries go to at once — as many as a majority
+        needs besides the leader, those holding the most of the log, the ones chosen before
+        first among equals. A leader that is not a voter (its removal pending) counts for no
+        commit: every follower is sent to at once."""
+        voters = self.conf.voters
+        if self.id not in voters:
+            self._eager = None
+            return
+        old = self._eager or frozenset()
+        prs = self._prs
+        followers = sorted((v for v in voters if v != self.id),
+                           key=lambda v: (-prs[v].match, v not in old, v))
+        self._eager = frozenset(followers[:len(voters) // 2])
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> None:
         pr = self._prs[to]
@@ -1480,6 +1523,7 @@ class RaftCore:
         for pid in sorted(voters | learners):
             if pid not in self._prs:
                 self._prs[pid] = Progress(self.log.last_index + 1, self.config.max_inflight_msgs)
+        self._eager = None  # chosen again at the next commit, under the new voters
         if self._lead_transferee not in voters:
             self._lead_transferee = NONE
         self._maybe_commit()

@@ -579,10 +579,14 @@ _KNOBS: dict[str, tuple[tuple, bool]] = {
     # (RaftCore.persisted_to); see the module docstring. 0 is the model older seeds were
     # recorded with, draw for draw.
     "async_append": ((0, 1), False),
+    # Leaders send new entries at once only to the followers a commit needs (see
+    # Config.lazy_followers). 0 is the model older seeds were recorded with, draw for draw.
+    "lazy_followers": ((0, 1), False),
 }
 # Knobs added after seeds were recorded (see REGRESSION_SEEDS in the tests) draw from a stream
 # of their own, so that every older draw — and so every older seed — stays as it was.
-_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm", "replay", "async_append")
+_LATER_KNOBS = ("idle_heartbeat_tick", "roam", "durable_sm", "replay", "async_append",
+                "lazy_followers")
 # async_append: the rate (per log fsync, while faults last) of crashes aimed at the window in
 # which a leader's entries are written and advanced but not yet durable.
 _LOG_FSYNC_CRASH = 0.02
@@ -770,6 +774,7 @@ class Simulation:
         self.pre_vote = bool(knobs["pre_vote"])
         self.check_quorum = bool(knobs["check_quorum"])
         self.lazy_learners = bool(knobs["lazy_learners"])
+        self.lazy_followers = bool(knobs["lazy_followers"])
         self.learner_heartbeat_every = knobs["learner_heartbeat_every"]
         self.broadcast_commit = bool(knobs["broadcast_commit"])
         self.lease_reads = bool(knobs["lease_reads"])
@@ -802,7 +807,7 @@ class Simulation:
                       max_size_per_msg=c.max_size_per_msg,
                       max_inflight_msgs=c.max_inflight_msgs, pre_vote=self.pre_vote,
                       check_quorum=self.check_quorum, snapshot_chunk_size=c.snapshot_chunk_size,
-                      lazy_learners=self.lazy_learners,
+                      lazy_learners=self.lazy_learners, lazy_followers=self.lazy_followers,
                       learner_heartbeat_every=self.learner_heartbeat_every,
                       broadcast_commit=self.broadcast_commit,
                       lease_reads=lease, idle_heartbeat_tick=idle)
