@@ -22,6 +22,9 @@ Example configuration::
     data_dir = "/var/lib/meridian"  # the node's data directory
     log_level = "info"              # debug | info | warning | error | critical
     raft_fsync = "async"            # async | loop | thread: who fdatasyncs the Raft log
+    log_file = "/var/log/meridian/node-4.log"  # optional; without it, the log goes to stderr
+    log_max_bytes = 16777216        # the log file is rotated at this size
+    log_backups = 3                 # rotated files kept: node-4.log.1 .. node-4.log.3
 
     [cluster]
     name = "prod"
@@ -82,8 +85,15 @@ node for the fsync but saving a wake-up per batch; ``"async"`` (the default), th
 follower, while a leader's batches are synced by a separate thread as its loop goes on — their
 entries count towards a commit once synced, and the next batches are sent and written
 meanwhile; ``"thread"``: a separate thread for every batch, so the node keeps serving its other
-groups and clients meanwhile — for a disk whose syncs may stall for long), ``[cluster]``
-(required).
+groups and clients meanwhile — for a disk whose syncs may stall for long), ``log_file``
+(optional: the file the node logs to, rather than stderr; a relative path is relative to
+``data_dir``, so that a configuration names the same file whatever the directory it is read
+from; its directory is created if need be), ``log_max_bytes`` (default 16 MiB, at least 64 KiB:
+once the file would grow past this size it is renamed ``<log_file>.1``, the older ones shifted
+to ``.2`` and so on, and a new one begun — a log record longer than the limit is still written
+whole) and ``log_backups`` (default 3, 0..100: how many renamed files are kept; with 0 the file
+is emptied instead), so that a node's log takes at most about
+``log_max_bytes * (log_backups + 1)`` bytes of disk; ``[cluster]`` (required).
 
 ``[cluster]``: ``name`` (required; 1-255 letters, digits, ``.``, ``_``, ``-``);
 ``max_clock_offset_ms`` (default 250), ``tick_interval_ms`` (100), ``heartbeat_ticks`` (1) and
@@ -176,6 +186,12 @@ DEFAULT_WAN_LATENCY_MS = (35.0, 70.0, 110.0)
 DEFAULT_BASE_PORT = 7100
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RAFT_FSYNC_MODES = ("loop", "async", "thread")
+DEFAULT_LOG_MAX_BYTES = 16 << 20
+MIN_LOG_MAX_BYTES = 64 << 10
+"""The smallest ``log_max_bytes``: below it, a burst of log records (a node's startup, a
+failing disk's errors) would rotate away the records that tell what happened before it."""
+DEFAULT_LOG_BACKUPS = 3
+MAX_LOG_BACKUPS = 100
 
 MAX_CONFIG_BYTES = 4 << 20
 """The largest configuration file read: a cluster of thousands of nodes takes a few hundred
@@ -341,6 +357,25 @@ def _number(value: object, field: str, *, positive: bool) -> float:
 def _str(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise _fail(field, f"expected a string, got {_show(value)}")
+    return value
+
+
+def _path(value: object, field: str) -> str:
+    """A file system path (a ``str``, or any path-like given in code): non-empty, without NUL
+    (the system cannot name such a file) and valid Unicode (it is written back as UTF-8)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    value = _str(value, field)
+    if not value:
+        raise _fail(field, "must not be empty")
+    if "\x00" in value:
+        raise _fail(field, "must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(
+            field, f"must be valid Unicode (it is written back as UTF-8), got {value!r}"
+        ) from None
     return value
 
 
@@ -835,6 +870,13 @@ class NodeConfig:
     """One of :data:`LOG_LEVELS`."""
     raft_fsync: str = "async"
     """One of :data:`RAFT_FSYNC_MODES`: who fdatasyncs the Raft log (see the module docstring)."""
+    log_file: str | None = None
+    """The file the node logs to, rotated by size; None: stderr. Given in code, any path-like;
+    stored as a ``str``, as written (see :attr:`log_path` for where it is)."""
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    """The size at which the log file is rotated (at least :data:`MIN_LOG_MAX_BYTES`)."""
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    """How many rotated log files are kept (0..:data:`MAX_LOG_BACKUPS`)."""
 
     def __post_init__(self) -> None:
         _int(self.node_id, "node_id")
@@ -845,21 +887,11 @@ class NodeConfig:
             raise _fail(
                 "node_id", f"node {self.node_id} is not in the cluster; node ids: {ids}"
             )
-        data_dir = self.data_dir
-        if isinstance(data_dir, os.PathLike):
-            data_dir = os.fspath(data_dir)
-        data_dir = _str(data_dir, "data_dir")
-        if not data_dir:
-            raise _fail("data_dir", "must not be empty")
-        if "\x00" in data_dir:
-            raise _fail("data_dir", "must not contain a NUL character")
-        try:
-            data_dir.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _fail(
-                "data_dir", f"must be valid Unicode (it is written back as UTF-8), got {data_dir!r}"
-            ) from None
-        object.__setattr__(self, "data_dir", data_dir)
+        object.__setattr__(self, "data_dir", _path(self.data_dir, "data_dir"))
+        if self.log_file is not None:
+            object.__setattr__(self, "log_file", _path(self.log_file, "log_file"))
+        _int(self.log_max_bytes, "log_max_bytes", low=MIN_LOG_MAX_BYTES)
+        _int(self.log_backups, "log_backups", low=0, high=MAX_LOG_BACKUPS)
         if self.log_level not in LOG_LEVELS:
             raise _fail(
                 "log_level",
@@ -870,6 +902,14 @@ class NodeConfig:
                 "raft_fsync",
                 f"expected one of {', '.join(RAFT_FSYNC_MODES)}, got {_show(self.raft_fsync)}",
             )
+
+    @property
+    def log_path(self) -> str | None:
+        """Where the node's log file is: ``log_file``, a relative one under ``data_dir``; None
+        when the node logs to stderr."""
+        if self.log_file is None:
+            return None
+        return os.path.join(self.data_dir, self.log_file)  # an absolute log_file stays as it is
 
     @property
     def address(self) -> NodeAddress:
@@ -884,7 +924,8 @@ class NodeConfig:
 # ---------------------------------------------------------------------------------------------
 # Reading TOML.
 
-_NODE_KEYS = ("node_id", "data_dir", "log_level", "raft_fsync", "cluster")
+_NODE_KEYS = ("node_id", "data_dir", "log_level", "raft_fsync", "log_file", "log_max_bytes",
+              "log_backups", "cluster")
 _CLUSTER_KEYS = (
     "name", "regions", "max_clock_offset_ms", "tick_interval_ms", "election_ticks",
     "heartbeat_ticks", "raft_snapshot_every", "wan_latency_ms", "limits", "meta_regions",
@@ -1003,7 +1044,8 @@ def _node_from(raw: object) -> NodeConfig:
     table = _table(raw, None, _NODE_KEYS, ("node_id", "data_dir", "cluster"))
     with _under("cluster"):
         cluster = _cluster_from(table["cluster"])
-    kwargs = {k: table[k] for k in ("log_level", "raft_fsync") if k in table}
+    kwargs = {k: table[k] for k in ("log_level", "raft_fsync", "log_file", "log_max_bytes",
+                                    "log_backups") if k in table}
     return NodeConfig(
         node_id=table["node_id"], data_dir=table["data_dir"], cluster=cluster, **kwargs
     )
@@ -1130,6 +1172,9 @@ def dump_node_config(cfg: NodeConfig) -> str:
         f"data_dir = {_toml_str(cfg.data_dir)}",
         f"log_level = {_toml_str(cfg.log_level)}",
         f"raft_fsync = {_toml_str(cfg.raft_fsync)}",
+        *([f"log_file = {_toml_str(cfg.log_file)}"] if cfg.log_file is not None else []),
+        f"log_max_bytes = {cfg.log_max_bytes}",
+        f"log_backups = {cfg.log_backups}",
         "",
         "[cluster]",
         f"name = {_toml_str(c.name)}",
