@@ -16,6 +16,9 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import logging.handlers
 import os
 import sys
 
@@ -173,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_node(path: str) -> int:
-    import logging
     import signal
 
     import trio
@@ -190,7 +192,15 @@ def _run_node(path: str) -> int:
     except OSError as exc:
         print(f"meridian node: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(),
+    handlers = None
+    if cfg.log_path is not None:
+        try:
+            handlers = [node_log_handler(cfg.log_path, cfg.log_max_bytes, cfg.log_backups)]
+        except OSError as exc:
+            print(f"meridian node: {path}: log_file: cannot open {cfg.log_path}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers,
                         format=f"%(asctime)s node-{cfg.node_id} %(levelname)s %(name)s: "
                                f"%(message)s")
     log = logging.getLogger("meridian.node")
@@ -220,12 +230,14 @@ def _run_node(path: str) -> int:
 
     def report(exc: BaseException) -> None:
         if isinstance(exc, MeridianError):
-            print(f"meridian node: {exc}", file=sys.stderr)
+            said = str(exc)
         else:  # most often a port taken, or a host that is not local
             me = cfg.address
-            print(f"meridian node: node {cfg.node_id} failed: {exc.strerror or exc} (its "
-                  f"peer_address is {me.peer_address}, its client_address "
-                  f"{me.client_address})", file=sys.stderr)
+            said = (f"node {cfg.node_id} failed: {exc.strerror or exc} (its peer_address is "
+                    f"{me.peer_address}, its client_address {me.client_address})")
+        if handlers:  # the log file, where its reader looks, says why the node stopped too
+            log.error("%s", said)
+        print(f"meridian node: {said}", file=sys.stderr)
 
     try:
         trio.run(main)
@@ -243,6 +255,44 @@ def _run_node(path: str) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that bounds its file with no backups too: the standard one never
+    rotates when ``backupCount`` is 0, and its file grows without end; this one empties it."""
+
+    def doRollover(self) -> None:
+        if self.backupCount > 0:
+            super().doRollover()
+            return
+        if self.stream:
+            self.stream.close()
+            self.stream = None
+        mode, self.mode = self.mode, "w"
+        try:
+            self.stream = self._open()
+        finally:
+            self.mode = mode
+
+
+def node_log_handler(path: str, max_bytes: int, backups: int) -> logging.Handler:
+    """The handler of a node's ``log_file``: ``path``, rotated once it would grow past
+    ``max_bytes``, with ``backups`` earlier files kept (``path.1`` the newest). The file's
+    directory is created if need be, and the file opened at once, so that a path the node
+    cannot write to is said when it starts, not at its first log record.
+
+    Raises:
+        OSError: the directory cannot be created, or the file opened for appending.
+    """
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except FileExistsError:  # what makedirs says of a file where a directory should be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                     directory) from None
+    return _RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                encoding="utf-8")
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

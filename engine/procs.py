@@ -7,8 +7,18 @@ everything about the running cluster::
 
     DIR/node-<id>.toml         each node's configuration
     DIR/node-<id>/             each node's data directory
-    DIR/node-<id>.log          each node's log (stdout and stderr)
+    DIR/node-<id>.log          each node's log (its ``log_file``), rotated by size:
+    DIR/node-<id>.log.1 ...    the earlier parts of it, newest first (``log_backups`` of them)
+    DIR/node-<id>.out          the node's stdout and stderr since it last started: what it
+                               says before its log is open (a bad configuration, a log file
+                               it cannot open), a crash's traceback, why it stopped
     DIR/node-<id>.pid          each node's process id, while it runs
+
+A node's log is bounded (``log_max_bytes`` and ``log_backups`` of its configuration, 16 MiB and
+3 by default), and so is its ``.out`` file, emptied at each start and written to only when the
+node cannot log or stops. A directory written before nodes had a ``log_file`` keeps its layout:
+its nodes' stdout and stderr are appended to ``node-<id>.log``, unbounded, until their
+configuration files are removed and written again by ``up``.
 
 ``down`` stops exactly the processes recorded in the pid files (after checking that each pid is
 still a ``meridian node`` process of this directory, so a recycled pid is never signalled):
@@ -99,8 +109,8 @@ class ClusterProcesses:
         # recycled-pid check compares command lines, so every spelling must give one path.
         self.directory = Path(directory).resolve()
         # The processes this object started: their handles (exit status) and where each one's
-        # output begins in its log (which earlier runs' output precedes).
-        self._started: dict[int, tuple[subprocess.Popen, int]] = {}
+        # output begins in its files (which earlier runs' output precedes), see _output_marks.
+        self._started: dict[int, tuple[subprocess.Popen, dict[Path, tuple[int, int]]]] = {}
 
     def config_path(self, node_id: int) -> Path:
         return self.directory / f"node-{node_id}.toml"
@@ -149,16 +159,56 @@ class ClusterProcesses:
             return pid
         return None  # gone, or the pid was recycled by an unrelated process
 
-    def last_log_line(self, node_id: int, since: int = 0) -> str:
-        """The last non-empty line of the node's log after byte ``since`` ("" if none)."""
-        try:
-            with open(self.directory / f"node-{node_id}.log", "rb") as f:
-                f.seek(max(since, f.seek(0, os.SEEK_END) - 4096))
-                lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
-                         if ln.strip()]
-        except OSError:
-            return ""
-        return lines[-1] if lines else ""
+    def log_path(self, node_id: int) -> Path:
+        return self.directory / f"node-{node_id}.log"
+
+    def output_path(self, node_id: int) -> Path:
+        return self.directory / f"node-{node_id}.out"
+
+    def _output_marks(self, node_id: int) -> dict[Path, tuple[int, int]]:
+        """Where each of the node's output files ends now: its inode and size."""
+        marks = {}
+        for path in (self.log_path(node_id), self.output_path(node_id)):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            marks[path] = (st.st_ino, st.st_size)
+        return marks
+
+    def last_log_line(self, node_id: int,
+                      since: Mapping[Path, tuple[int, int]] | None = None) -> str:
+        """The last non-empty line that the node wrote ("" if none): of its log and its
+        stdout/stderr file, from whichever was written last -- a node that cannot log, crashes
+        or fails says why on stderr last; one that stops, or is killed, last said something in
+        its log. With ``since`` (the files' :meth:`_output_marks` when the node started), only
+        what was written after it counts: a file since replaced (the log rotated) counts
+        whole."""
+        since = since or {}
+        newest: tuple[int, str] | None = None
+        for path in (self.log_path(node_id), self.output_path(node_id)):
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    inode, start = since.get(path, (st.st_ino, 0))
+                    start = start if inode == st.st_ino else 0
+                    f.seek(max(start, st.st_size - 4096))
+                    lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
+                             if ln.strip()]
+            except OSError:
+                continue
+            # At a tie (file times are coarse, a few ms), stderr's: where the node says why it
+            # stops, after logging it.
+            if lines and (newest is None or st.st_mtime_ns >= newest[0]):
+                newest = (st.st_mtime_ns, lines[-1])
+        return newest[1] if newest else ""
+
+    def log_files(self, node_id: int) -> str:
+        """Where to read what the node said, for a message."""
+        out = self.output_path(node_id)
+        if out.exists():
+            return f"its log: {self.log_path(node_id)}; its stdout and stderr: {out}"
+        return f"its log: {self.log_path(node_id)}"
 
     def exited(self, node_id: int) -> str | None:
         """None while the node's process runs; once it has exited, why, as well as this
@@ -195,8 +245,17 @@ class ClusterProcesses:
     def start_node(self, node_id: int, *, die_with_parent: bool = False) -> int:
         if self.running_pid(node_id) is not None:
             raise InvalidArgumentError(f"node {node_id} is already running")
-        log = open(self.directory / f"node-{node_id}.log", "ab")
-        since = log.seek(0, os.SEEK_END)
+        from .config import ConfigError, load_node_config
+
+        try:
+            own_log = load_node_config(self.config_path(node_id)).log_file is not None
+        except (ConfigError, OSError):
+            own_log = False  # the node fails at once: what it says goes where it always went
+        if own_log:  # the node writes its log; its stdout and stderr are this run's only
+            log = open(self.output_path(node_id), "wb")
+        else:  # a directory written before nodes had a log_file
+            log = open(self.log_path(node_id), "ab")
+        since = self._output_marks(node_id)
         # The node runs the same code as this process, installed or from a source tree.
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
@@ -414,7 +473,7 @@ def cluster_up(directory: str | os.PathLike[str], *,
             if not procs.config_path(node.id).exists():
                 cfg = NodeConfig(node_id=node.id,
                                  data_dir=str(procs.directory / f"node-{node.id}"),
-                                 cluster=cluster)
+                                 log_file=str(procs.log_path(node.id)), cluster=cluster)
                 _write_whole(procs.config_path(node.id), dump_node_config(cfg))
         stopped = [node for node in cluster.all_nodes() if procs.running_pid(node.id) is None]
         for node in stopped:  # all before any starts: none is left running for nothing
@@ -506,8 +565,7 @@ async def wait_ready(cluster: ClusterConfig, timeout_s: float = READY_TIMEOUT_S,
         if procs is not None:
             for n in down:
                 if (why := procs.exited(n)) is not None:
-                    raise UnavailableError(f"node {n} exited: {why} (its log: "
-                                           f"{procs.directory / f'node-{n}.log'})")
+                    raise UnavailableError(f"node {n} exited: {why} ({procs.log_files(n)})")
         leaders: dict[int, set[int]] = {}
         for s in status.values():
             for gid, g in s.get("groups", {}).items():
