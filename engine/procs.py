@@ -16,9 +16,10 @@ everything about the running cluster::
 
 A node's log is bounded (``log_max_bytes`` and ``log_backups`` of its configuration, 16 MiB and
 3 by default), and so is its ``.out`` file, emptied at each start and written to only when the
-node cannot log or stops. A directory written before nodes had a ``log_file`` keeps its layout:
-its nodes' stdout and stderr are appended to ``node-<id>.log``, unbounded, until their
-configuration files are removed and written again by ``up``.
+node cannot log or stops. A node whose configuration file cannot be read has no ``log_file``
+to go by: what it says (one line, why) is appended to ``node-<id>.log``, as is the stdout and
+stderr of the nodes of a directory written before nodes had a ``log_file`` -- unbounded, until
+their configuration files are removed and written again by ``up``.
 
 ``down`` stops exactly the processes recorded in the pid files (after checking that each pid is
 still a ``meridian node`` process of this directory, so a recycled pid is never signalled):
