@@ -163,7 +163,11 @@ drives every system through its own protocol.
   that is after it is fsynced on a majority (`durable`). The puts the leader reads in one
   wakeup, from every connection, share one Raft entry (proposal batching); etcd and PySyncObj
   make one log entry per request. Followers learn the commit index from the next append or
-  heartbeat (`broadcast_commit=False`, as on Meridian's nodes: reads go to the leader).
+  heartbeat (`broadcast_commit=False`, as on Meridian's nodes: reads go to the leader). Each
+  new entry goes at once to the one follower a commit needs (the one whose acknowledgements
+  made the latest commit); the other follower receives its batch at each heartbeat, every 50 ms
+  (`lazy_followers=True`, as on Meridian's nodes from commit 832b608 on; `--eager-followers` on
+  `bench.raftkv serve` sends to both at once). Runs of earlier commits sent every entry to both.
 - **pysyncobj** / **pysyncobj-batch**: PySyncObj with its journal file, batching off / on. It
   never fsyncs the journal and does not persist term or vote: not durable, an upper bound.
 - **etcd**: three members of Debian's etcd-server (3.4), v3 HTTP/JSON gateway (`durable`).
