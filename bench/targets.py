@@ -200,14 +200,17 @@ def _meridian_procs(workdir, regions, nodes_per_region, wan, mix) -> Iterator[Ta
 
 
 def _log_tails(procs, limit: int = 1500) -> str:
-    """The end of every node's log (why a node did not start)."""
+    """The end of every node's log and of its stdout and stderr (why a node did not start:
+    said in its log, or before the log was open, or in a traceback)."""
     out = []
     for n in procs.node_ids():
-        try:
-            tail = (procs.directory / f"node-{n}.log").read_bytes()[-limit:]
-        except OSError:
-            continue
-        out.append(f"--- node {n}:\n" + tail.decode("utf-8", "replace"))
+        for path in (procs.log_path(n), procs.output_path(n)):
+            try:
+                tail = path.read_bytes()[-limit:]
+            except OSError:
+                continue
+            if tail.strip():
+                out.append(f"--- node {n}, {path.name}:\n" + tail.decode("utf-8", "replace"))
     return "\n".join(out)
 
 

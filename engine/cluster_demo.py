@@ -332,7 +332,10 @@ def run_demo(*, directory: str | None = None, seconds: float = 10.0,
             raise  # the command line names what the environment refused, in one line
         what = exc if isinstance(exc, MeridianError) else f"{type(exc).__name__}: {exc}"
         print(f"demo failed: {what}", file=out)
-        for log in sorted(Path(directory).glob("node-*.log")):
+        # Each node's log, and its stdout and stderr (a traceback, what it said before its
+        # log was open): see engine.procs.
+        for log in sorted([*Path(directory).glob("node-*.log"),
+                           *Path(directory).glob("node-*.out")]):
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             if tail:
                 print(f"  {log.name}: " + "\n    ".join(tail), file=out)

@@ -69,6 +69,10 @@ def test_a_demo_that_fails_unexpectedly_says_so_in_one_line(tmp_path, monkeypatc
 
     monkeypatch.setattr(cluster_demo, "cluster_up", up_nothing)
     monkeypatch.setattr(cluster_demo, "_run", bank_not_a_number)
+    # What the nodes said is shown: their logs, and their stdout and stderr (a traceback).
+    directory.mkdir()
+    (directory / "node-1.log").write_text("2026-12-05 node-1 INFO meridian.node: serving\n")
+    (directory / "node-1.out").write_text("Traceback (most recent call last):\nMemoryError\n")
     out = io.StringIO()
     code = cluster_demo.run_demo(directory=str(directory), seconds=0.2, regions=("east",),
                                  nodes_per_region=1, clients_per_region=1, accounts=2,
@@ -76,6 +80,8 @@ def test_a_demo_that_fails_unexpectedly_says_so_in_one_line(tmp_path, monkeypatc
     text = out.getvalue()
     assert code == 1, text
     assert "demo failed: ValueError: invalid literal for int()" in text, text
+    assert "node-1.log: 2026-12-05 node-1 INFO meridian.node: serving" in text, text
+    assert "node-1.out: Traceback (most recent call last):\n    MemoryError" in text, text
     assert "stopped 0 node processes" in text, text
 
 
