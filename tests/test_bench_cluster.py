@@ -103,3 +103,19 @@ def test_cluster_target_is_judged_apart_for_regions_alone_and_at_once():
     alone, at_once = cluster.targets(rows)
     assert (alone["value"], alone["met"]) == (2.5, True)
     assert (at_once["value"], at_once["met"]) == (4.0, False)
+
+
+def test_cluster_regions_at_once_run_in_processes_of_their_own_and_report_a_failure():
+    # Every region at once: each region's clients in a load process of their own. One that
+    # cannot start is reported with its region and its error, and no load process is left.
+    import multiprocessing
+
+    addresses = {"us-east": ["not an address"], "eu-west": ["not an address either"]}
+    try:
+        cluster._measure_apart(addresses, ["us-east", "eu-west"], "single-key", 1, 0.5, 0.0, 1)
+    except RuntimeError as exc:
+        assert "us-east's load process failed" in str(exc)
+        assert "InvalidArgumentError" in str(exc) and "not an address" in str(exc)
+    else:
+        raise AssertionError("the failed load process was not reported")
+    assert multiprocessing.active_children() == []
