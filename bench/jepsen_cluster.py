@@ -205,7 +205,13 @@ class LabCluster:
         return self.directory / f"clock-{node_id}"
 
     def log_path(self, node_id: int) -> Path:
+        """The node's log (its ``log_file``: rotated by size, bounded on disk)."""
         return self.directory / f"node-{node_id}.log"
+
+    def out_path(self, node_id: int) -> Path:
+        """The node process's stdout and stderr (a traceback the log could not take), kept
+        across its restarts, each start marked."""
+        return self.directory / f"node-{node_id}.out"
 
     @property
     def client_netns(self) -> str:
@@ -229,8 +235,10 @@ class LabCluster:
                 self.filesystems[node_id] = fs
                 fs.start()
         for node_id in self.node_ids:
+            # The log outside the data directory, which LossyFS may hold in memory (and
+            # lose with a simulated crash).
             cfg = NodeConfig(node_id=node_id, data_dir=str(self.data_dir(node_id)),
-                             cluster=self.config)
+                             log_file=str(self.log_path(node_id)), cluster=self.config)
             self.config_path(node_id).write_text(dump_node_config(cfg))
             if self.faketime:
                 self.clock_path(node_id).write_text("+0\n")
@@ -328,7 +336,7 @@ class LabCluster:
                        FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
         log = self._logs.get(node_id)
         if log is None:
-            log = self._logs[node_id] = open(self.log_path(node_id), "ab")
+            log = self._logs[node_id] = open(self.out_path(node_id), "ab")
         log.write(f"=== start {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
         # ``ip netns exec`` execs the node: the pid is the node's own.
@@ -520,7 +528,8 @@ class LabCluster:
         while trio.current_time() < deadline:
             crashed = self.dead()
             if crashed:
-                raise RuntimeError(f"nodes exited: {crashed}; see {self.directory}/node-*.log")
+                raise RuntimeError(f"nodes exited: {crashed}; see {self.directory}/node-*.log "
+                                   "and node-*.out")
             status = await self.statuses()
             down = sorted(n for n, s in status.items() if s is None)
             groups = {int(g) for s in status.values() if s for g in s.get("groups", {})}

@@ -251,6 +251,14 @@ def test_campaign_with_partitions_kills_and_pauses_is_valid(tmp_path, workload):
     nemesis = [json.loads(line) for line in (out / "nemesis.jsonl").read_text().splitlines()]
     assert nemesis and all(e["process"] == "nemesis" for e in nemesis)
     assert nemesis[-1]["f"] == "heal-all"
+    # Each node logs to its rotated log file (bounded on disk); its stdout and stderr file
+    # has one start mark per start (killed nodes were started again).
+    configs = sorted((out / "cluster").glob("node-*.toml"))
+    assert configs
+    for node in configs:
+        log = node.with_suffix(".log").read_text()
+        assert "node" in log and "serving" in log, log[-2000:]
+        assert node.with_suffix(".out").read_text().count("=== start") >= 1
 
 
 # Each planted bug with the workload and the (targeted) nemesis that exposes it.
