@@ -186,7 +186,7 @@ def _measure_apart(addresses, regions, workload: str, concurrency: int, duration
     """Every region at once, each region's clients in a load process of their own, started at
     one wall-clock instant: as in a deployment, where each region's application runs on its
     own machines, no region's clients wait for another's to be served by a shared Python
-    interpreter (measured with one process for all three: +5 % on the single-key p50).
+    interpreter (one process for all three added 6-11 % to the single-key p50 here).
     Stops every process it started."""
     ctx = multiprocessing.get_context("spawn")
     procs, conns = [], []
