@@ -45,6 +45,7 @@ from engine.errors import KeyspaceExistsError, TransactionConflictError
 from engine.procs import ClusterProcesses, cluster_up, wait_ready
 
 from . import _common
+from .loadproc import FINISH_SLACK_S, READY_TIMEOUT_S
 
 __all__ = ["add_parser", "main", "targets"]
 
@@ -53,8 +54,6 @@ CONCURRENCY = (1, 32)
 KEYS = 1000
 VALUE = b"v" * 100
 START_DELAY_S = 0.5
-READY_TIMEOUT_S = 60.0
-FINISH_SLACK_S = 60.0
 
 
 async def _load(cluster, addresses) -> None:
